@@ -1,0 +1,354 @@
+//! Engine metrics: latency histograms and error counters measured on the real call path,
+//! plus the engine's own stall and compaction signals.
+//!
+//! [`MeteredEngine`] times every call of the engine it wraps. Wrapped around a
+//! [`crate::FaultyEngine`], it sees injected latency and errors exactly as the failure model
+//! would see a degrading disk. Histograms are Prometheus histograms in a registry of the
+//! engine's own (so several engines can live in one process); [`EngineMetrics::snapshot`]
+//! gives the counts that the failure-analysis agent turns into per-second deltas.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::core::Metric as _;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+use crate::engine::{Engine, Reader};
+use crate::error::{EngineError, Result};
+use crate::fault::OpClass;
+use crate::types::{
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
+    WriteOptions,
+};
+
+/// Bucket upper bounds of the latency histograms, in seconds: 20 µs to about 5 s.
+pub fn latency_buckets_seconds() -> Vec<f64> {
+    (0..19).map(|i| 20e-6 * 2f64.powi(i)).collect()
+}
+
+/// Cumulative counts of one latency histogram.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LatencySnapshot {
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+    /// `(upper bound in seconds, cumulative count)` per bucket, ascending.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl LatencySnapshot {
+    fn of(h: &Histogram) -> Self {
+        let m = h.metric();
+        let h = m.get_histogram();
+        LatencySnapshot {
+            count: h.get_sample_count(),
+            sum_seconds: h.get_sample_sum(),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+        }
+    }
+
+    /// What happened between `earlier` and `self` (both from the same histogram).
+    pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot {
+            count: self.count.saturating_sub(earlier.count),
+            sum_seconds: (self.sum_seconds - earlier.sum_seconds).max(0.0),
+            buckets: self
+                .buckets
+                .iter()
+                .zip(
+                    earlier
+                        .buckets
+                        .iter()
+                        .map(|b| b.1)
+                        .chain(std::iter::repeat(0)),
+                )
+                .map(|((le, c), e)| (*le, c.saturating_sub(e)))
+                .collect(),
+        }
+    }
+
+    /// Mean latency in seconds, or `None` without observations.
+    pub fn mean_seconds(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_seconds / self.count as f64)
+    }
+
+    /// Upper bound (seconds) of the bucket holding quantile `q` in `[0, 1]`; `None` without
+    /// observations; infinity when it lies past the last bucket.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * self.count as f64).ceil().max(1.0) as u64;
+        Some(
+            self.buckets
+                .iter()
+                .find(|(_, c)| *c >= rank)
+                .map_or(f64::INFINITY, |(le, _)| *le),
+        )
+    }
+}
+
+/// Everything the engine reports at one moment.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct EngineMetricsSnapshot {
+    /// Unsynced writes.
+    pub write: LatencySnapshot,
+    /// Synced writes (and range replacements).
+    pub sync: LatencySnapshot,
+    /// Reads.
+    pub read: LatencySnapshot,
+    /// Failed reads.
+    pub read_errors: u64,
+    /// Failed unsynced writes.
+    pub write_errors: u64,
+    /// Failed synced writes.
+    pub sync_errors: u64,
+    /// Compaction and stall state.
+    pub storage: StorageStats,
+}
+
+/// The metric handles of one engine.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    registry: Registry,
+    write: Histogram,
+    sync: Histogram,
+    read: Histogram,
+    errors: IntCounterVec,
+}
+
+fn metrics_err(e: prometheus::Error) -> EngineError {
+    EngineError::Config(format!("engine metrics: {e}"))
+}
+
+impl EngineMetrics {
+    /// Fresh metrics in a registry of their own.
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str| -> Result<Histogram> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(latency_buckets_seconds()),
+            )
+            .map_err(metrics_err)?;
+            registry
+                .register(Box::new(h.clone()))
+                .map_err(metrics_err)?;
+            Ok(h)
+        };
+        let write = hist(
+            "presage_engine_write_seconds",
+            "Latency of unsynced engine writes",
+        )?;
+        let sync = hist(
+            "presage_engine_sync_write_seconds",
+            "Latency of synced engine writes",
+        )?;
+        let read = hist(
+            "presage_engine_read_seconds",
+            "Latency of engine reads and scans",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("presage_engine_errors_total", "Failed engine operations"),
+            &["class"],
+        )
+        .map_err(metrics_err)?;
+        registry
+            .register(Box::new(errors.clone()))
+            .map_err(metrics_err)?;
+        Ok(EngineMetrics {
+            registry,
+            write,
+            sync,
+            read,
+            errors,
+        })
+    }
+
+    /// The registry holding these metrics (for `/metrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn histogram(&self, class: OpClass) -> &Histogram {
+        match class {
+            OpClass::Read => &self.read,
+            OpClass::Write => &self.write,
+            OpClass::Sync => &self.sync,
+        }
+    }
+
+    fn observe<T>(&self, class: OpClass, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let out = f();
+        self.histogram(class).observe(start.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.errors.with_label_values(&[class.name()]).inc();
+        }
+        out
+    }
+
+    fn errors_of(&self, class: OpClass) -> u64 {
+        self.errors.with_label_values(&[class.name()]).get()
+    }
+
+    /// Current counts (without storage stats; see [`MeteredEngine::metrics_snapshot`]).
+    pub fn snapshot(&self) -> EngineMetricsSnapshot {
+        EngineMetricsSnapshot {
+            write: LatencySnapshot::of(&self.write),
+            sync: LatencySnapshot::of(&self.sync),
+            read: LatencySnapshot::of(&self.read),
+            read_errors: self.errors_of(OpClass::Read),
+            write_errors: self.errors_of(OpClass::Write),
+            sync_errors: self.errors_of(OpClass::Sync),
+            storage: StorageStats::default(),
+        }
+    }
+}
+
+/// An engine whose every call is timed and counted.
+#[derive(Clone)]
+pub struct MeteredEngine<E> {
+    inner: E,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl<E: Engine> MeteredEngine<E> {
+    /// Wraps `inner` with fresh metrics.
+    pub fn new(inner: E) -> Result<Self> {
+        Ok(MeteredEngine {
+            inner,
+            metrics: Arc::new(EngineMetrics::new()?),
+        })
+    }
+
+    /// The wrapped engine.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    /// The metric handles.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
+    }
+
+    /// Latencies, errors and the engine's storage stats, now.
+    pub fn metrics_snapshot(&self) -> EngineMetricsSnapshot {
+        EngineMetricsSnapshot {
+            storage: self.inner.storage_stats(),
+            ..self.metrics.snapshot()
+        }
+    }
+}
+
+/// A snapshot whose reads are timed.
+pub struct MeteredSnapshot<S> {
+    inner: S,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl<S: Reader> Reader for MeteredSnapshot<S> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.metrics
+            .observe(OpClass::Read, || self.inner.get(cf, key))
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: ScanLimit,
+    ) -> Result<ScanPage> {
+        self.metrics
+            .observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
+    }
+}
+
+impl<E: Engine> Reader for MeteredEngine<E> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.metrics
+            .observe(OpClass::Read, || self.inner.get(cf, key))
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: ScanLimit,
+    ) -> Result<ScanPage> {
+        self.metrics
+            .observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
+    }
+}
+
+impl<E: Engine> Engine for MeteredEngine<E> {
+    type Snapshot = MeteredSnapshot<E::Snapshot>;
+
+    fn write(&self, batch: &WriteBatch, opts: WriteOptions) -> Result<()> {
+        let class = if opts.sync {
+            OpClass::Sync
+        } else {
+            OpClass::Write
+        };
+        self.metrics
+            .observe(class, || self.inner.write(batch, opts))
+    }
+
+    fn snapshot(&self) -> Self::Snapshot {
+        MeteredSnapshot {
+            inner: self.inner.snapshot(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
+    fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {
+        self.inner.approximate_stats(cf, range)
+    }
+
+    fn replace_range(
+        &self,
+        cf: Cf,
+        range: &KeyRange,
+        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
+    ) -> Result<u64> {
+        self.metrics
+            .observe(OpClass::Sync, || self.inner.replace_range(cf, range, pairs))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    fn storage_stats(&self) -> StorageStats {
+        self.inner.storage_stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_deltas() {
+        let m = EngineMetrics::new().expect("metrics");
+        let before = m.snapshot().read;
+        for _ in 0..99 {
+            m.read.observe(30e-6);
+        }
+        m.read.observe(0.5);
+        let d = m.snapshot().read.since(&before);
+        assert_eq!(d.count, 100);
+        assert_eq!(d.quantile_upper_bound(0.5), Some(40e-6));
+        let p999 = d.quantile_upper_bound(0.999).expect("observations");
+        assert!((0.5..=1.0).contains(&p999), "p99.9 bucket {p999}");
+        assert!(LatencySnapshot::default()
+            .quantile_upper_bound(0.5)
+            .is_none());
+    }
+}

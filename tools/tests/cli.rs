@@ -1,0 +1,76 @@
+//! The tools crate's one integration-test binary: the programs run as a person runs them.
+
+use std::process::Command;
+
+fn presage() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_presage"))
+}
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_presage-bench"))
+}
+
+#[test]
+fn demo_runs_every_step_and_verifies() {
+    let out = presage().args(["demo", "--keys", "20000", "--value-bytes", "100"]).output().expect("run presage demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in 1..=10 {
+        assert!(
+            stdout.contains(&format!("\n{step}. ")) || stdout.starts_with(&format!("{step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("refused with \"corrupt chunk"), "{stdout}");
+    assert!(stdout.contains("target range still empty: true"), "{stdout}");
+    assert!(stdout.contains("range checksum of the copy matches the source"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_bad_arguments_clearly() {
+    let out = presage().args(["demo", "--keys", "10"]).output().expect("run presage demo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1000 keys"));
+    let out = presage().args(["demo", "--keys", "lots"]).output().expect("run presage demo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'lots'"));
+}
+
+#[test]
+fn engine_bench_reports_every_figure_with_baselines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("bench.json");
+    let out = bench()
+        .args(["engine", "--keys", "3000", "--reads", "3000", "--sync-writes", "20", "--value-bytes", "64"])
+        .arg("--work-dir")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run presage-bench");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid json");
+    let figures = report["figures"].as_array().expect("figures");
+    let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
+    for want in [
+        "put, sync off",
+        "put, sync on",
+        "get, random keys",
+        "export, compressible",
+        "import, compressible",
+        "export, incompressible",
+        "import, incompressible",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let by_name = |n: &str| figures.iter().find(|f| f["name"] == n).expect("figure");
+    assert_eq!(by_name("put, sync on")["baseline"], "put, sync off");
+    assert!(by_name("put, sync on")["ratio_to_baseline"].as_f64().expect("ratio") > 0.0);
+    let comp = by_name("export, compressible")["compression_ratio"].as_f64().expect("ratio");
+    let incomp = by_name("export, incompressible")["compression_ratio"].as_f64().expect("ratio");
+    assert!(comp > 2.0, "text-like values compress: {comp}");
+    // Keys still compress a little; random values do not.
+    assert!(incomp < 1.5 && comp > 2.0 * incomp, "random values do not compress: {incomp} vs {comp}");
+    assert_eq!(report["options"]["keys"], 3000);
+}
