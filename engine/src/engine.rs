@@ -4,8 +4,7 @@
 use crate::error::Result;
 use crate::transfer::{ChecksumBuilder, RangeChecksum};
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOptions,
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };
 
 /// Point reads and bounded scans, on the live engine or on a snapshot.
@@ -15,13 +14,7 @@ pub trait Reader {
 
     /// Up to `limit` pairs of `range` in `order`. `more` tells whether the range holds more;
     /// continue with [`ScanPage::resume_range`].
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage>;
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage>;
 }
 
 /// A node's storage engine: key spaces ([`Cf`]), atomic batches, consistent snapshots.
@@ -46,12 +39,7 @@ pub trait Engine: Reader + Clone + Send + Sync + 'static {
     /// Atomically replaces the contents of `range` with `pairs`, which must be strictly
     /// ascending and inside `range`. Readers see either the old contents or the new, never a
     /// mix; on error the range is unchanged. Returns the number of pairs written.
-    fn replace_range(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
-    ) -> Result<u64>;
+    fn replace_range(&self, cf: Cf, range: &KeyRange, pairs: &mut dyn Iterator<Item = Result<KvPair>>) -> Result<u64>;
 
     /// Makes every acknowledged write durable and visible to size estimates (RocksDB: flush
     /// the memtables; memory: nothing to do).
@@ -63,19 +51,10 @@ pub trait Engine: Reader + Clone + Send + Sync + 'static {
 
 /// Checks a stream of pairs for [`Engine::replace_range`]: every key inside `range` and
 /// strictly after `prev`.
-pub(crate) fn check_ascending(
-    cf: Cf,
-    range: &KeyRange,
-    prev: Option<&[u8]>,
-    key: &[u8],
-) -> Result<()> {
+pub(crate) fn check_ascending(cf: Cf, range: &KeyRange, prev: Option<&[u8]>, key: &[u8]) -> Result<()> {
     crate::types::check_key(key)?;
     if !range.contains(key) || prev.is_some_and(|p| key <= p) {
-        return Err(crate::EngineError::UnorderedKeys {
-            cf,
-            range: range.clone(),
-            key: key.to_vec(),
-        });
+        return Err(crate::EngineError::UnorderedKeys { cf, range: range.clone(), key: key.to_vec() });
     }
     Ok(())
 }
@@ -101,11 +80,7 @@ pub fn for_each_pair<R: Reader + ?Sized>(
 
 /// Checksum of every pair in `range` (see [`RangeChecksum`]): equal checksums on two
 /// replicas mean equal contents, up to the strength of crc32 plus exact counts.
-pub fn range_checksum<R: Reader + ?Sized>(
-    reader: &R,
-    cf: Cf,
-    range: &KeyRange,
-) -> Result<RangeChecksum> {
+pub fn range_checksum<R: Reader + ?Sized>(reader: &R, cf: Cf, range: &KeyRange) -> Result<RangeChecksum> {
     let mut sum = ChecksumBuilder::new();
     for_each_pair(reader, cf, range, |k, v| {
         sum.add(k, v);
@@ -121,11 +96,7 @@ const MIDDLE_KEY_MAX_CHECKPOINTS: usize = 256;
 /// the range holds fewer than two keys. One pass, bounded memory: it keeps at most
 /// [`MIDDLE_KEY_MAX_CHECKPOINTS`] (bytes-so-far, key) checkpoints, halving their density when
 /// full, so the answer is within `total / 128` bytes of the true middle.
-pub fn middle_key<R: Reader + ?Sized>(
-    reader: &R,
-    cf: Cf,
-    range: &KeyRange,
-) -> Result<Option<Vec<u8>>> {
+pub fn middle_key<R: Reader + ?Sized>(reader: &R, cf: Cf, range: &KeyRange) -> Result<Option<Vec<u8>>> {
     let mut checkpoints: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut every = 1u64; // keep a checkpoint every `every` pairs
     let mut seen = 0u64;
@@ -153,14 +124,7 @@ pub fn middle_key<R: Reader + ?Sized>(
     }
     let half = total / 2;
     // The first key can never split (the left half would be empty).
-    let best = checkpoints
-        .into_iter()
-        .skip(1)
-        .min_by_key(|(before, _)| before.abs_diff(half))
-        .map(|(_, k)| k);
-    debug_assert!(
-        best.as_deref().is_none_or(|k| range.contains(k)),
-        "middle key outside range"
-    );
+    let best = checkpoints.into_iter().skip(1).min_by_key(|(before, _)| before.abs_diff(half)).map(|(_, k)| k);
+    debug_assert!(best.as_deref().is_none_or(|k| range.contains(k)), "middle key outside range");
     Ok(best)
 }

@@ -32,6 +32,14 @@ pub enum EngineError {
         /// The limit.
         max_bytes: usize,
     },
+    /// A value longer than [`crate::MAX_VALUE_BYTES`].
+    #[error("value of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    ValueTooLarge {
+        /// Length of the offending value.
+        len_bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
     /// A write batch larger than the engine's `max_write_batch_bytes`.
     #[error("write batch of {batch_bytes} bytes exceeds the limit of {max_bytes} bytes")]
     BatchTooLarge {
@@ -44,9 +52,7 @@ pub enum EngineError {
     #[error("invalid key range: {0}")]
     InvalidRange(String),
     /// Keys handed to an ordered operation were not strictly ascending or left the range.
-    #[error(
-        "key stream for {cf:?} {range} is not strictly ascending inside the range at key {key:?}"
-    )]
+    #[error("key stream for {cf:?} {range} is not strictly ascending inside the range at key {key:?}")]
     UnorderedKeys {
         /// The column family written.
         cf: Cf,
@@ -85,7 +91,7 @@ impl From<rocksdb::Error> for EngineError {
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The chunk's bytes are damaged: bad magic, bad length, crc32 mismatch, bad compression.
-    #[error("corrupt chunk (seq {seq:?}): {reason}")]
+    #[error("corrupt chunk{}: {reason}", seq_suffix(*.seq))]
     Corrupt {
         /// Sequence number from the chunk header, when it could be read.
         seq: Option<u64>,
@@ -179,4 +185,8 @@ pub enum TransferError {
     /// The engine failed while staging or switching.
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+fn seq_suffix(seq: Option<u64>) -> String {
+    seq.map_or_else(String::new, |s| format!(" {s}"))
 }

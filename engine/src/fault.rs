@@ -16,9 +16,11 @@ use rand::{Rng, SeedableRng};
 use crate::engine::{Engine, Reader};
 use crate::error::{EngineError, Result};
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOptions,
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };
+
+/// Largest extra latency a rule may inject into one operation, in microseconds (10 s).
+pub const MAX_INJECTED_LATENCY_US: u64 = 10_000_000;
 
 /// The classes of engine operations a fault can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -80,11 +82,7 @@ impl FaultRule {
     /// A fixed extra latency.
     pub fn fixed_latency(latency: Duration) -> Self {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        FaultRule {
-            latency_start_us: us,
-            latency_end_us: us,
-            ..Self::default()
-        }
+        FaultRule { latency_start_us: us, latency_end_us: us, ..Self::default() }
     }
 
     /// A latency ramp from `start` to `end` over `ramp`.
@@ -100,10 +98,7 @@ impl FaultRule {
 
     /// Fails operations with probability `rate`.
     pub fn errors(rate: f64) -> Self {
-        FaultRule {
-            error_rate: rate,
-            ..Self::default()
-        }
+        FaultRule { error_rate: rate, ..Self::default() }
     }
 
     /// The extra latency `elapsed` after the rule was set.
@@ -128,12 +123,15 @@ impl FaultRule {
         self.latency_start_us > 0 || self.latency_end_us > 0 || self.error_rate > 0.0
     }
 
-    /// Fails on an error rate outside `[0, 1]`.
+    /// Fails on an error rate outside `[0, 1]` or a latency above [`MAX_INJECTED_LATENCY_US`].
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(EngineError::Config(format!("error-rate {} is outside [0, 1]", self.error_rate)));
+        }
+        let worst = self.latency_start_us.max(self.latency_end_us);
+        if worst > MAX_INJECTED_LATENCY_US {
             return Err(EngineError::Config(format!(
-                "error-rate {} is outside [0, 1]",
-                self.error_rate
+                "injected latency {worst}us exceeds the limit of {MAX_INJECTED_LATENCY_US}us"
             )));
         }
         Ok(())
@@ -166,9 +164,7 @@ impl FaultConfig {
 
     /// Validates every rule.
     pub fn validate(&self) -> Result<()> {
-        OpClass::ALL
-            .iter()
-            .try_for_each(|c| self.rule(*c).validate())
+        OpClass::ALL.iter().try_for_each(|c| self.rule(*c).validate())
     }
 }
 
@@ -192,9 +188,7 @@ impl Default for FaultInjector {
 
 impl fmt::Debug for FaultInjector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultInjector")
-            .field("config", &self.config())
-            .finish()
+        f.debug_struct("FaultInjector").field("config", &self.config()).finish()
     }
 }
 
@@ -213,9 +207,7 @@ impl FaultInjector {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, InjectorState> {
         // The state stays consistent under panics (plain values), so a poisoned lock is usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Replaces the configuration; ramps restart now and the RNG is reseeded.
@@ -306,13 +298,7 @@ impl<S: Reader> Reader for FaultySnapshot<S> {
         self.inner.get(cf, key)
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
         self.faults.before(OpClass::Read)?;
         self.inner.scan(cf, range, order, limit)
     }
@@ -324,13 +310,7 @@ impl<E: Engine> Reader for FaultyEngine<E> {
         self.inner.get(cf, key)
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
         self.faults.before(OpClass::Read)?;
         self.inner.scan(cf, range, order, limit)
     }
@@ -340,31 +320,19 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     type Snapshot = FaultySnapshot<E::Snapshot>;
 
     fn write(&self, batch: &WriteBatch, opts: WriteOptions) -> Result<()> {
-        self.faults.before(if opts.sync {
-            OpClass::Sync
-        } else {
-            OpClass::Write
-        })?;
+        self.faults.before(if opts.sync { OpClass::Sync } else { OpClass::Write })?;
         self.inner.write(batch, opts)
     }
 
     fn snapshot(&self) -> Self::Snapshot {
-        FaultySnapshot {
-            inner: self.inner.snapshot(),
-            faults: Arc::clone(&self.faults),
-        }
+        FaultySnapshot { inner: self.inner.snapshot(), faults: Arc::clone(&self.faults) }
     }
 
     fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {
         self.inner.approximate_stats(cf, range)
     }
 
-    fn replace_range(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
-    ) -> Result<u64> {
+    fn replace_range(&self, cf: Cf, range: &KeyRange, pairs: &mut dyn Iterator<Item = Result<KvPair>>) -> Result<u64> {
         self.faults.before(OpClass::Sync)?;
         self.inner.replace_range(cf, range, pairs)
     }
@@ -385,80 +353,38 @@ mod tests {
 
     #[test]
     fn ramp_interpolates_and_holds() {
-        let r = FaultRule::ramp(
-            Duration::from_millis(1),
-            Duration::from_millis(11),
-            Duration::from_secs(10),
-        );
+        let r = FaultRule::ramp(Duration::from_millis(1), Duration::from_millis(11), Duration::from_secs(10));
         assert_eq!(r.latency_at(Duration::ZERO), Duration::from_millis(1));
-        assert_eq!(
-            r.latency_at(Duration::from_secs(5)),
-            Duration::from_millis(6)
-        );
-        assert_eq!(
-            r.latency_at(Duration::from_secs(10)),
-            Duration::from_millis(11)
-        );
-        assert_eq!(
-            r.latency_at(Duration::from_secs(100)),
-            Duration::from_millis(11)
-        );
-        let down = FaultRule::ramp(
-            Duration::from_millis(10),
-            Duration::ZERO,
-            Duration::from_secs(10),
-        );
-        assert_eq!(
-            down.latency_at(Duration::from_secs(5)),
-            Duration::from_millis(5)
-        );
+        assert_eq!(r.latency_at(Duration::from_secs(5)), Duration::from_millis(6));
+        assert_eq!(r.latency_at(Duration::from_secs(10)), Duration::from_millis(11));
+        assert_eq!(r.latency_at(Duration::from_secs(100)), Duration::from_millis(11));
+        let down = FaultRule::ramp(Duration::from_millis(10), Duration::ZERO, Duration::from_secs(10));
+        assert_eq!(down.latency_at(Duration::from_secs(5)), Duration::from_millis(5));
         let fixed = FaultRule::fixed_latency(Duration::from_micros(250));
-        assert_eq!(
-            fixed.latency_at(Duration::from_secs(3)),
-            Duration::from_micros(250)
-        );
+        assert_eq!(fixed.latency_at(Duration::from_secs(3)), Duration::from_micros(250));
     }
 
     #[test]
     fn error_draws_are_seeded() {
         let draws = |seed| {
             let inj = FaultInjector::new();
-            inj.set(FaultConfig {
-                write: FaultRule::errors(0.3),
-                seed,
-                ..FaultConfig::default()
-            })
-            .expect("valid");
-            (0..200)
-                .map(|_| inj.before(OpClass::Write).is_err())
-                .collect::<Vec<_>>()
+            inj.set(FaultConfig { write: FaultRule::errors(0.3), seed, ..FaultConfig::default() }).expect("valid");
+            (0..200).map(|_| inj.before(OpClass::Write).is_err()).collect::<Vec<_>>()
         };
         let a = draws(7);
         assert_eq!(a, draws(7), "same seed, same faults");
         assert_ne!(a, draws(8), "another seed, other faults");
         let failed = a.iter().filter(|f| **f).count();
-        assert!(
-            (30..=90).contains(&failed),
-            "about 30% of 200 should fail, got {failed}"
-        );
+        assert!((30..=90).contains(&failed), "about 30% of 200 should fail, got {failed}");
     }
 
     #[test]
     fn only_the_configured_class_is_hit() {
         let inj = FaultInjector::new();
-        inj.set(FaultConfig {
-            sync: FaultRule::errors(1.0),
-            ..FaultConfig::default()
-        })
-        .expect("valid");
+        inj.set(FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }).expect("valid");
         assert!(inj.before(OpClass::Read).is_ok());
         assert!(inj.before(OpClass::Write).is_ok());
-        assert!(matches!(
-            inj.before(OpClass::Sync),
-            Err(EngineError::Injected {
-                class: OpClass::Sync
-            })
-        ));
+        assert!(matches!(inj.before(OpClass::Sync), Err(EngineError::Injected { class: OpClass::Sync })));
         assert_eq!(inj.injected_errors(OpClass::Sync), 1);
         inj.clear();
         assert!(inj.before(OpClass::Sync).is_ok());
@@ -467,17 +393,7 @@ mod tests {
     #[test]
     fn bad_rates_are_refused() {
         let inj = FaultInjector::new();
-        assert!(inj
-            .set(FaultConfig {
-                read: FaultRule::errors(1.5),
-                ..FaultConfig::default()
-            })
-            .is_err());
-        assert!(inj
-            .set(FaultConfig {
-                read: FaultRule::errors(f64::NAN),
-                ..FaultConfig::default()
-            })
-            .is_err());
+        assert!(inj.set(FaultConfig { read: FaultRule::errors(1.5), ..FaultConfig::default() }).is_err());
+        assert!(inj.set(FaultConfig { read: FaultRule::errors(f64::NAN), ..FaultConfig::default() }).is_err());
     }
 }

@@ -31,6 +31,6 @@ pub use metrics::{EngineMetrics, EngineMetricsSnapshot, LatencySnapshot, Metered
 pub use rocks::{RocksConfig, RocksEngine, RocksSnapshot};
 pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, RangeChecksum, ResumePoint};
 pub use types::{
-    check_key, escape, Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage,
-    StorageStats, WriteBatch, WriteOp, WriteOptions, MAX_KEY_BYTES,
+    check_key, escape, Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
+    WriteOp, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };

@@ -12,8 +12,7 @@ use imbl::OrdMap;
 use crate::engine::{check_ascending, Engine, Reader};
 use crate::error::Result;
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOp, WriteOptions,
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOp, WriteOptions,
 };
 
 type Map = OrdMap<Vec<u8>, Vec<u8>>;
@@ -34,11 +33,7 @@ impl Maps {
     }
 
     fn remove_range(&mut self, cf: Cf, range: &KeyRange) {
-        let keys: Vec<Vec<u8>> = self
-            .cf(cf)
-            .range(bounds(range))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys: Vec<Vec<u8>> = self.cf(cf).range(bounds(range)).map(|(k, _)| k.clone()).collect();
         let map = self.cf_mut(cf);
         for k in keys {
             map.remove(&k);
@@ -47,12 +42,7 @@ impl Maps {
 }
 
 fn bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (
-        Bound::Included(range.start().to_vec()),
-        range
-            .end()
-            .map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())),
-    )
+    (Bound::Included(range.start().to_vec()), range.end().map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())))
 }
 
 /// The in-memory engine. Clones share the same data.
@@ -76,10 +66,7 @@ impl MemEngine {
 
     /// An empty engine refusing batches above `max_write_batch_bytes`.
     pub fn with_max_write_batch_bytes(max_write_batch_bytes: usize) -> Self {
-        MemEngine {
-            maps: Arc::new(RwLock::new(Maps::default())),
-            max_write_batch_bytes,
-        }
+        MemEngine { maps: Arc::new(RwLock::new(Maps::default())), max_write_batch_bytes }
     }
 
     fn read(&self) -> Maps {
@@ -114,13 +101,7 @@ fn get(maps: &Maps, cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
     maps.cf(cf).get(key).cloned()
 }
 
-fn scan(
-    maps: &Maps,
-    cf: Cf,
-    range: &KeyRange,
-    order: ScanOrder,
-    limit: ScanLimit,
-) -> Result<ScanPage> {
+fn scan(maps: &Maps, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
     limit.validate()?;
     let iter = maps.cf(cf).range(bounds(range));
     let mut iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match order {
@@ -130,8 +111,7 @@ fn scan(
     let mut page = ScanPage::default();
     let mut bytes = 0usize;
     for (k, v) in iter.by_ref() {
-        if !page.pairs.is_empty()
-            && (page.pairs.len() >= limit.max_keys || bytes + k.len() + v.len() > limit.max_bytes)
+        if !page.pairs.is_empty() && (page.pairs.len() >= limit.max_keys || bytes + k.len() + v.len() > limit.max_bytes)
         {
             page.more = true;
             break;
@@ -147,13 +127,7 @@ impl Reader for MemSnapshot {
         Ok(get(&self.maps, cf, key))
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
         scan(&self.maps, cf, range, order, limit)
     }
 }
@@ -163,13 +137,7 @@ impl Reader for MemEngine {
         Ok(get(&self.read(), cf, key))
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
         scan(&self.read(), cf, range, order, limit)
     }
 }
@@ -209,12 +177,7 @@ impl Engine for MemEngine {
         Ok(stats)
     }
 
-    fn replace_range(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
-    ) -> Result<u64> {
+    fn replace_range(&self, cf: Cf, range: &KeyRange, pairs: &mut dyn Iterator<Item = Result<KvPair>>) -> Result<u64> {
         // Build the new contents aside, then swap them in under the write lock.
         let mut fresh = Map::new();
         let mut prev: Option<Vec<u8>> = None;
@@ -241,14 +204,7 @@ impl Engine for MemEngine {
 
     fn storage_stats(&self) -> StorageStats {
         let maps = self.read();
-        let bytes: usize = Cf::ALL
-            .iter()
-            .flat_map(|cf| maps.cf(*cf).iter())
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        StorageStats {
-            memtable_bytes: bytes as u64,
-            ..StorageStats::default()
-        }
+        let bytes: usize = Cf::ALL.iter().flat_map(|cf| maps.cf(*cf).iter()).map(|(k, v)| k.len() + v.len()).sum();
+        StorageStats { memtable_bytes: bytes as u64, ..StorageStats::default() }
     }
 }

@@ -17,8 +17,7 @@ use crate::engine::{Engine, Reader};
 use crate::error::{EngineError, Result};
 use crate::fault::OpClass;
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOptions,
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };
 
 /// Bucket upper bounds of the latency histograms, in seconds: 20 µs to about 5 s.
@@ -44,11 +43,7 @@ impl LatencySnapshot {
         LatencySnapshot {
             count: h.get_sample_count(),
             sum_seconds: h.get_sample_sum(),
-            buckets: h
-                .get_bucket()
-                .iter()
-                .map(|b| (b.upper_bound(), b.cumulative_count()))
-                .collect(),
+            buckets: h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect(),
         }
     }
 
@@ -60,13 +55,7 @@ impl LatencySnapshot {
             buckets: self
                 .buckets
                 .iter()
-                .zip(
-                    earlier
-                        .buckets
-                        .iter()
-                        .map(|b| b.1)
-                        .chain(std::iter::repeat(0)),
-                )
+                .zip(earlier.buckets.iter().map(|b| b.1).chain(std::iter::repeat(0)))
                 .map(|((le, c), e)| (*le, c.saturating_sub(e)))
                 .collect(),
         }
@@ -84,12 +73,7 @@ impl LatencySnapshot {
             return None;
         }
         let rank = (q.clamp(0.0, 1.0) * self.count as f64).ceil().max(1.0) as u64;
-        Some(
-            self.buckets
-                .iter()
-                .find(|(_, c)| *c >= rank)
-                .map_or(f64::INFINITY, |(le, _)| *le),
-        )
+        Some(self.buckets.iter().find(|(_, c)| *c >= rank).map_or(f64::INFINITY, |(le, _)| *le))
     }
 }
 
@@ -131,42 +115,19 @@ impl EngineMetrics {
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
         let hist = |name: &str, help: &str| -> Result<Histogram> {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(latency_buckets_seconds()),
-            )
-            .map_err(metrics_err)?;
-            registry
-                .register(Box::new(h.clone()))
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets_seconds()))
                 .map_err(metrics_err)?;
+            registry.register(Box::new(h.clone())).map_err(metrics_err)?;
             Ok(h)
         };
-        let write = hist(
-            "presage_engine_write_seconds",
-            "Latency of unsynced engine writes",
-        )?;
-        let sync = hist(
-            "presage_engine_sync_write_seconds",
-            "Latency of synced engine writes",
-        )?;
-        let read = hist(
-            "presage_engine_read_seconds",
-            "Latency of engine reads and scans",
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new("presage_engine_errors_total", "Failed engine operations"),
-            &["class"],
-        )
-        .map_err(metrics_err)?;
-        registry
-            .register(Box::new(errors.clone()))
-            .map_err(metrics_err)?;
-        Ok(EngineMetrics {
-            registry,
-            write,
-            sync,
-            read,
-            errors,
-        })
+        let write = hist("presage_engine_write_seconds", "Latency of unsynced engine writes")?;
+        let sync = hist("presage_engine_sync_write_seconds", "Latency of synced engine writes")?;
+        let read = hist("presage_engine_read_seconds", "Latency of engine reads and scans")?;
+        let errors =
+            IntCounterVec::new(Opts::new("presage_engine_errors_total", "Failed engine operations"), &["class"])
+                .map_err(metrics_err)?;
+        registry.register(Box::new(errors.clone())).map_err(metrics_err)?;
+        Ok(EngineMetrics { registry, write, sync, read, errors })
     }
 
     /// The registry holding these metrics (for `/metrics`).
@@ -220,10 +181,7 @@ pub struct MeteredEngine<E> {
 impl<E: Engine> MeteredEngine<E> {
     /// Wraps `inner` with fresh metrics.
     pub fn new(inner: E) -> Result<Self> {
-        Ok(MeteredEngine {
-            inner,
-            metrics: Arc::new(EngineMetrics::new()?),
-        })
+        Ok(MeteredEngine { inner, metrics: Arc::new(EngineMetrics::new()?) })
     }
 
     /// The wrapped engine.
@@ -238,10 +196,7 @@ impl<E: Engine> MeteredEngine<E> {
 
     /// Latencies, errors and the engine's storage stats, now.
     pub fn metrics_snapshot(&self) -> EngineMetricsSnapshot {
-        EngineMetricsSnapshot {
-            storage: self.inner.storage_stats(),
-            ..self.metrics.snapshot()
-        }
+        EngineMetricsSnapshot { storage: self.inner.storage_stats(), ..self.metrics.snapshot() }
     }
 }
 
@@ -253,37 +208,21 @@ pub struct MeteredSnapshot<S> {
 
 impl<S: Reader> Reader for MeteredSnapshot<S> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.metrics
-            .observe(OpClass::Read, || self.inner.get(cf, key))
+        self.metrics.observe(OpClass::Read, || self.inner.get(cf, key))
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
-        self.metrics
-            .observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
+        self.metrics.observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
     }
 }
 
 impl<E: Engine> Reader for MeteredEngine<E> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.metrics
-            .observe(OpClass::Read, || self.inner.get(cf, key))
+        self.metrics.observe(OpClass::Read, || self.inner.get(cf, key))
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
-        self.metrics
-            .observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
+        self.metrics.observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
     }
 }
 
@@ -291,38 +230,24 @@ impl<E: Engine> Engine for MeteredEngine<E> {
     type Snapshot = MeteredSnapshot<E::Snapshot>;
 
     fn write(&self, batch: &WriteBatch, opts: WriteOptions) -> Result<()> {
-        let class = if opts.sync {
-            OpClass::Sync
-        } else {
-            OpClass::Write
-        };
-        self.metrics
-            .observe(class, || self.inner.write(batch, opts))
+        let class = if opts.sync { OpClass::Sync } else { OpClass::Write };
+        self.metrics.observe(class, || self.inner.write(batch, opts))
     }
 
     fn snapshot(&self) -> Self::Snapshot {
-        MeteredSnapshot {
-            inner: self.inner.snapshot(),
-            metrics: Arc::clone(&self.metrics),
-        }
+        MeteredSnapshot { inner: self.inner.snapshot(), metrics: Arc::clone(&self.metrics) }
     }
 
     fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {
         self.inner.approximate_stats(cf, range)
     }
 
-    fn replace_range(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
-    ) -> Result<u64> {
-        self.metrics
-            .observe(OpClass::Sync, || self.inner.replace_range(cf, range, pairs))
+    fn replace_range(&self, cf: Cf, range: &KeyRange, pairs: &mut dyn Iterator<Item = Result<KvPair>>) -> Result<u64> {
+        self.metrics.observe(OpClass::Sync, || self.inner.replace_range(cf, range, pairs))
     }
 
     fn flush(&self) -> Result<()> {
-        self.inner.flush()
+        self.metrics.observe(OpClass::Sync, || self.inner.flush())
     }
 
     fn storage_stats(&self) -> StorageStats {
@@ -347,8 +272,6 @@ mod tests {
         assert_eq!(d.quantile_upper_bound(0.5), Some(40e-6));
         let p999 = d.quantile_upper_bound(0.999).expect("observations");
         assert!((0.5..=1.0).contains(&p999), "p99.9 bucket {p999}");
-        assert!(LatencySnapshot::default()
-            .quantile_upper_bound(0.5)
-            .is_none());
+        assert!(LatencySnapshot::default().quantile_upper_bound(0.5).is_none());
     }
 }

@@ -14,16 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    IngestExternalFileOptions, Options, ReadOptions, SstFileWriter, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IngestExternalFileOptions,
+    Options, ReadOptions, SstFileWriter, DB,
 };
 use self_cell::self_cell;
 
 use crate::engine::{check_ascending, Engine, Reader};
 use crate::error::{EngineError, Result};
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOp, WriteOptions,
+    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOp, WriteOptions,
 };
 
 /// Settings of the RocksDB engine.
@@ -55,20 +54,13 @@ impl RocksConfig {
     /// Fails on a value RocksDB cannot work with.
     pub fn validate(&self) -> Result<()> {
         if self.write_buffer_bytes < 64 * 1024 {
-            return Err(EngineError::Config(format!(
-                "write-buffer-bytes {} is below 64KiB",
-                self.write_buffer_bytes
-            )));
+            return Err(EngineError::Config(format!("write-buffer-bytes {} is below 64KiB", self.write_buffer_bytes)));
         }
         if self.max_background_jobs < 1 {
-            return Err(EngineError::Config(
-                "max-background-jobs must be at least 1".into(),
-            ));
+            return Err(EngineError::Config("max-background-jobs must be at least 1".into()));
         }
         if self.max_write_batch_bytes == 0 {
-            return Err(EngineError::Config(
-                "max-write-batch-bytes must be positive".into(),
-            ));
+            return Err(EngineError::Config("max-write-batch-bytes must be positive".into()));
         }
         Ok(())
     }
@@ -105,28 +97,24 @@ impl RocksEngine {
         config.validate()?;
         let db_dir = dir.join("db");
         let ingest_dir = dir.join("ingest");
-        // Leftover ingest files belong to replace_range calls that never finished.
-        if ingest_dir.exists() {
-            std::fs::remove_dir_all(&ingest_dir).map_err(|source| EngineError::Io {
-                context: format!("clearing {}", ingest_dir.display()),
-                source,
-            })?;
-        }
-        std::fs::create_dir_all(&ingest_dir).map_err(|source| EngineError::Io {
-            context: format!("creating {}", ingest_dir.display()),
-            source,
-        })?;
-
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(config.max_background_jobs);
         db_opts.set_bytes_per_sync(1024 * 1024);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, config, &cache)));
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, config, &cache)));
+        // Opening takes RocksDB's LOCK file, so a second process on the same folder fails here,
+        // before it could touch the running engine's files below.
         let db = DB::open_cf_descriptors(&db_opts, &db_dir, cfs)?;
+        // Leftover ingest files belong to replace_range calls that never finished.
+        if ingest_dir.exists() {
+            std::fs::remove_dir_all(&ingest_dir)
+                .map_err(|source| EngineError::Io { context: format!("clearing {}", ingest_dir.display()), source })?;
+        }
+        std::fs::create_dir_all(&ingest_dir)
+            .map_err(|source| EngineError::Io { context: format!("creating {}", ingest_dir.display()), source })?;
+
         Ok(RocksEngine {
             db: Arc::new(db),
             ingest_dir: Arc::new(ingest_dir),
@@ -137,16 +125,13 @@ impl RocksEngine {
 
     /// Compacts `range` of `cf` down to the bottom level.
     pub fn compact_range(&self, cf: Cf, range: &KeyRange) -> Result<()> {
-        self.db
-            .compact_range_cf(handle(&self.db, cf)?, Some(range.start()), range.end());
+        self.db.compact_range_cf(handle(&self.db, cf)?, Some(range.start()), range.end());
         Ok(())
     }
 
     fn int_property(&self, cf: Option<Cf>, name: &str) -> u64 {
         let value = match cf {
-            Some(cf) => {
-                handle(&self.db, cf).and_then(|h| Ok(self.db.property_int_value_cf(h, name)?))
-            }
+            Some(cf) => handle(&self.db, cf).and_then(|h| Ok(self.db.property_int_value_cf(h, name)?)),
             None => self.db.property_int_value(name).map_err(EngineError::from),
         };
         match value {
@@ -179,8 +164,7 @@ fn cf_options(cf: Cf, config: &RocksConfig, cache: &Cache) -> Options {
 }
 
 fn handle(db: &DB, cf: Cf) -> Result<&ColumnFamily> {
-    db.cf_handle(cf.name())
-        .ok_or_else(|| EngineError::Rocks(format!("column family {} is missing", cf.name())))
+    db.cf_handle(cf.name()).ok_or_else(|| EngineError::Rocks(format!("column family {} is missing", cf.name())))
 }
 
 fn read_options(range: &KeyRange) -> ReadOptions {
@@ -206,8 +190,7 @@ fn fill_page(
     let mut page = ScanPage::default();
     let mut bytes = 0usize;
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
-        if !page.pairs.is_empty()
-            && (page.pairs.len() >= limit.max_keys || bytes + k.len() + v.len() > limit.max_bytes)
+        if !page.pairs.is_empty() && (page.pairs.len() >= limit.max_keys || bytes + k.len() + v.len() > limit.max_bytes)
         {
             page.more = true;
             break;
@@ -228,16 +211,8 @@ impl Reader for RocksEngine {
         Ok(self.db.get_cf(handle(&self.db, cf)?, key)?)
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
-        let it = self
-            .db
-            .raw_iterator_cf_opt(handle(&self.db, cf)?, read_options(range));
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
+        let it = self.db.raw_iterator_cf_opt(handle(&self.db, cf)?, read_options(range));
         fill_page(it, range, order, limit)
     }
 }
@@ -248,18 +223,9 @@ impl Reader for RocksSnapshot {
         Ok(self.inner.borrow_dependent().get_cf(handle(db, cf)?, key)?)
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        order: ScanOrder,
-        limit: ScanLimit,
-    ) -> Result<ScanPage> {
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
         let db = self.inner.borrow_owner();
-        let it = self
-            .inner
-            .borrow_dependent()
-            .raw_iterator_cf_opt(handle(db, cf)?, read_options(range));
+        let it = self.inner.borrow_dependent().raw_iterator_cf_opt(handle(db, cf)?, read_options(range));
         fill_page(it, range, order, limit)
     }
 }
@@ -286,9 +252,7 @@ impl Engine for RocksEngine {
     }
 
     fn snapshot(&self) -> RocksSnapshot {
-        RocksSnapshot {
-            inner: OwnedSnapshot::new(Arc::clone(&self.db), |db| db.snapshot()),
-        }
+        RocksSnapshot { inner: OwnedSnapshot::new(Arc::clone(&self.db), |db| db.snapshot()) }
     }
 
     fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {
@@ -306,19 +270,13 @@ impl Engine for RocksEngine {
             0
         } else {
             // Scale the column family's key count by the range's share of its bytes.
-            let scaled = u128::from(cf_keys) * u128::from(size_bytes.min(cf_sst_bytes))
-                / u128::from(cf_sst_bytes);
+            let scaled = u128::from(cf_keys) * u128::from(size_bytes.min(cf_sst_bytes)) / u128::from(cf_sst_bytes);
             u64::try_from(scaled).unwrap_or(u64::MAX)
         };
         Ok(RangeStats { size_bytes, keys })
     }
 
-    fn replace_range(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        pairs: &mut dyn Iterator<Item = Result<KvPair>>,
-    ) -> Result<u64> {
+    fn replace_range(&self, cf: Cf, range: &KeyRange, pairs: &mut dyn Iterator<Item = Result<KvPair>>) -> Result<u64> {
         let n = self.next_ingest_file.fetch_add(1, Ordering::Relaxed);
         let path = self.ingest_dir.join(format!("replace-{n}.sst"));
         let result = self.write_and_ingest(cf, range, pairs, &path);
@@ -338,12 +296,7 @@ impl Engine for RocksEngine {
     }
 
     fn storage_stats(&self) -> StorageStats {
-        let sum = |name: &str| {
-            Cf::ALL
-                .iter()
-                .map(|cf| self.int_property(Some(*cf), name))
-                .sum::<u64>()
-        };
+        let sum = |name: &str| Cf::ALL.iter().map(|cf| self.int_property(Some(*cf), name)).sum::<u64>();
         StorageStats {
             pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
             write_delayed: self.int_property(None, "rocksdb.actual-delayed-write-rate") > 0,
@@ -381,8 +334,7 @@ impl RocksEngine {
         writer.finish()?;
         let mut io = IngestExternalFileOptions::default();
         io.set_move_files(true);
-        self.db
-            .ingest_external_file_cf_opts(handle(&self.db, cf)?, &io, vec![path])?;
+        self.db.ingest_external_file_cf_opts(handle(&self.db, cf)?, &io, vec![path])?;
         Ok(count)
     }
 }

@@ -39,14 +39,28 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::engine::{for_each_pair, Engine, Reader};
 use crate::error::{EngineError, Result, TransferError};
 use crate::types::{
-    check_key, Cf, KeyRange, KvPair, ScanLimit, ScanOrder, WriteBatch, WriteOptions,
+    check_key, Cf, KeyRange, KvPair, ScanLimit, ScanOrder, WriteBatch, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 const MAGIC: &[u8; 4] = b"PSC1";
 /// Bytes of a chunk's frame header, before the payload.
 pub const CHUNK_HEADER_BYTES: usize = 36;
+/// zstd level used once data proves incompressible (zstd's "fast" negative levels).
+const INCOMPRESSIBLE_ZSTD_LEVEL: i32 = -5;
+/// A chunk compressing by less than this ratio counts as incompressible.
+const MIN_USEFUL_COMPRESSION_RATIO: f64 = 1.1;
+
 /// Default target size of a data chunk's uncompressed body.
 pub const DEFAULT_MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest body a chunk can need: the target size, or one pair of the largest key and value
+/// the engine stores (a pair never splits across chunks), with its two length prefixes.
+pub const MAX_CHUNK_BODY_BYTES: usize = DEFAULT_MAX_CHUNK_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES + 8;
+
+/// Largest frame carrying a body of at most `max_chunk_bytes`: zstd may expand incompressible
+/// input slightly.
+pub fn max_frame_bytes(max_chunk_bytes: usize) -> usize {
+    zstd::zstd_safe::compress_bound(max_chunk_bytes).saturating_add(CHUNK_HEADER_BYTES)
+}
 
 /// Order-dependent checksum of a sequence of pairs: crc32 over `len(k) k len(v) v` for each
 /// pair in key order, plus exact pair and byte counts.
@@ -62,11 +76,7 @@ pub struct RangeChecksum {
 
 impl fmt::Display for RangeChecksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} pairs, {} bytes, crc32 {:08x}",
-            self.pairs, self.bytes, self.crc32
-        )
+        write!(f, "{} pairs, {} bytes, crc32 {:08x}", self.pairs, self.bytes, self.crc32)
     }
 }
 
@@ -87,11 +97,7 @@ impl Default for ChecksumBuilder {
 impl ChecksumBuilder {
     /// An empty checksum.
     pub fn new() -> Self {
-        ChecksumBuilder {
-            hasher: crc32fast::Hasher::new(),
-            pairs: 0,
-            bytes: 0,
-        }
+        ChecksumBuilder { hasher: crc32fast::Hasher::new(), pairs: 0, bytes: 0 }
     }
 
     /// Continues from a checksum computed over a prefix of the pairs.
@@ -115,11 +121,7 @@ impl ChecksumBuilder {
 
     /// The checksum so far.
     pub fn finish(&self) -> RangeChecksum {
-        RangeChecksum {
-            pairs: self.pairs,
-            bytes: self.bytes,
-            crc32: self.hasher.clone().finalize(),
-        }
+        RangeChecksum { pairs: self.pairs, bytes: self.bytes, crc32: self.hasher.clone().finalize() }
     }
 }
 
@@ -178,32 +180,30 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn build(
+    /// A chunk of `kind` whose body is `raw`, compressed at `zstd_level`.
+    pub fn new(kind: ChunkKind, stream_id: u64, seq: u64, raw: &[u8], zstd_level: i32) -> Result<Self> {
+        let mut compressor = zstd::bulk::Compressor::new(zstd_level)
+            .map_err(|e| EngineError::Io { context: "zstd compressor".into(), source: e })?;
+        Self::compressed_with(&mut compressor, kind, stream_id, seq, raw)
+    }
+
+    fn compressed_with(
+        compressor: &mut zstd::bulk::Compressor<'_>,
         kind: ChunkKind,
         stream_id: u64,
         seq: u64,
         raw: &[u8],
-        zstd_level: i32,
     ) -> Result<Self> {
-        let raw_len = u32::try_from(raw.len())
-            .map_err(|_| EngineError::Corrupt(format!("chunk body of {} bytes", raw.len())))?;
-        let payload = zstd::bulk::compress(raw, zstd_level).map_err(|e| EngineError::Io {
-            context: "zstd compression".into(),
-            source: e,
-        })?;
-        Ok(Chunk {
-            kind,
-            stream_id,
-            seq,
-            raw_len,
-            payload: Bytes::from(payload),
-        })
+        let raw_len =
+            u32::try_from(raw.len()).map_err(|_| EngineError::Corrupt(format!("chunk body of {} bytes", raw.len())))?;
+        let payload =
+            compressor.compress(raw).map_err(|e| EngineError::Io { context: "zstd compression".into(), source: e })?;
+        Ok(Chunk { kind, stream_id, seq, raw_len, payload: Bytes::from(payload) })
     }
 
     fn header_bytes(&self) -> Result<[u8; CHUNK_HEADER_BYTES - 4]> {
-        let payload_len = u32::try_from(self.payload.len()).map_err(|_| {
-            EngineError::Corrupt(format!("chunk payload of {} bytes", self.payload.len()))
-        })?;
+        let payload_len = u32::try_from(self.payload.len())
+            .map_err(|_| EngineError::Corrupt(format!("chunk payload of {} bytes", self.payload.len())))?;
         let mut h = [0u8; CHUNK_HEADER_BYTES - 4];
         let mut w = &mut h[..];
         w.put_slice(MAGIC);
@@ -233,17 +233,12 @@ impl Chunk {
     /// and the declared decompressed size.
     pub fn decode(frame: &[u8], max_chunk_bytes: usize) -> Result<Chunk, TransferError> {
         let corrupt = |seq: Option<u64>, reason: String| TransferError::Corrupt { seq, reason };
-        if frame.len() > max_chunk_bytes + CHUNK_HEADER_BYTES {
-            return Err(TransferError::TooLarge {
-                len_bytes: frame.len(),
-                max_bytes: max_chunk_bytes + CHUNK_HEADER_BYTES,
-            });
+        let max_frame_bytes = max_frame_bytes(max_chunk_bytes);
+        if frame.len() > max_frame_bytes {
+            return Err(TransferError::TooLarge { len_bytes: frame.len(), max_bytes: max_frame_bytes });
         }
         if frame.len() < CHUNK_HEADER_BYTES {
-            return Err(corrupt(
-                None,
-                format!("frame of {} bytes is shorter than its header", frame.len()),
-            ));
+            return Err(corrupt(None, format!("frame of {} bytes is shorter than its header", frame.len())));
         }
         let mut r = frame;
         let mut magic = [0u8; 4];
@@ -259,46 +254,27 @@ impl Chunk {
         let payload_len = r.get_u32_le() as usize;
         let crc_stored = r.get_u32_le();
         if r.len() != payload_len {
-            return Err(corrupt(
-                Some(seq),
-                format!("payload is {} bytes, header says {payload_len}", r.len()),
-            ));
+            return Err(corrupt(Some(seq), format!("payload is {} bytes, header says {payload_len}", r.len())));
         }
         let mut crc = crc32fast::Hasher::new();
         crc.update(&frame[..CHUNK_HEADER_BYTES - 4]);
         crc.update(r);
         let crc_actual = crc.finalize();
         if crc_actual != crc_stored {
-            return Err(corrupt(
-                Some(seq),
-                format!("crc32 {crc_actual:08x} != stored {crc_stored:08x}"),
-            ));
+            return Err(corrupt(Some(seq), format!("crc32 {crc_actual:08x} != stored {crc_stored:08x}")));
         }
         let kind = ChunkKind::from_code(kind_code)
             .ok_or_else(|| corrupt(Some(seq), format!("unknown chunk kind {kind_code}")))?;
         if raw_len as usize > max_chunk_bytes {
-            return Err(TransferError::TooLarge {
-                len_bytes: raw_len as usize,
-                max_bytes: max_chunk_bytes,
-            });
+            return Err(TransferError::TooLarge { len_bytes: raw_len as usize, max_bytes: max_chunk_bytes });
         }
-        Ok(Chunk {
-            kind,
-            stream_id,
-            seq,
-            raw_len,
-            payload: Bytes::copy_from_slice(r),
-        })
+        Ok(Chunk { kind, stream_id, seq, raw_len, payload: Bytes::copy_from_slice(r) })
     }
 
     /// The decompressed body; fails unless it is exactly `raw_len` bytes.
     pub fn body(&self) -> Result<Vec<u8>, TransferError> {
-        let body = zstd::bulk::decompress(&self.payload, self.raw_len as usize).map_err(|e| {
-            TransferError::Corrupt {
-                seq: Some(self.seq),
-                reason: format!("zstd: {e}"),
-            }
-        })?;
+        let body = zstd::bulk::decompress(&self.payload, self.raw_len as usize)
+            .map_err(|e| TransferError::Corrupt { seq: Some(self.seq), reason: format!("zstd: {e}") })?;
         if body.len() != self.raw_len as usize {
             return Err(TransferError::Corrupt {
                 seq: Some(self.seq),
@@ -380,11 +356,7 @@ fn decode_end(mut r: &[u8]) -> Result<RangeChecksum, String> {
     if r.len() != 20 {
         return Err(format!("end body is {} bytes, expected 20", r.len()));
     }
-    Ok(RangeChecksum {
-        pairs: r.get_u64_le(),
-        bytes: r.get_u64_le(),
-        crc32: r.get_u32_le(),
-    })
+    Ok(RangeChecksum { pairs: r.get_u64_le(), bytes: r.get_u64_le(), crc32: r.get_u32_le() })
 }
 
 fn decode_pairs(mut r: &[u8]) -> Result<Vec<KvPair>, String> {
@@ -414,11 +386,7 @@ pub struct ExportOptions {
 impl ExportOptions {
     /// Defaults for stream `stream_id`: 1 MiB chunks, zstd level 3.
     pub fn new(stream_id: u64) -> Self {
-        ExportOptions {
-            stream_id,
-            max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
-            zstd_level: 3,
-        }
+        ExportOptions { stream_id, max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES, zstd_level: 3 }
     }
 }
 
@@ -431,6 +399,9 @@ pub struct ResumePoint {
     pub next_seq: u64,
     /// The last key it staged; the sender continues after it.
     pub after_key: Option<Vec<u8>>,
+    /// The whole stream arrived and verified: nothing more to send, call
+    /// [`Importer::finish`].
+    pub ended: bool,
 }
 
 /// Produces a range's chunks (encoded frames) from a snapshot. An `Iterator` of frames.
@@ -444,6 +415,10 @@ pub struct Exporter<'s, R: Reader + ?Sized> {
     sum: ChecksumBuilder,
     pending: Vec<KvPair>,
     done: bool,
+    /// The zstd context in use and its level (made on first use).
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    /// The last data chunk did not compress.
+    incompressible: bool,
     /// Raw (uncompressed) bytes of the chunks produced so far.
     pub raw_bytes: u64,
     /// Encoded bytes of the chunks produced so far.
@@ -463,6 +438,8 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
             sum: ChecksumBuilder::new(),
             pending: Vec::new(),
             done: false,
+            compressor: None,
+            incompressible: false,
             raw_bytes: 0,
             wire_bytes: 0,
         }
@@ -470,15 +447,19 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
 
     /// Restarts an export where an import left off. `reader` must show the same data as the
     /// interrupted export (the same snapshot), and `opts.stream_id` must be the same.
-    pub fn resume(
-        reader: &'s R,
-        cf: Cf,
-        range: KeyRange,
-        opts: ExportOptions,
-        at: &ResumePoint,
-    ) -> Result<Self> {
+    pub fn resume(reader: &'s R, cf: Cf, range: KeyRange, opts: ExportOptions, at: &ResumePoint) -> Result<Self> {
+        if at.stream_id.is_some_and(|id| id != opts.stream_id) {
+            return Err(EngineError::Config(format!(
+                "resume point belongs to stream {:?}, the exporter is stream {:#x}",
+                at.stream_id, opts.stream_id
+            )));
+        }
+        if at.after_key.as_deref().is_some_and(|k| !range.contains(k)) || (at.after_key.is_some() && at.next_seq < 2) {
+            return Err(EngineError::Config(format!("resume point {at:?} does not fit range {range}")));
+        }
         let mut ex = Exporter::new(reader, cf, range.clone(), opts);
         ex.next_seq = at.next_seq;
+        ex.done = at.ended;
         if let Some(after) = &at.after_key {
             // Rebuild the checksum of what the importer already has, from the same snapshot.
             let prefix = range.through(after);
@@ -492,13 +473,22 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
     }
 
     fn emit(&mut self, kind: ChunkKind, raw: &[u8]) -> Result<Bytes> {
-        let chunk = Chunk::build(
-            kind,
-            self.opts.stream_id,
-            self.next_seq,
-            raw,
-            self.opts.zstd_level,
-        )?;
+        // Data that did not compress in the last chunk is compressed at zstd's fastest level:
+        // it still is a zstd frame, at a fraction of the CPU.
+        let level = if self.incompressible { INCOMPRESSIBLE_ZSTD_LEVEL } else { self.opts.zstd_level };
+        let mut compressor = match self.compressor.take() {
+            Some((l, c)) if l == level => c,
+            _ => zstd::bulk::Compressor::new(level)
+                .map_err(|e| EngineError::Io { context: "zstd compressor".into(), source: e })?,
+        };
+        let chunk = Chunk::compressed_with(&mut compressor, kind, self.opts.stream_id, self.next_seq, raw);
+        self.compressor = Some((level, compressor));
+        let chunk = chunk?;
+        if kind == ChunkKind::Data {
+            // Re-probe with the normal level every 16 chunks, in case the data changed.
+            self.incompressible = !self.next_seq.is_multiple_of(16)
+                && (chunk.payload.len() as f64) > raw.len() as f64 / MIN_USEFUL_COMPRESSION_RATIO;
+        }
         self.next_seq += 1;
         let frame = chunk.encode()?;
         self.raw_bytes += raw.len() as u64;
@@ -515,15 +505,12 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
             return self.emit(ChunkKind::Header, &head).map(Some);
         }
         // Fill one data chunk.
-        let mut body =
-            Vec::with_capacity(self.opts.max_chunk_bytes.min(DEFAULT_MAX_CHUNK_BYTES * 4));
+        let mut body = Vec::with_capacity(self.opts.max_chunk_bytes.min(DEFAULT_MAX_CHUNK_BYTES * 4));
         loop {
             if self.pending.is_empty() {
                 let Some(rest) = self.rest.take() else { break };
                 let limit = ScanLimit::new(1024, self.opts.max_chunk_bytes.max(1));
-                let page = self
-                    .reader
-                    .scan(self.cf, &rest, ScanOrder::Forward, limit)?;
+                let page = self.reader.scan(self.cf, &rest, ScanOrder::Forward, limit)?;
                 self.rest = page.resume_range(&rest, ScanOrder::Forward);
                 self.pending = page.pairs;
                 self.pending.reverse(); // pop from the back in key order
@@ -584,11 +571,20 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        // Room for a default-sized chunk plus one large pair.
-        ImportOptions {
-            max_chunk_bytes: 16 * 1024 * 1024,
-            sync: true,
+        ImportOptions { max_chunk_bytes: MAX_CHUNK_BODY_BYTES, sync: true }
+    }
+}
+
+impl ImportOptions {
+    /// Fails on a limit that could not hold one chunk header, or past 1 GiB.
+    pub fn validate(&self) -> Result<()> {
+        if !(64..=1 << 30).contains(&self.max_chunk_bytes) {
+            return Err(EngineError::Config(format!(
+                "import max_chunk_bytes {} is outside [64, 1GiB]",
+                self.max_chunk_bytes
+            )));
         }
+        Ok(())
     }
 }
 
@@ -666,15 +662,7 @@ impl ImportState {
         need(r, 21)?;
         let sum = decode_end(&r[..20])?;
         let ended = r[20] != 0;
-        Ok(ImportState {
-            cf,
-            range,
-            stream_id,
-            next_seq,
-            last_key,
-            sum,
-            ended,
-        })
+        Ok(ImportState { cf, range, stream_id, next_seq, last_key, sum, ended })
     }
 }
 
@@ -732,6 +720,8 @@ impl<'e, E: Engine> Importer<'e, E> {
     /// Starts import `import_id` into `range` of `cf`, or resumes it if its progress is on
     /// disk. Fails with [`TransferError::ImportConflict`] if a persisted import with this id
     /// has another target.
+    ///
+    /// An import id has one owner at a time: two `Importer`s on one id must not run at once.
     pub fn open(
         engine: &'e E,
         import_id: u64,
@@ -739,6 +729,7 @@ impl<'e, E: Engine> Importer<'e, E> {
         range: KeyRange,
         opts: ImportOptions,
     ) -> Result<Self, TransferError> {
+        opts.validate()?;
         let state = match engine.get(Cf::Meta, &state_key(import_id))? {
             Some(raw) => {
                 let state = ImportState::decode(&raw)
@@ -750,12 +741,7 @@ impl<'e, E: Engine> Importer<'e, E> {
             }
             None => ImportState::fresh(cf, range),
         };
-        Ok(Importer {
-            engine,
-            import_id,
-            opts,
-            state,
-        })
+        Ok(Importer { engine, import_id, opts, state })
     }
 
     /// Where the sender must (re)start: next chunk and last staged key.
@@ -764,6 +750,7 @@ impl<'e, E: Engine> Importer<'e, E> {
             stream_id: self.state.stream_id,
             next_seq: self.state.next_seq,
             after_key: self.state.last_key.clone(),
+            ended: self.state.ended,
         }
     }
 
@@ -773,23 +760,14 @@ impl<'e, E: Engine> Importer<'e, E> {
         let chunk = Chunk::decode(frame, self.opts.max_chunk_bytes)?;
         let expected = self.state.next_seq;
         if chunk.seq < expected {
-            return Err(TransferError::Duplicate {
-                got: chunk.seq,
-                expected,
-            });
+            return Err(TransferError::Duplicate { got: chunk.seq, expected });
         }
         if chunk.seq > expected {
-            return Err(TransferError::OutOfOrder {
-                got: chunk.seq,
-                expected,
-            });
+            return Err(TransferError::OutOfOrder { got: chunk.seq, expected });
         }
         if let Some(id) = self.state.stream_id {
             if chunk.stream_id != id {
-                return Err(TransferError::StreamMismatch {
-                    got: chunk.stream_id,
-                    expected: id,
-                });
+                return Err(TransferError::StreamMismatch { got: chunk.stream_id, expected: id });
             }
         }
         if self.state.ended {
@@ -802,10 +780,7 @@ impl<'e, E: Engine> Importer<'e, E> {
         let mut next = self.state.clone();
         next.next_seq += 1;
         let body = chunk.body()?;
-        let corrupt = |reason: String| TransferError::Corrupt {
-            seq: Some(chunk.seq),
-            reason,
-        };
+        let corrupt = |reason: String| TransferError::Corrupt { seq: Some(chunk.seq), reason };
         match (chunk.seq, chunk.kind) {
             (0, ChunkKind::Header) => {
                 let (cf, range) = decode_header(&body).map_err(corrupt)?;
@@ -837,16 +812,9 @@ impl<'e, E: Engine> Importer<'e, E> {
                 let pairs = decode_pairs(&body).map_err(corrupt)?;
                 let mut sum = ChecksumBuilder::resume(next.sum);
                 for (k, _) in &pairs {
-                    let ordered = next
-                        .last_key
-                        .as_deref()
-                        .is_none_or(|last| k.as_slice() > last);
+                    let ordered = next.last_key.as_deref().is_none_or(|last| k.as_slice() > last);
                     if check_key(k).is_err() || !ordered || !next.range.contains(k) {
-                        return Err(TransferError::KeyOutOfRange {
-                            seq,
-                            key: k.clone(),
-                            range: next.range.clone(),
-                        });
+                        return Err(TransferError::KeyOutOfRange { seq, key: k.clone(), range: next.range.clone() });
                     }
                     next.last_key = Some(k.clone());
                 }
@@ -858,29 +826,17 @@ impl<'e, E: Engine> Importer<'e, E> {
             (_, ChunkKind::End) => {
                 let expected = decode_end(&body).map_err(corrupt)?;
                 if expected != next.sum {
-                    return Err(TransferError::ChecksumMismatch {
-                        expected,
-                        got: next.sum,
-                    });
+                    return Err(TransferError::ChecksumMismatch { expected, got: next.sum });
                 }
                 next.ended = true;
             }
         }
         let mut wb = WriteBatch::new();
         if chunk.kind == ChunkKind::Data {
-            wb.put(
-                Cf::Meta,
-                chunk_key(self.import_id, chunk.seq),
-                frame.to_vec(),
-            );
+            wb.put(Cf::Meta, chunk_key(self.import_id, chunk.seq), frame.to_vec());
         }
         wb.put(Cf::Meta, state_key(self.import_id), next.encode());
-        self.engine.write(
-            &wb,
-            WriteOptions {
-                sync: self.opts.sync,
-            },
-        )?;
+        self.engine.write(&wb, WriteOptions { sync: self.opts.sync })?;
         self.state = next;
         Ok(ImportProgress {
             seq: chunk.seq,
@@ -895,21 +851,17 @@ impl<'e, E: Engine> Importer<'e, E> {
     /// chunk arrived; the import can then go on receiving, or be aborted.
     pub fn finish(&mut self) -> Result<RangeChecksum, TransferError> {
         if !self.state.ended {
-            return Err(TransferError::Truncated {
-                next_seq: self.state.next_seq,
-            });
+            return Err(TransferError::Truncated { next_seq: self.state.next_seq });
         }
-        let mut pairs = StagedPairs::new(self.engine, self.import_id, self.opts.max_chunk_bytes);
-        self.engine
-            .replace_range(self.state.cf, &self.state.range, &mut pairs)?;
-        let sum = crate::engine::range_checksum(self.engine, self.state.cf, &self.state.range)?;
-        if sum != self.state.sum {
-            // The staged stream verified; a mismatch now means the engine lost data.
-            return Err(TransferError::ChecksumMismatch {
-                expected: self.state.sum,
-                got: sum,
-            });
-        }
+        // Read the staging from one snapshot and verify it while it streams into the switch:
+        // a missing chunk or a wrong total fails the iterator, which cancels the switch.
+        let staging = self.engine.snapshot();
+        // Chunks 1..=last_data_seq are data; the end chunk was `next_seq - 1`.
+        let last_data_seq = self.state.next_seq.saturating_sub(2);
+        let mut pairs =
+            StagedPairs::new(&staging, self.import_id, self.opts.max_chunk_bytes, last_data_seq, self.state.sum);
+        self.engine.replace_range(self.state.cf, &self.state.range, &mut pairs)?;
+        let sum = self.state.sum;
         clear(self.engine, self.import_id)?;
         self.state = ImportState::fresh(self.state.cf, self.state.range.clone());
         Ok(sum)
@@ -928,63 +880,82 @@ fn clear<E: Engine>(engine: &E, import_id: u64) -> Result<()> {
     engine.write(&wb, WriteOptions::SYNC)
 }
 
-/// Reads the staged pairs back in order, one chunk at a time.
-struct StagedPairs<'e, E: Engine> {
-    engine: &'e E,
+/// Reads the staged pairs back in order, one chunk at a time, from a snapshot, and fails
+/// unless exactly the staged chunks are there and their pairs add up to the expected checksum.
+struct StagedPairs<'s, R: Reader> {
+    staging: &'s R,
     import_id: u64,
     max_chunk_bytes: usize,
     next_seq: u64,
+    last_seq: u64,
+    expected: RangeChecksum,
+    sum: ChecksumBuilder,
     buf: std::vec::IntoIter<KvPair>,
-    failed: bool,
+    done: bool,
 }
 
-impl<'e, E: Engine> StagedPairs<'e, E> {
-    fn new(engine: &'e E, import_id: u64, max_chunk_bytes: usize) -> Self {
+impl<'s, R: Reader> StagedPairs<'s, R> {
+    fn new(staging: &'s R, import_id: u64, max_chunk_bytes: usize, last_seq: u64, expected: RangeChecksum) -> Self {
         StagedPairs {
-            engine,
+            staging,
             import_id,
             max_chunk_bytes,
             next_seq: 1,
+            last_seq,
+            expected,
+            sum: ChecksumBuilder::new(),
             buf: Vec::new().into_iter(),
-            failed: false,
+            done: false,
         }
     }
 
+    /// Loads the next chunk; `Ok(false)` once every staged chunk was read and verified.
     fn load(&mut self) -> Result<bool> {
-        let Some(frame) = self
-            .engine
-            .get(Cf::Meta, &chunk_key(self.import_id, self.next_seq))?
-        else {
+        let seq = self.next_seq;
+        if seq > self.last_seq {
+            let got = self.sum.finish();
+            if got != self.expected {
+                return Err(EngineError::Corrupt(format!(
+                    "import {}: staged chunks add up to {got}, the stream verified {}",
+                    self.import_id, self.expected
+                )));
+            }
             return Ok(false);
-        };
-        let staged =
-            |e: TransferError| EngineError::Corrupt(format!("staged chunk {}: {e}", self.next_seq));
-        let chunk = Chunk::decode(&frame, self.max_chunk_bytes).map_err(staged)?;
-        let body = chunk.body().map_err(staged)?;
-        let pairs = decode_pairs(&body)
-            .map_err(|e| EngineError::Corrupt(format!("staged chunk {}: {e}", self.next_seq)))?;
+        }
+        let staged = |e: String| EngineError::Corrupt(format!("import {} staged chunk {seq}: {e}", self.import_id));
+        let frame =
+            self.staging.get(Cf::Meta, &chunk_key(self.import_id, seq))?.ok_or_else(|| staged("missing".into()))?;
+        let chunk = Chunk::decode(&frame, self.max_chunk_bytes).map_err(|e| staged(e.to_string()))?;
+        let body = chunk.body().map_err(|e| staged(e.to_string()))?;
+        let pairs = decode_pairs(&body).map_err(staged)?;
+        for (k, v) in &pairs {
+            self.sum.add(k, v);
+        }
         self.next_seq += 1;
         self.buf = pairs.into_iter();
         Ok(true)
     }
 }
 
-impl<E: Engine> Iterator for StagedPairs<'_, E> {
+impl<R: Reader> Iterator for StagedPairs<'_, R> {
     type Item = Result<KvPair>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
         loop {
             if let Some(pair) = self.buf.next() {
                 return Some(Ok(pair));
             }
+            if self.done {
+                return None;
+            }
             match self.load() {
                 Ok(true) => continue,
-                Ok(false) => return None,
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
                 Err(e) => {
-                    self.failed = true;
+                    self.done = true;
                     return Some(Err(e));
                 }
             }
@@ -1013,9 +984,8 @@ mod tests {
 
     #[test]
     fn checksum_resumes_exactly() {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..100u32)
-            .map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; i as usize]))
-            .collect();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..100u32).map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; i as usize])).collect();
         let mut whole = ChecksumBuilder::new();
         pairs.iter().for_each(|(k, v)| whole.add(k, v));
         for cut in [0, 1, 50, 99, 100] {
@@ -1035,33 +1005,20 @@ mod tests {
 
     #[test]
     fn chunk_codec_round_trips_and_checks_every_byte() {
-        let chunk =
-            Chunk::build(ChunkKind::Data, 9, 4, b"hello hello hello hello", 3).expect("build");
+        let chunk = Chunk::new(ChunkKind::Data, 9, 4, b"hello hello hello hello", 3).expect("build");
         let frame = chunk.encode().expect("encode");
         let back = Chunk::decode(&frame, 1024).expect("decode");
-        assert_eq!(
-            (back.kind, back.stream_id, back.seq),
-            (ChunkKind::Data, 9, 4)
-        );
+        assert_eq!((back.kind, back.stream_id, back.seq), (ChunkKind::Data, 9, 4));
         assert_eq!(back.body().expect("body"), b"hello hello hello hello");
         for i in 0..frame.len() {
             let mut bad = frame.to_vec();
             bad[i] ^= 0x04;
-            assert!(
-                Chunk::decode(&bad, 1024).is_err(),
-                "flipped byte {i} went unnoticed"
-            );
+            assert!(Chunk::decode(&bad, 1024).is_err(), "flipped byte {i} went unnoticed");
         }
         for len in 0..frame.len() {
-            assert!(
-                Chunk::decode(&frame[..len], 1024).is_err(),
-                "truncated to {len}"
-            );
+            assert!(Chunk::decode(&frame[..len], 1024).is_err(), "truncated to {len}");
         }
-        assert!(matches!(
-            Chunk::decode(&frame, 4),
-            Err(TransferError::TooLarge { .. })
-        ));
+        assert!(matches!(Chunk::decode(&frame, 4), Err(TransferError::TooLarge { .. })));
     }
 
     #[test]
@@ -1072,20 +1029,13 @@ mod tests {
             stream_id: Some(77),
             next_seq: 12,
             last_key: Some(b"k".to_vec()),
-            sum: RangeChecksum {
-                pairs: 3,
-                bytes: 40,
-                crc32: 0xdead_beef,
-            },
+            sum: RangeChecksum { pairs: 3, bytes: 40, crc32: 0xdead_beef },
             ended: false,
         };
         let raw = state.encode();
         assert_eq!(ImportState::decode(&raw).expect("decode"), state);
         for len in 0..raw.len() {
-            assert!(
-                ImportState::decode(&raw[..len]).is_err(),
-                "truncated state of {len} bytes accepted"
-            );
+            assert!(ImportState::decode(&raw[..len]).is_err(), "truncated state of {len} bytes accepted");
         }
     }
 }

@@ -10,13 +10,15 @@ use crate::error::{EngineError, Result};
 /// `0xff` sorts after every storable key (see [`KeyRange::end_bound`]).
 pub const MAX_KEY_BYTES: usize = 8 * 1024;
 
+/// Longest value the engine stores, in bytes. Every write checks it, so that any pair fits in
+/// one export chunk.
+pub const MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
+
 /// A key/value pair.
 pub type KvPair = (Vec<u8>, Vec<u8>);
 
 /// The key spaces (RocksDB column families) of a node's engine.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Cf {
     /// User keys and values.
     Data,
@@ -60,7 +62,9 @@ impl Cf {
 }
 
 /// A half-open key range `[start, end)`; `end == None` means "to the end of the key space".
+/// Deserialising goes through [`KeyRange::new`], so a decoded range is always valid.
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RawKeyRange")]
 pub struct KeyRange {
     start: Vec<u8>,
     end: Option<Vec<u8>>,
@@ -75,9 +79,7 @@ impl KeyRange {
         if let Some(end) = &end {
             check_key(end)?;
             if start >= *end {
-                return Err(EngineError::InvalidRange(format!(
-                    "start {start:?} is not below end {end:?}"
-                )));
+                return Err(EngineError::InvalidRange(format!("start {start:?} is not below end {end:?}")));
             }
         }
         Ok(KeyRange { start, end })
@@ -85,10 +87,7 @@ impl KeyRange {
 
     /// The whole key space.
     pub fn all() -> Self {
-        KeyRange {
-            start: Vec::new(),
-            end: None,
-        }
+        KeyRange { start: Vec::new(), end: None }
     }
 
     /// `[start, ∞)`.
@@ -127,31 +126,18 @@ impl KeyRange {
         let mut next = Vec::with_capacity(key.len() + 1);
         next.extend_from_slice(key);
         next.push(0);
-        if self
-            .end
-            .as_deref()
-            .is_some_and(|end| next.as_slice() >= end)
-        {
+        if self.end.as_deref().is_some_and(|end| next.as_slice() >= end) {
             return None;
         }
-        debug_assert!(
-            next.as_slice() > self.start.as_slice(),
-            "resume key {next:?} before range start"
-        );
-        Some(KeyRange {
-            start: next,
-            end: self.end.clone(),
-        })
+        debug_assert!(next.as_slice() > self.start.as_slice(), "resume key {next:?} before range start");
+        Some(KeyRange { start: next, end: self.end.clone() })
     }
 
     /// The part of this range up to and including `key`: `[start, key ++ [0])`, clipped to
     /// the range end.
     pub fn through(&self, key: &[u8]) -> KeyRange {
         match self.after(key) {
-            Some(rest) => KeyRange {
-                start: self.start.clone(),
-                end: Some(rest.start),
-            },
+            Some(rest) => KeyRange { start: self.start.clone(), end: Some(rest.start) },
             None => self.clone(),
         }
     }
@@ -166,10 +152,20 @@ impl KeyRange {
             Some(end) if end.as_slice() < key => end.clone(),
             _ => key.to_vec(),
         };
-        Some(KeyRange {
-            start: self.start.clone(),
-            end: Some(end),
-        })
+        Some(KeyRange { start: self.start.clone(), end: Some(end) })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawKeyRange {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl TryFrom<RawKeyRange> for KeyRange {
+    type Error = EngineError;
+    fn try_from(raw: RawKeyRange) -> Result<Self> {
+        KeyRange::new(raw.start, raw.end)
     }
 }
 
@@ -197,10 +193,7 @@ pub fn escape(key: &[u8]) -> String {
 /// Fails if `key` is longer than [`MAX_KEY_BYTES`].
 pub fn check_key(key: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(EngineError::KeyTooLarge {
-            len_bytes: key.len(),
-            max_bytes: MAX_KEY_BYTES,
-        });
+        return Err(EngineError::KeyTooLarge { len_bytes: key.len(), max_bytes: MAX_KEY_BYTES });
     }
     Ok(())
 }
@@ -292,14 +285,17 @@ impl WriteBatch {
     /// Checks keys against [`MAX_KEY_BYTES`] and the batch against `max_batch_bytes`.
     pub fn validate(&self, max_batch_bytes: usize) -> Result<()> {
         if self.size_bytes > max_batch_bytes {
-            return Err(EngineError::BatchTooLarge {
-                batch_bytes: self.size_bytes,
-                max_bytes: max_batch_bytes,
-            });
+            return Err(EngineError::BatchTooLarge { batch_bytes: self.size_bytes, max_bytes: max_batch_bytes });
         }
         for op in &self.ops {
             match op {
-                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => check_key(key)?,
+                WriteOp::Put { key, value, .. } => {
+                    check_key(key)?;
+                    if value.len() > MAX_VALUE_BYTES {
+                        return Err(EngineError::ValueTooLarge { len_bytes: value.len(), max_bytes: MAX_VALUE_BYTES });
+                    }
+                }
+                WriteOp::Delete { key, .. } => check_key(key)?,
                 WriteOp::DeleteRange { .. } => {} // checked when the range was built
             }
         }
@@ -343,10 +339,7 @@ pub struct ScanLimit {
 impl ScanLimit {
     /// A limit on both counts.
     pub fn new(max_keys: usize, max_bytes: usize) -> Self {
-        ScanLimit {
-            max_keys,
-            max_bytes,
-        }
+        ScanLimit { max_keys, max_bytes }
     }
 
     /// Fails on a zero limit.
@@ -360,10 +353,7 @@ impl ScanLimit {
 
 impl Default for ScanLimit {
     fn default() -> Self {
-        ScanLimit {
-            max_keys: 1024,
-            max_bytes: 4 * 1024 * 1024,
-        }
+        ScanLimit { max_keys: 1024, max_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -414,4 +404,29 @@ pub struct StorageStats {
     pub memtable_bytes: u64,
     /// Bytes of live SST files.
     pub sst_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deserialising_validates() {
+        let ok: KeyRange = serde_json::from_str(r#"{"start":[97],"end":[98]}"#).expect("valid range");
+        assert_eq!(ok, KeyRange::new(b"a".to_vec(), Some(b"b".to_vec())).expect("range"));
+        assert!(serde_json::from_str::<KeyRange>(r#"{"start":[98],"end":[97]}"#).is_err(), "start after end");
+        assert!(serde_json::from_str::<KeyRange>(r#"{"start":[97],"end":[97]}"#).is_err(), "empty range");
+    }
+
+    #[test]
+    fn after_before_through() {
+        let r = KeyRange::new(b"b".to_vec(), Some(b"d".to_vec())).expect("range");
+        assert_eq!(r.after(b"c").expect("rest").start(), b"c\0");
+        assert!(r.after(b"c\xff").is_some(), "c\\xff\\0 < d");
+        assert_eq!(KeyRange::new(b"b".to_vec(), Some(b"c\0".to_vec())).expect("r").after(b"c"), None);
+        assert_eq!(r.before(b"c").expect("rest").end(), Some(&b"c"[..]));
+        assert_eq!(r.before(b"b"), None);
+        assert_eq!(r.through(b"c").end(), Some(&b"c\0"[..]));
+        assert_eq!(KeyRange::all().after(&[0xff; MAX_KEY_BYTES]).expect("rest").start().len(), MAX_KEY_BYTES + 1);
+    }
 }

@@ -27,10 +27,7 @@ enum Op {
 
 fn small_key() -> impl Strategy<Value = Vec<u8>> {
     // A small alphabet so that operations hit the same keys often.
-    prop::collection::vec(
-        prop::sample::select(vec![0u8, b'a', b'b', b'c', 0xff]),
-        0..4,
-    )
+    prop::collection::vec(prop::sample::select(vec![0u8, b'a', b'b', b'c', 0xff]), 0..4)
 }
 
 fn cf() -> impl Strategy<Value = Cf> {
@@ -71,11 +68,8 @@ fn apply_model(model: &mut Model, op: &Op) {
 }
 
 fn model_scan(model: &Model, cf: Cf, r: &KeyRange, rev: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out: Vec<_> = model[cf.index()]
-        .iter()
-        .filter(|(k, _)| r.contains(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut out: Vec<_> =
+        model[cf.index()].iter().filter(|(k, _)| r.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     if rev {
         out.reverse();
     }
@@ -101,19 +95,14 @@ fn run<E: Engine>(e: &E, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Commit(sync) => {
-                e.write(&batch, WriteOptions { sync: *sync })
-                    .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                e.write(&batch, WriteOptions { sync: *sync }).map_err(|err| TestCaseError::fail(err.to_string()))?;
                 batch = WriteBatch::new();
                 committed = pending.clone();
             }
             Op::Snapshot => snaps.push((e.snapshot(), committed.clone())),
             Op::Scan(s, end, rev, max_keys, max_bytes) => {
                 let Some(r) = range_of(s, end) else { continue };
-                let order = if *rev {
-                    ScanOrder::Reverse
-                } else {
-                    ScanOrder::Forward
-                };
+                let order = if *rev { ScanOrder::Reverse } else { ScanOrder::Forward };
                 let limit = ScanLimit::new(*max_keys, *max_bytes);
                 for cf in Cf::ALL {
                     prop_assert_eq!(
@@ -132,9 +121,7 @@ fn run<E: Engine>(e: &E, ops: &[Op]) -> Result<(), TestCaseError> {
     // their moment.
     for cf in Cf::ALL {
         for (k, v) in &committed[cf.index()] {
-            let got = e
-                .get(cf, k)
-                .map_err(|err| TestCaseError::fail(err.to_string()))?;
+            let got = e.get(cf, k).map_err(|err| TestCaseError::fail(err.to_string()))?;
             prop_assert_eq!(got.as_ref(), Some(v));
         }
         let all = KeyRange::all();
@@ -144,13 +131,7 @@ fn run<E: Engine>(e: &E, ops: &[Op]) -> Result<(), TestCaseError> {
         );
         for (i, (snap, model)) in snaps.iter().enumerate() {
             prop_assert_eq!(
-                scan_all(
-                    snap,
-                    cf,
-                    &all,
-                    ScanOrder::Reverse,
-                    ScanLimit::new(2, 1 << 20)
-                ),
+                scan_all(snap, cf, &all, ScanOrder::Reverse, ScanLimit::new(2, 1 << 20)),
                 model_scan(model, cf, &all, true),
                 "snapshot {}",
                 i
@@ -168,12 +149,7 @@ where
     E: Engine,
 {
     let seed = crate::fixture::seed();
-    let config = Config {
-        cases: 48,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    };
+    let config = Config { cases: 48, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&prop::collection::vec(op(), 1..120), |ops| {
         let fixture = make();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_engine::{
-    Cf, Engine, EngineError, FaultConfig, FaultInjector, FaultRule, FaultyEngine, KeyRange,
-    MeteredEngine, OpClass, Reader, RocksEngine, WriteBatch, WriteOptions,
+    Cf, Engine, EngineError, FaultConfig, FaultInjector, FaultRule, FaultyEngine, KeyRange, MeteredEngine, OpClass,
+    Reader, RocksEngine, WriteBatch, WriteOptions,
 };
 
 use crate::conformance::{key, put_all};
@@ -18,19 +18,18 @@ pub fn reopen(f: Fixture<RocksEngine>) -> Fixture<RocksEngine> {
     drop(engine);
     let dir = dir.expect("rocks fixture has a directory");
     let engine = RocksEngine::open(dir.path(), &small_rocks_config()).expect("reopen");
-    Fixture {
-        engine,
-        dir: Some(dir),
-    }
+    Fixture { engine, dir: Some(dir) }
 }
 
 #[test]
 fn synced_writes_survive_reopen() {
     let f = rocks();
     let mut wb = WriteBatch::new();
-    wb.put(Cf::Data, b"d".to_vec(), b"1".to_vec())
-        .put(Cf::Raft, b"r".to_vec(), b"2".to_vec())
-        .put(Cf::Meta, b"m".to_vec(), b"3".to_vec());
+    wb.put(Cf::Data, b"d".to_vec(), b"1".to_vec()).put(Cf::Raft, b"r".to_vec(), b"2".to_vec()).put(
+        Cf::Meta,
+        b"m".to_vec(),
+        b"3".to_vec(),
+    );
     f.write(&wb, WriteOptions::SYNC).expect("write");
     let f = reopen(f);
     assert_eq!(f.get(Cf::Data, b"d").expect("get"), Some(b"1".to_vec()));
@@ -45,11 +44,11 @@ fn replace_range_survives_reopen_and_compaction() {
     f.flush().expect("flush");
     let target = KeyRange::new(key(100), Some(key(900))).expect("range");
     let mut fresh = (100..900).step_by(2).map(|i| Ok((key(i), b"new".to_vec())));
-    f.replace_range(Cf::Data, &target, &mut fresh)
-        .expect("replace");
+    f.replace_range(Cf::Data, &target, &mut fresh).expect("replace");
+    let ingest_dir = f.dir.as_ref().expect("dir").path().join("ingest");
+    assert!(std::fs::read_dir(&ingest_dir).expect("ingest dir").next().is_none(), "no ingest file left behind");
     let f = reopen(f);
-    f.compact_range(Cf::Data, &KeyRange::all())
-        .expect("compact");
+    f.compact_range(Cf::Data, &KeyRange::all()).expect("compact");
     for i in 0..1000 {
         let want = match i {
             100..900 if i % 2 == 0 => Some(b"new".to_vec()),
@@ -59,10 +58,7 @@ fn replace_range_survives_reopen_and_compaction() {
         assert_eq!(f.get(Cf::Data, &key(i)).expect("get"), want, "key {i}");
     }
     assert!(
-        std::fs::read_dir(f.dir.as_ref().expect("dir").path().join("ingest"))
-            .expect("ingest dir")
-            .next()
-            .is_none(),
+        std::fs::read_dir(f.dir.as_ref().expect("dir").path().join("ingest")).expect("ingest dir").next().is_none(),
         "no ingest file left behind"
     );
 }
@@ -71,8 +67,7 @@ fn replace_range_survives_reopen_and_compaction() {
 fn injected_latency_and_errors_show_in_metrics() {
     let f = rocks();
     let faults = Arc::new(FaultInjector::new());
-    let e = MeteredEngine::new(FaultyEngine::new(f.engine.clone(), Arc::clone(&faults)))
-        .expect("metrics");
+    let e = MeteredEngine::new(FaultyEngine::new(f.engine.clone(), Arc::clone(&faults))).expect("metrics");
     let mut wb = WriteBatch::new();
     wb.put(Cf::Data, b"k".to_vec(), b"v".to_vec());
     for _ in 0..20 {
@@ -92,39 +87,22 @@ fn injected_latency_and_errors_show_in_metrics() {
     }
     for _ in 0..3 {
         let err = e.get(Cf::Data, b"k").expect_err("injected read error");
-        assert!(matches!(
-            err,
-            EngineError::Injected {
-                class: OpClass::Read
-            }
-        ));
+        assert!(matches!(err, EngineError::Injected { class: OpClass::Read }));
     }
     let now = e.metrics_snapshot();
     let slow = now.sync.since(&base.sync);
     assert_eq!(slow.count, 10);
     let mean = slow.mean_seconds().expect("observations");
-    assert!(
-        mean >= 0.005,
-        "mean synced write {mean}s includes the injected 5ms"
-    );
+    assert!(mean >= 0.005, "mean synced write {mean}s includes the injected 5ms");
     assert!(slow.quantile_upper_bound(0.5).expect("p50") >= 0.005);
     assert_eq!(now.read_errors, 3);
     assert_eq!(now.sync_errors, 0);
     assert!(now.storage.memtable_bytes > 0);
-    // Unsynced writes are a separate class and were not slowed.
     faults.clear();
     assert!(e.get(Cf::Data, b"k").expect("read").is_some());
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&e.metrics().registry().gather())
-        .expect("encode");
-    assert!(
-        text.contains("presage_engine_sync_write_seconds_count 30"),
-        "{text}"
-    );
-    assert!(
-        text.contains("presage_engine_errors_total{class=\"read\"} 3"),
-        "{text}"
-    );
+    let text = prometheus::TextEncoder::new().encode_to_string(&e.metrics().registry().gather()).expect("encode");
+    assert!(text.contains("presage_engine_sync_write_seconds_count 30"), "{text}");
+    assert!(text.contains("presage_engine_errors_total{class=\"read\"} 3"), "{text}");
 }
 
 #[test]
@@ -147,4 +125,15 @@ fn storage_stats_report_rocksdb_state() {
     let s = f.storage_stats();
     assert!(s.sst_bytes > 0, "{s:?}");
     assert!(!s.write_stopped);
+}
+
+#[test]
+fn second_open_of_a_busy_folder_fails_without_harm() {
+    let f = rocks();
+    put_all(&*f, Cf::Data, vec![(b"a".to_vec(), b"1".to_vec())]);
+    let dir = f.dir.as_ref().expect("dir").path().to_path_buf();
+    assert!(RocksEngine::open(&dir, &small_rocks_config()).is_err(), "RocksDB's lock refuses a second engine");
+    let mut fresh = std::iter::once(Ok((b"b".to_vec(), b"2".to_vec())));
+    f.replace_range(Cf::Data, &KeyRange::all(), &mut fresh).expect("the running engine still ingests");
+    assert_eq!(f.get(Cf::Data, b"b").expect("get"), Some(b"2".to_vec()));
 }
