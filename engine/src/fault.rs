@@ -262,7 +262,7 @@ impl FaultInjector {
     }
 }
 
-/// An engine with faults injected in front of every operation of `E`.
+/// An engine (or a snapshot of one) with faults injected in front of every operation of `E`.
 #[derive(Clone)]
 pub struct FaultyEngine<E> {
     inner: E,
@@ -286,25 +286,7 @@ impl<E: Engine> FaultyEngine<E> {
     }
 }
 
-/// A snapshot whose reads pass through the fault injector.
-pub struct FaultySnapshot<S> {
-    inner: S,
-    faults: Arc<FaultInjector>,
-}
-
-impl<S: Reader> Reader for FaultySnapshot<S> {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.faults.before(OpClass::Read)?;
-        self.inner.get(cf, key)
-    }
-
-    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
-        self.faults.before(OpClass::Read)?;
-        self.inner.scan(cf, range, order, limit)
-    }
-}
-
-impl<E: Engine> Reader for FaultyEngine<E> {
+impl<R: Reader> Reader for FaultyEngine<R> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.faults.before(OpClass::Read)?;
         self.inner.get(cf, key)
@@ -317,7 +299,7 @@ impl<E: Engine> Reader for FaultyEngine<E> {
 }
 
 impl<E: Engine> Engine for FaultyEngine<E> {
-    type Snapshot = FaultySnapshot<E::Snapshot>;
+    type Snapshot = FaultyEngine<E::Snapshot>;
 
     fn write(&self, batch: &WriteBatch, opts: WriteOptions) -> Result<()> {
         self.faults.before(if opts.sync { OpClass::Sync } else { OpClass::Write })?;
@@ -325,7 +307,7 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     }
 
     fn snapshot(&self) -> Self::Snapshot {
-        FaultySnapshot { inner: self.inner.snapshot(), faults: Arc::clone(&self.faults) }
+        FaultyEngine { inner: self.inner.snapshot(), faults: Arc::clone(&self.faults) }
     }
 
     fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {

@@ -171,7 +171,7 @@ impl EngineMetrics {
     }
 }
 
-/// An engine whose every call is timed and counted.
+/// An engine (or a snapshot of one) whose every call is timed and counted.
 #[derive(Clone)]
 pub struct MeteredEngine<E> {
     inner: E,
@@ -200,23 +200,7 @@ impl<E: Engine> MeteredEngine<E> {
     }
 }
 
-/// A snapshot whose reads are timed.
-pub struct MeteredSnapshot<S> {
-    inner: S,
-    metrics: Arc<EngineMetrics>,
-}
-
-impl<S: Reader> Reader for MeteredSnapshot<S> {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.metrics.observe(OpClass::Read, || self.inner.get(cf, key))
-    }
-
-    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
-        self.metrics.observe(OpClass::Read, || self.inner.scan(cf, range, order, limit))
-    }
-}
-
-impl<E: Engine> Reader for MeteredEngine<E> {
+impl<R: Reader> Reader for MeteredEngine<R> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.metrics.observe(OpClass::Read, || self.inner.get(cf, key))
     }
@@ -227,7 +211,7 @@ impl<E: Engine> Reader for MeteredEngine<E> {
 }
 
 impl<E: Engine> Engine for MeteredEngine<E> {
-    type Snapshot = MeteredSnapshot<E::Snapshot>;
+    type Snapshot = MeteredEngine<E::Snapshot>;
 
     fn write(&self, batch: &WriteBatch, opts: WriteOptions) -> Result<()> {
         let class = if opts.sync { OpClass::Sync } else { OpClass::Write };
@@ -235,7 +219,7 @@ impl<E: Engine> Engine for MeteredEngine<E> {
     }
 
     fn snapshot(&self) -> Self::Snapshot {
-        MeteredSnapshot { inner: self.inner.snapshot(), metrics: Arc::clone(&self.metrics) }
+        MeteredEngine { inner: self.inner.snapshot(), metrics: Arc::clone(&self.metrics) }
     }
 
     fn approximate_stats(&self, cf: Cf, range: &KeyRange) -> Result<RangeStats> {
