@@ -4,10 +4,11 @@
 # Both first install any missing system packages (scripts/setup.sh).
 
 SHELL := /bin/bash
-# One target folder shared by every clone and CI run on this machine, so that RocksDB's C++
-# build (about 13 minutes on 2 cores) happens once per profile, not once per checkout.
+# One target folder shared by every clone and CI run on this machine, and RocksDB's C++ built
+# once per machine into ~/.cache/presage (scripts/rocksdb.sh, about 13 minutes on 2 cores) and
+# linked from there by every profile: no checkout, profile or dependency change rebuilds it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/presage/target
-CARGO ?= cargo
+CARGO ?= ./scripts/cargo.sh
 CARGO_FLAGS ?= --locked
 
 .PHONY: setup build test demo bench fmt lint doc

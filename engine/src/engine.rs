@@ -103,7 +103,7 @@ pub fn middle_key<R: Reader + ?Sized>(reader: &R, cf: Cf, range: &KeyRange) -> R
     let mut total = 0u64;
     for_each_pair(reader, cf, range, |k, v| {
         // The checkpoint records the bytes *before* this key: splitting at `k` leaves them left.
-        if seen % every == 0 && checkpoints.len() == MIDDLE_KEY_MAX_CHECKPOINTS {
+        if seen.is_multiple_of(every) && checkpoints.len() == MIDDLE_KEY_MAX_CHECKPOINTS {
             // Keep every other checkpoint: the survivors sit at multiples of the doubled step.
             every *= 2;
             let mut i = 0usize;
@@ -112,7 +112,7 @@ pub fn middle_key<R: Reader + ?Sized>(reader: &R, cf: Cf, range: &KeyRange) -> R
                 i % 2 == 1
             });
         }
-        if seen % every == 0 {
+        if seen.is_multiple_of(every) {
             checkpoints.push((total, k.to_vec()));
         }
         seen += 1;

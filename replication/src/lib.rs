@@ -1,7 +1,34 @@
-//! Multi-Raft replication on raft-rs (design.md §3, §8).
+//! Multi-Raft replication on raft-rs (design.md §3, §8). Only this crate touches raft-rs.
 //!
-//! This crate will hold the store loop that drives every shard replica of a node, the Raft
-//! log storage on the engine's `Raft` key space, the transports (TCP and in-memory with
-//! filters), snapshots streamed through the engine's chunked export/import, and the apply
-//! path. It is built by the replication issue; until then it is empty, so that the workspace
-//! has the layout of design.md §2 from the start. Only this crate may depend on raft-rs.
+//! - [`storage`]: raft-rs's `Storage` for one replica on the node's engine (`Raft` key space).
+//! - [`peer`]: one replica: a `RawNode`, its waiting proposals and reads, and apply.
+//! - [`store`]: every replica of a node, driven together; one engine batch and one sync per
+//!   ready round for all of them (group commit).
+//! - [`node`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
+//! - [`transport`]: the `Transport` trait and the in-memory network with filters.
+//! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
+//! - [`config`]: [`RaftConfig`], every setting, validated.
+//!
+//! Reads are linearizable through ReadIndex. With `lease_reads` the leader answers from its
+//! lease instead (raft-rs `LeaseBased`): that is safe only while clocks drift by less than
+//! the gap between the election timeout and the heartbeat interval, because a partitioned old
+//! leader keeps serving until its lease (the election timeout, as it measures it) runs out.
+
+pub mod config;
+pub mod error;
+pub mod keys;
+mod logger;
+pub mod node;
+pub mod peer;
+pub mod storage;
+pub mod store;
+pub mod transport;
+pub mod wire;
+
+pub use config::RaftConfig;
+pub use error::{Error, Result};
+pub use node::{Node, NodeHandle};
+pub use peer::{ReadRequest, ReadResponse};
+pub use store::{ShardStatus, Store};
+pub use transport::{Filter, MemNetwork, MemTransport, Transport};
+pub use wire::{Epoch, Op, RaftEnvelope, Replica, ShardDescriptor};

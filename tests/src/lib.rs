@@ -1,6 +1,8 @@
-//! Cross-crate tests (design.md §8, tiers 2 and 3): in-process clusters on the in-memory
-//! engine and transport, the nemesis with a linearizability checker, and multi-process
-//! end-to-end runs of the real binaries.
+//! Cross-crate tests (design.md §8, tiers 2 and 3).
 //!
-//! The clusters arrive with the replication issue. Single-crate tests live beside their
-//! crate (`engine/tests`, `tools/tests`), one test binary per crate.
+//! - [`cluster`]: an in-process cluster of nodes on the in-memory engine and the in-memory
+//!   network with filters, on paused tokio time; seeded and replayable.
+//!
+//! The tests themselves are in `tests/tests/`, one binary.
+
+pub mod cluster;

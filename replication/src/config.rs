@@ -1,0 +1,139 @@
+//! `RaftConfig`: every setting of the replication layer, validated in one place.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Settings of a node's multi-Raft store. Units are in the names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Length of one Raft tick, in milliseconds.
+    pub tick_interval_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomised in
+    /// `[election_ticks, 2 * election_ticks)`).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Most in-flight append messages to one follower.
+    pub max_inflight_msgs: usize,
+    /// Most entry bytes in one append message.
+    pub max_msg_bytes: u64,
+    /// Most bytes of proposed but uncommitted entries a leader accepts.
+    pub max_uncommitted_bytes: u64,
+    /// Most committed entry bytes applied in one ready round.
+    pub max_apply_bytes_per_ready: u64,
+    /// Log entries kept past the applied index before the log is compacted.
+    pub log_gc_threshold_entries: u64,
+    /// Most client requests queued in a node's mailbox.
+    pub max_mailbox_msgs: usize,
+    /// Most messages handled between two ready rounds.
+    pub max_msgs_per_round: usize,
+    /// Serve reads under the leader's lease instead of a ReadIndex round trip (see the crate
+    /// doc for the clock bound this relies on).
+    pub lease_reads: bool,
+    /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
+    pub quiesce_after_ticks: u64,
+    /// Replace raft-rs's random election timeouts by a fixed one per node
+    /// (`election_ticks + node_id % election_ticks`), for replayable tests. Off in production.
+    pub deterministic_elections: bool,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_inflight_msgs: 256,
+            max_msg_bytes: 1024 * 1024,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            max_apply_bytes_per_ready: 16 * 1024 * 1024,
+            log_gc_threshold_entries: 1024,
+            max_mailbox_msgs: 4096,
+            max_msgs_per_round: 1024,
+            lease_reads: false,
+            quiesce_after_ticks: 0,
+            deterministic_elections: false,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The tick length.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+
+    /// Fails with a message naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.tick_interval_ms == 0 {
+            return bad("tick-interval-ms must be positive".into());
+        }
+        if self.heartbeat_ticks == 0 {
+            return bad("heartbeat-ticks must be positive".into());
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return bad(format!(
+                "election-ticks ({}) must exceed heartbeat-ticks ({})",
+                self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        if self.max_inflight_msgs == 0 || self.max_mailbox_msgs == 0 || self.max_msgs_per_round == 0 {
+            return bad("max-inflight-msgs, max-mailbox-msgs and max-msgs-per-round must be positive".into());
+        }
+        if self.max_msg_bytes == 0 || self.max_uncommitted_bytes == 0 || self.max_apply_bytes_per_ready == 0 {
+            return bad("max-msg-bytes, max-uncommitted-bytes and max-apply-bytes-per-ready must be positive".into());
+        }
+        if self.log_gc_threshold_entries == 0 {
+            return bad("log-gc-threshold-entries must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The fixed election-timeout offset of `node_id` when elections are deterministic.
+    pub(crate) fn fixed_election_offset(&self, node_id: u64) -> Option<usize> {
+        let ticks = u64::try_from(self.election_ticks).ok()?;
+        self.deterministic_elections.then(|| usize::try_from(node_id % ticks).unwrap_or(0))
+    }
+
+    /// The raft-rs configuration of replica `id` applied up to `applied`. Pre-vote and
+    /// check-quorum are always on.
+    pub(crate) fn raft_config(&self, id: u64, applied: u64) -> raft::Config {
+        raft::Config {
+            id,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.max_msg_bytes,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: if self.lease_reads {
+                raft::ReadOnlyOption::LeaseBased
+            } else {
+                raft::ReadOnlyOption::Safe
+            },
+            max_uncommitted_size: self.max_uncommitted_bytes,
+            max_committed_size_per_ready: self.max_apply_bytes_per_ready,
+            ..raft::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        RaftConfig::default().validate().expect("defaults are valid");
+        let err = RaftConfig { election_ticks: 2, ..RaftConfig::default() }.validate().expect_err("bad");
+        assert!(err.to_string().contains("election-ticks"), "{err}");
+        assert!(RaftConfig { tick_interval_ms: 0, ..RaftConfig::default() }.validate().is_err());
+        let rc = RaftConfig::default().raft_config(3, 17);
+        assert!(rc.pre_vote && rc.check_quorum);
+        rc.validate().expect("raft-rs accepts it");
+    }
+}

@@ -1,0 +1,89 @@
+//! Errors of the replication layer, as clients and operators see them.
+
+use crate::wire::ShardDescriptor;
+
+/// Result of a replication operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a request was not served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// This replica is not the shard's leader; retry at the hinted node.
+    #[error("shard {shard_id}: not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The shard.
+        shard_id: u64,
+        /// The node believed to lead it, if known.
+        leader: Option<u64>,
+    },
+    /// The request's shard epoch is stale or its keys left the shard: refresh the routing.
+    #[error("shard {shard_id}: epoch or range does not match; current descriptors attached")]
+    EpochNotMatch {
+        /// The shard addressed.
+        shard_id: u64,
+        /// The fresh descriptors this node knows for the addressed range.
+        current: Vec<ShardDescriptor>,
+    },
+    /// No replica of this shard lives on the node.
+    #[error("shard {shard_id} is not on this node")]
+    ShardNotFound {
+        /// The shard.
+        shard_id: u64,
+    },
+    /// The proposal was lost (leadership changed before it committed); it may be retried.
+    #[error("shard {shard_id}: proposal dropped ({reason})")]
+    ProposalDropped {
+        /// The shard.
+        shard_id: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The node's mailbox is full; back off and retry.
+    #[error("node busy: mailbox full")]
+    Busy,
+    /// The node is shutting down or stopped.
+    #[error("node stopped")]
+    Stopped,
+    /// A request exceeds a limit.
+    #[error("request refused: {0}")]
+    TooLarge(String),
+    /// Invalid settings.
+    #[error("invalid replication configuration: {0}")]
+    Config(String),
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Engine(String),
+    /// Bytes from disk or the network that do not decode.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+    /// raft-rs refused an operation.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl From<presage_engine::EngineError> for Error {
+    fn from(e: presage_engine::EngineError) -> Self {
+        Error::Engine(e.to_string())
+    }
+}
+
+impl From<raft::Error> for Error {
+    fn from(e: raft::Error) -> Self {
+        Error::Raft(e.to_string())
+    }
+}
+
+impl Error {
+    /// True for errors a client should answer by refreshing its routing and retrying.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. } | Error::EpochNotMatch { .. } | Error::ProposalDropped { .. } | Error::Busy
+        )
+    }
+}

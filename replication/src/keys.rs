@@ -1,0 +1,74 @@
+//! Where replication state lives in the engine.
+//!
+//! `Raft` key space, per shard (big-endian ids and indexes, so keys sort numerically):
+//! - `l <shard u64> <index u64>` -> `eraftpb::Entry` (the log)
+//! - `s <shard u64>` -> `RaftLocalState` (hard state, last index)
+//! - `a <shard u64>` -> `ApplyState` (applied index, truncated index and term; written in the
+//!   same batch as the data it describes)
+//!
+//! `Meta` key space:
+//! - `d <shard u64>` -> `ShardDescriptor` (range, epoch, replicas; written with the apply
+//!   state that changed it)
+
+use presage_engine::KeyRange;
+
+fn shard_key(prefix: u8, shard_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(prefix);
+    k.extend_from_slice(&shard_id.to_be_bytes());
+    k
+}
+
+/// Key of log entry `index` of `shard_id`.
+pub fn log_key(shard_id: u64, index: u64) -> Vec<u8> {
+    let mut k = shard_key(b'l', shard_id);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Log keys of `shard_id` from `low` (inclusive) to `high` (exclusive).
+pub fn log_range(shard_id: u64, low: u64, high: u64) -> KeyRange {
+    // `low < high` holds for every caller; fall back to an empty-safe range otherwise.
+    let (start, end) = (log_key(shard_id, low), log_key(shard_id, high.max(low + 1)));
+    KeyRange::new(start, Some(end)).unwrap_or_else(|_| KeyRange::all())
+}
+
+/// Index encoded in a log key.
+pub fn index_of_log_key(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(9..17)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Key of the Raft local state of `shard_id`.
+pub fn raft_state_key(shard_id: u64) -> Vec<u8> {
+    shard_key(b's', shard_id)
+}
+
+/// Key of the apply state of `shard_id`.
+pub fn apply_state_key(shard_id: u64) -> Vec<u8> {
+    shard_key(b'a', shard_id)
+}
+
+/// Key of the descriptor of `shard_id` (in `Meta`).
+pub fn descriptor_key(shard_id: u64) -> Vec<u8> {
+    shard_key(b'd', shard_id)
+}
+
+/// Every descriptor key (in `Meta`).
+pub fn descriptor_range() -> KeyRange {
+    KeyRange::new(vec![b'd'], Some(vec![b'e'])).unwrap_or_else(|_| KeyRange::all())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_index_and_round_trip() {
+        assert!(log_key(1, 9) < log_key(1, 10));
+        assert!(log_key(1, u64::MAX) < log_key(2, 0));
+        assert_eq!(index_of_log_key(&log_key(7, 12345)), Some(12345));
+        let r = log_range(3, 5, 8);
+        assert!(r.contains(&log_key(3, 5)) && r.contains(&log_key(3, 7)) && !r.contains(&log_key(3, 8)));
+    }
+}

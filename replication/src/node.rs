@@ -1,0 +1,182 @@
+//! The node runtime: one tokio task owns a node's [`Store`] and drives it - ticks on a timer,
+//! messages and client requests from a bounded mailbox, then one ready round, whose messages
+//! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`].
+
+use presage_engine::Engine;
+use raft::eraftpb::ConfChangeV2;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::RaftConfig;
+use crate::error::{Error, Result};
+use crate::peer::{ReadRequest, ReadResponse};
+use crate::store::{ShardStatus, Store};
+use crate::transport::Transport;
+use crate::wire::{Epoch, Op, RaftEnvelope};
+
+enum NodeMsg {
+    Raft(Box<RaftEnvelope>),
+    Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, reply: oneshot::Sender<Result<()>> },
+    Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
+    ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
+    TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
+    Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
+    Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
+}
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    task: JoinHandle<()>,
+}
+
+/// Talks to a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    node_id: u64,
+    tx: mpsc::Sender<NodeMsg>,
+}
+
+impl Node {
+    /// Starts driving `store`, sending through `transport`.
+    pub fn spawn<E: Engine, T: Transport>(store: Store<E>, transport: T, config: &RaftConfig) -> Node {
+        let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
+        let handle = NodeHandle { node_id: store.node_id(), tx };
+        let task = tokio::spawn(run(store, transport, rx, config.clone()));
+        Node { handle, task }
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node at once (as a crash would: nothing is flushed beyond what is written).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// True once the node's task ended (stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+async fn run<E: Engine, T: Transport>(
+    mut store: Store<E>,
+    transport: T,
+    mut rx: mpsc::Receiver<NodeMsg>,
+    config: RaftConfig,
+) {
+    let node_id = store.node_id();
+    let mut ticker = tokio::time::interval(config.tick_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => store.tick(),
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                handle(&mut store, msg);
+                for _ in 1..config.max_msgs_per_round {
+                    match rx.try_recv() {
+                        Ok(msg) => handle(&mut store, msg),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        match store.process_ready() {
+            Ok(out) => {
+                for env in out {
+                    transport.send(env);
+                }
+            }
+            Err(e) => {
+                // The engine failed a write: the in-memory state may be ahead of the disk, so the
+                // only safe move is to stop; a restart recovers from what is durable.
+                tracing::error!(node = node_id, error = %e, "engine write failed; stopping the node");
+                break;
+            }
+        }
+    }
+    tracing::info!(node = node_id, "node stopped");
+}
+
+fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
+    match msg {
+        NodeMsg::Raft(env) => {
+            if let Err(e) = store.step(*env) {
+                tracing::warn!(node = store.node_id(), error = %e, "could not create a replica for an incoming message");
+            }
+        }
+        NodeMsg::Write { shard_id, epoch, ops, reply } => {
+            store.propose(shard_id, epoch, ops, Box::new(move |r| drop(reply.send(r))));
+        }
+        NodeMsg::Read { shard_id, epoch, request, reply } => {
+            store.read(shard_id, epoch, request, Box::new(move |r| drop(reply.send(r))));
+        }
+        NodeMsg::ConfChange { shard_id, cc, reply } => {
+            store.propose_conf_change(shard_id, cc, Box::new(move |r| drop(reply.send(r))));
+        }
+        NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
+        NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
+        NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
+    }
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    fn post(&self, msg: NodeMsg) -> Result<()> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> NodeMsg) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.post(make(reply))?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Hands an incoming Raft message to the node; dropped if its mailbox is full.
+    pub fn deliver(&self, env: RaftEnvelope) {
+        if self.post(NodeMsg::Raft(Box::new(env))).is_err() {
+            tracing::debug!(node = self.node_id, "mailbox full or closed: dropping a raft message");
+        }
+    }
+
+    /// Writes `ops` atomically to `shard_id` (this node must lead it).
+    pub async fn write(&self, shard_id: u64, epoch: Epoch, ops: Vec<Op>) -> Result<()> {
+        self.ask(|reply| NodeMsg::Write { shard_id, epoch, ops, reply }).await?
+    }
+
+    /// A linearizable read on `shard_id` (this node must lead it).
+    pub async fn read(&self, shard_id: u64, epoch: Epoch, request: ReadRequest) -> Result<ReadResponse> {
+        self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, reply }).await?
+    }
+
+    /// Proposes a membership change of `shard_id` (this node must lead it).
+    pub async fn change_membership(&self, shard_id: u64, cc: ConfChangeV2) -> Result<()> {
+        self.ask(|reply| NodeMsg::ConfChange { shard_id, cc, reply }).await?
+    }
+
+    /// Asks this node, the leader of `shard_id`, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, shard_id: u64, to: u64) -> Result<()> {
+        self.ask(|reply| NodeMsg::TransferLeader { shard_id, to, reply }).await?
+    }
+
+    /// Makes this node's replica of `shard_id` campaign.
+    pub async fn campaign(&self, shard_id: u64) -> Result<()> {
+        self.ask(|reply| NodeMsg::Campaign { shard_id, reply }).await?
+    }
+
+    /// The state of this node's replica of `shard_id`.
+    pub async fn status(&self, shard_id: u64) -> Result<Option<ShardStatus>> {
+        self.ask(|reply| NodeMsg::Status { shard_id, reply }).await
+    }
+}

@@ -1,0 +1,354 @@
+//! `Peer`: one shard replica - a raft-rs `RawNode` on a [`PeerStorage`], the proposals and
+//! reads waiting on it, and the apply of committed entries into the engine.
+
+use std::collections::VecDeque;
+
+use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch};
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, StateRole};
+
+use crate::config::RaftConfig;
+use crate::error::{Error, Result};
+use crate::storage::PeerStorage;
+use crate::wire::{self, op, Command, Epoch, Op, Replica, ShardDescriptor};
+
+/// Called with the outcome of a write once it is applied (or failed).
+pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
+/// Called with the outcome of a read.
+pub type ReadCallback = Box<dyn FnOnce(Result<ReadResponse>) + Send>;
+
+/// A read a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRequest {
+    /// One key.
+    Get(Vec<u8>),
+    /// Pairs of a range (clipped to the shard), ascending, bounded.
+    Scan {
+        /// The range.
+        range: KeyRange,
+        /// At most this many pairs.
+        max_keys: usize,
+        /// At most this many key+value bytes (at least one pair is returned).
+        max_bytes: usize,
+    },
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResponse {
+    /// The value of the key, if any.
+    Value(Option<Vec<u8>>),
+    /// The pairs, and whether the shard holds more in the range.
+    Pairs {
+        /// Pairs in key order.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        /// More pairs follow in the range (within this shard).
+        more: bool,
+    },
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    cb: WriteCallback,
+}
+
+struct PendingRead {
+    id: u64,
+    /// The read index once Raft confirmed leadership.
+    index: Option<u64>,
+    request: ReadRequest,
+    cb: ReadCallback,
+}
+
+/// Callbacks to run once the apply batch is on disk.
+pub(crate) type Completions = Vec<Box<dyn FnOnce() + Send>>;
+
+/// One replica of one shard on this node.
+pub struct Peer<E: Engine> {
+    pub(crate) node_id: u64,
+    pub(crate) raw: RawNode<PeerStorage<E>>,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<PendingRead>,
+    next_read_id: u64,
+    /// Set when this replica was removed from the shard and must be destroyed.
+    pub(crate) removed: bool,
+}
+
+impl<E: Engine> Peer<E> {
+    /// A replica over `storage`.
+    pub fn new(node_id: u64, storage: PeerStorage<E>, config: &RaftConfig) -> Result<Self> {
+        let shard_id = storage.shard_id();
+        let mut rc = config.raft_config(node_id, storage.applied_index());
+        if let Some(offset) = config.fixed_election_offset(node_id) {
+            // Deterministic tests: every node gets its own fixed election timeout.
+            rc.min_election_tick = config.election_ticks + offset;
+            rc.max_election_tick = rc.min_election_tick + 1;
+        }
+        let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger(node_id, shard_id))?;
+        Ok(Peer { node_id, raw, proposals: VecDeque::new(), reads: VecDeque::new(), next_read_id: 1, removed: false })
+    }
+
+    /// The shard id.
+    pub fn shard_id(&self) -> u64 {
+        self.raw.store().shard_id()
+    }
+
+    /// The shard as this replica knows it.
+    pub fn descriptor(&self) -> &ShardDescriptor {
+        self.raw.store().descriptor()
+    }
+
+    /// True while this replica leads its shard.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader { shard_id: self.shard_id(), leader: self.leader() }
+    }
+
+    fn epoch_error(&self) -> Error {
+        Error::EpochNotMatch { shard_id: self.shard_id(), current: vec![self.descriptor().clone()] }
+    }
+
+    /// Checks that a request routed with `epoch` and touching `keys` may run here now.
+    fn check_epoch<'k>(&self, epoch: Epoch, mut keys: impl Iterator<Item = &'k [u8]>) -> Result<()> {
+        let desc = self.descriptor();
+        if epoch.version != desc.epoch().version || !keys.all(|k| desc.contains(k)) {
+            return Err(self.epoch_error());
+        }
+        Ok(())
+    }
+
+    /// Proposes a write; `cb` runs once it is applied here or failed.
+    pub fn propose(&mut self, epoch: Epoch, ops: Vec<Op>, cb: WriteCallback) {
+        if !self.is_leader() {
+            return cb(Err(self.not_leader()));
+        }
+        if let Err(e) = self.check_epoch(epoch, ops.iter().flat_map(op_keys)) {
+            return cb(Err(e));
+        }
+        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops };
+        let before = self.raw.raft.raft_log.last_index();
+        if let Err(e) = self.raw.propose(Vec::new(), wire::encode(&cmd)) {
+            let reason = match e {
+                raft::Error::ProposalDropped => "dropped by raft (leader changing or too much uncommitted data)",
+                _ => "refused by raft",
+            };
+            return cb(Err(Error::ProposalDropped { shard_id: self.shard_id(), reason }));
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        debug_assert_eq!(index, before + 1, "one proposal, one entry");
+        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
+    }
+
+    /// Proposes a membership change (joint consensus when it has several steps).
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2, cb: WriteCallback) {
+        if !self.is_leader() {
+            return cb(Err(self.not_leader()));
+        }
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+            return cb(Err(Error::Raft(e.to_string())));
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
+    }
+
+    /// Starts a linearizable read; `cb` runs once the read index is applied here.
+    pub fn read(&mut self, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
+        if !self.is_leader() {
+            return cb(Err(self.not_leader()));
+        }
+        let keys: Vec<&[u8]> = match &request {
+            ReadRequest::Get(k) => vec![k.as_slice()],
+            ReadRequest::Scan { range, .. } => vec![range.start()],
+        };
+        if let Err(e) = self.check_epoch(epoch, keys.into_iter()) {
+            return cb(Err(e));
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        self.reads.push_back(PendingRead { id, index: None, request, cb });
+    }
+
+    /// Records the read indexes Raft confirmed.
+    pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes) else { continue };
+            if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
+                r.index = Some(rs.index);
+            }
+        }
+    }
+
+    /// Answers every read whose index is applied.
+    pub(crate) fn serve_reads(&mut self, done: &mut Completions) {
+        let applied = self.raw.store().applied_index();
+        let engine = self.raw.store().engine().clone();
+        let desc = self.descriptor().clone();
+        while self.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {
+            let Some(r) = self.reads.pop_front() else { break };
+            let result = execute_read(&engine, &desc, &r.request);
+            let cb = r.cb;
+            done.push(Box::new(move || cb(result)));
+        }
+    }
+
+    /// Fails every waiting proposal and read (leadership lost, or the replica is going away).
+    pub(crate) fn fail_pending(&mut self, err: &Error, done: &mut Completions) {
+        for p in self.proposals.drain(..) {
+            let e = err.clone();
+            done.push(Box::new(move || (p.cb)(Err(e))));
+        }
+        for r in self.reads.drain(..) {
+            let e = err.clone();
+            done.push(Box::new(move || (r.cb)(Err(e))));
+        }
+    }
+
+    /// Called after a soft-state change: a replica that stopped leading fails what waits.
+    pub(crate) fn on_role_change(&mut self, done: &mut Completions) {
+        if !self.is_leader() && (!self.proposals.is_empty() || !self.reads.is_empty()) {
+            let err = self.not_leader();
+            self.fail_pending(&err, done);
+        }
+    }
+
+    /// Applies committed entries into `wb`; callbacks go to `done`.
+    pub(crate) fn apply(&mut self, entries: Vec<Entry>, wb: &mut WriteBatch, done: &mut Completions) -> Result<()> {
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => Ok(()), // a new leader's no-op
+                EntryType::EntryNormal => {
+                    let cmd: Command = wire::decode("command", &entry.data)?;
+                    self.apply_command(cmd, wb)
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::decode(entry.data.as_slice())
+                        .map_err(|e| Error::Corrupt { what: "conf change", reason: e.to_string() })?;
+                    // We only propose v2; a v1 change (one step) converts directly.
+                    let single = ConfChangeSingle { change_type: cc.change_type, node_id: cc.node_id };
+                    let v2 = ConfChangeV2 { transition: 0, changes: vec![single], context: cc.context };
+                    self.apply_conf_change(&v2, wb)
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::decode(entry.data.as_slice())
+                        .map_err(|e| Error::Corrupt { what: "conf change", reason: e.to_string() })?;
+                    self.apply_conf_change(&cc, wb)
+                }
+            };
+            self.raw.mut_store().set_applied(index, term, wb);
+            self.complete_proposals(index, term, outcome, done);
+        }
+        Ok(())
+    }
+
+    fn complete_proposals(&mut self, index: u64, term: u64, outcome: Result<()>, done: &mut Completions) {
+        let shard_id = self.shard_id();
+        let mut outcome = Some(outcome);
+        while self.proposals.front().is_some_and(|p| p.index <= index) {
+            let Some(p) = self.proposals.pop_front() else { break };
+            let result = if p.index == index && p.term == term {
+                outcome.take().unwrap_or(Ok(()))
+            } else {
+                // Another leader's entry took this index: the proposal never committed.
+                Err(Error::ProposalDropped { shard_id, reason: "overwritten by a new leader" })
+            };
+            done.push(Box::new(move || (p.cb)(result)));
+        }
+    }
+
+    /// Applies one command: every replica makes the same epoch and range checks at the same
+    /// log position, so all agree whether it takes effect.
+    fn apply_command(&mut self, cmd: Command, wb: &mut WriteBatch) -> Result<()> {
+        let epoch = cmd.epoch.unwrap_or_default();
+        self.check_epoch(epoch, cmd.ops.iter().flat_map(op_keys))?;
+        let shard = self.descriptor().range()?;
+        for op in cmd.ops {
+            match op.kind {
+                Some(op::Kind::Put(p)) => {
+                    wb.put(Cf::Data, p.key, p.value);
+                }
+                Some(op::Kind::Delete(d)) => {
+                    wb.delete(Cf::Data, d.key);
+                }
+                Some(op::Kind::DeleteRange(d)) => {
+                    // Clip to the shard: a range delete never reaches a neighbour's keys.
+                    let end = match (d.end, shard.end()) {
+                        (Some(e), Some(s)) => Some(e.min(s.to_vec())),
+                        (Some(e), None) => Some(e),
+                        (None, s) => s.map(<[u8]>::to_vec),
+                    };
+                    if let Ok(r) = KeyRange::new(d.start, end) {
+                        wb.delete_range(Cf::Data, r);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, cc: &ConfChangeV2, wb: &mut WriteBatch) -> Result<()> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        let mut desc = self.descriptor().clone();
+        let mut epoch = desc.epoch();
+        epoch.conf_ver += 1;
+        desc.epoch = Some(epoch);
+        desc.replicas = cs
+            .voters
+            .iter()
+            .chain(cs.voters_outgoing.iter())
+            .map(|id| Replica::voter(*id))
+            .chain(cs.learners.iter().chain(cs.learners_next.iter()).map(|id| Replica::learner(*id)))
+            .fold(Vec::<Replica>::new(), |mut acc, r| {
+                if !acc.iter().any(|x| x.node_id == r.node_id) {
+                    acc.push(r);
+                }
+                acc
+            });
+        let me = self.node_id;
+        self.removed = !desc.replicas.iter().any(|r| r.node_id == me);
+        self.raw.mut_store().set_membership(cs, desc, wb);
+        Ok(())
+    }
+}
+
+fn op_keys(op: &Op) -> Vec<&[u8]> {
+    match &op.kind {
+        Some(op::Kind::Put(p)) => vec![p.key.as_slice()],
+        Some(op::Kind::Delete(d)) => vec![d.key.as_slice()],
+        Some(op::Kind::DeleteRange(d)) => vec![d.start.as_slice()],
+        None => vec![],
+    }
+}
+
+fn execute_read<R: Reader>(engine: &R, desc: &ShardDescriptor, request: &ReadRequest) -> Result<ReadResponse> {
+    match request {
+        ReadRequest::Get(key) => Ok(ReadResponse::Value(engine.get(Cf::Data, key)?)),
+        ReadRequest::Scan { range, max_keys, max_bytes } => {
+            let shard = desc.range()?;
+            let start = range.start().max(shard.start()).to_vec();
+            let end = match (range.end(), shard.end()) {
+                (Some(a), Some(b)) => Some(a.min(b).to_vec()),
+                (Some(a), None) => Some(a.to_vec()),
+                (None, b) => b.map(<[u8]>::to_vec),
+            };
+            let Ok(clipped) = KeyRange::new(start, end) else {
+                return Ok(ReadResponse::Pairs { pairs: Vec::new(), more: false });
+            };
+            let page = engine.scan(Cf::Data, &clipped, ScanOrder::Forward, ScanLimit::new(*max_keys, *max_bytes))?;
+            Ok(ReadResponse::Pairs { pairs: page.pairs, more: page.more })
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! `PeerStorage`: raft-rs's `Storage` for one replica, on the node's engine.
+//!
+//! Reads (entries, terms) go to the engine's `Raft` key space; the small states (hard state,
+//! last index, apply state, membership) are cached in memory. Writes are not made here: the
+//! store collects them from every replica into one engine batch (group commit), and these
+//! methods only add to that batch and update the cache. A failed batch write stops the
+//! node, so the cache never runs ahead of the disk for long.
+
+use std::sync::Mutex;
+
+use presage_engine::{Cf, Engine, ScanLimit, ScanOrder, WriteBatch};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::wire::{self, ApplyState, RaftLocalState, ShardDescriptor, SnapshotData};
+
+/// Index and term a freshly created shard's log starts at (both replicas of a new shard
+/// start from this identical, already-committed state).
+pub const RAFT_INIT_LOG_INDEX: u64 = 5;
+/// See [`RAFT_INIT_LOG_INDEX`].
+pub const RAFT_INIT_LOG_TERM: u64 = 5;
+
+/// An engine snapshot taken for a Raft snapshot at `index`; the data the snapshot stream reads.
+pub struct GeneratedSnapshot<S> {
+    /// The Raft index the data reflects.
+    pub index: u64,
+    /// The engine's view at that index.
+    pub data: S,
+    /// The shard as of `index`.
+    pub descriptor: ShardDescriptor,
+}
+
+/// One replica's Raft storage.
+pub struct PeerStorage<E: Engine> {
+    engine: E,
+    shard_id: u64,
+    raft_state: RaftLocalState,
+    apply_state: ApplyState,
+    descriptor: ShardDescriptor,
+    /// The engine snapshot behind the most recent Raft snapshot this replica generated.
+    generated: Mutex<Option<GeneratedSnapshot<E::Snapshot>>>,
+}
+
+fn storage_err(e: Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl<E: Engine> PeerStorage<E> {
+    /// Loads the replica of `shard_id` from the engine; `Ok(None)` if it has no state.
+    pub fn load(engine: E, shard_id: u64) -> Result<Option<Self>> {
+        let Some(raw) = engine.get(Cf::Raft, &keys::raft_state_key(shard_id))? else { return Ok(None) };
+        let raft_state: RaftLocalState = wire::decode("raft local state", &raw)?;
+        let apply_raw = engine
+            .get(Cf::Raft, &keys::apply_state_key(shard_id))?
+            .ok_or(Error::Corrupt { what: "apply state", reason: format!("shard {shard_id} has none") })?;
+        let apply_state: ApplyState = wire::decode("apply state", &apply_raw)?;
+        let desc_raw = engine
+            .get(Cf::Meta, &keys::descriptor_key(shard_id))?
+            .ok_or(Error::Corrupt { what: "shard descriptor", reason: format!("shard {shard_id} has none") })?;
+        let descriptor: ShardDescriptor = wire::decode("shard descriptor", &desc_raw)?;
+        Ok(Some(PeerStorage { engine, shard_id, raft_state, apply_state, descriptor, generated: Mutex::new(None) }))
+    }
+
+    /// State for a brand-new shard whose replicas all start from the same committed point
+    /// (bootstrap and split): log at [`RAFT_INIT_LOG_INDEX`], membership from `descriptor`.
+    /// Adds the writes to `wb`.
+    pub fn initial(engine: E, descriptor: ShardDescriptor, wb: &mut WriteBatch) -> Self {
+        let hard_state = HardState { term: RAFT_INIT_LOG_TERM, vote: 0, commit: RAFT_INIT_LOG_INDEX };
+        let raft_state = RaftLocalState {
+            hard_state: Some(hard_state),
+            last_index: RAFT_INIT_LOG_INDEX,
+            last_term: RAFT_INIT_LOG_TERM,
+        };
+        let apply_state = ApplyState {
+            applied_index: RAFT_INIT_LOG_INDEX,
+            applied_term: RAFT_INIT_LOG_TERM,
+            truncated_index: RAFT_INIT_LOG_INDEX,
+            truncated_term: RAFT_INIT_LOG_TERM,
+            conf_state: Some(descriptor.conf_state()),
+        };
+        let s = PeerStorage {
+            engine,
+            shard_id: descriptor.id,
+            raft_state,
+            apply_state,
+            descriptor,
+            generated: Mutex::new(None),
+        };
+        s.write_raft_state(wb);
+        s.write_apply_state(wb);
+        s.write_descriptor(wb);
+        s
+    }
+
+    /// State for a replica created by a message from its leader, before it has any data: an
+    /// empty log and no membership; a snapshot will initialise it.
+    pub fn uninitialized(engine: E, descriptor: ShardDescriptor) -> Self {
+        let raft_state = RaftLocalState { hard_state: Some(HardState::default()), last_index: 0, last_term: 0 };
+        let apply_state = ApplyState::default();
+        PeerStorage {
+            engine,
+            shard_id: descriptor.id,
+            raft_state,
+            apply_state,
+            descriptor,
+            generated: Mutex::new(None),
+        }
+    }
+
+    /// True once the replica has data (a log or a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        self.apply_state.conf_state.as_ref().is_some_and(|c| !c.voters.is_empty())
+    }
+
+    /// The shard id.
+    pub fn shard_id(&self) -> u64 {
+        self.shard_id
+    }
+
+    /// The shard as this replica last applied it.
+    pub fn descriptor(&self) -> &ShardDescriptor {
+        &self.descriptor
+    }
+
+    /// Last applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    /// First index still in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.apply_state.truncated_index + 1
+    }
+
+    /// Last index in the log.
+    pub fn last_log_index(&self) -> u64 {
+        self.raft_state.last_index
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn write_raft_state(&self, wb: &mut WriteBatch) {
+        wb.put(Cf::Raft, keys::raft_state_key(self.shard_id), wire::encode(&self.raft_state));
+    }
+
+    fn write_apply_state(&self, wb: &mut WriteBatch) {
+        wb.put(Cf::Raft, keys::apply_state_key(self.shard_id), wire::encode(&self.apply_state));
+    }
+
+    fn write_descriptor(&self, wb: &mut WriteBatch) {
+        wb.put(Cf::Meta, keys::descriptor_key(self.shard_id), wire::encode(&self.descriptor));
+    }
+
+    /// Appends `entries` (replacing any conflicting suffix) to `wb`.
+    pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        debug_assert!(first.index > self.apply_state.truncated_index, "append below the truncated index");
+        debug_assert!(first.index <= self.raft_state.last_index + 1, "append leaves a gap");
+        for e in entries {
+            wb.put(Cf::Raft, keys::log_key(self.shard_id, e.index), wire::encode(e));
+        }
+        if last.index < self.raft_state.last_index {
+            // A new leader overwrote our suffix: drop what lies beyond the new last entry.
+            wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, last.index + 1, self.raft_state.last_index + 1));
+        }
+        self.raft_state.last_index = last.index;
+        self.raft_state.last_term = last.term;
+        self.write_raft_state(wb);
+    }
+
+    /// Records a new hard state in `wb`.
+    pub fn set_hard_state(&mut self, hs: &HardState, wb: &mut WriteBatch) {
+        self.raft_state.hard_state = Some(hs.clone());
+        self.write_raft_state(wb);
+    }
+
+    /// Records the commit index (from a light ready).
+    pub fn set_commit(&mut self, commit: u64, wb: &mut WriteBatch) {
+        let mut hs = self.raft_state.hard_state.clone().unwrap_or_default();
+        hs.commit = commit;
+        self.set_hard_state(&hs, wb);
+    }
+
+    /// Records that everything up to `index` (of `term`) is applied, with the data in `wb`.
+    pub fn set_applied(&mut self, index: u64, term: u64, wb: &mut WriteBatch) {
+        debug_assert!(index >= self.apply_state.applied_index, "apply went backwards");
+        self.apply_state.applied_index = index;
+        self.apply_state.applied_term = term;
+        self.write_apply_state(wb);
+    }
+
+    /// Records new membership (at the current applied index) and descriptor.
+    pub fn set_membership(&mut self, conf_state: ConfState, descriptor: ShardDescriptor, wb: &mut WriteBatch) {
+        self.apply_state.conf_state = Some(conf_state);
+        self.descriptor = descriptor;
+        self.write_apply_state(wb);
+        self.write_descriptor(wb);
+    }
+
+    /// Drops log entries up to and including `index` (at most the applied index).
+    pub fn compact_to(&mut self, index: u64, wb: &mut WriteBatch) -> Result<()> {
+        let index = index.min(self.apply_state.applied_index);
+        if index <= self.apply_state.truncated_index {
+            return Ok(());
+        }
+        let term = self.term_of(index)?;
+        wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, self.apply_state.truncated_index + 1, index + 1));
+        self.apply_state.truncated_index = index;
+        self.apply_state.truncated_term = term;
+        self.write_apply_state(wb);
+        Ok(())
+    }
+
+    /// Installs the metadata of a received snapshot (the data was switched in by the caller
+    /// in the same batch): the log restarts after the snapshot index.
+    pub fn apply_snapshot_metadata(&mut self, snap: &Snapshot, descriptor: ShardDescriptor, wb: &mut WriteBatch) {
+        let meta = snap.get_metadata();
+        wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, 0, self.raft_state.last_index.max(meta.index) + 1));
+        let mut hs = self.raft_state.hard_state.clone().unwrap_or_default();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.raft_state = RaftLocalState { hard_state: Some(hs), last_index: meta.index, last_term: meta.term };
+        self.apply_state = ApplyState {
+            applied_index: meta.index,
+            applied_term: meta.term,
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+            conf_state: meta.conf_state.clone(),
+        };
+        self.descriptor = descriptor;
+        self.write_raft_state(wb);
+        self.write_apply_state(wb);
+        self.write_descriptor(wb);
+    }
+
+    /// Takes the engine snapshot generated for the last Raft snapshot, if it is for `index`.
+    pub fn take_generated(&self, index: u64) -> Option<GeneratedSnapshot<E::Snapshot>> {
+        let mut slot = self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(g) if g.index == index => slot.take(),
+            _ => None,
+        }
+    }
+
+    fn term_of(&self, idx: u64) -> Result<u64> {
+        if idx == self.apply_state.truncated_index {
+            return Ok(self.apply_state.truncated_term);
+        }
+        if idx == self.raft_state.last_index {
+            return Ok(self.raft_state.last_term);
+        }
+        let raw = self.engine.get(Cf::Raft, &keys::log_key(self.shard_id, idx))?.ok_or(Error::Corrupt {
+            what: "raft log",
+            reason: format!("shard {} entry {idx} missing", self.shard_id),
+        })?;
+        let e: Entry = wire::decode("raft log entry", &raw)?;
+        Ok(e.term)
+    }
+}
+
+impl<E: Engine> raft::Storage for PeerStorage<E> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.raft_state.hard_state.clone().unwrap_or_default(),
+            conf_state: self.apply_state.conf_state.clone().unwrap_or_default(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply_state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.raft_state.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let range = keys::log_range(self.shard_id, low, high);
+        let limit = ScanLimit::new(
+            usize::try_from(high - low).unwrap_or(usize::MAX),
+            usize::try_from(max_size).unwrap_or(usize::MAX).max(1),
+        );
+        let page = self.engine.scan(Cf::Raft, &range, ScanOrder::Forward, limit).map_err(|e| storage_err(e.into()))?;
+        let mut out = Vec::with_capacity(page.pairs.len());
+        let mut size = 0u64;
+        for (k, v) in &page.pairs {
+            let e: Entry = wire::decode("raft log entry", v).map_err(storage_err)?;
+            let want = low + out.len() as u64;
+            if keys::index_of_log_key(k) != Some(want) || e.index != want {
+                return Err(storage_err(Error::Corrupt {
+                    what: "raft log",
+                    reason: format!("shard {}: expected entry {want}, found {}", self.shard_id, e.index),
+                }));
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() {
+            return Err(storage_err(Error::Corrupt {
+                what: "raft log",
+                reason: format!("shard {}: entries [{low}, {high}) missing", self.shard_id),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx < self.apply_state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.raft_state.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.term_of(idx).map_err(storage_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.apply_state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Applies finish before the store steps Raft again, so the engine shows exactly the
+        // applied index now: the snapshot's data and its metadata agree.
+        let index = self.apply_state.applied_index;
+        if index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let metadata = SnapshotMetadata {
+            conf_state: self.apply_state.conf_state.clone(),
+            index,
+            term: self.apply_state.applied_term,
+        };
+        let data = SnapshotData { descriptor: Some(self.descriptor.clone()) };
+        let generated = GeneratedSnapshot { index, data: self.engine.snapshot(), descriptor: self.descriptor.clone() };
+        *self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generated);
+        Ok(Snapshot { data: wire::encode(&data), metadata: Some(metadata) })
+    }
+}

@@ -1,0 +1,185 @@
+//! How Raft messages travel between nodes: the [`Transport`] trait and [`MemNetwork`], the
+//! in-memory network for tests, which takes filters (seeded drops, delays, partitions,
+//! isolation, drops by message type).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::eraftpb::MessageType;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::wire::RaftEnvelope;
+
+/// Sends Raft messages to other nodes. Best effort: Raft tolerates loss, so a send never
+/// blocks and may drop.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `env` to `env.to_node`.
+    fn send(&self, env: RaftEnvelope);
+}
+
+/// Delivers a message into a node (its mailbox).
+pub type Deliver = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
+
+/// A rule the in-memory network applies to every message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Drop each message with this probability (seeded).
+    Drop {
+        /// Probability in `[0, 1]`.
+        probability: f64,
+    },
+    /// Deliver each message after a delay drawn uniformly from `[min, max]` (seeded); this
+    /// also reorders messages.
+    Delay {
+        /// Shortest delay.
+        min: Duration,
+        /// Longest delay.
+        max: Duration,
+    },
+    /// No message crosses between the two sides.
+    Partition {
+        /// One side.
+        a: Vec<u64>,
+        /// The other side.
+        b: Vec<u64>,
+    },
+    /// No message reaches or leaves this node.
+    Isolate(u64),
+    /// Drop every message of this Raft type.
+    DropType(MessageType),
+}
+
+impl Filter {
+    fn blocks(&self, from: u64, to: u64, msg_type: Option<MessageType>, rng: &mut SmallRng) -> bool {
+        match self {
+            Filter::Drop { probability } => rng.random_bool(probability.clamp(0.0, 1.0)),
+            Filter::Delay { .. } => false,
+            Filter::Partition { a, b } => {
+                (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
+            }
+            Filter::Isolate(n) => *n == from || *n == to,
+            Filter::DropType(t) => msg_type == Some(*t),
+        }
+    }
+}
+
+struct NetState {
+    nodes: HashMap<u64, Deliver>,
+    filters: Vec<(u64, Filter)>,
+    next_filter_id: u64,
+    rng: SmallRng,
+    delivered: u64,
+    dropped: u64,
+}
+
+/// An in-memory network between the nodes of one process. Cloning shares it.
+#[derive(Clone)]
+pub struct MemNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+impl MemNetwork {
+    /// A network whose random choices follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        MemNetwork {
+            state: Arc::new(Mutex::new(NetState {
+                nodes: HashMap::new(),
+                filters: Vec::new(),
+                next_filter_id: 1,
+                rng: SmallRng::seed_from_u64(seed),
+                delivered: 0,
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Connects `node_id`: messages to it go to `deliver`. Replaces an earlier connection
+    /// (a restarted node).
+    pub fn connect(&self, node_id: u64, deliver: Deliver) {
+        self.lock().nodes.insert(node_id, deliver);
+    }
+
+    /// Disconnects `node_id` (a killed node): messages to it are dropped.
+    pub fn disconnect(&self, node_id: u64) {
+        self.lock().nodes.remove(&node_id);
+    }
+
+    /// Adds a filter; returns its id for [`MemNetwork::remove_filter`].
+    pub fn add_filter(&self, filter: Filter) -> u64 {
+        let mut s = self.lock();
+        let id = s.next_filter_id;
+        s.next_filter_id += 1;
+        s.filters.push((id, filter));
+        id
+    }
+
+    /// Removes one filter.
+    pub fn remove_filter(&self, id: u64) {
+        self.lock().filters.retain(|(fid, _)| *fid != id);
+    }
+
+    /// Removes every filter (heals the network).
+    pub fn clear_filters(&self) {
+        self.lock().filters.clear();
+    }
+
+    /// Messages delivered and dropped so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.delivered, s.dropped)
+    }
+
+    /// A transport for `node_id` on this network.
+    pub fn transport(&self) -> MemTransport {
+        MemTransport { net: self.clone() }
+    }
+
+    fn route(&self, env: RaftEnvelope) {
+        let msg_type = env.message.as_ref().map(|m| m.get_msg_type());
+        let (deliver, delay) = {
+            let mut s = self.lock();
+            let NetState { filters, rng, .. } = &mut *s;
+            let blocked = filters.iter().any(|(_, f)| f.blocks(env.from_node, env.to_node, msg_type, rng));
+            let mut delay = Duration::ZERO;
+            for (_, f) in filters.iter() {
+                if let Filter::Delay { min, max } = f {
+                    let (lo, hi) = (min.as_micros() as u64, max.as_micros().max(min.as_micros()) as u64);
+                    delay = delay.max(Duration::from_micros(rng.random_range(lo..=hi)));
+                }
+            }
+            let deliver = if blocked { None } else { s.nodes.get(&env.to_node).cloned() };
+            match deliver {
+                Some(_) => s.delivered += 1,
+                None => s.dropped += 1,
+            }
+            (deliver, delay)
+        };
+        let Some(deliver) = deliver else { return };
+        if delay.is_zero() {
+            deliver(env);
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                deliver(env);
+            });
+        }
+    }
+}
+
+/// One node's sending side of a [`MemNetwork`].
+#[derive(Clone)]
+pub struct MemTransport {
+    net: MemNetwork,
+}
+
+impl Transport for MemTransport {
+    fn send(&self, env: RaftEnvelope) {
+        self.net.route(env);
+    }
+}

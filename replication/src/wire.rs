@@ -1,0 +1,261 @@
+//! Messages that cross the network or sit on disk, as prost messages (one prost: 0.11, the
+//! version raft-rs uses).
+
+use presage_engine::KeyRange;
+use raft::eraftpb;
+
+use crate::error::{Error, Result};
+
+/// Version of a shard: `version` grows on split/merge, `conf_ver` on membership change.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct Epoch {
+    /// Bumped by every split and merge.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Bumped by every membership change.
+    #[prost(uint64, tag = "2")]
+    pub conf_ver: u64,
+}
+
+/// Whether a replica votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ReplicaRole {
+    /// Votes and counts toward quorum.
+    Voter = 0,
+    /// Receives the log, never votes.
+    Learner = 1,
+}
+
+/// One copy of a shard. A node holds at most one replica of a shard, so the node id is also
+/// the replica's Raft id.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct Replica {
+    /// The node holding it.
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    /// Voter or learner.
+    #[prost(enumeration = "ReplicaRole", tag = "2")]
+    pub role: i32,
+}
+
+impl Replica {
+    /// A voter on `node_id`.
+    pub fn voter(node_id: u64) -> Self {
+        Replica { node_id, role: ReplicaRole::Voter as i32 }
+    }
+
+    /// A learner on `node_id`.
+    pub fn learner(node_id: u64) -> Self {
+        Replica { node_id, role: ReplicaRole::Learner as i32 }
+    }
+
+    /// True for a voter.
+    pub fn is_voter(&self) -> bool {
+        self.role == ReplicaRole::Voter as i32
+    }
+}
+
+/// A shard: its key range, epoch and replicas.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct ShardDescriptor {
+    /// Shard id (0 is the meta shard).
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Inclusive start key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub start: Vec<u8>,
+    /// Exclusive end key; absent for the last shard.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub end: Option<Vec<u8>>,
+    /// Current epoch.
+    #[prost(message, optional, tag = "4")]
+    pub epoch: Option<Epoch>,
+    /// Replicas.
+    #[prost(message, repeated, tag = "5")]
+    pub replicas: Vec<Replica>,
+}
+
+impl ShardDescriptor {
+    /// The key range.
+    pub fn range(&self) -> Result<KeyRange> {
+        KeyRange::new(self.start.clone(), self.end.clone())
+            .map_err(|e| Error::Corrupt { what: "shard descriptor", reason: e.to_string() })
+    }
+
+    /// Does the shard hold `key`?
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    /// The epoch (zero when absent).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch.unwrap_or_default()
+    }
+
+    /// Raft voter and learner ids.
+    pub fn conf_state(&self) -> eraftpb::ConfState {
+        let voters = self.replicas.iter().filter(|r| r.is_voter()).map(|r| r.node_id);
+        let learners = self.replicas.iter().filter(|r| !r.is_voter()).map(|r| r.node_id);
+        eraftpb::ConfState::from((voters, learners))
+    }
+}
+
+/// One write of a command.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Op {
+    /// What to do.
+    #[prost(oneof = "op::Kind", tags = "1, 2, 3")]
+    pub kind: Option<op::Kind>,
+}
+
+/// The kinds of [`Op`].
+pub mod op {
+    /// A single write.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Set a key.
+        #[prost(message, tag = "1")]
+        Put(super::Put),
+        /// Remove a key.
+        #[prost(message, tag = "2")]
+        Delete(super::Delete),
+        /// Remove a key range.
+        #[prost(message, tag = "3")]
+        DeleteRange(super::DeleteRange),
+    }
+}
+
+/// Set `key` to `value`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Put {
+    /// Key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// Value.
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// Remove `key`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Delete {
+    /// Key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+}
+
+/// Remove `[start, end)` (to the shard's end when `end` is absent).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteRange {
+    /// Inclusive start.
+    #[prost(bytes = "vec", tag = "1")]
+    pub start: Vec<u8>,
+    /// Exclusive end.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub end: Option<Vec<u8>>,
+}
+
+impl Op {
+    /// A put.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Op { kind: Some(op::Kind::Put(Put { key: key.into(), value: value.into() })) }
+    }
+
+    /// A delete.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Self {
+        Op { kind: Some(op::Kind::Delete(Delete { key: key.into() })) }
+    }
+
+    /// A range delete.
+    pub fn delete_range(start: impl Into<Vec<u8>>, end: Option<Vec<u8>>) -> Self {
+        Op { kind: Some(op::Kind::DeleteRange(DeleteRange { start: start.into(), end })) }
+    }
+}
+
+/// A replicated command: the data of one normal log entry. All its ops apply atomically.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    /// The shard it was proposed to.
+    #[prost(uint64, tag = "1")]
+    pub shard_id: u64,
+    /// The shard epoch the client routed with.
+    #[prost(message, optional, tag = "2")]
+    pub epoch: Option<Epoch>,
+    /// The writes.
+    #[prost(message, repeated, tag = "3")]
+    pub ops: Vec<Op>,
+}
+
+/// Persistent Raft state of a replica besides its log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftLocalState {
+    /// Term, vote, commit.
+    #[prost(message, optional, tag = "1")]
+    pub hard_state: Option<eraftpb::HardState>,
+    /// Index of the last log entry.
+    #[prost(uint64, tag = "2")]
+    pub last_index: u64,
+    /// Term of the last log entry.
+    #[prost(uint64, tag = "3")]
+    pub last_term: u64,
+}
+
+/// How far a replica has applied its log; written atomically with the applied data.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ApplyState {
+    /// Last applied index.
+    #[prost(uint64, tag = "1")]
+    pub applied_index: u64,
+    /// Log entries up to here are compacted away.
+    #[prost(uint64, tag = "2")]
+    pub truncated_index: u64,
+    /// Term of the entry at `truncated_index`.
+    #[prost(uint64, tag = "3")]
+    pub truncated_term: u64,
+    /// Term of the entry at `applied_index`.
+    #[prost(uint64, tag = "4")]
+    pub applied_term: u64,
+    /// Membership as of `applied_index` (joint states included).
+    #[prost(message, optional, tag = "5")]
+    pub conf_state: Option<eraftpb::ConfState>,
+}
+
+/// What travels inside a Raft snapshot message: only the description, the data is streamed
+/// separately as export chunks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotData {
+    /// The shard as of the snapshot.
+    #[prost(message, optional, tag = "1")]
+    pub descriptor: Option<ShardDescriptor>,
+}
+
+/// A Raft message for one replica, with what the receiving node needs to route it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftEnvelope {
+    /// The shard.
+    #[prost(uint64, tag = "1")]
+    pub shard_id: u64,
+    /// Sending node.
+    #[prost(uint64, tag = "2")]
+    pub from_node: u64,
+    /// Receiving node.
+    #[prost(uint64, tag = "3")]
+    pub to_node: u64,
+    /// The sender's view of the shard (lets a node create a replica it was just added as).
+    #[prost(message, optional, tag = "4")]
+    pub descriptor: Option<ShardDescriptor>,
+    /// The Raft message.
+    #[prost(message, optional, tag = "5")]
+    pub message: Option<eraftpb::Message>,
+}
+
+/// Decodes a prost message read from disk or the network, naming what it is on failure.
+pub fn decode<M: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Corrupt { what, reason: e.to_string() })
+}
+
+/// Encodes a prost message.
+pub fn encode<M: prost::Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}

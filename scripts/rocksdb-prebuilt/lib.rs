@@ -1,0 +1,1 @@
+//! Empty: this crate exists only to build `librocksdb-sys` (see Cargo.toml).

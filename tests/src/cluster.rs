@@ -1,0 +1,229 @@
+//! An in-process cluster: `n` nodes on [`MemEngine`]s joined by a [`MemNetwork`], one shard
+//! over the whole key space replicated on all of them. Run it on a current-thread tokio
+//! runtime with paused time: the schedule, the network's random choices and the election
+//! timeouts (`deterministic_elections`) then all follow the seed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presage_engine::{range_checksum, Cf, KeyRange, MemEngine, RangeChecksum};
+use presage_replication::{
+    Epoch, Error, MemNetwork, Node, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, Replica, ShardDescriptor,
+    Store,
+};
+use raft::StateRole;
+
+/// The one data shard of a test cluster.
+pub const SHARD: u64 = 1;
+
+/// Raft settings for tests: short ticks, deterministic elections.
+pub fn test_config() -> RaftConfig {
+    RaftConfig {
+        tick_interval_ms: 10,
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        deterministic_elections: true,
+        ..RaftConfig::default()
+    }
+}
+
+/// A cluster of in-process nodes.
+pub struct Cluster {
+    /// The network between the nodes.
+    pub net: MemNetwork,
+    /// Raft settings of every node.
+    pub config: RaftConfig,
+    engines: BTreeMap<u64, MemEngine>,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids `1..=n`) with shard [`SHARD`] over the whole key space.
+    pub fn start(n: u64, seed: u64) -> Self {
+        Self::start_with(n, seed, test_config())
+    }
+
+    /// Like [`Cluster::start`] with other Raft settings.
+    pub fn start_with(n: u64, seed: u64, config: RaftConfig) -> Self {
+        let net = MemNetwork::new(seed);
+        let descriptor = ShardDescriptor {
+            id: SHARD,
+            start: Vec::new(),
+            end: None,
+            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+            replicas: (1..=n).map(Replica::voter).collect(),
+        };
+        let mut cluster = Cluster { net, config, engines: BTreeMap::new(), nodes: BTreeMap::new() };
+        for id in 1..=n {
+            let engine = MemEngine::new();
+            let mut store = Store::open(id, engine.clone(), cluster.config.clone()).expect("open store");
+            store.bootstrap_shard(descriptor.clone()).expect("bootstrap");
+            cluster.engines.insert(id, engine);
+            cluster.spawn(id, store);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
+        let node = Node::spawn(store, self.net.transport(), &self.config);
+        let handle = node.handle();
+        self.net.connect(id, Arc::new(move |env| handle.deliver(env)));
+        self.nodes.insert(id, node);
+    }
+
+    /// Ids of the running nodes.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// A handle to node `id`, if it runs.
+    pub fn handle(&self, id: u64) -> Option<NodeHandle> {
+        self.nodes.get(&id).map(Node::handle)
+    }
+
+    /// Node `id`'s engine (it survives kills, like a disk).
+    pub fn engine(&self, id: u64) -> &MemEngine {
+        &self.engines[&id]
+    }
+
+    /// Kills node `id` (its engine keeps what was written).
+    pub fn kill(&mut self, id: u64) {
+        self.net.disconnect(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.kill();
+        }
+    }
+
+    /// Restarts node `id` from its engine.
+    pub fn restart(&mut self, id: u64) {
+        let store = Store::open(id, self.engines[&id].clone(), self.config.clone()).expect("reopen store");
+        self.spawn(id, store);
+    }
+
+    /// Each live node's view: (node, role, term, leader).
+    pub async fn views(&self) -> Vec<(u64, StateRole, u64, Option<u64>)> {
+        let mut out = Vec::new();
+        for (id, node) in &self.nodes {
+            if let Ok(Some(s)) = node.handle().status(SHARD).await {
+                out.push((*id, s.role, s.term, s.leader));
+            }
+        }
+        out
+    }
+
+    /// The leader of the highest term among live nodes, if one claims it.
+    pub async fn leader(&self) -> Option<u64> {
+        let views = self.views().await;
+        views.iter().filter(|v| v.1 == StateRole::Leader).max_by_key(|v| v.2).map(|v| v.0)
+    }
+
+    /// Waits (in tokio time) until a live node leads; panics after `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader within {timeout:?}: {:?}", self.views().await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The epoch clients route with.
+    pub async fn epoch(&self) -> Epoch {
+        for node in self.nodes.values() {
+            if let Ok(Some(s)) = node.handle().status(SHARD).await {
+                return s.descriptor.epoch();
+            }
+        }
+        Epoch::default()
+    }
+
+    /// Writes through the current leader, retrying on leader changes until `timeout`.
+    pub async fn write(&self, ops: Vec<Op>, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let result = match self.leader().await.and_then(|l| self.handle(l)) {
+                Some(h) => {
+                    let epoch = self.epoch().await;
+                    match tokio::time::timeout(Duration::from_millis(500), h.write(SHARD, epoch, ops.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::ProposalDropped { shard_id: SHARD, reason: "client timeout" }),
+                    }
+                }
+                None => Err(Error::NotLeader { shard_id: SHARD, leader: None }),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `put` through the leader.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.write(vec![Op::put(key.to_vec(), value.to_vec())], Duration::from_secs(10)).await
+    }
+
+    /// A linearizable `get` through the leader.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let result = match self.leader().await.and_then(|l| self.handle(l)) {
+                Some(h) => {
+                    let epoch = self.epoch().await;
+                    match tokio::time::timeout(
+                        Duration::from_millis(500),
+                        h.read(SHARD, epoch, ReadRequest::Get(key.to_vec())),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::ProposalDropped { shard_id: SHARD, reason: "client timeout" }),
+                    }
+                }
+                None => Err(Error::NotLeader { shard_id: SHARD, leader: None }),
+            };
+            match result {
+                Ok(ReadResponse::Value(v)) => return Ok(v),
+                Ok(other) => panic!("get answered {other:?}"),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Checksum of the data on node `id`.
+    pub fn data_checksum(&self, id: u64) -> RangeChecksum {
+        range_checksum(self.engine(id), Cf::Data, &KeyRange::all()).expect("checksum")
+    }
+
+    /// Waits until every live node has applied the same index and holds the same data.
+    pub async fn wait_converged(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut applied = Vec::new();
+            for node in self.nodes.values() {
+                if let Ok(Some(s)) = node.handle().status(SHARD).await {
+                    applied.push((s.applied, s.commit));
+                }
+            }
+            let same_index = applied.windows(2).all(|w| w[0].0 == w[1].0) && applied.iter().all(|(a, c)| a == c);
+            let sums: Vec<RangeChecksum> = self.live().iter().map(|id| self.data_checksum(*id)).collect();
+            if same_index && applied.len() == self.nodes.len() && sums.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not converged within {timeout:?}: applied {applied:?}, sums {sums:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

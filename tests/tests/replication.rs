@@ -1,0 +1,156 @@
+//! In-process cluster tests of replication (design.md §8 tier 2). Each cites the section of
+//! the Raft paper (Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm")
+//! or thesis it checks. Seeded: `PRESAGE_TEST_SEED` replays a run.
+
+use std::time::Duration;
+
+use presage_replication::{Error, Filter};
+use presage_tests::cluster::Cluster;
+use raft::StateRole;
+
+fn seed() -> u64 {
+    let seed = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    eprintln!("test seed {seed} (replay with PRESAGE_TEST_SEED={seed})");
+    seed
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// §5.2: a cluster elects exactly one leader per term.
+#[tokio::test(start_paused = true)]
+async fn elects_one_leader_3_and_5_nodes() {
+    for n in [3, 5] {
+        let c = Cluster::start(n, seed());
+        let leader = c.wait_leader(5 * SEC).await;
+        tokio::time::sleep(SEC).await;
+        let views = c.views().await;
+        let leaders: Vec<_> = views.iter().filter(|v| v.1 == StateRole::Leader).collect();
+        assert_eq!(leaders.len(), 1, "{n} nodes: one leader, got {views:?}");
+        assert!(views.iter().all(|v| v.3 == Some(leader)), "everyone follows {leader}: {views:?}");
+    }
+}
+
+/// §5.3: a committed write reaches every replica's state machine.
+#[tokio::test(start_paused = true)]
+async fn replicates_writes_to_every_node() {
+    let c = Cluster::start(3, seed());
+    c.wait_leader(5 * SEC).await;
+    for i in 0..50u32 {
+        c.put(format!("k{i:03}").as_bytes(), format!("v{i}").as_bytes()).await.expect("put");
+    }
+    assert_eq!(c.get(b"k007").await.expect("get"), Some(b"v7".to_vec()));
+    c.wait_converged(5 * SEC).await;
+    assert_eq!(c.data_checksum(1).pairs, 50);
+}
+
+/// §5.2 and §5.4.1: when the leader dies, a new one is elected in a higher term and every
+/// committed write survives (the election restriction keeps it).
+#[tokio::test(start_paused = true)]
+async fn leader_kill_elects_a_new_leader_and_keeps_committed_writes() {
+    let mut c = Cluster::start(5, seed());
+    let old = c.wait_leader(5 * SEC).await;
+    let old_term = c.views().await.iter().find(|v| v.0 == old).map(|v| v.2).expect("term");
+    for i in 0..20u32 {
+        c.put(format!("a{i}").as_bytes(), b"1").await.expect("put");
+    }
+    c.kill(old);
+    let new = c.wait_leader(5 * SEC).await;
+    assert_ne!(new, old);
+    let new_term = c.views().await.iter().find(|v| v.0 == new).map(|v| v.2).expect("term");
+    assert!(new_term > old_term);
+    for i in 0..20u32 {
+        assert_eq!(c.get(format!("a{i}").as_bytes()).await.expect("get"), Some(b"1".to_vec()), "a{i} lost");
+    }
+    c.put(b"after", b"2").await.expect("put after failover");
+    c.restart(old);
+    c.wait_converged(10 * SEC).await;
+}
+
+/// §5.4 (safety) and §6 of the thesis (check-quorum): a leader cut off in a minority cannot
+/// commit; the majority elects a leader and goes on; after healing, all converge.
+#[tokio::test(start_paused = true)]
+async fn minority_cannot_commit_and_healed_partition_converges() {
+    let c = Cluster::start(5, seed());
+    let old = c.wait_leader(5 * SEC).await;
+    c.put(b"before", b"1").await.expect("put");
+    let minority: Vec<u64> = vec![old, if old == 1 { 2 } else { 1 }];
+    let majority: Vec<u64> = c.live().into_iter().filter(|n| !minority.contains(n)).collect();
+    c.net.add_filter(Filter::Partition { a: minority.clone(), b: majority.clone() });
+
+    // The old leader cannot commit: the write never succeeds on its side.
+    let h = c.handle(old).expect("old leader runs");
+    let epoch = c.epoch().await;
+    let stuck = tokio::time::timeout(
+        3 * SEC,
+        h.write(1, epoch, vec![presage_replication::Op::put(b"lost".to_vec(), b"x".to_vec())]),
+    )
+    .await;
+    match stuck {
+        Err(_) | Ok(Err(Error::NotLeader { .. })) | Ok(Err(Error::ProposalDropped { .. })) => {}
+        Ok(other) => panic!("a minority leader answered {other:?}"),
+    }
+    // Check-quorum: the cut-off leader steps down.
+    let views = c.views().await;
+    assert!(views.iter().filter(|v| minority.contains(&v.0)).all(|v| v.1 != StateRole::Leader), "{views:?}");
+    // The majority elects its own leader and commits.
+    let mut new = None;
+    for _ in 0..100 {
+        let v = c.views().await;
+        new = v.iter().find(|v| majority.contains(&v.0) && v.1 == StateRole::Leader).map(|v| v.0);
+        if new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = new.expect("majority elects a leader");
+    let h = c.handle(new).expect("runs");
+    let epoch = c.epoch().await;
+    h.write(1, epoch, vec![presage_replication::Op::put(b"majority".to_vec(), b"y".to_vec())])
+        .await
+        .expect("majority commits");
+
+    c.net.clear_filters();
+    c.wait_converged(10 * SEC).await;
+    assert_eq!(c.get(b"majority").await.expect("get"), Some(b"y".to_vec()));
+    assert_eq!(c.get(b"lost").await.expect("get"), None, "the minority's write never committed");
+    assert_eq!(c.get(b"before").await.expect("get"), Some(b"1".to_vec()));
+}
+
+/// Thesis §3.10: leadership transfer hands the lead to the chosen, caught-up follower.
+#[tokio::test(start_paused = true)]
+async fn leadership_transfer_moves_the_leader() {
+    let c = Cluster::start(3, seed());
+    let old = c.wait_leader(5 * SEC).await;
+    c.put(b"k", b"v").await.expect("put");
+    c.wait_converged(5 * SEC).await;
+    let target = c.live().into_iter().find(|n| *n != old).expect("a follower");
+    c.handle(old).expect("runs").transfer_leader(1, target).await.expect("transfer accepted");
+    let mut led = false;
+    for _ in 0..100 {
+        if c.leader().await == Some(target) {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(led, "{target} did not take over: {:?}", c.views().await);
+    c.put(b"k2", b"v2").await.expect("put under the new leader");
+}
+
+/// A restarted node recovers its replica from its engine and catches up from the log.
+#[tokio::test(start_paused = true)]
+async fn restarted_follower_recovers_from_disk_and_catches_up() {
+    let mut c = Cluster::start(3, seed());
+    let leader = c.wait_leader(5 * SEC).await;
+    let follower = c.live().into_iter().find(|n| *n != leader).expect("follower");
+    c.put(b"x", b"1").await.expect("put");
+    c.wait_converged(5 * SEC).await;
+    c.kill(follower);
+    for i in 0..30u32 {
+        c.put(format!("y{i}").as_bytes(), b"2").await.expect("put");
+    }
+    c.restart(follower);
+    c.wait_converged(10 * SEC).await;
+    assert_eq!(c.data_checksum(follower).pairs, 31, "the follower holds every write");
+    assert_eq!(c.data_checksum(follower), c.data_checksum(leader));
+}
