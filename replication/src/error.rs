@@ -38,6 +38,15 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The proposal was accepted but leadership changed before it was applied here: it may
+    /// or may not take effect. Retry only what is idempotent, or read to find out.
+    #[error("shard {shard_id}: outcome unknown ({reason})")]
+    OutcomeUnknown {
+        /// The shard.
+        shard_id: u64,
+        /// Why.
+        reason: &'static str,
+    },
     /// The node's mailbox is full; back off and retry.
     #[error("node busy: mailbox full")]
     Busy,
@@ -83,7 +92,17 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NotLeader { .. } | Error::EpochNotMatch { .. } | Error::ProposalDropped { .. } | Error::Busy
+            Error::NotLeader { .. }
+                | Error::EpochNotMatch { .. }
+                | Error::ProposalDropped { .. }
+                | Error::OutcomeUnknown { .. }
+                | Error::Busy
         )
+    }
+
+    /// True when the request certainly had no effect (a write that failed this way was never
+    /// applied anywhere).
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, Error::OutcomeUnknown { .. } | Error::Stopped | Error::Engine(_))
     }
 }

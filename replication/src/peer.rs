@@ -56,6 +56,11 @@ struct Proposal {
 
 struct PendingRead {
     id: u64,
+    /// Handed to Raft (raft-rs drops read requests that reach a leader before it committed
+    /// an entry of its own term, so they wait here until it has).
+    issued: bool,
+    /// Ticks since the read arrived.
+    age_ticks: usize,
     /// The read index once Raft confirmed leadership.
     index: Option<u64>,
     request: ReadRequest,
@@ -176,8 +181,35 @@ impl<E: Engine> Peer<E> {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        self.raw.read_index(id.to_be_bytes().to_vec());
-        self.reads.push_back(PendingRead { id, index: None, request, cb });
+        self.reads.push_back(PendingRead { id, issued: false, age_ticks: 0, index: None, request, cb });
+        self.issue_reads();
+    }
+
+    /// Hands waiting reads to Raft once this leader has committed in its term.
+    pub(crate) fn issue_reads(&mut self) {
+        if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        for r in self.reads.iter_mut().filter(|r| !r.issued) {
+            r.issued = true;
+            self.raw.read_index(r.id.to_be_bytes().to_vec());
+        }
+    }
+
+    /// Ages waiting reads by one tick and fails those older than `max_age_ticks` (their
+    /// confirmation was lost); reads have no effect, so the client simply retries.
+    pub(crate) fn expire_reads(&mut self, max_age_ticks: usize) {
+        let shard_id = self.shard_id();
+        let mut kept = VecDeque::with_capacity(self.reads.len());
+        for mut r in self.reads.drain(..) {
+            r.age_ticks += 1;
+            if r.age_ticks > max_age_ticks {
+                (r.cb)(Err(Error::ProposalDropped { shard_id, reason: "read not confirmed in time" }));
+            } else {
+                kept.push_back(r);
+            }
+        }
+        self.reads = kept;
     }
 
     /// Records the read indexes Raft confirmed.
@@ -195,31 +227,38 @@ impl<E: Engine> Peer<E> {
         let applied = self.raw.store().applied_index();
         let engine = self.raw.store().engine().clone();
         let desc = self.descriptor().clone();
-        while self.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {
-            let Some(r) = self.reads.pop_front() else { break };
-            let result = execute_read(&engine, &desc, &r.request);
-            let cb = r.cb;
-            done.push(Box::new(move || cb(result)));
+        let mut waiting = VecDeque::with_capacity(self.reads.len());
+        for r in self.reads.drain(..) {
+            if r.index.is_some_and(|i| i <= applied) {
+                let result = execute_read(&engine, &desc, &r.request);
+                let cb = r.cb;
+                done.push(Box::new(move || cb(result)));
+            } else {
+                waiting.push_back(r);
+            }
         }
+        self.reads = waiting;
     }
 
-    /// Fails every waiting proposal and read (leadership lost, or the replica is going away).
-    pub(crate) fn fail_pending(&mut self, err: &Error, done: &mut Completions) {
+    /// Answers every waiting proposal and read (leadership lost, or the replica is going
+    /// away). Proposals are in the log and may still commit under another leader, so their
+    /// outcome is unknown; reads simply did not happen.
+    pub(crate) fn fail_pending(&mut self, reason: &'static str, done: &mut Completions) {
+        let shard_id = self.shard_id();
         for p in self.proposals.drain(..) {
-            let e = err.clone();
-            done.push(Box::new(move || (p.cb)(Err(e))));
+            done.push(Box::new(move || (p.cb)(Err(Error::OutcomeUnknown { shard_id, reason }))));
         }
+        let err = self.not_leader();
         for r in self.reads.drain(..) {
             let e = err.clone();
             done.push(Box::new(move || (r.cb)(Err(e))));
         }
     }
 
-    /// Called after a soft-state change: a replica that stopped leading fails what waits.
+    /// Called after a soft-state change: a replica that stopped leading answers what waits.
     pub(crate) fn on_role_change(&mut self, done: &mut Completions) {
         if !self.is_leader() && (!self.proposals.is_empty() || !self.reads.is_empty()) {
-            let err = self.not_leader();
-            self.fail_pending(&err, done);
+            self.fail_pending("leadership lost before the write applied", done);
         }
     }
 

@@ -100,8 +100,10 @@ impl<E: Engine> Store<E> {
 
     /// Advances every replica's logical clock by one tick.
     pub fn tick(&mut self) {
+        let max_read_age_ticks = 2 * self.config.election_ticks;
         for peer in self.peers.values_mut() {
             peer.raw.tick();
+            peer.expire_reads(max_read_age_ticks);
         }
     }
 
@@ -214,6 +216,7 @@ impl<E: Engine> Store<E> {
         let node_id = self.node_id;
 
         for (shard_id, peer) in self.peers.iter_mut() {
+            peer.issue_reads();
             if !peer.raw.has_ready() {
                 continue;
             }

@@ -4,7 +4,7 @@
 //! timeouts (`deterministic_elections`) then all follow the seed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presage_engine::{range_checksum, Cf, KeyRange, MemEngine, RangeChecksum};
@@ -36,7 +36,11 @@ pub struct Cluster {
     pub config: RaftConfig,
     engines: BTreeMap<u64, MemEngine>,
     nodes: BTreeMap<u64, Node>,
+    directory: Directory,
 }
+
+/// Handles of the live nodes, shared with client tasks.
+pub type Directory = Arc<Mutex<BTreeMap<u64, NodeHandle>>>;
 
 impl Cluster {
     /// Starts `n` nodes (ids `1..=n`) with shard [`SHARD`] over the whole key space.
@@ -54,7 +58,8 @@ impl Cluster {
             epoch: Some(Epoch { version: 1, conf_ver: 1 }),
             replicas: (1..=n).map(Replica::voter).collect(),
         };
-        let mut cluster = Cluster { net, config, engines: BTreeMap::new(), nodes: BTreeMap::new() };
+        let mut cluster =
+            Cluster { net, config, engines: BTreeMap::new(), nodes: BTreeMap::new(), directory: Directory::default() };
         for id in 1..=n {
             let engine = MemEngine::new();
             let mut store = Store::open(id, engine.clone(), cluster.config.clone()).expect("open store");
@@ -68,8 +73,23 @@ impl Cluster {
     fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
         let node = Node::spawn(store, self.net.transport(), &self.config);
         let handle = node.handle();
+        self.lock_directory().insert(id, handle.clone());
         self.net.connect(id, Arc::new(move |env| handle.deliver(env)));
         self.nodes.insert(id, node);
+    }
+
+    fn lock_directory(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeHandle>> {
+        self.directory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shared directory of live nodes' handles.
+    pub fn directory(&self) -> Directory {
+        Arc::clone(&self.directory)
+    }
+
+    /// Every node id, live or not.
+    pub fn all(&self) -> Vec<u64> {
+        self.engines.keys().copied().collect()
     }
 
     /// Ids of the running nodes.
@@ -90,6 +110,7 @@ impl Cluster {
     /// Kills node `id` (its engine keeps what was written).
     pub fn kill(&mut self, id: u64) {
         self.net.disconnect(id);
+        self.lock_directory().remove(&id);
         if let Some(node) = self.nodes.remove(&id) {
             node.kill();
         }
@@ -149,7 +170,7 @@ impl Cluster {
                     let epoch = self.epoch().await;
                     match tokio::time::timeout(Duration::from_millis(500), h.write(SHARD, epoch, ops.clone())).await {
                         Ok(r) => r,
-                        Err(_) => Err(Error::ProposalDropped { shard_id: SHARD, reason: "client timeout" }),
+                        Err(_) => Err(Error::OutcomeUnknown { shard_id: SHARD, reason: "client timeout" }),
                     }
                 }
                 None => Err(Error::NotLeader { shard_id: SHARD, leader: None }),
@@ -183,7 +204,7 @@ impl Cluster {
                     .await
                     {
                         Ok(r) => r,
-                        Err(_) => Err(Error::ProposalDropped { shard_id: SHARD, reason: "client timeout" }),
+                        Err(_) => Err(Error::OutcomeUnknown { shard_id: SHARD, reason: "client timeout" }),
                     }
                 }
                 None => Err(Error::NotLeader { shard_id: SHARD, leader: None }),

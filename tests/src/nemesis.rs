@@ -1,0 +1,278 @@
+//! A seeded nemesis run: clients put, delete and get a few keys on a cluster while a nemesis
+//! partitions and isolates nodes, drops and delays messages, kills and restarts nodes and
+//! moves the leader. Afterwards the network heals, every node comes back, the replicas must
+//! converge, and the whole history - final reads included, so a lost acknowledged write
+//! shows - must be linearizable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse};
+use raft::eraftpb::MessageType;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::{test_config, Cluster, Directory, SHARD};
+use crate::linearizability::{self, KvOp, Operation};
+
+/// Size of a nemesis run.
+#[derive(Debug, Clone)]
+pub struct NemesisConfig {
+    /// The seed of everything random.
+    pub seed: u64,
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Distinct keys (few, so that operations collide).
+    pub keys: u64,
+    /// How long the nemesis acts (tokio time).
+    pub duration: Duration,
+}
+
+impl NemesisConfig {
+    /// The default run for `seed`: 5 nodes, 4 clients, 3 keys, 8 s of faults.
+    pub fn new(seed: u64) -> Self {
+        NemesisConfig { seed, nodes: 5, clients: 4, keys: 3, duration: Duration::from_secs(8) }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct NemesisReport {
+    /// Operations in the checked history.
+    pub ops: usize,
+    /// Writes the cluster acknowledged.
+    pub acknowledged_writes: usize,
+    /// Writes whose outcome stayed unknown.
+    pub unknown_writes: usize,
+    /// Faults the nemesis injected, in order.
+    pub faults: Vec<String>,
+}
+
+/// Raft settings of nemesis runs: the log is never compacted, so every node catches up from
+/// the log.
+pub fn nemesis_raft_config() -> RaftConfig {
+    RaftConfig { log_gc_threshold_entries: 1_000_000, ..test_config() }
+}
+
+struct Recorder {
+    clock: AtomicU64,
+    history: Mutex<Vec<Operation>>,
+}
+
+impl Recorder {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn record(&self, op: Operation) {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
+    }
+}
+
+fn handles(dir: &Directory) -> Vec<NodeHandle> {
+    dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+}
+
+/// One client operation against the node it believes leads; returns the leader hint.
+async fn client_op(node: &NodeHandle, op: &KvOp, key: &[u8]) -> (Result<Option<ReadResponse>, Error>, Option<u64>) {
+    let epoch = match node.status(SHARD).await {
+        Ok(Some(s)) => s.descriptor.epoch(),
+        _ => return (Err(Error::Stopped), None),
+    };
+    let timeout = Duration::from_secs(1);
+    let fut = async {
+        match op {
+            KvOp::Put(v) => node.write(SHARD, epoch, vec![Op::put(key.to_vec(), v.clone())]).await.map(|()| None),
+            KvOp::Delete => node.write(SHARD, epoch, vec![Op::delete(key.to_vec())]).await.map(|()| None),
+            KvOp::Get(_) => node.read(SHARD, epoch, ReadRequest::Get(key.to_vec())).await.map(Some),
+        }
+    };
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::OutcomeUnknown { shard_id: SHARD, reason: "client timeout" }),
+    };
+    let hint = match &result {
+        Err(Error::NotLeader { leader, .. }) => *leader,
+        _ => None,
+    };
+    (result, hint)
+}
+
+async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (id << 32) ^ 0xc11e);
+    let mut leader: Option<u64> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let key = format!("key{}", rng.random_range(0..cfg.keys)).into_bytes();
+        let roll = rng.random_range(0..10);
+        let op = if roll < 5 {
+            n += 1;
+            KvOp::Put(format!("c{id}-{n}").into_bytes())
+        } else if roll < 6 {
+            KvOp::Delete
+        } else {
+            KvOp::Get(None)
+        };
+        let live = handles(&dir);
+        let node = match leader.and_then(|l| live.iter().find(|h| h.node_id() == l)) {
+            Some(h) => h.clone(),
+            None => match live.get(rng.random_range(0..live.len().max(1))) {
+                Some(h) => h.clone(),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let call = rec.tick();
+        let (result, hint) = client_op(&node, &op, &key).await;
+        let ret = rec.tick();
+        match result {
+            Ok(answer) => {
+                leader = Some(node.node_id());
+                let op = match (op, answer) {
+                    (KvOp::Get(_), Some(ReadResponse::Value(v))) => KvOp::Get(v),
+                    (op, _) => op,
+                };
+                rec.record(Operation { client: id, key, op, call, ret: Some(ret) });
+            }
+            Err(e) => {
+                leader = hint;
+                let is_write = !matches!(op, KvOp::Get(_));
+                if is_write && !e.is_definite() {
+                    rec.record(Operation { client: id, key, op, call, ret: None });
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..15))).await;
+    }
+}
+
+/// Runs one seeded nemesis scenario; `Err` carries the seed and what went wrong.
+pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
+    let seed = cfg.seed;
+    let fail = |what: String| format!("nemesis seed {seed} (replay with PRESAGE_TEST_SEED={seed}): {what}");
+    let mut cluster = Cluster::start_with(cfg.nodes, seed, nemesis_raft_config());
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x4e3e);
+    let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut report = NemesisReport::default();
+
+    let clients: Vec<_> = (1..=cfg.clients)
+        .map(|id| tokio::spawn(client(id, cfg.clone(), cluster.directory(), Arc::clone(&rec), Arc::clone(&stop))))
+        .collect();
+
+    let majority = cfg.nodes / 2 + 1;
+    let deadline = tokio::time::Instant::now() + cfg.duration;
+    let mut active_filters: Vec<u64> = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
+        let all = cluster.all();
+        let live = cluster.live();
+        let dead: Vec<u64> = all.iter().copied().filter(|n| !live.contains(n)).collect();
+        let fault = match rng.random_range(0..9) {
+            0 => {
+                let mut a: Vec<u64> = all.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+                if a.is_empty() || a.len() == all.len() {
+                    a = vec![all[rng.random_range(0..all.len())]];
+                }
+                let b: Vec<u64> = all.iter().copied().filter(|n| !a.contains(n)).collect();
+                active_filters.push(cluster.net.add_filter(Filter::Partition { a: a.clone(), b: b.clone() }));
+                format!("partition {a:?} | {b:?}")
+            }
+            1 => {
+                let n = all[rng.random_range(0..all.len())];
+                active_filters.push(cluster.net.add_filter(Filter::Isolate(n)));
+                format!("isolate {n}")
+            }
+            2 => {
+                active_filters.push(cluster.net.add_filter(Filter::Drop { probability: 0.2 }));
+                "drop 20% of messages".to_string()
+            }
+            3 => {
+                let max = Duration::from_millis(rng.random_range(5..60));
+                active_filters.push(cluster.net.add_filter(Filter::Delay { min: Duration::ZERO, max }));
+                format!("delay up to {max:?}")
+            }
+            4 => {
+                active_filters.push(cluster.net.add_filter(Filter::DropType(MessageType::MsgAppendResponse)));
+                "drop append responses".to_string()
+            }
+            5 if live.len() as u64 > majority => {
+                let n = live[rng.random_range(0..live.len())];
+                cluster.kill(n);
+                format!("kill {n}")
+            }
+            6 if !dead.is_empty() => {
+                let n = dead[rng.random_range(0..dead.len())];
+                cluster.restart(n);
+                format!("restart {n}")
+            }
+            7 => {
+                let to = all[rng.random_range(0..all.len())];
+                match cluster.leader().await.and_then(|l| cluster.handle(l)) {
+                    Some(h) => {
+                        let r = h.transfer_leader(SHARD, to).await;
+                        format!(
+                            "transfer leader {} -> {to}: {}",
+                            h.node_id(),
+                            if r.is_ok() { "asked" } else { "refused" }
+                        )
+                    }
+                    None => "transfer leader: no leader".to_string(),
+                }
+            }
+            _ => {
+                for id in active_filters.drain(..) {
+                    cluster.net.remove_filter(id);
+                }
+                "heal".to_string()
+            }
+        };
+        report.faults.push(fault);
+        if active_filters.len() > 2 {
+            let id = active_filters.remove(0);
+            cluster.net.remove_filter(id);
+        }
+    }
+
+    // Heal everything, bring every node back, let the replicas converge.
+    cluster.net.clear_filters();
+    for n in cluster.all() {
+        if !cluster.live().contains(&n) {
+            cluster.restart(n);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.map_err(|e| fail(format!("client task failed: {e}")))?;
+    }
+    let converge = async {
+        cluster.wait_leader(Duration::from_secs(20)).await;
+        // A write in the current term makes every earlier entry commit and apply everywhere.
+        cluster.put(b"nemesis-final", b"done").await.map_err(|e| format!("final write failed: {e}"))?;
+        cluster.wait_converged(Duration::from_secs(30)).await;
+        Ok::<(), String>(())
+    };
+    converge.await.map_err(fail)?;
+
+    // Final reads of every key, part of the checked history.
+    for k in 0..cfg.keys {
+        let key = format!("key{k}").into_bytes();
+        let call = rec.tick();
+        let value = cluster.get(&key).await.map_err(|e| fail(format!("final read failed: {e}")))?;
+        let ret = rec.tick();
+        rec.record(Operation { client: 0, key, op: KvOp::Get(value), call, ret: Some(ret) });
+    }
+
+    let history = rec.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    report.ops = history.len();
+    report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
+    report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
+    linearizability::check(&history).map_err(|e| fail(format!("{e}\nfaults: {:?}", report.faults)))?;
+    Ok(report)
+}
