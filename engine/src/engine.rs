@@ -17,6 +17,16 @@ pub trait Reader {
     fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage>;
 }
 
+impl<R: Reader + ?Sized> Reader for &R {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        (**self).get(cf, key)
+    }
+
+    fn scan(&self, cf: Cf, range: &KeyRange, order: ScanOrder, limit: ScanLimit) -> Result<ScanPage> {
+        (**self).scan(cf, range, order, limit)
+    }
+}
+
 /// A node's storage engine: key spaces ([`Cf`]), atomic batches, consistent snapshots.
 ///
 /// Implementations: [`crate::RocksEngine`] (RocksDB, the production engine) and

@@ -404,9 +404,10 @@ pub struct ResumePoint {
     pub ended: bool,
 }
 
-/// Produces a range's chunks (encoded frames) from a snapshot. An `Iterator` of frames.
-pub struct Exporter<'s, R: Reader + ?Sized> {
-    reader: &'s R,
+/// Produces a range's chunks (encoded frames) from a snapshot. An `Iterator` of frames. It
+/// owns its reader: pass an engine snapshot, or a reference to one.
+pub struct Exporter<R: Reader> {
+    reader: R,
     cf: Cf,
     range: KeyRange,
     opts: ExportOptions,
@@ -425,9 +426,9 @@ pub struct Exporter<'s, R: Reader + ?Sized> {
     pub wire_bytes: u64,
 }
 
-impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
+impl<R: Reader> Exporter<R> {
     /// Exports `range` of `cf` as seen by `reader` (normally an engine snapshot).
-    pub fn new(reader: &'s R, cf: Cf, range: KeyRange, opts: ExportOptions) -> Self {
+    pub fn new(reader: R, cf: Cf, range: KeyRange, opts: ExportOptions) -> Self {
         Exporter {
             reader,
             cf,
@@ -447,7 +448,7 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
 
     /// Restarts an export where an import left off. `reader` must show the same data as the
     /// interrupted export (the same snapshot), and `opts.stream_id` must be the same.
-    pub fn resume(reader: &'s R, cf: Cf, range: KeyRange, opts: ExportOptions, at: &ResumePoint) -> Result<Self> {
+    pub fn resume(reader: R, cf: Cf, range: KeyRange, opts: ExportOptions, at: &ResumePoint) -> Result<Self> {
         if at.stream_id.is_some_and(|id| id != opts.stream_id) {
             return Err(EngineError::Config(format!(
                 "resume point belongs to stream {:?}, the exporter is stream {:#x}",
@@ -463,10 +464,12 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
         if let Some(after) = &at.after_key {
             // Rebuild the checksum of what the importer already has, from the same snapshot.
             let prefix = range.through(after);
-            for_each_pair(reader, cf, &prefix, |k, v| {
-                ex.sum.add(k, v);
+            let mut sum = ChecksumBuilder::new();
+            for_each_pair(&ex.reader, cf, &prefix, |k, v| {
+                sum.add(k, v);
                 Ok(())
             })?;
+            ex.sum = sum;
             ex.rest = range.after(after);
         }
         Ok(ex)
@@ -540,13 +543,29 @@ impl<'s, R: Reader + ?Sized> Exporter<'s, R> {
         self.emit(ChunkKind::End, &end).map(Some)
     }
 
+    /// Gives the reader back (to restart the export at another point with
+    /// [`Exporter::resume`]).
+    pub fn into_reader(self) -> R {
+        self.reader
+    }
+
+    /// The key space and range being exported.
+    pub fn target(&self) -> (Cf, &KeyRange) {
+        (self.cf, &self.range)
+    }
+
+    /// The export's options.
+    pub fn options(&self) -> ExportOptions {
+        self.opts
+    }
+
     /// The checksum of everything exported so far (the whole range once the end chunk is out).
     pub fn checksum(&self) -> RangeChecksum {
         self.sum.finish()
     }
 }
 
-impl<R: Reader + ?Sized> Iterator for Exporter<'_, R> {
+impl<R: Reader> Iterator for Exporter<R> {
     type Item = Result<Bytes>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -961,6 +980,12 @@ impl<R: Reader> Iterator for StagedPairs<'_, R> {
             }
         }
     }
+}
+
+/// Removes import `import_id`'s staged chunks and progress, whatever its target (for a
+/// receiver that must start over with another stream).
+pub fn abort_import<E: Engine>(engine: &E, import_id: u64) -> Result<()> {
+    clear(engine, import_id)
 }
 
 /// Lists the imports with progress on disk (to resume or abort them after a restart).

@@ -34,6 +34,16 @@ pub struct RaftConfig {
     pub lease_reads: bool,
     /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
     pub quiesce_after_ticks: u64,
+    /// Snapshot data sent per second by this node, in bytes (all transfers together).
+    pub snapshot_rate_bytes_per_sec: u64,
+    /// Target uncompressed size of one snapshot chunk, in bytes.
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot chunks in flight to one receiver before its acknowledgement.
+    pub snapshot_window_chunks: usize,
+    /// Ticks without an acknowledgement before unacknowledged chunks are sent again.
+    pub snapshot_resend_ticks: u64,
+    /// Ticks without progress before a snapshot transfer is abandoned (Raft retries later).
+    pub snapshot_timeout_ticks: u64,
     /// Replace raft-rs's random election timeouts by a fixed one per node
     /// (`election_ticks + node_id % election_ticks`), for replayable tests. Off in production.
     pub deterministic_elections: bool,
@@ -55,6 +65,11 @@ impl Default for RaftConfig {
             lease_reads: false,
             quiesce_after_ticks: 0,
             deterministic_elections: false,
+            snapshot_rate_bytes_per_sec: 100 * 1024 * 1024,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_window_chunks: 4,
+            snapshot_resend_ticks: 20,
+            snapshot_timeout_ticks: 600,
         }
     }
 }
@@ -86,10 +101,22 @@ impl RaftConfig {
         if self.max_msg_bytes == 0 || self.max_uncommitted_bytes == 0 || self.max_apply_bytes_per_ready == 0 {
             return bad("max-msg-bytes, max-uncommitted-bytes and max-apply-bytes-per-ready must be positive".into());
         }
+        if self.snapshot_rate_bytes_per_sec == 0 || self.snapshot_chunk_bytes < 1024 || self.snapshot_window_chunks == 0
+        {
+            return bad("snapshot-rate-bytes-per-sec and snapshot-window-chunks must be positive, snapshot-chunk-bytes at least 1KiB".into());
+        }
+        if self.snapshot_resend_ticks == 0 || self.snapshot_timeout_ticks <= self.snapshot_resend_ticks {
+            return bad("snapshot-timeout-ticks must exceed snapshot-resend-ticks, which must be positive".into());
+        }
         if self.log_gc_threshold_entries == 0 {
             return bad("log-gc-threshold-entries must be positive".into());
         }
         Ok(())
+    }
+
+    /// Snapshot bytes this node may send per tick.
+    pub(crate) fn snapshot_bytes_per_tick(&self) -> u64 {
+        (u128::from(self.snapshot_rate_bytes_per_sec) * u128::from(self.tick_interval_ms) / 1000).max(1) as u64
     }
 
     /// The fixed election-timeout offset of `node_id` when elections are deterministic.

@@ -4,6 +4,8 @@
 //! - [`peer`]: one replica: a `RawNode`, its waiting proposals and reads, and apply.
 //! - [`store`]: every replica of a node, driven together; one engine batch and one sync per
 //!   ready round for all of them (group commit).
+//! - [`snapshot`]: snapshot data streamed as the engine's export chunks, rate-limited,
+//!   resumable, verified before Raft may install it.
 //! - [`node`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
@@ -20,6 +22,7 @@ pub mod keys;
 mod logger;
 pub mod node;
 pub mod peer;
+pub mod snapshot;
 pub mod storage;
 pub mod store;
 pub mod transport;

@@ -16,14 +16,15 @@ use std::collections::BTreeMap;
 
 use presage_engine::{for_each_pair, Cf, Engine, WriteBatch, WriteOptions};
 use raft::eraftpb::{ConfChangeV2, Message, MessageType};
-use raft::StateRole;
+use raft::{SnapshotStatus, StateRole};
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::peer::{Completions, Peer, ReadCallback, ReadRequest, WriteCallback};
+use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
-use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor};
+use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
 
 /// A replica's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,12 @@ pub struct Store<E: Engine> {
     engine: E,
     config: RaftConfig,
     peers: BTreeMap<u64, Peer<E>>,
+    /// Snapshot transfers this node is sending.
+    outgoing: Vec<OutgoingSnapshot<E>>,
+    /// Bytes of snapshot data this node may still send (refilled every tick).
+    snapshot_budget_bytes: i64,
+    /// Envelopes produced outside a ready round (acknowledgements, resends).
+    pending_out: Vec<RaftEnvelope>,
 }
 
 impl<E: Engine> Store<E> {
@@ -72,7 +79,15 @@ impl<E: Engine> Store<E> {
             }
         }
         tracing::info!(node = node_id, replicas = peers.len(), "store opened");
-        Ok(Store { node_id, engine, config, peers })
+        Ok(Store {
+            node_id,
+            engine,
+            config,
+            peers,
+            outgoing: Vec::new(),
+            snapshot_budget_bytes: 0,
+            pending_out: Vec::new(),
+        })
     }
 
     /// This node's id.
@@ -105,15 +120,108 @@ impl<E: Engine> Store<E> {
             peer.raw.tick();
             peer.expire_reads(max_read_age_ticks);
         }
+        let per_tick = i64::try_from(self.config.snapshot_bytes_per_tick()).unwrap_or(i64::MAX);
+        let cap = per_tick.saturating_add(i64::try_from(self.config.snapshot_chunk_bytes).unwrap_or(0));
+        self.snapshot_budget_bytes = self.snapshot_budget_bytes.saturating_add(per_tick).min(cap);
+        let node_id = self.node_id;
+        let mut failed = Vec::new();
+        for (i, o) in self.outgoing.iter_mut().enumerate() {
+            if !o.on_tick(node_id, &self.config, &mut self.pending_out) {
+                failed.push(i);
+            }
+        }
+        for i in failed.into_iter().rev() {
+            let o = self.outgoing.remove(i);
+            tracing::warn!(node = node_id, shard = o.shard_id, to = o.to, "snapshot transfer timed out");
+            self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Failure);
+        }
+    }
+
+    fn report_snapshot(&mut self, shard_id: u64, to: u64, status: SnapshotStatus) {
+        if let Some(peer) = self.peers.get_mut(&shard_id) {
+            peer.raw.report_snapshot(to, status);
+        }
+    }
+
+    /// Bytes sent by the snapshot transfers in progress.
+    pub fn snapshot_bytes_in_flight(&self) -> u64 {
+        self.outgoing.iter().map(|o| o.bytes_sent).sum()
+    }
+
+    fn on_snapshot_ack(&mut self, env: &RaftEnvelope, ack: &wire::SnapshotAck) {
+        let Some(i) = self.outgoing.iter().position(|o| o.shard_id == env.shard_id && o.to == env.from_node) else {
+            return;
+        };
+        match self.outgoing[i].on_ack(ack) {
+            AckOutcome::Continue => {}
+            AckOutcome::Complete => {
+                let o = self.outgoing.remove(i);
+                tracing::info!(
+                    node = self.node_id,
+                    shard = o.shard_id,
+                    to = o.to,
+                    index = o.index,
+                    bytes = o.bytes_sent,
+                    "snapshot data delivered"
+                );
+                let desc = self.peers.get(&o.shard_id).map(|p| p.descriptor().clone());
+                self.pending_out.push(RaftEnvelope {
+                    shard_id: o.shard_id,
+                    from_node: self.node_id,
+                    to_node: o.to,
+                    descriptor: desc,
+                    message: Some(o.msg),
+                    snapshot_chunk: None,
+                    snapshot_ack: None,
+                });
+                self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Finish);
+            }
+            AckOutcome::Failed(why) => {
+                let o = self.outgoing.remove(i);
+                tracing::warn!(node = self.node_id, shard = o.shard_id, to = o.to, reason = %why, "snapshot transfer failed");
+                self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Failure);
+            }
+        }
     }
 
     /// Hands a Raft message to its replica, creating the replica if this node was just
     /// added to the shard.
-    pub fn step(&mut self, env: RaftEnvelope) -> Result<()> {
-        let Some(msg) = env.message else { return Ok(()) };
+    pub fn step(&mut self, mut env: RaftEnvelope) -> Result<()> {
         if env.to_node != self.node_id {
             tracing::warn!(node = self.node_id, to = env.to_node, "dropping a message addressed to another node");
             return Ok(());
+        }
+        if let Some(ack) = env.snapshot_ack.take() {
+            self.on_snapshot_ack(&env, &ack);
+        }
+        if let Some(chunk) = env.snapshot_chunk.take() {
+            let initialized_past = self
+                .peers
+                .get(&env.shard_id)
+                .is_some_and(|p| p.raw.store().is_initialized() && p.raw.store().applied_index() >= chunk.index);
+            if !initialized_past {
+                let ack = snapshot::receive_chunk(&self.engine, self.node_id, &env, &chunk)?;
+                self.pending_out.push(ack);
+            }
+        }
+        let Some(msg) = env.message else { return Ok(()) };
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            // Raft may take the snapshot only once its data is staged and verified here.
+            let index = msg.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+            let staged = env
+                .descriptor
+                .as_ref()
+                .and_then(|d| d.range().ok())
+                .is_some_and(|r| snapshot::is_staged(&self.engine, env.shard_id, &r, index));
+            if !staged {
+                tracing::debug!(
+                    node = self.node_id,
+                    shard = env.shard_id,
+                    index,
+                    "snapshot message before its data; dropped"
+                );
+                return Ok(());
+            }
         }
         if !self.peers.contains_key(&env.shard_id) {
             let Some(desc) = self.replica_to_create(env.shard_id, &msg, env.descriptor) else { return Ok(()) };
@@ -215,6 +323,7 @@ impl<E: Engine> Store<E> {
         let mut readies = Vec::new();
         let node_id = self.node_id;
 
+        let mut snapshots_to_send: Vec<(u64, Message)> = Vec::new();
         for (shard_id, peer) in self.peers.iter_mut() {
             peer.issue_reads();
             if !peer.raw.has_ready() {
@@ -222,18 +331,24 @@ impl<E: Engine> Store<E> {
             }
             let mut rd = peer.raw.ready();
             let desc = peer.descriptor().clone();
-            wrap(node_id, *shard_id, &desc, rd.take_messages(), &mut out);
+            wrap(node_id, *shard_id, &desc, rd.take_messages(), &mut out, &mut snapshots_to_send);
             if rd.ss().is_some() {
                 peer.on_role_change(&mut done);
             }
             if !rd.snapshot().is_empty() {
-                // Installing a received snapshot needs its streamed data; until the snapshot
-                // transfer is in place a replica cannot accept one.
-                tracing::warn!(
+                let snap = rd.snapshot().clone();
+                let data: SnapshotData = wire::decode("snapshot data", &snap.data)?;
+                let desc =
+                    data.descriptor.ok_or(Error::Corrupt { what: "snapshot data", reason: "no descriptor".into() })?;
+                snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
+                peer.raw.mut_store().apply_snapshot_metadata(&snap, desc, &mut raft_wb);
+                tracing::info!(
                     node = node_id,
                     shard = shard_id,
-                    "snapshot received but snapshot install is not available"
+                    index = snap.get_metadata().index,
+                    "snapshot installed"
                 );
+                sync = true;
             }
             peer.on_read_states(rd.take_read_states());
             peer.apply(rd.take_committed_entries(), &mut raft_wb, &mut done)?;
@@ -255,12 +370,12 @@ impl<E: Engine> Store<E> {
         for (shard_id, mut rd) in readies {
             let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
             let desc = peer.descriptor().clone();
-            wrap(node_id, shard_id, &desc, rd.take_persisted_messages(), &mut out);
+            wrap(node_id, shard_id, &desc, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
             let mut light = peer.raw.advance(rd);
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_wb);
             }
-            wrap(node_id, shard_id, &desc, light.take_messages(), &mut out);
+            wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
             peer.apply(light.take_committed_entries(), &mut apply_wb, &mut done)?;
             peer.raw.advance_apply();
             let applied = peer.raw.store().applied_index();
@@ -278,18 +393,83 @@ impl<E: Engine> Store<E> {
         for f in done {
             f();
         }
+        self.start_snapshots(snapshots_to_send);
+        self.pump_snapshots(&mut out)?;
+        out.append(&mut self.pending_out);
         Ok(out)
+    }
+
+    fn start_snapshots(&mut self, msgs: Vec<(u64, Message)>) {
+        for (shard_id, msg) in msgs {
+            let to = msg.to;
+            let index = msg.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+            let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
+            let started = peer
+                .raw
+                .store()
+                .take_generated(index)
+                .map(|g| OutgoingSnapshot::new(to, msg, g.descriptor, g.data, &self.config));
+            match started {
+                Some(Ok(o)) => {
+                    self.outgoing.retain(|x| !(x.shard_id == shard_id && x.to == to));
+                    tracing::info!(node = self.node_id, shard = shard_id, to, index, "sending snapshot");
+                    self.outgoing.push(o);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(node = self.node_id, shard = shard_id, to, error = %e, "cannot start snapshot");
+                    peer.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+                None => peer.raw.report_snapshot(to, SnapshotStatus::Failure),
+            }
+        }
+    }
+
+    fn pump_snapshots(&mut self, out: &mut Vec<RaftEnvelope>) -> Result<()> {
+        let node_id = self.node_id;
+        let mut failed = Vec::new();
+        for (i, o) in self.outgoing.iter_mut().enumerate() {
+            if self.snapshot_budget_bytes <= 0 {
+                break;
+            }
+            match o.pump(node_id, &self.config, self.snapshot_budget_bytes, out) {
+                Ok(used) => self.snapshot_budget_bytes -= used,
+                Err(e) => {
+                    tracing::warn!(node = node_id, shard = o.shard_id, to = o.to, error = %e, "snapshot export failed");
+                    failed.push(i);
+                }
+            }
+        }
+        for i in failed.into_iter().rev() {
+            let o = self.outgoing.remove(i);
+            self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Failure);
+        }
+        Ok(())
     }
 }
 
-fn wrap(node_id: u64, shard_id: u64, desc: &ShardDescriptor, msgs: Vec<Message>, out: &mut Vec<RaftEnvelope>) {
+/// Wraps outgoing Raft messages in envelopes; `MsgSnapshot`s are held back for the snapshot
+/// transfer.
+fn wrap(
+    node_id: u64,
+    shard_id: u64,
+    desc: &ShardDescriptor,
+    msgs: Vec<Message>,
+    out: &mut Vec<RaftEnvelope>,
+    snapshots: &mut Vec<(u64, Message)>,
+) {
     for m in msgs {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            snapshots.push((shard_id, m));
+            continue;
+        }
         out.push(RaftEnvelope {
             shard_id,
             from_node: node_id,
             to_node: m.to,
             descriptor: Some(desc.clone()),
             message: Some(m),
+            snapshot_chunk: None,
+            snapshot_ack: None,
         });
     }
 }

@@ -248,6 +248,40 @@ pub struct RaftEnvelope {
     /// The Raft message.
     #[prost(message, optional, tag = "5")]
     pub message: Option<eraftpb::Message>,
+    /// A chunk of snapshot data, leader to receiver.
+    #[prost(message, optional, tag = "6")]
+    pub snapshot_chunk: Option<SnapshotChunk>,
+    /// How far the receiver got, receiver to leader.
+    #[prost(message, optional, tag = "7")]
+    pub snapshot_ack: Option<SnapshotAck>,
+}
+
+/// One export chunk of the data behind Raft snapshot `index` (the export's stream id).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotChunk {
+    /// Raft index of the snapshot.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// The chunk, as `presage_engine::transfer` frames it (crc32-checked, zstd-compressed).
+    #[prost(bytes = "vec", tag = "2")]
+    pub frame: Vec<u8>,
+}
+
+/// The receiver's resume point for snapshot `index`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotAck {
+    /// Raft index of the snapshot.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// The next chunk the receiver needs.
+    #[prost(uint64, tag = "2")]
+    pub next_seq: u64,
+    /// The last key it staged.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub after_key: Option<Vec<u8>>,
+    /// The whole stream arrived and verified.
+    #[prost(bool, tag = "4")]
+    pub ended: bool,
 }
 
 /// Decodes a prost message read from disk or the network, naming what it is on failure.

@@ -51,10 +51,10 @@ pub struct NemesisReport {
     pub faults: Vec<String>,
 }
 
-/// Raft settings of nemesis runs: the log is never compacted, so every node catches up from
-/// the log.
+/// Raft settings of nemesis runs: a short log (compacted past 200 entries) and small
+/// snapshot chunks, so that nodes that were down or cut off often come back by snapshot.
 pub fn nemesis_raft_config() -> RaftConfig {
-    RaftConfig { log_gc_threshold_entries: 1_000_000, ..test_config() }
+    RaftConfig { log_gc_threshold_entries: 200, snapshot_chunk_bytes: 4096, ..test_config() }
 }
 
 struct Recorder {
