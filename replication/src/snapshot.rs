@@ -132,7 +132,7 @@ impl<E: Engine> OutgoingSnapshot<E> {
         if self.idle_ticks > config.snapshot_timeout_ticks {
             return false;
         }
-        if self.idle_ticks % config.snapshot_resend_ticks == 0 {
+        if self.idle_ticks.is_multiple_of(config.snapshot_resend_ticks) {
             for (_, frame) in &self.unacked {
                 self.bytes_sent += frame.len() as u64;
                 out.push(self.envelope(from, frame));
