@@ -44,6 +44,8 @@ pub struct RaftConfig {
     pub snapshot_resend_ticks: u64,
     /// Ticks without progress before a snapshot transfer is abandoned (Raft retries later).
     pub snapshot_timeout_ticks: u64,
+    /// Most log entries a leadership-transfer target may lag behind the leader.
+    pub max_transfer_lag_entries: u64,
     /// Replace raft-rs's random election timeouts by a fixed one per node
     /// (`election_ticks + node_id % election_ticks`), for replayable tests. Off in production.
     pub deterministic_elections: bool,
@@ -65,6 +67,7 @@ impl Default for RaftConfig {
             lease_reads: false,
             quiesce_after_ticks: 0,
             deterministic_elections: false,
+            max_transfer_lag_entries: 128,
             snapshot_rate_bytes_per_sec: 100 * 1024 * 1024,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_window_chunks: 4,

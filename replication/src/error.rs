@@ -47,6 +47,16 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A leadership transfer was refused.
+    #[error("shard {shard_id}: leadership transfer to {to} refused: {reason}")]
+    TransferRefused {
+        /// The shard.
+        shard_id: u64,
+        /// The intended new leader.
+        to: u64,
+        /// Why.
+        reason: String,
+    },
     /// The node's mailbox is full; back off and retry.
     #[error("node busy: mailbox full")]
     Busy,

@@ -54,6 +54,12 @@ pub fn descriptor_key(shard_id: u64) -> Vec<u8> {
     shard_key(b'd', shard_id)
 }
 
+/// Key of the tombstone of `shard_id` (in `Meta`): the `conf_ver` at which this node's
+/// replica was removed; messages from older configurations may not recreate it.
+pub fn tombstone_key(shard_id: u64) -> Vec<u8> {
+    shard_key(b't', shard_id)
+}
+
 /// Every descriptor key (in `Meta`).
 pub fn descriptor_range() -> KeyRange {
     KeyRange::new(vec![b'd'], Some(vec![b'e'])).unwrap_or_else(|_| KeyRange::all())

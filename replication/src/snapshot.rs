@@ -96,6 +96,7 @@ impl<E: Engine> OutgoingSnapshot<E> {
             message: None,
             snapshot_chunk: Some(SnapshotChunk { index: self.index, frame: frame.to_vec() }),
             snapshot_ack: None,
+            tombstone: false,
         }
     }
 
@@ -224,6 +225,7 @@ pub fn receive_chunk<E: Engine>(
             after_key: at.after_key,
             ended: at.ended,
         }),
+        tombstone: false,
     })
 }
 

@@ -238,6 +238,18 @@ impl<E: Engine> PeerStorage<E> {
         self.write_descriptor(wb);
     }
 
+    /// Adds to `wb` the removal of every trace of this replica: log, states, descriptor and
+    /// the shard's data on this node, leaving a tombstone at the current `conf_ver`.
+    pub fn destroy(&self, wb: &mut WriteBatch) -> Result<()> {
+        wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, 0, u64::MAX));
+        wb.delete(Cf::Raft, keys::raft_state_key(self.shard_id));
+        wb.delete(Cf::Raft, keys::apply_state_key(self.shard_id));
+        wb.delete(Cf::Meta, keys::descriptor_key(self.shard_id));
+        wb.put(Cf::Meta, keys::tombstone_key(self.shard_id), self.descriptor.epoch().conf_ver.to_be_bytes().to_vec());
+        wb.delete_range(Cf::Data, self.descriptor.range()?);
+        Ok(())
+    }
+
     /// Takes the engine snapshot generated for the last Raft snapshot, if it is for `index`.
     pub fn take_generated(&self, index: u64) -> Option<GeneratedSnapshot<E::Snapshot>> {
         let mut slot = self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -173,6 +173,7 @@ impl<E: Engine> Store<E> {
                     message: Some(o.msg),
                     snapshot_chunk: None,
                     snapshot_ack: None,
+                    tombstone: false,
                 });
                 self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Finish);
             }
@@ -202,6 +203,33 @@ impl<E: Engine> Store<E> {
             if !initialized_past {
                 let ack = snapshot::receive_chunk(&self.engine, self.node_id, &env, &chunk)?;
                 self.pending_out.push(ack);
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&env.shard_id) {
+            let mine = peer.descriptor().clone();
+            let theirs = env.descriptor.as_ref().map_or(0, |d| d.epoch().conf_ver);
+            if env.tombstone {
+                // A newer configuration without us: this replica is gone.
+                if let Some(d) = &env.descriptor {
+                    if theirs > mine.epoch().conf_ver && !d.replicas.iter().any(|r| r.node_id == self.node_id) {
+                        peer.removed = true;
+                    }
+                }
+                return Ok(());
+            }
+            if !mine.replicas.iter().any(|r| r.node_id == env.from_node) && theirs < mine.epoch().conf_ver {
+                // The sender was removed in a configuration it never learned of: tell it.
+                self.pending_out.push(RaftEnvelope {
+                    shard_id: env.shard_id,
+                    from_node: self.node_id,
+                    to_node: env.from_node,
+                    descriptor: Some(mine),
+                    message: None,
+                    snapshot_chunk: None,
+                    snapshot_ack: None,
+                    tombstone: true,
+                });
+                return Ok(());
             }
         }
         let Some(msg) = env.message else { return Ok(()) };
@@ -249,6 +277,13 @@ impl<E: Engine> Store<E> {
         let creating =
             matches!(msg.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot);
         let desc = desc?;
+        // A replica removed at conf_ver v comes back only through a newer configuration.
+        if let Ok(Some(raw)) = self.engine.get(Cf::Meta, &keys::tombstone_key(shard_id)) {
+            let removed_at = <[u8; 8]>::try_from(raw.as_slice()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            if desc.epoch().conf_ver <= removed_at {
+                return None;
+            }
+        }
         (creating && desc.id == shard_id && desc.replicas.iter().any(|r| r.node_id == self.node_id)).then_some(desc)
     }
 
@@ -278,9 +313,23 @@ impl<E: Engine> Store<E> {
 
     /// Asks the leader of `shard_id` to hand leadership to `to`.
     pub fn transfer_leader(&mut self, shard_id: u64, to: u64) -> Result<()> {
+        let max_lag = self.config.max_transfer_lag_entries;
+        let receiving_snapshot = self.outgoing.iter().any(|o| o.shard_id == shard_id && o.to == to);
         let peer = self.peers.get_mut(&shard_id).ok_or(Error::ShardNotFound { shard_id })?;
         if !peer.is_leader() {
             return Err(Error::NotLeader { shard_id, leader: peer.leader() });
+        }
+        let refuse = |reason: String| Err(Error::TransferRefused { shard_id, to, reason });
+        if !peer.descriptor().replicas.iter().any(|r| r.node_id == to && r.is_voter()) {
+            return refuse("not a voter of the shard".into());
+        }
+        let last = peer.raw.raft.raft_log.last_index();
+        let Some(progress) = peer.raw.raft.prs().get(to) else { return refuse("no replication progress".into()) };
+        if receiving_snapshot || progress.state == raft::ProgressState::Snapshot {
+            return refuse("still receiving a snapshot".into());
+        }
+        if progress.matched + max_lag < last {
+            return refuse(format!("{} entries behind (limit {max_lag})", last - progress.matched));
         }
         peer.raw.transfer_leader(to);
         Ok(())
@@ -393,10 +442,30 @@ impl<E: Engine> Store<E> {
         for f in done {
             f();
         }
+        self.destroy_removed()?;
         self.start_snapshots(snapshots_to_send);
         self.pump_snapshots(&mut out)?;
         out.append(&mut self.pending_out);
         Ok(out)
+    }
+
+    /// Destroys the replicas whose removal from their shard was applied.
+    fn destroy_removed(&mut self) -> Result<()> {
+        let removed: Vec<u64> = self.peers.iter().filter(|(_, p)| p.removed).map(|(id, _)| *id).collect();
+        for shard_id in removed {
+            let Some(mut peer) = self.peers.remove(&shard_id) else { continue };
+            let mut done: Completions = Vec::new();
+            peer.fail_pending("replica removed from the shard", &mut done);
+            let mut wb = WriteBatch::new();
+            peer.raw.store().destroy(&mut wb)?;
+            self.engine.write(&wb, WriteOptions::SYNC)?;
+            self.outgoing.retain(|o| o.shard_id != shard_id);
+            tracing::info!(node = self.node_id, shard = shard_id, "replica removed and destroyed");
+            for f in done {
+                f();
+            }
+        }
+        Ok(())
     }
 
     fn start_snapshots(&mut self, msgs: Vec<(u64, Message)>) {
@@ -470,6 +539,7 @@ fn wrap(
             message: Some(m),
             snapshot_chunk: None,
             snapshot_ack: None,
+            tombstone: false,
         });
     }
 }

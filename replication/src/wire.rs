@@ -254,6 +254,9 @@ pub struct RaftEnvelope {
     /// How far the receiver got, receiver to leader.
     #[prost(message, optional, tag = "7")]
     pub snapshot_ack: Option<SnapshotAck>,
+    /// "You were removed from this shard": `descriptor` is the newer configuration.
+    #[prost(bool, tag = "8")]
+    pub tombstone: bool,
 }
 
 /// One export chunk of the data behind Raft snapshot `index` (the export's stream id).

@@ -226,3 +226,155 @@ async fn far_behind_follower_catches_up_by_snapshot() {
     c.wait_leader(10 * SEC).await;
     assert_eq!(c.get(b"k0299").await.expect("get"), Some(value));
 }
+
+fn conf_change(changes: &[(raft::eraftpb::ConfChangeType, u64)]) -> raft::eraftpb::ConfChangeV2 {
+    raft::eraftpb::ConfChangeV2 {
+        transition: raft::eraftpb::ConfChangeTransition::Auto as i32,
+        changes: changes
+            .iter()
+            .map(|(t, id)| raft::eraftpb::ConfChangeSingle { change_type: *t as i32, node_id: *id })
+            .collect(),
+        context: Vec::new(),
+    }
+}
+
+/// Writes keys `w0, w1, ...` through whichever node leads, until `stop`; returns the keys
+/// whose write was acknowledged.
+async fn continuous_writer(
+    dir: presage_tests::cluster::Directory,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let handles: Vec<_> = dir.lock().expect("directory").values().cloned().collect();
+        let mut leader = None;
+        for h in &handles {
+            if let Ok(Some(s)) = h.status(1).await {
+                if s.role == StateRole::Leader {
+                    leader = Some((h.clone(), s.descriptor.epoch()));
+                }
+            }
+        }
+        if let Some((h, epoch)) = leader {
+            let key = format!("w{i}");
+            let write = h.write(1, epoch, vec![presage_replication::Op::put(key.clone().into_bytes(), b"x".to_vec())]);
+            if let Ok(Ok(())) = tokio::time::timeout(SEC, write).await {
+                acked.push(key);
+                i += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    acked
+}
+
+/// Thesis §4.2.1 (a new server catches up as a non-voting member) and §4.3 (joint consensus):
+/// under continuous writes, a new node is added as a learner, catches up (by snapshot: the
+/// log it would need is compacted), and is promoted while a voter is removed in one joint
+/// change; the removed replica is destroyed and no acknowledged write is lost.
+#[tokio::test(start_paused = true)]
+async fn learner_added_caught_up_and_promoted_while_a_voter_leaves() {
+    use raft::eraftpb::ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+    let config = presage_replication::RaftConfig {
+        log_gc_threshold_entries: 20,
+        snapshot_chunk_bytes: 4096,
+        ..presage_tests::cluster::test_config()
+    };
+    let mut c = Cluster::start_with(3, seed(), config);
+    c.wait_leader(5 * SEC).await;
+    for i in 0..100u32 {
+        c.put(format!("pre{i}").as_bytes(), &[b'p'; 100]).await.expect("put");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(continuous_writer(c.directory(), stop.clone()));
+
+    c.add_node(4);
+    let leader = c.wait_leader(5 * SEC).await;
+    c.handle(leader)
+        .expect("runs")
+        .change_membership(1, conf_change(&[(AddLearnerNode, 4)]))
+        .await
+        .expect("add learner");
+    // The learner catches up.
+    let mut caught_up = false;
+    for _ in 0..300 {
+        let l = c.wait_leader(5 * SEC).await;
+        let lead = c.handle(l).expect("runs").status(1).await.expect("status").expect("replica");
+        if let Ok(Some(s)) = c.handle(4).expect("runs").status(1).await {
+            if s.applied + 5 >= lead.applied && s.applied > 100 {
+                caught_up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught_up, "learner 4 did not catch up: {:?}", c.views().await);
+    let learner = c.handle(4).expect("runs").status(1).await.expect("status").expect("replica");
+    assert!(learner.descriptor.replicas.iter().any(|r| r.node_id == 4 && !r.is_voter()), "4 is a learner: {learner:?}");
+    assert!(learner.first_index > 6, "the learner started from a snapshot: {learner:?}");
+
+    // Promote 4 and remove a follower in one joint-consensus change.
+    let leader = c.wait_leader(5 * SEC).await;
+    let victim = (1..=3).find(|n| *n != leader).expect("a follower");
+    c.handle(leader)
+        .expect("runs")
+        .change_membership(1, conf_change(&[(AddNode, 4), (RemoveNode, victim)]))
+        .await
+        .expect("swap");
+    let mut done = false;
+    for _ in 0..300 {
+        let views = c.views().await;
+        let l = c.leader().await;
+        let d = match l.and_then(|l| c.handle(l)) {
+            Some(h) => h.status(1).await.expect("status").map(|s| s.descriptor),
+            None => None,
+        };
+        let final_conf = d.as_ref().is_some_and(|d| {
+            d.replicas.iter().any(|r| r.node_id == 4 && r.is_voter()) && !d.replicas.iter().any(|r| r.node_id == victim)
+        });
+        let victim_gone = !views.iter().any(|v| v.0 == victim);
+        if final_conf && victim_gone {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "the swap did not finish: {:?}", c.views().await);
+    assert_eq!(c.data_checksum(victim).pairs, 0, "the removed replica's data is destroyed");
+
+    tokio::time::sleep(SEC).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() > 20, "writes went on during the change: {}", acked.len());
+    c.wait_converged(20 * SEC).await;
+    for key in &acked {
+        assert_eq!(c.get(key.as_bytes()).await.expect("get"), Some(b"x".to_vec()), "acknowledged {key} lost");
+    }
+    // Node 4 now votes: with the old leader gone, the shard still has a quorum.
+    let leader = c.wait_leader(5 * SEC).await;
+    c.kill(leader);
+    c.wait_leader(10 * SEC).await;
+    c.put(b"after", b"1").await.expect("the new configuration commits");
+}
+
+/// Leadership transfer is refused to a node that is not a voter or lags far behind.
+#[tokio::test(start_paused = true)]
+async fn leadership_transfer_to_a_lagging_node_is_refused() {
+    let config =
+        presage_replication::RaftConfig { max_transfer_lag_entries: 10, ..presage_tests::cluster::test_config() };
+    let mut c = Cluster::start_with(3, seed(), config);
+    let leader = c.wait_leader(5 * SEC).await;
+    let lagging = c.live().into_iter().find(|n| *n != leader).expect("follower");
+    c.kill(lagging);
+    for i in 0..30u32 {
+        c.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
+    }
+    let h = c.handle(leader).expect("runs");
+    match h.transfer_leader(1, lagging).await {
+        Err(Error::TransferRefused { reason, .. }) => assert!(reason.contains("behind"), "{reason}"),
+        other => panic!("transfer to a lagging node: {other:?}"),
+    }
+    assert!(matches!(h.transfer_leader(1, 99).await, Err(Error::TransferRefused { .. })), "not a voter");
+    assert_eq!(c.leader().await, Some(leader), "nothing moved");
+}
