@@ -133,18 +133,8 @@ fn check_register(ops: &[&Operation]) -> bool {
     let mut calls: Vec<(usize, State)> = Vec::new(); // (op, state before it)
     let mut cur = next[0];
     while next[0] != end {
-        if cur == end {
-            // Ran past every event without linearizing the next one: backtrack.
-            let Some((op, before)) = calls.pop() else { return false };
-            state = before;
-            linearized[op / 64] &= !(1u64 << (op % 64));
-            unlift(&mut next, &mut prev, ret_slot[op]);
-            unlift(&mut next, &mut prev, call_slot[op]);
-            cur = next[call_slot[op]];
-            continue;
-        }
-        let e = events[cur - 1];
-        if e.is_call {
+        if cur != end && events[cur - 1].is_call {
+            let e = events[cur - 1];
             if let Some(after) = step(&state, &ops[e.op].op) {
                 let mut lin = linearized.clone();
                 lin[e.op / 64] |= 1u64 << (e.op % 64);
@@ -158,15 +148,16 @@ fn check_register(ops: &[&Operation]) -> bool {
                 }
             }
             cur = next[cur];
-        } else {
-            // An operation returned before we could place it: undo the last choice.
-            let Some((op, before)) = calls.pop() else { return false };
-            state = before;
-            linearized[op / 64] &= !(1u64 << (op % 64));
-            unlift(&mut next, &mut prev, ret_slot[op]);
-            unlift(&mut next, &mut prev, call_slot[op]);
-            cur = next[call_slot[op]];
+            continue;
         }
+        // An operation returned (or the events ran out) before the next one could be placed:
+        // undo the last choice and try the next candidate after it.
+        let Some((op, before)) = calls.pop() else { return false };
+        state = before;
+        linearized[op / 64] &= !(1u64 << (op % 64));
+        unlift(&mut next, &mut prev, ret_slot[op]);
+        unlift(&mut next, &mut prev, call_slot[op]);
+        cur = next[call_slot[op]];
     }
     true
 }
