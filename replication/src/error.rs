@@ -63,9 +63,6 @@ pub enum Error {
     /// The node is shutting down or stopped.
     #[error("node stopped")]
     Stopped,
-    /// A request exceeds a limit.
-    #[error("request refused: {0}")]
-    TooLarge(String),
     /// Invalid settings.
     #[error("invalid replication configuration: {0}")]
     Config(String),

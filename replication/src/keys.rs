@@ -26,11 +26,12 @@ pub fn log_key(shard_id: u64, index: u64) -> Vec<u8> {
     k
 }
 
-/// Log keys of `shard_id` from `low` (inclusive) to `high` (exclusive).
+/// Log keys of `shard_id` from `low` (inclusive) to `high` (exclusive; at least `low + 1`).
 pub fn log_range(shard_id: u64, low: u64, high: u64) -> KeyRange {
-    // `low < high` holds for every caller; fall back to an empty-safe range otherwise.
-    let (start, end) = (log_key(shard_id, low), log_key(shard_id, high.max(low + 1)));
-    KeyRange::new(start, Some(end)).unwrap_or_else(|_| KeyRange::all())
+    let (start, end) = (log_key(shard_id, low), log_key(shard_id, high.max(low.saturating_add(1))));
+    // Both keys are 17 bytes and `start < end` by construction; a failure here is a bug, and
+    // must never widen into a range delete over other shards' logs.
+    KeyRange::new(start, Some(end)).expect("log range keys are short and ordered")
 }
 
 /// Index encoded in a log key.
@@ -62,7 +63,7 @@ pub fn tombstone_key(shard_id: u64) -> Vec<u8> {
 
 /// Every descriptor key (in `Meta`).
 pub fn descriptor_range() -> KeyRange {
-    KeyRange::new(vec![b'd'], Some(vec![b'e'])).unwrap_or_else(|_| KeyRange::all())
+    KeyRange::new(vec![b'd'], Some(vec![b'e'])).expect("constant range is valid")
 }
 
 #[cfg(test)]

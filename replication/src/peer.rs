@@ -224,6 +224,9 @@ impl<E: Engine> Peer<E> {
 
     /// Answers every read whose index is applied.
     pub(crate) fn serve_reads(&mut self, done: &mut Completions) {
+        if self.reads.is_empty() {
+            return;
+        }
         let applied = self.raw.store().applied_index();
         let engine = self.raw.store().engine().clone();
         let desc = self.descriptor().clone();

@@ -80,14 +80,7 @@ impl<E: Engine> PeerStorage<E> {
             truncated_term: RAFT_INIT_LOG_TERM,
             conf_state: Some(descriptor.conf_state()),
         };
-        let s = PeerStorage {
-            engine,
-            shard_id: descriptor.id,
-            raft_state,
-            apply_state,
-            descriptor,
-            generated: Mutex::new(None),
-        };
+        let s = Self::with_state(engine, descriptor, raft_state, apply_state);
         s.write_raft_state(wb);
         s.write_apply_state(wb);
         s.write_descriptor(wb);
@@ -98,7 +91,10 @@ impl<E: Engine> PeerStorage<E> {
     /// empty log and no membership; a snapshot will initialise it.
     pub fn uninitialized(engine: E, descriptor: ShardDescriptor) -> Self {
         let raft_state = RaftLocalState { hard_state: Some(HardState::default()), last_index: 0, last_term: 0 };
-        let apply_state = ApplyState::default();
+        Self::with_state(engine, descriptor, raft_state, ApplyState::default())
+    }
+
+    fn with_state(engine: E, descriptor: ShardDescriptor, raft_state: RaftLocalState, apply_state: ApplyState) -> Self {
         PeerStorage {
             engine,
             shard_id: descriptor.id,

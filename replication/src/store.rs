@@ -143,11 +143,6 @@ impl<E: Engine> Store<E> {
         }
     }
 
-    /// Bytes sent by the snapshot transfers in progress.
-    pub fn snapshot_bytes_in_flight(&self) -> u64 {
-        self.outgoing.iter().map(|o| o.bytes_sent).sum()
-    }
-
     fn on_snapshot_ack(&mut self, env: &RaftEnvelope, ack: &wire::SnapshotAck) {
         let Some(i) = self.outgoing.iter().position(|o| o.shard_id == env.shard_id && o.to == env.from_node) else {
             return;
