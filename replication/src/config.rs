@@ -65,7 +65,7 @@ impl Default for RaftConfig {
             max_mailbox_msgs: 4096,
             max_msgs_per_round: 1024,
             lease_reads: false,
-            quiesce_after_ticks: 0,
+            quiesce_after_ticks: 20,
             deterministic_elections: false,
             max_transfer_lag_entries: 128,
             snapshot_rate_bytes_per_sec: 100 * 1024 * 1024,

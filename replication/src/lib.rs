@@ -8,6 +8,7 @@
 //!   resumable, verified before Raft may install it.
 //! - [`node`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
+//! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes.
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
 //!
@@ -25,6 +26,7 @@ pub mod peer;
 pub mod snapshot;
 pub mod storage;
 pub mod store;
+pub mod tcp;
 pub mod transport;
 pub mod wire;
 
@@ -32,6 +34,7 @@ pub use config::RaftConfig;
 pub use error::{Error, Result};
 pub use node::{Node, NodeHandle};
 pub use peer::{ReadRequest, ReadResponse};
-pub use store::{ShardStatus, Store};
+pub use store::{ShardStatus, Store, StoreSummary};
+pub use tcp::{AddressBook, TcpConfig, TcpNode, TcpServer, TcpStats, TcpTransport};
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};
 pub use wire::{Epoch, Op, RaftEnvelope, Replica, ShardDescriptor};

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::peer::{ReadRequest, ReadResponse};
-use crate::store::{ShardStatus, Store};
+use crate::store::{ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
 use crate::wire::{Epoch, Op, RaftEnvelope};
 
@@ -22,6 +22,7 @@ enum NodeMsg {
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
+    Summary { reply: oneshot::Sender<StoreSummary> },
 }
 
 /// A running node.
@@ -121,6 +122,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
+        NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
     }
 }
 
@@ -178,5 +180,10 @@ impl NodeHandle {
     /// The state of this node's replica of `shard_id`.
     pub async fn status(&self, shard_id: u64) -> Result<Option<ShardStatus>> {
         self.ask(|reply| NodeMsg::Status { shard_id, reply }).await
+    }
+
+    /// Counts over every replica of the node.
+    pub async fn summary(&self) -> Result<StoreSummary> {
+        self.ask(|reply| NodeMsg::Summary { reply }).await
     }
 }

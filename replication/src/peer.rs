@@ -79,6 +79,13 @@ pub struct Peer<E: Engine> {
     next_read_id: u64,
     /// Set when this replica was removed from the shard and must be destroyed.
     pub(crate) removed: bool,
+    /// Quiescent: caught up and idle, so the store neither ticks it nor visits it in ready
+    /// rounds until a message or request wakes it.
+    pub(crate) quiescent: bool,
+    /// Ticks since the last write, read, role change or new log entry.
+    pub(crate) idle_ticks: u64,
+    /// Ticks since this replica was created or last woke from quiescence.
+    pub(crate) awake_ticks: u64,
 }
 
 impl<E: Engine> Peer<E> {
@@ -92,7 +99,17 @@ impl<E: Engine> Peer<E> {
             rc.max_election_tick = rc.min_election_tick + 1;
         }
         let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger(node_id, shard_id))?;
-        Ok(Peer { node_id, raw, proposals: VecDeque::new(), reads: VecDeque::new(), next_read_id: 1, removed: false })
+        Ok(Peer {
+            node_id,
+            raw,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            next_read_id: 1,
+            removed: false,
+            quiescent: false,
+            idle_ticks: 0,
+            awake_ticks: 0,
+        })
     }
 
     /// The shard id.
@@ -114,6 +131,68 @@ impl<E: Engine> Peer<E> {
     pub fn leader(&self) -> Option<u64> {
         let l = self.raw.raft.leader_id;
         (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// Can this leader put its group to sleep? Only when nothing is in flight: every replica
+    /// has the whole log, everything is committed and applied, and no read, proposal,
+    /// membership change or leadership transfer waits.
+    pub(crate) fn can_quiesce(&self) -> bool {
+        let r = &self.raw.raft;
+        let last = r.raft_log.last_index();
+        r.state == StateRole::Leader
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && r.read_only.pending_read_count() == 0
+            && r.lead_transferee.is_none()
+            && r.raft_log.committed == last
+            && self.raw.store().applied_index() == last
+            && r.pending_conf_index <= last
+            && r.prs().conf().to_conf_state().voters_outgoing.is_empty()
+            && r.prs().iter().all(|(id, pr)| {
+                *id == self.node_id
+                    || (pr.matched == last && pr.state == raft::ProgressState::Replicate && pr.recent_active)
+            })
+    }
+
+    /// Can this follower sleep, told so by `leader` at `term` with `commit`? Only with the
+    /// leader's whole log.
+    pub(crate) fn can_quiesce_as_follower(&self, leader: u64, term: u64, commit: u64) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Follower
+            && r.leader_id == leader
+            && r.term == term
+            && r.raft_log.last_index() == commit
+            && r.raft_log.committed == commit
+            && r.pending_request_snapshot == raft::INVALID_INDEX
+    }
+
+    /// Wakes a quiescent replica (a no-op for an awake one).
+    pub(crate) fn wake(&mut self, lease_reads: bool) {
+        if self.quiescent {
+            self.quiescent = false;
+            self.awake_ticks = 0;
+            if lease_reads {
+                // The lease of a leader that slept is not trusted until it has checked its
+                // quorum again (see `refresh_lease`).
+                self.raw.raft.read_only.option = raft::ReadOnlyOption::Safe;
+            }
+        }
+        self.idle_ticks = 0;
+    }
+
+    /// With lease reads on, serves reads from the lease only once this leader has been awake
+    /// for two check-quorum rounds (the first may count acknowledgements from before it slept);
+    /// until then, and while ReadIndex reads are in flight, reads go through ReadIndex.
+    pub(crate) fn refresh_lease(&mut self, election_ticks: usize) {
+        let r = &mut self.raw.raft;
+        let trusted = self.awake_ticks >= 2 * election_ticks as u64;
+        r.read_only.option = if !trusted {
+            raft::ReadOnlyOption::Safe
+        } else if r.read_only.pending_read_count() == 0 {
+            raft::ReadOnlyOption::LeaseBased
+        } else {
+            r.read_only.option
+        };
     }
 
     fn not_leader(&self) -> Error {

@@ -97,6 +97,8 @@ impl<E: Engine> OutgoingSnapshot<E> {
             snapshot_chunk: Some(SnapshotChunk { index: self.index, frame: frame.to_vec() }),
             snapshot_ack: None,
             tombstone: false,
+            quiesce: false,
+            ping: false,
         }
     }
 
@@ -226,6 +228,8 @@ pub fn receive_chunk<E: Engine>(
             ended: at.ended,
         }),
         tombstone: false,
+        quiesce: false,
+        ping: false,
     })
 }
 

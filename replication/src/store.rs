@@ -12,7 +12,7 @@
 //!    it describes, so a crash replays exactly the unapplied suffix;
 //! 4. callbacks of applied proposals and served reads run last, after their batch is written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use presage_engine::{for_each_pair, Cf, Engine, WriteBatch, WriteOptions};
 use raft::eraftpb::{ConfChangeV2, Message, MessageType};
@@ -45,9 +45,31 @@ pub struct ShardStatus {
     pub first_index: u64,
     /// Last index in the log.
     pub last_index: u64,
+    /// The group sleeps (see [`Store`] on quiescence).
+    pub quiescent: bool,
+}
+
+/// Counts over every replica of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreSummary {
+    /// Replicas on the node.
+    pub replicas: usize,
+    /// Replicas that lead their shard.
+    pub leaders: usize,
+    /// Replicas that sleep.
+    pub quiescent: usize,
 }
 
 /// All replicas of one node.
+///
+/// **Quiescence.** A leader whose group stayed idle for `quiesce_after_ticks` with everything
+/// replicated, committed and applied sends each follower a last heartbeat marked `quiesce`;
+/// both sides then stop ticking the group and the store stops visiting it, so idle groups
+/// cost nothing per tick. Any request or meaningful message wakes the group. Because a
+/// sleeping leader sends no heartbeats, nodes instead ping each other (one message per node
+/// pair per heartbeat interval, whatever the number of groups) and wake every sleeping group
+/// shared with a node that stays silent for an election timeout; its followers then elect a
+/// new leader as usual (failover of a sleeping group takes up to two election timeouts).
 pub struct Store<E: Engine> {
     node_id: u64,
     engine: E,
@@ -59,6 +81,20 @@ pub struct Store<E: Engine> {
     snapshot_budget_bytes: i64,
     /// Envelopes produced outside a ready round (acknowledgements, resends).
     pending_out: Vec<RaftEnvelope>,
+    /// Replicas that are awake: ticked and visited by every ready round.
+    active: BTreeSet<u64>,
+    /// Sleeping replicas that received a message this round (visited by the next ready round
+    /// only).
+    touched: BTreeSet<u64>,
+    /// Ticks since the store opened.
+    ticks: u64,
+    /// Tick at which each node was last heard from.
+    last_heard: HashMap<u64, u64>,
+    /// Nodes silent for longer than an election timeout.
+    silent: HashSet<u64>,
+    /// Nodes that share a sleeping group with this one (pinged every heartbeat interval);
+    /// `None` when it must be recomputed.
+    ping_targets: Option<Vec<u64>>,
 }
 
 impl<E: Engine> Store<E> {
@@ -79,6 +115,7 @@ impl<E: Engine> Store<E> {
             }
         }
         tracing::info!(node = node_id, replicas = peers.len(), "store opened");
+        let active = peers.keys().copied().collect();
         Ok(Store {
             node_id,
             engine,
@@ -87,6 +124,12 @@ impl<E: Engine> Store<E> {
             outgoing: Vec::new(),
             snapshot_budget_bytes: 0,
             pending_out: Vec::new(),
+            active,
+            touched: BTreeSet::new(),
+            ticks: 0,
+            last_heard: HashMap::new(),
+            silent: HashSet::new(),
+            ping_targets: None,
         })
     }
 
@@ -98,28 +141,90 @@ impl<E: Engine> Store<E> {
     /// Creates a brand-new shard replica from `descriptor` (cluster bootstrap): every listed
     /// replica must be bootstrapped with the same descriptor.
     pub fn bootstrap_shard(&mut self, descriptor: ShardDescriptor) -> Result<()> {
-        if self.peers.contains_key(&descriptor.id) {
-            return Err(Error::Config(format!("shard {} already exists on node {}", descriptor.id, self.node_id)));
-        }
-        descriptor.range()?;
-        if !descriptor.replicas.iter().any(|r| r.node_id == self.node_id) {
-            return Err(Error::Config(format!("node {} is not a replica of shard {}", self.node_id, descriptor.id)));
+        self.bootstrap_shards(vec![descriptor])
+    }
+
+    /// Creates several brand-new shard replicas with one synced write; all or none.
+    pub fn bootstrap_shards(&mut self, descriptors: Vec<ShardDescriptor>) -> Result<()> {
+        let mut ids = BTreeSet::new();
+        for d in &descriptors {
+            if self.peers.contains_key(&d.id) || !ids.insert(d.id) {
+                return Err(Error::Config(format!("shard {} already exists on node {}", d.id, self.node_id)));
+            }
+            d.range()?;
+            if !d.replicas.iter().any(|r| r.node_id == self.node_id) {
+                return Err(Error::Config(format!("node {} is not a replica of shard {}", self.node_id, d.id)));
+            }
         }
         let mut wb = WriteBatch::new();
-        let shard_id = descriptor.id;
-        let storage = PeerStorage::initial(self.engine.clone(), descriptor, &mut wb);
+        let storages: Vec<_> =
+            descriptors.into_iter().map(|d| PeerStorage::initial(self.engine.clone(), d, &mut wb)).collect();
         self.engine.write(&wb, WriteOptions::SYNC)?;
-        self.peers.insert(shard_id, Peer::new(self.node_id, storage, &self.config)?);
+        for storage in storages {
+            let shard_id = storage.shard_id();
+            self.peers.insert(shard_id, Peer::new(self.node_id, storage, &self.config)?);
+            self.active.insert(shard_id);
+        }
         Ok(())
     }
 
-    /// Advances every replica's logical clock by one tick.
+    /// Wakes a sleeping replica.
+    fn wake(&mut self, shard_id: u64) {
+        if let Some(peer) = self.peers.get_mut(&shard_id) {
+            if peer.quiescent {
+                self.ping_targets = None;
+            }
+            peer.wake(self.config.lease_reads);
+            self.active.insert(shard_id);
+        }
+    }
+
+    /// Puts a replica to sleep.
+    fn quiesce(&mut self, shard_id: u64) {
+        if let Some(peer) = self.peers.get_mut(&shard_id) {
+            peer.quiescent = true;
+            self.active.remove(&shard_id);
+            self.ping_targets = None;
+        }
+    }
+
+    /// Counts over every replica.
+    pub fn summary(&self) -> StoreSummary {
+        StoreSummary {
+            replicas: self.peers.len(),
+            leaders: self.peers.values().filter(|p| p.is_leader()).count(),
+            quiescent: self.peers.len() - self.active.len(),
+        }
+    }
+
+    /// Advances the logical clock of every awake replica by one tick; puts idle groups to
+    /// sleep and pings the nodes that share sleeping groups.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         let max_read_age_ticks = 2 * self.config.election_ticks;
-        for peer in self.peers.values_mut() {
+        let quiesce_after = self.config.quiesce_after_ticks;
+        let mut sleepers = Vec::new();
+        for shard_id in &self.active {
+            let Some(peer) = self.peers.get_mut(shard_id) else { continue };
             peer.raw.tick();
             peer.expire_reads(max_read_age_ticks);
+            peer.idle_ticks += 1;
+            peer.awake_ticks += 1;
+            if self.config.lease_reads && peer.is_leader() {
+                peer.refresh_lease(self.config.election_ticks);
+            }
+            if quiesce_after > 0
+                && peer.idle_ticks >= quiesce_after
+                && peer.can_quiesce()
+                && !self.outgoing.iter().any(|o| o.shard_id == *shard_id)
+            {
+                sleepers.push(*shard_id);
+            }
         }
+        for shard_id in sleepers {
+            self.quiesce_leader(shard_id);
+        }
+        self.check_liveness();
         let per_tick = i64::try_from(self.config.snapshot_bytes_per_tick()).unwrap_or(i64::MAX);
         let cap = per_tick.saturating_add(i64::try_from(self.config.snapshot_chunk_bytes).unwrap_or(0));
         self.snapshot_budget_bytes = self.snapshot_budget_bytes.saturating_add(per_tick).min(cap);
@@ -134,6 +239,85 @@ impl<E: Engine> Store<E> {
             let o = self.outgoing.remove(i);
             tracing::warn!(node = node_id, shard = o.shard_id, to = o.to, "snapshot transfer timed out");
             self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Sends the followers of `shard_id` a last heartbeat marked `quiesce` and puts the
+    /// leader to sleep.
+    fn quiesce_leader(&mut self, shard_id: u64) {
+        let Some(peer) = self.peers.get(&shard_id) else { return };
+        let r = &peer.raw.raft;
+        let desc = peer.descriptor().clone();
+        for (&to, _) in r.prs().iter().filter(|(id, _)| **id != self.node_id) {
+            let mut hb = Message::default();
+            hb.set_msg_type(MessageType::MsgHeartbeat);
+            hb.from = self.node_id;
+            hb.to = to;
+            hb.term = r.term;
+            hb.commit = r.raft_log.committed;
+            self.pending_out.push(RaftEnvelope {
+                shard_id,
+                from_node: self.node_id,
+                to_node: to,
+                descriptor: Some(desc.clone()),
+                message: Some(hb),
+                quiesce: true,
+                ..RaftEnvelope::default()
+            });
+        }
+        self.quiesce(shard_id);
+    }
+
+    /// Pings the nodes that share sleeping groups, and wakes the sleeping groups of nodes
+    /// silent for longer than an election timeout.
+    fn check_liveness(&mut self) {
+        if self.active.len() == self.peers.len() {
+            return;
+        }
+        if self.ticks % self.config.heartbeat_ticks as u64 == 0 {
+            let node_id = self.node_id;
+            let targets = self.ping_targets.get_or_insert_with(|| {
+                let mut t = BTreeSet::new();
+                for p in self.peers.values().filter(|p| p.quiescent) {
+                    t.extend(p.descriptor().replicas.iter().map(|r| r.node_id).filter(|n| *n != node_id));
+                }
+                t.into_iter().collect()
+            });
+            for &to in targets.iter() {
+                self.pending_out.push(RaftEnvelope {
+                    from_node: node_id,
+                    to_node: to,
+                    ping: true,
+                    ..RaftEnvelope::default()
+                });
+            }
+        }
+        let timeout = self.config.election_ticks as u64;
+        let newly_silent: Vec<u64> = self
+            .last_heard
+            .iter()
+            .filter(|(n, at)| self.ticks.saturating_sub(**at) > timeout && !self.silent.contains(*n))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in newly_silent {
+            self.silent.insert(n);
+            let sleeping: Vec<u64> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.quiescent && p.descriptor().replicas.iter().any(|r| r.node_id == n))
+                .map(|(id, _)| *id)
+                .collect();
+            if !sleeping.is_empty() {
+                tracing::info!(
+                    node = self.node_id,
+                    silent = n,
+                    groups = sleeping.len(),
+                    "node silent: waking its sleeping groups"
+                );
+            }
+            for shard_id in sleeping {
+                self.wake(shard_id);
+            }
         }
     }
 
@@ -169,6 +353,8 @@ impl<E: Engine> Store<E> {
                     snapshot_chunk: None,
                     snapshot_ack: None,
                     tombstone: false,
+                    quiesce: false,
+                    ping: false,
                 });
                 self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Finish);
             }
@@ -185,6 +371,11 @@ impl<E: Engine> Store<E> {
     pub fn step(&mut self, mut env: RaftEnvelope) -> Result<()> {
         if env.to_node != self.node_id {
             tracing::warn!(node = self.node_id, to = env.to_node, "dropping a message addressed to another node");
+            return Ok(());
+        }
+        self.last_heard.insert(env.from_node, self.ticks);
+        self.silent.remove(&env.from_node);
+        if env.ping {
             return Ok(());
         }
         if let Some(ack) = env.snapshot_ack.take() {
@@ -223,6 +414,8 @@ impl<E: Engine> Store<E> {
                     snapshot_chunk: None,
                     snapshot_ack: None,
                     tombstone: true,
+                    quiesce: false,
+                    ping: false,
                 });
                 return Ok(());
             }
@@ -250,15 +443,29 @@ impl<E: Engine> Store<E> {
             let Some(desc) = self.replica_to_create(env.shard_id, &msg, env.descriptor) else { return Ok(()) };
             let storage = PeerStorage::uninitialized(self.engine.clone(), desc);
             self.peers.insert(env.shard_id, Peer::new(self.node_id, storage, &self.config)?);
+            self.active.insert(env.shard_id);
         }
-        let Some(peer) = self.peers.get_mut(&env.shard_id) else { return Ok(()) };
+        let shard_id = env.shard_id;
+        let Some(peer) = self.peers.get(&shard_id) else { return Ok(()) };
+        if peer.quiescent && !is_trailing(&msg, peer.raw.raft.term) {
+            self.wake(shard_id);
+        } else if peer.quiescent {
+            self.touched.insert(shard_id);
+        }
+        let (from, term, commit) = (msg.from, msg.term, msg.commit);
+        let Some(peer) = self.peers.get_mut(&shard_id) else { return Ok(()) };
         match peer.raw.step(msg) {
-            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => {}
             Err(e) => {
-                tracing::debug!(node = self.node_id, shard = env.shard_id, error = %e, "raft refused a message");
-                Ok(())
+                tracing::debug!(node = self.node_id, shard = shard_id, error = %e, "raft refused a message");
             }
         }
+        if env.quiesce && !peer.quiescent && peer.can_quiesce_as_follower(from, term, commit) {
+            // Visit it once more so that what the heartbeat committed gets applied.
+            self.touched.insert(shard_id);
+            self.quiesce(shard_id);
+        }
+        Ok(())
     }
 
     /// A message from a leader for a shard this node does not have yet creates an empty
@@ -284,6 +491,7 @@ impl<E: Engine> Store<E> {
 
     /// Proposes a write to `shard_id`.
     pub fn propose(&mut self, shard_id: u64, epoch: Epoch, ops: Vec<Op>, cb: WriteCallback) {
+        self.wake(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.propose(epoch, ops, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -292,6 +500,7 @@ impl<E: Engine> Store<E> {
 
     /// Proposes a membership change of `shard_id`.
     pub fn propose_conf_change(&mut self, shard_id: u64, cc: ConfChangeV2, cb: WriteCallback) {
+        self.wake(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.propose_conf_change(cc, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -300,6 +509,7 @@ impl<E: Engine> Store<E> {
 
     /// Starts a linearizable read on `shard_id`.
     pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
+        self.wake(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.read(epoch, request, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -308,6 +518,7 @@ impl<E: Engine> Store<E> {
 
     /// Asks the leader of `shard_id` to hand leadership to `to`.
     pub fn transfer_leader(&mut self, shard_id: u64, to: u64) -> Result<()> {
+        self.wake(shard_id);
         let max_lag = self.config.max_transfer_lag_entries;
         let receiving_snapshot = self.outgoing.iter().any(|o| o.shard_id == shard_id && o.to == to);
         let peer = self.peers.get_mut(&shard_id).ok_or(Error::ShardNotFound { shard_id })?;
@@ -332,6 +543,7 @@ impl<E: Engine> Store<E> {
 
     /// Makes the replica of `shard_id` campaign now.
     pub fn campaign(&mut self, shard_id: u64) -> Result<()> {
+        self.wake(shard_id);
         let peer = self.peers.get_mut(&shard_id).ok_or(Error::ShardNotFound { shard_id })?;
         peer.raw.campaign()?;
         Ok(())
@@ -349,6 +561,7 @@ impl<E: Engine> Store<E> {
             applied: p.raw.store().applied_index(),
             first_index: p.raw.store().first_log_index(),
             last_index: p.raw.store().last_log_index(),
+            quiescent: p.quiescent,
         })
     }
 
@@ -368,7 +581,11 @@ impl<E: Engine> Store<E> {
         let node_id = self.node_id;
 
         let mut snapshots_to_send: Vec<(u64, Message)> = Vec::new();
-        for (shard_id, peer) in self.peers.iter_mut() {
+        // Awake replicas, and sleeping ones a message reached this round.
+        let visit: Vec<u64> = self.active.iter().chain(self.touched.iter()).copied().collect();
+        self.touched.clear();
+        for shard_id in &visit {
+            let Some(peer) = self.peers.get_mut(shard_id) else { continue };
             peer.issue_reads();
             if !peer.raw.has_ready() {
                 continue;
@@ -378,6 +595,10 @@ impl<E: Engine> Store<E> {
             wrap(node_id, *shard_id, &desc, rd.take_messages(), &mut out, &mut snapshots_to_send);
             if rd.ss().is_some() {
                 peer.on_role_change(&mut done);
+                peer.idle_ticks = 0;
+            }
+            if !rd.entries().is_empty() || !rd.committed_entries().is_empty() {
+                peer.idle_ticks = 0;
             }
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
@@ -422,6 +643,9 @@ impl<E: Engine> Store<E> {
             wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
             peer.apply(light.take_committed_entries(), &mut apply_wb, &mut done)?;
             peer.raw.advance_apply();
+            if peer.quiescent && peer.raw.has_ready() {
+                self.touched.insert(shard_id);
+            }
             let applied = peer.raw.store().applied_index();
             let first = peer.raw.store().first_log_index();
             if applied.saturating_sub(first) > self.config.log_gc_threshold_entries {
@@ -431,13 +655,15 @@ impl<E: Engine> Store<E> {
         if !apply_wb.is_empty() {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
-        for peer in self.peers.values_mut() {
-            peer.serve_reads(&mut done);
+        for shard_id in &visit {
+            if let Some(peer) = self.peers.get_mut(shard_id) {
+                peer.serve_reads(&mut done);
+            }
         }
         for f in done {
             f();
         }
-        self.destroy_removed()?;
+        self.destroy_removed(&visit)?;
         self.start_snapshots(snapshots_to_send);
         self.pump_snapshots(&mut out)?;
         out.append(&mut self.pending_out);
@@ -445,10 +671,14 @@ impl<E: Engine> Store<E> {
     }
 
     /// Destroys the replicas whose removal from their shard was applied.
-    fn destroy_removed(&mut self) -> Result<()> {
-        let removed: Vec<u64> = self.peers.iter().filter(|(_, p)| p.removed).map(|(id, _)| *id).collect();
+    fn destroy_removed(&mut self, visited: &[u64]) -> Result<()> {
+        let removed: Vec<u64> =
+            visited.iter().copied().filter(|id| self.peers.get(id).is_some_and(|p| p.removed)).collect();
         for shard_id in removed {
             let Some(mut peer) = self.peers.remove(&shard_id) else { continue };
+            self.active.remove(&shard_id);
+            self.touched.remove(&shard_id);
+            self.ping_targets = None;
             let mut done: Completions = Vec::new();
             peer.fail_pending("replica removed from the shard", &mut done);
             let mut wb = WriteBatch::new();
@@ -535,6 +765,19 @@ fn wrap(
             snapshot_chunk: None,
             snapshot_ack: None,
             tombstone: false,
+            quiesce: false,
+            ping: false,
         });
     }
+}
+
+/// Messages a sleeping replica takes without waking: the trailing acknowledgements of the
+/// heartbeats it sent before going to sleep.
+fn is_trailing(msg: &Message, term: u64) -> bool {
+    msg.term == term
+        && match msg.get_msg_type() {
+            MessageType::MsgHeartbeatResponse => true,
+            MessageType::MsgAppendResponse => !msg.reject,
+            _ => false,
+        }
 }

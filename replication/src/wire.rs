@@ -257,6 +257,14 @@ pub struct RaftEnvelope {
     /// "You were removed from this shard": `descriptor` is the newer configuration.
     #[prost(bool, tag = "8")]
     pub tombstone: bool,
+    /// `message` is the leader's last heartbeat before its group goes quiescent: a caught-up
+    /// follower stops ticking the shard too.
+    #[prost(bool, tag = "9")]
+    pub quiesce: bool,
+    /// A node-level liveness ping (no shard): quiescent groups do not heartbeat, so nodes ping
+    /// the nodes they share sleeping groups with, and wake those groups when a node falls silent.
+    #[prost(bool, tag = "10")]
+    pub ping: bool,
 }
 
 /// One export chunk of the data behind Raft snapshot `index` (the export's stream id).

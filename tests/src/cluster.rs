@@ -10,7 +10,7 @@ use std::time::Duration;
 use presage_engine::{range_checksum, Cf, KeyRange, MemEngine, RangeChecksum};
 use presage_replication::{
     Epoch, Error, MemNetwork, Node, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, Replica, ShardDescriptor,
-    Store,
+    Store, StoreSummary,
 };
 use raft::StateRole;
 
@@ -50,20 +50,31 @@ impl Cluster {
 
     /// Like [`Cluster::start`] with other Raft settings.
     pub fn start_with(n: u64, seed: u64, config: RaftConfig) -> Self {
+        Self::start_sharded(n, seed, config, 1)
+    }
+
+    /// Like [`Cluster::start_with`] with `shards` shards, all on every node: shard 1 holds
+    /// `["", "s0001")` (so every key of [`Cluster::put`] lands in it), shard `i` holds
+    /// `["s{i-1}", "s{i}")` and the last one the rest.
+    pub fn start_sharded(n: u64, seed: u64, config: RaftConfig, shards: u64) -> Self {
+        assert!(shards >= 1);
         let net = MemNetwork::new(seed);
-        let descriptor = ShardDescriptor {
-            id: SHARD,
-            start: Vec::new(),
-            end: None,
-            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
-            replicas: (1..=n).map(Replica::voter).collect(),
-        };
+        let bound = |i: u64| format!("s{i:04}").into_bytes();
+        let descriptors: Vec<ShardDescriptor> = (1..=shards)
+            .map(|i| ShardDescriptor {
+                id: i,
+                start: if i == 1 { Vec::new() } else { bound(i - 1) },
+                end: (i < shards).then(|| bound(i)),
+                epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+                replicas: (1..=n).map(Replica::voter).collect(),
+            })
+            .collect();
         let mut cluster =
             Cluster { net, config, engines: BTreeMap::new(), nodes: BTreeMap::new(), directory: Directory::default() };
         for id in 1..=n {
             let engine = MemEngine::new();
             let mut store = Store::open(id, engine.clone(), cluster.config.clone()).expect("open store");
-            store.bootstrap_shard(descriptor.clone()).expect("bootstrap");
+            store.bootstrap_shards(descriptors.clone()).expect("bootstrap");
             cluster.engines.insert(id, engine);
             cluster.spawn(id, store);
         }
@@ -128,6 +139,30 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         let store = Store::open(id, self.engines[&id].clone(), self.config.clone()).expect("reopen store");
         self.spawn(id, store);
+    }
+
+    /// Replica counts of each live node.
+    pub async fn summaries(&self) -> BTreeMap<u64, StoreSummary> {
+        let mut out = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if let Ok(s) = node.handle().summary().await {
+                out.insert(*id, s);
+            }
+        }
+        out
+    }
+
+    /// Waits (in tokio time) until every replica on every live node sleeps.
+    pub async fn wait_quiescent(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.summaries().await;
+            if s.values().all(|x| x.quiescent == x.replicas) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not quiescent within {timeout:?}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Each live node's view: (node, role, term, leader).

@@ -14,6 +14,8 @@ fn seed() -> u64 {
     seed
 }
 
+mod tcp;
+
 const SEC: Duration = Duration::from_secs(1);
 
 /// §5.2: a cluster elects exactly one leader per term.
@@ -377,4 +379,73 @@ async fn leadership_transfer_to_a_lagging_node_is_refused() {
     }
     assert!(matches!(h.transfer_leader(1, 99).await, Err(Error::TransferRefused { .. })), "not a voter");
     assert_eq!(c.leader().await, Some(leader), "nothing moved");
+}
+
+/// Quiescence (design.md §3): once idle, every group on every node sleeps and only node
+/// pings cross the network, however many groups there are; a write wakes its group, which
+/// sleeps again. A sleeping leader that is cut off or dies is noticed through the missing
+/// pings: its followers wake and elect a new leader (§5.2 then applies as usual), and no
+/// acknowledged write is lost.
+#[tokio::test(start_paused = true)]
+async fn idle_groups_sleep_and_wake_when_needed() {
+    const SHARDS: u64 = 50;
+    let config = presage_tests::cluster::test_config();
+    let ping_interval = Duration::from_millis(config.tick_interval_ms * config.heartbeat_ticks as u64);
+    let mut c = Cluster::start_sharded(3, seed(), config, SHARDS);
+    c.wait_leader(5 * SEC).await;
+    c.put(b"k1", b"v1").await.expect("put");
+    c.wait_quiescent(10 * SEC).await;
+
+    let (delivered, dropped) = c.net.counts();
+    let idle = 2 * SEC;
+    tokio::time::sleep(idle).await;
+    let (delivered2, dropped2) = c.net.counts();
+    let sent = (delivered2 + dropped2) - (delivered + dropped);
+    let ping_rounds = (idle.as_millis() / ping_interval.as_millis()) as u64 + 1;
+    eprintln!("{sent} messages in {idle:?} with {SHARDS} sleeping groups");
+    assert!(sent > 0, "nodes ping each other while their groups sleep");
+    assert!(
+        sent <= 6 * ping_rounds,
+        "{sent} messages in {idle:?} of sleep; pings alone are at most {}",
+        6 * ping_rounds
+    );
+
+    // A write wakes its group (and only it, on the leader).
+    c.put(b"k2", b"v2").await.expect("put");
+    let leader = c.leader().await.expect("leader");
+    assert_eq!(c.summaries().await[&leader].quiescent, SHARDS as usize - 1);
+    c.wait_quiescent(10 * SEC).await;
+
+    // Cut the sleeping leader off: the others notice the silence and elect a new one.
+    let isolation = c.net.add_filter(Filter::Isolate(leader));
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    let new = loop {
+        let views = c.views().await;
+        if let Some(v) = views.iter().find(|v| v.0 != leader && v.1 == StateRole::Leader) {
+            break v.0;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader while {leader} is cut off: {views:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(new, leader);
+    c.net.remove_filter(isolation);
+    c.put(b"k3", b"v3").await.expect("put after the heal");
+    c.wait_converged(10 * SEC).await;
+    c.wait_quiescent(10 * SEC).await;
+
+    // Kill the sleeping leader: every group gets a leader among the survivors.
+    let leader = c.leader().await.expect("leader");
+    c.kill(leader);
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let led: usize = c.summaries().await.values().map(|s| s.leaders).sum();
+        if led == SHARDS as usize {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{led} of {SHARDS} groups have a leader after the kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (k, v) in [(b"k1", b"v1"), (b"k2", b"v2"), (b"k3", b"v3")] {
+        assert_eq!(c.get(k).await.expect("get"), Some(v.to_vec()));
+    }
 }

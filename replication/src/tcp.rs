@@ -1,0 +1,604 @@
+//! The TCP transport: Raft envelopes between nodes over tokio TCP streams.
+//!
+//! **Wire format.** A connection carries frames one way (sender to receiver). A frame is
+//!
+//! ```text
+//! +----------------+----------------+---------------------------+
+//! | body_len: u32  | crc32(body):u32| body: prost `RaftBatch`    |
+//! +----------------+----------------+---------------------------+
+//!   big-endian       big-endian       body_len bytes
+//! ```
+//!
+//! A receiver checks the length against `max_frame_bytes` as soon as the 8 header bytes
+//! arrive (before buffering the body), then the crc, then decodes. Any failure closes that
+//! connection - never the node - and counts a rejected frame; the sender reconnects and Raft
+//! resends what was lost.
+//!
+//! **Sending.** [`TcpTransport::send`] never blocks: it puts the envelope on the bounded queue
+//! of the target node (dropped and counted when full - Raft tolerates loss). One task per
+//! target node drains its queue into batches of at most `max_batch_msgs` envelopes and
+//! `max_batch_bytes`, one frame each, and reconnects with exponential backoff when the
+//! connection fails; while it is down, queued envelopes are dropped rather than delivered
+//! late.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use presage_engine::Engine;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::RaftConfig;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::store::Store;
+use crate::transport::{Deliver, Transport};
+use crate::wire::RaftEnvelope;
+
+/// Bytes of a frame header: body length and body crc32, both big-endian u32.
+pub const FRAME_HEADER_BYTES: usize = 8;
+
+/// The body of one frame: envelopes from one node, delivered in order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftBatch {
+    /// The envelopes.
+    #[prost(message, repeated, tag = "1")]
+    pub envelopes: Vec<RaftEnvelope>,
+}
+
+/// Settings of the TCP transport. Units are in the names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Largest frame body accepted or sent, in bytes. Must hold the largest Raft message
+    /// (`max-msg-bytes`) or snapshot chunk with room for its envelope.
+    pub max_frame_bytes: usize,
+    /// Most envelopes in one frame.
+    pub max_batch_msgs: usize,
+    /// A frame is closed once its envelopes reach this many bytes.
+    pub max_batch_bytes: usize,
+    /// Most envelopes queued for one target node.
+    pub max_queue_msgs: usize,
+    /// Most inbound connections served at once.
+    pub max_inbound_connections: usize,
+    /// Time allowed to establish a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed to write one frame, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// An inbound connection that sends nothing for this long is closed, in milliseconds
+    /// (its sender reconnects when it has traffic again).
+    pub idle_timeout_ms: u64,
+    /// First reconnect delay, in milliseconds; doubles per failure.
+    pub reconnect_backoff_min_ms: u64,
+    /// Longest reconnect delay, in milliseconds.
+    pub reconnect_backoff_max_ms: u64,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_batch_msgs: 256,
+            max_batch_bytes: 1024 * 1024,
+            max_queue_msgs: 8192,
+            max_inbound_connections: 1024,
+            connect_timeout_ms: 1000,
+            write_timeout_ms: 5000,
+            idle_timeout_ms: 60_000,
+            reconnect_backoff_min_ms: 20,
+            reconnect_backoff_max_ms: 2000,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Fails with a message naming the first bad setting. `max_msg_bytes` is the Raft
+    /// setting the frames must hold.
+    pub fn validate(&self, max_msg_bytes: u64) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.max_frame_bytes > u32::MAX as usize {
+            return bad(format!("max-frame-bytes ({}) must fit in 32 bits", self.max_frame_bytes));
+        }
+        if (self.max_frame_bytes as u64) < max_msg_bytes.saturating_mul(2) {
+            return bad(format!(
+                "max-frame-bytes ({}) must be at least twice the raft max-msg-bytes ({max_msg_bytes})",
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > self.max_frame_bytes / 2 {
+            return bad("max-batch-bytes must be positive and at most half of max-frame-bytes".into());
+        }
+        if self.max_batch_msgs == 0 || self.max_queue_msgs == 0 || self.max_inbound_connections == 0 {
+            return bad("max-batch-msgs, max-queue-msgs and max-inbound-connections must be positive".into());
+        }
+        if self.connect_timeout_ms == 0 || self.write_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return bad("connect-timeout-ms, write-timeout-ms and idle-timeout-ms must be positive".into());
+        }
+        if self.reconnect_backoff_min_ms == 0 || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms {
+            return bad("reconnect-backoff-min-ms must be positive and at most reconnect-backoff-max-ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The header announces a body larger than allowed.
+    #[error("frame of {len_bytes} bytes exceeds max-frame-bytes ({max_frame_bytes})")]
+    Oversize {
+        /// Announced body length.
+        len_bytes: usize,
+        /// The limit.
+        max_frame_bytes: usize,
+    },
+    /// The body does not match its checksum.
+    #[error("frame crc32 mismatch: header {expected:#010x}, body {actual:#010x}")]
+    BadCrc {
+        /// Checksum in the header.
+        expected: u32,
+        /// Checksum of the body received.
+        actual: u32,
+    },
+    /// The body is not a `RaftBatch`.
+    #[error("frame body does not decode: {0}")]
+    Malformed(String),
+}
+
+/// Decodes the first frame of `buf`. `Ok(None)` asks for more bytes; `Ok(Some((batch, n)))`
+/// consumed `n` bytes. Total: never panics, whatever the bytes.
+pub fn decode_frame(buf: &[u8], max_frame_bytes: usize) -> Result<Option<(RaftBatch, usize)>, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else { return Ok(None) };
+    let len_bytes = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let expected = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if len_bytes > max_frame_bytes {
+        return Err(FrameError::Oversize { len_bytes, max_frame_bytes });
+    }
+    let Some(body) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len_bytes) else { return Ok(None) };
+    let actual = crc32fast::hash(body);
+    if actual != expected {
+        return Err(FrameError::BadCrc { expected, actual });
+    }
+    let batch = RaftBatch::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(Some((batch, FRAME_HEADER_BYTES + len_bytes)))
+}
+
+/// Appends `batch` to `out` as one frame.
+pub fn encode_frame(batch: &RaftBatch, out: &mut Vec<u8>) {
+    let body_start = out.len() + FRAME_HEADER_BYTES;
+    out.resize(body_start, 0);
+    batch.encode(out).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    let len = u32::try_from(out.len() - body_start).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(&out[body_start..]);
+    out[body_start - 8..body_start - 4].copy_from_slice(&len.to_be_bytes());
+    out[body_start - 4..body_start].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Counters of one node's transport (both directions).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Frames written.
+    pub frames_sent: AtomicU64,
+    /// Envelopes written.
+    pub envelopes_sent: AtomicU64,
+    /// Frames read and accepted.
+    pub frames_received: AtomicU64,
+    /// Frames rejected (bad length, crc or body); each closed its connection.
+    pub frames_rejected: AtomicU64,
+    /// Envelopes dropped on the sending side (full queue, no address, connection down).
+    pub envelopes_dropped: AtomicU64,
+    /// Outbound connections established.
+    pub connects: AtomicU64,
+    /// Outbound connection attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+impl TcpStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Where each node listens. Shared and updatable (nodes join, move).
+#[derive(Debug, Clone, Default)]
+pub struct AddressBook {
+    inner: Arc<RwLock<HashMap<u64, SocketAddr>>>,
+}
+
+impl AddressBook {
+    /// Records the address of `node_id`.
+    pub fn set(&self, node_id: u64, addr: SocketAddr) {
+        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(node_id, addr);
+    }
+
+    /// The address of `node_id`.
+    pub fn get(&self, node_id: u64) -> Option<SocketAddr> {
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&node_id).copied()
+    }
+}
+
+/// The sending side: one queue and connection task per target node.
+#[derive(Clone)]
+pub struct TcpTransport {
+    node_id: u64,
+    config: Arc<TcpConfig>,
+    book: AddressBook,
+    queues: Arc<Mutex<HashMap<u64, mpsc::Sender<RaftEnvelope>>>>,
+    stats: Arc<TcpStats>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TcpTransport {
+    /// A transport for `node_id` that finds peers in `book`. Call inside a tokio runtime.
+    pub fn new(node_id: u64, config: TcpConfig, book: AddressBook, stats: Arc<TcpStats>) -> Self {
+        TcpTransport {
+            node_id,
+            config: Arc::new(config),
+            book,
+            queues: Arc::default(),
+            stats,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn queue(&self, to: u64) -> mpsc::Sender<RaftEnvelope> {
+        let mut queues = self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(q) = queues.get(&to).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.config.max_queue_msgs);
+        let link = Link {
+            from: self.node_id,
+            to,
+            config: self.config.clone(),
+            book: self.book.clone(),
+            stats: self.stats.clone(),
+        };
+        self.runtime.spawn(link.run(rx));
+        queues.insert(to, tx.clone());
+        tx
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, env: RaftEnvelope) {
+        if env.to_node == self.node_id {
+            return;
+        }
+        if self.queue(env.to_node).try_send(env).is_err() {
+            TcpStats::add(&self.stats.envelopes_dropped, 1);
+        }
+    }
+}
+
+/// One direction of traffic to one node.
+struct Link {
+    from: u64,
+    to: u64,
+    config: Arc<TcpConfig>,
+    book: AddressBook,
+    stats: Arc<TcpStats>,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::Receiver<RaftEnvelope>) {
+        let min = Duration::from_millis(self.config.reconnect_backoff_min_ms);
+        let max = Duration::from_millis(self.config.reconnect_backoff_max_ms);
+        let mut backoff = min;
+        // Wait for traffic before connecting; exit when the transport is dropped.
+        let Some(mut first) = rx.recv().await else { return };
+        loop {
+            let mut stream = match self.connect().await {
+                Ok(s) => {
+                    TcpStats::add(&self.stats.connects, 1);
+                    backoff = min;
+                    s
+                }
+                Err(e) => {
+                    TcpStats::add(&self.stats.connect_failures, 1);
+                    tracing::debug!(from = self.from, to = self.to, error = %e, backoff_ms = backoff.as_millis() as u64, "connect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max);
+                    // What queued meanwhile is stale: Raft resends what still matters.
+                    let mut dropped = 1;
+                    while rx.try_recv().is_ok() {
+                        dropped += 1;
+                    }
+                    TcpStats::add(&self.stats.envelopes_dropped, dropped);
+                    match rx.recv().await {
+                        Some(env) => first = env,
+                        None => return,
+                    }
+                    continue;
+                }
+            };
+            match self.pump(&mut stream, first, &mut rx).await {
+                Ok(()) => return, // the transport is gone
+                Err(e) => {
+                    tracing::debug!(from = self.from, to = self.to, error = %e, "connection lost; reconnecting");
+                    match rx.recv().await {
+                        Some(env) => first = env,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let addr = self
+            .book
+            .get(self.to)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address for node"))?;
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Writes batches until the queue closes (`Ok`) or the connection fails (`Err`).
+    async fn pump(
+        &self,
+        stream: &mut TcpStream,
+        first: RaftEnvelope,
+        rx: &mut mpsc::Receiver<RaftEnvelope>,
+    ) -> std::io::Result<()> {
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        let mut next = Some(first);
+        let mut frame = Vec::new();
+        loop {
+            let env = match next.take() {
+                Some(env) => env,
+                None => match rx.recv().await {
+                    Some(env) => env,
+                    None => return Ok(()),
+                },
+            };
+            let mut batch = RaftBatch { envelopes: vec![env] };
+            let mut bytes = batch.envelopes[0].encoded_len();
+            while batch.envelopes.len() < self.config.max_batch_msgs && bytes < self.config.max_batch_bytes {
+                match rx.try_recv() {
+                    Ok(env) => {
+                        bytes += env.encoded_len();
+                        batch.envelopes.push(env);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if bytes > self.config.max_frame_bytes - 64 {
+                // Too large for one frame: send the envelopes one per frame, dropping any that
+                // alone exceed the limit (the receiver would refuse it anyway).
+                for env in batch.envelopes {
+                    if env.encoded_len() + 16 > self.config.max_frame_bytes {
+                        tracing::warn!(
+                            from = self.from,
+                            to = self.to,
+                            bytes = env.encoded_len(),
+                            "envelope exceeds max-frame-bytes; dropped"
+                        );
+                        TcpStats::add(&self.stats.envelopes_dropped, 1);
+                        continue;
+                    }
+                    self.write(stream, &RaftBatch { envelopes: vec![env] }, &mut frame, timeout).await?;
+                }
+                continue;
+            }
+            self.write(stream, &batch, &mut frame, timeout).await?;
+        }
+    }
+
+    async fn write(
+        &self,
+        stream: &mut TcpStream,
+        batch: &RaftBatch,
+        frame: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> std::io::Result<()> {
+        frame.clear();
+        encode_frame(batch, frame);
+        tokio::time::timeout(timeout, stream.write_all(frame))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
+        TcpStats::add(&self.stats.frames_sent, 1);
+        TcpStats::add(&self.stats.envelopes_sent, batch.envelopes.len() as u64);
+        Ok(())
+    }
+}
+
+/// The receiving side: accepts connections and hands every envelope to `deliver`.
+pub struct TcpServer {
+    local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpServer {
+    /// Listens on `addr` and serves until dropped. Call inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr, config: TcpConfig, deliver: Deliver, stats: Arc<TcpStats>) -> Result<Self> {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        let local_addr = listener.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?;
+        let config = Arc::new(config);
+        let slots = Arc::new(Semaphore::new(config.max_inbound_connections));
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many inbound connections; refusing one");
+                    continue;
+                };
+                let (config, deliver, stats) = (config.clone(), deliver.clone(), stats.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, &config, &deliver, &stats).await {
+                        tracing::warn!(%peer, error = %e, "closing connection");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(TcpServer { local_addr, task })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why an inbound connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nothing received for {0:?}")]
+    Idle(Duration),
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    config: &TcpConfig,
+    deliver: &Deliver,
+    stats: &TcpStats,
+) -> std::result::Result<(), ConnectionError> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        loop {
+            match decode_frame(&buf, config.max_frame_bytes) {
+                Ok(Some((batch, used))) => {
+                    buf.advance(used);
+                    TcpStats::add(&stats.frames_received, 1);
+                    for env in batch.envelopes {
+                        deliver(env);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    TcpStats::add(&stats.frames_rejected, 1);
+                    return Err(e.into());
+                }
+            }
+        }
+        let idle = Duration::from_millis(config.idle_timeout_ms);
+        match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Ok(()), // closed by the sender
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(ConnectionError::Idle(idle)),
+        }
+    }
+}
+
+/// A node serving Raft over TCP: the store's runtime, its transport and its listener.
+pub struct TcpNode {
+    /// The store's runtime.
+    pub node: Node,
+    /// The listener; dropping it stops accepting.
+    pub server: TcpServer,
+    /// Counters of both directions.
+    pub stats: Arc<TcpStats>,
+}
+
+impl TcpNode {
+    /// Starts `store` with a TCP transport that finds peers in `book`, listening on `listen`
+    /// (its actual address is recorded in `book`). Call inside a tokio runtime.
+    pub async fn start<E: Engine>(
+        store: Store<E>,
+        raft: &RaftConfig,
+        tcp: TcpConfig,
+        listen: SocketAddr,
+        book: AddressBook,
+    ) -> Result<TcpNode> {
+        tcp.validate(raft.max_msg_bytes)?;
+        let node_id = store.node_id();
+        let stats = Arc::new(TcpStats::default());
+        let transport = TcpTransport::new(node_id, tcp.clone(), book.clone(), stats.clone());
+        let node = Node::spawn(store, transport, raft);
+        let handle = node.handle();
+        let deliver: Deliver = Arc::new(move |env| handle.deliver(env));
+        let server = match TcpServer::bind(listen, tcp, deliver, stats.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                node.kill();
+                return Err(e);
+            }
+        };
+        book.set(node_id, server.local_addr());
+        Ok(TcpNode { node, server, stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(i: u64) -> RaftEnvelope {
+        RaftEnvelope { shard_id: i, from_node: 1, to_node: 2, ..RaftEnvelope::default() }
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let batch = RaftBatch { envelopes: (0..5).map(envelope).collect() };
+        let mut buf = Vec::new();
+        encode_frame(&batch, &mut buf);
+        encode_frame(&batch, &mut buf);
+        let one = buf.len() / 2;
+        for cut in 0..one {
+            assert_eq!(decode_frame(&buf[..cut], 1 << 20), Ok(None), "cut {cut}");
+        }
+        let (got, used) = decode_frame(&buf, 1 << 20).expect("decodes").expect("complete");
+        assert_eq!((got, used), (batch.clone(), one));
+        assert_eq!(decode_frame(&buf[one..], 1 << 20).expect("decodes").map(|x| x.0), Some(batch));
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let mut buf = Vec::new();
+        encode_frame(&RaftBatch { envelopes: vec![envelope(7)] }, &mut buf);
+        let last = buf.len() - 1;
+        buf[last] ^= 0x40;
+        assert!(matches!(decode_frame(&buf, 1 << 20), Err(FrameError::BadCrc { .. })));
+        let huge = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        assert!(matches!(decode_frame(&huge, 1 << 20), Err(FrameError::Oversize { len_bytes: 0xffff_ffff, .. })));
+        // A valid crc over bytes that are not a RaftBatch.
+        let body = [0x0a, 0xff, 0xff, 0xff];
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        frame.extend_from_slice(&body);
+        assert!(matches!(decode_frame(&frame, 1 << 20), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn config_validation_names_the_setting() {
+        TcpConfig::default().validate(1024 * 1024).expect("defaults valid");
+        let err = TcpConfig { max_frame_bytes: 1024, ..TcpConfig::default() }.validate(1024 * 1024).expect_err("bad");
+        assert!(err.to_string().contains("max-frame-bytes"), "{err}");
+    }
+}
