@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/presage/target
 CARGO ?= ./scripts/cargo.sh
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup build test demo bench fmt lint doc
+.PHONY: setup build test demo bench fmt lint doc fuzz
 
 setup:
 	@./scripts/setup.sh
@@ -30,6 +30,14 @@ demo: setup
 bench: setup
 	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage-bench
 	"$(CARGO_TARGET_DIR)/release/presage-bench" engine --json target-bench-engine.json
+
+# Fuzz the TCP frame decoder for FUZZ_SECONDS (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
+# own target folder, since fuzzing flags differ from every other build).
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd replication/fuzz && RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run --sanitizer none \
+		--target-dir $(HOME)/.cache/presage/fuzz-target frame_decoder -- -max_total_time=$(FUZZ_SECONDS)
 
 fmt:
 	$(CARGO) fmt --all

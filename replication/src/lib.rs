@@ -37,4 +37,4 @@ pub use peer::{ReadRequest, ReadResponse};
 pub use store::{ShardStatus, Store, StoreSummary};
 pub use tcp::{AddressBook, TcpConfig, TcpNode, TcpServer, TcpStats, TcpTransport};
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};
-pub use wire::{Epoch, Op, RaftEnvelope, Replica, ShardDescriptor};
+pub use wire::{Epoch, Op, RaftEnvelope, Replica, ShardDescriptor, Split};

@@ -12,13 +12,14 @@ use crate::error::{Error, Result};
 use crate::peer::{ReadRequest, ReadResponse};
 use crate::store::{ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
-use crate::wire::{Epoch, Op, RaftEnvelope};
+use crate::wire::{Epoch, Op, RaftEnvelope, Split};
 
 enum NodeMsg {
     Raft(Box<RaftEnvelope>),
     Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, reply: oneshot::Sender<Result<()>> },
     Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
     ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
+    Split { shard_id: u64, epoch: Epoch, split: Split, reply: oneshot::Sender<Result<()>> },
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
@@ -119,6 +120,9 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::ConfChange { shard_id, cc, reply } => {
             store.propose_conf_change(shard_id, cc, Box::new(move |r| drop(reply.send(r))));
         }
+        NodeMsg::Split { shard_id, epoch, split, reply } => {
+            store.propose_split(shard_id, epoch, split, Box::new(move |r| drop(reply.send(r))));
+        }
         NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
@@ -165,6 +169,13 @@ impl NodeHandle {
     /// Proposes a membership change of `shard_id` (this node must lead it).
     pub async fn change_membership(&self, shard_id: u64, cc: ConfChangeV2) -> Result<()> {
         self.ask(|reply| NodeMsg::ConfChange { shard_id, cc, reply }).await?
+    }
+
+    /// Splits `shard_id` (this node must lead it) at `split_key`; the right part becomes
+    /// shard `new_shard_id`. Answers once the split is applied here.
+    pub async fn split(&self, shard_id: u64, epoch: Epoch, split_key: Vec<u8>, new_shard_id: u64) -> Result<()> {
+        let split = Split { split_key, new_shard_id };
+        self.ask(|reply| NodeMsg::Split { shard_id, epoch, split, reply }).await?
     }
 
     /// Asks this node, the leader of `shard_id`, to hand leadership to `to`.

@@ -11,7 +11,7 @@ use raft::{RawNode, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::storage::PeerStorage;
-use crate::wire::{self, op, Command, Epoch, Op, Replica, ShardDescriptor};
+use crate::wire::{self, op, Command, Epoch, Op, Replica, ShardDescriptor, Split};
 
 /// Called with the outcome of a write once it is applied (or failed).
 pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -86,7 +86,16 @@ pub struct Peer<E: Engine> {
     pub(crate) idle_ticks: u64,
     /// Ticks since this replica was created or last woke from quiescence.
     pub(crate) awake_ticks: u64,
+    /// Shards this replica's splits created, in the batch being applied; the store starts
+    /// them once the batch is written.
+    pub(crate) split_created: Vec<PeerStorage<E>>,
+    /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
+    /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
+    siblings: VecDeque<ShardDescriptor>,
 }
+
+/// Split-off shards a replica remembers for `EpochNotMatch` answers.
+pub const MAX_SPLIT_SIBLINGS: usize = 4;
 
 impl<E: Engine> Peer<E> {
     /// A replica over `storage`.
@@ -109,6 +118,8 @@ impl<E: Engine> Peer<E> {
             quiescent: false,
             idle_ticks: 0,
             awake_ticks: 0,
+            split_created: Vec::new(),
+            siblings: VecDeque::new(),
         })
     }
 
@@ -200,7 +211,7 @@ impl<E: Engine> Peer<E> {
     }
 
     fn epoch_error(&self) -> Error {
-        Error::EpochNotMatch { shard_id: self.shard_id(), current: vec![self.descriptor().clone()] }
+        self_epoch_error(self.descriptor(), &self.siblings)
     }
 
     /// Checks that a request routed with `epoch` and touching `keys` may run here now.
@@ -220,7 +231,41 @@ impl<E: Engine> Peer<E> {
         if let Err(e) = self.check_epoch(epoch, ops.iter().flat_map(op_keys)) {
             return cb(Err(e));
         }
-        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops };
+        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, split: None };
+        self.propose_command(cmd, cb);
+    }
+
+    /// Proposes splitting the shard at `split_key`, the right part becoming `new_shard_id`.
+    pub fn propose_split(&mut self, epoch: Epoch, split: Split, cb: WriteCallback) {
+        if !self.is_leader() {
+            return cb(Err(self.not_leader()));
+        }
+        if let Err(e) = self.check_split(epoch, &split) {
+            return cb(Err(e));
+        }
+        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops: Vec::new(), split: Some(split) };
+        self.propose_command(cmd, cb);
+    }
+
+    /// A split is valid when routed with the current epoch, its key lies strictly inside the
+    /// shard and the new id differs from this shard's.
+    fn check_split(&self, epoch: Epoch, split: &Split) -> Result<()> {
+        self.check_epoch(epoch, std::iter::once(split.split_key.as_slice()))?;
+        let desc = self.descriptor();
+        let bad = |reason: &str| Err(Error::Config(format!("shard {}: cannot split: {reason}", desc.id)));
+        if split.split_key == desc.start {
+            return bad("the split key is the shard's first key");
+        }
+        if split.split_key.len() > presage_engine::MAX_KEY_BYTES {
+            return bad("the split key is too long");
+        }
+        if split.new_shard_id == desc.id {
+            return bad("the new shard needs another id");
+        }
+        Ok(())
+    }
+
+    fn propose_command(&mut self, cmd: Command, cb: WriteCallback) {
         let before = self.raw.raft.raft_log.last_index();
         if let Err(e) = self.raw.propose(Vec::new(), wire::encode(&cmd)) {
             let reason = match e {
@@ -312,7 +357,16 @@ impl<E: Engine> Peer<E> {
         let mut waiting = VecDeque::with_capacity(self.reads.len());
         for r in self.reads.drain(..) {
             if r.index.is_some_and(|i| i <= applied) {
-                let result = execute_read(&engine, &desc, &r.request);
+                let start = match &r.request {
+                    ReadRequest::Get(k) => k.as_slice(),
+                    ReadRequest::Scan { range, .. } => range.start(),
+                };
+                // A split may have moved the key out while the read waited.
+                let result = if desc.contains(start) {
+                    execute_read(&engine, &desc, &r.request)
+                } else {
+                    Err(self_epoch_error(&desc, &self.siblings))
+                };
                 let cb = r.cb;
                 done.push(Box::new(move || cb(result)));
             } else {
@@ -393,6 +447,9 @@ impl<E: Engine> Peer<E> {
     /// log position, so all agree whether it takes effect.
     fn apply_command(&mut self, cmd: Command, wb: &mut WriteBatch) -> Result<()> {
         let epoch = cmd.epoch.unwrap_or_default();
+        if let Some(split) = cmd.split {
+            return self.apply_split(epoch, split, wb);
+        }
         self.check_epoch(epoch, cmd.ops.iter().flat_map(op_keys))?;
         let shard = self.descriptor().range()?;
         for op in cmd.ops {
@@ -417,6 +474,32 @@ impl<E: Engine> Peer<E> {
                 None => {}
             }
         }
+        Ok(())
+    }
+
+    /// Applies a split: this shard keeps the left part, a new shard starts on the right part
+    /// with the same replicas and an initial Raft state, all in `wb` with the apply index.
+    fn apply_split(&mut self, epoch: Epoch, split: Split, wb: &mut WriteBatch) -> Result<()> {
+        self.check_split(epoch, &split)?;
+        let mut left = self.descriptor().clone();
+        let mut new_epoch = left.epoch();
+        new_epoch.version += 1;
+        let right = ShardDescriptor {
+            id: split.new_shard_id,
+            start: split.split_key.clone(),
+            end: left.end.take(),
+            epoch: Some(new_epoch),
+            replicas: left.replicas.clone(),
+        };
+        left.end = Some(split.split_key);
+        left.epoch = Some(new_epoch);
+        debug_assert!(left.range().is_ok() && right.range().is_ok(), "both halves are valid ranges");
+        tracing::info!(shard = left.id, new_shard = right.id, version = new_epoch.version, "shard split");
+        let engine = self.raw.store().engine().clone();
+        self.siblings.push_front(right.clone());
+        self.siblings.truncate(MAX_SPLIT_SIBLINGS);
+        self.split_created.push(PeerStorage::initial(engine, right, wb));
+        self.raw.mut_store().set_descriptor(left, wb);
         Ok(())
     }
 
@@ -472,4 +555,10 @@ fn execute_read<R: Reader>(engine: &R, desc: &ShardDescriptor, request: &ReadReq
             Ok(ReadResponse::Pairs { pairs: page.pairs, more: page.more })
         }
     }
+}
+
+fn self_epoch_error(desc: &ShardDescriptor, siblings: &VecDeque<ShardDescriptor>) -> Error {
+    let mut current = vec![desc.clone()];
+    current.extend(siblings.iter().cloned());
+    Error::EpochNotMatch { shard_id: desc.id, current }
 }

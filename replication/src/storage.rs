@@ -198,6 +198,13 @@ impl<E: Engine> PeerStorage<E> {
         self.write_descriptor(wb);
     }
 
+    /// Records a new descriptor (a split narrowed the range).
+    pub fn set_descriptor(&mut self, descriptor: ShardDescriptor, wb: &mut WriteBatch) {
+        debug_assert_eq!(descriptor.id, self.shard_id, "a replica keeps its shard id");
+        self.descriptor = descriptor;
+        self.write_descriptor(wb);
+    }
+
     /// Drops log entries up to and including `index` (at most the applied index).
     pub fn compact_to(&mut self, index: u64, wb: &mut WriteBatch) -> Result<()> {
         let index = index.min(self.apply_state.applied_index);

@@ -24,7 +24,7 @@ use crate::keys;
 use crate::peer::{Completions, Peer, ReadCallback, ReadRequest, WriteCallback};
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
-use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
+use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData, Split};
 
 /// A replica's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,7 +486,23 @@ impl<E: Engine> Store<E> {
                 return None;
             }
         }
-        (creating && desc.id == shard_id && desc.replicas.iter().any(|r| r.node_id == self.node_id)).then_some(desc)
+        if !(creating && desc.id == shard_id && desc.replicas.iter().any(|r| r.node_id == self.node_id)) {
+            return None;
+        }
+        // A range still held here by another replica (typically the parent of a split this
+        // node has not applied yet) must not be taken over: that replica would keep writing
+        // older data into it. The split, or a snapshot of the parent, creates it later.
+        if let Some(p) = self.peers.values().find(|p| p.raw.store().is_initialized() && p.descriptor().overlaps(&desc))
+        {
+            tracing::debug!(
+                node = self.node_id,
+                shard = shard_id,
+                overlapping = p.shard_id(),
+                "not creating an overlapping replica yet"
+            );
+            return None;
+        }
+        Some(desc)
     }
 
     /// Proposes a write to `shard_id`.
@@ -494,6 +510,23 @@ impl<E: Engine> Store<E> {
         self.wake(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.propose(epoch, ops, cb),
+            None => cb(Err(Error::ShardNotFound { shard_id })),
+        }
+    }
+
+    /// Proposes splitting `shard_id` (see [`Split`]); `cb` runs once the split is applied on
+    /// this node, the new shard's replica here started.
+    pub fn propose_split(&mut self, shard_id: u64, epoch: Epoch, split: Split, cb: WriteCallback) {
+        self.wake(shard_id);
+        let known = self.peers.contains_key(&split.new_shard_id)
+            || matches!(self.engine.get(Cf::Meta, &keys::tombstone_key(split.new_shard_id)), Ok(Some(_)));
+        if known {
+            let e =
+                Error::Config(format!("shard id {} is already in use on node {}", split.new_shard_id, self.node_id));
+            return cb(Err(e));
+        }
+        match self.peers.get_mut(&shard_id) {
+            Some(peer) => peer.propose_split(epoch, split, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
         }
     }
@@ -655,6 +688,7 @@ impl<E: Engine> Store<E> {
         if !apply_wb.is_empty() {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
+        self.start_split_shards(&visit)?;
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
                 peer.serve_reads(&mut done);
@@ -668,6 +702,42 @@ impl<E: Engine> Store<E> {
         self.pump_snapshots(&mut out)?;
         out.append(&mut self.pending_out);
         Ok(out)
+    }
+
+    /// Starts the replicas of shards that splits created (their state is written by now).
+    /// The new shard's replica on the parent's leader campaigns at once.
+    fn start_split_shards(&mut self, visited: &[u64]) -> Result<()> {
+        for parent_id in visited {
+            let Some(parent) = self.peers.get_mut(parent_id) else { continue };
+            if parent.split_created.is_empty() {
+                continue;
+            }
+            let created = std::mem::take(&mut parent.split_created);
+            let lead = parent.is_leader();
+            for storage in created {
+                let id = storage.shard_id();
+                if let Some(existing) = self.peers.get(&id) {
+                    if existing.raw.store().is_initialized() {
+                        // Ids are unique in a cluster; this is a bug elsewhere. The state written
+                        // by the split is the same one an initial replica has, so keep running.
+                        tracing::error!(
+                            node = self.node_id,
+                            shard = id,
+                            parent = parent_id,
+                            "split created a shard id already in use here"
+                        );
+                        continue;
+                    }
+                }
+                let mut peer = Peer::new(self.node_id, storage, &self.config)?;
+                if lead {
+                    peer.raw.campaign()?;
+                }
+                self.peers.insert(id, peer);
+                self.active.insert(id);
+            }
+        }
+        Ok(())
     }
 
     /// Destroys the replicas whose removal from their shard was applied.

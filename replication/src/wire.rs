@@ -93,6 +93,13 @@ impl ShardDescriptor {
         self.epoch.unwrap_or_default()
     }
 
+    /// Do the two shards' key ranges intersect?
+    pub fn overlaps(&self, other: &ShardDescriptor) -> bool {
+        let starts_before_other_ends = other.end.as_deref().is_none_or(|e| self.start.as_slice() < e);
+        let other_starts_before_end = self.end.as_deref().is_none_or(|e| other.start.as_slice() < e);
+        starts_before_other_ends && other_starts_before_end
+    }
+
     /// Raft voter and learner ids.
     pub fn conf_state(&self) -> eraftpb::ConfState {
         let voters = self.replicas.iter().filter(|r| r.is_voter()).map(|r| r.node_id);
@@ -185,6 +192,22 @@ pub struct Command {
     /// The writes.
     #[prost(message, repeated, tag = "3")]
     pub ops: Vec<Op>,
+    /// An admin command instead of writes: split the shard.
+    #[prost(message, optional, tag = "4")]
+    pub split: Option<Split>,
+}
+
+/// Split a shard at `split_key`: it keeps `[start, split_key)`, a new shard `new_shard_id`
+/// takes `[split_key, end)` with the same replicas, and both get epoch version + 1. The data
+/// stays where it is (data keys are not prefixed by shard), so a split is a metadata change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Split {
+    /// First key of the new right-hand shard; strictly inside the shard.
+    #[prost(bytes = "vec", tag = "1")]
+    pub split_key: Vec<u8>,
+    /// Id of the new shard, unique in the cluster (the shard manager allocates it).
+    #[prost(uint64, tag = "2")]
+    pub new_shard_id: u64,
 }
 
 /// Persistent Raft state of a replica besides its log.

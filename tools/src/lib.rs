@@ -3,8 +3,11 @@
 //!
 //! - [`demo`]: `presage demo`, the walkthrough `make demo` runs.
 //! - [`engine_bench`]: `presage-bench engine`, storage-engine figures with side-by-side baselines.
+//! - [`replication_bench`]: `presage-bench replication` and `idle`: replicated writes against
+//!   the raw engine, and the CPU of idle shards with quiescence on and off.
 //! - [`datagen`]: deterministic keys and values shared by both.
 
 pub mod datagen;
 pub mod demo;
 pub mod engine_bench;
+pub mod replication_bench;

@@ -10,6 +10,16 @@ use presage_replication::tcp::{decode_frame, encode_frame};
 const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
+    // The first byte picks the mode: odd wraps the rest in a header with the right length and
+    // crc, so the fuzzer also reaches the protobuf decoder behind the checksum.
+    let Some((&mode, data)) = data.split_first() else { return };
+    let framed;
+    let data = if mode & 1 == 1 {
+        framed = [&(data.len() as u32).to_be_bytes()[..], &crc32fast::hash(data).to_be_bytes()[..], data].concat();
+        &framed[..]
+    } else {
+        data
+    };
     let mut rest = data;
     while let Ok(Some((batch, used))) = decode_frame(rest, MAX_FRAME_BYTES) {
         assert!(used >= 8 && used <= rest.len(), "consumed {used} of {}", rest.len());
