@@ -26,10 +26,12 @@ demo: setup
 	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage
 	"$(CARGO_TARGET_DIR)/release/presage" demo
 
-# Storage-engine figures with side-by-side baselines (see README "Benchmarks").
+# Engine, replication and idle-shard figures with side-by-side baselines (README "Benchmarks").
 bench: setup
 	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage-bench
 	"$(CARGO_TARGET_DIR)/release/presage-bench" engine --json target-bench-engine.json
+	"$(CARGO_TARGET_DIR)/release/presage-bench" replication --json target-bench-replication.json
+	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
 
 # Fuzz the TCP frame decoder for FUZZ_SECONDS (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
 # own target folder, since fuzzing flags differ from every other build).

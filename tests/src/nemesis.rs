@@ -1,6 +1,7 @@
 //! A seeded nemesis run: clients put, delete and get a few keys on a cluster while a nemesis
 //! partitions and isolates nodes, drops and delays messages, kills and restarts nodes and
-//! moves the leader. Afterwards the network heals, every node comes back, the replicas must
+//! moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
+//! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node comes back, the replicas must
 //! converge, and the whole history - final reads included, so a lost acknowledged write
 //! shows - must be linearizable.
 
@@ -49,6 +50,8 @@ pub struct NemesisReport {
     pub unknown_writes: usize,
     /// Faults the nemesis injected, in order.
     pub faults: Vec<String>,
+    /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
+    pub sleeping_leaders_failed: usize,
 }
 
 /// Raft settings of nemesis runs: a short log (compacted past 200 entries) and small
@@ -101,11 +104,22 @@ async fn client_op(node: &NodeHandle, op: &KvOp, key: &[u8]) -> (Result<Option<R
     (result, hint)
 }
 
-async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+/// Flags the nemesis raises for the clients.
+struct Control {
+    stop: AtomicBool,
+    /// Clients send nothing while set (the group may go to sleep).
+    quiet: AtomicBool,
+}
+
+async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>, ctl: Arc<Control>) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (id << 32) ^ 0xc11e);
     let mut leader: Option<u64> = None;
     let mut n = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    while !ctl.stop.load(Ordering::SeqCst) {
+        if ctl.quiet.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         let key = format!("key{}", rng.random_range(0..cfg.keys)).into_bytes();
         let roll = rng.random_range(0..10);
         let op = if roll < 5 {
@@ -159,11 +173,11 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let mut cluster = Cluster::start_with(cfg.nodes, seed, nemesis_raft_config());
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x4e3e);
     let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
-    let stop = Arc::new(AtomicBool::new(false));
+    let ctl = Arc::new(Control { stop: AtomicBool::new(false), quiet: AtomicBool::new(false) });
     let mut report = NemesisReport::default();
 
     let clients: Vec<_> = (1..=cfg.clients)
-        .map(|id| tokio::spawn(client(id, cfg.clone(), cluster.directory(), Arc::clone(&rec), Arc::clone(&stop))))
+        .map(|id| tokio::spawn(client(id, cfg.clone(), cluster.directory(), Arc::clone(&rec), Arc::clone(&ctl))))
         .collect();
 
     let majority = cfg.nodes / 2 + 1;
@@ -174,7 +188,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         let all = cluster.all();
         let live = cluster.live();
         let dead: Vec<u64> = all.iter().copied().filter(|n| !live.contains(n)).collect();
-        let fault = match rng.random_range(0..9) {
+        let fault = match rng.random_range(0..10) {
             0 => {
                 let mut a: Vec<u64> = all.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
                 if a.is_empty() || a.len() == all.len() {
@@ -226,6 +240,30 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                     None => "transfer leader: no leader".to_string(),
                 }
             }
+            8 => {
+                // Quiet: no requests until the group had time to sleep, then fail its leader.
+                ctl.quiet.store(true, Ordering::SeqCst);
+                let idle_ticks = cluster.config.quiesce_after_ticks + rng.random_range(0..20);
+                tokio::time::sleep(Duration::from_millis(cluster.config.tick_interval_ms * idle_ticks)).await;
+                if let Some(h) = cluster.leader().await.and_then(|l| cluster.handle(l)) {
+                    if h.summary().await.is_ok_and(|s| s.quiescent == s.replicas) {
+                        report.sleeping_leaders_failed += 1;
+                    }
+                }
+                let what = match cluster.leader().await {
+                    Some(l) if rng.random_bool(0.5) && live.len() as u64 > majority => {
+                        cluster.kill(l);
+                        format!("kill sleeping leader {l}")
+                    }
+                    Some(l) => {
+                        active_filters.push(cluster.net.add_filter(Filter::Isolate(l)));
+                        format!("isolate sleeping leader {l}")
+                    }
+                    None => "no leader to fail".to_string(),
+                };
+                ctl.quiet.store(false, Ordering::SeqCst);
+                format!("quiet {idle_ticks} ticks, {what}")
+            }
             _ => {
                 for id in active_filters.drain(..) {
                     cluster.net.remove_filter(id);
@@ -247,7 +285,8 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
             cluster.restart(n);
         }
     }
-    stop.store(true, Ordering::SeqCst);
+    ctl.quiet.store(false, Ordering::SeqCst);
+    ctl.stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.map_err(|e| fail(format!("client task failed: {e}")))?;
     }

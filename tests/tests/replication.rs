@@ -166,7 +166,7 @@ async fn restarted_follower_recovers_from_disk_and_catches_up() {
 fn nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let mut totals = (0usize, 0usize, 0usize);
+    let mut totals = (0usize, 0usize, 0usize, 0usize);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -177,11 +177,15 @@ fn nemesis_histories_are_linearizable() {
         totals.0 += report.ops;
         totals.1 += report.acknowledged_writes;
         totals.2 += report.unknown_writes;
+        totals.3 += report.sleeping_leaders_failed;
     }
     eprintln!(
-        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown",
-        totals.0, totals.1, totals.2
+        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {} sleeping leaders failed",
+        totals.0, totals.1, totals.2, totals.3
     );
+    if count >= 20 {
+        assert!(totals.3 > 0, "no quiet phase ever caught a sleeping leader: quiescence is not exercised");
+    }
 }
 
 /// §7 (log compaction, InstallSnapshot): a follower that misses more than the leader's

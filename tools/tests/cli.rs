@@ -74,3 +74,51 @@ fn engine_bench_reports_every_figure_with_baselines() {
     assert!(incomp < 1.5 && comp > 2.0 * incomp, "random values do not compress: {incomp} vs {comp}");
     assert_eq!(report["options"]["keys"], 3000);
 }
+
+fn run_bench_json(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("bench.json");
+    let out = bench()
+        .args(args)
+        .arg("--work-dir")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run presage-bench");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid json")
+}
+
+#[test]
+fn replication_bench_pairs_each_figure_with_the_raw_engine() {
+    let report = run_bench_json(&["replication", "--writes", "40", "--clients", "1,4", "--value-bytes", "32"]);
+    let figures = report["figures"].as_array().expect("figures");
+    assert_eq!(figures.len(), 4, "{figures:?}");
+    for pair in figures.chunks(2) {
+        assert_eq!(pair[0]["name"], "raw engine put (sync)");
+        assert_eq!(pair[1]["name"], "replicated put (3 replicas, sync)");
+        assert_eq!(pair[1]["baseline"], "raw engine put (sync)");
+        assert_eq!(pair[0]["clients"], pair[1]["clients"]);
+        assert!(pair[1]["ratio_to_baseline"].as_f64().expect("ratio") > 0.0);
+        assert!(pair[1]["p99_us"].as_u64().expect("p99") >= pair[1]["p50_us"].as_u64().expect("p50"));
+    }
+}
+
+#[test]
+fn idle_bench_puts_every_group_to_sleep() {
+    let report = run_bench_json(&["idle", "--shards", "20", "--seconds", "1"]);
+    let figures = report["figures"].as_array().expect("figures");
+    assert_eq!(figures[0]["name"], "quiescence off");
+    assert_eq!(figures[0]["quiescent_replicas"], 0);
+    assert_eq!(figures[1]["name"], "quiescence on");
+    assert_eq!(figures[1]["quiescent_replicas"], 60, "20 shards x 3 nodes asleep");
+    assert!(report["cpu_ratio"].as_f64().expect("ratio") >= 0.0);
+}
+
+#[test]
+fn bench_refuses_bad_arguments_clearly() {
+    let out = bench().args(["replication", "--clients", "0"]).output().expect("run presage-bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be positive"));
+}
