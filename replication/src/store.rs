@@ -274,7 +274,7 @@ impl<E: Engine> Store<E> {
         if self.active.len() == self.peers.len() {
             return;
         }
-        if self.ticks % self.config.heartbeat_ticks as u64 == 0 {
+        if self.ticks.is_multiple_of(self.config.heartbeat_ticks as u64) {
             let node_id = self.node_id;
             let targets = self.ping_targets.get_or_insert_with(|| {
                 let mut t = BTreeSet::new();
