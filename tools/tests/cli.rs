@@ -38,19 +38,8 @@ fn demo_refuses_bad_arguments_clearly() {
 
 #[test]
 fn engine_bench_reports_every_figure_with_baselines() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("bench.json");
-    let out = bench()
-        .args(["engine", "--keys", "3000", "--reads", "3000", "--sync-writes", "20", "--value-bytes", "64"])
-        .arg("--work-dir")
-        .arg(dir.path())
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run presage-bench");
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid json");
+    let report =
+        run_bench_json(&["engine", "--keys", "3000", "--reads", "3000", "--sync-writes", "20", "--value-bytes", "64"]);
     let figures = report["figures"].as_array().expect("figures");
     let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
     for want in [
