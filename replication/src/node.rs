@@ -4,22 +4,24 @@
 
 use presage_engine::Engine;
 use raft::eraftpb::ConfChangeV2;
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
-use crate::peer::{ReadRequest, ReadResponse};
+use crate::peer::{AdminCommand, ReadRequest, ReadResponse};
 use crate::store::{ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
-use crate::wire::{Epoch, Op, RaftEnvelope, Split};
+use crate::wire::{Epoch, Op, RaftEnvelope, ShardDescriptor, Split};
 
 enum NodeMsg {
     Raft(Box<RaftEnvelope>),
     Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, reply: oneshot::Sender<Result<()>> },
     Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
     ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
-    Split { shard_id: u64, epoch: Epoch, split: Split, reply: oneshot::Sender<Result<()>> },
+    Admin { shard_id: u64, epoch: Epoch, admin: AdminCommand, reply: oneshot::Sender<Result<()>> },
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
@@ -120,8 +122,8 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::ConfChange { shard_id, cc, reply } => {
             store.propose_conf_change(shard_id, cc, Box::new(move |r| drop(reply.send(r))));
         }
-        NodeMsg::Split { shard_id, epoch, split, reply } => {
-            store.propose_split(shard_id, epoch, split, Box::new(move |r| drop(reply.send(r))));
+        NodeMsg::Admin { shard_id, epoch, admin, reply } => {
+            store.propose_admin(shard_id, epoch, admin, Box::new(move |r| drop(reply.send(r))));
         }
         NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
@@ -174,8 +176,65 @@ impl NodeHandle {
     /// Splits `shard_id` (this node must lead it) at `split_key`; the right part becomes
     /// shard `new_shard_id`. Answers once the split is applied here.
     pub async fn split(&self, shard_id: u64, epoch: Epoch, split_key: Vec<u8>, new_shard_id: u64) -> Result<()> {
-        let split = Split { split_key, new_shard_id };
-        self.ask(|reply| NodeMsg::Split { shard_id, epoch, split, reply }).await?
+        self.admin(shard_id, epoch, AdminCommand::Split(Split { split_key, new_shard_id })).await
+    }
+
+    /// Proposes an admin command to `shard_id` (this node must lead it); answers once it is
+    /// applied here.
+    pub async fn admin(&self, shard_id: u64, epoch: Epoch, admin: AdminCommand) -> Result<()> {
+        self.ask(|reply| NodeMsg::Admin { shard_id, epoch, admin, reply }).await?
+    }
+
+    /// Merges shard `source` into its neighbour `target` (this node must lead both; they
+    /// must have the same voters and no learners). Returns the target's new descriptor.
+    ///
+    /// 1. `PrepareMerge` freezes the source.
+    /// 2. Every source replica must report the freeze committed within `confirm_timeout`;
+    ///    otherwise the merge rolls back (`RollbackMerge`) and fails with `ProposalDropped`.
+    ///    This is what lets a replica that lags finish the merge on its own later: its source
+    ///    replica holds the committed freeze, so it applies it without a source leader.
+    /// 3. `CommitMerge` extends the target. If it certainly did not apply (a definite error),
+    ///    the source is unfrozen. If its outcome is unknown, the source stays frozen and the
+    ///    error is returned: calling `merge` again finishes the merge or, if the target changed
+    ///    meanwhile, rolls it back. One merge per source at a time.
+    pub async fn merge(&self, source: u64, target: u64, confirm_timeout: Duration) -> Result<ShardDescriptor> {
+        let (src, tgt) = (self.descriptor(source).await?, self.descriptor(target).await?);
+        let frozen = if src.merging_into == Some(target) {
+            src // resuming an unfinished merge
+        } else {
+            self.admin(source, src.epoch(), AdminCommand::PrepareMerge(tgt.clone())).await?;
+            self.descriptor(source).await?
+        };
+        let deadline = tokio::time::Instant::now() + confirm_timeout;
+        loop {
+            let s = self.status(source).await?.ok_or(Error::ShardNotFound { shard_id: source })?;
+            if s.replicas_committed.is_some_and(|c| c >= s.applied) {
+                break;
+            }
+            if s.leader != Some(self.node_id) {
+                return Err(Error::NotLeader { shard_id: source, leader: s.leader });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(source, target, "a source replica did not confirm the freeze; rolling back");
+                self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
+                let reason = "a source replica did not confirm the freeze in time; merge rolled back";
+                return Err(Error::ProposalDropped { shard_id: source, reason });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match self.admin(target, tgt.epoch(), AdminCommand::CommitMerge(frozen.clone())).await {
+            Ok(()) => self.descriptor(target).await,
+            Err(e) if e.is_definite() => {
+                tracing::info!(source, target, error = %e, "merge did not commit; rolling back");
+                self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn descriptor(&self, shard_id: u64) -> Result<ShardDescriptor> {
+        self.status(shard_id).await?.map(|s| s.descriptor).ok_or(Error::ShardNotFound { shard_id })
     }
 
     /// Asks this node, the leader of `shard_id`, to hand leadership to `to`.

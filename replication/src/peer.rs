@@ -1,7 +1,7 @@
 //! `Peer`: one shard replica - a raft-rs `RawNode` on a [`PeerStorage`], the proposals and
 //! reads waiting on it, and the apply of committed entries into the engine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch};
 use prost::Message as _;
@@ -11,7 +11,7 @@ use raft::{RawNode, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::storage::PeerStorage;
-use crate::wire::{self, op, Command, Epoch, Op, Replica, ShardDescriptor, Split};
+use crate::wire::{self, op, Command, CommitMerge, Epoch, Op, PrepareMerge, Replica, ShardDescriptor, Split};
 
 /// Called with the outcome of a write once it is applied (or failed).
 pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -46,6 +46,19 @@ pub enum ReadResponse {
         /// More pairs follow in the range (within this shard).
         more: bool,
     },
+}
+
+/// A command that changes a shard's range or epoch rather than its data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminCommand {
+    /// Split at a key (see [`Split`]).
+    Split(Split),
+    /// Freeze this shard to merge it into the given adjacent shard (see [`PrepareMerge`]).
+    PrepareMerge(ShardDescriptor),
+    /// Take over the given frozen neighbour (see [`CommitMerge`]).
+    CommitMerge(ShardDescriptor),
+    /// Unfreeze this shard: its merge did not and will not commit.
+    RollbackMerge,
 }
 
 struct Proposal {
@@ -92,6 +105,13 @@ pub struct Peer<E: Engine> {
     /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
     /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
     siblings: VecDeque<ShardDescriptor>,
+    /// Committed entries not applied yet because a `CommitMerge` waits for this node's
+    /// source replica; at most one ready's worth, since the store takes no new ready from a
+    /// replica while this is not empty.
+    pub(crate) pending_apply: VecDeque<Entry>,
+    /// Source shards a `CommitMerge` in the batch being applied destroyed here; the store
+    /// drops their replicas once the batch is written.
+    pub(crate) merged_sources: Vec<u64>,
 }
 
 /// Split-off shards a replica remembers for `EpochNotMatch` answers.
@@ -120,6 +140,8 @@ impl<E: Engine> Peer<E> {
             awake_ticks: 0,
             split_created: Vec::new(),
             siblings: VecDeque::new(),
+            pending_apply: VecDeque::new(),
+            merged_sources: Vec::new(),
         })
     }
 
@@ -214,10 +236,11 @@ impl<E: Engine> Peer<E> {
         self_epoch_error(self.descriptor(), &self.siblings)
     }
 
-    /// Checks that a request routed with `epoch` and touching `keys` may run here now.
+    /// Checks that a request routed with `epoch` and touching `keys` may run here now (a
+    /// frozen shard serves nothing).
     fn check_epoch<'k>(&self, epoch: Epoch, mut keys: impl Iterator<Item = &'k [u8]>) -> Result<()> {
         let desc = self.descriptor();
-        if epoch.version != desc.epoch().version || !keys.all(|k| desc.contains(k)) {
+        if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !keys.all(|k| desc.contains(k)) {
             return Err(self.epoch_error());
         }
         Ok(())
@@ -231,20 +254,72 @@ impl<E: Engine> Peer<E> {
         if let Err(e) = self.check_epoch(epoch, ops.iter().flat_map(op_keys)) {
             return cb(Err(e));
         }
-        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, split: None };
+        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, ..Command::default() };
         self.propose_command(cmd, cb);
     }
 
-    /// Proposes splitting the shard at `split_key`, the right part becoming `new_shard_id`.
-    pub fn propose_split(&mut self, epoch: Epoch, split: Split, cb: WriteCallback) {
+    /// Proposes an admin command routed with `epoch`; `cb` runs once it is applied here.
+    pub fn propose_admin(&mut self, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
         if !self.is_leader() {
             return cb(Err(self.not_leader()));
         }
-        if let Err(e) = self.check_split(epoch, &split) {
+        if let Err(e) = self.check_admin(epoch, &admin) {
             return cb(Err(e));
         }
-        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops: Vec::new(), split: Some(split) };
+        if matches!(admin, AdminCommand::PrepareMerge(_)) && self.raw.raft.has_pending_conf() {
+            let e = Error::Config(format!("shard {}: cannot merge during a membership change", self.shard_id()));
+            return cb(Err(e));
+        }
+        let mut cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ..Command::default() };
+        match admin {
+            AdminCommand::Split(split) => cmd.split = Some(split),
+            AdminCommand::PrepareMerge(target) => cmd.prepare_merge = Some(PrepareMerge { target: Some(target) }),
+            AdminCommand::CommitMerge(source) => cmd.commit_merge = Some(CommitMerge { source: Some(source) }),
+            AdminCommand::RollbackMerge => cmd.rollback_merge = true,
+        }
         self.propose_command(cmd, cb);
+    }
+
+    /// Checks an admin command against this replica's state; the same checks run at propose
+    /// and, on every replica, at apply.
+    fn check_admin(&self, epoch: Epoch, admin: &AdminCommand) -> Result<()> {
+        let desc = self.descriptor();
+        let bad = |reason: String| Err(Error::Config(format!("shard {}: {reason}", desc.id)));
+        match admin {
+            AdminCommand::Split(split) => self.check_split(epoch, split),
+            AdminCommand::PrepareMerge(target) => {
+                self.check_epoch(epoch, std::iter::empty())?;
+                if target.id == desc.id || target.merging_into.is_some() {
+                    return bad(format!("cannot merge into shard {}", target.id));
+                }
+                if !adjacent(desc, target) {
+                    return bad(format!("shard {} is not adjacent", target.id));
+                }
+                if !same_voters_only(desc, target) {
+                    return bad(format!("shard {} has other replicas (or learners)", target.id));
+                }
+                Ok(())
+            }
+            AdminCommand::CommitMerge(source) => {
+                if epoch != desc.epoch() {
+                    return Err(self.epoch_error());
+                }
+                self.check_epoch(epoch, std::iter::empty())?;
+                if source.merging_into != Some(desc.id) {
+                    return bad(format!("shard {} is not frozen to merge into this one", source.id));
+                }
+                if !adjacent(desc, source) || !same_voters_only(desc, source) {
+                    return bad(format!("shard {} is not adjacent with the same voters", source.id));
+                }
+                Ok(())
+            }
+            AdminCommand::RollbackMerge => {
+                if desc.merging_into.is_none() || epoch.version != desc.epoch().version {
+                    return Err(self.epoch_error());
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A split is valid when routed with the current epoch, its key lies strictly inside the
@@ -283,6 +358,11 @@ impl<E: Engine> Peer<E> {
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2, cb: WriteCallback) {
         if !self.is_leader() {
             return cb(Err(self.not_leader()));
+        }
+        if self.descriptor().merging_into.is_some() || self.has_unapplied_prepare_merge() {
+            // The merge target checks the source's replicas as frozen: they must stay.
+            let e = Error::Config(format!("shard {}: no membership change while merging", self.shard_id()));
+            return cb(Err(e));
         }
         if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
             return cb(Err(Error::Raft(e.to_string())));
@@ -398,9 +478,49 @@ impl<E: Engine> Peer<E> {
         }
     }
 
-    /// Applies committed entries into `wb`; callbacks go to `done`.
-    pub(crate) fn apply(&mut self, entries: Vec<Entry>, wb: &mut WriteBatch, done: &mut Completions) -> Result<()> {
-        for entry in entries {
+    /// Is a `PrepareMerge` in the log past the applied index?
+    fn has_unapplied_prepare_merge(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        let Ok(entries) = log.entries(log.applied + 1, None, raft::GetEntriesContext::empty(false)) else {
+            return true; // cannot tell: be safe
+        };
+        entries.iter().any(|e| {
+            e.get_entry_type() == EntryType::EntryNormal
+                && !e.data.is_empty()
+                && wire::decode::<Command>("command", &e.data).map_or(true, |c| c.prepare_merge.is_some())
+        })
+    }
+
+    /// Must `entry` wait? A `CommitMerge` that would take effect waits until this node's
+    /// source replica applied the `PrepareMerge`: its descriptor then equals the frozen one
+    /// the command carries (`frozen` holds this node's frozen replicas' descriptors).
+    fn must_wait(&self, entry: &Entry, frozen: &BTreeMap<u64, ShardDescriptor>) -> bool {
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            return false;
+        }
+        let Ok(cmd) = wire::decode::<Command>("command", &entry.data) else { return false };
+        let Some(source) = cmd.commit_merge.and_then(|c| c.source) else { return false };
+        let epoch = cmd.epoch.unwrap_or_default();
+        self.check_admin(epoch, &AdminCommand::CommitMerge(source.clone())).is_ok()
+            && frozen.get(&source.id) != Some(&source)
+    }
+
+    /// Applies committed entries into `wb` (after any that waited); callbacks go to `done`.
+    /// Stops before a `CommitMerge` that must wait (see [`Peer::must_wait`]) and keeps the
+    /// rest in `pending_apply`.
+    pub(crate) fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        frozen: &BTreeMap<u64, ShardDescriptor>,
+        wb: &mut WriteBatch,
+        done: &mut Completions,
+    ) -> Result<()> {
+        self.pending_apply.extend(entries);
+        while let Some(entry) = self.pending_apply.pop_front() {
+            if self.must_wait(&entry, frozen) {
+                self.pending_apply.push_front(entry);
+                break;
+            }
             let (index, term) = (entry.index, entry.term);
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => Ok(()), // a new leader's no-op
@@ -450,6 +570,21 @@ impl<E: Engine> Peer<E> {
         if let Some(split) = cmd.split {
             return self.apply_split(epoch, split, wb);
         }
+        if let Some(target) = cmd.prepare_merge.and_then(|p| p.target) {
+            return self.apply_prepare_merge(epoch, target, wb);
+        }
+        if let Some(source) = cmd.commit_merge.and_then(|c| c.source) {
+            return self.apply_commit_merge(epoch, source, wb);
+        }
+        if cmd.rollback_merge {
+            self.check_admin(epoch, &AdminCommand::RollbackMerge)?;
+            let mut desc = self.descriptor().clone();
+            desc.merging_into = None;
+            desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
+            tracing::info!(shard = desc.id, "merge rolled back");
+            self.raw.mut_store().set_descriptor(desc, wb);
+            return Ok(());
+        }
         self.check_epoch(epoch, cmd.ops.iter().flat_map(op_keys))?;
         let shard = self.descriptor().range()?;
         for op in cmd.ops {
@@ -480,7 +615,7 @@ impl<E: Engine> Peer<E> {
     /// Applies a split: this shard keeps the left part, a new shard starts on the right part
     /// with the same replicas and an initial Raft state, all in `wb` with the apply index.
     fn apply_split(&mut self, epoch: Epoch, split: Split, wb: &mut WriteBatch) -> Result<()> {
-        self.check_split(epoch, &split)?;
+        self.check_admin(epoch, &AdminCommand::Split(split.clone()))?;
         let mut left = self.descriptor().clone();
         let mut new_epoch = left.epoch();
         new_epoch.version += 1;
@@ -490,6 +625,7 @@ impl<E: Engine> Peer<E> {
             end: left.end.take(),
             epoch: Some(new_epoch),
             replicas: left.replicas.clone(),
+            merging_into: None,
         };
         left.end = Some(split.split_key);
         left.epoch = Some(new_epoch);
@@ -500,6 +636,38 @@ impl<E: Engine> Peer<E> {
         self.siblings.truncate(MAX_SPLIT_SIBLINGS);
         self.split_created.push(PeerStorage::initial(engine, right, wb));
         self.raw.mut_store().set_descriptor(left, wb);
+        Ok(())
+    }
+
+    /// Freezes this shard for its merge into `target`.
+    fn apply_prepare_merge(&mut self, epoch: Epoch, target: ShardDescriptor, wb: &mut WriteBatch) -> Result<()> {
+        self.check_admin(epoch, &AdminCommand::PrepareMerge(target.clone()))?;
+        let mut desc = self.descriptor().clone();
+        desc.merging_into = Some(target.id);
+        desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
+        tracing::info!(shard = desc.id, target = target.id, "shard frozen to merge");
+        self.raw.mut_store().set_descriptor(desc, wb);
+        Ok(())
+    }
+
+    /// Takes the frozen `source` over: the range grows over it and its replica here is
+    /// destroyed, its data kept, in the same batch.
+    fn apply_commit_merge(&mut self, epoch: Epoch, source: ShardDescriptor, wb: &mut WriteBatch) -> Result<()> {
+        self.check_admin(epoch, &AdminCommand::CommitMerge(source.clone()))?;
+        let mut desc = self.descriptor().clone();
+        if source.end.as_deref() == Some(desc.start.as_slice()) {
+            desc.start = source.start.clone();
+        } else {
+            desc.end = source.end.clone();
+        }
+        let version = desc.epoch().version.max(source.epoch().version) + 1;
+        desc.epoch = Some(Epoch { version, ..desc.epoch() });
+        debug_assert!(desc.range().is_ok(), "a merged range is valid");
+        tracing::info!(shard = desc.id, source = source.id, version, "shards merged");
+        crate::storage::destroy_metadata(&source, wb);
+        self.siblings.retain(|s| s.id != source.id);
+        self.merged_sources.push(source.id);
+        self.raw.mut_store().set_descriptor(desc, wb);
         Ok(())
     }
 
@@ -561,4 +729,21 @@ fn self_epoch_error(desc: &ShardDescriptor, siblings: &VecDeque<ShardDescriptor>
     let mut current = vec![desc.clone()];
     current.extend(siblings.iter().cloned());
     Error::EpochNotMatch { shard_id: desc.id, current }
+}
+
+/// Do the two shards' ranges touch end to start?
+fn adjacent(a: &ShardDescriptor, b: &ShardDescriptor) -> bool {
+    a.end.as_deref() == Some(b.start.as_slice()) || b.end.as_deref() == Some(a.start.as_slice())
+}
+
+/// Same voters on both, and no learner on either.
+fn same_voters_only(a: &ShardDescriptor, b: &ShardDescriptor) -> bool {
+    let voters = |d: &ShardDescriptor| {
+        let mut v: Vec<u64> = d.replicas.iter().map(|r| r.node_id).collect();
+        v.sort_unstable();
+        (v, d.replicas.iter().all(Replica::is_voter))
+    };
+    let (va, all_a) = voters(a);
+    let (vb, all_b) = voters(b);
+    all_a && all_b && va == vb
 }

@@ -244,11 +244,7 @@ impl<E: Engine> PeerStorage<E> {
     /// Adds to `wb` the removal of every trace of this replica: log, states, descriptor and
     /// the shard's data on this node, leaving a tombstone at the current `conf_ver`.
     pub fn destroy(&self, wb: &mut WriteBatch) -> Result<()> {
-        wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, 0, u64::MAX));
-        wb.delete(Cf::Raft, keys::raft_state_key(self.shard_id));
-        wb.delete(Cf::Raft, keys::apply_state_key(self.shard_id));
-        wb.delete(Cf::Meta, keys::descriptor_key(self.shard_id));
-        wb.put(Cf::Meta, keys::tombstone_key(self.shard_id), self.descriptor.epoch().conf_ver.to_be_bytes().to_vec());
+        destroy_metadata(&self.descriptor, wb);
         wb.delete_range(Cf::Data, self.descriptor.range()?);
         Ok(())
     }
@@ -370,4 +366,15 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
         *self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generated);
         Ok(Snapshot { data: wire::encode(&data), metadata: Some(metadata) })
     }
+}
+
+/// Adds to `wb` the removal of a replica's log, states and descriptor, leaving a tombstone at
+/// its `conf_ver` so that no old message recreates it. Its data stays (a merge hands it on).
+pub(crate) fn destroy_metadata(descriptor: &ShardDescriptor, wb: &mut WriteBatch) {
+    let id = descriptor.id;
+    wb.delete_range(Cf::Raft, keys::log_range(id, 0, u64::MAX));
+    wb.delete(Cf::Raft, keys::raft_state_key(id));
+    wb.delete(Cf::Raft, keys::apply_state_key(id));
+    wb.delete(Cf::Meta, keys::descriptor_key(id));
+    wb.put(Cf::Meta, keys::tombstone_key(id), descriptor.epoch().conf_ver.to_be_bytes().to_vec());
 }

@@ -21,10 +21,10 @@ use raft::{SnapshotStatus, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::peer::{Completions, Peer, ReadCallback, ReadRequest, WriteCallback};
+use crate::peer::{AdminCommand, Completions, Peer, ReadCallback, ReadRequest, WriteCallback};
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
-use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData, Split};
+use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
 
 /// A replica's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct ShardStatus {
     pub last_index: u64,
     /// The group sleeps (see [`Store`] on quiescence).
     pub quiescent: bool,
+    /// On a leader: the lowest commit index its replicas (itself included) have reported.
+    pub replicas_committed: Option<u64>,
 }
 
 /// Counts over every replica of a node.
@@ -95,6 +97,9 @@ pub struct Store<E: Engine> {
     /// Nodes that share a sleeping group with this one (pinged every heartbeat interval);
     /// `None` when it must be recomputed.
     ping_targets: Option<Vec<u64>>,
+    /// Descriptors of this node's replicas frozen for a merge (a `CommitMerge` of their
+    /// target waits until its source appears here as it froze).
+    frozen: BTreeMap<u64, ShardDescriptor>,
 }
 
 impl<E: Engine> Store<E> {
@@ -116,6 +121,11 @@ impl<E: Engine> Store<E> {
         }
         tracing::info!(node = node_id, replicas = peers.len(), "store opened");
         let active = peers.keys().copied().collect();
+        let frozen = peers
+            .iter()
+            .filter(|(_, p)| p.descriptor().merging_into.is_some())
+            .map(|(id, p)| (*id, p.descriptor().clone()))
+            .collect();
         Ok(Store {
             node_id,
             engine,
@@ -130,6 +140,7 @@ impl<E: Engine> Store<E> {
             last_heard: HashMap::new(),
             silent: HashSet::new(),
             ping_targets: None,
+            frozen,
         })
     }
 
@@ -514,19 +525,23 @@ impl<E: Engine> Store<E> {
         }
     }
 
-    /// Proposes splitting `shard_id` (see [`Split`]); `cb` runs once the split is applied on
-    /// this node, the new shard's replica here started.
-    pub fn propose_split(&mut self, shard_id: u64, epoch: Epoch, split: Split, cb: WriteCallback) {
+    /// Proposes an admin command to `shard_id` (split, merge steps); `cb` runs once it is
+    /// applied on this node (for a split, with the new shard's replica here started).
+    pub fn propose_admin(&mut self, shard_id: u64, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
         self.wake(shard_id);
-        let known = self.peers.contains_key(&split.new_shard_id)
-            || matches!(self.engine.get(Cf::Meta, &keys::tombstone_key(split.new_shard_id)), Ok(Some(_)));
-        if known {
-            let e =
-                Error::Config(format!("shard id {} is already in use on node {}", split.new_shard_id, self.node_id));
-            return cb(Err(e));
+        if let AdminCommand::Split(split) = &admin {
+            let known = self.peers.contains_key(&split.new_shard_id)
+                || matches!(self.engine.get(Cf::Meta, &keys::tombstone_key(split.new_shard_id)), Ok(Some(_)));
+            if known {
+                let e = Error::Config(format!(
+                    "shard id {} is already in use on node {}",
+                    split.new_shard_id, self.node_id
+                ));
+                return cb(Err(e));
+            }
         }
         match self.peers.get_mut(&shard_id) {
-            Some(peer) => peer.propose_split(epoch, split, cb),
+            Some(peer) => peer.propose_admin(epoch, admin, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
         }
     }
@@ -595,6 +610,9 @@ impl<E: Engine> Store<E> {
             first_index: p.raw.store().first_log_index(),
             last_index: p.raw.store().last_log_index(),
             quiescent: p.quiescent,
+            replicas_committed: p
+                .is_leader()
+                .then(|| p.raw.raft.prs().iter().map(|(_, pr)| pr.committed_index).min().unwrap_or(0)),
         })
     }
 
@@ -617,9 +635,24 @@ impl<E: Engine> Store<E> {
         // Awake replicas, and sleeping ones a message reached this round.
         let visit: Vec<u64> = self.active.iter().chain(self.touched.iter()).copied().collect();
         self.touched.clear();
+        // Sources merged away this round: their replicas take no further part in it.
+        let mut merged_now: BTreeSet<u64> = BTreeSet::new();
         for shard_id in &visit {
+            if merged_now.contains(shard_id) {
+                continue;
+            }
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
             peer.issue_reads();
+            if !peer.pending_apply.is_empty() {
+                // Entries waiting behind a CommitMerge: retry them; take no new ready until
+                // they are through (this bounds what waits).
+                peer.apply(Vec::new(), &self.frozen, &mut raft_wb, &mut done)?;
+                merged_now.extend(peer.merged_sources.iter().copied());
+                if !peer.pending_apply.is_empty() {
+                    continue;
+                }
+                peer.raw.advance_apply_to(peer.raw.store().applied_index());
+            }
             if !peer.raw.has_ready() {
                 continue;
             }
@@ -649,7 +682,8 @@ impl<E: Engine> Store<E> {
                 sync = true;
             }
             peer.on_read_states(rd.take_read_states());
-            peer.apply(rd.take_committed_entries(), &mut raft_wb, &mut done)?;
+            peer.apply(rd.take_committed_entries(), &self.frozen, &mut raft_wb, &mut done)?;
+            merged_now.extend(peer.merged_sources.iter().copied());
             if !rd.entries().is_empty() {
                 peer.raw.mut_store().append(rd.entries(), &mut raft_wb);
                 sync = true;
@@ -666,6 +700,9 @@ impl<E: Engine> Store<E> {
 
         let mut apply_wb = WriteBatch::new();
         for (shard_id, mut rd) in readies {
+            if merged_now.contains(&shard_id) {
+                continue;
+            }
             let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
             let desc = peer.descriptor().clone();
             wrap(node_id, shard_id, &desc, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
@@ -674,8 +711,10 @@ impl<E: Engine> Store<E> {
                 peer.raw.mut_store().set_commit(commit, &mut apply_wb);
             }
             wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
-            peer.apply(light.take_committed_entries(), &mut apply_wb, &mut done)?;
-            peer.raw.advance_apply();
+            peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
+            merged_now.extend(peer.merged_sources.iter().copied());
+            // Entries waiting behind a CommitMerge are not applied: tell Raft what is.
+            peer.raw.advance_apply_to(peer.raw.store().applied_index());
             if peer.quiescent && peer.raw.has_ready() {
                 self.touched.insert(shard_id);
             }
@@ -689,6 +728,17 @@ impl<E: Engine> Store<E> {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
         self.start_split_shards(&visit)?;
+        self.drop_merged_sources(&visit, &mut done);
+        for shard_id in &visit {
+            match self.peers.get(shard_id) {
+                Some(p) if p.descriptor().merging_into.is_some() => {
+                    self.frozen.insert(*shard_id, p.descriptor().clone());
+                }
+                _ => {
+                    self.frozen.remove(shard_id);
+                }
+            }
+        }
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
                 peer.serve_reads(&mut done);
@@ -738,6 +788,24 @@ impl<E: Engine> Store<E> {
             }
         }
         Ok(())
+    }
+
+    /// Drops the replicas of sources merged away this round (their metadata was destroyed in
+    /// the target's apply batch; their data now belongs to the target).
+    fn drop_merged_sources(&mut self, visited: &[u64], done: &mut Completions) {
+        for target_id in visited {
+            let Some(target) = self.peers.get_mut(target_id) else { continue };
+            for source_id in std::mem::take(&mut target.merged_sources) {
+                let Some(mut source) = self.peers.remove(&source_id) else { continue };
+                source.fail_pending("shard merged into its neighbour", done);
+                self.active.remove(&source_id);
+                self.touched.remove(&source_id);
+                self.frozen.remove(&source_id);
+                self.outgoing.retain(|o| o.shard_id != source_id);
+                self.ping_targets = None;
+                tracing::info!(node = self.node_id, shard = source_id, target = target_id, "merged replica dropped");
+            }
+        }
     }
 
     /// Destroys the replicas whose removal from their shard was applied.

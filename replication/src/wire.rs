@@ -74,6 +74,10 @@ pub struct ShardDescriptor {
     /// Replicas.
     #[prost(message, repeated, tag = "5")]
     pub replicas: Vec<Replica>,
+    /// Set while the shard is frozen to merge into this shard (see [`PrepareMerge`]): it
+    /// serves no reads or writes until the merge commits or rolls back.
+    #[prost(uint64, optional, tag = "6")]
+    pub merging_into: Option<u64>,
 }
 
 impl ShardDescriptor {
@@ -195,6 +199,36 @@ pub struct Command {
     /// An admin command instead of writes: split the shard.
     #[prost(message, optional, tag = "4")]
     pub split: Option<Split>,
+    /// An admin command instead of writes: freeze this shard to merge it into a neighbour.
+    #[prost(message, optional, tag = "5")]
+    pub prepare_merge: Option<PrepareMerge>,
+    /// An admin command instead of writes: take over a frozen neighbour.
+    #[prost(message, optional, tag = "6")]
+    pub commit_merge: Option<CommitMerge>,
+    /// An admin command instead of writes: unfreeze this shard (its merge did not commit).
+    #[prost(bool, tag = "7")]
+    pub rollback_merge: bool,
+}
+
+/// Merge, step 1, on the source shard: freeze it (epoch version + 1, `merging_into` set).
+/// From then on it takes no writes, reads or membership changes, so every replica's data
+/// for its range is final once it applied this entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PrepareMerge {
+    /// The adjacent shard that will take the range over, with the same voters.
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<ShardDescriptor>,
+}
+
+/// Merge, step 2, on the target shard: extend the range over the frozen source (epoch version
+/// = max of both + 1) and destroy the source's replica on each node, leaving its data in
+/// place. A replica applies it only once its node's source replica applied the
+/// `PrepareMerge` (`source` equals that replica's descriptor); until then its apply waits.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommitMerge {
+    /// The source as frozen by its `PrepareMerge`.
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<ShardDescriptor>,
 }
 
 /// Split a shard at `split_key`: it keeps `[start, split_key)`, a new shard `new_shard_id`

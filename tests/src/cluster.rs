@@ -67,6 +67,7 @@ impl Cluster {
                 end: (i < shards).then(|| bound(i)),
                 epoch: Some(Epoch { version: 1, conf_ver: 1 }),
                 replicas: (1..=n).map(Replica::voter).collect(),
+                merging_into: None,
             })
             .collect();
         let mut cluster =

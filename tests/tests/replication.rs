@@ -536,3 +536,113 @@ async fn split_hands_the_right_part_to_a_new_shard() {
     c.wait_converged(5 * SEC).await;
     assert_eq!(c.data_checksum(follower), c.data_checksum(leader));
 }
+
+/// Makes node `to` lead `shard` (transfers leadership if needed).
+async fn lead_here(c: &Cluster, shard: u64, to: u64) {
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let leader = shard_leader(c, shard, 5 * SEC).await;
+        if leader.node_id() == to {
+            return;
+        }
+        let _ = leader.transfer_leader(shard, to).await;
+        assert!(tokio::time::Instant::now() < deadline, "could not move shard {shard}'s leader to {to}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Merge (design.md §4): the source freezes, then the target takes its range over and every
+/// node drops its source replica, keeping the data. A replica cut off during the merge
+/// applies the target's `CommitMerge` only once its own source replica has frozen, so it
+/// converges to the same data whichever group catches up first; a restart keeps the result.
+#[tokio::test(start_paused = true)]
+async fn merge_joins_neighbours_even_with_a_lagging_replica() {
+    use presage_replication::{Op, ReadRequest, ReadResponse};
+    let mut c = Cluster::start_sharded(3, seed(), presage_tests::cluster::test_config(), 2);
+    let leader = shard_leader(&c, 1, 5 * SEC).await;
+    lead_here(&c, 2, leader.node_id()).await;
+    let d1 = leader.status(1).await.expect("status").expect("shard 1").descriptor;
+    let d2 = leader.status(2).await.expect("status").expect("shard 2").descriptor;
+    leader.write(1, d1.epoch(), vec![Op::put(b"a".to_vec(), b"1".to_vec())]).await.expect("write left");
+    leader.write(2, d2.epoch(), vec![Op::put(b"t".to_vec(), b"2".to_vec())]).await.expect("write right");
+
+    // A replica that cannot confirm the freeze makes the merge roll back.
+    let lagging = c.live().into_iter().find(|id| *id != leader.node_id()).expect("a follower");
+    let cut = c.net.add_filter(Filter::Isolate(lagging));
+    assert!(matches!(leader.merge(2, 1, SEC).await, Err(Error::ProposalDropped { .. })));
+    let d2 = leader.status(2).await.expect("status").expect("shard 2").descriptor;
+    assert_eq!(d2.merging_into, None, "rolled back");
+    c.net.remove_filter(cut);
+
+    // Let the freeze reach every replica, then cut one off before the commit: it merges
+    // later, on its own, once its own source replica applied the freeze.
+    let merging = {
+        let leader = leader.clone();
+        tokio::spawn(async move { leader.merge(2, 1, 5 * SEC).await })
+    };
+    let deadline = tokio::time::Instant::now() + 5 * SEC;
+    let lh = c.handle(lagging).expect("runs");
+    while lh.status(2).await.expect("status").is_some_and(|s| s.descriptor.merging_into.is_none()) {
+        assert!(tokio::time::Instant::now() < deadline, "the freeze never reached node {lagging}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cut = c.net.add_filter(Filter::Isolate(lagging));
+    let merged = merging.await.expect("merge task").expect("merge");
+    assert_eq!((merged.start.as_slice(), merged.end.as_deref()), (&b""[..], None));
+    assert_eq!(merged.epoch().version, d2.epoch().version + 2, "prepare and commit each bump the version");
+    assert!(leader.status(2).await.expect("status").is_none(), "the source replica is gone");
+    let read = ReadRequest::Get(b"t".to_vec());
+    assert_eq!(leader.read(1, merged.epoch(), read).await.expect("read"), ReadResponse::Value(Some(b"2".to_vec())));
+    leader.write(1, merged.epoch(), vec![Op::put(b"u".to_vec(), b"3".to_vec())]).await.expect("write merged");
+    assert!(matches!(
+        leader.write(2, d2.epoch(), vec![Op::put(b"t".to_vec(), b"x".to_vec())]).await,
+        Err(Error::ShardNotFound { shard_id: 2 })
+    ));
+
+    c.net.remove_filter(cut);
+    let lh = c.handle(lagging).expect("runs");
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let gone = lh.status(2).await.expect("status").is_none();
+        let s1 = lh.status(1).await.expect("status").expect("shard 1");
+        if gone && s1.descriptor == merged && s1.applied == s1.commit {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lagging node did not merge: {s1:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.wait_converged(5 * SEC).await;
+    assert_eq!(c.data_checksum(lagging), c.data_checksum(leader.node_id()));
+    c.kill(lagging);
+    c.restart(lagging);
+    let lh = c.handle(lagging).expect("restarted");
+    assert!(lh.status(2).await.expect("status").is_none(), "a merged source stays gone after a restart");
+    assert_eq!(lh.status(1).await.expect("status").expect("shard 1").descriptor, merged);
+}
+
+/// A frozen source serves nothing and takes no membership change; when the commit cannot
+/// apply (here: the target split and is no longer adjacent), the merge rolls back and the
+/// source serves again at a newer epoch.
+#[tokio::test(start_paused = true)]
+async fn merge_that_cannot_commit_rolls_back() {
+    use presage_replication::{AdminCommand, Op};
+    let c = Cluster::start_sharded(3, seed(), presage_tests::cluster::test_config(), 2);
+    let leader = shard_leader(&c, 1, 5 * SEC).await;
+    lead_here(&c, 2, leader.node_id()).await;
+    let d1 = leader.status(1).await.expect("status").expect("shard 1").descriptor;
+    let d2 = leader.status(2).await.expect("status").expect("shard 2").descriptor;
+    leader.admin(2, d2.epoch(), AdminCommand::PrepareMerge(d1.clone())).await.expect("prepare");
+    let frozen = leader.status(2).await.expect("status").expect("shard 2").descriptor;
+    assert_eq!(frozen.merging_into, Some(1));
+    let put = |k: &str| vec![Op::put(k.as_bytes().to_vec(), b"v".to_vec())];
+    assert!(matches!(leader.write(2, frozen.epoch(), put("t")).await, Err(Error::EpochNotMatch { .. })));
+    let remove_3 = conf_change(&[(raft::eraftpb::ConfChangeType::RemoveNode, 3)]);
+    assert!(matches!(leader.change_membership(2, remove_3).await, Err(Error::Config(_))));
+
+    leader.split(1, d1.epoch(), b"c".to_vec(), 3).await.expect("split the target");
+    assert!(matches!(leader.merge(2, 1, SEC).await, Err(Error::Config(_))), "not adjacent any more");
+    let after = leader.status(2).await.expect("status").expect("shard 2").descriptor;
+    assert_eq!(after.merging_into, None);
+    assert_eq!(after.epoch().version, frozen.epoch().version + 1);
+    leader.write(2, after.epoch(), put("t")).await.expect("the source serves again");
+}

@@ -181,6 +181,7 @@ fn descriptor(id: u64, start: Vec<u8>, end: Option<Vec<u8>>) -> ShardDescriptor 
         end,
         epoch: Some(Epoch { version: 1, conf_ver: 1 }),
         replicas: (1..=NODES).map(Replica::voter).collect(),
+        merging_into: None,
     }
 }
 

@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             end: None,
             epoch: Some(Epoch { version: 1, conf_ver: 1 }),
             replicas: args.peers.iter().map(|(id, _)| Replica::voter(*id)).collect(),
+            merging_into: None,
         })?;
     }
     let book = AddressBook::default();
