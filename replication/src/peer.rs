@@ -337,6 +337,10 @@ impl<E: Engine> Peer<E> {
         if split.new_shard_id == desc.id {
             return bad("the new shard needs another id");
         }
+        if !self.raw.raft.prs().conf().to_conf_state().voters_outgoing.is_empty() {
+            // The new shard copies the replicas: it must not start in a joint configuration.
+            return bad("a membership change is in progress");
+        }
         Ok(())
     }
 
@@ -634,7 +638,13 @@ impl<E: Engine> Peer<E> {
         let engine = self.raw.store().engine().clone();
         self.siblings.push_front(right.clone());
         self.siblings.truncate(MAX_SPLIT_SIBLINGS);
-        self.split_created.push(PeerStorage::initial(engine, right, wb));
+        if engine.get(Cf::Raft, &crate::keys::raft_state_key(right.id))?.is_some() {
+            // This node already has a replica of the new shard (it got a snapshot of it before
+            // replaying the split): that one is newer; keep it.
+            tracing::info!(shard = right.id, "split replayed after the new shard arrived here; keeping it");
+        } else {
+            self.split_created.push(PeerStorage::initial(engine, right, wb));
+        }
         self.raw.mut_store().set_descriptor(left, wb);
         Ok(())
     }

@@ -245,7 +245,10 @@ impl<E: Engine> PeerStorage<E> {
     /// the shard's data on this node, leaving a tombstone at the current `conf_ver`.
     pub fn destroy(&self, wb: &mut WriteBatch) -> Result<()> {
         destroy_metadata(&self.descriptor, wb);
-        wb.delete_range(Cf::Data, self.descriptor.range()?);
+        if self.is_initialized() {
+            // An uninitialized replica has no data: the range may be another replica's.
+            wb.delete_range(Cf::Data, self.descriptor.range()?);
+        }
         Ok(())
     }
 

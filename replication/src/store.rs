@@ -190,6 +190,14 @@ impl<E: Engine> Store<E> {
         }
     }
 
+    /// Wakes a sleeping replica for a client request, if it leads (a follower answers
+    /// `NotLeader` asleep; waking it would only make it campaign).
+    fn wake_leader(&mut self, shard_id: u64) {
+        if self.peers.get(&shard_id).is_some_and(|p| p.is_leader()) {
+            self.wake(shard_id);
+        }
+    }
+
     /// Puts a replica to sleep.
     fn quiesce(&mut self, shard_id: u64) {
         if let Some(peer) = self.peers.get_mut(&shard_id) {
@@ -226,6 +234,7 @@ impl<E: Engine> Store<E> {
             }
             if quiesce_after > 0
                 && peer.idle_ticks >= quiesce_after
+                && !peer.raw.has_ready() // e.g. a heartbeat this tick queued: not a quiesce one
                 && peer.can_quiesce()
                 && !self.outgoing.iter().any(|o| o.shard_id == *shard_id)
             {
@@ -259,13 +268,13 @@ impl<E: Engine> Store<E> {
         let Some(peer) = self.peers.get(&shard_id) else { return };
         let r = &peer.raw.raft;
         let desc = peer.descriptor().clone();
-        for (&to, _) in r.prs().iter().filter(|(id, _)| **id != self.node_id) {
+        for (&to, pr) in r.prs().iter().filter(|(id, _)| **id != self.node_id) {
             let mut hb = Message::default();
             hb.set_msg_type(MessageType::MsgHeartbeat);
             hb.from = self.node_id;
             hb.to = to;
             hb.term = r.term;
-            hb.commit = r.raft_log.committed;
+            hb.commit = r.raft_log.committed.min(pr.matched); // as raft-rs's own heartbeats
             self.pending_out.push(RaftEnvelope {
                 shard_id,
                 from_node: self.node_id,
@@ -410,6 +419,8 @@ impl<E: Engine> Store<E> {
                 if let Some(d) = &env.descriptor {
                     if theirs > mine.epoch().conf_ver && !d.replicas.iter().any(|r| r.node_id == self.node_id) {
                         peer.removed = true;
+                        // Visit it in the next round, asleep or not, so that it is destroyed.
+                        self.touched.insert(env.shard_id);
                     }
                 }
                 return Ok(());
@@ -448,6 +459,26 @@ impl<E: Engine> Store<E> {
                     "snapshot message before its data; dropped"
                 );
                 return Ok(());
+            }
+            // A snapshot may not cover a range another initialized replica here still serves
+            // (it would keep writing older data into it). A source frozen into this shard is
+            // the exception: installing the snapshot finishes that merge here.
+            if let Some(d) = &env.descriptor {
+                let blocked = self.peers.iter().find(|(id, p)| {
+                    **id != env.shard_id
+                        && p.raw.store().is_initialized()
+                        && p.descriptor().overlaps(d)
+                        && p.descriptor().merging_into != Some(env.shard_id)
+                });
+                if let Some((other, _)) = blocked {
+                    tracing::debug!(
+                        node = self.node_id,
+                        shard = env.shard_id,
+                        other,
+                        "snapshot overlaps a live replica; dropped"
+                    );
+                    return Ok(());
+                }
             }
         }
         if !self.peers.contains_key(&env.shard_id) {
@@ -503,8 +534,7 @@ impl<E: Engine> Store<E> {
         // A range still held here by another replica (typically the parent of a split this
         // node has not applied yet) must not be taken over: that replica would keep writing
         // older data into it. The split, or a snapshot of the parent, creates it later.
-        if let Some(p) = self.peers.values().find(|p| p.raw.store().is_initialized() && p.descriptor().overlaps(&desc))
-        {
+        if let Some(p) = self.peers.values().find(|p| p.descriptor().overlaps(&desc)) {
             tracing::debug!(
                 node = self.node_id,
                 shard = shard_id,
@@ -518,7 +548,7 @@ impl<E: Engine> Store<E> {
 
     /// Proposes a write to `shard_id`.
     pub fn propose(&mut self, shard_id: u64, epoch: Epoch, ops: Vec<Op>, cb: WriteCallback) {
-        self.wake(shard_id);
+        self.wake_leader(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.propose(epoch, ops, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -528,7 +558,7 @@ impl<E: Engine> Store<E> {
     /// Proposes an admin command to `shard_id` (split, merge steps); `cb` runs once it is
     /// applied on this node (for a split, with the new shard's replica here started).
     pub fn propose_admin(&mut self, shard_id: u64, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
-        self.wake(shard_id);
+        self.wake_leader(shard_id);
         if let AdminCommand::Split(split) = &admin {
             let known = self.peers.contains_key(&split.new_shard_id)
                 || matches!(self.engine.get(Cf::Meta, &keys::tombstone_key(split.new_shard_id)), Ok(Some(_)));
@@ -548,7 +578,7 @@ impl<E: Engine> Store<E> {
 
     /// Proposes a membership change of `shard_id`.
     pub fn propose_conf_change(&mut self, shard_id: u64, cc: ConfChangeV2, cb: WriteCallback) {
-        self.wake(shard_id);
+        self.wake_leader(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.propose_conf_change(cc, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -557,7 +587,7 @@ impl<E: Engine> Store<E> {
 
     /// Starts a linearizable read on `shard_id`.
     pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
-        self.wake(shard_id);
+        self.wake_leader(shard_id);
         match self.peers.get_mut(&shard_id) {
             Some(peer) => peer.read(epoch, request, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
@@ -637,6 +667,10 @@ impl<E: Engine> Store<E> {
         self.touched.clear();
         // Sources merged away this round: their replicas take no further part in it.
         let mut merged_now: BTreeSet<u64> = BTreeSet::new();
+        // (installing shard, replica its snapshot supersedes).
+        let mut superseded: Vec<(u64, u64)> = Vec::new();
+        // Snapshots installed this round: (shard, its new descriptor).
+        let mut installed: Vec<(u64, ShardDescriptor)> = Vec::new();
         for shard_id in &visit {
             if merged_now.contains(shard_id) {
                 continue;
@@ -671,6 +705,7 @@ impl<E: Engine> Store<E> {
                 let data: SnapshotData = wire::decode("snapshot data", &snap.data)?;
                 let desc =
                     data.descriptor.ok_or(Error::Corrupt { what: "snapshot data", reason: "no descriptor".into() })?;
+                installed.push((*shard_id, desc.clone()));
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
                 peer.raw.mut_store().apply_snapshot_metadata(&snap, desc, &mut raft_wb);
                 tracing::info!(
@@ -693,6 +728,18 @@ impl<E: Engine> Store<E> {
             }
             sync |= rd.must_sync();
             readies.push((*shard_id, rd));
+        }
+        for (by, desc) in installed {
+            for (other, p) in self.peers.iter().filter(|(id, p)| **id != by && p.descriptor().overlaps(&desc)) {
+                // Checked when the message arrived: a source frozen into this shard (its
+                // metadata goes, after anything it wrote this round; the data is the
+                // snapshot's) or an empty replica (nothing on disk).
+                if p.raw.store().is_initialized() {
+                    crate::storage::destroy_metadata(p.descriptor(), &mut raft_wb);
+                }
+                merged_now.insert(*other);
+                superseded.push((by, *other));
+            }
         }
         if !raft_wb.is_empty() {
             self.engine.write(&raft_wb, WriteOptions { sync })?;
@@ -728,6 +775,11 @@ impl<E: Engine> Store<E> {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
         self.start_split_shards(&visit)?;
+        for (by, other) in superseded {
+            if let Some(p) = self.peers.get_mut(&by) {
+                p.merged_sources.push(other);
+            }
+        }
         self.drop_merged_sources(&visit, &mut done);
         for shard_id in &visit {
             match self.peers.get(shard_id) {

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct TcpConfig {
     pub max_batch_bytes: usize,
     /// Most envelopes queued for one target node.
     pub max_queue_msgs: usize,
+    /// Most envelope bytes queued for one target node.
+    pub max_queue_bytes: usize,
     /// Most inbound connections served at once.
     pub max_inbound_connections: usize,
     /// Time allowed to establish a connection, in milliseconds.
@@ -83,11 +85,14 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
-            max_frame_bytes: 16 * 1024 * 1024,
+            max_frame_bytes: 8 * 1024 * 1024,
             max_batch_msgs: 256,
             max_batch_bytes: 1024 * 1024,
             max_queue_msgs: 8192,
-            max_inbound_connections: 1024,
+            max_queue_bytes: 64 * 1024 * 1024,
+            // Peers of a replication group, not clients: a few suffice. Together with
+            // max-frame-bytes this bounds inbound buffering (64 x 8 MiB).
+            max_inbound_connections: 64,
             connect_timeout_ms: 1000,
             write_timeout_ms: 5000,
             idle_timeout_ms: 60_000,
@@ -102,8 +107,11 @@ impl TcpConfig {
     /// setting the frames must hold.
     pub fn validate(&self, max_msg_bytes: u64) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.max_frame_bytes > u32::MAX as usize {
-            return bad(format!("max-frame-bytes ({}) must fit in 32 bits", self.max_frame_bytes));
+        if self.max_frame_bytes > u32::MAX as usize || self.max_frame_bytes < 64 * 1024 {
+            return bad(format!("max-frame-bytes ({}) must be between 64 KiB and 4 GiB", self.max_frame_bytes));
+        }
+        if self.max_queue_bytes < self.max_frame_bytes {
+            return bad("max-queue-bytes must hold at least one max-frame-bytes frame".into());
         }
         if (self.max_frame_bytes as u64) < max_msg_bytes.saturating_mul(2) {
             return bad(format!(
@@ -234,7 +242,7 @@ pub struct TcpTransport {
     node_id: u64,
     config: Arc<TcpConfig>,
     book: AddressBook,
-    queues: Arc<Mutex<HashMap<u64, mpsc::Sender<RaftEnvelope>>>>,
+    queues: Arc<Mutex<HashMap<u64, LinkQueue>>>,
     stats: Arc<TcpStats>,
     runtime: tokio::runtime::Handle,
 }
@@ -252,31 +260,52 @@ impl TcpTransport {
         }
     }
 
-    fn queue(&self, to: u64) -> mpsc::Sender<RaftEnvelope> {
+    fn queue(&self, to: u64) -> LinkQueue {
         let mut queues = self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(q) = queues.get(&to).filter(|q| !q.is_closed()) {
+        if let Some(q) = queues.get(&to).filter(|q| !q.tx.is_closed()) {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(self.config.max_queue_msgs);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let link = Link {
             from: self.node_id,
             to,
             config: self.config.clone(),
             book: self.book.clone(),
             stats: self.stats.clone(),
+            queued_bytes: queued_bytes.clone(),
         };
         self.runtime.spawn(link.run(rx));
-        queues.insert(to, tx.clone());
-        tx
+        let q = LinkQueue { tx, queued_bytes };
+        queues.insert(to, q.clone());
+        q
     }
+}
+
+/// The sending end of one link's queue, and the bytes waiting in it.
+#[derive(Clone)]
+struct LinkQueue {
+    tx: mpsc::Sender<RaftEnvelope>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Transport for TcpTransport {
     fn send(&self, env: RaftEnvelope) {
-        if env.to_node == self.node_id {
+        // No address: an unknown or removed node (for instance the sender of a message that
+        // got a tombstone reply). No link is started for it.
+        if env.to_node == self.node_id || self.book.get(env.to_node).is_none() {
+            TcpStats::add(&self.stats.envelopes_dropped, 1);
             return;
         }
-        if self.queue(env.to_node).try_send(env).is_err() {
+        let q = self.queue(env.to_node);
+        let bytes = env.encoded_len();
+        if q.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.config.max_queue_bytes {
+            q.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            TcpStats::add(&self.stats.envelopes_dropped, 1);
+            return;
+        }
+        if q.tx.try_send(env).is_err() {
+            q.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             TcpStats::add(&self.stats.envelopes_dropped, 1);
         }
     }
@@ -289,49 +318,61 @@ struct Link {
     config: Arc<TcpConfig>,
     book: AddressBook,
     stats: Arc<TcpStats>,
+    /// Bytes of envelopes in this link's queue (shared with its [`LinkQueue`]).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Link {
+    async fn recv(&self, rx: &mut mpsc::Receiver<RaftEnvelope>) -> Option<RaftEnvelope> {
+        let env = rx.recv().await?;
+        self.queued_bytes.fetch_sub(env.encoded_len(), Ordering::Relaxed);
+        Some(env)
+    }
+
+    fn try_recv(&self, rx: &mut mpsc::Receiver<RaftEnvelope>) -> Option<RaftEnvelope> {
+        let env = rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(env.encoded_len(), Ordering::Relaxed);
+        Some(env)
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<RaftEnvelope>) {
         let min = Duration::from_millis(self.config.reconnect_backoff_min_ms);
         let max = Duration::from_millis(self.config.reconnect_backoff_max_ms);
         let mut backoff = min;
         // Wait for traffic before connecting; exit when the transport is dropped.
-        let Some(mut first) = rx.recv().await else { return };
+        let Some(mut first) = self.recv(&mut rx).await else { return };
         loop {
-            let mut stream = match self.connect().await {
-                Ok(s) => {
+            let outcome = match self.connect().await {
+                Ok(mut stream) => {
                     TcpStats::add(&self.stats.connects, 1);
-                    backoff = min;
-                    s
+                    self.pump(&mut stream, first, &mut rx).await
                 }
                 Err(e) => {
                     TcpStats::add(&self.stats.connect_failures, 1);
-                    tracing::debug!(from = self.from, to = self.to, error = %e, backoff_ms = backoff.as_millis() as u64, "connect failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(max);
-                    // What queued meanwhile is stale: Raft resends what still matters.
-                    let mut dropped = 1;
-                    while rx.try_recv().is_ok() {
-                        dropped += 1;
-                    }
-                    TcpStats::add(&self.stats.envelopes_dropped, dropped);
-                    match rx.recv().await {
-                        Some(env) => first = env,
-                        None => return,
-                    }
-                    continue;
+                    Err((false, e))
                 }
             };
-            match self.pump(&mut stream, first, &mut rx).await {
+            let (delivered_some, e) = match outcome {
                 Ok(()) => return, // the transport is gone
-                Err(e) => {
-                    tracing::debug!(from = self.from, to = self.to, error = %e, "connection lost; reconnecting");
-                    match rx.recv().await {
-                        Some(env) => first = env,
-                        None => return,
-                    }
-                }
+                Err(x) => x,
+            };
+            // Back off from the first delay again only after a connection that carried frames,
+            // so a peer that accepts and drops connections is not hammered.
+            if delivered_some {
+                backoff = min;
+            }
+            tracing::debug!(from = self.from, to = self.to, error = %e, backoff_ms = backoff.as_millis() as u64, "link down");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max);
+            // What queued meanwhile is stale: Raft resends what still matters.
+            let mut dropped = 1;
+            while self.try_recv(&mut rx).is_some() {
+                dropped += 1;
+            }
+            TcpStats::add(&self.stats.envelopes_dropped, dropped);
+            match self.recv(&mut rx).await {
+                Some(env) => first = env,
+                None => return,
             }
         }
     }
@@ -349,54 +390,57 @@ impl Link {
         Ok(stream)
     }
 
-    /// Writes batches until the queue closes (`Ok`) or the connection fails (`Err`).
+    /// Writes batches until the queue closes (`Ok`) or the connection fails (`Err`, with
+    /// whether any frame went through first).
     async fn pump(
         &self,
         stream: &mut TcpStream,
         first: RaftEnvelope,
         rx: &mut mpsc::Receiver<RaftEnvelope>,
-    ) -> std::io::Result<()> {
+    ) -> std::result::Result<(), (bool, std::io::Error)> {
+        let mut delivered_some = false;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         let mut next = Some(first);
         let mut frame = Vec::new();
         loop {
             let env = match next.take() {
                 Some(env) => env,
-                None => match rx.recv().await {
+                None => match self.recv(rx).await {
                     Some(env) => env,
                     None => return Ok(()),
                 },
             };
             let mut batch = RaftBatch { envelopes: vec![env] };
-            let mut bytes = batch.envelopes[0].encoded_len();
-            while batch.envelopes.len() < self.config.max_batch_msgs && bytes < self.config.max_batch_bytes {
-                match rx.try_recv() {
-                    Ok(env) => {
-                        bytes += env.encoded_len();
-                        batch.envelopes.push(env);
-                    }
-                    Err(_) => break,
+            while batch.envelopes.len() < self.config.max_batch_msgs
+                && batch.encoded_len() < self.config.max_batch_bytes
+            {
+                match self.try_recv(rx) {
+                    Some(env) => batch.envelopes.push(env),
+                    None => break,
                 }
             }
-            if bytes > self.config.max_frame_bytes - 64 {
+            if batch.encoded_len() > self.config.max_frame_bytes {
                 // Too large for one frame: send the envelopes one per frame, dropping any that
                 // alone exceed the limit (the receiver would refuse it anyway).
                 for env in batch.envelopes {
-                    if env.encoded_len() + 16 > self.config.max_frame_bytes {
+                    let one = RaftBatch { envelopes: vec![env] };
+                    if one.encoded_len() > self.config.max_frame_bytes {
                         tracing::warn!(
                             from = self.from,
                             to = self.to,
-                            bytes = env.encoded_len(),
+                            bytes = one.encoded_len(),
                             "envelope exceeds max-frame-bytes; dropped"
                         );
                         TcpStats::add(&self.stats.envelopes_dropped, 1);
                         continue;
                     }
-                    self.write(stream, &RaftBatch { envelopes: vec![env] }, &mut frame, timeout).await?;
+                    self.write(stream, &one, &mut frame, timeout).await.map_err(|e| (delivered_some, e))?;
+                    delivered_some = true;
                 }
                 continue;
             }
-            self.write(stream, &batch, &mut frame, timeout).await?;
+            self.write(stream, &batch, &mut frame, timeout).await.map_err(|e| (delivered_some, e))?;
+            delivered_some = true;
         }
     }
 
@@ -537,6 +581,13 @@ impl TcpNode {
         book: AddressBook,
     ) -> Result<TcpNode> {
         tcp.validate(raft.max_msg_bytes)?;
+        if raft.snapshot_chunk_bytes.saturating_mul(2) > tcp.max_frame_bytes {
+            // A chunk that does not compress is a little larger than its raw bytes.
+            return Err(Error::Config(format!(
+                "max-frame-bytes ({}) must be at least twice snapshot-chunk-bytes ({})",
+                tcp.max_frame_bytes, raft.snapshot_chunk_bytes
+            )));
+        }
         let node_id = store.node_id();
         let stats = Arc::new(TcpStats::default());
         let transport = TcpTransport::new(node_id, tcp.clone(), book.clone(), stats.clone());

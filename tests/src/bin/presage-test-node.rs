@@ -70,6 +70,13 @@ async fn main() -> anyhow::Result<()> {
         book.set(*id, *addr);
     }
     let listen = book.get(args.id).context("--peer must list this node")?;
+    // After a kill -9 the port may still be held for a moment (or taken by an outgoing
+    // connection's ephemeral port): wait for it rather than fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(e) = std::net::TcpListener::bind(listen) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "cannot listen on {listen}: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let tcp = TcpNode::start(store, &raft, TcpConfig::default(), listen, book).await?;
     let handle = tcp.node.handle();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
