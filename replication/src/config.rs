@@ -29,8 +29,10 @@ pub struct RaftConfig {
     pub max_mailbox_msgs: usize,
     /// Most messages handled between two ready rounds.
     pub max_msgs_per_round: usize,
-    /// Serve reads under the leader's lease instead of a ReadIndex round trip (see the crate
-    /// doc for the clock bound this relies on).
+    /// Serve reads under the leader's lease instead of a ReadIndex round trip. A lease lasts
+    /// 4/5 of the election timeout minus one tick, measured on the leader's monotonic clock
+    /// from the start of the ReadIndex round that confirmed it: safe while no node's clock
+    /// runs more than 20% faster than another's (see the crate doc).
     pub lease_reads: bool,
     /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
     pub quiesce_after_ticks: u64,
@@ -111,10 +113,23 @@ impl RaftConfig {
         if self.snapshot_resend_ticks == 0 || self.snapshot_timeout_ticks <= self.snapshot_resend_ticks {
             return bad("snapshot-timeout-ticks must exceed snapshot-resend-ticks, which must be positive".into());
         }
+        if self.lease_ticks() == Some(0) {
+            return bad("lease-reads needs election-ticks of at least 3".into());
+        }
         if self.log_gc_threshold_entries == 0 {
             return bad("log-gc-threshold-entries must be positive".into());
         }
         Ok(())
+    }
+
+    /// Length of a read lease in ticks, when lease reads are on.
+    pub fn lease_ticks(&self) -> Option<u64> {
+        self.lease_reads.then(|| (self.election_ticks as u64 * 4 / 5).saturating_sub(1))
+    }
+
+    /// Length of a read lease, when lease reads are on.
+    pub fn lease(&self) -> Option<Duration> {
+        self.lease_ticks().map(|t| self.tick_interval() * u32::try_from(t).unwrap_or(u32::MAX))
     }
 
     /// Snapshot bytes this node may send per tick.
@@ -140,11 +155,9 @@ impl RaftConfig {
             max_inflight_msgs: self.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: if self.lease_reads {
-                raft::ReadOnlyOption::LeaseBased
-            } else {
-                raft::ReadOnlyOption::Safe
-            },
+            // Lease reads are ours (`Peer::read`): raft-rs's `LeaseBased` trusts check-quorum,
+            // which can lag a new election by up to an election timeout.
+            read_only_option: raft::ReadOnlyOption::Safe,
             max_uncommitted_size: self.max_uncommitted_bytes,
             max_committed_size_per_ready: self.max_apply_bytes_per_ready,
             ..raft::Config::default()

@@ -12,10 +12,14 @@
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
 //!
-//! Reads are linearizable through ReadIndex. With `lease_reads` the leader answers from its
-//! lease instead (raft-rs `LeaseBased`): that is safe only while clocks drift by less than
-//! the gap between the election timeout and the heartbeat interval, because a partitioned old
-//! leader keeps serving until its lease (the election timeout, as it measures it) runs out.
+//! Reads are linearizable through ReadIndex. With `lease_reads` a leader answers without a
+//! round trip for a lease (4/5 of the election timeout, minus a tick) after a ReadIndex round
+//! confirmed it, timed on its monotonic clock from the round's start: the round's heartbeat
+//! reset a quorum's election timers, so no other leader is elected for an election timeout
+//! of *their* clocks. The bound this relies on: no node's clock runs more than 20% faster
+//! than another's. A leader that stalls keeps no stale lease (its clock keeps running); a
+//! follower whose clock runs fast is what would break it. raft-rs's own `LeaseBased` is not
+//! used: it trusts check-quorum, which can notice a lost quorum a whole election timeout late.
 
 pub mod config;
 pub mod error;

@@ -77,7 +77,10 @@ async fn run<E: Engine, T: Transport>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => store.tick(),
+            _ = ticker.tick() => {
+                store.set_now(tokio::time::Instant::now().into_std());
+                store.tick();
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 handle(&mut store, msg);
@@ -107,6 +110,8 @@ async fn run<E: Engine, T: Transport>(
 }
 
 fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
+    // Fresh for every request: a read lease is checked against this instant.
+    store.set_now(tokio::time::Instant::now().into_std());
     match msg {
         NodeMsg::Raft(env) => {
             if let Err(e) = store.step(*env) {

@@ -2,6 +2,7 @@
 //! reads waiting on it, and the apply of committed entries into the engine.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch};
 use prost::Message as _;
@@ -74,6 +75,8 @@ struct PendingRead {
     issued: bool,
     /// Ticks since the read arrived.
     age_ticks: usize,
+    /// When it was handed to Raft (the node's monotonic clock).
+    issued_at: Instant,
     /// The read index once Raft confirmed leadership.
     index: Option<u64>,
     request: ReadRequest,
@@ -97,8 +100,10 @@ pub struct Peer<E: Engine> {
     pub(crate) quiescent: bool,
     /// Ticks since the last write, read, role change or new log entry.
     pub(crate) idle_ticks: u64,
-    /// Ticks since this replica was created or last woke from quiescence.
-    pub(crate) awake_ticks: u64,
+    /// With lease reads: this leader may answer reads from its state until this instant
+    /// (exclusive), in term `lease_term` (see [`Peer::read`]).
+    lease_until: Option<Instant>,
+    lease_term: u64,
     /// Shards this replica's splits created, in the batch being applied; the store starts
     /// them once the batch is written.
     pub(crate) split_created: Vec<PeerStorage<E>>,
@@ -137,7 +142,8 @@ impl<E: Engine> Peer<E> {
             removed: false,
             quiescent: false,
             idle_ticks: 0,
-            awake_ticks: 0,
+            lease_until: None,
+            lease_term: 0,
             split_created: Vec::new(),
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
@@ -200,32 +206,9 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Wakes a quiescent replica (a no-op for an awake one).
-    pub(crate) fn wake(&mut self, lease_reads: bool) {
-        if self.quiescent {
-            self.quiescent = false;
-            self.awake_ticks = 0;
-            if lease_reads {
-                // The lease of a leader that slept is not trusted until it has checked its
-                // quorum again (see `refresh_lease`).
-                self.raw.raft.read_only.option = raft::ReadOnlyOption::Safe;
-            }
-        }
+    pub(crate) fn wake(&mut self) {
+        self.quiescent = false;
         self.idle_ticks = 0;
-    }
-
-    /// With lease reads on, serves reads from the lease only once this leader has been awake
-    /// for two check-quorum rounds (the first may count acknowledgements from before it slept);
-    /// until then, and while ReadIndex reads are in flight, reads go through ReadIndex.
-    pub(crate) fn refresh_lease(&mut self, election_ticks: usize) {
-        let r = &mut self.raw.raft;
-        let trusted = self.awake_ticks >= 2 * election_ticks as u64;
-        r.read_only.option = if !trusted {
-            raft::ReadOnlyOption::Safe
-        } else if r.read_only.pending_read_count() == 0 {
-            raft::ReadOnlyOption::LeaseBased
-        } else {
-            r.read_only.option
-        };
     }
 
     fn not_leader(&self) -> Error {
@@ -375,8 +358,21 @@ impl<E: Engine> Peer<E> {
         self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
     }
 
-    /// Starts a linearizable read; `cb` runs once the read index is applied here.
-    pub fn read(&mut self, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
+    /// Starts a linearizable read at `now`; `cb` runs once the read index is applied here.
+    ///
+    /// With `lease` (lease reads on), a leader whose leadership a ReadIndex round confirmed
+    /// less than `lease` ago reads at its commit index without a round trip. Why that is
+    /// safe: the round's heartbeat, sent at `t`, reset the election timer of a quorum, none of
+    /// which votes for another leader before an election timeout of its own ticks after `t`;
+    /// `lease` is shorter by the clock-drift margin (see `RaftConfig::lease_reads`).
+    pub fn read(
+        &mut self,
+        epoch: Epoch,
+        request: ReadRequest,
+        now: Instant,
+        lease: Option<Duration>,
+        cb: ReadCallback,
+    ) {
         if !self.is_leader() {
             return cb(Err(self.not_leader()));
         }
@@ -389,17 +385,24 @@ impl<E: Engine> Peer<E> {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        self.reads.push_back(PendingRead { id, issued: false, age_ticks: 0, index: None, request, cb });
-        self.issue_reads();
+        let r = &self.raw.raft;
+        let leased = lease.is_some()
+            && r.term == self.lease_term
+            && self.lease_until.is_some_and(|until| now < until)
+            && r.commit_to_current_term();
+        let index = leased.then_some(r.raft_log.committed);
+        self.reads.push_back(PendingRead { id, issued: leased, age_ticks: 0, issued_at: now, index, request, cb });
+        self.issue_reads(now);
     }
 
     /// Hands waiting reads to Raft once this leader has committed in its term.
-    pub(crate) fn issue_reads(&mut self) {
+    pub(crate) fn issue_reads(&mut self, now: Instant) {
         if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
             return;
         }
         for r in self.reads.iter_mut().filter(|r| !r.issued) {
             r.issued = true;
+            r.issued_at = now;
             self.raw.read_index(r.id.to_be_bytes().to_vec());
         }
     }
@@ -421,11 +424,20 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Records the read indexes Raft confirmed.
-    pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+    /// Each one, with `lease`, extends this leader's lease from the instant its round began.
+    pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>, lease: Option<Duration>) {
+        let term = self.raw.raft.term;
         for rs in states {
             let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes) else { continue };
             if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
                 r.index = Some(rs.index);
+                if let (Some(lease), true) = (lease, self.raw.raft.state == StateRole::Leader) {
+                    let until = r.issued_at + lease;
+                    if self.lease_term != term {
+                        (self.lease_term, self.lease_until) = (term, None);
+                    }
+                    self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+                }
             }
         }
     }

@@ -13,6 +13,7 @@
 //! 4. callbacks of applied proposals and served reads run last, after their batch is written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
 use presage_engine::{for_each_pair, Cf, Engine, WriteBatch, WriteOptions};
 use raft::eraftpb::{ConfChangeV2, Message, MessageType};
@@ -90,6 +91,8 @@ pub struct Store<E: Engine> {
     touched: BTreeSet<u64>,
     /// Ticks since the store opened.
     ticks: u64,
+    /// The node's monotonic clock, as of the runtime's last [`Store::set_now`] (read leases).
+    now: Instant,
     /// Tick at which each node was last heard from.
     last_heard: HashMap<u64, u64>,
     /// Nodes silent for longer than an election timeout.
@@ -137,11 +140,18 @@ impl<E: Engine> Store<E> {
             active,
             touched: BTreeSet::new(),
             ticks: 0,
+            now: Instant::now(),
             last_heard: HashMap::new(),
             silent: HashSet::new(),
             ping_targets: None,
             frozen,
         })
+    }
+
+    /// Advances the store's clock (monotonic: an earlier instant is ignored). The runtime
+    /// calls it before each round.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     /// This node's id.
@@ -185,7 +195,7 @@ impl<E: Engine> Store<E> {
             if peer.quiescent {
                 self.ping_targets = None;
             }
-            peer.wake(self.config.lease_reads);
+            peer.wake();
             self.active.insert(shard_id);
         }
     }
@@ -228,10 +238,6 @@ impl<E: Engine> Store<E> {
             peer.raw.tick();
             peer.expire_reads(max_read_age_ticks);
             peer.idle_ticks += 1;
-            peer.awake_ticks += 1;
-            if self.config.lease_reads && peer.is_leader() {
-                peer.refresh_lease(self.config.election_ticks);
-            }
             if quiesce_after > 0
                 && peer.idle_ticks >= quiesce_after
                 && !peer.raw.has_ready() // e.g. a heartbeat this tick queued: not a quiesce one
@@ -589,7 +595,7 @@ impl<E: Engine> Store<E> {
     pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
         self.wake_leader(shard_id);
         match self.peers.get_mut(&shard_id) {
-            Some(peer) => peer.read(epoch, request, cb),
+            Some(peer) => peer.read(epoch, request, self.now, self.config.lease(), cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
         }
     }
@@ -676,7 +682,7 @@ impl<E: Engine> Store<E> {
                 continue;
             }
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
-            peer.issue_reads();
+            peer.issue_reads(self.now);
             if !peer.pending_apply.is_empty() {
                 // Entries waiting behind a CommitMerge: retry them; take no new ready until
                 // they are through (this bounds what waits).
@@ -716,7 +722,7 @@ impl<E: Engine> Store<E> {
                 );
                 sync = true;
             }
-            peer.on_read_states(rd.take_read_states());
+            peer.on_read_states(rd.take_read_states(), self.config.lease());
             peer.apply(rd.take_committed_entries(), &self.frozen, &mut raft_wb, &mut done)?;
             merged_now.extend(peer.merged_sources.iter().copied());
             if !rd.entries().is_empty() {

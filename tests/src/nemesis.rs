@@ -30,12 +30,22 @@ pub struct NemesisConfig {
     pub keys: u64,
     /// How long the nemesis acts (tokio time).
     pub duration: Duration,
+    /// Serve reads from the leader's lease instead of ReadIndex.
+    pub lease_reads: bool,
 }
 
 impl NemesisConfig {
-    /// The default run for `seed`: 5 nodes, 4 clients, 3 keys, 8 s of faults.
+    /// The default run for `seed`: 5 nodes, 4 clients, 3 keys, 8 s of faults; every fourth
+    /// seed serves reads from the leader's lease.
     pub fn new(seed: u64) -> Self {
-        NemesisConfig { seed, nodes: 5, clients: 4, keys: 3, duration: Duration::from_secs(8) }
+        NemesisConfig {
+            seed,
+            nodes: 5,
+            clients: 4,
+            keys: 3,
+            duration: Duration::from_secs(8),
+            lease_reads: seed.is_multiple_of(4),
+        }
     }
 }
 
@@ -170,7 +180,8 @@ async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>,
 pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let seed = cfg.seed;
     let fail = |what: String| format!("nemesis seed {seed} (replay with PRESAGE_TEST_SEED={seed}): {what}");
-    let mut cluster = Cluster::start_with(cfg.nodes, seed, nemesis_raft_config());
+    let raft = RaftConfig { lease_reads: cfg.lease_reads, ..nemesis_raft_config() };
+    let mut cluster = Cluster::start_with(cfg.nodes, seed, raft);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x4e3e);
     let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
     let ctl = Arc::new(Control { stop: AtomicBool::new(false), quiet: AtomicBool::new(false) });

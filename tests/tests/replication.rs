@@ -647,3 +647,29 @@ async fn merge_that_cannot_commit_rolls_back() {
     assert_eq!(after.epoch().version, frozen.epoch().version + 1);
     leader.write(2, after.epoch(), put("t")).await.expect("the source serves again");
 }
+
+/// Lease reads (thesis §6.4.1): once a ReadIndex round confirmed the leader, reads need no
+/// round trip until the lease runs out (4/5 of the election timeout, minus a tick, so that
+/// no other leader can exist meanwhile); after that they need a quorum again.
+#[tokio::test(start_paused = true)]
+async fn lease_reads_skip_the_round_trip_only_while_the_lease_lasts() {
+    use presage_replication::{RaftConfig, ReadRequest, ReadResponse};
+    use presage_tests::cluster::SHARD;
+    let config = RaftConfig { lease_reads: true, ..presage_tests::cluster::test_config() };
+    let lease = config.lease().expect("lease reads are on");
+    let c = Cluster::start_with(3, seed(), config);
+    let leader = c.wait_leader(5 * SEC).await;
+    c.put(b"k", b"v").await.expect("put");
+    let h = c.handle(leader).expect("leader runs");
+    let epoch = c.epoch().await;
+    let get = || ReadRequest::Get(b"k".to_vec());
+    let value = ReadResponse::Value(Some(b"v".to_vec()));
+    assert_eq!(h.read(SHARD, epoch, get()).await.expect("read through ReadIndex"), value);
+
+    let cut = c.net.add_filter(Filter::Isolate(leader));
+    assert_eq!(h.read(SHARD, epoch, get()).await.expect("read under the lease, no round trip"), value);
+    tokio::time::sleep(lease).await;
+    let late = tokio::time::timeout(Duration::from_millis(300), h.read(SHARD, epoch, get())).await;
+    assert!(!matches!(late, Ok(Ok(_))), "after the lease a cut-off leader must not answer: {late:?}");
+    c.net.remove_filter(cut);
+}
