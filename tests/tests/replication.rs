@@ -673,3 +673,53 @@ async fn lease_reads_skip_the_round_trip_only_while_the_lease_lasts() {
     assert!(!matches!(late, Ok(Ok(_))), "after the lease a cut-off leader must not answer: {late:?}");
     c.net.remove_filter(cut);
 }
+
+/// A `CommitMerge` that reaches a replica before that node's source replica froze waits (its
+/// apply and every later entry of the target) and goes through once the source froze. Driven
+/// directly on one single-voter store so that both proposals land in the same ready round,
+/// the target (lower id) applied first.
+#[test]
+fn commit_merge_waits_for_the_local_source_to_freeze() {
+    use presage_engine::MemEngine;
+    use presage_replication::{AdminCommand, Epoch, Replica, ShardDescriptor, Store};
+    use std::sync::{Arc, Mutex};
+    let desc = |id: u64, start: &[u8], end: Option<&[u8]>| ShardDescriptor {
+        id,
+        start: start.to_vec(),
+        end: end.map(<[u8]>::to_vec),
+        epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+        replicas: vec![Replica::voter(1)],
+        merging_into: None,
+    };
+    let (target, source) = (desc(1, b"", Some(b"m")), desc(2, b"m", None));
+    let mut store = Store::open(1, MemEngine::new(), presage_tests::cluster::test_config()).expect("open a store");
+    store.bootstrap_shards(vec![target.clone(), source.clone()]).expect("bootstrap");
+    for id in [1, 2] {
+        store.campaign(id).expect("campaign");
+    }
+    for _ in 0..3 {
+        store.process_ready().expect("ready");
+    }
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let record = |what: &'static str| {
+        let results = Arc::clone(&results);
+        Box::new(move |r: Result<(), Error>| results.lock().expect("lock").push((what, r.is_ok())))
+    };
+    let mut frozen = source.clone();
+    frozen.merging_into = Some(1);
+    frozen.epoch = Some(Epoch { version: 2, conf_ver: 1 });
+    store.propose_admin(2, source.epoch(), AdminCommand::PrepareMerge(target.clone()), record("prepare"));
+    store.propose_admin(1, target.epoch(), AdminCommand::CommitMerge(frozen), record("commit"));
+
+    store.process_ready().expect("ready");
+    let waiting = store.status(1).expect("target");
+    assert!(waiting.applied < waiting.commit, "the commit waits for the source: {waiting:?}");
+    assert_eq!(*results.lock().expect("lock"), vec![("prepare", true)]);
+    assert_eq!(store.status(2).expect("source").descriptor.merging_into, Some(1));
+
+    store.process_ready().expect("ready");
+    assert_eq!(*results.lock().expect("lock"), vec![("prepare", true), ("commit", true)]);
+    let merged = store.status(1).expect("target").descriptor;
+    assert_eq!((merged.start.as_slice(), merged.end.as_deref(), merged.epoch().version), (&b""[..], None, 3));
+    assert!(store.status(2).is_none(), "the source replica is gone");
+}
