@@ -76,7 +76,11 @@ async fn run<E: Engine, T: Transport>(
     let mut ticker = tokio::time::interval(config.tick_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // `biased`: a fixed order (tick first) instead of tokio's random pick, so that a run on
+        // paused time replays exactly from its seed. Ticks come once per interval, so
+        // messages are not starved.
         tokio::select! {
+            biased;
             _ = ticker.tick() => {
                 store.set_now(tokio::time::Instant::now().into_std());
                 store.tick();

@@ -12,7 +12,7 @@
 //!    it describes, so a crash replays exactly the unapplied suffix;
 //! 4. callbacks of applied proposals and served reads run last, after their batch is written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use presage_engine::{for_each_pair, Cf, Engine, WriteBatch, WriteOptions};
@@ -94,9 +94,9 @@ pub struct Store<E: Engine> {
     /// The node's monotonic clock, as of the runtime's last [`Store::set_now`] (read leases).
     now: Instant,
     /// Tick at which each node was last heard from.
-    last_heard: HashMap<u64, u64>,
+    last_heard: BTreeMap<u64, u64>,
     /// Nodes silent for longer than an election timeout.
-    silent: HashSet<u64>,
+    silent: BTreeSet<u64>,
     /// Nodes that share a sleeping group with this one (pinged every heartbeat interval);
     /// `None` when it must be recomputed.
     ping_targets: Option<Vec<u64>>,
@@ -141,8 +141,8 @@ impl<E: Engine> Store<E> {
             touched: BTreeSet::new(),
             ticks: 0,
             now: Instant::now(),
-            last_heard: HashMap::new(),
-            silent: HashSet::new(),
+            last_heard: BTreeMap::new(),
+            silent: BTreeSet::new(),
             ping_targets: None,
             frozen,
         })
