@@ -507,18 +507,14 @@ impl<E: Engine> Peer<E> {
         })
     }
 
-    /// Must `entry` wait? A `CommitMerge` that would take effect waits until this node's
+    /// Must `cmd` wait? A `CommitMerge` that would take effect waits until this node's
     /// source replica applied the `PrepareMerge`: its descriptor then equals the frozen one
     /// the command carries (`frozen` holds this node's frozen replicas' descriptors).
-    fn must_wait(&self, entry: &Entry, frozen: &BTreeMap<u64, ShardDescriptor>) -> bool {
-        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-            return false;
-        }
-        let Ok(cmd) = wire::decode::<Command>("command", &entry.data) else { return false };
-        let Some(source) = cmd.commit_merge.and_then(|c| c.source) else { return false };
+    fn must_wait(&self, cmd: &Command, frozen: &BTreeMap<u64, ShardDescriptor>) -> bool {
+        let Some(source) = cmd.commit_merge.as_ref().and_then(|c| c.source.as_ref()) else { return false };
         let epoch = cmd.epoch.unwrap_or_default();
         self.check_admin(epoch, &AdminCommand::CommitMerge(source.clone())).is_ok()
-            && frozen.get(&source.id) != Some(&source)
+            && frozen.get(&source.id) != Some(source)
     }
 
     /// Applies committed entries into `wb` (after any that waited); callbacks go to `done`.
@@ -533,15 +529,15 @@ impl<E: Engine> Peer<E> {
     ) -> Result<()> {
         self.pending_apply.extend(entries);
         while let Some(entry) = self.pending_apply.pop_front() {
-            if self.must_wait(&entry, frozen) {
-                self.pending_apply.push_front(entry);
-                break;
-            }
             let (index, term) = (entry.index, entry.term);
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => Ok(()), // a new leader's no-op
                 EntryType::EntryNormal => {
                     let cmd: Command = wire::decode("command", &entry.data)?;
+                    if self.must_wait(&cmd, frozen) {
+                        self.pending_apply.push_front(entry);
+                        break;
+                    }
                     self.apply_command(cmd, wb)
                 }
                 EntryType::EntryConfChange => {
@@ -613,12 +609,7 @@ impl<E: Engine> Peer<E> {
                 }
                 Some(op::Kind::DeleteRange(d)) => {
                     // Clip to the shard: a range delete never reaches a neighbour's keys.
-                    let end = match (d.end, shard.end()) {
-                        (Some(e), Some(s)) => Some(e.min(s.to_vec())),
-                        (Some(e), None) => Some(e),
-                        (None, s) => s.map(<[u8]>::to_vec),
-                    };
-                    if let Ok(r) = KeyRange::new(d.start, end) {
+                    if let Ok(r) = KeyRange::new(d.start, min_end(d.end.as_deref(), shard.end())) {
                         wb.delete_range(Cf::Data, r);
                     }
                 }
@@ -733,17 +724,21 @@ fn execute_read<R: Reader>(engine: &R, desc: &ShardDescriptor, request: &ReadReq
         ReadRequest::Scan { range, max_keys, max_bytes } => {
             let shard = desc.range()?;
             let start = range.start().max(shard.start()).to_vec();
-            let end = match (range.end(), shard.end()) {
-                (Some(a), Some(b)) => Some(a.min(b).to_vec()),
-                (Some(a), None) => Some(a.to_vec()),
-                (None, b) => b.map(<[u8]>::to_vec),
-            };
-            let Ok(clipped) = KeyRange::new(start, end) else {
+            let Ok(clipped) = KeyRange::new(start, min_end(range.end(), shard.end())) else {
                 return Ok(ReadResponse::Pairs { pairs: Vec::new(), more: false });
             };
             let page = engine.scan(Cf::Data, &clipped, ScanOrder::Forward, ScanLimit::new(*max_keys, *max_bytes))?;
             Ok(ReadResponse::Pairs { pairs: page.pairs, more: page.more })
         }
+    }
+}
+
+/// The smaller of two exclusive range ends (`None` is unbounded).
+fn min_end(a: Option<&[u8]>, b: Option<&[u8]>) -> Option<Vec<u8>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b).to_vec()),
+        (Some(x), None) | (None, Some(x)) => Some(x.to_vec()),
+        (None, None) => None,
     }
 }
 

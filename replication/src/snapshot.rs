@@ -93,12 +93,8 @@ impl<E: Engine> OutgoingSnapshot<E> {
             from_node: from,
             to_node: self.to,
             descriptor: Some(self.descriptor.clone()),
-            message: None,
             snapshot_chunk: Some(SnapshotChunk { index: self.index, frame: frame.to_vec() }),
-            snapshot_ack: None,
-            tombstone: false,
-            quiesce: false,
-            ping: false,
+            ..RaftEnvelope::default()
         }
     }
 
@@ -218,18 +214,13 @@ pub fn receive_chunk<E: Engine>(
         shard_id: env.shard_id,
         from_node: node_id,
         to_node: env.from_node,
-        descriptor: None,
-        message: None,
-        snapshot_chunk: None,
         snapshot_ack: Some(SnapshotAck {
             index: chunk.index,
             next_seq: at.next_seq,
             after_key: at.after_key,
             ended: at.ended,
         }),
-        tombstone: false,
-        quiesce: false,
-        ping: false,
+        ..RaftEnvelope::default()
     })
 }
 

@@ -376,11 +376,7 @@ impl<E: Engine> Store<E> {
                     to_node: o.to,
                     descriptor: desc,
                     message: Some(o.msg),
-                    snapshot_chunk: None,
-                    snapshot_ack: None,
-                    tombstone: false,
-                    quiesce: false,
-                    ping: false,
+                    ..RaftEnvelope::default()
                 });
                 self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Finish);
             }
@@ -438,12 +434,8 @@ impl<E: Engine> Store<E> {
                     from_node: self.node_id,
                     to_node: env.from_node,
                     descriptor: Some(mine),
-                    message: None,
-                    snapshot_chunk: None,
-                    snapshot_ack: None,
                     tombstone: true,
-                    quiesce: false,
-                    ping: false,
+                    ..RaftEnvelope::default()
                 });
                 return Ok(());
             }
@@ -673,8 +665,6 @@ impl<E: Engine> Store<E> {
         self.touched.clear();
         // Sources merged away this round: their replicas take no further part in it.
         let mut merged_now: BTreeSet<u64> = BTreeSet::new();
-        // (installing shard, replica its snapshot supersedes).
-        let mut superseded: Vec<(u64, u64)> = Vec::new();
         // Snapshots installed this round: (shard, its new descriptor).
         let mut installed: Vec<(u64, ShardDescriptor)> = Vec::new();
         for shard_id in &visit {
@@ -736,6 +726,7 @@ impl<E: Engine> Store<E> {
             readies.push((*shard_id, rd));
         }
         for (by, desc) in installed {
+            let mut superseded = Vec::new();
             for (other, p) in self.peers.iter().filter(|(id, p)| **id != by && p.descriptor().overlaps(&desc)) {
                 // Checked when the message arrived: a source frozen into this shard (its
                 // metadata goes, after anything it wrote this round; the data is the
@@ -743,8 +734,11 @@ impl<E: Engine> Store<E> {
                 if p.raw.store().is_initialized() {
                     crate::storage::destroy_metadata(p.descriptor(), &mut raft_wb);
                 }
-                merged_now.insert(*other);
-                superseded.push((by, *other));
+                superseded.push(*other);
+            }
+            merged_now.extend(superseded.iter().copied());
+            if let Some(p) = self.peers.get_mut(&by) {
+                p.merged_sources.extend(superseded); // dropped with the merged sources below
             }
         }
         if !raft_wb.is_empty() {
@@ -781,11 +775,6 @@ impl<E: Engine> Store<E> {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
         self.start_split_shards(&visit)?;
-        for (by, other) in superseded {
-            if let Some(p) = self.peers.get_mut(&by) {
-                p.merged_sources.push(other);
-            }
-        }
         self.drop_merged_sources(&visit, &mut done);
         for shard_id in &visit {
             match self.peers.get(shard_id) {
@@ -854,16 +843,29 @@ impl<E: Engine> Store<E> {
         for target_id in visited {
             let Some(target) = self.peers.get_mut(target_id) else { continue };
             for source_id in std::mem::take(&mut target.merged_sources) {
-                let Some(mut source) = self.peers.remove(&source_id) else { continue };
-                source.fail_pending("shard merged into its neighbour", done);
-                self.active.remove(&source_id);
-                self.touched.remove(&source_id);
-                self.frozen.remove(&source_id);
-                self.outgoing.retain(|o| o.shard_id != source_id);
-                self.ping_targets = None;
-                tracing::info!(node = self.node_id, shard = source_id, target = target_id, "merged replica dropped");
+                if self.forget_replica(source_id, "shard merged into its neighbour", done).is_some() {
+                    tracing::info!(
+                        node = self.node_id,
+                        shard = source_id,
+                        target = target_id,
+                        "merged replica dropped"
+                    );
+                }
             }
         }
+    }
+
+    /// Removes a replica from memory (its waiting requests answered into `done`) and from
+    /// every index of the store; its disk state is the caller's.
+    fn forget_replica(&mut self, shard_id: u64, reason: &'static str, done: &mut Completions) -> Option<Peer<E>> {
+        let mut peer = self.peers.remove(&shard_id)?;
+        peer.fail_pending(reason, done);
+        self.active.remove(&shard_id);
+        self.touched.remove(&shard_id);
+        self.frozen.remove(&shard_id);
+        self.outgoing.retain(|o| o.shard_id != shard_id);
+        self.ping_targets = None;
+        Some(peer)
     }
 
     /// Destroys the replicas whose removal from their shard was applied.
@@ -871,16 +873,13 @@ impl<E: Engine> Store<E> {
         let removed: Vec<u64> =
             visited.iter().copied().filter(|id| self.peers.get(id).is_some_and(|p| p.removed)).collect();
         for shard_id in removed {
-            let Some(mut peer) = self.peers.remove(&shard_id) else { continue };
-            self.active.remove(&shard_id);
-            self.touched.remove(&shard_id);
-            self.ping_targets = None;
             let mut done: Completions = Vec::new();
-            peer.fail_pending("replica removed from the shard", &mut done);
+            let Some(peer) = self.forget_replica(shard_id, "replica removed from the shard", &mut done) else {
+                continue;
+            };
             let mut wb = WriteBatch::new();
             peer.raw.store().destroy(&mut wb)?;
             self.engine.write(&wb, WriteOptions::SYNC)?;
-            self.outgoing.retain(|o| o.shard_id != shard_id);
             tracing::info!(node = self.node_id, shard = shard_id, "replica removed and destroyed");
             for f in done {
                 f();
@@ -958,11 +957,7 @@ fn wrap(
             to_node: m.to,
             descriptor: Some(desc.clone()),
             message: Some(m),
-            snapshot_chunk: None,
-            snapshot_ack: None,
-            tombstone: false,
-            quiesce: false,
-            ping: false,
+            ..RaftEnvelope::default()
         });
     }
 }

@@ -282,11 +282,17 @@ impl TcpTransport {
     }
 }
 
-/// The sending end of one link's queue, and the bytes waiting in it.
+/// The sending end of one link's queue, and the bytes waiting in it. Each envelope travels
+/// with its encoded length, measured once.
 #[derive(Clone)]
 struct LinkQueue {
-    tx: mpsc::Sender<RaftEnvelope>,
+    tx: mpsc::Sender<(RaftEnvelope, usize)>,
     queued_bytes: Arc<AtomicUsize>,
+}
+
+/// Bytes `env_bytes` of envelope add to a `RaftBatch` (field key, length, body).
+fn batch_entry_bytes(env_bytes: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(env_bytes as u64) + env_bytes
 }
 
 impl Transport for TcpTransport {
@@ -304,7 +310,7 @@ impl Transport for TcpTransport {
             TcpStats::add(&self.stats.envelopes_dropped, 1);
             return;
         }
-        if q.tx.try_send(env).is_err() {
+        if q.tx.try_send((env, bytes)).is_err() {
             q.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             TcpStats::add(&self.stats.envelopes_dropped, 1);
         }
@@ -322,20 +328,22 @@ struct Link {
     queued_bytes: Arc<AtomicUsize>,
 }
 
+type Queued = (RaftEnvelope, usize);
+
 impl Link {
-    async fn recv(&self, rx: &mut mpsc::Receiver<RaftEnvelope>) -> Option<RaftEnvelope> {
-        let env = rx.recv().await?;
-        self.queued_bytes.fetch_sub(env.encoded_len(), Ordering::Relaxed);
-        Some(env)
+    async fn recv(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
+        let item = rx.recv().await?;
+        self.queued_bytes.fetch_sub(item.1, Ordering::Relaxed);
+        Some(item)
     }
 
-    fn try_recv(&self, rx: &mut mpsc::Receiver<RaftEnvelope>) -> Option<RaftEnvelope> {
-        let env = rx.try_recv().ok()?;
-        self.queued_bytes.fetch_sub(env.encoded_len(), Ordering::Relaxed);
-        Some(env)
+    fn try_recv(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
+        let item = rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(item.1, Ordering::Relaxed);
+        Some(item)
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<RaftEnvelope>) {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let min = Duration::from_millis(self.config.reconnect_backoff_min_ms);
         let max = Duration::from_millis(self.config.reconnect_backoff_max_ms);
         let mut backoff = min;
@@ -395,40 +403,45 @@ impl Link {
     async fn pump(
         &self,
         stream: &mut TcpStream,
-        first: RaftEnvelope,
-        rx: &mut mpsc::Receiver<RaftEnvelope>,
+        first: Queued,
+        rx: &mut mpsc::Receiver<Queued>,
     ) -> std::result::Result<(), (bool, std::io::Error)> {
         let mut delivered_some = false;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         let mut next = Some(first);
         let mut frame = Vec::new();
         loop {
-            let env = match next.take() {
-                Some(env) => env,
+            let (env, env_bytes) = match next.take() {
+                Some(item) => item,
                 None => match self.recv(rx).await {
-                    Some(env) => env,
+                    Some(item) => item,
                     None => return Ok(()),
                 },
             };
+            // The batch's encoded size, kept exactly as envelopes join.
+            let mut batch_bytes = batch_entry_bytes(env_bytes);
             let mut batch = RaftBatch { envelopes: vec![env] };
-            while batch.envelopes.len() < self.config.max_batch_msgs
-                && batch.encoded_len() < self.config.max_batch_bytes
-            {
+            while batch.envelopes.len() < self.config.max_batch_msgs && batch_bytes < self.config.max_batch_bytes {
                 match self.try_recv(rx) {
-                    Some(env) => batch.envelopes.push(env),
+                    Some((env, bytes)) => {
+                        batch_bytes += batch_entry_bytes(bytes);
+                        batch.envelopes.push(env);
+                    }
                     None => break,
                 }
             }
-            if batch.encoded_len() > self.config.max_frame_bytes {
+            debug_assert_eq!(batch_bytes, batch.encoded_len(), "batch size kept exactly");
+            if batch_bytes > self.config.max_frame_bytes {
                 // Too large for one frame: send the envelopes one per frame, dropping any that
                 // alone exceed the limit (the receiver would refuse it anyway).
                 for env in batch.envelopes {
                     let one = RaftBatch { envelopes: vec![env] };
-                    if one.encoded_len() > self.config.max_frame_bytes {
+                    let bytes = one.encoded_len();
+                    if bytes > self.config.max_frame_bytes {
                         tracing::warn!(
                             from = self.from,
                             to = self.to,
-                            bytes = one.encoded_len(),
+                            bytes,
                             "envelope exceeds max-frame-bytes; dropped"
                         );
                         TcpStats::add(&self.stats.envelopes_dropped, 1);

@@ -102,7 +102,7 @@ fn idle_bench_puts_every_group_to_sleep() {
     assert_eq!(figures[0]["quiescent_replicas"], 0);
     assert_eq!(figures[1]["name"], "quiescence on");
     assert_eq!(figures[1]["quiescent_replicas"], 60, "20 shards x 3 nodes asleep");
-    assert!(report["cpu_ratio"].as_f64().expect("ratio") >= 0.0);
+    assert!(report["cpu_ratio"].as_f64().expect("ratio").is_finite());
 }
 
 #[test]
