@@ -1,0 +1,182 @@
+//! [`ManagerConfig`]: every threshold of the shard manager, with its unit in its name, its
+//! default, and validation. Kebab-case in config files (`[shard-manager]` of the node's
+//! TOML).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const MIB: u64 = 1 << 20;
+
+/// The shard manager's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// How often nodes report to the manager.
+    pub heartbeat_interval_ms: u64,
+    /// A node silent this long is `Suspect`: no new replicas or leaders go to it.
+    pub node_suspect_after_ms: u64,
+    /// A node silent this long is `Down`.
+    pub node_down_after_ms: u64,
+    /// Replicas per shard, one per region (fixed at bootstrap).
+    pub replication_factor: usize,
+
+    /// Split a shard larger than this.
+    pub split_max_size_bytes: u64,
+    /// Split a shard with more keys than this.
+    pub split_max_keys: u64,
+    /// Load split: reads+writes per second above which a shard is hot.
+    pub load_split_qps: f64,
+    /// Load split: bytes read+written per second above which a shard is hot.
+    pub load_split_bytes_per_sec: f64,
+    /// Load split: a shard must stay hot this long before it splits.
+    pub load_split_window_ms: u64,
+    /// Load split: candidate keys tried.
+    pub load_split_candidates: usize,
+    /// Load split: largest accepted `|left-right|/(left+right)`.
+    pub load_split_max_balance: f64,
+    /// Load split: largest accepted share of requests crossing the key.
+    pub load_split_max_contained: f64,
+    /// Spans a leader samples per shard per heartbeat.
+    pub max_samples_per_report: usize,
+
+    /// Merge: both shards below this size.
+    pub merge_max_size_bytes: u64,
+    /// Merge: both shards below this many keys.
+    pub merge_max_keys: u64,
+    /// Merge: both small and cold (together under half the load-split thresholds) this long.
+    pub merge_delay_ms: u64,
+    /// Never merge a shard that split less than this long ago.
+    pub split_merge_interval_ms: u64,
+
+    /// Balance: act only when a node or group is this fraction above the mean.
+    pub balance_tolerance: f64,
+    /// Balance: and only when its leader load exceeds the mean by this score (requests/s).
+    pub balance_min_leader_load_gap: f64,
+    /// Balance: and only when its size exceeds the mean by this many bytes.
+    pub balance_min_size_gap_bytes: u64,
+    /// Balancing operators started per minute, across the cluster.
+    pub max_balance_moves_per_minute: usize,
+    /// Operators running at once, across the cluster.
+    pub max_running_operators: usize,
+    /// An operator step not done after this long times out (and the operator rolls back).
+    pub operator_step_timeout_ms: u64,
+    /// A step not yet done is sent again after this long.
+    pub operator_retry_ms: u64,
+    /// Finished operators kept in the meta shard for inspection.
+    pub max_finished_operators: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            heartbeat_interval_ms: 1_000,
+            node_suspect_after_ms: 5_000,
+            node_down_after_ms: 60_000,
+            replication_factor: 3,
+            split_max_size_bytes: 384 * MIB,
+            split_max_keys: 3_840_000,
+            load_split_qps: 3_000.0,
+            load_split_bytes_per_sec: (30 * MIB) as f64,
+            load_split_window_ms: 10_000,
+            load_split_candidates: 20,
+            load_split_max_balance: 0.25,
+            load_split_max_contained: 0.5,
+            max_samples_per_report: 64,
+            merge_max_size_bytes: 54 * MIB,
+            merge_max_keys: 540_000,
+            merge_delay_ms: 300_000,
+            split_merge_interval_ms: 3_600_000,
+            balance_tolerance: 0.10,
+            balance_min_leader_load_gap: 100.0,
+            balance_min_size_gap_bytes: 64 * MIB,
+            max_balance_moves_per_minute: 30,
+            max_running_operators: 64,
+            operator_step_timeout_ms: 120_000,
+            operator_retry_ms: 1_000,
+            max_finished_operators: 1_000,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("heartbeat-interval-ms", self.heartbeat_interval_ms),
+            ("load-split-window-ms", self.load_split_window_ms),
+            ("operator-step-timeout-ms", self.operator_step_timeout_ms),
+            ("operator-retry-ms", self.operator_retry_ms),
+            ("split-max-size-bytes", self.split_max_size_bytes),
+            ("split-max-keys", self.split_max_keys),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::Config { name, reason: "must be positive".into() });
+            }
+        }
+        if self.node_suspect_after_ms < self.heartbeat_interval_ms {
+            return Err(Error::Config { name: "node-suspect-after-ms", reason: "below heartbeat-interval-ms".into() });
+        }
+        if self.node_down_after_ms < self.node_suspect_after_ms {
+            return Err(Error::Config { name: "node-down-after-ms", reason: "below node-suspect-after-ms".into() });
+        }
+        if !(1..=7).contains(&self.replication_factor) {
+            return Err(Error::Config { name: "replication-factor", reason: "must be 1 to 7".into() });
+        }
+        if self.merge_max_size_bytes >= self.split_max_size_bytes || self.merge_max_keys >= self.split_max_keys {
+            return Err(Error::Config {
+                name: "merge-max-size-bytes",
+                reason: "must be below the split size and keys, or shards would split and merge in turn".into(),
+            });
+        }
+        for (name, v) in [
+            ("load-split-max-balance", self.load_split_max_balance),
+            ("load-split-max-contained", self.load_split_max_contained),
+            ("balance-tolerance", self.balance_tolerance),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::Config { name, reason: format!("{v} is outside [0, 1]") });
+            }
+        }
+        if !(self.load_split_qps > 0.0 && self.load_split_bytes_per_sec > 0.0) {
+            return Err(Error::Config { name: "load-split-qps", reason: "thresholds must be positive".into() });
+        }
+        if self.load_split_candidates == 0 || self.max_samples_per_report == 0 {
+            return Err(Error::Config { name: "load-split-candidates", reason: "must be positive".into() });
+        }
+        if self.max_running_operators == 0 {
+            return Err(Error::Config { name: "max-running-operators", reason: "must be positive".into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = ManagerConfig::default();
+        c.validate().expect("defaults");
+        let json = serde_json::to_string(&c).expect("encode");
+        assert!(json.contains("split-max-size-bytes"), "kebab-case keys");
+        let back: ManagerConfig = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let bad = [
+            ManagerConfig { merge_max_size_bytes: 400 << 20, ..Default::default() },
+            ManagerConfig { node_down_after_ms: 1, ..Default::default() },
+            ManagerConfig { load_split_max_balance: 1.5, ..Default::default() },
+            ManagerConfig { replication_factor: 0, ..Default::default() },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        assert!(serde_json::from_str::<ManagerConfig>(r#"{"no-such-setting": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,604 @@
+//! The shard manager's pure core: heartbeats, joins and the time in; meta-shard writes and
+//! commands to shard leaders out (design.md §3, §4).
+//!
+//! The node server runs one [`Manager`] on the meta shard's leader. On becoming leader it
+//! reads the meta shard ([`PersistedState`]) and builds a manager from it; it feeds it every
+//! heartbeat and calls [`Manager::tick`] every scheduling interval; it writes the returned
+//! [`Effects::writes`] to the meta shard in one batch and only then sends the
+//! [`Effects::commands`] to the shards' leaders. If that write fails (the node lost the meta
+//! leadership) it drops the manager: the next leader starts again from what was persisted.
+//!
+//! Invariants:
+//! - An operator is persisted before its first command is sent; a shard has at most one
+//!   running operator.
+//! - The directory never goes back to an older epoch ([`Directory::update`]).
+//! - Ids (shards, groups, operators) come from `ClusterMeta::next_id`, persisted in the same
+//!   batch as the record that uses them, so no id is handed out twice across fail-overs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::config::ManagerConfig;
+use crate::directory::{Directory, Update};
+use crate::error::{Error, Result};
+use crate::load::ShardLoad;
+use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
+use crate::model::{
+    ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
+    RiskThresholds, ShardId, ShardMeta, ShardSoft, META_SHARD_ID,
+};
+use crate::operator::{Operator, OperatorKind, Step};
+use crate::policy::{self, Plan};
+
+/// Group failures kept per group.
+const MAX_FAILURES_PER_GROUP: usize = 64;
+
+/// A step for a shard's leader to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The operator it belongs to.
+    pub operator: u64,
+    /// The shard.
+    pub shard: ShardId,
+    /// The shard's epoch as the manager knows it.
+    pub epoch: Epoch,
+    /// The node to send it to (the shard's leader).
+    pub leader: NodeId,
+    /// What to do.
+    pub step: Step,
+}
+
+/// What a [`Manager::tick`] asks the runtime to do, in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Writes to the meta shard, as one batch.
+    pub writes: Vec<MetaWrite>,
+    /// Commands to send once the writes are durable.
+    pub commands: Vec<Command>,
+    /// Operators that finished this round (for the runtime's log).
+    pub finished: Vec<Operator>,
+}
+
+/// Counts for metrics and `presage-ctl`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ManagerStats {
+    /// Known nodes (any state).
+    pub nodes: usize,
+    /// Nodes in state `Up`.
+    pub nodes_up: usize,
+    /// Replication groups.
+    pub groups: usize,
+    /// Shards in the directory.
+    pub shards: usize,
+    /// Operators running.
+    pub running_operators: usize,
+    /// Operators finished and still kept.
+    pub finished_operators: usize,
+}
+
+/// Where a shard belongs and when it last split (persisted with its directory entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub(crate) group: GroupId,
+    pub(crate) split_at_ms: Option<u64>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The node id was removed from the cluster for good.
+    #[error("node {0} was removed from the cluster; join with a new id")]
+    Removed(NodeId),
+    /// Node id 0 is reserved.
+    #[error("node id 0 is reserved")]
+    ZeroId,
+}
+
+/// The shard manager's state and decisions (module docs).
+#[derive(Debug)]
+pub struct Manager {
+    pub(crate) cfg: ManagerConfig,
+    started_ms: u64,
+    pub(crate) cluster: ClusterMeta,
+    pub(crate) nodes: BTreeMap<NodeId, NodeMeta>,
+    pub(crate) node_stats: BTreeMap<NodeId, NodeStats>,
+    last_heartbeat_ms: BTreeMap<NodeId, u64>,
+    pub(crate) groups: BTreeMap<GroupId, GroupMeta>,
+    pub(crate) directory: Directory,
+    pub(crate) placement: HashMap<ShardId, Placement>,
+    pub(crate) soft: HashMap<ShardId, ShardSoft>,
+    pub(crate) operators: BTreeMap<u64, Operator>,
+    /// Running operator of each busy shard.
+    pub(crate) busy: HashMap<ShardId, u64>,
+    /// When each running operator's current step was last sent.
+    last_sent_ms: HashMap<u64, u64>,
+    /// Start times of balancing operators within the last minute.
+    balance_starts_ms: VecDeque<u64>,
+    pending: Vec<MetaWrite>,
+    finished: Vec<Operator>,
+}
+
+impl Manager {
+    /// The manager of a brand-new cluster whose first node is `first` (it becomes group 1,
+    /// hosting the meta shard and shard 1); the initial records are in the first
+    /// [`Manager::tick`]'s writes.
+    pub fn bootstrap(cfg: ManagerConfig, cluster_id: u64, mut first: NodeMeta, now_ms: u64) -> Result<Self> {
+        cfg.validate()?;
+        let cluster = ClusterMeta { cluster_id, replication_factor: cfg.replication_factor, next_id: 2 };
+        let mut m = Manager::empty(cfg, cluster, now_ms);
+        first.group = Some(1);
+        first.state = NodeState::Up;
+        m.groups.insert(
+            1,
+            GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new(), thresholds: RiskThresholds::default() },
+        );
+        m.nodes.insert(first.id, first.clone());
+        m.pending.push(meta::put(meta::cluster_key(), &m.cluster));
+        m.pending.push(meta::put(meta::node_key(first.id), &first));
+        m.pending.push(meta::put(meta::group_key(1), &m.groups[&1]));
+        Ok(m)
+    }
+
+    /// The manager over what a previous one persisted (after a fail-over). Fails if the
+    /// cluster was never initialised.
+    pub fn recover(cfg: ManagerConfig, state: PersistedState, now_ms: u64) -> Result<Self> {
+        cfg.validate()?;
+        let cluster = state.cluster.ok_or_else(|| Error::Corrupt {
+            key: String::from_utf8_lossy(&meta::cluster_key()).into_owned(),
+            reason: "the meta shard holds no cluster record".into(),
+        })?;
+        let mut m = Manager::empty(cfg, cluster, now_ms);
+        m.nodes = state.nodes.into_iter().map(|n| (n.id, n)).collect();
+        m.groups = state.groups.into_iter().map(|g| (g.id, g)).collect();
+        for rec in state.shards {
+            m.placement.insert(rec.shard.id, Placement { group: rec.group, split_at_ms: rec.split_at_ms });
+            m.directory.update(rec.shard);
+        }
+        for op in state.operators {
+            if !op.status.is_finished() {
+                for shard in op.shards() {
+                    m.busy.insert(shard, op.id);
+                }
+            }
+            m.operators.insert(op.id, op);
+        }
+        Ok(m)
+    }
+
+    fn empty(cfg: ManagerConfig, cluster: ClusterMeta, now_ms: u64) -> Self {
+        Manager {
+            cfg,
+            started_ms: now_ms,
+            cluster,
+            nodes: BTreeMap::new(),
+            node_stats: BTreeMap::new(),
+            last_heartbeat_ms: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            directory: Directory::new(),
+            placement: HashMap::new(),
+            soft: HashMap::new(),
+            operators: BTreeMap::new(),
+            busy: HashMap::new(),
+            last_sent_ms: HashMap::new(),
+            balance_starts_ms: VecDeque::new(),
+            pending: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    /// The cluster record.
+    pub fn cluster(&self) -> &ClusterMeta {
+        &self.cluster
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Known nodes.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeMeta> + '_ {
+        self.nodes.values()
+    }
+
+    /// Replication groups.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupMeta> + '_ {
+        self.groups.values()
+    }
+
+    /// Operators, running and finished, by id.
+    pub fn operators(&self) -> impl Iterator<Item = &Operator> + '_ {
+        self.operators.values()
+    }
+
+    /// A shard's soft state (load, size, timers), if it reported.
+    pub fn shard_soft(&self, id: ShardId) -> Option<&ShardSoft> {
+        self.soft.get(&id)
+    }
+
+    /// The group a shard belongs in.
+    pub fn shard_group(&self, id: ShardId) -> Option<GroupId> {
+        self.placement.get(&id).map(|p| p.group)
+    }
+
+    /// Counts.
+    pub fn stats(&self) -> ManagerStats {
+        let running = self.operators.values().filter(|op| !op.status.is_finished()).count();
+        ManagerStats {
+            nodes: self.nodes.len(),
+            nodes_up: self.nodes.values().filter(|n| n.state == NodeState::Up).count(),
+            groups: self.groups.len(),
+            shards: self.directory.len(),
+            running_operators: running,
+            finished_operators: self.operators.len() - running,
+        }
+    }
+
+    fn finished_count(&self) -> usize {
+        self.operators.values().filter(|op| op.status.is_finished()).count()
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.cluster.next_id;
+        self.cluster.next_id += 1;
+        self.pending.push(meta::put(meta::cluster_key(), &self.cluster));
+        id
+    }
+
+    /// Registers a node (or updates the addresses of a known one); it joins a group at a
+    /// later tick.
+    pub fn join(&mut self, node: NodeMeta, now_ms: u64) -> std::result::Result<(), JoinError> {
+        if node.id == 0 {
+            return Err(JoinError::ZeroId);
+        }
+        let rec = match self.nodes.get(&node.id) {
+            Some(cur) if cur.state == NodeState::Removed => return Err(JoinError::Removed(node.id)),
+            Some(cur) => NodeMeta { state: cur.state, group: cur.group, ..node },
+            None => NodeMeta { state: NodeState::Up, group: None, ..node },
+        };
+        if self.nodes.get(&rec.id) != Some(&rec) {
+            self.pending.push(meta::put(meta::node_key(rec.id), &rec));
+            self.nodes.insert(rec.id, rec.clone());
+        }
+        self.last_heartbeat_ms.insert(rec.id, now_ms);
+        Ok(())
+    }
+
+    /// Sets a node's state by hand (`presage-ctl node drain`, `remove`).
+    pub fn set_node_state(&mut self, node: NodeId, state: NodeState) -> bool {
+        let Some(n) = self.nodes.get_mut(&node) else { return false };
+        if n.state != state {
+            n.state = state;
+            let rec = n.clone();
+            self.pending.push(meta::put(meta::node_key(node), &rec));
+        }
+        true
+    }
+
+    /// Takes in a node's heartbeat; `false` if the node never joined (it must join first).
+    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> bool {
+        let Some(node) = self.nodes.get(&hb.node) else { return false };
+        if matches!(node.state, NodeState::Suspect | NodeState::Down) {
+            self.set_node_state(hb.node, NodeState::Up);
+        }
+        self.last_heartbeat_ms.insert(hb.node, now_ms);
+        self.node_stats.insert(hb.node, hb.stats);
+        for report in hb.shards {
+            self.shard_report(report, now_ms);
+        }
+        true
+    }
+
+    fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {
+        let shard = report.shard;
+        let old = self.directory.get(shard.id).cloned();
+        let update = self.directory.update(shard.clone());
+        let removed = match &update {
+            Update::Stale => return,
+            Update::Same => Vec::new(),
+            Update::Inserted { removed } | Update::Newer { removed } => removed.clone(),
+        };
+        if update != Update::Same {
+            let inherited = removed.iter().find_map(|id| self.placement.get(id).map(|p| p.group));
+            for id in &removed {
+                self.placement.remove(id);
+                self.soft.remove(id);
+                self.pending.push(MetaWrite { key: meta::shard_key(*id), value: None });
+            }
+            let split = match &old {
+                None => shard.epoch.version > 1,
+                Some(o) => shard.epoch.version > o.epoch.version && narrower(&shard, o),
+            };
+            let group = self
+                .placement
+                .get(&shard.id)
+                .map(|p| p.group)
+                .or(inherited)
+                .or_else(|| self.group_for(&shard))
+                .unwrap_or(1);
+            let p = self.placement.entry(shard.id).or_insert(Placement { group, split_at_ms: None });
+            if split {
+                p.split_at_ms = Some(now_ms);
+            }
+            let rec = ShardRecord { shard: shard.clone(), group: p.group, split_at_ms: p.split_at_ms };
+            self.pending.push(meta::put(meta::shard_key(shard.id), &rec));
+            if old.is_some_and(|o| o.epoch.version != shard.epoch.version) {
+                // A new range: the old samples and timers describe another key range.
+                self.soft.remove(&shard.id);
+            }
+        }
+        let cfg = &self.cfg;
+        let soft = self.soft.entry(shard.id).or_default();
+        soft.load = ShardLoad::from_report(&report.load);
+        soft.size_bytes = report.size_bytes;
+        soft.keys = report.keys;
+        soft.reported_at_ms = Some(now_ms);
+        if !report.load.samples.is_empty() {
+            soft.samples.push_back((now_ms, report.load.samples));
+        }
+        while soft.samples.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > cfg.load_split_window_ms) {
+            soft.samples.pop_front();
+        }
+        let hot = soft.load.qps() >= cfg.load_split_qps || soft.load.bytes_per_sec() >= cfg.load_split_bytes_per_sec;
+        soft.hot_since_ms = if hot { Some(soft.hot_since_ms.unwrap_or(now_ms)) } else { None };
+        let cold = soft.size_bytes < cfg.merge_max_size_bytes
+            && soft.keys < cfg.merge_max_keys
+            && soft.load.qps() < cfg.load_split_qps / 2.0
+            && soft.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
+        soft.cold_since_ms = if cold { Some(soft.cold_since_ms.unwrap_or(now_ms)) } else { None };
+    }
+
+    /// The group holding all of `shard`'s voters, else the one holding most of them.
+    fn group_for(&self, shard: &ShardMeta) -> Option<GroupId> {
+        let voters = shard.voters();
+        self.groups
+            .values()
+            .max_by_key(|g| (voters.iter().filter(|v| g.nodes.contains(v)).count(), std::cmp::Reverse(g.id)))
+            .map(|g| g.id)
+    }
+
+    /// One scheduling round at `now_ms`: node liveness, group membership, operator
+    /// progress, and new operators from the policies.
+    pub fn tick(&mut self, now_ms: u64) -> Effects {
+        self.update_node_states(now_ms);
+        self.update_groups();
+        let mut commands = Vec::new();
+        self.poll_operators(now_ms, &mut commands);
+        self.prune_finished();
+        self.balance_starts_ms.retain(|t| now_ms.saturating_sub(*t) < 60_000);
+        let plans = policy::plan(self, now_ms);
+        for plan in plans {
+            if self.operators.len() - self.finished_count() >= self.cfg.max_running_operators {
+                break;
+            }
+            if plan.counts_as_balance {
+                if self.balance_starts_ms.len() >= self.cfg.max_balance_moves_per_minute {
+                    continue;
+                }
+                self.balance_starts_ms.push_back(now_ms);
+            }
+            self.start(plan, now_ms, &mut commands);
+        }
+        Effects { writes: std::mem::take(&mut self.pending), commands, finished: std::mem::take(&mut self.finished) }
+    }
+
+    fn start(&mut self, plan: Plan, now_ms: u64, commands: &mut Vec<Command>) {
+        if self.busy.contains_key(&plan.shard) {
+            return;
+        }
+        if let Some(group) = plan.new_group {
+            if let Some(p) = self.placement.get_mut(&plan.shard) {
+                p.group = group;
+                if let Some(shard) = self.directory.get(plan.shard) {
+                    let rec = ShardRecord { shard: shard.clone(), group, split_at_ms: p.split_at_ms };
+                    self.pending.push(meta::put(meta::shard_key(plan.shard), &rec));
+                }
+            }
+            if plan.steps.is_empty() {
+                return; // only re-placed: the repair policy moves the replicas
+            }
+        }
+        let id = self.alloc_id();
+        let steps = plan
+            .steps
+            .into_iter()
+            .map(|s| match s {
+                Step::Split { key, epoch, .. } => Step::Split { key, epoch, new_shard: self.alloc_id() },
+                other => other,
+            })
+            .collect();
+        let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
+        self.pending.push(meta::put(meta::operator_key(id), &op));
+        for shard in op.shards() {
+            self.busy.insert(shard, id);
+        }
+        self.operators.insert(id, op);
+        self.poll_one(id, now_ms, commands);
+    }
+
+    fn poll_operators(&mut self, now_ms: u64, commands: &mut Vec<Command>) {
+        let running: Vec<u64> = {
+            let mut v: Vec<u64> = self.busy.values().copied().collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for id in running {
+            self.poll_one(id, now_ms, commands);
+        }
+    }
+
+    fn poll_one(&mut self, id: u64, now_ms: u64, commands: &mut Vec<Command>) {
+        let Some(op) = self.operators.get_mut(&id) else { return };
+        let before = op.next_step;
+        let poll = op.poll(&self.directory, now_ms, self.cfg.operator_step_timeout_ms);
+        if poll.changed {
+            self.pending.push(meta::put(meta::operator_key(id), &*op));
+        }
+        if op.status.is_finished() {
+            self.finished.push(op.clone());
+            self.busy.retain(|_, running| *running != id);
+            self.last_sent_ms.remove(&id);
+            return;
+        }
+        let Some(step) = poll.action else { return };
+        let fresh_step = op.next_step != before || poll.changed;
+        let due = self.last_sent_ms.get(&id).is_none_or(|t| now_ms.saturating_sub(*t) >= self.cfg.operator_retry_ms);
+        let Some(shard) = self.directory.get(op.shard) else { return };
+        let Some(leader) = shard.leader else { return };
+        if fresh_step || due {
+            self.last_sent_ms.insert(id, now_ms);
+            commands.push(Command { operator: id, shard: op.shard, epoch: shard.epoch, leader, step });
+        }
+    }
+
+    fn prune_finished(&mut self) {
+        let finished: Vec<u64> =
+            self.operators.iter().filter(|(_, op)| op.status.is_finished()).map(|(id, _)| *id).collect();
+        let excess = finished.len().saturating_sub(self.cfg.max_finished_operators);
+        for id in finished.into_iter().take(excess) {
+            self.operators.remove(&id);
+            self.pending.push(MetaWrite { key: meta::operator_key(id), value: None });
+        }
+    }
+
+    fn update_node_states(&mut self, now_ms: u64) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let state = self.nodes[&id].state;
+            if !matches!(state, NodeState::Up | NodeState::Suspect) {
+                continue;
+            }
+            let heard = self.last_heartbeat_ms.get(&id).copied().unwrap_or(self.started_ms);
+            let silent = now_ms.saturating_sub(heard);
+            let next = if silent > self.cfg.node_down_after_ms {
+                NodeState::Down
+            } else if silent > self.cfg.node_suspect_after_ms {
+                NodeState::Suspect
+            } else {
+                NodeState::Up
+            };
+            if next != state {
+                self.set_node_state(id, next);
+                if next == NodeState::Down {
+                    self.record_failure(id, now_ms, format!("no heartbeat for {silent} ms"));
+                }
+            }
+        }
+    }
+
+    fn record_failure(&mut self, node: NodeId, at_ms: u64, reason: String) {
+        let Some(g) = self.nodes.get(&node).and_then(|n| n.group) else { return };
+        let Some(group) = self.groups.get_mut(&g) else { return };
+        group.failures.push(FailureRecord { node, at_ms, reason });
+        if group.failures.len() > MAX_FAILURES_PER_GROUP {
+            group.failures.remove(0);
+        }
+        let rec = group.clone();
+        self.pending.push(meta::put(meta::group_key(g), &rec));
+    }
+
+    /// Fills groups short of `replication_factor` members and forms new groups from
+    /// ungrouped `Up` nodes, one node per region (fewer distinct regions only when the
+    /// whole cluster has fewer than `replication_factor`).
+    fn update_groups(&mut self) {
+        let rf = self.cluster.replication_factor;
+        let regions_total = {
+            let mut r: Vec<&str> =
+                self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
+            r.sort_unstable();
+            r.dedup();
+            r.len()
+        };
+        let short: Vec<GroupId> = self.groups.values().filter(|g| g.nodes.len() < rf).map(|g| g.id).collect();
+        for gid in short {
+            while self.groups[&gid].nodes.len() < rf {
+                let Some(node) = self.pick_ungrouped(&self.groups[&gid].nodes, regions_total, rf) else { break };
+                self.add_to_group(gid, node);
+            }
+        }
+        while let Some(first) = self.pick_ungrouped(&[], regions_total, rf) {
+            let mut members = vec![first];
+            while members.len() < rf {
+                match self.pick_ungrouped(&members, regions_total, rf) {
+                    Some(n) => members.push(n),
+                    None => break,
+                }
+            }
+            if members.len() < rf {
+                break; // wait for more nodes
+            }
+            let gid = self.alloc_id();
+            self.groups.insert(
+                gid,
+                GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new(), thresholds: RiskThresholds::default() },
+            );
+            for n in members {
+                self.add_to_group(gid, n);
+            }
+        }
+    }
+
+    /// The lowest-id ungrouped `Up` node that may join a group of `members`: preferably in
+    /// a region none of them is in.
+    fn pick_ungrouped(&self, members: &[NodeId], regions_total: usize, rf: usize) -> Option<NodeId> {
+        let regions: Vec<&str> = members.iter().filter_map(|m| self.nodes.get(m)).map(|n| n.region.as_str()).collect();
+        let free =
+            self.nodes.values().filter(|n| n.group.is_none() && n.state == NodeState::Up && !members.contains(&n.id));
+        let mut fallback = None;
+        for n in free {
+            if !regions.contains(&n.region.as_str()) {
+                return Some(n.id);
+            }
+            if fallback.is_none() && regions_total < rf {
+                fallback = Some(n.id);
+            }
+        }
+        fallback
+    }
+
+    fn add_to_group(&mut self, gid: GroupId, node: NodeId) {
+        let Some(g) = self.groups.get_mut(&gid) else { return };
+        g.nodes.push(node);
+        let rec = g.clone();
+        self.pending.push(meta::put(meta::group_key(gid), &rec));
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.group = Some(gid);
+            let rec = n.clone();
+            self.pending.push(meta::put(meta::node_key(node), &rec));
+        }
+    }
+
+    /// Submits an operator by hand (`presage-ctl`): refused while the shard has one running.
+    pub fn submit(&mut self, shard: ShardId, steps: Vec<Step>, rollback: Vec<Step>, now_ms: u64) -> Option<u64> {
+        if steps.is_empty() || self.busy.contains_key(&shard) || self.directory.get(shard).is_none() {
+            return None;
+        }
+        let plan =
+            Plan { shard, kind: OperatorKind::Manual, steps, rollback, counts_as_balance: false, new_group: None };
+        let mut commands = Vec::new();
+        self.start(plan, now_ms, &mut commands);
+        let id = self.busy.get(&shard).copied()?;
+        // Sent by the next tick, after the operator is persisted.
+        self.last_sent_ms.remove(&id);
+        Some(id)
+    }
+
+    /// True when `shard` may be acted on by a new operator.
+    pub(crate) fn is_free(&self, shard: &ShardMeta) -> bool {
+        !self.busy.contains_key(&shard.id) && shard.merging_into.is_none() && shard.leader.is_some()
+    }
+
+    /// True for the meta shard, which never splits, merges or changes group.
+    pub(crate) fn is_meta(shard: &ShardMeta) -> bool {
+        shard.id == META_SHARD_ID
+    }
+}
+
+/// True when `new` covers less than `old` (a split, rather than a merge).
+fn narrower(new: &ShardMeta, old: &ShardMeta) -> bool {
+    match (&new.end, &old.end) {
+        (Some(n), Some(o)) => n < o,
+        (Some(_), None) => true,
+        (None, _) => new.start > old.start,
+    }
+}

@@ -1,0 +1,158 @@
+//! How the shard manager's persisted state lies in the meta shard: one JSON record per key,
+//! under the system key space (`0xff`), which only the meta shard holds.
+//!
+//! | key | value |
+//! |---|---|
+//! | `\xffm/cluster` | [`ClusterMeta`] (settings fixed at bootstrap, id allocator) |
+//! | `\xffm/n/{id:016x}` | [`NodeMeta`] |
+//! | `\xffm/g/{id:016x}` | [`GroupMeta`] |
+//! | `\xffm/s/{id:016x}` | [`ShardRecord`] (directory entry at the highest epoch seen) |
+//! | `\xffm/o/{id:016x}` | [`Operator`] |
+//!
+//! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
+//! heartbeats within a few intervals.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
+use crate::operator::Operator;
+
+/// First key of the manager's records.
+pub const META_PREFIX: &[u8] = b"\xffm/";
+
+/// A shard's persisted directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// The shard at the highest epoch the manager saw.
+    pub shard: ShardMeta,
+    /// The replication group its replicas belong in.
+    pub group: GroupId,
+    /// When it last split or was split off (ms, manager clock), to hold merges off.
+    pub split_at_ms: Option<u64>,
+}
+
+/// One write to the meta shard: set `key` to `value`, or delete it when `value` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value; `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Key of the cluster record.
+pub fn cluster_key() -> Vec<u8> {
+    [META_PREFIX, b"cluster"].concat()
+}
+
+fn id_key(kind: u8, id: u64) -> Vec<u8> {
+    let mut k = META_PREFIX.to_vec();
+    k.push(kind);
+    k.push(b'/');
+    k.extend_from_slice(format!("{id:016x}").as_bytes());
+    k
+}
+
+/// Key of node `id`.
+pub fn node_key(id: u64) -> Vec<u8> {
+    id_key(b'n', id)
+}
+
+/// Key of group `id`.
+pub fn group_key(id: u64) -> Vec<u8> {
+    id_key(b'g', id)
+}
+
+/// Key of shard `id`.
+pub fn shard_key(id: u64) -> Vec<u8> {
+    id_key(b's', id)
+}
+
+/// Key of operator `id`.
+pub fn operator_key(id: u64) -> Vec<u8> {
+    id_key(b'o', id)
+}
+
+/// A write that stores `value` at `key`.
+pub fn put<T: Serialize>(key: Vec<u8>, value: &T) -> MetaWrite {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    let value = serde_json::to_vec(value).unwrap_or_default();
+    MetaWrite { key, value: Some(value) }
+}
+
+/// Everything the manager persisted, as read back from the meta shard.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersistedState {
+    /// `None` until the first manager initialised the cluster.
+    pub cluster: Option<ClusterMeta>,
+    /// Nodes.
+    pub nodes: Vec<NodeMeta>,
+    /// Groups.
+    pub groups: Vec<GroupMeta>,
+    /// Directory entries.
+    pub shards: Vec<ShardRecord>,
+    /// Operators, running and finished.
+    pub operators: Vec<Operator>,
+}
+
+impl PersistedState {
+    /// Decodes the meta shard's pairs (any order; keys outside [`META_PREFIX`] are skipped).
+    pub fn decode<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<Self> {
+        fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T> {
+            serde_json::from_slice(value)
+                .map_err(|e| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
+        }
+        let mut out = PersistedState::default();
+        let cluster = cluster_key();
+        for (key, value) in pairs {
+            let Some(rest) = key.strip_prefix(META_PREFIX) else { continue };
+            if key == cluster.as_slice() {
+                out.cluster = Some(parse(key, value)?);
+                continue;
+            }
+            match rest.first() {
+                Some(b'n') => out.nodes.push(parse(key, value)?),
+                Some(b'g') => out.groups.push(parse(key, value)?),
+                Some(b's') => out.shards.push(parse(key, value)?),
+                Some(b'o') => out.operators.push(parse(key, value)?),
+                _ => {
+                    return Err(Error::Corrupt {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        reason: "unknown record kind".into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeState;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let node = NodeMeta {
+            id: 3,
+            raft_addr: "127.0.0.1:1".into(),
+            client_addr: "127.0.0.1:2".into(),
+            region: "eu-1".into(),
+            capacity_bytes: 1 << 30,
+            state: NodeState::Up,
+            group: Some(1),
+        };
+        let cluster = ClusterMeta { cluster_id: 42, replication_factor: 3, next_id: 10 };
+        let writes = [put(node_key(3), &node), put(cluster_key(), &cluster)];
+        let pairs: Vec<(&[u8], &[u8])> =
+            writes.iter().map(|w| (w.key.as_slice(), w.value.as_deref().unwrap_or_default())).collect();
+        let state = PersistedState::decode(pairs).expect("decode");
+        assert_eq!(state.cluster, Some(cluster));
+        assert_eq!(state.nodes, vec![node]);
+        let bad = PersistedState::decode([(node_key(4).as_slice(), b"{not json".as_slice())]);
+        assert!(matches!(bad, Err(Error::Corrupt { .. })), "{bad:?}");
+        assert!(node_key(2) < node_key(10), "ids sort numerically");
+    }
+}

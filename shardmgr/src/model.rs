@@ -1,0 +1,300 @@
+//! The cluster's metadata model (design.md §1): nodes, replication groups, shards.
+//!
+//! These are the shard manager's own types, independent of raft-rs and the engine; the node
+//! server converts the replication layer's descriptors into them. The persisted parts are
+//! serde records in the meta shard ([`crate::meta`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::{LoadReport, ShardLoad};
+
+/// A node's id (also the Raft id of each of its replicas; never 0).
+pub type NodeId = u64;
+/// A shard's id (the meta shard is [`META_SHARD_ID`]).
+pub type ShardId = u64;
+/// A replication group's id (never 0).
+pub type GroupId = u64;
+
+/// The meta shard: a Raft group on the first nodes that holds the cluster's metadata.
+pub const META_SHARD_ID: ShardId = 0;
+
+/// Keys starting with this byte form the system key space, which the meta shard holds
+/// (`[0xff, ∞)`). Applications may use every key below it, as in FoundationDB.
+pub const SYSTEM_KEY_PREFIX: u8 = 0xff;
+
+/// True for keys of the reserved system key space (refused from applications).
+pub fn is_system_key(key: &[u8]) -> bool {
+    key.first() == Some(&SYSTEM_KEY_PREFIX)
+}
+
+/// Version of a shard: `version` grows on split and merge, `conf_ver` on membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Epoch {
+    /// Bumped by every split and merge.
+    pub version: u64,
+    /// Bumped by every membership change.
+    pub conf_ver: u64,
+}
+
+impl Epoch {
+    /// True when `self` is older than `other` in either part: a descriptor with this epoch
+    /// must not replace one with `other`.
+    pub fn is_stale(&self, other: &Epoch) -> bool {
+        self.version < other.version || self.conf_ver < other.conf_ver
+    }
+
+    /// True when `self` is newer than `other` in some part and older in none.
+    pub fn is_newer(&self, other: &Epoch) -> bool {
+        !self.is_stale(other) && self != other
+    }
+}
+
+/// A node's lifecycle state as the shard manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Heartbeats arrive.
+    #[default]
+    Up,
+    /// Heartbeats stopped for a few intervals: no new replicas or leaders go there.
+    Suspect,
+    /// The operator (or the failure module) asked to move everything off it.
+    Draining,
+    /// Silent for longer than `node-down-after-ms`: its replicas are to be replaced.
+    Down,
+    /// Gone for good; kept so its id is never reused.
+    Removed,
+}
+
+impl NodeState {
+    /// May new replicas and leaderships go to a node in this state?
+    pub fn accepts_load(self) -> bool {
+        self == NodeState::Up
+    }
+}
+
+/// One node of the cluster (persisted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Its id.
+    pub id: NodeId,
+    /// Where other nodes send Raft messages.
+    pub raft_addr: String,
+    /// Where clients connect.
+    pub client_addr: String,
+    /// Failure domain label; a group holds at most one node per region.
+    pub region: String,
+    /// Bytes of storage the node offers.
+    pub capacity_bytes: u64,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// The replication group it belongs to, once placed in one.
+    pub group: Option<GroupId>,
+}
+
+/// What a node reports about itself in a heartbeat (soft state, not persisted).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Bytes used by the node's data.
+    pub used_bytes: u64,
+    /// Bytes still free.
+    pub available_bytes: u64,
+    /// Replicas it holds.
+    pub replicas: u64,
+    /// Replicas that lead.
+    pub leaders: u64,
+}
+
+/// A past failure of a group member, kept for the failure model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// The node.
+    pub node: NodeId,
+    /// When the manager saw it (ms, manager clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Risk thresholds of proactive migration (design.md §6), per group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RiskThresholds {
+    /// Prepare (add learners elsewhere) at or above this failure probability.
+    pub warn: f64,
+    /// Cut over at or above this probability.
+    pub act: f64,
+    /// Stand down below this probability.
+    pub clear: f64,
+}
+
+impl Default for RiskThresholds {
+    fn default() -> Self {
+        RiskThresholds { warn: 0.5, act: 0.8, clear: 0.3 }
+    }
+}
+
+/// A replication group: one node per region, hosting a family of adjacent shards (persisted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// Its id.
+    pub id: GroupId,
+    /// Member nodes, one per region.
+    pub nodes: Vec<NodeId>,
+    /// Failures of its members, oldest first (bounded by the manager).
+    pub failures: Vec<FailureRecord>,
+    /// Migration thresholds.
+    pub thresholds: RiskThresholds,
+}
+
+/// Whether a replica votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Votes and counts toward quorum.
+    Voter,
+    /// Receives the log, never votes.
+    Learner,
+}
+
+/// One copy of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaMeta {
+    /// The node holding it.
+    pub node: NodeId,
+    /// Voter or learner.
+    pub role: Role,
+}
+
+/// A shard as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    /// Its id.
+    pub id: ShardId,
+    /// Inclusive start key.
+    pub start: Vec<u8>,
+    /// Exclusive end key; `None` for the last shard.
+    pub end: Option<Vec<u8>>,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaMeta>,
+    /// The node that leads it, as last reported (not bumped by an epoch: a cache).
+    pub leader: Option<NodeId>,
+    /// Set while it is frozen to merge into that shard.
+    pub merging_into: Option<ShardId>,
+}
+
+impl ShardMeta {
+    /// Does it hold `key`?
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    /// Do the two key ranges intersect?
+    pub fn overlaps(&self, other: &ShardMeta) -> bool {
+        let a = other.end.as_deref().is_none_or(|e| self.start.as_slice() < e);
+        let b = self.end.as_deref().is_none_or(|e| other.start.as_slice() < e);
+        a && b
+    }
+
+    /// The replica on `node`, if any.
+    pub fn replica(&self, node: NodeId) -> Option<&ReplicaMeta> {
+        self.replicas.iter().find(|r| r.node == node)
+    }
+
+    /// Nodes holding a voter, ascending.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// True when it has learners.
+    pub fn has_learners(&self) -> bool {
+        self.replicas.iter().any(|r| r.role == Role::Learner)
+    }
+
+    /// True when `other` starts where this one ends.
+    pub fn is_left_neighbour_of(&self, other: &ShardMeta) -> bool {
+        self.end.as_deref() == Some(other.start.as_slice())
+    }
+}
+
+/// What a node tells the shard manager about one shard it leads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// The shard as its leader (the sender) sees it.
+    pub shard: ShardMeta,
+    /// Requests served since the last report.
+    pub load: LoadReport,
+    /// Approximate bytes of data.
+    pub size_bytes: u64,
+    /// Approximate number of keys.
+    pub keys: u64,
+}
+
+/// A node's heartbeat to the shard manager, sent every `heartbeat-interval-ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    /// The sender.
+    pub node: NodeId,
+    /// Its stats.
+    pub stats: NodeStats,
+    /// One report per shard it leads.
+    pub shards: Vec<ShardReport>,
+}
+
+/// Cluster-wide settings fixed at bootstrap, and the id allocator (persisted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// Random id chosen at bootstrap; a node refuses to join another cluster.
+    pub cluster_id: u64,
+    /// Replicas per shard (one per region).
+    pub replication_factor: usize,
+    /// The next id to hand out for shards, groups and operators (ids below are taken).
+    pub next_id: u64,
+}
+
+/// The soft state the manager keeps per shard: load, samples, timers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardSoft {
+    /// Rates from the latest report.
+    pub load: ShardLoad,
+    /// Approximate bytes.
+    pub size_bytes: u64,
+    /// Approximate keys.
+    pub keys: u64,
+    /// Sampled request spans of the recent reports, oldest first, with the time they came.
+    pub samples: std::collections::VecDeque<(u64, Vec<crate::load::KeySpan>)>,
+    /// Since when the load is above the split threshold.
+    pub hot_since_ms: Option<u64>,
+    /// Since when the shard is small and cold enough to merge.
+    pub cold_since_ms: Option<u64>,
+    /// When the manager last saw it split or be created by a split.
+    pub split_at_ms: Option<u64>,
+    /// When the latest report came.
+    pub reported_at_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_order() {
+        let e = |version, conf_ver| Epoch { version, conf_ver };
+        assert!(e(1, 1).is_stale(&e(2, 1)));
+        assert!(e(1, 1).is_stale(&e(1, 2)));
+        assert!(e(2, 1).is_stale(&e(1, 2)), "older in one part is stale");
+        assert!(e(2, 2).is_newer(&e(1, 2)));
+        assert!(!e(1, 1).is_newer(&e(1, 1)));
+        assert!(!e(2, 1).is_newer(&e(1, 2)));
+    }
+
+    #[test]
+    fn system_keys() {
+        assert!(is_system_key(b"\xffmeta"));
+        assert!(!is_system_key(b"\xfe\xff"));
+        assert!(!is_system_key(b""));
+    }
+}

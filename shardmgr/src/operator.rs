@@ -1,0 +1,426 @@
+//! Operators: every action of the shard manager is a small state machine of [`Step`]s,
+//! recorded in the meta shard before its first step runs.
+//!
+//! A step is *idempotent*: whether it is done is decided from the directory (the shards as
+//! their leaders last reported them), never from having sent it, so a step sent twice or a
+//! manager that fails over and loads the operator again does no harm - it re-checks and goes
+//! on. A step not done within `operator-step-timeout-ms` makes the operator roll back (run its
+//! `rollback` steps) or, without any, fail.
+
+use serde::{Deserialize, Serialize};
+
+use crate::directory::Directory;
+use crate::model::{Epoch, NodeId, Role, ShardId};
+
+/// One action on one shard, carried out by the shard's leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "step")]
+pub enum Step {
+    /// Add a learner replica on `node`.
+    AddLearner {
+        /// The node to receive the replica.
+        node: NodeId,
+    },
+    /// Make the learner on `node` a voter.
+    PromoteLearner {
+        /// The learner's node.
+        node: NodeId,
+    },
+    /// Remove the replica on `node` (its leader first hands leadership away if it is that
+    /// replica).
+    RemoveReplica {
+        /// The node.
+        node: NodeId,
+    },
+    /// Hand leadership to the voter on `to`.
+    TransferLeader {
+        /// The new leader's node.
+        to: NodeId,
+    },
+    /// Split the shard (at `epoch`) at `key`, or at its middle key when `None`; the right part
+    /// becomes shard `new_shard`.
+    Split {
+        /// The split key; `None`: the leader picks the middle key of the data.
+        key: Option<Vec<u8>>,
+        /// Id of the right half.
+        new_shard: ShardId,
+        /// The epoch the split was planned at (refused by the shard if it moved on).
+        epoch: Epoch,
+    },
+    /// Merge the shard (the source) into its neighbour `target`; needs one node leading
+    /// both, which the manager arranges first.
+    Merge {
+        /// The shard that absorbs this one.
+        target: ShardId,
+    },
+    /// Settle an unfinished merge: finish it if its commit went through, else unfreeze the
+    /// source.
+    ResolveMerge {
+        /// The merge's target.
+        target: ShardId,
+    },
+}
+
+/// Why an operator exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum OperatorKind {
+    /// The shard passed its size or key limit.
+    SizeSplit,
+    /// The shard stayed hot for the load-split window.
+    LoadSplit,
+    /// Two small, cold neighbours merge.
+    Merge,
+    /// Leadership moves to even out leader load.
+    BalanceLeader,
+    /// A replica moves so that the shard's replicas match its group (group change, repair,
+    /// balance).
+    MoveReplica {
+        /// Node losing the replica (`None`: only adding).
+        from: Option<NodeId>,
+        /// Node gaining it (`None`: only removing).
+        to: Option<NodeId>,
+    },
+    /// Asked for by an operator through the admin API.
+    Manual,
+}
+
+/// Where an operator is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum OperatorStatus {
+    /// Running its steps.
+    Running,
+    /// Running its rollback steps.
+    RollingBack {
+        /// Why.
+        reason: String,
+    },
+    /// Every step done.
+    Done,
+    /// Stopped without rollback.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Rollback finished.
+    RolledBack {
+        /// Why it rolled back.
+        reason: String,
+    },
+}
+
+impl OperatorStatus {
+    /// True once the operator will do nothing more.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, OperatorStatus::Done | OperatorStatus::Failed { .. } | OperatorStatus::RolledBack { .. })
+    }
+}
+
+/// An action of the shard manager (persisted in the meta shard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// Its id (from the cluster's id allocator).
+    pub id: u64,
+    /// The shard it acts on.
+    pub shard: ShardId,
+    /// Why it exists.
+    pub kind: OperatorKind,
+    /// What it does, in order.
+    pub steps: Vec<Step>,
+    /// What undoes it, in order (run on timeout or when a step became impossible).
+    pub rollback: Vec<Step>,
+    /// Index of the first step not known done (of `rollback` while rolling back).
+    pub next_step: usize,
+    /// Where it is.
+    pub status: OperatorStatus,
+    /// When it was created (ms, manager clock).
+    pub created_ms: u64,
+    /// When its current step began.
+    pub step_started_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+}
+
+/// Whether a step is done, per the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepState {
+    /// Done.
+    Done,
+    /// Not yet.
+    Pending,
+    /// Can never be done (the shard or replica it needs is gone).
+    Impossible(String),
+}
+
+/// What [`Operator::poll`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Poll {
+    /// The operator changed and must be persisted again.
+    pub changed: bool,
+    /// The step to send to the shard's leader now, if any.
+    pub action: Option<Step>,
+}
+
+impl Operator {
+    /// A running operator whose first step starts at `now_ms`.
+    pub fn new(
+        id: u64,
+        shard: ShardId,
+        kind: OperatorKind,
+        steps: Vec<Step>,
+        rollback: Vec<Step>,
+        now_ms: u64,
+    ) -> Self {
+        debug_assert!(!steps.is_empty(), "an operator does something");
+        Operator {
+            id,
+            shard,
+            kind,
+            steps,
+            rollback,
+            next_step: 0,
+            status: OperatorStatus::Running,
+            created_ms: now_ms,
+            step_started_ms: now_ms,
+            finished_ms: None,
+        }
+    }
+
+    /// The shards it holds busy: its own, and a merge's target.
+    pub fn shards(&self) -> Vec<ShardId> {
+        let mut out = vec![self.shard];
+        for step in self.steps.iter().chain(&self.rollback) {
+            if let Step::Merge { target } | Step::ResolveMerge { target } = step {
+                if !out.contains(target) {
+                    out.push(*target);
+                }
+            }
+        }
+        out
+    }
+
+    /// Advances past every step the directory shows done; decides rollback or failure on
+    /// timeout or impossibility; returns the step to (re)send, if any.
+    pub fn poll(&mut self, dir: &Directory, now_ms: u64, step_timeout_ms: u64) -> Poll {
+        let mut out = Poll::default();
+        loop {
+            let steps = match &self.status {
+                OperatorStatus::Running => &self.steps,
+                OperatorStatus::RollingBack { .. } => &self.rollback,
+                _ => return out,
+            };
+            let Some(step) = steps.get(self.next_step).cloned() else {
+                self.status = match std::mem::replace(&mut self.status, OperatorStatus::Done) {
+                    OperatorStatus::RollingBack { reason } => OperatorStatus::RolledBack { reason },
+                    _ => OperatorStatus::Done,
+                };
+                self.finished_ms = Some(now_ms);
+                out.changed = true;
+                return out;
+            };
+            match step_state(self.shard, &step, dir) {
+                StepState::Done => {
+                    self.next_step += 1;
+                    self.step_started_ms = now_ms;
+                    out.changed = true;
+                }
+                StepState::Impossible(reason) => {
+                    self.give_up(reason, now_ms);
+                    out.changed = true;
+                }
+                StepState::Pending if now_ms.saturating_sub(self.step_started_ms) > step_timeout_ms => {
+                    self.give_up(format!("step {} timed out", self.next_step), now_ms);
+                    out.changed = true;
+                }
+                StepState::Pending => {
+                    out.action = Some(self.action_for(step, dir));
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// A merge needs one node leading both shards: until then, move the source's
+    /// leadership to the target's leader.
+    fn action_for(&self, step: Step, dir: &Directory) -> Step {
+        if let Step::Merge { target } = step {
+            let source_leader = dir.get(self.shard).and_then(|s| s.leader);
+            let target_leader = dir.get(target).and_then(|s| s.leader);
+            if let (Some(s), Some(t)) = (source_leader, target_leader) {
+                if s != t {
+                    return Step::TransferLeader { to: t };
+                }
+            }
+        }
+        step
+    }
+
+    fn give_up(&mut self, reason: String, now_ms: u64) {
+        match self.status {
+            OperatorStatus::Running if !self.rollback.is_empty() => {
+                self.status = OperatorStatus::RollingBack { reason };
+                self.next_step = 0;
+                self.step_started_ms = now_ms;
+            }
+            _ => {
+                self.status = OperatorStatus::Failed { reason };
+                self.finished_ms = Some(now_ms);
+            }
+        }
+    }
+}
+
+/// Whether `step` on `shard` is done, per the directory.
+pub fn step_state(shard: ShardId, step: &Step, dir: &Directory) -> StepState {
+    let s = dir.get(shard);
+    match step {
+        Step::AddLearner { node } => match s {
+            None => StepState::Impossible("the shard is gone".into()),
+            Some(s) if s.replica(*node).is_some() => StepState::Done,
+            Some(_) => StepState::Pending,
+        },
+        Step::PromoteLearner { node } => match s.map(|s| s.replica(*node).map(|r| r.role)) {
+            None => StepState::Impossible("the shard is gone".into()),
+            Some(Some(Role::Voter)) => StepState::Done,
+            Some(Some(Role::Learner)) => StepState::Pending,
+            Some(None) => StepState::Impossible(format!("no replica on node {node} to promote")),
+        },
+        Step::RemoveReplica { node } => match s {
+            Some(s) if s.replica(*node).is_some() => StepState::Pending,
+            _ => StepState::Done,
+        },
+        Step::TransferLeader { to } => match s {
+            None => StepState::Impossible("the shard is gone".into()),
+            Some(s) if s.leader == Some(*to) => StepState::Done,
+            Some(s) if s.replica(*to).is_none_or(|r| r.role != Role::Voter) => {
+                StepState::Impossible(format!("node {to} holds no voter"))
+            }
+            Some(_) => StepState::Pending,
+        },
+        Step::Split { new_shard, .. } => {
+            if dir.get(*new_shard).is_some() {
+                StepState::Done
+            } else if s.is_none() {
+                StepState::Impossible("the shard is gone".into())
+            } else {
+                StepState::Pending // until the split-off shard reports (or the step times out)
+            }
+        }
+        Step::Merge { target } => match (s, dir.get(*target)) {
+            (None, _) => StepState::Done, // the target's wider range replaced the source
+            (Some(_), None) => StepState::Pending,
+            (Some(src), Some(tgt)) if src.voters() != tgt.voters() || src.has_learners() || tgt.has_learners() => {
+                StepState::Impossible("the shards' replicas differ".into())
+            }
+            (Some(_), Some(_)) => StepState::Pending,
+        },
+        Step::ResolveMerge { .. } => match s {
+            None => StepState::Done,
+            Some(s) if s.merging_into.is_none() => StepState::Done,
+            Some(_) => StepState::Pending,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ReplicaMeta, ShardMeta};
+
+    fn shard(id: u64, replicas: &[(u64, Role)], leader: u64) -> ShardMeta {
+        ShardMeta {
+            id,
+            start: Vec::new(),
+            end: None,
+            epoch: Epoch { version: 1, conf_ver: 1 },
+            replicas: replicas.iter().map(|&(node, role)| ReplicaMeta { node, role }).collect(),
+            leader: Some(leader),
+            merging_into: None,
+        }
+    }
+
+    fn move_op() -> Operator {
+        Operator::new(
+            9,
+            1,
+            OperatorKind::MoveReplica { from: Some(3), to: Some(4) },
+            vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }, Step::RemoveReplica { node: 3 }],
+            vec![Step::RemoveReplica { node: 4 }],
+            0,
+        )
+    }
+
+    #[test]
+    fn steps_advance_from_the_directory_only() {
+        let mut dir = Directory::new();
+        let v = Role::Voter;
+        dir.update(shard(1, &[(1, v), (2, v), (3, v)], 1));
+        let mut op = move_op();
+        assert_eq!(op.poll(&dir, 10, 1000), Poll { changed: false, action: Some(Step::AddLearner { node: 4 }) });
+        // Sending again is harmless: still pending until the leader reports the learner.
+        assert_eq!(op.poll(&dir, 20, 1000).action, Some(Step::AddLearner { node: 4 }));
+        let mut s = shard(1, &[(1, v), (2, v), (3, v), (4, Role::Learner)], 1);
+        s.epoch.conf_ver = 2;
+        dir.update(s);
+        assert_eq!(op.poll(&dir, 30, 1000), Poll { changed: true, action: Some(Step::PromoteLearner { node: 4 }) });
+        // A manager that loads the operator later, after every step happened, just finishes.
+        let mut s = shard(1, &[(1, v), (2, v), (4, v)], 1);
+        s.epoch.conf_ver = 4;
+        dir.update(s);
+        let mut resumed = op.clone();
+        assert_eq!(resumed.poll(&dir, 40, 1000), Poll { changed: true, action: None });
+        assert_eq!(resumed.status, OperatorStatus::Done);
+    }
+
+    #[test]
+    fn timeout_rolls_back() {
+        let mut dir = Directory::new();
+        let v = Role::Voter;
+        let mut s = shard(1, &[(1, v), (2, v), (3, v), (4, Role::Learner)], 1);
+        dir.update(s.clone());
+        let mut op = move_op();
+        assert_eq!(op.poll(&dir, 10, 100).action, Some(Step::PromoteLearner { node: 4 }));
+        let p = op.poll(&dir, 500, 100);
+        assert!(matches!(op.status, OperatorStatus::RollingBack { .. }), "{:?}", op.status);
+        assert_eq!(p.action, Some(Step::RemoveReplica { node: 4 }));
+        s.replicas.pop();
+        s.epoch.conf_ver = 3;
+        dir.update(s);
+        op.poll(&dir, 600, 100);
+        assert!(matches!(op.status, OperatorStatus::RolledBack { .. }), "{:?}", op.status);
+        assert!(op.status.is_finished());
+    }
+
+    #[test]
+    fn merge_first_colocates_leaders() {
+        let mut dir = Directory::new();
+        let v = Role::Voter;
+        let mut a = shard(1, &[(1, v), (2, v), (3, v)], 1);
+        a.end = Some(b"m".to_vec());
+        let mut b = shard(2, &[(1, v), (2, v), (3, v)], 2);
+        b.start = b"m".to_vec();
+        dir.update(a);
+        dir.update(b.clone());
+        let mut op = Operator::new(5, 2, OperatorKind::Merge, vec![Step::Merge { target: 1 }], vec![], 0);
+        assert_eq!(op.poll(&dir, 1, 1000).action, Some(Step::TransferLeader { to: 1 }));
+        b.leader = Some(1);
+        dir.update(b);
+        assert_eq!(op.poll(&dir, 2, 1000).action, Some(Step::Merge { target: 1 }));
+        let mut merged = shard(1, &[(1, v), (2, v), (3, v)], 1);
+        merged.epoch.version = 2;
+        dir.update(merged);
+        op.poll(&dir, 3, 1000);
+        assert_eq!(op.status, OperatorStatus::Done);
+    }
+
+    #[test]
+    fn impossible_step_fails_without_rollback() {
+        let dir = Directory::new();
+        let mut op = Operator::new(1, 7, OperatorKind::BalanceLeader, vec![Step::TransferLeader { to: 2 }], vec![], 0);
+        assert!(op.poll(&dir, 1, 1000).changed);
+        assert!(matches!(op.status, OperatorStatus::Failed { .. }));
+        let json = serde_json::to_string(&op).expect("encode");
+        assert_eq!(serde_json::from_str::<Operator>(&json).expect("decode"), op);
+    }
+}

@@ -1,0 +1,346 @@
+//! The shard manager's policies (design.md §4): each looks at the manager's state and plans
+//! operators; none does I/O or reads a clock. In priority order each round:
+//!
+//! 1. **Repair**: a shard's replicas must be exactly its group's members - add, promote,
+//!    move or remove one replica at a time (this is also how a shard moves between groups and
+//!    how new nodes receive the meta shard and the first data shard).
+//! 2. **Split** by size or keys (at the leader's middle key), or by load after the shard
+//!    stayed hot for the load-split window (at the sampled key that best halves the load).
+//! 3. **Merge** adjacent shards of one group, both small and cold for `merge-delay-ms`,
+//!    their combined load under half the split thresholds, neither split within
+//!    `split-merge-interval-ms`.
+//! 4. **Leader balance** inside each group by load score (by count when the load is even),
+//!    acting only past `balance-tolerance` above the mean *and* a minimum absolute gap.
+//! 5. **Group balance**: re-place one shard from the largest group (by size, then load) to
+//!    the smallest, with the same hysteresis; repair then moves its replicas.
+//!
+//! Balancing plans count against `max-balance-moves-per-minute`; every plan against
+//! `max-running-operators`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::load::{choose_split_key, KeySpan};
+use crate::manager::Manager;
+use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
+use crate::operator::{OperatorKind, Step};
+
+/// An operator to start.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Plan {
+    pub(crate) shard: ShardId,
+    pub(crate) kind: OperatorKind,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) rollback: Vec<Step>,
+    /// Counts against the balancing budget.
+    pub(crate) counts_as_balance: bool,
+    /// Re-place the shard into this group (before any steps).
+    pub(crate) new_group: Option<GroupId>,
+}
+
+/// Every plan of this round, in priority order (module docs).
+pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
+    let mut out = Vec::new();
+    let mut claimed = HashSet::new();
+    repair(m, &mut out, &mut claimed);
+    splits(m, now_ms, &mut out, &mut claimed);
+    merges(m, now_ms, &mut out, &mut claimed);
+    leader_balance(m, &mut out, &mut claimed);
+    group_balance(m, &mut out, &claimed);
+    out
+}
+
+fn free<'a>(m: &'a Manager, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item = &'a ShardMeta> + 'a {
+    m.directory.iter().filter(move |s| m.is_free(s) && !claimed.contains(&s.id))
+}
+
+fn node_up(m: &Manager, id: NodeId) -> bool {
+    m.nodes.get(&id).is_some_and(|n| n.state.accepts_load())
+}
+
+/// Policy 1: one replica change per shard toward its group's members.
+fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    for s in free(m, claimed) {
+        let Some(group) = m.placement.get(&s.id).and_then(|p| m.groups.get(&p.group)) else { continue };
+        let learner = s.replicas.iter().find(|r| r.role == Role::Learner && group.nodes.contains(&r.node));
+        let missing: Vec<NodeId> =
+            group.nodes.iter().copied().filter(|n| s.replica(*n).is_none() && node_up(m, *n)).collect();
+        let extra: Vec<NodeId> = s.replicas.iter().map(|r| r.node).filter(|n| !group.nodes.contains(n)).collect();
+        let (steps, rollback, from, to) = if let Some(l) = learner {
+            (vec![Step::PromoteLearner { node: l.node }], vec![], None, Some(l.node))
+        } else if let Some(&to) = missing.first() {
+            let region = m.nodes.get(&to).map(|n| n.region.as_str());
+            let from = extra.iter().copied().find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
+            let from = from.or(extra.first().copied());
+            let mut steps = vec![Step::AddLearner { node: to }, Step::PromoteLearner { node: to }];
+            steps.extend(from.map(|node| Step::RemoveReplica { node }));
+            (steps, vec![Step::RemoveReplica { node: to }], from, Some(to))
+        } else if let Some(&from) = extra.first() {
+            if s.voters().len() <= 1 {
+                continue;
+            }
+            (vec![Step::RemoveReplica { node: from }], vec![], Some(from), None)
+        } else {
+            continue;
+        };
+        out.push(Plan {
+            shard: s.id,
+            kind: OperatorKind::MoveReplica { from, to },
+            steps,
+            rollback,
+            counts_as_balance: false,
+            new_group: None,
+        });
+    }
+    for p in out.iter() {
+        claimed.insert(p.shard);
+    }
+}
+
+/// Policy 2: split by size or keys, or by sustained load.
+fn splits(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    let cfg = &m.cfg;
+    let mut planned = Vec::new();
+    for s in free(m, claimed) {
+        if Manager::is_meta(s) {
+            continue;
+        }
+        let Some(soft) = m.soft.get(&s.id) else { continue };
+        let split = |kind, key| Plan {
+            shard: s.id,
+            kind,
+            steps: vec![Step::Split { key, new_shard: 0, epoch: s.epoch }],
+            rollback: vec![],
+            counts_as_balance: false,
+            new_group: None,
+        };
+        if soft.size_bytes > cfg.split_max_size_bytes || soft.keys > cfg.split_max_keys {
+            planned.push(split(OperatorKind::SizeSplit, None));
+            continue;
+        }
+        let Some(hot_since) = soft.hot_since_ms else { continue };
+        if now_ms.saturating_sub(hot_since) < cfg.load_split_window_ms {
+            continue;
+        }
+        let samples: Vec<&KeySpan> = soft.samples.iter().flat_map(|(_, v)| v.iter()).collect();
+        let chosen = choose_split_key(
+            &s.start,
+            s.end.as_deref(),
+            &samples,
+            cfg.load_split_candidates,
+            cfg.load_split_max_balance,
+            cfg.load_split_max_contained,
+        );
+        if let Some((key, _)) = chosen {
+            planned.push(split(OperatorKind::LoadSplit, Some(key)));
+        }
+    }
+    for p in planned {
+        claimed.insert(p.shard);
+        out.push(p);
+    }
+}
+
+/// Policy 3: merge small, cold neighbours of one group (the right one into the left one).
+fn merges(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    let cfg = &m.cfg;
+    let mergeable = |s: &ShardMeta, claimed: &HashSet<ShardId>| -> bool {
+        if Manager::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
+            return false;
+        }
+        let Some(soft) = m.soft.get(&s.id) else { return false };
+        let cold = soft.cold_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= cfg.merge_delay_ms);
+        let split_long_ago = m
+            .placement
+            .get(&s.id)
+            .and_then(|p| p.split_at_ms)
+            .is_none_or(|t| now_ms.saturating_sub(t) >= cfg.split_merge_interval_ms);
+        cold && split_long_ago
+    };
+    let shards: Vec<&ShardMeta> = m.directory.iter().collect();
+    for pair in shards.windows(2) {
+        let (l, r) = (pair[0], pair[1]);
+        if !l.is_left_neighbour_of(r) || !mergeable(l, claimed) || !mergeable(r, claimed) {
+            continue;
+        }
+        if m.placement.get(&l.id).map(|p| p.group) != m.placement.get(&r.id).map(|p| p.group)
+            || l.voters() != r.voters()
+        {
+            continue;
+        }
+        let (Some(a), Some(b)) = (m.soft.get(&l.id), m.soft.get(&r.id)) else { continue };
+        let combined_cold = a.load.qps() + b.load.qps() < cfg.load_split_qps / 2.0
+            && a.load.bytes_per_sec() + b.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
+        let combined_small =
+            a.size_bytes + b.size_bytes < cfg.split_max_size_bytes && a.keys + b.keys < cfg.split_max_keys;
+        if !(combined_cold && combined_small) {
+            continue;
+        }
+        claimed.insert(l.id);
+        claimed.insert(r.id);
+        out.push(Plan {
+            shard: r.id,
+            kind: OperatorKind::Merge,
+            steps: vec![Step::Merge { target: l.id }],
+            rollback: vec![Step::ResolveMerge { target: l.id }],
+            counts_as_balance: false,
+            new_group: None,
+        });
+    }
+}
+
+/// Per-node leader load inside one group.
+#[derive(Default)]
+struct NodeLeaders {
+    score: f64,
+    shards: Vec<(f64, ShardId)>,
+}
+
+/// Policy 4: even out leader load inside each group (one transfer per group per round).
+fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    let cfg = &m.cfg;
+    let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
+    for g in m.groups.values() {
+        let nodes = g.nodes.iter().filter(|n| node_up(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
+        by_group.insert(g.id, nodes);
+    }
+    for s in m.directory.iter() {
+        let (Some(leader), Some(p)) = (s.leader, m.placement.get(&s.id)) else { continue };
+        let Some(entry) = by_group.get_mut(&p.group).and_then(|g| g.get_mut(&leader)) else { continue };
+        let score = m.soft.get(&s.id).map_or(0.0, |x| x.load.score());
+        entry.score += score;
+        if m.is_free(s) && !claimed.contains(&s.id) {
+            entry.shards.push((score, s.id));
+        }
+    }
+    for nodes in by_group.values() {
+        if nodes.len() < 2 {
+            continue;
+        }
+        let n = nodes.len() as f64;
+        let mean = nodes.values().map(|x| x.score).sum::<f64>() / n;
+        let by_score = |a: &&NodeId, b: &&NodeId| nodes[a].score.total_cmp(&nodes[b].score).then(b.cmp(a));
+        let (Some(hot), Some(cold)) = (nodes.keys().max_by(by_score), nodes.keys().min_by(by_score)) else { continue };
+        let (hs, cs) = (nodes[hot].score, nodes[cold].score);
+        let pick = if hs > mean * (1.0 + cfg.balance_tolerance) && hs - mean > cfg.balance_min_leader_load_gap {
+            // The shard whose load best halves the gap, without overshooting it.
+            let gap = hs - cs;
+            nodes[hot]
+                .shards
+                .iter()
+                .filter(|(score, id)| *score < gap && has_voter(m, *id, *cold))
+                .min_by(|a, b| (a.0 - gap / 2.0).abs().total_cmp(&(b.0 - gap / 2.0).abs()).then(a.1.cmp(&b.1)))
+                .map(|(_, id)| (*id, *cold))
+        } else if hs - mean <= cfg.balance_min_leader_load_gap {
+            // Load is even: even out the count, moving the least loaded leaderships.
+            let count = |id: &NodeId| nodes[id].shards.len();
+            let mean_count = nodes.keys().map(count).sum::<usize>() as f64 / n;
+            let most = nodes.keys().max_by_key(|id| (count(id), std::cmp::Reverse(**id)));
+            let least = nodes.keys().min_by_key(|id| (count(id), **id));
+            match (most, least) {
+                (Some(a), Some(b))
+                    if count(a) >= count(b) + 2 && count(a) as f64 > mean_count * (1.0 + cfg.balance_tolerance) =>
+                {
+                    nodes[a]
+                        .shards
+                        .iter()
+                        .filter(|(_, id)| has_voter(m, *id, *b))
+                        .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)))
+                        .map(|(_, id)| (*id, *b))
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some((shard, to)) = pick {
+            claimed.insert(shard);
+            out.push(Plan {
+                shard,
+                kind: OperatorKind::BalanceLeader,
+                steps: vec![Step::TransferLeader { to }],
+                rollback: vec![],
+                counts_as_balance: true,
+                new_group: None,
+            });
+        }
+    }
+}
+
+fn has_voter(m: &Manager, shard: ShardId, node: NodeId) -> bool {
+    m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
+}
+
+/// A quantity group balance evens out: the group's total, a shard's part, the minimum gap.
+type Dimension = (fn(&GroupLoad) -> f64, fn(&(u64, f64, ShardId)) -> f64, f64);
+
+/// Per-group totals for group balance.
+#[derive(Default, Clone, Copy)]
+struct GroupLoad {
+    size_bytes: u64,
+    score: f64,
+}
+
+/// Policy 5: re-place one shard from the largest group to the smallest (by size, then by
+/// load), among complete groups whose members are all up.
+fn group_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
+    let cfg = &m.cfg;
+    let rf = m.cluster.replication_factor;
+    let mut totals: BTreeMap<GroupId, GroupLoad> = m
+        .groups
+        .values()
+        .filter(|g| {
+            g.nodes.len() == rf && g.nodes.iter().all(|n| m.nodes.get(n).is_some_and(|x| x.state == NodeState::Up))
+        })
+        .map(|g| (g.id, GroupLoad::default()))
+        .collect();
+    if totals.len() < 2 {
+        return;
+    }
+    let mut candidates: BTreeMap<GroupId, Vec<(u64, f64, ShardId)>> = BTreeMap::new();
+    for s in m.directory.iter() {
+        let Some(p) = m.placement.get(&s.id) else { continue };
+        let Some(t) = totals.get_mut(&p.group) else { continue };
+        let (size, score) = m.soft.get(&s.id).map_or((0, 0.0), |x| (x.size_bytes, x.load.score()));
+        t.size_bytes += size;
+        t.score += score;
+        let settled = s.replicas.len() == rf && !s.has_learners();
+        if !Manager::is_meta(s) && m.is_free(s) && !claimed.contains(&s.id) && settled {
+            candidates.entry(p.group).or_default().push((size, score, s.id));
+        }
+    }
+    let n = totals.len() as f64;
+    // By size first, then by load.
+    let dims: [Dimension; 2] = [
+        (|g| g.size_bytes as f64, |c| c.0 as f64, cfg.balance_min_size_gap_bytes as f64),
+        (|g| g.score, |c| c.1, cfg.balance_min_leader_load_gap),
+    ];
+    for (total, of_shard, min_gap) in dims {
+        let mean = totals.values().map(total).sum::<f64>() / n;
+        let cmp = |a: &(&GroupId, &GroupLoad), b: &(&GroupId, &GroupLoad)| {
+            total(a.1).total_cmp(&total(b.1)).then(b.0.cmp(a.0))
+        };
+        let (Some((&big, bl)), Some((&small, sl))) = (totals.iter().max_by(cmp), totals.iter().min_by(cmp)) else {
+            return;
+        };
+        let (b, s) = (total(bl), total(sl));
+        if !(b > mean * (1.0 + cfg.balance_tolerance) && b - mean > min_gap) {
+            continue;
+        }
+        let gap = b - s;
+        let pick =
+            candidates.get(&big).into_iter().flatten().filter(|c| of_shard(c) > 0.0 && of_shard(c) < gap).min_by(
+                |x, y| (of_shard(x) - gap / 2.0).abs().total_cmp(&(of_shard(y) - gap / 2.0).abs()).then(x.2.cmp(&y.2)),
+            );
+        if let Some(&(_, _, shard)) = pick {
+            out.push(Plan {
+                shard,
+                kind: OperatorKind::MoveReplica { from: None, to: None },
+                steps: vec![],
+                rollback: vec![],
+                counts_as_balance: true,
+                new_group: Some(small),
+            });
+            return;
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The shard manager against a simulated cluster: the simulation carries out the manager's
+//! commands on a model of the shards (as the replication layer would) and sends heartbeats;
+//! the manager's meta writes go to a map that a successor manager recovers from.
+//!
+//! Seeded and deterministic; a failure prints its seed (`PRESAGE_TEST_SEED` replays one).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use presage_shardmgr::load::KeySpan;
+use presage_shardmgr::meta::PersistedState;
+use presage_shardmgr::model::{ReplicaMeta, Role};
+use presage_shardmgr::{
+    Command, Effects, Epoch, LoadReport, Manager, ManagerConfig, NodeHeartbeat, NodeMeta, NodeState, NodeStats,
+    OperatorKind, OperatorStatus, ShardMeta, ShardReport, Step, META_SHARD_ID,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn key(n: u64) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+fn num(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// The simulated data layer: shards with sizes and a load generator.
+struct Sim {
+    shards: BTreeMap<u64, ShardMeta>,
+    /// Bytes and keys per shard.
+    size: BTreeMap<u64, (u64, u64)>,
+    /// Requests per heartbeat per shard, as (key, count) hot spots.
+    traffic: Vec<(u64, u64)>,
+    nodes: Vec<NodeMeta>,
+    /// Nodes that stopped (send no heartbeats, ignore commands).
+    dead: Vec<u64>,
+    /// The meta shard's contents.
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    now_ms: u64,
+    rng: SmallRng,
+    /// Commands to drop instead of carrying out (a partitioned leader).
+    drop_commands: bool,
+}
+
+fn node(id: u64, region: &str) -> NodeMeta {
+    NodeMeta {
+        id,
+        raft_addr: format!("n{id}:1"),
+        client_addr: format!("n{id}:2"),
+        region: region.into(),
+        capacity_bytes: 1 << 40,
+        state: NodeState::Up,
+        group: None,
+    }
+}
+
+impl Sim {
+    /// A cluster bootstrapped by node 1: the meta shard and shard 1 over every user key.
+    fn bootstrap(seed: u64, cfg: &ManagerConfig) -> (Sim, Manager) {
+        let first = node(1, "r1");
+        let mut shards = BTreeMap::new();
+        let one = |id, start: Vec<u8>, end| ShardMeta {
+            id,
+            start,
+            end,
+            epoch: Epoch { version: 1, conf_ver: 1 },
+            replicas: vec![ReplicaMeta { node: 1, role: Role::Voter }],
+            leader: Some(1),
+            merging_into: None,
+        };
+        shards.insert(META_SHARD_ID, one(META_SHARD_ID, vec![0xff], None));
+        shards.insert(1, one(1, Vec::new(), Some(vec![0xff])));
+        let sim = Sim {
+            shards,
+            size: BTreeMap::new(),
+            traffic: Vec::new(),
+            nodes: vec![first.clone()],
+            dead: Vec::new(),
+            meta: BTreeMap::new(),
+            now_ms: 1_000_000,
+            rng: SmallRng::seed_from_u64(seed),
+            drop_commands: false,
+        };
+        let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
+        (sim, m)
+    }
+
+    fn persist(&mut self, fx: &Effects) {
+        for w in &fx.writes {
+            match &w.value {
+                Some(v) => self.meta.insert(w.key.clone(), v.clone()),
+                None => self.meta.remove(&w.key),
+            };
+        }
+    }
+
+    fn recover(&self, cfg: &ManagerConfig) -> Manager {
+        let state =
+            PersistedState::decode(self.meta.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("decode");
+        Manager::recover(cfg.clone(), state, self.now_ms).expect("recover")
+    }
+
+    fn heartbeats(&mut self, m: &mut Manager, interval_ms: u64) {
+        // Spread the traffic over the shards holding each hot spot.
+        let mut reports: BTreeMap<u64, LoadReport> = BTreeMap::new();
+        for &(center, count) in &self.traffic.clone() {
+            for _ in 0..count {
+                // Keys around the hot spot (a narrow normal-ish bump).
+                let k = center.wrapping_add(self.rng.random_range(0..1_000_000)).saturating_sub(500_000);
+                let Some(s) = self.shards.values().find(|s| s.contains(&key(k))) else { continue };
+                let r = reports.entry(s.id).or_default();
+                r.read_ops += 1;
+                r.read_bytes += 100;
+                if r.samples.len() < 64 {
+                    r.samples.push(KeySpan::point(&key(k)));
+                }
+            }
+        }
+        let live: Vec<u64> = self.nodes.iter().map(|n| n.id).filter(|id| !self.dead.contains(id)).collect();
+        for id in live {
+            let mut shards = Vec::new();
+            for s in self.shards.values().filter(|s| s.leader == Some(id)) {
+                let mut load = reports.remove(&s.id).unwrap_or_default();
+                load.interval_ms = interval_ms;
+                let (size_bytes, keys) = self.size.get(&s.id).copied().unwrap_or((1 << 20, 1000));
+                shards.push(ShardReport { shard: s.clone(), load, size_bytes, keys });
+            }
+            let hb = NodeHeartbeat { node: id, stats: NodeStats::default(), shards };
+            assert!(m.heartbeat(hb, self.now_ms), "node {id} is known");
+        }
+    }
+
+    fn execute(&mut self, c: &Command) {
+        if self.drop_commands || self.dead.contains(&c.leader) {
+            return;
+        }
+        let Some(s) = self.shards.get(&c.shard).cloned() else { return };
+        if s.leader != Some(c.leader) {
+            return; // not the leader any more: the node answers NotLeader
+        }
+        let mut s = s;
+        match &c.step {
+            Step::AddLearner { node } => {
+                if s.replica(*node).is_none() {
+                    s.replicas.push(ReplicaMeta { node: *node, role: Role::Learner });
+                    s.epoch.conf_ver += 1;
+                }
+            }
+            Step::PromoteLearner { node } => {
+                if let Some(r) = s.replicas.iter_mut().find(|r| r.node == *node && r.role == Role::Learner) {
+                    r.role = Role::Voter;
+                    s.epoch.conf_ver += 1;
+                }
+            }
+            Step::RemoveReplica { node } => {
+                if s.leader == Some(*node) {
+                    s.leader = s.replicas.iter().find(|r| r.node != *node && r.role == Role::Voter).map(|r| r.node);
+                } else if s.replica(*node).is_some() {
+                    s.replicas.retain(|r| r.node != *node);
+                    s.epoch.conf_ver += 1;
+                }
+            }
+            Step::TransferLeader { to } => {
+                if s.replica(*to).is_some_and(|r| r.role == Role::Voter) && !self.dead.contains(to) {
+                    s.leader = Some(*to);
+                }
+            }
+            Step::Split { key: split_key, new_shard, epoch } => {
+                if s.epoch != *epoch {
+                    return;
+                }
+                let end = s.end.as_deref().map_or(u64::MAX, num);
+                let at = split_key.clone().unwrap_or_else(|| key(num(&s.start) / 2 + end / 2));
+                if !s.contains(&at) || at == s.start {
+                    return;
+                }
+                s.epoch.version += 1;
+                let right = ShardMeta { id: *new_shard, start: at.clone(), ..s.clone() };
+                s.end = Some(at);
+                let (bytes, keys) = self.size.get(&s.id).copied().unwrap_or((1 << 20, 1000));
+                self.size.insert(s.id, (bytes / 2, keys / 2));
+                self.size.insert(*new_shard, (bytes / 2, keys / 2));
+                self.shards.insert(right.id, right);
+            }
+            Step::Merge { target } => {
+                let Some(mut t) = self.shards.get(target).cloned() else { return };
+                if t.leader != s.leader || t.end.as_deref() != Some(s.start.as_slice()) {
+                    return;
+                }
+                t.end = s.end.clone();
+                t.epoch.version = t.epoch.version.max(s.epoch.version) + 1;
+                self.shards.remove(&s.id);
+                self.shards.insert(t.id, t);
+                return;
+            }
+            Step::ResolveMerge { .. } => s.merging_into = None,
+        }
+        self.shards.insert(s.id, s);
+    }
+
+    /// One scheduling round: heartbeats, a tick, persist, execute.
+    fn round(&mut self, m: &mut Manager, interval_ms: u64) -> Effects {
+        self.now_ms += interval_ms;
+        self.heartbeats(m, interval_ms);
+        let fx = m.tick(self.now_ms);
+        self.persist(&fx);
+        for c in &fx.commands {
+            self.execute(c);
+        }
+        fx
+    }
+
+    fn join(&mut self, m: &mut Manager, n: NodeMeta) {
+        m.join(n.clone(), self.now_ms).expect("join");
+        self.nodes.push(n);
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+fn test_config() -> ManagerConfig {
+    ManagerConfig {
+        split_max_size_bytes: 64 << 20,
+        merge_max_size_bytes: 8 << 20,
+        load_split_qps: 1000.0,
+        load_split_window_ms: 10_000,
+        merge_delay_ms: 60_000,
+        split_merge_interval_ms: 120_000,
+        operator_step_timeout_ms: 30_000,
+        ..ManagerConfig::default()
+    }
+}
+
+fn voters(sim: &Sim, shard: u64) -> Vec<u64> {
+    sim.shards[&shard].voters()
+}
+
+/// Bootstraps and joins nodes 2 and 3; returns once the meta shard and shard 1 hold all three.
+fn three_nodes(cfg: &ManagerConfig) -> (Sim, Manager) {
+    let (mut sim, mut m) = Sim::bootstrap(seed(), cfg);
+    sim.join(&mut m, node(2, "r2"));
+    sim.join(&mut m, node(3, "r3"));
+    for _ in 0..50 {
+        sim.round(&mut m, 1000);
+        let settled = m.operators().all(|op| op.status.is_finished());
+        if voters(&sim, 0) == [1, 2, 3] && voters(&sim, 1) == [1, 2, 3] && settled {
+            return (sim, m);
+        }
+    }
+    panic!("seed {}: replicas did not reach the joined nodes: {:?}", seed(), sim.shards);
+}
+
+#[test]
+fn joined_nodes_fill_the_first_group_and_receive_replicas() {
+    let (sim, m) = three_nodes(&test_config());
+    assert_eq!(m.groups().map(|g| g.nodes.clone()).collect::<Vec<_>>(), vec![vec![1, 2, 3]]);
+    assert!(m.operators().all(|op| op.status == OperatorStatus::Done), "{:?}", m.operators().collect::<Vec<_>>());
+    // The meta shard holds everything a successor needs.
+    let successor = sim.recover(&test_config());
+    assert_eq!(successor.directory().len(), 2);
+    assert_eq!(successor.groups().count(), 1);
+}
+
+#[test]
+fn a_large_shard_splits_at_its_middle() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    sim.size.insert(1, (100 << 20, 10_000));
+    let mut split_op = None;
+    for _ in 0..5 {
+        let fx = sim.round(&mut m, 1000);
+        split_op = split_op.or(fx.finished.iter().find(|op| op.kind == OperatorKind::SizeSplit).cloned());
+    }
+    assert!(sim.shards.len() == 3, "seed {}: {:?}", seed(), sim.shards.keys().collect::<Vec<_>>());
+    let op = split_op.expect("a size split finished");
+    assert_eq!(op.status, OperatorStatus::Done);
+    m.directory().check().expect("disjoint");
+    assert_eq!(m.directory().len(), 3);
+}
+
+#[test]
+fn a_hot_range_splits_by_load_after_the_window_and_the_halves_lead_apart() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    // 3000 reads/s around key 2^40 inside shard 1; leaders all on node 1.
+    sim.traffic = vec![(1 << 40, 3000)];
+    let start = sim.now_ms;
+    let mut split_at = None;
+    for _ in 0..40 {
+        let fx = sim.round(&mut m, 1000);
+        if split_at.is_none() && fx.finished.iter().any(|op| op.kind == OperatorKind::LoadSplit) {
+            split_at = Some(sim.now_ms - start);
+        }
+    }
+    let took = split_at.unwrap_or_else(|| panic!("seed {}: no load split: {:?}", seed(), sim.shards));
+    assert!(took >= cfg.load_split_window_ms, "split after {took} ms, before the window");
+    // The hot spot's halves (the shards it touches) lead from different nodes.
+    let hot: Vec<&ShardMeta> = sim
+        .shards
+        .values()
+        .filter(|s| {
+            s.id != 0
+                && num(&s.start) <= (1u64 << 40) + 500_000
+                && s.end.as_deref().is_none_or(|e| num(e) > (1u64 << 40) - 500_000)
+        })
+        .collect();
+    assert!(hot.len() >= 2, "seed {}: {hot:?}", seed());
+    let mut leaders: Vec<u64> = hot.iter().filter_map(|s| s.leader).collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    assert!(leaders.len() >= 2, "seed {}: the hot halves share leader {leaders:?}", seed());
+}
+
+#[test]
+fn cold_neighbours_merge_after_the_delay_only() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    sim.size.insert(1, (100 << 20, 10_000));
+    while sim.shards.len() < 3 {
+        sim.round(&mut m, 1000);
+    }
+    // Both halves shrink (deleted data) and stay cold.
+    let ids: Vec<u64> = sim.shards.keys().copied().filter(|id| *id != 0).collect();
+    for id in &ids {
+        sim.size.insert(*id, (1 << 20, 100));
+    }
+    let split_done = sim.now_ms;
+    let mut merged_at = None;
+    for _ in 0..300 {
+        let fx = sim.round(&mut m, 1000);
+        if fx.finished.iter().any(|op| op.kind == OperatorKind::Merge && op.status == OperatorStatus::Done) {
+            merged_at = Some(sim.now_ms - split_done);
+            break;
+        }
+    }
+    let after = merged_at.unwrap_or_else(|| panic!("seed {}: no merge: {:?}", seed(), sim.shards));
+    assert!(after >= cfg.split_merge_interval_ms, "merged {after} ms after a split");
+    assert_eq!(sim.shards.len(), 2, "{:?}", sim.shards);
+    m.directory().check().expect("disjoint");
+}
+
+#[test]
+fn a_successor_finishes_an_operator_its_predecessor_started() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    sim.join(&mut m, node(4, "r1"));
+    sim.join(&mut m, node(5, "r2"));
+    sim.join(&mut m, node(6, "r3"));
+    // The commands of this round are lost with the manager.
+    sim.size.insert(1, (200 << 20, 10));
+    sim.drop_commands = true;
+    sim.round(&mut m, 1000);
+    sim.round(&mut m, 1000);
+    let running: Vec<_> = m.operators().filter(|op| !op.status.is_finished()).cloned().collect();
+    assert!(!running.is_empty(), "an operator runs");
+    drop(m);
+    sim.drop_commands = false;
+    let mut m = sim.recover(&cfg);
+    assert_eq!(m.groups().count(), 2, "the second group was persisted");
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    for op in running {
+        let now = m.operators().find(|o| o.id == op.id).map(|o| o.status.clone());
+        assert_eq!(now, Some(OperatorStatus::Done), "seed {}: operator {op:?}", seed());
+    }
+}
+
+#[test]
+fn a_step_that_never_happens_rolls_back() {
+    let cfg = ManagerConfig { operator_step_timeout_ms: 5_000, ..test_config() };
+    let (mut sim, mut m) = three_nodes(&cfg);
+    // Node 4 joins a new group... with no other nodes, group 1 stays; use a manual move
+    // whose learner never catches up (the leader drops the promotion).
+    sim.join(&mut m, node(4, "r4"));
+    let op = m
+        .submit(
+            1,
+            vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }],
+            vec![Step::RemoveReplica { node: 4 }],
+            sim.now_ms,
+        )
+        .expect("submitted");
+    // Carry out the AddLearner, then stop carrying out promotions.
+    sim.round(&mut m, 1000);
+    assert!(sim.shards[&1].replica(4).is_some());
+    let mut rolled_back = false;
+    for _ in 0..20 {
+        sim.now_ms += 1000;
+        sim.heartbeats(&mut m, 1000);
+        let fx = m.tick(sim.now_ms);
+        sim.persist(&fx);
+        for c in &fx.commands {
+            if !matches!(c.step, Step::PromoteLearner { .. }) {
+                sim.execute(c);
+            }
+        }
+        if m.operators().any(|o| o.id == op && matches!(o.status, OperatorStatus::RolledBack { .. })) {
+            rolled_back = true;
+            break;
+        }
+    }
+    assert!(rolled_back, "{:?}", m.operators().find(|o| o.id == op));
+    assert!(sim.shards[&1].replica(4).is_none(), "the learner was removed");
+}
+
+#[test]
+fn silent_nodes_become_suspect_then_down() {
+    let cfg = ManagerConfig { node_suspect_after_ms: 3_000, node_down_after_ms: 10_000, ..test_config() };
+    let (mut sim, mut m) = three_nodes(&cfg);
+    sim.dead.push(3);
+    let state = |m: &Manager| m.nodes().find(|n| n.id == 3).map(|n| n.state);
+    for _ in 0..4 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(state(&m), Some(NodeState::Suspect));
+    for _ in 0..8 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(state(&m), Some(NodeState::Down));
+    assert_eq!(m.groups().next().map(|g| g.failures.len()), Some(1));
+    sim.dead.clear();
+    sim.round(&mut m, 1000);
+    assert_eq!(state(&m), Some(NodeState::Up));
+}
+
+#[test]
+fn a_new_group_takes_shards_from_a_full_one() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    // Many shards of 32 MiB on group 1: grow every shard past the split size a few times.
+    for _ in 0..6 {
+        for id in sim.shards.keys().copied().filter(|id| *id != 0).collect::<Vec<_>>() {
+            sim.size.insert(id, (100 << 20, 10));
+        }
+        sim.round(&mut m, 1000);
+        sim.round(&mut m, 1000);
+    }
+    for id in sim.shards.keys().copied().collect::<Vec<_>>() {
+        sim.size.insert(id, (32 << 20, 10));
+    }
+    let before = sim.shards.len();
+    assert!(before > 8, "{before} shards");
+    for (id, r) in [(4, "r1"), (5, "r2"), (6, "r3")] {
+        sim.join(&mut m, node(id, r));
+    }
+    for _ in 0..200 {
+        sim.round(&mut m, 1000);
+    }
+    let on_new = sim.shards.values().filter(|s| s.voters() == [4, 5, 6]).count();
+    let on_old = sim.shards.values().filter(|s| s.voters() == [1, 2, 3]).count();
+    assert!(on_new >= 3 && on_old >= 3, "seed {}: old {on_old}, new {on_new} of {before}", seed());
+    assert_eq!(on_new + on_old, sim.shards.len(), "every shard settled in one group");
+    // No shard has more than one replica per region.
+    for s in sim.shards.values() {
+        let mut regions: Vec<_> =
+            s.replicas.iter().map(|r| sim.nodes.iter().find(|n| n.id == r.node).map(|n| n.region.clone())).collect();
+        regions.sort();
+        regions.dedup();
+        assert_eq!(regions.len(), s.replicas.len(), "shard {} doubles a region", s.id);
+    }
+}
+
+/// Policy rounds at scale: 1,000 nodes, 100,000 shards. Reports how long heartbeat intake and
+/// one scheduling round take (not asserted: speed is measured, not tested).
+#[test]
+fn a_round_at_1000_nodes_and_100k_shards() {
+    let cfg = ManagerConfig {
+        max_balance_moves_per_minute: 100_000,
+        max_running_operators: 100_000,
+        ..ManagerConfig::default()
+    };
+    let first = node(1, "r0");
+    let mut m = Manager::bootstrap(cfg, 1, first, 0).expect("bootstrap");
+    let mut rng = SmallRng::seed_from_u64(seed());
+    for id in 2..=1000u64 {
+        m.join(node(id, &format!("r{}", id % 3)), 0).expect("join");
+    }
+    let fx = m.tick(1);
+    assert!(fx.writes.len() > 1000, "groups formed");
+    let groups: Vec<Vec<u64>> = m.groups().map(|g| g.nodes.clone()).collect();
+    assert_eq!(groups.len(), 333);
+    // 100,000 shards spread over the groups, skewed sizes and loads, all led by each
+    // group's first node (so leader balance has work everywhere).
+    let shards = 100_000u64;
+    let width = 0xff00_0000_0000_0000 / shards;
+    let mut by_node: BTreeMap<u64, Vec<ShardReport>> = BTreeMap::new();
+    for i in 0..shards {
+        let g = &groups[(i as usize * groups.len()) / shards as usize];
+        let leader = g[0];
+        let s = ShardMeta {
+            id: 10_000 + i,
+            start: if i == 0 { Vec::new() } else { key(i * width) },
+            end: Some(if i + 1 == shards { vec![0xff] } else { key((i + 1) * width) }),
+            epoch: Epoch { version: 2, conf_ver: 3 },
+            replicas: g.iter().map(|&node| ReplicaMeta { node, role: Role::Voter }).collect(),
+            leader: Some(leader),
+            merging_into: None,
+        };
+        let load = LoadReport {
+            interval_ms: 1000,
+            read_ops: rng.random_range(0..200),
+            write_ops: rng.random_range(0..50),
+            read_bytes: 0,
+            write_bytes: 0,
+            samples: Vec::new(),
+        };
+        let size_bytes = rng.random_range(1u64..300) << 20;
+        by_node.entry(leader).or_default().push(ShardReport { shard: s, load, size_bytes, keys: 1000 });
+    }
+    let t = Instant::now();
+    for (node, shards) in by_node.clone() {
+        m.heartbeat(NodeHeartbeat { node, stats: NodeStats::default(), shards }, 1000);
+    }
+    let first_intake = t.elapsed();
+    let fx = m.tick(1001);
+    let persisted = fx.writes.len();
+    // Steady state: the same shards report again (no epoch change), then one round.
+    let t = Instant::now();
+    for (node, shards) in by_node {
+        m.heartbeat(NodeHeartbeat { node, stats: NodeStats::default(), shards }, 2000);
+    }
+    let intake = t.elapsed();
+    let t = Instant::now();
+    let fx = m.tick(2001);
+    let round = t.elapsed();
+    eprintln!(
+        "1000 nodes, {} shards: first heartbeats {first_intake:?} ({persisted} records), \
+         steady heartbeats {intake:?}, scheduling round {round:?} ({} commands)",
+        m.directory().len(),
+        fx.commands.len()
+    );
+    assert_eq!(m.directory().len() as u64, shards, "every reported shard is known");
+    assert!(!fx.commands.is_empty(), "the skewed cluster has balancing work");
+    m.directory().check().expect("disjoint");
+}
