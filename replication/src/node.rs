@@ -25,6 +25,7 @@ enum NodeMsg {
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
+    Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
     Summary { reply: oneshot::Sender<StoreSummary> },
 }
 
@@ -137,6 +138,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
+        NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
     }
 }
@@ -259,6 +261,11 @@ impl NodeHandle {
     /// The state of this node's replica of `shard_id`.
     pub async fn status(&self, shard_id: u64) -> Result<Option<ShardStatus>> {
         self.ask(|reply| NodeMsg::Status { shard_id, reply }).await
+    }
+
+    /// The state of every replica on the node.
+    pub async fn statuses(&self) -> Result<Vec<ShardStatus>> {
+        self.ask(|reply| NodeMsg::Statuses { reply }).await
     }
 
     /// Counts over every replica of the node.

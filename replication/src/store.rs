@@ -50,6 +50,9 @@ pub struct ShardStatus {
     pub quiescent: bool,
     /// On a leader: the lowest commit index its replicas (itself included) have reported.
     pub replicas_committed: Option<u64>,
+    /// On a leader: each replica's node and the highest log index known to match the
+    /// leader's (how far a learner caught up), by node.
+    pub matched: Vec<(u64, u64)>,
 }
 
 /// Counts over every replica of a node.
@@ -641,7 +644,19 @@ impl<E: Engine> Store<E> {
             replicas_committed: p
                 .is_leader()
                 .then(|| p.raw.raft.prs().iter().map(|(_, pr)| pr.committed_index).min().unwrap_or(0)),
+            matched: if p.is_leader() {
+                let mut m: Vec<(u64, u64)> = p.raw.raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+                m.sort_unstable();
+                m
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// The state of every replica on this node, by shard id.
+    pub fn statuses(&self) -> Vec<ShardStatus> {
+        self.peers.keys().filter_map(|id| self.status(*id)).collect()
     }
 
     /// Ids of the shards with a replica here.

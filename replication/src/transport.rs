@@ -119,6 +119,16 @@ impl MemNetwork {
         id
     }
 
+    /// True unless a partition or isolation filter separates `from` and `to` (request/response
+    /// transports built on this network use it to honour the same faults).
+    pub fn reachable(&self, from: u64, to: u64) -> bool {
+        !self.lock().filters.iter().any(|(_, f)| match f {
+            Filter::Partition { a, b } => (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to)),
+            Filter::Isolate(n) => *n == from || *n == to,
+            _ => false,
+        })
+    }
+
     /// Removes one filter.
     pub fn remove_filter(&self, id: u64) {
         self.lock().filters.retain(|(fid, _)| *fid != id);

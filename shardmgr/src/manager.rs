@@ -33,7 +33,7 @@ use crate::policy::{self, Plan};
 const MAX_FAILURES_PER_GROUP: usize = 64;
 
 /// A step for a shard's leader to carry out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Command {
     /// The operator it belongs to.
     pub operator: u64,
@@ -59,7 +59,7 @@ pub struct Effects {
 }
 
 /// Counts for metrics and `presage-ctl`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManagerStats {
     /// Known nodes (any state).
     pub nodes: usize,
@@ -242,6 +242,11 @@ impl Manager {
         self.cluster.next_id += 1;
         self.pending.push(meta::put(meta::cluster_key(), &self.cluster));
         id
+    }
+
+    /// Takes the records to persist now (a join must be durable before it is answered).
+    pub fn take_writes(&mut self) -> Vec<MetaWrite> {
+        std::mem::take(&mut self.pending)
     }
 
     /// Registers a node (or updates the addresses of a known one); it joins a group at a

@@ -3,6 +3,8 @@
 //! - [`cluster`]: an in-process cluster of nodes on the in-memory engine and the in-memory
 //!   network with filters, on paused tokio time; seeded and replayable.
 //! - [`linearizability`]: a Wing–Gong/Porcupine-style checker for key-value histories.
+//! - [`sharded`]: an in-process sharded cluster of node servers (bootstrap, join, shard
+//!   manager) with clients.
 //! - [`nemesis`]: clients plus a seeded nemesis against a cluster; the history is checked.
 //!
 //! The tests themselves are in `tests/tests/`, one binary.
@@ -10,3 +12,11 @@
 pub mod cluster;
 pub mod linearizability;
 pub mod nemesis;
+pub mod sharded;
+
+/// Logs to the test's output at the level `RUST_LOG` sets (default: warnings); call it at the
+/// start of a test (later calls do nothing).
+pub fn init_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}

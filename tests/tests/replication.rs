@@ -14,6 +14,7 @@ fn seed() -> u64 {
     seed
 }
 
+mod sharding;
 mod tcp;
 
 const SEC: Duration = Duration::from_secs(1);

@@ -5,9 +5,12 @@
 //! - [`engine_bench`]: `presage-bench engine`, storage-engine figures with side-by-side baselines.
 //! - [`replication_bench`]: `presage-bench replication` and `idle`: replicated writes against
 //!   the raw engine, and the CPU of idle shards with quiescence on and off.
+//! - [`server`]: the node server: request routing and forwarding, heartbeats, the shard
+//!   manager's runtime on the meta leader, operator steps.
 //! - [`datagen`]: deterministic keys and values shared by both.
 
 pub mod datagen;
 pub mod demo;
 pub mod engine_bench;
 pub mod replication_bench;
+pub mod server;

@@ -1,0 +1,203 @@
+//! An in-process sharded cluster: node servers (`presage_tools::server`) on [`MemEngine`]s,
+//! joined by a [`MemNetwork`] for Raft and a [`MemRpcNet`] for requests. Node 1 bootstraps the
+//! cluster (the meta shard and shard 1 over every user key); the others join through it, and
+//! the shard manager gives them replicas. Run it on paused tokio time: everything follows the
+//! seed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presage_client::{Client, ClientConfig};
+use presage_engine::MemEngine;
+use presage_replication::{MemNetwork, Node, RaftConfig, Store};
+use presage_shardmgr::{Manager, ManagerConfig, NodeMeta, NodeState, ShardMeta, META_SHARD_ID};
+use presage_tools::server::convert::bootstrap_descriptors;
+use presage_tools::server::mem_rpc::MemRpcNet;
+use presage_tools::server::{Server, ServerConfig};
+
+use crate::cluster::test_config;
+
+/// Shard manager settings for tests: fast heartbeats and rounds, small thresholds.
+pub fn manager_config() -> ManagerConfig {
+    ManagerConfig {
+        heartbeat_interval_ms: 100,
+        node_suspect_after_ms: 1_000,
+        node_down_after_ms: 10_000,
+        split_max_size_bytes: 256 << 10,
+        split_max_keys: 1_000_000,
+        merge_max_size_bytes: 16 << 10,
+        merge_max_keys: 100_000,
+        load_split_qps: 300.0,
+        load_split_bytes_per_sec: 50e6,
+        load_split_window_ms: 2_000,
+        merge_delay_ms: 3_000,
+        split_merge_interval_ms: 5_000,
+        balance_min_leader_load_gap: 20.0,
+        balance_min_size_gap_bytes: 64 << 10,
+        max_balance_moves_per_minute: 600,
+        operator_step_timeout_ms: 10_000,
+        operator_retry_ms: 300,
+        ..ManagerConfig::default()
+    }
+}
+
+/// Node server settings for tests.
+pub fn server_config(manager: ManagerConfig) -> ServerConfig {
+    ServerConfig {
+        shard_manager: manager,
+        schedule_interval_ms: 100,
+        request_timeout_ms: 2_000,
+        rpc_timeout_ms: 2_000,
+        merge_confirm_timeout_ms: 2_000,
+        ..ServerConfig::default()
+    }
+}
+
+struct Running {
+    node: Node,
+    server: Server<MemEngine>,
+}
+
+/// A sharded cluster of in-process node servers.
+pub struct ShardedCluster {
+    /// Raft messages.
+    pub net: MemNetwork,
+    /// Requests.
+    pub rpc: MemRpcNet,
+    raft: RaftConfig,
+    cfg: ServerConfig,
+    engines: BTreeMap<u64, MemEngine>,
+    nodes: BTreeMap<u64, Running>,
+}
+
+fn meta(id: u64) -> NodeMeta {
+    NodeMeta {
+        id,
+        raft_addr: format!("mem:{id}"),
+        client_addr: format!("mem:{id}"),
+        region: format!("r{}", (id - 1) % 3 + 1),
+        capacity_bytes: 1 << 30,
+        state: NodeState::Up,
+        group: None,
+    }
+}
+
+/// Id of the clients' endpoint on the request network.
+const CLIENT_ENDPOINT: u64 = u64::MAX;
+
+impl ShardedCluster {
+    /// Bootstraps node 1, then joins nodes `2..=n`; returns once the meta shard and shard 1
+    /// are replicated on the first `min(n, 3)` nodes.
+    pub async fn start(n: u64, seed: u64, manager: ManagerConfig) -> Self {
+        let net = MemNetwork::new(seed);
+        let mut c = ShardedCluster {
+            rpc: MemRpcNet::new(net.clone()),
+            net,
+            raft: test_config(),
+            cfg: server_config(manager),
+            engines: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        let engine = MemEngine::new();
+        let mut store = Store::open(1, engine.clone(), c.raft.clone()).expect("open store");
+        store.bootstrap_shards(bootstrap_descriptors(1)).expect("bootstrap");
+        c.engines.insert(1, engine);
+        c.spawn(1, store);
+        c.wait(Duration::from_secs(10), "node 1 runs the shard manager", |c| c.manager_node().is_some()).await;
+        for id in 2..=n {
+            c.add_node(id).await;
+        }
+        let rf = n.min(3);
+        c.wait(Duration::from_secs(30), "the first shards are replicated", |c| {
+            c.with_manager(|m| {
+                [META_SHARD_ID, 1].iter().all(|id| m.directory().get(*id).is_some_and(|s| s.voters().len() as u64 == rf && !s.has_learners()))
+            })
+            .unwrap_or(false)
+        })
+        .await;
+        c
+    }
+
+    fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
+        let node = Node::spawn(store, self.net.transport(), &self.raft);
+        let handle = node.handle();
+        let deliver = node.handle();
+        self.net.connect(id, Arc::new(move |env| deliver.deliver(env)));
+        let server =
+            Server::start(self.cfg.clone(), meta(id), handle, self.engines[&id].clone(), Arc::new(self.rpc.endpoint(id)));
+        self.rpc.register(id, server.handler());
+        self.nodes.insert(id, Running { node, server });
+    }
+
+    /// Starts an empty node `id` and joins it through node 1 (or any live node).
+    pub async fn add_node(&mut self, id: u64) {
+        let engine = MemEngine::new();
+        let store = Store::open(id, engine.clone(), self.raft.clone()).expect("open store");
+        self.engines.insert(id, engine);
+        self.spawn(id, store);
+        let seeds: Vec<u64> = self.nodes.keys().copied().filter(|n| *n != id).collect();
+        let joined = self.nodes[&id].server.join(&seeds, Duration::from_secs(10)).await;
+        joined.unwrap_or_else(|e| panic!("node {id} could not join: {e}"));
+    }
+
+    /// Kills node `id` (its engine keeps what was written).
+    pub fn kill(&mut self, id: u64) {
+        self.net.disconnect(id);
+        self.rpc.unregister(id);
+        if let Some(r) = self.nodes.remove(&id) {
+            r.server.stop();
+            r.node.kill();
+        }
+    }
+
+    /// Restarts node `id` from its engine.
+    pub fn restart(&mut self, id: u64) {
+        let store = Store::open(id, self.engines[&id].clone(), self.raft.clone()).expect("reopen store");
+        self.spawn(id, store);
+    }
+
+    /// Ids of the running nodes.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The node running the shard manager.
+    pub fn manager_node(&self) -> Option<u64> {
+        self.nodes.iter().find(|(_, r)| r.server.is_manager()).map(|(id, _)| *id)
+    }
+
+    /// Runs `f` on the shard manager, wherever it runs.
+    pub fn with_manager<T>(&self, f: impl FnOnce(&mut Manager) -> T) -> Option<T> {
+        let id = self.manager_node()?;
+        self.nodes[&id].server.with_manager(f)
+    }
+
+    /// Submits an operator to the shard manager, as `presage-ctl` would.
+    pub fn submit(&self, shard: u64, steps: Vec<presage_shardmgr::Step>, rollback: Vec<presage_shardmgr::Step>) -> Option<u64> {
+        let id = self.manager_node()?;
+        let server = &self.nodes[&id].server;
+        let now = server.now_ms();
+        server.with_manager(|m| m.submit(shard, steps, rollback, now)).flatten()
+    }
+
+    /// The manager's directory, in key order.
+    pub fn directory(&self) -> Vec<ShardMeta> {
+        self.with_manager(|m| m.directory().iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// A client that asks `seeds` first.
+    pub fn client(&self, seeds: Vec<u64>) -> Client {
+        let cfg = ClientConfig { request_timeout_ms: 20_000, attempt_timeout_ms: 2_000, ..ClientConfig::default() };
+        Client::new(Arc::new(self.rpc.endpoint(CLIENT_ENDPOINT)), seeds, cfg)
+    }
+
+    /// Waits (tokio time) until `check` holds; panics with `what` after `timeout`.
+    pub async fn wait(&self, timeout: Duration, what: &str, check: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check(self) {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}; directory {:?}", self.directory());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! [`Client`]: routes each request by a cached directory and retries what is safe to retry.
+//!
+//! Retry rules: reads retry on any error until the deadline. Writes retry only on errors that
+//! certainly left them undone (`NotLeader`, `EpochNotMatch`, `ShardNotFound`, `Retry`, an
+//! unreachable node); a write whose outcome is unknown (a lost connection, a timeout, a
+//! leader change before it applied) is reported as [`ClientError::OutcomeUnknown`], never
+//! retried blindly, because applying it twice could break linearizability.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{ProtoError, Request, Response, Route};
+use crate::rpc::{Rpc, RpcError};
+
+/// Longest key a client may send (the engine's limit).
+pub const MAX_KEY_BYTES: usize = 8 << 10;
+/// Largest value a client may send.
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClientConfig {
+    /// A request gives up after this long, retries included.
+    pub request_timeout_ms: u64,
+    /// One attempt waits this long for its answer.
+    pub attempt_timeout_ms: u64,
+    /// First pause between retries (doubling up to `max_backoff_ms`).
+    pub backoff_ms: u64,
+    /// Longest pause between retries.
+    pub max_backoff_ms: u64,
+    /// Directory entries fetched per refresh.
+    pub max_routes_per_refresh: u32,
+    /// Largest scan page asked of a shard, in pairs.
+    pub max_scan_page_keys: u32,
+    /// Largest scan page asked of a shard, in bytes.
+    pub max_scan_page_bytes: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout_ms: 10_000,
+            attempt_timeout_ms: 2_000,
+            backoff_ms: 10,
+            max_backoff_ms: 500,
+            max_routes_per_refresh: 256,
+            max_scan_page_keys: 1_000,
+            max_scan_page_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The key is in the system key space or too long, or the value too large.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The write may or may not have taken effect; read to find out.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// No answer within the request timeout.
+    #[error("timed out after {timeout_ms} ms; last error: {last}")]
+    Timeout {
+        /// The request timeout.
+        timeout_ms: u64,
+        /// The last error seen.
+        last: String,
+    },
+    /// The cluster refused the request.
+    #[error(transparent)]
+    Refused(ProtoError),
+}
+
+#[derive(Default)]
+struct Cache {
+    directory: Directory,
+    nodes: BTreeMap<NodeId, NodeMeta>,
+}
+
+/// A client of a Presage cluster. Cheap to share (`Arc`); requests may run concurrently.
+pub struct Client {
+    rpc: Arc<dyn Rpc>,
+    seeds: Vec<NodeId>,
+    cfg: ClientConfig,
+    cache: Mutex<Cache>,
+}
+
+/// What to do after one attempt.
+enum Next {
+    Answer(Response),
+    Retry(String),
+    Fail(ClientError),
+}
+
+impl Client {
+    /// A client that first asks `seeds` (any nodes of the cluster) for routes.
+    pub fn new(rpc: Arc<dyn Rpc>, seeds: Vec<NodeId>, cfg: ClientConfig) -> Self {
+        Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()) }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached directory, in key order (for tools and tests).
+    pub fn cached_routes(&self) -> Vec<ShardMeta> {
+        self.cache().directory.iter().cloned().collect()
+    }
+
+    /// Seeds the cache with `shard` (tests use it to start from a stale directory).
+    pub fn remember(&self, shard: ShardMeta) {
+        self.cache().directory.update(shard);
+    }
+
+    /// The value of `key`, linearizable.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        check_key(key)?;
+        let key = key.to_vec();
+        match self.routed(&key, false, |route| Request::Get { route, key: key.clone() }).await? {
+            Response::Value { value } => Ok(value),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(ClientError::Invalid(format!("value of {} bytes > {MAX_VALUE_BYTES}", value.len())));
+        }
+        let (key, value) = (key.to_vec(), value.to_vec());
+        let r = self.routed(&key, true, |route| Request::Put { route, key: key.clone(), value: value.clone() }).await?;
+        expect_done(r)
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        check_key(key)?;
+        let key = key.to_vec();
+        expect_done(self.routed(&key, true, |route| Request::Delete { route, key: key.clone() }).await?)
+    }
+
+    /// Up to `max_keys` pairs of `[start, end)` in key order, across shards. Each shard's
+    /// part is linearizable; the whole is not one snapshot.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_keys: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        check_key(start)?;
+        let end = end.map(<[u8]>::to_vec).unwrap_or_else(|| vec![presage_shardmgr::SYSTEM_KEY_PREFIX]);
+        let mut out = Vec::new();
+        let mut from = start.to_vec();
+        while out.len() < max_keys && from < end {
+            let page = (max_keys - out.len()).min(self.cfg.max_scan_page_keys as usize) as u32;
+            let (s, e) = (from.clone(), end.clone());
+            let max_bytes = self.cfg.max_scan_page_bytes;
+            let (resp, shard_end) = self
+                .routed_with_shard(&from, false, |route| Request::Scan {
+                    route,
+                    start: s.clone(),
+                    end: Some(e.clone()),
+                    max_keys: page,
+                    max_bytes,
+                })
+                .await?;
+            let Response::Pairs { pairs, more } = resp else { return Err(unexpected(&resp)) };
+            let last = pairs.last().map(|(k, _)| k.clone());
+            out.extend(pairs);
+            from = match (more, last) {
+                (true, Some(mut k)) => {
+                    k.push(0);
+                    k
+                }
+                // This shard is done: go on from its end.
+                _ => match shard_end {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
+        }
+        out.truncate(max_keys);
+        Ok(out)
+    }
+
+    async fn routed(&self, key: &[u8], write: bool, make: impl Fn(Route) -> Request) -> Result<Response, ClientError> {
+        self.routed_with_shard(key, write, make).await.map(|(r, _)| r)
+    }
+
+    /// Sends `make(route)` to the leader of the shard holding `key`; returns the answer and
+    /// the shard's end key.
+    async fn routed_with_shard(
+        &self,
+        key: &[u8],
+        write: bool,
+        make: impl Fn(Route) -> Request,
+    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
+        let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
+        let mut last;
+        loop {
+            let shard = self.cache().directory.get_shard(key).cloned();
+            let next = match shard {
+                None => match self.refresh(key).await {
+                    Ok(()) => continue,
+                    Err(e) => Next::Retry(e),
+                },
+                Some(shard) => {
+                    let end = shard.end.clone();
+                    match self.attempt(&shard, write, &make).await {
+                        Next::Answer(r) => return Ok((r, end)),
+                        other => other,
+                    }
+                }
+            };
+            match next {
+                Next::Answer(_) => unreachable!("returned above"),
+                Next::Fail(e) => return Err(e),
+                Next::Retry(why) => last = why,
+            }
+            if tokio::time::Instant::now() + backoff >= deadline {
+                return Err(ClientError::Timeout { timeout_ms: self.cfg.request_timeout_ms, last });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(self.cfg.max_backoff_ms));
+        }
+    }
+
+    async fn attempt(&self, shard: &ShardMeta, write: bool, make: &impl Fn(Route) -> Request) -> Next {
+        let Some(target) = shard.leader.or_else(|| shard.replicas.iter().find(|r| r.role == Role::Voter).map(|r| r.node))
+        else {
+            self.cache().directory.remove(shard.id);
+            return Next::Retry(format!("shard {} has no known replica", shard.id));
+        };
+        let request = make(Route { shard: shard.id, epoch: shard.epoch });
+        let answer =
+            tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request)).await;
+        let mut cache = self.cache();
+        match answer {
+            Ok(Ok(Response::Error(e))) => match e {
+                ProtoError::NotLeader { leader, .. } => {
+                    cache.directory.set_leader(shard.id, leader);
+                    if leader.is_none() || leader == Some(target) {
+                        cache.directory.remove(shard.id);
+                    }
+                    Next::Retry(e.to_string())
+                }
+                ProtoError::EpochNotMatch { ref current, .. } => {
+                    for s in current {
+                        cache.directory.update(s.clone());
+                    }
+                    if cache.directory.get(shard.id).is_some_and(|s| s.epoch == shard.epoch) {
+                        cache.directory.remove(shard.id);
+                    }
+                    Next::Retry(e.to_string())
+                }
+                ProtoError::ShardNotFound { .. } => {
+                    cache.directory.remove(shard.id);
+                    Next::Retry(e.to_string())
+                }
+                ProtoError::Retry(_) => Next::Retry(e.to_string()),
+                ProtoError::OutcomeUnknown { .. } if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
+                ProtoError::OutcomeUnknown { .. } => Next::Retry(e.to_string()),
+                other => Next::Fail(ClientError::Refused(other)),
+            },
+            Ok(Ok(answer)) => Next::Answer(answer),
+            Ok(Err(RpcError::Unreachable(n))) => {
+                cache.directory.set_leader(shard.id, None);
+                Next::Retry(format!("node {n} unreachable"))
+            }
+            Ok(Err(e @ RpcError::Lost(_))) if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
+            Ok(Err(e)) => Next::Retry(e.to_string()),
+            Err(_) if write => Next::Fail(ClientError::OutcomeUnknown(format!("no answer from node {target} in time"))),
+            Err(_) => {
+                cache.directory.set_leader(shard.id, None);
+                Next::Retry(format!("no answer from node {target} in time"))
+            }
+        }
+    }
+
+    /// Fetches directory entries from `key` on, asking the seeds and known nodes in turn
+    /// (any node forwards to the shard manager).
+    pub async fn refresh(&self, key: &[u8]) -> Result<(), String> {
+        let mut targets: Vec<NodeId> = self.seeds.clone();
+        targets.extend(self.cache().nodes.keys().copied().filter(|n| !self.seeds.contains(n)));
+        let mut last = String::from("no node to ask");
+        let mut i = 0;
+        while i < targets.len() {
+            let to = targets[i];
+            i += 1;
+            let request = Request::Routes { key: key.to_vec(), max_shards: self.cfg.max_routes_per_refresh };
+            let answer = tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(to, request)).await;
+            match answer {
+                Ok(Ok(Response::Routes { shards, nodes })) => {
+                    let mut cache = self.cache();
+                    for n in nodes {
+                        cache.nodes.insert(n.id, n);
+                    }
+                    for s in shards {
+                        cache.directory.update(s);
+                    }
+                    return Ok(());
+                }
+                Ok(Ok(Response::Error(ProtoError::NotManager { leader: Some(l) }))) if !targets[i..].contains(&l) => {
+                    targets.insert(i, l);
+                    last = format!("node {to} does not run the shard manager");
+                }
+                Ok(Ok(other)) => last = format!("node {to}: {other:?}"),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("node {to}: no answer in time"),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), ClientError> {
+    if is_system_key(key) {
+        return Err(ClientError::Invalid("keys starting with 0xff are reserved for the system".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ClientError::Invalid(format!("key of {} bytes > {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(())
+}
+
+fn expect_done(r: Response) -> Result<(), ClientError> {
+    match r {
+        Response::Done => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &Response) -> ClientError {
+    ClientError::Refused(ProtoError::Internal(format!("unexpected answer {r:?}")))
+}

@@ -1,0 +1,17 @@
+//! Presage's client library (design.md §3, §7): it keeps a cache of the shard directory,
+//! routes each request to the shard's leader, and re-routes on `NotLeader` and
+//! `EpochNotMatch`. It depends on the shard manager's types only: an application linking it
+//! compiles neither RocksDB nor raft.
+//!
+//! - [`proto`]: the native protocol's requests, responses and errors.
+//! - [`rpc`]: the [`Rpc`] trait a transport implements (in-process for tests, TCP for
+//!   programs).
+//! - [`client`]: [`Client`], the routing and retry logic.
+
+pub mod client;
+pub mod proto;
+pub mod rpc;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use proto::{ProtoError, Request, Response, Route};
+pub use rpc::{Rpc, RpcError, RpcFuture};

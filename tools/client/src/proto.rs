@@ -1,0 +1,231 @@
+//! The native protocol's messages: what clients, nodes and the shard manager ask each other.
+//!
+//! Data requests name the shard and the epoch the sender routed with; a node that does not
+//! lead the shard forwards the request once to the leader it knows, or answers
+//! [`ProtoError::NotLeader`] with a hint; a stale epoch gets [`ProtoError::EpochNotMatch`]
+//! with the fresh descriptors, so a client re-routes without another round trip.
+
+use presage_shardmgr::{Command, GroupMeta, ManagerStats, NodeHeartbeat, NodeId, NodeMeta, Operator, ShardId, ShardMeta};
+use serde::{Deserialize, Serialize};
+
+/// Routing of a data request: the shard and the epoch the sender's directory has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its epoch as the sender knows it.
+    pub epoch: presage_shardmgr::Epoch,
+}
+
+/// A request to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum Request {
+    /// The value of `key` (linearizable).
+    Get {
+        /// Where it goes.
+        route: Route,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set `key` to `value`.
+    Put {
+        /// Where it goes.
+        route: Route,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Where it goes.
+        route: Route,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Pairs of `[start, end)` within the shard, ascending, bounded.
+    Scan {
+        /// Where it goes.
+        route: Route,
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end; `None`: the shard's end.
+        end: Option<Vec<u8>>,
+        /// At most this many pairs.
+        max_keys: u32,
+        /// At most this many key+value bytes (at least one pair is returned).
+        max_bytes: u32,
+    },
+    /// Directory entries from the shard holding `key` on, at most `max_shards` (answered by
+    /// the shard manager).
+    Routes {
+        /// Where to start.
+        key: Vec<u8>,
+        /// At most this many shards.
+        max_shards: u32,
+    },
+    /// A node asks to join the cluster (answered by the shard manager).
+    Join {
+        /// The node.
+        node: NodeMeta,
+    },
+    /// A node's periodic report (to the shard manager).
+    Heartbeat {
+        /// The report.
+        heartbeat: NodeHeartbeat,
+    },
+    /// The shard manager asks a shard's leader to carry out an operator step.
+    Execute {
+        /// The step.
+        command: Command,
+    },
+    /// Nodes, groups, operators and counts (answered by the shard manager).
+    ClusterInfo,
+    /// A request another node forwarded (never forwarded again).
+    Forwarded {
+        /// The original request.
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::Put { .. } => "put",
+            Request::Delete { .. } => "delete",
+            Request::Scan { .. } => "scan",
+            Request::Routes { .. } => "routes",
+            Request::Join { .. } => "join",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::Execute { .. } => "execute",
+            Request::ClusterInfo => "cluster-info",
+            Request::Forwarded { request } => request.name(),
+        }
+    }
+}
+
+/// What the cluster looks like, for operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The node running the shard manager.
+    pub manager: NodeId,
+    /// Every node.
+    pub nodes: Vec<NodeMeta>,
+    /// Every replication group.
+    pub groups: Vec<GroupMeta>,
+    /// Operators, running and recently finished.
+    pub operators: Vec<Operator>,
+    /// Counts.
+    pub stats: ManagerStats,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "answer")]
+pub enum Response {
+    /// The value of a `Get`.
+    Value {
+        /// `None` when the key is absent.
+        value: Option<Vec<u8>>,
+    },
+    /// A write or step was carried out.
+    Done,
+    /// The pairs of a `Scan`.
+    Pairs {
+        /// In key order.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The shard holds more pairs in the range.
+        more: bool,
+    },
+    /// Directory entries.
+    Routes {
+        /// In key order.
+        shards: Vec<ShardMeta>,
+        /// Every node, so that the client can reach the leaders.
+        nodes: Vec<NodeMeta>,
+    },
+    /// The node was registered.
+    Joined {
+        /// The cluster it joined.
+        cluster_id: u64,
+        /// The node running the shard manager (heartbeats go there).
+        manager: NodeId,
+    },
+    /// A heartbeat was taken in.
+    HeartbeatAck {
+        /// The node running the shard manager.
+        manager: NodeId,
+    },
+    /// The cluster's state.
+    ClusterInfo(Box<ClusterInfo>),
+    /// The request failed.
+    Error(ProtoError),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case", tag = "error")]
+pub enum ProtoError {
+    /// The node does not lead the shard; retry at the hinted node.
+    #[error("shard {shard}: not the leader (hint: {leader:?})")]
+    NotLeader {
+        /// The shard.
+        shard: ShardId,
+        /// The leader the node knows of.
+        leader: Option<NodeId>,
+    },
+    /// The routing is stale; the fresh descriptors the node knows are attached.
+    #[error("shard {shard}: stale epoch or key outside the shard")]
+    EpochNotMatch {
+        /// The shard addressed.
+        shard: ShardId,
+        /// Fresh descriptors for the addressed range.
+        current: Vec<ShardMeta>,
+    },
+    /// The node holds no replica of the shard.
+    #[error("shard {shard} is not on this node")]
+    ShardNotFound {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The node does not run the shard manager.
+    #[error("not the shard manager (hint: {leader:?})")]
+    NotManager {
+        /// The node believed to run it.
+        leader: Option<NodeId>,
+    },
+    /// Keys from `0xff` on belong to the system (the meta shard).
+    #[error("keys starting with 0xff are reserved for the system")]
+    ReservedKey,
+    /// The request is malformed or over a limit.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The write may or may not have happened (leadership changed before it applied).
+    #[error("shard {shard}: outcome unknown")]
+    OutcomeUnknown {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// Certainly not done; retry later (leadership changed, the node is busy, a step is not
+    /// ready).
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// The join was refused.
+    #[error("join refused: {0}")]
+    JoinRefused(String),
+    /// The node failed internally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProtoError {
+    /// True when the request certainly had no effect.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, ProtoError::OutcomeUnknown { .. } | ProtoError::Internal(_))
+    }
+}

@@ -1,0 +1,163 @@
+//! The shard manager's runtime: it runs while this node's replica of the meta shard leads.
+//!
+//! Every `schedule-interval-ms`: if the local meta replica leads and no manager runs, read the
+//! meta shard (a linearizable scan, so every record a predecessor wrote is seen) and build the
+//! manager from it (or bootstrap one in a brand-new cluster); tick it; write its records in
+//! order; only then send its commands. A failed write means the leadership moved: the
+//! manager is dropped and the next leader starts from what is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use presage_client::{Request, Response};
+use presage_engine::{Engine, KeyRange};
+use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
+use presage_shardmgr::meta::{PersistedState, META_PREFIX};
+use presage_shardmgr::{Manager, MetaWrite, META_SHARD_ID};
+use raft::StateRole;
+
+use super::{lock, Inner};
+
+/// Pairs per page when reading the meta shard.
+const META_SCAN_PAGE_KEYS: usize = 1_024;
+/// Bytes per page when reading the meta shard.
+const META_SCAN_PAGE_BYTES: usize = 4 << 20;
+
+pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(inner.cfg.schedule_interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let commands = Arc::new(tokio::sync::Semaphore::new(inner.cfg.max_commands_in_flight));
+    loop {
+        ticker.tick().await;
+        let status = match inner.node.status(META_SHARD_ID).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "replication node stopped; shard manager runtime ends");
+                return;
+            }
+        };
+        if let Some(s) = &status {
+            *lock(&inner.manager_hint) = s.leader;
+        }
+        let leading = status.as_ref().is_some_and(|s| s.role == StateRole::Leader);
+        if !leading {
+            if lock(&inner.manager).take().is_some() {
+                tracing::info!(node = inner.me.id, "no longer the meta shard's leader: shard manager stopped");
+            }
+            continue;
+        }
+        let Some(status) = status else { continue };
+        if lock(&inner.manager).is_none() {
+            match load(&inner, &status).await {
+                Ok(m) => {
+                    tracing::info!(node = inner.me.id, shards = m.directory().len(), "shard manager started");
+                    *lock(&inner.manager) = Some(m);
+                }
+                Err(e) => {
+                    tracing::warn!(node = inner.me.id, error = %e, "could not start the shard manager; retrying");
+                    continue;
+                }
+            }
+        }
+        let order = inner.meta_writes.lock().await;
+        let now = inner.clock.now_ms();
+        let Some(effects) = lock(&inner.manager).as_mut().map(|m| m.tick(now)) else { continue };
+        if let Err(e) = persist(&inner, effects.writes).await {
+            abdicate(&inner, &e);
+            continue;
+        }
+        drop(order);
+        for op in effects.finished {
+            tracing::info!(operator = op.id, shard = op.shard, kind = ?op.kind, status = ?op.status, "operator finished");
+        }
+        for command in effects.commands {
+            let Ok(permit) = Arc::clone(&commands).try_acquire_owned() else {
+                tracing::debug!("too many operator steps in flight; the manager resends later");
+                break;
+            };
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                let to = command.leader;
+                let (operator, shard) = (command.operator, command.shard);
+                match inner.call(to, Request::Execute { command }).await {
+                    Ok(Response::Done) => {}
+                    Ok(Response::Error(e)) => tracing::debug!(operator, shard, node = to, error = %e, "operator step not done yet"),
+                    Ok(other) => tracing::warn!(operator, shard, node = to, answer = ?other, "unexpected answer to a step"),
+                    Err(e) => tracing::debug!(operator, shard, node = to, error = %e, "operator step not delivered"),
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Drops the manager after a failed meta write (the leadership moved, or the write's outcome
+/// is unknown): the next manager reloads what is durable.
+pub(crate) fn abdicate<E: Engine>(inner: &Inner<E>, error: &str) {
+    if lock(&inner.manager).take().is_some() {
+        tracing::warn!(node = inner.me.id, error, "meta write failed: shard manager stopped until it reloads");
+    }
+}
+
+/// Reads the persisted state and builds the manager; bootstraps one when the meta shard is
+/// empty and this node is its only replica (a brand-new cluster).
+async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manager, String> {
+    let epoch = status.descriptor.epoch();
+    let mut pairs = Vec::new();
+    let mut end = META_PREFIX.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let mut range = KeyRange::new(META_PREFIX.to_vec(), Some(end)).map_err(|e| e.to_string())?;
+    loop {
+        let read = ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
+        let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
+        let ReadResponse::Pairs { pairs: page, more } = answer else { return Err("the meta scan answered a value".into()) };
+        let last = page.last().map(|(k, _)| k.clone());
+        pairs.extend(page);
+        match (more, last) {
+            (true, Some(k)) => range = range.after(&k).ok_or("meta scan past its end")?,
+            _ => break,
+        }
+    }
+    let state = PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        .map_err(|e| e.to_string())?;
+    let cfg = inner.cfg.shard_manager.clone();
+    let now = inner.clock.now_ms();
+    if state.cluster.is_some() {
+        return Manager::recover(cfg, state, now).map_err(|e| e.to_string());
+    }
+    let voters: Vec<u64> = status.descriptor.replicas.iter().filter(|r| r.is_voter()).map(|r| r.node_id).collect();
+    if voters != [inner.me.id] {
+        return Err("the meta shard holds no cluster record but has other replicas".into());
+    }
+    let cluster_id = rand::random::<u64>() | 1;
+    tracing::info!(node = inner.me.id, cluster_id, "bootstrapping a new cluster");
+    Manager::bootstrap(cfg, cluster_id, inner.me.clone(), now).map_err(|e| e.to_string())
+}
+
+/// Writes `writes` to the meta shard in order, in batches of `max-meta-batch-records`.
+/// The caller holds `meta_writes`.
+pub(crate) async fn persist<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>) -> Result<(), String> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let status = inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?;
+    let epoch = status.ok_or("no meta replica here")?.descriptor.epoch();
+    for chunk in writes.chunks(inner.cfg.max_meta_batch_records) {
+        let ops = chunk
+            .iter()
+            .map(|w| match &w.value {
+                Some(v) => Op::put(w.key.clone(), v.clone()),
+                None => Op::delete(w.key.clone()),
+            })
+            .collect();
+        let timeout = Duration::from_millis(inner.cfg.request_timeout_ms);
+        match tokio::time::timeout(timeout, inner.node.write(META_SHARD_ID, epoch, ops)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("meta write timed out".into()),
+        }
+    }
+    Ok(())
+}

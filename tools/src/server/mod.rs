@@ -1,0 +1,470 @@
+//! The node server: one replication node plus what makes it part of a cluster (design.md §3).
+//!
+//! - Serves the native protocol ([`presage_client::Request`]): data requests for shards this
+//!   node leads (forwarded once to the leader it knows otherwise), routes and joins for the
+//!   shard manager, operator steps from the shard manager.
+//! - Counts every served request per shard ([`presage_shardmgr::LoadRecorder`]) and sends a
+//!   heartbeat with node stats and per-shard load to the shard manager every interval
+//!   ([`heartbeat`]).
+//! - Runs the shard manager while its replica of the meta shard leads ([`manager`]): it
+//!   loads the persisted state, ticks the pure [`presage_shardmgr::Manager`], writes its
+//!   records to the meta shard, then sends its commands.
+//! - Carries out operator steps on the shards it leads ([`execute`]).
+//!
+//! [`mem_rpc`] is the in-process request transport of the test clusters.
+
+pub mod convert;
+mod execute;
+mod heartbeat;
+mod manager;
+pub mod mem_rpc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_client::proto::ClusterInfo;
+use presage_client::{ProtoError, Request, Response, Route, Rpc, RpcError};
+use presage_engine::{Engine, KeyRange};
+use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
+use presage_shardmgr::{is_system_key, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use convert::{proto_error, wire_epoch};
+
+/// Settings of the node server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The shard manager's settings (used while this node runs it).
+    pub shard_manager: ManagerConfig,
+    /// How often the shard manager runs a scheduling round.
+    pub schedule_interval_ms: u64,
+    /// A request to the local replication node waits at most this long.
+    pub request_timeout_ms: u64,
+    /// A call to another node waits at most this long.
+    pub rpc_timeout_ms: u64,
+    /// A merge rolls back if a source replica does not confirm the freeze within this.
+    pub merge_confirm_timeout_ms: u64,
+    /// A learner is promoted once it is at most this many log entries behind the leader.
+    pub learner_max_lag_entries: u64,
+    /// Records per write batch to the meta shard.
+    pub max_meta_batch_records: usize,
+    /// Operator steps being sent at once by the shard manager.
+    pub max_commands_in_flight: usize,
+    /// Requests this node serves at once (more are refused with `Retry`).
+    pub max_inflight_requests: usize,
+    /// Largest scan page, in pairs.
+    pub max_scan_keys: u32,
+    /// Largest scan page, in bytes.
+    pub max_scan_bytes: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shard_manager: ManagerConfig::default(),
+            schedule_interval_ms: 1_000,
+            request_timeout_ms: 5_000,
+            rpc_timeout_ms: 5_000,
+            merge_confirm_timeout_ms: 10_000,
+            learner_max_lag_entries: 64,
+            max_meta_batch_records: 256,
+            max_commands_in_flight: 64,
+            max_inflight_requests: 4_096,
+            max_scan_keys: 10_000,
+            max_scan_bytes: 4 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.shard_manager.validate().map_err(|e| e.to_string())?;
+        for (name, v) in [
+            ("schedule-interval-ms", self.schedule_interval_ms),
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("rpc-timeout-ms", self.rpc_timeout_ms),
+            ("merge-confirm-timeout-ms", self.merge_confirm_timeout_ms),
+            ("max-meta-batch-records", self.max_meta_batch_records as u64),
+            ("max-commands-in-flight", self.max_commands_in_flight as u64),
+            ("max-inflight-requests", self.max_inflight_requests as u64),
+            ("max-scan-keys", self.max_scan_keys as u64),
+            ("max-scan-bytes", self.max_scan_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds on the manager's clock: wall time at start plus the runtime's monotonic time
+/// since (so that paused-time tests stay deterministic in their intervals).
+#[derive(Debug, Clone)]
+pub(crate) struct Clock {
+    base_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Clock { base_ms: wall.as_millis() as u64, base: tokio::time::Instant::now() }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.base_ms + self.base.elapsed().as_millis() as u64
+    }
+}
+
+pub(crate) struct Inner<E: Engine> {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) me: NodeMeta,
+    pub(crate) node: NodeHandle,
+    pub(crate) engine: E,
+    pub(crate) rpc: Arc<dyn Rpc>,
+    pub(crate) clock: Clock,
+    /// Load counters of the shards this node served, by shard.
+    pub(crate) load: Mutex<HashMap<ShardId, LoadRecorder>>,
+    /// The shard manager, while this node runs it. Never held across an await.
+    pub(crate) manager: Mutex<Option<Manager>>,
+    /// Serialises writes to the meta shard, so records land in the order they were taken.
+    pub(crate) meta_writes: tokio::sync::Mutex<()>,
+    /// The node believed to run the shard manager.
+    pub(crate) manager_hint: Mutex<Option<NodeId>>,
+    /// The nodes this one joined through (asked when no manager is known).
+    pub(crate) seeds: Mutex<Vec<NodeId>>,
+    /// Requests being served.
+    inflight: tokio::sync::Semaphore,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A running node server. Dropping it does not stop it; call [`Server::stop`].
+pub struct Server<E: Engine> {
+    inner: Arc<Inner<E>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<E: Engine> Server<E> {
+    /// Starts serving for the replication node `node` (whose store runs on `engine`),
+    /// reaching other nodes through `rpc`. A node of a brand-new cluster is bootstrapped
+    /// first (its store holds [`convert::bootstrap_descriptors`]); any other node calls
+    /// [`Server::join`] next.
+    pub fn start(cfg: ServerConfig, me: NodeMeta, node: NodeHandle, engine: E, rpc: Arc<dyn Rpc>) -> Self {
+        let inflight = tokio::sync::Semaphore::new(cfg.max_inflight_requests);
+        let inner = Arc::new(Inner {
+            cfg,
+            me,
+            node,
+            engine,
+            rpc,
+            clock: Clock::new(),
+            load: Mutex::new(HashMap::new()),
+            manager: Mutex::new(None),
+            meta_writes: tokio::sync::Mutex::new(()),
+            manager_hint: Mutex::new(None),
+            seeds: Mutex::new(Vec::new()),
+            inflight,
+        });
+        let tasks = vec![
+            tokio::spawn(heartbeat::run(Arc::clone(&inner))),
+            tokio::spawn(manager::run(Arc::clone(&inner))),
+        ];
+        Server { inner, tasks }
+    }
+
+    /// The function that serves this node's requests (register it with the transport).
+    pub fn handler(&self) -> mem_rpc::Handler {
+        let inner = Arc::clone(&self.inner);
+        Arc::new(move |request| {
+            let inner = Arc::clone(&inner);
+            Box::pin(async move { inner.serve(request).await })
+        })
+    }
+
+    /// Serves one request.
+    pub async fn serve(&self, request: Request) -> Response {
+        self.inner.serve(request).await
+    }
+
+    /// Registers this node with the cluster through any of `seeds` (each forwards to the
+    /// shard manager); returns the cluster id. Retries until `timeout`.
+    pub async fn join(&self, seeds: &[NodeId], timeout: Duration) -> Result<u64, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no seed");
+        loop {
+            for &seed in seeds {
+                match self.inner.call(seed, Request::Join { node: self.inner.me.clone() }).await {
+                    Ok(Response::Joined { cluster_id, manager }) => {
+                        *lock(&self.inner.manager_hint) = Some(manager);
+                        *lock(&self.inner.seeds) = seeds.to_vec();
+                        return Ok(cluster_id);
+                    }
+                    Ok(Response::Error(ProtoError::JoinRefused(why))) => return Err(why),
+                    Ok(other) => last = format!("node {seed}: {other:?}"),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("could not join within {timeout:?}: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Now on the shard manager's clock of this node (ms).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// True while this node runs the shard manager.
+    pub fn is_manager(&self) -> bool {
+        lock(&self.inner.manager).is_some()
+    }
+
+    /// Runs `f` on the shard manager, if this node runs it (tests and the admin API).
+    pub fn with_manager<T>(&self, f: impl FnOnce(&mut Manager) -> T) -> Option<T> {
+        lock(&self.inner.manager).as_mut().map(f)
+    }
+
+    /// Stops the server's tasks (the replication node is stopped separately).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl<E: Engine> Inner<E> {
+    /// Calls `to`, bounded by the RPC timeout.
+    pub(crate) async fn call(&self, to: NodeId, request: Request) -> Result<Response, RpcError> {
+        let timeout = Duration::from_millis(self.cfg.rpc_timeout_ms);
+        match tokio::time::timeout(timeout, self.rpc.call(to, request)).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::Lost(to)),
+        }
+    }
+
+    async fn serve(self: &Arc<Self>, request: Request) -> Response {
+        let Ok(_permit) = self.inflight.try_acquire() else {
+            return Response::Error(ProtoError::Retry("node busy: too many requests in flight".into()));
+        };
+        match request {
+            Request::Forwarded { request } => Box::pin(self.serve_one(*request, false)).await,
+            other => self.serve_one(other, true).await,
+        }
+    }
+
+    async fn serve_one(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
+        match request {
+            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } | Request::Scan { .. } => {
+                self.data(request, may_forward).await
+            }
+            Request::Routes { .. } | Request::Join { .. } | Request::Heartbeat { .. } | Request::ClusterInfo => {
+                self.manager_request(request, may_forward).await
+            }
+            Request::Execute { command } => execute::run(self, command).await,
+            Request::Forwarded { .. } => Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into())),
+        }
+    }
+
+    /// A data request: served if this node leads the shard, else forwarded once.
+    async fn data(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
+        let (route, write) = match &request {
+            Request::Get { route, key } | Request::Delete { route, key } => (route.clone(), matches!(request, Request::Delete { .. }).then_some(key.len())),
+            Request::Put { route, key, value } => (route.clone(), Some(key.len() + value.len())),
+            Request::Scan { route, .. } => (route.clone(), None),
+            _ => return Response::Error(ProtoError::Invalid("not a data request".into())),
+        };
+        if let Err(e) = check_request(&request, &self.cfg) {
+            return Response::Error(e);
+        }
+        let timeout = Duration::from_millis(self.cfg.request_timeout_ms);
+        let result = tokio::time::timeout(timeout, self.local(&request, &route)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) if write.is_some() => return Response::Error(ProtoError::OutcomeUnknown { shard: route.shard }),
+            Err(_) => return Response::Error(ProtoError::Retry("the shard did not answer in time".into())),
+        };
+        match result {
+            Ok(response) => {
+                self.record_load(&request, &response);
+                response
+            }
+            Err(presage_replication::Error::NotLeader { shard_id, leader: Some(l) }) if may_forward && l != self.me.id => {
+                match self.call(l, Request::Forwarded { request: Box::new(request) }).await {
+                    Ok(answer) => answer,
+                    Err(RpcError::Lost(_)) if write.is_some() => Response::Error(ProtoError::OutcomeUnknown { shard: shard_id }),
+                    Err(_) => Response::Error(ProtoError::NotLeader { shard: shard_id, leader: Some(l) }),
+                }
+            }
+            Err(e) => Response::Error(proto_error(e, write.is_some())),
+        }
+    }
+
+    async fn local(&self, request: &Request, route: &Route) -> presage_replication::Result<Response> {
+        let (shard, epoch) = (route.shard, wire_epoch(route.epoch));
+        match request {
+            Request::Get { key, .. } => match self.node.read(shard, epoch, ReadRequest::Get(key.clone())).await? {
+                ReadResponse::Value(value) => Ok(Response::Value { value }),
+                ReadResponse::Pairs { .. } => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "pairs".into() }),
+            },
+            Request::Put { key, value, .. } => {
+                self.node.write(shard, epoch, vec![Op::put(key.clone(), value.clone())]).await.map(|()| Response::Done)
+            }
+            Request::Delete { key, .. } => self.node.write(shard, epoch, vec![Op::delete(key.clone())]).await.map(|()| Response::Done),
+            Request::Scan { start, end, max_keys, max_bytes, .. } => {
+                let range = KeyRange::new(start.clone(), end.clone())
+                    .map_err(|e| presage_replication::Error::Corrupt { what: "scan range", reason: e.to_string() })?;
+                let read = ReadRequest::Scan { range, max_keys: *max_keys as usize, max_bytes: *max_bytes as usize };
+                match self.node.read(shard, epoch, read).await? {
+                    ReadResponse::Pairs { pairs, more } => Ok(Response::Pairs { pairs, more }),
+                    ReadResponse::Value(_) => Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "value".into() }),
+                }
+            }
+            _ => Err(presage_replication::Error::Config("not a data request".into())),
+        }
+    }
+
+    fn record_load(&self, request: &Request, response: &Response) {
+        let (shard, span, bytes, write) = match (request, response) {
+            (Request::Get { route, key }, Response::Value { value }) => {
+                (route.shard, KeySpan::point(key), key.len() + value.as_ref().map_or(0, Vec::len), false)
+            }
+            (Request::Put { route, key, value }, _) => (route.shard, KeySpan::point(key), key.len() + value.len(), true),
+            (Request::Delete { route, key }, _) => (route.shard, KeySpan::point(key), key.len(), true),
+            (Request::Scan { route, start, end, .. }, Response::Pairs { pairs, .. }) => {
+                let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                (route.shard, KeySpan { start: start.clone(), end: Some(end.clone().unwrap_or_default()) }, bytes, false)
+            }
+            _ => return,
+        };
+        let mut load = lock(&self.load);
+        let max_samples = self.cfg.shard_manager.max_samples_per_report;
+        let seed = self.me.id << 32 ^ shard;
+        let recorder = load.entry(shard).or_insert_with(|| LoadRecorder::new(max_samples, seed));
+        if write {
+            recorder.record_write(&span.start, bytes as u64);
+        } else {
+            recorder.record_read(span, bytes as u64);
+        }
+    }
+
+    /// Routes, joins, heartbeats, cluster info: served by the shard manager, or forwarded once
+    /// to the node believed to run it.
+    async fn manager_request(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
+        if lock(&self.manager).is_some() {
+            return self.manager_serve(request).await;
+        }
+        let hint = *lock(&self.manager_hint);
+        match hint {
+            Some(h) if h != self.me.id && may_forward => {
+                match self.call(h, Request::Forwarded { request: Box::new(request) }).await {
+                    Ok(answer) => answer,
+                    Err(e) => Response::Error(ProtoError::Retry(format!("shard manager on node {h}: {e}"))),
+                }
+            }
+            Some(h) if h == self.me.id => Response::Error(ProtoError::Retry("the shard manager is starting here".into())),
+            hint => Response::Error(ProtoError::NotManager { leader: hint }),
+        }
+    }
+
+    async fn manager_serve(&self, request: Request) -> Response {
+        let now = self.clock.now_ms();
+        match request {
+            Request::Routes { key, max_shards } => {
+                let guard = lock(&self.manager);
+                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                let dir = m.directory();
+                let first = dir.get_shard(&key).map(|s| s.start.clone()).unwrap_or(key);
+                let shards = dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
+                Response::Routes { shards, nodes: m.nodes().cloned().collect() }
+            }
+            Request::Heartbeat { heartbeat } => {
+                let mut guard = lock(&self.manager);
+                let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                if m.heartbeat(heartbeat, now) {
+                    Response::HeartbeatAck { manager: self.me.id }
+                } else {
+                    Response::Error(ProtoError::JoinRefused("unknown node: join first".into()))
+                }
+            }
+            Request::Join { node } => {
+                // Durable before the answer: the joining node may count on it.
+                let _order = self.meta_writes.lock().await;
+                let (joined, writes) = {
+                    let mut guard = lock(&self.manager);
+                    let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                    let id = node.id;
+                    match m.join(node, now) {
+                        Ok(()) => {
+                            tracing::info!(node = id, "node joined");
+                            (Ok(m.cluster().cluster_id), m.take_writes())
+                        }
+                        Err(e) => (Err(e.to_string()), Vec::new()),
+                    }
+                };
+                match joined {
+                    Ok(cluster_id) => match manager::persist(self, writes).await {
+                        Ok(()) => Response::Joined { cluster_id, manager: self.me.id },
+                        Err(e) => {
+                            manager::abdicate(self, &e);
+                            Response::Error(ProtoError::Retry(e))
+                        }
+                    },
+                    Err(why) => Response::Error(ProtoError::JoinRefused(why)),
+                }
+            }
+            Request::ClusterInfo => {
+                let guard = lock(&self.manager);
+                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                Response::ClusterInfo(Box::new(ClusterInfo {
+                    cluster_id: m.cluster().cluster_id,
+                    manager: self.me.id,
+                    nodes: m.nodes().cloned().collect(),
+                    groups: m.groups().cloned().collect(),
+                    operators: m.operators().cloned().collect(),
+                    stats: m.stats(),
+                }))
+            }
+            _ => Response::Error(ProtoError::Invalid("not a shard manager request".into())),
+        }
+    }
+}
+
+/// Refuses system keys and requests over the limits.
+fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError> {
+    let key_ok = |k: &[u8]| -> Result<(), ProtoError> {
+        if is_system_key(k) {
+            return Err(ProtoError::ReservedKey);
+        }
+        if k.len() > presage_engine::MAX_KEY_BYTES {
+            return Err(ProtoError::Invalid(format!("key of {} bytes > {}", k.len(), presage_engine::MAX_KEY_BYTES)));
+        }
+        Ok(())
+    };
+    match request {
+        Request::Get { key, .. } | Request::Delete { key, .. } | Request::Put { key, .. } => key_ok(key),
+        Request::Scan { start, end, max_keys, max_bytes, .. } => {
+            key_ok(start)?;
+            if end.as_ref().is_some_and(|e| e.as_slice() <= start.as_slice()) {
+                return Err(ProtoError::Invalid("scan end is not after its start".into()));
+            }
+            if *max_keys == 0 || *max_keys > cfg.max_scan_keys || *max_bytes == 0 || *max_bytes > cfg.max_scan_bytes {
+                return Err(ProtoError::Invalid(format!(
+                    "scan limits must be 1..={} pairs and 1..={} bytes",
+                    cfg.max_scan_keys, cfg.max_scan_bytes
+                )));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
