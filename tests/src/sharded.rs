@@ -116,7 +116,21 @@ impl ShardedCluster {
             .unwrap_or(false)
         })
         .await;
+        // Let the first balancing moves (the meta shard's leadership, hence the manager, may
+        // move) settle, so that tests start from a quiet cluster.
+        c.wait_idle(Duration::from_secs(10)).await;
         c
+    }
+
+    /// Waits until one node runs the shard manager and no operator runs, twice in a row a
+    /// second apart.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let idle = |c: &Self| c.with_manager(|m| m.stats().running_operators == 0).unwrap_or(false);
+        for _ in 0..2 {
+            self.wait(timeout, "an idle cluster with one shard manager", idle).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.wait(timeout, "an idle cluster with one shard manager", idle).await;
     }
 
     fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
@@ -162,9 +176,15 @@ impl ShardedCluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// The node running the shard manager.
+    /// The node running the shard manager; `None` while none does, or while a deposed one
+    /// has not noticed yet (two claim it).
     pub fn manager_node(&self) -> Option<u64> {
-        self.nodes.iter().find(|(_, r)| r.server.is_manager()).map(|(id, _)| *id)
+        let mut claims = self.nodes.iter().filter(|(_, r)| r.server.is_manager()).map(|(id, _)| *id);
+        let first = claims.next();
+        if claims.next().is_some() {
+            return None;
+        }
+        first
     }
 
     /// Runs `f` on the shard manager, wherever it runs.

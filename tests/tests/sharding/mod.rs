@@ -177,7 +177,7 @@ async fn cold_small_neighbours_merge_after_the_delay() {
     c.wait(20 * SEC, "size split", |c| data_shards(c).len() >= 2).await;
     let split_at = tokio::time::Instant::now();
     // Delete most of the data: every shard becomes small and stays cold.
-    for k in keys.iter().filter(|k| !k.ends_with(b"0")) {
+    for k in keys.iter().filter(|k| !k.ends_with(b"00")) {
         client.delete(k).await.expect("delete");
     }
     let before = data_shards(&c).len();
@@ -187,7 +187,7 @@ async fn cold_small_neighbours_merge_after_the_delay() {
         merged_after >= Duration::from_millis(cfg.merge_delay_ms.max(cfg.split_merge_interval_ms)) / 2,
         "merged {merged_after:?} after the split"
     );
-    for k in keys.iter().filter(|k| k.ends_with(b"0")) {
+    for k in keys.iter().filter(|k| k.ends_with(b"00")) {
         assert_eq!(client.get(k).await.expect("get").map(|v| v.len()), Some(1000));
     }
     assert_eq!(client.get(&keys[1]).await.expect("get"), None);
