@@ -123,7 +123,9 @@ impl MemNetwork {
     /// transports built on this network use it to honour the same faults).
     pub fn reachable(&self, from: u64, to: u64) -> bool {
         !self.lock().filters.iter().any(|(_, f)| match f {
-            Filter::Partition { a, b } => (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to)),
+            Filter::Partition { a, b } => {
+                (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
+            }
             Filter::Isolate(n) => *n == from || *n == to,
             _ => false,
         })

@@ -111,7 +111,9 @@ impl ShardedCluster {
         let rf = n.min(3);
         c.wait(Duration::from_secs(30), "the first shards are replicated", |c| {
             c.with_manager(|m| {
-                [META_SHARD_ID, 1].iter().all(|id| m.directory().get(*id).is_some_and(|s| s.voters().len() as u64 == rf && !s.has_learners()))
+                [META_SHARD_ID, 1].iter().all(|id| {
+                    m.directory().get(*id).is_some_and(|s| s.voters().len() as u64 == rf && !s.has_learners())
+                })
             })
             .unwrap_or(false)
         })
@@ -138,8 +140,13 @@ impl ShardedCluster {
         let handle = node.handle();
         let deliver = node.handle();
         self.net.connect(id, Arc::new(move |env| deliver.deliver(env)));
-        let server =
-            Server::start(self.cfg.clone(), meta(id), handle, self.engines[&id].clone(), Arc::new(self.rpc.endpoint(id)));
+        let server = Server::start(
+            self.cfg.clone(),
+            meta(id),
+            handle,
+            self.engines[&id].clone(),
+            Arc::new(self.rpc.endpoint(id)),
+        );
         self.rpc.register(id, server.handler());
         self.nodes.insert(id, Running { node, server });
     }
@@ -194,7 +201,12 @@ impl ShardedCluster {
     }
 
     /// Submits an operator to the shard manager, as `presage-ctl` would.
-    pub fn submit(&self, shard: u64, steps: Vec<presage_shardmgr::Step>, rollback: Vec<presage_shardmgr::Step>) -> Option<u64> {
+    pub fn submit(
+        &self,
+        shard: u64,
+        steps: Vec<presage_shardmgr::Step>,
+        rollback: Vec<presage_shardmgr::Step>,
+    ) -> Option<u64> {
         let id = self.manager_node()?;
         let server = &self.nodes[&id].server;
         let now = server.now_ms();
@@ -216,7 +228,11 @@ impl ShardedCluster {
     pub async fn wait(&self, timeout: Duration, what: &str, check: impl Fn(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + timeout;
         while !check(self) {
-            assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}; directory {:?}", self.directory());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {timeout:?}; directory {:?}",
+                self.directory()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

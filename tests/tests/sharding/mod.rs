@@ -52,7 +52,9 @@ async fn bootstrap_join_and_route() {
     assert!(matches!(client.put(b"\xffm/cluster", b"x").await, Err(ClientError::Invalid(_))));
     let raw = c.rpc.endpoint(99);
     let route = presage_client::Route { shard: META_SHARD_ID, epoch: data_shards(&c)[0].epoch };
-    let answer = presage_client::Rpc::call(&raw, 1, presage_client::Request::Get { route, key: b"\xffm/cluster".to_vec() }).await;
+    let answer =
+        presage_client::Rpc::call(&raw, 1, presage_client::Request::Get { route, key: b"\xffm/cluster".to_vec() })
+            .await;
     assert_eq!(answer, Ok(presage_client::Response::Error(presage_client::ProtoError::ReservedKey)));
     assert_eq!(client.get(b"alpha").await.expect("get after a refused request"), None);
 }
@@ -66,14 +68,13 @@ async fn a_shard_filled_past_its_max_size_splits() {
     // 600 KiB into shard 1 (split size 256 KiB).
     let keys = fill(&client, 600, 1000).await;
     c.wait(20 * SEC, "size split", |c| data_shards(c).len() >= 2).await;
-    c.wait(20 * SEC, "splits settle", |c| {
-        c.with_manager(|m| m.stats().running_operators == 0).unwrap_or(false)
-    })
-    .await;
+    c.wait(20 * SEC, "splits settle", |c| c.with_manager(|m| m.stats().running_operators == 0).unwrap_or(false)).await;
     let shards = data_shards(&c);
     assert!(shards.len() >= 3, "600 KiB in 256 KiB shards: {shards:?}");
-    let sizes: Vec<u64> =
-        shards.iter().map(|s| c.with_manager(|m| m.shard_soft(s.id).map_or(0, |x| x.size_bytes)).unwrap_or(0)).collect();
+    let sizes: Vec<u64> = shards
+        .iter()
+        .map(|s| c.with_manager(|m| m.shard_soft(s.id).map_or(0, |x| x.size_bytes)).unwrap_or(0))
+        .collect();
     assert!(sizes.iter().all(|s| *s <= cfg.split_max_size_bytes), "every shard under the max: {sizes:?}");
     // Every key is still there, through a client with the old directory.
     for k in keys.iter().step_by(37) {
@@ -207,12 +208,13 @@ async fn a_successor_manager_finishes_an_operator_after_the_manager_dies() {
     // Node 4 (no group) is cut off, so the learner added there cannot catch up yet.
     let cut = c.net.add_filter(Filter::Isolate(4));
     let op = c
-        .submit(1, vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }], vec![Step::RemoveReplica { node: 4 }])
+        .submit(
+            1,
+            vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }],
+            vec![Step::RemoveReplica { node: 4 }],
+        )
         .expect("submitted");
-    c.wait(10 * SEC, "learner added", |c| {
-        data_shards(c).iter().any(|s| s.id == 1 && s.replica(4).is_some())
-    })
-    .await;
+    c.wait(10 * SEC, "learner added", |c| data_shards(c).iter().any(|s| s.id == 1 && s.replica(4).is_some())).await;
     c.kill(manager);
     c.net.remove_filter(cut);
     c.wait(30 * SEC, "a successor runs the shard manager", |c| c.manager_node().is_some()).await;

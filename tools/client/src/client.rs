@@ -234,14 +234,16 @@ impl Client {
     }
 
     async fn attempt(&self, shard: &ShardMeta, write: bool, make: &impl Fn(Route) -> Request) -> Next {
-        let Some(target) = shard.leader.or_else(|| shard.replicas.iter().find(|r| r.role == Role::Voter).map(|r| r.node))
+        let Some(target) =
+            shard.leader.or_else(|| shard.replicas.iter().find(|r| r.role == Role::Voter).map(|r| r.node))
         else {
             self.cache().directory.remove(shard.id);
             return Next::Retry(format!("shard {} has no known replica", shard.id));
         };
         let request = make(Route { shard: shard.id, epoch: shard.epoch });
         let answer =
-            tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request)).await;
+            tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request))
+                .await;
         let mut cache = self.cache();
         match answer {
             Ok(Ok(Response::Error(e))) => match e {
@@ -296,7 +298,9 @@ impl Client {
             let to = targets[i];
             i += 1;
             let request = Request::Routes { key: key.to_vec(), max_shards: self.cfg.max_routes_per_refresh };
-            let answer = tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(to, request)).await;
+            let answer =
+                tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(to, request))
+                    .await;
             match answer {
                 Ok(Ok(Response::Routes { shards, nodes })) => {
                     let mut cache = self.cache();

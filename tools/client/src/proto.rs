@@ -5,7 +5,9 @@
 //! [`ProtoError::NotLeader`] with a hint; a stale epoch gets [`ProtoError::EpochNotMatch`]
 //! with the fresh descriptors, so a client re-routes without another round trip.
 
-use presage_shardmgr::{Command, GroupMeta, ManagerStats, NodeHeartbeat, NodeId, NodeMeta, Operator, ShardId, ShardMeta};
+use presage_shardmgr::{
+    Command, GroupMeta, ManagerStats, NodeHeartbeat, NodeId, NodeMeta, Operator, ShardId, ShardMeta,
+};
 use serde::{Deserialize, Serialize};
 
 /// Routing of a data request: the shard and the epoch the sender's directory has.

@@ -52,9 +52,10 @@ pub fn bootstrap_descriptors(node: NodeId) -> Vec<ShardDescriptor> {
 pub fn proto_error(e: Error, write: bool) -> ProtoError {
     match e {
         Error::NotLeader { shard_id, leader } => ProtoError::NotLeader { shard: shard_id, leader },
-        Error::EpochNotMatch { shard_id, current } => {
-            ProtoError::EpochNotMatch { shard: shard_id, current: current.iter().map(|d| shard_meta(d, None)).collect() }
-        }
+        Error::EpochNotMatch { shard_id, current } => ProtoError::EpochNotMatch {
+            shard: shard_id,
+            current: current.iter().map(|d| shard_meta(d, None)).collect(),
+        },
         Error::ShardNotFound { shard_id } => ProtoError::ShardNotFound { shard: shard_id },
         Error::ProposalDropped { .. } | Error::Busy | Error::TransferRefused { .. } => ProtoError::Retry(e.to_string()),
         Error::OutcomeUnknown { shard_id, .. } if write => ProtoError::OutcomeUnknown { shard: shard_id },

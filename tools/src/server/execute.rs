@@ -44,7 +44,9 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
     match &command.step {
         Step::AddLearner { node: n } => {
             if replica(*n).is_none() {
-                node.change_membership(shard, conf_change(ConfChangeType::AddLearnerNode, *n)).await.map_err(write_err)?;
+                node.change_membership(shard, conf_change(ConfChangeType::AddLearnerNode, *n))
+                    .await
+                    .map_err(write_err)?;
             }
         }
         Step::PromoteLearner { node: n } => match replica(*n) {
@@ -107,7 +109,8 @@ async fn hand_over<E: Engine>(inner: &Arc<Inner<E>>, status: &ShardStatus) -> Re
     let me = inner.me.id;
     let voters: Vec<u64> =
         status.descriptor.replicas.iter().filter(|r| r.is_voter() && r.node_id != me).map(|r| r.node_id).collect();
-    let best = status.matched.iter().filter(|(id, _)| voters.contains(id)).max_by_key(|(id, m)| (*m, std::cmp::Reverse(*id)));
+    let best =
+        status.matched.iter().filter(|(id, _)| voters.contains(id)).max_by_key(|(id, m)| (*m, std::cmp::Reverse(*id)));
     let Some(&(to, _)) = best else {
         return Err(ProtoError::Invalid("no other voter to hand the leadership to".into()));
     };

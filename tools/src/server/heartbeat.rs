@@ -32,7 +32,8 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let mut shards = Vec::new();
         {
             let mut load = lock(&inner.load);
-            let led: Vec<u64> = statuses.iter().filter(|s| s.role == StateRole::Leader).map(|s| s.descriptor.id).collect();
+            let led: Vec<u64> =
+                statuses.iter().filter(|s| s.role == StateRole::Leader).map(|s| s.descriptor.id).collect();
             load.retain(|id, _| led.contains(id));
             for s in &statuses {
                 stats.replicas += 1;
@@ -68,7 +69,8 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
     let hint = *lock(&inner.manager_hint);
     let seed = {
         let seeds = lock(&inner.seeds);
-        (!seeds.is_empty()).then(|| seeds[(heartbeat.stats.replicas as usize + inner.clock.now_ms() as usize) % seeds.len()])
+        (!seeds.is_empty())
+            .then(|| seeds[(heartbeat.stats.replicas as usize + inner.clock.now_ms() as usize) % seeds.len()])
     };
     let to = hint.or(seed).unwrap_or(inner.me.id);
     let answer = if to == inner.me.id {

@@ -81,8 +81,12 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 let (operator, shard) = (command.operator, command.shard);
                 match inner.call(to, Request::Execute { command }).await {
                     Ok(Response::Done) => {}
-                    Ok(Response::Error(e)) => tracing::debug!(operator, shard, node = to, error = %e, "operator step not done yet"),
-                    Ok(other) => tracing::warn!(operator, shard, node = to, answer = ?other, "unexpected answer to a step"),
+                    Ok(Response::Error(e)) => {
+                        tracing::debug!(operator, shard, node = to, error = %e, "operator step not done yet")
+                    }
+                    Ok(other) => {
+                        tracing::warn!(operator, shard, node = to, answer = ?other, "unexpected answer to a step")
+                    }
                     Err(e) => tracing::debug!(operator, shard, node = to, error = %e, "operator step not delivered"),
                 }
                 drop(permit);
@@ -110,9 +114,12 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
     }
     let mut range = KeyRange::new(META_PREFIX.to_vec(), Some(end)).map_err(|e| e.to_string())?;
     loop {
-        let read = ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
+        let read =
+            ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
         let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
-        let ReadResponse::Pairs { pairs: page, more } = answer else { return Err("the meta scan answered a value".into()) };
+        let ReadResponse::Pairs { pairs: page, more } = answer else {
+            return Err("the meta scan answered a value".into());
+        };
         let last = page.last().map(|(k, _)| k.clone());
         pairs.extend(page);
         match (more, last) {
@@ -120,8 +127,8 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
             _ => break,
         }
     }
-    let state = PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-        .map_err(|e| e.to_string())?;
+    let state =
+        PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).map_err(|e| e.to_string())?;
     let cfg = inner.cfg.shard_manager.clone();
     let now = inner.clock.now_ms();
     if state.cluster.is_some() {

@@ -173,10 +173,8 @@ impl<E: Engine> Server<E> {
             seeds: Mutex::new(Vec::new()),
             inflight,
         });
-        let tasks = vec![
-            tokio::spawn(heartbeat::run(Arc::clone(&inner))),
-            tokio::spawn(manager::run(Arc::clone(&inner))),
-        ];
+        let tasks =
+            vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
         Server { inner, tasks }
     }
 
@@ -271,14 +269,18 @@ impl<E: Engine> Inner<E> {
                 self.manager_request(request, may_forward).await
             }
             Request::Execute { command } => execute::run(self, command).await,
-            Request::Forwarded { .. } => Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into())),
+            Request::Forwarded { .. } => {
+                Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into()))
+            }
         }
     }
 
     /// A data request: served if this node leads the shard, else forwarded once.
     async fn data(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         let (route, write) = match &request {
-            Request::Get { route, key } | Request::Delete { route, key } => (route.clone(), matches!(request, Request::Delete { .. }).then_some(key.len())),
+            Request::Get { route, key } | Request::Delete { route, key } => {
+                (route.clone(), matches!(request, Request::Delete { .. }).then_some(key.len()))
+            }
             Request::Put { route, key, value } => (route.clone(), Some(key.len() + value.len())),
             Request::Scan { route, .. } => (route.clone(), None),
             _ => return Response::Error(ProtoError::Invalid("not a data request".into())),
@@ -298,10 +300,14 @@ impl<E: Engine> Inner<E> {
                 self.record_load(&request, &response);
                 response
             }
-            Err(presage_replication::Error::NotLeader { shard_id, leader: Some(l) }) if may_forward && l != self.me.id => {
+            Err(presage_replication::Error::NotLeader { shard_id, leader: Some(l) })
+                if may_forward && l != self.me.id =>
+            {
                 match self.call(l, Request::Forwarded { request: Box::new(request) }).await {
                     Ok(answer) => answer,
-                    Err(RpcError::Lost(_)) if write.is_some() => Response::Error(ProtoError::OutcomeUnknown { shard: shard_id }),
+                    Err(RpcError::Lost(_)) if write.is_some() => {
+                        Response::Error(ProtoError::OutcomeUnknown { shard: shard_id })
+                    }
                     Err(_) => Response::Error(ProtoError::NotLeader { shard: shard_id, leader: Some(l) }),
                 }
             }
@@ -314,19 +320,25 @@ impl<E: Engine> Inner<E> {
         match request {
             Request::Get { key, .. } => match self.node.read(shard, epoch, ReadRequest::Get(key.clone())).await? {
                 ReadResponse::Value(value) => Ok(Response::Value { value }),
-                ReadResponse::Pairs { .. } => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "pairs".into() }),
+                ReadResponse::Pairs { .. } => {
+                    Err(presage_replication::Error::Corrupt { what: "get answer", reason: "pairs".into() })
+                }
             },
             Request::Put { key, value, .. } => {
                 self.node.write(shard, epoch, vec![Op::put(key.clone(), value.clone())]).await.map(|()| Response::Done)
             }
-            Request::Delete { key, .. } => self.node.write(shard, epoch, vec![Op::delete(key.clone())]).await.map(|()| Response::Done),
+            Request::Delete { key, .. } => {
+                self.node.write(shard, epoch, vec![Op::delete(key.clone())]).await.map(|()| Response::Done)
+            }
             Request::Scan { start, end, max_keys, max_bytes, .. } => {
                 let range = KeyRange::new(start.clone(), end.clone())
                     .map_err(|e| presage_replication::Error::Corrupt { what: "scan range", reason: e.to_string() })?;
                 let read = ReadRequest::Scan { range, max_keys: *max_keys as usize, max_bytes: *max_bytes as usize };
                 match self.node.read(shard, epoch, read).await? {
                     ReadResponse::Pairs { pairs, more } => Ok(Response::Pairs { pairs, more }),
-                    ReadResponse::Value(_) => Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "value".into() }),
+                    ReadResponse::Value(_) => {
+                        Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "value".into() })
+                    }
                 }
             }
             _ => Err(presage_replication::Error::Config("not a data request".into())),
@@ -338,11 +350,18 @@ impl<E: Engine> Inner<E> {
             (Request::Get { route, key }, Response::Value { value }) => {
                 (route.shard, KeySpan::point(key), key.len() + value.as_ref().map_or(0, Vec::len), false)
             }
-            (Request::Put { route, key, value }, _) => (route.shard, KeySpan::point(key), key.len() + value.len(), true),
+            (Request::Put { route, key, value }, _) => {
+                (route.shard, KeySpan::point(key), key.len() + value.len(), true)
+            }
             (Request::Delete { route, key }, _) => (route.shard, KeySpan::point(key), key.len(), true),
             (Request::Scan { route, start, end, .. }, Response::Pairs { pairs, .. }) => {
                 let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-                (route.shard, KeySpan { start: start.clone(), end: Some(end.clone().unwrap_or_default()) }, bytes, false)
+                (
+                    route.shard,
+                    KeySpan { start: start.clone(), end: Some(end.clone().unwrap_or_default()) },
+                    bytes,
+                    false,
+                )
             }
             _ => return,
         };
@@ -371,7 +390,9 @@ impl<E: Engine> Inner<E> {
                     Err(e) => Response::Error(ProtoError::Retry(format!("shard manager on node {h}: {e}"))),
                 }
             }
-            Some(h) if h == self.me.id => Response::Error(ProtoError::Retry("the shard manager is starting here".into())),
+            Some(h) if h == self.me.id => {
+                Response::Error(ProtoError::Retry("the shard manager is starting here".into()))
+            }
             hint => Response::Error(ProtoError::NotManager { leader: hint }),
         }
     }
@@ -384,7 +405,8 @@ impl<E: Engine> Inner<E> {
                 let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 let dir = m.directory();
                 let first = dir.get_shard(&key).map(|s| s.start.clone()).unwrap_or(key);
-                let shards = dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
+                let shards =
+                    dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
                 Response::Routes { shards, nodes: m.nodes().cloned().collect() }
             }
             Request::Heartbeat { heartbeat } => {
@@ -401,7 +423,9 @@ impl<E: Engine> Inner<E> {
                 let _order = self.meta_writes.lock().await;
                 let (joined, writes) = {
                     let mut guard = lock(&self.manager);
-                    let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                    let Some(m) = guard.as_mut() else {
+                        return Response::Error(ProtoError::NotManager { leader: None });
+                    };
                     let id = node.id;
                     match m.join(node, now) {
                         Ok(()) => {
