@@ -5,6 +5,7 @@
 //! - [`linearizability`]: a Wing–Gong/Porcupine-style checker for key-value histories.
 //! - [`sharded`]: an in-process sharded cluster of node servers (bootstrap, join, shard
 //!   manager) with clients.
+//! - [`sharded_nemesis`]: the nemesis on a sharded cluster, with splits, merges and moves.
 //! - [`nemesis`]: clients plus a seeded nemesis against a cluster; the history is checked.
 //!
 //! The tests themselves are in `tests/tests/`, one binary.
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod linearizability;
 pub mod nemesis;
 pub mod sharded;
+pub mod sharded_nemesis;
 
 /// Logs to the test's output at the level `RUST_LOG` sets (default: warnings); call it at the
 /// start of a test (later calls do nothing).

@@ -189,6 +189,32 @@ fn nemesis_histories_are_linearizable() {
     }
 }
 
+/// The nemesis on a sharded cluster (issue 4): splits, merges, leader and replica moves (a
+/// second group joins mid-run), partitions, kills of any node including the shard
+/// manager's, while clients route through the client library. `PRESAGE_SHARDED_NEMESIS_SEEDS`
+/// seeds (default 8) from `PRESAGE_TEST_SEED` (default 1); every history must be
+/// linearizable, final reads included.
+#[test]
+fn sharded_nemesis_histories_are_linearizable() {
+    let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let (mut ops, mut acked, mut unknown, mut operators) = (0, 0, 0, 0);
+    for seed in first..first + count {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+        let cfg = presage_tests::sharded_nemesis::ShardedNemesisConfig::new(seed);
+        let report = rt.block_on(presage_tests::sharded_nemesis::run(cfg)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.acknowledged_writes > 20, "seed {seed}: the workload barely ran: {report:?}");
+        ops += report.ops;
+        acked += report.acknowledged_writes;
+        unknown += report.unknown_writes;
+        operators += report.operators;
+    }
+    eprintln!(
+        "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, {operators} operators finished"
+    );
+}
+
 /// §7 (log compaction, InstallSnapshot): a follower that misses more than the leader's
 /// retained log catches up by a snapshot - the engine's chunked export, streamed under a
 /// rate limit with a window of chunks, staged and verified, then switched in. A lossy network

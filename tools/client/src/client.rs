@@ -270,6 +270,7 @@ impl Client {
                 ProtoError::Retry(_) => Next::Retry(e.to_string()),
                 ProtoError::OutcomeUnknown { .. } if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
                 ProtoError::OutcomeUnknown { .. } => Next::Retry(e.to_string()),
+                other if write && !other.is_definite() => Next::Fail(ClientError::OutcomeUnknown(other.to_string())),
                 other => Next::Fail(ClientError::Refused(other)),
             },
             Ok(Ok(answer)) => Next::Answer(answer),

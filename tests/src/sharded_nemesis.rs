@@ -1,0 +1,267 @@
+//! The nemesis on a sharded cluster: clients work through the client library (routing by a
+//! cached directory) while the nemesis splits shards at the clients' keys, merges neighbours,
+//! moves leaderships and replicas (a second replication group joins mid-run, so shards move
+//! between groups), partitions and isolates nodes, delays messages, and kills and restarts
+//! nodes - the shard manager's node included. The shard manager's own policies split and
+//! merge by load at the same time. Afterwards everything heals and the history, final reads
+//! included (a lost acknowledged write shows there), must be linearizable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_client::{Client, ClientError};
+use presage_replication::Filter;
+use presage_shardmgr::{ManagerConfig, Role, Step, META_SHARD_ID};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::linearizability::{self, KvOp, Operation};
+use crate::sharded::{manager_config, ShardedCluster};
+
+/// Size of a sharded nemesis run.
+#[derive(Debug, Clone)]
+pub struct ShardedNemesisConfig {
+    /// The seed of everything random.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Distinct keys, spread over the key space so that splits separate them.
+    pub keys: u64,
+    /// How long the nemesis acts (tokio time).
+    pub duration: Duration,
+}
+
+impl ShardedNemesisConfig {
+    /// The default run for `seed`: 4 clients, 6 keys, 10 s of faults.
+    pub fn new(seed: u64) -> Self {
+        ShardedNemesisConfig { seed, clients: 4, keys: 6, duration: Duration::from_secs(10) }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct ShardedNemesisReport {
+    /// Operations in the checked history.
+    pub ops: usize,
+    /// Writes the cluster acknowledged.
+    pub acknowledged_writes: usize,
+    /// Writes whose outcome stayed unknown.
+    pub unknown_writes: usize,
+    /// Faults and moves the nemesis injected, in order.
+    pub faults: Vec<String>,
+    /// Operators the shard manager finished (its own and the nemesis's).
+    pub operators: usize,
+}
+
+fn key(k: u64) -> Vec<u8> {
+    // Spread over the key space: "a/key0", "e/key1", ...
+    format!("{}/key{k}", (b'a' + (k * 4 % 26) as u8) as char).into_bytes()
+}
+
+/// Manager settings of the run: splits and merges happen often.
+fn nemesis_manager_config() -> ManagerConfig {
+    ManagerConfig {
+        load_split_qps: 40.0,
+        load_split_window_ms: 1_000,
+        merge_max_size_bytes: 64 << 10,
+        merge_delay_ms: 1_500,
+        split_merge_interval_ms: 2_000,
+        operator_step_timeout_ms: 5_000,
+        ..manager_config()
+    }
+}
+
+struct Recorder {
+    clock: AtomicU64,
+    history: Mutex<Vec<Operation>>,
+}
+
+impl Recorder {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn record(&self, op: Operation) {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
+    }
+}
+
+async fn client(id: u64, cfg: ShardedNemesisConfig, client: Client, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (id << 32) ^ 0x5a4d);
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let key = key(rng.random_range(0..cfg.keys));
+        let roll = rng.random_range(0..10);
+        let op = if roll < 5 {
+            n += 1;
+            KvOp::Put(format!("c{id}-{n}").into_bytes())
+        } else if roll < 6 {
+            KvOp::Delete
+        } else {
+            KvOp::Get(None)
+        };
+        let call = rec.tick();
+        let result = match &op {
+            KvOp::Put(v) => client.put(&key, v).await.map(|()| None),
+            KvOp::Delete => client.delete(&key).await.map(|()| None),
+            KvOp::Get(_) => client.get(&key).await.map(Some),
+        };
+        let ret = rec.tick();
+        match result {
+            Ok(seen) => {
+                let op = match op {
+                    KvOp::Get(_) => KvOp::Get(seen.flatten()),
+                    other => other,
+                };
+                rec.record(Operation { client: id, key, op, call, ret: Some(ret) });
+            }
+            // May have taken effect at any time after the call, or never.
+            Err(ClientError::OutcomeUnknown(_)) if !matches!(op, KvOp::Get(_)) => {
+                rec.record(Operation { client: id, key, op, call, ret: None });
+            }
+            // Certainly not done (the client retries writes only on definite errors).
+            Err(_) => tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await,
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;
+    }
+}
+
+/// Runs one seeded sharded nemesis scenario; `Err` carries the seed and what went wrong.
+pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, String> {
+    let seed = cfg.seed;
+    let fail = |what: String| format!("sharded nemesis seed {seed} (replay with PRESAGE_TEST_SEED={seed}): {what}");
+    let mut c = ShardedCluster::start(3, seed, nemesis_manager_config()).await;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5e3e);
+    let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut report = ShardedNemesisReport::default();
+    let clients: Vec<_> = (1..=cfg.clients)
+        .map(|id| {
+            let cl = c.client(vec![1 + id % 3]);
+            tokio::spawn(client(id, cfg.clone(), cl, Arc::clone(&rec), Arc::clone(&stop)))
+        })
+        .collect();
+
+    let deadline = tokio::time::Instant::now() + cfg.duration;
+    let mut filters: Vec<u64> = Vec::new();
+    let mut dead: Vec<u64> = Vec::new();
+    let mut second_group = false;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+        let live = c.live();
+        let shards: Vec<_> = c.directory().into_iter().filter(|s| s.id != META_SHARD_ID).collect();
+        let fault = match rng.random_range(0..12) {
+            0 | 1 if !shards.is_empty() => {
+                let k = key(rng.random_range(0..cfg.keys));
+                match shards.iter().find(|s| s.contains(&k) && s.start != k) {
+                    Some(s) => {
+                        let step = Step::Split { key: Some(k.clone()), new_shard: 0, epoch: s.epoch };
+                        let op = c.submit(s.id, vec![step], vec![]);
+                        format!("split shard {} at {:?}: {op:?}", s.id, String::from_utf8_lossy(&k))
+                    }
+                    None => "split: key already a boundary".into(),
+                }
+            }
+            2 if shards.len() >= 2 => {
+                let i = rng.random_range(1..shards.len());
+                let (l, r) = (&shards[i - 1], &shards[i]);
+                let op = c.submit(r.id, vec![Step::Merge { target: l.id }], vec![Step::ResolveMerge { target: l.id }]);
+                format!("merge shard {} into {}: {op:?}", r.id, l.id)
+            }
+            3 if !shards.is_empty() => {
+                let s = &shards[rng.random_range(0..shards.len())];
+                let voters: Vec<u64> = s.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node).collect();
+                let to = voters[rng.random_range(0..voters.len())];
+                let op = c.submit(s.id, vec![Step::TransferLeader { to }], vec![]);
+                format!("transfer shard {} to {to}: {op:?}", s.id)
+            }
+            4 if !second_group => {
+                // A second group: the manager moves shards (replica by replica) onto it.
+                for id in 4..=6 {
+                    c.add_node(id).await;
+                }
+                second_group = true;
+                "nodes 4-6 join (a second group)".into()
+            }
+            5 => {
+                let all = c.live();
+                let mut a: Vec<u64> = all.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+                if a.is_empty() || a.len() == all.len() {
+                    a = vec![all[0]];
+                }
+                let b: Vec<u64> = all.iter().copied().filter(|n| !a.contains(n)).collect();
+                filters.push(c.net.add_filter(Filter::Partition { a: a.clone(), b: b.clone() }));
+                format!("partition {a:?} | {b:?}")
+            }
+            6 => {
+                let n = live[rng.random_range(0..live.len())];
+                filters.push(c.net.add_filter(Filter::Isolate(n)));
+                format!("isolate {n}")
+            }
+            7 => {
+                let max = Duration::from_millis(rng.random_range(5..40));
+                filters.push(c.net.add_filter(Filter::Delay { min: Duration::ZERO, max }));
+                format!("delay up to {max:?}")
+            }
+            8 if dead.is_empty() => {
+                // One node down at a time, so every group keeps a majority.
+                let n = if rng.random_bool(0.5) { c.manager_node().unwrap_or(live[0]) } else { live[rng.random_range(0..live.len())] };
+                c.kill(n);
+                dead.push(n);
+                format!("kill {n}")
+            }
+            9 if !dead.is_empty() => {
+                let n = dead.remove(0);
+                c.restart(n);
+                format!("restart {n}")
+            }
+            _ => {
+                for id in filters.drain(..) {
+                    c.net.remove_filter(id);
+                }
+                "heal".into()
+            }
+        };
+        report.faults.push(fault);
+        if filters.len() > 1 {
+            let id = filters.remove(0);
+            c.net.remove_filter(id);
+        }
+    }
+
+    // Heal, bring every node back, stop the clients, let the cluster settle.
+    c.net.clear_filters();
+    for n in dead.drain(..) {
+        c.restart(n);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in clients {
+        t.await.map_err(|e| fail(format!("client task failed: {e}")))?;
+    }
+    let settle = Duration::from_secs(60);
+    let settled = tokio::time::timeout(settle, async {
+        while c.with_manager(|m| m.stats().running_operators).unwrap_or(1) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    settled.map_err(|_| fail(format!("operators still running {settle:?} after healing; faults: {:?}", report.faults)))?;
+    report.operators = c.with_manager(|m| m.stats().finished_operators).unwrap_or(0);
+
+    // Final reads of every key through a fresh client, part of the checked history.
+    let reader = c.client(vec![1, 2, 3]);
+    for k in 0..cfg.keys {
+        let key = key(k);
+        let call = rec.tick();
+        let value = reader.get(&key).await.map_err(|e| fail(format!("final read failed: {e}")))?;
+        let ret = rec.tick();
+        rec.record(Operation { client: 0, key, op: KvOp::Get(value), call, ret: Some(ret) });
+    }
+    let history = rec.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    report.ops = history.len();
+    report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
+    report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
+    linearizability::check(&history).map_err(|e| fail(format!("{e}\nfaults: {:?}", report.faults)))?;
+    Ok(report)
+}
