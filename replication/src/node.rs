@@ -26,6 +26,7 @@ enum NodeMsg {
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
     Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
+    Tombstone { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
     Summary { reply: oneshot::Sender<StoreSummary> },
 }
 
@@ -139,6 +140,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
+        NodeMsg::Tombstone { descriptor, reply } => drop(reply.send(store.tombstone(&descriptor))),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
     }
 }
@@ -204,14 +206,20 @@ impl NodeHandle {
     ///    otherwise the merge rolls back (`RollbackMerge`) and fails with `ProposalDropped`.
     ///    This is what lets a replica that lags finish the merge on its own later: its source
     ///    replica holds the committed freeze, so it applies it without a source leader.
-    /// 3. `CommitMerge` extends the target. If it certainly did not apply (a definite error),
-    ///    the source is unfrozen. If its outcome is unknown, the source stays frozen and the
-    ///    error is returned: calling `merge` again finishes the merge or, if the target changed
-    ///    meanwhile, rolls it back. One merge per source at a time.
+    /// 3. `CommitMerge` extends the target. If it fails, the source is unfrozen only when no
+    ///    `CommitMerge` of this freeze can ever apply: the target's applied state already
+    ///    refuses one (not adjacent, other voters) or its epoch moved on (a `CommitMerge` applies
+    ///    only at the epoch it was proposed at, and the log applies in order, so one still
+    ///    pending is refused). Otherwise the source stays frozen and the error is returned;
+    ///    calling `merge` again resumes. Unfreezing while a `CommitMerge` may still apply would
+    ///    leave the replicas that apply it waiting for a freeze that was undone. In step 2, only
+    ///    a call that froze the source itself rolls back (no `CommitMerge` exists yet). One
+    ///    merge per source at a time (the caller serialises them).
     pub async fn merge(&self, source: u64, target: u64, confirm_timeout: Duration) -> Result<ShardDescriptor> {
         let (src, tgt) = (self.descriptor(source).await?, self.descriptor(target).await?);
-        let frozen = if src.merging_into == Some(target) {
-            src // resuming an unfinished merge
+        let resuming = src.merging_into == Some(target);
+        let frozen = if resuming {
+            src
         } else {
             self.admin(source, src.epoch(), AdminCommand::PrepareMerge(tgt.clone())).await?;
             self.descriptor(source).await?
@@ -225,6 +233,12 @@ impl NodeHandle {
             if s.leader != Some(self.node_id) {
                 return Err(Error::NotLeader { shard_id: source, leader: s.leader });
             }
+            if tokio::time::Instant::now() >= deadline && resuming {
+                return Err(Error::ProposalDropped {
+                    shard_id: source,
+                    reason: "source replicas did not confirm the freeze yet",
+                });
+            }
             if tokio::time::Instant::now() >= deadline {
                 tracing::info!(source, target, "a source replica did not confirm the freeze; rolling back");
                 self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
@@ -233,15 +247,20 @@ impl NodeHandle {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        match self.admin(target, tgt.epoch(), AdminCommand::CommitMerge(frozen.clone())).await {
-            Ok(()) => self.descriptor(target).await,
-            Err(e) if e.is_definite() => {
-                tracing::info!(source, target, error = %e, "merge did not commit; rolling back");
-                self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
-                Err(e)
-            }
-            Err(e) => Err(e),
+        let Err(e) = self.admin(target, tgt.epoch(), AdminCommand::CommitMerge(frozen.clone())).await else {
+            return self.descriptor(target).await;
+        };
+        let now = self.descriptor(target).await?;
+        let covers = now.start <= frozen.start
+            && now.end.as_deref().is_none_or(|e| frozen.end.as_deref().is_some_and(|f| f <= e));
+        if covers {
+            return Ok(now); // an earlier attempt's CommitMerge went through
         }
+        if matches!(e, Error::Config(_)) || now.epoch() != tgt.epoch() {
+            tracing::info!(source, target, error = %e, "the merge can no longer commit; rolling back");
+            self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
+        }
+        Err(e)
     }
 
     async fn descriptor(&self, shard_id: u64) -> Result<ShardDescriptor> {
@@ -266,6 +285,13 @@ impl NodeHandle {
     /// The state of every replica on the node.
     pub async fn statuses(&self) -> Result<Vec<ShardStatus>> {
         self.ask(|reply| NodeMsg::Statuses { reply }).await
+    }
+
+    /// Tells the node that `descriptor` is a newer configuration of its shard; if it leaves
+    /// this node out, the local replica missed its removal and is destroyed. Returns whether
+    /// it was.
+    pub async fn tombstone(&self, descriptor: ShardDescriptor) -> Result<bool> {
+        self.ask(|reply| NodeMsg::Tombstone { descriptor, reply }).await
     }
 
     /// Counts over every replica of the node.

@@ -654,6 +654,21 @@ impl<E: Engine> Store<E> {
         })
     }
 
+    /// Destroys this node's replica of `newer.id` if `newer` is a later configuration of the
+    /// shard without this node (the replica missed its removal, say while the node was down;
+    /// the shard manager notices from heartbeats). The same rule as a tombstone message.
+    pub fn tombstone(&mut self, newer: &ShardDescriptor) -> bool {
+        let Some(peer) = self.peers.get_mut(&newer.id) else { return false };
+        let mine = peer.descriptor().epoch().conf_ver;
+        if newer.epoch().conf_ver <= mine || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
+            return false;
+        }
+        peer.removed = true;
+        // Visit it in the next round, asleep or not, so that it is destroyed.
+        self.touched.insert(newer.id);
+        true
+    }
+
     /// The state of every replica on this node, by shard id.
     pub fn statuses(&self) -> Vec<ShardStatus> {
         self.peers.keys().filter_map(|id| self.status(*id)).collect()
@@ -676,7 +691,8 @@ impl<E: Engine> Store<E> {
 
         let mut snapshots_to_send: Vec<(u64, Message)> = Vec::new();
         // Awake replicas, and sleeping ones a message reached this round.
-        let visit: Vec<u64> = self.active.iter().chain(self.touched.iter()).copied().collect();
+        // Each at most once: a second `ready()` before `advance` breaks raft-rs's bookkeeping.
+        let visit: Vec<u64> = self.active.union(&self.touched).copied().collect();
         self.touched.clear();
         // Sources merged away this round: their replicas take no further part in it.
         let mut merged_now: BTreeSet<u64> = BTreeSet::new();
@@ -768,7 +784,10 @@ impl<E: Engine> Store<E> {
             let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
             let desc = peer.descriptor().clone();
             wrap(node_id, shard_id, &desc, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
-            let mut light = peer.raw.advance(rd);
+            // `advance_append`, not `advance`: the latter marks every committed entry handed out
+            // as applied, but entries behind a waiting CommitMerge are not; Raft learns the
+            // applied index from the store below.
+            let mut light = peer.raw.advance_append(rd);
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_wb);
             }

@@ -244,6 +244,12 @@ impl Manager {
         id
     }
 
+    /// Notes a leader hint for `shard` (a node answered a step with `NotLeader`): commands
+    /// go there until the next report.
+    pub fn note_leader(&mut self, shard: ShardId, leader: NodeId) {
+        self.directory.set_leader(shard, Some(leader));
+    }
+
     /// Takes the records to persist now (a join must be durable before it is answered).
     pub fn take_writes(&mut self) -> Vec<MetaWrite> {
         std::mem::take(&mut self.pending)
@@ -279,9 +285,12 @@ impl Manager {
         true
     }
 
-    /// Takes in a node's heartbeat; `false` if the node never joined (it must join first).
-    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> bool {
-        let Some(node) = self.nodes.get(&hb.node) else { return false };
+    /// Takes in a node's heartbeat; returns the directory entries of the shards the node
+    /// holds a *stale* replica of (a newer configuration without it: it missed its removal,
+    /// say while it was down), which the node then destroys. `None` if the node never joined
+    /// (it must join first).
+    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<Vec<ShardMeta>> {
+        let Some(node) = self.nodes.get(&hb.node) else { return None };
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             self.set_node_state(hb.node, NodeState::Up);
         }
@@ -290,7 +299,15 @@ impl Manager {
         for report in hb.shards {
             self.shard_report(report, now_ms);
         }
-        true
+        let stale = hb
+            .replicas
+            .iter()
+            .filter_map(|(id, epoch)| {
+                self.directory.get(*id).filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
+            })
+            .cloned()
+            .collect();
+        Some(stale)
     }
 
     fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {
@@ -421,14 +438,19 @@ impl Manager {
     }
 
     fn poll_operators(&mut self, now_ms: u64, commands: &mut Vec<Command>) {
-        let running: Vec<u64> = {
-            let mut v: Vec<u64> = self.busy.values().copied().collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
+        // Every unfinished operator, not just the one `busy` names per shard: after a
+        // fail-over the meta shard may hold two for one shard (written by two managers in
+        // turn); each must still finish.
+        let running: Vec<u64> =
+            self.operators.iter().filter(|(_, op)| !op.status.is_finished()).map(|(id, _)| *id).collect();
         for id in running {
             self.poll_one(id, now_ms, commands);
+        }
+        self.busy.clear();
+        for op in self.operators.values().filter(|op| !op.status.is_finished()) {
+            for shard in op.shards() {
+                self.busy.insert(shard, op.id);
+            }
         }
     }
 

@@ -242,6 +242,8 @@ pub struct NodeHeartbeat {
     pub stats: NodeStats,
     /// One report per shard it leads.
     pub shards: Vec<ShardReport>,
+    /// Every replica it holds, with the replica's epoch (to find stale ones).
+    pub replicas: Vec<(ShardId, Epoch)>,
 }
 
 /// Cluster-wide settings fixed at bootstrap, and the id allocator (persisted).

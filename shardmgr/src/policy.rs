@@ -1,6 +1,8 @@
 //! The shard manager's policies (design.md §4): each looks at the manager's state and plans
 //! operators; none does I/O or reads a clock. In priority order each round:
 //!
+//! 0. **Resolve** a merge left unfinished (a frozen source with no operator): finish or
+//!    unfreeze it.
 //! 1. **Repair**: a shard's replicas must be exactly its group's members - add, promote,
 //!    move or remove one replica at a time (this is also how a shard moves between groups and
 //!    how new nodes receive the meta shard and the first data shard).
@@ -41,6 +43,7 @@ pub(crate) struct Plan {
 pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
     let mut out = Vec::new();
     let mut claimed = HashSet::new();
+    resolve_frozen(m, &mut out, &mut claimed);
     repair(m, &mut out, &mut claimed);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
@@ -55,6 +58,27 @@ fn free<'a>(m: &'a Manager, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item
 
 fn node_up(m: &Manager, id: NodeId) -> bool {
     m.nodes.get(&id).is_some_and(|n| n.state.accepts_load())
+}
+
+/// Policy 0: a shard left frozen for a merge with no operator on it (its operator failed or
+/// was lost) gets one that settles the merge: finish it or unfreeze the source.
+fn resolve_frozen(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    for s in m.directory.iter() {
+        let Some(target) = s.merging_into else { continue };
+        if m.busy.contains_key(&s.id) || m.busy.contains_key(&target) || s.leader.is_none() {
+            continue;
+        }
+        claimed.insert(s.id);
+        claimed.insert(target);
+        out.push(Plan {
+            shard: s.id,
+            kind: OperatorKind::Merge,
+            steps: vec![Step::ResolveMerge { target }],
+            rollback: vec![],
+            counts_as_balance: false,
+            new_group: None,
+        });
+    }
 }
 
 /// Policy 1: one replica change per shard toward its group's members.
@@ -204,6 +228,11 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
         by_group.insert(g.id, nodes);
     }
     for s in m.directory.iter() {
+        // The meta shard's leadership carries the shard manager: it moves only when its node
+        // fails (or by hand), never to even out counts.
+        if Manager::is_meta(s) {
+            continue;
+        }
         let (Some(leader), Some(p)) = (s.leader, m.placement.get(&s.id)) else { continue };
         let Some(entry) = by_group.get_mut(&p.group).and_then(|g| g.get_mut(&leader)) else { continue };
         let score = m.soft.get(&s.id).map_or(0.0, |x| x.load.score());

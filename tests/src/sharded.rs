@@ -14,7 +14,7 @@ use presage_replication::{MemNetwork, Node, RaftConfig, Store};
 use presage_shardmgr::{Manager, ManagerConfig, NodeMeta, NodeState, ShardMeta, META_SHARD_ID};
 use presage_tools::server::convert::bootstrap_descriptors;
 use presage_tools::server::mem_rpc::MemRpcNet;
-use presage_tools::server::{Server, ServerConfig};
+use presage_tools::server::{Clock, Server, ServerConfig};
 
 use crate::cluster::test_config;
 
@@ -69,6 +69,8 @@ pub struct ShardedCluster {
     cfg: ServerConfig,
     engines: BTreeMap<u64, MemEngine>,
     nodes: BTreeMap<u64, Running>,
+    /// One manager clock for every node (see `Clock`).
+    clock: Clock,
 }
 
 fn meta(id: u64) -> NodeMeta {
@@ -98,6 +100,7 @@ impl ShardedCluster {
             cfg: server_config(manager),
             engines: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            clock: Clock::wall(),
         };
         let engine = MemEngine::new();
         let mut store = Store::open(1, engine.clone(), c.raft.clone()).expect("open store");
@@ -146,6 +149,7 @@ impl ShardedCluster {
             handle,
             self.engines[&id].clone(),
             Arc::new(self.rpc.endpoint(id)),
+            self.clock.clone(),
         );
         self.rpc.register(id, server.handler());
         self.nodes.insert(id, Running { node, server });
@@ -158,7 +162,7 @@ impl ShardedCluster {
         self.engines.insert(id, engine);
         self.spawn(id, store);
         let seeds: Vec<u64> = self.nodes.keys().copied().filter(|n| *n != id).collect();
-        let joined = self.nodes[&id].server.join(&seeds, Duration::from_secs(10)).await;
+        let joined = self.nodes[&id].server.join(&seeds, Duration::from_secs(30)).await;
         joined.unwrap_or_else(|e| panic!("node {id} could not join: {e}"));
     }
 
@@ -172,10 +176,13 @@ impl ShardedCluster {
         }
     }
 
-    /// Restarts node `id` from its engine.
+    /// Restarts node `id` from its engine; it knows the other nodes as seeds (as a node's
+    /// configuration would list them).
     pub fn restart(&mut self, id: u64) {
         let store = Store::open(id, self.engines[&id].clone(), self.raft.clone()).expect("reopen store");
         self.spawn(id, store);
+        let seeds: Vec<u64> = self.engines.keys().copied().filter(|n| *n != id).collect();
+        self.nodes[&id].server.set_seeds(&seeds);
     }
 
     /// Ids of the running nodes.

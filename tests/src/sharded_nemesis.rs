@@ -131,6 +131,7 @@ async fn client(id: u64, cfg: ShardedNemesisConfig, client: Client, rec: Arc<Rec
 pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, String> {
     let seed = cfg.seed;
     let fail = |what: String| format!("sharded nemesis seed {seed} (replay with PRESAGE_TEST_SEED={seed}): {what}");
+    crate::init_log();
     let mut c = ShardedCluster::start(3, seed, nemesis_manager_config()).await;
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5e3e);
     let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
@@ -177,7 +178,11 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                 format!("transfer shard {} to {to}: {op:?}", s.id)
             }
             4 if !second_group => {
-                // A second group: the manager moves shards (replica by replica) onto it.
+                // A second group: the manager moves shards (replica by replica) onto it. Joins
+                // need the shard manager reachable: heal first.
+                for id in filters.drain(..) {
+                    c.net.remove_filter(id);
+                }
                 for id in 4..=6 {
                     c.add_node(id).await;
                 }
@@ -206,7 +211,11 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
             }
             8 if dead.is_empty() => {
                 // One node down at a time, so every group keeps a majority.
-                let n = if rng.random_bool(0.5) { c.manager_node().unwrap_or(live[0]) } else { live[rng.random_range(0..live.len())] };
+                let n = if rng.random_bool(0.5) {
+                    c.manager_node().unwrap_or(live[0])
+                } else {
+                    live[rng.random_range(0..live.len())]
+                };
                 c.kill(n);
                 dead.push(n);
                 format!("kill {n}")
@@ -246,7 +255,16 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         }
     })
     .await;
-    settled.map_err(|_| fail(format!("operators still running {settle:?} after healing; faults: {:?}", report.faults)))?;
+    if settled.is_err() {
+        let running =
+            c.with_manager(|m| m.operators().filter(|o| !o.status.is_finished()).cloned().collect::<Vec<_>>());
+        return Err(fail(format!(
+            "operators still running {settle:?} after healing: {running:?}\ndirectory {:?}\nmanager on {:?}\nfaults: {:?}",
+            c.directory(),
+            c.manager_node(),
+            report.faults
+        )));
+    }
     report.operators = c.with_manager(|m| m.stats().finished_operators).unwrap_or(0);
 
     // Final reads of every key through a fresh client, part of the checked history.

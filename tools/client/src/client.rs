@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::proto::{ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 
+/// Most nodes one directory refresh asks (seeds, known nodes and redirects).
+const MAX_REFRESH_ASKS: usize = 16;
+
 /// Longest key a client may send (the engine's limit).
 pub const MAX_KEY_BYTES: usize = 8 << 10;
 /// Largest value a client may send.
@@ -209,6 +212,11 @@ impl Client {
             let shard = self.cache().directory.get_shard(key).cloned();
             let next = match shard {
                 None => match self.refresh(key).await {
+                    // The manager may not know the range yet (a split-off half not reported):
+                    // back off before asking again.
+                    Ok(()) if self.cache().directory.get_shard(key).is_none() => {
+                        Next::Retry("the directory has no shard for the key yet".into())
+                    }
                     Ok(()) => continue,
                     Err(e) => Next::Retry(e),
                 },
@@ -313,7 +321,9 @@ impl Client {
                     }
                     return Ok(());
                 }
-                Ok(Ok(Response::Error(ProtoError::NotManager { leader: Some(l) }))) if !targets[i..].contains(&l) => {
+                Ok(Ok(Response::Error(ProtoError::NotManager { leader: Some(l) })))
+                    if !targets[i..].contains(&l) && targets.len() < MAX_REFRESH_ASKS =>
+                {
                     targets.insert(i, l);
                     last = format!("node {to} does not run the shard manager");
                 }

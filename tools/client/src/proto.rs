@@ -162,6 +162,9 @@ pub enum Response {
     HeartbeatAck {
         /// The node running the shard manager.
         manager: NodeId,
+        /// Current descriptors of shards the node holds a stale replica of (a newer
+        /// configuration without it): the node destroys those replicas.
+        stale: Vec<ShardMeta>,
     },
     /// The cluster's state.
     ClusterInfo(Box<ClusterInfo>),

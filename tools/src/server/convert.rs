@@ -33,6 +33,28 @@ pub fn shard_meta(d: &ShardDescriptor, leader: Option<NodeId>) -> ShardMeta {
     }
 }
 
+/// The replication descriptor of a directory entry.
+pub fn descriptor(s: &ShardMeta) -> ShardDescriptor {
+    ShardDescriptor {
+        id: s.id,
+        start: s.start.clone(),
+        end: s.end.clone(),
+        epoch: Some(wire_epoch(s.epoch)),
+        replicas: s
+            .replicas
+            .iter()
+            .map(|r| Replica {
+                node_id: r.node,
+                role: match r.role {
+                    Role::Voter => ReplicaRole::Voter as i32,
+                    Role::Learner => ReplicaRole::Learner as i32,
+                },
+            })
+            .collect(),
+        merging_into: s.merging_into,
+    }
+}
+
 /// The shards a brand-new cluster starts with, all on `node`: the meta shard over the system
 /// key space `[0xff, ∞)` and shard 1 over every user key `["", 0xff)`.
 pub fn bootstrap_descriptors(node: NodeId) -> Vec<ShardDescriptor> {

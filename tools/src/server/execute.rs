@@ -13,7 +13,7 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, Conf
 use raft::StateRole;
 
 use super::convert::{proto_error, wire_epoch};
-use super::Inner;
+use super::{lock, Inner};
 
 pub(crate) async fn run<E: Engine>(inner: &Arc<Inner<E>>, command: Command) -> Response {
     match step(inner, &command).await {
@@ -97,8 +97,15 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
             node.split(shard, wire_epoch(*epoch), key, *new_shard).await.map_err(write_err)?;
         }
         Step::Merge { target } | Step::ResolveMerge { target } => {
+            // One merge per source at a time on this node: the manager resends steps while an
+            // earlier attempt may still run.
+            if !lock(&inner.merging).insert(shard) {
+                return Err(ProtoError::Retry(format!("a merge of shard {shard} is already running here")));
+            }
             let timeout = Duration::from_millis(inner.cfg.merge_confirm_timeout_ms);
-            node.merge(shard, *target, timeout).await.map_err(write_err)?;
+            let result = node.merge(shard, *target, timeout).await;
+            lock(&inner.merging).remove(&shard);
+            result.map_err(write_err)?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use presage_engine::{Cf, Engine};
 use presage_shardmgr::{LoadReport, NodeHeartbeat, NodeStats, ShardReport, META_SHARD_ID};
 use raft::StateRole;
 
-use super::convert::shard_meta;
+use super::convert::{descriptor, meta_epoch, shard_meta};
 use super::{lock, Inner};
 
 pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
@@ -58,7 +58,8 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             }
         }
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
-        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards };
+        let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
+        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas };
         send(&inner, heartbeat).await;
     }
 }
@@ -79,7 +80,19 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
         inner.call(to, Request::Heartbeat { heartbeat: heartbeat.clone() }).await
     };
     match answer {
-        Ok(Response::HeartbeatAck { manager }) => *lock(&inner.manager_hint) = Some(manager),
+        Ok(Response::HeartbeatAck { manager, stale }) => {
+            *lock(&inner.manager_hint) = Some(manager);
+            for shard in stale {
+                tracing::info!(
+                    node = inner.me.id,
+                    shard = shard.id,
+                    "the shard manager reports this replica stale; destroying it"
+                );
+                if let Err(e) = inner.node.tombstone(descriptor(&shard)).await {
+                    tracing::warn!(shard = shard.id, error = %e, "could not hand the tombstone to the node");
+                }
+            }
+        }
         Ok(Response::Error(ProtoError::NotManager { leader })) => *lock(&inner.manager_hint) = leader,
         Ok(Response::Error(ProtoError::JoinRefused(_))) => {
             // The manager lost track of this node (it never joined, or its join was not

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use presage_client::{Request, Response};
+use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Engine, KeyRange};
 use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
 use presage_shardmgr::meta::{PersistedState, META_PREFIX};
@@ -62,6 +62,13 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let order = inner.meta_writes.lock().await;
         let now = inner.clock.now_ms();
         let Some(effects) = lock(&inner.manager).as_mut().map(|m| m.tick(now)) else { continue };
+        tracing::trace!(
+            node = inner.me.id,
+            now,
+            writes = effects.writes.len(),
+            commands = effects.commands.len(),
+            "manager round"
+        );
         if let Err(e) = persist(&inner, effects.writes).await {
             abdicate(&inner, &e);
             continue;
@@ -79,8 +86,15 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             tokio::spawn(async move {
                 let to = command.leader;
                 let (operator, shard) = (command.operator, command.shard);
-                match inner.call(to, Request::Execute { command }).await {
+                // A merge step waits up to the confirm timeout, then may roll back.
+                let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms + 2 * inner.cfg.merge_confirm_timeout_ms);
+                match inner.call_within(to, Request::Execute { command }, timeout).await {
                     Ok(Response::Done) => {}
+                    Ok(Response::Error(ProtoError::NotLeader { leader: Some(l), .. })) => {
+                        if let Some(m) = lock(&inner.manager).as_mut() {
+                            m.note_leader(shard, l);
+                        }
+                    }
                     Ok(Response::Error(e)) => {
                         tracing::debug!(operator, shard, node = to, error = %e, "operator step not done yet")
                     }

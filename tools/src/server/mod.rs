@@ -102,21 +102,25 @@ impl ServerConfig {
     }
 }
 
-/// Milliseconds on the manager's clock: wall time at start plus the runtime's monotonic time
-/// since (so that paused-time tests stay deterministic in their intervals).
+/// Milliseconds on the shard manager's clock: wall time when the clock was made plus the
+/// runtime's monotonic time since. Operators' timestamps are persisted, so successive managers
+/// must agree on it: nodes use the wall clock; an in-process test cluster shares one clock
+/// among its nodes (its paused tokio time runs far ahead of the wall clock).
 #[derive(Debug, Clone)]
-pub(crate) struct Clock {
+pub struct Clock {
     base_ms: u64,
     base: tokio::time::Instant,
 }
 
 impl Clock {
-    fn new() -> Self {
+    /// The wall clock (through the runtime's monotonic clock from now on).
+    pub fn wall() -> Self {
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Clock { base_ms: wall.as_millis() as u64, base: tokio::time::Instant::now() }
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
+    /// Now, in ms.
+    pub fn now_ms(&self) -> u64 {
         self.base_ms + self.base.elapsed().as_millis() as u64
     }
 }
@@ -140,6 +144,8 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) seeds: Mutex<Vec<NodeId>>,
     /// Requests being served.
     inflight: tokio::sync::Semaphore,
+    /// Sources this node is merging (one merge per source at a time).
+    pub(crate) merging: Mutex<std::collections::HashSet<ShardId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,10 +160,17 @@ pub struct Server<E: Engine> {
 
 impl<E: Engine> Server<E> {
     /// Starts serving for the replication node `node` (whose store runs on `engine`),
-    /// reaching other nodes through `rpc`. A node of a brand-new cluster is bootstrapped
-    /// first (its store holds [`convert::bootstrap_descriptors`]); any other node calls
-    /// [`Server::join`] next.
-    pub fn start(cfg: ServerConfig, me: NodeMeta, node: NodeHandle, engine: E, rpc: Arc<dyn Rpc>) -> Self {
+    /// reaching other nodes through `rpc`, timing the shard manager with `clock`. A node of a
+    /// brand-new cluster is bootstrapped first (its store holds
+    /// [`convert::bootstrap_descriptors`]); any other node calls [`Server::join`] next.
+    pub fn start(
+        cfg: ServerConfig,
+        me: NodeMeta,
+        node: NodeHandle,
+        engine: E,
+        rpc: Arc<dyn Rpc>,
+        clock: Clock,
+    ) -> Self {
         let inflight = tokio::sync::Semaphore::new(cfg.max_inflight_requests);
         let inner = Arc::new(Inner {
             cfg,
@@ -165,13 +178,14 @@ impl<E: Engine> Server<E> {
             node,
             engine,
             rpc,
-            clock: Clock::new(),
+            clock,
             load: Mutex::new(HashMap::new()),
             manager: Mutex::new(None),
             meta_writes: tokio::sync::Mutex::new(()),
             manager_hint: Mutex::new(None),
             seeds: Mutex::new(Vec::new()),
             inflight,
+            merging: Mutex::new(std::collections::HashSet::new()),
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
@@ -217,6 +231,12 @@ impl<E: Engine> Server<E> {
         }
     }
 
+    /// The nodes to ask for the shard manager when none is known (a restarted node's peers
+    /// from its configuration; [`Server::join`] sets them too).
+    pub fn set_seeds(&self, seeds: &[NodeId]) {
+        *lock(&self.inner.seeds) = seeds.to_vec();
+    }
+
     /// Now on the shard manager's clock of this node (ms).
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
@@ -243,7 +263,16 @@ impl<E: Engine> Server<E> {
 impl<E: Engine> Inner<E> {
     /// Calls `to`, bounded by the RPC timeout.
     pub(crate) async fn call(&self, to: NodeId, request: Request) -> Result<Response, RpcError> {
-        let timeout = Duration::from_millis(self.cfg.rpc_timeout_ms);
+        self.call_within(to, request, Duration::from_millis(self.cfg.rpc_timeout_ms)).await
+    }
+
+    /// Calls `to`, bounded by `timeout`.
+    pub(crate) async fn call_within(
+        &self,
+        to: NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
         match tokio::time::timeout(timeout, self.rpc.call(to, request)).await {
             Ok(r) => r,
             Err(_) => Err(RpcError::Lost(to)),
@@ -412,10 +441,9 @@ impl<E: Engine> Inner<E> {
             Request::Heartbeat { heartbeat } => {
                 let mut guard = lock(&self.manager);
                 let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
-                if m.heartbeat(heartbeat, now) {
-                    Response::HeartbeatAck { manager: self.me.id }
-                } else {
-                    Response::Error(ProtoError::JoinRefused("unknown node: join first".into()))
+                match m.heartbeat(heartbeat, now) {
+                    Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale },
+                    None => Response::Error(ProtoError::JoinRefused("unknown node: join first".into())),
                 }
             }
             Request::Join { node } => {
