@@ -290,7 +290,7 @@ impl Manager {
     /// say while it was down), which the node then destroys. `None` if the node never joined
     /// (it must join first).
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<Vec<ShardMeta>> {
-        let Some(node) = self.nodes.get(&hb.node) else { return None };
+        let node = self.nodes.get(&hb.node)?;
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             self.set_node_state(hb.node, NodeState::Up);
         }
