@@ -54,7 +54,10 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
             Some(r) if r.is_voter() => {}
             Some(_) => {
                 let matched = status.matched.iter().find(|(id, _)| id == n).map_or(0, |(_, m)| *m);
-                if matched + inner.cfg.learner_max_lag_entries < status.last_index {
+                // Never promote a learner that has not answered yet (matched 0): with a short
+                // log the lag test alone would pass, and a voter that cannot vote can cost
+                // the group its quorum.
+                if matched == 0 || matched + inner.cfg.learner_max_lag_entries < status.last_index {
                     return Err(ProtoError::Retry(format!(
                         "learner on node {n} is at {matched}, the log at {}",
                         status.last_index
