@@ -35,6 +35,31 @@ pub struct Operation {
     pub ret: Option<u64>,
 }
 
+/// Records a history from concurrent clients: a logical clock for call and return times,
+/// and the operations.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    clock: std::sync::atomic::AtomicU64,
+    history: std::sync::Mutex<Vec<Operation>>,
+}
+
+impl Recorder {
+    /// The next logical time.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Adds an operation.
+    pub fn record(&self, op: Operation) {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
+    }
+
+    /// The operations so far.
+    pub fn history(&self) -> Vec<Operation> {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 /// A register's state: the key's value.
 type State = Option<Vec<u8>>;
 

@@ -5,8 +5,8 @@
 //! converge, and the whole history - final reads included, so a lost acknowledged write
 //! shows - must be linearizable.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse};
@@ -15,7 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::{test_config, Cluster, Directory, SHARD};
-use crate::linearizability::{self, KvOp, Operation};
+use crate::linearizability::{self, KvOp, Operation, Recorder};
 
 /// Size of a nemesis run.
 #[derive(Debug, Clone)]
@@ -68,21 +68,6 @@ pub struct NemesisReport {
 /// snapshot chunks, so that nodes that were down or cut off often come back by snapshot.
 pub fn nemesis_raft_config() -> RaftConfig {
     RaftConfig { log_gc_threshold_entries: 200, snapshot_chunk_bytes: 4096, ..test_config() }
-}
-
-struct Recorder {
-    clock: AtomicU64,
-    history: Mutex<Vec<Operation>>,
-}
-
-impl Recorder {
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::SeqCst)
-    }
-
-    fn record(&self, op: Operation) {
-        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
-    }
 }
 
 fn handles(dir: &Directory) -> Vec<NodeHandle> {
@@ -183,7 +168,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let raft = RaftConfig { lease_reads: cfg.lease_reads, ..nemesis_raft_config() };
     let mut cluster = Cluster::start_with(cfg.nodes, seed, raft);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x4e3e);
-    let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
+    let rec = Arc::new(Recorder::default());
     let ctl = Arc::new(Control { stop: AtomicBool::new(false), quiet: AtomicBool::new(false) });
     let mut report = NemesisReport::default();
 
@@ -319,7 +304,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         rec.record(Operation { client: 0, key, op: KvOp::Get(value), call, ret: Some(ret) });
     }
 
-    let history = rec.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let history = rec.history();
     report.ops = history.len();
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
     report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();

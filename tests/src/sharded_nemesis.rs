@@ -6,8 +6,8 @@
 //! merge by load at the same time. Afterwards everything heals and the history, final reads
 //! included (a lost acknowledged write shows there), must be linearizable.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientError};
@@ -16,7 +16,7 @@ use presage_shardmgr::{ManagerConfig, Role, Step, META_SHARD_ID};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::linearizability::{self, KvOp, Operation};
+use crate::linearizability::{self, KvOp, Operation, Recorder};
 use crate::sharded::{manager_config, ShardedCluster};
 
 /// Size of a sharded nemesis run.
@@ -72,21 +72,6 @@ fn nemesis_manager_config() -> ManagerConfig {
     }
 }
 
-struct Recorder {
-    clock: AtomicU64,
-    history: Mutex<Vec<Operation>>,
-}
-
-impl Recorder {
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::SeqCst)
-    }
-
-    fn record(&self, op: Operation) {
-        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
-    }
-}
-
 async fn client(id: u64, cfg: ShardedNemesisConfig, client: Client, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (id << 32) ^ 0x5a4d);
     let mut n = 0u64;
@@ -134,7 +119,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     crate::init_log();
     let mut c = ShardedCluster::start(3, seed, nemesis_manager_config()).await;
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5e3e);
-    let rec = Arc::new(Recorder { clock: AtomicU64::new(1), history: Mutex::new(Vec::new()) });
+    let rec = Arc::new(Recorder::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut report = ShardedNemesisReport::default();
     let clients: Vec<_> = (1..=cfg.clients)
@@ -276,7 +261,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         let ret = rec.tick();
         rec.record(Operation { client: 0, key, op: KvOp::Get(value), call, ret: Some(ret) });
     }
-    let history = rec.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let history = rec.history();
     report.ops = history.len();
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
     report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
