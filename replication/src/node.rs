@@ -3,7 +3,7 @@
 //! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`].
 
 use presage_engine::Engine;
-use raft::eraftpb::ConfChangeV2;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -186,6 +186,21 @@ impl NodeHandle {
         self.ask(|reply| NodeMsg::ConfChange { shard_id, cc, reply }).await?
     }
 
+    /// Adds a learner replica of `shard_id` on `node` (this node must lead the shard).
+    pub async fn add_learner(&self, shard_id: u64, node: u64) -> Result<()> {
+        self.change_membership(shard_id, single_change(ConfChangeType::AddLearnerNode, node)).await
+    }
+
+    /// Makes the learner of `shard_id` on `node` a voter (this node must lead the shard).
+    pub async fn promote_learner(&self, shard_id: u64, node: u64) -> Result<()> {
+        self.change_membership(shard_id, single_change(ConfChangeType::AddNode, node)).await
+    }
+
+    /// Removes the replica of `shard_id` on `node` (this node must lead the shard).
+    pub async fn remove_replica(&self, shard_id: u64, node: u64) -> Result<()> {
+        self.change_membership(shard_id, single_change(ConfChangeType::RemoveNode, node)).await
+    }
+
     /// Splits `shard_id` (this node must lead it) at `split_key`; the right part becomes
     /// shard `new_shard_id`. Answers once the split is applied here.
     pub async fn split(&self, shard_id: u64, epoch: Epoch, split_key: Vec<u8>, new_shard_id: u64) -> Result<()> {
@@ -297,5 +312,14 @@ impl NodeHandle {
     /// Counts over every replica of the node.
     pub async fn summary(&self) -> Result<StoreSummary> {
         self.ask(|reply| NodeMsg::Summary { reply }).await
+    }
+}
+
+/// A membership change of one replica.
+fn single_change(change: ConfChangeType, node: u64) -> ConfChangeV2 {
+    ConfChangeV2 {
+        transition: ConfChangeTransition::Auto as i32,
+        changes: vec![ConfChangeSingle { change_type: change as i32, node_id: node }],
+        context: Vec::new(),
     }
 }

@@ -55,6 +55,13 @@ pub struct ShardStatus {
     pub matched: Vec<(u64, u64)>,
 }
 
+impl ShardStatus {
+    /// True when this replica leads its shard.
+    pub fn is_leader(&self) -> bool {
+        self.role == StateRole::Leader
+    }
+}
+
 /// Counts over every replica of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreSummary {
@@ -422,11 +429,7 @@ impl<E: Engine> Store<E> {
             if env.tombstone {
                 // A newer configuration without us: this replica is gone.
                 if let Some(d) = &env.descriptor {
-                    if theirs > mine.epoch().conf_ver && !d.replicas.iter().any(|r| r.node_id == self.node_id) {
-                        peer.removed = true;
-                        // Visit it in the next round, asleep or not, so that it is destroyed.
-                        self.touched.insert(env.shard_id);
-                    }
+                    self.tombstone(d);
                 }
                 return Ok(());
             }
@@ -655,8 +658,8 @@ impl<E: Engine> Store<E> {
     }
 
     /// Destroys this node's replica of `newer.id` if `newer` is a later configuration of the
-    /// shard without this node (the replica missed its removal, say while the node was down;
-    /// the shard manager notices from heartbeats). The same rule as a tombstone message.
+    /// shard without this node: the replica missed its removal. A tombstone message from a
+    /// member, or the shard manager (which notices from heartbeats), brings the news.
     pub fn tombstone(&mut self, newer: &ShardDescriptor) -> bool {
         let Some(peer) = self.peers.get_mut(&newer.id) else { return false };
         let mine = peer.descriptor().epoch().conf_ver;

@@ -56,11 +56,19 @@ impl Filter {
         match self {
             Filter::Drop { probability } => rng.random_bool(probability.clamp(0.0, 1.0)),
             Filter::Delay { .. } => false,
+            Filter::Partition { .. } | Filter::Isolate(_) => self.separates(from, to),
+            Filter::DropType(t) => msg_type == Some(*t),
+        }
+    }
+
+    /// True for a partition or isolation that cuts `from` off from `to`.
+    fn separates(&self, from: u64, to: u64) -> bool {
+        match self {
             Filter::Partition { a, b } => {
                 (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
             }
             Filter::Isolate(n) => *n == from || *n == to,
-            Filter::DropType(t) => msg_type == Some(*t),
+            _ => false,
         }
     }
 }
@@ -122,13 +130,7 @@ impl MemNetwork {
     /// True unless a partition or isolation filter separates `from` and `to` (request/response
     /// transports built on this network use it to honour the same faults).
     pub fn reachable(&self, from: u64, to: u64) -> bool {
-        !self.lock().filters.iter().any(|(_, f)| match f {
-            Filter::Partition { a, b } => {
-                (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
-            }
-            Filter::Isolate(n) => *n == from || *n == to,
-            _ => false,
-        })
+        !self.lock().filters.iter().any(|(_, f)| f.separates(from, to))
     }
 
     /// Removes one filter.

@@ -65,12 +65,6 @@ impl Directory {
         shard.contains(key).then_some(shard)
     }
 
-    /// The shard that starts at `end` of `shard` (its right neighbour), if known.
-    pub fn right_of(&self, shard: &ShardMeta) -> Option<&ShardMeta> {
-        let end = shard.end.as_ref()?;
-        self.by_start.get(end).and_then(|id| self.by_id.get(id))
-    }
-
     /// Every shard in key order.
     pub fn iter(&self) -> impl Iterator<Item = &ShardMeta> + '_ {
         self.by_start.values().filter_map(|id| self.by_id.get(id))

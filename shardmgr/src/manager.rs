@@ -215,11 +215,6 @@ impl Manager {
         self.soft.get(&id)
     }
 
-    /// The group a shard belongs in.
-    pub fn shard_group(&self, id: ShardId) -> Option<GroupId> {
-        self.placement.get(&id).map(|p| p.group)
-    }
-
     /// Counts.
     pub fn stats(&self) -> ManagerStats {
         let running = self.operators.values().filter(|op| !op.status.is_finished()).count();
@@ -231,10 +226,6 @@ impl Manager {
             running_operators: running,
             finished_operators: self.operators.len() - running,
         }
-    }
-
-    fn finished_count(&self) -> usize {
-        self.operators.values().filter(|op| op.status.is_finished()).count()
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -388,8 +379,9 @@ impl Manager {
         self.prune_finished();
         self.balance_starts_ms.retain(|t| now_ms.saturating_sub(*t) < 60_000);
         let plans = policy::plan(self, now_ms);
+        let mut running = self.operators.values().filter(|op| !op.status.is_finished()).count();
         for plan in plans {
-            if self.operators.len() - self.finished_count() >= self.cfg.max_running_operators {
+            if running >= self.cfg.max_running_operators {
                 break;
             }
             if plan.counts_as_balance {
@@ -398,14 +390,18 @@ impl Manager {
                 }
                 self.balance_starts_ms.push_back(now_ms);
             }
-            self.start(plan, now_ms, &mut commands);
+            if self.start(plan, now_ms, &mut commands).is_some() {
+                running += 1;
+            }
         }
         Effects { writes: std::mem::take(&mut self.pending), commands, finished: std::mem::take(&mut self.finished) }
     }
 
-    fn start(&mut self, plan: Plan, now_ms: u64, commands: &mut Vec<Command>) {
+    /// Starts `plan`; returns the new operator's id (`None`: the shard is busy, or the plan
+    /// only re-placed it).
+    fn start(&mut self, plan: Plan, now_ms: u64, commands: &mut Vec<Command>) -> Option<u64> {
         if self.busy.contains_key(&plan.shard) {
-            return;
+            return None;
         }
         if let Some(group) = plan.new_group {
             if let Some(p) = self.placement.get_mut(&plan.shard) {
@@ -416,7 +412,7 @@ impl Manager {
                 }
             }
             if plan.steps.is_empty() {
-                return; // only re-placed: the repair policy moves the replicas
+                return None; // only re-placed: the repair policy moves the replicas
             }
         }
         let id = self.alloc_id();
@@ -435,6 +431,7 @@ impl Manager {
         }
         self.operators.insert(id, op);
         self.poll_one(id, now_ms, commands);
+        Some(id)
     }
 
     fn poll_operators(&mut self, now_ms: u64, commands: &mut Vec<Command>) {
@@ -602,10 +599,8 @@ impl Manager {
         }
         let plan =
             Plan { shard, kind: OperatorKind::Manual, steps, rollback, counts_as_balance: false, new_group: None };
-        let mut commands = Vec::new();
-        self.start(plan, now_ms, &mut commands);
-        let id = self.busy.get(&shard).copied()?;
-        // Sent by the next tick, after the operator is persisted.
+        // Its first command is sent by the next tick, after the operator is persisted.
+        let id = self.start(plan, now_ms, &mut Vec::new())?;
         self.last_sent_ms.remove(&id);
         Some(id)
     }

@@ -42,11 +42,6 @@ impl Epoch {
     pub fn is_stale(&self, other: &Epoch) -> bool {
         self.version < other.version || self.conf_ver < other.conf_ver
     }
-
-    /// True when `self` is newer than `other` in some part and older in none.
-    pub fn is_newer(&self, other: &Epoch) -> bool {
-        !self.is_stale(other) && self != other
-    }
 }
 
 /// A node's lifecycle state as the shard manager sees it.
@@ -288,9 +283,7 @@ mod tests {
         assert!(e(1, 1).is_stale(&e(2, 1)));
         assert!(e(1, 1).is_stale(&e(1, 2)));
         assert!(e(2, 1).is_stale(&e(1, 2)), "older in one part is stale");
-        assert!(e(2, 2).is_newer(&e(1, 2)));
-        assert!(!e(1, 1).is_newer(&e(1, 1)));
-        assert!(!e(2, 1).is_newer(&e(1, 2)));
+        assert!(!e(1, 1).is_stale(&e(1, 1)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use presage_client::{Client, ClientError};
 use presage_replication::Filter;
-use presage_shardmgr::{ManagerConfig, Role, Step, META_SHARD_ID};
+use presage_shardmgr::{ManagerConfig, OperatorStatus, Role, Step, META_SHARD_ID};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -52,6 +52,10 @@ pub struct ShardedNemesisReport {
     pub faults: Vec<String>,
     /// Operators the shard manager finished (its own and the nemesis's).
     pub operators: usize,
+    /// Finished operators that split a shard.
+    pub splits: usize,
+    /// Finished operators that merged two shards.
+    pub merges: usize,
 }
 
 fn key(k: u64) -> Vec<u8> {
@@ -251,6 +255,14 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         )));
     }
     report.operators = c.with_manager(|m| m.stats().finished_operators).unwrap_or(0);
+    let done_with = |pick: fn(&Step) -> bool| {
+        c.with_manager(|m| {
+            m.operators().filter(|o| o.status == OperatorStatus::Done && o.steps.iter().any(pick)).count()
+        })
+        .unwrap_or(0)
+    };
+    report.splits = done_with(|s| matches!(s, Step::Split { .. }));
+    report.merges = done_with(|s| matches!(s, Step::Merge { .. }));
 
     // Final reads of every key through a fresh client, part of the checked history.
     let reader = c.client(vec![1, 2, 3]);

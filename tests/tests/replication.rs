@@ -198,7 +198,7 @@ fn nemesis_histories_are_linearizable() {
 fn sharded_nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
-    let (mut ops, mut acked, mut unknown, mut operators) = (0, 0, 0, 0);
+    let (mut ops, mut acked, mut unknown, mut operators, mut splits, mut merges) = (0, 0, 0, 0, 0, 0);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -209,10 +209,16 @@ fn sharded_nemesis_histories_are_linearizable() {
         acked += report.acknowledged_writes;
         unknown += report.unknown_writes;
         operators += report.operators;
+        splits += report.splits;
+        merges += report.merges;
     }
     eprintln!(
-        "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, {operators} operators finished"
+        "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, \
+         {operators} operators finished ({splits} splits, {merges} merges)"
     );
+    if count >= 4 {
+        assert!(splits > 0 && merges > 0, "the runs must split and merge shards: {splits} splits, {merges} merges");
+    }
 }
 
 /// §7 (log compaction, InstallSnapshot): a follower that misses more than the leader's

@@ -18,7 +18,6 @@ use presage_engine::{Cf, Engine, RocksConfig, RocksEngine, WriteBatch, WriteOpti
 use presage_replication::{
     AddressBook, Epoch, NodeHandle, Op, RaftConfig, Replica, ShardDescriptor, Store, TcpConfig, TcpNode,
 };
-use raft::StateRole;
 
 use crate::datagen::{key, ValueGen, ValueKind};
 
@@ -191,7 +190,7 @@ async fn leader_of(nodes: &[TcpNode], shard_id: u64, timeout: Duration) -> Resul
         for n in nodes {
             let h = n.node.handle();
             if let Ok(Some(s)) = h.status(shard_id).await {
-                if s.role == StateRole::Leader {
+                if s.is_leader() {
                     return Ok((h, s.descriptor.epoch()));
                 }
             }

@@ -116,11 +116,6 @@ impl Client {
         self.cache().directory.iter().cloned().collect()
     }
 
-    /// Seeds the cache with `shard` (tests use it to start from a stale directory).
-    pub fn remember(&self, shard: ShardMeta) {
-        self.cache().directory.update(shard);
-    }
-
     /// The value of `key`, linearizable.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         check_key(key)?;

@@ -91,24 +91,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// Short name for logs and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Request::Get { .. } => "get",
-            Request::Put { .. } => "put",
-            Request::Delete { .. } => "delete",
-            Request::Scan { .. } => "scan",
-            Request::Routes { .. } => "routes",
-            Request::Join { .. } => "join",
-            Request::Heartbeat { .. } => "heartbeat",
-            Request::Execute { .. } => "execute",
-            Request::ClusterInfo => "cluster-info",
-            Request::Forwarded { request } => request.name(),
-        }
-    }
-}
-
 /// What the cluster looks like, for operators.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterInfo {

@@ -9,8 +9,6 @@ use presage_client::{ProtoError, Response};
 use presage_engine::{middle_key, Cf, Engine};
 use presage_replication::ShardStatus;
 use presage_shardmgr::{Command, Step};
-use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
-use raft::StateRole;
 
 use super::convert::{proto_error, wire_epoch};
 use super::{lock, Inner};
@@ -22,20 +20,12 @@ pub(crate) async fn run<E: Engine>(inner: &Arc<Inner<E>>, command: Command) -> R
     }
 }
 
-fn conf_change(change: ConfChangeType, node: u64) -> ConfChangeV2 {
-    ConfChangeV2 {
-        transition: ConfChangeTransition::Auto as i32,
-        changes: vec![ConfChangeSingle { change_type: change as i32, node_id: node }],
-        context: Vec::new(),
-    }
-}
-
 async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(), ProtoError> {
     let shard = command.shard;
     let node = &inner.node;
     let status = node.status(shard).await.map_err(|e| proto_error(e, false))?;
     let status = status.ok_or(ProtoError::ShardNotFound { shard })?;
-    if status.role != StateRole::Leader {
+    if !status.is_leader() {
         return Err(ProtoError::NotLeader { shard, leader: status.leader });
     }
     let desc = &status.descriptor;
@@ -44,9 +34,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
     match &command.step {
         Step::AddLearner { node: n } => {
             if replica(*n).is_none() {
-                node.change_membership(shard, conf_change(ConfChangeType::AddLearnerNode, *n))
-                    .await
-                    .map_err(write_err)?;
+                node.add_learner(shard, *n).await.map_err(write_err)?;
             }
         }
         Step::PromoteLearner { node: n } => match replica(*n) {
@@ -63,7 +51,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
                         status.last_index
                     )));
                 }
-                node.change_membership(shard, conf_change(ConfChangeType::AddNode, *n)).await.map_err(write_err)?;
+                node.promote_learner(shard, *n).await.map_err(write_err)?;
             }
         },
         Step::RemoveReplica { node: n } => {
@@ -74,7 +62,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
                 hand_over(inner, &status).await?;
                 return Err(ProtoError::Retry("handing the leadership away before removing this replica".into()));
             }
-            node.change_membership(shard, conf_change(ConfChangeType::RemoveNode, *n)).await.map_err(write_err)?;
+            node.remove_replica(shard, *n).await.map_err(write_err)?;
         }
         Step::TransferLeader { to } => {
             if *to != inner.me.id {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Cf, Engine};
 use presage_shardmgr::{LoadReport, NodeHeartbeat, NodeStats, ShardReport, META_SHARD_ID};
-use raft::StateRole;
 
 use super::convert::{descriptor, meta_epoch, shard_meta};
 use super::{lock, Inner};
@@ -32,15 +31,15 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let mut shards = Vec::new();
         {
             let mut load = lock(&inner.load);
-            let led: Vec<u64> =
-                statuses.iter().filter(|s| s.role == StateRole::Leader).map(|s| s.descriptor.id).collect();
+            let led: std::collections::HashSet<u64> =
+                statuses.iter().filter(|s| s.is_leader()).map(|s| s.descriptor.id).collect();
             load.retain(|id, _| led.contains(id));
             for s in &statuses {
                 stats.replicas += 1;
                 if s.descriptor.id == META_SHARD_ID && s.leader.is_some() {
                     *lock(&inner.manager_hint) = s.leader;
                 }
-                if s.role != StateRole::Leader {
+                if !s.is_leader() {
                     continue;
                 }
                 stats.leaders += 1;

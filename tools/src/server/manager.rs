@@ -14,7 +14,6 @@ use presage_engine::{Engine, KeyRange};
 use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
 use presage_shardmgr::meta::{PersistedState, META_PREFIX};
 use presage_shardmgr::{Manager, MetaWrite, META_SHARD_ID};
-use raft::StateRole;
 
 use super::{lock, Inner};
 
@@ -39,7 +38,7 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         if let Some(s) = &status {
             *lock(&inner.manager_hint) = s.leader;
         }
-        let leading = status.as_ref().is_some_and(|s| s.role == StateRole::Leader);
+        let leading = status.as_ref().is_some_and(ShardStatus::is_leader);
         if !leading {
             if lock(&inner.manager).take().is_some() {
                 tracing::info!(node = inner.me.id, "no longer the meta shard's leader: shard manager stopped");
