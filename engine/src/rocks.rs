@@ -27,7 +27,7 @@ use crate::types::{
 
 /// Settings of the RocksDB engine.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct RocksConfig {
     /// Shared block cache, in bytes.
     pub block_cache_bytes: usize,

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// Settings of a node's multi-Raft store. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct RaftConfig {
     /// Length of one Raft tick, in milliseconds.
     pub tick_interval_ms: u64,

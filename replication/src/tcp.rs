@@ -54,7 +54,7 @@ pub struct RaftBatch {
 
 /// Settings of the TCP transport. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct TcpConfig {
     /// Largest frame body accepted or sent, in bytes. Must hold the largest Raft message
     /// (`max-msg-bytes`) or snapshot chunk with room for its envelope.

@@ -10,7 +10,7 @@ const MIB: u64 = 1 << 20;
 
 /// The shard manager's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct ManagerConfig {
     /// How often nodes report to the manager.
     pub heartbeat_interval_ms: u64,

@@ -17,6 +17,7 @@
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
 //! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out.
 
+pub mod admin;
 pub mod config;
 pub mod directory;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod operator;
 pub mod policy;
 
+pub use admin::{AdminCommand, AdminError, AdminOutcome};
 pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};

@@ -404,13 +404,7 @@ impl Manager {
             return None;
         }
         if let Some(group) = plan.new_group {
-            if let Some(p) = self.placement.get_mut(&plan.shard) {
-                p.group = group;
-                if let Some(shard) = self.directory.get(plan.shard) {
-                    let rec = ShardRecord { shard: shard.clone(), group, split_at_ms: p.split_at_ms };
-                    self.pending.push(meta::put(meta::shard_key(plan.shard), &rec));
-                }
-            }
+            self.replace_shard(plan.shard, group);
             if plan.steps.is_empty() {
                 return None; // only re-placed: the repair policy moves the replicas
             }
@@ -589,6 +583,17 @@ impl Manager {
             n.group = Some(gid);
             let rec = n.clone();
             self.pending.push(meta::put(meta::node_key(node), &rec));
+        }
+    }
+
+    /// Places `shard` in `group` (persisted); the repair policy then moves its replicas.
+    pub(crate) fn replace_shard(&mut self, shard: ShardId, group: GroupId) {
+        if let Some(p) = self.placement.get_mut(&shard) {
+            p.group = group;
+            if let Some(meta) = self.directory.get(shard) {
+                let rec = ShardRecord { shard: meta.clone(), group, split_at_ms: p.split_at_ms };
+                self.pending.push(meta::put(meta::shard_key(shard), &rec));
+            }
         }
     }
 

@@ -139,6 +139,8 @@ mod tests {
             id: 3,
             raft_addr: "127.0.0.1:1".into(),
             client_addr: "127.0.0.1:2".into(),
+            resp_addr: String::new(),
+            admin_addr: String::new(),
             region: "eu-1".into(),
             capacity_bytes: 1 << 30,
             state: NodeState::Up,

@@ -75,8 +75,14 @@ pub struct NodeMeta {
     pub id: NodeId,
     /// Where other nodes send Raft messages.
     pub raft_addr: String,
-    /// Where clients connect.
+    /// Where clients connect (the native protocol).
     pub client_addr: String,
+    /// Where Redis clients connect (empty when the node serves no RESP).
+    #[serde(default)]
+    pub resp_addr: String,
+    /// The node's HTTP admin API (empty when it has none).
+    #[serde(default)]
+    pub admin_addr: String,
     /// Failure domain label; a group holds at most one node per region.
     pub region: String,
     /// Bytes of storage the node offers.

@@ -295,8 +295,9 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     }
 }
 
+/// `node` is Up and holds a voter of `shard` (a Draining node is given no leaderships).
 fn has_voter(m: &Manager, shard: ShardId, node: NodeId) -> bool {
-    m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
+    m.node_is_up(node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
 }
 
 /// A quantity group balance evens out: the group's total, a shard's part, the minimum gap.

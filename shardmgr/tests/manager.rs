@@ -51,6 +51,8 @@ fn node(id: u64, region: &str) -> NodeMeta {
         id,
         raft_addr: format!("n{id}:1"),
         client_addr: format!("n{id}:2"),
+        resp_addr: String::new(),
+        admin_addr: String::new(),
         region: region.into(),
         capacity_bytes: 1 << 40,
         state: NodeState::Up,

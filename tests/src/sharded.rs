@@ -78,6 +78,8 @@ fn meta(id: u64) -> NodeMeta {
         id,
         raft_addr: format!("mem:{id}"),
         client_addr: format!("mem:{id}"),
+        resp_addr: String::new(),
+        admin_addr: String::new(),
         region: format!("r{}", (id - 1) % 3 + 1),
         capacity_bytes: 1 << 30,
         state: NodeState::Up,

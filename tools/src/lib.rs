@@ -9,8 +9,12 @@
 //!   manager's runtime on the meta leader, operator steps.
 //! - [`datagen`]: deterministic keys and values shared by both.
 
+pub mod admin;
 pub mod datagen;
 pub mod demo;
 pub mod engine_bench;
+pub mod metrics;
+pub mod node;
 pub mod replication_bench;
+pub mod resp;
 pub mod server;

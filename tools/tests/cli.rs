@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod e2e;
+
 fn presage() -> Command {
     Command::new(env!("CARGO_BIN_EXE_presage"))
 }

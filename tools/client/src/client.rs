@@ -13,7 +13,8 @@ use std::time::Duration;
 use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{ProtoError, Request, Response, Route};
+use crate::net::{NetConfig, TcpRpc};
+use crate::proto::{BatchOp, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
@@ -26,7 +27,7 @@ pub const MAX_VALUE_BYTES: usize = 4 << 20;
 
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct ClientConfig {
     /// A request gives up after this long, retries included.
     pub request_timeout_ms: u64,
@@ -42,6 +43,10 @@ pub struct ClientConfig {
     pub max_scan_page_keys: u32,
     /// Largest scan page asked of a shard, in bytes.
     pub max_scan_page_bytes: u32,
+    /// Most keys in one `get_many` or `batch`.
+    pub max_batch_keys: usize,
+    /// Connections to the nodes (over TCP).
+    pub net: NetConfig,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +59,8 @@ impl Default for ClientConfig {
             max_routes_per_refresh: 256,
             max_scan_page_keys: 1_000,
             max_scan_page_bytes: 1 << 20,
+            max_batch_keys: 10_000,
+            net: NetConfig::default(),
         }
     }
 }
@@ -78,6 +85,9 @@ pub enum ClientError {
     /// The cluster refused the request.
     #[error(transparent)]
     Refused(ProtoError),
+    /// No seed node answered.
+    #[error("cluster unreachable: {0}")]
+    Unreachable(String),
 }
 
 #[derive(Default)]
@@ -107,6 +117,26 @@ impl Client {
         Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()) }
     }
 
+    /// A client over TCP that first asks the nodes at `seeds` (`host:port` of their native
+    /// listeners) who they are; fails when none answers.
+    pub async fn connect(seeds: &[impl AsRef<str>], cfg: ClientConfig) -> Result<Client, ClientError> {
+        cfg.net.validate().map_err(ClientError::Invalid)?;
+        let rpc = Arc::new(TcpRpc::new(cfg.net.clone()));
+        let mut ids = Vec::new();
+        let mut errors = Vec::new();
+        for seed in seeds {
+            match rpc.hello(seed.as_ref()).await {
+                Ok(node) => ids.push(node.id),
+                Err(e) => errors.push(e),
+            }
+        }
+        if ids.is_empty() {
+            let why = if errors.is_empty() { "no seed address given".to_string() } else { errors.join("; ") };
+            return Err(ClientError::Unreachable(why));
+        }
+        Ok(Client::new(Arc::new(rpc), ids, cfg))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -120,7 +150,7 @@ impl Client {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         check_key(key)?;
         let key = key.to_vec();
-        match self.routed(&key, false, |route| Request::Get { route, key: key.clone() }).await? {
+        match self.routed(&key, false, |s| Request::Get { route: route(s), key: key.clone() }).await? {
             Response::Value { value } => Ok(value),
             other => Err(unexpected(&other)),
         }
@@ -129,11 +159,11 @@ impl Client {
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(ClientError::Invalid(format!("value of {} bytes > {MAX_VALUE_BYTES}", value.len())));
-        }
+        check_value(value)?;
         let (key, value) = (key.to_vec(), value.to_vec());
-        let r = self.routed(&key, true, |route| Request::Put { route, key: key.clone(), value: value.clone() }).await?;
+        let r = self
+            .routed(&key, true, |s| Request::Put { route: route(s), key: key.clone(), value: value.clone() })
+            .await?;
         expect_done(r)
     }
 
@@ -141,7 +171,63 @@ impl Client {
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
         let key = key.to_vec();
-        expect_done(self.routed(&key, true, |route| Request::Delete { route, key: key.clone() }).await?)
+        expect_done(self.routed(&key, true, |s| Request::Delete { route: route(s), key: key.clone() }).await?)
+    }
+
+    /// The values of `keys`, in order (each linearizable; fetched concurrently).
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        if keys.len() > self.cfg.max_batch_keys {
+            return Err(ClientError::Invalid(format!(
+                "{} keys > max-batch-keys {}",
+                keys.len(),
+                self.cfg.max_batch_keys
+            )));
+        }
+        futures::future::join_all(keys.iter().map(|k| self.get(k))).await.into_iter().collect()
+    }
+
+    /// Carries out `ops`: the writes to one shard are applied atomically and in order, the
+    /// shards' parts concurrently (the whole is not atomic across shards). On an error some
+    /// parts may have been applied.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<(), ClientError> {
+        if ops.len() > self.cfg.max_batch_keys {
+            return Err(ClientError::Invalid(format!(
+                "{} ops > max-batch-keys {}",
+                ops.len(),
+                self.cfg.max_batch_keys
+            )));
+        }
+        for op in &ops {
+            check_key(op.key())?;
+            if let BatchOp::Put { value, .. } = op {
+                check_value(value)?;
+            }
+        }
+        // Group by the cached directory; each group re-partitions if shards changed.
+        let mut groups: BTreeMap<Option<u64>, Vec<BatchOp>> = BTreeMap::new();
+        {
+            let cache = self.cache();
+            for op in ops {
+                groups.entry(cache.directory.get_shard(op.key()).map(|s| s.id)).or_default().push(op);
+            }
+        }
+        let parts = futures::future::join_all(groups.into_values().map(|g| self.batch_group(g))).await;
+        parts.into_iter().collect()
+    }
+
+    /// Writes `ops` shard by shard: each round sends the ops of the shard holding the first
+    /// one, as the shard is when the attempt is made.
+    async fn batch_group(&self, mut ops: Vec<BatchOp>) -> Result<(), ClientError> {
+        while let Some(first) = ops.first().map(|o| o.key().to_vec()) {
+            let make = |s: &ShardMeta| Request::Batch {
+                route: route(s),
+                ops: ops.iter().filter(|o| s.contains(o.key())).cloned().collect(),
+            };
+            let (answer, shard) = self.routed_with_shard(&first, true, make).await?;
+            expect_done(answer)?;
+            ops.retain(|o| !shard.contains(o.key()));
+        }
+        Ok(())
     }
 
     /// Up to `max_keys` pairs of `[start, end)` in key order, across shards. Each shard's
@@ -158,12 +244,12 @@ impl Client {
         let mut from = start.to_vec();
         while out.len() < max_keys && from < end {
             let page = (max_keys - out.len()).min(self.cfg.max_scan_page_keys as usize) as u32;
-            let (s, e) = (from.clone(), end.clone());
+            let (first, e) = (from.clone(), end.clone());
             let max_bytes = self.cfg.max_scan_page_bytes;
-            let (resp, shard_end) = self
-                .routed_with_shard(&from, false, |route| Request::Scan {
-                    route,
-                    start: s.clone(),
+            let (resp, shard) = self
+                .routed_with_shard(&from, false, |s| Request::Scan {
+                    route: route(s),
+                    start: first.clone(),
                     end: Some(e.clone()),
                     max_keys: page,
                     max_bytes,
@@ -178,7 +264,7 @@ impl Client {
                     k
                 }
                 // This shard is done: go on from its end.
-                _ => match shard_end {
+                _ => match shard.end {
                     Some(e) => e,
                     None => break,
                 },
@@ -188,20 +274,26 @@ impl Client {
         Ok(out)
     }
 
-    async fn routed(&self, key: &[u8], write: bool, make: impl Fn(Route) -> Request) -> Result<Response, ClientError> {
+    async fn routed(
+        &self,
+        key: &[u8],
+        write: bool,
+        make: impl Fn(&ShardMeta) -> Request,
+    ) -> Result<Response, ClientError> {
         self.routed_with_shard(key, write, make).await.map(|(r, _)| r)
     }
 
-    /// Sends `make(route)` to the leader of the shard holding `key`; returns the answer and
-    /// the shard's end key.
+    /// Sends `make(shard)` to the leader of the shard holding `key`; returns the answer and
+    /// the shard as the attempt that got it routed it.
     async fn routed_with_shard(
         &self,
         key: &[u8],
         write: bool,
-        make: impl Fn(Route) -> Request,
-    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
+        make: impl Fn(&ShardMeta) -> Request,
+    ) -> Result<(Response, ShardMeta), ClientError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
         let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
+        let mut avoid = Vec::new();
         let mut last;
         loop {
             let shard = self.cache().directory.get_shard(key).cloned();
@@ -215,13 +307,10 @@ impl Client {
                     Ok(()) => continue,
                     Err(e) => Next::Retry(e),
                 },
-                Some(shard) => {
-                    let end = shard.end.clone();
-                    match self.attempt(&shard, write, &make).await {
-                        Next::Answer(r) => return Ok((r, end)),
-                        other => other,
-                    }
-                }
+                Some(shard) => match self.attempt(&shard, write, &make, &mut avoid).await {
+                    Next::Answer(r) => return Ok((r, shard)),
+                    other => other,
+                },
             };
             match next {
                 Next::Answer(_) => unreachable!("returned above"),
@@ -236,14 +325,23 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, shard: &ShardMeta, write: bool, make: &impl Fn(Route) -> Request) -> Next {
-        let Some(target) =
-            shard.leader.or_else(|| shard.replicas.iter().find(|r| r.role == Role::Voter).map(|r| r.node))
-        else {
+    /// One attempt at the shard's leader, or at a voter (which forwards) when the leader is
+    /// unknown; nodes in `avoid` did not answer during this request and are tried last.
+    async fn attempt(
+        &self,
+        shard: &ShardMeta,
+        write: bool,
+        make: &impl Fn(&ShardMeta) -> Request,
+        avoid: &mut Vec<NodeId>,
+    ) -> Next {
+        let voters = shard.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node);
+        let Some(target) = shard.leader.into_iter().chain(voters).find(|n| !avoid.contains(n)) else {
+            // Every replica failed to answer: ask the shard manager afresh.
+            avoid.clear();
             self.cache().directory.remove(shard.id);
-            return Next::Retry(format!("shard {} has no known replica", shard.id));
+            return Next::Retry(format!("no replica of shard {} answered", shard.id));
         };
-        let request = make(Route { shard: shard.id, epoch: shard.epoch });
+        let request = make(shard);
         let answer =
             tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request))
                 .await;
@@ -279,23 +377,61 @@ impl Client {
             Ok(Ok(answer)) => Next::Answer(answer),
             Ok(Err(RpcError::Unreachable(n))) => {
                 cache.directory.set_leader(shard.id, None);
+                avoid.push(n);
                 Next::Retry(format!("node {n} unreachable"))
             }
             Ok(Err(e @ RpcError::Lost(_))) if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
-            Ok(Err(e)) => Next::Retry(e.to_string()),
+            Ok(Err(e)) => {
+                avoid.push(target);
+                Next::Retry(e.to_string())
+            }
             Err(_) if write => Next::Fail(ClientError::OutcomeUnknown(format!("no answer from node {target} in time"))),
             Err(_) => {
                 cache.directory.set_leader(shard.id, None);
+                avoid.push(target);
                 Next::Retry(format!("no answer from node {target} in time"))
             }
         }
     }
 
+    /// The cluster's nodes, groups, operators and counts (asked of the seeds and known
+    /// nodes in turn; any node forwards to the shard manager).
+    pub async fn cluster_info(&self) -> Result<crate::proto::ClusterInfo, ClientError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            for to in self.targets() {
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(self.cfg.attempt_timeout_ms),
+                    self.rpc.call(to, Request::ClusterInfo),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(Response::ClusterInfo(info))) => {
+                        self.rpc.learn(&info.nodes);
+                        return Ok(*info);
+                    }
+                    Ok(Ok(other)) => last = format!("node {to}: {other:?}"),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = format!("node {to}: no answer in time"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.cfg.max_backoff_ms)).await;
+        }
+        Err(ClientError::Timeout { timeout_ms: self.cfg.request_timeout_ms, last })
+    }
+
+    /// Seeds first, then every other node known.
+    fn targets(&self) -> Vec<NodeId> {
+        let mut targets: Vec<NodeId> = self.seeds.clone();
+        targets.extend(self.cache().nodes.keys().copied().filter(|n| !self.seeds.contains(n)));
+        targets
+    }
+
     /// Fetches directory entries from `key` on, asking the seeds and known nodes in turn
     /// (any node forwards to the shard manager).
     pub async fn refresh(&self, key: &[u8]) -> Result<(), String> {
-        let mut targets: Vec<NodeId> = self.seeds.clone();
-        targets.extend(self.cache().nodes.keys().copied().filter(|n| !self.seeds.contains(n)));
+        let mut targets = self.targets();
         let mut last = String::from("no node to ask");
         let mut i = 0;
         while i < targets.len() {
@@ -307,6 +443,7 @@ impl Client {
                     .await;
             match answer {
                 Ok(Ok(Response::Routes { shards, nodes })) => {
+                    self.rpc.learn(&nodes);
                     let mut cache = self.cache();
                     for n in nodes {
                         cache.nodes.insert(n.id, n);
@@ -339,6 +476,17 @@ fn check_key(key: &[u8]) -> Result<(), ClientError> {
         return Err(ClientError::Invalid(format!("key of {} bytes > {MAX_KEY_BYTES}", key.len())));
     }
     Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), ClientError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ClientError::Invalid(format!("value of {} bytes > {MAX_VALUE_BYTES}", value.len())));
+    }
+    Ok(())
+}
+
+fn route(s: &ShardMeta) -> Route {
+    Route { shard: s.id, epoch: s.epoch }
 }
 
 fn expect_done(r: Response) -> Result<(), ClientError> {

@@ -6,12 +6,16 @@
 //! - [`proto`]: the native protocol's requests, responses and errors.
 //! - [`rpc`]: the [`Rpc`] trait a transport implements (in-process for tests, TCP for
 //!   programs).
-//! - [`client`]: [`Client`], the routing and retry logic.
+//! - [`client`]: [`Client`], the routing and retry logic; [`Client::connect`] reaches a
+//!   cluster over TCP from seed addresses.
+//! - [`net`]: the native protocol over TCP: frames, [`net::TcpRpc`], [`net::serve`].
 
 pub mod client;
+pub mod net;
 pub mod proto;
 pub mod rpc;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use proto::{ProtoError, Request, Response, Route};
+pub use net::{NetConfig, TcpRpc};
+pub use proto::{BatchOp, ProtoError, Request, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};

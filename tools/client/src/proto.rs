@@ -6,7 +6,8 @@
 //! with the fresh descriptors, so a client re-routes without another round trip.
 
 use presage_shardmgr::{
-    Command, GroupMeta, ManagerStats, NodeHeartbeat, NodeId, NodeMeta, Operator, ShardId, ShardMeta,
+    AdminCommand, AdminOutcome, Command, GroupId, GroupMeta, ManagerStats, NodeHeartbeat, NodeId, NodeMeta, Operator,
+    ShardId, ShardMeta,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,7 @@ pub enum Request {
         /// Where it goes.
         route: Route,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Set `key` to `value`.
@@ -35,8 +37,10 @@ pub enum Request {
         /// Where it goes.
         route: Route,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove `key`.
@@ -44,6 +48,7 @@ pub enum Request {
         /// Where it goes.
         route: Route,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Pairs of `[start, end)` within the shard, ascending, bounded.
@@ -76,6 +81,33 @@ pub enum Request {
     Heartbeat {
         /// The report.
         heartbeat: NodeHeartbeat,
+        /// [`nodes_digest`] of the nodes the sender knows: the answer lists every node when
+        /// the manager's differs.
+        #[serde(default)]
+        nodes_digest: u64,
+    },
+    /// Several writes to one shard, applied atomically and in order.
+    Batch {
+        /// Where it goes.
+        route: Route,
+        /// The writes (every key inside the shard).
+        ops: Vec<BatchOp>,
+    },
+    /// Who is at this address? (a client or node resolving a seed address)
+    Hello,
+    /// Directory entries with their size and load, from the shard holding `start` on, at
+    /// most `max_shards` (answered by the shard manager).
+    Shards {
+        /// Where to start.
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        /// At most this many.
+        max_shards: u32,
+    },
+    /// An operator's command (answered by the shard manager once its records are durable).
+    Admin {
+        /// The command.
+        command: AdminCommand,
     },
     /// The shard manager asks a shard's leader to carry out an operator step.
     Execute {
@@ -89,6 +121,80 @@ pub enum Request {
         /// The original request.
         request: Box<Request>,
     },
+}
+
+/// One write of a [`Request::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum BatchOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl BatchOp {
+    /// The key written.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+
+    /// Key and value bytes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            BatchOp::Put { key, value } => key.len() + value.len(),
+            BatchOp::Delete { key } => key.len(),
+        }
+    }
+}
+
+/// A digest of where every node is reached: a node's copy is out of date when it differs
+/// from the shard manager's (FNV-1a over ids and addresses, order-independent).
+pub fn nodes_digest<'a>(nodes: impl IntoIterator<Item = &'a NodeMeta>) -> u64 {
+    let mut sum = 0u64;
+    for n in nodes {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let id = n.id.to_be_bytes();
+        let parts: [&[u8]; 5] =
+            [&id, n.raft_addr.as_bytes(), n.client_addr.as_bytes(), n.resp_addr.as_bytes(), n.admin_addr.as_bytes()];
+        for part in parts {
+            for b in part.iter().chain(&[0xffu8]) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        sum = sum.wrapping_add(h);
+    }
+    sum
+}
+
+/// One shard as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRow {
+    /// Its directory entry.
+    pub shard: ShardMeta,
+    /// The replication group it is placed in.
+    pub group: Option<GroupId>,
+    /// Approximate bytes (latest report).
+    pub size_bytes: u64,
+    /// Approximate keys.
+    pub keys: u64,
+    /// Requests per second (latest report).
+    pub qps: f64,
+    /// Bytes read and written per second.
+    pub bytes_per_sec: f64,
 }
 
 /// What the cluster looks like, for operators.
@@ -115,6 +221,7 @@ pub enum Response {
     /// The value of a `Get`.
     Value {
         /// `None` when the key is absent.
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
     /// A write or step was carried out.
@@ -139,6 +246,21 @@ pub enum Response {
         cluster_id: u64,
         /// The node running the shard manager (heartbeats go there).
         manager: NodeId,
+        /// Every node of the cluster (where to reach them).
+        #[serde(default)]
+        nodes: Vec<NodeMeta>,
+    },
+    /// The answer to `Shards`.
+    Shards {
+        /// In key order.
+        shards: Vec<ShardRow>,
+    },
+    /// The answer to `Admin`.
+    Admin(AdminOutcome),
+    /// The answer to `Hello`.
+    Hello {
+        /// The answering node.
+        node: NodeMeta,
     },
     /// A heartbeat was taken in.
     HeartbeatAck {
@@ -147,6 +269,9 @@ pub enum Response {
         /// Current descriptors of shards the node holds a stale replica of (a newer
         /// configuration without it): the node destroys those replicas.
         stale: Vec<ShardMeta>,
+        /// Every node, when the heartbeat's `nodes_digest` was out of date; else empty.
+        #[serde(default)]
+        nodes: Vec<NodeMeta>,
     },
     /// The cluster's state.
     ClusterInfo(Box<ClusterInfo>),
@@ -205,6 +330,9 @@ pub enum ProtoError {
     /// The join was refused.
     #[error("join refused: {0}")]
     JoinRefused(String),
+    /// An operator's command was refused.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The node failed internally.
     #[error("internal error: {0}")]
     Internal(String),

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use presage_shardmgr::NodeId;
+use presage_shardmgr::{NodeId, NodeMeta};
 
 use crate::proto::{Request, Response};
 
@@ -15,6 +15,10 @@ pub type RpcFuture = Pin<Box<dyn Future<Output = Result<Response, RpcError>> + S
 pub trait Rpc: Send + Sync + 'static {
     /// Sends `request` to node `to`.
     fn call(&self, to: NodeId, request: Request) -> RpcFuture;
+
+    /// Where the cluster's nodes are (from a directory refresh, a join or a heartbeat): a
+    /// transport that addresses nodes by network address records them.
+    fn learn(&self, _nodes: &[NodeMeta]) {}
 }
 
 /// Why a call got no answer.

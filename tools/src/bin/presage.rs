@@ -1,9 +1,21 @@
-//! `presage`: the Presage node program. For now it runs the storage walkthrough
-//! (`presage demo`); the node server and the local playground arrive with later issues.
+//! `presage`: the Presage node program.
+//!
+//! - `presage start --config node.toml [flags]`: run a node (flags override the file).
+//! - `presage playground --nodes N --regions R --data-dir DIR`: a local cluster of node
+//!   processes.
+//! - `presage config-defaults`: every setting with its default, as TOML.
+//! - `presage demo`: the storage-engine walkthrough.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
 use presage_tools::demo::{self, DemoOptions};
+use presage_tools::metrics::Metrics;
+use presage_tools::node::config::NodeConfig;
+use presage_tools::node::playground::{Playground, PlaygroundOptions};
+use presage_tools::node::RunningNode;
 
 #[derive(Parser)]
 #[command(name = "presage", version, about = "Presage: a replicated key-value database that sees failures coming")]
@@ -14,6 +26,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node.
+    Start(StartArgs),
+    /// Start a local cluster of node processes on loopback; runs until interrupted.
+    Playground {
+        /// Nodes to start.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Regions to spread them over.
+        #[arg(long, default_value_t = 3)]
+        regions: u64,
+        /// Where the nodes' configuration, data and logs go (DIR/cluster.json describes them).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A setting for every node, `key.path=value` (repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Give up if the cluster does not serve within this many seconds.
+        #[arg(long, default_value_t = 120)]
+        ready_timeout_secs: u64,
+    },
+    /// Print every node setting with its default value (TOML).
+    ConfigDefaults,
     /// Walk through the storage engine in a temporary folder: write, scan, snapshot, export,
     /// a corrupted chunk refused, import, verify.
     Demo {
@@ -26,9 +60,183 @@ enum Command {
     },
 }
 
+/// `presage start`: each flag overrides the key of the same name in the file.
+#[derive(Args)]
+struct StartArgs {
+    /// The configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `node-id`.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// `region`.
+    #[arg(long)]
+    region: Option<String>,
+    /// `data-dir`.
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// `capacity-bytes` (a number or a size such as `100GiB`).
+    #[arg(long)]
+    capacity_bytes: Option<String>,
+    /// `bootstrap`: start a new cluster if the data dir is empty.
+    #[arg(long)]
+    bootstrap: bool,
+    /// `join`: native addresses of nodes to join through (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// `native-listen`.
+    #[arg(long)]
+    native_listen: Option<String>,
+    /// `native-advertise`.
+    #[arg(long)]
+    native_advertise: Option<String>,
+    /// `raft-listen`.
+    #[arg(long)]
+    raft_listen: Option<String>,
+    /// `raft-advertise`.
+    #[arg(long)]
+    raft_advertise: Option<String>,
+    /// `resp-listen` (empty: no RESP).
+    #[arg(long)]
+    resp_listen: Option<String>,
+    /// `admin-listen` (empty: no admin API).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// `resp-password`.
+    #[arg(long)]
+    resp_password: Option<String>,
+    /// `admin-token`.
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// `fault-injection`.
+    #[arg(long)]
+    fault_injection: bool,
+    /// `log`.
+    #[arg(long)]
+    log: Option<String>,
+    /// Any setting, `key.path=value` (repeatable), e.g. `--set raft.election-ticks=20`.
+    #[arg(long = "set")]
+    set: Vec<String>,
+}
+
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl StartArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let strings = [
+            ("region", &self.region),
+            ("data-dir", &self.data_dir),
+            ("native-listen", &self.native_listen),
+            ("native-advertise", &self.native_advertise),
+            ("raft-listen", &self.raft_listen),
+            ("raft-advertise", &self.raft_advertise),
+            ("resp-listen", &self.resp_listen),
+            ("admin-listen", &self.admin_listen),
+            ("resp-password", &self.resp_password),
+            ("admin-token", &self.admin_token),
+            ("log", &self.log),
+            ("capacity-bytes", &self.capacity_bytes),
+        ];
+        for (key, v) in strings {
+            if let Some(v) = v {
+                out.push(format!("{key}={}", quoted(v)));
+            }
+        }
+        if let Some(id) = self.node_id {
+            out.push(format!("node-id={id}"));
+        }
+        if self.bootstrap {
+            out.push("bootstrap=true".into());
+        }
+        if self.fault_injection {
+            out.push("fault-injection=true".into());
+        }
+        if !self.join.is_empty() {
+            let list: Vec<String> = self.join.iter().map(|j| quoted(j)).collect();
+            out.push(format!("join=[{}]", list.join(",")));
+        }
+        out.extend(self.set.iter().cloned());
+        out
+    }
+}
+
+fn init_log(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Waits for SIGTERM or ctrl-c.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn start(args: StartArgs) -> Result<()> {
+    let loaded = NodeConfig::load(args.config.as_deref(), &args.overrides())?;
+    init_log(&loaded.config.log);
+    for key in &loaded.unknown_keys {
+        tracing::warn!(key, "unknown configuration key ignored");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let node = RunningNode::start(loaded.config, Metrics::new()).await?;
+        tracing::info!(native = %node.native_addr(), "node serving");
+        interrupted().await;
+        node.shutdown(Duration::from_secs(10)).await;
+        Ok(())
+    })
+}
+
+fn playground(opts: PlaygroundOptions) -> Result<()> {
+    init_log("info");
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut pg = Playground::start(&opts).await?;
+        println!("{:<4} {:<8} {:<7} {:<22} {:<22} {:<22}", "id", "pid", "region", "native", "resp", "admin");
+        for n in &pg.cluster.nodes {
+            println!("{:<4} {:<8} {:<7} {:<22} {:<22} {:<22}", n.id, n.pid, n.region, n.native, n.resp, n.admin);
+        }
+        println!("cluster serving; {} written; ctrl-c stops it", opts.data_dir.join("cluster.json").display());
+        interrupted().await;
+        println!("stopping the nodes");
+        tokio::task::spawn_blocking(move || pg.stop(Duration::from_secs(15))).await?;
+        Ok(())
+    })
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Start(args) => start(args),
+        Command::Playground { nodes, regions, data_dir, set, ready_timeout_secs } => {
+            let binary = std::env::current_exe().context("finding the presage binary")?;
+            playground(PlaygroundOptions {
+                nodes,
+                regions,
+                data_dir,
+                overrides: set,
+                binary,
+                ready_timeout: Duration::from_secs(ready_timeout_secs),
+            })
+        }
+        Command::ConfigDefaults => {
+            print!("{}", NodeConfig::default().to_toml());
+            Ok(())
+        }
         Command::Demo { keys, value_bytes } => {
             let mut out = std::io::stdout().lock();
             demo::run(&DemoOptions { keys, value_bytes }, &mut out)

@@ -86,8 +86,9 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
                 }
             };
             node.split(shard, wire_epoch(*epoch), key, *new_shard).await.map_err(write_err)?;
+            inner.splits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Step::Merge { target } | Step::ResolveMerge { target } => {
+        step @ (Step::Merge { target } | Step::ResolveMerge { target }) => {
             // One merge per source at a time on this node: the manager resends steps while an
             // earlier attempt may still run.
             if !lock(&inner.merging).insert(shard) {
@@ -97,6 +98,9 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
             let result = node.merge(shard, *target, timeout).await;
             lock(&inner.merging).remove(&shard);
             result.map_err(write_err)?;
+            if matches!(step, Step::Merge { .. }) {
+                inner.merges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
     Ok(())

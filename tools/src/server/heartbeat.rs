@@ -73,13 +73,12 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
             .then(|| seeds[(heartbeat.stats.replicas as usize + inner.clock.now_ms() as usize) % seeds.len()])
     };
     let to = hint.or(seed).unwrap_or(inner.me.id);
-    let answer = if to == inner.me.id {
-        Ok(inner.serve(Request::Heartbeat { heartbeat: heartbeat.clone() }).await)
-    } else {
-        inner.call(to, Request::Heartbeat { heartbeat: heartbeat.clone() }).await
-    };
+    let nodes_digest = inner.nodes_digest.load(std::sync::atomic::Ordering::Relaxed);
+    let request = Request::Heartbeat { heartbeat: heartbeat.clone(), nodes_digest };
+    let answer = if to == inner.me.id { Ok(inner.serve(request).await) } else { inner.call(to, request).await };
     match answer {
-        Ok(Response::HeartbeatAck { manager, stale }) => {
+        Ok(Response::HeartbeatAck { manager, stale, nodes }) => {
+            inner.learn(&nodes);
             *lock(&inner.manager_hint) = Some(manager);
             for shard in stale {
                 tracing::info!(

@@ -3,16 +3,13 @@
 //! partition is unreachable; an answer across one is lost).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use presage_client::{Request, Response, Rpc, RpcError, RpcFuture};
+use presage_client::{Request, Rpc, RpcError, RpcFuture};
 use presage_replication::MemNetwork;
 use presage_shardmgr::NodeId;
 
-/// Serves one request.
-pub type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+pub use presage_client::net::Handler;
 
 /// The handlers of every node in the process.
 #[derive(Clone)]

@@ -23,11 +23,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_client::proto::ClusterInfo;
-use presage_client::{ProtoError, Request, Response, Route, Rpc, RpcError};
+use presage_client::proto::{nodes_digest, ClusterInfo, ShardRow};
+use presage_client::{BatchOp, ProtoError, Request, Response, Route, Rpc, RpcError};
 use presage_engine::{Engine, KeyRange};
 use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
-use presage_shardmgr::{is_system_key, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId};
+use presage_shardmgr::{
+    is_system_key, AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId,
+};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -35,7 +37,7 @@ use convert::{proto_error, wire_epoch};
 
 /// Settings of the node server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct ServerConfig {
     /// The shard manager's settings (used while this node runs it).
     pub shard_manager: ManagerConfig,
@@ -59,6 +61,10 @@ pub struct ServerConfig {
     pub max_scan_keys: u32,
     /// Largest scan page, in bytes.
     pub max_scan_bytes: u32,
+    /// Most writes in one batch request.
+    pub max_batch_ops: usize,
+    /// A new node gives up joining after this long.
+    pub join_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             max_inflight_requests: 4_096,
             max_scan_keys: 10_000,
             max_scan_bytes: 4 << 20,
+            max_batch_ops: 10_000,
+            join_timeout_ms: 60_000,
         }
     }
 }
@@ -93,6 +101,8 @@ impl ServerConfig {
             ("max-inflight-requests", self.max_inflight_requests as u64),
             ("max-scan-keys", self.max_scan_keys as u64),
             ("max-scan-bytes", self.max_scan_bytes as u64),
+            ("max-batch-ops", self.max_batch_ops as u64),
+            ("join-timeout-ms", self.join_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
@@ -146,6 +156,11 @@ pub(crate) struct Inner<E: Engine> {
     inflight: tokio::sync::Semaphore,
     /// Sources this node is merging (one merge per source at a time).
     pub(crate) merging: Mutex<std::collections::HashSet<ShardId>>,
+    /// [`nodes_digest`] of the node list last learned.
+    pub(crate) nodes_digest: std::sync::atomic::AtomicU64,
+    /// Splits and merges this node carried out (as the leader of the shard).
+    pub(crate) splits: std::sync::atomic::AtomicU64,
+    pub(crate) merges: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,6 +201,9 @@ impl<E: Engine> Server<E> {
             seeds: Mutex::new(Vec::new()),
             inflight,
             merging: Mutex::new(std::collections::HashSet::new()),
+            nodes_digest: std::sync::atomic::AtomicU64::new(0),
+            splits: std::sync::atomic::AtomicU64::new(0),
+            merges: std::sync::atomic::AtomicU64::new(0),
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
@@ -214,7 +232,8 @@ impl<E: Engine> Server<E> {
         loop {
             for &seed in seeds {
                 match self.inner.call(seed, Request::Join { node: self.inner.me.clone() }).await {
-                    Ok(Response::Joined { cluster_id, manager }) => {
+                    Ok(Response::Joined { cluster_id, manager, nodes }) => {
+                        self.inner.learn(&nodes);
                         *lock(&self.inner.manager_hint) = Some(manager);
                         *lock(&self.inner.seeds) = seeds.to_vec();
                         return Ok(cluster_id);
@@ -235,6 +254,37 @@ impl<E: Engine> Server<E> {
     /// from its configuration; [`Server::join`] sets them too).
     pub fn set_seeds(&self, seeds: &[NodeId]) {
         *lock(&self.inner.seeds) = seeds.to_vec();
+    }
+
+    /// A function that sets the seeds later (see [`Server::set_seeds`]).
+    pub fn seed_setter(&self) -> impl Fn(&[NodeId]) + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move |seeds| *lock(&inner.seeds) = seeds.to_vec()
+    }
+
+    /// Waits until no request is being served (at most `timeout`); new ones are refused
+    /// meanwhile with `Retry`.
+    pub async fn drain(&self, timeout: Duration) {
+        let all = self.inner.cfg.max_inflight_requests as u32;
+        if tokio::time::timeout(timeout, self.inner.inflight.acquire_many(all)).await.is_err() {
+            tracing::warn!(node = self.inner.me.id, "requests still running at shutdown");
+        }
+    }
+
+    /// A function reading the splits and merges this node carried out as a shard's leader,
+    /// and the shard manager's counts while this node runs it.
+    pub fn counters(&self) -> impl Fn() -> (u64, u64, Option<presage_shardmgr::ManagerStats>) + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = lock(&inner.manager).as_ref().map(Manager::stats);
+            (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
+        }
+    }
+
+    /// This node's replication node.
+    pub fn node(&self) -> &NodeHandle {
+        &self.inner.node
     }
 
     /// Now on the shard manager's clock of this node (ms).
@@ -261,6 +311,15 @@ impl<E: Engine> Server<E> {
 }
 
 impl<E: Engine> Inner<E> {
+    /// Records where the cluster's nodes are (the transport resolves ids with it).
+    pub(crate) fn learn(&self, nodes: &[NodeMeta]) {
+        if nodes.is_empty() {
+            return;
+        }
+        self.rpc.learn(nodes);
+        self.nodes_digest.store(nodes_digest(nodes), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Calls `to`, bounded by the RPC timeout.
     pub(crate) async fn call(&self, to: NodeId, request: Request) -> Result<Response, RpcError> {
         self.call_within(to, request, Duration::from_millis(self.cfg.rpc_timeout_ms)).await
@@ -291,12 +350,18 @@ impl<E: Engine> Inner<E> {
 
     async fn serve_one(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         match request {
-            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } | Request::Scan { .. } => {
-                self.data(request, may_forward).await
-            }
-            Request::Routes { .. } | Request::Join { .. } | Request::Heartbeat { .. } | Request::ClusterInfo => {
-                self.manager_request(request, may_forward).await
-            }
+            Request::Get { .. }
+            | Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::Scan { .. }
+            | Request::Batch { .. } => self.data(request, may_forward).await,
+            Request::Hello => Response::Hello { node: self.me.clone() },
+            Request::Routes { .. }
+            | Request::Join { .. }
+            | Request::Heartbeat { .. }
+            | Request::ClusterInfo
+            | Request::Shards { .. }
+            | Request::Admin { .. } => self.manager_request(request, may_forward).await,
             Request::Execute { command } => execute::run(self, command).await,
             Request::Forwarded { .. } => {
                 Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into()))
@@ -311,6 +376,7 @@ impl<E: Engine> Inner<E> {
                 (route.clone(), matches!(request, Request::Delete { .. }).then_some(key.len()))
             }
             Request::Put { route, key, value } => (route.clone(), Some(key.len() + value.len())),
+            Request::Batch { route, ops } => (route.clone(), Some(ops.iter().map(BatchOp::bytes).sum())),
             Request::Scan { route, .. } => (route.clone(), None),
             _ => return Response::Error(ProtoError::Invalid("not a data request".into())),
         };
@@ -359,6 +425,16 @@ impl<E: Engine> Inner<E> {
             Request::Delete { key, .. } => {
                 self.node.write(shard, epoch, vec![Op::delete(key.clone())]).await.map(|()| Response::Done)
             }
+            Request::Batch { ops, .. } => {
+                let ops = ops
+                    .iter()
+                    .map(|op| match op {
+                        BatchOp::Put { key, value } => Op::put(key.clone(), value.clone()),
+                        BatchOp::Delete { key } => Op::delete(key.clone()),
+                    })
+                    .collect();
+                self.node.write(shard, epoch, ops).await.map(|()| Response::Done)
+            }
             Request::Scan { start, end, max_keys, max_bytes, .. } => {
                 let range = KeyRange::new(start.clone(), end.clone())
                     .map_err(|e| presage_replication::Error::Corrupt { what: "scan range", reason: e.to_string() })?;
@@ -383,6 +459,10 @@ impl<E: Engine> Inner<E> {
                 (route.shard, KeySpan::point(key), key.len() + value.len(), true)
             }
             (Request::Delete { route, key }, _) => (route.shard, KeySpan::point(key), key.len(), true),
+            (Request::Batch { route, ops }, _) => match ops.first() {
+                Some(first) => (route.shard, KeySpan::point(first.key()), ops.iter().map(BatchOp::bytes).sum(), true),
+                None => return,
+            },
             (Request::Scan { route, start, end, .. }, Response::Pairs { pairs, .. }) => {
                 let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
                 (
@@ -438,11 +518,12 @@ impl<E: Engine> Inner<E> {
                     dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
                 Response::Routes { shards, nodes: m.nodes().cloned().collect() }
             }
-            Request::Heartbeat { heartbeat } => {
+            Request::Heartbeat { heartbeat, nodes_digest: known } => {
                 let mut guard = lock(&self.manager);
                 let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                let nodes = if nodes_digest(m.nodes()) == known { Vec::new() } else { m.nodes().cloned().collect() };
                 match m.heartbeat(heartbeat, now) {
-                    Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale },
+                    Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale, nodes },
                     None => Response::Error(ProtoError::JoinRefused("unknown node: join first".into())),
                 }
             }
@@ -458,20 +539,68 @@ impl<E: Engine> Inner<E> {
                     match m.join(node, now) {
                         Ok(()) => {
                             tracing::info!(node = id, "node joined");
-                            (Ok(m.cluster().cluster_id), m.take_writes())
+                            let nodes: Vec<NodeMeta> = m.nodes().cloned().collect();
+                            (Ok((m.cluster().cluster_id, nodes)), m.take_writes())
                         }
                         Err(e) => (Err(e.to_string()), Vec::new()),
                     }
                 };
                 match joined {
-                    Ok(cluster_id) => match manager::persist(self, writes).await {
-                        Ok(()) => Response::Joined { cluster_id, manager: self.me.id },
+                    Ok((cluster_id, nodes)) => match manager::persist(self, writes).await {
+                        Ok(()) => Response::Joined { cluster_id, manager: self.me.id, nodes },
                         Err(e) => {
                             manager::abdicate(self, &e);
                             Response::Error(ProtoError::Retry(e))
                         }
                     },
                     Err(why) => Response::Error(ProtoError::JoinRefused(why)),
+                }
+            }
+            Request::Shards { start, max_shards } => {
+                let guard = lock(&self.manager);
+                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                let dir = m.directory();
+                let first = dir.get_shard(&start).map(|s| s.start.clone()).unwrap_or(start);
+                let shards = dir
+                    .iter()
+                    .skip_while(|s| s.start < first)
+                    .take(max_shards.max(1) as usize)
+                    .map(|s| {
+                        let soft = m.shard_soft(s.id);
+                        ShardRow {
+                            shard: s.clone(),
+                            group: m.group_of(s.id),
+                            size_bytes: soft.map_or(0, |x| x.size_bytes),
+                            keys: soft.map_or(0, |x| x.keys),
+                            qps: soft.map_or(0.0, |x| x.load.qps()),
+                            bytes_per_sec: soft.map_or(0.0, |x| x.load.bytes_per_sec()),
+                        }
+                    })
+                    .collect();
+                Response::Shards { shards }
+            }
+            Request::Admin { command } => {
+                // Durable before the answer, like a join.
+                let _order = self.meta_writes.lock().await;
+                let (outcome, writes) = {
+                    let mut guard = lock(&self.manager);
+                    let Some(m) = guard.as_mut() else {
+                        return Response::Error(ProtoError::NotManager { leader: None });
+                    };
+                    let outcome = m.admin(command, now);
+                    (outcome, m.take_writes())
+                };
+                if let Err(e) = manager::persist(self, writes).await {
+                    manager::abdicate(self, &e);
+                    return Response::Error(ProtoError::Retry(e));
+                }
+                match outcome {
+                    Ok(o) => {
+                        tracing::info!(message = %o.message, "admin command");
+                        Response::Admin(o)
+                    }
+                    Err(AdminError::Busy(s)) => Response::Error(ProtoError::Retry(format!("shard {s} is busy"))),
+                    Err(e) => Response::Error(ProtoError::Refused(e.to_string())),
                 }
             }
             Request::ClusterInfo => {
@@ -504,6 +633,12 @@ fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError
     };
     match request {
         Request::Get { key, .. } | Request::Delete { key, .. } | Request::Put { key, .. } => key_ok(key),
+        Request::Batch { ops, .. } => {
+            if ops.is_empty() || ops.len() > cfg.max_batch_ops {
+                return Err(ProtoError::Invalid(format!("a batch holds 1..={} ops", cfg.max_batch_ops)));
+            }
+            ops.iter().try_for_each(|op| key_ok(op.key()))
+        }
         Request::Scan { start, end, max_keys, max_bytes, .. } => {
             key_ok(start)?;
             if end.as_ref().is_some_and(|e| e.as_slice() <= start.as_slice()) {

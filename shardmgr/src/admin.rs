@@ -1,0 +1,229 @@
+//! Operators' commands (the admin API and `presage-ctl`): manual splits, merges, moves,
+//! leader transfers and drains, checked against the directory and run as `Manual`
+//! operators through the same steps the policies use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manager::Manager;
+use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
+use crate::operator::Step;
+
+/// A command from an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "command")]
+pub enum AdminCommand {
+    /// Split `shard` at `key` (or at its middle key, chosen by the leader).
+    Split {
+        /// The shard.
+        shard: ShardId,
+        /// The first key of the right half; must be strictly inside the shard.
+        #[serde(default)]
+        key: Option<Vec<u8>>,
+    },
+    /// Merge `shard`'s right neighbour into `shard` (both in one group).
+    Merge {
+        /// The left shard, which stays.
+        shard: ShardId,
+    },
+    /// Move `shard` off node `from` to node `to`. Replicas follow their shard's replication
+    /// group (one node per region), so this re-places the shard into the group of `to`: every
+    /// replica moves there, one at a time, `from`'s among them.
+    Move {
+        /// The shard.
+        shard: ShardId,
+        /// A node holding a replica of it.
+        from: NodeId,
+        /// A node of another group.
+        to: NodeId,
+    },
+    /// Make `to` the leader of `shard`.
+    TransferLeader {
+        /// The shard.
+        shard: ShardId,
+        /// A node holding a voter of it.
+        to: NodeId,
+    },
+    /// Mark `node` Draining: its leaderships move to the other replicas and no new ones
+    /// are given to it.
+    Drain {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// What a command started.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AdminOutcome {
+    /// Operators started, by id.
+    pub operators: Vec<u64>,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum AdminError {
+    /// No such shard.
+    #[error("shard {0} does not exist")]
+    NoShard(ShardId),
+    /// No such node.
+    #[error("node {0} does not exist")]
+    NoNode(NodeId),
+    /// The shard has an operator running, or is being merged.
+    #[error("shard {0} is busy with another operator; retry when it finishes")]
+    Busy(ShardId),
+    /// The command does not fit the cluster as it is.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Manager {
+    /// Carries out an operator's command (module docs). The records it produces are taken
+    /// with [`Manager::take_writes`]; the caller persists them before answering.
+    pub fn admin(&mut self, command: AdminCommand, now_ms: u64) -> Result<AdminOutcome, AdminError> {
+        let refused = |m: String| Err(AdminError::Refused(m));
+        match command {
+            AdminCommand::Split { shard, key } => {
+                let s = self.shard_for_admin(shard)?;
+                if Manager::is_meta(&s) {
+                    return refused("the meta shard does not split".into());
+                }
+                if let Some(k) = &key {
+                    if k.as_slice() <= s.start.as_slice() || !s.contains(k) {
+                        return refused(format!("the split key must be inside shard {shard} and after its start"));
+                    }
+                }
+                let steps = vec![Step::Split { key, new_shard: 0, epoch: s.epoch }];
+                self.submit_admin(shard, steps, vec![], now_ms, format!("splitting shard {shard}"))
+            }
+            AdminCommand::Merge { shard } => {
+                let left = self.shard_for_admin(shard)?;
+                let right = self
+                    .directory
+                    .iter()
+                    .find(|r| left.is_left_neighbour_of(r))
+                    .cloned()
+                    .ok_or_else(|| AdminError::Refused(format!("shard {shard} has no right neighbour")))?;
+                if Manager::is_meta(&left) || Manager::is_meta(&right) {
+                    return refused("the meta shard does not merge".into());
+                }
+                if self.busy.contains_key(&right.id) || right.merging_into.is_some() {
+                    return Err(AdminError::Busy(right.id));
+                }
+                if self.group_of(shard) != self.group_of(right.id) || left.voters() != right.voters() {
+                    return refused(format!(
+                        "shards {shard} and {} are in different groups or replica sets; move one first",
+                        right.id
+                    ));
+                }
+                if left.has_learners() || right.has_learners() {
+                    return Err(AdminError::Busy(shard));
+                }
+                let steps = vec![Step::Merge { target: left.id }];
+                let rollback = vec![Step::ResolveMerge { target: left.id }];
+                let msg = format!("merging shard {} into shard {shard}", right.id);
+                self.submit_admin(right.id, steps, rollback, now_ms, msg)
+            }
+            AdminCommand::Move { shard, from, to } => {
+                let s = self.shard_for_admin(shard)?;
+                if s.replica(from).is_none() {
+                    return refused(format!("node {from} holds no replica of shard {shard}"));
+                }
+                let to_node = self.nodes.get(&to).ok_or(AdminError::NoNode(to))?;
+                if to_node.state != NodeState::Up {
+                    return refused(format!("node {to} is {:?}, not Up", to_node.state));
+                }
+                if s.replica(to).is_some() {
+                    return refused(format!("node {to} already holds a replica of shard {shard}"));
+                }
+                let Some(group) = to_node.group else {
+                    return refused(format!("node {to} is in no replication group yet"));
+                };
+                if self.group_of(shard) == Some(group) {
+                    return refused(format!(
+                        "node {to} is in shard {shard}'s group already; it gets a replica by repair"
+                    ));
+                }
+                self.replace_shard(shard, group);
+                Ok(AdminOutcome {
+                    operators: vec![],
+                    message: format!(
+                        "shard {shard} re-placed into group {group}; its replicas move there one at a time"
+                    ),
+                })
+            }
+            AdminCommand::TransferLeader { shard, to } => {
+                let s = self.shard_for_admin(shard)?;
+                if !s.replica(to).is_some_and(|r| r.role == Role::Voter) {
+                    return refused(format!("node {to} holds no voter of shard {shard}"));
+                }
+                if s.leader == Some(to) {
+                    return Ok(AdminOutcome {
+                        operators: vec![],
+                        message: format!("node {to} leads shard {shard} already"),
+                    });
+                }
+                let msg = format!("moving shard {shard}'s leadership to node {to}");
+                self.submit_admin(shard, vec![Step::TransferLeader { to }], vec![], now_ms, msg)
+            }
+            AdminCommand::Drain { node } => {
+                if !self.set_node_state(node, NodeState::Draining) {
+                    return Err(AdminError::NoNode(node));
+                }
+                let led: Vec<ShardMeta> = self.directory.iter().filter(|s| s.leader == Some(node)).cloned().collect();
+                let mut out = AdminOutcome::default();
+                let mut skipped = 0;
+                for s in led {
+                    let to = s.voters().into_iter().find(|n| *n != node && self.node_is_up(*n));
+                    let started =
+                        to.and_then(|to| self.submit(s.id, vec![Step::TransferLeader { to }], vec![], now_ms));
+                    match started {
+                        Some(id) => out.operators.push(id),
+                        None => skipped += 1,
+                    }
+                }
+                out.message = format!(
+                    "node {node} is Draining; {} leadership transfers started{}",
+                    out.operators.len(),
+                    if skipped > 0 {
+                        format!(", {skipped} shards busy or without another Up voter")
+                    } else {
+                        String::new()
+                    }
+                );
+                Ok(out)
+            }
+        }
+    }
+
+    fn shard_for_admin(&self, shard: ShardId) -> Result<ShardMeta, AdminError> {
+        let s = self.directory.get(shard).cloned().ok_or(AdminError::NoShard(shard))?;
+        if self.busy.contains_key(&shard) || s.merging_into.is_some() {
+            return Err(AdminError::Busy(shard));
+        }
+        Ok(s)
+    }
+
+    fn submit_admin(
+        &mut self,
+        shard: ShardId,
+        steps: Vec<Step>,
+        rollback: Vec<Step>,
+        now_ms: u64,
+        message: String,
+    ) -> Result<AdminOutcome, AdminError> {
+        match self.submit(shard, steps, rollback, now_ms) {
+            Some(id) => Ok(AdminOutcome { operators: vec![id], message }),
+            None => Err(AdminError::Busy(shard)),
+        }
+    }
+
+    /// The group a shard is placed in.
+    pub fn group_of(&self, shard: ShardId) -> Option<GroupId> {
+        self.placement.get(&shard).map(|p| p.group)
+    }
+
+    pub(crate) fn node_is_up(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Up)
+    }
+}

@@ -1,0 +1,576 @@
+//! RESP: Presage spoken as Redis (RESP2, and RESP3 after `HELLO 3`) so that redis-cli,
+//! redis-benchmark and Redis client libraries work against any node. Every command goes
+//! through the node's [`Client`]: any node serves any key, routed to the shard's leader.
+//!
+//! - [`parse`]: bounded command parsing and reply encoding.
+//!
+//! **Commands.** PING, ECHO, GET, SET, DEL, EXISTS, MGET, MSET, SCAN (cursor over the
+//! ordered keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
+//! SETNAME/GETNAME/SETINFO/ID, SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
+//! `ERR unknown command`. Read-modify-write commands (SET NX/XX/GET, INCR/DECR and friends)
+//! and key expiry (SET EX/PX) need conditional writes in the replication layer, which it
+//! does not offer yet: they answer an error naming what is missing.
+//!
+//! **Cursors.** Redis clients expect SCAN cursors to be integers, but Presage scans by key.
+//! Each node keeps up to `MAX_SCAN_CURSORS` cursors (the key to resume from, by number);
+//! the oldest is dropped first, and an unknown cursor is an error.
+//!
+//! **Errors.** A protocol error (bad framing, a length over a limit) is answered and closes
+//! that connection, as Redis does; a bad command is answered and the connection goes on.
+
+pub mod parse;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use presage_client::{BatchOp, Client, ClientError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::node::config::RespConfig;
+use parse::{parse_command, Limits, Reply};
+
+/// Cursors a node remembers for SCAN.
+pub const MAX_SCAN_CURSORS: usize = 10_000;
+
+/// Bytes read from a connection at once.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// A running RESP listener.
+pub struct RespServer {
+    accept: tokio::task::JoinHandle<()>,
+    local_addr: std::net::SocketAddr,
+}
+
+impl RespServer {
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        self.accept.abort();
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+}
+
+struct Shared {
+    client: Arc<Client>,
+    cfg: RespConfig,
+    password: String,
+    metrics: Arc<Metrics>,
+    cursors: Mutex<Cursors>,
+    next_client_id: AtomicU64,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Cursors {
+    next: u64,
+    by_id: BTreeMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+}
+
+impl Cursors {
+    fn put(&mut self, key: Vec<u8>) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.by_id.insert(id, key);
+        self.order.push_back(id);
+        while self.order.len() > MAX_SCAN_CURSORS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+        id
+    }
+}
+
+/// Serves RESP on `listener` through `client`.
+pub fn serve(
+    listener: TcpListener,
+    client: Arc<Client>,
+    cfg: RespConfig,
+    password: String,
+    metrics: Arc<Metrics>,
+) -> RespServer {
+    let local_addr = listener.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let shared = Arc::new(Shared {
+        client,
+        cfg,
+        password,
+        metrics,
+        cursors: Mutex::new(Cursors::default()),
+        next_client_id: AtomicU64::new(1),
+        started: Instant::now(),
+    });
+    let accept = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "RESP listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "RESP listener: too many connections; refused");
+                let mut stream = stream;
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                continue;
+            };
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let gauge = shared.metrics.connections.with_label_values(&["resp"]);
+                gauge.inc();
+                if let Err(e) = connection(stream, &shared).await {
+                    tracing::debug!(%peer, error = %e, "RESP connection ended");
+                }
+                gauge.dec();
+                drop(slot);
+            });
+        }
+    });
+    RespServer { accept, local_addr }
+}
+
+/// One connection's state.
+struct Session {
+    id: u64,
+    resp: u8,
+    name: Option<Vec<u8>>,
+    authed: bool,
+}
+
+async fn connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let limits = Limits {
+        max_bulk_bytes: shared.cfg.max_bulk_bytes,
+        max_args: shared.cfg.max_args,
+        max_inline_bytes: shared.cfg.max_inline_bytes,
+    };
+    let mut session = Session {
+        id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        resp: 2,
+        name: None,
+        authed: shared.password.is_empty(),
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out = Vec::new();
+    loop {
+        // Answer every complete command in the buffer (pipelining), then write once.
+        loop {
+            match parse_command(&buf, &limits) {
+                Ok(Some((args, used))) => {
+                    buf.advance(used);
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let quit = args[0].eq_ignore_ascii_case(b"quit");
+                    let reply = command(shared, &mut session, args).await;
+                    reply.encode(session.resp, &mut out);
+                    if quit {
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::err(&e).encode(session.resp, &mut out);
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
+}
+
+fn wrong_args(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+}
+
+fn client_error(e: &ClientError) -> Reply {
+    Reply::err(e)
+}
+
+fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| Reply::err("value is not an integer or out of range"))
+}
+
+async fn command(shared: &Shared, session: &mut Session, args: Vec<Vec<u8>>) -> Reply {
+    let name = upper(&args[0]);
+    let started = Instant::now();
+    let reply = dispatch(shared, session, &name, &args).await;
+    let known = KNOWN.contains(&name.as_str());
+    let label = if known { name.to_ascii_lowercase() } else { "unknown".into() };
+    shared.metrics.observe("resp", &label, !matches!(reply, Reply::Error(_)), started.elapsed());
+    reply
+}
+
+/// Commands this listener knows (metric labels; COMMAND COUNT).
+const KNOWN: &[&str] = &[
+    "PING", "ECHO", "GET", "SET", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "SCAN", "DBSIZE", "INFO", "COMMAND",
+    "CONFIG", "CLIENT", "SELECT", "HELLO", "AUTH", "QUIT", "INCR", "INCRBY", "DECR", "DECRBY", "SETNX",
+];
+
+async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
+    let argc = args.len();
+    if !s.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
+        return Reply::Error("NOAUTH Authentication required.".into());
+    }
+    let c = &shared.client;
+    match name {
+        "PING" => match argc {
+            1 => Reply::Simple("PONG".into()),
+            2 => Reply::Bulk(args[1].clone()),
+            _ => wrong_args(name),
+        },
+        "ECHO" if argc == 2 => Reply::Bulk(args[1].clone()),
+        "QUIT" => Reply::ok(),
+        "SELECT" if argc == 2 => match int_arg(&args[1]) {
+            Ok(0) => Reply::ok(),
+            Ok(_) => Reply::err("DB index is out of range"),
+            Err(e) => e,
+        },
+        "AUTH" => auth(shared, s, &args[1..]),
+        "HELLO" => hello(shared, s, &args[1..]),
+        "GET" if argc == 2 => match c.get(&args[1]).await {
+            Ok(Some(v)) => Reply::Bulk(v),
+            Ok(None) => Reply::Null,
+            Err(e) => client_error(&e),
+        },
+        "SET" if argc >= 3 => {
+            if let Some(opt) = args[3..].first() {
+                return Reply::err(format!(
+                    "SET {}: conditional writes and key expiry are not supported yet",
+                    String::from_utf8_lossy(opt)
+                ));
+            }
+            match c.put(&args[1], &args[2]).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => client_error(&e),
+            }
+        }
+        "MSET" if argc >= 3 && argc % 2 == 1 => {
+            let ops = args[1..].chunks(2).map(|kv| BatchOp::Put { key: kv[0].clone(), value: kv[1].clone() }).collect();
+            match c.batch(ops).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => client_error(&e),
+            }
+        }
+        "MGET" if argc >= 2 => match c.get_many(&args[1..]).await {
+            Ok(values) => Reply::Array(values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect()),
+            Err(e) => client_error(&e),
+        },
+        "DEL" | "UNLINK" if argc >= 2 => {
+            // Count the keys that existed; each delete is its own write.
+            let mut removed = 0;
+            for key in &args[1..] {
+                match c.get(key).await {
+                    Ok(Some(_)) => removed += 1,
+                    Ok(None) => continue,
+                    Err(e) => return client_error(&e),
+                }
+                if let Err(e) = c.delete(key).await {
+                    return client_error(&e);
+                }
+            }
+            Reply::Int(removed)
+        }
+        "EXISTS" if argc >= 2 => match c.get_many(&args[1..]).await {
+            Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
+            Err(e) => client_error(&e),
+        },
+        "INCR" | "INCRBY" | "DECR" | "DECRBY" | "SETNX" => {
+            Reply::err(format!("{name} needs conditional writes, which Presage does not support yet"))
+        }
+        "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
+        "DBSIZE" if argc == 1 => dbsize(shared).await,
+        "INFO" => Reply::Bulk(info(shared, s).into_bytes()),
+        "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
+            None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
+            Some("COUNT") => Reply::Int(KNOWN.len() as i64),
+            Some(_) => Reply::err("unknown COMMAND subcommand"),
+        },
+        "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
+        "CLIENT" if argc >= 2 => match (upper(&args[1]).as_str(), argc) {
+            ("SETNAME", 3) => {
+                s.name = Some(args[2].clone());
+                Reply::ok()
+            }
+            ("GETNAME", 2) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ("SETINFO", 4) => Reply::ok(),
+            ("ID", 2) => Reply::Int(s.id as i64),
+            _ => Reply::err("unknown CLIENT subcommand or wrong number of arguments"),
+        },
+        _ if KNOWN.contains(&name) => wrong_args(name),
+        _ => {
+            let shown: Vec<String> =
+                args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+            Reply::err(format!(
+                "unknown command '{}', with args beginning with: {}",
+                String::from_utf8_lossy(&args[0]),
+                shown.join(" ")
+            ))
+        }
+    }
+}
+
+fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
+    let password = match args {
+        [p] | [_, p] => p,
+        _ => return wrong_args("AUTH"),
+    };
+    if shared.password.is_empty() {
+        return Reply::err("AUTH <password> called without any password configured for the default user.");
+    }
+    if password.as_slice() == shared.password.as_bytes() {
+        s.authed = true;
+        Reply::ok()
+    } else {
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    }
+}
+
+fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
+    let mut version = s.resp;
+    let mut rest = args;
+    if let Some(v) = args.first() {
+        match int_arg(v) {
+            Ok(v @ (2 | 3)) => version = v as u8,
+            Ok(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            Err(e) => return e,
+        }
+        rest = &args[1..];
+    }
+    while let Some(opt) = rest.first() {
+        match (upper(opt).as_str(), rest.len()) {
+            ("AUTH", n) if n >= 3 => {
+                let r = auth(shared, s, &rest[1..3]);
+                if matches!(r, Reply::Error(_)) {
+                    return r;
+                }
+                rest = &rest[3..];
+            }
+            ("SETNAME", n) if n >= 2 => {
+                s.name = Some(rest[1].clone());
+                rest = &rest[2..];
+            }
+            _ => return Reply::err("syntax error in HELLO option"),
+        }
+    }
+    if !s.authed {
+        return Reply::Error("NOAUTH HELLO must be called with the client already authenticated".into());
+    }
+    s.resp = version;
+    Reply::Map(vec![
+        (Reply::text("server"), Reply::text("presage")),
+        (Reply::text("version"), Reply::text(env!("CARGO_PKG_VERSION"))),
+        (Reply::text("proto"), Reply::Int(i64::from(version))),
+        (Reply::text("id"), Reply::Int(s.id as i64)),
+        (Reply::text("mode"), Reply::text("cluster")),
+        (Reply::text("role"), Reply::text("master")),
+        (Reply::text("modules"), Reply::Array(vec![])),
+    ])
+}
+
+/// Does `key` match the glob `pattern` (`*`, `?`, `[...]`, `\` escapes)?
+pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
+    let (mut p, mut k) = (0, 0);
+    let (mut star_p, mut star_k) = (None, 0);
+    while k < key.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star_p = Some(p);
+                star_k = k;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => class_match(pattern, p, key[k]),
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == key[k]).then_some(p + 2),
+            Some(c) => (*c == key[k]).then_some(p + 1),
+            None => None,
+        };
+        match step {
+            Some(next) => {
+                p = next;
+                k += 1;
+            }
+            None => match star_p {
+                Some(sp) => {
+                    p = sp + 1;
+                    star_k += 1;
+                    k = star_k;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// Matches `c` against the class starting at `pattern[p] == b'['`; the index after it.
+fn class_match(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+    let mut i = p + 1;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    while i < pattern.len() && pattern[i] != b']' {
+        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+            matched |= pattern[i + 1] == c;
+            i += 2;
+        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
+            matched |= (lo..=hi).contains(&c);
+            i += 3;
+        } else {
+            matched |= pattern[i] == c;
+            i += 1;
+        }
+    }
+    if i >= pattern.len() {
+        return None; // unterminated class: no match
+    }
+    (matched != negate).then_some(i + 1)
+}
+
+async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
+    let Ok(cursor) = std::str::from_utf8(&args[0]).unwrap_or("x").parse::<u64>() else {
+        return Reply::err("invalid cursor");
+    };
+    let mut pattern: Option<Vec<u8>> = None;
+    let mut count = 10usize;
+    let mut rest = &args[1..];
+    while let [opt, value, tail @ ..] = rest {
+        match upper(opt).as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => match int_arg(value) {
+                Ok(n) if n > 0 => count = (n as usize).min(shared.cfg.max_scan_count),
+                _ => return Reply::err("syntax error"),
+            },
+            "TYPE" => {
+                if !value.eq_ignore_ascii_case(b"string") {
+                    return Reply::Array(vec![Reply::text("0"), Reply::Array(vec![])]);
+                }
+            }
+            _ => return Reply::err("syntax error"),
+        }
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Reply::err("syntax error");
+    }
+    let start = if cursor == 0 {
+        Vec::new()
+    } else {
+        match shared.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).by_id.get(&cursor) {
+            Some(k) => k.clone(),
+            None => return Reply::err("invalid cursor (unknown or expired)"),
+        }
+    };
+    let page = match shared.client.scan(&start, None, count).await {
+        Ok(p) => p,
+        Err(e) => return client_error(&e),
+    };
+    let next = match page.last() {
+        Some((k, _)) if page.len() == count => {
+            let mut after = k.clone();
+            after.push(0);
+            shared.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).put(after)
+        }
+        _ => 0,
+    };
+    let keys = page
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| pattern.as_deref().is_none_or(|p| glob_match(p, k)))
+        .map(Reply::Bulk)
+        .collect();
+    Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
+}
+
+async fn dbsize(shared: &Shared) -> Reply {
+    let mut count = 0usize;
+    let mut from = Vec::new();
+    let page_keys = 1_000;
+    loop {
+        let page = match shared.client.scan(&from, None, page_keys).await {
+            Ok(p) => p,
+            Err(e) => return client_error(&e),
+        };
+        count += page.len();
+        if count > shared.cfg.max_dbsize_keys {
+            return Reply::err(format!("more than {} keys (resp.max-dbsize-keys)", shared.cfg.max_dbsize_keys));
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == page_keys => {
+                from = k.clone();
+                from.push(0);
+            }
+            _ => return Reply::Int(count as i64),
+        }
+    }
+}
+
+fn info(shared: &Shared, s: &Session) -> String {
+    let routes = shared.client.cached_routes();
+    format!(
+        "# Server\r\nredis_version:7.0.0\r\npresage_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{}\r\n\
+         \r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Presage\r\nshards_cached:{}\r\nprotocol:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        shared.started.elapsed().as_secs(),
+        shared.metrics.connections.with_label_values(&["resp"]).get(),
+        routes.len(),
+        s.resp,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_like_redis() {
+        for (p, k, want) in [
+            ("*", "anything", true),
+            ("user:*", "user:42", true),
+            ("user:*", "order:1", false),
+            ("h?llo", "hello", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-c]llo", "hbllo", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*:*:end", "x:y:end", true),
+            ("", "", true),
+            ("[abc", "a", false),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), k.as_bytes()), want, "{p} vs {k}");
+        }
+    }
+}

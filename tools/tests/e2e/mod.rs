@@ -1,0 +1,222 @@
+//! Multi-process end-to-end tests: a playground of real `presage` node processes, driven
+//! through `presage-client`, a Redis client library, raw RESP and raw HTTP.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use presage_client::{Client, ClientConfig, ClientError};
+use presage_tools::node::playground::{Playground, PlaygroundOptions};
+
+fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {
+    PlaygroundOptions {
+        nodes,
+        regions: 3,
+        data_dir: dir.to_path_buf(),
+        overrides: vec![],
+        binary: env!("CARGO_BIN_EXE_presage").into(),
+        ready_timeout: Duration::from_secs(120),
+    }
+}
+
+async fn redis_conn(addr: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
+    client.get_multiplexed_async_connection().await.expect("redis connection")
+}
+
+/// Writes `key` until it is acknowledged (`true`), or gives up on an unknown outcome or
+/// after the deadline (`false`: maybe written).
+async fn put_acked(client: &Client, key: &[u8], value: &[u8]) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        match client.put(key, value).await {
+            Ok(()) => return true,
+            Err(ClientError::OutcomeUnknown(_)) => return false,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
+}
+
+async fn get_retrying(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
+    for _ in 0..100 {
+        match client.get(key).await {
+            Ok(v) => return v,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    panic!("could not read {:?}", String::from_utf8_lossy(key));
+}
+
+/// A raw exchange on a fresh TCP connection: sends `bytes`, reads until the peer closes or
+/// `max_bytes` arrive (bounded by a timeout).
+fn raw(addr: &str, bytes: &[u8]) -> (String, bool) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+        if out.len() > 64 << 10 {
+            break false;
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowledged_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pg = Playground::start(&options(dir.path(), 3)).await.expect("playground starts");
+    let cluster = presage_tools::node::playground::ClusterFile::read(dir.path()).expect("cluster.json");
+    assert_eq!(cluster.nodes.len(), 3);
+    let client = Client::connect(&cluster.native_addrs(), ClientConfig::default()).await.expect("client");
+
+    // Writes through both interfaces, read back through the other one.
+    let mut acked: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut resp = redis_conn(&cluster.nodes[1].resp).await;
+    for i in 0..100u32 {
+        let (k, v) = (format!("native-{i:04}"), format!("value-{i}"));
+        client.put(k.as_bytes(), v.as_bytes()).await.expect("native put");
+        acked.insert(k.into_bytes(), v.into_bytes());
+        let (k, v) = (format!("resp-{i:04}"), format!("value-{i}"));
+        let () = redis::cmd("SET").arg(&k).arg(&v).query_async(&mut resp).await.expect("RESP SET");
+        acked.insert(k.into_bytes(), v.into_bytes());
+    }
+    let got: Option<String> = redis::cmd("GET").arg("native-0007").query_async(&mut resp).await.expect("RESP GET");
+    assert_eq!(got.as_deref(), Some("value-7"));
+    assert_eq!(client.get(b"resp-0042").await.expect("native get").as_deref(), Some(b"value-42".as_slice()));
+    let mget: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("resp-0001")
+        .arg("missing")
+        .arg("native-0002")
+        .query_async(&mut resp)
+        .await
+        .expect("MGET");
+    assert_eq!(mget, vec![Some("value-1".into()), None, Some("value-2".into())]);
+
+    // Kill -9 the node holding the most leaders.
+    client.refresh(b"").await.expect("routes");
+    let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in client.cached_routes() {
+        *leaders.entry(s.leader.unwrap_or(0)).or_default() += 1;
+    }
+    let victim = leaders.iter().filter(|(n, _)| **n != 0).max_by_key(|(_, c)| **c).map(|(n, _)| *n).expect("a leader");
+    pg.kill(victim);
+
+    // Keep writing through a surviving node's RESP and through the client.
+    let survivor = cluster.nodes.iter().find(|n| n.id != victim).expect("a survivor");
+    let mut resp = redis_conn(&survivor.resp).await;
+    let mut maybe = 0;
+    for i in 0..50u32 {
+        let (k, v) = (format!("after-kill-{i:04}"), format!("v{i}"));
+        if put_acked(&client, k.as_bytes(), v.as_bytes()).await {
+            acked.insert(k.into_bytes(), v.into_bytes());
+        } else {
+            maybe += 1;
+        }
+        let k = format!("after-kill-resp-{i:04}");
+        let r: redis::RedisResult<()> = redis::cmd("SET").arg(&k).arg("r").query_async(&mut resp).await;
+        if r.is_ok() {
+            acked.insert(k.into_bytes(), b"r".to_vec());
+        }
+    }
+    assert!(acked.len() >= 250, "writes kept being acknowledged after the kill ({maybe} unknown)");
+
+    // Restart it; everything acknowledged is there, read through every node.
+    pg.restart(victim, &[]).expect("restart");
+    let ready = async {
+        loop {
+            if presage_tools::node::playground::ready(&cluster.native_addrs(), 3, 3).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), ready).await.expect("the cluster recovers after the restart");
+    for (k, v) in &acked {
+        assert_eq!(get_retrying(&client, k).await.as_ref(), Some(v), "{}", String::from_utf8_lossy(k));
+    }
+    let restarted = cluster.nodes.iter().find(|n| n.id == victim).expect("victim");
+    let mut resp = redis_conn(&restarted.resp).await;
+    for (k, v) in acked.iter().step_by(7) {
+        let got: Option<Vec<u8>> = redis::cmd("GET").arg(k.as_slice()).query_async(&mut resp).await.expect("GET");
+        assert_eq!(got.as_ref(), Some(v));
+    }
+    pg.stop(Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pg = Playground::start(&options(dir.path(), 1)).await.expect("playground starts");
+    let node = pg.cluster.nodes[0].clone();
+
+    // Malformed RESP: answered, then that connection closes.
+    let (answer, closed) = raw(&node.resp, b"*2\r\n$3\r\nGET\r\n:oops\r\n");
+    assert!(answer.starts_with("-ERR Protocol error"), "{answer}");
+    assert!(closed);
+    // An oversize bulk string is refused from its header, before its bytes are sent.
+    let (answer, closed) = raw(&node.resp, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999999999\r\n");
+    assert!(answer.contains("invalid bulk length"), "{answer}");
+    assert!(closed);
+    // Unknown commands and wrong arities are answered; the connection goes on.
+    let (answer, _) = raw(&node.resp, b"FLY me\r\nGET\r\nPING\r\nQUIT\r\n");
+    assert!(answer.starts_with("-ERR unknown command 'FLY', with args beginning with: 'me'\r\n"), "{answer}");
+    assert!(answer.contains("-ERR wrong number of arguments for 'get' command\r\n+PONG\r\n+OK\r\n"), "{answer}");
+
+    // Bad admin JSON: a 400 with the reason.
+    let body = "{\"command\":\"split\"";
+    let http = format!(
+        "POST /v1/admin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, _) = raw(&node.admin, http.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad admin command JSON"), "{answer}");
+    let body = "{\"command\":\"split\",\"shard\":424242}";
+    let http = format!(
+        "POST /v1/admin HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, _) = raw(&node.admin, http.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("does not exist"), "{answer}");
+    // Fault injection is on in the playground; a bad rule is refused.
+    let body = "{\"read\":{\"error-rate\":2.0}}";
+    let http = format!(
+        "PUT /v1/faults HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, _) = raw(&node.admin, http.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("error-rate"), "{answer}");
+
+    // Still serving, nothing lost.
+    let mut resp = redis_conn(&node.resp).await;
+    let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut resp).await.expect("SET");
+    let got: Option<String> = redis::cmd("GET").arg("k").query_async(&mut resp).await.expect("GET");
+    assert_eq!(got.as_deref(), Some("v"));
+    let (answer, _) = raw(&node.admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.contains("presage_requests_total{command=\"set\",protocol=\"resp\",result=\"ok\"}"), "{answer}");
+    assert!(
+        answer.contains("presage_requests_total{command=\"unknown\",protocol=\"resp\",result=\"error\"}"),
+        "{answer}"
+    );
+
+    // A bad config is refused with the key's name, and the node does not start.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "node-id = 2\n[server]\nrequest-timeout-ms = \"soon\"\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage"))
+        .args(["start", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run presage start");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.request-timeout-ms") && stderr.contains("not a duration"), "{stderr}");
+    pg.stop(Duration::from_secs(15));
+}
