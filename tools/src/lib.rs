@@ -10,6 +10,7 @@
 //! - [`datagen`]: deterministic keys and values shared by both.
 
 pub mod admin;
+pub mod ctl;
 pub mod datagen;
 pub mod demo;
 pub mod engine_bench;

@@ -368,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_without_unknown_keys() {
+        let text = include_str!("../../config/node.example.toml");
+        let loaded = NodeConfig::parse(text, &[]).expect("the example is valid");
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let c = loaded.config;
+        assert_eq!((c.node_id, c.capacity_bytes, c.server.request_timeout_ms), (1, 500 << 30, 5_000));
+        assert_eq!(c.rocksdb.block_cache_bytes, 1 << 30);
+        assert_eq!(c.native_advertise(), "10.0.0.1:7400");
+    }
+
+    #[test]
     fn defaults_round_trip_through_toml() {
         let printed = NodeConfig::default().to_toml();
         let loaded = NodeConfig::parse(&printed, &[]).expect("defaults parse");

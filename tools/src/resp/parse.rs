@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn inline_commands_split_on_spaces_and_quotes() {
         let (got, used) = parse_command(b"set k \"a b\"\r\nrest", &LIMITS).expect("valid").expect("complete");
-        assert_eq!((got, used), (args(&["set", "k", "a b"]), 14));
+        assert_eq!((got, used), (args(&["set", "k", "a b"]), 13));
         assert_eq!(parse_command(b"\r\n", &LIMITS), Ok(Some((vec![], 2))));
         assert_eq!(parse_command(b"ping", &LIMITS), Ok(None));
     }

@@ -152,7 +152,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut pg = Playground::start(&options(dir.path(), 1)).await.expect("playground starts");
     let node = pg.cluster.nodes[0].clone();
@@ -206,6 +206,55 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         answer.contains("presage_requests_total{command=\"unknown\",protocol=\"resp\",result=\"error\"}"),
         "{answer}"
     );
+
+    // presage-ctl: tables, JSON, a manual split that happens, a clear error when unreachable.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
+            .arg("--admin")
+            .arg(&node.admin)
+            .args(args)
+            .output()
+            .expect("run presage-ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = ctl(&["nodes"]);
+    assert!(ok && out.starts_with("NODE") && out.contains(&node.resp), "{out}{err}");
+    let (ok, out, _) = ctl(&["shards", "--key", "k"]);
+    assert!(ok && out.contains("[-inf, 0xff)"), "{out}");
+    let (ok, out, err) = ctl(&["split", "1", "m"]);
+    assert!(ok && out.contains("splitting shard 1"), "{out}{err}");
+    let mut split = false;
+    for _ in 0..100 {
+        let (_, out, _) = ctl(&["--json", "shards"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).expect("shards JSON");
+        if rows.as_array().is_some_and(|r| r.len() == 3) {
+            split = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(split, "the manual split happened");
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = ctl(&["operators"]).1;
+        if out.contains("Manual") && out.contains("Done") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(out.contains("Manual") && out.contains("Done"), "{out}");
+    let (ok, _, err) = ctl(&["split", "99"]);
+    assert!(!ok && err.contains("shard 99 does not exist"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
+        .args(["--admin", "127.0.0.1:1", "nodes"])
+        .output()
+        .expect("run presage-ctl");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API at 127.0.0.1:1"));
 
     // A bad config is refused with the key's name, and the node does not start.
     let bad = dir.path().join("bad.toml");

@@ -1,0 +1,158 @@
+//! `presage-ctl`: inspect and steer a Presage cluster through any node's admin API.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use presage_shardmgr::AdminCommand;
+use presage_tools::ctl::{self, AdminClient, CtlError};
+
+#[derive(Parser)]
+#[command(name = "presage-ctl", version, about = "Inspect and steer a Presage cluster")]
+struct Cli {
+    /// A node's admin API (`host:port`).
+    #[arg(long, env = "PRESAGE_ADMIN", default_value = "127.0.0.1:7480", global = true)]
+    admin: String,
+    /// The admin API's bearer token.
+    #[arg(long, env = "PRESAGE_ADMIN_TOKEN", global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every node: state, region, group, addresses.
+    Nodes,
+    /// Every replication group and its nodes.
+    Groups,
+    /// Shards: range, epoch, replicas, leader, size, load.
+    Shards {
+        /// Only shards with a replica on this node.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Only shards of this group.
+        #[arg(long)]
+        group: Option<u64>,
+        /// Only the shard holding this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// One shard.
+    Shard {
+        #[command(subcommand)]
+        what: ShardCommand,
+    },
+    /// Split a shard at KEY (or at its middle key).
+    Split {
+        /// The shard.
+        id: u64,
+        /// The first key of the right half.
+        key: Option<String>,
+    },
+    /// Merge a shard's right neighbour into it.
+    Merge {
+        /// The left shard.
+        id: u64,
+    },
+    /// Move a shard off a node to a node of another group (the shard changes group).
+    Move {
+        /// The shard.
+        id: u64,
+        /// A node holding a replica.
+        #[arg(long)]
+        from: u64,
+        /// The node to move to.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Make a node the shard's leader.
+    TransferLeader {
+        /// The shard.
+        id: u64,
+        /// A node holding a voter.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Mark a node Draining and move its leaderships away.
+    Drain {
+        /// The node.
+        node: u64,
+    },
+    /// Operators, running and recently finished.
+    Operators,
+}
+
+#[derive(Subcommand)]
+enum ShardCommand {
+    /// Show one shard.
+    Show {
+        /// The shard.
+        id: u64,
+    },
+}
+
+fn run(cli: Cli) -> Result<String, CtlError> {
+    let c = AdminClient::new(&cli.admin, cli.token.clone());
+    let json = cli.json;
+    let pretty = |v: &dyn erased::Json| v.pretty();
+    let admin = |cmd: AdminCommand| -> Result<String, CtlError> {
+        let outcome = c.admin(&cmd)?;
+        Ok(if json { pretty(&outcome) } else { format!("{}\n", outcome.message) })
+    };
+    match cli.command {
+        Command::Nodes => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.nodes) } else { ctl::nodes_table(&info.nodes) })
+        }
+        Command::Groups => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.groups) } else { ctl::groups_table(&info) })
+        }
+        Command::Shards { node, group, key } => {
+            let rows = c.shards(node, group, key.as_deref())?;
+            Ok(if json { pretty(&rows) } else { ctl::shards_table(&rows) })
+        }
+        Command::Shard { what: ShardCommand::Show { id } } => {
+            let row: presage_client::proto::ShardRow = c.get(&format!("/v1/shards/{id}"))?;
+            Ok(if json { pretty(&row) } else { ctl::shards_table(std::slice::from_ref(&row)) })
+        }
+        Command::Split { id, key } => admin(AdminCommand::Split { shard: id, key: key.map(String::into_bytes) }),
+        Command::Merge { id } => admin(AdminCommand::Merge { shard: id }),
+        Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
+        Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),
+        Command::Drain { node } => admin(AdminCommand::Drain { node }),
+        Command::Operators => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.operators) } else { ctl::operators_table(&info.operators) })
+        }
+    }
+}
+
+mod erased {
+    /// Anything printable as pretty JSON.
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).map(|s| s + "\n").unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}\n"))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("presage-ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
