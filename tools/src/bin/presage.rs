@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Start a local cluster of node processes on loopback; runs until interrupted.
     Playground {
         /// Nodes to start.
@@ -221,7 +221,7 @@ fn playground(opts: PlaygroundOptions) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start(args) => start(args),
+        Command::Start(args) => start(*args),
         Command::Playground { nodes, regions, data_dir, set, ready_timeout_secs } => {
             let binary = std::env::current_exe().context("finding the presage binary")?;
             playground(PlaygroundOptions {

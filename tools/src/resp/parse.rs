@@ -30,6 +30,9 @@ fn protocol(m: impl Into<String>) -> ParseError {
     ParseError::Protocol(m.into())
 }
 
+/// A parsed command: its arguments and the bytes it used.
+pub type Parsed = (Vec<Vec<u8>>, usize);
+
 /// Finds `\r\n` in `buf` from `from`; refuses a line longer than `max` bytes.
 fn line_end(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, ParseError> {
     let window = &buf[from..buf.len().min(from + max + 2)];
@@ -55,7 +58,7 @@ fn number(digits: &[u8], what: &str, max: usize) -> Result<usize, ParseError> {
 
 /// Parses one command off the front of `buf`: its arguments and the bytes used; `None`
 /// while incomplete. An empty inline line yields an empty command (skipped by callers).
-pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Vec<u8>>, usize)>, ParseError> {
+pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ParseError> {
     let Some(&first) = buf.first() else { return Ok(None) };
     if first != b'*' {
         return parse_inline(buf, limits);
@@ -85,7 +88,7 @@ pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Vec<u8>>
 }
 
 /// An inline command: one line of space-separated words (double quotes group words).
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Vec<u8>>, usize)>, ParseError> {
+fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ParseError> {
     let newline = buf.iter().take(limits.max_inline_bytes + 1).position(|b| *b == b'\n');
     let Some(nl) = newline else {
         return if buf.len() > limits.max_inline_bytes { Err(protocol("too big inline request")) } else { Ok(None) };
