@@ -33,13 +33,15 @@ bench: setup
 	"$(CARGO_TARGET_DIR)/release/presage-bench" replication --json target-bench-replication.json
 	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
 
-# Fuzz the TCP frame decoder for FUZZ_SECONDS (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
+# Fuzz the TCP frame decoder, the RESP parser and the config loader for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
 # own target folder, since fuzzing flags differ from every other build).
 FUZZ_SECONDS ?= 60
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cd replication/fuzz && RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run --sanitizer none \
 		--target-dir $(HOME)/.cache/presage/fuzz-target frame_decoder -- -max_total_time=$(FUZZ_SECONDS)
+	cd tools/fuzz && for t in resp_parser config_loader; do RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run \
+		--sanitizer none --target-dir $(HOME)/.cache/presage/fuzz-target $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 fmt:
 	$(CARGO) fmt --all

@@ -177,6 +177,5 @@ mod tests {
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
-        assert!(serde_json::from_str::<ManagerConfig>(r#"{"no-such-setting": 1}"#).is_err());
     }
 }
