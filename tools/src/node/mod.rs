@@ -257,10 +257,13 @@ impl RunningNode {
             Arc::clone(&rpc) as Arc<dyn Rpc>,
             Clock::wall(),
         );
-        let handler = metrics.native_handler(server.handler());
+        // Requests from this node's own RESP and admin API call the server directly; only
+        // requests arriving over TCP count as `native` in the metrics.
+        let handler = server.handler();
         *rpc.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handler.clone());
-        let native = presage_client::net::serve(native_listener, handler.clone(), cfg.native.clone())
-            .map_err(bind_err("the native protocol", &cfg.native_listen))?;
+        let native =
+            presage_client::net::serve(native_listener, metrics.native_handler(handler.clone()), cfg.native.clone())
+                .map_err(bind_err("the native protocol", &cfg.native_listen))?;
         tracing::info!(node = id, native = %native.local_addr(), raft = %cfg.raft_listen, "node listening");
 
         // Resolve the join addresses to node ids; a new node joins through them.

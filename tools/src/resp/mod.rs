@@ -285,19 +285,26 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             Err(e) => client_error(&e),
         },
         "DEL" | "UNLINK" if argc >= 2 => {
-            // Count the keys that existed; each delete is its own write.
-            let mut removed = 0;
-            for key in &args[1..] {
-                match c.get(key).await {
-                    Ok(Some(_)) => removed += 1,
-                    Ok(None) => continue,
-                    Err(e) => return client_error(&e),
-                }
-                if let Err(e) = c.delete(key).await {
-                    return client_error(&e);
-                }
+            // The reply counts the keys that existed (read first, concurrently); the deletes
+            // go out as one batch, atomic per shard. Not atomic with the reads.
+            let existed = match c.get_many(&args[1..]).await {
+                Ok(values) => values,
+                Err(e) => return client_error(&e),
+            };
+            let ops: Vec<BatchOp> = args[1..]
+                .iter()
+                .zip(&existed)
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| BatchOp::Delete { key: k.clone() })
+                .collect();
+            let removed = ops.len() as i64;
+            if ops.is_empty() {
+                return Reply::Int(0);
             }
-            Reply::Int(removed)
+            match c.batch(ops).await {
+                Ok(()) => Reply::Int(removed),
+                Err(e) => client_error(&e),
+            }
         }
         "EXISTS" if argc >= 2 => match c.get_many(&args[1..]).await {
             Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),

@@ -200,6 +200,11 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut resp).await.expect("SET");
     let got: Option<String> = redis::cmd("GET").arg("k").query_async(&mut resp).await.expect("GET");
     assert_eq!(got.as_deref(), Some("v"));
+    let () = redis::cmd("SET").arg("gone").arg("x").query_async(&mut resp).await.expect("SET");
+    let removed: i64 = redis::cmd("DEL").arg("gone").arg("never").query_async(&mut resp).await.expect("DEL");
+    assert_eq!(removed, 1);
+    let got: Option<String> = redis::cmd("GET").arg("gone").query_async(&mut resp).await.expect("GET");
+    assert_eq!(got, None);
     let (answer, _) = raw(&node.admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(answer.contains("presage_requests_total{command=\"set\",protocol=\"resp\",result=\"ok\"}"), "{answer}");
     assert!(
