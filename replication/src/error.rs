@@ -47,6 +47,17 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A check of the command did not hold: none of its writes applied. `current` is the
+    /// key's live value when it was decided.
+    #[error("shard {shard_id}: condition on key {} failed", String::from_utf8_lossy(.key))]
+    ConditionFailed {
+        /// The shard.
+        shard_id: u64,
+        /// The key checked.
+        key: Vec<u8>,
+        /// Its live value then.
+        current: Option<Vec<u8>>,
+    },
     /// A leadership transfer was refused.
     #[error("shard {shard_id}: leadership transfer to {to} refused: {reason}")]
     TransferRefused {

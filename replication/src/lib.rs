@@ -9,6 +9,7 @@
 //! - [`node`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes.
+//! - [`value`]: how a value is stored (a header with an optional expiry deadline).
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
 //!
@@ -32,6 +33,7 @@ pub mod storage;
 pub mod store;
 pub mod tcp;
 pub mod transport;
+pub mod value;
 pub mod wire;
 
 pub use config::RaftConfig;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch};
+use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch, WriteOp};
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, StateRole};
@@ -12,7 +12,8 @@ use raft::{RawNode, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::storage::PeerStorage;
-use crate::wire::{self, op, Command, CommitMerge, Epoch, Op, PrepareMerge, Replica, ShardDescriptor, Split};
+use crate::value;
+use crate::wire::{self, op, Command, CommitMerge, Epoch, Expect, Op, PrepareMerge, Replica, ShardDescriptor, Split};
 
 /// Called with the outcome of a write once it is applied (or failed).
 pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -46,6 +47,9 @@ pub enum ReadResponse {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         /// More pairs follow in the range (within this shard).
         more: bool,
+        /// With `more`: the last key the scan examined, live or expired; the next page starts
+        /// after it (a page may end in expired values, or hold only those).
+        resume_after: Option<Vec<u8>>,
     },
 }
 
@@ -117,7 +121,25 @@ pub struct Peer<E: Engine> {
     /// Source shards a `CommitMerge` in the batch being applied destroyed here; the store
     /// drops their replicas once the batch is written.
     pub(crate) merged_sources: Vec<u64>,
+    /// The expiry sweep's state (see [`Peer::sweep_expired`]).
+    sweep: Sweep,
 }
+
+/// Where the leader's sweep of expired values is. It walks the shard a page at a time and
+/// stops walking once a whole pass found no value with a deadline and none was written
+/// since; a replica starts out assuming there may be some.
+#[derive(Debug)]
+struct Sweep {
+    /// Values with a deadline may be in the shard.
+    expiring: bool,
+    /// One was seen (or written) during the current pass.
+    seen_this_pass: bool,
+    /// The next pass page starts here.
+    cursor: Vec<u8>,
+}
+
+/// Bytes one sweep page may read.
+pub const SWEEP_PAGE_BYTES: usize = 1 << 20;
 
 /// Split-off shards a replica remembers for `EpochNotMatch` answers.
 pub const MAX_SPLIT_SIBLINGS: usize = 4;
@@ -148,7 +170,60 @@ impl<E: Engine> Peer<E> {
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
             merged_sources: Vec::new(),
+            sweep: Sweep { expiring: true, seen_this_pass: false, cursor: Vec::new() },
         })
+    }
+
+    /// On the leader: reads the next `max_keys` keys of the sweep and proposes deleting those
+    /// expired by the wall clock (each delete re-checks expiry at apply, so a value written
+    /// since is kept). Does nothing when the shard holds no expiring values.
+    pub(crate) fn sweep_expired(&mut self, max_keys: usize) -> Result<()> {
+        if !self.is_leader() || !self.sweep.expiring || self.descriptor().merging_into.is_some() {
+            return Ok(());
+        }
+        let desc = self.descriptor().clone();
+        let shard = desc.range()?;
+        let start = self.sweep.cursor.as_slice().max(shard.start()).to_vec();
+        let range = KeyRange::new(start, shard.end().map(<[u8]>::to_vec))?;
+        let engine = self.raw.store().engine().clone();
+        let page = engine.scan(Cf::Data, &range, ScanOrder::Forward, ScanLimit::new(max_keys, SWEEP_PAGE_BYTES))?;
+        let now_ms = value::wall_now_ms();
+        let mut ops = Vec::new();
+        for (k, stored) in &page.pairs {
+            let v = value::decode(k, stored)?;
+            if v.deadline_ms.is_some() {
+                self.sweep.seen_this_pass = true;
+                if !v.live_at(now_ms) {
+                    ops.push(Op::delete_expired(k.clone()));
+                }
+            }
+        }
+        match (page.more, page.pairs.last()) {
+            (true, Some((last, _))) => {
+                self.sweep.cursor = last.clone();
+                self.sweep.cursor.push(0);
+            }
+            _ => {
+                self.sweep.cursor.clear();
+                self.sweep.expiring = self.sweep.seen_this_pass;
+                self.sweep.seen_this_pass = false;
+            }
+        }
+        if !ops.is_empty() {
+            let shard_id = desc.id;
+            let n = ops.len();
+            self.propose(
+                desc.epoch(),
+                ops,
+                Box::new(move |r| match r {
+                    Ok(()) => tracing::debug!(shard = shard_id, keys = n, "expired values swept"),
+                    Err(e) => {
+                        tracing::debug!(shard = shard_id, error = %e, "expiry sweep not applied; the next pass retries")
+                    }
+                }),
+            );
+        }
+        Ok(())
     }
 
     /// The shard id.
@@ -237,7 +312,13 @@ impl<E: Engine> Peer<E> {
         if let Err(e) = self.check_epoch(epoch, ops.iter().flat_map(op_keys)) {
             return cb(Err(e));
         }
-        let cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, ..Command::default() };
+        let cmd = Command {
+            shard_id: self.shard_id(),
+            epoch: Some(epoch),
+            ops,
+            now_ms: value::wall_now_ms(),
+            ..Command::default()
+        };
         self.propose_command(cmd, cb);
     }
 
@@ -450,6 +531,7 @@ impl<E: Engine> Peer<E> {
         let applied = self.raw.store().applied_index();
         let engine = self.raw.store().engine().clone();
         let desc = self.descriptor().clone();
+        let now_ms = value::wall_now_ms();
         let mut waiting = VecDeque::with_capacity(self.reads.len());
         for r in self.reads.drain(..) {
             if r.index.is_some_and(|i| i <= applied) {
@@ -459,7 +541,7 @@ impl<E: Engine> Peer<E> {
                 };
                 // A split may have moved the key out while the read waited.
                 let result = if desc.contains(start) {
-                    execute_read(&engine, &desc, &r.request)
+                    execute_read(&engine, &desc, &r.request, now_ms)
                 } else {
                     Err(self_epoch_error(&desc, &self.siblings))
                 };
@@ -538,7 +620,9 @@ impl<E: Engine> Peer<E> {
                         self.pending_apply.push_front(entry);
                         break;
                     }
-                    self.apply_command(cmd, wb)
+                    // An `Err` here is the node's (its engine failed while deciding a
+                    // condition): stop rather than let this replica decide differently.
+                    self.apply_command(cmd, wb)?
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::decode(entry.data.as_slice())
@@ -577,36 +661,73 @@ impl<E: Engine> Peer<E> {
 
     /// Applies one command: every replica makes the same epoch and range checks at the same
     /// log position, so all agree whether it takes effect.
-    fn apply_command(&mut self, cmd: Command, wb: &mut WriteBatch) -> Result<()> {
+    ///
+    /// The outer `Result` is the node's: an engine read failing while a condition is decided
+    /// (the node must stop). The inner one is the command's outcome, the same on every
+    /// replica.
+    fn apply_command(&mut self, cmd: Command, wb: &mut WriteBatch) -> Result<Result<()>> {
         let epoch = cmd.epoch.unwrap_or_default();
         if let Some(split) = cmd.split {
-            return self.apply_split(epoch, split, wb);
+            return Ok(self.apply_split(epoch, split, wb));
         }
         if let Some(target) = cmd.prepare_merge.and_then(|p| p.target) {
-            return self.apply_prepare_merge(epoch, target, wb);
+            return Ok(self.apply_prepare_merge(epoch, target, wb));
         }
         if let Some(source) = cmd.commit_merge.and_then(|c| c.source) {
-            return self.apply_commit_merge(epoch, source, wb);
+            return Ok(self.apply_commit_merge(epoch, source, wb));
         }
         if cmd.rollback_merge {
-            self.check_admin(epoch, &AdminCommand::RollbackMerge)?;
+            if let Err(e) = self.check_admin(epoch, &AdminCommand::RollbackMerge) {
+                return Ok(Err(e));
+            }
             let mut desc = self.descriptor().clone();
             desc.merging_into = None;
             desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
             tracing::info!(shard = desc.id, "merge rolled back");
             self.raw.mut_store().set_descriptor(desc, wb);
-            return Ok(());
+            return Ok(Ok(()));
         }
-        self.check_epoch(epoch, cmd.ops.iter().flat_map(op_keys))?;
-        let shard = self.descriptor().range()?;
+        if let Err(e) = self.check_epoch(epoch, cmd.ops.iter().flat_map(op_keys)) {
+            return Ok(Err(e));
+        }
+        let shard = match self.descriptor().range() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Every condition first, against the state before this command.
+        let engine = self.raw.store().engine().clone();
+        for op in &cmd.ops {
+            if let Some(op::Kind::Check(c)) = &op.kind {
+                let current = current_live(&engine, wb, &c.key, cmd.now_ms)?;
+                if !check_holds(c, current.as_deref()) {
+                    let (shard_id, key) = (self.shard_id(), c.key.clone());
+                    return Ok(Err(Error::ConditionFailed { shard_id, key, current }));
+                }
+            }
+        }
         for op in cmd.ops {
             match op.kind {
                 Some(op::Kind::Put(p)) => {
-                    wb.put(Cf::Data, p.key, p.value);
+                    if p.deadline_ms.is_some() {
+                        self.sweep.expiring = true;
+                        self.sweep.seen_this_pass = true;
+                    }
+                    wb.put(Cf::Data, p.key, value::encode(&p.value, p.deadline_ms));
                 }
                 Some(op::Kind::Delete(d)) => {
                     wb.delete(Cf::Data, d.key);
                 }
+                Some(op::Kind::DeleteExpired(d)) => {
+                    let stored = current_stored(&engine, wb, &d.key)?;
+                    let expired = match &stored {
+                        Some(bytes) => !value::decode(&d.key, bytes)?.live_at(cmd.now_ms),
+                        None => false,
+                    };
+                    if expired {
+                        wb.delete(Cf::Data, d.key);
+                    }
+                }
+                Some(op::Kind::Check(_)) => {}
                 Some(op::Kind::DeleteRange(d)) => {
                     // Clip to the shard: a range delete never reaches a neighbour's keys.
                     if let Ok(r) = KeyRange::new(d.start, min_end(d.end.as_deref(), shard.end())) {
@@ -616,7 +737,7 @@ impl<E: Engine> Peer<E> {
                 None => {}
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Applies a split: this shard keeps the left part, a new shard starts on the right part
@@ -714,21 +835,71 @@ fn op_keys(op: &Op) -> Vec<&[u8]> {
         Some(op::Kind::Put(p)) => vec![p.key.as_slice()],
         Some(op::Kind::Delete(d)) => vec![d.key.as_slice()],
         Some(op::Kind::DeleteRange(d)) => vec![d.start.as_slice()],
+        Some(op::Kind::Check(c)) => vec![c.key.as_slice()],
+        Some(op::Kind::DeleteExpired(d)) => vec![d.key.as_slice()],
         None => vec![],
     }
 }
 
-fn execute_read<R: Reader>(engine: &R, desc: &ShardDescriptor, request: &ReadRequest) -> Result<ReadResponse> {
+/// The stored bytes of `key` as of the writes already in `wb` (earlier commands of this apply
+/// round) over the engine.
+fn current_stored<R: Reader>(engine: &R, wb: &WriteBatch, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    for op in wb.ops().iter().rev() {
+        match op {
+            WriteOp::Put { cf: Cf::Data, key: k, value } if k.as_slice() == key => return Ok(Some(value.clone())),
+            WriteOp::Delete { cf: Cf::Data, key: k } if k.as_slice() == key => return Ok(None),
+            WriteOp::DeleteRange { cf: Cf::Data, range } if range.contains(key) => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(engine.get(Cf::Data, key)?)
+}
+
+/// The user value of `key` live at `now_ms` (see [`current_stored`]).
+fn current_live<R: Reader>(engine: &R, wb: &WriteBatch, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
+    match current_stored(engine, wb, key)? {
+        Some(stored) => value::live_value(key, &stored, now_ms),
+        None => Ok(None),
+    }
+}
+
+/// Does `check` hold for the live value `current`?
+fn check_holds(check: &crate::wire::Check, current: Option<&[u8]>) -> bool {
+    match Expect::from_i32(check.expect) {
+        Some(Expect::Absent) => current.is_none(),
+        Some(Expect::Present) => current.is_some(),
+        Some(Expect::Equals) => current == Some(check.value.as_slice()),
+        None => false, // an unknown expectation never holds
+    }
+}
+
+/// Serves a read on the leader; values expired at `now_ms` (its wall clock) are absent.
+fn execute_read<R: Reader>(
+    engine: &R,
+    desc: &ShardDescriptor,
+    request: &ReadRequest,
+    now_ms: u64,
+) -> Result<ReadResponse> {
     match request {
-        ReadRequest::Get(key) => Ok(ReadResponse::Value(engine.get(Cf::Data, key)?)),
+        ReadRequest::Get(key) => match engine.get(Cf::Data, key)? {
+            Some(stored) => Ok(ReadResponse::Value(value::live_value(key, &stored, now_ms)?)),
+            None => Ok(ReadResponse::Value(None)),
+        },
         ReadRequest::Scan { range, max_keys, max_bytes } => {
             let shard = desc.range()?;
             let start = range.start().max(shard.start()).to_vec();
             let Ok(clipped) = KeyRange::new(start, min_end(range.end(), shard.end())) else {
-                return Ok(ReadResponse::Pairs { pairs: Vec::new(), more: false });
+                return Ok(ReadResponse::Pairs { pairs: Vec::new(), more: false, resume_after: None });
             };
             let page = engine.scan(Cf::Data, &clipped, ScanOrder::Forward, ScanLimit::new(*max_keys, *max_bytes))?;
-            Ok(ReadResponse::Pairs { pairs: page.pairs, more: page.more })
+            let resume_after = if page.more { page.pairs.last().map(|(k, _)| k.clone()) } else { None };
+            let mut pairs = Vec::with_capacity(page.pairs.len());
+            for (k, stored) in page.pairs {
+                if let Some(v) = value::live_value(&k, &stored, now_ms)? {
+                    pairs.push((k, v));
+                }
+            }
+            Ok(ReadResponse::Pairs { pairs, more: page.more, resume_after })
         }
     }
 }

@@ -27,6 +27,11 @@ use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
 use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
 
+/// Ticks between two pages of each leader's expiry sweep (see [`Peer::sweep_expired`]).
+const SWEEP_EVERY_TICKS: u64 = 10;
+/// Keys one page of the expiry sweep reads.
+const SWEEP_PAGE_KEYS: usize = 256;
+
 /// A replica's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardStatus {
@@ -259,6 +264,14 @@ impl<E: Engine> Store<E> {
         }
         for shard_id in sleepers {
             self.quiesce_leader(shard_id);
+        }
+        if self.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+            for shard_id in &self.active {
+                let Some(peer) = self.peers.get_mut(shard_id) else { continue };
+                if let Err(e) = peer.sweep_expired(SWEEP_PAGE_KEYS) {
+                    tracing::warn!(node = self.node_id, shard = shard_id, error = %e, "expiry sweep failed");
+                }
+            }
         }
         self.check_liveness();
         let per_tick = i64::try_from(self.config.snapshot_bytes_per_tick()).unwrap_or(i64::MAX);

@@ -116,7 +116,7 @@ impl ShardDescriptor {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Op {
     /// What to do.
-    #[prost(oneof = "op::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "op::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<op::Kind>,
 }
 
@@ -134,6 +134,13 @@ pub mod op {
         /// Remove a key range.
         #[prost(message, tag = "3")]
         DeleteRange(super::DeleteRange),
+        /// A condition on a key: if any check of a command fails, none of its writes apply.
+        #[prost(message, tag = "4")]
+        Check(super::Check),
+        /// Remove a key if its value has expired (the sweep's delete: it never removes a
+        /// value written since the sweep looked).
+        #[prost(message, tag = "5")]
+        DeleteExpired(super::Delete),
     }
 }
 
@@ -145,6 +152,37 @@ pub struct Put {
     pub key: Vec<u8>,
     /// Value.
     #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+    /// When the value expires (Unix ms), if ever.
+    #[prost(uint64, optional, tag = "3")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// What a [`Check`] expects of its key's live value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Expect {
+    /// No live value.
+    Absent = 0,
+    /// Some live value.
+    Present = 1,
+    /// A live value equal to `Check::value`.
+    Equals = 2,
+}
+
+/// A condition on `key`, evaluated at apply against the key's value as of the command's
+/// `now_ms` (an expired value is absent). Checks see the writes of earlier commands, never
+/// those of their own command: every check of a command runs before any of its writes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Check {
+    /// Key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// What is expected.
+    #[prost(enumeration = "Expect", tag = "2")]
+    pub expect: i32,
+    /// The expected value, for [`Expect::Equals`].
+    #[prost(bytes = "vec", tag = "3")]
     pub value: Vec<u8>,
 }
 
@@ -170,7 +208,22 @@ pub struct DeleteRange {
 impl Op {
     /// A put.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Op { kind: Some(op::Kind::Put(Put { key: key.into(), value: value.into() })) }
+        Op { kind: Some(op::Kind::Put(Put { key: key.into(), value: value.into(), deadline_ms: None })) }
+    }
+
+    /// A put of a value that expires at `deadline_ms` (Unix ms).
+    pub fn put_expiring(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, deadline_ms: u64) -> Self {
+        Op { kind: Some(op::Kind::Put(Put { key: key.into(), value: value.into(), deadline_ms: Some(deadline_ms) })) }
+    }
+
+    /// A check (see [`Check`]); `value` matters for [`Expect::Equals`] only.
+    pub fn check(key: impl Into<Vec<u8>>, expect: Expect, value: impl Into<Vec<u8>>) -> Self {
+        Op { kind: Some(op::Kind::Check(Check { key: key.into(), expect: expect as i32, value: value.into() })) }
+    }
+
+    /// The sweep's delete of an expired value.
+    pub fn delete_expired(key: impl Into<Vec<u8>>) -> Self {
+        Op { kind: Some(op::Kind::DeleteExpired(Delete { key: key.into() })) }
     }
 
     /// A delete.
@@ -208,6 +261,10 @@ pub struct Command {
     /// An admin command instead of writes: unfreeze this shard (its merge did not commit).
     #[prost(bool, tag = "7")]
     pub rollback_merge: bool,
+    /// The proposing leader's wall clock (Unix ms): checks and expiry at apply use it, so
+    /// every replica decides alike.
+    #[prost(uint64, tag = "8")]
+    pub now_ms: u64,
 }
 
 /// Merge, step 1, on the source shard: freeze it (epoch version + 1, `merging_into` set).

@@ -756,3 +756,83 @@ fn commit_merge_waits_for_the_local_source_to_freeze() {
     assert_eq!((merged.start.as_slice(), merged.end.as_deref(), merged.epoch().version), (&b""[..], None, 3));
     assert!(store.status(2).is_none(), "the source replica is gone");
 }
+
+/// §5.3 (a deterministic state machine): a check is decided at apply, from the log and the
+/// state before its command, so every replica decides alike. Sixteen "create if absent"
+/// proposals in flight at once commit in the same few rounds (applied into one batch), and
+/// exactly one wins: each check sees the writes of the commands applied before it.
+#[tokio::test(start_paused = true)]
+async fn conditional_writes_decide_alike_on_every_replica_even_within_one_apply_round() {
+    use presage_replication::wire::{Expect, Op};
+    let c = Cluster::start(3, seed());
+    let leader = c.wait_leader(5 * SEC).await;
+    let h = c.handle(leader).expect("leader handle");
+    let epoch = c.epoch().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16u8 {
+        let h = h.clone();
+        let ops = vec![Op::check(b"k".to_vec(), Expect::Absent, Vec::new()), Op::put(b"k".to_vec(), vec![i])];
+        tasks.spawn(async move { (i, h.write(presage_tests::cluster::SHARD, epoch, ops).await) });
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            (i, Ok(())) => winners.push(i),
+            (_, Err(Error::ConditionFailed { key, current, .. })) => losers.push((key, current)),
+            (i, Err(e)) => panic!("write {i}: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create-if-absent wins");
+    let won = vec![winners[0]];
+    assert!(losers.iter().all(|(k, cur)| k == b"k" && cur.as_ref() == Some(&won)), "{losers:?}");
+    // Equals: a compare-and-set succeeds on the value it read and fails on a stale one.
+    let cas = |expect: Vec<u8>, new: u8| {
+        vec![Op::check(b"k".to_vec(), Expect::Equals, expect), Op::put(b"k".to_vec(), vec![new])]
+    };
+    c.write(cas(won.clone(), 100), 5 * SEC).await.expect("CAS on the current value");
+    let stale = c.write(cas(won, 101), 5 * SEC).await;
+    assert!(matches!(stale, Err(Error::ConditionFailed { current: Some(ref v), .. }) if v == &vec![100]), "{stale:?}");
+    // Present: a delete only if there; a failed check writes nothing of its command.
+    let ops =
+        vec![Op::check(b"absent".to_vec(), Expect::Present, Vec::new()), Op::put(b"side".to_vec(), b"x".to_vec())];
+    assert!(matches!(c.write(ops, 5 * SEC).await, Err(Error::ConditionFailed { current: None, .. })));
+    assert_eq!(c.get(b"side").await.expect("get"), None, "a failed check applies none of its command's writes");
+    assert_eq!(c.get(b"k").await.expect("get"), Some(vec![100]));
+    c.wait_converged(5 * SEC).await;
+}
+
+/// Expiry: a value past its deadline reads as absent, fails `Present` checks, and the
+/// leader's sweep deletes it on every replica; a value before its deadline stays.
+#[tokio::test(start_paused = true)]
+async fn expired_values_read_absent_and_the_sweep_removes_them_everywhere() {
+    use presage_engine::{Cf, Reader};
+    use presage_replication::value::wall_now_ms;
+    use presage_replication::wire::{Expect, Op};
+    let c = Cluster::start(3, seed());
+    c.wait_leader(5 * SEC).await;
+    let now = wall_now_ms();
+    let hour_ms = 3_600_000;
+    c.write(vec![Op::put_expiring(b"gone".to_vec(), b"v".to_vec(), now - 1)], 5 * SEC).await.expect("put");
+    c.write(vec![Op::put_expiring(b"kept".to_vec(), b"v".to_vec(), now + hour_ms)], 5 * SEC).await.expect("put");
+    c.put(b"plain", b"v").await.expect("put");
+    assert_eq!(c.get(b"gone").await.expect("get"), None);
+    assert_eq!(c.get(b"kept").await.expect("get"), Some(b"v".to_vec()));
+    let present = vec![Op::check(b"gone".to_vec(), Expect::Present, Vec::new()), Op::delete(b"plain".to_vec())];
+    assert!(matches!(c.write(present, 5 * SEC).await, Err(Error::ConditionFailed { current: None, .. })));
+    // The sweep (a page every few ticks) deletes the expired value's bytes on every node.
+    let deadline = tokio::time::Instant::now() + 20 * SEC;
+    loop {
+        let left: Vec<u64> =
+            c.all().into_iter().filter(|id| c.engine(*id).get(Cf::Data, b"gone").ok().flatten().is_some()).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes {left:?} still hold the expired value");
+        tokio::time::sleep(SEC / 2).await;
+    }
+    for id in c.all() {
+        assert!(c.engine(id).get(Cf::Data, b"kept").expect("read").is_some(), "node {id} kept the live value");
+    }
+    assert_eq!(c.get(b"plain").await.expect("get"), Some(b"v".to_vec()));
+}

@@ -14,7 +14,7 @@ use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMe
 use serde::{Deserialize, Serialize};
 
 use crate::net::{NetConfig, TcpRpc};
-use crate::proto::{BatchOp, ProtoError, Request, Response, Route};
+use crate::proto::{BatchOp, Expect, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
@@ -167,6 +167,41 @@ impl Client {
         expect_done(r)
     }
 
+    /// Sets `key` to `value` for `ttl` (at least 1 ms); the key then reads as absent.
+    pub async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<(), ClientError> {
+        let ttl_ms = ttl_ms(ttl)?;
+        self.batch(vec![BatchOp::PutExpiring { key: key.to_vec(), value: value.to_vec(), ttl_ms }]).await
+    }
+
+    /// Carries out `write` (a put, expiring put or delete) only if `key`'s value meets
+    /// `expect` when it applies; atomic. `Ok(Err(current))` when the condition did not hold:
+    /// nothing was written and `current` is the value then. A lost answer is
+    /// [`ClientError::OutcomeUnknown`], never retried, since a retry could find its own write.
+    pub async fn write_if(&self, expect: Expect, write: BatchOp) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
+        if !write.is_write() {
+            return Err(ClientError::Invalid("write_if takes a put, expiring put or delete".into()));
+        }
+        check_op(&write)?;
+        let key = write.key().to_vec();
+        let ops = vec![BatchOp::Check { key: key.clone(), expect }, write];
+        let answer = self.routed(&key, true, |s| Request::Batch { route: route(s), ops: ops.clone() }).await;
+        match answer {
+            Ok(r) => expect_done(r).map(Ok),
+            Err(ClientError::Refused(ProtoError::ConditionFailed { current, .. })) => Ok(Err(current)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets `key` to `value` only if its value meets `expect` (see [`Client::write_if`]).
+    pub async fn put_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
+        self.write_if(expect, BatchOp::Put { key: key.to_vec(), value: value.to_vec() }).await
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
@@ -198,10 +233,12 @@ impl Client {
             )));
         }
         for op in &ops {
-            check_key(op.key())?;
-            if let BatchOp::Put { value, .. } = op {
-                check_value(value)?;
+            if !op.is_write() {
+                return Err(ClientError::Invalid(
+                    "a check in a batch would gate only its own shard's part: use write_if".into(),
+                ));
             }
+            check_op(op)?;
         }
         // Group by the cached directory; each group re-partitions if shards changed.
         let mut groups: BTreeMap<Option<u64>, Vec<BatchOp>> = BTreeMap::new();
@@ -255,8 +292,8 @@ impl Client {
                     max_bytes,
                 })
                 .await?;
-            let Response::Pairs { pairs, more } = resp else { return Err(unexpected(&resp)) };
-            let last = pairs.last().map(|(k, _)| k.clone());
+            let Response::Pairs { pairs, more, resume_after } = resp else { return Err(unexpected(&resp)) };
+            let last = resume_after.or_else(|| pairs.last().map(|(k, _)| k.clone()));
             out.extend(pairs);
             from = match (more, last) {
                 (true, Some(mut k)) => {
@@ -483,6 +520,21 @@ fn check_value(value: &[u8]) -> Result<(), ClientError> {
         return Err(ClientError::Invalid(format!("value of {} bytes > {MAX_VALUE_BYTES}", value.len())));
     }
     Ok(())
+}
+
+fn check_op(op: &BatchOp) -> Result<(), ClientError> {
+    check_key(op.key())?;
+    if let BatchOp::PutExpiring { ttl_ms: 0, .. } = op {
+        return Err(ClientError::Invalid("a time to live is at least 1 ms".into()));
+    }
+    op.value().map_or(Ok(()), check_value)
+}
+
+fn ttl_ms(ttl: Duration) -> Result<u64, ClientError> {
+    match u64::try_from(ttl.as_millis()) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err(ClientError::Invalid(format!("time to live {ttl:?}: must be 1 ms or more"))),
+    }
 }
 
 fn route(s: &ShardMeta) -> Route {

@@ -142,22 +142,83 @@ pub enum BatchOp {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Set `key` to `value` for `ttl_ms`; the key then reads as absent.
+    PutExpiring {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Time to live (ms from when the leader proposes it), at least 1.
+        ttl_ms: u64,
+    },
+    /// A condition: if any check of the batch does not hold when the batch applies, none of
+    /// its writes do and the answer is [`ProtoError::ConditionFailed`]. Checks see the state
+    /// before the batch.
+    Check {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// What its value must be.
+        expect: Expect,
+    },
+}
+
+/// What a [`BatchOp::Check`] expects of a key's value (an expired value is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "is")]
+pub enum Expect {
+    /// The key has no value.
+    Absent,
+    /// The key has a value.
+    Present,
+    /// The key's value is this.
+    Equals {
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+}
+
+impl Expect {
+    /// Does `current` (the key's value) meet it?
+    pub fn holds(&self, current: Option<&[u8]>) -> bool {
+        match self {
+            Expect::Absent => current.is_none(),
+            Expect::Present => current.is_some(),
+            Expect::Equals { value } => current == Some(value.as_slice()),
+        }
+    }
 }
 
 impl BatchOp {
-    /// The key written.
+    /// The key written or checked.
     pub fn key(&self) -> &[u8] {
         match self {
-            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+            BatchOp::Put { key, .. }
+            | BatchOp::Delete { key }
+            | BatchOp::PutExpiring { key, .. }
+            | BatchOp::Check { key, .. } => key,
+        }
+    }
+
+    /// The value written, if any.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            BatchOp::Put { value, .. } | BatchOp::PutExpiring { value, .. } => Some(value),
+            BatchOp::Delete { .. } | BatchOp::Check { .. } => None,
         }
     }
 
     /// Key and value bytes.
     pub fn bytes(&self) -> usize {
-        match self {
-            BatchOp::Put { key, value } => key.len() + value.len(),
-            BatchOp::Delete { key } => key.len(),
-        }
+        self.key().len() + self.value().map_or(0, <[u8]>::len)
+    }
+
+    /// Is it a write (not a check)?
+    pub fn is_write(&self) -> bool {
+        !matches!(self, BatchOp::Check { .. })
     }
 }
 
@@ -232,6 +293,10 @@ pub enum Response {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         /// The shard holds more pairs in the range.
         more: bool,
+        /// With `more`: the next page starts after this key (the page may end in, or hold
+        /// only, expired values that are not returned).
+        #[serde(default, with = "serde_bytes")]
+        resume_after: Option<Vec<u8>>,
     },
     /// Directory entries.
     Routes {
@@ -330,6 +395,17 @@ pub enum ProtoError {
     /// The join was refused.
     #[error("join refused: {0}")]
     JoinRefused(String),
+    /// A check of the batch did not hold; nothing was written. `current` is the key's
+    /// value when the batch was decided.
+    #[error("condition on key {} failed", String::from_utf8_lossy(key))]
+    ConditionFailed {
+        /// The key checked.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Its value then.
+        #[serde(with = "serde_bytes")]
+        current: Option<Vec<u8>>,
+    },
     /// An operator's command was refused.
     #[error("refused: {0}")]
     Refused(String),

@@ -105,13 +105,52 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlaygroundError
     move |source| PlaygroundError::Io { what, source }
 }
 
-/// Free loopback ports (held until all are chosen, so they differ).
+/// Where [`free_ports`] looks first: below the kernel's ephemeral range, so the ports it
+/// chooses are not taken by outgoing connections (which get ephemeral ports) between the
+/// choice and the node binding them.
+const PORT_FLOOR: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (Linux; 32768 elsewhere).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768)
+}
+
+/// `n` free, distinct loopback ports, held until all are chosen. They come from below the
+/// ephemeral range when there is room there (starting at a place derived from the process id
+/// and a counter, so playgrounds started at once do not probe the same ports), else from the
+/// kernel.
 fn free_ports(n: usize) -> Result<Vec<u16>, PlaygroundError> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(io("choosing free ports"))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(io("choosing free ports"))).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static STARTS: AtomicU32 = AtomicU32::new(0);
+    let ceiling = ephemeral_floor();
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    if ceiling > PORT_FLOOR + 1_000 {
+        let span = u32::from(ceiling - PORT_FLOOR);
+        let salt = std::process::id().wrapping_mul(7_919).wrapping_add(STARTS.fetch_add(1, Ordering::Relaxed) * 613);
+        for probe in 0..span {
+            if held.len() == n {
+                break;
+            }
+            let port = PORT_FLOOR + ((salt.wrapping_add(probe)) % span) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                held.push(l);
+            }
+        }
+    }
+    while held.len() < n {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0").map_err(io("choosing free ports"))?);
+    }
+    held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(io("choosing free ports"))).collect()
+}
+
+/// The last `lines` lines of a node's log (for error messages).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Playground {
@@ -182,9 +221,10 @@ impl Playground {
                 if let Ok(Some(status)) = c.try_wait() {
                     let log = node.config.with_file_name("node.log");
                     return Err(PlaygroundError::NotReady(format!(
-                        "node {} exited ({status}); see {}",
+                        "node {} exited ({status}); see {}; it ends with:\n{}",
                         node.id,
-                        log.display()
+                        log.display(),
+                        log_tail(&log, 20)
                     )));
                 }
             }

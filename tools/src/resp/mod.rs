@@ -4,12 +4,16 @@
 //!
 //! - [`parse`]: bounded command parsing and reply encoding.
 //!
-//! **Commands.** PING, ECHO, GET, SET, DEL, EXISTS, MGET, MSET, SCAN (cursor over the
-//! ordered keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
-//! SETNAME/GETNAME/SETINFO/ID, SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
-//! `ERR unknown command`. Read-modify-write commands (SET NX/XX/GET, INCR/DECR and friends)
-//! and key expiry (SET EX/PX) need conditional writes in the replication layer, which it
-//! does not offer yet: they answer an error naming what is missing.
+//! **Commands.** PING, ECHO, GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT), SETNX, DEL,
+//! EXISTS, MGET, MSET, INCR, INCRBY, DECR, DECRBY, SCAN (cursor over the ordered keyspace,
+//! MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT SETNAME/GETNAME/SETINFO/ID,
+//! SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's `ERR unknown command`.
+//!
+//! **Conditional writes.** NX, XX and SETNX are one conditional write (a check applied with
+//! the write, in the Raft log). INCR and SET ... GET read the value, then write conditional
+//! on it and read again if another writer got in between (at most `MAX_CAS_ATTEMPTS`), so
+//! they are atomic. Unlike Redis, INCR leaves a persistent value (the old one's expiry is
+//! dropped), and KEEPTTL is refused.
 //!
 //! **Cursors.** Redis clients expect SCAN cursors to be integers, but Presage scans by key.
 //! Each node keeps up to `MAX_SCAN_CURSORS` cursors (the key to resume from, by number);
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use presage_client::{BatchOp, Client, ClientError};
+use presage_client::{BatchOp, Client, ClientError, Expect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -261,18 +265,26 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             Ok(None) => Reply::Null,
             Err(e) => client_error(&e),
         },
-        "SET" if argc >= 3 => {
-            if let Some(opt) = args[3..].first() {
-                return Reply::err(format!(
-                    "SET {}: conditional writes and key expiry are not supported yet",
-                    String::from_utf8_lossy(opt)
-                ));
-            }
-            match c.put(&args[1], &args[2]).await {
-                Ok(()) => Reply::ok(),
+        "SET" if argc >= 3 => match SetOptions::parse(&args[3..]) {
+            Ok(opts) => set(c, &args[1], &args[2], opts).await,
+            Err(e) => e,
+        },
+        "SETNX" if argc == 3 => {
+            match c.write_if(Expect::Absent, BatchOp::Put { key: args[1].clone(), value: args[2].clone() }).await {
+                Ok(Ok(())) => Reply::Int(1),
+                Ok(Err(_)) => Reply::Int(0),
                 Err(e) => client_error(&e),
             }
         }
+        "INCR" | "DECR" if argc == 2 => incr_by(c, &args[1], if name == "INCR" { 1 } else { -1 }).await,
+        "INCRBY" | "DECRBY" if argc == 3 => match int_arg(&args[2]) {
+            Ok(d) if name == "INCRBY" => incr_by(c, &args[1], d).await,
+            Ok(d) => match d.checked_neg() {
+                Some(d) => incr_by(c, &args[1], d).await,
+                None => Reply::err("decrement would overflow"),
+            },
+            Err(e) => e,
+        },
         "MSET" if argc >= 3 && argc % 2 == 1 => {
             let ops = args[1..].chunks(2).map(|kv| BatchOp::Put { key: kv[0].clone(), value: kv[1].clone() }).collect();
             match c.batch(ops).await {
@@ -310,9 +322,6 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
             Err(e) => client_error(&e),
         },
-        "INCR" | "INCRBY" | "DECR" | "DECRBY" | "SETNX" => {
-            Reply::err(format!("{name} needs conditional writes, which Presage does not support yet"))
-        }
         "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
         "DBSIZE" if argc == 1 => dbsize(shared).await,
         "INFO" => Reply::Bulk(info(shared, s).into_bytes()),
@@ -343,6 +352,139 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             ))
         }
     }
+}
+
+/// Attempts of a read-then-conditional-write command (INCR, SET ... GET) before it gives up
+/// under contention.
+const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// The options of `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct SetOptions {
+    /// `Some(Absent)` for NX, `Some(Present)` for XX.
+    only_if: Option<Expect>,
+    /// Reply with the old value.
+    get: bool,
+    /// Time to live, ms.
+    ttl_ms: Option<u64>,
+}
+
+impl SetOptions {
+    fn parse(args: &[Vec<u8>]) -> Result<SetOptions, Reply> {
+        let syntax = || Reply::err("syntax error");
+        let bad_expire = || Reply::err("invalid expire time in 'set' command");
+        let mut o = SetOptions::default();
+        let mut i = 0;
+        while i < args.len() {
+            let opt = upper(&args[i]);
+            match opt.as_str() {
+                "NX" | "XX" if o.only_if.is_none() => {
+                    o.only_if = Some(if opt == "NX" { Expect::Absent } else { Expect::Present });
+                }
+                "GET" if !o.get => o.get = true,
+                "EX" | "PX" | "EXAT" | "PXAT" if o.ttl_ms.is_none() => {
+                    let n = args.get(i + 1).ok_or_else(syntax).and_then(|a| int_arg(a))?;
+                    i += 1;
+                    if n <= 0 {
+                        return Err(bad_expire());
+                    }
+                    let n = n as u64;
+                    let now_ms = presage_replication::value::wall_now_ms();
+                    let ttl = match opt.as_str() {
+                        "EX" => n.checked_mul(1_000),
+                        "PX" => Some(n),
+                        // A time already past leaves the key expired at once.
+                        "EXAT" => n.checked_mul(1_000).map(|at| at.saturating_sub(now_ms).max(1)),
+                        _ => Some(n.saturating_sub(now_ms).max(1)),
+                    };
+                    o.ttl_ms = Some(ttl.ok_or_else(bad_expire)?);
+                }
+                "KEEPTTL" => return Err(Reply::err("SET KEEPTTL is not supported by Presage")),
+                _ => return Err(syntax()),
+            }
+            i += 1;
+        }
+        Ok(o)
+    }
+
+    fn write(&self, key: &[u8], value: &[u8]) -> BatchOp {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        match self.ttl_ms {
+            Some(ttl_ms) => BatchOp::PutExpiring { key, value, ttl_ms },
+            None => BatchOp::Put { key, value },
+        }
+    }
+}
+
+/// `SET`: a plain or expiring put, conditional with NX/XX; with GET the old value is read
+/// and the write made conditional on it (retried if the key changed in between).
+async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
+    let write = o.write(key, value);
+    if !o.get {
+        return match o.only_if {
+            None => match c.batch(vec![write]).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => client_error(&e),
+            },
+            Some(expect) => match c.write_if(expect, write).await {
+                Ok(Ok(())) => Reply::ok(),
+                Ok(Err(_)) => Reply::Null,
+                Err(e) => client_error(&e),
+            },
+        };
+    }
+    let old_reply = |old: Option<Vec<u8>>| old.map_or(Reply::Null, Reply::Bulk);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let old = match c.get(key).await {
+            Ok(v) => v,
+            Err(e) => return client_error(&e),
+        };
+        if o.only_if.as_ref().is_some_and(|e| !e.holds(old.as_deref())) {
+            return old_reply(old); // NX/XX not met: nothing written
+        }
+        let expect = match &old {
+            Some(v) => Expect::Equals { value: v.clone() },
+            None => Expect::Absent,
+        };
+        match c.write_if(expect, write.clone()).await {
+            Ok(Ok(())) => return old_reply(old),
+            Ok(Err(_)) => continue, // changed since the read: read again
+            Err(e) => return client_error(&e),
+        }
+    }
+    Reply::err(format!("SET GET gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
+}
+
+/// `INCRBY key delta`: read, add, write conditional on the value read; retried while other
+/// writers get in between. The result is a plain (persistent) value.
+async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let old = match c.get(key).await {
+            Ok(v) => v,
+            Err(e) => return client_error(&e),
+        };
+        let current = match &old {
+            Some(v) => match int_arg(v) {
+                Ok(n) => n,
+                Err(e) => return e,
+            },
+            None => 0,
+        };
+        let Some(new) = current.checked_add(delta) else {
+            return Reply::err("increment or decrement would overflow");
+        };
+        let expect = match old {
+            Some(value) => Expect::Equals { value },
+            None => Expect::Absent,
+        };
+        let write = BatchOp::Put { key: key.to_vec(), value: new.to_string().into_bytes() };
+        match c.write_if(expect, write).await {
+            Ok(Ok(())) => return Reply::Int(new),
+            Ok(Err(_)) => continue,
+            Err(e) => return client_error(&e),
+        }
+    }
+    Reply::err(format!("INCR gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
 }
 
 fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {

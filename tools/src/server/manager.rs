@@ -130,10 +130,10 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
         let read =
             ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
         let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
-        let ReadResponse::Pairs { pairs: page, more } = answer else {
+        let ReadResponse::Pairs { pairs: page, more, resume_after } = answer else {
             return Err("the meta scan answered a value".into());
         };
-        let last = page.last().map(|(k, _)| k.clone());
+        let last = resume_after.or_else(|| page.last().map(|(k, _)| k.clone()));
         pairs.extend(page);
         match (more, last) {
             (true, Some(k)) => range = range.after(&k).ok_or("meta scan past its end")?,

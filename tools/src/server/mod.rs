@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presage_client::proto::{nodes_digest, ClusterInfo, ShardRow};
-use presage_client::{BatchOp, ProtoError, Request, Response, Route, Rpc, RpcError};
+use presage_client::{BatchOp, Expect, ProtoError, Request, Response, Route, Rpc, RpcError};
 use presage_engine::{Engine, KeyRange};
+use presage_replication::wire::Expect as WireExpect;
 use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
 use presage_shardmgr::{
     is_system_key, AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId,
@@ -431,6 +432,18 @@ impl<E: Engine> Inner<E> {
                     .map(|op| match op {
                         BatchOp::Put { key, value } => Op::put(key.clone(), value.clone()),
                         BatchOp::Delete { key } => Op::delete(key.clone()),
+                        BatchOp::PutExpiring { key, value, ttl_ms } => {
+                            let deadline = presage_replication::value::wall_now_ms().saturating_add(*ttl_ms);
+                            Op::put_expiring(key.clone(), value.clone(), deadline)
+                        }
+                        BatchOp::Check { key, expect } => {
+                            let (kind, value) = match expect {
+                                Expect::Absent => (WireExpect::Absent, Vec::new()),
+                                Expect::Present => (WireExpect::Present, Vec::new()),
+                                Expect::Equals { value } => (WireExpect::Equals, value.clone()),
+                            };
+                            Op::check(key.clone(), kind, value)
+                        }
                     })
                     .collect();
                 self.node.write(shard, epoch, ops).await.map(|()| Response::Done)
@@ -440,7 +453,9 @@ impl<E: Engine> Inner<E> {
                     .map_err(|e| presage_replication::Error::Corrupt { what: "scan range", reason: e.to_string() })?;
                 let read = ReadRequest::Scan { range, max_keys: *max_keys as usize, max_bytes: *max_bytes as usize };
                 match self.node.read(shard, epoch, read).await? {
-                    ReadResponse::Pairs { pairs, more } => Ok(Response::Pairs { pairs, more }),
+                    ReadResponse::Pairs { pairs, more, resume_after } => {
+                        Ok(Response::Pairs { pairs, more, resume_after })
+                    }
                     ReadResponse::Value(_) => {
                         Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "value".into() })
                     }
@@ -622,6 +637,16 @@ impl<E: Engine> Inner<E> {
 
 /// Refuses system keys and requests over the limits.
 fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError> {
+    let value_ok = |v: &[u8]| -> Result<(), ProtoError> {
+        if v.len() > presage_client::client::MAX_VALUE_BYTES {
+            return Err(ProtoError::Invalid(format!(
+                "value of {} bytes > {}",
+                v.len(),
+                presage_client::client::MAX_VALUE_BYTES
+            )));
+        }
+        Ok(())
+    };
     let key_ok = |k: &[u8]| -> Result<(), ProtoError> {
         if is_system_key(k) {
             return Err(ProtoError::ReservedKey);
@@ -632,12 +657,25 @@ fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError
         Ok(())
     };
     match request {
-        Request::Get { key, .. } | Request::Delete { key, .. } | Request::Put { key, .. } => key_ok(key),
+        Request::Get { key, .. } | Request::Delete { key, .. } => key_ok(key),
+        Request::Put { key, value, .. } => {
+            key_ok(key)?;
+            value_ok(value)
+        }
         Request::Batch { ops, .. } => {
             if ops.is_empty() || ops.len() > cfg.max_batch_ops {
                 return Err(ProtoError::Invalid(format!("a batch holds 1..={} ops", cfg.max_batch_ops)));
             }
-            ops.iter().try_for_each(|op| key_ok(op.key()))
+            if !ops.iter().any(BatchOp::is_write) {
+                return Err(ProtoError::Invalid("a batch of checks only writes nothing".into()));
+            }
+            ops.iter().try_for_each(|op| {
+                key_ok(op.key())?;
+                if let BatchOp::PutExpiring { ttl_ms: 0, .. } = op {
+                    return Err(ProtoError::Invalid("a time to live is at least 1 ms".into()));
+                }
+                op.value().map_or(Ok(()), value_ok)
+            })
         }
         Request::Scan { start, end, max_keys, max_bytes, .. } => {
             key_ok(start)?;

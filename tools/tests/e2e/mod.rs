@@ -205,6 +205,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert_eq!(removed, 1);
     let got: Option<String> = redis::cmd("GET").arg("gone").query_async(&mut resp).await.expect("GET");
     assert_eq!(got, None);
+    conditional_and_expiring_writes(&node).await;
     let (answer, _) = raw(&node.admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(answer.contains("presage_requests_total{command=\"set\",protocol=\"resp\",result=\"ok\"}"), "{answer}");
     assert!(
@@ -273,4 +274,75 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("server.request-timeout-ms") && stderr.contains("not a duration"), "{stderr}");
     pg.stop(Duration::from_secs(15));
+}
+
+/// SET NX/XX/GET/EX/PX, SETNX and INCR over RESP, and the native client's conditional and
+/// expiring writes, against a running node.
+async fn conditional_and_expiring_writes(node: &presage_tools::node::playground::PlaygroundNode) {
+    let mut conn = redis_conn(&node.resp).await;
+    let r = &mut conn;
+    use redis::Value::{BulkString, Int, Nil, Okay};
+    let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
+    assert_eq!(run(r, &["SET", "c1", "a", "NX"]).await.expect("SET NX"), Okay);
+    assert_eq!(run(r, &["SET", "c1", "b", "NX"]).await.expect("SET NX"), Nil, "NX on a present key writes nothing");
+    assert_eq!(run(r, &["SET", "c2", "x", "XX"]).await.expect("SET XX"), Nil, "XX on an absent key writes nothing");
+    assert_eq!(run(r, &["GET", "c2"]).await.expect("GET"), Nil);
+    assert_eq!(run(r, &["SET", "c1", "b", "XX"]).await.expect("SET XX"), Okay);
+    assert_eq!(run(r, &["SET", "c1", "z", "GET"]).await.expect("SET GET"), bulk("b"));
+    assert_eq!(run(r, &["SET", "c1", "w", "NX", "GET"]).await.expect("SET NX GET"), bulk("z"));
+    assert_eq!(run(r, &["GET", "c1"]).await.expect("GET"), bulk("z"));
+    assert_eq!(run(r, &["SETNX", "c3", "1"]).await.expect("SETNX"), Int(1));
+    assert_eq!(run(r, &["SETNX", "c3", "2"]).await.expect("SETNX"), Int(0));
+    assert_eq!(run(r, &["INCRBY", "c3", "41"]).await.expect("INCRBY"), Int(42));
+    assert_eq!(run(r, &["DECRBY", "c3", "2"]).await.expect("DECRBY"), Int(40));
+    assert_eq!(run(r, &["DECR", "c3"]).await.expect("DECR"), Int(39));
+    let e = run(r, &["INCR", "c1"]).await.expect_err("INCR of a non-integer");
+    assert!(e.to_string().contains("not an integer"), "{e}");
+    let e = run(r, &["SET", "c4", "v", "EX", "0"]).await.expect_err("EX 0");
+    assert!(e.to_string().contains("invalid expire time"), "{e}");
+    let e = run(r, &["SET", "c4", "v", "NX", "XX"]).await.expect_err("NX XX");
+    assert!(e.to_string().contains("syntax error"), "{e}");
+    // Expiry: a key set for 50 ms is gone later; one set for an hour stays.
+    assert_eq!(run(r, &["SET", "t1", "v", "PX", "50"]).await.expect("SET PX"), Okay);
+    assert_eq!(run(r, &["SET", "t2", "v", "EX", "3600"]).await.expect("SET EX"), Okay);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run(r, &["GET", "t1"]).await.expect("GET"), Nil, "expired");
+    assert_eq!(run(r, &["EXISTS", "t1", "t2"]).await.expect("EXISTS"), Int(1));
+    assert_eq!(run(r, &["SET", "t1", "again", "NX"]).await.expect("SET NX"), Okay, "an expired key is absent");
+
+    // INCR from four connections at once: every increment counts exactly once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let addr = node.resp.clone();
+        tasks.spawn(async move {
+            let mut c = redis_conn(&addr).await;
+            for _ in 0..25 {
+                let _: i64 = redis::cmd("INCR").arg("ctr").query_async(&mut c).await.expect("INCR");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let ctr: i64 = redis::cmd("GET").arg("ctr").query_async(r).await.expect("GET ctr");
+    assert_eq!(ctr, 100);
+
+    // The native client: compare-and-set and a time to live.
+    let client = Client::connect(&[node.native.as_str()], ClientConfig::default()).await.expect("client");
+    use presage_client::Expect;
+    assert_eq!(client.put_if(b"n1", b"1", Expect::Absent).await.expect("put_if"), Ok(()));
+    assert_eq!(client.put_if(b"n1", b"2", Expect::Absent).await.expect("put_if"), Err(Some(b"1".to_vec())));
+    let cas = client.put_if(b"n1", b"2", Expect::Equals { value: b"1".to_vec() }).await.expect("put_if");
+    assert_eq!(cas, Ok(()));
+    client.put_with_ttl(b"n2", b"v", Duration::from_millis(20)).await.expect("put_with_ttl");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.get(b"n2").await.expect("get"), None);
+    let scanned = client.scan(b"n", Some(b"o"), 10).await.expect("scan");
+    assert_eq!(scanned, vec![(b"n1".to_vec(), b"2".to_vec())], "a scan skips expired values");
+}
+
+async fn run(r: &mut redis::aio::MultiplexedConnection, parts: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut c = redis::cmd(parts[0]);
+    for p in &parts[1..] {
+        c.arg(*p);
+    }
+    c.query_async(r).await
 }
