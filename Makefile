@@ -1,5 +1,5 @@
 # Presage - the two commands a person needs on a fresh machine:
-#   make demo   run the main job (today: the storage-engine walkthrough)
+#   make demo   run the main job: a 5-node local cluster under a zipfian workload
 #   make test   run the whole test suite
 # Both first install any missing system packages (scripts/setup.sh).
 
@@ -22,9 +22,11 @@ build: setup
 test: setup
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
+# The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".
+DEMO_ARGS ?=
 demo: setup
-	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage
-	"$(CARGO_TARGET_DIR)/release/presage" demo
+	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage --bin presage-ctl
+	"$(CARGO_TARGET_DIR)/release/presage" demo $(DEMO_ARGS)
 
 # Engine, replication and idle-shard figures with side-by-side baselines (README "Benchmarks").
 bench: setup

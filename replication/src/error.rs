@@ -58,6 +58,9 @@ pub enum Error {
         /// Its live value then.
         current: Option<Vec<u8>>,
     },
+    /// The request is over a limit or malformed; it had no effect.
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// A leadership transfer was refused.
     #[error("shard {shard_id}: leadership transfer to {to} refused: {reason}")]
     TransferRefused {

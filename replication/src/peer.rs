@@ -2,6 +2,7 @@
 //! reads waiting on it, and the apply of committed entries into the engine.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch, WriteOp};
@@ -123,6 +124,8 @@ pub struct Peer<E: Engine> {
     pub(crate) merged_sources: Vec<u64>,
     /// The expiry sweep's state (see [`Peer::sweep_expired`]).
     sweep: Sweep,
+    /// The latest expiry time this replica used (see [`Peer::now_ms`]).
+    clock_floor_ms: u64,
 }
 
 /// Where the leader's sweep of expired values is. It walks the shard a page at a time and
@@ -134,8 +137,10 @@ struct Sweep {
     expiring: bool,
     /// One was seen (or written) during the current pass.
     seen_this_pass: bool,
-    /// The next pass page starts here.
-    cursor: Vec<u8>,
+    /// The next page starts after this key; `None`: at the shard's start.
+    resume_after: Option<Vec<u8>>,
+    /// A sweep proposal is waiting to apply: no other is made meanwhile.
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Bytes one sweep page may read.
@@ -170,60 +175,95 @@ impl<E: Engine> Peer<E> {
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
             merged_sources: Vec::new(),
-            sweep: Sweep { expiring: true, seen_this_pass: false, cursor: Vec::new() },
+            sweep: Sweep {
+                expiring: true,
+                seen_this_pass: false,
+                resume_after: None,
+                in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            },
+            clock_floor_ms: 0,
         })
     }
 
     /// On the leader: reads the next `max_keys` keys of the sweep and proposes deleting those
-    /// expired by the wall clock (each delete re-checks expiry at apply, so a value written
-    /// since is kept). Does nothing when the shard holds no expiring values.
+    /// expired by the clock (each delete re-checks expiry at apply, so a value written since
+    /// is kept). Does nothing when the shard holds no expiring values, or while the last
+    /// sweep proposal is still in flight.
     pub(crate) fn sweep_expired(&mut self, max_keys: usize) -> Result<()> {
-        if !self.is_leader() || !self.sweep.expiring || self.descriptor().merging_into.is_some() {
+        if !self.is_leader()
+            || !self.sweep.expiring
+            || self.descriptor().merging_into.is_some()
+            || self.sweep.in_flight.load(std::sync::atomic::Ordering::Acquire)
+        {
             return Ok(());
         }
         let desc = self.descriptor().clone();
         let shard = desc.range()?;
-        let start = self.sweep.cursor.as_slice().max(shard.start()).to_vec();
-        let range = KeyRange::new(start, shard.end().map(<[u8]>::to_vec))?;
+        // Resume after the last key looked at, if it is still inside the shard (a split or
+        // merge may have moved the bounds since).
+        let range = match self.sweep.resume_after.take() {
+            Some(k) if shard.contains(&k) => match shard.after(&k) {
+                Some(r) => r,
+                None => {
+                    self.end_sweep_pass();
+                    return Ok(());
+                }
+            },
+            _ => shard,
+        };
         let engine = self.raw.store().engine().clone();
         let page = engine.scan(Cf::Data, &range, ScanOrder::Forward, ScanLimit::new(max_keys, SWEEP_PAGE_BYTES))?;
-        let now_ms = value::wall_now_ms();
+        let now_ms = self.now_ms();
         let mut ops = Vec::new();
         for (k, stored) in &page.pairs {
-            let v = value::decode(k, stored)?;
-            if v.deadline_ms.is_some() {
-                self.sweep.seen_this_pass = true;
-                if !v.live_at(now_ms) {
-                    ops.push(Op::delete_expired(k.clone()));
+            match value::decode(k, stored) {
+                Ok(v) if v.deadline_ms.is_some() => {
+                    self.sweep.seen_this_pass = true;
+                    if !v.live_at(now_ms) {
+                        ops.push(Op::delete_expired(k.clone()));
+                    }
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(shard = desc.id, error = %e, "expiry sweep skips an undecodable value"),
             }
         }
         match (page.more, page.pairs.last()) {
-            (true, Some((last, _))) => {
-                self.sweep.cursor = last.clone();
-                self.sweep.cursor.push(0);
-            }
-            _ => {
-                self.sweep.cursor.clear();
-                self.sweep.expiring = self.sweep.seen_this_pass;
-                self.sweep.seen_this_pass = false;
-            }
+            (true, Some((last, _))) => self.sweep.resume_after = Some(last.clone()),
+            _ => self.end_sweep_pass(),
         }
         if !ops.is_empty() {
-            let shard_id = desc.id;
-            let n = ops.len();
+            let (shard_id, n) = (desc.id, ops.len());
+            let in_flight = Arc::clone(&self.sweep.in_flight);
+            in_flight.store(true, std::sync::atomic::Ordering::Release);
             self.propose(
                 desc.epoch(),
                 ops,
-                Box::new(move |r| match r {
-                    Ok(()) => tracing::debug!(shard = shard_id, keys = n, "expired values swept"),
-                    Err(e) => {
-                        tracing::debug!(shard = shard_id, error = %e, "expiry sweep not applied; the next pass retries")
+                Box::new(move |r| {
+                    in_flight.store(false, std::sync::atomic::Ordering::Release);
+                    match r {
+                        Ok(()) => tracing::debug!(shard = shard_id, keys = n, "expired values swept"),
+                        Err(e) => tracing::debug!(shard = shard_id, error = %e, "expiry sweep not applied; retried"),
                     }
                 }),
             );
         }
         Ok(())
+    }
+
+    /// A sweep pass reached the shard's end: walk again only if it saw an expiring value.
+    fn end_sweep_pass(&mut self) {
+        self.sweep.resume_after = None;
+        self.sweep.expiring = self.sweep.seen_this_pass;
+        self.sweep.seen_this_pass = false;
+    }
+
+    /// The clock for expiry on this replica: the wall clock, never behind a time this replica
+    /// already applied or read with, so a value seen expired stays expired across proposals
+    /// and reads even if the wall clock steps back. (It is not persisted: after a restart,
+    /// or under a new leader, it is only as good as the clocks' agreement.)
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        self.clock_floor_ms = self.clock_floor_ms.max(value::wall_now_ms());
+        self.clock_floor_ms
     }
 
     /// The shard id.
@@ -312,13 +352,16 @@ impl<E: Engine> Peer<E> {
         if let Err(e) = self.check_epoch(epoch, ops.iter().flat_map(op_keys)) {
             return cb(Err(e));
         }
-        let cmd = Command {
-            shard_id: self.shard_id(),
-            epoch: Some(epoch),
-            ops,
-            now_ms: value::wall_now_ms(),
-            ..Command::default()
-        };
+        let too_large = ops.iter().find_map(|op| match &op.kind {
+            Some(op::Kind::Put(p)) if p.value.len() > value::MAX_USER_VALUE_BYTES => Some(p.value.len()),
+            _ => None,
+        });
+        if let Some(len) = too_large {
+            let max = value::MAX_USER_VALUE_BYTES;
+            return cb(Err(Error::Invalid(format!("a value of {len} bytes is over the {max}-byte limit"))));
+        }
+        let cmd =
+            Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, now_ms: self.now_ms(), ..Command::default() };
         self.propose_command(cmd, cb);
     }
 
@@ -531,7 +574,7 @@ impl<E: Engine> Peer<E> {
         let applied = self.raw.store().applied_index();
         let engine = self.raw.store().engine().clone();
         let desc = self.descriptor().clone();
-        let now_ms = value::wall_now_ms();
+        let now_ms = self.now_ms();
         let mut waiting = VecDeque::with_capacity(self.reads.len());
         for r in self.reads.drain(..) {
             if r.index.is_some_and(|i| i <= applied) {
@@ -571,6 +614,10 @@ impl<E: Engine> Peer<E> {
 
     /// Called after a soft-state change: a replica that stopped leading answers what waits.
     pub(crate) fn on_role_change(&mut self, done: &mut Completions) {
+        if self.is_leader() {
+            // A new leader does not know what its predecessor's sweep saw.
+            self.sweep.expiring = true;
+        }
         if !self.is_leader() && (!self.proposals.is_empty() || !self.reads.is_empty()) {
             self.fail_pending("leadership lost before the write applied", done);
         }
@@ -694,11 +741,19 @@ impl<E: Engine> Peer<E> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        // Every condition first, against the state before this command.
+        self.clock_floor_ms = self.clock_floor_ms.max(cmd.now_ms);
+        // Every condition first, against the state before this command. A value that does
+        // not decode is the same bytes on every replica: the command fails alike everywhere.
         let engine = self.raw.store().engine().clone();
         for op in &cmd.ops {
             if let Some(op::Kind::Check(c)) = &op.kind {
-                let current = current_live(&engine, wb, &c.key, cmd.now_ms)?;
+                let current = match current_stored(&engine, wb, &c.key)? {
+                    None => None,
+                    Some(stored) => match value::live_value(&c.key, &stored, cmd.now_ms) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(e)),
+                    },
+                };
                 if !check_holds(c, current.as_deref()) {
                     let (shard_id, key) = (self.shard_id(), c.key.clone());
                     return Ok(Err(Error::ConditionFailed { shard_id, key, current }));
@@ -719,10 +774,11 @@ impl<E: Engine> Peer<E> {
                 }
                 Some(op::Kind::DeleteExpired(d)) => {
                     let stored = current_stored(&engine, wb, &d.key)?;
-                    let expired = match &stored {
-                        Some(bytes) => !value::decode(&d.key, bytes)?.live_at(cmd.now_ms),
-                        None => false,
-                    };
+                    // An undecodable value is left alone (the same on every replica).
+                    let expired = stored
+                        .as_deref()
+                        .and_then(|bytes| value::decode(&d.key, bytes).ok())
+                        .is_some_and(|v| !v.live_at(cmd.now_ms));
                     if expired {
                         wb.delete(Cf::Data, d.key);
                     }
@@ -798,6 +854,7 @@ impl<E: Engine> Peer<E> {
         desc.epoch = Some(Epoch { version, ..desc.epoch() });
         debug_assert!(desc.range().is_ok(), "a merged range is valid");
         tracing::info!(shard = desc.id, source = source.id, version, "shards merged");
+        self.sweep.expiring = true; // the source's values may expire too
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);
         self.merged_sources.push(source.id);
@@ -853,14 +910,6 @@ fn current_stored<R: Reader>(engine: &R, wb: &WriteBatch, key: &[u8]) -> Result<
         }
     }
     Ok(engine.get(Cf::Data, key)?)
-}
-
-/// The user value of `key` live at `now_ms` (see [`current_stored`]).
-fn current_live<R: Reader>(engine: &R, wb: &WriteBatch, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
-    match current_stored(engine, wb, key)? {
-        Some(stored) => value::live_value(key, &stored, now_ms),
-        None => Ok(None),
-    }
 }
 
 /// Does `check` hold for the live value `current`?

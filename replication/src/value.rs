@@ -23,6 +23,9 @@ const EXPIRING: u8 = 1;
 /// Bytes of the deadline after [`EXPIRING`].
 const DEADLINE_BYTES: usize = 8;
 
+/// The largest user value: the engine's limit less the largest header.
+pub const MAX_USER_VALUE_BYTES: usize = presage_engine::MAX_VALUE_BYTES - 1 - DEADLINE_BYTES;
+
 /// A value as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored<'a> {

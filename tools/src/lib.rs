@@ -1,7 +1,8 @@
 //! Presage's programs. The binaries in `src/bin` are thin: argument parsing lives there, the
 //! work lives in these modules so that tests can drive it.
 //!
-//! - [`demo`]: `presage demo`, the walkthrough `make demo` runs.
+//! - [`demo`]: `presage demo`, the cluster demo `make demo` runs.
+//! - [`walkthrough`]: `presage walkthrough`, the storage engine step by step.
 //! - [`engine_bench`]: `presage-bench engine`, storage-engine figures with side-by-side baselines.
 //! - [`replication_bench`]: `presage-bench replication` and `idle`: replicated writes against
 //!   the raw engine, and the CPU of idle shards with quiescence on and off.
@@ -19,3 +20,4 @@ pub mod node;
 pub mod replication_bench;
 pub mod resp;
 pub mod server;
+pub mod walkthrough;

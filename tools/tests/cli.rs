@@ -13,10 +13,13 @@ fn bench() -> Command {
 }
 
 #[test]
-fn demo_runs_every_step_and_verifies() {
-    let out = presage().args(["demo", "--keys", "20000", "--value-bytes", "100"]).output().expect("run presage demo");
+fn walkthrough_runs_every_step_and_verifies() {
+    let out = presage()
+        .args(["walkthrough", "--keys", "20000", "--value-bytes", "100"])
+        .output()
+        .expect("run presage walkthrough");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "walkthrough failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for step in 1..=10 {
         assert!(
             stdout.contains(&format!("\n{step}. ")) || stdout.starts_with(&format!("{step}. ")),
@@ -28,14 +31,38 @@ fn demo_runs_every_step_and_verifies() {
     assert!(stdout.contains("range checksum of the copy matches the source"), "{stdout}");
 }
 
+/// `make demo`'s program, smaller and shorter: a load split happens, every sampled key reads
+/// back, the nodes stop cleanly.
 #[test]
-fn demo_refuses_bad_arguments_clearly() {
-    let out = presage().args(["demo", "--keys", "10"]).output().expect("run presage demo");
+fn cluster_demo_splits_a_hot_shard_and_stops_cleanly() {
+    let out = presage()
+        .args(["demo", "--nodes", "3", "--keys", "2000", "--seconds", "10", "--workers", "8", "--split-qps", "100"])
+        .output()
+        .expect("run presage demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in 1..=6 {
+        assert!(stdout.contains(&format!("{step}. ")), "step {step} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("] split: shard 1 split at user:"), "no load split seen:\n{stdout}");
+    assert!(stdout.contains("1000 of 1000 sampled keys read back"), "{stdout}");
+    assert!(stdout.contains("all 3 nodes stopped cleanly"), "{stdout}");
+}
+
+#[test]
+fn demo_and_walkthrough_refuse_bad_arguments_clearly() {
+    let out = presage().args(["walkthrough", "--keys", "10"]).output().expect("run presage walkthrough");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1000 keys"));
-    let out = presage().args(["demo", "--keys", "lots"]).output().expect("run presage demo");
+    let out = presage().args(["walkthrough", "--keys", "lots"]).output().expect("run presage walkthrough");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'lots'"));
+    let out = presage().args(["demo", "--regions", "4", "--nodes", "3"]).output().expect("run presage demo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least one node per region"));
+    let out = presage().args(["demo", "--read-percent", "101"]).output().expect("run presage demo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 100"));
 }
 
 #[test]

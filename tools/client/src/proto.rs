@@ -153,6 +153,18 @@ pub enum BatchOp {
         /// Time to live (ms from when the leader proposes it), at least 1.
         ttl_ms: u64,
     },
+    /// Set `key` to `value` until `deadline_ms` (Unix ms; a time already past leaves the key
+    /// absent at once).
+    PutUntil {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// When it expires.
+        deadline_ms: u64,
+    },
     /// A condition: if any check of the batch does not hold when the batch applies, none of
     /// its writes do and the answer is [`ProtoError::ConditionFailed`]. Checks see the state
     /// before the batch.
@@ -199,6 +211,7 @@ impl BatchOp {
             BatchOp::Put { key, .. }
             | BatchOp::Delete { key }
             | BatchOp::PutExpiring { key, .. }
+            | BatchOp::PutUntil { key, .. }
             | BatchOp::Check { key, .. } => key,
         }
     }
@@ -206,7 +219,9 @@ impl BatchOp {
     /// The value written, if any.
     pub fn value(&self) -> Option<&[u8]> {
         match self {
-            BatchOp::Put { value, .. } | BatchOp::PutExpiring { value, .. } => Some(value),
+            BatchOp::Put { value, .. } | BatchOp::PutExpiring { value, .. } | BatchOp::PutUntil { value, .. } => {
+                Some(value)
+            }
             BatchOp::Delete { .. } | BatchOp::Check { .. } => None,
         }
     }

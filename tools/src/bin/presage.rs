@@ -4,7 +4,9 @@
 //! - `presage playground --nodes N --regions R --data-dir DIR`: a local cluster of node
 //!   processes.
 //! - `presage config-defaults`: every setting with its default, as TOML.
-//! - `presage demo`: the storage-engine walkthrough.
+//! - `presage demo`: a local cluster at work: load, a zipfian workload, a load split and
+//!   rebalancing as they happen (what `make demo` runs).
+//! - `presage walkthrough`: the storage engine step by step in a temporary folder.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use presage_tools::metrics::Metrics;
 use presage_tools::node::config::NodeConfig;
 use presage_tools::node::playground::{Playground, PlaygroundOptions};
 use presage_tools::node::RunningNode;
+use presage_tools::walkthrough::{self, WalkthroughOptions};
 
 #[derive(Parser)]
 #[command(name = "presage", version, about = "Presage: a replicated key-value database that sees failures coming")]
@@ -48,16 +51,57 @@ enum Command {
     },
     /// Print every node setting with its default value (TOML).
     ConfigDefaults,
+    /// A local cluster at work: start a playground, load data, run a zipfian workload with a
+    /// progress bar, show the load split and rebalancing as they happen, summarise, stop.
+    Demo(Box<DemoArgs>),
     /// Walk through the storage engine in a temporary folder: write, scan, snapshot, export,
     /// a corrupted chunk refused, import, verify.
-    Demo {
+    Walkthrough {
         /// Keys to write (at least 1000).
-        #[arg(long, default_value_t = DemoOptions::default().keys)]
+        #[arg(long, default_value_t = WalkthroughOptions::default().keys)]
         keys: u64,
         /// Bytes per value.
-        #[arg(long, default_value_t = DemoOptions::default().value_bytes)]
+        #[arg(long, default_value_t = WalkthroughOptions::default().value_bytes)]
         value_bytes: usize,
     },
+}
+
+/// `presage demo`.
+#[derive(Args)]
+struct DemoArgs {
+    /// Node processes.
+    #[arg(long, default_value_t = DemoOptions::default().nodes)]
+    nodes: u64,
+    /// Regions to spread them over.
+    #[arg(long, default_value_t = DemoOptions::default().regions)]
+    regions: u64,
+    /// Keys to load.
+    #[arg(long, default_value_t = DemoOptions::default().keys)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = DemoOptions::default().value_bytes)]
+    value_bytes: usize,
+    /// How long the workload runs, in seconds.
+    #[arg(long, default_value_t = DemoOptions::default().workload_secs)]
+    seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = DemoOptions::default().workers)]
+    workers: usize,
+    /// Share of reads, in percent.
+    #[arg(long, default_value_t = DemoOptions::default().read_percent)]
+    read_percent: u32,
+    /// Zipf exponent of key popularity.
+    #[arg(long, default_value_t = DemoOptions::default().zipf_exponent)]
+    zipf: f64,
+    /// The nodes' load-split threshold, in requests per second.
+    #[arg(long, default_value_t = DemoOptions::default().split_qps)]
+    split_qps: u64,
+    /// Keep the nodes' data here (default: a temporary folder, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = DemoOptions::default().seed)]
+    seed: u64,
 }
 
 /// `presage start`: each flag overrides the key of the same name in the file.
@@ -237,9 +281,27 @@ fn main() -> Result<()> {
             print!("{}", NodeConfig::default().to_toml());
             Ok(())
         }
-        Command::Demo { keys, value_bytes } => {
+        Command::Demo(a) => {
+            let opts = DemoOptions {
+                nodes: a.nodes,
+                regions: a.regions,
+                keys: a.keys,
+                value_bytes: a.value_bytes,
+                workload_secs: a.seconds,
+                workers: a.workers,
+                read_percent: a.read_percent,
+                zipf_exponent: a.zipf,
+                split_qps: a.split_qps,
+                data_dir: a.data_dir,
+                binary: std::env::current_exe().context("finding the presage binary")?,
+                seed: a.seed,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(demo::run(&opts))
+        }
+        Command::Walkthrough { keys, value_bytes } => {
             let mut out = std::io::stdout().lock();
-            demo::run(&DemoOptions { keys, value_bytes }, &mut out)
+            walkthrough::run(&WalkthroughOptions { keys, value_bytes }, &mut out)
         }
     }
 }

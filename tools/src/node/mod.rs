@@ -33,7 +33,7 @@ use crate::admin::{self, AdminServer};
 use crate::metrics::{Metrics, NodeGauges};
 use crate::resp::{self, RespServer};
 use crate::server::convert::bootstrap_descriptors;
-use crate::server::{Clock, Server};
+use crate::server::{Clock, JoinError, Server};
 use config::NodeConfig;
 
 /// The engine a node runs: RocksDB, behind fault injection (inactive unless enabled and
@@ -269,17 +269,38 @@ impl RunningNode {
         // Resolve the join addresses to node ids; a new node joins through them.
         let seed_ids = resolve_seeds(&tcp, &cfg.join, &rpc).await;
         if fresh && !cfg.bootstrap {
+            // Join through whichever join addresses answer, asking the others again each
+            // round: the first to answer may be a node that is itself still joining (it
+            // knows no shard manager), while the bootstrap node is still starting.
             let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.server.join_timeout_ms);
             let mut ids = seed_ids.clone();
-            while ids.is_empty() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(StartError::Join(format!("no join address answered: {:?}", cfg.join)));
+            let cluster = loop {
+                if ids.len() < cfg.join.len() {
+                    let more = resolve_seeds(&tcp, &cfg.join, &rpc).await;
+                    if more.len() > ids.len() {
+                        ids = more;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                ids = resolve_seeds(&tcp, &cfg.join, &rpc).await;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let cluster = server.join(&ids, left).await.map_err(StartError::Join)?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(StartError::Join(format!(
+                        "no node reachable through {:?} registered this one",
+                        cfg.join
+                    )));
+                }
+                if ids.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+                    continue;
+                }
+                match server.join(&ids, JOIN_ROUND.min(left)).await {
+                    Ok(cluster) => break cluster,
+                    Err(e @ JoinError::Refused(_)) => return Err(StartError::Join(e.to_string())),
+                    Err(e @ JoinError::TimedOut { .. }) if left <= JOIN_ROUND => {
+                        return Err(StartError::Join(e.to_string()))
+                    }
+                    Err(JoinError::TimedOut { .. }) => {}
+                }
+            };
             tracing::info!(node = id, cluster, "joined the cluster");
         }
         server.set_seeds(&seed_ids);
@@ -393,6 +414,10 @@ impl RunningNode {
 }
 
 /// Asks each join address who it is; returns the ids that answered.
+/// How long one join round tries the seeds known so far before asking the join addresses
+/// again.
+const JOIN_ROUND: Duration = Duration::from_secs(2);
+
 async fn resolve_seeds(tcp: &Arc<TcpRpc>, join: &[String], rpc: &Arc<NodeRpc>) -> Vec<NodeId> {
     let mut ids = Vec::new();
     for addr in join {

@@ -146,11 +146,15 @@ fn free_ports(n: usize) -> Result<Vec<u16>, PlaygroundError> {
     held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(io("choosing free ports"))).collect()
 }
 
-/// The last `lines` lines of a node's log (for error messages).
+/// The last `lines` lines of a node's log, backtrace frames left out (for error messages).
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let kept: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Playground {
@@ -259,12 +263,14 @@ impl Playground {
         Ok(())
     }
 
-    /// Stops every node: SIGTERM (graceful), then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    /// Stops every node: SIGTERM (graceful), then SIGKILL after `grace`. Returns how many
+    /// nodes had to be killed.
+    pub fn stop(&mut self, grace: Duration) -> usize {
         for c in &self.children {
             terminate(c.id());
         }
         let deadline = std::time::Instant::now() + grace;
+        let mut killed = 0;
         for c in &mut self.children {
             loop {
                 match c.try_wait() {
@@ -272,12 +278,14 @@ impl Playground {
                     Ok(None) if std::time::Instant::now() >= deadline => {
                         let _ = c.kill();
                         let _ = c.wait();
+                        killed += 1;
                         break;
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         }
+        killed
     }
 }
 

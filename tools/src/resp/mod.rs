@@ -216,10 +216,18 @@ fn client_error(e: &ClientError) -> Reply {
     Reply::err(e)
 }
 
+/// An integer as Redis reads one: an optional `-`, then digits without a leading zero (or
+/// just `0`), fitting in an i64. `+5`, `007` and ` 5` are not integers.
 fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
+    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
+    let canonical = match digits {
+        [b'0'] => arg.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    canonical
+        .then(|| std::str::from_utf8(arg).ok().and_then(|s| s.parse::<i64>().ok()))
+        .flatten()
         .ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
 
@@ -365,8 +373,17 @@ struct SetOptions {
     only_if: Option<Expect>,
     /// Reply with the old value.
     get: bool,
-    /// Time to live, ms.
-    ttl_ms: Option<u64>,
+    /// Expiry.
+    expiry: Option<Expiry>,
+}
+
+/// When a SET's value expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// This long after the write (EX, PX).
+    AfterMs(u64),
+    /// At this Unix time (EXAT, PXAT).
+    AtMs(u64),
 }
 
 impl SetOptions {
@@ -377,27 +394,37 @@ impl SetOptions {
         let mut i = 0;
         while i < args.len() {
             let opt = upper(&args[i]);
+            // As Redis: an option may repeat, but NX/XX and the expiry kinds exclude each other.
             match opt.as_str() {
-                "NX" | "XX" if o.only_if.is_none() => {
-                    o.only_if = Some(if opt == "NX" { Expect::Absent } else { Expect::Present });
+                "NX" | "XX" => {
+                    let want = if opt == "NX" { Expect::Absent } else { Expect::Present };
+                    if o.only_if.as_ref().is_some_and(|e| *e != want) {
+                        return Err(syntax());
+                    }
+                    o.only_if = Some(want);
                 }
-                "GET" if !o.get => o.get = true,
-                "EX" | "PX" | "EXAT" | "PXAT" if o.ttl_ms.is_none() => {
+                "GET" => o.get = true,
+                "EX" | "PX" | "EXAT" | "PXAT" => {
                     let n = args.get(i + 1).ok_or_else(syntax).and_then(|a| int_arg(a))?;
                     i += 1;
                     if n <= 0 {
                         return Err(bad_expire());
                     }
                     let n = n as u64;
-                    let now_ms = presage_replication::value::wall_now_ms();
-                    let ttl = match opt.as_str() {
-                        "EX" => n.checked_mul(1_000),
-                        "PX" => Some(n),
-                        // A time already past leaves the key expired at once.
-                        "EXAT" => n.checked_mul(1_000).map(|at| at.saturating_sub(now_ms).max(1)),
-                        _ => Some(n.saturating_sub(now_ms).max(1)),
+                    let expiry = match opt.as_str() {
+                        "EX" => n.checked_mul(1_000).map(Expiry::AfterMs),
+                        "PX" => Some(Expiry::AfterMs(n)),
+                        "EXAT" => n.checked_mul(1_000).map(Expiry::AtMs),
+                        _ => Some(Expiry::AtMs(n)),
+                    }
+                    .ok_or_else(bad_expire)?;
+                    let same_kind = |a: Expiry, b: Expiry| {
+                        matches!((a, b), (Expiry::AfterMs(_), Expiry::AfterMs(_)) | (Expiry::AtMs(_), Expiry::AtMs(_)))
                     };
-                    o.ttl_ms = Some(ttl.ok_or_else(bad_expire)?);
+                    if o.expiry.is_some_and(|e| !same_kind(e, expiry)) {
+                        return Err(syntax());
+                    }
+                    o.expiry = Some(expiry);
                 }
                 "KEEPTTL" => return Err(Reply::err("SET KEEPTTL is not supported by Presage")),
                 _ => return Err(syntax()),
@@ -409,8 +436,9 @@ impl SetOptions {
 
     fn write(&self, key: &[u8], value: &[u8]) -> BatchOp {
         let (key, value) = (key.to_vec(), value.to_vec());
-        match self.ttl_ms {
-            Some(ttl_ms) => BatchOp::PutExpiring { key, value, ttl_ms },
+        match self.expiry {
+            Some(Expiry::AfterMs(ttl_ms)) => BatchOp::PutExpiring { key, value, ttl_ms },
+            Some(Expiry::AtMs(deadline_ms)) => BatchOp::PutUntil { key, value, deadline_ms },
             None => BatchOp::Put { key, value },
         }
     }
@@ -701,7 +729,41 @@ fn info(shared: &Shared, s: &Session) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, int_arg, Expect, Expiry, SetOptions};
+
+    fn opts(args: &[&str]) -> Result<SetOptions, String> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        SetOptions::parse(&args).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_reads_them() {
+        for (s, want) in [("0", Some(0)), ("-7", Some(-7)), ("42", Some(42)), ("9223372036854775807", Some(i64::MAX))] {
+            assert_eq!(int_arg(s.as_bytes()).ok(), want, "{s}");
+        }
+        for s in ["", "-", "+5", "007", "-0", " 5", "5 ", "1e3", "9223372036854775808", "0x10"] {
+            assert!(int_arg(s.as_bytes()).is_err(), "{s:?} is not an integer");
+        }
+    }
+
+    #[test]
+    fn set_options_parse_as_redis_does() {
+        let o = opts(&["nx", "px", "100", "GET"]).expect("valid");
+        assert_eq!((o.only_if, o.get, o.expiry), (Some(Expect::Absent), true, Some(Expiry::AfterMs(100))));
+        assert_eq!(opts(&["EX", "2"]).expect("valid").expiry, Some(Expiry::AfterMs(2_000)));
+        assert_eq!(opts(&["EXAT", "2"]).expect("valid").expiry, Some(Expiry::AtMs(2_000)));
+        assert_eq!(
+            opts(&["XX", "XX", "EX", "1", "EX", "3"]).expect("repeats are allowed").expiry,
+            Some(Expiry::AfterMs(3_000))
+        );
+        for bad in [&["NX", "XX"][..], &["EX", "1", "PXAT", "5"], &["EX"], &["FOO"]] {
+            assert!(opts(bad).expect_err("refused").contains("syntax error"), "{bad:?}");
+        }
+        for bad in [&["EX", "0"][..], &["PX", "-5"], &["EX", "9223372036854775807"]] {
+            assert!(opts(bad).expect_err("refused").contains("invalid expire time"), "{bad:?}");
+        }
+        assert!(opts(&["EX", "ten"]).expect_err("refused").contains("not an integer"));
+    }
 
     #[test]
     fn globs_match_like_redis() {

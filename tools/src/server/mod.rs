@@ -227,7 +227,7 @@ impl<E: Engine> Server<E> {
 
     /// Registers this node with the cluster through any of `seeds` (each forwards to the
     /// shard manager); returns the cluster id. Retries until `timeout`.
-    pub async fn join(&self, seeds: &[NodeId], timeout: Duration) -> Result<u64, String> {
+    pub async fn join(&self, seeds: &[NodeId], timeout: Duration) -> Result<u64, JoinError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no seed");
         loop {
@@ -239,13 +239,13 @@ impl<E: Engine> Server<E> {
                         *lock(&self.inner.seeds) = seeds.to_vec();
                         return Ok(cluster_id);
                     }
-                    Ok(Response::Error(ProtoError::JoinRefused(why))) => return Err(why),
+                    Ok(Response::Error(ProtoError::JoinRefused(why))) => return Err(JoinError::Refused(why)),
                     Ok(other) => last = format!("node {seed}: {other:?}"),
                     Err(e) => last = e.to_string(),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("could not join within {timeout:?}: {last}"));
+                return Err(JoinError::TimedOut { timeout, last });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -435,6 +435,9 @@ impl<E: Engine> Inner<E> {
                         BatchOp::PutExpiring { key, value, ttl_ms } => {
                             let deadline = presage_replication::value::wall_now_ms().saturating_add(*ttl_ms);
                             Op::put_expiring(key.clone(), value.clone(), deadline)
+                        }
+                        BatchOp::PutUntil { key, value, deadline_ms } => {
+                            Op::put_expiring(key.clone(), value.clone(), *deadline_ms)
                         }
                         BatchOp::Check { key, expect } => {
                             let (kind, value) = match expect {
@@ -636,6 +639,26 @@ impl<E: Engine> Inner<E> {
 }
 
 /// Refuses system keys and requests over the limits.
+/// Why [`Server::join`] failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JoinError {
+    /// The shard manager refused the node (for good).
+    #[error("join refused: {0}")]
+    Refused(String),
+    /// No seed got the node registered in time (no manager reachable through them yet).
+    #[error("could not join within {timeout:?}: {last}")]
+    TimedOut {
+        /// The time allowed.
+        timeout: Duration,
+        /// The last answer or error.
+        last: String,
+    },
+}
+
+/// Checks one batch may carry (each is decided on the Raft thread at apply, looking through
+/// the apply round's writes).
+pub const MAX_CHECKS_PER_BATCH: usize = 16;
+
 fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError> {
     let value_ok = |v: &[u8]| -> Result<(), ProtoError> {
         if v.len() > presage_client::client::MAX_VALUE_BYTES {
@@ -668,6 +691,9 @@ fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError
             }
             if !ops.iter().any(BatchOp::is_write) {
                 return Err(ProtoError::Invalid("a batch of checks only writes nothing".into()));
+            }
+            if ops.iter().filter(|op| !op.is_write()).count() > MAX_CHECKS_PER_BATCH {
+                return Err(ProtoError::Invalid(format!("a batch holds at most {MAX_CHECKS_PER_BATCH} checks")));
             }
             ops.iter().try_for_each(|op| {
                 key_ok(op.key())?;
