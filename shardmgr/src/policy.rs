@@ -251,12 +251,16 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
         let (Some(hot), Some(cold)) = (nodes.keys().max_by(by_score), nodes.keys().min_by(by_score)) else { continue };
         let (hs, cs) = (nodes[hot].score, nodes[cold].score);
         let pick = if hs > mean * (1.0 + cfg.balance_tolerance) && hs - mean > cfg.balance_min_leader_load_gap {
-            // The shard whose load best halves the gap, without overshooting it.
+            // The shard whose load best halves the gap, among those whose move lowers the
+            // hottest node's load by at least the minimum gap: the receiver must end up that
+            // far below where the sender was, or a hot shard would just bounce between
+            // nodes (its receiver becoming the new hottest by a hair).
             let gap = hs - cs;
+            let max_score = gap - cfg.balance_min_leader_load_gap;
             nodes[hot]
                 .shards
                 .iter()
-                .filter(|(score, id)| *score < gap && has_voter(m, *id, *cold))
+                .filter(|(score, id)| *score <= max_score && has_voter(m, *id, *cold))
                 .min_by(|a, b| (a.0 - gap / 2.0).abs().total_cmp(&(b.0 - gap / 2.0).abs()).then(a.1.cmp(&b.1)))
                 .map(|(_, id)| (*id, *cold))
         } else if hs - mean <= cfg.balance_min_leader_load_gap {
