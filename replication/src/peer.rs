@@ -749,7 +749,7 @@ impl<E: Engine> Peer<E> {
             if let Some(op::Kind::Check(c)) = &op.kind {
                 let current = match current_stored(&engine, wb, &c.key)? {
                     None => None,
-                    Some(stored) => match value::live_value(&c.key, &stored, cmd.now_ms) {
+                    Some(stored) => match value::live_value(&c.key, stored, cmd.now_ms) {
                         Ok(v) => v,
                         Err(e) => return Ok(Err(e)),
                     },
@@ -931,7 +931,7 @@ fn execute_read<R: Reader>(
 ) -> Result<ReadResponse> {
     match request {
         ReadRequest::Get(key) => match engine.get(Cf::Data, key)? {
-            Some(stored) => Ok(ReadResponse::Value(value::live_value(key, &stored, now_ms)?)),
+            Some(stored) => Ok(ReadResponse::Value(value::live_value(key, stored, now_ms)?)),
             None => Ok(ReadResponse::Value(None)),
         },
         ReadRequest::Scan { range, max_keys, max_bytes } => {
@@ -944,7 +944,7 @@ fn execute_read<R: Reader>(
             let resume_after = if page.more { page.pairs.last().map(|(k, _)| k.clone()) } else { None };
             let mut pairs = Vec::with_capacity(page.pairs.len());
             for (k, stored) in page.pairs {
-                if let Some(v) = value::live_value(&k, &stored, now_ms)? {
+                if let Some(v) = value::live_value(&k, stored, now_ms)? {
                     pairs.push((k, v));
                 }
             }

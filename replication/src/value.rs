@@ -81,10 +81,16 @@ pub fn decode<'a>(key: &[u8], stored: &'a [u8]) -> Result<Stored<'a>> {
     }
 }
 
-/// The user's value if it is live at `now_ms`.
-pub fn live_value(key: &[u8], stored: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
-    let s = decode(key, stored)?;
-    Ok(s.live_at(now_ms).then(|| s.value.to_vec()))
+/// The user's value if it is live at `now_ms`: the header is cut off in place, so a read
+/// copies nothing.
+pub fn live_value(key: &[u8], mut stored: Vec<u8>, now_ms: u64) -> Result<Option<Vec<u8>>> {
+    let s = decode(key, &stored)?;
+    if !s.live_at(now_ms) {
+        return Ok(None);
+    }
+    let header_bytes = stored.len() - s.value.len();
+    stored.drain(..header_bytes);
+    Ok(Some(stored))
 }
 
 /// Wall-clock now in Unix ms (0 if the clock is before 1970).
@@ -109,9 +115,9 @@ mod tests {
     #[test]
     fn a_value_expires_at_its_deadline_not_before() {
         let s = encode(b"v", Some(1_000));
-        assert_eq!(live_value(b"k", &s, 999).expect("decodes"), Some(b"v".to_vec()));
-        assert_eq!(live_value(b"k", &s, 1_000).expect("decodes"), None);
-        assert_eq!(live_value(b"k", &encode(b"v", None), u64::MAX).expect("decodes"), Some(b"v".to_vec()));
+        assert_eq!(live_value(b"k", s.clone(), 999).expect("decodes"), Some(b"v".to_vec()));
+        assert_eq!(live_value(b"k", s, 1_000).expect("decodes"), None);
+        assert_eq!(live_value(b"k", encode(b"v", None), u64::MAX).expect("decodes"), Some(b"v".to_vec()));
     }
 
     proptest! {

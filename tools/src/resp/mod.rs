@@ -11,7 +11,8 @@
 //!
 //! **Conditional writes.** NX, XX and SETNX are one conditional write (a check applied with
 //! the write, in the Raft log). INCR and SET ... GET read the value, then write conditional
-//! on it and read again if another writer got in between (at most `MAX_CAS_ATTEMPTS`), so
+//! on it; when another writer got in between, the failed condition returns the value then
+//! and they go on from it (at most `MAX_CAS_ATTEMPTS` times), so
 //! they are atomic. Unlike Redis, INCR leaves a persistent value (the old one's expiry is
 //! dropped), and KEEPTTL is refused.
 //!
@@ -462,11 +463,11 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
         };
     }
     let old_reply = |old: Option<Vec<u8>>| old.map_or(Reply::Null, Reply::Bulk);
+    let mut old = match c.get(key).await {
+        Ok(v) => v,
+        Err(e) => return client_error(&e),
+    };
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let old = match c.get(key).await {
-            Ok(v) => v,
-            Err(e) => return client_error(&e),
-        };
         if o.only_if.as_ref().is_some_and(|e| !e.holds(old.as_deref())) {
             return old_reply(old); // NX/XX not met: nothing written
         }
@@ -476,7 +477,7 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
         };
         match c.write_if(expect, write.clone()).await {
             Ok(Ok(())) => return old_reply(old),
-            Ok(Err(_)) => continue, // changed since the read: read again
+            Ok(Err(current)) => old = current, // changed since the read: go on from its value then
             Err(e) => return client_error(&e),
         }
     }
@@ -486,11 +487,11 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
 /// `INCRBY key delta`: read, add, write conditional on the value read; retried while other
 /// writers get in between. The result is a plain (persistent) value.
 async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
+    let mut old = match c.get(key).await {
+        Ok(v) => v,
+        Err(e) => return client_error(&e),
+    };
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let old = match c.get(key).await {
-            Ok(v) => v,
-            Err(e) => return client_error(&e),
-        };
         let current = match &old {
             Some(v) => match int_arg(v) {
                 Ok(n) => n,
@@ -501,14 +502,14 @@ async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
         let Some(new) = current.checked_add(delta) else {
             return Reply::err("increment or decrement would overflow");
         };
-        let expect = match old {
+        let expect = match old.take() {
             Some(value) => Expect::Equals { value },
             None => Expect::Absent,
         };
         let write = BatchOp::Put { key: key.to_vec(), value: new.to_string().into_bytes() };
         match c.write_if(expect, write).await {
             Ok(Ok(())) => return Reply::Int(new),
-            Ok(Err(_)) => continue,
+            Ok(Err(current)) => old = current, // another writer got in: go on from its value
             Err(e) => return client_error(&e),
         }
     }
