@@ -1,6 +1,44 @@
 //! Predictive failure analysis (design.md §5): telemetry features, detectors, the failure
 //! model and typed early warnings.
 //!
-//! Pure, like the shard manager's policies: no I/O, no clock reads of its own. Built by the
-//! failure-analysis issue; empty until then, so that the workspace has the layout of
-//! design.md §2 from the start.
+//! Pure, like the shard manager's policies: no I/O, no clock reads of its own. Callers read
+//! files and clocks and hand the bytes and timestamps in.
+//!
+//! - [`smart`]: Backblaze SMART data sets (CSV).
+//! - [`model`]: the gradient-boosted failure model, its calibration and file format.
+//! - [`disk`]: the drive model: features, split by drive, training, evaluation beside the
+//!   Backblaze rule.
+//! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
+
+pub mod disk;
+pub mod metrics;
+pub mod model;
+pub mod smart;
+
+/// Why a failure-analysis step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PfaError {
+    /// Input data is malformed.
+    #[error("{file}: line {line}: {reason}")]
+    Data {
+        /// The file or stream.
+        file: String,
+        /// 1-based line (1 = the header).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Training could not run.
+    #[error("training: {0}")]
+    Train(String),
+    /// A model file is unusable.
+    #[error("model: {0}")]
+    Model(String),
+}
+
+impl PfaError {
+    fn csv(source: &str, line: usize, e: csv::Error) -> PfaError {
+        let line = e.position().map_or(line, |p| p.line() as usize);
+        PfaError::Data { file: source.to_string(), line, reason: e.to_string() }
+    }
+}

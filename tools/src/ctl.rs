@@ -27,6 +27,17 @@ pub enum CtlError {
     /// The answer was not what was expected.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Failure analysis refused its input.
+    #[error(transparent)]
+    Pfa(#[from] presage_pfa::PfaError),
 }
 
 /// A connection to one node's admin API.

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod engine_bench;
 pub mod metrics;
 pub mod node;
+pub mod pfa_cli;
 pub mod replication_bench;
 pub mod resp;
 pub mod server;

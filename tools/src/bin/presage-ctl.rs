@@ -83,6 +83,51 @@ enum Command {
     },
     /// Operators, running and recently finished.
     Operators,
+    /// Failure model: train and evaluate on drive SMART data (local files, no cluster).
+    Pfa {
+        #[command(subcommand)]
+        what: PfaCommand,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DataFormat {
+    /// Backblaze Drive Stats CSV (date, serial_number, failure, smart_N_raw...).
+    Backblaze,
+}
+
+#[derive(Subcommand)]
+enum PfaCommand {
+    /// Train a drive failure model; a share of the drives is held out for `pfa eval`.
+    Train {
+        /// The data's format.
+        #[arg(long, value_enum, default_value = "backblaze")]
+        format: DataFormat,
+        /// A data file; repeat for several (their SMART columns are united).
+        #[arg(long = "csv", required = true)]
+        csv: Vec<std::path::PathBuf>,
+        /// Predict failure within this many days.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=365))]
+        horizon_days: u32,
+        /// Share of drives held out for evaluation, split by drive.
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        /// Seed of training's random choices.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where to write the model.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Evaluate a model on a data file's unseen drives, beside the Backblaze rule.
+    Eval {
+        /// The model file.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// The data file.
+        #[arg(long)]
+        csv: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +169,14 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
         Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),
         Command::Drain { node } => admin(AdminCommand::Drain { node }),
+        Command::Pfa {
+            what: PfaCommand::Train { format: DataFormat::Backblaze, csv, horizon_days, test_fraction, seed, out },
+        } => {
+            let mut cfg = presage_pfa::disk::DiskTrainConfig { horizon_days, test_fraction, ..Default::default() };
+            cfg.params.seed = seed;
+            presage_tools::pfa_cli::train(&csv, &cfg, &out, json)
+        }
+        Command::Pfa { what: PfaCommand::Eval { model, csv } } => presage_tools::pfa_cli::eval(&model, &csv, json),
         Command::Operators => {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.operators) } else { ctl::operators_table(&info.operators) })

@@ -1,0 +1,148 @@
+//! `presage-ctl pfa train` and `pfa eval`: train the drive failure model on Backblaze SMART
+//! files and evaluate it beside the Backblaze rule. The reading and writing of files is here;
+//! everything else is `presage_pfa::disk`.
+
+use std::path::{Path, PathBuf};
+
+use presage_pfa::disk::{self, DiskEvaluation, DiskTrainConfig};
+use presage_pfa::metrics::Metrics;
+use presage_pfa::model::FailureModel;
+use presage_pfa::smart::SmartDataset;
+
+use crate::ctl::{table, CtlError};
+
+/// Largest CSV or model file read, bytes.
+pub const MAX_INPUT_FILE_BYTES: u64 = 2 << 30;
+
+fn open(path: &Path) -> Result<std::fs::File, CtlError> {
+    let file_err = |e: std::io::Error| CtlError::File { path: path.display().to_string(), reason: e.to_string() };
+    let f = std::fs::File::open(path).map_err(file_err)?;
+    let len = f.metadata().map_err(file_err)?.len();
+    if len > MAX_INPUT_FILE_BYTES {
+        return Err(CtlError::File {
+            path: path.display().to_string(),
+            reason: format!("{len} bytes is over {MAX_INPUT_FILE_BYTES}"),
+        });
+    }
+    Ok(f)
+}
+
+/// Parse Backblaze CSV files into one data set.
+pub fn load_backblaze(paths: &[PathBuf]) -> Result<SmartDataset, CtlError> {
+    let mut sources = Vec::new();
+    for p in paths {
+        sources.push((p.display().to_string(), std::io::BufReader::new(open(p)?)));
+    }
+    Ok(SmartDataset::from_csv(sources)?)
+}
+
+/// Read a model file.
+pub fn load_model(path: &Path) -> Result<FailureModel, CtlError> {
+    let text = std::io::read_to_string(open(path)?)
+        .map_err(|e| CtlError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    Ok(FailureModel::from_json(&text)?)
+}
+
+/// `pfa train`: train, write the model to `out`, and describe it.
+pub fn train(csv: &[PathBuf], cfg: &DiskTrainConfig, out: &Path, json: bool) -> Result<String, CtlError> {
+    let ds = load_backblaze(csv)?;
+    let sources = csv
+        .iter()
+        .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
+        .collect();
+    let model = disk::train(&ds, sources, cfg)?;
+    let text = model.to_json()?;
+    std::fs::write(out, text).map_err(|e| CtlError::File { path: out.display().to_string(), reason: e.to_string() })?;
+    if json {
+        let v = serde_json::json!({
+            "model": out.display().to_string(),
+            "kind": model.kind,
+            "version": model.version,
+            "horizon_days": cfg.horizon_days,
+            "features": model.features,
+            "threshold": model.threshold,
+            "trained_on": model.trained_on,
+            "validation": model.validation,
+        });
+        return Ok(format!("{v}\n"));
+    }
+    let s = &model.trained_on;
+    let mut text = format!(
+        "trained {} ({} trees, {} features, horizon {} days) on {} rows of {} drives ({} failed)\n\
+         validated on {} drives ({} failed); threshold {:.4}; {} drives held out for `pfa eval`\n",
+        out.display(),
+        s.trees,
+        model.features.len(),
+        cfg.horizon_days,
+        s.train_rows,
+        s.train_units,
+        s.train_failed_units,
+        s.validation_units,
+        s.validation_failed_units,
+        model.threshold,
+        ds.drives.len() - model.seen_units.len(),
+    );
+    if let Some(v) = &model.validation {
+        text.push_str("validation:\n");
+        text.push_str(&metrics_table(&[("model", v)]));
+    }
+    Ok(text)
+}
+
+/// `pfa eval`: the model and the Backblaze rule on the drives of `csv` the model has not seen.
+pub fn eval(model: &Path, csv: &Path, json: bool) -> Result<String, CtlError> {
+    let m = load_model(model)?;
+    let ds = load_backblaze(&[csv.to_path_buf()])?;
+    let e = disk::evaluate(&m, &ds)?;
+    if json {
+        return serde_json::to_string(&e).map(|s| s + "\n").map_err(|e| CtlError::Decode(e.to_string()));
+    }
+    Ok(eval_text(&e))
+}
+
+fn eval_text(e: &DiskEvaluation) -> String {
+    let mut text = format!(
+        "{} drives ({} failed) evaluated; {} drives the model trained or validated on skipped; threshold {:.4}\n",
+        e.model.drives, e.model.failed_drives, e.skipped_seen_drives, e.threshold
+    );
+    if !e.missing_features.is_empty() {
+        text.push_str(&format!(
+            "{} of the model's features are not in this file (missing values): {}\n",
+            e.missing_features.len(),
+            e.missing_features.join(", ")
+        ));
+    }
+    text.push_str(&metrics_table(&[("model", &e.model), ("backblaze rule", &e.baseline_rule)]));
+    text
+}
+
+fn metrics_table(cols: &[(&str, &Metrics)]) -> String {
+    let mut header = vec!["metric"];
+    header.extend(cols.iter().map(|(n, _)| *n));
+    let f = |v: f64| format!("{v:.3}");
+    type Getter = Box<dyn Fn(&Metrics) -> String>;
+    let rows: Vec<(&str, Getter)> = vec![
+        ("precision", Box::new(move |m: &Metrics| f(m.precision))),
+        ("recall", Box::new(move |m: &Metrics| f(m.recall))),
+        ("f1", Box::new(move |m: &Metrics| f(m.f1))),
+        ("fpr", Box::new(move |m: &Metrics| f(m.fpr))),
+        ("pr_auc", Box::new(move |m: &Metrics| f(m.pr_auc))),
+        ("roc_auc", Box::new(move |m: &Metrics| f(m.roc_auc))),
+        ("recall_at_fpr_1pct", Box::new(move |m: &Metrics| f(m.recall_at_fpr_1pct))),
+        (
+            "mean_lead_time_days",
+            Box::new(|m: &Metrics| m.mean_lead_time_days.map_or_else(|| "-".to_string(), |d| format!("{d:.2}"))),
+        ),
+        ("drives", Box::new(|m: &Metrics| m.drives.to_string())),
+        ("failed_drives", Box::new(|m: &Metrics| m.failed_drives.to_string())),
+    ];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, get)| {
+            let mut r = vec![name.to_string()];
+            r.extend(cols.iter().map(|(_, m)| get(m)));
+            r
+        })
+        .collect();
+    table(&header, &body)
+}
