@@ -4,12 +4,14 @@
 //! Pure, like the shard manager's policies: no I/O, no clock reads of its own. Callers read
 //! files and clocks and hand the bytes and timestamps in.
 //!
+//! - [`detect`]: EWMA, Holt, slopes, CUSUM, z-score alarms, peer comparison.
 //! - [`smart`]: Backblaze SMART data sets (CSV).
 //! - [`model`]: the gradient-boosted failure model, its calibration and file format.
 //! - [`disk`]: the drive model: features, split by drive, training, evaluation beside the
 //!   Backblaze rule.
 //! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
 
+pub mod detect;
 pub mod disk;
 pub mod metrics;
 pub mod model;
