@@ -4,6 +4,9 @@
 //! Pure, like the shard manager's policies: no I/O, no clock reads of its own. Callers read
 //! files and clocks and hand the bytes and timestamps in.
 //!
+//! - [`telemetry`]: the signal catalogue (names end with units) and samples.
+//! - [`aggregate`]: per-node rings, detectors, features, evidence, minute summaries.
+//! - [`warning`]: typed early warnings, their lifecycle and event stream.
 //! - [`detect`]: EWMA, Holt, slopes, CUSUM, z-score alarms, peer comparison.
 //! - [`smart`]: Backblaze SMART data sets (CSV).
 //! - [`model`]: the gradient-boosted failure model, its calibration and file format.
@@ -11,11 +14,14 @@
 //!   Backblaze rule.
 //! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
 
+pub mod aggregate;
 pub mod detect;
 pub mod disk;
 pub mod metrics;
 pub mod model;
 pub mod smart;
+pub mod telemetry;
+pub mod warning;
 
 /// Why a failure-analysis step failed.
 #[derive(Debug, thiserror::Error)]
