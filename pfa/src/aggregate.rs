@@ -99,16 +99,16 @@ impl Tracker {
         }
     }
 
-    fn update(&mut self, signal: Signal, raw: f64) {
+    fn update(&mut self, signal: Signal, raw: f64, warmup_samples: u64) {
         let x = signal.transform(raw);
         self.samples += 1;
         self.last_raw = raw;
         self.level.update(x);
-        // The baseline learns slowly and not from values far above it: a degradation must not
-        // become the new normal while it lasts.
+        // The baseline learns slowly, and after its warm-up not from values far on the bad side
+        // of it: a degradation must not become the new normal while it lasts.
         let z = self.baseline.z(x, signal.min_sd());
         let bad_z = if signal.bad_when_low() { -z } else { z };
-        if self.samples <= BASELINE_SPAN as u64 || bad_z < 3.0 {
+        if self.samples <= warmup_samples || bad_z < 3.0 {
             self.baseline.update(x);
         }
         for s in &mut self.slopes {
@@ -210,7 +210,11 @@ impl Aggregator {
         track.last_at_ms = sample.at_ms;
         for (&signal, &v) in &sample.values {
             if v.is_finite() {
-                track.trackers.entry(signal).or_insert_with(|| Tracker::new(cfg, signal)).update(signal, v);
+                track.trackers.entry(signal).or_insert_with(|| Tracker::new(cfg, signal)).update(
+                    signal,
+                    v,
+                    cfg.evidence_warmup_samples,
+                );
             }
         }
         if track.ring.len() == cfg.max_samples_per_node {
@@ -443,6 +447,16 @@ mod tests {
         assert_eq!(f3[at("engine_sync_mean_ms_shift_up")], 1.0);
         assert!(f1[at("disk_await_ms_level")].is_nan(), "never reported");
         assert_eq!(names.len(), f1.len());
+    }
+
+    /// Past the warm-up (120 samples) but before the baseline's span (300): the baseline must
+    /// not learn the degradation.
+    #[test]
+    fn a_degradation_soon_after_the_warm_up_is_not_learnt_as_normal() {
+        let (_, evidence) = run(2, 400, 150, 2.0);
+        let first = evidence.first().expect("evidence");
+        assert!(first.0 < 170, "evidence at sample {}", first.0);
+        assert!(evidence.last().expect("last").0 == 399, "the evidence lasts");
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl Cusum {
                 return None;
             }
         }
-        let Some((mean, sd)) = self.baseline else { return None };
+        let (mean, sd) = self.baseline?;
         let z = ((x - mean) / sd).clamp(-self.cfg.clip, self.cfg.clip);
         self.pos = (self.pos + z - self.cfg.k).max(0.0);
         self.neg = (self.neg - z - self.cfg.k).max(0.0);

@@ -17,6 +17,16 @@ use crate::model::{fingerprint, FailureModel, ModelKind, Table, TrainParams, Tra
 use crate::smart::SmartDataset;
 use crate::PfaError;
 
+/// The drive model shipped with Presage: trained by `presage-ctl pfa train` on both Backblaze
+/// files in `pfa/data/backblaze` (a held-out 30% of the drives never seen; `pfa eval` scores
+/// it on them). Nodes use it for the SMART counters operators push.
+pub const DEFAULT_DISK_MODEL_JSON: &str = include_str!("../models/disk-smart.json");
+
+/// The shipped drive model, parsed.
+pub fn default_model() -> Result<FailureModel, PfaError> {
+    FailureModel::from_json(DEFAULT_DISK_MODEL_JSON)
+}
+
 /// The SMART attributes of the Backblaze rule.
 pub const RULE_ATTRIBUTES: [u16; 5] = [5, 187, 188, 197, 198];
 /// Seconds per day.

@@ -12,6 +12,8 @@
 //! - [`model`]: the gradient-boosted failure model, its calibration and file format.
 //! - [`disk`]: the drive model: features, split by drive, training, evaluation beside the
 //!   Backblaze rule.
+//! - [`procfs`]: parsers for `/proc/diskstats`, `/proc/stat`, `/proc/meminfo`, PSI.
+//! - [`risk`]: node and region risk, model status.
 //! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
 
 pub mod aggregate;
@@ -19,6 +21,8 @@ pub mod detect;
 pub mod disk;
 pub mod metrics;
 pub mod model;
+pub mod procfs;
+pub mod risk;
 pub mod smart;
 pub mod telemetry;
 pub mod warning;

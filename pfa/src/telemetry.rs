@@ -48,8 +48,9 @@ pub enum Signal {
     PsiMemorySomePct,
     /// Share of time some task stalled on I/O over the last 10 s, percent (PSI).
     PsiIoSomePct,
-    /// Round-trip time of a request to the slowest peer, ms.
-    PeerRttMaxMs,
+    /// Round-trip time of a request to the fastest peer, ms: it rises when this node (or its
+    /// network) is slow, not when one peer is.
+    PeerRttMinMs,
     /// Committed but not yet applied Raft entries, summed over the node's replicas.
     ApplyLagEntries,
     /// Mean time from a write's proposal to its reply on this node, ms.
@@ -74,7 +75,7 @@ impl Signal {
         Signal::PsiCpuSomePct,
         Signal::PsiMemorySomePct,
         Signal::PsiIoSomePct,
-        Signal::PeerRttMaxMs,
+        Signal::PeerRttMinMs,
         Signal::ApplyLagEntries,
         Signal::ProposalMeanMs,
     ];
@@ -97,7 +98,7 @@ impl Signal {
             Signal::PsiCpuSomePct => "psi_cpu_some_pct",
             Signal::PsiMemorySomePct => "psi_memory_some_pct",
             Signal::PsiIoSomePct => "psi_io_some_pct",
-            Signal::PeerRttMaxMs => "peer_rtt_max_ms",
+            Signal::PeerRttMinMs => "peer_rtt_min_ms",
             Signal::ApplyLagEntries => "apply_lag_entries",
             Signal::ProposalMeanMs => "proposal_mean_ms",
         }
@@ -126,7 +127,7 @@ impl Signal {
             Signal::EngineErrorsPerSec => WarningKind::DiskErrors,
             Signal::CpuBusyPct | Signal::PsiCpuSomePct => WarningKind::CpuOverload,
             Signal::MemAvailablePct | Signal::PsiMemorySomePct => WarningKind::MemoryPressure,
-            Signal::PeerRttMaxMs => WarningKind::NetworkDegradation,
+            Signal::PeerRttMinMs => WarningKind::NetworkDegradation,
         }
     }
 
@@ -148,7 +149,7 @@ impl Signal {
                 | Signal::EnginePendingCompactionMib
                 | Signal::DiskAwaitMs
                 | Signal::DiskInflight
-                | Signal::PeerRttMaxMs
+                | Signal::PeerRttMinMs
                 | Signal::ApplyLagEntries
                 | Signal::ProposalMeanMs
         )

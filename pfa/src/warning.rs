@@ -102,6 +102,18 @@ pub enum WarningAction {
     Cleared,
 }
 
+/// The answer to a warnings query: what is active, and what happened since the reader's
+/// last sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarningsAnswer {
+    /// Warnings raised and not yet cleared.
+    pub active: Vec<Warning>,
+    /// Events after the asked sequence number, oldest first.
+    pub events: Vec<WarningEvent>,
+    /// The sequence number the next event will get (ask after `next_seq - 1` next time).
+    pub next_seq: u64,
+}
+
 /// Active warnings and the event stream.
 #[derive(Clone, Debug)]
 pub struct WarningBoard {
@@ -207,7 +219,7 @@ mod tests {
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].kind, WarningKind::DiskDegradation);
         assert_eq!(active[0].evidence[0].signal, Signal::EngineSyncMeanMs, "strongest first");
-        b.observe(1, "r1", 2_000, vec![ev(Signal::PeerRttMaxMs, 7.0)]);
+        b.observe(1, "r1", 2_000, vec![ev(Signal::PeerRttMinMs, 7.0)]);
         assert_eq!(b.active().len(), 2, "a network warning beside the disk one");
         for t in 3..=5 {
             b.observe(1, "r1", t * 1_000, vec![]);

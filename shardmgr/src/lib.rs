@@ -37,6 +37,6 @@ pub use manager::{Command, Effects, JoinError, Manager, ManagerStats};
 pub use meta::{MetaWrite, PersistedState};
 pub use model::{
     is_system_key, ClusterMeta, Epoch, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
-    ReplicaMeta, Role, ShardId, ShardMeta, ShardReport, META_SHARD_ID, SYSTEM_KEY_PREFIX,
+    ReplicaMeta, Role, ShardId, ShardMeta, ShardReport, TelemetryReport, META_SHARD_ID, SYSTEM_KEY_PREFIX,
 };
 pub use operator::{Operator, OperatorKind, OperatorStatus, Step};

@@ -245,6 +245,20 @@ pub struct NodeHeartbeat {
     pub shards: Vec<ShardReport>,
     /// Every replica it holds, with the replica's epoch (to find stale ones).
     pub replicas: Vec<(ShardId, Epoch)>,
+    /// The telemetry agent's sample, when the node runs one.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryReport>,
+}
+
+/// One sample of a node's telemetry agent: signal name (ending with its unit) to value. Kept
+/// as plain names here so that this crate (and the client library) need not know the
+/// failure analysis's signal catalogue; the manager's node reads it into typed signals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryReport {
+    /// When it was taken, ms since the Unix epoch (the node's clock).
+    pub at_ms: u64,
+    /// Values by signal name.
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// Cluster-wide settings fixed at bootstrap, and the id allocator (persisted).

@@ -132,7 +132,7 @@ impl Sim {
                 shards.push(ShardReport { shard: s.clone(), load, size_bytes, keys });
             }
             let replicas = self.shards.values().filter(|s| s.replica(id).is_some()).map(|s| (s.id, s.epoch)).collect();
-            let hb = NodeHeartbeat { node: id, stats: NodeStats::default(), shards, replicas };
+            let hb = NodeHeartbeat { node: id, stats: NodeStats::default(), shards, replicas, telemetry: None };
             let stale = m.heartbeat(hb, self.now_ms).expect("the node is known");
             assert!(stale.is_empty(), "the simulation keeps no stale replica: {stale:?}");
         }
@@ -520,7 +520,10 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     }
     let t = Instant::now();
     for (node, shards) in by_node.clone() {
-        m.heartbeat(NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new() }, 1000);
+        m.heartbeat(
+            NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new(), telemetry: None },
+            1000,
+        );
     }
     let first_intake = t.elapsed();
     let fx = m.tick(1001);
@@ -528,7 +531,10 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     // Steady state: the same shards report again (no epoch change), then one round.
     let t = Instant::now();
     for (node, shards) in by_node {
-        m.heartbeat(NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new() }, 2000);
+        m.heartbeat(
+            NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new(), telemetry: None },
+            2000,
+        );
     }
     let intake = t.elapsed();
     let t = Instant::now();

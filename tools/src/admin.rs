@@ -12,6 +12,10 @@
 //! | `GET /v1/shards/{id}` | one shard |
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
 //! | `GET/PUT/DELETE /v1/faults` | engine fault injection (only with `fault-injection = true`) |
+//! | `GET /v1/risk` | failure probability per node and region, the models' status |
+//! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
+//! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
+//! | `PUT /v1/nodes/{id}/counters` | push counters for a node, e.g. `{"smart_5_raw": 8}` (SMART) |
 //!
 //! When `admin-token` is set every path but `/health` needs `Authorization: Bearer TOKEN`.
 //! Errors are JSON `{"error": "..."}` with a 4xx/5xx status.
@@ -25,7 +29,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use presage_client::net::Handler;
 use presage_client::proto::{ClusterInfo, ShardRow};
-use presage_client::{ProtoError, Request, Response};
+use presage_client::{PfaQuery, ProtoError, Request, Response};
 use presage_engine::{EngineMetrics, FaultConfig, FaultInjector};
 use presage_shardmgr::{AdminCommand, NodeId};
 use serde::Deserialize;
@@ -123,6 +127,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/admin", post(admin))
         .route("/v1/faults", get(faults_get).put(faults_put).delete(faults_clear))
+        .route("/v1/risk", get(risk))
+        .route("/v1/warnings", get(warnings))
+        .route("/v1/telemetry/{node}", get(telemetry))
+        .route("/v1/nodes/{id}/counters", axum::routing::put(push_counters))
         .with_state(state)
 }
 
@@ -258,4 +266,71 @@ async fn faults_clear(State(s): State<AdminState>, headers: HeaderMap) -> ApiRes
     authorize(&s, &headers)?;
     faults_of(&s)?.clear();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Asks the failure analysis; its JSON answer is passed through as it is.
+async fn pfa(s: &AdminState, query: PfaQuery) -> ApiResult<HttpResponse> {
+    match ask(s, Request::Pfa { query }).await? {
+        Response::Pfa { json } => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response()),
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn risk(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult<HttpResponse> {
+    authorize(&s, &headers)?;
+    pfa(&s, PfaQuery::Risk).await
+}
+
+/// Query of `/v1/warnings`.
+#[derive(Debug, Deserialize)]
+struct WarningsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    1_000
+}
+
+async fn warnings(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<WarningsQuery>,
+) -> ApiResult<HttpResponse> {
+    authorize(&s, &headers)?;
+    pfa(&s, PfaQuery::Warnings { after_seq: q.after, limit: q.limit }).await
+}
+
+/// Query of `/v1/telemetry/{node}`.
+#[derive(Debug, Deserialize)]
+struct TelemetryQuery {
+    #[serde(default)]
+    after_ms: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+async fn telemetry(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(node): Path<NodeId>,
+    Query(q): Query<TelemetryQuery>,
+) -> ApiResult<HttpResponse> {
+    authorize(&s, &headers)?;
+    pfa(&s, PfaQuery::Telemetry { node, after_ms: q.after_ms, limit: q.limit }).await
+}
+
+async fn push_counters(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(node): Path<NodeId>,
+    body: axum::body::Bytes,
+) -> ApiResult<HttpResponse> {
+    authorize(&s, &headers)?;
+    let counters: std::collections::BTreeMap<String, f64> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(StatusCode::BAD_REQUEST, format!("counters must be a JSON object of names to numbers: {e}"))
+    })?;
+    pfa(&s, PfaQuery::PushCounters { node, counters }).await
 }

@@ -92,6 +92,11 @@ impl AdminClient {
         serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))
     }
 
+    /// `PUT path` with a JSON body; the raw JSON answer.
+    pub fn put_raw(&self, path: &str, body: &serde_json::Value) -> Result<String, CtlError> {
+        self.send(self.agent.put(&self.url(path)), Some(body))
+    }
+
     /// Sends an operator's command.
     pub fn admin(&self, command: &AdminCommand) -> Result<AdminOutcome, CtlError> {
         let body = serde_json::to_value(command).map_err(|e| CtlError::Decode(e.to_string()))?;
@@ -255,6 +260,95 @@ pub fn operators_table(ops: &[Operator]) -> String {
         })
         .collect();
     table(&["OPERATOR", "SHARD", "KIND", "STEP", "STATUS"], &rows)
+}
+
+fn prob(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_string(), |p| format!("{p:.3}"))
+}
+
+/// `presage-ctl risk`: nodes, regions, models.
+pub fn risk_text(r: &presage_pfa::risk::RiskReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let warnings: Vec<String> = n.warnings.iter().map(|w| w.to_string()).collect();
+            vec![
+                n.node.to_string(),
+                n.region.clone(),
+                prob(n.probability),
+                prob(n.telemetry_probability),
+                prob(n.disk_probability),
+                if warnings.is_empty() { "-".into() } else { warnings.join(",") },
+            ]
+        })
+        .collect();
+    let mut out = table(&["NODE", "REGION", "RISK", "TELEMETRY", "DISK", "WARNINGS"], &rows);
+    let rows: Vec<Vec<String>> = r
+        .regions
+        .iter()
+        .map(|g| {
+            vec![
+                g.region.clone(),
+                prob(g.probability),
+                g.nodes.to_string(),
+                g.riskiest_node.map_or_else(|| "-".into(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["REGION", "RISK", "NODES", "RISKIEST"], &rows));
+    let model = |name: &str, m: &Option<presage_pfa::risk::ModelInfo>| match m {
+        None => format!("{name}: none loaded (its part of the risk is unknown)\n"),
+        Some(m) => format!(
+            "{name}: version {}, horizon {} s, {} features, threshold {:.3}, {} trees\n",
+            m.version, m.horizon_secs, m.features, m.threshold, m.trained_on.trees
+        ),
+    };
+    out.push('\n');
+    out.push_str(&model("node model", &r.models.node_model));
+    out.push_str(&model("disk model", &r.models.disk_model));
+    out
+}
+
+fn evidence_text(w: &presage_pfa::warning::Warning) -> String {
+    w.evidence
+        .iter()
+        .map(|e| {
+            let peers = e.peer_ratio.map_or_else(String::new, |r| format!(", {r:.1}x peers"));
+            format!("{} {:.2} (baseline {:.2}, {:+.1} sd{peers}, {})", e.signal, e.value, e.baseline, e.z, e.detector)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `presage-ctl warnings`: the active warnings with their evidence.
+pub fn warnings_text(a: &presage_pfa::warning::WarningsAnswer) -> String {
+    if a.active.is_empty() {
+        return "no active warnings\n".into();
+    }
+    let rows: Vec<Vec<String>> = a
+        .active
+        .iter()
+        .map(|w| {
+            vec![w.node.to_string(), w.region.clone(), w.kind.to_string(), w.raised_at_ms.to_string(), evidence_text(w)]
+        })
+        .collect();
+    table(&["NODE", "REGION", "KIND", "RAISED_MS", "EVIDENCE"], &rows)
+}
+
+/// One line per warning event (`presage-ctl warnings --follow`).
+pub fn warning_event_line(e: &presage_pfa::warning::WarningEvent) -> String {
+    format!(
+        "#{} {} {:?} node {} ({}) {}: {}\n",
+        e.seq,
+        e.at_ms,
+        e.action,
+        e.warning.node,
+        e.warning.region,
+        e.warning.kind,
+        evidence_text(&e.warning)
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`datagen`]: deterministic keys and values shared by both.
 
 pub mod admin;
+pub mod agent;
 pub mod ctl;
 pub mod datagen;
 pub mod demo;

@@ -165,5 +165,6 @@ pub fn command_name(request: &Request) -> &'static str {
         Request::Hello => "hello",
         Request::Shards { .. } => "shards",
         Request::Admin { .. } => "admin",
+        Request::Pfa { .. } => "pfa",
     }
 }

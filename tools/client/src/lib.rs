@@ -17,5 +17,5 @@ pub mod rpc;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use net::{NetConfig, TcpRpc};
-pub use proto::{BatchOp, Expect, ProtoError, Request, Response, Route};
+pub use proto::{BatchOp, Expect, PfaQuery, ProtoError, Request, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};

@@ -518,3 +518,39 @@ mod tests {
         assert!(matches!(decode_body::<Request>(&[0xc1]), Err(FrameError::Malformed(_))));
     }
 }
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use crate::proto::{PfaQuery, ProtoError, Response};
+
+    /// Every kind of answer and question survives the wire, errors with a message included.
+    #[test]
+    fn errors_and_pfa_queries_round_trip() {
+        let answers = [
+            Response::Error(ProtoError::Invalid("node 999 is not in the cluster".into())),
+            Response::Error(ProtoError::Retry("later".into())),
+            Response::Error(ProtoError::Internal("x".into())),
+            Response::Pfa { json: "{}".into() },
+        ];
+        for answer in answers {
+            let mut buf = Vec::new();
+            encode_frame(3, &answer, &mut buf).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+            let (body, _) = split_frame(&buf, 1 << 20).expect("ok").expect("complete");
+            assert_eq!(decode_body::<Response>(body).expect("decodes"), (3, answer));
+        }
+        let mut counters = std::collections::BTreeMap::new();
+        counters.insert("smart_5_raw".to_string(), 1.0);
+        for query in [
+            PfaQuery::Risk,
+            PfaQuery::Warnings { after_seq: 1, limit: 2 },
+            PfaQuery::PushCounters { node: 999, counters },
+        ] {
+            let request = Request::Pfa { query };
+            let mut buf = Vec::new();
+            encode_frame(4, &request, &mut buf).unwrap_or_else(|e| panic!("{request:?}: {e}"));
+            let (body, _) = split_frame(&buf, 1 << 20).expect("ok").expect("complete");
+            assert_eq!(decode_body::<Request>(body).expect("decodes"), (4, request));
+        }
+    }
+}

@@ -116,10 +116,46 @@ pub enum Request {
     },
     /// Nodes, groups, operators and counts (answered by the shard manager).
     ClusterInfo,
+    /// A question to the failure analysis (answered by the shard manager).
+    Pfa {
+        /// The question.
+        query: PfaQuery,
+    },
     /// A request another node forwarded (never forwarded again).
     Forwarded {
         /// The original request.
         request: Box<Request>,
+    },
+}
+
+/// Questions to the failure analysis on the shard manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "query")]
+pub enum PfaQuery {
+    /// Failure probability per node and per region, and the models' status.
+    Risk,
+    /// Active warnings and the warning events after `after_seq`, at most `limit`.
+    Warnings {
+        /// Events after this sequence number (0: from the oldest kept).
+        after_seq: u64,
+        /// At most this many events.
+        limit: u32,
+    },
+    /// The raw telemetry samples of `node` kept by the aggregator, after `after_ms`.
+    Telemetry {
+        /// The node.
+        node: NodeId,
+        /// Samples taken after this time (ms since the Unix epoch).
+        after_ms: u64,
+        /// At most this many samples.
+        limit: u32,
+    },
+    /// Counters an operator pushes for a node (SMART attributes of its disk).
+    PushCounters {
+        /// The node.
+        node: NodeId,
+        /// Values by name (`smart_5_raw`, ...).
+        counters: std::collections::BTreeMap<String, f64>,
     },
 }
 
@@ -355,13 +391,20 @@ pub enum Response {
     },
     /// The cluster's state.
     ClusterInfo(Box<ClusterInfo>),
+    /// The answer to `Pfa`: the failure analysis's JSON (the types of `presage_pfa`, kept out
+    /// of this crate so that applications do not compile the failure model).
+    Pfa {
+        /// The JSON document.
+        json: String,
+    },
     /// The request failed.
     Error(ProtoError),
 }
 
-/// Why a request failed.
+/// Why a request failed. Adjacently tagged: an internally tagged enum cannot carry the
+/// variants that hold a bare message (`Invalid(String)`), and would fail to encode them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(rename_all = "kebab-case", tag = "error")]
+#[serde(rename_all = "kebab-case", tag = "error", content = "detail")]
 pub enum ProtoError {
     /// The node does not lead the shard; retry at the hinted node.
     #[error("shard {shard}: not the leader (hint: {leader:?})")]

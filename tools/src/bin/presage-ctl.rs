@@ -83,6 +83,22 @@ enum Command {
     },
     /// Operators, running and recently finished.
     Operators,
+    /// Failure probability per node and per region, and the models behind it.
+    Risk,
+    /// Active early warnings with their evidence; `--follow` prints new ones as they come.
+    Warnings {
+        /// Keep printing warning events as they are raised and cleared (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Push counters for a node, e.g. SMART attributes of its disk: `smart_5_raw=8`.
+    Counters {
+        /// The node.
+        node: u64,
+        /// `name=value` pairs.
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
     /// Failure model: train and evaluate on drive SMART data (local files, no cluster).
     Pfa {
         #[command(subcommand)]
@@ -169,6 +185,52 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
         Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),
         Command::Drain { node } => admin(AdminCommand::Drain { node }),
+        Command::Risk => {
+            let text = c.get_raw("/v1/risk")?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let report = serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::risk_text(&report))
+        }
+        Command::Warnings { follow: false } => {
+            let text = c.get_raw("/v1/warnings?after=0&limit=0")?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let answer = serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::warnings_text(&answer))
+        }
+        Command::Warnings { follow: true } => {
+            let first: presage_pfa::warning::WarningsAnswer = c.get("/v1/warnings?after=0&limit=0")?;
+            print!("{}", ctl::warnings_text(&first));
+            let mut after = first.next_seq.saturating_sub(1);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let a: presage_pfa::warning::WarningsAnswer =
+                    c.get(&format!("/v1/warnings?after={after}&limit=1000"))?;
+                for e in &a.events {
+                    if json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        print!("{}", ctl::warning_event_line(e));
+                    }
+                    after = e.seq;
+                }
+            }
+        }
+        Command::Counters { node, values } => {
+            let mut map = serde_json::Map::new();
+            for v in &values {
+                let (k, x) = v
+                    .split_once('=')
+                    .and_then(|(k, x)| x.trim().parse::<f64>().ok().map(|x| (k.trim(), x)))
+                    .ok_or_else(|| CtlError::Decode(format!("`{v}` is not name=number")))?;
+                map.insert(k.to_string(), serde_json::json!(x));
+            }
+            let text = c.put_raw(&format!("/v1/nodes/{node}/counters"), &serde_json::Value::Object(map))?;
+            Ok(text + "\n")
+        }
         Command::Pfa {
             what: PfaCommand::Train { format: DataFormat::Backblaze, csv, horizon_days, test_fraction, seed, out },
         } => {

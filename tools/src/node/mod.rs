@@ -57,6 +57,9 @@ pub enum StartError {
     /// The storage engine failed to open.
     #[error("storage engine: {0}")]
     Engine(#[from] presage_engine::EngineError),
+    /// The shipped failure model did not load.
+    #[error("failure model: {0}")]
+    Pfa(#[from] presage_pfa::PfaError),
     /// The replication layer failed to start.
     #[error("replication: {0}")]
     Replication(#[from] presage_replication::Error),
@@ -257,6 +260,10 @@ impl RunningNode {
             Arc::clone(&rpc) as Arc<dyn Rpc>,
             Clock::wall(),
         );
+        let probe = engine.clone();
+        server
+            .set_agent(crate::agent::Agent::new(Some(Box::new(move || probe.metrics_snapshot())), Some(&cfg.data_dir)));
+        server.set_pfa_models(None, Some(presage_pfa::disk::default_model()?));
         // Requests from this node's own RESP and admin API call the server directly; only
         // requests arriving over TCP count as `native` in the metrics.
         let handler = server.handler();

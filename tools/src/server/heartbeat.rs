@@ -58,9 +58,57 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
-        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas };
+        let telemetry = sample(&inner, &statuses).await;
+        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry };
         send(&inner, heartbeat).await;
     }
+}
+
+/// Peers whose round trip one sample measures at most.
+pub const MAX_RTT_PROBES_PER_SAMPLE: usize = 8;
+/// How long a round-trip probe waits, ms.
+pub const RTT_PROBE_TIMEOUT_MS: u64 = 500;
+
+/// The agent's sample, with the Raft-side figures only the server knows: apply lag over the
+/// node's replicas, the round trip to the fastest peer (a `Hello` to each node sharing a shard
+/// with this one), and the mean proposal-to-reply time of the writes it led.
+async fn sample<E: Engine>(
+    inner: &Arc<Inner<E>>,
+    statuses: &[presage_replication::ShardStatus],
+) -> Option<presage_shardmgr::TelemetryReport> {
+    if lock(&inner.agent).is_none() {
+        return None;
+    }
+    let mut peers: Vec<u64> = statuses
+        .iter()
+        .flat_map(|s| s.descriptor.replicas.iter().map(|r| r.node_id))
+        .filter(|n| *n != inner.me.id)
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    peers.truncate(MAX_RTT_PROBES_PER_SAMPLE);
+    let probes = peers.iter().map(|&p| async move {
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_millis(RTT_PROBE_TIMEOUT_MS);
+        match inner.call_within(p, presage_client::Request::Hello, timeout).await {
+            Ok(Response::Hello { .. }) => Some(started.elapsed().as_secs_f64() * 1e3),
+            _ => None,
+        }
+    });
+    let rtts: Vec<f64> = futures::future::join_all(probes).await.into_iter().flatten().collect();
+    let (count, secs) = std::mem::take(&mut *lock(&inner.proposals));
+    let raft = crate::agent::RaftSignals {
+        apply_lag_entries: Some(statuses.iter().map(|s| s.commit.saturating_sub(s.applied)).sum()),
+        peer_rtt_min_ms: rtts.into_iter().reduce(f64::min),
+        proposal_mean_ms: (count > 0).then(|| secs * 1e3 / count as f64),
+    };
+    let at_ms = inner.clock.now_ms();
+    let mut guard = lock(&inner.agent);
+    let sample = guard.as_mut()?.sample(at_ms, raft);
+    Some(presage_shardmgr::TelemetryReport {
+        at_ms: sample.at_ms,
+        values: sample.values.into_iter().map(|(s, v)| (s.name().to_string(), v)).collect(),
+    })
 }
 
 /// Sends to the node believed to run the shard manager (this one if none is known: it

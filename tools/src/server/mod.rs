@@ -18,6 +18,7 @@ mod execute;
 mod heartbeat;
 mod manager;
 pub mod mem_rpc;
+pub mod pfa;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,12 @@ pub(crate) struct Inner<E: Engine> {
     /// Splits and merges this node carried out (as the leader of the shard).
     pub(crate) splits: std::sync::atomic::AtomicU64,
     pub(crate) merges: std::sync::atomic::AtomicU64,
+    /// The failure analysis (fed while this node runs the shard manager).
+    pub(crate) pfa: Mutex<pfa::PfaState>,
+    /// The telemetry agent, when the node runs one (the `presage` binary does).
+    pub(crate) agent: Mutex<Option<crate::agent::Agent>>,
+    /// Writes this node proposed as leader since the last sample: count and total seconds.
+    pub(crate) proposals: Mutex<(u64, f64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -205,6 +212,9 @@ impl<E: Engine> Server<E> {
             nodes_digest: std::sync::atomic::AtomicU64::new(0),
             splits: std::sync::atomic::AtomicU64::new(0),
             merges: std::sync::atomic::AtomicU64::new(0),
+            pfa: Mutex::new(pfa::PfaState::new(None, None)),
+            agent: Mutex::new(None),
+            proposals: Mutex::new((0, 0.0)),
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
@@ -281,6 +291,20 @@ impl<E: Engine> Server<E> {
             let stats = lock(&inner.manager).as_ref().map(Manager::stats);
             (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
         }
+    }
+
+    /// Runs `agent` with every heartbeat: its samples travel to the shard manager.
+    pub fn set_agent(&self, agent: crate::agent::Agent) {
+        *lock(&self.inner.agent) = Some(agent);
+    }
+
+    /// The failure models the shard manager uses while this node runs it.
+    pub fn set_pfa_models(
+        &self,
+        node_model: Option<presage_pfa::model::FailureModel>,
+        disk_model: Option<presage_pfa::model::FailureModel>,
+    ) {
+        *lock(&self.inner.pfa) = pfa::PfaState::new(node_model, disk_model);
     }
 
     /// This node's replication node.
@@ -361,6 +385,7 @@ impl<E: Engine> Inner<E> {
             | Request::Join { .. }
             | Request::Heartbeat { .. }
             | Request::ClusterInfo
+            | Request::Pfa { .. }
             | Request::Shards { .. }
             | Request::Admin { .. } => self.manager_request(request, may_forward).await,
             Request::Execute { command } => execute::run(self, command).await,
@@ -385,7 +410,13 @@ impl<E: Engine> Inner<E> {
             return Response::Error(e);
         }
         let timeout = Duration::from_millis(self.cfg.request_timeout_ms);
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(timeout, self.local(&request, &route)).await;
+        if write.is_some() && matches!(result, Ok(Ok(_))) {
+            let mut p = lock(&self.proposals);
+            p.0 += 1;
+            p.1 += started.elapsed().as_secs_f64();
+        }
         let result = match result {
             Ok(r) => r,
             Err(_) if write.is_some() => return Response::Error(ProtoError::OutcomeUnknown { shard: route.shard }),
@@ -536,13 +567,40 @@ impl<E: Engine> Inner<E> {
                     dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
                 Response::Routes { shards, nodes: m.nodes().cloned().collect() }
             }
-            Request::Heartbeat { heartbeat, nodes_digest: known } => {
-                let mut guard = lock(&self.manager);
-                let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
-                let nodes = if nodes_digest(m.nodes()) == known { Vec::new() } else { m.nodes().cloned().collect() };
-                match m.heartbeat(heartbeat, now) {
-                    Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale, nodes },
-                    None => Response::Error(ProtoError::JoinRefused("unknown node: join first".into())),
+            Request::Heartbeat { mut heartbeat, nodes_digest: known } => {
+                let (node, telemetry) = (heartbeat.node, heartbeat.telemetry.take());
+                let (answer, region) = {
+                    let mut guard = lock(&self.manager);
+                    let Some(m) = guard.as_mut() else {
+                        return Response::Error(ProtoError::NotManager { leader: None });
+                    };
+                    let nodes =
+                        if nodes_digest(m.nodes()) == known { Vec::new() } else { m.nodes().cloned().collect() };
+                    let region = m.nodes().find(|n| n.id == node).map(|n| n.region.clone());
+                    let answer = match m.heartbeat(heartbeat, now) {
+                        Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale, nodes },
+                        None => Response::Error(ProtoError::JoinRefused("unknown node: join first".into())),
+                    };
+                    (answer, region)
+                };
+                if let (Some(t), Some(region), Response::HeartbeatAck { .. }) = (telemetry, region, &answer) {
+                    lock(&self.pfa).on_telemetry(node, &region, t);
+                }
+                answer
+            }
+            Request::Pfa { query } => {
+                match (lock(&self.manager).as_ref(), &query) {
+                    (None, _) => return Response::Error(ProtoError::NotManager { leader: None }),
+                    (Some(m), presage_client::PfaQuery::PushCounters { node, .. })
+                        if !m.nodes().any(|n| n.id == *node) =>
+                    {
+                        return Response::Error(ProtoError::Invalid(format!("node {node} is not in the cluster")));
+                    }
+                    _ => {}
+                }
+                match lock(&self.pfa).answer(query, now) {
+                    Ok(json) => Response::Pfa { json },
+                    Err(e) => Response::Error(e),
                 }
             }
             Request::Join { node } => {

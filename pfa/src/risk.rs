@@ -1,0 +1,165 @@
+//! Failure risk per node and per region, and the status of the models behind it.
+//!
+//! A node's risk combines, as independent causes, the node model's probability (from its
+//! telemetry features) and the drive model's (from SMART counters an operator pushed):
+//! `1 - (1 - p_node)(1 - p_disk)`. A region's risk is the probability that at least one of its
+//! nodes fails within the horizon, `1 - Π(1 - p_i)`: the chance the region loses a replica.
+//! Without any model the risk is unknown (`null`), never a made-up number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+use crate::model::{FailureModel, ModelKind, TrainingSummary};
+use crate::warning::WarningKind;
+
+/// One node's risk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRisk {
+    /// The node.
+    pub node: u64,
+    /// Its region.
+    pub region: String,
+    /// When it was computed (the node's last sample), ms since the Unix epoch.
+    pub at_ms: u64,
+    /// P(failure within the horizon), combined; None without a model.
+    pub probability: Option<f64>,
+    /// The node model's part.
+    pub telemetry_probability: Option<f64>,
+    /// The drive model's part (from pushed SMART counters).
+    pub disk_probability: Option<f64>,
+    /// The kinds of the node's active warnings.
+    pub warnings: Vec<WarningKind>,
+}
+
+/// One region's risk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionRisk {
+    /// The region.
+    pub region: String,
+    /// P(at least one of its nodes fails within the horizon); None when no node has one.
+    pub probability: Option<f64>,
+    /// Nodes in it.
+    pub nodes: usize,
+    /// Its riskiest node.
+    pub riskiest_node: Option<u64>,
+}
+
+/// `1 - Π(1 - p)` over the known probabilities; None when none is known.
+pub fn any_fails(ps: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut survive = None;
+    for p in ps.into_iter().flatten() {
+        survive = Some(survive.unwrap_or(1.0) * (1.0 - p.clamp(0.0, 1.0)));
+    }
+    survive.map(|s| 1.0 - s)
+}
+
+/// Regions' risks from their nodes'.
+pub fn regions(nodes: &[NodeRisk]) -> Vec<RegionRisk> {
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|region| {
+            let members: Vec<&NodeRisk> = nodes.iter().filter(|n| n.region == region).collect();
+            let riskiest = members
+                .iter()
+                .filter_map(|n| n.probability.map(|p| (n.node, p)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(n, _)| n);
+            RegionRisk {
+                region: region.to_string(),
+                probability: any_fails(members.iter().map(|n| n.probability)),
+                nodes: members.len(),
+                riskiest_node: riskiest,
+            }
+        })
+        .collect()
+}
+
+/// What is known about a loaded model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// What it predicts.
+    pub kind: ModelKind,
+    /// Its version.
+    pub version: u64,
+    /// Horizon, seconds.
+    pub horizon_secs: u64,
+    /// Number of features.
+    pub features: usize,
+    /// Decision threshold.
+    pub threshold: f64,
+    /// What it was trained on.
+    pub trained_on: TrainingSummary,
+    /// Its validation metrics.
+    pub validation: Option<Metrics>,
+}
+
+impl ModelInfo {
+    /// The status of `model`.
+    pub fn of(model: &FailureModel) -> ModelInfo {
+        ModelInfo {
+            kind: model.kind,
+            version: model.version,
+            horizon_secs: model.horizon_secs,
+            features: model.features.len(),
+            threshold: model.threshold,
+            trained_on: model.trained_on.clone(),
+            validation: model.validation.clone(),
+        }
+    }
+}
+
+/// The models behind the risk figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// The node model (telemetry), if loaded.
+    pub node_model: Option<ModelInfo>,
+    /// The drive model (SMART), if loaded.
+    pub disk_model: Option<ModelInfo>,
+}
+
+/// Everything `presage-ctl risk` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RiskReport {
+    /// Per node.
+    pub nodes: Vec<NodeRisk>,
+    /// Per region.
+    pub regions: Vec<RegionRisk>,
+    /// The models.
+    pub models: ModelStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(node: u64, region: &str, p: Option<f64>) -> NodeRisk {
+        NodeRisk {
+            node,
+            region: region.into(),
+            at_ms: 0,
+            probability: p,
+            telemetry_probability: p,
+            disk_probability: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn independent_causes_combine() {
+        assert_eq!(any_fails([None, None]), None);
+        assert_eq!(any_fails([Some(0.5), None]), Some(0.5));
+        assert!((any_fails([Some(0.5), Some(0.5)]).expect("p") - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_region_is_at_risk_if_any_node_is() {
+        let r = regions(&[node(1, "a", Some(0.1)), node(2, "a", Some(0.6)), node(3, "b", None)]);
+        assert_eq!(r.len(), 2);
+        assert!((r[0].probability.expect("a") - (1.0 - 0.9 * 0.4)).abs() < 1e-12);
+        assert_eq!((r[0].nodes, r[0].riskiest_node), (2, Some(2)));
+        assert_eq!((r[1].probability, r[1].riskiest_node), (None, None));
+    }
+}

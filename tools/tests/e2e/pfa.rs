@@ -1,0 +1,126 @@
+//! The failure analysis on a real cluster: each node's agent samples its engine, disk and
+//! peers; the shard manager's aggregator turns a node whose disk slows (engine fault
+//! injection) into a `DiskDegradation` warning with evidence, on that node only; risk and
+//! pushed SMART counters go through the admin API.
+
+use std::time::Duration;
+
+use presage_client::{Client, ClientConfig};
+use presage_tools::ctl::AdminClient;
+use presage_tools::node::playground::Playground;
+
+use super::options;
+
+/// Samples every 200 ms (the heartbeat), so that the detectors' 120-sample warm-up takes
+/// 24 s instead of two minutes.
+const HEARTBEAT: &str = "server.shard-manager.heartbeat-interval-ms=\"200ms\"";
+
+fn get(admin: &AdminClient, path: &str) -> serde_json::Value {
+    admin.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), 3);
+    opts.overrides.push(HEARTBEAT.to_string());
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
+    let nodes = pg.cluster.nodes.clone();
+    let admin = AdminClient::new(&nodes[0].admin, None);
+    let slow = &nodes[2];
+    let slow_admin = AdminClient::new(&slow.admin, None);
+
+    // A steady write load, so that every node's engine syncs (leaders and followers alike).
+    let client = Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await.expect("client");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.put(format!("k{}", i % 500).as_bytes(), b"v").await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Warm-up: the detectors learn each node's normal.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let w = get(&admin, "/v1/warnings?after=0&limit=100");
+    assert_eq!(w["active"].as_array().map(Vec::len), Some(0), "healthy cluster: {w}");
+    let risk = get(&admin, "/v1/risk");
+    assert_eq!(risk["nodes"].as_array().map(Vec::len), Some(3), "{risk}");
+    assert!(risk["models"]["disk_model"]["version"].is_u64(), "the shipped drive model is loaded: {risk}");
+    let samples = get(&admin, &format!("/v1/telemetry/{}?after_ms=0&limit=1000", slow.id));
+    let last = &samples.as_array().and_then(|s| s.last()).expect("samples kept")["values"];
+    for signal in ["engine_sync_mean_ms", "cpu_busy_pct", "mem_available_pct", "apply_lag_entries", "peer_rtt_min_ms"] {
+        assert!(last[signal].is_number(), "{signal} missing from {last}");
+    }
+
+    // The disk of node 3 slows: every synced write takes 40 ms more.
+    slow_admin
+        .put_raw("/v1/faults", &serde_json::json!({"sync": {"latency-start-us": 40_000, "latency-end-us": 40_000}}))
+        .expect("set fault");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let warning = loop {
+        let w = get(&admin, "/v1/warnings?after=0&limit=100");
+        let active = w["active"].as_array().cloned().unwrap_or_default();
+        if let Some(found) = active.into_iter().find(|x| x["node"] == slow.id) {
+            break found;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for n in &nodes {
+                let samples = get(&admin, &format!("/v1/telemetry/{}?after_ms=0&limit=1000", n.id));
+                let series: Vec<String> = samples
+                    .as_array()
+                    .expect("samples")
+                    .iter()
+                    .rev()
+                    .take(200)
+                    .map(|s| {
+                        format!(
+                            "{:.1}/{:.1}",
+                            s["values"]["engine_sync_mean_ms"].as_f64().unwrap_or(-1.0),
+                            s["values"]["proposal_mean_ms"].as_f64().unwrap_or(-1.0)
+                        )
+                    })
+                    .collect();
+                eprintln!("node {}: {}", n.id, series.join(" "));
+            }
+            panic!("no warning for the slow node: {w}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(warning["kind"], "DiskDegradation", "{warning}");
+    let evidence = warning["evidence"].as_array().expect("evidence");
+    assert!(evidence.iter().any(|e| e["signal"] == "engine_sync_mean_ms"), "{warning}");
+    let peers = evidence[0]["peer_ratio"].as_f64().expect("compared with peers");
+    assert!(peers >= 2.0, "{warning}");
+    let w = get(&admin, "/v1/warnings?after=0&limit=100");
+    let others: Vec<&serde_json::Value> =
+        w["active"].as_array().expect("active").iter().filter(|x| x["node"] != slow.id).collect();
+    assert!(others.is_empty(), "only the slow node is warned about: {w}");
+
+    // SMART counters pushed for the slow node: the drive model's part of its risk.
+    let healthy = slow_admin
+        .put_raw(&format!("/v1/nodes/{}/counters", slow.id), &serde_json::json!({"smart_5_raw": 0, "smart_187_raw": 0, "smart_197_raw": 0, "smart_198_raw": 0, "smart_9_raw": 20000}))
+        .expect("push");
+    let failing = slow_admin
+        .put_raw(&format!("/v1/nodes/{}/counters", slow.id), &serde_json::json!({"smart_5_raw": 4000, "smart_187_raw": 60, "smart_197_raw": 400, "smart_198_raw": 400, "smart_9_raw": 20000}))
+        .expect("push");
+    let p =
+        |t: &str| serde_json::from_str::<serde_json::Value>(t).expect("json")["disk_probability"].as_f64().expect("p");
+    assert!(p(&failing) > p(&healthy), "healthy {healthy}, failing {failing}");
+    let bad = slow_admin.put_raw("/v1/nodes/999/counters", &serde_json::json!({"smart_5_raw": 1}));
+    let bad = bad.expect_err("an unknown node is refused").to_string();
+    assert!(bad.contains("400") && bad.contains("not in the cluster"), "{bad}");
+    let risk = get(&admin, "/v1/risk");
+    let node3 =
+        risk["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == slow.id).cloned().expect("node 3");
+    assert!(node3["disk_probability"].is_number() && node3["warnings"][0] == "DiskDegradation", "{node3}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    pg.stop(Duration::from_secs(10));
+}
