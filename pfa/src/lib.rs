@@ -14,6 +14,8 @@
 //!   Backblaze rule.
 //! - [`procfs`]: parsers for `/proc/diskstats`, `/proc/stat`, `/proc/meminfo`, PSI.
 //! - [`risk`]: node and region risk, model status.
+//! - [`node`]: the node model on recorded telemetry: replay, training split by time,
+//!   evaluation with lead times and false-alarm rates.
 //! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
 
 pub mod aggregate;
@@ -21,6 +23,7 @@ pub mod detect;
 pub mod disk;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod procfs;
 pub mod risk;
 pub mod smart;

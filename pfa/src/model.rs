@@ -214,6 +214,10 @@ pub struct FailureModel {
     /// Fingerprints of every unit training or validation saw (sorted): evaluation skips
     /// them, so a model is never scored on the units it learnt from.
     pub seen_units: Vec<u64>,
+    /// For a model trained on a recording: the time span (ms) training and validation saw;
+    /// evaluation skips it.
+    #[serde(default)]
+    pub seen_time_ms: Option<(u64, u64)>,
     /// Metrics on the validation units.
     pub validation: Option<Metrics>,
     booster: GradientBooster,
@@ -311,6 +315,7 @@ impl FailureModel {
             params,
             trained_on: TrainingSummary { train_rows: y.len(), trees, ..TrainingSummary::default() },
             seen_units: Vec::new(),
+            seen_time_ms: None,
             validation: None,
             booster,
         };

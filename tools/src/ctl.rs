@@ -92,6 +92,11 @@ impl AdminClient {
         serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))
     }
 
+    /// `DELETE path`; the raw answer.
+    pub fn delete(&self, path: &str) -> Result<String, CtlError> {
+        self.send(self.agent.delete(&self.url(path)), None)
+    }
+
     /// `PUT path` with a JSON body; the raw JSON answer.
     pub fn put_raw(&self, path: &str, body: &serde_json::Value) -> Result<String, CtlError> {
         self.send(self.agent.put(&self.url(path)), Some(body))

@@ -19,6 +19,7 @@ pub mod engine_bench;
 pub mod metrics;
 pub mod node;
 pub mod pfa_cli;
+pub mod pfa_record;
 pub mod replication_bench;
 pub mod resp;
 pub mod server;

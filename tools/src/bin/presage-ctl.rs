@@ -108,8 +108,11 @@ enum Command {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DataFormat {
-    /// Backblaze Drive Stats CSV (date, serial_number, failure, smart_N_raw...).
+    /// Backblaze Drive Stats CSV (date, serial_number, failure, smart_N_raw...): a drive model.
     Backblaze,
+    /// Telemetry recorded by `presage pfa-record` (at_ms, node, signals, failure_at_ms): a node
+    /// model.
+    Telemetry,
 }
 
 #[derive(Subcommand)]
@@ -122,9 +125,12 @@ enum PfaCommand {
         /// A data file; repeat for several (their SMART columns are united).
         #[arg(long = "csv", required = true)]
         csv: Vec<std::path::PathBuf>,
-        /// Predict failure within this many days.
+        /// Predict failure within this many days (backblaze).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=365))]
         horizon_days: u32,
+        /// Predict failure within this many seconds (telemetry).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        horizon_secs: u64,
         /// Share of drives held out for evaluation, split by drive.
         #[arg(long, default_value_t = 0.3)]
         test_fraction: f64,
@@ -232,12 +238,20 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             Ok(text + "\n")
         }
         Command::Pfa {
-            what: PfaCommand::Train { format: DataFormat::Backblaze, csv, horizon_days, test_fraction, seed, out },
-        } => {
-            let mut cfg = presage_pfa::disk::DiskTrainConfig { horizon_days, test_fraction, ..Default::default() };
-            cfg.params.seed = seed;
-            presage_tools::pfa_cli::train(&csv, &cfg, &out, json)
-        }
+            what: PfaCommand::Train { format, csv, horizon_days, horizon_secs, test_fraction, seed, out },
+        } => match format {
+            DataFormat::Backblaze => {
+                let mut cfg = presage_pfa::disk::DiskTrainConfig { horizon_days, test_fraction, ..Default::default() };
+                cfg.params.seed = seed;
+                presage_tools::pfa_cli::train(&csv, &cfg, &out, json)
+            }
+            DataFormat::Telemetry => {
+                let mut cfg = presage_pfa::node::NodeTrainConfig { horizon_secs, ..Default::default() };
+                cfg.train_fraction = 1.0 - test_fraction - cfg.validation_fraction;
+                cfg.params.seed = seed;
+                presage_tools::pfa_cli::train_node(&csv, &cfg, &out, json)
+            }
+        },
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => presage_tools::pfa_cli::eval(&model, &csv, json),
         Command::Operators => {
             let info = c.cluster()?;

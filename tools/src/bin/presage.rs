@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use presage_tools::demo::{self, DemoOptions};
 use presage_tools::metrics::Metrics;
@@ -64,6 +64,42 @@ enum Command {
         #[arg(long, default_value_t = WalkthroughOptions::default().value_bytes)]
         value_bytes: usize,
     },
+    /// Record labelled telemetry for the node failure model: a playground under a workload,
+    /// faults injected on a seeded schedule (disks slowing until they fail, escalating errors,
+    /// harmless spikes), the agents' samples written to a CSV with each node's next failure.
+    PfaRecord(Box<PfaRecordArgs>),
+}
+
+/// `presage pfa-record`.
+#[derive(Args)]
+struct PfaRecordArgs {
+    /// The CSV to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Recording length after the warm-up, seconds.
+    #[arg(long, default_value_t = 900)]
+    secs: u64,
+    /// Fault-free warm-up, seconds.
+    #[arg(long, default_value_t = 150)]
+    warmup_secs: u64,
+    /// Record a healthy cluster (no faults): for false-alarm rates.
+    #[arg(long)]
+    healthy: bool,
+    /// Nodes (at least 3).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Regions.
+    #[arg(long, default_value_t = 3)]
+    regions: u64,
+    /// Client operations per second.
+    #[arg(long, default_value_t = 200)]
+    ops_per_sec: u32,
+    /// Seed of the fault schedule and the workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the nodes live (default: a temporary folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// `presage demo`.
@@ -239,8 +275,20 @@ fn start(args: StartArgs) -> Result<()> {
     runtime.block_on(async move {
         let node = RunningNode::start(loaded.config, Metrics::new()).await?;
         tracing::info!(native = %node.native_addr(), "node serving");
-        interrupted().await;
+        let failed = tokio::select! {
+            () = interrupted() => false,
+            () = async {
+                while !node.replication_stopped() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } => true,
+        };
         node.shutdown(Duration::from_secs(10)).await;
+        if failed {
+            // Fail-stop: the replication node stopped after an engine error (logged where it
+            // happened); exit non-zero so that a supervisor restarts the process.
+            bail!("the replication node stopped after an engine error; exiting so that a restart recovers");
+        }
         Ok(())
     })
 }
@@ -298,6 +346,24 @@ fn main() -> Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(demo::run(&opts))
+        }
+        Command::PfaRecord(a) => {
+            let opts = presage_tools::pfa_record::RecordOptions {
+                nodes: a.nodes,
+                regions: a.regions,
+                secs: a.secs,
+                warmup_secs: a.warmup_secs,
+                faults: !a.healthy,
+                ops_per_sec: a.ops_per_sec,
+                seed: a.seed,
+                out: a.out,
+                data_dir: a.data_dir,
+                binary: std::env::current_exe().context("finding the presage binary")?,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let summary = runtime.block_on(presage_tools::pfa_record::run(&opts))?;
+            println!("{summary}");
+            Ok(())
         }
         Command::Walkthrough { keys, value_bytes } => {
             let mut out = std::io::stdout().lock();

@@ -378,6 +378,13 @@ impl RunningNode {
         self.native.local_addr()
     }
 
+    /// True once the replication node stopped on its own (an engine error: the in-memory Raft
+    /// state may be ahead of the disk). The process should then exit, fail-stop, so that a
+    /// supervisor restarts it and recovery runs from what is durable.
+    pub fn replication_stopped(&self) -> bool {
+        self.raft.node.is_finished()
+    }
+
     /// Graceful stop: stops taking connections, moves every leadership this node holds to
     /// another replica (the shard manager moves with the meta shard's), lets in-flight
     /// requests finish (at most `drain_timeout`), then stops.

@@ -249,6 +249,12 @@ impl Playground {
         }
     }
 
+    /// Whether node `id`'s process is still running (false once it exited, for any reason).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let Some(i) = self.cluster.nodes.iter().position(|n| n.id == id) else { return false };
+        matches!(self.children[i].try_wait(), Ok(None))
+    }
+
     /// Starts node `id` again from its configuration (after [`Playground::kill`]).
     pub fn restart(&mut self, id: u64, overrides: &[String]) -> Result<(), PlaygroundError> {
         let i = self
