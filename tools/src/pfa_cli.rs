@@ -43,6 +43,25 @@ pub fn load_model(path: &Path) -> Result<FailureModel, CtlError> {
     Ok(FailureModel::from_json(&text)?)
 }
 
+/// Writes `model` to `out`; with `json`, its description as one JSON line.
+fn save(model: &FailureModel, out: &Path, json: bool) -> Result<Option<String>, CtlError> {
+    std::fs::write(out, model.to_json()?)
+        .map_err(|e| CtlError::File { path: out.display().to_string(), reason: e.to_string() })?;
+    Ok(json.then(|| {
+        let v = serde_json::json!({
+            "model": out.display().to_string(),
+            "kind": model.kind,
+            "version": model.version,
+            "horizon_secs": model.horizon_secs,
+            "features": model.features.len(),
+            "threshold": model.threshold,
+            "trained_on": model.trained_on,
+            "validation": model.validation,
+        });
+        format!("{v}\n")
+    }))
+}
+
 /// `pfa train`: train, write the model to `out`, and describe it.
 pub fn train(csv: &[PathBuf], cfg: &DiskTrainConfig, out: &Path, json: bool) -> Result<String, CtlError> {
     let ds = load_backblaze(csv)?;
@@ -51,20 +70,8 @@ pub fn train(csv: &[PathBuf], cfg: &DiskTrainConfig, out: &Path, json: bool) -> 
         .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
         .collect();
     let model = disk::train(&ds, sources, cfg)?;
-    let text = model.to_json()?;
-    std::fs::write(out, text).map_err(|e| CtlError::File { path: out.display().to_string(), reason: e.to_string() })?;
-    if json {
-        let v = serde_json::json!({
-            "model": out.display().to_string(),
-            "kind": model.kind,
-            "version": model.version,
-            "horizon_days": cfg.horizon_days,
-            "features": model.features,
-            "threshold": model.threshold,
-            "trained_on": model.trained_on,
-            "validation": model.validation,
-        });
-        return Ok(format!("{v}\n"));
+    if let Some(json) = save(&model, out, json)? {
+        return Ok(json);
     }
     let s = &model.trained_on;
     let mut text = format!(
@@ -173,19 +180,8 @@ pub fn train_node(
         .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
         .collect();
     let model = presage_pfa::node::train(&rec, sources, cfg)?;
-    std::fs::write(out, model.to_json()?)
-        .map_err(|e| CtlError::File { path: out.display().to_string(), reason: e.to_string() })?;
-    if json {
-        let v = serde_json::json!({
-            "model": out.display().to_string(),
-            "kind": model.kind,
-            "horizon_secs": model.horizon_secs,
-            "features": model.features.len(),
-            "threshold": model.threshold,
-            "trained_on": model.trained_on,
-            "validation": model.validation,
-        });
-        return Ok(format!("{v}\n"));
+    if let Some(json) = save(&model, out, json)? {
+        return Ok(json);
     }
     let s = &model.trained_on;
     let mut text = format!(
