@@ -224,7 +224,11 @@ fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlErro
                 f.node.to_string(),
                 f.failure_at_ms.to_string(),
                 if f.fault.is_empty() { "-".into() } else { f.fault.clone() },
-                f.lead_secs.map_or_else(|| "missed".into(), |l| format!("{l:.0} s")),
+                match (f.lead_secs, f.sudden) {
+                    (Some(l), _) => format!("{l:.0} s"),
+                    (None, true) => "sudden (no precursor)".into(),
+                    (None, false) => "missed".into(),
+                },
                 f.injected_latency_ms_at_alarm.map_or_else(|| "-".into(), |l| format!("{l:.0} ms")),
             ]
         })

@@ -263,7 +263,7 @@ impl RunningNode {
         let probe = engine.clone();
         server
             .set_agent(crate::agent::Agent::new(Some(Box::new(move || probe.metrics_snapshot())), Some(&cfg.data_dir)));
-        server.set_pfa_models(None, Some(presage_pfa::disk::default_model()?));
+        server.set_pfa_models(Some(presage_pfa::node::default_model()?), Some(presage_pfa::disk::default_model()?));
         // Requests from this node's own RESP and admin API call the server directly; only
         // requests arriving over TCP count as `native` in the metrics.
         let handler = server.handler();

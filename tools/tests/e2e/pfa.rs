@@ -52,6 +52,8 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     let risk = get(&admin, "/v1/risk");
     assert_eq!(risk["nodes"].as_array().map(Vec::len), Some(3), "{risk}");
     assert!(risk["models"]["disk_model"]["version"].is_u64(), "the shipped drive model is loaded: {risk}");
+    assert!(risk["models"]["node_model"]["version"].is_u64(), "the shipped node model is loaded: {risk}");
+    assert!(risk["nodes"][0]["telemetry_probability"].is_number(), "{risk}");
     let samples = get(&admin, &format!("/v1/telemetry/{}?after_ms=0&limit=1000", slow.id));
     let last = &samples.as_array().and_then(|s| s.last()).expect("samples kept")["values"];
     for signal in ["engine_sync_mean_ms", "cpu_busy_pct", "mem_available_pct", "apply_lag_entries", "peer_rtt_min_ms"] {
