@@ -7,7 +7,7 @@
 //! - [`telemetry`]: the signal catalogue (names end with units) and samples.
 //! - [`aggregate`]: per-node rings, detectors, features, evidence, minute summaries.
 //! - [`warning`]: typed early warnings, their lifecycle and event stream.
-//! - [`detect`]: EWMA, Holt, slopes, CUSUM, z-score alarms, peer comparison.
+//! - [`detect`]: EWMA, Holt, slopes, CUSUM, median.
 //! - [`smart`]: Backblaze SMART data sets (CSV).
 //! - [`model`]: the gradient-boosted failure model, its calibration and file format.
 //! - [`disk`]: the drive model: features, split by drive, training, evaluation beside the

@@ -67,21 +67,19 @@ impl Default for TrainParams {
     }
 }
 
-/// Rows of features, column-major as the booster wants them.
+/// Rows of features (NaN is missing), handed to the booster column-major.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Table {
     /// Number of columns (features).
     pub cols: usize,
-    /// Column-major values; NaN is missing.
-    data: Vec<f64>,
-    /// Row-major staging, moved into `data` by [`Table::finish`].
+    /// The rows.
     staged: Vec<Vec<f64>>,
 }
 
 impl Table {
     /// An empty table of `cols` columns.
     pub fn new(cols: usize) -> Table {
-        Table { cols, data: Vec::new(), staged: Vec::new() }
+        Table { cols, staged: Vec::new() }
     }
 
     /// Append one row (`values.len() == cols`).

@@ -27,13 +27,14 @@ fn open(path: &Path) -> Result<std::fs::File, CtlError> {
     Ok(f)
 }
 
+/// Opens every file, named by its path, for a parser.
+fn sources(paths: &[PathBuf]) -> Result<Vec<(String, std::io::BufReader<std::fs::File>)>, CtlError> {
+    paths.iter().map(|p| Ok((p.display().to_string(), std::io::BufReader::new(open(p)?)))).collect()
+}
+
 /// Parse Backblaze CSV files into one data set.
 pub fn load_backblaze(paths: &[PathBuf]) -> Result<SmartDataset, CtlError> {
-    let mut sources = Vec::new();
-    for p in paths {
-        sources.push((p.display().to_string(), std::io::BufReader::new(open(p)?)));
-    }
-    Ok(SmartDataset::from_csv(sources)?)
+    Ok(SmartDataset::from_csv(sources(paths)?)?)
 }
 
 /// Read a model file.
@@ -160,11 +161,7 @@ fn metrics_table(cols: &[(&str, &Metrics)]) -> String {
 
 /// Parse `presage pfa-record` CSV files.
 pub fn load_recording(paths: &[PathBuf]) -> Result<presage_pfa::node::Recording, CtlError> {
-    let mut sources = Vec::new();
-    for p in paths {
-        sources.push((p.display().to_string(), std::io::BufReader::new(open(p)?)));
-    }
-    Ok(presage_pfa::node::Recording::from_csv(sources)?)
+    Ok(presage_pfa::node::Recording::from_csv(sources(paths)?)?)
 }
 
 /// `pfa train --format telemetry`: the node model.

@@ -29,6 +29,8 @@ pub struct PfaState {
     aggregator: Aggregator,
     board: WarningBoard,
     node_model: Option<FailureModel>,
+    /// For each of the node model's features, its index in the aggregator's feature vector.
+    node_feature_map: Vec<Option<usize>>,
     disk_model: Option<FailureModel>,
     pushed: BTreeMap<NodeId, PushedCounters>,
     risks: BTreeMap<NodeId, NodeRisk>,
@@ -37,10 +39,13 @@ pub struct PfaState {
 impl PfaState {
     /// A state with the given models (either may be absent).
     pub fn new(node_model: Option<FailureModel>, disk_model: Option<FailureModel>) -> PfaState {
+        let node_feature_map =
+            node_model.as_ref().map(|m| m.feature_map(&Aggregator::feature_names())).unwrap_or_default();
         PfaState {
             aggregator: Aggregator::new(AggregatorConfig::default()),
             board: WarningBoard::new(WARNING_CLEAR_AFTER_SAMPLES, MAX_WARNING_EVENTS),
             node_model,
+            node_feature_map,
             disk_model,
             pushed: BTreeMap::new(),
             risks: BTreeMap::new(),
@@ -58,8 +63,7 @@ impl PfaState {
         let telemetry_probability = self.node_model.as_ref().and_then(|m| {
             let features = self.aggregator.features(node)?;
             let mut table = Table::new(m.features.len());
-            let names = presage_pfa::aggregate::Aggregator::feature_names();
-            let row = m.feature_map(&names).into_iter().map(|i| i.map_or(f64::NAN, |i| features[i])).collect();
+            let row = self.node_feature_map.iter().map(|i| i.map_or(f64::NAN, |i| features[i])).collect();
             table.push(row);
             m.predict(&table).first().copied()
         });
