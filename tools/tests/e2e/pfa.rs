@@ -1,7 +1,8 @@
 //! The failure analysis on a real cluster: each node's agent samples its engine, disk and
 //! peers; the shard manager's aggregator turns a node whose disk slows (engine fault
 //! injection) into a `DiskDegradation` warning with evidence, on that node only; risk and
-//! pushed SMART counters go through the admin API.
+//! pushed SMART counters go through the admin API; a node whose engine latency ramps towards
+//! the election timeout crosses failure probability 0.5 well before it gets there.
 
 use std::time::Duration;
 
@@ -68,7 +69,12 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     let warning = loop {
         let w = get(&admin, "/v1/warnings?after=0&limit=100");
         let active = w["active"].as_array().cloned().unwrap_or_default();
-        if let Some(found) = active.into_iter().find(|x| x["node"] == slow.id) {
+        // The warning may first be raised on a consequence of the slow disk (apply lag
+        // grows); the test waits until it carries the cause, the sync latency itself.
+        let has_sync = |x: &serde_json::Value| {
+            x["evidence"].as_array().is_some_and(|ev| ev.iter().any(|e| e["signal"] == "engine_sync_mean_ms"))
+        };
+        if let Some(found) = active.into_iter().find(|x| x["node"] == slow.id && has_sync(x)) {
             break found;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -96,8 +102,8 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     };
     assert_eq!(warning["kind"], "DiskDegradation", "{warning}");
     let evidence = warning["evidence"].as_array().expect("evidence");
-    assert!(evidence.iter().any(|e| e["signal"] == "engine_sync_mean_ms"), "{warning}");
-    let peers = evidence[0]["peer_ratio"].as_f64().expect("compared with peers");
+    let sync = evidence.iter().find(|e| e["signal"] == "engine_sync_mean_ms").expect("sync evidence");
+    let peers = sync["peer_ratio"].as_f64().expect("compared with peers");
     assert!(peers >= 2.0, "{warning}");
     let w = get(&admin, "/v1/warnings?after=0&limit=100");
     let others: Vec<&serde_json::Value> =
@@ -121,6 +127,43 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     let node3 =
         risk["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == slow.id).cloned().expect("node 3");
     assert!(node3["disk_probability"].is_number() && node3["warnings"][0] == "DiskDegradation", "{node3}");
+
+    // A second node's engine latency ramps towards the 1 s election timeout (the recorded
+    // failures' ramp, at the test's 5 samples a second): its failure probability crosses 0.5
+    // well before the injected latency gets there.
+    slow_admin.delete("/v1/faults").expect("clear the first fault");
+    let ramping = &nodes[1];
+    let probability_of = |risk: &serde_json::Value, node: u64| {
+        risk["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["node"] == node))
+            .and_then(|n| n["probability"].as_f64())
+    };
+    let before = get(&admin, "/v1/risk");
+    let p_before = probability_of(&before, ramping.id).expect("the ramping node has a risk");
+    assert!(p_before < 0.5, "the ramping node is at risk before its ramp: {before}");
+    let ramp_ms: u64 = 30_000;
+    let ramp = serde_json::json!({"latency-start-us": 0, "latency-end-us": 1_000_000, "ramp-ms": ramp_ms});
+    let started = tokio::time::Instant::now();
+    AdminClient::new(&ramping.admin, None)
+        .put_raw("/v1/faults", &serde_json::json!({"sync": ramp, "write": ramp}))
+        .expect("set the ramp");
+    let injected_ms_at_alarm = loop {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let risk = get(&admin, "/v1/risk");
+        let p = probability_of(&risk, ramping.id).unwrap_or(0.0);
+        if p >= 0.5 {
+            break elapsed_ms * 1_000 / ramp_ms;
+        }
+        assert!(elapsed_ms < ramp_ms, "the ramp reached the election timeout before risk 0.5: {risk}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "node {}: risk {p_before:.3} before its ramp, 0.5 crossed at {injected_ms_at_alarm} ms injected latency",
+        ramping.id
+    );
+    assert!(injected_ms_at_alarm < 750, "risk 0.5 only at {injected_ms_at_alarm} ms injected (election timeout 1 s)");
+    AdminClient::new(&ramping.admin, None).delete("/v1/faults").expect("clear the ramp");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer");
