@@ -158,17 +158,33 @@ struct NodeTrack {
     last_at_ms: u64,
 }
 
-/// A per-minute summary of a node's signals, for the history kept in the meta shard.
+/// One signal over one minute.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MinuteStats {
+    /// Mean, raw scale.
+    pub mean: f64,
+    /// Largest value, raw scale.
+    pub max: f64,
+    /// Mean on the detectors' scale ([`Signal::transform`]).
+    pub t_mean: f64,
+    /// Standard deviation on the detectors' scale, within the minute.
+    pub t_sd: f64,
+}
+
+/// A per-minute summary of a node's signals: the downsampled history the shard manager keeps
+/// in the meta shard, from which a new manager restores the detectors' baselines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MinuteSummary {
     /// The node.
     pub node: u64,
+    /// Its region.
+    pub region: String,
     /// Start of the minute, ms since the Unix epoch.
     pub minute_ms: u64,
     /// Samples in the minute.
     pub samples: u32,
-    /// Mean value per signal over the minute (raw scale).
-    pub means: BTreeMap<Signal, f64>,
+    /// Per signal.
+    pub signals: BTreeMap<Signal, MinuteStats>,
 }
 
 /// Telemetry of every node, with detectors and features.
@@ -345,17 +361,26 @@ impl Aggregator {
         out
     }
 
-    /// Per-minute means of `node`'s kept samples in minutes that ended by `now_ms`.
+    /// Per-minute summaries of `node`'s kept samples in whole minutes starting at or after
+    /// `after_ms` that ended by `now_ms`.
     pub fn minute_summaries(&self, node: u64, after_ms: u64, now_ms: u64) -> Vec<MinuteSummary> {
+        let Some(track) = self.nodes.get(&node) else { return Vec::new() };
         let mut out: Vec<MinuteSummary> = Vec::new();
-        let mut sums: BTreeMap<Signal, (f64, u32)> = BTreeMap::new();
+        // Per signal: count, sum, max, and Welford mean and squared deviations (transformed).
+        let mut acc: BTreeMap<Signal, (u32, f64, f64, f64, f64)> = BTreeMap::new();
         let mut current: Option<(u64, u32)> = None;
-        let mut flush = |minute: u64, samples: u32, sums: &mut BTreeMap<Signal, (f64, u32)>| {
-            let means = sums.iter().map(|(s, (sum, n))| (*s, sum / f64::from(*n))).collect();
-            out.push(MinuteSummary { node, minute_ms: minute, samples, means });
-            sums.clear();
+        let mut flush = |minute: u64, samples: u32, acc: &mut BTreeMap<Signal, (u32, f64, f64, f64, f64)>| {
+            let signals = acc
+                .iter()
+                .map(|(s, &(n, sum, max, t_mean, m2))| {
+                    let t_sd = if n > 1 { (m2 / f64::from(n - 1)).sqrt() } else { 0.0 };
+                    (*s, MinuteStats { mean: sum / f64::from(n), max, t_mean, t_sd })
+                })
+                .collect();
+            out.push(MinuteSummary { node, region: track.region.clone(), minute_ms: minute, samples, signals });
+            acc.clear();
         };
-        for s in self.samples(node) {
+        for s in &track.ring {
             let minute = s.at_ms - s.at_ms % 60_000;
             if minute < after_ms || minute + 60_000 > now_ms {
                 continue;
@@ -363,23 +388,81 @@ impl Aggregator {
             match current {
                 Some((m, n)) if m == minute => current = Some((m, n + 1)),
                 Some((m, n)) => {
-                    flush(m, n, &mut sums);
+                    flush(m, n, &mut acc);
                     current = Some((minute, 1));
                 }
                 None => current = Some((minute, 1)),
             }
             for (&sig, &v) in &s.values {
                 if v.is_finite() {
-                    let e = sums.entry(sig).or_insert((0.0, 0));
-                    e.0 += v;
-                    e.1 += 1;
+                    let x = sig.transform(v);
+                    let e = acc.entry(sig).or_insert((0, 0.0, f64::NEG_INFINITY, 0.0, 0.0));
+                    e.0 += 1;
+                    e.1 += v;
+                    e.2 = e.2.max(v);
+                    let d = x - e.3;
+                    e.3 += d / f64::from(e.0);
+                    e.4 += d * (x - e.3);
                 }
             }
         }
         if let Some((m, n)) = current {
-            flush(m, n, &mut sums);
+            flush(m, n, &mut acc);
         }
         out
+    }
+
+    /// Resume tracking `node` from its persisted history (a new shard manager after a
+    /// fail-over): each signal's baseline and change-point detector start from the history's
+    /// pooled mean and deviation, and its level from the last minute, so the node is judged
+    /// at once instead of after the warm-up. Slopes and forecasts start empty. Does nothing
+    /// (false) when the node is tracked already or the history is shorter than the warm-up.
+    pub fn restore(&mut self, node: u64, history: &[MinuteSummary]) -> bool {
+        let samples: u64 = history.iter().filter(|m| m.node == node).map(|m| u64::from(m.samples)).sum();
+        let Some(last) = history.iter().filter(|m| m.node == node).max_by_key(|m| m.minute_ms) else { return false };
+        if self.nodes.contains_key(&node)
+            || self.nodes.len() >= self.cfg.max_nodes
+            || samples < self.cfg.evidence_warmup_samples
+        {
+            return false;
+        }
+        let mut trackers = BTreeMap::new();
+        for signal in Signal::ALL {
+            // Pooled over minutes: mean of means, and within- plus between-minute variance.
+            let parts: Vec<(f64, MinuteStats)> = history
+                .iter()
+                .filter(|m| m.node == node)
+                .filter_map(|m| m.signals.get(&signal).map(|s| (f64::from(m.samples), *s)))
+                .filter(|(_, s)| s.t_mean.is_finite() && s.t_sd.is_finite())
+                .collect();
+            let n: f64 = parts.iter().map(|(w, _)| w).sum();
+            if n < 2.0 {
+                continue;
+            }
+            let mean = parts.iter().map(|(w, s)| w * s.t_mean).sum::<f64>() / n;
+            let var = parts.iter().map(|(w, s)| w * (s.t_sd * s.t_sd + (s.t_mean - mean).powi(2))).sum::<f64>() / n;
+            let sd = var.sqrt();
+            let mut t = Tracker::new(&self.cfg, signal);
+            t.baseline = Ewma::seeded(BASELINE_SPAN, mean, sd);
+            t.level = Ewma::seeded(LEVEL_SPAN, last.signals.get(&signal).map_or(mean, |s| s.t_mean), 0.0);
+            t.cusum = Cusum::seeded(
+                CusumConfig { min_sd: signal.min_sd(), ..self.cfg.cusum },
+                mean,
+                sd,
+                u32::try_from(samples).unwrap_or(u32::MAX),
+            );
+            t.samples = self.cfg.evidence_warmup_samples;
+            t.last_raw = last.signals.get(&signal).map_or(f64::NAN, |s| s.mean);
+            trackers.insert(signal, t);
+        }
+        let track = NodeTrack {
+            region: last.region.clone(),
+            ring: VecDeque::new(),
+            trackers,
+            last_at_ms: last.minute_ms + 59_999,
+        };
+        self.nodes.insert(node, track);
+        true
     }
 }
 
@@ -486,8 +569,42 @@ mod tests {
         }
         let m = agg.minute_summaries(1, 0, 60_000 + 150_000);
         assert_eq!(m.len(), 2, "the third minute is not over");
-        assert_eq!((m[0].minute_ms, m[0].samples, m[0].means[&Signal::CpuBusyPct]), (60_000, 60, 10.0));
-        assert_eq!(m[1].means[&Signal::CpuBusyPct], 20.0);
+        let cpu = |i: usize| m[i].signals[&Signal::CpuBusyPct];
+        assert_eq!((m[0].minute_ms, m[0].samples, cpu(0).mean, cpu(0).max), (60_000, 60, 10.0, 10.0));
+        assert_eq!((cpu(1).mean, cpu(0).t_sd), (20.0, 0.0));
         assert!(agg.minute_summaries(1, 120_000, 210_000).iter().all(|s| s.minute_ms >= 120_000));
+    }
+
+    /// A new manager restored from the minute history judges a node at once: the slow node
+    /// is evidence within the level's span instead of after the 120-sample warm-up, and a
+    /// healthy one raises nothing.
+    #[test]
+    fn a_restored_aggregator_skips_the_warm_up() {
+        for seed in 0..10u64 {
+            let (old, _) = run(seed, 600, u64::MAX, 0.0);
+            let history: Vec<MinuteSummary> = (1..=3).flat_map(|n| old.minute_summaries(n, 0, 601_000)).collect();
+            let mut agg = Aggregator::new(AggregatorConfig::default());
+            for n in 1..=3 {
+                assert!(agg.restore(n, &history), "seed {seed}: node {n} restored");
+                assert!(!agg.restore(n, &history), "seed {seed}: restored once");
+            }
+            let mut rng = SmallRng::seed_from_u64(seed + 100);
+            let noise = LogNormal::new(0.0, 0.25).expect("lognormal");
+            let mut first = None;
+            for t in 0..60u64 {
+                for node in 1..=3u64 {
+                    let sync = 2.0 * noise.sample(&mut rng) + if node == 3 { 20.0 } else { 0.0 };
+                    let at = 700_000 + t * 1_000;
+                    assert!(agg.ingest(node, "r", sample(at, &[(Signal::EngineSyncMeanMs, sync)])));
+                    let ev = agg.evidence(node);
+                    assert!(node == 3 || ev.is_empty(), "seed {seed}: healthy node {node} flagged at {t}: {ev:?}");
+                    if node == 3 && first.is_none() && !ev.is_empty() {
+                        first = Some(t);
+                    }
+                }
+            }
+            let first = first.unwrap_or_else(|| panic!("seed {seed}: the slow node was never flagged"));
+            assert!(first < 20, "seed {seed}: flagged only after {first} samples");
+        }
     }
 }

@@ -36,6 +36,12 @@ impl Ewma {
         Ewma::new(2.0 / (span.max(1.0) + 1.0))
     }
 
+    /// The EWMA of [`Ewma::with_span`] resumed at a known level and deviation (a baseline
+    /// restored from history).
+    pub fn seeded(span: f64, mean: f64, sd: f64) -> Ewma {
+        Ewma { mean: Some(mean), var: sd * sd, ..Ewma::with_span(span) }
+    }
+
     /// Take one value.
     pub fn update(&mut self, x: f64) {
         match self.mean {
@@ -220,6 +226,18 @@ impl Cusum {
         assert!(cfg.k >= 0.0 && cfg.h > 0.0 && cfg.warmup_samples >= 2 && cfg.clip > cfg.k);
         assert!(cfg.learn_samples >= cfg.warmup_samples);
         Cusum { cfg, n: 0, sum: 0.0, sum_sq: 0.0, baseline: None, pos: 0.0, neg: 0.0, pos_run: 0, neg_run: 0 }
+    }
+
+    /// A detector whose baseline was learnt elsewhere (restored from history): armed at once,
+    /// as if `samples` values of mean `mean` and deviation `sd` had been seen.
+    pub fn seeded(cfg: CusumConfig, mean: f64, sd: f64, samples: u32) -> Cusum {
+        let mut c = Cusum::new(cfg);
+        let n = samples.clamp(cfg.warmup_samples, cfg.learn_samples);
+        c.n = n;
+        c.sum = mean;
+        c.sum_sq = sd * sd * f64::from(n - 1);
+        c.baseline = Some((mean, sd.max(cfg.min_sd)));
+        c
     }
 
     /// The positive and negative sums, in baseline deviations.

@@ -93,6 +93,17 @@ impl Table {
         self.staged.len()
     }
 
+    /// The rows, in order.
+    pub fn rows_iter(&self) -> impl Iterator<Item = &[f64]> {
+        self.staged.iter().map(Vec::as_slice)
+    }
+
+    /// Append `other`'s rows (same width).
+    pub fn extend(&mut self, other: &Table) {
+        assert_eq!(other.cols, self.cols, "table width");
+        self.staged.extend(other.staged.iter().cloned());
+    }
+
     fn column_major(&self) -> Vec<f64> {
         let mut data = Vec::with_capacity(self.rows() * self.cols);
         for c in 0..self.cols {

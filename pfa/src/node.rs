@@ -117,6 +117,26 @@ impl Recording {
         Ok(Recording { rows })
     }
 
+    /// Writes the recording as `presage pfa-record` CSV: `at_ms,node,region,<signals...>,
+    /// fault,failure_at_ms`; `fault` names the episode active on the node at the sample,
+    /// `failure_at_ms` is the node's next failure (empty: none in the recording).
+    pub fn write_csv(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut header = vec!["at_ms".to_string(), "node".into(), "region".into()];
+        header.extend(Signal::ALL.iter().map(|s| s.name().to_string()));
+        header.extend(["fault".to_string(), "failure_at_ms".to_string()]);
+        writeln!(out, "{}", header.join(","))?;
+        for r in &self.rows {
+            let mut row = vec![r.sample.at_ms.to_string(), r.node.to_string(), r.region.clone()];
+            row.extend(
+                Signal::ALL.iter().map(|sig| r.sample.get(*sig).map_or_else(String::new, |v| format!("{v:.4}"))),
+            );
+            row.push(r.fault.clone());
+            row.push(r.failure_at_ms.map_or_else(String::new, |f| f.to_string()));
+            writeln!(out, "{}", row.join(","))?;
+        }
+        out.flush()
+    }
+
     /// The recording's time span, ms.
     pub fn span_ms(&self) -> Option<(u64, u64)> {
         Some((self.rows.first()?.sample.at_ms, self.rows.last()?.sample.at_ms))
@@ -157,8 +177,34 @@ fn label(r: &Recorded, horizon_ms: u64) -> bool {
     r.failure_at_ms.is_some_and(|f| f >= r.sample.at_ms && f - r.sample.at_ms <= horizon_ms)
 }
 
+/// Replays `rec` and labels each sample (failure within the horizon), leaving out the
+/// positives of [`sudden_failures`]: `(row index, features, label)`.
+pub(crate) fn labelled_rows(rec: &Recording, horizon_ms: u64) -> Vec<(usize, Vec<f64>, bool)> {
+    let sudden = sudden_failures(rec);
+    replay(rec)
+        .into_iter()
+        .filter_map(|r| {
+            let row = &rec.rows[r.row];
+            let y = label(row, horizon_ms);
+            let skip = y && row.failure_at_ms.is_some_and(|f| sudden.contains(&(row.node, f)));
+            (!skip).then_some((r.row, r.features, y))
+        })
+        .collect()
+}
+
+/// [`labelled_rows`] as a training table and its labels.
+pub(crate) fn labelled(rec: &Recording, horizon_ms: u64) -> (Table, Vec<bool>) {
+    let mut table = Table::new(Aggregator::feature_names().len());
+    let mut labels = Vec::new();
+    for (_, features, y) in labelled_rows(rec, horizon_ms) {
+        table.push(features);
+        labels.push(y);
+    }
+    (table, labels)
+}
+
 /// Failures `(node, at_ms)` with no precursor: the node's last sample before the failure ran
-/// under no degrading fault (an error burst stops a node within a second; a process can
+/// under no degrading fault (an observed failure, whose cause is unknown, is never sudden) (an error burst stops a node within a second; a process can
 /// vanish). Telemetry cannot foresee them, so training leaves out the samples in the horizon
 /// before them (neither positive nor negative) and evaluation lists them apart.
 pub fn sudden_failures(rec: &Recording) -> BTreeSet<(u64, u64)> {
@@ -171,7 +217,10 @@ pub fn sudden_failures(rec: &Recording) -> BTreeSet<(u64, u64)> {
             }
         }
     }
-    last.into_iter().filter(|(_, (_, fault))| *fault != LATENCY_RAMP).map(|(k, _)| k).collect()
+    last.into_iter()
+        .filter(|(_, (_, fault))| *fault != LATENCY_RAMP && *fault != crate::retrain::OBSERVED_FAILURE)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// How `train` splits and labels.
@@ -210,21 +259,14 @@ pub fn train(rec: &Recording, sources: Vec<String>, cfg: &NodeTrainConfig) -> Re
     let horizon_ms = cfg.horizon_secs * 1000;
     let names = Aggregator::feature_names();
     let (mut t, mut ty, mut v, mut vy) = (Table::new(names.len()), Vec::new(), Table::new(names.len()), Vec::new());
-    let mut valid_rows = Vec::new();
-    let sudden = sudden_failures(rec);
-    for r in replay(rec) {
-        let row = &rec.rows[r.row];
-        let y = label(row, horizon_ms);
-        if y && row.failure_at_ms.is_some_and(|f| sudden.contains(&(row.node, f))) {
-            continue;
-        }
-        if row.sample.at_ms <= train_end {
-            t.push(r.features);
+    for (i, features, y) in labelled_rows(rec, horizon_ms) {
+        let at = rec.rows[i].sample.at_ms;
+        if at <= train_end {
+            t.push(features);
             ty.push(y);
-        } else if row.sample.at_ms <= valid_end {
-            v.push(r.features);
+        } else if at <= valid_end {
+            v.push(features);
             vy.push(y);
-            valid_rows.push(r.row);
         }
     }
     let mut model = FailureModel::train(
@@ -393,7 +435,7 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
     use rand_distr::{Distribution, LogNormal};
@@ -403,7 +445,7 @@ mod tests {
     /// A synthetic recording at 1 Hz: three nodes with log-normal sync latency around 1 ms;
     /// every `period` seconds one node's latency ramps to 1,000 ms over `ramp` seconds and it
     /// fails; short spikes on other nodes in between are harmless.
-    fn synthetic(seed: u64, secs: u64, period: u64, ramp: u64) -> Recording {
+    pub(crate) fn synthetic(seed: u64, secs: u64, period: u64, ramp: u64) -> Recording {
         let mut rng = SmallRng::seed_from_u64(seed);
         let noise = LogNormal::new(0.0, 0.3).expect("lognormal");
         let mut rows = Vec::new();

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use presage_client::{Client, ClientConfig};
-use presage_pfa::telemetry::{Signal, TelemetrySample};
+use presage_pfa::node::{Recorded, Recording};
+use presage_pfa::telemetry::TelemetrySample;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -380,30 +381,30 @@ async fn poll(
     }
 }
 
-/// The CSV: `at_ms,node,region,<signals...>,fault,failure_at_ms`; `fault` names the episode
-/// active on the node at the sample, `failure_at_ms` is the node's next failure (empty: none
-/// in the recording).
+/// The labelled recording: `fault` names the episode active on the node at the sample,
+/// `failure_at_ms` is the node's next failure.
 fn write_csv(
     out: &mut impl Write,
     samples: &[(u64, TelemetrySample)],
     applied: &[Applied],
     regions: &std::collections::BTreeMap<u64, String>,
 ) -> Result<()> {
-    let mut header = vec!["at_ms".to_string(), "node".into(), "region".into()];
-    header.extend(Signal::ALL.iter().map(|s| s.name().to_string()));
-    header.extend(["fault".to_string(), "failure_at_ms".to_string()]);
-    writeln!(out, "{}", header.join(","))?;
-    for (node, s) in samples {
-        let mut row = vec![s.at_ms.to_string(), node.to_string(), regions.get(node).cloned().unwrap_or_default()];
-        row.extend(Signal::ALL.iter().map(|sig| s.get(*sig).map_or_else(String::new, |v| format!("{v:.4}"))));
-        let fault = applied.iter().find(|a| a.node == *node && a.start_ms <= s.at_ms && s.at_ms < a.end_ms);
-        row.push(fault.map_or("", |a| a.kind.name()).to_string());
-        let next_failure =
-            applied.iter().filter(|a| a.node == *node).filter_map(|a| a.failure_ms).filter(|f| *f >= s.at_ms).min();
-        row.push(next_failure.map_or_else(String::new, |f| f.to_string()));
-        writeln!(out, "{}", row.join(","))?;
-    }
-    out.flush()?;
+    let rows = samples
+        .iter()
+        .map(|(node, s)| {
+            let fault = applied.iter().find(|a| a.node == *node && a.start_ms <= s.at_ms && s.at_ms < a.end_ms);
+            let next_failure =
+                applied.iter().filter(|a| a.node == *node).filter_map(|a| a.failure_ms).filter(|f| *f >= s.at_ms).min();
+            Recorded {
+                node: *node,
+                region: regions.get(node).cloned().unwrap_or_default(),
+                sample: s.clone(),
+                fault: fault.map_or("", |a| a.kind.name()).to_string(),
+                failure_at_ms: next_failure,
+            }
+        })
+        .collect();
+    Recording { rows }.write_csv(out)?;
     Ok(())
 }
 
