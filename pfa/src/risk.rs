@@ -118,6 +118,12 @@ pub struct ModelStatus {
     pub node_model: Option<ModelInfo>,
     /// The drive model (SMART), if loaded.
     pub disk_model: Option<ModelInfo>,
+    /// The shard manager's last retraining of the node model.
+    #[serde(default)]
+    pub last_retrain: Option<crate::retrain::RetrainReport>,
+    /// Nodes whose detectors this shard manager restored from the persisted history.
+    #[serde(default)]
+    pub restored_nodes: usize,
 }
 
 /// Everything `presage-ctl risk` shows.

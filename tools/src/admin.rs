@@ -15,6 +15,7 @@
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
+//! | `GET /v1/history/{node}?minutes=` | the node's per-minute history kept in the meta shard (default 60 minutes) |
 //! | `PUT /v1/nodes/{id}/counters` | push counters for a node, e.g. `{"smart_5_raw": 8}` (SMART) |
 //!
 //! When `admin-token` is set every path but `/health` needs `Authorization: Bearer TOKEN`.
@@ -130,6 +131,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
+        .route("/v1/history/{node}", get(history))
         .route("/v1/nodes/{id}/counters", axum::routing::put(push_counters))
         .with_state(state)
 }
@@ -320,6 +322,27 @@ async fn telemetry(
 ) -> ApiResult<HttpResponse> {
     authorize(&s, &headers)?;
     pfa(&s, PfaQuery::Telemetry { node, after_ms: q.after_ms, limit: q.limit }).await
+}
+
+/// Query of `/v1/history/{node}`.
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    #[serde(default = "default_history_minutes")]
+    minutes: u32,
+}
+
+fn default_history_minutes() -> u32 {
+    60
+}
+
+async fn history(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(node): Path<NodeId>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<HttpResponse> {
+    authorize(&s, &headers)?;
+    pfa(&s, PfaQuery::History { node, minutes: q.minutes }).await
 }
 
 async fn push_counters(

@@ -313,7 +313,53 @@ pub fn risk_text(r: &presage_pfa::risk::RiskReport) -> String {
     out.push('\n');
     out.push_str(&model("node model", &r.models.node_model));
     out.push_str(&model("disk model", &r.models.disk_model));
+    match &r.models.last_retrain {
+        None => out.push_str("retraining: none yet\n"),
+        Some(t) => out.push_str(&format!(
+            "retraining: {} episodes ({} failures), candidate PR-AUC {:.3} vs current {} on the newest {}: {}\n",
+            t.episodes,
+            t.failures,
+            t.candidate_pr_auc,
+            t.current_pr_auc.map_or_else(|| "-".into(), |p| format!("{p:.3}")),
+            t.test_episodes,
+            if t.adopted { format!("adopted as version {}", t.version) } else { "kept the current model".into() },
+        )),
+    }
+    out.push_str(&format!("nodes restored from history by this manager: {}\n", r.models.restored_nodes));
     out
+}
+
+/// Signals `presage-ctl history` shows (mean and max per minute).
+const HISTORY_SIGNALS: [presage_pfa::telemetry::Signal; 5] = [
+    presage_pfa::telemetry::Signal::EngineSyncMeanMs,
+    presage_pfa::telemetry::Signal::ProposalMeanMs,
+    presage_pfa::telemetry::Signal::PeerRttMinMs,
+    presage_pfa::telemetry::Signal::CpuBusyPct,
+    presage_pfa::telemetry::Signal::MemAvailablePct,
+];
+
+/// `presage-ctl history`: a node's per-minute history, a few signals as `mean/max`.
+pub fn history_text(minutes: &[presage_pfa::aggregate::MinuteSummary]) -> String {
+    if minutes.is_empty() {
+        return "no history kept for this node in that span\n".into();
+    }
+    let mut header = vec!["MINUTE (UTC)".to_string(), "SAMPLES".into()];
+    header.extend(HISTORY_SIGNALS.iter().map(|s| s.name().to_string()));
+    let rows: Vec<Vec<String>> = minutes
+        .iter()
+        .map(|m| {
+            let secs = m.minute_ms / 1000;
+            let mut row = vec![format!("{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60), m.samples.to_string()];
+            row.extend(
+                HISTORY_SIGNALS
+                    .iter()
+                    .map(|s| m.signals.get(s).map_or_else(|| "-".into(), |x| format!("{:.1}/{:.1}", x.mean, x.max))),
+            );
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, &rows)
 }
 
 fn evidence_text(w: &presage_pfa::warning::Warning) -> String {

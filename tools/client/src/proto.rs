@@ -150,6 +150,13 @@ pub enum PfaQuery {
         /// At most this many samples.
         limit: u32,
     },
+    /// The per-minute history of `node` kept in the meta shard, over the last `minutes`.
+    History {
+        /// The node.
+        node: NodeId,
+        /// How far back, minutes.
+        minutes: u32,
+    },
     /// Counters an operator pushes for a node (SMART attributes of its disk).
     PushCounters {
         /// The node.

@@ -91,6 +91,14 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// A node's per-minute telemetry history kept in the meta shard (mean/max per minute).
+    History {
+        /// The node.
+        node: u64,
+        /// How far back.
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+    },
     /// Push counters for a node, e.g. SMART attributes of its disk: `smart_5_raw=8`.
     Counters {
         /// The node.
@@ -224,6 +232,14 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                     after = e.seq;
                 }
             }
+        }
+        Command::History { node, minutes } => {
+            let text = c.get_raw(&format!("/v1/history/{node}?minutes={minutes}"))?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let minutes = serde_json::from_str::<Vec<_>>(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::history_text(&minutes))
         }
         Command::Counters { node, values } => {
             let mut map = serde_json::Map::new();

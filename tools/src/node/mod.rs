@@ -25,6 +25,7 @@ use std::time::Duration;
 use presage_client::net::{NativeServer, TcpRpc};
 use presage_client::{Client, ClientConfig, Request, Rpc, RpcFuture};
 use presage_engine::{FaultInjector, FaultyEngine, MeteredEngine, RocksEngine};
+use presage_pfa::model::FailureModel;
 use presage_replication::{AddressBook, NodeHandle, Store, TcpNode};
 use presage_shardmgr::{NodeId, NodeMeta, NodeState};
 use serde::{Deserialize, Serialize};
@@ -263,7 +264,17 @@ impl RunningNode {
         let probe = engine.clone();
         server
             .set_agent(crate::agent::Agent::new(Some(Box::new(move || probe.metrics_snapshot())), Some(&cfg.data_dir)));
-        server.set_pfa_models(Some(presage_pfa::node::default_model()?), Some(presage_pfa::disk::default_model()?));
+        let model = |path: &str, shipped: fn() -> Result<FailureModel, presage_pfa::PfaError>| {
+            if path.is_empty() {
+                return shipped();
+            }
+            let text =
+                std::fs::read_to_string(path).map_err(|e| presage_pfa::PfaError::Model(format!("{path}: {e}")))?;
+            FailureModel::from_json(&text).map_err(|e| presage_pfa::PfaError::Model(format!("{path}: {e}")))
+        };
+        let node_model = model(&cfg.server.pfa.node_model_path, presage_pfa::node::default_model)?;
+        let disk_model = model(&cfg.server.pfa.disk_model_path, presage_pfa::disk::default_model)?;
+        server.set_pfa_models(Some(node_model), Some(disk_model));
         // Requests from this node's own RESP and admin API call the server directly; only
         // requests arriving over TCP count as `native` in the metrics.
         let handler = server.handler();

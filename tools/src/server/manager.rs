@@ -6,6 +6,7 @@
 //! order; only then send its commands. A failed write means the leadership moved: the
 //! manager is dropped and the next leader starts from what is durable.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +14,9 @@ use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Engine, KeyRange};
 use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
 use presage_shardmgr::meta::{PersistedState, META_PREFIX};
-use presage_shardmgr::{Manager, MetaWrite, META_SHARD_ID};
+use presage_shardmgr::{Manager, MetaWrite, NodeState, META_SHARD_ID};
 
-use super::{lock, Inner};
+use super::{lock, pfa_store, Inner};
 
 /// Pairs per page when reading the meta shard.
 const META_SCAN_PAGE_KEYS: usize = 1_024;
@@ -50,7 +51,9 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             match load(&inner, &status).await {
                 Ok(m) => {
                     tracing::info!(node = inner.me.id, shards = m.directory().len(), "shard manager started");
+                    let nodes: Vec<u64> = m.nodes().filter(|n| n.state != NodeState::Removed).map(|n| n.id).collect();
                     *lock(&inner.manager) = Some(m);
+                    pfa_store::on_manager_start(&inner, &nodes, inner.clock.now_ms()).await;
                 }
                 Err(e) => {
                     tracing::warn!(node = inner.me.id, error = %e, "could not start the shard manager; retrying");
@@ -60,7 +63,20 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         let order = inner.meta_writes.lock().await;
         let now = inner.clock.now_ms();
-        let Some(effects) = lock(&inner.manager).as_mut().map(|m| m.tick(now)) else { continue };
+        let Some((mut effects, down)) = lock(&inner.manager).as_mut().map(|m| {
+            let down: BTreeSet<u64> = m.nodes().filter(|n| n.state == NodeState::Down).map(|n| n.id).collect();
+            (m.tick(now), down)
+        }) else {
+            continue;
+        };
+        let retrain_due = {
+            let mut pfa = lock(&inner.pfa);
+            effects.writes.extend(pfa.meta_writes(now, &down));
+            pfa.start_retrain(now)
+        };
+        if retrain_due {
+            tokio::spawn(pfa_store::retrain(Arc::clone(&inner), now));
+        }
         tracing::trace!(
             node = inner.me.id,
             now,
@@ -120,26 +136,12 @@ pub(crate) fn abdicate<E: Engine>(inner: &Inner<E>, error: &str) {
 /// empty and this node is its only replica (a brand-new cluster).
 async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manager, String> {
     let epoch = status.descriptor.epoch();
-    let mut pairs = Vec::new();
     let mut end = META_PREFIX.to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
-    let mut range = KeyRange::new(META_PREFIX.to_vec(), Some(end)).map_err(|e| e.to_string())?;
-    loop {
-        let read =
-            ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
-        let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
-        let ReadResponse::Pairs { pairs: page, more, resume_after } = answer else {
-            return Err("the meta scan answered a value".into());
-        };
-        let last = resume_after.or_else(|| page.last().map(|(k, _)| k.clone()));
-        pairs.extend(page);
-        match (more, last) {
-            (true, Some(k)) => range = range.after(&k).ok_or("meta scan past its end")?,
-            _ => break,
-        }
-    }
+    let range = KeyRange::new(META_PREFIX.to_vec(), Some(end)).map_err(|e| e.to_string())?;
+    let pairs = scan_meta(inner, epoch, range, usize::MAX).await?;
     let state =
         PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).map_err(|e| e.to_string())?;
     let cfg = inner.cfg.shard_manager.clone();
@@ -154,6 +156,36 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
     let cluster_id = rand::random::<u64>() | 1;
     tracing::info!(node = inner.me.id, cluster_id, "bootstrapping a new cluster");
     Manager::bootstrap(cfg, cluster_id, inner.me.clone(), now).map_err(|e| e.to_string())
+}
+
+/// Reads `range` of the meta shard (linearizable), page by page, up to `max_bytes` of keys
+/// and values (more is an error).
+pub(crate) async fn scan_meta<E: Engine>(
+    inner: &Inner<E>,
+    epoch: presage_replication::Epoch,
+    mut range: KeyRange,
+    max_bytes: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let mut pairs = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let read =
+            ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
+        let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
+        let ReadResponse::Pairs { pairs: page, more, resume_after } = answer else {
+            return Err("the meta scan answered a value".into());
+        };
+        let last = resume_after.or_else(|| page.last().map(|(k, _)| k.clone()));
+        bytes += page.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if bytes > max_bytes {
+            return Err(format!("the meta scan holds more than {max_bytes} bytes"));
+        }
+        pairs.extend(page);
+        match (more, last) {
+            (true, Some(k)) => range = range.after(&k).ok_or("meta scan past its end")?,
+            _ => return Ok(pairs),
+        }
+    }
 }
 
 /// Writes `writes` to the meta shard in order, in batches of `max-meta-batch-records`.

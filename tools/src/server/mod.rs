@@ -19,6 +19,7 @@ mod heartbeat;
 mod manager;
 pub mod mem_rpc;
 pub mod pfa;
+pub mod pfa_store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     pub max_batch_ops: usize,
     /// A new node gives up joining after this long.
     pub join_timeout_ms: u64,
+    /// The failure analysis (used while this node runs the shard manager).
+    pub pfa: pfa::PfaConfig,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             max_scan_bytes: 4 << 20,
             max_batch_ops: 10_000,
             join_timeout_ms: 60_000,
+            pfa: pfa::PfaConfig::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl ServerConfig {
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), String> {
         self.shard_manager.validate().map_err(|e| e.to_string())?;
+        self.pfa.validate()?;
         for (name, v) in [
             ("schedule-interval-ms", self.schedule_interval_ms),
             ("request-timeout-ms", self.request_timeout_ms),
@@ -195,6 +200,7 @@ impl<E: Engine> Server<E> {
         clock: Clock,
     ) -> Self {
         let inflight = tokio::sync::Semaphore::new(cfg.max_inflight_requests);
+        let pfa = pfa::PfaState::new(cfg.pfa.clone(), None, None);
         let inner = Arc::new(Inner {
             cfg,
             me,
@@ -212,7 +218,7 @@ impl<E: Engine> Server<E> {
             nodes_digest: std::sync::atomic::AtomicU64::new(0),
             splits: std::sync::atomic::AtomicU64::new(0),
             merges: std::sync::atomic::AtomicU64::new(0),
-            pfa: Mutex::new(pfa::PfaState::new(None, None)),
+            pfa: Mutex::new(pfa),
             agent: Mutex::new(None),
             proposals: Mutex::new((0, 0.0)),
         });
@@ -304,7 +310,7 @@ impl<E: Engine> Server<E> {
         node_model: Option<presage_pfa::model::FailureModel>,
         disk_model: Option<presage_pfa::model::FailureModel>,
     ) {
-        *lock(&self.inner.pfa) = pfa::PfaState::new(node_model, disk_model);
+        *lock(&self.inner.pfa) = pfa::PfaState::new(self.inner.cfg.pfa.clone(), node_model, disk_model);
     }
 
     /// This node's replication node.
@@ -597,6 +603,16 @@ impl<E: Engine> Inner<E> {
                         return Response::Error(ProtoError::Invalid(format!("node {node} is not in the cluster")));
                     }
                     _ => {}
+                }
+                if let presage_client::PfaQuery::History { node, minutes } = query {
+                    let minutes = u64::from(minutes.clamp(1, pfa_store::MAX_HISTORY_ANSWER_MINUTES));
+                    return match pfa_store::history(self, node, now.saturating_sub(minutes * 60_000), now).await {
+                        Ok(h) => match serde_json::to_string(&h) {
+                            Ok(json) => Response::Pfa { json },
+                            Err(e) => Response::Error(ProtoError::Internal(e.to_string())),
+                        },
+                        Err(e) => Response::Error(ProtoError::Retry(format!("history: {e}"))),
+                    };
                 }
                 match lock(&self.pfa).answer(query, now) {
                     Ok(json) => Response::Pfa { json },

@@ -3,19 +3,26 @@
 //! failure probability. Answers `Request::Pfa` (risk, warnings, raw telemetry) and takes the
 //! counters operators push.
 //!
-//! Every node keeps one, but only the manager's is fed (heartbeats go to the manager); a new
-//! manager starts with empty rings and fills them within the detectors' warm-up.
+//! Every node keeps one, but only the manager's is fed (heartbeats go to the manager). What
+//! outlives a manager lies in the meta shard (see [`super::pfa_store`]): every node's
+//! per-minute history, from which a new manager restores the detectors' baselines (no
+//! warm-up after a fail-over); the episodes captured when a node is declared down (its
+//! failure, labelled) and now and then from a healthy cluster; the retrained node model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use presage_client::{PfaQuery, ProtoError};
-use presage_pfa::aggregate::{Aggregator, AggregatorConfig};
+use presage_pfa::aggregate::{Aggregator, AggregatorConfig, MinuteSummary};
 use presage_pfa::model::{FailureModel, Table};
+use presage_pfa::node::Recording;
+use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
 use presage_pfa::telemetry::{PushedCounters, Signal, TelemetrySample};
 use presage_pfa::warning::{WarningBoard, WarningsAnswer};
-use presage_shardmgr::{NodeId, TelemetryReport};
-use serde::Serialize;
+use presage_shardmgr::{MetaWrite, NodeId, TelemetryReport};
+use serde::{Deserialize, Serialize};
+
+use super::pfa_store;
 
 /// Quiet samples after which a warning clears.
 pub const WARNING_CLEAR_AFTER_SAMPLES: u32 = 30;
@@ -23,6 +30,77 @@ pub const WARNING_CLEAR_AFTER_SAMPLES: u32 = 30;
 pub const MAX_WARNING_EVENTS: usize = 10_000;
 /// Most warning events or telemetry samples one answer carries.
 pub const MAX_ITEMS_PER_ANSWER: u32 = 10_000;
+/// Nodes besides the failed one whose rings an episode holds (its peers' features).
+pub const MAX_EPISODE_PEERS: usize = 8;
+
+/// Settings of the failure analysis (`[server.pfa]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct PfaConfig {
+    /// A node model file (`presage-ctl pfa train --format telemetry`) to use instead of the
+    /// shipped one; empty: the shipped model. A retrained model in the meta shard wins over
+    /// both.
+    pub node_model_path: String,
+    /// A drive model file (`presage-ctl pfa train --format backblaze`); empty: the shipped one.
+    pub disk_model_path: String,
+    /// Minutes of per-node history kept in the meta shard (a ring of this many records per
+    /// node).
+    pub history_minutes: u64,
+    /// Minutes of history a new shard manager restores the detectors' baselines from.
+    pub restore_minutes: u64,
+    /// How often the shard manager retrains the node model from the cluster's episodes;
+    /// 0: never.
+    pub retrain_interval_ms: u64,
+    /// Observed failures needed before a retraining is tried.
+    pub min_failures_to_retrain: usize,
+    /// How often a healthy cluster's telemetry is kept as an episode (negatives); 0: never.
+    pub healthy_episode_interval_ms: u64,
+    /// Episodes kept in the meta shard (the oldest go first).
+    pub max_episodes: usize,
+    /// Largest compressed episode; a larger one is not kept.
+    pub max_episode_bytes: usize,
+}
+
+impl Default for PfaConfig {
+    fn default() -> Self {
+        PfaConfig {
+            node_model_path: String::new(),
+            disk_model_path: String::new(),
+            history_minutes: 1_440,
+            restore_minutes: 60,
+            retrain_interval_ms: 6 * 3_600_000,
+            min_failures_to_retrain: 3,
+            healthy_episode_interval_ms: 3_600_000,
+            max_episodes: 64,
+            max_episode_bytes: 1 << 20,
+        }
+    }
+}
+
+impl PfaConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.history_minutes == 0 || self.history_minutes > 100_000 {
+            return Err(format!("pfa.history-minutes ({}) must be in 1..=100000", self.history_minutes));
+        }
+        if self.restore_minutes == 0 || self.restore_minutes > self.history_minutes {
+            return Err(format!(
+                "pfa.restore-minutes ({}) must be in 1..=history-minutes ({})",
+                self.restore_minutes, self.history_minutes
+            ));
+        }
+        if self.max_episodes == 0 || self.max_episodes > retrain::MAX_EPISODES {
+            return Err(format!("pfa.max-episodes ({}) must be in 1..={}", self.max_episodes, retrain::MAX_EPISODES));
+        }
+        if self.max_episode_bytes < 64 << 10 || self.max_episode_bytes > 4 << 20 {
+            return Err(format!("pfa.max-episode-bytes ({}) must be between 64 KiB and 4 MiB", self.max_episode_bytes));
+        }
+        if self.min_failures_to_retrain < 2 {
+            return Err("pfa.min-failures-to-retrain must be at least 2 (one is held out to test)".into());
+        }
+        Ok(())
+    }
+}
 
 /// The manager-side failure analysis.
 pub struct PfaState {
@@ -34,11 +112,24 @@ pub struct PfaState {
     disk_model: Option<FailureModel>,
     pushed: BTreeMap<NodeId, PushedCounters>,
     risks: BTreeMap<NodeId, NodeRisk>,
+    cfg: PfaConfig,
+    /// Per node: the start of the last minute written to the history.
+    history_through_ms: BTreeMap<NodeId, u64>,
+    /// Nodes whose failure episode is kept (until they report again).
+    captured: BTreeSet<NodeId>,
+    /// When the last healthy episode was kept (or the manager started).
+    last_healthy_episode_ms: Option<u64>,
+    /// When the next retraining is due; whether one runs.
+    next_retrain_ms: Option<u64>,
+    retraining: bool,
+    last_retrain: Option<RetrainReport>,
+    /// Nodes restored from the history by this manager.
+    restored: usize,
 }
 
 impl PfaState {
     /// A state with the given models (either may be absent).
-    pub fn new(node_model: Option<FailureModel>, disk_model: Option<FailureModel>) -> PfaState {
+    pub fn new(cfg: PfaConfig, node_model: Option<FailureModel>, disk_model: Option<FailureModel>) -> PfaState {
         let node_feature_map =
             node_model.as_ref().map(|m| m.feature_map(&Aggregator::feature_names())).unwrap_or_default();
         PfaState {
@@ -49,6 +140,125 @@ impl PfaState {
             disk_model,
             pushed: BTreeMap::new(),
             risks: BTreeMap::new(),
+            cfg,
+            history_through_ms: BTreeMap::new(),
+            captured: BTreeSet::new(),
+            last_healthy_episode_ms: None,
+            next_retrain_ms: None,
+            retraining: false,
+            last_retrain: None,
+            restored: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PfaConfig {
+        &self.cfg
+    }
+
+    /// The served node model.
+    pub fn node_model(&self) -> Option<&FailureModel> {
+        self.node_model.as_ref()
+    }
+
+    /// Serve `model` as the node model (a retrained one, or the one a predecessor stored).
+    pub fn set_node_model(&mut self, model: FailureModel) {
+        self.node_feature_map = model.feature_map(&Aggregator::feature_names());
+        self.node_model = Some(model);
+    }
+
+    /// This node starts running the shard manager: the rings start over (a predecessor's
+    /// samples went to it), each node's detectors resume from `history`, and what is to be
+    /// persisted is counted from now.
+    pub fn on_manager_start(&mut self, history: &[MinuteSummary], now_ms: u64) {
+        self.aggregator = Aggregator::new(self.aggregator.config().clone());
+        let nodes: BTreeSet<u64> = history.iter().map(|m| m.node).collect();
+        self.restored = nodes.into_iter().filter(|n| self.aggregator.restore(*n, history)).count();
+        self.history_through_ms.clear();
+        self.captured.clear();
+        self.last_healthy_episode_ms = Some(now_ms);
+        self.next_retrain_ms = (self.cfg.retrain_interval_ms > 0).then(|| now_ms + self.cfg.retrain_interval_ms);
+    }
+
+    /// The records to add to the meta shard this round: each node's finished minutes; the
+    /// failure episode of each node in `down` not kept yet; a healthy episode when one is due
+    /// (no node down, no warning active).
+    pub fn meta_writes(&mut self, now_ms: u64, down: &BTreeSet<NodeId>) -> Vec<MetaWrite> {
+        let mut out = Vec::new();
+        for (node, _) in self.aggregator.nodes() {
+            let after = self.history_through_ms.get(&node).map_or(0, |m| m + 60_000);
+            for m in self.aggregator.minute_summaries(node, after, now_ms) {
+                self.history_through_ms.insert(node, m.minute_ms);
+                out.push(presage_shardmgr::meta::put(pfa_store::history_key(&m, self.cfg.history_minutes), &m));
+            }
+        }
+        for &node in down {
+            let Some(last_ms) = self.aggregator.last_sample_ms(node) else { continue };
+            if self.captured.contains(&node) || self.aggregator.samples(node).next().is_none() {
+                continue;
+            }
+            self.captured.insert(node);
+            let episode = self.episode(Some((node, last_ms)));
+            out.extend(self.encode_episode(&episode, last_ms, node));
+        }
+        let healthy_due = self.cfg.healthy_episode_interval_ms > 0
+            && self.last_healthy_episode_ms.is_some_and(|t| now_ms >= t + self.cfg.healthy_episode_interval_ms);
+        if healthy_due && down.is_empty() && self.board.active().is_empty() {
+            self.last_healthy_episode_ms = Some(now_ms);
+            let episode = self.episode(None);
+            out.extend(self.encode_episode(&episode, now_ms, 0));
+        }
+        out
+    }
+
+    /// A snapshot of the rings: the failed node's and up to [`MAX_EPISODE_PEERS`] others.
+    fn episode(&self, failed: Option<(NodeId, u64)>) -> Recording {
+        let keep: BTreeSet<u64> = failed
+            .map(|(n, _)| n)
+            .into_iter()
+            .chain(self.aggregator.nodes().into_iter().map(|(n, _)| n).filter(|n| failed.is_none_or(|(f, _)| f != *n)))
+            .take(MAX_EPISODE_PEERS + 1)
+            .collect();
+        let mut rec = retrain::capture(&self.aggregator, failed);
+        rec.rows.retain(|r| keep.contains(&r.node));
+        rec
+    }
+
+    fn encode_episode(&self, episode: &Recording, at_ms: u64, node: NodeId) -> Option<MetaWrite> {
+        match pfa_store::encode_episode(episode, self.cfg.max_episode_bytes) {
+            Ok(bytes) => {
+                tracing::info!(
+                    node,
+                    at_ms,
+                    rows = episode.rows.len(),
+                    bytes = bytes.len(),
+                    "failure-analysis episode kept"
+                );
+                Some(MetaWrite { key: pfa_store::episode_key(at_ms, node), value: Some(bytes) })
+            }
+            Err(e) => {
+                tracing::warn!(node, at_ms, error = %e, "failure-analysis episode not kept");
+                None
+            }
+        }
+    }
+
+    /// Whether a retraining is due now; if so it counts as started (see
+    /// [`PfaState::retrain_done`]).
+    pub fn start_retrain(&mut self, now_ms: u64) -> bool {
+        if self.retraining || self.next_retrain_ms.is_none_or(|t| now_ms < t) {
+            return false;
+        }
+        self.retraining = true;
+        self.next_retrain_ms = Some(now_ms + self.cfg.retrain_interval_ms);
+        true
+    }
+
+    /// A retraining ended (with its report when it ran).
+    pub fn retrain_done(&mut self, report: Option<RetrainReport>) {
+        self.retraining = false;
+        if report.is_some() {
+            self.last_retrain = report;
         }
     }
 
@@ -59,6 +269,7 @@ impl PfaState {
         if !self.aggregator.ingest(node, region, sample) {
             return;
         }
+        self.captured.remove(&node);
         self.board.observe(node, region, report.at_ms, self.aggregator.evidence(node));
         let telemetry_probability = self.node_model.as_ref().and_then(|m| {
             let features = self.aggregator.features(node)?;
@@ -108,6 +319,8 @@ impl PfaState {
             models: ModelStatus {
                 node_model: self.node_model.as_ref().map(ModelInfo::of),
                 disk_model: self.disk_model.as_ref().map(ModelInfo::of),
+                last_retrain: self.last_retrain.clone(),
+                restored_nodes: self.restored,
             },
         }
     }
@@ -130,6 +343,8 @@ impl PfaState {
                     .collect();
                 json(&samples)
             }
+            // Read from the meta shard by the caller (see `pfa_store::history`).
+            PfaQuery::History { .. } => Err(ProtoError::Internal("history is read from the meta shard".into())),
             PfaQuery::PushCounters { node, counters } => {
                 let pushed = PushedCounters { at_ms: now_ms, values: counters };
                 pushed.validate().map_err(ProtoError::Invalid)?;

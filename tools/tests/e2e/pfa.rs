@@ -169,3 +169,103 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     writer.await.expect("writer");
     pg.stop(Duration::from_secs(10));
 }
+
+/// Waits (polling every 500 ms, up to `secs`) until `check` returns Some.
+async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What outlives a shard manager: each node's per-minute history is persisted in the meta
+/// shard, and a new manager (the old one killed) restores every node's detectors from it;
+/// a node the manager declares down leaves a labelled episode, and once the cluster has
+/// observed enough failures the manager retrains the node model from them on its schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_survives_a_manager_fail_over_and_observed_failures_retrain_the_node_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), 3);
+    let overrides = [
+        HEARTBEAT,
+        "server.shard-manager.node-suspect-after-ms=\"1s\"",
+        "server.shard-manager.node-down-after-ms=\"3s\"",
+        "server.pfa.retrain-interval-ms=\"3s\"",
+        "server.pfa.min-failures-to-retrain=2",
+    ]
+    .map(String::from);
+    opts.overrides.extend(overrides.iter().cloned());
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
+    let nodes = pg.cluster.nodes.clone();
+    let admin_of = |id: u64| AdminClient::new(&nodes.iter().find(|n| n.id == id).expect("node").admin, None);
+    let manager_of =
+        |admin: &AdminClient| admin.get::<serde_json::Value>("/v1/cluster").ok().and_then(|c| c["manager"].as_u64());
+
+    // A whole minute of every node's telemetry reaches the meta shard.
+    let first = eventually(150, "a whole minute of history for every node", || {
+        let admin = admin_of(nodes[0].id);
+        let ok = nodes.iter().all(|n| {
+            admin
+                .get::<serde_json::Value>(&format!("/v1/history/{}?minutes=5", n.id))
+                .is_ok_and(|h| h.as_array().is_some_and(|m| !m.is_empty()))
+        });
+        ok.then(|| manager_of(&admin)).flatten()
+    })
+    .await;
+    let history = get(&admin_of(nodes[0].id), &format!("/v1/history/{}?minutes=5", nodes[1].id));
+    let minute = &history[0];
+    assert!(minute["samples"].as_u64().is_some_and(|s| s >= 100), "about 300 samples a minute: {minute}");
+    assert!(minute["signals"]["cpu_busy_pct"]["t_sd"].is_number(), "{minute}");
+    let bad = admin_of(nodes[0].id).get::<serde_json::Value>("/v1/history/abc");
+    assert!(bad.is_err(), "a bad node id is refused");
+
+    // The manager's node dies; the next manager restores all three nodes' detectors.
+    pg.kill(first);
+    let survivor = nodes.iter().find(|n| n.id != first).expect("a survivor").id;
+    let second =
+        eventually(60, "a new shard manager", || manager_of(&admin_of(survivor)).filter(|m| *m != first)).await;
+    let risk = eventually(30, "the new manager's risk report", || {
+        admin_of(survivor).get::<serde_json::Value>("/v1/risk").ok().filter(|r| r["models"]["restored_nodes"] == 3)
+    })
+    .await;
+    assert!(risk["models"]["last_retrain"].is_null(), "{risk}");
+    let kept = get(&admin_of(survivor), &format!("/v1/history/{}?minutes=5", nodes[1].id));
+    assert_eq!(kept[0], history[0], "the new manager reads the same history");
+    pg.restart(first, &opts.overrides).expect("restart");
+
+    // A third node fails twice (declared down after 3 s of silence each time): two labelled
+    // episodes, then a retraining on the manager's schedule.
+    let victim = nodes.iter().map(|n| n.id).find(|n| *n != first && *n != second).expect("a third node");
+    for round in 1..=2 {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        pg.kill(victim);
+        eventually(30, "the victim declared down", || {
+            let nodes = admin_of(second).get::<serde_json::Value>("/v1/nodes").ok()?;
+            let state = nodes.as_array()?.iter().find(|n| n["id"] == victim)?["state"].as_str()?.to_string();
+            (state == "Down" || state == "down").then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pg.restart(victim, &opts.overrides).expect("restart");
+        eprintln!("round {round}: node {victim} declared down and restarted");
+    }
+    let retrain = eventually(90, "a retraining from the observed failures", || {
+        let r = admin_of(second).get::<serde_json::Value>("/v1/risk").ok()?;
+        let t = r["models"]["last_retrain"].clone();
+        (!t.is_null()).then_some(t)
+    })
+    .await;
+    eprintln!("retraining: {retrain}");
+    assert!(retrain["failures"].as_u64().is_some_and(|f| f >= 2), "{retrain}");
+    assert_eq!(retrain["test_episodes"].as_u64().map(|n| n >= 1), Some(true), "{retrain}");
+    assert!(retrain["candidate_pr_auc"].is_number() && retrain["current_pr_auc"].is_number(), "{retrain}");
+    if retrain["adopted"] == true {
+        let risk = get(&admin_of(second), "/v1/risk");
+        assert_eq!(risk["models"]["node_model"]["version"], retrain["version"], "{risk}");
+    }
+    pg.stop(Duration::from_secs(10));
+}

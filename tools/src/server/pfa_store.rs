@@ -1,0 +1,230 @@
+//! What the failure analysis keeps in the meta shard, under its own prefix `\xffp/` (the
+//! manager's records under `\xffm/` are read whole at every manager start; these are read in
+//! part, when needed):
+//!
+//! | key | value |
+//! |---|---|
+//! | `\xffp/h/{node:016x}/{slot:08x}` | a [`MinuteSummary`] (JSON); `slot` = minute number modulo `history-minutes`, so each node's history is a bounded ring |
+//! | `\xffp/e/{at_ms:016x}/{node:016x}` | an episode: a recording in `pfa-record` CSV, zstd-compressed; `node` is the failed node, 0 for a healthy snapshot |
+//! | `\xffp/model/node` | the retrained node model (JSON) |
+//!
+//! Also here: the manager-start routine (restore the detectors from the history, take a
+//! stored model) and the retraining task.
+
+use std::sync::Arc;
+
+use presage_engine::{Engine, KeyRange};
+use presage_pfa::aggregate::MinuteSummary;
+use presage_pfa::model::FailureModel;
+use presage_pfa::node::Recording;
+use presage_pfa::retrain::{self, RetrainConfig};
+use presage_replication::ShardStatus;
+use presage_shardmgr::{MetaWrite, NodeId, META_SHARD_ID};
+
+use super::manager::{persist, scan_meta};
+use super::{lock, Inner};
+
+/// First key of the failure analysis's records.
+pub const PFA_PREFIX: &[u8] = b"\xffp/";
+/// Most bytes a decompressed episode may have.
+pub const MAX_EPISODE_CSV_BYTES: usize = 64 << 20;
+/// Most bytes of records one history or episode read takes from the meta shard.
+pub const MAX_READ_BYTES: usize = 256 << 20;
+/// Most minutes one history answer carries.
+pub const MAX_HISTORY_ANSWER_MINUTES: u32 = 10_080;
+/// The shipped recording the node model was trained on; retraining starts from it.
+const BASE_RECORDING_CSV: &str = include_str!("../../../pfa/data/telemetry/recorded-mixed-seed1.csv");
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    [&[PFA_PREFIX], parts].concat().concat()
+}
+
+/// Key of `m` in its node's history ring of `history_minutes` slots.
+pub fn history_key(m: &MinuteSummary, history_minutes: u64) -> Vec<u8> {
+    let slot = (m.minute_ms / 60_000) % history_minutes.max(1);
+    key(&[format!("h/{:016x}/{slot:08x}", m.node).as_bytes()])
+}
+
+/// Key of an episode kept at `at_ms` for `node` (0: a healthy snapshot).
+pub fn episode_key(at_ms: u64, node: NodeId) -> Vec<u8> {
+    key(&[format!("e/{at_ms:016x}/{node:016x}").as_bytes()])
+}
+
+/// Key of the retrained node model.
+pub fn model_key() -> Vec<u8> {
+    key(&[b"model/node"])
+}
+
+fn range(from: Vec<u8>, to: Vec<u8>) -> Result<KeyRange, String> {
+    KeyRange::new(from, Some(to)).map_err(|e| e.to_string())
+}
+
+/// An episode as stored: CSV, zstd-compressed, at most `max_bytes`.
+pub fn encode_episode(episode: &Recording, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut csv = Vec::new();
+    episode.write_csv(&mut csv).map_err(|e| e.to_string())?;
+    let bytes = zstd::bulk::compress(&csv, 3).map_err(|e| e.to_string())?;
+    if bytes.len() > max_bytes {
+        return Err(format!("{} bytes compressed, more than max-episode-bytes ({max_bytes})", bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// A stored episode read back.
+pub fn decode_episode(name: &str, bytes: &[u8]) -> Result<Recording, String> {
+    let csv = zstd::bulk::decompress(bytes, MAX_EPISODE_CSV_BYTES).map_err(|e| format!("{name}: {e}"))?;
+    Recording::from_csv(vec![(name.to_string(), csv.as_slice())]).map_err(|e| e.to_string())
+}
+
+fn meta_epoch(status: Option<ShardStatus>) -> Result<presage_replication::Epoch, String> {
+    Ok(status.ok_or("no meta replica here")?.descriptor.epoch())
+}
+
+/// The history of `node` between `from_ms` and `to_ms` (minute starts), oldest first.
+pub(crate) async fn history<E: Engine>(
+    inner: &Inner<E>,
+    node: NodeId,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<Vec<MinuteSummary>, String> {
+    let history_minutes = lock(&inner.pfa).config().history_minutes;
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let prefix = format!("h/{node:016x}/");
+    let slot_key = |slot: u64| key(&[prefix.as_bytes(), format!("{slot:08x}").as_bytes()]);
+    // The ring's slots for [from, to]: one range, or two when it wraps.
+    let minutes = (to_ms / 60_000).saturating_sub(from_ms / 60_000) + 1;
+    let ranges = if minutes >= history_minutes {
+        vec![(0, history_minutes)]
+    } else {
+        let (a, b) = ((from_ms / 60_000) % history_minutes, (to_ms / 60_000) % history_minutes);
+        if a <= b {
+            vec![(a, b + 1)]
+        } else {
+            vec![(a, history_minutes), (0, b + 1)]
+        }
+    };
+    let mut out = Vec::new();
+    for (a, b) in ranges {
+        for (k, v) in scan_meta(inner, epoch, range(slot_key(a), slot_key(b))?, MAX_READ_BYTES).await? {
+            let m: MinuteSummary = serde_json::from_slice(&v)
+                .map_err(|e| format!("history record {}: {e}", String::from_utf8_lossy(&k)))?;
+            if m.node == node && (from_ms..=to_ms).contains(&m.minute_ms) {
+                out.push(m);
+            }
+        }
+    }
+    out.sort_by_key(|m| m.minute_ms);
+    Ok(out)
+}
+
+/// Run when this node's shard manager starts: the detectors resume from the history of
+/// `nodes`, and a retrained model a predecessor stored is served.
+pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeId], now_ms: u64) {
+    let restore_ms = lock(&inner.pfa).config().restore_minutes * 60_000;
+    let mut all = Vec::new();
+    for &node in nodes {
+        match history(inner, node, now_ms.saturating_sub(restore_ms), now_ms).await {
+            Ok(h) => all.extend(h),
+            Err(e) => tracing::warn!(node, error = %e, "failure-analysis history not read; its detectors warm up"),
+        }
+    }
+    let stored = match read_model(inner).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "stored node model not read; serving the loaded one");
+            None
+        }
+    };
+    let mut pfa = lock(&inner.pfa);
+    pfa.on_manager_start(&all, now_ms);
+    if let Some(m) = stored {
+        if pfa.node_model().is_none_or(|cur| m.version > cur.version) {
+            tracing::info!(version = m.version, "serving the retrained node model from the meta shard");
+            pfa.set_node_model(m);
+        }
+    }
+    tracing::info!(minutes = all.len(), nodes = nodes.len(), "failure-analysis history restored");
+}
+
+async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, String> {
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let k = model_key();
+    let mut end = k.clone();
+    end.push(0);
+    let pairs = scan_meta(inner, epoch, range(k, end)?, MAX_READ_BYTES).await?;
+    match pairs.first() {
+        None => Ok(None),
+        Some((_, v)) => {
+            let text = std::str::from_utf8(v).map_err(|e| format!("stored node model: {e}"))?;
+            FailureModel::from_json(text).map(Some).map_err(|e| format!("stored node model: {e}"))
+        }
+    }
+}
+
+/// The retraining task: read the episodes (dropping the oldest beyond `max-episodes`),
+/// retrain off the async threads, serve and store the model if adopted.
+pub(crate) async fn retrain<E: Engine>(inner: Arc<Inner<E>>, now_ms: u64) {
+    let outcome = retrain_once(&inner, now_ms).await;
+    let report = match outcome {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::info!(reason = %e, "node model not retrained");
+            None
+        }
+    };
+    lock(&inner.pfa).retrain_done(report);
+}
+
+async fn retrain_once<E: Engine>(inner: &Arc<Inner<E>>, now_ms: u64) -> Result<retrain::RetrainReport, String> {
+    let (max_episodes, min_failures, current) = {
+        let pfa = lock(&inner.pfa);
+        let current = pfa.node_model().map(FailureModel::to_json).transpose().map_err(|e| e.to_string())?;
+        (pfa.config().max_episodes, pfa.config().min_failures_to_retrain, current)
+    };
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let (from, to) = (key(&[b"e/"]), key(&[b"e0"]));
+    let pairs = scan_meta(inner, epoch, range(from, to)?, MAX_READ_BYTES).await?;
+    // Oldest first: drop those beyond the limit.
+    let excess = pairs.len().saturating_sub(max_episodes);
+    let dropped: Vec<MetaWrite> =
+        pairs[..excess].iter().map(|(k, _)| MetaWrite { key: k.clone(), value: None }).collect();
+    if !dropped.is_empty() {
+        let _order = inner.meta_writes.lock().await;
+        persist(inner, dropped).await?;
+    }
+    let mut episodes = Vec::new();
+    for (k, v) in &pairs[excess..] {
+        let name = String::from_utf8_lossy(k).into_owned();
+        match decode_episode(&name, v) {
+            Ok(e) => episodes.push(e),
+            Err(e) => tracing::warn!(episode = %name, error = %e, "unreadable episode skipped"),
+        }
+    }
+    let cfg = RetrainConfig { min_failures, ..RetrainConfig::default() };
+    let (report, model) = tokio::task::spawn_blocking(move || {
+        let base = Recording::from_csv(vec![("shipped recording".to_string(), BASE_RECORDING_CSV.as_bytes())])
+            .map_err(|e| e.to_string())?;
+        let current = current.as_deref().map(FailureModel::from_json).transpose().map_err(|e| e.to_string())?;
+        retrain::retrain(&base, &episodes, current.as_ref(), &cfg, now_ms).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tracing::info!(
+        episodes = report.episodes,
+        failures = report.failures,
+        candidate_pr_auc = report.candidate_pr_auc,
+        current_pr_auc = ?report.current_pr_auc,
+        adopted = report.adopted,
+        version = report.version,
+        "node model retrained"
+    );
+    if let Some(model) = model {
+        let json = model.to_json().map_err(|e| e.to_string())?;
+        {
+            let _order = inner.meta_writes.lock().await;
+            persist(inner, vec![MetaWrite { key: model_key(), value: Some(json.into_bytes()) }]).await?;
+        }
+        lock(&inner.pfa).set_node_model(model);
+    }
+    Ok(report)
+}
