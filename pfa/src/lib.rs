@@ -16,6 +16,7 @@
 //! - [`risk`]: node and region risk, model status.
 //! - [`node`]: the node model on recorded telemetry: replay, training split by time,
 //!   evaluation with lead times and false-alarm rates.
+//! - [`prior`]: failure-history priors from the LANL records.
 //! - [`retrain`]: episodes the shard manager captures (observed failures, healthy
 //!   snapshots) and retraining from them, adopted only if no worse on the newest ones.
 //! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
@@ -26,6 +27,7 @@ pub mod disk;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod prior;
 pub mod procfs;
 pub mod retrain;
 pub mod risk;

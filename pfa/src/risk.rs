@@ -1,8 +1,9 @@
 //! Failure risk per node and per region, and the status of the models behind it.
 //!
 //! A node's risk combines, as independent causes, the node model's probability (from its
-//! telemetry features) and the drive model's (from SMART counters an operator pushed):
-//! `1 - (1 - p_node)(1 - p_disk)`. A region's risk is the probability that at least one of its
+//! telemetry features), the drive model's (from SMART counters an operator pushed) and the
+//! failure-history prior's (from its failures in the last 30 days, rates from the LANL
+//! records, see [`crate::prior`]): `1 - (1 - p_node)(1 - p_disk)(1 - p_prior)`. A region's risk is the probability that at least one of its
 //! nodes fails within the horizon, `1 - Π(1 - p_i)`: the chance the region loses a replica.
 //! Without any model the risk is unknown (`null`), never a made-up number.
 
@@ -27,6 +28,12 @@ pub struct NodeRisk {
     pub telemetry_probability: Option<f64>,
     /// The drive model's part (from pushed SMART counters).
     pub disk_probability: Option<f64>,
+    /// The failure-history prior's part.
+    #[serde(default)]
+    pub prior_probability: Option<f64>,
+    /// Failures of the node the shard manager observed in the prior's window.
+    #[serde(default)]
+    pub recent_failures: u32,
     /// The kinds of the node's active warnings.
     pub warnings: Vec<WarningKind>,
 }
@@ -149,6 +156,8 @@ mod tests {
             probability: p,
             telemetry_probability: p,
             disk_probability: None,
+            prior_probability: None,
+            recent_failures: 0,
             warnings: Vec::new(),
         }
     }

@@ -268,7 +268,11 @@ pub fn operators_table(ops: &[Operator]) -> String {
 }
 
 fn prob(p: Option<f64>) -> String {
-    p.map_or_else(|| "-".to_string(), |p| format!("{p:.3}"))
+    match p {
+        None => "-".to_string(),
+        Some(p) if p > 0.0 && p < 1e-3 => format!("{p:.1e}"),
+        Some(p) => format!("{p:.3}"),
+    }
 }
 
 /// `presage-ctl risk`: nodes, regions, models.
@@ -284,11 +288,12 @@ pub fn risk_text(r: &presage_pfa::risk::RiskReport) -> String {
                 prob(n.probability),
                 prob(n.telemetry_probability),
                 prob(n.disk_probability),
+                format!("{} ({} failed)", prob(n.prior_probability), n.recent_failures),
                 if warnings.is_empty() { "-".into() } else { warnings.join(",") },
             ]
         })
         .collect();
-    let mut out = table(&["NODE", "REGION", "RISK", "TELEMETRY", "DISK", "WARNINGS"], &rows);
+    let mut out = table(&["NODE", "REGION", "RISK", "TELEMETRY", "DISK", "HISTORY (30 D)", "WARNINGS"], &rows);
     let rows: Vec<Vec<String>> = r
         .regions
         .iter()

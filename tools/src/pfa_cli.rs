@@ -241,3 +241,36 @@ fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlErro
     ));
     Ok(text)
 }
+
+/// `pfa prior --lanl FILE --out FILE`: failure-history priors from LANL failure records.
+pub fn prior(lanl: &Path, out: &Path, json: bool) -> Result<String, CtlError> {
+    let name = lanl.file_name().map_or_else(|| lanl.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let prior = presage_pfa::prior::FailurePrior::from_lanl_csv(&name, std::io::BufReader::new(open(lanl)?))?;
+    let text = serde_json::to_string_pretty(&prior).map_err(|e| CtlError::Decode(e.to_string()))?;
+    std::fs::write(out, format!("{text}\n"))
+        .map_err(|e| CtlError::File { path: out.display().to_string(), reason: e.to_string() })?;
+    if json {
+        return Ok(format!("{text}\n"));
+    }
+    let rows: Vec<Vec<String>> = prior
+        .states
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{}+", s.min_failures),
+                format!("{:.0}", s.node_days),
+                s.failures.to_string(),
+                format!("{:.5}", s.failures_per_node_day),
+                format!("{:.2e}", prior.probability(s.min_failures, 120)),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        "{} failure events on {} nodes of {} systems; wrote {}\n{}",
+        prior.events,
+        prior.failed_nodes,
+        prior.systems,
+        out.display(),
+        crate::ctl::table(&["FAILURES IN 30 D", "NODE-DAYS", "FAILURES", "PER NODE-DAY", "P(120 S)"], &rows)
+    ))
+}

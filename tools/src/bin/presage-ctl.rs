@@ -149,6 +149,16 @@ enum PfaCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Failure-history priors (failure rate by failures in the last 30 days) from LANL
+    /// failure records.
+    Prior {
+        /// The LANL failure file.
+        #[arg(long)]
+        lanl: std::path::PathBuf,
+        /// Where to write the priors (JSON).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Evaluate a model on a data file's unseen drives, beside the Backblaze rule.
     Eval {
         /// The model file.
@@ -268,6 +278,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                 presage_tools::pfa_cli::train_node(&csv, &cfg, &out, json)
             }
         },
+        Command::Pfa { what: PfaCommand::Prior { lanl, out } } => presage_tools::pfa_cli::prior(&lanl, &out, json),
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => presage_tools::pfa_cli::eval(&model, &csv, json),
         Command::Operators => {
             let info = c.cluster()?;

@@ -15,6 +15,7 @@ use presage_client::{PfaQuery, ProtoError};
 use presage_pfa::aggregate::{Aggregator, AggregatorConfig, MinuteSummary};
 use presage_pfa::model::{FailureModel, Table};
 use presage_pfa::node::Recording;
+use presage_pfa::prior::{self, FailurePrior};
 use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
 use presage_pfa::telemetry::{PushedCounters, Signal, TelemetrySample};
@@ -125,6 +126,10 @@ pub struct PfaState {
     last_retrain: Option<RetrainReport>,
     /// Nodes restored from the history by this manager.
     restored: usize,
+    /// Failure-history rates (LANL).
+    prior: Option<FailurePrior>,
+    /// Per node: the failures observed (declared down), ms since the Unix epoch.
+    failures: BTreeMap<NodeId, Vec<u64>>,
 }
 
 impl PfaState {
@@ -148,6 +153,14 @@ impl PfaState {
             retraining: false,
             last_retrain: None,
             restored: 0,
+            prior: match FailurePrior::shipped() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(error = %e, "the shipped failure-history prior is unreadable; risk goes without it");
+                    None
+                }
+            },
+            failures: BTreeMap::new(),
         }
     }
 
@@ -176,6 +189,7 @@ impl PfaState {
         self.restored = nodes.into_iter().filter(|n| self.aggregator.restore(*n, history)).count();
         self.history_through_ms.clear();
         self.captured.clear();
+        self.failures.clear();
         self.last_healthy_episode_ms = Some(now_ms);
         self.next_retrain_ms = (self.cfg.retrain_interval_ms > 0).then(|| now_ms + self.cfg.retrain_interval_ms);
     }
@@ -193,13 +207,21 @@ impl PfaState {
             }
         }
         for &node in down {
-            let Some(last_ms) = self.aggregator.last_sample_ms(node) else { continue };
-            if self.captured.contains(&node) || self.aggregator.samples(node).next().is_none() {
+            if !self.captured.insert(node) {
                 continue;
             }
-            self.captured.insert(node);
-            let episode = self.episode(Some((node, last_ms)));
-            out.extend(self.encode_episode(&episode, last_ms, node));
+            // The failure counts for the prior even when this manager has no samples of the
+            // node (it failed before this manager started); the episode needs them.
+            let at_ms = self.aggregator.last_sample_ms(node).unwrap_or(now_ms);
+            let list = self.failures.entry(node).or_default();
+            if !list.contains(&at_ms) {
+                list.push(at_ms);
+                out.push(presage_shardmgr::meta::put(pfa_store::failure_key(node, at_ms), &serde_json::json!({})));
+            }
+            if self.aggregator.samples(node).next().is_some() {
+                let episode = self.episode(Some((node, at_ms)));
+                out.extend(self.encode_episode(&episode, at_ms, node));
+            }
         }
         let healthy_due = self.cfg.healthy_episode_interval_ms > 0
             && self.last_healthy_episode_ms.is_some_and(|t| now_ms >= t + self.cfg.healthy_episode_interval_ms);
@@ -279,6 +301,7 @@ impl PfaState {
             m.predict(&table).first().copied()
         });
         let disk_probability = self.disk_probability(node);
+        let (recent_failures, prior_probability) = self.prior_probability(node, report.at_ms);
         let warnings = self.board.active().iter().filter(|w| w.node == node).map(|w| w.kind).collect();
         self.risks.insert(
             node,
@@ -286,12 +309,38 @@ impl PfaState {
                 node,
                 region: region.to_string(),
                 at_ms: report.at_ms,
-                probability: risk::any_fails([telemetry_probability, disk_probability]),
+                probability: risk::any_fails([telemetry_probability, disk_probability, prior_probability]),
                 telemetry_probability,
                 disk_probability,
+                prior_probability,
+                recent_failures,
                 warnings,
             },
         );
+    }
+
+    /// The node's observed failures in the prior's window before `now_ms`, and the prior's
+    /// P(failure within the node model's horizon) for that many.
+    fn prior_probability(&self, node: NodeId, now_ms: u64) -> (u32, Option<f64>) {
+        let window_ms = (prior::WINDOW_DAYS * 86_400_000.0) as u64;
+        let recent = self
+            .failures
+            .get(&node)
+            .map_or(0, |f| f.iter().filter(|&&t| t <= now_ms && now_ms - t < window_ms).count());
+        let recent = u32::try_from(recent).unwrap_or(u32::MAX);
+        let horizon_secs = self.node_model.as_ref().map_or(120, |m| m.horizon_secs);
+        (recent, self.prior.as_ref().map(|p| p.probability(recent, horizon_secs)))
+    }
+
+    /// Failures the shard manager observed before (read back from the meta shard at its
+    /// start): `(node, at_ms)`.
+    pub fn restore_failures(&mut self, failures: impl IntoIterator<Item = (NodeId, u64)>) {
+        for (node, at) in failures {
+            let list = self.failures.entry(node).or_default();
+            if !list.contains(&at) {
+                list.push(at);
+            }
+        }
     }
 
     fn disk_probability(&self, node: NodeId) -> Option<f64> {

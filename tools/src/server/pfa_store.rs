@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `\xffp/h/{node:016x}/{slot:08x}` | a [`MinuteSummary`] (JSON); `slot` = minute number modulo `history-minutes`, so each node's history is a bounded ring |
 //! | `\xffp/e/{at_ms:016x}/{node:016x}` | an episode: a recording in `pfa-record` CSV, zstd-compressed; `node` is the failed node, 0 for a healthy snapshot |
+//! | `\xffp/f/{node:016x}/{at_ms:016x}` | a failure of `node` the manager observed (declared down); `{}` |
 //! | `\xffp/model/node` | the retrained node model (JSON) |
 //!
 //! Also here: the manager-start routine (restore the detectors from the history, take a
@@ -48,6 +49,11 @@ pub fn history_key(m: &MinuteSummary, history_minutes: u64) -> Vec<u8> {
 /// Key of an episode kept at `at_ms` for `node` (0: a healthy snapshot).
 pub fn episode_key(at_ms: u64, node: NodeId) -> Vec<u8> {
     key(&[format!("e/{at_ms:016x}/{node:016x}").as_bytes()])
+}
+
+/// Key of a failure of `node` observed at `at_ms` (its value is `{}`).
+pub fn failure_key(node: NodeId, at_ms: u64) -> Vec<u8> {
+    key(&[format!("f/{node:016x}/{at_ms:016x}").as_bytes()])
 }
 
 /// Key of the retrained node model.
@@ -135,8 +141,27 @@ pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeI
             None
         }
     };
+    let mut failures = match read_failures(inner).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "observed failures not read; the failure-history prior starts from none");
+            Vec::new()
+        }
+    };
+    // Failures older than the prior's window no longer count: their records go.
+    let window_ms = (presage_pfa::prior::WINDOW_DAYS * 86_400_000.0) as u64;
+    let (old, kept): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, at)| at + window_ms < now_ms);
+    failures = kept;
+    if !old.is_empty() {
+        let deletes = old.iter().map(|(n, at)| MetaWrite { key: failure_key(*n, *at), value: None }).collect();
+        let _order = inner.meta_writes.lock().await;
+        if let Err(e) = persist(inner, deletes).await {
+            tracing::debug!(error = %e, "old failure records not deleted yet");
+        }
+    }
     let mut pfa = lock(&inner.pfa);
     pfa.on_manager_start(&all, now_ms);
+    pfa.restore_failures(failures);
     if let Some(m) = stored {
         if pfa.node_model().is_none_or(|cur| m.version > cur.version) {
             tracing::info!(version = m.version, "serving the retrained node model from the meta shard");
@@ -144,6 +169,25 @@ pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeI
         }
     }
     tracing::info!(minutes = all.len(), nodes = nodes.len(), "failure-analysis history restored");
+}
+
+/// Every observed failure kept: `(node, at_ms)`.
+async fn read_failures<E: Engine>(inner: &Inner<E>) -> Result<Vec<(NodeId, u64)>, String> {
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let pairs = scan_meta(inner, epoch, range(key(&[b"f/"]), key(&[b"f0"]))?, MAX_READ_BYTES).await?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, _) in pairs {
+        let rest = k.strip_prefix(key(&[b"f/"]).as_slice()).unwrap_or_default();
+        let text = String::from_utf8_lossy(rest);
+        let parsed = text
+            .split_once('/')
+            .and_then(|(n, t)| Some((u64::from_str_radix(n, 16).ok()?, u64::from_str_radix(t, 16).ok()?)));
+        match parsed {
+            Some(f) => out.push(f),
+            None => tracing::warn!(key = %String::from_utf8_lossy(&k), "unreadable failure record skipped"),
+        }
+    }
+    Ok(out)
 }
 
 async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, String> {

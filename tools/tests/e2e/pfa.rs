@@ -263,6 +263,16 @@ async fn history_survives_a_manager_fail_over_and_observed_failures_retrain_the_
     assert!(retrain["failures"].as_u64().is_some_and(|f| f >= 2), "{retrain}");
     assert_eq!(retrain["test_episodes"].as_u64().map(|n| n >= 1), Some(true), "{retrain}");
     assert!(retrain["candidate_pr_auc"].is_number() && retrain["current_pr_auc"].is_number(), "{retrain}");
+    // The failure-history prior (LANL rates): two failures in 30 days raise the victim's.
+    let risk = eventually(30, "the victim's failures in its risk", || {
+        let r = admin_of(second).get::<serde_json::Value>("/v1/risk").ok()?;
+        let of = |id: u64| r["nodes"].as_array()?.iter().find(|n| n["node"] == id).cloned();
+        let (v, other) = (of(victim)?, of(second)?);
+        (v["recent_failures"] == 2).then_some((v, other))
+    })
+    .await;
+    let prior = |n: &serde_json::Value| n["prior_probability"].as_f64().expect("a prior");
+    assert!(prior(&risk.0) > 10.0 * prior(&risk.1), "{risk:?}");
     if retrain["adopted"] == true {
         let risk = get(&admin_of(second), "/v1/risk");
         assert_eq!(risk["models"]["node_model"]["version"], retrain["version"], "{risk}");
