@@ -10,7 +10,8 @@
 //! | `\xffm/o/{id:016x}` | [`Operator`] |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
-//! heartbeats within a few intervals.
+//! heartbeats within a few intervals. The failure analysis keeps its own records under
+//! `\xffp/` (outside [`META_PREFIX`], so a manager's start does not read them whole).
 
 use serde::{Deserialize, Serialize};
 

@@ -248,4 +248,21 @@ fn pfa_refuses_bad_input_clearly() {
     assert!(err.contains("/nonexistent.model"), "{err}");
     let err = run(&["pfa", "train", "--csv", &backblaze(SEAGATE), "--horizon-days", "0", "--out", "x"]);
     assert!(err.contains("horizon-days"), "{err}");
+    let err = run(&["pfa", "prior", "--lanl", &backblaze(SEAGATE), "--out", model.to_str().expect("path")]);
+    assert!(err.contains("not a LANL failure file"), "{err}");
+}
+
+/// `pfa prior` recomputes the shipped failure-history table from the LANL file.
+#[test]
+fn pfa_prior_from_the_lanl_records_matches_the_shipped_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("prior.json");
+    let lanl = concat!(env!("CARGO_MANIFEST_DIR"), "/../pfa/data/lanl/lanl_failures_1996_2005.csv");
+    let run = ctl().args(["pfa", "prior", "--lanl", lanl, "--out", out.to_str().expect("path")]).output().expect("run");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(text.contains("23613 failure events on 3576 nodes") && text.contains("PER NODE-DAY"), "{text}");
+    let written = std::fs::read_to_string(&out).expect("written");
+    let shipped = include_str!("../../pfa/models/failure-prior.json");
+    assert_eq!(written, shipped, "the shipped table is the one the data gives");
 }

@@ -376,6 +376,7 @@ mod tests {
         assert_eq!((c.node_id, c.capacity_bytes, c.server.request_timeout_ms), (1, 500 << 30, 5_000));
         assert_eq!(c.rocksdb.block_cache_bytes, 1 << 30);
         assert_eq!(c.native_advertise(), "10.0.0.1:7400");
+        assert_eq!((c.server.pfa.retrain_interval_ms, c.server.pfa.history_minutes), (6 * 3_600_000, 1_440));
     }
 
     #[test]
