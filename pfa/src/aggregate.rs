@@ -169,6 +169,10 @@ pub struct MinuteStats {
     pub t_mean: f64,
     /// Standard deviation on the detectors' scale, within the minute.
     pub t_sd: f64,
+    /// The detectors' baseline (mean, deviation) when the minute was written: learnt only
+    /// from values not far on the bad side, so a degradation in progress is not in it.
+    #[serde(default)]
+    pub baseline: Option<(f64, f64)>,
 }
 
 /// A per-minute summary of a node's signals: the downsampled history the shard manager keeps
@@ -374,7 +378,8 @@ impl Aggregator {
                 .iter()
                 .map(|(s, &(n, sum, max, t_mean, m2))| {
                     let t_sd = if n > 1 { (m2 / f64::from(n - 1)).sqrt() } else { 0.0 };
-                    (*s, MinuteStats { mean: sum / f64::from(n), max, t_mean, t_sd })
+                    let baseline = track.trackers.get(s).and_then(|t| t.baseline.mean().map(|m| (m, t.baseline.sd())));
+                    (*s, MinuteStats { mean: sum / f64::from(n), max, t_mean, t_sd, baseline })
                 })
                 .collect();
             out.push(MinuteSummary { node, region: track.region.clone(), minute_ms: minute, samples, signals });
@@ -413,10 +418,11 @@ impl Aggregator {
     }
 
     /// Resume tracking `node` from its persisted history (a new shard manager after a
-    /// fail-over): each signal's baseline and change-point detector start from the history's
-    /// pooled mean and deviation, and its level from the last minute, so the node is judged
-    /// at once instead of after the warm-up. Slopes and forecasts start empty. Does nothing
-    /// (false) when the node is tracked already or the history is shorter than the warm-up.
+    /// fail-over): each signal's baseline and change-point detector start from the baseline
+    /// the last minute recorded (or, for older records without one, the history's pooled
+    /// mean and deviation), and its level from the last minute, so the node is judged at once
+    /// instead of after the warm-up. Slopes and forecasts start empty. Does nothing (false)
+    /// when the node is tracked already or the history is shorter than the warm-up.
     pub fn restore(&mut self, node: u64, history: &[MinuteSummary]) -> bool {
         let samples: u64 = history.iter().filter(|m| m.node == node).map(|m| u64::from(m.samples)).sum();
         let Some(last) = history.iter().filter(|m| m.node == node).max_by_key(|m| m.minute_ms) else { return false };
@@ -439,9 +445,15 @@ impl Aggregator {
             if n < 2.0 {
                 continue;
             }
-            let mean = parts.iter().map(|(w, s)| w * s.t_mean).sum::<f64>() / n;
-            let var = parts.iter().map(|(w, s)| w * (s.t_sd * s.t_sd + (s.t_mean - mean).powi(2))).sum::<f64>() / n;
-            let sd = var.sqrt();
+            let pooled_mean = parts.iter().map(|(w, s)| w * s.t_mean).sum::<f64>() / n;
+            let pooled_var =
+                parts.iter().map(|(w, s)| w * (s.t_sd * s.t_sd + (s.t_mean - pooled_mean).powi(2))).sum::<f64>() / n;
+            let recorded = last
+                .signals
+                .get(&signal)
+                .and_then(|s| s.baseline)
+                .filter(|(m, sd)| m.is_finite() && sd.is_finite() && *sd >= 0.0);
+            let (mean, sd) = recorded.unwrap_or((pooled_mean, pooled_var.sqrt()));
             let mut t = Tracker::new(&self.cfg, signal);
             t.baseline = Ewma::seeded(BASELINE_SPAN, mean, sd);
             t.level = Ewma::seeded(LEVEL_SPAN, last.signals.get(&signal).map_or(mean, |s| s.t_mean), 0.0);

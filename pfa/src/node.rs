@@ -121,10 +121,11 @@ impl Recording {
     /// fault,failure_at_ms`; `fault` names the episode active on the node at the sample,
     /// `failure_at_ms` is the node's next failure (empty: none in the recording).
     pub fn write_csv(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut w = csv::Writer::from_writer(out);
         let mut header = vec!["at_ms".to_string(), "node".into(), "region".into()];
         header.extend(Signal::ALL.iter().map(|s| s.name().to_string()));
         header.extend(["fault".to_string(), "failure_at_ms".to_string()]);
-        writeln!(out, "{}", header.join(","))?;
+        w.write_record(&header)?;
         for r in &self.rows {
             let mut row = vec![r.sample.at_ms.to_string(), r.node.to_string(), r.region.clone()];
             row.extend(
@@ -132,9 +133,9 @@ impl Recording {
             );
             row.push(r.fault.clone());
             row.push(r.failure_at_ms.map_or_else(String::new, |f| f.to_string()));
-            writeln!(out, "{}", row.join(","))?;
+            w.write_record(&row)?;
         }
-        out.flush()
+        w.flush()
     }
 
     /// The recording's time span, ms.
@@ -204,9 +205,10 @@ pub(crate) fn labelled(rec: &Recording, horizon_ms: u64) -> (Table, Vec<bool>) {
 }
 
 /// Failures `(node, at_ms)` with no precursor: the node's last sample before the failure ran
-/// under no degrading fault (an observed failure, whose cause is unknown, is never sudden) (an error burst stops a node within a second; a process can
+/// under no degrading fault (an error burst stops a node within a second; a process can
 /// vanish). Telemetry cannot foresee them, so training leaves out the samples in the horizon
-/// before them (neither positive nor negative) and evaluation lists them apart.
+/// before them (neither positive nor negative) and evaluation lists them apart. An observed
+/// failure, whose cause is unknown, is never counted as sudden.
 pub fn sudden_failures(rec: &Recording) -> BTreeSet<(u64, u64)> {
     let mut last: BTreeMap<(u64, u64), (u64, &str)> = BTreeMap::new();
     for r in &rec.rows {

@@ -9,7 +9,11 @@
 //! last failure in the file, for "current"). Events flagged `Same Event` count once; events
 //! of no node (system-wide) are left out.
 //!
-//! The shard manager counts each node's observed failures (declared down) and turns the rate
+//! Exposure is per system (its earliest production and latest decommissioning month), which
+//! overstates the node-days of nodes installed later and so understates rates somewhat.
+//!
+//! The shard manager counts each node's observed failures (declared down: silent for longer
+//! than `node-down-after-ms`, whatever the cause, so a long restart counts) and turns the rate
 //! of its state into P(failure within the model's horizon) = 1 - exp(-rate x horizon), one of
 //! the independent causes a node's risk combines.
 

@@ -13,8 +13,9 @@
 //!   the current model's, so a retraining never makes the served model worse on the newest
 //!   data the cluster has.
 //!
-//! Each episode is replayed through its own fresh [`Aggregator`](crate::aggregate::Aggregator)
-//! (episodes are minutes long and far apart in time), exactly as the recording is.
+//! Each episode is replayed through its own fresh [`Aggregator`](crate::aggregate::Aggregator),
+//! exactly as the recording is. Known limit: the adoption test rests on the newest
+//! `test_failures` failures only (one by default), so with few failures it is a coarse guard.
 
 use std::collections::BTreeSet;
 
@@ -33,20 +34,25 @@ pub const OBSERVED_FAILURE: &str = "observed-failure";
 /// Episodes one retraining reads at most.
 pub const MAX_EPISODES: usize = 1_024;
 
-/// A snapshot of every node's ring in `agg`, as a recording; `failed` labels one node as
-/// failing at the given time (ms since the Unix epoch) and its samples with
+/// A snapshot of the rings of `nodes` in `agg` (all when empty), as a recording; each
+/// `(node, at_ms)` of `failures` labels that node's samples up to `at_ms` as failing then, with
 /// [`OBSERVED_FAILURE`].
-pub fn capture(agg: &Aggregator, failed: Option<(u64, u64)>) -> Recording {
+pub fn capture(agg: &Aggregator, nodes: &BTreeSet<u64>, failures: &[(u64, u64)]) -> Recording {
     let mut rows = Vec::new();
     for (node, region) in agg.nodes() {
-        let failure_at_ms = failed.filter(|(n, _)| *n == node).map(|(_, at)| at);
+        if !nodes.is_empty() && !nodes.contains(&node) {
+            continue;
+        }
+        let mut mine: Vec<u64> = failures.iter().filter(|(n, _)| *n == node).map(|(_, at)| *at).collect();
+        mine.sort_unstable();
         for sample in agg.samples(node) {
+            let next = mine.iter().copied().find(|f| *f >= sample.at_ms);
             rows.push(Recorded {
                 node,
                 region: region.clone(),
                 sample: sample.clone(),
-                fault: if failure_at_ms.is_some() { OBSERVED_FAILURE.to_string() } else { String::new() },
-                failure_at_ms: failure_at_ms.filter(|f| *f >= sample.at_ms),
+                fault: if next.is_some() { OBSERVED_FAILURE.to_string() } else { String::new() },
+                failure_at_ms: next,
             });
         }
     }
@@ -223,8 +229,8 @@ mod tests {
             sample.at_ms += offset;
             agg.ingest(r.node, &r.region, sample);
         }
-        let failed = failing.then(|| (2, offset + 600_000));
-        let ep = capture(&agg, failed);
+        let failed: Vec<(u64, u64)> = failing.then_some((2, offset + 600_000)).into_iter().collect();
+        let ep = capture(&agg, &BTreeSet::new(), &failed);
         assert_eq!(ep.rows.iter().filter(|r| r.failure_at_ms.is_some()).count(), if failing { 600 } else { 0 });
         ep
     }

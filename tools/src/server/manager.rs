@@ -52,8 +52,9 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 Ok(m) => {
                     tracing::info!(node = inner.me.id, shards = m.directory().len(), "shard manager started");
                     let nodes: Vec<u64> = m.nodes().filter(|n| n.state != NodeState::Removed).map(|n| n.id).collect();
+                    let down: BTreeSet<u64> = m.nodes().filter(|n| n.state == NodeState::Down).map(|n| n.id).collect();
                     *lock(&inner.manager) = Some(m);
-                    pfa_store::on_manager_start(&inner, &nodes, inner.clock.now_ms()).await;
+                    pfa_store::on_manager_start(&inner, &nodes, &down, inner.clock.now_ms()).await;
                 }
                 Err(e) => {
                     tracing::warn!(node = inner.me.id, error = %e, "could not start the shard manager; retrying");
@@ -63,20 +64,14 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         let order = inner.meta_writes.lock().await;
         let now = inner.clock.now_ms();
-        let Some((mut effects, down)) = lock(&inner.manager).as_mut().map(|m| {
-            let down: BTreeSet<u64> = m.nodes().filter(|n| n.state == NodeState::Down).map(|n| n.id).collect();
-            (m.tick(now), down)
+        let Some((effects, down, removed)) = lock(&inner.manager).as_mut().map(|m| {
+            let of = |s: NodeState| m.nodes().filter(|n| n.state == s).map(|n| n.id).collect::<BTreeSet<u64>>();
+            let (down, removed) = (of(NodeState::Down), of(NodeState::Removed));
+            (m.tick(now), down, removed)
         }) else {
             continue;
         };
-        let retrain_due = {
-            let mut pfa = lock(&inner.pfa);
-            effects.writes.extend(pfa.meta_writes(now, &down));
-            pfa.start_retrain(now)
-        };
-        if retrain_due {
-            tokio::spawn(pfa_store::retrain(Arc::clone(&inner), now));
-        }
+        let pfa_round = lock(&inner.pfa).round(now, &down, &removed);
         tracing::trace!(
             node = inner.me.id,
             now,
@@ -88,7 +83,15 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             abdicate(&inner, &e);
             continue;
         }
+        // The failure analysis's records are advisory: a failed write loses a minute or an
+        // episode, never a decision, so it does not stop the manager.
+        if let Err(e) = pfa_store::persist_records(&inner, pfa_round.writes).await {
+            tracing::warn!(error = %e, "failure-analysis records not written");
+        }
         drop(order);
+        if let Some(generation) = pfa_round.retrain {
+            tokio::spawn(pfa_store::retrain(Arc::clone(&inner), generation, now));
+        }
         for op in effects.finished {
             tracing::info!(operator = op.id, shard = op.shard, kind = ?op.kind, status = ?op.status, "operator finished");
         }

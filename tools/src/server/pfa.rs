@@ -31,8 +31,33 @@ pub const WARNING_CLEAR_AFTER_SAMPLES: u32 = 30;
 pub const MAX_WARNING_EVENTS: usize = 10_000;
 /// Most warning events or telemetry samples one answer carries.
 pub const MAX_ITEMS_PER_ANSWER: u32 = 10_000;
-/// Nodes besides the failed one whose rings an episode holds (its peers' features).
+/// Nodes besides the failed ones whose rings an episode holds (their peers' features).
 pub const MAX_EPISODE_PEERS: usize = 8;
+/// Largest `history-minutes` (a week; each record is about 2.5 KB).
+pub const MAX_HISTORY_MINUTES: u64 = 10_080;
+/// Largest `max-episode-bytes` (an episode is one Raft entry of the meta shard).
+pub const MAX_EPISODE_BYTES: usize = 2 << 20;
+
+/// What the failure analysis keeps about itself in the meta shard (`\xffp/state`), so that
+/// its schedule survives a manager fail-over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedPfa {
+    /// Episodes written so far; the next goes to slot `episode_seq % max-episodes`.
+    pub episode_seq: u64,
+    /// When the next retraining is due, ms.
+    pub next_retrain_ms: Option<u64>,
+    /// When the last healthy episode was kept, ms.
+    pub last_healthy_episode_ms: Option<u64>,
+}
+
+/// One manager round's records for the meta shard, and whether a retraining is due.
+#[derive(Debug, Default)]
+pub struct PfaRound {
+    /// To write (after the manager's own records; a failure here does not stop the manager).
+    pub writes: Vec<MetaWrite>,
+    /// `Some(generation)`: start a retraining for this manager tenure.
+    pub retrain: Option<u64>,
+}
 
 /// Settings of the failure analysis (`[server.pfa]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +106,8 @@ impl Default for PfaConfig {
 impl PfaConfig {
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), String> {
-        if self.history_minutes == 0 || self.history_minutes > 100_000 {
-            return Err(format!("pfa.history-minutes ({}) must be in 1..=100000", self.history_minutes));
+        if self.history_minutes == 0 || self.history_minutes > MAX_HISTORY_MINUTES {
+            return Err(format!("pfa.history-minutes ({}) must be in 1..={MAX_HISTORY_MINUTES}", self.history_minutes));
         }
         if self.restore_minutes == 0 || self.restore_minutes > self.history_minutes {
             return Err(format!(
@@ -93,8 +118,17 @@ impl PfaConfig {
         if self.max_episodes == 0 || self.max_episodes > retrain::MAX_EPISODES {
             return Err(format!("pfa.max-episodes ({}) must be in 1..={}", self.max_episodes, retrain::MAX_EPISODES));
         }
-        if self.max_episode_bytes < 64 << 10 || self.max_episode_bytes > 4 << 20 {
-            return Err(format!("pfa.max-episode-bytes ({}) must be between 64 KiB and 4 MiB", self.max_episode_bytes));
+        if self.max_episode_bytes < 64 << 10 || self.max_episode_bytes > MAX_EPISODE_BYTES {
+            return Err(format!(
+                "pfa.max-episode-bytes ({}) must be between 64 KiB and {MAX_EPISODE_BYTES}",
+                self.max_episode_bytes
+            ));
+        }
+        if self.max_episodes.saturating_mul(self.max_episode_bytes) > pfa_store::MAX_READ_BYTES {
+            return Err(format!(
+                "pfa.max-episodes x pfa.max-episode-bytes must stay within {} bytes (a retraining reads them all)",
+                pfa_store::MAX_READ_BYTES
+            ));
         }
         if self.min_failures_to_retrain < 2 {
             return Err("pfa.min-failures-to-retrain must be at least 2 (one is held out to test)".into());
@@ -118,11 +152,14 @@ pub struct PfaState {
     history_through_ms: BTreeMap<NodeId, u64>,
     /// Nodes whose failure episode is kept (until they report again).
     captured: BTreeSet<NodeId>,
-    /// When the last healthy episode was kept (or the manager started).
-    last_healthy_episode_ms: Option<u64>,
-    /// When the next retraining is due; whether one runs.
-    next_retrain_ms: Option<u64>,
+    /// The schedule and episode counter, as persisted.
+    persisted: PersistedPfa,
+    /// Bumped at every manager start: a retraining started under an older tenure is void.
+    generation: u64,
+    /// Whether a retraining runs.
     retraining: bool,
+    /// Removed nodes whose history this tenure deleted.
+    purged: BTreeSet<NodeId>,
     last_retrain: Option<RetrainReport>,
     /// Nodes restored from the history by this manager.
     restored: usize,
@@ -148,9 +185,10 @@ impl PfaState {
             cfg,
             history_through_ms: BTreeMap::new(),
             captured: BTreeSet::new(),
-            last_healthy_episode_ms: None,
-            next_retrain_ms: None,
+            persisted: PersistedPfa::default(),
+            generation: 0,
             retraining: false,
+            purged: BTreeSet::new(),
             last_retrain: None,
             restored: 0,
             prior: match FailurePrior::shipped() {
@@ -181,103 +219,145 @@ impl PfaState {
     }
 
     /// This node starts running the shard manager: the rings start over (a predecessor's
-    /// samples went to it), each node's detectors resume from `history`, and what is to be
-    /// persisted is counted from now.
-    pub fn on_manager_start(&mut self, history: &[MinuteSummary], now_ms: u64) {
+    /// samples went to it), each node's detectors resume from `history`, the schedule from
+    /// `persisted`; nodes already `down` were counted by a predecessor.
+    pub fn on_manager_start(
+        &mut self,
+        history: &[MinuteSummary],
+        persisted: Option<PersistedPfa>,
+        down: &BTreeSet<NodeId>,
+        now_ms: u64,
+    ) {
         self.aggregator = Aggregator::new(self.aggregator.config().clone());
         let nodes: BTreeSet<u64> = history.iter().map(|m| m.node).collect();
         self.restored = nodes.into_iter().filter(|n| self.aggregator.restore(*n, history)).count();
         self.history_through_ms.clear();
-        self.captured.clear();
+        self.captured = down.clone();
         self.failures.clear();
-        self.last_healthy_episode_ms = Some(now_ms);
-        self.next_retrain_ms = (self.cfg.retrain_interval_ms > 0).then(|| now_ms + self.cfg.retrain_interval_ms);
+        self.purged.clear();
+        self.generation += 1;
+        self.retraining = false;
+        let mut p = persisted.unwrap_or_default();
+        if self.cfg.retrain_interval_ms == 0 {
+            p.next_retrain_ms = None;
+        } else if p.next_retrain_ms.is_none() {
+            p.next_retrain_ms = Some(now_ms + self.cfg.retrain_interval_ms);
+        }
+        p.last_healthy_episode_ms.get_or_insert(now_ms);
+        self.persisted = p;
     }
 
-    /// The records to add to the meta shard this round: each node's finished minutes; the
-    /// failure episode of each node in `down` not kept yet; a healthy episode when one is due
-    /// (no node down, no warning active).
-    pub fn meta_writes(&mut self, now_ms: u64, down: &BTreeSet<NodeId>) -> Vec<MetaWrite> {
-        let mut out = Vec::new();
+    /// The records to add to the meta shard this round: each node's finished minutes (a
+    /// minute is finished when the node's own next sample lies past it); for the nodes newly
+    /// `down`, their failures and one episode labelling them all; a healthy episode when one
+    /// is due (no node down, no warning active); the deletion of `removed` nodes' history.
+    /// Also starts a retraining when one is due.
+    pub fn round(&mut self, now_ms: u64, down: &BTreeSet<NodeId>, removed: &BTreeSet<NodeId>) -> PfaRound {
+        let mut out = PfaRound::default();
         for (node, _) in self.aggregator.nodes() {
+            let Some(last_ms) = self.aggregator.last_sample_ms(node) else { continue };
             let after = self.history_through_ms.get(&node).map_or(0, |m| m + 60_000);
-            for m in self.aggregator.minute_summaries(node, after, now_ms) {
+            for m in self.aggregator.minute_summaries(node, after, last_ms) {
                 self.history_through_ms.insert(node, m.minute_ms);
-                out.push(presage_shardmgr::meta::put(pfa_store::history_key(&m, self.cfg.history_minutes), &m));
+                out.writes.push(presage_shardmgr::meta::put(pfa_store::history_key(&m, self.cfg.history_minutes), &m));
             }
         }
-        for &node in down {
-            if !self.captured.insert(node) {
-                continue;
+        for &node in removed {
+            if self.purged.insert(node) {
+                self.forget(node);
+                out.writes.extend(
+                    (0..self.cfg.history_minutes)
+                        .map(|slot| MetaWrite { key: pfa_store::history_slot_key(node, slot), value: None }),
+                );
             }
+        }
+        // Failures older than the prior's window no longer count.
+        let window_ms = (prior::WINDOW_DAYS * 86_400_000.0) as u64;
+        for list in self.failures.values_mut() {
+            list.retain(|&t| t.saturating_add(window_ms) >= now_ms);
+        }
+        self.failures.retain(|_, l| !l.is_empty());
+        let mut changed = false;
+        let new_down: Vec<NodeId> = down.iter().copied().filter(|n| self.captured.insert(*n)).collect();
+        let mut failed = Vec::new();
+        for &node in &new_down {
             // The failure counts for the prior even when this manager has no samples of the
-            // node (it failed before this manager started); the episode needs them.
+            // node; the episode needs them.
             let at_ms = self.aggregator.last_sample_ms(node).unwrap_or(now_ms);
-            let list = self.failures.entry(node).or_default();
-            if !list.contains(&at_ms) {
-                list.push(at_ms);
-                out.push(presage_shardmgr::meta::put(pfa_store::failure_key(node, at_ms), &serde_json::json!({})));
-            }
+            self.failures.entry(node).or_default().push(at_ms);
+            out.writes.push(presage_shardmgr::meta::put(pfa_store::failure_key(node, at_ms), &serde_json::json!({})));
             if self.aggregator.samples(node).next().is_some() {
-                let episode = self.episode(Some((node, at_ms)));
-                out.extend(self.encode_episode(&episode, at_ms, node));
+                failed.push((node, at_ms));
             }
+        }
+        if !failed.is_empty() {
+            // The failed nodes and peers still reporting (not the stale rings of others down).
+            let mut nodes: BTreeSet<u64> = failed.iter().map(|(n, _)| *n).collect();
+            nodes.extend(
+                self.aggregator
+                    .nodes()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| !down.contains(n))
+                    .take(MAX_EPISODE_PEERS),
+            );
+            let episode = retrain::capture(&self.aggregator, &nodes, &failed);
+            changed |= self.push_episode(&mut out.writes, &episode);
         }
         let healthy_due = self.cfg.healthy_episode_interval_ms > 0
-            && self.last_healthy_episode_ms.is_some_and(|t| now_ms >= t + self.cfg.healthy_episode_interval_ms);
+            && self
+                .persisted
+                .last_healthy_episode_ms
+                .is_some_and(|t| now_ms >= t + self.cfg.healthy_episode_interval_ms);
         if healthy_due && down.is_empty() && self.board.active().is_empty() {
-            self.last_healthy_episode_ms = Some(now_ms);
-            let episode = self.episode(None);
-            out.extend(self.encode_episode(&episode, now_ms, 0));
+            self.persisted.last_healthy_episode_ms = Some(now_ms);
+            let nodes: BTreeSet<u64> =
+                self.aggregator.nodes().into_iter().map(|(n, _)| n).take(MAX_EPISODE_PEERS + 1).collect();
+            let episode = retrain::capture(&self.aggregator, &nodes, &[]);
+            self.push_episode(&mut out.writes, &episode);
+            changed = true;
+        }
+        let due = self.persisted.next_retrain_ms.is_some_and(|t| now_ms >= t);
+        if due && !self.retraining {
+            self.retraining = true;
+            self.persisted.next_retrain_ms = Some(now_ms + self.cfg.retrain_interval_ms);
+            out.retrain = Some(self.generation);
+            changed = true;
+        }
+        if changed {
+            out.writes.push(presage_shardmgr::meta::put(pfa_store::state_key(), &self.persisted));
         }
         out
     }
 
-    /// A snapshot of the rings: the failed node's and up to [`MAX_EPISODE_PEERS`] others.
-    fn episode(&self, failed: Option<(NodeId, u64)>) -> Recording {
-        let keep: BTreeSet<u64> = failed
-            .map(|(n, _)| n)
-            .into_iter()
-            .chain(self.aggregator.nodes().into_iter().map(|(n, _)| n).filter(|n| failed.is_none_or(|(f, _)| f != *n)))
-            .take(MAX_EPISODE_PEERS + 1)
-            .collect();
-        let mut rec = retrain::capture(&self.aggregator, failed);
-        rec.rows.retain(|r| keep.contains(&r.node));
-        rec
-    }
-
-    fn encode_episode(&self, episode: &Recording, at_ms: u64, node: NodeId) -> Option<MetaWrite> {
+    /// Adds `episode` to the ring of episodes (unless it is too large); whether it was added.
+    fn push_episode(&mut self, writes: &mut Vec<MetaWrite>, episode: &Recording) -> bool {
+        let (rows, at_ms) = (episode.rows.len(), episode.span_ms().map_or(0, |(_, b)| b));
         match pfa_store::encode_episode(episode, self.cfg.max_episode_bytes) {
             Ok(bytes) => {
-                tracing::info!(
-                    node,
-                    at_ms,
-                    rows = episode.rows.len(),
-                    bytes = bytes.len(),
-                    "failure-analysis episode kept"
-                );
-                Some(MetaWrite { key: pfa_store::episode_key(at_ms, node), value: Some(bytes) })
+                let slot = self.persisted.episode_seq % self.cfg.max_episodes as u64;
+                tracing::info!(slot, at_ms, rows, bytes = bytes.len(), "failure-analysis episode kept");
+                writes.push(MetaWrite { key: pfa_store::episode_key(slot), value: Some(bytes) });
+                self.persisted.episode_seq += 1;
+                true
             }
             Err(e) => {
-                tracing::warn!(node, at_ms, error = %e, "failure-analysis episode not kept");
-                None
+                tracing::warn!(at_ms, rows, error = %e, "failure-analysis episode not kept");
+                false
             }
         }
     }
 
-    /// Whether a retraining is due now; if so it counts as started (see
-    /// [`PfaState::retrain_done`]).
-    pub fn start_retrain(&mut self, now_ms: u64) -> bool {
-        if self.retraining || self.next_retrain_ms.is_none_or(|t| now_ms < t) {
-            return false;
-        }
-        self.retraining = true;
-        self.next_retrain_ms = Some(now_ms + self.cfg.retrain_interval_ms);
-        true
+    /// The current manager tenure.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// A retraining ended (with its report when it ran).
-    pub fn retrain_done(&mut self, report: Option<RetrainReport>) {
+    /// A retraining of tenure `generation` ended (with its report when it ran).
+    pub fn retrain_done(&mut self, generation: u64, report: Option<RetrainReport>) {
+        if generation != self.generation {
+            return;
+        }
         self.retraining = false;
         if report.is_some() {
             self.last_retrain = report;
@@ -336,10 +416,7 @@ impl PfaState {
     /// start): `(node, at_ms)`.
     pub fn restore_failures(&mut self, failures: impl IntoIterator<Item = (NodeId, u64)>) {
         for (node, at) in failures {
-            let list = self.failures.entry(node).or_default();
-            if !list.contains(&at) {
-                list.push(at);
-            }
+            self.failures.entry(node).or_default().push(at);
         }
     }
 
@@ -401,7 +478,7 @@ impl PfaState {
                 let p = self.disk_probability(node);
                 if let Some(r) = self.risks.get_mut(&node) {
                     r.disk_probability = p;
-                    r.probability = risk::any_fails([r.telemetry_probability, p]);
+                    r.probability = risk::any_fails([r.telemetry_probability, p, r.prior_probability]);
                 }
                 json(&serde_json::json!({ "node": node, "disk_probability": p }))
             }
@@ -411,4 +488,70 @@ impl PfaState {
 
 fn json<T: Serialize>(v: &T) -> Result<String, ProtoError> {
     serde_json::to_string(v).map_err(|e| ProtoError::Internal(format!("pfa answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(at_ms: u64, sync_ms: f64) -> TelemetryReport {
+        TelemetryReport { at_ms, values: [("engine_sync_mean_ms".to_string(), sync_ms)].into_iter().collect() }
+    }
+
+    fn keys(round: &PfaRound, kind: &[u8]) -> Vec<Vec<u8>> {
+        let prefix = [pfa_store::PFA_PREFIX, kind].concat();
+        round.writes.iter().filter(|w| w.key.starts_with(&prefix)).map(|w| w.key.clone()).collect()
+    }
+
+    /// Finished minutes are written once; a failure is counted once per outage (also across a
+    /// manager start that finds the node down already); episodes go round a bounded ring; a
+    /// removed node's history is deleted.
+    #[test]
+    fn rounds_write_minutes_and_failures_once_and_episodes_into_a_ring() {
+        let cfg = PfaConfig {
+            max_episodes: 2,
+            retrain_interval_ms: 0,
+            healthy_episode_interval_ms: 0,
+            ..PfaConfig::default()
+        };
+        let mut st = PfaState::new(cfg, None, None);
+        let none = BTreeSet::new();
+        st.on_manager_start(&[], None, &none, 0);
+        let mut t = 0;
+        let mut feed = |st: &mut PfaState, secs: u64, nodes: &[u64]| {
+            for _ in 0..secs {
+                t += 1_000;
+                for &n in nodes {
+                    st.on_telemetry(n, "r", report(t, 2.0));
+                }
+            }
+            t
+        };
+        let now = feed(&mut st, 130, &[1, 2, 3]);
+        let r = st.round(now, &none, &none);
+        assert_eq!(keys(&r, b"h/").len(), 6, "two finished minutes of three nodes");
+        assert!(st.round(now, &none, &none).writes.is_empty(), "nothing twice");
+        let down3: BTreeSet<u64> = [3].into();
+        let mut slots = Vec::new();
+        for outage in 0..3 {
+            let now = feed(&mut st, 5, &[1, 2]);
+            let r = st.round(now, &down3, &none);
+            assert_eq!(keys(&r, b"f/").len(), 1, "outage {outage}: one failure");
+            slots.extend(keys(&r, b"e/"));
+            assert_eq!(keys(&r, b"state").len(), 1);
+            let again = st.round(now, &down3, &none);
+            assert!(keys(&again, b"f/").is_empty() && keys(&again, b"e/").is_empty(), "counted once");
+            feed(&mut st, 5, &[1, 2, 3]);
+        }
+        assert_eq!(slots, vec![pfa_store::episode_key(0), pfa_store::episode_key(1), pfa_store::episode_key(0)]);
+        assert_eq!(st.risk().nodes.iter().find(|n| n.node == 3).map(|n| n.recent_failures), Some(3));
+        // A new manager that finds node 3 down does not count that outage again.
+        let persisted = st.persisted.clone();
+        st.on_manager_start(&[], Some(persisted), &down3, t);
+        assert!(keys(&st.round(t, &down3, &none), b"f/").is_empty());
+        assert_eq!(st.persisted.episode_seq, 3, "the ring position survives");
+        let r = st.round(t, &none, &down3);
+        assert_eq!(keys(&r, b"h/").len(), 1_440, "a removed node's history ring is deleted");
+        assert!(r.writes.iter().all(|w| w.value.is_none()));
+    }
 }

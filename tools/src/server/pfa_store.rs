@@ -5,9 +5,14 @@
 //! | key | value |
 //! |---|---|
 //! | `\xffp/h/{node:016x}/{slot:08x}` | a [`MinuteSummary`] (JSON); `slot` = minute number modulo `history-minutes`, so each node's history is a bounded ring |
-//! | `\xffp/e/{at_ms:016x}/{node:016x}` | an episode: a recording in `pfa-record` CSV, zstd-compressed; `node` is the failed node, 0 for a healthy snapshot |
+//! | `\xffp/e/{slot:08x}` | an episode: a recording in `pfa-record` CSV (failed nodes labelled), zstd-compressed; `slot` = episode number modulo `max-episodes`, a bounded ring |
 //! | `\xffp/f/{node:016x}/{at_ms:016x}` | a failure of `node` the manager observed (declared down); `{}` |
 //! | `\xffp/model/node` | the retrained node model (JSON) |
+//! | `\xffp/state` | [`PersistedPfa`]: the episode counter and the schedule |
+//!
+//! These records are written after the manager's own, in batches of at most
+//! [`MAX_PFA_BATCH_BYTES`] (an episode alone); a failed write is logged and does not stop the
+//! manager (the records are advisory: a lost minute or episode is not a lost decision).
 //!
 //! Also here: the manager-start routine (restore the detectors from the history, take a
 //! stored model) and the retraining task.
@@ -23,6 +28,7 @@ use presage_replication::ShardStatus;
 use presage_shardmgr::{MetaWrite, NodeId, META_SHARD_ID};
 
 use super::manager::{persist, scan_meta};
+use super::pfa::PersistedPfa;
 use super::{lock, Inner};
 
 /// First key of the failure analysis's records.
@@ -31,8 +37,10 @@ pub const PFA_PREFIX: &[u8] = b"\xffp/";
 pub const MAX_EPISODE_CSV_BYTES: usize = 64 << 20;
 /// Most bytes of records one history or episode read takes from the meta shard.
 pub const MAX_READ_BYTES: usize = 256 << 20;
-/// Most minutes one history answer carries.
-pub const MAX_HISTORY_ANSWER_MINUTES: u32 = 10_080;
+/// Most minutes one history answer carries (about 2.5 KB each: within a client frame).
+pub const MAX_HISTORY_ANSWER_MINUTES: u32 = 2_880;
+/// Most bytes of failure-analysis records in one write to the meta shard.
+pub const MAX_PFA_BATCH_BYTES: usize = 512 << 10;
 /// The shipped recording the node model was trained on; retraining starts from it.
 const BASE_RECORDING_CSV: &str = include_str!("../../../pfa/data/telemetry/recorded-mixed-seed1.csv");
 
@@ -40,15 +48,24 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
     [&[PFA_PREFIX], parts].concat().concat()
 }
 
-/// Key of `m` in its node's history ring of `history_minutes` slots.
-pub fn history_key(m: &MinuteSummary, history_minutes: u64) -> Vec<u8> {
-    let slot = (m.minute_ms / 60_000) % history_minutes.max(1);
-    key(&[format!("h/{:016x}/{slot:08x}", m.node).as_bytes()])
+/// Key of slot `slot` of `node`'s history ring.
+pub fn history_slot_key(node: NodeId, slot: u64) -> Vec<u8> {
+    key(&[format!("h/{node:016x}/{slot:08x}").as_bytes()])
 }
 
-/// Key of an episode kept at `at_ms` for `node` (0: a healthy snapshot).
-pub fn episode_key(at_ms: u64, node: NodeId) -> Vec<u8> {
-    key(&[format!("e/{at_ms:016x}/{node:016x}").as_bytes()])
+/// Key of `m` in its node's history ring of `history_minutes` slots.
+pub fn history_key(m: &MinuteSummary, history_minutes: u64) -> Vec<u8> {
+    history_slot_key(m.node, (m.minute_ms / 60_000) % history_minutes.max(1))
+}
+
+/// Key of episode slot `slot`.
+pub fn episode_key(slot: u64) -> Vec<u8> {
+    key(&[format!("e/{slot:08x}").as_bytes()])
+}
+
+/// Key of the failure analysis's own state.
+pub fn state_key() -> Vec<u8> {
+    key(&[b"state"])
 }
 
 /// Key of a failure of `node` observed at `at_ms` (its value is `{}`).
@@ -93,7 +110,7 @@ pub(crate) async fn history<E: Engine>(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<Vec<MinuteSummary>, String> {
-    let history_minutes = lock(&inner.pfa).config().history_minutes;
+    let history_minutes = lock(&inner.pfa).config().history_minutes.max(1);
     let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
     let prefix = format!("h/{node:016x}/");
     let slot_key = |slot: u64| key(&[prefix.as_bytes(), format!("{slot:08x}").as_bytes()]);
@@ -124,8 +141,14 @@ pub(crate) async fn history<E: Engine>(
 }
 
 /// Run when this node's shard manager starts: the detectors resume from the history of
-/// `nodes`, and a retrained model a predecessor stored is served.
-pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeId], now_ms: u64) {
+/// `nodes`, the schedule from the stored state, and a retrained model a predecessor stored
+/// is served; `down` are the nodes already down (their failures were counted).
+pub(crate) async fn on_manager_start<E: Engine>(
+    inner: &Inner<E>,
+    nodes: &[NodeId],
+    down: &std::collections::BTreeSet<NodeId>,
+    now_ms: u64,
+) {
     let restore_ms = lock(&inner.pfa).config().restore_minutes * 60_000;
     let mut all = Vec::new();
     for &node in nodes {
@@ -150,7 +173,7 @@ pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeI
     };
     // Failures older than the prior's window no longer count: their records go.
     let window_ms = (presage_pfa::prior::WINDOW_DAYS * 86_400_000.0) as u64;
-    let (old, kept): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, at)| at + window_ms < now_ms);
+    let (old, kept): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, at)| at.saturating_add(window_ms) < now_ms);
     failures = kept;
     if !old.is_empty() {
         let deletes = old.iter().map(|(n, at)| MetaWrite { key: failure_key(*n, *at), value: None }).collect();
@@ -159,8 +182,21 @@ pub(crate) async fn on_manager_start<E: Engine>(inner: &Inner<E>, nodes: &[NodeI
             tracing::debug!(error = %e, "old failure records not deleted yet");
         }
     }
+    let state = match read_one(inner, state_key()).await {
+        Ok(v) => v.and_then(|v| match serde_json::from_slice::<PersistedPfa>(&v) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable failure-analysis state; its schedule starts over");
+                None
+            }
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "failure-analysis state not read; its schedule starts over");
+            None
+        }
+    };
     let mut pfa = lock(&inner.pfa);
-    pfa.on_manager_start(&all, now_ms);
+    pfa.on_manager_start(&all, state, down, now_ms);
     pfa.restore_failures(failures);
     if let Some(m) = stored {
         if pfa.node_model().is_none_or(|cur| m.version > cur.version) {
@@ -190,66 +226,86 @@ async fn read_failures<E: Engine>(inner: &Inner<E>) -> Result<Vec<(NodeId, u64)>
     Ok(out)
 }
 
-async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, String> {
+/// The value at `k`, if any.
+async fn read_one<E: Engine>(inner: &Inner<E>, k: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
     let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
-    let k = model_key();
     let mut end = k.clone();
     end.push(0);
-    let pairs = scan_meta(inner, epoch, range(k, end)?, MAX_READ_BYTES).await?;
-    match pairs.first() {
+    let pairs = scan_meta(inner, epoch, range(k.clone(), end)?, MAX_READ_BYTES).await?;
+    Ok(pairs.into_iter().find(|(key, _)| *key == k).map(|(_, v)| v))
+}
+
+async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, String> {
+    match read_one(inner, model_key()).await? {
         None => Ok(None),
-        Some((_, v)) => {
-            let text = std::str::from_utf8(v).map_err(|e| format!("stored node model: {e}"))?;
+        Some(v) => {
+            let text = std::str::from_utf8(&v).map_err(|e| format!("stored node model: {e}"))?;
             FailureModel::from_json(text).map(Some).map_err(|e| format!("stored node model: {e}"))
         }
     }
 }
 
-/// The retraining task: read the episodes (dropping the oldest beyond `max-episodes`),
-/// retrain off the async threads, serve and store the model if adopted.
-pub(crate) async fn retrain<E: Engine>(inner: Arc<Inner<E>>, now_ms: u64) {
-    let outcome = retrain_once(&inner, now_ms).await;
-    let report = match outcome {
+/// Writes the failure analysis's records in order, in batches of at most
+/// [`MAX_PFA_BATCH_BYTES`] (a larger record alone). The caller holds `meta_writes`.
+pub(crate) async fn persist_records<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>) -> Result<(), String> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for w in writes {
+        let size = w.key.len() + w.value.as_ref().map_or(0, Vec::len);
+        if !batch.is_empty() && bytes + size > MAX_PFA_BATCH_BYTES {
+            persist(inner, std::mem::take(&mut batch)).await?;
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(w);
+    }
+    persist(inner, batch).await
+}
+
+/// The retraining task of manager tenure `generation`: read the episodes, retrain off the
+/// async threads, and, if adopted and the tenure and served model are still the ones it
+/// started from, store and serve the model.
+pub(crate) async fn retrain<E: Engine>(inner: Arc<Inner<E>>, generation: u64, now_ms: u64) {
+    let report = match retrain_once(&inner, generation, now_ms).await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::info!(reason = %e, "node model not retrained");
             None
         }
     };
-    lock(&inner.pfa).retrain_done(report);
+    lock(&inner.pfa).retrain_done(generation, report);
 }
 
-async fn retrain_once<E: Engine>(inner: &Arc<Inner<E>>, now_ms: u64) -> Result<retrain::RetrainReport, String> {
-    let (max_episodes, min_failures, current) = {
+async fn retrain_once<E: Engine>(
+    inner: &Arc<Inner<E>>,
+    generation: u64,
+    now_ms: u64,
+) -> Result<retrain::RetrainReport, String> {
+    let (min_failures, current) = {
         let pfa = lock(&inner.pfa);
         let current = pfa.node_model().map(FailureModel::to_json).transpose().map_err(|e| e.to_string())?;
-        (pfa.config().max_episodes, pfa.config().min_failures_to_retrain, current)
+        (pfa.config().min_failures_to_retrain, current)
     };
     let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
-    let (from, to) = (key(&[b"e/"]), key(&[b"e0"]));
-    let pairs = scan_meta(inner, epoch, range(from, to)?, MAX_READ_BYTES).await?;
-    // Oldest first: drop those beyond the limit.
-    let excess = pairs.len().saturating_sub(max_episodes);
-    let dropped: Vec<MetaWrite> =
-        pairs[..excess].iter().map(|(k, _)| MetaWrite { key: k.clone(), value: None }).collect();
-    if !dropped.is_empty() {
-        let _order = inner.meta_writes.lock().await;
-        persist(inner, dropped).await?;
-    }
-    let mut episodes = Vec::new();
-    for (k, v) in &pairs[excess..] {
-        let name = String::from_utf8_lossy(k).into_owned();
-        match decode_episode(&name, v) {
-            Ok(e) => episodes.push(e),
-            Err(e) => tracing::warn!(episode = %name, error = %e, "unreadable episode skipped"),
-        }
-    }
-    let cfg = RetrainConfig { min_failures, ..RetrainConfig::default() };
+    let pairs = scan_meta(inner, epoch, range(key(&[b"e/"]), key(&[b"e0"]))?, MAX_READ_BYTES).await?;
     let (report, model) = tokio::task::spawn_blocking(move || {
+        let mut episodes = Vec::new();
+        for (k, v) in &pairs {
+            let name = String::from_utf8_lossy(k).into_owned();
+            match decode_episode(&name, v) {
+                Ok(e) => episodes.push(e),
+                Err(e) => tracing::warn!(episode = %name, error = %e, "unreadable episode skipped"),
+            }
+        }
         let base = Recording::from_csv(vec![("shipped recording".to_string(), BASE_RECORDING_CSV.as_bytes())])
             .map_err(|e| e.to_string())?;
         let current = current.as_deref().map(FailureModel::from_json).transpose().map_err(|e| e.to_string())?;
-        retrain::retrain(&base, &episodes, current.as_ref(), &cfg, now_ms).map_err(|e| e.to_string())
+        let horizon_secs = current.as_ref().map_or(RetrainConfig::default().horizon_secs, |m| m.horizon_secs);
+        let cfg = RetrainConfig { min_failures, horizon_secs, ..RetrainConfig::default() };
+        let current_version = current.as_ref().map(|m| m.version);
+        retrain::retrain(&base, &episodes, current.as_ref(), &cfg, now_ms)
+            .map(|(r, m)| (r, m.map(|m| (m, current_version))))
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -262,12 +318,19 @@ async fn retrain_once<E: Engine>(inner: &Arc<Inner<E>>, now_ms: u64) -> Result<r
         version = report.version,
         "node model retrained"
     );
-    if let Some(model) = model {
+    if let Some((model, trained_against)) = model {
         let json = model.to_json().map_err(|e| e.to_string())?;
-        {
-            let _order = inner.meta_writes.lock().await;
-            persist(inner, vec![MetaWrite { key: model_key(), value: Some(json.into_bytes()) }]).await?;
+        let _order = inner.meta_writes.lock().await;
+        let still = {
+            let pfa = lock(&inner.pfa);
+            pfa.generation() == generation
+                && lock(&inner.manager).is_some()
+                && pfa.node_model().map(|m| m.version) == trained_against
+        };
+        if !still {
+            return Err("the manager or its model changed while retraining; the candidate is dropped".into());
         }
+        persist(inner, vec![MetaWrite { key: model_key(), value: Some(json.into_bytes()) }]).await?;
         lock(&inner.pfa).set_node_model(model);
     }
     Ok(report)
