@@ -51,8 +51,12 @@ pub struct AggregatorConfig {
     /// ...and, when the node has peers, this many times its peers' median level (on the raw
     /// scale).
     pub evidence_min_peer_ratio: f64,
-    /// Samples the baseline needs before a signal can be evidence.
+    /// Samples the baseline needs before a signal can be evidence by its own baseline.
     pub evidence_warmup_samples: u64,
+    /// Before that (a node just seen, say by a new shard manager without its history), a
+    /// signal is evidence when it stands this many times above the median of at least two
+    /// peers: the warm-up must not learn a degradation in progress as normal unnoticed.
+    pub evidence_cold_peer_ratio: f64,
 }
 
 impl Default for AggregatorConfig {
@@ -64,6 +68,7 @@ impl Default for AggregatorConfig {
             evidence_min_z: 6.0,
             evidence_min_peer_ratio: 2.0,
             evidence_warmup_samples: 120,
+            evidence_cold_peer_ratio: 10.0,
         }
     }
 }
@@ -347,6 +352,19 @@ impl Aggregator {
                 continue;
             }
             if t.samples < self.cfg.evidence_warmup_samples {
+                // Cold: only a node far beyond at least two peers (level span filled).
+                let (Some(r), Some(m)) = (peer_ratio, peer_median) else { continue };
+                if peers.len() >= 3 && t.samples >= LEVEL_SPAN as u64 && r >= self.cfg.evidence_cold_peer_ratio {
+                    let sign = if signal.bad_when_low() { -1.0 } else { 1.0 };
+                    out.push(Evidence {
+                        signal,
+                        value: raw(t.level()),
+                        baseline: raw(m),
+                        z: sign * (t.level() - m) / t.baseline.sd().max(signal.min_sd()),
+                        peer_ratio,
+                        detector: "peers".into(),
+                    });
+                }
                 continue;
             }
             let z = t.dev(signal);
@@ -585,6 +603,19 @@ mod tests {
         assert_eq!((m[0].minute_ms, m[0].samples, cpu(0).mean, cpu(0).max), (60_000, 60, 10.0, 10.0));
         assert_eq!((cpu(1).mean, cpu(0).t_sd), (20.0, 0.0));
         assert!(agg.minute_summaries(1, 120_000, 210_000).iter().all(|s| s.minute_ms >= 120_000));
+    }
+
+    /// A node already slow when first seen (a new manager without history) is not learnt as
+    /// normal unnoticed: far beyond its peers it is evidence during the warm-up.
+    #[test]
+    fn a_node_slow_from_the_start_is_evidence_against_its_peers() {
+        for seed in 0..10u64 {
+            let (_, evidence) = run(seed, 100, 0, 0.0);
+            let (_, slow) = run(seed, 100, 0, 1.0);
+            assert!(evidence.is_empty(), "seed {seed}: healthy start flagged: {evidence:?}");
+            let first = slow.iter().find(|(_, e)| e.iter().any(|e| e.detector == "peers")).map(|(t, _)| *t);
+            assert!(first.is_some_and(|t| t < 60), "seed {seed}: slow node not flagged in the warm-up: {first:?}");
+        }
     }
 
     /// A new manager restored from the minute history judges a node at once: the slow node

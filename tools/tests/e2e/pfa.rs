@@ -97,7 +97,8 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
                     .collect();
                 eprintln!("node {}: {}", n.id, series.join(" "));
             }
-            panic!("no warning for the slow node: {w}");
+            let cluster = admin.get::<serde_json::Value>("/v1/cluster").ok().map(|c| c["manager"].clone());
+            panic!("no warning for the slow node (manager now {cluster:?}): {w}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
