@@ -403,7 +403,9 @@ impl Aggregator {
             out.push(MinuteSummary { node, region: track.region.clone(), minute_ms: minute, samples, signals });
             acc.clear();
         };
-        for s in &track.ring {
+        // The ring is in time order: skip what lies before `after_ms` without reading it.
+        let start = track.ring.partition_point(|s| s.at_ms < after_ms);
+        for s in track.ring.range(start..) {
             let minute = s.at_ms - s.at_ms % 60_000;
             if minute < after_ms || minute + 60_000 > now_ms {
                 continue;

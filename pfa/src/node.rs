@@ -249,6 +249,28 @@ impl Default for NodeTrainConfig {
     }
 }
 
+/// A node model trained on `train`, early-stopped and calibrated on `valid`, whose
+/// threshold is the best F1 on `valid` (with its metrics there).
+pub(crate) fn train_tables(
+    horizon_secs: u64,
+    train: TrainSet<'_>,
+    valid: TrainSet<'_>,
+    params: TrainParams,
+) -> Result<FailureModel, PfaError> {
+    let (v, vy) = (valid.table, valid.labels);
+    let mut model =
+        FailureModel::train(ModelKind::NodeTelemetry, horizon_secs, Aggregator::feature_names(), train, valid, params)?;
+    let outcomes: Vec<Outcome> = model
+        .predict(v)
+        .into_iter()
+        .zip(vy)
+        .map(|(score, &failed)| Outcome { score, failed, lead_days: None })
+        .collect();
+    model.threshold = best_f1_threshold(&outcomes);
+    model.validation = Some(Metrics::compute(&outcomes, model.threshold, false));
+    Ok(model)
+}
+
 /// Train the node model on the first part of `rec` (by time).
 pub fn train(rec: &Recording, sources: Vec<String>, cfg: &NodeTrainConfig) -> Result<FailureModel, PfaError> {
     if !(0.0..1.0).contains(&cfg.train_fraction) || cfg.train_fraction + cfg.validation_fraction > 1.0 {
@@ -271,19 +293,12 @@ pub fn train(rec: &Recording, sources: Vec<String>, cfg: &NodeTrainConfig) -> Re
             vy.push(y);
         }
     }
-    let mut model = FailureModel::train(
-        ModelKind::NodeTelemetry,
+    let mut model = train_tables(
         cfg.horizon_secs,
-        names,
         TrainSet { table: &t, labels: &ty },
         TrainSet { table: &v, labels: &vy },
         cfg.params.clone(),
     )?;
-    let p = model.predict(&v);
-    let outcomes: Vec<Outcome> =
-        p.iter().zip(&vy).map(|(&score, &failed)| Outcome { score, failed, lead_days: None }).collect();
-    model.threshold = best_f1_threshold(&outcomes);
-    model.validation = Some(Metrics::compute(&outcomes, model.threshold, false));
     let s = &mut model.trained_on;
     s.sources = sources;
     s.train_units =

@@ -22,9 +22,9 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregator;
-use crate::metrics::{best_f1_threshold, Metrics, Outcome};
-use crate::model::{FailureModel, ModelKind, Table, TrainParams, TrainSet};
-use crate::node::{labelled, Recorded, Recording};
+use crate::metrics::{Metrics, Outcome};
+use crate::model::{FailureModel, Table, TrainParams, TrainSet};
+use crate::node::{labelled, train_tables, Recorded, Recording};
 use crate::PfaError;
 
 /// The fault name of a failure the shard manager observed (a node declared down). Unlike an
@@ -171,19 +171,12 @@ pub fn retrain(
         test.extend(&et);
         test_y.extend(ey);
     }
-    let mut candidate = FailureModel::train(
-        ModelKind::NodeTelemetry,
+    let mut candidate = train_tables(
         cfg.horizon_secs,
-        names.clone(),
         TrainSet { table: &t, labels: &ty },
         TrainSet { table: &v, labels: &vy },
         cfg.params.clone(),
     )?;
-    let p = candidate.predict(&v);
-    let outcomes: Vec<Outcome> =
-        p.iter().zip(&vy).map(|(&score, &failed)| Outcome { score, failed, lead_days: None }).collect();
-    candidate.threshold = best_f1_threshold(&outcomes);
-    candidate.validation = Some(Metrics::compute(&outcomes, candidate.threshold, false));
     candidate.version = current.map_or(1, |m| m.version + 1);
     let s = &mut candidate.trained_on;
     s.sources = vec!["shipped recording".into(), format!("{} cluster episodes", older.len())];
