@@ -19,7 +19,7 @@ use crate::aggregate::{Aggregator, AggregatorConfig};
 use crate::metrics::{best_f1_threshold, Metrics, Outcome};
 use crate::model::{FailureModel, ModelKind, Table, TrainParams, TrainSet};
 use crate::telemetry::{Signal, TelemetrySample};
-use crate::warning::{WarningAction, WarningBoard};
+use crate::warning::{Warning, WarningAction, WarningBoard};
 use crate::PfaError;
 
 /// The node model shipped with Presage: trained by `presage-ctl pfa train --format telemetry`
@@ -152,7 +152,7 @@ pub struct Replayed {
     /// Features in [`Aggregator::feature_names`] order.
     pub features: Vec<f64>,
     /// Warnings raised for the node by this sample.
-    pub raised: usize,
+    pub raised: Vec<Warning>,
 }
 
 /// Replays `rec` through a fresh aggregator and warning board, as the manager would.
@@ -166,8 +166,12 @@ pub fn replay(rec: &Recording) -> Vec<Replayed> {
         }
         let before = board.next_seq();
         board.observe(r.node, &r.region, r.sample.at_ms, agg.evidence(r.node));
-        let raised =
-            board.events_after(before - 1, usize::MAX).iter().filter(|e| e.action == WarningAction::Raised).count();
+        let raised: Vec<Warning> = board
+            .events_after(before - 1, usize::MAX)
+            .into_iter()
+            .filter(|e| e.action == WarningAction::Raised)
+            .map(|e| e.warning)
+            .collect();
         let Some(features) = agg.features(r.node) else { continue };
         out.push(Replayed { row: i, features, raised });
     }
@@ -326,6 +330,11 @@ pub struct FailureLead {
     /// For a latency ramp: the injected latency when the risk first reached 0.5, ms (the
     /// failure point is the election timeout, 1,000 ms).
     pub injected_latency_ms_at_alarm: Option<f64>,
+    /// Seconds from the first early warning raised on the node (within the horizon) to the
+    /// failure, and that warning's kind.
+    pub warning_lead_secs: Option<f64>,
+    /// The kind of that first warning.
+    pub first_warning: Option<String>,
 }
 
 /// `pfa eval` on a recording.
@@ -343,6 +352,8 @@ pub struct NodeEvaluation {
     pub false_alarms: usize,
     /// Early warnings raised on such nodes.
     pub false_warnings: usize,
+    /// Those warnings, with their evidence, so their cause can be read.
+    pub false_warning_list: Vec<Warning>,
     /// Samples evaluated.
     pub evaluated_samples: usize,
     /// Samples skipped because the model trained or validated on them.
@@ -388,7 +399,8 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
     let mut failures: BTreeMap<(u64, u64), FailureLead> = BTreeMap::new();
     let mut ramp_start: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut above: BTreeMap<u64, bool> = BTreeMap::new();
-    let (mut false_alarms, mut false_warnings, mut healthy_ms) = (0, 0, 0u64);
+    let (mut false_alarms, mut healthy_ms) = (0, 0u64);
+    let mut false_warning_list = Vec::new();
     let mut last_at: BTreeMap<u64, u64> = BTreeMap::new();
     for (r, &risk) in kept.iter().zip(&p) {
         let row = &rec.rows[r.row];
@@ -416,7 +428,13 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
                 lead_secs: None,
                 sudden: sudden.contains(&(row.node, f)),
                 injected_latency_ms_at_alarm: None,
+                warning_lead_secs: None,
+                first_warning: None,
             });
+            if let (None, Some(w)) = (lead.warning_lead_secs, r.raised.first()) {
+                lead.warning_lead_secs = Some((f.saturating_sub(at)) as f64 / 1e3);
+                lead.first_warning = Some(w.kind.to_string());
+            }
             if !row.fault.is_empty() {
                 lead.fault = row.fault.clone();
             }
@@ -434,7 +452,7 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
             if risk >= ALARM_RISK && !was_above {
                 false_alarms += 1;
             }
-            false_warnings += r.raised;
+            false_warning_list.extend(r.raised.iter().cloned());
         }
     }
     let failures: Vec<FailureLead> = failures.into_values().collect();
@@ -445,7 +463,8 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
         failures,
         healthy_node_hours: healthy_ms as f64 / 3.6e6,
         false_alarms,
-        false_warnings,
+        false_warnings: false_warning_list.len(),
+        false_warning_list,
         evaluated_samples: kept.len(),
         skipped_seen_samples: skipped,
     })

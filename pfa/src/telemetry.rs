@@ -164,6 +164,41 @@ impl Signal {
         }
     }
 
+    /// The level (in the signal's own unit) a signal must pass before its deviation is
+    /// evidence for an early warning: below it a change is real but harmless (a 0.1 ms disk
+    /// that becomes a 0.6 ms disk while a compiler shares the machine), and warning on it
+    /// teaches operators to ignore warnings. For [`Signal::bad_when_low`] signals the level
+    /// must fall below it. Engine errors have no floor: one is evidence.
+    pub fn material_level(self) -> f64 {
+        match self {
+            Signal::EngineWriteMeanMs | Signal::EngineReadMeanMs => 5.0,
+            Signal::EngineSyncMeanMs => 20.0,
+            Signal::EngineSyncP99Ms => 50.0,
+            Signal::EngineErrorsPerSec => 0.0,
+            Signal::EngineWriteStalled => 0.5,
+            Signal::EnginePendingCompactionMib => 1024.0,
+            Signal::DiskAwaitMs => 20.0,
+            Signal::DiskUtilPct => 80.0,
+            Signal::DiskInflight => 8.0,
+            Signal::CpuBusyPct => 80.0,
+            Signal::MemAvailablePct => 10.0,
+            Signal::PsiCpuSomePct | Signal::PsiIoSomePct => 20.0,
+            Signal::PsiMemorySomePct => 10.0,
+            Signal::PeerRttMinMs => 20.0,
+            Signal::ApplyLagEntries => 1000.0,
+            Signal::ProposalMeanMs => 50.0,
+        }
+    }
+
+    /// Whether `level` (in the signal's unit) is past [`Signal::material_level`].
+    pub fn is_material(self, level: f64) -> bool {
+        if self.bad_when_low() {
+            level <= self.material_level()
+        } else {
+            level >= self.material_level()
+        }
+    }
+
     /// Smallest deviation a detector assumes, on the transformed scale: a perfectly flat
     /// signal (an idle disk, zero errors) must not make a tiny wobble look like many
     /// deviations.

@@ -367,7 +367,7 @@ pub fn history_text(minutes: &[presage_pfa::aggregate::MinuteSummary]) -> String
     table(&header, &rows)
 }
 
-fn evidence_text(w: &presage_pfa::warning::Warning) -> String {
+pub(crate) fn evidence_text(w: &presage_pfa::warning::Warning) -> String {
     w.evidence
         .iter()
         .map(|e| {

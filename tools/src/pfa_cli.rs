@@ -227,11 +227,18 @@ fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlErro
                     (None, false) => "missed".into(),
                 },
                 f.injected_latency_ms_at_alarm.map_or_else(|| "-".into(), |l| format!("{l:.0} ms")),
+                match (f.warning_lead_secs, &f.first_warning) {
+                    (Some(l), Some(k)) => format!("{l:.0} s ({k})"),
+                    _ => "-".into(),
+                },
             ]
         })
         .collect();
     text.push('\n');
-    text.push_str(&table(&["NODE", "FAILED_AT_MS", "FAULT", "RISK>=0.5 LEAD", "INJECTED AT ALARM"], &rows));
+    text.push_str(&table(
+        &["NODE", "FAILED_AT_MS", "FAULT", "RISK>=0.5 LEAD", "INJECTED AT ALARM", "WARNING LEAD"],
+        &rows,
+    ));
     text.push_str(&format!(
         "\nmean lead time {}; on healthy nodes ({:.2} node-hours): {} false alarms (risk crossing 0.5), {} early warnings\n",
         e.mean_lead_time_secs.map_or_else(|| "-".into(), |l| format!("{l:.0} s")),
@@ -239,6 +246,16 @@ fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlErro
         e.false_alarms,
         e.false_warnings
     ));
+    if !e.false_warning_list.is_empty() {
+        let rows: Vec<Vec<String>> = e
+            .false_warning_list
+            .iter()
+            .map(|w| {
+                vec![w.node.to_string(), w.raised_at_ms.to_string(), w.kind.to_string(), crate::ctl::evidence_text(w)]
+            })
+            .collect();
+        text.push_str(&table(&["NODE", "RAISED_AT_MS", "KIND", "EVIDENCE"], &rows));
+    }
     Ok(text)
 }
 
