@@ -560,6 +560,22 @@ pub(crate) mod tests {
         assert_eq!(e.false_alarms, 0, "{e:?}");
     }
 
+    /// The false-warning target on the 30-minute healthy recording (a playground under
+    /// a workload while the machine compiled): no alarm and no early warning. A failure lists
+    /// each warning with its evidence.
+    #[test]
+    fn thirty_healthy_minutes_raise_no_alarm_and_no_warning() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/telemetry/recorded-healthy-1800s.csv");
+        let file = std::fs::File::open(path).expect("the recording is in the repository");
+        let rec = Recording::from_csv(vec![(path.to_string(), file)]).expect("parses");
+        let model = default_model().expect("the shipped model loads");
+        let e = evaluate(&model, &rec).expect("evaluates");
+        assert!(e.healthy_node_hours > 1.5, "{}", e.healthy_node_hours);
+        assert!(e.failures.is_empty());
+        assert_eq!(e.false_alarms, 0);
+        assert!(e.false_warning_list.is_empty(), "{:#?}", e.false_warning_list);
+    }
+
     #[test]
     fn recordings_parse_and_refuse_bad_input() {
         let text = "at_ms,node,region,engine_sync_mean_ms,fault,failure_at_ms\n2000,1,r1,0.5,,\n1000,2,r2,,x,5000\n";
