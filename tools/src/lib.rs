@@ -8,6 +8,8 @@
 //!   the raw engine, and the CPU of idle shards with quiescence on and off.
 //! - [`server`]: the node server: request routing and forwarding, heartbeats, the shard
 //!   manager's runtime on the meta leader, operator steps.
+//! - [`ycsb`]: `presage-bench run`, the YCSB core workloads against the raw engine, a
+//!   playground or a running cluster, side by side.
 //! - [`datagen`]: deterministic keys and values shared by both.
 
 pub mod admin;
@@ -24,3 +26,4 @@ pub mod replication_bench;
 pub mod resp;
 pub mod server;
 pub mod walkthrough;
+pub mod ycsb;

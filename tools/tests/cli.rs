@@ -139,6 +139,25 @@ fn bench_refuses_bad_arguments_clearly() {
     let out = bench().args(["replication", "--clients", "0"]).output().expect("run presage-bench");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be positive"));
+    for (args, says) in [
+        (&["run", "--workload", "a", "--target", "raw-engine", "--threads", "0"][..], "--threads must be in"),
+        (&["run", "--workload", "z", "--target", "raw-engine"][..], "invalid value 'z'"),
+        (&["run", "--workload", "a", "--target", "nowhere"][..], "raw-engine, playground or HOST:PORT"),
+        (&["run", "--workload", "a"][..], "--target"),
+    ] {
+        let out = bench().args(args).output().expect("run presage-bench");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // A cluster that is not there: the target is reported unusable, the program says so.
+    let out = bench()
+        .args(["run", "--workload", "c", "--records", "10", "--ops", "10", "--target", "127.0.0.1:1"])
+        .output()
+        .expect("run presage-bench");
+    assert!(!out.status.success());
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("unusable") && stderr.contains("127.0.0.1:1 was unusable"), "{stdout}\n{stderr}");
 }
 
 fn ctl() -> Command {

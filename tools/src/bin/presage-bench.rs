@@ -1,7 +1,8 @@
 //! `presage-bench`: Presage's embedded benchmark harness. Every figure is reported next to a
 //! baseline measured in the same run: `engine` (the storage engine), `replication`
 //! (replicated writes against the raw engine), `idle` (CPU of idle shards, quiescence on
-//! against off). The YCSB workloads arrive with the benchmark issue.
+//! against off), and `run`: the YCSB core workloads against the raw engine, a playground or a
+//! running cluster, several targets in one invocation, each next to the first.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,37 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use presage_tools::engine_bench::{self, EngineBenchOptions};
 use presage_tools::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
+use presage_tools::ycsb::run::{Environment, Progress, RunOptions};
+use presage_tools::ycsb::target::TargetSpec;
+use presage_tools::ycsb::{KeyDistribution, Workload};
+
+/// A progress bar per phase on standard error (hidden when it is not a terminal).
+struct Bar(std::cell::RefCell<Option<indicatif::ProgressBar>>);
+
+impl Progress for Bar {
+    fn start(&self, target: &str, phase: &str, total: u64) {
+        let bar = indicatif::ProgressBar::new(total);
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>24} {bar:30} {pos}/{len} ops {per_sec} elapsed {elapsed} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(format!("{target} {phase}"));
+        *self.0.borrow_mut() = Some(bar);
+    }
+
+    fn tick(&self, done: u64) {
+        if let Some(b) = self.0.borrow().as_ref() {
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.0.borrow_mut().take() {
+            b.finish_and_clear();
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "presage-bench", version, about = "Presage's benchmark harness")]
@@ -19,6 +51,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A YCSB core workload (load phase, then run phase) against each `--target` in turn; the
+    /// first target is the baseline every other one is divided by.
+    Run {
+        /// The YCSB core workload: a (50% read, 50% update), b (95/5), c (read only), d (read
+        /// latest, 5% insert), e (short scans, 5% insert), f (read-modify-write).
+        #[arg(long, value_enum)]
+        workload: Workload,
+        /// Records written by the load phase.
+        #[arg(long, default_value_t = RunOptions::default().records)]
+        records: u64,
+        /// Operations in the run phase.
+        #[arg(long, default_value_t = RunOptions::default().ops)]
+        ops: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = RunOptions::default().value_bytes)]
+        value_bytes: usize,
+        /// Request distribution (default: the workload's own, zipfian or latest for d).
+        #[arg(long, value_enum)]
+        distribution: Option<KeyDistribution>,
+        /// Client threads, one operation in flight each.
+        #[arg(long, default_value_t = RunOptions::default().threads)]
+        threads: usize,
+        /// raw-engine (RocksDB in this process), playground (a 3-node cluster started for the
+        /// run), or HOST:PORT[,HOST:PORT...] (a running cluster's native addresses). Repeat to
+        /// measure several targets side by side.
+        #[arg(long, required = true)]
+        target: Vec<TargetSpec>,
+        /// End the run phase after this many seconds even if --ops are not done.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// RNG seed.
+        #[arg(long, default_value_t = RunOptions::default().seed)]
+        seed: u64,
+        /// Prefix of the record keys (an existing cluster's keys under it are overwritten).
+        #[arg(long, default_value_t = RunOptions::default().key_prefix)]
+        key_prefix: String,
+        /// A phase stops when no operation succeeded for this many seconds.
+        #[arg(long, default_value_t = RunOptions::default().max_failing_secs)]
+        max_failing_secs: u64,
+        /// A cluster request gives up after this many milliseconds.
+        #[arg(long, default_value_t = RunOptions::default().request_timeout_ms)]
+        request_timeout_ms: u64,
+        /// The `presage` binary a playground runs (default: the one beside this program).
+        #[arg(long)]
+        presage_bin: Option<PathBuf>,
+        /// Folder for the temporary databases and playgrounds (default: the system's).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also draw throughput and p99 over time to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Storage-engine throughput: point writes (sync off/on), point reads, export/import MB/s
     /// and compression ratio, each next to its baseline.
     Engine {
@@ -94,6 +181,56 @@ fn write_json<T: serde::Serialize>(path: Option<PathBuf>, report: &T) -> Result<
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            workload,
+            records,
+            ops,
+            value_bytes,
+            distribution,
+            threads,
+            target,
+            duration,
+            seed,
+            key_prefix,
+            max_failing_secs,
+            request_timeout_ms,
+            presage_bin,
+            work_dir,
+            json,
+            plot,
+        } => {
+            let opts = RunOptions {
+                workload,
+                records,
+                ops,
+                value_bytes,
+                distribution,
+                threads,
+                duration_secs: duration,
+                seed,
+                key_prefix,
+                max_failing_secs,
+                request_timeout_ms,
+            };
+            let presage_binary = match presage_bin {
+                Some(p) => p,
+                None => std::env::current_exe().context("finding this program")?.with_file_name("presage"),
+            };
+            if target.contains(&TargetSpec::Playground) && !presage_binary.is_file() {
+                anyhow::bail!("no presage binary at {} (give --presage-bin)", presage_binary.display());
+            }
+            let env = Environment { work_dir: work_dir.unwrap_or_else(std::env::temp_dir), presage_binary };
+            let report = presage_tools::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
+            print!("{}", presage_tools::ycsb::run::render(&report));
+            write_json(json, &report)?;
+            if let Some(plot) = plot {
+                presage_tools::ycsb::plot::draw(&report, &plot)?;
+            }
+            if let Some(t) = report.targets.iter().find(|t| t.error.is_some()) {
+                anyhow::bail!("target {} was unusable: {}", t.target, t.error.as_deref().unwrap_or_default());
+            }
+            Ok(())
+        }
         Command::Engine { keys, sync_writes, reads, value_bytes, seed, work_dir, json } => {
             anyhow::ensure!(
                 keys > 0 && reads > 0 && sync_writes > 0,

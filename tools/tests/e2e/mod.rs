@@ -8,6 +8,7 @@ use std::time::Duration;
 use presage_client::{Client, ClientConfig, ClientError};
 use presage_tools::node::playground::{Playground, PlaygroundOptions};
 
+mod bench;
 mod pfa;
 
 fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {

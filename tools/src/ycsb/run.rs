@@ -1,0 +1,806 @@
+//! The driver: for each target in turn, a load phase (insert `records` records) and a run
+//! phase (`ops` operations of the workload's mix, or until `duration`), each on `threads`
+//! threads with one operation in flight each (closed loop), measured per operation type
+//! with hdrhistogram and per second for the time series; then every figure divided by the
+//! first target's, measured in the same invocation.
+//!
+//! A failing operation is counted, not fatal. A phase stops early when no operation has
+//! succeeded for `max_failing_secs` (the target went away); the report says so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::target::{client_config, ClusterTarget, RawEngineTarget, Target, TargetError, TargetSpec};
+use super::{record_key, KeyChooser, KeyDistribution, Mix, OpKind, Workload};
+use crate::datagen::{ValueGen, ValueKind};
+
+/// Most records a load phase may write.
+pub const MAX_RECORDS: u64 = 100_000_000;
+/// Most threads.
+pub const MAX_THREADS: usize = 256;
+/// Largest value, bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Most seconds in a phase's time series (a longer phase keeps its totals, not its tail).
+pub const MAX_SERIES_SECS: usize = 24 * 3600;
+/// Largest latency a histogram records, µs (one hour); longer ones are recorded as this.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOptions {
+    /// The YCSB core workload.
+    pub workload: Workload,
+    /// Records written by the load phase.
+    pub records: u64,
+    /// Operations in the run phase.
+    pub ops: u64,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Request distribution (`None`: the workload's own).
+    pub distribution: Option<KeyDistribution>,
+    /// Client threads, one operation in flight each.
+    pub threads: usize,
+    /// Stop the run phase after this many seconds even if `ops` are not done.
+    pub duration_secs: Option<u64>,
+    /// Seed of every choice (thread `t` uses `seed + t`).
+    pub seed: u64,
+    /// Prefix of the record keys.
+    pub key_prefix: String,
+    /// A phase stops when no operation has succeeded for this long.
+    pub max_failing_secs: u64,
+    /// A cluster request gives up after this long, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workload: Workload::A,
+            records: 10_000,
+            ops: 10_000,
+            value_bytes: 100,
+            distribution: None,
+            threads: 4,
+            duration_secs: None,
+            seed: 1,
+            key_prefix: "user".into(),
+            max_failing_secs: 10,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Why the options cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadOptions(pub String);
+
+impl RunOptions {
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), BadOptions> {
+        let bad = |m: String| Err(BadOptions(m));
+        if self.records == 0 || self.records > MAX_RECORDS {
+            return bad(format!("--records must be in 1..={MAX_RECORDS}, not {}", self.records));
+        }
+        if self.ops == 0 {
+            return bad("--ops must be positive".into());
+        }
+        if self.value_bytes == 0 || self.value_bytes > MAX_VALUE_BYTES {
+            return bad(format!("--value-bytes must be in 1..={MAX_VALUE_BYTES}, not {}", self.value_bytes));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return bad(format!("--threads must be in 1..={MAX_THREADS}, not {}", self.threads));
+        }
+        if self.duration_secs == Some(0) {
+            return bad("--duration must be positive".into());
+        }
+        if self.max_failing_secs == 0 || self.request_timeout_ms == 0 {
+            return bad("--max-failing-secs and --request-timeout-ms must be positive".into());
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.len() > 64 || self.key_prefix.starts_with('\u{7f}') {
+            return bad(format!("--key-prefix must be 1..=64 bytes, not {:?}", self.key_prefix));
+        }
+        Ok(())
+    }
+
+    /// The mix with the distribution override applied.
+    pub fn mix(&self) -> Mix {
+        let mut mix = self.workload.mix();
+        if let Some(d) = self.distribution {
+            mix.distribution = d;
+        }
+        mix
+    }
+}
+
+/// Latency figures of one operation type, µs.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct OpReport {
+    /// Operations that succeeded.
+    pub count: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Reads (and read-modify-writes) that found no record.
+    pub misses: u64,
+    /// Successful operations per second over the phase.
+    pub throughput_ops_per_sec: f64,
+    /// Mean latency.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 95th percentile.
+    pub p95_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+}
+
+/// One second of a phase.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SecondReport {
+    /// Seconds since the phase began.
+    pub second: u64,
+    /// Operations that succeeded in it.
+    pub ops: u64,
+    /// Operations that failed in it.
+    pub errors: u64,
+    /// 99th percentile latency of its successful operations, µs.
+    pub p99_us: Option<u64>,
+}
+
+/// One phase on one target.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PhaseReport {
+    /// Operations that succeeded.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Wall-clock seconds.
+    pub elapsed_secs: f64,
+    /// Successful operations per second.
+    pub throughput_ops_per_sec: f64,
+    /// Why the phase stopped early, if it did.
+    pub aborted: Option<String>,
+    /// The last error seen.
+    pub last_error: Option<String>,
+    /// Per operation type (the types the phase ran).
+    pub operations: BTreeMap<String, OpReport>,
+    /// Per second.
+    pub series: Vec<SecondReport>,
+}
+
+/// One figure over the baseline's.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct OpRatio {
+    /// Throughput over the baseline's.
+    pub throughput: f64,
+    /// Median latency over the baseline's.
+    pub p50: f64,
+    /// 99th percentile latency over the baseline's.
+    pub p99: f64,
+}
+
+/// A target's run phase over the baseline's (the first target's).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Ratios {
+    /// The baseline target.
+    pub baseline: String,
+    /// Run-phase throughput over the baseline's.
+    pub throughput: f64,
+    /// Per operation type both ran.
+    pub operations: BTreeMap<String, OpRatio>,
+}
+
+/// One target's results.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TargetReport {
+    /// `raw-engine`, `playground` or the addresses.
+    pub target: String,
+    /// Why the target could not be used at all, if so (then there are no phases).
+    pub error: Option<String>,
+    /// The load phase.
+    pub load: Option<PhaseReport>,
+    /// The run phase.
+    pub run: Option<PhaseReport>,
+    /// The run phase against the first target (None for the first).
+    pub vs_baseline: Option<Ratios>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// What ran.
+    pub options: RunOptions,
+    /// The operation mix and distribution used.
+    pub mix: Mix,
+    /// Every target, in the order given; the first is the baseline.
+    pub targets: Vec<TargetReport>,
+}
+
+/// Where targets live and what starts a playground.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Folder for temporary databases and playgrounds.
+    pub work_dir: PathBuf,
+    /// The `presage` binary (for `playground`).
+    pub presage_binary: PathBuf,
+}
+
+/// Makes (and on drop stops) each target in turn.
+fn open(
+    spec: &TargetSpec,
+    opts: &RunOptions,
+    env: &Environment,
+    rt: &tokio::runtime::Handle,
+) -> Result<Box<dyn Target>, TargetError> {
+    let cfg = client_config(Duration::from_millis(opts.request_timeout_ms));
+    Ok(match spec {
+        TargetSpec::RawEngine => Box::new(RawEngineTarget::open(&env.work_dir)?),
+        TargetSpec::Playground => {
+            Box::new(ClusterTarget::playground(rt, env.presage_binary.clone(), &env.work_dir, cfg)?)
+        }
+        TargetSpec::Cluster(addrs) => Box::new(ClusterTarget::connect(rt, addrs, cfg)?),
+    })
+}
+
+/// Told how a phase goes (a progress bar, or nothing).
+pub trait Progress {
+    /// A phase of `target` with `total` operations begins.
+    fn start(&self, target: &str, phase: &str, total: u64);
+    /// `done` operations have finished.
+    fn tick(&self, done: u64);
+    /// The phase ended.
+    fn finish(&self);
+}
+
+/// No progress reports.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn tick(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// How often a running phase reports its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs every target in turn, telling `progress` how each phase goes.
+pub fn run(
+    opts: &RunOptions,
+    targets: &[TargetSpec],
+    env: &Environment,
+    progress: &dyn Progress,
+) -> Result<BenchReport, BadOptions> {
+    opts.validate()?;
+    if targets.is_empty() {
+        return Err(BadOptions("give at least one --target".into()));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BadOptions(format!("starting the client runtime: {e}")))?;
+    let mix = opts.mix();
+    let mut reports: Vec<TargetReport> = Vec::new();
+    for spec in targets {
+        let name = spec.name();
+        let mut report = TargetReport { target: name.clone(), error: None, load: None, run: None, vs_baseline: None };
+        match open(spec, opts, env, rt.handle()) {
+            Err(e) => {
+                tracing::error!(target = %name, error = %e, "benchmark target unusable");
+                report.error = Some(e.to_string());
+            }
+            Ok(target) => {
+                let keys = Records::new(opts.records);
+                let load = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: true };
+                let load_report = load.drive(&name, progress);
+                let run = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: false };
+                report.run = Some(run.drive(&name, progress));
+                report.load = Some(load_report);
+                drop(target);
+            }
+        }
+        reports.push(report);
+    }
+    let baseline = reports.first().and_then(|b| b.run.clone().map(|r| (b.target.clone(), r)));
+    if let Some((base_name, base)) = baseline {
+        for r in reports.iter_mut().skip(1) {
+            r.vs_baseline = r.run.as_ref().map(|run| ratios(&base_name, &base, run));
+        }
+    }
+    Ok(BenchReport { options: opts.clone(), mix, targets: reports })
+}
+
+fn div(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+fn ratios(base_name: &str, base: &PhaseReport, run: &PhaseReport) -> Ratios {
+    let operations = run
+        .operations
+        .iter()
+        .filter_map(|(k, o)| {
+            let b = base.operations.get(k)?;
+            Some((
+                k.clone(),
+                OpRatio {
+                    throughput: div(o.throughput_ops_per_sec, b.throughput_ops_per_sec),
+                    p50: div(o.p50_us as f64, b.p50_us as f64),
+                    p99: div(o.p99_us as f64, b.p99_us as f64),
+                },
+            ))
+        })
+        .collect();
+    Ratios {
+        baseline: base_name.to_string(),
+        throughput: div(run.throughput_ops_per_sec, base.throughput_ops_per_sec),
+        operations,
+    }
+}
+
+/// The records that exist: loaded ones, then inserted ones as their inserts finish (an
+/// insert that failed is given up, so a later read of it may miss).
+struct Records {
+    next_insert: AtomicU64,
+    /// Every record below `.0` is finished; `.1` holds those finished out of order.
+    finished: Mutex<(u64, BTreeSet<u64>)>,
+}
+
+impl Records {
+    fn new(loaded: u64) -> Self {
+        Records { next_insert: AtomicU64::new(loaded), finished: Mutex::new((loaded, BTreeSet::new())) }
+    }
+
+    fn count(&self) -> u64 {
+        self.finished.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    fn claim(&self) -> u64 {
+        self.next_insert.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn finish(&self, n: u64) {
+        let mut guard = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        let (below, ahead) = &mut *guard;
+        ahead.insert(n);
+        while ahead.remove(below) {
+            *below += 1;
+        }
+    }
+}
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    // The bounds and figures are constants within hdrhistogram's limits.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).unwrap_or_else(|e| unreachable!("histogram bounds: {e}"))
+}
+
+/// One thread's measurements.
+struct Local {
+    ops: Vec<Histogram<u64>>,
+    errors: [u64; 5],
+    misses: [u64; 5],
+    /// Seconds since the phase start: (ops, errors, latency histogram).
+    series: BTreeMap<u64, (u64, u64, Histogram<u64>)>,
+    /// When the thread stopped, seconds since the phase start.
+    ended_secs: f64,
+}
+
+impl Local {
+    fn new() -> Self {
+        Local {
+            ops: (0..OpKind::ALL.len()).map(|_| histogram(3)).collect(),
+            errors: [0; 5],
+            misses: [0; 5],
+            series: BTreeMap::new(),
+            ended_secs: 0.0,
+        }
+    }
+
+    fn second(&mut self, s: u64) -> Option<&mut (u64, u64, Histogram<u64>)> {
+        if s as usize >= MAX_SERIES_SECS {
+            return None;
+        }
+        Some(self.series.entry(s).or_insert_with(|| (0, 0, histogram(2))))
+    }
+}
+
+struct Phase<'a> {
+    opts: &'a RunOptions,
+    mix: &'a Mix,
+    target: &'a dyn Target,
+    records: &'a Records,
+    load: bool,
+}
+
+/// State shared by a phase's threads.
+struct Shared {
+    claimed: AtomicU64,
+    done: AtomicU64,
+    stop: AtomicBool,
+    /// Milliseconds since the phase start of the last success.
+    last_success_ms: AtomicU64,
+    aborted: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+enum Outcome {
+    Done { missed: bool },
+    Failed(TargetError),
+}
+
+impl Phase<'_> {
+    fn drive(&self, name: &str, progress: &dyn Progress) -> PhaseReport {
+        let total = if self.load { self.opts.records } else { self.opts.ops };
+        let deadline = (!self.load).then_some(self.opts.duration_secs).flatten().map(Duration::from_secs);
+        let shared = Shared {
+            claimed: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            last_success_ms: AtomicU64::new(0),
+            aborted: Mutex::new(None),
+            last_error: Mutex::new(None),
+        };
+        let start = Instant::now();
+        let locals: Vec<Local> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.opts.threads)
+                .map(|t| {
+                    let shared = &shared;
+                    s.spawn(move || self.worker(t as u64, total, deadline, start, shared))
+                })
+                .collect();
+            progress.start(name, if self.load { "load" } else { "run" }, total);
+            while !handles.iter().all(|h| h.is_finished()) {
+                progress.tick(shared.done.load(Ordering::Relaxed));
+                std::thread::sleep(PROGRESS_INTERVAL);
+            }
+            progress.finish();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        // The last thread's end, not the progress loop's (which wakes up to 200 ms later).
+        let elapsed = locals.iter().map(|l| l.ended_secs).fold(0.0, f64::max);
+        self.merge(locals, elapsed, &shared)
+    }
+
+    fn worker(&self, t: u64, total: u64, deadline: Option<Duration>, start: Instant, shared: &Shared) -> Local {
+        let seed = self.opts.seed.wrapping_add(t).wrapping_add(if self.load { 0 } else { 1 << 32 });
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut values = ValueGen::new(ValueKind::Compressible, self.opts.value_bytes, seed);
+        let mut chooser = KeyChooser::new(self.mix.distribution);
+        let mut local = Local::new();
+        let max_failing_ms = self.opts.max_failing_secs * 1000;
+        loop {
+            if shared.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| start.elapsed() >= d) {
+                break;
+            }
+            let slot = shared.claimed.fetch_add(1, Ordering::Relaxed);
+            if slot >= total {
+                break;
+            }
+            let kind = if self.load { OpKind::Insert } else { self.mix.next_op(&mut rng) };
+            let began = Instant::now();
+            let outcome = self.execute(kind, slot, &mut rng, &mut values, &mut chooser);
+            let latency_us = began.elapsed().as_micros() as u64;
+            let now_ms = start.elapsed().as_millis() as u64;
+            let sec = now_ms / 1000;
+            match outcome {
+                Outcome::Done { missed } => {
+                    local.ops[kind.index()].saturating_record(latency_us.max(1));
+                    local.misses[kind.index()] += u64::from(missed);
+                    if let Some(s) = local.second(sec) {
+                        s.0 += 1;
+                        s.2.saturating_record(latency_us.max(1));
+                    }
+                    shared.last_success_ms.fetch_max(now_ms, Ordering::Relaxed);
+                }
+                Outcome::Failed(e) => {
+                    local.errors[kind.index()] += 1;
+                    if let Some(s) = local.second(sec) {
+                        s.1 += 1;
+                    }
+                    let text = e.to_string();
+                    let quiet_ms = now_ms.saturating_sub(shared.last_success_ms.load(Ordering::Relaxed));
+                    if quiet_ms >= max_failing_ms {
+                        let mut a = shared.aborted.lock().unwrap_or_else(PoisonError::into_inner);
+                        if a.is_none() {
+                            *a = Some(format!(
+                                "no operation succeeded for {} s (the target went away?); last error: {text}",
+                                quiet_ms / 1000
+                            ));
+                        }
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                    *shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
+                }
+            }
+            shared.done.fetch_add(1, Ordering::Relaxed);
+        }
+        local.ended_secs = start.elapsed().as_secs_f64();
+        local
+    }
+
+    fn execute(
+        &self,
+        kind: OpKind,
+        slot: u64,
+        rng: &mut SmallRng,
+        values: &mut ValueGen,
+        chooser: &mut KeyChooser,
+    ) -> Outcome {
+        let prefix = &self.opts.key_prefix;
+        let result: Result<bool, TargetError> = match kind {
+            OpKind::Insert if self.load => {
+                self.target.write(&record_key(prefix, slot), &values.value(slot)).map(|()| false)
+            }
+            OpKind::Insert => {
+                let n = self.records.claim();
+                let r = self.target.write(&record_key(prefix, n), &values.value(n)).map(|()| false);
+                self.records.finish(n);
+                r
+            }
+            OpKind::Read => {
+                let n = chooser.choose(self.records.count(), rng);
+                self.target.read(&record_key(prefix, n)).map(|found| !found)
+            }
+            OpKind::Update => {
+                let n = chooser.choose(self.records.count(), rng);
+                self.target.write(&record_key(prefix, n), &values.value(n)).map(|()| false)
+            }
+            OpKind::Scan => {
+                let n = chooser.choose(self.records.count(), rng);
+                let len = rng.random_range(1..=self.mix.max_scan_len);
+                self.target.scan(&record_key(prefix, n), len).map(|got| got == 0)
+            }
+            OpKind::ReadModifyWrite => {
+                let n = chooser.choose(self.records.count(), rng);
+                let key = record_key(prefix, n);
+                self.target.read(&key).and_then(|found| self.target.write(&key, &values.value(n)).map(|()| !found))
+            }
+        };
+        match result {
+            Ok(missed) => Outcome::Done { missed },
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    fn merge(&self, locals: Vec<Local>, elapsed: f64, shared: &Shared) -> PhaseReport {
+        let mut ops: Vec<Histogram<u64>> = (0..OpKind::ALL.len()).map(|_| histogram(3)).collect();
+        let mut errors = [0u64; 5];
+        let mut misses = [0u64; 5];
+        let mut series: BTreeMap<u64, (u64, u64, Histogram<u64>)> = BTreeMap::new();
+        for l in locals {
+            for (i, h) in l.ops.iter().enumerate() {
+                // Same bounds on both sides: adding cannot fail.
+                ops[i].add(h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
+                errors[i] += l.errors[i];
+                misses[i] += l.misses[i];
+            }
+            for (s, (n, e, h)) in l.series {
+                let entry = series.entry(s).or_insert_with(|| (0, 0, histogram(2)));
+                entry.0 += n;
+                entry.1 += e;
+                entry.2.add(&h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
+            }
+        }
+        let mut operations = BTreeMap::new();
+        for kind in OpKind::ALL {
+            let (h, e) = (&ops[kind.index()], errors[kind.index()]);
+            if h.is_empty() && e == 0 {
+                continue;
+            }
+            operations.insert(
+                kind.name().to_string(),
+                OpReport {
+                    count: h.len(),
+                    errors: e,
+                    misses: misses[kind.index()],
+                    throughput_ops_per_sec: h.len() as f64 / elapsed.max(1e-9),
+                    mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+                    p50_us: h.value_at_quantile(0.5),
+                    p95_us: h.value_at_quantile(0.95),
+                    p99_us: h.value_at_quantile(0.99),
+                    p999_us: h.value_at_quantile(0.999),
+                    max_us: h.max(),
+                },
+            );
+        }
+        let total_ops: u64 = ops.iter().map(Histogram::len).sum();
+        let series = series
+            .into_iter()
+            .map(|(second, (n, e, h))| SecondReport {
+                second,
+                ops: n,
+                errors: e,
+                p99_us: (!h.is_empty()).then(|| h.value_at_quantile(0.99)),
+            })
+            .collect();
+        PhaseReport {
+            ops: total_ops,
+            errors: errors.iter().sum(),
+            elapsed_secs: elapsed,
+            throughput_ops_per_sec: total_ops as f64 / elapsed.max(1e-9),
+            aborted: shared.aborted.lock().unwrap_or_else(PoisonError::into_inner).take(),
+            last_error: shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).take(),
+            operations,
+            series,
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+/// The report as text: a table per target, then its ratios to the baseline.
+pub fn render(report: &BenchReport) -> String {
+    let o = &report.options;
+    let mut text = format!(
+        "YCSB workload {:?} ({}), {} records of {} B, {} ops, {} threads, {:?} keys, seed {}\n",
+        o.workload,
+        report
+            .mix
+            .proportions
+            .iter()
+            .map(|(k, p)| format!("{} {:.0}%", k.name(), p * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.records,
+        o.value_bytes,
+        o.ops,
+        o.threads,
+        report.mix.distribution,
+        o.seed
+    )
+    .to_lowercase();
+    for t in &report.targets {
+        text.push_str(&format!("\n== {}\n", t.target));
+        if let Some(e) = &t.error {
+            text.push_str(&format!("unusable: {e}\n"));
+            continue;
+        }
+        let mut rows = Vec::new();
+        for (phase, p) in [("load", &t.load), ("run", &t.run)] {
+            let Some(p) = p else { continue };
+            for (op, r) in &p.operations {
+                rows.push(vec![
+                    phase.to_string(),
+                    op.clone(),
+                    r.count.to_string(),
+                    r.errors.to_string(),
+                    format!("{:.0}", r.throughput_ops_per_sec),
+                    ms(r.p50_us),
+                    ms(r.p95_us),
+                    ms(r.p99_us),
+                    ms(r.p999_us),
+                    ms(r.max_us),
+                ]);
+            }
+            rows.push(vec![
+                phase.to_string(),
+                "all".into(),
+                p.ops.to_string(),
+                p.errors.to_string(),
+                format!("{:.0}", p.throughput_ops_per_sec),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                format!("{:.1} s", p.elapsed_secs),
+            ]);
+            if let Some(a) = &p.aborted {
+                rows.push(vec![phase.to_string(), format!("stopped early: {a}")]);
+            }
+        }
+        text.push_str(&crate::ctl::table(
+            &["PHASE", "OP", "OK", "ERRORS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "P99.9 MS", "MAX MS"],
+            &rows,
+        ));
+        if let Some(r) = &t.vs_baseline {
+            let per_op: Vec<String> = r
+                .operations
+                .iter()
+                .map(|(k, v)| format!("{k} throughput x{:.3}, p50 x{:.1}, p99 x{:.1}", v.throughput, v.p50, v.p99))
+                .collect();
+            text.push_str(&format!(
+                "vs {} (same invocation): throughput x{:.3}; {}\n",
+                r.baseline,
+                r.throughput,
+                per_op.join("; ")
+            ));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target that works for its first `ok` operations and then fails every one, like a
+    /// cluster that went away mid-run.
+    struct GoesAway {
+        ok: u64,
+        seen: AtomicU64,
+    }
+
+    impl GoesAway {
+        fn step(&self) -> Result<(), TargetError> {
+            if self.seen.fetch_add(1, Ordering::Relaxed) < self.ok {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+                Err(TargetError::Client(presage_client::ClientError::Unreachable("connection refused".into())))
+            }
+        }
+    }
+
+    impl Target for GoesAway {
+        fn read(&self, _: &[u8]) -> Result<bool, TargetError> {
+            self.step().map(|()| true)
+        }
+        fn write(&self, _: &[u8], _: &[u8]) -> Result<(), TargetError> {
+            self.step()
+        }
+        fn scan(&self, _: &[u8], n: usize) -> Result<usize, TargetError> {
+            self.step().map(|()| n)
+        }
+    }
+
+    #[test]
+    fn a_target_that_goes_away_is_counted_and_the_phase_stops() {
+        let opts =
+            RunOptions { records: 100, ops: 1_000_000, threads: 3, max_failing_secs: 1, ..RunOptions::default() };
+        let mix = opts.mix();
+        let target = GoesAway { ok: 150, seen: AtomicU64::new(0) };
+        let records = Records::new(100);
+        let phase = Phase { opts: &opts, mix: &mix, target: &target, records: &records, load: false };
+        let r = phase.drive("gone", &Quiet);
+        assert_eq!(r.ops, 150, "{r:?}");
+        assert!(r.errors > 0 && r.ops + r.errors < 1_000_000, "{r:?}");
+        assert!(r.aborted.as_deref().is_some_and(|a| a.contains("connection refused")), "{r:?}");
+        let per_op: u64 = r.operations.values().map(|o| o.count + o.errors).sum();
+        assert_eq!(per_op, r.ops + r.errors);
+    }
+
+    #[test]
+    fn inserted_records_count_once_every_earlier_insert_finished() {
+        let r = Records::new(10);
+        let (a, b, c) = (r.claim(), r.claim(), r.claim());
+        assert_eq!((a, b, c), (10, 11, 12));
+        r.finish(b);
+        assert_eq!(r.count(), 10, "11 finished before 10");
+        r.finish(a);
+        assert_eq!(r.count(), 12);
+        r.finish(c);
+        assert_eq!(r.count(), 13);
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_flag_named() {
+        for (opts, flag) in [
+            (RunOptions { records: 0, ..RunOptions::default() }, "--records"),
+            (RunOptions { ops: 0, ..RunOptions::default() }, "--ops"),
+            (RunOptions { value_bytes: MAX_VALUE_BYTES + 1, ..RunOptions::default() }, "--value-bytes"),
+            (RunOptions { threads: 0, ..RunOptions::default() }, "--threads"),
+            (RunOptions { duration_secs: Some(0), ..RunOptions::default() }, "--duration"),
+        ] {
+            let e = opts.validate().expect_err(flag);
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+    }
+}
