@@ -28,12 +28,14 @@ demo: setup
 	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage --bin presage-ctl
 	"$(CARGO_TARGET_DIR)/release/presage" demo $(DEMO_ARGS)
 
-# Engine, replication and idle-shard figures with side-by-side baselines (README "Benchmarks").
+# Engine, replication, idle-shard and YCSB figures with side-by-side baselines (README "Benchmarks").
 bench: setup
-	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage-bench
+	$(CARGO) build $(CARGO_FLAGS) --release -p presage-tools --bin presage-bench --bin presage
 	"$(CARGO_TARGET_DIR)/release/presage-bench" engine --json target-bench-engine.json
 	"$(CARGO_TARGET_DIR)/release/presage-bench" replication --json target-bench-replication.json
 	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
+	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000 \
+		--threads 8 --target raw-engine --target playground --json target-bench-ycsb-$$w.json --plot target-bench-ycsb-$$w.svg; done
 
 # Fuzz the TCP frame decoder, the RESP parser and the config loader for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
 # own target folder, since fuzzing flags differ from every other build).
