@@ -30,11 +30,13 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// One second of a run: (second, ops/s, p99 ms).
+type Point = (f64, f64, Option<f64>);
+
 /// Draws the run phases of `report` into `path`.
 pub fn draw(report: &BenchReport, path: &Path) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), reason: e.to_string() };
-    // (target, [(second, ops/s, p99 ms)])
-    let lines: Vec<(String, Vec<(f64, f64, Option<f64>)>)> = report
+    let lines: Vec<(String, Vec<Point>)> = report
         .targets
         .iter()
         .filter_map(|t| {
