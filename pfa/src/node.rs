@@ -19,7 +19,7 @@ use crate::aggregate::{Aggregator, AggregatorConfig};
 use crate::metrics::{best_f1_threshold, Metrics, Outcome};
 use crate::model::{FailureModel, ModelKind, Table, TrainParams, TrainSet};
 use crate::telemetry::{Signal, TelemetrySample};
-use crate::warning::{Warning, WarningAction, WarningBoard};
+use crate::warning::{Warning, WarningAction, WarningBoard, WarningKind};
 use crate::PfaError;
 
 /// The node model shipped with Presage: trained by `presage-ctl pfa train --format telemetry`
@@ -153,6 +153,8 @@ pub struct Replayed {
     pub features: Vec<f64>,
     /// Warnings raised for the node by this sample.
     pub raised: Vec<Warning>,
+    /// The node's oldest warning still active after this sample: (raised at, kind).
+    pub warned_since: Option<(u64, WarningKind)>,
 }
 
 /// Replays `rec` through a fresh aggregator and warning board, as the manager would.
@@ -172,8 +174,9 @@ pub fn replay(rec: &Recording) -> Vec<Replayed> {
             .filter(|e| e.action == WarningAction::Raised)
             .map(|e| e.warning)
             .collect();
+        let warned_since = board.oldest_active(r.node).map(|w| (w.raised_at_ms, w.kind));
         let Some(features) = agg.features(r.node) else { continue };
-        out.push(Replayed { row: i, features, raised });
+        out.push(Replayed { row: i, features, raised, warned_since });
     }
     out
 }
@@ -330,8 +333,9 @@ pub struct FailureLead {
     /// For a latency ramp: the injected latency when the risk first reached 0.5, ms (the
     /// failure point is the election timeout, 1,000 ms).
     pub injected_latency_ms_at_alarm: Option<f64>,
-    /// Seconds from the first early warning raised on the node (within the horizon) to the
-    /// failure, and that warning's kind.
+    /// Seconds from the raising of the oldest early warning active on the node within the
+    /// horizon (it may have been raised before the horizon began and stayed up) to the
+    /// failure.
     pub warning_lead_secs: Option<f64>,
     /// The kind of that first warning.
     pub first_warning: Option<String>,
@@ -431,9 +435,9 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
                 warning_lead_secs: None,
                 first_warning: None,
             });
-            if let (None, Some(w)) = (lead.warning_lead_secs, r.raised.first()) {
-                lead.warning_lead_secs = Some((f.saturating_sub(at)) as f64 / 1e3);
-                lead.first_warning = Some(w.kind.to_string());
+            if let (None, Some((since, kind))) = (lead.warning_lead_secs, r.warned_since) {
+                lead.warning_lead_secs = Some((f.saturating_sub(since)) as f64 / 1e3);
+                lead.first_warning = Some(kind.to_string());
             }
             if !row.fault.is_empty() {
                 lead.fault = row.fault.clone();
@@ -558,6 +562,27 @@ pub(crate) mod tests {
         let at = ramps[0].injected_latency_ms_at_alarm.expect("the ramp is flagged");
         assert!(at < RAMP_END_LATENCY_MS / 2.0, "risk reached 0.5 at {at} ms injected");
         assert_eq!(e.false_alarms, 0, "{e:?}");
+    }
+
+    /// A recording no model saw (seed 2, two disks slowing to the election timeout): each
+    /// ramp reaches risk 0.5 before the injected latency is half the timeout, and each was
+    /// warned about (`DiskDegradation`) before it failed.
+    #[test]
+    fn the_shipped_model_sees_the_ramps_of_an_unseen_recording_coming() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/telemetry/recorded-mixed-seed2.csv");
+        let file = std::fs::File::open(path).expect("the recording is in the repository");
+        let rec = Recording::from_csv(vec![(path.to_string(), file)]).expect("parses");
+        let model = default_model().expect("the shipped model loads");
+        let e = evaluate(&model, &rec).expect("evaluates");
+        assert_eq!(e.skipped_seen_samples, 0, "unseen");
+        let ramps: Vec<&FailureLead> = e.failures.iter().filter(|f| f.fault == LATENCY_RAMP).collect();
+        assert_eq!(ramps.len(), 2, "{e:?}");
+        for r in ramps {
+            let at = r.injected_latency_ms_at_alarm.unwrap_or_else(|| panic!("the ramp is flagged: {r:?}"));
+            assert!(at < RAMP_END_LATENCY_MS / 2.0, "risk reached 0.5 at {at} ms injected");
+            assert!(r.warning_lead_secs.is_some_and(|l| l > 30.0), "{r:?}");
+            assert_eq!(r.first_warning.as_deref(), Some("DiskDegradation"));
+        }
     }
 
     /// The false-warning target on the 30-minute healthy recording (a playground under

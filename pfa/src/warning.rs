@@ -192,6 +192,14 @@ impl WarningBoard {
         self.active.values().map(|(w, _)| w.clone()).collect()
     }
 
+    /// The oldest of `node`'s active warnings: since when the node has been warned about.
+    pub fn oldest_active(&self, node: u64) -> Option<&Warning> {
+        self.active
+            .range((node, WarningKind::ALL[0])..=(node, WarningKind::ALL[WarningKind::ALL.len() - 1]))
+            .map(|(_, (w, _))| w)
+            .min_by_key(|w| w.raised_at_ms)
+    }
+
     /// Events after `after_seq` (0 = from the oldest kept), at most `limit`.
     pub fn events_after(&self, after_seq: u64, limit: usize) -> Vec<WarningEvent> {
         self.events.iter().filter(|e| e.seq > after_seq).take(limit).cloned().collect()
