@@ -34,7 +34,7 @@ bench: setup
 	"$(CARGO_TARGET_DIR)/release/presage-bench" engine --json target-bench-engine.json
 	"$(CARGO_TARGET_DIR)/release/presage-bench" replication --json target-bench-replication.json
 	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
-	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000 \
+	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000000 --duration 30 \
 		--threads 8 --target raw-engine --target playground --json target-bench-ycsb-$$w.json --plot target-bench-ycsb-$$w.svg; done
 
 # Fuzz the TCP frame decoder, the RESP parser and the config loader for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
