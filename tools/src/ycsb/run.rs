@@ -28,8 +28,17 @@ pub const MAX_RECORDS: u64 = 100_000_000;
 pub const MAX_THREADS: usize = 256;
 /// Largest value, bytes.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
-/// Most seconds in a phase's time series (a longer phase keeps its totals, not its tail).
-pub const MAX_SERIES_SECS: usize = 24 * 3600;
+/// Most seconds in a phase's time series (a longer phase keeps its totals, and its series
+/// stops here).
+pub const MAX_SERIES_SECS: usize = 3600;
+/// Longest `--max-failing-secs`.
+pub const MAX_FAILING_SECS: u64 = 3600;
+/// Longest `--request-timeout-ms`.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
+/// Longest `--duration`, seconds.
+pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+/// Largest latency a per-second histogram records, µs (one minute).
+const MAX_SERIES_LATENCY_US: u64 = 60_000_000;
 /// Largest latency a histogram records, µs (one hour); longer ones are recorded as this.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -102,8 +111,17 @@ impl RunOptions {
         if self.duration_secs == Some(0) {
             return bad("--duration must be positive".into());
         }
-        if self.max_failing_secs == 0 || self.request_timeout_ms == 0 {
-            return bad("--max-failing-secs and --request-timeout-ms must be positive".into());
+        if !(1..=MAX_FAILING_SECS).contains(&self.max_failing_secs) {
+            return bad(format!("--max-failing-secs must be in 1..={MAX_FAILING_SECS}, not {}", self.max_failing_secs));
+        }
+        if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&self.request_timeout_ms) {
+            return bad(format!(
+                "--request-timeout-ms must be in 1..={MAX_REQUEST_TIMEOUT_MS}, not {}",
+                self.request_timeout_ms
+            ));
+        }
+        if self.duration_secs.is_some_and(|d| d > MAX_DURATION_SECS) {
+            return bad(format!("--duration must be at most {MAX_DURATION_SECS}"));
         }
         if self.key_prefix.is_empty() || self.key_prefix.len() > 64 || self.key_prefix.starts_with('\u{7f}') {
             return bad(format!("--key-prefix must be 1..=64 bytes, not {:?}", self.key_prefix));
@@ -385,9 +403,16 @@ impl Records {
     }
 }
 
-fn histogram(sigfig: u8) -> Histogram<u64> {
+fn histogram(max_us: u64, sigfig: u8) -> Histogram<u64> {
     // The bounds and figures are constants within hdrhistogram's limits.
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).unwrap_or_else(|e| unreachable!("histogram bounds: {e}"))
+    Histogram::new_with_bounds(1, max_us, sigfig).unwrap_or_else(|e| unreachable!("histogram bounds: {e}"))
+}
+
+/// A second of the series: (ops, errors, latency histogram).
+type Second = (u64, u64, Histogram<u64>);
+
+fn second_histogram() -> Histogram<u64> {
+    histogram(MAX_SERIES_LATENCY_US, 2)
 }
 
 /// One thread's measurements.
@@ -395,8 +420,9 @@ struct Local {
     ops: Vec<Histogram<u64>>,
     errors: [u64; 5],
     misses: [u64; 5],
-    /// Seconds since the phase start: (ops, errors, latency histogram).
-    series: BTreeMap<u64, (u64, u64, Histogram<u64>)>,
+    /// The second this thread is in (since the phase start), added to the shared series
+    /// when the thread moves on: the series costs one histogram per second, not per thread.
+    current: Option<(u64, Second)>,
     /// When the thread stopped, seconds since the phase start.
     ended_secs: f64,
 }
@@ -404,19 +430,33 @@ struct Local {
 impl Local {
     fn new() -> Self {
         Local {
-            ops: (0..OpKind::ALL.len()).map(|_| histogram(3)).collect(),
+            ops: (0..OpKind::ALL.len()).map(|_| histogram(MAX_LATENCY_US, 3)).collect(),
             errors: [0; 5],
             misses: [0; 5],
-            series: BTreeMap::new(),
+            current: None,
             ended_secs: 0.0,
         }
     }
 
-    fn second(&mut self, s: u64) -> Option<&mut (u64, u64, Histogram<u64>)> {
+    fn second(&mut self, s: u64, series: &Mutex<BTreeMap<u64, Second>>) -> Option<&mut Second> {
         if s as usize >= MAX_SERIES_SECS {
             return None;
         }
-        Some(self.series.entry(s).or_insert_with(|| (0, 0, histogram(2))))
+        if self.current.as_ref().is_some_and(|c| c.0 != s) {
+            self.flush(series);
+        }
+        Some(&mut self.current.get_or_insert_with(|| (s, (0, 0, second_histogram()))).1)
+    }
+
+    fn flush(&mut self, series: &Mutex<BTreeMap<u64, Second>>) {
+        if let Some((s, (n, e, h))) = self.current.take() {
+            let mut series = series.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = series.entry(s).or_insert_with(|| (0, 0, second_histogram()));
+            entry.0 += n;
+            entry.1 += e;
+            // Same bounds on both sides: adding cannot fail.
+            entry.2.add(&h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
+        }
     }
 }
 
@@ -437,6 +477,16 @@ struct Shared {
     last_success_ms: AtomicU64,
     aborted: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
+    series: Mutex<BTreeMap<u64, Second>>,
+}
+
+/// An operation ready to time.
+struct Prepared {
+    kind: OpKind,
+    n: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    scan_len: usize,
 }
 
 enum Outcome {
@@ -455,6 +505,7 @@ impl Phase<'_> {
             last_success_ms: AtomicU64::new(0),
             aborted: Mutex::new(None),
             last_error: Mutex::new(None),
+            series: Mutex::new(BTreeMap::new()),
         };
         let start = Instant::now();
         let locals: Vec<Local> = std::thread::scope(|s| {
@@ -481,7 +532,7 @@ impl Phase<'_> {
         let seed = self.opts.seed.wrapping_add(t).wrapping_add(if self.load { 0 } else { 1 << 32 });
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut values = ValueGen::new(ValueKind::Compressible, self.opts.value_bytes, seed);
-        let mut chooser = KeyChooser::new(self.mix.distribution);
+        let mut chooser = KeyChooser::new(self.mix.distribution, self.opts.records);
         let mut local = Local::new();
         let max_failing_ms = self.opts.max_failing_secs * 1000;
         loop {
@@ -493,16 +544,20 @@ impl Phase<'_> {
                 break;
             }
             let kind = if self.load { OpKind::Insert } else { self.mix.next_op(&mut rng) };
+            let prepared = self.prepare(kind, slot, &mut rng, &mut values, &mut chooser);
             let began = Instant::now();
-            let outcome = self.execute(kind, slot, &mut rng, &mut values, &mut chooser);
+            let outcome = self.execute(&prepared);
             let latency_us = began.elapsed().as_micros() as u64;
+            if kind == OpKind::Insert && !self.load {
+                self.records.finish(prepared.n);
+            }
             let now_ms = start.elapsed().as_millis() as u64;
             let sec = now_ms / 1000;
             match outcome {
                 Outcome::Done { missed } => {
                     local.ops[kind.index()].saturating_record(latency_us.max(1));
                     local.misses[kind.index()] += u64::from(missed);
-                    if let Some(s) = local.second(sec) {
+                    if let Some(s) = local.second(sec, &shared.series) {
                         s.0 += 1;
                         s.2.saturating_record(latency_us.max(1));
                     }
@@ -510,7 +565,7 @@ impl Phase<'_> {
                 }
                 Outcome::Failed(e) => {
                     local.errors[kind.index()] += 1;
-                    if let Some(s) = local.second(sec) {
+                    if let Some(s) = local.second(sec, &shared.series) {
                         s.1 += 1;
                     }
                     let text = e.to_string();
@@ -530,47 +585,38 @@ impl Phase<'_> {
             }
             shared.done.fetch_add(1, Ordering::Relaxed);
         }
+        local.flush(&shared.series);
         local.ended_secs = start.elapsed().as_secs_f64();
         local
     }
 
-    fn execute(
+    /// Chooses the record, and makes its key and value, outside the timed span.
+    fn prepare(
         &self,
         kind: OpKind,
         slot: u64,
         rng: &mut SmallRng,
         values: &mut ValueGen,
         chooser: &mut KeyChooser,
-    ) -> Outcome {
-        let prefix = &self.opts.key_prefix;
-        let result: Result<bool, TargetError> = match kind {
-            OpKind::Insert if self.load => {
-                self.target.write(&record_key(prefix, slot), &values.value(slot)).map(|()| false)
-            }
-            OpKind::Insert => {
-                let n = self.records.claim();
-                let r = self.target.write(&record_key(prefix, n), &values.value(n)).map(|()| false);
-                self.records.finish(n);
-                r
-            }
-            OpKind::Read => {
-                let n = chooser.choose(self.records.count(), rng);
-                self.target.read(&record_key(prefix, n)).map(|found| !found)
-            }
-            OpKind::Update => {
-                let n = chooser.choose(self.records.count(), rng);
-                self.target.write(&record_key(prefix, n), &values.value(n)).map(|()| false)
-            }
-            OpKind::Scan => {
-                let n = chooser.choose(self.records.count(), rng);
-                let len = rng.random_range(1..=self.mix.max_scan_len);
-                self.target.scan(&record_key(prefix, n), len).map(|got| got == 0)
-            }
-            OpKind::ReadModifyWrite => {
-                let n = chooser.choose(self.records.count(), rng);
-                let key = record_key(prefix, n);
-                self.target.read(&key).and_then(|found| self.target.write(&key, &values.value(n)).map(|()| !found))
-            }
+    ) -> Prepared {
+        let n = match kind {
+            OpKind::Insert if self.load => slot,
+            OpKind::Insert => self.records.claim(),
+            _ => chooser.choose(self.records.count(), rng),
+        };
+        let value = matches!(kind, OpKind::Insert | OpKind::Update | OpKind::ReadModifyWrite).then(|| values.value(n));
+        let scan_len = if kind == OpKind::Scan { rng.random_range(1..=self.mix.max_scan_len) } else { 0 };
+        Prepared { kind, n, key: record_key(&self.opts.key_prefix, n), value: value.unwrap_or_default(), scan_len }
+    }
+
+    fn execute(&self, p: &Prepared) -> Outcome {
+        let t = self.target;
+        let result: Result<bool, TargetError> = match p.kind {
+            OpKind::Insert => t.write(&p.key, &p.value).map(|()| false),
+            OpKind::Update => t.write(&p.key, &p.value).map(|()| false),
+            OpKind::Read => t.read(&p.key).map(|found| !found),
+            OpKind::Scan => t.scan(&p.key, p.scan_len).map(|got| got == 0),
+            OpKind::ReadModifyWrite => t.read(&p.key).and_then(|found| t.write(&p.key, &p.value).map(|()| !found)),
         };
         match result {
             Ok(missed) => Outcome::Done { missed },
@@ -579,22 +625,21 @@ impl Phase<'_> {
     }
 
     fn merge(&self, locals: Vec<Local>, elapsed: f64, shared: &Shared) -> PhaseReport {
-        let mut ops: Vec<Histogram<u64>> = (0..OpKind::ALL.len()).map(|_| histogram(3)).collect();
+        let mut ops: Vec<Histogram<u64>> = (0..OpKind::ALL.len()).map(|_| histogram(MAX_LATENCY_US, 3)).collect();
         let mut errors = [0u64; 5];
         let mut misses = [0u64; 5];
-        let mut series: BTreeMap<u64, (u64, u64, Histogram<u64>)> = BTreeMap::new();
+        let mut series = std::mem::take(&mut *shared.series.lock().unwrap_or_else(PoisonError::into_inner));
+        // A second in which nothing finished (a stall) is in the series as zero.
+        let last_second = (elapsed.floor() as u64).min(MAX_SERIES_SECS as u64 - 1);
+        for s in 0..=last_second {
+            series.entry(s).or_insert_with(|| (0, 0, second_histogram()));
+        }
         for l in locals {
             for (i, h) in l.ops.iter().enumerate() {
                 // Same bounds on both sides: adding cannot fail.
                 ops[i].add(h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
                 errors[i] += l.errors[i];
                 misses[i] += l.misses[i];
-            }
-            for (s, (n, e, h)) in l.series {
-                let entry = series.entry(s).or_insert_with(|| (0, 0, histogram(2)));
-                entry.0 += n;
-                entry.1 += e;
-                entry.2.add(&h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
             }
         }
         let mut operations = BTreeMap::new();
