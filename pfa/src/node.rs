@@ -547,16 +547,21 @@ pub(crate) mod tests {
         assert_eq!(back.seen_time_ms, model.seen_time_ms);
     }
 
+    /// The shipped node model evaluated on a recording in `data/telemetry`.
+    fn shipped_model_on(file: &str) -> NodeEvaluation {
+        let path = format!("{}/data/telemetry/{file}", env!("CARGO_MANIFEST_DIR"));
+        let f = std::fs::File::open(&path).expect("the recording is in the repository");
+        let rec = Recording::from_csv(vec![(path, f)]).expect("parses");
+        let model = default_model().expect("the shipped model loads");
+        evaluate(&model, &rec).expect("evaluates")
+    }
+
     /// The shipped model on the held-out end of the real recording it was trained on: the
     /// disk that slowed there (latency ramping to the 1,000 ms election timeout) reaches risk
     /// 0.5 well before the injected latency reaches the timeout, and no healthy node alarms.
     #[test]
     fn the_shipped_model_sees_the_held_out_recorded_ramp_coming() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/telemetry/recorded-mixed-seed1.csv");
-        let file = std::fs::File::open(path).expect("the recording is in the repository");
-        let rec = Recording::from_csv(vec![(path.to_string(), file)]).expect("parses");
-        let model = default_model().expect("the shipped model loads");
-        let e = evaluate(&model, &rec).expect("evaluates");
+        let e = shipped_model_on("recorded-mixed-seed1.csv");
         let ramps: Vec<&FailureLead> = e.failures.iter().filter(|f| f.fault == LATENCY_RAMP).collect();
         assert_eq!(ramps.len(), 1, "{e:?}");
         let at = ramps[0].injected_latency_ms_at_alarm.expect("the ramp is flagged");
@@ -569,11 +574,7 @@ pub(crate) mod tests {
     /// warned about (`DiskDegradation`) before it failed.
     #[test]
     fn the_shipped_model_sees_the_ramps_of_an_unseen_recording_coming() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/telemetry/recorded-mixed-seed2.csv");
-        let file = std::fs::File::open(path).expect("the recording is in the repository");
-        let rec = Recording::from_csv(vec![(path.to_string(), file)]).expect("parses");
-        let model = default_model().expect("the shipped model loads");
-        let e = evaluate(&model, &rec).expect("evaluates");
+        let e = shipped_model_on("recorded-mixed-seed2.csv");
         assert_eq!(e.skipped_seen_samples, 0, "unseen");
         let ramps: Vec<&FailureLead> = e.failures.iter().filter(|f| f.fault == LATENCY_RAMP).collect();
         assert_eq!(ramps.len(), 2, "{e:?}");
@@ -590,11 +591,7 @@ pub(crate) mod tests {
     /// each warning with its evidence.
     #[test]
     fn thirty_healthy_minutes_raise_no_alarm_and_no_warning() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/telemetry/recorded-healthy-1800s.csv");
-        let file = std::fs::File::open(path).expect("the recording is in the repository");
-        let rec = Recording::from_csv(vec![(path.to_string(), file)]).expect("parses");
-        let model = default_model().expect("the shipped model loads");
-        let e = evaluate(&model, &rec).expect("evaluates");
+        let e = shipped_model_on("recorded-healthy-1800s.csv");
         assert!(e.healthy_node_hours > 1.5, "{}", e.healthy_node_hours);
         assert!(e.failures.is_empty());
         assert_eq!(e.false_alarms, 0);
