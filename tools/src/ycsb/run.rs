@@ -323,10 +323,10 @@ pub fn run(
             Ok(target) => {
                 let keys = Records::new(opts.records);
                 let load = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: true };
-                let load_report = load.drive(&name, progress);
+                report.load = Some(load.drive(&name, progress));
                 let run = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: false };
                 report.run = Some(run.drive(&name, progress));
-                report.load = Some(load_report);
+                // Dropping the target stops a playground before the next target starts.
                 drop(target);
             }
         }
@@ -378,15 +378,21 @@ struct Records {
     next_insert: AtomicU64,
     /// Every record below `.0` is finished; `.1` holds those finished out of order.
     finished: Mutex<(u64, BTreeSet<u64>)>,
+    /// `finished.0`, readable without the lock (every read, update and scan asks it).
+    count: AtomicU64,
 }
 
 impl Records {
     fn new(loaded: u64) -> Self {
-        Records { next_insert: AtomicU64::new(loaded), finished: Mutex::new((loaded, BTreeSet::new())) }
+        Records {
+            next_insert: AtomicU64::new(loaded),
+            finished: Mutex::new((loaded, BTreeSet::new())),
+            count: AtomicU64::new(loaded),
+        }
     }
 
     fn count(&self) -> u64 {
-        self.finished.lock().unwrap_or_else(PoisonError::into_inner).0
+        self.count.load(Ordering::Acquire)
     }
 
     fn claim(&self) -> u64 {
@@ -400,6 +406,7 @@ impl Records {
         while ahead.remove(below) {
             *below += 1;
         }
+        self.count.store(*below, Ordering::Release);
     }
 }
 
@@ -561,7 +568,10 @@ impl Phase<'_> {
                         s.0 += 1;
                         s.2.saturating_record(latency_us.max(1));
                     }
-                    shared.last_success_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    // A write only when the millisecond moved on: the line is shared by every thread.
+                    if shared.last_success_ms.load(Ordering::Relaxed) < now_ms {
+                        shared.last_success_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    }
                 }
                 Outcome::Failed(e) => {
                     local.errors[kind.index()] += 1;
@@ -695,8 +705,8 @@ fn ms(us: u64) -> String {
 pub fn render(report: &BenchReport) -> String {
     let o = &report.options;
     let mut text = format!(
-        "YCSB workload {:?} ({}), {} records of {} B, {} ops, {} threads, {:?} keys, seed {}\n",
-        o.workload,
+        "YCSB workload {} ({}), {} records of {} B, {} ops, {} threads, {} keys, seed {}\n",
+        format!("{:?}", o.workload).to_lowercase(),
         report
             .mix
             .proportions
@@ -708,10 +718,9 @@ pub fn render(report: &BenchReport) -> String {
         o.value_bytes,
         o.ops,
         o.threads,
-        report.mix.distribution,
+        format!("{:?}", report.mix.distribution).to_lowercase(),
         o.seed
-    )
-    .to_lowercase();
+    );
     for t in &report.targets {
         text.push_str(&format!("\n== {}\n", t.target));
         if let Some(e) = &t.error {
