@@ -474,6 +474,14 @@ pub fn evaluate(model: &FailureModel, rec: &Recording) -> Result<NodeEvaluation,
     })
 }
 
+/// The package's directory as the running test was started from (`cargo test` sets it at run
+/// time). Not `env!`: the shared target folder reuses a test binary built in another clone,
+/// and a compile-time path would point into that clone.
+#[cfg(test)]
+pub(crate) fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use rand::rngs::SmallRng;
@@ -549,7 +557,7 @@ pub(crate) mod tests {
 
     /// The shipped node model evaluated on a recording in `data/telemetry`.
     fn shipped_model_on(file: &str) -> NodeEvaluation {
-        let path = format!("{}/data/telemetry/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/data/telemetry/{file}", manifest_dir());
         let f = std::fs::File::open(&path).expect("the recording is in the repository");
         let rec = Recording::from_csv(vec![(path, f)]).expect("parses");
         let model = default_model().expect("the shipped model loads");

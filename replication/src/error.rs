@@ -71,6 +71,38 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A joint-consensus swap of a learner and a voter was refused; nothing was proposed.
+    #[error("shard {shard_id}: swap of learner {promote} in and voter {demote} out refused: {reason}")]
+    SwapRefused {
+        /// The shard.
+        shard_id: u64,
+        /// The learner to become a voter.
+        promote: u64,
+        /// The voter to become a learner.
+        demote: u64,
+        /// Why.
+        reason: String,
+    },
+    /// This replica has not applied the checksum's log index yet: ask again later.
+    #[error("shard {shard_id}: checksum at index {index} not ready here yet (applied {applied})")]
+    ChecksumNotReady {
+        /// The shard.
+        shard_id: u64,
+        /// The `ComputeChecksum` entry's index.
+        index: u64,
+        /// This replica's applied index.
+        applied: u64,
+    },
+    /// This replica applied past the checksum's log index without its data pinned there (it
+    /// caught up by snapshot, a newer checksum replaced it, the pin expired, or the command
+    /// was refused at apply): this round cannot be checked here; start a new one.
+    #[error("shard {shard_id}: no data pinned at index {index} here (applied past it); start a new checksum round")]
+    ChecksumMissed {
+        /// The shard.
+        shard_id: u64,
+        /// The `ComputeChecksum` entry's index.
+        index: u64,
+    },
     /// The node's mailbox is full; back off and retry.
     #[error("node busy: mailbox full")]
     Busy,

@@ -38,9 +38,9 @@ pub mod wire;
 
 pub use config::RaftConfig;
 pub use error::{Error, Result};
-pub use node::{Node, NodeHandle};
+pub use node::{ChecksumAt, Node, NodeHandle};
 pub use peer::{AdminCommand, ReadRequest, ReadResponse};
-pub use store::{ShardStatus, Store, StoreSummary};
+pub use store::{PinnedData, ShardStatus, Store, StoreSummary};
 pub use tcp::{AddressBook, TcpConfig, TcpNode, TcpServer, TcpStats, TcpTransport};
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};
 pub use wire::{CommitMerge, Epoch, Op, PrepareMerge, RaftEnvelope, Replica, ShardDescriptor, Split};

@@ -2,7 +2,7 @@
 //! messages and client requests from a bounded mailbox, then one ready round, whose messages
 //! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`].
 
-use presage_engine::Engine;
+use presage_engine::{range_checksum, Cf, Engine, RangeChecksum};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::peer::{AdminCommand, ReadRequest, ReadResponse};
-use crate::store::{ShardStatus, Store, StoreSummary};
+use crate::store::{PinnedData, ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
 use crate::wire::{Epoch, Op, RaftEnvelope, ShardDescriptor, Split};
 
@@ -21,6 +21,9 @@ enum NodeMsg {
     Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, reply: oneshot::Sender<Result<()>> },
     Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
     ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
+    Swap { shard_id: u64, promote: u64, demote: u64, reply: oneshot::Sender<Result<()>> },
+    Checksum { shard_id: u64, epoch: Epoch, reply: oneshot::Sender<Result<u64>> },
+    ChecksumPin { shard_id: u64, index: u64, reply: oneshot::Sender<Result<PinnedData>> },
     Admin { shard_id: u64, epoch: Epoch, admin: AdminCommand, reply: oneshot::Sender<Result<()>> },
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
@@ -28,6 +31,17 @@ enum NodeMsg {
     Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
     Tombstone { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
     Summary { reply: oneshot::Sender<StoreSummary> },
+}
+
+/// A shard's range checksum as of a log index: equal on two replicas at the same index means
+/// equal data (up to crc32 plus exact counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksumAt {
+    /// Index of the `ComputeChecksum` entry the data was pinned at.
+    pub index: u64,
+    /// Checksum of the shard's `Data` pairs (stored values, headers included) in its range
+    /// at that index.
+    pub checksum: RangeChecksum,
 }
 
 /// A running node.
@@ -133,6 +147,13 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::ConfChange { shard_id, cc, reply } => {
             store.propose_conf_change(shard_id, cc, Box::new(move |r| drop(reply.send(r))));
         }
+        NodeMsg::Swap { shard_id, promote, demote, reply } => {
+            store.swap_replicas(shard_id, promote, demote, Box::new(move |r| drop(reply.send(r))));
+        }
+        NodeMsg::Checksum { shard_id, epoch, reply } => {
+            store.propose_checksum(shard_id, epoch, Box::new(move |r| drop(reply.send(r))));
+        }
+        NodeMsg::ChecksumPin { shard_id, index, reply } => drop(reply.send(store.checksum_pin(shard_id, index))),
         NodeMsg::Admin { shard_id, epoch, admin, reply } => {
             store.propose_admin(shard_id, epoch, admin, Box::new(move |r| drop(reply.send(r))));
         }
@@ -199,6 +220,44 @@ impl NodeHandle {
     /// Removes the replica of `shard_id` on `node` (this node must lead the shard).
     pub async fn remove_replica(&self, shard_id: u64, node: u64) -> Result<()> {
         self.change_membership(shard_id, single_change(ConfChangeType::RemoveNode, node)).await
+    }
+
+    /// Swaps two replicas of `shard_id` in one joint-consensus change (Raft §6): the learner on
+    /// `promote` becomes a voter and the voter on `demote` a learner, atomically
+    /// (`ConfChangeV2 { transition: Auto, [AddNode(promote), AddLearnerNode(demote)] }`; raft-rs
+    /// leaves the joint configuration on its own). This node must lead the shard and must not
+    /// be `demote` (hand the leadership away first). Answers once the joint configuration is
+    /// left here; `SwapRefused` (nothing proposed) when `promote` is not a learner, `demote`
+    /// not a voter, or another membership change is in flight.
+    pub async fn swap_replicas(&self, shard_id: u64, promote: u64, demote: u64) -> Result<()> {
+        self.ask(|reply| NodeMsg::Swap { shard_id, promote, demote, reply }).await?
+    }
+
+    /// Checksums `shard_id` at a log index (this node must lead it, routed with `epoch`):
+    /// proposes a `ComputeChecksum`, which pins every replica's data (voters and learners)
+    /// exactly as of its index when it applies there, and returns this replica's checksum at
+    /// that index. Ask the other replicas with [`NodeHandle::replica_checksum`] at the same
+    /// index. The scan runs on a blocking thread, never on the node's task. Fails like any
+    /// proposal (`NotLeader`, `EpochNotMatch`, `OutcomeUnknown`, ...), or with
+    /// `ChecksumMissed` if a concurrent round replaced the pin before it was read (start again).
+    pub async fn compute_checksum(&self, shard_id: u64, epoch: Epoch) -> Result<ChecksumAt> {
+        let index = self.ask(|reply| NodeMsg::Checksum { shard_id, epoch, reply }).await??;
+        self.replica_checksum(shard_id, index).await
+    }
+
+    /// This node's replica's checksum of `shard_id` at `index`, the index of a
+    /// `ComputeChecksum` (see [`NodeHandle::compute_checksum`]). `ChecksumNotReady` when the
+    /// replica has not applied `index` yet (retry later); `ChecksumMissed` when it applied
+    /// past `index` without its data pinned there (start a new round). The scan runs on a
+    /// blocking thread.
+    pub async fn replica_checksum(&self, shard_id: u64, index: u64) -> Result<ChecksumAt> {
+        let pinned = self.ask(|reply| NodeMsg::ChecksumPin { shard_id, index, reply }).await??;
+        tokio::task::spawn_blocking(move || {
+            let checksum = range_checksum(&*pinned.reader, Cf::Data, &pinned.range)?;
+            Ok(ChecksumAt { index: pinned.index, checksum })
+        })
+        .await
+        .map_err(|e| Error::Engine(format!("checksum scan of shard {shard_id} failed: {e}")))?
     }
 
     /// Splits `shard_id` (this node must lead it) at `split_key`; the right part becomes

@@ -1,13 +1,15 @@
 //! `Peer`: one shard replica - a raft-rs `RawNode` on a [`PeerStorage`], the proposals and
 //! reads waiting on it, and the apply of committed entries into the engine.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch, WriteOp};
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry, EntryType,
+};
 use raft::{RawNode, StateRole};
 
 use crate::config::RaftConfig;
@@ -20,6 +22,8 @@ use crate::wire::{self, op, Command, CommitMerge, Epoch, Expect, Op, PrepareMerg
 pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
 /// Called with the outcome of a read.
 pub type ReadCallback = Box<dyn FnOnce(Result<ReadResponse>) + Send>;
+/// Called with the log index of an applied proposal (or its failure).
+pub type IndexCallback = Box<dyn FnOnce(Result<u64>) + Send>;
 
 /// A read a client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,12 +69,55 @@ pub enum AdminCommand {
     CommitMerge(ShardDescriptor),
     /// Unfreeze this shard: its merge did not and will not commit.
     RollbackMerge,
+    /// Pin every replica's data at this entry's index for a range checksum (see
+    /// [`Command::compute_checksum`]); changes no data.
+    ComputeChecksum,
 }
 
 struct Proposal {
     index: u64,
     term: u64,
-    cb: WriteCallback,
+    cb: ProposalCallback,
+}
+
+/// What to call once a proposal is applied.
+enum ProposalCallback {
+    /// With its outcome.
+    Write(WriteCallback),
+    /// With its log index, or the failure.
+    AtIndex(IndexCallback),
+    /// A membership change entering a joint configuration: with its outcome once the
+    /// configuration has left the joint state here (see [`Peer::swap_replicas`]).
+    AfterJoint(WriteCallback),
+}
+
+impl ProposalCallback {
+    /// Runs the callback with the outcome of the entry at `index`.
+    fn run(self, index: u64, outcome: Result<()>) {
+        match self {
+            ProposalCallback::Write(cb) | ProposalCallback::AfterJoint(cb) => cb(outcome),
+            ProposalCallback::AtIndex(cb) => cb(outcome.map(|()| index)),
+        }
+    }
+
+    /// Runs the callback with a failure (the proposal has no index).
+    fn fail(self, e: Error) {
+        self.run(0, Err(e));
+    }
+}
+
+/// A replica's data pinned at a log index for a range checksum: an engine snapshot taken by
+/// the store right after it wrote the batch holding the `ComputeChecksum` entry at `index`
+/// (so the engine held the shard's data exactly as of `index`), and the shard's range then.
+pub(crate) struct ChecksumPin<E: Engine> {
+    /// The `ComputeChecksum` entry's index.
+    pub(crate) index: u64,
+    /// The shard's range at that index (a later split or merge does not move it).
+    pub(crate) range: KeyRange,
+    /// The engine as of `index`.
+    pub(crate) snapshot: Arc<E::Snapshot>,
+    /// When it was taken (the node's monotonic clock), for its expiry.
+    pub(crate) taken_at: Instant,
 }
 
 struct PendingRead {
@@ -126,6 +173,15 @@ pub struct Peer<E: Engine> {
     sweep: Sweep,
     /// The latest expiry time this replica used (see [`Peer::now_ms`]).
     clock_floor_ms: u64,
+    /// A `ComputeChecksum` entry applied into the batch being built, with the shard's range:
+    /// apply stopped right after it, and the store pins the engine once that batch is written
+    /// (see [`Peer::apply`]).
+    pub(crate) checksum_pending: Option<(u64, KeyRange)>,
+    /// The newest pinned checksum snapshot (dropped when a Raft snapshot is installed here, or
+    /// after `CHECKSUM_PIN_MAX_AGE_SECS`).
+    pub(crate) checksum_pin: Option<ChecksumPin<E>>,
+    /// Swaps whose joint configuration this leader entered, waiting until it is left.
+    joint_waiters: Vec<WriteCallback>,
 }
 
 /// Where the leader's sweep of expired values is. It walks the shard a page at a time and
@@ -182,6 +238,9 @@ impl<E: Engine> Peer<E> {
                 in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             clock_floor_ms: 0,
+            checksum_pending: None,
+            checksum_pin: None,
+            joint_waiters: Vec::new(),
         })
     }
 
@@ -296,6 +355,8 @@ impl<E: Engine> Peer<E> {
         r.state == StateRole::Leader
             && self.proposals.is_empty()
             && self.reads.is_empty()
+            && self.joint_waiters.is_empty()
+            && self.pending_apply.is_empty()
             && r.read_only.pending_read_count() == 0
             && r.lead_transferee.is_none()
             && r.raft_log.committed == last
@@ -362,20 +423,30 @@ impl<E: Engine> Peer<E> {
         }
         let cmd =
             Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, now_ms: self.now_ms(), ..Command::default() };
-        self.propose_command(cmd, cb);
+        self.propose_command(cmd, ProposalCallback::Write(cb));
     }
 
     /// Proposes an admin command routed with `epoch`; `cb` runs once it is applied here.
     pub fn propose_admin(&mut self, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
+        self.propose_admin_with(epoch, admin, ProposalCallback::Write(cb));
+    }
+
+    /// Proposes a `ComputeChecksum` routed with `epoch`; `cb` gets its log index once it is
+    /// applied here (by then the store pinned this replica's data at that index).
+    pub fn propose_checksum(&mut self, epoch: Epoch, cb: IndexCallback) {
+        self.propose_admin_with(epoch, AdminCommand::ComputeChecksum, ProposalCallback::AtIndex(cb));
+    }
+
+    fn propose_admin_with(&mut self, epoch: Epoch, admin: AdminCommand, cb: ProposalCallback) {
         if !self.is_leader() {
-            return cb(Err(self.not_leader()));
+            return cb.fail(self.not_leader());
         }
         if let Err(e) = self.check_admin(epoch, &admin) {
-            return cb(Err(e));
+            return cb.fail(e);
         }
         if matches!(admin, AdminCommand::PrepareMerge(_)) && self.raw.raft.has_pending_conf() {
             let e = Error::Config(format!("shard {}: cannot merge during a membership change", self.shard_id()));
-            return cb(Err(e));
+            return cb.fail(e);
         }
         let mut cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ..Command::default() };
         match admin {
@@ -383,6 +454,7 @@ impl<E: Engine> Peer<E> {
             AdminCommand::PrepareMerge(target) => cmd.prepare_merge = Some(PrepareMerge { target: Some(target) }),
             AdminCommand::CommitMerge(source) => cmd.commit_merge = Some(CommitMerge { source: Some(source) }),
             AdminCommand::RollbackMerge => cmd.rollback_merge = true,
+            AdminCommand::ComputeChecksum => cmd.compute_checksum = true,
         }
         self.propose_command(cmd, cb);
     }
@@ -426,6 +498,9 @@ impl<E: Engine> Peer<E> {
                 }
                 Ok(())
             }
+            // The range must be the one the caller routed with, and a frozen shard's data
+            // belongs to its merge.
+            AdminCommand::ComputeChecksum => self.check_epoch(epoch, std::iter::empty()),
         }
     }
 
@@ -451,14 +526,14 @@ impl<E: Engine> Peer<E> {
         Ok(())
     }
 
-    fn propose_command(&mut self, cmd: Command, cb: WriteCallback) {
+    fn propose_command(&mut self, cmd: Command, cb: ProposalCallback) {
         let before = self.raw.raft.raft_log.last_index();
         if let Err(e) = self.raw.propose(Vec::new(), wire::encode(&cmd)) {
             let reason = match e {
                 raft::Error::ProposalDropped => "dropped by raft (leader changing or too much uncommitted data)",
                 _ => "refused by raft",
             };
-            return cb(Err(Error::ProposalDropped { shard_id: self.shard_id(), reason }));
+            return cb.fail(Error::ProposalDropped { shard_id: self.shard_id(), reason });
         }
         let index = self.raw.raft.raft_log.last_index();
         debug_assert_eq!(index, before + 1, "one proposal, one entry");
@@ -467,19 +542,67 @@ impl<E: Engine> Peer<E> {
 
     /// Proposes a membership change (joint consensus when it has several steps).
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2, cb: WriteCallback) {
+        self.propose_conf_change_with(cc, ProposalCallback::Write(cb));
+    }
+
+    fn propose_conf_change_with(&mut self, cc: ConfChangeV2, cb: ProposalCallback) {
         if !self.is_leader() {
-            return cb(Err(self.not_leader()));
+            return cb.fail(self.not_leader());
         }
         if self.descriptor().merging_into.is_some() || self.has_unapplied_prepare_merge() {
             // The merge target checks the source's replicas as frozen: they must stay.
             let e = Error::Config(format!("shard {}: no membership change while merging", self.shard_id()));
-            return cb(Err(e));
+            return cb.fail(e);
         }
         if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
-            return cb(Err(Error::Raft(e.to_string())));
+            return cb.fail(Error::Raft(e.to_string()));
         }
         let index = self.raw.raft.raft_log.last_index();
         self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
+    }
+
+    /// Swaps a learner and a voter in one joint-consensus change (Raft §6, thesis §4.3): the
+    /// learner on `promote` becomes a voter and the voter on `demote` a learner atomically,
+    /// `[AddNode(promote), AddLearnerNode(demote)]` with an automatic leave. `cb` runs once
+    /// this leader applied the leave, i.e. the swap is complete here. Refused unless
+    /// `promote` is a learner and `demote` a voter other than this leader (hand leadership
+    /// away first), and while another membership change is still in flight (raft-rs would
+    /// turn the proposal into a no-op).
+    pub fn swap_replicas(&mut self, promote: u64, demote: u64, cb: WriteCallback) {
+        if !self.is_leader() {
+            return cb(Err(self.not_leader()));
+        }
+        let shard_id = self.shard_id();
+        let refuse = |reason: &str| Error::SwapRefused { shard_id, promote, demote, reason: reason.to_string() };
+        let role = |node: u64| self.descriptor().replicas.iter().find(|r| r.node_id == node).map(Replica::is_voter);
+        let refusal = if promote == demote {
+            Some(refuse("promote and demote are the same node"))
+        } else if role(promote) != Some(false) {
+            Some(refuse("promote is not a learner of the shard"))
+        } else if role(demote) != Some(true) {
+            Some(refuse("demote is not a voter of the shard"))
+        } else if demote == self.node_id {
+            Some(refuse("demote is this leader; transfer the leadership first"))
+        } else if self.raw.raft.has_pending_conf() || self.in_joint() {
+            Some(refuse("another membership change is still in progress"))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            return cb(Err(e));
+        }
+        let change = |t: ConfChangeType, node_id: u64| ConfChangeSingle { change_type: t as i32, node_id };
+        let cc = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto as i32,
+            changes: vec![change(ConfChangeType::AddNode, promote), change(ConfChangeType::AddLearnerNode, demote)],
+            context: Vec::new(),
+        };
+        self.propose_conf_change_with(cc, ProposalCallback::AfterJoint(cb));
+    }
+
+    /// Is this replica's configuration joint (an outgoing voter set exists)?
+    fn in_joint(&self) -> bool {
+        !self.raw.raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
     }
 
     /// Starts a linearizable read at `now`; `cb` runs once the read index is applied here.
@@ -603,7 +726,11 @@ impl<E: Engine> Peer<E> {
     pub(crate) fn fail_pending(&mut self, reason: &'static str, done: &mut Completions) {
         let shard_id = self.shard_id();
         for p in self.proposals.drain(..) {
-            done.push(Box::new(move || (p.cb)(Err(Error::OutcomeUnknown { shard_id, reason }))));
+            done.push(Box::new(move || p.cb.fail(Error::OutcomeUnknown { shard_id, reason })));
+        }
+        // Their joint configuration is committed; only its leave is not applied here yet.
+        for cb in self.joint_waiters.drain(..) {
+            done.push(Box::new(move || cb(Err(Error::OutcomeUnknown { shard_id, reason }))));
         }
         let err = self.not_leader();
         for r in self.reads.drain(..) {
@@ -618,7 +745,8 @@ impl<E: Engine> Peer<E> {
             // A new leader does not know what its predecessor's sweep saw.
             self.sweep.expiring = true;
         }
-        if !self.is_leader() && (!self.proposals.is_empty() || !self.reads.is_empty()) {
+        if !self.is_leader() && (!self.proposals.is_empty() || !self.reads.is_empty() || !self.joint_waiters.is_empty())
+        {
             self.fail_pending("leadership lost before the write applied", done);
         }
     }
@@ -647,8 +775,10 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Applies committed entries into `wb` (after any that waited); callbacks go to `done`.
-    /// Stops before a `CommitMerge` that must wait (see [`Peer::must_wait`]) and keeps the
-    /// rest in `pending_apply`.
+    /// Stops before a `CommitMerge` that must wait (see [`Peer::must_wait`]), and right after
+    /// a `ComputeChecksum` that took effect, and keeps the rest in `pending_apply`: the store
+    /// pins the engine once `wb` is written, when it holds this shard's data exactly as of
+    /// that entry (`checksum_pending`), before anything later applies.
     pub(crate) fn apply(
         &mut self,
         entries: Vec<Entry>,
@@ -656,6 +786,11 @@ impl<E: Engine> Peer<E> {
         wb: &mut WriteBatch,
         done: &mut Completions,
     ) -> Result<()> {
+        debug_assert!(
+            self.checksum_pending.is_none(),
+            "shard {}: an entry would apply before the checksum snapshot of an earlier one is pinned",
+            self.shard_id()
+        );
         self.pending_apply.extend(entries);
         while let Some(entry) = self.pending_apply.pop_front() {
             let (index, term) = (entry.index, entry.term);
@@ -667,9 +802,13 @@ impl<E: Engine> Peer<E> {
                         self.pending_apply.push_front(entry);
                         break;
                     }
-                    // An `Err` here is the node's (its engine failed while deciding a
-                    // condition): stop rather than let this replica decide differently.
-                    self.apply_command(cmd, wb)?
+                    if cmd.compute_checksum {
+                        self.apply_compute_checksum(cmd.epoch.unwrap_or_default(), index)
+                    } else {
+                        // An `Err` here is the node's (its engine failed while deciding a
+                        // condition): stop rather than let this replica decide differently.
+                        self.apply_command(cmd, wb)?
+                    }
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::decode(entry.data.as_slice())
@@ -687,6 +826,9 @@ impl<E: Engine> Peer<E> {
             };
             self.raw.mut_store().set_applied(index, term, wb);
             self.complete_proposals(index, term, outcome, done);
+            if self.checksum_pending.is_some() {
+                break;
+            }
         }
         Ok(())
     }
@@ -702,8 +844,33 @@ impl<E: Engine> Peer<E> {
                 // Another leader's entry took this index: the proposal never committed.
                 Err(Error::ProposalDropped { shard_id, reason: "overwritten by a new leader" })
             };
-            done.push(Box::new(move || (p.cb)(result)));
+            match p.cb {
+                // Entered the joint configuration: answer once it is left.
+                ProposalCallback::AfterJoint(cb) if result.is_ok() && self.in_joint() => self.joint_waiters.push(cb),
+                cb => done.push(Box::new(move || cb.run(p.index, result))),
+            }
         }
+        if !self.joint_waiters.is_empty() && !self.in_joint() {
+            for cb in self.joint_waiters.drain(..) {
+                done.push(Box::new(move || cb(Ok(()))));
+            }
+        }
+    }
+
+    /// Applies a `ComputeChecksum`: no data changes; if it is valid at this position (the
+    /// same on every replica), apply stops after it so that the store pins the engine with
+    /// this shard's data exactly as of `index` (see [`Peer::apply`]).
+    fn apply_compute_checksum(&mut self, epoch: Epoch, index: u64) -> Result<()> {
+        self.check_admin(epoch, &AdminCommand::ComputeChecksum)?;
+        let range = self.descriptor().range()?;
+        self.checksum_pending = Some((index, range));
+        Ok(())
+    }
+
+    /// Drops the pinned checksum snapshot (a Raft snapshot replaces this replica's data).
+    pub(crate) fn drop_checksum_pin(&mut self) {
+        self.checksum_pending = None;
+        self.checksum_pin = None;
     }
 
     /// Applies one command: every replica makes the same epoch and range checks at the same
@@ -862,26 +1029,46 @@ impl<E: Engine> Peer<E> {
         Ok(())
     }
 
+    /// Applies a membership change: raft-rs's configuration, and the descriptor derived from
+    /// it with `conf_ver` + 1 (every conf change entry bumps it, the automatic leave of a
+    /// joint configuration included). In a joint configuration every voter of either half is
+    /// listed as a voter (it still votes in one of the two majorities): a voter being demoted
+    /// (in `learners_next`) shows as a learner only once the joint state is left. Voters
+    /// first, then learners, each by node id, so that every replica derives the same bytes.
     fn apply_conf_change(&mut self, cc: &ConfChangeV2, wb: &mut WriteBatch) -> Result<()> {
         let cs = self.raw.apply_conf_change(cc)?;
         let mut desc = self.descriptor().clone();
         let mut epoch = desc.epoch();
         epoch.conf_ver += 1;
         desc.epoch = Some(epoch);
-        desc.replicas = cs
-            .voters
+        let voters: BTreeSet<u64> = cs.voters.iter().chain(cs.voters_outgoing.iter()).copied().collect();
+        let learners: BTreeSet<u64> =
+            cs.learners.iter().chain(cs.learners_next.iter()).copied().filter(|id| !voters.contains(id)).collect();
+        debug_assert!(
+            cs.learners.iter().all(|id| !voters.contains(id))
+                && cs.learners_next.iter().all(|id| cs.voters_outgoing.contains(id) && !cs.voters.contains(id)),
+            "raft-rs keeps learners out of both voter sets and demotes only outgoing voters: {cs:?}"
+        );
+        debug_assert!(
+            !cs.voters_outgoing.is_empty() || cs.learners_next.is_empty(),
+            "learners_next exists only in a joint configuration: {cs:?}"
+        );
+        desc.replicas = voters
             .iter()
-            .chain(cs.voters_outgoing.iter())
             .map(|id| Replica::voter(*id))
-            .chain(cs.learners.iter().chain(cs.learners_next.iter()).map(|id| Replica::learner(*id)))
-            .fold(Vec::<Replica>::new(), |mut acc, r| {
-                if !acc.iter().any(|x| x.node_id == r.node_id) {
-                    acc.push(r);
-                }
-                acc
-            });
+            .chain(learners.iter().map(|id| Replica::learner(*id)))
+            .collect();
         let me = self.node_id;
         self.removed = !desc.replicas.iter().any(|r| r.node_id == me);
+        tracing::info!(
+            node = me,
+            shard = desc.id,
+            conf_ver = epoch.conf_ver,
+            joint = !cs.voters_outgoing.is_empty(),
+            voters = ?voters,
+            learners = ?learners,
+            "membership changed"
+        );
         self.raw.mut_store().set_membership(cs, desc, wb);
         Ok(())
     }

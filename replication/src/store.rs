@@ -13,16 +13,19 @@
 //! 4. callbacks of applied proposals and served reads run last, after their batch is written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use presage_engine::{for_each_pair, Cf, Engine, WriteBatch, WriteOptions};
+use presage_engine::{for_each_pair, Cf, Engine, KeyRange, Reader, WriteBatch, WriteOptions};
 use raft::eraftpb::{ConfChangeV2, Message, MessageType};
 use raft::{SnapshotStatus, StateRole};
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::peer::{AdminCommand, Completions, Peer, ReadCallback, ReadRequest, WriteCallback};
+use crate::peer::{
+    AdminCommand, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
+};
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
 use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
@@ -31,6 +34,21 @@ use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
 const SWEEP_EVERY_TICKS: u64 = 10;
 /// Keys one page of the expiry sweep reads.
 const SWEEP_PAGE_KEYS: usize = 256;
+/// How long a replica keeps the engine snapshot pinned for a range checksum, in seconds
+/// (on RocksDB a held snapshot keeps every version it sees from being compacted away).
+pub const CHECKSUM_PIN_MAX_AGE_SECS: u64 = 600;
+
+/// A replica's data as of a log index, pinned for a range checksum (see
+/// [`Store::checksum_pin`]). Cheap to clone; the scan belongs off the node's task.
+#[derive(Clone)]
+pub struct PinnedData {
+    /// Index of the `ComputeChecksum` entry it was pinned at.
+    pub index: u64,
+    /// The shard's range at that index.
+    pub range: KeyRange,
+    /// The engine exactly as of that index.
+    pub reader: Arc<dyn Reader + Send + Sync>,
+}
 
 /// A replica's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +136,9 @@ pub struct Store<E: Engine> {
     /// Descriptors of this node's replicas frozen for a merge (a `CommitMerge` of their
     /// target waits until its source appears here as it froze).
     frozen: BTreeMap<u64, ShardDescriptor>,
+    /// Replicas that may hold a checksum pin (checked for expiry every tick; entries whose
+    /// replica or pin is gone are dropped then).
+    pinned: BTreeSet<u64>,
 }
 
 impl<E: Engine> Store<E> {
@@ -160,6 +181,7 @@ impl<E: Engine> Store<E> {
             silent: BTreeSet::new(),
             ping_targets: None,
             frozen,
+            pinned: BTreeSet::new(),
         })
     }
 
@@ -273,6 +295,7 @@ impl<E: Engine> Store<E> {
                 }
             }
         }
+        self.expire_checksum_pins();
         self.check_liveness();
         let per_tick = i64::try_from(self.config.snapshot_bytes_per_tick()).unwrap_or(i64::MAX);
         let cap = per_tick.saturating_add(i64::try_from(self.config.snapshot_chunk_bytes).unwrap_or(0));
@@ -288,6 +311,44 @@ impl<E: Engine> Store<E> {
             let o = self.outgoing.remove(i);
             tracing::warn!(node = node_id, shard = o.shard_id, to = o.to, "snapshot transfer timed out");
             self.report_snapshot(o.shard_id, o.to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Drops checksum pins older than [`CHECKSUM_PIN_MAX_AGE_SECS`].
+    fn expire_checksum_pins(&mut self) {
+        let max_age = Duration::from_secs(CHECKSUM_PIN_MAX_AGE_SECS);
+        let now = self.now;
+        let peers = &mut self.peers;
+        self.pinned.retain(|shard_id| {
+            let Some(peer) = peers.get_mut(shard_id) else { return false };
+            match &peer.checksum_pin {
+                Some(pin) if now.saturating_duration_since(pin.taken_at) >= max_age => {
+                    peer.checksum_pin = None;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        });
+    }
+
+    /// Pins the engine for every visited replica that applied a `ComputeChecksum` into the
+    /// batch just written: apply stopped right after that entry, so the engine now holds the
+    /// shard's data exactly as of its index. One engine snapshot serves them all.
+    fn pin_checksums(&mut self, visit: &[u64], written: bool) {
+        let mut snapshot: Option<Arc<E::Snapshot>> = None;
+        for shard_id in visit {
+            let Some(peer) = self.peers.get_mut(shard_id) else { continue };
+            let Some((index, range)) = peer.checksum_pending.take() else { continue };
+            debug_assert!(written, "shard {shard_id}: a ComputeChecksum applied into a batch that was not written");
+            debug_assert_eq!(
+                peer.raw.store().applied_index(),
+                index,
+                "shard {shard_id}: nothing applies after a ComputeChecksum before its data is pinned"
+            );
+            let snapshot = Arc::clone(snapshot.get_or_insert_with(|| Arc::new(self.engine.snapshot())));
+            peer.checksum_pin = Some(ChecksumPin { index, range, snapshot, taken_at: self.now });
+            self.pinned.insert(*shard_id);
         }
     }
 
@@ -593,6 +654,50 @@ impl<E: Engine> Store<E> {
         }
     }
 
+    /// Proposes a `ComputeChecksum` to `shard_id` (this node must lead it); `cb` gets the
+    /// entry's index once it is applied here, by when this replica's data at that index is
+    /// pinned (see [`Store::checksum_pin`]).
+    pub fn propose_checksum(&mut self, shard_id: u64, epoch: Epoch, cb: IndexCallback) {
+        self.wake_leader(shard_id);
+        match self.peers.get_mut(&shard_id) {
+            Some(peer) => peer.propose_checksum(epoch, cb),
+            None => cb(Err(Error::ShardNotFound { shard_id })),
+        }
+    }
+
+    /// This replica's data pinned at `index` by a `ComputeChecksum`, with the shard's range
+    /// then. `ChecksumNotReady` while `index` is not applied here; `ChecksumMissed` when it
+    /// applied past `index` without a pin there (it caught up by snapshot, a newer checksum
+    /// replaced it, the pin expired, or the entry was refused at apply).
+    pub fn checksum_pin(&self, shard_id: u64, index: u64) -> Result<PinnedData> {
+        let peer = self.peers.get(&shard_id).ok_or(Error::ShardNotFound { shard_id })?;
+        match &peer.checksum_pin {
+            Some(pin) if pin.index == index => {
+                let reader: Arc<dyn Reader + Send + Sync> = Arc::clone(&pin.snapshot) as _;
+                Ok(PinnedData { index, range: pin.range.clone(), reader })
+            }
+            _ => {
+                let applied = peer.raw.store().applied_index();
+                if applied < index {
+                    Err(Error::ChecksumNotReady { shard_id, index, applied })
+                } else {
+                    Err(Error::ChecksumMissed { shard_id, index })
+                }
+            }
+        }
+    }
+
+    /// Swaps learner `promote` in and voter `demote` out of `shard_id` in one joint-consensus
+    /// change (this node must lead it); `cb` runs once the joint configuration is left here
+    /// (see [`Peer::swap_replicas`]).
+    pub fn swap_replicas(&mut self, shard_id: u64, promote: u64, demote: u64, cb: WriteCallback) {
+        self.wake_leader(shard_id);
+        match self.peers.get_mut(&shard_id) {
+            Some(peer) => peer.swap_replicas(promote, demote, cb),
+            None => cb(Err(Error::ShardNotFound { shard_id })),
+        }
+    }
+
     /// Proposes a membership change of `shard_id`.
     pub fn propose_conf_change(&mut self, shard_id: u64, cc: ConfChangeV2, cb: WriteCallback) {
         self.wake_leader(shard_id);
@@ -721,14 +826,15 @@ impl<E: Engine> Store<E> {
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
             peer.issue_reads(self.now);
             if !peer.pending_apply.is_empty() {
-                // Entries waiting behind a CommitMerge: retry them; take no new ready until
-                // they are through (this bounds what waits).
+                // Entries waiting behind a CommitMerge, or left behind a ComputeChecksum: retry
+                // them; take no new ready until they are through (this bounds what waits), nor
+                // while a ComputeChecksum among them waits for its batch to be written.
                 peer.apply(Vec::new(), &self.frozen, &mut raft_wb, &mut done)?;
                 merged_now.extend(peer.merged_sources.iter().copied());
-                if !peer.pending_apply.is_empty() {
+                peer.raw.advance_apply_to(peer.raw.store().applied_index());
+                if !peer.pending_apply.is_empty() || peer.checksum_pending.is_some() {
                     continue;
                 }
-                peer.raw.advance_apply_to(peer.raw.store().applied_index());
             }
             if !peer.raw.has_ready() {
                 continue;
@@ -749,6 +855,8 @@ impl<E: Engine> Store<E> {
                 let desc =
                     data.descriptor.ok_or(Error::Corrupt { what: "snapshot data", reason: "no descriptor".into() })?;
                 installed.push((*shard_id, desc.clone()));
+                // The data no longer follows this replica's log: its checksum pin is void.
+                peer.drop_checksum_pin();
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
                 peer.raw.mut_store().apply_snapshot_metadata(&snap, desc, &mut raft_wb);
                 tracing::info!(
@@ -791,6 +899,7 @@ impl<E: Engine> Store<E> {
         if !raft_wb.is_empty() {
             self.engine.write(&raft_wb, WriteOptions { sync })?;
         }
+        self.pin_checksums(&visit, !raft_wb.is_empty());
 
         let mut apply_wb = WriteBatch::new();
         for (shard_id, mut rd) in readies {
@@ -810,11 +919,9 @@ impl<E: Engine> Store<E> {
             wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
             peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
             merged_now.extend(peer.merged_sources.iter().copied());
-            // Entries waiting behind a CommitMerge are not applied: tell Raft what is.
+            // Entries waiting behind a CommitMerge or a ComputeChecksum are not applied: tell
+            // Raft what is.
             peer.raw.advance_apply_to(peer.raw.store().applied_index());
-            if peer.quiescent && peer.raw.has_ready() {
-                self.touched.insert(shard_id);
-            }
             let applied = peer.raw.store().applied_index();
             let first = peer.raw.store().first_log_index();
             if applied.saturating_sub(first) > self.config.log_gc_threshold_entries {
@@ -824,6 +931,7 @@ impl<E: Engine> Store<E> {
         if !apply_wb.is_empty() {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
+        self.pin_checksums(&visit, !apply_wb.is_empty());
         self.start_split_shards(&visit)?;
         self.drop_merged_sources(&visit, &mut done);
         for shard_id in &visit {
@@ -839,6 +947,11 @@ impl<E: Engine> Store<E> {
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
                 peer.serve_reads(&mut done);
+                // A sleeping replica with work left (entries waiting to apply, a new ready) is
+                // visited again next round.
+                if peer.quiescent && (!peer.pending_apply.is_empty() || peer.raw.has_ready()) {
+                    self.touched.insert(*shard_id);
+                }
             }
         }
         for f in done {
@@ -1021,4 +1134,99 @@ fn is_trailing(msg: &Message, term: u64) -> bool {
             MessageType::MsgAppendResponse => !msg.reject,
             _ => false,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use presage_engine::{range_checksum, MemEngine, Reader};
+
+    use super::*;
+    use crate::wire::Replica;
+
+    /// A single-voter store, leading shard 1 over the whole key space.
+    fn leading_store() -> (Store<MemEngine>, Epoch) {
+        let epoch = Epoch { version: 1, conf_ver: 1 };
+        let desc = ShardDescriptor {
+            id: 1,
+            start: Vec::new(),
+            end: None,
+            epoch: Some(epoch),
+            replicas: vec![Replica::voter(1)],
+            merging_into: None,
+        };
+        let mut store = Store::open(1, MemEngine::new(), RaftConfig::default()).expect("open");
+        store.bootstrap_shard(desc).expect("bootstrap");
+        store.campaign(1).expect("campaign");
+        for _ in 0..3 {
+            store.process_ready().expect("ready");
+        }
+        assert!(store.status(1).expect("replica").is_leader());
+        (store, epoch)
+    }
+
+    fn put(key: &str) -> Vec<Op> {
+        vec![Op::put(key.as_bytes().to_vec(), b"v".to_vec())]
+    }
+
+    fn pairs_pinned(store: &Store<MemEngine>, index: u64) -> u64 {
+        let pin = store.checksum_pin(1, index).expect("pinned");
+        assert_eq!(pin.index, index);
+        range_checksum(&*pin.reader, Cf::Data, &pin.range).expect("checksum").pairs
+    }
+
+    /// Writes before, the checksum, a write after, all committed in one ready round: apply
+    /// stops right after the `ComputeChecksum`, the pin holds exactly the write before it, the
+    /// write after applies in the next round (the pin does not see it), and a newer round
+    /// replaces the pin.
+    #[test]
+    fn compute_checksum_pins_the_data_as_of_its_entry() {
+        let (mut store, epoch) = leading_store();
+        let index = Arc::new(Mutex::new(None));
+        let record = |slot: &Arc<Mutex<Option<u64>>>| {
+            let slot = Arc::clone(slot);
+            Box::new(move |r: Result<u64>| *slot.lock().expect("lock") = Some(r.expect("checksum applied")))
+        };
+        store.propose(1, epoch, put("a"), Box::new(|r| r.expect("write a")));
+        store.propose_checksum(1, epoch, record(&index));
+        store.propose(1, epoch, put("b"), Box::new(|r| r.expect("write b")));
+        store.process_ready().expect("ready");
+        let at = index.lock().expect("lock").expect("the checksum applied this round");
+        let s = store.status(1).expect("replica");
+        assert_eq!(s.applied, at, "apply stopped right after the ComputeChecksum: {s:?}");
+        assert!(s.commit > at, "the write after it is committed, not applied: {s:?}");
+        assert_eq!(pairs_pinned(&store, at), 1, "only the write before");
+        assert!(matches!(
+            store.checksum_pin(1, at + 1),
+            Err(Error::ChecksumNotReady { shard_id: 1, index, applied }) if index == at + 1 && applied == at
+        ));
+
+        store.process_ready().expect("ready");
+        let s = store.status(1).expect("replica");
+        assert_eq!(s.applied, s.commit, "the rest applied in the next round: {s:?}");
+        assert!(store.engine.get(Cf::Data, b"b").expect("read").is_some());
+        assert_eq!(pairs_pinned(&store, at), 1, "the pin does not see later writes");
+
+        let newer = Arc::new(Mutex::new(None));
+        store.propose_checksum(1, epoch, record(&newer));
+        store.process_ready().expect("ready");
+        let at2 = newer.lock().expect("lock").expect("the second checksum applied");
+        assert!(at2 > at);
+        assert_eq!(pairs_pinned(&store, at2), 2);
+        assert!(matches!(store.checksum_pin(1, at), Err(Error::ChecksumMissed { shard_id: 1, index }) if index == at));
+        assert!(matches!(store.checksum_pin(2, at), Err(Error::ShardNotFound { shard_id: 2 })));
+
+        // Refused at propose: a stale epoch.
+        let refused = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&refused);
+        let stale = Epoch { version: 0, ..epoch };
+        store.propose_checksum(1, stale, Box::new(move |r| *slot.lock().expect("lock") = Some(r)));
+        assert!(matches!(refused.lock().expect("lock").take(), Some(Err(Error::EpochNotMatch { .. }))));
+
+        // The pin expires.
+        store.set_now(Instant::now() + Duration::from_secs(CHECKSUM_PIN_MAX_AGE_SECS + 1));
+        store.tick();
+        assert!(matches!(store.checksum_pin(1, at2), Err(Error::ChecksumMissed { .. })));
+    }
 }

@@ -265,6 +265,11 @@ pub struct Command {
     /// every replica decides alike.
     #[prost(uint64, tag = "8")]
     pub now_ms: u64,
+    /// An admin command instead of writes: every replica pins an engine snapshot of its data
+    /// exactly as of this entry's index, for a range checksum (`NodeHandle::compute_checksum`,
+    /// `NodeHandle::replica_checksum`). Changes no data.
+    #[prost(bool, tag = "9")]
+    pub compute_checksum: bool,
 }
 
 /// Merge, step 1, on the source shard: freeze it (epoch version + 1, `merging_into` set).

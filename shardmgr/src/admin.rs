@@ -49,6 +49,21 @@ pub enum AdminCommand {
         /// The node.
         node: NodeId,
     },
+    /// Evacuate `node` now (a migration that starts cutting over at once): a healthy spare
+    /// node takes its place in its replication group and every replica moves there,
+    /// verified, through joint-consensus swaps. The node is held out of groups afterwards.
+    Evacuate {
+        /// The node.
+        node: NodeId,
+    },
+    /// Migrate `shard`'s replicas to node `to`'s replication group (the replica in `to`'s
+    /// region first), each copied, verified and swapped in.
+    Migrate {
+        /// The shard.
+        shard: ShardId,
+        /// A node of another group.
+        to: NodeId,
+    },
 }
 
 /// What a command started.
@@ -123,6 +138,44 @@ impl Manager {
                 let rollback = vec![Step::ResolveMerge { target: left.id }];
                 let msg = format!("merging shard {} into shard {shard}", right.id);
                 self.submit_admin(right.id, steps, rollback, now_ms, msg)
+            }
+            AdminCommand::Migrate { shard, to } => {
+                let s = self.shard_for_admin(shard)?;
+                let from = s.leader.or_else(|| s.voters().first().copied()).ok_or(AdminError::Busy(shard))?;
+                self.admin(AdminCommand::Move { shard, from, to }, now_ms)
+            }
+            AdminCommand::Evacuate { node } => {
+                let n = self.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                if let Some(m) = self.migration_of(node) {
+                    return Ok(AdminOutcome {
+                        operators: vec![],
+                        message: format!("node {node} is being evacuated already (migration {}, {:?})", m.id, m.stage),
+                    });
+                }
+                let Some(group) = n.group else {
+                    return refused(format!("node {node} is in no replication group: it holds no replicas to move"));
+                };
+                if self.choose_target(node, group).is_none() {
+                    return refused(format!(
+                        "no eligible node to take node {node}'s place: it needs an Up node in no group, at low \
+                         risk, in a region group {group}'s other members are not in; start one first"
+                    ));
+                }
+                let id = self.start_migration(
+                    node,
+                    group,
+                    crate::migrate::MigrationCause::Manual,
+                    crate::migrate::MigrationStage::CuttingOver,
+                    now_ms,
+                );
+                let target = self.migrations.get(&id).and_then(|m| m.target).unwrap_or_default();
+                Ok(AdminOutcome {
+                    operators: vec![],
+                    message: format!(
+                        "migration {id}: node {target} takes node {node}'s place in group {group}; its replicas move \
+                         there one at a time (presage-ctl migrations)"
+                    ),
+                })
             }
             AdminCommand::Move { shard, from, to } => {
                 let s = self.shard_for_admin(shard)?;

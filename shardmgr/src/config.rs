@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::RiskThresholds;
 
 const MIB: u64 = 1 << 20;
 
@@ -65,6 +66,24 @@ pub struct ManagerConfig {
     pub operator_retry_ms: u64,
     /// Finished operators kept in the meta shard for inspection.
     pub max_finished_operators: usize,
+
+    /// Proactive migration (design.md §6): prepare (move leaderships away, add learners in
+    /// a healthy region) at or above this failure probability within the model's horizon.
+    pub risk_warn: f64,
+    /// Cut over (swap the prepared learners in for the at-risk replicas) at or above this.
+    pub risk_act: f64,
+    /// Stand down (drop the prepared learners) below this.
+    pub risk_clear: f64,
+    /// Stand down (or release an evacuated node) once its risk stayed below `risk-clear`
+    /// this long.
+    pub migration_clear_after_ms: u64,
+    /// Leaderships moved off one at-risk node per scheduling round (a gradual shift).
+    pub migration_leader_moves_per_round: usize,
+    /// Replica copies (learners being filled and verified) to or from one node at once:
+    /// together with the node's snapshot bandwidth budget this staggers the copies.
+    pub max_copies_per_node: usize,
+    /// Finished migrations kept in the meta shard for inspection.
+    pub max_finished_migrations: usize,
 }
 
 impl Default for ManagerConfig {
@@ -95,11 +114,23 @@ impl Default for ManagerConfig {
             operator_step_timeout_ms: 120_000,
             operator_retry_ms: 1_000,
             max_finished_operators: 1_000,
+            risk_warn: 0.5,
+            risk_act: 0.8,
+            risk_clear: 0.3,
+            migration_clear_after_ms: 60_000,
+            migration_leader_moves_per_round: 2,
+            max_copies_per_node: 2,
+            max_finished_migrations: 64,
         }
     }
 }
 
 impl ManagerConfig {
+    /// The migration thresholds.
+    pub fn thresholds(&self) -> RiskThresholds {
+        RiskThresholds { warn: self.risk_warn, act: self.risk_act, clear: self.risk_clear }
+    }
+
     /// Checks every setting.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -145,6 +176,19 @@ impl ManagerConfig {
         if self.load_split_candidates == 0 || self.max_samples_per_report == 0 {
             return Err(Error::Config { name: "load-split-candidates", reason: "must be positive".into() });
         }
+        let r = self.thresholds();
+        if !(0.0 < r.clear && r.clear < r.warn && r.warn <= r.act && r.act <= 1.0) {
+            return Err(Error::Config {
+                name: "risk-warn",
+                reason: format!(
+                    "need 0 < risk-clear < risk-warn <= risk-act <= 1, got clear {}, warn {}, act {}",
+                    r.clear, r.warn, r.act
+                ),
+            });
+        }
+        if self.migration_leader_moves_per_round == 0 || self.max_copies_per_node == 0 {
+            return Err(Error::Config { name: "max-copies-per-node", reason: "must be positive".into() });
+        }
         if self.max_running_operators == 0 {
             return Err(Error::Config { name: "max-running-operators", reason: "must be positive".into() });
         }
@@ -173,6 +217,8 @@ mod tests {
             ManagerConfig { node_down_after_ms: 1, ..Default::default() },
             ManagerConfig { load_split_max_balance: 1.5, ..Default::default() },
             ManagerConfig { replication_factor: 0, ..Default::default() },
+            ManagerConfig { risk_act: 0.4, ..Default::default() },
+            ManagerConfig { risk_clear: 0.5, ..Default::default() },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");

@@ -10,11 +10,15 @@
 //! - [`load`]: per-shard load counters and the reservoir of sampled request keys and spans;
 //!   the load-split key choice.
 //! - [`config`]: [`ManagerConfig`], every threshold, validated.
-//! - [`operator`]: operators - small state machines of steps (add learner, promote, remove,
-//!   transfer leader, split, merge), idempotent, resumable, with a timeout and rollback.
+//! - [`operator`]: operators - small state machines of steps (add learner, verify, promote,
+//!   swap, remove, transfer leader, split, merge), idempotent, resumable, with a timeout and
+//!   rollback.
 //! - [`policy`]: split by size and load, merge of cold neighbours, leader and replica balance,
 //!   group formation.
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
+//! - [`migrate`]: proactive migration - node evacuations driven by the failure model's risk
+//!   (prepare, cut over, stand down), and reactive repair of failed nodes through the same
+//!   operators.
 //! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out.
 
 pub mod admin;
@@ -24,6 +28,7 @@ pub mod error;
 pub mod load;
 pub mod manager;
 pub mod meta;
+pub mod migrate;
 pub mod model;
 pub mod operator;
 pub mod policy;
@@ -35,8 +40,9 @@ pub use error::{Error, Result};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
 pub use manager::{Command, Effects, JoinError, Manager, ManagerStats};
 pub use meta::{MetaWrite, PersistedState};
+pub use migrate::{Migration, MigrationCause, MigrationStage, MigrationView};
 pub use model::{
     is_system_key, ClusterMeta, Epoch, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
     ReplicaMeta, Role, ShardId, ShardMeta, ShardReport, TelemetryReport, META_SHARD_ID, SYSTEM_KEY_PREFIX,
 };
-pub use operator::{Operator, OperatorKind, OperatorStatus, Step};
+pub use operator::{Operator, OperatorKind, OperatorStatus, Step, Verification};

@@ -22,11 +22,12 @@ use crate::directory::{Directory, Update};
 use crate::error::{Error, Result};
 use crate::load::ShardLoad;
 use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
+use crate::migrate::Migration;
 use crate::model::{
     ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
-    RiskThresholds, ShardId, ShardMeta, ShardSoft, META_SHARD_ID,
+    ShardId, ShardMeta, ShardSoft, META_SHARD_ID,
 };
-use crate::operator::{Operator, OperatorKind, Step};
+use crate::operator::{Operator, OperatorKind, Step, Verification};
 use crate::policy::{self, Plan};
 
 /// Group failures kept per group.
@@ -48,7 +49,7 @@ pub struct Command {
 }
 
 /// What a [`Manager::tick`] asks the runtime to do, in this order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
     /// Writes to the meta shard, as one batch.
     pub writes: Vec<MetaWrite>,
@@ -56,6 +57,8 @@ pub struct Effects {
     pub commands: Vec<Command>,
     /// Operators that finished this round (for the runtime's log).
     pub finished: Vec<Operator>,
+    /// Migrations that started or changed stage this round (for the runtime's log).
+    pub migrations: Vec<Migration>,
 }
 
 /// Counts for metrics and `presage-ctl`.
@@ -113,8 +116,16 @@ pub struct Manager {
     last_sent_ms: HashMap<u64, u64>,
     /// Start times of balancing operators within the last minute.
     balance_starts_ms: VecDeque<u64>,
-    pending: Vec<MetaWrite>,
+    pub(crate) pending: Vec<MetaWrite>,
     finished: Vec<Operator>,
+    /// Node evacuations, running and finished, by id (design.md §6).
+    pub(crate) migrations: BTreeMap<u64, Migration>,
+    pub(crate) migration_events: Vec<Migration>,
+    /// The failure model's latest risk per node and per region (soft: fed every round).
+    pub(crate) risks: BTreeMap<NodeId, f64>,
+    pub(crate) region_risks: BTreeMap<String, f64>,
+    /// Each node's round trip to its fastest peer, ms (soft; ranks migration targets).
+    pub(crate) rtt_ms: BTreeMap<NodeId, f64>,
 }
 
 impl Manager {
@@ -127,10 +138,7 @@ impl Manager {
         let mut m = Manager::empty(cfg, cluster, now_ms);
         first.group = Some(1);
         first.state = NodeState::Up;
-        m.groups.insert(
-            1,
-            GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new(), thresholds: RiskThresholds::default() },
-        );
+        m.groups.insert(1, GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new() });
         m.nodes.insert(first.id, first.clone());
         m.pending.push(meta::put(meta::cluster_key(), &m.cluster));
         m.pending.push(meta::put(meta::node_key(first.id), &first));
@@ -161,6 +169,7 @@ impl Manager {
             }
             m.operators.insert(op.id, op);
         }
+        m.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
         Ok(m)
     }
 
@@ -182,6 +191,11 @@ impl Manager {
             balance_starts_ms: VecDeque::new(),
             pending: Vec::new(),
             finished: Vec::new(),
+            migrations: BTreeMap::new(),
+            migration_events: Vec::new(),
+            risks: BTreeMap::new(),
+            region_risks: BTreeMap::new(),
+            rtt_ms: BTreeMap::new(),
         }
     }
 
@@ -228,11 +242,42 @@ impl Manager {
         }
     }
 
-    fn alloc_id(&mut self) -> u64 {
+    pub(crate) fn alloc_id(&mut self) -> u64 {
         let id = self.cluster.next_id;
         self.cluster.next_id += 1;
         self.pending.push(meta::put(meta::cluster_key(), &self.cluster));
         id
+    }
+
+    /// Feeds the failure model's latest risks (probability of failing within its horizon)
+    /// per node and per region, and each node's round trip to its fastest peer; nodes
+    /// missing from `risks` have no risk estimate (no model, or no telemetry yet). They drive
+    /// proactive migration at the next [`Manager::tick`].
+    pub fn set_risks(
+        &mut self,
+        risks: BTreeMap<NodeId, f64>,
+        region_risks: BTreeMap<String, f64>,
+        rtt_ms: BTreeMap<NodeId, f64>,
+    ) {
+        debug_assert!(risks.values().chain(region_risks.values()).all(|r| (0.0..=1.0).contains(r)));
+        self.risks = risks;
+        self.region_risks = region_risks;
+        self.rtt_ms = rtt_ms;
+    }
+
+    /// Notes the outcome of a [`Step::VerifyReplica`] the runtime sent for `operator`
+    /// (persisted with the operator; the next round moves it on or rolls it back).
+    pub fn record_verification(&mut self, operator: u64, v: Verification) {
+        let Some(op) = self.operators.get_mut(&operator) else { return };
+        let (shard, node, ok) = (op.shard, v.node, v.matches());
+        if !op.record_verification(v) {
+            return;
+        }
+        let rec = op.clone();
+        self.pending.push(meta::put(meta::operator_key(operator), &rec));
+        if ok {
+            self.note_copy_verified(shard, node);
+        }
     }
 
     /// Notes a leader hint for `shard` (a node answered a step with `NotLeader`): commands
@@ -373,6 +418,7 @@ impl Manager {
     /// progress, and new operators from the policies.
     pub fn tick(&mut self, now_ms: u64) -> Effects {
         self.update_node_states(now_ms);
+        self.update_migrations(now_ms);
         self.update_groups();
         let mut commands = Vec::new();
         self.poll_operators(now_ms, &mut commands);
@@ -394,7 +440,12 @@ impl Manager {
                 running += 1;
             }
         }
-        Effects { writes: std::mem::take(&mut self.pending), commands, finished: std::mem::take(&mut self.finished) }
+        Effects {
+            writes: std::mem::take(&mut self.pending),
+            commands,
+            finished: std::mem::take(&mut self.finished),
+            migrations: std::mem::take(&mut self.migration_events),
+        }
     }
 
     /// Starts `plan`; returns the new operator's id (`None`: the shard is busy, or the plan
@@ -546,10 +597,7 @@ impl Manager {
                 break; // wait for more nodes
             }
             let gid = self.alloc_id();
-            self.groups.insert(
-                gid,
-                GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new(), thresholds: RiskThresholds::default() },
-            );
+            self.groups.insert(gid, GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new() });
             for n in members {
                 self.add_to_group(gid, n);
             }
@@ -560,8 +608,9 @@ impl Manager {
     /// a region none of them is in.
     fn pick_ungrouped(&self, members: &[NodeId], regions_total: usize, rf: usize) -> Option<NodeId> {
         let regions: Vec<&str> = members.iter().filter_map(|m| self.nodes.get(m)).map(|n| n.region.as_str()).collect();
-        let free =
-            self.nodes.values().filter(|n| n.group.is_none() && n.state == NodeState::Up && !members.contains(&n.id));
+        let free = self.nodes.values().filter(|n| {
+            n.group.is_none() && n.state == NodeState::Up && !members.contains(&n.id) && !self.is_held(n.id)
+        });
         let mut fallback = None;
         for n in free {
             if !regions.contains(&n.region.as_str()) {

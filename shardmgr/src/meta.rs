@@ -8,6 +8,7 @@
 //! | `\xffm/g/{id:016x}` | [`GroupMeta`] |
 //! | `\xffm/s/{id:016x}` | [`ShardRecord`] (directory entry at the highest epoch seen) |
 //! | `\xffm/o/{id:016x}` | [`Operator`] |
+//! | `\xffm/m/{id:016x}` | [`Migration`] |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
 //! heartbeats within a few intervals. The failure analysis keeps its own records under
@@ -16,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::migrate::Migration;
 use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
 use crate::operator::Operator;
 
@@ -75,6 +77,11 @@ pub fn operator_key(id: u64) -> Vec<u8> {
     id_key(b'o', id)
 }
 
+/// Key of migration `id`.
+pub fn migration_key(id: u64) -> Vec<u8> {
+    id_key(b'm', id)
+}
+
 /// A write that stores `value` at `key`.
 pub fn put<T: Serialize>(key: Vec<u8>, value: &T) -> MetaWrite {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
@@ -95,6 +102,8 @@ pub struct PersistedState {
     pub shards: Vec<ShardRecord>,
     /// Operators, running and finished.
     pub operators: Vec<Operator>,
+    /// Migrations, running and finished.
+    pub migrations: Vec<Migration>,
 }
 
 impl PersistedState {
@@ -117,6 +126,7 @@ impl PersistedState {
                 Some(b'g') => out.groups.push(parse(key, value)?),
                 Some(b's') => out.shards.push(parse(key, value)?),
                 Some(b'o') => out.operators.push(parse(key, value)?),
+                Some(b'm') => out.migrations.push(parse(key, value)?),
                 _ => {
                     return Err(Error::Corrupt {
                         key: String::from_utf8_lossy(key).into_owned(),

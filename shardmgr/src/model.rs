@@ -117,21 +117,17 @@ pub struct FailureRecord {
     pub reason: String,
 }
 
-/// Risk thresholds of proactive migration (design.md §6), per group.
+/// Risk thresholds of proactive migration (design.md §6): failure probabilities within the
+/// failure model's horizon (`[shard-manager]` `risk-warn`, `risk-act`, `risk-clear`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RiskThresholds {
-    /// Prepare (add learners elsewhere) at or above this failure probability.
+    /// Prepare (move leaderships away, add learners elsewhere) at or above this failure
+    /// probability.
     pub warn: f64,
     /// Cut over at or above this probability.
     pub act: f64,
     /// Stand down below this probability.
     pub clear: f64,
-}
-
-impl Default for RiskThresholds {
-    fn default() -> Self {
-        RiskThresholds { warn: 0.5, act: 0.8, clear: 0.3 }
-    }
 }
 
 /// A replication group: one node per region, hosting a family of adjacent shards (persisted).
@@ -143,8 +139,6 @@ pub struct GroupMeta {
     pub nodes: Vec<NodeId>,
     /// Failures of its members, oldest first (bounded by the manager).
     pub failures: Vec<FailureRecord>,
-    /// Migration thresholds.
-    pub thresholds: RiskThresholds,
 }
 
 /// Whether a replica votes.

@@ -59,7 +59,68 @@ pub enum Step {
         /// The merge's target.
         target: ShardId,
     },
+    /// Check the replica on `node` against the leader's: both compute the range checksum
+    /// at one log index. Done when the operator holds a matching [`Verification`] taken at
+    /// the shard's current configuration; a mismatch makes it impossible (rollback).
+    VerifyReplica {
+        /// The replica's node (usually a learner just filled).
+        node: NodeId,
+    },
+    /// One joint-consensus membership change: the learner on `promote` becomes a voter and
+    /// the voter on `demote` a learner, atomically (its leader first hands leadership away
+    /// if it is `demote`).
+    SwapReplica {
+        /// The learner to promote.
+        promote: NodeId,
+        /// The voter to demote.
+        demote: NodeId,
+    },
 }
+
+impl Step {
+    /// The step's name, for people (`presage-ctl migrations`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::AddLearner { .. } => "copy",
+            Step::PromoteLearner { .. } => "promote",
+            Step::RemoveReplica { .. } => "remove",
+            Step::TransferLeader { .. } => "transfer-leader",
+            Step::Split { .. } => "split",
+            Step::Merge { .. } => "merge",
+            Step::ResolveMerge { .. } => "resolve-merge",
+            Step::VerifyReplica { .. } => "verify",
+            Step::SwapReplica { .. } => "swap",
+        }
+    }
+}
+
+/// The outcome of a [`Step::VerifyReplica`]: the two checksums at one log index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The verified replica's node.
+    pub node: NodeId,
+    /// The shard's `conf_ver` when the step was sent (a verification of an older
+    /// configuration does not count).
+    pub conf_ver: u64,
+    /// The log index both checksums were taken at.
+    pub index: u64,
+    /// The leader's checksum, `pairs/bytes/crc32` (engine `RangeChecksum`).
+    pub leader: String,
+    /// The replica's checksum.
+    pub replica: String,
+    /// When the manager learnt it (ms, manager clock).
+    pub at_ms: u64,
+}
+
+impl Verification {
+    /// True when the replica holds what the leader holds.
+    pub fn matches(&self) -> bool {
+        self.leader == self.replica
+    }
+}
+
+/// Verifications an operator keeps (the newest).
+pub const MAX_VERIFICATIONS_PER_OPERATOR: usize = 4;
 
 /// Why an operator exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +144,19 @@ pub enum OperatorKind {
     },
     /// Asked for by an operator through the admin API.
     Manual,
+    /// Proactive migration, prepare: a leadership moves off an at-risk node.
+    ShiftLeader {
+        /// The at-risk node.
+        from: NodeId,
+    },
+    /// Proactive migration, prepare: a learner copy of a shard of an at-risk node is filled
+    /// and verified on the healthy node that will replace it.
+    PrepareCopy {
+        /// The at-risk node.
+        from: NodeId,
+        /// The healthy node receiving the copy.
+        to: NodeId,
+    },
 }
 
 /// Where an operator is.
@@ -140,6 +214,10 @@ pub struct Operator {
     pub step_started_ms: u64,
     /// When it finished.
     pub finished_ms: Option<u64>,
+    /// Outcomes of its verification steps, newest last (at most
+    /// [`MAX_VERIFICATIONS_PER_OPERATOR`]).
+    #[serde(default)]
+    pub verifications: Vec<Verification>,
 }
 
 /// Whether a step is done, per the directory.
@@ -184,7 +262,30 @@ impl Operator {
             created_ms: now_ms,
             step_started_ms: now_ms,
             finished_ms: None,
+            verifications: Vec::new(),
         }
+    }
+
+    /// The step it runs now (of `rollback` while rolling back), if any.
+    pub fn current_step(&self) -> Option<&Step> {
+        match self.status {
+            OperatorStatus::Running => self.steps.get(self.next_step),
+            OperatorStatus::RollingBack { .. } => self.rollback.get(self.next_step),
+            _ => None,
+        }
+    }
+
+    /// Notes the outcome of a verification of the replica on `v.node`. Returns whether the
+    /// operator changed (it was waiting on that verification).
+    pub fn record_verification(&mut self, v: Verification) -> bool {
+        if !matches!(self.current_step(), Some(Step::VerifyReplica { node }) if *node == v.node) {
+            return false; // an answer to a step this operator is past (or a resend's)
+        }
+        self.verifications.push(v);
+        if self.verifications.len() > MAX_VERIFICATIONS_PER_OPERATOR {
+            self.verifications.remove(0);
+        }
+        true
     }
 
     /// The shards it holds busy: its own, and a merge's target.
@@ -219,7 +320,11 @@ impl Operator {
                 out.changed = true;
                 return out;
             };
-            match step_state(self.shard, &step, dir) {
+            let state = match &step {
+                Step::VerifyReplica { node } => self.verify_state(*node, dir),
+                _ => step_state(self.shard, &step, dir),
+            };
+            match state {
                 StepState::Done => {
                     self.next_step += 1;
                     self.step_started_ms = now_ms;
@@ -238,6 +343,24 @@ impl Operator {
                     return out;
                 }
             }
+        }
+    }
+
+    /// A verification is done when one was recorded for the replica at the shard's current
+    /// configuration; a mismatch can never become done.
+    fn verify_state(&self, node: NodeId, dir: &Directory) -> StepState {
+        let Some(s) = dir.get(self.shard) else { return StepState::Impossible("the shard is gone".into()) };
+        if s.replica(node).is_none() {
+            return StepState::Impossible(format!("no replica on node {node} to verify"));
+        }
+        let latest = self.verifications.iter().rev().find(|v| v.node == node && v.conf_ver == s.epoch.conf_ver);
+        match latest {
+            Some(v) if v.matches() => StepState::Done,
+            Some(v) => StepState::Impossible(format!(
+                "the replica on node {node} differs from the leader's at index {}: {} vs {}",
+                v.index, v.replica, v.leader
+            )),
+            None => StepState::Pending,
         }
     }
 
@@ -319,6 +442,24 @@ pub fn step_state(shard: ShardId, step: &Step, dir: &Directory) -> StepState {
             None => StepState::Done,
             Some(s) if s.merging_into.is_none() => StepState::Done,
             Some(_) => StepState::Pending,
+        },
+        Step::VerifyReplica { node } => match s {
+            // Judged by `Operator::poll` from the operator's verifications; from the directory
+            // alone only its impossibility shows.
+            None => StepState::Impossible("the shard is gone".into()),
+            Some(s) if s.replica(*node).is_none() => StepState::Impossible(format!("no replica on node {node}")),
+            Some(_) => StepState::Pending,
+        },
+        Step::SwapReplica { promote, demote } => match s {
+            None => StepState::Impossible("the shard is gone".into()),
+            Some(s) => {
+                let role = |n: &NodeId| s.replica(*n).map(|r| r.role);
+                match (role(promote), role(demote)) {
+                    (Some(Role::Voter), None | Some(Role::Learner)) => StepState::Done,
+                    (None, _) => StepState::Impossible(format!("no replica on node {promote} to promote")),
+                    _ => StepState::Pending,
+                }
+            }
         },
     }
 }

@@ -3,17 +3,24 @@
 //!
 //! 0. **Resolve** a merge left unfinished (a frozen source with no operator): finish or
 //!    unfreeze it.
-//! 1. **Repair**: a shard's replicas must be exactly its group's members - add, promote,
-//!    move or remove one replica at a time (this is also how a shard moves between groups and
-//!    how new nodes receive the meta shard and the first data shard).
-//! 2. **Split** by size or keys (at the leader's middle key), or by load after the shard
+//! 1. **Migrate** (design.md §6, [`crate::migrate`]): move leaderships off a node being
+//!    evacuated a few per round; while preparing, fill and verify learner copies of its
+//!    group's shards on the target, hottest first.
+//! 2. **Repair**: a shard's replicas must be exactly its group's members - one replica at a
+//!    time, hottest shards first, at most `max-copies-per-node` copies to or from a node at
+//!    once: a new replica is added as a learner, verified against the leader (range checksum
+//!    at one log index), then promoted, or swapped in for the replica it replaces in one
+//!    joint-consensus change; the replaced one is then removed. This is how a shard moves
+//!    between groups, how new nodes receive their first replicas and how a migration cuts
+//!    over (a prepared, verified learner is verified again and swapped in).
+//! 3. **Split** by size or keys (at the leader's middle key), or by load after the shard
 //!    stayed hot for the load-split window (at the sampled key that best halves the load).
-//! 3. **Merge** adjacent shards of one group, both small and cold for `merge-delay-ms`,
+//! 4. **Merge** adjacent shards of one group, both small and cold for `merge-delay-ms`,
 //!    their combined load under half the split thresholds, neither split within
 //!    `split-merge-interval-ms`.
-//! 4. **Leader balance** inside each group by load score (by count when the load is even),
+//! 5. **Leader balance** inside each group by load score (by count when the load is even),
 //!    acting only past `balance-tolerance` above the mean *and* a minimum absolute gap.
-//! 5. **Group balance**: re-place one shard from the largest group (by size, then load) to
+//! 6. **Group balance**: re-place one shard from the largest group (by size, then load) to
 //!    the smallest, with the same hysteresis; repair then moves its replicas.
 //!
 //! Balancing plans count against `max-balance-moves-per-minute`; every plan against
@@ -44,7 +51,9 @@ pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
     let mut out = Vec::new();
     let mut claimed = HashSet::new();
     resolve_frozen(m, &mut out, &mut claimed);
-    repair(m, &mut out, &mut claimed);
+    let mut copies = copies_in_flight(m);
+    migrate(m, &mut out, &mut claimed, &mut copies);
+    repair(m, &mut out, &mut claimed, &mut copies);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
     leader_balance(m, &mut out, &mut claimed);
@@ -56,8 +65,138 @@ fn free<'a>(m: &'a Manager, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item
     m.directory.iter().filter(move |s| m.is_free(s) && !claimed.contains(&s.id))
 }
 
+/// May `id` receive a replica or a leadership? (`Up`, and not being evacuated.)
 fn node_up(m: &Manager, id: NodeId) -> bool {
-    m.nodes.get(&id).is_some_and(|n| n.state.accepts_load())
+    m.nodes.get(&id).is_some_and(|n| n.state.accepts_load()) && !m.is_held(id)
+}
+
+/// Copies (operators that add a replica and fill it) running to or from each node.
+fn copies_in_flight(m: &Manager) -> BTreeMap<NodeId, usize> {
+    let mut out = BTreeMap::new();
+    for op in m.operators.values().filter(|op| !op.status.is_finished()) {
+        let (from, to) = match op.kind {
+            OperatorKind::PrepareCopy { from, to } => (Some(from), Some(to)),
+            OperatorKind::MoveReplica { from, to } if op.steps.iter().any(|s| matches!(s, Step::AddLearner { .. })) => {
+                (from, to)
+            }
+            _ => continue,
+        };
+        for n in from.into_iter().chain(to) {
+            *out.entry(n).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Counts a copy between `from` and `to` against `max-copies-per-node`; false (and no
+/// count) if either node is at its limit.
+fn take_copy(m: &Manager, copies: &mut BTreeMap<NodeId, usize>, from: Option<NodeId>, to: NodeId) -> bool {
+    let limit = m.cfg.max_copies_per_node;
+    let nodes: Vec<NodeId> = from.into_iter().chain([to]).collect();
+    if nodes.iter().any(|n| copies.get(n).copied().unwrap_or(0) >= limit) {
+        return false;
+    }
+    for n in nodes {
+        *copies.entry(n).or_insert(0) += 1;
+    }
+    true
+}
+
+/// Shards by load score, hottest first (ties by id).
+fn hottest_first<'a>(m: &Manager, shards: impl Iterator<Item = &'a ShardMeta>) -> Vec<&'a ShardMeta> {
+    let score = |s: &ShardMeta| m.soft.get(&s.id).map_or(0.0, |x| x.load.score());
+    let mut v: Vec<&ShardMeta> = shards.collect();
+    v.sort_by(|a, b| score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id)));
+    v
+}
+
+/// Policy 1: for each node being evacuated, move its leaderships away a few per round (the
+/// meta shard's last: it carries the manager), and while preparing, fill learner copies on
+/// the target, hottest first, of shards the node no longer leads (a copy is sent by the
+/// leader, and the node's disk is the one failing).
+fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
+    use crate::migrate::MigrationStage;
+    for mig in m.migrations.values() {
+        if !matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
+            continue;
+        }
+        let from = mig.node;
+        let running_shifts = m
+            .operators
+            .values()
+            .filter(|op| !op.status.is_finished() && op.kind == OperatorKind::ShiftLeader { from })
+            .count();
+        let mut budget = m.cfg.migration_leader_moves_per_round.saturating_sub(running_shifts);
+        let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
+        led.sort_by_key(|s| Manager::is_meta(s)); // stable: the meta shard last
+        let mut planned = Vec::new();
+        for s in led {
+            if budget == 0 {
+                break;
+            }
+            // The Up, healthy voter leading the least load.
+            let to = s
+                .voters()
+                .into_iter()
+                .filter(|n| *n != from && node_up(m, *n))
+                .min_by(|a, b| leader_score(m, *a).total_cmp(&leader_score(m, *b)).then(a.cmp(b)));
+            let Some(to) = to else { continue };
+            budget -= 1;
+            planned.push(Plan {
+                shard: s.id,
+                kind: OperatorKind::ShiftLeader { from },
+                steps: vec![Step::TransferLeader { to }],
+                rollback: vec![],
+                counts_as_balance: false,
+                new_group: None,
+            });
+        }
+        let shifting = running_shifts + planned.len() > 0;
+        for p in planned {
+            claimed.insert(p.shard);
+            out.push(p);
+        }
+        // Leaderships first: then every shard's copy is sent by a healthy leader, and the
+        // hottest shard's goes first.
+        if shifting {
+            continue;
+        }
+        let (MigrationStage::Preparing, Some(to)) = (mig.stage, mig.target) else { continue };
+        let in_group = |s: &&ShardMeta| m.placement.get(&s.id).is_some_and(|p| p.group == mig.group);
+        let candidates = hottest_first(
+            m,
+            free(m, claimed)
+                .filter(in_group)
+                .filter(|s| s.replica(from).is_some() && s.replica(to).is_none() && s.leader != Some(from)),
+        );
+        let mut planned = Vec::new();
+        for s in candidates {
+            if !take_copy(m, copies, Some(from), to) {
+                break;
+            }
+            planned.push(Plan {
+                shard: s.id,
+                kind: OperatorKind::PrepareCopy { from, to },
+                steps: vec![Step::AddLearner { node: to }, Step::VerifyReplica { node: to }],
+                rollback: vec![Step::RemoveReplica { node: to }],
+                counts_as_balance: false,
+                new_group: None,
+            });
+        }
+        for p in planned {
+            claimed.insert(p.shard);
+            out.push(p);
+        }
+    }
+}
+
+/// The load score of the shards `node` leads.
+fn leader_score(m: &Manager, node: NodeId) -> f64 {
+    m.directory
+        .iter()
+        .filter(|s| s.leader == Some(node))
+        .map(|s| m.soft.get(&s.id).map_or(0.0, |x| x.load.score()))
+        .sum()
 }
 
 /// Policy 0: a shard left frozen for a merge with no operator on it (its operator failed or
@@ -81,31 +220,56 @@ fn resolve_frozen(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     }
 }
 
-/// Policy 1: one replica change per shard toward its group's members.
-fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    for s in free(m, claimed) {
-        let Some(group) = m.placement.get(&s.id).and_then(|p| m.groups.get(&p.group)) else { continue };
+/// Policy 2: one replica change per shard toward its group's members, hottest shards first.
+fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
+    let taken = claimed.clone();
+    let shards = hottest_first(m, free(m, &taken));
+    for s in shards {
+        let Some(gid) = m.placement.get(&s.id).map(|p| p.group) else { continue };
+        let Some(group) = m.groups.get(&gid) else { continue };
         let learner = s.replicas.iter().find(|r| r.role == Role::Learner && group.nodes.contains(&r.node));
         let missing: Vec<NodeId> =
             group.nodes.iter().copied().filter(|n| s.replica(*n).is_none() && node_up(m, *n)).collect();
-        let extra: Vec<NodeId> = s.replicas.iter().map(|r| r.node).filter(|n| !group.nodes.contains(n)).collect();
-        let (steps, rollback, from, to) = if let Some(l) = learner {
-            (vec![Step::PromoteLearner { node: l.node }], vec![], None, Some(l.node))
-        } else if let Some(&to) = missing.first() {
+        // A prepared copy for a migration from this group is not an extra replica.
+        let extra: Vec<NodeId> = s
+            .replicas
+            .iter()
+            .map(|r| r.node)
+            .filter(|n| !group.nodes.contains(n) && !m.is_prepare_target(gid, *n))
+            .collect();
+        // The replica a new one replaces: an extra voter in the same region, else any extra
+        // voter (a learner extra is simply removed).
+        let replaced = |to: NodeId| {
             let region = m.nodes.get(&to).map(|n| n.region.as_str());
-            let from = extra.iter().copied().find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
-            let from = from.or(extra.first().copied());
-            let mut steps = vec![Step::AddLearner { node: to }, Step::PromoteLearner { node: to }];
-            steps.extend(from.map(|node| Step::RemoveReplica { node }));
-            (steps, vec![Step::RemoveReplica { node: to }], from, Some(to))
+            let voter = |n: &&NodeId| s.replica(**n).is_some_and(|r| r.role == Role::Voter);
+            let same = extra.iter().filter(voter).find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
+            same.or(extra.iter().find(voter)).copied()
+        };
+        let (steps, rollback, from, to) = if let Some(l) = learner {
+            // Filled already (a prepared copy, or an interrupted repair): verify, then swap.
+            let to = l.node;
+            let from = replaced(to);
+            if !take_copy(m, copies, from, to) {
+                continue;
+            }
+            let (steps, rollback) = swap_in(from, to, false);
+            (steps, rollback, from, Some(to))
+        } else if let Some(&to) = missing.first() {
+            let from = replaced(to);
+            if !take_copy(m, copies, from, to) {
+                continue;
+            }
+            let (steps, rollback) = swap_in(from, to, true);
+            (steps, rollback, from, Some(to))
         } else if let Some(&from) = extra.first() {
-            if s.voters().len() <= 1 {
+            if s.voters().len() <= 1 && s.replica(from).is_some_and(|r| r.role == Role::Voter) {
                 continue;
             }
             (vec![Step::RemoveReplica { node: from }], vec![], Some(from), None)
         } else {
             continue;
         };
+        claimed.insert(s.id);
         out.push(Plan {
             shard: s.id,
             kind: OperatorKind::MoveReplica { from, to },
@@ -115,12 +279,31 @@ fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
             new_group: None,
         });
     }
-    for p in out.iter() {
-        claimed.insert(p.shard);
-    }
 }
 
-/// Policy 2: split by size or keys, or by sustained load.
+/// The steps that bring a replica on `to` in (adding it as a learner first when `add`),
+/// verified, in place of the voter on `from` if any, and the steps that undo them: the
+/// original voter is a voter again and the new replica is gone.
+fn swap_in(from: Option<NodeId>, to: NodeId, add: bool) -> (Vec<Step>, Vec<Step>) {
+    let mut steps = Vec::new();
+    if add {
+        steps.push(Step::AddLearner { node: to });
+    }
+    steps.push(Step::VerifyReplica { node: to });
+    let mut rollback = Vec::new();
+    match from {
+        Some(from) => {
+            steps.push(Step::SwapReplica { promote: to, demote: from });
+            steps.push(Step::RemoveReplica { node: from });
+            rollback.push(Step::SwapReplica { promote: from, demote: to });
+        }
+        None => steps.push(Step::PromoteLearner { node: to }),
+    }
+    rollback.push(Step::RemoveReplica { node: to });
+    (steps, rollback)
+}
+
+/// Policy 3: split by size or keys, or by sustained load.
 fn splits(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mut planned = Vec::new();
@@ -164,7 +347,7 @@ fn splits(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<S
     }
 }
 
-/// Policy 3: merge small, cold neighbours of one group (the right one into the left one).
+/// Policy 4: merge small, cold neighbours of one group (the right one into the left one).
 fn merges(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mergeable = |s: &ShardMeta, claimed: &HashSet<ShardId>| -> bool {
@@ -219,7 +402,7 @@ struct NodeLeaders {
     shards: Vec<(f64, ShardId)>,
 }
 
-/// Policy 4: even out leader load inside each group (one transfer per group per round).
+/// Policy 5: even out leader load inside each group (one transfer per group per round).
 fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
@@ -299,9 +482,10 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     }
 }
 
-/// `node` is Up and holds a voter of `shard` (a Draining node is given no leaderships).
+/// `node` is Up, not being evacuated, and holds a voter of `shard` (a Draining node is given
+/// no leaderships).
 fn has_voter(m: &Manager, shard: ShardId, node: NodeId) -> bool {
-    m.node_is_up(node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
+    node_up(m, node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
 }
 
 /// A quantity group balance evens out: the group's total, a shard's part, the minimum gap.
@@ -314,7 +498,7 @@ struct GroupLoad {
     score: f64,
 }
 
-/// Policy 5: re-place one shard from the largest group to the smallest (by size, then by
+/// Policy 6: re-place one shard from the largest group to the smallest (by size, then by
 /// load), among complete groups whose members are all up.
 fn group_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
     let cfg = &m.cfg;

@@ -12,7 +12,7 @@ use presage_shardmgr::meta::PersistedState;
 use presage_shardmgr::model::{ReplicaMeta, Role};
 use presage_shardmgr::{
     Command, Effects, Epoch, LoadReport, Manager, ManagerConfig, NodeHeartbeat, NodeMeta, NodeState, NodeStats,
-    OperatorKind, OperatorStatus, ShardMeta, ShardReport, Step, META_SHARD_ID,
+    OperatorKind, OperatorStatus, ShardMeta, ShardReport, Step, Verification, META_SHARD_ID,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -44,6 +44,13 @@ struct Sim {
     rng: SmallRng,
     /// Commands to drop instead of carrying out (a partitioned leader).
     drop_commands: bool,
+    /// Replicas, by (shard, node), whose data differs from the leader's (every verification
+    /// of them fails).
+    diverged: std::collections::BTreeSet<(u64, u64)>,
+    /// Verification answers to hand the manager: (operator, outcome).
+    verified: Vec<(u64, Verification)>,
+    /// The failure model's risk per node, fed to the manager every round.
+    risk: BTreeMap<u64, f64>,
 }
 
 fn node(id: u64, region: &str) -> NodeMeta {
@@ -86,6 +93,9 @@ impl Sim {
             now_ms: 1_000_000,
             rng: SmallRng::seed_from_u64(seed),
             drop_commands: false,
+            diverged: Default::default(),
+            verified: Vec::new(),
+            risk: BTreeMap::new(),
         };
         let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
         (sim, m)
@@ -123,6 +133,12 @@ impl Sim {
             }
         }
         let live: Vec<u64> = self.nodes.iter().map(|n| n.id).filter(|id| !self.dead.contains(id)).collect();
+        // Shards whose leader died elect a live voter.
+        for s in self.shards.values_mut() {
+            if s.leader.is_some_and(|l| self.dead.contains(&l)) {
+                s.leader = s.voters().into_iter().find(|v| live.contains(v));
+            }
+        }
         for id in live {
             let mut shards = Vec::new();
             for s in self.shards.values().filter(|s| s.leader == Some(id)) {
@@ -202,6 +218,36 @@ impl Sim {
                 return;
             }
             Step::ResolveMerge { .. } => s.merging_into = None,
+            Step::VerifyReplica { node } => {
+                if s.replica(*node).is_none() || self.dead.contains(node) {
+                    return;
+                }
+                let replica = if self.diverged.contains(&(s.id, *node)) { "1/1/bad" } else { "1/1/good" };
+                let v = Verification {
+                    node: *node,
+                    conf_ver: c.epoch.conf_ver,
+                    index: 1,
+                    leader: "1/1/good".into(),
+                    replica: replica.into(),
+                    at_ms: self.now_ms,
+                };
+                self.verified.push((c.operator, v));
+                return;
+            }
+            Step::SwapReplica { promote, demote } => {
+                if s.leader == Some(*demote) {
+                    s.leader = s.replicas.iter().find(|r| r.node != *demote && r.role == Role::Voter).map(|r| r.node);
+                } else if s.replica(*promote).is_some_and(|r| r.role == Role::Learner) {
+                    for r in s.replicas.iter_mut() {
+                        if r.node == *promote {
+                            r.role = Role::Voter;
+                        } else if r.node == *demote {
+                            r.role = Role::Learner;
+                        }
+                    }
+                    s.epoch.conf_ver += 2; // enter and leave the joint configuration
+                }
+            }
         }
         self.shards.insert(s.id, s);
     }
@@ -210,10 +256,14 @@ impl Sim {
     fn round(&mut self, m: &mut Manager, interval_ms: u64) -> Effects {
         self.now_ms += interval_ms;
         self.heartbeats(m, interval_ms);
+        m.set_risks(self.risk.clone(), BTreeMap::new(), BTreeMap::new());
         let fx = m.tick(self.now_ms);
         self.persist(&fx);
         for c in &fx.commands {
             self.execute(c);
+        }
+        for (op, v) in std::mem::take(&mut self.verified) {
+            m.record_verification(op, v);
         }
         fx
     }
@@ -549,4 +599,216 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     assert_eq!(m.directory().len() as u64, shards, "every reported shard is known");
     assert!(!fx.commands.is_empty(), "the skewed cluster has balancing work");
     m.directory().check().expect("disjoint");
+}
+
+/// Three nodes in group 1 holding the meta shard and 8 data shards, plus node 4 in region r4
+/// (a spare: too few nodes for a second group); shard 1 is the hottest.
+fn spare_and_shards(cfg: &ManagerConfig) -> (Sim, Manager) {
+    let (mut sim, mut m) = three_nodes(cfg);
+    sim.size.insert(1, (400 << 20, 10_000)); // 400 -> 200 -> 100 -> 50 MiB: 8 shards
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(sim.shards.len(), 9, "seed {}: {:?}", seed(), sim.shards.keys().collect::<Vec<_>>());
+    sim.join(&mut m, node(4, "r4"));
+    // Below the load-split threshold.
+    sim.traffic = vec![(0, 500)];
+    // Leaders spread over nodes 1-3 (balance).
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    for _ in 0..30 {
+        if m.operators().all(|op| op.status.is_finished()) {
+            return (sim, m);
+        }
+        sim.round(&mut m, 1000);
+    }
+    panic!(
+        "seed {}: not settled: {:?}",
+        seed(),
+        m.operators().filter(|op| !op.status.is_finished()).collect::<Vec<_>>()
+    );
+}
+
+fn migration(m: &Manager, node: u64) -> Option<presage_shardmgr::Migration> {
+    m.migrations(0).into_iter().map(|v| v.migration).filter(|x| x.node == node).max_by_key(|x| x.id)
+}
+
+fn data_shards(sim: &Sim) -> Vec<&ShardMeta> {
+    sim.shards.values().collect()
+}
+
+/// Design §6, prepare then cut over: leaderships leave the at-risk node a few at a time,
+/// verified learner copies appear on the spare (the hottest shard first), and at `act` the
+/// spare takes the node's place in every shard through verified joint-consensus swaps.
+#[test]
+fn a_rising_risk_prepares_then_cuts_over_to_a_spare() {
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let led_before = sim.shards.values().filter(|s| s.leader == Some(2)).count();
+    assert!(led_before >= 1, "node 2 leads {led_before} shards");
+    sim.risk.insert(2, 0.6); // >= warn (0.5), < act (0.8)
+    let mut first_copy = None;
+    let mut max_shifts_per_round = 0;
+    for _ in 0..40 {
+        let fx = sim.round(&mut m, 1000);
+        let shifts = fx.commands.iter().filter(|c| matches!(c.step, Step::TransferLeader { .. })).count();
+        max_shifts_per_round = max_shifts_per_round.max(shifts);
+        if first_copy.is_none() {
+            first_copy = fx.commands.iter().find(|c| matches!(c.step, Step::AddLearner { node: 4 })).map(|c| c.shard);
+        }
+    }
+    assert!(max_shifts_per_round <= cfg.migration_leader_moves_per_round, "a gradual shift");
+    assert_eq!(sim.shards.values().filter(|s| s.leader == Some(2)).count(), 0, "no leadership left on node 2");
+    assert_eq!(first_copy, Some(1), "the hottest shard is copied first");
+    for s in data_shards(&sim) {
+        assert_eq!(s.replica(4).map(|r| r.role), Some(Role::Learner), "seed {}: shard {} prepared", seed(), s.id);
+        assert_eq!(s.voters(), [1, 2, 3], "preparing moves no voter");
+    }
+    let mig = migration(&m, 2).expect("a migration");
+    assert_eq!((mig.stage, mig.target), (presage_shardmgr::MigrationStage::Preparing, Some(4)));
+    assert_eq!(mig.shards_copied, 9, "every copy verified");
+    // Cut over.
+    sim.risk.insert(2, 0.9);
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    for s in data_shards(&sim) {
+        assert_eq!(s.voters(), [1, 3, 4], "seed {}: shard {} cut over", seed(), s.id);
+        assert!(s.replica(2).is_none(), "the old replica is removed");
+    }
+    assert_eq!(m.groups().next().map(|g| g.nodes.clone()), Some(vec![1, 4, 3]));
+    let mig = migration(&m, 2).expect("a migration");
+    assert_eq!(mig.stage, presage_shardmgr::MigrationStage::Evacuated);
+    // Every swap was preceded by a verification of the replica it brought in.
+    for op in m.operators().filter(|op| matches!(op.kind, OperatorKind::MoveReplica { to: Some(4), .. })) {
+        assert_eq!(op.status, OperatorStatus::Done);
+        assert!(op.verifications.iter().any(|v| v.node == 4 && v.matches()), "{op:?}");
+    }
+    // Node 2 is held out: no group, no leadership, even with risk gone...
+    sim.risk.insert(2, 0.1);
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::Evacuated));
+    // ...until the clear delay passed; then it is a spare again.
+    for _ in 0..(cfg.migration_clear_after_ms / 1000) {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::Released));
+    assert_eq!(m.nodes().find(|n| n.id == 2).and_then(|n| n.group), None);
+}
+
+/// Design §6, stand down: a risk that rises past `warn` and falls below `clear` drops the
+/// prepared copies after the clear delay and never moves a voter; a risk hovering between
+/// `clear` and `warn` (hysteresis) neither stands down nor cuts over.
+#[test]
+fn a_risk_that_falls_below_clear_stands_down_without_moving_replicas() {
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let voters_before: Vec<Vec<u64>> = sim.shards.values().map(|s| s.voters()).collect();
+    sim.risk.insert(2, 0.55);
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert!(sim.shards.values().all(|s| s.replica(4).is_some()), "prepared");
+    // Between clear and warn: nothing changes.
+    sim.risk.insert(2, 0.4);
+    for _ in 0..(2 * cfg.migration_clear_after_ms / 1000) {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::Preparing));
+    assert!(sim.shards.values().all(|s| s.replica(4).is_some()), "still prepared");
+    // Below clear, but not for long enough yet.
+    sim.risk.insert(2, 0.2);
+    for _ in 0..(cfg.migration_clear_after_ms / 1000 - 5) {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::Preparing));
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::StoodDown));
+    assert!(sim.shards.values().all(|s| s.replica(4).is_none()), "the copies are dropped");
+    let voters_after: Vec<Vec<u64>> = sim.shards.values().map(|s| s.voters()).collect();
+    assert_eq!(voters_after, voters_before, "no voter moved");
+    assert!(
+        m.operators().all(|op| !op.steps.iter().any(|s| matches!(s, Step::SwapReplica { .. }))),
+        "no swap was ever planned"
+    );
+    // Node 2 may lead again (ordinary balancing decides).
+    assert!(m.migration_of(2).is_none());
+}
+
+/// A copy whose checksum differs from the leader's is rolled back: the original replica
+/// keeps serving, and the migration retries the copy.
+#[test]
+fn a_copy_that_fails_verification_rolls_back_and_the_original_keeps_serving() {
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    sim.diverged.insert((1, 4));
+    sim.risk.insert(2, 0.9); // straight past act: prepare and cut over
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    let rolled_back: Vec<_> =
+        m.operators().filter(|op| op.shard == 1 && matches!(op.status, OperatorStatus::RolledBack { .. })).collect();
+    assert!(!rolled_back.is_empty(), "seed {}: the bad copy rolled back", seed());
+    assert!(rolled_back
+        .iter()
+        .all(|op| matches!(&op.status, OperatorStatus::RolledBack { reason } if reason.contains("differs"))));
+    let one = &sim.shards[&1];
+    assert!(one.replica(2).is_some_and(|r| r.role == Role::Voter), "the original replica serves: {one:?}");
+    assert_ne!(one.replica(4).map(|r| r.role), Some(Role::Voter), "the bad copy never votes");
+    // Every other shard moved.
+    for s in sim.shards.values().filter(|s| s.id != 1) {
+        assert_eq!(s.voters(), [1, 3, 4], "shard {}", s.id);
+    }
+    // Once the copy is good, the retry succeeds.
+    sim.diverged.clear();
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(sim.shards[&1].voters(), [1, 3, 4]);
+}
+
+/// A successor manager resumes a migration from the meta shard mid-copy and completes it.
+#[test]
+fn a_migration_survives_a_manager_fail_over_mid_copy() {
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    sim.risk.insert(2, 0.9);
+    for _ in 0..6 {
+        sim.round(&mut m, 1000);
+    }
+    let running: Vec<_> = m.operators().filter(|op| !op.status.is_finished()).cloned().collect();
+    assert!(running.iter().any(|op| matches!(op.kind, OperatorKind::MoveReplica { to: Some(4), .. })), "{running:?}");
+    drop(m);
+    let mut m = sim.recover(&cfg);
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::CuttingOver));
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    for s in data_shards(&sim) {
+        assert_eq!(s.voters(), [1, 3, 4], "seed {}: shard {}", seed(), s.id);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(presage_shardmgr::MigrationStage::Evacuated));
+}
+
+/// Reactive repair uses the same operators: a node that dies without warning is replaced by
+/// the spare once it is declared down.
+#[test]
+fn a_failed_node_is_replaced_by_the_spare() {
+    let cfg = ManagerConfig { node_suspect_after_ms: 3_000, node_down_after_ms: 10_000, ..test_config() };
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    sim.dead.push(3);
+    for _ in 0..80 {
+        sim.round(&mut m, 1000);
+    }
+    let mig = migration(&m, 3).expect("a migration");
+    assert_eq!(mig.cause, presage_shardmgr::MigrationCause::Failed);
+    for s in data_shards(&sim) {
+        assert_eq!(s.voters(), [1, 2, 4], "seed {}: shard {}", seed(), s.id);
+    }
+    assert_eq!(mig.stage, presage_shardmgr::MigrationStage::Evacuated);
 }

@@ -836,3 +836,281 @@ async fn expired_values_read_absent_and_the_sweep_removes_them_everywhere() {
     }
     assert_eq!(c.get(b"plain").await.expect("get"), Some(b"v".to_vec()));
 }
+
+/// Asks node `h` for its checksum of shard 1 at `index`, retrying while it has not applied
+/// `index` yet.
+async fn replica_checksum_when_ready(
+    h: &presage_replication::NodeHandle,
+    index: u64,
+    timeout: Duration,
+) -> presage_replication::ChecksumAt {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match h.replica_checksum(1, index).await {
+            Ok(at) => return at,
+            Err(Error::ChecksumNotReady { applied, .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {} did not reach index {index} within {timeout:?} (applied {applied})",
+                    h.node_id()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("node {}: checksum at {index}: {e}", h.node_id()),
+        }
+    }
+}
+
+/// Waits until learner `node` of shard 1 applied at least what the leader had applied when
+/// the wait began.
+async fn wait_learner_caught_up(c: &Cluster, node: u64, timeout: Duration) {
+    let leader = c.wait_leader(timeout).await;
+    let target = c.handle(leader).expect("runs").status(1).await.expect("status").expect("replica").applied;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = c.handle(node).expect("runs").status(1).await {
+            if s.applied >= target {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "learner {node} did not catch up: {:?}", c.views().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Range checksum at a log index (TiKV's consistency check), §5.3 (State Machine Safety: every
+/// replica applies the same commands in the same log order): a `ComputeChecksum` entry makes
+/// every replica, learners included, pin its data exactly as of that entry, so under a write
+/// load that never stops, the leader's checksum and every other replica's at the same index
+/// agree although each is asked after it applied further writes. Data changed behind Raft's
+/// back on one replica shows in the next round, on that replica only.
+#[tokio::test(start_paused = true)]
+async fn range_checksums_at_one_log_index_agree_on_every_replica_under_writes() {
+    use presage_engine::{Cf, Engine, WriteBatch, WriteOptions};
+    use presage_replication::Op;
+    use presage_tests::cluster::SHARD;
+    let mut c = Cluster::start(3, seed());
+    c.wait_leader(5 * SEC).await;
+    for i in 0..50u32 {
+        c.put(format!("pre{i:03}").as_bytes(), &[b'p'; 50]).await.expect("put");
+    }
+    c.add_node(4);
+    let leader = c.wait_leader(5 * SEC).await;
+    c.handle(leader).expect("runs").add_learner(SHARD, 4).await.expect("add learner");
+    wait_learner_caught_up(&c, 4, 10 * SEC).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(continuous_writer(c.directory(), stop.clone()));
+    let mut moved_on = 0;
+    let mut last = None;
+    for round in 0..5u32 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let leader = c.wait_leader(5 * SEC).await;
+        let h = c.handle(leader).expect("runs");
+        let epoch = c.epoch().await;
+        // A burst of writes proposed right behind the checksum: they commit with it, in the
+        // same rounds, and every replica must pin its data before applying them.
+        let burst = async {
+            let writes: Vec<_> = (0..10u32)
+                .map(|i| {
+                    let (h, key) = (h.clone(), format!("burst{round}-{i}").into_bytes());
+                    tokio::spawn(async move { h.write(SHARD, epoch, vec![Op::put(key, b"b".to_vec())]).await })
+                })
+                .collect();
+            for w in writes {
+                w.await.expect("write task").expect("burst write");
+            }
+        };
+        let (at, ()) = tokio::join!(h.compute_checksum(SHARD, epoch), burst);
+        let at = at.expect("checksum on the leader");
+        assert!(last.is_none_or(|l| at.index > l), "round {round}: a later round is at a later index");
+        last = Some(at.index);
+        assert_ne!(c.data_checksum(leader), at.checksum, "round {round}: the leader applied the burst since");
+        for id in c.live().into_iter().filter(|id| *id != leader) {
+            let got = replica_checksum_when_ready(&c.handle(id).expect("runs"), at.index, 10 * SEC).await;
+            assert_eq!(got, at, "round {round}: node {id} disagrees with leader {leader} at index {}", at.index);
+            if c.data_checksum(id) != at.checksum {
+                moved_on += 1; // it applied writes past the index before it answered
+            }
+        }
+    }
+    assert!(moved_on > 0, "no follower applied past a checksum's index before answering: the pin is not exercised");
+
+    // A write behind Raft's back on a follower, inside the shard.
+    let leader = c.wait_leader(5 * SEC).await;
+    let victim = c.live().into_iter().find(|id| *id != leader && *id != 4).expect("a voting follower");
+    let mut wb = WriteBatch::new();
+    wb.put(Cf::Data, b"pre007".to_vec(), b"\x00tampered".to_vec());
+    c.engine(victim).write(&wb, WriteOptions::NO_SYNC).expect("write behind raft");
+    let h = c.handle(leader).expect("runs");
+    let at = h.compute_checksum(SHARD, c.epoch().await).await.expect("checksum on the leader");
+    assert!(at.index > last.expect("rounds ran"));
+    for id in c.live().into_iter().filter(|id| *id != leader) {
+        let got = replica_checksum_when_ready(&c.handle(id).expect("runs"), at.index, 10 * SEC).await;
+        if id == victim {
+            assert_eq!(got.index, at.index);
+            assert_ne!(got.checksum, at.checksum, "node {id}'s tampered data must not checksum equal");
+            assert_eq!(got.checksum.pairs, at.checksum.pairs, "same keys, one value differs");
+        } else {
+            assert_eq!(got, at, "node {id} was not tampered with");
+        }
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() > 20, "writes went on during the checksums: {}", acked.len());
+    c.put(b"pre007", b"repaired").await.expect("put");
+    c.wait_converged(10 * SEC).await;
+    for key in &acked {
+        assert_eq!(c.get(key.as_bytes()).await.expect("get"), Some(b"x".to_vec()), "acknowledged {key} lost");
+    }
+}
+
+/// A replica asked for a checksum at an index it has not applied answers "not ready" (here: a
+/// follower cut off from the leader, §5.3), and the checksum once it caught up; after a newer
+/// round replaced its pin, the older index is "missed". A stale epoch is refused.
+#[tokio::test(start_paused = true)]
+async fn replica_checksum_is_not_ready_before_its_index_and_missed_after_a_newer_round() {
+    use presage_tests::cluster::SHARD;
+    let c = Cluster::start(3, seed());
+    let leader = c.wait_leader(5 * SEC).await;
+    for i in 0..20u32 {
+        c.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
+    }
+    c.wait_converged(5 * SEC).await;
+    let h = c.handle(leader).expect("runs");
+    let follower = c.live().into_iter().find(|id| *id != leader).expect("a follower");
+    let fh = c.handle(follower).expect("runs");
+
+    let cut = c.net.add_filter(Filter::Isolate(follower));
+    c.put(b"while-cut", b"v").await.expect("the majority commits");
+    let at = h.compute_checksum(SHARD, c.epoch().await).await.expect("checksum");
+    match fh.replica_checksum(SHARD, at.index).await {
+        Err(Error::ChecksumNotReady { shard_id, index, applied }) => {
+            assert_eq!((shard_id, index), (SHARD, at.index));
+            assert!(applied < at.index, "applied {applied}");
+        }
+        other => panic!("a cut-off follower must not be ready at {}: {other:?}", at.index),
+    }
+    assert!(matches!(h.replica_checksum(SHARD, at.index + 1_000).await, Err(Error::ChecksumNotReady { .. })));
+    c.net.remove_filter(cut);
+    assert_eq!(replica_checksum_when_ready(&fh, at.index, 10 * SEC).await, at, "same data once caught up");
+    assert_eq!(at.checksum.pairs, 21);
+
+    let newer = h.compute_checksum(SHARD, c.epoch().await).await.expect("a newer round");
+    assert!(newer.index > at.index);
+    assert_eq!(newer.checksum, at.checksum, "no write in between");
+    for id in c.live() {
+        let nh = c.handle(id).expect("runs");
+        assert_eq!(replica_checksum_when_ready(&nh, newer.index, 10 * SEC).await, newer);
+        match nh.replica_checksum(SHARD, at.index).await {
+            Err(Error::ChecksumMissed { shard_id, index }) => assert_eq!((shard_id, index), (SHARD, at.index)),
+            other => panic!("node {id}: the replaced round must be missed: {other:?}"),
+        }
+    }
+    let stale = presage_replication::Epoch { version: 0, ..c.epoch().await };
+    assert!(matches!(h.compute_checksum(SHARD, stale).await, Err(Error::EpochNotMatch { .. })));
+    assert!(matches!(h.replica_checksum(99, 1).await, Err(Error::ShardNotFound { shard_id: 99 })));
+    let follower_asked = fh.compute_checksum(SHARD, c.epoch().await).await;
+    assert!(matches!(follower_asked, Err(Error::NotLeader { .. })), "{follower_asked:?}");
+}
+
+/// §6 (cluster membership changes: joint consensus) and thesis §4.3: `swap_replicas` makes a
+/// learner a voter and a voter a learner in one `ConfChangeV2`, through the joint configuration
+/// `C_old,new` and raft-rs's automatic leave. Under continuous writes the swap answers once
+/// the joint configuration is left: exactly the expected voters and learners, `conf_ver` up by
+/// two (entering and leaving each bump it), the same on every replica; a further membership
+/// change (removing the demoted learner) then commits. A swap that would not make sense is
+/// refused before anything is proposed.
+#[tokio::test(start_paused = true)]
+async fn swap_replicas_exchanges_a_learner_and_a_voter_through_joint_consensus() {
+    use presage_replication::{Replica, ShardDescriptor};
+    use presage_tests::cluster::SHARD;
+    let mut c = Cluster::start(3, seed());
+    c.wait_leader(5 * SEC).await;
+    for i in 0..30u32 {
+        c.put(format!("pre{i}").as_bytes(), b"p").await.expect("put");
+    }
+    c.add_node(4);
+    let leader = c.wait_leader(5 * SEC).await;
+    let h = c.handle(leader).expect("runs");
+    h.add_learner(SHARD, 4).await.expect("add learner");
+    wait_learner_caught_up(&c, 4, 10 * SEC).await;
+    let before = h.status(SHARD).await.expect("status").expect("replica").descriptor;
+    assert!(before.replicas.contains(&Replica::learner(4)), "{before:?}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(continuous_writer(c.directory(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let demote = (1..=3).find(|n| *n != leader).expect("a voting follower");
+    h.swap_replicas(SHARD, 4, demote).await.expect("swap");
+
+    let roles = |d: &ShardDescriptor| {
+        let ids = |voter: bool| -> Vec<u64> {
+            d.replicas.iter().filter(|r| r.is_voter() == voter).map(|r| r.node_id).collect()
+        };
+        (ids(true), ids(false))
+    };
+    let expected_voters: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != demote).collect();
+    let after = h.status(SHARD).await.expect("status").expect("replica").descriptor;
+    assert_eq!(roles(&after), (expected_voters.clone(), vec![demote]), "left the joint state: {after:?}");
+    assert_eq!(after.epoch().conf_ver, before.epoch().conf_ver + 2, "enter and leave each bump conf_ver");
+    assert_eq!(after.epoch().version, before.epoch().version);
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    for id in c.live() {
+        loop {
+            let d = c.handle(id).expect("runs").status(SHARD).await.expect("status").expect("replica").descriptor;
+            if d == after {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {id} stays at {d:?}, leader has {after:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // Out of the joint state: the next membership change is taken (raft-rs ignores one
+    // proposed in a joint configuration).
+    h.remove_replica(SHARD, demote).await.expect("remove the demoted learner");
+    let removed = h.status(SHARD).await.expect("status").expect("replica").descriptor;
+    assert_eq!(roles(&removed), (expected_voters.clone(), vec![]));
+    assert_eq!(removed.epoch().conf_ver, after.epoch().conf_ver + 1);
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    while c.handle(demote).expect("runs").status(SHARD).await.expect("status").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the removed replica on {demote} is not destroyed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Refusals: nothing is proposed.
+    c.add_node(5);
+    h.add_learner(SHARD, 5).await.expect("add learner 5");
+    let voter = expected_voters.iter().copied().find(|n| *n != leader).expect("a voting follower");
+    for (promote, demote, why) in [
+        (voter, leader, "promote is not a learner"),
+        (demote, voter, "promote is not a learner"),
+        (5, 5, "the same node"),
+        (5, 99, "demote is not a voter"),
+        (5, leader, "demote is this leader"),
+    ] {
+        match h.swap_replicas(SHARD, promote, demote).await {
+            Err(Error::SwapRefused { reason, .. }) => eprintln!("swap {promote} in, {demote} out: refused: {reason}"),
+            other => panic!("swap {promote} in, {demote} out ({why}) must be refused: {other:?}"),
+        }
+    }
+    let follower = c.handle(voter).expect("runs");
+    assert!(matches!(follower.swap_replicas(SHARD, 5, leader).await, Err(Error::NotLeader { .. })));
+    let unchanged = h.status(SHARD).await.expect("status").expect("replica").descriptor;
+    assert_eq!(unchanged.epoch().conf_ver, removed.epoch().conf_ver + 1, "only learner 5 was added");
+
+    tokio::time::sleep(SEC).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() > 20, "writes went on during the swap: {}", acked.len());
+    c.wait_converged(20 * SEC).await;
+    for key in &acked {
+        assert_eq!(c.get(key.as_bytes()).await.expect("get"), Some(b"x".to_vec()), "acknowledged {key} lost");
+    }
+    // Node 4 votes now: with the leader gone, the other two voters elect one and commit.
+    c.kill(leader);
+    c.wait_leader(10 * SEC).await;
+    c.put(b"after", b"1").await.expect("the new configuration commits");
+}

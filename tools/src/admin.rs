@@ -7,7 +7,7 @@
 //! | `GET /health` | `{"status":"ok","node":N}` |
 //! | `GET /metrics` | Prometheus text: requests, latency, connections, replicas, manager, engine |
 //! | `GET /v1/cluster` | cluster id, manager, nodes, groups, operators, counts |
-//! | `GET /v1/nodes`, `/v1/groups`, `/v1/operators` | parts of the above |
+//! | `GET /v1/nodes`, `/v1/groups`, `/v1/operators`, `/v1/migrations` | parts of the above |
 //! | `GET /v1/shards?node=&group=&key=` | shards with range, epoch, replicas, leader, size, load |
 //! | `GET /v1/shards/{id}` | one shard |
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
@@ -124,6 +124,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/groups", get(groups))
         .route("/v1/operators", get(operators))
+        .route("/v1/migrations", get(migrations))
         .route("/v1/shards", get(shards))
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/admin", post(admin))
@@ -190,6 +191,11 @@ async fn groups(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult<Js
 async fn operators(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
     authorize(&s, &headers)?;
     Ok(Json(json!(cluster_info(&s).await?.operators)))
+}
+
+async fn migrations(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&s, &headers)?;
+    Ok(Json(json!(cluster_info(&s).await?.migrations)))
 }
 
 /// Filters of `/v1/shards`.

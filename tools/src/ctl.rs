@@ -267,6 +267,34 @@ pub fn operators_table(ops: &[Operator]) -> String {
     table(&["OPERATOR", "SHARD", "KIND", "STEP", "STATUS"], &rows)
 }
 
+/// `presage-ctl migrations`: one row per node evacuation, running first.
+pub fn migrations_table(migrations: &[presage_shardmgr::MigrationView]) -> String {
+    let rows: Vec<Vec<String>> = migrations
+        .iter()
+        .map(|v| {
+            let m = &v.migration;
+            let running: Vec<String> = v.running.iter().map(|(shard, step)| format!("{shard}:{step}")).collect();
+            vec![
+                m.id.to_string(),
+                m.node.to_string(),
+                m.target.map_or("-".into(), |t| t.to_string()),
+                format!("{:?}", m.cause).to_lowercase(),
+                format!("{:?}", m.stage).to_lowercase(),
+                prob(v.risk),
+                v.shards_left.to_string(),
+                human_bytes(m.bytes_copied),
+                format!("{}/s", human_bytes(v.rate_bytes_per_sec as u64)),
+                v.eta_secs.map_or("-".into(), |s| format!("{s:.0}s")),
+                if running.is_empty() { m.note.clone() } else { running.join(" ") },
+            ]
+        })
+        .collect();
+    table(
+        &["MIGRATION", "NODE", "TARGET", "CAUSE", "STAGE", "RISK", "SHARDS LEFT", "COPIED", "RATE", "ETA", "RUNNING"],
+        &rows,
+    )
+}
+
 fn prob(p: Option<f64>) -> String {
     match p {
         None => "-".to_string(),

@@ -166,5 +166,6 @@ pub fn command_name(request: &Request) -> &'static str {
         Request::Shards { .. } => "shards",
         Request::Admin { .. } => "admin",
         Request::Pfa { .. } => "pfa",
+        Request::ReplicaChecksum { .. } => "replica_checksum",
     }
 }

@@ -164,8 +164,14 @@ fn ctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
 }
 
+/// The package's directory as this test run was started from (`cargo test` sets it at run
+/// time; a compile-time path would point into whichever clone built the shared binary).
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 fn backblaze(file: &str) -> String {
-    format!("{}/../pfa/data/backblaze/{file}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../pfa/data/backblaze/{file}", manifest_dir())
 }
 
 const SEAGATE: &str = "seagate_ST8000NM0055_lastday_raw.csv";
@@ -276,8 +282,8 @@ fn pfa_refuses_bad_input_clearly() {
 fn pfa_prior_from_the_lanl_records_matches_the_shipped_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("prior.json");
-    let lanl = concat!(env!("CARGO_MANIFEST_DIR"), "/../pfa/data/lanl/lanl_failures_1996_2005.csv");
-    let run = ctl().args(["pfa", "prior", "--lanl", lanl, "--out", out.to_str().expect("path")]).output().expect("run");
+    let lanl = format!("{}/../pfa/data/lanl/lanl_failures_1996_2005.csv", manifest_dir());
+    let run = ctl().args(["pfa", "prior", "--lanl", &lanl, "--out", out.to_str().expect("path")]).output().expect("run");
     let text = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(text.contains("23613 failure events on 3576 nodes") && text.contains("PER NODE-DAY"), "{text}");

@@ -116,6 +116,14 @@ pub enum Request {
     },
     /// Nodes, groups, operators and counts (answered by the shard manager).
     ClusterInfo,
+    /// This node's replica's range checksum of `shard` at log index `index` (the index of a
+    /// checksum round its leader started to verify a new replica).
+    ReplicaChecksum {
+        /// The shard.
+        shard: ShardId,
+        /// The checksum round's log index.
+        index: u64,
+    },
     /// A question to the failure analysis (answered by the shard manager).
     Pfa {
         /// The question.
@@ -331,6 +339,9 @@ pub struct ClusterInfo {
     pub operators: Vec<Operator>,
     /// Counts.
     pub stats: ManagerStats,
+    /// Node evacuations (proactive migrations and reactive repairs), running first.
+    #[serde(default)]
+    pub migrations: Vec<presage_shardmgr::MigrationView>,
 }
 
 /// A node's answer.
@@ -403,6 +414,22 @@ pub enum Response {
     Pfa {
         /// The JSON document.
         json: String,
+    },
+    /// The answer to `ReplicaChecksum`: `pairs/bytes/crc32` of the replica's data.
+    Checksum {
+        /// The log index it was taken at.
+        index: u64,
+        /// The checksum.
+        checksum: String,
+    },
+    /// A `VerifyReplica` step ran: both checksums at one log index (equal: verified).
+    Verified {
+        /// The log index.
+        index: u64,
+        /// The leader's checksum.
+        leader: String,
+        /// The verified replica's checksum.
+        replica: String,
     },
     /// The request failed.
     Error(ProtoError),

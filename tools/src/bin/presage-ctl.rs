@@ -83,6 +83,24 @@ enum Command {
     },
     /// Operators, running and recently finished.
     Operators,
+    /// Move a shard's replicas to the replication group of node NODE: each is copied
+    /// (snapshot + log tail), verified by range checksum and swapped in by joint consensus.
+    Migrate {
+        /// The shard.
+        id: u64,
+        /// A node of another group.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Evacuate a node now: a healthy spare node takes its place in its group and every
+    /// replica moves there (copied, verified, swapped in); the node is then held out.
+    Evacuate {
+        /// The node.
+        node: u64,
+    },
+    /// Node evacuations (proactive, reactive, manual): stage, target, shards and bytes
+    /// left, copy rate and ETA, the steps running.
+    Migrations,
     /// Failure probability per node and per region, and the models behind it.
     Risk,
     /// Active early warnings with their evidence; `--follow` prints new ones as they come.
@@ -209,6 +227,12 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
         Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),
         Command::Drain { node } => admin(AdminCommand::Drain { node }),
+        Command::Migrate { id, to } => admin(AdminCommand::Migrate { shard: id, to }),
+        Command::Evacuate { node } => admin(AdminCommand::Evacuate { node }),
+        Command::Migrations => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
+        }
         Command::Risk => {
             let text = c.get_raw("/v1/risk")?;
             if json {

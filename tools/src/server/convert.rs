@@ -79,7 +79,12 @@ pub fn proto_error(e: Error, write: bool) -> ProtoError {
             current: current.iter().map(|d| shard_meta(d, None)).collect(),
         },
         Error::ShardNotFound { shard_id } => ProtoError::ShardNotFound { shard: shard_id },
-        Error::ProposalDropped { .. } | Error::Busy | Error::TransferRefused { .. } => ProtoError::Retry(e.to_string()),
+        Error::ProposalDropped { .. }
+        | Error::Busy
+        | Error::TransferRefused { .. }
+        | Error::SwapRefused { .. }
+        | Error::ChecksumNotReady { .. }
+        | Error::ChecksumMissed { .. } => ProtoError::Retry(e.to_string()),
         Error::OutcomeUnknown { shard_id, .. } if write => ProtoError::OutcomeUnknown { shard: shard_id },
         Error::OutcomeUnknown { .. } => ProtoError::Retry(e.to_string()),
         Error::ConditionFailed { key, current, .. } => ProtoError::ConditionFailed { key, current },

@@ -1,11 +1,12 @@
 //! Carries out an operator step on a shard this node leads. Every step first checks whether
 //! it is already done (the manager may resend it, or a new manager may resume it), so
-//! carrying one out twice does no harm.
+//! carrying one out twice does no harm. A verification answers with both checksums
+//! (`Response::Verified`); the manager records it with the operator.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use presage_client::{ProtoError, Response};
+use presage_client::{ProtoError, Request, Response};
 use presage_engine::{middle_key, Cf, Engine};
 use presage_replication::ShardStatus;
 use presage_shardmgr::{Command, Step};
@@ -13,14 +14,32 @@ use presage_shardmgr::{Command, Step};
 use super::convert::{proto_error, wire_epoch};
 use super::{lock, Inner};
 
+/// Longest a replica waits to apply a checksum round before it answers "not yet".
+pub(crate) const CHECKSUM_MAX_WAIT_MS: u64 = 5_000;
+
 pub(crate) async fn run<E: Engine>(inner: &Arc<Inner<E>>, command: Command) -> Response {
     match step(inner, &command).await {
-        Ok(()) => Response::Done,
+        Ok(answer) => answer,
         Err(e) => Response::Error(e),
     }
 }
 
-async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(), ProtoError> {
+/// This node's replica's checksum of `shard` at `index` (`Request::ReplicaChecksum`),
+/// waiting up to [`CHECKSUM_MAX_WAIT_MS`] for the replica to apply the round.
+pub(crate) async fn replica_checksum<E: Engine>(inner: &Arc<Inner<E>>, shard: u64, index: u64) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(CHECKSUM_MAX_WAIT_MS);
+    loop {
+        match inner.node.replica_checksum(shard, index).await {
+            Ok(at) => return Response::Checksum { index: at.index, checksum: at.checksum.to_string() },
+            Err(presage_replication::Error::ChecksumNotReady { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Response::Error(proto_error(e, false)),
+        }
+    }
+}
+
+async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Response, ProtoError> {
     let shard = command.shard;
     let node = &inner.node;
     let status = node.status(shard).await.map_err(|e| proto_error(e, false))?;
@@ -31,6 +50,19 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
     let desc = &status.descriptor;
     let replica = |n: u64| desc.replicas.iter().find(|r| r.node_id == n);
     let write_err = |e| proto_error(e, true);
+    // Never promote or verify a learner that has not answered yet (matched 0): with a short
+    // log the lag test alone would pass, and a voter that cannot vote can cost the group
+    // its quorum.
+    let caught_up = |n: u64| {
+        let matched = status.matched.iter().find(|(id, _)| *id == n).map_or(0, |(_, m)| *m);
+        if matched == 0 || matched + inner.cfg.learner_max_lag_entries < status.last_index {
+            return Err(ProtoError::Retry(format!(
+                "the replica on node {n} is at {matched}, the log at {}",
+                status.last_index
+            )));
+        }
+        Ok(())
+    };
     match &command.step {
         Step::AddLearner { node: n } => {
             if replica(*n).is_none() {
@@ -41,22 +73,55 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
             None => return Err(ProtoError::Invalid(format!("no replica on node {n} to promote"))),
             Some(r) if r.is_voter() => {}
             Some(_) => {
-                let matched = status.matched.iter().find(|(id, _)| id == n).map_or(0, |(_, m)| *m);
-                // Never promote a learner that has not answered yet (matched 0): with a short
-                // log the lag test alone would pass, and a voter that cannot vote can cost
-                // the group its quorum.
-                if matched == 0 || matched + inner.cfg.learner_max_lag_entries < status.last_index {
-                    return Err(ProtoError::Retry(format!(
-                        "learner on node {n} is at {matched}, the log at {}",
-                        status.last_index
-                    )));
-                }
+                caught_up(*n)?;
                 node.promote_learner(shard, *n).await.map_err(write_err)?;
             }
         },
+        Step::VerifyReplica { node: n } => {
+            if replica(*n).is_none() {
+                return Err(ProtoError::Invalid(format!("no replica on node {n} to verify")));
+            }
+            if *n == inner.me.id {
+                return Err(ProtoError::Invalid("the leader's replica is what others are verified against".into()));
+            }
+            caught_up(*n)?;
+            let ours = node.compute_checksum(shard, desc.epoch()).await.map_err(write_err)?;
+            let request = Request::ReplicaChecksum { shard, index: ours.index };
+            let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms + CHECKSUM_MAX_WAIT_MS);
+            return match inner.call_within(*n, request, timeout).await {
+                Ok(Response::Checksum { index, checksum }) if index == ours.index => {
+                    Ok(Response::Verified { index, leader: ours.checksum.to_string(), replica: checksum })
+                }
+                Ok(Response::Error(e)) => Err(ProtoError::Retry(format!("node {n}: {e}"))),
+                Ok(other) => Err(ProtoError::Internal(format!("node {n} answered a checksum with {other:?}"))),
+                Err(e) => Err(ProtoError::Retry(format!("node {n}: {e}"))),
+            };
+        }
+        Step::SwapReplica { promote, demote } => {
+            let (p, d) = (replica(*promote), replica(*demote));
+            match (p, d) {
+                (None, _) => return Err(ProtoError::Invalid(format!("no replica on node {promote} to promote"))),
+                (Some(p), d) if p.is_voter() && d.is_none_or(|d| !d.is_voter()) => {} // done
+                (Some(p), Some(d)) if !p.is_voter() && d.is_voter() => {
+                    if *demote == inner.me.id {
+                        hand_over(inner, &status).await?;
+                        return Err(ProtoError::Retry(
+                            "handing the leadership away before demoting this replica".into(),
+                        ));
+                    }
+                    caught_up(*promote)?;
+                    node.swap_replicas(shard, *promote, *demote).await.map_err(write_err)?;
+                }
+                _ => {
+                    return Err(ProtoError::Invalid(format!(
+                        "shard {shard}: node {promote} is not a learner or node {demote} not a voter"
+                    )))
+                }
+            }
+        }
         Step::RemoveReplica { node: n } => {
             if replica(*n).is_none() {
-                return Ok(());
+                return Ok(Response::Done);
             }
             if *n == inner.me.id {
                 hand_over(inner, &status).await?;
@@ -103,7 +168,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(Response::Done)
 }
 
 /// Hands this replica's leadership to the most caught-up other voter.

@@ -14,7 +14,7 @@ use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Engine, KeyRange};
 use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
 use presage_shardmgr::meta::{PersistedState, META_PREFIX};
-use presage_shardmgr::{Manager, MetaWrite, NodeState, META_SHARD_ID};
+use presage_shardmgr::{Manager, MetaWrite, NodeState, Step, Verification, META_SHARD_ID};
 
 use super::{lock, pfa_store, Inner};
 
@@ -64,7 +64,9 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         let order = inner.meta_writes.lock().await;
         let now = inner.clock.now_ms();
+        let (risks, region_risks, rtt_ms) = lock(&inner.pfa).migration_inputs();
         let Some((effects, down, removed)) = lock(&inner.manager).as_mut().map(|m| {
+            m.set_risks(risks, region_risks, rtt_ms);
             let of = |s: NodeState| m.nodes().filter(|n| n.state == s).map(|n| n.id).collect::<BTreeSet<u64>>();
             let (down, removed) = (of(NodeState::Down), of(NodeState::Removed));
             (m.tick(now), down, removed)
@@ -95,6 +97,17 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         for op in effects.finished {
             tracing::info!(operator = op.id, shard = op.shard, kind = ?op.kind, status = ?op.status, "operator finished");
         }
+        for mig in effects.migrations {
+            tracing::info!(
+                migration = mig.id,
+                node = mig.node,
+                target = ?mig.target,
+                cause = ?mig.cause,
+                stage = ?mig.stage,
+                risk = ?mig.risk_at_start,
+                "migration"
+            );
+        }
         for command in effects.commands {
             let Ok(permit) = Arc::clone(&commands).try_acquire_owned() else {
                 tracing::debug!("too many operator steps in flight; the manager resends later");
@@ -106,8 +119,23 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 let (operator, shard) = (command.operator, command.shard);
                 // A merge step waits up to the confirm timeout, then may roll back.
                 let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms + 2 * inner.cfg.merge_confirm_timeout_ms);
+                let verify = match &command.step {
+                    Step::VerifyReplica { node } => Some((*node, command.epoch.conf_ver)),
+                    _ => None,
+                };
                 match inner.call_within(to, Request::Execute { command }, timeout).await {
                     Ok(Response::Done) => {}
+                    Ok(Response::Verified { index, leader, replica }) => {
+                        let Some((node, conf_ver)) = verify else { return };
+                        if leader != replica {
+                            tracing::warn!(operator, shard, node, index, %leader, %replica, "replica differs from its leader");
+                        }
+                        let at_ms = inner.clock.now_ms();
+                        let v = Verification { node, conf_ver, index, leader, replica, at_ms };
+                        if let Some(m) = lock(&inner.manager).as_mut() {
+                            m.record_verification(operator, v);
+                        }
+                    }
                     Ok(Response::Error(ProtoError::NotLeader { leader: Some(l), .. })) => {
                         if let Some(m) = lock(&inner.manager).as_mut() {
                             m.note_leader(shard, l);

@@ -395,6 +395,7 @@ impl<E: Engine> Inner<E> {
             | Request::Shards { .. }
             | Request::Admin { .. } => self.manager_request(request, may_forward).await,
             Request::Execute { command } => execute::run(self, command).await,
+            Request::ReplicaChecksum { shard, index } => execute::replica_checksum(self, shard, index).await,
             Request::Forwarded { .. } => {
                 Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into()))
             }
@@ -705,6 +706,7 @@ impl<E: Engine> Inner<E> {
                     groups: m.groups().cloned().collect(),
                     operators: m.operators().cloned().collect(),
                     stats: m.stats(),
+                    migrations: m.migrations(now),
                 }))
             }
             _ => Response::Error(ProtoError::Invalid("not a shard manager request".into())),

@@ -436,6 +436,27 @@ impl PfaState {
         self.risks.remove(&node);
     }
 
+    /// What proactive migration needs from the failure analysis: each node's combined
+    /// probability of failing within the horizon (nodes without one are left out), each
+    /// region's, and each node's latest round trip to its fastest peer (ms).
+    pub fn migration_inputs(&self) -> (BTreeMap<NodeId, f64>, BTreeMap<String, f64>, BTreeMap<NodeId, f64>) {
+        let nodes: BTreeMap<NodeId, f64> =
+            self.risks.iter().filter_map(|(id, r)| Some((*id, r.probability?.clamp(0.0, 1.0)))).collect();
+        let all: Vec<NodeRisk> = self.risks.values().cloned().collect();
+        let regions =
+            risk::regions(&all).into_iter().filter_map(|r| Some((r.region, r.probability?.clamp(0.0, 1.0)))).collect();
+        let rtt = self
+            .aggregator
+            .nodes()
+            .into_iter()
+            .filter_map(|(id, _)| {
+                let last = self.aggregator.samples(id).last()?;
+                Some((id, *last.values.get(&Signal::PeerRttMinMs)?))
+            })
+            .collect();
+        (nodes, regions, rtt)
+    }
+
     /// The risk report.
     pub fn risk(&self) -> RiskReport {
         let nodes: Vec<NodeRisk> = self.risks.values().cloned().collect();

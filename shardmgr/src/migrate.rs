@@ -1,0 +1,473 @@
+//! Proactive migration (design.md §6): moving a node's replicas off it before it fails.
+//!
+//! A [`Migration`] is one node's evacuation, recorded in the meta shard and driven by the
+//! failure model's risk for that node, with two thresholds and hysteresis so that a brief
+//! spike never causes churn (`[shard-manager]` `risk-warn`, `risk-act`, `risk-clear`,
+//! `migration-clear-after-ms`):
+//!
+//! 1. **Preparing** (risk >= warn): the node's leaderships move to its group's other voters a
+//!    few per round (`migration-leader-moves-per-round`); a healthy target node is chosen
+//!    ([`Manager::choose_target`]) and learner copies of the group's shards are filled on it,
+//!    hottest first, and verified (range checksum at one log index), at most
+//!    `max-copies-per-node` at once. The copies are the replication layer's snapshots
+//!    (zstd-compressed, crc32-checked chunks under the node's snapshot bandwidth budget) and
+//!    then the Raft log tail, which keeps them current. Learners do not vote.
+//! 2. **Cutting over** (risk >= act, or the node is already down: reactive repair): the
+//!    target replaces the node in its replication group; the repair policy then swaps each
+//!    shard's copy in and the node's replica out in one joint-consensus change, after
+//!    verifying the copy again, and removes the old replica. A failed verification or a
+//!    timeout rolls a shard back (the original replica keeps serving) and repair tries again.
+//! 3. **Evacuated**: no replica is left on the node; it is held out of groups and leaderships
+//!    until its risk has stayed below `clear` for the clear delay (then **Released**: a spare
+//!    again). A manual evacuation is never released automatically.
+//! 4. **Stood down** (while preparing, risk below clear for the clear delay): the prepared
+//!    learners are no longer anyone's target, so repair removes them; voters never moved.
+//!
+//! Every step is an operator (idempotent, judged from reported state, resumable after a
+//! manager fail-over); the migration record itself changes only on stage transitions.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manager::Manager;
+use crate::model::{GroupId, NodeId, NodeState, ShardId};
+use crate::operator::{OperatorKind, Step};
+
+/// Why a node is being evacuated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationCause {
+    /// The failure model's risk for the node passed `risk-warn` (proactive).
+    Risk,
+    /// The node went down before (or without) a warning (reactive repair).
+    Failed,
+    /// An operator asked for it (`presage-ctl evacuate`).
+    Manual,
+}
+
+/// Where a migration is (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationStage {
+    /// Leaderships moving away, learner copies filling on the target.
+    Preparing,
+    /// The target replaced the node in its group; replicas are being swapped.
+    CuttingOver,
+    /// No replica left on the node; it is held out of groups.
+    Evacuated,
+    /// Finished: the risk fell back before any cut-over; the copies are dropped.
+    StoodDown,
+    /// Finished: the evacuated node is healthy again and may take replicas.
+    Released,
+}
+
+impl MigrationStage {
+    /// True once the migration will do nothing more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, MigrationStage::StoodDown | MigrationStage::Released)
+    }
+}
+
+/// One node's evacuation (persisted in the meta shard).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Its id (from the cluster's id allocator).
+    pub id: u64,
+    /// The node being evacuated.
+    pub node: NodeId,
+    /// The group it is evacuated from.
+    pub group: GroupId,
+    /// The healthy node that takes its place (`None` while there is no eligible one).
+    pub target: Option<NodeId>,
+    /// Why.
+    pub cause: MigrationCause,
+    /// Where it is.
+    pub stage: MigrationStage,
+    /// The node's risk when the migration started (`None`: unknown, e.g. a failed node).
+    pub risk_at_start: Option<f64>,
+    /// When it started (ms, manager clock).
+    pub started_ms: u64,
+    /// When the current stage began.
+    pub stage_since_ms: u64,
+    /// Since when the node's risk is below `risk-clear` (stand-down and release timer).
+    pub below_clear_since_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// Bytes of verified copies made on the target (by the shards' reported sizes).
+    pub bytes_copied: u64,
+    /// Shards whose copy on the target verified.
+    pub shards_copied: u64,
+    /// Why it waits, if it does (e.g. no eligible target).
+    pub note: String,
+}
+
+impl Migration {
+    /// True while the node is held: it gets no leaderships, no new replicas and no group.
+    pub fn holds_node(&self) -> bool {
+        !self.stage.is_finished()
+    }
+}
+
+/// A migration as `presage-ctl migrations` shows it: the record plus progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationView {
+    /// The record.
+    #[serde(flatten)]
+    pub migration: Migration,
+    /// The node's current risk (`None`: unknown).
+    pub risk: Option<f64>,
+    /// Shards still to copy (preparing) or to move (cutting over).
+    pub shards_left: usize,
+    /// Their bytes, by the shards' reported sizes.
+    pub bytes_left: u64,
+    /// Bytes copied per second since the migration started.
+    pub rate_bytes_per_sec: f64,
+    /// Seconds left at that rate (`None`: nothing copied yet, or nothing left).
+    pub eta_secs: Option<f64>,
+    /// Its running operators: (shard, the step each is at).
+    pub running: Vec<(ShardId, String)>,
+}
+
+impl Manager {
+    /// The migration holding `node`, if any.
+    pub fn migration_of(&self, node: NodeId) -> Option<&Migration> {
+        self.migrations.values().find(|m| m.node == node && m.holds_node())
+    }
+
+    /// True while `node` is being evacuated (or was, and is still held).
+    pub(crate) fn is_held(&self, node: NodeId) -> bool {
+        self.migration_of(node).is_some()
+    }
+
+    /// Targets of the running migrations.
+    fn taken_targets(&self) -> BTreeSet<NodeId> {
+        self.migrations.values().filter(|m| m.holds_node()).filter_map(|m| m.target).collect()
+    }
+
+    /// Is `node` a prepared-copy target of a migration from `group` (its learners there are
+    /// not repaired away)?
+    pub(crate) fn is_prepare_target(&self, group: GroupId, node: NodeId) -> bool {
+        self.migrations
+            .values()
+            .any(|m| m.group == group && m.stage == MigrationStage::Preparing && m.target == Some(node))
+    }
+
+    /// The healthy node to take `node`'s place in `group` (design.md §6): `Up`, in no group,
+    /// not held or targeted by another migration, its risk below `risk-clear` (or unknown)
+    /// and its region's below `risk-warn`, in a region where no other member of the group
+    /// is (any region if the cluster has fewer than the replication factor). Ranked by risk
+    /// (known low first), free capacity, load (replicas held), then round trip.
+    pub fn choose_target(&self, node: NodeId, group: GroupId) -> Option<NodeId> {
+        let th = self.cfg.thresholds();
+        let members: Vec<NodeId> = self
+            .groups
+            .get(&group)
+            .map(|g| g.nodes.iter().copied().filter(|n| *n != node).collect())
+            .unwrap_or_default();
+        let taken_regions: BTreeSet<&str> =
+            members.iter().filter_map(|n| self.nodes.get(n)).map(|n| n.region.as_str()).collect();
+        let regions_total: BTreeSet<&str> =
+            self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
+        let strict_regions = regions_total.len() >= self.cluster.replication_factor;
+        let taken = self.taken_targets();
+        let candidates = self.nodes.values().filter(|n| {
+            n.id != node
+                && n.state == NodeState::Up
+                && n.group.is_none()
+                && !taken.contains(&n.id)
+                && !self.is_held(n.id)
+                && self.risks.get(&n.id).is_none_or(|r| *r < th.clear)
+                && self.region_risks.get(&n.region).is_none_or(|r| *r < th.warn)
+                && (!strict_regions || !taken_regions.contains(n.region.as_str()))
+        });
+        candidates
+            .min_by(|a, b| {
+                let risk = |id: NodeId| self.risks.get(&id).copied().unwrap_or(th.clear);
+                let free = |id: NodeId, cap: u64| {
+                    self.node_stats
+                        .get(&id)
+                        .map_or(cap, |s| if s.available_bytes > 0 { s.available_bytes } else { cap })
+                };
+                let load = |id: NodeId| self.node_stats.get(&id).map_or(0, |s| s.replicas);
+                let rtt = |id: NodeId| self.rtt_ms.get(&id).copied().unwrap_or(f64::MAX);
+                risk(a.id)
+                    .total_cmp(&risk(b.id))
+                    .then(free(b.id, b.capacity_bytes).cmp(&free(a.id, a.capacity_bytes)))
+                    .then(load(a.id).cmp(&load(b.id)))
+                    .then(rtt(a.id).total_cmp(&rtt(b.id)))
+                    .then(a.id.cmp(&b.id))
+            })
+            .map(|n| n.id)
+    }
+
+    /// Starts, advances and finishes migrations (module docs); called every round before
+    /// group formation and the policies.
+    pub(crate) fn update_migrations(&mut self, now_ms: u64) {
+        let th = self.cfg.thresholds();
+        // New migrations: grouped nodes that went down, or whose risk reached `warn`.
+        let starts: Vec<(NodeId, GroupId, MigrationCause)> = self
+            .nodes
+            .values()
+            .filter(|n| !self.is_held(n.id))
+            .filter_map(|n| {
+                let group = n.group?;
+                let risk = self.risks.get(&n.id).copied();
+                match n.state {
+                    NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
+                    NodeState::Up | NodeState::Suspect if risk.is_some_and(|r| r >= th.warn) => {
+                        Some((n.id, group, MigrationCause::Risk))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        for (node, group, cause) in starts {
+            let stage =
+                if cause == MigrationCause::Risk { MigrationStage::Preparing } else { MigrationStage::CuttingOver };
+            self.start_migration(node, group, cause, stage, now_ms);
+        }
+        let active: Vec<u64> = self.migrations.values().filter(|m| m.holds_node()).map(|m| m.id).collect();
+        for id in active {
+            self.advance_migration(id, now_ms);
+        }
+        self.prune_finished_migrations();
+    }
+
+    /// Records a new migration of `node` (the caller checked it is not held).
+    pub(crate) fn start_migration(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        cause: MigrationCause,
+        stage: MigrationStage,
+        now_ms: u64,
+    ) -> u64 {
+        let id = self.alloc_id();
+        let risk = self.risks.get(&node).copied();
+        let mut m = Migration {
+            id,
+            node,
+            group,
+            target: None,
+            cause,
+            stage,
+            risk_at_start: risk,
+            started_ms: now_ms,
+            stage_since_ms: now_ms,
+            below_clear_since_ms: None,
+            finished_ms: None,
+            bytes_copied: 0,
+            shards_copied: 0,
+            note: String::new(),
+        };
+        m.target = self.choose_target(node, group);
+        self.migration_events.push(m.clone());
+        self.migrations.insert(id, m);
+        self.persist_migration(id);
+        id
+    }
+
+    fn advance_migration(&mut self, id: u64, now_ms: u64) {
+        let th = self.cfg.thresholds();
+        let Some(m) = self.migrations.get(&id).cloned() else { return };
+        let mut next = m.clone();
+        let state = self.nodes.get(&m.node).map(|n| n.state);
+        let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
+        let risk = self.risks.get(&m.node).copied();
+        // The stand-down / release timer: risk known and below clear, continuously.
+        next.below_clear_since_ms = match risk {
+            Some(r) if r < th.clear && !down => Some(m.below_clear_since_ms.unwrap_or(now_ms)),
+            _ => None,
+        };
+        let cleared =
+            next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.cfg.migration_clear_after_ms);
+        // A target that fell ill, died or was taken into a group is given up while it
+        // holds nothing of the group (cutting over, it is a group member and stays).
+        if next.stage == MigrationStage::Preparing {
+            if let Some(t) = next.target {
+                let ok = self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
+                    && self.risks.get(&t).is_none_or(|r| *r < th.warn);
+                if !ok {
+                    next.target = None;
+                }
+            }
+        }
+        if next.target.is_none() && matches!(next.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
+            // Not counting this migration's own (lost) target as taken.
+            self.migrations.insert(id, next.clone());
+            next.target = self.choose_target(m.node, m.group);
+        }
+        match next.stage {
+            MigrationStage::Preparing => {
+                if down || risk.is_some_and(|r| r >= th.act) {
+                    if next.target.is_some() || down {
+                        next.stage = MigrationStage::CuttingOver;
+                    }
+                } else if cleared {
+                    next.stage = MigrationStage::StoodDown;
+                }
+            }
+            MigrationStage::CuttingOver => {}
+            MigrationStage::Evacuated => {
+                if cleared && next.cause != MigrationCause::Manual {
+                    next.stage = MigrationStage::Released;
+                }
+            }
+            MigrationStage::StoodDown | MigrationStage::Released => {}
+        }
+        let in_group = self.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
+        if next.stage == MigrationStage::CuttingOver && in_group && next.target.is_none() {
+            // Nothing moved yet (no target was ever found): a failed node that came back, or
+            // a risk that cleared, ends the migration.
+            if m.cause == MigrationCause::Failed && state == Some(NodeState::Up) {
+                next.stage = MigrationStage::Released;
+            } else if m.cause == MigrationCause::Risk && cleared {
+                next.stage = MigrationStage::StoodDown;
+            }
+        }
+        if next.stage == MigrationStage::CuttingOver {
+            if let Some(t) = next.target {
+                self.replace_member(m.group, m.node, t);
+            }
+            let left = self.directory.iter().any(|s| s.replica(m.node).is_some());
+            let in_group = self.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
+            if !left && !in_group {
+                next.stage = MigrationStage::Evacuated;
+            }
+        }
+        next.note = match (next.stage, next.target) {
+            (MigrationStage::Preparing | MigrationStage::CuttingOver, None) => {
+                "no eligible target: an Up node in no group, at low risk, in a region the group lacks".into()
+            }
+            _ => String::new(),
+        };
+        if next.stage != m.stage {
+            next.stage_since_ms = now_ms;
+            if next.stage.is_finished() {
+                next.finished_ms = Some(now_ms);
+            }
+            self.migration_events.push(next.clone());
+        }
+        let changed = next != m;
+        self.migrations.insert(id, next);
+        // The timer alone is soft: persisting it every round would cost a meta write per
+        // round; a new manager restarts it (it only delays a stand-down).
+        if changed && !only_timer_changed(&m, &self.migrations[&id]) {
+            self.persist_migration(id);
+        }
+    }
+
+    /// Puts `target` in `node`'s place in `group` (persisted); the repair policy then moves
+    /// every shard of the group.
+    fn replace_member(&mut self, group: GroupId, node: NodeId, target: NodeId) {
+        let Some(g) = self.groups.get_mut(&group) else { return };
+        let Some(pos) = g.nodes.iter().position(|n| *n == node) else { return };
+        if g.nodes.contains(&target) {
+            return;
+        }
+        g.nodes[pos] = target;
+        let rec = g.clone();
+        self.pending.push(crate::meta::put(crate::meta::group_key(group), &rec));
+        for (id, grp) in [(node, None), (target, Some(group))] {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.group = grp;
+                let rec = n.clone();
+                self.pending.push(crate::meta::put(crate::meta::node_key(id), &rec));
+            }
+        }
+    }
+
+    pub(crate) fn persist_migration(&mut self, id: u64) {
+        if let Some(m) = self.migrations.get(&id) {
+            self.pending.push(crate::meta::put(crate::meta::migration_key(id), m));
+        }
+    }
+
+    fn prune_finished_migrations(&mut self) {
+        let finished: Vec<u64> = self.migrations.values().filter(|m| !m.holds_node()).map(|m| m.id).collect();
+        let excess = finished.len().saturating_sub(self.cfg.max_finished_migrations);
+        for id in finished.into_iter().take(excess) {
+            self.migrations.remove(&id);
+            self.pending.push(crate::meta::MetaWrite { key: crate::meta::migration_key(id), value: None });
+        }
+    }
+
+    /// Counts a verified copy toward the migration whose target received it.
+    pub(crate) fn note_copy_verified(&mut self, shard: ShardId, node: NodeId) {
+        let Some(group) = self.placement.get(&shard).map(|p| p.group) else { return };
+        let size = self.soft.get(&shard).map_or(0, |s| s.size_bytes);
+        let Some(id) = self
+            .migrations
+            .values()
+            .find(|m| m.holds_node() && m.group == group && m.target == Some(node))
+            .map(|m| m.id)
+        else {
+            // Cutting over, the target is a member of the group and the record names it too.
+            return;
+        };
+        if let Some(m) = self.migrations.get_mut(&id) {
+            m.bytes_copied += size;
+            m.shards_copied += 1;
+        }
+        self.persist_migration(id);
+    }
+
+    /// Every migration with its progress, newest first.
+    pub fn migrations(&self, now_ms: u64) -> Vec<MigrationView> {
+        let mut out: Vec<MigrationView> = self.migrations.values().rev().map(|m| self.view(m, now_ms)).collect();
+        out.sort_by_key(|v| (v.migration.stage.is_finished(), std::cmp::Reverse(v.migration.id)));
+        out
+    }
+
+    fn view(&self, m: &Migration, now_ms: u64) -> MigrationView {
+        let mut shards_left = 0;
+        let mut bytes_left = 0;
+        if m.holds_node() {
+            for s in self.directory.iter() {
+                if s.replica(m.node).is_none() {
+                    continue;
+                }
+                let copied = m.target.is_some_and(|t| {
+                    m.stage == MigrationStage::Preparing && s.replica(t).is_some() && !self.busy.contains_key(&s.id)
+                });
+                if !copied {
+                    shards_left += 1;
+                    bytes_left += self.soft.get(&s.id).map_or(0, |x| x.size_bytes);
+                }
+            }
+        }
+        let elapsed_secs = now_ms.saturating_sub(m.started_ms) as f64 / 1000.0;
+        let rate = if elapsed_secs > 0.0 { m.bytes_copied as f64 / elapsed_secs } else { 0.0 };
+        let eta_secs = (rate > 0.0 && bytes_left > 0).then(|| bytes_left as f64 / rate);
+        let running = self
+            .operators
+            .values()
+            .filter(|op| !op.status.is_finished())
+            .filter(|op| match &op.kind {
+                OperatorKind::ShiftLeader { from } => *from == m.node,
+                OperatorKind::PrepareCopy { from, .. } => *from == m.node,
+                OperatorKind::MoveReplica { from, to } => {
+                    *from == Some(m.node) || (m.target.is_some() && *to == m.target)
+                }
+                _ => false,
+            })
+            .map(|op| (op.shard, op.current_step().map_or("done", Step::name).to_string()))
+            .collect();
+        MigrationView {
+            migration: m.clone(),
+            risk: self.risks.get(&m.node).copied(),
+            shards_left,
+            bytes_left,
+            rate_bytes_per_sec: rate,
+            eta_secs,
+            running,
+        }
+    }
+}
+
+fn only_timer_changed(a: &Migration, b: &Migration) -> bool {
+    let mut a = a.clone();
+    a.below_clear_since_ms = b.below_clear_since_ms;
+    a == *b
+}
