@@ -36,7 +36,7 @@ const SWEEP_EVERY_TICKS: u64 = 10;
 const SWEEP_PAGE_KEYS: usize = 256;
 /// How long a replica keeps the engine snapshot pinned for a range checksum, in seconds
 /// (on RocksDB a held snapshot keeps every version it sees from being compacted away).
-pub const CHECKSUM_PIN_MAX_AGE_SECS: u64 = 600;
+pub const CHECKSUM_PIN_MAX_AGE_SECS: u64 = 60;
 
 /// A replica's data as of a log index, pinned for a range checksum (see
 /// [`Store::checksum_pin`]). Cheap to clone; the scan belongs off the node's task.

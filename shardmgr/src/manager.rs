@@ -270,12 +270,16 @@ impl Manager {
     pub fn record_verification(&mut self, operator: u64, v: Verification) {
         let Some(op) = self.operators.get_mut(&operator) else { return };
         let (shard, node, ok) = (op.shard, v.node, v.matches());
+        // A copy counts once: the operator made it (it added the learner) and this is its
+        // first matching verification.
+        let copied = op.steps.contains(&Step::AddLearner { node })
+            && !op.verifications.iter().any(|x| x.node == node && x.matches());
         if !op.record_verification(v) {
             return;
         }
         let rec = op.clone();
         self.pending.push(meta::put(meta::operator_key(operator), &rec));
-        if ok {
+        if ok && copied {
             self.note_copy_verified(shard, node);
         }
     }
@@ -609,7 +613,11 @@ impl Manager {
     fn pick_ungrouped(&self, members: &[NodeId], regions_total: usize, rf: usize) -> Option<NodeId> {
         let regions: Vec<&str> = members.iter().filter_map(|m| self.nodes.get(m)).map(|n| n.region.as_str()).collect();
         let free = self.nodes.values().filter(|n| {
-            n.group.is_none() && n.state == NodeState::Up && !members.contains(&n.id) && !self.is_held(n.id)
+            n.group.is_none()
+                && n.state == NodeState::Up
+                && !members.contains(&n.id)
+                && !self.is_held(n.id)
+                && !self.is_migration_target(n.id)
         });
         let mut fallback = None;
         for n in free {

@@ -140,6 +140,11 @@ impl Manager {
         self.migration_of(node).is_some()
     }
 
+    /// Is `node` the target of a running migration (kept out of group formation)?
+    pub(crate) fn is_migration_target(&self, node: NodeId) -> bool {
+        self.migrations.values().any(|m| m.holds_node() && m.target == Some(node))
+    }
+
     /// Targets of the running migrations.
     fn taken_targets(&self) -> BTreeSet<NodeId> {
         self.migrations.values().filter(|m| m.holds_node()).filter_map(|m| m.target).collect()
@@ -165,8 +170,20 @@ impl Manager {
             .get(&group)
             .map(|g| g.nodes.iter().copied().filter(|n| *n != node).collect())
             .unwrap_or_default();
-        let taken_regions: BTreeSet<&str> =
-            members.iter().filter_map(|n| self.nodes.get(n)).map(|n| n.region.as_str()).collect();
+        // The regions of the other members, and of the nodes other migrations from this
+        // group will bring in.
+        let incoming = self
+            .migrations
+            .values()
+            .filter(|m| m.holds_node() && m.group == group && m.node != node)
+            .filter_map(|m| m.target);
+        let taken_regions: BTreeSet<&str> = members
+            .iter()
+            .copied()
+            .chain(incoming)
+            .filter_map(|n| self.nodes.get(&n))
+            .map(|n| n.region.as_str())
+            .collect();
         let regions_total: BTreeSet<&str> =
             self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
         let strict_regions = regions_total.len() >= self.cluster.replication_factor;
@@ -275,11 +292,14 @@ impl Manager {
         let state = self.nodes.get(&m.node).map(|n| n.state);
         let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
         let risk = self.risks.get(&m.node).copied();
-        // The stand-down / release timer: risk known and below clear, continuously.
-        next.below_clear_since_ms = match risk {
-            Some(r) if r < th.clear && !down => Some(m.below_clear_since_ms.unwrap_or(now_ms)),
-            _ => None,
+        // The stand-down / release timer: risk below clear, continuously. An unknown risk
+        // (no model) counts as clear only for a node that failed and came back: a warning
+        // needs a known risk to end.
+        let clear = match risk {
+            Some(r) => r < th.clear,
+            None => m.cause == MigrationCause::Failed && state == Some(NodeState::Up),
         };
+        next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
         let cleared =
             next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.cfg.migration_clear_after_ms);
         // A target that fell ill, died or was taken into a group is given up while it
@@ -393,7 +413,8 @@ impl Manager {
         }
     }
 
-    /// Counts a verified copy toward the migration whose target received it.
+    /// Counts a copy made and verified (once per operator) toward the migration whose
+    /// target received it.
     pub(crate) fn note_copy_verified(&mut self, shard: ShardId, node: NodeId) {
         let Some(group) = self.placement.get(&shard).map(|p| p.group) else { return };
         let size = self.soft.get(&shard).map_or(0, |s| s.size_bytes);
@@ -403,7 +424,6 @@ impl Manager {
             .find(|m| m.holds_node() && m.group == group && m.target == Some(node))
             .map(|m| m.id)
         else {
-            // Cutting over, the target is a member of the group and the record names it too.
             return;
         };
         if let Some(m) = self.migrations.get_mut(&id) {
@@ -437,7 +457,7 @@ impl Manager {
                 }
             }
         }
-        let elapsed_secs = now_ms.saturating_sub(m.started_ms) as f64 / 1000.0;
+        let elapsed_secs = m.finished_ms.unwrap_or(now_ms).saturating_sub(m.started_ms) as f64 / 1000.0;
         let rate = if elapsed_secs > 0.0 { m.bytes_copied as f64 / elapsed_secs } else { 0.0 };
         let eta_secs = (rate > 0.0 && bytes_left > 0).then(|| bytes_left as f64 / rate);
         let running = self

@@ -76,7 +76,12 @@ fn copies_in_flight(m: &Manager) -> BTreeMap<NodeId, usize> {
     for op in m.operators.values().filter(|op| !op.status.is_finished()) {
         let (from, to) = match op.kind {
             OperatorKind::PrepareCopy { from, to } => (Some(from), Some(to)),
-            OperatorKind::MoveReplica { from, to } if op.steps.iter().any(|s| matches!(s, Step::AddLearner { .. })) => {
+            // Copying, verifying (a full scan on both ends) or swapping.
+            OperatorKind::MoveReplica { from, to }
+                if op.steps.iter().any(|s| {
+                    matches!(s, Step::AddLearner { .. } | Step::VerifyReplica { .. } | Step::SwapReplica { .. })
+                }) =>
+            {
                 (from, to)
             }
             _ => continue,
@@ -245,7 +250,7 @@ fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copi
             let same = extra.iter().filter(voter).find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
             same.or(extra.iter().find(voter)).copied()
         };
-        let (steps, rollback, from, to) = if let Some(l) = learner {
+        let (steps, rollback, from, to) = if let Some(l) = learner.filter(|l| node_up(m, l.node) || m.is_held(l.node)) {
             // Filled already (a prepared copy, or an interrupted repair): verify, then swap.
             let to = l.node;
             let from = replaced(to);
@@ -262,7 +267,10 @@ fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copi
             let (steps, rollback) = swap_in(from, to, true);
             (steps, rollback, from, Some(to))
         } else if let Some(&from) = extra.first() {
-            if s.voters().len() <= 1 && s.replica(from).is_some_and(|r| r.role == Role::Voter) {
+            let voter = s.replica(from).is_some_and(|r| r.role == Role::Voter);
+            // Never below the group's replicas: an extra voter goes only once every member
+            // holds one (a member being evacuated or down may lack it).
+            if voter && (s.voters().len() <= 1 || group.nodes.iter().any(|n| s.replica(*n).is_none())) {
                 continue;
             }
             (vec![Step::RemoveReplica { node: from }], vec![], Some(from), None)
@@ -507,7 +515,8 @@ fn group_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
         .groups
         .values()
         .filter(|g| {
-            g.nodes.len() == rf && g.nodes.iter().all(|n| m.nodes.get(n).is_some_and(|x| x.state == NodeState::Up))
+            g.nodes.len() == rf
+                && g.nodes.iter().all(|n| m.nodes.get(n).is_some_and(|x| x.state == NodeState::Up) && !m.is_held(*n))
         })
         .map(|g| (g.id, GroupLoad::default()))
         .collect();

@@ -283,7 +283,8 @@ fn pfa_prior_from_the_lanl_records_matches_the_shipped_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("prior.json");
     let lanl = format!("{}/../pfa/data/lanl/lanl_failures_1996_2005.csv", manifest_dir());
-    let run = ctl().args(["pfa", "prior", "--lanl", &lanl, "--out", out.to_str().expect("path")]).output().expect("run");
+    let run =
+        ctl().args(["pfa", "prior", "--lanl", &lanl, "--out", out.to_str().expect("path")]).output().expect("run");
     let text = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(text.contains("23613 failure events on 3576 nodes") && text.contains("PER NODE-DAY"), "{text}");

@@ -27,6 +27,10 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(inner.cfg.schedule_interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let commands = Arc::new(tokio::sync::Semaphore::new(inner.cfg.max_commands_in_flight));
+    // Operators with a step on its way: a step is not sent again before its answer came (a
+    // verification resent while the last one still scans would only replace its own
+    // checksum round on the replicas).
+    let sending: Arc<std::sync::Mutex<BTreeSet<u64>>> = Arc::default();
     loop {
         ticker.tick().await;
         let status = match inner.node.status(META_SHARD_ID).await {
@@ -109,14 +113,21 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             );
         }
         for command in effects.commands {
+            if lock(&sending).contains(&command.operator) {
+                continue;
+            }
             let Ok(permit) = Arc::clone(&commands).try_acquire_owned() else {
                 tracing::debug!("too many operator steps in flight; the manager resends later");
                 break;
             };
+            lock(&sending).insert(command.operator);
             let inner = Arc::clone(&inner);
+            let sending = Arc::clone(&sending);
             tokio::spawn(async move {
+                let operator = command.operator;
+                let _done = Sent { sending, operator };
                 let to = command.leader;
-                let (operator, shard) = (command.operator, command.shard);
+                let shard = command.shard;
                 // A merge step waits up to the confirm timeout, then may roll back.
                 let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms + 2 * inner.cfg.merge_confirm_timeout_ms);
                 let verify = match &command.step {
@@ -243,4 +254,16 @@ pub(crate) async fn persist<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>)
         }
     }
     Ok(())
+}
+
+/// Takes an operator off the in-flight set when its step's answer came (or the task ended).
+struct Sent {
+    sending: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    operator: u64,
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        lock(&self.sending).remove(&self.operator);
+    }
 }

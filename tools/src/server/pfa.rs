@@ -441,17 +441,17 @@ impl PfaState {
     /// region's, and each node's latest round trip to its fastest peer (ms).
     pub fn migration_inputs(&self) -> (BTreeMap<NodeId, f64>, BTreeMap<String, f64>, BTreeMap<NodeId, f64>) {
         let nodes: BTreeMap<NodeId, f64> =
-            self.risks.iter().filter_map(|(id, r)| Some((*id, r.probability?.clamp(0.0, 1.0)))).collect();
+            self.risks.iter().filter_map(|(id, r)| Some((*id, finite(r.probability?)?))).collect();
         let all: Vec<NodeRisk> = self.risks.values().cloned().collect();
         let regions =
-            risk::regions(&all).into_iter().filter_map(|r| Some((r.region, r.probability?.clamp(0.0, 1.0)))).collect();
+            risk::regions(&all).into_iter().filter_map(|r| Some((r.region, finite(r.probability?)?))).collect();
         let rtt = self
             .aggregator
             .nodes()
             .into_iter()
             .filter_map(|(id, _)| {
                 let last = self.aggregator.samples(id).last()?;
-                Some((id, *last.values.get(&Signal::PeerRttMinMs)?))
+                Some((id, *last.values.get(&Signal::PeerRttMinMs).filter(|v| v.is_finite())?))
             })
             .collect();
         (nodes, regions, rtt)
@@ -509,6 +509,11 @@ impl PfaState {
 
 fn json<T: Serialize>(v: &T) -> Result<String, ProtoError> {
     serde_json::to_string(v).map_err(|e| ProtoError::Internal(format!("pfa answer: {e}")))
+}
+
+/// A probability, if it is one (a NaN from a model is left out, never passed on).
+fn finite(p: f64) -> Option<f64> {
+    p.is_finite().then(|| p.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use presage_client::{Client, ClientConfig, ClientError};
 use presage_tools::node::playground::{Playground, PlaygroundOptions};
 
 mod bench;
+mod migrate;
 mod pfa;
 
 fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {

@@ -173,7 +173,7 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
 }
 
 /// Waits (polling every 500 ms, up to `secs`) until `check` returns Some.
-async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(super) async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = check() {

@@ -1,0 +1,137 @@
+//! Proactive migration on a real cluster (design.md §6): one node's disk degrades gradually
+//! (engine fault injection), the failure analysis's risk for it rises, the shard manager
+//! moves its leaderships away, fills verified copies on the spare node and cuts over; the
+//! node is then killed. A client writing all along sees no failed request and loses no
+//! acknowledged write.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_client::{Client, ClientConfig};
+use presage_tools::ctl::AdminClient;
+use presage_tools::node::playground::Playground;
+
+use super::pfa::eventually;
+use super::{get_retrying, options};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Four regions: nodes 1-3 form the group, node 4 (region r4) is the spare.
+    let mut opts = options(dir.path(), 4);
+    opts.regions = 4;
+    opts.overrides.extend([
+        // Five samples a second: the detectors' warm-up takes 24 s.
+        "server.shard-manager.heartbeat-interval-ms=\"200ms\"".to_string(),
+        "server.shard-manager.risk-warn=0.5".to_string(),
+        "server.shard-manager.risk-act=0.6".to_string(),
+    ]);
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
+    let nodes = pg.cluster.nodes.clone();
+    let admin = AdminClient::new(&nodes[0].admin, None);
+    let failing = nodes[1].id;
+    let spare = nodes[3].id;
+
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await.expect("client"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
+    let writer = {
+        let (client, stop, failed, acked) =
+            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&acked));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (k, v) = (format!("k{:04}", i % 1000).into_bytes(), format!("v{i}").into_bytes());
+                match client.put(&k, &v).await {
+                    Ok(()) => {
+                        acked.lock().expect("acked").insert(k, v);
+                    }
+                    Err(e) => {
+                        eprintln!("write {i} failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let group = |admin: &AdminClient| -> Vec<u64> {
+        let groups: serde_json::Value = admin.get("/v1/groups").expect("groups");
+        groups[0]["nodes"].as_array().map(|n| n.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default()
+    };
+    assert_eq!(group(&admin).len(), 3, "one group of three; the fourth node is a spare");
+    assert!(!group(&admin).contains(&spare));
+
+    // Warm-up: the detectors learn each node's normal.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+
+    // The failing node's disk degrades: synced writes slow from 0 to 1 s over 60 s.
+    let ramp = serde_json::json!({"latency-start-us": 0, "latency-end-us": 1_000_000, "ramp-ms": 60_000});
+    AdminClient::new(&nodes[1].admin, None)
+        .put_raw("/v1/faults", &serde_json::json!({"sync": ramp, "write": ramp}))
+        .expect("set the ramp");
+    let started = tokio::time::Instant::now();
+    let migration = |admin: &AdminClient| -> Option<serde_json::Value> {
+        let all: serde_json::Value = admin.get("/v1/migrations").ok()?;
+        all.as_array()?.iter().find(|m| m["node"] == failing).cloned()
+    };
+    let admin_any = |nodes: &[presage_tools::node::playground::PlaygroundNode]| {
+        nodes.iter().filter(|n| n.id != failing).map(|n| AdminClient::new(&n.admin, None)).collect::<Vec<_>>()
+    };
+    let admins = admin_any(&nodes);
+    let first = eventually(90, "a migration of the failing node starts", || {
+        admins.iter().find_map(|a| migration(a).filter(|m| m["target"] == spare))
+    })
+    .await;
+    eprintln!("migration started {:?} into the ramp: {first}", started.elapsed());
+    let evacuated = eventually(120, "the failing node is evacuated", || {
+        admins.iter().find_map(|a| migration(a).filter(|m| m["stage"] == "evacuated"))
+    })
+    .await;
+    eprintln!("evacuated {:?} into the ramp: {evacuated}", started.elapsed());
+    assert_eq!(evacuated["cause"], "risk", "{evacuated}");
+    assert!(
+        evacuated["shards_copied"].as_u64().unwrap_or(0) >= 2,
+        "the meta shard and shard 1 were copied: {evacuated}"
+    );
+    let a = admins.iter().find(|a| a.get::<serde_json::Value>("/v1/groups").is_ok()).expect("a reachable admin");
+    let members = group(a);
+    assert!(members.contains(&spare) && !members.contains(&failing), "the spare took the node's place: {members:?}");
+    let shards: serde_json::Value = a.get("/v1/shards").expect("shards");
+    for s in shards.as_array().expect("shards") {
+        let replicas: Vec<u64> =
+            s["shard"]["replicas"].as_array().expect("replicas").iter().filter_map(|r| r["node"].as_u64()).collect();
+        assert!(!replicas.contains(&failing), "shard still on the failing node: {s}");
+        assert!(replicas.contains(&spare), "shard not on the spare: {s}");
+    }
+    let ops: serde_json::Value = a.get("/v1/operators").expect("operators");
+    let swaps: Vec<&serde_json::Value> = ops
+        .as_array()
+        .expect("operators")
+        .iter()
+        .filter(|o| o["steps"].as_array().is_some_and(|s| s.iter().any(|s| s["step"] == "swap-replica")))
+        .collect();
+    assert!(!swaps.is_empty(), "the cut-over went through joint-consensus swaps: {ops}");
+    for op in &swaps {
+        assert_eq!(op["status"]["status"], "done", "{op}");
+        let verified = op["verifications"].as_array().is_some_and(|v| v.iter().any(|v| v["leader"] == v["replica"]));
+        assert!(verified, "every swap was preceded by a matching checksum: {op}");
+    }
+
+    // The node dies: nothing it held is needed any more.
+    pg.kill(failing);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= 500, "{} writes acknowledged", acked.len());
+    for (k, v) in &acked {
+        assert_eq!(get_retrying(&client, k).await.as_deref(), Some(v.as_slice()), "acknowledged {k:?}");
+    }
+    pg.stop(Duration::from_secs(10));
+}
