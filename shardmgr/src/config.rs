@@ -186,7 +186,10 @@ impl ManagerConfig {
                 ),
             });
         }
-        if self.migration_leader_moves_per_round == 0 || self.max_copies_per_node == 0 {
+        if self.migration_leader_moves_per_round == 0 {
+            return Err(Error::Config { name: "migration-leader-moves-per-round", reason: "must be positive".into() });
+        }
+        if self.max_copies_per_node == 0 {
             return Err(Error::Config { name: "max-copies-per-node", reason: "must be positive".into() });
         }
         if self.max_running_operators == 0 {

@@ -145,11 +145,6 @@ impl Manager {
         self.migrations.values().any(|m| m.holds_node() && m.target == Some(node))
     }
 
-    /// Targets of the running migrations.
-    fn taken_targets(&self) -> BTreeSet<NodeId> {
-        self.migrations.values().filter(|m| m.holds_node()).filter_map(|m| m.target).collect()
-    }
-
     /// Is `node` a prepared-copy target of a migration from `group` (its learners there are
     /// not repaired away)?
     pub(crate) fn is_prepare_target(&self, group: GroupId, node: NodeId) -> bool {
@@ -187,12 +182,11 @@ impl Manager {
         let regions_total: BTreeSet<&str> =
             self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
         let strict_regions = regions_total.len() >= self.cluster.replication_factor;
-        let taken = self.taken_targets();
         let candidates = self.nodes.values().filter(|n| {
             n.id != node
                 && n.state == NodeState::Up
                 && n.group.is_none()
-                && !taken.contains(&n.id)
+                && !self.is_migration_target(n.id)
                 && !self.is_held(n.id)
                 && self.risks.get(&n.id).is_none_or(|r| *r < th.clear)
                 && self.region_risks.get(&n.region).is_none_or(|r| *r < th.warn)
@@ -435,7 +429,7 @@ impl Manager {
 
     /// Every migration with its progress, newest first.
     pub fn migrations(&self, now_ms: u64) -> Vec<MigrationView> {
-        let mut out: Vec<MigrationView> = self.migrations.values().rev().map(|m| self.view(m, now_ms)).collect();
+        let mut out: Vec<MigrationView> = self.migrations.values().map(|m| self.view(m, now_ms)).collect();
         out.sort_by_key(|v| (v.migration.stage.is_finished(), std::cmp::Reverse(v.migration.id)));
         out
     }

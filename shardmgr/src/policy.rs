@@ -250,7 +250,7 @@ fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copi
             let same = extra.iter().filter(voter).find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
             same.or(extra.iter().find(voter)).copied()
         };
-        let (steps, rollback, from, to) = if let Some(l) = learner.filter(|l| node_up(m, l.node) || m.is_held(l.node)) {
+        let (steps, rollback, from, to) = if let Some(l) = learner.filter(|l| node_up(m, l.node)) {
             // Filled already (a prepared copy, or an interrupted repair): verify, then swap.
             let to = l.node;
             let from = replaced(to);
