@@ -36,8 +36,17 @@ pub struct RaftConfig {
     pub lease_reads: bool,
     /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
     pub quiesce_after_ticks: u64,
-    /// Snapshot data sent per second by this node, in bytes (all transfers together).
+    /// Most snapshot data sent per second by this node, in bytes (all transfers together):
+    /// the cap of the migration bandwidth budget.
     pub snapshot_rate_bytes_per_sec: u64,
+    /// The least the budget is lowered to when foreground latency rises, in bytes per second
+    /// (copies always progress). A floor above the cap is the cap.
+    pub snapshot_rate_floor_bytes_per_sec: u64,
+    /// The budget halves after a window in which snapshot data went out and the foreground
+    /// p99 exceeded this percentage of the p99 of windows without snapshot traffic.
+    pub snapshot_backoff_p99_pct: u64,
+    /// Length of one window of the budget's governor, in milliseconds.
+    pub snapshot_governor_window_ms: u64,
     /// Target uncompressed size of one snapshot chunk, in bytes.
     pub snapshot_chunk_bytes: usize,
     /// Snapshot chunks in flight to one receiver before its acknowledgement.
@@ -71,6 +80,9 @@ impl Default for RaftConfig {
             deterministic_elections: false,
             max_transfer_lag_entries: 128,
             snapshot_rate_bytes_per_sec: 100 * 1024 * 1024,
+            snapshot_rate_floor_bytes_per_sec: 4 * 1024 * 1024,
+            snapshot_backoff_p99_pct: 150,
+            snapshot_governor_window_ms: 1000,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_window_chunks: 4,
             snapshot_resend_ticks: 20,
@@ -110,6 +122,12 @@ impl RaftConfig {
         {
             return bad("snapshot-rate-bytes-per-sec and snapshot-window-chunks must be positive, snapshot-chunk-bytes at least 1KiB".into());
         }
+        if self.snapshot_rate_floor_bytes_per_sec == 0 || self.snapshot_governor_window_ms == 0 {
+            return bad("snapshot-rate-floor-bytes-per-sec and snapshot-governor-window-ms must be positive".into());
+        }
+        if self.snapshot_backoff_p99_pct < 100 {
+            return bad(format!("snapshot-backoff-p99-pct ({}) must be at least 100", self.snapshot_backoff_p99_pct));
+        }
         if self.snapshot_resend_ticks == 0 || self.snapshot_timeout_ticks <= self.snapshot_resend_ticks {
             return bad("snapshot-timeout-ticks must exceed snapshot-resend-ticks, which must be positive".into());
         }
@@ -132,9 +150,14 @@ impl RaftConfig {
         self.lease_ticks().map(|t| self.tick_interval() * u32::try_from(t).unwrap_or(u32::MAX))
     }
 
-    /// Snapshot bytes this node may send per tick.
-    pub(crate) fn snapshot_bytes_per_tick(&self) -> u64 {
-        (u128::from(self.snapshot_rate_bytes_per_sec) * u128::from(self.tick_interval_ms) / 1000).max(1) as u64
+    /// The budget's effective floor: `snapshot_rate_floor_bytes_per_sec`, at most the cap.
+    pub fn snapshot_rate_floor(&self) -> u64 {
+        self.snapshot_rate_floor_bytes_per_sec.min(self.snapshot_rate_bytes_per_sec)
+    }
+
+    /// Snapshot bytes this node may send per tick at `rate_bytes_per_sec`.
+    pub(crate) fn snapshot_bytes_per_tick(&self, rate_bytes_per_sec: u64) -> u64 {
+        (u128::from(rate_bytes_per_sec) * u128::from(self.tick_interval_ms) / 1000).max(1) as u64
     }
 
     /// The fixed election-timeout offset of `node_id` when elections are deterministic.

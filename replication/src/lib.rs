@@ -40,6 +40,7 @@ pub use config::RaftConfig;
 pub use error::{Error, Result};
 pub use node::{ChecksumAt, Node, NodeHandle};
 pub use peer::{AdminCommand, ReadRequest, ReadResponse};
+pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};
 pub use store::{PinnedData, ShardStatus, Store, StoreSummary};
 pub use tcp::{AddressBook, TcpConfig, TcpNode, TcpServer, TcpStats, TcpTransport};
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};

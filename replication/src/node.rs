@@ -31,6 +31,7 @@ enum NodeMsg {
     Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
     Tombstone { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
     Summary { reply: oneshot::Sender<StoreSummary> },
+    SetSnapshotRate { bytes_per_sec: u64, reply: oneshot::Sender<u64> },
 }
 
 /// A shard's range checksum as of a log index: equal on two replicas at the same index means
@@ -163,6 +164,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
         NodeMsg::Tombstone { descriptor, reply } => drop(reply.send(store.tombstone(&descriptor))),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
+        NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
     }
 }
 
@@ -371,6 +373,12 @@ impl NodeHandle {
     /// Counts over every replica of the node.
     pub async fn summary(&self) -> Result<StoreSummary> {
         self.ask(|reply| NodeMsg::Summary { reply }).await
+    }
+
+    /// Sets the node's snapshot bandwidth budget (clamped to the configured floor and cap);
+    /// returns the rate set, in bytes per second.
+    pub async fn set_snapshot_rate(&self, bytes_per_sec: u64) -> Result<u64> {
+        self.ask(|reply| NodeMsg::SetSnapshotRate { bytes_per_sec, reply }).await
     }
 }
 

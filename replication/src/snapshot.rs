@@ -246,3 +246,194 @@ pub fn install<E: Engine>(engine: &E, shard_id: u64, range: &KeyRange) -> Result
 fn transfer_err(e: TransferError) -> Error {
     Error::Engine(e.to_string())
 }
+
+/// Windows without snapshot traffic remembered for the governor's baseline p99.
+pub const GOVERNOR_QUIET_WINDOWS: usize = 30;
+/// Fewest foreground requests in a window for its p99 to count.
+pub const GOVERNOR_MIN_REQUESTS_PER_WINDOW: u64 = 20;
+/// The budget grows by the cap divided by this after each window that does not back off.
+pub const GOVERNOR_INCREASE_STEPS: u64 = 16;
+
+/// What one governor window saw on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GovernorWindow {
+    /// Foreground requests served (reads and writes from clients).
+    pub requests: u64,
+    /// Their 99th-percentile latency, in microseconds.
+    pub p99_us: u64,
+    /// Snapshot data the node sent in the window, in bytes.
+    pub snapshot_bytes: u64,
+}
+
+/// What the governor did with a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GovernorAction {
+    /// The budget stayed (already at the cap).
+    Hold,
+    /// The budget grew by one step (additive increase).
+    Increase,
+    /// The budget halved (multiplicative decrease): snapshot traffic went with a foreground
+    /// p99 above the quiet baseline.
+    Decrease,
+}
+
+/// The node's migration bandwidth budget under AIMD: it halves (down to
+/// `snapshot_rate_floor_bytes_per_sec`) after a window in which snapshot data went out and the
+/// foreground p99 exceeded `snapshot_backoff_p99_pct` percent of the baseline, and grows by
+/// `1/GOVERNOR_INCREASE_STEPS` of the cap after any other window. The baseline is the median
+/// p99 of the last `GOVERNOR_QUIET_WINDOWS` windows without snapshot traffic, so a foreground
+/// that is slow for reasons of its own (a degrading disk) does not starve the copies that move
+/// data off it. Without a baseline yet, or with too few requests to measure, nothing backs off.
+/// Pure: the node runtime feeds it windows and applies its rate with
+/// [`crate::NodeHandle::set_snapshot_rate`].
+#[derive(Debug, Clone)]
+pub struct RateGovernor {
+    cap_bytes_per_sec: u64,
+    floor_bytes_per_sec: u64,
+    backoff_p99_pct: u64,
+    rate_bytes_per_sec: u64,
+    quiet_p99_us: VecDeque<u64>,
+}
+
+impl RateGovernor {
+    /// A governor at the cap, with no baseline.
+    pub fn new(config: &RaftConfig) -> Self {
+        RateGovernor {
+            cap_bytes_per_sec: config.snapshot_rate_bytes_per_sec,
+            floor_bytes_per_sec: config.snapshot_rate_floor(),
+            backoff_p99_pct: config.snapshot_backoff_p99_pct,
+            rate_bytes_per_sec: config.snapshot_rate_bytes_per_sec,
+            quiet_p99_us: VecDeque::with_capacity(GOVERNOR_QUIET_WINDOWS),
+        }
+    }
+
+    /// The budget now, in bytes per second.
+    pub fn rate_bytes_per_sec(&self) -> u64 {
+        self.rate_bytes_per_sec
+    }
+
+    /// The median foreground p99 of the remembered quiet windows, in microseconds.
+    pub fn baseline_p99_us(&self) -> Option<u64> {
+        let mut sorted: Vec<u64> = self.quiet_p99_us.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied()
+    }
+
+    /// Takes one window into account; the budget after it is [`Self::rate_bytes_per_sec`].
+    pub fn observe(&mut self, window: GovernorWindow) -> GovernorAction {
+        let measured = window.requests >= GOVERNOR_MIN_REQUESTS_PER_WINDOW;
+        let action = if window.snapshot_bytes == 0 {
+            if measured {
+                if self.quiet_p99_us.len() == GOVERNOR_QUIET_WINDOWS {
+                    self.quiet_p99_us.pop_front();
+                }
+                self.quiet_p99_us.push_back(window.p99_us);
+            }
+            self.increase()
+        } else {
+            match self.baseline_p99_us() {
+                Some(base)
+                    if measured
+                        && u128::from(window.p99_us) * 100
+                            > u128::from(base.max(1)) * u128::from(self.backoff_p99_pct) =>
+                {
+                    self.rate_bytes_per_sec = (self.rate_bytes_per_sec / 2).max(self.floor_bytes_per_sec);
+                    GovernorAction::Decrease
+                }
+                _ => self.increase(),
+            }
+        };
+        debug_assert!((self.floor_bytes_per_sec..=self.cap_bytes_per_sec).contains(&self.rate_bytes_per_sec));
+        action
+    }
+
+    fn increase(&mut self) -> GovernorAction {
+        if self.rate_bytes_per_sec >= self.cap_bytes_per_sec {
+            return GovernorAction::Hold;
+        }
+        let step = (self.cap_bytes_per_sec / GOVERNOR_INCREASE_STEPS).max(1);
+        self.rate_bytes_per_sec = self.rate_bytes_per_sec.saturating_add(step).min(self.cap_bytes_per_sec);
+        GovernorAction::Increase
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn governor() -> RateGovernor {
+        let config = RaftConfig {
+            snapshot_rate_bytes_per_sec: 64 * MIB,
+            snapshot_rate_floor_bytes_per_sec: 4 * MIB,
+            snapshot_backoff_p99_pct: 150,
+            ..RaftConfig::default()
+        };
+        RateGovernor::new(&config)
+    }
+
+    fn window(p99_us: u64, snapshot_bytes: u64) -> GovernorWindow {
+        GovernorWindow { requests: 1000, p99_us, snapshot_bytes }
+    }
+
+    #[test]
+    fn halves_when_copies_raise_the_foreground_p99_and_never_goes_below_the_floor() {
+        let mut g = governor();
+        for _ in 0..10 {
+            assert_eq!(g.observe(window(1_000, 0)), GovernorAction::Hold, "quiet windows keep the cap");
+        }
+        assert_eq!(g.baseline_p99_us(), Some(1_000));
+        assert_eq!(g.observe(window(1_400, MIB)), GovernorAction::Hold, "below 150%: no back-off");
+        assert_eq!(g.observe(window(1_600, MIB)), GovernorAction::Decrease);
+        assert_eq!(g.rate_bytes_per_sec(), 32 * MIB);
+        for _ in 0..10 {
+            g.observe(window(5_000, MIB));
+        }
+        assert_eq!(g.rate_bytes_per_sec(), 4 * MIB, "the floor holds");
+        assert_eq!(g.baseline_p99_us(), Some(1_000), "windows with copies do not move the baseline");
+    }
+
+    #[test]
+    fn grows_back_additively_once_the_foreground_recovers() {
+        let mut g = governor();
+        for _ in 0..5 {
+            g.observe(window(1_000, 0));
+        }
+        for _ in 0..4 {
+            g.observe(window(10_000, MIB));
+        }
+        assert_eq!(g.rate_bytes_per_sec(), 4 * MIB);
+        assert_eq!(g.observe(window(1_000, MIB)), GovernorAction::Increase);
+        assert_eq!(g.rate_bytes_per_sec(), 8 * MIB, "one step is 1/16 of the cap");
+        for _ in 0..30 {
+            g.observe(window(1_000, MIB));
+        }
+        assert_eq!(g.rate_bytes_per_sec(), 64 * MIB, "the cap holds");
+    }
+
+    #[test]
+    fn no_back_off_without_a_baseline_or_with_too_few_requests() {
+        let mut g = governor();
+        assert_eq!(g.observe(window(50_000, MIB)), GovernorAction::Hold, "no quiet window yet");
+        g.observe(window(1_000, 0));
+        let sparse =
+            GovernorWindow { requests: GOVERNOR_MIN_REQUESTS_PER_WINDOW - 1, p99_us: 50_000, snapshot_bytes: MIB };
+        assert_eq!(g.observe(sparse), GovernorAction::Hold, "too few requests to judge");
+        assert_eq!(g.rate_bytes_per_sec(), 64 * MIB);
+        let quiet_sparse = GovernorWindow { requests: 1, p99_us: 1, snapshot_bytes: 0 };
+        g.observe(quiet_sparse);
+        assert_eq!(g.baseline_p99_us(), Some(1_000), "a sparse quiet window is not remembered");
+    }
+
+    #[test]
+    fn a_foreground_slow_on_its_own_raises_the_baseline_and_does_not_starve_copies() {
+        let mut g = governor();
+        for p99 in (1..=GOVERNOR_QUIET_WINDOWS as u64 * 2).map(|i| 1_000 * i) {
+            g.observe(window(p99, 0));
+        }
+        let base = g.baseline_p99_us().expect("baseline");
+        assert!(base > 30_000, "the baseline follows the slow disk: {base}");
+        assert_ne!(g.observe(window(base, MIB)), GovernorAction::Decrease);
+    }
+}

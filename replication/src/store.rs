@@ -94,6 +94,12 @@ pub struct StoreSummary {
     pub leaders: usize,
     /// Replicas that sleep.
     pub quiescent: usize,
+    /// The snapshot bandwidth budget now, in bytes per second (see [`Store::set_snapshot_rate`]).
+    pub snapshot_rate_bytes_per_sec: u64,
+    /// Snapshot data sent since the store opened, in bytes.
+    pub snapshot_bytes_sent: u64,
+    /// Snapshot transfers this node is sending now.
+    pub snapshots_outgoing: usize,
 }
 
 /// All replicas of one node.
@@ -115,6 +121,11 @@ pub struct Store<E: Engine> {
     outgoing: Vec<OutgoingSnapshot<E>>,
     /// Bytes of snapshot data this node may still send (refilled every tick).
     snapshot_budget_bytes: i64,
+    /// The budget's refill rate, in bytes per second: `snapshot_rate_bytes_per_sec` unless a
+    /// governor lowered it ([`Store::set_snapshot_rate`]).
+    snapshot_rate_bytes_per_sec: u64,
+    /// Snapshot data sent since the store opened, in bytes.
+    snapshot_bytes_sent: u64,
     /// Envelopes produced outside a ready round (acknowledgements, resends).
     pending_out: Vec<RaftEnvelope>,
     /// Replicas that are awake: ticked and visited by every ready round.
@@ -165,6 +176,7 @@ impl<E: Engine> Store<E> {
             .filter(|(_, p)| p.descriptor().merging_into.is_some())
             .map(|(id, p)| (*id, p.descriptor().clone()))
             .collect();
+        let snapshot_rate_bytes_per_sec = config.snapshot_rate_bytes_per_sec;
         Ok(Store {
             node_id,
             engine,
@@ -172,6 +184,8 @@ impl<E: Engine> Store<E> {
             peers,
             outgoing: Vec::new(),
             snapshot_budget_bytes: 0,
+            snapshot_rate_bytes_per_sec,
+            snapshot_bytes_sent: 0,
             pending_out: Vec::new(),
             active,
             touched: BTreeSet::new(),
@@ -260,7 +274,19 @@ impl<E: Engine> Store<E> {
             replicas: self.peers.len(),
             leaders: self.peers.values().filter(|p| p.is_leader()).count(),
             quiescent: self.peers.len() - self.active.len(),
+            snapshot_rate_bytes_per_sec: self.snapshot_rate_bytes_per_sec,
+            snapshot_bytes_sent: self.snapshot_bytes_sent,
+            snapshots_outgoing: self.outgoing.len(),
         }
+    }
+
+    /// Sets the snapshot bandwidth budget, clamped to
+    /// `[snapshot_rate_floor_bytes_per_sec, snapshot_rate_bytes_per_sec]`; returns the rate
+    /// set. Takes effect at the next tick's refill.
+    pub fn set_snapshot_rate(&mut self, bytes_per_sec: u64) -> u64 {
+        let rate = bytes_per_sec.clamp(self.config.snapshot_rate_floor(), self.config.snapshot_rate_bytes_per_sec);
+        self.snapshot_rate_bytes_per_sec = rate;
+        rate
     }
 
     /// Advances the logical clock of every awake replica by one tick; puts idle groups to
@@ -297,7 +323,8 @@ impl<E: Engine> Store<E> {
         }
         self.expire_checksum_pins();
         self.check_liveness();
-        let per_tick = i64::try_from(self.config.snapshot_bytes_per_tick()).unwrap_or(i64::MAX);
+        let per_tick =
+            i64::try_from(self.config.snapshot_bytes_per_tick(self.snapshot_rate_bytes_per_sec)).unwrap_or(i64::MAX);
         let cap = per_tick.saturating_add(i64::try_from(self.config.snapshot_chunk_bytes).unwrap_or(0));
         self.snapshot_budget_bytes = self.snapshot_budget_bytes.saturating_add(per_tick).min(cap);
         let node_id = self.node_id;
@@ -1084,7 +1111,10 @@ impl<E: Engine> Store<E> {
                 break;
             }
             match o.pump(node_id, &self.config, self.snapshot_budget_bytes, out) {
-                Ok(used) => self.snapshot_budget_bytes -= used,
+                Ok(used) => {
+                    self.snapshot_budget_bytes -= used;
+                    self.snapshot_bytes_sent += u64::try_from(used).unwrap_or(0);
+                }
                 Err(e) => {
                     tracing::warn!(node = node_id, shard = o.shard_id, to = o.to, error = %e, "snapshot export failed");
                     failed.push(i);

@@ -266,6 +266,61 @@ async fn far_behind_follower_catches_up_by_snapshot() {
     assert_eq!(c.get(b"k0299").await.expect("get"), Some(value));
 }
 
+/// The migration bandwidth budget: a node's snapshot rate is clamped to the configured floor
+/// and cap, and a lowered rate paces a transfer (the bytes sent in a stretch of virtual time
+/// stay within the rate plus one refill's slack), which completes once the rate is raised.
+#[tokio::test(start_paused = true)]
+async fn a_lowered_snapshot_budget_paces_a_transfer_within_its_rate() {
+    const KIB: u64 = 1024;
+    let config = presage_replication::RaftConfig {
+        log_gc_threshold_entries: 20,
+        snapshot_chunk_bytes: 4096,
+        snapshot_rate_bytes_per_sec: 256 * KIB,
+        snapshot_rate_floor_bytes_per_sec: 16 * KIB,
+        ..presage_tests::cluster::test_config()
+    };
+    let mut c = Cluster::start_with(3, seed(), config.clone());
+    let leader = c.wait_leader(5 * SEC).await;
+    let handle = c.handle(leader).expect("runs");
+    assert_eq!(handle.set_snapshot_rate(1).await.expect("set"), 16 * KIB, "clamped to the floor");
+    assert_eq!(handle.set_snapshot_rate(u64::MAX).await.expect("set"), 256 * KIB, "clamped to the cap");
+    let follower = c.live().into_iter().find(|n| *n != leader).expect("follower");
+    c.put(b"first", b"1").await.expect("put");
+    c.wait_converged(5 * SEC).await;
+    c.kill(follower);
+    // Values that do not compress, so the stream is about as large as the data (~80 KiB).
+    let mut x = seed() | 1;
+    for i in 0..400u32 {
+        let value: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        c.put(format!("k{i:04}").as_bytes(), &value).await.expect("put");
+    }
+    assert_eq!(c.wait_leader(5 * SEC).await, leader, "no network trouble: the leader stays");
+    assert_eq!(handle.set_snapshot_rate(16 * KIB).await.expect("set"), 16 * KIB);
+    let before = handle.summary().await.expect("summary");
+    assert_eq!(before.snapshot_rate_bytes_per_sec, 16 * KIB);
+    c.restart(follower);
+    let secs = 2;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let during = handle.summary().await.expect("summary");
+    let sent = during.snapshot_bytes_sent - before.snapshot_bytes_sent;
+    let slack = config.snapshot_chunk_bytes as u64 * 2;
+    assert!(sent > 0, "the transfer started: {during:?}");
+    assert!(sent <= 16 * KIB * secs + slack, "{sent} bytes in {secs} s at 16 KiB/s");
+    assert_eq!(during.snapshots_outgoing, 1, "still sending: {during:?}");
+    handle.set_snapshot_rate(u64::MAX).await.expect("set");
+    c.wait_converged(30 * SEC).await;
+    assert_eq!(c.data_checksum(follower), c.data_checksum(leader));
+    let after = handle.summary().await.expect("summary");
+    assert!(after.snapshot_bytes_sent - before.snapshot_bytes_sent >= 60 * KIB, "the whole snapshot went: {after:?}");
+}
+
 fn conf_change(changes: &[(raft::eraftpb::ConfChangeType, u64)]) -> raft::eraftpb::ConfChangeV2 {
     raft::eraftpb::ConfChangeV2 {
         transition: raft::eraftpb::ConfChangeTransition::Auto as i32,

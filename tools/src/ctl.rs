@@ -40,7 +40,14 @@ pub enum CtlError {
     Pfa(#[from] presage_pfa::PfaError),
 }
 
-/// A connection to one node's admin API.
+/// How long a GET or DELETE is retried while the admin API answers 503 (retry later): a shard
+/// manager fail-over or leader election takes a few election timeouts.
+pub const RETRY_UNAVAILABLE_MS: u64 = 10_000;
+/// The pause between two such tries.
+const RETRY_PAUSE_MS: u64 = 200;
+
+/// A connection to one node's admin API. GETs and DELETEs ride out a short unavailability
+/// (`RETRY_UNAVAILABLE_MS`); commands (POST) and PUTs are sent once.
 pub struct AdminClient {
     addr: String,
     token: Option<String>,
@@ -81,9 +88,24 @@ impl AdminClient {
         }
     }
 
+    /// Sends a request that is safe to repeat, again every `RETRY_PAUSE_MS` while the API
+    /// answers 503 (the shard manager moving or starting, a leader being elected), for at most
+    /// `RETRY_UNAVAILABLE_MS`; then the last answer.
+    fn send_idempotent(&self, req: ureq::Request) -> Result<String, CtlError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(RETRY_UNAVAILABLE_MS);
+        loop {
+            match self.send(req.clone(), None) {
+                Err(CtlError::Api { status: 503, .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(RETRY_PAUSE_MS));
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// `GET path` as raw JSON text.
     pub fn get_raw(&self, path: &str) -> Result<String, CtlError> {
-        self.send(self.agent.get(&self.url(path)), None)
+        self.send_idempotent(self.agent.get(&self.url(path)))
     }
 
     /// `GET path`, decoded.
@@ -94,7 +116,7 @@ impl AdminClient {
 
     /// `DELETE path`; the raw answer.
     pub fn delete(&self, path: &str) -> Result<String, CtlError> {
-        self.send(self.agent.delete(&self.url(path)), None)
+        self.send_idempotent(self.agent.delete(&self.url(path)))
     }
 
     /// `PUT path` with a JSON body; the raw JSON answer.

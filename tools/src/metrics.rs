@@ -33,6 +33,10 @@ pub struct NodeGauges {
     pub raft_frames_rejected: u64,
     /// See above.
     pub raft_envelopes_dropped: u64,
+    /// The migration bandwidth budget now (lowered when foreground p99 rises).
+    pub snapshot_rate_bytes_per_sec: u64,
+    /// Snapshot data sent since the node started.
+    pub snapshot_bytes_sent: u64,
 }
 
 /// A node's metrics.
@@ -45,6 +49,24 @@ pub struct Metrics {
     node: IntGaugeVec,
     manager: IntGaugeVec,
     is_manager: IntGauge,
+    /// Foreground latencies since the last [`Metrics::take_foreground_window`], in microseconds.
+    foreground_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Longest latency the foreground window records, in microseconds (longer ones are clamped).
+pub const FOREGROUND_MAX_US: u64 = 60_000_000;
+
+/// True for requests that carry client data (the latency the migration bandwidth budget
+/// protects), false for control traffic (routes, heartbeats, admin, pings).
+pub fn is_foreground(protocol: &str, command: &str) -> bool {
+    match protocol {
+        "native" => matches!(command, "get" | "put" | "delete" | "scan" | "batch"),
+        "resp" => !matches!(
+            command,
+            "ping" | "hello" | "auth" | "command" | "quit" | "client" | "select" | "info" | "unknown"
+        ),
+        _ => false,
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -86,7 +108,19 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
-        Arc::new(Metrics { registry, requests, latency, connections, node, manager, is_manager })
+        // Three significant digits over 1 µs..60 s: a fixed, small footprint (tens of KiB).
+        let foreground = hdrhistogram::Histogram::new_with_bounds(1, FOREGROUND_MAX_US, 3)
+            .unwrap_or_else(|e| panic!("histogram bounds are constants: {e}"));
+        Arc::new(Metrics {
+            registry,
+            requests,
+            latency,
+            connections,
+            node,
+            manager,
+            is_manager,
+            foreground_us: std::sync::Mutex::new(foreground),
+        })
     }
 
     /// Counts one request.
@@ -94,6 +128,20 @@ impl Metrics {
         let result = if ok { "ok" } else { "error" };
         self.requests.with_label_values(&[protocol, command, result]).inc();
         self.latency.with_label_values(&[protocol, command]).observe(elapsed.as_secs_f64());
+        if is_foreground(protocol, command) {
+            let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).clamp(1, FOREGROUND_MAX_US);
+            let mut h = self.foreground_us.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // In bounds by the clamp above.
+            let _ = h.record(us);
+        }
+    }
+
+    /// The foreground requests since the last call: how many, and their p99 in microseconds.
+    pub fn take_foreground_window(&self) -> (u64, u64) {
+        let mut h = self.foreground_us.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let window = (h.len(), h.value_at_quantile(0.99));
+        h.reset();
+        window
     }
 
     /// `handler`, counting every request it serves under protocol `native`.
@@ -123,6 +171,8 @@ impl Metrics {
         set(&self.node, "raft_frames_received", g.raft_frames_received);
         set(&self.node, "raft_frames_rejected", g.raft_frames_rejected);
         set(&self.node, "raft_envelopes_dropped", g.raft_envelopes_dropped);
+        set(&self.node, "snapshot_rate_bytes_per_sec", g.snapshot_rate_bytes_per_sec);
+        set(&self.node, "snapshot_bytes_sent", g.snapshot_bytes_sent);
         self.is_manager.set(i64::from(g.manager.is_some()));
         if let Some(m) = &g.manager {
             set(&self.manager, "nodes", m.nodes as u64);

@@ -296,7 +296,8 @@ fn apply_override(table: &mut toml::Table, o: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Turns human units into numbers: `-ms` keys take durations, `-bytes` keys sizes.
+/// Turns human units into numbers: `-ms` keys take durations, `-bytes` and `-bytes-per-sec`
+/// keys sizes.
 fn human_units(value: &mut toml::Value, path: &str) -> Result<(), ConfigError> {
     let toml::Value::Table(table) = value else { return Ok(()) };
     for (key, v) in table.iter_mut() {
@@ -308,7 +309,7 @@ fn human_units(value: &mut toml::Value, path: &str) -> Result<(), ConfigError> {
                     .map_err(|e| ConfigError::Invalid(format!("{here} = {s:?}: not a duration ({e})")))?;
                 *v = toml::Value::Integer(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             }
-            toml::Value::String(s) if key.ends_with("-bytes") => {
+            toml::Value::String(s) if key.ends_with("-bytes") || key.ends_with("-bytes-per-sec") => {
                 let b: bytesize::ByteSize =
                     s.trim().parse().map_err(|e| ConfigError::Invalid(format!("{here} = {s:?}: not a size ({e})")))?;
                 *v = toml::Value::Integer(i64::try_from(b.as_u64()).unwrap_or(i64::MAX));
@@ -377,6 +378,9 @@ mod tests {
         assert_eq!(c.rocksdb.block_cache_bytes, 1 << 30);
         assert_eq!(c.native_advertise(), "10.0.0.1:7400");
         assert_eq!((c.server.pfa.retrain_interval_ms, c.server.pfa.history_minutes), (6 * 3_600_000, 1_440));
+        let raft = &c.raft;
+        assert_eq!((raft.snapshot_rate_bytes_per_sec, raft.snapshot_rate_floor_bytes_per_sec), (100 << 20, 4 << 20));
+        assert_eq!((raft.snapshot_backoff_p99_pct, raft.snapshot_governor_window_ms), (150, 1_000));
     }
 
     #[test]

@@ -158,6 +158,40 @@ pub struct RunningNode {
     admin: Option<AdminServer>,
     handle: NodeHandle,
     seeds: tokio::task::JoinHandle<()>,
+    governor: tokio::task::JoinHandle<()>,
+}
+
+/// The migration bandwidth budget's runtime: every `snapshot-governor-window-ms`, the
+/// foreground p99 of the window and the snapshot bytes sent go into a
+/// [`presage_replication::RateGovernor`], whose rate is applied to the node.
+async fn govern_snapshot_rate(handle: NodeHandle, metrics: Arc<Metrics>, raft: presage_replication::RaftConfig) {
+    let mut governor = presage_replication::RateGovernor::new(&raft);
+    let mut ticker = tokio::time::interval(Duration::from_millis(raft.snapshot_governor_window_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_before = None;
+    loop {
+        ticker.tick().await;
+        let Ok(summary) = handle.summary().await else { return };
+        let (requests, p99_us) = metrics.take_foreground_window();
+        let sent = summary.snapshot_bytes_sent;
+        let Some(before) = sent_before.replace(sent) else { continue };
+        let window =
+            presage_replication::GovernorWindow { requests, p99_us, snapshot_bytes: sent.saturating_sub(before) };
+        let action = governor.observe(window);
+        if governor.rate_bytes_per_sec() != summary.snapshot_rate_bytes_per_sec {
+            if action == presage_replication::GovernorAction::Decrease {
+                tracing::info!(
+                    p99_us,
+                    baseline_p99_us = governor.baseline_p99_us().unwrap_or(0),
+                    rate_bytes_per_sec = governor.rate_bytes_per_sec(),
+                    "foreground p99 rose during snapshot transfers; snapshot budget lowered"
+                );
+            }
+            if handle.set_snapshot_rate(governor.rate_bytes_per_sec()).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn bind_err<'a>(what: &'static str, addr: &'a str) -> impl FnOnce(std::io::Error) -> StartError + 'a {
@@ -350,6 +384,7 @@ impl RunningNode {
                 let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
                 Box::pin(async move {
                     let statuses = handle.statuses().await.unwrap_or_default();
+                    let summary = handle.summary().await.ok();
                     let (splits, merges, manager) = counters();
                     let get = presage_replication::TcpStats::get;
                     NodeGauges {
@@ -363,6 +398,8 @@ impl RunningNode {
                         raft_frames_received: get(&stats.frames_received),
                         raft_frames_rejected: get(&stats.frames_rejected),
                         raft_envelopes_dropped: get(&stats.envelopes_dropped),
+                        snapshot_rate_bytes_per_sec: summary.as_ref().map_or(0, |s| s.snapshot_rate_bytes_per_sec),
+                        snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
                     }
                 })
             })
@@ -381,7 +418,8 @@ impl RunningNode {
                 },
             )
         });
-        Ok(RunningNode { config: cfg, raft, server, native, resp, admin, handle, seeds })
+        let governor = tokio::spawn(govern_snapshot_rate(handle.clone(), Arc::clone(&metrics), cfg.raft.clone()));
+        Ok(RunningNode { config: cfg, raft, server, native, resp, admin, handle, seeds, governor })
     }
 
     /// The native listener's address.
@@ -431,6 +469,7 @@ impl RunningNode {
             a.stop();
         }
         self.seeds.abort();
+        self.governor.abort();
         self.server.stop();
         drop(self.raft.server);
         self.raft.node.kill();
