@@ -67,6 +67,9 @@ pub struct ManagerConfig {
     /// Finished operators kept in the meta shard for inspection.
     pub max_finished_operators: usize,
 
+    /// Act on risk (design.md §6). Off, the failure analysis only warns and a node is
+    /// replaced once it is declared down (reactive), as in a store without prediction.
+    pub proactive_migration: bool,
     /// Proactive migration (design.md §6): prepare (move leaderships away, add learners in
     /// a healthy region) at or above this failure probability within the model's horizon.
     pub risk_warn: f64,
@@ -114,6 +117,7 @@ impl Default for ManagerConfig {
             operator_step_timeout_ms: 120_000,
             operator_retry_ms: 1_000,
             max_finished_operators: 1_000,
+            proactive_migration: true,
             risk_warn: 0.5,
             risk_act: 0.8,
             risk_clear: 0.3,

@@ -216,7 +216,9 @@ impl Manager {
     /// group formation and the policies.
     pub(crate) fn update_migrations(&mut self, now_ms: u64) {
         let th = self.cfg.thresholds();
-        // New migrations: grouped nodes that went down, or whose risk reached `warn`.
+        // New migrations: grouped nodes that went down, or (when proactive) whose risk
+        // reached `warn`.
+        let proactive = self.cfg.proactive_migration;
         let starts: Vec<(NodeId, GroupId, MigrationCause)> = self
             .nodes
             .values()
@@ -226,7 +228,7 @@ impl Manager {
                 let risk = self.risks.get(&n.id).copied();
                 match n.state {
                     NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
-                    NodeState::Up | NodeState::Suspect if risk.is_some_and(|r| r >= th.warn) => {
+                    NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
                         Some((n.id, group, MigrationCause::Risk))
                     }
                     _ => None,

@@ -812,3 +812,34 @@ fn a_failed_node_is_replaced_by_the_spare() {
     }
     assert_eq!(mig.stage, presage_shardmgr::MigrationStage::Evacuated);
 }
+
+/// With `proactive-migration` off, a risk past `act` moves nothing (the failure analysis
+/// only warns); the node is replaced once it is declared down, as in a reactive store.
+#[test]
+fn with_proactive_migration_off_risk_moves_nothing_and_a_dead_node_is_replaced() {
+    let cfg = ManagerConfig {
+        proactive_migration: false,
+        node_suspect_after_ms: 3_000,
+        node_down_after_ms: 10_000,
+        ..test_config()
+    };
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let before: Vec<(Vec<u64>, Option<u64>)> = sim.shards.values().map(|s| (s.voters(), s.leader)).collect();
+    sim.risk.insert(3, 0.95);
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+    }
+    assert!(migration(&m, 3).is_none(), "seed {}: no migration on risk alone", seed());
+    let after: Vec<(Vec<u64>, Option<u64>)> = sim.shards.values().map(|s| (s.voters(), s.leader)).collect();
+    assert_eq!(after, before, "seed {}: no replica or leadership moved", seed());
+    assert!(sim.shards.values().all(|s| s.replica(4).is_none()), "no copy prepared");
+    sim.dead.push(3);
+    for _ in 0..80 {
+        sim.round(&mut m, 1000);
+    }
+    let mig = migration(&m, 3).expect("a migration once the node is down");
+    assert_eq!(mig.cause, presage_shardmgr::MigrationCause::Failed);
+    for s in data_shards(&sim) {
+        assert_eq!(s.voters(), [1, 2, 4], "seed {}: shard {}", seed(), s.id);
+    }
+}
