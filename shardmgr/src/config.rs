@@ -119,7 +119,7 @@ impl Default for ManagerConfig {
             max_finished_operators: 1_000,
             proactive_migration: true,
             risk_warn: 0.5,
-            risk_act: 0.8,
+            risk_act: 0.7,
             risk_clear: 0.3,
             migration_clear_after_ms: 60_000,
             migration_leader_moves_per_round: 2,

@@ -24,6 +24,7 @@ pub mod pfa_cli;
 pub mod pfa_record;
 pub mod replication_bench;
 pub mod resp;
+pub mod scenario;
 pub mod server;
 pub mod walkthrough;
 pub mod ycsb;

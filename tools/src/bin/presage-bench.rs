@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use presage_tools::engine_bench::{self, EngineBenchOptions};
 use presage_tools::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
+use presage_tools::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use presage_tools::ycsb::run::{Environment, Progress, RunOptions};
 use presage_tools::ycsb::target::TargetSpec;
 use presage_tools::ycsb::{KeyDistribution, Workload};
@@ -153,6 +154,11 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A story on a playground of its own, measured from the client's side.
+    Scenario {
+        #[command(subcommand)]
+        scenario: ScenarioCommand,
+    },
     /// CPU used by a node holding many idle shards (3 nodes in this process), with quiescence
     /// off (the baseline) and on.
     Idle {
@@ -169,6 +175,87 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// Which modes a scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// The predictive path on.
+    Predictive,
+    /// The predictive path off (`proactive-migration = false`).
+    Reactive,
+    /// Predictive, then reactive, reported side by side.
+    Both,
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// One node's disk degrades gradually while a paced workload runs; the node is killed when
+    /// the injected latency reaches the 1 s election timeout. Reports failed requests, p99
+    /// before and during the event, seconds of unavailability per shard, bytes moved and the
+    /// warning's lead time, per mode.
+    FailingNode {
+        /// predictive, reactive, or both side by side.
+        #[arg(long, value_enum, default_value = "both")]
+        mode: ModeArg,
+        /// Nodes (a group of three and spares).
+        #[arg(long, default_value_t = ScenarioOptions::default().nodes)]
+        nodes: u64,
+        /// Regions.
+        #[arg(long, default_value_t = ScenarioOptions::default().regions)]
+        regions: u64,
+        /// Data shards the keyspace is split into.
+        #[arg(long, default_value_t = ScenarioOptions::default().shards)]
+        shards: u64,
+        /// Keys loaded and used by the workload.
+        #[arg(long, default_value_t = StoryOptions::default().keys)]
+        keys: u64,
+        /// Paced workers.
+        #[arg(long, default_value_t = StoryOptions::default().workers)]
+        workers: usize,
+        /// Each worker sends one request every this many milliseconds.
+        #[arg(long, default_value_t = StoryOptions::default().op_interval_ms)]
+        op_interval_ms: u64,
+        /// Share of reads, in percent.
+        #[arg(long, default_value_t = StoryOptions::default().read_percent)]
+        read_percent: u32,
+        /// Seconds of workload before the disk degrades (the detectors learn the normal).
+        #[arg(long, default_value_t = StoryOptions::default().warmup_secs)]
+        warmup_secs: u64,
+        /// Seconds the disk takes to reach 1 s per write; the node is killed then.
+        #[arg(long, default_value_t = StoryOptions::default().ramp_secs)]
+        ramp_secs: u64,
+        /// Seconds of workload after the kill.
+        #[arg(long, default_value_t = StoryOptions::default().after_kill_secs)]
+        after_kill_secs: u64,
+        /// A node setting, KEY=VALUE (repeatable), e.g. server.shard-manager.risk-act=0.7.
+        #[arg(long = "set")]
+        settings: Vec<String>,
+        /// RNG seed of the workload.
+        #[arg(long, default_value_t = StoryOptions::default().seed)]
+        seed: u64,
+        /// The `presage` binary the nodes run (default: the one beside this program).
+        #[arg(long)]
+        presage_bin: Option<PathBuf>,
+        /// Folder for the playgrounds (default: the system's temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also draw throughput and p99 per second to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+fn presage_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    let binary = match given {
+        Some(p) => p,
+        None => std::env::current_exe().context("finding this program")?.with_file_name("presage"),
+    };
+    anyhow::ensure!(binary.is_file(), "no presage binary at {} (give --presage-bin)", binary.display());
+    Ok(binary)
 }
 
 fn write_json<T: serde::Serialize>(path: Option<PathBuf>, report: &T) -> Result<()> {
@@ -248,6 +335,75 @@ fn main() -> Result<()> {
             let report = replication_bench::run(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
             print!("{}", replication_bench::render(&report));
             write_json(json, &report)
+        }
+        Command::Scenario {
+            scenario:
+                ScenarioCommand::FailingNode {
+                    mode,
+                    nodes,
+                    regions,
+                    shards,
+                    keys,
+                    workers,
+                    op_interval_ms,
+                    read_percent,
+                    warmup_secs,
+                    ramp_secs,
+                    after_kill_secs,
+                    settings,
+                    seed,
+                    presage_bin,
+                    work_dir,
+                    json,
+                    plot,
+                },
+        } => {
+            anyhow::ensure!(
+                workers > 0 && keys > 0 && op_interval_ms > 0,
+                "--workers, --keys and --op-interval-ms must be positive"
+            );
+            anyhow::ensure!(read_percent <= 100, "--read-percent is at most 100");
+            anyhow::ensure!(
+                warmup_secs >= 2 && ramp_secs > 0,
+                "--warmup-secs must be at least 2, --ramp-secs positive"
+            );
+            let opts = ScenarioOptions {
+                story: StoryOptions {
+                    keys,
+                    workers,
+                    op_interval_ms,
+                    read_percent,
+                    warmup_secs,
+                    ramp_secs,
+                    after_kill_secs,
+                    seed,
+                    ..StoryOptions::default()
+                },
+                nodes,
+                regions,
+                shards,
+                overrides: settings,
+                binary: presage_binary(presage_bin)?,
+                work_dir,
+            };
+            let modes = match mode {
+                ModeArg::Predictive => vec![Mode::Predictive],
+                ModeArg::Reactive => vec![Mode::Reactive],
+                ModeArg::Both => vec![Mode::Predictive, Mode::Reactive],
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let mut reports = Vec::new();
+            for m in modes {
+                eprintln!("failing-node, {m:?} mode:");
+                let report = runtime.block_on(scenario::run(&opts, m, &|line: &str| eprintln!("  {line}")))?;
+                reports.push(report);
+            }
+            print!("{}", scenario::side_by_side(&reports));
+            write_json(json, &scenario::to_json(&reports))?;
+            if let Some(plot) = plot {
+                scenario::draw(&reports, &plot)?;
+            }
+            Ok(())
         }
         Command::Idle { shards, seconds, work_dir, json } => {
             let opts = IdleBenchOptions { shards, seconds };

@@ -1,0 +1,869 @@
+//! The failing-node scenario (design.md §6), shared by `presage-bench scenario failing-node`
+//! and the second act of `make demo`: while a paced read/write workload runs, one node's disk
+//! degrades gradually (engine fault injection: synced and plain writes slow from 0 to 1 s
+//! over `ramp_secs`); when the injected latency reaches the 1 s election timeout the node is
+//! killed (SIGKILL). With the predictive path on, the failure analysis's rising risk makes the
+//! shard manager move the node's leaderships away and evacuate its replicas to a spare before
+//! the kill; with it off (`proactive-migration = false`) the cluster only reacts to the death:
+//! elections, then a repair once the node is declared down.
+//!
+//! What is measured, from the client's side:
+//! - `failed_requests`: workload and probe requests that returned an error (after the client
+//!   library's own retries);
+//! - `p99_ms_steady` / `p99_ms_during_event`: the workload's p99 before the ramp (its second
+//!   half of the warm-up) and from the ramp to the end. Each worker sends one request every
+//!   `op_interval_ms` on a fixed schedule (open loop: a slow request does not hold back the
+//!   next) and latency runs from the scheduled start;
+//! - `unavailable_shard_seconds`: one probe per data shard reads a key of the shard every
+//!   `PROBE_INTERVAL`; a probe slower than `UNAVAILABLE_AFTER` counts its whole duration;
+//! - `bytes_moved`: snapshot data the nodes sent during the event (their
+//!   `presage_node{what="snapshot_bytes_sent"}` metrics);
+//! - `warning_lead_seconds`: from the first early warning about the node to its death.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use presage_client::{BatchOp, Client, ClientConfig};
+use presage_shardmgr::{AdminCommand, NodeId, META_SHARD_ID};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::ctl::AdminClient;
+use crate::datagen::{key, ValueGen, ValueKind};
+use crate::node::playground::{Playground, PlaygroundOptions};
+
+/// Whether the predictive path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Risk moves leaderships and replicas off the node before it dies.
+    Predictive,
+    /// `proactive-migration = false`: the cluster reacts to the death only.
+    Reactive,
+}
+
+impl Mode {
+    /// The setting that selects the mode.
+    pub fn override_setting(self) -> String {
+        format!("server.shard-manager.proactive-migration={}", self == Mode::Predictive)
+    }
+}
+
+/// A probe slower than this counts as its shard being unavailable (for the probe's duration).
+pub const UNAVAILABLE_AFTER: Duration = Duration::from_millis(250);
+/// The pause between two probes of a shard.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the watcher looks at warnings, migrations and leaders.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Largest latency recorded, in microseconds.
+const MAX_LATENCY_US: u64 = 120_000_000;
+/// Injected latency at the end of the ramp (the election timeout), in microseconds.
+const RAMP_END_US: u64 = 1_000_000;
+/// The longest the kill waits for a last look at the failing node's counters.
+const LAST_LOOK: Duration = Duration::from_secs(2);
+/// Requests of one worker in flight at once; past it the schedule waits.
+const MAX_INFLIGHT_PER_WORKER: usize = 256;
+/// Keys per batch while loading.
+const LOAD_BATCH_KEYS: u64 = 500;
+
+/// The story's timing and workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoryOptions {
+    /// Keys the workload touches (`datagen::key(0..keys)`, loaded beforehand).
+    pub keys: u64,
+    /// Bytes per written value.
+    pub value_bytes: usize,
+    /// Paced workers.
+    pub workers: usize,
+    /// Each worker's schedule: one request every this many milliseconds.
+    pub op_interval_ms: u64,
+    /// Share of reads, in percent.
+    pub read_percent: u32,
+    /// Workload before the ramp (the steady p99 is its second half).
+    pub warmup_secs: u64,
+    /// The disk's latency ramp to 1 s; the node is killed when it ends.
+    pub ramp_secs: u64,
+    /// Workload after the kill.
+    pub after_kill_secs: u64,
+    /// Workload seed.
+    pub seed: u64,
+}
+
+impl Default for StoryOptions {
+    fn default() -> Self {
+        StoryOptions {
+            keys: 2_000,
+            value_bytes: 256,
+            workers: 8,
+            op_interval_ms: 10,
+            read_percent: 50,
+            warmup_secs: 35,
+            ramp_secs: 90,
+            after_kill_secs: 20,
+            seed: 42,
+        }
+    }
+}
+
+/// What `presage-bench scenario failing-node` does.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioOptions {
+    /// The story.
+    pub story: StoryOptions,
+    /// Nodes (one group of three, the rest spares).
+    pub nodes: u64,
+    /// Regions (the spare needs a region the group lacks once the failing node is gone).
+    pub regions: u64,
+    /// Data shards the keyspace is split into before the run (leaders spread over the group).
+    pub shards: u64,
+    /// Settings for every node (`key=value`), after the scenario's own.
+    pub overrides: Vec<String>,
+    /// The `presage` binary.
+    #[serde(skip)]
+    pub binary: PathBuf,
+    /// Folder for the playgrounds (default: the system's temporary folder).
+    #[serde(skip)]
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for ScenarioOptions {
+    fn default() -> Self {
+        ScenarioOptions {
+            story: StoryOptions::default(),
+            nodes: 4,
+            regions: 4,
+            shards: 6,
+            overrides: Vec::new(),
+            binary: PathBuf::from("presage"),
+            work_dir: None,
+        }
+    }
+}
+
+/// Settings every scenario node gets: telemetry five times a second (the detectors' warm-up
+/// takes 24 s) and a node declared down 10 s after it went silent (the reactive repair).
+pub fn scenario_overrides() -> Vec<String> {
+    vec![
+        "server.shard-manager.heartbeat-interval-ms=\"200ms\"".to_string(),
+        "server.shard-manager.node-suspect-after-ms=\"3s\"".to_string(),
+        "server.shard-manager.node-down-after-ms=\"10s\"".to_string(),
+    ]
+}
+
+/// One moment of the story.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    /// Seconds since the workload started.
+    pub at_secs: f64,
+    /// What happened.
+    pub what: String,
+}
+
+/// One second of the workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondPoint {
+    /// Seconds since the workload started.
+    pub second: u64,
+    /// Requests scheduled in that second that completed.
+    pub ops: u64,
+    /// Their p99, in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+/// The story's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// The mode.
+    pub mode: Mode,
+    /// The node whose disk degraded and which was killed.
+    pub failing_node: NodeId,
+    /// Requests that returned an error.
+    pub failed_requests: u64,
+    /// Requests made (workload and probes).
+    pub requests: u64,
+    /// The workload's p99 before the ramp, in milliseconds.
+    pub p99_ms_steady: f64,
+    /// The workload's p99 from the ramp to the end, in milliseconds.
+    pub p99_ms_during_event: f64,
+    /// The workload's largest latency during the event, in milliseconds.
+    pub max_ms_during_event: f64,
+    /// The longest single client call of the workload, in milliseconds (a call slower than
+    /// its interval also delays the calls scheduled behind it).
+    pub slowest_call_ms: f64,
+    /// Seconds of unavailability, summed over the data shards.
+    pub unavailable_shard_seconds: f64,
+    /// Snapshot data sent by the nodes during the event, in bytes.
+    pub bytes_moved: u64,
+    /// From the first early warning about the node to its death, in seconds.
+    pub warning_lead_seconds: Option<f64>,
+    /// The node held no replica when it was killed.
+    pub evacuated_before_kill: bool,
+    /// Seconds since the workload started: the ramp began, the node was killed.
+    pub ramp_at_secs: f64,
+    /// See above.
+    pub kill_at_secs: f64,
+    /// What happened, in order.
+    pub timeline: Vec<TimelineEvent>,
+    /// The workload second by second.
+    pub series: Vec<SecondPoint>,
+    /// The last error a request returned.
+    pub last_error: Option<String>,
+}
+
+/// Runs the whole scenario in `mode` on a playground of its own.
+pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + Sync)) -> Result<ScenarioReport> {
+    if opts.nodes < 4 || opts.regions < 2 || opts.regions > opts.nodes {
+        bail!("the scenario needs at least 4 nodes (a group of 3 and a spare) in 2 to `nodes` regions");
+    }
+    if opts.shards == 0 || opts.shards > opts.story.keys {
+        bail!("--shards must be between 1 and --keys");
+    }
+    let tmp = match &opts.work_dir {
+        Some(d) => tempfile::Builder::new().prefix("presage-scenario").tempdir_in(d),
+        None => tempfile::Builder::new().prefix("presage-scenario").tempdir(),
+    }
+    .context("creating a temporary folder")?;
+    let mut overrides = scenario_overrides();
+    overrides.push(mode.override_setting());
+    overrides.extend(opts.overrides.iter().cloned());
+    let pg_opts = PlaygroundOptions {
+        nodes: opts.nodes,
+        regions: opts.regions,
+        data_dir: tmp.path().to_path_buf(),
+        overrides,
+        binary: opts.binary.clone(),
+        ready_timeout: Duration::from_secs(120),
+    };
+    narrate(&format!("starting {} nodes in {} regions ({mode:?})", opts.nodes, opts.regions));
+    let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
+    let result = async {
+        let client = Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await?;
+        load(&client, &opts.story).await?;
+        let admins = admin_addrs(&pg, None);
+        split_and_spread(&admins, opts.story.keys, opts.shards).await?;
+        narrate(&format!("loaded {} keys into {} data shards", opts.story.keys, opts.shards));
+        story(&mut pg, &opts.story, mode, narrate).await
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || pg.stop(Duration::from_secs(20))).await;
+    result
+}
+
+/// Loads `keys` keys through `client`.
+pub async fn load(client: &Client, opts: &StoryOptions) -> Result<()> {
+    let mut values = ValueGen::new(ValueKind::Compressible, opts.value_bytes, opts.seed);
+    let mut i = 0;
+    while i < opts.keys {
+        let end = (i + LOAD_BATCH_KEYS).min(opts.keys);
+        client.batch((i..end).map(|k| BatchOp::Put { key: key(k), value: values.value(k) }).collect()).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// Splits the data shard into `shards` at even key indexes and hands their leaderships
+/// round-robin to the group's nodes.
+async fn split_and_spread(admins: &[String], keys: u64, shards: u64) -> Result<()> {
+    for i in 1..shards {
+        let at = key(keys * i / shards);
+        let shard = wait_for(admins, Duration::from_secs(30), "the shard of a split key", {
+            let at = at.clone();
+            move |a| {
+                let rows = a.shards(None, None, Some(&String::from_utf8_lossy(&at))).ok()?;
+                rows.first().map(|r| r.shard.id)
+            }
+        })
+        .await?;
+        admin_command(admins, AdminCommand::Split { shard, key: Some(at.clone()) }).await?;
+        wait_for(admins, Duration::from_secs(30), "the split", move |a| {
+            let rows = a.shards(None, None, None).ok()?;
+            rows.iter().any(|r| r.shard.start == at).then_some(())
+        })
+        .await?;
+    }
+    let rows = wait_for(admins, Duration::from_secs(30), "every shard's leader", |a| {
+        let rows = a.shards(None, None, None).ok()?;
+        rows.iter().all(|r| r.shard.leader.is_some()).then_some(rows)
+    })
+    .await?;
+    let data: Vec<_> = rows.iter().filter(|r| r.shard.id != META_SHARD_ID).collect();
+    for (i, r) in data.iter().enumerate() {
+        let voters = r.shard.voters();
+        let to = voters[i % voters.len().max(1)];
+        if r.shard.leader != Some(to) {
+            admin_command(admins, AdminCommand::TransferLeader { shard: r.shard.id, to }).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn admin_command(admins: &[String], command: AdminCommand) -> Result<()> {
+    let admins = admins.to_vec();
+    // A shard busy with another operator (the previous split finishing) answers 503: the
+    // command is tried again for a while.
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut last = None;
+            for a in &admins {
+                match AdminClient::new(a, None).admin(&command) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            match last {
+                Some(crate::ctl::CtlError::Api { status: 503, .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                last => {
+                    return Err(last.map_or_else(|| anyhow::anyhow!("no admin address"), anyhow::Error::from))
+                        .with_context(|| format!("{command:?}"))
+                }
+            }
+        }
+    })
+    .await?
+}
+
+/// Polls every admin address each 250 ms until `check` answers, for at most `timeout`.
+async fn wait_for<T: Send + 'static>(
+    admins: &[String],
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&AdminClient) -> Option<T> + Send + Sync + 'static,
+) -> Result<T> {
+    let admins = admins.to_vec();
+    let what = what.to_string();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for a in &admins {
+                if let Some(v) = check(&AdminClient::new(a, None)) {
+                    return Ok(v);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+    .await?
+}
+
+fn admin_addrs(pg: &Playground, except: Option<NodeId>) -> Vec<String> {
+    pg.cluster.nodes.iter().filter(|n| Some(n.id) != except).map(|n| n.admin.clone()).collect()
+}
+
+fn admins_by_id(pg: &Playground, except: Option<NodeId>) -> Vec<(NodeId, String)> {
+    pg.cluster.nodes.iter().filter(|n| Some(n.id) != except).map(|n| (n.id, n.admin.clone())).collect()
+}
+
+/// The group member to fail: one with a spare node that could take its place (Up, in no
+/// group, in a region the rest of the group lacks), leading the most data shards.
+pub fn choose_failing_node(admin: &AdminClient) -> Result<NodeId> {
+    let info = admin.cluster()?;
+    let rows = admin.shards(None, None, None)?;
+    let mut best: Option<(usize, NodeId)> = None;
+    for g in &info.groups {
+        for &member in &g.nodes {
+            let others: Vec<&str> = info
+                .nodes
+                .iter()
+                .filter(|n| g.nodes.contains(&n.id) && n.id != member)
+                .map(|n| n.region.as_str())
+                .collect();
+            let has_spare = info.nodes.iter().any(|n| {
+                n.group.is_none() && n.state == presage_shardmgr::NodeState::Up && !others.contains(&n.region.as_str())
+            });
+            if !has_spare {
+                continue;
+            }
+            let leads = rows.iter().filter(|r| r.shard.id != META_SHARD_ID && r.shard.leader == Some(member)).count();
+            if best.is_none_or(|(l, id)| leads > l || (leads == l && member < id)) {
+                best = Some((leads, member));
+            }
+        }
+    }
+    best.map(|(_, id)| id).context("no group member has a spare node to take its place")
+}
+
+/// Counters the workers and probes share.
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    failed: AtomicU64,
+    /// The longest single client call, in microseconds (schedule lateness aside).
+    slowest_call_us: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Counts {
+    fn record(&self, r: &Result<(), presage_client::ClientError>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = r {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+        }
+    }
+}
+
+/// Runs the story on a running playground whose nodes have [`scenario_overrides`], `keys`
+/// loaded, and the mode's `proactive-migration`. Narrates the timeline as it happens.
+pub async fn story(
+    pg: &mut Playground,
+    opts: &StoryOptions,
+    mode: Mode,
+    narrate: &(dyn Fn(&str) + Sync),
+) -> Result<ScenarioReport> {
+    let all_admins = admin_addrs(pg, None);
+    let first = all_admins.first().cloned().context("an empty playground")?;
+    let failing = tokio::task::spawn_blocking(move || choose_failing_node(&AdminClient::new(&first, None))).await??;
+    let failing_admin = pg
+        .cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == failing)
+        .map(|n| n.admin.clone())
+        .context("the failing node's admin address")?;
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await?);
+    let rows = tokio::task::spawn_blocking({
+        let a = all_admins.clone();
+        move || shard_rows(&a)
+    })
+    .await??;
+    let probe_keys: Vec<Vec<u8>> = rows
+        .iter()
+        .filter(|r| r.shard.id != META_SHARD_ID)
+        .map(|r| if r.shard.start.is_empty() { key(0) } else { r.shard.start.clone() })
+        .collect();
+
+    let started = Instant::now();
+    let timeline: Arc<Mutex<Vec<TimelineEvent>>> = Arc::default();
+    let say = {
+        let timeline = Arc::clone(&timeline);
+        move |what: String| {
+            let at_secs = started.elapsed().as_secs_f64();
+            narrate(&format!("[{at_secs:6.1}s] {what}"));
+            timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(TimelineEvent { at_secs, what });
+        }
+    };
+    say(format!(
+        "workload starts: {} workers, one request each every {} ms, {}% reads; {} shard probes; node {failing} will fail",
+        opts.workers,
+        opts.op_interval_ms,
+        opts.read_percent,
+        probe_keys.len()
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let unavailable_us = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..opts.workers {
+        let (client, stop, counts, opts) = (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&counts), opts.clone());
+        workers.spawn(worker(client, opts, w as u64, started, stop, counts));
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for k in probe_keys {
+        let (client, stop, counts, unavailable_us) =
+            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&counts), Arc::clone(&unavailable_us));
+        probes.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = client.get(&k).await.map(|_| ());
+                let took = t.elapsed();
+                counts.record(&r);
+                if took > UNAVAILABLE_AFTER {
+                    unavailable_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        });
+    }
+    let (watch_tx, watch_rx) = std::sync::mpsc::channel::<String>();
+    // Replicas the failing node holds, as the watcher last saw (-1: not seen yet).
+    let held = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let watcher = {
+        let (admins, stop, held) = (admin_addrs(pg, Some(failing)), Arc::clone(&stop), Arc::clone(&held));
+        std::thread::spawn(move || watch(&admins, failing, &stop, &held, &watch_tx))
+    };
+    let pump = |rx: &std::sync::mpsc::Receiver<String>| {
+        while let Ok(what) = rx.try_recv() {
+            say(what);
+        }
+    };
+    let sleep_pumping = |until: Instant| {
+        let rx = &watch_rx;
+        let pump = &pump;
+        async move {
+            while Instant::now() < until {
+                pump(rx);
+                tokio::time::sleep(Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            pump(rx);
+        }
+    };
+
+    sleep_pumping(started + Duration::from_secs(opts.warmup_secs)).await;
+    let sent_before = snapshot_bytes_sent(&admins_by_id(pg, None)).await;
+    let ramp =
+        serde_json::json!({"latency-start-us": 0, "latency-end-us": RAMP_END_US, "ramp-ms": opts.ramp_secs * 1000});
+    let body = serde_json::json!({"sync": ramp, "write": ramp});
+    let a = failing_admin.clone();
+    tokio::task::spawn_blocking(move || AdminClient::new(&a, None).put_raw("/v1/faults", &body))
+        .await?
+        .context("injecting the disk ramp")?;
+    let ramp_at = started.elapsed();
+    say(format!("node {failing}'s disk starts degrading: write latency 0 -> 1 s over {} s", opts.ramp_secs));
+
+    sleep_pumping(started + ramp_at + Duration::from_secs(opts.ramp_secs)).await;
+    // The kill comes on time (at most `LAST_LOOK` late): what the node holds is the watcher's
+    // latest view.
+    let failing_only = [(failing, failing_admin.clone())];
+    let last_look = snapshot_bytes_sent(&failing_only);
+    let sent_failing = tokio::time::timeout(LAST_LOOK, last_look).await.ok().and_then(|m| m.get(&failing).copied());
+    pg.kill(failing);
+    let kill_at = started.elapsed();
+    let holds = usize::try_from(held.load(Ordering::Relaxed)).ok();
+    let holding = holds.map_or("an unknown number of".to_string(), |h| h.to_string());
+    say(format!("node {failing} is killed (SIGKILL) holding {holding} replica(s)"));
+    sleep_pumping(started + kill_at + Duration::from_secs(opts.after_kill_secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histograms = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        histograms.push(r.context("a workload task failed")??);
+    }
+    while probes.join_next().await.is_some() {}
+    let first_warning = watcher.join().map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
+    pump(&watch_rx);
+    let sent_after = snapshot_bytes_sent(&admins_by_id(pg, Some(failing))).await;
+
+    // Figures.
+    let series_len = histograms.iter().map(Vec::len).max().unwrap_or(0);
+    let mut series = Vec::with_capacity(series_len);
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).context("latency histogram");
+    let (mut steady, mut event) = (new_hist()?, new_hist()?);
+    let steady_from = opts.warmup_secs / 2;
+    let ramp_second = ramp_at.as_secs();
+    for second in 0..series_len {
+        let mut h = new_hist()?;
+        for w in &histograms {
+            if let Some(x) = w.get(second) {
+                h.add(x).context("merging histograms")?;
+            }
+        }
+        let s = second as u64;
+        if (steady_from..ramp_second).contains(&s) {
+            steady.add(&h).context("merging histograms")?;
+        } else if s >= ramp_second {
+            event.add(&h).context("merging histograms")?;
+        }
+        let p99_ms = (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1e3);
+        series.push(SecondPoint { second: s, ops: h.len(), p99_ms });
+    }
+    let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1e3;
+    let sum = |m: &BTreeMap<NodeId, u64>| m.values().sum::<u64>();
+    let moved_failing = sent_failing.unwrap_or(0);
+    let before_failing = sent_before.get(&failing).copied().unwrap_or(0);
+    let before_others = sum(&sent_before) - before_failing;
+    let bytes_moved = sum(&sent_after).saturating_sub(before_others) + moved_failing.saturating_sub(before_failing);
+    let warning_lead_seconds = first_warning.map(|w| kill_at.as_secs_f64() - w.duration_since(started).as_secs_f64());
+    let timeline = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let last_error = counts.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    Ok(ScenarioReport {
+        mode,
+        failing_node: failing,
+        failed_requests: counts.failed.load(Ordering::Relaxed),
+        requests: counts.requests.load(Ordering::Relaxed),
+        p99_ms_steady: p99(&steady),
+        p99_ms_during_event: p99(&event),
+        max_ms_during_event: event.max() as f64 / 1e3,
+        slowest_call_ms: counts.slowest_call_us.load(Ordering::Relaxed) as f64 / 1e3,
+        unavailable_shard_seconds: unavailable_us.load(Ordering::Relaxed) as f64 / 1e6,
+        bytes_moved,
+        warning_lead_seconds: warning_lead_seconds.filter(|s| *s >= 0.0),
+        evacuated_before_kill: holds == Some(0),
+        ramp_at_secs: ramp_at.as_secs_f64(),
+        kill_at_secs: kill_at.as_secs_f64(),
+        timeline,
+        series,
+        last_error,
+    })
+}
+
+/// One open-loop worker: a request every `op_interval_ms` on a fixed schedule until `stop`,
+/// each sent at its time whatever the earlier ones do (at most `MAX_INFLIGHT_PER_WORKER` in
+/// flight; beyond that the schedule waits and the wait counts as latency). Latencies run
+/// from the scheduled start, by second of the schedule.
+async fn worker(
+    client: Arc<Client>,
+    opts: StoryOptions,
+    id: u64,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) -> Result<Vec<Histogram<u64>>> {
+    let mut rng = SmallRng::seed_from_u64(opts.seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut values = ValueGen::new(ValueKind::Compressible, opts.value_bytes, opts.seed + id);
+    let interval = Duration::from_millis(opts.op_interval_ms.max(1));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PER_WORKER));
+    // Each request's scheduled start, latency from it in microseconds, and success.
+    let mut calls: tokio::task::JoinSet<(Instant, u64, bool)> = tokio::task::JoinSet::new();
+    let mut seconds: Vec<Histogram<u64>> = Vec::new();
+    let record = |(scheduled, us, ok): (Instant, u64, bool), seconds: &mut Vec<Histogram<u64>>| -> Result<()> {
+        if ok {
+            let second = scheduled.duration_since(started).as_secs() as usize;
+            while seconds.len() <= second {
+                seconds.push(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("latency histogram")?);
+            }
+            seconds[second].saturating_record(us);
+        }
+        Ok(())
+    };
+    // Workers start spread over one interval.
+    let mut scheduled = started + interval.mul_f64(id as f64 / opts.workers.max(1) as f64);
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep_until(scheduled.into()).await;
+        let permit = Arc::clone(&in_flight).acquire_owned().await.context("the in-flight limit closed")?;
+        while let Some(done) = calls.try_join_next() {
+            record(done.context("a request task failed")?, &mut seconds)?;
+        }
+        let k = rng.random_range(0..opts.keys.max(1));
+        let write = (rng.random_range(0..100) >= opts.read_percent).then(|| values.value(k));
+        let (client, counts) = (Arc::clone(&client), Arc::clone(&counts));
+        let at = scheduled;
+        calls.spawn(async move {
+            let call = Instant::now();
+            let r = match write {
+                None => client.get(&key(k)).await.map(|_| ()),
+                Some(v) => client.put(&key(k), &v).await,
+            };
+            counts.slowest_call_us.fetch_max(call.elapsed().as_micros() as u64, Ordering::Relaxed);
+            counts.record(&r);
+            drop(permit);
+            (at, (at.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US), r.is_ok())
+        });
+        scheduled += interval;
+    }
+    while let Some(done) = calls.join_next().await {
+        record(done.context("a request task failed")?, &mut seconds)?;
+    }
+    Ok(seconds)
+}
+
+fn shard_rows(admins: &[String]) -> Result<Vec<presage_client::proto::ShardRow>> {
+    let mut last = None;
+    for a in admins {
+        match AdminClient::new(a, None).shards(None, None, None) {
+            Ok(rows) => return Ok(rows),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no admin address"), anyhow::Error::from))
+}
+
+/// Each node's `presage_node{what="snapshot_bytes_sent"}`; nodes that do not answer are
+/// left out.
+async fn snapshot_bytes_sent(nodes: &[(NodeId, String)]) -> BTreeMap<NodeId, u64> {
+    let nodes = nodes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut out = BTreeMap::new();
+        for (id, a) in nodes {
+            let Ok(text) = AdminClient::new(&a, None).get_raw("/metrics") else { continue };
+            let sent = text
+                .lines()
+                .find(|l| l.starts_with("presage_node{what=\"snapshot_bytes_sent\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            out.insert(id, sent as u64);
+        }
+        out
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Polls warnings, risk, migrations and leaders until `stop`, sending what changed; returns
+/// when the first warning about `failing` was seen.
+fn watch(
+    admins: &[String],
+    failing: NodeId,
+    stop: &AtomicBool,
+    held: &std::sync::atomic::AtomicI64,
+    tx: &std::sync::mpsc::Sender<String>,
+) -> Option<Instant> {
+    let mut first_warning = None;
+    let mut warned_kinds: Vec<String> = Vec::new();
+    let mut stages: BTreeMap<u64, String> = BTreeMap::new();
+    let mut leads_before: Option<usize> = None;
+    let mut holds_before: Option<usize> = None;
+    let mut leaderless_before: Option<usize> = None;
+    let mut risk_said = 0.0f64;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(WATCH_INTERVAL);
+        for a in admins.iter().map(|a| AdminClient::new(a, None)) {
+            let Ok(w) = a.get::<serde_json::Value>("/v1/warnings?after=0&limit=100") else { continue };
+            for x in w["active"].as_array().into_iter().flatten().filter(|x| x["node"] == failing) {
+                let kind = x["kind"].as_str().unwrap_or("?").to_string();
+                if !warned_kinds.contains(&kind) {
+                    first_warning.get_or_insert_with(Instant::now);
+                    let _ = tx.send(format!("early warning: {kind} on node {failing}"));
+                    warned_kinds.push(kind);
+                }
+            }
+            if let Ok(risk) = a.get::<serde_json::Value>("/v1/risk") {
+                let p = risk["nodes"]
+                    .as_array()
+                    .and_then(|n| n.iter().find(|n| n["node"] == failing))
+                    .and_then(|n| n["probability"].as_f64());
+                if let Some(p) = p {
+                    // Said at each tenth crossed upwards.
+                    if (p * 10.0).floor() > (risk_said * 10.0).floor() && p >= 0.3 {
+                        let _ = tx.send(format!("node {failing}'s failure probability reaches {p:.2}"));
+                        risk_said = p;
+                    }
+                }
+            }
+            if let Ok(m) = a.get::<serde_json::Value>("/v1/migrations") {
+                for x in m.as_array().into_iter().flatten().filter(|x| x["node"] == failing) {
+                    let (Some(id), Some(stage)) = (x["id"].as_u64(), x["stage"].as_str()) else { continue };
+                    if stages.get(&id).map(String::as_str) != Some(stage) {
+                        let target =
+                            x["target"].as_u64().map_or("no target yet".to_string(), |t| format!("to node {t}"));
+                        let _ = tx.send(format!(
+                            "migration {id} of node {failing} ({}, {target}): {stage}",
+                            x["cause"].as_str().unwrap_or("?")
+                        ));
+                        stages.insert(id, stage.to_string());
+                    }
+                }
+            }
+            if let Ok(rows) = a.shards(None, None, None) {
+                let leads = rows.iter().filter(|r| r.shard.leader == Some(failing)).count();
+                let holds = rows.iter().filter(|r| r.shard.replica(failing).is_some()).count();
+                let leaderless = rows.iter().filter(|r| r.shard.leader.is_none()).count();
+                held.store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
+                if leads_before.is_some_and(|b| b != leads) {
+                    let _ = tx.send(format!("node {failing} leads {leads} shard(s)"));
+                }
+                if holds_before.is_some_and(|b| b != holds) {
+                    let _ = tx.send(format!("node {failing} holds {holds} replica(s)"));
+                }
+                if leaderless_before.is_some_and(|b| b != leaderless) {
+                    let _ = tx.send(format!("{leaderless} shard(s) without a known leader"));
+                }
+                (leads_before, holds_before, leaderless_before) = (Some(leads), Some(holds), Some(leaderless));
+            }
+            break;
+        }
+    }
+    first_warning
+}
+
+/// The reports side by side, as text.
+pub fn side_by_side(reports: &[ScenarioReport]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    type Figure = fn(&ScenarioReport) -> String;
+    let lines: [(&str, Figure); 11] = [
+        ("failed_requests", |r| r.failed_requests.to_string()),
+        ("requests", |r| r.requests.to_string()),
+        ("p99_ms_steady", |r| format!("{:.2}", r.p99_ms_steady)),
+        ("p99_ms_during_event", |r| format!("{:.2}", r.p99_ms_during_event)),
+        ("p99 event / steady", |r| format!("{:.2}x", r.p99_ms_during_event / r.p99_ms_steady.max(1e-3))),
+        ("max_ms_during_event", |r| format!("{:.1}", r.max_ms_during_event)),
+        ("slowest_call_ms", |r| format!("{:.1}", r.slowest_call_ms)),
+        ("unavailable_shard_seconds", |r| format!("{:.2}", r.unavailable_shard_seconds)),
+        ("bytes_moved", |r| bytesize::ByteSize(r.bytes_moved).to_string()),
+        ("warning_lead_seconds", |r| r.warning_lead_seconds.map_or("-".to_string(), |v| format!("{v:.1}"))),
+        ("evacuated_before_kill", |r| r.evacuated_before_kill.to_string()),
+    ];
+    for (name, f) in &lines {
+        let mut row = vec![name.to_string()];
+        row.extend(reports.iter().map(f));
+        rows.push(row);
+    }
+    let mut header = vec!["figure"];
+    let names: Vec<String> = reports.iter().map(|r| format!("{:?}", r.mode).to_lowercase()).collect();
+    header.extend(names.iter().map(String::as_str));
+    crate::ctl::table(&header, &rows)
+}
+
+/// The JSON of the reports: one report's figures, or `{"predictive": .., "reactive": ..}`.
+pub fn to_json(reports: &[ScenarioReport]) -> serde_json::Value {
+    match reports {
+        [one] => serde_json::to_value(one).unwrap_or_default(),
+        many => serde_json::Value::Object(
+            many.iter()
+                .map(|r| (format!("{:?}", r.mode).to_lowercase(), serde_json::to_value(r).unwrap_or_default()))
+                .collect(),
+        ),
+    }
+}
+
+/// Draws each report's p99 and throughput per second into `path` (SVG), the ramp and the
+/// kill marked.
+pub fn draw(reports: &[ScenarioReport], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let size = (1000u32, 700u32);
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(size.1 / 2);
+    let max_x = reports.iter().map(|r| r.series.len() as f64).fold(1.0, f64::max);
+    let max_ops = reports.iter().flat_map(|r| r.series.iter().map(|s| s.ops as f64)).fold(1.0, f64::max) * 1.1;
+    let max_p99 = reports.iter().flat_map(|r| r.series.iter().filter_map(|s| s.p99_ms)).fold(0.1, f64::max) * 1.1;
+    let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+    for (area, caption, y_max, y_desc, throughput) in [
+        (&top, "failing node: requests completed per second", max_ops, "ops/s", true),
+        (&bottom, "failing node: p99 latency per second (log scale)", max_p99, "p99 ms", false),
+    ] {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_x, (0.1f64..y_max.max(1.0)).log_scale())
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc("seconds").y_desc(y_desc).draw().map_err(|e| err(&e))?;
+        for (i, r) in reports.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            let pts: Vec<(f64, f64)> = r
+                .series
+                .iter()
+                .filter_map(|s| {
+                    let y = if throughput { Some(s.ops as f64) } else { s.p99_ms };
+                    y.map(|y| (s.second as f64, y.max(0.1)))
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(format!("{:?}", r.mode).to_lowercase())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            for x in [r.ramp_at_secs, r.kill_at_secs] {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x, 0.1), (x, y_max.max(1.0))],
+                        colour.mix(0.5).stroke_width(1),
+                    )))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
