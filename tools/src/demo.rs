@@ -7,7 +7,15 @@
 //!    by load and balances the leaderships. A watcher prints each split, leader move and
 //!    replica move as it happens.
 //! 4. Show the shards again, read a sample of the data back, print a summary (throughput,
-//!    latency percentiles, what changed) and stop the nodes with SIGTERM.
+//!    latency percentiles, what changed).
+//! 5. Second act, a failing disk ([`crate::scenario::story`]): while a paced workload runs,
+//!    one group member's disk degrades gradually (fault injection); the failure analysis
+//!    warns, the shard manager moves the node's leaderships and replicas to a spare, and the
+//!    node is killed when its disk reaches the election timeout. The timeline is narrated as
+//!    it happens, then the figures (failed requests, p99 before and during, unavailable
+//!    shard-seconds, bytes moved, the warning's lead). Needs a spare node whose region the
+//!    rest of the group lacks (the default 5 nodes in 3 regions has two).
+//! 6. Stop the nodes with SIGTERM.
 //!
 //! The nodes get a lower load-split threshold and window than production defaults so that
 //! the split happens within the run on a small machine (`--split-qps`).
@@ -59,6 +67,8 @@ pub struct DemoOptions {
     pub binary: PathBuf,
     /// Seed of the workload.
     pub seed: u64,
+    /// The second act's disk ramp to 1 s, in seconds; 0 skips the act.
+    pub failing_node_ramp_secs: u64,
 }
 
 impl Default for DemoOptions {
@@ -76,6 +86,7 @@ impl Default for DemoOptions {
             data_dir: None,
             binary: PathBuf::from("presage"),
             seed: 42,
+            failing_node_ramp_secs: 60,
         }
     }
 }
@@ -119,14 +130,15 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let overrides = vec![
+    let mut overrides = crate::scenario::scenario_overrides();
+    overrides.extend([
         format!("server.shard-manager.load-split-qps={}", opts.split_qps),
         "server.shard-manager.load-split-window-ms=\"3s\"".to_string(),
         "server.shard-manager.balance-min-leader-load-gap=50.0".to_string(),
         // Small memtables, so that the demo's few megabytes reach SST files and the shard
         // sizes (estimated from them) show.
         "rocksdb.write-buffer-bytes=\"1MiB\"".to_string(),
-    ];
+    ]);
     println!(
         "1. Starting {} nodes in {} regions (data, configs and logs in {}) ...",
         opts.nodes,
@@ -160,8 +172,12 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
         );
         print_indented(&ctl::groups_table(&info));
     }
-    let result = drive(opts, &pg, &admins).await;
-    println!("\n6. Stopping the nodes (SIGTERM: leaderships move away, requests drain) ...");
+    let cluster_started = Instant::now();
+    let mut result = drive(opts, &pg, &admins).await;
+    if result.is_ok() {
+        result = second_act(opts, &mut pg, cluster_started).await;
+    }
+    println!("\n7. Stopping the nodes (SIGTERM: leaderships move away, requests drain) ...");
     let stopping = Instant::now();
     let killed = tokio::task::spawn_blocking(move || pg.stop(Duration::from_secs(20))).await?;
     if killed == 0 {
@@ -170,6 +186,64 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
         println!("   {killed} node(s) did not stop within 20s and were killed");
     }
     result
+}
+
+/// The detectors learn each node's normal from 120 samples (24 s at the demo's 200 ms).
+const DETECTOR_WARMUP: Duration = Duration::from_secs(30);
+
+/// Step 6: a node's disk degrades, the node is evacuated, then killed.
+async fn second_act(opts: &DemoOptions, pg: &mut Playground, cluster_started: Instant) -> Result<()> {
+    if opts.failing_node_ramp_secs == 0 {
+        println!("\n6. Second act (a failing disk) skipped: --failing-node-ramp-secs 0");
+        return Ok(());
+    }
+    let first = pg.cluster.nodes[0].admin.clone();
+    let chosen =
+        tokio::task::spawn_blocking(move || crate::scenario::choose_failing_node(&AdminClient::new(&first, None)))
+            .await?;
+    let failing = match chosen {
+        Ok(n) => n,
+        Err(e) => {
+            println!(
+                "\n6. Second act (a failing disk) skipped: {e} (it needs a spare node, e.g. --nodes 5 --regions 3)"
+            );
+            return Ok(());
+        }
+    };
+    let warmup_secs = DETECTOR_WARMUP.saturating_sub(cluster_started.elapsed()).as_secs().max(10);
+    let story = crate::scenario::StoryOptions {
+        keys: opts.keys,
+        value_bytes: opts.value_bytes,
+        ramp_secs: opts.failing_node_ramp_secs,
+        warmup_secs,
+        after_kill_secs: 10,
+        seed: opts.seed,
+        ..crate::scenario::StoryOptions::default()
+    };
+    println!(
+        "\n6. Second act, a failing disk: node {failing}'s writes slow from 0 to 1 s (the election timeout) over {}s \
+         while {} paced clients send {} requests/s; the node is killed when its disk gets there. \
+         The failure analysis and the shard manager act on their own:\n",
+        story.ramp_secs,
+        story.workers,
+        story.workers as u64 * 1000 / story.op_interval_ms.max(1)
+    );
+    let report =
+        crate::scenario::story(pg, &story, crate::scenario::Mode::Predictive, &|line| println!("   {line}")).await?;
+    println!();
+    print_indented(&crate::scenario::side_by_side(std::slice::from_ref(&report)));
+    let lead = report.warning_lead_seconds.map_or("no warning".to_string(), |s| format!("{s:.0}s"));
+    println!(
+        "\n   {} of {} requests failed; p99 {:.1} ms before the disk degraded, {:.1} ms from then on; \
+         first warning {lead} before the failure; node {} {} when it died",
+        report.failed_requests,
+        report.requests,
+        report.p99_ms_steady,
+        report.p99_ms_during_event,
+        failing,
+        if report.evacuated_before_kill { "held no replica" } else { "still held replicas" },
+    );
+    Ok(())
 }
 
 fn validate(opts: &DemoOptions) -> Result<()> {

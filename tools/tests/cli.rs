@@ -47,6 +47,53 @@ fn cluster_demo_splits_a_hot_shard_and_stops_cleanly() {
     assert!(stdout.contains("] split: shard 1 split at user:"), "no load split seen:\n{stdout}");
     assert!(stdout.contains("1000 of 1000 sampled keys read back"), "{stdout}");
     assert!(stdout.contains("all 3 nodes stopped cleanly"), "{stdout}");
+    assert!(
+        stdout.contains("6. Second act (a failing disk) skipped: no group member has a spare node"),
+        "three nodes leave no spare for the second act:\n{stdout}"
+    );
+}
+
+/// `presage-bench scenario failing-node` in both modes, shortened: each mode's figures come
+/// out under the documented JSON keys, side by side on stdout, and drawn. (What the figures
+/// must be is the e2e migration test's business; a bench reports, it does not assert.)
+#[test]
+fn failing_node_scenario_reports_both_modes_with_the_documented_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (json, plot) = (dir.path().join("s.json"), dir.path().join("s.svg"));
+    let out = bench()
+        .args(["scenario", "failing-node", "--mode", "both", "--keys", "500", "--shards", "3", "--workers", "2"])
+        .args(["--warmup-secs", "30", "--ramp-secs", "20", "--after-kill-secs", "5"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("run presage-bench scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scenario failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("predictive") && stdout.contains("reactive"), "{stdout}");
+    assert!(stderr.contains("disk starts degrading") && stderr.contains("is killed (SIGKILL)"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json parses");
+    for mode in ["predictive", "reactive"] {
+        let r = &report[mode];
+        for key in [
+            "failed_requests",
+            "p99_ms_during_event",
+            "p99_ms_steady",
+            "unavailable_shard_seconds",
+            "bytes_moved",
+            "warning_lead_seconds",
+        ] {
+            assert!(r.get(key).is_some(), "{mode}: no {key} in {r}");
+        }
+        assert!(r["requests"].as_u64().unwrap_or(0) > 1_000, "{mode}: {r}");
+        assert!(r["p99_ms_steady"].as_f64().unwrap_or(0.0) > 0.0, "{mode}: {r}");
+        assert!(r["kill_at_secs"].as_f64().unwrap_or(0.0) >= 50.0, "{mode}: killed after warm-up and ramp: {r}");
+        assert_eq!(r["mode"], mode);
+    }
+    let svg = std::fs::read_to_string(&plot).expect("plot");
+    assert!(svg.contains("<svg") && svg.contains("p99 latency per second"), "{svg:.200}");
 }
 
 #[test]
@@ -144,6 +191,9 @@ fn bench_refuses_bad_arguments_clearly() {
         (&["run", "--workload", "z", "--target", "raw-engine"][..], "invalid value 'z'"),
         (&["run", "--workload", "a", "--target", "nowhere"][..], "raw-engine, playground or HOST:PORT"),
         (&["run", "--workload", "a"][..], "--target"),
+        (&["scenario", "failing-node", "--nodes", "3"][..], "at least 4 nodes"),
+        (&["scenario", "failing-node", "--mode", "sideways"][..], "invalid value 'sideways'"),
+        (&["scenario", "failing-node", "--read-percent", "101"][..], "at most 100"),
     ] {
         let out = bench().args(args).output().expect("run presage-bench");
         assert!(!out.status.success(), "{args:?}");

@@ -138,6 +138,10 @@ struct DemoArgs {
     /// Seed of the workload.
     #[arg(long, default_value_t = DemoOptions::default().seed)]
     seed: u64,
+    /// The second act (a failing disk): seconds its disk takes to slow to 1 s per write
+    /// before the node is killed; 0 skips the act.
+    #[arg(long, default_value_t = DemoOptions::default().failing_node_ramp_secs)]
+    failing_node_ramp_secs: u64,
 }
 
 /// `presage start`: each flag overrides the key of the same name in the file.
@@ -343,6 +347,7 @@ fn main() -> Result<()> {
                 data_dir: a.data_dir,
                 binary: std::env::current_exe().context("finding the presage binary")?,
                 seed: a.seed,
+                failing_node_ramp_secs: a.failing_node_ramp_secs,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(demo::run(&opts))
