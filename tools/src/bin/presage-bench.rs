@@ -1,8 +1,9 @@
 //! `presage-bench`: Presage's embedded benchmark harness. Every figure is reported next to a
 //! baseline measured in the same run: `engine` (the storage engine), `replication`
 //! (replicated writes against the raw engine), `idle` (CPU of idle shards, quiescence on
-//! against off), and `run`: the YCSB core workloads against the raw engine, a playground or a
-//! running cluster, several targets in one invocation, each next to the first.
+//! against off), `run`: the YCSB core workloads against the raw engine, a playground or a
+//! running cluster, several targets in one invocation, each next to the first, and
+//! `scenario failing-node`: a degrading node with the predictive path on, beside it off.
 
 use std::path::PathBuf;
 
