@@ -476,14 +476,7 @@ fn watch(admins: &[String], stop: &AtomicBool, pb: &ProgressBar, started: Instan
 }
 
 fn shard_rows_blocking(admins: &[String]) -> Result<Vec<ShardRow>> {
-    let mut last = None;
-    for a in admins {
-        match AdminClient::new(a, None).shards(None, None, None) {
-            Ok(rows) => return Ok(rows),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow::anyhow!("no admin address"), anyhow::Error::from))
+    crate::scenario::shard_rows(admins)
 }
 
 async fn shard_rows(admins: Vec<String>) -> Result<Vec<ShardRow>> {

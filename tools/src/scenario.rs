@@ -658,7 +658,8 @@ async fn worker(
     Ok(seconds)
 }
 
-fn shard_rows(admins: &[String]) -> Result<Vec<presage_client::proto::ShardRow>> {
+/// The shards, from the first admin address that answers.
+pub(crate) fn shard_rows(admins: &[String]) -> Result<Vec<presage_client::proto::ShardRow>> {
     let mut last = None;
     for a in admins {
         match AdminClient::new(a, None).shards(None, None, None) {
