@@ -814,14 +814,14 @@ pub fn to_json(reports: &[ScenarioReport]) -> serde_json::Value {
 pub fn draw(reports: &[ScenarioReport], path: &Path) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
-    let size = (1000u32, 700u32);
+    use crate::ycsb::plot::{COLOURS, SIZE_PX};
+    let size = SIZE_PX;
     let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(size.1 / 2);
     let max_x = reports.iter().map(|r| r.series.len() as f64).fold(1.0, f64::max);
     let max_ops = reports.iter().flat_map(|r| r.series.iter().map(|s| s.ops as f64)).fold(1.0, f64::max) * 1.1;
     let max_p99 = reports.iter().flat_map(|r| r.series.iter().filter_map(|s| s.p99_ms)).fold(0.1, f64::max) * 1.1;
-    let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
     for (area, caption, y_max, y_desc, throughput) in [
         (&top, "failing node: requests completed per second", max_ops, "ops/s", true),
         (&bottom, "failing node: p99 latency per second (log scale)", max_p99, "p99 ms", false),
@@ -835,7 +835,7 @@ pub fn draw(reports: &[ScenarioReport], path: &Path) -> Result<()> {
             .map_err(|e| err(&e))?;
         chart.configure_mesh().x_desc("seconds").y_desc(y_desc).draw().map_err(|e| err(&e))?;
         for (i, r) in reports.iter().enumerate() {
-            let colour = colours[i % colours.len()];
+            let colour = COLOURS[i % COLOURS.len()];
             let pts: Vec<(f64, f64)> = r
                 .series
                 .iter()

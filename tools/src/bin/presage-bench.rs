@@ -300,13 +300,12 @@ fn main() -> Result<()> {
                 max_failing_secs,
                 request_timeout_ms,
             };
-            let presage_binary = match presage_bin {
-                Some(p) => p,
-                None => std::env::current_exe().context("finding this program")?.with_file_name("presage"),
+            // Only a playground target runs the binary.
+            let presage_binary = if target.contains(&TargetSpec::Playground) {
+                presage_binary(presage_bin)?
+            } else {
+                presage_bin.unwrap_or_default()
             };
-            if target.contains(&TargetSpec::Playground) && !presage_binary.is_file() {
-                anyhow::bail!("no presage binary at {} (give --presage-bin)", presage_binary.display());
-            }
             let env = Environment { work_dir: work_dir.unwrap_or_else(std::env::temp_dir), presage_binary };
             let report = presage_tools::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
             print!("{}", presage_tools::ycsb::run::render(&report));

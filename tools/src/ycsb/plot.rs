@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use super::run::BenchReport;
 
 /// Width and height of the picture, pixels.
-const SIZE_PX: (u32, u32) = (1000, 700);
+pub(crate) const SIZE_PX: (u32, u32) = (1000, 700);
 
 /// Why the plot could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,8 @@ pub struct PlotError {
     pub reason: String,
 }
 
-const COLOURS: [RGBColor; 6] = [
+/// One colour per line, in order.
+pub(crate) const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
