@@ -29,6 +29,12 @@ pub enum WarningKind {
 }
 
 impl WarningKind {
+    /// Does this kind slow (or fail) the node's disk, and with it every request the node
+    /// leads? The shard manager moves such a node's leaderships away at once.
+    pub fn slows_disk(self) -> bool {
+        matches!(self, WarningKind::DiskDegradation | WarningKind::DiskErrors)
+    }
+
     /// Every kind.
     pub const ALL: [WarningKind; 5] = [
         WarningKind::DiskDegradation,

@@ -82,6 +82,9 @@ pub struct ManagerConfig {
     pub migration_clear_after_ms: u64,
     /// Leaderships moved off one at-risk node per scheduling round (a gradual shift).
     pub migration_leader_moves_per_round: usize,
+    /// Leaderships moved off one degraded node (its disk under an early warning) per
+    /// scheduling round: shedding is urgent, every request to its shards waits on its disk.
+    pub shed_leader_moves_per_round: usize,
     /// Replica copies (learners being filled and verified) to or from one node at once:
     /// together with the node's snapshot bandwidth budget this staggers the copies.
     pub max_copies_per_node: usize,
@@ -123,6 +126,7 @@ impl Default for ManagerConfig {
             risk_clear: 0.3,
             migration_clear_after_ms: 60_000,
             migration_leader_moves_per_round: 2,
+            shed_leader_moves_per_round: 16,
             max_copies_per_node: 2,
             max_finished_migrations: 64,
         }
@@ -192,6 +196,9 @@ impl ManagerConfig {
         }
         if self.migration_leader_moves_per_round == 0 {
             return Err(Error::Config { name: "migration-leader-moves-per-round", reason: "must be positive".into() });
+        }
+        if self.shed_leader_moves_per_round == 0 {
+            return Err(Error::Config { name: "shed-leader-moves-per-round", reason: "must be positive".into() });
         }
         if self.max_copies_per_node == 0 {
             return Err(Error::Config { name: "max-copies-per-node", reason: "must be positive".into() });

@@ -38,7 +38,7 @@ pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
-pub use manager::{Command, Effects, JoinError, Manager, ManagerStats};
+pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, RiskInputs};
 pub use meta::{MetaWrite, PersistedState};
 pub use migrate::{Migration, MigrationCause, MigrationStage, MigrationView};
 pub use model::{

@@ -15,7 +15,7 @@
 //! - Ids (shards, groups, operators) come from `ClusterMeta::next_id`, persisted in the same
 //!   batch as the record that uses them, so no id is handed out twice across fail-overs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::config::ManagerConfig;
 use crate::directory::{Directory, Update};
@@ -126,6 +126,27 @@ pub struct Manager {
     pub(crate) region_risks: BTreeMap<String, f64>,
     /// Each node's round trip to its fastest peer, ms (soft; ranks migration targets).
     pub(crate) rtt_ms: BTreeMap<NodeId, f64>,
+    /// Nodes whose disk the failure analysis warns about right now (soft): with proactive
+    /// migration on they lead nothing (see [`RiskInputs::degraded`]).
+    pub(crate) degraded: BTreeSet<NodeId>,
+}
+
+/// What the failure analysis tells the manager each round ([`Manager::set_risks`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RiskInputs {
+    /// Each node's probability of failing within the model's horizon; nodes missing have
+    /// no estimate (no model, or no telemetry yet).
+    pub nodes: BTreeMap<NodeId, f64>,
+    /// Each region's probability that a node of it fails within the horizon.
+    pub regions: BTreeMap<String, f64>,
+    /// Each node's latest round trip to its fastest peer, ms (ranks migration targets).
+    pub rtt_ms: BTreeMap<NodeId, f64>,
+    /// Nodes with an active early warning that slows every request they serve (a degrading
+    /// or failing disk). A leader's disk is on every write's and read's path while a
+    /// follower's is not (the other voters make the quorum), so with proactive migration on
+    /// the manager moves their leaderships away at once - long before the risk reaches
+    /// `warn` - and gives them none until the warning clears. Their replicas stay.
+    pub degraded: BTreeSet<NodeId>,
 }
 
 impl Manager {
@@ -196,6 +217,7 @@ impl Manager {
             risks: BTreeMap::new(),
             region_risks: BTreeMap::new(),
             rtt_ms: BTreeMap::new(),
+            degraded: BTreeSet::new(),
         }
     }
 
@@ -249,20 +271,19 @@ impl Manager {
         id
     }
 
-    /// Feeds the failure model's latest risks (probability of failing within its horizon)
-    /// per node and per region, and each node's round trip to its fastest peer; nodes
-    /// missing from `risks` have no risk estimate (no model, or no telemetry yet). They drive
-    /// proactive migration at the next [`Manager::tick`].
-    pub fn set_risks(
-        &mut self,
-        risks: BTreeMap<NodeId, f64>,
-        region_risks: BTreeMap<String, f64>,
-        rtt_ms: BTreeMap<NodeId, f64>,
-    ) {
-        debug_assert!(risks.values().chain(region_risks.values()).all(|r| (0.0..=1.0).contains(r)));
-        self.risks = risks;
-        self.region_risks = region_risks;
-        self.rtt_ms = rtt_ms;
+    /// Feeds the failure analysis's latest view ([`RiskInputs`]). It drives proactive
+    /// migration and leader shedding at the next [`Manager::tick`].
+    pub fn set_risks(&mut self, inputs: RiskInputs) {
+        debug_assert!(inputs.nodes.values().chain(inputs.regions.values()).all(|r| (0.0..=1.0).contains(r)));
+        self.risks = inputs.nodes;
+        self.region_risks = inputs.regions;
+        self.rtt_ms = inputs.rtt_ms;
+        self.degraded = inputs.degraded;
+    }
+
+    /// May `node` be given leaderships? Not while it is degraded and the predictive path is on.
+    pub(crate) fn may_lead(&self, node: NodeId) -> bool {
+        !(self.cfg.proactive_migration && self.degraded.contains(&node))
     }
 
     /// Notes the outcome of a [`Step::VerifyReplica`] the runtime sent for `operator`

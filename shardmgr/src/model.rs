@@ -242,6 +242,10 @@ pub struct NodeHeartbeat {
     /// The telemetry agent's sample, when the node runs one.
     #[serde(default)]
     pub telemetry: Option<TelemetryReport>,
+    /// The node's earlier samples, oldest first, when the manager asked for them (a new
+    /// manager replays them to carry its detectors on where its predecessor left them).
+    #[serde(default)]
+    pub telemetry_backlog: Option<Vec<TelemetryReport>>,
 }
 
 /// One sample of a node's telemetry agent: signal name (ending with its unit) to value. Kept

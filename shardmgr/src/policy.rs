@@ -5,7 +5,10 @@
 //!    unfreeze it.
 //! 1. **Migrate** (design.md §6, [`crate::migrate`]): move leaderships off a node being
 //!    evacuated a few per round; while preparing, fill and verify learner copies of its
-//!    group's shards on the target, hottest first.
+//!    group's shards on the target, hottest first. A *degraded* node (its disk under an
+//!    early warning) sheds its leaderships at once (`shed-leader-moves-per-round`), being
+//!    evacuated or not, and is given none until the warning clears: its replicas stay, only
+//!    the request path leaves its disk.
 //! 2. **Repair**: a shard's replicas must be exactly its group's members - one replica at a
 //!    time, hottest shards first, at most `max-copies-per-node` copies to or from a node at
 //!    once: a new replica is added as a learner, verified against the leader (range checksum
@@ -18,7 +21,8 @@
 //! 4. **Merge** adjacent shards of one group, both small and cold for `merge-delay-ms`,
 //!    their combined load under half the split thresholds, neither split within
 //!    `split-merge-interval-ms`.
-//! 5. **Leader balance** inside each group by load score (by count when the load is even),
+//! 5. **Leader balance** inside each group by load score (by count when the load is
+//!    even, or when no single move evens it),
 //!    acting only past `balance-tolerance` above the mean *and* a minimum absolute gap.
 //! 6. **Group balance**: re-place one shard from the largest group (by size, then load) to
 //!    the smallest, with the same hysteresis; repair then moves its replicas.
@@ -53,6 +57,7 @@ pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
     resolve_frozen(m, &mut out, &mut claimed);
     let mut copies = copies_in_flight(m);
     migrate(m, &mut out, &mut claimed, &mut copies);
+    shed_leaders(m, &mut out, &mut claimed);
     repair(m, &mut out, &mut claimed, &mut copies);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
@@ -126,41 +131,9 @@ fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, cop
             continue;
         }
         let from = mig.node;
-        let running_shifts = m
-            .operators
-            .values()
-            .filter(|op| !op.status.is_finished() && op.kind == OperatorKind::ShiftLeader { from })
-            .count();
-        let mut budget = m.cfg.migration_leader_moves_per_round.saturating_sub(running_shifts);
-        let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
-        led.sort_by_key(|s| Manager::is_meta(s)); // stable: the meta shard last
-        let mut planned = Vec::new();
-        for s in led {
-            if budget == 0 {
-                break;
-            }
-            // The Up, healthy voter leading the least load.
-            let to = s
-                .voters()
-                .into_iter()
-                .filter(|n| *n != from && node_up(m, *n))
-                .min_by(|a, b| leader_score(m, *a).total_cmp(&leader_score(m, *b)).then(a.cmp(b)));
-            let Some(to) = to else { continue };
-            budget -= 1;
-            planned.push(Plan {
-                shard: s.id,
-                kind: OperatorKind::ShiftLeader { from },
-                steps: vec![Step::TransferLeader { to }],
-                rollback: vec![],
-                counts_as_balance: false,
-                new_group: None,
-            });
-        }
-        let shifting = running_shifts + planned.len() > 0;
-        for p in planned {
-            claimed.insert(p.shard);
-            out.push(p);
-        }
+        let per_round =
+            if m.may_lead(from) { m.cfg.migration_leader_moves_per_round } else { m.cfg.shed_leader_moves_per_round };
+        let shifting = shift_leaders(m, from, per_round, out, claimed);
         // Leaderships first: then every shard's copy is sent by a healthy leader, and the
         // hottest shard's goes first.
         if shifting {
@@ -193,6 +166,74 @@ fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, cop
             out.push(p);
         }
     }
+}
+
+/// Plans moves of `from`'s leaderships, hottest first and the meta shard's last (it carries
+/// the manager), each to the healthy voter leading the least load, so that at most
+/// `moves_per_round` run at once; true while any is planned or running.
+fn shift_leaders(
+    m: &Manager,
+    from: NodeId,
+    moves_per_round: usize,
+    out: &mut Vec<Plan>,
+    claimed: &mut HashSet<ShardId>,
+) -> bool {
+    let running = m
+        .operators
+        .values()
+        .filter(|op| !op.status.is_finished() && op.kind == OperatorKind::ShiftLeader { from })
+        .count();
+    let mut budget = moves_per_round.saturating_sub(running);
+    let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
+    led.sort_by_key(|s| Manager::is_meta(s)); // stable: the meta shard last
+    let mut planned = Vec::new();
+    for s in led {
+        if budget == 0 {
+            break;
+        }
+        let to = s
+            .voters()
+            .into_iter()
+            .filter(|n| *n != from && may_lead(m, *n))
+            .min_by(|a, b| leader_score(m, *a).total_cmp(&leader_score(m, *b)).then(a.cmp(b)));
+        let Some(to) = to else { continue };
+        budget -= 1;
+        planned.push(Plan {
+            shard: s.id,
+            kind: OperatorKind::ShiftLeader { from },
+            steps: vec![Step::TransferLeader { to }],
+            rollback: vec![],
+            counts_as_balance: false,
+            new_group: None,
+        });
+    }
+    let shifting = running + planned.len() > 0;
+    for p in planned {
+        claimed.insert(p.shard);
+        out.push(p);
+    }
+    shifting
+}
+
+/// Policy 1b: a degraded node ([`crate::RiskInputs::degraded`]) not being evacuated sheds
+/// its leaderships (`shed-leader-moves-per-round` at once): its slow disk is on every
+/// request's path only where it leads.
+fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    use crate::migrate::MigrationStage;
+    for &node in &m.degraded {
+        let evacuating = m.migrations.values().any(|mig| {
+            mig.node == node && matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver)
+        });
+        if m.may_lead(node) || evacuating || !m.nodes.get(&node).is_some_and(|n| n.state.accepts_load()) {
+            continue;
+        }
+        shift_leaders(m, node, m.cfg.shed_leader_moves_per_round, out, claimed);
+    }
+}
+
+/// May `node` be given a leadership? Up, not being evacuated, not degraded.
+fn may_lead(m: &Manager, node: NodeId) -> bool {
+    node_up(m, node) && m.may_lead(node)
 }
 
 /// The load score of the shards `node` leads.
@@ -415,7 +456,7 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     let cfg = &m.cfg;
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
     for g in m.groups.values() {
-        let nodes = g.nodes.iter().filter(|n| node_up(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
+        let nodes = g.nodes.iter().filter(|n| may_lead(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
         by_group.insert(g.id, nodes);
     }
     for s in m.directory.iter() {
@@ -454,12 +495,18 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
                 .filter(|(score, id)| *score <= max_score && has_voter(m, *id, *cold))
                 .min_by(|a, b| (a.0 - gap / 2.0).abs().total_cmp(&(b.0 - gap / 2.0).abs()).then(a.1.cmp(&b.1)))
                 .map(|(_, id)| (*id, *cold))
-        } else if hs - mean <= cfg.balance_min_leader_load_gap {
-            // Load is even: even out the count, moving the least loaded leaderships.
+        } else {
+            None
+        };
+        // Otherwise even out the count, moving the least loaded leaderships: when the load
+        // is even, or uneven in a way no single move fixes (one hot shard) - then never onto
+        // the hottest node.
+        let load_even = hs - mean <= cfg.balance_min_leader_load_gap;
+        let pick = pick.or_else(|| {
             let count = |id: &NodeId| nodes[id].shards.len();
             let mean_count = nodes.keys().map(count).sum::<usize>() as f64 / n;
             let most = nodes.keys().max_by_key(|id| (count(id), std::cmp::Reverse(**id)));
-            let least = nodes.keys().min_by_key(|id| (count(id), **id));
+            let least = nodes.keys().filter(|id| load_even || *id != hot).min_by_key(|id| (count(id), **id));
             match (most, least) {
                 (Some(a), Some(b))
                     if count(a) >= count(b) + 2 && count(a) as f64 > mean_count * (1.0 + cfg.balance_tolerance) =>
@@ -473,9 +520,7 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
                 }
                 _ => None,
             }
-        } else {
-            None
-        };
+        });
         if let Some((shard, to)) = pick {
             claimed.insert(shard);
             out.push(Plan {
@@ -490,10 +535,10 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     }
 }
 
-/// `node` is Up, not being evacuated, and holds a voter of `shard` (a Draining node is given
-/// no leaderships).
+/// `node` may lead ([`may_lead`]) and holds a voter of `shard` (a Draining node is given no
+/// leaderships).
 fn has_voter(m: &Manager, shard: ShardId, node: NodeId) -> bool {
-    node_up(m, node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
+    may_lead(m, node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
 }
 
 /// A quantity group balance evens out: the group's total, a shard's part, the minimum gap.

@@ -4,7 +4,7 @@
 //!
 //! Seeded and deterministic; a failure prints its seed (`PRESAGE_TEST_SEED` replays one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use presage_shardmgr::load::KeySpan;
@@ -12,7 +12,7 @@ use presage_shardmgr::meta::PersistedState;
 use presage_shardmgr::model::{ReplicaMeta, Role};
 use presage_shardmgr::{
     Command, Effects, Epoch, LoadReport, Manager, ManagerConfig, NodeHeartbeat, NodeMeta, NodeState, NodeStats,
-    OperatorKind, OperatorStatus, ShardMeta, ShardReport, Step, Verification, META_SHARD_ID,
+    OperatorKind, OperatorStatus, RiskInputs, ShardMeta, ShardReport, Step, Verification, META_SHARD_ID,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -51,6 +51,8 @@ struct Sim {
     verified: Vec<(u64, Verification)>,
     /// The failure model's risk per node, fed to the manager every round.
     risk: BTreeMap<u64, f64>,
+    /// Nodes under a disk warning, fed each round.
+    degraded: BTreeSet<u64>,
 }
 
 fn node(id: u64, region: &str) -> NodeMeta {
@@ -96,6 +98,7 @@ impl Sim {
             diverged: Default::default(),
             verified: Vec::new(),
             risk: BTreeMap::new(),
+            degraded: BTreeSet::new(),
         };
         let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
         (sim, m)
@@ -148,7 +151,14 @@ impl Sim {
                 shards.push(ShardReport { shard: s.clone(), load, size_bytes, keys });
             }
             let replicas = self.shards.values().filter(|s| s.replica(id).is_some()).map(|s| (s.id, s.epoch)).collect();
-            let hb = NodeHeartbeat { node: id, stats: NodeStats::default(), shards, replicas, telemetry: None };
+            let hb = NodeHeartbeat {
+                node: id,
+                stats: NodeStats::default(),
+                shards,
+                replicas,
+                telemetry: None,
+                telemetry_backlog: None,
+            };
             let stale = m.heartbeat(hb, self.now_ms).expect("the node is known");
             assert!(stale.is_empty(), "the simulation keeps no stale replica: {stale:?}");
         }
@@ -256,7 +266,7 @@ impl Sim {
     fn round(&mut self, m: &mut Manager, interval_ms: u64) -> Effects {
         self.now_ms += interval_ms;
         self.heartbeats(m, interval_ms);
-        m.set_risks(self.risk.clone(), BTreeMap::new(), BTreeMap::new());
+        m.set_risks(RiskInputs { nodes: self.risk.clone(), degraded: self.degraded.clone(), ..Default::default() });
         let fx = m.tick(self.now_ms);
         self.persist(&fx);
         for c in &fx.commands {
@@ -571,7 +581,14 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     let t = Instant::now();
     for (node, shards) in by_node.clone() {
         m.heartbeat(
-            NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new(), telemetry: None },
+            NodeHeartbeat {
+                node,
+                stats: NodeStats::default(),
+                shards,
+                replicas: Vec::new(),
+                telemetry: None,
+                telemetry_backlog: None,
+            },
             1000,
         );
     }
@@ -582,7 +599,14 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     let t = Instant::now();
     for (node, shards) in by_node {
         m.heartbeat(
-            NodeHeartbeat { node, stats: NodeStats::default(), shards, replicas: Vec::new(), telemetry: None },
+            NodeHeartbeat {
+                node,
+                stats: NodeStats::default(),
+                shards,
+                replicas: Vec::new(),
+                telemetry: None,
+                telemetry_backlog: None,
+            },
             2000,
         );
     }
@@ -842,4 +866,46 @@ fn with_proactive_migration_off_risk_moves_nothing_and_a_dead_node_is_replaced()
     for s in data_shards(&sim) {
         assert_eq!(s.voters(), [1, 2, 4], "seed {}: shard {}", seed(), s.id);
     }
+}
+
+/// A disk warning (design.md §6, prepare) sheds every leadership of the node in one round,
+/// below any risk threshold; its replicas stay; leader balance gives it none while the
+/// warning lasts, and leaderships come back once it cleared. With the predictive path off the
+/// warning moves nothing.
+#[test]
+fn a_disk_warning_sheds_the_nodes_leaderships_at_once_and_they_return_when_it_clears() {
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let led = |sim: &Sim, n: u64| sim.shards.values().filter(|s| s.leader == Some(n)).count();
+    // The node leading the most shards (the meta shard's leader carries the manager).
+    let n = (1..=3).max_by_key(|n| led(&sim, *n)).expect("nodes");
+    let led_before = led(&sim, n);
+    assert!(led_before >= 2, "seed {}: node {n} leads {led_before} shards", seed());
+    let voters_before: Vec<Vec<u64>> = sim.shards.values().map(|s| s.voters()).collect();
+    sim.degraded.insert(n);
+    let fx = sim.round(&mut m, 1000);
+    let shifts = fx.commands.iter().filter(|c| matches!(c.step, Step::TransferLeader { to } if to != n)).count();
+    assert_eq!(shifts, led_before, "seed {}: every leadership moves in the first round", seed());
+    for _ in 0..30 {
+        sim.round(&mut m, 1000);
+        assert_eq!(led(&sim, n), 0, "seed {}: a degraded node is given no leadership", seed());
+    }
+    assert!(migration(&m, n).is_none(), "seed {}: a warning alone starts no migration", seed());
+    let voters_after: Vec<Vec<u64>> = sim.shards.values().map(|s| s.voters()).collect();
+    assert_eq!(voters_after, voters_before, "seed {}: no replica moved", seed());
+    sim.degraded.clear();
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    assert!(led(&sim, n) >= 1, "seed {}: leader balance gives the node leaderships again", seed());
+
+    let cfg = ManagerConfig { proactive_migration: false, ..test_config() };
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let before: Vec<Option<u64>> = sim.shards.values().map(|s| s.leader).collect();
+    sim.degraded.insert(n);
+    for _ in 0..10 {
+        sim.round(&mut m, 1000);
+    }
+    let after: Vec<Option<u64>> = sim.shards.values().map(|s| s.leader).collect();
+    assert_eq!(after, before, "seed {}: reactive mode moves no leadership on a warning", seed());
 }

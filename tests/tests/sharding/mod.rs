@@ -230,6 +230,32 @@ async fn a_successor_manager_finishes_an_operator_after_the_manager_dies() {
     );
 }
 
+/// A client that routes to a former leader gets its answer through the follower (which
+/// forwards it) and, from the redirect, the new leader: the next request goes there directly
+/// instead of through a node that may be the slow one.
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_answer_moves_the_clients_route_to_the_leader() {
+    presage_tests::init_log();
+    let c = ShardedCluster::start(3, seed(), manager_config()).await;
+    c.wait_idle(30 * SEC).await;
+    let client = c.client(vec![1]);
+    client.put(b"user000000", b"v").await.expect("put");
+    let shard =
+        |cl: &Client| cl.cached_routes().into_iter().find(|s| s.id != META_SHARD_ID).expect("a data shard cached");
+    let cached = shard(&client);
+    let old = cached.leader.expect("a leader cached");
+    let new = cached.voters().into_iter().find(|n| *n != old).expect("another voter");
+    let op = c.submit(cached.id, vec![Step::TransferLeader { to: new }], vec![]).expect("submitted");
+    c.wait(20 * SEC, "the transfer", |c| {
+        c.with_manager(|m| m.operators().any(|o| o.id == op && o.status.is_finished())).unwrap_or(false)
+            && c.directory().iter().any(|s| s.id == cached.id && s.leader == Some(new))
+    })
+    .await;
+    assert_eq!(shard(&client).leader, Some(old), "the client's route is stale");
+    assert_eq!(client.get(b"user000000").await.expect("get via the follower"), Some(b"v".to_vec()));
+    assert_eq!(shard(&client).leader, Some(new), "seed {}: the redirect named the leader", seed());
+}
+
 /// A client whose directory went stale (the shard split and its leadership moved) still
 /// succeeds: the node it asks answers with fresh routes or forwards, and it refreshes.
 #[tokio::test(start_paused = true)]

@@ -382,6 +382,14 @@ impl Client {
         let answer =
             tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request))
                 .await;
+        // A follower forwarded the request: route the shard to the leader that answered.
+        let answer = match answer {
+            Ok(Ok(Response::Redirected { leader, reply })) => {
+                self.cache().directory.set_leader(shard.id, Some(leader));
+                Ok(Ok(*reply))
+            }
+            other => other,
+        };
         let mut cache = self.cache();
         match answer {
             Ok(Ok(Response::Error(e))) => match e {

@@ -406,6 +406,10 @@ pub enum Response {
         /// Every node, when the heartbeat's `nodes_digest` was out of date; else empty.
         #[serde(default)]
         nodes: Vec<NodeMeta>,
+        /// The manager has no telemetry history of the node (it just took over): the next
+        /// heartbeat carries the node's backlog of samples.
+        #[serde(default)]
+        telemetry_backlog_wanted: bool,
     },
     /// The cluster's state.
     ClusterInfo(Box<ClusterInfo>),
@@ -430,6 +434,15 @@ pub enum Response {
         leader: String,
         /// The verified replica's checksum.
         replica: String,
+    },
+    /// A data request reached a follower, which forwarded it to `leader`: `reply` is the
+    /// leader's answer, and the sender should route the shard's requests there directly (a stale
+    /// route must not stay on a path through a node that may be the slow one).
+    Redirected {
+        /// The shard's leader that answered.
+        leader: NodeId,
+        /// Its answer.
+        reply: Box<Response>,
     },
     /// The request failed.
     Error(ProtoError),

@@ -20,9 +20,15 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         ticker.tick().await;
         let statuses = match inner.node.statuses().await {
             Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "replication node stopped; heartbeats end");
+            Err(presage_replication::Error::Stopped) => {
+                tracing::info!("replication node stopped; heartbeats end");
                 return;
+            }
+            // A full mailbox (a slow disk holding the node's loop back): the manager hears
+            // from this node at the next beat.
+            Err(e) => {
+                tracing::debug!(error = %e, "replica statuses not read; heartbeat skipped");
+                continue;
             }
         };
         let elapsed_ms = (last.elapsed().as_millis() as u64).max(1);
@@ -59,9 +65,34 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
         let telemetry = sample(&inner, &statuses).await;
-        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry };
+        let telemetry_backlog = backlog(&inner, telemetry.as_ref());
+        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
         send(&inner, heartbeat).await;
     }
+}
+
+/// Telemetry samples a node keeps for a new shard manager (oldest dropped first): more than
+/// the failure analysis's warm-up (`presage_pfa::aggregate::AggregatorConfig::
+/// evidence_warmup_samples`, 120), so that a manager taking over judges the node at once.
+pub const MAX_TELEMETRY_BACKLOG_SAMPLES: usize = 300;
+
+/// The samples before `newest` when the manager asked for them (then the request is spent);
+/// `newest` joins the backlog either way.
+fn backlog<E: Engine>(
+    inner: &Inner<E>,
+    newest: Option<&presage_shardmgr::TelemetryReport>,
+) -> Option<Vec<presage_shardmgr::TelemetryReport>> {
+    let wanted = inner.telemetry_backlog_wanted.swap(false, std::sync::atomic::Ordering::Relaxed);
+    let mut ring = lock(&inner.telemetry_backlog);
+    let out = wanted.then(|| ring.iter().cloned().collect());
+    if let Some(t) = newest {
+        if ring.len() == MAX_TELEMETRY_BACKLOG_SAMPLES {
+            ring.pop_front();
+        }
+        ring.push_back(t.clone());
+    }
+    debug_assert!(ring.len() <= MAX_TELEMETRY_BACKLOG_SAMPLES);
+    out
 }
 
 /// Peers whose round trip one sample measures at most.
@@ -125,8 +156,11 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
     let request = Request::Heartbeat { heartbeat: heartbeat.clone(), nodes_digest };
     let answer = if to == inner.me.id { Ok(inner.serve(request).await) } else { inner.call(to, request).await };
     match answer {
-        Ok(Response::HeartbeatAck { manager, stale, nodes }) => {
+        Ok(Response::HeartbeatAck { manager, stale, nodes, telemetry_backlog_wanted }) => {
             inner.learn(&nodes);
+            if telemetry_backlog_wanted {
+                inner.telemetry_backlog_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             *lock(&inner.manager_hint) = Some(manager);
             for shard in stale {
                 tracing::info!(

@@ -1,6 +1,6 @@
 //! The shard manager's runtime: it runs while this node's replica of the meta shard leads.
 //!
-//! Every `schedule-interval-ms`: if the local meta replica leads and no manager runs, read the
+//! Every `schedule-interval-ms`, and at once when a heartbeat raised a disk warning: if the local meta replica leads and no manager runs, read the
 //! meta shard (a linearizable scan, so every record a predecessor wrote is seen) and build the
 //! manager from it (or bootstrap one in a brand-new cluster); tick it; write its records in
 //! order; only then send its commands. A failed write means the leadership moved: the
@@ -32,12 +32,21 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
     // checksum round on the replicas).
     let sending: Arc<std::sync::Mutex<BTreeSet<u64>>> = Arc::default();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = inner.manager_wake.notified() => {}
+        }
         let status = match inner.node.status(META_SHARD_ID).await {
             Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "replication node stopped; shard manager runtime ends");
+            Err(presage_replication::Error::Stopped) => {
+                tracing::info!("replication node stopped; shard manager runtime ends");
                 return;
+            }
+            // A full mailbox (a slow disk holding the node's loop back) passes: the next
+            // round asks again.
+            Err(e) => {
+                tracing::debug!(error = %e, "meta shard status not read this round");
+                continue;
             }
         };
         if let Some(s) = &status {
@@ -68,9 +77,9 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         let order = inner.meta_writes.lock().await;
         let now = inner.clock.now_ms();
-        let (risks, region_risks, rtt_ms) = lock(&inner.pfa).migration_inputs();
+        let inputs = lock(&inner.pfa).migration_inputs();
         let Some((effects, down, removed)) = lock(&inner.manager).as_mut().map(|m| {
-            m.set_risks(risks, region_risks, rtt_ms);
+            m.set_risks(inputs);
             let of = |s: NodeState| m.nodes().filter(|n| n.state == s).map(|n| n.id).collect::<BTreeSet<u64>>();
             let (down, removed) = (of(NodeState::Down), of(NodeState::Removed));
             (m.tick(now), down, removed)

@@ -174,6 +174,13 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) agent: Mutex<Option<crate::agent::Agent>>,
     /// Writes this node proposed as leader since the last sample: count and total seconds.
     pub(crate) proposals: Mutex<(u64, f64)>,
+    /// Wakes the shard manager's runtime before its next round (a new disk warning).
+    pub(crate) manager_wake: tokio::sync::Notify,
+    /// This node's recent telemetry samples, for a shard manager that takes over (at most
+    /// [`heartbeat::MAX_TELEMETRY_BACKLOG_SAMPLES`]).
+    pub(crate) telemetry_backlog: Mutex<std::collections::VecDeque<presage_shardmgr::TelemetryReport>>,
+    /// The manager asked for the backlog: the next heartbeat carries it.
+    pub(crate) telemetry_backlog_wanted: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,6 +228,9 @@ impl<E: Engine> Server<E> {
             pfa: Mutex::new(pfa),
             agent: Mutex::new(None),
             proposals: Mutex::new((0, 0.0)),
+            manager_wake: tokio::sync::Notify::new(),
+            telemetry_backlog: Mutex::default(),
+            telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
@@ -438,7 +448,7 @@ impl<E: Engine> Inner<E> {
                 if may_forward && l != self.me.id =>
             {
                 match self.call(l, Request::Forwarded { request: Box::new(request) }).await {
-                    Ok(answer) => answer,
+                    Ok(answer) => Response::Redirected { leader: l, reply: Box::new(answer) },
                     Err(RpcError::Lost(_)) if write.is_some() => {
                         Response::Error(ProtoError::OutcomeUnknown { shard: shard_id })
                     }
@@ -575,7 +585,8 @@ impl<E: Engine> Inner<E> {
                 Response::Routes { shards, nodes: m.nodes().cloned().collect() }
             }
             Request::Heartbeat { mut heartbeat, nodes_digest: known } => {
-                let (node, telemetry) = (heartbeat.node, heartbeat.telemetry.take());
+                let (node, telemetry, backlog) =
+                    (heartbeat.node, heartbeat.telemetry.take(), heartbeat.telemetry_backlog.take());
                 let (answer, region) = {
                     let mut guard = lock(&self.manager);
                     let Some(m) = guard.as_mut() else {
@@ -585,13 +596,29 @@ impl<E: Engine> Inner<E> {
                         if nodes_digest(m.nodes()) == known { Vec::new() } else { m.nodes().cloned().collect() };
                     let region = m.nodes().find(|n| n.id == node).map(|n| n.region.clone());
                     let answer = match m.heartbeat(heartbeat, now) {
-                        Some(stale) => Response::HeartbeatAck { manager: self.me.id, stale, nodes },
+                        Some(stale) => Response::HeartbeatAck {
+                            manager: self.me.id,
+                            stale,
+                            nodes,
+                            telemetry_backlog_wanted: false,
+                        },
                         None => Response::Error(ProtoError::JoinRefused("unknown node: join first".into())),
                     };
                     (answer, region)
                 };
-                if let (Some(t), Some(region), Response::HeartbeatAck { .. }) = (telemetry, region, &answer) {
-                    lock(&self.pfa).on_telemetry(node, &region, t);
+                let mut answer = answer;
+                if let (Some(region), Response::HeartbeatAck { telemetry_backlog_wanted, .. }) = (region, &mut answer) {
+                    let mut pfa = lock(&self.pfa);
+                    // The backlog first: it ends before this heartbeat's sample.
+                    let mut wake = backlog.is_some_and(|b| pfa.replay_backlog(node, &region, b));
+                    if let Some(t) = telemetry {
+                        wake |= pfa.on_telemetry(node, &region, t);
+                    }
+                    *telemetry_backlog_wanted = pfa.wants_backlog(node);
+                    drop(pfa);
+                    if wake {
+                        self.manager_wake.notify_one();
+                    }
                 }
                 answer
             }

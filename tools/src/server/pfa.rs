@@ -20,7 +20,7 @@ use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
 use presage_pfa::telemetry::{PushedCounters, Signal, TelemetrySample};
 use presage_pfa::warning::{WarningBoard, WarningsAnswer};
-use presage_shardmgr::{MetaWrite, NodeId, TelemetryReport};
+use presage_shardmgr::{MetaWrite, NodeId, RiskInputs, TelemetryReport};
 use serde::{Deserialize, Serialize};
 
 use super::pfa_store;
@@ -161,8 +161,10 @@ pub struct PfaState {
     /// Removed nodes whose history this tenure deleted.
     purged: BTreeSet<NodeId>,
     last_retrain: Option<RetrainReport>,
-    /// Nodes restored from the history by this manager.
-    restored: usize,
+    /// Nodes restored from the minute history by this manager.
+    restored: BTreeSet<NodeId>,
+    /// Nodes whose telemetry backlog this tenure has taken (see [`PfaState::replay_backlog`]).
+    backlog_taken: BTreeSet<NodeId>,
     /// Failure-history rates (LANL).
     prior: Option<FailurePrior>,
     /// Per node: the failures observed (declared down), ms since the Unix epoch.
@@ -190,7 +192,8 @@ impl PfaState {
             retraining: false,
             purged: BTreeSet::new(),
             last_retrain: None,
-            restored: 0,
+            restored: BTreeSet::new(),
+            backlog_taken: BTreeSet::new(),
             prior: match FailurePrior::shipped() {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -230,7 +233,8 @@ impl PfaState {
     ) {
         self.aggregator = Aggregator::new(self.aggregator.config().clone());
         let nodes: BTreeSet<u64> = history.iter().map(|m| m.node).collect();
-        self.restored = nodes.into_iter().filter(|n| self.aggregator.restore(*n, history)).count();
+        self.restored = nodes.into_iter().filter(|n| self.aggregator.restore(*n, history)).collect();
+        self.backlog_taken.clear();
         self.history_through_ms.clear();
         self.captured = down.clone();
         self.failures.clear();
@@ -364,14 +368,17 @@ impl PfaState {
         }
     }
 
-    /// Take one node's sample (from its heartbeat).
-    pub fn on_telemetry(&mut self, node: NodeId, region: &str, report: TelemetryReport) {
+    /// Take one node's sample (from its heartbeat); true when it raised a warning that
+    /// slows the node's disk (the shard manager should act on it without waiting for its
+    /// next round).
+    pub fn on_telemetry(&mut self, node: NodeId, region: &str, report: TelemetryReport) -> bool {
         let values = report.values.iter().filter_map(|(k, v)| Signal::from_name(k).map(|s| (s, *v))).collect();
         let sample = TelemetrySample { at_ms: report.at_ms, values };
         if !self.aggregator.ingest(node, region, sample) {
-            return;
+            return false;
         }
         self.captured.remove(&node);
+        let slow_before = self.board.active().iter().filter(|w| w.node == node && w.kind.slows_disk()).count();
         self.board.observe(node, region, report.at_ms, self.aggregator.evidence(node));
         let telemetry_probability = self.node_model.as_ref().and_then(|m| {
             let features = self.aggregator.features(node)?;
@@ -397,6 +404,36 @@ impl PfaState {
                 warnings,
             },
         );
+        let slow_after = self.board.active().iter().filter(|w| w.node == node && w.kind.slows_disk()).count();
+        slow_after > slow_before
+    }
+
+    /// Should `node` send its telemetry backlog with its next heartbeat? Until this tenure
+    /// took one from it.
+    pub fn wants_backlog(&self, node: NodeId) -> bool {
+        !self.backlog_taken.contains(&node)
+    }
+
+    /// Replays `backlog`, the node's samples before this heartbeat's (oldest first, as its
+    /// previous manager received them): the node's detectors, ring, warnings and risk start
+    /// over from them, so a manager that just took over judges the node as its predecessor
+    /// did instead of warming up again (a risk-driven leader shift moves the manager off the
+    /// failing node: losing its detectors then would lose the warning). A backlog shorter
+    /// than the warm-up does not replace detectors restored from the minute history. True
+    /// when the replay left a disk warning standing.
+    pub fn replay_backlog(&mut self, node: NodeId, region: &str, backlog: Vec<TelemetryReport>) -> bool {
+        self.backlog_taken.insert(node);
+        let warm = backlog.len() as u64 >= self.aggregator.config().evidence_warmup_samples;
+        if backlog.is_empty() || (!warm && self.restored.contains(&node)) {
+            return false;
+        }
+        self.aggregator.forget(node);
+        self.board.forget(node);
+        self.risks.remove(&node);
+        for report in backlog {
+            self.on_telemetry(node, region, report);
+        }
+        self.board.active().iter().any(|w| w.node == node && w.kind.slows_disk())
     }
 
     /// The node's observed failures in the prior's window before `now_ms`, and the prior's
@@ -438,8 +475,9 @@ impl PfaState {
 
     /// What proactive migration needs from the failure analysis: each node's combined
     /// probability of failing within the horizon (nodes without one are left out), each
-    /// region's, and each node's latest round trip to its fastest peer (ms).
-    pub fn migration_inputs(&self) -> (BTreeMap<NodeId, f64>, BTreeMap<String, f64>, BTreeMap<NodeId, f64>) {
+    /// region's, each node's latest round trip to its fastest peer (ms), and the nodes whose
+    /// disk is under an active warning.
+    pub fn migration_inputs(&self) -> RiskInputs {
         let nodes: BTreeMap<NodeId, f64> =
             self.risks.iter().filter_map(|(id, r)| Some((*id, finite(r.probability?)?))).collect();
         let all: Vec<NodeRisk> = self.risks.values().cloned().collect();
@@ -454,7 +492,8 @@ impl PfaState {
                 Some((id, *last.values.get(&Signal::PeerRttMinMs).filter(|v| v.is_finite())?))
             })
             .collect();
-        (nodes, regions, rtt)
+        let degraded = self.board.active().iter().filter(|w| w.kind.slows_disk()).map(|w| w.node).collect();
+        RiskInputs { nodes, regions, rtt_ms: rtt, degraded }
     }
 
     /// The risk report.
@@ -467,7 +506,7 @@ impl PfaState {
                 node_model: self.node_model.as_ref().map(ModelInfo::of),
                 disk_model: self.disk_model.as_ref().map(ModelInfo::of),
                 last_retrain: self.last_retrain.clone(),
-                restored_nodes: self.restored,
+                restored_nodes: self.restored.len(),
             },
         }
     }
@@ -579,5 +618,57 @@ mod tests {
         let r = st.round(t, &none, &down3);
         assert_eq!(keys(&r, b"h/").len(), 1_440, "a removed node's history ring is deleted");
         assert!(r.writes.iter().all(|w| w.value.is_none()));
+    }
+
+    /// A shard manager that takes over (design.md §6: a risk-driven leader shift moves it
+    /// off the failing node) and replays the nodes' telemetry backlogs judges them as its
+    /// predecessor did: the disk warning stands at once, where a manager without the
+    /// backlog starts its warm-up and sees nothing.
+    #[test]
+    fn a_new_manager_replaying_the_backlog_keeps_the_disk_warning() {
+        let none = BTreeSet::new();
+        let mut old = PfaState::new(PfaConfig::default(), None, None);
+        old.on_manager_start(&[], None, &none, 0);
+        let mut sent: BTreeMap<NodeId, Vec<TelemetryReport>> = BTreeMap::new();
+        let mut t = 0;
+        let mut raised_at = None;
+        for i in 0..400u64 {
+            t += 200;
+            for n in 1..=3 {
+                // Node 2's sync latency ramps up after 300 samples.
+                let ms = if n == 2 && i >= 300 { 2.0 + (i - 300) as f64 * 2.0 } else { 2.0 };
+                let r = report(t, ms);
+                sent.entry(n).or_default().push(r.clone());
+                if old.on_telemetry(n, "r", r) && raised_at.is_none() {
+                    raised_at = Some(i);
+                }
+            }
+        }
+        let raised_at = raised_at.expect("the live manager warns about node 2");
+        assert!(old.migration_inputs().degraded.contains(&2));
+
+        let take_over = |replay: bool| {
+            let mut new = PfaState::new(PfaConfig::default(), None, None);
+            new.on_manager_start(&[], None, &none, t);
+            let mut wake = false;
+            for n in 1..=3 {
+                assert!(new.wants_backlog(n), "a new tenure asks every node once");
+                let samples = &sent[&n];
+                let (last, before) = samples.split_last().expect("samples");
+                // The node keeps its newest MAX_TELEMETRY_BACKLOG_SAMPLES.
+                let from = before.len().saturating_sub(super::super::heartbeat::MAX_TELEMETRY_BACKLOG_SAMPLES);
+                if replay {
+                    wake |= new.replay_backlog(n, "r", before[from..].to_vec());
+                    assert!(!new.wants_backlog(n), "asked once");
+                }
+                wake |= new.on_telemetry(n, "r", last.clone());
+            }
+            (new.migration_inputs().degraded, wake)
+        };
+        let (degraded, wake) = take_over(true);
+        assert_eq!(degraded, [2].into(), "warned at sample {raised_at}; the successor keeps the warning");
+        assert!(wake, "the replay wakes the manager");
+        let (degraded, _) = take_over(false);
+        assert!(degraded.is_empty(), "without the backlog the successor warms up first");
     }
 }
