@@ -43,7 +43,10 @@ pub struct NodeRisk {
 pub struct RegionRisk {
     /// The region.
     pub region: String,
-    /// P(at least one of its nodes fails within the horizon); None when no node has one.
+    /// P(the region fails within the horizon) as a correlated failure: at least two of its
+    /// nodes fail ([`at_least_two_fail`]); a region of one node fails with it. One sick node
+    /// is that node's risk, not its region's: a healthy spare beside it is still a target.
+    /// None when no node has a probability.
     pub probability: Option<f64>,
     /// Nodes in it.
     pub nodes: usize,
@@ -60,7 +63,28 @@ pub fn any_fails(ps: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     survive.map(|s| 1.0 - s)
 }
 
-/// Regions' risks from their nodes'.
+/// P(at least two of the events fail) for independent probabilities (the unknown left out):
+/// `1 - P(none) - P(exactly one)`; one known probability is returned as it is (a region of
+/// one node is lost with it); None when none is known.
+pub fn at_least_two_fail(ps: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    // dp[k]: P(exactly k failed so far), k = 0, 1.
+    let (mut none, mut one, mut count) = (1.0, 0.0, 0usize);
+    let mut only = 0.0;
+    for p in ps.into_iter().flatten() {
+        let p = p.clamp(0.0, 1.0);
+        one = one * (1.0 - p) + none * p;
+        none *= 1.0 - p;
+        count += 1;
+        only = p;
+    }
+    match count {
+        0 => None,
+        1 => Some(only),
+        _ => Some((1.0 - none - one).clamp(0.0, 1.0)),
+    }
+}
+
+/// Regions' risks from their nodes' (a correlated failure: [`RegionRisk::probability`]).
 pub fn regions(nodes: &[NodeRisk]) -> Vec<RegionRisk> {
     let mut names: Vec<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
     names.sort_unstable();
@@ -76,7 +100,7 @@ pub fn regions(nodes: &[NodeRisk]) -> Vec<RegionRisk> {
                 .map(|(n, _)| n);
             RegionRisk {
                 region: region.to_string(),
-                probability: any_fails(members.iter().map(|n| n.probability)),
+                probability: at_least_two_fail(members.iter().map(|n| n.probability)),
                 nodes: members.len(),
                 riskiest_node: riskiest,
             }
@@ -170,11 +194,26 @@ mod tests {
     }
 
     #[test]
-    fn a_region_is_at_risk_if_any_node_is() {
-        let r = regions(&[node(1, "a", Some(0.1)), node(2, "a", Some(0.6)), node(3, "b", None)]);
-        assert_eq!(r.len(), 2);
-        assert!((r[0].probability.expect("a") - (1.0 - 0.9 * 0.4)).abs() < 1e-12);
+    fn a_region_is_at_risk_when_more_than_one_node_is() {
+        let r = regions(&[
+            node(1, "a", Some(0.1)),
+            node(2, "a", Some(0.9)),
+            node(3, "b", None),
+            node(4, "c", Some(0.8)),
+            node(5, "d", Some(0.9)),
+            node(6, "d", Some(0.8)),
+        ]);
+        assert_eq!(r.len(), 4);
+        // One sick node beside a healthy one: the region is barely at risk.
+        assert!((r[0].probability.expect("a") - 0.1 * 0.9).abs() < 1e-12);
         assert_eq!((r[0].nodes, r[0].riskiest_node), (2, Some(2)));
         assert_eq!((r[1].probability, r[1].riskiest_node), (None, None));
+        // A region of one node fails with it.
+        assert_eq!(r[2].probability, Some(0.8));
+        // Two sick nodes: the region is.
+        assert!((r[3].probability.expect("d") - 0.72).abs() < 1e-12);
+        // Three at 0.5: 1 - 1/8 - 3/8.
+        assert!((at_least_two_fail([Some(0.5); 3]).expect("p") - 0.5).abs() < 1e-12);
+        assert_eq!(at_least_two_fail([None, None]), None);
     }
 }
