@@ -222,6 +222,17 @@ impl ShardedCluster {
         server.with_manager(|m| m.submit(shard, steps, rollback, now)).flatten()
     }
 
+    /// Runs an admin command on the shard manager, as `presage-ctl` would.
+    pub fn admin(
+        &self,
+        command: presage_shardmgr::AdminCommand,
+    ) -> Option<Result<presage_shardmgr::AdminOutcome, presage_shardmgr::AdminError>> {
+        let id = self.manager_node()?;
+        let server = &self.nodes[&id].server;
+        let now = server.now_ms();
+        server.with_manager(|m| m.admin(command, now))
+    }
+
     /// The manager's directory, in key order.
     pub fn directory(&self) -> Vec<ShardMeta> {
         self.with_manager(|m| m.directory().iter().cloned().collect()).unwrap_or_default()

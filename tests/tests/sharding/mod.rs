@@ -282,3 +282,54 @@ async fn a_client_with_a_stale_directory_refreshes_and_succeeds() {
         stale.put(&key(i), b"again").await.expect("put with a refreshed directory");
     }
 }
+
+/// Design.md §6, operators resumable after a manager fail-over: node 1 is evacuated to the
+/// spare (node 4); while a copy is in flight the shard manager's node is killed; the next
+/// manager reads the migration and its operators from the meta shard and finishes them. The
+/// killed node comes back, every key is read back, and node 1 holds nothing.
+#[tokio::test(start_paused = true)]
+async fn an_evacuation_survives_the_managers_node_dying_mid_copy() {
+    presage_tests::init_log();
+    let mut c = ShardedCluster::start(4, seed(), manager_config()).await;
+    let client = c.client(vec![2, 3]);
+    let keys = fill(&client, 600, 1000).await;
+    c.wait(20 * SEC, "splits", |c| data_shards(c).len() >= 3).await;
+    c.wait_idle(30 * SEC).await;
+    let groups = c.with_manager(|m| m.groups().map(|g| g.nodes.clone()).collect::<Vec<_>>()).expect("manager");
+    assert_eq!(groups, vec![vec![1, 2, 3]], "node 4 is the spare");
+    let outcome = c.admin(presage_shardmgr::AdminCommand::Evacuate { node: 1 });
+    assert!(matches!(outcome, Some(Ok(_))), "{outcome:?}");
+    // A copy to node 4 in flight, run by a manager that is not on node 1 (its leaderships,
+    // the meta shard's last, leave first).
+    let copying = |c: &ShardedCluster| {
+        c.manager_node().is_some_and(|n| n != 1)
+            && c.with_manager(|m| {
+                m.operators().any(|op| {
+                    !op.status.is_finished()
+                        && matches!(op.kind, presage_shardmgr::OperatorKind::MoveReplica { to: Some(4), .. })
+                })
+            })
+            .unwrap_or(false)
+    };
+    c.wait(60 * SEC, "a copy to node 4 under a manager off node 1", copying).await;
+    let manager = c.manager_node().expect("a manager");
+    c.kill(manager);
+    let stage = |c: &ShardedCluster| {
+        c.with_manager(|m| m.migrations(0).into_iter().map(|v| v.migration).find(|x| x.node == 1).map(|x| x.stage))
+            .flatten()
+    };
+    c.wait(120 * SEC, "the evacuation finished by the next manager", |c| {
+        c.manager_node().is_some_and(|n| n != manager) && stage(c) == Some(presage_shardmgr::MigrationStage::Evacuated)
+    })
+    .await;
+    c.restart(manager);
+    c.wait(60 * SEC, "every shard on nodes 2, 3 and 4", |c| {
+        let dir = c.directory();
+        !dir.is_empty() && dir.iter().all(|s| s.replica(1).is_none() && s.voters().len() == 3)
+    })
+    .await;
+    for k in &keys {
+        let got = client.get(k).await.unwrap_or_else(|e| panic!("seed {}: get {k:?}: {e}", seed()));
+        assert_eq!(got.map(|v| v.len()), Some(1000), "seed {}: {k:?}", seed());
+    }
+}
