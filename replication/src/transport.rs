@@ -1,6 +1,6 @@
 //! How Raft messages travel between nodes: the [`Transport`] trait and [`MemNetwork`], the
 //! in-memory network for tests, which takes filters (seeded drops, delays, partitions,
-//! isolation, drops by message type).
+//! isolation, drops by message type, damaged snapshot chunks).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,15 @@ pub enum Filter {
     Isolate(u64),
     /// Drop every message of this Raft type.
     DropType(MessageType),
+    /// Damage the next `count` snapshot chunks sent to node `to` (one bit of each frame's
+    /// last byte flipped, as a bad link or NIC would): the receiver's crc check must catch
+    /// them and the sender resend.
+    CorruptSnapshotChunks {
+        /// The receiving node.
+        to: u64,
+        /// Chunks left to damage.
+        count: u64,
+    },
 }
 
 impl Filter {
@@ -58,6 +67,7 @@ impl Filter {
             Filter::Delay { .. } => false,
             Filter::Partition { .. } | Filter::Isolate(_) => self.separates(from, to),
             Filter::DropType(t) => msg_type == Some(*t),
+            Filter::CorruptSnapshotChunks { .. } => false,
         }
     }
 
@@ -80,6 +90,7 @@ struct NetState {
     rng: SmallRng,
     delivered: u64,
     dropped: u64,
+    corrupted: u64,
 }
 
 /// An in-memory network between the nodes of one process. Cloning shares it.
@@ -99,6 +110,7 @@ impl MemNetwork {
                 rng: SmallRng::seed_from_u64(seed),
                 delivered: 0,
                 dropped: 0,
+                corrupted: 0,
             })),
         }
     }
@@ -149,16 +161,34 @@ impl MemNetwork {
         (s.delivered, s.dropped)
     }
 
+    /// Snapshot chunks damaged so far by [`Filter::CorruptSnapshotChunks`].
+    pub fn corrupted(&self) -> u64 {
+        self.lock().corrupted
+    }
+
     /// A transport for `node_id` on this network.
     pub fn transport(&self) -> MemTransport {
         MemTransport { net: self.clone() }
     }
 
-    fn route(&self, env: RaftEnvelope) {
+    fn route(&self, mut env: RaftEnvelope) {
         let msg_type = env.message.as_ref().map(|m| m.get_msg_type());
         let (deliver, delay) = {
             let mut s = self.lock();
-            let NetState { filters, rng, .. } = &mut *s;
+            let NetState { filters, rng, corrupted, .. } = &mut *s;
+            if let Some(chunk) = env.snapshot_chunk.as_mut() {
+                for (_, f) in filters.iter_mut() {
+                    if let Filter::CorruptSnapshotChunks { to, count } = f {
+                        if *to == env.to_node && *count > 0 {
+                            if let Some(b) = chunk.frame.last_mut() {
+                                *b ^= 0x01;
+                                *count -= 1;
+                                *corrupted += 1;
+                            }
+                        }
+                    }
+                }
+            }
             let blocked = filters.iter().any(|(_, f)| f.blocks(env.from_node, env.to_node, msg_type, rng));
             let mut delay = Duration::ZERO;
             for (_, f) in filters.iter() {

@@ -333,3 +333,38 @@ async fn an_evacuation_survives_the_managers_node_dying_mid_copy() {
         assert_eq!(got.map(|v| v.len()), Some(1000), "seed {}: {k:?}", seed());
     }
 }
+
+/// Design.md §6, copies are crc32-checked: the first snapshot chunks a new replica receives
+/// are damaged on the wire; the receiver refuses them, the sender resends, and the copy is
+/// then verified against the leader (range checksum at one log index) and promoted.
+#[tokio::test(start_paused = true)]
+async fn a_copy_with_a_corrupted_chunk_is_resent_and_verifies() {
+    presage_tests::init_log();
+    let c = ShardedCluster::start(4, seed(), manager_config()).await;
+    let client = c.client(vec![2, 3]);
+    let keys = fill(&client, 300, 1000).await;
+    c.wait_idle(30 * SEC).await;
+    let shard = data_shards(&c).into_iter().find(|s| s.replica(4).is_none()).expect("a shard without node 4");
+    let filter = c.net.add_filter(Filter::CorruptSnapshotChunks { to: 4, count: 2 });
+    let op = c
+        .submit(
+            shard.id,
+            vec![Step::AddLearner { node: 4 }, Step::VerifyReplica { node: 4 }],
+            vec![Step::RemoveReplica { node: 4 }],
+        )
+        .expect("submitted");
+    c.wait(60 * SEC, "the copy", |c| {
+        c.with_manager(|m| m.operators().any(|o| o.id == op && o.status.is_finished())).unwrap_or(false)
+    })
+    .await;
+    c.net.remove_filter(filter);
+    assert!(c.net.corrupted() >= 1, "seed {}: a chunk was damaged", seed());
+    let op = c.with_manager(|m| m.operators().find(|o| o.id == op).cloned()).flatten().expect("the operator");
+    assert_eq!(op.status, OperatorStatus::Done, "seed {}: {op:?}", seed());
+    let v = op.verifications.iter().rev().find(|v| v.node == 4).expect("a verification of node 4");
+    assert!(v.matches(), "seed {}: the copy matches the leader: {v:?}", seed());
+    assert!(c.directory().iter().any(|s| s.id == shard.id && s.replica(4).is_some()), "node 4 holds the copy");
+    for k in &keys {
+        assert!(client.get(k).await.expect("get").is_some(), "seed {}: {k:?}", seed());
+    }
+}
