@@ -320,6 +320,22 @@ impl Operator {
                 out.changed = true;
                 return out;
             };
+            // A replica a swap demoted is removed only as a learner: a voter there means the
+            // swap is not done after all (a stale directory judged it done, or a change in
+            // flight undid it), so the swap is due again - removing a voter here could take
+            // the shard below its replicas.
+            let swap_undone = match (&step, self.next_step.checked_sub(1).and_then(|i| steps.get(i))) {
+                (Step::RemoveReplica { node }, Some(Step::SwapReplica { demote, .. })) if demote == node => {
+                    dir.get(self.shard).and_then(|s| s.replica(*node)).is_some_and(|r| r.role == Role::Voter)
+                }
+                _ => false,
+            };
+            if swap_undone {
+                self.next_step -= 1;
+                self.step_started_ms = now_ms;
+                out.changed = true;
+                continue;
+            }
             let state = match &step {
                 Step::VerifyReplica { node } => self.verify_state(*node, dir),
                 _ => step_state(self.shard, &step, dir),
@@ -512,6 +528,34 @@ mod tests {
         let mut resumed = op.clone();
         assert_eq!(resumed.poll(&dir, 40, 1000), Poll { changed: true, action: None });
         assert_eq!(resumed.status, OperatorStatus::Done);
+    }
+
+    /// A rollback judged its swap-back done from a stale directory (the forward swap was
+    /// still in flight); when the directory then shows the demoted node a voter again, the
+    /// removal is not sent: the swap is due again.
+    #[test]
+    fn a_removal_after_a_swap_waits_for_the_swap_when_the_demoted_node_is_a_voter() {
+        let (v, l) = (Role::Voter, Role::Learner);
+        let mut dir = Directory::new();
+        let mut op = Operator::new(
+            9,
+            1,
+            OperatorKind::MoveReplica { from: Some(3), to: Some(4) },
+            vec![Step::SwapReplica { promote: 4, demote: 3 }, Step::RemoveReplica { node: 3 }],
+            vec![],
+            0,
+        );
+        let mut s = shard(1, &[(1, v), (2, v), (4, v), (3, l)], 1);
+        s.epoch.conf_ver = 3;
+        dir.update(s);
+        assert_eq!(op.poll(&dir, 10, 1000).action, Some(Step::RemoveReplica { node: 3 }));
+        let mut s = shard(1, &[(1, v), (2, v), (3, v), (4, l)], 1);
+        s.epoch.conf_ver = 5;
+        dir.update(s);
+        let p = op.poll(&dir, 20, 1000);
+        assert_eq!(p.action, Some(Step::SwapReplica { promote: 4, demote: 3 }), "never remove the voter");
+        assert!(p.changed);
+        assert_eq!(op.status, OperatorStatus::Running);
     }
 
     #[test]

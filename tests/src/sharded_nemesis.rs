@@ -1,8 +1,9 @@
 //! The nemesis on a sharded cluster: clients work through the client library (routing by a
 //! cached directory) while the nemesis splits shards at the clients' keys, merges neighbours,
 //! moves leaderships and replicas (a second replication group joins mid-run, so shards move
-//! between groups), partitions and isolates nodes, delays messages, and kills and restarts
-//! nodes - the shard manager's node included. The shard manager's own policies split and
+//! between groups), evacuates node 1 onto a spare (node 7: a node migration, design.md §6,
+//! through the same verified joint-consensus swaps), partitions and isolates nodes, delays
+//! messages, and kills and restarts nodes - the shard manager's node included. The shard manager's own policies split and
 //! merge by load at the same time. Afterwards everything heals and the history, final reads
 //! included (a lost acknowledged write shows there), must be linearizable.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use presage_client::{Client, ClientError};
 use presage_replication::Filter;
-use presage_shardmgr::{ManagerConfig, OperatorStatus, Role, Step, META_SHARD_ID};
+use presage_shardmgr::{AdminCommand, ManagerConfig, MigrationStage, OperatorStatus, Role, Step, META_SHARD_ID};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -56,6 +57,8 @@ pub struct ShardedNemesisReport {
     pub splits: usize,
     /// Finished operators that merged two shards.
     pub merges: usize,
+    /// Node evacuations that finished (node 1's, when the nemesis started one).
+    pub evacuations: usize,
 }
 
 fn key(k: u64) -> Vec<u8> {
@@ -137,11 +140,12 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     let mut filters: Vec<u64> = Vec::new();
     let mut dead: Vec<u64> = Vec::new();
     let mut second_group = false;
+    let mut evacuating = false;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
         let live = c.live();
         let shards: Vec<_> = c.directory().into_iter().filter(|s| s.id != META_SHARD_ID).collect();
-        let fault = match rng.random_range(0..12) {
+        let fault = match rng.random_range(0..13) {
             0 | 1 if !shards.is_empty() => {
                 let k = key(rng.random_range(0..cfg.keys));
                 match shards.iter().find(|s| s.contains(&k) && s.start != k) {
@@ -214,6 +218,18 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                 c.restart(n);
                 format!("restart {n}")
             }
+            10 if !evacuating => {
+                // A spare in node 1's region (r1) joins, and node 1 is evacuated onto it
+                // while the faults go on. Joins need the shard manager reachable: heal first.
+                for id in filters.drain(..) {
+                    c.net.remove_filter(id);
+                }
+                if !c.live().contains(&7) && !dead.contains(&7) {
+                    c.add_node(7).await;
+                }
+                evacuating = true;
+                format!("evacuate 1: {:?}", c.admin(AdminCommand::Evacuate { node: 1 }))
+            }
             _ => {
                 for id in filters.drain(..) {
                     c.net.remove_filter(id);
@@ -239,7 +255,13 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     }
     let settle = Duration::from_secs(60);
     let settled = tokio::time::timeout(settle, async {
-        while c.with_manager(|m| m.stats().running_operators).unwrap_or(1) > 0 {
+        let busy = |m: &mut presage_shardmgr::Manager| {
+            m.stats().running_operators > 0
+                || m.migrations(0)
+                    .iter()
+                    .any(|v| matches!(v.migration.stage, MigrationStage::Preparing | MigrationStage::CuttingOver))
+        };
+        while c.with_manager(busy).unwrap_or(true) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -248,7 +270,8 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         let running =
             c.with_manager(|m| m.operators().filter(|o| !o.status.is_finished()).cloned().collect::<Vec<_>>());
         return Err(fail(format!(
-            "operators still running {settle:?} after healing: {running:?}\ndirectory {:?}\nmanager on {:?}\nfaults: {:?}",
+            "operators still running {settle:?} after healing: {running:?}\nmigrations {:?}\ndirectory {:?}\nmanager on {:?}\nfaults: {:?}",
+            c.with_manager(|m| (m.nodes().map(|n| (n.id, n.state, n.group)).collect::<Vec<_>>(), m.migrations(0).into_iter().map(|v| v.migration).collect::<Vec<_>>())),
             c.directory(),
             c.manager_node(),
             report.faults
@@ -263,6 +286,17 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     };
     report.splits = done_with(|s| matches!(s, Step::Split { .. }));
     report.merges = done_with(|s| matches!(s, Step::Merge { .. }));
+    report.evacuations = c
+        .with_manager(|m| {
+            m.migrations(0)
+                .iter()
+                .filter(|v| v.migration.node == 1 && v.migration.stage == MigrationStage::Evacuated)
+                .count()
+        })
+        .unwrap_or(0);
+    if report.evacuations > 0 && c.directory().iter().any(|s| s.replica(1).is_some()) {
+        return Err(fail(format!("node 1 was evacuated but holds replicas: {:?}", c.directory())));
+    }
 
     // Final reads of every key through a fresh client, part of the checked history.
     let reader = c.client(vec![1, 2, 3]);

@@ -190,7 +190,7 @@ fn nemesis_histories_are_linearizable() {
 }
 
 /// The nemesis on a sharded cluster (issue 4): splits, merges, leader and replica moves (a
-/// second group joins mid-run), partitions, kills of any node including the shard
+/// second group joins mid-run), a node evacuation (issue 8), partitions, kills of any node including the shard
 /// manager's, while clients route through the client library. `PRESAGE_SHARDED_NEMESIS_SEEDS`
 /// seeds (default 8) from `PRESAGE_TEST_SEED` (default 1); every history must be
 /// linearizable, final reads included.
@@ -199,6 +199,7 @@ fn sharded_nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let (mut ops, mut acked, mut unknown, mut operators, mut splits, mut merges) = (0, 0, 0, 0, 0, 0);
+    let mut evacuations = 0;
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -211,13 +212,15 @@ fn sharded_nemesis_histories_are_linearizable() {
         operators += report.operators;
         splits += report.splits;
         merges += report.merges;
+        evacuations += report.evacuations;
     }
     eprintln!(
         "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, \
-         {operators} operators finished ({splits} splits, {merges} merges)"
+         {operators} operators finished ({splits} splits, {merges} merges), {evacuations} evacuations"
     );
     if count >= 4 {
         assert!(splits > 0 && merges > 0, "the runs must split and merge shards: {splits} splits, {merges} merges");
+        assert!(evacuations > 0, "the runs must evacuate a node while the faults go on");
     }
 }
 

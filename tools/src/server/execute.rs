@@ -1,7 +1,12 @@
 //! Carries out an operator step on a shard this node leads. Every step first checks whether
 //! it is already done (the manager may resend it, or a new manager may resume it), so
-//! carrying one out twice does no harm. A verification answers with both checksums
-//! (`Response::Verified`); the manager records it with the operator.
+//! carrying one out twice does no harm. A membership change is made only against the
+//! configuration the manager planned it with (the command's `conf_ver`): a manager judging
+//! from a stale directory (a change it did not see yet, a step of another operator or
+//! manager still in flight) is answered `EpochNotMatch` and plans again once it sees the
+//! shard's configuration, so that stale views never compound into removing voters. A
+//! verification answers with both checksums (`Response::Verified`); the manager records it
+//! with the operator.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +55,15 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Res
     let desc = &status.descriptor;
     let replica = |n: u64| desc.replicas.iter().find(|r| r.node_id == n);
     let write_err = |e| proto_error(e, true);
+    // Before changing the membership: the configuration must be the one the step was
+    // planned against.
+    let planned_here = || {
+        if desc.epoch().conf_ver == command.epoch.conf_ver {
+            Ok(())
+        } else {
+            Err(ProtoError::EpochNotMatch { shard, current: vec![super::convert::shard_meta(desc, Some(inner.me.id))] })
+        }
+    };
     // Never promote or verify a learner that has not answered yet (matched 0): with a short
     // log the lag test alone would pass, and a voter that cannot vote can cost the group
     // its quorum.
@@ -66,6 +80,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Res
     match &command.step {
         Step::AddLearner { node: n } => {
             if replica(*n).is_none() {
+                planned_here()?;
                 node.add_learner(shard, *n).await.map_err(write_err)?;
             }
         }
@@ -73,6 +88,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Res
             None => return Err(ProtoError::Invalid(format!("no replica on node {n} to promote"))),
             Some(r) if r.is_voter() => {}
             Some(_) => {
+                planned_here()?;
                 caught_up(*n)?;
                 node.promote_learner(shard, *n).await.map_err(write_err)?;
             }
@@ -109,6 +125,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Res
                             "handing the leadership away before demoting this replica".into(),
                         ));
                     }
+                    planned_here()?;
                     caught_up(*promote)?;
                     node.swap_replicas(shard, *promote, *demote).await.map_err(write_err)?;
                 }
@@ -123,6 +140,7 @@ async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Res
             if replica(*n).is_none() {
                 return Ok(Response::Done);
             }
+            planned_here()?;
             if *n == inner.me.id {
                 hand_over(inner, &status).await?;
                 return Err(ProtoError::Retry("handing the leadership away before removing this replica".into()));

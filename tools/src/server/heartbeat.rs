@@ -146,10 +146,12 @@ async fn sample<E: Engine>(
 /// forwards), following one redirect; re-joins if the manager does not know this node.
 async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
     let hint = *lock(&inner.manager_hint);
+    // Without a hint, the seeds in turn: one that does not know the manager either (an
+    // emptied node holds no meta replica to learn it from) must not be asked forever.
     let seed = {
         let seeds = lock(&inner.seeds);
-        (!seeds.is_empty())
-            .then(|| seeds[(heartbeat.stats.replicas as usize + inner.clock.now_ms() as usize) % seeds.len()])
+        let turn = inner.heartbeat_turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (!seeds.is_empty()).then(|| seeds[turn % seeds.len()])
     };
     let to = hint.or(seed).unwrap_or(inner.me.id);
     let nodes_digest = inner.nodes_digest.load(std::sync::atomic::Ordering::Relaxed);

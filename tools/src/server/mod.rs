@@ -181,6 +181,8 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) telemetry_backlog: Mutex<std::collections::VecDeque<presage_shardmgr::TelemetryReport>>,
     /// The manager asked for the backlog: the next heartbeat carries it.
     pub(crate) telemetry_backlog_wanted: std::sync::atomic::AtomicBool,
+    /// Heartbeats sent without a manager hint: picks the seed to ask in turn.
+    pub(crate) heartbeat_turn: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -231,6 +233,7 @@ impl<E: Engine> Server<E> {
             manager_wake: tokio::sync::Notify::new(),
             telemetry_backlog: Mutex::default(),
             telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
+            heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
