@@ -56,6 +56,14 @@ pub enum AdminCommand {
         /// The node.
         node: NodeId,
     },
+    /// End `node`'s evacuation by hand (the node was repaired, or a preparation is not
+    /// wanted): an evacuated node is released (it may take a group's place again, as a
+    /// spare); a preparing one stands down (its prepared copies are dropped). A cut-over
+    /// in progress is not interrupted: release the node once it is evacuated.
+    Release {
+        /// The node.
+        node: NodeId,
+    },
     /// Migrate `shard`'s replicas to node `to`'s replication group (the replica in `to`'s
     /// region first), each copied, verified and swapped in.
     Migrate {
@@ -175,6 +183,32 @@ impl Manager {
                         "migration {id}: node {target} takes node {node}'s place in group {group}; its replicas move \
                          there one at a time (presage-ctl migrations)"
                     ),
+                })
+            }
+            AdminCommand::Release { node } => {
+                use crate::migrate::MigrationStage;
+                self.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                let Some(m) = self.migration_of(node).cloned() else {
+                    return refused(format!("node {node} is not being evacuated or held"));
+                };
+                let stage = match m.stage {
+                    MigrationStage::Evacuated => MigrationStage::Released,
+                    MigrationStage::Preparing => MigrationStage::StoodDown,
+                    MigrationStage::CuttingOver => {
+                        return refused(format!(
+                            "node {node} is being cut over (migration {}): its replicas are moving now; release it \
+                             once it is evacuated",
+                            m.id
+                        ))
+                    }
+                    MigrationStage::StoodDown | MigrationStage::Released => {
+                        unreachable!("migration_of returns migrations that hold their node")
+                    }
+                };
+                self.finish_migration(m.id, stage, now_ms);
+                Ok(AdminOutcome {
+                    operators: vec![],
+                    message: format!("migration {} of node {node}: {stage:?} by hand", m.id),
                 })
             }
             AdminCommand::Move { shard, from, to } => {

@@ -394,6 +394,19 @@ impl Manager {
         }
     }
 
+    /// Ends migration `id` at `stage` (a finished one) now: recorded, persisted, reported.
+    pub(crate) fn finish_migration(&mut self, id: u64, stage: MigrationStage, now_ms: u64) {
+        debug_assert!(stage.is_finished());
+        let Some(m) = self.migrations.get_mut(&id) else { return };
+        m.stage = stage;
+        m.stage_since_ms = now_ms;
+        m.finished_ms = Some(now_ms);
+        m.note = String::new();
+        let rec = m.clone();
+        self.migration_events.push(rec);
+        self.persist_migration(id);
+    }
+
     pub(crate) fn persist_migration(&mut self, id: u64) {
         if let Some(m) = self.migrations.get(&id) {
             self.pending.push(crate::meta::put(crate::meta::migration_key(id), m));

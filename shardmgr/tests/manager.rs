@@ -909,3 +909,42 @@ fn a_disk_warning_sheds_the_nodes_leaderships_at_once_and_they_return_when_it_cl
     let after: Vec<Option<u64>> = sim.shards.values().map(|s| s.leader).collect();
     assert_eq!(after, before, "seed {}: reactive mode moves no leadership on a warning", seed());
 }
+
+/// An operator's evacuation holds the node until released by hand: `Release` is refused
+/// while the cut-over runs, then frees the evacuated node (a spare again); a preparation
+/// released by hand stands down.
+#[test]
+fn a_manual_evacuation_is_released_by_hand() {
+    use presage_shardmgr::{AdminCommand, MigrationStage};
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let out = m.admin(AdminCommand::Evacuate { node: 3 }, sim.now_ms).expect("evacuate");
+    assert!(out.message.contains("node 4 takes node 3's place"), "{}", out.message);
+    let refused = m.admin(AdminCommand::Release { node: 3 }, sim.now_ms);
+    assert!(refused.is_err(), "seed {}: a cut-over is not interrupted: {refused:?}", seed());
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 3).map(|x| x.stage), Some(MigrationStage::Evacuated), "seed {}", seed());
+    for _ in 0..120 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 3).map(|x| x.stage), Some(MigrationStage::Evacuated), "held until released");
+    m.admin(AdminCommand::Release { node: 3 }, sim.now_ms).expect("release");
+    assert_eq!(migration(&m, 3).map(|x| x.stage), Some(MigrationStage::Released));
+    assert!(m.migration_of(3).is_none(), "node 3 is free");
+    sim.round(&mut m, 1000);
+    let successor = sim.recover(&cfg);
+    assert_eq!(migration(&successor, 3).map(|x| x.stage), Some(MigrationStage::Released), "persisted");
+
+    // A preparation (risk >= warn) released by hand stands down.
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    sim.risk.insert(2, 0.6);
+    for _ in 0..3 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(MigrationStage::Preparing));
+    m.admin(AdminCommand::Release { node: 2 }, sim.now_ms).expect("release");
+    assert_eq!(migration(&m, 2).map(|x| x.stage), Some(MigrationStage::StoodDown));
+    assert!(m.admin(AdminCommand::Release { node: 2 }, sim.now_ms).is_err(), "nothing left to release");
+}

@@ -98,6 +98,12 @@ enum Command {
         /// The node.
         node: u64,
     },
+    /// End a node's evacuation by hand: an evacuated node is released (it may serve as a
+    /// spare again), a preparing one stands down; a cut-over in progress is not interrupted.
+    Release {
+        /// The node.
+        node: u64,
+    },
     /// Node evacuations (proactive, reactive, manual): stage, target, shards and bytes
     /// left, copy rate and ETA, the steps running.
     Migrations,
@@ -229,6 +235,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Drain { node } => admin(AdminCommand::Drain { node }),
         Command::Migrate { id, to } => admin(AdminCommand::Migrate { shard: id, to }),
         Command::Evacuate { node } => admin(AdminCommand::Evacuate { node }),
+        Command::Release { node } => admin(AdminCommand::Release { node }),
         Command::Migrations => {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
