@@ -100,7 +100,8 @@ pub enum JoinError {
 #[derive(Debug)]
 pub struct Manager {
     pub(crate) cfg: ManagerConfig,
-    started_ms: u64,
+    /// When this manager started (bootstrapped or recovered).
+    pub(crate) started_ms: u64,
     pub(crate) cluster: ClusterMeta,
     pub(crate) nodes: BTreeMap<NodeId, NodeMeta>,
     pub(crate) node_stats: BTreeMap<NodeId, NodeStats>,

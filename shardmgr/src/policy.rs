@@ -28,7 +28,8 @@
 //!    the smallest, with the same hysteresis; repair then moves its replicas.
 //!
 //! Balancing plans count against `max-balance-moves-per-minute`; every plan against
-//! `max-running-operators`.
+//! `max-running-operators`. A manager that just started balances nothing for
+//! `BALANCE_AFTER_START_HEARTBEATS` heartbeat intervals (until every node reported to it).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -36,6 +37,9 @@ use crate::load::{choose_split_key, KeySpan};
 use crate::manager::Manager;
 use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
 use crate::operator::{OperatorKind, Step};
+
+/// Heartbeat intervals a new manager waits before it balances leaders or groups.
+pub(crate) const BALANCE_AFTER_START_HEARTBEATS: u64 = 3;
 
 /// An operator to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +65,13 @@ pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
     repair(m, &mut out, &mut claimed, &mut copies);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
-    leader_balance(m, &mut out, &mut claimed);
-    group_balance(m, &mut out, &claimed);
+    // A manager that just took over balances only once every node has reported to it (its
+    // leaders, loads and failure-analysis inputs are fresh): balancing on what its
+    // predecessor last persisted could hand a leadership back to a node being shed.
+    if now_ms >= m.started_ms + BALANCE_AFTER_START_HEARTBEATS * m.cfg.heartbeat_interval_ms {
+        leader_balance(m, &mut out, &mut claimed);
+        group_balance(m, &mut out, &claimed);
+    }
     out
 }
 

@@ -607,12 +607,13 @@ fn a_round_at_1000_nodes_and_100k_shards() {
                 telemetry: None,
                 telemetry_backlog: None,
             },
-            2000,
+            3500,
         );
     }
     let intake = t.elapsed();
     let t = Instant::now();
-    let fx = m.tick(2001);
+    // Past the new manager's wait before balancing (three heartbeat intervals).
+    let fx = m.tick(3501);
     let round = t.elapsed();
     eprintln!(
         "1000 nodes, {} shards: first heartbeats {first_intake:?} ({persisted} records), \
