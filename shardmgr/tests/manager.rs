@@ -580,17 +580,7 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     }
     let t = Instant::now();
     for (node, shards) in by_node.clone() {
-        m.heartbeat(
-            NodeHeartbeat {
-                node,
-                stats: NodeStats::default(),
-                shards,
-                replicas: Vec::new(),
-                telemetry: None,
-                telemetry_backlog: None,
-            },
-            1000,
-        );
+        m.heartbeat(reports_only(node, shards), 1000);
     }
     let first_intake = t.elapsed();
     let fx = m.tick(1001);
@@ -598,17 +588,7 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     // Steady state: the same shards report again (no epoch change), then one round.
     let t = Instant::now();
     for (node, shards) in by_node {
-        m.heartbeat(
-            NodeHeartbeat {
-                node,
-                stats: NodeStats::default(),
-                shards,
-                replicas: Vec::new(),
-                telemetry: None,
-                telemetry_backlog: None,
-            },
-            3500,
-        );
+        m.heartbeat(reports_only(node, shards), 3500);
     }
     let intake = t.elapsed();
     let t = Instant::now();
@@ -624,6 +604,18 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     assert_eq!(m.directory().len() as u64, shards, "every reported shard is known");
     assert!(!fx.commands.is_empty(), "the skewed cluster has balancing work");
     m.directory().check().expect("disjoint");
+}
+
+/// A heartbeat that carries only shard reports.
+fn reports_only(node: u64, shards: Vec<ShardReport>) -> NodeHeartbeat {
+    NodeHeartbeat {
+        node,
+        stats: NodeStats::default(),
+        shards,
+        replicas: Vec::new(),
+        telemetry: None,
+        telemetry_backlog: None,
+    }
 }
 
 /// Three nodes in group 1 holding the meta shard and 8 data shards, plus node 4 in region r4
