@@ -193,6 +193,11 @@ impl WarningBoard {
         self.next_seq += 1;
     }
 
+    /// Is a warning of `kind` about `node` active?
+    pub fn is_active(&self, node: u64, kind: WarningKind) -> bool {
+        self.active.contains_key(&(node, kind))
+    }
+
     /// Active warnings, by node then kind.
     pub fn active(&self) -> Vec<Warning> {
         self.active.values().map(|(w, _)| w.clone()).collect()

@@ -282,9 +282,10 @@ impl Manager {
         self.degraded = inputs.degraded;
     }
 
-    /// May `node` be given leaderships? Not while it is degraded and the predictive path is on.
-    pub(crate) fn may_lead(&self, node: NodeId) -> bool {
-        !(self.cfg.proactive_migration && self.degraded.contains(&node))
+    /// Does `node` shed its leaderships (degraded, with the predictive path on)? Then it is
+    /// given none either.
+    pub(crate) fn sheds_leaders(&self, node: NodeId) -> bool {
+        self.cfg.proactive_migration && self.degraded.contains(&node)
     }
 
     /// Notes the outcome of a [`Step::VerifyReplica`] the runtime sent for `operator`

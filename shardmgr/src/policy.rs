@@ -140,8 +140,11 @@ fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, cop
             continue;
         }
         let from = mig.node;
-        let per_round =
-            if m.may_lead(from) { m.cfg.migration_leader_moves_per_round } else { m.cfg.shed_leader_moves_per_round };
+        let per_round = if m.sheds_leaders(from) {
+            m.cfg.shed_leader_moves_per_round
+        } else {
+            m.cfg.migration_leader_moves_per_round
+        };
         let shifting = shift_leaders(m, from, per_round, out, claimed);
         // Leaderships first: then every shard's copy is sent by a healthy leader, and the
         // hottest shard's goes first.
@@ -233,7 +236,7 @@ fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>
         let evacuating = m.migrations.values().any(|mig| {
             mig.node == node && matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver)
         });
-        if m.may_lead(node) || evacuating || !m.nodes.get(&node).is_some_and(|n| n.state.accepts_load()) {
+        if !m.sheds_leaders(node) || evacuating || !m.nodes.get(&node).is_some_and(|n| n.state.accepts_load()) {
             continue;
         }
         shift_leaders(m, node, m.cfg.shed_leader_moves_per_round, out, claimed);
@@ -242,7 +245,7 @@ fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>
 
 /// May `node` be given a leadership? Up, not being evacuated, not degraded.
 fn may_lead(m: &Manager, node: NodeId) -> bool {
-    node_up(m, node) && m.may_lead(node)
+    node_up(m, node) && !m.sheds_leaders(node)
 }
 
 /// The load score of the shards `node` leads.

@@ -3,8 +3,8 @@
 //! moves leaderships and replicas (a second replication group joins mid-run, so shards move
 //! between groups), evacuates node 1 onto a spare (node 7: a node migration, design.md §6,
 //! through the same verified joint-consensus swaps), partitions and isolates nodes, delays
-//! messages, and kills and restarts nodes - the shard manager's node included. The shard manager's own policies split and
-//! merge by load at the same time. Afterwards everything heals and the history, final reads
+//! messages, and kills and restarts nodes - the shard manager's node included. The shard
+//! manager's own policies split and merge by load at the same time. Afterwards everything heals and the history, final reads
 //! included (a lost acknowledged write shows there), must be linearizable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,9 +269,11 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     if settled.is_err() {
         let running =
             c.with_manager(|m| m.operators().filter(|o| !o.status.is_finished()).cloned().collect::<Vec<_>>());
+        let nodes = c.with_manager(|m| m.nodes().map(|n| (n.id, n.state, n.group)).collect::<Vec<_>>());
+        let migrations = c.with_manager(|m| m.migrations(0).into_iter().map(|v| v.migration).collect::<Vec<_>>());
         return Err(fail(format!(
-            "operators still running {settle:?} after healing: {running:?}\nmigrations {:?}\ndirectory {:?}\nmanager on {:?}\nfaults: {:?}",
-            c.with_manager(|m| (m.nodes().map(|n| (n.id, n.state, n.group)).collect::<Vec<_>>(), m.migrations(0).into_iter().map(|v| v.migration).collect::<Vec<_>>())),
+            "operators or migrations still running {settle:?} after healing: {running:?}\nmigrations \
+             {migrations:?}\nnodes (id, state, group) {nodes:?}\ndirectory {:?}\nmanager on {:?}\nfaults: {:?}",
             c.directory(),
             c.manager_node(),
             report.faults

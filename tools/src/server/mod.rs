@@ -590,7 +590,7 @@ impl<E: Engine> Inner<E> {
             Request::Heartbeat { mut heartbeat, nodes_digest: known } => {
                 let (node, telemetry, backlog) =
                     (heartbeat.node, heartbeat.telemetry.take(), heartbeat.telemetry_backlog.take());
-                let (answer, region) = {
+                let (mut answer, region) = {
                     let mut guard = lock(&self.manager);
                     let Some(m) = guard.as_mut() else {
                         return Response::Error(ProtoError::NotManager { leader: None });
@@ -609,7 +609,6 @@ impl<E: Engine> Inner<E> {
                     };
                     (answer, region)
                 };
-                let mut answer = answer;
                 if let (Some(region), Response::HeartbeatAck { telemetry_backlog_wanted, .. }) = (region, &mut answer) {
                     let mut pfa = lock(&self.pfa);
                     // The backlog first: it ends before this heartbeat's sample.

@@ -19,7 +19,7 @@ use presage_pfa::prior::{self, FailurePrior};
 use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
 use presage_pfa::telemetry::{PushedCounters, Signal, TelemetrySample};
-use presage_pfa::warning::{WarningBoard, WarningsAnswer};
+use presage_pfa::warning::{WarningBoard, WarningKind, WarningsAnswer};
 use presage_shardmgr::{MetaWrite, NodeId, RiskInputs, TelemetryReport};
 use serde::{Deserialize, Serialize};
 
@@ -378,7 +378,7 @@ impl PfaState {
             return false;
         }
         self.captured.remove(&node);
-        let slow_before = self.board.active().iter().filter(|w| w.node == node && w.kind.slows_disk()).count();
+        let warned_before = self.disk_warned(node);
         self.board.observe(node, region, report.at_ms, self.aggregator.evidence(node));
         let telemetry_probability = self.node_model.as_ref().and_then(|m| {
             let features = self.aggregator.features(node)?;
@@ -389,7 +389,7 @@ impl PfaState {
         });
         let disk_probability = self.disk_probability(node);
         let (recent_failures, prior_probability) = self.prior_probability(node, report.at_ms);
-        let warnings = self.board.active().iter().filter(|w| w.node == node).map(|w| w.kind).collect();
+        let warnings = WarningKind::ALL.into_iter().filter(|k| self.board.is_active(node, *k)).collect();
         self.risks.insert(
             node,
             NodeRisk {
@@ -404,8 +404,12 @@ impl PfaState {
                 warnings,
             },
         );
-        let slow_after = self.board.active().iter().filter(|w| w.node == node && w.kind.slows_disk()).count();
-        slow_after > slow_before
+        !warned_before && self.disk_warned(node)
+    }
+
+    /// Is a warning about `node`'s disk active?
+    fn disk_warned(&self, node: NodeId) -> bool {
+        WarningKind::ALL.into_iter().any(|k| k.slows_disk() && self.board.is_active(node, k))
     }
 
     /// Should `node` send its telemetry backlog with its next heartbeat? Until this tenure
@@ -433,7 +437,7 @@ impl PfaState {
         for report in backlog {
             self.on_telemetry(node, region, report);
         }
-        self.board.active().iter().any(|w| w.node == node && w.kind.slows_disk())
+        self.disk_warned(node)
     }
 
     /// The node's observed failures in the prior's window before `now_ms`, and the prior's
