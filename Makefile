@@ -37,14 +37,15 @@ bench: setup
 	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000000 --duration 30 \
 		--threads 8 --target raw-engine --target playground --json target-bench-ycsb-$$w.json --plot target-bench-ycsb-$$w.svg; done
 
-# Fuzz the TCP frame decoder, the RESP parser and the config loader for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
+# Fuzz the Raft frame decoder, the RESP parser, the config loader, the native frame decoder and the
+# peer handshake for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
 # own target folder, since fuzzing flags differ from every other build).
 FUZZ_SECONDS ?= 60
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cd replication/fuzz && RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run --sanitizer none \
 		--target-dir $(HOME)/.cache/presage/fuzz-target frame_decoder -- -max_total_time=$(FUZZ_SECONDS)
-	cd tools/fuzz && for t in resp_parser config_loader; do RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run \
+	cd tools/fuzz && for t in resp_parser config_loader native_frame peer_handshake; do RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run \
 		--sanitizer none --target-dir $(HOME)/.cache/presage/fuzz-target $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 fmt:

@@ -42,6 +42,9 @@ pub use node::{ChecksumAt, Node, NodeHandle};
 pub use peer::{AdminCommand, ReadRequest, ReadResponse};
 pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};
 pub use store::{PinnedData, ShardStatus, Store, StoreSummary};
-pub use tcp::{AddressBook, TcpConfig, TcpNode, TcpServer, TcpStats, TcpTransport};
+pub use tcp::{
+    AddressBook, DialFuture, Dialer, PlainDialer, RaftInbound, RaftStream, TcpConfig, TcpNode, TcpServer, TcpStats,
+    TcpTransport,
+};
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};
 pub use wire::{CommitMerge, Epoch, Op, PrepareMerge, RaftEnvelope, Replica, ShardDescriptor, Split};

@@ -29,7 +29,7 @@ enum NodeMsg {
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
     Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
-    Tombstone { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
+    ProbeStale { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
     Summary { reply: oneshot::Sender<StoreSummary> },
     SetSnapshotRate { bytes_per_sec: u64, reply: oneshot::Sender<u64> },
 }
@@ -162,7 +162,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
-        NodeMsg::Tombstone { descriptor, reply } => drop(reply.send(store.tombstone(&descriptor))),
+        NodeMsg::ProbeStale { descriptor, reply } => drop(reply.send(store.probe_stale(&descriptor))),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
         NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
     }
@@ -363,11 +363,12 @@ impl NodeHandle {
         self.ask(|reply| NodeMsg::Statuses { reply }).await
     }
 
-    /// Tells the node that `descriptor` is a newer configuration of its shard; if it leaves
-    /// this node out, the local replica missed its removal and is destroyed. Returns whether
-    /// it was.
-    pub async fn tombstone(&self, descriptor: ShardDescriptor) -> Result<bool> {
-        self.ask(|reply| NodeMsg::Tombstone { descriptor, reply }).await
+    /// Tells the node that `descriptor` may be a newer configuration of its shard without
+    /// it: the node asks that configuration's members, and a member that confirms it (a
+    /// tombstone) has the local replica destroyed ([`Store::probe_stale`]). Returns whether it
+    /// asked.
+    pub async fn probe_stale(&self, descriptor: ShardDescriptor) -> Result<bool> {
+        self.ask(|reply| NodeMsg::ProbeStale { descriptor, reply }).await
     }
 
     /// Counts over every replica of the node.

@@ -156,13 +156,23 @@ impl<E: Engine> Store<E> {
     /// Opens the store of `node_id`, recovering every replica persisted in `engine`.
     pub fn open(node_id: u64, engine: E, config: RaftConfig) -> Result<Self> {
         config.validate()?;
+        // A descriptor that does not decode is damage: starting without that replica would
+        // let the cluster count on a copy this node silently dropped.
         let mut shard_ids = Vec::new();
-        for_each_pair(&engine, Cf::Meta, &keys::descriptor_range(), |_, v| {
-            if let Ok(d) = wire::decode::<ShardDescriptor>("shard descriptor", v) {
-                shard_ids.push(d.id);
+        let mut undecodable = None;
+        for_each_pair(&engine, Cf::Meta, &keys::descriptor_range(), |k, v| {
+            match wire::decode::<ShardDescriptor>("shard descriptor", v) {
+                Ok(d) => shard_ids.push(d.id),
+                Err(e) => {
+                    undecodable.get_or_insert_with(|| (k.to_vec(), e));
+                }
             }
             Ok(())
         })?;
+        if let Some((key, e)) = undecodable {
+            tracing::error!(node = node_id, key = ?key, error = %e, "a stored shard descriptor does not decode");
+            return Err(e);
+        }
         let mut peers = BTreeMap::new();
         for shard_id in shard_ids {
             if let Some(storage) = PeerStorage::load(engine.clone(), shard_id)? {
@@ -528,9 +538,18 @@ impl<E: Engine> Store<E> {
             let mine = peer.descriptor().clone();
             let theirs = env.descriptor.as_ref().map_or(0, |d| d.epoch().conf_ver);
             if env.tombstone {
-                // A newer configuration without us: this replica is gone.
-                if let Some(d) = &env.descriptor {
-                    self.tombstone(d);
+                // A newer configuration without us, from one of its members: this replica is
+                // gone. A tombstone from a node its own descriptor does not list is ignored.
+                match &env.descriptor {
+                    Some(d) if d.replicas.iter().any(|r| r.node_id == env.from_node) => {
+                        self.tombstone(d);
+                    }
+                    _ => tracing::warn!(
+                        node = self.node_id,
+                        shard = env.shard_id,
+                        from = env.from_node,
+                        "a tombstone from a node that is not a member of the configuration it names; ignored"
+                    ),
                 }
                 return Ok(());
             }
@@ -548,6 +567,17 @@ impl<E: Engine> Store<E> {
             }
         }
         let Some(msg) = env.message else { return Ok(()) };
+        if msg.from != env.from_node || msg.to != self.node_id {
+            tracing::warn!(
+                node = self.node_id,
+                shard = env.shard_id,
+                from = env.from_node,
+                msg_from = msg.from,
+                msg_to = msg.to,
+                "a Raft message whose replicas are not the envelope's nodes; dropped"
+            );
+            return Ok(());
+        }
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             // Raft may take the snapshot only once its data is staged and verified here.
             let index = msg.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
@@ -601,6 +631,10 @@ impl<E: Engine> Store<E> {
         }
         let (from, term, commit) = (msg.from, msg.term, msg.commit);
         let Some(peer) = self.peers.get_mut(&shard_id) else { return Ok(()) };
+        if let Err(why) = impossible(&peer.raw.raft.raft_log, &msg) {
+            tracing::warn!(node = self.node_id, shard = shard_id, from, why, "an impossible Raft message; dropped");
+            return Ok(());
+        }
         match peer.raw.step(msg) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => {}
             Err(e) => {
@@ -802,10 +836,33 @@ impl<E: Engine> Store<E> {
         })
     }
 
+    /// Asks the members of `newer` (a later configuration of the shard without this node, as
+    /// the shard manager reports it) about this node's replica: each member at a newer
+    /// configuration that leaves this node out answers with a tombstone, which destroys the
+    /// replica. The manager's word alone destroys nothing. Returns whether it asked.
+    pub fn probe_stale(&mut self, newer: &ShardDescriptor) -> bool {
+        let Some(peer) = self.peers.get(&newer.id) else { return false };
+        let mine = peer.descriptor().clone();
+        if newer.epoch().conf_ver <= mine.epoch().conf_ver || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
+            return false;
+        }
+        for r in newer.replicas.iter().filter(|r| r.node_id != self.node_id) {
+            self.pending_out.push(RaftEnvelope {
+                shard_id: newer.id,
+                from_node: self.node_id,
+                to_node: r.node_id,
+                descriptor: Some(mine.clone()),
+                ..RaftEnvelope::default()
+            });
+        }
+        true
+    }
+
     /// Destroys this node's replica of `newer.id` if `newer` is a later configuration of the
-    /// shard without this node: the replica missed its removal. A tombstone message from a
-    /// member, or the shard manager (which notices from heartbeats), brings the news.
-    pub fn tombstone(&mut self, newer: &ShardDescriptor) -> bool {
+    /// shard without this node: the replica missed its removal. Only a tombstone message from
+    /// a member of `newer` brings the news (answering a message of the replica's, or a
+    /// [`Store::probe_stale`]).
+    pub(crate) fn tombstone(&mut self, newer: &ShardDescriptor) -> bool {
         let Some(peer) = self.peers.get_mut(&newer.id) else { return false };
         let mine = peer.descriptor().epoch().conf_ver;
         if newer.epoch().conf_ver <= mine || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
@@ -1166,6 +1223,29 @@ fn is_trailing(msg: &Message, term: u64) -> bool {
         }
 }
 
+/// Why raft-rs must not see `msg`: a message no correct leader sends, on which raft-rs would
+/// panic (a commit index beyond this log, entries that contradict committed ones). A buggy or
+/// stale peer must not stop the node.
+fn impossible<S: raft::Storage>(log: &raft::RaftLog<S>, msg: &Message) -> std::result::Result<(), &'static str> {
+    match msg.get_msg_type() {
+        // A leader sends a follower at most the commit index the follower's log reaches.
+        MessageType::MsgHeartbeat if msg.commit > log.last_index() => Err("heartbeat commit beyond the log"),
+        MessageType::MsgAppend => {
+            // raft-rs appends only when the entry before `index` matches; entries it would then
+            // overwrite must not be committed here.
+            if log.match_term(msg.index, msg.log_term) {
+                for e in msg.entries.iter().filter(|e| e.index <= log.committed) {
+                    if log.term(e.index).ok() != Some(e.term) {
+                        return Err("entries that contradict committed ones");
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -1258,5 +1338,78 @@ mod tests {
         store.set_now(Instant::now() + Duration::from_secs(CHECKSUM_PIN_MAX_AGE_SECS + 1));
         store.tick();
         assert!(matches!(store.checksum_pin(1, at2), Err(Error::ChecksumMissed { .. })));
+    }
+
+    /// A follower of shard 1 (voters 1 and 2) on node 2.
+    fn following_store() -> Store<MemEngine> {
+        let desc = ShardDescriptor {
+            id: 1,
+            start: Vec::new(),
+            end: None,
+            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+            replicas: vec![Replica::voter(1), Replica::voter(2)],
+            merging_into: None,
+        };
+        let mut store = Store::open(2, MemEngine::new(), RaftConfig::default()).expect("open");
+        store.bootstrap_shard(desc).expect("bootstrap");
+        store.process_ready().expect("ready");
+        store
+    }
+
+    fn heartbeat(from: u64, msg_from: u64, commit: u64) -> RaftEnvelope {
+        let mut msg = Message { from: msg_from, to: 2, term: 5, commit, ..Message::default() };
+        msg.set_msg_type(MessageType::MsgHeartbeat);
+        RaftEnvelope { shard_id: 1, from_node: from, to_node: 2, message: Some(msg), ..RaftEnvelope::default() }
+    }
+
+    /// raft-rs panics on a heartbeat whose commit is beyond the follower's log; such a
+    /// message (a buggy or hostile peer) is dropped and the node goes on. A message whose
+    /// replicas are not the envelope's nodes is dropped too.
+    #[test]
+    fn impossible_raft_messages_are_dropped_not_fatal() {
+        let mut store = following_store();
+        let before = store.status(1).expect("replica");
+        store.step(heartbeat(1, 1, 1_000_000)).expect("step");
+        store.step(heartbeat(1, 3, 0)).expect("step");
+        store.process_ready().expect("ready");
+        let after = store.status(1).expect("replica");
+        assert_eq!((after.commit, after.term), (before.commit, before.term), "nothing taken from them");
+        // A well-formed heartbeat is taken.
+        store.step(heartbeat(1, 1, before.commit)).expect("step");
+        store.process_ready().expect("ready");
+        assert_eq!(store.status(1).expect("replica").term, 5);
+    }
+
+    /// A tombstone destroys a replica only from a member of the newer configuration it names.
+    #[test]
+    fn tombstones_count_only_from_members_of_the_newer_configuration() {
+        let mut store = following_store();
+        let newer = |members: Vec<Replica>| ShardDescriptor {
+            id: 1,
+            start: Vec::new(),
+            end: None,
+            epoch: Some(Epoch { version: 1, conf_ver: 5 }),
+            replicas: members,
+            merging_into: None,
+        };
+        let tombstone = |from: u64, d: ShardDescriptor| RaftEnvelope {
+            shard_id: 1,
+            from_node: from,
+            to_node: 2,
+            descriptor: Some(d),
+            tombstone: true,
+            ..RaftEnvelope::default()
+        };
+        store.step(tombstone(9, newer(vec![Replica::voter(1), Replica::voter(3)]))).expect("step");
+        store.process_ready().expect("ready");
+        assert!(store.status(1).is_some(), "node 9 is no member of the configuration it claims");
+        // The manager's report alone destroys nothing: it makes the node ask the members.
+        assert!(store.probe_stale(&newer(vec![Replica::voter(1), Replica::voter(3)])));
+        let asked: Vec<u64> = store.pending_out.iter().map(|e| e.to_node).collect();
+        assert_eq!(asked, [1, 3]);
+        assert!(store.status(1).is_some());
+        store.step(tombstone(3, newer(vec![Replica::voter(1), Replica::voter(3)]))).expect("step");
+        store.process_ready().expect("ready");
+        assert!(store.status(1).is_none(), "a member's word destroys it");
     }
 }

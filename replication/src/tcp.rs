@@ -14,6 +14,13 @@
 //! connection - never the node - and counts a rejected frame; the sender reconnects and Raft
 //! resends what was lost.
 //!
+//! **Who sends.** [`TcpNode::start`] listens itself and trusts nobody's identity (a test
+//! cluster, the benchmark). A node process instead runs its own peer listener (TLS, the
+//! handshake that proves the sender's node id and cluster) and hands each Raft connection to
+//! [`RaftInbound::serve`] with the proven sender: an envelope claiming another sender closes
+//! that connection and counts a rejected frame. Outbound connections are made by a
+//! [`Dialer`] ([`PlainDialer`]: TCP), so the node's dialler can add TLS and the handshake.
+//!
 //! **Sending.** [`TcpTransport::send`] never blocks: it puts the envelope on the bounded queue
 //! of the target node (dropped and counted when full - Raft tolerates loss). One task per
 //! target node drains its queue into batches of at most `max_batch_msgs` envelopes and
@@ -22,7 +29,9 @@
 //! late.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -30,7 +39,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use presage_engine::Engine;
 use prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -236,6 +245,38 @@ impl AddressBook {
     }
 }
 
+/// An outbound Raft stream (written only).
+pub type RaftStream = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What [`Dialer::dial`] returns.
+pub type DialFuture = Pin<Box<dyn Future<Output = std::io::Result<RaftStream>> + Send>>;
+
+/// Makes the outbound Raft connection to node `to` at `addr`, ready for frames.
+pub trait Dialer: Send + Sync + 'static {
+    /// Connects (within the dialler's own time limit).
+    fn dial(&self, to: u64, addr: SocketAddr) -> DialFuture;
+}
+
+/// Plain TCP with a connect timeout.
+#[derive(Debug, Clone)]
+pub struct PlainDialer {
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+}
+
+impl Dialer for PlainDialer {
+    fn dial(&self, _to: u64, addr: SocketAddr) -> DialFuture {
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as RaftStream)
+        })
+    }
+}
+
 /// The sending side: one queue and connection task per target node.
 #[derive(Clone)]
 pub struct TcpTransport {
@@ -244,18 +285,33 @@ pub struct TcpTransport {
     book: AddressBook,
     queues: Arc<Mutex<HashMap<u64, LinkQueue>>>,
     stats: Arc<TcpStats>,
+    dialer: Arc<dyn Dialer>,
     runtime: tokio::runtime::Handle,
 }
 
 impl TcpTransport {
-    /// A transport for `node_id` that finds peers in `book`. Call inside a tokio runtime.
+    /// A transport for `node_id` that finds peers in `book` and dials plain TCP. Call inside
+    /// a tokio runtime.
     pub fn new(node_id: u64, config: TcpConfig, book: AddressBook, stats: Arc<TcpStats>) -> Self {
+        let dialer = Arc::new(PlainDialer { connect_timeout: Duration::from_millis(config.connect_timeout_ms) });
+        Self::with_dialer(node_id, config, book, stats, dialer)
+    }
+
+    /// A transport whose connections `dialer` makes.
+    pub fn with_dialer(
+        node_id: u64,
+        config: TcpConfig,
+        book: AddressBook,
+        stats: Arc<TcpStats>,
+        dialer: Arc<dyn Dialer>,
+    ) -> Self {
         TcpTransport {
             node_id,
             config: Arc::new(config),
             book,
             queues: Arc::default(),
             stats,
+            dialer,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -274,6 +330,7 @@ impl TcpTransport {
             book: self.book.clone(),
             stats: self.stats.clone(),
             queued_bytes: queued_bytes.clone(),
+            dialer: Arc::clone(&self.dialer),
         };
         self.runtime.spawn(link.run(rx));
         let q = LinkQueue { tx, queued_bytes };
@@ -326,6 +383,7 @@ struct Link {
     stats: Arc<TcpStats>,
     /// Bytes of envelopes in this link's queue (shared with its [`LinkQueue`]).
     queued_bytes: Arc<AtomicUsize>,
+    dialer: Arc<dyn Dialer>,
 }
 
 type Queued = (RaftEnvelope, usize);
@@ -385,24 +443,19 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> std::io::Result<TcpStream> {
+    async fn connect(&self) -> std::io::Result<RaftStream> {
         let addr = self
             .book
             .get(self.to)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address for node"))?;
-        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        self.dialer.dial(self.to, addr).await
     }
 
     /// Writes batches until the queue closes (`Ok`) or the connection fails (`Err`, with
     /// whether any frame went through first).
     async fn pump(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut RaftStream,
         first: Queued,
         rx: &mut mpsc::Receiver<Queued>,
     ) -> std::result::Result<(), (bool, std::io::Error)> {
@@ -459,14 +512,18 @@ impl Link {
 
     async fn write(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut RaftStream,
         batch: &RaftBatch,
         frame: &mut Vec<u8>,
         timeout: Duration,
     ) -> std::io::Result<()> {
         frame.clear();
         encode_frame(batch, frame);
-        tokio::time::timeout(timeout, stream.write_all(frame))
+        let write = async {
+            stream.write_all(frame).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(timeout, write)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
         TcpStats::add(&self.stats.frames_sent, 1);
@@ -506,7 +563,7 @@ impl TcpServer {
                 };
                 let (config, deliver, stats) = (config.clone(), deliver.clone(), stats.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &config, &deliver, &stats).await {
+                    if let Err(e) = serve_connection(stream, None, &config, &deliver, &stats).await {
                         tracing::warn!(%peer, error = %e, "closing connection");
                     }
                     drop(permit);
@@ -537,10 +594,14 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("nothing received for {0:?}")]
     Idle(Duration),
+    #[error("an envelope claims node {claimed} as its sender on node {proven}'s connection")]
+    ForgedSender { claimed: u64, proven: u64 },
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
+/// Serves one inbound Raft connection; with `sender`, every envelope must claim it.
+async fn serve_connection<S: AsyncRead + Unpin>(
+    mut stream: S,
+    sender: Option<u64>,
     config: &TcpConfig,
     deliver: &Deliver,
     stats: &TcpStats,
@@ -551,6 +612,12 @@ async fn serve_connection(
             match decode_frame(&buf, config.max_frame_bytes) {
                 Ok(Some((batch, used))) => {
                     buf.advance(used);
+                    if let Some(proven) = sender {
+                        if let Some(env) = batch.envelopes.iter().find(|e| e.from_node != proven) {
+                            TcpStats::add(&stats.frames_rejected, 1);
+                            return Err(ConnectionError::ForgedSender { claimed: env.from_node, proven });
+                        }
+                    }
                     TcpStats::add(&stats.frames_received, 1);
                     for env in batch.envelopes {
                         deliver(env);
@@ -573,12 +640,32 @@ async fn serve_connection(
     }
 }
 
+/// Where a node's own peer listener hands its authenticated Raft connections.
+#[derive(Clone)]
+pub struct RaftInbound {
+    config: Arc<TcpConfig>,
+    deliver: Deliver,
+    stats: Arc<TcpStats>,
+}
+
+impl RaftInbound {
+    /// Serves one Raft connection from node `sender` (proven by the caller: a certificate
+    /// and handshake) until it closes; an envelope claiming another sender closes it.
+    pub async fn serve<S: AsyncRead + Unpin>(&self, stream: S, sender: u64) -> std::result::Result<(), String> {
+        serve_connection(stream, Some(sender), &self.config, &self.deliver, &self.stats)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A node serving Raft over TCP: the store's runtime, its transport and its listener.
 pub struct TcpNode {
     /// The store's runtime.
     pub node: Node,
-    /// The listener; dropping it stops accepting.
-    pub server: TcpServer,
+    /// Its own listener, when it has one ([`TcpNode::start`]); dropping it stops accepting.
+    pub server: Option<TcpServer>,
+    /// Where authenticated inbound connections are served ([`TcpNode::start_behind`]).
+    pub inbound: RaftInbound,
     /// Counters of both directions.
     pub stats: Arc<TcpStats>,
 }
@@ -593,6 +680,32 @@ impl TcpNode {
         listen: SocketAddr,
         book: AddressBook,
     ) -> Result<TcpNode> {
+        let node_id = store.node_id();
+        let dialer = Arc::new(PlainDialer { connect_timeout: Duration::from_millis(tcp.connect_timeout_ms) });
+        let mut started = Self::start_behind(store, raft, tcp.clone(), book.clone(), dialer)?;
+        let (deliver, stats) = (started.inbound.deliver.clone(), started.stats.clone());
+        let server = match TcpServer::bind(listen, tcp, deliver, stats).await {
+            Ok(s) => s,
+            Err(e) => {
+                started.node.kill();
+                return Err(e);
+            }
+        };
+        book.set(node_id, server.local_addr());
+        started.server = Some(server);
+        Ok(started)
+    }
+
+    /// Starts `store` with a transport whose connections `dialer` makes and no listener of
+    /// its own: the caller's listener hands authenticated connections to
+    /// [`TcpNode::inbound`]. Call inside a tokio runtime.
+    pub fn start_behind<E: Engine>(
+        store: Store<E>,
+        raft: &RaftConfig,
+        tcp: TcpConfig,
+        book: AddressBook,
+        dialer: Arc<dyn Dialer>,
+    ) -> Result<TcpNode> {
         tcp.validate(raft.max_msg_bytes)?;
         if raft.snapshot_chunk_bytes.saturating_mul(2) > tcp.max_frame_bytes {
             // A chunk that does not compress is a little larger than its raw bytes.
@@ -603,19 +716,12 @@ impl TcpNode {
         }
         let node_id = store.node_id();
         let stats = Arc::new(TcpStats::default());
-        let transport = TcpTransport::new(node_id, tcp.clone(), book.clone(), stats.clone());
+        let transport = TcpTransport::with_dialer(node_id, tcp.clone(), book, stats.clone(), dialer);
         let node = Node::spawn(store, transport, raft);
         let handle = node.handle();
         let deliver: Deliver = Arc::new(move |env| handle.deliver(env));
-        let server = match TcpServer::bind(listen, tcp, deliver, stats.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                node.kill();
-                return Err(e);
-            }
-        };
-        book.set(node_id, server.local_addr());
-        Ok(TcpNode { node, server, stats })
+        let inbound = RaftInbound { config: Arc::new(tcp), deliver, stats: stats.clone() };
+        Ok(TcpNode { node, server: None, inbound, stats })
     }
 }
 

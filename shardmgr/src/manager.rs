@@ -359,7 +359,16 @@ impl Manager {
         }
         self.last_heartbeat_ms.insert(hb.node, now_ms);
         self.node_stats.insert(hb.node, hb.stats);
-        for report in hb.shards {
+        // A report counts only from the shard's leader speaking for itself: a voter of the
+        // shard it describes, naming itself as the leader (a buggy or stale node cannot
+        // make the directory forget real replicas). Older epochs are ignored by the
+        // directory.
+        let sender = hb.node;
+        let own = |r: &crate::model::ShardReport| {
+            r.shard.leader == Some(sender)
+                && r.shard.replicas.iter().any(|x| x.node == sender && x.role == crate::model::Role::Voter)
+        };
+        for report in hb.shards.into_iter().filter(own) {
             self.shard_report(report, now_ms);
         }
         let stale = hb

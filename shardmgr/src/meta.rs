@@ -156,6 +156,7 @@ mod tests {
             capacity_bytes: 1 << 30,
             state: NodeState::Up,
             group: Some(1),
+            insecure: false,
         };
         let cluster = ClusterMeta { cluster_id: 42, replication_factor: 3, next_id: 10 };
         let writes = [put(node_key(3), &node), put(cluster_key(), &cluster)];

@@ -91,6 +91,9 @@ pub struct NodeMeta {
     pub state: NodeState,
     /// The replication group it belongs to, once placed in one.
     pub group: Option<GroupId>,
+    /// It runs without TLS and credentials (`--insecure`, development only).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// What a node reports about itself in a heartbeat (soft state, not persisted).

@@ -66,6 +66,7 @@ fn node(id: u64, region: &str) -> NodeMeta {
         capacity_bytes: 1 << 40,
         state: NodeState::Up,
         group: None,
+        insecure: false,
     }
 }
 
@@ -604,6 +605,34 @@ fn a_round_at_1000_nodes_and_100k_shards() {
     assert_eq!(m.directory().len() as u64, shards, "every reported shard is known");
     assert!(!fx.commands.is_empty(), "the skewed cluster has balancing work");
     m.directory().check().expect("disjoint");
+}
+
+/// A shard report counts only from a voter of the shard that names itself its leader: a
+/// report of a newer configuration without replicas, or about a shard the sender does not
+/// lead, changes nothing.
+#[test]
+fn shard_reports_count_only_from_the_leader_speaking_for_itself() {
+    let (_sim, mut m) = three_nodes(&test_config());
+    let real = m.directory().get(1).expect("shard 1").clone();
+    let forged = |sender: u64, shard: ShardMeta| {
+        let report = ShardReport { shard, load: LoadReport::default(), size_bytes: 0, keys: 0 };
+        reports_only(sender, vec![report])
+    };
+    let emptied = ShardMeta {
+        epoch: Epoch { version: real.epoch.version, conf_ver: real.epoch.conf_ver + 10 },
+        replicas: vec![],
+        leader: Some(2),
+        ..real.clone()
+    };
+    m.heartbeat(forged(2, emptied), 2_000_000);
+    let claimed_for_another = ShardMeta {
+        epoch: Epoch { version: real.epoch.version, conf_ver: real.epoch.conf_ver + 10 },
+        replicas: vec![ReplicaMeta { node: 3, role: Role::Voter }],
+        leader: Some(3),
+        ..real.clone()
+    };
+    m.heartbeat(forged(2, claimed_for_another), 2_000_000);
+    assert_eq!(m.directory().get(1), Some(&real), "the directory kept the real replicas");
 }
 
 /// A heartbeat that carries only shard reports.

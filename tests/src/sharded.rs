@@ -71,6 +71,8 @@ pub struct ShardedCluster {
     nodes: BTreeMap<u64, Running>,
     /// One manager clock for every node (see `Clock`).
     clock: Clock,
+    /// The cluster's id, as every node knows it once the first manager made it.
+    cluster_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn meta(id: u64) -> NodeMeta {
@@ -84,6 +86,7 @@ fn meta(id: u64) -> NodeMeta {
         capacity_bytes: 1 << 30,
         state: NodeState::Up,
         group: None,
+        insecure: false,
     }
 }
 
@@ -103,6 +106,7 @@ impl ShardedCluster {
             engines: BTreeMap::new(),
             nodes: BTreeMap::new(),
             clock: Clock::wall(),
+            cluster_id: Arc::default(),
         };
         let engine = MemEngine::new();
         let mut store = Store::open(1, engine.clone(), c.raft.clone()).expect("open store");
@@ -152,6 +156,7 @@ impl ShardedCluster {
             self.engines[&id].clone(),
             Arc::new(self.rpc.endpoint(id)),
             self.clock.clone(),
+            Arc::clone(&self.cluster_id),
         );
         self.rpc.register(id, server.handler());
         self.nodes.insert(id, Running { node, server });

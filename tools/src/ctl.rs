@@ -46,23 +46,72 @@ pub const RETRY_UNAVAILABLE_MS: u64 = 10_000;
 /// The pause between two such tries.
 const RETRY_PAUSE_MS: u64 = 200;
 
+/// How to reach a cluster's admin APIs: HTTPS trusting the cluster CA (plain HTTP to an
+/// insecure cluster), and a bearer token.
+#[derive(Clone, Default)]
+pub struct AdminAccess {
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+}
+
+impl AdminAccess {
+    /// HTTPS trusting the CA at `ca_cert` (plain HTTP without one), with `token`.
+    pub fn load(ca_cert: Option<&std::path::Path>, token: Option<String>) -> Result<AdminAccess, CtlError> {
+        let tls = match ca_cert {
+            Some(path) => Some(
+                presage_security::tls::ca_client_config(path)
+                    .map_err(|e| CtlError::File { path: path.display().to_string(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
+        Ok(AdminAccess { tls, token })
+    }
+
+    /// Plain HTTP without a token (an insecure cluster).
+    pub fn insecure() -> AdminAccess {
+        AdminAccess::default()
+    }
+}
+
+/// One node's admin API and how to reach it.
+#[derive(Clone)]
+pub struct AdminEndpoint {
+    /// `host:port`.
+    pub addr: String,
+    /// TLS and token.
+    pub access: AdminAccess,
+}
+
+impl AdminEndpoint {
+    /// A client of it.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(&self.addr, &self.access)
+    }
+}
+
 /// A connection to one node's admin API. GETs and DELETEs ride out a short unavailability
 /// (`RETRY_UNAVAILABLE_MS`); commands (POST) and PUTs are sent once.
 pub struct AdminClient {
     addr: String,
     token: Option<String>,
+    https: bool,
     agent: ureq::Agent,
 }
 
 impl AdminClient {
-    /// The admin API at `addr` (`host:port`), with an optional bearer token.
-    pub fn new(addr: &str, token: Option<String>) -> Self {
-        let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build();
-        AdminClient { addr: addr.trim_start_matches("http://").to_string(), token, agent }
+    /// The admin API at `addr` (`host:port`), reached as `access` says.
+    pub fn new(addr: &str, access: &AdminAccess) -> Self {
+        let mut builder = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30));
+        if let Some(tls) = &access.tls {
+            builder = builder.tls_config(std::sync::Arc::clone(tls));
+        }
+        let addr = addr.trim_start_matches("http://").trim_start_matches("https://").to_string();
+        AdminClient { addr, token: access.token.clone(), https: access.tls.is_some(), agent: builder.build() }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn send(&self, req: ureq::Request, body: Option<&serde_json::Value>) -> Result<String, CtlError> {
@@ -84,7 +133,10 @@ impl AdminClient {
                     .unwrap_or(text);
                 Err(CtlError::Api { status, message })
             }
-            Err(e) => Err(CtlError::Unreachable { addr: self.addr.clone(), reason: e.to_string() }),
+            Err(e) => {
+                let hint = if self.https { "" } else { " (a secure node speaks HTTPS: give --ca-cert)" };
+                Err(CtlError::Unreachable { addr: self.addr.clone(), reason: format!("{e}{hint}") })
+            }
         }
     }
 
@@ -134,6 +186,12 @@ impl AdminClient {
     /// The cluster's state.
     pub fn cluster(&self) -> Result<ClusterInfo, CtlError> {
         self.get("/v1/cluster")
+    }
+
+    /// The cluster's state, asked once (no retry while the shard manager is unavailable).
+    pub fn cluster_once(&self) -> Result<ClusterInfo, CtlError> {
+        let text = self.send(self.agent.get(&self.url("/v1/cluster")), None)?;
+        serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))
     }
 
     /// Shards matching the filters.
@@ -220,10 +278,11 @@ pub fn nodes_table(nodes: &[NodeMeta]) -> String {
                 n.resp_addr.clone(),
                 n.admin_addr.clone(),
                 human_bytes(n.capacity_bytes),
+                if n.insecure { "INSECURE".into() } else { "tls".into() },
             ]
         })
         .collect();
-    table(&["NODE", "STATE", "REGION", "GROUP", "NATIVE", "RESP", "ADMIN", "CAPACITY"], &rows)
+    table(&["NODE", "STATE", "REGION", "GROUP", "NATIVE", "RESP", "ADMIN", "CAPACITY", "SECURITY"], &rows)
 }
 
 /// The groups table.

@@ -30,13 +30,13 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use presage_client::proto::ShardRow;
-use presage_client::{BatchOp, Client, ClientConfig};
+use presage_client::{BatchOp, Client};
 use presage_shardmgr::{NodeId, ShardMeta};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-use crate::ctl::{self, AdminClient};
+use crate::ctl::{self, AdminEndpoint};
 use crate::datagen::{key, ValueGen, ValueKind};
 use crate::node::playground::{Playground, PlaygroundOptions};
 
@@ -153,6 +153,7 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
         overrides,
         binary: opts.binary.clone(),
         ready_timeout: Duration::from_secs(120),
+        insecure: false,
     };
     let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
     println!("   serving after {:.1}s:", started.elapsed().as_secs_f64());
@@ -162,13 +163,22 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
             n.id, n.region, n.native, n.resp, n.admin, n.pid
         );
     }
-    let admins: Vec<String> = pg.cluster.nodes.iter().map(|n| n.admin.clone()).collect();
+    let security = &pg.cluster.security;
+    if let (Some(ca), Some(token)) = (&security.ca_cert, &security.admin_token) {
+        println!(
+            "\n   Secure by default: TLS on every port, users and tokens (see {}).\n   \
+             presage-ctl needs: export PRESAGE_CA_CERT={} PRESAGE_TOKEN={token}",
+            data_dir.join("cluster.json").display(),
+            ca.display()
+        );
+    }
+    let admins: Vec<AdminEndpoint> = pg.admins(None).into_iter().map(|(_, a)| a).collect();
     let first = admins[0].clone();
-    if let Ok(Ok(info)) = tokio::task::spawn_blocking(move || AdminClient::new(&first, None).cluster()).await {
+    if let Ok(Ok(info)) = tokio::task::spawn_blocking(move || first.client().cluster()).await {
         println!(
             "\n   Replication groups ($ presage-ctl --admin {} groups): a group takes one node per region; \
              nodes in no group are spares.\n",
-            admins[0]
+            admins[0].addr
         );
         print_indented(&ctl::groups_table(&info));
     }
@@ -197,10 +207,8 @@ async fn second_act(opts: &DemoOptions, pg: &mut Playground, cluster_started: In
         println!("\n6. Second act (a failing disk) skipped: --failing-node-ramp-secs 0");
         return Ok(());
     }
-    let first = pg.cluster.nodes[0].admin.clone();
-    let chosen =
-        tokio::task::spawn_blocking(move || crate::scenario::choose_failing_node(&AdminClient::new(&first, None)))
-            .await?;
+    let first = pg.admins(None).into_iter().map(|(_, a)| a).next().context("an empty playground")?;
+    let chosen = tokio::task::spawn_blocking(move || crate::scenario::choose_failing_node(&first.client())).await?;
     let failing = match chosen {
         Ok(n) => n,
         Err(e) => {
@@ -266,12 +274,11 @@ fn validate(opts: &DemoOptions) -> Result<()> {
 }
 
 /// Steps 2 to 5, against a running playground.
-async fn drive(opts: &DemoOptions, pg: &Playground, admins: &[String]) -> Result<()> {
-    let client = Arc::new(
-        Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await.context("connecting a client")?,
-    );
+async fn drive(opts: &DemoOptions, pg: &Playground, admins: &[AdminEndpoint]) -> Result<()> {
+    let client =
+        Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.context("connecting a client")?);
     let before = shard_rows(admins.to_vec()).await?;
-    println!("\n2. The shards before ($ presage-ctl --admin {} shards):\n", admins[0]);
+    println!("\n2. The shards before ($ presage-ctl --admin {} shards):\n", admins[0].addr);
     print_indented(&ctl::shards_table(&before));
     print_leaders("leaders per node", &before);
 
@@ -286,7 +293,7 @@ async fn drive(opts: &DemoOptions, pg: &Playground, admins: &[String]) -> Result
     let (stats, changes, elapsed) = workload(opts, &client, admins).await?;
 
     let after = shard_rows(admins.to_vec()).await?;
-    println!("\n5. The shards after ($ presage-ctl --admin {} shards):\n", admins[0]);
+    println!("\n5. The shards after ($ presage-ctl --admin {} shards):\n", admins[0].addr);
     print_indented(&ctl::shards_table(&after));
     print_leaders("leaders per node", &after);
 
@@ -343,7 +350,7 @@ async fn load(opts: &DemoOptions, client: &Arc<Client>) -> Result<()> {
 async fn workload(
     opts: &DemoOptions,
     client: &Arc<Client>,
-    admins: &[String],
+    admins: &[AdminEndpoint],
 ) -> Result<(Vec<WorkerStats>, Changes, Duration)> {
     let pb = ProgressBar::new(opts.workload_secs);
     pb.set_style(
@@ -422,7 +429,7 @@ async fn worker(
 }
 
 /// Polls the shards until `stop`, printing splits, merges and moves above the progress bar.
-fn watch(admins: &[String], stop: &AtomicBool, pb: &ProgressBar, started: Instant) -> Changes {
+fn watch(admins: &[AdminEndpoint], stop: &AtomicBool, pb: &ProgressBar, started: Instant) -> Changes {
     let mut changes = Changes::default();
     let mut prev: Option<BTreeMap<u64, ShardMeta>> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -475,11 +482,11 @@ fn watch(admins: &[String], stop: &AtomicBool, pb: &ProgressBar, started: Instan
     changes
 }
 
-fn shard_rows_blocking(admins: &[String]) -> Result<Vec<ShardRow>> {
+fn shard_rows_blocking(admins: &[AdminEndpoint]) -> Result<Vec<ShardRow>> {
     crate::scenario::shard_rows(admins)
 }
 
-async fn shard_rows(admins: Vec<String>) -> Result<Vec<ShardRow>> {
+async fn shard_rows(admins: Vec<AdminEndpoint>) -> Result<Vec<ShardRow>> {
     tokio::task::spawn_blocking(move || shard_rows_blocking(&admins)).await?
 }
 

@@ -144,16 +144,17 @@ impl Metrics {
         window
     }
 
-    /// `handler`, counting every request it serves under protocol `native`.
-    pub fn native_handler(self: &Arc<Self>, handler: Handler) -> Handler {
+    /// `handler`, counting every request it serves under `protocol` (`native` for
+    /// applications, `peer` for the control plane between nodes).
+    pub fn native_handler(self: &Arc<Self>, handler: Handler, protocol: &'static str) -> Handler {
         let metrics = Arc::clone(self);
-        Arc::new(move |request: Request| {
+        Arc::new(move |caller, request: Request| {
             let (metrics, handler) = (Arc::clone(&metrics), Arc::clone(&handler));
             Box::pin(async move {
                 let command = command_name(&request);
                 let started = Instant::now();
-                let answer = handler(request).await;
-                metrics.observe("native", command, !matches!(answer, Response::Error(_)), started.elapsed());
+                let answer = handler(caller, request).await;
+                metrics.observe(protocol, command, !matches!(answer, Response::Error(_)), started.elapsed());
                 answer
             })
         })
@@ -201,21 +202,7 @@ impl Metrics {
 /// The metric label of a native request.
 pub fn command_name(request: &Request) -> &'static str {
     match request {
-        Request::Get { .. } => "get",
-        Request::Put { .. } => "put",
-        Request::Delete { .. } => "delete",
-        Request::Scan { .. } => "scan",
-        Request::Batch { .. } => "batch",
-        Request::Routes { .. } => "routes",
-        Request::Join { .. } => "join",
-        Request::Heartbeat { .. } => "heartbeat",
-        Request::Execute { .. } => "execute",
-        Request::ClusterInfo => "cluster_info",
         Request::Forwarded { request } => command_name(request),
-        Request::Hello => "hello",
-        Request::Shards { .. } => "shards",
-        Request::Admin { .. } => "admin",
-        Request::Pfa { .. } => "pfa",
-        Request::ReplicaChecksum { .. } => "replica_checksum",
+        other => other.name(),
     }
 }

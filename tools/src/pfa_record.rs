@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use presage_client::{Client, ClientConfig};
+use presage_client::Client;
 use presage_pfa::node::{Recorded, Recording};
 use presage_pfa::telemetry::TelemetrySample;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ctl::AdminClient;
+use crate::ctl::AdminEndpoint;
 use crate::node::playground::{Playground, PlaygroundOptions};
 
 /// The Raft election timeout of the default configuration (10 ticks of 100 ms): the injected
@@ -191,12 +191,13 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
         overrides: Vec::new(),
         binary: opts.binary.clone(),
         ready_timeout: Duration::from_secs(120),
+        insecure: false,
     };
     let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
-    let admins: Vec<(u64, String)> = pg.cluster.nodes.iter().map(|n| (n.id, n.admin.clone())).collect();
+    let admins: Vec<(u64, AdminEndpoint)> = pg.admins(None);
     let regions: std::collections::BTreeMap<u64, String> =
         pg.cluster.nodes.iter().map(|n| (n.id, n.region.clone())).collect();
-    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await?);
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?);
 
     // The workload: paced reads and writes; a surge doubles it for a minute every few minutes.
     let stop = Arc::new(AtomicBool::new(false));
@@ -250,7 +251,7 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
                 if now >= t0 + Duration::from_secs(e.start_secs) {
                     let admin = admins[(e.node - 1) as usize].1.clone();
                     let body = rule(e.kind, e.secs, 0);
-                    blocking(move || AdminClient::new(&admin, None).put_raw("/v1/faults", &body)).await??;
+                    blocking(move || admin.client().put_raw("/v1/faults", &body)).await??;
                     let start_ms = wall_ms();
                     println!("t+{:>4}s node {}: {} for {} s", e.start_secs, e.node, e.kind.name(), e.secs);
                     active = Some((e.clone(), start_ms, 0));
@@ -262,9 +263,7 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
             let elapsed_ms = wall_ms().saturating_sub(start_ms);
             let admin = admins[(e.node - 1) as usize].1.clone();
             if elapsed_ms >= e.secs * 1000 {
-                blocking(move || AdminClient::new(&admin, None).delete("/v1/faults"))
-                    .await?
-                    .context("clearing a fault")?;
+                blocking(move || admin.client().delete("/v1/faults")).await?.context("clearing a fault")?;
                 let end_ms = start_ms + e.secs * 1000;
                 applied.push(Applied {
                     node: e.node,
@@ -281,7 +280,7 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
                 let want = (elapsed_ms * 3 / (e.secs * 1000)) as u32;
                 if want > step {
                     let body = rule(e.kind, e.secs, want);
-                    blocking(move || AdminClient::new(&admin, None).put_raw("/v1/faults", &body)).await??;
+                    blocking(move || admin.client().put_raw("/v1/faults", &body)).await??;
                     active = Some((e, start_ms, want));
                 }
             }
@@ -323,7 +322,7 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
                 // The restarted node comes up without faults; wait until it answers.
                 for _ in 0..60 {
                     let a = admin.clone();
-                    if blocking(move || AdminClient::new(&a, None).get_raw("/health").is_ok()).await? {
+                    if blocking(move || a.client().get_raw("/health").is_ok()).await? {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -335,7 +334,7 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
     poll(&admins, &mut last_ms, &mut samples).await;
     if let Some((e, start_ms, _)) = active {
         let admin = admins[(e.node - 1) as usize].1.clone();
-        let _ = blocking(move || AdminClient::new(&admin, None).delete("/v1/faults")).await;
+        let _ = blocking(move || admin.client().delete("/v1/faults")).await;
         applied.push(Applied { node: e.node, kind: e.kind, start_ms, end_ms: wall_ms(), failure_ms: None });
     }
     stop.store(true, Ordering::Relaxed);
@@ -360,20 +359,18 @@ pub async fn run(opts: &RecordOptions) -> Result<String> {
 
 /// Fetches every node's new samples from the manager (through any node that answers).
 async fn poll(
-    admins: &[(u64, String)],
+    admins: &[(u64, AdminEndpoint)],
     last_ms: &mut std::collections::BTreeMap<u64, u64>,
     out: &mut Vec<(u64, TelemetrySample)>,
 ) {
     for (node, _) in admins {
         let after = last_ms.get(node).copied().unwrap_or(0);
         let path = format!("/v1/telemetry/{node}?after_ms={after}&limit=10000");
-        let addrs: Vec<String> = admins.iter().map(|(_, a)| a.clone()).collect();
-        let got = blocking(move || {
-            addrs.iter().find_map(|a| AdminClient::new(a, None).get::<Vec<TelemetrySample>>(&path).ok())
-        })
-        .await
-        .ok()
-        .flatten();
+        let addrs: Vec<AdminEndpoint> = admins.iter().map(|(_, a)| a.clone()).collect();
+        let got = blocking(move || addrs.iter().find_map(|a| a.client().get::<Vec<TelemetrySample>>(&path).ok()))
+            .await
+            .ok()
+            .flatten();
         for s in got.unwrap_or_default() {
             last_ms.insert(*node, s.at_ms.max(after));
             out.push((*node, s));

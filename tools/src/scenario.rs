@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use presage_client::{BatchOp, Client, ClientConfig};
+use presage_client::{BatchOp, Client};
 use presage_shardmgr::{AdminCommand, NodeId, META_SHARD_ID};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::ctl::AdminClient;
+use crate::ctl::{AdminClient, AdminEndpoint};
 use crate::datagen::{key, ValueGen, ValueKind};
 use crate::node::playground::{Playground, PlaygroundOptions};
 
@@ -239,11 +239,12 @@ pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + S
         overrides,
         binary: opts.binary.clone(),
         ready_timeout: Duration::from_secs(120),
+        insecure: false,
     };
     narrate(&format!("starting {} nodes in {} regions ({mode:?})", opts.nodes, opts.regions));
     let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
     let result = async {
-        let client = Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await?;
+        let client = Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?;
         load(&client, &opts.story).await?;
         let admins = admin_addrs(&pg, None);
         split_and_spread(&admins, opts.story.keys, opts.shards).await?;
@@ -269,7 +270,7 @@ pub async fn load(client: &Client, opts: &StoryOptions) -> Result<()> {
 
 /// Splits the data shard into `shards` at even key indexes and hands their leaderships
 /// round-robin to the group's nodes.
-async fn split_and_spread(admins: &[String], keys: u64, shards: u64) -> Result<()> {
+async fn split_and_spread(admins: &[AdminEndpoint], keys: u64, shards: u64) -> Result<()> {
     for i in 1..shards {
         let at = key(keys * i / shards);
         let shard = wait_for(admins, Duration::from_secs(30), "the shard of a split key", {
@@ -303,7 +304,7 @@ async fn split_and_spread(admins: &[String], keys: u64, shards: u64) -> Result<(
     Ok(())
 }
 
-async fn admin_command(admins: &[String], command: AdminCommand) -> Result<()> {
+async fn admin_command(admins: &[AdminEndpoint], command: AdminCommand) -> Result<()> {
     let admins = admins.to_vec();
     // A shard busy with another operator (the previous split finishing) answers 503: the
     // command is tried again for a while.
@@ -312,7 +313,7 @@ async fn admin_command(admins: &[String], command: AdminCommand) -> Result<()> {
         loop {
             let mut last = None;
             for a in &admins {
-                match AdminClient::new(a, None).admin(&command) {
+                match a.client().admin(&command) {
                     Ok(_) => return Ok(()),
                     Err(e) => last = Some(e),
                 }
@@ -333,7 +334,7 @@ async fn admin_command(admins: &[String], command: AdminCommand) -> Result<()> {
 
 /// Polls every admin address each 250 ms until `check` answers, for at most `timeout`.
 async fn wait_for<T: Send + 'static>(
-    admins: &[String],
+    admins: &[AdminEndpoint],
     timeout: Duration,
     what: &str,
     check: impl Fn(&AdminClient) -> Option<T> + Send + Sync + 'static,
@@ -344,7 +345,7 @@ async fn wait_for<T: Send + 'static>(
         let deadline = Instant::now() + timeout;
         loop {
             for a in &admins {
-                if let Some(v) = check(&AdminClient::new(a, None)) {
+                if let Some(v) = check(&a.client()) {
                     return Ok(v);
                 }
             }
@@ -357,12 +358,8 @@ async fn wait_for<T: Send + 'static>(
     .await?
 }
 
-fn admin_addrs(pg: &Playground, except: Option<NodeId>) -> Vec<String> {
-    pg.cluster.nodes.iter().filter(|n| Some(n.id) != except).map(|n| n.admin.clone()).collect()
-}
-
-fn admins_by_id(pg: &Playground, except: Option<NodeId>) -> Vec<(NodeId, String)> {
-    pg.cluster.nodes.iter().filter(|n| Some(n.id) != except).map(|n| (n.id, n.admin.clone())).collect()
+fn admin_addrs(pg: &Playground, except: Option<NodeId>) -> Vec<AdminEndpoint> {
+    pg.admins(except).into_iter().map(|(_, a)| a).collect()
 }
 
 /// The group member to fail: one with a spare node that could take its place (Up, in no
@@ -424,15 +421,9 @@ pub async fn story(
 ) -> Result<ScenarioReport> {
     let all_admins = admin_addrs(pg, None);
     let first = all_admins.first().cloned().context("an empty playground")?;
-    let failing = tokio::task::spawn_blocking(move || choose_failing_node(&AdminClient::new(&first, None))).await??;
-    let failing_admin = pg
-        .cluster
-        .nodes
-        .iter()
-        .find(|n| n.id == failing)
-        .map(|n| n.admin.clone())
-        .context("the failing node's admin address")?;
-    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await?);
+    let failing = tokio::task::spawn_blocking(move || choose_failing_node(&first.client())).await??;
+    let failing_admin = pg.admin(failing).context("the failing node's admin address")?;
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?);
     let rows = tokio::task::spawn_blocking({
         let a = all_admins.clone();
         move || shard_rows(&a)
@@ -512,12 +503,12 @@ pub async fn story(
     };
 
     sleep_pumping(started + Duration::from_secs(opts.warmup_secs)).await;
-    let sent_before = snapshot_bytes_sent(&admins_by_id(pg, None)).await;
+    let sent_before = snapshot_bytes_sent(&pg.admins(None)).await;
     let ramp =
         serde_json::json!({"latency-start-us": 0, "latency-end-us": RAMP_END_US, "ramp-ms": opts.ramp_secs * 1000});
     let body = serde_json::json!({"sync": ramp, "write": ramp});
     let a = failing_admin.clone();
-    tokio::task::spawn_blocking(move || AdminClient::new(&a, None).put_raw("/v1/faults", &body))
+    tokio::task::spawn_blocking(move || a.client().put_raw("/v1/faults", &body))
         .await?
         .context("injecting the disk ramp")?;
     let ramp_at = started.elapsed();
@@ -543,7 +534,7 @@ pub async fn story(
     while probes.join_next().await.is_some() {}
     let first_warning = watcher.join().map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
     pump(&watch_rx);
-    let sent_after = snapshot_bytes_sent(&admins_by_id(pg, Some(failing))).await;
+    let sent_after = snapshot_bytes_sent(&pg.admins(Some(failing))).await;
 
     // Figures.
     let series_len = histograms.iter().map(Vec::len).max().unwrap_or(0);
@@ -659,10 +650,10 @@ async fn worker(
 }
 
 /// The shards, from the first admin address that answers.
-pub(crate) fn shard_rows(admins: &[String]) -> Result<Vec<presage_client::proto::ShardRow>> {
+pub(crate) fn shard_rows(admins: &[AdminEndpoint]) -> Result<Vec<presage_client::proto::ShardRow>> {
     let mut last = None;
     for a in admins {
-        match AdminClient::new(a, None).shards(None, None, None) {
+        match a.client().shards(None, None, None) {
             Ok(rows) => return Ok(rows),
             Err(e) => last = Some(e),
         }
@@ -672,12 +663,12 @@ pub(crate) fn shard_rows(admins: &[String]) -> Result<Vec<presage_client::proto:
 
 /// Each node's `presage_node{what="snapshot_bytes_sent"}`; nodes that do not answer are
 /// left out.
-async fn snapshot_bytes_sent(nodes: &[(NodeId, String)]) -> BTreeMap<NodeId, u64> {
+async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<NodeId, u64> {
     let nodes = nodes.to_vec();
     tokio::task::spawn_blocking(move || {
         let mut out = BTreeMap::new();
         for (id, a) in nodes {
-            let Ok(text) = AdminClient::new(&a, None).get_raw("/metrics") else { continue };
+            let Ok(text) = a.client().get_raw("/metrics") else { continue };
             let sent = text
                 .lines()
                 .find(|l| l.starts_with("presage_node{what=\"snapshot_bytes_sent\"}"))
@@ -695,7 +686,7 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, String)]) -> BTreeMap<NodeId, u64
 /// Polls warnings, risk, migrations and leaders until `stop`, sending what changed; returns
 /// when the first warning about `failing` was seen.
 fn watch(
-    admins: &[String],
+    admins: &[AdminEndpoint],
     failing: NodeId,
     stop: &AtomicBool,
     held: &std::sync::atomic::AtomicI64,
@@ -710,7 +701,7 @@ fn watch(
     let mut risk_said = 0.0f64;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(WATCH_INTERVAL);
-        for a in admins.iter().map(|a| AdminClient::new(a, None)) {
+        for a in admins.iter().map(AdminEndpoint::client) {
             let Ok(w) = a.get::<serde_json::Value>("/v1/warnings?after=0&limit=100") else { continue };
             for x in w["active"].as_array().into_iter().flatten().filter(|x| x["node"] == failing) {
                 let kind = x["kind"].as_str().unwrap_or("?").to_string();

@@ -189,7 +189,10 @@ fn bench_refuses_bad_arguments_clearly() {
     for (args, says) in [
         (&["run", "--workload", "a", "--target", "raw-engine", "--threads", "0"][..], "--threads must be in"),
         (&["run", "--workload", "z", "--target", "raw-engine"][..], "invalid value 'z'"),
-        (&["run", "--workload", "a", "--target", "nowhere"][..], "raw-engine, playground or HOST:PORT"),
+        (
+            &["run", "--workload", "a", "--target", "nowhere"][..],
+            "raw-engine, playground, playground-insecure or HOST:PORT",
+        ),
         (&["run", "--workload", "a"][..], "--target"),
         (&["scenario", "failing-node", "--nodes", "3"][..], "at least 4 nodes"),
         (&["scenario", "failing-node", "--mode", "sideways"][..], "invalid value 'sideways'"),

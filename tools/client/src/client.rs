@@ -13,9 +13,10 @@ use std::time::Duration;
 use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::net::{NetConfig, TcpRpc};
+use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
 use crate::proto::{BatchOp, Expect, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
+use crate::tls::ClientTls;
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
@@ -47,6 +48,11 @@ pub struct ClientConfig {
     pub max_batch_keys: usize,
     /// Connections to the nodes (over TCP).
     pub net: NetConfig,
+    /// TLS to the nodes (a secure cluster); `None`: plain TCP (an insecure one).
+    pub tls: Option<ClientTls>,
+    /// The user and password every connection logs in with (none with a client certificate
+    /// or on an insecure cluster).
+    pub login: Option<Login>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +67,8 @@ impl Default for ClientConfig {
             max_scan_page_bytes: 1 << 20,
             max_batch_keys: 10_000,
             net: NetConfig::default(),
+            tls: None,
+            login: None,
         }
     }
 }
@@ -117,11 +125,16 @@ impl Client {
         Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()) }
     }
 
-    /// A client over TCP that first asks the nodes at `seeds` (`host:port` of their native
-    /// listeners) who they are; fails when none answers.
+    /// A client over TCP (TLS when `cfg.tls` is set) that first asks the nodes at `seeds`
+    /// (`host:port` of their native listeners) who they are; fails when none answers.
     pub async fn connect(seeds: &[impl AsRef<str>], cfg: ClientConfig) -> Result<Client, ClientError> {
         cfg.net.validate().map_err(ClientError::Invalid)?;
-        let rpc = Arc::new(TcpRpc::new(cfg.net.clone()));
+        let timeout = Duration::from_millis(cfg.net.connect_timeout_ms);
+        let connect: Arc<dyn Connect> = match &cfg.tls {
+            Some(tls) => Arc::new(tls.connector(timeout).map_err(|e| ClientError::Invalid(e.to_string()))?),
+            None => Arc::new(PlainConnect { timeout }),
+        };
+        let rpc = Arc::new(TcpRpc::with_connector(cfg.net.clone(), connect, cfg.login.clone(), Learns::Client));
         let mut ids = Vec::new();
         let mut errors = Vec::new();
         for seed in seeds {

@@ -8,14 +8,17 @@
 //!   programs).
 //! - [`client`]: [`Client`], the routing and retry logic; [`Client::connect`] reaches a
 //!   cluster over TCP from seed addresses.
-//! - [`net`]: the native protocol over TCP: frames, [`net::TcpRpc`], [`net::serve`].
+//! - [`net`]: the native protocol over TCP: frames, [`net::TcpRpc`], [`net::serve`], logins.
+//! - [`tls`]: TLS for the calling side: the cluster CA, an optional client certificate.
 
 pub mod client;
 pub mod net;
 pub mod proto;
 pub mod rpc;
+pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use net::{NetConfig, TcpRpc};
-pub use proto::{BatchOp, Expect, PfaQuery, ProtoError, Request, Response, Route};
+pub use net::{Login, NetConfig, TcpRpc};
+pub use proto::{BatchOp, Caller, Expect, PfaQuery, ProtoError, Request, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};
+pub use tls::ClientTls;

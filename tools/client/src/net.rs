@@ -21,6 +21,21 @@
 //! `max-inflight-per-connection` requests per connection (it stops reading a connection
 //! while that many are running: back-pressure, not an error); a caller has at most
 //! `max-inflight-per-connection` requests outstanding per connection and waits for room.
+//! A frame's body is read as its bytes arrive (never allocated whole from the header's
+//! word), after the node-wide budget `max-inflight-bytes` granted its length; the grant is
+//! returned when its answer is queued. A connection that sends nothing for
+//! `idle-timeout-ms` is closed.
+//!
+//! **Trust** (design.md §10). [`serve`] takes an optional TLS acceptor and an
+//! [`Authenticator`]: a connection starts as the caller its client certificate names, or as
+//! nobody; nobody may only send [`Request::Auth`] (user and password), which the connection
+//! answers itself. Each failed login waits longer before its answer
+//! (`AUTH_FAILURE_DELAY_MS` doubling) and after `MAX_AUTH_FAILURES` the connection is closed;
+//! every failure is logged. The handler receives the proven [`Caller`] with each request and
+//! decides what it may do. [`serve_stream`] serves one already-authenticated stream (the peer
+//! port's control channel, after its handshake). On the calling side, a [`Connect`] makes the
+//! stream (plain TCP, [`crate::tls::TlsConnect`], or the node's peer dialer) and [`TcpRpc`]
+//! logs in first when it has a [`Login`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,16 +50,88 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::proto::{ProtoError, Request, Response};
+use crate::proto::{Caller, ProtoError, Request, Response};
 use crate::rpc::{Rpc, RpcError, RpcFuture};
 
 /// Bytes of a frame header: body length and body crc32, both big-endian u32.
 pub const FRAME_HEADER_BYTES: usize = 8;
 
-/// Serves one request (a node's request handler).
-pub type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+/// Bytes a frame body grows by per read (a body is never allocated whole up front).
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Failed logins a connection may make before it is closed.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+/// The wait before answering the first failed login; it doubles with each further failure.
+pub const AUTH_FAILURE_DELAY_MS: u64 = 100;
+/// The longest wait before answering a failed login.
+pub const MAX_AUTH_FAILURE_DELAY_MS: u64 = 5_000;
+/// The wait before answering the `failures`-th failed authentication in a row (1-based):
+/// [`AUTH_FAILURE_DELAY_MS`], doubling, at most [`MAX_AUTH_FAILURE_DELAY_MS`].
+pub fn auth_failure_delay(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    Duration::from_millis(AUTH_FAILURE_DELAY_MS.saturating_mul(1 << shift).min(MAX_AUTH_FAILURE_DELAY_MS))
+}
+
+/// Longest user name or password accepted in a login, in bytes.
+pub const MAX_CREDENTIAL_BYTES: usize = 1_024;
+
+/// Serves one request from a proven caller (a node's request handler).
+pub type Handler = Arc<dyn Fn(Caller, Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// A byte stream both ways (TCP, or TLS over TCP).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncStream for T {}
+
+/// A boxed [`AsyncStream`].
+pub type BoxStream = Box<dyn AsyncStream>;
+
+/// What [`Connect::connect`] returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send>>;
+
+/// Makes the stream of a new connection to node `to` at `addr`.
+pub trait Connect: Send + Sync + 'static {
+    /// A connected stream, ready for frames.
+    fn connect(&self, addr: String, to: NodeId) -> ConnectFuture;
+}
+
+/// Plain TCP (an insecure cluster).
+#[derive(Debug, Clone)]
+pub struct PlainConnect {
+    /// Time allowed to connect.
+    pub timeout: Duration,
+}
+
+impl Connect for PlainConnect {
+    fn connect(&self, addr: String, _to: NodeId) -> ConnectFuture {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+                Ok(s) => s?,
+                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            };
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// A user's name and password, sent as the first request of every new connection.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Login {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("user", &self.user).field("password", &"<hidden>").finish()
+    }
+}
 
 /// Settings of native-protocol connections, both sides. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +139,7 @@ pub type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> 
 pub struct NetConfig {
     /// Largest frame body sent or accepted, in bytes (holds the largest value or scan page).
     pub max_frame_bytes: usize,
-    /// Time allowed to establish a connection, in milliseconds.
+    /// Time allowed to establish a connection (TCP and TLS), in milliseconds.
     pub connect_timeout_ms: u64,
     /// Requests outstanding on one connection.
     pub max_inflight_per_connection: usize,
@@ -62,6 +149,9 @@ pub struct NetConfig {
     pub max_connections: usize,
     /// A served connection that sends nothing for this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// Request bytes a node holds at once over all its connections (read, being served or
+    /// answered); a connection waits for room before reading a frame's body.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for NetConfig {
@@ -73,6 +163,7 @@ impl Default for NetConfig {
             max_queued_frames: 1_024,
             max_connections: 4_096,
             idle_timeout_ms: 600_000,
+            max_inflight_bytes: 256 << 20,
         }
     }
 }
@@ -82,6 +173,12 @@ impl NetConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_bytes < 64 << 10 || self.max_frame_bytes > u32::MAX as usize {
             return Err(format!("max-frame-bytes must be within 64KiB..4GiB, not {}", self.max_frame_bytes));
+        }
+        if self.max_inflight_bytes < self.max_frame_bytes || self.max_inflight_bytes > u32::MAX as usize {
+            return Err(format!(
+                "max-inflight-bytes ({}) must hold one max-frame-bytes frame ({}) and be under 4GiB",
+                self.max_inflight_bytes, self.max_frame_bytes
+            ));
         }
         for (name, v) in [
             ("connect-timeout-ms", self.connect_timeout_ms),
@@ -140,17 +237,28 @@ pub fn encode_frame<T: Serialize>(id: u64, msg: &T, out: &mut Vec<u8>) -> Result
 /// while the frame is incomplete. Checks the length before the body is needed.
 pub fn split_frame(buf: &[u8], max_frame_bytes: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
     let Some(header) = buf.get(..FRAME_HEADER_BYTES) else { return Ok(None) };
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let expected = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let (len, expected) = parse_header(header, max_frame_bytes)?;
+    let Some(body) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else { return Ok(None) };
+    check_crc(body, expected)?;
+    Ok(Some((body, FRAME_HEADER_BYTES + len)))
+}
+
+/// The body length and crc of a frame header, the length checked against the limit.
+fn parse_header(header: &[u8], max_frame_bytes: usize) -> Result<(usize, u32), FrameError> {
+    let word = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let len = word(0) as usize;
     if len > max_frame_bytes {
         return Err(FrameError::Oversize { len_bytes: len, max_frame_bytes });
     }
-    let Some(body) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else { return Ok(None) };
+    Ok((len, word(4)))
+}
+
+fn check_crc(body: &[u8], expected: u32) -> Result<(), FrameError> {
     let actual = crc32fast::hash(body);
     if actual != expected {
         return Err(FrameError::BadCrc { expected, actual });
     }
-    Ok(Some((body, FRAME_HEADER_BYTES + len)))
+    Ok(())
 }
 
 /// Decodes a frame body: the id and the message.
@@ -158,24 +266,41 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<(u64, T), FrameEr
     rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
-/// Reads one frame body; `None` at a clean end of stream.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_frame_bytes: usize) -> Result<Option<Vec<u8>>, FrameError> {
+/// Reads the header of the next frame; `None` at a clean end of stream.
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<(usize, u32)>, FrameError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match r.read_exact(&mut header).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > max_frame_bytes {
-        return Err(FrameError::Oversize { len_bytes: len, max_frame_bytes });
+    parse_header(&header, max_frame_bytes).map(Some)
+}
+
+/// Reads a body of `len` bytes as they arrive, growing the buffer a chunk at a time, and
+/// checks it against `crc`.
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize, crc: u32) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    while body.len() < len {
+        let want = (len - body.len()).min(READ_CHUNK_BYTES);
+        body.reserve(want);
+        let n = (&mut *r).take(want as u64).read_buf(&mut body).await?;
+        if n == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
     }
-    let mut frame = header.to_vec();
-    frame.resize(FRAME_HEADER_BYTES + len, 0);
-    r.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await?;
-    match split_frame(&frame, max_frame_bytes)? {
-        Some((body, _)) => Ok(Some(body.to_vec())),
-        None => Err(FrameError::Malformed("short frame".into())),
+    check_crc(&body, crc)?;
+    Ok(body)
+}
+
+/// Reads one frame body; `None` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_frame_bytes: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    match read_header(r, max_frame_bytes).await? {
+        Some((len, crc)) => read_body(r, len, crc).await.map(Some),
+        None => Ok(None),
     }
 }
 
@@ -190,6 +315,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Vec<u8
         }
         w.flush().await?;
     }
+    let _ = w.shutdown().await;
     Ok(())
 }
 
@@ -212,14 +338,17 @@ enum CallError {
 }
 
 impl Conn {
-    async fn open(addr: &str, cfg: &NetConfig) -> std::io::Result<Arc<Conn>> {
-        let connect = TcpStream::connect(addr);
-        let stream = match tokio::time::timeout(Duration::from_millis(cfg.connect_timeout_ms), connect).await {
-            Ok(s) => s?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+    /// Opens a connection through `connect`; with a `login`, the connection is usable only
+    /// once the node accepted it.
+    async fn open(
+        addr: &str,
+        to: NodeId,
+        cfg: &NetConfig,
+        connect: &dyn Connect,
+        login: Option<&Login>,
+    ) -> Result<Arc<Conn>, OpenError> {
+        let stream = connect.connect(addr.to_string(), to).await.map_err(OpenError::Io)?;
+        let (r, w) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(cfg.max_queued_frames);
         let conn = Arc::new(Conn {
             tx,
@@ -258,6 +387,21 @@ impl Conn {
             let _ = write_frames(w, rx).await;
             writer.close();
         });
+        if let Some(login) = login {
+            let request = Request::Auth { user: login.user.clone(), password: login.password.clone() };
+            match conn.call(&request).await {
+                Ok(Response::Authenticated { .. }) => {}
+                Ok(Response::Error(e)) => {
+                    conn.close();
+                    return Err(OpenError::Refused(e));
+                }
+                Ok(other) => {
+                    conn.close();
+                    return Err(OpenError::Refused(ProtoError::Internal(format!("login answered {other:?}"))));
+                }
+                Err(_) => return Err(OpenError::Io(std::io::ErrorKind::ConnectionAborted.into())),
+            }
+        }
         Ok(conn)
     }
 
@@ -298,19 +442,47 @@ impl Conn {
     }
 }
 
+/// Why a connection could not be opened.
+enum OpenError {
+    /// No stream (refused, timed out, TLS failed).
+    Io(std::io::Error),
+    /// The node refused the login.
+    Refused(ProtoError),
+}
+
 /// [`Rpc`] over TCP: one multiplexed connection per address, opened on first use and
 /// reopened after a failure. Node ids are resolved through an address book that
 /// [`Rpc::learn`] fills from the cluster's node list.
 pub struct TcpRpc {
     cfg: NetConfig,
+    connect: Arc<dyn Connect>,
+    login: Option<Login>,
     book: RwLock<HashMap<NodeId, String>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Which address of a [`NodeMeta`] [`Rpc::learn`] records.
+    learns: Learns,
+}
+
+/// Which address of a node a [`TcpRpc`] dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learns {
+    /// The native (client) address: applications.
+    Client,
+    /// The peer address (Raft and the control plane): nodes.
+    Peer,
 }
 
 impl TcpRpc {
-    /// A transport with an empty address book.
+    /// A plain-TCP transport with an empty address book (an insecure cluster).
     pub fn new(cfg: NetConfig) -> Self {
-        TcpRpc { cfg, book: RwLock::new(HashMap::new()), conns: Mutex::new(HashMap::new()) }
+        let connect = Arc::new(PlainConnect { timeout: Duration::from_millis(cfg.connect_timeout_ms) });
+        Self::with_connector(cfg, connect, None, Learns::Client)
+    }
+
+    /// A transport whose connections `connect` makes, each logging in with `login` first,
+    /// dialling the addresses of kind `learns`.
+    pub fn with_connector(cfg: NetConfig, connect: Arc<dyn Connect>, login: Option<Login>, learns: Learns) -> Self {
+        TcpRpc { cfg, connect, login, book: RwLock::new(HashMap::new()), conns: Mutex::new(HashMap::new()), learns }
     }
 
     /// Records where node `id` takes requests.
@@ -323,12 +495,20 @@ impl TcpRpc {
         self.book.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
     }
 
-    async fn conn(&self, addr: &str) -> std::io::Result<Arc<Conn>> {
+    /// Closes every connection (the next calls open new ones, with the connector's current
+    /// settings).
+    pub fn reset(&self) {
+        for (_, c) in self.lock_conns().drain() {
+            c.close();
+        }
+    }
+
+    async fn conn(&self, addr: &str, to: NodeId) -> Result<Arc<Conn>, OpenError> {
         let existing = self.lock_conns().get(addr).cloned();
         if let Some(c) = existing.filter(|c| !c.is_closed()) {
             return Ok(c);
         }
-        let conn = Conn::open(addr, &self.cfg).await?;
+        let conn = Conn::open(addr, to, &self.cfg, self.connect.as_ref(), self.login.as_ref()).await?;
         let mut conns = self.lock_conns();
         conns.retain(|_, c| !c.is_closed());
         Ok(Arc::clone(conns.entry(addr.to_string()).or_insert(conn)))
@@ -338,9 +518,17 @@ impl TcpRpc {
         self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends `request` to whoever listens at `addr` (`to` names it in errors).
+    /// Sends `request` to whoever listens at `addr` (`to` names it in errors). A refused
+    /// login is answered as the node's error.
     pub async fn call_addr(&self, addr: &str, to: NodeId, request: Request) -> Result<Response, RpcError> {
-        let conn = self.conn(addr).await.map_err(|_| RpcError::Unreachable(to))?;
+        let conn = match self.conn(addr, to).await {
+            Ok(c) => c,
+            Err(OpenError::Refused(e)) => return Ok(Response::Error(e)),
+            Err(OpenError::Io(e)) => {
+                tracing::debug!(addr, error = %e, "cannot connect");
+                return Err(RpcError::Unreachable(to));
+            }
+        };
         match conn.call(&request).await {
             Ok(r) => Ok(r),
             Err(CallError::NotSent) => Err(RpcError::Unreachable(to)),
@@ -360,6 +548,7 @@ impl TcpRpc {
                 self.set_addr(node.id, addr.to_string());
                 Ok(node)
             }
+            Ok(Ok(Response::Error(e))) => Err(format!("{addr}: {e}")),
             Ok(Ok(other)) => Err(format!("{addr}: unexpected answer {other:?}")),
             Ok(Err(_)) => Err(format!("{addr}: unreachable")),
             Err(_) => Err(format!("{addr}: no answer in time")),
@@ -377,9 +566,62 @@ impl Rpc for Arc<TcpRpc> {
     }
 
     fn learn(&self, nodes: &[NodeMeta]) {
-        for n in nodes.iter().filter(|n| !n.client_addr.is_empty()) {
-            self.set_addr(n.id, n.client_addr.clone());
+        for n in nodes {
+            let addr = match self.learns {
+                Learns::Client => &n.client_addr,
+                Learns::Peer => &n.raft_addr,
+            };
+            if !addr.is_empty() {
+                self.set_addr(n.id, addr.clone());
+            }
         }
+    }
+}
+
+/// How a native listener learns who its callers are.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller a new connection acts as before any login: from its TLS client
+    /// certificate (the leaf, DER) when it presented one, or the anonymous caller of an
+    /// insecure node; `None`: it must log in.
+    fn on_connect(&self, client_cert: Option<&[u8]>) -> Option<Caller>;
+
+    /// Checks a login; may take a while (a password hash), so it is a future.
+    fn login(&self, user: String, password: String)
+        -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>>;
+}
+
+/// Every caller is `caller`, and logins are refused (an insecure node: no TLS, no users).
+pub struct Anonymous(pub Caller);
+
+impl Authenticator for Anonymous {
+    fn on_connect(&self, _client_cert: Option<&[u8]>) -> Option<Caller> {
+        Some(self.0.clone())
+    }
+
+    fn login(
+        &self,
+        _user: String,
+        _password: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
+        Box::pin(async { Err(ProtoError::Unauthenticated("this node is insecure and has no users".into())) })
+    }
+}
+
+/// Connections whose caller is proven otherwise (the peer port's handshake): logins are
+/// refused.
+pub struct NoLogins;
+
+impl Authenticator for NoLogins {
+    fn on_connect(&self, _client_cert: Option<&[u8]>) -> Option<Caller> {
+        None
+    }
+
+    fn login(
+        &self,
+        _user: String,
+        _password: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
+        Box::pin(async { Err(ProtoError::Unauthenticated("logins are not accepted on this port".into())) })
     }
 }
 
@@ -401,11 +643,33 @@ impl NativeServer {
     }
 }
 
-/// Serves the native protocol on `listener` with `handler`.
-pub fn serve(listener: TcpListener, handler: Handler, cfg: NetConfig) -> std::io::Result<NativeServer> {
+/// What every connection of one listener shares.
+#[derive(Clone)]
+pub struct ServeShared {
+    handler: Handler,
+    cfg: Arc<NetConfig>,
+    /// The node-wide request byte budget (`max-inflight-bytes`).
+    budget: Arc<Semaphore>,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl ServeShared {
+    /// Connections served with `handler` under `cfg`, callers proven by `auth`.
+    pub fn new(handler: Handler, cfg: NetConfig, auth: Arc<dyn Authenticator>) -> Self {
+        let budget = Arc::new(Semaphore::new(cfg.max_inflight_bytes));
+        ServeShared { handler, cfg: Arc::new(cfg), budget, auth }
+    }
+}
+
+/// Serves the native protocol on `listener` with `handler`; with `tls`, every connection
+/// first completes a TLS handshake (within `connect-timeout-ms`).
+pub fn serve(
+    listener: TcpListener,
+    shared: ServeShared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<NativeServer> {
     let local_addr = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let cfg = Arc::new(cfg);
+    let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
     let accept = tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -417,12 +681,12 @@ pub fn serve(listener: TcpListener, handler: Handler, cfg: NetConfig) -> std::io
                 }
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, max = cfg.max_connections, "native listener: too many connections; refused");
+                tracing::warn!(%peer, max = shared.cfg.max_connections, "native listener: too many connections; refused");
                 continue;
             };
-            let (handler, cfg) = (Arc::clone(&handler), Arc::clone(&cfg));
+            let (shared, tls) = (shared.clone(), tls.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, handler, &cfg).await {
+                if let Err(e) = accept_connection(stream, peer, shared, tls).await {
                     tracing::info!(%peer, error = %e, "native connection closed");
                 }
                 drop(slot);
@@ -432,17 +696,52 @@ pub fn serve(listener: TcpListener, handler: Handler, cfg: NetConfig) -> std::io
     Ok(NativeServer { local_addr, accept })
 }
 
-async fn serve_connection(stream: TcpStream, handler: Handler, cfg: &NetConfig) -> Result<(), FrameError> {
+async fn accept_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: ServeShared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let Some(tls) = tls else {
+        let caller = shared.auth.on_connect(None);
+        return serve_stream(stream, peer, shared, caller).await;
+    };
+    let handshake = tokio::time::timeout(Duration::from_millis(shared.cfg.connect_timeout_ms), tls.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "native TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::info!(%peer, "native TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+    let caller = shared.auth.on_connect(leaf.as_deref());
+    serve_stream(stream, peer, shared, caller).await
+}
+
+/// Serves one connection's stream, its caller proven as `caller` (`None`: it must log in).
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    peer: SocketAddr,
+    shared: ServeShared,
+    mut caller: Option<Caller>,
+) -> Result<(), FrameError> {
+    let cfg = Arc::clone(&shared.cfg);
+    let (r, w) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(cfg.max_queued_frames);
     let writer = tokio::spawn(write_frames(w, rx));
     let room = Arc::new(Semaphore::new(cfg.max_inflight_per_connection));
     let mut r = BufReader::new(r);
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let mut failures = 0u32;
     let result = loop {
-        let body = match tokio::time::timeout(idle, read_frame(&mut r, cfg.max_frame_bytes)).await {
-            Ok(Ok(Some(body))) => body,
+        let (body, grant) = match tokio::time::timeout(idle, read_granted(&mut r, &cfg, &shared.budget)).await {
+            Ok(Ok(Some(x))) => x,
             Ok(Ok(None)) | Err(_) => break Ok(()),
             Ok(Err(e)) => break Err(e),
         };
@@ -452,8 +751,7 @@ async fn serve_connection(stream: TcpStream, handler: Handler, cfg: &NetConfig) 
                 // Framed well, but not a request we know: answer, and go on.
                 Ok((id, _)) => {
                     let answer = Response::Error(ProtoError::Invalid(format!("undecodable request: {e}")));
-                    let mut frame = Vec::new();
-                    if encode_frame(id, &answer, &mut frame).is_ok() && tx.send(frame).await.is_err() {
+                    if send_answer(&tx, id, &answer).await.is_err() {
                         break Ok(());
                     }
                     continue;
@@ -461,26 +759,103 @@ async fn serve_connection(stream: TcpStream, handler: Handler, cfg: &NetConfig) 
                 Err(e) => break Err(e),
             },
         };
-        let Ok(permit) = Arc::clone(&room).acquire_owned().await else { break Ok(()) };
-        let (handler, tx) = (Arc::clone(&handler), tx.clone());
-        tokio::spawn(async move {
-            let answer = handler(request).await;
-            let mut frame = Vec::new();
-            if let Err(e) = encode_frame(id, &answer, &mut frame) {
-                let answer = Response::Error(ProtoError::Internal(format!("answer not encodable: {e}")));
-                frame.clear();
-                if encode_frame(id, &answer, &mut frame).is_err() {
-                    return;
+        drop(body);
+        if let Request::Auth { user, password } = request {
+            drop(grant);
+            let answer = login(&shared, peer, &mut caller, &mut failures, user, password).await;
+            if send_answer(&tx, id, &answer).await.is_err() || failures >= MAX_AUTH_FAILURES {
+                if failures >= MAX_AUTH_FAILURES {
+                    tracing::warn!(%peer, failures, "native connection closed after repeated failed logins");
                 }
+                break Ok(());
             }
-            let _ = tx.send(frame).await;
-            drop(permit);
+            continue;
+        }
+        let Some(who) = caller.clone() else {
+            drop(grant);
+            let answer = Response::Error(ProtoError::Unauthenticated(
+                "log in first (Auth with a user and password, or a client certificate)".into(),
+            ));
+            if send_answer(&tx, id, &answer).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&room).acquire_owned().await else { break Ok(()) };
+        let (handler, tx) = (Arc::clone(&shared.handler), tx.clone());
+        tokio::spawn(async move {
+            let answer = handler(who, request).await;
+            let _ = send_answer(&tx, id, &answer).await;
+            drop((permit, grant));
         });
     };
     drop(tx);
     // Answers still running finish and are written before the writer ends.
     let _ = writer.await;
     result
+}
+
+/// Reads one frame after the node-wide budget granted its length; `None` at a clean end.
+async fn read_granted<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cfg: &NetConfig,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<(Vec<u8>, OwnedSemaphorePermit)>, FrameError> {
+    let Some((len, crc)) = read_header(r, cfg.max_frame_bytes).await? else { return Ok(None) };
+    // `len` fits: validation keeps max-frame-bytes within the budget and below 4 GiB.
+    let grant = Arc::clone(budget)
+        .acquire_many_owned(len.max(1) as u32)
+        .await
+        .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
+    let body = read_body(r, len, crc).await?;
+    Ok(Some((body, grant)))
+}
+
+/// Queues the frame of `answer` to request `id` (an answer that cannot be encoded becomes an
+/// internal error).
+async fn send_answer(tx: &mpsc::Sender<Vec<u8>>, id: u64, answer: &Response) -> Result<(), ()> {
+    let mut frame = Vec::new();
+    if let Err(e) = encode_frame(id, answer, &mut frame) {
+        let answer = Response::Error(ProtoError::Internal(format!("answer not encodable: {e}")));
+        frame.clear();
+        encode_frame(id, &answer, &mut frame).map_err(|_| ())?;
+    }
+    tx.send(frame).await.map_err(|_| ())
+}
+
+/// Handles a login: the answer, the connection's new caller on success; a failure waits
+/// before it is answered, longer each time, and is logged.
+async fn login(
+    shared: &ServeShared,
+    peer: SocketAddr,
+    caller: &mut Option<Caller>,
+    failures: &mut u32,
+    user: String,
+    password: String,
+) -> Response {
+    if user.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
+        *failures += 1;
+        return Response::Error(ProtoError::Unauthenticated(format!(
+            "user name and password are at most {MAX_CREDENTIAL_BYTES} bytes"
+        )));
+    }
+    let name = user.clone();
+    match shared.auth.login(user, password).await {
+        Ok(who) => {
+            let role = match &who {
+                Caller::Client { role, .. } => *role,
+                _ => crate::proto::Role::Node,
+            };
+            *caller = Some(who);
+            Response::Authenticated { role }
+        }
+        Err(e) => {
+            *failures += 1;
+            tracing::warn!(%peer, user = %name, failures = *failures, error = %e, "native login failed");
+            tokio::time::sleep(auth_failure_delay(*failures)).await;
+            Response::Error(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,141 @@ pub enum Request {
         /// The original request.
         request: Box<Request>,
     },
+    /// Log in as `user` (the first request on a native connection that presented no client
+    /// certificate). Answered [`Response::Authenticated`] or [`ProtoError::Unauthenticated`];
+    /// handled by the connection, never by the node's request handler.
+    Auth {
+        /// The user's name.
+        user: String,
+        /// The user's password.
+        password: String,
+    },
+}
+
+impl Request {
+    /// The request's name (metrics labels, errors).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::Put { .. } => "put",
+            Request::Delete { .. } => "delete",
+            Request::Scan { .. } => "scan",
+            Request::Batch { .. } => "batch",
+            Request::Routes { .. } => "routes",
+            Request::Join { .. } => "join",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::Execute { .. } => "execute",
+            Request::ClusterInfo => "cluster_info",
+            Request::Forwarded { .. } => "forwarded",
+            Request::Hello => "hello",
+            Request::Shards { .. } => "shards",
+            Request::Admin { .. } => "admin",
+            Request::Pfa { .. } => "pfa",
+            Request::ReplicaChecksum { .. } => "replica_checksum",
+            Request::Auth { .. } => "auth",
+        }
+    }
+}
+
+/// What a caller may do (design.md §10). Roles are ordered by what they allow, except
+/// [`Role::Node`], which only nodes of the cluster hold (their certificate names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Reads and inspection.
+    ReadOnly,
+    /// Reads, writes and inspection.
+    ReadWrite,
+    /// Everything a read-write user may do, plus operator commands and fault injection.
+    Operator,
+    /// A node of the cluster: the control plane and Raft (peer port only).
+    Node,
+}
+
+impl Role {
+    /// Every role, for help texts.
+    pub const ALL: [Role; 4] = [Role::ReadOnly, Role::ReadWrite, Role::Operator, Role::Node];
+
+    /// May read data and routes.
+    pub fn may_read(self) -> bool {
+        true
+    }
+
+    /// May write data.
+    pub fn may_write(self) -> bool {
+        !matches!(self, Role::ReadOnly)
+    }
+
+    /// May run operator commands (split, move, drain, faults ...).
+    pub fn may_operate(self) -> bool {
+        matches!(self, Role::Operator)
+    }
+
+    /// The role's name as written in files and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::ReadWrite => "read-write",
+            Role::Operator => "operator",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+            format!("unknown role {s:?} (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// Who sent a request, as the connection proved it (never as the request claims it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An application on the native port, logged in as `user` (or by a client certificate
+    /// naming it); `anonymous` on an insecure node.
+    Client {
+        /// The user.
+        user: String,
+        /// Its role.
+        role: Role,
+    },
+    /// A node of this cluster on the peer port (its certificate names it, its handshake
+    /// carried this cluster's id).
+    Node {
+        /// The node.
+        id: NodeId,
+    },
+    /// A node whose data dir belongs to no cluster yet: it may only say hello and join.
+    Joining {
+        /// The node.
+        id: NodeId,
+    },
+    /// This process itself: its own RESP listener and admin API (which checked their callers'
+    /// roles), and in-process test transports.
+    Local,
+}
+
+impl Caller {
+    /// The user or node, for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Caller::Client { user, role } => format!("user {user} ({role})"),
+            Caller::Node { id } => format!("node {id}"),
+            Caller::Joining { id } => format!("joining node {id}"),
+            Caller::Local => "this node".into(),
+        }
+    }
 }
 
 /// Questions to the failure analysis on the shard manager.
@@ -444,6 +579,11 @@ pub enum Response {
         /// Its answer.
         reply: Box<Response>,
     },
+    /// The answer to `Auth`: the connection now acts as this user.
+    Authenticated {
+        /// The user's role.
+        role: Role,
+    },
     /// The request failed.
     Error(ProtoError),
 }
@@ -517,6 +657,12 @@ pub enum ProtoError {
     /// The node failed internally.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The connection has not proved who it is (log in first), or the credentials are wrong.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but its role does not allow the request.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl ProtoError {

@@ -75,9 +75,11 @@ enum Command {
         /// Client threads, one operation in flight each.
         #[arg(long, default_value_t = RunOptions::default().threads)]
         threads: usize,
-        /// raw-engine (RocksDB in this process), playground (a 3-node cluster started for the
-        /// run), or HOST:PORT[,HOST:PORT...] (a running cluster's native addresses). Repeat to
-        /// measure several targets side by side.
+        /// raw-engine (RocksDB in this process), playground (a secure 3-node cluster started
+        /// for the run), playground-insecure (the same without TLS and logins), or
+        /// HOST:PORT[,HOST:PORT...] (a running cluster's native addresses; PRESAGE_CA_CERT,
+        /// PRESAGE_USER and PRESAGE_PASSWORD reach a secure one). Repeat to measure several
+        /// targets side by side.
         #[arg(long, required = true)]
         target: Vec<TargetSpec>,
         /// End the run phase after this many seconds even if --ops are not done.
@@ -301,11 +303,12 @@ fn main() -> Result<()> {
                 request_timeout_ms,
             };
             // Only a playground target runs the binary.
-            let presage_binary = if target.contains(&TargetSpec::Playground) {
-                presage_binary(presage_bin)?
-            } else {
-                presage_bin.unwrap_or_default()
-            };
+            let presage_binary =
+                if target.contains(&TargetSpec::Playground) || target.contains(&TargetSpec::PlaygroundInsecure) {
+                    presage_binary(presage_bin)?
+                } else {
+                    presage_bin.unwrap_or_default()
+                };
             let env = Environment { work_dir: work_dir.unwrap_or_else(std::env::temp_dir), presage_binary };
             let report = presage_tools::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
             print!("{}", presage_tools::ycsb::run::render(&report));

@@ -12,9 +12,13 @@ struct Cli {
     /// A node's admin API (`host:port`).
     #[arg(long, env = "PRESAGE_ADMIN", default_value = "127.0.0.1:7480", global = true)]
     admin: String,
-    /// The admin API's bearer token.
-    #[arg(long, env = "PRESAGE_ADMIN_TOKEN", global = true)]
+    /// The admin API's bearer token (`presage user token`; a playground's is in cluster.json).
+    #[arg(long, env = "PRESAGE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The cluster CA's certificate: talk HTTPS and trust it (plain HTTP without it, to an
+    /// insecure cluster only).
+    #[arg(long, env = "PRESAGE_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -204,7 +208,8 @@ enum ShardCommand {
 }
 
 fn run(cli: Cli) -> Result<String, CtlError> {
-    let c = AdminClient::new(&cli.admin, cli.token.clone());
+    let access = ctl::AdminAccess::load(cli.ca_cert.as_deref(), cli.token.clone())?;
+    let c = AdminClient::new(&cli.admin, &access);
     let json = cli.json;
     let pretty = |v: &dyn erased::Json| v.pretty();
     let admin = |cmd: AdminCommand| -> Result<String, CtlError> {

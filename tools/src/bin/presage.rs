@@ -4,6 +4,8 @@
 //! - `presage playground --nodes N --regions R --data-dir DIR`: a local cluster of node
 //!   processes.
 //! - `presage config-defaults`: every setting with its default, as TOML.
+//! - `presage cert create-ca | create-node | create-client`: certificates of a secure cluster.
+//! - `presage user add | token`: users (RESP and native logins) and admin API tokens.
 //! - `presage demo`: a local cluster at work: load, a zipfian workload, a load split and
 //!   rebalancing as they happen (what `make demo` runs).
 //! - `presage walkthrough`: the storage engine step by step in a temporary folder.
@@ -48,9 +50,22 @@ enum Command {
         /// Give up if the cluster does not serve within this many seconds.
         #[arg(long, default_value_t = 120)]
         ready_timeout_secs: u64,
+        /// Development only: no TLS, no users, no tokens.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Print every node setting with its default value (TOML).
     ConfigDefaults,
+    /// Make the certificates of a secure cluster: a CA, node and client certificates.
+    Cert {
+        #[command(subcommand)]
+        what: CertCommand,
+    },
+    /// Add users (RESP and native logins) and admin API tokens to a users file.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
     /// A local cluster at work: start a playground, load data, run a zipfian workload with a
     /// progress bar, show the load split and rebalancing as they happen, summarise, stop.
     Demo(Box<DemoArgs>),
@@ -68,6 +83,86 @@ enum Command {
     /// faults injected on a seeded schedule (disks slowing until they fail, escalating errors,
     /// harmless spikes), the agents' samples written to a CSV with each node's next failure.
     PfaRecord(Box<PfaRecordArgs>),
+}
+
+/// `presage cert ...` (the subcommands are named as `cockroach cert` names them).
+#[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)]
+enum CertCommand {
+    /// A new cluster CA: CERTS_DIR/ca.crt and its key (default CERTS_DIR/ca.key).
+    CreateCa {
+        /// Where the certificates go.
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The CA's key (keep it off the nodes in production).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// A node's certificate, CERTS_DIR/node.{crt,key}: its id and every host it is dialled by.
+    CreateNode {
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// An IP address or DNS name of the node (repeatable; at least one).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Holds ca.crt; the certificate goes here.
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The CA's key (default CERTS_DIR/ca.key).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// A user's client certificate, CERTS_DIR/client.USER.{crt,key}.
+    CreateClient {
+        /// The user (listed in the users file for a role).
+        user: String,
+        /// Holds ca.crt; the certificate goes here.
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The CA's key (default CERTS_DIR/ca.key).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+/// `presage user ...`.
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) a user with a role and password.
+    Add {
+        /// The user.
+        name: String,
+        /// read-only, read-write or operator.
+        #[arg(long)]
+        role: String,
+        /// The password (or the environment variable PRESAGE_PASSWORD).
+        #[arg(long, env = "PRESAGE_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// The users file.
+        #[arg(long)]
+        users_file: PathBuf,
+    },
+    /// Make a new admin API token with a role and print it (stored only as its digest).
+    Token {
+        /// A name for the token (logs).
+        name: String,
+        /// read-only (inspection) or operator.
+        #[arg(long)]
+        role: String,
+        /// The users file.
+        #[arg(long)]
+        users_file: PathBuf,
+    },
 }
 
 /// `presage pfa-record`.
@@ -165,7 +260,7 @@ struct StartArgs {
     /// `bootstrap`: start a new cluster if the data dir is empty.
     #[arg(long)]
     bootstrap: bool,
-    /// `join`: native addresses of nodes to join through (comma-separated).
+    /// `join`: peer addresses of nodes to join through (comma-separated).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
     /// `native-listen`.
@@ -186,12 +281,15 @@ struct StartArgs {
     /// `admin-listen` (empty: no admin API).
     #[arg(long)]
     admin_listen: Option<String>,
-    /// `resp-password`.
+    /// `security.insecure`: development only, no TLS and no credentials.
     #[arg(long)]
-    resp_password: Option<String>,
-    /// `admin-token`.
+    insecure: bool,
+    /// `security.certs-dir`.
     #[arg(long)]
-    admin_token: Option<String>,
+    certs_dir: Option<String>,
+    /// `security.users-file`.
+    #[arg(long)]
+    users_file: Option<String>,
     /// `fault-injection`.
     #[arg(long)]
     fault_injection: bool,
@@ -219,8 +317,8 @@ impl StartArgs {
             ("raft-advertise", &self.raft_advertise),
             ("resp-listen", &self.resp_listen),
             ("admin-listen", &self.admin_listen),
-            ("resp-password", &self.resp_password),
-            ("admin-token", &self.admin_token),
+            ("security.certs-dir", &self.certs_dir),
+            ("security.users-file", &self.users_file),
             ("log", &self.log),
             ("capacity-bytes", &self.capacity_bytes),
         ];
@@ -237,6 +335,9 @@ impl StartArgs {
         }
         if self.fault_injection {
             out.push("fault-injection=true".into());
+        }
+        if self.insecure {
+            out.push("security.insecure=true".into());
         }
         if !self.join.is_empty() {
             let list: Vec<String> = self.join.iter().map(|j| quoted(j)).collect();
@@ -314,11 +415,55 @@ fn playground(opts: PlaygroundOptions) -> Result<()> {
     })
 }
 
+fn cert(what: CertCommand) -> Result<()> {
+    use presage_security::cert;
+    let key_of = |dir: &std::path::Path, key: Option<PathBuf>| key.unwrap_or_else(|| dir.join(cert::CA_KEY_FILE));
+    match what {
+        CertCommand::CreateCa { certs_dir, ca_key, overwrite } => {
+            let key = key_of(&certs_dir, ca_key);
+            cert::create_ca(&certs_dir, &key, overwrite)?;
+            println!("CA: {} (key {})", certs_dir.join(cert::CA_CERT_FILE).display(), key.display());
+        }
+        CertCommand::CreateNode { node_id, hosts, certs_dir, ca_key, overwrite } => {
+            let key = key_of(&certs_dir, ca_key);
+            cert::create_node(&certs_dir, &key, node_id, &hosts, overwrite)?;
+            println!("node {node_id}: {} for {}", certs_dir.join(cert::NODE_CERT_FILE).display(), hosts.join(", "));
+        }
+        CertCommand::CreateClient { user, certs_dir, ca_key, overwrite } => {
+            let key = key_of(&certs_dir, ca_key);
+            cert::create_client(&certs_dir, &key, &user, overwrite)?;
+            println!("user {user}: {}", certs_dir.join(cert::client_cert_file(&user)).display());
+        }
+    }
+    Ok(())
+}
+
+fn user(what: UserCommand) -> Result<()> {
+    use presage_security::credentials::UsersFile;
+    let role = |r: &str| r.parse::<presage_client::proto::Role>().map_err(anyhow::Error::msg);
+    match what {
+        UserCommand::Add { name, role: r, password, users_file } => {
+            let mut file = UsersFile::read(&users_file)?;
+            file.set_user(&name, role(&r)?, &password)?;
+            file.write(&users_file)?;
+            println!("user {name} ({r}) written to {}", users_file.display());
+        }
+        UserCommand::Token { name, role: r, users_file } => {
+            let mut file = UsersFile::read(&users_file)?;
+            let token = file.new_token(&name, role(&r)?)?;
+            file.write(&users_file)?;
+            eprintln!("token {name} ({r}) written to {} (shown once):", users_file.display());
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(args) => start(*args),
-        Command::Playground { nodes, regions, data_dir, set, ready_timeout_secs } => {
+        Command::Playground { nodes, regions, data_dir, set, ready_timeout_secs, insecure } => {
             let binary = std::env::current_exe().context("finding the presage binary")?;
             playground(PlaygroundOptions {
                 nodes,
@@ -327,12 +472,15 @@ fn main() -> Result<()> {
                 overrides: set,
                 binary,
                 ready_timeout: Duration::from_secs(ready_timeout_secs),
+                insecure,
             })
         }
         Command::ConfigDefaults => {
             print!("{}", NodeConfig::default().to_toml());
             Ok(())
         }
+        Command::Cert { what } => cert(what),
+        Command::User { what } => user(what),
         Command::Demo(a) => {
             let opts = DemoOptions {
                 nodes: a.nodes,

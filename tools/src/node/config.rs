@@ -68,6 +68,37 @@ impl Default for RespConfig {
     }
 }
 
+/// Trust (design.md §10): TLS on every port and credentials for every caller, unless the node
+/// is explicitly insecure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct SecurityConfig {
+    /// Development only: no TLS, no users, no tokens; every client may do anything and peers
+    /// are known by what they claim (the cluster id is still checked). Logged loudly.
+    pub insecure: bool,
+    /// Holds `ca.crt`, `node.crt` (naming this node's id and hosts) and `node.key`
+    /// (`presage cert`).
+    pub certs_dir: PathBuf,
+    /// Users (RESP and native logins) and admin API tokens (`presage user`).
+    pub users_file: PathBuf,
+    /// Serve `/metrics` on the admin API without a token (for a Prometheus that has none).
+    pub open_metrics: bool,
+    /// A peer connection must complete TLS and its handshake within this, in milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            insecure: false,
+            certs_dir: PathBuf::from("certs"),
+            users_file: PathBuf::from("users.toml"),
+            open_metrics: false,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
@@ -82,24 +113,23 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Start a new cluster when the data dir is empty (exactly one node of a new cluster).
     pub bootstrap: bool,
-    /// Native addresses of nodes to join through (and to find the cluster at after a restart).
+    /// Peer addresses (`raft-listen` / `raft-advertise`) of nodes to join through (and to find
+    /// the cluster at after a restart).
     pub join: Vec<String>,
     /// Where the native protocol listens.
     pub native_listen: String,
     /// The native address other nodes and clients use (default: `native-listen`).
     pub native_advertise: String,
-    /// Where Raft messages arrive.
+    /// The peer port: Raft messages and the control plane (other nodes only; mutual TLS).
     pub raft_listen: String,
-    /// The Raft address other nodes use (default: `raft-listen`).
+    /// The peer address other nodes use (default: `raft-listen`).
     pub raft_advertise: String,
     /// Where RESP listens (empty: no RESP). Loopback unless set otherwise.
     pub resp_listen: String,
     /// Where the HTTP admin API listens (empty: none). Loopback unless set otherwise.
     pub admin_listen: String,
-    /// Password RESP clients give with `AUTH` (empty: none asked).
-    pub resp_password: String,
-    /// Bearer token the admin API requires (empty: none).
-    pub admin_token: String,
+    /// TLS and credentials.
+    pub security: SecurityConfig,
     /// Serve the fault-injection endpoints of the admin API (tests and demos only).
     pub fault_injection: bool,
     /// Log filter (`RUST_LOG` syntax); the `RUST_LOG` environment variable overrides it.
@@ -133,8 +163,7 @@ impl Default for NodeConfig {
             raft_advertise: String::new(),
             resp_listen: "127.0.0.1:6379".into(),
             admin_listen: "127.0.0.1:7480".into(),
-            resp_password: String::new(),
-            admin_token: String::new(),
+            security: SecurityConfig::default(),
             fault_injection: false,
             log: "info".into(),
             server: ServerConfig::default(),
@@ -220,6 +249,14 @@ impl NodeConfig {
         }
         if self.capacity_bytes == 0 {
             return bad("capacity-bytes must be positive".into());
+        }
+        if self.security.handshake_timeout_ms == 0 {
+            return bad("security.handshake-timeout-ms must be positive".into());
+        }
+        if !self.security.insecure
+            && (self.security.certs_dir.as_os_str().is_empty() || self.security.users_file.as_os_str().is_empty())
+        {
+            return bad("security.certs-dir and security.users-file must be set (or security.insecure = true)".into());
         }
         self.server.validate().map_err(|e| ConfigError::Invalid(format!("server: {e}")))?;
         self.raft.validate().map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;

@@ -1,32 +1,40 @@
 //! `presage start`: one node process (design.md §7). It opens RocksDB under the data dir,
-//! runs the replication node with its TCP transport, the node server with the native
-//! protocol over TCP, the RESP listener and the HTTP admin API, and joins or bootstraps the
-//! cluster. [`RunningNode::shutdown`] is the graceful stop SIGTERM triggers.
+//! runs the replication node behind the peer port (Raft and the control plane, mutual TLS),
+//! the node server with the native protocol for applications, the RESP listener and the
+//! HTTP admin API, and joins or bootstraps the cluster. [`RunningNode::shutdown`] is the
+//! graceful stop SIGTERM triggers.
 //!
 //! - [`config`]: the TOML configuration.
+//! - [`peer`]: the peer port: TLS, the handshake, Raft and control-plane channels.
+//! - [`trust`]: certificates and credentials as the listeners use them.
 //! - [`playground`]: `presage playground`, a local cluster of node processes.
 //!
-//! **Start-up rules.** The data dir records the node id it belongs to (`node.json`); a
-//! different id is refused. An empty store with `bootstrap = true` starts a new cluster;
-//! an empty store without it joins through the `join` addresses; a store with data restarts
-//! as the node it was. Where the other nodes are is kept in `peers.json` (rewritten when the
+//! **Start-up rules.** The data dir records the node id it belongs to and, once known, the
+//! cluster's id (`node.json`); a different node id is refused. An empty store with
+//! `bootstrap = true` starts a new cluster and makes its id; a node that does not know its
+//! cluster's id joins through the `join` addresses (peer ports) and records the id; a store
+//! with data restarts as the node it was. Where the other nodes are is kept in `peers.json` (rewritten when the
 //! shard manager's node list changes), so that a node that restarts with every other node
 //! down still finds its peers.
 
 pub mod config;
+pub mod peer;
 pub mod playground;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_client::net::{NativeServer, TcpRpc};
+use presage_client::net::{Learns, NativeServer, ServeShared, TcpRpc};
 use presage_client::{Client, ClientConfig, Request, Rpc, RpcFuture};
 use presage_engine::{FaultInjector, FaultyEngine, MeteredEngine, RocksEngine};
 use presage_pfa::model::FailureModel;
 use presage_replication::{AddressBook, NodeHandle, Store, TcpNode};
+use presage_security::SecurityError;
 use presage_shardmgr::{NodeId, NodeMeta, NodeState};
 use serde::{Deserialize, Serialize};
 
@@ -77,12 +85,18 @@ pub enum StartError {
     /// The node could not join the cluster.
     #[error("join: {0}")]
     Join(String),
+    /// Its certificates or credentials could not be loaded.
+    #[error("security: {0}")]
+    Security(#[from] SecurityError),
 }
 
 /// What the data dir says about its owner.
 #[derive(Debug, Serialize, Deserialize)]
 struct Identity {
     node_id: u64,
+    /// The cluster it belongs to (absent until it bootstrapped or joined one).
+    #[serde(default)]
+    cluster_id: Option<u64>,
 }
 
 /// The node's [`Rpc`]: native TCP to other nodes, a direct call to itself; learning the
@@ -134,7 +148,7 @@ impl Rpc for NodeRpc {
         if to == self.me {
             let local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             if let Some(handler) = local {
-                return Box::pin(async move { Ok(handler(request).await) });
+                return Box::pin(async move { Ok(handler(presage_client::Caller::Local, request).await) });
             }
         }
         self.tcp.call(to, request)
@@ -152,6 +166,7 @@ pub struct RunningNode {
     /// Its configuration.
     pub config: NodeConfig,
     raft: TcpNode,
+    peer: tokio::task::JoinHandle<()>,
     server: Server<NodeEngine>,
     native: NativeServer,
     resp: Option<RespServer>,
@@ -198,26 +213,40 @@ fn bind_err<'a>(what: &'static str, addr: &'a str) -> impl FnOnce(std::io::Error
     move |source| StartError::Bind { what, addr: addr.to_string(), source }
 }
 
-/// Checks (or records) that `dir` belongs to node `id`.
-fn claim_data_dir(dir: &Path, id: u64) -> Result<(), StartError> {
+/// Largest `node.json` read.
+const MAX_IDENTITY_FILE_BYTES: u64 = 64 << 10;
+
+/// Checks (or records) that `dir` belongs to node `id`; returns the cluster id it records.
+fn claim_data_dir(dir: &Path, id: u64) -> Result<Option<u64>, StartError> {
+    use std::io::Read;
     let bad = |reason: String| StartError::DataDir { path: dir.to_path_buf(), reason };
     std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
     let file = dir.join("node.json");
-    match std::fs::read(&file) {
-        Ok(bytes) => {
+    match std::fs::File::open(&file) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            f.take(MAX_IDENTITY_FILE_BYTES).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
             let identity: Identity =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("node.json is unreadable: {e}")))?;
             if identity.node_id != id {
                 return Err(bad(format!("it belongs to node {}, not node {id}", identity.node_id)));
             }
-            Ok(())
+            Ok(identity.cluster_id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = serde_json::to_vec(&Identity { node_id: id }).map_err(|e| bad(e.to_string()))?;
-            std::fs::write(&file, bytes).map_err(|e| bad(e.to_string()))
+            record_identity(dir, id, None)?;
+            Ok(None)
         }
         Err(e) => Err(bad(e.to_string())),
     }
+}
+
+/// Writes `node.json` (atomically) for node `id` of cluster `cluster_id`.
+fn record_identity(dir: &Path, id: u64, cluster_id: Option<u64>) -> Result<(), StartError> {
+    let bad = |reason: String| StartError::DataDir { path: dir.to_path_buf(), reason };
+    let bytes = serde_json::to_vec(&Identity { node_id: id, cluster_id }).map_err(|e| bad(e.to_string()))?;
+    let (file, tmp) = (dir.join("node.json"), dir.join("node.json.tmp"));
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &file)).map_err(|e| bad(e.to_string()))
 }
 
 impl RunningNode {
@@ -226,19 +255,35 @@ impl RunningNode {
     pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> Result<RunningNode, StartError> {
         cfg.validate()?;
         let id = cfg.node_id;
-        claim_data_dir(&cfg.data_dir, id)?;
+        let mut recorded_cluster = claim_data_dir(&cfg.data_dir, id)?;
+        let trust = trust::NodeTrust::load(&cfg.security, id)?;
+        if trust.insecure {
+            tracing::warn!(
+                node = id,
+                "INSECURE node (security.insecure = true): no TLS, no users, no tokens; anyone who reaches \
+                 its ports can read, write and run operator commands. For development only."
+            );
+        }
         let faults = Arc::new(FaultInjector::new());
         let rocks = RocksEngine::open(&cfg.data_dir.join("engine"), &cfg.rocksdb)?;
         let engine = MeteredEngine::new(FaultyEngine::new(rocks, Arc::clone(&faults)))?;
         let mut store = Store::open(id, engine.clone(), cfg.raft.clone())?;
         let fresh = store.summary().replicas == 0;
         if fresh && cfg.bootstrap {
-            tracing::info!(node = id, "bootstrapping a new cluster");
+            let cluster_id = rand::random::<u64>() | 1;
+            tracing::info!(node = id, cluster_id = format!("{cluster_id:#x}"), "bootstrapping a new cluster");
+            record_identity(&cfg.data_dir, id, Some(cluster_id))?;
+            recorded_cluster = Some(cluster_id);
             store.bootstrap_shards(bootstrap_descriptors(id))?;
         }
+        let cluster_id = Arc::new(AtomicU64::new(recorded_cluster.unwrap_or(0)));
+        let handshake_timeout = Duration::from_millis(cfg.security.handshake_timeout_ms);
+        let peer_trust =
+            Arc::new(peer::PeerTrust::new(id, Arc::clone(&cluster_id), trust.tls.as_ref(), handshake_timeout)?);
 
         let raft_book = AddressBook::default();
-        let tcp = Arc::new(TcpRpc::new(cfg.native.clone()));
+        let rpc_dialer = Arc::new(peer::RpcDialer(Arc::clone(&peer_trust)));
+        let tcp = Arc::new(TcpRpc::with_connector(cfg.native.clone(), rpc_dialer, None, Learns::Peer));
         let rpc = Arc::new(NodeRpc {
             me: id,
             tcp: Arc::clone(&tcp),
@@ -247,18 +292,16 @@ impl RunningNode {
             local: Mutex::new(None),
             known: Mutex::new(BTreeMap::new()),
         });
-        if let Ok(bytes) = std::fs::read(cfg.data_dir.join("peers.json")) {
-            match serde_json::from_slice::<Vec<NodeMeta>>(&bytes) {
-                Ok(peers) => {
-                    rpc.learn_quietly(&peers);
-                }
-                Err(e) => tracing::warn!(error = %e, "peers.json is unreadable; asking the join addresses"),
-            }
+        if let Some(peers) = read_peers(&cfg.data_dir.join("peers.json")) {
+            rpc.learn_quietly(&peers);
         }
 
-        let raft_listen: SocketAddr =
+        let peer_listen: SocketAddr =
             cfg.raft_listen.parse().map_err(|_| config::ConfigError::Invalid("raft-listen".into()))?;
-        let raft = TcpNode::start(store, &cfg.raft, cfg.raft_tcp.clone(), raft_listen, raft_book.clone()).await?;
+        let peer_listener =
+            tokio::net::TcpListener::bind(peer_listen).await.map_err(bind_err("the peer port", &cfg.raft_listen))?;
+        let raft_dialer = Arc::new(peer::RaftDialer(Arc::clone(&peer_trust)));
+        let raft = TcpNode::start_behind(store, &cfg.raft, cfg.raft_tcp.clone(), raft_book.clone(), raft_dialer)?;
         let handle = raft.node.handle();
         let native_listener = tokio::net::TcpListener::bind(&cfg.native_listen)
             .await
@@ -285,8 +328,9 @@ impl RunningNode {
             capacity_bytes: cfg.capacity_bytes,
             state: NodeState::Up,
             group: None,
+            insecure: trust.insecure,
         };
-        tcp.set_addr(id, me.client_addr.clone());
+        tcp.set_addr(id, me.raft_addr.clone());
         let server = Server::start(
             cfg.server.clone(),
             me,
@@ -294,6 +338,7 @@ impl RunningNode {
             engine.clone(),
             Arc::clone(&rpc) as Arc<dyn Rpc>,
             Clock::wall(),
+            Arc::clone(&cluster_id),
         );
         let probe = engine.clone();
         server
@@ -310,50 +355,45 @@ impl RunningNode {
         let disk_model = model(&cfg.server.pfa.disk_model_path, presage_pfa::disk::default_model)?;
         server.set_pfa_models(Some(node_model), Some(disk_model));
         // Requests from this node's own RESP and admin API call the server directly; only
-        // requests arriving over TCP count as `native` in the metrics.
+        // requests arriving over TCP count as `native` (applications) or `peer` (nodes).
         let handler = server.handler();
         *rpc.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handler.clone());
-        let native =
-            presage_client::net::serve(native_listener, metrics.native_handler(handler.clone()), cfg.native.clone())
-                .map_err(bind_err("the native protocol", &cfg.native_listen))?;
-        tracing::info!(node = id, native = %native.local_addr(), raft = %cfg.raft_listen, "node listening");
+        let peer_rpc = ServeShared::new(
+            metrics.native_handler(handler.clone(), "peer"),
+            cfg.native.clone(),
+            Arc::new(presage_client::net::NoLogins),
+        );
+        let peer = peer::serve(
+            peer_listener,
+            Arc::clone(&peer_trust),
+            raft.inbound.clone(),
+            peer_rpc,
+            cfg.raft_tcp.max_inbound_connections,
+        );
+        let native_shared = ServeShared::new(
+            metrics.native_handler(handler.clone(), "native"),
+            cfg.native.clone(),
+            trust.native_auth(),
+        );
+        let native = presage_client::net::serve(native_listener, native_shared, trust.client_facing_acceptor()?)
+            .map_err(bind_err("the native protocol", &cfg.native_listen))?;
+        tracing::info!(
+            node = id,
+            native = %native.local_addr(),
+            peer = %cfg.raft_listen,
+            tls = !trust.insecure,
+            "node listening"
+        );
 
-        // Resolve the join addresses to node ids; a new node joins through them.
+        // Resolve the join addresses to node ids; a node that does not know its cluster
+        // (new, or a data dir from before cluster ids were recorded) joins through them.
         let seed_ids = resolve_seeds(&tcp, &cfg.join, &rpc).await;
-        if fresh && !cfg.bootstrap {
-            // Join through whichever join addresses answer, asking the others again each
-            // round: the first to answer may be a node that is itself still joining (it
-            // knows no shard manager), while the bootstrap node is still starting.
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.server.join_timeout_ms);
-            let mut ids = seed_ids.clone();
-            let cluster = loop {
-                if ids.len() < cfg.join.len() {
-                    let more = resolve_seeds(&tcp, &cfg.join, &rpc).await;
-                    if more.len() > ids.len() {
-                        ids = more;
-                    }
-                }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Err(StartError::Join(format!(
-                        "no node reachable through {:?} registered this one",
-                        cfg.join
-                    )));
-                }
-                if ids.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(200).min(left)).await;
-                    continue;
-                }
-                match server.join(&ids, JOIN_ROUND.min(left)).await {
-                    Ok(cluster) => break cluster,
-                    Err(e @ JoinError::Refused(_)) => return Err(StartError::Join(e.to_string())),
-                    Err(e @ JoinError::TimedOut { .. }) if left <= JOIN_ROUND => {
-                        return Err(StartError::Join(e.to_string()))
-                    }
-                    Err(JoinError::TimedOut { .. }) => {}
-                }
-            };
-            tracing::info!(node = id, cluster, "joined the cluster");
+        if cluster_id.load(Ordering::SeqCst) == 0 {
+            let joined = join_cluster(&server, &tcp, &rpc, &cfg, seed_ids.clone()).await?;
+            record_identity(&cfg.data_dir, id, Some(joined))?;
+            // Connections opened before the join carried no cluster id (hello and join only).
+            tcp.reset();
+            tracing::info!(node = id, cluster = format!("{joined:#x}"), "joined the cluster");
         }
         server.set_seeds(&seed_ids);
         // Keep resolving the addresses that did not answer yet (they may start later).
@@ -376,34 +416,13 @@ impl RunningNode {
         let client_rpc: Arc<dyn Rpc> = Arc::clone(&rpc) as Arc<dyn Rpc>;
         let client_cfg = ClientConfig { net: cfg.native.clone(), ..ClientConfig::default() };
         let client = Arc::new(Client::new(client_rpc, vec![id], client_cfg));
-        let resp = resp_listener
-            .map(|l| resp::serve(l, Arc::clone(&client), cfg.resp.clone(), cfg.resp_password.clone(), metrics.clone()));
-        let gauges: admin::GaugeProbe = {
-            let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
-            Arc::new(move || {
-                let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
-                Box::pin(async move {
-                    let statuses = handle.statuses().await.unwrap_or_default();
-                    let summary = handle.summary().await.ok();
-                    let (splits, merges, manager) = counters();
-                    let get = presage_replication::TcpStats::get;
-                    NodeGauges {
-                        replicas: statuses.len() as u64,
-                        leaders: statuses.iter().filter(|s| s.is_leader()).count() as u64,
-                        quiescent: statuses.iter().filter(|s| s.quiescent).count() as u64,
-                        splits,
-                        merges,
-                        manager,
-                        raft_frames_sent: get(&stats.frames_sent),
-                        raft_frames_received: get(&stats.frames_received),
-                        raft_frames_rejected: get(&stats.frames_rejected),
-                        raft_envelopes_dropped: get(&stats.envelopes_dropped),
-                        snapshot_rate_bytes_per_sec: summary.as_ref().map_or(0, |s| s.snapshot_rate_bytes_per_sec),
-                        snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
-                    }
-                })
-            })
-        };
+        let resp_tls = trust.client_facing_acceptor()?;
+        let resp = resp_listener.map(|l| {
+            let auth = resp::RespAuth { credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)) };
+            resp::serve(l, Arc::clone(&client), cfg.resp.clone(), auth, metrics.clone(), resp_tls)
+        });
+        let gauges = gauge_probe(&handle, &server, &raft);
+        let admin_tls = trust.https_acceptor()?;
         let admin = admin_listener.map(|l| {
             admin::serve(
                 l,
@@ -413,13 +432,18 @@ impl RunningNode {
                     metrics: metrics.clone(),
                     engine_metrics: Arc::clone(engine.metrics()),
                     gauges,
-                    token: cfg.admin_token.clone(),
+                    auth: admin::AdminAuth {
+                        credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)),
+                        open_metrics: trust.open_metrics,
+                        throttle: Arc::default(),
+                    },
                     faults: cfg.fault_injection.then_some(faults),
                 },
+                admin_tls,
             )
         });
         let governor = tokio::spawn(govern_snapshot_rate(handle.clone(), Arc::clone(&metrics), cfg.raft.clone()));
-        Ok(RunningNode { config: cfg, raft, server, native, resp, admin, handle, seeds, governor })
+        Ok(RunningNode { config: cfg, raft, peer, server, native, resp, admin, handle, seeds, governor })
     }
 
     /// The native listener's address.
@@ -471,17 +495,98 @@ impl RunningNode {
         self.seeds.abort();
         self.governor.abort();
         self.server.stop();
+        self.peer.abort();
         drop(self.raft.server);
         self.raft.node.kill();
         tracing::info!(node = id, "stopped");
     }
 }
 
-/// Asks each join address who it is; returns the ids that answered.
 /// How long one join round tries the seeds known so far before asking the join addresses
 /// again.
 const JOIN_ROUND: Duration = Duration::from_secs(2);
 
+/// Largest `peers.json` read.
+const MAX_PEERS_FILE_BYTES: u64 = 16 << 20;
+
+/// The node list kept in `peers.json`, if it is there and readable.
+fn read_peers(path: &Path) -> Option<Vec<NodeMeta>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).ok()?.take(MAX_PEERS_FILE_BYTES).read_to_end(&mut bytes).ok()?;
+    match serde_json::from_slice::<Vec<NodeMeta>>(&bytes) {
+        Ok(peers) => Some(peers),
+        Err(e) => {
+            tracing::warn!(error = %e, "peers.json is unreadable; asking the join addresses");
+            None
+        }
+    }
+}
+
+/// Joins through whichever join addresses answer, asking the others again each round: the
+/// first to answer may be a node that is itself still joining (it knows no shard manager),
+/// while the bootstrap node is still starting. Returns the cluster's id.
+async fn join_cluster(
+    server: &Server<NodeEngine>,
+    tcp: &Arc<TcpRpc>,
+    rpc: &Arc<NodeRpc>,
+    cfg: &NodeConfig,
+    mut ids: Vec<NodeId>,
+) -> Result<u64, StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.server.join_timeout_ms);
+    loop {
+        if ids.len() < cfg.join.len() {
+            let more = resolve_seeds(tcp, &cfg.join, rpc).await;
+            if more.len() > ids.len() {
+                ids = more;
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(StartError::Join(format!("no node reachable through {:?} registered this one", cfg.join)));
+        }
+        if ids.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            continue;
+        }
+        match server.join(&ids, JOIN_ROUND.min(left)).await {
+            Ok(cluster) => return Ok(cluster),
+            Err(e @ JoinError::Refused(_)) => return Err(StartError::Join(e.to_string())),
+            Err(e @ JoinError::TimedOut { .. }) if left <= JOIN_ROUND => return Err(StartError::Join(e.to_string())),
+            Err(JoinError::TimedOut { .. }) => {}
+        }
+    }
+}
+
+/// Reads this node's scrape-time gauges.
+fn gauge_probe(handle: &NodeHandle, server: &Server<NodeEngine>, raft: &TcpNode) -> admin::GaugeProbe {
+    let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
+    Arc::new(move || {
+        let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
+        Box::pin(async move {
+            let statuses = handle.statuses().await.unwrap_or_default();
+            let summary = handle.summary().await.ok();
+            let (splits, merges, manager) = counters();
+            let get = presage_replication::TcpStats::get;
+            NodeGauges {
+                replicas: statuses.len() as u64,
+                leaders: statuses.iter().filter(|s| s.is_leader()).count() as u64,
+                quiescent: statuses.iter().filter(|s| s.quiescent).count() as u64,
+                splits,
+                merges,
+                manager,
+                raft_frames_sent: get(&stats.frames_sent),
+                raft_frames_received: get(&stats.frames_received),
+                raft_frames_rejected: get(&stats.frames_rejected),
+                raft_envelopes_dropped: get(&stats.envelopes_dropped),
+                snapshot_rate_bytes_per_sec: summary.as_ref().map_or(0, |s| s.snapshot_rate_bytes_per_sec),
+                snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
+            }
+        })
+    })
+}
+
+/// Asks each join address who it is; returns the ids that answered.
 async fn resolve_seeds(tcp: &Arc<TcpRpc>, join: &[String], rpc: &Arc<NodeRpc>) -> Vec<NodeId> {
     let mut ids = Vec::new();
     for addr in join {

@@ -5,13 +5,22 @@
 //! the others as join addresses, so any of them can be restarted alone with
 //! `presage start --config DIR/node-i/node.toml`. Once the cluster serves (every node joined,
 //! a probe write read back, every shard fully replicated) `DIR/cluster.json` describes it.
+//!
+//! **Secure by default** (design.md §10): the playground makes a cluster CA
+//! (`DIR/certs/ca.crt`, `ca.key`), each node's certificate (`DIR/node-i/certs/`), a client
+//! certificate for the user `app` (`DIR/certs/client.app.{crt,key}`), and `DIR/users.toml`
+//! with the users `app` (read-write) and `reader` (read-only) under random passwords and an
+//! operator token for the admin API; `cluster.json`'s `security` object says where they are.
+//! `--insecure` starts the plain-text cluster of old (every `security` key but `insecure`
+//! null).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use presage_client::{Client, ClientConfig};
-use presage_shardmgr::NodeState;
+use presage_client::{Client, ClientConfig, ClientTls, Login};
+use presage_security::cert;
+use presage_security::credentials::UsersFile;
 use serde::{Deserialize, Serialize};
 
 /// What to start.
@@ -29,6 +38,8 @@ pub struct PlaygroundOptions {
     pub binary: PathBuf,
     /// Give up waiting for the cluster after this long.
     pub ready_timeout: Duration,
+    /// No TLS and no credentials (development only).
+    pub insecure: bool,
 }
 
 /// One node of `cluster.json`.
@@ -52,11 +63,78 @@ pub struct PlaygroundNode {
     pub config: PathBuf,
 }
 
+/// How to reach a playground's nodes (`cluster.json`'s `security`; scripts depend on these
+/// keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityInfo {
+    /// The cluster runs without TLS and credentials.
+    pub insecure: bool,
+    /// The cluster CA's certificate (TLS clients trust it).
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate of the user `resp_user`.
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    pub client_key: Option<PathBuf>,
+    /// A read-write user (RESP `AUTH`, native logins).
+    pub resp_user: Option<String>,
+    /// Its password.
+    pub resp_password: Option<String>,
+    /// An operator token of the admin API.
+    pub admin_token: Option<String>,
+    /// A read-only user.
+    #[serde(default)]
+    pub read_only_user: Option<String>,
+    /// Its password.
+    #[serde(default)]
+    pub read_only_password: Option<String>,
+    /// The users file every node reads.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+}
+
+impl SecurityInfo {
+    fn insecure() -> SecurityInfo {
+        SecurityInfo {
+            insecure: true,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            resp_user: None,
+            resp_password: None,
+            admin_token: None,
+            read_only_user: None,
+            read_only_password: None,
+            users_file: None,
+        }
+    }
+
+    /// A client configuration that logs in as the read-write user over TLS (plain TCP when
+    /// insecure).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::default();
+        if let Some(ca_cert) = &self.ca_cert {
+            cfg.tls =
+                Some(ClientTls { ca_cert: ca_cert.clone(), client_cert: None, client_key: None, server_name: None });
+        }
+        if let (Some(user), Some(password)) = (&self.resp_user, &self.resp_password) {
+            cfg.login = Some(Login { user: user.clone(), password: password.clone() });
+        }
+        cfg
+    }
+
+    /// The admin API's access: its CA and the operator token.
+    pub fn admin_access(&self) -> Result<crate::ctl::AdminAccess, crate::ctl::CtlError> {
+        crate::ctl::AdminAccess::load(self.ca_cert.as_deref(), self.admin_token.clone())
+    }
+}
+
 /// `cluster.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterFile {
     /// Every node.
     pub nodes: Vec<PlaygroundNode>,
+    /// TLS and credentials.
+    pub security: SecurityInfo,
 }
 
 impl ClusterFile {
@@ -70,6 +148,16 @@ impl ClusterFile {
     /// Native addresses of every node.
     pub fn native_addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.native.clone()).collect()
+    }
+
+    /// Every node's admin API, by node id.
+    pub fn admins(&self) -> Result<Vec<(u64, crate::ctl::AdminEndpoint)>, crate::ctl::CtlError> {
+        let access = self.security.admin_access()?;
+        Ok(self
+            .nodes
+            .iter()
+            .map(|n| (n.id, crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: access.clone() }))
+            .collect())
     }
 }
 
@@ -90,6 +178,9 @@ pub enum PlaygroundError {
     /// The cluster did not come up.
     #[error("the cluster did not come up: {0}")]
     NotReady(String),
+    /// Certificates or users could not be made.
+    #[error("security: {0}")]
+    Security(#[from] presage_security::SecurityError),
 }
 
 /// A running playground.
@@ -98,6 +189,7 @@ pub struct Playground {
     pub cluster: ClusterFile,
     children: Vec<Child>,
     binary: PathBuf,
+    access: crate::ctl::AdminAccess,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlaygroundError {
@@ -166,16 +258,27 @@ impl Playground {
         std::fs::create_dir_all(&opts.data_dir).map_err(io(format!("creating {}", opts.data_dir.display())))?;
         let ports = free_ports(opts.nodes as usize * 4)?;
         let addr = |i: u64, k: usize| format!("127.0.0.1:{}", ports[(i as usize - 1) * 4 + k]);
+        let security =
+            if opts.insecure { SecurityInfo::insecure() } else { make_security(&opts.data_dir, opts.nodes)? };
         let mut nodes = Vec::new();
         for i in 1..=opts.nodes {
             let dir = opts.data_dir.join(format!("node-{i}"));
             std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-            let join: Vec<String> = (1..=opts.nodes).filter(|j| *j != i).map(|j| addr(j, 0)).collect();
+            // Join through the other nodes' peer ports.
+            let join: Vec<String> = (1..=opts.nodes).filter(|j| *j != i).map(|j| addr(j, 1)).collect();
+            let security_toml = match &security.users_file {
+                Some(users) if !security.insecure => format!(
+                    "\n[security]\ncerts-dir = {:?}\nusers-file = {:?}\n",
+                    dir.join("certs").display().to_string(),
+                    users.display().to_string()
+                ),
+                _ => "\n[security]\ninsecure = true\n".to_string(),
+            };
             let config = format!(
                 "# Written by `presage playground`.\nnode-id = {i}\nregion = \"r{}\"\ndata-dir = {:?}\nbootstrap = {}\n\
                  join = {:?}\nnative-listen = \"{}\"\nraft-listen = \"{}\"\nresp-listen = \"{}\"\nadmin-listen = \"{}\"\n\
                  fault-injection = true\ncapacity-bytes = \"10GiB\"\n\n[rocksdb]\nblock-cache-bytes = \"32MiB\"\n\
-                 write-buffer-bytes = \"16MiB\"\n",
+                 write-buffer-bytes = \"16MiB\"\n{}",
                 (i - 1) % opts.regions + 1,
                 dir.join("data").display().to_string(),
                 i == 1,
@@ -184,6 +287,7 @@ impl Playground {
                 addr(i, 1),
                 addr(i, 2),
                 addr(i, 3),
+                security_toml,
             );
             let path = dir.join("node.toml");
             std::fs::write(&path, config).map_err(io(format!("writing {}", path.display())))?;
@@ -204,7 +308,9 @@ impl Playground {
             n.pid = child.id();
             children.push(child);
         }
-        let mut pg = Playground { cluster: ClusterFile { nodes }, children, binary: opts.binary.clone() };
+        let access = security.admin_access().map_err(|e| PlaygroundError::Invalid(e.to_string()))?;
+        let cluster = ClusterFile { nodes, security };
+        let mut pg = Playground { cluster, children, binary: opts.binary.clone(), access };
         if let Err(e) = pg.wait_ready(opts.ready_timeout).await {
             pg.stop(Duration::from_secs(5));
             return Err(e);
@@ -232,13 +338,32 @@ impl Playground {
                     )));
                 }
             }
-            match ready(&self.cluster.native_addrs(), n, rf).await {
+            match ready(&self.cluster, n, rf).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         Err(PlaygroundError::NotReady(format!("not ready within {timeout:?}: {last}")))
+    }
+
+    /// Node `id`'s admin API.
+    pub fn admin(&self, id: u64) -> Option<crate::ctl::AdminEndpoint> {
+        let n = self.cluster.nodes.iter().find(|n| n.id == id)?;
+        Some(crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() })
+    }
+
+    /// Every node's admin API but `except`'s, by node id.
+    pub fn admins(&self, except: Option<u64>) -> Vec<(u64, crate::ctl::AdminEndpoint)> {
+        let nodes = self.cluster.nodes.iter().filter(|n| Some(n.id) != except);
+        nodes
+            .map(|n| (n.id, crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() }))
+            .collect()
+    }
+
+    /// A client configuration for this cluster (TLS and the read-write user's login).
+    pub fn client_config(&self) -> ClientConfig {
+        self.cluster.security.client_config()
     }
 
     /// Kills node `id` at once (SIGKILL), as a crash would.
@@ -307,6 +432,48 @@ impl Drop for Playground {
     }
 }
 
+/// Makes the playground's CA, node and client certificates and users file under `dir`.
+fn make_security(dir: &Path, nodes: u64) -> Result<SecurityInfo, PlaygroundError> {
+    let certs = dir.join("certs");
+    let ca_key = certs.join(cert::CA_KEY_FILE);
+    cert::create_ca(&certs, &ca_key, true)?;
+    for i in 1..=nodes {
+        let node_certs = dir.join(format!("node-{i}")).join("certs");
+        cert::copy_ca(&certs, &node_certs, true)?;
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        // A node's certificate is signed by the CA in `certs`, written beside its own copy.
+        cert::create_node(&certs, &ca_key, i, &hosts, true)?;
+        for name in [cert::NODE_CERT_FILE, cert::NODE_KEY_FILE] {
+            std::fs::rename(certs.join(name), node_certs.join(name)).map_err(io(format!("moving {name}")))?;
+        }
+    }
+    let user = "app";
+    cert::create_client(&certs, &ca_key, user, true)?;
+    let secret = || {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let (password, reader_password) = (secret(), secret());
+    let users_file = dir.join("users.toml");
+    let mut users = UsersFile::default();
+    users.set_user(user, presage_client::proto::Role::ReadWrite, &password)?;
+    users.set_user("reader", presage_client::proto::Role::ReadOnly, &reader_password)?;
+    let token = users.new_token("operator", presage_client::proto::Role::Operator)?;
+    users.write(&users_file)?;
+    Ok(SecurityInfo {
+        insecure: false,
+        ca_cert: Some(certs.join(cert::CA_CERT_FILE)),
+        client_cert: Some(certs.join(cert::client_cert_file(user))),
+        client_key: Some(certs.join(cert::client_key_file(user))),
+        resp_user: Some(user.into()),
+        resp_password: Some(password),
+        admin_token: Some(token),
+        read_only_user: Some("reader".into()),
+        read_only_password: Some(reader_password),
+        users_file: Some(users_file),
+    })
+}
+
 /// Starts `presage start --config CONFIG`, its output appended to `node.log` beside it.
 pub fn spawn_node(binary: &Path, config: &Path, overrides: &[String]) -> Result<Child, PlaygroundError> {
     let log_path = config.with_file_name("node.log");
@@ -330,13 +497,18 @@ pub fn terminate(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
 }
 
-/// Has the cluster at `seeds` got `nodes` Up nodes, a working write and read, and every
-/// shard replicated `rf` times?
-pub async fn ready(seeds: &[String], nodes: usize, rf: usize) -> Result<(), String> {
-    let cfg = ClientConfig { request_timeout_ms: 2_000, ..ClientConfig::default() };
-    let client = Client::connect(seeds, cfg).await.map_err(|e| e.to_string())?;
-    let info = client.cluster_info().await.map_err(|e| e.to_string())?;
-    let up = info.nodes.iter().filter(|n| n.state == NodeState::Up).count();
+/// Has `cluster` got `nodes` Up nodes, a working write and read, and every shard replicated
+/// `rf` times?
+pub async fn ready(cluster: &ClusterFile, nodes: usize, rf: usize) -> Result<(), String> {
+    let cfg = ClientConfig { request_timeout_ms: 2_000, ..cluster.security.client_config() };
+    let client = Client::connect(&cluster.native_addrs(), cfg).await.map_err(|e| e.to_string())?;
+    let access = cluster.security.admin_access().map_err(|e| e.to_string())?;
+    let admin = cluster.nodes.first().map(|n| n.admin.clone()).unwrap_or_default();
+    let info = tokio::task::spawn_blocking(move || crate::ctl::AdminClient::new(&admin, &access).cluster_once())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let up = info.nodes.iter().filter(|n| n.state == presage_shardmgr::NodeState::Up).count();
     if up < nodes {
         return Err(format!("{up} of {nodes} nodes joined"));
     }

@@ -22,6 +22,14 @@
 //!
 //! **Errors.** A protocol error (bad framing, a length over a limit) is answered and closes
 //! that connection, as Redis does; a bad command is answered and the connection goes on.
+//!
+//! **Who may call** (design.md §10, Redis 6 ACL wording). TLS with the node's certificate
+//! (`redis-cli --tls --cacert ca.crt`); a client certificate naming a listed user logs the
+//! connection in as that user. Otherwise only `AUTH`, `HELLO` and `QUIT` are served until
+//! `AUTH user pass` (or `AUTH pass` for the user `default`, or `HELLO 3 AUTH user pass`)
+//! succeeds: before, `-NOAUTH`; a wrong pair, `-WRONGPASS` (answered later after each
+//! failure, logged, the connection closed after `MAX_AUTH_FAILURES`); a write by a
+//! read-only user, `-NOPERM`. An insecure node serves plain TCP, everyone read-write.
 
 pub mod parse;
 
@@ -31,9 +39,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use presage_client::net::{auth_failure_delay, MAX_AUTH_FAILURES};
+use presage_client::proto::Role;
 use presage_client::{BatchOp, Client, ClientError, Expect};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use presage_security::Credentials;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
@@ -64,10 +75,20 @@ impl RespServer {
     }
 }
 
+/// Who may use RESP.
+#[derive(Clone)]
+pub struct RespAuth {
+    /// The users (`None`: an insecure node, everyone read-write without `AUTH`).
+    pub credentials: Option<Arc<Credentials>>,
+}
+
+/// The user Redis clients log in as with `AUTH password`.
+pub const DEFAULT_USER: &str = "default";
+
 struct Shared {
     client: Arc<Client>,
     cfg: RespConfig,
-    password: String,
+    auth: RespAuth,
     metrics: Arc<Metrics>,
     cursors: Mutex<Cursors>,
     next_client_id: AtomicU64,
@@ -96,20 +117,21 @@ impl Cursors {
     }
 }
 
-/// Serves RESP on `listener` through `client`.
+/// Serves RESP on `listener` through `client`; TLS first with `tls`.
 pub fn serve(
     listener: TcpListener,
     client: Arc<Client>,
     cfg: RespConfig,
-    password: String,
+    auth: RespAuth,
     metrics: Arc<Metrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> RespServer {
     let local_addr = listener.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let shared = Arc::new(Shared {
         client,
         cfg,
-        password,
+        auth,
         metrics,
         cursors: Mutex::new(Cursors::default()),
         next_client_id: AtomicU64::new(1),
@@ -131,11 +153,11 @@ pub fn serve(
                 let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                 continue;
             };
-            let shared = Arc::clone(&shared);
+            let (shared, tls) = (Arc::clone(&shared), tls.clone());
             tokio::spawn(async move {
                 let gauge = shared.metrics.connections.with_label_values(&["resp"]);
                 gauge.inc();
-                if let Err(e) = connection(stream, &shared).await {
+                if let Err(e) = accept(stream, peer, &shared, tls).await {
                     tracing::debug!(%peer, error = %e, "RESP connection ended");
                 }
                 gauge.dec();
@@ -151,11 +173,43 @@ struct Session {
     id: u64,
     resp: u8,
     name: Option<Vec<u8>>,
-    authed: bool,
+    /// Who it is logged in as (a user and role), if anyone.
+    user: Option<(String, Role)>,
+    /// Failed `AUTH`s in a row.
+    auth_failures: u32,
+    /// Where it comes from (logs).
+    peer: std::net::SocketAddr,
 }
 
-async fn connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// A TLS handshake must complete within this.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn accept(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let Some(tls) = tls else {
+        let user = shared.auth.credentials.is_none().then(|| ("anonymous".to_string(), Role::ReadWrite));
+        return connection(stream, peer, shared, user).await;
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(s) => s?,
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    };
+    let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+    let user = shared.auth.credentials.as_ref().and_then(|creds| creds.certificate_user(cert.as_deref()));
+    connection(stream, peer, shared, user).await
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+    user: Option<(String, Role)>,
+) -> std::io::Result<()> {
     let limits = Limits {
         max_bulk_bytes: shared.cfg.max_bulk_bytes,
         max_args: shared.cfg.max_args,
@@ -165,7 +219,9 @@ async fn connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<(
         id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
         resp: 2,
         name: None,
-        authed: shared.password.is_empty(),
+        user,
+        auth_failures: 0,
+        peer,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
@@ -181,8 +237,12 @@ async fn connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<(
                     let quit = args[0].eq_ignore_ascii_case(b"quit");
                     let reply = command(shared, &mut session, args).await;
                     reply.encode(session.resp, &mut out);
-                    if quit {
+                    if quit || session.auth_failures >= MAX_AUTH_FAILURES {
+                        if !quit {
+                            tracing::warn!(peer = %session.peer, "RESP connection closed after repeated failed AUTH");
+                        }
                         stream.write_all(&out).await?;
+                        stream.flush().await?;
                         return Ok(());
                     }
                 }
@@ -190,12 +250,14 @@ async fn connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<(
                 Err(e) => {
                     Reply::err(&e).encode(session.resp, &mut out);
                     stream.write_all(&out).await?;
+                    stream.flush().await?;
                     return Ok(());
                 }
             }
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
+            stream.flush().await?;
             out.clear();
         }
         buf.reserve(READ_CHUNK_BYTES);
@@ -248,10 +310,21 @@ const KNOWN: &[&str] = &[
     "CONFIG", "CLIENT", "SELECT", "HELLO", "AUTH", "QUIT", "INCR", "INCRBY", "DECR", "DECRBY", "SETNX",
 ];
 
+/// Commands that write (refused to read-only users).
+const WRITES: &[&str] = &["SET", "SETNX", "DEL", "UNLINK", "MSET", "INCR", "INCRBY", "DECR", "DECRBY"];
+
 async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
     let argc = args.len();
-    if !s.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
+    if s.user.is_none() && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
         return Reply::Error("NOAUTH Authentication required.".into());
+    }
+    if let Some((user, role)) = &s.user {
+        if WRITES.contains(&name) && !role.may_write() {
+            return Reply::Error(format!(
+                "NOPERM User {user} has no permissions to run the '{}' command",
+                name.to_ascii_lowercase()
+            ));
+        }
     }
     let c = &shared.client;
     match name {
@@ -267,8 +340,8 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             Ok(_) => Reply::err("DB index is out of range"),
             Err(e) => e,
         },
-        "AUTH" => auth(shared, s, &args[1..]),
-        "HELLO" => hello(shared, s, &args[1..]),
+        "AUTH" => auth(shared, s, &args[1..]).await,
+        "HELLO" => hello(shared, s, &args[1..]).await,
         "GET" if argc == 2 => match c.get(&args[1]).await {
             Ok(Some(v)) => Reply::Bulk(v),
             Ok(None) => Reply::Null,
@@ -532,23 +605,43 @@ async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
     Reply::err(format!("INCR gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
 }
 
-fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
-    let password = match args {
-        [p] | [_, p] => p,
+async fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
+    let (user, password) = match args {
+        [p] => (DEFAULT_USER.as_bytes(), p),
+        [u, p] => (u.as_slice(), p),
         _ => return wrong_args("AUTH"),
     };
-    if shared.password.is_empty() {
-        return Reply::err("AUTH <password> called without any password configured for the default user.");
-    }
-    if password.as_slice() == shared.password.as_bytes() {
-        s.authed = true;
-        Reply::ok()
+    let Some(credentials) = &shared.auth.credentials else {
+        return Reply::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        );
+    };
+    let user = String::from_utf8_lossy(user).into_owned();
+    let password = String::from_utf8_lossy(password).into_owned();
+    let too_long = user.len() > presage_client::net::MAX_CREDENTIAL_BYTES
+        || password.len() > presage_client::net::MAX_CREDENTIAL_BYTES;
+    let checked = if too_long {
+        Err(presage_security::credentials::AuthFailure::WrongPass)
     } else {
-        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+        Arc::clone(credentials).check_password_off_thread(user.clone(), password).await
+    };
+    match checked {
+        Ok(role) => {
+            s.user = Some((user, role));
+            s.auth_failures = 0;
+            Reply::ok()
+        }
+        Err(e) => {
+            s.auth_failures += 1;
+            tracing::warn!(peer = %s.peer, user = %user, failures = s.auth_failures, "RESP AUTH failed");
+            tokio::time::sleep(auth_failure_delay(s.auth_failures)).await;
+            Reply::Error(format!("WRONGPASS {e}."))
+        }
     }
 }
 
-fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
+async fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
     let mut version = s.resp;
     let mut rest = args;
     if let Some(v) = args.first() {
@@ -562,7 +655,7 @@ fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
     while let Some(opt) = rest.first() {
         match (upper(opt).as_str(), rest.len()) {
             ("AUTH", n) if n >= 3 => {
-                let r = auth(shared, s, &rest[1..3]);
+                let r = auth(shared, s, &rest[1..3]).await;
                 if matches!(r, Reply::Error(_)) {
                     return r;
                 }
@@ -575,7 +668,7 @@ fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
             _ => return Reply::err("syntax error in HELLO option"),
         }
     }
-    if !s.authed {
+    if s.user.is_none() {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated".into());
     }
     s.resp = version;

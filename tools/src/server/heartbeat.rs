@@ -156,7 +156,11 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
     let to = hint.or(seed).unwrap_or(inner.me.id);
     let nodes_digest = inner.nodes_digest.load(std::sync::atomic::Ordering::Relaxed);
     let request = Request::Heartbeat { heartbeat: heartbeat.clone(), nodes_digest };
-    let answer = if to == inner.me.id { Ok(inner.serve(request).await) } else { inner.call(to, request).await };
+    let answer = if to == inner.me.id {
+        Ok(inner.serve(presage_client::Caller::Local, request).await)
+    } else {
+        inner.call(to, request).await
+    };
     match answer {
         Ok(Response::HeartbeatAck { manager, stale, nodes, telemetry_backlog_wanted }) => {
             inner.learn(&nodes);
@@ -168,10 +172,10 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
                 tracing::info!(
                     node = inner.me.id,
                     shard = shard.id,
-                    "the shard manager reports this replica stale; destroying it"
+                    "the shard manager reports this replica stale; asking the shard's members"
                 );
-                if let Err(e) = inner.node.tombstone(descriptor(&shard)).await {
-                    tracing::warn!(shard = shard.id, error = %e, "could not hand the tombstone to the node");
+                if let Err(e) = inner.node.probe_stale(descriptor(&shard)).await {
+                    tracing::warn!(shard = shard.id, error = %e, "could not ask the shard's members");
                 }
             }
         }

@@ -197,14 +197,28 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
         PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).map_err(|e| e.to_string())?;
     let cfg = inner.cfg.shard_manager.clone();
     let now = inner.clock.now_ms();
-    if state.cluster.is_some() {
+    if let Some(cluster) = &state.cluster {
+        let known = inner.cluster_id.load(std::sync::atomic::Ordering::SeqCst);
+        if known != 0 && known != cluster.cluster_id {
+            return Err(format!(
+                "the meta shard belongs to cluster {:#x}, this node to cluster {known:#x}",
+                cluster.cluster_id
+            ));
+        }
+        inner.cluster_id.store(cluster.cluster_id, std::sync::atomic::Ordering::SeqCst);
         return Manager::recover(cfg, state, now).map_err(|e| e.to_string());
     }
     let voters: Vec<u64> = status.descriptor.replicas.iter().filter(|r| r.is_voter()).map(|r| r.node_id).collect();
     if voters != [inner.me.id] {
         return Err("the meta shard holds no cluster record but has other replicas".into());
     }
-    let cluster_id = rand::random::<u64>() | 1;
+    // The bootstrapping node made the cluster's id when it bootstrapped its store (an
+    // in-process test cluster leaves it to the manager).
+    let cluster_id = match inner.cluster_id.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => rand::random::<u64>() | 1,
+        known => known,
+    };
+    inner.cluster_id.store(cluster_id, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(node = inner.me.id, cluster_id, "bootstrapping a new cluster");
     Manager::bootstrap(cfg, cluster_id, inner.me.clone(), now).map_err(|e| e.to_string())
 }

@@ -1,11 +1,12 @@
 //! In-process [`Rpc`] for tests: requests go straight to the target server's handler,
 //! subject to the partitions and isolation filters of a [`MemNetwork`] (a request across a
-//! partition is unreachable; an answer across one is lost).
+//! partition is unreachable; an answer across one is lost). The sender is proven as the
+//! node its endpoint belongs to ([`Caller::Node`]), as the peer port's handshake would.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use presage_client::{Request, Rpc, RpcError, RpcFuture};
+use presage_client::{Caller, Request, Rpc, RpcError, RpcFuture};
 use presage_replication::MemNetwork;
 use presage_shardmgr::NodeId;
 
@@ -58,7 +59,7 @@ impl Rpc for MemRpc {
         let (net, from) = (self.net.net.clone(), self.from);
         Box::pin(async move {
             let Some(handler) = handler.filter(|_| reachable) else { return Err(RpcError::Unreachable(to)) };
-            let answer = handler(request).await;
+            let answer = handler(Caller::Node { id: from }, request).await;
             if net.reachable(to, from) {
                 Ok(answer)
             } else {

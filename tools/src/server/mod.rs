@@ -13,6 +13,7 @@
 //!
 //! [`mem_rpc`] is the in-process request transport of the test clusters.
 
+mod access;
 pub mod convert;
 mod execute;
 mod heartbeat;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presage_client::proto::{nodes_digest, ClusterInfo, ShardRow};
-use presage_client::{BatchOp, Expect, ProtoError, Request, Response, Route, Rpc, RpcError};
+use presage_client::{BatchOp, Caller, Expect, ProtoError, Request, Response, Route, Rpc, RpcError};
 use presage_engine::{Engine, KeyRange};
 use presage_replication::wire::Expect as WireExpect;
 use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
@@ -183,6 +184,9 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) telemetry_backlog_wanted: std::sync::atomic::AtomicBool,
     /// Heartbeats sent without a manager hint: picks the seed to ask in turn.
     pub(crate) heartbeat_turn: std::sync::atomic::AtomicUsize,
+    /// The cluster this node belongs to (0 until it bootstraps or joins one); shared with the
+    /// peer listener and dialler, which check it in every handshake.
+    pub(crate) cluster_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -200,6 +204,8 @@ impl<E: Engine> Server<E> {
     /// reaching other nodes through `rpc`, timing the shard manager with `clock`. A node of a
     /// brand-new cluster is bootstrapped first (its store holds
     /// [`convert::bootstrap_descriptors`]); any other node calls [`Server::join`] next.
+    /// `cluster_id` holds the cluster's id once known (a bootstrapping node with 0 has its
+    /// shard manager make one).
     pub fn start(
         cfg: ServerConfig,
         me: NodeMeta,
@@ -207,6 +213,7 @@ impl<E: Engine> Server<E> {
         engine: E,
         rpc: Arc<dyn Rpc>,
         clock: Clock,
+        cluster_id: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let inflight = tokio::sync::Semaphore::new(cfg.max_inflight_requests);
         let pfa = pfa::PfaState::new(cfg.pfa.clone(), None, None);
@@ -234,24 +241,26 @@ impl<E: Engine> Server<E> {
             telemetry_backlog: Mutex::default(),
             telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
             heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
+            cluster_id,
         });
         let tasks =
             vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
         Server { inner, tasks }
     }
 
-    /// The function that serves this node's requests (register it with the transport).
+    /// The function that serves this node's requests from proven callers (register it with
+    /// the transports).
     pub fn handler(&self) -> mem_rpc::Handler {
         let inner = Arc::clone(&self.inner);
-        Arc::new(move |request| {
+        Arc::new(move |caller, request| {
             let inner = Arc::clone(&inner);
-            Box::pin(async move { inner.serve(request).await })
+            Box::pin(async move { inner.serve(caller, request).await })
         })
     }
 
-    /// Serves one request.
+    /// Serves one request from this process itself.
     pub async fn serve(&self, request: Request) -> Response {
-        self.inner.serve(request).await
+        self.inner.serve(Caller::Local, request).await
     }
 
     /// Registers this node with the cluster through any of `seeds` (each forwards to the
@@ -261,11 +270,19 @@ impl<E: Engine> Server<E> {
         let mut last = String::from("no seed");
         loop {
             for &seed in seeds {
-                match self.inner.call(seed, Request::Join { node: self.inner.me.clone() }).await {
+                // A seed that does not run the shard manager names it; ask that node once.
+                let mut answer = self.inner.call(seed, Request::Join { node: self.inner.me.clone() }).await;
+                if let Ok(Response::Error(ProtoError::NotManager { leader: Some(m) })) = answer {
+                    if m != seed {
+                        answer = self.inner.call(m, Request::Join { node: self.inner.me.clone() }).await;
+                    }
+                }
+                match answer {
                     Ok(Response::Joined { cluster_id, manager, nodes }) => {
                         self.inner.learn(&nodes);
                         *lock(&self.inner.manager_hint) = Some(manager);
                         *lock(&self.inner.seeds) = seeds.to_vec();
+                        self.inner.cluster_id.store(cluster_id, std::sync::atomic::Ordering::SeqCst);
                         return Ok(cluster_id);
                     }
                     Ok(Response::Error(ProtoError::JoinRefused(why))) => return Err(JoinError::Refused(why)),
@@ -382,7 +399,14 @@ impl<E: Engine> Inner<E> {
         }
     }
 
-    async fn serve(self: &Arc<Self>, request: Request) -> Response {
+    /// Serves `request` if `caller` may ask it ([`access`]).
+    pub(crate) async fn serve(self: &Arc<Self>, caller: Caller, request: Request) -> Response {
+        if let Err(e) = access::check(&caller, &request, *lock(&self.manager_hint)) {
+            if matches!(e, ProtoError::PermissionDenied(_)) {
+                tracing::warn!(node = self.me.id, caller = %caller.describe(), error = %e, "request refused");
+            }
+            return Response::Error(e);
+        }
         let Ok(_permit) = self.inflight.try_acquire() else {
             return Response::Error(ProtoError::Retry("node busy: too many requests in flight".into()));
         };
@@ -411,6 +435,9 @@ impl<E: Engine> Inner<E> {
             Request::ReplicaChecksum { shard, index } => execute::replica_checksum(self, shard, index).await,
             Request::Forwarded { .. } => {
                 Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into()))
+            }
+            Request::Auth { .. } => {
+                Response::Error(ProtoError::Invalid("a login is answered by the connection".into()))
             }
         }
     }
@@ -555,12 +582,15 @@ impl<E: Engine> Inner<E> {
     }
 
     /// Routes, joins, heartbeats, cluster info: served by the shard manager, or forwarded once
-    /// to the node believed to run it.
+    /// to the node believed to run it. Joins and heartbeats are never forwarded (they speak
+    /// for their sender, whom only its own connection proves): their sender is told where the
+    /// manager is.
     async fn manager_request(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         if lock(&self.manager).is_some() {
             return self.manager_serve(request).await;
         }
         let hint = *lock(&self.manager_hint);
+        let may_forward = may_forward && !matches!(request, Request::Join { .. } | Request::Heartbeat { .. });
         match hint {
             Some(h) if h != self.me.id && may_forward => {
                 match self.call(h, Request::Forwarded { request: Box::new(request) }).await {

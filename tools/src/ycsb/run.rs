@@ -265,8 +265,9 @@ fn open(
     let cfg = client_config(Duration::from_millis(opts.request_timeout_ms));
     Ok(match spec {
         TargetSpec::RawEngine => Box::new(RawEngineTarget::open(&env.work_dir)?),
-        TargetSpec::Playground => {
-            Box::new(ClusterTarget::playground(rt, env.presage_binary.clone(), &env.work_dir, cfg)?)
+        TargetSpec::Playground | TargetSpec::PlaygroundInsecure => {
+            let insecure = *spec == TargetSpec::PlaygroundInsecure;
+            Box::new(ClusterTarget::playground(rt, env.presage_binary.clone(), &env.work_dir, cfg, insecure)?)
         }
         TargetSpec::Cluster(addrs) => Box::new(ClusterTarget::connect(rt, addrs, cfg)?),
     })

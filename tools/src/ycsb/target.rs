@@ -27,8 +27,11 @@ pub const MAX_SCAN_PAGE_BYTES: usize = 4 << 20;
 pub enum TargetSpec {
     /// A bare RocksDB engine in a temporary folder, synced writes.
     RawEngine,
-    /// A 3-node playground in a temporary folder, started for the run and stopped after it.
+    /// A 3-node playground in a temporary folder, started for the run and stopped after it
+    /// (secure: TLS and a login, as every playground).
     Playground,
+    /// The same without TLS and credentials (`--insecure`): what security costs, side by side.
+    PlaygroundInsecure,
     /// A running cluster: native addresses of some of its nodes.
     Cluster(Vec<String>),
 }
@@ -39,6 +42,7 @@ impl TargetSpec {
         match self {
             TargetSpec::RawEngine => "raw-engine".into(),
             TargetSpec::Playground => "playground".into(),
+            TargetSpec::PlaygroundInsecure => "playground-insecure".into(),
             TargetSpec::Cluster(addrs) => addrs.join(","),
         }
     }
@@ -51,6 +55,7 @@ impl FromStr for TargetSpec {
         match s {
             "raw-engine" => Ok(TargetSpec::RawEngine),
             "playground" => Ok(TargetSpec::Playground),
+            "playground-insecure" => Ok(TargetSpec::PlaygroundInsecure),
             _ => {
                 let addrs: Vec<String> = s.split(',').map(str::trim).map(String::from).collect();
                 for a in &addrs {
@@ -58,7 +63,7 @@ impl FromStr for TargetSpec {
                         a.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
                     if !ok {
                         return Err(format!(
-                            "target {s:?}: expected raw-engine, playground or HOST:PORT[,HOST:PORT...] (bad address {a:?})"
+                            "target {s:?}: expected raw-engine, playground, playground-insecure or HOST:PORT[,HOST:PORT...] (bad address {a:?})"
                         ));
                     }
                 }
@@ -145,9 +150,22 @@ pub struct ClusterTarget {
     playground: Option<(Playground, tempfile::TempDir)>,
 }
 
-/// The client settings the benchmark uses: a request gives up after `request_timeout`.
+/// The client settings the benchmark uses: a request gives up after `request_timeout`. A
+/// running cluster is reached with TLS when `PRESAGE_CA_CERT` names its CA, logging in as
+/// `PRESAGE_USER` with `PRESAGE_PASSWORD` when set.
 pub fn client_config(request_timeout: Duration) -> ClientConfig {
-    ClientConfig { request_timeout_ms: request_timeout.as_millis() as u64, ..ClientConfig::default() }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let tls = env("PRESAGE_CA_CERT").map(|ca| presage_client::ClientTls {
+        ca_cert: ca.into(),
+        client_cert: None,
+        client_key: None,
+        server_name: None,
+    });
+    let login = match (env("PRESAGE_USER"), env("PRESAGE_PASSWORD")) {
+        (Some(user), Some(password)) => Some(presage_client::Login { user, password }),
+        _ => None,
+    };
+    ClientConfig { request_timeout_ms: request_timeout.as_millis() as u64, tls, login, ..ClientConfig::default() }
 }
 
 impl ClusterTarget {
@@ -157,8 +175,15 @@ impl ClusterTarget {
         Ok(ClusterTarget { client: Arc::new(client), rt: rt.clone(), playground: None })
     }
 
-    /// Starts a 3-node, 3-region playground of `binary` under `work_dir` and connects to it.
-    pub fn playground(rt: &Handle, binary: PathBuf, work_dir: &Path, cfg: ClientConfig) -> Result<Self, TargetError> {
+    /// Starts a 3-node, 3-region playground of `binary` under `work_dir` (secure unless
+    /// `insecure`) and connects to it.
+    pub fn playground(
+        rt: &Handle,
+        binary: PathBuf,
+        work_dir: &Path,
+        cfg: ClientConfig,
+        insecure: bool,
+    ) -> Result<Self, TargetError> {
         let dir = tempfile::tempdir_in(work_dir).map_err(|source| TargetError::Io {
             what: format!("a temporary folder in {}", work_dir.display()),
             source,
@@ -170,8 +195,10 @@ impl ClusterTarget {
             overrides: vec![],
             binary,
             ready_timeout: Duration::from_secs(120),
+            insecure,
         };
         let pg = rt.block_on(Playground::start(&opts))?;
+        let cfg = ClientConfig { tls: pg.client_config().tls, login: pg.client_config().login, ..cfg };
         let mut target = ClusterTarget::connect(rt, &pg.cluster.native_addrs(), cfg)?;
         target.playground = Some((pg, dir));
         Ok(target)
@@ -213,13 +240,14 @@ mod tests {
     fn targets_parse_and_bad_ones_are_refused_clearly() {
         assert_eq!("raw-engine".parse::<TargetSpec>(), Ok(TargetSpec::RawEngine));
         assert_eq!("playground".parse::<TargetSpec>(), Ok(TargetSpec::Playground));
+        assert_eq!("playground-insecure".parse::<TargetSpec>(), Ok(TargetSpec::PlaygroundInsecure));
         assert_eq!(
             "127.0.0.1:7001, 127.0.0.1:7002".parse::<TargetSpec>(),
             Ok(TargetSpec::Cluster(vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]))
         );
         for bad in ["raw", "host", "host:port", ":7001", "127.0.0.1:7001,"] {
             let e = bad.parse::<TargetSpec>().expect_err(bad);
-            assert!(e.contains("raw-engine, playground or HOST:PORT"), "{e}");
+            assert!(e.contains("raw-engine, playground, playground-insecure or HOST:PORT"), "{e}");
         }
     }
 

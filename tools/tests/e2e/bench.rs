@@ -6,14 +6,33 @@
 use std::process::Command;
 use std::time::Duration;
 
-use presage_tools::node::playground::Playground;
+use presage_tools::node::playground::{Playground, SecurityInfo};
 use serde_json::Value;
 
 use super::options;
 
-fn bench(args: &[&str], dir: &std::path::Path, name: &str) -> (std::process::Child, std::path::PathBuf) {
+/// The environment that lets `presage-bench` reach a secure running cluster.
+fn cluster_env(security: &SecurityInfo) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Some(ca) = &security.ca_cert {
+        env.push(("PRESAGE_CA_CERT", ca.display().to_string()));
+    }
+    if let (Some(user), Some(password)) = (&security.resp_user, &security.resp_password) {
+        env.push(("PRESAGE_USER", user.clone()));
+        env.push(("PRESAGE_PASSWORD", password.clone()));
+    }
+    env
+}
+
+fn bench(
+    args: &[&str],
+    dir: &std::path::Path,
+    name: &str,
+    env: &[(&'static str, String)],
+) -> (std::process::Child, std::path::PathBuf) {
     let json = dir.join(format!("{name}.json"));
     let child = Command::new(env!("CARGO_BIN_EXE_presage-bench"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("run")
         .args(args)
         .arg("--work-dir")
@@ -72,6 +91,7 @@ async fn ycsb_runs_against_every_target_kind_and_reports_a_cluster_that_goes_awa
     let dir = tempfile::tempdir().expect("tempdir");
     let mut pg = Playground::start(&options(&dir.path().join("cluster"), 3)).await.expect("playground starts");
     let addrs = pg.cluster.native_addrs().join(",");
+    let env = cluster_env(&pg.cluster.security);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
 
@@ -98,6 +118,7 @@ async fn ycsb_runs_against_every_target_kind_and_reports_a_cluster_that_goes_awa
         ],
         &work,
         "a",
+        &env,
     );
     let report = tokio::task::spawn_blocking(move || finish(child, &json)).await.expect("joins");
     assert_eq!(report["options"]["workload"], "a");
@@ -126,6 +147,7 @@ async fn ycsb_runs_against_every_target_kind_and_reports_a_cluster_that_goes_awa
         &["--workload", "e", "--records", "300", "--ops", "200", "--threads", "2", "--target", &addrs],
         &work,
         "e",
+        &env,
     );
     let report = tokio::task::spawn_blocking(move || finish(child, &json)).await.expect("joins");
     let run = &report["targets"][0]["run"];
@@ -154,6 +176,7 @@ async fn ycsb_runs_against_every_target_kind_and_reports_a_cluster_that_goes_awa
         ],
         &work,
         "gone",
+        &env,
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     for n in pg.cluster.nodes.clone() {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_client::{Client, ClientConfig};
+use presage_client::Client;
 use presage_tools::ctl::AdminClient;
 use presage_tools::node::playground::Playground;
 
@@ -30,11 +30,11 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
     ]);
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let nodes = pg.cluster.nodes.clone();
-    let admin = AdminClient::new(&nodes[0].admin, None);
+    let admin = pg.admin(nodes[0].id).expect("admin").client();
     let failing = nodes[1].id;
     let spare = nodes[3].id;
 
-    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await.expect("client"));
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.expect("client"));
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
@@ -71,7 +71,9 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
 
     // The failing node's disk degrades: synced writes slow from 0 to 1 s over 60 s.
     let ramp = serde_json::json!({"latency-start-us": 0, "latency-end-us": 1_000_000, "ramp-ms": 60_000});
-    AdminClient::new(&nodes[1].admin, None)
+    pg.admin(nodes[1].id)
+        .expect("admin")
+        .client()
         .put_raw("/v1/faults", &serde_json::json!({"sync": ramp, "write": ramp}))
         .expect("set the ramp");
     let started = tokio::time::Instant::now();
@@ -80,7 +82,7 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
         all.as_array()?.iter().find(|m| m["node"] == failing).cloned()
     };
     let admin_any = |nodes: &[presage_tools::node::playground::PlaygroundNode]| {
-        nodes.iter().filter(|n| n.id != failing).map(|n| AdminClient::new(&n.admin, None)).collect::<Vec<_>>()
+        nodes.iter().filter(|n| n.id != failing).map(|n| pg.admin(n.id).expect("admin").client()).collect::<Vec<_>>()
     };
     let admins = admin_any(&nodes);
     let first = eventually(90, "a migration of the failing node starts", || {

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use presage_client::{Client, ClientConfig, ClientError};
-use presage_tools::node::playground::{Playground, PlaygroundOptions};
+use presage_client::{Client, ClientError};
+use presage_tools::node::playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
 mod migrate;
 mod pfa;
+mod trust;
 
 fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {
     PlaygroundOptions {
@@ -20,12 +21,24 @@ fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {
         overrides: vec![],
         binary: env!("CARGO_BIN_EXE_presage").into(),
         ready_timeout: Duration::from_secs(120),
+        insecure: false,
     }
 }
 
-async fn redis_conn(addr: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
-    client.get_multiplexed_async_connection().await.expect("redis connection")
+/// A Redis client connection to `addr`: TLS trusting the cluster CA and logged in as the
+/// read-write user, or plain TCP to an insecure cluster.
+async fn redis_conn(security: &SecurityInfo, addr: &str) -> redis::aio::MultiplexedConnection {
+    redis_client(security, addr).get_multiplexed_async_connection().await.expect("redis connection")
+}
+
+fn redis_client(security: &SecurityInfo, addr: &str) -> redis::Client {
+    let Some(ca) = &security.ca_cert else {
+        return redis::Client::open(format!("redis://{addr}/")).expect("redis url");
+    };
+    let user = security.resp_user.as_deref().expect("user");
+    let password = security.resp_password.as_deref().expect("password");
+    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).expect("CA")) };
+    redis::Client::build_with_tls(format!("rediss://{user}:{password}@{addr}/"), certs).expect("redis TLS client")
 }
 
 /// Writes `key` until it is acknowledged (`true`), or gives up on an unknown outcome or
@@ -79,11 +92,11 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
     let mut pg = Playground::start(&options(dir.path(), 3)).await.expect("playground starts");
     let cluster = presage_tools::node::playground::ClusterFile::read(dir.path()).expect("cluster.json");
     assert_eq!(cluster.nodes.len(), 3);
-    let client = Client::connect(&cluster.native_addrs(), ClientConfig::default()).await.expect("client");
+    let client = Client::connect(&cluster.native_addrs(), cluster.security.client_config()).await.expect("client");
 
     // Writes through both interfaces, read back through the other one.
     let mut acked: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    let mut resp = redis_conn(&cluster.nodes[1].resp).await;
+    let mut resp = redis_conn(&cluster.security, &cluster.nodes[1].resp).await;
     for i in 0..100u32 {
         let (k, v) = (format!("native-{i:04}"), format!("value-{i}"));
         client.put(k.as_bytes(), v.as_bytes()).await.expect("native put");
@@ -115,7 +128,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
 
     // Keep writing through a surviving node's RESP and through the client.
     let survivor = cluster.nodes.iter().find(|n| n.id != victim).expect("a survivor");
-    let mut resp = redis_conn(&survivor.resp).await;
+    let mut resp = redis_conn(&cluster.security, &survivor.resp).await;
     let mut maybe = 0;
     for i in 0..50u32 {
         let (k, v) = (format!("after-kill-{i:04}"), format!("v{i}"));
@@ -136,7 +149,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
     pg.restart(victim, &[]).expect("restart");
     let ready = async {
         loop {
-            if presage_tools::node::playground::ready(&cluster.native_addrs(), 3, 3).await.is_ok() {
+            if presage_tools::node::playground::ready(&cluster, 3, 3).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -147,7 +160,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
         assert_eq!(get_retrying(&client, k).await.as_ref(), Some(v), "{}", String::from_utf8_lossy(k));
     }
     let restarted = cluster.nodes.iter().find(|n| n.id == victim).expect("victim");
-    let mut resp = redis_conn(&restarted.resp).await;
+    let mut resp = redis_conn(&cluster.security, &restarted.resp).await;
     for (k, v) in acked.iter().step_by(7) {
         let got: Option<Vec<u8>> = redis::cmd("GET").arg(k.as_slice()).query_async(&mut resp).await.expect("GET");
         assert_eq!(got.as_ref(), Some(v));
@@ -155,11 +168,15 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
     pg.stop(Duration::from_secs(15));
 }
 
+/// On an insecure node (plain TCP and HTTP, so that raw bytes reach the parsers); the same
+/// parsers sit behind TLS on a secure node (`trust.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut pg = Playground::start(&options(dir.path(), 1)).await.expect("playground starts");
+    let opts = PlaygroundOptions { insecure: true, ..options(dir.path(), 1) };
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
     let node = pg.cluster.nodes[0].clone();
+    let security = pg.cluster.security.clone();
 
     // Malformed RESP: answered, then that connection closes.
     let (answer, closed) = raw(&node.resp, b"*2\r\n$3\r\nGET\r\n:oops\r\n");
@@ -200,7 +217,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("error-rate"), "{answer}");
 
     // Still serving, nothing lost.
-    let mut resp = redis_conn(&node.resp).await;
+    let mut resp = redis_conn(&security, &node.resp).await;
     let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut resp).await.expect("SET");
     let got: Option<String> = redis::cmd("GET").arg("k").query_async(&mut resp).await.expect("GET");
     assert_eq!(got.as_deref(), Some("v"));
@@ -209,7 +226,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert_eq!(removed, 1);
     let got: Option<String> = redis::cmd("GET").arg("gone").query_async(&mut resp).await.expect("GET");
     assert_eq!(got, None);
-    conditional_and_expiring_writes(&node).await;
+    conditional_and_expiring_writes(&security, &node).await;
     let (answer, _) = raw(&node.admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(answer.contains("presage_requests_total{command=\"set\",protocol=\"resp\",result=\"ok\"}"), "{answer}");
     assert!(
@@ -232,7 +249,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
         )
     };
     let (ok, out, err) = ctl(&["nodes"]);
-    assert!(ok && out.starts_with("NODE") && out.contains(&node.resp), "{out}{err}");
+    assert!(ok && out.starts_with("NODE") && out.contains(&node.resp) && out.contains("INSECURE"), "{out}{err}");
     let (ok, out, _) = ctl(&["shards", "--key", "k"]);
     assert!(ok && out.contains("[-inf, 0xff)"), "{out}");
     let (ok, out, err) = ctl(&["split", "1", "m"]);
@@ -282,8 +299,11 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
 
 /// SET NX/XX/GET/EX/PX, SETNX and INCR over RESP, and the native client's conditional and
 /// expiring writes, against a running node.
-async fn conditional_and_expiring_writes(node: &presage_tools::node::playground::PlaygroundNode) {
-    let mut conn = redis_conn(&node.resp).await;
+async fn conditional_and_expiring_writes(
+    security: &SecurityInfo,
+    node: &presage_tools::node::playground::PlaygroundNode,
+) {
+    let mut conn = redis_conn(security, &node.resp).await;
     let r = &mut conn;
     use redis::Value::{BulkString, Int, Nil, Okay};
     let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
@@ -317,9 +337,9 @@ async fn conditional_and_expiring_writes(node: &presage_tools::node::playground:
     // INCR from four connections at once: every increment counts exactly once.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let addr = node.resp.clone();
+        let (addr, security) = (node.resp.clone(), security.clone());
         tasks.spawn(async move {
-            let mut c = redis_conn(&addr).await;
+            let mut c = redis_conn(&security, &addr).await;
             for _ in 0..25 {
                 let _: i64 = redis::cmd("INCR").arg("ctr").query_async(&mut c).await.expect("INCR");
             }
@@ -330,7 +350,7 @@ async fn conditional_and_expiring_writes(node: &presage_tools::node::playground:
     assert_eq!(ctr, 100);
 
     // The native client: compare-and-set and a time to live.
-    let client = Client::connect(&[node.native.as_str()], ClientConfig::default()).await.expect("client");
+    let client = Client::connect(&[node.native.as_str()], security.client_config()).await.expect("client");
     use presage_client::Expect;
     assert_eq!(client.put_if(b"n1", b"1", Expect::Absent).await.expect("put_if"), Ok(()));
     assert_eq!(client.put_if(b"n1", b"2", Expect::Absent).await.expect("put_if"), Err(Some(b"1".to_vec())));

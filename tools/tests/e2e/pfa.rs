@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use presage_client::{Client, ClientConfig};
+use presage_client::Client;
 use presage_tools::ctl::AdminClient;
 use presage_tools::node::playground::Playground;
 
@@ -31,12 +31,12 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     opts.overrides.push("server.shard-manager.proactive-migration=false".to_string());
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let nodes = pg.cluster.nodes.clone();
-    let admin = AdminClient::new(&nodes[0].admin, None);
+    let admin = pg.admin(nodes[0].id).expect("admin").client();
     let slow = &nodes[2];
-    let slow_admin = AdminClient::new(&slow.admin, None);
+    let slow_admin = pg.admin(slow.id).expect("admin").client();
 
     // A steady write load, so that every node's engine syncs (leaders and followers alike).
-    let client = Client::connect(&pg.cluster.native_addrs(), ClientConfig::default()).await.expect("client");
+    let client = Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.expect("client");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = std::sync::Arc::clone(&stop);
@@ -151,7 +151,9 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
     let ramp_ms: u64 = 30_000;
     let ramp = serde_json::json!({"latency-start-us": 0, "latency-end-us": 1_000_000, "ramp-ms": ramp_ms});
     let started = tokio::time::Instant::now();
-    AdminClient::new(&ramping.admin, None)
+    pg.admin(ramping.id)
+        .expect("admin")
+        .client()
         .put_raw("/v1/faults", &serde_json::json!({"sync": ramp, "write": ramp}))
         .expect("set the ramp");
     let injected_ms_at_alarm = loop {
@@ -169,7 +171,7 @@ async fn a_node_whose_disk_slows_gets_a_disk_warning_with_evidence_and_its_peers
         ramping.id
     );
     assert!(injected_ms_at_alarm < 750, "risk 0.5 only at {injected_ms_at_alarm} ms injected (election timeout 1 s)");
-    AdminClient::new(&ramping.admin, None).delete("/v1/faults").expect("clear the ramp");
+    pg.admin(ramping.id).expect("admin").client().delete("/v1/faults").expect("clear the ramp");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer");
@@ -207,7 +209,9 @@ async fn history_survives_a_manager_fail_over_and_observed_failures_retrain_the_
     opts.overrides.extend(overrides.iter().cloned());
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let nodes = pg.cluster.nodes.clone();
-    let admin_of = |id: u64| AdminClient::new(&nodes.iter().find(|n| n.id == id).expect("node").admin, None);
+    let admins: std::collections::BTreeMap<u64, presage_tools::ctl::AdminEndpoint> =
+        pg.admins(None).into_iter().collect();
+    let admin_of = |id: u64| admins[&id].client();
     let manager_of =
         |admin: &AdminClient| admin.get::<serde_json::Value>("/v1/cluster").ok().and_then(|c| c["manager"].as_u64());
 
