@@ -29,6 +29,13 @@ pub struct RaftConfig {
     pub max_mailbox_msgs: usize,
     /// Most messages handled between two ready rounds.
     pub max_msgs_per_round: usize,
+    /// Most bytes (Raft messages and proposed writes) queued in a node's mailbox; past it a
+    /// request is refused with `Busy` and a Raft message dropped (Raft resends).
+    pub max_mailbox_bytes: usize,
+    /// Most bytes of Raft messages and proposed writes taken into one ready round (the rest
+    /// waits for the next): with `max-apply-bytes-per-ready`, it bounds each round's engine
+    /// batches, so a burst of large values cannot stall or exhaust a node.
+    pub max_round_bytes: usize,
     /// Serve reads under the leader's lease instead of a ReadIndex round trip. A lease lasts
     /// 4/5 of the election timeout minus one tick, measured on the leader's monotonic clock
     /// from the start of the ReadIndex round that confirmed it: safe while no node's clock
@@ -75,6 +82,8 @@ impl Default for RaftConfig {
             log_gc_threshold_entries: 1024,
             max_mailbox_msgs: 4096,
             max_msgs_per_round: 1024,
+            max_mailbox_bytes: 256 * 1024 * 1024,
+            max_round_bytes: 32 * 1024 * 1024,
             lease_reads: false,
             quiesce_after_ticks: 20,
             deterministic_elections: false,
@@ -114,6 +123,12 @@ impl RaftConfig {
         }
         if self.max_inflight_msgs == 0 || self.max_mailbox_msgs == 0 || self.max_msgs_per_round == 0 {
             return bad("max-inflight-msgs, max-mailbox-msgs and max-msgs-per-round must be positive".into());
+        }
+        if self.max_round_bytes == 0 || self.max_mailbox_bytes < self.max_round_bytes {
+            return bad(format!(
+                "max-round-bytes ({}) must be positive and at most max-mailbox-bytes ({})",
+                self.max_round_bytes, self.max_mailbox_bytes
+            ));
         }
         if self.max_msg_bytes == 0 || self.max_uncommitted_bytes == 0 || self.max_apply_bytes_per_ready == 0 {
             return bad("max-msg-bytes, max-uncommitted-bytes and max-apply-bytes-per-ready must be positive".into());

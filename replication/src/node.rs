@@ -1,10 +1,21 @@
 //! The node runtime: one tokio task owns a node's [`Store`] and drives it - ticks on a timer,
 //! messages and client requests from a bounded mailbox, then one ready round, whose messages
 //! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`].
+//!
+//! **Budgets.** The mailbox holds at most `max-mailbox-msgs` messages and `max-mailbox-bytes`
+//! of Raft messages and proposed writes (a request past either is refused `Busy`, a Raft
+//! message dropped: Raft resends). A round takes at most `max-msgs-per-round` messages and
+//! stops taking more once they carry `max-round-bytes`; committed entries applied per round
+//! are bounded by raft-rs's `max-apply-bytes-per-ready`. So each round's engine batches are
+//! bounded in bytes whatever the burst.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use presage_engine::{range_checksum, Cf, Engine, RangeChecksum};
+use prost::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -55,15 +66,41 @@ pub struct Node {
 #[derive(Clone)]
 pub struct NodeHandle {
     node_id: u64,
-    tx: mpsc::Sender<NodeMsg>,
+    tx: mpsc::Sender<Queued>,
+    /// Bytes of Raft messages and writes in the mailbox.
+    queued_bytes: Arc<AtomicUsize>,
+    max_mailbox_bytes: usize,
+}
+
+/// A message in the mailbox and the bytes it counts for.
+struct Queued {
+    msg: NodeMsg,
+    bytes: usize,
+}
+
+impl NodeMsg {
+    /// The bytes the message counts for in the mailbox's and the round's budgets.
+    fn bytes(&self) -> usize {
+        match self {
+            NodeMsg::Raft(env) => env.encoded_len(),
+            NodeMsg::Write { ops, .. } => ops.iter().map(|op| op.encoded_len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 impl Node {
     /// Starts driving `store`, sending through `transport`.
     pub fn spawn<E: Engine, T: Transport>(store: Store<E>, transport: T, config: &RaftConfig) -> Node {
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
-        let handle = NodeHandle { node_id: store.node_id(), tx };
-        let task = tokio::spawn(run(store, transport, rx, config.clone()));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let handle = NodeHandle {
+            node_id: store.node_id(),
+            tx,
+            queued_bytes: Arc::clone(&queued_bytes),
+            max_mailbox_bytes: config.max_mailbox_bytes,
+        };
+        let task = tokio::spawn(run(store, transport, rx, queued_bytes, config.clone()));
         Node { handle, task }
     }
 
@@ -86,9 +123,15 @@ impl Node {
 async fn run<E: Engine, T: Transport>(
     mut store: Store<E>,
     transport: T,
-    mut rx: mpsc::Receiver<NodeMsg>,
+    mut rx: mpsc::Receiver<Queued>,
+    queued_bytes: Arc<AtomicUsize>,
     config: RaftConfig,
 ) {
+    let take = |q: Queued, round_bytes: &mut usize| {
+        queued_bytes.fetch_sub(q.bytes, Ordering::Relaxed);
+        *round_bytes += q.bytes;
+        q.msg
+    };
     let node_id = store.node_id();
     let mut ticker = tokio::time::interval(config.tick_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,10 +147,14 @@ async fn run<E: Engine, T: Transport>(
             }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
-                handle(&mut store, msg);
+                let mut round_bytes = 0;
+                handle(&mut store, take(msg, &mut round_bytes));
                 for _ in 1..config.max_msgs_per_round {
+                    if round_bytes >= config.max_round_bytes {
+                        break;
+                    }
                     match rx.try_recv() {
-                        Ok(msg) => handle(&mut store, msg),
+                        Ok(msg) => handle(&mut store, take(msg, &mut round_bytes)),
                         Err(_) => break,
                     }
                 }
@@ -175,9 +222,17 @@ impl NodeHandle {
     }
 
     fn post(&self, msg: NodeMsg) -> Result<()> {
-        self.tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Busy,
-            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        let bytes = msg.bytes();
+        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_mailbox_bytes && bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Error::Busy);
+        }
+        self.tx.try_send(Queued { msg, bytes }).map_err(|e| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Error::Busy,
+                mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+            }
         })
     }
 

@@ -102,6 +102,9 @@ pub struct StoreSummary {
     pub snapshots_outgoing: usize,
 }
 
+/// Nodes remembered as asked about one replica ([`Store::probe_stale`]).
+const MAX_PROBED_PER_SHARD: usize = 16;
+
 /// All replicas of one node.
 ///
 /// **Quiescence.** A leader whose group stayed idle for `quiesce_after_ticks` with everything
@@ -147,6 +150,9 @@ pub struct Store<E: Engine> {
     /// Descriptors of this node's replicas frozen for a merge (a `CommitMerge` of their
     /// target waits until its source appears here as it froze).
     frozen: BTreeMap<u64, ShardDescriptor>,
+    /// Nodes asked about a replica by [`Store::probe_stale`], by shard: their tombstone counts
+    /// even when they were not members of the replica's own configuration.
+    probed: BTreeMap<u64, BTreeSet<u64>>,
     /// Replicas that may hold a checksum pin (checked for expiry every tick; entries whose
     /// replica or pin is gone are dropped then).
     pinned: BTreeSet<u64>,
@@ -206,6 +212,7 @@ impl<E: Engine> Store<E> {
             ping_targets: None,
             frozen,
             pinned: BTreeSet::new(),
+            probed: BTreeMap::new(),
         })
     }
 
@@ -538,17 +545,23 @@ impl<E: Engine> Store<E> {
             let mine = peer.descriptor().clone();
             let theirs = env.descriptor.as_ref().map_or(0, |d| d.epoch().conf_ver);
             if env.tombstone {
-                // A newer configuration without us, from one of its members: this replica is
-                // gone. A tombstone from a node its own descriptor does not list is ignored.
+                // A newer configuration without us: this replica is gone. It counts only from
+                // a member of that configuration who is also a member of ours, or whom this
+                // node asked (`probe_stale`): a node outside the group cannot destroy it.
+                let from = env.from_node;
+                let known = mine.replicas.iter().any(|r| r.node_id == from)
+                    || self.probed.get(&env.shard_id).is_some_and(|p| p.contains(&from));
                 match &env.descriptor {
-                    Some(d) if d.replicas.iter().any(|r| r.node_id == env.from_node) => {
-                        self.tombstone(d);
+                    Some(d) if known && d.replicas.iter().any(|r| r.node_id == from) => {
+                        if self.tombstone(d) {
+                            self.probed.remove(&env.shard_id);
+                        }
                     }
                     _ => tracing::warn!(
                         node = self.node_id,
                         shard = env.shard_id,
-                        from = env.from_node,
-                        "a tombstone from a node that is not a member of the configuration it names; ignored"
+                        from,
+                        "a tombstone from a node neither in this replica's group nor asked; ignored"
                     ),
                 }
                 return Ok(());
@@ -846,7 +859,14 @@ impl<E: Engine> Store<E> {
         if newer.epoch().conf_ver <= mine.epoch().conf_ver || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
             return false;
         }
+        // Bounded: the members of one configuration per replica, replaced by each probe.
+        let asked = self.probed.entry(newer.id).or_default();
+        asked.clear();
         for r in newer.replicas.iter().filter(|r| r.node_id != self.node_id) {
+            if asked.len() >= MAX_PROBED_PER_SHARD {
+                break;
+            }
+            asked.insert(r.node_id);
             self.pending_out.push(RaftEnvelope {
                 shard_id: newer.id,
                 from_node: self.node_id,
@@ -1401,8 +1421,9 @@ mod tests {
             ..RaftEnvelope::default()
         };
         store.step(tombstone(9, newer(vec![Replica::voter(1), Replica::voter(3)]))).expect("step");
+        store.step(tombstone(9, newer(vec![Replica::voter(9)]))).expect("step");
         store.process_ready().expect("ready");
-        assert!(store.status(1).is_some(), "node 9 is no member of the configuration it claims");
+        assert!(store.status(1).is_some(), "node 9 is in neither this replica's group nor was it asked");
         // The manager's report alone destroys nothing: it makes the node ask the members.
         assert!(store.probe_stale(&newer(vec![Replica::voter(1), Replica::voter(3)])));
         let asked: Vec<u64> = store.pending_out.iter().map(|e| e.to_node).collect();

@@ -99,9 +99,9 @@ impl Default for TcpConfig {
             max_batch_bytes: 1024 * 1024,
             max_queue_msgs: 8192,
             max_queue_bytes: 64 * 1024 * 1024,
-            // Peers of a replication group, not clients: a few suffice. Together with
-            // max-frame-bytes this bounds inbound buffering (64 x 8 MiB).
-            max_inbound_connections: 64,
+            // Peers, not clients: two connections (Raft, control plane) per peer node.
+            // Together with max-frame-bytes this bounds inbound buffering (128 x 8 MiB).
+            max_inbound_connections: 128,
             connect_timeout_ms: 1000,
             write_timeout_ms: 5000,
             idle_timeout_ms: 60_000,

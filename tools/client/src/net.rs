@@ -29,7 +29,8 @@
 //! **Trust** (design.md §10). [`serve`] takes an optional TLS acceptor and an
 //! [`Authenticator`]: a connection starts as the caller its client certificate names, or as
 //! nobody; nobody may only send [`Request::Auth`] (user and password), which the connection
-//! answers itself. Each failed login waits longer before its answer
+//! answers itself, in frames of at most `MAX_UNAUTHENTICATED_FRAME_BYTES`, within
+//! `LOGIN_TIMEOUT_MS` of connecting. Each failed login waits longer before its answer
 //! (`AUTH_FAILURE_DELAY_MS` doubling) and after `MAX_AUTH_FAILURES` the connection is closed;
 //! every failure is logged. The handler receives the proven [`Caller`] with each request and
 //! decides what it may do. [`serve_stream`] serves one already-authenticated stream (the peer
@@ -73,6 +74,12 @@ pub fn auth_failure_delay(failures: u32) -> Duration {
     let shift = failures.saturating_sub(1).min(16);
     Duration::from_millis(AUTH_FAILURE_DELAY_MS.saturating_mul(1 << shift).min(MAX_AUTH_FAILURE_DELAY_MS))
 }
+
+/// Largest frame body read from a connection that has not logged in (a login fits easily):
+/// strangers cannot take a large share of the node-wide byte budget.
+pub const MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 16 << 10;
+/// A connection must log in within this long of opening, in milliseconds.
+pub const LOGIN_TIMEOUT_MS: u64 = 30_000;
 
 /// Longest user name or password accepted in a login, in bytes.
 pub const MAX_CREDENTIAL_BYTES: usize = 1_024;
@@ -152,6 +159,9 @@ pub struct NetConfig {
     /// Request bytes a node holds at once over all its connections (read, being served or
     /// answered); a connection waits for room before reading a frame's body.
     pub max_inflight_bytes: usize,
+    /// A frame's body must arrive within this long of its header, in milliseconds (a sender
+    /// trickling bytes is cut off rather than holding its share of the budget).
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -164,6 +174,7 @@ impl Default for NetConfig {
             max_connections: 4_096,
             idle_timeout_ms: 600_000,
             max_inflight_bytes: 256 << 20,
+            frame_timeout_ms: 30_000,
         }
     }
 }
@@ -186,6 +197,7 @@ impl NetConfig {
             ("max-queued-frames", self.max_queued_frames as u64),
             ("max-connections", self.max_connections as u64),
             ("idle-timeout-ms", self.idle_timeout_ms),
+            ("frame-timeout-ms", self.frame_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
@@ -458,7 +470,9 @@ pub struct TcpRpc {
     connect: Arc<dyn Connect>,
     login: Option<Login>,
     book: RwLock<HashMap<NodeId, String>>,
-    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// By address and the node meant there (0: whoever answers): a connection whose dialler
+    /// proved node X is never used to reach node Y.
+    conns: Mutex<HashMap<(String, NodeId), Arc<Conn>>>,
     /// Which address of a [`NodeMeta`] [`Rpc::learn`] records.
     learns: Learns,
 }
@@ -504,17 +518,18 @@ impl TcpRpc {
     }
 
     async fn conn(&self, addr: &str, to: NodeId) -> Result<Arc<Conn>, OpenError> {
-        let existing = self.lock_conns().get(addr).cloned();
+        let key = (addr.to_string(), to);
+        let existing = self.lock_conns().get(&key).cloned();
         if let Some(c) = existing.filter(|c| !c.is_closed()) {
             return Ok(c);
         }
         let conn = Conn::open(addr, to, &self.cfg, self.connect.as_ref(), self.login.as_ref()).await?;
         let mut conns = self.lock_conns();
         conns.retain(|_, c| !c.is_closed());
-        Ok(Arc::clone(conns.entry(addr.to_string()).or_insert(conn)))
+        Ok(Arc::clone(conns.entry(key).or_insert(conn)))
     }
 
-    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Conn>>> {
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<(String, NodeId), Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -536,23 +551,41 @@ impl TcpRpc {
         }
     }
 
-    /// Asks the node at `addr` who it is, and records its address under its id.
+    /// Asks the node at `addr` who it is, and records its address under its id. The answer
+    /// is checked by asking again as that node (a connector that proves identities, the
+    /// node's peer dialler, then checks the certificate): a node cannot claim another's id.
     pub async fn hello(&self, addr: &str) -> Result<NodeMeta, String> {
-        let answer = tokio::time::timeout(
-            Duration::from_millis(self.cfg.connect_timeout_ms.saturating_mul(2)),
-            self.call_addr(addr, 0, Request::Hello),
-        )
-        .await;
+        let limit = Duration::from_millis(self.cfg.connect_timeout_ms.saturating_mul(2));
+        let answer = tokio::time::timeout(limit, self.call_addr(addr, 0, Request::Hello)).await;
+        let claimed = match answer {
+            Ok(Ok(Response::Hello { node })) if node.id != 0 => node.id,
+            Ok(Ok(Response::Hello { .. })) => return Err(format!("{addr}: answered as node 0")),
+            other => return hello_failed(addr, other),
+        };
+        let answer = tokio::time::timeout(limit, self.call_addr(addr, claimed, Request::Hello)).await;
         match answer {
-            Ok(Ok(Response::Hello { node })) => {
+            Ok(Ok(Response::Hello { node })) if node.id == claimed => {
                 self.set_addr(node.id, addr.to_string());
                 Ok(node)
             }
-            Ok(Ok(Response::Error(e))) => Err(format!("{addr}: {e}")),
-            Ok(Ok(other)) => Err(format!("{addr}: unexpected answer {other:?}")),
-            Ok(Err(_)) => Err(format!("{addr}: unreachable")),
-            Err(_) => Err(format!("{addr}: no answer in time")),
+            Ok(Ok(Response::Hello { node })) => {
+                Err(format!("{addr}: answered as node {claimed}, then as node {}", node.id))
+            }
+            other => hello_failed(addr, other),
         }
+    }
+}
+
+/// The error of a failed hello.
+fn hello_failed(
+    addr: &str,
+    answer: Result<Result<Response, RpcError>, tokio::time::error::Elapsed>,
+) -> Result<NodeMeta, String> {
+    match answer {
+        Ok(Ok(Response::Error(e))) => Err(format!("{addr}: {e}")),
+        Ok(Ok(other)) => Err(format!("{addr}: unexpected answer {other:?}")),
+        Ok(Err(_)) => Err(format!("{addr}: unreachable")),
+        Err(_) => Err(format!("{addr}: no answer in time")),
     }
 }
 
@@ -585,9 +618,13 @@ pub trait Authenticator: Send + Sync + 'static {
     /// insecure node; `None`: it must log in.
     fn on_connect(&self, client_cert: Option<&[u8]>) -> Option<Caller>;
 
-    /// Checks a login; may take a while (a password hash), so it is a future.
-    fn login(&self, user: String, password: String)
-        -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>>;
+    /// Checks a login from `peer`; may take a while (a password hash), so it is a future.
+    fn login(
+        &self,
+        peer: SocketAddr,
+        user: String,
+        password: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>>;
 }
 
 /// Every caller is `caller`, and logins are refused (an insecure node: no TLS, no users).
@@ -600,6 +637,7 @@ impl Authenticator for Anonymous {
 
     fn login(
         &self,
+        _peer: SocketAddr,
         _user: String,
         _password: String,
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
@@ -618,6 +656,7 @@ impl Authenticator for NoLogins {
 
     fn login(
         &self,
+        _peer: SocketAddr,
         _user: String,
         _password: String,
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
@@ -738,12 +777,21 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     let room = Arc::new(Semaphore::new(cfg.max_inflight_per_connection));
     let mut r = BufReader::new(r);
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let login_by = tokio::time::Instant::now() + Duration::from_millis(LOGIN_TIMEOUT_MS);
     let mut failures = 0u32;
     let result = loop {
-        let (body, grant) = match tokio::time::timeout(idle, read_granted(&mut r, &cfg, &shared.budget)).await {
-            Ok(Ok(Some(x))) => x,
-            Ok(Ok(None)) | Err(_) => break Ok(()),
-            Ok(Err(e)) => break Err(e),
+        // Until it logs in: small frames only, and a deadline.
+        let (wait, max_frame_bytes) = match caller {
+            Some(_) => (idle, cfg.max_frame_bytes),
+            None => (
+                login_by.saturating_duration_since(tokio::time::Instant::now()),
+                cfg.max_frame_bytes.min(MAX_UNAUTHENTICATED_FRAME_BYTES),
+            ),
+        };
+        let (body, grant) = match read_granted(&mut r, &cfg, max_frame_bytes, &shared.budget, wait).await {
+            Ok(Some(x)) => x,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
         let (id, request) = match decode_body::<Request>(&body) {
             Ok(x) => x,
@@ -795,19 +843,35 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     result
 }
 
-/// Reads one frame after the node-wide budget granted its length; `None` at a clean end.
+/// Reads one frame after the node-wide budget granted its length; `None` at a clean end or
+/// after `idle` without a header. The body must follow within `frame-timeout-ms`.
 async fn read_granted<R: AsyncRead + Unpin>(
     r: &mut R,
     cfg: &NetConfig,
+    max_frame_bytes: usize,
     budget: &Arc<Semaphore>,
+    idle: Duration,
 ) -> Result<Option<(Vec<u8>, OwnedSemaphorePermit)>, FrameError> {
-    let Some((len, crc)) = read_header(r, cfg.max_frame_bytes).await? else { return Ok(None) };
+    let header = match tokio::time::timeout(idle, read_header(r, max_frame_bytes)).await {
+        Ok(h) => h?,
+        Err(_) => return Ok(None),
+    };
+    let Some((len, crc)) = header else { return Ok(None) };
     // `len` fits: validation keeps max-frame-bytes within the budget and below 4 GiB.
     let grant = Arc::clone(budget)
         .acquire_many_owned(len.max(1) as u32)
         .await
         .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
-    let body = read_body(r, len, crc).await?;
+    let frame_timeout = Duration::from_millis(cfg.frame_timeout_ms);
+    let body = match tokio::time::timeout(frame_timeout, read_body(r, len, crc)).await {
+        Ok(b) => b?,
+        Err(_) => {
+            return Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("a frame body of {len} bytes did not arrive within {frame_timeout:?}"),
+            )))
+        }
+    };
     Ok(Some((body, grant)))
 }
 
@@ -840,7 +904,7 @@ async fn login(
         )));
     }
     let name = user.clone();
-    match shared.auth.login(user, password).await {
+    match shared.auth.login(peer, user, password).await {
         Ok(who) => {
             let role = match &who {
                 Caller::Client { role, .. } => *role,

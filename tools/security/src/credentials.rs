@@ -192,11 +192,17 @@ pub enum AuthFailure {
     BadToken,
 }
 
+/// Password checks running at once per node: each costs ~19 MiB and a core for tens of
+/// milliseconds (Argon2id's defaults), so a flood of logins queues instead of exhausting the
+/// node.
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 2;
+
 /// The users and tokens a node accepts, checked and ready.
 pub struct Credentials {
     users: BTreeMap<String, (Role, String)>,
     tokens: Vec<([u8; 32], String, Role)>,
     dummy_hash: String,
+    checks: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -234,7 +240,8 @@ impl Credentials {
             tokens.push((digest, t.name, t.role));
         }
         let dummy_hash = hash_password("presage-dummy-password")?;
-        Ok(Credentials { users, tokens, dummy_hash })
+        let checks = tokio::sync::Semaphore::new(MAX_CONCURRENT_PASSWORD_CHECKS);
+        Ok(Credentials { users, tokens, dummy_hash, checks })
     }
 
     /// No users and no tokens.
@@ -273,13 +280,16 @@ impl Credentials {
         }
     }
 
-    /// [`Credentials::check_password`] on a blocking thread (Argon2 is slow by design).
+    /// [`Credentials::check_password`] on a blocking thread (Argon2 is slow by design), at
+    /// most [`MAX_CONCURRENT_PASSWORD_CHECKS`] at once.
     pub async fn check_password_off_thread(
         self: std::sync::Arc<Self>,
         user: String,
         password: String,
     ) -> Result<Role, AuthFailure> {
-        tokio::task::spawn_blocking(move || self.check_password(&user, &password))
+        let Ok(_turn) = self.checks.acquire().await else { return Err(AuthFailure::WrongPass) };
+        let this = std::sync::Arc::clone(&self);
+        tokio::task::spawn_blocking(move || this.check_password(&user, &password))
             .await
             .unwrap_or(Err(AuthFailure::WrongPass))
     }

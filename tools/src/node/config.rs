@@ -53,6 +53,17 @@ pub struct RespConfig {
     pub max_scan_count: usize,
     /// Most keys `DBSIZE` counts before it gives up (it scans the keyspace).
     pub max_dbsize_keys: usize,
+    /// Largest command (all its arguments), in bytes: a connection whose unfinished command
+    /// passes it is answered a protocol error and closed.
+    pub max_command_bytes: usize,
+    /// Replies waiting to be written on one connection, in bytes: past it they are written
+    /// before the next command is read (pipelined replies flow as they are produced).
+    pub max_reply_buffer_bytes: usize,
+    /// A connection that sends nothing for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// A command must arrive whole within this long of its first byte, in milliseconds (a
+    /// client trickling bytes is cut off).
+    pub command_timeout_ms: u64,
 }
 
 impl Default for RespConfig {
@@ -64,6 +75,10 @@ impl Default for RespConfig {
             max_connections: 10_000,
             max_scan_count: 10_000,
             max_dbsize_keys: 10_000_000,
+            max_command_bytes: 64 << 20,
+            max_reply_buffer_bytes: 1 << 20,
+            idle_timeout_ms: 3_600_000,
+            command_timeout_ms: 30_000,
         }
     }
 }
@@ -270,10 +285,20 @@ impl NodeConfig {
             ("resp.max-connections", self.resp.max_connections),
             ("resp.max-scan-count", self.resp.max_scan_count),
             ("resp.max-dbsize-keys", self.resp.max_dbsize_keys),
+            ("resp.max-command-bytes", self.resp.max_command_bytes),
+            ("resp.max-reply-buffer-bytes", self.resp.max_reply_buffer_bytes),
+            ("resp.idle-timeout-ms", self.resp.idle_timeout_ms as usize),
+            ("resp.command-timeout-ms", self.resp.command_timeout_ms as usize),
         ] {
             if v == 0 {
                 return bad(format!("{key} must be positive"));
             }
+        }
+        if self.resp.max_command_bytes < self.resp.max_bulk_bytes {
+            return bad(format!(
+                "resp.max-command-bytes ({}) must hold one resp.max-bulk-bytes argument ({})",
+                self.resp.max_command_bytes, self.resp.max_bulk_bytes
+            ));
         }
         if self.resp.max_bulk_bytes > self.native.max_frame_bytes / 2 {
             return bad(format!(

@@ -241,6 +241,16 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<Option<u64>, StartError> {
     }
 }
 
+/// The cluster id in this node's replica of the meta shard, if it holds one with the record.
+fn local_cluster_id(engine: &NodeEngine) -> Option<u64> {
+    use presage_engine::Reader;
+    let key = presage_shardmgr::meta::cluster_key();
+    let stored = engine.get(presage_engine::Cf::Data, &key).ok()??;
+    let value = presage_replication::value::decode(&key, &stored).ok()?;
+    let cluster: presage_shardmgr::model::ClusterMeta = serde_json::from_slice(value.value).ok()?;
+    Some(cluster.cluster_id)
+}
+
 /// Writes `node.json` (atomically) for node `id` of cluster `cluster_id`.
 fn record_identity(dir: &Path, id: u64, cluster_id: Option<u64>) -> Result<(), StartError> {
     let bad = |reason: String| StartError::DataDir { path: dir.to_path_buf(), reason };
@@ -269,6 +279,19 @@ impl RunningNode {
         let engine = MeteredEngine::new(FaultyEngine::new(rocks, Arc::clone(&faults)))?;
         let mut store = Store::open(id, engine.clone(), cfg.raft.clone())?;
         let fresh = store.summary().replicas == 0;
+        if recorded_cluster.is_none() && !fresh {
+            // A data dir from before cluster ids were recorded: the local meta replica, if any,
+            // holds the cluster's record (nodes without one join to learn it).
+            recorded_cluster = local_cluster_id(&engine);
+            if let Some(found) = recorded_cluster {
+                tracing::info!(
+                    node = id,
+                    cluster = format!("{found:#x}"),
+                    "cluster id read from the local meta replica"
+                );
+                record_identity(&cfg.data_dir, id, recorded_cluster)?;
+            }
+        }
         if fresh && cfg.bootstrap {
             let cluster_id = rand::random::<u64>() | 1;
             tracing::info!(node = id, cluster_id = format!("{cluster_id:#x}"), "bootstrapping a new cluster");
@@ -418,7 +441,10 @@ impl RunningNode {
         let client = Arc::new(Client::new(client_rpc, vec![id], client_cfg));
         let resp_tls = trust.client_facing_acceptor()?;
         let resp = resp_listener.map(|l| {
-            let auth = resp::RespAuth { credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)) };
+            let auth = resp::RespAuth {
+                credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)),
+                throttle: Arc::clone(&trust.throttle),
+            };
             resp::serve(l, Arc::clone(&client), cfg.resp.clone(), auth, metrics.clone(), resp_tls)
         });
         let gauges = gauge_probe(&handle, &server, &raft);
@@ -435,7 +461,7 @@ impl RunningNode {
                     auth: admin::AdminAuth {
                         credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)),
                         open_metrics: trust.open_metrics,
-                        throttle: Arc::default(),
+                        throttle: Arc::clone(&trust.throttle),
                     },
                     faults: cfg.fault_injection.then_some(faults),
                 },

@@ -147,7 +147,13 @@ impl Connect for RpcDialer {
     }
 }
 
-/// Serves the peer port on `listener`: at most `max_connections` at once.
+/// Connections in their TLS handshake or peer handshake at once (each within the
+/// handshake timeout); past it new connections are refused until one finishes.
+pub const MAX_PEER_HANDSHAKES: usize = 64;
+
+/// Serves the peer port on `listener`: at most `max_connections` admitted connections (a
+/// slot is taken only once a connection proved itself, so strangers cannot hold them) and
+/// [`MAX_PEER_HANDSHAKES`] handshakes at once.
 pub fn serve(
     listener: TcpListener,
     trust: Arc<PeerTrust>,
@@ -156,6 +162,7 @@ pub fn serve(
     max_connections: usize,
 ) -> tokio::task::JoinHandle<()> {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let handshakes = Arc::new(Semaphore::new(MAX_PEER_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -166,23 +173,34 @@ pub fn serve(
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, max_connections, "peer listener: too many connections; refused");
+            let Ok(in_handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                tracing::warn!(%peer, "peer listener: too many handshakes at once; refused");
                 continue;
             };
-            let (trust, raft, rpc) = (Arc::clone(&trust), raft.clone(), rpc.clone());
+            let (trust, raft, rpc, slots) = (Arc::clone(&trust), raft.clone(), rpc.clone(), Arc::clone(&slots));
             tokio::spawn(async move {
-                accept(stream, peer, &trust, &raft, rpc).await;
-                drop(slot);
+                accept(stream, peer, Peer { trust: &trust, raft: &raft, rpc, slots, handshake: in_handshake }).await;
             });
         }
     })
 }
 
-async fn accept(tcp: TcpStream, peer: SocketAddr, trust: &PeerTrust, raft: &RaftInbound, rpc: ServeShared) {
+/// What serving one peer connection needs.
+struct Peer<'a> {
+    trust: &'a PeerTrust,
+    raft: &'a RaftInbound,
+    rpc: ServeShared,
+    /// Admitted connections.
+    slots: Arc<Semaphore>,
+    /// This connection's place among the handshakes, released once admitted.
+    handshake: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn accept(tcp: TcpStream, peer: SocketAddr, p: Peer<'_>) {
     let _ = tcp.set_nodelay(true);
+    let trust = p.trust;
     let Some(tls) = &trust.tls else {
-        return admit_and_serve(tcp, None, peer, trust, raft, rpc).await;
+        return admit_and_serve(tcp, None, peer, p).await;
     };
     let stream = match tokio::time::timeout(trust.timeout, tls.acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -196,7 +214,7 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, trust: &PeerTrust, raft: &Raft
         }
     };
     let cert = peer_identity(stream.get_ref().1.peer_certificates());
-    admit_and_serve(stream, Some(cert), peer, trust, raft, rpc).await;
+    admit_and_serve(stream, Some(cert), peer, p).await;
 }
 
 /// Reads the hello, decides, answers, then serves the channel. `cert` is `None` on an
@@ -205,10 +223,9 @@ async fn admit_and_serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
     cert: Option<Option<Result<Identity, SecurityError>>>,
     peer: SocketAddr,
-    trust: &PeerTrust,
-    raft: &RaftInbound,
-    rpc: ServeShared,
+    p: Peer<'_>,
 ) {
+    let Peer { trust, raft, rpc, slots, handshake: in_handshake } = p;
     let hello = match handshake::read_hello(&mut stream, trust.timeout).await {
         Ok(h) => h,
         Err(e) => {
@@ -218,16 +235,27 @@ async fn admit_and_serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let cluster_id = trust.cluster_id.load(Ordering::SeqCst);
     let secure = cert.is_some();
-    let decided = match cert.flatten() {
+    let mut decided = match cert.flatten() {
         Some(Err(e)) => Err(format!("unreadable certificate identity: {e}")),
         Some(Ok(identity)) => handshake::admit(&hello, Some(&identity), secure, cluster_id),
         None => handshake::admit(&hello, None, secure, cluster_id),
+    };
+    let slot = match &decided {
+        Ok(_) => match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                decided = Err("too many peer connections on this node".into());
+                None
+            }
+        },
+        Err(_) => None,
     };
     let answer = Answer { node_id: trust.me, cluster_id, refused: decided.as_ref().err().cloned() };
     if let Err(e) = handshake::write_answer(&mut stream, &answer).await {
         tracing::debug!(%peer, error = %e, "peer handshake answer not delivered");
         return;
     }
+    drop(in_handshake);
     let admitted = match decided {
         Ok(a) => a,
         Err(reason) if cluster_id == 0 => {
@@ -257,4 +285,5 @@ async fn admit_and_serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     if let Err(e) = outcome {
         tracing::info!(%peer, node = hello.node_id, error = %e, "peer connection closed");
     }
+    drop(slot);
 }

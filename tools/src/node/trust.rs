@@ -28,6 +28,8 @@ pub struct NodeTrust {
     pub credentials: Arc<Credentials>,
     /// `/metrics` needs no token.
     pub open_metrics: bool,
+    /// Failed logins per source address, shared by the native port, RESP and the admin API.
+    pub throttle: Arc<presage_security::throttle::AuthThrottle>,
 }
 
 impl NodeTrust {
@@ -36,7 +38,13 @@ impl NodeTrust {
         if cfg.insecure {
             let empty = presage_security::credentials::UsersFile::default();
             let credentials = Arc::new(Credentials::from_file(empty, std::path::Path::new("(none)"))?);
-            return Ok(NodeTrust { insecure: true, tls: None, credentials, open_metrics: true });
+            return Ok(NodeTrust {
+                insecure: true,
+                tls: None,
+                credentials,
+                open_metrics: true,
+                throttle: Arc::default(),
+            });
         }
         let tls = NodeTls::load(&cfg.certs_dir, node_id)?;
         let credentials = Arc::new(Credentials::load(&cfg.users_file)?);
@@ -46,7 +54,13 @@ impl NodeTrust {
                 "no users and no tokens: only client certificates of listed users could log in"
             );
         }
-        Ok(NodeTrust { insecure: false, tls: Some(tls), credentials, open_metrics: cfg.open_metrics })
+        Ok(NodeTrust {
+            insecure: false,
+            tls: Some(tls),
+            credentials,
+            open_metrics: cfg.open_metrics,
+            throttle: Arc::default(),
+        })
     }
 
     /// How the native port learns its callers.
@@ -57,7 +71,7 @@ impl NodeTrust {
                 role: Role::ReadWrite,
             }));
         }
-        Arc::new(NativeAuth { credentials: Arc::clone(&self.credentials) })
+        Arc::new(NativeAuth { credentials: Arc::clone(&self.credentials), throttle: Arc::clone(&self.throttle) })
     }
 
     /// TLS of the native and RESP ports (`None` when insecure).
@@ -72,9 +86,11 @@ impl NodeTrust {
 }
 
 /// The native port's logins: a client certificate naming a listed user, or a user and
-/// password.
+/// password. A failure waits for the per-source throttle (on top of the connection's own
+/// delay), so that many connections do not multiply a guesser's rate.
 struct NativeAuth {
     credentials: Arc<Credentials>,
+    throttle: Arc<presage_security::throttle::AuthThrottle>,
 }
 
 impl Authenticator for NativeAuth {
@@ -85,14 +101,21 @@ impl Authenticator for NativeAuth {
 
     fn login(
         &self,
+        peer: std::net::SocketAddr,
         user: String,
         password: String,
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
-        let credentials = Arc::clone(&self.credentials);
+        let (credentials, throttle) = (Arc::clone(&self.credentials), Arc::clone(&self.throttle));
         Box::pin(async move {
             match credentials.check_password_off_thread(user.clone(), password).await {
-                Ok(role) => Ok(Caller::Client { user, role }),
-                Err(e) => Err(ProtoError::Unauthenticated(e.to_string())),
+                Ok(role) => {
+                    throttle.succeeded(peer.ip());
+                    Ok(Caller::Client { user, role })
+                }
+                Err(e) => {
+                    tokio::time::sleep(throttle.failed(peer.ip())).await;
+                    Err(ProtoError::Unauthenticated(e.to_string()))
+                }
             }
         })
     }

@@ -80,7 +80,12 @@ impl RespServer {
 pub struct RespAuth {
     /// The users (`None`: an insecure node, everyone read-write without `AUTH`).
     pub credentials: Option<Arc<Credentials>>,
+    /// Failed logins per source address (shared with the node's other listeners).
+    pub throttle: Arc<presage_security::throttle::AuthThrottle>,
 }
+
+/// Largest unfinished command of a connection that has not logged in, in bytes.
+pub const MAX_UNAUTHENTICATED_COMMAND_BYTES: usize = 16 << 10;
 
 /// The user Redis clients log in as with `AUTH password`.
 pub const DEFAULT_USER: &str = "default";
@@ -225,18 +230,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
+    let cfg = &shared.cfg;
+    // When the unfinished command in `buf` began to arrive.
+    let mut command_began: Option<tokio::time::Instant> = None;
+    let login_by =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(presage_client::net::LOGIN_TIMEOUT_MS);
     loop {
-        // Answer every complete command in the buffer (pipelining), then write once.
+        // Answer every complete command in the buffer (pipelining); replies are written once
+        // they pass `max-reply-buffer-bytes`, and at the latest when the buffer runs dry.
         loop {
             match parse_command(&buf, &limits) {
                 Ok(Some((args, used))) => {
                     buf.advance(used);
+                    command_began = None;
                     if args.is_empty() {
                         continue;
                     }
                     let quit = args[0].eq_ignore_ascii_case(b"quit");
                     let reply = command(shared, &mut session, args).await;
                     reply.encode(session.resp, &mut out);
+                    if out.len() >= cfg.max_reply_buffer_bytes {
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
+                        out.clear();
+                    }
                     if quit || session.auth_failures >= MAX_AUTH_FAILURES {
                         if !quit {
                             tracing::warn!(peer = %session.peer, "RESP connection closed after repeated failed AUTH");
@@ -245,6 +262,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         stream.flush().await?;
                         return Ok(());
                     }
+                }
+                Ok(None) if buf.len() > max_command_bytes(cfg, &session) => {
+                    let limit = max_command_bytes(cfg, &session);
+                    tracing::info!(peer = %session.peer, bytes = buf.len(), limit, "RESP command too large; closing");
+                    let e = format!("Protocol error: command larger than {limit} bytes");
+                    Reply::err(e).encode(session.resp, &mut out);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return Ok(());
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -260,9 +286,32 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             stream.flush().await?;
             out.clear();
         }
+        // Nothing pending: the idle limit; part of a command: what is left of its time.
+        // Until it logs in, at most until the login deadline.
+        let now = tokio::time::Instant::now();
+        let mut deadline = if buf.is_empty() {
+            now + std::time::Duration::from_millis(cfg.idle_timeout_ms)
+        } else {
+            *command_began.get_or_insert(now) + std::time::Duration::from_millis(cfg.command_timeout_ms)
+        };
+        if session.user.is_none() {
+            deadline = deadline.min(login_by);
+        }
         buf.reserve(READ_CHUNK_BYTES);
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(());
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let why = if buf.is_empty() { "idle" } else { "command not complete in time" };
+                tracing::info!(peer = %session.peer, why, "RESP connection closed");
+                if !buf.is_empty() {
+                    Reply::err("Protocol error: command not complete in time").encode(session.resp, &mut out);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -309,6 +358,14 @@ const KNOWN: &[&str] = &[
     "PING", "ECHO", "GET", "SET", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "SCAN", "DBSIZE", "INFO", "COMMAND",
     "CONFIG", "CLIENT", "SELECT", "HELLO", "AUTH", "QUIT", "INCR", "INCRBY", "DECR", "DECRBY", "SETNX",
 ];
+
+/// The largest unfinished command `session` may have pending.
+fn max_command_bytes(cfg: &RespConfig, session: &Session) -> usize {
+    match session.user {
+        Some(_) => cfg.max_command_bytes,
+        None => cfg.max_command_bytes.min(MAX_UNAUTHENTICATED_COMMAND_BYTES),
+    }
+}
 
 /// Commands that write (refused to read-only users).
 const WRITES: &[&str] = &["SET", "SETNX", "DEL", "UNLINK", "MSET", "INCR", "INCRBY", "DECR", "DECRBY"];
@@ -630,12 +687,15 @@ async fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
         Ok(role) => {
             s.user = Some((user, role));
             s.auth_failures = 0;
+            shared.auth.throttle.succeeded(s.peer.ip());
             Reply::ok()
         }
         Err(e) => {
             s.auth_failures += 1;
             tracing::warn!(peer = %s.peer, user = %user, failures = s.auth_failures, "RESP AUTH failed");
-            tokio::time::sleep(auth_failure_delay(s.auth_failures)).await;
+            // The longer of this connection's and this source's waits.
+            let wait = auth_failure_delay(s.auth_failures).max(shared.auth.throttle.failed(s.peer.ip()));
+            tokio::time::sleep(wait).await;
             Reply::Error(format!("WRONGPASS {e}."))
         }
     }

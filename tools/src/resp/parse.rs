@@ -1,9 +1,11 @@
 //! RESP framing: commands in (multibulk arrays, or inline lines for telnet), replies out in
 //! RESP2 or RESP3.
 //!
-//! The parser is incremental and bounded: it never buffers more than one bulk string of at
-//! most `max_bulk_bytes` plus headers, checks every announced length before waiting for
-//! the bytes, and refuses a line that does not end within `max_inline_bytes`. An error
+//! The parser is bounded: every announced length is checked before the bytes are waited
+//! for (a bulk string within `max_bulk_bytes`, at most `max_args` of them), a line must end
+//! within `max_inline_bytes`, and arguments are copied only once the command is complete. The
+//! command as a whole is bounded by the connection (`resp.max-command-bytes`, less before the
+//! client logs in). An error
 //! means the stream cannot be re-synchronised: the server answers it and closes the
 //! connection, as Redis does.
 
@@ -65,8 +67,10 @@ pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Pars
     }
     let Some(end) = line_end(buf, 1, limits.max_inline_bytes)? else { return Ok(None) };
     let count = if buf[1..end] == *b"-1" { 0 } else { number(&buf[1..end], "multibulk length", limits.max_args)? };
+    // Find every argument first, copy only once the command is complete: a large command
+    // arriving in many reads is scanned again on each (its headers only), never copied again.
     let mut at = end + 2;
-    let mut args = Vec::with_capacity(count.min(1024));
+    let mut spans = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let Some(&marker) = buf.get(at) else { return Ok(None) };
         if marker != b'$' {
@@ -81,10 +85,10 @@ pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Pars
         if &buf[start + len..start + len + 2] != b"\r\n" {
             return Err(protocol("bulk string not terminated by CRLF"));
         }
-        args.push(buf[start..start + len].to_vec());
+        spans.push((start, len));
         at = start + len + 2;
     }
-    Ok(Some((args, at)))
+    Ok(Some((spans.into_iter().map(|(start, len)| buf[start..start + len].to_vec()).collect(), at)))
 }
 
 /// An inline command: one line of space-separated words (double quotes group words).

@@ -74,6 +74,14 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
             | Request::Admin { .. } => Ok(()),
             other => Err(ProtoError::Invalid(format!("`{}` is never forwarded", other.name()))),
         },
+        // Operator commands and pushed counters reach a node's admin API (which checked the
+        // operator's token) and travel forwarded to the manager; a node never issues them as
+        // its own.
+        Request::Admin { .. } | Request::Pfa { query: presage_client::PfaQuery::PushCounters { .. } } => {
+            Err(ProtoError::PermissionDenied(format!(
+                "node {id} may only forward operator requests from its admin API, not issue them"
+            )))
+        }
         Request::Auth { .. } => Err(ProtoError::Invalid("a login is answered by the connection".into())),
         _ => Ok(()),
     }
@@ -133,7 +141,9 @@ mod tests {
         assert!(check(&node2, &heartbeat(2), None).is_ok());
         assert!(check(&node2, &heartbeat(3), None).is_err(), "a heartbeat for another node");
         assert!(check(&node2, &join(3), None).is_err(), "a join as another node");
-        assert!(check(&node2, &admin, None).is_ok(), "an admin API forwards operator commands");
+        assert!(check(&node2, &admin, None).is_err(), "a node does not issue operator commands");
+        let forwarded = Request::Forwarded { request: Box::new(admin.clone()) };
+        assert!(check(&node2, &forwarded, None).is_ok(), "an admin API forwards them");
         let command = presage_shardmgr::Command {
             operator: 1,
             shard: 1,

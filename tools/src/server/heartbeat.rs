@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Cf, Engine};
-use presage_shardmgr::{LoadReport, NodeHeartbeat, NodeStats, ShardReport, META_SHARD_ID};
+use presage_shardmgr::{LoadReport, NodeHeartbeat, NodeId, NodeStats, ShardReport, META_SHARD_ID};
 
 use super::convert::{descriptor, meta_epoch, shard_meta};
 use super::{lock, Inner};
@@ -43,7 +43,9 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             for s in &statuses {
                 stats.replicas += 1;
                 if s.descriptor.id == META_SHARD_ID && s.leader.is_some() {
+                    // This node's own Raft state: the manager as proven as it gets.
                     *lock(&inner.manager_hint) = s.leader;
+                    *lock(&inner.manager_known) = s.leader;
                 }
                 if !s.is_leader() {
                     continue;
@@ -142,9 +144,20 @@ async fn sample<E: Engine>(
     })
 }
 
-/// Sends to the node believed to run the shard manager (this one if none is known: it
-/// forwards), following one redirect; re-joins if the manager does not know this node.
+/// Sends to the node believed to run the shard manager (this one if none is known), and once
+/// more to the manager a node that does not run it names; re-joins if the manager does not
+/// know this node.
 async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
+    let first = *lock(&inner.manager_hint);
+    if let Some(redirect) = send_once(inner, &heartbeat).await {
+        if redirect != inner.me.id && Some(redirect) != first {
+            send_once(inner, &heartbeat).await;
+        }
+    }
+}
+
+/// One heartbeat; returns the manager a node that does not run it named.
+async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat) -> Option<NodeId> {
     let hint = *lock(&inner.manager_hint);
     // Without a hint, the seeds in turn: one that does not know the manager either (an
     // emptied node holds no meta replica to learn it from) must not be asked forever.
@@ -168,6 +181,10 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
                 inner.telemetry_backlog_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             *lock(&inner.manager_hint) = Some(manager);
+            // Only the manager answers heartbeats; one that names another node is wrong.
+            if manager == to {
+                *lock(&inner.manager_known) = Some(manager);
+            }
             for shard in stale {
                 tracing::info!(
                     node = inner.me.id,
@@ -179,7 +196,10 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
                 }
             }
         }
-        Ok(Response::Error(ProtoError::NotManager { leader })) => *lock(&inner.manager_hint) = leader,
+        Ok(Response::Error(ProtoError::NotManager { leader })) => {
+            *lock(&inner.manager_hint) = leader;
+            return leader;
+        }
         Ok(Response::Error(ProtoError::JoinRefused(_))) => {
             // The manager lost track of this node (it never joined, or its join was not
             // durable): join again.
@@ -194,4 +214,5 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
             *lock(&inner.manager_hint) = None;
         }
     }
+    None
 }

@@ -51,6 +51,7 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         };
         if let Some(s) = &status {
             *lock(&inner.manager_hint) = s.leader;
+            *lock(&inner.manager_known) = s.leader;
         }
         let leading = status.as_ref().is_some_and(ShardStatus::is_leader);
         if !leading {

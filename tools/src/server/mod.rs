@@ -156,8 +156,12 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) manager: Mutex<Option<Manager>>,
     /// Serialises writes to the meta shard, so records land in the order they were taken.
     pub(crate) meta_writes: tokio::sync::Mutex<()>,
-    /// The node believed to run the shard manager.
+    /// The node believed to run the shard manager (where heartbeats go; any answer may set it).
     pub(crate) manager_hint: Mutex<Option<NodeId>>,
+    /// The shard manager as proven: this node's own meta replica's leader, or a node that
+    /// answered a heartbeat (or join) as the manager itself over its authenticated connection.
+    /// Only its operator steps are carried out.
+    pub(crate) manager_known: Mutex<Option<NodeId>>,
     /// The nodes this one joined through (asked when no manager is known).
     pub(crate) seeds: Mutex<Vec<NodeId>>,
     /// Requests being served.
@@ -228,6 +232,7 @@ impl<E: Engine> Server<E> {
             manager: Mutex::new(None),
             meta_writes: tokio::sync::Mutex::new(()),
             manager_hint: Mutex::new(None),
+            manager_known: Mutex::new(None),
             seeds: Mutex::new(Vec::new()),
             inflight,
             merging: Mutex::new(std::collections::HashSet::new()),
@@ -271,9 +276,11 @@ impl<E: Engine> Server<E> {
         loop {
             for &seed in seeds {
                 // A seed that does not run the shard manager names it; ask that node once.
+                let mut asked = seed;
                 let mut answer = self.inner.call(seed, Request::Join { node: self.inner.me.clone() }).await;
                 if let Ok(Response::Error(ProtoError::NotManager { leader: Some(m) })) = answer {
                     if m != seed {
+                        asked = m;
                         answer = self.inner.call(m, Request::Join { node: self.inner.me.clone() }).await;
                     }
                 }
@@ -281,6 +288,10 @@ impl<E: Engine> Server<E> {
                     Ok(Response::Joined { cluster_id, manager, nodes }) => {
                         self.inner.learn(&nodes);
                         *lock(&self.inner.manager_hint) = Some(manager);
+                        // Only the manager answers a join: one naming another node is wrong.
+                        if manager == asked {
+                            *lock(&self.inner.manager_known) = Some(manager);
+                        }
                         *lock(&self.inner.seeds) = seeds.to_vec();
                         self.inner.cluster_id.store(cluster_id, std::sync::atomic::Ordering::SeqCst);
                         return Ok(cluster_id);
@@ -401,7 +412,7 @@ impl<E: Engine> Inner<E> {
 
     /// Serves `request` if `caller` may ask it ([`access`]).
     pub(crate) async fn serve(self: &Arc<Self>, caller: Caller, request: Request) -> Response {
-        if let Err(e) = access::check(&caller, &request, *lock(&self.manager_hint)) {
+        if let Err(e) = access::check(&caller, &request, *lock(&self.manager_known)) {
             if matches!(e, ProtoError::PermissionDenied(_)) {
                 tracing::warn!(node = self.me.id, caller = %caller.describe(), error = %e, "request refused");
             }

@@ -348,3 +348,114 @@ fn redis_cli(ca: &Path, addr: &str, user: &str, password: &str, args: &[&str]) -
         .expect("redis-cli runs (scripts/setup.sh installs redis-tools)");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Sends `bytes` on a TLS connection to `addr` (at `pace` per byte when given), then reads
+/// until the node closes it or 20 s pass: what came back, and whether it closed.
+async fn tls_exchange(addr: &str, ca: &Path, bytes: &[u8], pace: Option<Duration>) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tls_connect(addr, ca, None).await.expect("TLS");
+    let sent = async {
+        match pace {
+            None => s.write_all(bytes).await,
+            Some(p) => {
+                for b in bytes {
+                    s.write_all(std::slice::from_ref(b)).await?;
+                    s.flush().await?;
+                    tokio::time::sleep(p).await;
+                }
+                Ok(())
+            }
+        }
+    };
+    // The node may close the connection while bytes are still being sent.
+    let _ = sent.await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    let closed = matches!(read, Ok(Ok(_)) | Ok(Err(_)));
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Oversize and slow inputs on a secure node: a RESP bulk announcing 1 GiB, a command of
+/// 100,000 arguments and one of more, a client trickling a command, a native frame announcing
+/// 1 GiB or trickling its body, a burst of 4 MiB values larger than a round's byte budget:
+/// each gets an error or is cut off, the node keeps serving, nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_slow_inputs_are_cut_off_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), 1);
+    opts.overrides.extend(
+        ["resp.command-timeout-ms=\"2s\"", "native.frame-timeout-ms=\"2s\"", "raft.max-round-bytes=\"8MiB\""]
+            .map(String::from),
+    );
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
+    let cluster = pg.cluster.clone();
+    let security = cluster.security.clone();
+    let ca = security.ca_cert.clone().expect("CA");
+    let node = cluster.nodes[0].clone();
+
+    // RESP: refused from the header, before the bytes.
+    let (answer, closed) = tls_exchange(&node.resp, &ca, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1073741824\r\n", None).await;
+    assert!(answer.contains("invalid bulk length") && closed, "{answer}");
+    let (answer, closed) = tls_exchange(&node.resp, &ca, b"*100001\r\n", None).await;
+    assert!(answer.contains("invalid multibulk length") && closed, "{answer}");
+    // Before logging in, a command may not grow past 16 KiB.
+    let mut early = b"*100000\r\n".to_vec();
+    early.extend(std::iter::repeat_n(b"$1\r\nk\r\n".as_slice(), 5_000).flatten());
+    let (answer, closed) = tls_exchange(&node.resp, &ca, &early, None).await;
+    assert!(answer.contains("command larger than 16384 bytes") && closed, "{answer}");
+    // Logged in, 100,000 arguments (the limit) are parsed and answered.
+    let password = security.resp_password.clone().expect("password");
+    let mut big = format!("AUTH app {password}\r\n*100000\r\n$6\r\nEXISTS\r\n").into_bytes();
+    for _ in 1..100_000 {
+        big.extend_from_slice(b"$1\r\nk\r\n");
+    }
+    big.extend_from_slice(b"*1\r\n$4\r\nQUIT\r\n");
+    let (answer, _) = tls_exchange(&node.resp, &ca, &big, None).await;
+    assert!(answer.starts_with("+OK\r\n") && answer.ends_with("+OK\r\n") && answer.len() > 10, "{answer:.200}");
+    // A command trickled a byte at a time is cut off at resp.command-timeout-ms.
+    let started = std::time::Instant::now();
+    let trickle = b"*2\r\n$3\r\nGET\r\n$100\r\n".repeat(4);
+    let (answer, closed) = tls_exchange(&node.resp, &ca, &trickle, Some(Duration::from_millis(200))).await;
+    assert!(closed && answer.contains("not complete in time"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15), "cut off, not served to the end");
+
+    // Native: a frame announcing 1 GiB closes the connection at once; a body trickled past
+    // native.frame-timeout-ms too.
+    let (answer, closed) = tls_exchange(&node.native, &ca, &[0x40, 0, 0, 0, 0, 0, 0, 0], None).await;
+    assert!(answer.is_empty() && closed);
+    let mut slow = vec![0, 0, 0x10, 0, 0, 0, 0, 0];
+    slow.extend_from_slice(&[0u8; 64]);
+    let started = std::time::Instant::now();
+    let (_, closed) = tls_exchange(&node.native, &ca, &slow, Some(Duration::from_millis(100))).await;
+    assert!(closed && started.elapsed() < Duration::from_secs(15), "a trickled frame is cut off");
+
+    // A burst of 4 MiB values, more than a round takes: each acknowledged or refused with a
+    // retryable error; every acknowledged one reads back.
+    let client = Arc::new(Client::connect(&cluster.native_addrs(), security.client_config()).await.expect("client"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24u8 {
+        let client = Arc::clone(&client);
+        tasks.spawn(async move {
+            let value = vec![i; 4 << 20];
+            (i, client.put(format!("big-{i}").as_bytes(), &value).await)
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, r) = done.expect("task");
+        match r {
+            Ok(()) => acked.push(i),
+            Err(e) => assert!(!e.to_string().is_empty(), "a clear error"),
+        }
+    }
+    assert!(!acked.is_empty(), "some of the burst is acknowledged");
+    for i in &acked {
+        let got = client.get(format!("big-{i}").as_bytes()).await.expect("read back").expect("present");
+        assert!(got.len() == 4 << 20 && got.iter().all(|b| b == i), "value {i} intact");
+    }
+    // Still serving everyone.
+    let mut resp = redis_client(&security, &node.resp).get_multiplexed_async_connection().await.expect("RESP");
+    let () = redis::cmd("SET").arg("after").arg("ok").query_async(&mut resp).await.expect("SET");
+    assert!(pg.is_running(1));
+    pg.stop(Duration::from_secs(15));
+}
