@@ -10,6 +10,7 @@
 //! | `GET /v1/nodes`, `/v1/groups`, `/v1/operators`, `/v1/migrations` | parts of the above |
 //! | `GET /v1/shards?node=&group=&key=` | shards with range, epoch, replicas, leader, size, load |
 //! | `GET /v1/shards/{id}` | one shard |
+//! | `GET /v1/shards/{id}/checksums` | every replica's range checksum at one log index (equal: consistent) |
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
 //! | `GET/PUT/DELETE /v1/faults` | engine fault injection (only with `fault-injection = true`) |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
@@ -125,6 +126,9 @@ fn proto_status(e: &ProtoError) -> StatusCode {
         ProtoError::Retry(_) | ProtoError::NotManager { .. } | ProtoError::NotLeader { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        ProtoError::ShardNotFound { .. } => StatusCode::NOT_FOUND,
+        ProtoError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ProtoError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -294,6 +298,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/migrations", get(migrations))
         .route("/v1/shards", get(shards))
         .route("/v1/shards/{id}", get(shard))
+        .route("/v1/shards/{id}/checksums", get(shard_checksums))
         .route("/v1/admin", post(admin))
         .route("/v1/faults", get(faults_get).put(faults_put).delete(faults_clear))
         .route("/v1/risk", get(risk))
@@ -445,6 +450,19 @@ async fn shard(State(s): State<AdminState>, Path(id): Path<u64>) -> ApiResult<Js
         .find(|r| r.shard.id == id)
         .map(Json)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("shard {id} does not exist")))
+}
+
+/// Every replica's checksum of a shard at one log index.
+async fn shard_checksums(State(s): State<AdminState>, Path(id): Path<u64>) -> ApiResult<Json<serde_json::Value>> {
+    match ask(&s, Request::VerifyShard { shard: id }).await? {
+        Response::ShardChecksums { index, checksums } => {
+            let equal = checksums.windows(2).all(|w| w[0].1 == w[1].1);
+            let by_node: Vec<serde_json::Value> =
+                checksums.iter().map(|(node, c)| json!({ "node": node, "checksum": c })).collect();
+            Ok(Json(json!({ "shard": id, "index": index, "equal": equal, "replicas": by_node })))
+        }
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    }
 }
 
 async fn admin(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<HttpResponse> {

@@ -627,31 +627,31 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>>;
 }
 
-/// Every caller is `caller`, and logins are refused (an insecure node: no TLS, no users).
-pub struct Anonymous(pub Caller);
+/// Connections that take no logins: every caller is `caller` (an insecure node: no TLS, no
+/// users), or it is proven otherwise (`None`: the peer port's handshake). A login is refused
+/// with `refusal`.
+pub struct NoLogins {
+    /// Who every connection is.
+    pub caller: Option<Caller>,
+    /// Why a login is refused.
+    pub refusal: &'static str,
+}
 
-impl Authenticator for Anonymous {
-    fn on_connect(&self, _client_cert: Option<&[u8]>) -> Option<Caller> {
-        Some(self.0.clone())
+impl NoLogins {
+    /// An insecure node: everyone is `caller`.
+    pub fn anonymous(caller: Caller) -> Self {
+        NoLogins { caller: Some(caller), refusal: "this node is insecure and has no users" }
     }
 
-    fn login(
-        &self,
-        _peer: SocketAddr,
-        _user: String,
-        _password: String,
-    ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
-        Box::pin(async { Err(ProtoError::Unauthenticated("this node is insecure and has no users".into())) })
+    /// The peer port: callers are proven by the handshake.
+    pub fn peer() -> Self {
+        NoLogins { caller: None, refusal: "logins are not accepted on this port" }
     }
 }
 
-/// Connections whose caller is proven otherwise (the peer port's handshake): logins are
-/// refused.
-pub struct NoLogins;
-
 impl Authenticator for NoLogins {
     fn on_connect(&self, _client_cert: Option<&[u8]>) -> Option<Caller> {
-        None
+        self.caller.clone()
     }
 
     fn login(
@@ -660,7 +660,8 @@ impl Authenticator for NoLogins {
         _user: String,
         _password: String,
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
-        Box::pin(async { Err(ProtoError::Unauthenticated("logins are not accepted on this port".into())) })
+        let refusal = self.refusal;
+        Box::pin(async move { Err(ProtoError::Unauthenticated(refusal.into())) })
     }
 }
 

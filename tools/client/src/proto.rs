@@ -134,6 +134,12 @@ pub enum Request {
         /// The original request.
         request: Box<Request>,
     },
+    /// Checksums of every replica of `shard` at one log index (an operator's consistency
+    /// check; answered by the shard's leader).
+    VerifyShard {
+        /// The shard.
+        shard: ShardId,
+    },
     /// Log in as `user` (the first request on a native connection that presented no client
     /// certificate). Answered [`Response::Authenticated`] or [`ProtoError::Unauthenticated`];
     /// handled by the connection, never by the node's request handler.
@@ -165,6 +171,7 @@ impl Request {
             Request::Admin { .. } => "admin",
             Request::Pfa { .. } => "pfa",
             Request::ReplicaChecksum { .. } => "replica_checksum",
+            Request::VerifyShard { .. } => "verify_shard",
             Request::Auth { .. } => "auth",
         }
     }
@@ -578,6 +585,13 @@ pub enum Response {
         leader: NodeId,
         /// Its answer.
         reply: Box<Response>,
+    },
+    /// The answer to `VerifyShard`: each replica's `pairs/bytes/crc32` at `index`.
+    ShardChecksums {
+        /// The log index of the checksum round.
+        index: u64,
+        /// By node, the leader's first.
+        checksums: Vec<(NodeId, String)>,
     },
     /// The answer to `Auth`: the connection now acts as this user.
     Authenticated {

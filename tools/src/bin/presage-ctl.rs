@@ -205,6 +205,11 @@ enum ShardCommand {
         /// The shard.
         id: u64,
     },
+    /// Checksum every replica of a shard at one log index and compare them.
+    Verify {
+        /// The shard.
+        id: u64,
+    },
 }
 
 fn run(cli: Cli) -> Result<String, CtlError> {
@@ -228,6 +233,20 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Shards { node, group, key } => {
             let rows = c.shards(node, group, key.as_deref())?;
             Ok(if json { pretty(&rows) } else { ctl::shards_table(&rows) })
+        }
+        Command::Shard { what: ShardCommand::Verify { id } } => {
+            let v: serde_json::Value = c.get(&format!("/v1/shards/{id}/checksums"))?;
+            if json {
+                return Ok(pretty(&v));
+            }
+            let rows: Vec<Vec<String>> = v["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| vec![r["node"].to_string(), r["checksum"].as_str().unwrap_or("?").to_string()])
+                .collect();
+            let verdict = if v["equal"] == true { "equal" } else { "DIFFERENT" };
+            Ok(format!("shard {id} at index {}: {verdict}\n{}", v["index"], ctl::table(&["NODE", "CHECKSUM"], &rows)))
         }
         Command::Shard { what: ShardCommand::Show { id } } => {
             let row: presage_client::proto::ShardRow = c.get(&format!("/v1/shards/{id}"))?;

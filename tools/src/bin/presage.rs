@@ -85,21 +85,34 @@ enum Command {
     PfaRecord(Box<PfaRecordArgs>),
 }
 
+/// Where `presage cert` finds the CA and writes.
+#[derive(Args)]
+struct CertDir {
+    /// Holds ca.crt (created by create-ca); the new files go here.
+    #[arg(long)]
+    certs_dir: PathBuf,
+    /// The CA's key (default CERTS_DIR/ca.key; keep it off the nodes in production).
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
+    /// Replace existing files.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl CertDir {
+    fn ca_key(&self) -> PathBuf {
+        self.ca_key.clone().unwrap_or_else(|| self.certs_dir.join(presage_security::cert::CA_KEY_FILE))
+    }
+}
+
 /// `presage cert ...` (the subcommands are named as `cockroach cert` names them).
 #[derive(Subcommand)]
 #[allow(clippy::enum_variant_names)]
 enum CertCommand {
-    /// A new cluster CA: CERTS_DIR/ca.crt and its key (default CERTS_DIR/ca.key).
+    /// A new cluster CA: CERTS_DIR/ca.crt and its key.
     CreateCa {
-        /// Where the certificates go.
-        #[arg(long)]
-        certs_dir: PathBuf,
-        /// The CA's key (keep it off the nodes in production).
-        #[arg(long)]
-        ca_key: Option<PathBuf>,
-        /// Replace existing files.
-        #[arg(long)]
-        overwrite: bool,
+        #[command(flatten)]
+        dir: CertDir,
     },
     /// A node's certificate, CERTS_DIR/node.{crt,key}: its id and every host it is dialled by.
     CreateNode {
@@ -109,29 +122,15 @@ enum CertCommand {
         /// An IP address or DNS name of the node (repeatable; at least one).
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
-        /// Holds ca.crt; the certificate goes here.
-        #[arg(long)]
-        certs_dir: PathBuf,
-        /// The CA's key (default CERTS_DIR/ca.key).
-        #[arg(long)]
-        ca_key: Option<PathBuf>,
-        /// Replace existing files.
-        #[arg(long)]
-        overwrite: bool,
+        #[command(flatten)]
+        dir: CertDir,
     },
     /// A user's client certificate, CERTS_DIR/client.USER.{crt,key}.
     CreateClient {
         /// The user (listed in the users file for a role).
         user: String,
-        /// Holds ca.crt; the certificate goes here.
-        #[arg(long)]
-        certs_dir: PathBuf,
-        /// The CA's key (default CERTS_DIR/ca.key).
-        #[arg(long)]
-        ca_key: Option<PathBuf>,
-        /// Replace existing files.
-        #[arg(long)]
-        overwrite: bool,
+        #[command(flatten)]
+        dir: CertDir,
     },
 }
 
@@ -417,22 +416,19 @@ fn playground(opts: PlaygroundOptions) -> Result<()> {
 
 fn cert(what: CertCommand) -> Result<()> {
     use presage_security::cert;
-    let key_of = |dir: &std::path::Path, key: Option<PathBuf>| key.unwrap_or_else(|| dir.join(cert::CA_KEY_FILE));
     match what {
-        CertCommand::CreateCa { certs_dir, ca_key, overwrite } => {
-            let key = key_of(&certs_dir, ca_key);
-            cert::create_ca(&certs_dir, &key, overwrite)?;
-            println!("CA: {} (key {})", certs_dir.join(cert::CA_CERT_FILE).display(), key.display());
+        CertCommand::CreateCa { dir } => {
+            cert::create_ca(&dir.certs_dir, &dir.ca_key(), dir.overwrite)?;
+            println!("CA: {} (key {})", dir.certs_dir.join(cert::CA_CERT_FILE).display(), dir.ca_key().display());
         }
-        CertCommand::CreateNode { node_id, hosts, certs_dir, ca_key, overwrite } => {
-            let key = key_of(&certs_dir, ca_key);
-            cert::create_node(&certs_dir, &key, node_id, &hosts, overwrite)?;
-            println!("node {node_id}: {} for {}", certs_dir.join(cert::NODE_CERT_FILE).display(), hosts.join(", "));
+        CertCommand::CreateNode { node_id, hosts, dir } => {
+            cert::create_node(&dir.certs_dir, &dir.ca_key(), node_id, &hosts, dir.overwrite)?;
+            let path = dir.certs_dir.join(cert::NODE_CERT_FILE);
+            println!("node {node_id}: {} for {}", path.display(), hosts.join(", "));
         }
-        CertCommand::CreateClient { user, certs_dir, ca_key, overwrite } => {
-            let key = key_of(&certs_dir, ca_key);
-            cert::create_client(&certs_dir, &key, &user, overwrite)?;
-            println!("user {user}: {}", certs_dir.join(cert::client_cert_file(&user)).display());
+        CertCommand::CreateClient { user, dir } => {
+            cert::create_client(&dir.certs_dir, &dir.ca_key(), &user, dir.overwrite)?;
+            println!("user {user}: {}", dir.certs_dir.join(cert::client_cert_file(&user)).display());
         }
     }
     Ok(())

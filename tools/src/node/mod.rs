@@ -384,7 +384,7 @@ impl RunningNode {
         let peer_rpc = ServeShared::new(
             metrics.native_handler(handler.clone(), "peer"),
             cfg.native.clone(),
-            Arc::new(presage_client::net::NoLogins),
+            Arc::new(presage_client::net::NoLogins::peer()),
         );
         let peer = peer::serve(
             peer_listener,

@@ -66,7 +66,7 @@ impl NodeTrust {
     /// How the native port learns its callers.
     pub fn native_auth(&self) -> Arc<dyn Authenticator> {
         if self.insecure {
-            return Arc::new(presage_client::net::Anonymous(Caller::Client {
+            return Arc::new(presage_client::net::NoLogins::anonymous(Caller::Client {
                 user: ANONYMOUS_USER.into(),
                 role: Role::ReadWrite,
             }));

@@ -71,6 +71,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
             | Request::Shards { .. }
             | Request::ClusterInfo
             | Request::Pfa { .. }
+            | Request::VerifyShard { .. }
             | Request::Admin { .. } => Ok(()),
             other => Err(ProtoError::Invalid(format!("`{}` is never forwarded", other.name()))),
         },

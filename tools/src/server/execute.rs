@@ -44,6 +44,46 @@ pub(crate) async fn replica_checksum<E: Engine>(inner: &Arc<Inner<E>>, shard: u6
     }
 }
 
+/// Every replica's checksum of `shard` at one log index (`Request::VerifyShard`): a checksum
+/// round through the leader's log, then each other replica's checksum at its index. A node
+/// that does not lead the shard forwards the request once to the leader it knows.
+pub(crate) async fn verify_shard<E: Engine>(inner: &Arc<Inner<E>>, shard: u64, may_forward: bool) -> Response {
+    let status = match inner.node.status(shard).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Response::Error(ProtoError::ShardNotFound { shard }),
+        Err(e) => return Response::Error(proto_error(e, false)),
+    };
+    if !status.is_leader() {
+        return match status.leader {
+            Some(l) if may_forward && l != inner.me.id => {
+                let request = Request::Forwarded { request: Box::new(Request::VerifyShard { shard }) };
+                let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms * 2 + CHECKSUM_MAX_WAIT_MS);
+                inner.call_within(l, request, timeout).await.unwrap_or_else(|e| {
+                    Response::Error(ProtoError::Retry(format!("shard {shard}'s leader, node {l}: {e}")))
+                })
+            }
+            leader => Response::Error(ProtoError::NotLeader { shard, leader }),
+        };
+    }
+    let ours = match inner.node.compute_checksum(shard, status.descriptor.epoch()).await {
+        Ok(at) => at,
+        Err(e) => return Response::Error(proto_error(e, false)),
+    };
+    let mut checksums = vec![(inner.me.id, ours.checksum.to_string())];
+    let timeout = Duration::from_millis(inner.cfg.rpc_timeout_ms + CHECKSUM_MAX_WAIT_MS);
+    for r in status.descriptor.replicas.iter().filter(|r| r.node_id != inner.me.id) {
+        let request = Request::ReplicaChecksum { shard, index: ours.index };
+        let answer = match inner.call_within(r.node_id, request, timeout).await {
+            Ok(Response::Checksum { index, checksum }) if index == ours.index => checksum,
+            Ok(Response::Error(e)) => format!("error: {e}"),
+            Ok(other) => format!("error: unexpected answer {other:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        checksums.push((r.node_id, answer));
+    }
+    Response::ShardChecksums { index: ours.index, checksums }
+}
+
 async fn step<E: Engine>(inner: &Arc<Inner<E>>, command: &Command) -> Result<Response, ProtoError> {
     let shard = command.shard;
     let node = &inner.node;

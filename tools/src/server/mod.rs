@@ -444,6 +444,7 @@ impl<E: Engine> Inner<E> {
             | Request::Admin { .. } => self.manager_request(request, may_forward).await,
             Request::Execute { command } => execute::run(self, command).await,
             Request::ReplicaChecksum { shard, index } => execute::replica_checksum(self, shard, index).await,
+            Request::VerifyShard { shard } => execute::verify_shard(self, shard, may_forward).await,
             Request::Forwarded { .. } => {
                 Response::Error(ProtoError::Invalid("a forwarded request is not forwarded again".into()))
             }

@@ -297,8 +297,15 @@ async fn a_secure_playground_serves_its_users_and_refuses_everyone_else() {
     let out = String::from_utf8_lossy(&ctl.stdout);
     assert!(ctl.status.success() && out.contains("tls") && !out.contains("INSECURE"), "{out}");
 
-    // Nothing changed: shards, replicas and data as before; every node runs.
+    // Nothing changed: shards, replicas and data as before, every replica's checksum equal at
+    // one log index; every node runs.
     assert_eq!(shard_state(&pg), before, "shards and replicas unchanged");
+    let admin1 = pg.admin(1).expect("admin").client();
+    for s in &before {
+        let v: serde_json::Value = admin1.get(&format!("/v1/shards/{}/checksums", s.id)).expect("checksums");
+        assert_eq!(v["equal"], true, "shard {}: {v}", s.id);
+        assert_eq!(v["replicas"].as_array().map(Vec::len), Some(s.replicas.len()), "{v}");
+    }
     for i in 0..50u32 {
         assert_eq!(
             client.get(format!("before-{i:03}").as_bytes()).await.expect("get").as_deref(),
