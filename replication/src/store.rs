@@ -1433,4 +1433,19 @@ mod tests {
         store.process_ready().expect("ready");
         assert!(store.status(1).is_none(), "a member's word destroys it");
     }
+
+    /// A stored descriptor that does not decode stops the store from opening (starting
+    /// without that replica would silently drop a copy the cluster counts on).
+    #[test]
+    fn an_undecodable_descriptor_refuses_to_open() {
+        let engine = MemEngine::new();
+        let mut store = Store::open(2, engine.clone(), RaftConfig::default()).expect("open");
+        store.bootstrap_shard(following_store().status(1).expect("replica").descriptor).expect("bootstrap");
+        drop(store);
+        Store::open(2, engine.clone(), RaftConfig::default()).expect("a good store opens");
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Meta, keys::descriptor_key(1), vec![0xff, 0xff, 0xff]);
+        engine.write(&wb, WriteOptions::SYNC).expect("damage");
+        assert!(Store::open(2, engine, RaftConfig::default()).is_err(), "a damaged descriptor is an error");
+    }
 }
