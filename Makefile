@@ -55,5 +55,6 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
+# Fails on any rustdoc warning (a broken or private intra-doc link, say).
 doc: setup
-	$(CARGO) doc $(CARGO_FLAGS) --workspace --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_FLAGS) --workspace --no-deps

@@ -1,5 +1,10 @@
 //! The `Reader` and `Engine` traits every storage engine implements, and the range helpers
 //! built on top of them (middle key, range checksum).
+//!
+//! the `Reader` trait (get, bounded scan; implemented by engines and snapshots) and the `Engine`
+//! trait (atomic batch write, snapshot, approximate stats, atomic `replace_range`, flush, storage
+//! stats). Generic helpers on any `Reader`: `for_each_pair`, `range_checksum`, `middle_key` (one
+//! pass, at most 256 checkpoints).
 
 use crate::error::Result;
 use crate::transfer::{ChecksumBuilder, RangeChecksum};
@@ -104,7 +109,7 @@ const MIDDLE_KEY_MAX_CHECKPOINTS: usize = 256;
 
 /// A key that splits `range` into two halves of about equal key+value bytes, or `None` when
 /// the range holds fewer than two keys. One pass, bounded memory: it keeps at most
-/// [`MIDDLE_KEY_MAX_CHECKPOINTS`] (bytes-so-far, key) checkpoints, halving their density when
+/// `MIDDLE_KEY_MAX_CHECKPOINTS` (bytes-so-far, key) checkpoints, halving their density when
 /// full, so the answer is within `total / 128` bytes of the true middle.
 pub fn middle_key<R: Reader + ?Sized>(reader: &R, cf: Cf, range: &KeyRange) -> Result<Option<Vec<u8>>> {
     let mut checkpoints: Vec<(u64, Vec<u8>)> = Vec::new();

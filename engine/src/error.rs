@@ -3,6 +3,15 @@
 //! Every failure that crosses the `Engine` trait is an [`EngineError`]; export/import failures
 //! are [`TransferError`]s, which say exactly which check a stream failed so that a sender can
 //! resume or restart it.
+//!
+//! `EngineError`, `TransferError` (one variant per way a stream can be wrong). A node's engine is
+//! `MeteredEngine<FaultyEngine<RocksEngine>>`: metrics outside, so injected latency and errors are
+//! measured exactly as a degrading disk would be. Tests: `engine/tests/engine/` is the crate's one
+//! integration-test binary. `conformance.rs` holds every case as a generic function and a macro
+//! that instantiates all of them for `MemEngine`, `RocksEngine` and both wrapper stacks; `model.rs`
+//! is the proptest model check against a `BTreeMap` (seeded, `PRESAGE_TEST_SEED` replays);
+//! `transfer.rs` runs round trips, every bad-stream kind and resume-after-reopen against both
+//! engines; `rocks.rs` covers durability, ingest and metrics.
 
 use crate::types::{Cf, KeyRange};
 

@@ -6,6 +6,9 @@
 //! would see a degrading disk. Histograms are Prometheus histograms in a registry of the
 //! engine's own (so several engines can live in one process); [`EngineMetrics::snapshot`]
 //! gives the counts that the failure-analysis agent turns into per-second deltas.
+//!
+//! `MeteredEngine` wrapper timing every call into Prometheus histograms in a per-engine registry;
+//! `EngineMetricsSnapshot`/`LatencySnapshot` (deltas, quantile bounds) for the failure model.
 
 use std::sync::Arc;
 use std::time::Instant;

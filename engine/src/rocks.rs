@@ -8,6 +8,11 @@
 //!   or the new one and a crash leaves one of the two.
 //! - Range sizes come from RocksDB's approximate sizes (flushed SST bytes, compressed); key
 //!   counts are scaled from the column family's estimated key density.
+//!
+//! `RocksEngine`. One column family per `Cf`; snapshots own an `Arc<DB>` (self-referential via
+//! `self_cell`); `replace_range` writes one SST holding a range tombstone plus the new pairs and
+//! ingests it (atomic: one file, one sequence number, the tombstone hides only older versions).
+//! `RocksConfig` (kebab-case serde).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

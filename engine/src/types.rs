@@ -1,4 +1,9 @@
 //! Plain data types of the engine API: key spaces, key ranges, write batches, scan limits.
+//!
+//! `Cf` (key spaces `Data`, `Raft`, `Meta` = RocksDB column families), `KeyRange` (`[start, end)`,
+//! `end = None` is unbounded), `WriteBatch`/`WriteOp`, `WriteOptions { sync }`,
+//! `ScanLimit`/`ScanPage`, `RangeStats`, `StorageStats`, `MAX_KEY_BYTES` (8 KiB), `MAX_VALUE_BYTES`
+//! (8 MiB). `KeyRange` deserialises through its validating constructor.
 
 use std::fmt;
 

@@ -15,6 +15,16 @@
 //!   `peer_levels` for who the peers are).
 //!
 //! For a signal that is bad when low (available memory) "up" reads "down".
+//!
+//! `Aggregator`: per node a bounded ring (`max_samples_per_node`) and per signal a tracker (level
+//! and baseline EWMAs, slopes over 10/60/300 samples, Holt, CUSUM); `features(node)` in
+//! `feature_names()` order (9 per signal, incl. the distance from the peers' median);
+//! `evidence(node)` (a signal far from its own baseline *and* at least 2x its peers' *and* past its
+//! material level — `Signal::material_level`, e.g. 20 ms of sync latency, 80% CPU — or any engine
+//! error; during a node's warm-up, a signal 10x the median of at least two peers);
+//! `minute_summaries` (per signal mean, max, and the detectors' scale's mean and deviation) for the
+//! history in the meta shard, and `restore(node, history)`, which resumes a node's baselines and
+//! change-point detectors from it (a new manager judges nodes at once, without the warm-up).
 
 use std::collections::{BTreeMap, VecDeque};
 

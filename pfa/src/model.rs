@@ -3,6 +3,10 @@
 //! the horizon), a decision threshold, and the evaluation report of the data it was checked
 //! on. Serialised as JSON with a format version; features are matched by name, so a model
 //! applies to data whose columns differ (a feature the data lacks is a missing value).
+//!
+//! `FailureModel`: forust-ml gradient-boosted trees on a named feature list, Platt calibration
+//! fitted on validation units, threshold, evaluation report, the units (or time span) it saw; JSON
+//! with a format version; `fingerprint` (FNV-1a).
 
 use forust_ml::gradientbooster::GradientBooster;
 use forust_ml::objective::ObjectiveType;

@@ -10,6 +10,11 @@
 //!   the first sample at risk >= 0.5 to the failure (with, for a latency ramp, the injected
 //!   latency at that moment); on samples with no failure ahead within the horizon, the alarms
 //!   (risk crossing 0.5) and early warnings per node-hour: the false-alarm rates.
+//!
+//! the node model on recordings of `presage pfa-record`: replay through the `Aggregator`, labels
+//! (fails within `horizon_secs`), split by time (60/15/25), evaluation with per-failure lead times
+//! (risk and warning), injected latency at the alarm, false alarms and each false warning with its
+//! evidence per healthy node-hour.
 
 use std::collections::{BTreeMap, BTreeSet};
 

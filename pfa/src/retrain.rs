@@ -13,9 +13,14 @@
 //!   the current model's, so a retraining never makes the served model worse on the newest
 //!   data the cluster has.
 //!
-//! Each episode is replayed through its own fresh [`Aggregator`](crate::aggregate::Aggregator),
+//! Each episode is replayed through its own fresh [`Aggregator`],
 //! exactly as the recording is. Known limit: the adoption test rests on the newest
 //! `test_failures` failures only (one by default), so with few failures it is a coarse guard.
+//!
+//! `capture` (every node's ring as a recording, one node labelled `observed-failure`), `retrain`
+//! (train on the shipped recording's first 75% and the older episodes, validate on the recording's
+//! rest, test both models on the newest episodes; the candidate is adopted only if its PR-AUC there
+//! is no worse).
 
 use std::collections::BTreeSet;
 

@@ -6,6 +6,11 @@
 //! records, see [`crate::prior`]): `1 - (1 - p_node)(1 - p_disk)(1 - p_prior)`. A region's risk is the probability that at least one of its
 //! nodes fails within the horizon, `1 - Π(1 - p_i)`: the chance the region loses a replica.
 //! Without any model the risk is unknown (`null`), never a made-up number.
+//!
+//! `NodeRisk` (node model, drive model and history prior combined as independent causes),
+//! `RegionRisk` (a correlated failure: P(at least two of its nodes fail); a one-node region fails
+//! with its node, so one sick node does not rule out a spare beside it), `ModelStatus`,
+//! `RiskReport`.
 
 use serde::{Deserialize, Serialize};
 

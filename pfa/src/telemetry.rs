@@ -2,6 +2,11 @@
 //!
 //! The signal catalogue is closed (an enum) so that the aggregator, the failure model's
 //! feature list and the warnings agree on names and units. A signal's name ends with its unit.
+//!
+//! the closed signal catalogue (`Signal`, names end with units, e.g. `engine_sync_mean_ms`), which
+//! warning kind each signal is evidence for, which are read on a log scale, their deviation floors
+//! and the level below which a change is harmless; `TelemetrySample`; `PushedCounters` (SMART,
+//! bounded).
 
 use std::collections::BTreeMap;
 

@@ -5,6 +5,10 @@
 //! raises a warning when evidence of its kind appears, keeps its evidence current while it
 //! lasts, and clears it after `clear_after_samples` samples without evidence; every raise
 //! and clear is an event in a bounded, sequence-numbered stream that readers page through.
+//!
+//! `WarningKind` (`DiskDegradation`, `DiskErrors`, `NetworkDegradation`, `CpuOverload`,
+//! `MemoryPressure`), `Warning` with `Evidence`, `WarningBoard` (raise on evidence, clear after 30
+//! quiet samples, bounded sequence-numbered event stream).
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -1,4 +1,22 @@
 //! Errors of the replication layer, as clients and operators see them.
+//!
+//! `NotLeader{leader}`, `EpochNotMatch{current}`, `ProposalDropped` (certainly not applied),
+//! `OutcomeUnknown` (a proposal cut off by a leader change: may still apply), `SwapRefused`,
+//! `ChecksumNotReady{applied}` (retry), `ChecksumMissed` (new round), ... Membership: conf changes
+//! are `ConfChangeV2` (joint consensus, auto-leave). A node creates an empty replica when a
+//! leader's message lists it; it fills by snapshot. A replica moves by add learner, verify
+//! (`compute_checksum` on the leader, `replica_checksum` at the same index on the learner),
+//! `swap_replicas` (the learner votes, the old voter becomes a learner, in one joint change;
+//! leadership leaves the old voter first), remove the demoted learner. A removed replica is
+//! destroyed (log, states, data) with a tombstone at its `conf_ver`; a replica removed in a
+//! configuration it never saw learns it from a tombstone envelope sent by any newer member.
+//! Leadership transfer is refused to non-voters, to a target receiving a snapshot, or one more than
+//! `max_transfer_lag_entries` behind. Split and merge: `NodeHandle::split(shard, epoch, split_key,
+//! new_shard_id)` and `NodeHandle::merge(source, target, confirm_timeout)`; data keys carry no
+//! shard prefix, so both change metadata only. Merge needs adjacent shards with the same voters,
+//! led by the same node: it freezes the source, waits until every source replica reports the freeze
+//! committed (else rolls back), then commits on the target, so a lagging replica finishes the merge
+//! on its own without a source leader. The policies (when, where, which id) belong to `shardmgr`.
 
 use crate::wire::ShardDescriptor;
 

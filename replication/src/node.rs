@@ -8,6 +8,17 @@
 //! stops taking more once they carry `max-round-bytes`; committed entries applied per round
 //! are bounded by raft-rs's `max-apply-bytes-per-ready`. So each round's engine batches are
 //! bounded in bytes whatever the burst.
+//!
+//! `Node`/`NodeHandle`: a task per node, ticks on an interval, a bounded mailbox
+//! (`max_mailbox_msgs`, `Busy` when full), at most `max_msgs_per_round` between ready rounds; an
+//! engine write failure stops the node. Its `select!` is `biased` (tick first): tokio's random
+//! branch choice would make seeded runs on paused time diverge. It gives the store its monotonic
+//! clock (`set_now`) before every tick and request, for read leases. `compute_checksum(shard,
+//! epoch)` (leader: proposes `ComputeChecksum`, waits until applied here) and
+//! `replica_checksum(shard, index)` (any replica: `ChecksumNotReady` before `index` is applied,
+//! `ChecksumMissed` past it without a pin there) return `ChecksumAt { index, checksum }`; the node
+//! task only hands out the pinned snapshot and range (`Store::checksum_pin` -> `PinnedData`), the
+//! `range_checksum` scan runs on `spawn_blocking`. `swap_replicas(shard, promote, demote)`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

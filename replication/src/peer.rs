@@ -1,5 +1,30 @@
 //! `Peer`: one shard replica - a raft-rs `RawNode` on a [`PeerStorage`], the proposals and
 //! reads waiting on it, and the apply of committed entries into the engine.
+//!
+//! `Peer`, one replica: proposals (index, term, callback), ReadIndex reads (issued only once the
+//! leader committed in its term, served when applied, expired after two election timeouts), apply
+//! of commands (epoch and range re-checked at apply, identically on every replica), of conf changes
+//! (descriptor `conf_ver` bump), of splits (left part kept, the right part's initial Raft state
+//! written in the same batch, both at `version` + 1) and of merge steps (`AdminCommand`:
+//! `PrepareMerge` freezes, `CommitMerge` extends the target and destroys the source's metadata in
+//! the same batch, `RollbackMerge` unfreezes). A `CommitMerge` whose local source has not frozen
+//! yet waits in `pending_apply`; the store takes no new ready from that replica meanwhile.
+//! `ComputeChecksum` (admin, refused at a stale version or frozen) changes no data: on every
+//! replica, learners included, apply stops right after it (`checksum_pending`, the rest in
+//! `pending_apply`) so that the store pins the engine at exactly that index. Conf changes: the
+//! descriptor lists voters of both halves of a joint configuration as voters (a demoted voter shows
+//! as a learner once the joint state is left), then learners, by node id; every conf change entry,
+//! the automatic leave included, bumps `conf_ver`. `swap_replicas` proposes `[AddNode(promote),
+//! AddLearnerNode(demote)]` (auto-leave) and answers once the leader applied the leave; refused
+//! (`SwapRefused`) unless `promote` is a learner and `demote` a voter other than the leader, and
+//! while a membership change is in flight (raft-rs would make it a no-op). `EpochNotMatch` carries
+//! the replica's descriptor and the last shards split off it. Read leases: see the crate doc.
+//! Conditional writes: every `Check` of a command is decided before any of its writes, against the
+//! state before the command, i.e. the engine overlaid with the writes already in the apply round's
+//! batch (earlier commands), at the command's `now_ms`; a failed check fails the whole command
+//! alike on every replica (`ConditionFailed` with the current value). The expiry sweep: the leader
+//! walks its shard a page every `SWEEP_EVERY_TICKS` while it may hold expiring values, one proposal
+//! of `DeleteExpired` (re-checked at apply) in flight.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -13,6 +13,17 @@
 //! the shard's range yet) and answers with an acknowledgement. A `MsgSnapshot` reaches Raft
 //! only if its stream is complete; when Raft then installs it, the staged range is switched
 //! in atomically and the log restarts after the snapshot index.
+//!
+//! snapshot data as the engine's export chunks. Sender: window of `snapshot_window_chunks`, a
+//! node-wide token bucket (`snapshot_rate_bytes_per_sec`), resend after `snapshot_resend_ticks`,
+//! resume from the receiver's durable resume point, abandon after `snapshot_timeout_ticks`.
+//! Receiver: stage through `Importer`, acknowledge, let the `MsgSnapshot` into Raft only when the
+//! stream verified, install = atomic range switch. `RateGovernor`: the migration bandwidth budget
+//! under AIMD, pure. It halves the bucket's rate (down to `snapshot_rate_floor_bytes_per_sec`)
+//! after a window with snapshot traffic whose foreground p99 exceeds `snapshot_backoff_p99_pct` of
+//! the median p99 of windows without it, and adds 1/16 of the cap otherwise. The tools' node
+//! runtime feeds it each window (`metrics::take_foreground_window`) and applies it with
+//! `NodeHandle::set_snapshot_rate`.
 
 use std::collections::VecDeque;
 

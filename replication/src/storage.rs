@@ -5,6 +5,10 @@
 //! store collects them from every replica into one engine batch (group commit), and these
 //! methods only add to that batch and update the cache. A failed batch write stops the
 //! node, so the cache never runs ahead of the disk for long.
+//!
+//! `PeerStorage`, raft-rs's `Storage` on the engine. Small states cached; writes only added to the
+//! store's batch. `snapshot()` returns metadata at the applied index and keeps an engine snapshot
+//! of that instant for the transfer.
 
 use std::sync::Mutex;
 

@@ -11,6 +11,24 @@
 //!    `advance`, applied in a second (unsynced) batch - the apply state travels with the data
 //!    it describes, so a crash replays exactly the unapplied suffix;
 //! 4. callbacks of applied proposals and served reads run last, after their batch is written.
+//!
+//! `Store`, every replica of a node. `process_ready` = one engine batch with one sync for all
+//! replicas' log appends, hard states and already-persisted committed entries, then a second
+//! unsynced batch for entries committed by `advance`; callbacks run after their batch. Right after
+//! each batch write, every replica that applied a `ComputeChecksum` into it gets one shared engine
+//! snapshot as its checksum pin `(index, range, snapshot)`: the newest only, dropped on a Raft
+//! snapshot install, after `CHECKSUM_PIN_MAX_AGE_SECS` (a RocksDB snapshot holds back compaction)
+//! or with the replica; in-memory, so a restart replays the log and pins again. Raft learns the
+//! applied index through `advance_apply_to` every round, which is also where raft-rs appends the
+//! automatic leave of a joint configuration. A sleeping replica with entries waiting to apply or a
+//! new ready is visited again next round. Holds `MsgSnapshot`s back for the snapshot transfer.
+//! Quiescence: only `active` replicas are ticked and visited; an idle, fully replicated leader
+//! sends `quiesce` heartbeats and its group sleeps; nodes sharing sleeping groups ping each other
+//! once per heartbeat interval and wake the groups of a node silent for an election timeout. Starts
+//! the shards splits create (the parent's leader's new replica campaigns at once) and never creates
+//! a replica from a message whose range overlaps a local replica (a split not applied here yet). A
+//! snapshot never covers a live local replica's range, except a source frozen into that shard,
+//! whose metadata its install destroys (the merge finishes there by snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,5 +1,12 @@
 //! Messages that cross the network or sit on disk, as prost messages (one prost: 0.11, the
 //! version raft-rs uses).
+//!
+//! prost messages (prost 0.11, raft-rs's): `ShardDescriptor` (range, `Epoch`, replicas),
+//! `Command`/`Op` (the data of a normal entry: puts, optionally with a deadline, deletes, range
+//! deletes, `Check`s and the sweep's `DeleteExpired`, with the proposer's `now_ms`; or a `Split`, a
+//! merge step or `compute_checksum`), `RaftEnvelope` (a Raft message, or a snapshot chunk or
+//! acknowledgement, plus the sender's descriptor; or a `quiesce` heartbeat or a node-level `ping`),
+//! `RaftLocalState`, `ApplyState`, `SnapshotData`.
 
 use presage_engine::KeyRange;
 use raft::eraftpb;

@@ -1,6 +1,12 @@
 //! Operators' commands (the admin API and `presage-ctl`): manual splits, merges, moves,
 //! leader transfers and drains, checked against the directory and run as `Manual`
 //! operators through the same steps the policies use.
+//!
+//! `AdminCommand` (split, merge, move = re-place into the target node's group, migrate (the same,
+//! from the shard's leader), transfer-leader, drain, evacuate = a Manual migration that cuts over
+//! at once, release = end a held node's evacuation by hand: an evacuated node is released, a
+//! preparing one stands down, a cut-over is not interrupted) checked against the directory and
+//! started as `Manual` operators or migrations.
 
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,9 @@
 //! manager's answers and refreshed on `NotLeader`/`EpochNotMatch`). It never goes backwards:
 //! a descriptor older than what it holds for the same shard, or overlapping a shard whose
 //! `version` is at least as high, is refused (the PD model, design.md §3).
+//!
+//! `Directory`, shards by start key; `update` keeps the highest epoch seen and drops overlapped
+//! entries of lower version; `get_shard(key)`. Used by the manager and by clients.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;

@@ -3,7 +3,7 @@
 //! Everything here is pure: it takes cluster state and returns decisions, with no I/O and no
 //! clock reads of its own (the caller passes `now_ms`). That is what lets the policies run at
 //! 1,000 nodes and 100,000 shards inside a unit test. The node server (`tools`) runs the
-//! [`Manager`] on the meta shard's leader and carries out its [`Effect`]s.
+//! [`Manager`] on the meta shard's leader and carries out its `Effect`s.
 //!
 //! - [`model`]: nodes, replication groups, shards, epochs; the reserved system key space.
 //! - [`directory`]: shards by key, keeping the highest epoch seen; `get_shard(key)` routing.

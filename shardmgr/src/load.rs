@@ -5,6 +5,10 @@
 //! Each heartbeat takes the recorder's [`LoadReport`]; the shard manager keeps the samples of
 //! the last load-split window and, once a shard stayed hot for the whole window, asks
 //! [`choose_split_key`] for the key that best divides the sampled requests.
+//!
+//! `LoadRecorder` (per-shard counters and an Algorithm-R reservoir of request key spans),
+//! `LoadReport`, `ShardLoad` rates and score, `choose_split_key` (design.md §4: smallest balance +
+//! contained share among evenly spaced sampled candidates).
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

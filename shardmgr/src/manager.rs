@@ -14,6 +14,13 @@
 //! - The directory never goes back to an older epoch ([`Directory::update`]).
 //! - Ids (shards, groups, operators) come from `ClusterMeta::next_id`, persisted in the same
 //!   batch as the record that uses them, so no id is handed out twice across fail-overs.
+//!
+//! `Manager`: `bootstrap` / `recover(PersistedState)`, `join`, `heartbeat`, `set_risks(RiskInputs)`
+//! (the failure model's risk per node and region, round trips, nodes under a disk warning),
+//! `tick(now) -> Effects { writes, commands, finished, migrations }`, `record_verification`,
+//! `submit` (manual operators); node liveness (Suspect, Down), migrations, then group formation
+//! (fill groups to the replication factor, one node per region, never with a held node or a
+//! migration's target).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 

@@ -3,6 +3,12 @@
 //! These are the shard manager's own types, independent of raft-rs and the engine; the node
 //! server converts the replication layer's descriptors into them. The persisted parts are
 //! serde records in the meta shard ([`crate::meta`]).
+//!
+//! `NodeMeta` (addresses, region, capacity, state Up/Suspect/Draining/Down/ Removed, group),
+//! `GroupMeta` (members one per region, failure history, risk thresholds), `ShardMeta` (range,
+//! `Epoch`, replicas with roles, leader), `NodeHeartbeat`/`ShardReport`, `ClusterMeta` (cluster id,
+//! replication factor, id allocator). The system key space: keys from `0xff` belong to the meta
+//! shard (`META_SHARD_ID` 0), as in FoundationDB.
 
 use serde::{Deserialize, Serialize};
 

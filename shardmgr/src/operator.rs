@@ -6,6 +6,12 @@
 //! manager that fails over and loads the operator again does no harm - it re-checks and goes
 //! on. A step not done within `operator-step-timeout-ms` makes the operator roll back (run its
 //! `rollback` steps) or, without any, fail.
+//!
+//! `Operator` = steps + rollback steps + status + verifications; `Step` (AddLearner, VerifyReplica,
+//! PromoteLearner, SwapReplica, RemoveReplica, TransferLeader, Split, Merge, ResolveMerge);
+//! `step_state` decides *done* from the directory alone (a VerifyReplica from the operator's
+//! recorded `Verification` at the shard's current `conf_ver`: a match is done, a mismatch rolls
+//! back), so steps are idempotent and resumable; timeouts roll back.
 
 use serde::{Deserialize, Serialize};
 

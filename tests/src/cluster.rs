@@ -2,6 +2,10 @@
 //! over the whole key space replicated on all of them. Run it on a current-thread tokio
 //! runtime with paused time: the schedule, the network's random choices and the election
 //! timeouts (`deterministic_elections`) then all follow the seed.
+//!
+//! `Cluster`, n nodes on `MemEngine`s over a `MemNetwork`, one shard over the key space (or
+//! `start_sharded`: many); kill/restart (the engine survives like a disk); leader-routed put/get
+//! with retries; `wait_converged` compares applied indexes and data checksums.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,10 @@
 //! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node comes back, the replicas must
 //! converge, and the whole history - final reads included, so a lost acknowledged write
 //! shows - must be linearizable.
+//!
+//! clients + seeded nemesis (partitions, isolation, drops, delays, dropped append responses,
+//! kills/restarts, leader transfers, quiet phases that fail a sleeping leader), then heal,
+//! converge, final reads, check.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! An in-process sharded cluster: node servers (`presage_tools::server`) on [`MemEngine`]s,
+//! An in-process sharded cluster: node servers (`presage_server::server`) on [`MemEngine`]s,
 //! joined by a [`MemNetwork`] for Raft and a [`MemRpcNet`] for requests. Node 1 bootstraps the
 //! cluster (the meta shard and shard 1 over every user key); the others join through it, and
 //! the shard manager gives them replicas. Run it on paused tokio time: everything follows the
@@ -11,10 +11,10 @@ use std::time::Duration;
 use presage_client::{Client, ClientConfig};
 use presage_engine::MemEngine;
 use presage_replication::{MemNetwork, Node, RaftConfig, Store};
+use presage_server::server::convert::bootstrap_descriptors;
+use presage_server::server::mem_rpc::MemRpcNet;
+use presage_server::server::{Clock, Server, ServerConfig};
 use presage_shardmgr::{Manager, ManagerConfig, NodeMeta, NodeState, ShardMeta, META_SHARD_ID};
-use presage_tools::server::convert::bootstrap_descriptors;
-use presage_tools::server::mem_rpc::MemRpcNet;
-use presage_tools::server::{Clock, Server, ServerConfig};
 
 use crate::cluster::test_config;
 

@@ -1,6 +1,20 @@
 //! In-process cluster tests of replication (design.md §8 tier 2). Each cites the section of
 //! the Raft paper (Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm")
 //! or thesis it checks. Seeded: `PRESAGE_TEST_SEED` replays a run.
+//!
+//! the one test binary: Raft behaviours citing the paper's sections, snapshot catch-up, membership,
+//! quiescence, split, `PRESAGE_NEMESIS_SEEDS` (default 50) nemesis seeds;
+//! `PRESAGE_SHARDED_NEMESIS_SEEDS` (default 8) sharded-nemesis seeds (`src/sharded_nemesis.rs`:
+//! splits, merges, leader and replica moves with a second group joining, an evacuation of node 1
+//! onto a spare, partitions, kills of any node including the manager's, through the client library;
+//! history checked, final reads included); `tests/sharding/mod.rs`: bootstrap/join/routing, size
+//! split, zipfian load split with the halves' leaders apart, merge after the delay, manager
+//! fail-over mid-operator, a client with a stale directory, a forwarded reply re-routing the
+//! client, an evacuation surviving the manager's death mid-copy, a copy with damaged chunks resent
+//! and verified; `tests/tcp/mod.rs`: three node processes on loopback (kill -9, restart from disk)
+//! and bad frames on the wire. The in-process tests run on a current-thread tokio runtime with
+//! paused time, so a seed replays exactly; the multi-process tests bound liveness with deadlines
+//! only.
 
 use std::time::Duration;
 

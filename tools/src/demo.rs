@@ -8,7 +8,7 @@
 //!    replica move as it happens.
 //! 4. Show the shards again, read a sample of the data back, print a summary (throughput,
 //!    latency percentiles, what changed).
-//! 5. Second act, a failing disk ([`crate::scenario::story`]): while a paced workload runs,
+//! 5. Second act, a failing disk ([`presage_bench::scenario::story`]): while a paced workload runs,
 //!    one group member's disk degrades gradually (fault injection); the failure analysis
 //!    warns, the shard manager moves the node's leaderships and replicas to a spare, and the
 //!    node is killed when its disk reaches the election timeout. The timeline is narrated as
@@ -36,9 +36,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-use crate::ctl::{self, AdminEndpoint};
-use crate::datagen::{key, ValueGen, ValueKind};
-use crate::node::playground::{Playground, PlaygroundOptions};
+use presage_bench::datagen::{key, ValueGen, ValueKind};
+use presage_ctl::{self as ctl, AdminEndpoint};
+use presage_playground::{Playground, PlaygroundOptions};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -130,7 +130,7 @@ pub async fn run(opts: &DemoOptions) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let mut overrides = crate::scenario::scenario_overrides();
+    let mut overrides = presage_bench::scenario::scenario_overrides();
     overrides.extend([
         format!("server.shard-manager.load-split-qps={}", opts.split_qps),
         "server.shard-manager.load-split-window-ms=\"3s\"".to_string(),
@@ -208,7 +208,8 @@ async fn second_act(opts: &DemoOptions, pg: &mut Playground, cluster_started: In
         return Ok(());
     }
     let first = pg.admins(None).into_iter().map(|(_, a)| a).next().context("an empty playground")?;
-    let chosen = tokio::task::spawn_blocking(move || crate::scenario::choose_failing_node(&first.client())).await?;
+    let chosen =
+        tokio::task::spawn_blocking(move || presage_bench::scenario::choose_failing_node(&first.client())).await?;
     let failing = match chosen {
         Ok(n) => n,
         Err(e) => {
@@ -219,14 +220,14 @@ async fn second_act(opts: &DemoOptions, pg: &mut Playground, cluster_started: In
         }
     };
     let warmup_secs = DETECTOR_WARMUP.saturating_sub(cluster_started.elapsed()).as_secs().max(10);
-    let story = crate::scenario::StoryOptions {
+    let story = presage_bench::scenario::StoryOptions {
         keys: opts.keys,
         value_bytes: opts.value_bytes,
         ramp_secs: opts.failing_node_ramp_secs,
         warmup_secs,
         after_kill_secs: 10,
         seed: opts.seed,
-        ..crate::scenario::StoryOptions::default()
+        ..presage_bench::scenario::StoryOptions::default()
     };
     println!(
         "\n6. Second act, a failing disk: node {failing}'s writes slow from 0 to 1 s (the election timeout) over {}s \
@@ -236,10 +237,12 @@ async fn second_act(opts: &DemoOptions, pg: &mut Playground, cluster_started: In
         story.workers,
         story.workers as u64 * 1000 / story.op_interval_ms.max(1)
     );
-    let report =
-        crate::scenario::story(pg, &story, crate::scenario::Mode::Predictive, &|line| println!("   {line}")).await?;
+    let report = presage_bench::scenario::story(pg, &story, presage_bench::scenario::Mode::Predictive, &|line| {
+        println!("   {line}")
+    })
+    .await?;
     println!();
-    print_indented(&crate::scenario::side_by_side(std::slice::from_ref(&report)));
+    print_indented(&presage_bench::scenario::side_by_side(std::slice::from_ref(&report)));
     let lead = report.warning_lead_seconds.map_or("no warning".to_string(), |s| format!("{s:.0}s"));
     println!(
         "\n   {} of {} requests failed; p99 {:.1} ms before the disk degraded, {:.1} ms from then on; \
@@ -483,7 +486,7 @@ fn watch(admins: &[AdminEndpoint], stop: &AtomicBool, pb: &ProgressBar, started:
 }
 
 fn shard_rows_blocking(admins: &[AdminEndpoint]) -> Result<Vec<ShardRow>> {
-    crate::scenario::shard_rows(admins)
+    presage_bench::scenario::shard_rows(admins)
 }
 
 async fn shard_rows(admins: Vec<AdminEndpoint>) -> Result<Vec<ShardRow>> {

@@ -15,7 +15,7 @@ use presage_engine::{
     TransferError, WriteBatch, WriteOptions,
 };
 
-use crate::datagen::{key, ValueGen, ValueKind};
+use presage_bench::datagen::{key, ValueGen, ValueKind};
 
 /// What the walkthrough does.
 #[derive(Debug, Clone)]

@@ -1,4 +1,11 @@
 //! The tools crate's one integration-test binary: the programs run as a person runs them.
+//!
+//! the programs run as processes; `tests/e2e/`: multi-process playgrounds (`migrate.rs`: a node
+//! whose disk degrades gradually is evacuated to the spare through verified joint-consensus swaps
+//! before it is killed, with no failed write and every acknowledged write read back; `bench.rs`:
+//! YCSB against all three target kinds in one invocation, a cluster killed mid-run), (kill -9 of
+//! the busiest node with acknowledged writes checked after its restart, through `presage-client`
+//! and a Redis client; bad RESP, admin JSON and config; `presage-ctl`).
 
 use std::process::Command;
 
@@ -29,6 +36,35 @@ fn walkthrough_runs_every_step_and_verifies() {
     assert!(stdout.contains("refused with \"corrupt chunk"), "{stdout}");
     assert!(stdout.contains("target range still empty: true"), "{stdout}");
     assert!(stdout.contains("range checksum of the copy matches the source"), "{stdout}");
+}
+
+/// Tidy: every Rust file of the workspace (crate roots, modules, tests, fuzz targets) opens
+/// with its `//!` doc, which says what it is for.
+#[test]
+fn every_crate_and_module_starts_with_its_doc() {
+    fn walk(dir: &std::path::Path, missing: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !matches!(name.as_str(), "target" | "corpus" | "artifacts" | ".git" | "node_modules") {
+                    walk(&path, missing);
+                }
+            } else if name.ends_with(".rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if !text.starts_with("//!") {
+                    missing.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut missing = Vec::new();
+    for top in ["engine", "replication", "shardmgr", "pfa", "tools", "tests", "scripts"] {
+        walk(&root.join(top), &mut missing);
+    }
+    assert!(missing.is_empty(), "files without a //! doc: {missing:#?}");
 }
 
 /// `presage cert` and `presage user` make what a secure node loads: a CA, a node certificate

@@ -5,6 +5,14 @@
 //! unreachable node); a write whose outcome is unknown (a lost connection, a timeout, a
 //! leader change before it applied) is reported as [`ClientError::OutcomeUnknown`], never
 //! retried blindly, because applying it twice could break linearizability.
+//!
+//! `Client` (`connect(seeds)` over TCP): cached `Directory`, routes to the leader (else a voter,
+//! which forwards; nodes that did not answer are tried last), refreshes on
+//! `NotLeader`/`EpochNotMatch`/`ShardNotFound`, takes the leader from a `Redirected` reply; reads
+//! retry until the deadline, writes retry only on definite errors and report `OutcomeUnknown`
+//! otherwise; `batch` (atomic per shard), `get_many`, `cluster_info`; `write_if`/`put_if` (a
+//! `Check` and a write in one batch; `ConditionFailed` carries the current value) and
+//! `put_with_ttl`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use presage_tools::resp::parse::{parse_command, Limits};
+use presage_server::resp::parse::{parse_command, Limits};
 
 /// Small limits, so that every limit is reachable with small inputs.
 const LIMITS: Limits = Limits { max_bulk_bytes: 64, max_args: 8, max_inline_bytes: 128 };

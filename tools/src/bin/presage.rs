@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use presage_playground::{Playground, PlaygroundOptions};
+use presage_server::metrics::Metrics;
+use presage_server::node::config::NodeConfig;
+use presage_server::node::RunningNode;
 use presage_tools::demo::{self, DemoOptions};
-use presage_tools::metrics::Metrics;
-use presage_tools::node::config::NodeConfig;
-use presage_tools::node::playground::{Playground, PlaygroundOptions};
-use presage_tools::node::RunningNode;
 use presage_tools::walkthrough::{self, WalkthroughOptions};
 
 #[derive(Parser)]
@@ -497,7 +497,7 @@ fn main() -> Result<()> {
             runtime.block_on(demo::run(&opts))
         }
         Command::PfaRecord(a) => {
-            let opts = presage_tools::pfa_record::RecordOptions {
+            let opts = presage_bench::pfa_record::RecordOptions {
                 nodes: a.nodes,
                 regions: a.regions,
                 secs: a.secs,
@@ -510,7 +510,7 @@ fn main() -> Result<()> {
                 binary: std::env::current_exe().context("finding the presage binary")?,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let summary = runtime.block_on(presage_tools::pfa_record::run(&opts))?;
+            let summary = runtime.block_on(presage_bench::pfa_record::run(&opts))?;
             println!("{summary}");
             Ok(())
         }

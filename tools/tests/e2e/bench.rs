@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use presage_tools::node::playground::{Playground, SecurityInfo};
+use presage_playground::{Playground, SecurityInfo};
 use serde_json::Value;
 
 use super::options;

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presage_client::Client;
-use presage_tools::ctl::AdminClient;
-use presage_tools::node::playground::Playground;
+use presage_ctl::AdminClient;
+use presage_playground::Playground;
 
 use super::pfa::eventually;
 use super::{get_retrying, options};
@@ -81,7 +81,7 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
         let all: serde_json::Value = admin.get("/v1/migrations").ok()?;
         all.as_array()?.iter().find(|m| m["node"] == failing).cloned()
     };
-    let admin_any = |nodes: &[presage_tools::node::playground::PlaygroundNode]| {
+    let admin_any = |nodes: &[presage_playground::PlaygroundNode]| {
         nodes.iter().filter(|n| n.id != failing).map(|n| pg.admin(n.id).expect("admin").client()).collect::<Vec<_>>()
     };
     let admins = admin_any(&nodes);

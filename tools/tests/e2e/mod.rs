@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use presage_client::{Client, ClientError};
-use presage_tools::node::playground::{Playground, PlaygroundOptions, SecurityInfo};
+use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
 mod migrate;
@@ -90,7 +90,7 @@ fn raw(addr: &str, bytes: &[u8]) -> (String, bool) {
 async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowledged_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut pg = Playground::start(&options(dir.path(), 3)).await.expect("playground starts");
-    let cluster = presage_tools::node::playground::ClusterFile::read(dir.path()).expect("cluster.json");
+    let cluster = presage_playground::ClusterFile::read(dir.path()).expect("cluster.json");
     assert_eq!(cluster.nodes.len(), 3);
     let client = Client::connect(&cluster.native_addrs(), cluster.security.client_config()).await.expect("client");
 
@@ -149,7 +149,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
     pg.restart(victim, &[]).expect("restart");
     let ready = async {
         loop {
-            if presage_tools::node::playground::ready(&cluster, 3, 3).await.is_ok() {
+            if presage_playground::ready(&cluster, 3, 3).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -299,10 +299,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
 
 /// SET NX/XX/GET/EX/PX, SETNX and INCR over RESP, and the native client's conditional and
 /// expiring writes, against a running node.
-async fn conditional_and_expiring_writes(
-    security: &SecurityInfo,
-    node: &presage_tools::node::playground::PlaygroundNode,
-) {
+async fn conditional_and_expiring_writes(security: &SecurityInfo, node: &presage_playground::PlaygroundNode) {
     let mut conn = redis_conn(security, &node.resp).await;
     let r = &mut conn;
     use redis::Value::{BulkString, Int, Nil, Okay};

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use presage_client::Client;
-use presage_tools::ctl::AdminClient;
-use presage_tools::node::playground::Playground;
+use presage_ctl::AdminClient;
+use presage_playground::Playground;
 
 use super::options;
 
@@ -209,8 +209,7 @@ async fn history_survives_a_manager_fail_over_and_observed_failures_retrain_the_
     opts.overrides.extend(overrides.iter().cloned());
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let nodes = pg.cluster.nodes.clone();
-    let admins: std::collections::BTreeMap<u64, presage_tools::ctl::AdminEndpoint> =
-        pg.admins(None).into_iter().collect();
+    let admins: std::collections::BTreeMap<u64, presage_ctl::AdminEndpoint> = pg.admins(None).into_iter().collect();
     let admin_of = |id: u64| admins[&id].client();
     let manager_of =
         |admin: &AdminClient| admin.get::<serde_json::Value>("/v1/cluster").ok().and_then(|c| c["manager"].as_u64());

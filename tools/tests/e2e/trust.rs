@@ -14,10 +14,10 @@ use std::time::Duration;
 use presage_client::net::{Learns, Login, TcpRpc};
 use presage_client::tls::{load_certs, load_key, provider, root_store, ClientTls};
 use presage_client::{Client, ClientError, NetConfig, ProtoError, Request, Response};
+use presage_playground::{ClusterFile, Playground};
 use presage_security::cert;
 use presage_security::handshake::{self, Channel, Hello};
 use presage_shardmgr::{AdminCommand, Epoch, NodeHeartbeat, NodeMeta, NodeState, ShardMeta, ShardReport};
-use presage_tools::node::playground::{ClusterFile, Playground};
 
 use super::{options, redis_client};
 
@@ -257,7 +257,7 @@ async fn a_secure_playground_serves_its_users_and_refuses_everyone_else() {
     assert!(answer.starts_with("-WRONGPASS"), "{answer}");
     let mut resp = redis_client(&security, &node2.resp).get_multiplexed_async_connection().await.expect("TLS + AUTH");
     let () = redis::cmd("SET").arg("resp-k").arg("v").query_async(&mut resp).await.expect("SET");
-    let read_only = presage_tools::node::playground::SecurityInfo {
+    let read_only = presage_playground::SecurityInfo {
         resp_user: Some(reader.clone()),
         resp_password: Some(reader_password.clone()),
         ..security.clone()
@@ -273,20 +273,18 @@ async fn a_secure_playground_serves_its_users_and_refuses_everyone_else() {
     // --- admin API ---
     let admin = &cluster.nodes[2].admin;
     plain_bytes_refused(admin, b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let no_token = presage_tools::ctl::AdminClient::new(
-        admin,
-        &presage_tools::ctl::AdminAccess::load(Some(&ca), None).expect("access"),
-    );
+    let no_token =
+        presage_ctl::AdminClient::new(admin, &presage_ctl::AdminAccess::load(Some(&ca), None).expect("access"));
     let e = no_token.cluster_once().expect_err("no token");
-    assert!(matches!(e, presage_tools::ctl::CtlError::Api { status: 401, .. }), "{e}");
+    assert!(matches!(e, presage_ctl::CtlError::Api { status: 401, .. }), "{e}");
     let e = no_token.admin(&AdminCommand::Split { shard: 1, key: None }).expect_err("no token");
-    assert!(matches!(e, presage_tools::ctl::CtlError::Api { status: 401, .. }), "{e}");
+    assert!(matches!(e, presage_ctl::CtlError::Api { status: 401, .. }), "{e}");
     assert!(no_token.get_raw("/health").is_ok(), "liveness needs no token");
-    let bad_token = presage_tools::ctl::AdminClient::new(
+    let bad_token = presage_ctl::AdminClient::new(
         admin,
-        &presage_tools::ctl::AdminAccess::load(Some(&ca), Some("not-a-token".into())).expect("access"),
+        &presage_ctl::AdminAccess::load(Some(&ca), Some("not-a-token".into())).expect("access"),
     );
-    assert!(matches!(bad_token.cluster_once(), Err(presage_tools::ctl::CtlError::Api { status: 401, .. })));
+    assert!(matches!(bad_token.cluster_once(), Err(presage_ctl::CtlError::Api { status: 401, .. })));
     let ctl = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
         .args(["--admin", admin, "--ca-cert"])
         .arg(&ca)

@@ -7,7 +7,6 @@
 //! - [`config`]: the TOML configuration.
 //! - [`peer`]: the peer port: TLS, the handshake, Raft and control-plane channels.
 //! - [`trust`]: certificates and credentials as the listeners use them.
-//! - [`playground`]: `presage playground`, a local cluster of node processes.
 //!
 //! **Start-up rules.** The data dir records the node id it belongs to and, once known, the
 //! cluster's id (`node.json`); a different node id is refused. An empty store with
@@ -19,7 +18,6 @@
 
 pub mod config;
 pub mod peer;
-pub mod playground;
 pub mod trust;
 
 use std::collections::BTreeMap;

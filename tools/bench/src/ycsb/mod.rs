@@ -8,6 +8,15 @@
 //!
 //! Records are single values of `value_bytes` (YCSB's ten 100-byte fields stored as one
 //! value); an update rewrites the whole value.
+//!
+//! `presage-bench run`, the YCSB core workloads. `mod.rs` (pure, seeded): the A–F operation mixes,
+//! hashed record keys, uniform / scrambled-zipfian / latest choosers (rand_distr's Zipf, exponent
+//! 0.99); `target.rs`: one blocking `Target` trait over the raw engine (synced writes), a
+//! playground it starts and stops, or a cluster by address (the client's futures on a shared
+//! runtime); `run.rs`: the closed-loop driver (load phase, run phase; T threads; per-operation
+//! hdrhistograms and a per-second series; an insert becomes readable once every earlier insert
+//! finished; a phase stops when nothing succeeded for `max_failing_secs`), ratios to the first
+//! target, text rendering; `plot.rs`: the SVG (plotters, no font files).
 
 pub mod plot;
 pub mod run;

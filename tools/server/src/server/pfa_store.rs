@@ -16,6 +16,11 @@
 //!
 //! Also here: the manager-start routine (restore the detectors from the history, take a
 //! stored model) and the retraining task.
+//!
+//! the failure analysis's records in the meta shard under `\xffp/` (history ring per node, episode
+//! ring, observed failures, the retrained model, its state), the manager-start routine (restore the
+//! detectors, the failures, the schedule, a stored model) and the retraining task (training on a
+//! blocking thread).
 
 use std::sync::Arc;
 
@@ -42,7 +47,7 @@ pub const MAX_HISTORY_ANSWER_MINUTES: u32 = 2_880;
 /// Most bytes of failure-analysis records in one write to the meta shard.
 pub const MAX_PFA_BATCH_BYTES: usize = 512 << 10;
 /// The shipped recording the node model was trained on; retraining starts from it.
-const BASE_RECORDING_CSV: &str = include_str!("../../../pfa/data/telemetry/recorded-mixed-seed1.csv");
+const BASE_RECORDING_CSV: &str = include_str!("../../../../pfa/data/telemetry/recorded-mixed-seed1.csv");
 
 fn key(parts: &[&[u8]]) -> Vec<u8> {
     [&[PFA_PREFIX], parts].concat().concat()

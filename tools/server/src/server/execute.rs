@@ -7,6 +7,13 @@
 //! shard's configuration, so that stale views never compound into removing voters. A
 //! verification answers with both checksums (`Response::Verified`); the manager records it
 //! with the operator.
+//!
+//! carries out a step on a led shard after checking it is not already done (promotes, verifies or
+//! swaps in a learner only once caught up; hands leadership away before removing or demoting
+//! itself; picks the middle key for size splits; refuses a membership change planned against
+//! another `conf_ver`). Verify: a checksum round through the log (`compute_checksum`), then
+//! `ReplicaChecksum` to the replica's node, which waits up to `CHECKSUM_MAX_WAIT_MS` to apply it;
+//! both checksums go back to the manager.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! subject to the partitions and isolation filters of a [`MemNetwork`] (a request across a
 //! partition is unreachable; an answer across one is lost). The sender is proven as the
 //! node its endpoint belongs to ([`Caller::Node`]), as the peer port's handshake would.
+//!
+//! the in-process request transport, honouring `MemNetwork` partitions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

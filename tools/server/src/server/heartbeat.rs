@@ -1,5 +1,12 @@
 //! The node's heartbeat: every `heartbeat-interval-ms`, node stats and a report per shard it
 //! leads (descriptor, load since the last report, approximate size) go to the shard manager.
+//!
+//! every `heartbeat-interval-ms`, node stats and one report per led shard (descriptor, load,
+//! approximate size) to the manager; re-joins if the manager forgot it. With an agent set, the
+//! heartbeat carries its sample, plus apply lag, the round trip to the fastest peer (`Hello` to at
+//! most 8 peers) and the mean proposal latency. The node keeps its last
+//! `MAX_TELEMETRY_BACKLOG_SAMPLES` samples and sends them when the manager asks
+//! (`telemetry_backlog_wanted` in the ack). A `Busy` replication node skips a beat.
 
 use std::sync::Arc;
 use std::time::Duration;

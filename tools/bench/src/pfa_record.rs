@@ -26,8 +26,8 @@ use presage_pfa::telemetry::TelemetrySample;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ctl::AdminEndpoint;
-use crate::node::playground::{Playground, PlaygroundOptions};
+use presage_ctl::AdminEndpoint;
+use presage_playground::{Playground, PlaygroundOptions};
 
 /// The Raft election timeout of the default configuration (10 ticks of 100 ms): the injected
 /// latency at which a slowing disk counts as failed.

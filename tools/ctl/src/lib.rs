@@ -1,5 +1,12 @@
 //! `presage-ctl`: operators inspect and steer the cluster through any node's admin API.
 //! Tables for people, `--json` for scripts (the admin API's JSON, unchanged).
+//!
+//! - this module: [`AdminClient`] (HTTPS with [`AdminAccess`]), the tables;
+//! - [`cli`]: the `presage-ctl` program;
+//! - [`pfa_cli`]: `presage-ctl pfa train | eval | prior`, the failure model's files.
+
+pub mod cli;
+pub mod pfa_cli;
 
 use presage_client::proto::{ClusterInfo, ShardRow};
 use presage_shardmgr::{AdminCommand, AdminOutcome, NodeMeta, Operator};

@@ -19,6 +19,13 @@
 //! - `bytes_moved`: snapshot data the nodes sent during the event (their
 //!   `presage_node{what="snapshot_bytes_sent"}` metrics);
 //! - `warning_lead_seconds`: from the first early warning about the node to its death.
+//!
+//! the failing-node story, shared by `presage-bench scenario failing-node` and the demo's second
+//! act: open-loop paced workers (latency from the scheduled start), one read probe per data shard
+//! (a probe slower than 250 ms counts as unavailability), a watcher thread narrating warnings,
+//! risk, migration stages, leaders and replicas of the node; the disk ramp via `PUT /v1/faults`,
+//! SIGKILL at its end; figures, side-by-side text, JSON and an SVG plot. Predictive vs reactive =
+//! `proactive-migration` on or off.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +41,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::ctl::{AdminClient, AdminEndpoint};
 use crate::datagen::{key, ValueGen, ValueKind};
-use crate::node::playground::{Playground, PlaygroundOptions};
+use presage_ctl::{AdminClient, AdminEndpoint};
+use presage_playground::{Playground, PlaygroundOptions};
 
 /// Whether the predictive path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -319,7 +326,7 @@ async fn admin_command(admins: &[AdminEndpoint], command: AdminCommand) -> Resul
                 }
             }
             match last {
-                Some(crate::ctl::CtlError::Api { status: 503, .. }) if Instant::now() < deadline => {
+                Some(presage_ctl::CtlError::Api { status: 503, .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 last => {
@@ -650,7 +657,7 @@ async fn worker(
 }
 
 /// The shards, from the first admin address that answers.
-pub(crate) fn shard_rows(admins: &[AdminEndpoint]) -> Result<Vec<presage_client::proto::ShardRow>> {
+pub fn shard_rows(admins: &[AdminEndpoint]) -> Result<Vec<presage_client::proto::ShardRow>> {
     let mut last = None;
     for a in admins {
         match a.client().shards(None, None, None) {
@@ -785,7 +792,7 @@ pub fn side_by_side(reports: &[ScenarioReport]) -> String {
     let mut header = vec!["figure"];
     let names: Vec<String> = reports.iter().map(|r| format!("{:?}", r.mode).to_lowercase()).collect();
     header.extend(names.iter().map(String::as_str));
-    crate::ctl::table(&header, &rows)
+    presage_ctl::table(&header, &rows)
 }
 
 /// The JSON of the reports: one report's figures, or `{"predictive": .., "reactive": ..}`.

@@ -8,6 +8,15 @@
 //! per-minute history, from which a new manager restores the detectors' baselines (no
 //! warm-up after a fail-over); the episodes captured when a node is declared down (its
 //! failure, labelled) and now and then from a healthy cluster; the retrained node model.
+//!
+//! `PfaState`, fed by heartbeats on the manager's node: aggregator, warning board, node and drive
+//! models, pushed counters, observed failures, per-node risk; answers `Request::Pfa`; each manager
+//! round it yields the records to persist (finished minutes, failure episodes of nodes declared
+//! down, a healthy episode now and then). `PfaConfig` is `[server.pfa]`. A new tenure asks each
+//! node once for its telemetry backlog and replays it (`replay_backlog`), so the detectors,
+//! warnings and risk carry on where the predecessor left them (a disk warning moves the meta
+//! leadership, and with it the manager, off the failing node). A heartbeat that raises a disk
+//! warning wakes the manager's runtime at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 

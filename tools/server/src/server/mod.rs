@@ -5,13 +5,19 @@
 //!   shard manager, operator steps from the shard manager.
 //! - Counts every served request per shard ([`presage_shardmgr::LoadRecorder`]) and sends a
 //!   heartbeat with node stats and per-shard load to the shard manager every interval
-//!   ([`heartbeat`]).
-//! - Runs the shard manager while its replica of the meta shard leads ([`manager`]): it
+//!   (`heartbeat`).
+//! - Runs the shard manager while its replica of the meta shard leads (`manager`): it
 //!   loads the persisted state, ticks the pure [`presage_shardmgr::Manager`], writes its
 //!   records to the meta shard, then sends its commands.
-//! - Carries out operator steps on the shards it leads ([`execute`]).
+//! - Carries out operator steps on the shards it leads (`execute`).
 //!
 //! [`mem_rpc`] is the in-process request transport of the test clusters.
+//!
+//! `Server`, `ServerConfig`; serves `presage_client::Request`s: data requests for shards it leads
+//! (a `NotLeader` with a hint is forwarded once, as `Forwarded`, and the leader's reply goes back
+//! as `Redirected { leader }` so the client re-routes), system keys refused;
+//! routes/joins/heartbeats/cluster info for the shard manager (forwarded once to the node believed
+//! to run it); load recording per served request.
 
 mod access;
 pub mod convert;

@@ -123,8 +123,8 @@ impl SecurityInfo {
     }
 
     /// The admin API's access: its CA and the operator token.
-    pub fn admin_access(&self) -> Result<crate::ctl::AdminAccess, crate::ctl::CtlError> {
-        crate::ctl::AdminAccess::load(self.ca_cert.as_deref(), self.admin_token.clone())
+    pub fn admin_access(&self) -> Result<presage_ctl::AdminAccess, presage_ctl::CtlError> {
+        presage_ctl::AdminAccess::load(self.ca_cert.as_deref(), self.admin_token.clone())
     }
 }
 
@@ -151,12 +151,12 @@ impl ClusterFile {
     }
 
     /// Every node's admin API, by node id.
-    pub fn admins(&self) -> Result<Vec<(u64, crate::ctl::AdminEndpoint)>, crate::ctl::CtlError> {
+    pub fn admins(&self) -> Result<Vec<(u64, presage_ctl::AdminEndpoint)>, presage_ctl::CtlError> {
         let access = self.security.admin_access()?;
         Ok(self
             .nodes
             .iter()
-            .map(|n| (n.id, crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: access.clone() }))
+            .map(|n| (n.id, presage_ctl::AdminEndpoint { addr: n.admin.clone(), access: access.clone() }))
             .collect())
     }
 }
@@ -189,7 +189,7 @@ pub struct Playground {
     pub cluster: ClusterFile,
     children: Vec<Child>,
     binary: PathBuf,
-    access: crate::ctl::AdminAccess,
+    access: presage_ctl::AdminAccess,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlaygroundError {
@@ -348,16 +348,16 @@ impl Playground {
     }
 
     /// Node `id`'s admin API.
-    pub fn admin(&self, id: u64) -> Option<crate::ctl::AdminEndpoint> {
+    pub fn admin(&self, id: u64) -> Option<presage_ctl::AdminEndpoint> {
         let n = self.cluster.nodes.iter().find(|n| n.id == id)?;
-        Some(crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() })
+        Some(presage_ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() })
     }
 
     /// Every node's admin API but `except`'s, by node id.
-    pub fn admins(&self, except: Option<u64>) -> Vec<(u64, crate::ctl::AdminEndpoint)> {
+    pub fn admins(&self, except: Option<u64>) -> Vec<(u64, presage_ctl::AdminEndpoint)> {
         let nodes = self.cluster.nodes.iter().filter(|n| Some(n.id) != except);
         nodes
-            .map(|n| (n.id, crate::ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() }))
+            .map(|n| (n.id, presage_ctl::AdminEndpoint { addr: n.admin.clone(), access: self.access.clone() }))
             .collect()
     }
 
@@ -504,7 +504,7 @@ pub async fn ready(cluster: &ClusterFile, nodes: usize, rf: usize) -> Result<(),
     let client = Client::connect(&cluster.native_addrs(), cfg).await.map_err(|e| e.to_string())?;
     let access = cluster.security.admin_access().map_err(|e| e.to_string())?;
     let admin = cluster.nodes.first().map(|n| n.admin.clone()).unwrap_or_default();
-    let info = tokio::task::spawn_blocking(move || crate::ctl::AdminClient::new(&admin, &access).cluster_once())
+    let info = tokio::task::spawn_blocking(move || presage_ctl::AdminClient::new(&admin, &access).cluster_once())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

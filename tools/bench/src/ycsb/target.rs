@@ -16,7 +16,7 @@ use presage_engine::{
 };
 use tokio::runtime::Handle;
 
-use crate::node::playground::{Playground, PlaygroundError, PlaygroundOptions};
+use presage_playground::{Playground, PlaygroundError, PlaygroundOptions};
 
 /// Most bytes one scan page may carry from the raw engine (the cluster's client pages by its
 /// own `max_scan_page_bytes`).

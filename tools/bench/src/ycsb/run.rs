@@ -761,7 +761,7 @@ pub fn render(report: &BenchReport) -> String {
                 rows.push(vec![phase.to_string(), format!("stopped early: {a}")]);
             }
         }
-        text.push_str(&crate::ctl::table(
+        text.push_str(&presage_ctl::table(
             &["PHASE", "OP", "OK", "ERRORS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "P99.9 MS", "MAX MS"],
             &rows,
         ));

@@ -9,7 +9,7 @@ use presage_pfa::metrics::Metrics;
 use presage_pfa::model::FailureModel;
 use presage_pfa::smart::SmartDataset;
 
-use crate::ctl::{table, CtlError};
+use crate::{table, CtlError};
 
 /// Largest CSV or model file read, bytes.
 pub const MAX_INPUT_FILE_BYTES: u64 = 2 << 30;
@@ -250,9 +250,7 @@ fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlErro
         let rows: Vec<Vec<String>> = e
             .false_warning_list
             .iter()
-            .map(|w| {
-                vec![w.node.to_string(), w.raised_at_ms.to_string(), w.kind.to_string(), crate::ctl::evidence_text(w)]
-            })
+            .map(|w| vec![w.node.to_string(), w.raised_at_ms.to_string(), w.kind.to_string(), crate::evidence_text(w)])
             .collect();
         text.push_str(&table(&["NODE", "RAISED_AT_MS", "KIND", "EVIDENCE"], &rows));
     }
@@ -288,6 +286,6 @@ pub fn prior(lanl: &Path, out: &Path, json: bool) -> Result<String, CtlError> {
         prior.failed_nodes,
         prior.systems,
         out.display(),
-        crate::ctl::table(&["FAILURES IN 30 D", "NODE-DAYS", "FAILURES", "PER NODE-DAY", "P(120 S)"], &rows)
+        crate::table(&["FAILURES IN 30 D", "NODE-DAYS", "FAILURES", "PER NODE-DAY", "P(120 S)"], &rows)
     ))
 }

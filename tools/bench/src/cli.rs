@@ -1,0 +1,421 @@
+//! The `presage-bench` program (its binary, in `tools/src/bin`, only calls [`main`]):
+//! Presage's embedded benchmark harness. Every figure is reported next to a
+//! baseline measured in the same run: `engine` (the storage engine), `replication`
+//! (replicated writes against the raw engine), `idle` (CPU of idle shards, quiescence on
+//! against off), `run`: the YCSB core workloads against the raw engine, a playground or a
+//! running cluster, several targets in one invocation, each next to the first, and
+//! `scenario failing-node`: a degrading node with the predictive path on, beside it off.
+
+use std::path::PathBuf;
+
+use crate::engine_bench::{self, EngineBenchOptions};
+use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
+use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
+use crate::ycsb::run::{Environment, Progress, RunOptions};
+use crate::ycsb::target::TargetSpec;
+use crate::ycsb::{KeyDistribution, Workload};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// A progress bar per phase on standard error (hidden when it is not a terminal).
+struct Bar(std::cell::RefCell<Option<indicatif::ProgressBar>>);
+
+impl Progress for Bar {
+    fn start(&self, target: &str, phase: &str, total: u64) {
+        let bar = indicatif::ProgressBar::new(total);
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>24} {bar:30} {pos}/{len} ops {per_sec} elapsed {elapsed} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(format!("{target} {phase}"));
+        *self.0.borrow_mut() = Some(bar);
+    }
+
+    fn tick(&self, done: u64) {
+        if let Some(b) = self.0.borrow().as_ref() {
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.0.borrow_mut().take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "presage-bench", version, about = "Presage's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A YCSB core workload (load phase, then run phase) against each `--target` in turn; the
+    /// first target is the baseline every other one is divided by.
+    Run {
+        /// The YCSB core workload: a (50% read, 50% update), b (95/5), c (read only), d (read
+        /// latest, 5% insert), e (short scans, 5% insert), f (read-modify-write).
+        #[arg(long, value_enum)]
+        workload: Workload,
+        /// Records written by the load phase.
+        #[arg(long, default_value_t = RunOptions::default().records)]
+        records: u64,
+        /// Operations in the run phase.
+        #[arg(long, default_value_t = RunOptions::default().ops)]
+        ops: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = RunOptions::default().value_bytes)]
+        value_bytes: usize,
+        /// Request distribution (default: the workload's own, zipfian or latest for d).
+        #[arg(long, value_enum)]
+        distribution: Option<KeyDistribution>,
+        /// Client threads, one operation in flight each.
+        #[arg(long, default_value_t = RunOptions::default().threads)]
+        threads: usize,
+        /// raw-engine (RocksDB in this process), playground (a secure 3-node cluster started
+        /// for the run), playground-insecure (the same without TLS and logins), or
+        /// HOST:PORT[,HOST:PORT...] (a running cluster's native addresses; PRESAGE_CA_CERT,
+        /// PRESAGE_USER and PRESAGE_PASSWORD reach a secure one). Repeat to measure several
+        /// targets side by side.
+        #[arg(long, required = true)]
+        target: Vec<TargetSpec>,
+        /// End the run phase after this many seconds even if --ops are not done.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// RNG seed.
+        #[arg(long, default_value_t = RunOptions::default().seed)]
+        seed: u64,
+        /// Prefix of the record keys (an existing cluster's keys under it are overwritten).
+        #[arg(long, default_value_t = RunOptions::default().key_prefix)]
+        key_prefix: String,
+        /// A phase stops when no operation succeeded for this many seconds.
+        #[arg(long, default_value_t = RunOptions::default().max_failing_secs)]
+        max_failing_secs: u64,
+        /// A cluster request gives up after this many milliseconds.
+        #[arg(long, default_value_t = RunOptions::default().request_timeout_ms)]
+        request_timeout_ms: u64,
+        /// The `presage` binary a playground runs (default: the one beside this program).
+        #[arg(long)]
+        presage_bin: Option<PathBuf>,
+        /// Folder for the temporary databases and playgrounds (default: the system's).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also draw throughput and p99 over time to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Storage-engine throughput: point writes (sync off/on), point reads, export/import MB/s
+    /// and compression ratio, each next to its baseline.
+    Engine {
+        /// Keys per dataset.
+        #[arg(long, default_value_t = EngineBenchOptions::default().keys)]
+        keys: u64,
+        /// Synced point writes.
+        #[arg(long, default_value_t = EngineBenchOptions::default().sync_writes)]
+        sync_writes: u64,
+        /// Random point reads.
+        #[arg(long, default_value_t = EngineBenchOptions::default().reads)]
+        reads: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = EngineBenchOptions::default().value_bytes)]
+        value_bytes: usize,
+        /// RNG seed.
+        #[arg(long, default_value_t = EngineBenchOptions::default().seed)]
+        seed: u64,
+        /// Folder for the temporary databases (default: the system's temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Replicated puts (3 replicas in this process, loopback TCP, a RocksDB each, sync on):
+    /// throughput and p50/p99 latency next to the raw engine doing the same synced writes.
+    Replication {
+        /// Puts per measurement.
+        #[arg(long, default_value_t = ReplicationBenchOptions::default().writes)]
+        writes: u64,
+        /// Concurrency levels, comma-separated (clients with one request in flight each).
+        #[arg(long, value_delimiter = ',', default_values_t = ReplicationBenchOptions::default().clients)]
+        clients: Vec<usize>,
+        /// Bytes per value.
+        #[arg(long, default_value_t = ReplicationBenchOptions::default().value_bytes)]
+        value_bytes: usize,
+        /// RNG seed.
+        #[arg(long, default_value_t = ReplicationBenchOptions::default().seed)]
+        seed: u64,
+        /// Folder for the temporary databases (default: the system's temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A story on a playground of its own, measured from the client's side.
+    Scenario {
+        #[command(subcommand)]
+        scenario: ScenarioCommand,
+    },
+    /// CPU used by a node holding many idle shards (3 nodes in this process), with quiescence
+    /// off (the baseline) and on.
+    Idle {
+        /// Shards on every node.
+        #[arg(long, default_value_t = 10_000)]
+        shards: u64,
+        /// Seconds of idle time measured per setting.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Folder for the temporary databases (default: the system's temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Which modes a scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// The predictive path on.
+    Predictive,
+    /// The predictive path off (`proactive-migration = false`).
+    Reactive,
+    /// Predictive, then reactive, reported side by side.
+    Both,
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// One node's disk degrades gradually while a paced workload runs; the node is killed when
+    /// the injected latency reaches the 1 s election timeout. Reports failed requests, p99
+    /// before and during the event, seconds of unavailability per shard, bytes moved and the
+    /// warning's lead time, per mode.
+    FailingNode {
+        /// predictive, reactive, or both side by side.
+        #[arg(long, value_enum, default_value = "both")]
+        mode: ModeArg,
+        /// Nodes (a group of three and spares).
+        #[arg(long, default_value_t = ScenarioOptions::default().nodes)]
+        nodes: u64,
+        /// Regions.
+        #[arg(long, default_value_t = ScenarioOptions::default().regions)]
+        regions: u64,
+        /// Data shards the keyspace is split into.
+        #[arg(long, default_value_t = ScenarioOptions::default().shards)]
+        shards: u64,
+        /// Keys loaded and used by the workload.
+        #[arg(long, default_value_t = StoryOptions::default().keys)]
+        keys: u64,
+        /// Paced workers.
+        #[arg(long, default_value_t = StoryOptions::default().workers)]
+        workers: usize,
+        /// Each worker sends one request every this many milliseconds.
+        #[arg(long, default_value_t = StoryOptions::default().op_interval_ms)]
+        op_interval_ms: u64,
+        /// Share of reads, in percent.
+        #[arg(long, default_value_t = StoryOptions::default().read_percent)]
+        read_percent: u32,
+        /// Seconds of workload before the disk degrades (the detectors learn the normal).
+        #[arg(long, default_value_t = StoryOptions::default().warmup_secs)]
+        warmup_secs: u64,
+        /// Seconds the disk takes to reach 1 s per write; the node is killed then.
+        #[arg(long, default_value_t = StoryOptions::default().ramp_secs)]
+        ramp_secs: u64,
+        /// Seconds of workload after the kill.
+        #[arg(long, default_value_t = StoryOptions::default().after_kill_secs)]
+        after_kill_secs: u64,
+        /// A node setting, KEY=VALUE (repeatable), e.g. server.shard-manager.risk-act=0.7.
+        #[arg(long = "set")]
+        settings: Vec<String>,
+        /// RNG seed of the workload.
+        #[arg(long, default_value_t = StoryOptions::default().seed)]
+        seed: u64,
+        /// The `presage` binary the nodes run (default: the one beside this program).
+        #[arg(long)]
+        presage_bin: Option<PathBuf>,
+        /// Folder for the playgrounds (default: the system's temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also draw throughput and p99 per second to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+fn presage_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    let binary = match given {
+        Some(p) => p,
+        None => std::env::current_exe().context("finding this program")?.with_file_name("presage"),
+    };
+    anyhow::ensure!(binary.is_file(), "no presage binary at {} (give --presage-bin)", binary.display());
+    Ok(binary)
+}
+
+fn write_json<T: serde::Serialize>(path: Option<PathBuf>, report: &T) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `presage-bench` with the process's arguments.
+pub fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            workload,
+            records,
+            ops,
+            value_bytes,
+            distribution,
+            threads,
+            target,
+            duration,
+            seed,
+            key_prefix,
+            max_failing_secs,
+            request_timeout_ms,
+            presage_bin,
+            work_dir,
+            json,
+            plot,
+        } => {
+            let opts = RunOptions {
+                workload,
+                records,
+                ops,
+                value_bytes,
+                distribution,
+                threads,
+                duration_secs: duration,
+                seed,
+                key_prefix,
+                max_failing_secs,
+                request_timeout_ms,
+            };
+            // Only a playground target runs the binary.
+            let presage_binary =
+                if target.contains(&TargetSpec::Playground) || target.contains(&TargetSpec::PlaygroundInsecure) {
+                    presage_binary(presage_bin)?
+                } else {
+                    presage_bin.unwrap_or_default()
+                };
+            let env = Environment { work_dir: work_dir.unwrap_or_else(std::env::temp_dir), presage_binary };
+            let report = crate::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
+            print!("{}", crate::ycsb::run::render(&report));
+            write_json(json, &report)?;
+            if let Some(plot) = plot {
+                crate::ycsb::plot::draw(&report, &plot)?;
+            }
+            if let Some(t) = report.targets.iter().find(|t| t.error.is_some()) {
+                anyhow::bail!("target {} was unusable: {}", t.target, t.error.as_deref().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Engine { keys, sync_writes, reads, value_bytes, seed, work_dir, json } => {
+            anyhow::ensure!(
+                keys > 0 && reads > 0 && sync_writes > 0,
+                "--keys, --reads and --sync-writes must be positive"
+            );
+            let opts = EngineBenchOptions { keys, sync_writes, reads, value_bytes, seed };
+            let work_dir = work_dir.unwrap_or_else(std::env::temp_dir);
+            let report = engine_bench::run(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
+            print!("{}", engine_bench::render(&report));
+            write_json(json, &report)
+        }
+        Command::Replication { writes, clients, value_bytes, seed, work_dir, json } => {
+            let opts = ReplicationBenchOptions { writes, clients, value_bytes, seed };
+            let work_dir = work_dir.unwrap_or_else(std::env::temp_dir);
+            let report = replication_bench::run(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
+            print!("{}", replication_bench::render(&report));
+            write_json(json, &report)
+        }
+        Command::Scenario {
+            scenario:
+                ScenarioCommand::FailingNode {
+                    mode,
+                    nodes,
+                    regions,
+                    shards,
+                    keys,
+                    workers,
+                    op_interval_ms,
+                    read_percent,
+                    warmup_secs,
+                    ramp_secs,
+                    after_kill_secs,
+                    settings,
+                    seed,
+                    presage_bin,
+                    work_dir,
+                    json,
+                    plot,
+                },
+        } => {
+            anyhow::ensure!(
+                workers > 0 && keys > 0 && op_interval_ms > 0,
+                "--workers, --keys and --op-interval-ms must be positive"
+            );
+            anyhow::ensure!(read_percent <= 100, "--read-percent is at most 100");
+            anyhow::ensure!(
+                warmup_secs >= 2 && ramp_secs > 0,
+                "--warmup-secs must be at least 2, --ramp-secs positive"
+            );
+            let opts = ScenarioOptions {
+                story: StoryOptions {
+                    keys,
+                    workers,
+                    op_interval_ms,
+                    read_percent,
+                    warmup_secs,
+                    ramp_secs,
+                    after_kill_secs,
+                    seed,
+                    ..StoryOptions::default()
+                },
+                nodes,
+                regions,
+                shards,
+                overrides: settings,
+                binary: presage_binary(presage_bin)?,
+                work_dir,
+            };
+            let modes = match mode {
+                ModeArg::Predictive => vec![Mode::Predictive],
+                ModeArg::Reactive => vec![Mode::Reactive],
+                ModeArg::Both => vec![Mode::Predictive, Mode::Reactive],
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let mut reports = Vec::new();
+            for m in modes {
+                eprintln!("failing-node, {m:?} mode:");
+                let report = runtime.block_on(scenario::run(&opts, m, &|line: &str| eprintln!("  {line}")))?;
+                reports.push(report);
+            }
+            print!("{}", scenario::side_by_side(&reports));
+            write_json(json, &scenario::to_json(&reports))?;
+            if let Some(plot) = plot {
+                scenario::draw(&reports, &plot)?;
+            }
+            Ok(())
+        }
+        Command::Idle { shards, seconds, work_dir, json } => {
+            let opts = IdleBenchOptions { shards, seconds };
+            let work_dir = work_dir.unwrap_or_else(std::env::temp_dir);
+            let report = replication_bench::run_idle(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
+            print!("{}", replication_bench::render_idle(&report));
+            write_json(json, &report)
+        }
+    }
+}

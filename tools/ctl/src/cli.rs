@@ -1,0 +1,371 @@
+//! The `presage-ctl` program: inspect and steer a Presage cluster through any node's admin
+//! API (its binary, in `tools/src/bin`, only calls [`main`]).
+
+use std::process::ExitCode;
+
+use crate::{self as ctl, AdminClient, CtlError};
+use clap::{Parser, Subcommand};
+use presage_shardmgr::AdminCommand;
+
+#[derive(Parser)]
+#[command(name = "presage-ctl", version, about = "Inspect and steer a Presage cluster")]
+struct Cli {
+    /// A node's admin API (`host:port`).
+    #[arg(long, env = "PRESAGE_ADMIN", default_value = "127.0.0.1:7480", global = true)]
+    admin: String,
+    /// The admin API's bearer token (`presage user token`; a playground's is in cluster.json).
+    #[arg(long, env = "PRESAGE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// The cluster CA's certificate: talk HTTPS and trust it (plain HTTP without it, to an
+    /// insecure cluster only).
+    #[arg(long, env = "PRESAGE_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every node: state, region, group, addresses.
+    Nodes,
+    /// Every replication group and its nodes.
+    Groups,
+    /// Shards: range, epoch, replicas, leader, size, load.
+    Shards {
+        /// Only shards with a replica on this node.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Only shards of this group.
+        #[arg(long)]
+        group: Option<u64>,
+        /// Only the shard holding this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// One shard.
+    Shard {
+        #[command(subcommand)]
+        what: ShardCommand,
+    },
+    /// Split a shard at KEY (or at its middle key).
+    Split {
+        /// The shard.
+        id: u64,
+        /// The first key of the right half.
+        key: Option<String>,
+    },
+    /// Merge a shard's right neighbour into it.
+    Merge {
+        /// The left shard.
+        id: u64,
+    },
+    /// Move a shard off a node to a node of another group (the shard changes group).
+    Move {
+        /// The shard.
+        id: u64,
+        /// A node holding a replica.
+        #[arg(long)]
+        from: u64,
+        /// The node to move to.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Make a node the shard's leader.
+    TransferLeader {
+        /// The shard.
+        id: u64,
+        /// A node holding a voter.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Mark a node Draining and move its leaderships away.
+    Drain {
+        /// The node.
+        node: u64,
+    },
+    /// Operators, running and recently finished.
+    Operators,
+    /// Move a shard's replicas to the replication group of node NODE: each is copied
+    /// (snapshot + log tail), verified by range checksum and swapped in by joint consensus.
+    Migrate {
+        /// The shard.
+        id: u64,
+        /// A node of another group.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Evacuate a node now: a healthy spare node takes its place in its group and every
+    /// replica moves there (copied, verified, swapped in); the node is then held out.
+    Evacuate {
+        /// The node.
+        node: u64,
+    },
+    /// End a node's evacuation by hand: an evacuated node is released (it may serve as a
+    /// spare again), a preparing one stands down; a cut-over in progress is not interrupted.
+    Release {
+        /// The node.
+        node: u64,
+    },
+    /// Node evacuations (proactive, reactive, manual): stage, target, shards and bytes
+    /// left, copy rate and ETA, the steps running.
+    Migrations,
+    /// Failure probability per node and per region, and the models behind it.
+    Risk,
+    /// Active early warnings with their evidence; `--follow` prints new ones as they come.
+    Warnings {
+        /// Keep printing warning events as they are raised and cleared (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// A node's per-minute telemetry history kept in the meta shard (mean/max per minute).
+    History {
+        /// The node.
+        node: u64,
+        /// How far back.
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+    },
+    /// Push counters for a node, e.g. SMART attributes of its disk: `smart_5_raw=8`.
+    Counters {
+        /// The node.
+        node: u64,
+        /// `name=value` pairs.
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Failure model: train and evaluate on drive SMART data (local files, no cluster).
+    Pfa {
+        #[command(subcommand)]
+        what: PfaCommand,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DataFormat {
+    /// Backblaze Drive Stats CSV (date, serial_number, failure, smart_N_raw...): a drive model.
+    Backblaze,
+    /// Telemetry recorded by `presage pfa-record` (at_ms, node, signals, failure_at_ms): a node
+    /// model.
+    Telemetry,
+}
+
+#[derive(Subcommand)]
+enum PfaCommand {
+    /// Train a drive failure model; a share of the drives is held out for `pfa eval`.
+    Train {
+        /// The data's format.
+        #[arg(long, value_enum, default_value = "backblaze")]
+        format: DataFormat,
+        /// A data file; repeat for several (their SMART columns are united).
+        #[arg(long = "csv", required = true)]
+        csv: Vec<std::path::PathBuf>,
+        /// Predict failure within this many days (backblaze).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=365))]
+        horizon_days: u32,
+        /// Predict failure within this many seconds (telemetry).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        horizon_secs: u64,
+        /// Share of drives held out for evaluation, split by drive.
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        /// Seed of training's random choices.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where to write the model.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Failure-history priors (failure rate by failures in the last 30 days) from LANL
+    /// failure records.
+    Prior {
+        /// The LANL failure file.
+        #[arg(long)]
+        lanl: std::path::PathBuf,
+        /// Where to write the priors (JSON).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Evaluate a model on a data file's unseen drives, beside the Backblaze rule.
+    Eval {
+        /// The model file.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// The data file.
+        #[arg(long)]
+        csv: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardCommand {
+    /// Show one shard.
+    Show {
+        /// The shard.
+        id: u64,
+    },
+    /// Checksum every replica of a shard at one log index and compare them.
+    Verify {
+        /// The shard.
+        id: u64,
+    },
+}
+
+fn run(cli: Cli) -> Result<String, CtlError> {
+    let access = ctl::AdminAccess::load(cli.ca_cert.as_deref(), cli.token.clone())?;
+    let c = AdminClient::new(&cli.admin, &access);
+    let json = cli.json;
+    let pretty = |v: &dyn erased::Json| v.pretty();
+    let admin = |cmd: AdminCommand| -> Result<String, CtlError> {
+        let outcome = c.admin(&cmd)?;
+        Ok(if json { pretty(&outcome) } else { format!("{}\n", outcome.message) })
+    };
+    match cli.command {
+        Command::Nodes => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.nodes) } else { ctl::nodes_table(&info.nodes) })
+        }
+        Command::Groups => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.groups) } else { ctl::groups_table(&info) })
+        }
+        Command::Shards { node, group, key } => {
+            let rows = c.shards(node, group, key.as_deref())?;
+            Ok(if json { pretty(&rows) } else { ctl::shards_table(&rows) })
+        }
+        Command::Shard { what: ShardCommand::Verify { id } } => {
+            let v: serde_json::Value = c.get(&format!("/v1/shards/{id}/checksums"))?;
+            if json {
+                return Ok(pretty(&v));
+            }
+            let rows: Vec<Vec<String>> = v["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| vec![r["node"].to_string(), r["checksum"].as_str().unwrap_or("?").to_string()])
+                .collect();
+            let verdict = if v["equal"] == true { "equal" } else { "DIFFERENT" };
+            Ok(format!("shard {id} at index {}: {verdict}\n{}", v["index"], ctl::table(&["NODE", "CHECKSUM"], &rows)))
+        }
+        Command::Shard { what: ShardCommand::Show { id } } => {
+            let row: presage_client::proto::ShardRow = c.get(&format!("/v1/shards/{id}"))?;
+            Ok(if json { pretty(&row) } else { ctl::shards_table(std::slice::from_ref(&row)) })
+        }
+        Command::Split { id, key } => admin(AdminCommand::Split { shard: id, key: key.map(String::into_bytes) }),
+        Command::Merge { id } => admin(AdminCommand::Merge { shard: id }),
+        Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
+        Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),
+        Command::Drain { node } => admin(AdminCommand::Drain { node }),
+        Command::Migrate { id, to } => admin(AdminCommand::Migrate { shard: id, to }),
+        Command::Evacuate { node } => admin(AdminCommand::Evacuate { node }),
+        Command::Release { node } => admin(AdminCommand::Release { node }),
+        Command::Migrations => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
+        }
+        Command::Risk => {
+            let text = c.get_raw("/v1/risk")?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let report = serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::risk_text(&report))
+        }
+        Command::Warnings { follow: false } => {
+            let text = c.get_raw("/v1/warnings?after=0&limit=0")?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let answer = serde_json::from_str(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::warnings_text(&answer))
+        }
+        Command::Warnings { follow: true } => {
+            let first: presage_pfa::warning::WarningsAnswer = c.get("/v1/warnings?after=0&limit=0")?;
+            print!("{}", ctl::warnings_text(&first));
+            let mut after = first.next_seq.saturating_sub(1);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let a: presage_pfa::warning::WarningsAnswer =
+                    c.get(&format!("/v1/warnings?after={after}&limit=1000"))?;
+                for e in &a.events {
+                    if json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        print!("{}", ctl::warning_event_line(e));
+                    }
+                    after = e.seq;
+                }
+            }
+        }
+        Command::History { node, minutes } => {
+            let text = c.get_raw(&format!("/v1/history/{node}?minutes={minutes}"))?;
+            if json {
+                return Ok(text + "\n");
+            }
+            let minutes = serde_json::from_str::<Vec<_>>(&text).map_err(|e| CtlError::Decode(e.to_string()))?;
+            Ok(ctl::history_text(&minutes))
+        }
+        Command::Counters { node, values } => {
+            let mut map = serde_json::Map::new();
+            for v in &values {
+                let (k, x) = v
+                    .split_once('=')
+                    .and_then(|(k, x)| x.trim().parse::<f64>().ok().map(|x| (k.trim(), x)))
+                    .ok_or_else(|| CtlError::Decode(format!("`{v}` is not name=number")))?;
+                map.insert(k.to_string(), serde_json::json!(x));
+            }
+            let text = c.put_raw(&format!("/v1/nodes/{node}/counters"), &serde_json::Value::Object(map))?;
+            Ok(text + "\n")
+        }
+        Command::Pfa {
+            what: PfaCommand::Train { format, csv, horizon_days, horizon_secs, test_fraction, seed, out },
+        } => match format {
+            DataFormat::Backblaze => {
+                let mut cfg = presage_pfa::disk::DiskTrainConfig { horizon_days, test_fraction, ..Default::default() };
+                cfg.params.seed = seed;
+                crate::pfa_cli::train(&csv, &cfg, &out, json)
+            }
+            DataFormat::Telemetry => {
+                let mut cfg = presage_pfa::node::NodeTrainConfig { horizon_secs, ..Default::default() };
+                cfg.train_fraction = 1.0 - test_fraction - cfg.validation_fraction;
+                cfg.params.seed = seed;
+                crate::pfa_cli::train_node(&csv, &cfg, &out, json)
+            }
+        },
+        Command::Pfa { what: PfaCommand::Prior { lanl, out } } => crate::pfa_cli::prior(&lanl, &out, json),
+        Command::Pfa { what: PfaCommand::Eval { model, csv } } => crate::pfa_cli::eval(&model, &csv, json),
+        Command::Operators => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.operators) } else { ctl::operators_table(&info.operators) })
+        }
+    }
+}
+
+mod erased {
+    /// Anything printable as pretty JSON.
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).map(|s| s + "\n").unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}\n"))
+        }
+    }
+}
+
+/// Runs `presage-ctl` with the process's arguments.
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("presage-ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
