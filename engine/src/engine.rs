@@ -1,13 +1,13 @@
 //! The `Reader` and `Engine` traits every storage engine implements, and the range helpers
 //! built on top of them (middle key, range checksum).
 //!
-//! the `Reader` trait (get, bounded scan; implemented by engines and snapshots) and the `Engine`
+//! The `Reader` trait (get, bounded scan; implemented by engines and snapshots) and the `Engine`
 //! trait (atomic batch write, snapshot, approximate stats, atomic `replace_range`, flush, storage
 //! stats). Generic helpers on any `Reader`: `for_each_pair`, `range_checksum`, `middle_key` (one
 //! pass, at most 256 checkpoints).
 
+use crate::checksum::{ChecksumBuilder, RangeChecksum};
 use crate::error::Result;
-use crate::transfer::{ChecksumBuilder, RangeChecksum};
 use crate::types::{
     Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };

@@ -77,7 +77,7 @@ pub enum EngineError {
     #[error("injected {class} fault")]
     Injected {
         /// The operation class that was failed.
-        class: crate::fault::OpClass,
+        class: crate::types::OpClass,
     },
     /// An invalid configuration value.
     #[error("invalid engine configuration: {0}")]
@@ -173,9 +173,9 @@ pub enum TransferError {
     #[error("checksum mismatch: sender has {expected}, received {got}")]
     ChecksumMismatch {
         /// What the sender computed.
-        expected: crate::transfer::RangeChecksum,
+        expected: crate::checksum::RangeChecksum,
         /// What the importer computed.
-        got: crate::transfer::RangeChecksum,
+        got: crate::checksum::RangeChecksum,
     },
     /// A chunk exceeds a configured size limit.
     #[error("chunk of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]

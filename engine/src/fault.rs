@@ -16,51 +16,11 @@ use rand::{Rng, SeedableRng};
 use crate::engine::{Engine, Reader};
 use crate::error::{EngineError, Result};
 use crate::types::{
-    Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
+    Cf, KeyRange, KvPair, OpClass, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };
 
 /// Largest extra latency a rule may inject into one operation, in microseconds (10 s).
 pub const MAX_INJECTED_LATENCY_US: u64 = 10_000_000;
-
-/// The classes of engine operations a fault can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OpClass {
-    /// Point reads and scans (live and snapshot).
-    Read,
-    /// Writes without sync.
-    Write,
-    /// Writes with sync (the WAL fsync path), and range replacement.
-    Sync,
-}
-
-impl OpClass {
-    /// Every class.
-    pub const ALL: [OpClass; 3] = [OpClass::Read, OpClass::Write, OpClass::Sync];
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            OpClass::Read => "read",
-            OpClass::Write => "write",
-            OpClass::Sync => "sync",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            OpClass::Read => 0,
-            OpClass::Write => 1,
-            OpClass::Sync => 2,
-        }
-    }
-}
-
-impl fmt::Display for OpClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Faults for one operation class. Extra latency goes from `latency_start_us` to
 /// `latency_end_us` linearly over `ramp_ms` after the rule is set, then stays at

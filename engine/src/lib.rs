@@ -14,6 +14,7 @@
 //!
 //! Only this crate touches RocksDB.
 
+mod checksum;
 mod engine;
 mod error;
 pub mod fault;
@@ -23,14 +24,15 @@ mod rocks;
 pub mod transfer;
 mod types;
 
+pub use checksum::{ChecksumBuilder, RangeChecksum};
 pub use engine::{for_each_pair, middle_key, range_checksum, Engine, Reader};
 pub use error::{EngineError, Result, TransferError};
-pub use fault::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, OpClass};
+pub use fault::{FaultConfig, FaultInjector, FaultRule, FaultyEngine};
 pub use mem::{MemEngine, MemSnapshot, DEFAULT_MAX_WRITE_BATCH_BYTES};
 pub use metrics::{EngineMetrics, EngineMetricsSnapshot, LatencySnapshot, MeteredEngine};
 pub use rocks::{RocksConfig, RocksEngine, RocksSnapshot};
-pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, RangeChecksum, ResumePoint};
+pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, ResumePoint};
 pub use types::{
-    check_key, escape, Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch,
-    WriteOp, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    check_key, escape, Cf, KeyRange, KvPair, OpClass, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats,
+    WriteBatch, WriteOp, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };

@@ -18,7 +18,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 use crate::engine::{Engine, Reader};
 use crate::error::{EngineError, Result};
-use crate::fault::OpClass;
+use crate::types::OpClass;
 use crate::types::{
     Cf, KeyRange, KvPair, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats, WriteBatch, WriteOptions,
 };

@@ -32,10 +32,9 @@
 //! progress and [`Importer::resume_point`] tells the sender where to restart
 //! ([`Exporter::resume`]).
 
-use std::fmt;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::checksum::{ChecksumBuilder, RangeChecksum};
 use crate::engine::{for_each_pair, Engine, Reader};
 use crate::error::{EngineError, Result, TransferError};
 use crate::types::{
@@ -60,69 +59,6 @@ pub const MAX_CHUNK_BODY_BYTES: usize = DEFAULT_MAX_CHUNK_BYTES + MAX_KEY_BYTES 
 /// input slightly.
 pub fn max_frame_bytes(max_chunk_bytes: usize) -> usize {
     zstd::zstd_safe::compress_bound(max_chunk_bytes).saturating_add(CHUNK_HEADER_BYTES)
-}
-
-/// Order-dependent checksum of a sequence of pairs: crc32 over `len(k) k len(v) v` for each
-/// pair in key order, plus exact pair and byte counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct RangeChecksum {
-    /// Number of pairs.
-    pub pairs: u64,
-    /// Sum of key and value lengths.
-    pub bytes: u64,
-    /// crc32 over the pairs' canonical encoding.
-    pub crc32: u32,
-}
-
-impl fmt::Display for RangeChecksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} pairs, {} bytes, crc32 {:08x}", self.pairs, self.bytes, self.crc32)
-    }
-}
-
-/// Builds a [`RangeChecksum`] incrementally; its state can be saved and resumed.
-#[derive(Debug, Clone)]
-pub struct ChecksumBuilder {
-    hasher: crc32fast::Hasher,
-    pairs: u64,
-    bytes: u64,
-}
-
-impl Default for ChecksumBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ChecksumBuilder {
-    /// An empty checksum.
-    pub fn new() -> Self {
-        ChecksumBuilder { hasher: crc32fast::Hasher::new(), pairs: 0, bytes: 0 }
-    }
-
-    /// Continues from a checksum computed over a prefix of the pairs.
-    pub fn resume(from: RangeChecksum) -> Self {
-        ChecksumBuilder {
-            hasher: crc32fast::Hasher::new_with_initial(from.crc32),
-            pairs: from.pairs,
-            bytes: from.bytes,
-        }
-    }
-
-    /// Adds the next pair.
-    pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        self.hasher.update(&(key.len() as u32).to_le_bytes());
-        self.hasher.update(key);
-        self.hasher.update(&(value.len() as u32).to_le_bytes());
-        self.hasher.update(value);
-        self.pairs += 1;
-        self.bytes += (key.len() + value.len()) as u64;
-    }
-
-    /// The checksum so far.
-    pub fn finish(&self) -> RangeChecksum {
-        RangeChecksum { pairs: self.pairs, bytes: self.bytes, crc32: self.hasher.clone().finalize() }
-    }
 }
 
 /// What a chunk carries.

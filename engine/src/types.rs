@@ -411,6 +411,46 @@ pub struct StorageStats {
     pub sst_bytes: u64,
 }
 
+/// The classes of engine operations a fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpClass {
+    /// Point reads and scans (live and snapshot).
+    Read,
+    /// Writes without sync.
+    Write,
+    /// Writes with sync (the WAL fsync path), and range replacement.
+    Sync,
+}
+
+impl OpClass {
+    /// Every class.
+    pub const ALL: [OpClass; 3] = [OpClass::Read, OpClass::Write, OpClass::Sync];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpClass::Read => "read",
+            OpClass::Write => "write",
+            OpClass::Sync => "sync",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            OpClass::Read => 0,
+            OpClass::Write => 1,
+            OpClass::Sync => 2,
+        }
+    }
+}
+
+impl fmt::Display for OpClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! - [`median`]: of a node's peers' values (a node slower than most of its peers is the
 //!   signal, not a slow cluster).
 //!
-//! one-sample-at-a-time detectors with fixed memory: `Ewma`, `Holt` (level + trend, standardised
+//! One-sample-at-a-time detectors with fixed memory: `Ewma`, `Holt` (level + trend, standardised
 //! forecast residual), `Slope` (least squares over a window), `Cusum` (two-sided, self-starting
 //! baseline, clipped inputs, one alarm per lasting shift), `median`. The level alarm is the
 //! aggregator's: a level far from a baseline that does not learn from bad values.

@@ -10,7 +10,7 @@
 //!   drive's earlier rows (deltas since its first day in the file), never later ones.
 //! - The model records every drive it trained or validated on; evaluation skips them.
 //!
-//! the drive model: features (SMART raw values, and per-drive deltas on multi-day data, looking
+//! The drive model: features (SMART raw values, and per-drive deltas on multi-day data, looking
 //! back only), labels (fails within `horizon_days`), split by drive fingerprint (test 30%,
 //! validation 25% of the rest), evaluation per drive beside the Backblaze rule;
 //! `DEFAULT_DISK_MODEL_JSON` = `models/disk-smart.json`, trained on both files.

@@ -11,7 +11,7 @@
 //!   latency at that moment); on samples with no failure ahead within the horizon, the alarms
 //!   (risk crossing 0.5) and early warnings per node-hour: the false-alarm rates.
 //!
-//! the node model on recordings of `presage pfa-record`: replay through the `Aggregator`, labels
+//! The node model on recordings of `presage pfa-record`: replay through the `Aggregator`, labels
 //! (fails within `horizon_secs`), split by time (60/15/25), evaluation with per-failure lead times
 //! (risk and warning), injected latency at the alarm, false alarms and each false warning with its
 //! evidence per healthy node-hour.
@@ -26,6 +26,10 @@ use crate::model::{FailureModel, ModelKind, Table, TrainParams, TrainSet};
 use crate::telemetry::{Signal, TelemetrySample};
 use crate::warning::{Warning, WarningAction, WarningBoard, WarningKind};
 use crate::PfaError;
+
+/// The fault name of a failure the shard manager observed (a node declared down). Unlike an
+/// injected fault its cause is unknown, so it is never left out as "sudden".
+pub const OBSERVED_FAILURE: &str = "observed-failure";
 
 /// The node model shipped with Presage: trained by `presage-ctl pfa train --format telemetry`
 /// on `pfa/data/telemetry/recorded-mixed-seed1.csv` (recorded by `presage pfa-record --seed 1
@@ -232,7 +236,7 @@ pub fn sudden_failures(rec: &Recording) -> BTreeSet<(u64, u64)> {
         }
     }
     last.into_iter()
-        .filter(|(_, (_, fault))| *fault != LATENCY_RAMP && *fault != crate::retrain::OBSERVED_FAILURE)
+        .filter(|(_, (_, fault))| *fault != LATENCY_RAMP && *fault != OBSERVED_FAILURE)
         .map(|(k, _)| k)
         .collect()
 }

@@ -32,9 +32,7 @@ use crate::model::{FailureModel, Table, TrainParams, TrainSet};
 use crate::node::{labelled, train_tables, Recorded, Recording};
 use crate::PfaError;
 
-/// The fault name of a failure the shard manager observed (a node declared down). Unlike an
-/// injected fault its cause is unknown, so it is never left out as "sudden".
-pub const OBSERVED_FAILURE: &str = "observed-failure";
+pub use crate::node::OBSERVED_FAILURE;
 
 /// Episodes one retraining reads at most.
 pub const MAX_EPISODES: usize = 1_024;

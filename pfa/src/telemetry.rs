@@ -3,7 +3,7 @@
 //! The signal catalogue is closed (an enum) so that the aggregator, the failure model's
 //! feature list and the warnings agree on names and units. A signal's name ends with its unit.
 //!
-//! the closed signal catalogue (`Signal`, names end with units, e.g. `engine_sync_mean_ms`), which
+//! The closed signal catalogue (`Signal`, names end with units, e.g. `engine_sync_mean_ms`), which
 //! warning kind each signal is evidence for, which are read on a log scale, their deviation floors
 //! and the level below which a change is harmless; `TelemetrySample`; `PushedCounters` (SMART,
 //! bounded).
@@ -11,8 +11,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-use crate::warning::WarningKind;
 
 /// Most operator-pushed counters (SMART attributes) one node may hold.
 pub const MAX_PUSHED_COUNTERS: usize = 256;
@@ -264,6 +262,45 @@ impl PushedCounters {
             }
         }
         Ok(())
+    }
+}
+
+/// The kinds of early warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum WarningKind {
+    /// The disk is getting slow: write, sync or read latency, device await or queue, I/O
+    /// stalls, apply lag.
+    DiskDegradation,
+    /// The disk (or the engine above it) returns errors.
+    DiskErrors,
+    /// Requests to peers take longer.
+    NetworkDegradation,
+    /// The CPU is saturated.
+    CpuOverload,
+    /// Memory is short.
+    MemoryPressure,
+}
+
+impl WarningKind {
+    /// Does this kind slow (or fail) the node's disk, and with it every request the node
+    /// leads? The shard manager moves such a node's leaderships away at once.
+    pub fn slows_disk(self) -> bool {
+        matches!(self, WarningKind::DiskDegradation | WarningKind::DiskErrors)
+    }
+
+    /// Every kind.
+    pub const ALL: [WarningKind; 5] = [
+        WarningKind::DiskDegradation,
+        WarningKind::DiskErrors,
+        WarningKind::NetworkDegradation,
+        WarningKind::CpuOverload,
+        WarningKind::MemoryPressure,
+    ];
+}
+
+impl std::fmt::Display for WarningKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
     }
 }
 

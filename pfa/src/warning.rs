@@ -15,45 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry::Signal;
-
-/// The kinds of early warning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum WarningKind {
-    /// The disk is getting slow: write, sync or read latency, device await or queue, I/O
-    /// stalls, apply lag.
-    DiskDegradation,
-    /// The disk (or the engine above it) returns errors.
-    DiskErrors,
-    /// Requests to peers take longer.
-    NetworkDegradation,
-    /// The CPU is saturated.
-    CpuOverload,
-    /// Memory is short.
-    MemoryPressure,
-}
-
-impl WarningKind {
-    /// Does this kind slow (or fail) the node's disk, and with it every request the node
-    /// leads? The shard manager moves such a node's leaderships away at once.
-    pub fn slows_disk(self) -> bool {
-        matches!(self, WarningKind::DiskDegradation | WarningKind::DiskErrors)
-    }
-
-    /// Every kind.
-    pub const ALL: [WarningKind; 5] = [
-        WarningKind::DiskDegradation,
-        WarningKind::DiskErrors,
-        WarningKind::NetworkDegradation,
-        WarningKind::CpuOverload,
-        WarningKind::MemoryPressure,
-    ];
-}
-
-impl std::fmt::Display for WarningKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
+pub use crate::telemetry::WarningKind;
 
 /// One signal out of line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

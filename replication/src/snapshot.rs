@@ -14,7 +14,7 @@
 //! only if its stream is complete; when Raft then installs it, the staged range is switched
 //! in atomically and the log restarts after the snapshot index.
 //!
-//! snapshot data as the engine's export chunks. Sender: window of `snapshot_window_chunks`, a
+//! Snapshot data as the engine's export chunks. Sender: window of `snapshot_window_chunks`, a
 //! node-wide token bucket (`snapshot_rate_bytes_per_sec`), resend after `snapshot_resend_ticks`,
 //! resume from the receiver's durable resume point, abandon after `snapshot_timeout_ticks`.
 //! Receiver: stage through `Importer`, acknowledge, let the `MsgSnapshot` into Raft only when the

@@ -1,7 +1,7 @@
 //! Messages that cross the network or sit on disk, as prost messages (one prost: 0.11, the
 //! version raft-rs uses).
 //!
-//! prost messages (prost 0.11, raft-rs's): `ShardDescriptor` (range, `Epoch`, replicas),
+//! Prost messages (prost 0.11, raft-rs's): `ShardDescriptor` (range, `Epoch`, replicas),
 //! `Command`/`Op` (the data of a normal entry: puts, optionally with a deadline, deletes, range
 //! deletes, `Check`s and the sweep's `DeleteExpired`, with the proposer's `now_ms`; or a `Split`, a
 //! merge step or `compute_checksum`), `RaftEnvelope` (a Raft message, or a snapshot chunk or

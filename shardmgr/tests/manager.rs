@@ -4,7 +4,7 @@
 //!
 //! Seeded and deterministic; a failure prints its seed (`PRESAGE_TEST_SEED` replays one).
 //!
-//! the manager against a simulated data layer (joins, size and load splits, merge after the delay,
+//! The manager against a simulated data layer (joins, size and load splits, merge after the delay,
 //! fail-over mid-operator, rollback, node states, a new group taking shards; migration: prepare
 //! then cut over to a spare, stand-down with hysteresis, a copy failing verification rolled back, a
 //! fail-over mid-copy, a failed node replaced) and the 1,000-node/100,000-shard round.

@@ -5,7 +5,7 @@
 //! converge, and the whole history - final reads included, so a lost acknowledged write
 //! shows - must be linearizable.
 //!
-//! clients + seeded nemesis (partitions, isolation, drops, delays, dropped append responses,
+//! Clients + seeded nemesis (partitions, isolation, drops, delays, dropped append responses,
 //! kills/restarts, leader transfers, quiet phases that fail a sleeping leader), then heal,
 //! converge, final reads, check.
 

@@ -2,7 +2,7 @@
 //! the Raft paper (Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm")
 //! or thesis it checks. Seeded: `PRESAGE_TEST_SEED` replays a run.
 //!
-//! the one test binary: Raft behaviours citing the paper's sections, snapshot catch-up, membership,
+//! The one test binary: Raft behaviours citing the paper's sections, snapshot catch-up, membership,
 //! quiescence, split, `PRESAGE_NEMESIS_SEEDS` (default 50) nemesis seeds;
 //! `PRESAGE_SHARDED_NEMESIS_SEEDS` (default 8) sharded-nemesis seeds (`src/sharded_nemesis.rs`:
 //! splits, merges, leader and replica moves with a second group joining, an evacuation of node 1

@@ -1,6 +1,6 @@
 //! The tools crate's one integration-test binary: the programs run as a person runs them.
 //!
-//! the programs run as processes; `tests/e2e/`: multi-process playgrounds (`migrate.rs`: a node
+//! The programs run as processes; `tests/e2e/`: multi-process playgrounds (`migrate.rs`: a node
 //! whose disk degrades gradually is evacuated to the spare through verified joint-consensus swaps
 //! before it is killed, with no failed write and every acknowledged write read back; `bench.rs`:
 //! YCSB against all three target kinds in one invocation, a cluster killed mid-run), (kill -9 of

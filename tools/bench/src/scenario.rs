@@ -20,7 +20,7 @@
 //!   `presage_node{what="snapshot_bytes_sent"}` metrics);
 //! - `warning_lead_seconds`: from the first early warning about the node to its death.
 //!
-//! the failing-node story, shared by `presage-bench scenario failing-node` and the demo's second
+//! The failing-node story, shared by `presage-bench scenario failing-node` and the demo's second
 //! act: open-loop paced workers (latency from the scheduled start), one read probe per data shard
 //! (a probe slower than 250 ms counts as unavailability), a watcher thread narrating warnings,
 //! risk, migration stages, leaders and replicas of the node; the disk ramp via `PUT /v1/faults`,

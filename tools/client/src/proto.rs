@@ -5,7 +5,7 @@
 //! [`ProtoError::NotLeader`] with a hint; a stale epoch gets [`ProtoError::EpochNotMatch`]
 //! with the fresh descriptors, so a client re-routes without another round trip.
 //!
-//! the native protocol: `Request` (get/put/delete/scan/batch with a `Route` = shard + epoch;
+//! The native protocol: `Request` (get/put/delete/scan/batch with a `Route` = shard + epoch;
 //! routes, join, heartbeat, execute, cluster info, shards, admin, hello; `Forwarded`), `Response`
 //! (`Redirected` wraps a forwarded reply with the leader), `ProtoError`; `nodes_digest` (heartbeats
 //! carry it; the answer lists the nodes when it is out of date).

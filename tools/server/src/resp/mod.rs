@@ -3,6 +3,7 @@
 //! through the node's [`Client`]: any node serves any key, routed to the shard's leader.
 //!
 //! - [`parse`]: bounded command parsing and reply encoding.
+//! - [`config`]: the listener's limits (`[resp]`).
 //!
 //! **Commands.** PING, ECHO, GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT), SETNX, DEL,
 //! EXISTS, MGET, MSET, INCR, INCRBY, DECR, DECRBY, SCAN (cursor over the ordered keyspace,
@@ -31,6 +32,7 @@
 //! failure, logged, the connection closed after `MAX_AUTH_FAILURES`); a write by a
 //! read-only user, `-NOPERM`. An insecure node serves plain TCP, everyone read-write.
 
+pub mod config;
 pub mod parse;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -48,7 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
-use crate::node::config::RespConfig;
+pub use config::RespConfig;
 use parse::{parse_command, Limits, Reply};
 
 /// Cursors a node remembers for SCAN.

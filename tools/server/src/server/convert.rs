@@ -1,7 +1,7 @@
 //! Conversions between the replication layer's types and the shard manager's and the
 //! protocol's.
 //!
-//! descriptor/epoch/error conversions; `bootstrap_descriptors`.
+//! Descriptor/epoch/error conversions; `bootstrap_descriptors`.
 
 use presage_client::ProtoError;
 use presage_replication::wire::ReplicaRole;

@@ -8,7 +8,7 @@
 //! verification answers with both checksums (`Response::Verified`); the manager records it
 //! with the operator.
 //!
-//! carries out a step on a led shard after checking it is not already done (promotes, verifies or
+//! Carries out a step on a led shard after checking it is not already done (promotes, verifies or
 //! swaps in a learner only once caught up; hands leadership away before removing or demoting
 //! itself; picks the middle key for size splits; refuses a membership change planned against
 //! another `conf_ver`). Verify: a checksum round through the log (`compute_checksum`), then

@@ -1,7 +1,7 @@
 //! The node's heartbeat: every `heartbeat-interval-ms`, node stats and a report per shard it
 //! leads (descriptor, load since the last report, approximate size) go to the shard manager.
 //!
-//! every `heartbeat-interval-ms`, node stats and one report per led shard (descriptor, load,
+//! Every `heartbeat-interval-ms`, node stats and one report per led shard (descriptor, load,
 //! approximate size) to the manager; re-joins if the manager forgot it. With an agent set, the
 //! heartbeat carries its sample, plus apply lag, the round trip to the fastest peer (`Hello` to at
 //! most 8 peers) and the mean proposal latency. The node keeps its last

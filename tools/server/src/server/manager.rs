@@ -6,7 +6,7 @@
 //! order; only then send its commands. A failed write means the leadership moved: the
 //! manager is dropped and the next leader starts from what is durable.
 //!
-//! the manager's runtime while the local meta replica leads: load (linearizable scan of `\xffm/`)
+//! The manager's runtime while the local meta replica leads: load (linearizable scan of `\xffm/`)
 //! or bootstrap, feed the failure analysis's risks, tick, write the records in order (`meta_writes`
 //! mutex), then send the commands (bounded in flight, one per operator at a time); a `Verified`
 //! answer is recorded with its operator. A failed write drops the manager.

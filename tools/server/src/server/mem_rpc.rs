@@ -3,7 +3,7 @@
 //! partition is unreachable; an answer across one is lost). The sender is proven as the
 //! node its endpoint belongs to ([`Caller::Node`]), as the peer port's handshake would.
 //!
-//! the in-process request transport, honouring `MemNetwork` partitions.
+//! The in-process request transport, honouring `MemNetwork` partitions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

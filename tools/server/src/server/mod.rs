@@ -13,11 +13,12 @@
 //!
 //! [`mem_rpc`] is the in-process request transport of the test clusters.
 //!
-//! `Server`, `ServerConfig`; serves `presage_client::Request`s: data requests for shards it leads
-//! (a `NotLeader` with a hint is forwarded once, as `Forwarded`, and the leader's reply goes back
-//! as `Redirected { leader }` so the client re-routes), system keys refused;
-//! routes/joins/heartbeats/cluster info for the shard manager (forwarded once to the node believed
-//! to run it); load recording per served request.
+//! A data request that meets `NotLeader` with a hint is forwarded once, as `Forwarded`, and the
+//! leader's reply goes back as `Redirected { leader }` so the client re-routes; system keys are
+//! refused. Routes, cluster info and operator requests go to the shard manager (forwarded once
+//! to the node believed to run it); joins and heartbeats are never forwarded (their sender is
+//! told where the manager is). Every request is first checked against its proven caller
+//! (`access`).
 
 mod access;
 pub mod convert;

@@ -32,7 +32,7 @@ use presage_pfa::warning::{WarningBoard, WarningKind, WarningsAnswer};
 use presage_shardmgr::{MetaWrite, NodeId, RiskInputs, TelemetryReport};
 use serde::{Deserialize, Serialize};
 
-use super::pfa_store;
+use super::pfa_store::{self, PersistedPfa};
 
 /// Quiet samples after which a warning clears.
 pub const WARNING_CLEAR_AFTER_SAMPLES: u32 = 30;
@@ -46,18 +46,6 @@ pub const MAX_EPISODE_PEERS: usize = 8;
 pub const MAX_HISTORY_MINUTES: u64 = 10_080;
 /// Largest `max-episode-bytes` (an episode is one Raft entry of the meta shard).
 pub const MAX_EPISODE_BYTES: usize = 2 << 20;
-
-/// What the failure analysis keeps about itself in the meta shard (`\xffp/state`), so that
-/// its schedule survives a manager fail-over.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PersistedPfa {
-    /// Episodes written so far; the next goes to slot `episode_seq % max-episodes`.
-    pub episode_seq: u64,
-    /// When the next retraining is due, ms.
-    pub next_retrain_ms: Option<u64>,
-    /// When the last healthy episode was kept, ms.
-    pub last_healthy_episode_ms: Option<u64>,
-}
 
 /// One manager round's records for the meta shard, and whether a retraining is due.
 #[derive(Debug, Default)]

@@ -16,11 +16,6 @@
 //!
 //! Also here: the manager-start routine (restore the detectors from the history, take a
 //! stored model) and the retraining task.
-//!
-//! the failure analysis's records in the meta shard under `\xffp/` (history ring per node, episode
-//! ring, observed failures, the retrained model, its state), the manager-start routine (restore the
-//! detectors, the failures, the schedule, a stored model) and the retraining task (training on a
-//! blocking thread).
 
 use std::sync::Arc;
 
@@ -31,9 +26,9 @@ use presage_pfa::node::Recording;
 use presage_pfa::retrain::{self, RetrainConfig};
 use presage_replication::ShardStatus;
 use presage_shardmgr::{MetaWrite, NodeId, META_SHARD_ID};
+use serde::{Deserialize, Serialize};
 
 use super::manager::{persist, scan_meta};
-use super::pfa::PersistedPfa;
 use super::{lock, Inner};
 
 /// First key of the failure analysis's records.
@@ -76,6 +71,18 @@ pub fn state_key() -> Vec<u8> {
 /// Key of a failure of `node` observed at `at_ms` (its value is `{}`).
 pub fn failure_key(node: NodeId, at_ms: u64) -> Vec<u8> {
     key(&[format!("f/{node:016x}/{at_ms:016x}").as_bytes()])
+}
+
+/// What the failure analysis keeps about itself in the meta shard (`\xffp/state`), so that
+/// its schedule survives a manager fail-over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedPfa {
+    /// Episodes written so far; the next goes to slot `episode_seq % max-episodes`.
+    pub episode_seq: u64,
+    /// When the next retraining is due, ms.
+    pub next_retrain_ms: Option<u64>,
+    /// When the last healthy episode was kept, ms.
+    pub last_healthy_episode_ms: Option<u64>,
 }
 
 /// Key of the retrained node model.
