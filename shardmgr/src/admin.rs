@@ -178,8 +178,8 @@ impl Manager {
                 let id = self.start_migration(
                     node,
                     group,
-                    crate::migrate::MigrationCause::Manual,
-                    crate::migrate::MigrationStage::CuttingOver,
+                    crate::model::MigrationCause::Manual,
+                    crate::model::MigrationStage::CuttingOver,
                     now_ms,
                 );
                 let target = self.migrations.get(&id).and_then(|m| m.target).unwrap_or_default();
@@ -192,7 +192,7 @@ impl Manager {
                 })
             }
             AdminCommand::Release { node } => {
-                use crate::migrate::MigrationStage;
+                use crate::model::MigrationStage;
                 self.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
                 let Some(m) = self.migration_of(node).cloned() else {
                     return refused(format!("node {node} is not being evacuated or held"));

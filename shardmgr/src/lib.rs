@@ -40,9 +40,9 @@ pub use error::{Error, Result};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
 pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, RiskInputs};
 pub use meta::{MetaWrite, PersistedState};
-pub use migrate::{Migration, MigrationCause, MigrationStage, MigrationView};
 pub use model::{
     is_system_key, ClusterMeta, Epoch, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
     ReplicaMeta, Role, ShardId, ShardMeta, ShardReport, TelemetryReport, META_SHARD_ID, SYSTEM_KEY_PREFIX,
 };
+pub use model::{Migration, MigrationCause, MigrationStage, MigrationView};
 pub use operator::{Operator, OperatorKind, OperatorStatus, Step, Verification};

@@ -29,7 +29,7 @@ use crate::directory::{Directory, Update};
 use crate::error::{Error, Result};
 use crate::load::ShardLoad;
 use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
-use crate::migrate::Migration;
+use crate::model::Migration;
 use crate::model::{
     ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
     ShardId, ShardMeta, ShardSoft, META_SHARD_ID,

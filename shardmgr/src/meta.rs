@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::migrate::Migration;
+use crate::model::Migration;
 use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
 use crate::operator::Operator;
 

@@ -300,6 +300,101 @@ pub struct ShardSoft {
     pub reported_at_ms: Option<u64>,
 }
 
+/// Why a node is being evacuated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationCause {
+    /// The failure model's risk for the node passed `risk-warn` (proactive).
+    Risk,
+    /// The node went down before (or without) a warning (reactive repair).
+    Failed,
+    /// An operator asked for it (`presage-ctl evacuate`).
+    Manual,
+}
+
+/// Where a migration is (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationStage {
+    /// Leaderships moving away, learner copies filling on the target.
+    Preparing,
+    /// The target replaced the node in its group; replicas are being swapped.
+    CuttingOver,
+    /// No replica left on the node; it is held out of groups.
+    Evacuated,
+    /// Finished: the risk fell back before any cut-over; the copies are dropped.
+    StoodDown,
+    /// Finished: the evacuated node is healthy again and may take replicas.
+    Released,
+}
+
+impl MigrationStage {
+    /// True once the migration will do nothing more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, MigrationStage::StoodDown | MigrationStage::Released)
+    }
+}
+
+/// One node's evacuation (persisted in the meta shard).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Its id (from the cluster's id allocator).
+    pub id: u64,
+    /// The node being evacuated.
+    pub node: NodeId,
+    /// The group it is evacuated from.
+    pub group: GroupId,
+    /// The healthy node that takes its place (`None` while there is no eligible one).
+    pub target: Option<NodeId>,
+    /// Why.
+    pub cause: MigrationCause,
+    /// Where it is.
+    pub stage: MigrationStage,
+    /// The node's risk when the migration started (`None`: unknown, e.g. a failed node).
+    pub risk_at_start: Option<f64>,
+    /// When it started (ms, manager clock).
+    pub started_ms: u64,
+    /// When the current stage began.
+    pub stage_since_ms: u64,
+    /// Since when the node's risk is below `risk-clear` (stand-down and release timer).
+    pub below_clear_since_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// Bytes of verified copies made on the target (by the shards' reported sizes).
+    pub bytes_copied: u64,
+    /// Shards whose copy on the target verified.
+    pub shards_copied: u64,
+    /// Why it waits, if it does (e.g. no eligible target).
+    pub note: String,
+}
+
+impl Migration {
+    /// True while the node is held: it gets no leaderships, no new replicas and no group.
+    pub fn holds_node(&self) -> bool {
+        !self.stage.is_finished()
+    }
+}
+
+/// A migration as `presage-ctl migrations` shows it: the record plus progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationView {
+    /// The record.
+    #[serde(flatten)]
+    pub migration: Migration,
+    /// The node's current risk (`None`: unknown).
+    pub risk: Option<f64>,
+    /// Shards still to copy (preparing) or to move (cutting over).
+    pub shards_left: usize,
+    /// Their bytes, by the shards' reported sizes.
+    pub bytes_left: u64,
+    /// Bytes copied per second since the migration started.
+    pub rate_bytes_per_sec: f64,
+    /// Seconds left at that rate (`None`: nothing copied yet, or nothing left).
+    pub eta_secs: Option<f64>,
+    /// Its running operators: (shard, the step each is at).
+    pub running: Vec<(ShardId, String)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

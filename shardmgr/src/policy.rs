@@ -134,7 +134,7 @@ fn hottest_first<'a>(m: &Manager, shards: impl Iterator<Item = &'a ShardMeta>) -
 /// the target, hottest first, of shards the node no longer leads (a copy is sent by the
 /// leader, and the node's disk is the one failing).
 fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
-    use crate::migrate::MigrationStage;
+    use crate::model::MigrationStage;
     for mig in m.migrations.values() {
         if !matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
             continue;
@@ -231,7 +231,7 @@ fn shift_leaders(
 /// its leaderships (`shed-leader-moves-per-round` at once): its slow disk is on every
 /// request's path only where it leads.
 fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    use crate::migrate::MigrationStage;
+    use crate::model::MigrationStage;
     for &node in &m.degraded {
         let evacuating = m.migrations.values().any(|mig| {
             mig.node == node && matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver)
