@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::manager::Manager;
 use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
 use crate::operator::Step;
+use crate::state::ClusterState;
 
 /// A command from an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +115,7 @@ impl Manager {
         match command {
             AdminCommand::Split { shard, key } => {
                 let s = self.shard_for_admin(shard)?;
-                if Manager::is_meta(&s) {
+                if ClusterState::is_meta(&s) {
                     return refused("the meta shard does not split".into());
                 }
                 if let Some(k) = &key {
@@ -128,15 +129,16 @@ impl Manager {
             AdminCommand::Merge { shard } => {
                 let left = self.shard_for_admin(shard)?;
                 let right = self
+                    .st
                     .directory
                     .iter()
                     .find(|r| left.is_left_neighbour_of(r))
                     .cloned()
                     .ok_or_else(|| AdminError::Refused(format!("shard {shard} has no right neighbour")))?;
-                if Manager::is_meta(&left) || Manager::is_meta(&right) {
+                if ClusterState::is_meta(&left) || ClusterState::is_meta(&right) {
                     return refused("the meta shard does not merge".into());
                 }
-                if self.busy.contains_key(&right.id) || right.merging_into.is_some() {
+                if self.st.busy.contains_key(&right.id) || right.merging_into.is_some() {
                     return Err(AdminError::Busy(right.id));
                 }
                 if self.group_of(shard) != self.group_of(right.id) || left.voters() != right.voters() {
@@ -159,8 +161,8 @@ impl Manager {
                 self.admin(AdminCommand::Move { shard, from, to }, now_ms)
             }
             AdminCommand::Evacuate { node } => {
-                let n = self.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
-                if let Some(m) = self.migration_of(node) {
+                let n = self.st.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                if let Some(m) = self.st.migration_of(node) {
                     return Ok(AdminOutcome {
                         operators: vec![],
                         message: format!("node {node} is being evacuated already (migration {}, {:?})", m.id, m.stage),
@@ -169,7 +171,7 @@ impl Manager {
                 let Some(group) = n.group else {
                     return refused(format!("node {node} is in no replication group: it holds no replicas to move"));
                 };
-                if self.choose_target(node, group).is_none() {
+                if self.st.choose_target(node, group).is_none() {
                     return refused(format!(
                         "no eligible node to take node {node}'s place: it needs an Up node in no group, at low \
                          risk, in a region group {group}'s other members are not in; start one first"
@@ -182,7 +184,7 @@ impl Manager {
                     crate::model::MigrationStage::CuttingOver,
                     now_ms,
                 );
-                let target = self.migrations.get(&id).and_then(|m| m.target).unwrap_or_default();
+                let target = self.st.migrations.get(&id).and_then(|m| m.target).unwrap_or_default();
                 Ok(AdminOutcome {
                     operators: vec![],
                     message: format!(
@@ -193,8 +195,8 @@ impl Manager {
             }
             AdminCommand::Release { node } => {
                 use crate::model::MigrationStage;
-                self.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
-                let Some(m) = self.migration_of(node).cloned() else {
+                self.st.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                let Some(m) = self.st.migration_of(node).cloned() else {
                     return refused(format!("node {node} is not being evacuated or held"));
                 };
                 let stage = match m.stage {
@@ -222,7 +224,7 @@ impl Manager {
                 if s.replica(from).is_none() {
                     return refused(format!("node {from} holds no replica of shard {shard}"));
                 }
-                let to_node = self.nodes.get(&to).ok_or(AdminError::NoNode(to))?;
+                let to_node = self.st.nodes.get(&to).ok_or(AdminError::NoNode(to))?;
                 if to_node.state != NodeState::Up {
                     return refused(format!("node {to} is {:?}, not Up", to_node.state));
                 }
@@ -263,7 +265,8 @@ impl Manager {
                 if !self.set_node_state(node, NodeState::Draining) {
                     return Err(AdminError::NoNode(node));
                 }
-                let led: Vec<ShardMeta> = self.directory.iter().filter(|s| s.leader == Some(node)).cloned().collect();
+                let led: Vec<ShardMeta> =
+                    self.st.directory.iter().filter(|s| s.leader == Some(node)).cloned().collect();
                 let mut out = AdminOutcome::default();
                 let mut skipped = 0;
                 for s in led {
@@ -290,8 +293,8 @@ impl Manager {
     }
 
     fn shard_for_admin(&self, shard: ShardId) -> Result<ShardMeta, AdminError> {
-        let s = self.directory.get(shard).cloned().ok_or(AdminError::NoShard(shard))?;
-        if self.busy.contains_key(&shard) || s.merging_into.is_some() {
+        let s = self.st.directory.get(shard).cloned().ok_or(AdminError::NoShard(shard))?;
+        if self.st.busy.contains_key(&shard) || s.merging_into.is_some() {
             return Err(AdminError::Busy(shard));
         }
         Ok(s)
@@ -313,10 +316,10 @@ impl Manager {
 
     /// The group a shard is placed in.
     pub fn group_of(&self, shard: ShardId) -> Option<GroupId> {
-        self.placement.get(&shard).map(|p| p.group)
+        self.st.placement.get(&shard).map(|p| p.group)
     }
 
     pub(crate) fn node_is_up(&self, node: NodeId) -> bool {
-        self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Up)
+        self.st.nodes.get(&node).is_some_and(|n| n.state == NodeState::Up)
     }
 }

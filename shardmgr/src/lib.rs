@@ -16,10 +16,11 @@
 //! - [`policy`]: split by size and load, merge of cold neighbours, leader and replica balance,
 //!   group formation.
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
-//! - [`migrate`]: proactive migration - node evacuations driven by the failure model's risk
-//!   (prepare, cut over, stand down), and reactive repair of failed nodes through the same
-//!   operators.
-//! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out.
+//! - `state`: the cluster as the manager knows it; what the policies read.
+//! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out; its
+//!   `migrate` part drives proactive migration - node evacuations driven by the failure
+//!   model's risk (prepare, cut over, stand down), and reactive repair of failed nodes through
+//!   the same operators.
 
 pub mod admin;
 pub mod config;
@@ -28,10 +29,10 @@ pub mod error;
 pub mod load;
 pub mod manager;
 pub mod meta;
-pub mod migrate;
 pub mod model;
 pub mod operator;
 pub mod policy;
+mod state;
 
 pub use admin::{AdminCommand, AdminError, AdminOutcome};
 pub use config::ManagerConfig;

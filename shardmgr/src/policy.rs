@@ -3,7 +3,7 @@
 //!
 //! 0. **Resolve** a merge left unfinished (a frozen source with no operator): finish or
 //!    unfreeze it.
-//! 1. **Migrate** (design.md §6, [`crate::migrate`]): move leaderships off a node being
+//! 1. **Migrate** (design.md §6, the manager's `migrate` part): move leaderships off a node being
 //!    evacuated a few per round; while preparing, fill and verify learner copies of its
 //!    group's shards on the target, hottest first. A *degraded* node (its disk under an
 //!    early warning) sheds its leaderships at once (`shed-leader-moves-per-round`), being
@@ -34,9 +34,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::load::{choose_split_key, KeySpan};
-use crate::manager::Manager;
 use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
 use crate::operator::{OperatorKind, Step};
+use crate::state::ClusterState;
 
 /// Heartbeat intervals a new manager waits before it balances leaders or groups.
 pub(crate) const BALANCE_AFTER_START_HEARTBEATS: u64 = 3;
@@ -55,7 +55,7 @@ pub(crate) struct Plan {
 }
 
 /// Every plan of this round, in priority order (module docs).
-pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
+pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     let mut out = Vec::new();
     let mut claimed = HashSet::new();
     resolve_frozen(m, &mut out, &mut claimed);
@@ -75,17 +75,17 @@ pub(crate) fn plan(m: &Manager, now_ms: u64) -> Vec<Plan> {
     out
 }
 
-fn free<'a>(m: &'a Manager, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item = &'a ShardMeta> + 'a {
+fn free<'a>(m: &'a ClusterState, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item = &'a ShardMeta> + 'a {
     m.directory.iter().filter(move |s| m.is_free(s) && !claimed.contains(&s.id))
 }
 
 /// May `id` receive a replica or a leadership? (`Up`, and not being evacuated.)
-fn node_up(m: &Manager, id: NodeId) -> bool {
+fn node_up(m: &ClusterState, id: NodeId) -> bool {
     m.nodes.get(&id).is_some_and(|n| n.state.accepts_load()) && !m.is_held(id)
 }
 
 /// Copies (operators that add a replica and fill it) running to or from each node.
-fn copies_in_flight(m: &Manager) -> BTreeMap<NodeId, usize> {
+fn copies_in_flight(m: &ClusterState) -> BTreeMap<NodeId, usize> {
     let mut out = BTreeMap::new();
     for op in m.operators.values().filter(|op| !op.status.is_finished()) {
         let (from, to) = match op.kind {
@@ -109,7 +109,7 @@ fn copies_in_flight(m: &Manager) -> BTreeMap<NodeId, usize> {
 
 /// Counts a copy between `from` and `to` against `max-copies-per-node`; false (and no
 /// count) if either node is at its limit.
-fn take_copy(m: &Manager, copies: &mut BTreeMap<NodeId, usize>, from: Option<NodeId>, to: NodeId) -> bool {
+fn take_copy(m: &ClusterState, copies: &mut BTreeMap<NodeId, usize>, from: Option<NodeId>, to: NodeId) -> bool {
     let limit = m.cfg.max_copies_per_node;
     let nodes: Vec<NodeId> = from.into_iter().chain([to]).collect();
     if nodes.iter().any(|n| copies.get(n).copied().unwrap_or(0) >= limit) {
@@ -122,7 +122,7 @@ fn take_copy(m: &Manager, copies: &mut BTreeMap<NodeId, usize>, from: Option<Nod
 }
 
 /// Shards by load score, hottest first (ties by id).
-fn hottest_first<'a>(m: &Manager, shards: impl Iterator<Item = &'a ShardMeta>) -> Vec<&'a ShardMeta> {
+fn hottest_first<'a>(m: &ClusterState, shards: impl Iterator<Item = &'a ShardMeta>) -> Vec<&'a ShardMeta> {
     let score = |s: &ShardMeta| m.soft.get(&s.id).map_or(0.0, |x| x.load.score());
     let mut v: Vec<&ShardMeta> = shards.collect();
     v.sort_by(|a, b| score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id)));
@@ -133,7 +133,12 @@ fn hottest_first<'a>(m: &Manager, shards: impl Iterator<Item = &'a ShardMeta>) -
 /// meta shard's last: it carries the manager), and while preparing, fill learner copies on
 /// the target, hottest first, of shards the node no longer leads (a copy is sent by the
 /// leader, and the node's disk is the one failing).
-fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
+fn migrate(
+    m: &ClusterState,
+    out: &mut Vec<Plan>,
+    claimed: &mut HashSet<ShardId>,
+    copies: &mut BTreeMap<NodeId, usize>,
+) {
     use crate::model::MigrationStage;
     for mig in m.migrations.values() {
         if !matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
@@ -184,7 +189,7 @@ fn migrate(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, cop
 /// the manager), each to the healthy voter leading the least load, so that at most
 /// `moves_per_round` run at once; true while any is planned or running.
 fn shift_leaders(
-    m: &Manager,
+    m: &ClusterState,
     from: NodeId,
     moves_per_round: usize,
     out: &mut Vec<Plan>,
@@ -197,7 +202,7 @@ fn shift_leaders(
         .count();
     let mut budget = moves_per_round.saturating_sub(running);
     let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
-    led.sort_by_key(|s| Manager::is_meta(s)); // stable: the meta shard last
+    led.sort_by_key(|s| ClusterState::is_meta(s)); // stable: the meta shard last
     let mut planned = Vec::new();
     for s in led {
         if budget == 0 {
@@ -230,7 +235,7 @@ fn shift_leaders(
 /// Policy 1b: a degraded node ([`crate::RiskInputs::degraded`]) not being evacuated sheds
 /// its leaderships (`shed-leader-moves-per-round` at once): its slow disk is on every
 /// request's path only where it leads.
-fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+fn shed_leaders(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     use crate::model::MigrationStage;
     for &node in &m.degraded {
         let evacuating = m.migrations.values().any(|mig| {
@@ -244,12 +249,12 @@ fn shed_leaders(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>
 }
 
 /// May `node` be given a leadership? Up, not being evacuated, not degraded.
-fn may_lead(m: &Manager, node: NodeId) -> bool {
+fn may_lead(m: &ClusterState, node: NodeId) -> bool {
     node_up(m, node) && !m.sheds_leaders(node)
 }
 
 /// The load score of the shards `node` leads.
-fn leader_score(m: &Manager, node: NodeId) -> f64 {
+fn leader_score(m: &ClusterState, node: NodeId) -> f64 {
     m.directory
         .iter()
         .filter(|s| s.leader == Some(node))
@@ -259,7 +264,7 @@ fn leader_score(m: &Manager, node: NodeId) -> f64 {
 
 /// Policy 0: a shard left frozen for a merge with no operator on it (its operator failed or
 /// was lost) gets one that settles the merge: finish it or unfreeze the source.
-fn resolve_frozen(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+fn resolve_frozen(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     for s in m.directory.iter() {
         let Some(target) = s.merging_into else { continue };
         if m.busy.contains_key(&s.id) || m.busy.contains_key(&target) || s.leader.is_none() {
@@ -279,7 +284,7 @@ fn resolve_frozen(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
 }
 
 /// Policy 2: one replica change per shard toward its group's members, hottest shards first.
-fn repair(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
+fn repair(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>, copies: &mut BTreeMap<NodeId, usize>) {
     let taken = claimed.clone();
     let shards = hottest_first(m, free(m, &taken));
     for s in shards {
@@ -365,11 +370,11 @@ fn swap_in(from: Option<NodeId>, to: NodeId, add: bool) -> (Vec<Step>, Vec<Step>
 }
 
 /// Policy 3: split by size or keys, or by sustained load.
-fn splits(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mut planned = Vec::new();
     for s in free(m, claimed) {
-        if Manager::is_meta(s) {
+        if ClusterState::is_meta(s) {
             continue;
         }
         let Some(soft) = m.soft.get(&s.id) else { continue };
@@ -409,10 +414,10 @@ fn splits(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<S
 }
 
 /// Policy 4: merge small, cold neighbours of one group (the right one into the left one).
-fn merges(m: &Manager, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mergeable = |s: &ShardMeta, claimed: &HashSet<ShardId>| -> bool {
-        if Manager::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
+        if ClusterState::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
             return false;
         }
         let Some(soft) = m.soft.get(&s.id) else { return false };
@@ -464,7 +469,7 @@ struct NodeLeaders {
 }
 
 /// Policy 5: even out leader load inside each group (one transfer per group per round).
-fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+fn leader_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = &m.cfg;
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
     for g in m.groups.values() {
@@ -474,7 +479,7 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
     for s in m.directory.iter() {
         // The meta shard's leadership carries the shard manager: it moves only when its node
         // fails (or by hand), never to even out counts.
-        if Manager::is_meta(s) {
+        if ClusterState::is_meta(s) {
             continue;
         }
         let (Some(leader), Some(p)) = (s.leader, m.placement.get(&s.id)) else { continue };
@@ -549,7 +554,7 @@ fn leader_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardI
 
 /// `node` may lead ([`may_lead`]) and holds a voter of `shard` (a Draining node is given no
 /// leaderships).
-fn has_voter(m: &Manager, shard: ShardId, node: NodeId) -> bool {
+fn has_voter(m: &ClusterState, shard: ShardId, node: NodeId) -> bool {
     may_lead(m, node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
 }
 
@@ -565,7 +570,7 @@ struct GroupLoad {
 
 /// Policy 6: re-place one shard from the largest group to the smallest (by size, then by
 /// load), among complete groups whose members are all up.
-fn group_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
+fn group_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
     let cfg = &m.cfg;
     let rf = m.cluster.replication_factor;
     let mut totals: BTreeMap<GroupId, GroupLoad> = m
@@ -588,7 +593,7 @@ fn group_balance(m: &Manager, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
         t.size_bytes += size;
         t.score += score;
         let settled = s.replicas.len() == rf && !s.has_learners();
-        if !Manager::is_meta(s) && m.is_free(s) && !claimed.contains(&s.id) && settled {
+        if !ClusterState::is_meta(s) && m.is_free(s) && !claimed.contains(&s.id) && settled {
             candidates.entry(p.group).or_default().push((size, score, s.id));
         }
     }

@@ -26,109 +26,26 @@
 //! Every step is an operator (idempotent, judged from reported state, resumable after a
 //! manager fail-over); the migration record itself changes only on stage transitions.
 
-use std::collections::BTreeSet;
-
-use crate::manager::Manager;
+use super::Manager;
 use crate::model::{GroupId, Migration, MigrationCause, MigrationStage, MigrationView, NodeId, NodeState, ShardId};
 use crate::operator::{OperatorKind, Step};
 
 impl Manager {
-    /// The migration holding `node`, if any.
-    pub fn migration_of(&self, node: NodeId) -> Option<&Migration> {
-        self.migrations.values().find(|m| m.node == node && m.holds_node())
-    }
-
-    /// True while `node` is being evacuated (or was, and is still held).
-    pub(crate) fn is_held(&self, node: NodeId) -> bool {
-        self.migration_of(node).is_some()
-    }
-
-    /// Is `node` the target of a running migration (kept out of group formation)?
-    pub(crate) fn is_migration_target(&self, node: NodeId) -> bool {
-        self.migrations.values().any(|m| m.holds_node() && m.target == Some(node))
-    }
-
-    /// Is `node` a prepared-copy target of a migration from `group` (its learners there are
-    /// not repaired away)?
-    pub(crate) fn is_prepare_target(&self, group: GroupId, node: NodeId) -> bool {
-        self.migrations
-            .values()
-            .any(|m| m.group == group && m.stage == MigrationStage::Preparing && m.target == Some(node))
-    }
-
-    /// The healthy node to take `node`'s place in `group` (design.md §6): `Up`, in no group,
-    /// not held or targeted by another migration, its risk below `risk-clear` (or unknown)
-    /// and its region's below `risk-warn`, in a region where no other member of the group
-    /// is (any region if the cluster has fewer than the replication factor). Ranked by risk
-    /// (known low first), free capacity, load (replicas held), then round trip.
-    pub fn choose_target(&self, node: NodeId, group: GroupId) -> Option<NodeId> {
-        let th = self.cfg.thresholds();
-        let members: Vec<NodeId> = self
-            .groups
-            .get(&group)
-            .map(|g| g.nodes.iter().copied().filter(|n| *n != node).collect())
-            .unwrap_or_default();
-        // The regions of the other members, and of the nodes other migrations from this
-        // group will bring in.
-        let incoming = self
-            .migrations
-            .values()
-            .filter(|m| m.holds_node() && m.group == group && m.node != node)
-            .filter_map(|m| m.target);
-        let taken_regions: BTreeSet<&str> = members
-            .iter()
-            .copied()
-            .chain(incoming)
-            .filter_map(|n| self.nodes.get(&n))
-            .map(|n| n.region.as_str())
-            .collect();
-        let regions_total: BTreeSet<&str> =
-            self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
-        let strict_regions = regions_total.len() >= self.cluster.replication_factor;
-        let candidates = self.nodes.values().filter(|n| {
-            n.id != node
-                && n.state == NodeState::Up
-                && n.group.is_none()
-                && !self.is_migration_target(n.id)
-                && !self.is_held(n.id)
-                && self.risks.get(&n.id).is_none_or(|r| *r < th.clear)
-                && self.region_risks.get(&n.region).is_none_or(|r| *r < th.warn)
-                && (!strict_regions || !taken_regions.contains(n.region.as_str()))
-        });
-        candidates
-            .min_by(|a, b| {
-                let risk = |id: NodeId| self.risks.get(&id).copied().unwrap_or(th.clear);
-                let free = |id: NodeId, cap: u64| {
-                    self.node_stats
-                        .get(&id)
-                        .map_or(cap, |s| if s.available_bytes > 0 { s.available_bytes } else { cap })
-                };
-                let load = |id: NodeId| self.node_stats.get(&id).map_or(0, |s| s.replicas);
-                let rtt = |id: NodeId| self.rtt_ms.get(&id).copied().unwrap_or(f64::MAX);
-                risk(a.id)
-                    .total_cmp(&risk(b.id))
-                    .then(free(b.id, b.capacity_bytes).cmp(&free(a.id, a.capacity_bytes)))
-                    .then(load(a.id).cmp(&load(b.id)))
-                    .then(rtt(a.id).total_cmp(&rtt(b.id)))
-                    .then(a.id.cmp(&b.id))
-            })
-            .map(|n| n.id)
-    }
-
     /// Starts, advances and finishes migrations (module docs); called every round before
     /// group formation and the policies.
     pub(crate) fn update_migrations(&mut self, now_ms: u64) {
-        let th = self.cfg.thresholds();
+        let th = self.st.cfg.thresholds();
         // New migrations: grouped nodes that went down, or (when proactive) whose risk
         // reached `warn`.
-        let proactive = self.cfg.proactive_migration;
+        let proactive = self.st.cfg.proactive_migration;
         let starts: Vec<(NodeId, GroupId, MigrationCause)> = self
+            .st
             .nodes
             .values()
-            .filter(|n| !self.is_held(n.id))
+            .filter(|n| !self.st.is_held(n.id))
             .filter_map(|n| {
                 let group = n.group?;
-                let risk = self.risks.get(&n.id).copied();
+                let risk = self.st.risks.get(&n.id).copied();
                 match n.state {
                     NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
                     NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
@@ -143,7 +60,7 @@ impl Manager {
                 if cause == MigrationCause::Risk { MigrationStage::Preparing } else { MigrationStage::CuttingOver };
             self.start_migration(node, group, cause, stage, now_ms);
         }
-        let active: Vec<u64> = self.migrations.values().filter(|m| m.holds_node()).map(|m| m.id).collect();
+        let active: Vec<u64> = self.st.migrations.values().filter(|m| m.holds_node()).map(|m| m.id).collect();
         for id in active {
             self.advance_migration(id, now_ms);
         }
@@ -160,7 +77,7 @@ impl Manager {
         now_ms: u64,
     ) -> u64 {
         let id = self.alloc_id();
-        let risk = self.risks.get(&node).copied();
+        let risk = self.st.risks.get(&node).copied();
         let mut m = Migration {
             id,
             node,
@@ -177,20 +94,20 @@ impl Manager {
             shards_copied: 0,
             note: String::new(),
         };
-        m.target = self.choose_target(node, group);
+        m.target = self.st.choose_target(node, group);
         self.migration_events.push(m.clone());
-        self.migrations.insert(id, m);
+        self.st.migrations.insert(id, m);
         self.persist_migration(id);
         id
     }
 
     fn advance_migration(&mut self, id: u64, now_ms: u64) {
-        let th = self.cfg.thresholds();
-        let Some(m) = self.migrations.get(&id).cloned() else { return };
+        let th = self.st.cfg.thresholds();
+        let Some(m) = self.st.migrations.get(&id).cloned() else { return };
         let mut next = m.clone();
-        let state = self.nodes.get(&m.node).map(|n| n.state);
+        let state = self.st.nodes.get(&m.node).map(|n| n.state);
         let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
-        let risk = self.risks.get(&m.node).copied();
+        let risk = self.st.risks.get(&m.node).copied();
         // The stand-down / release timer: risk below clear, continuously. An unknown risk
         // (no model) counts as clear only for a node that failed and came back: a warning
         // needs a known risk to end.
@@ -200,13 +117,13 @@ impl Manager {
         };
         next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
         let cleared =
-            next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.cfg.migration_clear_after_ms);
+            next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.st.cfg.migration_clear_after_ms);
         // A target that fell ill, died or was taken into a group is given up while it
         // holds nothing of the group (cutting over, it is a group member and stays).
         if next.stage == MigrationStage::Preparing {
             if let Some(t) = next.target {
-                let ok = self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
-                    && self.risks.get(&t).is_none_or(|r| *r < th.warn);
+                let ok = self.st.nodes.get(&t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
+                    && self.st.risks.get(&t).is_none_or(|r| *r < th.warn);
                 if !ok {
                     next.target = None;
                 }
@@ -214,8 +131,8 @@ impl Manager {
         }
         if next.target.is_none() && matches!(next.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
             // Not counting this migration's own (lost) target as taken.
-            self.migrations.insert(id, next.clone());
-            next.target = self.choose_target(m.node, m.group);
+            self.st.migrations.insert(id, next.clone());
+            next.target = self.st.choose_target(m.node, m.group);
         }
         match next.stage {
             MigrationStage::Preparing => {
@@ -235,7 +152,7 @@ impl Manager {
             }
             MigrationStage::StoodDown | MigrationStage::Released => {}
         }
-        let in_group = self.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
+        let in_group = self.st.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
         if next.stage == MigrationStage::CuttingOver && in_group && next.target.is_none() {
             // Nothing moved yet (no target was ever found): a failed node that came back, or
             // a risk that cleared, ends the migration.
@@ -249,8 +166,8 @@ impl Manager {
             if let Some(t) = next.target {
                 self.replace_member(m.group, m.node, t);
             }
-            let left = self.directory.iter().any(|s| s.replica(m.node).is_some());
-            let in_group = self.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
+            let left = self.st.directory.iter().any(|s| s.replica(m.node).is_some());
+            let in_group = self.st.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
             if !left && !in_group {
                 next.stage = MigrationStage::Evacuated;
             }
@@ -269,10 +186,10 @@ impl Manager {
             self.migration_events.push(next.clone());
         }
         let changed = next != m;
-        self.migrations.insert(id, next);
+        self.st.migrations.insert(id, next);
         // The timer alone is soft: persisting it every round would cost a meta write per
         // round; a new manager restarts it (it only delays a stand-down).
-        if changed && !only_timer_changed(&m, &self.migrations[&id]) {
+        if changed && !only_timer_changed(&m, &self.st.migrations[&id]) {
             self.persist_migration(id);
         }
     }
@@ -280,7 +197,7 @@ impl Manager {
     /// Puts `target` in `node`'s place in `group` (persisted); the repair policy then moves
     /// every shard of the group.
     fn replace_member(&mut self, group: GroupId, node: NodeId, target: NodeId) {
-        let Some(g) = self.groups.get_mut(&group) else { return };
+        let Some(g) = self.st.groups.get_mut(&group) else { return };
         let Some(pos) = g.nodes.iter().position(|n| *n == node) else { return };
         if g.nodes.contains(&target) {
             return;
@@ -289,7 +206,7 @@ impl Manager {
         let rec = g.clone();
         self.pending.push(crate::meta::put(crate::meta::group_key(group), &rec));
         for (id, grp) in [(node, None), (target, Some(group))] {
-            if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(n) = self.st.nodes.get_mut(&id) {
                 n.group = grp;
                 let rec = n.clone();
                 self.pending.push(crate::meta::put(crate::meta::node_key(id), &rec));
@@ -300,7 +217,7 @@ impl Manager {
     /// Ends migration `id` at `stage` (a finished one) now: recorded, persisted, reported.
     pub(crate) fn finish_migration(&mut self, id: u64, stage: MigrationStage, now_ms: u64) {
         debug_assert!(stage.is_finished());
-        let Some(m) = self.migrations.get_mut(&id) else { return };
+        let Some(m) = self.st.migrations.get_mut(&id) else { return };
         m.stage = stage;
         m.stage_since_ms = now_ms;
         m.finished_ms = Some(now_ms);
@@ -311,16 +228,16 @@ impl Manager {
     }
 
     pub(crate) fn persist_migration(&mut self, id: u64) {
-        if let Some(m) = self.migrations.get(&id) {
+        if let Some(m) = self.st.migrations.get(&id) {
             self.pending.push(crate::meta::put(crate::meta::migration_key(id), m));
         }
     }
 
     fn prune_finished_migrations(&mut self) {
-        let finished: Vec<u64> = self.migrations.values().filter(|m| !m.holds_node()).map(|m| m.id).collect();
-        let excess = finished.len().saturating_sub(self.cfg.max_finished_migrations);
+        let finished: Vec<u64> = self.st.migrations.values().filter(|m| !m.holds_node()).map(|m| m.id).collect();
+        let excess = finished.len().saturating_sub(self.st.cfg.max_finished_migrations);
         for id in finished.into_iter().take(excess) {
-            self.migrations.remove(&id);
+            self.st.migrations.remove(&id);
             self.pending.push(crate::meta::MetaWrite { key: crate::meta::migration_key(id), value: None });
         }
     }
@@ -328,9 +245,10 @@ impl Manager {
     /// Counts a copy made and verified (once per operator) toward the migration whose
     /// target received it.
     pub(crate) fn note_copy_verified(&mut self, shard: ShardId, node: NodeId) {
-        let Some(group) = self.placement.get(&shard).map(|p| p.group) else { return };
-        let size = self.soft.get(&shard).map_or(0, |s| s.size_bytes);
+        let Some(group) = self.st.placement.get(&shard).map(|p| p.group) else { return };
+        let size = self.st.soft.get(&shard).map_or(0, |s| s.size_bytes);
         let Some(id) = self
+            .st
             .migrations
             .values()
             .find(|m| m.holds_node() && m.group == group && m.target == Some(node))
@@ -338,7 +256,7 @@ impl Manager {
         else {
             return;
         };
-        if let Some(m) = self.migrations.get_mut(&id) {
+        if let Some(m) = self.st.migrations.get_mut(&id) {
             m.bytes_copied += size;
             m.shards_copied += 1;
         }
@@ -347,7 +265,7 @@ impl Manager {
 
     /// Every migration with its progress, newest first.
     pub fn migrations(&self, now_ms: u64) -> Vec<MigrationView> {
-        let mut out: Vec<MigrationView> = self.migrations.values().map(|m| self.view(m, now_ms)).collect();
+        let mut out: Vec<MigrationView> = self.st.migrations.values().map(|m| self.view(m, now_ms)).collect();
         out.sort_by_key(|v| (v.migration.stage.is_finished(), std::cmp::Reverse(v.migration.id)));
         out
     }
@@ -356,16 +274,16 @@ impl Manager {
         let mut shards_left = 0;
         let mut bytes_left = 0;
         if m.holds_node() {
-            for s in self.directory.iter() {
+            for s in self.st.directory.iter() {
                 if s.replica(m.node).is_none() {
                     continue;
                 }
                 let copied = m.target.is_some_and(|t| {
-                    m.stage == MigrationStage::Preparing && s.replica(t).is_some() && !self.busy.contains_key(&s.id)
+                    m.stage == MigrationStage::Preparing && s.replica(t).is_some() && !self.st.busy.contains_key(&s.id)
                 });
                 if !copied {
                     shards_left += 1;
-                    bytes_left += self.soft.get(&s.id).map_or(0, |x| x.size_bytes);
+                    bytes_left += self.st.soft.get(&s.id).map_or(0, |x| x.size_bytes);
                 }
             }
         }
@@ -373,6 +291,7 @@ impl Manager {
         let rate = if elapsed_secs > 0.0 { m.bytes_copied as f64 / elapsed_secs } else { 0.0 };
         let eta_secs = (rate > 0.0 && bytes_left > 0).then(|| bytes_left as f64 / rate);
         let running = self
+            .st
             .operators
             .values()
             .filter(|op| !op.status.is_finished())
@@ -388,7 +307,7 @@ impl Manager {
             .collect();
         MigrationView {
             migration: m.clone(),
-            risk: self.risks.get(&m.node).copied(),
+            risk: self.st.risks.get(&m.node).copied(),
             shards_left,
             bytes_left,
             rate_bytes_per_sec: rate,

@@ -31,11 +31,14 @@ use crate::load::ShardLoad;
 use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
 use crate::model::Migration;
 use crate::model::{
-    ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,
-    ShardId, ShardMeta, ShardSoft, META_SHARD_ID,
+    ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, ShardId,
+    ShardMeta, ShardSoft,
 };
 use crate::operator::{Operator, OperatorKind, Step, Verification};
 use crate::policy::{self, Plan};
+use crate::state::{ClusterState, Placement};
+
+mod migrate;
 
 /// Group failures kept per group.
 const MAX_FAILURES_PER_GROUP: usize = 64;
@@ -85,13 +88,6 @@ pub struct ManagerStats {
     pub finished_operators: usize,
 }
 
-/// Where a shard belongs and when it last split (persisted with its directory entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Placement {
-    pub(crate) group: GroupId,
-    pub(crate) split_at_ms: Option<u64>,
-}
-
 /// Why a join was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -103,40 +99,22 @@ pub enum JoinError {
     ZeroId,
 }
 
-/// The shard manager's state and decisions (module docs).
+/// The shard manager: the cluster state, plus what its runtime needs to drive operators and
+/// persist records (module docs).
 #[derive(Debug)]
 pub struct Manager {
-    pub(crate) cfg: ManagerConfig,
-    /// When this manager started (bootstrapped or recovered).
-    pub(crate) started_ms: u64,
-    pub(crate) cluster: ClusterMeta,
-    pub(crate) nodes: BTreeMap<NodeId, NodeMeta>,
-    pub(crate) node_stats: BTreeMap<NodeId, NodeStats>,
+    /// What the policies read.
+    pub(crate) st: ClusterState,
     last_heartbeat_ms: BTreeMap<NodeId, u64>,
-    pub(crate) groups: BTreeMap<GroupId, GroupMeta>,
-    pub(crate) directory: Directory,
-    pub(crate) placement: HashMap<ShardId, Placement>,
-    pub(crate) soft: HashMap<ShardId, ShardSoft>,
-    pub(crate) operators: BTreeMap<u64, Operator>,
-    /// Running operator of each busy shard.
-    pub(crate) busy: HashMap<ShardId, u64>,
     /// When each running operator's current step was last sent.
     last_sent_ms: HashMap<u64, u64>,
     /// Start times of balancing operators within the last minute.
     balance_starts_ms: VecDeque<u64>,
+    /// Records to persist, in the order they were produced.
     pub(crate) pending: Vec<MetaWrite>,
     finished: Vec<Operator>,
-    /// Node evacuations, running and finished, by id (design.md §6).
-    pub(crate) migrations: BTreeMap<u64, Migration>,
+    /// Migrations that started or changed stage since the last round.
     pub(crate) migration_events: Vec<Migration>,
-    /// The failure model's latest risk per node and per region (soft: fed every round).
-    pub(crate) risks: BTreeMap<NodeId, f64>,
-    pub(crate) region_risks: BTreeMap<String, f64>,
-    /// Each node's round trip to its fastest peer, ms (soft; ranks migration targets).
-    pub(crate) rtt_ms: BTreeMap<NodeId, f64>,
-    /// Nodes whose disk the failure analysis warns about right now (soft): with proactive
-    /// migration on they lead nothing (see [`RiskInputs::degraded`]).
-    pub(crate) degraded: BTreeSet<NodeId>,
 }
 
 /// What the failure analysis tells the manager each round ([`Manager::set_risks`]).
@@ -167,11 +145,11 @@ impl Manager {
         let mut m = Manager::empty(cfg, cluster, now_ms);
         first.group = Some(1);
         first.state = NodeState::Up;
-        m.groups.insert(1, GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new() });
-        m.nodes.insert(first.id, first.clone());
-        m.pending.push(meta::put(meta::cluster_key(), &m.cluster));
+        m.st.groups.insert(1, GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new() });
+        m.st.nodes.insert(first.id, first.clone());
+        m.pending.push(meta::put(meta::cluster_key(), &m.st.cluster));
         m.pending.push(meta::put(meta::node_key(first.id), &first));
-        m.pending.push(meta::put(meta::group_key(1), &m.groups[&1]));
+        m.pending.push(meta::put(meta::group_key(1), &m.st.groups[&1]));
         Ok(m)
     }
 
@@ -184,98 +162,95 @@ impl Manager {
             reason: "the meta shard holds no cluster record".into(),
         })?;
         let mut m = Manager::empty(cfg, cluster, now_ms);
-        m.nodes = state.nodes.into_iter().map(|n| (n.id, n)).collect();
-        m.groups = state.groups.into_iter().map(|g| (g.id, g)).collect();
+        m.st.nodes = state.nodes.into_iter().map(|n| (n.id, n)).collect();
+        m.st.groups = state.groups.into_iter().map(|g| (g.id, g)).collect();
         for rec in state.shards {
-            m.placement.insert(rec.shard.id, Placement { group: rec.group, split_at_ms: rec.split_at_ms });
-            m.directory.update(rec.shard);
+            m.st.placement.insert(rec.shard.id, Placement { group: rec.group, split_at_ms: rec.split_at_ms });
+            m.st.directory.update(rec.shard);
         }
         for op in state.operators {
             if !op.status.is_finished() {
                 for shard in op.shards() {
-                    m.busy.insert(shard, op.id);
+                    m.st.busy.insert(shard, op.id);
                 }
             }
-            m.operators.insert(op.id, op);
+            m.st.operators.insert(op.id, op);
         }
-        m.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
+        m.st.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
         Ok(m)
     }
 
     fn empty(cfg: ManagerConfig, cluster: ClusterMeta, now_ms: u64) -> Self {
         Manager {
-            cfg,
-            started_ms: now_ms,
-            cluster,
-            nodes: BTreeMap::new(),
-            node_stats: BTreeMap::new(),
+            st: ClusterState::new(cfg, cluster, now_ms),
             last_heartbeat_ms: BTreeMap::new(),
-            groups: BTreeMap::new(),
-            directory: Directory::new(),
-            placement: HashMap::new(),
-            soft: HashMap::new(),
-            operators: BTreeMap::new(),
-            busy: HashMap::new(),
             last_sent_ms: HashMap::new(),
             balance_starts_ms: VecDeque::new(),
             pending: Vec::new(),
             finished: Vec::new(),
-            migrations: BTreeMap::new(),
             migration_events: Vec::new(),
-            risks: BTreeMap::new(),
-            region_risks: BTreeMap::new(),
-            rtt_ms: BTreeMap::new(),
-            degraded: BTreeSet::new(),
         }
+    }
+
+    /// The migration holding `node`, if any.
+    pub fn migration_of(&self, node: NodeId) -> Option<&Migration> {
+        self.st.migration_of(node)
+    }
+
+    /// The healthy node that would take `node`'s place in `group` (design.md §6): `Up`, in no
+    /// group, not held or targeted by another migration, low risk, in a region the group lacks;
+    /// ranked by risk, free capacity, load, then round trip.
+    pub fn choose_target(&self, node: NodeId, group: GroupId) -> Option<NodeId> {
+        self.st.choose_target(node, group)
     }
 
     /// The cluster record.
     pub fn cluster(&self) -> &ClusterMeta {
-        &self.cluster
+        &self.st.cluster
     }
 
     /// The directory.
     pub fn directory(&self) -> &Directory {
-        &self.directory
+        &self.st.directory
     }
 
     /// Known nodes.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeMeta> + '_ {
-        self.nodes.values()
+        self.st.nodes.values()
     }
 
     /// Replication groups.
     pub fn groups(&self) -> impl Iterator<Item = &GroupMeta> + '_ {
-        self.groups.values()
+        self.st.groups.values()
     }
 
     /// Operators, running and finished, by id.
     pub fn operators(&self) -> impl Iterator<Item = &Operator> + '_ {
-        self.operators.values()
+        self.st.operators.values()
     }
 
     /// A shard's soft state (load, size, timers), if it reported.
     pub fn shard_soft(&self, id: ShardId) -> Option<&ShardSoft> {
-        self.soft.get(&id)
+        self.st.soft.get(&id)
     }
 
     /// Counts.
     pub fn stats(&self) -> ManagerStats {
-        let running = self.operators.values().filter(|op| !op.status.is_finished()).count();
+        let running = self.st.operators.values().filter(|op| !op.status.is_finished()).count();
         ManagerStats {
-            nodes: self.nodes.len(),
-            nodes_up: self.nodes.values().filter(|n| n.state == NodeState::Up).count(),
-            groups: self.groups.len(),
-            shards: self.directory.len(),
+            nodes: self.st.nodes.len(),
+            nodes_up: self.st.nodes.values().filter(|n| n.state == NodeState::Up).count(),
+            groups: self.st.groups.len(),
+            shards: self.st.directory.len(),
             running_operators: running,
-            finished_operators: self.operators.len() - running,
+            finished_operators: self.st.operators.len() - running,
         }
     }
 
     pub(crate) fn alloc_id(&mut self) -> u64 {
-        let id = self.cluster.next_id;
-        self.cluster.next_id += 1;
-        self.pending.push(meta::put(meta::cluster_key(), &self.cluster));
+        let id = self.st.cluster.next_id;
+        self.st.cluster.next_id += 1;
+        self.pending.push(meta::put(meta::cluster_key(), &self.st.cluster));
         id
     }
 
@@ -283,22 +258,16 @@ impl Manager {
     /// migration and leader shedding at the next [`Manager::tick`].
     pub fn set_risks(&mut self, inputs: RiskInputs) {
         debug_assert!(inputs.nodes.values().chain(inputs.regions.values()).all(|r| (0.0..=1.0).contains(r)));
-        self.risks = inputs.nodes;
-        self.region_risks = inputs.regions;
-        self.rtt_ms = inputs.rtt_ms;
-        self.degraded = inputs.degraded;
-    }
-
-    /// Does `node` shed its leaderships (degraded, with the predictive path on)? Then it is
-    /// given none either.
-    pub(crate) fn sheds_leaders(&self, node: NodeId) -> bool {
-        self.cfg.proactive_migration && self.degraded.contains(&node)
+        self.st.risks = inputs.nodes;
+        self.st.region_risks = inputs.regions;
+        self.st.rtt_ms = inputs.rtt_ms;
+        self.st.degraded = inputs.degraded;
     }
 
     /// Notes the outcome of a [`Step::VerifyReplica`] the runtime sent for `operator`
     /// (persisted with the operator; the next round moves it on or rolls it back).
     pub fn record_verification(&mut self, operator: u64, v: Verification) {
-        let Some(op) = self.operators.get_mut(&operator) else { return };
+        let Some(op) = self.st.operators.get_mut(&operator) else { return };
         let (shard, node, ok) = (op.shard, v.node, v.matches());
         // A copy counts once: the operator made it (it added the learner) and this is its
         // first matching verification.
@@ -317,7 +286,7 @@ impl Manager {
     /// Notes a leader hint for `shard` (a node answered a step with `NotLeader`): commands
     /// go there until the next report.
     pub fn note_leader(&mut self, shard: ShardId, leader: NodeId) {
-        self.directory.set_leader(shard, Some(leader));
+        self.st.directory.set_leader(shard, Some(leader));
     }
 
     /// Takes the records to persist now (a join must be durable before it is answered).
@@ -331,14 +300,14 @@ impl Manager {
         if node.id == 0 {
             return Err(JoinError::ZeroId);
         }
-        let rec = match self.nodes.get(&node.id) {
+        let rec = match self.st.nodes.get(&node.id) {
             Some(cur) if cur.state == NodeState::Removed => return Err(JoinError::Removed(node.id)),
             Some(cur) => NodeMeta { state: cur.state, group: cur.group, ..node },
             None => NodeMeta { state: NodeState::Up, group: None, ..node },
         };
-        if self.nodes.get(&rec.id) != Some(&rec) {
+        if self.st.nodes.get(&rec.id) != Some(&rec) {
             self.pending.push(meta::put(meta::node_key(rec.id), &rec));
-            self.nodes.insert(rec.id, rec.clone());
+            self.st.nodes.insert(rec.id, rec.clone());
         }
         self.last_heartbeat_ms.insert(rec.id, now_ms);
         Ok(())
@@ -346,7 +315,7 @@ impl Manager {
 
     /// Sets a node's state by hand (`presage-ctl node drain`, `remove`).
     pub fn set_node_state(&mut self, node: NodeId, state: NodeState) -> bool {
-        let Some(n) = self.nodes.get_mut(&node) else { return false };
+        let Some(n) = self.st.nodes.get_mut(&node) else { return false };
         if n.state != state {
             n.state = state;
             let rec = n.clone();
@@ -360,12 +329,12 @@ impl Manager {
     /// say while it was down), which the node then destroys. `None` if the node never joined
     /// (it must join first).
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<Vec<ShardMeta>> {
-        let node = self.nodes.get(&hb.node)?;
+        let node = self.st.nodes.get(&hb.node)?;
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             self.set_node_state(hb.node, NodeState::Up);
         }
         self.last_heartbeat_ms.insert(hb.node, now_ms);
-        self.node_stats.insert(hb.node, hb.stats);
+        self.st.node_stats.insert(hb.node, hb.stats);
         // A report counts only from the shard's leader speaking for itself: a voter of the
         // shard it describes, naming itself as the leader (a buggy or stale node cannot
         // make the directory forget real replicas). Older epochs are ignored by the
@@ -382,7 +351,7 @@ impl Manager {
             .replicas
             .iter()
             .filter_map(|(id, epoch)| {
-                self.directory.get(*id).filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
+                self.st.directory.get(*id).filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
             })
             .cloned()
             .collect();
@@ -391,18 +360,18 @@ impl Manager {
 
     fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {
         let shard = report.shard;
-        let old = self.directory.get(shard.id).cloned();
-        let update = self.directory.update(shard.clone());
+        let old = self.st.directory.get(shard.id).cloned();
+        let update = self.st.directory.update(shard.clone());
         let removed = match &update {
             Update::Stale => return,
             Update::Same => Vec::new(),
             Update::Inserted { removed } | Update::Newer { removed } => removed.clone(),
         };
         if update != Update::Same {
-            let inherited = removed.iter().find_map(|id| self.placement.get(id).map(|p| p.group));
+            let inherited = removed.iter().find_map(|id| self.st.placement.get(id).map(|p| p.group));
             for id in &removed {
-                self.placement.remove(id);
-                self.soft.remove(id);
+                self.st.placement.remove(id);
+                self.st.soft.remove(id);
                 self.pending.push(MetaWrite { key: meta::shard_key(*id), value: None });
             }
             let split = match &old {
@@ -410,13 +379,14 @@ impl Manager {
                 Some(o) => shard.epoch.version > o.epoch.version && narrower(&shard, o),
             };
             let group = self
+                .st
                 .placement
                 .get(&shard.id)
                 .map(|p| p.group)
                 .or(inherited)
                 .or_else(|| self.group_for(&shard))
                 .unwrap_or(1);
-            let p = self.placement.entry(shard.id).or_insert(Placement { group, split_at_ms: None });
+            let p = self.st.placement.entry(shard.id).or_insert(Placement { group, split_at_ms: None });
             if split {
                 p.split_at_ms = Some(now_ms);
             }
@@ -424,11 +394,11 @@ impl Manager {
             self.pending.push(meta::put(meta::shard_key(shard.id), &rec));
             if old.is_some_and(|o| o.epoch.version != shard.epoch.version) {
                 // A new range: the old samples and timers describe another key range.
-                self.soft.remove(&shard.id);
+                self.st.soft.remove(&shard.id);
             }
         }
-        let cfg = &self.cfg;
-        let soft = self.soft.entry(shard.id).or_default();
+        let cfg = &self.st.cfg;
+        let soft = self.st.soft.entry(shard.id).or_default();
         soft.load = ShardLoad::from_report(&report.load);
         soft.size_bytes = report.size_bytes;
         soft.keys = report.keys;
@@ -451,7 +421,8 @@ impl Manager {
     /// The group holding all of `shard`'s voters, else the one holding most of them.
     fn group_for(&self, shard: &ShardMeta) -> Option<GroupId> {
         let voters = shard.voters();
-        self.groups
+        self.st
+            .groups
             .values()
             .max_by_key(|g| (voters.iter().filter(|v| g.nodes.contains(v)).count(), std::cmp::Reverse(g.id)))
             .map(|g| g.id)
@@ -467,14 +438,14 @@ impl Manager {
         self.poll_operators(now_ms, &mut commands);
         self.prune_finished();
         self.balance_starts_ms.retain(|t| now_ms.saturating_sub(*t) < 60_000);
-        let plans = policy::plan(self, now_ms);
-        let mut running = self.operators.values().filter(|op| !op.status.is_finished()).count();
+        let plans = policy::plan(&self.st, now_ms);
+        let mut running = self.st.operators.values().filter(|op| !op.status.is_finished()).count();
         for plan in plans {
-            if running >= self.cfg.max_running_operators {
+            if running >= self.st.cfg.max_running_operators {
                 break;
             }
             if plan.counts_as_balance {
-                if self.balance_starts_ms.len() >= self.cfg.max_balance_moves_per_minute {
+                if self.balance_starts_ms.len() >= self.st.cfg.max_balance_moves_per_minute {
                     continue;
                 }
                 self.balance_starts_ms.push_back(now_ms);
@@ -494,7 +465,7 @@ impl Manager {
     /// Starts `plan`; returns the new operator's id (`None`: the shard is busy, or the plan
     /// only re-placed it).
     fn start(&mut self, plan: Plan, now_ms: u64, commands: &mut Vec<Command>) -> Option<u64> {
-        if self.busy.contains_key(&plan.shard) {
+        if self.st.busy.contains_key(&plan.shard) {
             return None;
         }
         if let Some(group) = plan.new_group {
@@ -515,9 +486,9 @@ impl Manager {
         let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
         self.pending.push(meta::put(meta::operator_key(id), &op));
         for shard in op.shards() {
-            self.busy.insert(shard, id);
+            self.st.busy.insert(shard, id);
         }
-        self.operators.insert(id, op);
+        self.st.operators.insert(id, op);
         self.poll_one(id, now_ms, commands);
         Some(id)
     }
@@ -527,35 +498,35 @@ impl Manager {
         // fail-over the meta shard may hold two for one shard (written by two managers in
         // turn); each must still finish.
         let running: Vec<u64> =
-            self.operators.iter().filter(|(_, op)| !op.status.is_finished()).map(|(id, _)| *id).collect();
+            self.st.operators.iter().filter(|(_, op)| !op.status.is_finished()).map(|(id, _)| *id).collect();
         for id in running {
             self.poll_one(id, now_ms, commands);
         }
-        self.busy.clear();
-        for op in self.operators.values().filter(|op| !op.status.is_finished()) {
+        self.st.busy.clear();
+        for op in self.st.operators.values().filter(|op| !op.status.is_finished()) {
             for shard in op.shards() {
-                self.busy.insert(shard, op.id);
+                self.st.busy.insert(shard, op.id);
             }
         }
     }
 
     fn poll_one(&mut self, id: u64, now_ms: u64, commands: &mut Vec<Command>) {
-        let Some(op) = self.operators.get_mut(&id) else { return };
+        let Some(op) = self.st.operators.get_mut(&id) else { return };
         let before = op.next_step;
-        let poll = op.poll(&self.directory, now_ms, self.cfg.operator_step_timeout_ms);
+        let poll = op.poll(&self.st.directory, now_ms, self.st.cfg.operator_step_timeout_ms);
         if poll.changed {
             self.pending.push(meta::put(meta::operator_key(id), &*op));
         }
         if op.status.is_finished() {
             self.finished.push(op.clone());
-            self.busy.retain(|_, running| *running != id);
+            self.st.busy.retain(|_, running| *running != id);
             self.last_sent_ms.remove(&id);
             return;
         }
         let Some(step) = poll.action else { return };
         let fresh_step = op.next_step != before || poll.changed;
-        let due = self.last_sent_ms.get(&id).is_none_or(|t| now_ms.saturating_sub(*t) >= self.cfg.operator_retry_ms);
-        let Some(shard) = self.directory.get(op.shard) else { return };
+        let due = self.last_sent_ms.get(&id).is_none_or(|t| now_ms.saturating_sub(*t) >= self.st.cfg.operator_retry_ms);
+        let Some(shard) = self.st.directory.get(op.shard) else { return };
         let Some(leader) = shard.leader else { return };
         if fresh_step || due {
             self.last_sent_ms.insert(id, now_ms);
@@ -565,26 +536,26 @@ impl Manager {
 
     fn prune_finished(&mut self) {
         let finished: Vec<u64> =
-            self.operators.iter().filter(|(_, op)| op.status.is_finished()).map(|(id, _)| *id).collect();
-        let excess = finished.len().saturating_sub(self.cfg.max_finished_operators);
+            self.st.operators.iter().filter(|(_, op)| op.status.is_finished()).map(|(id, _)| *id).collect();
+        let excess = finished.len().saturating_sub(self.st.cfg.max_finished_operators);
         for id in finished.into_iter().take(excess) {
-            self.operators.remove(&id);
+            self.st.operators.remove(&id);
             self.pending.push(MetaWrite { key: meta::operator_key(id), value: None });
         }
     }
 
     fn update_node_states(&mut self, now_ms: u64) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.st.nodes.keys().copied().collect();
         for id in ids {
-            let state = self.nodes[&id].state;
+            let state = self.st.nodes[&id].state;
             if !matches!(state, NodeState::Up | NodeState::Suspect) {
                 continue;
             }
-            let heard = self.last_heartbeat_ms.get(&id).copied().unwrap_or(self.started_ms);
+            let heard = self.last_heartbeat_ms.get(&id).copied().unwrap_or(self.st.started_ms);
             let silent = now_ms.saturating_sub(heard);
-            let next = if silent > self.cfg.node_down_after_ms {
+            let next = if silent > self.st.cfg.node_down_after_ms {
                 NodeState::Down
-            } else if silent > self.cfg.node_suspect_after_ms {
+            } else if silent > self.st.cfg.node_suspect_after_ms {
                 NodeState::Suspect
             } else {
                 NodeState::Up
@@ -599,8 +570,8 @@ impl Manager {
     }
 
     fn record_failure(&mut self, node: NodeId, at_ms: u64, reason: String) {
-        let Some(g) = self.nodes.get(&node).and_then(|n| n.group) else { return };
-        let Some(group) = self.groups.get_mut(&g) else { return };
+        let Some(g) = self.st.nodes.get(&node).and_then(|n| n.group) else { return };
+        let Some(group) = self.st.groups.get_mut(&g) else { return };
         group.failures.push(FailureRecord { node, at_ms, reason });
         if group.failures.len() > MAX_FAILURES_PER_GROUP {
             group.failures.remove(0);
@@ -613,18 +584,18 @@ impl Manager {
     /// ungrouped `Up` nodes, one node per region (fewer distinct regions only when the
     /// whole cluster has fewer than `replication_factor`).
     fn update_groups(&mut self) {
-        let rf = self.cluster.replication_factor;
+        let rf = self.st.cluster.replication_factor;
         let regions_total = {
             let mut r: Vec<&str> =
-                self.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
+                self.st.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
             r.sort_unstable();
             r.dedup();
             r.len()
         };
-        let short: Vec<GroupId> = self.groups.values().filter(|g| g.nodes.len() < rf).map(|g| g.id).collect();
+        let short: Vec<GroupId> = self.st.groups.values().filter(|g| g.nodes.len() < rf).map(|g| g.id).collect();
         for gid in short {
-            while self.groups[&gid].nodes.len() < rf {
-                let Some(node) = self.pick_ungrouped(&self.groups[&gid].nodes, regions_total, rf) else { break };
+            while self.st.groups[&gid].nodes.len() < rf {
+                let Some(node) = self.pick_ungrouped(&self.st.groups[&gid].nodes, regions_total, rf) else { break };
                 self.add_to_group(gid, node);
             }
         }
@@ -640,7 +611,7 @@ impl Manager {
                 break; // wait for more nodes
             }
             let gid = self.alloc_id();
-            self.groups.insert(gid, GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new() });
+            self.st.groups.insert(gid, GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new() });
             for n in members {
                 self.add_to_group(gid, n);
             }
@@ -650,13 +621,14 @@ impl Manager {
     /// The lowest-id ungrouped `Up` node that may join a group of `members`: preferably in
     /// a region none of them is in.
     fn pick_ungrouped(&self, members: &[NodeId], regions_total: usize, rf: usize) -> Option<NodeId> {
-        let regions: Vec<&str> = members.iter().filter_map(|m| self.nodes.get(m)).map(|n| n.region.as_str()).collect();
-        let free = self.nodes.values().filter(|n| {
+        let regions: Vec<&str> =
+            members.iter().filter_map(|m| self.st.nodes.get(m)).map(|n| n.region.as_str()).collect();
+        let free = self.st.nodes.values().filter(|n| {
             n.group.is_none()
                 && n.state == NodeState::Up
                 && !members.contains(&n.id)
-                && !self.is_held(n.id)
-                && !self.is_migration_target(n.id)
+                && !self.st.is_held(n.id)
+                && !self.st.is_migration_target(n.id)
         });
         let mut fallback = None;
         for n in free {
@@ -671,11 +643,11 @@ impl Manager {
     }
 
     fn add_to_group(&mut self, gid: GroupId, node: NodeId) {
-        let Some(g) = self.groups.get_mut(&gid) else { return };
+        let Some(g) = self.st.groups.get_mut(&gid) else { return };
         g.nodes.push(node);
         let rec = g.clone();
         self.pending.push(meta::put(meta::group_key(gid), &rec));
-        if let Some(n) = self.nodes.get_mut(&node) {
+        if let Some(n) = self.st.nodes.get_mut(&node) {
             n.group = Some(gid);
             let rec = n.clone();
             self.pending.push(meta::put(meta::node_key(node), &rec));
@@ -684,9 +656,9 @@ impl Manager {
 
     /// Places `shard` in `group` (persisted); the repair policy then moves its replicas.
     pub(crate) fn replace_shard(&mut self, shard: ShardId, group: GroupId) {
-        if let Some(p) = self.placement.get_mut(&shard) {
+        if let Some(p) = self.st.placement.get_mut(&shard) {
             p.group = group;
-            if let Some(meta) = self.directory.get(shard) {
+            if let Some(meta) = self.st.directory.get(shard) {
                 let rec = ShardRecord { shard: meta.clone(), group, split_at_ms: p.split_at_ms };
                 self.pending.push(meta::put(meta::shard_key(shard), &rec));
             }
@@ -695,7 +667,7 @@ impl Manager {
 
     /// Submits an operator by hand (`presage-ctl`): refused while the shard has one running.
     pub fn submit(&mut self, shard: ShardId, steps: Vec<Step>, rollback: Vec<Step>, now_ms: u64) -> Option<u64> {
-        if steps.is_empty() || self.busy.contains_key(&shard) || self.directory.get(shard).is_none() {
+        if steps.is_empty() || self.st.busy.contains_key(&shard) || self.st.directory.get(shard).is_none() {
             return None;
         }
         let plan =
@@ -704,16 +676,6 @@ impl Manager {
         let id = self.start(plan, now_ms, &mut Vec::new())?;
         self.last_sent_ms.remove(&id);
         Some(id)
-    }
-
-    /// True when `shard` may be acted on by a new operator.
-    pub(crate) fn is_free(&self, shard: &ShardMeta) -> bool {
-        !self.busy.contains_key(&shard.id) && shard.merging_into.is_none() && shard.leader.is_some()
-    }
-
-    /// True for the meta shard, which never splits, merges or changes group.
-    pub(crate) fn is_meta(shard: &ShardMeta) -> bool {
-        shard.id == META_SHARD_ID
     }
 }
 
