@@ -69,7 +69,11 @@ pub trait Engine: Reader + Clone + Send + Sync + 'static {
 pub(crate) fn check_ascending(cf: Cf, range: &KeyRange, prev: Option<&[u8]>, key: &[u8]) -> Result<()> {
     crate::types::check_key(key)?;
     if !range.contains(key) || prev.is_some_and(|p| key <= p) {
-        return Err(crate::EngineError::UnorderedKeys { cf, range: range.clone(), key: key.to_vec() });
+        return Err(crate::EngineError::UnorderedKeys {
+            cf: format!("{cf:?}"),
+            range: range.to_string(),
+            key: key.to_vec(),
+        });
     }
     Ok(())
 }

@@ -216,7 +216,7 @@ impl FaultInjector {
             std::thread::sleep(delay);
         }
         if fail {
-            return Err(EngineError::Injected { class });
+            return Err(EngineError::Injected { class: class.name() });
         }
         Ok(())
     }
@@ -326,7 +326,7 @@ mod tests {
         inj.set(FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }).expect("valid");
         assert!(inj.before(OpClass::Read).is_ok());
         assert!(inj.before(OpClass::Write).is_ok());
-        assert!(matches!(inj.before(OpClass::Sync), Err(EngineError::Injected { class: OpClass::Sync })));
+        assert!(matches!(inj.before(OpClass::Sync), Err(EngineError::Injected { class: "sync" })));
         assert_eq!(inj.injected_errors(OpClass::Sync), 1);
         inj.clear();
         assert!(inj.before(OpClass::Sync).is_ok());

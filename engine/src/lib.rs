@@ -26,12 +26,12 @@ mod types;
 
 pub use checksum::{ChecksumBuilder, RangeChecksum};
 pub use engine::{for_each_pair, middle_key, range_checksum, Engine, Reader};
-pub use error::{EngineError, Result, TransferError};
+pub use error::{EngineError, Result};
 pub use fault::{FaultConfig, FaultInjector, FaultRule, FaultyEngine};
 pub use mem::{MemEngine, MemSnapshot, DEFAULT_MAX_WRITE_BATCH_BYTES};
 pub use metrics::{EngineMetrics, EngineMetricsSnapshot, LatencySnapshot, MeteredEngine};
 pub use rocks::{RocksConfig, RocksEngine, RocksSnapshot};
-pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, ResumePoint};
+pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, ResumePoint, TransferError};
 pub use types::{
     check_key, escape, Cf, KeyRange, KvPair, OpClass, RangeStats, ScanLimit, ScanOrder, ScanPage, StorageStats,
     WriteBatch, WriteOp, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,

@@ -36,7 +36,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::checksum::{ChecksumBuilder, RangeChecksum};
 use crate::engine::{for_each_pair, Engine, Reader};
-use crate::error::{EngineError, Result, TransferError};
+use crate::error::{EngineError, Result};
 use crate::types::{
     check_key, Cf, KeyRange, KvPair, ScanLimit, ScanOrder, WriteBatch, WriteOptions, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
@@ -51,6 +51,113 @@ const MIN_USEFUL_COMPRESSION_RATIO: f64 = 1.1;
 
 /// Default target size of a data chunk's uncompressed body.
 pub const DEFAULT_MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Why an export stream or an import was refused.
+///
+/// Every variant except [`TransferError::Engine`] is raised *before* anything is staged or the
+/// target range is touched: the import can resume from [`crate::transfer::Importer::resume_point`].
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The chunk's bytes are damaged: bad magic, bad length, crc32 mismatch, bad compression.
+    #[error("corrupt chunk{}: {reason}", seq_suffix(*.seq))]
+    Corrupt {
+        /// Sequence number from the chunk header, when it could be read.
+        seq: Option<u64>,
+        /// What check failed.
+        reason: String,
+    },
+    /// A chunk that was already applied arrived again.
+    #[error("duplicate chunk: got seq {got}, expected {expected}")]
+    Duplicate {
+        /// The sequence number received.
+        got: u64,
+        /// The next sequence number the import needs.
+        expected: u64,
+    },
+    /// A chunk arrived ahead of its turn (a gap or a reordering).
+    #[error("chunk out of order: got seq {got}, expected {expected}")]
+    OutOfOrder {
+        /// The sequence number received.
+        got: u64,
+        /// The next sequence number the import needs.
+        expected: u64,
+    },
+    /// A chunk belongs to another export stream.
+    #[error("chunk belongs to stream {got:#x}, the import is reading stream {expected:#x}")]
+    StreamMismatch {
+        /// Stream id of the chunk.
+        got: u64,
+        /// Stream id the import started with.
+        expected: u64,
+    },
+    /// The stream describes another column family or key range than the import's target.
+    #[error("stream carries {got_cf:?} {got}, the import target is {expected_cf:?} {expected}")]
+    WrongRange {
+        /// Target column family.
+        expected_cf: Cf,
+        /// Target range.
+        expected: KeyRange,
+        /// Column family in the stream.
+        got_cf: Cf,
+        /// Range in the stream.
+        got: KeyRange,
+    },
+    /// A pair in a data chunk lies outside the target range or out of key order.
+    #[error("chunk {seq}: key {key:?} is outside {range} or not after the previous key")]
+    KeyOutOfRange {
+        /// Chunk sequence number.
+        seq: u64,
+        /// The key.
+        key: Vec<u8>,
+        /// The target range.
+        range: KeyRange,
+    },
+    /// The chunk kind is not what the stream needs at this point.
+    #[error("chunk {seq}: unexpected {got} chunk ({why})")]
+    UnexpectedKind {
+        /// Chunk sequence number.
+        seq: u64,
+        /// The kind that arrived.
+        got: &'static str,
+        /// What was expected instead.
+        why: &'static str,
+    },
+    /// The stream ended before its end chunk.
+    #[error("stream truncated: end chunk not received, next expected seq {next_seq}")]
+    Truncated {
+        /// The chunk the import is waiting for.
+        next_seq: u64,
+    },
+    /// The totals in the end chunk disagree with what was received.
+    #[error("checksum mismatch: sender has {expected}, received {got}")]
+    ChecksumMismatch {
+        /// What the sender computed.
+        expected: RangeChecksum,
+        /// What the importer computed.
+        got: RangeChecksum,
+    },
+    /// A chunk exceeds a configured size limit.
+    #[error("chunk of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    TooLarge {
+        /// Size of the chunk (or its decompressed payload).
+        len_bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// A persisted import for this id targets another range.
+    #[error("import {import_id} already exists for another target; abort it first")]
+    ImportConflict {
+        /// The import id.
+        import_id: u64,
+    },
+    /// The engine failed while staging or switching.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+fn seq_suffix(seq: Option<u64>) -> String {
+    seq.map_or_else(String::new, |s| format!(" {s}"))
+}
+
 /// Largest body a chunk can need: the target size, or one pair of the largest key and value
 /// the engine stores (a pair never splits across chunks), with its two length prefixes.
 pub const MAX_CHUNK_BODY_BYTES: usize = DEFAULT_MAX_CHUNK_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES + 8;

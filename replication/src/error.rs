@@ -177,3 +177,9 @@ impl Error {
         !matches!(self, Error::OutcomeUnknown { .. } | Error::Stopped | Error::Engine(_))
     }
 }
+
+impl From<crate::wire::Corrupt> for Error {
+    fn from(e: crate::wire::Corrupt) -> Self {
+        Error::Corrupt { what: e.what, reason: e.reason }
+    }
+}

@@ -931,7 +931,7 @@ impl<E: Engine> Peer<E> {
         }
         let shard = match self.descriptor().range() {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
         self.clock_floor_ms = self.clock_floor_ms.max(cmd.now_ms);
         // Every condition first, against the state before this command. A value that does

@@ -315,7 +315,7 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
         let mut out = Vec::with_capacity(page.pairs.len());
         let mut size = 0u64;
         for (k, v) in &page.pairs {
-            let e: Entry = wire::decode("raft log entry", v).map_err(storage_err)?;
+            let e: Entry = wire::decode("raft log entry", v).map_err(|e| storage_err(e.into()))?;
             let want = low + out.len() as u64;
             if keys::index_of_log_key(k) != Some(want) || e.index != want {
                 return Err(storage_err(Error::Corrupt {

@@ -195,7 +195,7 @@ impl<E: Engine> Store<E> {
         })?;
         if let Some((key, e)) = undecodable {
             tracing::error!(node = node_id, key = ?key, error = %e, "a stored shard descriptor does not decode");
-            return Err(e);
+            return Err(e.into());
         }
         let mut peers = BTreeMap::new();
         for shard_id in shard_ids {

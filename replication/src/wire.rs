@@ -11,8 +11,6 @@
 use presage_engine::KeyRange;
 use raft::eraftpb;
 
-use crate::error::{Error, Result};
-
 /// Version of a shard: `version` grows on split/merge, `conf_ver` on membership change.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
 pub struct Epoch {
@@ -87,11 +85,22 @@ pub struct ShardDescriptor {
     pub merging_into: Option<u64>,
 }
 
+/// A message, or a field of one, read from disk or the network that does not decode (the
+/// crate's `Error::Corrupt` once it leaves this module).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {what}: {reason}")]
+pub struct Corrupt {
+    /// What it was.
+    pub what: &'static str,
+    /// Why it does not decode.
+    pub reason: String,
+}
+
 impl ShardDescriptor {
     /// The key range.
-    pub fn range(&self) -> Result<KeyRange> {
+    pub fn range(&self) -> std::result::Result<KeyRange, Corrupt> {
         KeyRange::new(self.start.clone(), self.end.clone())
-            .map_err(|e| Error::Corrupt { what: "shard descriptor", reason: e.to_string() })
+            .map_err(|e| Corrupt { what: "shard descriptor", reason: e.to_string() })
     }
 
     /// Does the shard hold `key`?
@@ -422,8 +431,8 @@ pub struct SnapshotAck {
 }
 
 /// Decodes a prost message read from disk or the network, naming what it is on failure.
-pub fn decode<M: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|e| Error::Corrupt { what, reason: e.to_string() })
+pub fn decode<M: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> std::result::Result<M, Corrupt> {
+    M::decode(bytes).map_err(|e| Corrupt { what, reason: e.to_string() })
 }
 
 /// Encodes a prost message.

@@ -67,6 +67,139 @@ fn every_crate_and_module_starts_with_its_doc() {
     assert!(missing.is_empty(), "files without a //! doc: {missing:#?}");
 }
 
+/// Tidy: no module imports a module that imports it back. For every crate of the workspace,
+/// each module's references to `crate::a::b` and `super::x` (outside comments and test
+/// modules) are lifted to the sibling modules under their common parent (a module may use its
+/// own children or ancestors); the strongly connected components of that graph must all be
+/// single modules.
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    /// A file's module path inside its crate (`None` for binaries).
+    fn module_of(src: &Path, file: &Path) -> Option<Vec<String>> {
+        let rel = file.strip_prefix(src).ok()?.with_extension("");
+        let mut parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        if parts.first().is_some_and(|p| p == "bin") {
+            return None;
+        }
+        if parts.last().is_some_and(|p| matches!(p.as_str(), "mod" | "lib" | "main")) {
+            parts.pop();
+        }
+        Some(parts)
+    }
+    fn idents(text: &str, prefix: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let before_ok =
+                at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric() && rest.as_bytes()[at - 1] != b'_';
+            rest = &rest[at + prefix.len()..];
+            if !before_ok {
+                continue;
+            }
+            let path: Vec<String> = rest
+                .split("::")
+                .map(|seg| {
+                    seg.chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                        .collect::<String>()
+                })
+                .take_while(|seg| !seg.is_empty())
+                .take(3)
+                .collect();
+            if !path.is_empty() {
+                out.push(path);
+            }
+        }
+        out
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cycles = Vec::new();
+    let mut crates = Vec::new();
+    for top in ["engine", "replication", "shardmgr", "pfa", "tools", "tests"] {
+        let mut stack = vec![root.join(top)];
+        while let Some(dir) = stack.pop() {
+            if dir.join("Cargo.toml").exists() && dir.join("src").is_dir() && !dir.ends_with("fuzz") {
+                crates.push(dir.join("src"));
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if p.is_dir() && !matches!(name.as_str(), "src" | "target" | "fuzz" | "tests") {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    for src in crates {
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let modules: BTreeSet<Vec<String>> = files.iter().filter_map(|f| module_of(&src, f)).collect();
+        let longest_module = |mut path: Vec<String>| {
+            while !path.is_empty() && !modules.contains(&path) {
+                path.pop();
+            }
+            path
+        };
+        let mut lifted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for f in &files {
+            let Some(me) = module_of(&src, f) else { continue };
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code: String =
+                text.lines().map(|l| l.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n");
+            let mut targets: Vec<Vec<String>> = idents(&code, "crate::");
+            for sup in idents(&code, "super::") {
+                let mut t = me.clone();
+                t.pop();
+                t.extend(sup);
+                targets.push(t);
+            }
+            for t in targets {
+                let t = longest_module(t);
+                let common = me.iter().zip(&t).take_while(|(a, b)| a == b).count();
+                if t.is_empty() || common == me.len() || common == t.len() {
+                    continue; // itself, an ancestor or a descendant
+                }
+                lifted.entry(me[..=common].join("/")).or_default().insert(t[..=common].join("/"));
+            }
+        }
+        // Mutual reachability between siblings.
+        let reach = |from: &String| {
+            let mut seen = BTreeSet::new();
+            let mut todo = vec![from.clone()];
+            while let Some(x) = todo.pop() {
+                for y in lifted.get(&x).into_iter().flatten() {
+                    if seen.insert(y.clone()) {
+                        todo.push(y.clone());
+                    }
+                }
+            }
+            seen
+        };
+        for a in lifted.keys() {
+            for b in reach(a) {
+                if a < &b && reach(&b).contains(a) {
+                    cycles.push(format!("{}: {a} <-> {b}", src.display()));
+                }
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "modules that import each other (directly or around a cycle): {cycles:#?}");
+}
+
 /// `presage cert` and `presage user` make what a secure node loads: a CA, a node certificate
 /// naming its id and hosts, a client certificate, users and tokens stored as hashes; existing
 /// files are kept unless asked; bad input is refused clearly.
