@@ -17,8 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{best_f1_threshold, Metrics, Outcome};
 use crate::model::{fingerprint, FailureModel, ModelKind, Table, TrainParams, TrainSet};
+use crate::scores::{best_f1_threshold, Metrics, Outcome};
 use crate::smart::SmartDataset;
 use crate::PfaError;
 

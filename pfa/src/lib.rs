@@ -14,23 +14,23 @@
 //!   Backblaze rule.
 //! - [`procfs`]: parsers for `/proc/diskstats`, `/proc/stat`, `/proc/meminfo`, PSI.
 //! - [`risk`]: node and region risk, model status.
-//! - [`node`]: the node model on recorded telemetry: replay, training split by time,
+//! - [`node_model`]: the node model on recorded telemetry: replay, training split by time,
 //!   evaluation with lead times and false-alarm rates.
 //! - [`prior`]: failure-history priors from the LANL records.
 //! - [`retrain`]: episodes the shard manager captures (observed failures, healthy
 //!   snapshots) and retraining from them, adopted only if no worse on the newest ones.
-//! - [`metrics`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
+//! - [`scores`]: precision, recall, PR-AUC, ROC-AUC, recall at 1% FPR, lead time.
 
 pub mod aggregate;
 pub mod detect;
 pub mod disk;
-pub mod metrics;
 pub mod model;
-pub mod node;
+pub mod node_model;
 pub mod prior;
 pub mod procfs;
 pub mod retrain;
 pub mod risk;
+pub mod scores;
 pub mod smart;
 pub mod telemetry;
 pub mod warning;

@@ -13,7 +13,7 @@ use forust_ml::objective::ObjectiveType;
 use forust_ml::Matrix;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
+use crate::scores::Metrics;
 use crate::PfaError;
 
 /// The `format` field every model file carries.

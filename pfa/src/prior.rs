@@ -292,7 +292,7 @@ mod tests {
     /// failed recently is more likely to fail again.
     #[test]
     fn the_shipped_prior_is_computed_from_the_lanl_file() {
-        let file = format!("{}/data/lanl/lanl_failures_1996_2005.csv", crate::node::manifest_dir());
+        let file = format!("{}/data/lanl/lanl_failures_1996_2005.csv", crate::node_model::manifest_dir());
         let f = std::fs::File::open(file).expect("LANL file");
         let mut computed = FailurePrior::from_lanl_csv("lanl_failures_1996_2005.csv", f).expect("parses");
         let shipped = FailurePrior::shipped().expect("shipped");

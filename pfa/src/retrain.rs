@@ -27,12 +27,12 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregator;
-use crate::metrics::{Metrics, Outcome};
 use crate::model::{FailureModel, Table, TrainParams, TrainSet};
-use crate::node::{labelled, train_tables, Recorded, Recording};
+use crate::node_model::{labelled, train_tables, Recorded, Recording};
+use crate::scores::{Metrics, Outcome};
 use crate::PfaError;
 
-pub use crate::node::OBSERVED_FAILURE;
+pub use crate::node_model::OBSERVED_FAILURE;
 
 /// Episodes one retraining reads at most.
 pub const MAX_EPISODES: usize = 1_024;
@@ -211,7 +211,7 @@ pub fn retrain(
 mod tests {
     use super::*;
     use crate::aggregate::AggregatorConfig;
-    use crate::node::tests::synthetic;
+    use crate::node_model::tests::synthetic;
 
     /// The episodes a manager would capture from a synthetic cluster (seed `seed`, shifted
     /// far in time): node 2's latency ramps over the last 120 of 600 s and it is declared

@@ -14,8 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
 use crate::model::{FailureModel, ModelKind, TrainingSummary};
+use crate::scores::Metrics;
 use crate::warning::WarningKind;
 
 /// One node's risk.

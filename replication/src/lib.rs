@@ -6,7 +6,7 @@
 //!   ready round for all of them (group commit).
 //! - [`snapshot`]: snapshot data streamed as the engine's export chunks, rate-limited,
 //!   resumable, verified before Raft may install it.
-//! - [`node`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
+//! - [`runtime`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes.
 //! - [`value`]: how a value is stored (a header with an optional expiry deadline).
@@ -26,8 +26,8 @@ pub mod config;
 pub mod error;
 pub mod keys;
 mod logger;
-pub mod node;
 pub mod peer;
+pub mod runtime;
 pub mod snapshot;
 pub mod storage;
 pub mod store;
@@ -38,8 +38,8 @@ pub mod wire;
 
 pub use config::RaftConfig;
 pub use error::{Error, Result};
-pub use node::{ChecksumAt, Node, NodeHandle};
-pub use peer::{AdminCommand, ReadRequest, ReadResponse};
+pub use peer::{AdminEntry, ReadRequest, ReadResponse};
+pub use runtime::{ChecksumAt, Node, NodeHandle};
 pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};
 pub use store::{PinnedData, ShardStatus, Store, StoreSummary};
 pub use tcp::{

@@ -5,7 +5,7 @@
 //! leader committed in its term, served when applied, expired after two election timeouts), apply
 //! of commands (epoch and range re-checked at apply, identically on every replica), of conf changes
 //! (descriptor `conf_ver` bump), of splits (left part kept, the right part's initial Raft state
-//! written in the same batch, both at `version` + 1) and of merge steps (`AdminCommand`:
+//! written in the same batch, both at `version` + 1) and of merge steps (`AdminEntry`:
 //! `PrepareMerge` freezes, `CommitMerge` extends the target and destroys the source's metadata in
 //! the same batch, `RollbackMerge` unfreezes). A `CommitMerge` whose local source has not frozen
 //! yet waits in `pending_apply`; the store takes no new ready from that replica meanwhile.
@@ -41,7 +41,9 @@ use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::storage::PeerStorage;
 use crate::value;
-use crate::wire::{self, op, Command, CommitMerge, Epoch, Expect, Op, PrepareMerge, Replica, ShardDescriptor, Split};
+use crate::wire::{
+    self, op, CommitMerge, EntryCommand, Epoch, Expect, Op, PrepareMerge, Replica, ShardDescriptor, Split,
+};
 
 /// Called with the outcome of a write once it is applied (or failed).
 pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -85,7 +87,7 @@ pub enum ReadResponse {
 
 /// A command that changes a shard's range or epoch rather than its data.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AdminCommand {
+pub enum AdminEntry {
     /// Split at a key (see [`Split`]).
     Split(Split),
     /// Freeze this shard to merge it into the given adjacent shard (see [`PrepareMerge`]).
@@ -95,7 +97,7 @@ pub enum AdminCommand {
     /// Unfreeze this shard: its merge did not and will not commit.
     RollbackMerge,
     /// Pin every replica's data at this entry's index for a range checksum (see
-    /// [`Command::compute_checksum`]); changes no data.
+    /// [`EntryCommand::compute_checksum`]); changes no data.
     ComputeChecksum,
 }
 
@@ -446,52 +448,57 @@ impl<E: Engine> Peer<E> {
             let max = value::MAX_USER_VALUE_BYTES;
             return cb(Err(Error::Invalid(format!("a value of {len} bytes is over the {max}-byte limit"))));
         }
-        let cmd =
-            Command { shard_id: self.shard_id(), epoch: Some(epoch), ops, now_ms: self.now_ms(), ..Command::default() };
+        let cmd = EntryCommand {
+            shard_id: self.shard_id(),
+            epoch: Some(epoch),
+            ops,
+            now_ms: self.now_ms(),
+            ..EntryCommand::default()
+        };
         self.propose_command(cmd, ProposalCallback::Write(cb));
     }
 
     /// Proposes an admin command routed with `epoch`; `cb` runs once it is applied here.
-    pub fn propose_admin(&mut self, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
+    pub fn propose_admin(&mut self, epoch: Epoch, admin: AdminEntry, cb: WriteCallback) {
         self.propose_admin_with(epoch, admin, ProposalCallback::Write(cb));
     }
 
     /// Proposes a `ComputeChecksum` routed with `epoch`; `cb` gets its log index once it is
     /// applied here (by then the store pinned this replica's data at that index).
     pub fn propose_checksum(&mut self, epoch: Epoch, cb: IndexCallback) {
-        self.propose_admin_with(epoch, AdminCommand::ComputeChecksum, ProposalCallback::AtIndex(cb));
+        self.propose_admin_with(epoch, AdminEntry::ComputeChecksum, ProposalCallback::AtIndex(cb));
     }
 
-    fn propose_admin_with(&mut self, epoch: Epoch, admin: AdminCommand, cb: ProposalCallback) {
+    fn propose_admin_with(&mut self, epoch: Epoch, admin: AdminEntry, cb: ProposalCallback) {
         if !self.is_leader() {
             return cb.fail(self.not_leader());
         }
         if let Err(e) = self.check_admin(epoch, &admin) {
             return cb.fail(e);
         }
-        if matches!(admin, AdminCommand::PrepareMerge(_)) && self.raw.raft.has_pending_conf() {
+        if matches!(admin, AdminEntry::PrepareMerge(_)) && self.raw.raft.has_pending_conf() {
             let e = Error::Config(format!("shard {}: cannot merge during a membership change", self.shard_id()));
             return cb.fail(e);
         }
-        let mut cmd = Command { shard_id: self.shard_id(), epoch: Some(epoch), ..Command::default() };
+        let mut cmd = EntryCommand { shard_id: self.shard_id(), epoch: Some(epoch), ..EntryCommand::default() };
         match admin {
-            AdminCommand::Split(split) => cmd.split = Some(split),
-            AdminCommand::PrepareMerge(target) => cmd.prepare_merge = Some(PrepareMerge { target: Some(target) }),
-            AdminCommand::CommitMerge(source) => cmd.commit_merge = Some(CommitMerge { source: Some(source) }),
-            AdminCommand::RollbackMerge => cmd.rollback_merge = true,
-            AdminCommand::ComputeChecksum => cmd.compute_checksum = true,
+            AdminEntry::Split(split) => cmd.split = Some(split),
+            AdminEntry::PrepareMerge(target) => cmd.prepare_merge = Some(PrepareMerge { target: Some(target) }),
+            AdminEntry::CommitMerge(source) => cmd.commit_merge = Some(CommitMerge { source: Some(source) }),
+            AdminEntry::RollbackMerge => cmd.rollback_merge = true,
+            AdminEntry::ComputeChecksum => cmd.compute_checksum = true,
         }
         self.propose_command(cmd, cb);
     }
 
     /// Checks an admin command against this replica's state; the same checks run at propose
     /// and, on every replica, at apply.
-    fn check_admin(&self, epoch: Epoch, admin: &AdminCommand) -> Result<()> {
+    fn check_admin(&self, epoch: Epoch, admin: &AdminEntry) -> Result<()> {
         let desc = self.descriptor();
         let bad = |reason: String| Err(Error::Config(format!("shard {}: {reason}", desc.id)));
         match admin {
-            AdminCommand::Split(split) => self.check_split(epoch, split),
-            AdminCommand::PrepareMerge(target) => {
+            AdminEntry::Split(split) => self.check_split(epoch, split),
+            AdminEntry::PrepareMerge(target) => {
                 self.check_epoch(epoch, std::iter::empty())?;
                 if target.id == desc.id || target.merging_into.is_some() {
                     return bad(format!("cannot merge into shard {}", target.id));
@@ -504,7 +511,7 @@ impl<E: Engine> Peer<E> {
                 }
                 Ok(())
             }
-            AdminCommand::CommitMerge(source) => {
+            AdminEntry::CommitMerge(source) => {
                 if epoch != desc.epoch() {
                     return Err(self.epoch_error());
                 }
@@ -517,7 +524,7 @@ impl<E: Engine> Peer<E> {
                 }
                 Ok(())
             }
-            AdminCommand::RollbackMerge => {
+            AdminEntry::RollbackMerge => {
                 if desc.merging_into.is_none() || epoch.version != desc.epoch().version {
                     return Err(self.epoch_error());
                 }
@@ -525,7 +532,7 @@ impl<E: Engine> Peer<E> {
             }
             // The range must be the one the caller routed with, and a frozen shard's data
             // belongs to its merge.
-            AdminCommand::ComputeChecksum => self.check_epoch(epoch, std::iter::empty()),
+            AdminEntry::ComputeChecksum => self.check_epoch(epoch, std::iter::empty()),
         }
     }
 
@@ -551,7 +558,7 @@ impl<E: Engine> Peer<E> {
         Ok(())
     }
 
-    fn propose_command(&mut self, cmd: Command, cb: ProposalCallback) {
+    fn propose_command(&mut self, cmd: EntryCommand, cb: ProposalCallback) {
         let before = self.raw.raft.raft_log.last_index();
         if let Err(e) = self.raw.propose(Vec::new(), wire::encode(&cmd)) {
             let reason = match e {
@@ -785,17 +792,17 @@ impl<E: Engine> Peer<E> {
         entries.iter().any(|e| {
             e.get_entry_type() == EntryType::EntryNormal
                 && !e.data.is_empty()
-                && wire::decode::<Command>("command", &e.data).map_or(true, |c| c.prepare_merge.is_some())
+                && wire::decode::<EntryCommand>("command", &e.data).map_or(true, |c| c.prepare_merge.is_some())
         })
     }
 
     /// Must `cmd` wait? A `CommitMerge` that would take effect waits until this node's
     /// source replica applied the `PrepareMerge`: its descriptor then equals the frozen one
     /// the command carries (`frozen` holds this node's frozen replicas' descriptors).
-    fn must_wait(&self, cmd: &Command, frozen: &BTreeMap<u64, ShardDescriptor>) -> bool {
+    fn must_wait(&self, cmd: &EntryCommand, frozen: &BTreeMap<u64, ShardDescriptor>) -> bool {
         let Some(source) = cmd.commit_merge.as_ref().and_then(|c| c.source.as_ref()) else { return false };
         let epoch = cmd.epoch.unwrap_or_default();
-        self.check_admin(epoch, &AdminCommand::CommitMerge(source.clone())).is_ok()
+        self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone())).is_ok()
             && frozen.get(&source.id) != Some(source)
     }
 
@@ -822,7 +829,7 @@ impl<E: Engine> Peer<E> {
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => Ok(()), // a new leader's no-op
                 EntryType::EntryNormal => {
-                    let cmd: Command = wire::decode("command", &entry.data)?;
+                    let cmd: EntryCommand = wire::decode("command", &entry.data)?;
                     if self.must_wait(&cmd, frozen) {
                         self.pending_apply.push_front(entry);
                         break;
@@ -886,7 +893,7 @@ impl<E: Engine> Peer<E> {
     /// same on every replica), apply stops after it so that the store pins the engine with
     /// this shard's data exactly as of `index` (see [`Peer::apply`]).
     fn apply_compute_checksum(&mut self, epoch: Epoch, index: u64) -> Result<()> {
-        self.check_admin(epoch, &AdminCommand::ComputeChecksum)?;
+        self.check_admin(epoch, &AdminEntry::ComputeChecksum)?;
         let range = self.descriptor().range()?;
         self.checksum_pending = Some((index, range));
         Ok(())
@@ -904,7 +911,7 @@ impl<E: Engine> Peer<E> {
     /// The outer `Result` is the node's: an engine read failing while a condition is decided
     /// (the node must stop). The inner one is the command's outcome, the same on every
     /// replica.
-    fn apply_command(&mut self, cmd: Command, wb: &mut WriteBatch) -> Result<Result<()>> {
+    fn apply_command(&mut self, cmd: EntryCommand, wb: &mut WriteBatch) -> Result<Result<()>> {
         let epoch = cmd.epoch.unwrap_or_default();
         if let Some(split) = cmd.split {
             return Ok(self.apply_split(epoch, split, wb));
@@ -916,7 +923,7 @@ impl<E: Engine> Peer<E> {
             return Ok(self.apply_commit_merge(epoch, source, wb));
         }
         if cmd.rollback_merge {
-            if let Err(e) = self.check_admin(epoch, &AdminCommand::RollbackMerge) {
+            if let Err(e) = self.check_admin(epoch, &AdminEntry::RollbackMerge) {
                 return Ok(Err(e));
             }
             let mut desc = self.descriptor().clone();
@@ -991,7 +998,7 @@ impl<E: Engine> Peer<E> {
     /// Applies a split: this shard keeps the left part, a new shard starts on the right part
     /// with the same replicas and an initial Raft state, all in `wb` with the apply index.
     fn apply_split(&mut self, epoch: Epoch, split: Split, wb: &mut WriteBatch) -> Result<()> {
-        self.check_admin(epoch, &AdminCommand::Split(split.clone()))?;
+        self.check_admin(epoch, &AdminEntry::Split(split.clone()))?;
         let mut left = self.descriptor().clone();
         let mut new_epoch = left.epoch();
         new_epoch.version += 1;
@@ -1023,7 +1030,7 @@ impl<E: Engine> Peer<E> {
 
     /// Freezes this shard for its merge into `target`.
     fn apply_prepare_merge(&mut self, epoch: Epoch, target: ShardDescriptor, wb: &mut WriteBatch) -> Result<()> {
-        self.check_admin(epoch, &AdminCommand::PrepareMerge(target.clone()))?;
+        self.check_admin(epoch, &AdminEntry::PrepareMerge(target.clone()))?;
         let mut desc = self.descriptor().clone();
         desc.merging_into = Some(target.id);
         desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
@@ -1035,7 +1042,7 @@ impl<E: Engine> Peer<E> {
     /// Takes the frozen `source` over: the range grows over it and its replica here is
     /// destroyed, its data kept, in the same batch.
     fn apply_commit_merge(&mut self, epoch: Epoch, source: ShardDescriptor, wb: &mut WriteBatch) -> Result<()> {
-        self.check_admin(epoch, &AdminCommand::CommitMerge(source.clone()))?;
+        self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone()))?;
         let mut desc = self.descriptor().clone();
         if source.end.as_deref() == Some(desc.start.as_slice()) {
             desc.start = source.start.clone();

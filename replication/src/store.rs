@@ -42,7 +42,7 @@ use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::peer::{
-    AdminCommand, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
+    AdminEntry, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
 };
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
@@ -727,9 +727,9 @@ impl<E: Engine> Store<E> {
 
     /// Proposes an admin command to `shard_id` (split, merge steps); `cb` runs once it is
     /// applied on this node (for a split, with the new shard's replica here started).
-    pub fn propose_admin(&mut self, shard_id: u64, epoch: Epoch, admin: AdminCommand, cb: WriteCallback) {
+    pub fn propose_admin(&mut self, shard_id: u64, epoch: Epoch, admin: AdminEntry, cb: WriteCallback) {
         self.wake_leader(shard_id);
-        if let AdminCommand::Split(split) = &admin {
+        if let AdminEntry::Split(split) = &admin {
             let known = self.peers.contains_key(&split.new_shard_id)
                 || matches!(self.engine.get(Cf::Meta, &keys::tombstone_key(split.new_shard_id)), Ok(Some(_)));
             if known {

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
-use crate::node::Node;
+use crate::runtime::Node;
 use crate::store::Store;
 use crate::transport::{Deliver, Transport};
 use crate::wire::RaftEnvelope;

@@ -2,7 +2,7 @@
 //! version raft-rs uses).
 //!
 //! Prost messages (prost 0.11, raft-rs's): `ShardDescriptor` (range, `Epoch`, replicas),
-//! `Command`/`Op` (the data of a normal entry: puts, optionally with a deadline, deletes, range
+//! `EntryCommand`/`Op` (the data of a normal entry: puts, optionally with a deadline, deletes, range
 //! deletes, `Check`s and the sweep's `DeleteExpired`, with the proposer's `now_ms`; or a `Split`, a
 //! merge step or `compute_checksum`), `RaftEnvelope` (a Raft message, or a snapshot chunk or
 //! acknowledgement, plus the sender's descriptor; or a `quiesce` heartbeat or a node-level `ping`),
@@ -255,7 +255,7 @@ impl Op {
 
 /// A replicated command: the data of one normal log entry. All its ops apply atomically.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Command {
+pub struct EntryCommand {
     /// The shard it was proposed to.
     #[prost(uint64, tag = "1")]
     pub shard_id: u64,

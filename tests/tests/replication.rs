@@ -731,13 +731,13 @@ async fn merge_joins_neighbours_even_with_a_lagging_replica() {
 /// source serves again at a newer epoch.
 #[tokio::test(start_paused = true)]
 async fn merge_that_cannot_commit_rolls_back() {
-    use presage_replication::{AdminCommand, Op};
+    use presage_replication::{AdminEntry, Op};
     let c = Cluster::start_sharded(3, seed(), presage_tests::cluster::test_config(), 2);
     let leader = shard_leader(&c, 1, 5 * SEC).await;
     lead_here(&c, 2, leader.node_id()).await;
     let d1 = leader.status(1).await.expect("status").expect("shard 1").descriptor;
     let d2 = leader.status(2).await.expect("status").expect("shard 2").descriptor;
-    leader.admin(2, d2.epoch(), AdminCommand::PrepareMerge(d1.clone())).await.expect("prepare");
+    leader.admin(2, d2.epoch(), AdminEntry::PrepareMerge(d1.clone())).await.expect("prepare");
     let frozen = leader.status(2).await.expect("status").expect("shard 2").descriptor;
     assert_eq!(frozen.merging_into, Some(1));
     let put = |k: &str| vec![Op::put(k.as_bytes().to_vec(), b"v".to_vec())];
@@ -786,7 +786,7 @@ async fn lease_reads_skip_the_round_trip_only_while_the_lease_lasts() {
 #[test]
 fn commit_merge_waits_for_the_local_source_to_freeze() {
     use presage_engine::MemEngine;
-    use presage_replication::{AdminCommand, Epoch, Replica, ShardDescriptor, Store};
+    use presage_replication::{AdminEntry, Epoch, Replica, ShardDescriptor, Store};
     use std::sync::{Arc, Mutex};
     let desc = |id: u64, start: &[u8], end: Option<&[u8]>| ShardDescriptor {
         id,
@@ -813,8 +813,8 @@ fn commit_merge_waits_for_the_local_source_to_freeze() {
     let mut frozen = source.clone();
     frozen.merging_into = Some(1);
     frozen.epoch = Some(Epoch { version: 2, conf_ver: 1 });
-    store.propose_admin(2, source.epoch(), AdminCommand::PrepareMerge(target.clone()), record("prepare"));
-    store.propose_admin(1, target.epoch(), AdminCommand::CommitMerge(frozen), record("commit"));
+    store.propose_admin(2, source.epoch(), AdminEntry::PrepareMerge(target.clone()), record("prepare"));
+    store.propose_admin(1, target.epoch(), AdminEntry::CommitMerge(frozen), record("commit"));
 
     store.process_ready().expect("ready");
     let waiting = store.status(1).expect("target");

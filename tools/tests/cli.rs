@@ -99,30 +99,47 @@ fn no_module_imports_one_that_imports_it_back() {
         }
         Some(parts)
     }
+    /// The module paths named after each `prefix` (`crate::a::b`, `super::x`), brace groups
+    /// (`crate::{a::X, b}`) included; each at most three segments long.
     fn idents(text: &str, prefix: &str) -> Vec<Vec<String>> {
+        fn segment(s: &str) -> &str {
+            let end = s.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(s.len());
+            &s[..end]
+        }
+        fn path(s: &str) -> Vec<String> {
+            s.split("::").map(segment).take_while(|seg| !seg.is_empty()).take(3).map(String::from).collect()
+        }
         let mut out = Vec::new();
         let mut rest = text;
         while let Some(at) = rest.find(prefix) {
-            let before_ok =
-                at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric() && rest.as_bytes()[at - 1] != b'_';
+            let before = if at == 0 { b' ' } else { rest.as_bytes()[at - 1] };
             rest = &rest[at + prefix.len()..];
-            if !before_ok {
+            if before.is_ascii_alphanumeric() || before == b'_' {
                 continue;
             }
-            let path: Vec<String> = rest
-                .split("::")
-                .map(|seg| {
-                    seg.chars()
-                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                        .collect::<String>()
-                })
-                .take_while(|seg| !seg.is_empty())
-                .take(3)
-                .collect();
-            if !path.is_empty() {
-                out.push(path);
+            if let Some(group) = rest.strip_prefix('{') {
+                // Top-level items of the group, up to its closing brace.
+                let (mut depth, mut item) = (0usize, String::new());
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            out.push(path(item.trim()));
+                            item.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    item.push(c);
+                }
+                out.push(path(item.trim()));
+            } else {
+                out.push(path(rest));
             }
         }
+        out.retain(|p| !p.is_empty());
         out
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

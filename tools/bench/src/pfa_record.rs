@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use presage_client::Client;
-use presage_pfa::node::{Recorded, Recording};
+use presage_pfa::node_model::{Recorded, Recording};
 use presage_pfa::telemetry::TelemetrySample;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -328,7 +328,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                 crate::pfa_cli::train(&csv, &cfg, &out, json)
             }
             DataFormat::Telemetry => {
-                let mut cfg = presage_pfa::node::NodeTrainConfig { horizon_secs, ..Default::default() };
+                let mut cfg = presage_pfa::node_model::NodeTrainConfig { horizon_secs, ..Default::default() };
                 cfg.train_fraction = 1.0 - test_fraction - cfg.validation_fraction;
                 cfg.params.seed = seed;
                 crate::pfa_cli::train_node(&csv, &cfg, &out, json)

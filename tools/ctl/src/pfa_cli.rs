@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use presage_pfa::disk::{self, DiskEvaluation, DiskTrainConfig};
-use presage_pfa::metrics::Metrics;
 use presage_pfa::model::FailureModel;
+use presage_pfa::scores::Metrics;
 use presage_pfa::smart::SmartDataset;
 
 use crate::{table, CtlError};
@@ -160,14 +160,14 @@ fn metrics_table(cols: &[(&str, &Metrics)]) -> String {
 }
 
 /// Parse `presage pfa-record` CSV files.
-pub fn load_recording(paths: &[PathBuf]) -> Result<presage_pfa::node::Recording, CtlError> {
-    Ok(presage_pfa::node::Recording::from_csv(sources(paths)?)?)
+pub fn load_recording(paths: &[PathBuf]) -> Result<presage_pfa::node_model::Recording, CtlError> {
+    Ok(presage_pfa::node_model::Recording::from_csv(sources(paths)?)?)
 }
 
 /// `pfa train --format telemetry`: the node model.
 pub fn train_node(
     csv: &[PathBuf],
-    cfg: &presage_pfa::node::NodeTrainConfig,
+    cfg: &presage_pfa::node_model::NodeTrainConfig,
     out: &Path,
     json: bool,
 ) -> Result<String, CtlError> {
@@ -176,7 +176,7 @@ pub fn train_node(
         .iter()
         .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
         .collect();
-    let model = presage_pfa::node::train(&rec, sources, cfg)?;
+    let model = presage_pfa::node_model::train(&rec, sources, cfg)?;
     if let Some(json) = save(&model, out, json)? {
         return Ok(json);
     }
@@ -204,7 +204,7 @@ pub fn train_node(
 
 fn eval_node(m: &FailureModel, csv: &Path, json: bool) -> Result<String, CtlError> {
     let rec = load_recording(&[csv.to_path_buf()])?;
-    let e = presage_pfa::node::evaluate(m, &rec)?;
+    let e = presage_pfa::node_model::evaluate(m, &rec)?;
     if json {
         return serde_json::to_string(&e).map(|s| s + "\n").map_err(|e| CtlError::Decode(e.to_string()));
     }

@@ -372,7 +372,7 @@ impl RunningNode {
                 std::fs::read_to_string(path).map_err(|e| presage_pfa::PfaError::Model(format!("{path}: {e}")))?;
             FailureModel::from_json(&text).map_err(|e| presage_pfa::PfaError::Model(format!("{path}: {e}")))
         };
-        let node_model = model(&cfg.server.pfa.node_model_path, presage_pfa::node::default_model)?;
+        let node_model = model(&cfg.server.pfa.node_model_path, presage_pfa::node_model::default_model)?;
         let disk_model = model(&cfg.server.pfa.disk_model_path, presage_pfa::disk::default_model)?;
         server.set_pfa_models(Some(node_model), Some(disk_model));
         // Requests from this node's own RESP and admin API call the server directly; only

@@ -17,16 +17,13 @@ use std::time::Duration;
 
 use presage_client::{ProtoError, Request, Response};
 use presage_engine::{Engine, KeyRange};
-use presage_replication::{Op, ReadRequest, ReadResponse, ShardStatus};
+use presage_replication::ShardStatus;
 use presage_shardmgr::meta::{PersistedState, META_PREFIX};
-use presage_shardmgr::{Manager, MetaWrite, NodeState, Step, Verification, META_SHARD_ID};
+use presage_shardmgr::{Manager, NodeState, Step, Verification, META_SHARD_ID};
 
+use super::error::ServerError;
+use super::meta_io::{persist, scan_meta};
 use super::{lock, pfa_store, Inner};
-
-/// Pairs per page when reading the meta shard.
-const META_SCAN_PAGE_KEYS: usize = 1_024;
-/// Bytes per page when reading the meta shard.
-const META_SCAN_PAGE_BYTES: usize = 4 << 20;
 
 pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(inner.cfg.schedule_interval_ms));
@@ -183,40 +180,39 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
 
 /// Drops the manager after a failed meta write (the leadership moved, or the write's outcome
 /// is unknown): the next manager reloads what is durable.
-pub(crate) fn abdicate<E: Engine>(inner: &Inner<E>, error: &str) {
+pub(crate) fn abdicate<E: Engine>(inner: &Inner<E>, error: &ServerError) {
     if lock(&inner.manager).take().is_some() {
-        tracing::warn!(node = inner.me.id, error, "meta write failed: shard manager stopped until it reloads");
+        tracing::warn!(node = inner.me.id, %error, "meta write failed: shard manager stopped until it reloads");
     }
 }
 
 /// Reads the persisted state and builds the manager; bootstraps one when the meta shard is
 /// empty and this node is its only replica (a brand-new cluster).
-async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manager, String> {
+async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manager, ServerError> {
     let epoch = status.descriptor.epoch();
     let mut end = META_PREFIX.to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
-    let range = KeyRange::new(META_PREFIX.to_vec(), Some(end)).map_err(|e| e.to_string())?;
+    let range = KeyRange::new(META_PREFIX.to_vec(), Some(end))?;
     let pairs = scan_meta(inner, epoch, range, usize::MAX).await?;
-    let state =
-        PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).map_err(|e| e.to_string())?;
+    let state = PersistedState::decode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
     let cfg = inner.cfg.shard_manager.clone();
     let now = inner.clock.now_ms();
     if let Some(cluster) = &state.cluster {
         let known = inner.cluster_id.load(std::sync::atomic::Ordering::SeqCst);
         if known != 0 && known != cluster.cluster_id {
-            return Err(format!(
+            return Err(ServerError::Meta(format!(
                 "the meta shard belongs to cluster {:#x}, this node to cluster {known:#x}",
                 cluster.cluster_id
-            ));
+            )));
         }
         inner.cluster_id.store(cluster.cluster_id, std::sync::atomic::Ordering::SeqCst);
-        return Manager::recover(cfg, state, now).map_err(|e| e.to_string());
+        return Ok(Manager::recover(cfg, state, now)?);
     }
     let voters: Vec<u64> = status.descriptor.replicas.iter().filter(|r| r.is_voter()).map(|r| r.node_id).collect();
     if voters != [inner.me.id] {
-        return Err("the meta shard holds no cluster record but has other replicas".into());
+        return Err(ServerError::Meta("it holds no cluster record but has other replicas".into()));
     }
     // The bootstrapping node made the cluster's id when it bootstrapped its store (an
     // in-process test cluster leaves it to the manager).
@@ -226,63 +222,7 @@ async fn load<E: Engine>(inner: &Inner<E>, status: &ShardStatus) -> Result<Manag
     };
     inner.cluster_id.store(cluster_id, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(node = inner.me.id, cluster_id, "bootstrapping a new cluster");
-    Manager::bootstrap(cfg, cluster_id, inner.me.clone(), now).map_err(|e| e.to_string())
-}
-
-/// Reads `range` of the meta shard (linearizable), page by page, up to `max_bytes` of keys
-/// and values (more is an error).
-pub(crate) async fn scan_meta<E: Engine>(
-    inner: &Inner<E>,
-    epoch: presage_replication::Epoch,
-    mut range: KeyRange,
-    max_bytes: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
-    let mut pairs = Vec::new();
-    let mut bytes = 0usize;
-    loop {
-        let read =
-            ReadRequest::Scan { range: range.clone(), max_keys: META_SCAN_PAGE_KEYS, max_bytes: META_SCAN_PAGE_BYTES };
-        let answer = inner.node.read(META_SHARD_ID, epoch, read).await.map_err(|e| e.to_string())?;
-        let ReadResponse::Pairs { pairs: page, more, resume_after } = answer else {
-            return Err("the meta scan answered a value".into());
-        };
-        let last = resume_after.or_else(|| page.last().map(|(k, _)| k.clone()));
-        bytes += page.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if bytes > max_bytes {
-            return Err(format!("the meta scan holds more than {max_bytes} bytes"));
-        }
-        pairs.extend(page);
-        match (more, last) {
-            (true, Some(k)) => range = range.after(&k).ok_or("meta scan past its end")?,
-            _ => return Ok(pairs),
-        }
-    }
-}
-
-/// Writes `writes` to the meta shard in order, in batches of `max-meta-batch-records`.
-/// The caller holds `meta_writes`.
-pub(crate) async fn persist<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>) -> Result<(), String> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let status = inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?;
-    let epoch = status.ok_or("no meta replica here")?.descriptor.epoch();
-    for chunk in writes.chunks(inner.cfg.max_meta_batch_records) {
-        let ops = chunk
-            .iter()
-            .map(|w| match &w.value {
-                Some(v) => Op::put(w.key.clone(), v.clone()),
-                None => Op::delete(w.key.clone()),
-            })
-            .collect();
-        let timeout = Duration::from_millis(inner.cfg.request_timeout_ms);
-        match tokio::time::timeout(timeout, inner.node.write(META_SHARD_ID, epoch, ops)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("meta write timed out".into()),
-        }
-    }
-    Ok(())
+    Ok(Manager::bootstrap(cfg, cluster_id, inner.me.clone(), now)?)
 }
 
 /// Takes an operator off the in-flight set when its step's answer came (or the task ended).

@@ -22,10 +22,12 @@
 
 mod access;
 pub mod convert;
+pub mod error;
 mod execute;
 mod heartbeat;
 mod manager;
 pub mod mem_rpc;
+mod meta_io;
 pub mod pfa;
 pub mod pfa_store;
 
@@ -103,8 +105,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Checks every setting.
-    pub fn validate(&self) -> Result<(), String> {
-        self.shard_manager.validate().map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), error::InvalidSetting> {
+        self.shard_manager.validate().map_err(|e| error::InvalidSetting(e.to_string()))?;
         self.pfa.validate()?;
         for (name, v) in [
             ("schedule-interval-ms", self.schedule_interval_ms),
@@ -120,7 +122,7 @@ impl ServerConfig {
             ("join-timeout-ms", self.join_timeout_ms),
         ] {
             if v == 0 {
-                return Err(format!("{name} must be positive"));
+                return Err(error::InvalidSetting(format!("{name} must be positive")));
             }
         }
         Ok(())
@@ -717,11 +719,11 @@ impl<E: Engine> Inner<E> {
                     }
                 };
                 match joined {
-                    Ok((cluster_id, nodes)) => match manager::persist(self, writes).await {
+                    Ok((cluster_id, nodes)) => match meta_io::persist(self, writes).await {
                         Ok(()) => Response::Joined { cluster_id, manager: self.me.id, nodes },
                         Err(e) => {
                             manager::abdicate(self, &e);
-                            Response::Error(ProtoError::Retry(e))
+                            Response::Error(ProtoError::Retry(e.to_string()))
                         }
                     },
                     Err(why) => Response::Error(ProtoError::JoinRefused(why)),
@@ -761,9 +763,9 @@ impl<E: Engine> Inner<E> {
                     let outcome = m.admin(command, now);
                     (outcome, m.take_writes())
                 };
-                if let Err(e) = manager::persist(self, writes).await {
+                if let Err(e) = meta_io::persist(self, writes).await {
                     manager::abdicate(self, &e);
-                    return Response::Error(ProtoError::Retry(e));
+                    return Response::Error(ProtoError::Retry(e.to_string()));
                 }
                 match outcome {
                     Ok(o) => {

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use presage_client::{PfaQuery, ProtoError};
 use presage_pfa::aggregate::{Aggregator, AggregatorConfig, MinuteSummary};
 use presage_pfa::model::{FailureModel, Table};
-use presage_pfa::node::Recording;
+use presage_pfa::node_model::Recording;
 use presage_pfa::prior::{self, FailurePrior};
 use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
@@ -102,33 +102,42 @@ impl Default for PfaConfig {
 
 impl PfaConfig {
     /// Checks every setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::error::InvalidSetting> {
         if self.history_minutes == 0 || self.history_minutes > MAX_HISTORY_MINUTES {
-            return Err(format!("pfa.history-minutes ({}) must be in 1..={MAX_HISTORY_MINUTES}", self.history_minutes));
+            return Err(super::error::InvalidSetting(format!(
+                "pfa.history-minutes ({}) must be in 1..={MAX_HISTORY_MINUTES}",
+                self.history_minutes
+            )));
         }
         if self.restore_minutes == 0 || self.restore_minutes > self.history_minutes {
-            return Err(format!(
+            return Err(super::error::InvalidSetting(format!(
                 "pfa.restore-minutes ({}) must be in 1..=history-minutes ({})",
                 self.restore_minutes, self.history_minutes
-            ));
+            )));
         }
         if self.max_episodes == 0 || self.max_episodes > retrain::MAX_EPISODES {
-            return Err(format!("pfa.max-episodes ({}) must be in 1..={}", self.max_episodes, retrain::MAX_EPISODES));
+            return Err(super::error::InvalidSetting(format!(
+                "pfa.max-episodes ({}) must be in 1..={}",
+                self.max_episodes,
+                retrain::MAX_EPISODES
+            )));
         }
         if self.max_episode_bytes < 64 << 10 || self.max_episode_bytes > MAX_EPISODE_BYTES {
-            return Err(format!(
+            return Err(super::error::InvalidSetting(format!(
                 "pfa.max-episode-bytes ({}) must be between 64 KiB and {MAX_EPISODE_BYTES}",
                 self.max_episode_bytes
-            ));
+            )));
         }
         if self.max_episodes.saturating_mul(self.max_episode_bytes) > pfa_store::MAX_READ_BYTES {
-            return Err(format!(
+            return Err(super::error::InvalidSetting(format!(
                 "pfa.max-episodes x pfa.max-episode-bytes must stay within {} bytes (a retraining reads them all)",
                 pfa_store::MAX_READ_BYTES
-            ));
+            )));
         }
         if self.min_failures_to_retrain < 2 {
-            return Err("pfa.min-failures-to-retrain must be at least 2 (one is held out to test)".into());
+            return Err(super::error::InvalidSetting(
+                "pfa.min-failures-to-retrain must be at least 2 (one is held out to test)".into(),
+            ));
         }
         Ok(())
     }

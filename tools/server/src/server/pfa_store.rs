@@ -22,13 +22,14 @@ use std::sync::Arc;
 use presage_engine::{Engine, KeyRange};
 use presage_pfa::aggregate::MinuteSummary;
 use presage_pfa::model::FailureModel;
-use presage_pfa::node::Recording;
+use presage_pfa::node_model::Recording;
 use presage_pfa::retrain::{self, RetrainConfig};
 use presage_replication::ShardStatus;
 use presage_shardmgr::{MetaWrite, NodeId, META_SHARD_ID};
 use serde::{Deserialize, Serialize};
 
-use super::manager::{persist, scan_meta};
+use super::error::ServerError;
+use super::meta_io::{persist, scan_meta};
 use super::{lock, Inner};
 
 /// First key of the failure analysis's records.
@@ -90,29 +91,30 @@ pub fn model_key() -> Vec<u8> {
     key(&[b"model/node"])
 }
 
-fn range(from: Vec<u8>, to: Vec<u8>) -> Result<KeyRange, String> {
-    KeyRange::new(from, Some(to)).map_err(|e| e.to_string())
+fn range(from: Vec<u8>, to: Vec<u8>) -> Result<KeyRange, ServerError> {
+    Ok(KeyRange::new(from, Some(to))?)
 }
 
 /// An episode as stored: CSV, zstd-compressed, at most `max_bytes`.
-pub fn encode_episode(episode: &Recording, max_bytes: usize) -> Result<Vec<u8>, String> {
+pub fn encode_episode(episode: &Recording, max_bytes: usize) -> Result<Vec<u8>, ServerError> {
     let mut csv = Vec::new();
-    episode.write_csv(&mut csv).map_err(|e| e.to_string())?;
-    let bytes = zstd::bulk::compress(&csv, 3).map_err(|e| e.to_string())?;
+    episode.write_csv(&mut csv).map_err(|e| ServerError::record("episode", e))?;
+    let bytes = zstd::bulk::compress(&csv, 3).map_err(|e| ServerError::record("episode", e))?;
     if bytes.len() > max_bytes {
-        return Err(format!("{} bytes compressed, more than max-episode-bytes ({max_bytes})", bytes.len()));
+        let why = format!("{} bytes compressed, more than max-episode-bytes ({max_bytes})", bytes.len());
+        return Err(ServerError::record("episode", why));
     }
     Ok(bytes)
 }
 
 /// A stored episode read back.
-pub fn decode_episode(name: &str, bytes: &[u8]) -> Result<Recording, String> {
-    let csv = zstd::bulk::decompress(bytes, MAX_EPISODE_CSV_BYTES).map_err(|e| format!("{name}: {e}"))?;
-    Recording::from_csv(vec![(name.to_string(), csv.as_slice())]).map_err(|e| e.to_string())
+pub fn decode_episode(name: &str, bytes: &[u8]) -> Result<Recording, ServerError> {
+    let csv = zstd::bulk::decompress(bytes, MAX_EPISODE_CSV_BYTES).map_err(|e| ServerError::record(name, e))?;
+    Ok(Recording::from_csv(vec![(name.to_string(), csv.as_slice())])?)
 }
 
-fn meta_epoch(status: Option<ShardStatus>) -> Result<presage_replication::Epoch, String> {
-    Ok(status.ok_or("no meta replica here")?.descriptor.epoch())
+fn meta_epoch(status: Option<ShardStatus>) -> Result<presage_replication::Epoch, ServerError> {
+    Ok(status.ok_or(ServerError::NoMetaReplica)?.descriptor.epoch())
 }
 
 /// The history of `node` between `from_ms` and `to_ms` (minute starts), oldest first.
@@ -121,9 +123,9 @@ pub(crate) async fn history<E: Engine>(
     node: NodeId,
     from_ms: u64,
     to_ms: u64,
-) -> Result<Vec<MinuteSummary>, String> {
+) -> Result<Vec<MinuteSummary>, ServerError> {
     let history_minutes = lock(&inner.pfa).config().history_minutes.max(1);
-    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await?)?;
     let prefix = format!("h/{node:016x}/");
     let slot_key = |slot: u64| key(&[prefix.as_bytes(), format!("{slot:08x}").as_bytes()]);
     // The ring's slots for [from, to]: one range, or two when it wraps.
@@ -142,7 +144,7 @@ pub(crate) async fn history<E: Engine>(
     for (a, b) in ranges {
         for (k, v) in scan_meta(inner, epoch, range(slot_key(a), slot_key(b))?, MAX_READ_BYTES).await? {
             let m: MinuteSummary = serde_json::from_slice(&v)
-                .map_err(|e| format!("history record {}: {e}", String::from_utf8_lossy(&k)))?;
+                .map_err(|e| ServerError::record(format!("history record {}", String::from_utf8_lossy(&k)), e))?;
             if m.node == node && (from_ms..=to_ms).contains(&m.minute_ms) {
                 out.push(m);
             }
@@ -220,8 +222,8 @@ pub(crate) async fn on_manager_start<E: Engine>(
 }
 
 /// Every observed failure kept: `(node, at_ms)`.
-async fn read_failures<E: Engine>(inner: &Inner<E>) -> Result<Vec<(NodeId, u64)>, String> {
-    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+async fn read_failures<E: Engine>(inner: &Inner<E>) -> Result<Vec<(NodeId, u64)>, ServerError> {
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await?)?;
     let pairs = scan_meta(inner, epoch, range(key(&[b"f/"]), key(&[b"f0"]))?, MAX_READ_BYTES).await?;
     let mut out = Vec::with_capacity(pairs.len());
     for (k, _) in pairs {
@@ -239,27 +241,27 @@ async fn read_failures<E: Engine>(inner: &Inner<E>) -> Result<Vec<(NodeId, u64)>
 }
 
 /// The value at `k`, if any.
-async fn read_one<E: Engine>(inner: &Inner<E>, k: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
-    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+async fn read_one<E: Engine>(inner: &Inner<E>, k: Vec<u8>) -> Result<Option<Vec<u8>>, ServerError> {
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await?)?;
     let mut end = k.clone();
     end.push(0);
     let pairs = scan_meta(inner, epoch, range(k.clone(), end)?, MAX_READ_BYTES).await?;
     Ok(pairs.into_iter().find(|(key, _)| *key == k).map(|(_, v)| v))
 }
 
-async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, String> {
+async fn read_model<E: Engine>(inner: &Inner<E>) -> Result<Option<FailureModel>, ServerError> {
     match read_one(inner, model_key()).await? {
         None => Ok(None),
         Some(v) => {
-            let text = std::str::from_utf8(&v).map_err(|e| format!("stored node model: {e}"))?;
-            FailureModel::from_json(text).map(Some).map_err(|e| format!("stored node model: {e}"))
+            let text = std::str::from_utf8(&v).map_err(|e| ServerError::record("stored node model", e))?;
+            FailureModel::from_json(text).map(Some).map_err(|e| ServerError::record("stored node model", e))
         }
     }
 }
 
 /// Writes the failure analysis's records in order, in batches of at most
 /// [`MAX_PFA_BATCH_BYTES`] (a larger record alone). The caller holds `meta_writes`.
-pub(crate) async fn persist_records<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>) -> Result<(), String> {
+pub(crate) async fn persist_records<E: Engine>(inner: &Inner<E>, writes: Vec<MetaWrite>) -> Result<(), ServerError> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     for w in writes {
@@ -292,13 +294,13 @@ async fn retrain_once<E: Engine>(
     inner: &Arc<Inner<E>>,
     generation: u64,
     now_ms: u64,
-) -> Result<retrain::RetrainReport, String> {
+) -> Result<retrain::RetrainReport, ServerError> {
     let (min_failures, current) = {
         let pfa = lock(&inner.pfa);
-        let current = pfa.node_model().map(FailureModel::to_json).transpose().map_err(|e| e.to_string())?;
+        let current = pfa.node_model().map(FailureModel::to_json).transpose()?;
         (pfa.config().min_failures_to_retrain, current)
     };
-    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await.map_err(|e| e.to_string())?)?;
+    let epoch = meta_epoch(inner.node.status(META_SHARD_ID).await?)?;
     let pairs = scan_meta(inner, epoch, range(key(&[b"e/"]), key(&[b"e0"]))?, MAX_READ_BYTES).await?;
     let (report, model) = tokio::task::spawn_blocking(move || {
         let mut episodes = Vec::new();
@@ -309,18 +311,16 @@ async fn retrain_once<E: Engine>(
                 Err(e) => tracing::warn!(episode = %name, error = %e, "unreadable episode skipped"),
             }
         }
-        let base = Recording::from_csv(vec![("shipped recording".to_string(), BASE_RECORDING_CSV.as_bytes())])
-            .map_err(|e| e.to_string())?;
-        let current = current.as_deref().map(FailureModel::from_json).transpose().map_err(|e| e.to_string())?;
+        let base = Recording::from_csv(vec![("shipped recording".to_string(), BASE_RECORDING_CSV.as_bytes())])?;
+        let current = current.as_deref().map(FailureModel::from_json).transpose()?;
         let horizon_secs = current.as_ref().map_or(RetrainConfig::default().horizon_secs, |m| m.horizon_secs);
         let cfg = RetrainConfig { min_failures, horizon_secs, ..RetrainConfig::default() };
         let current_version = current.as_ref().map(|m| m.version);
         retrain::retrain(&base, &episodes, current.as_ref(), &cfg, now_ms)
             .map(|(r, m)| (r, m.map(|m| (m, current_version))))
-            .map_err(|e| e.to_string())
+            .map_err(ServerError::from)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     tracing::info!(
         episodes = report.episodes,
         failures = report.failures,
@@ -331,7 +331,7 @@ async fn retrain_once<E: Engine>(
         "node model retrained"
     );
     if let Some((model, trained_against)) = model {
-        let json = model.to_json().map_err(|e| e.to_string())?;
+        let json = model.to_json()?;
         let _order = inner.meta_writes.lock().await;
         let still = {
             let pfa = lock(&inner.pfa);
@@ -340,7 +340,9 @@ async fn retrain_once<E: Engine>(
                 && pfa.node_model().map(|m| m.version) == trained_against
         };
         if !still {
-            return Err("the manager or its model changed while retraining; the candidate is dropped".into());
+            return Err(ServerError::Meta(
+                "the manager or its model changed while retraining; the candidate is dropped".into(),
+            ));
         }
         persist(inner, vec![MetaWrite { key: model_key(), value: Some(json.into_bytes()) }]).await?;
         lock(&inner.pfa).set_node_model(model);

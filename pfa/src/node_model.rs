@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
-use crate::metrics::{best_f1_threshold, Metrics, Outcome};
 use crate::model::{FailureModel, ModelKind, Table, TrainParams, TrainSet};
+use crate::scores::{best_f1_threshold, Metrics, Outcome};
 use crate::telemetry::{Signal, TelemetrySample};
 use crate::warning::{Warning, WarningAction, WarningBoard, WarningKind};
 use crate::PfaError;

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
-use crate::peer::{AdminCommand, ReadRequest, ReadResponse};
+use crate::peer::{AdminEntry, ReadRequest, ReadResponse};
 use crate::store::{PinnedData, ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
 use crate::wire::{Epoch, Op, RaftEnvelope, ShardDescriptor, Split};
@@ -46,7 +46,7 @@ enum NodeMsg {
     Swap { shard_id: u64, promote: u64, demote: u64, reply: oneshot::Sender<Result<()>> },
     Checksum { shard_id: u64, epoch: Epoch, reply: oneshot::Sender<Result<u64>> },
     ChecksumPin { shard_id: u64, index: u64, reply: oneshot::Sender<Result<PinnedData>> },
-    Admin { shard_id: u64, epoch: Epoch, admin: AdminCommand, reply: oneshot::Sender<Result<()>> },
+    Admin { shard_id: u64, epoch: Epoch, admin: AdminEntry, reply: oneshot::Sender<Result<()>> },
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
@@ -331,12 +331,12 @@ impl NodeHandle {
     /// Splits `shard_id` (this node must lead it) at `split_key`; the right part becomes
     /// shard `new_shard_id`. Answers once the split is applied here.
     pub async fn split(&self, shard_id: u64, epoch: Epoch, split_key: Vec<u8>, new_shard_id: u64) -> Result<()> {
-        self.admin(shard_id, epoch, AdminCommand::Split(Split { split_key, new_shard_id })).await
+        self.admin(shard_id, epoch, AdminEntry::Split(Split { split_key, new_shard_id })).await
     }
 
     /// Proposes an admin command to `shard_id` (this node must lead it); answers once it is
     /// applied here.
-    pub async fn admin(&self, shard_id: u64, epoch: Epoch, admin: AdminCommand) -> Result<()> {
+    pub async fn admin(&self, shard_id: u64, epoch: Epoch, admin: AdminEntry) -> Result<()> {
         self.ask(|reply| NodeMsg::Admin { shard_id, epoch, admin, reply }).await?
     }
 
@@ -363,7 +363,7 @@ impl NodeHandle {
         let frozen = if resuming {
             src
         } else {
-            self.admin(source, src.epoch(), AdminCommand::PrepareMerge(tgt.clone())).await?;
+            self.admin(source, src.epoch(), AdminEntry::PrepareMerge(tgt.clone())).await?;
             self.descriptor(source).await?
         };
         let deadline = tokio::time::Instant::now() + confirm_timeout;
@@ -383,13 +383,13 @@ impl NodeHandle {
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::info!(source, target, "a source replica did not confirm the freeze; rolling back");
-                self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
+                self.admin(source, frozen.epoch(), AdminEntry::RollbackMerge).await?;
                 let reason = "a source replica did not confirm the freeze in time; merge rolled back";
                 return Err(Error::ProposalDropped { shard_id: source, reason });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let Err(e) = self.admin(target, tgt.epoch(), AdminCommand::CommitMerge(frozen.clone())).await else {
+        let Err(e) = self.admin(target, tgt.epoch(), AdminEntry::CommitMerge(frozen.clone())).await else {
             return self.descriptor(target).await;
         };
         let now = self.descriptor(target).await?;
@@ -400,7 +400,7 @@ impl NodeHandle {
         }
         if matches!(e, Error::Config(_)) || now.epoch() != tgt.epoch() {
             tracing::info!(source, target, error = %e, "the merge can no longer commit; rolling back");
-            self.admin(source, frozen.epoch(), AdminCommand::RollbackMerge).await?;
+            self.admin(source, frozen.epoch(), AdminEntry::RollbackMerge).await?;
         }
         Err(e)
     }
