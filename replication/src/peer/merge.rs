@@ -1,0 +1,50 @@
+//! Merge: `PrepareMerge` freezes the source; `CommitMerge` (on the target, once every source
+//! replica confirmed the freeze) extends the target and destroys the source's metadata in the
+//! same batch; `RollbackMerge` unfreezes the source when no `CommitMerge` can apply any more.
+
+use super::*;
+
+impl<E: Engine> Peer<E> {
+    /// Freezes this shard for its merge into `target`.
+    pub(super) fn apply_prepare_merge(
+        &mut self,
+        epoch: Epoch,
+        target: ShardDescriptor,
+        wb: &mut WriteBatch,
+    ) -> Result<()> {
+        self.check_admin(epoch, &AdminEntry::PrepareMerge(target.clone()))?;
+        let mut desc = self.descriptor().clone();
+        desc.merging_into = Some(target.id);
+        desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
+        tracing::info!(shard = desc.id, target = target.id, "shard frozen to merge");
+        self.raw.mut_store().set_descriptor(desc, wb);
+        Ok(())
+    }
+
+    /// Takes the frozen `source` over: the range grows over it and its replica here is
+    /// destroyed, its data kept, in the same batch.
+    pub(super) fn apply_commit_merge(
+        &mut self,
+        epoch: Epoch,
+        source: ShardDescriptor,
+        wb: &mut WriteBatch,
+    ) -> Result<()> {
+        self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone()))?;
+        let mut desc = self.descriptor().clone();
+        if source.end.as_deref() == Some(desc.start.as_slice()) {
+            desc.start = source.start.clone();
+        } else {
+            desc.end = source.end.clone();
+        }
+        let version = desc.epoch().version.max(source.epoch().version) + 1;
+        desc.epoch = Some(Epoch { version, ..desc.epoch() });
+        debug_assert!(desc.range().is_ok(), "a merged range is valid");
+        tracing::info!(shard = desc.id, source = source.id, version, "shards merged");
+        self.sweep.expiring = true; // the source's values may expire too
+        crate::storage::destroy_metadata(&source, wb);
+        self.siblings.retain(|s| s.id != source.id);
+        self.merged_sources.push(source.id);
+        self.raw.mut_store().set_descriptor(desc, wb);
+        Ok(())
+    }
+}

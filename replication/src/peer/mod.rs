@@ -1,0 +1,419 @@
+//! `Peer`: one shard replica - a raft-rs `RawNode` on a [`PeerStorage`], the proposals and
+//! reads waiting on it, and the apply of committed entries into the engine. Its code is split
+//! by operation (as TiKV's raftstore-v2 does), each file opening with its walk-through:
+//! `propose` (writes, admin entries, membership changes), `read` (ReadIndex and leases),
+//! `apply` (committed entries), `split`, `merge`, `conf_change`, `checksum` (checksum rounds)
+//! and `sweep` (expired values). This file holds the replica's state and what every operation
+//! shares (epoch checks, leadership, quiescence).
+//!
+//! `Peer`, one replica: proposals (index, term, callback), ReadIndex reads (issued only once the
+//! leader committed in its term, served when applied, expired after two election timeouts), apply
+//! of commands (epoch and range re-checked at apply, identically on every replica), of conf changes
+//! (descriptor `conf_ver` bump), of splits (left part kept, the right part's initial Raft state
+//! written in the same batch, both at `version` + 1) and of merge steps (`AdminEntry`:
+//! `PrepareMerge` freezes, `CommitMerge` extends the target and destroys the source's metadata in
+//! the same batch, `RollbackMerge` unfreezes). A `CommitMerge` whose local source has not frozen
+//! yet waits in `pending_apply`; the store takes no new ready from that replica meanwhile.
+//! `ComputeChecksum` (admin, refused at a stale version or frozen) changes no data: on every
+//! replica, learners included, apply stops right after it (`checksum_pending`, the rest in
+//! `pending_apply`) so that the store pins the engine at exactly that index. Conf changes: the
+//! descriptor lists voters of both halves of a joint configuration as voters (a demoted voter shows
+//! as a learner once the joint state is left), then learners, by node id; every conf change entry,
+//! the automatic leave included, bumps `conf_ver`. `swap_replicas` proposes `[AddNode(promote),
+//! AddLearnerNode(demote)]` (auto-leave) and answers once the leader applied the leave; refused
+//! (`SwapRefused`) unless `promote` is a learner and `demote` a voter other than the leader, and
+//! while a membership change is in flight (raft-rs would make it a no-op). `EpochNotMatch` carries
+//! the replica's descriptor and the last shards split off it. Read leases: see the crate doc.
+//! Conditional writes: every `Check` of a command is decided before any of its writes, against the
+//! state before the command, i.e. the engine overlaid with the writes already in the apply round's
+//! batch (earlier commands), at the command's `now_ms`; a failed check fails the whole command
+//! alike on every replica (`ConditionFailed` with the current value). The expiry sweep: the leader
+//! walks its shard a page every `SWEEP_EVERY_TICKS` while it may hold expiring values, one proposal
+//! of `DeleteExpired` (re-checked at apply) in flight.
+
+mod apply;
+mod checksum;
+mod conf_change;
+mod merge;
+mod propose;
+mod read;
+mod split;
+mod sweep;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use presage_engine::{Cf, Engine, KeyRange, Reader, ScanLimit, ScanOrder, WriteBatch, WriteOp};
+use prost::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry, EntryType,
+};
+use raft::{RawNode, StateRole};
+
+use crate::config::RaftConfig;
+use crate::error::{Error, Result};
+use crate::storage::PeerStorage;
+use crate::value;
+use crate::wire::{
+    self, op, CommitMerge, EntryCommand, Epoch, Expect, Op, PrepareMerge, Replica, ShardDescriptor, Split,
+};
+
+/// Called with the outcome of a write once it is applied (or failed).
+pub type WriteCallback = Box<dyn FnOnce(Result<()>) + Send>;
+/// Called with the outcome of a read.
+pub type ReadCallback = Box<dyn FnOnce(Result<ReadResponse>) + Send>;
+/// Called with the log index of an applied proposal (or its failure).
+pub type IndexCallback = Box<dyn FnOnce(Result<u64>) + Send>;
+
+/// A read a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRequest {
+    /// One key.
+    Get(Vec<u8>),
+    /// Pairs of a range (clipped to the shard), ascending, bounded.
+    Scan {
+        /// The range.
+        range: KeyRange,
+        /// At most this many pairs.
+        max_keys: usize,
+        /// At most this many key+value bytes (at least one pair is returned).
+        max_bytes: usize,
+    },
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResponse {
+    /// The value of the key, if any.
+    Value(Option<Vec<u8>>),
+    /// The pairs, and whether the shard holds more in the range.
+    Pairs {
+        /// Pairs in key order.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        /// More pairs follow in the range (within this shard).
+        more: bool,
+        /// With `more`: the last key the scan examined, live or expired; the next page starts
+        /// after it (a page may end in expired values, or hold only those).
+        resume_after: Option<Vec<u8>>,
+    },
+}
+
+/// A command that changes a shard's range or epoch rather than its data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminEntry {
+    /// Split at a key (see [`Split`]).
+    Split(Split),
+    /// Freeze this shard to merge it into the given adjacent shard (see [`PrepareMerge`]).
+    PrepareMerge(ShardDescriptor),
+    /// Take over the given frozen neighbour (see [`CommitMerge`]).
+    CommitMerge(ShardDescriptor),
+    /// Unfreeze this shard: its merge did not and will not commit.
+    RollbackMerge,
+    /// Pin every replica's data at this entry's index for a range checksum (see
+    /// [`EntryCommand::compute_checksum`]); changes no data.
+    ComputeChecksum,
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    cb: ProposalCallback,
+}
+
+/// What to call once a proposal is applied.
+enum ProposalCallback {
+    /// With its outcome.
+    Write(WriteCallback),
+    /// With its log index, or the failure.
+    AtIndex(IndexCallback),
+    /// A membership change entering a joint configuration: with its outcome once the
+    /// configuration has left the joint state here (see [`Peer::swap_replicas`]).
+    AfterJoint(WriteCallback),
+}
+
+impl ProposalCallback {
+    /// Runs the callback with the outcome of the entry at `index`.
+    fn run(self, index: u64, outcome: Result<()>) {
+        match self {
+            ProposalCallback::Write(cb) | ProposalCallback::AfterJoint(cb) => cb(outcome),
+            ProposalCallback::AtIndex(cb) => cb(outcome.map(|()| index)),
+        }
+    }
+
+    /// Runs the callback with a failure (the proposal has no index).
+    fn fail(self, e: Error) {
+        self.run(0, Err(e));
+    }
+}
+
+/// A replica's data pinned at a log index for a range checksum: an engine snapshot taken by
+/// the store right after it wrote the batch holding the `ComputeChecksum` entry at `index`
+/// (so the engine held the shard's data exactly as of `index`), and the shard's range then.
+pub(crate) struct ChecksumPin<E: Engine> {
+    /// The `ComputeChecksum` entry's index.
+    pub(crate) index: u64,
+    /// The shard's range at that index (a later split or merge does not move it).
+    pub(crate) range: KeyRange,
+    /// The engine as of `index`.
+    pub(crate) snapshot: Arc<E::Snapshot>,
+    /// When it was taken (the node's monotonic clock), for its expiry.
+    pub(crate) taken_at: Instant,
+}
+
+struct PendingRead {
+    id: u64,
+    /// Handed to Raft (raft-rs drops read requests that reach a leader before it committed
+    /// an entry of its own term, so they wait here until it has).
+    issued: bool,
+    /// Ticks since the read arrived.
+    age_ticks: usize,
+    /// When it was handed to Raft (the node's monotonic clock).
+    issued_at: Instant,
+    /// The read index once Raft confirmed leadership.
+    index: Option<u64>,
+    request: ReadRequest,
+    cb: ReadCallback,
+}
+
+/// Callbacks to run once the apply batch is on disk.
+pub(crate) type Completions = Vec<Box<dyn FnOnce() + Send>>;
+
+/// One replica of one shard on this node.
+pub struct Peer<E: Engine> {
+    pub(crate) node_id: u64,
+    pub(crate) raw: RawNode<PeerStorage<E>>,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<PendingRead>,
+    next_read_id: u64,
+    /// Set when this replica was removed from the shard and must be destroyed.
+    pub(crate) removed: bool,
+    /// Quiescent: caught up and idle, so the store neither ticks it nor visits it in ready
+    /// rounds until a message or request wakes it.
+    pub(crate) quiescent: bool,
+    /// Ticks since the last write, read, role change or new log entry.
+    pub(crate) idle_ticks: u64,
+    /// With lease reads: this leader may answer reads from its state until this instant
+    /// (exclusive), in term `lease_term` (see [`Peer::read`]).
+    lease_until: Option<Instant>,
+    lease_term: u64,
+    /// Shards this replica's splits created, in the batch being applied; the store starts
+    /// them once the batch is written.
+    pub(crate) split_created: Vec<PeerStorage<E>>,
+    /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
+    /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
+    siblings: VecDeque<ShardDescriptor>,
+    /// Committed entries not applied yet because a `CommitMerge` waits for this node's
+    /// source replica; at most one ready's worth, since the store takes no new ready from a
+    /// replica while this is not empty.
+    pub(crate) pending_apply: VecDeque<Entry>,
+    /// Source shards a `CommitMerge` in the batch being applied destroyed here; the store
+    /// drops their replicas once the batch is written.
+    pub(crate) merged_sources: Vec<u64>,
+    /// The expiry sweep's state (see [`Peer::sweep_expired`]).
+    sweep: Sweep,
+    /// The latest expiry time this replica used (see [`Peer::now_ms`]).
+    clock_floor_ms: u64,
+    /// A `ComputeChecksum` entry applied into the batch being built, with the shard's range:
+    /// apply stopped right after it, and the store pins the engine once that batch is written
+    /// (see [`Peer::apply`]).
+    pub(crate) checksum_pending: Option<(u64, KeyRange)>,
+    /// The newest pinned checksum snapshot (dropped when a Raft snapshot is installed here, or
+    /// after `CHECKSUM_PIN_MAX_AGE_SECS`).
+    pub(crate) checksum_pin: Option<ChecksumPin<E>>,
+    /// Swaps whose joint configuration this leader entered, waiting until it is left.
+    joint_waiters: Vec<WriteCallback>,
+}
+
+/// Where the leader's sweep of expired values is. It walks the shard a page at a time and
+/// stops walking once a whole pass found no value with a deadline and none was written
+/// since; a replica starts out assuming there may be some.
+#[derive(Debug)]
+struct Sweep {
+    /// Values with a deadline may be in the shard.
+    expiring: bool,
+    /// One was seen (or written) during the current pass.
+    seen_this_pass: bool,
+    /// The next page starts after this key; `None`: at the shard's start.
+    resume_after: Option<Vec<u8>>,
+    /// A sweep proposal is waiting to apply: no other is made meanwhile.
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Bytes one sweep page may read.
+pub const SWEEP_PAGE_BYTES: usize = 1 << 20;
+
+/// Split-off shards a replica remembers for `EpochNotMatch` answers.
+pub const MAX_SPLIT_SIBLINGS: usize = 4;
+
+impl<E: Engine> Peer<E> {
+    /// A replica over `storage`.
+    pub fn new(node_id: u64, storage: PeerStorage<E>, config: &RaftConfig) -> Result<Self> {
+        let shard_id = storage.shard_id();
+        let mut rc = config.raft_config(node_id, storage.applied_index());
+        if let Some(offset) = config.fixed_election_offset(node_id) {
+            // Deterministic tests: every node gets its own fixed election timeout.
+            rc.min_election_tick = config.election_ticks + offset;
+            rc.max_election_tick = rc.min_election_tick + 1;
+        }
+        let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger(node_id, shard_id))?;
+        Ok(Peer {
+            node_id,
+            raw,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            next_read_id: 1,
+            removed: false,
+            quiescent: false,
+            idle_ticks: 0,
+            lease_until: None,
+            lease_term: 0,
+            split_created: Vec::new(),
+            siblings: VecDeque::new(),
+            pending_apply: VecDeque::new(),
+            merged_sources: Vec::new(),
+            sweep: Sweep {
+                expiring: true,
+                seen_this_pass: false,
+                resume_after: None,
+                in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            },
+            clock_floor_ms: 0,
+            checksum_pending: None,
+            checksum_pin: None,
+            joint_waiters: Vec::new(),
+        })
+    }
+
+    /// The clock for expiry on this replica: the wall clock, never behind a time this replica
+    /// already applied or read with, so a value seen expired stays expired across proposals
+    /// and reads even if the wall clock steps back. (It is not persisted: after a restart,
+    /// or under a new leader, it is only as good as the clocks' agreement.)
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        self.clock_floor_ms = self.clock_floor_ms.max(value::wall_now_ms());
+        self.clock_floor_ms
+    }
+
+    /// The shard id.
+    pub fn shard_id(&self) -> u64 {
+        self.raw.store().shard_id()
+    }
+
+    /// The shard as this replica knows it.
+    pub fn descriptor(&self) -> &ShardDescriptor {
+        self.raw.store().descriptor()
+    }
+
+    /// True while this replica leads its shard.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// Can this leader put its group to sleep? Only when nothing is in flight: every replica
+    /// has the whole log, everything is committed and applied, and no read, proposal,
+    /// membership change or leadership transfer waits.
+    pub(crate) fn can_quiesce(&self) -> bool {
+        let r = &self.raw.raft;
+        let last = r.raft_log.last_index();
+        r.state == StateRole::Leader
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && self.joint_waiters.is_empty()
+            && self.pending_apply.is_empty()
+            && r.read_only.pending_read_count() == 0
+            && r.lead_transferee.is_none()
+            && r.raft_log.committed == last
+            && self.raw.store().applied_index() == last
+            && r.pending_conf_index <= last
+            && r.prs().conf().to_conf_state().voters_outgoing.is_empty()
+            && r.prs().iter().all(|(id, pr)| {
+                *id == self.node_id
+                    || (pr.matched == last && pr.state == raft::ProgressState::Replicate && pr.recent_active)
+            })
+    }
+
+    /// Can this follower sleep, told so by `leader` at `term` with `commit`? Only with the
+    /// leader's whole log.
+    pub(crate) fn can_quiesce_as_follower(&self, leader: u64, term: u64, commit: u64) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Follower
+            && r.leader_id == leader
+            && r.term == term
+            && r.raft_log.last_index() == commit
+            && r.raft_log.committed == commit
+            && r.pending_request_snapshot == raft::INVALID_INDEX
+    }
+
+    /// Wakes a quiescent replica (a no-op for an awake one).
+    pub(crate) fn wake(&mut self) {
+        self.quiescent = false;
+        self.idle_ticks = 0;
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader { shard_id: self.shard_id(), leader: self.leader() }
+    }
+
+    fn epoch_error(&self) -> Error {
+        self_epoch_error(self.descriptor(), &self.siblings)
+    }
+
+    /// Checks that a request routed with `epoch` and touching `keys` may run here now (a
+    /// frozen shard serves nothing).
+    fn check_epoch<'k>(&self, epoch: Epoch, mut keys: impl Iterator<Item = &'k [u8]>) -> Result<()> {
+        let desc = self.descriptor();
+        if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !keys.all(|k| desc.contains(k)) {
+            return Err(self.epoch_error());
+        }
+        Ok(())
+    }
+}
+
+fn self_epoch_error(desc: &ShardDescriptor, siblings: &VecDeque<ShardDescriptor>) -> Error {
+    let mut current = vec![desc.clone()];
+    current.extend(siblings.iter().cloned());
+    Error::EpochNotMatch { shard_id: desc.id, current }
+}
+
+fn op_keys(op: &Op) -> Vec<&[u8]> {
+    match &op.kind {
+        Some(op::Kind::Put(p)) => vec![p.key.as_slice()],
+        Some(op::Kind::Delete(d)) => vec![d.key.as_slice()],
+        Some(op::Kind::DeleteRange(d)) => vec![d.start.as_slice()],
+        Some(op::Kind::Check(c)) => vec![c.key.as_slice()],
+        Some(op::Kind::DeleteExpired(d)) => vec![d.key.as_slice()],
+        None => vec![],
+    }
+}
+
+/// Do the two shards' ranges touch end to start?
+fn adjacent(a: &ShardDescriptor, b: &ShardDescriptor) -> bool {
+    a.end.as_deref() == Some(b.start.as_slice()) || b.end.as_deref() == Some(a.start.as_slice())
+}
+
+/// Same voters on both, and no learner on either.
+fn same_voters_only(a: &ShardDescriptor, b: &ShardDescriptor) -> bool {
+    let voters = |d: &ShardDescriptor| {
+        let mut v: Vec<u64> = d.replicas.iter().map(|r| r.node_id).collect();
+        v.sort_unstable();
+        (v, d.replicas.iter().all(Replica::is_voter))
+    };
+    let (va, all_a) = voters(a);
+    let (vb, all_b) = voters(b);
+    all_a && all_b && va == vb
+}
+
+/// The smaller of two exclusive range ends (`None` is unbounded).
+fn min_end(a: Option<&[u8]>, b: Option<&[u8]>) -> Option<Vec<u8>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b).to_vec()),
+        (Some(x), None) | (None, Some(x)) => Some(x.to_vec()),
+        (None, None) => None,
+    }
+}

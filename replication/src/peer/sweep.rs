@@ -1,0 +1,78 @@
+//! The expiry sweep: the leader walks its shard a page at a time while it may hold expiring
+//! values, with one `DeleteExpired` proposal (re-checked at apply) in flight.
+
+use super::*;
+
+impl<E: Engine> Peer<E> {
+    /// On the leader: reads the next `max_keys` keys of the sweep and proposes deleting those
+    /// expired by the clock (each delete re-checks expiry at apply, so a value written since
+    /// is kept). Does nothing when the shard holds no expiring values, or while the last
+    /// sweep proposal is still in flight.
+    pub(crate) fn sweep_expired(&mut self, max_keys: usize) -> Result<()> {
+        if !self.is_leader()
+            || !self.sweep.expiring
+            || self.descriptor().merging_into.is_some()
+            || self.sweep.in_flight.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let desc = self.descriptor().clone();
+        let shard = desc.range()?;
+        // Resume after the last key looked at, if it is still inside the shard (a split or
+        // merge may have moved the bounds since).
+        let range = match self.sweep.resume_after.take() {
+            Some(k) if shard.contains(&k) => match shard.after(&k) {
+                Some(r) => r,
+                None => {
+                    self.end_sweep_pass();
+                    return Ok(());
+                }
+            },
+            _ => shard,
+        };
+        let engine = self.raw.store().engine().clone();
+        let page = engine.scan(Cf::Data, &range, ScanOrder::Forward, ScanLimit::new(max_keys, SWEEP_PAGE_BYTES))?;
+        let now_ms = self.now_ms();
+        let mut ops = Vec::new();
+        for (k, stored) in &page.pairs {
+            match value::decode(k, stored) {
+                Ok(v) if v.deadline_ms.is_some() => {
+                    self.sweep.seen_this_pass = true;
+                    if !v.live_at(now_ms) {
+                        ops.push(Op::delete_expired(k.clone()));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(shard = desc.id, error = %e, "expiry sweep skips an undecodable value"),
+            }
+        }
+        match (page.more, page.pairs.last()) {
+            (true, Some((last, _))) => self.sweep.resume_after = Some(last.clone()),
+            _ => self.end_sweep_pass(),
+        }
+        if !ops.is_empty() {
+            let (shard_id, n) = (desc.id, ops.len());
+            let in_flight = Arc::clone(&self.sweep.in_flight);
+            in_flight.store(true, std::sync::atomic::Ordering::Release);
+            self.propose(
+                desc.epoch(),
+                ops,
+                Box::new(move |r| {
+                    in_flight.store(false, std::sync::atomic::Ordering::Release);
+                    match r {
+                        Ok(()) => tracing::debug!(shard = shard_id, keys = n, "expired values swept"),
+                        Err(e) => tracing::debug!(shard = shard_id, error = %e, "expiry sweep not applied; retried"),
+                    }
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A sweep pass reached the shard's end: walk again only if it saw an expiring value.
+    pub(super) fn end_sweep_pass(&mut self) {
+        self.sweep.resume_after = None;
+        self.sweep.expiring = self.sweep.seen_this_pass;
+        self.sweep.seen_this_pass = false;
+    }
+}
