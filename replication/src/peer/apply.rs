@@ -3,9 +3,42 @@
 //! a command's conditions are decided against the state before it, then its writes go into the
 //! round's batch; admin entries and conf changes go to their own modules; a `CommitMerge` whose
 //! local source has not frozen yet waits in `pending_apply`; the proposal callbacks of the
-//! applied indexes get their outcome once the batch is written.
+//! applied indexes get their outcome once the batch is written. What an apply did beyond its
+//! batch (shards a split created, sources merged away, a checksum to pin, this replica's
+//! removal) comes back as [`Applied`], for the store to act on once the batch is written.
 
 use super::*;
+
+/// What one [`Peer::apply`] did besides writing into its batch; the store acts on it once
+/// that batch is written.
+pub(crate) struct Applied<E: Engine> {
+    /// Replicas of the shards splits created (their initial state is in the batch).
+    pub(crate) split_created: Vec<PeerStorage<E>>,
+    /// Sources a `CommitMerge` took over (their metadata is destroyed in the batch).
+    pub(crate) merged_sources: Vec<u64>,
+    /// A `ComputeChecksum` took effect at this index over this range: apply stopped right
+    /// after it, so the engine holds the shard's data exactly as of it once the batch is written.
+    pub(crate) checksum_at: Option<(u64, KeyRange)>,
+    /// A membership change without this node applied: the replica must be destroyed.
+    pub(crate) removed: bool,
+}
+
+impl<E: Engine> Default for Applied<E> {
+    fn default() -> Self {
+        Applied { split_created: Vec::new(), merged_sources: Vec::new(), checksum_at: None, removed: false }
+    }
+}
+
+impl<E: Engine> Applied<E> {
+    /// Adds a later apply's effects (of the same replica, in the same round).
+    pub(crate) fn absorb(&mut self, later: Applied<E>) {
+        debug_assert!(self.checksum_at.is_none(), "nothing applies after a ComputeChecksum before its pin");
+        self.split_created.extend(later.split_created);
+        self.merged_sources.extend(later.merged_sources);
+        self.checksum_at = later.checksum_at;
+        self.removed |= later.removed;
+    }
+}
 
 impl<E: Engine> Peer<E> {
     /// Is a `PrepareMerge` in the log past the applied index?
@@ -35,19 +68,16 @@ impl<E: Engine> Peer<E> {
     /// Stops before a `CommitMerge` that must wait (see [`Peer::must_wait`]), and right after
     /// a `ComputeChecksum` that took effect, and keeps the rest in `pending_apply`: the store
     /// pins the engine once `wb` is written, when it holds this shard's data exactly as of
-    /// that entry (`checksum_pending`), before anything later applies.
+    /// that entry ([`Applied::checksum_at`]), before anything later applies. The caller must
+    /// not call it again for this replica before that pin.
     pub(crate) fn apply(
         &mut self,
         entries: Vec<Entry>,
         frozen: &BTreeMap<u64, ShardDescriptor>,
         wb: &mut WriteBatch,
         done: &mut Completions,
-    ) -> Result<()> {
-        debug_assert!(
-            self.checksum_pending.is_none(),
-            "shard {}: an entry would apply before the checksum snapshot of an earlier one is pinned",
-            self.shard_id()
-        );
+    ) -> Result<Applied<E>> {
+        let mut applied = Applied::default();
         self.pending_apply.extend(entries);
         while let Some(entry) = self.pending_apply.pop_front() {
             let (index, term) = (entry.index, entry.term);
@@ -60,11 +90,11 @@ impl<E: Engine> Peer<E> {
                         break;
                     }
                     if cmd.compute_checksum {
-                        self.apply_compute_checksum(cmd.epoch.unwrap_or_default(), index)
+                        self.apply_compute_checksum(cmd.epoch.unwrap_or_default(), index, &mut applied)
                     } else {
                         // An `Err` here is the node's (its engine failed while deciding a
                         // condition): stop rather than let this replica decide differently.
-                        self.apply_command(cmd, wb)?
+                        self.apply_command(cmd, wb, &mut applied)?
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -73,21 +103,21 @@ impl<E: Engine> Peer<E> {
                     // We only propose v2; a v1 change (one step) converts directly.
                     let single = ConfChangeSingle { change_type: cc.change_type, node_id: cc.node_id };
                     let v2 = ConfChangeV2 { transition: 0, changes: vec![single], context: cc.context };
-                    self.apply_conf_change(&v2, wb)
+                    self.apply_conf_change(&v2, wb, &mut applied)
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::decode(entry.data.as_slice())
                         .map_err(|e| Error::Corrupt { what: "conf change", reason: e.to_string() })?;
-                    self.apply_conf_change(&cc, wb)
+                    self.apply_conf_change(&cc, wb, &mut applied)
                 }
             };
             self.raw.mut_store().set_applied(index, term, wb);
             self.complete_proposals(index, term, outcome, done);
-            if self.checksum_pending.is_some() {
+            if applied.checksum_at.is_some() {
                 break;
             }
         }
-        Ok(())
+        Ok(applied)
     }
 
     pub(super) fn complete_proposals(&mut self, index: u64, term: u64, outcome: Result<()>, done: &mut Completions) {
@@ -120,16 +150,21 @@ impl<E: Engine> Peer<E> {
     /// The outer `Result` is the node's: an engine read failing while a condition is decided
     /// (the node must stop). The inner one is the command's outcome, the same on every
     /// replica.
-    pub(super) fn apply_command(&mut self, cmd: EntryCommand, wb: &mut WriteBatch) -> Result<Result<()>> {
+    pub(super) fn apply_command(
+        &mut self,
+        cmd: EntryCommand,
+        wb: &mut WriteBatch,
+        applied: &mut Applied<E>,
+    ) -> Result<Result<()>> {
         let epoch = cmd.epoch.unwrap_or_default();
         if let Some(split) = cmd.split {
-            return Ok(self.apply_split(epoch, split, wb));
+            return Ok(self.apply_split(epoch, split, wb, applied));
         }
         if let Some(target) = cmd.prepare_merge.and_then(|p| p.target) {
             return Ok(self.apply_prepare_merge(epoch, target, wb));
         }
         if let Some(source) = cmd.commit_merge.and_then(|c| c.source) {
-            return Ok(self.apply_commit_merge(epoch, source, wb));
+            return Ok(self.apply_commit_merge(epoch, source, wb, applied));
         }
         if cmd.rollback_merge {
             if let Err(e) = self.check_admin(epoch, &AdminEntry::RollbackMerge) {

@@ -8,16 +8,15 @@ impl<E: Engine> Peer<E> {
     /// Applies a `ComputeChecksum`: no data changes; if it is valid at this position (the
     /// same on every replica), apply stops after it so that the store pins the engine with
     /// this shard's data exactly as of `index` (see [`Peer::apply`]).
-    pub(super) fn apply_compute_checksum(&mut self, epoch: Epoch, index: u64) -> Result<()> {
+    pub(super) fn apply_compute_checksum(&mut self, epoch: Epoch, index: u64, applied: &mut Applied<E>) -> Result<()> {
         self.check_admin(epoch, &AdminEntry::ComputeChecksum)?;
         let range = self.descriptor().range()?;
-        self.checksum_pending = Some((index, range));
+        applied.checksum_at = Some((index, range));
         Ok(())
     }
 
     /// Drops the pinned checksum snapshot (a Raft snapshot replaces this replica's data).
     pub(crate) fn drop_checksum_pin(&mut self) {
-        self.checksum_pending = None;
         self.checksum_pin = None;
     }
 }

@@ -11,7 +11,12 @@ impl<E: Engine> Peer<E> {
     /// listed as a voter (it still votes in one of the two majorities): a voter being demoted
     /// (in `learners_next`) shows as a learner only once the joint state is left. Voters
     /// first, then learners, each by node id, so that every replica derives the same bytes.
-    pub(super) fn apply_conf_change(&mut self, cc: &ConfChangeV2, wb: &mut WriteBatch) -> Result<()> {
+    pub(super) fn apply_conf_change(
+        &mut self,
+        cc: &ConfChangeV2,
+        wb: &mut WriteBatch,
+        applied: &mut Applied<E>,
+    ) -> Result<()> {
         let cs = self.raw.apply_conf_change(cc)?;
         let mut desc = self.descriptor().clone();
         let mut epoch = desc.epoch();
@@ -35,7 +40,7 @@ impl<E: Engine> Peer<E> {
             .chain(learners.iter().map(|id| Replica::learner(*id)))
             .collect();
         let me = self.node_id;
-        self.removed = !desc.replicas.iter().any(|r| r.node_id == me);
+        applied.removed = !desc.replicas.iter().any(|r| r.node_id == me);
         tracing::info!(
             node = me,
             shard = desc.id,

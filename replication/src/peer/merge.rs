@@ -28,6 +28,7 @@ impl<E: Engine> Peer<E> {
         epoch: Epoch,
         source: ShardDescriptor,
         wb: &mut WriteBatch,
+        applied: &mut Applied<E>,
     ) -> Result<()> {
         self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone()))?;
         let mut desc = self.descriptor().clone();
@@ -43,7 +44,7 @@ impl<E: Engine> Peer<E> {
         self.sweep.expiring = true; // the source's values may expire too
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);
-        self.merged_sources.push(source.id);
+        applied.merged_sources.push(source.id);
         self.raw.mut_store().set_descriptor(desc, wb);
         Ok(())
     }

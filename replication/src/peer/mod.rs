@@ -15,7 +15,7 @@
 //! the same batch, `RollbackMerge` unfreezes). A `CommitMerge` whose local source has not frozen
 //! yet waits in `pending_apply`; the store takes no new ready from that replica meanwhile.
 //! `ComputeChecksum` (admin, refused at a stale version or frozen) changes no data: on every
-//! replica, learners included, apply stops right after it (`checksum_pending`, the rest in
+//! replica, learners included, apply stops right after it (`Applied::checksum_at`, the rest in
 //! `pending_apply`) so that the store pins the engine at exactly that index. Conf changes: the
 //! descriptor lists voters of both halves of a joint configuration as voters (a demoted voter shows
 //! as a learner once the joint state is left), then learners, by node id; every conf change entry,
@@ -39,6 +39,8 @@ mod propose;
 mod read;
 mod split;
 mod sweep;
+
+pub(crate) use apply::Applied;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -186,8 +188,6 @@ pub struct Peer<E: Engine> {
     proposals: VecDeque<Proposal>,
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
-    /// Set when this replica was removed from the shard and must be destroyed.
-    pub(crate) removed: bool,
     /// Quiescent: caught up and idle, so the store neither ticks it nor visits it in ready
     /// rounds until a message or request wakes it.
     pub(crate) quiescent: bool,
@@ -197,9 +197,6 @@ pub struct Peer<E: Engine> {
     /// (exclusive), in term `lease_term` (see [`Peer::read`]).
     lease_until: Option<Instant>,
     lease_term: u64,
-    /// Shards this replica's splits created, in the batch being applied; the store starts
-    /// them once the batch is written.
-    pub(crate) split_created: Vec<PeerStorage<E>>,
     /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
     /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
     siblings: VecDeque<ShardDescriptor>,
@@ -207,17 +204,10 @@ pub struct Peer<E: Engine> {
     /// source replica; at most one ready's worth, since the store takes no new ready from a
     /// replica while this is not empty.
     pub(crate) pending_apply: VecDeque<Entry>,
-    /// Source shards a `CommitMerge` in the batch being applied destroyed here; the store
-    /// drops their replicas once the batch is written.
-    pub(crate) merged_sources: Vec<u64>,
     /// The expiry sweep's state (see [`Peer::sweep_expired`]).
     sweep: Sweep,
     /// The latest expiry time this replica used (see [`Peer::now_ms`]).
     clock_floor_ms: u64,
-    /// A `ComputeChecksum` entry applied into the batch being built, with the shard's range:
-    /// apply stopped right after it, and the store pins the engine once that batch is written
-    /// (see [`Peer::apply`]).
-    pub(crate) checksum_pending: Option<(u64, KeyRange)>,
     /// The newest pinned checksum snapshot (dropped when a Raft snapshot is installed here, or
     /// after `CHECKSUM_PIN_MAX_AGE_SECS`).
     pub(crate) checksum_pin: Option<ChecksumPin<E>>,
@@ -263,15 +253,12 @@ impl<E: Engine> Peer<E> {
             proposals: VecDeque::new(),
             reads: VecDeque::new(),
             next_read_id: 1,
-            removed: false,
             quiescent: false,
             idle_ticks: 0,
             lease_until: None,
             lease_term: 0,
-            split_created: Vec::new(),
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
-            merged_sources: Vec::new(),
             sweep: Sweep {
                 expiring: true,
                 seen_this_pass: false,
@@ -279,7 +266,6 @@ impl<E: Engine> Peer<E> {
                 in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             clock_floor_ms: 0,
-            checksum_pending: None,
             checksum_pin: None,
             joint_waiters: Vec::new(),
         })

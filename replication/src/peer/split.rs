@@ -7,7 +7,13 @@ use super::*;
 impl<E: Engine> Peer<E> {
     /// Applies a split: this shard keeps the left part, a new shard starts on the right part
     /// with the same replicas and an initial Raft state, all in `wb` with the apply index.
-    pub(super) fn apply_split(&mut self, epoch: Epoch, split: Split, wb: &mut WriteBatch) -> Result<()> {
+    pub(super) fn apply_split(
+        &mut self,
+        epoch: Epoch,
+        split: Split,
+        wb: &mut WriteBatch,
+        applied: &mut Applied<E>,
+    ) -> Result<()> {
         self.check_admin(epoch, &AdminEntry::Split(split.clone()))?;
         let mut left = self.descriptor().clone();
         let mut new_epoch = left.epoch();
@@ -32,7 +38,7 @@ impl<E: Engine> Peer<E> {
             // replaying the split): that one is newer; keep it.
             tracing::info!(shard = right.id, "split replayed after the new shard arrived here; keeping it");
         } else {
-            self.split_created.push(PeerStorage::initial(engine, right, wb));
+            applied.split_created.push(PeerStorage::initial(engine, right, wb));
         }
         self.raw.mut_store().set_descriptor(left, wb);
         Ok(())

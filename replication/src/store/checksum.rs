@@ -23,14 +23,14 @@ impl<E: Engine> Store<E> {
         });
     }
 
-    /// Pins the engine for every visited replica that applied a `ComputeChecksum` into the
-    /// batch just written: apply stopped right after that entry, so the engine now holds the
+    /// Pins the engine for every replica that applied a `ComputeChecksum` into the batch just
+    /// written (`round`: what each replica's apply did this round): apply stopped right after that entry, so the engine now holds the
     /// shard's data exactly as of its index. One engine snapshot serves them all.
-    pub(super) fn pin_checksums(&mut self, visit: &[u64], written: bool) {
+    pub(super) fn pin_checksums(&mut self, round: &mut BTreeMap<u64, Applied<E>>, written: bool) {
         let mut snapshot: Option<Arc<E::Snapshot>> = None;
-        for shard_id in visit {
+        for (shard_id, applied) in round.iter_mut() {
+            let Some((index, range)) = applied.checksum_at.take() else { continue };
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
-            let Some((index, range)) = peer.checksum_pending.take() else { continue };
             debug_assert!(written, "shard {shard_id}: a ComputeChecksum applied into a batch that was not written");
             debug_assert_eq!(
                 peer.raw.store().applied_index(),

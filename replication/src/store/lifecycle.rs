@@ -40,27 +40,25 @@ impl<E: Engine> Store<E> {
     /// a member of `newer` brings the news (answering a message of the replica's, or a
     /// [`Store::probe_stale`]).
     pub(crate) fn tombstone(&mut self, newer: &ShardDescriptor) -> bool {
-        let Some(peer) = self.peers.get_mut(&newer.id) else { return false };
+        let Some(peer) = self.peers.get(&newer.id) else { return false };
         let mine = peer.descriptor().epoch().conf_ver;
         if newer.epoch().conf_ver <= mine || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
             return false;
         }
-        peer.removed = true;
-        // Visit it in the next round, asleep or not, so that it is destroyed.
-        self.touched.insert(newer.id);
+        // Bounded by the replicas of this node.
+        self.condemned.insert(newer.id);
         true
     }
 
     /// Starts the replicas of shards that splits created (their state is written by now).
     /// The new shard's replica on the parent's leader campaigns at once.
-    pub(super) fn start_split_shards(&mut self, visited: &[u64]) -> Result<()> {
-        for parent_id in visited {
-            let Some(parent) = self.peers.get_mut(parent_id) else { continue };
-            if parent.split_created.is_empty() {
+    pub(super) fn start_split_shards(&mut self, round: &mut BTreeMap<u64, Applied<E>>) -> Result<()> {
+        for (parent_id, applied) in round.iter_mut() {
+            if applied.split_created.is_empty() {
                 continue;
             }
-            let created = std::mem::take(&mut parent.split_created);
-            let lead = parent.is_leader();
+            let created = std::mem::take(&mut applied.split_created);
+            let lead = self.peers.get(parent_id).is_some_and(|p| p.is_leader());
             for storage in created {
                 let id = storage.shard_id();
                 if let Some(existing) = self.peers.get(&id) {
@@ -89,10 +87,9 @@ impl<E: Engine> Store<E> {
 
     /// Drops the replicas of sources merged away this round (their metadata was destroyed in
     /// the target's apply batch; their data now belongs to the target).
-    pub(super) fn drop_merged_sources(&mut self, visited: &[u64], done: &mut Completions) {
-        for target_id in visited {
-            let Some(target) = self.peers.get_mut(target_id) else { continue };
-            for source_id in std::mem::take(&mut target.merged_sources) {
+    pub(super) fn drop_merged_sources(&mut self, round: &BTreeMap<u64, Applied<E>>, done: &mut Completions) {
+        for (target_id, applied) in round {
+            for &source_id in &applied.merged_sources {
                 if self.forget_replica(source_id, "shard merged into its neighbour", done).is_some() {
                     tracing::info!(
                         node = self.node_id,
@@ -123,10 +120,11 @@ impl<E: Engine> Store<E> {
         Some(peer)
     }
 
-    /// Destroys the replicas whose removal from their shard was applied.
-    pub(super) fn destroy_removed(&mut self, visited: &[u64]) -> Result<()> {
-        let removed: Vec<u64> =
-            visited.iter().copied().filter(|id| self.peers.get(id).is_some_and(|p| p.removed)).collect();
+    /// Destroys the replicas whose removal from their shard was applied this round, and
+    /// those a tombstone condemned.
+    pub(super) fn destroy_removed(&mut self, round: &BTreeMap<u64, Applied<E>>) -> Result<()> {
+        let mut removed = std::mem::take(&mut self.condemned);
+        removed.extend(round.iter().filter(|(_, a)| a.removed).map(|(id, _)| *id));
         for shard_id in removed {
             let mut done: Completions = Vec::new();
             let Some(peer) = self.forget_replica(shard_id, "replica removed from the shard", &mut done) else {

@@ -52,7 +52,7 @@ use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::peer::{
-    AdminEntry, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
+    AdminEntry, Applied, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
 };
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
@@ -184,6 +184,8 @@ pub struct Store<E: Engine> {
     /// Replicas that may hold a checksum pin (checked for expiry every tick; entries whose
     /// replica or pin is gone are dropped then).
     pinned: BTreeSet<u64>,
+    /// Replicas a tombstone condemned: destroyed at the end of the next ready round.
+    condemned: BTreeSet<u64>,
 }
 
 impl<E: Engine> Store<E> {
@@ -240,6 +242,7 @@ impl<E: Engine> Store<E> {
             ping_targets: None,
             frozen,
             pinned: BTreeSet::new(),
+            condemned: BTreeSet::new(),
             probed: BTreeMap::new(),
         })
     }

@@ -2,8 +2,10 @@
 //! is visited once; its ready state's log appends, hard state, installed snapshot and
 //! already-persisted committed entries go into one engine batch with one sync for all
 //! replicas (group commit); the messages go out; then `advance_append` hands back the entries
-//! committed meanwhile, applied in a second, unsynced batch; callbacks run after their batch;
-//! checksum pins, split-off shards, merged-away sources and removed replicas are handled last.
+//! committed meanwhile, applied in a second, unsynced batch; callbacks run after their batch.
+//! Each apply returns what it did ([`Applied`]), gathered per replica for the round: checksum
+//! pins are taken right after the batch that holds them, then split-off shards start, merged-away
+//! sources are dropped and removed replicas destroyed.
 
 use super::*;
 
@@ -27,6 +29,8 @@ impl<E: Engine> Store<E> {
         let mut merged_now: BTreeSet<u64> = BTreeSet::new();
         // Snapshots installed this round: (shard, its new descriptor).
         let mut installed: Vec<(u64, ShardDescriptor)> = Vec::new();
+        // What each replica's apply did this round, acted on once its batch is written.
+        let mut round: BTreeMap<u64, Applied<E>> = BTreeMap::new();
         for shard_id in &visit {
             if merged_now.contains(shard_id) {
                 continue;
@@ -37,10 +41,12 @@ impl<E: Engine> Store<E> {
                 // Entries waiting behind a CommitMerge, or left behind a ComputeChecksum: retry
                 // them; take no new ready until they are through (this bounds what waits), nor
                 // while a ComputeChecksum among them waits for its batch to be written.
-                peer.apply(Vec::new(), &self.frozen, &mut raft_wb, &mut done)?;
-                merged_now.extend(peer.merged_sources.iter().copied());
+                let applied = peer.apply(Vec::new(), &self.frozen, &mut raft_wb, &mut done)?;
+                merged_now.extend(applied.merged_sources.iter().copied());
+                let pin_waits = applied.checksum_at.is_some();
+                round.entry(*shard_id).or_default().absorb(applied);
                 peer.raw.advance_apply_to(peer.raw.store().applied_index());
-                if !peer.pending_apply.is_empty() || peer.checksum_pending.is_some() {
+                if !peer.pending_apply.is_empty() || pin_waits {
                     continue;
                 }
             }
@@ -76,8 +82,9 @@ impl<E: Engine> Store<E> {
                 sync = true;
             }
             peer.on_read_states(rd.take_read_states(), self.config.lease());
-            peer.apply(rd.take_committed_entries(), &self.frozen, &mut raft_wb, &mut done)?;
-            merged_now.extend(peer.merged_sources.iter().copied());
+            let applied = peer.apply(rd.take_committed_entries(), &self.frozen, &mut raft_wb, &mut done)?;
+            merged_now.extend(applied.merged_sources.iter().copied());
+            round.entry(*shard_id).or_default().absorb(applied);
             if !rd.entries().is_empty() {
                 peer.raw.mut_store().append(rd.entries(), &mut raft_wb);
                 sync = true;
@@ -100,14 +107,13 @@ impl<E: Engine> Store<E> {
                 superseded.push(*other);
             }
             merged_now.extend(superseded.iter().copied());
-            if let Some(p) = self.peers.get_mut(&by) {
-                p.merged_sources.extend(superseded); // dropped with the merged sources below
-            }
+            // Dropped with the merged sources below.
+            round.entry(by).or_default().merged_sources.extend(superseded);
         }
         if !raft_wb.is_empty() {
             self.engine.write(&raft_wb, WriteOptions { sync })?;
         }
-        self.pin_checksums(&visit, !raft_wb.is_empty());
+        self.pin_checksums(&mut round, !raft_wb.is_empty());
 
         let mut apply_wb = WriteBatch::new();
         for (shard_id, mut rd) in readies {
@@ -125,8 +131,9 @@ impl<E: Engine> Store<E> {
                 peer.raw.mut_store().set_commit(commit, &mut apply_wb);
             }
             wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
-            peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
-            merged_now.extend(peer.merged_sources.iter().copied());
+            let applied = peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
+            merged_now.extend(applied.merged_sources.iter().copied());
+            round.entry(shard_id).or_default().absorb(applied);
             // Entries waiting behind a CommitMerge or a ComputeChecksum are not applied: tell
             // Raft what is.
             peer.raw.advance_apply_to(peer.raw.store().applied_index());
@@ -139,9 +146,9 @@ impl<E: Engine> Store<E> {
         if !apply_wb.is_empty() {
             self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
         }
-        self.pin_checksums(&visit, !apply_wb.is_empty());
-        self.start_split_shards(&visit)?;
-        self.drop_merged_sources(&visit, &mut done);
+        self.pin_checksums(&mut round, !apply_wb.is_empty());
+        self.start_split_shards(&mut round)?;
+        self.drop_merged_sources(&round, &mut done);
         for shard_id in &visit {
             match self.peers.get(shard_id) {
                 Some(p) if p.descriptor().merging_into.is_some() => {
@@ -165,7 +172,7 @@ impl<E: Engine> Store<E> {
         for f in done {
             f();
         }
-        self.destroy_removed(&visit)?;
+        self.destroy_removed(&round)?;
         self.start_snapshots(snapshots_to_send);
         self.pump_snapshots(&mut out)?;
         out.append(&mut self.pending_out);
