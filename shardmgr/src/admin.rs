@@ -130,7 +130,7 @@ impl Manager {
                 let left = self.shard_for_admin(shard)?;
                 let right = self
                     .st
-                    .directory
+                    .directory()
                     .iter()
                     .find(|r| left.is_left_neighbour_of(r))
                     .cloned()
@@ -138,7 +138,7 @@ impl Manager {
                 if ClusterState::is_meta(&left) || ClusterState::is_meta(&right) {
                     return refused("the meta shard does not merge".into());
                 }
-                if self.st.busy.contains_key(&right.id) || right.merging_into.is_some() {
+                if self.st.is_busy(right.id) || right.merging_into.is_some() {
                     return Err(AdminError::Busy(right.id));
                 }
                 if self.group_of(shard) != self.group_of(right.id) || left.voters() != right.voters() {
@@ -161,7 +161,7 @@ impl Manager {
                 self.admin(AdminCommand::Move { shard, from, to }, now_ms)
             }
             AdminCommand::Evacuate { node } => {
-                let n = self.st.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                let n = self.st.node(node).ok_or(AdminError::NoNode(node))?;
                 if let Some(m) = self.st.migration_of(node) {
                     return Ok(AdminOutcome {
                         operators: vec![],
@@ -177,14 +177,16 @@ impl Manager {
                          risk, in a region group {group}'s other members are not in; start one first"
                     ));
                 }
-                let id = self.start_migration(
+                let (id, changes) = crate::manager::migrate::start(
+                    &mut self.st,
                     node,
                     group,
                     crate::model::MigrationCause::Manual,
                     crate::model::MigrationStage::CuttingOver,
                     now_ms,
                 );
-                let target = self.st.migrations.get(&id).and_then(|m| m.target).unwrap_or_default();
+                self.absorb(changes);
+                let target = self.st.migration(id).and_then(|m| m.target).unwrap_or_default();
                 Ok(AdminOutcome {
                     operators: vec![],
                     message: format!(
@@ -195,7 +197,7 @@ impl Manager {
             }
             AdminCommand::Release { node } => {
                 use crate::model::MigrationStage;
-                self.st.nodes.get(&node).ok_or(AdminError::NoNode(node))?;
+                self.st.node(node).ok_or(AdminError::NoNode(node))?;
                 let Some(m) = self.st.migration_of(node).cloned() else {
                     return refused(format!("node {node} is not being evacuated or held"));
                 };
@@ -213,7 +215,8 @@ impl Manager {
                         unreachable!("migration_of returns migrations that hold their node")
                     }
                 };
-                self.finish_migration(m.id, stage, now_ms);
+                let changes = crate::manager::migrate::finish(&mut self.st, m.id, stage, now_ms);
+                self.absorb(changes);
                 Ok(AdminOutcome {
                     operators: vec![],
                     message: format!("migration {} of node {node}: {stage:?} by hand", m.id),
@@ -224,7 +227,7 @@ impl Manager {
                 if s.replica(from).is_none() {
                     return refused(format!("node {from} holds no replica of shard {shard}"));
                 }
-                let to_node = self.st.nodes.get(&to).ok_or(AdminError::NoNode(to))?;
+                let to_node = self.st.node(to).ok_or(AdminError::NoNode(to))?;
                 if to_node.state != NodeState::Up {
                     return refused(format!("node {to} is {:?}, not Up", to_node.state));
                 }
@@ -266,7 +269,7 @@ impl Manager {
                     return Err(AdminError::NoNode(node));
                 }
                 let led: Vec<ShardMeta> =
-                    self.st.directory.iter().filter(|s| s.leader == Some(node)).cloned().collect();
+                    self.st.directory().iter().filter(|s| s.leader == Some(node)).cloned().collect();
                 let mut out = AdminOutcome::default();
                 let mut skipped = 0;
                 for s in led {
@@ -293,8 +296,8 @@ impl Manager {
     }
 
     fn shard_for_admin(&self, shard: ShardId) -> Result<ShardMeta, AdminError> {
-        let s = self.st.directory.get(shard).cloned().ok_or(AdminError::NoShard(shard))?;
-        if self.st.busy.contains_key(&shard) || s.merging_into.is_some() {
+        let s = self.st.directory().get(shard).cloned().ok_or(AdminError::NoShard(shard))?;
+        if self.st.is_busy(shard) || s.merging_into.is_some() {
             return Err(AdminError::Busy(shard));
         }
         Ok(s)
@@ -316,10 +319,10 @@ impl Manager {
 
     /// The group a shard is placed in.
     pub fn group_of(&self, shard: ShardId) -> Option<GroupId> {
-        self.st.placement.get(&shard).map(|p| p.group)
+        self.st.group_of(shard)
     }
 
     pub(crate) fn node_is_up(&self, node: NodeId) -> bool {
-        self.st.nodes.get(&node).is_some_and(|n| n.state == NodeState::Up)
+        self.st.node(node).is_some_and(|n| n.state == NodeState::Up)
     }
 }

@@ -68,7 +68,7 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     // A manager that just took over balances only once every node has reported to it (its
     // leaders, loads and failure-analysis inputs are fresh): balancing on what its
     // predecessor last persisted could hand a leadership back to a node being shed.
-    if now_ms >= m.started_ms + BALANCE_AFTER_START_HEARTBEATS * m.cfg.heartbeat_interval_ms {
+    if now_ms >= m.started_ms() + BALANCE_AFTER_START_HEARTBEATS * m.cfg().heartbeat_interval_ms {
         leader_balance(m, &mut out, &mut claimed);
         group_balance(m, &mut out, &claimed);
     }
@@ -76,18 +76,18 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
 }
 
 fn free<'a>(m: &'a ClusterState, claimed: &'a HashSet<ShardId>) -> impl Iterator<Item = &'a ShardMeta> + 'a {
-    m.directory.iter().filter(move |s| m.is_free(s) && !claimed.contains(&s.id))
+    m.directory().iter().filter(move |s| m.is_free(s) && !claimed.contains(&s.id))
 }
 
 /// May `id` receive a replica or a leadership? (`Up`, and not being evacuated.)
 fn node_up(m: &ClusterState, id: NodeId) -> bool {
-    m.nodes.get(&id).is_some_and(|n| n.state.accepts_load()) && !m.is_held(id)
+    m.node(id).is_some_and(|n| n.state.accepts_load()) && !m.is_held(id)
 }
 
 /// Copies (operators that add a replica and fill it) running to or from each node.
 fn copies_in_flight(m: &ClusterState) -> BTreeMap<NodeId, usize> {
     let mut out = BTreeMap::new();
-    for op in m.operators.values().filter(|op| !op.status.is_finished()) {
+    for op in m.operators().filter(|op| !op.status.is_finished()) {
         let (from, to) = match op.kind {
             OperatorKind::PrepareCopy { from, to } => (Some(from), Some(to)),
             // Copying, verifying (a full scan on both ends) or swapping.
@@ -110,7 +110,7 @@ fn copies_in_flight(m: &ClusterState) -> BTreeMap<NodeId, usize> {
 /// Counts a copy between `from` and `to` against `max-copies-per-node`; false (and no
 /// count) if either node is at its limit.
 fn take_copy(m: &ClusterState, copies: &mut BTreeMap<NodeId, usize>, from: Option<NodeId>, to: NodeId) -> bool {
-    let limit = m.cfg.max_copies_per_node;
+    let limit = m.cfg().max_copies_per_node;
     let nodes: Vec<NodeId> = from.into_iter().chain([to]).collect();
     if nodes.iter().any(|n| copies.get(n).copied().unwrap_or(0) >= limit) {
         return false;
@@ -123,7 +123,7 @@ fn take_copy(m: &ClusterState, copies: &mut BTreeMap<NodeId, usize>, from: Optio
 
 /// Shards by load score, hottest first (ties by id).
 fn hottest_first<'a>(m: &ClusterState, shards: impl Iterator<Item = &'a ShardMeta>) -> Vec<&'a ShardMeta> {
-    let score = |s: &ShardMeta| m.soft.get(&s.id).map_or(0.0, |x| x.load.score());
+    let score = |s: &ShardMeta| m.soft(s.id).map_or(0.0, |x| x.load.score());
     let mut v: Vec<&ShardMeta> = shards.collect();
     v.sort_by(|a, b| score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id)));
     v
@@ -140,15 +140,15 @@ fn migrate(
     copies: &mut BTreeMap<NodeId, usize>,
 ) {
     use crate::model::MigrationStage;
-    for mig in m.migrations.values() {
+    for mig in m.migrations() {
         if !matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
             continue;
         }
         let from = mig.node;
         let per_round = if m.sheds_leaders(from) {
-            m.cfg.shed_leader_moves_per_round
+            m.cfg().shed_leader_moves_per_round
         } else {
-            m.cfg.migration_leader_moves_per_round
+            m.cfg().migration_leader_moves_per_round
         };
         let shifting = shift_leaders(m, from, per_round, out, claimed);
         // Leaderships first: then every shard's copy is sent by a healthy leader, and the
@@ -157,7 +157,7 @@ fn migrate(
             continue;
         }
         let (MigrationStage::Preparing, Some(to)) = (mig.stage, mig.target) else { continue };
-        let in_group = |s: &&ShardMeta| m.placement.get(&s.id).is_some_and(|p| p.group == mig.group);
+        let in_group = |s: &&ShardMeta| m.placement(s.id).is_some_and(|p| p.group == mig.group);
         let candidates = hottest_first(
             m,
             free(m, claimed)
@@ -195,11 +195,8 @@ fn shift_leaders(
     out: &mut Vec<Plan>,
     claimed: &mut HashSet<ShardId>,
 ) -> bool {
-    let running = m
-        .operators
-        .values()
-        .filter(|op| !op.status.is_finished() && op.kind == OperatorKind::ShiftLeader { from })
-        .count();
+    let running =
+        m.operators().filter(|op| !op.status.is_finished() && op.kind == OperatorKind::ShiftLeader { from }).count();
     let mut budget = moves_per_round.saturating_sub(running);
     let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
     led.sort_by_key(|s| ClusterState::is_meta(s)); // stable: the meta shard last
@@ -237,14 +234,14 @@ fn shift_leaders(
 /// request's path only where it leads.
 fn shed_leaders(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     use crate::model::MigrationStage;
-    for &node in &m.degraded {
-        let evacuating = m.migrations.values().any(|mig| {
+    for &node in m.degraded() {
+        let evacuating = m.migrations().any(|mig| {
             mig.node == node && matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver)
         });
-        if !m.sheds_leaders(node) || evacuating || !m.nodes.get(&node).is_some_and(|n| n.state.accepts_load()) {
+        if !m.sheds_leaders(node) || evacuating || !m.node(node).is_some_and(|n| n.state.accepts_load()) {
             continue;
         }
-        shift_leaders(m, node, m.cfg.shed_leader_moves_per_round, out, claimed);
+        shift_leaders(m, node, m.cfg().shed_leader_moves_per_round, out, claimed);
     }
 }
 
@@ -255,19 +252,15 @@ fn may_lead(m: &ClusterState, node: NodeId) -> bool {
 
 /// The load score of the shards `node` leads.
 fn leader_score(m: &ClusterState, node: NodeId) -> f64 {
-    m.directory
-        .iter()
-        .filter(|s| s.leader == Some(node))
-        .map(|s| m.soft.get(&s.id).map_or(0.0, |x| x.load.score()))
-        .sum()
+    m.directory().iter().filter(|s| s.leader == Some(node)).map(|s| m.soft(s.id).map_or(0.0, |x| x.load.score())).sum()
 }
 
 /// Policy 0: a shard left frozen for a merge with no operator on it (its operator failed or
 /// was lost) gets one that settles the merge: finish it or unfreeze the source.
 fn resolve_frozen(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    for s in m.directory.iter() {
+    for s in m.directory().iter() {
         let Some(target) = s.merging_into else { continue };
-        if m.busy.contains_key(&s.id) || m.busy.contains_key(&target) || s.leader.is_none() {
+        if m.is_busy(s.id) || m.is_busy(target) || s.leader.is_none() {
             continue;
         }
         claimed.insert(s.id);
@@ -288,8 +281,8 @@ fn repair(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>,
     let taken = claimed.clone();
     let shards = hottest_first(m, free(m, &taken));
     for s in shards {
-        let Some(gid) = m.placement.get(&s.id).map(|p| p.group) else { continue };
-        let Some(group) = m.groups.get(&gid) else { continue };
+        let Some(gid) = m.group_of(s.id) else { continue };
+        let Some(group) = m.group(gid) else { continue };
         let learner = s.replicas.iter().find(|r| r.role == Role::Learner && group.nodes.contains(&r.node));
         let missing: Vec<NodeId> =
             group.nodes.iter().copied().filter(|n| s.replica(*n).is_none() && node_up(m, *n)).collect();
@@ -303,9 +296,9 @@ fn repair(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>,
         // The replica a new one replaces: an extra voter in the same region, else any extra
         // voter (a learner extra is simply removed).
         let replaced = |to: NodeId| {
-            let region = m.nodes.get(&to).map(|n| n.region.as_str());
+            let region = m.node(to).map(|n| n.region.as_str());
             let voter = |n: &&NodeId| s.replica(**n).is_some_and(|r| r.role == Role::Voter);
-            let same = extra.iter().filter(voter).find(|e| m.nodes.get(e).map(|n| n.region.as_str()) == region);
+            let same = extra.iter().filter(voter).find(|e| m.node(**e).map(|n| n.region.as_str()) == region);
             same.or(extra.iter().find(voter)).copied()
         };
         let (steps, rollback, from, to) = if let Some(l) = learner.filter(|l| node_up(m, l.node)) {
@@ -371,13 +364,13 @@ fn swap_in(from: Option<NodeId>, to: NodeId, add: bool) -> (Vec<Step>, Vec<Step>
 
 /// Policy 3: split by size or keys, or by sustained load.
 fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    let cfg = &m.cfg;
+    let cfg = m.cfg();
     let mut planned = Vec::new();
     for s in free(m, claimed) {
         if ClusterState::is_meta(s) {
             continue;
         }
-        let Some(soft) = m.soft.get(&s.id) else { continue };
+        let Some(soft) = m.soft(s.id) else { continue };
         let split = |kind, key| Plan {
             shard: s.id,
             kind,
@@ -415,32 +408,29 @@ fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
 
 /// Policy 4: merge small, cold neighbours of one group (the right one into the left one).
 fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    let cfg = &m.cfg;
+    let cfg = m.cfg();
     let mergeable = |s: &ShardMeta, claimed: &HashSet<ShardId>| -> bool {
         if ClusterState::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
             return false;
         }
-        let Some(soft) = m.soft.get(&s.id) else { return false };
+        let Some(soft) = m.soft(s.id) else { return false };
         let cold = soft.cold_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= cfg.merge_delay_ms);
         let split_long_ago = m
-            .placement
-            .get(&s.id)
+            .placement(s.id)
             .and_then(|p| p.split_at_ms)
             .is_none_or(|t| now_ms.saturating_sub(t) >= cfg.split_merge_interval_ms);
         cold && split_long_ago
     };
-    let shards: Vec<&ShardMeta> = m.directory.iter().collect();
+    let shards: Vec<&ShardMeta> = m.directory().iter().collect();
     for pair in shards.windows(2) {
         let (l, r) = (pair[0], pair[1]);
         if !l.is_left_neighbour_of(r) || !mergeable(l, claimed) || !mergeable(r, claimed) {
             continue;
         }
-        if m.placement.get(&l.id).map(|p| p.group) != m.placement.get(&r.id).map(|p| p.group)
-            || l.voters() != r.voters()
-        {
+        if m.group_of(l.id) != m.group_of(r.id) || l.voters() != r.voters() {
             continue;
         }
-        let (Some(a), Some(b)) = (m.soft.get(&l.id), m.soft.get(&r.id)) else { continue };
+        let (Some(a), Some(b)) = (m.soft(l.id), m.soft(r.id)) else { continue };
         let combined_cold = a.load.qps() + b.load.qps() < cfg.load_split_qps / 2.0
             && a.load.bytes_per_sec() + b.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
         let combined_small =
@@ -470,21 +460,21 @@ struct NodeLeaders {
 
 /// Policy 5: even out leader load inside each group (one transfer per group per round).
 fn leader_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
-    let cfg = &m.cfg;
+    let cfg = m.cfg();
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
-    for g in m.groups.values() {
+    for g in m.groups() {
         let nodes = g.nodes.iter().filter(|n| may_lead(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
         by_group.insert(g.id, nodes);
     }
-    for s in m.directory.iter() {
+    for s in m.directory().iter() {
         // The meta shard's leadership carries the shard manager: it moves only when its node
         // fails (or by hand), never to even out counts.
         if ClusterState::is_meta(s) {
             continue;
         }
-        let (Some(leader), Some(p)) = (s.leader, m.placement.get(&s.id)) else { continue };
+        let (Some(leader), Some(p)) = (s.leader, m.placement(s.id)) else { continue };
         let Some(entry) = by_group.get_mut(&p.group).and_then(|g| g.get_mut(&leader)) else { continue };
-        let score = m.soft.get(&s.id).map_or(0.0, |x| x.load.score());
+        let score = m.soft(s.id).map_or(0.0, |x| x.load.score());
         entry.score += score;
         if m.is_free(s) && !claimed.contains(&s.id) {
             entry.shards.push((score, s.id));
@@ -555,7 +545,7 @@ fn leader_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<S
 /// `node` may lead ([`may_lead`]) and holds a voter of `shard` (a Draining node is given no
 /// leaderships).
 fn has_voter(m: &ClusterState, shard: ShardId, node: NodeId) -> bool {
-    may_lead(m, node) && m.directory.get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
+    may_lead(m, node) && m.directory().get(shard).and_then(|s| s.replica(node)).is_some_and(|r| r.role == Role::Voter)
 }
 
 /// A quantity group balance evens out: the group's total, a shard's part, the minimum gap.
@@ -571,14 +561,13 @@ struct GroupLoad {
 /// Policy 6: re-place one shard from the largest group to the smallest (by size, then by
 /// load), among complete groups whose members are all up.
 fn group_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &HashSet<ShardId>) {
-    let cfg = &m.cfg;
-    let rf = m.cluster.replication_factor;
+    let cfg = m.cfg();
+    let rf = m.cluster().replication_factor;
     let mut totals: BTreeMap<GroupId, GroupLoad> = m
-        .groups
-        .values()
+        .groups()
         .filter(|g| {
             g.nodes.len() == rf
-                && g.nodes.iter().all(|n| m.nodes.get(n).is_some_and(|x| x.state == NodeState::Up) && !m.is_held(*n))
+                && g.nodes.iter().all(|n| m.node(*n).is_some_and(|x| x.state == NodeState::Up) && !m.is_held(*n))
         })
         .map(|g| (g.id, GroupLoad::default()))
         .collect();
@@ -586,10 +575,10 @@ fn group_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &HashSet<ShardI
         return;
     }
     let mut candidates: BTreeMap<GroupId, Vec<(u64, f64, ShardId)>> = BTreeMap::new();
-    for s in m.directory.iter() {
-        let Some(p) = m.placement.get(&s.id) else { continue };
+    for s in m.directory().iter() {
+        let Some(p) = m.placement(s.id) else { continue };
         let Some(t) = totals.get_mut(&p.group) else { continue };
-        let (size, score) = m.soft.get(&s.id).map_or((0, 0.0), |x| (x.size_bytes, x.load.score()));
+        let (size, score) = m.soft(s.id).map_or((0, 0.0), |x| (x.size_bytes, x.load.score()));
         t.size_bytes += size;
         t.score += score;
         let settled = s.replicas.len() == rf && !s.has_learners();

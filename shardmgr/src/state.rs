@@ -1,17 +1,25 @@
 //! The shard manager's view of the cluster: nodes, groups, the directory and placement, each
-//! shard's soft state, operators, migrations, and the failure analysis's latest inputs. The
-//! [`crate::manager::Manager`] owns it and changes it; the policies ([`crate::policy`]) only
-//! read it and return plans. Nothing here writes records or sends commands.
+//! shard's soft state, operators, migrations, and the failure analysis's latest inputs.
+//!
+//! Its fields are private. Readers (the policies in [`crate::policy`], the admin commands,
+//! the manager's reports) go through the query methods below; the policies hold only a
+//! `&ClusterState`, so they cannot change it. The [`crate::manager::Manager`] changes it
+//! through the `&mut` methods: every change to a durable record (node, group, shard
+//! placement, operator, migration, cluster counter) returns the [`MetaWrite`] that persists
+//! it (`#[must_use]`, so a record cannot be changed and silently left unpersisted); soft
+//! state (load, risks, leader hints, busy shards) is rebuilt from reports and persists
+//! nothing. Nothing here sends commands or reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::config::ManagerConfig;
 use crate::directory::Directory;
+use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
 use crate::model::{
     ClusterMeta, GroupId, GroupMeta, Migration, MigrationStage, NodeId, NodeMeta, NodeState, NodeStats, ShardId,
     ShardMeta, ShardSoft, META_SHARD_ID,
 };
-use crate::operator::Operator;
+use crate::operator::{Operator, Poll};
 
 /// Where a shard belongs and when it last split (persisted with its directory entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,31 +31,143 @@ pub(crate) struct Placement {
 /// The cluster as the shard manager knows it.
 #[derive(Debug)]
 pub(crate) struct ClusterState {
-    pub(crate) cfg: ManagerConfig,
+    cfg: ManagerConfig,
     /// When this manager started (bootstrapped or recovered).
-    pub(crate) started_ms: u64,
-    pub(crate) cluster: ClusterMeta,
-    pub(crate) nodes: BTreeMap<NodeId, NodeMeta>,
-    pub(crate) node_stats: BTreeMap<NodeId, NodeStats>,
-    pub(crate) groups: BTreeMap<GroupId, GroupMeta>,
-    pub(crate) directory: Directory,
-    pub(crate) placement: HashMap<ShardId, Placement>,
-    pub(crate) soft: HashMap<ShardId, ShardSoft>,
-    pub(crate) operators: BTreeMap<u64, Operator>,
+    started_ms: u64,
+    cluster: ClusterMeta,
+    nodes: BTreeMap<NodeId, NodeMeta>,
+    node_stats: BTreeMap<NodeId, NodeStats>,
+    groups: BTreeMap<GroupId, GroupMeta>,
+    directory: Directory,
+    placement: HashMap<ShardId, Placement>,
+    soft: HashMap<ShardId, ShardSoft>,
+    operators: BTreeMap<u64, Operator>,
     /// Running operator of each busy shard.
-    pub(crate) busy: HashMap<ShardId, u64>,
+    busy: HashMap<ShardId, u64>,
     /// Node evacuations, running and finished, by id (design.md §6).
-    pub(crate) migrations: BTreeMap<u64, Migration>,
+    migrations: BTreeMap<u64, Migration>,
     /// The failure model's latest risk per node and per region (soft: fed every round).
-    pub(crate) risks: BTreeMap<NodeId, f64>,
-    pub(crate) region_risks: BTreeMap<String, f64>,
+    risks: BTreeMap<NodeId, f64>,
+    region_risks: BTreeMap<String, f64>,
     /// Each node's round trip to its fastest peer, ms (soft; ranks migration targets).
-    pub(crate) rtt_ms: BTreeMap<NodeId, f64>,
+    rtt_ms: BTreeMap<NodeId, f64>,
     /// Nodes whose disk the failure analysis warns about right now (soft): with proactive
     /// migration on they lead nothing.
-    pub(crate) degraded: BTreeSet<NodeId>,
+    degraded: BTreeSet<NodeId>,
 }
 
+/// What the failure analysis tells the manager each round ([`crate::Manager::set_risks`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RiskInputs {
+    /// Each node's probability of failing within the model's horizon; nodes missing have
+    /// no estimate (no model, or no telemetry yet).
+    pub nodes: BTreeMap<NodeId, f64>,
+    /// Each region's probability that a node of it fails within the horizon.
+    pub regions: BTreeMap<String, f64>,
+    /// Each node's latest round trip to its fastest peer, ms (ranks migration targets).
+    pub rtt_ms: BTreeMap<NodeId, f64>,
+    /// Nodes with an active early warning that slows every request they serve (a degrading
+    /// or failing disk). A leader's disk is on every write's and read's path while a
+    /// follower's is not (the other voters make the quorum), so with proactive migration on
+    /// the manager moves their leaderships away at once - long before the risk reaches
+    /// `warn` - and gives them none until the warning clears. Their replicas stay.
+    pub degraded: BTreeSet<NodeId>,
+}
+
+/// Queries.
+impl ClusterState {
+    /// The manager's settings.
+    pub(crate) fn cfg(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    /// When this manager started (bootstrapped or recovered).
+    pub(crate) fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// The cluster record.
+    pub(crate) fn cluster(&self) -> &ClusterMeta {
+        &self.cluster
+    }
+
+    /// A known node.
+    pub(crate) fn node(&self, id: NodeId) -> Option<&NodeMeta> {
+        self.nodes.get(&id)
+    }
+
+    /// Known nodes (any state), by id.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &NodeMeta> + '_ {
+        self.nodes.values()
+    }
+
+    /// A replication group.
+    pub(crate) fn group(&self, id: GroupId) -> Option<&GroupMeta> {
+        self.groups.get(&id)
+    }
+
+    /// Replication groups, by id.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &GroupMeta> + '_ {
+        self.groups.values()
+    }
+
+    /// The directory.
+    pub(crate) fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Where `shard` belongs.
+    pub(crate) fn placement(&self, shard: ShardId) -> Option<Placement> {
+        self.placement.get(&shard).copied()
+    }
+
+    /// The group `shard` belongs to.
+    pub(crate) fn group_of(&self, shard: ShardId) -> Option<GroupId> {
+        self.placement.get(&shard).map(|p| p.group)
+    }
+
+    /// A shard's soft state (load, size, timers), if it reported.
+    pub(crate) fn soft(&self, shard: ShardId) -> Option<&ShardSoft> {
+        self.soft.get(&shard)
+    }
+
+    /// An operator, running or finished.
+    pub(crate) fn operator(&self, id: u64) -> Option<&Operator> {
+        self.operators.get(&id)
+    }
+
+    /// Operators, running and finished, by id.
+    pub(crate) fn operators(&self) -> impl Iterator<Item = &Operator> + '_ {
+        self.operators.values()
+    }
+
+    /// Does an unfinished operator hold `shard`?
+    pub(crate) fn is_busy(&self, shard: ShardId) -> bool {
+        self.busy.contains_key(&shard)
+    }
+
+    /// A migration, running or finished.
+    pub(crate) fn migration(&self, id: u64) -> Option<&Migration> {
+        self.migrations.get(&id)
+    }
+
+    /// Migrations, running and finished, by id.
+    pub(crate) fn migrations(&self) -> impl Iterator<Item = &Migration> + '_ {
+        self.migrations.values()
+    }
+
+    /// The failure model's latest risk for `node` (`None`: no estimate).
+    pub(crate) fn risk(&self, node: NodeId) -> Option<f64> {
+        self.risks.get(&node).copied()
+    }
+
+    /// Nodes whose disk the failure analysis warns about right now.
+    pub(crate) fn degraded(&self) -> &BTreeSet<NodeId> {
+        &self.degraded
+    }
+}
+
+/// Construction and derived queries.
 impl ClusterState {
     /// An empty cluster of `cluster`, as of `now_ms`.
     pub(crate) fn new(cfg: ManagerConfig, cluster: ClusterMeta, now_ms: u64) -> Self {
@@ -69,6 +189,23 @@ impl ClusterState {
             rtt_ms: BTreeMap::new(),
             degraded: BTreeSet::new(),
         }
+    }
+
+    /// The state a previous manager persisted (the cluster record taken out of `state` by
+    /// the caller), as of `now_ms`. Soft state starts empty; the busy shards are those of
+    /// the unfinished operators.
+    pub(crate) fn recover(cfg: ManagerConfig, cluster: ClusterMeta, state: PersistedState, now_ms: u64) -> Self {
+        let mut st = ClusterState::new(cfg, cluster, now_ms);
+        st.nodes = state.nodes.into_iter().map(|n| (n.id, n)).collect();
+        st.groups = state.groups.into_iter().map(|g| (g.id, g)).collect();
+        for rec in state.shards {
+            st.placement.insert(rec.shard.id, Placement { group: rec.group, split_at_ms: rec.split_at_ms });
+            st.directory.update(rec.shard);
+        }
+        st.operators = state.operators.into_iter().map(|op| (op.id, op)).collect();
+        st.rebuild_busy();
+        st.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
+        st
     }
 
     /// True when `shard` may be acted on by a new operator.
@@ -167,5 +304,158 @@ impl ClusterState {
                     .then(a.id.cmp(&b.id))
             })
             .map(|n| n.id)
+    }
+}
+
+/// Changes. Each change to a durable record returns the write that persists it.
+impl ClusterState {
+    /// Takes the next cluster-wide id (operators, groups, migrations, new shards).
+    #[must_use = "the cluster record must be persisted"]
+    pub(crate) fn alloc_id(&mut self) -> (u64, MetaWrite) {
+        let id = self.cluster.next_id;
+        self.cluster.next_id += 1;
+        (id, meta::put(meta::cluster_key(), &self.cluster))
+    }
+
+    /// The cluster record, to persist at bootstrap.
+    pub(crate) fn cluster_record(&self) -> MetaWrite {
+        meta::put(meta::cluster_key(), &self.cluster)
+    }
+
+    /// Stores a node's record.
+    #[must_use = "the node record must be persisted"]
+    pub(crate) fn put_node(&mut self, rec: NodeMeta) -> MetaWrite {
+        let write = meta::put(meta::node_key(rec.id), &rec);
+        self.nodes.insert(rec.id, rec);
+        write
+    }
+
+    /// Records `node` as a member of `group` (or of none); `None` if the node is unknown.
+    #[must_use = "the node record must be persisted"]
+    pub(crate) fn assign_node(&mut self, node: NodeId, group: Option<GroupId>) -> Option<MetaWrite> {
+        let rec = NodeMeta { group, ..self.nodes.get(&node)?.clone() };
+        Some(self.put_node(rec))
+    }
+
+    /// Stores a group's record.
+    #[must_use = "the group record must be persisted"]
+    pub(crate) fn put_group(&mut self, rec: GroupMeta) -> MetaWrite {
+        let write = meta::put(meta::group_key(rec.id), &rec);
+        self.groups.insert(rec.id, rec);
+        write
+    }
+
+    /// Places `shard` (known to the directory) as `placement`.
+    #[must_use = "the shard record must be persisted"]
+    pub(crate) fn place_shard(&mut self, shard: ShardId, placement: Placement) -> Option<MetaWrite> {
+        let meta = self.directory.get(shard)?;
+        let rec = ShardRecord { shard: meta.clone(), group: placement.group, split_at_ms: placement.split_at_ms };
+        self.placement.insert(shard, placement);
+        Some(meta::put(meta::shard_key(shard), &rec))
+    }
+
+    /// Forgets a shard the directory no longer holds (merged away): its placement and soft
+    /// state.
+    #[must_use = "the shard record must be deleted"]
+    pub(crate) fn forget_shard(&mut self, shard: ShardId) -> MetaWrite {
+        self.placement.remove(&shard);
+        self.soft.remove(&shard);
+        MetaWrite { key: meta::shard_key(shard), value: None }
+    }
+
+    /// Stores a new operator; its shards are busy until it finishes.
+    #[must_use = "the operator record must be persisted"]
+    pub(crate) fn start_operator(&mut self, op: Operator) -> MetaWrite {
+        debug_assert!(!self.operators.contains_key(&op.id), "operator ids are never reused");
+        let write = meta::put(meta::operator_key(op.id), &op);
+        for shard in op.shards() {
+            self.busy.insert(shard, op.id);
+        }
+        self.operators.insert(op.id, op);
+        write
+    }
+
+    /// Moves operator `id` on against the directory: the poll, and the write when the
+    /// operator changed. A finished operator frees its shards.
+    pub(crate) fn poll_operator(&mut self, id: u64, now_ms: u64) -> Option<(Poll, Option<MetaWrite>)> {
+        let op = self.operators.get_mut(&id)?;
+        let poll = op.poll(&self.directory, now_ms, self.cfg.operator_step_timeout_ms);
+        let write = poll.changed.then(|| meta::put(meta::operator_key(id), &*op));
+        if op.status.is_finished() {
+            self.busy.retain(|_, running| *running != id);
+        }
+        Some((poll, write))
+    }
+
+    /// Changes operator `id` with `change`; when it returns true the operator changed and
+    /// its write is returned.
+    #[must_use = "the operator record must be persisted"]
+    pub(crate) fn update_operator(&mut self, id: u64, change: impl FnOnce(&mut Operator) -> bool) -> Option<MetaWrite> {
+        let op = self.operators.get_mut(&id)?;
+        change(op).then(|| meta::put(meta::operator_key(id), &*op))
+    }
+
+    /// Deletes a finished operator's record.
+    #[must_use = "the operator record must be deleted"]
+    pub(crate) fn remove_operator(&mut self, id: u64) -> MetaWrite {
+        debug_assert!(self.operators.get(&id).is_none_or(|op| op.status.is_finished()));
+        self.operators.remove(&id);
+        MetaWrite { key: meta::operator_key(id), value: None }
+    }
+
+    /// Recomputes the busy shards from every unfinished operator (after a fail-over the meta
+    /// shard may hold two for one shard, written by two managers in turn).
+    pub(crate) fn rebuild_busy(&mut self) {
+        self.busy.clear();
+        for op in self.operators.values().filter(|op| !op.status.is_finished()) {
+            for shard in op.shards() {
+                self.busy.insert(shard, op.id);
+            }
+        }
+    }
+
+    /// Stores a migration's record.
+    #[must_use = "the migration record must be persisted (or deliberately not, for soft fields)"]
+    pub(crate) fn put_migration(&mut self, m: Migration) -> MetaWrite {
+        let write = meta::put(meta::migration_key(m.id), &m);
+        self.migrations.insert(m.id, m);
+        write
+    }
+
+    /// Deletes a finished migration's record.
+    #[must_use = "the migration record must be deleted"]
+    pub(crate) fn remove_migration(&mut self, id: u64) -> MetaWrite {
+        debug_assert!(self.migrations.get(&id).is_none_or(|m| !m.holds_node()));
+        self.migrations.remove(&id);
+        MetaWrite { key: meta::migration_key(id), value: None }
+    }
+
+    /// The directory, for reports and leader hints (soft: rebuilt from reports).
+    pub(crate) fn directory_mut(&mut self) -> &mut Directory {
+        &mut self.directory
+    }
+
+    /// A shard's soft state, created empty if it has none.
+    pub(crate) fn soft_mut(&mut self, shard: ShardId) -> &mut ShardSoft {
+        self.soft.entry(shard).or_default()
+    }
+
+    /// Drops a shard's soft state (its range changed: the old samples describe another).
+    pub(crate) fn reset_soft(&mut self, shard: ShardId) {
+        self.soft.remove(&shard);
+    }
+
+    /// A node's latest statistics (from its heartbeat).
+    pub(crate) fn record_stats(&mut self, node: NodeId, stats: NodeStats) {
+        self.node_stats.insert(node, stats);
+    }
+
+    /// The failure analysis's latest view.
+    pub(crate) fn set_risks(&mut self, inputs: RiskInputs) {
+        debug_assert!(inputs.nodes.values().chain(inputs.regions.values()).all(|r| (0.0..=1.0).contains(r)));
+        self.risks = inputs.nodes;
+        self.region_risks = inputs.regions;
+        self.rtt_ms = inputs.rtt_ms;
+        self.degraded = inputs.degraded;
     }
 }

@@ -25,247 +25,250 @@
 //!
 //! Every step is an operator (idempotent, judged from reported state, resumable after a
 //! manager fail-over); the migration record itself changes only on stage transitions.
+//!
+//! The steps here are functions of the cluster state (and the time): each changes the
+//! [`ClusterState`] and returns what it changed ([`Changes`]: the records to persist, the
+//! migrations to report); the manager puts them in its round's effects.
 
 use super::Manager;
+use crate::meta::MetaWrite;
 use crate::model::{GroupId, Migration, MigrationCause, MigrationStage, MigrationView, NodeId, NodeState, ShardId};
 use crate::operator::{OperatorKind, Step};
+use crate::state::ClusterState;
 
-impl Manager {
-    /// Starts, advances and finishes migrations (module docs); called every round before
-    /// group formation and the policies.
-    pub(crate) fn update_migrations(&mut self, now_ms: u64) {
-        let th = self.st.cfg.thresholds();
-        // New migrations: grouped nodes that went down, or (when proactive) whose risk
-        // reached `warn`.
-        let proactive = self.st.cfg.proactive_migration;
-        let starts: Vec<(NodeId, GroupId, MigrationCause)> = self
-            .st
-            .nodes
-            .values()
-            .filter(|n| !self.st.is_held(n.id))
-            .filter_map(|n| {
-                let group = n.group?;
-                let risk = self.st.risks.get(&n.id).copied();
-                match n.state {
-                    NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
-                    NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
-                        Some((n.id, group, MigrationCause::Risk))
-                    }
-                    _ => None,
+/// What a migration step changed.
+#[derive(Debug, Default)]
+#[must_use = "the writes must be persisted"]
+pub(crate) struct Changes {
+    /// Records to persist, in order.
+    pub(crate) writes: Vec<MetaWrite>,
+    /// Migrations that started or changed stage (for the runtime's log).
+    pub(crate) events: Vec<Migration>,
+}
+
+/// Starts, advances and finishes migrations (module docs); called every round before group
+/// formation and the policies.
+pub(crate) fn update(st: &mut ClusterState, now_ms: u64) -> Changes {
+    let mut out = Changes::default();
+    let th = st.cfg().thresholds();
+    // New migrations: grouped nodes that went down, or (when proactive) whose risk reached
+    // `warn`.
+    let proactive = st.cfg().proactive_migration;
+    let starts: Vec<(NodeId, GroupId, MigrationCause)> = st
+        .nodes()
+        .filter(|n| !st.is_held(n.id))
+        .filter_map(|n| {
+            let group = n.group?;
+            let risk = st.risk(n.id);
+            match n.state {
+                NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
+                NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
+                    Some((n.id, group, MigrationCause::Risk))
                 }
-            })
-            .collect();
-        for (node, group, cause) in starts {
-            let stage =
-                if cause == MigrationCause::Risk { MigrationStage::Preparing } else { MigrationStage::CuttingOver };
-            self.start_migration(node, group, cause, stage, now_ms);
-        }
-        let active: Vec<u64> = self.st.migrations.values().filter(|m| m.holds_node()).map(|m| m.id).collect();
-        for id in active {
-            self.advance_migration(id, now_ms);
-        }
-        self.prune_finished_migrations();
+                _ => None,
+            }
+        })
+        .collect();
+    for (node, group, cause) in starts {
+        let stage = if cause == MigrationCause::Risk { MigrationStage::Preparing } else { MigrationStage::CuttingOver };
+        let (_, started) = start(st, node, group, cause, stage, now_ms);
+        out.absorb(started);
     }
-
-    /// Records a new migration of `node` (the caller checked it is not held).
-    pub(crate) fn start_migration(
-        &mut self,
-        node: NodeId,
-        group: GroupId,
-        cause: MigrationCause,
-        stage: MigrationStage,
-        now_ms: u64,
-    ) -> u64 {
-        let id = self.alloc_id();
-        let risk = self.st.risks.get(&node).copied();
-        let mut m = Migration {
-            id,
-            node,
-            group,
-            target: None,
-            cause,
-            stage,
-            risk_at_start: risk,
-            started_ms: now_ms,
-            stage_since_ms: now_ms,
-            below_clear_since_ms: None,
-            finished_ms: None,
-            bytes_copied: 0,
-            shards_copied: 0,
-            note: String::new(),
-        };
-        m.target = self.st.choose_target(node, group);
-        self.migration_events.push(m.clone());
-        self.st.migrations.insert(id, m);
-        self.persist_migration(id);
-        id
+    let active: Vec<u64> = st.migrations().filter(|m| m.holds_node()).map(|m| m.id).collect();
+    for id in active {
+        advance(st, id, now_ms, &mut out);
     }
+    prune_finished(st, &mut out);
+    out
+}
 
-    fn advance_migration(&mut self, id: u64, now_ms: u64) {
-        let th = self.st.cfg.thresholds();
-        let Some(m) = self.st.migrations.get(&id).cloned() else { return };
-        let mut next = m.clone();
-        let state = self.st.nodes.get(&m.node).map(|n| n.state);
-        let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
-        let risk = self.st.risks.get(&m.node).copied();
-        // The stand-down / release timer: risk below clear, continuously. An unknown risk
-        // (no model) counts as clear only for a node that failed and came back: a warning
-        // needs a known risk to end.
-        let clear = match risk {
-            Some(r) => r < th.clear,
-            None => m.cause == MigrationCause::Failed && state == Some(NodeState::Up),
-        };
-        next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
-        let cleared =
-            next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.st.cfg.migration_clear_after_ms);
-        // A target that fell ill, died or was taken into a group is given up while it
-        // holds nothing of the group (cutting over, it is a group member and stays).
-        if next.stage == MigrationStage::Preparing {
-            if let Some(t) = next.target {
-                let ok = self.st.nodes.get(&t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
-                    && self.st.risks.get(&t).is_none_or(|r| *r < th.warn);
-                if !ok {
-                    next.target = None;
-                }
+impl Changes {
+    fn absorb(&mut self, other: Changes) {
+        self.writes.extend(other.writes);
+        self.events.extend(other.events);
+    }
+}
+
+/// Records a new migration of `node` (the caller checked it is not held); returns its id.
+pub(crate) fn start(
+    st: &mut ClusterState,
+    node: NodeId,
+    group: GroupId,
+    cause: MigrationCause,
+    stage: MigrationStage,
+    now_ms: u64,
+) -> (u64, Changes) {
+    debug_assert!(!st.is_held(node), "node {node} is already held by a migration");
+    let mut out = Changes::default();
+    let (id, write) = st.alloc_id();
+    out.writes.push(write);
+    let risk = st.risk(node);
+    let mut m = Migration {
+        id,
+        node,
+        group,
+        target: None,
+        cause,
+        stage,
+        risk_at_start: risk,
+        started_ms: now_ms,
+        stage_since_ms: now_ms,
+        below_clear_since_ms: None,
+        finished_ms: None,
+        bytes_copied: 0,
+        shards_copied: 0,
+        note: String::new(),
+    };
+    m.target = st.choose_target(node, group);
+    out.events.push(m.clone());
+    out.writes.push(st.put_migration(m));
+    (id, out)
+}
+
+/// Moves migration `id` on (module docs) into `out`.
+fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
+    let th = st.cfg().thresholds();
+    let Some(m) = st.migration(id).cloned() else { return };
+    let mut next = m.clone();
+    let state = st.node(m.node).map(|n| n.state);
+    let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
+    let risk = st.risk(m.node);
+    // The stand-down / release timer: risk below clear, continuously. An unknown risk
+    // (no model) counts as clear only for a node that failed and came back: a warning
+    // needs a known risk to end.
+    let clear = match risk {
+        Some(r) => r < th.clear,
+        None => m.cause == MigrationCause::Failed && state == Some(NodeState::Up),
+    };
+    next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
+    let cleared =
+        next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= st.cfg().migration_clear_after_ms);
+    // A target that fell ill, died or was taken into a group is given up while it
+    // holds nothing of the group (cutting over, it is a group member and stays).
+    if next.stage == MigrationStage::Preparing {
+        if let Some(t) = next.target {
+            let ok = st.node(t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
+                && st.risk(t).is_none_or(|r| r < th.warn);
+            if !ok {
+                next.target = None;
             }
         }
-        if next.target.is_none() && matches!(next.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
-            // Not counting this migration's own (lost) target as taken.
-            self.st.migrations.insert(id, next.clone());
-            next.target = self.st.choose_target(m.node, m.group);
-        }
-        match next.stage {
-            MigrationStage::Preparing => {
-                if down || risk.is_some_and(|r| r >= th.act) {
-                    if next.target.is_some() || down {
-                        next.stage = MigrationStage::CuttingOver;
-                    }
-                } else if cleared {
-                    next.stage = MigrationStage::StoodDown;
+    }
+    if next.target.is_none() && matches!(next.stage, MigrationStage::Preparing | MigrationStage::CuttingOver) {
+        // Not counting this migration's own (lost) target as taken. Written (or not)
+        // below with the rest of the change.
+        let _persisted_below = st.put_migration(next.clone());
+        next.target = st.choose_target(m.node, m.group);
+    }
+    match next.stage {
+        MigrationStage::Preparing => {
+            if down || risk.is_some_and(|r| r >= th.act) {
+                if next.target.is_some() || down {
+                    next.stage = MigrationStage::CuttingOver;
                 }
-            }
-            MigrationStage::CuttingOver => {}
-            MigrationStage::Evacuated => {
-                if cleared && next.cause != MigrationCause::Manual {
-                    next.stage = MigrationStage::Released;
-                }
-            }
-            MigrationStage::StoodDown | MigrationStage::Released => {}
-        }
-        let in_group = self.st.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
-        if next.stage == MigrationStage::CuttingOver && in_group && next.target.is_none() {
-            // Nothing moved yet (no target was ever found): a failed node that came back, or
-            // a risk that cleared, ends the migration.
-            if m.cause == MigrationCause::Failed && state == Some(NodeState::Up) {
-                next.stage = MigrationStage::Released;
-            } else if m.cause == MigrationCause::Risk && cleared {
+            } else if cleared {
                 next.stage = MigrationStage::StoodDown;
             }
         }
-        if next.stage == MigrationStage::CuttingOver {
-            if let Some(t) = next.target {
-                self.replace_member(m.group, m.node, t);
-            }
-            let left = self.st.directory.iter().any(|s| s.replica(m.node).is_some());
-            let in_group = self.st.groups.get(&m.group).is_some_and(|g| g.nodes.contains(&m.node));
-            if !left && !in_group {
-                next.stage = MigrationStage::Evacuated;
+        MigrationStage::CuttingOver => {}
+        MigrationStage::Evacuated => {
+            if cleared && next.cause != MigrationCause::Manual {
+                next.stage = MigrationStage::Released;
             }
         }
-        next.note = match (next.stage, next.target) {
-            (MigrationStage::Preparing | MigrationStage::CuttingOver, None) => {
-                "no eligible target: an Up node in no group, at low risk, in a region the group lacks".into()
-            }
-            _ => String::new(),
-        };
-        if next.stage != m.stage {
-            next.stage_since_ms = now_ms;
-            if next.stage.is_finished() {
-                next.finished_ms = Some(now_ms);
-            }
-            self.migration_events.push(next.clone());
-        }
-        let changed = next != m;
-        self.st.migrations.insert(id, next);
-        // The timer alone is soft: persisting it every round would cost a meta write per
-        // round; a new manager restarts it (it only delays a stand-down).
-        if changed && !only_timer_changed(&m, &self.st.migrations[&id]) {
-            self.persist_migration(id);
+        MigrationStage::StoodDown | MigrationStage::Released => {}
+    }
+    let in_group = st.group(m.group).is_some_and(|g| g.nodes.contains(&m.node));
+    if next.stage == MigrationStage::CuttingOver && in_group && next.target.is_none() {
+        // Nothing moved yet (no target was ever found): a failed node that came back, or
+        // a risk that cleared, ends the migration.
+        if m.cause == MigrationCause::Failed && state == Some(NodeState::Up) {
+            next.stage = MigrationStage::Released;
+        } else if m.cause == MigrationCause::Risk && cleared {
+            next.stage = MigrationStage::StoodDown;
         }
     }
-
-    /// Puts `target` in `node`'s place in `group` (persisted); the repair policy then moves
-    /// every shard of the group.
-    fn replace_member(&mut self, group: GroupId, node: NodeId, target: NodeId) {
-        let Some(g) = self.st.groups.get_mut(&group) else { return };
-        let Some(pos) = g.nodes.iter().position(|n| *n == node) else { return };
-        if g.nodes.contains(&target) {
-            return;
+    if next.stage == MigrationStage::CuttingOver {
+        if let Some(t) = next.target {
+            out.writes.extend(replace_member(st, m.group, m.node, t));
         }
-        g.nodes[pos] = target;
-        let rec = g.clone();
-        self.pending.push(crate::meta::put(crate::meta::group_key(group), &rec));
-        for (id, grp) in [(node, None), (target, Some(group))] {
-            if let Some(n) = self.st.nodes.get_mut(&id) {
-                n.group = grp;
-                let rec = n.clone();
-                self.pending.push(crate::meta::put(crate::meta::node_key(id), &rec));
-            }
+        let left = st.directory().iter().any(|s| s.replica(m.node).is_some());
+        let in_group = st.group(m.group).is_some_and(|g| g.nodes.contains(&m.node));
+        if !left && !in_group {
+            next.stage = MigrationStage::Evacuated;
         }
     }
-
-    /// Ends migration `id` at `stage` (a finished one) now: recorded, persisted, reported.
-    pub(crate) fn finish_migration(&mut self, id: u64, stage: MigrationStage, now_ms: u64) {
-        debug_assert!(stage.is_finished());
-        let Some(m) = self.st.migrations.get_mut(&id) else { return };
-        m.stage = stage;
-        m.stage_since_ms = now_ms;
-        m.finished_ms = Some(now_ms);
-        m.note = String::new();
-        let rec = m.clone();
-        self.migration_events.push(rec);
-        self.persist_migration(id);
-    }
-
-    pub(crate) fn persist_migration(&mut self, id: u64) {
-        if let Some(m) = self.st.migrations.get(&id) {
-            self.pending.push(crate::meta::put(crate::meta::migration_key(id), m));
+    next.note = match (next.stage, next.target) {
+        (MigrationStage::Preparing | MigrationStage::CuttingOver, None) => {
+            "no eligible target: an Up node in no group, at low risk, in a region the group lacks".into()
         }
-    }
-
-    fn prune_finished_migrations(&mut self) {
-        let finished: Vec<u64> = self.st.migrations.values().filter(|m| !m.holds_node()).map(|m| m.id).collect();
-        let excess = finished.len().saturating_sub(self.st.cfg.max_finished_migrations);
-        for id in finished.into_iter().take(excess) {
-            self.st.migrations.remove(&id);
-            self.pending.push(crate::meta::MetaWrite { key: crate::meta::migration_key(id), value: None });
+        _ => String::new(),
+    };
+    if next.stage != m.stage {
+        next.stage_since_ms = now_ms;
+        if next.stage.is_finished() {
+            next.finished_ms = Some(now_ms);
         }
+        out.events.push(next.clone());
     }
-
-    /// Counts a copy made and verified (once per operator) toward the migration whose
-    /// target received it.
-    pub(crate) fn note_copy_verified(&mut self, shard: ShardId, node: NodeId) {
-        let Some(group) = self.st.placement.get(&shard).map(|p| p.group) else { return };
-        let size = self.st.soft.get(&shard).map_or(0, |s| s.size_bytes);
-        let Some(id) = self
-            .st
-            .migrations
-            .values()
-            .find(|m| m.holds_node() && m.group == group && m.target == Some(node))
-            .map(|m| m.id)
-        else {
-            return;
-        };
-        if let Some(m) = self.st.migrations.get_mut(&id) {
-            m.bytes_copied += size;
-            m.shards_copied += 1;
-        }
-        self.persist_migration(id);
+    // The timer alone is soft: persisting it every round would cost a meta write per
+    // round; a new manager restarts it (it only delays a stand-down).
+    let durable = next != m && !only_timer_changed(&m, &next);
+    let write = st.put_migration(next);
+    if durable {
+        out.writes.push(write);
     }
+}
 
+/// Puts `target` in `node`'s place in `group`; the repair policy then moves every shard of
+/// the group. Returns the records to persist.
+fn replace_member(st: &mut ClusterState, group: GroupId, node: NodeId, target: NodeId) -> Vec<MetaWrite> {
+    let Some(mut g) = st.group(group).cloned() else { return Vec::new() };
+    let Some(pos) = g.nodes.iter().position(|n| *n == node) else { return Vec::new() };
+    if g.nodes.contains(&target) {
+        return Vec::new();
+    }
+    g.nodes[pos] = target;
+    let mut writes = vec![st.put_group(g)];
+    writes.extend(st.assign_node(node, None));
+    writes.extend(st.assign_node(target, Some(group)));
+    writes
+}
+
+/// Ends migration `id` at `stage` (a finished one) now.
+pub(crate) fn finish(st: &mut ClusterState, id: u64, stage: MigrationStage, now_ms: u64) -> Changes {
+    debug_assert!(stage.is_finished());
+    let mut out = Changes::default();
+    let Some(m) = st.migration(id) else { return out };
+    let m = Migration { stage, stage_since_ms: now_ms, finished_ms: Some(now_ms), note: String::new(), ..m.clone() };
+    out.events.push(m.clone());
+    out.writes.push(st.put_migration(m));
+    out
+}
+
+/// Deletes the oldest finished migrations beyond `max-finished-migrations`.
+fn prune_finished(st: &mut ClusterState, out: &mut Changes) {
+    let finished: Vec<u64> = st.migrations().filter(|m| !m.holds_node()).map(|m| m.id).collect();
+    let excess = finished.len().saturating_sub(st.cfg().max_finished_migrations);
+    for id in finished.into_iter().take(excess) {
+        out.writes.push(st.remove_migration(id));
+    }
+}
+
+/// Counts a copy made and verified (once per operator) toward the migration whose target
+/// received it; returns its record to persist.
+pub(crate) fn note_copy_verified(st: &mut ClusterState, shard: ShardId, node: NodeId) -> Option<MetaWrite> {
+    let group = st.group_of(shard)?;
+    let size = st.soft(shard).map_or(0, |s| s.size_bytes);
+    let m = st.migrations().find(|m| m.holds_node() && m.group == group && m.target == Some(node))?;
+    let m = Migration { bytes_copied: m.bytes_copied + size, shards_copied: m.shards_copied + 1, ..m.clone() };
+    Some(st.put_migration(m))
+}
+
+impl Manager {
     /// Every migration with its progress, newest first.
     pub fn migrations(&self, now_ms: u64) -> Vec<MigrationView> {
-        let mut out: Vec<MigrationView> = self.st.migrations.values().map(|m| self.view(m, now_ms)).collect();
+        let mut out: Vec<MigrationView> = self.st.migrations().map(|m| self.view(m, now_ms)).collect();
         out.sort_by_key(|v| (v.migration.stage.is_finished(), std::cmp::Reverse(v.migration.id)));
         out
     }
@@ -274,16 +277,16 @@ impl Manager {
         let mut shards_left = 0;
         let mut bytes_left = 0;
         if m.holds_node() {
-            for s in self.st.directory.iter() {
+            for s in self.st.directory().iter() {
                 if s.replica(m.node).is_none() {
                     continue;
                 }
                 let copied = m.target.is_some_and(|t| {
-                    m.stage == MigrationStage::Preparing && s.replica(t).is_some() && !self.st.busy.contains_key(&s.id)
+                    m.stage == MigrationStage::Preparing && s.replica(t).is_some() && !self.st.is_busy(s.id)
                 });
                 if !copied {
                     shards_left += 1;
-                    bytes_left += self.st.soft.get(&s.id).map_or(0, |x| x.size_bytes);
+                    bytes_left += self.st.soft(s.id).map_or(0, |x| x.size_bytes);
                 }
             }
         }
@@ -292,8 +295,7 @@ impl Manager {
         let eta_secs = (rate > 0.0 && bytes_left > 0).then(|| bytes_left as f64 / rate);
         let running = self
             .st
-            .operators
-            .values()
+            .operators()
             .filter(|op| !op.status.is_finished())
             .filter(|op| match &op.kind {
                 OperatorKind::ShiftLeader { from } => *from == m.node,
@@ -307,7 +309,7 @@ impl Manager {
             .collect();
         MigrationView {
             migration: m.clone(),
-            risk: self.st.risks.get(&m.node).copied(),
+            risk: self.st.risk(m.node),
             shards_left,
             bytes_left,
             rate_bytes_per_sec: rate,
@@ -321,4 +323,70 @@ fn only_timer_changed(a: &Migration, b: &Migration) -> bool {
     let mut a = a.clone();
     a.below_clear_since_ms = b.below_clear_since_ms;
     a == *b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ManagerConfig;
+    use crate::meta;
+    use crate::model::{ClusterMeta, GroupMeta, NodeMeta};
+    use crate::state::RiskInputs;
+
+    fn node(id: NodeId, region: &str, group: Option<GroupId>) -> NodeMeta {
+        NodeMeta {
+            id,
+            raft_addr: String::new(),
+            client_addr: String::new(),
+            resp_addr: String::new(),
+            admin_addr: String::new(),
+            region: region.into(),
+            capacity_bytes: 1 << 30,
+            state: NodeState::Up,
+            group,
+            insecure: false,
+        }
+    }
+
+    /// Group 1 on nodes 1-3 (regions a-c), node 4 spare in region a, node 1 at `risk`.
+    fn cluster(risk: f64) -> ClusterState {
+        let cluster = ClusterMeta { cluster_id: 7, replication_factor: 3, next_id: 10 };
+        let mut st = ClusterState::new(ManagerConfig::default(), cluster, 0);
+        for (id, region, group) in [(1, "a", Some(1)), (2, "b", Some(1)), (3, "c", Some(1)), (4, "a", None)] {
+            let _ = st.put_node(node(id, region, group));
+        }
+        let _ = st.put_group(GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() });
+        st.set_risks(RiskInputs { nodes: [(1, risk)].into(), ..RiskInputs::default() });
+        st
+    }
+
+    #[test]
+    fn a_risk_at_warn_starts_a_preparing_migration_and_returns_its_records() {
+        let mut st = cluster(0.6);
+        let out = update(&mut st, 1_000);
+        let m = st.migration_of(1).expect("node 1 is held").clone();
+        assert_eq!((m.stage, m.target, m.id), (MigrationStage::Preparing, Some(4), 10));
+        assert_eq!(out.events, vec![m.clone()]);
+        let keys: Vec<Vec<u8>> = out.writes.iter().map(|w| w.key.clone()).collect();
+        assert_eq!(keys, vec![meta::cluster_key(), meta::migration_key(10)], "the id and the record, in order");
+        // Nothing changed since: the next round persists nothing and reports nothing.
+        let again = update(&mut st, 2_000);
+        assert!(again.writes.is_empty() && again.events.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn the_clear_timer_alone_is_not_persisted_but_the_stand_down_is() {
+        let mut st = cluster(0.6);
+        let _ = update(&mut st, 0);
+        st.set_risks(RiskInputs { nodes: [(1, 0.1)].into(), ..RiskInputs::default() });
+        let timer = update(&mut st, 1_000);
+        assert!(timer.writes.is_empty(), "the timer is soft: {timer:?}");
+        assert_eq!(st.migration_of(1).and_then(|m| m.below_clear_since_ms), Some(1_000));
+        let clear_after_ms = st.cfg().migration_clear_after_ms;
+        let stood_down = update(&mut st, 1_000 + clear_after_ms);
+        assert_eq!(stood_down.events.len(), 1);
+        assert_eq!(stood_down.events[0].stage, MigrationStage::StoodDown);
+        assert_eq!(stood_down.writes.len(), 1, "{stood_down:?}");
+        assert!(st.migration_of(1).is_none(), "a stood-down migration holds no node");
+    }
 }

@@ -22,13 +22,13 @@
 //! (fill groups to the replication factor, one node per region, never with a held node or a
 //! migration's target).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::config::ManagerConfig;
 use crate::directory::{Directory, Update};
 use crate::error::{Error, Result};
 use crate::load::ShardLoad;
-use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
+use crate::meta::{self, MetaWrite, PersistedState};
 use crate::model::Migration;
 use crate::model::{
     ClusterMeta, Epoch, FailureRecord, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, ShardId,
@@ -36,9 +36,10 @@ use crate::model::{
 };
 use crate::operator::{Operator, OperatorKind, Step, Verification};
 use crate::policy::{self, Plan};
+pub use crate::state::RiskInputs;
 use crate::state::{ClusterState, Placement};
 
-mod migrate;
+pub(crate) mod migrate;
 
 /// Group failures kept per group.
 const MAX_FAILURES_PER_GROUP: usize = 64;
@@ -117,24 +118,6 @@ pub struct Manager {
     pub(crate) migration_events: Vec<Migration>,
 }
 
-/// What the failure analysis tells the manager each round ([`Manager::set_risks`]).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RiskInputs {
-    /// Each node's probability of failing within the model's horizon; nodes missing have
-    /// no estimate (no model, or no telemetry yet).
-    pub nodes: BTreeMap<NodeId, f64>,
-    /// Each region's probability that a node of it fails within the horizon.
-    pub regions: BTreeMap<String, f64>,
-    /// Each node's latest round trip to its fastest peer, ms (ranks migration targets).
-    pub rtt_ms: BTreeMap<NodeId, f64>,
-    /// Nodes with an active early warning that slows every request they serve (a degrading
-    /// or failing disk). A leader's disk is on every write's and read's path while a
-    /// follower's is not (the other voters make the quorum), so with proactive migration on
-    /// the manager moves their leaderships away at once - long before the risk reaches
-    /// `warn` - and gives them none until the warning clears. Their replicas stay.
-    pub degraded: BTreeSet<NodeId>,
-}
-
 impl Manager {
     /// The manager of a brand-new cluster whose first node is `first` (it becomes group 1,
     /// hosting the meta shard and shard 1); the initial records are in the first
@@ -145,44 +128,33 @@ impl Manager {
         let mut m = Manager::empty(cfg, cluster, now_ms);
         first.group = Some(1);
         first.state = NodeState::Up;
-        m.st.groups.insert(1, GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new() });
-        m.st.nodes.insert(first.id, first.clone());
-        m.pending.push(meta::put(meta::cluster_key(), &m.st.cluster));
-        m.pending.push(meta::put(meta::node_key(first.id), &first));
-        m.pending.push(meta::put(meta::group_key(1), &m.st.groups[&1]));
+        let cluster = m.st.cluster_record();
+        m.pending.push(cluster);
+        let node = m.st.put_node(first.clone());
+        m.pending.push(node);
+        let group = m.st.put_group(GroupMeta { id: 1, nodes: vec![first.id], failures: Vec::new() });
+        m.pending.push(group);
         Ok(m)
     }
 
     /// The manager over what a previous one persisted (after a fail-over). Fails if the
     /// cluster was never initialised.
-    pub fn recover(cfg: ManagerConfig, state: PersistedState, now_ms: u64) -> Result<Self> {
+    pub fn recover(cfg: ManagerConfig, mut state: PersistedState, now_ms: u64) -> Result<Self> {
         cfg.validate()?;
-        let cluster = state.cluster.ok_or_else(|| Error::Corrupt {
+        let cluster = state.cluster.take().ok_or_else(|| Error::Corrupt {
             key: String::from_utf8_lossy(&meta::cluster_key()).into_owned(),
             reason: "the meta shard holds no cluster record".into(),
         })?;
-        let mut m = Manager::empty(cfg, cluster, now_ms);
-        m.st.nodes = state.nodes.into_iter().map(|n| (n.id, n)).collect();
-        m.st.groups = state.groups.into_iter().map(|g| (g.id, g)).collect();
-        for rec in state.shards {
-            m.st.placement.insert(rec.shard.id, Placement { group: rec.group, split_at_ms: rec.split_at_ms });
-            m.st.directory.update(rec.shard);
-        }
-        for op in state.operators {
-            if !op.status.is_finished() {
-                for shard in op.shards() {
-                    m.st.busy.insert(shard, op.id);
-                }
-            }
-            m.st.operators.insert(op.id, op);
-        }
-        m.st.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
-        Ok(m)
+        Ok(Manager::over(ClusterState::recover(cfg, cluster, state, now_ms)))
     }
 
     fn empty(cfg: ManagerConfig, cluster: ClusterMeta, now_ms: u64) -> Self {
+        Manager::over(ClusterState::new(cfg, cluster, now_ms))
+    }
+
+    fn over(st: ClusterState) -> Self {
         Manager {
-            st: ClusterState::new(cfg, cluster, now_ms),
+            st,
             last_heartbeat_ms: BTreeMap::new(),
             last_sent_ms: HashMap::new(),
             balance_starts_ms: VecDeque::new(),
@@ -206,87 +178,79 @@ impl Manager {
 
     /// The cluster record.
     pub fn cluster(&self) -> &ClusterMeta {
-        &self.st.cluster
+        self.st.cluster()
     }
 
     /// The directory.
     pub fn directory(&self) -> &Directory {
-        &self.st.directory
+        self.st.directory()
     }
 
     /// Known nodes.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeMeta> + '_ {
-        self.st.nodes.values()
+        self.st.nodes()
     }
 
     /// Replication groups.
     pub fn groups(&self) -> impl Iterator<Item = &GroupMeta> + '_ {
-        self.st.groups.values()
+        self.st.groups()
     }
 
     /// Operators, running and finished, by id.
     pub fn operators(&self) -> impl Iterator<Item = &Operator> + '_ {
-        self.st.operators.values()
+        self.st.operators()
     }
 
     /// A shard's soft state (load, size, timers), if it reported.
     pub fn shard_soft(&self, id: ShardId) -> Option<&ShardSoft> {
-        self.st.soft.get(&id)
+        self.st.soft(id)
     }
 
     /// Counts.
     pub fn stats(&self) -> ManagerStats {
-        let running = self.st.operators.values().filter(|op| !op.status.is_finished()).count();
+        let running = self.st.operators().filter(|op| !op.status.is_finished()).count();
         ManagerStats {
-            nodes: self.st.nodes.len(),
-            nodes_up: self.st.nodes.values().filter(|n| n.state == NodeState::Up).count(),
-            groups: self.st.groups.len(),
-            shards: self.st.directory.len(),
+            nodes: self.st.nodes().count(),
+            nodes_up: self.st.nodes().filter(|n| n.state == NodeState::Up).count(),
+            groups: self.st.groups().count(),
+            shards: self.st.directory().len(),
             running_operators: running,
-            finished_operators: self.st.operators.len() - running,
+            finished_operators: self.st.operators().count() - running,
         }
     }
 
     pub(crate) fn alloc_id(&mut self) -> u64 {
-        let id = self.st.cluster.next_id;
-        self.st.cluster.next_id += 1;
-        self.pending.push(meta::put(meta::cluster_key(), &self.st.cluster));
+        let (id, write) = self.st.alloc_id();
+        self.pending.push(write);
         id
     }
 
     /// Feeds the failure analysis's latest view ([`RiskInputs`]). It drives proactive
     /// migration and leader shedding at the next [`Manager::tick`].
     pub fn set_risks(&mut self, inputs: RiskInputs) {
-        debug_assert!(inputs.nodes.values().chain(inputs.regions.values()).all(|r| (0.0..=1.0).contains(r)));
-        self.st.risks = inputs.nodes;
-        self.st.region_risks = inputs.regions;
-        self.st.rtt_ms = inputs.rtt_ms;
-        self.st.degraded = inputs.degraded;
+        self.st.set_risks(inputs);
     }
 
     /// Notes the outcome of a [`Step::VerifyReplica`] the runtime sent for `operator`
     /// (persisted with the operator; the next round moves it on or rolls it back).
     pub fn record_verification(&mut self, operator: u64, v: Verification) {
-        let Some(op) = self.st.operators.get_mut(&operator) else { return };
+        let Some(op) = self.st.operator(operator) else { return };
         let (shard, node, ok) = (op.shard, v.node, v.matches());
         // A copy counts once: the operator made it (it added the learner) and this is its
         // first matching verification.
         let copied = op.steps.contains(&Step::AddLearner { node })
             && !op.verifications.iter().any(|x| x.node == node && x.matches());
-        if !op.record_verification(v) {
-            return;
-        }
-        let rec = op.clone();
-        self.pending.push(meta::put(meta::operator_key(operator), &rec));
+        let Some(write) = self.st.update_operator(operator, |op| op.record_verification(v)) else { return };
+        self.pending.push(write);
         if ok && copied {
-            self.note_copy_verified(shard, node);
+            self.pending.extend(migrate::note_copy_verified(&mut self.st, shard, node));
         }
     }
 
     /// Notes a leader hint for `shard` (a node answered a step with `NotLeader`): commands
     /// go there until the next report.
     pub fn note_leader(&mut self, shard: ShardId, leader: NodeId) {
-        self.st.directory.set_leader(shard, Some(leader));
+        self.st.directory_mut().set_leader(shard, Some(leader));
     }
 
     /// Takes the records to persist now (a join must be durable before it is answered).
@@ -300,26 +264,26 @@ impl Manager {
         if node.id == 0 {
             return Err(JoinError::ZeroId);
         }
-        let rec = match self.st.nodes.get(&node.id) {
+        let rec = match self.st.node(node.id) {
             Some(cur) if cur.state == NodeState::Removed => return Err(JoinError::Removed(node.id)),
             Some(cur) => NodeMeta { state: cur.state, group: cur.group, ..node },
             None => NodeMeta { state: NodeState::Up, group: None, ..node },
         };
-        if self.st.nodes.get(&rec.id) != Some(&rec) {
-            self.pending.push(meta::put(meta::node_key(rec.id), &rec));
-            self.st.nodes.insert(rec.id, rec.clone());
+        let id = rec.id;
+        if self.st.node(id) != Some(&rec) {
+            let write = self.st.put_node(rec);
+            self.pending.push(write);
         }
-        self.last_heartbeat_ms.insert(rec.id, now_ms);
+        self.last_heartbeat_ms.insert(id, now_ms);
         Ok(())
     }
 
     /// Sets a node's state by hand (`presage-ctl node drain`, `remove`).
     pub fn set_node_state(&mut self, node: NodeId, state: NodeState) -> bool {
-        let Some(n) = self.st.nodes.get_mut(&node) else { return false };
+        let Some(n) = self.st.node(node) else { return false };
         if n.state != state {
-            n.state = state;
-            let rec = n.clone();
-            self.pending.push(meta::put(meta::node_key(node), &rec));
+            let write = self.st.put_node(NodeMeta { state, ..n.clone() });
+            self.pending.push(write);
         }
         true
     }
@@ -329,12 +293,12 @@ impl Manager {
     /// say while it was down), which the node then destroys. `None` if the node never joined
     /// (it must join first).
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<Vec<ShardMeta>> {
-        let node = self.st.nodes.get(&hb.node)?;
+        let node = self.st.node(hb.node)?;
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             self.set_node_state(hb.node, NodeState::Up);
         }
         self.last_heartbeat_ms.insert(hb.node, now_ms);
-        self.st.node_stats.insert(hb.node, hb.stats);
+        self.st.record_stats(hb.node, hb.stats);
         // A report counts only from the shard's leader speaking for itself: a voter of the
         // shard it describes, naming itself as the leader (a buggy or stale node cannot
         // make the directory forget real replicas). Older epochs are ignored by the
@@ -351,7 +315,10 @@ impl Manager {
             .replicas
             .iter()
             .filter_map(|(id, epoch)| {
-                self.st.directory.get(*id).filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
+                self.st
+                    .directory()
+                    .get(*id)
+                    .filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
             })
             .cloned()
             .collect();
@@ -360,45 +327,39 @@ impl Manager {
 
     fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {
         let shard = report.shard;
-        let old = self.st.directory.get(shard.id).cloned();
-        let update = self.st.directory.update(shard.clone());
+        let old = self.st.directory().get(shard.id).cloned();
+        let update = self.st.directory_mut().update(shard.clone());
         let removed = match &update {
             Update::Stale => return,
             Update::Same => Vec::new(),
             Update::Inserted { removed } | Update::Newer { removed } => removed.clone(),
         };
         if update != Update::Same {
-            let inherited = removed.iter().find_map(|id| self.st.placement.get(id).map(|p| p.group));
+            let inherited = removed.iter().find_map(|id| self.st.group_of(*id));
             for id in &removed {
-                self.st.placement.remove(id);
-                self.st.soft.remove(id);
-                self.pending.push(MetaWrite { key: meta::shard_key(*id), value: None });
+                let write = self.st.forget_shard(*id);
+                self.pending.push(write);
             }
             let split = match &old {
                 None => shard.epoch.version > 1,
                 Some(o) => shard.epoch.version > o.epoch.version && narrower(&shard, o),
             };
-            let group = self
-                .st
-                .placement
-                .get(&shard.id)
-                .map(|p| p.group)
-                .or(inherited)
-                .or_else(|| self.group_for(&shard))
-                .unwrap_or(1);
-            let p = self.st.placement.entry(shard.id).or_insert(Placement { group, split_at_ms: None });
+            let mut placement = self.st.placement(shard.id).unwrap_or_else(|| {
+                let group = inherited.or_else(|| self.group_for(&shard)).unwrap_or(1);
+                Placement { group, split_at_ms: None }
+            });
             if split {
-                p.split_at_ms = Some(now_ms);
+                placement.split_at_ms = Some(now_ms);
             }
-            let rec = ShardRecord { shard: shard.clone(), group: p.group, split_at_ms: p.split_at_ms };
-            self.pending.push(meta::put(meta::shard_key(shard.id), &rec));
+            // The directory holds the shard now (inserted or newer): the write is there.
+            self.pending.extend(self.st.place_shard(shard.id, placement));
             if old.is_some_and(|o| o.epoch.version != shard.epoch.version) {
                 // A new range: the old samples and timers describe another key range.
-                self.st.soft.remove(&shard.id);
+                self.st.reset_soft(shard.id);
             }
         }
-        let cfg = &self.st.cfg;
-        let soft = self.st.soft.entry(shard.id).or_default();
+        let cfg = self.st.cfg().clone();
+        let soft = self.st.soft_mut(shard.id);
         soft.load = ShardLoad::from_report(&report.load);
         soft.size_bytes = report.size_bytes;
         soft.keys = report.keys;
@@ -422,8 +383,7 @@ impl Manager {
     fn group_for(&self, shard: &ShardMeta) -> Option<GroupId> {
         let voters = shard.voters();
         self.st
-            .groups
-            .values()
+            .groups()
             .max_by_key(|g| (voters.iter().filter(|v| g.nodes.contains(v)).count(), std::cmp::Reverse(g.id)))
             .map(|g| g.id)
     }
@@ -432,20 +392,21 @@ impl Manager {
     /// progress, and new operators from the policies.
     pub fn tick(&mut self, now_ms: u64) -> Effects {
         self.update_node_states(now_ms);
-        self.update_migrations(now_ms);
+        let migrations = migrate::update(&mut self.st, now_ms);
+        self.absorb(migrations);
         self.update_groups();
         let mut commands = Vec::new();
         self.poll_operators(now_ms, &mut commands);
         self.prune_finished();
         self.balance_starts_ms.retain(|t| now_ms.saturating_sub(*t) < 60_000);
         let plans = policy::plan(&self.st, now_ms);
-        let mut running = self.st.operators.values().filter(|op| !op.status.is_finished()).count();
+        let mut running = self.st.operators().filter(|op| !op.status.is_finished()).count();
         for plan in plans {
-            if running >= self.st.cfg.max_running_operators {
+            if running >= self.st.cfg().max_running_operators {
                 break;
             }
             if plan.counts_as_balance {
-                if self.balance_starts_ms.len() >= self.st.cfg.max_balance_moves_per_minute {
+                if self.balance_starts_ms.len() >= self.st.cfg().max_balance_moves_per_minute {
                     continue;
                 }
                 self.balance_starts_ms.push_back(now_ms);
@@ -465,7 +426,7 @@ impl Manager {
     /// Starts `plan`; returns the new operator's id (`None`: the shard is busy, or the plan
     /// only re-placed it).
     fn start(&mut self, plan: Plan, now_ms: u64, commands: &mut Vec<Command>) -> Option<u64> {
-        if self.st.busy.contains_key(&plan.shard) {
+        if self.st.is_busy(plan.shard) {
             return None;
         }
         if let Some(group) = plan.new_group {
@@ -484,11 +445,8 @@ impl Manager {
             })
             .collect();
         let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
-        self.pending.push(meta::put(meta::operator_key(id), &op));
-        for shard in op.shards() {
-            self.st.busy.insert(shard, id);
-        }
-        self.st.operators.insert(id, op);
+        let write = self.st.start_operator(op);
+        self.pending.push(write);
         self.poll_one(id, now_ms, commands);
         Some(id)
     }
@@ -497,36 +455,28 @@ impl Manager {
         // Every unfinished operator, not just the one `busy` names per shard: after a
         // fail-over the meta shard may hold two for one shard (written by two managers in
         // turn); each must still finish.
-        let running: Vec<u64> =
-            self.st.operators.iter().filter(|(_, op)| !op.status.is_finished()).map(|(id, _)| *id).collect();
+        let running: Vec<u64> = self.st.operators().filter(|op| !op.status.is_finished()).map(|op| op.id).collect();
         for id in running {
             self.poll_one(id, now_ms, commands);
         }
-        self.st.busy.clear();
-        for op in self.st.operators.values().filter(|op| !op.status.is_finished()) {
-            for shard in op.shards() {
-                self.st.busy.insert(shard, op.id);
-            }
-        }
+        self.st.rebuild_busy();
     }
 
     fn poll_one(&mut self, id: u64, now_ms: u64, commands: &mut Vec<Command>) {
-        let Some(op) = self.st.operators.get_mut(&id) else { return };
-        let before = op.next_step;
-        let poll = op.poll(&self.st.directory, now_ms, self.st.cfg.operator_step_timeout_ms);
-        if poll.changed {
-            self.pending.push(meta::put(meta::operator_key(id), &*op));
-        }
+        let Some(before) = self.st.operator(id).map(|op| op.next_step) else { return };
+        let Some((poll, write)) = self.st.poll_operator(id, now_ms) else { return };
+        self.pending.extend(write);
+        let Some(op) = self.st.operator(id) else { return };
         if op.status.is_finished() {
             self.finished.push(op.clone());
-            self.st.busy.retain(|_, running| *running != id);
             self.last_sent_ms.remove(&id);
             return;
         }
         let Some(step) = poll.action else { return };
         let fresh_step = op.next_step != before || poll.changed;
-        let due = self.last_sent_ms.get(&id).is_none_or(|t| now_ms.saturating_sub(*t) >= self.st.cfg.operator_retry_ms);
-        let Some(shard) = self.st.directory.get(op.shard) else { return };
+        let retry_ms = self.st.cfg().operator_retry_ms;
+        let due = self.last_sent_ms.get(&id).is_none_or(|t| now_ms.saturating_sub(*t) >= retry_ms);
+        let Some(shard) = self.st.directory().get(op.shard) else { return };
         let Some(leader) = shard.leader else { return };
         if fresh_step || due {
             self.last_sent_ms.insert(id, now_ms);
@@ -535,27 +485,27 @@ impl Manager {
     }
 
     fn prune_finished(&mut self) {
-        let finished: Vec<u64> =
-            self.st.operators.iter().filter(|(_, op)| op.status.is_finished()).map(|(id, _)| *id).collect();
-        let excess = finished.len().saturating_sub(self.st.cfg.max_finished_operators);
+        let finished: Vec<u64> = self.st.operators().filter(|op| op.status.is_finished()).map(|op| op.id).collect();
+        let excess = finished.len().saturating_sub(self.st.cfg().max_finished_operators);
         for id in finished.into_iter().take(excess) {
-            self.st.operators.remove(&id);
-            self.pending.push(MetaWrite { key: meta::operator_key(id), value: None });
+            let write = self.st.remove_operator(id);
+            self.pending.push(write);
         }
     }
 
     fn update_node_states(&mut self, now_ms: u64) {
-        let ids: Vec<NodeId> = self.st.nodes.keys().copied().collect();
-        for id in ids {
-            let state = self.st.nodes[&id].state;
-            if !matches!(state, NodeState::Up | NodeState::Suspect) {
-                continue;
-            }
-            let heard = self.last_heartbeat_ms.get(&id).copied().unwrap_or(self.st.started_ms);
+        let live: Vec<(NodeId, NodeState)> = self
+            .st
+            .nodes()
+            .filter(|n| matches!(n.state, NodeState::Up | NodeState::Suspect))
+            .map(|n| (n.id, n.state))
+            .collect();
+        for (id, state) in live {
+            let heard = self.last_heartbeat_ms.get(&id).copied().unwrap_or(self.st.started_ms());
             let silent = now_ms.saturating_sub(heard);
-            let next = if silent > self.st.cfg.node_down_after_ms {
+            let next = if silent > self.st.cfg().node_down_after_ms {
                 NodeState::Down
-            } else if silent > self.st.cfg.node_suspect_after_ms {
+            } else if silent > self.st.cfg().node_suspect_after_ms {
                 NodeState::Suspect
             } else {
                 NodeState::Up
@@ -570,32 +520,36 @@ impl Manager {
     }
 
     fn record_failure(&mut self, node: NodeId, at_ms: u64, reason: String) {
-        let Some(g) = self.st.nodes.get(&node).and_then(|n| n.group) else { return };
-        let Some(group) = self.st.groups.get_mut(&g) else { return };
+        let Some(g) = self.st.node(node).and_then(|n| n.group) else { return };
+        let Some(mut group) = self.st.group(g).cloned() else { return };
         group.failures.push(FailureRecord { node, at_ms, reason });
         if group.failures.len() > MAX_FAILURES_PER_GROUP {
             group.failures.remove(0);
         }
-        let rec = group.clone();
-        self.pending.push(meta::put(meta::group_key(g), &rec));
+        let write = self.st.put_group(group);
+        self.pending.push(write);
     }
 
     /// Fills groups short of `replication_factor` members and forms new groups from
     /// ungrouped `Up` nodes, one node per region (fewer distinct regions only when the
     /// whole cluster has fewer than `replication_factor`).
     fn update_groups(&mut self) {
-        let rf = self.st.cluster.replication_factor;
+        let rf = self.st.cluster().replication_factor;
         let regions_total = {
             let mut r: Vec<&str> =
-                self.st.nodes.values().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
+                self.st.nodes().filter(|n| n.state != NodeState::Removed).map(|n| n.region.as_str()).collect();
             r.sort_unstable();
             r.dedup();
             r.len()
         };
-        let short: Vec<GroupId> = self.st.groups.values().filter(|g| g.nodes.len() < rf).map(|g| g.id).collect();
+        let short: Vec<GroupId> = self.st.groups().filter(|g| g.nodes.len() < rf).map(|g| g.id).collect();
         for gid in short {
-            while self.st.groups[&gid].nodes.len() < rf {
-                let Some(node) = self.pick_ungrouped(&self.st.groups[&gid].nodes, regions_total, rf) else { break };
+            loop {
+                let members = self.st.group(gid).map(|g| g.nodes.clone()).unwrap_or_default();
+                if members.len() >= rf {
+                    break;
+                }
+                let Some(node) = self.pick_ungrouped(&members, regions_total, rf) else { break };
                 self.add_to_group(gid, node);
             }
         }
@@ -611,9 +565,10 @@ impl Manager {
                 break; // wait for more nodes
             }
             let gid = self.alloc_id();
-            self.st.groups.insert(gid, GroupMeta { id: gid, nodes: Vec::new(), failures: Vec::new() });
+            let write = self.st.put_group(GroupMeta { id: gid, nodes: members.clone(), failures: Vec::new() });
+            self.pending.push(write);
             for n in members {
-                self.add_to_group(gid, n);
+                self.pending.extend(self.st.assign_node(n, Some(gid)));
             }
         }
     }
@@ -621,9 +576,8 @@ impl Manager {
     /// The lowest-id ungrouped `Up` node that may join a group of `members`: preferably in
     /// a region none of them is in.
     fn pick_ungrouped(&self, members: &[NodeId], regions_total: usize, rf: usize) -> Option<NodeId> {
-        let regions: Vec<&str> =
-            members.iter().filter_map(|m| self.st.nodes.get(m)).map(|n| n.region.as_str()).collect();
-        let free = self.st.nodes.values().filter(|n| {
+        let regions: Vec<&str> = members.iter().filter_map(|m| self.st.node(*m)).map(|n| n.region.as_str()).collect();
+        let free = self.st.nodes().filter(|n| {
             n.group.is_none()
                 && n.state == NodeState::Up
                 && !members.contains(&n.id)
@@ -643,31 +597,29 @@ impl Manager {
     }
 
     fn add_to_group(&mut self, gid: GroupId, node: NodeId) {
-        let Some(g) = self.st.groups.get_mut(&gid) else { return };
+        let Some(mut g) = self.st.group(gid).cloned() else { return };
         g.nodes.push(node);
-        let rec = g.clone();
-        self.pending.push(meta::put(meta::group_key(gid), &rec));
-        if let Some(n) = self.st.nodes.get_mut(&node) {
-            n.group = Some(gid);
-            let rec = n.clone();
-            self.pending.push(meta::put(meta::node_key(node), &rec));
-        }
+        let write = self.st.put_group(g);
+        self.pending.push(write);
+        self.pending.extend(self.st.assign_node(node, Some(gid)));
+    }
+
+    /// Takes a migration step's changes into this round's effects.
+    pub(crate) fn absorb(&mut self, changes: migrate::Changes) {
+        self.pending.extend(changes.writes);
+        self.migration_events.extend(changes.events);
     }
 
     /// Places `shard` in `group` (persisted); the repair policy then moves its replicas.
     pub(crate) fn replace_shard(&mut self, shard: ShardId, group: GroupId) {
-        if let Some(p) = self.st.placement.get_mut(&shard) {
-            p.group = group;
-            if let Some(meta) = self.st.directory.get(shard) {
-                let rec = ShardRecord { shard: meta.clone(), group, split_at_ms: p.split_at_ms };
-                self.pending.push(meta::put(meta::shard_key(shard), &rec));
-            }
+        if let Some(p) = self.st.placement(shard) {
+            self.pending.extend(self.st.place_shard(shard, Placement { group, ..p }));
         }
     }
 
     /// Submits an operator by hand (`presage-ctl`): refused while the shard has one running.
     pub fn submit(&mut self, shard: ShardId, steps: Vec<Step>, rollback: Vec<Step>, now_ms: u64) -> Option<u64> {
-        if steps.is_empty() || self.st.busy.contains_key(&shard) || self.st.directory.get(shard).is_none() {
+        if steps.is_empty() || self.st.is_busy(shard) || self.st.directory().get(shard).is_none() {
             return None;
         }
         let plan =
