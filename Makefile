@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/presage/target
 CARGO ?= ./scripts/cargo.sh
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup build test demo bench fmt lint doc fuzz
+.PHONY: setup build test demo bench bench-peers fmt lint doc fuzz
 
 setup:
 	@./scripts/setup.sh
@@ -36,6 +36,11 @@ bench: setup
 	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
 	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000000 --duration 30 \
 		--threads 8 --target raw-engine --target playground --json target-bench-ycsb-$$w.json --plot target-bench-ycsb-$$w.svg; done
+
+# Presage beside a 3-member etcd, redis-server (appendfsync always) and the three-engines bound,
+# in one table (scripts/bench-peers.sh; installs etcd-server and redis-server when missing).
+bench-peers: setup
+	./scripts/bench-peers.sh
 
 # Fuzz the Raft frame decoder, the RESP parser, the config loader, the native frame decoder and the
 # peer handshake for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its

@@ -4,12 +4,14 @@
 #   protobuf-compiler     (protoc, used by raft-rs's prost codec)
 #   make, g++, pkg-config (the C++ build of RocksDB)
 #   redis-tools           (redis-cli, which the tests use against RESP over TLS)
-# Nothing is installed when everything is present. Safe to run repeatedly.
+# Packages named as arguments are installed too, when missing (`make bench-peers` adds
+# etcd-server and redis-server). Nothing is installed when everything is present. Safe to run
+# repeatedly.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang libclang-dev protobuf-compiler make g++ pkg-config redis-tools; do
+for pkg in clang libclang-dev protobuf-compiler make g++ pkg-config redis-tools "$@"; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is not on PATH; install a Rust toolchain (rustup) first" >&2; exit 1; }

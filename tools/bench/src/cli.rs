@@ -61,55 +61,15 @@ enum Command {
         /// latest, 5% insert), e (short scans, 5% insert), f (read-modify-write).
         #[arg(long, value_enum)]
         workload: Workload,
-        /// Records written by the load phase.
-        #[arg(long, default_value_t = RunOptions::default().records)]
-        records: u64,
-        /// Operations in the run phase.
-        #[arg(long, default_value_t = RunOptions::default().ops)]
-        ops: u64,
-        /// Bytes per value.
-        #[arg(long, default_value_t = RunOptions::default().value_bytes)]
-        value_bytes: usize,
-        /// Request distribution (default: the workload's own, zipfian or latest for d).
-        #[arg(long, value_enum)]
-        distribution: Option<KeyDistribution>,
-        /// Client threads, one operation in flight each.
-        #[arg(long, default_value_t = RunOptions::default().threads)]
-        threads: usize,
-        /// raw-engine (RocksDB in this process), playground (a secure 3-node cluster started
-        /// for the run), playground-insecure (the same without TLS and logins), or
-        /// HOST:PORT[,HOST:PORT...] (a running cluster's native addresses; PRESAGE_CA_CERT,
-        /// PRESAGE_USER and PRESAGE_PASSWORD reach a secure one). Repeat to measure several
-        /// targets side by side.
-        #[arg(long, required = true)]
-        target: Vec<TargetSpec>,
-        /// End the run phase after this many seconds even if --ops are not done.
-        #[arg(long)]
-        duration: Option<u64>,
-        /// RNG seed.
-        #[arg(long, default_value_t = RunOptions::default().seed)]
-        seed: u64,
-        /// Prefix of the record keys (an existing cluster's keys under it are overwritten).
-        #[arg(long, default_value_t = RunOptions::default().key_prefix)]
-        key_prefix: String,
-        /// A phase stops when no operation succeeded for this many seconds.
-        #[arg(long, default_value_t = RunOptions::default().max_failing_secs)]
-        max_failing_secs: u64,
-        /// A cluster request gives up after this many milliseconds.
-        #[arg(long, default_value_t = RunOptions::default().request_timeout_ms)]
-        request_timeout_ms: u64,
-        /// The `presage` binary a playground runs (default: the one beside this program).
-        #[arg(long)]
-        presage_bin: Option<PathBuf>,
-        /// Folder for the temporary databases and playgrounds (default: the system's).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Also draw throughput and p99 over time to this SVG file.
-        #[arg(long)]
-        plot: Option<PathBuf>,
+        #[command(flatten)]
+        args: YcsbArgs,
+    },
+    /// Presage beside its peers in one table: each `--target` loaded (puts), then YCSB C (gets)
+    /// and YCSB A on the same records; throughput, p50 and p99, each over the first target's.
+    /// `make bench-peers` runs it against a 3-member etcd and a redis-server it starts.
+    Peers {
+        #[command(flatten)]
+        args: YcsbArgs,
     },
     /// Storage-engine throughput: point writes (sync off/on), point reads, export/import MB/s
     /// and compression ratio, each next to its baseline.
@@ -179,6 +139,106 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// What a YCSB measurement takes (`run` and `peers`).
+#[derive(clap::Args)]
+struct YcsbArgs {
+    /// Records written by the load phase.
+    #[arg(long, default_value_t = RunOptions::default().records)]
+    records: u64,
+    /// Operations in the run phase.
+    #[arg(long, default_value_t = RunOptions::default().ops)]
+    ops: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = RunOptions::default().value_bytes)]
+    value_bytes: usize,
+    /// Request distribution (default: the workload's own, zipfian or latest for d).
+    #[arg(long, value_enum)]
+    distribution: Option<KeyDistribution>,
+    /// Client threads, one operation in flight each.
+    #[arg(long, default_value_t = RunOptions::default().threads)]
+    threads: usize,
+    /// raw-engine (RocksDB in this process); three-engines (three of them doing each
+    /// synced write at once: a 3-replica cluster's bound on one machine); playground (a
+    /// secure 3-node cluster started for the run); playground-insecure (the same without
+    /// TLS and logins); HOST:PORT[,HOST:PORT...] (a running cluster's native addresses;
+    /// PRESAGE_CA_CERT, PRESAGE_USER and PRESAGE_PASSWORD reach a secure one);
+    /// resp:HOST:PORT[,...] (any RESP server, e.g. redis-server); resp:playground or
+    /// resp:playground-insecure (a playground through its RESP ports); etcd:HOST:PORT[,...]
+    /// (etcd's v3 API). Repeat to measure several targets side by side.
+    #[arg(long, required = true)]
+    target: Vec<TargetSpec>,
+    /// Connections a RESP or etcd target opens, shared by the threads in turn (default:
+    /// one per thread).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Open loop: the run phase issues this many operations per second in all, each
+    /// measured from its scheduled start (default: closed loop).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds at the start of the run phase that run but are not measured.
+    #[arg(long, default_value_t = RunOptions::default().warmup_secs)]
+    warmup: u64,
+    /// End the run phase after this many seconds (after --warmup) even if --ops are not
+    /// done.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// RNG seed.
+    #[arg(long, default_value_t = RunOptions::default().seed)]
+    seed: u64,
+    /// Prefix of the record keys (an existing cluster's keys under it are overwritten).
+    #[arg(long, default_value_t = RunOptions::default().key_prefix)]
+    key_prefix: String,
+    /// A phase stops when no operation succeeded for this many seconds.
+    #[arg(long, default_value_t = RunOptions::default().max_failing_secs)]
+    max_failing_secs: u64,
+    /// A cluster request gives up after this many milliseconds.
+    #[arg(long, default_value_t = RunOptions::default().request_timeout_ms)]
+    request_timeout_ms: u64,
+    /// The `presage` binary a playground runs (default: the one beside this program).
+    #[arg(long)]
+    presage_bin: Option<PathBuf>,
+    /// Folder for the temporary databases and playgrounds (default: the system's).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also draw throughput and p99 over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+impl YcsbArgs {
+    fn options(&self, workload: Workload) -> RunOptions {
+        RunOptions {
+            workload,
+            records: self.records,
+            ops: self.ops,
+            value_bytes: self.value_bytes,
+            distribution: self.distribution,
+            threads: self.threads,
+            duration_secs: self.duration,
+            seed: self.seed,
+            key_prefix: self.key_prefix.clone(),
+            max_failing_secs: self.max_failing_secs,
+            request_timeout_ms: self.request_timeout_ms,
+            connections: self.connections,
+            rate_ops_per_sec: self.rate,
+            warmup_secs: self.warmup,
+        }
+    }
+
+    fn environment(&self) -> Result<Environment> {
+        // Only a playground target runs the binary.
+        let presage_binary = if self.target.iter().any(TargetSpec::starts_playground) {
+            presage_binary(self.presage_bin.clone())?
+        } else {
+            self.presage_bin.clone().unwrap_or_default()
+        };
+        Ok(Environment { work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir), presage_binary })
+    }
 }
 
 /// Which modes a scenario runs.
@@ -273,45 +333,10 @@ fn write_json<T: serde::Serialize>(path: Option<PathBuf>, report: &T) -> Result<
 /// Runs `presage-bench` with the process's arguments.
 pub fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run {
-            workload,
-            records,
-            ops,
-            value_bytes,
-            distribution,
-            threads,
-            target,
-            duration,
-            seed,
-            key_prefix,
-            max_failing_secs,
-            request_timeout_ms,
-            presage_bin,
-            work_dir,
-            json,
-            plot,
-        } => {
-            let opts = RunOptions {
-                workload,
-                records,
-                ops,
-                value_bytes,
-                distribution,
-                threads,
-                duration_secs: duration,
-                seed,
-                key_prefix,
-                max_failing_secs,
-                request_timeout_ms,
-            };
-            // Only a playground target runs the binary.
-            let presage_binary =
-                if target.contains(&TargetSpec::Playground) || target.contains(&TargetSpec::PlaygroundInsecure) {
-                    presage_binary(presage_bin)?
-                } else {
-                    presage_bin.unwrap_or_default()
-                };
-            let env = Environment { work_dir: work_dir.unwrap_or_else(std::env::temp_dir), presage_binary };
+        Command::Run { workload, args } => {
+            let opts = args.options(workload);
+            let env = args.environment()?;
+            let (target, json, plot) = (args.target, args.json, args.plot);
             let report = crate::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
             print!("{}", crate::ycsb::run::render(&report));
             write_json(json, &report)?;
@@ -320,6 +345,20 @@ pub fn main() -> Result<()> {
             }
             if let Some(t) = report.targets.iter().find(|t| t.error.is_some()) {
                 anyhow::bail!("target {} was unusable: {}", t.target, t.error.as_deref().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Peers { args } => {
+            let opts = args.options(Workload::A);
+            let env = args.environment()?;
+            let report = crate::peers::run(&opts, &args.target, &env, &Bar(Default::default()))?;
+            print!("{}", crate::peers::render(&report));
+            write_json(args.json, &report)?;
+            if let Some(plot) = args.plot {
+                crate::peers::draw(&report, &plot)?;
+            }
+            if let Some(r) = report.rows.iter().find(|r| r.error.is_some()) {
+                anyhow::bail!("target {} was unusable: {}", r.target, r.error.as_deref().unwrap_or_default());
             }
             Ok(())
         }

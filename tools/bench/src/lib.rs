@@ -4,6 +4,8 @@
 //! - [`cli`]: the `presage-bench` program.
 //! - [`ycsb`]: `presage-bench run`, the YCSB core workloads against the raw engine, a
 //!   playground or a running cluster, side by side.
+//! - [`peers`]: `presage-bench peers`, Presage beside etcd, redis-server and the
+//!   three-engines bound in one table.
 //! - [`scenario`]: the failing-node story (`presage-bench scenario`, and the demo's second
 //!   act).
 //! - [`engine_bench`]: `presage-bench engine`, storage-engine figures.
@@ -14,6 +16,7 @@
 pub mod cli;
 pub mod datagen;
 pub mod engine_bench;
+pub mod peers;
 pub mod pfa_record;
 pub mod replication_bench;
 pub mod scenario;

@@ -1,8 +1,15 @@
 //! The driver: for each target in turn, a load phase (insert `records` records) and a run
 //! phase (`ops` operations of the workload's mix, or until `duration`), each on `threads`
-//! threads with one operation in flight each (closed loop), measured per operation type
-//! with hdrhistogram and per second for the time series; then every figure divided by the
-//! first target's, measured in the same invocation.
+//! threads with one operation in flight each, measured per operation type with hdrhistogram
+//! and per second for the time series; then every figure divided by the first target's,
+//! measured in the same invocation.
+//!
+//! The load phase is a closed loop (each thread issues its next operation when the last one
+//! returns). The run phase is too, unless `rate_ops_per_sec` makes it an open loop: each
+//! thread then follows a fixed schedule (the threads' interleaved, `rate` in all) and every
+//! latency is measured from the operation's scheduled start, so a target that falls behind
+//! shows it in its latencies instead of quietly receiving fewer requests. The run phase's
+//! first `warmup_secs` run but are not measured; its `duration` starts after them.
 //!
 //! A failing operation is counted, not fatal. A phase stops early when no operation has
 //! succeeded for `max_failing_secs` (the target went away); the report says so.
@@ -18,7 +25,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::target::{client_config, ClusterTarget, RawEngineTarget, Target, TargetError, TargetSpec};
+use super::target::{
+    client_config, ClusterTarget, EtcdTarget, RawEngineTarget, RespTarget, Target, TargetError, TargetSpec,
+    ThreeEnginesTarget,
+};
 use super::{record_key, KeyChooser, KeyDistribution, Mix, OpKind, Workload};
 use crate::datagen::{ValueGen, ValueKind};
 
@@ -37,6 +47,12 @@ pub const MAX_FAILING_SECS: u64 = 3600;
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
 /// Longest `--duration`, seconds.
 pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+/// Longest `--warmup`, seconds.
+pub const MAX_WARMUP_SECS: u64 = 3600;
+/// Highest `--rate`, operations per second.
+pub const MAX_RATE_OPS_PER_SEC: u64 = 10_000_000;
+/// Most `--connections` a RESP or etcd target opens.
+pub const MAX_CONNECTIONS: usize = MAX_THREADS;
 /// Largest latency a per-second histogram records, µs (one minute).
 const MAX_SERIES_LATENCY_US: u64 = 60_000_000;
 /// Largest latency a histogram records, µs (one hour); longer ones are recorded as this.
@@ -67,6 +83,15 @@ pub struct RunOptions {
     pub max_failing_secs: u64,
     /// A cluster request gives up after this long, ms.
     pub request_timeout_ms: u64,
+    /// Connections a RESP or etcd target opens, handed to the threads in turn (`None`: one
+    /// per thread).
+    pub connections: Option<usize>,
+    /// Open loop: the run phase issues this many operations per second in all, on a fixed
+    /// schedule, and measures each from its scheduled start (`None`: closed loop, each thread
+    /// issues its next operation when the last one returns).
+    pub rate_ops_per_sec: Option<u64>,
+    /// Seconds at the start of the run phase whose operations run but are not measured.
+    pub warmup_secs: u64,
 }
 
 impl Default for RunOptions {
@@ -83,6 +108,9 @@ impl Default for RunOptions {
             key_prefix: "user".into(),
             max_failing_secs: 10,
             request_timeout_ms: 5_000,
+            connections: None,
+            rate_ops_per_sec: None,
+            warmup_secs: 0,
         }
     }
 }
@@ -107,6 +135,15 @@ impl RunOptions {
         }
         if self.threads == 0 || self.threads > MAX_THREADS {
             return bad(format!("--threads must be in 1..={MAX_THREADS}, not {}", self.threads));
+        }
+        if self.connections.is_some_and(|c| c == 0 || c > MAX_CONNECTIONS) {
+            return bad(format!("--connections must be in 1..={MAX_CONNECTIONS}"));
+        }
+        if self.rate_ops_per_sec.is_some_and(|r| r == 0 || r > MAX_RATE_OPS_PER_SEC) {
+            return bad(format!("--rate must be in 1..={MAX_RATE_OPS_PER_SEC} operations per second"));
+        }
+        if self.warmup_secs > MAX_WARMUP_SECS {
+            return bad(format!("--warmup must be at most {MAX_WARMUP_SECS} s, not {}", self.warmup_secs));
         }
         if self.duration_secs == Some(0) {
             return bad("--duration must be positive".into());
@@ -188,6 +225,12 @@ pub struct PhaseReport {
     pub elapsed_secs: f64,
     /// Successful operations per second.
     pub throughput_ops_per_sec: f64,
+    /// Median latency over every operation type, µs.
+    #[serde(default)]
+    pub p50_us: u64,
+    /// 99th percentile latency over every operation type, µs.
+    #[serde(default)]
+    pub p99_us: u64,
     /// Why the phase stopped early, if it did.
     pub aborted: Option<String>,
     /// The last error seen.
@@ -223,7 +266,7 @@ pub struct Ratios {
 /// One target's results.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TargetReport {
-    /// `raw-engine`, `playground` or the addresses.
+    /// The target as given to `--target` (`raw-engine`, `etcd:HOST:PORT`, ...).
     pub target: String,
     /// Why the target could not be used at all, if so (then there are no phases).
     pub error: Option<String>,
@@ -256,15 +299,22 @@ pub struct Environment {
 }
 
 /// Makes (and on drop stops) each target in turn.
-fn open(
+pub(crate) fn open(
     spec: &TargetSpec,
     opts: &RunOptions,
     env: &Environment,
     rt: &tokio::runtime::Handle,
 ) -> Result<Box<dyn Target>, TargetError> {
-    let cfg = client_config(Duration::from_millis(opts.request_timeout_ms));
+    let timeout = Duration::from_millis(opts.request_timeout_ms);
+    let cfg = client_config(timeout);
+    let connections = opts.connections.unwrap_or(opts.threads);
     Ok(match spec {
         TargetSpec::RawEngine => Box::new(RawEngineTarget::open(&env.work_dir)?),
+        TargetSpec::ThreeEngines => Box::new(ThreeEnginesTarget::open(&env.work_dir)?),
+        TargetSpec::Resp(at) => {
+            Box::new(RespTarget::open(rt, at, connections, timeout, env.presage_binary.clone(), &env.work_dir)?)
+        }
+        TargetSpec::Etcd(addrs) => Box::new(EtcdTarget::open(rt, addrs, connections, timeout)?),
         TargetSpec::Playground | TargetSpec::PlaygroundInsecure => {
             let insecure = *spec == TargetSpec::PlaygroundInsecure;
             Box::new(ClusterTarget::playground(rt, env.presage_binary.clone(), &env.work_dir, cfg, insecure)?)
@@ -306,11 +356,7 @@ pub fn run(
     if targets.is_empty() {
         return Err(BadOptions("give at least one --target".into()));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BadOptions(format!("starting the client runtime: {e}")))?;
+    let rt = client_runtime()?;
     let mix = opts.mix();
     let mut reports: Vec<TargetReport> = Vec::new();
     for spec in targets {
@@ -322,11 +368,9 @@ pub fn run(
                 report.error = Some(e.to_string());
             }
             Ok(target) => {
-                let keys = Records::new(opts.records);
-                let load = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: true };
-                report.load = Some(load.drive(&name, progress));
-                let run = Phase { opts, mix: &mix, target: target.as_ref(), records: &keys, load: false };
-                report.run = Some(run.drive(&name, progress));
+                let (load, mut runs) = measure(target.as_ref(), &name, opts, &[opts.workload], progress);
+                report.load = Some(load);
+                report.run = runs.pop();
                 // Dropping the target stops a playground before the next target starts.
                 drop(target);
             }
@@ -340,6 +384,38 @@ pub fn run(
         }
     }
     Ok(BenchReport { options: opts.clone(), mix, targets: reports })
+}
+
+/// The runtime the network targets' clients run on (two workers: the machine's cores go to
+/// the client threads and the target).
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime, BadOptions> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BadOptions(format!("starting the client runtime: {e}")))
+}
+
+/// Measures one target: its load phase, then one run phase per workload in `workloads`, in
+/// order, on the same records (`opts.workload` is only used for the load phase's name).
+pub(crate) fn measure(
+    target: &dyn Target,
+    name: &str,
+    opts: &RunOptions,
+    workloads: &[Workload],
+    progress: &dyn Progress,
+) -> (PhaseReport, Vec<PhaseReport>) {
+    let keys = Records::new(opts.records);
+    let mix = opts.mix();
+    let load = Phase { opts, mix: &mix, target, records: &keys, load: true }.drive(name, progress);
+    let runs = workloads
+        .iter()
+        .map(|w| {
+            let mix = RunOptions { workload: *w, ..opts.clone() }.mix();
+            Phase { opts, mix: &mix, target, records: &keys, load: false }.drive(name, progress)
+        })
+        .collect();
+    (load, runs)
 }
 
 fn div(a: f64, b: f64) -> f64 {
@@ -476,6 +552,14 @@ struct Phase<'a> {
     load: bool,
 }
 
+/// A phase's times: its start, the warm-up measured from it, and when it ends.
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    warmup: Duration,
+    deadline: Option<Duration>,
+}
+
 /// State shared by a phase's threads.
 struct Shared {
     claimed: AtomicU64,
@@ -505,7 +589,10 @@ enum Outcome {
 impl Phase<'_> {
     fn drive(&self, name: &str, progress: &dyn Progress) -> PhaseReport {
         let total = if self.load { self.opts.records } else { self.opts.ops };
-        let deadline = (!self.load).then_some(self.opts.duration_secs).flatten().map(Duration::from_secs);
+        // The run phase measures after its warm-up, for `duration` seconds.
+        let warmup = if self.load { Duration::ZERO } else { Duration::from_secs(self.opts.warmup_secs) };
+        let deadline =
+            (!self.load).then_some(self.opts.duration_secs).flatten().map(|d| warmup + Duration::from_secs(d));
         let shared = Shared {
             claimed: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -520,7 +607,7 @@ impl Phase<'_> {
             let handles: Vec<_> = (0..self.opts.threads)
                 .map(|t| {
                     let shared = &shared;
-                    s.spawn(move || self.worker(t as u64, total, deadline, start, shared))
+                    s.spawn(move || self.worker(t as u64, Clock { start, warmup, deadline }, total, shared))
                 })
                 .collect();
             progress.start(name, if self.load { "load" } else { "run" }, total);
@@ -536,15 +623,25 @@ impl Phase<'_> {
         self.merge(locals, elapsed, &shared)
     }
 
-    fn worker(&self, t: u64, total: u64, deadline: Option<Duration>, start: Instant, shared: &Shared) -> Local {
+    /// This thread's `k`-th operation's scheduled start in an open-loop run phase: the threads'
+    /// schedules interleave, together `rate` operations per second.
+    fn scheduled(&self, t: u64, k: u64, start: Instant) -> Option<Instant> {
+        let rate = self.opts.rate_ops_per_sec.filter(|_| !self.load)?;
+        let threads = self.opts.threads as f64;
+        Some(start + Duration::from_secs_f64((k as f64 + t as f64 / threads) * threads / rate as f64))
+    }
+
+    fn worker(&self, t: u64, clock: Clock, total: u64, shared: &Shared) -> Local {
+        let Clock { start, warmup, deadline } = clock;
         let seed = self.opts.seed.wrapping_add(t).wrapping_add(if self.load { 0 } else { 1 << 32 });
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut values = ValueGen::new(ValueKind::Compressible, self.opts.value_bytes, seed);
         let mut chooser = KeyChooser::new(self.mix.distribution, self.opts.records);
         let mut local = Local::new();
         let max_failing_ms = self.opts.max_failing_secs * 1000;
-        loop {
-            if shared.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| start.elapsed() >= d) {
+        let past_deadline = || deadline.is_some_and(|d| start.elapsed() >= d);
+        for k in 0.. {
+            if shared.stop.load(Ordering::Relaxed) || past_deadline() {
                 break;
             }
             let slot = shared.claimed.fetch_add(1, Ordering::Relaxed);
@@ -553,13 +650,29 @@ impl Phase<'_> {
             }
             let kind = if self.load { OpKind::Insert } else { self.mix.next_op(&mut rng) };
             let prepared = self.prepare(kind, slot, &mut rng, &mut values, &mut chooser);
-            let began = Instant::now();
+            let scheduled = self.scheduled(t, k, start);
+            if let Some(wait) = scheduled.and_then(|at| at.checked_duration_since(Instant::now())) {
+                std::thread::sleep(wait);
+                if past_deadline() {
+                    break;
+                }
+            }
+            // Open loop: from the scheduled start, so time spent behind schedule counts.
+            let began = scheduled.unwrap_or_else(Instant::now);
             let outcome = self.execute(&prepared);
             let latency_us = began.elapsed().as_micros() as u64;
             if kind == OpKind::Insert && !self.load {
                 self.records.finish(prepared.n);
             }
-            let now_ms = start.elapsed().as_millis() as u64;
+            let phase_ms = start.elapsed().as_millis() as u64;
+            let Some(now_ms) = phase_ms.checked_sub(warmup.as_millis() as u64) else {
+                // Warming up: done, not measured.
+                if matches!(outcome, Outcome::Done { .. }) {
+                    shared.last_success_ms.fetch_max(phase_ms, Ordering::Relaxed);
+                }
+                shared.done.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             let sec = now_ms / 1000;
             match outcome {
                 Outcome::Done { missed } => {
@@ -570,8 +683,8 @@ impl Phase<'_> {
                         s.2.saturating_record(latency_us.max(1));
                     }
                     // A write only when the millisecond moved on: the line is shared by every thread.
-                    if shared.last_success_ms.load(Ordering::Relaxed) < now_ms {
-                        shared.last_success_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    if shared.last_success_ms.load(Ordering::Relaxed) < phase_ms {
+                        shared.last_success_ms.fetch_max(phase_ms, Ordering::Relaxed);
                     }
                 }
                 Outcome::Failed(e) => {
@@ -580,7 +693,7 @@ impl Phase<'_> {
                         s.1 += 1;
                     }
                     let text = e.to_string();
-                    let quiet_ms = now_ms.saturating_sub(shared.last_success_ms.load(Ordering::Relaxed));
+                    let quiet_ms = phase_ms.saturating_sub(shared.last_success_ms.load(Ordering::Relaxed));
                     if quiet_ms >= max_failing_ms {
                         let mut a = shared.aborted.lock().unwrap_or_else(PoisonError::into_inner);
                         if a.is_none() {
@@ -597,7 +710,7 @@ impl Phase<'_> {
             shared.done.fetch_add(1, Ordering::Relaxed);
         }
         local.flush(&shared.series);
-        local.ended_secs = start.elapsed().as_secs_f64();
+        local.ended_secs = start.elapsed().saturating_sub(warmup).as_secs_f64();
         local
     }
 
@@ -676,6 +789,11 @@ impl Phase<'_> {
             );
         }
         let total_ops: u64 = ops.iter().map(Histogram::len).sum();
+        let mut all = histogram(MAX_LATENCY_US, 3);
+        for h in &ops {
+            // Same bounds on both sides: adding cannot fail.
+            all.add(h).unwrap_or_else(|e| unreachable!("histogram add: {e}"));
+        }
         let series = series
             .into_iter()
             .map(|(second, (n, e, h))| SecondReport {
@@ -690,6 +808,8 @@ impl Phase<'_> {
             errors: errors.iter().sum(),
             elapsed_secs: elapsed,
             throughput_ops_per_sec: total_ops as f64 / elapsed.max(1e-9),
+            p50_us: all.value_at_quantile(0.5),
+            p99_us: all.value_at_quantile(0.99),
             aborted: shared.aborted.lock().unwrap_or_else(PoisonError::into_inner).take(),
             last_error: shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).take(),
             operations,
@@ -853,9 +973,54 @@ mod tests {
             (RunOptions { value_bytes: MAX_VALUE_BYTES + 1, ..RunOptions::default() }, "--value-bytes"),
             (RunOptions { threads: 0, ..RunOptions::default() }, "--threads"),
             (RunOptions { duration_secs: Some(0), ..RunOptions::default() }, "--duration"),
+            (RunOptions { connections: Some(0), ..RunOptions::default() }, "--connections"),
+            (RunOptions { rate_ops_per_sec: Some(0), ..RunOptions::default() }, "--rate"),
+            (RunOptions { warmup_secs: MAX_WARMUP_SECS + 1, ..RunOptions::default() }, "--warmup"),
         ] {
             let e = opts.validate().expect_err(flag);
             assert!(e.to_string().contains(flag), "{e}");
         }
+    }
+
+    #[test]
+    fn an_open_loop_schedule_interleaves_the_threads_at_the_rate() {
+        let opts = RunOptions { threads: 4, rate_ops_per_sec: Some(1000), ..RunOptions::default() };
+        let mix = opts.mix();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = RawEngineTarget::open(dir.path()).expect("engine");
+        let records = Records::new(1);
+        let start = Instant::now();
+        let at = |load: bool, t: u64, k: u64| {
+            let phase = Phase { opts: &opts, mix: &mix, target: &target, records: &records, load };
+            phase.scheduled(t, k, start).map(|i| i.duration_since(start).as_micros())
+        };
+        // 1,000 ops/s over 4 threads: one every 1 ms in all, each thread every 4 ms.
+        let mut all: Vec<u128> =
+            (0..4).flat_map(|t| (0..3).map(move |k| (t, k))).filter_map(|(t, k)| at(false, t, k)).collect();
+        all.sort_unstable();
+        let expected: Vec<u128> = (0..12).map(|i| i * 1000).collect();
+        assert_eq!(all, expected);
+        assert_eq!(at(true, 0, 5), None, "the load phase is a closed loop");
+    }
+
+    #[test]
+    fn warm_up_operations_run_but_are_not_measured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Environment { work_dir: dir.path().to_path_buf(), presage_binary: PathBuf::new() };
+        let opts = RunOptions {
+            workload: Workload::C,
+            records: 50,
+            ops: u64::MAX / 2,
+            threads: 1,
+            rate_ops_per_sec: Some(200),
+            warmup_secs: 1,
+            duration_secs: Some(1),
+            ..RunOptions::default()
+        };
+        let report = run(&opts, &[TargetSpec::RawEngine], &env, &Quiet).expect("runs");
+        let run = report.targets[0].run.as_ref().expect("run phase");
+        // 200 ops/s for 1 s warm-up + 1 s measured: about 200 measured, never the 400 done.
+        assert!(run.ops > 0 && run.ops <= 201, "measured {} operations", run.ops);
+        assert!(run.elapsed_secs < 1.5, "the warm-up is not in the elapsed time: {}", run.elapsed_secs);
     }
 }
