@@ -144,6 +144,9 @@ pub enum Error {
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(String),
+    /// The node's own thread could not start.
+    #[error("starting the node's thread: {0}")]
+    Thread(String),
 }
 
 impl From<presage_engine::EngineError> for Error {

@@ -13,14 +13,18 @@
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
 //!
-//! Reads are linearizable through ReadIndex. With `lease_reads` a leader answers without a
-//! round trip for a lease (4/5 of the election timeout, minus a tick) after a ReadIndex round
+//! Reads are linearizable through ReadIndex, one round per ready round for every read waiting
+//! on a replica. With `lease_reads` (on by default) a leader answers without a round trip for
+//! a lease (4/5 of the election timeout, minus a tick) after a ReadIndex round
 //! confirmed it, timed on its monotonic clock from the round's start: the round's heartbeat
 //! reset a quorum's election timers, so no other leader is elected for an election timeout
 //! of *their* clocks. The bound this relies on: no node's clock runs more than 20% faster
 //! than another's. A leader that stalls keeps no stale lease (its clock keeps running); a
 //! follower whose clock runs fast is what would break it. raft-rs's own `LeaseBased` is not
 //! used: it trusts check-quorum, which can notice a lost quorum a whole election timeout late.
+//! The lease ends when a leadership transfer starts (the transferee campaigns at once, past
+//! the followers' timers) and when a split or merge applies; a leased read still queued when
+//! its lease lapses goes through a ReadIndex round instead.
 
 pub mod config;
 pub mod error;

@@ -1,6 +1,9 @@
 //! The node runtime: one tokio task owns a node's [`Store`] and drives it - ticks on a timer,
 //! messages and client requests from a bounded mailbox, then one ready round, whose messages
-//! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`].
+//! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`]. A node
+//! process runs that task on a thread of its own ([`Node::spawn_on_own_thread`]): the round's
+//! synced log write then blocks only that thread, never a worker serving connections; tests
+//! on paused time run it on their runtime ([`Node::spawn`]).
 //!
 //! **Budgets.** The mailbox holds at most `max-mailbox-msgs` messages and `max-mailbox-bytes`
 //! of Raft messages and proposed writes (a request past either is refused `Busy`, a Raft
@@ -70,7 +73,16 @@ pub struct ChecksumAt {
 /// A running node.
 pub struct Node {
     handle: NodeHandle,
-    task: JoinHandle<()>,
+    driver: Driver,
+}
+
+/// What drives a node's loop.
+enum Driver {
+    /// A task on the caller's runtime (tests on paused time).
+    Task(JoinHandle<()>),
+    /// A thread of its own with a single-threaded runtime, so that the loop's synced writes
+    /// block only it, never a worker that serves connections.
+    Thread { abort: tokio::task::AbortHandle, thread: std::thread::JoinHandle<()> },
 }
 
 /// Talks to a running node. Cheap to clone.
@@ -112,7 +124,39 @@ impl Node {
             max_mailbox_bytes: config.max_mailbox_bytes,
         };
         let task = tokio::spawn(run(store, transport, rx, queued_bytes, config.clone()));
-        Node { handle, task }
+        Node { handle, driver: Driver::Task(task) }
+    }
+
+    /// Starts driving `store` on a thread of its own (see [`Node`]'s drivers): what a node
+    /// process does. The transport's links stay on the caller's runtime.
+    pub fn spawn_on_own_thread<E: Engine, T: Transport>(
+        store: Store<E>,
+        transport: T,
+        config: &RaftConfig,
+    ) -> Result<Node> {
+        let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let node_id = store.node_id();
+        let handle = NodeHandle {
+            node_id,
+            tx,
+            queued_bytes: Arc::clone(&queued_bytes),
+            max_mailbox_bytes: config.max_mailbox_bytes,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        let task = rt.spawn(run(store, transport, rx, queued_bytes, config.clone()));
+        let abort = task.abort_handle();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-store-{node_id}"))
+            .spawn(move || {
+                // Ends with the loop (stopped, failed or aborted).
+                let _ = rt.block_on(task);
+            })
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        Ok(Node { handle, driver: Driver::Thread { abort, thread } })
     }
 
     /// A handle to the node.
@@ -122,12 +166,18 @@ impl Node {
 
     /// Stops the node at once (as a crash would: nothing is flushed beyond what is written).
     pub fn kill(self) {
-        self.task.abort();
+        match self.driver {
+            Driver::Task(task) => task.abort(),
+            Driver::Thread { abort, .. } => abort.abort(),
+        }
     }
 
-    /// True once the node's task ended (stopped, or failed).
+    /// True once the node's loop ended (stopped, or failed).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        match &self.driver {
+            Driver::Task(task) => task.is_finished(),
+            Driver::Thread { thread, .. } => thread.is_finished(),
+        }
     }
 }
 
@@ -171,7 +221,7 @@ async fn run<E: Engine, T: Transport>(
                 }
             }
         }
-        match store.process_ready() {
+        match store.process_ready_sending(&mut |env| transport.send(env)) {
             Ok(out) => {
                 for env in out {
                     transport.send(env);

@@ -9,8 +9,17 @@
 //! `PeerStorage`, raft-rs's `Storage` on the engine. Small states cached; writes only added to the
 //! store's batch. `snapshot()` returns metadata at the applied index and keeps an engine snapshot
 //! of that instant for the transfer.
+//!
+//! **Entry cache.** Entries appended and not yet applied stay in memory too (at most
+//! [`MAX_ENTRY_CACHE_BYTES`] per replica, a contiguous run), so that apply, and a leader's
+//! appends to its followers, do not read the log back from the engine. The cache drops what is
+//! applied, compacted or overwritten by a new leader, and empties on a snapshot install; a read
+//! it does not cover goes to the engine.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
+
+use prost::Message as _;
 
 use presage_engine::{Cf, Engine, ScanLimit, ScanOrder, WriteBatch};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -36,6 +45,86 @@ pub struct GeneratedSnapshot<S> {
     pub descriptor: ShardDescriptor,
 }
 
+/// Most bytes of log entries one replica keeps in its entry cache (see the module doc).
+pub const MAX_ENTRY_CACHE_BYTES: usize = 4 << 20;
+
+/// A contiguous run of log entries appended and not yet applied.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    /// Their encoded size.
+    bytes: usize,
+}
+
+impl EntryCache {
+    /// Adds `entries` (which follow on from the cache, or overwrite its suffix from their
+    /// first index on); what does not fit in [`MAX_ENTRY_CACHE_BYTES`] is not cached.
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        while self.entries.back().is_some_and(|e| e.index >= first.index) {
+            self.pop_back();
+        }
+        if self.entries.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.clear();
+        }
+        for e in entries {
+            let size = e.encoded_len();
+            if self.bytes + size > MAX_ENTRY_CACHE_BYTES {
+                break;
+            }
+            self.bytes += size;
+            self.entries.push_back(e.clone());
+        }
+        debug_assert!(self.bytes <= MAX_ENTRY_CACHE_BYTES);
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= e.encoded_len();
+        }
+    }
+
+    /// Drops the entries up to and including `index`.
+    fn drop_to(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index <= index) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.encoded_len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries `[low, high)` within `max_size` bytes (at least one), if the cache holds them.
+    fn slice(&self, low: u64, high: u64, max_size: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.index;
+        let last = self.entries.back()?.index;
+        if low < first || high > last + 1 || low >= high {
+            return None;
+        }
+        let start = usize::try_from(low - first).ok()?;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for e in self.entries.range(start..).take_while(|e| e.index < high) {
+            size += e.encoded_len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        let first = self.entries.front()?.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.entries.get(at).map(|e| e.term)
+    }
+}
+
 /// One replica's Raft storage.
 pub struct PeerStorage<E: Engine> {
     engine: E,
@@ -43,6 +132,8 @@ pub struct PeerStorage<E: Engine> {
     raft_state: RaftLocalState,
     apply_state: ApplyState,
     descriptor: ShardDescriptor,
+    /// Entries appended and not yet applied (see the module doc).
+    cache: EntryCache,
     /// The engine snapshot behind the most recent Raft snapshot this replica generated.
     generated: Mutex<Option<GeneratedSnapshot<E::Snapshot>>>,
 }
@@ -64,7 +155,15 @@ impl<E: Engine> PeerStorage<E> {
             .get(Cf::Meta, &keys::descriptor_key(shard_id))?
             .ok_or(Error::Corrupt { what: "shard descriptor", reason: format!("shard {shard_id} has none") })?;
         let descriptor: ShardDescriptor = wire::decode("shard descriptor", &desc_raw)?;
-        Ok(Some(PeerStorage { engine, shard_id, raft_state, apply_state, descriptor, generated: Mutex::new(None) }))
+        Ok(Some(PeerStorage {
+            engine,
+            shard_id,
+            raft_state,
+            apply_state,
+            descriptor,
+            cache: EntryCache::default(),
+            generated: Mutex::new(None),
+        }))
     }
 
     /// State for a brand-new shard whose replicas all start from the same committed point
@@ -105,6 +204,7 @@ impl<E: Engine> PeerStorage<E> {
             raft_state,
             apply_state,
             descriptor,
+            cache: EntryCache::default(),
             generated: Mutex::new(None),
         }
     }
@@ -171,6 +271,7 @@ impl<E: Engine> PeerStorage<E> {
         self.raft_state.last_index = last.index;
         self.raft_state.last_term = last.term;
         self.write_raft_state(wb);
+        self.cache.append(entries);
     }
 
     /// Records a new hard state in `wb`.
@@ -192,6 +293,7 @@ impl<E: Engine> PeerStorage<E> {
         self.apply_state.applied_index = index;
         self.apply_state.applied_term = term;
         self.write_apply_state(wb);
+        self.cache.drop_to(index);
     }
 
     /// Records new membership (at the current applied index) and descriptor.
@@ -220,6 +322,7 @@ impl<E: Engine> PeerStorage<E> {
         self.apply_state.truncated_index = index;
         self.apply_state.truncated_term = term;
         self.write_apply_state(wb);
+        self.cache.drop_to(index);
         Ok(())
     }
 
@@ -240,6 +343,7 @@ impl<E: Engine> PeerStorage<E> {
             conf_state: meta.conf_state.clone(),
         };
         self.descriptor = descriptor;
+        self.cache.clear();
         self.write_raft_state(wb);
         self.write_apply_state(wb);
         self.write_descriptor(wb);
@@ -271,6 +375,9 @@ impl<E: Engine> PeerStorage<E> {
         }
         if idx == self.raft_state.last_index {
             return Ok(self.raft_state.last_term);
+        }
+        if let Some(term) = self.cache.term(idx) {
+            return Ok(term);
         }
         let raw = self.engine.get(Cf::Raft, &keys::log_key(self.shard_id, idx))?.ok_or(Error::Corrupt {
             what: "raft log",
@@ -306,6 +413,9 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
             return Ok(Vec::new());
         }
         let max_size = max_size.into().unwrap_or(u64::MAX);
+        if let Some(cached) = self.cache.slice(low, high, max_size) {
+            return Ok(cached);
+        }
         let range = keys::log_range(self.shard_id, low, high);
         let limit = ScanLimit::new(
             usize::try_from(high - low).unwrap_or(usize::MAX),
@@ -384,4 +494,51 @@ pub(crate) fn destroy_metadata(descriptor: &ShardDescriptor, wb: &mut WriteBatch
     wb.delete(Cf::Raft, keys::apply_state_key(id));
     wb.delete(Cf::Meta, keys::descriptor_key(id));
     wb.put(Cf::Meta, keys::tombstone_key(id), descriptor.epoch().conf_ver.to_be_bytes().to_vec());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+        (from..=to).map(|index| Entry { index, term, data: vec![7; 10], ..Entry::default() }).collect()
+    }
+
+    #[test]
+    fn the_entry_cache_follows_appends_overwrites_and_applies() {
+        let mut c = EntryCache::default();
+        c.append(&entries(1, 5, 1));
+        assert_eq!(c.slice(2, 5, u64::MAX).map(|v| v.len()), Some(3));
+        assert_eq!(c.slice(0, 3, u64::MAX), None, "below the cache: read from the engine");
+        assert_eq!(c.slice(4, 7, u64::MAX), None, "past the cache");
+        // A new leader overwrites from 4 on.
+        c.append(&entries(4, 6, 2));
+        assert_eq!(c.term(3), Some(1));
+        assert_eq!(c.term(4), Some(2));
+        assert_eq!(c.slice(1, 7, u64::MAX).map(|v| v.len()), Some(6));
+        // At least one entry, then as many as fit.
+        let one = entries(1, 1, 1)[0].encoded_len() as u64;
+        assert_eq!(c.slice(1, 7, 1).map(|v| v.len()), Some(1));
+        assert_eq!(c.slice(1, 7, 2 * one).map(|v| v.len()), Some(2));
+        c.drop_to(3);
+        assert_eq!(c.slice(3, 5, u64::MAX), None, "applied entries are gone");
+        assert_eq!(c.bytes, c.entries.iter().map(|e| e.encoded_len()).sum::<usize>());
+        // A run that does not follow on replaces the cache.
+        c.append(&entries(10, 11, 3));
+        assert_eq!(c.term(6), None);
+        assert_eq!(c.slice(10, 12, u64::MAX).map(|v| v.len()), Some(2));
+        c.clear();
+        assert_eq!((c.bytes, c.entries.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_entry_cache_keeps_within_its_byte_limit() {
+        let mut c = EntryCache::default();
+        let big: Vec<Entry> = (1..=10)
+            .map(|index| Entry { index, term: 1, data: vec![0; MAX_ENTRY_CACHE_BYTES / 4], ..Entry::default() })
+            .collect();
+        c.append(&big);
+        assert!(c.bytes <= MAX_ENTRY_CACHE_BYTES && c.entries.len() == 3, "{} entries", c.entries.len());
+        assert_eq!(c.slice(4, 5, u64::MAX), None, "the rest is read from the engine");
+    }
 }

@@ -717,7 +717,7 @@ impl TcpNode {
         let node_id = store.node_id();
         let stats = Arc::new(TcpStats::default());
         let transport = TcpTransport::with_dialer(node_id, tcp.clone(), book, stats.clone(), dialer);
-        let node = Node::spawn(store, transport, raft);
+        let node = Node::spawn_on_own_thread(store, transport, raft)?;
         let handle = node.handle();
         let deliver: Deliver = Arc::new(move |env| handle.deliver(env));
         let inbound = RaftInbound { config: Arc::new(tcp), deliver, stats: stats.clone() };

@@ -378,6 +378,8 @@ pub struct RaftEnvelope {
     #[prost(uint64, tag = "3")]
     pub to_node: u64,
     /// The sender's view of the shard (lets a node create a replica it was just added as).
+    /// Carried by heartbeats, snapshots, tombstones and probes, and by appends to a replica
+    /// the leader has not heard from yet; not by the rest (see `epoch`).
     #[prost(message, optional, tag = "4")]
     pub descriptor: Option<ShardDescriptor>,
     /// The Raft message.
@@ -400,6 +402,17 @@ pub struct RaftEnvelope {
     /// the nodes they share sleeping groups with, and wake those groups when a node falls silent.
     #[prost(bool, tag = "10")]
     pub ping: bool,
+    /// The sender's epoch of the shard, on every Raft message (tells a replica that a sender
+    /// outside its configuration is newer, or was removed).
+    #[prost(message, optional, tag = "11")]
+    pub epoch: Option<Epoch>,
+}
+
+impl RaftEnvelope {
+    /// The sender's `conf_ver` of the shard (0 when it sent none).
+    pub fn sender_conf_ver(&self) -> u64 {
+        self.epoch.or_else(|| self.descriptor.as_ref().map(ShardDescriptor::epoch)).map_or(0, |e| e.conf_ver)
+    }
 }
 
 /// One export chunk of the data behind Raft snapshot `index` (the export's stream id).

@@ -39,8 +39,9 @@ pub struct NemesisConfig {
 }
 
 impl NemesisConfig {
-    /// The default run for `seed`: 5 nodes, 4 clients, 3 keys, 8 s of faults; every fourth
-    /// seed serves reads from the leader's lease.
+    /// The default run for `seed`: 5 nodes, 4 clients, 3 keys, 8 s of faults; reads are
+    /// served from the leader's lease (the default) except on every fourth seed, which keeps
+    /// the ReadIndex-only path covered.
     pub fn new(seed: u64) -> Self {
         NemesisConfig {
             seed,
@@ -48,7 +49,7 @@ impl NemesisConfig {
             clients: 4,
             keys: 3,
             duration: Duration::from_secs(8),
-            lease_reads: seed.is_multiple_of(4),
+            lease_reads: !seed.is_multiple_of(4),
         }
     }
 }

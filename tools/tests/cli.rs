@@ -420,11 +420,11 @@ fn bench_refuses_bad_arguments_clearly() {
     for (args, says) in [
         (&["run", "--workload", "a", "--target", "raw-engine", "--threads", "0"][..], "--threads must be in"),
         (&["run", "--workload", "z", "--target", "raw-engine"][..], "invalid value 'z'"),
-        (
-            &["run", "--workload", "a", "--target", "nowhere"][..],
-            "raw-engine, playground, playground-insecure or HOST:PORT",
-        ),
+        (&["run", "--workload", "a", "--target", "nowhere"][..], "raw-engine, three-engines, playground"),
         (&["run", "--workload", "a"][..], "--target"),
+        (&["peers", "--target", "raw-engine", "--connections", "0"][..], "--connections must be in"),
+        (&["peers", "--target", "raw-engine", "--rate", "0"][..], "--rate must be in"),
+        (&["peers", "--target", "etcd:nowhere"][..], "bad address \"nowhere\""),
         (&["scenario", "failing-node", "--nodes", "3"][..], "at least 4 nodes"),
         (&["scenario", "failing-node", "--mode", "sideways"][..], "invalid value 'sideways'"),
         (&["scenario", "failing-node", "--read-percent", "101"][..], "at most 100"),

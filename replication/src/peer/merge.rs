@@ -17,6 +17,7 @@ impl<E: Engine> Peer<E> {
         desc.merging_into = Some(target.id);
         desc.epoch = Some(Epoch { version: epoch.version + 1, ..desc.epoch() });
         tracing::info!(shard = desc.id, target = target.id, "shard frozen to merge");
+        self.end_lease();
         self.raw.mut_store().set_descriptor(desc, wb);
         Ok(())
     }
@@ -30,6 +31,7 @@ impl<E: Engine> Peer<E> {
         wb: &mut WriteBatch,
         applied: &mut Applied<E>,
     ) -> Result<()> {
+        self.end_lease();
         self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone()))?;
         let mut desc = self.descriptor().clone();
         if source.end.as_deref() == Some(desc.start.as_slice()) {

@@ -164,13 +164,15 @@ pub(crate) struct ChecksumPin<E: Engine> {
 }
 
 struct PendingRead {
-    id: u64,
-    /// Handed to Raft (raft-rs drops read requests that reach a leader before it committed
-    /// an entry of its own term, so they wait here until it has).
-    issued: bool,
+    /// Read under the leader's lease at the commit index of its arrival (no ReadIndex round
+    /// unless the lease lapses before it is served).
+    leased: bool,
+    /// The ReadIndex round it was handed to Raft in (raft-rs drops read requests that reach
+    /// a leader before it committed an entry of its own term, so they wait here until it has).
+    round: Option<u64>,
     /// Ticks since the read arrived.
     age_ticks: usize,
-    /// When it was handed to Raft (the node's monotonic clock).
+    /// When it arrived, or was handed to Raft (the node's monotonic clock).
     issued_at: Instant,
     /// The read index once Raft confirmed leadership.
     index: Option<u64>,
@@ -187,6 +189,7 @@ pub struct Peer<E: Engine> {
     pub(crate) raw: RawNode<PeerStorage<E>>,
     proposals: VecDeque<Proposal>,
     reads: VecDeque<PendingRead>,
+    /// The next ReadIndex round's id (its request context).
     next_read_id: u64,
     /// Quiescent: caught up and idle, so the store neither ticks it nor visits it in ready
     /// rounds until a message or request wakes it.

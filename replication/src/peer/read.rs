@@ -1,19 +1,30 @@
-//! Reads: ReadIndex (or the leader's lease) for linearizable gets and scans. Walk-through: a
-//! read is queued; once the leader committed an entry in its term the queue's reads are issued
-//! as one ReadIndex round (or served at once under a valid lease); when the round's index is
-//! applied here they are served from the engine; reads older than two election timeouts, or
-//! caught by a leadership change, fail with a retryable error.
+//! Reads: ReadIndex (or the leader's lease) for linearizable gets and scans. Walk-through:
+//!
+//! - **lease**: a leader whose lease holds (a ReadIndex round confirmed it less than `lease`
+//!   ago, in this term, with no leadership transfer started since and no split or merge applied
+//!   since) reads at its commit index: at once when that index is applied here, else when it
+//!   is; a queued leased read whose lease lapsed before it was served goes the ReadIndex way;
+//! - **ReadIndex**: every read waiting on a replica is issued in **one** ReadIndex round per
+//!   ready round (one heartbeat round for all of them), once the leader has committed an entry
+//!   in its term; when the round's index is applied here they are all served from the engine.
+//!
+//! Reads older than two election timeouts, or caught by a leadership change, fail with a
+//! retryable error.
 
 use super::*;
 
 impl<E: Engine> Peer<E> {
-    /// Starts a linearizable read at `now`; `cb` runs once the read index is applied here.
+    /// Starts a linearizable read at `now`; `cb` runs once the read index is applied here (at
+    /// once, for a leased read whose index is applied already).
     ///
     /// With `lease` (lease reads on), a leader whose leadership a ReadIndex round confirmed
     /// less than `lease` ago reads at its commit index without a round trip. Why that is
     /// safe: the round's heartbeat, sent at `t`, reset the election timer of a quorum, none of
     /// which votes for another leader before an election timeout of its own ticks after `t`;
-    /// `lease` is shorter by the clock-drift margin (see `RaftConfig::lease_reads`).
+    /// `lease` is shorter by the clock-drift margin (see `RaftConfig::lease_reads`). A
+    /// leadership transfer makes the transferee campaign at once, past that timer, so the
+    /// lease ends when one starts (`end_lease`), as it does when a split or merge
+    /// changes the range.
     pub fn read(
         &mut self,
         epoch: Epoch,
@@ -32,27 +43,53 @@ impl<E: Engine> Peer<E> {
         if let Err(e) = self.check_epoch(epoch, keys.into_iter()) {
             return cb(Err(e));
         }
-        let id = self.next_read_id;
-        self.next_read_id += 1;
-        let r = &self.raw.raft;
-        let leased = lease.is_some()
-            && r.term == self.lease_term
-            && self.lease_until.is_some_and(|until| now < until)
-            && r.commit_to_current_term();
-        let index = leased.then_some(r.raft_log.committed);
-        self.reads.push_back(PendingRead { id, issued: leased, age_ticks: 0, issued_at: now, index, request, cb });
-        self.issue_reads(now);
+        let leased = lease.is_some() && self.lease_holds(now);
+        let index = leased.then_some(self.raw.raft.raft_log.committed);
+        if let Some(index) = index.filter(|i| *i <= self.raw.store().applied_index()) {
+            // Served now; the lease is checked again after the read.
+            let result = self.execute(&request);
+            debug_assert!(index <= self.raw.store().applied_index());
+            if self.lease_holds(now) {
+                return cb(result);
+            }
+        }
+        // Issued with every other read that arrives before the ready round (`issue_reads`).
+        self.reads.push_back(PendingRead { leased, round: None, age_ticks: 0, issued_at: now, index, request, cb });
     }
 
-    /// Hands waiting reads to Raft once this leader has committed in its term.
+    /// True while this leader's read lease holds at `now` (see [`Peer::read`]).
+    pub(crate) fn lease_holds(&self, now: Instant) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader
+            && r.term == self.lease_term
+            && r.lead_transferee.is_none()
+            && self.lease_until.is_some_and(|until| now < until)
+            && r.commit_to_current_term()
+    }
+
+    /// Ends this replica's read lease: the next leased read first confirms leadership with a
+    /// ReadIndex round. Called when a leadership transfer starts and when a split or merge
+    /// applies.
+    pub(crate) fn end_lease(&mut self) {
+        self.lease_until = None;
+    }
+
+    /// Hands every waiting read to Raft as one ReadIndex round, once this leader has committed
+    /// in its term.
     pub(crate) fn issue_reads(&mut self, now: Instant) {
         if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
             return;
         }
-        for r in self.reads.iter_mut().filter(|r| !r.issued) {
-            r.issued = true;
+        let round = self.next_read_id;
+        let mut any = false;
+        for r in self.reads.iter_mut().filter(|r| !r.leased && r.round.is_none()) {
+            r.round = Some(round);
             r.issued_at = now;
-            self.raw.read_index(r.id.to_be_bytes().to_vec());
+            any = true;
+        }
+        if any {
+            self.next_read_id += 1;
+            self.raw.read_index(round.to_be_bytes().to_vec());
         }
     }
 
@@ -72,47 +109,60 @@ impl<E: Engine> Peer<E> {
         self.reads = kept;
     }
 
-    /// Records the read indexes Raft confirmed.
-    /// Each one, with `lease`, extends this leader's lease from the instant its round began.
+    /// Records the read indexes Raft confirmed, for every read of each round. Each round,
+    /// with `lease`, extends this leader's lease from the instant it began.
     pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>, lease: Option<Duration>) {
         let term = self.raw.raft.term;
         for rs in states {
-            let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes) else { continue };
-            if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
+            let Ok(round) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes) else { continue };
+            let mut began = None;
+            for r in self.reads.iter_mut().filter(|r| r.round == Some(round)) {
                 r.index = Some(rs.index);
-                if let (Some(lease), true) = (lease, self.raw.raft.state == StateRole::Leader) {
-                    let until = r.issued_at + lease;
-                    if self.lease_term != term {
-                        (self.lease_term, self.lease_until) = (term, None);
-                    }
-                    self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+                began = Some(r.issued_at);
+            }
+            if let (Some(lease), Some(began), true) = (lease, began, self.raw.raft.state == StateRole::Leader) {
+                let until = began + lease;
+                if self.lease_term != term {
+                    (self.lease_term, self.lease_until) = (term, None);
                 }
+                self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
             }
         }
     }
 
-    /// Answers every read whose index is applied.
-    pub(crate) fn serve_reads(&mut self, done: &mut Completions) {
+    /// Reads `request` from this replica's engine as of now.
+    fn execute(&mut self, request: &ReadRequest) -> Result<ReadResponse> {
+        let now_ms = self.now_ms();
+        let desc = self.descriptor();
+        let start = match request {
+            ReadRequest::Get(k) => k.as_slice(),
+            ReadRequest::Scan { range, .. } => range.start(),
+        };
+        // A split may have moved the key out while the read waited.
+        if desc.contains(start) {
+            execute_read(self.raw.store().engine(), desc, request, now_ms)
+        } else {
+            Err(self_epoch_error(desc, &self.siblings))
+        }
+    }
+
+    /// Answers every read whose index is applied. A leased read whose lease no longer holds
+    /// at `now` is not answered: it waits for a ReadIndex round instead.
+    pub(crate) fn serve_reads(&mut self, now: Instant, done: &mut Completions) {
         if self.reads.is_empty() {
             return;
         }
         let applied = self.raw.store().applied_index();
-        let engine = self.raw.store().engine().clone();
-        let desc = self.descriptor().clone();
-        let now_ms = self.now_ms();
+        let lease_holds = self.lease_holds(now);
         let mut waiting = VecDeque::with_capacity(self.reads.len());
-        for r in self.reads.drain(..) {
-            if r.index.is_some_and(|i| i <= applied) {
-                let start = match &r.request {
-                    ReadRequest::Get(k) => k.as_slice(),
-                    ReadRequest::Scan { range, .. } => range.start(),
-                };
-                // A split may have moved the key out while the read waited.
-                let result = if desc.contains(start) {
-                    execute_read(&engine, &desc, &r.request, now_ms)
-                } else {
-                    Err(self_epoch_error(&desc, &self.siblings))
-                };
+        let mut reissue = false;
+        for mut r in std::mem::take(&mut self.reads) {
+            if r.leased && !lease_holds {
+                (r.leased, r.index, r.round) = (false, None, None);
+                reissue = true;
+                waiting.push_back(r);
+            } else if r.index.is_some_and(|i| i <= applied) {
+                let result = self.execute(&r.request);
                 let cb = r.cb;
                 done.push(Box::new(move || cb(result)));
             } else {
@@ -120,6 +170,9 @@ impl<E: Engine> Peer<E> {
             }
         }
         self.reads = waiting;
+        if reissue {
+            self.issue_reads(now);
+        }
     }
 
     /// Answers every waiting proposal and read (leadership lost, or the replica is going

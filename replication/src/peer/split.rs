@@ -15,6 +15,7 @@ impl<E: Engine> Peer<E> {
         applied: &mut Applied<E>,
     ) -> Result<()> {
         self.check_admin(epoch, &AdminEntry::Split(split.clone()))?;
+        self.end_lease();
         let mut left = self.descriptor().clone();
         let mut new_epoch = left.epoch();
         new_epoch.version += 1;

@@ -7,17 +7,16 @@
 //! (`runtime.rs`) feeds it ticks, messages and requests and sends what it returns. One call to
 //! [`Store::process_ready`] handles the ready state of every replica:
 //!
-//! 1. messages a leader may send before persisting go out at once;
-//! 2. every replica's new log entries, hard state and already-persisted committed entries go
-//!    into **one** engine batch, written with one sync (group commit);
-//! 3. then the messages that had to wait for persistence, and the entries committed by
-//!    `advance`, applied in a second (unsynced) batch - the apply state travels with the data
+//! 1. messages a leader may send before persisting go out at once, before the fsync;
+//! 2. already-persisted committed entries are applied in an unsynced batch and acknowledged;
+//! 3. every replica's new log entries and hard state go into **one** engine batch, written
+//!    with one sync (group commit);
+//! 4. then the messages that had to wait for persistence, and the entries committed by
+//!    `advance`, applied in a last (unsynced) batch - the apply state travels with the data
 //!    it describes, so a crash replays exactly the unapplied suffix;
-//! 4. callbacks of applied proposals and served reads run last, after their batch is written.
+//! 5. callbacks of served reads run last.
 //!
-//! `Store`, every replica of a node. `process_ready` = one engine batch with one sync for all
-//! replicas' log appends, hard states and already-persisted committed entries, then a second
-//! unsynced batch for entries committed by `advance`; callbacks run after their batch. Right after
+//! (`ready.rs` walks through it.) Right after
 //! each batch write, every replica that applied a `ComputeChecksum` into it gets one shared engine
 //! snapshot as its checksum pin `(index, range, snapshot)`: the newest only, dropped on a Raft
 //! snapshot install, after `CHECKSUM_PIN_MAX_AGE_SECS` (a RocksDB snapshot holds back compaction)
@@ -400,6 +399,9 @@ impl<E: Engine> Store<E> {
         if progress.matched + max_lag < last {
             return refuse(format!("{} entries behind (limit {max_lag})", last - progress.matched));
         }
+        // The transferee campaigns at once, past the followers' election timers: the lease
+        // that relies on those timers ends here.
+        peer.end_lease();
         peer.raw.transfer_leader(to);
         Ok(())
     }
@@ -552,6 +554,107 @@ mod tests {
         store.set_now(Instant::now() + Duration::from_secs(CHECKSUM_PIN_MAX_AGE_SECS + 1));
         store.tick();
         assert!(matches!(store.checksum_pin(1, at2), Err(Error::ChecksumMissed { .. })));
+    }
+
+    /// Three stores on nodes 1-3 with shard 1 on all of them, node 1 leading; messages are
+    /// carried by hand ([`deliver`]).
+    fn three_stores(lease_reads: bool) -> (Vec<Store<MemEngine>>, Epoch) {
+        let epoch = Epoch { version: 1, conf_ver: 1 };
+        let desc = ShardDescriptor {
+            id: 1,
+            start: Vec::new(),
+            end: None,
+            epoch: Some(epoch),
+            replicas: vec![Replica::voter(1), Replica::voter(2), Replica::voter(3)],
+            merging_into: None,
+        };
+        let config = RaftConfig { lease_reads, ..RaftConfig::default() };
+        let mut stores: Vec<Store<MemEngine>> = (1..=3)
+            .map(|n| {
+                let mut s = Store::open(n, MemEngine::new(), config.clone()).expect("open");
+                s.bootstrap_shard(desc.clone()).expect("bootstrap");
+                s
+            })
+            .collect();
+        stores[0].campaign(1).expect("campaign");
+        deliver(&mut stores, Vec::new());
+        assert!(stores[0].status(1).expect("replica").is_leader());
+        (stores, epoch)
+    }
+
+    /// Runs ready rounds on every store and carries `first` and every message they send until
+    /// none is left.
+    fn deliver(stores: &mut [Store<MemEngine>], first: Vec<RaftEnvelope>) {
+        let mut queue = first;
+        for _ in 0..100 {
+            for s in stores.iter_mut() {
+                queue.extend(s.process_ready().expect("ready"));
+            }
+            if queue.is_empty() {
+                return;
+            }
+            for env in std::mem::take(&mut queue) {
+                let to = usize::try_from(env.to_node).expect("node id") - 1;
+                stores[to].step(env).expect("step");
+            }
+        }
+        panic!("messages still flowing after 100 rounds");
+    }
+
+    type Answers = Arc<Mutex<Vec<Result<crate::peer::ReadResponse>>>>;
+
+    fn read_into(answers: &Answers) -> ReadCallback {
+        let answers = Arc::clone(answers);
+        Box::new(move |r| answers.lock().expect("lock").push(r))
+    }
+
+    fn get_a() -> ReadRequest {
+        ReadRequest::Get(b"a".to_vec())
+    }
+
+    /// Reads waiting on a leader together go out as one ReadIndex round: one heartbeat to
+    /// each follower, not one per read; all are answered when it comes back.
+    #[test]
+    fn waiting_reads_share_one_readindex_round() {
+        let (mut stores, epoch) = three_stores(false);
+        let answers: Answers = Arc::default();
+        for _ in 0..10 {
+            stores[0].read(1, epoch, get_a(), read_into(&answers));
+        }
+        let out = stores[0].process_ready().expect("ready");
+        let heartbeats: Vec<_> = out
+            .iter()
+            .filter(|e| e.message.as_ref().is_some_and(|m| m.get_msg_type() == MessageType::MsgHeartbeat))
+            .collect();
+        assert_eq!(heartbeats.len(), 2, "one heartbeat per follower for the ten reads");
+        deliver(&mut stores, out);
+        let answers = answers.lock().expect("lock");
+        assert_eq!(answers.len(), 10);
+        assert!(answers.iter().all(|a| matches!(a, Ok(crate::peer::ReadResponse::Value(None)))), "{answers:?}");
+    }
+
+    /// Under a lease a read is answered at once, inside the call; a leadership transfer
+    /// ends the lease, so the next read waits for a ReadIndex round.
+    #[test]
+    fn a_leased_read_is_answered_at_once_until_a_transfer_starts() {
+        let (mut stores, epoch) = three_stores(true);
+        let now = Instant::now();
+        for s in stores.iter_mut() {
+            s.set_now(now);
+        }
+        let answers: Answers = Arc::default();
+        // The first read confirms leadership with a round, which starts the lease.
+        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        assert!(answers.lock().expect("lock").is_empty(), "no lease yet");
+        deliver(&mut stores, Vec::new());
+        assert_eq!(answers.lock().expect("lock").len(), 1);
+
+        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        assert_eq!(answers.lock().expect("lock").len(), 2, "answered inside the call, under the lease");
+
+        stores[0].transfer_leader(1, 2).expect("transfer starts");
+        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        assert_eq!(answers.lock().expect("lock").len(), 2, "no lease once a transfer started");
     }
 
     /// A follower of shard 1 (voters 1 and 2) on node 2.

@@ -1,21 +1,45 @@
 //! The ready round. Walk-through: every awake replica (and each sleeping one a message reached)
-//! is visited once; its ready state's log appends, hard state, installed snapshot and
-//! already-persisted committed entries go into one engine batch with one sync for all
-//! replicas (group commit); the messages go out; then `advance_append` hands back the entries
-//! committed meanwhile, applied in a second, unsynced batch; callbacks run after their batch.
-//! Each apply returns what it did ([`Applied`]), gathered per replica for the round: checksum
-//! pins are taken right after the batch that holds them, then split-off shards start, merged-away
-//! sources are dropped and removed replicas destroyed.
+//! is visited once and its ready state split three ways:
+//!
+//! 1. **messages that need no persistence** (a leader's appends and heartbeats: Raft thesis
+//!    §10.2.1) go out at once, through the caller's `send`, before this node's own fsync — the
+//!    followers write while the leader does;
+//! 2. **committed entries** (already persisted here: raft-rs hands out only those) are applied
+//!    into an unsynced batch, written first, and their callbacks run at once: an acknowledged
+//!    write waits for its own commit, never for the fsync of newer proposals. The apply state
+//!    travels with the data it describes, and the log it replays from is already durable, so a
+//!    crash replays exactly the unapplied suffix;
+//! 3. **log appends, hard states and installed snapshots** of every replica go into one engine
+//!    batch with one sync (group commit); then the messages that had to wait for it (a
+//!    follower's acknowledgements, votes), and `advance_append` hands back the entries
+//!    committed meanwhile, applied in a last unsynced batch.
+//!
+//! Callbacks of served reads run last. Each apply returns what it did ([`Applied`]), gathered
+//! per replica for the round: checksum pins are taken right after the batch that holds them,
+//! then split-off shards start, merged-away sources are dropped and removed replicas destroyed.
 
 use super::*;
 
 impl<E: Engine> Store<E> {
-    /// Handles the ready state of every replica (see the module doc). Returns the messages to
-    /// send. An error means the engine failed a write: the node must stop.
+    /// Handles the ready state of every replica, returning every message to send (see
+    /// [`Store::process_ready_sending`], which sends the early ones before the fsync).
     pub fn process_ready(&mut self) -> Result<Vec<RaftEnvelope>> {
+        let mut early = Vec::new();
+        let mut rest = self.process_ready_sending(&mut |env| early.push(env))?;
+        early.append(&mut rest);
+        Ok(early)
+    }
+
+    /// Handles the ready state of every replica (see the module doc): messages that need no
+    /// persistence go to `send` before this node's fsync; returns the rest. An error means
+    /// the engine failed a write: the node must stop.
+    pub fn process_ready_sending(&mut self, send: &mut dyn FnMut(RaftEnvelope)) -> Result<Vec<RaftEnvelope>> {
         let mut out: Vec<RaftEnvelope> = Vec::new();
+        let mut early: Vec<RaftEnvelope> = Vec::new();
         let mut done: Completions = Vec::new();
         let mut raft_wb = WriteBatch::new();
+        // Committed entries of this round's readies: written (unsynced) before the log's sync.
+        let mut committed_wb = WriteBatch::new();
         let mut sync = false;
         let mut readies = Vec::new();
         let node_id = self.node_id;
@@ -41,7 +65,7 @@ impl<E: Engine> Store<E> {
                 // Entries waiting behind a CommitMerge, or left behind a ComputeChecksum: retry
                 // them; take no new ready until they are through (this bounds what waits), nor
                 // while a ComputeChecksum among them waits for its batch to be written.
-                let applied = peer.apply(Vec::new(), &self.frozen, &mut raft_wb, &mut done)?;
+                let applied = peer.apply(Vec::new(), &self.frozen, &mut committed_wb, &mut done)?;
                 merged_now.extend(applied.merged_sources.iter().copied());
                 let pin_waits = applied.checksum_at.is_some();
                 round.entry(*shard_id).or_default().absorb(applied);
@@ -55,7 +79,8 @@ impl<E: Engine> Store<E> {
             }
             let mut rd = peer.raw.ready();
             let desc = peer.descriptor().clone();
-            wrap(node_id, *shard_id, &desc, rd.take_messages(), &mut out, &mut snapshots_to_send);
+            let fresh = fresh_replicas(peer);
+            wrap(node_id, *shard_id, &desc, &fresh, rd.take_messages(), &mut early, &mut snapshots_to_send);
             if rd.ss().is_some() {
                 peer.on_role_change(&mut done);
                 peer.idle_ticks = 0;
@@ -82,7 +107,7 @@ impl<E: Engine> Store<E> {
                 sync = true;
             }
             peer.on_read_states(rd.take_read_states(), self.config.lease());
-            let applied = peer.apply(rd.take_committed_entries(), &self.frozen, &mut raft_wb, &mut done)?;
+            let applied = peer.apply(rd.take_committed_entries(), &self.frozen, &mut committed_wb, &mut done)?;
             merged_now.extend(applied.merged_sources.iter().copied());
             round.entry(*shard_id).or_default().absorb(applied);
             if !rd.entries().is_empty() {
@@ -110,10 +135,19 @@ impl<E: Engine> Store<E> {
             // Dropped with the merged sources below.
             round.entry(by).or_default().merged_sources.extend(superseded);
         }
+        for env in early {
+            send(env);
+        }
+        if !committed_wb.is_empty() {
+            self.engine.write(&committed_wb, WriteOptions::NO_SYNC)?;
+        }
+        self.pin_checksums(&mut round, !committed_wb.is_empty());
+        for f in done.drain(..) {
+            f();
+        }
         if !raft_wb.is_empty() {
             self.engine.write(&raft_wb, WriteOptions { sync })?;
         }
-        self.pin_checksums(&mut round, !raft_wb.is_empty());
 
         let mut apply_wb = WriteBatch::new();
         for (shard_id, mut rd) in readies {
@@ -122,7 +156,8 @@ impl<E: Engine> Store<E> {
             }
             let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
             let desc = peer.descriptor().clone();
-            wrap(node_id, shard_id, &desc, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
+            let fresh = fresh_replicas(peer);
+            wrap(node_id, shard_id, &desc, &fresh, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
             // `advance_append`, not `advance`: the latter marks every committed entry handed out
             // as applied, but entries behind a waiting CommitMerge are not; Raft learns the
             // applied index from the store below.
@@ -130,7 +165,7 @@ impl<E: Engine> Store<E> {
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_wb);
             }
-            wrap(node_id, shard_id, &desc, light.take_messages(), &mut out, &mut snapshots_to_send);
+            wrap(node_id, shard_id, &desc, &fresh, light.take_messages(), &mut out, &mut snapshots_to_send);
             let applied = peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
             merged_now.extend(applied.merged_sources.iter().copied());
             round.entry(shard_id).or_default().absorb(applied);
@@ -161,7 +196,7 @@ impl<E: Engine> Store<E> {
         }
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
-                peer.serve_reads(&mut done);
+                peer.serve_reads(self.now, &mut done);
                 // A sleeping replica with work left (entries waiting to apply, a new ready) is
                 // visited again next round.
                 if peer.quiescent && (!peer.pending_apply.is_empty() || peer.raw.has_ready()) {
@@ -181,27 +216,45 @@ impl<E: Engine> Store<E> {
 }
 
 /// Wraps outgoing Raft messages in envelopes; `MsgSnapshot`s are held back for the snapshot
-/// transfer.
+/// transfer. Every envelope carries the shard's epoch; the descriptor goes only where the
+/// receiver may need it to create its replica: on heartbeats, and on appends to the replicas
+/// in `fresh` (those this leader has not heard from yet).
 pub(super) fn wrap(
     node_id: u64,
     shard_id: u64,
     desc: &ShardDescriptor,
+    fresh: &[u64],
     msgs: Vec<Message>,
     out: &mut Vec<RaftEnvelope>,
     snapshots: &mut Vec<(u64, Message)>,
 ) {
     for m in msgs {
-        if m.get_msg_type() == MessageType::MsgSnapshot {
-            snapshots.push((shard_id, m));
-            continue;
-        }
+        let carry = match m.get_msg_type() {
+            MessageType::MsgSnapshot => {
+                snapshots.push((shard_id, m));
+                continue;
+            }
+            MessageType::MsgHeartbeat => true,
+            MessageType::MsgAppend => fresh.contains(&m.to),
+            _ => false,
+        };
         out.push(RaftEnvelope {
             shard_id,
             from_node: node_id,
             to_node: m.to,
-            descriptor: Some(desc.clone()),
+            descriptor: carry.then(|| desc.clone()),
+            epoch: Some(desc.epoch()),
             message: Some(m),
             ..RaftEnvelope::default()
         });
     }
+}
+
+/// On a leader, the replicas it has not heard from yet (nothing known to match): they may not
+/// have their replica yet, so its appends to them carry the descriptor.
+fn fresh_replicas<E: Engine>(peer: &Peer<E>) -> Vec<u64> {
+    if !peer.is_leader() {
+        return Vec::new();
+    }
+    peer.raw.raft.prs().iter().filter(|(_, pr)| pr.matched == 0).map(|(id, _)| *id).collect()
 }

@@ -34,7 +34,7 @@ impl<E: Engine> Store<E> {
         }
         if let Some(peer) = self.peers.get_mut(&env.shard_id) {
             let mine = peer.descriptor().clone();
-            let theirs = env.descriptor.as_ref().map_or(0, |d| d.epoch().conf_ver);
+            let theirs = env.sender_conf_ver();
             if env.tombstone {
                 // A newer configuration without us: this replica is gone. It counts only from
                 // a member of that configuration who is also a member of ours, or whom this

@@ -1,6 +1,8 @@
 //! [`Client`]: routes each request by a cached directory and retries what is safe to retry.
 //!
-//! Retry rules: reads retry on any error until the deadline. Writes retry only on errors that
+//! Retry rules: reads retry on any error until the deadline. An answer that carries the new
+//! route (a leader hint, newer descriptors) is retried at once, up to
+//! [`MAX_IMMEDIATE_RETRIES`] times in a row; every other retry waits a backoff with jitter. Writes retry only on errors that
 //! certainly left them undone (`NotLeader`, `EpochNotMatch`, `ShardNotFound`, `Retry`, an
 //! unreachable node); a write whose outcome is unknown (a lost connection, a timeout, a
 //! leader change before it applied) is reported as [`ClientError::OutcomeUnknown`], never
@@ -42,7 +44,8 @@ pub struct ClientConfig {
     pub request_timeout_ms: u64,
     /// One attempt waits this long for its answer.
     pub attempt_timeout_ms: u64,
-    /// First pause between retries (doubling up to `max_backoff_ms`).
+    /// First pause between retries (doubling up to `max_backoff_ms`; each pause is drawn from
+    /// the upper half of its backoff, a jitter).
     pub backoff_ms: u64,
     /// Longest pause between retries.
     pub max_backoff_ms: u64,
@@ -123,8 +126,31 @@ pub struct Client {
 /// What to do after one attempt.
 enum Next {
     Answer(Response),
-    Retry(String),
+    /// Try again: `at_once` when the answer carried the new route (a leader hint or newer
+    /// descriptors), after a backoff otherwise.
+    Retry {
+        why: String,
+        at_once: bool,
+    },
     Fail(ClientError),
+}
+
+impl Next {
+    fn retry(why: impl Into<String>) -> Next {
+        Next::Retry { why: why.into(), at_once: false }
+    }
+}
+
+/// Retries in a row a request makes at once on a new route before it backs off (a route that
+/// keeps moving is not chased in a tight loop).
+pub const MAX_IMMEDIATE_RETRIES: u32 = 3;
+
+/// A pause of `backoff` with equal jitter: somewhere in `[backoff / 2, backoff]`, so that
+/// clients that failed together do not retry together.
+fn jittered(backoff: Duration) -> Duration {
+    use rand::Rng;
+    let half = backoff / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
 impl Client {
@@ -352,6 +378,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
         let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
         let mut avoid = Vec::new();
+        let mut immediate = 0;
         let mut last;
         loop {
             let shard = self.cache().directory.get_shard(key).cloned();
@@ -360,10 +387,10 @@ impl Client {
                     // The manager may not know the range yet (a split-off half not reported):
                     // back off before asking again.
                     Ok(()) if self.cache().directory.get_shard(key).is_none() => {
-                        Next::Retry("the directory has no shard for the key yet".into())
+                        Next::retry("the directory has no shard for the key yet")
                     }
                     Ok(()) => continue,
-                    Err(e) => Next::Retry(e),
+                    Err(e) => Next::retry(e),
                 },
                 Some(shard) => match self.attempt(&shard, write, &make, &mut avoid).await {
                     Next::Answer(r) => return Ok((r, shard)),
@@ -373,12 +400,20 @@ impl Client {
             match next {
                 Next::Answer(_) => unreachable!("returned above"),
                 Next::Fail(e) => return Err(e),
-                Next::Retry(why) => last = why,
+                Next::Retry { why, at_once } => {
+                    last = why;
+                    if at_once && immediate < MAX_IMMEDIATE_RETRIES {
+                        immediate += 1;
+                        continue;
+                    }
+                }
             }
-            if tokio::time::Instant::now() + backoff >= deadline {
+            immediate = 0;
+            let pause = jittered(backoff);
+            if tokio::time::Instant::now() + pause >= deadline {
                 return Err(ClientError::Timeout { timeout_ms: self.cfg.request_timeout_ms, last });
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_millis(self.cfg.max_backoff_ms));
         }
     }
@@ -397,7 +432,7 @@ impl Client {
             // Every replica failed to answer: ask the shard manager afresh.
             avoid.clear();
             self.cache().directory.remove(shard.id);
-            return Next::Retry(format!("no replica of shard {} answered", shard.id));
+            return Next::retry(format!("no replica of shard {} answered", shard.id));
         };
         let request = make(shard);
         let answer =
@@ -416,27 +451,31 @@ impl Client {
             Ok(Ok(Response::Error(e))) => match e {
                 ProtoError::NotLeader { leader, .. } => {
                     cache.directory.set_leader(shard.id, leader);
-                    if leader.is_none() || leader == Some(target) {
+                    // A hint of another node is the new route: go there at once.
+                    let hinted = leader.is_some_and(|l| l != target);
+                    if !hinted {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry(e.to_string())
+                    Next::Retry { why: e.to_string(), at_once: hinted }
                 }
                 ProtoError::EpochNotMatch { ref current, .. } => {
                     for s in current {
                         cache.directory.update(s.clone());
                     }
-                    if cache.directory.get(shard.id).is_some_and(|s| s.epoch == shard.epoch) {
+                    // Newer descriptors came with the answer: route by them at once.
+                    let stale = cache.directory.get(shard.id).is_some_and(|s| s.epoch == shard.epoch);
+                    if stale {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry(e.to_string())
+                    Next::Retry { why: e.to_string(), at_once: !stale && !current.is_empty() }
                 }
                 ProtoError::ShardNotFound { .. } => {
                     cache.directory.remove(shard.id);
-                    Next::Retry(e.to_string())
+                    Next::retry(e.to_string())
                 }
-                ProtoError::Retry(_) => Next::Retry(e.to_string()),
+                ProtoError::Retry(_) => Next::retry(e.to_string()),
                 ProtoError::OutcomeUnknown { .. } if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
-                ProtoError::OutcomeUnknown { .. } => Next::Retry(e.to_string()),
+                ProtoError::OutcomeUnknown { .. } => Next::retry(e.to_string()),
                 other if write && !other.is_definite() => Next::Fail(ClientError::OutcomeUnknown(other.to_string())),
                 other => Next::Fail(ClientError::Refused(other)),
             },
@@ -444,18 +483,18 @@ impl Client {
             Ok(Err(RpcError::Unreachable(n))) => {
                 cache.directory.set_leader(shard.id, None);
                 avoid.push(n);
-                Next::Retry(format!("node {n} unreachable"))
+                Next::retry(format!("node {n} unreachable"))
             }
             Ok(Err(e @ RpcError::Lost(_))) if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
             Ok(Err(e)) => {
                 avoid.push(target);
-                Next::Retry(e.to_string())
+                Next::retry(e.to_string())
             }
             Err(_) if write => Next::Fail(ClientError::OutcomeUnknown(format!("no answer from node {target} in time"))),
             Err(_) => {
                 cache.directory.set_leader(shard.id, None);
                 avoid.push(target);
-                Next::Retry(format!("no answer from node {target} in time"))
+                Next::retry(format!("no answer from node {target} in time"))
             }
         }
     }

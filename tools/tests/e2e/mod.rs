@@ -331,6 +331,20 @@ async fn conditional_and_expiring_writes(security: &SecurityInfo, node: &presage
     assert_eq!(run(r, &["EXISTS", "t1", "t2"]).await.expect("EXISTS"), Int(1));
     assert_eq!(run(r, &["SET", "t1", "again", "NX"]).await.expect("SET NX"), Okay, "an expired key is absent");
 
+    // A pipeline: its commands run concurrently, the replies come in command order, and
+    // commands on one key keep their order (each GET reads the SET just before it).
+    let mut p = redis::pipe();
+    for i in 0..50 {
+        p.cmd("SET").arg("pk").arg(i).cmd("GET").arg("pk");
+        p.cmd("SET").arg(format!("pk-{i}")).arg(i).cmd("INCR").arg("pctr").cmd("PING");
+    }
+    let replies: Vec<redis::Value> = p.query_async(r).await.expect("pipeline");
+    assert_eq!(replies.len(), 250);
+    for (i, five) in replies.chunks(5).enumerate() {
+        let want = [Okay, bulk(&i.to_string()), Okay, Int(i as i64 + 1), redis::Value::SimpleString("PONG".into())];
+        assert_eq!(five, want, "pipeline step {i}");
+    }
+
     // INCR from four connections at once: every increment counts exactly once.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {

@@ -242,6 +242,7 @@ impl NodeConfig {
             ("resp.max-dbsize-keys", self.resp.max_dbsize_keys),
             ("resp.max-command-bytes", self.resp.max_command_bytes),
             ("resp.max-reply-buffer-bytes", self.resp.max_reply_buffer_bytes),
+            ("resp.max-pipeline-commands", self.resp.max_pipeline_commands),
             ("resp.idle-timeout-ms", self.resp.idle_timeout_ms as usize),
             ("resp.command-timeout-ms", self.resp.command_timeout_ms as usize),
         ] {

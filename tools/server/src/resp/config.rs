@@ -25,6 +25,8 @@ pub struct RespConfig {
     /// Replies waiting to be written on one connection, in bytes: past it they are written
     /// before the next command is read (pipelined replies flow as they are produced).
     pub max_reply_buffer_bytes: usize,
+    /// Commands of one connection running at once (a pipeline past it waits for the oldest).
+    pub max_pipeline_commands: usize,
     /// A connection that sends nothing for this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
     /// A command must arrive whole within this long of its first byte, in milliseconds (a
@@ -43,6 +45,7 @@ impl Default for RespConfig {
             max_dbsize_keys: 10_000_000,
             max_command_bytes: 64 << 20,
             max_reply_buffer_bytes: 1 << 20,
+            max_pipeline_commands: 128,
             idle_timeout_ms: 3_600_000,
             command_timeout_ms: 30_000,
         }

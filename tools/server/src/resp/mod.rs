@@ -21,6 +21,9 @@
 //! Each node keeps up to `MAX_SCAN_CURSORS` cursors (the key to resume from, by number);
 //! the oldest is dropped first, and an unknown cursor is an error.
 //!
+//! **Pipelines.** A connection's commands on keys run concurrently, replies in command order;
+//! commands on a key still in flight, and every other command, wait (see `pipeline.rs`).
+//!
 //! **Errors.** A protocol error (bad framing, a length over a limit) is answered and closes
 //! that connection, as Redis does; a bad command is answered and the connection goes on.
 //!
@@ -34,6 +37,7 @@
 
 pub mod config;
 pub mod parse;
+mod pipeline;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +56,7 @@ use tokio::sync::Semaphore;
 use crate::metrics::Metrics;
 pub use config::RespConfig;
 use parse::{parse_command, Limits, Reply};
+use pipeline::{Plan, Window};
 
 /// Cursors a node remembers for SCAN.
 pub const MAX_SCAN_CURSORS: usize = 10_000;
@@ -237,8 +242,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut command_began: Option<tokio::time::Instant> = None;
     let login_by =
         tokio::time::Instant::now() + std::time::Duration::from_millis(presage_client::net::LOGIN_TIMEOUT_MS);
+    // The commands running now (see `pipeline`).
+    let mut window = Window::new();
     loop {
-        // Answer every complete command in the buffer (pipelining); replies are written once
+        // Start every complete command in the buffer (pipelining); replies are written once
         // they pass `max-reply-buffer-bytes`, and at the latest when the buffer runs dry.
         loop {
             match parse_command(&buf, &limits) {
@@ -248,45 +255,78 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     if args.is_empty() {
                         continue;
                     }
-                    let quit = args[0].eq_ignore_ascii_case(b"quit");
-                    let reply = command(shared, &mut session, args).await;
-                    reply.encode(session.resp, &mut out);
+                    let name = upper(&args[0]);
+                    let plan = if session.user.is_some() { pipeline::plan(&name, &args) } else { Plan::Serial };
+                    match plan {
+                        Plan::Keyed(keys) => {
+                            if let Some(refused) = refuse(&session, &name) {
+                                // In order with the rest, touching no key.
+                                window.push(Vec::new(), Box::pin(std::future::ready(refused)));
+                            } else {
+                                while window.conflicts(&keys) || window.len() >= cfg.max_pipeline_commands {
+                                    let Some(reply) = window.next().await else { break };
+                                    reply.encode(session.resp, &mut out);
+                                }
+                                window.push(
+                                    keys,
+                                    Box::pin(async move { observed(shared, &name, keyed(shared, &name, &args)).await }),
+                                );
+                            }
+                        }
+                        Plan::Serial => {
+                            while let Some(reply) = window.next().await {
+                                reply.encode(session.resp, &mut out);
+                            }
+                            let quit = name == "QUIT";
+                            let reply = observed(shared, &name, dispatch(shared, &mut session, &name, &args)).await;
+                            reply.encode(session.resp, &mut out);
+                            if quit || session.auth_failures >= MAX_AUTH_FAILURES {
+                                if !quit {
+                                    tracing::warn!(peer = %session.peer, "RESP connection closed after repeated failed AUTH");
+                                }
+                                stream.write_all(&out).await?;
+                                stream.flush().await?;
+                                return Ok(());
+                            }
+                        }
+                    }
                     if out.len() >= cfg.max_reply_buffer_bytes {
                         stream.write_all(&out).await?;
                         stream.flush().await?;
                         out.clear();
-                    }
-                    if quit || session.auth_failures >= MAX_AUTH_FAILURES {
-                        if !quit {
-                            tracing::warn!(peer = %session.peer, "RESP connection closed after repeated failed AUTH");
-                        }
-                        stream.write_all(&out).await?;
-                        stream.flush().await?;
-                        return Ok(());
                     }
                 }
                 Ok(None) if buf.len() > max_command_bytes(cfg, &session) => {
                     let limit = max_command_bytes(cfg, &session);
                     tracing::info!(peer = %session.peer, bytes = buf.len(), limit, "RESP command too large; closing");
                     let e = format!("Protocol error: command larger than {limit} bytes");
-                    Reply::err(e).encode(session.resp, &mut out);
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
-                    return Ok(());
+                    return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(e)).await;
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    Reply::err(&e).encode(session.resp, &mut out);
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
-                    return Ok(());
-                }
+                Err(e) => return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(&e)).await,
             }
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             stream.flush().await?;
             out.clear();
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        if !window.is_empty() {
+            // Replies as they finish, and more commands as they arrive.
+            tokio::select! {
+                reply = window.next() => {
+                    if let Some(reply) = reply {
+                        reply.encode(session.resp, &mut out);
+                    }
+                }
+                read = stream.read_buf(&mut buf) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            continue;
         }
         // Nothing pending: the idle limit; part of a command: what is left of its time.
         // Until it logs in, at most until the login deadline.
@@ -299,7 +339,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if session.user.is_none() {
             deadline = deadline.min(login_by);
         }
-        buf.reserve(READ_CHUNK_BYTES);
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
@@ -316,6 +355,23 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Answers the commands still running, then `last` (a protocol error), and ends the
+/// connection.
+async fn close_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    window: &mut Window<'_>,
+    session: &Session,
+    out: &mut Vec<u8>,
+    last: Reply,
+) -> std::io::Result<()> {
+    while let Some(reply) = window.next().await {
+        reply.encode(session.resp, out);
+    }
+    last.encode(session.resp, out);
+    stream.write_all(out).await?;
+    stream.flush().await
 }
 
 fn upper(arg: &[u8]) -> String {
@@ -345,11 +401,11 @@ fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
         .ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
 
-async fn command(shared: &Shared, session: &mut Session, args: Vec<Vec<u8>>) -> Reply {
-    let name = upper(&args[0]);
+/// Runs `reply` (the command `name`) and counts it in the metrics.
+async fn observed(shared: &Shared, name: &str, reply: impl std::future::Future<Output = Reply>) -> Reply {
     let started = Instant::now();
-    let reply = dispatch(shared, session, &name, &args).await;
-    let known = KNOWN.contains(&name.as_str());
+    let reply = reply.await;
+    let known = KNOWN.contains(&name);
     let label = if known { name.to_ascii_lowercase() } else { "unknown".into() };
     shared.metrics.observe("resp", &label, !matches!(reply, Reply::Error(_)), started.elapsed());
     reply
@@ -372,20 +428,29 @@ fn max_command_bytes(cfg: &RespConfig, session: &Session) -> usize {
 /// Commands that write (refused to read-only users).
 const WRITES: &[&str] = &["SET", "SETNX", "DEL", "UNLINK", "MSET", "INCR", "INCRBY", "DECR", "DECRBY"];
 
-async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
-    let argc = args.len();
+/// The refusal of `name` for this session, if it may not run it: nothing but AUTH, HELLO and
+/// QUIT before a login, no write for a read-only user.
+fn refuse(s: &Session, name: &str) -> Option<Reply> {
     if s.user.is_none() && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
-        return Reply::Error("NOAUTH Authentication required.".into());
+        return Some(Reply::Error("NOAUTH Authentication required.".into()));
     }
     if let Some((user, role)) = &s.user {
         if WRITES.contains(&name) && !role.may_write() {
-            return Reply::Error(format!(
+            return Some(Reply::Error(format!(
                 "NOPERM User {user} has no permissions to run the '{}' command",
                 name.to_ascii_lowercase()
-            ));
+            )));
         }
     }
-    let c = &shared.client;
+    None
+}
+
+/// Runs a command alone (the session's, and those spanning the keyspace), or a keyed one.
+async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
+    if let Some(refused) = refuse(s, name) {
+        return refused;
+    }
+    let argc = args.len();
     match name {
         "PING" => match argc {
             1 => Reply::Simple("PONG".into()),
@@ -401,6 +466,35 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         },
         "AUTH" => auth(shared, s, &args[1..]).await,
         "HELLO" => hello(shared, s, &args[1..]).await,
+        "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
+        "DBSIZE" if argc == 1 => dbsize(shared).await,
+        "INFO" => Reply::Bulk(info(shared, s).into_bytes()),
+        "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
+            None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
+            Some("COUNT") => Reply::Int(KNOWN.len() as i64),
+            Some(_) => Reply::err("unknown COMMAND subcommand"),
+        },
+        "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
+        "CLIENT" if argc >= 2 => match (upper(&args[1]).as_str(), argc) {
+            ("SETNAME", 3) => {
+                s.name = Some(args[2].clone());
+                Reply::ok()
+            }
+            ("GETNAME", 2) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ("SETINFO", 4) => Reply::ok(),
+            ("ID", 2) => Reply::Int(s.id as i64),
+            _ => Reply::err("unknown CLIENT subcommand or wrong number of arguments"),
+        },
+        _ => keyed(shared, name, args).await,
+    }
+}
+
+/// Runs a command on keys (see `pipeline`): it needs nothing of the session, so several run
+/// at once. Also answers what no command matched.
+async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Reply {
+    let argc = args.len();
+    let c = &shared.client;
+    match name {
         "GET" if argc == 2 => match c.get(&args[1]).await {
             Ok(Some(v)) => Reply::Bulk(v),
             Ok(None) => Reply::Null,
@@ -462,25 +556,6 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         "EXISTS" if argc >= 2 => match c.get_many(&args[1..]).await {
             Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
             Err(e) => client_error(&e),
-        },
-        "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
-        "DBSIZE" if argc == 1 => dbsize(shared).await,
-        "INFO" => Reply::Bulk(info(shared, s).into_bytes()),
-        "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
-            None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
-            Some("COUNT") => Reply::Int(KNOWN.len() as i64),
-            Some(_) => Reply::err("unknown COMMAND subcommand"),
-        },
-        "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
-        "CLIENT" if argc >= 2 => match (upper(&args[1]).as_str(), argc) {
-            ("SETNAME", 3) => {
-                s.name = Some(args[2].clone());
-                Reply::ok()
-            }
-            ("GETNAME", 2) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
-            ("SETINFO", 4) => Reply::ok(),
-            ("ID", 2) => Reply::Int(s.id as i64),
-            _ => Reply::err("unknown CLIENT subcommand or wrong number of arguments"),
         },
         _ if KNOWN.contains(&name) => wrong_args(name),
         _ => {

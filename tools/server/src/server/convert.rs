@@ -92,8 +92,11 @@ pub fn proto_error(e: Error, write: bool) -> ProtoError {
         Error::ConditionFailed { key, current, .. } => ProtoError::ConditionFailed { key, current },
         Error::Invalid(why) => ProtoError::Invalid(why),
         Error::Stopped if !write => ProtoError::Retry(e.to_string()),
-        Error::Stopped | Error::Config(_) | Error::Engine(_) | Error::Corrupt { .. } | Error::Raft(_) => {
-            ProtoError::Internal(e.to_string())
-        }
+        Error::Stopped
+        | Error::Config(_)
+        | Error::Engine(_)
+        | Error::Corrupt { .. }
+        | Error::Raft(_)
+        | Error::Thread(_) => ProtoError::Internal(e.to_string()),
     }
 }
