@@ -73,6 +73,10 @@ pub struct ShardedCluster {
     clock: Clock,
     /// The cluster's id, as every node knows it once the first manager made it.
     cluster_id: Arc<std::sync::atomic::AtomicU64>,
+    /// The run's seed (the clients' retry jitter is drawn from it).
+    seed: u64,
+    /// Clients made so far (each gets its own jitter seed).
+    clients_made: std::sync::atomic::AtomicU64,
 }
 
 fn meta(id: u64) -> NodeMeta {
@@ -107,6 +111,8 @@ impl ShardedCluster {
             nodes: BTreeMap::new(),
             clock: Clock::wall(),
             cluster_id: Arc::default(),
+            seed,
+            clients_made: std::sync::atomic::AtomicU64::new(0),
         };
         let engine = MemEngine::new();
         let mut store = Store::open(1, engine.clone(), c.raft.clone()).expect("open store");
@@ -245,7 +251,14 @@ impl ShardedCluster {
 
     /// A client that asks `seeds` first.
     pub fn client(&self, seeds: Vec<u64>) -> Client {
-        let cfg = ClientConfig { request_timeout_ms: 20_000, attempt_timeout_ms: 2_000, ..ClientConfig::default() };
+        // Seeded retry jitter: a run replays exactly from its seed.
+        let n = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cfg = ClientConfig {
+            request_timeout_ms: 20_000,
+            attempt_timeout_ms: 2_000,
+            jitter_seed: Some(self.seed.wrapping_mul(1_000_003).wrapping_add(n)),
+            ..ClientConfig::default()
+        };
         Client::new(Arc::new(self.rpc.endpoint(CLIENT_ENDPOINT)), seeds, cfg)
     }
 

@@ -17,7 +17,7 @@
 //! `put_with_ttl`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMeta};
@@ -64,6 +64,10 @@ pub struct ClientConfig {
     /// The user and password every connection logs in with (none with a client certificate
     /// or on an insecure cluster).
     pub login: Option<Login>,
+    /// Seeds the retry jitter, so that a seeded test replays exactly; `None`: seeded from the
+    /// operating system.
+    #[serde(skip)]
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +84,7 @@ impl Default for ClientConfig {
             net: NetConfig::default(),
             tls: None,
             login: None,
+            jitter_seed: None,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct Client {
     seeds: Vec<NodeId>,
     cfg: ClientConfig,
     cache: Mutex<Cache>,
+    /// Draws the retry jitter.
+    jitter: Mutex<rand::rngs::SmallRng>,
 }
 
 /// What to do after one attempt.
@@ -147,16 +154,20 @@ pub const MAX_IMMEDIATE_RETRIES: u32 = 3;
 
 /// A pause of `backoff` with equal jitter: somewhere in `[backoff / 2, backoff]`, so that
 /// clients that failed together do not retry together.
-fn jittered(backoff: Duration) -> Duration {
-    use rand::Rng;
+fn jittered(rng: &mut impl rand::Rng, backoff: Duration) -> Duration {
     let half = backoff / 2;
-    half + rand::rng().random_range(Duration::ZERO..=half)
+    half + rng.random_range(Duration::ZERO..=half)
 }
 
 impl Client {
     /// A client that first asks `seeds` (any nodes of the cluster) for routes.
     pub fn new(rpc: Arc<dyn Rpc>, seeds: Vec<NodeId>, cfg: ClientConfig) -> Self {
-        Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()) }
+        use rand::SeedableRng;
+        let jitter = match cfg.jitter_seed {
+            Some(seed) => rand::rngs::SmallRng::seed_from_u64(seed),
+            None => rand::rngs::SmallRng::from_os_rng(),
+        };
+        Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()), jitter: Mutex::new(jitter) }
     }
 
     /// A client over TCP (TLS when `cfg.tls` is set) that first asks the nodes at `seeds`
@@ -409,7 +420,7 @@ impl Client {
                 }
             }
             immediate = 0;
-            let pause = jittered(backoff);
+            let pause = jittered(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner), backoff);
             if tokio::time::Instant::now() + pause >= deadline {
                 return Err(ClientError::Timeout { timeout_ms: self.cfg.request_timeout_ms, last });
             }
