@@ -471,17 +471,23 @@ mod tests {
     use super::*;
     use crate::wire::Replica;
 
-    /// A single-voter store, leading shard 1 over the whole key space.
-    fn leading_store() -> (Store<MemEngine>, Epoch) {
+    /// Shard 1 over the whole key space at epoch 1/1, with voters on `nodes`.
+    fn whole_keyspace(nodes: &[u64]) -> (ShardDescriptor, Epoch) {
         let epoch = Epoch { version: 1, conf_ver: 1 };
         let desc = ShardDescriptor {
             id: 1,
             start: Vec::new(),
             end: None,
             epoch: Some(epoch),
-            replicas: vec![Replica::voter(1)],
+            replicas: nodes.iter().map(|n| Replica::voter(*n)).collect(),
             merging_into: None,
         };
+        (desc, epoch)
+    }
+
+    /// A single-voter store, leading shard 1 over the whole key space.
+    fn leading_store() -> (Store<MemEngine>, Epoch) {
+        let (desc, epoch) = whole_keyspace(&[1]);
         let mut store = Store::open(1, MemEngine::new(), RaftConfig::default()).expect("open");
         store.bootstrap_shard(desc).expect("bootstrap");
         store.campaign(1).expect("campaign");
@@ -559,15 +565,7 @@ mod tests {
     /// Three stores on nodes 1-3 with shard 1 on all of them, node 1 leading; messages are
     /// carried by hand ([`deliver`]).
     fn three_stores(lease_reads: bool) -> (Vec<Store<MemEngine>>, Epoch) {
-        let epoch = Epoch { version: 1, conf_ver: 1 };
-        let desc = ShardDescriptor {
-            id: 1,
-            start: Vec::new(),
-            end: None,
-            epoch: Some(epoch),
-            replicas: vec![Replica::voter(1), Replica::voter(2), Replica::voter(3)],
-            merging_into: None,
-        };
+        let (desc, epoch) = whole_keyspace(&[1, 2, 3]);
         let config = RaftConfig { lease_reads, ..RaftConfig::default() };
         let mut stores: Vec<Store<MemEngine>> = (1..=3)
             .map(|n| {
@@ -659,14 +657,7 @@ mod tests {
 
     /// A follower of shard 1 (voters 1 and 2) on node 2.
     fn following_store() -> Store<MemEngine> {
-        let desc = ShardDescriptor {
-            id: 1,
-            start: Vec::new(),
-            end: None,
-            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
-            replicas: vec![Replica::voter(1), Replica::voter(2)],
-            merging_into: None,
-        };
+        let (desc, _) = whole_keyspace(&[1, 2]);
         let mut store = Store::open(2, MemEngine::new(), RaftConfig::default()).expect("open");
         store.bootstrap_shard(desc).expect("bootstrap");
         store.process_ready().expect("ready");

@@ -196,6 +196,13 @@ struct YcsbArgs {
     /// A cluster request gives up after this many milliseconds.
     #[arg(long, default_value_t = RunOptions::default().request_timeout_ms)]
     request_timeout_ms: u64,
+    #[command(flatten)]
+    out: Outputs,
+}
+
+/// Where a measurement runs and what it writes besides its table (`run`, `peers`, `scenario`).
+#[derive(clap::Args)]
+struct Outputs {
     /// The `presage` binary a playground runs (default: the one beside this program).
     #[arg(long)]
     presage_bin: Option<PathBuf>,
@@ -205,7 +212,7 @@ struct YcsbArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Also draw throughput and p99 over time to this SVG file.
+    /// Also draw throughput and p99 per second to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -233,11 +240,11 @@ impl YcsbArgs {
     fn environment(&self) -> Result<Environment> {
         // Only a playground target runs the binary.
         let presage_binary = if self.target.iter().any(TargetSpec::starts_playground) {
-            presage_binary(self.presage_bin.clone())?
+            presage_binary(self.out.presage_bin.clone())?
         } else {
-            self.presage_bin.clone().unwrap_or_default()
+            self.out.presage_bin.clone().unwrap_or_default()
         };
-        Ok(Environment { work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir), presage_binary })
+        Ok(Environment { work_dir: self.out.work_dir.clone().unwrap_or_else(std::env::temp_dir), presage_binary })
     }
 }
 
@@ -298,18 +305,8 @@ enum ScenarioCommand {
         /// RNG seed of the workload.
         #[arg(long, default_value_t = StoryOptions::default().seed)]
         seed: u64,
-        /// The `presage` binary the nodes run (default: the one beside this program).
-        #[arg(long)]
-        presage_bin: Option<PathBuf>,
-        /// Folder for the playgrounds (default: the system's temporary folder).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Also write the figures as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Also draw throughput and p99 per second to this SVG file.
-        #[arg(long)]
-        plot: Option<PathBuf>,
+        #[command(flatten)]
+        out: Outputs,
     },
 }
 
@@ -336,7 +333,7 @@ pub fn main() -> Result<()> {
         Command::Run { workload, args } => {
             let opts = args.options(workload);
             let env = args.environment()?;
-            let (target, json, plot) = (args.target, args.json, args.plot);
+            let (target, json, plot) = (args.target, args.out.json, args.out.plot);
             let report = crate::ycsb::run::run(&opts, &target, &env, &Bar(Default::default()))?;
             print!("{}", crate::ycsb::run::render(&report));
             write_json(json, &report)?;
@@ -353,8 +350,8 @@ pub fn main() -> Result<()> {
             let env = args.environment()?;
             let report = crate::peers::run(&opts, &args.target, &env, &Bar(Default::default()))?;
             print!("{}", crate::peers::render(&report));
-            write_json(args.json, &report)?;
-            if let Some(plot) = args.plot {
+            write_json(args.out.json, &report)?;
+            if let Some(plot) = args.out.plot {
                 crate::peers::draw(&report, &plot)?;
             }
             if let Some(r) = report.rows.iter().find(|r| r.error.is_some()) {
@@ -396,10 +393,7 @@ pub fn main() -> Result<()> {
                     after_kill_secs,
                     settings,
                     seed,
-                    presage_bin,
-                    work_dir,
-                    json,
-                    plot,
+                    out: Outputs { presage_bin, work_dir, json, plot },
                 },
         } => {
             anyhow::ensure!(
