@@ -45,13 +45,9 @@ impl<E: Engine> Peer<E> {
         }
         let leased = lease.is_some() && self.lease_holds(now);
         let index = leased.then_some(self.raw.raft.raft_log.committed);
-        if let Some(index) = index.filter(|i| *i <= self.raw.store().applied_index()) {
-            // Served now; the lease is checked again after the read.
-            let result = self.execute(&request);
-            debug_assert!(index <= self.raw.store().applied_index());
-            if self.lease_holds(now) {
-                return cb(result);
-            }
+        if index.is_some_and(|i| i <= self.raw.store().applied_index()) {
+            // Served now, under the lease that holds at `now`.
+            return cb(self.execute(&request));
         }
         // Issued with every other read that arrives before the ready round (`issue_reads`).
         self.reads.push_back(PendingRead { leased, round: None, age_ticks: 0, issued_at: now, index, request, cb });

@@ -3,8 +3,9 @@
 //!
 //! This module is the workload itself, pure and seeded: the operation mixes YCSB's core
 //! workloads define, the record keys, and the request distributions (uniform, scrambled
-//! zipfian, latest). [`target`] runs operations against one kind of target; [`run`] drives
-//! threads through a load and a run phase and measures them; [`plot`] draws the run.
+//! zipfian, latest). [`target`] runs operations against one kind of target; [`run`] runs the
+//! targets in turn (its options in `options.rs`, each phase's threads and measurements in
+//! `phase.rs`) and reports them side by side; [`plot`] draws the run.
 //!
 //! Records are single values of `value_bytes` (YCSB's ten 100-byte fields stored as one
 //! value); an update rewrites the whole value.
@@ -18,6 +19,8 @@
 //! finished; a phase stops when nothing succeeded for `max_failing_secs`), ratios to the first
 //! target, text rendering; `plot.rs`: the SVG (plotters, no font files).
 
+mod options;
+mod phase;
 pub mod plot;
 pub mod run;
 pub mod target;
