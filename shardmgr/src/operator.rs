@@ -386,10 +386,11 @@ impl Operator {
         }
     }
 
-    /// A merge needs one node leading both shards: until then, move the source's
+    /// A merge, and the resolution of a frozen one, needs one node leading both shards (the
+    /// source's leader proposes the target's `CommitMerge`): until then, move the source's
     /// leadership to the target's leader.
     fn action_for(&self, step: Step, dir: &Directory) -> Step {
-        if let Step::Merge { target } = step {
+        if let Step::Merge { target } | Step::ResolveMerge { target } = step {
             let source_leader = dir.get(self.shard).and_then(|s| s.leader);
             let target_leader = dir.get(target).and_then(|s| s.leader);
             if let (Some(s), Some(t)) = (source_leader, target_leader) {
@@ -583,26 +584,33 @@ mod tests {
         assert!(op.status.is_finished());
     }
 
+    /// A merge, and the resolution of a frozen one, first moves the source's leadership to
+    /// the target's leader.
     #[test]
     fn merge_first_colocates_leaders() {
-        let mut dir = Directory::new();
-        let v = Role::Voter;
-        let mut a = shard(1, &[(1, v), (2, v), (3, v)], 1);
-        a.end = Some(b"m".to_vec());
-        let mut b = shard(2, &[(1, v), (2, v), (3, v)], 2);
-        b.start = b"m".to_vec();
-        dir.update(a);
-        dir.update(b.clone());
-        let mut op = Operator::new(5, 2, OperatorKind::Merge, vec![Step::Merge { target: 1 }], vec![], 0);
-        assert_eq!(op.poll(&dir, 1, 1000).action, Some(Step::TransferLeader { to: 1 }));
-        b.leader = Some(1);
-        dir.update(b);
-        assert_eq!(op.poll(&dir, 2, 1000).action, Some(Step::Merge { target: 1 }));
-        let mut merged = shard(1, &[(1, v), (2, v), (3, v)], 1);
-        merged.epoch.version = 2;
-        dir.update(merged);
-        op.poll(&dir, 3, 1000);
-        assert_eq!(op.status, OperatorStatus::Done);
+        for step in [Step::Merge { target: 1 }, Step::ResolveMerge { target: 1 }] {
+            let mut dir = Directory::new();
+            let v = Role::Voter;
+            let mut a = shard(1, &[(1, v), (2, v), (3, v)], 1);
+            a.end = Some(b"m".to_vec());
+            let mut b = shard(2, &[(1, v), (2, v), (3, v)], 2);
+            b.start = b"m".to_vec();
+            if matches!(step, Step::ResolveMerge { .. }) {
+                b.merging_into = Some(1);
+            }
+            dir.update(a);
+            dir.update(b.clone());
+            let mut op = Operator::new(5, 2, OperatorKind::Merge, vec![step.clone()], vec![], 0);
+            assert_eq!(op.poll(&dir, 1, 1000).action, Some(Step::TransferLeader { to: 1 }), "{step:?}");
+            b.leader = Some(1);
+            dir.update(b);
+            assert_eq!(op.poll(&dir, 2, 1000).action, Some(step.clone()));
+            let mut merged = shard(1, &[(1, v), (2, v), (3, v)], 1);
+            merged.epoch.version = 2;
+            dir.update(merged);
+            op.poll(&dir, 3, 1000);
+            assert_eq!(op.status, OperatorStatus::Done, "{step:?}");
+        }
     }
 
     #[test]

@@ -51,6 +51,33 @@ impl<E: Engine> Peer<E> {
             "membership changed"
         );
         self.raw.mut_store().set_membership(cs, desc, wb);
+        self.hand_off_if_demoted();
         Ok(())
+    }
+
+    /// True while this replica leads its shard as a learner (a change demoted it).
+    pub(crate) fn leads_as_learner(&self) -> bool {
+        self.is_leader() && self.descriptor().replicas.iter().any(|r| r.node_id == self.node_id && !r.is_voter())
+    }
+
+    /// A leader the membership demoted to learner hands its leadership to the voter with the
+    /// most of its log, unless a transfer already runs.
+    pub(crate) fn hand_off_if_demoted(&mut self) {
+        if !self.leads_as_learner() || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let prs = self.raw.raft.prs();
+        let best = self
+            .descriptor()
+            .replicas
+            .iter()
+            .filter(|r| r.is_voter())
+            .filter_map(|r| prs.get(r.node_id).map(|p| (p.matched, r.node_id)))
+            .max();
+        let Some((_, to)) = best else { return };
+        tracing::info!(node = self.node_id, shard = self.shard_id(), to, "demoted leader hands its leadership over");
+        // The transferee campaigns past the followers' election timers: no lease from here.
+        self.end_lease();
+        self.raw.transfer_leader(to);
     }
 }

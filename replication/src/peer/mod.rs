@@ -311,6 +311,7 @@ impl<E: Engine> Peer<E> {
         let r = &self.raw.raft;
         let last = r.raft_log.last_index();
         r.state == StateRole::Leader
+            && !self.leads_as_learner()
             && self.proposals.is_empty()
             && self.reads.is_empty()
             && self.joint_waiters.is_empty()

@@ -581,14 +581,16 @@ mod tests {
     }
 
     /// Runs ready rounds on every store and carries `first` and every message they send until
-    /// none is left.
+    /// none is left (two quiet rounds: messages an apply produced go out the round after).
     fn deliver(stores: &mut [Store<MemEngine>], first: Vec<RaftEnvelope>) {
         let mut queue = first;
+        let mut quiet_rounds = 0;
         for _ in 0..100 {
             for s in stores.iter_mut() {
                 queue.extend(s.process_ready().expect("ready"));
             }
-            if queue.is_empty() {
+            quiet_rounds = if queue.is_empty() { quiet_rounds + 1 } else { 0 };
+            if quiet_rounds == 2 {
                 return;
             }
             for env in std::mem::take(&mut queue) {
@@ -653,6 +655,63 @@ mod tests {
         stores[0].transfer_leader(1, 2).expect("transfer starts");
         stores[0].read(1, epoch, get_a(), read_into(&answers));
         assert_eq!(answers.lock().expect("lock").len(), 2, "no lease once a transfer started");
+    }
+
+    /// A swap whose demoted voter took the leadership while the change was joint leaves
+    /// raft-rs with a learner leading once the joint state is left; the learner hands the
+    /// leadership to a voter (the shard manager takes reports from voters only).
+    #[test]
+    fn a_leader_demoted_to_learner_hands_its_leadership_to_a_voter() {
+        let (mut desc, _) = whole_keyspace(&[1, 2, 3]);
+        desc.replicas.push(Replica::learner(4));
+        let mut stores: Vec<Store<MemEngine>> = (1..=4)
+            .map(|n| {
+                let mut s = Store::open(n, MemEngine::new(), RaftConfig::default()).expect("open");
+                s.bootstrap_shard(desc.clone()).expect("bootstrap");
+                s
+            })
+            .collect();
+        stores[0].campaign(1).expect("campaign");
+        deliver(&mut stores, Vec::new());
+        stores[0].swap_replicas(1, 4, 2, Box::new(|_| {}));
+        // One ready round at a time until node 1 applied the joint configuration (four voters).
+        let voters = |s: &Store<MemEngine>| s.status(1).expect("replica").descriptor.replicas.iter().filter(|r| r.is_voter()).count();
+        let mut queue = Vec::new();
+        for _ in 0..20 {
+            for s in stores.iter_mut() {
+                queue.extend(s.process_ready().expect("ready"));
+            }
+            if voters(&stores[0]) == 4 {
+                break;
+            }
+            for env in std::mem::take(&mut queue) {
+                let to = usize::try_from(env.to_node).expect("node id") - 1;
+                stores[to].step(env).expect("step");
+            }
+        }
+        assert_eq!(voters(&stores[0]), 4, "the joint configuration applied on the leader");
+        stores[0].transfer_leader(1, 2).expect("the voter being demoted may still take the leadership");
+        deliver(&mut stores, queue);
+        // The first hand-off can reach a voter that has not applied the leave yet (raft-rs
+        // then does not campaign); the transfer lapses after an election timeout and is
+        // retried on a tick.
+        let leaders = |stores: &[Store<MemEngine>]| -> Vec<u64> {
+            (1..=4u64).filter(|n| stores[*n as usize - 1].status(1).is_some_and(|s| s.is_leader())).collect()
+        };
+        for _ in 0..10 * RaftConfig::default().election_ticks {
+            if leaders(&stores) != [2] {
+                break;
+            }
+            for s in stores.iter_mut() {
+                s.tick();
+            }
+            deliver(&mut stores, Vec::new());
+        }
+        let learner = |n: usize| stores[n - 1].status(1).expect("replica").descriptor.replicas.iter().any(|r| r.node_id == 2 && !r.is_voter());
+        assert!((1..=4).all(learner), "node 2 demoted everywhere");
+        let leaders = leaders(&stores);
+        assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+        assert!([1, 3, 4].contains(&leaders[0]), "a voter leads, not the demoted node 2: {leaders:?}");
     }
 
     /// A follower of shard 1 (voters 1 and 2) on node 2.

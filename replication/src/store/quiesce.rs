@@ -43,6 +43,7 @@ impl<E: Engine> Store<E> {
         for shard_id in &self.active {
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
             peer.raw.tick();
+            peer.hand_off_if_demoted();
             peer.expire_reads(max_read_age_ticks);
             peer.idle_ticks += 1;
             if quiesce_after > 0

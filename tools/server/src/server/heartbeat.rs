@@ -166,12 +166,19 @@ async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
 /// One heartbeat; returns the manager a node that does not run it named.
 async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat) -> Option<NodeId> {
     let hint = *lock(&inner.manager_hint);
-    // Without a hint, the seeds in turn: one that does not know the manager either (an
-    // emptied node holds no meta replica to learn it from) must not be asked forever.
+    // Without a hint, the seeds and the other known nodes in turn: one that does not know
+    // the manager either (an emptied node holds no meta replica to learn it from) must not
+    // be asked forever, and a node without seeds (it bootstrapped the cluster) must not ask
+    // only itself.
     let seed = {
-        let seeds = lock(&inner.seeds);
+        let mut candidates = lock(&inner.seeds).clone();
+        for id in lock(&inner.known_peers).iter() {
+            if !candidates.contains(id) {
+                candidates.push(*id);
+            }
+        }
         let turn = inner.heartbeat_turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (!seeds.is_empty()).then(|| seeds[turn % seeds.len()])
+        (!candidates.is_empty()).then(|| candidates[turn % candidates.len()])
     };
     let to = hint.or(seed).unwrap_or(inner.me.id);
     let nodes_digest = inner.nodes_digest.load(std::sync::atomic::Ordering::Relaxed);

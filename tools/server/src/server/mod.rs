@@ -173,6 +173,10 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) manager_known: Mutex<Option<NodeId>>,
     /// The nodes this one joined through (asked when no manager is known).
     pub(crate) seeds: Mutex<Vec<NodeId>>,
+    /// The other nodes of the cluster as last learned from the manager (asked, after the
+    /// seeds, when no manager is known: a node emptied of its meta replica, or one that
+    /// bootstrapped the cluster and has no seeds, must still find a manager that moved).
+    pub(crate) known_peers: Mutex<Vec<NodeId>>,
     /// Requests being served.
     inflight: tokio::sync::Semaphore,
     /// Sources this node is merging (one merge per source at a time).
@@ -243,6 +247,7 @@ impl<E: Engine> Server<E> {
             manager_hint: Mutex::new(None),
             manager_known: Mutex::new(None),
             seeds: Mutex::new(Vec::new()),
+            known_peers: Mutex::new(Vec::new()),
             inflight,
             merging: Mutex::new(std::collections::HashSet::new()),
             nodes_digest: std::sync::atomic::AtomicU64::new(0),
@@ -398,6 +403,11 @@ impl<E: Engine> Inner<E> {
             return;
         }
         self.rpc.learn(nodes);
+        *lock(&self.known_peers) = nodes
+            .iter()
+            .filter(|n| n.id != self.me.id && n.state != presage_shardmgr::NodeState::Removed)
+            .map(|n| n.id)
+            .collect();
         self.nodes_digest.store(nodes_digest(nodes), std::sync::atomic::Ordering::Relaxed);
     }
 
