@@ -146,11 +146,20 @@ impl<E: Engine> PeerStorage<E> {
     /// Loads the replica of `shard_id` from the engine; `Ok(None)` if it has no state.
     pub fn load(engine: E, shard_id: u64) -> Result<Option<Self>> {
         let Some(raw) = engine.get(Cf::Raft, &keys::raft_state_key(shard_id))? else { return Ok(None) };
-        let raft_state: RaftLocalState = wire::decode("raft local state", &raw)?;
+        let mut raft_state: RaftLocalState = wire::decode("raft local state", &raw)?;
         let apply_raw = engine
             .get(Cf::Raft, &keys::apply_state_key(shard_id))?
             .ok_or(Error::Corrupt { what: "apply state", reason: format!("shard {shard_id} has none") })?;
         let apply_state: ApplyState = wire::decode("apply state", &apply_raw)?;
+        // The apply state is written apart from the hard state (unsynced, with the data, in
+        // the round before the log's sync), so a crash can keep it and lose the newer commit
+        // index: what was applied was committed.
+        if let Some(hs) = raft_state.hard_state.as_mut() {
+            if hs.commit < apply_state.applied_index {
+                debug_assert!(apply_state.applied_index <= raft_state.last_index, "applied past the log");
+                hs.commit = apply_state.applied_index;
+            }
+        }
         let desc_raw = engine
             .get(Cf::Meta, &keys::descriptor_key(shard_id))?
             .ok_or(Error::Corrupt { what: "shard descriptor", reason: format!("shard {shard_id} has none") })?;
@@ -529,6 +538,27 @@ mod tests {
         assert_eq!(c.slice(10, 12, u64::MAX).map(|v| v.len()), Some(2));
         c.clear();
         assert_eq!((c.bytes, c.entries.len()), (0, 0));
+    }
+
+    /// A crash can keep an apply state (written unsynced with the data) and lose the newer
+    /// commit index it went with: loading takes the applied index as committed, or raft-rs
+    /// would refuse to start the replica.
+    #[test]
+    fn a_commit_index_behind_the_applied_index_is_raised_at_load() {
+        use presage_engine::{MemEngine, WriteOptions};
+        let engine = MemEngine::new();
+        let hs = HardState { term: 2, vote: 1, commit: 6 };
+        let raft_state = RaftLocalState { hard_state: Some(hs), last_index: 9, last_term: 2 };
+        let apply = ApplyState { applied_index: 8, applied_term: 2, truncated_index: 5, truncated_term: 1, ..ApplyState::default() };
+        let desc = ShardDescriptor { id: 3, ..ShardDescriptor::default() };
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Raft, keys::raft_state_key(3), wire::encode(&raft_state));
+        wb.put(Cf::Raft, keys::apply_state_key(3), wire::encode(&apply));
+        wb.put(Cf::Meta, keys::descriptor_key(3), wire::encode(&desc));
+        engine.write(&wb, WriteOptions::SYNC).expect("write");
+        let storage = PeerStorage::load(engine, 3).expect("load").expect("a replica");
+        let state = raft::Storage::initial_state(&storage).expect("state");
+        assert_eq!((state.hard_state.commit, state.hard_state.term, state.hard_state.vote), (8, 2, 1));
     }
 
     #[test]

@@ -87,10 +87,20 @@ impl<E: Engine> Store<E> {
 
     /// Drops the replicas of sources merged away this round (their metadata was destroyed in
     /// the target's apply batch; their data now belongs to the target).
-    pub(super) fn drop_merged_sources(&mut self, round: &BTreeMap<u64, Applied<E>>, done: &mut Completions) {
+    pub(super) fn drop_merged_sources(
+        &mut self,
+        round: &BTreeMap<u64, Applied<E>>,
+        done: &mut Completions,
+    ) -> Result<()> {
+        let mut wb = WriteBatch::new();
         for (target_id, applied) in round {
             for &source_id in &applied.merged_sources {
-                if self.forget_replica(source_id, "shard merged into its neighbour", done).is_some() {
+                if let Some(peer) = self.forget_replica(source_id, "shard merged into its neighbour", done) {
+                    // Its metadata went with the merge's apply (or the install); the round's
+                    // log batch, written after it, may have touched its raft state again.
+                    if peer.raw.store().is_initialized() {
+                        crate::storage::destroy_metadata(peer.descriptor(), &mut wb);
+                    }
                     tracing::info!(
                         node = self.node_id,
                         shard = source_id,
@@ -100,6 +110,10 @@ impl<E: Engine> Store<E> {
                 }
             }
         }
+        if !wb.is_empty() {
+            self.engine.write(&wb, WriteOptions::NO_SYNC)?;
+        }
+        Ok(())
     }
 
     /// Removes a replica from memory (its waiting requests answered into `done`) and from

@@ -183,7 +183,7 @@ impl<E: Engine> Store<E> {
         }
         self.pin_checksums(&mut round, !apply_wb.is_empty());
         self.start_split_shards(&mut round)?;
-        self.drop_merged_sources(&round, &mut done);
+        self.drop_merged_sources(&round, &mut done)?;
         for shard_id in &visit {
             match self.peers.get(shard_id) {
                 Some(p) if p.descriptor().merging_into.is_some() => {

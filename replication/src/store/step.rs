@@ -27,7 +27,11 @@ impl<E: Engine> Store<E> {
                 .peers
                 .get(&env.shard_id)
                 .is_some_and(|p| p.raw.store().is_initialized() && p.raw.store().applied_index() >= chunk.index);
-            if !initialized_past {
+            // A staged snapshot already handed to Raft and not installed yet keeps its staging:
+            // a newer stream waits (unacknowledged, the sender resends) until the install.
+            let install_pending =
+                self.peers.get(&env.shard_id).is_some_and(|p| p.raw.raft.raft_log.unstable_snapshot().is_some());
+            if !initialized_past && !install_pending {
                 let ack = snapshot::receive_chunk(&self.engine, self.node_id, &env, &chunk)?;
                 self.pending_out.push(ack);
             }

@@ -244,7 +244,7 @@ impl YcsbArgs {
         } else {
             self.out.presage_bin.clone().unwrap_or_default()
         };
-        Ok(Environment { work_dir: self.out.work_dir.clone().unwrap_or_else(std::env::temp_dir), presage_binary })
+        Ok(Environment { work_dir: work_dir(self.out.work_dir.clone())?, presage_binary })
     }
 }
 
@@ -365,14 +365,14 @@ pub fn main() -> Result<()> {
                 "--keys, --reads and --sync-writes must be positive"
             );
             let opts = EngineBenchOptions { keys, sync_writes, reads, value_bytes, seed };
-            let work_dir = work_dir.unwrap_or_else(std::env::temp_dir);
+            let work_dir = self::work_dir(work_dir)?;
             let report = engine_bench::run(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
             print!("{}", engine_bench::render(&report));
             write_json(json, &report)
         }
         Command::Replication { writes, clients, value_bytes, seed, work_dir, json } => {
             let opts = ReplicationBenchOptions { writes, clients, value_bytes, seed };
-            let work_dir = work_dir.unwrap_or_else(std::env::temp_dir);
+            let work_dir = self::work_dir(work_dir)?;
             let report = replication_bench::run(&opts, &work_dir, &mut |step| eprintln!("running: {step}"))?;
             print!("{}", replication_bench::render(&report));
             write_json(json, &report)
@@ -451,4 +451,12 @@ pub fn main() -> Result<()> {
             write_json(json, &report)
         }
     }
+}
+
+/// The folder runs work in (the system's temporary folder unless `--work-dir` names one),
+/// created when missing.
+fn work_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = given.unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the work folder {}", dir.display()))?;
+    Ok(dir)
 }
