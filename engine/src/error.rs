@@ -77,6 +77,9 @@ pub enum EngineError {
         /// The operation class that was failed (`read`, `write`, `sync`; `OpClass::name`).
         class: &'static str,
     },
+    /// The disk is full: the write was refused (ENOSPC, or injected as such).
+    #[error("no space left on the device: write refused")]
+    NoSpace,
     /// An invalid configuration value.
     #[error("invalid engine configuration: {0}")]
     Config(String),

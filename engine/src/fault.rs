@@ -1,10 +1,23 @@
 //! Fault injection: a wrapper engine that adds latency and errors to chosen operation classes.
 //!
 //! Off unless configured: a [`FaultyEngine`] whose [`FaultInjector`] holds the default
-//! [`FaultConfig`] adds nothing. Latency is fixed or ramps linearly from the moment the
-//! configuration is set (a disk that degrades gradually); errors are drawn from a seeded RNG so
-//! that a run can be replayed. The demo, the chaos tests and the failure-model training
-//! change the configuration at run time through a shared [`FaultInjector`].
+//! [`FaultConfig`] adds nothing. The shapes, per operation class (reads, unsynced writes,
+//! synced writes):
+//!
+//! - **latency step / ramp**: extra latency, fixed or ramping linearly from the moment the
+//!   configuration is set (a disk that degrades gradually);
+//! - **stall**: every operation waits until `stall-ms` after the configuration was set (I/O
+//!   blocked for a while, then back);
+//! - **partial**: only a fraction `slow-rate` of the operations get the latency (a disk with
+//!   some bad regions, or a RAID member dragging);
+//! - **errors at a rate** (read, write or fsync errors): [`EngineError::Injected`];
+//! - **a full disk** (`disk-full`): every write is refused with [`EngineError::NoSpace`] as
+//!   ENOSPC would, reads go on.
+//!
+//! Random draws (errors, partial) come from a seeded RNG so that a run can be replayed. The
+//! demo, the scenarios, the chaos tests and the failure-model training change the
+//! configuration at run time through a shared [`FaultInjector`] (a node's admin API,
+//! `presage-ctl faults`).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -21,6 +34,8 @@ use crate::types::{
 
 /// Largest extra latency a rule may inject into one operation, in microseconds (10 s).
 pub const MAX_INJECTED_LATENCY_US: u64 = 10_000_000;
+/// Longest stall a rule may set, in milliseconds (2 minutes).
+pub const MAX_STALL_MS: u64 = 120_000;
 
 /// Faults for one operation class. Extra latency goes from `latency_start_us` to
 /// `latency_end_us` linearly over `ramp_ms` after the rule is set, then stays at
@@ -36,6 +51,11 @@ pub struct FaultRule {
     pub ramp_ms: u64,
     /// Probability in `[0, 1]` that an operation fails with [`EngineError::Injected`].
     pub error_rate: f64,
+    /// Operations wait until this long after the rule was set, in milliseconds (a stall).
+    pub stall_ms: u64,
+    /// Partial latency: the probability in `[0, 1]` that an operation gets the extra latency
+    /// (`None`: every operation does).
+    pub slow_rate: Option<f64>,
 }
 
 impl FaultRule {
@@ -52,8 +72,18 @@ impl FaultRule {
             latency_start_us: us(start),
             latency_end_us: us(end),
             ramp_ms: u64::try_from(ramp.as_millis()).unwrap_or(u64::MAX),
-            error_rate: 0.0,
+            ..Self::default()
         }
+    }
+
+    /// Every operation blocked until `stall` after the rule is set.
+    pub fn stall(stall: Duration) -> Self {
+        FaultRule { stall_ms: u64::try_from(stall.as_millis()).unwrap_or(u64::MAX), ..Self::default() }
+    }
+
+    /// The latency of `self` for a fraction `rate` of the operations only.
+    pub fn partial(self, rate: f64) -> Self {
+        FaultRule { slow_rate: Some(rate), ..self }
     }
 
     /// Fails operations with probability `rate`.
@@ -80,13 +110,23 @@ impl FaultRule {
     }
 
     fn is_active(&self) -> bool {
-        self.latency_start_us > 0 || self.latency_end_us > 0 || self.error_rate > 0.0
+        self.latency_start_us > 0 || self.latency_end_us > 0 || self.error_rate > 0.0 || self.stall_ms > 0
     }
 
-    /// Fails on an error rate outside `[0, 1]` or a latency above [`MAX_INJECTED_LATENCY_US`].
+    /// Fails on a rate outside `[0, 1]`, a latency above [`MAX_INJECTED_LATENCY_US`] or a
+    /// stall above [`MAX_STALL_MS`].
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(EngineError::Config(format!("error-rate {} is outside [0, 1]", self.error_rate)));
+        }
+        if let Some(r) = self.slow_rate.filter(|r| !(0.0..=1.0).contains(r)) {
+            return Err(EngineError::Config(format!("slow-rate {r} is outside [0, 1]")));
+        }
+        if self.stall_ms > MAX_STALL_MS {
+            return Err(EngineError::Config(format!(
+                "stall of {}ms exceeds the limit of {MAX_STALL_MS}ms",
+                self.stall_ms
+            )));
         }
         let worst = self.latency_start_us.max(self.latency_end_us);
         if worst > MAX_INJECTED_LATENCY_US {
@@ -108,7 +148,10 @@ pub struct FaultConfig {
     pub write: FaultRule,
     /// Faults on synced writes.
     pub sync: FaultRule,
-    /// Seed of the error draws.
+    /// The disk is full: every write (synced or not) is refused with
+    /// [`EngineError::NoSpace`]; reads go on.
+    pub disk_full: bool,
+    /// Seed of the random draws (errors, partial latency).
     pub seed: u64,
 }
 
@@ -196,21 +239,29 @@ impl FaultInjector {
         self.lock().injected_errors[class.index()]
     }
 
-    /// Applies the faults of `class` to one operation: sleeps for the extra latency, then
-    /// fails with the configured probability.
+    /// Applies the faults of `class` to one operation: a full disk refuses a write at once;
+    /// otherwise it waits out a stall, sleeps for the extra latency (for the drawn share of
+    /// operations under partial latency), then fails with the configured probability.
     pub fn before(&self, class: OpClass) -> Result<()> {
         let (delay, fail) = {
             let mut s = self.lock();
+            if s.config.disk_full && class != OpClass::Read {
+                s.injected_errors[class.index()] += 1;
+                return Err(EngineError::NoSpace);
+            }
             let rule = *s.config.rule(class);
             if !rule.is_active() {
                 return Ok(());
             }
-            let delay = rule.latency_at(s.set_at.elapsed());
+            let elapsed = s.set_at.elapsed();
+            let stall = Duration::from_millis(rule.stall_ms).saturating_sub(elapsed);
+            let slowed = rule.slow_rate.is_none_or(|r| r > 0.0 && s.rng.random_bool(r));
+            let latency = if slowed { rule.latency_at(elapsed) } else { Duration::ZERO };
             let fail = rule.error_rate > 0.0 && s.rng.random_bool(rule.error_rate);
             if fail {
                 s.injected_errors[class.index()] += 1;
             }
-            (delay, fail)
+            (stall + latency, fail)
         };
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -333,9 +384,73 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_blocks_every_operation_until_it_ends() {
+        let inj = FaultInjector::new();
+        inj.set(FaultConfig { sync: FaultRule::stall(Duration::from_millis(150)), ..FaultConfig::default() })
+            .expect("valid");
+        let started = Instant::now();
+        inj.before(OpClass::Sync).expect("no error");
+        let first = started.elapsed();
+        assert!(first >= Duration::from_millis(150), "the first sync waited out the stall: {first:?}");
+        let again = Instant::now();
+        inj.before(OpClass::Sync).expect("no error");
+        assert!(again.elapsed() < Duration::from_millis(100), "the stall is over");
+        let read = Instant::now();
+        inj.before(OpClass::Read).expect("reads are not stalled");
+        assert!(read.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn partial_latency_slows_only_its_share_of_operations() {
+        let inj = FaultInjector::new();
+        let rule = FaultRule::fixed_latency(Duration::from_millis(2)).partial(0.25);
+        inj.set(FaultConfig { write: rule, seed: 3, ..FaultConfig::default() }).expect("valid");
+        let slow = (0..200)
+            .filter(|_| {
+                let t = Instant::now();
+                inj.before(OpClass::Write).expect("no error");
+                t.elapsed() >= Duration::from_millis(2)
+            })
+            .count();
+        assert!((25..=75).contains(&slow), "about a quarter of 200 slowed, got {slow}");
+        let none = FaultRule::fixed_latency(Duration::from_millis(50)).partial(0.0);
+        inj.set(FaultConfig { write: none, ..FaultConfig::default() }).expect("valid");
+        let t = Instant::now();
+        inj.before(OpClass::Write).expect("no error");
+        assert!(t.elapsed() < Duration::from_millis(50), "a rate of 0 slows nothing");
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_and_serves_reads() {
+        let inj = FaultInjector::new();
+        inj.set(FaultConfig { disk_full: true, ..FaultConfig::default() }).expect("valid");
+        assert!(matches!(inj.before(OpClass::Write), Err(EngineError::NoSpace)));
+        assert!(matches!(inj.before(OpClass::Sync), Err(EngineError::NoSpace)));
+        assert!(inj.before(OpClass::Read).is_ok());
+        assert_eq!(inj.injected_errors(OpClass::Sync), 1);
+        // Through an engine: the data already there stays readable.
+        let engine = crate::MemEngine::new();
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Data, b"k".to_vec(), b"v".to_vec());
+        engine.write(&wb, WriteOptions::SYNC).expect("write before");
+        let faulty = FaultyEngine::new(engine, Arc::new(inj));
+        assert!(matches!(faulty.write(&wb, WriteOptions::NO_SYNC), Err(EngineError::NoSpace)));
+        assert_eq!(faulty.get(Cf::Data, b"k").expect("read"), Some(b"v".to_vec()));
+        faulty.faults().clear();
+        faulty.write(&wb, WriteOptions::SYNC).expect("space again");
+    }
+
+    #[test]
     fn bad_rates_are_refused() {
         let inj = FaultInjector::new();
         assert!(inj.set(FaultConfig { read: FaultRule::errors(1.5), ..FaultConfig::default() }).is_err());
         assert!(inj.set(FaultConfig { read: FaultRule::errors(f64::NAN), ..FaultConfig::default() }).is_err());
+        let partial = FaultRule::fixed_latency(Duration::from_millis(1)).partial(-0.1);
+        assert!(inj.set(FaultConfig { read: partial, ..FaultConfig::default() }).is_err());
+        let long = FaultRule::stall(Duration::from_millis(MAX_STALL_MS + 1));
+        assert!(inj.set(FaultConfig { sync: long, ..FaultConfig::default() }).is_err());
+        let json = r#"{"sync": {"stall-ms": 500}, "write": {"latency-start-us": 10, "latency-end-us": 10, "slow-rate": 0.5}, "disk-full": false}"#;
+        let parsed: FaultConfig = serde_json::from_str(json).expect("the admin API's JSON");
+        assert_eq!((parsed.sync.stall_ms, parsed.write.slow_rate), (500, Some(0.5)));
     }
 }

@@ -549,7 +549,13 @@ mod tests {
         let engine = MemEngine::new();
         let hs = HardState { term: 2, vote: 1, commit: 6 };
         let raft_state = RaftLocalState { hard_state: Some(hs), last_index: 9, last_term: 2 };
-        let apply = ApplyState { applied_index: 8, applied_term: 2, truncated_index: 5, truncated_term: 1, ..ApplyState::default() };
+        let apply = ApplyState {
+            applied_index: 8,
+            applied_term: 2,
+            truncated_index: 5,
+            truncated_term: 1,
+            ..ApplyState::default()
+        };
         let desc = ShardDescriptor { id: 3, ..ShardDescriptor::default() };
         let mut wb = WriteBatch::new();
         wb.put(Cf::Raft, keys::raft_state_key(3), wire::encode(&raft_state));

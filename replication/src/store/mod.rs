@@ -675,7 +675,9 @@ mod tests {
         deliver(&mut stores, Vec::new());
         stores[0].swap_replicas(1, 4, 2, Box::new(|_| {}));
         // One ready round at a time until node 1 applied the joint configuration (four voters).
-        let voters = |s: &Store<MemEngine>| s.status(1).expect("replica").descriptor.replicas.iter().filter(|r| r.is_voter()).count();
+        let voters = |s: &Store<MemEngine>| {
+            s.status(1).expect("replica").descriptor.replicas.iter().filter(|r| r.is_voter()).count()
+        };
         let mut queue = Vec::new();
         for _ in 0..20 {
             for s in stores.iter_mut() {
@@ -707,7 +709,15 @@ mod tests {
             }
             deliver(&mut stores, Vec::new());
         }
-        let learner = |n: usize| stores[n - 1].status(1).expect("replica").descriptor.replicas.iter().any(|r| r.node_id == 2 && !r.is_voter());
+        let learner = |n: usize| {
+            stores[n - 1]
+                .status(1)
+                .expect("replica")
+                .descriptor
+                .replicas
+                .iter()
+                .any(|r| r.node_id == 2 && !r.is_voter())
+        };
         assert!((1..=4).all(learner), "node 2 demoted everywhere");
         let leaders = leaders(&stores);
         assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");

@@ -141,6 +141,27 @@ enum Command {
         #[command(subcommand)]
         what: PfaCommand,
     },
+    /// Engine faults on the node whose admin API this talks to (a node started with
+    /// `fault-injection = true`; operators only): show, set or clear them.
+    Faults {
+        #[command(subcommand)]
+        what: FaultsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultsCommand {
+    /// The faults in force.
+    Show,
+    /// Replace the faults, e.g. `{"sync": {"stall-ms": 5000}}`, `{"disk-full": true}`,
+    /// `{"write": {"latency-start-us": 20000, "latency-end-us": 20000, "slow-rate": 0.1}}`;
+    /// ramps and stalls start now.
+    Set {
+        /// The fault configuration as JSON (the admin API's `PUT /v1/faults` body).
+        config: String,
+    },
+    /// Remove every fault.
+    Clear,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -264,6 +285,17 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Migrations => {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
+        }
+        Command::Faults { what: FaultsCommand::Show } => Ok(c.get_raw("/v1/faults")? + "\n"),
+        Command::Faults { what: FaultsCommand::Set { config } } => {
+            let body: serde_json::Value = serde_json::from_str(&config)
+                .map_err(|e| CtlError::Decode(format!("the fault configuration is not JSON: {e}")))?;
+            c.put_raw("/v1/faults", &body)?;
+            Ok("faults set\n".into())
+        }
+        Command::Faults { what: FaultsCommand::Clear } => {
+            c.delete("/v1/faults")?;
+            Ok("faults cleared\n".into())
         }
         Command::Risk => {
             let text = c.get_raw("/v1/risk")?;

@@ -495,6 +495,7 @@ async fn faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> Api
 
 async fn faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
     faults_of(&s)?.clear();
+    tracing::warn!(node = s.node, "engine fault injection cleared");
     Ok(StatusCode::NO_CONTENT)
 }
 

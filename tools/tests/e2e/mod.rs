@@ -276,6 +276,23 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(out.contains("Manual") && out.contains("Done"), "{out}");
     let (ok, _, err) = ctl(&["split", "99"]);
     assert!(!ok && err.contains("shard 99 does not exist"), "{err}");
+    // Faults through presage-ctl: a short stall of synced writes, shown, then over; a bad
+    // configuration refused with its reason; cleared.
+    let (ok, out, err) = ctl(&["faults", "set", r#"{"sync": {"stall-ms": 300}, "seed": 4}"#]);
+    assert!(ok && out.contains("faults set"), "{out}{err}");
+    let (ok, out, _) = ctl(&["faults", "show"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("faults JSON");
+    assert!(ok && shown["sync"]["stall-ms"] == 300 && shown["disk-full"] == false, "{out}");
+    let mut resp = redis_conn(&security, &node.resp).await;
+    let () = redis::cmd("SET").arg("after-stall").arg("v").query_async(&mut resp).await.expect("SET through the stall");
+    let (ok, _, err) = ctl(&["faults", "set", r#"{"write": {"slow-rate": 7}}"#]);
+    assert!(!ok && err.contains("slow-rate 7 is outside [0, 1]"), "{err}");
+    let (ok, _, err) = ctl(&["faults", "set", "{not json"]);
+    assert!(!ok && err.contains("not JSON"), "{err}");
+    let (ok, out, err) = ctl(&["faults", "clear"]);
+    assert!(ok && out.contains("faults cleared"), "{out}{err}");
+    let (_, out, _) = ctl(&["faults", "show"]);
+    assert!(out.contains("\"stall-ms\":0") || out.contains("\"stall-ms\": 0"), "{out}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
         .args(["--admin", "127.0.0.1:1", "nodes"])
         .output()
