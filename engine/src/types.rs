@@ -267,6 +267,13 @@ impl WriteBatch {
         self
     }
 
+    /// Adds every operation of `other`, after this batch's.
+    pub fn append(&mut self, other: WriteBatch) -> &mut Self {
+        self.size_bytes += other.size_bytes;
+        self.ops.extend(other.ops);
+        self
+    }
+
     /// The operations in order.
     pub fn ops(&self) -> &[WriteOp] {
         &self.ops

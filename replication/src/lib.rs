@@ -2,8 +2,8 @@
 //!
 //! - [`storage`]: raft-rs's `Storage` for one replica on the node's engine (`Raft` key space).
 //! - [`peer`]: one replica: a `RawNode`, its waiting proposals and reads, and apply.
-//! - [`store`]: every replica of a node, driven together; one engine batch and one sync per
-//!   ready round for all of them (group commit).
+//! - [`store`]: every replica of a node, driven together; one engine batch per ready round for
+//!   all of them, synced off the loop by the log writer (group commit across rounds).
 //! - [`snapshot`]: snapshot data streamed as the engine's export chunks, rate-limited,
 //!   resumable, verified before Raft may install it.
 //! - [`runtime`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.

@@ -1,9 +1,10 @@
 //! The node runtime: one tokio task owns a node's [`Store`] and drives it - ticks on a timer,
 //! messages and client requests from a bounded mailbox, then one ready round, whose messages
 //! go to the [`Transport`]. Everything else talks to it through a [`NodeHandle`]. A node
-//! process runs that task on a thread of its own ([`Node::spawn_on_own_thread`]): the round's
-//! synced log write then blocks only that thread, never a worker serving connections; tests
-//! on paused time run it on their runtime ([`Node::spawn`]).
+//! process runs that task on a thread of its own ([`Node::spawn_on_own_thread`]), with its log
+//! writes synced by a writer thread beside it, so the loop goes on while they sync; tests on
+//! paused time run it on their runtime ([`Node::spawn`]), the log writes completing on the
+//! loop after the messages that arrived meanwhile, so that a seed replays exactly.
 //!
 //! **Budgets.** The mailbox holds at most `max-mailbox-msgs` messages and `max-mailbox-bytes`
 //! of Raft messages and proposed writes (a request past either is refused `Busy`, a Raft
@@ -80,8 +81,8 @@ pub struct Node {
 enum Driver {
     /// A task on the caller's runtime (tests on paused time).
     Task(JoinHandle<()>),
-    /// A thread of its own with a single-threaded runtime, so that the loop's synced writes
-    /// block only it, never a worker that serves connections.
+    /// A thread of its own with a single-threaded runtime (and a log writer thread), so that
+    /// the loop's engine writes block only it, never a worker that serves connections.
     Thread { abort: tokio::task::AbortHandle, thread: std::thread::JoinHandle<()> },
 }
 
@@ -115,6 +116,7 @@ impl NodeMsg {
 impl Node {
     /// Starts driving `store`, sending through `transport`.
     pub fn spawn<E: Engine, T: Transport>(store: Store<E>, transport: T, config: &RaftConfig) -> Node {
+        let config = config.clone();
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let handle = NodeHandle {
@@ -123,17 +125,28 @@ impl Node {
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
         };
-        let task = tokio::spawn(run(store, transport, rx, queued_bytes, config.clone()));
+        let task = tokio::spawn(async move {
+            // Log writes complete on the loop, after the messages that arrived meanwhile:
+            // a run on paused time replays exactly from its seed.
+            let mut store = store;
+            if let Err(e) = store.defer_log_writes() {
+                tracing::error!(node = store.node_id(), error = %e, "engine write failed; stopping the node");
+                return;
+            }
+            run(store, transport, rx, queued_bytes, config).await
+        });
         Node { handle, driver: Driver::Task(task) }
     }
 
     /// Starts driving `store` on a thread of its own (see [`Node`]'s drivers): what a node
     /// process does. The transport's links stay on the caller's runtime.
     pub fn spawn_on_own_thread<E: Engine, T: Transport>(
-        store: Store<E>,
+        mut store: Store<E>,
         transport: T,
         config: &RaftConfig,
     ) -> Result<Node> {
+        // Log writes on a thread of their own: the loop goes on while they sync.
+        store.use_log_writer_thread()?;
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let node_id = store.node_id();
@@ -196,6 +209,7 @@ async fn run<E: Engine, T: Transport>(
     let node_id = store.node_id();
     let mut ticker = tokio::time::interval(config.tick_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let log_written = store.log_writer_signal();
     loop {
         // `biased`: a fixed order (tick first) instead of tokio's random pick, so that a run on
         // paused time replays exactly from its seed. Ticks come once per interval, so
@@ -219,6 +233,22 @@ async fn run<E: Engine, T: Transport>(
                         Err(_) => break,
                     }
                 }
+            }
+            // The writer thread finished a batch.
+            _ = async { log_written.as_ref()?.notified().await; Some(()) }, if log_written.is_some() => {}
+            // Deferred log writes complete when nothing else is ready.
+            _ = std::future::ready(()), if store.has_deferred_log_writes() => {}
+        }
+        // Log writes done meanwhile: their replicas advance, and the messages that waited go.
+        match store.complete_log_writes() {
+            Ok(out) => {
+                for env in out {
+                    transport.send(env);
+                }
+            }
+            Err(e) => {
+                tracing::error!(node = node_id, error = %e, "engine write failed; stopping the node");
+                break;
             }
         }
         match store.process_ready_sending(&mut |env| transport.send(env)) {

@@ -10,11 +10,16 @@
 //! store's batch. `snapshot()` returns metadata at the applied index and keeps an engine snapshot
 //! of that instant for the transfer.
 //!
-//! **Entry cache.** Entries appended and not yet applied stay in memory too (at most
-//! [`MAX_ENTRY_CACHE_BYTES`] per replica, a contiguous run), so that apply, and a leader's
-//! appends to its followers, do not read the log back from the engine. The cache drops what is
-//! applied, compacted or overwritten by a new leader, and empties on a snapshot install; a read
-//! it does not cover goes to the engine.
+//! **Entry cache.** The log's tail - entries appended and not yet applied - stays in memory
+//! too (a contiguous run ending at the last index), so that apply, and a leader's appends to
+//! its followers, do not read the log back from the engine. Log writes are asynchronous (the
+//! store's log writer), and raft-rs reads an entry from here as soon as it is handed over, so
+//! an entry not yet durable is never dropped from the cache: past [`MAX_ENTRY_CACHE_BYTES`]
+//! the oldest *persisted* entries go first (those are on disk). Unpersisted bytes are bounded
+//! by Raft's own limits (`max_uncommitted_bytes` on a leader, `max_inflight_msgs` x
+//! `max_msg_bytes` from a leader to a follower). The cache drops what is applied, compacted
+//! or overwritten by a new leader, and empties on a snapshot install; a read below it goes to
+//! the engine.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -45,37 +50,66 @@ pub struct GeneratedSnapshot<S> {
     pub descriptor: ShardDescriptor,
 }
 
-/// Most bytes of log entries one replica keeps in its entry cache (see the module doc).
+/// Most bytes of *persisted* log entries one replica keeps in its entry cache (see the module
+/// doc).
 pub const MAX_ENTRY_CACHE_BYTES: usize = 4 << 20;
 
-/// A contiguous run of log entries appended and not yet applied.
+/// The log's tail: a contiguous run of entries appended and not yet applied.
 #[derive(Default)]
 struct EntryCache {
     entries: VecDeque<Entry>,
     /// Their encoded size.
     bytes: usize,
+    /// The highest index known durable (the cache never drops an entry above it).
+    persisted: u64,
 }
 
 impl EntryCache {
     /// Adds `entries` (which follow on from the cache, or overwrite its suffix from their
-    /// first index on); what does not fit in [`MAX_ENTRY_CACHE_BYTES`] is not cached.
+    /// first index on); then drops the oldest persisted entries past [`MAX_ENTRY_CACHE_BYTES`].
     fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
         while self.entries.back().is_some_and(|e| e.index >= first.index) {
             self.pop_back();
         }
+        // What a new leader overwrote is not durable in its new form.
+        self.persisted = self.persisted.min(first.index - 1);
         if self.entries.back().is_some_and(|e| e.index + 1 != first.index) {
+            debug_assert!(
+                self.entries.back().is_some_and(|e| e.index <= self.persisted),
+                "a gap behind unpersisted entries"
+            );
             self.clear();
         }
         for e in entries {
-            let size = e.encoded_len();
-            if self.bytes + size > MAX_ENTRY_CACHE_BYTES {
-                break;
-            }
-            self.bytes += size;
+            self.bytes += e.encoded_len();
             self.entries.push_back(e.clone());
         }
-        debug_assert!(self.bytes <= MAX_ENTRY_CACHE_BYTES);
+        self.trim();
+    }
+
+    /// Records that the log is durable up to `index` of `term` (a log write completed): taken
+    /// only if the cache still holds that very entry, or none past it (a new leader may have
+    /// overwritten it since the write was handed over).
+    fn mark_persisted(&mut self, index: u64, term: u64) {
+        let still_there = match self.term(index) {
+            Some(t) => t == term,
+            // Below the cache (applied or dropped: durable), or an empty cache.
+            None => self.entries.front().is_none_or(|f| index < f.index),
+        };
+        if still_there && index > self.persisted {
+            self.persisted = index;
+            self.trim();
+        }
+    }
+
+    /// Drops the oldest persisted entries while over the byte limit.
+    fn trim(&mut self) {
+        while self.bytes > MAX_ENTRY_CACHE_BYTES && self.entries.front().is_some_and(|e| e.index <= self.persisted) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.encoded_len();
+            }
+        }
     }
 
     fn pop_back(&mut self) {
@@ -96,6 +130,10 @@ impl EntryCache {
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
     }
 
     /// Entries `[low, high)` within `max_size` bytes (at least one), if the cache holds them.
@@ -151,9 +189,8 @@ impl<E: Engine> PeerStorage<E> {
             .get(Cf::Raft, &keys::apply_state_key(shard_id))?
             .ok_or(Error::Corrupt { what: "apply state", reason: format!("shard {shard_id} has none") })?;
         let apply_state: ApplyState = wire::decode("apply state", &apply_raw)?;
-        // The apply state is written apart from the hard state (unsynced, with the data, in
-        // the round before the log's sync), so a crash can keep it and lose the newer commit
-        // index: what was applied was committed.
+        // The apply state is written apart from the hard state (unsynced, with the data), so
+        // a crash can keep it and lose the newer commit index: what was applied was committed.
         if let Some(hs) = raft_state.hard_state.as_mut() {
             if hs.commit < apply_state.applied_index {
                 debug_assert!(apply_state.applied_index <= raft_state.last_index, "applied past the log");
@@ -289,13 +326,6 @@ impl<E: Engine> PeerStorage<E> {
         self.write_raft_state(wb);
     }
 
-    /// Records the commit index (from a light ready).
-    pub fn set_commit(&mut self, commit: u64, wb: &mut WriteBatch) {
-        let mut hs = self.raft_state.hard_state.clone().unwrap_or_default();
-        hs.commit = commit;
-        self.set_hard_state(&hs, wb);
-    }
-
     /// Records that everything up to `index` (of `term`) is applied, with the data in `wb`.
     pub fn set_applied(&mut self, index: u64, term: u64, wb: &mut WriteBatch) {
         debug_assert!(index >= self.apply_state.applied_index, "apply went backwards");
@@ -378,6 +408,45 @@ impl<E: Engine> PeerStorage<E> {
         }
     }
 
+    /// Entries `[low, high)` from the engine, within `max_size` bytes (at least one).
+    fn read_log(&self, low: u64, high: u64, max_size: u64) -> raft::Result<Vec<Entry>> {
+        let range = keys::log_range(self.shard_id, low, high);
+        let limit = ScanLimit::new(
+            usize::try_from(high - low).unwrap_or(usize::MAX),
+            usize::try_from(max_size).unwrap_or(usize::MAX).max(1),
+        );
+        let page = self.engine.scan(Cf::Raft, &range, ScanOrder::Forward, limit).map_err(|e| storage_err(e.into()))?;
+        let mut out = Vec::with_capacity(page.pairs.len());
+        let mut size = 0u64;
+        for (k, v) in &page.pairs {
+            let e: Entry = wire::decode("raft log entry", v).map_err(|e| storage_err(e.into()))?;
+            let want = low + out.len() as u64;
+            if keys::index_of_log_key(k) != Some(want) || e.index != want {
+                return Err(storage_err(Error::Corrupt {
+                    what: "raft log",
+                    reason: format!("shard {}: expected entry {want}, found {}", self.shard_id, e.index),
+                }));
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() {
+            return Err(storage_err(Error::Corrupt {
+                what: "raft log",
+                reason: format!("shard {}: entries [{low}, {high}) missing", self.shard_id),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Records that this replica's log is durable up to `index` of `term` (see the module doc).
+    pub fn mark_persisted(&mut self, index: u64, term: u64) {
+        self.cache.mark_persisted(index, term);
+    }
+
     fn term_of(&self, idx: u64) -> Result<u64> {
         if idx == self.apply_state.truncated_index {
             return Ok(self.apply_state.truncated_term);
@@ -425,38 +494,26 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
         if let Some(cached) = self.cache.slice(low, high, max_size) {
             return Ok(cached);
         }
-        let range = keys::log_range(self.shard_id, low, high);
-        let limit = ScanLimit::new(
-            usize::try_from(high - low).unwrap_or(usize::MAX),
-            usize::try_from(max_size).unwrap_or(usize::MAX).max(1),
-        );
-        let page = self.engine.scan(Cf::Raft, &range, ScanOrder::Forward, limit).map_err(|e| storage_err(e.into()))?;
-        let mut out = Vec::with_capacity(page.pairs.len());
-        let mut size = 0u64;
-        for (k, v) in &page.pairs {
-            let e: Entry = wire::decode("raft log entry", v).map_err(|e| storage_err(e.into()))?;
-            let want = low + out.len() as u64;
-            if keys::index_of_log_key(k) != Some(want) || e.index != want {
-                return Err(storage_err(Error::Corrupt {
-                    what: "raft log",
-                    reason: format!("shard {}: expected entry {want}, found {}", self.shard_id, e.index),
-                }));
+        // Below the cache, from the engine (durable there: the cache keeps whatever is not);
+        // the rest, if the size allows, from the cache.
+        let cache_first = self.cache.first_index().filter(|f| *f > low && *f < high);
+        let mut out = self.read_log(low, cache_first.unwrap_or(high), max_size)?;
+        if let Some(first) = cache_first {
+            let size: u64 = out.iter().map(|e| e.encoded_len() as u64).sum();
+            if out.last().is_some_and(|e| e.index + 1 == first) && size < max_size {
+                let rest = self.cache.slice(first, high, max_size - size).unwrap_or_default();
+                let mut total = size;
+                for e in rest {
+                    total += e.encoded_len() as u64;
+                    if total > max_size {
+                        break;
+                    }
+                    out.push(e);
+                }
             }
-            size += v.len() as u64;
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e);
-        }
-        if out.is_empty() {
-            return Err(storage_err(Error::Corrupt {
-                what: "raft log",
-                reason: format!("shard {}: entries [{low}, {high}) missing", self.shard_id),
-            }));
         }
         Ok(out)
     }
-
     fn term(&self, idx: u64) -> raft::Result<u64> {
         if idx < self.apply_state.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -532,7 +589,8 @@ mod tests {
         c.drop_to(3);
         assert_eq!(c.slice(3, 5, u64::MAX), None, "applied entries are gone");
         assert_eq!(c.bytes, c.entries.iter().map(|e| e.encoded_len()).sum::<usize>());
-        // A run that does not follow on replaces the cache.
+        // A run that does not follow on (behind durable entries) replaces the cache.
+        c.mark_persisted(6, 2);
         c.append(&entries(10, 11, 3));
         assert_eq!(c.term(6), None);
         assert_eq!(c.slice(10, 12, u64::MAX).map(|v| v.len()), Some(2));
@@ -568,13 +626,28 @@ mod tests {
     }
 
     #[test]
-    fn the_entry_cache_keeps_within_its_byte_limit() {
+    fn the_entry_cache_keeps_within_its_byte_limit_but_never_drops_what_is_not_durable() {
         let mut c = EntryCache::default();
-        let big: Vec<Entry> = (1..=10)
-            .map(|index| Entry { index, term: 1, data: vec![0; MAX_ENTRY_CACHE_BYTES / 4], ..Entry::default() })
-            .collect();
-        c.append(&big);
+        let big = |from: u64, to: u64, term: u64| -> Vec<Entry> {
+            (from..=to)
+                .map(|index| Entry { index, term, data: vec![0; MAX_ENTRY_CACHE_BYTES / 4], ..Entry::default() })
+                .collect()
+        };
+        c.append(&big(1, 10, 1));
+        assert_eq!(c.entries.len(), 10, "nothing durable yet: all kept");
+        c.mark_persisted(10, 1);
         assert!(c.bytes <= MAX_ENTRY_CACHE_BYTES && c.entries.len() == 3, "{} entries", c.entries.len());
-        assert_eq!(c.slice(4, 5, u64::MAX), None, "the rest is read from the engine");
+        assert_eq!(c.first_index(), Some(8), "the oldest durable entries went first");
+        assert_eq!(c.slice(4, 5, u64::MAX), None, "those are read from the engine");
+        // A write handed over before a new leader overwrote its entries does not make the new
+        // ones durable.
+        c.append(&big(11, 14, 1));
+        c.append(&big(12, 13, 2));
+        c.mark_persisted(14, 1);
+        assert_eq!(c.persisted, 10, "the write of 11-14 proves nothing about the new 12-13");
+        assert_eq!(c.term(13), Some(2));
+        assert!(c.entries.iter().any(|e| e.index == 12), "unpersisted entries stay");
+        c.mark_persisted(13, 2);
+        assert_eq!(c.persisted, 13);
     }
 }

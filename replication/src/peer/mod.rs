@@ -319,6 +319,7 @@ impl<E: Engine> Peer<E> {
             && r.read_only.pending_read_count() == 0
             && r.lead_transferee.is_none()
             && r.raft_log.committed == last
+            && r.raft_log.persisted == last
             && self.raw.store().applied_index() == last
             && r.pending_conf_index <= last
             && r.prs().conf().to_conf_state().voters_outgoing.is_empty()
@@ -337,7 +338,28 @@ impl<E: Engine> Peer<E> {
             && r.term == term
             && r.raft_log.last_index() == commit
             && r.raft_log.committed == commit
+            && r.raft_log.persisted == commit
             && r.pending_request_snapshot == raft::INVALID_INDEX
+    }
+
+    /// Tells Raft how far this replica applied (entries behind a waiting CommitMerge or a
+    /// ComputeChecksum are not), never past what is durable here: raft-rs counts a snapshot
+    /// installed only once its write completed.
+    pub(crate) fn report_applied(&mut self) {
+        let applied = self.raw.store().applied_index().min(self.raw.raft.raft_log.persisted);
+        if applied >= self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// True for a follower that is its shard's only voter while log writes are in flight:
+    /// it would win an election with no vote from anyone, and raft-rs requires the whole log
+    /// durable when a node becomes leader.
+    pub(crate) fn must_persist_before_campaign(&self) -> bool {
+        let r = &self.raw.raft;
+        let mut voters = self.descriptor().replicas.iter().filter(|x| x.is_voter());
+        let alone = voters.next().is_some_and(|v| v.node_id == self.node_id) && voters.next().is_none();
+        r.state != StateRole::Leader && alone && r.raft_log.persisted < r.raft_log.last_index()
     }
 
     /// Wakes a quiescent replica (a no-op for an awake one).

@@ -97,7 +97,7 @@ impl<E: Engine> Store<E> {
             for &source_id in &applied.merged_sources {
                 if let Some(peer) = self.forget_replica(source_id, "shard merged into its neighbour", done) {
                     // Its metadata went with the merge's apply (or the install); the round's
-                    // log batch, written after it, may have touched its raft state again.
+                    // log batch, written since, may have touched its raft state again.
                     if peer.raw.store().is_initialized() {
                         crate::storage::destroy_metadata(peer.descriptor(), &mut wb);
                     }

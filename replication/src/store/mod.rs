@@ -8,13 +8,14 @@
 //! [`Store::process_ready`] handles the ready state of every replica:
 //!
 //! 1. messages a leader may send before persisting go out at once, before the fsync;
-//! 2. already-persisted committed entries are applied in an unsynced batch and acknowledged;
-//! 3. every replica's new log entries and hard state go into **one** engine batch, written
-//!    with one sync (group commit);
-//! 4. then the messages that had to wait for persistence, and the entries committed by
-//!    `advance`, applied in a last (unsynced) batch - the apply state travels with the data
-//!    it describes, so a crash replays exactly the unapplied suffix;
-//! 5. callbacks of served reads run last.
+//! 2. already-persisted committed entries are applied in an unsynced batch and acknowledged -
+//!    the apply state travels with the data it describes, so a crash replays exactly the
+//!    unapplied suffix;
+//! 3. every replica's new log entries and hard state go into **one** engine batch, handed to
+//!    the log writer (`log_writer.rs`), which syncs it off the loop (group commit across
+//!    rounds); when it is durable, the messages that had to wait go, and the entries it made
+//!    committable come in the next round;
+//! 4. callbacks of served reads run last.
 //!
 //! (`ready.rs` walks through it.) Right after
 //! each batch write, every replica that applied a `ComputeChecksum` into it gets one shared engine
@@ -34,6 +35,7 @@
 
 mod checksum;
 mod lifecycle;
+mod log_writer;
 mod quiesce;
 mod ready;
 mod snapshots;
@@ -56,6 +58,7 @@ use crate::peer::{
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
 use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
+pub use log_writer::MAX_QUEUED_LOG_JOBS;
 
 /// Ticks between two pages of each leader's expiry sweep (see [`Peer::sweep_expired`]).
 const SWEEP_EVERY_TICKS: u64 = 10;
@@ -185,6 +188,8 @@ pub struct Store<E: Engine> {
     pinned: BTreeSet<u64>,
     /// Replicas a tombstone condemned: destroyed at the end of the next ready round.
     condemned: BTreeSet<u64>,
+    /// How the log is written (see `log_writer.rs`).
+    log_writes: log_writer::LogWrites,
 }
 
 impl<E: Engine> Store<E> {
@@ -242,6 +247,7 @@ impl<E: Engine> Store<E> {
             frozen,
             pinned: BTreeSet::new(),
             condemned: BTreeSet::new(),
+            log_writes: log_writer::LogWrites::Inline,
             probed: BTreeMap::new(),
         })
     }
@@ -409,6 +415,10 @@ impl<E: Engine> Store<E> {
     /// Makes the replica of `shard_id` campaign now.
     pub fn campaign(&mut self, shard_id: u64) -> Result<()> {
         self.wake(shard_id);
+        if self.peers.get(&shard_id).is_some_and(Peer::must_persist_before_campaign) {
+            let out = self.flush_log_writes()?;
+            self.pending_out.extend(out);
+        }
         let peer = self.peers.get_mut(&shard_id).ok_or(Error::ShardNotFound { shard_id })?;
         peer.raw.campaign()?;
         Ok(())
@@ -523,6 +533,8 @@ mod tests {
         store.propose(1, epoch, put("a"), Box::new(|r| r.expect("write a")));
         store.propose_checksum(1, epoch, record(&index));
         store.propose(1, epoch, put("b"), Box::new(|r| r.expect("write b")));
+        // A round appends (the log write completes at once here), the next commits and applies.
+        store.process_ready().expect("ready");
         store.process_ready().expect("ready");
         let at = index.lock().expect("lock").expect("the checksum applied this round");
         let s = store.status(1).expect("replica");
@@ -542,6 +554,7 @@ mod tests {
 
         let newer = Arc::new(Mutex::new(None));
         store.propose_checksum(1, epoch, record(&newer));
+        store.process_ready().expect("ready");
         store.process_ready().expect("ready");
         let at2 = newer.lock().expect("lock").expect("the second checksum applied");
         assert!(at2 > at);

@@ -42,7 +42,11 @@ impl<E: Engine> Store<E> {
         let mut sleepers = Vec::new();
         for shard_id in &self.active {
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
-            peer.raw.tick();
+            // A lone voter would win an election at once, and raft-rs wants its whole log
+            // durable then: its clock waits for the writes in flight.
+            if !peer.must_persist_before_campaign() {
+                peer.raw.tick();
+            }
             peer.hand_off_if_demoted();
             peer.expire_reads(max_read_age_ticks);
             peer.idle_ticks += 1;

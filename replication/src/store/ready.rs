@@ -7,17 +7,20 @@
 //! 2. **committed entries** (already persisted here: raft-rs hands out only those) are applied
 //!    into an unsynced batch, written first, and their callbacks run at once: an acknowledged
 //!    write waits for its own commit, never for the fsync of newer proposals. The apply state
-//!    travels with the data it describes, and the log it replays from is already durable, so a
-//!    crash replays exactly the unapplied suffix;
+//!    travels with the data it describes, and the log it replays from is already durable, so
+//!    a crash replays exactly the unapplied suffix;
 //! 3. **log appends, hard states and installed snapshots** of every replica go into one engine
-//!    batch with one sync (group commit); then the messages that had to wait for it (a
-//!    follower's acknowledgements, votes), and `advance_append` hands back the entries
-//!    committed meanwhile, applied in a last unsynced batch.
+//!    batch, handed to the log writer with the messages that must wait for it (a follower's
+//!    acknowledgements, votes) and raft-rs told with `advance_append_async`; the loop does
+//!    not wait for the sync (see `log_writer.rs`). A round that installs a snapshot, splits,
+//!    merges or removes a replica first waits for the writes in flight and writes its own at
+//!    once.
 //!
 //! Callbacks of served reads run last. Each apply returns what it did ([`Applied`]), gathered
 //! per replica for the round: checksum pins are taken right after the batch that holds them,
 //! then split-off shards start, merged-away sources are dropped and removed replicas destroyed.
 
+use super::log_writer::{LogJob, PersistedReady};
 use super::*;
 
 impl<E: Engine> Store<E> {
@@ -41,7 +44,9 @@ impl<E: Engine> Store<E> {
         // Committed entries of this round's readies: written (unsynced) before the log's sync.
         let mut committed_wb = WriteBatch::new();
         let mut sync = false;
-        let mut readies = Vec::new();
+        // The readies this round's log batch persists, and the messages that wait for it.
+        let mut readies: Vec<PersistedReady> = Vec::new();
+        let mut after_persist: Vec<RaftEnvelope> = Vec::new();
         let node_id = self.node_id;
 
         let mut snapshots_to_send: Vec<(u64, Message)> = Vec::new();
@@ -69,7 +74,7 @@ impl<E: Engine> Store<E> {
                 merged_now.extend(applied.merged_sources.iter().copied());
                 let pin_waits = applied.checksum_at.is_some();
                 round.entry(*shard_id).or_default().absorb(applied);
-                peer.raw.advance_apply_to(peer.raw.store().applied_index());
+                peer.report_applied();
                 if !peer.pending_apply.is_empty() || pin_waits {
                     continue;
                 }
@@ -118,8 +123,33 @@ impl<E: Engine> Store<E> {
                 peer.raw.mut_store().set_hard_state(hs, &mut raft_wb);
             }
             sync |= rd.must_sync();
-            readies.push((*shard_id, rd));
+            wrap(
+                node_id,
+                *shard_id,
+                &desc,
+                &fresh,
+                rd.take_persisted_messages(),
+                &mut after_persist,
+                &mut snapshots_to_send,
+            );
+            readies.push(PersistedReady {
+                shard_id: *shard_id,
+                number: rd.number(),
+                last_entry: rd.entries().last().map(|e| (e.index, e.term)),
+            });
+            // The entries stay readable from the entry cache until the batch is durable; the
+            // log writer reports it (`on_persist_ready`).
+            peer.raw.advance_append_async(rd);
+            // Entries waiting behind a CommitMerge or a ComputeChecksum are not applied: tell
+            // Raft what is.
+            peer.report_applied();
+            let applied = peer.raw.store().applied_index();
+            let first = peer.raw.store().first_log_index();
+            if applied.saturating_sub(first) > self.config.log_gc_threshold_entries {
+                peer.raw.mut_store().compact_to(applied, &mut committed_wb)?;
+            }
         }
+        let installed_is_empty = installed.is_empty();
         for (by, desc) in installed {
             let mut superseded = Vec::new();
             for (other, p) in self.peers.iter().filter(|(id, p)| **id != by && p.descriptor().overlaps(&desc)) {
@@ -135,6 +165,14 @@ impl<E: Engine> Store<E> {
             // Dropped with the merged sources below.
             round.entry(by).or_default().merged_sources.extend(superseded);
         }
+        // A round that changes which replicas exist or their metadata waits for the log
+        // writes in flight and writes its own at once (see `log_writer.rs`).
+        let structural = !installed_is_empty
+            || !self.condemned.is_empty()
+            || round.values().any(|a| !a.split_created.is_empty() || !a.merged_sources.is_empty() || a.removed);
+        if structural {
+            out.extend(self.flush_log_writes()?);
+        }
         for env in early {
             send(env);
         }
@@ -145,43 +183,13 @@ impl<E: Engine> Store<E> {
         for f in done.drain(..) {
             f();
         }
-        if !raft_wb.is_empty() {
-            self.engine.write(&raft_wb, WriteOptions { sync })?;
-        }
-
-        let mut apply_wb = WriteBatch::new();
-        for (shard_id, mut rd) in readies {
-            if merged_now.contains(&shard_id) {
-                continue;
-            }
-            let Some(peer) = self.peers.get_mut(&shard_id) else { continue };
-            let desc = peer.descriptor().clone();
-            let fresh = fresh_replicas(peer);
-            wrap(node_id, shard_id, &desc, &fresh, rd.take_persisted_messages(), &mut out, &mut snapshots_to_send);
-            // `advance_append`, not `advance`: the latter marks every committed entry handed out
-            // as applied, but entries behind a waiting CommitMerge are not; Raft learns the
-            // applied index from the store below.
-            let mut light = peer.raw.advance_append(rd);
-            if let Some(commit) = light.commit_index() {
-                peer.raw.mut_store().set_commit(commit, &mut apply_wb);
-            }
-            wrap(node_id, shard_id, &desc, &fresh, light.take_messages(), &mut out, &mut snapshots_to_send);
-            let applied = peer.apply(light.take_committed_entries(), &self.frozen, &mut apply_wb, &mut done)?;
-            merged_now.extend(applied.merged_sources.iter().copied());
-            round.entry(shard_id).or_default().absorb(applied);
-            // Entries waiting behind a CommitMerge or a ComputeChecksum are not applied: tell
-            // Raft what is.
-            peer.raw.advance_apply_to(peer.raw.store().applied_index());
-            let applied = peer.raw.store().applied_index();
-            let first = peer.raw.store().first_log_index();
-            if applied.saturating_sub(first) > self.config.log_gc_threshold_entries {
-                peer.raw.mut_store().compact_to(applied, &mut apply_wb)?;
+        if !readies.is_empty() || !raft_wb.is_empty() {
+            let job = LogJob { batch: raft_wb, sync, readies, messages: after_persist };
+            out.extend(self.submit_log_job(job)?);
+            if structural {
+                out.extend(self.flush_log_writes()?);
             }
         }
-        if !apply_wb.is_empty() {
-            self.engine.write(&apply_wb, WriteOptions::NO_SYNC)?;
-        }
-        self.pin_checksums(&mut round, !apply_wb.is_empty());
         self.start_split_shards(&mut round)?;
         self.drop_merged_sources(&round, &mut done)?;
         for shard_id in &visit {
