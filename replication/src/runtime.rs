@@ -239,30 +239,21 @@ async fn run<E: Engine, T: Transport>(
             // Deferred log writes complete when nothing else is ready.
             _ = std::future::ready(()), if store.has_deferred_log_writes() => {}
         }
-        // Log writes done meanwhile: their replicas advance, and the messages that waited go.
-        match store.complete_log_writes() {
+        // Log writes done meanwhile (their replicas advance, the messages that waited go),
+        // then the ready round. A failed engine write may leave the in-memory state ahead of
+        // the disk, so the only safe move is to stop; a restart recovers from what is durable.
+        let sent = |result: Result<Vec<RaftEnvelope>>| match result {
             Ok(out) => {
-                for env in out {
-                    transport.send(env);
-                }
+                out.into_iter().for_each(|env| transport.send(env));
+                true
             }
             Err(e) => {
                 tracing::error!(node = node_id, error = %e, "engine write failed; stopping the node");
-                break;
+                false
             }
-        }
-        match store.process_ready_sending(&mut |env| transport.send(env)) {
-            Ok(out) => {
-                for env in out {
-                    transport.send(env);
-                }
-            }
-            Err(e) => {
-                // The engine failed a write: the in-memory state may be ahead of the disk, so the
-                // only safe move is to stop; a restart recovers from what is durable.
-                tracing::error!(node = node_id, error = %e, "engine write failed; stopping the node");
-                break;
-            }
+        };
+        if !sent(store.complete_log_writes()) || !sent(store.process_ready_sending(&mut |env| transport.send(env))) {
+            break;
         }
     }
     tracing::info!(node = node_id, "node stopped");

@@ -210,28 +210,7 @@ impl<E: Engine> Store<E> {
     /// returns the messages that waited for them. An error means the engine failed a write:
     /// the node must stop.
     pub fn complete_log_writes(&mut self) -> Result<Vec<RaftEnvelope>> {
-        let mut done = Vec::new();
-        match &mut self.log_writes {
-            LogWrites::Inline => {}
-            LogWrites::Deferred(queue) => {
-                if !queue.is_empty() {
-                    let mut jobs: Vec<LogJob> = queue.drain(..).collect();
-                    let result = write_jobs(&self.engine, &mut jobs);
-                    done.push(merge(jobs, result));
-                }
-            }
-            LogWrites::Thread(w) => {
-                while let Ok(p) = w.results.try_recv() {
-                    w.in_flight -= p.jobs;
-                    done.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for p in done {
-            out.extend(self.on_persisted(p)?);
-        }
-        Ok(out)
+        self.take_log_writes(false)
     }
 
     /// Hands a ready round's log writes over; returns the messages that may go now (all of
@@ -258,6 +237,12 @@ impl<E: Engine> Store<E> {
 
     /// Waits for every log write in flight and takes it in; returns the messages that waited.
     pub(super) fn flush_log_writes(&mut self) -> Result<Vec<RaftEnvelope>> {
+        self.take_log_writes(true)
+    }
+
+    /// Takes in the finished log writes (with `wait`, every one in flight, waiting for the
+    /// writer); deferred ones are written now.
+    fn take_log_writes(&mut self, wait: bool) -> Result<Vec<RaftEnvelope>> {
         let mut done = Vec::new();
         match &mut self.log_writes {
             LogWrites::Inline => {}
@@ -268,13 +253,16 @@ impl<E: Engine> Store<E> {
                     done.push(merge(jobs, result));
                 }
             }
-            LogWrites::Thread(w) => {
-                while w.in_flight > 0 {
-                    let p = w.results.recv().map_err(|_| Error::Thread("the log writer stopped".into()))?;
-                    w.in_flight -= p.jobs;
-                    done.push(p);
-                }
-            }
+            LogWrites::Thread(w) => loop {
+                let next = if wait && w.in_flight > 0 {
+                    Some(w.results.recv().map_err(|_| Error::Thread("the log writer stopped".into()))?)
+                } else {
+                    w.results.try_recv().ok()
+                };
+                let Some(p) = next else { break };
+                w.in_flight -= p.jobs;
+                done.push(p);
+            },
         }
         let mut out = Vec::new();
         for p in done {
