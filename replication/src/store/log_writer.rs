@@ -166,7 +166,8 @@ impl<E: Engine> Store<E> {
         self.flush_log_writes()?;
         let (job_tx, job_rx) = mpsc::sync_channel(MAX_QUEUED_LOG_JOBS);
         // Unbounded in type, bounded in use: one result per taken batch of jobs, and at most
-        // `MAX_QUEUED_LOG_JOBS` + 1 jobs are ever handed over and not taken back.
+        // `MAX_QUEUED_LOG_JOBS` queued plus as many being written are ever handed over and
+        // not taken back.
         let (result_tx, result_rx) = mpsc::channel();
         let notify = Arc::new(tokio::sync::Notify::new());
         let engine = self.engine.clone();
