@@ -7,6 +7,8 @@
 //! - [`snapshot`]: snapshot data streamed as the engine's export chunks, rate-limited,
 //!   resumable, verified before Raft may install it.
 //! - [`runtime`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
+//! - [`local_read`]: leased reads answered on the caller's thread from the leases the store
+//!   loop publishes, without a trip through the loop.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes.
 //! - [`value`]: how a value is stored (a header with an optional expiry deadline).
@@ -24,11 +26,13 @@
 //! used: it trusts check-quorum, which can notice a lost quorum a whole election timeout late.
 //! The lease ends when a leadership transfer starts (the transferee campaigns at once, past
 //! the followers' timers) and when a split or merge applies; a leased read still queued when
-//! its lease lapses goes through a ReadIndex round instead.
+//! its lease lapses goes through a ReadIndex round instead. While a lease holds, reads are
+//! answered on the caller's thread ([`local_read`]), checked again after the engine read.
 
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod local_read;
 mod logger;
 pub mod peer;
 pub mod runtime;
@@ -42,6 +46,7 @@ pub mod wire;
 
 pub use config::RaftConfig;
 pub use error::{Error, Result};
+pub use local_read::{LeaseViews, LocalReader};
 pub use peer::{AdminEntry, ReadRequest, ReadResponse};
 pub use runtime::{ChecksumAt, Node, NodeHandle};
 pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
+use crate::local_read::LocalReader;
 use crate::peer::{AdminEntry, ReadRequest, ReadResponse};
 use crate::store::{PinnedData, ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
@@ -94,6 +95,8 @@ pub struct NodeHandle {
     /// Bytes of Raft messages and writes in the mailbox.
     queued_bytes: Arc<AtomicUsize>,
     max_mailbox_bytes: usize,
+    /// Leased reads served without the loop (see `local_read.rs`).
+    local: Arc<LocalReader>,
 }
 
 /// A message in the mailbox and the bytes it counts for.
@@ -124,6 +127,7 @@ impl Node {
             tx,
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
+            local: Arc::new(store.local_reader()),
         };
         let task = tokio::spawn(async move {
             // Log writes complete on the loop, after the messages that arrived meanwhile:
@@ -155,6 +159,7 @@ impl Node {
             tx,
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
+            local: Arc::new(store.local_reader()),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -337,8 +342,18 @@ impl NodeHandle {
     }
 
     /// A linearizable read on `shard_id` (this node must lead it).
+    /// Served on the caller's thread while the leader's lease holds, else by the loop.
     pub async fn read(&self, shard_id: u64, epoch: Epoch, request: ReadRequest) -> Result<ReadResponse> {
+        let now = || tokio::time::Instant::now().into_std();
+        if let Some(answer) = self.local.try_read(shard_id, epoch, &request, now) {
+            return answer;
+        }
         self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, reply }).await?
+    }
+
+    /// Reads served off the loop (under a published lease) since the node started.
+    pub fn local_reads(&self) -> u64 {
+        self.local.served()
     }
 
     /// Proposes a membership change of `shard_id` (this node must lead it).

@@ -67,6 +67,9 @@ pub struct NemesisReport {
     pub faults: Vec<String>,
     /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
     pub sleeping_leaders_failed: usize,
+    /// Reads served off the store loop under a lease by the nodes running at the end
+    /// (a node that restarted counts from its restart).
+    pub local_reads: u64,
 }
 
 /// Raft settings of nemesis runs: a short log (compacted past 200 entries) and small
@@ -309,6 +312,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         rec.record(Operation { client: 0, key, op: KvOp::Get(value), call, ret: Some(ret) });
     }
 
+    report.local_reads = cluster.all().into_iter().filter_map(|n| cluster.handle(n)).map(|h| h.local_reads()).sum();
     let history = rec.history();
     report.ops = history.len();
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();

@@ -182,6 +182,7 @@ fn nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut totals = (0usize, 0usize, 0usize, 0usize);
+    let mut local_reads = 0u64;
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -193,13 +194,16 @@ fn nemesis_histories_are_linearizable() {
         totals.1 += report.acknowledged_writes;
         totals.2 += report.unknown_writes;
         totals.3 += report.sleeping_leaders_failed;
+        local_reads += report.local_reads;
     }
     eprintln!(
-        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {} sleeping leaders failed",
+        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {} sleeping leaders failed, \
+         {local_reads} reads served off the loop",
         totals.0, totals.1, totals.2, totals.3
     );
     if count >= 20 {
         assert!(totals.3 > 0, "no quiet phase ever caught a sleeping leader: quiescence is not exercised");
+        assert!(local_reads > 0, "no read was served off the loop: lease reads are not exercised");
     }
 }
 
@@ -772,7 +776,9 @@ async fn lease_reads_skip_the_round_trip_only_while_the_lease_lasts() {
     assert_eq!(h.read(SHARD, epoch, get()).await.expect("read through ReadIndex"), value);
 
     let cut = c.net.add_filter(Filter::Isolate(leader));
+    let off_loop = h.local_reads();
     assert_eq!(h.read(SHARD, epoch, get()).await.expect("read under the lease, no round trip"), value);
+    assert_eq!(h.local_reads(), off_loop + 1, "served off the store loop");
     tokio::time::sleep(lease).await;
     let late = tokio::time::timeout(Duration::from_millis(300), h.read(SHARD, epoch, get())).await;
     assert!(!matches!(late, Ok(Ok(_))), "after the lease a cut-off leader must not answer: {late:?}");

@@ -184,7 +184,7 @@ impl<E: Engine> Peer<E> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.into())),
         };
-        self.clock_floor_ms = self.clock_floor_ms.max(cmd.now_ms);
+        self.clock_floor_ms.fetch_max(cmd.now_ms, std::sync::atomic::Ordering::Relaxed);
         // Every condition first, against the state before this command. A value that does
         // not decode is the same bytes on every replica: the command fails alike everywhere.
         let engine = self.raw.store().engine().clone();

@@ -41,6 +41,7 @@ mod split;
 mod sweep;
 
 pub(crate) use apply::Applied;
+pub(crate) use read::execute_read;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -55,6 +56,7 @@ use raft::{RawNode, StateRole};
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
+use crate::local_read::{Lease, LeaseViews};
 use crate::storage::PeerStorage;
 use crate::value;
 use crate::wire::{
@@ -200,6 +202,10 @@ pub struct Peer<E: Engine> {
     /// (exclusive), in term `lease_term` (see [`Peer::read`]).
     lease_until: Option<Instant>,
     lease_term: u64,
+    /// Where this replica publishes its lease for reads off the loop (`local_read.rs`), and
+    /// what it published last: the view's generation, lease end and epoch.
+    lease_views: Arc<LeaseViews>,
+    published_lease: Option<(u64, Instant, Epoch)>,
     /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
     /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
     siblings: VecDeque<ShardDescriptor>,
@@ -209,8 +215,9 @@ pub struct Peer<E: Engine> {
     pub(crate) pending_apply: VecDeque<Entry>,
     /// The expiry sweep's state (see [`Peer::sweep_expired`]).
     sweep: Sweep,
-    /// The latest expiry time this replica used (see [`Peer::now_ms`]).
-    clock_floor_ms: u64,
+    /// The latest expiry time this replica used (see [`Peer::now_ms`]); shared with reads
+    /// served off the loop.
+    clock_floor_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The newest pinned checksum snapshot (dropped when a Raft snapshot is installed here, or
     /// after `CHECKSUM_PIN_MAX_AGE_SECS`).
     pub(crate) checksum_pin: Option<ChecksumPin<E>>,
@@ -241,7 +248,12 @@ pub const MAX_SPLIT_SIBLINGS: usize = 4;
 
 impl<E: Engine> Peer<E> {
     /// A replica over `storage`.
-    pub fn new(node_id: u64, storage: PeerStorage<E>, config: &RaftConfig) -> Result<Self> {
+    pub fn new(
+        node_id: u64,
+        storage: PeerStorage<E>,
+        config: &RaftConfig,
+        lease_views: Arc<LeaseViews>,
+    ) -> Result<Self> {
         let shard_id = storage.shard_id();
         let mut rc = config.raft_config(node_id, storage.applied_index());
         if let Some(offset) = config.fixed_election_offset(node_id) {
@@ -260,6 +272,8 @@ impl<E: Engine> Peer<E> {
             idle_ticks: 0,
             lease_until: None,
             lease_term: 0,
+            lease_views,
+            published_lease: None,
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
             sweep: Sweep {
@@ -268,7 +282,7 @@ impl<E: Engine> Peer<E> {
                 resume_after: None,
                 in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
-            clock_floor_ms: 0,
+            clock_floor_ms: Arc::default(),
             checksum_pin: None,
             joint_waiters: Vec::new(),
         })
@@ -279,8 +293,8 @@ impl<E: Engine> Peer<E> {
     /// and reads even if the wall clock steps back. (It is not persisted: after a restart,
     /// or under a new leader, it is only as good as the clocks' agreement.)
     pub(crate) fn now_ms(&mut self) -> u64 {
-        self.clock_floor_ms = self.clock_floor_ms.max(value::wall_now_ms());
-        self.clock_floor_ms
+        let now = value::wall_now_ms();
+        self.clock_floor_ms.fetch_max(now, std::sync::atomic::Ordering::Relaxed).max(now)
     }
 
     /// The shard id.
@@ -384,6 +398,13 @@ impl<E: Engine> Peer<E> {
             return Err(self.epoch_error());
         }
         Ok(())
+    }
+}
+
+impl<E: Engine> Drop for Peer<E> {
+    fn drop(&mut self) {
+        // A replica that goes (destroyed, merged away, replaced) serves no more reads.
+        self.withdraw_lease();
     }
 }
 

@@ -68,6 +68,40 @@ impl<E: Engine> Peer<E> {
     /// applies.
     pub(crate) fn end_lease(&mut self) {
         self.lease_until = None;
+        self.withdraw_lease();
+    }
+
+    /// Publishes this leader's lease for reads served off the loop (see `local_read.rs`)
+    /// once it holds at `now`, the replica is not merging and everything committed is
+    /// applied (so every entry of earlier terms is in the engine); withdraws it otherwise.
+    /// Called at the end of each of the replica's ready rounds.
+    pub(crate) fn publish_lease(&mut self, now: Instant) {
+        let (Some(until), true) = (self.lease_until, self.lease_holds(now)) else {
+            return self.withdraw_lease();
+        };
+        if self.descriptor().merging_into.is_some() {
+            return self.withdraw_lease();
+        }
+        let epoch = self.descriptor().epoch();
+        match self.published_lease {
+            Some((_, u, e)) if u == until && e == epoch => return,
+            None if self.raw.raft.raft_log.committed > self.raw.store().applied_index() => return,
+            _ => {}
+        }
+        let lease = Lease {
+            term: self.raw.raft.term,
+            until,
+            descriptor: self.descriptor().clone(),
+            clock_floor_ms: Arc::clone(&self.clock_floor_ms),
+        };
+        self.published_lease = Some((self.lease_views.publish(self.shard_id(), lease), until, epoch));
+    }
+
+    /// Withdraws the lease this replica published, if any (see [`Peer::publish_lease`]).
+    pub(crate) fn withdraw_lease(&mut self) {
+        if let Some((generation, _, _)) = self.published_lease.take() {
+            self.lease_views.withdraw(self.shard_id(), Some(generation));
+        }
     }
 
     /// Hands every waiting read to Raft as one ReadIndex round, once this leader has committed
@@ -204,7 +238,7 @@ impl<E: Engine> Peer<E> {
 }
 
 /// Serves a read on the leader; values expired at `now_ms` (its wall clock) are absent.
-pub(super) fn execute_read<R: Reader>(
+pub(crate) fn execute_read<R: Reader>(
     engine: &R,
     desc: &ShardDescriptor,
     request: &ReadRequest,

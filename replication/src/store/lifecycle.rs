@@ -74,7 +74,7 @@ impl<E: Engine> Store<E> {
                         continue;
                     }
                 }
-                let mut peer = Peer::new(self.node_id, storage, &self.config)?;
+                let mut peer = Peer::new(self.node_id, storage, &self.config, Arc::clone(&self.lease_views))?;
                 if lead {
                     peer.raw.campaign()?;
                 }

@@ -52,6 +52,7 @@ use raft::{SnapshotStatus, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::local_read::{LeaseViews, LocalReader};
 use crate::peer::{
     AdminEntry, Applied, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
 };
@@ -190,6 +191,8 @@ pub struct Store<E: Engine> {
     condemned: BTreeSet<u64>,
     /// How the log is written (see `log_writer.rs`).
     log_writes: log_writer::LogWrites,
+    /// The leases its leaders publish for reads off the loop (see `local_read.rs`).
+    lease_views: Arc<LeaseViews>,
 }
 
 impl<E: Engine> Store<E> {
@@ -214,9 +217,10 @@ impl<E: Engine> Store<E> {
             return Err(e.into());
         }
         let mut peers = BTreeMap::new();
+        let lease_views = Arc::new(LeaseViews::default());
         for shard_id in shard_ids {
             if let Some(storage) = PeerStorage::load(engine.clone(), shard_id)? {
-                peers.insert(shard_id, Peer::new(node_id, storage, &config)?);
+                peers.insert(shard_id, Peer::new(node_id, storage, &config, Arc::clone(&lease_views))?);
             }
         }
         tracing::info!(node = node_id, replicas = peers.len(), "store opened");
@@ -249,7 +253,18 @@ impl<E: Engine> Store<E> {
             condemned: BTreeSet::new(),
             log_writes: log_writer::LogWrites::Inline,
             probed: BTreeMap::new(),
+            lease_views,
         })
+    }
+
+    /// The leases this store's leaders publish, for a [`crate::local_read::LocalReader`].
+    pub fn lease_views(&self) -> Arc<LeaseViews> {
+        Arc::clone(&self.lease_views)
+    }
+
+    /// A reader of this store's engine under its leaders' leases.
+    pub fn local_reader(&self) -> LocalReader {
+        LocalReader::new(self.lease_views(), self.engine.clone())
     }
 
     /// Advances the store's clock (monotonic: an earlier instant is ignored). The runtime
@@ -287,7 +302,7 @@ impl<E: Engine> Store<E> {
         self.engine.write(&wb, WriteOptions::SYNC)?;
         for storage in storages {
             let shard_id = storage.shard_id();
-            self.peers.insert(shard_id, Peer::new(self.node_id, storage, &self.config)?);
+            self.peers.insert(shard_id, Peer::new(self.node_id, storage, &self.config, Arc::clone(&self.lease_views))?);
             self.active.insert(shard_id);
         }
         Ok(())
@@ -479,6 +494,7 @@ mod tests {
     use presage_engine::{range_checksum, MemEngine, Reader};
 
     use super::*;
+    use crate::peer::ReadResponse;
     use crate::wire::Replica;
 
     /// Shard 1 over the whole key space at epoch 1/1, with voters on `nodes`.
@@ -668,6 +684,45 @@ mod tests {
         stores[0].transfer_leader(1, 2).expect("transfer starts");
         stores[0].read(1, epoch, get_a(), read_into(&answers));
         assert_eq!(answers.lock().expect("lock").len(), 2, "no lease once a transfer started");
+    }
+
+    /// A leader publishes its lease once a ReadIndex round started it: reads are then
+    /// answered off the loop, see acknowledged writes, and stop when a transfer starts, when
+    /// the lease lapses and for a stale epoch; followers publish nothing.
+    #[test]
+    fn leased_reads_are_served_off_the_loop_until_the_lease_ends() {
+        let (mut stores, epoch) = three_stores(true);
+        let now = Instant::now();
+        for s in stores.iter_mut() {
+            s.set_now(now);
+        }
+        let local = stores[0].local_reader();
+        let at = |t: Instant| move || t;
+        assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease before a ReadIndex round");
+        let answers: Answers = Arc::default();
+        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        deliver(&mut stores, Vec::new());
+        assert_eq!(local.views().published(), 1);
+        assert!(matches!(local.try_read(1, epoch, &get_a(), at(now)), Some(Ok(ReadResponse::Value(None)))));
+
+        let acked = Arc::new(Mutex::new(false));
+        let flag = Arc::clone(&acked);
+        stores[0].propose(1, epoch, put("a"), Box::new(move |r| *flag.lock().expect("lock") = r.is_ok()));
+        deliver(&mut stores, Vec::new());
+        assert!(*acked.lock().expect("lock"), "the write was acknowledged");
+        let seen = local.try_read(1, epoch, &get_a(), at(now));
+        assert!(matches!(seen, Some(Ok(ReadResponse::Value(Some(ref v)))) if v == b"v"), "{seen:?}");
+
+        let stale = Epoch { version: epoch.version + 1, ..epoch };
+        assert!(local.try_read(1, stale, &get_a(), at(now)).is_none(), "a stale epoch goes the loop's way");
+        let lease = RaftConfig::default().lease().expect("lease reads");
+        assert!(local.try_read(1, epoch, &get_a(), at(now + lease)).is_none(), "not once the lease lapsed");
+        for follower in &stores[1..] {
+            assert_eq!(follower.lease_views().published(), 0, "followers hold no lease");
+        }
+        stores[0].transfer_leader(1, 2).expect("transfer starts");
+        assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease once a transfer started");
+        assert_eq!(local.served(), 2);
     }
 
     /// A swap whose demoted voter took the leadership while the change was joint leaves

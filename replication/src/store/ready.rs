@@ -205,6 +205,7 @@ impl<E: Engine> Store<E> {
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
                 peer.serve_reads(self.now, &mut done);
+                peer.publish_lease(self.now);
                 // A sleeping replica with work left (entries waiting to apply, a new ready) is
                 // visited again next round.
                 if peer.quiescent && (!peer.pending_apply.is_empty() || peer.raw.has_ready()) {

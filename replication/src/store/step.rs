@@ -127,7 +127,8 @@ impl<E: Engine> Store<E> {
         if !self.peers.contains_key(&env.shard_id) {
             let Some(desc) = self.replica_to_create(env.shard_id, &msg, env.descriptor) else { return Ok(()) };
             let storage = PeerStorage::uninitialized(self.engine.clone(), desc);
-            self.peers.insert(env.shard_id, Peer::new(self.node_id, storage, &self.config)?);
+            self.peers
+                .insert(env.shard_id, Peer::new(self.node_id, storage, &self.config, Arc::clone(&self.lease_views))?);
             self.active.insert(env.shard_id);
         }
         let shard_id = env.shard_id;

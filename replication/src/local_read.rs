@@ -1,0 +1,181 @@
+//! Leased reads served on the caller's thread, without a trip through the store loop.
+//!
+//! A leader whose read lease holds (see [`crate::peer::Peer::read`] for why a lease is safe)
+//! answers a read from its engine at once. Going through the loop for that costs two thread
+//! hand-offs and a wait behind whatever round the loop is in; instead the loop publishes each
+//! leader's lease in [`LeaseViews`] and [`LocalReader`] serves from it. Walk-through:
+//!
+//! 1. **publish** (store loop, end of a replica's ready round, `Peer::publish_lease`): a
+//!    leader whose lease holds, not merging, with everything committed applied (so every
+//!    entry of earlier terms is in the engine) publishes `(term, descriptor, lease end)`.
+//!    A renewal in the same term and epoch keeps the view's generation; anything else is a
+//!    new generation.
+//! 2. **withdraw** (at once, on the loop): when the lease ends (a transfer starts, a split or
+//!    merge applies), when the replica stops leading or its lease lapses, and when the
+//!    replica is dropped.
+//! 3. **read** (caller's thread, [`LocalReader::try_read`]): take the view, check the lease
+//!    end against the clock, the epoch and that the keys are in range; read the engine; then
+//!    check again that the same generation is still published and its lease still holds.
+//!    Any failed check sends the read the loop's way (which answers errors, redirections and
+//!    ReadIndex rounds as before).
+//!
+//! Why the read is linearizable: an acknowledged write was applied to the leader's engine
+//! before its acknowledgement (callbacks run after the round's apply batch is written), and
+//! everything of earlier terms was applied before the first publication of this term, so
+//! the engine holds every write acknowledged before the read began. No other leader can
+//! commit while the lease holds, and the lease held (the same generation, not lapsed) from
+//! before the engine read until after it: the read sees no write of another leader, and a
+//! withdrawal that must stop reads (a transfer) happens on the loop before the message that
+//! lets the transferee campaign is sent.
+//!
+//! Architecture invariant: only the store loop publishes and withdraws; readers never write
+//! the table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use presage_engine::Engine;
+
+use crate::peer::{execute_read, ReadRequest, ReadResponse};
+use crate::wire::{Epoch, ShardDescriptor};
+use crate::Result;
+
+/// One leader's published lease.
+#[derive(Clone)]
+struct LeaseView {
+    /// Changes whenever the view is withdrawn and published again, or its term or epoch
+    /// changes; a renewal keeps it.
+    generation: u64,
+    term: u64,
+    /// Reads may be answered strictly before this instant (the node's monotonic clock).
+    until: Instant,
+    descriptor: Arc<ShardDescriptor>,
+    /// The replica's expiry clock floor (see `Peer::now_ms`), shared with it.
+    clock_floor_ms: Arc<AtomicU64>,
+}
+
+/// What a replica publishes (see [`LeaseViews::publish`]).
+pub(crate) struct Lease {
+    pub(crate) term: u64,
+    pub(crate) until: Instant,
+    pub(crate) descriptor: ShardDescriptor,
+    pub(crate) clock_floor_ms: Arc<AtomicU64>,
+}
+
+/// Every leader lease on a node that reads may be served under off the loop, by shard.
+#[derive(Default)]
+pub struct LeaseViews {
+    views: RwLock<HashMap<u64, LeaseView>>,
+    next_generation: AtomicU64,
+}
+
+impl LeaseViews {
+    /// Publishes (or renews) `shard_id`'s lease; returns the view's generation.
+    pub(crate) fn publish(&self, shard_id: u64, lease: Lease) -> u64 {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = views.get_mut(&shard_id) {
+            if v.term == lease.term && *v.descriptor == lease.descriptor {
+                v.until = v.until.max(lease.until);
+                return v.generation;
+            }
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let view = LeaseView {
+            generation,
+            term: lease.term,
+            until: lease.until,
+            descriptor: Arc::new(lease.descriptor),
+            clock_floor_ms: lease.clock_floor_ms,
+        };
+        views.insert(shard_id, view);
+        generation
+    }
+
+    /// Withdraws `shard_id`'s lease if `generation` is still the one published (`None`:
+    /// whatever is published).
+    pub(crate) fn withdraw(&self, shard_id: u64, generation: Option<u64>) {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if views.get(&shard_id).is_some_and(|v| generation.is_none_or(|g| v.generation == g)) {
+            views.remove(&shard_id);
+        }
+    }
+
+    fn get(&self, shard_id: u64) -> Option<LeaseView> {
+        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).cloned()
+    }
+
+    /// True while `generation` of `shard_id` is published and its lease holds at `now`.
+    fn still_holds(&self, shard_id: u64, generation: u64, now: Instant) -> bool {
+        let views = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        views.get(&shard_id).is_some_and(|v| v.generation == generation && now < v.until)
+    }
+
+    /// Shards whose lease is published now.
+    pub fn published(&self) -> usize {
+        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+/// Reads one replica's engine: what [`LocalReader`] calls under a lease.
+type ReadFn = dyn Fn(&ShardDescriptor, &ReadRequest, u64) -> Result<ReadResponse> + Send + Sync;
+
+/// Serves leased reads on the caller's thread (see the module doc).
+pub struct LocalReader {
+    views: Arc<LeaseViews>,
+    read: Box<ReadFn>,
+    served: AtomicU64,
+}
+
+impl LocalReader {
+    /// A reader of `engine` under the leases in `views`.
+    pub fn new<E: Engine>(views: Arc<LeaseViews>, engine: E) -> Self {
+        let read = move |desc: &ShardDescriptor, request: &ReadRequest, now_ms: u64| {
+            execute_read(&engine, desc, request, now_ms)
+        };
+        LocalReader { views, read: Box::new(read), served: AtomicU64::new(0) }
+    }
+
+    /// Answers `request` on `shard_id` at `epoch` under a published lease, or `None` when it
+    /// must go through the store loop (no lease, a stale epoch, a key out of range, or the
+    /// lease ended during the read). `now` reads the node's monotonic clock.
+    pub fn try_read(
+        &self,
+        shard_id: u64,
+        epoch: Epoch,
+        request: &ReadRequest,
+        now: impl Fn() -> Instant,
+    ) -> Option<Result<ReadResponse>> {
+        let view = self.views.get(shard_id)?;
+        if now() >= view.until {
+            return None;
+        }
+        let desc = &*view.descriptor;
+        let start = match request {
+            ReadRequest::Get(k) => k.as_slice(),
+            ReadRequest::Scan { range, .. } => range.start(),
+        };
+        if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !desc.contains(start) {
+            return None;
+        }
+        let now_ms = view.clock_floor_ms.fetch_max(crate::value::wall_now_ms(), Ordering::Relaxed);
+        let now_ms = now_ms.max(crate::value::wall_now_ms());
+        let result = (self.read)(desc, request, now_ms);
+        if !self.views.still_holds(shard_id, view.generation, now()) {
+            return None;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(result)
+    }
+
+    /// Reads served off the loop since the node started.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// The published leases.
+    pub fn views(&self) -> &LeaseViews {
+        &self.views
+    }
+}
