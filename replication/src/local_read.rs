@@ -152,11 +152,8 @@ impl LocalReader {
             return None;
         }
         let desc = &*view.descriptor;
-        let start = match request {
-            ReadRequest::Get(k) => k.as_slice(),
-            ReadRequest::Scan { range, .. } => range.start(),
-        };
-        if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !desc.contains(start) {
+        let in_range = request.keys().iter().all(|k| desc.contains(k));
+        if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !in_range {
             return None;
         }
         let now_ms = view.clock_floor_ms.fetch_max(crate::value::wall_now_ms(), Ordering::Relaxed);

@@ -75,6 +75,14 @@ pub type IndexCallback = Box<dyn FnOnce(Result<u64>) + Send>;
 pub enum ReadRequest {
     /// One key.
     Get(Vec<u8>),
+    /// Several keys of the shard, answered in order until their values reach `max_bytes`
+    /// (at least one is answered): the rest are asked again.
+    GetMany {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+        /// At most this many value bytes in the answer (at least one value is returned).
+        max_bytes: usize,
+    },
     /// Pairs of a range (clipped to the shard), ascending, bounded.
     Scan {
         /// The range.
@@ -86,11 +94,24 @@ pub enum ReadRequest {
     },
 }
 
+impl ReadRequest {
+    /// The keys the shard must hold for the read to be served (a scan's start).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            ReadRequest::Get(k) => vec![k.as_slice()],
+            ReadRequest::GetMany { keys, .. } => keys.iter().map(Vec::as_slice).collect(),
+            ReadRequest::Scan { range, .. } => vec![range.start()],
+        }
+    }
+}
+
 /// The answer to a [`ReadRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadResponse {
     /// The value of the key, if any.
     Value(Option<Vec<u8>>),
+    /// The values of the first keys of a `GetMany`, in order (maybe fewer than asked).
+    Values(Vec<Option<Vec<u8>>>),
     /// The pairs, and whether the shard holds more in the range.
     Pairs {
         /// Pairs in key order.

@@ -36,11 +36,7 @@ impl<E: Engine> Peer<E> {
         if !self.is_leader() {
             return cb(Err(self.not_leader()));
         }
-        let keys: Vec<&[u8]> = match &request {
-            ReadRequest::Get(k) => vec![k.as_slice()],
-            ReadRequest::Scan { range, .. } => vec![range.start()],
-        };
-        if let Err(e) = self.check_epoch(epoch, keys.into_iter()) {
+        if let Err(e) = self.check_epoch(epoch, request.keys().into_iter()) {
             return cb(Err(e));
         }
         let leased = lease.is_some() && self.lease_holds(now);
@@ -164,12 +160,8 @@ impl<E: Engine> Peer<E> {
     fn execute(&mut self, request: &ReadRequest) -> Result<ReadResponse> {
         let now_ms = self.now_ms();
         let desc = self.descriptor();
-        let start = match request {
-            ReadRequest::Get(k) => k.as_slice(),
-            ReadRequest::Scan { range, .. } => range.start(),
-        };
         // A split may have moved the key out while the read waited.
-        if desc.contains(start) {
+        if request.keys().iter().all(|k| desc.contains(k)) {
             execute_read(self.raw.store().engine(), desc, request, now_ms)
         } else {
             Err(self_epoch_error(desc, &self.siblings))
@@ -249,6 +241,22 @@ pub(crate) fn execute_read<R: Reader>(
             Some(stored) => Ok(ReadResponse::Value(value::live_value(key, stored, now_ms)?)),
             None => Ok(ReadResponse::Value(None)),
         },
+        ReadRequest::GetMany { keys, max_bytes } => {
+            let mut values = Vec::with_capacity(keys.len());
+            let mut bytes = 0usize;
+            for key in keys {
+                let value = match engine.get(Cf::Data, key)? {
+                    Some(stored) => value::live_value(key, stored, now_ms)?,
+                    None => None,
+                };
+                bytes = bytes.saturating_add(value.as_ref().map_or(0, Vec::len));
+                if bytes > *max_bytes && !values.is_empty() {
+                    break;
+                }
+                values.push(value);
+            }
+            Ok(ReadResponse::Values(values))
+        }
         ReadRequest::Scan { range, max_keys, max_bytes } => {
             let shard = desc.range()?;
             let start = range.start().max(shard.start()).to_vec();

@@ -712,6 +712,14 @@ mod tests {
         assert!(*acked.lock().expect("lock"), "the write was acknowledged");
         let seen = local.try_read(1, epoch, &get_a(), at(now));
         assert!(matches!(seen, Some(Ok(ReadResponse::Value(Some(ref v)))) if v == b"v"), "{seen:?}");
+        let many = |max_bytes| ReadRequest::GetMany { keys: vec![b"a".to_vec(), b"zz".to_vec()], max_bytes };
+        let both = local.try_read(1, epoch, &many(100), at(now));
+        assert!(matches!(both, Some(Ok(ReadResponse::Values(ref v))) if *v == [Some(b"v".to_vec()), None]), "{both:?}");
+        let first = local.try_read(1, epoch, &many(0), at(now));
+        assert!(
+            matches!(first, Some(Ok(ReadResponse::Values(ref v))) if *v == [Some(b"v".to_vec())]),
+            "an answer over its size limit still holds the first value: {first:?}"
+        );
 
         let stale = Epoch { version: epoch.version + 1, ..epoch };
         assert!(local.try_read(1, stale, &get_a(), at(now)).is_none(), "a stale epoch goes the loop's way");
@@ -722,7 +730,7 @@ mod tests {
         }
         stores[0].transfer_leader(1, 2).expect("transfer starts");
         assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease once a transfer started");
-        assert_eq!(local.served(), 2);
+        assert_eq!(local.served(), 4);
     }
 
     /// A swap whose demoted voter took the leadership while the change was joint leaves

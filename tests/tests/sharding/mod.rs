@@ -80,6 +80,45 @@ async fn a_shard_filled_past_its_max_size_splits() {
     for k in keys.iter().step_by(37) {
         assert_eq!(client.get(k).await.expect("get").map(|v| v.len()), Some(1000), "key {k:?}");
     }
+    get_many_asks_each_shard_once(&c, &keys).await;
+}
+
+/// Counts the requests a client sends, by name.
+struct CountingRpc {
+    inner: presage_server::server::mem_rpc::MemRpc,
+    sent: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl presage_client::Rpc for CountingRpc {
+    fn call(&self, to: presage_shardmgr::NodeId, request: presage_client::Request) -> presage_client::RpcFuture {
+        self.sent.lock().expect("lock").push(request.name());
+        self.inner.call(to, request)
+    }
+}
+
+/// `get_many` over keys of several shards (with duplicates and absent keys) answers each in
+/// order, sending one request per shard once the client knows the shards.
+async fn get_many_asks_each_shard_once(c: &ShardedCluster, keys: &[Vec<u8>]) {
+    let rpc = Arc::new(CountingRpc { inner: c.rpc.endpoint(97), sent: Default::default() });
+    let client = Client::new(rpc.clone(), vec![1], presage_client::ClientConfig::default());
+    let mut asked: Vec<Vec<u8>> = keys.iter().step_by(7).cloned().collect();
+    asked.extend([b"absent-1".to_vec(), keys[0].clone(), b"user999999".to_vec()]);
+    let values = client.get_many(&asked).await.expect("get_many");
+    let mut one_by_one = Vec::new();
+    for k in &asked {
+        one_by_one.push(client.get(k).await.expect("get"));
+    }
+    assert_eq!(values, one_by_one, "get_many answers as gets do, in order");
+    assert_eq!(values.iter().filter(|v| v.is_none()).count(), 2, "the two absent keys");
+    let shards: std::collections::BTreeSet<u64> = asked
+        .iter()
+        .map(|k| data_shards(c).into_iter().find(|s| s.contains(k)).expect("a shard holds every key").id)
+        .collect();
+    assert!(shards.len() >= 3, "the keys span several shards: {shards:?}");
+    rpc.sent.lock().expect("lock").clear();
+    assert_eq!(client.get_many(&asked).await.expect("get_many"), values);
+    let sent = rpc.sent.lock().expect("lock").clone();
+    assert_eq!(sent, vec!["get_many"; shards.len()], "one request per shard");
 }
 
 /// A Zipfian(0.99) read-mostly workload on 1,000 keys: the hot range splits by load, and the

@@ -24,7 +24,7 @@ use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMe
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
-use crate::proto::{BatchOp, Expect, ProtoError, Request, Response, Route};
+use crate::proto::{BatchOp, ByteBuf, Expect, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 use crate::tls::ClientTls;
 
@@ -267,7 +267,8 @@ impl Client {
         expect_done(self.routed(&key, true, |s| Request::Delete { route: route(s), key: key.clone() }).await?)
     }
 
-    /// The values of `keys`, in order (each linearizable; fetched concurrently).
+    /// The values of `keys`, in order, each linearizable (not one snapshot): one request per
+    /// shard, the shards asked concurrently.
     pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
         if keys.len() > self.cfg.max_batch_keys {
             return Err(ClientError::Invalid(format!(
@@ -276,7 +277,49 @@ impl Client {
                 self.cfg.max_batch_keys
             )));
         }
-        futures::future::join_all(keys.iter().map(|k| self.get(k))).await.into_iter().collect()
+        keys.iter().try_for_each(|k| check_key(k))?;
+        // Group by the cached directory; each group re-partitions if shards changed.
+        let mut groups: BTreeMap<Option<u64>, Vec<usize>> = BTreeMap::new();
+        {
+            let cache = self.cache();
+            for (i, key) in keys.iter().enumerate() {
+                groups.entry(cache.directory.get_shard(key).map(|s| s.id)).or_default().push(i);
+            }
+        }
+        let parts = futures::future::join_all(groups.into_values().map(|g| self.get_group(keys, g))).await;
+        let mut values = vec![None; keys.len()];
+        for part in parts {
+            for (i, value) in part? {
+                values[i] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// Reads `keys[i]` for each `i` of `pending` shard by shard: each round asks the shard
+    /// holding the first pending key, as the shard is when the attempt is made, for its
+    /// pending keys; an answer may cover only the first of them (its size limit).
+    async fn get_group(&self, keys: &[Vec<u8>], mut pending: Vec<usize>) -> GroupValues {
+        let mut out = Vec::with_capacity(pending.len());
+        while let Some(&first) = pending.first() {
+            let asked =
+                |s: &ShardMeta| -> Vec<usize> { pending.iter().copied().filter(|i| s.contains(&keys[*i])).collect() };
+            let make = |s: &ShardMeta| Request::GetMany {
+                route: route(s),
+                keys: asked(s).into_iter().map(|i| ByteBuf::from(keys[i].clone())).collect(),
+            };
+            let (answer, shard) = self.routed_with_shard(&keys[first], false, make).await?;
+            let asked = asked(&shard);
+            let values = match answer {
+                Response::Values { values } if !values.is_empty() && values.len() <= asked.len() => values,
+                other => return Err(unexpected(&other)),
+            };
+            let answered = values.len();
+            out.extend(asked.iter().copied().zip(values.into_iter().map(|v| v.map(ByteBuf::into_vec))));
+            let done: std::collections::HashSet<usize> = asked[..answered].iter().copied().collect();
+            pending.retain(|i| !done.contains(i));
+        }
+        Ok(out)
     }
 
     /// Carries out `ops`: the writes to one shard are applied atomically and in order, the
@@ -615,6 +658,9 @@ fn ttl_ms(ttl: Duration) -> Result<u64, ClientError> {
         _ => Err(ClientError::Invalid(format!("time to live {ttl:?}: must be 1 ms or more"))),
     }
 }
+
+/// The values a group of `get_many` read: (index of the key, value).
+type GroupValues = Result<Vec<(usize, Option<Vec<u8>>)>, ClientError>;
 
 fn route(s: &ShardMeta) -> Route {
     Route { shard: s.id, epoch: s.epoch }

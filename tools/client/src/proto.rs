@@ -15,6 +15,8 @@ use presage_shardmgr::{
     ShardId, ShardMeta,
 };
 use serde::{Deserialize, Serialize};
+/// Bytes on the wire (a key or value inside a list).
+pub use serde_bytes::ByteBuf;
 
 /// Routing of a data request: the shard and the epoch the sender's directory has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,15 @@ pub enum Request {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+    },
+    /// The values of `keys`, all in the routed shard, in order (each linearizable). The
+    /// answer may hold only the first ones (their values reached the node's answer size
+    /// limit, and at least one is answered): ask again for the rest.
+    GetMany {
+        /// Where it goes.
+        route: Route,
+        /// The keys.
+        keys: Vec<serde_bytes::ByteBuf>,
     },
     /// Set `key` to `value`.
     Put {
@@ -161,6 +172,7 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Get { .. } => "get",
+            Request::GetMany { .. } => "get_many",
             Request::Put { .. } => "put",
             Request::Delete { .. } => "delete",
             Request::Scan { .. } => "scan",
@@ -500,6 +512,11 @@ pub enum Response {
         /// `None` when the key is absent.
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
+    },
+    /// The values of the first keys of a `GetMany`, in order (`None`: absent).
+    Values {
+        /// One per key answered.
+        values: Vec<Option<serde_bytes::ByteBuf>>,
     },
     /// A write or step was carried out.
     Done,

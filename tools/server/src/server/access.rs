@@ -20,7 +20,11 @@ pub(crate) fn check(caller: &Caller, request: &Request, manager: Option<NodeId>)
     match caller {
         Caller::Local => Ok(()),
         Caller::Client { user, role } => match request {
-            Request::Hello | Request::Routes { .. } | Request::Get { .. } | Request::Scan { .. } => Ok(()),
+            Request::Hello
+            | Request::Routes { .. }
+            | Request::Get { .. }
+            | Request::GetMany { .. }
+            | Request::Scan { .. } => Ok(()),
             Request::Put { .. } | Request::Delete { .. } | Request::Batch { .. } if role.may_write() => Ok(()),
             Request::Put { .. } | Request::Delete { .. } | Request::Batch { .. } => {
                 Err(ProtoError::PermissionDenied(format!("user {user} ({role}) may not write")))
@@ -63,6 +67,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
         ))),
         Request::Forwarded { request } => match request.as_ref() {
             Request::Get { .. }
+            | Request::GetMany { .. }
             | Request::Put { .. }
             | Request::Delete { .. }
             | Request::Scan { .. }

@@ -449,6 +449,7 @@ impl<E: Engine> Inner<E> {
     async fn serve_one(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         match request {
             Request::Get { .. }
+            | Request::GetMany { .. }
             | Request::Put { .. }
             | Request::Delete { .. }
             | Request::Scan { .. }
@@ -481,7 +482,7 @@ impl<E: Engine> Inner<E> {
             }
             Request::Put { route, key, value } => (route.clone(), Some(key.len() + value.len())),
             Request::Batch { route, ops } => (route.clone(), Some(ops.iter().map(BatchOp::bytes).sum())),
-            Request::Scan { route, .. } => (route.clone(), None),
+            Request::Scan { route, .. } | Request::GetMany { route, .. } => (route.clone(), None),
             _ => return Response::Error(ProtoError::Invalid("not a data request".into())),
         };
         if let Err(e) = check_request(&request, &self.cfg) {
@@ -525,10 +526,21 @@ impl<E: Engine> Inner<E> {
         match request {
             Request::Get { key, .. } => match self.node.read(shard, epoch, ReadRequest::Get(key.clone())).await? {
                 ReadResponse::Value(value) => Ok(Response::Value { value }),
-                ReadResponse::Pairs { .. } => {
-                    Err(presage_replication::Error::Corrupt { what: "get answer", reason: "pairs".into() })
-                }
+                _ => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "not a value".into() }),
             },
+            Request::GetMany { keys, .. } => {
+                let keys = keys.iter().map(|k| k.to_vec()).collect();
+                let read = ReadRequest::GetMany { keys, max_bytes: MAX_GET_MANY_ANSWER_BYTES };
+                match self.node.read(shard, epoch, read).await? {
+                    ReadResponse::Values(values) => Ok(Response::Values {
+                        values: values.into_iter().map(|v| v.map(presage_client::proto::ByteBuf::from)).collect(),
+                    }),
+                    _ => Err(presage_replication::Error::Corrupt {
+                        what: "get-many answer",
+                        reason: "not values".into(),
+                    }),
+                }
+            }
             Request::Put { key, value, .. } => {
                 self.node.write(shard, epoch, vec![Op::put(key.clone(), value.clone())]).await.map(|()| Response::Done)
             }
@@ -568,9 +580,7 @@ impl<E: Engine> Inner<E> {
                     ReadResponse::Pairs { pairs, more, resume_after } => {
                         Ok(Response::Pairs { pairs, more, resume_after })
                     }
-                    ReadResponse::Value(_) => {
-                        Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "value".into() })
-                    }
+                    _ => Err(presage_replication::Error::Corrupt { what: "scan answer", reason: "not pairs".into() }),
                 }
             }
             _ => Err(presage_replication::Error::Config("not a data request".into())),
@@ -578,6 +588,13 @@ impl<E: Engine> Inner<E> {
     }
 
     fn record_load(&self, request: &Request, response: &Response) {
+        if let (Request::GetMany { route, keys }, Response::Values { values }) = (request, response) {
+            for (key, value) in keys.iter().zip(values) {
+                let bytes = key.len() + value.as_ref().map_or(0, |v| v.len());
+                self.record_read_load(route.shard, KeySpan::point(key), bytes);
+            }
+            return;
+        }
         let (shard, span, bytes, write) = match (request, response) {
             (Request::Get { route, key }, Response::Value { value }) => {
                 (route.shard, KeySpan::point(key), key.len() + value.as_ref().map_or(0, Vec::len), false)
@@ -601,15 +618,25 @@ impl<E: Engine> Inner<E> {
             }
             _ => return,
         };
+        self.with_load(shard, |recorder| {
+            if write {
+                recorder.record_write(&span.start, bytes as u64);
+            } else {
+                recorder.record_read(span, bytes as u64);
+            }
+        });
+    }
+
+    fn record_read_load(&self, shard: u64, span: KeySpan, bytes: usize) {
+        self.with_load(shard, |recorder| recorder.record_read(span, bytes as u64));
+    }
+
+    /// Runs `f` on the load recorder of `shard` (made on first use).
+    fn with_load(&self, shard: u64, f: impl FnOnce(&mut LoadRecorder)) {
         let mut load = lock(&self.load);
         let max_samples = self.cfg.shard_manager.max_samples_per_report;
         let seed = self.me.id << 32 ^ shard;
-        let recorder = load.entry(shard).or_insert_with(|| LoadRecorder::new(max_samples, seed));
-        if write {
-            recorder.record_write(&span.start, bytes as u64);
-        } else {
-            recorder.record_read(span, bytes as u64);
-        }
+        f(load.entry(shard).or_insert_with(|| LoadRecorder::new(max_samples, seed)));
     }
 
     /// Routes, joins, heartbeats, cluster info: served by the shard manager, or forwarded once
@@ -825,6 +852,10 @@ pub enum JoinError {
 /// the apply round's writes).
 pub const MAX_CHECKS_PER_BATCH: usize = 16;
 
+/// Value bytes one `GetMany` answer holds at most (at least one value is answered; the
+/// caller asks again for the rest). Well under the smallest `max-frame-bytes` a value fits.
+pub const MAX_GET_MANY_ANSWER_BYTES: usize = 1 << 20;
+
 fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError> {
     let value_ok = |v: &[u8]| -> Result<(), ProtoError> {
         if v.len() > presage_client::client::MAX_VALUE_BYTES {
@@ -847,6 +878,12 @@ fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError
     };
     match request {
         Request::Get { key, .. } | Request::Delete { key, .. } => key_ok(key),
+        Request::GetMany { keys, .. } => {
+            if keys.is_empty() || keys.len() > cfg.max_batch_ops {
+                return Err(ProtoError::Invalid(format!("a get-many asks for 1..={} keys", cfg.max_batch_ops)));
+            }
+            keys.iter().try_for_each(|k| key_ok(k))
+        }
         Request::Put { key, value, .. } => {
             key_ok(key)?;
             value_ok(value)
