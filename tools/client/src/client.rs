@@ -353,6 +353,57 @@ impl Client {
         parts.into_iter().collect()
     }
 
+    /// Sets each of `pairs` (key, value), reporting each pair's outcome in order: the pairs of
+    /// one shard go in one atomic request, the shards concurrently. A pair that fails its
+    /// checks gets that error; when a shard's request fails, its pairs (and those of later
+    /// shards of its group, not sent) get that error while other groups go on.
+    pub async fn put_each(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Result<(), ClientError>> {
+        let mut outcomes: Vec<Result<(), ClientError>> = vec![Ok(()); pairs.len()];
+        if pairs.len() > self.cfg.max_batch_keys {
+            let e = ClientError::Invalid(format!("{} pairs > max-batch-keys {}", pairs.len(), self.cfg.max_batch_keys));
+            return vec![Err(e); pairs.len()];
+        }
+        let mut groups: BTreeMap<Option<u64>, Vec<(usize, BatchOp)>> = BTreeMap::new();
+        {
+            let cache = self.cache();
+            for (i, (key, value)) in pairs.into_iter().enumerate() {
+                let op = BatchOp::Put { key, value };
+                if let Err(e) = check_op(&op) {
+                    outcomes[i] = Err(e);
+                    continue;
+                }
+                groups.entry(cache.directory.get_shard(op.key()).map(|s| s.id)).or_default().push((i, op));
+            }
+        }
+        let parts = futures::future::join_all(groups.into_values().map(|g| self.put_group(g))).await;
+        for (i, outcome) in parts.into_iter().flatten() {
+            outcomes[i] = outcome;
+        }
+        outcomes
+    }
+
+    /// Writes a group of `put_each` shard by shard (as `batch_group` does); returns each
+    /// op's outcome by its index.
+    async fn put_group(&self, mut ops: Vec<(usize, BatchOp)>) -> Vec<(usize, Result<(), ClientError>)> {
+        let mut out = Vec::with_capacity(ops.len());
+        while let Some(first) = ops.first().map(|(_, o)| o.key().to_vec()) {
+            let make = |s: &ShardMeta| Request::Batch {
+                route: route(s),
+                ops: ops.iter().filter(|(_, o)| s.contains(o.key())).map(|(_, o)| o.clone()).collect(),
+            };
+            match self.routed_with_shard(&first, true, make).await.and_then(|(a, s)| expect_done(a).map(|()| s)) {
+                Ok(shard) => {
+                    out.extend(ops.iter().filter(|(_, o)| shard.contains(o.key())).map(|(i, _)| (*i, Ok(()))));
+                    ops.retain(|(_, o)| !shard.contains(o.key()));
+                }
+                Err(e) => {
+                    out.extend(ops.drain(..).map(|(i, _)| (i, Err(e.clone()))));
+                }
+            }
+        }
+        out
+    }
+
     /// Writes `ops` shard by shard: each round sends the ops of the shard holding the first
     /// one, as the shard is when the attempt is made.
     async fn batch_group(&self, mut ops: Vec<BatchOp>) -> Result<(), ClientError> {

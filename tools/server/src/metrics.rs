@@ -60,7 +60,7 @@ pub const FOREGROUND_MAX_US: u64 = 60_000_000;
 /// protects), false for control traffic (routes, heartbeats, admin, pings).
 pub fn is_foreground(protocol: &str, command: &str) -> bool {
     match protocol {
-        "native" => matches!(command, "get" | "put" | "delete" | "scan" | "batch"),
+        "native" => matches!(command, "get" | "get_many" | "put" | "delete" | "scan" | "batch"),
         "resp" => !matches!(
             command,
             "ping" | "hello" | "auth" | "command" | "quit" | "client" | "select" | "info" | "unknown"

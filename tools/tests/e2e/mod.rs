@@ -362,6 +362,33 @@ async fn conditional_and_expiring_writes(security: &SecurityInfo, node: &presage
         assert_eq!(five, want, "pipeline step {i}");
     }
 
+    // Runs: plain SETs, and plain GETs, read together go as one request per shard with one
+    // reply each, in order; a GET of a key set just before (another kind) still reads it.
+    let mut p = redis::pipe();
+    for i in 0..100 {
+        p.cmd("SET").arg(format!("run-{i}")).arg(i);
+    }
+    p.cmd("GET").arg("run-7").cmd("SET").arg("run-7").arg("x").cmd("GET").arg("run-7");
+    for i in 0..100 {
+        p.cmd("GET").arg(format!("run-{i}"));
+    }
+    p.cmd("GET").arg("run-absent");
+    let replies: Vec<redis::Value> = p.query_async(r).await.expect("runs");
+    assert_eq!(replies.len(), 204);
+    assert!(replies[..100].iter().all(|v| *v == Okay), "{:?}", &replies[..100]);
+    assert_eq!(replies[100..103], [bulk("7"), Okay, bulk("x")]);
+    for (i, v) in replies[103..203].iter().enumerate() {
+        assert_eq!(*v, if i == 7 { bulk("x") } else { bulk(&i.to_string()) }, "GET run-{i}");
+    }
+    assert_eq!(replies[203], Nil);
+    let info: String = redis::cmd("INFO").query_async(r).await.expect("INFO");
+    let counter = |name: &str| -> u64 {
+        let line = info.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in {info}"));
+        line.trim().parse().expect("a count")
+    };
+    assert!(counter("pipeline_runs:") >= 2, "the SETs and the GETs went as runs: {info}");
+    assert!(counter("pipeline_run_commands:") > counter("pipeline_runs:"), "{info}");
+
     // INCR from four connections at once: every increment counts exactly once.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {

@@ -57,7 +57,7 @@ use tokio::sync::Semaphore;
 use crate::metrics::Metrics;
 pub use config::RespConfig;
 use parse::{parse_command, Limits, Reply};
-use pipeline::{Plan, Window};
+use pipeline::{run_kind, Plan, Run, RunKind, Window};
 
 /// Cursors a node remembers for SCAN.
 pub const MAX_SCAN_CURSORS: usize = 10_000;
@@ -106,6 +106,9 @@ struct Shared {
     cursors: Mutex<Cursors>,
     next_client_id: AtomicU64,
     started: Instant,
+    /// Pipeline runs sent as one request per shard, and the commands they carried.
+    runs: AtomicU64,
+    run_commands: AtomicU64,
 }
 
 #[derive(Default)]
@@ -149,6 +152,8 @@ pub fn serve(
         cursors: Mutex::new(Cursors::default()),
         next_client_id: AtomicU64::new(1),
         started: Instant::now(),
+        runs: AtomicU64::new(0),
+        run_commands: AtomicU64::new(0),
     });
     let accept = tokio::spawn(async move {
         loop {
@@ -243,8 +248,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut command_began: Option<tokio::time::Instant> = None;
     let login_by =
         tokio::time::Instant::now() + std::time::Duration::from_millis(presage_client::net::LOGIN_TIMEOUT_MS);
-    // The commands running now (see `pipeline`).
+    // The commands running now, and the run being gathered (see `pipeline`).
     let mut window = Window::new();
+    let mut run = Run::default();
     loop {
         // Start every complete command in the buffer (pipelining); replies are written once
         // they pass `max-reply-buffer-bytes`, and at the latest when the buffer runs dry.
@@ -258,25 +264,31 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     let name = upper(&args[0]);
                     let plan = if session.user.is_some() { pipeline::plan(&name, &args) } else { Plan::Serial };
-                    match plan {
-                        Plan::Keyed(keys) => {
-                            if let Some(refused) = refuse(&session, &name) {
+                    let refused = refuse(&session, &name);
+                    let joins = run_kind(&name, &args).filter(|_| refused.is_none());
+                    match (plan, joins) {
+                        (Plan::Keyed(keys), Some(kind)) => {
+                            let full = run.len() + window.len() >= cfg.max_pipeline_commands;
+                            if !run.accepts(kind) || full || window.conflicts(&keys) {
+                                start_run(shared, &mut run, &mut window);
+                                make_room(&mut window, &keys, cfg.max_pipeline_commands, session.resp, &mut out).await;
+                            }
+                            run.add(kind, args);
+                        }
+                        (Plan::Keyed(keys), None) => {
+                            start_run(shared, &mut run, &mut window);
+                            if let Some(refused) = refused {
                                 // In order with the rest, touching no key.
-                                window.push(Vec::new(), Box::pin(std::future::ready(refused)));
+                                window.push(Vec::new(), std::future::ready(refused));
                             } else {
-                                while window.conflicts(&keys) || window.len() >= cfg.max_pipeline_commands {
-                                    let Some(reply) = window.next().await else { break };
-                                    reply.encode(session.resp, &mut out);
-                                }
-                                window.push(
-                                    keys,
-                                    Box::pin(async move {
-                                        observed(shared, &name, keyed::keyed(shared, &name, &args)).await
-                                    }),
-                                );
+                                make_room(&mut window, &keys, cfg.max_pipeline_commands, session.resp, &mut out).await;
+                                window.push(keys, async move {
+                                    observed(shared, &name, keyed::keyed(shared, &name, &args)).await
+                                });
                             }
                         }
-                        Plan::Serial => {
+                        (Plan::Serial, _) => {
+                            start_run(shared, &mut run, &mut window);
                             while let Some(reply) = window.next().await {
                                 reply.encode(session.resp, &mut out);
                             }
@@ -303,12 +315,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     let limit = max_command_bytes(cfg, &session);
                     tracing::info!(peer = %session.peer, bytes = buf.len(), limit, "RESP command too large; closing");
                     let e = format!("Protocol error: command larger than {limit} bytes");
+                    start_run(shared, &mut run, &mut window);
                     return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(e)).await;
                 }
                 Ok(None) => break,
-                Err(e) => return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(&e)).await,
+                Err(e) => {
+                    start_run(shared, &mut run, &mut window);
+                    return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(&e)).await;
+                }
             }
         }
+        // Nothing more to read for now: the gathered run starts.
+        start_run(shared, &mut run, &mut window);
         if !out.is_empty() {
             stream.write_all(&out).await?;
             stream.flush().await?;
@@ -358,6 +376,54 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Waits (writing replies to `out`) until no running command touches `keys` and the window
+/// has room.
+async fn make_room(window: &mut Window<'_>, keys: &[Vec<u8>], max_commands: usize, resp: u8, out: &mut Vec<u8>) {
+    while window.conflicts(keys) || window.len() >= max_commands {
+        let Some(outcome) = window.next().await else { break };
+        outcome.encode(resp, out);
+    }
+}
+
+/// Starts the gathered run, if any, in the window: one command alone as itself, more as
+/// one request per shard.
+fn start_run<'a>(shared: &'a Shared, run: &mut Run, window: &mut Window<'a>) {
+    let Some((kind, mut commands)) = run.take() else { return };
+    let keys: Vec<Vec<u8>> = commands.iter().map(|c| c[0].clone()).collect();
+    let name = match kind {
+        RunKind::Get => "GET",
+        RunKind::Set => "SET",
+    };
+    if commands.len() == 1 {
+        let mut args = commands.pop().unwrap_or_default();
+        args.insert(0, name.as_bytes().to_vec());
+        window.push(keys, async move { observed(shared, name, keyed::keyed(shared, name, &args)).await });
+        return;
+    }
+    let label = name.to_ascii_lowercase();
+    shared.runs.fetch_add(1, Ordering::Relaxed);
+    shared.run_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
+    window.push_run(keys.clone(), async move {
+        let started = Instant::now();
+        let replies = match kind {
+            RunKind::Get => match shared.client.get_many(&keys).await {
+                Ok(values) => values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect(),
+                Err(e) => vec![client_error(&e); keys.len()],
+            },
+            RunKind::Set => {
+                let pairs = commands.into_iter().map(|mut c| (std::mem::take(&mut c[0]), c.pop().unwrap_or_default()));
+                let outcomes = shared.client.put_each(pairs.collect()).await;
+                outcomes.iter().map(|o| o.as_ref().map_or_else(client_error, |()| Reply::ok())).collect()
+            }
+        };
+        let took = started.elapsed();
+        for r in &replies {
+            shared.metrics.observe("resp", &label, !matches!(r, Reply::Error(_)), took);
+        }
+        replies
+    });
 }
 
 /// Answers the commands still running, then `last` (a protocol error), and ends the
@@ -718,12 +784,15 @@ fn info(shared: &Shared, s: &Session) -> String {
     let routes = shared.client.cached_routes();
     format!(
         "# Server\r\nredis_version:7.0.0\r\npresage_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{}\r\n\
-         \r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Presage\r\nshards_cached:{}\r\nprotocol:{}\r\n",
+         \r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Presage\r\nshards_cached:{}\r\nprotocol:{}\r\n\
+         pipeline_runs:{}\r\npipeline_run_commands:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.metrics.connections.with_label_values(&["resp"]).get(),
         routes.len(),
         s.resp,
+        shared.runs.load(Ordering::Relaxed),
+        shared.run_commands.load(Ordering::Relaxed),
     )
 }
 

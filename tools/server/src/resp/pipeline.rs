@@ -9,6 +9,13 @@
 //! command (AUTH, HELLO, CLIENT, SCAN, INFO, ...) is **serial**: it waits until the window is
 //! empty and runs alone, since it reads or changes the connection's session or spans the
 //! keyspace. Replies leave the window in command order, whatever order they finish in.
+//!
+//! **Runs.** Consecutive plain `GET key` commands, or consecutive plain `SET key value`
+//! commands, read together are gathered into a [`Run`] and take one place in the window:
+//! the run is sent as one request per shard (`Client::get_many`, `Client::put_each`) and
+//! answers one reply per command, in order. A run ends at the first other command, at a key
+//! still in flight in the window, at `max-pipeline-commands` commands, and when the
+//! connection has nothing more to read.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,23 +47,92 @@ pub(super) fn plan(name: &str, args: &[Vec<u8>]) -> Plan {
     }
 }
 
-/// A command running in the window.
-pub(super) type Running<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
+/// What a place in the window answers: a command's reply, or a run's replies in order.
+pub(super) enum Outcome {
+    One(Reply),
+    Many(Vec<Reply>),
+}
+
+impl Outcome {
+    pub(super) fn encode(&self, resp: u8, out: &mut Vec<u8>) {
+        match self {
+            Outcome::One(r) => r.encode(resp, out),
+            Outcome::Many(rs) => rs.iter().for_each(|r| r.encode(resp, out)),
+        }
+    }
+}
+
+/// A command, or a run, running in the window.
+type Running<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// What a run gathers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunKind {
+    /// `GET key`.
+    Get,
+    /// `SET key value`, no options.
+    Set,
+}
+
+/// The run kind `name` (upper case) with `args` joins, if any.
+pub(super) fn run_kind(name: &str, args: &[Vec<u8>]) -> Option<RunKind> {
+    match (name, args.len()) {
+        ("GET", 2) => Some(RunKind::Get),
+        ("SET", 3) => Some(RunKind::Set),
+        _ => None,
+    }
+}
+
+/// Commands of one kind gathered from a pipeline, not started yet.
+#[derive(Default)]
+pub(super) struct Run {
+    kind: Option<RunKind>,
+    /// Each command's arguments after its name: `[key]` or `[key, value]`.
+    commands: Vec<Vec<Vec<u8>>>,
+}
+
+impl Run {
+    pub(super) fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// True when a command of `kind` may join.
+    pub(super) fn accepts(&self, kind: RunKind) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+    }
+
+    /// Adds a command of `kind` (its arguments, the name first).
+    pub(super) fn add(&mut self, kind: RunKind, mut args: Vec<Vec<u8>>) {
+        debug_assert!(self.accepts(kind), "a run holds one kind of command");
+        self.kind = Some(kind);
+        args.remove(0);
+        self.commands.push(args);
+    }
+
+    /// The gathered commands, leaving the run empty.
+    pub(super) fn take(&mut self) -> Option<(RunKind, Vec<Vec<Vec<u8>>>)> {
+        let kind = self.kind.take()?;
+        Some((kind, std::mem::take(&mut self.commands)))
+    }
+}
 
 /// The commands of one connection running now, oldest first.
 pub(super) struct Window<'a> {
     running: FuturesOrdered<Running<'a>>,
-    /// Each running command's keys, in the same order.
-    keys: VecDeque<Vec<Vec<u8>>>,
+    /// Each running command's (or run's) keys and number of commands, in the same order.
+    keys: VecDeque<(Vec<Vec<u8>>, usize)>,
+    /// Commands running, runs counted by their commands.
+    commands: usize,
 }
 
 impl<'a> Window<'a> {
     pub(super) fn new() -> Self {
-        Window { running: FuturesOrdered::new(), keys: VecDeque::new() }
+        Window { running: FuturesOrdered::new(), keys: VecDeque::new(), commands: 0 }
     }
 
+    /// Commands running (a run counts for each of its commands).
     pub(super) fn len(&self) -> usize {
-        self.keys.len()
+        self.commands
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -65,20 +141,31 @@ impl<'a> Window<'a> {
 
     /// True when a running command touches one of `keys`.
     pub(super) fn conflicts(&self, keys: &[Vec<u8>]) -> bool {
-        self.keys.iter().any(|running| running.iter().any(|k| keys.contains(k)))
+        self.keys.iter().any(|(running, _)| running.iter().any(|k| keys.contains(k)))
     }
 
     /// Starts `command` on `keys`.
-    pub(super) fn push(&mut self, keys: Vec<Vec<u8>>, command: Running<'a>) {
-        self.running.push_back(command);
-        self.keys.push_back(keys);
+    pub(super) fn push(&mut self, keys: Vec<Vec<u8>>, command: impl Future<Output = Reply> + Send + 'a) {
+        self.running.push_back(Box::pin(async move { Outcome::One(command.await) }));
+        self.keys.push_back((keys, 1));
+        self.commands += 1;
     }
 
-    /// The oldest command's reply, once it is done (`None`: the window is empty).
-    pub(super) async fn next(&mut self) -> Option<Reply> {
-        let reply = self.running.next().await?;
-        self.keys.pop_front();
-        Some(reply)
+    /// Starts a run of commands on `keys` (one each); it answers one reply per command.
+    pub(super) fn push_run(&mut self, keys: Vec<Vec<u8>>, run: impl Future<Output = Vec<Reply>> + Send + 'a) {
+        self.running.push_back(Box::pin(async move { Outcome::Many(run.await) }));
+        let commands = keys.len();
+        self.commands += commands;
+        self.keys.push_back((keys, commands));
+    }
+
+    /// The oldest command's or run's replies, once done (`None`: the window is empty).
+    pub(super) async fn next(&mut self) -> Option<Outcome> {
+        let outcome = self.running.next().await?;
+        if let Some((_, commands)) = self.keys.pop_front() {
+            self.commands -= commands;
+        }
+        Some(outcome)
     }
 }
 
@@ -109,20 +196,40 @@ mod tests {
         let mut w = Window::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // The first command finishes last.
-        w.push(
-            args(&["a"]),
-            Box::pin(async move {
-                let _ = rx.await;
-                Reply::Int(1)
-            }),
-        );
-        w.push(args(&["b"]), Box::pin(async { Reply::Int(2) }));
+        w.push(args(&["a"]), async move {
+            let _ = rx.await;
+            Reply::Int(1)
+        });
+        w.push(args(&["b"]), async { Reply::Int(2) });
         assert!(w.conflicts(&args(&["a"])) && w.conflicts(&args(&["x", "b"])) && !w.conflicts(&args(&["c"])));
         assert_eq!(w.len(), 2);
         let _ = tx.send(());
-        assert!(matches!(w.next().await, Some(Reply::Int(1))));
+        assert!(matches!(w.next().await, Some(Outcome::One(Reply::Int(1)))));
         assert!(!w.conflicts(&args(&["a"])), "a is done");
-        assert!(matches!(w.next().await, Some(Reply::Int(2))));
+        assert!(matches!(w.next().await, Some(Outcome::One(Reply::Int(2)))));
         assert!(w.is_empty() && w.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_run_counts_each_command_and_answers_each_in_order() {
+        let mut run = Run::default();
+        assert!(run.accepts(RunKind::Get) && run.accepts(RunKind::Set));
+        run.add(RunKind::Set, args(&["SET", "a", "1"]));
+        run.add(RunKind::Set, args(&["SET", "b", "2"]));
+        assert!(!run.accepts(RunKind::Get), "one kind per run");
+        assert_eq!(run_kind("SET", &args(&["SET", "a", "1", "NX"])), None, "options: a command of its own");
+        let (kind, commands) = run.take().expect("gathered");
+        assert_eq!((kind, commands), (RunKind::Set, vec![args(&["a", "1"]), args(&["b", "2"])]));
+        assert!(run.take().is_none() && run.len() == 0);
+
+        let mut w = Window::new();
+        w.push_run(args(&["a", "b"]), async { vec![Reply::ok(), Reply::Int(2)] });
+        w.push(args(&["c"]), async { Reply::Int(3) });
+        assert_eq!(w.len(), 3, "a run counts for each of its commands");
+        assert!(w.conflicts(&args(&["b"])));
+        let mut out = Vec::new();
+        w.next().await.expect("the run").encode(2, &mut out);
+        assert_eq!(out, b"+OK\r\n:2\r\n");
+        assert_eq!(w.len(), 1);
     }
 }
