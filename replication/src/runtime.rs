@@ -149,8 +149,11 @@ impl Node {
         transport: T,
         config: &RaftConfig,
     ) -> Result<Node> {
-        // Log writes on a thread of their own: the loop goes on while they sync.
-        store.use_log_writer_thread()?;
+        // Log writes on a thread of their own: the loop goes on while they sync, and the
+        // messages that wait for a write leave from that thread once it is durable.
+        let transport = Arc::new(transport);
+        let from_writer = Arc::clone(&transport);
+        store.use_log_writer_thread(Some(Arc::new(move |env| from_writer.send(env))))?;
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let node_id = store.node_id();

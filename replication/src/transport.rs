@@ -19,6 +19,12 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, env: RaftEnvelope);
 }
 
+impl<T: Transport> Transport for Arc<T> {
+    fn send(&self, env: RaftEnvelope) {
+        (**self).send(env);
+    }
+}
+
 /// Delivers a message into a node (its mailbox).
 pub type Deliver = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
 

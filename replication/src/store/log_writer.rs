@@ -8,9 +8,11 @@
 //! 2. **write**: the writer takes every job queued and writes their batches as one engine
 //!    write, synced (group commit across rounds; a slow disk is paid once per write, not
 //!    once per round);
-//! 3. **result**: the loop takes the [`Persisted`] result, calls `on_persist_ready` for each
-//!    ready and marks the log durable in the entry cache, then sends the messages; entries
-//!    this made committable come in the replica's next ready.
+//! 3. **result**: a writer thread given a sender sends the messages itself as soon as the
+//!    write is durable (a follower's acknowledgement does not wait for the loop to wake);
+//!    the loop takes the [`Persisted`] result, calls `on_persist_ready` for each ready and
+//!    marks the log durable in the entry cache, then sends the messages not sent yet;
+//!    entries this made committable come in the replica's next ready.
 //!
 //! Meanwhile the loop goes on: a leader counts its followers' acknowledgements, applies and
 //! answers while its own sync runs, and the next proposals gather into the next batch.
@@ -37,6 +39,9 @@ use crate::wire::RaftEnvelope;
 
 /// Most log jobs queued for the writer thread; the loop waits when it is full.
 pub const MAX_QUEUED_LOG_JOBS: usize = 64;
+
+/// Sends a Raft message from the writer thread (the node's transport).
+pub type SendFromWriter = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
 
 /// One ready of one replica that a job persists.
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +143,7 @@ fn writer_loop<E: Engine>(
     jobs: mpsc::Receiver<LogJob>,
     results: mpsc::Sender<Persisted>,
     notify: Arc<tokio::sync::Notify>,
+    send: Option<SendFromWriter>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut taken = vec![first];
@@ -149,6 +155,12 @@ fn writer_loop<E: Engine>(
         }
         let result = write_jobs(&engine, &mut taken);
         let failed = result.is_err();
+        if let (Some(send), false) = (&send, failed) {
+            // Durable now: what waited for it goes at once.
+            for job in &mut taken {
+                std::mem::take(&mut job.messages).into_iter().for_each(|env| send(env));
+            }
+        }
         if results.send(merge(taken, result)).is_err() {
             return; // the store is gone
         }
@@ -161,8 +173,9 @@ fn writer_loop<E: Engine>(
 
 impl<E: Engine> Store<E> {
     /// Writes the log on a thread of its own from now on; returns what the thread signals
-    /// when results wait in [`Store::complete_log_writes`].
-    pub fn use_log_writer_thread(&mut self) -> Result<Arc<tokio::sync::Notify>> {
+    /// when results wait in [`Store::complete_log_writes`]. With `send`, the thread sends the
+    /// messages that waited for a write as soon as it is durable.
+    pub fn use_log_writer_thread(&mut self, send: Option<SendFromWriter>) -> Result<Arc<tokio::sync::Notify>> {
         self.flush_log_writes()?;
         let (job_tx, job_rx) = mpsc::sync_channel(MAX_QUEUED_LOG_JOBS);
         // Unbounded in type, bounded in use: one result per taken batch of jobs, and at most
@@ -174,7 +187,7 @@ impl<E: Engine> Store<E> {
         let signal = Arc::clone(&notify);
         let thread = std::thread::Builder::new()
             .name(format!("raft-log-{}", self.node_id))
-            .spawn(move || writer_loop(engine, job_rx, result_tx, signal))
+            .spawn(move || writer_loop(engine, job_rx, result_tx, signal, send))
             .map_err(|e| Error::Thread(e.to_string()))?;
         self.log_writes = LogWrites::Thread(ThreadWriter {
             jobs: Some(job_tx),
