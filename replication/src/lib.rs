@@ -10,7 +10,8 @@
 //! - [`local_read`]: leased reads answered on the caller's thread from the leases the store
 //!   loop publishes, without a trip through the loop.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
-//! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes.
+//! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes;
+//!   network faults on a node's outgoing links ([`tcp::fault`]).
 //! - [`value`]: how a value is stored (a header with an optional expiry deadline).
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
@@ -51,6 +52,7 @@ pub use peer::{AdminEntry, ReadRequest, ReadResponse};
 pub use runtime::{ChecksumAt, Node, NodeHandle};
 pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};
 pub use store::{PinnedData, ShardStatus, Store, StoreSummary};
+pub use tcp::fault::{NetFaultConfig, NetFaults};
 pub use tcp::{
     AddressBook, DialFuture, Dialer, PlainDialer, RaftInbound, RaftStream, TcpConfig, TcpNode, TcpServer, TcpStats,
     TcpTransport,

@@ -141,9 +141,14 @@ enum Command {
         #[command(subcommand)]
         what: PfaCommand,
     },
-    /// Engine faults on the node whose admin API this talks to (a node started with
-    /// `fault-injection = true`; operators only): show, set or clear them.
+    /// Engine faults (or, with `--network`, faults on its outgoing Raft links) on the node
+    /// whose admin API this talks to (a node started with `fault-injection = true`; operators
+    /// only): show, set or clear them.
     Faults {
+        /// The network faults: `{"delay-ms": 50, "loss-rate": 0.1, "bandwidth-bytes-per-sec":
+        /// 1048576}`.
+        #[arg(long)]
+        network: bool,
         #[command(subcommand)]
         what: FaultsCommand,
     },
@@ -286,16 +291,21 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
         }
-        Command::Faults { what: FaultsCommand::Show } => Ok(c.get_raw("/v1/faults")? + "\n"),
-        Command::Faults { what: FaultsCommand::Set { config } } => {
-            let body: serde_json::Value = serde_json::from_str(&config)
-                .map_err(|e| CtlError::Decode(format!("the fault configuration is not JSON: {e}")))?;
-            c.put_raw("/v1/faults", &body)?;
-            Ok("faults set\n".into())
-        }
-        Command::Faults { what: FaultsCommand::Clear } => {
-            c.delete("/v1/faults")?;
-            Ok("faults cleared\n".into())
+        Command::Faults { network, what } => {
+            let path = if network { "/v1/faults/network" } else { "/v1/faults" };
+            match what {
+                FaultsCommand::Show => Ok(c.get_raw(path)? + "\n"),
+                FaultsCommand::Set { config } => {
+                    let body: serde_json::Value = serde_json::from_str(&config)
+                        .map_err(|e| CtlError::Decode(format!("the fault configuration is not JSON: {e}")))?;
+                    c.put_raw(path, &body)?;
+                    Ok("faults set\n".into())
+                }
+                FaultsCommand::Clear => {
+                    c.delete(path)?;
+                    Ok("faults cleared\n".into())
+                }
+            }
         }
         Command::Risk => {
             let text = c.get_raw("/v1/risk")?;

@@ -13,6 +13,7 @@
 //! | `GET /v1/shards/{id}/checksums` | every replica's range checksum at one log index (equal: consistent) |
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
 //! | `GET/PUT/DELETE /v1/faults` | engine fault injection (only with `fault-injection = true`) |
+//! | `GET/PUT/DELETE /v1/faults/network` | network faults on the node's outgoing Raft links (same) |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
@@ -41,6 +42,7 @@ use presage_client::proto::Role;
 use presage_client::proto::{ClusterInfo, ShardRow};
 use presage_client::{PfaQuery, ProtoError, Request, Response};
 use presage_engine::{EngineMetrics, FaultConfig, FaultInjector};
+use presage_replication::{NetFaultConfig, NetFaults};
 use presage_security::throttle::AuthThrottle;
 use presage_security::Credentials;
 use presage_shardmgr::{AdminCommand, NodeId};
@@ -70,6 +72,8 @@ pub struct AdminState {
     pub auth: AdminAuth,
     /// Fault injection, when enabled.
     pub faults: Option<Arc<FaultInjector>>,
+    /// Network fault injection on the Raft links, when enabled.
+    pub net_faults: Option<Arc<NetFaults>>,
 }
 
 /// Who may call the admin API.
@@ -301,6 +305,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/shards/{id}/checksums", get(shard_checksums))
         .route("/v1/admin", post(admin))
         .route("/v1/faults", get(faults_get).put(faults_put).delete(faults_clear))
+        .route("/v1/faults/network", get(net_faults_get).put(net_faults_put).delete(net_faults_clear))
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
@@ -496,6 +501,31 @@ async fn faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> Api
 async fn faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
     faults_of(&s)?.clear();
     tracing::warn!(node = s.node, "engine fault injection cleared");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn net_faults_of(s: &AdminState) -> ApiResult<&Arc<NetFaults>> {
+    s.net_faults.as_ref().ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, "fault injection is disabled on this node (fault-injection = false)".into())
+    })
+}
+
+async fn net_faults_get(State(s): State<AdminState>) -> ApiResult<Json<NetFaultConfig>> {
+    Ok(Json(net_faults_of(&s)?.config()))
+}
+
+async fn net_faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
+    let faults = net_faults_of(&s)?;
+    let config: NetFaultConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad network fault config JSON: {e}")))?;
+    faults.set(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    tracing::warn!(node = s.node, ?config, "network fault injection set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn net_faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
+    net_faults_of(&s)?.clear();
+    tracing::warn!(node = s.node, "network fault injection cleared");
     Ok(StatusCode::NO_CONTENT)
 }
 

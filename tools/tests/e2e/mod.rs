@@ -293,6 +293,18 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(ok && out.contains("faults cleared"), "{out}{err}");
     let (_, out, _) = ctl(&["faults", "show"]);
     assert!(out.contains("\"stall-ms\":0") || out.contains("\"stall-ms\": 0"), "{out}");
+    // Network faults on the node's Raft links: set, shown, a bad one refused, cleared.
+    let (ok, out, err) = ctl(&["faults", "--network", "set", r#"{"delay-ms": 20, "loss-rate": 0.1}"#]);
+    assert!(ok && out.contains("faults set"), "{out}{err}");
+    let (ok, out, _) = ctl(&["faults", "--network", "show"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("network faults JSON");
+    assert!(ok && shown["delay-ms"] == 20 && shown["loss-rate"] == 0.1, "{out}");
+    let (ok, _, err) = ctl(&["faults", "--network", "set", r#"{"loss-rate": 2}"#]);
+    assert!(!ok && err.contains("loss-rate 2 is not within [0, 1]"), "{err}");
+    let (ok, out, err) = ctl(&["faults", "--network", "clear"]);
+    assert!(ok && out.contains("faults cleared"), "{out}{err}");
+    let (_, out, _) = ctl(&["faults", "--network", "show"]);
+    assert!(out.contains("\"delay-ms\":0") || out.contains("\"delay-ms\": 0"), "{out}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
         .args(["--admin", "127.0.0.1:1", "nodes"])
         .output()

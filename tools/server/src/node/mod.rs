@@ -323,6 +323,7 @@ impl RunningNode {
             tokio::net::TcpListener::bind(peer_listen).await.map_err(bind_err("the peer port", &cfg.raft_listen))?;
         let raft_dialer = Arc::new(peer::RaftDialer(Arc::clone(&peer_trust)));
         let raft = TcpNode::start_behind(store, &cfg.raft, cfg.raft_tcp.clone(), raft_book.clone(), raft_dialer)?;
+        let net_faults = Arc::clone(&raft.net_faults);
         let handle = raft.node.handle();
         let native_listener = tokio::net::TcpListener::bind(&cfg.native_listen)
             .await
@@ -462,6 +463,7 @@ impl RunningNode {
                         throttle: Arc::clone(&trust.throttle),
                     },
                     faults: cfg.fault_injection.then_some(faults),
+                    net_faults: cfg.fault_injection.then(|| Arc::clone(&net_faults)),
                 },
                 admin_tls,
             )

@@ -27,6 +27,11 @@
 //! `max_batch_bytes`, one frame each, and reconnects with exponential backoff when the
 //! connection fails; while it is down, queued envelopes are dropped rather than delivered
 //! late.
+//!
+//! - [`fault`]: network faults on the outgoing links (delay, loss, a bandwidth cap), set at
+//!   run time, off by default.
+
+pub mod fault;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,7 +39,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use presage_engine::Engine;
@@ -49,6 +54,7 @@ use crate::runtime::Node;
 use crate::store::Store;
 use crate::transport::{Deliver, Transport};
 use crate::wire::RaftEnvelope;
+use fault::NetFaults;
 
 /// Bytes of a frame header: body length and body crc32, both big-endian u32.
 pub const FRAME_HEADER_BYTES: usize = 8;
@@ -287,6 +293,7 @@ pub struct TcpTransport {
     stats: Arc<TcpStats>,
     dialer: Arc<dyn Dialer>,
     runtime: tokio::runtime::Handle,
+    faults: Arc<NetFaults>,
 }
 
 impl TcpTransport {
@@ -313,7 +320,13 @@ impl TcpTransport {
             stats,
             dialer,
             runtime: tokio::runtime::Handle::current(),
+            faults: Arc::default(),
         }
+    }
+
+    /// The network faults this transport injects (off until set).
+    pub fn net_faults(&self) -> Arc<NetFaults> {
+        Arc::clone(&self.faults)
     }
 
     fn queue(&self, to: u64) -> LinkQueue {
@@ -331,6 +344,7 @@ impl TcpTransport {
             stats: self.stats.clone(),
             queued_bytes: queued_bytes.clone(),
             dialer: Arc::clone(&self.dialer),
+            faults: Arc::clone(&self.faults),
         };
         self.runtime.spawn(link.run(rx));
         let q = LinkQueue { tx, queued_bytes };
@@ -343,7 +357,7 @@ impl TcpTransport {
 /// with its encoded length, measured once.
 #[derive(Clone)]
 struct LinkQueue {
-    tx: mpsc::Sender<(RaftEnvelope, usize)>,
+    tx: mpsc::Sender<Queued>,
     queued_bytes: Arc<AtomicUsize>,
 }
 
@@ -360,6 +374,10 @@ impl Transport for TcpTransport {
             TcpStats::add(&self.stats.envelopes_dropped, 1);
             return;
         }
+        if self.faults.drops() {
+            TcpStats::add(&self.stats.envelopes_dropped, 1);
+            return;
+        }
         let q = self.queue(env.to_node);
         let bytes = env.encoded_len();
         if q.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.config.max_queue_bytes {
@@ -367,7 +385,7 @@ impl Transport for TcpTransport {
             TcpStats::add(&self.stats.envelopes_dropped, 1);
             return;
         }
-        if q.tx.try_send((env, bytes)).is_err() {
+        if q.tx.try_send((env, bytes, Instant::now())).is_err() {
             q.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             TcpStats::add(&self.stats.envelopes_dropped, 1);
         }
@@ -384,9 +402,11 @@ struct Link {
     /// Bytes of envelopes in this link's queue (shared with its [`LinkQueue`]).
     queued_bytes: Arc<AtomicUsize>,
     dialer: Arc<dyn Dialer>,
+    faults: Arc<NetFaults>,
 }
 
-type Queued = (RaftEnvelope, usize);
+/// An envelope, its encoded length and when it was queued.
+type Queued = (RaftEnvelope, usize, Instant);
 
 impl Link {
     async fn recv(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
@@ -464,21 +484,30 @@ impl Link {
         let mut next = Some(first);
         let mut frame = Vec::new();
         loop {
-            let (env, env_bytes) = match next.take() {
+            let (env, env_bytes, queued_at) = match next.take() {
                 Some(item) => item,
                 None => match self.recv(rx).await {
                     Some(item) => item,
                     None => return Ok(()),
                 },
             };
+            // An injected delay: the envelope leaves when due, with those due by then.
+            let due = self.faults.due(queued_at);
+            if due > Instant::now() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            }
             // The batch's encoded size, kept exactly as envelopes join.
             let mut batch_bytes = batch_entry_bytes(env_bytes);
             let mut batch = RaftBatch { envelopes: vec![env] };
             while batch.envelopes.len() < self.config.max_batch_msgs && batch_bytes < self.config.max_batch_bytes {
                 match self.try_recv(rx) {
-                    Some((env, bytes)) => {
+                    Some((env, bytes, queued_at)) if self.faults.due(queued_at) <= Instant::now() => {
                         batch_bytes += batch_entry_bytes(bytes);
                         batch.envelopes.push(env);
+                    }
+                    Some(not_due) => {
+                        next = Some(not_due);
+                        break;
                     }
                     None => break,
                 }
@@ -528,6 +557,11 @@ impl Link {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
         TcpStats::add(&self.stats.frames_sent, 1);
         TcpStats::add(&self.stats.envelopes_sent, batch.envelopes.len() as u64);
+        // An injected bandwidth cap: silence in proportion to the frame.
+        let pace = self.faults.pace(frame.len());
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
         Ok(())
     }
 }
@@ -668,6 +702,8 @@ pub struct TcpNode {
     pub inbound: RaftInbound,
     /// Counters of both directions.
     pub stats: Arc<TcpStats>,
+    /// Network faults injected on its outgoing links (off until set).
+    pub net_faults: Arc<NetFaults>,
 }
 
 impl TcpNode {
@@ -717,11 +753,12 @@ impl TcpNode {
         let node_id = store.node_id();
         let stats = Arc::new(TcpStats::default());
         let transport = TcpTransport::with_dialer(node_id, tcp.clone(), book, stats.clone(), dialer);
+        let net_faults = transport.net_faults();
         let node = Node::spawn_on_own_thread(store, transport, raft)?;
         let handle = node.handle();
         let deliver: Deliver = Arc::new(move |env| handle.deliver(env));
         let inbound = RaftInbound { config: Arc::new(tcp), deliver, stats: stats.clone() };
-        Ok(TcpNode { node, server: None, inbound, stats })
+        Ok(TcpNode { node, server: None, inbound, stats, net_faults })
     }
 }
 
@@ -731,6 +768,45 @@ mod tests {
 
     fn envelope(i: u64) -> RaftEnvelope {
         RaftEnvelope { shard_id: i, from_node: 1, to_node: 2, ..RaftEnvelope::default() }
+    }
+
+    async fn wait(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(RaftEnvelope, Instant)>,
+        ms: u64,
+    ) -> Option<(RaftEnvelope, Instant)> {
+        tokio::time::timeout(Duration::from_millis(ms), rx.recv()).await.ok().flatten()
+    }
+
+    /// Injected network faults act on a real link: a delayed envelope arrives no sooner than
+    /// its delay, a lost one never (counted as dropped), and clearing them restores delivery.
+    #[tokio::test]
+    async fn network_faults_delay_and_drop_envelopes_on_a_link() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let deliver: Deliver = Arc::new(move |env| drop(tx.send((env, Instant::now()))));
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = TcpServer::bind(loopback, TcpConfig::default(), deliver, Arc::default()).await.expect("bind");
+        let book = AddressBook::default();
+        book.set(2, server.local_addr());
+        let stats = Arc::new(TcpStats::default());
+        let transport = TcpTransport::new(1, TcpConfig::default(), book, Arc::clone(&stats));
+        let faults = transport.net_faults();
+
+        faults.set(fault::NetFaultConfig { delay_ms: 150, ..Default::default() }).expect("valid");
+        let sent = Instant::now();
+        transport.send(envelope(7));
+        let (env, at) = wait(&mut rx, 5_000).await.expect("delivered after the delay");
+        assert_eq!(env.shard_id, 7);
+        assert!(at >= sent + Duration::from_millis(150), "arrived {:?} after sending", at - sent);
+
+        faults.set(fault::NetFaultConfig { loss_rate: 1.0, ..Default::default() }).expect("valid");
+        let dropped = stats.envelopes_dropped.load(Ordering::Relaxed);
+        transport.send(envelope(8));
+        assert!(wait(&mut rx, 300).await.is_none(), "a lost envelope never arrives");
+        assert_eq!(stats.envelopes_dropped.load(Ordering::Relaxed), dropped + 1);
+
+        faults.clear();
+        transport.send(envelope(9));
+        assert_eq!(wait(&mut rx, 5_000).await.expect("delivered").0.shard_id, 9);
     }
 
     #[test]
