@@ -141,14 +141,18 @@ enum Command {
         #[command(subcommand)]
         what: PfaCommand,
     },
-    /// Engine faults (or, with `--network`, faults on its outgoing Raft links) on the node
-    /// whose admin API this talks to (a node started with `fault-injection = true`; operators
+    /// Engine faults (with `--network`, faults on its outgoing Raft links; with `--host`, CPU
+    /// contention and memory pressure) on the node whose admin API this talks to (a node started with `fault-injection = true`; operators
     /// only): show, set or clear them.
     Faults {
         /// The network faults: `{"delay-ms": 50, "loss-rate": 0.1, "bandwidth-bytes-per-sec":
         /// 1048576}`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "host")]
         network: bool,
+        /// CPU contention and memory pressure in the node: `{"cpu-threads": 2, "memory-bytes":
+        /// 1073741824, "duration-ms": 10000}`.
+        #[arg(long)]
+        host: bool,
         #[command(subcommand)]
         what: FaultsCommand,
     },
@@ -291,8 +295,12 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
         }
-        Command::Faults { network, what } => {
-            let path = if network { "/v1/faults/network" } else { "/v1/faults" };
+        Command::Faults { network, host, what } => {
+            let path = match (network, host) {
+                (true, _) => "/v1/faults/network",
+                (_, true) => "/v1/faults/host",
+                _ => "/v1/faults",
+            };
             match what {
                 FaultsCommand::Show => Ok(c.get_raw(path)? + "\n"),
                 FaultsCommand::Set { config } => {

@@ -14,6 +14,7 @@
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
 //! | `GET/PUT/DELETE /v1/faults` | engine fault injection (only with `fault-injection = true`) |
 //! | `GET/PUT/DELETE /v1/faults/network` | network faults on the node's outgoing Raft links (same) |
+//! | `GET/PUT/DELETE /v1/faults/host` | CPU contention and memory pressure in the node (same) |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
@@ -43,6 +44,8 @@ use presage_client::proto::{ClusterInfo, ShardRow};
 use presage_client::{PfaQuery, ProtoError, Request, Response};
 use presage_engine::{EngineMetrics, FaultConfig, FaultInjector};
 use presage_replication::{NetFaultConfig, NetFaults};
+
+use crate::host_fault::{HostFaultConfig, HostFaults};
 use presage_security::throttle::AuthThrottle;
 use presage_security::Credentials;
 use presage_shardmgr::{AdminCommand, NodeId};
@@ -74,6 +77,8 @@ pub struct AdminState {
     pub faults: Option<Arc<FaultInjector>>,
     /// Network fault injection on the Raft links, when enabled.
     pub net_faults: Option<Arc<NetFaults>>,
+    /// Host fault injection (CPU, memory), when enabled.
+    pub host_faults: Option<Arc<HostFaults>>,
 }
 
 /// Who may call the admin API.
@@ -306,6 +311,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/admin", post(admin))
         .route("/v1/faults", get(faults_get).put(faults_put).delete(faults_clear))
         .route("/v1/faults/network", get(net_faults_get).put(net_faults_put).delete(net_faults_clear))
+        .route("/v1/faults/host", get(host_faults_get).put(host_faults_put).delete(host_faults_clear))
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
@@ -526,6 +532,31 @@ async fn net_faults_put(State(s): State<AdminState>, body: axum::body::Bytes) ->
 async fn net_faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
     net_faults_of(&s)?.clear();
     tracing::warn!(node = s.node, "network fault injection cleared");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn host_faults_of(s: &AdminState) -> ApiResult<&Arc<HostFaults>> {
+    s.host_faults.as_ref().ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, "fault injection is disabled on this node (fault-injection = false)".into())
+    })
+}
+
+async fn host_faults_get(State(s): State<AdminState>) -> ApiResult<Json<HostFaultConfig>> {
+    Ok(Json(host_faults_of(&s)?.config()))
+}
+
+async fn host_faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
+    let faults = host_faults_of(&s)?;
+    let config: HostFaultConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad host fault config JSON: {e}")))?;
+    faults.set(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    tracing::warn!(node = s.node, ?config, "host fault injection set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn host_faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
+    host_faults_of(&s)?.clear();
+    tracing::warn!(node = s.node, "host fault injection cleared");
     Ok(StatusCode::NO_CONTENT)
 }
 

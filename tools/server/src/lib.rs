@@ -9,9 +9,11 @@
 //! - [`admin`]: the HTTP admin API and Prometheus `/metrics`.
 //! - [`agent`]: the telemetry agent.
 //! - [`metrics`]: the node's Prometheus registry.
+//! - [`host_fault`]: CPU contention and memory pressure injected into the node process.
 
 pub mod admin;
 pub mod agent;
+pub mod host_fault;
 pub mod metrics;
 pub mod node;
 pub mod resp;

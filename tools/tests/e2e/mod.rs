@@ -305,6 +305,19 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(ok && out.contains("faults cleared"), "{out}{err}");
     let (_, out, _) = ctl(&["faults", "--network", "show"]);
     assert!(out.contains("\"delay-ms\":0") || out.contains("\"delay-ms\": 0"), "{out}");
+    // Host faults: a short CPU and memory fault, shown while it lasts, then cleared.
+    let host = r#"{"cpu-threads": 1, "memory-bytes": 4194304, "duration-ms": 60000}"#;
+    let (ok, out, err) = ctl(&["faults", "--host", "set", host]);
+    assert!(ok && out.contains("faults set"), "{out}{err}");
+    let (ok, out, _) = ctl(&["faults", "--host", "show"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("host faults JSON");
+    assert!(ok && shown["cpu-threads"] == 1 && shown["memory-bytes"] == 4194304, "{out}");
+    let (ok, _, err) = ctl(&["faults", "--host", "set", r#"{"cpu-threads": 1}"#]);
+    assert!(!ok && err.contains("duration-ms must be within"), "{err}");
+    let (ok, out, err) = ctl(&["faults", "--host", "clear"]);
+    assert!(ok && out.contains("faults cleared"), "{out}{err}");
+    let (_, out, _) = ctl(&["faults", "--host", "show"]);
+    assert!(out.contains("\"cpu-threads\":0") || out.contains("\"cpu-threads\": 0"), "{out}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_presage-ctl"))
         .args(["--admin", "127.0.0.1:1", "nodes"])
         .output()

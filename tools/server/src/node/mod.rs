@@ -464,6 +464,7 @@ impl RunningNode {
                     },
                     faults: cfg.fault_injection.then_some(faults),
                     net_faults: cfg.fault_injection.then(|| Arc::clone(&net_faults)),
+                    host_faults: cfg.fault_injection.then(|| Arc::new(crate::host_fault::HostFaults::default())),
                 },
                 admin_tls,
             )
