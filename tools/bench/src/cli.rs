@@ -4,12 +4,14 @@
 //! (replicated writes against the raw engine), `idle` (CPU of idle shards, quiescence on
 //! against off), `run`: the YCSB core workloads against the raw engine, a playground or a
 //! running cluster, several targets in one invocation, each next to the first, and
-//! `scenario failing-node`: a degrading node with the predictive path on, beside it off.
+//! `scenario failing-node`: a failing node (one fault shape) with the predictive path on,
+//! beside it off, and `scenario campaign`: every fault shape in both modes, one table.
 
 use std::path::PathBuf;
 
 use crate::engine_bench::{self, EngineBenchOptions};
 use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
+use crate::scenario::fault::Fault;
 use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use crate::ycsb::run::{Environment, Progress, RunOptions};
 use crate::ycsb::target::TargetSpec;
@@ -261,53 +263,111 @@ enum ModeArg {
 
 #[derive(Subcommand)]
 enum ScenarioCommand {
-    /// One node's disk degrades gradually while a paced workload runs; the node is killed when
-    /// the injected latency reaches the 1 s election timeout. Reports failed requests, p99
-    /// before and during the event, seconds of unavailability per shard, bytes moved and the
-    /// warning's lead time, per mode.
+    /// One node fails (by default its disk degrades gradually) while a paced workload runs;
+    /// the node is killed at the event's end (for the default ramp, when the injected latency
+    /// reaches the 1 s election timeout). Reports failed requests, p99 before and during the
+    /// event, seconds of unavailability per shard, bytes moved and the warning's timing, per
+    /// mode.
     FailingNode {
         /// predictive, reactive, or both side by side.
         #[arg(long, value_enum, default_value = "both")]
         mode: ModeArg,
-        /// Nodes (a group of three and spares).
-        #[arg(long, default_value_t = ScenarioOptions::default().nodes)]
-        nodes: u64,
-        /// Regions.
-        #[arg(long, default_value_t = ScenarioOptions::default().regions)]
-        regions: u64,
-        /// Data shards the keyspace is split into.
-        #[arg(long, default_value_t = ScenarioOptions::default().shards)]
-        shards: u64,
-        /// Keys loaded and used by the workload.
-        #[arg(long, default_value_t = StoryOptions::default().keys)]
-        keys: u64,
-        /// Paced workers.
-        #[arg(long, default_value_t = StoryOptions::default().workers)]
-        workers: usize,
-        /// Each worker sends one request every this many milliseconds.
-        #[arg(long, default_value_t = StoryOptions::default().op_interval_ms)]
-        op_interval_ms: u64,
-        /// Share of reads, in percent.
-        #[arg(long, default_value_t = StoryOptions::default().read_percent)]
-        read_percent: u32,
-        /// Seconds of workload before the disk degrades (the detectors learn the normal).
-        #[arg(long, default_value_t = StoryOptions::default().warmup_secs)]
-        warmup_secs: u64,
-        /// Seconds the disk takes to reach 1 s per write; the node is killed then.
-        #[arg(long, default_value_t = StoryOptions::default().ramp_secs)]
-        ramp_secs: u64,
-        /// Seconds of workload after the kill.
-        #[arg(long, default_value_t = StoryOptions::default().after_kill_secs)]
-        after_kill_secs: u64,
-        /// A node setting, KEY=VALUE (repeatable), e.g. server.shard-manager.risk-act=0.7.
-        #[arg(long = "set")]
-        settings: Vec<String>,
-        /// RNG seed of the workload.
-        #[arg(long, default_value_t = StoryOptions::default().seed)]
-        seed: u64,
+        /// What happens to the failing node.
+        #[arg(long, value_enum, default_value = "ramp")]
+        fault: Fault,
         #[command(flatten)]
-        out: Outputs,
+        story: StoryArgs,
     },
+    /// Every fault shape in both modes, one after another (each on a playground of its own):
+    /// one table, a JSON object per fault and mode, the failing-node settings for each.
+    Campaign {
+        /// Only these faults (repeatable; default: every one).
+        #[arg(long, value_enum)]
+        fault: Vec<Fault>,
+        #[command(flatten)]
+        story: StoryArgs,
+    },
+}
+
+/// The failing-node story's settings (`scenario failing-node` and `scenario campaign`).
+#[derive(clap::Args)]
+struct StoryArgs {
+    /// Nodes (a group of three and spares).
+    #[arg(long, default_value_t = ScenarioOptions::default().nodes)]
+    nodes: u64,
+    /// Regions.
+    #[arg(long, default_value_t = ScenarioOptions::default().regions)]
+    regions: u64,
+    /// Data shards the keyspace is split into.
+    #[arg(long, default_value_t = ScenarioOptions::default().shards)]
+    shards: u64,
+    /// Keys loaded and used by the workload.
+    #[arg(long, default_value_t = StoryOptions::default().keys)]
+    keys: u64,
+    /// Paced workers.
+    #[arg(long, default_value_t = StoryOptions::default().workers)]
+    workers: usize,
+    /// Each worker sends one request every this many milliseconds.
+    #[arg(long, default_value_t = StoryOptions::default().op_interval_ms)]
+    op_interval_ms: u64,
+    /// Share of reads, in percent.
+    #[arg(long, default_value_t = StoryOptions::default().read_percent)]
+    read_percent: u32,
+    /// Seconds of workload before the fault (the detectors learn the normal).
+    #[arg(long, default_value_t = StoryOptions::default().warmup_secs)]
+    warmup_secs: u64,
+    /// Seconds from the fault's start to the kill (for the ramp: the time the disk takes to
+    /// reach 1 s per write).
+    #[arg(long, default_value_t = StoryOptions::default().ramp_secs)]
+    ramp_secs: u64,
+    /// Seconds of workload after the kill.
+    #[arg(long, default_value_t = StoryOptions::default().after_kill_secs)]
+    after_kill_secs: u64,
+    /// A node setting, KEY=VALUE (repeatable), e.g. server.shard-manager.risk-act=0.7.
+    #[arg(long = "set")]
+    settings: Vec<String>,
+    /// RNG seed of the workload.
+    #[arg(long, default_value_t = StoryOptions::default().seed)]
+    seed: u64,
+    #[command(flatten)]
+    out: Outputs,
+}
+
+impl StoryArgs {
+    /// The scenario's options for `fault`, checked; and where its outputs go.
+    fn options(self, fault: Fault) -> Result<(ScenarioOptions, Outputs)> {
+        anyhow::ensure!(
+            self.workers > 0 && self.keys > 0 && self.op_interval_ms > 0,
+            "--workers, --keys and --op-interval-ms must be positive"
+        );
+        anyhow::ensure!(self.read_percent <= 100, "--read-percent is at most 100");
+        anyhow::ensure!(
+            self.warmup_secs >= 2 && self.ramp_secs > 0,
+            "--warmup-secs must be at least 2, --ramp-secs positive"
+        );
+        let Outputs { presage_bin, work_dir, json, plot } = self.out;
+        let opts = ScenarioOptions {
+            story: StoryOptions {
+                keys: self.keys,
+                workers: self.workers,
+                op_interval_ms: self.op_interval_ms,
+                read_percent: self.read_percent,
+                warmup_secs: self.warmup_secs,
+                ramp_secs: self.ramp_secs,
+                fault,
+                after_kill_secs: self.after_kill_secs,
+                seed: self.seed,
+                ..StoryOptions::default()
+            },
+            nodes: self.nodes,
+            regions: self.regions,
+            shards: self.shards,
+            overrides: self.settings,
+            binary: presage_binary(presage_bin.clone())?,
+            work_dir: work_dir.clone(),
+        };
+        Ok((opts, Outputs { presage_bin, work_dir, json, plot }))
+    }
 }
 
 fn presage_binary(given: Option<PathBuf>) -> Result<PathBuf> {
@@ -377,53 +437,8 @@ pub fn main() -> Result<()> {
             print!("{}", replication_bench::render(&report));
             write_json(json, &report)
         }
-        Command::Scenario {
-            scenario:
-                ScenarioCommand::FailingNode {
-                    mode,
-                    nodes,
-                    regions,
-                    shards,
-                    keys,
-                    workers,
-                    op_interval_ms,
-                    read_percent,
-                    warmup_secs,
-                    ramp_secs,
-                    after_kill_secs,
-                    settings,
-                    seed,
-                    out: Outputs { presage_bin, work_dir, json, plot },
-                },
-        } => {
-            anyhow::ensure!(
-                workers > 0 && keys > 0 && op_interval_ms > 0,
-                "--workers, --keys and --op-interval-ms must be positive"
-            );
-            anyhow::ensure!(read_percent <= 100, "--read-percent is at most 100");
-            anyhow::ensure!(
-                warmup_secs >= 2 && ramp_secs > 0,
-                "--warmup-secs must be at least 2, --ramp-secs positive"
-            );
-            let opts = ScenarioOptions {
-                story: StoryOptions {
-                    keys,
-                    workers,
-                    op_interval_ms,
-                    read_percent,
-                    warmup_secs,
-                    ramp_secs,
-                    after_kill_secs,
-                    seed,
-                    ..StoryOptions::default()
-                },
-                nodes,
-                regions,
-                shards,
-                overrides: settings,
-                binary: presage_binary(presage_bin)?,
-                work_dir,
-            };
+        Command::Scenario { scenario: ScenarioCommand::FailingNode { mode, fault, story } } => {
+            let (opts, out) = story.options(fault)?;
             let modes = match mode {
                 ModeArg::Predictive => vec![Mode::Predictive],
                 ModeArg::Reactive => vec![Mode::Reactive],
@@ -432,13 +447,33 @@ pub fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let mut reports = Vec::new();
             for m in modes {
-                eprintln!("failing-node, {m:?} mode:");
+                eprintln!("failing-node, {} fault, {m:?} mode:", fault.name());
                 let report = runtime.block_on(scenario::run(&opts, m, &|line: &str| eprintln!("  {line}")))?;
                 reports.push(report);
             }
             print!("{}", scenario::side_by_side(&reports));
-            write_json(json, &scenario::to_json(&reports))?;
-            if let Some(plot) = plot {
+            write_json(out.json, &scenario::to_json(&reports))?;
+            if let Some(plot) = out.plot {
+                scenario::draw(&reports, &plot)?;
+            }
+            Ok(())
+        }
+        Command::Scenario { scenario: ScenarioCommand::Campaign { fault, story } } => {
+            let faults = if fault.is_empty() { Fault::ALL.to_vec() } else { fault };
+            let (opts, out) = story.options(Fault::Ramp)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let mut reports = Vec::new();
+            for f in faults {
+                let opts = ScenarioOptions { story: StoryOptions { fault: f, ..opts.story.clone() }, ..opts.clone() };
+                for m in [Mode::Predictive, Mode::Reactive] {
+                    eprintln!("campaign: {} fault, {m:?} mode:", f.name());
+                    let report = runtime.block_on(scenario::run(&opts, m, &|line: &str| eprintln!("  {line}")))?;
+                    reports.push(report);
+                }
+            }
+            print!("{}", scenario::campaign_table(&reports));
+            write_json(out.json, &scenario::campaign_json(&reports))?;
+            if let Some(plot) = out.plot {
                 scenario::draw(&reports, &plot)?;
             }
             Ok(())

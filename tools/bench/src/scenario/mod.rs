@@ -1,6 +1,6 @@
 //! The failing-node scenario (design.md §6), shared by `presage-bench scenario failing-node`
-//! and the second act of `make demo`: while a paced read/write workload runs, one node's disk
-//! degrades gradually (engine fault injection: synced and plain writes slow from 0 to 1 s
+//! and the second act of `make demo`: while a paced read/write workload runs, one node fails in
+//! one of the shapes of [`fault::Fault`] (by default its disk degrades gradually (engine fault injection: synced and plain writes slow from 0 to 1 s
 //! over `ramp_secs`); when the injected latency reaches the 1 s election timeout the node is
 //! killed (SIGKILL). With the predictive path on, the failure analysis's rising risk makes the
 //! shard manager move the node's leaderships away and evacuate its replicas to a spare before
@@ -25,7 +25,12 @@
 //! (a probe slower than 250 ms counts as unavailability), a watcher thread narrating warnings,
 //! risk, migration stages, leaders and replicas of the node; the disk ramp via `PUT /v1/faults`,
 //! SIGKILL at its end; figures, side-by-side text, JSON and an SVG plot. Predictive vs reactive =
-//! `proactive-migration` on or off.
+//! `proactive-migration` on or off. `presage-bench scenario campaign` runs every fault shape in
+//! both modes ([`campaign_table`]).
+//!
+//! - [`fault`]: the fault shapes and how each is injected.
+
+pub mod fault;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +47,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::datagen::{key, ValueGen, ValueKind};
+use fault::Fault;
 use presage_ctl::{AdminClient, AdminEndpoint};
 use presage_playground::{Playground, PlaygroundOptions};
 
@@ -94,8 +100,11 @@ pub struct StoryOptions {
     pub read_percent: u32,
     /// Workload before the ramp (the steady p99 is its second half).
     pub warmup_secs: u64,
-    /// The disk's latency ramp to 1 s; the node is killed when it ends.
+    /// The event's length: the fault starts, and the node is killed this long after (the
+    /// disk's latency ramp to 1 s, for the default fault).
     pub ramp_secs: u64,
+    /// What happens to the failing node.
+    pub fault: Fault,
     /// Workload after the kill.
     pub after_kill_secs: u64,
     /// Workload seed.
@@ -112,6 +121,7 @@ impl Default for StoryOptions {
             read_percent: 50,
             warmup_secs: 35,
             ramp_secs: 90,
+            fault: Fault::Ramp,
             after_kill_secs: 20,
             seed: 42,
         }
@@ -186,6 +196,8 @@ pub struct SecondPoint {
 /// The story's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
+    /// The fault shape.
+    pub fault: Fault,
     /// The mode.
     pub mode: Mode,
     /// The node whose disk degraded and which was killed.
@@ -209,6 +221,11 @@ pub struct ScenarioReport {
     pub bytes_moved: u64,
     /// From the first early warning about the node to its death, in seconds.
     pub warning_lead_seconds: Option<f64>,
+    /// From the fault's start to the first early warning about the node, in seconds.
+    pub seconds_to_warning: Option<f64>,
+    /// From the fault's start to the node leading no shard (for good, until the kill), in
+    /// seconds.
+    pub seconds_to_no_leaderships: Option<f64>,
     /// The node held no replica when it was killed.
     pub evacuated_before_kill: bool,
     /// Seconds since the workload started: the ramp began, the node was killed.
@@ -487,9 +504,11 @@ pub async fn story(
     let (watch_tx, watch_rx) = std::sync::mpsc::channel::<String>();
     // Replicas the failing node holds, as the watcher last saw (-1: not seen yet).
     let held = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let leads_none_since: Arc<Mutex<Option<Instant>>> = Arc::default();
     let watcher = {
         let (admins, stop, held) = (admin_addrs(pg, Some(failing)), Arc::clone(&stop), Arc::clone(&held));
-        std::thread::spawn(move || watch(&admins, failing, &stop, &held, &watch_tx))
+        let seen = Watched { held, leads_none_since: Arc::clone(&leads_none_since) };
+        std::thread::spawn(move || watch(&admins, failing, &stop, &seen, &watch_tx))
     };
     let pump = |rx: &std::sync::mpsc::Receiver<String>| {
         while let Ok(what) = rx.try_recv() {
@@ -511,15 +530,13 @@ pub async fn story(
 
     sleep_pumping(started + Duration::from_secs(opts.warmup_secs)).await;
     let sent_before = snapshot_bytes_sent(&pg.admins(None)).await;
-    let ramp =
-        serde_json::json!({"latency-start-us": 0, "latency-end-us": RAMP_END_US, "ramp-ms": opts.ramp_secs * 1000});
-    let body = serde_json::json!({"sync": ramp, "write": ramp});
+    let (path, body) = opts.fault.injection(opts.ramp_secs, RAMP_END_US);
     let a = failing_admin.clone();
-    tokio::task::spawn_blocking(move || a.client().put_raw("/v1/faults", &body))
+    tokio::task::spawn_blocking(move || a.client().put_raw(path, &body))
         .await?
-        .context("injecting the disk ramp")?;
+        .with_context(|| format!("injecting the {} fault", opts.fault.name()))?;
     let ramp_at = started.elapsed();
-    say(format!("node {failing}'s disk starts degrading: write latency 0 -> 1 s over {} s", opts.ramp_secs));
+    say(format!("node {failing}: {}", opts.fault.describe(opts.ramp_secs)));
 
     sleep_pumping(started + ramp_at + Duration::from_secs(opts.ramp_secs)).await;
     // The kill comes on time (at most `LAST_LOOK` late): what the node holds is the watcher's
@@ -527,6 +544,7 @@ pub async fn story(
     let failing_only = [(failing, failing_admin.clone())];
     let last_look = snapshot_bytes_sent(&failing_only);
     let sent_failing = tokio::time::timeout(LAST_LOOK, last_look).await.ok().and_then(|m| m.get(&failing).copied());
+    let led_nothing = *leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     pg.kill(failing);
     let kill_at = started.elapsed();
     let holds = usize::try_from(held.load(Ordering::Relaxed)).ok();
@@ -573,9 +591,13 @@ pub async fn story(
     let before_others = sum(&sent_before) - before_failing;
     let bytes_moved = sum(&sent_after).saturating_sub(before_others) + moved_failing.saturating_sub(before_failing);
     let warning_lead_seconds = first_warning.map(|w| kill_at.as_secs_f64() - w.duration_since(started).as_secs_f64());
+    let since_fault = |t: Instant| t.duration_since(started).as_secs_f64() - ramp_at.as_secs_f64();
+    let seconds_to_warning = first_warning.map(since_fault).filter(|s| *s >= 0.0);
+    let seconds_to_no_leaderships = led_nothing.map(|t| since_fault(t).max(0.0));
     let timeline = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let last_error = counts.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(ScenarioReport {
+        fault: opts.fault,
         mode,
         failing_node: failing,
         failed_requests: counts.failed.load(Ordering::Relaxed),
@@ -587,6 +609,8 @@ pub async fn story(
         unavailable_shard_seconds: unavailable_us.load(Ordering::Relaxed) as f64 / 1e6,
         bytes_moved,
         warning_lead_seconds: warning_lead_seconds.filter(|s| *s >= 0.0),
+        seconds_to_warning,
+        seconds_to_no_leaderships,
         evacuated_before_kill: holds == Some(0),
         ramp_at_secs: ramp_at.as_secs_f64(),
         kill_at_secs: kill_at.as_secs_f64(),
@@ -692,11 +716,19 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<Node
 
 /// Polls warnings, risk, migrations and leaders until `stop`, sending what changed; returns
 /// when the first warning about `failing` was seen.
+/// What the watcher keeps up to date for the story.
+struct Watched {
+    /// Replicas the failing node holds (-1: not seen yet).
+    held: Arc<std::sync::atomic::AtomicI64>,
+    /// Since when the failing node leads no shard (`None`: it leads some).
+    leads_none_since: Arc<Mutex<Option<Instant>>>,
+}
+
 fn watch(
     admins: &[AdminEndpoint],
     failing: NodeId,
     stop: &AtomicBool,
-    held: &std::sync::atomic::AtomicI64,
+    seen: &Watched,
     tx: &std::sync::mpsc::Sender<String>,
 ) -> Option<Instant> {
     let mut first_warning = None;
@@ -749,7 +781,11 @@ fn watch(
                 let leads = rows.iter().filter(|r| r.shard.leader == Some(failing)).count();
                 let holds = rows.iter().filter(|r| r.shard.replica(failing).is_some()).count();
                 let leaderless = rows.iter().filter(|r| r.shard.leader.is_none()).count();
-                held.store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
+                seen.held.store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
+                {
+                    let mut since = seen.leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    *since = if leads == 0 { Some(since.unwrap_or_else(Instant::now)) } else { None };
+                }
                 if leads_before.is_some_and(|b| b != leads) {
                     let _ = tx.send(format!("node {failing} leads {leads} shard(s)"));
                 }
@@ -793,6 +829,46 @@ pub fn side_by_side(reports: &[ScenarioReport]) -> String {
     let names: Vec<String> = reports.iter().map(|r| format!("{:?}", r.mode).to_lowercase()).collect();
     header.extend(names.iter().map(String::as_str));
     presage_ctl::table(&header, &rows)
+}
+
+/// A campaign's reports as one table: a row per fault and mode.
+pub fn campaign_table(reports: &[ScenarioReport]) -> String {
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.fault.name().to_string(),
+                format!("{:?}", r.mode).to_lowercase(),
+                r.failed_requests.to_string(),
+                format!("{:.2}", r.p99_ms_steady),
+                format!("{:.2}", r.p99_ms_during_event),
+                format!("{:.2}x", r.p99_ms_during_event / r.p99_ms_steady.max(1e-3)),
+                format!("{:.2}", r.unavailable_shard_seconds),
+                secs(r.seconds_to_warning),
+                secs(r.seconds_to_no_leaderships),
+                bytesize::ByteSize(r.bytes_moved).to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "fault",
+        "mode",
+        "failed",
+        "p99 steady ms",
+        "p99 event ms",
+        "event/steady",
+        "unavailable shard-s",
+        "s to warning",
+        "s to no leaderships",
+        "moved",
+    ];
+    presage_ctl::table(&header, &rows)
+}
+
+/// A campaign's JSON: one object per fault and mode, each with its `"fault"` and `"mode"`.
+pub fn campaign_json(reports: &[ScenarioReport]) -> serde_json::Value {
+    serde_json::Value::Array(reports.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect())
 }
 
 /// The JSON of the reports: one report's figures, or `{"predictive": .., "reactive": ..}`.
