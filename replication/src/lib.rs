@@ -7,8 +7,8 @@
 //! - [`snapshot`]: snapshot data streamed as the engine's export chunks, rate-limited,
 //!   resumable, verified before Raft may install it.
 //! - [`runtime`]: the tokio runtime around a store: ticks, a bounded mailbox, the transport.
-//! - [`local_read`]: leased reads answered on the caller's thread from the leases the store
-//!   loop publishes, without a trip through the loop.
+//! - [`lease`]: the read leases a node's leaders publish; [`local_read`]: reads answered on
+//!   the caller's thread under them, without a trip through the loop.
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes;
 //!   network faults on a node's outgoing links ([`tcp::fault`]).
@@ -33,6 +33,7 @@
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod lease;
 pub mod local_read;
 mod logger;
 pub mod peer;
@@ -47,7 +48,8 @@ pub mod wire;
 
 pub use config::RaftConfig;
 pub use error::{Error, Result};
-pub use local_read::{LeaseViews, LocalReader};
+pub use lease::LeaseViews;
+pub use local_read::LocalReader;
 pub use peer::{AdminEntry, ReadRequest, ReadResponse};
 pub use runtime::{ChecksumAt, Node, NodeHandle};
 pub use snapshot::{GovernorAction, GovernorWindow, RateGovernor};

@@ -5,6 +5,8 @@
 //! hand-offs and a wait behind whatever round the loop is in; instead the loop publishes each
 //! leader's lease in [`LeaseViews`] and [`LocalReader`] serves from it. Walk-through:
 //!
+//! The lease table is `lease.rs`.
+//!
 //! 1. **publish** (store loop, end of a replica's ready round, `Peer::publish_lease`): a
 //!    leader whose lease holds, not merging, with everything committed applied (so every
 //!    entry of earlier terms is in the engine) publishes `(term, descriptor, lease end)`.
@@ -31,92 +33,16 @@
 //! Architecture invariant: only the store loop publishes and withdraws; readers never write
 //! the table.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use presage_engine::Engine;
 
+use crate::lease::LeaseViews;
 use crate::peer::{execute_read, ReadRequest, ReadResponse};
 use crate::wire::{Epoch, ShardDescriptor};
 use crate::Result;
-
-/// One leader's published lease.
-#[derive(Clone)]
-struct LeaseView {
-    /// Changes whenever the view is withdrawn and published again, or its term or epoch
-    /// changes; a renewal keeps it.
-    generation: u64,
-    term: u64,
-    /// Reads may be answered strictly before this instant (the node's monotonic clock).
-    until: Instant,
-    descriptor: Arc<ShardDescriptor>,
-    /// The replica's expiry clock floor (see `Peer::now_ms`), shared with it.
-    clock_floor_ms: Arc<AtomicU64>,
-}
-
-/// What a replica publishes (see [`LeaseViews::publish`]).
-pub(crate) struct Lease {
-    pub(crate) term: u64,
-    pub(crate) until: Instant,
-    pub(crate) descriptor: ShardDescriptor,
-    pub(crate) clock_floor_ms: Arc<AtomicU64>,
-}
-
-/// Every leader lease on a node that reads may be served under off the loop, by shard.
-#[derive(Default)]
-pub struct LeaseViews {
-    views: RwLock<HashMap<u64, LeaseView>>,
-    next_generation: AtomicU64,
-}
-
-impl LeaseViews {
-    /// Publishes (or renews) `shard_id`'s lease; returns the view's generation.
-    pub(crate) fn publish(&self, shard_id: u64, lease: Lease) -> u64 {
-        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(v) = views.get_mut(&shard_id) {
-            if v.term == lease.term && *v.descriptor == lease.descriptor {
-                v.until = v.until.max(lease.until);
-                return v.generation;
-            }
-        }
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let view = LeaseView {
-            generation,
-            term: lease.term,
-            until: lease.until,
-            descriptor: Arc::new(lease.descriptor),
-            clock_floor_ms: lease.clock_floor_ms,
-        };
-        views.insert(shard_id, view);
-        generation
-    }
-
-    /// Withdraws `shard_id`'s lease if `generation` is still the one published (`None`:
-    /// whatever is published).
-    pub(crate) fn withdraw(&self, shard_id: u64, generation: Option<u64>) {
-        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if views.get(&shard_id).is_some_and(|v| generation.is_none_or(|g| v.generation == g)) {
-            views.remove(&shard_id);
-        }
-    }
-
-    fn get(&self, shard_id: u64) -> Option<LeaseView> {
-        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).cloned()
-    }
-
-    /// True while `generation` of `shard_id` is published and its lease holds at `now`.
-    fn still_holds(&self, shard_id: u64, generation: u64, now: Instant) -> bool {
-        let views = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        views.get(&shard_id).is_some_and(|v| v.generation == generation && now < v.until)
-    }
-
-    /// Shards whose lease is published now.
-    pub fn published(&self) -> usize {
-        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
-    }
-}
 
 /// Reads one replica's engine: what [`LocalReader`] calls under a lease.
 type ReadFn = dyn Fn(&ShardDescriptor, &ReadRequest, u64) -> Result<ReadResponse> + Send + Sync;

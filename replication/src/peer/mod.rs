@@ -56,7 +56,7 @@ use raft::{RawNode, StateRole};
 
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
-use crate::local_read::{Lease, LeaseViews};
+use crate::lease::{Lease, LeaseViews};
 use crate::storage::PeerStorage;
 use crate::value;
 use crate::wire::{

@@ -52,7 +52,8 @@ use raft::{SnapshotStatus, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::local_read::{LeaseViews, LocalReader};
+use crate::lease::LeaseViews;
+use crate::local_read::LocalReader;
 use crate::peer::{
     AdminEntry, Applied, ChecksumPin, Completions, IndexCallback, Peer, ReadCallback, ReadRequest, WriteCallback,
 };

@@ -309,9 +309,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/shards/{id}/checksums", get(shard_checksums))
         .route("/v1/admin", post(admin))
-        .route("/v1/faults", get(faults_get).put(faults_put).delete(faults_clear))
-        .route("/v1/faults/network", get(net_faults_get).put(net_faults_put).delete(net_faults_clear))
-        .route("/v1/faults/host", get(host_faults_get).put(host_faults_put).delete(host_faults_clear))
+        .route("/v1/faults", fault_routes::<FaultInjector>())
+        .route("/v1/faults/network", fault_routes::<NetFaults>())
+        .route("/v1/faults/host", fault_routes::<HostFaults>())
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
@@ -485,78 +485,99 @@ async fn admin(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResul
     }
 }
 
-fn faults_of(s: &AdminState) -> ApiResult<&Arc<FaultInjector>> {
-    s.faults.as_ref().ok_or_else(|| {
+/// A kind of fault the admin API reads, replaces and clears (`/v1/faults`,
+/// `/v1/faults/network`, `/v1/faults/host`); each change is logged.
+trait Injector: Send + Sync + 'static {
+    /// Its configuration, as JSON.
+    type Config: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send;
+    /// What it is called in errors and in the log.
+    const KIND: &'static str;
+    /// This node's injector (`None`: fault injection is off).
+    fn of(s: &AdminState) -> Option<&Arc<Self>>;
+    fn current(&self) -> Self::Config;
+    fn replace(&self, config: Self::Config) -> Result<(), String>;
+    fn remove(&self);
+}
+
+impl Injector for FaultInjector {
+    type Config = FaultConfig;
+    const KIND: &'static str = "engine";
+    fn of(s: &AdminState) -> Option<&Arc<Self>> {
+        s.faults.as_ref()
+    }
+    fn current(&self) -> FaultConfig {
+        self.config()
+    }
+    fn replace(&self, config: FaultConfig) -> Result<(), String> {
+        self.set(config).map_err(|e| e.to_string())
+    }
+    fn remove(&self) {
+        self.clear();
+    }
+}
+
+impl Injector for NetFaults {
+    type Config = NetFaultConfig;
+    const KIND: &'static str = "network";
+    fn of(s: &AdminState) -> Option<&Arc<Self>> {
+        s.net_faults.as_ref()
+    }
+    fn current(&self) -> NetFaultConfig {
+        self.config()
+    }
+    fn replace(&self, config: NetFaultConfig) -> Result<(), String> {
+        self.set(config).map_err(|e| e.to_string())
+    }
+    fn remove(&self) {
+        self.clear();
+    }
+}
+
+impl Injector for HostFaults {
+    type Config = HostFaultConfig;
+    const KIND: &'static str = "host";
+    fn of(s: &AdminState) -> Option<&Arc<Self>> {
+        s.host_faults.as_ref()
+    }
+    fn current(&self) -> HostFaultConfig {
+        self.config()
+    }
+    fn replace(&self, config: HostFaultConfig) -> Result<(), String> {
+        self.set(config).map_err(|e| e.to_string())
+    }
+    fn remove(&self) {
+        self.clear();
+    }
+}
+
+/// `GET`, `PUT` and `DELETE` of one kind of fault.
+fn fault_routes<F: Injector>() -> axum::routing::MethodRouter<AdminState> {
+    get(faults_get::<F>).put(faults_put::<F>).delete(faults_clear::<F>)
+}
+
+fn injector<F: Injector>(s: &AdminState) -> ApiResult<&Arc<F>> {
+    F::of(s).ok_or_else(|| {
         ApiError(StatusCode::NOT_FOUND, "fault injection is disabled on this node (fault-injection = false)".into())
     })
 }
 
-async fn faults_get(State(s): State<AdminState>) -> ApiResult<Json<FaultConfig>> {
-    Ok(Json(faults_of(&s)?.config()))
+async fn faults_get<F: Injector>(State(s): State<AdminState>) -> ApiResult<Json<F::Config>> {
+    Ok(Json(injector::<F>(&s)?.current()))
 }
 
-async fn faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
-    let faults = faults_of(&s)?;
-    let config: FaultConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad fault config JSON: {e}")))?;
-    faults.set(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    tracing::warn!(node = s.node, ?config, "engine fault injection set");
+async fn faults_put<F: Injector>(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
+    let faults = injector::<F>(&s)?;
+    let config: F::Config = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad {} fault config JSON: {e}", F::KIND)))?;
+    let shown = format!("{config:?}");
+    faults.replace(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    tracing::warn!(node = s.node, config = %shown, "{} fault injection set", F::KIND);
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
-    faults_of(&s)?.clear();
-    tracing::warn!(node = s.node, "engine fault injection cleared");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-fn net_faults_of(s: &AdminState) -> ApiResult<&Arc<NetFaults>> {
-    s.net_faults.as_ref().ok_or_else(|| {
-        ApiError(StatusCode::NOT_FOUND, "fault injection is disabled on this node (fault-injection = false)".into())
-    })
-}
-
-async fn net_faults_get(State(s): State<AdminState>) -> ApiResult<Json<NetFaultConfig>> {
-    Ok(Json(net_faults_of(&s)?.config()))
-}
-
-async fn net_faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
-    let faults = net_faults_of(&s)?;
-    let config: NetFaultConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad network fault config JSON: {e}")))?;
-    faults.set(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    tracing::warn!(node = s.node, ?config, "network fault injection set");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn net_faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
-    net_faults_of(&s)?.clear();
-    tracing::warn!(node = s.node, "network fault injection cleared");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-fn host_faults_of(s: &AdminState) -> ApiResult<&Arc<HostFaults>> {
-    s.host_faults.as_ref().ok_or_else(|| {
-        ApiError(StatusCode::NOT_FOUND, "fault injection is disabled on this node (fault-injection = false)".into())
-    })
-}
-
-async fn host_faults_get(State(s): State<AdminState>) -> ApiResult<Json<HostFaultConfig>> {
-    Ok(Json(host_faults_of(&s)?.config()))
-}
-
-async fn host_faults_put(State(s): State<AdminState>, body: axum::body::Bytes) -> ApiResult<StatusCode> {
-    let faults = host_faults_of(&s)?;
-    let config: HostFaultConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad host fault config JSON: {e}")))?;
-    faults.set(config).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    tracing::warn!(node = s.node, ?config, "host fault injection set");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn host_faults_clear(State(s): State<AdminState>) -> ApiResult<StatusCode> {
-    host_faults_of(&s)?.clear();
-    tracing::warn!(node = s.node, "host fault injection cleared");
+async fn faults_clear<F: Injector>(State(s): State<AdminState>) -> ApiResult<StatusCode> {
+    injector::<F>(&s)?.remove();
+    tracing::warn!(node = s.node, "{} fault injection cleared", F::KIND);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,86 @@
+//! The read leases a node's leaders publish for reads served off the store loop (see
+//! `local_read.rs` for the walk-through and why it is safe). Only the store loop publishes and
+//! withdraws; readers only look.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::wire::ShardDescriptor;
+
+/// One leader's published lease.
+#[derive(Clone)]
+pub(crate) struct LeaseView {
+    /// Changes whenever the view is withdrawn and published again, or its term or epoch
+    /// changes; a renewal keeps it.
+    pub(crate) generation: u64,
+    term: u64,
+    /// Reads may be answered strictly before this instant (the node's monotonic clock).
+    pub(crate) until: Instant,
+    pub(crate) descriptor: Arc<ShardDescriptor>,
+    /// The replica's expiry clock floor (see `Peer::now_ms`), shared with it.
+    pub(crate) clock_floor_ms: Arc<AtomicU64>,
+}
+
+/// What a replica publishes (see [`LeaseViews::publish`]).
+pub(crate) struct Lease {
+    pub(crate) term: u64,
+    pub(crate) until: Instant,
+    pub(crate) descriptor: ShardDescriptor,
+    pub(crate) clock_floor_ms: Arc<AtomicU64>,
+}
+
+/// Every leader lease on a node that reads may be served under off the loop, by shard.
+#[derive(Default)]
+pub struct LeaseViews {
+    views: RwLock<HashMap<u64, LeaseView>>,
+    next_generation: AtomicU64,
+}
+
+impl LeaseViews {
+    /// Publishes (or renews) `shard_id`'s lease; returns the view's generation.
+    pub(crate) fn publish(&self, shard_id: u64, lease: Lease) -> u64 {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = views.get_mut(&shard_id) {
+            if v.term == lease.term && *v.descriptor == lease.descriptor {
+                v.until = v.until.max(lease.until);
+                return v.generation;
+            }
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let view = LeaseView {
+            generation,
+            term: lease.term,
+            until: lease.until,
+            descriptor: Arc::new(lease.descriptor),
+            clock_floor_ms: lease.clock_floor_ms,
+        };
+        views.insert(shard_id, view);
+        generation
+    }
+
+    /// Withdraws `shard_id`'s lease if `generation` is still the one published (`None`:
+    /// whatever is published).
+    pub(crate) fn withdraw(&self, shard_id: u64, generation: Option<u64>) {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if views.get(&shard_id).is_some_and(|v| generation.is_none_or(|g| v.generation == g)) {
+            views.remove(&shard_id);
+        }
+    }
+
+    pub(crate) fn get(&self, shard_id: u64) -> Option<LeaseView> {
+        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).cloned()
+    }
+
+    /// True while `generation` of `shard_id` is published and its lease holds at `now`.
+    pub(crate) fn still_holds(&self, shard_id: u64, generation: u64, now: Instant) -> bool {
+        let views = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        views.get(&shard_id).is_some_and(|v| v.generation == generation && now < v.until)
+    }
+
+    /// Shards whose lease is published now.
+    pub fn published(&self) -> usize {
+        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
