@@ -93,6 +93,15 @@ impl<E: Engine> Peer<E> {
         self.published_lease = Some((self.lease_views.publish(self.shard_id(), lease), until, epoch));
     }
 
+    /// Withdraws the published lease if it no longer holds at `now` (a transfer raft-rs
+    /// started on a message, a step-down): called before a round's messages go out, so that
+    /// no message that lets another node lead leaves while reads are still served here.
+    pub(crate) fn withdraw_lapsed_lease(&mut self, now: Instant) {
+        if self.published_lease.is_some() && !self.lease_holds(now) {
+            self.withdraw_lease();
+        }
+    }
+
     /// Withdraws the lease this replica published, if any (see [`Peer::publish_lease`]).
     pub(crate) fn withdraw_lease(&mut self) {
         if let Some((generation, _, _)) = self.published_lease.take() {

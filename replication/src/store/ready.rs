@@ -65,6 +65,7 @@ impl<E: Engine> Store<E> {
                 continue;
             }
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
+            peer.withdraw_lapsed_lease(self.now);
             peer.issue_reads(self.now);
             if !peer.pending_apply.is_empty() {
                 // Entries waiting behind a CommitMerge, or left behind a ComputeChecksum: retry
