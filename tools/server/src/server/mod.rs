@@ -21,12 +21,15 @@
 //! (`access`).
 
 mod access;
+mod check;
 pub mod convert;
 pub mod error;
 mod execute;
 mod heartbeat;
 mod manager;
 pub mod mem_rpc;
+use check::check_request;
+pub use check::{MAX_CHECKS_PER_BATCH, MAX_GET_MANY_ANSWER_BYTES};
 mod meta_io;
 pub mod pfa;
 pub mod pfa_store;
@@ -40,9 +43,7 @@ use presage_client::{BatchOp, Caller, Expect, ProtoError, Request, Response, Rou
 use presage_engine::{Engine, KeyRange};
 use presage_replication::wire::Expect as WireExpect;
 use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
-use presage_shardmgr::{
-    is_system_key, AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId,
-};
+use presage_shardmgr::{AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -831,7 +832,6 @@ impl<E: Engine> Inner<E> {
     }
 }
 
-/// Refuses system keys and requests over the limits.
 /// Why [`Server::join`] failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JoinError {
@@ -846,79 +846,4 @@ pub enum JoinError {
         /// The last answer or error.
         last: String,
     },
-}
-
-/// Checks one batch may carry (each is decided on the Raft thread at apply, looking through
-/// the apply round's writes).
-pub const MAX_CHECKS_PER_BATCH: usize = 16;
-
-/// Value bytes one `GetMany` answer holds at most (at least one value is answered; the
-/// caller asks again for the rest). Well under the smallest `max-frame-bytes` a value fits.
-pub const MAX_GET_MANY_ANSWER_BYTES: usize = 1 << 20;
-
-fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(), ProtoError> {
-    let value_ok = |v: &[u8]| -> Result<(), ProtoError> {
-        if v.len() > presage_client::client::MAX_VALUE_BYTES {
-            return Err(ProtoError::Invalid(format!(
-                "value of {} bytes > {}",
-                v.len(),
-                presage_client::client::MAX_VALUE_BYTES
-            )));
-        }
-        Ok(())
-    };
-    let key_ok = |k: &[u8]| -> Result<(), ProtoError> {
-        if is_system_key(k) {
-            return Err(ProtoError::ReservedKey);
-        }
-        if k.len() > presage_engine::MAX_KEY_BYTES {
-            return Err(ProtoError::Invalid(format!("key of {} bytes > {}", k.len(), presage_engine::MAX_KEY_BYTES)));
-        }
-        Ok(())
-    };
-    match request {
-        Request::Get { key, .. } | Request::Delete { key, .. } => key_ok(key),
-        Request::GetMany { keys, .. } => {
-            if keys.is_empty() || keys.len() > cfg.max_batch_ops {
-                return Err(ProtoError::Invalid(format!("a get-many asks for 1..={} keys", cfg.max_batch_ops)));
-            }
-            keys.iter().try_for_each(|k| key_ok(k))
-        }
-        Request::Put { key, value, .. } => {
-            key_ok(key)?;
-            value_ok(value)
-        }
-        Request::Batch { ops, .. } => {
-            if ops.is_empty() || ops.len() > cfg.max_batch_ops {
-                return Err(ProtoError::Invalid(format!("a batch holds 1..={} ops", cfg.max_batch_ops)));
-            }
-            if !ops.iter().any(BatchOp::is_write) {
-                return Err(ProtoError::Invalid("a batch of checks only writes nothing".into()));
-            }
-            if ops.iter().filter(|op| !op.is_write()).count() > MAX_CHECKS_PER_BATCH {
-                return Err(ProtoError::Invalid(format!("a batch holds at most {MAX_CHECKS_PER_BATCH} checks")));
-            }
-            ops.iter().try_for_each(|op| {
-                key_ok(op.key())?;
-                if let BatchOp::PutExpiring { ttl_ms: 0, .. } = op {
-                    return Err(ProtoError::Invalid("a time to live is at least 1 ms".into()));
-                }
-                op.value().map_or(Ok(()), value_ok)
-            })
-        }
-        Request::Scan { start, end, max_keys, max_bytes, .. } => {
-            key_ok(start)?;
-            if end.as_ref().is_some_and(|e| e.as_slice() <= start.as_slice()) {
-                return Err(ProtoError::Invalid("scan end is not after its start".into()));
-            }
-            if *max_keys == 0 || *max_keys > cfg.max_scan_keys || *max_bytes == 0 || *max_bytes > cfg.max_scan_bytes {
-                return Err(ProtoError::Invalid(format!(
-                    "scan limits must be 1..={} pairs and 1..={} bytes",
-                    cfg.max_scan_keys, cfg.max_scan_bytes
-                )));
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
 }
