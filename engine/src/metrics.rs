@@ -9,7 +9,14 @@
 //!
 //! `MeteredEngine` wrapper timing every call into Prometheus histograms in a per-engine registry;
 //! `EngineMetricsSnapshot`/`LatencySnapshot` (deltas, quantile bounds) for the failure model.
+//!
+//! **Stalls.** A histogram only sees calls that return: a disk that blocks every write shows
+//! nothing there. So each class also counts its calls in flight and when one last made
+//! progress (a call started with none in flight, or one returned); while calls are in
+//! flight, `stalled_ms` is how long none of them has returned ([`EngineMetrics::stalled_ms`],
+//! in every snapshot). A healthy engine reads 0 or a few milliseconds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,18 +102,31 @@ pub struct EngineMetricsSnapshot {
     pub write_errors: u64,
     /// Failed synced writes.
     pub sync_errors: u64,
+    /// How long the longest-waiting operation class has had calls in flight and none
+    /// returning, ms (0: nothing waits). See the module doc.
+    #[serde(default)]
+    pub stalled_ms: u64,
     /// Compaction and stall state.
     pub storage: StorageStats,
 }
 
+/// Calls of one class in flight, and when one last made progress.
+#[derive(Default)]
+struct Progress {
+    in_flight: AtomicU64,
+    /// Microseconds since the metrics' `epoch`.
+    progress_at_us: AtomicU64,
+}
+
 /// The metric handles of one engine.
-#[derive(Clone)]
 pub struct EngineMetrics {
     registry: Registry,
     write: Histogram,
     sync: Histogram,
     read: Histogram,
     errors: IntCounterVec,
+    epoch: Instant,
+    progress: [Progress; 3],
 }
 
 fn metrics_err(e: prometheus::Error) -> EngineError {
@@ -130,7 +150,28 @@ impl EngineMetrics {
             IntCounterVec::new(Opts::new("presage_engine_errors_total", "Failed engine operations"), &["class"])
                 .map_err(metrics_err)?;
         registry.register(Box::new(errors.clone())).map_err(metrics_err)?;
-        Ok(EngineMetrics { registry, write, sync, read, errors })
+        let progress = Default::default();
+        Ok(EngineMetrics { registry, write, sync, read, errors, epoch: Instant::now(), progress })
+    }
+
+    fn micros_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// How long calls of `class` have been in flight with none returning, at `now`, ms (0
+    /// when none is in flight).
+    pub fn stalled_ms_of(&self, class: OpClass, now: Instant) -> u64 {
+        let p = &self.progress[class.index()];
+        if p.in_flight.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let since_us = self.micros_since_epoch(now).saturating_sub(p.progress_at_us.load(Ordering::Acquire));
+        since_us / 1000
+    }
+
+    /// The longest stall over every class at `now`, ms.
+    pub fn stalled_ms(&self, now: Instant) -> u64 {
+        OpClass::ALL.into_iter().map(|c| self.stalled_ms_of(c, now)).max().unwrap_or(0)
     }
 
     /// The registry holding these metrics (for `/metrics`).
@@ -148,8 +189,15 @@ impl EngineMetrics {
 
     fn observe<T>(&self, class: OpClass, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let start = Instant::now();
+        let progress = &self.progress[class.index()];
+        if progress.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            progress.progress_at_us.store(self.micros_since_epoch(start), Ordering::Release);
+        }
         let out = f();
-        self.histogram(class).observe(start.elapsed().as_secs_f64());
+        let end = Instant::now();
+        progress.progress_at_us.fetch_max(self.micros_since_epoch(end), Ordering::AcqRel);
+        progress.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.histogram(class).observe(end.duration_since(start).as_secs_f64());
         if out.is_err() {
             self.errors.with_label_values(&[class.name()]).inc();
         }
@@ -169,6 +217,7 @@ impl EngineMetrics {
             read_errors: self.errors_of(OpClass::Read),
             write_errors: self.errors_of(OpClass::Write),
             sync_errors: self.errors_of(OpClass::Sync),
+            stalled_ms: self.stalled_ms(Instant::now()),
             storage: StorageStats::default(),
         }
     }
@@ -260,5 +309,34 @@ mod tests {
         let p999 = d.quantile_upper_bound(0.999).expect("observations");
         assert!((0.5..=1.0).contains(&p999), "p99.9 bucket {p999}");
         assert!(LatencySnapshot::default().quantile_upper_bound(0.5).is_none());
+    }
+
+    /// A call that does not return shows as a stall growing with the wait; calls that
+    /// return (however slowly) reset it, and nothing in flight reads 0.
+    #[test]
+    fn a_call_in_flight_without_progress_is_a_stall() {
+        let m = Arc::new(EngineMetrics::new().expect("metrics"));
+        assert_eq!(m.stalled_ms(Instant::now()), 0, "nothing in flight");
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let blocked = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || {
+                m.observe(OpClass::Sync, || {
+                    entered_tx.send(()).expect("send");
+                    release_rx.recv().expect("released");
+                    Ok(())
+                })
+            })
+        };
+        entered_rx.recv().expect("entered");
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_millis(1500);
+        assert!(m.stalled_ms_of(OpClass::Sync, later) >= 1400, "{}", m.stalled_ms_of(OpClass::Sync, later));
+        assert_eq!(m.stalled_ms_of(OpClass::Write, later), 0, "another class is not stalled");
+        assert_eq!(m.stalled_ms(later), m.stalled_ms_of(OpClass::Sync, later));
+        release_tx.send(()).expect("release");
+        blocked.join().expect("thread").expect("write");
+        assert_eq!(m.stalled_ms(later), 0, "nothing in flight after it returned");
     }
 }

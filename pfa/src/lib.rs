@@ -12,6 +12,8 @@
 //! - [`model`]: the gradient-boosted failure model, its calibration and file format.
 //! - [`disk`]: the drive model: features, split by drive, training, evaluation beside the
 //!   Backblaze rule.
+//! - [`local`]: the node-local disk check (stalls, slow calls against the node's own
+//!   history, errors) behind a node handing its leaderships away at once.
 //! - [`procfs`]: parsers for `/proc/diskstats`, `/proc/stat`, `/proc/meminfo`, PSI.
 //! - [`risk`]: node and region risk, model status.
 //! - [`node_model`]: the node model on recorded telemetry: replay, training split by time,
@@ -24,6 +26,7 @@
 pub mod aggregate;
 pub mod detect;
 pub mod disk;
+pub mod local;
 pub mod model;
 pub mod node_model;
 pub mod prior;

@@ -32,6 +32,10 @@ pub struct RaftConfig {
     /// Most bytes (Raft messages and proposed writes) queued in a node's mailbox; past it a
     /// request is refused with `Busy` and a Raft message dropped (Raft resends).
     pub max_mailbox_bytes: usize,
+    /// A write the node's loop has not taken from the mailbox after this long is withdrawn
+    /// and refused `Unresponsive` (a definite error: nothing was proposed), so that a client
+    /// retries it elsewhere instead of waiting on a stalled node, ms.
+    pub max_mailbox_wait_ms: u64,
     /// Most bytes of Raft messages and proposed writes taken into one ready round (the rest
     /// waits for the next): with `max-apply-bytes-per-ready`, it bounds each round's engine
     /// batches, so a burst of large values cannot stall or exhaust a node.
@@ -83,6 +87,7 @@ impl Default for RaftConfig {
             max_mailbox_msgs: 4096,
             max_msgs_per_round: 1024,
             max_mailbox_bytes: 256 * 1024 * 1024,
+            max_mailbox_wait_ms: 1_000,
             max_round_bytes: 32 * 1024 * 1024,
             lease_reads: true,
             quiesce_after_ticks: 20,
@@ -123,6 +128,9 @@ impl RaftConfig {
         }
         if self.max_inflight_msgs == 0 || self.max_mailbox_msgs == 0 || self.max_msgs_per_round == 0 {
             return bad("max-inflight-msgs, max-mailbox-msgs and max-msgs-per-round must be positive".into());
+        }
+        if self.max_mailbox_wait_ms == 0 {
+            return bad("max-mailbox-wait-ms must be positive".into());
         }
         if self.max_round_bytes == 0 || self.max_mailbox_bytes < self.max_round_bytes {
             return bad(format!(

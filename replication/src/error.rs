@@ -124,6 +124,13 @@ pub enum Error {
     /// The node's mailbox is full; back off and retry.
     #[error("node busy: mailbox full")]
     Busy,
+    /// The node's loop did not take the write within `max-mailbox-wait-ms` (its disk is
+    /// stalled or the loop is far behind); the write was withdrawn, nothing was proposed.
+    #[error("node unresponsive: its loop took nothing for {waited_ms} ms; the write was withdrawn")]
+    Unresponsive {
+        /// How long the write waited.
+        waited_ms: u64,
+    },
     /// The node is shutting down or stopped.
     #[error("node stopped")]
     Stopped,
@@ -171,6 +178,7 @@ impl Error {
                 | Error::ProposalDropped { .. }
                 | Error::OutcomeUnknown { .. }
                 | Error::Busy
+                | Error::Unresponsive { .. }
         )
     }
 

@@ -24,7 +24,7 @@
 //! task only hands out the pinned snapshot and range (`Store::checksum_pin` -> `PinnedData`), the
 //! `range_checksum` scan runs on `spawn_blocking`. `swap_replicas(shard, promote, demote)`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use crate::wire::{Epoch, Op, RaftEnvelope, ShardDescriptor, Split};
 
 enum NodeMsg {
     Raft(Box<RaftEnvelope>),
-    Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, reply: oneshot::Sender<Result<()>> },
+    Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, claim: Arc<AtomicU8>, reply: oneshot::Sender<Result<()>> },
     Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
     ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
     Swap { shard_id: u64, promote: u64, demote: u64, reply: oneshot::Sender<Result<()>> },
@@ -53,6 +53,7 @@ enum NodeMsg {
     ChecksumPin { shard_id: u64, index: u64, reply: oneshot::Sender<Result<PinnedData>> },
     Admin { shard_id: u64, epoch: Epoch, admin: AdminEntry, reply: oneshot::Sender<Result<()>> },
     TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
+    ShedLeaderships { reply: oneshot::Sender<Vec<(u64, u64)>> },
     Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
     Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
     Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
@@ -95,9 +96,17 @@ pub struct NodeHandle {
     /// Bytes of Raft messages and writes in the mailbox.
     queued_bytes: Arc<AtomicUsize>,
     max_mailbox_bytes: usize,
+    /// A write not taken by the loop after this long is withdrawn.
+    max_mailbox_wait_ms: u64,
     /// Leased reads served without the loop (see `local_read.rs`).
     local: Arc<LocalReader>,
 }
+
+/// A write's claim: waiting in the mailbox, taken by the loop (proposed), or withdrawn by
+/// its caller (never proposed). Whoever moves it from `WAITING` first decides.
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 /// A message in the mailbox and the bytes it counts for.
 struct Queued {
@@ -127,6 +136,7 @@ impl Node {
             tx,
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
+            max_mailbox_wait_ms: config.max_mailbox_wait_ms,
             local: Arc::new(store.local_reader()),
         };
         let task = tokio::spawn(async move {
@@ -162,6 +172,7 @@ impl Node {
             tx,
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
+            max_mailbox_wait_ms: config.max_mailbox_wait_ms,
             local: Arc::new(store.local_reader()),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -276,8 +287,11 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
                 tracing::warn!(node = store.node_id(), error = %e, "could not create a replica for an incoming message");
             }
         }
-        NodeMsg::Write { shard_id, epoch, ops, reply } => {
-            store.propose(shard_id, epoch, ops, Box::new(move |r| drop(reply.send(r))));
+        NodeMsg::Write { shard_id, epoch, ops, claim, reply } => {
+            // The caller may have withdrawn it while it waited (see `NodeHandle::write`).
+            if claim.compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                store.propose(shard_id, epoch, ops, Box::new(move |r| drop(reply.send(r))));
+            }
         }
         NodeMsg::Read { shard_id, epoch, request, reply } => {
             store.read(shard_id, epoch, request, Box::new(move |r| drop(reply.send(r))));
@@ -296,6 +310,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
             store.propose_admin(shard_id, epoch, admin, Box::new(move |r| drop(reply.send(r))));
         }
         NodeMsg::TransferLeader { shard_id, to, reply } => drop(reply.send(store.transfer_leader(shard_id, to))),
+        NodeMsg::ShedLeaderships { reply } => drop(reply.send(store.shed_leaderships())),
         NodeMsg::Campaign { shard_id, reply } => drop(reply.send(store.campaign(shard_id))),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
@@ -339,9 +354,21 @@ impl NodeHandle {
         }
     }
 
-    /// Writes `ops` atomically to `shard_id` (this node must lead it).
+    /// Writes `ops` atomically to `shard_id` (this node must lead it). A write the loop has
+    /// not taken within `max-mailbox-wait-ms` is withdrawn: `Unresponsive`, never proposed.
     pub async fn write(&self, shard_id: u64, epoch: Epoch, ops: Vec<Op>) -> Result<()> {
-        self.ask(|reply| NodeMsg::Write { shard_id, epoch, ops, reply }).await?
+        let claim = Arc::new(AtomicU8::new(WAITING));
+        let (reply, mut rx) = oneshot::channel();
+        self.post(NodeMsg::Write { shard_id, epoch, ops, claim: Arc::clone(&claim), reply })?;
+        let wait = Duration::from_millis(self.max_mailbox_wait_ms);
+        match tokio::time::timeout(wait, &mut rx).await {
+            Ok(answer) => answer.map_err(|_| Error::Stopped)?,
+            Err(_) if claim.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
+                Err(Error::Unresponsive { waited_ms: self.max_mailbox_wait_ms })
+            }
+            // The loop took it: its outcome is Raft's now.
+            Err(_) => rx.await.map_err(|_| Error::Stopped)?,
+        }
     }
 
     /// A linearizable read on `shard_id` (this node must lead it).
@@ -501,6 +528,12 @@ impl NodeHandle {
     /// Asks this node, the leader of `shard_id`, to hand leadership to `to`.
     pub async fn transfer_leader(&self, shard_id: u64, to: u64) -> Result<()> {
         self.ask(|reply| NodeMsg::TransferLeader { shard_id, to, reply }).await?
+    }
+
+    /// Hands every leadership of this node to its most caught-up voter; returns the
+    /// transfers started, `(shard, to)` (see `Store::shed_leaderships`).
+    pub async fn shed_leaderships(&self) -> Result<Vec<(u64, u64)>> {
+        self.ask(|reply| NodeMsg::ShedLeaderships { reply }).await
     }
 
     /// Makes this node's replica of `shard_id` campaign.

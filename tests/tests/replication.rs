@@ -494,6 +494,38 @@ async fn leadership_transfer_to_a_lagging_node_is_refused() {
     assert_eq!(c.leader().await, Some(leader), "nothing moved");
 }
 
+/// A node whose own disk check says its disk is failing sheds every leadership to the voter
+/// most caught up with it (never to one that lags), and the shard goes on under the new leader.
+#[tokio::test(start_paused = true)]
+async fn shedding_hands_each_leadership_to_the_most_caught_up_voter() {
+    let config =
+        presage_replication::RaftConfig { max_transfer_lag_entries: 10, ..presage_tests::cluster::test_config() };
+    let mut c = Cluster::start_with(3, seed(), config);
+    let leader = c.wait_leader(5 * SEC).await;
+    let lagging = c.live().into_iter().find(|n| *n != leader).expect("follower");
+    let caught_up = c.live().into_iter().find(|n| *n != leader && *n != lagging).expect("another follower");
+    c.kill(lagging);
+    for i in 0..30u32 {
+        c.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
+    }
+    c.restart(lagging);
+    let h = c.handle(leader).expect("runs");
+    let started = h.shed_leaderships().await.expect("shed");
+    assert_eq!(started, vec![(1, caught_up)], "to the caught-up voter, not {lagging}");
+    let mut led = false;
+    for _ in 0..100 {
+        if c.leader().await == Some(caught_up) {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(led, "{caught_up} did not take over: {:?}", c.views().await);
+    assert_eq!(h.shed_leaderships().await.expect("shed"), Vec::new(), "nothing led here any more");
+    c.put(b"after", b"1").await.expect("put under the new leader");
+    assert_eq!(c.get(b"k29").await.expect("get"), Some(b"v".to_vec()));
+}
+
 /// Quiescence (design.md §3): once idle, every group on every node sleeps and only node
 /// pings cross the network, however many groups there are; a write wakes its group, which
 /// sleeps again. A sleeping leader that is cut off or dies is noticed through the missing

@@ -428,6 +428,37 @@ impl<E: Engine> Store<E> {
         Ok(())
     }
 
+    /// Hands every leadership of this node to the voter most caught up with it (a slow or
+    /// failing disk here: the node's local check decided). Returns the transfers started,
+    /// `(shard, to)`; a shard without a voter the transfer accepts stays led here.
+    pub fn shed_leaderships(&mut self) -> Vec<(u64, u64)> {
+        let me = self.node_id;
+        let led: Vec<(u64, Vec<u64>)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_leader())
+            .map(|(id, p)| {
+                let mut voters: Vec<(u64, u64)> = p
+                    .descriptor()
+                    .replicas
+                    .iter()
+                    .filter(|r| r.is_voter() && r.node_id != me)
+                    .map(|r| (p.raw.raft.prs().get(r.node_id).map_or(0, |pr| pr.matched), r.node_id))
+                    .collect();
+                // Most caught up first; ties by node id, so that a run replays.
+                voters.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                (*id, voters.into_iter().map(|(_, n)| n).collect())
+            })
+            .collect();
+        let mut started = Vec::new();
+        for (shard_id, voters) in led {
+            if let Some(to) = voters.into_iter().find(|to| self.transfer_leader(shard_id, *to).is_ok()) {
+                started.push((shard_id, to));
+            }
+        }
+        started
+    }
+
     /// Makes the replica of `shard_id` campaign now.
     pub fn campaign(&mut self, shard_id: u64) -> Result<()> {
         self.wake(shard_id);

@@ -9,7 +9,8 @@
 //! retried blindly, because applying it twice could break linearizability.
 //!
 //! `Client` (`connect(seeds)` over TCP): cached `Directory`, routes to the leader (else a voter,
-//! which forwards; nodes that did not answer are tried last), refreshes on
+//! which forwards; a node that did not answer in time is tried last by every request for
+//! `silent-node-ms`, so a stalled node costs one attempt timeout, not one per request), refreshes on
 //! `NotLeader`/`EpochNotMatch`/`ShardNotFound`, takes the leader from a `Redirected` reply; reads
 //! retry until the deadline, writes retry only on definite errors and report `OutcomeUnknown`
 //! otherwise; `batch` (atomic per shard), `get_many`, `cluster_info`; `write_if`/`put_if` (a
@@ -30,6 +31,8 @@ use crate::tls::ClientTls;
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
+/// Most nodes a client remembers as silent at once (the oldest marks are dropped first).
+const MAX_SILENT_NODES: usize = 1024;
 
 /// Longest key a client may send (the engine's limit).
 pub const MAX_KEY_BYTES: usize = 8 << 10;
@@ -57,6 +60,10 @@ pub struct ClientConfig {
     pub max_scan_page_bytes: u32,
     /// Most keys in one `get_many` or `batch`.
     pub max_batch_keys: usize,
+    /// A node that let an attempt time out (or lost its connection) is tried after every
+    /// other replica for this long, by every request of this client: a stalled node is paid
+    /// for once, not once per request.
+    pub silent_node_ms: u64,
     /// Connections to the nodes (over TCP).
     pub net: NetConfig,
     /// TLS to the nodes (a secure cluster); `None`: plain TCP (an insecure one).
@@ -81,6 +88,7 @@ impl Default for ClientConfig {
             max_scan_page_keys: 1_000,
             max_scan_page_bytes: 1 << 20,
             max_batch_keys: 10_000,
+            silent_node_ms: 5_000,
             net: NetConfig::default(),
             tls: None,
             login: None,
@@ -118,6 +126,25 @@ pub enum ClientError {
 struct Cache {
     directory: Directory,
     nodes: BTreeMap<NodeId, NodeMeta>,
+    /// Nodes that did not answer in time, and until when they are tried last.
+    silent: BTreeMap<NodeId, tokio::time::Instant>,
+}
+
+impl Cache {
+    fn is_silent(&self, node: NodeId, now: tokio::time::Instant) -> bool {
+        self.silent.get(&node).is_some_and(|until| *until > now)
+    }
+
+    /// `node` did not answer in time (at `now`): try it last until `until`.
+    fn mark_silent(&mut self, node: NodeId, now: tokio::time::Instant, until: tokio::time::Instant) {
+        self.silent.retain(|_, u| *u > now);
+        if self.silent.len() >= MAX_SILENT_NODES {
+            if let Some((&oldest, _)) = self.silent.iter().min_by_key(|(_, u)| **u) {
+                self.silent.remove(&oldest);
+            }
+        }
+        self.silent.insert(node, until);
+    }
 }
 
 /// A client of a Presage cluster. Cheap to share (`Arc`); requests may run concurrently.
@@ -533,7 +560,13 @@ impl Client {
         avoid: &mut Vec<NodeId>,
     ) -> Next {
         let voters = shard.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node);
-        let Some(target) = shard.leader.into_iter().chain(voters).find(|n| !avoid.contains(n)) else {
+        let candidates: Vec<NodeId> = shard.leader.into_iter().chain(voters).filter(|n| !avoid.contains(n)).collect();
+        let now = tokio::time::Instant::now();
+        let answering = {
+            let cache = self.cache();
+            candidates.iter().copied().find(|n| !cache.is_silent(*n, now))
+        };
+        let Some(target) = answering.or(candidates.first().copied()) else {
             // Every replica failed to answer: ask the shard manager afresh.
             avoid.clear();
             self.cache().directory.remove(shard.id);
@@ -544,14 +577,26 @@ impl Client {
             tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request))
                 .await;
         // A follower forwarded the request: route the shard to the leader that answered.
+        let mut answered_by = target;
         let answer = match answer {
             Ok(Ok(Response::Redirected { leader, reply })) => {
                 self.cache().directory.set_leader(shard.id, Some(leader));
+                answered_by = leader;
                 Ok(Ok(*reply))
             }
             other => other,
         };
         let mut cache = self.cache();
+        let now = tokio::time::Instant::now();
+        match &answer {
+            Ok(Ok(_)) => drop(cache.silent.remove(&target)),
+            Ok(Err(_)) | Err(_) => {
+                // Whatever the request, this node is tried last for a while, and the shard's
+                // leader is looked for afresh (a voter forwards, or says who leads).
+                cache.mark_silent(target, now, now + Duration::from_millis(self.cfg.silent_node_ms));
+                cache.directory.set_leader(shard.id, None);
+            }
+        }
         match answer {
             Ok(Ok(Response::Error(e))) => match e {
                 ProtoError::NotLeader { leader, .. } => {
@@ -579,6 +624,14 @@ impl Client {
                     Next::retry(e.to_string())
                 }
                 ProtoError::Retry(_) => Next::retry(e.to_string()),
+                ProtoError::Unavailable(_) => {
+                    // Nothing was done: another replica now, and this node last for a while.
+                    let now = tokio::time::Instant::now();
+                    cache.mark_silent(answered_by, now, now + Duration::from_millis(self.cfg.silent_node_ms));
+                    cache.directory.set_leader(shard.id, None);
+                    avoid.push(answered_by);
+                    Next::Retry { why: e.to_string(), at_once: true }
+                }
                 ProtoError::OutcomeUnknown { .. } if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
                 ProtoError::OutcomeUnknown { .. } => Next::retry(e.to_string()),
                 other if write && !other.is_definite() => Next::Fail(ClientError::OutcomeUnknown(other.to_string())),
@@ -726,4 +779,76 @@ fn expect_done(r: Response) -> Result<(), ClientError> {
 
 fn unexpected(r: &Response) -> ClientError {
     ClientError::Refused(ProtoError::Internal(format!("unexpected answer {r:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use presage_shardmgr::{Epoch, ReplicaMeta};
+
+    use super::*;
+    use crate::rpc::RpcFuture;
+
+    /// One shard on nodes 1-3, led by node 1, which never answers (its disk stalled); nodes
+    /// 2 and 3 answer every write and read (as a follower forwarding to the new leader would).
+    struct StalledLeader {
+        calls_to_node_1: AtomicU64,
+    }
+
+    impl Rpc for StalledLeader {
+        fn call(&self, to: NodeId, request: Request) -> RpcFuture {
+            if to == 1 {
+                self.calls_to_node_1.fetch_add(1, Ordering::Relaxed);
+                return Box::pin(std::future::pending());
+            }
+            let answer = match request {
+                Request::Routes { .. } => {
+                    let replicas = (1..=3).map(|node| ReplicaMeta { node, role: Role::Voter }).collect();
+                    let shard = ShardMeta {
+                        id: 1,
+                        start: Vec::new(),
+                        end: None,
+                        epoch: Epoch::default(),
+                        replicas,
+                        leader: Some(1),
+                        merging_into: None,
+                    };
+                    Response::Routes { shards: vec![shard], nodes: Vec::new() }
+                }
+                Request::Put { .. } => Response::Done,
+                Request::Get { .. } => Response::Value { value: Some(b"v".to_vec()) },
+                other => Response::Error(ProtoError::Internal(format!("unexpected {other:?}"))),
+            };
+            Box::pin(async move { Ok(answer) })
+        }
+    }
+
+    /// A write that timed out at a stalled leader is reported `OutcomeUnknown` (it may have
+    /// applied), but the next requests go to the other replicas at once instead of paying
+    /// the attempt timeout again, until the node's silence mark runs out.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_timed_out_is_tried_last_by_later_requests() {
+        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0) });
+        let cfg = ClientConfig { jitter_seed: Some(1), ..ClientConfig::default() };
+        let (attempt_ms, silent_ms) = (cfg.attempt_timeout_ms, cfg.silent_node_ms);
+        let client = Client::new(rpc.clone(), vec![2], cfg);
+        let started = tokio::time::Instant::now();
+        let first = client.put(b"k", b"v").await;
+        assert!(matches!(first, Err(ClientError::OutcomeUnknown(_))), "{first:?}");
+        assert_eq!(started.elapsed(), Duration::from_millis(attempt_ms), "one attempt timeout");
+        let later = tokio::time::Instant::now();
+        for _ in 0..10 {
+            client.put(b"k", b"v").await.expect("put through another replica");
+            assert_eq!(client.get(b"k").await.expect("get"), Some(b"v".to_vec()));
+        }
+        assert!(later.elapsed() < Duration::from_millis(10), "no timeout paid again: {:?}", later.elapsed());
+        assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 1, "the silent node was not asked again");
+        // Once the mark runs out, the leader the directory names is tried again.
+        tokio::time::advance(Duration::from_millis(silent_ms)).await;
+        client.cache().directory.set_leader(1, Some(1));
+        let read = client.get(b"k").await.expect("a read retries elsewhere");
+        assert_eq!(read, Some(b"v".to_vec()));
+        assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 2, "asked again after the mark ran out");
+    }
 }

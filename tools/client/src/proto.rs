@@ -693,6 +693,10 @@ pub enum ProtoError {
     /// The node failed internally.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This node cannot serve the request now (its disk is stalled: its replication loop
+    /// took nothing in time); nothing was done. Another replica may serve it.
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
     /// The connection has not proved who it is (log in first), or the credentials are wrong.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),

@@ -132,9 +132,10 @@ type ApiResult<T> = Result<T, ApiError>;
 fn proto_status(e: &ProtoError) -> StatusCode {
     match e {
         ProtoError::Refused(_) | ProtoError::Invalid(_) | ProtoError::ReservedKey => StatusCode::BAD_REQUEST,
-        ProtoError::Retry(_) | ProtoError::NotManager { .. } | ProtoError::NotLeader { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ProtoError::Retry(_)
+        | ProtoError::Unavailable(_)
+        | ProtoError::NotManager { .. }
+        | ProtoError::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ProtoError::ShardNotFound { .. } => StatusCode::NOT_FOUND,
         ProtoError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ProtoError::PermissionDenied(_) => StatusCode::FORBIDDEN,

@@ -1,5 +1,6 @@
 //! The telemetry agent: once a second (with each heartbeat) it samples what this node sees —
-//! the engine's write, sync and read latency and errors (measured on the real I/O path),
+//! the engine's write, sync and read latency and errors (measured on the real I/O path), how
+//! long its calls have waited without one returning (a blocked disk),
 //! compaction debt and write stalls, the data device's `/proc/diskstats` (await, utilisation,
 //! in-flight I/Os), CPU from `/proc/stat`, memory from `/proc/meminfo`, pressure-stall
 //! information where the kernel has it, and the Raft-side figures the server measures (apply
@@ -110,6 +111,7 @@ impl Agent {
                 Signal::EngineWriteStalled,
                 Some(f64::from(u8::from(e.storage.write_stopped || e.storage.write_delayed))),
             );
+            put(Signal::EngineStalledMs, Some(e.stalled_ms as f64));
             put(Signal::EnginePendingCompactionMib, Some(e.storage.pending_compaction_bytes as f64 / (1 << 20) as f64));
         }
         put(Signal::MemAvailablePct, self.read("meminfo").and_then(|t| procfs::parse_mem_available_pct(&t)));

@@ -37,6 +37,10 @@ pub struct NodeGauges {
     pub snapshot_rate_bytes_per_sec: u64,
     /// Snapshot data sent since the node started.
     pub snapshot_bytes_sent: u64,
+    /// The node's own disk check is handing its leaderships away.
+    pub self_check_shedding: bool,
+    /// Leadership transfers the disk check started since the node started.
+    pub self_check_transfers: u64,
 }
 
 /// A node's metrics.
@@ -174,6 +178,8 @@ impl Metrics {
         set(&self.node, "raft_envelopes_dropped", g.raft_envelopes_dropped);
         set(&self.node, "snapshot_rate_bytes_per_sec", g.snapshot_rate_bytes_per_sec);
         set(&self.node, "snapshot_bytes_sent", g.snapshot_bytes_sent);
+        set(&self.node, "self_check_shedding", u64::from(g.self_check_shedding));
+        set(&self.node, "self_check_transfers", g.self_check_transfers);
         self.is_manager.set(i64::from(g.manager.is_some()));
         if let Some(m) = &g.manager {
             set(&self.manager, "nodes", m.nodes as u64);

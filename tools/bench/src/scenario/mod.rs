@@ -61,14 +61,17 @@ use presage_playground::{Playground, PlaygroundOptions};
 pub enum Mode {
     /// Risk moves leaderships and replicas off the node before it dies.
     Predictive,
-    /// `proactive-migration = false`: the cluster reacts to the death only.
+    /// `proactive-migration = false` and no local disk check: the cluster reacts to the
+    /// death only.
     Reactive,
 }
 
 impl Mode {
-    /// The setting that selects the mode.
-    pub fn override_setting(self) -> String {
-        format!("server.shard-manager.proactive-migration={}", self == Mode::Predictive)
+    /// The settings that select the mode: the shard manager's proactive migration and the
+    /// node's local disk check.
+    pub fn override_settings(self) -> [String; 2] {
+        let on = self == Mode::Predictive;
+        [format!("server.shard-manager.proactive-migration={on}"), format!("self-check.enabled={on}")]
     }
 }
 
@@ -258,7 +261,7 @@ pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + S
     }
     .context("creating a temporary folder")?;
     let mut overrides = scenario_overrides();
-    overrides.push(mode.override_setting());
+    overrides.extend(mode.override_settings());
     overrides.extend(opts.overrides.iter().cloned());
     let pg_opts = PlaygroundOptions {
         nodes: opts.nodes,

@@ -116,6 +116,9 @@ pub struct NodeConfig {
     pub resp: RespConfig,
     /// The storage engine.
     pub rocksdb: RocksConfig,
+    /// The node's own disk check, which hands its leaderships away when its disk stalls,
+    /// slows or fails (`node/self_check.rs`).
+    pub self_check: presage_pfa::local::LocalConfig,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             native: NetConfig::default(),
             resp: RespConfig::default(),
             rocksdb: RocksConfig::default(),
+            self_check: presage_pfa::local::LocalConfig::default(),
         }
     }
 }
@@ -189,6 +193,9 @@ impl NodeConfig {
         }
         if self.region.is_empty() {
             return bad("region must not be empty".into());
+        }
+        if let Err(why) = self.self_check.validate() {
+            return bad(format!("self-check: {why}"));
         }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data-dir must not be empty".into());

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod peer;
+pub mod self_check;
 pub mod trust;
 
 use std::collections::BTreeMap;
@@ -172,6 +173,7 @@ pub struct RunningNode {
     handle: NodeHandle,
     seeds: tokio::task::JoinHandle<()>,
     governor: tokio::task::JoinHandle<()>,
+    self_check: tokio::task::JoinHandle<()>,
 }
 
 /// The migration bandwidth budget's runtime: every `snapshot-governor-window-ms`, the
@@ -446,7 +448,14 @@ impl RunningNode {
             };
             resp::serve(l, Arc::clone(&client), cfg.resp.clone(), auth, metrics.clone(), resp_tls)
         });
-        let gauges = gauge_probe(&handle, &server, &raft);
+        let self_check_state = Arc::new(self_check::SelfCheckState::default());
+        let self_check = tokio::spawn(self_check::run(
+            Arc::clone(engine.metrics()),
+            handle.clone(),
+            cfg.self_check.clone(),
+            Arc::clone(&self_check_state),
+        ));
+        let gauges = gauge_probe(&handle, &server, &raft, &self_check_state);
         let admin_tls = trust.https_acceptor()?;
         let admin = admin_listener.map(|l| {
             admin::serve(
@@ -470,7 +479,7 @@ impl RunningNode {
             )
         });
         let governor = tokio::spawn(govern_snapshot_rate(handle.clone(), Arc::clone(&metrics), cfg.raft.clone()));
-        Ok(RunningNode { config: cfg, raft, peer, server, native, resp, admin, handle, seeds, governor })
+        Ok(RunningNode { config: cfg, raft, peer, server, native, resp, admin, handle, seeds, governor, self_check })
     }
 
     /// The native listener's address.
@@ -521,6 +530,7 @@ impl RunningNode {
         }
         self.seeds.abort();
         self.governor.abort();
+        self.self_check.abort();
         self.server.stop();
         self.peer.abort();
         drop(self.raft.server);
@@ -586,10 +596,17 @@ async fn join_cluster(
 }
 
 /// Reads this node's scrape-time gauges.
-fn gauge_probe(handle: &NodeHandle, server: &Server<NodeEngine>, raft: &TcpNode) -> admin::GaugeProbe {
+fn gauge_probe(
+    handle: &NodeHandle,
+    server: &Server<NodeEngine>,
+    raft: &TcpNode,
+    self_check: &Arc<self_check::SelfCheckState>,
+) -> admin::GaugeProbe {
     let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
+    let self_check = Arc::clone(self_check);
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
+        let self_check = Arc::clone(&self_check);
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -608,6 +625,8 @@ fn gauge_probe(handle: &NodeHandle, server: &Server<NodeEngine>, raft: &TcpNode)
                 raft_envelopes_dropped: get(&stats.envelopes_dropped),
                 snapshot_rate_bytes_per_sec: summary.as_ref().map_or(0, |s| s.snapshot_rate_bytes_per_sec),
                 snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
+                self_check_shedding: self_check.shedding.load(Ordering::Relaxed),
+                self_check_transfers: self_check.transfers.load(Ordering::Relaxed),
             }
         })
     })

@@ -6,7 +6,10 @@
 //! heartbeat carries its sample, plus apply lag, the round trip to the fastest peer (`Hello` to at
 //! most 8 peers) and the mean proposal latency. The node keeps its last
 //! `MAX_TELEMETRY_BACKLOG_SAMPLES` samples and sends them when the manager asks
-//! (`telemetry_backlog_wanted` in the ack). A `Busy` replication node skips a beat.
+//! (`telemetry_backlog_wanted` in the ack). A `Busy` replication node skips a beat. A loop that
+//! does not give its statuses within the interval (a stalled disk blocks it) still sends the
+//! telemetry, with the last stats and no shard or replica reports: the stall is what the
+//! manager most needs to hear about.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,18 +26,35 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
+    let mut last_beat: Option<(NodeStats, Vec<presage_replication::ShardStatus>)> = None;
     loop {
         ticker.tick().await;
-        let statuses = match inner.node.statuses().await {
-            Ok(s) => s,
-            Err(presage_replication::Error::Stopped) => {
+        // The loop answers within the interval, or its disk is stalled: then the manager
+        // still gets the telemetry (which shows the stall), with the last stats and no
+        // shard reports.
+        let wait = Duration::from_millis(interval_ms);
+        let statuses = match tokio::time::timeout(wait, inner.node.statuses()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(presage_replication::Error::Stopped)) => {
                 tracing::info!("replication node stopped; heartbeats end");
                 return;
             }
-            // A full mailbox (a slow disk holding the node's loop back): the manager hears
-            // from this node at the next beat.
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "replica statuses not read; heartbeat skipped");
+                continue;
+            }
+            Err(_) => {
+                let Some((stats, known)) = &last_beat else { continue };
+                tracing::debug!("replica statuses not read in time; telemetry-only heartbeat");
+                let telemetry = sample(&inner, known, false).await;
+                let telemetry_backlog = backlog(&inner, telemetry.as_ref());
+                let (shards, replicas) = (Vec::new(), Vec::new());
+                let stats = *stats;
+                send(
+                    &inner,
+                    NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog },
+                )
+                .await;
                 continue;
             }
         };
@@ -73,10 +93,11 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         }
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
-        let telemetry = sample(&inner, &statuses).await;
+        let telemetry = sample(&inner, &statuses, true).await;
         let telemetry_backlog = backlog(&inner, telemetry.as_ref());
         let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
         send(&inner, heartbeat).await;
+        last_beat = Some((stats, statuses));
     }
 }
 
@@ -111,10 +132,12 @@ pub const RTT_PROBE_TIMEOUT_MS: u64 = 500;
 
 /// The agent's sample, with the Raft-side figures only the server knows: apply lag over the
 /// node's replicas, the round trip to the fastest peer (a `Hello` to each node sharing a shard
-/// with this one), and the mean proposal-to-reply time of the writes it led.
+/// with this one), and the mean proposal-to-reply time of the writes it led. `fresh`: the
+/// statuses are this beat's (else the last ones the loop gave, and apply lag is unmeasured).
 async fn sample<E: Engine>(
     inner: &Arc<Inner<E>>,
     statuses: &[presage_replication::ShardStatus],
+    fresh: bool,
 ) -> Option<presage_shardmgr::TelemetryReport> {
     if lock(&inner.agent).is_none() {
         return None;
@@ -138,7 +161,7 @@ async fn sample<E: Engine>(
     let rtts: Vec<f64> = futures::future::join_all(probes).await.into_iter().flatten().collect();
     let (count, secs) = std::mem::take(&mut *lock(&inner.proposals));
     let raft = crate::agent::RaftSignals {
-        apply_lag_entries: Some(statuses.iter().map(|s| s.commit.saturating_sub(s.applied)).sum()),
+        apply_lag_entries: fresh.then(|| statuses.iter().map(|s| s.commit.saturating_sub(s.applied)).sum()),
         peer_rtt_min_ms: rtts.into_iter().reduce(f64::min),
         proposal_mean_ms: (count > 0).then(|| secs * 1e3 / count as f64),
     };

@@ -1,0 +1,125 @@
+//! The node's own disk check (design.md §6, "a node knows first"): every
+//! [`SELF_CHECK_INTERVAL_MS`] it reads its engine's metrics, hands the interval's figures to
+//! the pure [`presage_pfa::local::LocalDetector`], and while the verdict is not healthy (and
+//! for `hold-ms` after) hands every leadership it holds to its most caught-up voter.
+//!
+//! Walk-through:
+//!
+//! 1. **read**: the engine's cumulative latencies and errors, minus the previous reading's,
+//!    give the interval's mean synced-write, write and read latency and its failed calls;
+//!    `stalled_ms` (calls in flight, none returning) is read as it is now.
+//! 2. **judge**: the detector compares them with its floors and the node's own history.
+//! 3. **shed**: `NodeHandle::shed_leaderships` starts a transfer of every shard this node
+//!    leads. A leadership it gains while still shedding (an election, the balancer) is handed
+//!    on at the next interval. When the loop itself is blocked (a stalled disk blocks its
+//!    writes), the transfer waits with it, and the followers' election timers move the
+//!    leaderships instead; writes that wait in the mailbox meanwhile are withdrawn after
+//!    `max-mailbox-wait-ms` with a definite error, so clients retry them elsewhere.
+//!
+//! The shard manager hears of the same disk through the telemetry agent (the latency and
+//! `engine_stalled_ms` signals) and warns and migrates on its own evidence; this check only
+//! moves leaderships, never replicas, so a false alarm costs at most `hold-ms` of leadership
+//! elsewhere.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use presage_engine::{EngineMetrics, EngineMetricsSnapshot};
+use presage_pfa::local::{LocalConfig, LocalDetector, LocalReading, LocalVerdict};
+use presage_replication::NodeHandle;
+
+/// How often the check reads the engine, ms.
+pub const SELF_CHECK_INTERVAL_MS: u64 = 250;
+
+/// What the check concluded, for metrics and logs.
+#[derive(Debug, Default)]
+pub struct SelfCheckState {
+    /// The node is handing its leaderships away.
+    pub shedding: AtomicBool,
+    /// Leadership transfers the check started since the node started.
+    pub transfers: AtomicU64,
+}
+
+/// Runs the check until the replication node stops.
+pub async fn run(engine: Arc<EngineMetrics>, handle: NodeHandle, cfg: LocalConfig, state: Arc<SelfCheckState>) {
+    if !cfg.enabled {
+        return;
+    }
+    let node = handle.node_id();
+    let mut detector = LocalDetector::new(cfg);
+    let mut ticker = tokio::time::interval(Duration::from_millis(SELF_CHECK_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
+    let mut previous = engine.snapshot();
+    let mut was_healthy = true;
+    loop {
+        ticker.tick().await;
+        let now = engine.snapshot();
+        let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let reading = reading(at_ms, &previous, &now);
+        previous = now;
+        let verdict = detector.observe(&reading);
+        match &verdict {
+            LocalVerdict::Healthy => was_healthy = true,
+            LocalVerdict::Slow { reason } | LocalVerdict::Failing { reason } if was_healthy => {
+                was_healthy = false;
+                tracing::warn!(node, %reason, failing = detector.failing(), "own disk unhealthy: handing leaderships away");
+            }
+            _ => {}
+        }
+        let shedding = detector.shedding(at_ms);
+        state.shedding.store(shedding, Ordering::Relaxed);
+        if !shedding {
+            continue;
+        }
+        match handle.shed_leaderships().await {
+            Ok(started) => {
+                for (shard, to) in &started {
+                    tracing::info!(node, shard, to, "leadership handed away: own disk unhealthy");
+                }
+                state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
+            }
+            Err(presage_replication::Error::Stopped) => return,
+            Err(e) => tracing::debug!(node, error = %e, "could not hand leaderships away this interval"),
+        }
+    }
+}
+
+/// The interval between two engine snapshots as the detector reads it.
+fn reading(at_ms: u64, before: &EngineMetricsSnapshot, now: &EngineMetricsSnapshot) -> LocalReading {
+    let mean_ms = |now: &presage_engine::LatencySnapshot, before| now.since(before).mean_seconds().map(|s| s * 1e3);
+    let errors = |s: &EngineMetricsSnapshot| s.read_errors + s.write_errors + s.sync_errors;
+    LocalReading {
+        at_ms,
+        stalled_ms: now.stalled_ms,
+        sync_mean_ms: mean_ms(&now.sync, &before.sync),
+        write_mean_ms: mean_ms(&now.write, &before.write),
+        read_mean_ms: mean_ms(&now.read, &before.read),
+        errors: errors(now).saturating_sub(errors(before)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_is_the_interval_between_two_snapshots() {
+        let mut before = EngineMetricsSnapshot::default();
+        before.sync.count = 10;
+        before.sync.sum_seconds = 0.010;
+        before.write_errors = 2;
+        let mut now = before.clone();
+        now.sync.count = 12;
+        now.sync.sum_seconds = 0.510;
+        now.write_errors = 3;
+        now.stalled_ms = 40;
+        let r = reading(1_000, &before, &now);
+        assert_eq!(r.at_ms, 1_000);
+        assert_eq!(r.stalled_ms, 40);
+        assert!((r.sync_mean_ms.expect("two syncs") - 250.0).abs() < 1e-6);
+        assert_eq!(r.read_mean_ms, None, "no read returned");
+        assert_eq!(r.errors, 1);
+    }
+}
