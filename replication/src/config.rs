@@ -33,8 +33,9 @@ pub struct RaftConfig {
     /// request is refused with `Busy` and a Raft message dropped (Raft resends).
     pub max_mailbox_bytes: usize,
     /// A write the node's loop has not taken from the mailbox after this long is withdrawn
-    /// and refused `Unresponsive` (a definite error: nothing was proposed), so that a client
-    /// retries it elsewhere instead of waiting on a stalled node, ms.
+    /// and refused `Unresponsive` (a definite error: nothing was proposed), and while the
+    /// loop has made no progress for this long every read and write is refused so at once:
+    /// a client retries elsewhere instead of waiting on a stalled node, ms.
     pub max_mailbox_wait_ms: u64,
     /// Most bytes of Raft messages and proposed writes taken into one ready round (the rest
     /// waits for the next): with `max-apply-bytes-per-ready`, it bounds each round's engine
@@ -129,8 +130,12 @@ impl RaftConfig {
         if self.max_inflight_msgs == 0 || self.max_mailbox_msgs == 0 || self.max_msgs_per_round == 0 {
             return bad("max-inflight-msgs, max-mailbox-msgs and max-msgs-per-round must be positive".into());
         }
-        if self.max_mailbox_wait_ms == 0 {
-            return bad("max-mailbox-wait-ms must be positive".into());
+        if self.max_mailbox_wait_ms < 2 * self.tick_interval_ms {
+            return bad(format!(
+                "max-mailbox-wait-ms ({}) must be at least two ticks ({} ms): an idle loop makes progress once a tick",
+                self.max_mailbox_wait_ms,
+                2 * self.tick_interval_ms
+            ));
         }
         if self.max_round_bytes == 0 || self.max_mailbox_bytes < self.max_round_bytes {
             return bad(format!(

@@ -124,12 +124,13 @@ pub enum Error {
     /// The node's mailbox is full; back off and retry.
     #[error("node busy: mailbox full")]
     Busy,
-    /// The node's loop did not take the write within `max-mailbox-wait-ms` (its disk is
-    /// stalled or the loop is far behind); the write was withdrawn, nothing was proposed.
-    #[error("node unresponsive: its loop took nothing for {waited_ms} ms; the write was withdrawn")]
+    /// The node's loop has made no progress for `max-mailbox-wait-ms` or more (its disk is
+    /// stalled), or did not take the request within it: nothing was done (a waiting write
+    /// was withdrawn before it was proposed). Another replica may serve it.
+    #[error("node unresponsive: its replication loop made no progress for {silent_ms} ms; nothing was done")]
     Unresponsive {
-        /// How long the write waited.
-        waited_ms: u64,
+        /// How long the loop has made no progress, ms.
+        silent_ms: u64,
     },
     /// The node is shutting down or stopped.
     #[error("node stopped")]

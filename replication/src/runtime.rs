@@ -24,7 +24,7 @@
 //! task only hands out the pinned snapshot and range (`Store::checksum_pin` -> `PinnedData`), the
 //! `range_checksum` scan runs on `spawn_blocking`. `swap_replicas(shard, promote, demote)`.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +98,8 @@ pub struct NodeHandle {
     max_mailbox_bytes: usize,
     /// A write not taken by the loop after this long is withdrawn.
     max_mailbox_wait_ms: u64,
+    /// When the loop last finished a round.
+    beat: Arc<LoopBeat>,
     /// Leased reads served without the loop (see `local_read.rs`).
     local: Arc<LocalReader>,
 }
@@ -107,6 +109,33 @@ pub struct NodeHandle {
 const WAITING: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
+
+/// When the loop last finished a round: it does at least once a tick, so a loop silent for
+/// much longer is blocked (in an engine write on a stalled disk).
+struct LoopBeat {
+    base: tokio::time::Instant,
+    /// Ms since `base` at the end of the last round.
+    at_ms: AtomicU64,
+}
+
+impl LoopBeat {
+    fn new() -> Self {
+        LoopBeat { base: tokio::time::Instant::now(), at_ms: AtomicU64::new(0) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn beat(&self) {
+        self.at_ms.fetch_max(self.now_ms(), Ordering::Release);
+    }
+
+    /// Ms since the loop last finished a round.
+    fn silent_ms(&self) -> u64 {
+        self.now_ms().saturating_sub(self.at_ms.load(Ordering::Acquire))
+    }
+}
 
 /// A message in the mailbox and the bytes it counts for.
 struct Queued {
@@ -137,8 +166,10 @@ impl Node {
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
             max_mailbox_wait_ms: config.max_mailbox_wait_ms,
+            beat: Arc::new(LoopBeat::new()),
             local: Arc::new(store.local_reader()),
         };
+        let beat = Arc::clone(&handle.beat);
         let task = tokio::spawn(async move {
             // Log writes complete on the loop, after the messages that arrived meanwhile:
             // a run on paused time replays exactly from its seed.
@@ -147,7 +178,7 @@ impl Node {
                 tracing::error!(node = store.node_id(), error = %e, "engine write failed; stopping the node");
                 return;
             }
-            run(store, transport, rx, queued_bytes, config).await
+            run(store, transport, rx, queued_bytes, beat, config).await
         });
         Node { handle, driver: Driver::Task(task) }
     }
@@ -173,13 +204,15 @@ impl Node {
             queued_bytes: Arc::clone(&queued_bytes),
             max_mailbox_bytes: config.max_mailbox_bytes,
             max_mailbox_wait_ms: config.max_mailbox_wait_ms,
+            beat: Arc::new(LoopBeat::new()),
             local: Arc::new(store.local_reader()),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Thread(e.to_string()))?;
-        let task = rt.spawn(run(store, transport, rx, queued_bytes, config.clone()));
+        let beat = Arc::clone(&handle.beat);
+        let task = rt.spawn(run(store, transport, rx, queued_bytes, beat, config.clone()));
         let abort = task.abort_handle();
         let thread = std::thread::Builder::new()
             .name(format!("raft-store-{node_id}"))
@@ -218,6 +251,7 @@ async fn run<E: Engine, T: Transport>(
     transport: T,
     mut rx: mpsc::Receiver<Queued>,
     queued_bytes: Arc<AtomicUsize>,
+    beat: Arc<LoopBeat>,
     config: RaftConfig,
 ) {
     let take = |q: Queued, round_bytes: &mut usize| {
@@ -274,6 +308,7 @@ async fn run<E: Engine, T: Transport>(
         if !sent(store.complete_log_writes()) || !sent(store.process_ready_sending(&mut |env| transport.send(env))) {
             break;
         }
+        beat.beat();
     }
     tracing::info!(node = node_id, "node stopped");
 }
@@ -357,6 +392,7 @@ impl NodeHandle {
     /// Writes `ops` atomically to `shard_id` (this node must lead it). A write the loop has
     /// not taken within `max-mailbox-wait-ms` is withdrawn: `Unresponsive`, never proposed.
     pub async fn write(&self, shard_id: u64, epoch: Epoch, ops: Vec<Op>) -> Result<()> {
+        self.check_responsive()?;
         let claim = Arc::new(AtomicU8::new(WAITING));
         let (reply, mut rx) = oneshot::channel();
         self.post(NodeMsg::Write { shard_id, epoch, ops, claim: Arc::clone(&claim), reply })?;
@@ -364,7 +400,7 @@ impl NodeHandle {
         match tokio::time::timeout(wait, &mut rx).await {
             Ok(answer) => answer.map_err(|_| Error::Stopped)?,
             Err(_) if claim.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
-                Err(Error::Unresponsive { waited_ms: self.max_mailbox_wait_ms })
+                Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() })
             }
             // The loop took it: its outcome is Raft's now.
             Err(_) => rx.await.map_err(|_| Error::Stopped)?,
@@ -378,7 +414,27 @@ impl NodeHandle {
         if let Some(answer) = self.local.try_read(shard_id, epoch, &request, now) {
             return answer;
         }
-        self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, reply }).await?
+        self.check_responsive()?;
+        // A read has no effect: one the loop has not answered in time is simply abandoned.
+        let wait = Duration::from_millis(self.max_mailbox_wait_ms);
+        match tokio::time::timeout(wait, self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, reply })).await {
+            Ok(answer) => answer?,
+            Err(_) => Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() }),
+        }
+    }
+
+    /// Ms since the loop last finished a round (a few ms, at most a tick, when healthy).
+    pub fn loop_silent_ms(&self) -> u64 {
+        self.beat.silent_ms()
+    }
+
+    /// `Unresponsive` when the loop has made no progress for `max-mailbox-wait-ms`.
+    fn check_responsive(&self) -> Result<()> {
+        let silent_ms = self.beat.silent_ms();
+        if silent_ms >= self.max_mailbox_wait_ms {
+            return Err(Error::Unresponsive { silent_ms });
+        }
+        Ok(())
     }
 
     /// Reads served off the loop (under a published lease) since the node started.

@@ -113,6 +113,10 @@ pub struct NodeStats {
     pub replicas: u64,
     /// Replicas that lead.
     pub leaders: u64,
+    /// The node's own disk check is handing its leaderships away (its disk stalled, slowed
+    /// or failed): give it none.
+    #[serde(default)]
+    pub shedding_leaders: bool,
 }
 
 /// A past failure of a group member, kept for the failure model.

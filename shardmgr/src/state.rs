@@ -218,10 +218,11 @@ impl ClusterState {
         shard.id == META_SHARD_ID
     }
 
-    /// Does `node` shed its leaderships (degraded, with the predictive path on)? Then it is
-    /// given none either.
+    /// Does `node` shed its leaderships (degraded, with the predictive path on, or its own
+    /// disk check says so)? Then it is given none either.
     pub(crate) fn sheds_leaders(&self, node: NodeId) -> bool {
-        self.cfg.proactive_migration && self.degraded.contains(&node)
+        let own_check = self.node_stats.get(&node).is_some_and(|s| s.shedding_leaders);
+        own_check || (self.cfg.proactive_migration && self.degraded.contains(&node))
     }
 
     /// The migration holding `node`, if any.

@@ -58,6 +58,8 @@ struct Sim {
     risk: BTreeMap<u64, f64>,
     /// Nodes under a disk warning, fed each round.
     degraded: BTreeSet<u64>,
+    /// Nodes whose own disk check hands their leaderships away (in their heartbeats).
+    shedding: BTreeSet<u64>,
 }
 
 fn node(id: u64, region: &str) -> NodeMeta {
@@ -105,6 +107,7 @@ impl Sim {
             verified: Vec::new(),
             risk: BTreeMap::new(),
             degraded: BTreeSet::new(),
+            shedding: BTreeSet::new(),
         };
         let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
         (sim, m)
@@ -159,7 +162,7 @@ impl Sim {
             let replicas = self.shards.values().filter(|s| s.replica(id).is_some()).map(|s| (s.id, s.epoch)).collect();
             let hb = NodeHeartbeat {
                 node: id,
-                stats: NodeStats::default(),
+                stats: NodeStats { shedding_leaders: self.shedding.contains(&id), ..NodeStats::default() },
                 shards,
                 replicas,
                 telemetry: None,
@@ -935,6 +938,33 @@ fn a_disk_warning_sheds_the_nodes_leaderships_at_once_and_they_return_when_it_cl
     }
     let after: Vec<Option<u64>> = sim.shards.values().map(|s| s.leader).collect();
     assert_eq!(after, before, "seed {}: reactive mode moves no leadership on a warning", seed());
+}
+
+/// A node whose own disk check hands its leaderships away says so in its heartbeats: leader
+/// balance gives it none back while it does (in either mode: the node's check does not wait
+/// for the model), and leaderships return once it stopped.
+#[test]
+fn a_node_shedding_its_own_leaderships_is_given_none() {
+    for proactive_migration in [true, false] {
+        let cfg = ManagerConfig { proactive_migration, ..test_config() };
+        let (mut sim, mut m) = spare_and_shards(&cfg);
+        let led = |sim: &Sim, n: u64| sim.shards.values().filter(|s| s.leader == Some(n)).count();
+        let n = (1..=3).max_by_key(|n| led(&sim, *n)).expect("nodes");
+        // The node hands every leadership to another voter itself.
+        for s in sim.shards.values_mut().filter(|s| s.leader == Some(n)) {
+            s.leader = s.voters().into_iter().find(|v| *v != n);
+        }
+        sim.shedding.insert(n);
+        for _ in 0..30 {
+            sim.round(&mut m, 1000);
+            assert_eq!(led(&sim, n), 0, "seed {}: a shedding node is given no leadership", seed());
+        }
+        sim.shedding.clear();
+        for _ in 0..60 {
+            sim.round(&mut m, 1000);
+        }
+        assert!(led(&sim, n) >= 1, "seed {}: leader balance gives the node leaderships again", seed());
+    }
 }
 
 /// An operator's evacuation holds the node until released by hand: `Release` is refused

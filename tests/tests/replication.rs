@@ -1226,3 +1226,66 @@ async fn swap_replicas_exchanges_a_learner_and_a_voter_through_joint_consensus()
     c.wait_leader(10 * SEC).await;
     c.put(b"after", b"1").await.expect("the new configuration commits");
 }
+
+/// A node whose disk stalls blocks its loop in the engine write. While the loop makes no
+/// progress, reads and writes are refused at once with `Unresponsive` (a definite error:
+/// nothing was proposed) instead of waiting on it, so that a client goes to another replica;
+/// the write the loop had already taken completes once the disk is back, and so do new
+/// ones. Real time, the loop on its own thread as in a node process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
+    use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
+    use presage_replication::{Epoch, MemNetwork, Node, Op, Replica, ShardDescriptor, Store};
+    use std::sync::Arc;
+    let faults = Arc::new(FaultInjector::new());
+    let engine = FaultyEngine::new(MemEngine::new(), Arc::clone(&faults));
+    let config = presage_replication::RaftConfig::default();
+    let mut store = Store::open(1, engine, config.clone()).expect("open");
+    let epoch = Epoch { version: 1, conf_ver: 1 };
+    let shard = ShardDescriptor {
+        id: 1,
+        start: Vec::new(),
+        end: None,
+        epoch: Some(epoch),
+        replicas: vec![Replica::voter(1)],
+        merging_into: None,
+    };
+    store.bootstrap_shards(vec![shard]).expect("bootstrap");
+    let net = MemNetwork::new(seed());
+    let node = Node::spawn_on_own_thread(store, net.transport(), &config).expect("spawn");
+    let h = node.handle();
+    h.campaign(1).await.expect("campaign");
+    let put = |k: &str| vec![Op::put(k.as_bytes().to_vec(), b"v".to_vec())];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.write(1, epoch, put("first")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Plain writes (the apply batch) block for 3 s: the next write's apply blocks the loop.
+    let stall = FaultConfig { write: FaultRule::stall(Duration::from_secs(3)), ..FaultConfig::default() };
+    faults.set(stall).expect("stall");
+    let taken = tokio::spawn({
+        let h = h.clone();
+        async move { h.write(1, epoch, vec![Op::put(b"taken".to_vec(), b"v".to_vec())]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(config.max_mailbox_wait_ms + 300)).await;
+    assert!(h.loop_silent_ms() >= config.max_mailbox_wait_ms, "the loop is blocked: {} ms", h.loop_silent_ms());
+    let asked = std::time::Instant::now();
+    let refused = h.write(1, epoch, put("refused")).await;
+    assert!(matches!(refused, Err(Error::Unresponsive { .. })), "{refused:?}");
+    assert!(refused.as_ref().is_err_and(Error::is_definite), "nothing was proposed");
+    let read = h.read(1, epoch, presage_replication::ReadRequest::Get(b"first".to_vec())).await;
+    assert!(
+        matches!(read, Err(Error::Unresponsive { .. }) | Ok(presage_replication::ReadResponse::Value(Some(_)))),
+        "a read is served under the lease or refused: {read:?}"
+    );
+    assert!(asked.elapsed() < Duration::from_millis(500), "refused at once, not after a wait: {:?}", asked.elapsed());
+
+    // The disk comes back: the taken write completes, new ones go through.
+    taken.await.expect("task").expect("the write the loop had taken completes");
+    h.write(1, epoch, put("after")).await.expect("write after the stall");
+    let value = h.read(1, epoch, presage_replication::ReadRequest::Get(b"refused".to_vec())).await.expect("read");
+    assert_eq!(value, presage_replication::ReadResponse::Value(None), "the refused write was never applied");
+    node.kill();
+}

@@ -448,7 +448,10 @@ impl RunningNode {
             };
             resp::serve(l, Arc::clone(&client), cfg.resp.clone(), auth, metrics.clone(), resp_tls)
         });
-        let self_check_state = Arc::new(self_check::SelfCheckState::default());
+        let self_check_state = Arc::new(self_check::SelfCheckState {
+            shedding: server.shedding_leaders_flag(),
+            ..self_check::SelfCheckState::default()
+        });
         let self_check = tokio::spawn(self_check::run(
             Arc::clone(engine.metrics()),
             handle.clone(),

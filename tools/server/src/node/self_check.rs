@@ -16,7 +16,8 @@
 //!    leaderships instead; writes that wait in the mailbox meanwhile are withdrawn after
 //!    `max-mailbox-wait-ms` with a definite error, so clients retry them elsewhere.
 //!
-//! The shard manager hears of the same disk through the telemetry agent (the latency and
+//! While shedding, the node's heartbeats say so (`NodeStats::shedding_leaders`) and the shard
+//! manager gives it no leadership. The shard manager hears of the same disk through the telemetry agent (the latency and
 //! `engine_stalled_ms` signals) and warns and migrates on its own evidence; this check only
 //! moves leaderships, never replicas, so a false alarm costs at most `hold-ms` of leadership
 //! elsewhere.
@@ -35,8 +36,9 @@ pub const SELF_CHECK_INTERVAL_MS: u64 = 250;
 /// What the check concluded, for metrics and logs.
 #[derive(Debug, Default)]
 pub struct SelfCheckState {
-    /// The node is handing its leaderships away.
-    pub shedding: AtomicBool,
+    /// The node is handing its leaderships away (the server's flag: its heartbeats tell the
+    /// shard manager, which then gives the node none).
+    pub shedding: Arc<AtomicBool>,
     /// Leadership transfers the check started since the node started.
     pub transfers: AtomicU64,
 }

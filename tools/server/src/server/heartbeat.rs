@@ -49,7 +49,10 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 let telemetry = sample(&inner, known, false).await;
                 let telemetry_backlog = backlog(&inner, telemetry.as_ref());
                 let (shards, replicas) = (Vec::new(), Vec::new());
-                let stats = *stats;
+                let stats = NodeStats {
+                    shedding_leaders: inner.shedding_leaders.load(std::sync::atomic::Ordering::Relaxed),
+                    ..*stats
+                };
                 send(
                     &inner,
                     NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog },
@@ -92,6 +95,7 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
             }
         }
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
+        stats.shedding_leaders = inner.shedding_leaders.load(std::sync::atomic::Ordering::Relaxed);
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
         let telemetry = sample(&inner, &statuses, true).await;
         let telemetry_backlog = backlog(&inner, telemetry.as_ref());

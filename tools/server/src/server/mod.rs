@@ -200,6 +200,9 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) telemetry_backlog: Mutex<std::collections::VecDeque<presage_shardmgr::TelemetryReport>>,
     /// The manager asked for the backlog: the next heartbeat carries it.
     pub(crate) telemetry_backlog_wanted: std::sync::atomic::AtomicBool,
+    /// Set while the node's own disk check hands its leaderships away; heartbeats tell the
+    /// shard manager, which then gives this node none.
+    pub(crate) shedding_leaders: Arc<std::sync::atomic::AtomicBool>,
     /// Heartbeats sent without a manager hint: picks the seed to ask in turn.
     pub(crate) heartbeat_turn: std::sync::atomic::AtomicUsize,
     /// The cluster this node belongs to (0 until it bootstraps or joins one); shared with the
@@ -260,6 +263,7 @@ impl<E: Engine> Server<E> {
             manager_wake: tokio::sync::Notify::new(),
             telemetry_backlog: Mutex::default(),
             telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
+            shedding_leaders: Arc::default(),
             heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
             cluster_id,
         });
@@ -353,6 +357,12 @@ impl<E: Engine> Server<E> {
             let stats = lock(&inner.manager).as_ref().map(Manager::stats);
             (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
         }
+    }
+
+    /// The flag the node's own disk check sets while it hands leaderships away (reported
+    /// with every heartbeat).
+    pub fn shedding_leaders_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.inner.shedding_leaders)
     }
 
     /// Runs `agent` with every heartbeat: its samples travel to the shard manager.
