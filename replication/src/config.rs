@@ -37,6 +37,9 @@ pub struct RaftConfig {
     /// loop has made no progress for this long every read and write is refused so at once:
     /// a client retries elsewhere instead of waiting on a stalled node, ms.
     pub max_mailbox_wait_ms: u64,
+    /// After an engine write failed, the node hands its leaderships away for at most this
+    /// long before it stops (it stops sooner once it leads nothing), ms.
+    pub fail_stop_timeout_ms: u64,
     /// Most bytes of Raft messages and proposed writes taken into one ready round (the rest
     /// waits for the next): with `max-apply-bytes-per-ready`, it bounds each round's engine
     /// batches, so a burst of large values cannot stall or exhaust a node.
@@ -89,6 +92,7 @@ impl Default for RaftConfig {
             max_msgs_per_round: 1024,
             max_mailbox_bytes: 256 * 1024 * 1024,
             max_mailbox_wait_ms: 1_000,
+            fail_stop_timeout_ms: 3_000,
             max_round_bytes: 32 * 1024 * 1024,
             lease_reads: true,
             quiesce_after_ticks: 20,

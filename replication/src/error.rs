@@ -135,6 +135,10 @@ pub enum Error {
     /// The node is shutting down or stopped.
     #[error("node stopped")]
     Stopped,
+    /// An engine write failed on this node: it only hands its leaderships away before it
+    /// stops (fail-stop); nothing was done. Another replica may serve the request.
+    #[error("this node's disk failed; it hands its leaderships away and stops; nothing was done")]
+    DiskFailed,
     /// Invalid settings.
     #[error("invalid replication configuration: {0}")]
     Config(String),
@@ -180,6 +184,7 @@ impl Error {
                 | Error::OutcomeUnknown { .. }
                 | Error::Busy
                 | Error::Unresponsive { .. }
+                | Error::DiskFailed
         )
     }
 

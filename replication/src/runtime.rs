@@ -263,6 +263,8 @@ async fn run<E: Engine, T: Transport>(
     let mut ticker = tokio::time::interval(config.tick_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let log_written = store.log_writer_signal();
+    // Set once an engine write failed: when the node stops at the latest.
+    let mut failing_until: Option<tokio::time::Instant> = None;
     loop {
         // `biased`: a fixed order (tick first) instead of tokio's random pick, so that a run on
         // paused time replays exactly from its seed. Ticks come once per interval, so
@@ -271,7 +273,11 @@ async fn run<E: Engine, T: Transport>(
             biased;
             _ = ticker.tick() => {
                 store.set_now(tokio::time::Instant::now().into_std());
-                store.tick();
+                if store.is_failing() {
+                    store.tick_failing();
+                } else {
+                    store.tick();
+                }
             }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
@@ -288,27 +294,46 @@ async fn run<E: Engine, T: Transport>(
                 }
             }
             // The writer thread finished a batch.
-            _ = async { log_written.as_ref()?.notified().await; Some(()) }, if log_written.is_some() => {}
+            _ = async { log_written.as_ref()?.notified().await; Some(()) }, if log_written.is_some() && !store.is_failing() => {}
             // Deferred log writes complete when nothing else is ready.
-            _ = std::future::ready(()), if store.has_deferred_log_writes() => {}
+            _ = std::future::ready(()), if store.has_deferred_log_writes() && !store.is_failing() => {}
+        }
+        beat.beat();
+        if let Some(deadline) = failing_until {
+            // Fail-stop after hand-off (`store/fail_stop.rs`): rounds that write nothing,
+            // until nothing is led here or the time is up.
+            store.process_ready_failing(&mut |env| transport.send(env));
+            if !store.leads_any() || tokio::time::Instant::now() >= deadline {
+                tracing::info!(node = node_id, leads = store.leads_any(), "leaderships handed away; stopping the node");
+                break;
+            }
+            continue;
         }
         // Log writes done meanwhile (their replicas advance, the messages that waited go),
         // then the ready round. A failed engine write may leave the in-memory state ahead of
-        // the disk, so the only safe move is to stop; a restart recovers from what is durable.
-        let sent = |result: Result<Vec<RaftEnvelope>>| match result {
-            Ok(out) => {
-                out.into_iter().for_each(|env| transport.send(env));
-                true
-            }
+        // the disk: the node hands its leaderships away writing nothing, then stops; a
+        // restart recovers from what is durable.
+        let result = store.complete_log_writes().and_then(|out| {
+            out.into_iter().for_each(|env| transport.send(env));
+            store.process_ready_sending(&mut |env| transport.send(env))
+        });
+        match result {
+            Ok(out) => out.into_iter().for_each(|env| transport.send(env)),
             Err(e) => {
-                tracing::error!(node = node_id, error = %e, "engine write failed; stopping the node");
-                false
+                let handed = store.begin_fail_stop();
+                tracing::error!(
+                    node = node_id,
+                    error = %e,
+                    transfers = handed.len(),
+                    "engine write failed; handing leaderships away, then stopping the node"
+                );
+                store.process_ready_failing(&mut |env| transport.send(env));
+                if !store.leads_any() {
+                    break;
+                }
+                failing_until = Some(tokio::time::Instant::now() + Duration::from_millis(config.fail_stop_timeout_ms));
             }
-        };
-        if !sent(store.complete_log_writes()) || !sent(store.process_ready_sending(&mut |env| transport.send(env))) {
-            break;
         }
-        beat.beat();
     }
     tracing::info!(node = node_id, "node stopped");
 }
@@ -316,6 +341,9 @@ async fn run<E: Engine, T: Transport>(
 fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
     // Fresh for every request: a read lease is checked against this instant.
     store.set_now(tokio::time::Instant::now().into_std());
+    if store.is_failing() {
+        return handle_failing(store, msg);
+    }
     match msg {
         NodeMsg::Raft(env) => {
             if let Err(e) = store.step(*env) {
@@ -350,6 +378,29 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
         NodeMsg::ProbeStale { descriptor, reply } => drop(reply.send(store.probe_stale(&descriptor))),
+        NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
+        NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
+    }
+}
+
+/// While failing (fail-stop after hand-off): Raft messages step existing replicas, questions
+/// about state are answered, everything that would write or serve is refused `DiskFailed`.
+fn handle_failing<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
+    match msg {
+        NodeMsg::Raft(env) => store.step_failing(*env),
+        NodeMsg::Write { reply, .. }
+        | NodeMsg::ConfChange { reply, .. }
+        | NodeMsg::Swap { reply, .. }
+        | NodeMsg::Admin { reply, .. }
+        | NodeMsg::TransferLeader { reply, .. }
+        | NodeMsg::Campaign { reply, .. } => drop(reply.send(Err(Error::DiskFailed))),
+        NodeMsg::Read { reply, .. } => drop(reply.send(Err(Error::DiskFailed))),
+        NodeMsg::Checksum { reply, .. } => drop(reply.send(Err(Error::DiskFailed))),
+        NodeMsg::ChecksumPin { reply, .. } => drop(reply.send(Err(Error::DiskFailed))),
+        NodeMsg::ShedLeaderships { reply } => drop(reply.send(store.shed_leaderships())),
+        NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
+        NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
+        NodeMsg::ProbeStale { reply, .. } => drop(reply.send(false)),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
         NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
     }

@@ -1231,7 +1231,8 @@ async fn swap_replicas_exchanges_a_learner_and_a_voter_through_joint_consensus()
 /// progress, reads and writes are refused at once with `Unresponsive` (a definite error:
 /// nothing was proposed) instead of waiting on it, so that a client goes to another replica;
 /// the write the loop had already taken completes once the disk is back, and so do new
-/// ones. Real time, the loop on its own thread as in a node process.
+/// ones. Real time; the log writes are made on the loop (one synced write), so that it is the
+/// apply's plain write, stalled, that blocks the loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
@@ -1252,7 +1253,7 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     };
     store.bootstrap_shards(vec![shard]).expect("bootstrap");
     let net = MemNetwork::new(seed());
-    let node = Node::spawn_on_own_thread(store, net.transport(), &config).expect("spawn");
+    let node = Node::spawn(store, net.transport(), &config);
     let h = node.handle();
     h.campaign(1).await.expect("campaign");
     let put = |k: &str| vec![Op::put(k.as_bytes().to_vec(), b"v".to_vec())];
@@ -1265,12 +1266,16 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     // Plain writes (the apply batch) block for 3 s: the next write's apply blocks the loop.
     let stall = FaultConfig { write: FaultRule::stall(Duration::from_secs(3)), ..FaultConfig::default() };
     faults.set(stall).expect("stall");
+    let stall_ends = tokio::time::Instant::now() + Duration::from_secs(3);
     let taken = tokio::spawn({
         let h = h.clone();
         async move { h.write(1, epoch, vec![Op::put(b"taken".to_vec(), b"v".to_vec())]).await }
     });
-    tokio::time::sleep(Duration::from_millis(config.max_mailbox_wait_ms + 300)).await;
-    assert!(h.loop_silent_ms() >= config.max_mailbox_wait_ms, "the loop is blocked: {} ms", h.loop_silent_ms());
+    let stalled_at = std::time::Instant::now();
+    while h.loop_silent_ms() < config.max_mailbox_wait_ms {
+        assert!(stalled_at.elapsed() < Duration::from_millis(2_500), "the loop never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let asked = std::time::Instant::now();
     let refused = h.write(1, epoch, put("refused")).await;
     assert!(matches!(refused, Err(Error::Unresponsive { .. })), "{refused:?}");
@@ -1282,10 +1287,124 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     );
     assert!(asked.elapsed() < Duration::from_millis(500), "refused at once, not after a wait: {:?}", asked.elapsed());
 
-    // The disk comes back: the taken write completes, new ones go through.
-    taken.await.expect("task").expect("the write the loop had taken completes");
+    // The disk comes back: the taken write completes (or, had the loop blocked on another
+    // plain write before taking it, was refused and never applied), new ones go through.
+    tokio::time::sleep_until(stall_ends + Duration::from_millis(300)).await;
+    let taken = taken.await.expect("task");
+    assert!(taken.as_ref().map_or_else(Error::is_definite, |_| true), "{taken:?}");
     h.write(1, epoch, put("after")).await.expect("write after the stall");
     let value = h.read(1, epoch, presage_replication::ReadRequest::Get(b"refused".to_vec())).await.expect("read");
     assert_eq!(value, presage_replication::ReadResponse::Value(None), "the refused write was never applied");
+    let value = h.read(1, epoch, presage_replication::ReadRequest::Get(b"taken".to_vec())).await.expect("read");
+    let applied = value == presage_replication::ReadResponse::Value(Some(b"v".to_vec()));
+    assert_eq!(applied, taken.is_ok(), "the taken write applied exactly when acknowledged: {taken:?}");
     node.kill();
+}
+
+/// Fail-stop after hand-off: when its engine starts failing writes, the leader hands its
+/// leadership to a caught-up follower (by transfer, well before any election timer could
+/// fire), refuses what it is asked meanwhile (`DiskFailed`, nothing done), then stops. Every
+/// acknowledged write is on the new leader.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_disk_fails_hands_off_then_stops() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
+    use presage_replication::{
+        Epoch, MemNetwork, Node, Op, ReadRequest, ReadResponse, Replica, ShardDescriptor, Store,
+    };
+    let config = presage_tests::cluster::test_config();
+    let net = MemNetwork::new(seed());
+    let epoch = Epoch { version: 1, conf_ver: 1 };
+    let shard = ShardDescriptor {
+        id: 1,
+        start: Vec::new(),
+        end: None,
+        epoch: Some(epoch),
+        replicas: (1..=3).map(Replica::voter).collect(),
+        merging_into: None,
+    };
+    let mut nodes = BTreeMap::new();
+    let mut faults = BTreeMap::new();
+    for id in 1..=3u64 {
+        let injector = Arc::new(FaultInjector::new());
+        let mut store =
+            Store::open(id, FaultyEngine::new(MemEngine::new(), Arc::clone(&injector)), config.clone()).expect("open");
+        store.bootstrap_shards(vec![shard.clone()]).expect("bootstrap");
+        let node = Node::spawn(store, net.transport(), &config);
+        let handle = node.handle();
+        net.connect(id, Arc::new(move |env| handle.deliver(env)));
+        nodes.insert(id, node);
+        faults.insert(id, injector);
+    }
+    let leader_of = |nodes: &BTreeMap<u64, Node>| {
+        let nodes: Vec<(u64, presage_replication::NodeHandle)> =
+            nodes.iter().map(|(id, n)| (*id, n.handle())).collect();
+        async move {
+            for (id, h) in nodes {
+                if h.status(1).await.ok().flatten().is_some_and(|s| s.is_leader()) {
+                    return Some(id);
+                }
+            }
+            None
+        }
+    };
+    let mut leader = None;
+    for _ in 0..200 {
+        leader = leader_of(&nodes).await;
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old = leader.expect("a leader");
+    let h = nodes[&old].handle();
+    for i in 0..20u32 {
+        h.write(1, epoch, vec![Op::put(format!("k{i}").into_bytes(), b"v".to_vec())]).await.expect("acknowledged");
+    }
+
+    // Every write of the leader's engine fails from now on.
+    let broken = FaultRule::errors(1.0);
+    faults[&old].set(FaultConfig { write: broken, sync: broken, ..FaultConfig::default() }).expect("faults");
+    let failed_at = tokio::time::Instant::now();
+    let doomed = h.write(1, epoch, vec![Op::put(b"doomed".to_vec(), b"v".to_vec())]).await;
+    assert!(doomed.is_err(), "a write the failing leader took is never acknowledged: {doomed:?}");
+    let refused = h.write(1, epoch, vec![Op::put(b"refused".to_vec(), b"v".to_vec())]).await;
+    assert!(
+        matches!(refused, Err(Error::DiskFailed | Error::Stopped)),
+        "refused while failing, or the node already stopped: {refused:?}"
+    );
+
+    // A follower leads within a few message delays: by the transfer, not an election timer.
+    let mut new = None;
+    while failed_at.elapsed() < Duration::from_secs(2) {
+        new = leader_of(&nodes).await.filter(|l| *l != old);
+        if new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let new = new.expect("a new leader");
+    let min_election = Duration::from_millis(config.tick_interval_ms * config.election_ticks as u64);
+    assert!(
+        failed_at.elapsed() < min_election,
+        "handed off in {:?} (elections take {min_election:?})",
+        failed_at.elapsed()
+    );
+    for _ in 0..300 {
+        if nodes[&old].is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(nodes[&old].is_finished(), "the failing node stops once it leads nothing");
+    let nh = nodes[&new].handle();
+    for i in 0..20u32 {
+        let got = nh.read(1, epoch, ReadRequest::Get(format!("k{i}").into_bytes())).await.expect("read");
+        assert_eq!(got, ReadResponse::Value(Some(b"v".to_vec())), "acknowledged write k{i}");
+    }
+    nh.write(1, epoch, vec![Op::put(b"after".to_vec(), b"v".to_vec())]).await.expect("writes go on");
+    let refused_value = nh.read(1, epoch, ReadRequest::Get(b"refused".to_vec())).await.expect("read");
+    assert_eq!(refused_value, ReadResponse::Value(None), "a refused write was never applied");
 }

@@ -34,6 +34,7 @@
 //! whose metadata its install destroys (the merge finishes there by snapshot).
 
 mod checksum;
+mod fail_stop;
 mod lifecycle;
 mod log_writer;
 mod quiesce;
@@ -194,6 +195,9 @@ pub struct Store<E: Engine> {
     log_writes: log_writer::LogWrites,
     /// The leases its leaders publish for reads off the loop (see `local_read.rs`).
     lease_views: Arc<LeaseViews>,
+    /// An engine write failed: the node only hands its leaderships away, then stops
+    /// (`fail_stop.rs`).
+    failing: bool,
 }
 
 impl<E: Engine> Store<E> {
@@ -255,6 +259,7 @@ impl<E: Engine> Store<E> {
             log_writes: log_writer::LogWrites::Inline,
             probed: BTreeMap::new(),
             lease_views,
+            failing: false,
         })
     }
 

@@ -262,7 +262,7 @@ pub(super) fn wrap(
 
 /// On a leader, the replicas it has not heard from yet (nothing known to match): they may not
 /// have their replica yet, so its appends to them carry the descriptor.
-fn fresh_replicas<E: Engine>(peer: &Peer<E>) -> Vec<u64> {
+pub(super) fn fresh_replicas<E: Engine>(peer: &Peer<E>) -> Vec<u64> {
     if !peer.is_leader() {
         return Vec::new();
     }

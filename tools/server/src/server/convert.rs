@@ -87,7 +87,7 @@ pub fn proto_error(e: Error, write: bool) -> ProtoError {
         | Error::SwapRefused { .. }
         | Error::ChecksumNotReady { .. }
         | Error::ChecksumMissed { .. } => ProtoError::Retry(e.to_string()),
-        Error::Unresponsive { .. } => ProtoError::Unavailable(e.to_string()),
+        Error::Unresponsive { .. } | Error::DiskFailed => ProtoError::Unavailable(e.to_string()),
         Error::OutcomeUnknown { shard_id, .. } if write => ProtoError::OutcomeUnknown { shard: shard_id },
         Error::OutcomeUnknown { .. } => ProtoError::Retry(e.to_string()),
         Error::ConditionFailed { key, current, .. } => ProtoError::ConditionFailed { key, current },
