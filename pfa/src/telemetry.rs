@@ -140,6 +140,13 @@ impl Signal {
         }
     }
 
+    /// A Raft-side consequence rather than a cause: proposal latency and apply lag rise when
+    /// the disk is slow and when the links are. Their evidence joins the kind the causes in
+    /// the same sample point to (the disk first), and the disk when none does.
+    pub fn is_consequence(self) -> bool {
+        matches!(self, Signal::ProposalMeanMs | Signal::ApplyLagEntries)
+    }
+
     /// Which way is bad: most signals are bad high; available memory is bad low.
     pub fn bad_when_low(self) -> bool {
         matches!(self, Signal::MemAvailablePct)
@@ -290,10 +297,11 @@ pub enum WarningKind {
 }
 
 impl WarningKind {
-    /// Does this kind slow (or fail) the node's disk, and with it every request the node
-    /// leads? The shard manager moves such a node's leaderships away at once.
-    pub fn slows_disk(self) -> bool {
-        matches!(self, WarningKind::DiskDegradation | WarningKind::DiskErrors)
+    /// Does this kind slow (or fail) every request the node leads: its disk (on every
+    /// write's path there) or its links (every write waits for a round trip to its peers)?
+    /// The shard manager moves such a node's leaderships away at once.
+    pub fn slows_leaders(self) -> bool {
+        matches!(self, WarningKind::DiskDegradation | WarningKind::DiskErrors | WarningKind::NetworkDegradation)
     }
 
     /// Every kind.

@@ -107,8 +107,18 @@ impl WarningBoard {
     /// Update `node` with the evidence of one sample at `at_ms`.
     pub fn observe(&mut self, node: u64, region: &str, at_ms: u64, evidence: Vec<Evidence>) {
         let mut by_kind: BTreeMap<WarningKind, Vec<Evidence>> = BTreeMap::new();
+        let causes: Vec<WarningKind> =
+            evidence.iter().filter(|e| !e.signal.is_consequence()).map(|e| e.signal.warning_kind()).collect();
+        let network_only =
+            causes.contains(&WarningKind::NetworkDegradation) && !causes.contains(&WarningKind::DiskDegradation);
         for e in evidence {
-            by_kind.entry(e.signal.warning_kind()).or_default().push(e);
+            let kind = match e.signal.warning_kind() {
+                WarningKind::DiskDegradation if e.signal.is_consequence() && network_only => {
+                    WarningKind::NetworkDegradation
+                }
+                kind => kind,
+            };
+            by_kind.entry(kind).or_default().push(e);
         }
         for list in by_kind.values_mut() {
             list.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));
@@ -223,6 +233,25 @@ mod tests {
         );
         assert_eq!(b.events_after(2, 10).len(), 2);
         assert_eq!(b.events_after(0, 1).len(), 1);
+    }
+
+    /// Proposal latency and apply lag are consequences: with slow links they make a network
+    /// warning, with a slow disk (or with no cause in sight) a disk one.
+    #[test]
+    fn consequences_join_the_kind_their_causes_point_to() {
+        let mut b = WarningBoard::new(3, 100);
+        b.observe(1, "r1", 1_000, vec![ev(Signal::ProposalMeanMs, 9.0), ev(Signal::PeerRttMinMs, 7.0)]);
+        let kinds: Vec<WarningKind> = b.active().iter().map(|w| w.kind).collect();
+        assert_eq!(kinds, [WarningKind::NetworkDegradation], "slow links, no disk evidence");
+        let mut b = WarningBoard::new(3, 100);
+        let both = vec![ev(Signal::ApplyLagEntries, 9.0), ev(Signal::PeerRttMinMs, 7.0), ev(Signal::DiskAwaitMs, 5.0)];
+        b.observe(1, "r1", 1_000, both);
+        let disk = b.active().into_iter().find(|w| w.kind == WarningKind::DiskDegradation).expect("disk warning");
+        assert_eq!(disk.evidence.len(), 2, "the lag joins the disk's evidence: {:?}", disk.evidence);
+        let mut b = WarningBoard::new(3, 100);
+        b.observe(1, "r1", 1_000, vec![ev(Signal::ProposalMeanMs, 9.0)]);
+        assert_eq!(b.active()[0].kind, WarningKind::DiskDegradation, "no cause in sight: the disk");
+        assert!(WarningKind::NetworkDegradation.slows_leaders() && !WarningKind::CpuOverload.slows_leaders());
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub struct ManagerConfig {
     pub migration_clear_after_ms: u64,
     /// Leaderships moved off one at-risk node per scheduling round (a gradual shift).
     pub migration_leader_moves_per_round: usize,
-    /// Leaderships moved off one degraded node (its disk under an early warning) per
+    /// Leaderships moved off one degraded node (its disk or links under an early warning) per
     /// scheduling round: shedding is urgent, every request to its shards waits on its disk.
     pub shed_leader_moves_per_round: usize,
     /// Replica copies (learners being filled and verified) to or from one node at once:

@@ -5,7 +5,7 @@
 //!    unfreeze it.
 //! 1. **Migrate** (design.md §6, the manager's `migrate` part): move leaderships off a node being
 //!    evacuated a few per round; while preparing, fill and verify learner copies of its
-//!    group's shards on the target, hottest first. A *degraded* node (its disk under an
+//!    group's shards on the target, hottest first. A *degraded* node (its disk or links under an
 //!    early warning) sheds its leaderships at once (`shed-leader-moves-per-round`), being
 //!    evacuated or not, and is given none until the warning clears: its replicas stay, only
 //!    the request path leaves its disk.

@@ -10,7 +10,10 @@
 //!   frames: a frame of `n` bytes is followed by `n / cap` seconds of silence).
 //!
 //! The transport applies them (`TcpTransport::send` drops, each link's pump waits); changing
-//! the configuration takes effect for envelopes queued from then on.
+//! the configuration takes effect for envelopes queued from then on. The node's requests to
+//! its peers (forwarding, heartbeats, round-trip probes) take the same delay and loss
+//! ([`NetFaults::draw_request`]): a bad link slows everything the node sends, so the failure
+//! analysis sees it in the round trip to the fastest peer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -115,6 +118,20 @@ impl NetFaults {
         rate > 0.0 && state.1.random_bool(rate)
     }
 
+    /// For one request to a peer sent now: `None` when it is lost, else the delay before it
+    /// leaves.
+    pub fn draw_request(&self) -> Option<Duration> {
+        if !self.active() {
+            return Some(Duration::ZERO);
+        }
+        let mut state = self.lock();
+        let (rate, delay_ms) = (state.0.loss_rate, state.0.delay_ms);
+        if rate > 0.0 && state.1.random_bool(rate) {
+            return None;
+        }
+        Some(Duration::from_millis(delay_ms))
+    }
+
     /// When an envelope queued at `queued_at` may leave.
     pub(crate) fn due(&self, queued_at: Instant) -> Instant {
         if !self.active() {
@@ -156,6 +173,20 @@ mod tests {
             assert!(faults.set(bad).is_err(), "{bad:?}");
         }
         assert!(faults.config().is_off(), "a refused configuration changes nothing");
+    }
+
+    /// A node's requests to its peers take the links' delay and loss too.
+    #[test]
+    fn requests_to_peers_draw_the_same_delay_and_loss() {
+        let faults = NetFaults::default();
+        assert_eq!(faults.draw_request(), Some(Duration::ZERO), "off: no delay, nothing lost");
+        faults.set(NetFaultConfig { delay_ms: 30, ..Default::default() }).expect("valid");
+        assert_eq!(faults.draw_request(), Some(Duration::from_millis(30)));
+        faults.set(NetFaultConfig { delay_ms: 30, loss_rate: 0.5, seed: 3, ..Default::default() }).expect("valid");
+        let lost = (0..10_000).filter(|_| faults.draw_request().is_none()).count();
+        assert!((4_500..5_500).contains(&lost), "about half lost: {lost}");
+        faults.clear();
+        assert_eq!(faults.draw_request(), Some(Duration::ZERO));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presage_client::net::{Learns, NativeServer, ServeShared, TcpRpc};
-use presage_client::{Client, ClientConfig, Request, Rpc, RpcFuture};
+use presage_client::{Client, ClientConfig, Request, Rpc, RpcError, RpcFuture};
 use presage_engine::{FaultInjector, FaultyEngine, MeteredEngine, RocksEngine};
 use presage_pfa::model::FailureModel;
 use presage_replication::{AddressBook, NodeHandle, Store, TcpNode};
@@ -107,6 +107,9 @@ struct NodeRpc {
     peers_file: PathBuf,
     local: Mutex<Option<presage_client::net::Handler>>,
     known: Mutex<BTreeMap<NodeId, NodeMeta>>,
+    /// The node's injected network faults (set once the Raft transport runs): requests to
+    /// peers take their delay and loss too.
+    net_faults: std::sync::OnceLock<Arc<presage_replication::NetFaults>>,
 }
 
 impl NodeRpc {
@@ -150,7 +153,18 @@ impl Rpc for NodeRpc {
                 return Box::pin(async move { Ok(handler(presage_client::Caller::Local, request).await) });
             }
         }
-        self.tcp.call(to, request)
+        match self.net_faults.get().map_or(Some(Duration::ZERO), |f| f.draw_request()) {
+            // Lost on the way out: never delivered.
+            None => Box::pin(async move { Err(RpcError::Unreachable(to)) }),
+            Some(delay) if delay.is_zero() => self.tcp.call(to, request),
+            Some(delay) => {
+                let call = self.tcp.call(to, request);
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    call.await
+                })
+            }
+        }
     }
 
     fn learn(&self, nodes: &[NodeMeta]) {
@@ -314,6 +328,7 @@ impl RunningNode {
             peers_file: cfg.data_dir.join("peers.json"),
             local: Mutex::new(None),
             known: Mutex::new(BTreeMap::new()),
+            net_faults: std::sync::OnceLock::new(),
         });
         if let Some(peers) = read_peers(&cfg.data_dir.join("peers.json")) {
             rpc.learn_quietly(&peers);
@@ -326,6 +341,7 @@ impl RunningNode {
         let raft_dialer = Arc::new(peer::RaftDialer(Arc::clone(&peer_trust)));
         let raft = TcpNode::start_behind(store, &cfg.raft, cfg.raft_tcp.clone(), raft_book.clone(), raft_dialer)?;
         let net_faults = Arc::clone(&raft.net_faults);
+        let _ = rpc.net_faults.set(Arc::clone(&net_faults));
         let handle = raft.node.handle();
         let native_listener = tokio::net::TcpListener::bind(&cfg.native_listen)
             .await

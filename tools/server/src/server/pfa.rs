@@ -415,7 +415,7 @@ impl PfaState {
 
     /// Is a warning about `node`'s disk active?
     fn disk_warned(&self, node: NodeId) -> bool {
-        WarningKind::ALL.into_iter().any(|k| k.slows_disk() && self.board.is_active(node, k))
+        WarningKind::ALL.into_iter().any(|k| k.slows_leaders() && self.board.is_active(node, k))
     }
 
     /// Should `node` send its telemetry backlog with its next heartbeat? Until this tenure
@@ -486,7 +486,7 @@ impl PfaState {
     /// What proactive migration needs from the failure analysis: each node's combined
     /// probability of failing within the horizon (nodes without one are left out), each
     /// region's, each node's latest round trip to its fastest peer (ms), and the nodes whose
-    /// disk is under an active warning.
+    /// disk or links are under an active warning.
     pub fn migration_inputs(&self) -> RiskInputs {
         let nodes: BTreeMap<NodeId, f64> =
             self.risks.iter().filter_map(|(id, r)| Some((*id, finite(r.probability?)?))).collect();
@@ -502,7 +502,7 @@ impl PfaState {
                 Some((id, *last.values.get(&Signal::PeerRttMinMs).filter(|v| v.is_finite())?))
             })
             .collect();
-        let degraded = self.board.active().iter().filter(|w| w.kind.slows_disk()).map(|w| w.node).collect();
+        let degraded = self.board.active().iter().filter(|w| w.kind.slows_leaders()).map(|w| w.node).collect();
         RiskInputs { nodes, regions, rtt_ms: rtt, degraded }
     }
 
