@@ -144,16 +144,19 @@ async fn leadership_transfer_moves_the_leader() {
     c.wait_converged(5 * SEC).await;
     let target = c.live().into_iter().find(|n| *n != old).expect("a follower");
     c.handle(old).expect("runs").transfer_leader(1, target).await.expect("transfer accepted");
-    let mut led = false;
+    wait_until_leads(&c, target).await;
+    c.put(b"k2", b"v2").await.expect("put under the new leader");
+}
+
+/// Waits (2 s of the cluster's time at most) until `target` leads shard 1.
+async fn wait_until_leads(c: &Cluster, target: u64) {
     for _ in 0..100 {
         if c.leader().await == Some(target) {
-            led = true;
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(led, "{target} did not take over: {:?}", c.views().await);
-    c.put(b"k2", b"v2").await.expect("put under the new leader");
+    panic!("{target} did not take over: {:?}", c.views().await);
 }
 
 /// A restarted node recovers its replica from its engine and catches up from the log.
@@ -512,15 +515,7 @@ async fn shedding_hands_each_leadership_to_the_most_caught_up_voter() {
     let h = c.handle(leader).expect("runs");
     let started = h.shed_leaderships().await.expect("shed");
     assert_eq!(started, vec![(1, caught_up)], "to the caught-up voter, not {lagging}");
-    let mut led = false;
-    for _ in 0..100 {
-        if c.leader().await == Some(caught_up) {
-            led = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(led, "{caught_up} did not take over: {:?}", c.views().await);
+    wait_until_leads(&c, caught_up).await;
     assert_eq!(h.shed_leaderships().await.expect("shed"), Vec::new(), "nothing led here any more");
     c.put(b"after", b"1").await.expect("put under the new leader");
     assert_eq!(c.get(b"k29").await.expect("get"), Some(b"v".to_vec()));

@@ -53,11 +53,10 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                     shedding_leaders: inner.shedding_leaders.load(std::sync::atomic::Ordering::Relaxed),
                     ..*stats
                 };
-                send(
-                    &inner,
-                    NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog },
-                )
-                .await;
+                // This node's own shard manager (if it ran one) is as stalled as its loop: the
+                // telemetry goes to another node, which names the manager elected meanwhile.
+                let hb = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
+                send(&inner, hb, true).await;
                 continue;
             }
         };
@@ -100,7 +99,7 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let telemetry = sample(&inner, &statuses, true).await;
         let telemetry_backlog = backlog(&inner, telemetry.as_ref());
         let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
-        send(&inner, heartbeat).await;
+        send(&inner, heartbeat, false).await;
         last_beat = Some((stats, statuses));
     }
 }
@@ -180,19 +179,19 @@ async fn sample<E: Engine>(
 
 /// Sends to the node believed to run the shard manager (this one if none is known), and once
 /// more to the manager a node that does not run it names; re-joins if the manager does not
-/// know this node.
-async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat) {
+/// know this node. `elsewhere`: never to this node itself (its loop is stalled).
+async fn send<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: NodeHeartbeat, elsewhere: bool) {
     let first = *lock(&inner.manager_hint);
-    if let Some(redirect) = send_once(inner, &heartbeat).await {
+    if let Some(redirect) = send_once(inner, &heartbeat, elsewhere).await {
         if redirect != inner.me.id && Some(redirect) != first {
-            send_once(inner, &heartbeat).await;
+            send_once(inner, &heartbeat, elsewhere).await;
         }
     }
 }
 
 /// One heartbeat; returns the manager a node that does not run it named.
-async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat) -> Option<NodeId> {
-    let hint = *lock(&inner.manager_hint);
+async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, elsewhere: bool) -> Option<NodeId> {
+    let hint = lock(&inner.manager_hint).filter(|h| !(elsewhere && *h == inner.me.id));
     // Without a hint, the seeds and the other known nodes in turn: one that does not know
     // the manager either (an emptied node holds no meta replica to learn it from) must not
     // be asked forever, and a node without seeds (it bootstrapped the cluster) must not ask
@@ -204,6 +203,7 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat) 
                 candidates.push(*id);
             }
         }
+        candidates.retain(|id| !(elsewhere && *id == inner.me.id));
         let turn = inner.heartbeat_turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (!candidates.is_empty()).then(|| candidates[turn % candidates.len()])
     };
