@@ -9,7 +9,7 @@
 //!
 //! What is measured, from the client's side:
 //! - `failed_requests`: workload and probe requests that returned an error (after the client
-//!   library's own retries);
+//!   library's own retries), and `failed_by_kind` by the client's error kind;
 //! - `p99_ms_steady` / `p99_ms_during_event`: the workload's p99 before the ramp (its second
 //!   half of the warm-up) and from the ramp to the end. Each worker sends one request every
 //!   `op_interval_ms` on a fixed schedule (open loop: a slow request does not hold back the
@@ -245,6 +245,9 @@ pub struct ScenarioReport {
     pub series: Vec<SecondPoint>,
     /// The last error a request returned.
     pub last_error: Option<String>,
+    /// Failed requests by the client's error kind (`outcome-unknown`: a write that may or may
+    /// not have applied; `timeout`; `refused`; `unreachable`; `invalid`).
+    pub failed_by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Runs the whole scenario in `mode` on a playground of its own.
@@ -430,14 +433,24 @@ struct Counts {
     /// The longest single client call, in microseconds (schedule lateness aside).
     slowest_call_us: AtomicU64,
     last_error: Mutex<Option<String>>,
+    by_kind: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Counts {
     fn record(&self, r: &Result<(), presage_client::ClientError>) {
+        use presage_client::ClientError;
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = r {
             self.failed.fetch_add(1, Ordering::Relaxed);
             *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+            let kind = match e {
+                ClientError::OutcomeUnknown(_) => "outcome-unknown",
+                ClientError::Timeout { .. } => "timeout",
+                ClientError::Refused(_) => "refused",
+                ClientError::Unreachable(_) => "unreachable",
+                ClientError::Invalid(_) => "invalid",
+            };
+            *self.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() += 1;
         }
     }
 }
@@ -603,6 +616,7 @@ pub async fn story(
     let seconds_to_no_leaderships = led_nothing.map(|t| since_fault(t).max(0.0));
     let timeline = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let last_error = counts.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let failed_by_kind = counts.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(ScenarioReport {
         fault: opts.fault,
         mode,
@@ -624,6 +638,7 @@ pub async fn story(
         timeline,
         series,
         last_error,
+        failed_by_kind,
     })
 }
 
