@@ -476,9 +476,9 @@ async fn learner_added_caught_up_and_promoted_while_a_voter_leaves() {
     c.put(b"after", b"1").await.expect("the new configuration commits");
 }
 
-/// Leadership transfer is refused to a node that is not a voter or lags far behind.
-#[tokio::test(start_paused = true)]
-async fn leadership_transfer_to_a_lagging_node_is_refused() {
+/// Three nodes (a transfer allowed at most 10 entries behind), one follower killed while 30
+/// writes committed without it: `(cluster, leader, lagging follower)`.
+async fn with_a_lagging_follower() -> (Cluster, u64, u64) {
     let config =
         presage_replication::RaftConfig { max_transfer_lag_entries: 10, ..presage_tests::cluster::test_config() };
     let mut c = Cluster::start_with(3, seed(), config);
@@ -488,6 +488,13 @@ async fn leadership_transfer_to_a_lagging_node_is_refused() {
     for i in 0..30u32 {
         c.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
     }
+    (c, leader, lagging)
+}
+
+/// Leadership transfer is refused to a node that is not a voter or lags far behind.
+#[tokio::test(start_paused = true)]
+async fn leadership_transfer_to_a_lagging_node_is_refused() {
+    let (c, leader, lagging) = with_a_lagging_follower().await;
     let h = c.handle(leader).expect("runs");
     match h.transfer_leader(1, lagging).await {
         Err(Error::TransferRefused { reason, .. }) => assert!(reason.contains("behind"), "{reason}"),
@@ -501,16 +508,8 @@ async fn leadership_transfer_to_a_lagging_node_is_refused() {
 /// most caught up with it (never to one that lags), and the shard goes on under the new leader.
 #[tokio::test(start_paused = true)]
 async fn shedding_hands_each_leadership_to_the_most_caught_up_voter() {
-    let config =
-        presage_replication::RaftConfig { max_transfer_lag_entries: 10, ..presage_tests::cluster::test_config() };
-    let mut c = Cluster::start_with(3, seed(), config);
-    let leader = c.wait_leader(5 * SEC).await;
-    let lagging = c.live().into_iter().find(|n| *n != leader).expect("follower");
-    let caught_up = c.live().into_iter().find(|n| *n != leader && *n != lagging).expect("another follower");
-    c.kill(lagging);
-    for i in 0..30u32 {
-        c.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
-    }
+    let (mut c, leader, lagging) = with_a_lagging_follower().await;
+    let caught_up = c.all().into_iter().find(|n| *n != leader && *n != lagging).expect("another follower");
     c.restart(lagging);
     let h = c.handle(leader).expect("runs");
     let started = h.shed_leaderships().await.expect("shed");

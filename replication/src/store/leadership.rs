@@ -30,14 +30,14 @@ impl<E: Engine> Store<E> {
         if receiving_snapshot || progress.state == raft::ProgressState::Snapshot {
             return refuse("still receiving a snapshot".into());
         }
+        if progress.matched + max_lag < last {
+            return refuse(format!("{} entries behind (limit {max_lag})", last - progress.matched));
+        }
         // raft-rs drops every proposal while a transfer is pending, until the transferee
         // takes over or an election timeout passes: never start one towards a node that
         // has not answered within the last election timeout (down, cut off, or stalled).
         if !progress.recent_active {
             return refuse("has not answered recently".into());
-        }
-        if progress.matched + max_lag < last {
-            return refuse(format!("{} entries behind (limit {max_lag})", last - progress.matched));
         }
         // The transferee campaigns at once, past the followers' election timers: the lease
         // that relies on those timers ends here.
