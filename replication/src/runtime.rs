@@ -14,8 +14,11 @@
 //! bounded in bytes whatever the burst.
 //!
 //! `Node`/`NodeHandle`: a task per node, ticks on an interval, a bounded mailbox
-//! (`max_mailbox_msgs`, `Busy` when full), at most `max_msgs_per_round` between ready rounds; an
-//! engine write failure stops the node. Its `select!` is `biased` (tick first): tokio's random
+//! (`max_mailbox_msgs`, `Busy` when full), at most `max_msgs_per_round` between ready rounds; after
+//! an engine write failure the node hands its leaderships away, then stops
+//! (`store/fail_stop.rs`). A loop silent for `max-mailbox-wait-ms` (blocked in a write on a
+//! stalled disk) has its reads and writes refused `Unresponsive` at once, and a write it has
+//! not taken by then is withdrawn. Its `select!` is `biased` (tick first): tokio's random
 //! branch choice would make seeded runs on paused time diverge. It gives the store its monotonic
 //! clock (`set_now`) before every tick and request, for read leases. `compute_checksum(shard,
 //! epoch)` (leader: proposes `ComputeChecksum`, waits until applied here) and
@@ -98,7 +101,7 @@ pub struct NodeHandle {
     max_mailbox_bytes: usize,
     /// A write not taken by the loop after this long is withdrawn.
     max_mailbox_wait_ms: u64,
-    /// When the loop last finished a round.
+    /// When the loop last woke for a round.
     beat: Arc<LoopBeat>,
     /// Leased reads served without the loop (see `local_read.rs`).
     local: Arc<LocalReader>,
@@ -110,11 +113,11 @@ const WAITING: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
-/// When the loop last finished a round: it does at least once a tick, so a loop silent for
+/// When the loop last woke for a round: it does at least once a tick, so a loop silent for
 /// much longer is blocked (in an engine write on a stalled disk).
 struct LoopBeat {
     base: tokio::time::Instant,
-    /// Ms since `base` at the end of the last round.
+    /// Ms since `base` when the loop last woke.
     at_ms: AtomicU64,
 }
 
@@ -131,7 +134,7 @@ impl LoopBeat {
         self.at_ms.fetch_max(self.now_ms(), Ordering::Release);
     }
 
-    /// Ms since the loop last finished a round.
+    /// Ms since the loop last woke for a round.
     fn silent_ms(&self) -> u64 {
         self.now_ms().saturating_sub(self.at_ms.load(Ordering::Acquire))
     }
@@ -474,7 +477,7 @@ impl NodeHandle {
         }
     }
 
-    /// Ms since the loop last finished a round (a few ms, at most a tick, when healthy).
+    /// Ms since the loop last woke for a round (at most a tick when healthy).
     pub fn loop_silent_ms(&self) -> u64 {
         self.beat.silent_ms()
     }

@@ -1221,6 +1221,18 @@ async fn swap_replicas_exchanges_a_learner_and_a_voter_through_joint_consensus()
     c.put(b"after", b"1").await.expect("the new configuration commits");
 }
 
+/// Shard 1 over the whole key space at `epoch`, voters on `nodes`.
+fn whole_keyspace(epoch: presage_replication::Epoch, nodes: &[u64]) -> presage_replication::ShardDescriptor {
+    presage_replication::ShardDescriptor {
+        id: 1,
+        start: Vec::new(),
+        end: None,
+        epoch: Some(epoch),
+        replicas: nodes.iter().map(|n| presage_replication::Replica::voter(*n)).collect(),
+        merging_into: None,
+    }
+}
+
 /// A node whose disk stalls blocks its loop in the engine write. While the loop makes no
 /// progress, reads and writes are refused at once with `Unresponsive` (a definite error:
 /// nothing was proposed) instead of waiting on it, so that a client goes to another replica;
@@ -1230,22 +1242,14 @@ async fn swap_replicas_exchanges_a_learner_and_a_voter_through_joint_consensus()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
-    use presage_replication::{Epoch, MemNetwork, Node, Op, Replica, ShardDescriptor, Store};
+    use presage_replication::{Epoch, MemNetwork, Node, Op, Store};
     use std::sync::Arc;
     let faults = Arc::new(FaultInjector::new());
     let engine = FaultyEngine::new(MemEngine::new(), Arc::clone(&faults));
     let config = presage_replication::RaftConfig::default();
     let mut store = Store::open(1, engine, config.clone()).expect("open");
     let epoch = Epoch { version: 1, conf_ver: 1 };
-    let shard = ShardDescriptor {
-        id: 1,
-        start: Vec::new(),
-        end: None,
-        epoch: Some(epoch),
-        replicas: vec![Replica::voter(1)],
-        merging_into: None,
-    };
-    store.bootstrap_shards(vec![shard]).expect("bootstrap");
+    store.bootstrap_shards(vec![whole_keyspace(epoch, &[1])]).expect("bootstrap");
     let net = MemNetwork::new(seed());
     let node = Node::spawn(store, net.transport(), &config);
     let h = node.handle();
@@ -1305,20 +1309,11 @@ async fn a_leader_whose_disk_fails_hands_off_then_stops() {
     use std::sync::Arc;
 
     use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
-    use presage_replication::{
-        Epoch, MemNetwork, Node, Op, ReadRequest, ReadResponse, Replica, ShardDescriptor, Store,
-    };
+    use presage_replication::{Epoch, MemNetwork, Node, Op, ReadRequest, ReadResponse, Store};
     let config = presage_tests::cluster::test_config();
     let net = MemNetwork::new(seed());
     let epoch = Epoch { version: 1, conf_ver: 1 };
-    let shard = ShardDescriptor {
-        id: 1,
-        start: Vec::new(),
-        end: None,
-        epoch: Some(epoch),
-        replicas: (1..=3).map(Replica::voter).collect(),
-        merging_into: None,
-    };
+    let shard = whole_keyspace(epoch, &[1, 2, 3]);
     let mut nodes = BTreeMap::new();
     let mut faults = BTreeMap::new();
     for id in 1..=3u64 {

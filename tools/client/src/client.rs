@@ -135,6 +135,19 @@ impl Cache {
         self.silent.get(&node).is_some_and(|until| *until > now)
     }
 
+    /// `node` could not serve a request on `shard` (at `now`): the shard's leader is looked
+    /// for afresh, and the node is tried last until `until`.
+    fn shun(
+        &mut self,
+        node: NodeId,
+        shard: presage_shardmgr::ShardId,
+        now: tokio::time::Instant,
+        until: tokio::time::Instant,
+    ) {
+        self.mark_silent(node, now, until);
+        self.directory.set_leader(shard, None);
+    }
+
     /// `node` did not answer in time (at `now`): try it last until `until`.
     fn mark_silent(&mut self, node: NodeId, now: tokio::time::Instant, until: tokio::time::Instant) {
         self.silent.retain(|_, u| *u > now);
@@ -588,14 +601,12 @@ impl Client {
         };
         let mut cache = self.cache();
         let now = tokio::time::Instant::now();
+        let silent_until = now + Duration::from_millis(self.cfg.silent_node_ms);
         match &answer {
             Ok(Ok(_)) => drop(cache.silent.remove(&target)),
-            Ok(Err(_)) | Err(_) => {
-                // Whatever the request, this node is tried last for a while, and the shard's
-                // leader is looked for afresh (a voter forwards, or says who leads).
-                cache.mark_silent(target, now, now + Duration::from_millis(self.cfg.silent_node_ms));
-                cache.directory.set_leader(shard.id, None);
-            }
+            // Whatever the request, this node is tried last for a while, and the shard's
+            // leader is looked for afresh (a voter forwards, or says who leads).
+            Ok(Err(_)) | Err(_) => cache.shun(target, shard.id, now, silent_until),
         }
         match answer {
             Ok(Ok(Response::Error(e))) => match e {
@@ -626,9 +637,7 @@ impl Client {
                 ProtoError::Retry(_) => Next::retry(e.to_string()),
                 ProtoError::Unavailable(_) => {
                     // Nothing was done: another replica now, and this node last for a while.
-                    let now = tokio::time::Instant::now();
-                    cache.mark_silent(answered_by, now, now + Duration::from_millis(self.cfg.silent_node_ms));
-                    cache.directory.set_leader(shard.id, None);
+                    cache.shun(answered_by, shard.id, now, silent_until);
                     avoid.push(answered_by);
                     Next::Retry { why: e.to_string(), at_once: true }
                 }
@@ -794,12 +803,19 @@ mod tests {
     /// 2 and 3 answer every write and read (as a follower forwarding to the new leader would).
     struct StalledLeader {
         calls_to_node_1: AtomicU64,
+        /// Node 1 knows its loop is stalled and refuses at once (`Unavailable`) instead of
+        /// never answering.
+        refuses: bool,
     }
 
     impl Rpc for StalledLeader {
         fn call(&self, to: NodeId, request: Request) -> RpcFuture {
             if to == 1 {
                 self.calls_to_node_1.fetch_add(1, Ordering::Relaxed);
+                if self.refuses {
+                    let refused = Response::Error(ProtoError::Unavailable("node 1: loop stalled".into()));
+                    return Box::pin(async move { Ok(refused) });
+                }
                 return Box::pin(std::future::pending());
             }
             let answer = match request {
@@ -829,7 +845,7 @@ mod tests {
     /// the attempt timeout again, until the node's silence mark runs out.
     #[tokio::test(start_paused = true)]
     async fn a_node_that_timed_out_is_tried_last_by_later_requests() {
-        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0) });
+        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), refuses: false });
         let cfg = ClientConfig { jitter_seed: Some(1), ..ClientConfig::default() };
         let (attempt_ms, silent_ms) = (cfg.attempt_timeout_ms, cfg.silent_node_ms);
         let client = Client::new(rpc.clone(), vec![2], cfg);
@@ -850,5 +866,20 @@ mod tests {
         let read = client.get(b"k").await.expect("a read retries elsewhere");
         assert_eq!(read, Some(b"v".to_vec()));
         assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 2, "asked again after the mark ran out");
+    }
+
+    /// A node that refuses `Unavailable` (nothing done) sends the write to another replica at
+    /// once, and later requests try it last: no timeout is paid and no write is lost.
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_node_is_left_at_once() {
+        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), refuses: true });
+        let cfg = ClientConfig { jitter_seed: Some(1), ..ClientConfig::default() };
+        let client = Client::new(rpc.clone(), vec![2], cfg);
+        let started = tokio::time::Instant::now();
+        for _ in 0..10 {
+            client.put(b"k", b"v").await.expect("the write goes to another replica");
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "no backoff, no timeout");
+        assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 1, "the refusing node was asked once");
     }
 }
