@@ -79,6 +79,21 @@ pub enum Error {
     /// The request is over a limit or malformed; it had no effect.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A later request of the same client slot applied before this one (see `crate::dedup`):
+    /// the client gave up on this one. Not applied now; it may have been earlier.
+    #[error("shard {shard_id}: request {seq} of client {client:x} slot {slot} superseded by request {last_seq}")]
+    Superseded {
+        /// The shard.
+        shard_id: u64,
+        /// The client.
+        client: u64,
+        /// Its slot.
+        slot: u32,
+        /// The request's number.
+        seq: u64,
+        /// The slot's last request applied.
+        last_seq: u64,
+    },
     /// A leadership transfer was refused.
     #[error("shard {shard_id}: leadership transfer to {to} refused: {reason}")]
     TransferRefused {
@@ -191,7 +206,7 @@ impl Error {
     /// True when the request certainly had no effect (a write that failed this way was never
     /// applied anywhere).
     pub fn is_definite(&self) -> bool {
-        !matches!(self, Error::OutcomeUnknown { .. } | Error::Stopped | Error::Engine(_))
+        !matches!(self, Error::OutcomeUnknown { .. } | Error::Superseded { .. } | Error::Stopped | Error::Engine(_))
     }
 }
 

@@ -9,6 +9,9 @@
 //! `Meta` key space:
 //! - `d <shard u64>` -> `ShardDescriptor` (range, epoch, replicas; written with the apply
 //!   state that changed it)
+//! - `r <shard u64> <client u64> <slot u32>` -> `SlotRecord` (the last request of that client
+//!   slot the shard applied; see `crate::dedup`)
+//! - `t <shard u64>` -> tombstone (`conf_ver` of the removal)
 
 use presage_engine::KeyRange;
 
@@ -61,6 +64,23 @@ pub fn tombstone_key(shard_id: u64) -> Vec<u8> {
     shard_key(b't', shard_id)
 }
 
+/// Key of the request record of (`client`, `slot`) in `shard_id` (in `Meta`).
+pub fn request_key(shard_id: u64, client: u64, slot: u32) -> Vec<u8> {
+    let mut k = shard_key(b'r', shard_id);
+    k.extend_from_slice(&client.to_be_bytes());
+    k.extend_from_slice(&slot.to_be_bytes());
+    k
+}
+
+/// Every request record key of `shard_id` (in `Meta`).
+pub fn request_range(shard_id: u64) -> KeyRange {
+    let end = match shard_id.checked_add(1) {
+        Some(next) => shard_key(b'r', next),
+        None => vec![b'r' + 1],
+    };
+    KeyRange::new(shard_key(b'r', shard_id), Some(end)).expect("request keys of one shard form a valid range")
+}
+
 /// Every descriptor key (in `Meta`).
 pub fn descriptor_range() -> KeyRange {
     KeyRange::new(vec![b'd'], Some(vec![b'e'])).expect("constant range is valid")
@@ -77,5 +97,14 @@ mod tests {
         assert_eq!(index_of_log_key(&log_key(7, 12345)), Some(12345));
         let r = log_range(3, 5, 8);
         assert!(r.contains(&log_key(3, 5)) && r.contains(&log_key(3, 7)) && !r.contains(&log_key(3, 8)));
+    }
+
+    #[test]
+    fn request_keys_stay_inside_their_shards_range() {
+        let r = request_range(4);
+        assert!(r.contains(&request_key(4, 0, 0)) && r.contains(&request_key(4, u64::MAX, u32::MAX)));
+        assert!(!r.contains(&request_key(3, u64::MAX, u32::MAX)) && !r.contains(&request_key(5, 0, 0)));
+        assert!(request_range(u64::MAX).contains(&request_key(u64::MAX, 1, 1)));
+        assert!(!request_range(u64::MAX).contains(&tombstone_key(0)));
     }
 }

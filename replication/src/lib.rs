@@ -12,6 +12,7 @@
 //! - [`transport`]: the `Transport` trait and the in-memory network with filters.
 //! - [`tcp`]: the TCP transport: crc32-checked, length-prefixed frames of batched envelopes;
 //!   network faults on a node's outgoing links ([`tcp::fault`]).
+//! - [`dedup`]: request records, so that a write retried with the same id applies once.
 //! - [`value`]: how a value is stored (a header with an optional expiry deadline).
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
@@ -31,6 +32,7 @@
 //! answered on the caller's thread ([`local_read`]), checked again after the engine read.
 
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod keys;
 pub mod lease;
@@ -60,4 +62,4 @@ pub use tcp::{
     TcpTransport,
 };
 pub use transport::{Filter, MemNetwork, MemTransport, Transport};
-pub use wire::{CommitMerge, Epoch, Op, PrepareMerge, RaftEnvelope, Replica, ShardDescriptor, Split};
+pub use wire::{CommitMerge, Epoch, Op, PrepareMerge, RaftEnvelope, Replica, RequestId, ShardDescriptor, Split};

@@ -44,25 +44,81 @@ use crate::local_read::LocalReader;
 use crate::peer::{AdminEntry, ReadRequest, ReadResponse};
 use crate::store::{PinnedData, ShardStatus, Store, StoreSummary};
 use crate::transport::Transport;
-use crate::wire::{Epoch, Op, RaftEnvelope, ShardDescriptor, Split};
+use crate::wire::{Epoch, Op, RaftEnvelope, RequestId, ShardDescriptor, Split};
 
 enum NodeMsg {
     Raft(Box<RaftEnvelope>),
-    Write { shard_id: u64, epoch: Epoch, ops: Vec<Op>, claim: Arc<AtomicU8>, reply: oneshot::Sender<Result<()>> },
-    Read { shard_id: u64, epoch: Epoch, request: ReadRequest, reply: oneshot::Sender<Result<ReadResponse>> },
-    ConfChange { shard_id: u64, cc: ConfChangeV2, reply: oneshot::Sender<Result<()>> },
-    Swap { shard_id: u64, promote: u64, demote: u64, reply: oneshot::Sender<Result<()>> },
-    Checksum { shard_id: u64, epoch: Epoch, reply: oneshot::Sender<Result<u64>> },
-    ChecksumPin { shard_id: u64, index: u64, reply: oneshot::Sender<Result<PinnedData>> },
-    Admin { shard_id: u64, epoch: Epoch, admin: AdminEntry, reply: oneshot::Sender<Result<()>> },
-    TransferLeader { shard_id: u64, to: u64, reply: oneshot::Sender<Result<()>> },
-    ShedLeaderships { reply: oneshot::Sender<Vec<(u64, u64)>> },
-    Campaign { shard_id: u64, reply: oneshot::Sender<Result<()>> },
-    Status { shard_id: u64, reply: oneshot::Sender<Option<ShardStatus>> },
-    Statuses { reply: oneshot::Sender<Vec<ShardStatus>> },
-    ProbeStale { descriptor: ShardDescriptor, reply: oneshot::Sender<bool> },
-    Summary { reply: oneshot::Sender<StoreSummary> },
-    SetSnapshotRate { bytes_per_sec: u64, reply: oneshot::Sender<u64> },
+    Write {
+        shard_id: u64,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        request_id: Option<RequestId>,
+        claim: Arc<AtomicU8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Read {
+        shard_id: u64,
+        epoch: Epoch,
+        request: ReadRequest,
+        reply: oneshot::Sender<Result<ReadResponse>>,
+    },
+    ConfChange {
+        shard_id: u64,
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Swap {
+        shard_id: u64,
+        promote: u64,
+        demote: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Checksum {
+        shard_id: u64,
+        epoch: Epoch,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    ChecksumPin {
+        shard_id: u64,
+        index: u64,
+        reply: oneshot::Sender<Result<PinnedData>>,
+    },
+    Admin {
+        shard_id: u64,
+        epoch: Epoch,
+        admin: AdminEntry,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    TransferLeader {
+        shard_id: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    ShedLeaderships {
+        reply: oneshot::Sender<Vec<(u64, u64)>>,
+    },
+    Campaign {
+        shard_id: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Status {
+        shard_id: u64,
+        reply: oneshot::Sender<Option<ShardStatus>>,
+    },
+    Statuses {
+        reply: oneshot::Sender<Vec<ShardStatus>>,
+    },
+    ProbeStale {
+        descriptor: ShardDescriptor,
+        reply: oneshot::Sender<bool>,
+    },
+    Summary {
+        reply: oneshot::Sender<StoreSummary>,
+    },
+    SetSnapshotRate {
+        bytes_per_sec: u64,
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 /// A shard's range checksum as of a log index: equal on two replicas at the same index means
@@ -353,10 +409,10 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
                 tracing::warn!(node = store.node_id(), error = %e, "could not create a replica for an incoming message");
             }
         }
-        NodeMsg::Write { shard_id, epoch, ops, claim, reply } => {
+        NodeMsg::Write { shard_id, epoch, ops, request_id, claim, reply } => {
             // The caller may have withdrawn it while it waited (see `NodeHandle::write`).
             if claim.compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                store.propose(shard_id, epoch, ops, Box::new(move |r| drop(reply.send(r))));
+                store.propose(shard_id, epoch, ops, request_id, Box::new(move |r| drop(reply.send(r))));
             }
         }
         NodeMsg::Read { shard_id, epoch, request, reply } => {
@@ -446,10 +502,23 @@ impl NodeHandle {
     /// Writes `ops` atomically to `shard_id` (this node must lead it). A write the loop has
     /// not taken within `max-mailbox-wait-ms` is withdrawn: `Unresponsive`, never proposed.
     pub async fn write(&self, shard_id: u64, epoch: Epoch, ops: Vec<Op>) -> Result<()> {
+        self.write_once(shard_id, epoch, ops, None).await
+    }
+
+    /// [`NodeHandle::write`] of a request a client may retry: every attempt carrying the
+    /// same `request_id` applies at most once, and an attempt after the one that applied
+    /// answers `Ok` (see `crate::dedup`).
+    pub async fn write_once(
+        &self,
+        shard_id: u64,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        request_id: Option<RequestId>,
+    ) -> Result<()> {
         self.check_responsive()?;
         let claim = Arc::new(AtomicU8::new(WAITING));
         let (reply, mut rx) = oneshot::channel();
-        self.post(NodeMsg::Write { shard_id, epoch, ops, claim: Arc::clone(&claim), reply })?;
+        self.post(NodeMsg::Write { shard_id, epoch, ops, request_id, claim: Arc::clone(&claim), reply })?;
         let wait = Duration::from_millis(self.max_mailbox_wait_ms);
         match tokio::time::timeout(wait, &mut rx).await {
             Ok(answer) => answer.map_err(|_| Error::Stopped)?,

@@ -544,7 +544,9 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
             index,
             term: self.apply_state.applied_term,
         };
-        let data = SnapshotData { descriptor: Some(self.descriptor.clone()) };
+        let requests =
+            crate::dedup::records(&self.engine, &Default::default(), self.shard_id, None).map_err(storage_err)?;
+        let data = SnapshotData { descriptor: Some(self.descriptor.clone()), requests };
         let generated = GeneratedSnapshot { index, data: self.engine.snapshot(), descriptor: self.descriptor.clone() };
         *self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generated);
         Ok(Snapshot { data: wire::encode(&data), metadata: Some(metadata) })
@@ -559,6 +561,7 @@ pub(crate) fn destroy_metadata(descriptor: &ShardDescriptor, wb: &mut WriteBatch
     wb.delete(Cf::Raft, keys::raft_state_key(id));
     wb.delete(Cf::Raft, keys::apply_state_key(id));
     wb.delete(Cf::Meta, keys::descriptor_key(id));
+    crate::dedup::clear(wb, id);
     wb.put(Cf::Meta, keys::tombstone_key(id), descriptor.epoch().conf_ver.to_be_bytes().to_vec());
 }
 

@@ -286,6 +286,45 @@ pub struct EntryCommand {
     /// `NodeHandle::replica_checksum`). Changes no data.
     #[prost(bool, tag = "9")]
     pub compute_checksum: bool,
+    /// Who sent the write and which of its requests it is: a retry carries the same id and
+    /// applies at most once (see `crate::dedup`). Absent for writes nobody retries.
+    #[prost(message, optional, tag = "10")]
+    pub request_id: Option<RequestId>,
+}
+
+/// A client's name for one write, kept by its retries. A client runs its writes in `slot`s,
+/// one request at a time per slot, and numbers each slot's requests with a growing `seq`: so
+/// a shard needs only the last `seq` it applied per (client, slot) to know whether a write is
+/// new, a retry of one it applied, or older than one it applied.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct RequestId {
+    /// The client (a random id drawn when it starts).
+    #[prost(uint64, tag = "1")]
+    pub client: u64,
+    /// The client's slot.
+    #[prost(uint32, tag = "2")]
+    pub slot: u32,
+    /// The slot's request number.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+
+/// What a shard remembers of one (client, slot): the last request it applied from it, and
+/// when (the applying command's `now_ms`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct SlotRecord {
+    /// The client.
+    #[prost(uint64, tag = "1")]
+    pub client: u64,
+    /// The slot.
+    #[prost(uint32, tag = "2")]
+    pub slot: u32,
+    /// The last `seq` applied.
+    #[prost(uint64, tag = "3")]
+    pub last_seq: u64,
+    /// The `now_ms` of the command that applied it.
+    #[prost(uint64, tag = "4")]
+    pub last_ms: u64,
 }
 
 /// Merge, step 1, on the source shard: freeze it (epoch version + 1, `merging_into` set).
@@ -363,6 +402,11 @@ pub struct SnapshotData {
     /// The shard as of the snapshot.
     #[prost(message, optional, tag = "1")]
     pub descriptor: Option<ShardDescriptor>,
+    /// The shard's request records as of the snapshot (at most
+    /// `dedup::MAX_RECORDS_PER_SHARD`), so that a retry reaching the receiver later still
+    /// applies once.
+    #[prost(message, repeated, tag = "2")]
+    pub requests: Vec<SlotRecord>,
 }
 
 /// A Raft message for one replica, with what the receiving node needs to route it.

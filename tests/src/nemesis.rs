@@ -9,11 +9,11 @@
 //! kills/restarts, leader transfers, quiet phases that fail a sleeping leader), then heal,
 //! converge, final reads, check.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse};
+use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, RequestId};
 use raft::eraftpb::MessageType;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -63,6 +63,8 @@ pub struct NemesisReport {
     pub acknowledged_writes: usize,
     /// Writes whose outcome stayed unknown.
     pub unknown_writes: usize,
+    /// Writes whose outcome was unknown until a retry under their request id answered.
+    pub resolved_retries: usize,
     /// Faults the nemesis injected, in order.
     pub faults: Vec<String>,
     /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
@@ -82,8 +84,14 @@ fn handles(dir: &Directory) -> Vec<NodeHandle> {
     dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
 }
 
-/// One client operation against the node it believes leads; returns the leader hint.
-async fn client_op(node: &NodeHandle, op: &KvOp, key: &[u8]) -> (Result<Option<ReadResponse>, Error>, Option<u64>) {
+/// One client operation against the node it believes leads (a write under `id`); returns the
+/// leader hint.
+async fn client_op(
+    node: &NodeHandle,
+    op: &KvOp,
+    key: &[u8],
+    id: Option<RequestId>,
+) -> (Result<Option<ReadResponse>, Error>, Option<u64>) {
     let epoch = match node.status(SHARD).await {
         Ok(Some(s)) => s.descriptor.epoch(),
         _ => return (Err(Error::Stopped), None),
@@ -91,8 +99,10 @@ async fn client_op(node: &NodeHandle, op: &KvOp, key: &[u8]) -> (Result<Option<R
     let timeout = Duration::from_secs(1);
     let fut = async {
         match op {
-            KvOp::Put(v) => node.write(SHARD, epoch, vec![Op::put(key.to_vec(), v.clone())]).await.map(|()| None),
-            KvOp::Delete => node.write(SHARD, epoch, vec![Op::delete(key.to_vec())]).await.map(|()| None),
+            KvOp::Put(v) => {
+                node.write_once(SHARD, epoch, vec![Op::put(key.to_vec(), v.clone())], id).await.map(|()| None)
+            }
+            KvOp::Delete => node.write_once(SHARD, epoch, vec![Op::delete(key.to_vec())], id).await.map(|()| None),
             KvOp::Get(_) => node.read(SHARD, epoch, ReadRequest::Get(key.to_vec())).await.map(Some),
         }
     };
@@ -107,17 +117,32 @@ async fn client_op(node: &NodeHandle, op: &KvOp, key: &[u8]) -> (Result<Option<R
     (result, hint)
 }
 
+/// How long a client retries a write whose outcome is unknown, under its request id.
+const WRITE_RETRY_WINDOW: Duration = Duration::from_secs(3);
+
+/// The node a client asks: the leader it last heard of, else a live node at random.
+fn pick_node(dir: &Directory, leader: Option<u64>, rng: &mut SmallRng) -> Option<NodeHandle> {
+    let live = handles(dir);
+    match leader.and_then(|l| live.iter().find(|h| h.node_id() == l)) {
+        Some(h) => Some(h.clone()),
+        None => live.get(rng.random_range(0..live.len().max(1))).cloned(),
+    }
+}
+
 /// Flags the nemesis raises for the clients.
 struct Control {
     stop: AtomicBool,
     /// Clients send nothing while set (the group may go to sleep).
     quiet: AtomicBool,
+    /// Writes whose outcome was unknown that a retry under their id resolved.
+    resolved_retries: AtomicUsize,
 }
 
 async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>, ctl: Arc<Control>) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (id << 32) ^ 0xc11e);
     let mut leader: Option<u64> = None;
     let mut n = 0u64;
+    let mut seq = 0u64;
     while !ctl.stop.load(Ordering::SeqCst) {
         if ctl.quiet.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -133,33 +158,55 @@ async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>,
         } else {
             KvOp::Get(None)
         };
-        let live = handles(&dir);
-        let node = match leader.and_then(|l| live.iter().find(|h| h.node_id() == l)) {
-            Some(h) => h.clone(),
-            None => match live.get(rng.random_range(0..live.len().max(1))) {
-                Some(h) => h.clone(),
-                None => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let Some(mut node) = pick_node(&dir, leader, &mut rng) else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         };
+        let is_write = !matches!(op, KvOp::Get(_));
+        let request_id = is_write.then(|| {
+            seq += 1;
+            RequestId { client: id, slot: 0, seq }
+        });
         let call = rec.tick();
-        let (result, hint) = client_op(&node, &op, &key).await;
+        // A write that may have applied is retried under its id (it applies once) until it
+        // gets an answer or `WRITE_RETRY_WINDOW` passes.
+        let retry_until = tokio::time::Instant::now() + WRITE_RETRY_WINDOW;
+        let mut maybe_applied = false;
+        let result = loop {
+            let (result, hint) = client_op(&node, &op, &key, request_id).await;
+            match result {
+                Ok(answer) => {
+                    leader = Some(node.node_id());
+                    break Ok(answer);
+                }
+                Err(e) => {
+                    leader = hint;
+                    maybe_applied |= is_write && !e.is_definite();
+                    if !maybe_applied || tokio::time::Instant::now() >= retry_until {
+                        break Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+                    match pick_node(&dir, leader, &mut rng) {
+                        Some(next) => node = next,
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+        };
         let ret = rec.tick();
         match result {
             Ok(answer) => {
-                leader = Some(node.node_id());
+                if maybe_applied {
+                    ctl.resolved_retries.fetch_add(1, Ordering::SeqCst);
+                }
                 let op = match (op, answer) {
                     (KvOp::Get(_), Some(ReadResponse::Value(v))) => KvOp::Get(v),
                     (op, _) => op,
                 };
                 rec.record(Operation { client: id, key, op, call, ret: Some(ret) });
             }
-            Err(e) => {
-                leader = hint;
-                let is_write = !matches!(op, KvOp::Get(_));
-                if is_write && !e.is_definite() {
+            Err(_) => {
+                if maybe_applied {
                     rec.record(Operation { client: id, key, op, call, ret: None });
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
@@ -177,7 +224,11 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let mut cluster = Cluster::start_with(cfg.nodes, seed, raft);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x4e3e);
     let rec = Arc::new(Recorder::default());
-    let ctl = Arc::new(Control { stop: AtomicBool::new(false), quiet: AtomicBool::new(false) });
+    let ctl = Arc::new(Control {
+        stop: AtomicBool::new(false),
+        quiet: AtomicBool::new(false),
+        resolved_retries: AtomicUsize::new(0),
+    });
     let mut report = NemesisReport::default();
 
     let clients: Vec<_> = (1..=cfg.clients)
@@ -317,6 +368,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     report.ops = history.len();
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
     report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
+    report.resolved_retries = ctl.resolved_retries.load(Ordering::SeqCst);
     linearizability::check(&history).map_err(|e| fail(format!("{e}\nfaults: {:?}", report.faults)))?;
     Ok(report)
 }

@@ -185,7 +185,7 @@ fn nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut totals = (0usize, 0usize, 0usize, 0usize);
-    let mut local_reads = 0u64;
+    let (mut local_reads, mut resolved) = (0u64, 0usize);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -198,15 +198,17 @@ fn nemesis_histories_are_linearizable() {
         totals.2 += report.unknown_writes;
         totals.3 += report.sleeping_leaders_failed;
         local_reads += report.local_reads;
+        resolved += report.resolved_retries;
     }
     eprintln!(
-        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {} sleeping leaders failed, \
-         {local_reads} reads served off the loop",
+        "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {resolved} unknown until \
+         a retry under their request id answered, {} sleeping leaders failed, {local_reads} reads served off the loop",
         totals.0, totals.1, totals.2, totals.3
     );
     if count >= 20 {
         assert!(totals.3 > 0, "no quiet phase ever caught a sleeping leader: quiescence is not exercised");
         assert!(local_reads > 0, "no read was served off the loop: lease reads are not exercised");
+        assert!(resolved > 0, "no write was retried under its request id: deduplication is not exercised");
     }
 }
 
@@ -754,6 +756,94 @@ async fn merge_joins_neighbours_even_with_a_lagging_replica() {
     let lh = c.handle(lagging).expect("restarted");
     assert!(lh.status(2).await.expect("status").is_none(), "a merged source stays gone after a restart");
     assert_eq!(lh.status(1).await.expect("status").expect("shard 1").descriptor, merged);
+}
+
+/// Request ids (`presage_replication::dedup`): a write retried with its id applies once, on
+/// the shard it was sent to, on the shard a split hands its key to, on the shard a merge
+/// makes, and on a replica that caught up by snapshot past the write; an older request of the
+/// same slot is refused, and a write whose condition failed is decided again when retried.
+#[tokio::test(start_paused = true)]
+async fn a_retried_write_applies_once_across_split_merge_and_snapshot() {
+    use presage_replication::wire::Expect;
+    use presage_replication::{Op, ReadRequest, ReadResponse, RequestId};
+    let config = presage_replication::RaftConfig {
+        log_gc_threshold_entries: 20,
+        snapshot_chunk_bytes: 4096,
+        ..presage_tests::cluster::test_config()
+    };
+    let mut c = Cluster::start_with(3, seed(), config);
+    c.wait_leader(5 * SEC).await;
+    let id = |slot, seq| Some(RequestId { client: 0xc1, slot, seq });
+    let put = |k: &str, v: &str| vec![Op::put(k.as_bytes().to_vec(), v.as_bytes().to_vec())];
+    let value_on = |h: presage_replication::NodeHandle, shard: u64, k: &'static str| async move {
+        let epoch = h.status(shard).await.expect("status").expect("replica").descriptor.epoch();
+        match h.read(shard, epoch, ReadRequest::Get(k.as_bytes().to_vec())).await.expect("read") {
+            ReadResponse::Value(v) => v.map(|v| String::from_utf8(v).expect("utf-8")),
+            other => panic!("not a value: {other:?}"),
+        }
+    };
+
+    // The same shard: the retry answers Ok and writes nothing.
+    let h = shard_leader(&c, 1, 5 * SEC).await;
+    let e = c.epoch().await;
+    h.write_once(1, e, put("k", "first"), id(0, 1)).await.expect("write");
+    h.write(1, e, put("k", "second")).await.expect("another write");
+    h.write_once(1, e, put("k", "first"), id(0, 1)).await.expect("a retry of an applied write");
+    assert_eq!(value_on(h.clone(), 1, "k").await.as_deref(), Some("second"), "the retry did not apply again");
+    h.write_once(1, e, put("x", "1"), id(0, 2)).await.expect("the slot's next write");
+    assert!(
+        matches!(h.write_once(1, e, put("k", "first"), id(0, 1)).await, Err(Error::Superseded { last_seq: 2, .. })),
+        "a request older than the slot's last is refused"
+    );
+    // A failed condition records nothing: the retry is decided afresh.
+    let guarded = vec![Op::check(b"g".to_vec(), Expect::Absent, Vec::new()), Op::put(b"g".to_vec(), b"mine".to_vec())];
+    h.write(1, e, put("g", "theirs")).await.expect("write");
+    assert!(matches!(h.write_once(1, e, guarded.clone(), id(1, 1)).await, Err(Error::ConditionFailed { .. })));
+    h.write(1, e, vec![Op::delete(b"g".to_vec())]).await.expect("delete");
+    h.write_once(1, e, guarded.clone(), id(1, 1)).await.expect("the condition holds now");
+    assert_eq!(value_on(h.clone(), 1, "g").await.as_deref(), Some("mine"));
+
+    // A split: the new shard knows what its parent applied.
+    h.write_once(1, e, put("p", "first"), id(2, 1)).await.expect("write");
+    h.write(1, e, put("p", "second")).await.expect("another write");
+    h.split(1, e, b"m".to_vec(), 2).await.expect("split");
+    let right = shard_leader(&c, 2, 5 * SEC).await;
+    let e2 = right.status(2).await.expect("status").expect("shard 2").descriptor.epoch();
+    right.write_once(2, e2, put("p", "first"), id(2, 1)).await.expect("the retry on the new shard");
+    assert_eq!(value_on(right.clone(), 2, "p").await.as_deref(), Some("second"));
+
+    // A merge: the merged shard knows what its source applied.
+    let left = shard_leader(&c, 1, 5 * SEC).await;
+    lead_here(&c, 2, left.node_id()).await;
+    let right = shard_leader(&c, 2, 5 * SEC).await;
+    let e2 = right.status(2).await.expect("status").expect("shard 2").descriptor.epoch();
+    right.write_once(2, e2, put("q", "first"), id(3, 1)).await.expect("written on the source");
+    right.write(2, e2, put("q", "second")).await.expect("another write");
+    let merged = left.merge(2, 1, 5 * SEC).await.expect("merge");
+    left.write_once(1, merged.epoch(), put("q", "first"), id(3, 1)).await.expect("the retry on the merged shard");
+    left.write_once(1, merged.epoch(), put("p", "first"), id(2, 1)).await.expect("and the older one");
+    assert_eq!(value_on(left.clone(), 1, "q").await.as_deref(), Some("second"));
+    assert_eq!(value_on(left.clone(), 1, "p").await.as_deref(), Some("second"));
+
+    // A snapshot: a replica that never applied the write learns its record with the data.
+    let follower = c.live().into_iter().find(|n| *n != left.node_id()).expect("a follower");
+    c.wait_converged(5 * SEC).await;
+    let behind = c.handle(follower).expect("runs").status(1).await.expect("status").expect("replica").applied;
+    c.kill(follower);
+    let e = merged.epoch();
+    left.write_once(1, e, put("s", "first"), id(4, 1)).await.expect("write");
+    left.write(1, e, put("s", "second")).await.expect("another write");
+    for i in 0..60u32 {
+        left.write(1, e, put(&format!("fill{i:03}"), "x")).await.expect("fill the log");
+    }
+    c.restart(follower);
+    c.wait_converged(30 * SEC).await;
+    let st = c.handle(follower).expect("runs").status(1).await.expect("status").expect("replica");
+    assert!(st.first_index > behind + 1, "the follower caught up by snapshot: {st:?} (was at {behind})");
+    lead_here(&c, 1, follower).await;
+    let fh = c.handle(follower).expect("runs");
+    fh.write_once(1, e, put("s", "first"), id(4, 1)).await.expect("the retry on the snapshot's receiver");
+    assert_eq!(value_on(fh, 1, "s").await.as_deref(), Some("second"), "the snapshot carried the record");
 }
 
 /// A frozen source serves nothing and takes no membership change; when the commit cannot

@@ -3,11 +3,14 @@
 //! a command's conditions are decided against the state before it, then its writes go into the
 //! round's batch; admin entries and conf changes go to their own modules; a `CommitMerge` whose
 //! local source has not frozen yet waits in `pending_apply`; the proposal callbacks of the
-//! applied indexes get their outcome once the batch is written. What an apply did beyond its
+//! applied indexes get their outcome once the batch is written. A command with a request id
+//! is first looked up in the shard's request records (`crate::dedup`): a retry of one applied
+//! already answers `Ok` and writes nothing. What an apply did beyond its
 //! batch (shards a split created, sources merged away, a checksum to pin, this replica's
 //! removal) comes back as [`Applied`], for the store to act on once the batch is written.
 
 use super::*;
+use crate::dedup::{self, Seen};
 
 /// What one [`Peer::apply`] did besides writing into its batch; the store acts on it once
 /// that batch is written.
@@ -158,13 +161,13 @@ impl<E: Engine> Peer<E> {
     ) -> Result<Result<()>> {
         let epoch = cmd.epoch.unwrap_or_default();
         if let Some(split) = cmd.split {
-            return Ok(self.apply_split(epoch, split, wb, applied));
+            return self.apply_split(epoch, split, cmd.now_ms, wb, applied);
         }
         if let Some(target) = cmd.prepare_merge.and_then(|p| p.target) {
             return Ok(self.apply_prepare_merge(epoch, target, wb));
         }
         if let Some(source) = cmd.commit_merge.and_then(|c| c.source) {
-            return Ok(self.apply_commit_merge(epoch, source, wb, applied));
+            return self.apply_commit_merge(epoch, source, cmd.now_ms, wb, applied);
         }
         if cmd.rollback_merge {
             if let Err(e) = self.check_admin(epoch, &AdminEntry::RollbackMerge) {
@@ -185,9 +188,16 @@ impl<E: Engine> Peer<E> {
             Err(e) => return Ok(Err(e.into())),
         };
         self.clock_floor_ms.fetch_max(cmd.now_ms, std::sync::atomic::Ordering::Relaxed);
+        let engine = self.raw.store().engine().clone();
+        if let Some(id) = cmd.request_id {
+            match dedup::look_up(&engine, &self.round_requests, self.shard_id(), id, cmd.now_ms)? {
+                Seen::New => {}
+                Seen::Applied => return Ok(Ok(())),
+                Seen::Superseded { last_seq } => return Ok(Err(dedup::superseded(self.shard_id(), id, last_seq))),
+            }
+        }
         // Every condition first, against the state before this command. A value that does
         // not decode is the same bytes on every replica: the command fails alike everywhere.
-        let engine = self.raw.store().engine().clone();
         for op in &cmd.ops {
             if let Some(op::Kind::Check(c)) = &op.kind {
                 let current = match current_stored(&engine, wb, &c.key)? {
@@ -235,6 +245,10 @@ impl<E: Engine> Peer<E> {
                 }
                 None => {}
             }
+        }
+        if let Some(id) = cmd.request_id {
+            let shard_id = self.shard_id();
+            dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms);
         }
         Ok(Ok(()))
     }

@@ -1,6 +1,6 @@
 //! Merge: `PrepareMerge` freezes the source; `CommitMerge` (on the target, once every source
-//! replica confirmed the freeze) extends the target and destroys the source's metadata in the
-//! same batch; `RollbackMerge` unfreezes the source when no `CommitMerge` can apply any more.
+//! replica confirmed the freeze) extends the target, takes the source's request records over
+//! (per client slot, the later request) and destroys the source's metadata in the same batch; `RollbackMerge` unfreezes the source when no `CommitMerge` can apply any more.
 
 use super::*;
 
@@ -23,16 +23,20 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Takes the frozen `source` over: the range grows over it and its replica here is
-    /// destroyed, its data kept, in the same batch.
+    /// destroyed, its data kept, in the same batch. The outer `Result` is the node's (reading
+    /// the request records failed).
     pub(super) fn apply_commit_merge(
         &mut self,
         epoch: Epoch,
         source: ShardDescriptor,
+        now_ms: u64,
         wb: &mut WriteBatch,
         applied: &mut Applied<E>,
-    ) -> Result<()> {
+    ) -> Result<Result<()>> {
         self.end_lease();
-        self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone()))?;
+        if let Err(e) = self.check_admin(epoch, &AdminEntry::CommitMerge(source.clone())) {
+            return Ok(Err(e));
+        }
         let mut desc = self.descriptor().clone();
         if source.end.as_deref() == Some(desc.start.as_slice()) {
             desc.start = source.start.clone();
@@ -44,10 +48,14 @@ impl<E: Engine> Peer<E> {
         debug_assert!(desc.range().is_ok(), "a merged range is valid");
         tracing::info!(shard = desc.id, source = source.id, version, "shards merged");
         self.sweep.expiring = true; // the source's values may expire too
+                                    // The source froze in an earlier round (`must_wait`): its records are all in the engine.
+        let engine = self.raw.store().engine().clone();
+        let records = crate::dedup::records(&engine, &Default::default(), source.id, Some(now_ms))?;
+        crate::dedup::take_over(&engine, wb, &mut self.round_requests, desc.id, &records)?;
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);
         applied.merged_sources.push(source.id);
         self.raw.mut_store().set_descriptor(desc, wb);
-        Ok(())
+        Ok(Ok(()))
     }
 }

@@ -60,7 +60,7 @@ use crate::lease::{Lease, LeaseViews};
 use crate::storage::PeerStorage;
 use crate::value;
 use crate::wire::{
-    self, op, CommitMerge, EntryCommand, Epoch, Expect, Op, PrepareMerge, Replica, ShardDescriptor, Split,
+    self, op, CommitMerge, EntryCommand, Epoch, Expect, Op, PrepareMerge, Replica, RequestId, ShardDescriptor, Split,
 };
 
 /// Called with the outcome of a write once it is applied (or failed).
@@ -244,6 +244,9 @@ pub struct Peer<E: Engine> {
     pub(crate) checksum_pin: Option<ChecksumPin<E>>,
     /// Swaps whose joint configuration this leader entered, waiting until it is left.
     joint_waiters: Vec<WriteCallback>,
+    /// Request records this replica wrote into the current round's batch (see
+    /// [`crate::dedup`]); emptied by [`Peer::start_round`].
+    round_requests: crate::dedup::RoundRecords,
 }
 
 /// Where the leader's sweep of expired values is. It walks the shard a page at a time and
@@ -306,7 +309,13 @@ impl<E: Engine> Peer<E> {
             clock_floor_ms: Arc::default(),
             checksum_pin: None,
             joint_waiters: Vec::new(),
+            round_requests: crate::dedup::RoundRecords::new(),
         })
+    }
+
+    /// A new ready round starts: the last round's batch is in the engine.
+    pub(crate) fn start_round(&mut self) {
+        self.round_requests.clear();
     }
 
     /// The clock for expiry on this replica: the wall clock, never behind a time this replica

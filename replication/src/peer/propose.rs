@@ -9,8 +9,9 @@
 use super::*;
 
 impl<E: Engine> Peer<E> {
-    /// Proposes a write; `cb` runs once it is applied here or failed.
-    pub fn propose(&mut self, epoch: Epoch, ops: Vec<Op>, cb: WriteCallback) {
+    /// Proposes a write; `cb` runs once it is applied here or failed. A write with a
+    /// `request_id` applies at most once however often it is proposed (see `crate::dedup`).
+    pub fn propose(&mut self, epoch: Epoch, ops: Vec<Op>, request_id: Option<RequestId>, cb: WriteCallback) {
         if !self.is_leader() {
             return cb(Err(self.not_leader()));
         }
@@ -30,6 +31,7 @@ impl<E: Engine> Peer<E> {
             epoch: Some(epoch),
             ops,
             now_ms: self.now_ms(),
+            request_id,
             ..EntryCommand::default()
         };
         self.propose_command(cmd, ProposalCallback::Write(cb));
@@ -57,7 +59,8 @@ impl<E: Engine> Peer<E> {
             let e = Error::Config(format!("shard {}: cannot merge during a membership change", self.shard_id()));
             return cb.fail(e);
         }
-        let mut cmd = EntryCommand { shard_id: self.shard_id(), epoch: Some(epoch), ..EntryCommand::default() };
+        let now_ms = self.now_ms();
+        let mut cmd = EntryCommand { shard_id: self.shard_id(), epoch: Some(epoch), now_ms, ..EntryCommand::default() };
         match admin {
             AdminEntry::Split(split) => cmd.split = Some(split),
             AdminEntry::PrepareMerge(target) => cmd.prepare_merge = Some(PrepareMerge { target: Some(target) }),

@@ -1,20 +1,25 @@
 //! Split: a `Split` admin entry at the shard's epoch keeps the left part here and writes the
-//! right part's initial Raft state in the same batch, both at `version` + 1; the store starts
-//! the new replica after the batch.
+//! right part's initial Raft state in the same batch, both at `version` + 1, and copies the
+//! shard's request records to the new shard (a client may retry there a write applied here);
+//! the store starts the new replica after the batch.
 
 use super::*;
 
 impl<E: Engine> Peer<E> {
     /// Applies a split: this shard keeps the left part, a new shard starts on the right part
     /// with the same replicas and an initial Raft state, all in `wb` with the apply index.
+    /// The outer `Result` is the node's (reading the request records failed).
     pub(super) fn apply_split(
         &mut self,
         epoch: Epoch,
         split: Split,
+        now_ms: u64,
         wb: &mut WriteBatch,
         applied: &mut Applied<E>,
-    ) -> Result<()> {
-        self.check_admin(epoch, &AdminEntry::Split(split.clone()))?;
+    ) -> Result<Result<()>> {
+        if let Err(e) = self.check_admin(epoch, &AdminEntry::Split(split.clone())) {
+            return Ok(Err(e));
+        }
         self.end_lease();
         let mut left = self.descriptor().clone();
         let mut new_epoch = left.epoch();
@@ -39,9 +44,11 @@ impl<E: Engine> Peer<E> {
             // replaying the split): that one is newer; keep it.
             tracing::info!(shard = right.id, "split replayed after the new shard arrived here; keeping it");
         } else {
+            let records = crate::dedup::records(&engine, &self.round_requests, left.id, Some(now_ms))?;
+            crate::dedup::write_all(wb, right.id, &records);
             applied.split_created.push(PeerStorage::initial(engine, right, wb));
         }
         self.raw.mut_store().set_descriptor(left, wb);
-        Ok(())
+        Ok(Ok(()))
     }
 }

@@ -57,6 +57,7 @@ impl<E: Engine> Peer<E> {
             self.propose(
                 desc.epoch(),
                 ops,
+                None,
                 Box::new(move |r| {
                     in_flight.store(false, std::sync::atomic::Ordering::Release);
                     match r {

@@ -61,7 +61,7 @@ use crate::peer::{
 };
 use crate::snapshot::{self, AckOutcome, OutgoingSnapshot};
 use crate::storage::PeerStorage;
-use crate::wire::{self, Epoch, Op, RaftEnvelope, ShardDescriptor, SnapshotData};
+use crate::wire::{self, Epoch, Op, RaftEnvelope, RequestId, ShardDescriptor, SnapshotData};
 pub use log_writer::MAX_QUEUED_LOG_JOBS;
 
 /// Ticks between two pages of each leader's expiry sweep (see [`Peer::sweep_expired`]).
@@ -336,11 +336,19 @@ impl<E: Engine> Store<E> {
         rate
     }
 
-    /// Proposes a write to `shard_id`.
-    pub fn propose(&mut self, shard_id: u64, epoch: Epoch, ops: Vec<Op>, cb: WriteCallback) {
+    /// Proposes a write to `shard_id` (applied at most once per `request_id`, see
+    /// `crate::dedup`).
+    pub fn propose(
+        &mut self,
+        shard_id: u64,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        request_id: Option<RequestId>,
+        cb: WriteCallback,
+    ) {
         self.wake_leader(shard_id);
         match self.peers.get_mut(&shard_id) {
-            Some(peer) => peer.propose(epoch, ops, cb),
+            Some(peer) => peer.propose(epoch, ops, request_id, cb),
             None => cb(Err(Error::ShardNotFound { shard_id })),
         }
     }
@@ -513,9 +521,9 @@ mod tests {
             let slot = Arc::clone(slot);
             Box::new(move |r: Result<u64>| *slot.lock().expect("lock") = Some(r.expect("checksum applied")))
         };
-        store.propose(1, epoch, put("a"), Box::new(|r| r.expect("write a")));
+        store.propose(1, epoch, put("a"), None, Box::new(|r| r.expect("write a")));
         store.propose_checksum(1, epoch, record(&index));
-        store.propose(1, epoch, put("b"), Box::new(|r| r.expect("write b")));
+        store.propose(1, epoch, put("b"), None, Box::new(|r| r.expect("write b")));
         // A round appends (the log write completes at once here), the next commits and applies.
         store.process_ready().expect("ready");
         store.process_ready().expect("ready");
@@ -674,7 +682,7 @@ mod tests {
 
         let acked = Arc::new(Mutex::new(false));
         let flag = Arc::clone(&acked);
-        stores[0].propose(1, epoch, put("a"), Box::new(move |r| *flag.lock().expect("lock") = r.is_ok()));
+        stores[0].propose(1, epoch, put("a"), None, Box::new(move |r| *flag.lock().expect("lock") = r.is_ok()));
         deliver(&mut stores, Vec::new());
         assert!(*acked.lock().expect("lock"), "the write was acknowledged");
         let seen = local.try_read(1, epoch, &get_a(), at(now));

@@ -65,6 +65,7 @@ impl<E: Engine> Store<E> {
                 continue;
             }
             let Some(peer) = self.peers.get_mut(shard_id) else { continue };
+            peer.start_round();
             peer.withdraw_lapsed_lease(self.now);
             peer.issue_reads(self.now);
             if !peer.pending_apply.is_empty() {
@@ -103,6 +104,12 @@ impl<E: Engine> Store<E> {
                 // The data no longer follows this replica's log: its checksum pin is void.
                 peer.drop_checksum_pin();
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
+                // The snapshot's request records replace this replica's, in the engine before
+                // anything applies after the snapshot.
+                let mut records_wb = WriteBatch::new();
+                crate::dedup::clear(&mut records_wb, *shard_id);
+                crate::dedup::write_all(&mut records_wb, *shard_id, &data.requests);
+                self.engine.write(&records_wb, WriteOptions::NO_SYNC)?;
                 peer.raw.mut_store().apply_snapshot_metadata(&snap, desc, &mut raft_wb);
                 tracing::info!(
                     node = node_id,

@@ -1,19 +1,19 @@
 //! [`Client`]: routes each request by a cached directory and retries what is safe to retry.
 //!
-//! Retry rules: reads retry on any error until the deadline. An answer that carries the new
-//! route (a leader hint, newer descriptors) is retried at once, up to
-//! [`MAX_IMMEDIATE_RETRIES`] times in a row; every other retry waits a backoff with jitter. Writes retry only on errors that
-//! certainly left them undone (`NotLeader`, `EpochNotMatch`, `ShardNotFound`, `Retry`, an
-//! unreachable node); a write whose outcome is unknown (a lost connection, a timeout, a
-//! leader change before it applied) is reported as [`ClientError::OutcomeUnknown`], never
-//! retried blindly, because applying it twice could break linearizability.
+//! Retry rules: every request retries on any error until the deadline. An answer that carries
+//! the new route (a leader hint, newer descriptors) is retried at once, up to
+//! [`MAX_IMMEDIATE_RETRIES`] times in a row; every other retry waits a backoff with jitter.
+//! Writes are safe to retry because each carries a request id (`write_id`): every attempt of
+//! a write carries the same id and the same ops, and the cluster applies it once. A write
+//! whose ops no longer fit one shard (it split) is re-sent in parts under new ids when no
+//! attempt may have applied it, and reported [`ClientError::OutcomeUnknown`] otherwise; so is
+//! a write whose deadline passed after an attempt that may have applied.
 //!
 //! `Client` (`connect(seeds)` over TCP): cached `Directory`, routes to the leader (else a voter,
 //! which forwards; a node that did not answer in time is tried last by every request for
 //! `silent-node-ms`, so a stalled node costs one attempt timeout, not one per request), refreshes on
-//! `NotLeader`/`EpochNotMatch`/`ShardNotFound`, takes the leader from a `Redirected` reply; reads
-//! retry until the deadline, writes retry only on definite errors and report `OutcomeUnknown`
-//! otherwise; `batch` (atomic per shard), `get_many`, `cluster_info`; `write_if`/`put_if` (a
+//! `NotLeader`/`EpochNotMatch`/`ShardNotFound`, takes the leader from a `Redirected` reply;
+//! `batch` (atomic per shard), `get_many`, `cluster_info`; `write_if`/`put_if` (a
 //! `Check` and a write in one batch; `ConditionFailed` carries the current value) and
 //! `put_with_ttl`.
 
@@ -28,6 +28,7 @@ use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
 use crate::proto::{BatchOp, ByteBuf, Expect, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 use crate::tls::ClientTls;
+use crate::write_id::WriteSlots;
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
@@ -64,6 +65,8 @@ pub struct ClientConfig {
     /// other replica for this long, by every request of this client: a stalled node is paid
     /// for once, not once per request.
     pub silent_node_ms: u64,
+    /// Most writes in flight at once (each holds a request-id slot); more wait for one.
+    pub max_write_slots: usize,
     /// Connections to the nodes (over TCP).
     pub net: NetConfig,
     /// TLS to the nodes (a secure cluster); `None`: plain TCP (an insecure one).
@@ -89,6 +92,7 @@ impl Default for ClientConfig {
             max_scan_page_bytes: 1 << 20,
             max_batch_keys: 10_000,
             silent_node_ms: 5_000,
+            max_write_slots: 4_096,
             net: NetConfig::default(),
             tls: None,
             login: None,
@@ -106,7 +110,8 @@ pub enum ClientError {
     /// The write may or may not have taken effect; read to find out.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
-    /// No answer within the request timeout.
+    /// No answer within the request timeout. For a write: no attempt may have applied it (else
+    /// it is `OutcomeUnknown`).
     #[error("timed out after {timeout_ms} ms; last error: {last}")]
     Timeout {
         /// The request timeout.
@@ -168,24 +173,43 @@ pub struct Client {
     cache: Mutex<Cache>,
     /// Draws the retry jitter.
     jitter: Mutex<rand::rngs::SmallRng>,
+    /// Request ids of writes.
+    slots: WriteSlots,
 }
 
 /// What to do after one attempt.
 enum Next {
     Answer(Response),
     /// Try again: `at_once` when the answer carried the new route (a leader hint or newer
-    /// descriptors), after a backoff otherwise.
+    /// descriptors), after a backoff otherwise. `maybe_applied`: a write's attempt may have
+    /// taken effect (its retries carry its request id, so it applies once).
     Retry {
         why: String,
         at_once: bool,
+        maybe_applied: bool,
     },
     Fail(ClientError),
 }
 
 impl Next {
+    /// Retry after a backoff: this attempt certainly had no effect.
     fn retry(why: impl Into<String>) -> Next {
-        Next::Retry { why: why.into(), at_once: false }
+        Next::Retry { why: why.into(), at_once: false, maybe_applied: false }
     }
+
+    /// Retry after a backoff: this attempt may have had an effect.
+    fn unknown(why: impl Into<String>) -> Next {
+        Next::Retry { why: why.into(), at_once: false, maybe_applied: true }
+    }
+}
+
+/// How a routed request ended (returned at once, never stored).
+#[allow(clippy::large_enum_variant)]
+enum Sent {
+    /// The answer, and the shard as the attempt that got it routed it.
+    Answer(Response, ShardMeta),
+    /// The request's keys no longer fit one shard, and no attempt may have applied it.
+    Spans,
 }
 
 /// Retries in a row a request makes at once on a new route before it backs off (a route that
@@ -207,7 +231,9 @@ impl Client {
             Some(seed) => rand::rngs::SmallRng::seed_from_u64(seed),
             None => rand::rngs::SmallRng::from_os_rng(),
         };
-        Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()), jitter: Mutex::new(jitter) }
+        // Never seeded: two clients of one seeded test must not share request ids.
+        let slots = WriteSlots::new(rand::random(), cfg.max_write_slots);
+        Client { rpc, seeds, cfg, cache: Mutex::new(Cache::default()), jitter: Mutex::new(jitter), slots }
     }
 
     /// A client over TCP (TLS when `cfg.tls` is set) that first asks the nodes at `seeds`
@@ -254,13 +280,20 @@ impl Client {
         }
     }
 
+    /// This client's id in the request ids of its writes.
+    pub fn id(&self) -> u64 {
+        self.slots.client()
+    }
+
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
         check_value(value)?;
         let (key, value) = (key.to_vec(), value.to_vec());
+        let slot = self.slots.take().await;
+        let id = Some(slot.id());
         let r = self
-            .routed(&key, true, |s| Request::Put { route: route(s), key: key.clone(), value: value.clone() })
+            .routed(&key, true, |s| Request::Put { route: route(s), key: key.clone(), value: value.clone(), id })
             .await?;
         expect_done(r)
     }
@@ -273,8 +306,8 @@ impl Client {
 
     /// Carries out `write` (a put, expiring put or delete) only if `key`'s value meets
     /// `expect` when it applies; atomic. `Ok(Err(current))` when the condition did not hold:
-    /// nothing was written and `current` is the value then. A lost answer is
-    /// [`ClientError::OutcomeUnknown`], never retried, since a retry could find its own write.
+    /// nothing was written and `current` is the value then. Retried like every write: a retry
+    /// of a write that applied answers `Ok` (its request id), it does not find its own write.
     pub async fn write_if(&self, expect: Expect, write: BatchOp) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
         if !write.is_write() {
             return Err(ClientError::Invalid("write_if takes a put, expiring put or delete".into()));
@@ -282,7 +315,9 @@ impl Client {
         check_op(&write)?;
         let key = write.key().to_vec();
         let ops = vec![BatchOp::Check { key: key.clone(), expect }, write];
-        let answer = self.routed(&key, true, |s| Request::Batch { route: route(s), ops: ops.clone() }).await;
+        let slot = self.slots.take().await;
+        let id = Some(slot.id());
+        let answer = self.routed(&key, true, |s| Request::Batch { route: route(s), ops: ops.clone(), id }).await;
         match answer {
             Ok(r) => expect_done(r).map(Ok),
             Err(ClientError::Refused(ProtoError::ConditionFailed { current, .. })) => Ok(Err(current)),
@@ -304,7 +339,9 @@ impl Client {
     pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
         let key = key.to_vec();
-        expect_done(self.routed(&key, true, |s| Request::Delete { route: route(s), key: key.clone() }).await?)
+        let slot = self.slots.take().await;
+        let id = Some(slot.id());
+        expect_done(self.routed(&key, true, |s| Request::Delete { route: route(s), key: key.clone(), id }).await?)
     }
 
     /// The values of `keys`, in order, each linearizable (not one snapshot): one request per
@@ -348,7 +385,10 @@ impl Client {
                 route: route(s),
                 keys: asked(s).into_iter().map(|i| ByteBuf::from(keys[i].clone())).collect(),
             };
-            let (answer, shard) = self.routed_with_shard(&keys[first], false, make).await?;
+            let (answer, shard) = match self.routed_with_shard(&keys[first], false, |s| Some(make(s))).await? {
+                Sent::Answer(answer, shard) => (answer, shard),
+                Sent::Spans => return Err(spans_error()),
+            };
             let asked = asked(&shard);
             let values = match answer {
                 Response::Values { values } if !values.is_empty() && values.len() <= asked.len() => values,
@@ -382,15 +422,17 @@ impl Client {
             check_op(op)?;
         }
         // Group by the cached directory; each group re-partitions if shards changed.
-        let mut groups: BTreeMap<Option<u64>, Vec<BatchOp>> = BTreeMap::new();
+        let mut groups: BTreeMap<Option<u64>, Vec<(usize, BatchOp)>> = BTreeMap::new();
         {
             let cache = self.cache();
-            for op in ops {
-                groups.entry(cache.directory.get_shard(op.key()).map(|s| s.id)).or_default().push(op);
+            for (i, op) in ops.into_iter().enumerate() {
+                groups.entry(cache.directory.get_shard(op.key()).map(|s| s.id)).or_default().push((i, op));
             }
         }
-        let parts = futures::future::join_all(groups.into_values().map(|g| self.batch_group(g))).await;
-        parts.into_iter().collect()
+        let parts = futures::future::join_all(groups.into_values().map(|g| self.write_group(g))).await;
+        let mut outcomes: Vec<(usize, Result<(), ClientError>)> = parts.into_iter().flatten().collect();
+        outcomes.sort_by_key(|(i, _)| *i);
+        outcomes.into_iter().try_for_each(|(_, r)| r)
     }
 
     /// Sets each of `pairs` (key, value), reporting each pair's outcome in order: the pairs of
@@ -415,48 +457,61 @@ impl Client {
                 groups.entry(cache.directory.get_shard(op.key()).map(|s| s.id)).or_default().push((i, op));
             }
         }
-        let parts = futures::future::join_all(groups.into_values().map(|g| self.put_group(g))).await;
+        let parts = futures::future::join_all(groups.into_values().map(|g| self.write_group(g))).await;
         for (i, outcome) in parts.into_iter().flatten() {
             outcomes[i] = outcome;
         }
         outcomes
     }
 
-    /// Writes a group of `put_each` shard by shard (as `batch_group` does); returns each
-    /// op's outcome by its index.
-    async fn put_group(&self, mut ops: Vec<(usize, BatchOp)>) -> Vec<(usize, Result<(), ClientError>)> {
+    /// Writes a group of ops (with their indexes) shard by shard: each round sends, as one
+    /// write, the ops of the cached shard holding the first one (just the first when no shard
+    /// is cached). Returns each op's outcome by its index: when a round fails, its ops and
+    /// the group's later ones (not sent) get its error.
+    async fn write_group(&self, mut ops: Vec<(usize, BatchOp)>) -> Vec<(usize, Result<(), ClientError>)> {
         let mut out = Vec::with_capacity(ops.len());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
         while let Some(first) = ops.first().map(|(_, o)| o.key().to_vec()) {
-            let make = |s: &ShardMeta| Request::Batch {
-                route: route(s),
-                ops: ops.iter().filter(|(_, o)| s.contains(o.key())).map(|(_, o)| o.clone()).collect(),
+            let shard = self.cache().directory.get_shard(&first).cloned();
+            let (part, rest): (Vec<_>, Vec<_>) = match &shard {
+                Some(s) => ops.into_iter().partition(|(_, o)| s.contains(o.key())),
+                None => {
+                    let mut all = ops.into_iter();
+                    (all.next().into_iter().collect(), all.collect())
+                }
             };
-            match self.routed_with_shard(&first, true, make).await.and_then(|(a, s)| expect_done(a).map(|()| s)) {
-                Ok(shard) => {
-                    out.extend(ops.iter().filter(|(_, o)| shard.contains(o.key())).map(|(i, _)| (*i, Ok(()))));
-                    ops.retain(|(_, o)| !shard.contains(o.key()));
+            ops = rest;
+            let part_ops: Vec<BatchOp> = part.iter().map(|(_, o)| o.clone()).collect();
+            let outcome = match self.write_part(&first, part_ops).await {
+                Ok(Sent::Answer(answer, _)) => expect_done(answer),
+                // The shard split under the write before any attempt could apply it: send its
+                // ops again, by the new shards.
+                Ok(Sent::Spans) if tokio::time::Instant::now() < deadline => {
+                    ops.extend(part);
+                    ops.sort_by_key(|(i, _)| *i);
+                    continue;
                 }
-                Err(e) => {
-                    out.extend(ops.drain(..).map(|(i, _)| (i, Err(e.clone()))));
-                }
+                Ok(Sent::Spans) => Err(spans_error()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => out.extend(part.into_iter().map(|(i, _)| (i, Ok(())))),
+                Err(e) => out.extend(part.into_iter().chain(ops.drain(..)).map(|(i, _)| (i, Err(e.clone())))),
             }
         }
         out
     }
 
-    /// Writes `ops` shard by shard: each round sends the ops of the shard holding the first
-    /// one, as the shard is when the attempt is made.
-    async fn batch_group(&self, mut ops: Vec<BatchOp>) -> Result<(), ClientError> {
-        while let Some(first) = ops.first().map(|o| o.key().to_vec()) {
-            let make = |s: &ShardMeta| Request::Batch {
-                route: route(s),
-                ops: ops.iter().filter(|o| s.contains(o.key())).cloned().collect(),
-            };
-            let (answer, shard) = self.routed_with_shard(&first, true, make).await?;
-            expect_done(answer)?;
-            ops.retain(|o| !shard.contains(o.key()));
-        }
-        Ok(())
+    /// Sends `ops` (all in the shard holding `first` when the caller looked) as one write
+    /// under one request id: every attempt carries the same ops. `Sent::Spans` when they no
+    /// longer fit one shard and no attempt may have applied them.
+    async fn write_part(&self, first: &[u8], ops: Vec<BatchOp>) -> Result<Sent, ClientError> {
+        let slot = self.slots.take().await;
+        let id = Some(slot.id());
+        let make = |s: &ShardMeta| {
+            ops.iter().all(|o| s.contains(o.key())).then(|| Request::Batch { route: route(s), ops: ops.clone(), id })
+        };
+        self.routed_with_shard(first, true, make).await
     }
 
     /// Up to `max_keys` pairs of `[start, end)` in key order, across shards. Each shard's
@@ -475,15 +530,19 @@ impl Client {
             let page = (max_keys - out.len()).min(self.cfg.max_scan_page_keys as usize) as u32;
             let (first, e) = (from.clone(), end.clone());
             let max_bytes = self.cfg.max_scan_page_bytes;
-            let (resp, shard) = self
-                .routed_with_shard(&from, false, |s| Request::Scan {
+            let make = |s: &ShardMeta| {
+                Some(Request::Scan {
                     route: route(s),
                     start: first.clone(),
                     end: Some(e.clone()),
                     max_keys: page,
                     max_bytes,
                 })
-                .await?;
+            };
+            let (resp, shard) = match self.routed_with_shard(&from, false, make).await? {
+                Sent::Answer(resp, shard) => (resp, shard),
+                Sent::Spans => return Err(spans_error()),
+            };
             let Response::Pairs { pairs, more, resume_after } = resp else { return Err(unexpected(&resp)) };
             let last = resume_after.or_else(|| pairs.last().map(|(k, _)| k.clone()));
             out.extend(pairs);
@@ -503,28 +562,35 @@ impl Client {
         Ok(out)
     }
 
+    /// Sends a request about one key (it always fits the shard holding the key).
     async fn routed(
         &self,
         key: &[u8],
         write: bool,
         make: impl Fn(&ShardMeta) -> Request,
     ) -> Result<Response, ClientError> {
-        self.routed_with_shard(key, write, make).await.map(|(r, _)| r)
+        match self.routed_with_shard(key, write, |s| Some(make(s))).await? {
+            Sent::Answer(r, _) => Ok(r),
+            Sent::Spans => Err(spans_error()),
+        }
     }
 
-    /// Sends `make(shard)` to the leader of the shard holding `key`; returns the answer and
-    /// the shard as the attempt that got it routed it.
+    /// Sends `make(shard)` to the leader of the shard holding `key`, retrying until the
+    /// deadline; `make` gives `None` when the request no longer fits the shard. `write`: the
+    /// request is a write (with a request id), so an attempt that may have applied makes a
+    /// later failure `OutcomeUnknown`.
     async fn routed_with_shard(
         &self,
         key: &[u8],
         write: bool,
-        make: impl Fn(&ShardMeta) -> Request,
-    ) -> Result<(Response, ShardMeta), ClientError> {
+        make: impl Fn(&ShardMeta) -> Option<Request>,
+    ) -> Result<Sent, ClientError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
         let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
         let mut avoid = Vec::new();
         let mut immediate = 0;
-        let mut last;
+        let mut last = String::new();
+        let mut maybe_applied = false;
         loop {
             let shard = self.cache().directory.get_shard(key).cloned();
             let next = match shard {
@@ -537,16 +603,26 @@ impl Client {
                     Ok(()) => continue,
                     Err(e) => Next::retry(e),
                 },
-                Some(shard) => match self.attempt(&shard, write, &make, &mut avoid).await {
-                    Next::Answer(r) => return Ok((r, shard)),
-                    other => other,
+                Some(shard) => match make(&shard) {
+                    None if write && maybe_applied => {
+                        return Err(ClientError::OutcomeUnknown(format!(
+                            "shard {} split while the write's outcome was unknown ({last})",
+                            shard.id
+                        )))
+                    }
+                    None => return Ok(Sent::Spans),
+                    Some(request) => match self.attempt(&shard, request, &mut avoid).await {
+                        Next::Answer(r) => return Ok(Sent::Answer(r, shard)),
+                        other => other,
+                    },
                 },
             };
             match next {
                 Next::Answer(_) => unreachable!("returned above"),
                 Next::Fail(e) => return Err(e),
-                Next::Retry { why, at_once } => {
+                Next::Retry { why, at_once, maybe_applied: maybe } => {
                     last = why;
+                    maybe_applied |= maybe;
                     if at_once && immediate < MAX_IMMEDIATE_RETRIES {
                         immediate += 1;
                         continue;
@@ -556,7 +632,12 @@ impl Client {
             immediate = 0;
             let pause = jittered(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner), backoff);
             if tokio::time::Instant::now() + pause >= deadline {
-                return Err(ClientError::Timeout { timeout_ms: self.cfg.request_timeout_ms, last });
+                let timeout_ms = self.cfg.request_timeout_ms;
+                return Err(if write && maybe_applied {
+                    ClientError::OutcomeUnknown(format!("no outcome within {timeout_ms} ms; last error: {last}"))
+                } else {
+                    ClientError::Timeout { timeout_ms, last }
+                });
             }
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_millis(self.cfg.max_backoff_ms));
@@ -565,13 +646,7 @@ impl Client {
 
     /// One attempt at the shard's leader, or at a voter (which forwards) when the leader is
     /// unknown; nodes in `avoid` did not answer during this request and are tried last.
-    async fn attempt(
-        &self,
-        shard: &ShardMeta,
-        write: bool,
-        make: &impl Fn(&ShardMeta) -> Request,
-        avoid: &mut Vec<NodeId>,
-    ) -> Next {
+    async fn attempt(&self, shard: &ShardMeta, request: Request, avoid: &mut Vec<NodeId>) -> Next {
         let voters = shard.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node);
         let candidates: Vec<NodeId> = shard.leader.into_iter().chain(voters).filter(|n| !avoid.contains(n)).collect();
         let now = tokio::time::Instant::now();
@@ -585,7 +660,6 @@ impl Client {
             self.cache().directory.remove(shard.id);
             return Next::retry(format!("no replica of shard {} answered", shard.id));
         };
-        let request = make(shard);
         let answer =
             tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(target, request))
                 .await;
@@ -617,7 +691,7 @@ impl Client {
                     if !hinted {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry { why: e.to_string(), at_once: hinted }
+                    Next::Retry { why: e.to_string(), at_once: hinted, maybe_applied: false }
                 }
                 ProtoError::EpochNotMatch { ref current, .. } => {
                     for s in current {
@@ -628,7 +702,7 @@ impl Client {
                     if stale {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry { why: e.to_string(), at_once: !stale && !current.is_empty() }
+                    Next::Retry { why: e.to_string(), at_once: !stale && !current.is_empty(), maybe_applied: false }
                 }
                 ProtoError::ShardNotFound { .. } => {
                     cache.directory.remove(shard.id);
@@ -639,11 +713,11 @@ impl Client {
                     // Nothing was done: another replica now, and this node last for a while.
                     cache.shun(answered_by, shard.id, now, silent_until);
                     avoid.push(answered_by);
-                    Next::Retry { why: e.to_string(), at_once: true }
+                    Next::Retry { why: e.to_string(), at_once: true, maybe_applied: false }
                 }
-                ProtoError::OutcomeUnknown { .. } if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
-                ProtoError::OutcomeUnknown { .. } => Next::retry(e.to_string()),
-                other if write && !other.is_definite() => Next::Fail(ClientError::OutcomeUnknown(other.to_string())),
+                // A write's retries carry its request id: it applies once.
+                ProtoError::OutcomeUnknown { .. } => Next::unknown(e.to_string()),
+                other if !other.is_definite() => Next::unknown(other.to_string()),
                 other => Next::Fail(ClientError::Refused(other)),
             },
             Ok(Ok(answer)) => Next::Answer(answer),
@@ -652,16 +726,14 @@ impl Client {
                 avoid.push(n);
                 Next::retry(format!("node {n} unreachable"))
             }
-            Ok(Err(e @ RpcError::Lost(_))) if write => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
-            Ok(Err(e)) => {
+            Ok(Err(e @ RpcError::Lost(_))) => {
                 avoid.push(target);
-                Next::retry(e.to_string())
+                Next::unknown(e.to_string())
             }
-            Err(_) if write => Next::Fail(ClientError::OutcomeUnknown(format!("no answer from node {target} in time"))),
             Err(_) => {
                 cache.directory.set_leader(shard.id, None);
                 avoid.push(target);
-                Next::retry(format!("no answer from node {target} in time"))
+                Next::unknown(format!("no answer from node {target} in time"))
             }
         }
     }
@@ -786,6 +858,11 @@ fn expect_done(r: Response) -> Result<(), ClientError> {
     }
 }
 
+/// A request about one key found its key outside the shard holding it: a bug.
+fn spans_error() -> ClientError {
+    ClientError::Refused(ProtoError::Internal("a one-shard request no longer fits its shard".into()))
+}
+
 fn unexpected(r: &Response) -> ClientError {
     ClientError::Refused(ProtoError::Internal(format!("unexpected answer {r:?}")))
 }
@@ -803,6 +880,8 @@ mod tests {
     /// 2 and 3 answer every write and read (as a follower forwarding to the new leader would).
     struct StalledLeader {
         calls_to_node_1: AtomicU64,
+        /// The request id of every put sent, to any node.
+        put_ids: Mutex<Vec<Option<crate::proto::RequestId>>>,
         /// Node 1 knows its loop is stalled and refuses at once (`Unavailable`) instead of
         /// never answering.
         refuses: bool,
@@ -810,6 +889,9 @@ mod tests {
 
     impl Rpc for StalledLeader {
         fn call(&self, to: NodeId, request: Request) -> RpcFuture {
+            if let Request::Put { id, .. } = &request {
+                self.put_ids.lock().expect("lock").push(*id);
+            }
             if to == 1 {
                 self.calls_to_node_1.fetch_add(1, Ordering::Relaxed);
                 if self.refuses {
@@ -840,19 +922,25 @@ mod tests {
         }
     }
 
-    /// A write that timed out at a stalled leader is reported `OutcomeUnknown` (it may have
-    /// applied), but the next requests go to the other replicas at once instead of paying
-    /// the attempt timeout again, until the node's silence mark runs out.
+    /// A write that timed out at a stalled leader (it may have applied there) is retried at
+    /// another replica under the same request id, so it applies once; the next requests go
+    /// to the other replicas at once instead of paying the attempt timeout again, until the
+    /// node's silence mark runs out.
     #[tokio::test(start_paused = true)]
     async fn a_node_that_timed_out_is_tried_last_by_later_requests() {
-        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), refuses: false });
+        let rpc =
+            Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), put_ids: Mutex::default(), refuses: false });
         let cfg = ClientConfig { jitter_seed: Some(1), ..ClientConfig::default() };
-        let (attempt_ms, silent_ms) = (cfg.attempt_timeout_ms, cfg.silent_node_ms);
+        let (attempt_ms, backoff_ms, silent_ms) = (cfg.attempt_timeout_ms, cfg.backoff_ms, cfg.silent_node_ms);
         let client = Client::new(rpc.clone(), vec![2], cfg);
         let started = tokio::time::Instant::now();
-        let first = client.put(b"k", b"v").await;
-        assert!(matches!(first, Err(ClientError::OutcomeUnknown(_))), "{first:?}");
-        assert_eq!(started.elapsed(), Duration::from_millis(attempt_ms), "one attempt timeout");
+        client.put(b"k", b"v").await.expect("retried at another replica");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(attempt_ms), "one attempt timeout: {took:?}");
+        assert!(took <= Duration::from_millis(attempt_ms + backoff_ms), "and one backoff: {took:?}");
+        let ids = rpc.put_ids.lock().expect("lock").clone();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids[0].is_some() && ids[0] == ids[1], "the retry carries the write's id: {ids:?}");
         let later = tokio::time::Instant::now();
         for _ in 0..10 {
             client.put(b"k", b"v").await.expect("put through another replica");
@@ -860,6 +948,9 @@ mod tests {
         }
         assert!(later.elapsed() < Duration::from_millis(10), "no timeout paid again: {:?}", later.elapsed());
         assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 1, "the silent node was not asked again");
+        let ids = rpc.put_ids.lock().expect("lock").clone();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 11, "each write has its own id, its attempts share it: {ids:?}");
         // Once the mark runs out, the leader the directory names is tried again.
         tokio::time::advance(Duration::from_millis(silent_ms)).await;
         client.cache().directory.set_leader(1, Some(1));
@@ -872,7 +963,8 @@ mod tests {
     /// once, and later requests try it last: no timeout is paid and no write is lost.
     #[tokio::test(start_paused = true)]
     async fn an_unavailable_node_is_left_at_once() {
-        let rpc = Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), refuses: true });
+        let rpc =
+            Arc::new(StalledLeader { calls_to_node_1: AtomicU64::new(0), put_ids: Mutex::default(), refuses: true });
         let cfg = ClientConfig { jitter_seed: Some(1), ..ClientConfig::default() };
         let client = Client::new(rpc.clone(), vec![2], cfg);
         let started = tokio::time::Instant::now();

@@ -10,15 +10,18 @@
 //!   cluster over TCP from seed addresses.
 //! - [`net`]: the native protocol over TCP: frames, [`net::TcpRpc`], [`net::serve`], logins.
 //! - [`tls`]: TLS for the calling side: the cluster CA, an optional client certificate.
+//! - `write_id`: request ids of writes (client, slot, number), so that a retried write
+//!   applies once.
 
 pub mod client;
 pub mod net;
 pub mod proto;
 pub mod rpc;
 pub mod tls;
+mod write_id;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use net::{Login, NetConfig, TcpRpc};
-pub use proto::{BatchOp, Caller, Expect, PfaQuery, ProtoError, Request, Response, Route};
+pub use proto::{BatchOp, Caller, Expect, PfaQuery, ProtoError, Request, RequestId, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};
 pub use tls::ClientTls;

@@ -27,6 +27,22 @@ pub struct Route {
     pub epoch: presage_shardmgr::Epoch,
 }
 
+/// A client's name for one write, kept by all its retries, so that the write applies at most
+/// once however many attempts reach the cluster. A client runs its writes in slots, one at a
+/// time per slot, numbering each slot's writes with a growing `seq`; every retry of a write
+/// carries the same ops (to one shard). A retry of a write that applied is answered
+/// [`Response::Done`] without applying again. A shard remembers a slot's last write for ten
+/// minutes without another from that slot: retry only within that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client: a random number drawn when it starts.
+    pub client: u64,
+    /// The slot.
+    pub slot: u32,
+    /// The slot's write number.
+    pub seq: u64,
+}
+
 /// A request to a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
@@ -58,6 +74,9 @@ pub enum Request {
         /// The value.
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        /// Its retries carry the same id, and it applies once (see [`RequestId`]).
+        #[serde(default)]
+        id: Option<RequestId>,
     },
     /// Remove `key`.
     Delete {
@@ -66,6 +85,9 @@ pub enum Request {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        /// Its retries carry the same id, and it applies once (see [`RequestId`]).
+        #[serde(default)]
+        id: Option<RequestId>,
     },
     /// Pairs of `[start, end)` within the shard, ascending, bounded.
     Scan {
@@ -108,6 +130,9 @@ pub enum Request {
         route: Route,
         /// The writes (every key inside the shard).
         ops: Vec<BatchOp>,
+        /// Its retries carry the same id, and it applies once (see [`RequestId`]).
+        #[serde(default)]
+        id: Option<RequestId>,
     },
     /// Who is at this address? (a client or node resolving a seed address)
     Hello,

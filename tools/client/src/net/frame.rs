@@ -150,6 +150,7 @@ mod tests {
             route: Route { shard: 3, epoch: presage_shardmgr::Epoch { version: 2, conf_ver: 1 } },
             key: b"k".to_vec(),
             value: vec![0xff; 300],
+            id: Some(crate::proto::RequestId { client: u64::MAX, slot: 7, seq: 1 << 40 }),
         };
         let mut buf = Vec::new();
         encode_frame(7, &request, &mut buf).expect("encodes");

@@ -134,6 +134,7 @@ mod tests {
         let put = Request::Delete {
             route: presage_client::Route { shard: 1, epoch: presage_shardmgr::Epoch::default() },
             key: b"k".to_vec(),
+            id: None,
         };
         let admin = Request::Admin { command: presage_shardmgr::AdminCommand::Drain { node: 1 } };
         assert!(check(&writer, &put, None).is_ok());

@@ -8,6 +8,11 @@ use presage_replication::wire::ReplicaRole;
 use presage_replication::{Epoch as WireEpoch, Error, Replica, ShardDescriptor};
 use presage_shardmgr::{Epoch, NodeId, ReplicaMeta, Role, ShardMeta, META_SHARD_ID, SYSTEM_KEY_PREFIX};
 
+/// The replication layer's request id.
+pub fn request_id(id: presage_client::RequestId) -> presage_replication::RequestId {
+    presage_replication::RequestId { client: id.client, slot: id.slot, seq: id.seq }
+}
+
 /// The replication layer's epoch.
 pub fn wire_epoch(e: Epoch) -> WireEpoch {
     WireEpoch { version: e.version, conf_ver: e.conf_ver }
@@ -93,7 +98,9 @@ pub fn proto_error(e: Error, write: bool) -> ProtoError {
         Error::ConditionFailed { key, current, .. } => ProtoError::ConditionFailed { key, current },
         Error::Invalid(why) => ProtoError::Invalid(why),
         Error::Stopped if !write => ProtoError::Retry(e.to_string()),
+        // Only a client that reused a request id gets it (it may have applied before).
         Error::Stopped
+        | Error::Superseded { .. }
         | Error::Config(_)
         | Error::Engine(_)
         | Error::Corrupt { .. }

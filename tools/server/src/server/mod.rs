@@ -47,7 +47,7 @@ use presage_shardmgr::{AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use convert::{proto_error, wire_epoch};
+use convert::{proto_error, request_id, wire_epoch};
 
 /// Settings of the node server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -488,11 +488,10 @@ impl<E: Engine> Inner<E> {
     /// A data request: served if this node leads the shard, else forwarded once.
     async fn data(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         let (route, write) = match &request {
-            Request::Get { route, key } | Request::Delete { route, key } => {
-                (route.clone(), matches!(request, Request::Delete { .. }).then_some(key.len()))
-            }
-            Request::Put { route, key, value } => (route.clone(), Some(key.len() + value.len())),
-            Request::Batch { route, ops } => (route.clone(), Some(ops.iter().map(BatchOp::bytes).sum())),
+            Request::Get { route, .. } => (route.clone(), None),
+            Request::Delete { route, key, .. } => (route.clone(), Some(key.len())),
+            Request::Put { route, key, value, .. } => (route.clone(), Some(key.len() + value.len())),
+            Request::Batch { route, ops, .. } => (route.clone(), Some(ops.iter().map(BatchOp::bytes).sum())),
             Request::Scan { route, .. } | Request::GetMany { route, .. } => (route.clone(), None),
             _ => return Response::Error(ProtoError::Invalid("not a data request".into())),
         };
@@ -552,13 +551,15 @@ impl<E: Engine> Inner<E> {
                     }),
                 }
             }
-            Request::Put { key, value, .. } => {
-                self.node.write(shard, epoch, vec![Op::put(key.clone(), value.clone())]).await.map(|()| Response::Done)
+            Request::Put { key, value, id, .. } => {
+                let ops = vec![Op::put(key.clone(), value.clone())];
+                self.node.write_once(shard, epoch, ops, id.map(request_id)).await.map(|()| Response::Done)
             }
-            Request::Delete { key, .. } => {
-                self.node.write(shard, epoch, vec![Op::delete(key.clone())]).await.map(|()| Response::Done)
+            Request::Delete { key, id, .. } => {
+                let ops = vec![Op::delete(key.clone())];
+                self.node.write_once(shard, epoch, ops, id.map(request_id)).await.map(|()| Response::Done)
             }
-            Request::Batch { ops, .. } => {
+            Request::Batch { ops, id, .. } => {
                 let ops = ops
                     .iter()
                     .map(|op| match op {
@@ -581,7 +582,7 @@ impl<E: Engine> Inner<E> {
                         }
                     })
                     .collect();
-                self.node.write(shard, epoch, ops).await.map(|()| Response::Done)
+                self.node.write_once(shard, epoch, ops, id.map(request_id)).await.map(|()| Response::Done)
             }
             Request::Scan { start, end, max_keys, max_bytes, .. } => {
                 let range = KeyRange::new(start.clone(), end.clone())
@@ -610,11 +611,11 @@ impl<E: Engine> Inner<E> {
             (Request::Get { route, key }, Response::Value { value }) => {
                 (route.shard, KeySpan::point(key), key.len() + value.as_ref().map_or(0, Vec::len), false)
             }
-            (Request::Put { route, key, value }, _) => {
+            (Request::Put { route, key, value, .. }, _) => {
                 (route.shard, KeySpan::point(key), key.len() + value.len(), true)
             }
-            (Request::Delete { route, key }, _) => (route.shard, KeySpan::point(key), key.len(), true),
-            (Request::Batch { route, ops }, _) => match ops.first() {
+            (Request::Delete { route, key, .. }, _) => (route.shard, KeySpan::point(key), key.len(), true),
+            (Request::Batch { route, ops, .. }, _) => match ops.first() {
                 Some(first) => (route.shard, KeySpan::point(first.key()), ops.iter().map(BatchOp::bytes).sum(), true),
                 None => return,
             },
