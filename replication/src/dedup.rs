@@ -9,11 +9,12 @@
 //! - propose: the id rides in the `EntryCommand`;
 //! - apply, on every replica at the same log position: after the epoch and range checks, the
 //!   record decides ([`Seen`]): a `seq` above the record's is new; the record's own `seq` was
-//!   applied already, so the command answers `Ok` and writes nothing; a lower one was
-//!   overtaken by a later request of the slot (the client gave up on it), so it is refused;
-//! - a new command that applies (its checks held) writes its record in the same batch as its
-//!   data. A command whose check failed records nothing: it had no effect, and a retry is
-//!   decided afresh.
+//!   decided already, so the command answers `Ok` (or, if its condition had failed, that it
+//!   was not applied) and writes nothing; a lower one was overtaken by a later request of the
+//!   slot (the client gave up on it), so it is refused;
+//! - a new command, once decided, writes its record in the same batch as its data, whether it
+//!   applied or its condition failed: a failed condition is final too, so an earlier attempt
+//!   still in flight can never apply after the client was told it failed.
 //!
 //! The records follow the data: a split copies the shard's records to the new shard (the
 //! client may retry there a write the parent applied), a merge takes the larger `seq` per slot
@@ -21,8 +22,10 @@
 //!
 //! Records are forgotten after [`RECORD_TTL_MS`] without a write from their slot: the test
 //! uses the applying command's `now_ms`, so every replica forgets alike. A client must not
-//! retry a request for that long (its request timeout is seconds). Forgotten records are
-//! dropped from the disk when a split, merge or snapshot copies them.
+//! retry a request for that long (its request timeout is seconds). The leader's sweep walks
+//! the records a page at a time and proposes a `ForgetRequest` for each forgotten one, which
+//! deletes it at apply only if it is still that record and still forgotten; a split or merge
+//! does not copy forgotten records.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,6 +50,8 @@ pub enum Seen {
     New,
     /// Applied already: answer `Ok` and write nothing.
     Applied,
+    /// Decided already, and its condition failed: it wrote nothing, and never will.
+    Failed,
     /// The slot's request `last_seq` applied after it was sent: the client moved on.
     Superseded {
         /// The slot's last applied `seq`.
@@ -54,9 +59,15 @@ pub enum Seen {
     },
 }
 
-/// Records written in the current apply round, by (client, slot): the batch they sit in is
-/// not in the engine yet.
-pub(crate) type RoundRecords = HashMap<(u64, u32), SlotRecord>;
+/// Records written (`Some`) or deleted (`None`) in the current apply round, by (client, slot):
+/// the batch that holds them is not in the engine yet.
+pub(crate) type RoundRecords = HashMap<(u64, u32), Option<SlotRecord>>;
+
+/// A client slot: (client, slot).
+pub(crate) type Slot = (u64, u32);
+
+/// Records one page of the sweep reads.
+pub const SWEEP_PAGE_RECORDS: usize = 1_024;
 
 /// Is `record` still remembered by a command at `now_ms`?
 fn remembered(record: &SlotRecord, now_ms: u64) -> bool {
@@ -71,26 +82,95 @@ pub(crate) fn look_up<R: Reader>(
     id: RequestId,
     now_ms: u64,
 ) -> Result<Seen> {
-    let record = match round.get(&(id.client, id.slot)) {
-        Some(r) => Some(*r),
-        None => match engine.get(Cf::Meta, &keys::request_key(shard_id, id.client, id.slot))? {
-            Some(bytes) => Some(wire::decode::<SlotRecord>("request record", &bytes)?),
-            None => None,
-        },
-    };
+    let record = current(engine, round, shard_id, id.client, id.slot)?;
     Ok(match record.filter(|r| remembered(r, now_ms)) {
         None => Seen::New,
         Some(r) if id.seq > r.last_seq => Seen::New,
+        Some(r) if id.seq == r.last_seq && r.failed => Seen::Failed,
         Some(r) if id.seq == r.last_seq => Seen::Applied,
         Some(r) => Seen::Superseded { last_seq: r.last_seq },
     })
 }
 
-/// Records that `shard_id` applied `id` by a command at `now_ms`.
-pub(crate) fn record(wb: &mut WriteBatch, round: &mut RoundRecords, shard_id: u64, id: RequestId, now_ms: u64) {
-    let r = SlotRecord { client: id.client, slot: id.slot, last_seq: id.seq, last_ms: now_ms };
+/// The record of (`client`, `slot`) as of the engine overlaid with this round's.
+fn current<R: Reader>(
+    engine: &R,
+    round: &RoundRecords,
+    shard_id: u64,
+    client: u64,
+    slot: u32,
+) -> Result<Option<SlotRecord>> {
+    if let Some(r) = round.get(&(client, slot)) {
+        return Ok(*r);
+    }
+    match engine.get(Cf::Meta, &keys::request_key(shard_id, client, slot))? {
+        Some(bytes) => Ok(Some(wire::decode::<SlotRecord>("request record", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Records that `shard_id` decided `id` by a command at `now_ms`: applied it, or found its
+/// condition `failed`.
+pub(crate) fn record(
+    wb: &mut WriteBatch,
+    round: &mut RoundRecords,
+    shard_id: u64,
+    id: RequestId,
+    now_ms: u64,
+    failed: bool,
+) {
+    let r = SlotRecord { client: id.client, slot: id.slot, last_seq: id.seq, last_ms: now_ms, failed };
     write(wb, shard_id, &r);
-    round.insert((id.client, id.slot), r);
+    round.insert((id.client, id.slot), Some(r));
+}
+
+/// The sweep's `ForgetRequest`: deletes `seen` if it is still the slot's record and is
+/// forgotten at `now_ms`.
+pub(crate) fn forget<R: Reader>(
+    engine: &R,
+    wb: &mut WriteBatch,
+    round: &mut RoundRecords,
+    shard_id: u64,
+    seen: SlotRecord,
+    now_ms: u64,
+) -> Result<()> {
+    let Some(r) = current(engine, round, shard_id, seen.client, seen.slot)? else { return Ok(()) };
+    if r == seen && !remembered(&r, now_ms) {
+        wb.delete(Cf::Meta, keys::request_key(shard_id, r.client, r.slot));
+        round.insert((r.client, r.slot), None);
+    }
+    Ok(())
+}
+
+/// Up to `max_records` records of `shard_id` after (`client`, `slot`) (from the first when
+/// `None`) that are forgotten at `now_ms`, as the engine holds them, and where the next
+/// page starts (`None`: the walk reached the end).
+pub(crate) fn forgotten_page<R: Reader>(
+    engine: &R,
+    shard_id: u64,
+    after: Option<Slot>,
+    max_records: usize,
+    now_ms: u64,
+) -> Result<(Vec<SlotRecord>, Option<Slot>)> {
+    let range = keys::request_range(shard_id);
+    let range = match after {
+        None => range,
+        Some((client, slot)) => match range.after(&keys::request_key(shard_id, client, slot)) {
+            Some(r) => r,
+            None => return Ok((Vec::new(), None)),
+        },
+    };
+    let page = engine.scan(Cf::Meta, &range, ScanOrder::Forward, ScanLimit::new(max_records, MAX_RECORDS_BYTES))?;
+    let mut forgotten = Vec::new();
+    let mut last = None;
+    for (_, bytes) in &page.pairs {
+        let r: SlotRecord = wire::decode("request record", bytes)?;
+        last = Some((r.client, r.slot));
+        if !remembered(&r, now_ms) {
+            forgotten.push(r);
+        }
+    }
+    Ok((forgotten, if page.more { last } else { None }))
 }
 
 fn write(wb: &mut WriteBatch, shard_id: u64, r: &SlotRecord) {
@@ -98,14 +178,15 @@ fn write(wb: &mut WriteBatch, shard_id: u64, r: &SlotRecord) {
 }
 
 /// The records of `shard_id` still remembered at `now_ms` (all of them when `now_ms` is
-/// `None`), as of the engine overlaid with this round's, most recently used first, at most
-/// [`MAX_RECORDS_PER_SHARD`].
+/// `None`), as of the engine overlaid with this round's, most recently used first, and
+/// whether there were more than [`MAX_RECORDS_PER_SHARD`] (then only the first ones in key
+/// order were read: the same ones on every replica).
 pub(crate) fn records<R: Reader>(
     engine: &R,
     round: &RoundRecords,
     shard_id: u64,
     now_ms: Option<u64>,
-) -> Result<Vec<SlotRecord>> {
+) -> Result<(Vec<SlotRecord>, bool)> {
     let range = keys::request_range(shard_id);
     // One more than kept, to tell whether any were left.
     let limit = ScanLimit::new(MAX_RECORDS_PER_SHARD + 1, MAX_RECORDS_BYTES);
@@ -115,18 +196,20 @@ pub(crate) fn records<R: Reader>(
         let r: SlotRecord = wire::decode("request record", bytes)?;
         all.insert((r.client, r.slot), r);
     }
-    all.extend(round.iter().map(|(k, r)| (*k, *r)));
+    for (k, r) in round {
+        match r {
+            Some(r) => drop(all.insert(*k, *r)),
+            None => drop(all.remove(k)),
+        }
+    }
     let mut out: Vec<SlotRecord> = all.into_values().filter(|r| now_ms.is_none_or(|t| remembered(r, t))).collect();
     out.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then(a.client.cmp(&b.client)).then(a.slot.cmp(&b.slot)));
-    if page.more || out.len() > MAX_RECORDS_PER_SHARD {
-        tracing::warn!(
-            shard = shard_id,
-            kept = MAX_RECORDS_PER_SHARD,
-            "too many request records: the oldest are dropped"
-        );
+    let truncated = page.more || out.len() > MAX_RECORDS_PER_SHARD;
+    if truncated {
+        tracing::warn!(shard = shard_id, kept = MAX_RECORDS_PER_SHARD, "more request records than a shard copies");
         out.truncate(MAX_RECORDS_PER_SHARD);
     }
-    Ok(out)
+    Ok((out, truncated))
 }
 
 /// Writes `records` as `shard_id`'s (a split's new shard, a snapshot's receiver).
@@ -145,13 +228,12 @@ pub(crate) fn take_over<R: Reader>(
     shard_id: u64,
     records: &[SlotRecord],
 ) -> Result<()> {
-    let own: HashMap<(u64, u32), SlotRecord> =
-        self::records(engine, round, shard_id, None)?.into_iter().map(|r| ((r.client, r.slot), r)).collect();
     for r in records {
-        let newer = own.get(&(r.client, r.slot)).is_none_or(|o| r.last_seq > o.last_seq);
+        let own = current(engine, round, shard_id, r.client, r.slot)?;
+        let newer = own.is_none_or(|o| r.last_seq > o.last_seq);
         if newer {
             write(wb, shard_id, r);
-            round.insert((r.client, r.slot), *r);
+            round.insert((r.client, r.slot), Some(*r));
         }
     }
     Ok(())
@@ -184,7 +266,7 @@ mod tests {
         let mut round = RoundRecords::new();
         let mut wb = WriteBatch::new();
         assert_eq!(look_up(&engine, &round, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
-        record(&mut wb, &mut round, 1, id(0, 5), 1_000);
+        record(&mut wb, &mut round, 1, id(0, 5), 1_000, false);
         assert_eq!(
             look_up(&engine, &round, 1, id(0, 5), 1_000).expect("the memory engine"),
             Seen::Applied,
@@ -208,6 +290,10 @@ mod tests {
             Seen::New,
             "another shard"
         );
+        let mut wb = WriteBatch::new();
+        record(&mut wb, &mut round, 1, id(3, 1), 2_000, true);
+        assert_eq!(look_up(&engine, &round, 1, id(3, 1), 2_000).expect("the memory engine"), Seen::Failed);
+        assert_eq!(look_up(&engine, &round, 1, id(3, 2), 2_000).expect("the memory engine"), Seen::New);
         let late = 1_000 + RECORD_TTL_MS + 1;
         assert_eq!(
             look_up(&engine, &round, 1, id(0, 5), late).expect("the memory engine"),
@@ -221,14 +307,14 @@ mod tests {
         let engine = MemEngine::new();
         let mut round = RoundRecords::new();
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(0, 9), 10);
-        record(&mut wb, &mut round, 1, id(1, 2), 10);
+        record(&mut wb, &mut round, 1, id(0, 9), 10, false);
+        record(&mut wb, &mut round, 1, id(1, 2), 10, false);
         engine.write(&wb, Default::default()).expect("the memory engine");
         round.clear();
         let source = [
-            SlotRecord { client: CLIENT, slot: 0, last_seq: 8, last_ms: 20 },
-            SlotRecord { client: CLIENT, slot: 1, last_seq: 3, last_ms: 20 },
-            SlotRecord { client: CLIENT, slot: 2, last_seq: 1, last_ms: 20 },
+            SlotRecord { client: CLIENT, slot: 0, last_seq: 8, last_ms: 20, failed: false },
+            SlotRecord { client: CLIENT, slot: 1, last_seq: 3, last_ms: 20, failed: false },
+            SlotRecord { client: CLIENT, slot: 2, last_seq: 1, last_ms: 20, failed: false },
         ];
         let mut wb = WriteBatch::new();
         take_over(&engine, &mut wb, &mut round, 1, &source).expect("the memory engine");
@@ -236,6 +322,7 @@ mod tests {
         round.clear();
         let mut merged: Vec<(u32, u64)> = records(&engine, &round, 1, None)
             .expect("the memory engine")
+            .0
             .iter()
             .map(|r| (r.slot, r.last_seq))
             .collect();
@@ -244,7 +331,47 @@ mod tests {
         let mut wb = WriteBatch::new();
         clear(&mut wb, 1);
         engine.write(&wb, Default::default()).expect("the memory engine");
-        assert!(records(&engine, &round, 1, None).expect("the memory engine").is_empty());
+        assert!(records(&engine, &round, 1, None).expect("the memory engine").0.is_empty());
+    }
+
+    #[test]
+    fn the_sweep_forgets_only_records_still_forgotten_and_unchanged() {
+        let engine = MemEngine::new();
+        let mut round = RoundRecords::new();
+        let mut wb = WriteBatch::new();
+        for slot in 0..5 {
+            record(&mut wb, &mut round, 1, id(slot, 1), u64::from(slot) * RECORD_TTL_MS, false);
+        }
+        engine.write(&wb, Default::default()).expect("the memory engine");
+        round.clear();
+        let now = 4 * RECORD_TTL_MS;
+        // Pages of two: slots 0-2 are forgotten (slot 2 just so), 3 and 4 are not.
+        let (first, next) = forgotten_page(&engine, 1, None, 2, now).expect("the memory engine");
+        assert_eq!(first.iter().map(|r| r.slot).collect::<Vec<_>>(), vec![0, 1]);
+        let (second, next) = forgotten_page(&engine, 1, next, 2, now).expect("the memory engine");
+        assert_eq!(second.iter().map(|r| r.slot).collect::<Vec<_>>(), vec![2]);
+        let (third, next) = forgotten_page(&engine, 1, next, 2, now).expect("the memory engine");
+        assert!(third.is_empty() && next.is_none(), "{third:?} {next:?}");
+        // Slot 1 wrote again since the sweep looked: kept.
+        let mut wb = WriteBatch::new();
+        record(&mut wb, &mut round, 1, id(1, 2), now, false);
+        for r in first.iter().chain(&second) {
+            forget(&engine, &mut wb, &mut round, 1, *r, now).expect("the memory engine");
+        }
+        assert_eq!(
+            look_up(&engine, &round, 1, id(0, 1), 0).expect("the memory engine"),
+            Seen::New,
+            "deleted in the round"
+        );
+        engine.write(&wb, Default::default()).expect("the memory engine");
+        round.clear();
+        let left: Vec<(u32, u64)> = records(&engine, &round, 1, None)
+            .expect("the memory engine")
+            .0
+            .iter()
+            .map(|r| (r.slot, r.last_seq))
+            .collect();
+        assert_eq!(left, vec![(1, 2), (4, 1), (3, 1)], "most recent first");
     }
 
     #[test]
@@ -252,13 +379,13 @@ mod tests {
         let engine = MemEngine::new();
         let mut round = RoundRecords::new();
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(0, 1), 0);
-        record(&mut wb, &mut round, 1, id(1, 1), RECORD_TTL_MS);
-        record(&mut wb, &mut round, 1, id(2, 1), RECORD_TTL_MS + 5);
+        record(&mut wb, &mut round, 1, id(0, 1), 0, false);
+        record(&mut wb, &mut round, 1, id(1, 1), RECORD_TTL_MS, false);
+        record(&mut wb, &mut round, 1, id(2, 1), RECORD_TTL_MS + 5, false);
         // Not written: seen through the round.
         let now = RECORD_TTL_MS + 10;
         let kept: Vec<u32> =
-            records(&engine, &round, 1, Some(now)).expect("the memory engine").iter().map(|r| r.slot).collect();
+            records(&engine, &round, 1, Some(now)).expect("the memory engine").0.iter().map(|r| r.slot).collect();
         assert_eq!(kept, vec![2, 1]);
     }
 }

@@ -544,8 +544,22 @@ impl<E: Engine> raft::Storage for PeerStorage<E> {
             index,
             term: self.apply_state.applied_term,
         };
-        let requests =
-            crate::dedup::records(&self.engine, &Default::default(), self.shard_id, None).map_err(storage_err)?;
+        // Every record, or no snapshot: a receiver missing one would decide a retry differently
+        // from the other replicas. (raft-rs retries a snapshot that is temporarily unavailable.)
+        let requests = match crate::dedup::records(&self.engine, &Default::default(), self.shard_id, None) {
+            Ok((requests, false)) => requests,
+            Ok((_, true)) => {
+                tracing::warn!(
+                    shard = self.shard_id,
+                    "too many request records to send a snapshot; waiting for the sweep"
+                );
+                return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard_id, error = %e, "cannot read request records for a snapshot");
+                return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            }
+        };
         let data = SnapshotData { descriptor: Some(self.descriptor.clone()), requests };
         let generated = GeneratedSnapshot { index, data: self.engine.snapshot(), descriptor: self.descriptor.clone() };
         *self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generated);

@@ -132,7 +132,7 @@ impl ShardDescriptor {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Op {
     /// What to do.
-    #[prost(oneof = "op::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "op::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<op::Kind>,
 }
 
@@ -157,6 +157,10 @@ pub mod op {
         /// value written since the sweep looked).
         #[prost(message, tag = "5")]
         DeleteExpired(super::Delete),
+        /// Drop a request record its slot has not refreshed for `dedup::RECORD_TTL_MS` (the
+        /// sweep's; it never drops a record written since the sweep looked).
+        #[prost(message, tag = "6")]
+        ForgetRequest(super::SlotRecord),
     }
 }
 
@@ -309,8 +313,8 @@ pub struct RequestId {
     pub seq: u64,
 }
 
-/// What a shard remembers of one (client, slot): the last request it applied from it, and
-/// when (the applying command's `now_ms`).
+/// What a shard remembers of one (client, slot): the last request it decided from it, when
+/// (the deciding command's `now_ms`), and whether its condition failed (nothing written).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
 pub struct SlotRecord {
     /// The client.
@@ -322,9 +326,12 @@ pub struct SlotRecord {
     /// The last `seq` applied.
     #[prost(uint64, tag = "3")]
     pub last_seq: u64,
-    /// The `now_ms` of the command that applied it.
+    /// The `now_ms` of the command that decided it.
     #[prost(uint64, tag = "4")]
     pub last_ms: u64,
+    /// Its condition failed: it wrote nothing, and never will.
+    #[prost(bool, tag = "5")]
+    pub failed: bool,
 }
 
 /// Merge, step 1, on the source shard: freeze it (epoch version + 1, `merging_into` set).

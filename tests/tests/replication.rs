@@ -761,7 +761,7 @@ async fn merge_joins_neighbours_even_with_a_lagging_replica() {
 /// Request ids (`presage_replication::dedup`): a write retried with its id applies once, on
 /// the shard it was sent to, on the shard a split hands its key to, on the shard a merge
 /// makes, and on a replica that caught up by snapshot past the write; an older request of the
-/// same slot is refused, and a write whose condition failed is decided again when retried.
+/// same slot is refused, and a write whose condition failed never applies later.
 #[tokio::test(start_paused = true)]
 async fn a_retried_write_applies_once_across_split_merge_and_snapshot() {
     use presage_replication::wire::Expect;
@@ -795,12 +795,15 @@ async fn a_retried_write_applies_once_across_split_merge_and_snapshot() {
         matches!(h.write_once(1, e, put("k", "first"), id(0, 1)).await, Err(Error::Superseded { last_seq: 2, .. })),
         "a request older than the slot's last is refused"
     );
-    // A failed condition records nothing: the retry is decided afresh.
+    // A failed condition is final too: an attempt of that write arriving later (a retry, or
+    // one delayed on the way) writes nothing, even once the condition would hold.
     let guarded = vec![Op::check(b"g".to_vec(), Expect::Absent, Vec::new()), Op::put(b"g".to_vec(), b"mine".to_vec())];
     h.write(1, e, put("g", "theirs")).await.expect("write");
     assert!(matches!(h.write_once(1, e, guarded.clone(), id(1, 1)).await, Err(Error::ConditionFailed { .. })));
     h.write(1, e, vec![Op::delete(b"g".to_vec())]).await.expect("delete");
-    h.write_once(1, e, guarded.clone(), id(1, 1)).await.expect("the condition holds now");
+    assert!(matches!(h.write_once(1, e, guarded.clone(), id(1, 1)).await, Err(Error::Invalid(_))));
+    assert_eq!(value_on(h.clone(), 1, "g").await, None, "the failed write stayed unapplied");
+    h.write_once(1, e, guarded.clone(), id(1, 2)).await.expect("a new write: the condition holds now");
     assert_eq!(value_on(h.clone(), 1, "g").await.as_deref(), Some("mine"));
 
     // A split: the new shard knows what its parent applied.

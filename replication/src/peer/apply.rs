@@ -193,6 +193,11 @@ impl<E: Engine> Peer<E> {
             match dedup::look_up(&engine, &self.round_requests, self.shard_id(), id, cmd.now_ms)? {
                 Seen::New => {}
                 Seen::Applied => return Ok(Ok(())),
+                Seen::Failed => {
+                    let why =
+                        format!("request {} of client {:x}: its condition failed; not applied", id.seq, id.client);
+                    return Ok(Err(Error::Invalid(why)));
+                }
                 Seen::Superseded { last_seq } => return Ok(Err(dedup::superseded(self.shard_id(), id, last_seq))),
             }
         }
@@ -209,6 +214,10 @@ impl<E: Engine> Peer<E> {
                 };
                 if !check_holds(c, current.as_deref()) {
                     let (shard_id, key) = (self.shard_id(), c.key.clone());
+                    if let Some(id) = cmd.request_id {
+                        // Final: an attempt still in flight must not apply later.
+                        dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms, true);
+                    }
                     return Ok(Err(Error::ConditionFailed { shard_id, key, current }));
                 }
             }
@@ -237,6 +246,10 @@ impl<E: Engine> Peer<E> {
                     }
                 }
                 Some(op::Kind::Check(_)) => {}
+                Some(op::Kind::ForgetRequest(r)) => {
+                    let shard_id = self.shard_id();
+                    dedup::forget(&engine, wb, &mut self.round_requests, shard_id, r, cmd.now_ms)?;
+                }
                 Some(op::Kind::DeleteRange(d)) => {
                     // Clip to the shard: a range delete never reaches a neighbour's keys.
                     if let Ok(r) = KeyRange::new(d.start, min_end(d.end.as_deref(), shard.end())) {
@@ -248,7 +261,7 @@ impl<E: Engine> Peer<E> {
         }
         if let Some(id) = cmd.request_id {
             let shard_id = self.shard_id();
-            dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms);
+            dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms, false);
         }
         Ok(Ok(()))
     }

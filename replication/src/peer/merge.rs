@@ -50,7 +50,7 @@ impl<E: Engine> Peer<E> {
         self.sweep.expiring = true; // the source's values may expire too
                                     // The source froze in an earlier round (`must_wait`): its records are all in the engine.
         let engine = self.raw.store().engine().clone();
-        let records = crate::dedup::records(&engine, &Default::default(), source.id, Some(now_ms))?;
+        let (records, _) = crate::dedup::records(&engine, &Default::default(), source.id, Some(now_ms))?;
         crate::dedup::take_over(&engine, wb, &mut self.round_requests, desc.id, &records)?;
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);

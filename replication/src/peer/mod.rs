@@ -260,6 +260,8 @@ struct Sweep {
     seen_this_pass: bool,
     /// The next page starts after this key; `None`: at the shard's start.
     resume_after: Option<Vec<u8>>,
+    /// The request-record walk's next page starts after this (client, slot).
+    requests_after: Option<(u64, u32)>,
     /// A sweep proposal is waiting to apply: no other is made meanwhile.
     in_flight: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -304,6 +306,7 @@ impl<E: Engine> Peer<E> {
                 expiring: true,
                 seen_this_pass: false,
                 resume_after: None,
+                requests_after: None,
                 in_flight: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             clock_floor_ms: Arc::default(),
@@ -451,7 +454,7 @@ fn op_keys(op: &Op) -> Vec<&[u8]> {
         Some(op::Kind::DeleteRange(d)) => vec![d.start.as_slice()],
         Some(op::Kind::Check(c)) => vec![c.key.as_slice()],
         Some(op::Kind::DeleteExpired(d)) => vec![d.key.as_slice()],
-        None => vec![],
+        Some(op::Kind::ForgetRequest(_)) | None => vec![],
     }
 }
 

@@ -1,5 +1,7 @@
 //! The expiry sweep: the leader walks its shard a page at a time while it may hold expiring
-//! values, with one `DeleteExpired` proposal (re-checked at apply) in flight.
+//! values, with one `DeleteExpired` proposal (re-checked at apply) in flight. It also walks
+//! the shard's request records (`crate::dedup`), proposing a `ForgetRequest` (re-checked at
+//! apply) for each one forgotten, sharing that one proposal in flight.
 
 use super::*;
 
@@ -67,6 +69,44 @@ impl<E: Engine> Peer<E> {
                 }),
             );
         }
+        Ok(())
+    }
+
+    /// On the leader: reads the next page of the shard's request records and proposes
+    /// forgetting those past `dedup::RECORD_TTL_MS` (each re-checked at apply, so a record
+    /// refreshed since is kept). Does nothing while a sweep proposal is in flight.
+    pub(crate) fn sweep_requests(&mut self, max_records: usize) -> Result<()> {
+        if !self.is_leader()
+            || self.descriptor().merging_into.is_some()
+            || self.sweep.in_flight.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let (shard_id, epoch) = (self.shard_id(), self.descriptor().epoch());
+        let now_ms = self.now_ms();
+        let engine = self.raw.store().engine().clone();
+        let after = self.sweep.requests_after.take();
+        let (forgotten, next) = crate::dedup::forgotten_page(&engine, shard_id, after, max_records, now_ms)?;
+        self.sweep.requests_after = next;
+        if forgotten.is_empty() {
+            return Ok(());
+        }
+        let n = forgotten.len();
+        let ops = forgotten.into_iter().map(|r| Op { kind: Some(op::Kind::ForgetRequest(r)) }).collect();
+        let in_flight = Arc::clone(&self.sweep.in_flight);
+        in_flight.store(true, std::sync::atomic::Ordering::Release);
+        self.propose(
+            epoch,
+            ops,
+            None,
+            Box::new(move |r| {
+                in_flight.store(false, std::sync::atomic::Ordering::Release);
+                match r {
+                    Ok(()) => tracing::debug!(shard = shard_id, records = n, "forgotten request records swept"),
+                    Err(e) => tracing::debug!(shard = shard_id, error = %e, "request-record sweep not applied"),
+                }
+            }),
+        );
         Ok(())
     }
 

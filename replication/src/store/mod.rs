@@ -66,6 +66,9 @@ pub use log_writer::MAX_QUEUED_LOG_JOBS;
 
 /// Ticks between two pages of each leader's expiry sweep (see [`Peer::sweep_expired`]).
 const SWEEP_EVERY_TICKS: u64 = 10;
+/// Ticks between two pages of each leader's walk of its request records (see
+/// [`Peer::sweep_requests`]); a multiple of `SWEEP_EVERY_TICKS`.
+const REQUEST_SWEEP_EVERY_TICKS: u64 = 60 * SWEEP_EVERY_TICKS;
 /// Keys one page of the expiry sweep reads.
 const SWEEP_PAGE_KEYS: usize = 256;
 /// How long a replica keeps the engine snapshot pinned for a range checksum, in seconds

@@ -63,10 +63,17 @@ impl<E: Engine> Store<E> {
             self.quiesce_leader(shard_id);
         }
         if self.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+            let requests_too = self.ticks.is_multiple_of(REQUEST_SWEEP_EVERY_TICKS);
             for shard_id in &self.active {
                 let Some(peer) = self.peers.get_mut(shard_id) else { continue };
                 if let Err(e) = peer.sweep_expired(SWEEP_PAGE_KEYS) {
                     tracing::warn!(node = self.node_id, shard = shard_id, error = %e, "expiry sweep failed");
+                }
+                if !requests_too {
+                    continue;
+                }
+                if let Err(e) = peer.sweep_requests(crate::dedup::SWEEP_PAGE_RECORDS) {
+                    tracing::warn!(node = self.node_id, shard = shard_id, error = %e, "request-record sweep failed");
                 }
             }
         }

@@ -43,6 +43,8 @@ impl<E: Engine> Store<E> {
         let mut raft_wb = WriteBatch::new();
         // Committed entries of this round's readies: written (unsynced) before the log's sync.
         let mut committed_wb = WriteBatch::new();
+        // Part of this round's committed batch was written early (before a snapshot install).
+        let mut committed_written = false;
         let mut sync = false;
         // The readies this round's log batch persists, and the messages that wait for it.
         let mut readies: Vec<PersistedReady> = Vec::new();
@@ -103,9 +105,17 @@ impl<E: Engine> Store<E> {
                 installed.push((*shard_id, desc.clone()));
                 // The data no longer follows this replica's log: its checksum pin is void.
                 peer.drop_checksum_pin();
+                // What this round applied so far (entries that waited) goes in first: the
+                // snapshot must replace it, not be overwritten by it at the round's end.
+                if !committed_wb.is_empty() {
+                    self.engine.write(&committed_wb, WriteOptions::NO_SYNC)?;
+                    committed_wb = WriteBatch::new();
+                    committed_written = true;
+                }
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
                 // The snapshot's request records replace this replica's, in the engine before
                 // anything applies after the snapshot.
+                peer.start_round();
                 let mut records_wb = WriteBatch::new();
                 crate::dedup::clear(&mut records_wb, *shard_id);
                 crate::dedup::write_all(&mut records_wb, *shard_id, &data.requests);
@@ -187,7 +197,7 @@ impl<E: Engine> Store<E> {
         if !committed_wb.is_empty() {
             self.engine.write(&committed_wb, WriteOptions::NO_SYNC)?;
         }
-        self.pin_checksums(&mut round, !committed_wb.is_empty());
+        self.pin_checksums(&mut round, committed_written || !committed_wb.is_empty());
         for f in done.drain(..) {
             f();
         }

@@ -717,6 +717,7 @@ impl Client {
                 }
                 // A write's retries carry its request id: it applies once.
                 ProtoError::OutcomeUnknown { .. } => Next::unknown(e.to_string()),
+                ProtoError::Superseded(_) => Next::Fail(ClientError::OutcomeUnknown(e.to_string())),
                 other if !other.is_definite() => Next::unknown(other.to_string()),
                 other => Next::Fail(ClientError::Refused(other)),
             },

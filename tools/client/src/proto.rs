@@ -728,11 +728,15 @@ pub enum ProtoError {
     /// The caller is known but its role does not allow the request.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A later write of the same request-id slot was applied first: this one is not applied
+    /// now (an earlier attempt may have been). Only a client that reused a slot gets it.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 impl ProtoError {
     /// True when the request certainly had no effect.
     pub fn is_definite(&self) -> bool {
-        !matches!(self, ProtoError::OutcomeUnknown { .. } | ProtoError::Internal(_))
+        !matches!(self, ProtoError::OutcomeUnknown { .. } | ProtoError::Internal(_) | ProtoError::Superseded(_))
     }
 }

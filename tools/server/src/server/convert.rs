@@ -98,9 +98,8 @@ pub fn proto_error(e: Error, write: bool) -> ProtoError {
         Error::ConditionFailed { key, current, .. } => ProtoError::ConditionFailed { key, current },
         Error::Invalid(why) => ProtoError::Invalid(why),
         Error::Stopped if !write => ProtoError::Retry(e.to_string()),
-        // Only a client that reused a request id gets it (it may have applied before).
+        Error::Superseded { .. } => ProtoError::Superseded(e.to_string()),
         Error::Stopped
-        | Error::Superseded { .. }
         | Error::Config(_)
         | Error::Engine(_)
         | Error::Corrupt { .. }
