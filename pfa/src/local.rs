@@ -4,7 +4,7 @@
 //! figures in as a [`LocalReading`], and acts on the [`LocalVerdict`] (it hands its
 //! leaderships away while the verdict is not healthy, and for `hold_ms` after).
 //!
-//! What counts, per reading (one interval, typically 250 ms):
+//! What counts, per reading (one interval, typically 100 ms):
 //!
 //! - **errors**: any failed engine call is [`LocalVerdict::Failing`] at once (a disk that
 //!   lied once is not trusted with leaderships again).
@@ -57,7 +57,7 @@ impl Default for LocalConfig {
             slow_sync_mean_ms: 100.0,
             slow_write_mean_ms: 50.0,
             slow_read_mean_ms: 50.0,
-            confirm_readings: 2,
+            confirm_readings: 3,
             history_weight: 0.02,
             hold_ms: 10_000,
         }
@@ -264,11 +264,14 @@ mod tests {
     }
 
     #[test]
-    fn slow_writes_need_two_readings_and_do_not_become_the_norm() {
+    fn slow_writes_need_confirming_readings_and_do_not_become_the_norm() {
         let mut d = warmed();
         let slow = |at| LocalReading { write_mean_ms: Some(250.0), sync_mean_ms: Some(260.0), ..healthy(at) };
-        assert_eq!(d.observe(&slow(0)), LocalVerdict::Healthy, "one reading is not enough");
-        for at in 1..200 {
+        let confirm = u64::from(LocalConfig::default().confirm_readings);
+        for at in 0..confirm - 1 {
+            assert_eq!(d.observe(&slow(at * 250)), LocalVerdict::Healthy, "reading {at} is not enough");
+        }
+        for at in confirm - 1..200 {
             assert!(matches!(d.observe(&slow(at * 250)), LocalVerdict::Slow { .. }), "reading {at}");
         }
         assert_eq!(d.observe(&healthy(200 * 250)), LocalVerdict::Healthy);
@@ -278,8 +281,10 @@ mod tests {
     fn slow_reads_alone_are_slow() {
         let mut d = warmed();
         let slow = |at| LocalReading { read_mean_ms: Some(200.0), ..healthy(at) };
-        d.observe(&slow(0));
-        assert!(matches!(d.observe(&slow(250)), LocalVerdict::Slow { reason } if reason.contains("reads")));
+        for at in 0..u64::from(LocalConfig::default().confirm_readings) - 1 {
+            d.observe(&slow(at * 250));
+        }
+        assert!(matches!(d.observe(&slow(1_000)), LocalVerdict::Slow { reason } if reason.contains("reads")));
     }
 
     #[test]
@@ -314,8 +319,10 @@ mod tests {
     fn a_slow_disk_from_the_start_is_caught_by_the_floor() {
         let mut d = LocalDetector::new(LocalConfig::default());
         let slow = |at| LocalReading { sync_mean_ms: Some(400.0), ..healthy(at) };
-        d.observe(&slow(0));
-        assert!(matches!(d.observe(&slow(250)), LocalVerdict::Slow { .. }));
+        for at in 0..u64::from(LocalConfig::default().confirm_readings) - 1 {
+            d.observe(&slow(at * 250));
+        }
+        assert!(matches!(d.observe(&slow(1_000)), LocalVerdict::Slow { .. }));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use presage_pfa::local::{LocalConfig, LocalDetector, LocalReading, LocalVerdict}
 use presage_replication::NodeHandle;
 
 /// How often the check reads the engine, ms.
-pub const SELF_CHECK_INTERVAL_MS: u64 = 250;
+pub const SELF_CHECK_INTERVAL_MS: u64 = 100;
 
 /// What the check concluded, for metrics and logs.
 #[derive(Debug, Default)]
