@@ -33,6 +33,16 @@ mod tcp;
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// Raft settings with a short log (compacted past 20 entries) and small snapshot chunks, so
+/// that a node that misses a few writes catches up by snapshot.
+fn short_log_config() -> presage_replication::RaftConfig {
+    presage_replication::RaftConfig {
+        log_gc_threshold_entries: 20,
+        snapshot_chunk_bytes: 4096,
+        ..presage_tests::cluster::test_config()
+    }
+}
+
 /// §5.2: a cluster elects exactly one leader per term.
 #[tokio::test(start_paused = true)]
 async fn elects_one_leader_3_and_5_nodes() {
@@ -396,12 +406,7 @@ async fn continuous_writer(
 #[tokio::test(start_paused = true)]
 async fn learner_added_caught_up_and_promoted_while_a_voter_leaves() {
     use raft::eraftpb::ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
-    let config = presage_replication::RaftConfig {
-        log_gc_threshold_entries: 20,
-        snapshot_chunk_bytes: 4096,
-        ..presage_tests::cluster::test_config()
-    };
-    let mut c = Cluster::start_with(3, seed(), config);
+    let mut c = Cluster::start_with(3, seed(), short_log_config());
     c.wait_leader(5 * SEC).await;
     for i in 0..100u32 {
         c.put(format!("pre{i}").as_bytes(), &[b'p'; 100]).await.expect("put");
@@ -766,12 +771,7 @@ async fn merge_joins_neighbours_even_with_a_lagging_replica() {
 async fn a_retried_write_applies_once_across_split_merge_and_snapshot() {
     use presage_replication::wire::Expect;
     use presage_replication::{Op, ReadRequest, ReadResponse, RequestId};
-    let config = presage_replication::RaftConfig {
-        log_gc_threshold_entries: 20,
-        snapshot_chunk_bytes: 4096,
-        ..presage_tests::cluster::test_config()
-    };
-    let mut c = Cluster::start_with(3, seed(), config);
+    let mut c = Cluster::start_with(3, seed(), short_log_config());
     c.wait_leader(5 * SEC).await;
     let id = |slot, seq| Some(RequestId { client: 0xc1, slot, seq });
     let put = |k: &str, v: &str| vec![Op::put(k.as_bytes().to_vec(), v.as_bytes().to_vec())];

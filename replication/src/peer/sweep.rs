@@ -53,23 +53,28 @@ impl<E: Engine> Peer<E> {
             _ => self.end_sweep_pass(),
         }
         if !ops.is_empty() {
-            let (shard_id, n) = (desc.id, ops.len());
-            let in_flight = Arc::clone(&self.sweep.in_flight);
-            in_flight.store(true, std::sync::atomic::Ordering::Release);
-            self.propose(
-                desc.epoch(),
-                ops,
-                None,
-                Box::new(move |r| {
-                    in_flight.store(false, std::sync::atomic::Ordering::Release);
-                    match r {
-                        Ok(()) => tracing::debug!(shard = shard_id, keys = n, "expired values swept"),
-                        Err(e) => tracing::debug!(shard = shard_id, error = %e, "expiry sweep not applied; retried"),
-                    }
-                }),
-            );
+            self.propose_sweep(desc.epoch(), ops, "expired values");
         }
         Ok(())
+    }
+
+    /// Proposes one sweep page's `ops` (the only sweep proposal in flight until it ends).
+    fn propose_sweep(&mut self, epoch: Epoch, ops: Vec<Op>, what: &'static str) {
+        let (shard_id, n) = (self.shard_id(), ops.len());
+        let in_flight = Arc::clone(&self.sweep.in_flight);
+        in_flight.store(true, std::sync::atomic::Ordering::Release);
+        self.propose(
+            epoch,
+            ops,
+            None,
+            Box::new(move |r| {
+                in_flight.store(false, std::sync::atomic::Ordering::Release);
+                match r {
+                    Ok(()) => tracing::debug!(shard = shard_id, ops = n, what, "swept"),
+                    Err(e) => tracing::debug!(shard = shard_id, error = %e, what, "sweep not applied; walked again"),
+                }
+            }),
+        );
     }
 
     /// On the leader: reads the next page of the shard's request records and proposes
@@ -91,22 +96,8 @@ impl<E: Engine> Peer<E> {
         if forgotten.is_empty() {
             return Ok(());
         }
-        let n = forgotten.len();
         let ops = forgotten.into_iter().map(|r| Op { kind: Some(op::Kind::ForgetRequest(r)) }).collect();
-        let in_flight = Arc::clone(&self.sweep.in_flight);
-        in_flight.store(true, std::sync::atomic::Ordering::Release);
-        self.propose(
-            epoch,
-            ops,
-            None,
-            Box::new(move |r| {
-                in_flight.store(false, std::sync::atomic::Ordering::Release);
-                match r {
-                    Ok(()) => tracing::debug!(shard = shard_id, records = n, "forgotten request records swept"),
-                    Err(e) => tracing::debug!(shard = shard_id, error = %e, "request-record sweep not applied"),
-                }
-            }),
-        );
+        self.propose_sweep(epoch, ops, "forgotten request records");
         Ok(())
     }
 
