@@ -37,8 +37,9 @@ use crate::wire::{self, RequestId, SlotRecord};
 
 /// A record whose slot wrote nothing to the shard for this long is forgotten.
 pub const RECORD_TTL_MS: u64 = 10 * 60 * 1000;
-/// Most records a shard copies on a split or merge, or sends in a snapshot (the most
-/// recently used first); a client holds at most its `max-write-slots` slots.
+/// Most records a shard copies on a split or merge (more are cut, the same way on every
+/// replica) or sends in a snapshot (more, and it sends none until the sweep trims them); a
+/// client holds at most its `max-write-slots` slots.
 pub const MAX_RECORDS_PER_SHARD: usize = 65_536;
 /// Most bytes of records read at once (a record is about 50 bytes).
 const MAX_RECORDS_BYTES: usize = 8 << 20;
@@ -59,12 +60,12 @@ pub enum Seen {
     },
 }
 
-/// Records written (`Some`) or deleted (`None`) in the current apply round, by (client, slot):
-/// the batch that holds them is not in the engine yet.
-pub(crate) type RoundRecords = HashMap<(u64, u32), Option<SlotRecord>>;
-
 /// A client slot: (client, slot).
 pub(crate) type Slot = (u64, u32);
+
+/// Records written (`Some`) or deleted (`None`) in the current apply round, by client slot:
+/// the batch that holds them is not in the engine yet.
+pub(crate) type RoundRecords = HashMap<Slot, Option<SlotRecord>>;
 
 /// Records one page of the sweep reads.
 pub const SWEEP_PAGE_RECORDS: usize = 1_024;
@@ -191,7 +192,7 @@ pub(crate) fn records<R: Reader>(
     // One more than kept, to tell whether any were left.
     let limit = ScanLimit::new(MAX_RECORDS_PER_SHARD + 1, MAX_RECORDS_BYTES);
     let page = engine.scan(Cf::Meta, &range, ScanOrder::Forward, limit)?;
-    let mut all: BTreeMap<(u64, u32), SlotRecord> = BTreeMap::new();
+    let mut all: BTreeMap<Slot, SlotRecord> = BTreeMap::new();
     for (_, bytes) in &page.pairs {
         let r: SlotRecord = wire::decode("request record", bytes)?;
         all.insert((r.client, r.slot), r);

@@ -1,6 +1,7 @@
 //! Merge: `PrepareMerge` freezes the source; `CommitMerge` (on the target, once every source
 //! replica confirmed the freeze) extends the target, takes the source's request records over
-//! (per client slot, the later request) and destroys the source's metadata in the same batch; `RollbackMerge` unfreezes the source when no `CommitMerge` can apply any more.
+//! (per client slot, the later request) and destroys the source's metadata in the same batch;
+//! `RollbackMerge` unfreezes the source when no `CommitMerge` can apply any more.
 
 use super::*;
 

@@ -261,7 +261,7 @@ struct Sweep {
     /// The next page starts after this key; `None`: at the shard's start.
     resume_after: Option<Vec<u8>>,
     /// The request-record walk's next page starts after this (client, slot).
-    requests_after: Option<(u64, u32)>,
+    requests_after: Option<crate::dedup::Slot>,
     /// A sweep proposal is waiting to apply: no other is made meanwhile.
     in_flight: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -280,11 +280,6 @@ impl Client {
         }
     }
 
-    /// This client's id in the request ids of its writes.
-    pub fn id(&self) -> u64 {
-        self.slots.client()
-    }
-
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;
@@ -491,7 +486,10 @@ impl Client {
                     ops.sort_by_key(|(i, _)| *i);
                     continue;
                 }
-                Ok(Sent::Spans) => Err(spans_error()),
+                Ok(Sent::Spans) => Err(ClientError::Timeout {
+                    timeout_ms: self.cfg.request_timeout_ms,
+                    last: "the write's shard kept splitting under it".into(),
+                }),
                 Err(e) => Err(e),
             };
             match outcome {

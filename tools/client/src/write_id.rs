@@ -42,11 +42,6 @@ impl WriteSlots {
         WriteSlots { client, free: Mutex::new(FreeSlots { slots: Vec::new(), made: 0 }), permits: Semaphore::new(max) }
     }
 
-    /// The client's id.
-    pub(crate) fn client(&self) -> u64 {
-        self.client
-    }
-
     /// A slot for one write (waits while every slot is in use).
     pub(crate) async fn take(&self) -> HeldSlot<'_> {
         // The semaphore is never closed.
