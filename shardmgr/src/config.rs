@@ -80,6 +80,11 @@ pub struct ManagerConfig {
     /// Stand down (or release an evacuated node) once its risk stayed below `risk-clear`
     /// this long.
     pub migration_clear_after_ms: u64,
+    /// Cut over also below `risk-act` once the node has been under an early warning that slows
+    /// its leaders (its disk or links) this long without a break: a warning that persists is
+    /// evidence of its own, and a node that leads nothing any more shows the model less, so
+    /// its risk can fall back while its disk keeps failing (0: only `risk-act` cuts over).
+    pub migration_act_after_ms: u64,
     /// Leaderships moved off one at-risk node per scheduling round (a gradual shift).
     pub migration_leader_moves_per_round: usize,
     /// Leaderships moved off one degraded node (its disk or links under an early warning) per
@@ -125,6 +130,7 @@ impl Default for ManagerConfig {
             risk_act: 0.7,
             risk_clear: 0.3,
             migration_clear_after_ms: 60_000,
+            migration_act_after_ms: 20_000,
             migration_leader_moves_per_round: 2,
             shed_leader_moves_per_round: 16,
             max_copies_per_node: 2,

@@ -360,8 +360,13 @@ pub struct Migration {
     pub started_ms: u64,
     /// When the current stage began.
     pub stage_since_ms: u64,
-    /// Since when the node's risk is below `risk-clear` (stand-down and release timer).
+    /// Since when the node's risk is below `risk-clear` with no warning that slows its leaders
+    /// (stand-down and release timer).
     pub below_clear_since_ms: Option<u64>,
+    /// Since when the node has been under an early warning that slows its leaders (its disk
+    /// or links), without a break (the sustained-warning timer).
+    #[serde(default)]
+    pub degraded_since_ms: Option<u64>,
     /// When it finished.
     pub finished_ms: Option<u64>,
     /// Bytes of verified copies made on the target (by the shards' reported sizes).

@@ -12,15 +12,19 @@
 //!    `max-copies-per-node` at once. The copies are the replication layer's snapshots
 //!    (zstd-compressed, crc32-checked chunks under the node's snapshot bandwidth budget) and
 //!    then the Raft log tail, which keeps them current. Learners do not vote.
-//! 2. **Cutting over** (risk >= act, or the node is already down: reactive repair): the
+//! 2. **Cutting over** (risk >= act; or a sustained warning: an early warning that slows the
+//!    node's leaders (its disk or links) held without a break for `migration-act-after-ms`,
+//!    since a node that leads nothing shows the model fewer signals, and its risk can fall
+//!    back while its disk keeps failing; or the node is already down: reactive repair): the
 //!    target replaces the node in its replication group; the repair policy then swaps each
 //!    shard's copy in and the node's replica out in one joint-consensus change, after
 //!    verifying the copy again, and removes the old replica. A failed verification or a
 //!    timeout rolls a shard back (the original replica keeps serving) and repair tries again.
 //! 3. **Evacuated**: no replica is left on the node; it is held out of groups and leaderships
-//!    until its risk has stayed below `clear` for the clear delay (then **Released**: a spare
-//!    again). A manual evacuation is never released automatically.
-//! 4. **Stood down** (while preparing, risk below clear for the clear delay): the prepared
+//!    until its risk has stayed below `clear`, with no such warning, for the clear delay (then
+//!    **Released**: a spare again). A manual evacuation is never released automatically.
+//! 4. **Stood down** (while preparing, risk below clear and no such warning for the clear
+//!    delay): the prepared
 //!    learners are no longer anyone's target, so repair removes them; voters never moved.
 //!
 //! Every step is an operator (idempotent, judged from reported state, resumable after a
@@ -114,6 +118,7 @@ pub(crate) fn start(
         started_ms: now_ms,
         stage_since_ms: now_ms,
         below_clear_since_ms: None,
+        degraded_since_ms: None,
         finished_ms: None,
         bytes_copied: 0,
         shards_copied: 0,
@@ -136,11 +141,18 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     // The stand-down / release timer: risk below clear, continuously. An unknown risk
     // (no model) counts as clear only for a node that failed and came back: a warning
     // needs a known risk to end.
-    let clear = match risk {
-        Some(r) => r < th.clear,
-        None => m.cause == MigrationCause::Failed && state == Some(NodeState::Up),
-    };
+    // A warning that slows the node's leaders (its disk or links) holds it whatever the risk.
+    let warned = st.degraded().contains(&m.node);
+    let clear = !warned
+        && match risk {
+            Some(r) => r < th.clear,
+            None => m.cause == MigrationCause::Failed && state == Some(NodeState::Up),
+        };
     next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
+    next.degraded_since_ms = (warned && !down).then(|| m.degraded_since_ms.unwrap_or(now_ms));
+    let act_after_ms = st.cfg().migration_act_after_ms;
+    let sustained =
+        act_after_ms > 0 && next.degraded_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= act_after_ms);
     let cleared =
         next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= st.cfg().migration_clear_after_ms);
     // A target that fell ill, died or was taken into a group is given up while it
@@ -162,7 +174,7 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     }
     match next.stage {
         MigrationStage::Preparing => {
-            if down || risk.is_some_and(|r| r >= th.act) {
+            if down || sustained || risk.is_some_and(|r| r >= th.act) {
                 if next.target.is_some() || down {
                     next.stage = MigrationStage::CuttingOver;
                 }
@@ -322,6 +334,7 @@ impl Manager {
 fn only_timer_changed(a: &Migration, b: &Migration) -> bool {
     let mut a = a.clone();
     a.below_clear_since_ms = b.below_clear_since_ms;
+    a.degraded_since_ms = b.degraded_since_ms;
     a == *b
 }
 
@@ -388,5 +401,57 @@ mod tests {
         assert_eq!(stood_down.events[0].stage, MigrationStage::StoodDown);
         assert_eq!(stood_down.writes.len(), 1, "{stood_down:?}");
         assert!(st.migration_of(1).is_none(), "a stood-down migration holds no node");
+    }
+
+    fn degraded(risk: f64) -> RiskInputs {
+        RiskInputs { nodes: [(1, risk)].into(), degraded: [1].into(), ..RiskInputs::default() }
+    }
+
+    #[test]
+    fn a_warning_held_without_a_break_cuts_over_below_act() {
+        let mut st = cluster(0.6);
+        let act_after_ms = st.cfg().migration_act_after_ms;
+        st.set_risks(degraded(0.6));
+        let _ = update(&mut st, 0);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
+        // Below act, the warning held: preparing until the timer runs out, whatever the
+        // risk does between clear and act.
+        st.set_risks(degraded(0.45));
+        let _ = update(&mut st, act_after_ms - 1);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
+        let out = update(&mut st, act_after_ms);
+        assert_cut_over(&st);
+        assert!(!out.events.is_empty(), "the cut-over is reported: {out:?}");
+    }
+
+    #[test]
+    fn a_broken_warning_restarts_the_act_timer_and_a_held_one_is_never_clear() {
+        let mut st = cluster(0.6);
+        let act_after_ms = st.cfg().migration_act_after_ms;
+        st.set_risks(degraded(0.6));
+        let _ = update(&mut st, 0);
+        // The warning clears for a round: the timer starts again when it is back.
+        st.set_risks(RiskInputs { nodes: [(1, 0.6)].into(), ..RiskInputs::default() });
+        let quiet = update(&mut st, act_after_ms / 2);
+        assert!(quiet.writes.is_empty(), "the timer is soft: {quiet:?}");
+        st.set_risks(degraded(0.6));
+        let _ = update(&mut st, act_after_ms / 2 + 1);
+        let _ = update(&mut st, act_after_ms + 1);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing), "restarted at the break");
+        // The risk falls below clear (a node that leads nothing shows the model less) while
+        // the warning holds: no stand-down, and the warning alone cuts over.
+        st.set_risks(degraded(0.02));
+        let _ = update(&mut st, act_after_ms * 3 / 2);
+        assert_eq!(st.migration_of(1).and_then(|m| m.below_clear_since_ms), None, "not clear while warned");
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
+        let _ = update(&mut st, act_after_ms * 3 / 2 + 1);
+        assert_cut_over(&st);
+    }
+
+    /// The spare took node 1's place (with no shards, the cut-over ends in the same round).
+    fn assert_cut_over(st: &ClusterState) {
+        let stage = st.migrations().find(|m| m.node == 1).map(|m| m.stage);
+        assert!(matches!(stage, Some(MigrationStage::CuttingOver | MigrationStage::Evacuated)), "{stage:?}");
+        assert_eq!(st.group(1).map(|g| g.nodes.clone()), Some(vec![4, 2, 3]));
     }
 }

@@ -301,6 +301,14 @@ struct StoryArgs {
     /// Data shards the keyspace is split into.
     #[arg(long, default_value_t = ScenarioOptions::default().shards)]
     shards: u64,
+    /// Members of one group that fail together (1 or 2), each with a spare of its own (two
+    /// need e.g. `--nodes 5 --regions 3`).
+    #[arg(long, default_value_t = StoryOptions::default().nodes_failing)]
+    nodes_failing: usize,
+    /// The failing member's whole region degrades: its spares get the fault too, and a spare
+    /// from another region takes the member's place (e.g. `--nodes 6 --regions 4`).
+    #[arg(long)]
+    region_failing: bool,
     /// Keys loaded and used by the workload.
     #[arg(long, default_value_t = StoryOptions::default().keys)]
     keys: u64,
@@ -355,6 +363,8 @@ impl StoryArgs {
                 warmup_secs: self.warmup_secs,
                 ramp_secs: self.ramp_secs,
                 fault,
+                nodes_failing: self.nodes_failing,
+                region_failing: self.region_failing,
                 after_kill_secs: self.after_kill_secs,
                 seed: self.seed,
                 ..StoryOptions::default()

@@ -112,6 +112,11 @@ pub struct StoryOptions {
     pub ramp_secs: u64,
     /// What happens to the failing node.
     pub fault: Fault,
+    /// Members of one group that fail together, each the same way (each needs a spare).
+    pub nodes_failing: usize,
+    /// The failing member's whole region fails with it: every node of the region (the spares
+    /// there too) gets the fault and is killed; the member's spare must come from elsewhere.
+    pub region_failing: bool,
     /// Workload after the kill.
     pub after_kill_secs: u64,
     /// Workload seed.
@@ -129,6 +134,8 @@ impl Default for StoryOptions {
             warmup_secs: 35,
             ramp_secs: 90,
             fault: Fault::Ramp,
+            nodes_failing: 1,
+            region_failing: false,
             after_kill_secs: 20,
             seed: 42,
         }
@@ -207,8 +214,10 @@ pub struct ScenarioReport {
     pub fault: Fault,
     /// The mode.
     pub mode: Mode,
-    /// The node whose disk degraded and which was killed.
+    /// The node whose disk degraded and which was killed (the first, when several did).
     pub failing_node: NodeId,
+    /// Every node that failed (one group's members).
+    pub failing_nodes: Vec<NodeId>,
     /// Requests that returned an error.
     pub failed_requests: u64,
     /// Requests made (workload and probes).
@@ -226,14 +235,16 @@ pub struct ScenarioReport {
     pub unavailable_shard_seconds: f64,
     /// Snapshot data sent by the nodes during the event, in bytes.
     pub bytes_moved: u64,
-    /// From the first early warning about the node to its death, in seconds.
+    /// From the first early warning about the node to its death, in seconds (with several
+    /// failing nodes: the node warned last).
     pub warning_lead_seconds: Option<f64>,
-    /// From the fault's start to the first early warning about the node, in seconds.
+    /// From the fault's start to the first early warning about the node, in seconds (with
+    /// several: until every one was warned).
     pub seconds_to_warning: Option<f64>,
     /// From the fault's start to the node leading no shard (for good, until the kill), in
-    /// seconds.
+    /// seconds (with several: until none leads).
     pub seconds_to_no_leaderships: Option<f64>,
-    /// The node held no replica when it was killed.
+    /// The node (every failing node) held no replica when it was killed.
     pub evacuated_before_kill: bool,
     /// Seconds since the workload started: the ramp began, the node was killed.
     pub ramp_at_secs: f64,
@@ -252,8 +263,12 @@ pub struct ScenarioReport {
 
 /// Runs the whole scenario in `mode` on a playground of its own.
 pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + Sync)) -> Result<ScenarioReport> {
-    if opts.nodes < 4 || opts.regions < 2 || opts.regions > opts.nodes {
-        bail!("the scenario needs at least 4 nodes (a group of 3 and a spare) in 2 to `nodes` regions");
+    let failing = opts.story.nodes_failing as u64;
+    if !(1..=2).contains(&failing) {
+        bail!("--nodes-failing is 1 or 2 (members of one group of three)");
+    }
+    if opts.nodes < 3 + failing || opts.regions < 2 || opts.regions > opts.nodes {
+        bail!("the scenario needs a group of 3 and a spare per failing node (--nodes at least {}) in 2 to `nodes` regions", 3 + failing);
     }
     if opts.shards == 0 || opts.shards > opts.story.keys {
         bail!("--shards must be between 1 and --keys");
@@ -399,30 +414,75 @@ fn admin_addrs(pg: &Playground, except: Option<NodeId>) -> Vec<AdminEndpoint> {
 /// The group member to fail: one with a spare node that could take its place (Up, in no
 /// group, in a region the rest of the group lacks), leading the most data shards.
 pub fn choose_failing_node(admin: &AdminClient) -> Result<NodeId> {
+    let nodes = choose_failing_nodes(admin, 1, false)?;
+    nodes.first().copied().context("no group member has a spare node to take its place")
+}
+
+/// `count` members of one group to fail together, each with a spare of its own that could
+/// take its place (Up, in no group, in a region the group's staying members and the other
+/// spares lack); the members leading the most data shards first. With `whole_region`, the
+/// spares come from other regions than the members', and every other node of the members'
+/// regions follows them in the answer.
+pub fn choose_failing_nodes(admin: &AdminClient, count: usize, whole_region: bool) -> Result<Vec<NodeId>> {
     let info = admin.cluster()?;
     let rows = admin.shards(None, None, None)?;
-    let mut best: Option<(usize, NodeId)> = None;
-    for g in &info.groups {
-        for &member in &g.nodes {
-            let others: Vec<&str> = info
-                .nodes
-                .iter()
-                .filter(|n| g.nodes.contains(&n.id) && n.id != member)
-                .map(|n| n.region.as_str())
-                .collect();
-            let has_spare = info.nodes.iter().any(|n| {
-                n.group.is_none() && n.state == presage_shardmgr::NodeState::Up && !others.contains(&n.region.as_str())
-            });
-            if !has_spare {
-                continue;
+    let leads = |m: NodeId| rows.iter().filter(|r| r.shard.id != META_SHARD_ID && r.shard.leader == Some(m)).count();
+    pick_failing(&info.nodes, &info.groups, leads, count, whole_region).with_context(|| {
+        let elsewhere = if whole_region { " outside their region" } else { "" };
+        format!("no group has {count} member(s) with a spare node each{elsewhere} to take their place")
+    })
+}
+
+/// [`choose_failing_nodes`] on the cluster's records, `leads` counting a node's data shards.
+fn pick_failing(
+    nodes: &[presage_shardmgr::NodeMeta],
+    groups: &[presage_shardmgr::GroupMeta],
+    leads: impl Fn(NodeId) -> usize,
+    count: usize,
+    whole_region: bool,
+) -> Option<Vec<NodeId>> {
+    let region = |id: NodeId| nodes.iter().find(|n| n.id == id).map(|n| n.region.as_str());
+    let spares: Vec<(NodeId, &str)> = nodes
+        .iter()
+        .filter(|n| n.group.is_none() && n.state == presage_shardmgr::NodeState::Up)
+        .map(|n| (n.id, n.region.as_str()))
+        .collect();
+    let mut best: Option<(usize, Vec<NodeId>)> = None;
+    for g in groups {
+        let mut members = g.nodes.clone();
+        members.sort_by_key(|&m| (std::cmp::Reverse(leads(m)), m));
+        // Greedy: each member, most leaderships first, takes the first spare free for it.
+        let mut chosen: Vec<NodeId> = Vec::new();
+        let mut taken: Vec<NodeId> = Vec::new();
+        for &m in &members {
+            if chosen.len() == count {
+                break;
             }
-            let leads = rows.iter().filter(|r| r.shard.id != META_SHARD_ID && r.shard.leader == Some(member)).count();
-            if best.is_none_or(|(l, id)| leads > l || (leads == l && member < id)) {
-                best = Some((leads, member));
+            // Its region is one the group will lack: not a staying member's, nor a spare's
+            // already taken.
+            let fits = |s: &(NodeId, &str)| {
+                let staying = g.nodes.iter().filter(|&&o| o != m && !chosen.contains(&o));
+                let failing_region = whole_region && chosen.iter().chain([&m]).any(|&o| region(o) == Some(s.1));
+                !taken.contains(&s.0) && !failing_region && staying.chain(&taken).all(|&o| region(o) != Some(s.1))
+            };
+            if let Some(&(spare, _)) = spares.iter().find(|s| fits(s)) {
+                chosen.push(m);
+                taken.push(spare);
             }
         }
+        let score = chosen.iter().map(|&m| leads(m)).sum::<usize>();
+        if chosen.len() == count && best.as_ref().is_none_or(|(l, _)| score > *l) {
+            best = Some((score, chosen));
+        }
     }
-    best.map(|(_, id)| id).context("no group member has a spare node to take its place")
+    let (_, mut chosen) = best?;
+    if whole_region {
+        let regions: Vec<&str> = chosen.iter().filter_map(|&m| region(m)).collect();
+        let rest = nodes.iter().filter(|n| n.state == presage_shardmgr::NodeState::Up && !chosen.contains(&n.id));
+        let neighbours: Vec<NodeId> = rest.filter(|n| regions.contains(&n.region.as_str())).map(|n| n.id).collect();
+        chosen.extend(neighbours);
+    }
+    Some(chosen)
 }
 
 /// Counters the workers and probes share.
@@ -465,8 +525,18 @@ pub async fn story(
 ) -> Result<ScenarioReport> {
     let all_admins = admin_addrs(pg, None);
     let first = all_admins.first().cloned().context("an empty playground")?;
-    let failing = tokio::task::spawn_blocking(move || choose_failing_node(&first.client())).await??;
-    let failing_admin = pg.admin(failing).context("the failing node's admin address")?;
+    let (count, whole_region) = (opts.nodes_failing, opts.region_failing);
+    let failing =
+        tokio::task::spawn_blocking(move || choose_failing_nodes(&first.client(), count, whole_region)).await??;
+    let failing_admins: Vec<(NodeId, AdminEndpoint)> = failing
+        .iter()
+        .map(|&n| pg.admin(n).map(|a| (n, a)).context("a failing node's admin address"))
+        .collect::<Result<_>>()?;
+    let healthy_admins = |pg: &Playground| -> Vec<(NodeId, AdminEndpoint)> {
+        pg.admins(None).into_iter().filter(|(n, _)| !failing.contains(n)).collect()
+    };
+    let first_failing = *failing.first().context("no failing node chosen")?;
+    let names = failing.iter().map(|n| format!("node {n}")).collect::<Vec<_>>().join(" and ");
     let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?);
     let rows = tokio::task::spawn_blocking({
         let a = all_admins.clone();
@@ -490,7 +560,7 @@ pub async fn story(
         }
     };
     say(format!(
-        "workload starts: {} workers, one request each every {} ms, {}% reads; {} shard probes; node {failing} will fail",
+        "workload starts: {} workers, one request each every {} ms, {}% reads; {} shard probes; {names} will fail",
         opts.workers,
         opts.op_interval_ms,
         opts.read_percent,
@@ -522,13 +592,11 @@ pub async fn story(
         });
     }
     let (watch_tx, watch_rx) = std::sync::mpsc::channel::<String>();
-    // Replicas the failing node holds, as the watcher last saw (-1: not seen yet).
-    let held = Arc::new(std::sync::atomic::AtomicI64::new(-1));
-    let leads_none_since: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let seen = Arc::new(Watched::new(failing.len()));
     let watcher = {
-        let (admins, stop, held) = (admin_addrs(pg, Some(failing)), Arc::clone(&stop), Arc::clone(&held));
-        let seen = Watched { held, leads_none_since: Arc::clone(&leads_none_since) };
-        std::thread::spawn(move || watch(&admins, failing, &stop, &seen, &watch_tx))
+        let admins: Vec<AdminEndpoint> = healthy_admins(pg).into_iter().map(|(_, a)| a).collect();
+        let (stop, seen, failing) = (Arc::clone(&stop), Arc::clone(&seen), failing.clone());
+        std::thread::spawn(move || watch(&admins, &failing, &stop, &seen, &watch_tx))
     };
     let pump = |rx: &std::sync::mpsc::Receiver<String>| {
         while let Ok(what) = rx.try_recv() {
@@ -551,25 +619,28 @@ pub async fn story(
     sleep_pumping(started + Duration::from_secs(opts.warmup_secs)).await;
     let sent_before = snapshot_bytes_sent(&pg.admins(None)).await;
     let (path, body) = opts.fault.injection(opts.ramp_secs, RAMP_END_US);
-    let a = failing_admin.clone();
-    tokio::task::spawn_blocking(move || a.client().put_raw(path, &body))
+    let admins = failing_admins.clone();
+    tokio::task::spawn_blocking(move || admins.iter().try_for_each(|(_, a)| a.client().put_raw(path, &body).map(drop)))
         .await?
         .with_context(|| format!("injecting the {} fault", opts.fault.name()))?;
     let ramp_at = started.elapsed();
-    say(format!("node {failing}: {}", opts.fault.describe(opts.ramp_secs)));
+    say(format!("{names}: {}", opts.fault.describe(opts.ramp_secs)));
 
     sleep_pumping(started + ramp_at + Duration::from_secs(opts.ramp_secs)).await;
     // The kill comes on time (at most `LAST_LOOK` late): what the node holds is the watcher's
     // latest view.
-    let failing_only = [(failing, failing_admin.clone())];
-    let last_look = snapshot_bytes_sent(&failing_only);
-    let sent_failing = tokio::time::timeout(LAST_LOOK, last_look).await.ok().and_then(|m| m.get(&failing).copied());
-    let led_nothing = *leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    pg.kill(failing);
+    let last_look = snapshot_bytes_sent(&failing_admins);
+    let sent_failing = tokio::time::timeout(LAST_LOOK, last_look).await.unwrap_or_default();
+    let led_nothing = seen.leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for &n in &failing {
+        pg.kill(n);
+    }
     let kill_at = started.elapsed();
-    let holds = usize::try_from(held.load(Ordering::Relaxed)).ok();
-    let holding = holds.map_or("an unknown number of".to_string(), |h| h.to_string());
-    say(format!("node {failing} is killed (SIGKILL) holding {holding} replica(s)"));
+    let holds: Vec<Option<usize>> = seen.held.iter().map(|h| usize::try_from(h.load(Ordering::Relaxed)).ok()).collect();
+    for (n, h) in failing.iter().zip(&holds) {
+        let holding = h.map_or("an unknown number of".to_string(), |h| h.to_string());
+        say(format!("node {n} is killed (SIGKILL) holding {holding} replica(s)"));
+    }
     sleep_pumping(started + kill_at + Duration::from_secs(opts.after_kill_secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut histograms = Vec::new();
@@ -577,9 +648,9 @@ pub async fn story(
         histograms.push(r.context("a workload task failed")??);
     }
     while probes.join_next().await.is_some() {}
-    let first_warning = watcher.join().map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
+    let first_warnings = watcher.join().map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
     pump(&watch_rx);
-    let sent_after = snapshot_bytes_sent(&pg.admins(Some(failing))).await;
+    let sent_after = snapshot_bytes_sent(&healthy_admins(pg)).await;
 
     // Figures.
     let series_len = histograms.iter().map(Vec::len).max().unwrap_or(0);
@@ -606,21 +677,28 @@ pub async fn story(
     }
     let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1e3;
     let sum = |m: &BTreeMap<NodeId, u64>| m.values().sum::<u64>();
-    let moved_failing = sent_failing.unwrap_or(0);
-    let before_failing = sent_before.get(&failing).copied().unwrap_or(0);
+    // Each failing node's own sends up to its last look, everyone else's up to the end.
+    let before_failing: u64 = failing.iter().filter_map(|n| sent_before.get(n)).sum();
     let before_others = sum(&sent_before) - before_failing;
-    let bytes_moved = sum(&sent_after).saturating_sub(before_others) + moved_failing.saturating_sub(before_failing);
-    let warning_lead_seconds = first_warning.map(|w| kill_at.as_secs_f64() - w.duration_since(started).as_secs_f64());
+    let bytes_moved =
+        sum(&sent_after).saturating_sub(before_others) + sum(&sent_failing).saturating_sub(before_failing);
+    // With several failing nodes, the one warned (or shed of its leaderships) last counts.
+    let latest = |ts: &[Option<Instant>]| {
+        ts.iter().try_fold(None, |acc: Option<Instant>, t| t.map(|t| Some(acc.map_or(t, |a| a.max(t))))).flatten()
+    };
+    let last_warned = latest(&first_warnings);
+    let warning_lead_seconds = last_warned.map(|w| kill_at.as_secs_f64() - w.duration_since(started).as_secs_f64());
     let since_fault = |t: Instant| t.duration_since(started).as_secs_f64() - ramp_at.as_secs_f64();
-    let seconds_to_warning = first_warning.map(since_fault).filter(|s| *s >= 0.0);
-    let seconds_to_no_leaderships = led_nothing.map(|t| since_fault(t).max(0.0));
+    let seconds_to_warning = last_warned.map(since_fault).filter(|s| *s >= 0.0);
+    let seconds_to_no_leaderships = latest(&led_nothing).map(|t| since_fault(t).max(0.0));
     let timeline = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let last_error = counts.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let failed_by_kind = counts.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(ScenarioReport {
         fault: opts.fault,
         mode,
-        failing_node: failing,
+        failing_node: first_failing,
+        failing_nodes: failing.clone(),
         failed_requests: counts.failed.load(Ordering::Relaxed),
         requests: counts.requests.load(Ordering::Relaxed),
         p99_ms_steady: p99(&steady),
@@ -632,7 +710,7 @@ pub async fn story(
         warning_lead_seconds: warning_lead_seconds.filter(|s| *s >= 0.0),
         seconds_to_warning,
         seconds_to_no_leaderships,
-        evacuated_before_kill: holds == Some(0),
+        evacuated_before_kill: holds.iter().all(|h| *h == Some(0)),
         ramp_at_secs: ramp_at.as_secs_f64(),
         kill_at_secs: kill_at.as_secs_f64(),
         timeline,
@@ -736,91 +814,176 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<Node
     .unwrap_or_default()
 }
 
-/// Polls warnings, risk, migrations and leaders until `stop`, sending what changed; returns
-/// when the first warning about `failing` was seen.
-/// What the watcher keeps up to date for the story.
+/// What the watcher keeps up to date for the story, per failing node (in the story's order).
 struct Watched {
-    /// Replicas the failing node holds (-1: not seen yet).
-    held: Arc<std::sync::atomic::AtomicI64>,
-    /// Since when the failing node leads no shard (`None`: it leads some).
-    leads_none_since: Arc<Mutex<Option<Instant>>>,
+    /// Replicas each holds (-1: not seen yet).
+    held: Vec<std::sync::atomic::AtomicI64>,
+    /// Since when each leads no shard (`None`: it leads some).
+    leads_none_since: Mutex<Vec<Option<Instant>>>,
 }
 
+impl Watched {
+    fn new(nodes: usize) -> Watched {
+        Watched {
+            held: (0..nodes).map(|_| std::sync::atomic::AtomicI64::new(-1)).collect(),
+            leads_none_since: Mutex::new(vec![None; nodes]),
+        }
+    }
+}
+
+/// What the watcher last told about one failing node.
+#[derive(Default)]
+struct Told {
+    first_warning: Option<Instant>,
+    warned_kinds: Vec<String>,
+    leads: Option<usize>,
+    holds: Option<usize>,
+    risk: f64,
+}
+
+/// Polls warnings, risk, migrations and leaders until `stop`, sending what changed about the
+/// `failing` nodes; returns when each was first warned about.
 fn watch(
     admins: &[AdminEndpoint],
-    failing: NodeId,
+    failing: &[NodeId],
     stop: &AtomicBool,
     seen: &Watched,
     tx: &std::sync::mpsc::Sender<String>,
-) -> Option<Instant> {
-    let mut first_warning = None;
-    let mut warned_kinds: Vec<String> = Vec::new();
+) -> Vec<Option<Instant>> {
+    let mut told: Vec<Told> = failing.iter().map(|_| Told::default()).collect();
     let mut stages: BTreeMap<u64, String> = BTreeMap::new();
-    let mut leads_before: Option<usize> = None;
-    let mut holds_before: Option<usize> = None;
     let mut leaderless_before: Option<usize> = None;
-    let mut risk_said = 0.0f64;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(WATCH_INTERVAL);
         for a in admins.iter().map(AdminEndpoint::client) {
             let Ok(w) = a.get::<serde_json::Value>("/v1/warnings?after=0&limit=100") else { continue };
-            for x in w["active"].as_array().into_iter().flatten().filter(|x| x["node"] == failing) {
-                let kind = x["kind"].as_str().unwrap_or("?").to_string();
-                if !warned_kinds.contains(&kind) {
-                    first_warning.get_or_insert_with(Instant::now);
-                    let _ = tx.send(format!("early warning: {kind} on node {failing}"));
-                    warned_kinds.push(kind);
-                }
-            }
-            if let Ok(risk) = a.get::<serde_json::Value>("/v1/risk") {
-                let p = risk["nodes"]
-                    .as_array()
-                    .and_then(|n| n.iter().find(|n| n["node"] == failing))
-                    .and_then(|n| n["probability"].as_f64());
-                if let Some(p) = p {
-                    // Said at each tenth crossed upwards.
-                    if (p * 10.0).floor() > (risk_said * 10.0).floor() && p >= 0.3 {
-                        let _ = tx.send(format!("node {failing}'s failure probability reaches {p:.2}"));
-                        risk_said = p;
+            let risk = a.get::<serde_json::Value>("/v1/risk").ok();
+            let migrations = a.get::<serde_json::Value>("/v1/migrations").ok();
+            for (i, &node) in failing.iter().enumerate() {
+                let t = &mut told[i];
+                for x in w["active"].as_array().into_iter().flatten().filter(|x| x["node"] == node) {
+                    let kind = x["kind"].as_str().unwrap_or("?").to_string();
+                    if !t.warned_kinds.contains(&kind) {
+                        t.first_warning.get_or_insert_with(Instant::now);
+                        let _ = tx.send(format!("early warning: {kind} on node {node}"));
+                        t.warned_kinds.push(kind);
                     }
                 }
-            }
-            if let Ok(m) = a.get::<serde_json::Value>("/v1/migrations") {
-                for x in m.as_array().into_iter().flatten().filter(|x| x["node"] == failing) {
+                let p = risk
+                    .as_ref()
+                    .and_then(|r| r["nodes"].as_array()?.iter().find(|n| n["node"] == node)?["probability"].as_f64());
+                // Said at each tenth crossed upwards.
+                if let Some(p) = p.filter(|p| (p * 10.0).floor() > (t.risk * 10.0).floor() && *p >= 0.3) {
+                    let _ = tx.send(format!("node {node}'s failure probability reaches {p:.2}"));
+                    t.risk = p;
+                }
+                for x in migrations.as_ref().and_then(|m| m.as_array()).into_iter().flatten() {
+                    if x["node"] != node {
+                        continue;
+                    }
                     let (Some(id), Some(stage)) = (x["id"].as_u64(), x["stage"].as_str()) else { continue };
                     if stages.get(&id).map(String::as_str) != Some(stage) {
                         let target =
                             x["target"].as_u64().map_or("no target yet".to_string(), |t| format!("to node {t}"));
-                        let _ = tx.send(format!(
-                            "migration {id} of node {failing} ({}, {target}): {stage}",
-                            x["cause"].as_str().unwrap_or("?")
-                        ));
+                        let cause = x["cause"].as_str().unwrap_or("?");
+                        let _ = tx.send(format!("migration {id} of node {node} ({cause}, {target}): {stage}"));
                         stages.insert(id, stage.to_string());
                     }
                 }
             }
             if let Ok(rows) = a.shards(None, None, None) {
-                let leads = rows.iter().filter(|r| r.shard.leader == Some(failing)).count();
-                let holds = rows.iter().filter(|r| r.shard.replica(failing).is_some()).count();
+                for (i, &node) in failing.iter().enumerate() {
+                    let t = &mut told[i];
+                    let leads = rows.iter().filter(|r| r.shard.leader == Some(node)).count();
+                    let holds = rows.iter().filter(|r| r.shard.replica(node).is_some()).count();
+                    seen.held[i].store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
+                    {
+                        let mut since = seen.leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        since[i] = if leads == 0 { Some(since[i].unwrap_or_else(Instant::now)) } else { None };
+                    }
+                    if t.leads.is_some_and(|b| b != leads) {
+                        let _ = tx.send(format!("node {node} leads {leads} shard(s)"));
+                    }
+                    if t.holds.is_some_and(|b| b != holds) {
+                        let _ = tx.send(format!("node {node} holds {holds} replica(s)"));
+                    }
+                    (t.leads, t.holds) = (Some(leads), Some(holds));
+                }
                 let leaderless = rows.iter().filter(|r| r.shard.leader.is_none()).count();
-                seen.held.store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
-                {
-                    let mut since = seen.leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    *since = if leads == 0 { Some(since.unwrap_or_else(Instant::now)) } else { None };
-                }
-                if leads_before.is_some_and(|b| b != leads) {
-                    let _ = tx.send(format!("node {failing} leads {leads} shard(s)"));
-                }
-                if holds_before.is_some_and(|b| b != holds) {
-                    let _ = tx.send(format!("node {failing} holds {holds} replica(s)"));
-                }
                 if leaderless_before.is_some_and(|b| b != leaderless) {
                     let _ = tx.send(format!("{leaderless} shard(s) without a known leader"));
                 }
-                (leads_before, holds_before, leaderless_before) = (Some(leads), Some(holds), Some(leaderless));
+                leaderless_before = Some(leaderless);
             }
             break;
         }
     }
-    first_warning
+    told.iter().map(|t| t.first_warning).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presage_shardmgr::{GroupMeta, NodeMeta, NodeState};
+
+    fn node(id: NodeId, region: &str, group: Option<u64>) -> NodeMeta {
+        NodeMeta {
+            id,
+            raft_addr: String::new(),
+            client_addr: String::new(),
+            resp_addr: String::new(),
+            admin_addr: String::new(),
+            region: region.into(),
+            capacity_bytes: 1 << 30,
+            state: NodeState::Up,
+            group,
+            insecure: false,
+        }
+    }
+
+    #[test]
+    fn failing_members_each_get_a_spare_in_a_region_the_group_will_lack() {
+        // The demo's layout: group 1 on r1-r3, spares 4 (r1) and 5 (r2).
+        let nodes = [
+            node(1, "r1", Some(1)),
+            node(2, "r2", Some(1)),
+            node(3, "r3", Some(1)),
+            node(4, "r1", None),
+            node(5, "r2", None),
+        ];
+        let groups = [GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() }];
+        let leads = |n: NodeId| match n {
+            3 => 4,
+            2 => 2,
+            _ => 1,
+        };
+        // Node 3 leads most but no spare can take r3's place.
+        assert_eq!(pick_failing(&nodes, &groups, leads, 1, false), Some(vec![2]));
+        assert_eq!(pick_failing(&nodes, &groups, leads, 2, false), Some(vec![2, 1]));
+        assert_eq!(pick_failing(&nodes, &groups, leads, 3, false), None, "a third member has no spare");
+        // One spare between two failing members is not enough.
+        let one_spare = [node(1, "r1", Some(1)), node(2, "r2", Some(1)), node(3, "r3", Some(1)), node(4, "r4", None)];
+        assert!(pick_failing(&one_spare, &groups, leads, 1, false).is_some());
+        assert_eq!(pick_failing(&one_spare, &groups, leads, 2, false), None);
+    }
+
+    #[test]
+    fn a_failing_region_takes_its_spares_along_and_needs_one_elsewhere() {
+        // Six nodes in four regions: group 1 on r1-r3; spares 4 (r4), 5 (r1), 6 (r2).
+        let nodes = [
+            node(1, "r1", Some(1)),
+            node(2, "r2", Some(1)),
+            node(3, "r3", Some(1)),
+            node(4, "r4", None),
+            node(5, "r1", None),
+            node(6, "r2", None),
+        ];
+        let groups = [GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() }];
+        let leads = |n: NodeId| if n == 1 { 3 } else { 1 };
+        assert_eq!(pick_failing(&nodes, &groups, leads, 1, true), Some(vec![1, 5]), "r1 fails, node 4 takes over");
+        // Without a spare in a fourth region, no region can fail.
+        assert_eq!(pick_failing(&nodes[..3], &groups, leads, 1, true), None);
+        let five = [&nodes[..3], &nodes[4..]].concat();
+        assert_eq!(pick_failing(&five, &groups, leads, 1, true), None, "r1's and r2's spares fail with them");
+    }
 }
