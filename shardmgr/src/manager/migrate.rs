@@ -15,7 +15,10 @@
 //! 2. **Cutting over** (risk >= act; or a sustained warning: an early warning that slows the
 //!    node's leaders (its disk or links) held without a break for `migration-act-after-ms`,
 //!    since a node that leads nothing shows the model fewer signals, and its risk can fall
-//!    back while its disk keeps failing; or the node is already down: reactive repair): the
+//!    back while its disk keeps failing; or another member of the group is at risk too (being
+//!    evacuated, warned about, or down): the group is one failure from losing its quorum, and
+//!    until a healthy copy votes every commit waits for an ailing member; or the node is
+//!    already down: reactive repair): the
 //!    target replaces the node in its replication group; the repair policy then swaps each
 //!    shard's copy in and the node's replica out in one joint-consensus change, after
 //!    verifying the copy again, and removes the old replica. A failed verification or a
@@ -151,6 +154,7 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
     next.degraded_since_ms = (warned && !down).then(|| m.degraded_since_ms.unwrap_or(now_ms));
     let act_after_ms = st.cfg().migration_act_after_ms;
+    let group_at_risk = group_also_at_risk(st, m.group, m.node);
     let sustained =
         act_after_ms > 0 && next.degraded_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= act_after_ms);
     let cleared =
@@ -174,7 +178,7 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     }
     match next.stage {
         MigrationStage::Preparing => {
-            if down || sustained || risk.is_some_and(|r| r >= th.act) {
+            if down || sustained || group_at_risk || risk.is_some_and(|r| r >= th.act) {
                 if next.target.is_some() || down {
                     next.stage = MigrationStage::CuttingOver;
                 }
@@ -230,6 +234,16 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     if durable {
         out.writes.push(write);
     }
+}
+
+/// Is another member of `group` than `node` at risk: held by a migration, under a warning that
+/// slows its leaders, or not Up?
+fn group_also_at_risk(st: &ClusterState, group: GroupId, node: NodeId) -> bool {
+    let Some(g) = st.group(group) else { return false };
+    g.nodes
+        .iter()
+        .filter(|&&n| n != node)
+        .any(|&n| st.is_held(n) || st.degraded().contains(&n) || st.node(n).is_none_or(|x| x.state != NodeState::Up))
 }
 
 /// Puts `target` in `node`'s place in `group`; the repair policy then moves every shard of
@@ -445,6 +459,19 @@ mod tests {
         assert_eq!(st.migration_of(1).and_then(|m| m.below_clear_since_ms), None, "not clear while warned");
         assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
         let _ = update(&mut st, act_after_ms * 3 / 2 + 1);
+        assert_cut_over(&st);
+    }
+
+    #[test]
+    fn a_second_member_at_risk_cuts_over_at_once() {
+        let mut st = cluster(0.6);
+        let _ = st.put_node(node(5, "b", None));
+        let _ = update(&mut st, 0);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
+        // Node 2 of the same group is warned about: one more failure and the group loses its
+        // quorum, so node 1's copies go in now, below act and before any timer.
+        st.set_risks(RiskInputs { nodes: [(1, 0.6)].into(), degraded: [2].into(), ..RiskInputs::default() });
+        let _ = update(&mut st, 1_000);
         assert_cut_over(&st);
     }
 
