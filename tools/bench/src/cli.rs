@@ -306,7 +306,7 @@ struct StoryArgs {
     #[arg(long, default_value_t = StoryOptions::default().nodes_failing)]
     nodes_failing: usize,
     /// The failing member's whole region degrades: its spares get the fault too, and a spare
-    /// from another region takes the member's place (e.g. `--nodes 6 --regions 4`).
+    /// from another region takes the member's place (e.g. `--nodes 5 --regions 4`).
     #[arg(long)]
     region_failing: bool,
     /// Keys loaded and used by the workload.

@@ -28,6 +28,11 @@
 //! `proactive-migration` on or off. `presage-bench scenario campaign` runs every fault shape in
 //! both modes ([`campaign_table`]).
 //!
+//! With `nodes_failing` 2, two members of one group fail the same way at once (each has a spare
+//! of its own); with `region_failing`, every node of the failing member's region does (its
+//! spares too, so the member's replacement comes from another region). The figures then cover
+//! every failing node: warned, leading nothing and empty when the last of them was.
+//!
 //! - [`fault`]: the fault shapes and how each is injected.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
 
@@ -421,8 +426,8 @@ pub fn choose_failing_node(admin: &AdminClient) -> Result<NodeId> {
 /// `count` members of one group to fail together, each with a spare of its own that could
 /// take its place (Up, in no group, in a region the group's staying members and the other
 /// spares lack); the members leading the most data shards first. With `whole_region`, the
-/// spares come from other regions than the members', and every other node of the members'
-/// regions follows them in the answer.
+/// members are those whose region holds other nodes, the spares come from other regions than
+/// the members', and every other node of the members' regions follows them in the answer.
 pub fn choose_failing_nodes(admin: &AdminClient, count: usize, whole_region: bool) -> Result<Vec<NodeId>> {
     let info = admin.cluster()?;
     let rows = admin.shards(None, None, None)?;
@@ -447,9 +452,15 @@ fn pick_failing(
         .filter(|n| n.group.is_none() && n.state == presage_shardmgr::NodeState::Up)
         .map(|n| (n.id, n.region.as_str()))
         .collect();
+    // In a failing region, a member fails with other nodes of its region (else it is a node).
+    let has_neighbour = |m: NodeId| {
+        nodes
+            .iter()
+            .any(|n| n.id != m && n.state == presage_shardmgr::NodeState::Up && Some(n.region.as_str()) == region(m))
+    };
     let mut best: Option<(usize, Vec<NodeId>)> = None;
     for g in groups {
-        let mut members = g.nodes.clone();
+        let mut members: Vec<NodeId> = g.nodes.iter().copied().filter(|&m| !whole_region || has_neighbour(m)).collect();
         members.sort_by_key(|&m| (std::cmp::Reverse(leads(m)), m));
         // Greedy: each member, most leaderships first, takes the first spare free for it.
         let mut chosen: Vec<NodeId> = Vec::new();
@@ -981,6 +992,10 @@ mod tests {
         let groups = [GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() }];
         let leads = |n: NodeId| if n == 1 { 3 } else { 1 };
         assert_eq!(pick_failing(&nodes, &groups, leads, 1, true), Some(vec![1, 5]), "r1 fails, node 4 takes over");
+        // The member leading most is alone in its region: r1's fails (a region, not a node).
+        let leads_2 = |n: NodeId| if n == 2 { 3 } else { 1 };
+        let r1_pair = [&nodes[..5]].concat();
+        assert_eq!(pick_failing(&r1_pair, &groups, leads_2, 1, true), Some(vec![1, 5]));
         // Without a spare in a fourth region, no region can fail.
         assert_eq!(pick_failing(&nodes[..3], &groups, leads, 1, true), None);
         let five = [&nodes[..3], &nodes[4..]].concat();
