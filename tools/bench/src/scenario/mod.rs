@@ -31,7 +31,8 @@
 //! With `nodes_failing` 2, two members of one group fail the same way at once (each has a spare
 //! of its own); with `region_failing`, every node of the failing member's region does (its
 //! spares too, so the member's replacement comes from another region). The figures then cover
-//! every failing node: warned, leading nothing and empty when the last of them was.
+//! every failing member: warned and leading nothing when the last of them was; evacuated when
+//! no failing node held a replica at the kill.
 //!
 //! - [`fault`]: the fault shapes and how each is injected.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
@@ -693,9 +694,11 @@ pub async fn story(
     let before_others = sum(&sent_before) - before_failing;
     let bytes_moved =
         sum(&sent_after).saturating_sub(before_others) + sum(&sent_failing).saturating_sub(before_failing);
-    // With several failing nodes, the one warned (or shed of its leaderships) last counts.
+    // With several failing members, the one warned (or shed of its leaderships) last counts;
+    // a failing region's other nodes (spares, idle) are not asked to be warned.
     let latest = |ts: &[Option<Instant>]| {
-        ts.iter().try_fold(None, |acc: Option<Instant>, t| t.map(|t| Some(acc.map_or(t, |a| a.max(t))))).flatten()
+        let members = ts.iter().take(opts.nodes_failing.max(1));
+        members.try_fold(None, |acc: Option<Instant>, t| t.map(|t| Some(acc.map_or(t, |a| a.max(t))))).flatten()
     };
     let last_warned = latest(&first_warnings);
     let warning_lead_seconds = last_warned.map(|w| kill_at.as_secs_f64() - w.duration_since(started).as_secs_f64());
