@@ -697,7 +697,7 @@ pub async fn story(
     // With several failing members, the one warned (or shed of its leaderships) last counts;
     // a failing region's other nodes (spares, idle) are not asked to be warned.
     let latest = |ts: &[Option<Instant>]| {
-        let members = ts.iter().take(opts.nodes_failing.max(1));
+        let mut members = ts.iter().take(opts.nodes_failing.max(1));
         members.try_fold(None, |acc: Option<Instant>, t| t.map(|t| Some(acc.map_or(t, |a| a.max(t))))).flatten()
     };
     let last_warned = latest(&first_warnings);
