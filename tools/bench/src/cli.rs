@@ -5,13 +5,15 @@
 //! against off), `run`: the YCSB core workloads against the raw engine, a playground or a
 //! running cluster, several targets in one invocation, each next to the first, and
 //! `scenario failing-node`: a failing node (one fault shape) with the predictive path on,
-//! beside it off, and `scenario campaign`: every fault shape in both modes, one table.
+//! beside it off, `scenario campaign`: every fault shape in both modes, one table, and
+//! `scenario noise`: healthy nodes under noise (false alarms).
 
 use std::path::PathBuf;
 
 use crate::engine_bench::{self, EngineBenchOptions};
 use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
 use crate::scenario::fault::Fault;
+use crate::scenario::noise::{Noise, NoiseOptions};
 use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use crate::ycsb::run::{Environment, Progress, RunOptions};
 use crate::ycsb::target::TargetSpec;
@@ -287,6 +289,23 @@ enum ScenarioCommand {
         #[command(flatten)]
         story: StoryArgs,
     },
+    /// Healthy nodes under noise that looks like failure from afar (a peer catching up from
+    /// them, a write burst's compactions, a 10 s CPU spike), each followed by a quiet gap:
+    /// counts warnings, evacuations and how long any node shed its leaderships. The story's
+    /// fault settings (ramp, kill) are not used.
+    Noise {
+        /// Only these noises, in this order (repeatable; default: every one).
+        #[arg(long, value_enum)]
+        noise: Vec<Noise>,
+        /// Quiet seconds after each noise event.
+        #[arg(long, default_value_t = 40)]
+        gap_secs: u64,
+        /// Repeat the noises until this many minutes passed after the warm-up (0: once each).
+        #[arg(long, default_value_t = 0)]
+        soak_minutes: u64,
+        #[command(flatten)]
+        story: StoryArgs,
+    },
 }
 
 /// The failing-node story's settings (`scenario failing-node` and `scenario campaign`).
@@ -487,6 +506,15 @@ pub fn main() -> Result<()> {
                 scenario::draw(&reports, &plot)?;
             }
             Ok(())
+        }
+        Command::Scenario { scenario: ScenarioCommand::Noise { noise, gap_secs, soak_minutes, story } } => {
+            let (scenario, out) = story.options(Fault::Ramp)?;
+            let noises = if noise.is_empty() { Noise::ALL.to_vec() } else { noise };
+            let opts = NoiseOptions { story: scenario.story.clone(), noises, gap_secs, soak_minutes, scenario };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let report = runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}")))?;
+            print!("{}", scenario::noise::table(&report));
+            write_json(out.json, &report)
         }
         Command::Idle { shards, seconds, work_dir, json } => {
             let opts = IdleBenchOptions { shards, seconds };

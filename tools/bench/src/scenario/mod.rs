@@ -35,9 +35,11 @@
 //! no failing node held a replica at the kill.
 //!
 //! - [`fault`]: the fault shapes and how each is injected.
+//! - [`noise`]: healthy nodes under noise (`scenario noise`), for false alarms.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
 
 pub mod fault;
+pub mod noise;
 mod report;
 
 pub use report::{campaign_json, campaign_table, draw, side_by_side, to_json};
@@ -274,7 +276,10 @@ pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + S
         bail!("--nodes-failing is 1 or 2 (members of one group of three)");
     }
     if opts.nodes < 3 + failing || opts.regions < 2 || opts.regions > opts.nodes {
-        bail!("the scenario needs a group of 3 and a spare per failing node (--nodes at least {}) in 2 to `nodes` regions", 3 + failing);
+        bail!(
+            "the scenario needs at least {} nodes (a group of 3 and a spare per failing node) in 2 to `nodes` regions",
+            3 + failing
+        );
     }
     if opts.shards == 0 || opts.shards > opts.story.keys {
         bail!("--shards must be between 1 and --keys");
@@ -433,9 +438,12 @@ pub fn choose_failing_nodes(admin: &AdminClient, count: usize, whole_region: boo
     let info = admin.cluster()?;
     let rows = admin.shards(None, None, None)?;
     let leads = |m: NodeId| rows.iter().filter(|r| r.shard.id != META_SHARD_ID && r.shard.leader == Some(m)).count();
-    pick_failing(&info.nodes, &info.groups, leads, count, whole_region).with_context(|| {
-        let elsewhere = if whole_region { " outside their region" } else { "" };
-        format!("no group has {count} member(s) with a spare node each{elsewhere} to take their place")
+    pick_failing(&info.nodes, &info.groups, leads, count, whole_region).with_context(|| match (count, whole_region) {
+        (1, false) => "no group member has a spare node to take its place".to_string(),
+        (_, false) => format!("no group has {count} members with a spare node each to take their place"),
+        (_, true) => {
+            format!("no group has {count} member(s) sharing their region with other nodes and a spare elsewhere each")
+        }
     })
 }
 
