@@ -327,6 +327,32 @@ fn failing_node_scenario_reports_both_modes_with_the_documented_keys() {
     assert!(svg.contains("<svg") && svg.contains("p99 latency per second"), "{svg:.200}");
 }
 
+/// `presage-bench scenario noise`, shortened to the catch-up noise: the peer it kills and
+/// restarts falls behind the scenario's short log and is sent snapshots, and the report comes
+/// out under its documented keys. (Whether a warning or evacuation followed is the figure the
+/// scenario reports, not this test's business.)
+#[test]
+fn noise_scenario_makes_a_peer_catch_up_by_snapshots_and_reports_its_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("n.json");
+    let out = bench()
+        .args(["scenario", "noise", "--noise", "catch-up", "--keys", "500", "--shards", "3", "--workers", "4"])
+        .args(["--warmup-secs", "10", "--gap-secs", "5", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run presage-bench scenario noise");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "noise failed: {stdout}\n{stderr}");
+    assert!(stderr.contains("noise: catch-up on node") && stdout.contains("no false alarm"), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json parses");
+    for key in ["warnings", "risk_migrations", "evacuations", "sheds", "longest_shed_secs", "p99_ms_noise"] {
+        assert!(r.get(key).is_some(), "no {key} in {r}");
+    }
+    assert_eq!(r["events"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(r["snapshot_bytes_sent"].as_u64().unwrap_or(0) > 0, "the restarted peer caught up by snapshots: {r}");
+    assert!(r["requests"].as_u64().unwrap_or(0) > 500, "{r}");
+}
+
 #[test]
 fn demo_and_walkthrough_refuse_bad_arguments_clearly() {
     let out = presage().args(["walkthrough", "--keys", "10"]).output().expect("run presage walkthrough");

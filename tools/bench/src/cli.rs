@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use crate::engine_bench::{self, EngineBenchOptions};
 use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
 use crate::scenario::fault::Fault;
-use crate::scenario::noise::{Noise, NoiseOptions};
+use crate::scenario::noise::{Noise, NoiseOptions, DEFAULT_GAP_SECS};
 use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use crate::ycsb::run::{Environment, Progress, RunOptions};
 use crate::ycsb::target::TargetSpec;
@@ -281,11 +281,18 @@ enum ScenarioCommand {
         story: StoryArgs,
     },
     /// Every fault shape in both modes, one after another (each on a playground of its own):
-    /// one table, a JSON object per fault and mode, the failing-node settings for each.
+    /// one table, a JSON object per fault and mode, the failing-node settings for each; then
+    /// the noise scenario (its table after, and one more JSON object, `{"noise": ...}`).
     Campaign {
         /// Only these faults (repeatable; default: every one).
         #[arg(long, value_enum)]
         fault: Vec<Fault>,
+        /// The noise scenario's soak: repeat the noises this many minutes (0: once each).
+        #[arg(long, default_value_t = 0)]
+        soak_minutes: u64,
+        /// Leave the noise scenario out.
+        #[arg(long)]
+        no_noise: bool,
         #[command(flatten)]
         story: StoryArgs,
     },
@@ -298,7 +305,7 @@ enum ScenarioCommand {
         #[arg(long, value_enum)]
         noise: Vec<Noise>,
         /// Quiet seconds after each noise event.
-        #[arg(long, default_value_t = 40)]
+        #[arg(long, default_value_t = DEFAULT_GAP_SECS)]
         gap_secs: u64,
         /// Repeat the noises until this many minutes passed after the warm-up (0: once each).
         #[arg(long, default_value_t = 0)]
@@ -487,7 +494,7 @@ pub fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Scenario { scenario: ScenarioCommand::Campaign { fault, story } } => {
+        Command::Scenario { scenario: ScenarioCommand::Campaign { fault, soak_minutes, no_noise, story } } => {
             let faults = if fault.is_empty() { Fault::ALL.to_vec() } else { fault };
             let (opts, out) = story.options(Fault::Ramp)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -501,7 +508,23 @@ pub fn main() -> Result<()> {
                 }
             }
             print!("{}", scenario::campaign_table(&reports));
-            write_json(out.json, &scenario::campaign_json(&reports))?;
+            let mut json = scenario::campaign_json(&reports);
+            if !no_noise {
+                eprintln!("campaign: noise, soak {soak_minutes} min:");
+                let opts = NoiseOptions {
+                    story: opts.story.clone(),
+                    noises: Noise::ALL.to_vec(),
+                    gap_secs: DEFAULT_GAP_SECS,
+                    soak_minutes,
+                    scenario: opts,
+                };
+                let noise = runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}")))?;
+                print!("\nnoise on healthy nodes:\n{}", scenario::noise::table(&noise));
+                if let serde_json::Value::Array(a) = &mut json {
+                    a.push(serde_json::json!({ "noise": noise }));
+                }
+            }
+            write_json(out.json, &json)?;
             if let Some(plot) = out.plot {
                 scenario::draw(&reports, &plot)?;
             }

@@ -33,7 +33,9 @@ use presage_playground::{Playground, PlaygroundOptions};
 use presage_shardmgr::NodeId;
 use serde::Serialize;
 
-use super::{admin_addrs, choose_failing_node, load, split_and_spread, worker, Counts, Mode, StoryOptions};
+use super::{
+    admin_addrs, choose_failing_node, load, snapshot_bytes_sent, split_and_spread, worker, Counts, Mode, StoryOptions,
+};
 use super::{MAX_LATENCY_US, WATCH_INTERVAL};
 use crate::datagen::key;
 
@@ -52,6 +54,8 @@ const BURST_BATCH: usize = 32;
 /// The CPU spike's length and busy threads.
 pub const CPU_SPIKE: Duration = Duration::from_secs(10);
 const CPU_SPIKE_THREADS: u32 = 4;
+/// Quiet seconds after each noise event, by default.
+pub const DEFAULT_GAP_SECS: u64 = 40;
 /// A healthy node should shed its leaderships no longer than this at a time.
 pub const MAX_SHED: Duration = Duration::from_secs(30);
 
@@ -128,10 +132,19 @@ pub struct NoiseReport {
     pub risk_migrations: u64,
     /// See above: these are evacuations.
     pub evacuations: u64,
+    /// Snapshot data the nodes sent after the warm-up, in bytes (the catch-up's, mostly).
+    pub snapshot_bytes_sent: u64,
     /// Every shed of leaderships.
     pub sheds: Vec<Shed>,
     /// The longest, in seconds (0 when none).
     pub longest_shed_secs: f64,
+}
+
+impl NoiseReport {
+    /// No evacuation, and no node shed its leaderships longer than [`MAX_SHED`].
+    pub fn no_false_alarm(&self) -> bool {
+        self.evacuations == 0 && self.longest_shed_secs <= MAX_SHED.as_secs_f64()
+    }
 }
 
 /// Runs the noise scenario on a playground of its own.
@@ -204,6 +217,7 @@ async fn noisy_story(
         std::thread::spawn(move || watch(&nodes, started, &stop, &watched))
     };
     tokio::time::sleep(Duration::from_secs(opts.story.warmup_secs)).await;
+    let sent_before = snapshot_bytes_sent(&pg.admins(None)).await;
     let soak_end = started + Duration::from_secs(opts.story.warmup_secs + opts.soak_minutes * 60);
     let mut events = Vec::new();
     'schedule: loop {
@@ -228,6 +242,9 @@ async fn noisy_story(
         histograms.push(r.context("a workload task failed")??);
     }
     watcher.join().map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
+    let sent_after = snapshot_bytes_sent(&pg.admins(None)).await;
+    let snapshot_bytes_sent =
+        sent_after.iter().map(|(n, b)| b.saturating_sub(sent_before.get(n).copied().unwrap_or(0))).sum();
     let w = watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (steady, noisy) = split_p99(&histograms, opts.story.warmup_secs)?;
     let end_secs = started.elapsed().as_secs_f64();
@@ -244,6 +261,7 @@ async fn noisy_story(
         warnings: w.warnings.clone(),
         risk_migrations: w.risk_migrations.len() as u64,
         evacuations: w.risk_migrations.values().filter(|cut| **cut).count() as u64,
+        snapshot_bytes_sent,
         sheds,
         longest_shed_secs,
     })
@@ -402,8 +420,10 @@ pub fn table(r: &NoiseReport) -> String {
         vec!["warnings".to_string(), if warnings.is_empty() { "none".into() } else { warnings.join(", ") }],
         vec!["risk_migrations".to_string(), r.risk_migrations.to_string()],
         vec!["evacuations".to_string(), r.evacuations.to_string()],
+        vec!["snapshot_bytes_sent".to_string(), bytesize::ByteSize(r.snapshot_bytes_sent).to_string()],
         vec!["sheds".to_string(), r.sheds.len().to_string()],
         vec!["longest_shed_secs".to_string(), format!("{:.1}", r.longest_shed_secs)],
+        vec!["no false alarm".to_string(), r.no_false_alarm().to_string()],
     ];
     presage_ctl::table(&["figure", "value"], &rows)
 }
