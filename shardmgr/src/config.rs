@@ -81,9 +81,11 @@ pub struct ManagerConfig {
     /// this long.
     pub migration_clear_after_ms: u64,
     /// Cut over also below `risk-act` once the node has been under an early warning that slows
-    /// its leaders (its disk or links) this long without a break: a warning that persists is
-    /// evidence of its own, and a node that leads nothing any more shows the model less, so
-    /// its risk can fall back while its disk keeps failing (0: only `risk-act` cuts over).
+    /// its leaders (its disk or links) this long without a break, once its evacuation started
+    /// (at `risk-warn`): a warning that persists is evidence of its own, and a node that leads
+    /// nothing any more shows the model less, so its risk can fall back while its disk keeps
+    /// failing (0: no such cut-over; `risk-act`, a down node and a second member of the group
+    /// being evacuated still cut over).
     pub migration_act_after_ms: u64,
     /// Leaderships moved off one at-risk node per scheduling round (a gradual shift).
     pub migration_leader_moves_per_round: usize,

@@ -249,8 +249,8 @@ impl ClusterState {
     }
 
     /// The healthy node to take `node`'s place in `group` (design.md §6): `Up`, in no group,
-    /// not held or targeted by another migration, its risk below `risk-clear` (or unknown)
-    /// and its region's below `risk-warn`, in a region where no other member of the group
+    /// not held or targeted by another migration, its risk below `risk-clear` (or unknown),
+    /// under no warning that slows leaders, and its region's risk below `risk-warn`, in a region where no other member of the group
     /// is (any region if the cluster has fewer than the replication factor). Ranked by risk
     /// (known low first), free capacity, load (replicas held), then round trip.
     pub(crate) fn choose_target(&self, node: NodeId, group: GroupId) -> Option<NodeId> {
@@ -284,6 +284,7 @@ impl ClusterState {
                 && !self.is_migration_target(n.id)
                 && !self.is_held(n.id)
                 && self.risks.get(&n.id).is_none_or(|r| *r < th.clear)
+                && !self.degraded.contains(&n.id)
                 && self.region_risks.get(&n.region).is_none_or(|r| *r < th.warn)
                 && (!strict_regions || !taken_regions.contains(n.region.as_str()))
         });

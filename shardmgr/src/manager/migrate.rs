@@ -15,10 +15,12 @@
 //! 2. **Cutting over** (risk >= act; or a sustained warning: an early warning that slows the
 //!    node's leaders (its disk or links) held without a break for `migration-act-after-ms`,
 //!    since a node that leads nothing shows the model fewer signals, and its risk can fall
-//!    back while its disk keeps failing; or another member of the group is at risk too (being
-//!    evacuated, warned about, or down): the group is one failure from losing its quorum, and
-//!    until a healthy copy votes every commit waits for an ailing member; or the node is
-//!    already down: reactive repair): the
+//!    back while its disk keeps failing (the timer runs from the first round that sees the
+//!    warning with the migration started, so a warning alone, below warn, evacuates nothing);
+//!    or, while this node is itself at risk, another voter of its group is being evacuated
+//!    too (for its risk, or down): the group is one failure from losing its quorum, and until
+//!    a healthy copy votes every commit waits for an ailing member; or the node is already
+//!    down: reactive repair; a risk that cleared for the clear delay stands down first): the
 //!    target replaces the node in its replication group; the repair policy then swaps each
 //!    shard's copy in and the node's replica out in one joint-consensus change, after
 //!    verifying the copy again, and removes the old replica. A failed verification or a
@@ -154,17 +156,21 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     next.below_clear_since_ms = (clear && !down).then(|| m.below_clear_since_ms.unwrap_or(now_ms));
     next.degraded_since_ms = (warned && !down).then(|| m.degraded_since_ms.unwrap_or(now_ms));
     let act_after_ms = st.cfg().migration_act_after_ms;
-    let group_at_risk = group_also_at_risk(st, m.group, m.node);
+    // Only while this node is itself at risk (warned, or at warn), and never against its own
+    // stand-down (`cleared` comes first below).
+    let at_risk_itself = !clear && (warned || risk.is_some_and(|r| r >= th.warn));
+    let group_at_risk = at_risk_itself && another_member_evacuated(st, m.group, m.node);
     let sustained =
         act_after_ms > 0 && next.degraded_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= act_after_ms);
     let cleared =
         next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= st.cfg().migration_clear_after_ms);
-    // A target that fell ill, died or was taken into a group is given up while it
+    // A target that fell ill (at warn, or warned about), died or was taken into a group is given up while it
     // holds nothing of the group (cutting over, it is a group member and stays).
     if next.stage == MigrationStage::Preparing {
         if let Some(t) = next.target {
             let ok = st.node(t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())
-                && st.risk(t).is_none_or(|r| r < th.warn);
+                && st.risk(t).is_none_or(|r| r < th.warn)
+                && !st.degraded().contains(&t);
             if !ok {
                 next.target = None;
             }
@@ -178,12 +184,12 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     }
     match next.stage {
         MigrationStage::Preparing => {
-            if down || sustained || group_at_risk || risk.is_some_and(|r| r >= th.act) {
+            if cleared && !down {
+                next.stage = MigrationStage::StoodDown;
+            } else if down || sustained || group_at_risk || risk.is_some_and(|r| r >= th.act) {
                 if next.target.is_some() || down {
                     next.stage = MigrationStage::CuttingOver;
                 }
-            } else if cleared {
-                next.stage = MigrationStage::StoodDown;
             }
         }
         MigrationStage::CuttingOver => {}
@@ -227,8 +233,9 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         }
         out.events.push(next.clone());
     }
-    // The timer alone is soft: persisting it every round would cost a meta write per
-    // round; a new manager restarts it (it only delays a stand-down).
+    // The timers alone are soft: persisting them every round would cost a meta write per
+    // round; a new manager restarts them (delaying a stand-down, or a sustained-warning
+    // cut-over, by at most their length).
     let durable = next != m && !only_timer_changed(&m, &next);
     let write = st.put_migration(next);
     if durable {
@@ -236,14 +243,16 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     }
 }
 
-/// Is another member of `group` than `node` at risk: held by a migration, under a warning that
-/// slows its leaders, or not Up?
-fn group_also_at_risk(st: &ClusterState, group: GroupId, node: NodeId) -> bool {
-    let Some(g) = st.group(group) else { return false };
-    g.nodes
-        .iter()
-        .filter(|&&n| n != node)
-        .any(|&n| st.is_held(n) || st.degraded().contains(&n) || st.node(n).is_none_or(|x| x.state != NodeState::Up))
+/// Is another node of `group` than `node` being evacuated (preparing or cutting over, for its
+/// risk or because it is down) while it still votes: a member of the group record, or, once
+/// the record names its replacement, still holding replicas until each shard's swap is done?
+/// (A brief Suspect or a single warning round is not enough: each needs a migration first.)
+fn another_member_evacuated(st: &ClusterState, group: GroupId, node: NodeId) -> bool {
+    let members = st.group(group).map(|g| g.nodes.clone()).unwrap_or_default();
+    st.migrations()
+        .filter(|o| o.group == group && o.node != node)
+        .filter(|o| matches!(o.stage, MigrationStage::Preparing | MigrationStage::CuttingOver))
+        .any(|o| members.contains(&o.node) || st.directory().iter().any(|s| s.replica(o.node).is_some()))
 }
 
 /// Puts `target` in `node`'s place in `group`; the repair policy then moves every shard of
@@ -463,16 +472,45 @@ mod tests {
     }
 
     #[test]
-    fn a_second_member_at_risk_cuts_over_at_once() {
+    fn a_second_member_being_evacuated_cuts_the_first_over_at_once() {
         let mut st = cluster(0.6);
-        let _ = st.put_node(node(5, "b", None));
+        // No spare for node 2 (region b): its migration stays preparing.
         let _ = update(&mut st, 0);
         assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
-        // Node 2 of the same group is warned about: one more failure and the group loses its
-        // quorum, so node 1's copies go in now, below act and before any timer.
+        // A warning about node 2 alone (no migration of its own) or node 2 briefly Suspect
+        // changes nothing.
         st.set_risks(RiskInputs { nodes: [(1, 0.6)].into(), degraded: [2].into(), ..RiskInputs::default() });
         let _ = update(&mut st, 1_000);
+        let mut n2 = st.node(2).cloned().expect("node 2");
+        n2.state = NodeState::Suspect;
+        let _ = st.put_node(n2.clone());
+        let _ = update(&mut st, 2_000);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing));
+        n2.state = NodeState::Up;
+        let _ = st.put_node(n2);
+        // Node 2 reaches warn: its own migration starts, and node 1's copies go in now,
+        // below act and before any timer (one more failure would lose the quorum).
+        st.set_risks(RiskInputs { nodes: [(1, 0.6), (2, 0.6)].into(), ..RiskInputs::default() });
+        let _ = update(&mut st, 3_000);
+        assert_eq!(st.migration_of(2).map(|m| m.node), Some(2), "node 2 is being evacuated");
+        let _ = update(&mut st, 4_000);
         assert_cut_over(&st);
+    }
+
+    #[test]
+    fn a_member_whose_own_risk_cleared_is_not_cut_over_for_another_and_stands_down() {
+        let mut st = cluster(0.6);
+        // No spare for node 2 (region b): its migration stays preparing.
+        let _ = update(&mut st, 0);
+        // Node 1's risk clears, then node 2 starts being evacuated.
+        st.set_risks(RiskInputs { nodes: [(1, 0.1), (2, 0.6)].into(), ..RiskInputs::default() });
+        let _ = update(&mut st, 1_000);
+        assert!(st.migration_of(2).is_some());
+        let _ = update(&mut st, 2_000);
+        assert_eq!(st.migration_of(1).map(|m| m.stage), Some(MigrationStage::Preparing), "not at risk itself");
+        let clear_after_ms = st.cfg().migration_clear_after_ms;
+        let _ = update(&mut st, 1_000 + clear_after_ms);
+        assert!(st.migration_of(1).is_none(), "stood down although node 2 is still being evacuated");
     }
 
     /// The spare took node 1's place (with no shards, the cut-over ends in the same round).

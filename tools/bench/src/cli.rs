@@ -512,16 +512,24 @@ pub fn main() -> Result<()> {
             if !no_noise {
                 eprintln!("campaign: noise, soak {soak_minutes} min:");
                 let opts = NoiseOptions {
-                    story: opts.story.clone(),
                     noises: Noise::ALL.to_vec(),
                     gap_secs: DEFAULT_GAP_SECS,
                     soak_minutes,
                     scenario: opts,
                 };
-                let noise = runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}")))?;
-                print!("\nnoise on healthy nodes:\n{}", scenario::noise::table(&noise));
+                // A failed noise run is reported beside the fault runs, which are kept.
+                let noise = match runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}"))) {
+                    Ok(noise) => {
+                        print!("\nnoise on healthy nodes:\n{}", scenario::noise::table(&noise));
+                        serde_json::json!({ "noise": noise })
+                    }
+                    Err(e) => {
+                        eprintln!("campaign: the noise scenario failed: {e:#}");
+                        serde_json::json!({ "noise_error": format!("{e:#}") })
+                    }
+                };
                 if let serde_json::Value::Array(a) = &mut json {
-                    a.push(serde_json::json!({ "noise": noise }));
+                    a.push(noise);
                 }
             }
             write_json(out.json, &json)?;
@@ -533,7 +541,7 @@ pub fn main() -> Result<()> {
         Command::Scenario { scenario: ScenarioCommand::Noise { noise, gap_secs, soak_minutes, story } } => {
             let (scenario, out) = story.options(Fault::Ramp)?;
             let noises = if noise.is_empty() { Noise::ALL.to_vec() } else { noise };
-            let opts = NoiseOptions { story: scenario.story.clone(), noises, gap_secs, soak_minutes, scenario };
+            let opts = NoiseOptions { noises, gap_secs, soak_minutes, scenario };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let report = runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}")))?;
             print!("{}", scenario::noise::table(&report));

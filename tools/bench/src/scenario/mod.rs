@@ -32,7 +32,7 @@
 //! of its own); with `region_failing`, every node of the failing member's region does (its
 //! spares too, so the member's replacement comes from another region). The figures then cover
 //! every failing member: warned and leading nothing when the last of them was; evacuated when
-//! no failing node held a replica at the kill.
+//! no failing member held a replica at the kill.
 //!
 //! - [`fault`]: the fault shapes and how each is injected.
 //! - [`noise`]: healthy nodes under noise (`scenario noise`), for false alarms.
@@ -252,7 +252,7 @@ pub struct ScenarioReport {
     /// From the fault's start to the node leading no shard (for good, until the kill), in
     /// seconds (with several: until none leads).
     pub seconds_to_no_leaderships: Option<f64>,
-    /// The node (every failing node) held no replica when it was killed.
+    /// The node (every failing member) held no replica when it was killed.
     pub evacuated_before_kill: bool,
     /// Seconds since the workload started: the ramp began, the node was killed.
     pub ramp_at_secs: f64,
@@ -284,14 +284,32 @@ pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + S
     if opts.shards == 0 || opts.shards > opts.story.keys {
         bail!("--shards must be between 1 and --keys");
     }
-    let tmp = match &opts.work_dir {
-        Some(d) => tempfile::Builder::new().prefix("presage-scenario").tempdir_in(d),
-        None => tempfile::Builder::new().prefix("presage-scenario").tempdir(),
-    }
-    .context("creating a temporary folder")?;
     let mut overrides = scenario_overrides();
     overrides.extend(mode.override_settings());
     overrides.extend(opts.overrides.iter().cloned());
+    narrate(&format!("starting {} nodes in {} regions ({mode:?})", opts.nodes, opts.regions));
+    let (_tmp, mut pg) = start_playground(opts, overrides, "presage-scenario").await?;
+    let result = async {
+        load_and_spread(&pg, opts, narrate).await?;
+        story(&mut pg, &opts.story, mode, narrate).await
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || pg.stop(Duration::from_secs(20))).await;
+    result
+}
+
+/// A playground of the scenario's shape with `overrides`, in a temporary folder named after
+/// `prefix` (under `work_dir` if given; removed when the returned guard drops).
+async fn start_playground(
+    opts: &ScenarioOptions,
+    overrides: Vec<String>,
+    prefix: &str,
+) -> Result<(tempfile::TempDir, Playground)> {
+    let tmp = match &opts.work_dir {
+        Some(d) => tempfile::Builder::new().prefix(prefix).tempdir_in(d),
+        None => tempfile::Builder::new().prefix(prefix).tempdir(),
+    }
+    .context("creating a temporary folder")?;
     let pg_opts = PlaygroundOptions {
         nodes: opts.nodes,
         regions: opts.regions,
@@ -301,19 +319,18 @@ pub async fn run(opts: &ScenarioOptions, mode: Mode, narrate: &(dyn Fn(&str) + S
         ready_timeout: Duration::from_secs(120),
         insecure: false,
     };
-    narrate(&format!("starting {} nodes in {} regions ({mode:?})", opts.nodes, opts.regions));
-    let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
-    let result = async {
-        let client = Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?;
-        load(&client, &opts.story).await?;
-        let admins = admin_addrs(&pg, None);
-        split_and_spread(&admins, opts.story.keys, opts.shards).await?;
-        narrate(&format!("loaded {} keys into {} data shards", opts.story.keys, opts.shards));
-        story(&mut pg, &opts.story, mode, narrate).await
-    }
-    .await;
-    let _ = tokio::task::spawn_blocking(move || pg.stop(Duration::from_secs(20))).await;
-    result
+    let pg = Playground::start(&pg_opts).await.context("starting the playground")?;
+    Ok((tmp, pg))
+}
+
+/// Loads the story's keys and splits them into the scenario's data shards, leaders spread;
+/// returns the client that loaded them.
+async fn load_and_spread(pg: &Playground, opts: &ScenarioOptions, narrate: &(dyn Fn(&str) + Sync)) -> Result<Client> {
+    let client = Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?;
+    load(&client, &opts.story).await?;
+    split_and_spread(&admin_addrs(pg, None), opts.story.keys, opts.shards).await?;
+    narrate(&format!("loaded {} keys into {} data shards", opts.story.keys, opts.shards));
+    Ok(client)
 }
 
 /// Loads `keys` keys through `client`.
@@ -732,7 +749,7 @@ pub async fn story(
         warning_lead_seconds: warning_lead_seconds.filter(|s| *s >= 0.0),
         seconds_to_warning,
         seconds_to_no_leaderships,
-        evacuated_before_kill: holds.iter().all(|h| *h == Some(0)),
+        evacuated_before_kill: holds.iter().take(opts.nodes_failing.max(1)).all(|h| *h == Some(0)),
         ramp_at_secs: ramp_at.as_secs_f64(),
         kill_at_secs: kill_at.as_secs_f64(),
         timeline,

@@ -29,13 +29,11 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use presage_client::{BatchOp, Client};
 use presage_ctl::AdminEndpoint;
-use presage_playground::{Playground, PlaygroundOptions};
+use presage_playground::Playground;
 use presage_shardmgr::NodeId;
 use serde::Serialize;
 
-use super::{
-    admin_addrs, choose_failing_node, load, snapshot_bytes_sent, split_and_spread, worker, Counts, Mode, StoryOptions,
-};
+use super::{admin_addrs, choose_failing_node, snapshot_bytes_sent, worker, Counts, Mode, StoryOptions};
 use super::{MAX_LATENCY_US, WATCH_INTERVAL};
 use crate::datagen::key;
 
@@ -88,15 +86,14 @@ impl Noise {
 /// What `presage-bench scenario noise` does.
 #[derive(Debug, Clone)]
 pub struct NoiseOptions {
-    /// The workload (its fault fields unused).
-    pub story: StoryOptions,
     /// The noise kinds, in schedule order.
     pub noises: Vec<Noise>,
     /// Quiet seconds after each noise event.
     pub gap_secs: u64,
     /// Repeat the schedule until this many minutes passed since the warm-up (0: once).
     pub soak_minutes: u64,
-    /// Nodes, regions, data shards, settings, binary and folder as in failing-node.
+    /// Nodes, regions, data shards, the workload (its fault fields unused), settings, binary
+    /// and folder, as in failing-node.
     pub scenario: super::ScenarioOptions,
 }
 
@@ -132,6 +129,9 @@ pub struct NoiseReport {
     pub risk_migrations: u64,
     /// See above: these are evacuations.
     pub evacuations: u64,
+    /// Migrations of any other cause (a node declared down: the catch-up's peer stayed away
+    /// too long).
+    pub other_migrations: u64,
     /// Snapshot data the nodes sent after the warm-up, in bytes (the catch-up's, mostly).
     pub snapshot_bytes_sent: u64,
     /// Every shed of leaderships.
@@ -141,9 +141,10 @@ pub struct NoiseReport {
 }
 
 impl NoiseReport {
-    /// No evacuation, and no node shed its leaderships longer than [`MAX_SHED`].
+    /// No migration started (not even a preparing one), and no node shed its leaderships
+    /// longer than [`MAX_SHED`].
     pub fn no_false_alarm(&self) -> bool {
-        self.evacuations == 0 && self.longest_shed_secs <= MAX_SHED.as_secs_f64()
+        self.risk_migrations == 0 && self.other_migrations == 0 && self.longest_shed_secs <= MAX_SHED.as_secs_f64()
     }
 }
 
@@ -153,31 +154,14 @@ pub async fn run(opts: &NoiseOptions, narrate: &(dyn Fn(&str) + Sync)) -> Result
     if sc.nodes < 4 || sc.regions < 2 || sc.regions > sc.nodes || opts.noises.is_empty() {
         bail!("the noise scenario needs at least 4 nodes in 2 to `nodes` regions and one noise");
     }
-    let tmp = match &sc.work_dir {
-        Some(d) => tempfile::Builder::new().prefix("presage-noise").tempdir_in(d),
-        None => tempfile::Builder::new().prefix("presage-noise").tempdir(),
-    }
-    .context("creating a temporary folder")?;
     let mut overrides = super::scenario_overrides();
     overrides.extend(Mode::Predictive.override_settings());
     overrides.push(format!("raft.log-gc-threshold-entries={SHORT_LOG_ENTRIES}"));
     overrides.extend(sc.overrides.iter().cloned());
-    let pg_opts = PlaygroundOptions {
-        nodes: sc.nodes,
-        regions: sc.regions,
-        data_dir: tmp.path().to_path_buf(),
-        overrides: overrides.clone(),
-        binary: sc.binary.clone(),
-        ready_timeout: Duration::from_secs(120),
-        insecure: false,
-    };
     narrate(&format!("starting {} nodes in {} regions", sc.nodes, sc.regions));
-    let mut pg = Playground::start(&pg_opts).await.context("starting the playground")?;
+    let (_tmp, mut pg) = super::start_playground(sc, overrides.clone(), "presage-noise").await?;
     let result = async {
-        let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await?);
-        load(&client, &opts.story).await?;
-        split_and_spread(&admin_addrs(&pg, None), opts.story.keys, sc.shards).await?;
-        narrate(&format!("loaded {} keys into {} data shards", opts.story.keys, sc.shards));
+        let client = Arc::new(super::load_and_spread(&pg, sc, narrate).await?);
         noisy_story(&mut pg, client, opts, &overrides, narrate).await
     }
     .await;
@@ -205,9 +189,9 @@ async fn noisy_story(
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
     let mut workers = tokio::task::JoinSet::new();
-    for w in 0..opts.story.workers {
+    for w in 0..opts.scenario.story.workers {
         let (client, stop, counts, story) =
-            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&counts), opts.story.clone());
+            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&counts), opts.scenario.story.clone());
         workers.spawn(worker(client, story, w as u64, started, stop, counts));
     }
     let watched = Arc::new(Mutex::new(Watch::default()));
@@ -216,16 +200,16 @@ async fn noisy_story(
         let (stop, watched) = (Arc::clone(&stop), Arc::clone(&watched));
         std::thread::spawn(move || watch(&nodes, started, &stop, &watched))
     };
-    tokio::time::sleep(Duration::from_secs(opts.story.warmup_secs)).await;
+    tokio::time::sleep(Duration::from_secs(opts.scenario.story.warmup_secs)).await;
     let sent_before = snapshot_bytes_sent(&pg.admins(None)).await;
-    let soak_end = started + Duration::from_secs(opts.story.warmup_secs + opts.soak_minutes * 60);
+    let soak_end = started + Duration::from_secs(opts.scenario.story.warmup_secs + opts.soak_minutes * 60);
     let mut events = Vec::new();
     'schedule: loop {
         for &noise in &opts.noises {
             let at = started.elapsed().as_secs_f64();
             say(format!("noise: {} on node {target}", noise.name()));
             events.push((at, noise));
-            make_noise(pg, &client, noise, target, peer, overrides, &opts.story).await?;
+            make_noise(pg, &client, noise, target, peer, overrides, &opts.scenario.story).await?;
             say(format!("noise {} over; quiet for {} s", noise.name(), opts.gap_secs));
             tokio::time::sleep(Duration::from_secs(opts.gap_secs)).await;
             if Instant::now() >= soak_end && (opts.soak_minutes > 0 || events.len() >= opts.noises.len()) {
@@ -246,7 +230,7 @@ async fn noisy_story(
     let snapshot_bytes_sent =
         sent_after.iter().map(|(n, b)| b.saturating_sub(sent_before.get(n).copied().unwrap_or(0))).sum();
     let w = watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (steady, noisy) = split_p99(&histograms, opts.story.warmup_secs)?;
+    let (steady, noisy) = split_p99(&histograms, opts.scenario.story.warmup_secs)?;
     let end_secs = started.elapsed().as_secs_f64();
     let mut sheds = w.sheds.clone();
     sheds.extend(w.shedding_since.iter().map(|(&node, &from)| Shed { node, from_secs: from, secs: end_secs - from }));
@@ -261,6 +245,7 @@ async fn noisy_story(
         warnings: w.warnings.clone(),
         risk_migrations: w.risk_migrations.len() as u64,
         evacuations: w.risk_migrations.values().filter(|cut| **cut).count() as u64,
+        other_migrations: w.other_migrations.len() as u64,
         snapshot_bytes_sent,
         sheds,
         longest_shed_secs,
@@ -344,6 +329,8 @@ struct Watch {
     warnings: Vec<(NodeId, String, f64)>,
     /// Risk migrations by id: reached a cut-over?
     risk_migrations: BTreeMap<u64, bool>,
+    /// Migrations of other causes, by id.
+    other_migrations: std::collections::BTreeSet<u64>,
     /// Nodes shedding now, since when (seconds since the start).
     shedding_since: BTreeMap<NodeId, f64>,
     sheds: Vec<Shed>,
@@ -358,6 +345,7 @@ fn watch(nodes: &[(NodeId, AdminEndpoint)], started: Instant, stop: &AtomicBool,
         std::thread::sleep(WATCH_INTERVAL);
         let now = started.elapsed().as_secs_f64();
         let mut shedding: Vec<NodeId> = Vec::new();
+        let mut answered = false;
         let mut w = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for a in nodes.iter().map(|(_, a)| a.client()) {
             let Ok(warnings) = a.get::<serde_json::Value>("/v1/warnings?after=0&limit=100") else { continue };
@@ -371,17 +359,29 @@ fn watch(nodes: &[(NodeId, AdminEndpoint)], started: Instant, stop: &AtomicBool,
                 }
             }
             if let Ok(m) = a.get::<serde_json::Value>("/v1/migrations") {
-                for x in m.as_array().into_iter().flatten().filter(|x| x["cause"] == "risk") {
+                for x in m.as_array().into_iter().flatten() {
                     let Some(id) = x["id"].as_u64() else { continue };
+                    if x["cause"] != "risk" {
+                        w.other_migrations.insert(id);
+                        continue;
+                    }
                     let cut = matches!(x["stage"].as_str(), Some("cutting-over" | "evacuated" | "released"));
                     *w.risk_migrations.entry(id).or_insert(false) |= cut;
                 }
             }
+            answered = true;
             break;
         }
+        if !answered {
+            // No view of the warnings this round (a manager fail-over): sheds go on as they were.
+            continue;
+        }
         for (id, a) in nodes {
-            let Ok(text) = a.client().get_raw("/metrics") else { continue };
-            let own = text.lines().any(|l| l.starts_with("presage_node{what=\"self_check_shedding\"} 1"));
+            // A node that does not answer keeps its last state (a shed is not cut short).
+            let own = match a.client().get_raw("/metrics") {
+                Ok(text) => text.lines().any(|l| l.starts_with("presage_node{what=\"self_check_shedding\"} 1")),
+                Err(_) => w.shedding_since.contains_key(id),
+            };
             if own {
                 shedding.push(*id);
             }
@@ -420,6 +420,7 @@ pub fn table(r: &NoiseReport) -> String {
         vec!["warnings".to_string(), if warnings.is_empty() { "none".into() } else { warnings.join(", ") }],
         vec!["risk_migrations".to_string(), r.risk_migrations.to_string()],
         vec!["evacuations".to_string(), r.evacuations.to_string()],
+        vec!["other_migrations".to_string(), r.other_migrations.to_string()],
         vec!["snapshot_bytes_sent".to_string(), bytesize::ByteSize(r.snapshot_bytes_sent).to_string()],
         vec!["sheds".to_string(), r.sheds.len().to_string()],
         vec!["longest_shed_secs".to_string(), format!("{:.1}", r.longest_shed_secs)],
