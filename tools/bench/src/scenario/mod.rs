@@ -34,15 +34,21 @@
 //! every failing member: warned and leading nothing when the last of them was; evacuated when
 //! no failing member held a replica at the kill.
 //!
+//! - `choose`: which nodes fail.
 //! - [`fault`]: the fault shapes and how each is injected.
 //! - [`noise`]: healthy nodes under noise (`scenario noise`), for false alarms.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
+//! - `watch`: the watcher thread that narrates and keeps the timings.
 
+mod choose;
 pub mod fault;
 pub mod noise;
 mod report;
+mod watch;
 
+pub use choose::{choose_failing_node, choose_failing_nodes};
 pub use report::{campaign_json, campaign_table, draw, side_by_side, to_json};
+use watch::{watch, Watched};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -439,89 +445,6 @@ fn admin_addrs(pg: &Playground, except: Option<NodeId>) -> Vec<AdminEndpoint> {
     pg.admins(except).into_iter().map(|(_, a)| a).collect()
 }
 
-/// The group member to fail: one with a spare node that could take its place (Up, in no
-/// group, in a region the rest of the group lacks), leading the most data shards.
-pub fn choose_failing_node(admin: &AdminClient) -> Result<NodeId> {
-    let nodes = choose_failing_nodes(admin, 1, false)?;
-    nodes.first().copied().context("no group member has a spare node to take its place")
-}
-
-/// `count` members of one group to fail together, each with a spare of its own that could
-/// take its place (Up, in no group, in a region the group's staying members and the other
-/// spares lack); the members leading the most data shards first. With `whole_region`, the
-/// members are those whose region holds other nodes, the spares come from other regions than
-/// the members', and every other node of the members' regions follows them in the answer.
-pub fn choose_failing_nodes(admin: &AdminClient, count: usize, whole_region: bool) -> Result<Vec<NodeId>> {
-    let info = admin.cluster()?;
-    let rows = admin.shards(None, None, None)?;
-    let leads = |m: NodeId| rows.iter().filter(|r| r.shard.id != META_SHARD_ID && r.shard.leader == Some(m)).count();
-    pick_failing(&info.nodes, &info.groups, leads, count, whole_region).with_context(|| match (count, whole_region) {
-        (1, false) => "no group member has a spare node to take its place".to_string(),
-        (_, false) => format!("no group has {count} members with a spare node each to take their place"),
-        (_, true) => {
-            format!("no group has {count} member(s) sharing their region with other nodes and a spare elsewhere each")
-        }
-    })
-}
-
-/// [`choose_failing_nodes`] on the cluster's records, `leads` counting a node's data shards.
-fn pick_failing(
-    nodes: &[presage_shardmgr::NodeMeta],
-    groups: &[presage_shardmgr::GroupMeta],
-    leads: impl Fn(NodeId) -> usize,
-    count: usize,
-    whole_region: bool,
-) -> Option<Vec<NodeId>> {
-    let region = |id: NodeId| nodes.iter().find(|n| n.id == id).map(|n| n.region.as_str());
-    let spares: Vec<(NodeId, &str)> = nodes
-        .iter()
-        .filter(|n| n.group.is_none() && n.state == presage_shardmgr::NodeState::Up)
-        .map(|n| (n.id, n.region.as_str()))
-        .collect();
-    // In a failing region, a member fails with other nodes of its region (else it is a node).
-    let has_neighbour = |m: NodeId| {
-        nodes
-            .iter()
-            .any(|n| n.id != m && n.state == presage_shardmgr::NodeState::Up && Some(n.region.as_str()) == region(m))
-    };
-    let mut best: Option<(usize, Vec<NodeId>)> = None;
-    for g in groups {
-        let mut members: Vec<NodeId> = g.nodes.iter().copied().filter(|&m| !whole_region || has_neighbour(m)).collect();
-        members.sort_by_key(|&m| (std::cmp::Reverse(leads(m)), m));
-        // Greedy: each member, most leaderships first, takes the first spare free for it.
-        let mut chosen: Vec<NodeId> = Vec::new();
-        let mut taken: Vec<NodeId> = Vec::new();
-        for &m in &members {
-            if chosen.len() == count {
-                break;
-            }
-            // Its region is one the group will lack: not a staying member's, nor a spare's
-            // already taken.
-            let fits = |s: &(NodeId, &str)| {
-                let staying = g.nodes.iter().filter(|&&o| o != m && !chosen.contains(&o));
-                let failing_region = whole_region && chosen.iter().chain([&m]).any(|&o| region(o) == Some(s.1));
-                !taken.contains(&s.0) && !failing_region && staying.chain(&taken).all(|&o| region(o) != Some(s.1))
-            };
-            if let Some(&(spare, _)) = spares.iter().find(|s| fits(s)) {
-                chosen.push(m);
-                taken.push(spare);
-            }
-        }
-        let score = chosen.iter().map(|&m| leads(m)).sum::<usize>();
-        if chosen.len() == count && best.as_ref().is_none_or(|(l, _)| score > *l) {
-            best = Some((score, chosen));
-        }
-    }
-    let (_, mut chosen) = best?;
-    if whole_region {
-        let regions: Vec<&str> = chosen.iter().filter_map(|&m| region(m)).collect();
-        let rest = nodes.iter().filter(|n| n.state == presage_shardmgr::NodeState::Up && !chosen.contains(&n.id));
-        let neighbours: Vec<NodeId> = rest.filter(|n| regions.contains(&n.region.as_str())).map(|n| n.id).collect();
-        chosen.extend(neighbours);
-    }
-    Some(chosen)
-}
-
 /// Counters the workers and probes share.
 #[derive(Default)]
 struct Counts {
@@ -851,182 +774,4 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<Node
     })
     .await
     .unwrap_or_default()
-}
-
-/// What the watcher keeps up to date for the story, per failing node (in the story's order).
-struct Watched {
-    /// Replicas each holds (-1: not seen yet).
-    held: Vec<std::sync::atomic::AtomicI64>,
-    /// Since when each leads no shard (`None`: it leads some).
-    leads_none_since: Mutex<Vec<Option<Instant>>>,
-}
-
-impl Watched {
-    fn new(nodes: usize) -> Watched {
-        Watched {
-            held: (0..nodes).map(|_| std::sync::atomic::AtomicI64::new(-1)).collect(),
-            leads_none_since: Mutex::new(vec![None; nodes]),
-        }
-    }
-}
-
-/// What the watcher last told about one failing node.
-#[derive(Default)]
-struct Told {
-    first_warning: Option<Instant>,
-    warned_kinds: Vec<String>,
-    leads: Option<usize>,
-    holds: Option<usize>,
-    risk: f64,
-}
-
-/// Polls warnings, risk, migrations and leaders until `stop`, sending what changed about the
-/// `failing` nodes; returns when each was first warned about.
-fn watch(
-    admins: &[AdminEndpoint],
-    failing: &[NodeId],
-    stop: &AtomicBool,
-    seen: &Watched,
-    tx: &std::sync::mpsc::Sender<String>,
-) -> Vec<Option<Instant>> {
-    let mut told: Vec<Told> = failing.iter().map(|_| Told::default()).collect();
-    let mut stages: BTreeMap<u64, String> = BTreeMap::new();
-    let mut leaderless_before: Option<usize> = None;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(WATCH_INTERVAL);
-        for a in admins.iter().map(AdminEndpoint::client) {
-            let Ok(w) = a.get::<serde_json::Value>("/v1/warnings?after=0&limit=100") else { continue };
-            let risk = a.get::<serde_json::Value>("/v1/risk").ok();
-            let migrations = a.get::<serde_json::Value>("/v1/migrations").ok();
-            for (i, &node) in failing.iter().enumerate() {
-                let t = &mut told[i];
-                for x in w["active"].as_array().into_iter().flatten().filter(|x| x["node"] == node) {
-                    let kind = x["kind"].as_str().unwrap_or("?").to_string();
-                    if !t.warned_kinds.contains(&kind) {
-                        t.first_warning.get_or_insert_with(Instant::now);
-                        let _ = tx.send(format!("early warning: {kind} on node {node}"));
-                        t.warned_kinds.push(kind);
-                    }
-                }
-                let p = risk
-                    .as_ref()
-                    .and_then(|r| r["nodes"].as_array()?.iter().find(|n| n["node"] == node)?["probability"].as_f64());
-                // Said at each tenth crossed upwards.
-                if let Some(p) = p.filter(|p| (p * 10.0).floor() > (t.risk * 10.0).floor() && *p >= 0.3) {
-                    let _ = tx.send(format!("node {node}'s failure probability reaches {p:.2}"));
-                    t.risk = p;
-                }
-                for x in migrations.as_ref().and_then(|m| m.as_array()).into_iter().flatten() {
-                    if x["node"] != node {
-                        continue;
-                    }
-                    let (Some(id), Some(stage)) = (x["id"].as_u64(), x["stage"].as_str()) else { continue };
-                    if stages.get(&id).map(String::as_str) != Some(stage) {
-                        let target =
-                            x["target"].as_u64().map_or("no target yet".to_string(), |t| format!("to node {t}"));
-                        let cause = x["cause"].as_str().unwrap_or("?");
-                        let _ = tx.send(format!("migration {id} of node {node} ({cause}, {target}): {stage}"));
-                        stages.insert(id, stage.to_string());
-                    }
-                }
-            }
-            if let Ok(rows) = a.shards(None, None, None) {
-                for (i, &node) in failing.iter().enumerate() {
-                    let t = &mut told[i];
-                    let leads = rows.iter().filter(|r| r.shard.leader == Some(node)).count();
-                    let holds = rows.iter().filter(|r| r.shard.replica(node).is_some()).count();
-                    seen.held[i].store(i64::try_from(holds).unwrap_or(i64::MAX), Ordering::Relaxed);
-                    {
-                        let mut since = seen.leads_none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        since[i] = if leads == 0 { Some(since[i].unwrap_or_else(Instant::now)) } else { None };
-                    }
-                    if t.leads.is_some_and(|b| b != leads) {
-                        let _ = tx.send(format!("node {node} leads {leads} shard(s)"));
-                    }
-                    if t.holds.is_some_and(|b| b != holds) {
-                        let _ = tx.send(format!("node {node} holds {holds} replica(s)"));
-                    }
-                    (t.leads, t.holds) = (Some(leads), Some(holds));
-                }
-                let leaderless = rows.iter().filter(|r| r.shard.leader.is_none()).count();
-                if leaderless_before.is_some_and(|b| b != leaderless) {
-                    let _ = tx.send(format!("{leaderless} shard(s) without a known leader"));
-                }
-                leaderless_before = Some(leaderless);
-            }
-            break;
-        }
-    }
-    told.iter().map(|t| t.first_warning).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use presage_shardmgr::{GroupMeta, NodeMeta, NodeState};
-
-    fn node(id: NodeId, region: &str, group: Option<u64>) -> NodeMeta {
-        NodeMeta {
-            id,
-            raft_addr: String::new(),
-            client_addr: String::new(),
-            resp_addr: String::new(),
-            admin_addr: String::new(),
-            region: region.into(),
-            capacity_bytes: 1 << 30,
-            state: NodeState::Up,
-            group,
-            insecure: false,
-        }
-    }
-
-    #[test]
-    fn failing_members_each_get_a_spare_in_a_region_the_group_will_lack() {
-        // The demo's layout: group 1 on r1-r3, spares 4 (r1) and 5 (r2).
-        let nodes = [
-            node(1, "r1", Some(1)),
-            node(2, "r2", Some(1)),
-            node(3, "r3", Some(1)),
-            node(4, "r1", None),
-            node(5, "r2", None),
-        ];
-        let groups = [GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() }];
-        let leads = |n: NodeId| match n {
-            3 => 4,
-            2 => 2,
-            _ => 1,
-        };
-        // Node 3 leads most but no spare can take r3's place.
-        assert_eq!(pick_failing(&nodes, &groups, leads, 1, false), Some(vec![2]));
-        assert_eq!(pick_failing(&nodes, &groups, leads, 2, false), Some(vec![2, 1]));
-        assert_eq!(pick_failing(&nodes, &groups, leads, 3, false), None, "a third member has no spare");
-        // One spare between two failing members is not enough.
-        let one_spare = [node(1, "r1", Some(1)), node(2, "r2", Some(1)), node(3, "r3", Some(1)), node(4, "r4", None)];
-        assert!(pick_failing(&one_spare, &groups, leads, 1, false).is_some());
-        assert_eq!(pick_failing(&one_spare, &groups, leads, 2, false), None);
-    }
-
-    #[test]
-    fn a_failing_region_takes_its_spares_along_and_needs_one_elsewhere() {
-        // Six nodes in four regions: group 1 on r1-r3; spares 4 (r4), 5 (r1), 6 (r2).
-        let nodes = [
-            node(1, "r1", Some(1)),
-            node(2, "r2", Some(1)),
-            node(3, "r3", Some(1)),
-            node(4, "r4", None),
-            node(5, "r1", None),
-            node(6, "r2", None),
-        ];
-        let groups = [GroupMeta { id: 1, nodes: vec![1, 2, 3], failures: Vec::new() }];
-        let leads = |n: NodeId| if n == 1 { 3 } else { 1 };
-        assert_eq!(pick_failing(&nodes, &groups, leads, 1, true), Some(vec![1, 5]), "r1 fails, node 4 takes over");
-        // The member leading most is alone in its region: r1's fails (a region, not a node).
-        let leads_2 = |n: NodeId| if n == 2 { 3 } else { 1 };
-        let r1_pair = [&nodes[..5]].concat();
-        assert_eq!(pick_failing(&r1_pair, &groups, leads_2, 1, true), Some(vec![1, 5]));
-        // Without a spare in a fourth region, no region can fail.
-        assert_eq!(pick_failing(&nodes[..3], &groups, leads, 1, true), None);
-        let five = [&nodes[..3], &nodes[4..]].concat();
-        assert_eq!(pick_failing(&five, &groups, leads, 1, true), None, "r1's and r2's spares fail with them");
-    }
 }
