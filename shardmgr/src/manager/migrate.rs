@@ -186,10 +186,10 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         MigrationStage::Preparing => {
             if cleared && !down {
                 next.stage = MigrationStage::StoodDown;
-            } else if down || sustained || group_at_risk || risk.is_some_and(|r| r >= th.act) {
-                if next.target.is_some() || down {
-                    next.stage = MigrationStage::CuttingOver;
-                }
+            } else if (down || sustained || group_at_risk || risk.is_some_and(|r| r >= th.act))
+                && (next.target.is_some() || down)
+            {
+                next.stage = MigrationStage::CuttingOver;
             }
         }
         MigrationStage::CuttingOver => {}
