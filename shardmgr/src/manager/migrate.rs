@@ -29,8 +29,8 @@
 //!    until its risk has stayed below `clear`, with no such warning, for the clear delay (then
 //!    **Released**: a spare again). A manual evacuation is never released automatically.
 //! 4. **Stood down** (while preparing, risk below clear and no such warning for the clear
-//!    delay): the prepared
-//!    learners are no longer anyone's target, so repair removes them; voters never moved.
+//!    delay): the prepared learners are no longer anyone's target, so repair removes them;
+//!    voters never moved.
 //!
 //! Every step is an operator (idempotent, judged from reported state, resumable after a
 //! manager fail-over); the migration record itself changes only on stage transitions.
@@ -143,10 +143,9 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
     let state = st.node(m.node).map(|n| n.state);
     let down = matches!(state, Some(NodeState::Down | NodeState::Removed) | None);
     let risk = st.risk(m.node);
-    // The stand-down / release timer: risk below clear, continuously. An unknown risk
-    // (no model) counts as clear only for a node that failed and came back: a warning
-    // needs a known risk to end.
-    // A warning that slows the node's leaders (its disk or links) holds it whatever the risk.
+    // The stand-down / release timer: risk below clear, continuously, and no warning that
+    // slows the node's leaders (its disk or links). An unknown risk (no model) counts as
+    // clear only for a node that failed and came back: a warning needs a known risk to end.
     let warned = st.degraded().contains(&m.node);
     let clear = !warned
         && match risk {
@@ -164,8 +163,9 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         act_after_ms > 0 && next.degraded_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= act_after_ms);
     let cleared =
         next.below_clear_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= st.cfg().migration_clear_after_ms);
-    // A target that fell ill (at warn, or warned about), died or was taken into a group is given up while it
-    // holds nothing of the group (cutting over, it is a group member and stays).
+    // A target that fell ill (at warn, or warned about), died or was taken into a group is
+    // given up while it holds nothing of the group (cutting over, it is a group member and
+    // stays).
     if next.stage == MigrationStage::Preparing {
         if let Some(t) = next.target {
             let ok = st.node(t).is_some_and(|n| n.state == NodeState::Up && n.group.is_none())

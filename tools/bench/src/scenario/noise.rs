@@ -29,6 +29,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use presage_client::{BatchOp, Client};
 use presage_ctl::AdminEndpoint;
+use presage_pfa::telemetry::WarningKind;
 use presage_playground::Playground;
 use presage_shardmgr::NodeId;
 use serde::Serialize;
@@ -336,9 +337,6 @@ struct Watch {
     sheds: Vec<Shed>,
 }
 
-/// Warning kinds that take a node's leaderships away.
-const SLOWS_LEADERS: [&str; 3] = ["DiskDegradation", "DiskErrors", "NetworkDegradation"];
-
 /// Polls warnings, migrations and every node's own check until `stop`.
 fn watch(nodes: &[(NodeId, AdminEndpoint)], started: Instant, stop: &AtomicBool, out: &Mutex<Watch>) {
     while !stop.load(Ordering::Relaxed) {
@@ -354,7 +352,9 @@ fn watch(nodes: &[(NodeId, AdminEndpoint)], started: Instant, stop: &AtomicBool,
                 if !w.warnings.iter().any(|(n, k, _)| *n == node && k == kind) {
                     w.warnings.push((node, kind.to_string(), now));
                 }
-                if SLOWS_LEADERS.contains(&kind) {
+                // A kind that takes the node's leaderships away (the failure analysis's rule).
+                let kind = serde_json::from_value::<WarningKind>(x["kind"].clone()).ok();
+                if kind.is_some_and(WarningKind::slows_leaders) {
                     shedding.push(node);
                 }
             }
