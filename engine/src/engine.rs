@@ -60,6 +60,15 @@ pub trait Engine: Reader + Clone + Send + Sync + 'static {
     /// the memtables; memory: nothing to do).
     fn flush(&self) -> Result<()>;
 
+    /// Makes every write that returned before this call durable, as a synced write would,
+    /// without holding back the writes other threads make meanwhile. A single writer that
+    /// gathers its own groups (the Raft log writer) writes unsynced, then calls this: with
+    /// RocksDB a synced write keeps the write queue while it syncs, so an unsynced write of
+    /// another thread (the apply of committed entries) would wait for the disk. Writes made
+    /// meanwhile may become visible before they are durable, which is why many writers that
+    /// each need their own write durable use synced writes instead (those share one sync).
+    fn sync_wal(&self) -> Result<()>;
+
     /// Compaction and write-stall signals.
     fn storage_stats(&self) -> StorageStats;
 }

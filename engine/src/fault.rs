@@ -335,6 +335,11 @@ impl<E: Engine> Engine for FaultyEngine<E> {
         self.inner.flush()
     }
 
+    fn sync_wal(&self) -> Result<()> {
+        self.faults.before(OpClass::Sync)?;
+        self.inner.sync_wal()
+    }
+
     fn storage_stats(&self) -> StorageStats {
         self.inner.storage_stats()
     }

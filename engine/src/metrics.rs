@@ -286,6 +286,10 @@ impl<E: Engine> Engine for MeteredEngine<E> {
         self.metrics.observe(OpClass::Sync, || self.inner.flush())
     }
 
+    fn sync_wal(&self) -> Result<()> {
+        self.metrics.observe(OpClass::Sync, || self.inner.sync_wal())
+    }
+
     fn storage_stats(&self) -> StorageStats {
         self.inner.storage_stats()
     }

@@ -38,6 +38,39 @@ fn synced_writes_survive_reopen() {
 }
 
 #[test]
+fn unsynced_writes_then_sync_wal_survive_reopen() {
+    let f = rocks();
+    for i in 0..50 {
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Raft, key(i), vec![i as u8; 64]).put(Cf::Meta, b"hard".to_vec(), key(i));
+        f.write(&wb, WriteOptions::NO_SYNC).expect("write");
+    }
+    f.sync_wal().expect("sync the WAL");
+    let f = reopen(f);
+    for i in 0..50 {
+        assert_eq!(f.get(Cf::Raft, &key(i)).expect("get"), Some(vec![i as u8; 64]), "entry {i}");
+    }
+    assert_eq!(f.get(Cf::Meta, b"hard").expect("get"), Some(key(49)));
+}
+
+#[test]
+fn sync_wal_is_a_sync_for_fault_injection_and_metrics() {
+    let f = rocks();
+    let faults = Arc::new(FaultInjector::new());
+    let e = MeteredEngine::new(FaultyEngine::new(f.engine.clone(), Arc::clone(&faults))).expect("metrics");
+    let mut wb = WriteBatch::new();
+    wb.put(Cf::Raft, b"e".to_vec(), b"1".to_vec());
+    e.write(&wb, WriteOptions::NO_SYNC).expect("write");
+    e.sync_wal().expect("sync");
+    faults.set(FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }).expect("set faults");
+    e.write(&wb, WriteOptions::NO_SYNC).expect("an unsynced write is not a sync");
+    let err = e.sync_wal().expect_err("injected fsync error");
+    assert!(matches!(err, EngineError::Injected { class: "sync" }), "{err}");
+    let m = e.metrics_snapshot();
+    assert_eq!((m.sync.count, m.sync_errors, m.write.count), (2, 1, 2));
+}
+
+#[test]
 fn replace_range_survives_reopen_and_compaction() {
     let f = rocks();
     put_all(&*f, Cf::Data, (0..1000).map(|i| (key(i), b"old".to_vec())));

@@ -113,6 +113,17 @@ pub(super) async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize, crc: 
     Ok(body)
 }
 
+/// Writes every frame queued now (into the buffer: `BufWriter` sends once it is full).
+async fn drain_queued<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Ok(more) = rx.try_recv() {
+        w.write_all(&more).await?;
+    }
+    Ok(())
+}
+
 /// Reads one frame body; `None` at a clean end of stream.
 pub(super) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -126,13 +137,18 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Writes queued frames, flushing when the queue runs dry. Ends when the queue closes or a
 /// write fails.
+///
+/// Before it flushes, the writer lets the runtime run once more: answers completed by the
+/// same event (a Raft round acknowledges many writes at once) are queued by tasks woken
+/// together, and one send then carries all of them instead of one send, one loopback
+/// delivery and one wake-up of the reader each.
 pub(super) async fn write_frames<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
     let mut w = BufWriter::new(w);
     while let Some(frame) = rx.recv().await {
         w.write_all(&frame).await?;
-        while let Ok(more) = rx.try_recv() {
-            w.write_all(&more).await?;
-        }
+        drain_queued(&mut w, &mut rx).await?;
+        tokio::task::yield_now().await;
+        drain_queued(&mut w, &mut rx).await?;
         w.flush().await?;
     }
     let _ = w.shutdown().await;
@@ -209,5 +225,50 @@ mod wire_tests {
             let (body, _) = split_frame(&buf, 1 << 20).expect("ok").expect("complete");
             assert_eq!(decode_body::<Request>(body).expect("decodes"), (4, request));
         }
+    }
+
+    /// Records each write the writer makes, whole.
+    struct Recording(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().expect("not poisoned").push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_completed_together_leave_in_one_write() {
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(8);
+        let writer = tokio::spawn(write_frames(Recording(std::sync::Arc::clone(&writes)), rx));
+        tx.send(vec![1u8; 10]).await.expect("queued");
+        // A second answer, from a task woken by the same event as the first: it runs after
+        // the writer took the first frame, before the writer flushes.
+        let tx2 = tx.clone();
+        tokio::spawn(async move { tx2.send(vec![2u8; 10]).await.expect("queued") });
+        drop(tx);
+        writer.await.expect("writer task").expect("writes");
+        let mut both = vec![1u8; 10];
+        both.extend_from_slice(&[2u8; 10]);
+        assert_eq!(*writes.lock().expect("not poisoned"), vec![both], "one write for both answers");
     }
 }
