@@ -1,6 +1,7 @@
 //! The read leases a node's leaders publish for reads served off the store loop (see
-//! `local_read.rs` for the walk-through and why it is safe). Only the store loop publishes and
-//! withdraws; readers only look.
+//! `local_read.rs` for the walk-through and why it is safe), and the leader each follower
+//! knows, so that a read sent to a follower is redirected without a trip through the loop.
+//! Only the store loop publishes and withdraws; readers only look.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,8 @@ pub(crate) struct Lease {
 pub struct LeaseViews {
     views: RwLock<HashMap<u64, LeaseView>>,
     next_generation: AtomicU64,
+    /// The leader each follower replica here knows, by shard: a hint, never a right to serve.
+    leaders: RwLock<HashMap<u64, u64>>,
 }
 
 impl LeaseViews {
@@ -77,6 +80,20 @@ impl LeaseViews {
     pub(crate) fn still_holds(&self, shard_id: u64, generation: u64, now: Instant) -> bool {
         let views = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         views.get(&shard_id).is_some_and(|v| v.generation == generation && now < v.until)
+    }
+
+    /// Sets (`Some`) or clears the leader a follower replica of `shard_id` knows.
+    pub(crate) fn set_leader_hint(&self, shard_id: u64, leader: Option<u64>) {
+        let mut leaders = self.leaders.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match leader {
+            Some(l) => leaders.insert(shard_id, l),
+            None => leaders.remove(&shard_id),
+        };
+    }
+
+    /// The leader a follower replica of `shard_id` knows, if it published one.
+    pub(crate) fn leader_hint(&self, shard_id: u64) -> Option<u64> {
+        self.leaders.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).copied()
     }
 
     /// Shards whose lease is published now.

@@ -19,7 +19,9 @@
 //!    end against the clock, the epoch and that the keys are in range; read the engine; then
 //!    check again that the same generation is still published and its lease still holds.
 //!    Any failed check sends the read the loop's way (which answers errors, redirections and
-//!    ReadIndex rounds as before).
+//!    ReadIndex rounds as before). A follower replica publishes the leader it knows instead
+//!    (`Peer::publish_leader_hint`), and a read for it gets the loop's answer, `NotLeader`
+//!    with that leader, at once: the node that took it forwards it without waking the loop.
 //!
 //! Why the read is linearizable: an acknowledged write was applied to the leader's engine
 //! before its acknowledgement (callbacks run after the round's apply batch is written), and
@@ -63,9 +65,10 @@ impl LocalReader {
         LocalReader { views, read: Box::new(read), served: AtomicU64::new(0) }
     }
 
-    /// Answers `request` on `shard_id` at `epoch` under a published lease, or `None` when it
-    /// must go through the store loop (no lease, a stale epoch, a key out of range, or the
-    /// lease ended during the read). `now` reads the node's monotonic clock.
+    /// Answers `request` on `shard_id` at `epoch` under a published lease, redirects it to
+    /// the leader a follower replica here published (`NotLeader`), or `None` when it must go
+    /// through the store loop (no lease and no hint, a stale epoch, a key out of range, or
+    /// the lease ended during the read). `now` reads the node's monotonic clock.
     pub fn try_read(
         &self,
         shard_id: u64,
@@ -73,7 +76,11 @@ impl LocalReader {
         request: &ReadRequest,
         now: impl Fn() -> Instant,
     ) -> Option<Result<ReadResponse>> {
-        let view = self.views.get(shard_id)?;
+        let Some(view) = self.views.get(shard_id) else {
+            // A follower here: the loop would answer `NotLeader` with the leader it knows.
+            let leader = self.views.leader_hint(shard_id)?;
+            return Some(Err(crate::Error::NotLeader { shard_id, leader: Some(leader) }));
+        };
         if now() >= view.until {
             return None;
         }

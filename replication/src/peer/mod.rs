@@ -227,6 +227,8 @@ pub struct Peer<E: Engine> {
     /// what it published last: the view's generation, lease end and epoch.
     lease_views: Arc<LeaseViews>,
     published_lease: Option<(u64, Instant, Epoch)>,
+    /// The leader this replica published as its hint while following (see `lease.rs`).
+    published_leader_hint: Option<u64>,
     /// The latest shards split off this one, returned with `EpochNotMatch` so that a client
     /// can route without asking elsewhere (at most [`MAX_SPLIT_SIBLINGS`]).
     siblings: VecDeque<ShardDescriptor>,
@@ -300,6 +302,7 @@ impl<E: Engine> Peer<E> {
             lease_term: 0,
             lease_views,
             published_lease: None,
+            published_leader_hint: None,
             siblings: VecDeque::new(),
             pending_apply: VecDeque::new(),
             sweep: Sweep {
@@ -438,6 +441,9 @@ impl<E: Engine> Drop for Peer<E> {
     fn drop(&mut self) {
         // A replica that goes (destroyed, merged away, replaced) serves no more reads.
         self.withdraw_lease();
+        if self.published_leader_hint.take().is_some() {
+            self.lease_views.set_leader_hint(self.shard_id(), None);
+        }
     }
 }
 

@@ -93,6 +93,19 @@ impl<E: Engine> Peer<E> {
         self.published_lease = Some((self.lease_views.publish(self.shard_id(), lease), until, epoch));
     }
 
+    /// Publishes the leader this replica knows while it follows (cleared while it leads or
+    /// knows none), so that reads sent here are redirected off the loop with the same answer
+    /// the loop gives ([`Peer::read`]: `NotLeader` with the leader, whatever the epoch).
+    /// Called at the end of each of the replica's ready rounds: a change of leader always
+    /// comes with a ready.
+    pub(crate) fn publish_leader_hint(&mut self) {
+        let hint = if self.is_leader() { None } else { self.leader() };
+        if hint != self.published_leader_hint {
+            self.lease_views.set_leader_hint(self.shard_id(), hint);
+            self.published_leader_hint = hint;
+        }
+    }
+
     /// Withdraws the published lease if it no longer holds at `now` (a transfer raft-rs
     /// started on a message, a step-down): called before a round's messages go out, so that
     /// no message that lets another node lead leaves while reads are still served here.

@@ -705,6 +705,12 @@ mod tests {
         assert!(local.try_read(1, epoch, &get_a(), at(now + lease)).is_none(), "not once the lease lapsed");
         for follower in &stores[1..] {
             assert_eq!(follower.lease_views().published(), 0, "followers hold no lease");
+            // A read sent to a follower is redirected without the loop, to the leader it knows.
+            let redirect = follower.local_reader().try_read(1, epoch, &get_a(), at(now));
+            assert!(
+                matches!(redirect, Some(Err(crate::Error::NotLeader { shard_id: 1, leader: Some(1) }))),
+                "{redirect:?}"
+            );
         }
         stores[0].transfer_leader(1, 2).expect("transfer starts");
         assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease once a transfer started");

@@ -224,6 +224,7 @@ impl<E: Engine> Store<E> {
             if let Some(peer) = self.peers.get_mut(shard_id) {
                 peer.serve_reads(self.now, &mut done);
                 peer.publish_lease(self.now);
+                peer.publish_leader_hint();
                 // A sleeping replica with work left (entries waiting to apply, a new ready) is
                 // visited again next round.
                 if peer.quiescent && (!peer.pending_apply.is_empty() || peer.raw.has_ready()) {
