@@ -37,6 +37,10 @@ fn synced_writes_survive_reopen() {
     assert_eq!(f.get(Cf::Meta, b"m").expect("get"), Some(b"3".to_vec()));
 }
 
+/// What the log writer does: unsynced writes, then one `sync_wal`, then a restart. This shows
+/// that the sync succeeds on the node's RocksDB settings and that every write is there after
+/// it; that the bytes reached the disk (a power loss) it cannot show: that rests on RocksDB's
+/// SyncWAL.
 #[test]
 fn unsynced_writes_then_sync_wal_survive_reopen() {
     let f = rocks();

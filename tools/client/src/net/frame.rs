@@ -113,17 +113,6 @@ pub(super) async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize, crc: 
     Ok(body)
 }
 
-/// Writes every frame queued now (into the buffer: `BufWriter` sends once it is full).
-async fn drain_queued<W: AsyncWrite + Unpin>(
-    w: &mut BufWriter<W>,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    while let Ok(more) = rx.try_recv() {
-        w.write_all(&more).await?;
-    }
-    Ok(())
-}
-
 /// Reads one frame body; `None` at a clean end of stream.
 pub(super) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -146,9 +135,10 @@ pub(super) async fn write_frames<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Rece
     let mut w = BufWriter::new(w);
     while let Some(frame) = rx.recv().await {
         w.write_all(&frame).await?;
-        drain_queued(&mut w, &mut rx).await?;
         tokio::task::yield_now().await;
-        drain_queued(&mut w, &mut rx).await?;
+        while let Ok(more) = rx.try_recv() {
+            w.write_all(&more).await?;
+        }
         w.flush().await?;
     }
     let _ = w.shutdown().await;
