@@ -8,7 +8,7 @@
 //!
 //! - propose: the id rides in the `EntryCommand`;
 //! - apply, on every replica at the same log position: after the epoch and range checks, the
-//!   record decides ([`Seen`]): a `seq` above the record's is new; the record's own `seq` was
+//!   record (from the replica's [`KnownRecords`]; the engine only on a miss) decides ([`Seen`]): a `seq` above the record's is new; the record's own `seq` was
 //!   decided already, so the command answers `Ok` (or, if its condition had failed, that it
 //!   was not applied) and writes nothing; a lower one was overtaken by a later request of the
 //!   slot (the client gave up on it), so it is refused;
@@ -63,9 +63,54 @@ pub enum Seen {
 /// A client slot: (client, slot).
 pub(crate) type Slot = (u64, u32);
 
-/// Records written (`Some`) or deleted (`None`) in the current apply round, by client slot:
-/// the batch that holds them is not in the engine yet.
-pub(crate) type RoundRecords = HashMap<Slot, Option<SlotRecord>>;
+/// Most slots a replica keeps in [`KnownRecords`] from one round to the next (a round may add
+/// more; they are dropped when the next starts).
+pub const MAX_KNOWN_RECORDS: usize = 1_024;
+
+/// The request records one replica (of one shard) knows without reading the engine, by client slot: each
+/// entry is the slot's record (`None`: it has none) as the engine holds it once the current
+/// round's batch is written. Applying a write of a known slot reads nothing; before, every
+/// applied write read its record back from the engine, on every replica (a third of the
+/// store loop's engine time under a put load).
+///
+/// Kept exact by one rule: every change to the shard's records goes through it ([`record`],
+/// [`forget`], [`take_over`]), and a snapshot install, the only other writer, empties it
+/// ([`KnownRecords::clear`]). Emptying is always safe between rounds (a miss costs one read),
+/// never within one: what the round wrote is not in the engine yet. So the bound is applied
+/// at [`KnownRecords::start_round`], and a sleeping replica empties it.
+#[derive(Debug, Default)]
+pub(crate) struct KnownRecords {
+    slots: HashMap<Slot, Option<SlotRecord>>,
+}
+
+impl KnownRecords {
+    /// A new apply round starts (the last round's batch is in the engine): over
+    /// [`MAX_KNOWN_RECORDS`], forget them all.
+    pub(crate) fn start_round(&mut self) {
+        if self.slots.len() > MAX_KNOWN_RECORDS {
+            self.clear();
+        }
+    }
+
+    /// Forgets every record (between rounds only: see the type's doc).
+    pub(crate) fn clear(&mut self) {
+        self.slots = HashMap::new();
+    }
+
+    /// Slots known.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn get(&self, slot: &Slot) -> Option<Option<SlotRecord>> {
+        self.slots.get(slot).copied()
+    }
+
+    fn set(&mut self, slot: Slot, record: Option<SlotRecord>) {
+        self.slots.insert(slot, record);
+    }
+}
 
 /// Records one page of the sweep reads.
 pub const SWEEP_PAGE_RECORDS: usize = 1_024;
@@ -78,12 +123,12 @@ fn remembered(record: &SlotRecord, now_ms: u64) -> bool {
 /// What `shard_id` knows of `id`, for a command at `now_ms`.
 pub(crate) fn look_up<R: Reader>(
     engine: &R,
-    round: &RoundRecords,
+    known: &mut KnownRecords,
     shard_id: u64,
     id: RequestId,
     now_ms: u64,
 ) -> Result<Seen> {
-    let record = current(engine, round, shard_id, id.client, id.slot)?;
+    let record = current(engine, known, shard_id, id.client, id.slot)?;
     Ok(match record.filter(|r| remembered(r, now_ms)) {
         None => Seen::New,
         Some(r) if id.seq > r.last_seq => Seen::New,
@@ -93,28 +138,30 @@ pub(crate) fn look_up<R: Reader>(
     })
 }
 
-/// The record of (`client`, `slot`) as of the engine overlaid with this round's.
+/// The record of (`client`, `slot`): the known one, else the engine's (then known).
 fn current<R: Reader>(
     engine: &R,
-    round: &RoundRecords,
+    known: &mut KnownRecords,
     shard_id: u64,
     client: u64,
     slot: u32,
 ) -> Result<Option<SlotRecord>> {
-    if let Some(r) = round.get(&(client, slot)) {
-        return Ok(*r);
+    if let Some(r) = known.get(&(client, slot)) {
+        return Ok(r);
     }
-    match engine.get(Cf::Meta, &keys::request_key(shard_id, client, slot))? {
-        Some(bytes) => Ok(Some(wire::decode::<SlotRecord>("request record", &bytes)?)),
-        None => Ok(None),
-    }
+    let record = match engine.get(Cf::Meta, &keys::request_key(shard_id, client, slot))? {
+        Some(bytes) => Some(wire::decode::<SlotRecord>("request record", &bytes)?),
+        None => None,
+    };
+    known.set((client, slot), record);
+    Ok(record)
 }
 
 /// Records that `shard_id` decided `id` by a command at `now_ms`: applied it, or found its
 /// condition `failed`.
 pub(crate) fn record(
     wb: &mut WriteBatch,
-    round: &mut RoundRecords,
+    known: &mut KnownRecords,
     shard_id: u64,
     id: RequestId,
     now_ms: u64,
@@ -122,7 +169,7 @@ pub(crate) fn record(
 ) {
     let r = SlotRecord { client: id.client, slot: id.slot, last_seq: id.seq, last_ms: now_ms, failed };
     write(wb, shard_id, &r);
-    round.insert((id.client, id.slot), Some(r));
+    known.set((id.client, id.slot), Some(r));
 }
 
 /// The sweep's `ForgetRequest`: deletes `seen` if it is still the slot's record and is
@@ -130,15 +177,15 @@ pub(crate) fn record(
 pub(crate) fn forget<R: Reader>(
     engine: &R,
     wb: &mut WriteBatch,
-    round: &mut RoundRecords,
+    known: &mut KnownRecords,
     shard_id: u64,
     seen: SlotRecord,
     now_ms: u64,
 ) -> Result<()> {
-    let Some(r) = current(engine, round, shard_id, seen.client, seen.slot)? else { return Ok(()) };
+    let Some(r) = current(engine, known, shard_id, seen.client, seen.slot)? else { return Ok(()) };
     if r == seen && !remembered(&r, now_ms) {
         wb.delete(Cf::Meta, keys::request_key(shard_id, r.client, r.slot));
-        round.insert((r.client, r.slot), None);
+        known.set((r.client, r.slot), None);
     }
     Ok(())
 }
@@ -179,12 +226,12 @@ fn write(wb: &mut WriteBatch, shard_id: u64, r: &SlotRecord) {
 }
 
 /// The records of `shard_id` still remembered at `now_ms` (all of them when `now_ms` is
-/// `None`), as of the engine overlaid with this round's, most recently used first, and
+/// `None`), as of the engine overlaid with the known ones (this round's writes among them), most recently used first, and
 /// whether there were more than [`MAX_RECORDS_PER_SHARD`] (then only the first ones in key
 /// order were read: the same ones on every replica).
 pub(crate) fn records<R: Reader>(
     engine: &R,
-    round: &RoundRecords,
+    known: &KnownRecords,
     shard_id: u64,
     now_ms: Option<u64>,
 ) -> Result<(Vec<SlotRecord>, bool)> {
@@ -197,7 +244,7 @@ pub(crate) fn records<R: Reader>(
         let r: SlotRecord = wire::decode("request record", bytes)?;
         all.insert((r.client, r.slot), r);
     }
-    for (k, r) in round {
+    for (k, r) in &known.slots {
         match r {
             Some(r) => drop(all.insert(*k, *r)),
             None => drop(all.remove(k)),
@@ -225,16 +272,16 @@ pub(crate) fn write_all(wb: &mut WriteBatch, shard_id: u64, records: &[SlotRecor
 pub(crate) fn take_over<R: Reader>(
     engine: &R,
     wb: &mut WriteBatch,
-    round: &mut RoundRecords,
+    known: &mut KnownRecords,
     shard_id: u64,
     records: &[SlotRecord],
 ) -> Result<()> {
     for r in records {
-        let own = current(engine, round, shard_id, r.client, r.slot)?;
+        let own = current(engine, known, shard_id, r.client, r.slot)?;
         let newer = own.is_none_or(|o| r.last_seq > o.last_seq);
         if newer {
             write(wb, shard_id, r);
-            round.insert((r.client, r.slot), Some(*r));
+            known.set((r.client, r.slot), Some(*r));
         }
     }
     Ok(())
@@ -264,40 +311,40 @@ mod tests {
     #[test]
     fn a_slots_last_request_is_applied_earlier_ones_superseded_later_ones_new() {
         let engine = MemEngine::new();
-        let mut round = RoundRecords::new();
+        let mut round = KnownRecords::default();
         let mut wb = WriteBatch::new();
-        assert_eq!(look_up(&engine, &round, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
+        assert_eq!(look_up(&engine, &mut round, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
         record(&mut wb, &mut round, 1, id(0, 5), 1_000, false);
         assert_eq!(
-            look_up(&engine, &round, 1, id(0, 5), 1_000).expect("the memory engine"),
+            look_up(&engine, &mut round, 1, id(0, 5), 1_000).expect("the memory engine"),
             Seen::Applied,
             "seen through the round"
         );
         engine.write(&wb, Default::default()).expect("the memory engine");
         round.clear();
         assert_eq!(
-            look_up(&engine, &round, 1, id(0, 5), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut round, 1, id(0, 5), 2_000).expect("the memory engine"),
             Seen::Applied,
             "seen in the engine"
         );
         assert_eq!(
-            look_up(&engine, &round, 1, id(0, 4), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut round, 1, id(0, 4), 2_000).expect("the memory engine"),
             Seen::Superseded { last_seq: 5 }
         );
-        assert_eq!(look_up(&engine, &round, 1, id(0, 6), 2_000).expect("the memory engine"), Seen::New);
-        assert_eq!(look_up(&engine, &round, 1, id(1, 5), 2_000).expect("the memory engine"), Seen::New, "another slot");
+        assert_eq!(look_up(&engine, &mut round, 1, id(0, 6), 2_000).expect("the memory engine"), Seen::New);
+        assert_eq!(look_up(&engine, &mut round, 1, id(1, 5), 2_000).expect("the memory engine"), Seen::New, "another slot");
         assert_eq!(
-            look_up(&engine, &round, 2, id(0, 5), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut KnownRecords::default(), 2, id(0, 5), 2_000).expect("the memory engine"),
             Seen::New,
-            "another shard"
+            "another shard (another replica: its own known records)"
         );
         let mut wb = WriteBatch::new();
         record(&mut wb, &mut round, 1, id(3, 1), 2_000, true);
-        assert_eq!(look_up(&engine, &round, 1, id(3, 1), 2_000).expect("the memory engine"), Seen::Failed);
-        assert_eq!(look_up(&engine, &round, 1, id(3, 2), 2_000).expect("the memory engine"), Seen::New);
+        assert_eq!(look_up(&engine, &mut round, 1, id(3, 1), 2_000).expect("the memory engine"), Seen::Failed);
+        assert_eq!(look_up(&engine, &mut round, 1, id(3, 2), 2_000).expect("the memory engine"), Seen::New);
         let late = 1_000 + RECORD_TTL_MS + 1;
         assert_eq!(
-            look_up(&engine, &round, 1, id(0, 5), late).expect("the memory engine"),
+            look_up(&engine, &mut round, 1, id(0, 5), late).expect("the memory engine"),
             Seen::New,
             "forgotten alike everywhere"
         );
@@ -306,7 +353,7 @@ mod tests {
     #[test]
     fn a_merge_keeps_each_slots_later_request() {
         let engine = MemEngine::new();
-        let mut round = RoundRecords::new();
+        let mut round = KnownRecords::default();
         let mut wb = WriteBatch::new();
         record(&mut wb, &mut round, 1, id(0, 9), 10, false);
         record(&mut wb, &mut round, 1, id(1, 2), 10, false);
@@ -338,7 +385,7 @@ mod tests {
     #[test]
     fn the_sweep_forgets_only_records_still_forgotten_and_unchanged() {
         let engine = MemEngine::new();
-        let mut round = RoundRecords::new();
+        let mut round = KnownRecords::default();
         let mut wb = WriteBatch::new();
         for slot in 0..5 {
             record(&mut wb, &mut round, 1, id(slot, 1), u64::from(slot) * RECORD_TTL_MS, false);
@@ -360,7 +407,7 @@ mod tests {
             forget(&engine, &mut wb, &mut round, 1, *r, now).expect("the memory engine");
         }
         assert_eq!(
-            look_up(&engine, &round, 1, id(0, 1), 0).expect("the memory engine"),
+            look_up(&engine, &mut round, 1, id(0, 1), 0).expect("the memory engine"),
             Seen::New,
             "deleted in the round"
         );
@@ -378,7 +425,7 @@ mod tests {
     #[test]
     fn copies_leave_out_forgotten_records_most_recent_first() {
         let engine = MemEngine::new();
-        let mut round = RoundRecords::new();
+        let mut round = KnownRecords::default();
         let mut wb = WriteBatch::new();
         record(&mut wb, &mut round, 1, id(0, 1), 0, false);
         record(&mut wb, &mut round, 1, id(1, 1), RECORD_TTL_MS, false);
@@ -388,5 +435,46 @@ mod tests {
         let kept: Vec<u32> =
             records(&engine, &round, 1, Some(now)).expect("the memory engine").0.iter().map(|r| r.slot).collect();
         assert_eq!(kept, vec![2, 1]);
+    }
+
+    #[test]
+    fn known_records_spare_the_engine_read_until_forgotten() {
+        let engine = MemEngine::new();
+        let mut known = KnownRecords::default();
+        let mut wb = WriteBatch::new();
+        record(&mut wb, &mut known, 1, id(0, 5), 1_000, false);
+        engine.write(&wb, Default::default()).expect("the memory engine");
+        // Removed behind the replica's back: only what it knows can still answer.
+        let mut wb = WriteBatch::new();
+        clear(&mut wb, 1);
+        engine.write(&wb, Default::default()).expect("the memory engine");
+        known.start_round();
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::Applied);
+        // A slot read from the engine once is known from then on, absent ones too.
+        assert_eq!(look_up(&engine, &mut known, 1, id(1, 1), 1_000).expect("the memory engine"), Seen::New);
+        assert_eq!(known.len(), 2);
+        // Emptied (a snapshot install, a replica going to sleep): the engine answers again.
+        known.clear();
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
+    }
+
+    #[test]
+    fn known_records_are_bounded_only_between_rounds() {
+        let engine = MemEngine::new();
+        let mut known = KnownRecords::default();
+        let mut wb = WriteBatch::new();
+        let slots = u32::try_from(MAX_KNOWN_RECORDS).expect("a small bound") + 1;
+        for slot in 0..slots {
+            record(&mut wb, &mut known, 1, id(slot, 1), 1_000, false);
+        }
+        // Within the round, past the bound: still all known (the batch is not written).
+        assert_eq!(known.len(), MAX_KNOWN_RECORDS + 1);
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 1), 1_000).expect("the memory engine"), Seen::Applied);
+        engine.write(&wb, Default::default()).expect("the memory engine");
+        known.start_round();
+        assert_eq!(known.len(), 0, "over the bound: forgotten when the next round starts");
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 1), 1_000).expect("the memory engine"), Seen::Applied);
+        known.start_round();
+        assert_eq!(known.len(), 1, "under the bound: kept");
     }
 }

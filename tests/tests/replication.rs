@@ -846,7 +846,28 @@ async fn a_retried_write_applies_once_across_split_merge_and_snapshot() {
     lead_here(&c, 1, follower).await;
     let fh = c.handle(follower).expect("runs");
     fh.write_once(1, e, put("s", "first"), id(4, 1)).await.expect("the retry on the snapshot's receiver");
-    assert_eq!(value_on(fh, 1, "s").await.as_deref(), Some("second"), "the snapshot carried the record");
+    assert_eq!(value_on(fh.clone(), 1, "s").await.as_deref(), Some("second"), "the snapshot carried the record");
+
+    // A snapshot to a replica that stayed up: the record it knew in memory before is replaced
+    // by the snapshot's, not kept (`dedup::KnownRecords`).
+    let third = c.live().into_iter().find(|n| *n != left.node_id() && *n != follower).expect("a third node");
+    fh.write_once(1, e, put("u", "first"), id(5, 1)).await.expect("write");
+    c.wait_converged(5 * SEC).await;
+    let behind = c.handle(third).expect("runs").status(1).await.expect("status").expect("replica").applied;
+    let cut = c.net.add_filter(Filter::Isolate(third));
+    fh.write_once(1, e, put("u", "second"), id(5, 2)).await.expect("the slot's next write, unseen there");
+    fh.write(1, e, put("u", "third")).await.expect("another write");
+    for i in 0..60u32 {
+        fh.write(1, e, put(&format!("more{i:03}"), "x")).await.expect("fill the log");
+    }
+    c.net.remove_filter(cut);
+    c.wait_converged(30 * SEC).await;
+    let st = c.handle(third).expect("runs").status(1).await.expect("status").expect("replica");
+    assert!(st.first_index > behind + 1, "the third node caught up by snapshot: {st:?} (was at {behind})");
+    lead_here(&c, 1, third).await;
+    let th = c.handle(third).expect("runs");
+    th.write_once(1, e, put("u", "second"), id(5, 2)).await.expect("the retry on the snapshot's receiver");
+    assert_eq!(value_on(th, 1, "u").await.as_deref(), Some("third"), "the retry did not apply again");
 }
 
 /// A frozen source serves nothing and takes no membership change; when the commit cannot

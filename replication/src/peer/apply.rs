@@ -190,7 +190,8 @@ impl<E: Engine> Peer<E> {
         self.clock_floor_ms.fetch_max(cmd.now_ms, std::sync::atomic::Ordering::Relaxed);
         let engine = self.raw.store().engine().clone();
         if let Some(id) = cmd.request_id {
-            match dedup::look_up(&engine, &self.round_requests, self.shard_id(), id, cmd.now_ms)? {
+            let shard_id = self.shard_id();
+            match dedup::look_up(&engine, &mut self.known_records, shard_id, id, cmd.now_ms)? {
                 Seen::New => {}
                 Seen::Applied => return Ok(Ok(())),
                 Seen::Failed => {
@@ -216,7 +217,7 @@ impl<E: Engine> Peer<E> {
                     let (shard_id, key) = (self.shard_id(), c.key.clone());
                     if let Some(id) = cmd.request_id {
                         // Final: an attempt still in flight must not apply later.
-                        dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms, true);
+                        dedup::record(wb, &mut self.known_records, shard_id, id, cmd.now_ms, true);
                     }
                     return Ok(Err(Error::ConditionFailed { shard_id, key, current }));
                 }
@@ -248,7 +249,7 @@ impl<E: Engine> Peer<E> {
                 Some(op::Kind::Check(_)) => {}
                 Some(op::Kind::ForgetRequest(r)) => {
                     let shard_id = self.shard_id();
-                    dedup::forget(&engine, wb, &mut self.round_requests, shard_id, r, cmd.now_ms)?;
+                    dedup::forget(&engine, wb, &mut self.known_records, shard_id, r, cmd.now_ms)?;
                 }
                 Some(op::Kind::DeleteRange(d)) => {
                     // Clip to the shard: a range delete never reaches a neighbour's keys.
@@ -261,7 +262,7 @@ impl<E: Engine> Peer<E> {
         }
         if let Some(id) = cmd.request_id {
             let shard_id = self.shard_id();
-            dedup::record(wb, &mut self.round_requests, shard_id, id, cmd.now_ms, false);
+            dedup::record(wb, &mut self.known_records, shard_id, id, cmd.now_ms, false);
         }
         Ok(Ok(()))
     }

@@ -52,7 +52,7 @@ impl<E: Engine> Peer<E> {
                                     // The source froze in an earlier round (`must_wait`): its records are all in the engine.
         let engine = self.raw.store().engine().clone();
         let (records, _) = crate::dedup::records(&engine, &Default::default(), source.id, Some(now_ms))?;
-        crate::dedup::take_over(&engine, wb, &mut self.round_requests, desc.id, &records)?;
+        crate::dedup::take_over(&engine, wb, &mut self.known_records, desc.id, &records)?;
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);
         applied.merged_sources.push(source.id);

@@ -246,9 +246,9 @@ pub struct Peer<E: Engine> {
     pub(crate) checksum_pin: Option<ChecksumPin<E>>,
     /// Swaps whose joint configuration this leader entered, waiting until it is left.
     joint_waiters: Vec<WriteCallback>,
-    /// Request records this replica wrote into the current round's batch (see
-    /// [`crate::dedup`]); emptied by [`Peer::start_round`].
-    round_requests: crate::dedup::RoundRecords,
+    /// The request records this replica knows without reading the engine (see
+    /// [`crate::dedup::KnownRecords`]).
+    known_records: crate::dedup::KnownRecords,
 }
 
 /// Where the leader's sweep of expired values is. It walks the shard a page at a time and
@@ -315,13 +315,19 @@ impl<E: Engine> Peer<E> {
             clock_floor_ms: Arc::default(),
             checksum_pin: None,
             joint_waiters: Vec::new(),
-            round_requests: crate::dedup::RoundRecords::new(),
+            known_records: crate::dedup::KnownRecords::default(),
         })
     }
 
     /// A new ready round starts: the last round's batch is in the engine.
     pub(crate) fn start_round(&mut self) {
-        self.round_requests.clear();
+        self.known_records.start_round();
+    }
+
+    /// Forgets the request records known in memory: a snapshot replaced them in the engine,
+    /// or the replica sleeps (between rounds only).
+    pub(crate) fn forget_known_records(&mut self) {
+        self.known_records.clear();
     }
 
     /// The clock for expiry on this replica: the wall clock, never behind a time this replica

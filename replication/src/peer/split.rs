@@ -44,7 +44,7 @@ impl<E: Engine> Peer<E> {
             // replaying the split): that one is newer; keep it.
             tracing::info!(shard = right.id, "split replayed after the new shard arrived here; keeping it");
         } else {
-            let (records, _) = crate::dedup::records(&engine, &self.round_requests, left.id, Some(now_ms))?;
+            let (records, _) = crate::dedup::records(&engine, &self.known_records, left.id, Some(now_ms))?;
             crate::dedup::write_all(wb, right.id, &records);
             applied.split_created.push(PeerStorage::initial(engine, right, wb));
         }

@@ -28,6 +28,8 @@ impl<E: Engine> Store<E> {
     pub(super) fn quiesce(&mut self, shard_id: u64) {
         if let Some(peer) = self.peers.get_mut(&shard_id) {
             peer.quiescent = true;
+            // Between rounds: a sleeping replica keeps no request records in memory.
+            peer.forget_known_records();
             self.active.remove(&shard_id);
             self.ping_targets = None;
         }

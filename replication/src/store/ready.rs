@@ -115,7 +115,7 @@ impl<E: Engine> Store<E> {
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
                 // The snapshot's request records replace this replica's, in the engine before
                 // anything applies after the snapshot.
-                peer.start_round();
+                peer.forget_known_records();
                 let mut records_wb = WriteBatch::new();
                 crate::dedup::clear(&mut records_wb, *shard_id);
                 crate::dedup::write_all(&mut records_wb, *shard_id, &data.requests);
