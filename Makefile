@@ -19,7 +19,9 @@ setup:
 build: setup
 	$(CARGO) build $(CARGO_FLAGS) --workspace
 
+# The monitoring test checks tools/monitoring/ with promtool (Debian's prometheus package).
 test: setup
+	@./scripts/setup.sh prometheus
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 # The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".

@@ -5,7 +5,7 @@
 #   make, g++, pkg-config (the C++ build of RocksDB)
 #   redis-tools           (redis-cli, which the tests use against RESP over TLS)
 # Packages named as arguments are installed too, when missing (`make bench-peers` adds
-# etcd-server and redis-server). Nothing is installed when everything is present. Safe to run
+# etcd-server and redis-server, `make test` prometheus for its promtool). Nothing is installed when everything is present. Safe to run
 # repeatedly.
 set -euo pipefail
 

@@ -8,10 +8,11 @@
 //!
 //! - propose: the id rides in the `EntryCommand`;
 //! - apply, on every replica at the same log position: after the epoch and range checks, the
-//!   record (from the replica's [`KnownRecords`]; the engine only on a miss) decides ([`Seen`]): a `seq` above the record's is new; the record's own `seq` was
-//!   decided already, so the command answers `Ok` (or, if its condition had failed, that it
-//!   was not applied) and writes nothing; a lower one was overtaken by a later request of the
-//!   slot (the client gave up on it), so it is refused;
+//!   record (from the replica's `KnownRecords`; the engine only on a miss) decides
+//!   ([`Seen`]): a `seq` above the record's is new; the record's own `seq` was decided
+//!   already, so the command answers `Ok` (or, if its condition had failed, that it was not
+//!   applied) and writes nothing; a lower one was overtaken by a later request of the slot
+//!   (the client gave up on it), so it is refused;
 //! - a new command, once decided, writes its record in the same batch as its data, whether it
 //!   applied or its condition failed: a failed condition is final too, so an earlier attempt
 //!   still in flight can never apply after the client was told it failed.
@@ -63,7 +64,7 @@ pub enum Seen {
 /// A client slot: (client, slot).
 pub(crate) type Slot = (u64, u32);
 
-/// Most slots a replica keeps in [`KnownRecords`] from one round to the next (a round may add
+/// Most slots a replica keeps in its `KnownRecords` from one round to the next (a round may add
 /// more; they are dropped when the next starts).
 pub const MAX_KNOWN_RECORDS: usize = 1_024;
 
@@ -332,7 +333,11 @@ mod tests {
             Seen::Superseded { last_seq: 5 }
         );
         assert_eq!(look_up(&engine, &mut round, 1, id(0, 6), 2_000).expect("the memory engine"), Seen::New);
-        assert_eq!(look_up(&engine, &mut round, 1, id(1, 5), 2_000).expect("the memory engine"), Seen::New, "another slot");
+        assert_eq!(
+            look_up(&engine, &mut round, 1, id(1, 5), 2_000).expect("the memory engine"),
+            Seen::New,
+            "another slot"
+        );
         assert_eq!(
             look_up(&engine, &mut KnownRecords::default(), 2, id(0, 5), 2_000).expect("the memory engine"),
             Seen::New,

@@ -5,7 +5,8 @@
 //! before it is killed, with no failed write and every acknowledged write read back; `bench.rs`:
 //! YCSB against all three target kinds in one invocation, a cluster killed mid-run), (kill -9 of
 //! the busiest node with acknowledged writes checked after its restart, through `presage-client`
-//! and a Redis client; bad RESP, admin JSON and config; `presage-ctl`).
+//! and a Redis client; bad RESP, admin JSON and config; `presage-ctl`; `monitoring.rs`: the alert
+//! rules and dashboard parsed by promtool, every metric they name exported by a running node).
 
 use std::process::Command;
 
@@ -220,6 +221,32 @@ fn no_module_imports_one_that_imports_it_back() {
 /// `presage cert` and `presage user` make what a secure node loads: a CA, a node certificate
 /// naming its id and hosts, a client certificate, users and tokens stored as hashes; existing
 /// files are kept unless asked; bad input is refused clearly.
+#[test]
+fn a_node_with_log_format_json_writes_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = presage()
+        .args(["start", "--node-id", "1", "--bootstrap", "--insecure"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--native-listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+        .args(["--set", "resp-listen=\"\"", "--set", "admin-listen=\"\"", "--set", "log-format=\"json\""])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a node");
+    let stdout = node.stdout.take().expect("piped");
+    let lines: Vec<String> = BufReader::new(stdout).lines().take(3).map(|l| l.expect("a log line")).collect();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("store opened")), "{lines:?}");
+}
+
 #[test]
 fn cert_and_user_commands_make_a_secure_nodes_material() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -88,7 +88,7 @@ pub struct PinnedData {
 }
 
 /// A replica's state, for operators and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStatus {
     /// The shard.
     pub descriptor: ShardDescriptor,

@@ -4,7 +4,8 @@
 //!
 //! | Method, path | What |
 //! |---|---|
-//! | `GET /health` | `{"status":"ok","node":N}` |
+//! | `GET /health` | `{"status":"ok","node":N}` (liveness) |
+//! | `GET /ready` | [`Readiness`]: 200 when serving and caught up, else 503 |
 //! | `GET /metrics` | Prometheus text: requests, latency, connections, replicas, manager, engine |
 //! | `GET /v1/cluster` | cluster id, manager, nodes, groups, operators, counts |
 //! | `GET /v1/nodes`, `/v1/groups`, `/v1/operators`, `/v1/migrations` | parts of the above |
@@ -22,7 +23,8 @@
 //! | `PUT /v1/nodes/{id}/counters` | push counters for a node, e.g. `{"smart_5_raw": 8}` (SMART) |
 //!
 //! **Who may call** (design.md §10): HTTPS with the node's certificate; every path but
-//! `/health` needs `Authorization: Bearer TOKEN`, a token of the users file
+//! `/health` and `/ready` (load balancers and supervisors probe them; they tell counts, no
+//! keys) needs `Authorization: Bearer TOKEN`, a token of the users file
 //! (`presage user token`), compared in constant time. Inspection (every `GET`) needs any
 //! role; `POST /v1/admin`, the fault endpoints and pushed counters need `operator`.
 //! `/metrics` is open with `security.open-metrics`. A missing or wrong token is 401, a role
@@ -58,6 +60,52 @@ use crate::metrics::{Metrics, NodeGauges};
 pub type GaugeProbe =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = NodeGauges> + Send>> + Send + Sync>;
 
+/// Reads this node's readiness (see [`Readiness`]).
+pub type ReadinessProbe =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Readiness> + Send>> + Send + Sync>;
+
+/// Most entries a replica may have committed and not applied yet and still count as caught up.
+pub const READY_MAX_APPLY_LAG_ENTRIES: u64 = 1_000;
+/// Most lagging shards one `/ready` answer names.
+pub const READY_MAX_LISTED_SHARDS: usize = 16;
+/// The replication loop must answer `/ready`'s question within this.
+pub const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What `/ready` answers: may this node take traffic? (A node serves its admin API only once
+/// it joined the cluster, so one that answers has joined.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    /// Serving and caught up.
+    pub ready: bool,
+    /// The replication loop answered within [`READY_PROBE_TIMEOUT`] (it has not stopped or
+    /// stalled).
+    pub serving: bool,
+    /// Every replica here knows its shard's leader and has applied its log to within
+    /// [`READY_MAX_APPLY_LAG_ENTRIES`] of its commit index.
+    pub caught_up: bool,
+    /// Replicas on this node.
+    pub replicas: usize,
+    /// Shards whose replica here is not caught up (at most [`READY_MAX_LISTED_SHARDS`]).
+    pub behind: Vec<u64>,
+}
+
+impl Readiness {
+    /// The readiness of a node whose replication loop answered with `statuses`.
+    pub fn of(statuses: &[presage_replication::ShardStatus]) -> Readiness {
+        let lagging = statuses
+            .iter()
+            .filter(|s| s.leader.is_none() || s.applied.saturating_add(READY_MAX_APPLY_LAG_ENTRIES) < s.commit);
+        let behind: Vec<u64> = lagging.map(|s| s.descriptor.id).take(READY_MAX_LISTED_SHARDS).collect();
+        let caught_up = behind.is_empty();
+        Readiness { ready: caught_up, serving: true, caught_up, replicas: statuses.len(), behind }
+    }
+
+    /// The readiness of a node whose replication loop did not answer.
+    pub fn not_serving() -> Readiness {
+        Readiness { ready: false, serving: false, caught_up: false, replicas: 0, behind: Vec::new() }
+    }
+}
+
 /// What the admin API serves from.
 #[derive(Clone)]
 pub struct AdminState {
@@ -71,6 +119,8 @@ pub struct AdminState {
     pub engine_metrics: Arc<EngineMetrics>,
     /// Scrape-time gauges.
     pub gauges: GaugeProbe,
+    /// Readiness.
+    pub readiness: ReadinessProbe,
     /// Who may call.
     pub auth: AdminAuth,
     /// Fault injection, when enabled.
@@ -300,6 +350,7 @@ impl axum::serve::Listener for AdminListener {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
         .route("/v1/nodes", get(nodes))
@@ -335,7 +386,7 @@ enum Need {
 
 fn need(method: &Method, path: &str, open_metrics: bool) -> Need {
     match (method, path) {
-        (_, "/health") => Need::Nothing,
+        (_, "/health") | (_, "/ready") => Need::Nothing,
         (_, "/metrics") if open_metrics => Need::Nothing,
         (&Method::GET, _) | (&Method::HEAD, _) => Need::Inspect,
         _ => Need::Operate,
@@ -387,6 +438,12 @@ async fn authorize(State(s): State<AdminState>, request: HttpRequest, next: Next
 
 async fn health(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "node": s.node }))
+}
+
+async fn ready(State(s): State<AdminState>) -> HttpResponse {
+    let r = (s.readiness)().await;
+    let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(r)).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> ApiResult<String> {
@@ -656,4 +713,43 @@ async fn push_counters(
         ApiError(StatusCode::BAD_REQUEST, format!("counters must be a JSON object of names to numbers: {e}"))
     })?;
     pfa(&s, PfaQuery::PushCounters { node, counters }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presage_replication::ShardStatus;
+
+    fn replica(id: u64, leader: Option<u64>, commit: u64, applied: u64) -> ShardStatus {
+        let mut s = ShardStatus { leader, commit, applied, ..ShardStatus::default() };
+        s.descriptor.id = id;
+        s
+    }
+
+    #[test]
+    fn ready_when_every_replica_knows_its_leader_and_has_applied_nearly_all_it_committed() {
+        let lag = READY_MAX_APPLY_LAG_ENTRIES;
+        let fine = [replica(1, Some(1), 5_000, 5_000), replica(2, Some(2), 5_000, 5_000 - lag)];
+        let r = Readiness::of(&fine);
+        assert!(r.ready && r.serving && r.caught_up && r.behind.is_empty(), "{r:?}");
+        assert_eq!(r.replicas, 2);
+        let lagging = [replica(1, Some(1), 5_000, 5_000), replica(2, Some(2), 5_000, 5_000 - lag - 1)];
+        assert_eq!(Readiness::of(&lagging).behind, vec![2]);
+        assert!(!Readiness::of(&lagging).ready);
+        let leaderless = [replica(3, None, 0, 0)];
+        assert_eq!(Readiness::of(&leaderless).behind, vec![3], "an election is under way");
+        let many: Vec<ShardStatus> = (0..100).map(|i| replica(i, None, 0, 0)).collect();
+        assert_eq!(Readiness::of(&many).behind.len(), READY_MAX_LISTED_SHARDS);
+        assert!(!Readiness::not_serving().ready && !Readiness::not_serving().serving);
+    }
+
+    #[test]
+    fn only_liveness_readiness_and_open_metrics_need_no_token() {
+        assert_eq!(need(&Method::GET, "/health", false), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/ready", false), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/metrics", false), Need::Inspect);
+        assert_eq!(need(&Method::GET, "/metrics", true), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/v1/shards", true), Need::Inspect);
+        assert_eq!(need(&Method::POST, "/v1/admin", true), Need::Operate);
+    }
 }

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use presage_playground::{Playground, PlaygroundOptions};
 use presage_server::metrics::Metrics;
-use presage_server::node::config::NodeConfig;
+use presage_server::node::config::{LogFormat, NodeConfig};
 use presage_server::node::RunningNode;
 use presage_tools::demo::{self, DemoOptions};
 use presage_tools::walkthrough::{self, WalkthroughOptions};
@@ -347,10 +347,14 @@ impl StartArgs {
     }
 }
 
-fn init_log(filter: &str) {
+fn init_log(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
 }
 
 /// Waits for SIGTERM or ctrl-c.
@@ -371,7 +375,7 @@ async fn interrupted() {
 
 fn start(args: StartArgs) -> Result<()> {
     let loaded = NodeConfig::load(args.config.as_deref(), &args.overrides())?;
-    init_log(&loaded.config.log);
+    init_log(&loaded.config.log, loaded.config.log_format);
     for key in &loaded.unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
     }
@@ -398,7 +402,7 @@ fn start(args: StartArgs) -> Result<()> {
 }
 
 fn playground(opts: PlaygroundOptions) -> Result<()> {
-    init_log("info");
+    init_log("info", LogFormat::Text);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let mut pg = Playground::start(&opts).await?;

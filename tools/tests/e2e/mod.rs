@@ -10,6 +10,7 @@ use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
 mod migrate;
+mod monitoring;
 mod pfa;
 mod trust;
 
@@ -233,6 +234,25 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
         answer.contains("presage_requests_total{command=\"unknown\",protocol=\"resp\",result=\"error\"}"),
         "{answer}"
     );
+    // One metric per quantity, typed; the process and the build; the manager's counts and
+    // predictions on the node that runs it (the only one here).
+    for line in [
+        "# TYPE presage_replicas gauge",
+        "# TYPE presage_leaders gauge",
+        "# TYPE presage_raft_frames_sent_total counter",
+        "# TYPE presage_snapshot_sent_bytes_total counter",
+        "# TYPE process_cpu_seconds_total counter",
+        "# TYPE process_resident_memory_bytes gauge",
+        "presage_is_shard_manager 1",
+        "presage_manager_nodes_up 1",
+        "presage_warnings_active{kind=\"DiskDegradation\"} 0",
+    ] {
+        assert!(answer.contains(line), "no {line:?} in {answer}");
+    }
+    assert!(answer.contains("presage_build_info{version=\""), "{answer}");
+    let (answer, _) = raw(&node.admin, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"caught_up\":true"), "{answer}");
+    monitoring::check(&node.admin);
 
     // presage-ctl: tables, JSON, a manual split that happens, a clear error when unreachable.
     let ctl = |args: &[&str]| {

@@ -17,7 +17,7 @@
 //! - `unavailable_shard_seconds`: one probe per data shard reads a key of the shard every
 //!   `PROBE_INTERVAL`; a probe slower than `UNAVAILABLE_AFTER` counts its whole duration;
 //! - `bytes_moved`: snapshot data the nodes sent during the event (their
-//!   `presage_node{what="snapshot_bytes_sent"}` metrics);
+//!   `presage_snapshot_sent_bytes_total` metrics);
 //! - `warning_lead_seconds`: from the first early warning about the node to its death.
 //!
 //! The failing-node story, shared by `presage-bench scenario failing-node` and the demo's second
@@ -754,7 +754,7 @@ pub fn shard_rows(admins: &[AdminEndpoint]) -> Result<Vec<presage_client::proto:
     Err(last.map_or_else(|| anyhow::anyhow!("no admin address"), anyhow::Error::from))
 }
 
-/// Each node's `presage_node{what="snapshot_bytes_sent"}`; nodes that do not answer are
+/// Each node's `presage_snapshot_sent_bytes_total`; nodes that do not answer are
 /// left out.
 async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<NodeId, u64> {
     let nodes = nodes.to_vec();
@@ -764,7 +764,7 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<Node
             let Ok(text) = a.client().get_raw("/metrics") else { continue };
             let sent = text
                 .lines()
-                .find(|l| l.starts_with("presage_node{what=\"snapshot_bytes_sent\"}"))
+                .find(|l| l.starts_with("presage_snapshot_sent_bytes_total "))
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0);

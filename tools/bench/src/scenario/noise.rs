@@ -379,7 +379,7 @@ fn watch(nodes: &[(NodeId, AdminEndpoint)], started: Instant, stop: &AtomicBool,
         for (id, a) in nodes {
             // A node that does not answer keeps its last state (a shed is not cut short).
             let own = match a.client().get_raw("/metrics") {
-                Ok(text) => text.lines().any(|l| l.starts_with("presage_node{what=\"self_check_shedding\"} 1")),
+                Ok(text) => text.lines().any(|l| l.starts_with("presage_self_check_shedding 1")),
                 Err(_) => w.shedding_since.contains_key(id),
             };
             if own {

@@ -69,6 +69,17 @@ impl Default for SecurityConfig {
     }
 }
 
+/// How a node writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, message, fields, spans.
+    Json,
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
@@ -104,6 +115,9 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log filter (`RUST_LOG` syntax); the `RUST_LOG` environment variable overrides it.
     pub log: String,
+    /// How log lines are written (to standard output): `text` (for people) or `json` (one
+    /// object per line, for log collectors).
+    pub log_format: LogFormat,
     /// Node server: request handling, heartbeats, the shard manager.
     pub server: ServerConfig,
     /// Replication.
@@ -139,6 +153,7 @@ impl Default for NodeConfig {
             security: SecurityConfig::default(),
             fault_injection: false,
             log: "info".into(),
+            log_format: LogFormat::Text,
             server: ServerConfig::default(),
             raft: RaftConfig::default(),
             raft_tcp: TcpConfig::default(),

@@ -475,6 +475,7 @@ impl RunningNode {
             Arc::clone(&self_check_state),
         ));
         let gauges = gauge_probe(&handle, &server, &raft, &self_check_state);
+        let readiness = readiness_probe(&handle);
         let admin_tls = trust.https_acceptor()?;
         let admin = admin_listener.map(|l| {
             admin::serve(
@@ -485,6 +486,7 @@ impl RunningNode {
                     metrics: metrics.clone(),
                     engine_metrics: Arc::clone(engine.metrics()),
                     gauges,
+                    readiness,
                     auth: admin::AdminAuth {
                         credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)),
                         open_metrics: trust.open_metrics,
@@ -622,10 +624,10 @@ fn gauge_probe(
     self_check: &Arc<self_check::SelfCheckState>,
 ) -> admin::GaugeProbe {
     let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
-    let self_check = Arc::clone(self_check);
+    let (self_check, risk) = (Arc::clone(self_check), Arc::new(server.risk_gauges()));
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
-        let self_check = Arc::clone(&self_check);
+        let (self_check, risk) = (Arc::clone(&self_check), Arc::clone(&risk));
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -638,6 +640,7 @@ fn gauge_probe(
                 splits,
                 merges,
                 manager,
+                risk: risk(),
                 raft_frames_sent: get(&stats.frames_sent),
                 raft_frames_received: get(&stats.frames_received),
                 raft_frames_rejected: get(&stats.frames_rejected),
@@ -646,6 +649,20 @@ fn gauge_probe(
                 snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
                 self_check_shedding: self_check.shedding.load(Ordering::Relaxed),
                 self_check_transfers: self_check.transfers.load(Ordering::Relaxed),
+            }
+        })
+    })
+}
+
+/// Reads this node's readiness: its replication loop's answer about every replica here.
+fn readiness_probe(handle: &NodeHandle) -> admin::ReadinessProbe {
+    let handle = handle.clone();
+    Arc::new(move || {
+        let handle = handle.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(admin::READY_PROBE_TIMEOUT, handle.statuses()).await {
+                Ok(Ok(statuses)) => admin::Readiness::of(&statuses),
+                _ => admin::Readiness::not_serving(),
             }
         })
     })

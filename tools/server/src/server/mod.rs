@@ -359,6 +359,16 @@ impl<E: Engine> Server<E> {
         }
     }
 
+    /// The shard manager's predictions as metric values, while this node runs it.
+    pub fn risk_gauges(&self) -> impl Fn() -> Option<crate::metrics::RiskGauges> + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || {
+            // One lock at a time: the manager's is released before the predictions' is taken.
+            let runs_manager = lock(&inner.manager).is_some();
+            runs_manager.then(|| lock(&inner.pfa).gauges())
+        }
+    }
+
     /// The flag the node's own disk check sets while it hands leaderships away (reported
     /// with every heartbeat).
     pub fn shedding_leaders_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {

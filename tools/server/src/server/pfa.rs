@@ -521,6 +521,21 @@ impl PfaState {
         }
     }
 
+    /// The predictions as metric values: each node's and region's probability, and the active
+    /// warnings of every kind.
+    pub fn gauges(&self) -> crate::metrics::RiskGauges {
+        let report = self.risk();
+        let active = self.board.active();
+        crate::metrics::RiskGauges {
+            nodes: report.nodes.iter().filter_map(|n| Some((n.node, n.region.clone(), n.probability?))).collect(),
+            regions: report.regions.iter().filter_map(|r| Some((r.region.clone(), r.probability?))).collect(),
+            warnings: WarningKind::ALL
+                .iter()
+                .map(|k| (k.to_string(), active.iter().filter(|w| w.kind == *k).count() as u64))
+                .collect(),
+        }
+    }
+
     /// Answers a query; `now_ms` stamps pushed counters.
     pub fn answer(&mut self, query: PfaQuery, now_ms: u64) -> Result<String, ProtoError> {
         match query {
