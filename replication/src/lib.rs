@@ -16,6 +16,7 @@
 //! - [`value`]: how a value is stored (a header with an optional expiry deadline).
 //! - [`wire`]: prost messages (commands, descriptors, envelopes, persisted states).
 //! - [`config`]: [`RaftConfig`], every setting, validated.
+//! - [`metrics`]: commit latency and ready-round time (Prometheus).
 //!
 //! Reads are linearizable through ReadIndex, one round per ready round for every read waiting
 //! on a replica. With `lease_reads` (on by default) a leader answers without a round trip for
@@ -38,6 +39,7 @@ pub mod keys;
 pub mod lease;
 pub mod local_read;
 mod logger;
+pub mod metrics;
 pub mod peer;
 pub mod runtime;
 pub mod snapshot;

@@ -129,6 +129,7 @@ impl<E: Engine> Peer<E> {
         while self.proposals.front().is_some_and(|p| p.index <= index) {
             let Some(p) = self.proposals.pop_front() else { break };
             let result = if p.index == index && p.term == term {
+                crate::metrics::observe_commit(p.proposed_at.elapsed());
                 outcome.take().unwrap_or(Ok(()))
             } else {
                 // Another leader's entry took this index: the proposal never committed.

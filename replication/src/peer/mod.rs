@@ -144,6 +144,8 @@ struct Proposal {
     index: u64,
     term: u64,
     cb: ProposalCallback,
+    /// When it was made (for the commit-latency metric only; never for decisions).
+    proposed_at: std::time::Instant,
 }
 
 /// What to call once a proposal is applied.

@@ -149,7 +149,12 @@ impl<E: Engine> Peer<E> {
         }
         let index = self.raw.raft.raft_log.last_index();
         debug_assert_eq!(index, before + 1, "one proposal, one entry");
-        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
+        self.proposals.push_back(Proposal {
+            index,
+            term: self.raw.raft.term,
+            cb,
+            proposed_at: std::time::Instant::now(),
+        });
     }
 
     /// Proposes a membership change (joint consensus when it has several steps).
@@ -170,7 +175,12 @@ impl<E: Engine> Peer<E> {
             return cb.fail(Error::Raft(e.to_string()));
         }
         let index = self.raw.raft.raft_log.last_index();
-        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, cb });
+        self.proposals.push_back(Proposal {
+            index,
+            term: self.raw.raft.term,
+            cb,
+            proposed_at: std::time::Instant::now(),
+        });
     }
 
     /// Swaps a learner and a voter in one joint-consensus change (Raft §6, thesis §4.3): the

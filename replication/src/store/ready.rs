@@ -37,6 +37,8 @@ impl<E: Engine> Store<E> {
     /// persistence go to `send` before this node's fsync; returns the rest. An error means
     /// the engine failed a write: the node must stop.
     pub fn process_ready_sending(&mut self, send: &mut dyn FnMut(RaftEnvelope)) -> Result<Vec<RaftEnvelope>> {
+        // For the round-time metric only (never for decisions: those use `self.now`).
+        let started = std::time::Instant::now();
         let mut out: Vec<RaftEnvelope> = Vec::new();
         let mut early: Vec<RaftEnvelope> = Vec::new();
         let mut done: Completions = Vec::new();
@@ -239,6 +241,9 @@ impl<E: Engine> Store<E> {
         self.start_snapshots(snapshots_to_send);
         self.pump_snapshots(&mut out)?;
         out.append(&mut self.pending_out);
+        if !round.is_empty() {
+            crate::metrics::observe_round(started.elapsed());
+        }
         Ok(out)
     }
 }

@@ -449,7 +449,7 @@ async fn ready(State(s): State<AdminState>) -> HttpResponse {
 async fn metrics(State(s): State<AdminState>) -> ApiResult<String> {
     let gauges = (s.gauges)().await;
     s.metrics.set_gauges(&gauges);
-    Ok(s.metrics.render(&[s.engine_metrics.registry()]))
+    Ok(s.metrics.render(&[s.engine_metrics.registry(), presage_replication::metrics::registry()]))
 }
 
 async fn ask(s: &AdminState, request: Request) -> ApiResult<Response> {

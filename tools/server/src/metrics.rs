@@ -8,12 +8,14 @@
 //! | `presage_raft_frames_{sent,received,rejected}_total`, `presage_raft_envelopes_dropped_total` | the Raft transport |
 //! | `presage_snapshot_rate_limit_bytes_per_second`, `presage_snapshot_sent_bytes_total` | shard copies (migration) |
 //! | `presage_self_check_shedding`, `presage_self_check_transfers_total` | the node's own disk check |
+//! | `presage_rocksdb_{write_delayed,write_stopped,running_compactions,pending_compaction_bytes,memtable_bytes,sst_bytes}` | RocksDB's write stalls and background work |
 //! | `presage_is_shard_manager`, `presage_manager_{nodes,nodes_up,groups,shards,running_operators,finished_operators}` | the shard manager (the counts only on the node running it) |
 //! | `presage_node_failure_probability{node,region}`, `presage_region_failure_probability{region}`, `presage_warnings_active{kind}` | failure prediction (on the shard manager's node) |
 //! | `presage_build_info{version}` | always 1 |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ... | the process (prometheus's process collector) |
 //!
-//! The storage engine's registry (`presage_engine_*`) is rendered alongside. Values read when
+//! The storage engine's registry (`presage_engine_*`) and the replication layer's
+//! (`presage_raft_commit_seconds`, `presage_raft_ready_round_seconds`) are rendered alongside. Values read when
 //! `/metrics` is scraped come in a [`NodeGauges`]; the counters among them are raised to the
 //! value read (their sources only grow within a process).
 
@@ -43,6 +45,8 @@ pub struct NodeGauges {
     pub manager: Option<presage_shardmgr::ManagerStats>,
     /// Failure prediction, when this node runs the shard manager.
     pub risk: Option<RiskGauges>,
+    /// The storage engine's write stalls and background work.
+    pub storage: presage_engine::StorageStats,
     /// Raft transport: frames sent, received, rejected; envelopes dropped.
     pub raft_frames_sent: u64,
     /// See above.
@@ -90,6 +94,9 @@ struct ScrapeMetrics {
     is_manager: IntGauge,
     /// Nodes, nodes up, groups, shards, running and finished operators.
     manager: [IntGaugeVec; 6],
+    /// Write delayed, write stopped, running compactions, pending compaction bytes, memtable
+    /// bytes, SST bytes.
+    storage: [IntGauge; 6],
     node_risk: GaugeVec,
     region_risk: GaugeVec,
     warnings: IntGaugeVec,
@@ -209,6 +216,15 @@ impl ScrapeMetrics {
                     )),
                 )
             }),
+            storage: [
+                ("rocksdb_write_delayed", "1 while RocksDB slows writes down (a write stall starting)"),
+                ("rocksdb_write_stopped", "1 while RocksDB stops writes until compaction or flushes catch up"),
+                ("rocksdb_running_compactions", "Compactions running"),
+                ("rocksdb_pending_compaction_bytes", "Bytes compaction has to rewrite (RocksDB's estimate)"),
+                ("rocksdb_memtable_bytes", "Bytes held by memtables"),
+                ("rocksdb_sst_bytes", "Bytes of live SST files"),
+            ]
+            .map(|(name, help)| gauge(r, name, help)),
             node_risk: add(
                 r,
                 must(GaugeVec::new(
@@ -255,6 +271,18 @@ impl ScrapeMetrics {
         gauge(&self.self_check_shedding, u64::from(g.self_check_shedding));
         raise_to(&self.self_check_transfers, g.self_check_transfers);
         gauge(&self.is_manager, u64::from(g.manager.is_some()));
+        let st = &g.storage;
+        let storage = [
+            u64::from(st.write_delayed),
+            u64::from(st.write_stopped),
+            st.running_compactions,
+            st.pending_compaction_bytes,
+            st.memtable_bytes,
+            st.sst_bytes,
+        ];
+        for (m, v) in self.storage.iter().zip(storage) {
+            gauge(m, v);
+        }
         // Only the node running the manager has these: elsewhere they are absent, not 0.
         for family in &self.manager {
             family.reset();
@@ -415,6 +443,12 @@ mod tests {
         assert!(text.contains("# TYPE presage_raft_frames_sent_total counter"), "{text}");
         assert!(text.contains("# TYPE presage_replicas gauge"), "{text}");
         assert_eq!(sample(&text, "presage_is_shard_manager"), Some(0.0));
+        assert_eq!(sample(&text, "presage_rocksdb_write_stopped"), Some(0.0));
+        let storage = presage_engine::StorageStats { write_stopped: true, sst_bytes: 4096, ..Default::default() };
+        m.set_gauges(&NodeGauges { storage, ..g.clone() });
+        let text = m.render(&[]);
+        assert_eq!(sample(&text, "presage_rocksdb_write_stopped"), Some(1.0));
+        assert_eq!(sample(&text, "presage_rocksdb_sst_bytes"), Some(4096.0));
         assert!(!text.contains("presage_manager_shards "), "absent where the manager does not run: {text}");
         let stats = presage_shardmgr::ManagerStats { shards: 7, nodes_up: 3, ..Default::default() };
         m.set_gauges(&NodeGauges { manager: Some(stats), ..g.clone() });

@@ -474,7 +474,7 @@ impl RunningNode {
             cfg.self_check.clone(),
             Arc::clone(&self_check_state),
         ));
-        let gauges = gauge_probe(&handle, &server, &raft, &self_check_state);
+        let gauges = gauge_probe(&handle, &server, &raft, &self_check_state, &engine);
         let readiness = readiness_probe(&handle);
         let admin_tls = trust.https_acceptor()?;
         let admin = admin_listener.map(|l| {
@@ -622,12 +622,13 @@ fn gauge_probe(
     server: &Server<NodeEngine>,
     raft: &TcpNode,
     self_check: &Arc<self_check::SelfCheckState>,
+    engine: &NodeEngine,
 ) -> admin::GaugeProbe {
     let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
-    let (self_check, risk) = (Arc::clone(self_check), Arc::new(server.risk_gauges()));
+    let (self_check, risk, engine) = (Arc::clone(self_check), Arc::new(server.risk_gauges()), engine.clone());
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
-        let (self_check, risk) = (Arc::clone(&self_check), Arc::clone(&risk));
+        let (self_check, risk, engine) = (Arc::clone(&self_check), Arc::clone(&risk), engine.clone());
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -641,6 +642,7 @@ fn gauge_probe(
                 merges,
                 manager,
                 risk: risk(),
+                storage: presage_engine::Engine::storage_stats(&engine),
                 raft_frames_sent: get(&stats.frames_sent),
                 raft_frames_received: get(&stats.frames_received),
                 raft_frames_rejected: get(&stats.frames_rejected),
