@@ -156,6 +156,13 @@ enum Command {
         #[command(subcommand)]
         what: FaultsCommand,
     },
+    /// The log filter of the node whose admin API this talks to (`RUST_LOG` syntax, e.g.
+    /// `info,presage_replication=debug`): shown, or replaced until the node restarts
+    /// (operators only).
+    LogLevel {
+        /// The new filter; without it, the one in force is shown.
+        filter: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +321,16 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                     Ok("faults cleared\n".into())
                 }
             }
+        }
+        Command::LogLevel { filter } => {
+            let answer: serde_json::Value = match filter {
+                None => c.get("/v1/log-level")?,
+                Some(f) => {
+                    let text = c.put_raw("/v1/log-level", &serde_json::json!({ "filter": f }))?;
+                    serde_json::from_str(&text).map_err(|e| CtlError::Decode(format!("log-level answer: {e}")))?
+                }
+            };
+            Ok(if json { pretty(&answer) } else { format!("{}\n", answer["filter"].as_str().unwrap_or_default()) })
         }
         Command::Risk => {
             let text = c.get_raw("/v1/risk")?;

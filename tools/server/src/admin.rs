@@ -16,6 +16,7 @@
 //! | `GET/PUT/DELETE /v1/faults` | engine fault injection (only with `fault-injection = true`) |
 //! | `GET/PUT/DELETE /v1/faults/network` | network faults on the node's outgoing Raft links (same) |
 //! | `GET/PUT/DELETE /v1/faults/host` | CPU contention and memory pressure in the node (same) |
+//! | `GET/PUT /v1/log-level` | the log filter (`RUST_LOG` syntax) in force; `PUT {"filter":"..."}` replaces it until restart |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
@@ -26,7 +27,7 @@
 //! `/health` and `/ready` (load balancers and supervisors probe them; they tell counts, no
 //! keys) needs `Authorization: Bearer TOKEN`, a token of the users file
 //! (`presage user token`), compared in constant time. Inspection (every `GET`) needs any
-//! role; `POST /v1/admin`, the fault endpoints and pushed counters need `operator`.
+//! role; `POST /v1/admin`, the fault endpoints, pushed counters and `PUT /v1/log-level` need `operator`.
 //! `/metrics` is open with `security.open-metrics`. A missing or wrong token is 401, a role
 //! that does not allow the request 403; each failure is logged and answered later the more a
 //! source fails ([`presage_security::throttle`]). An insecure node serves plain HTTP to
@@ -106,6 +107,11 @@ impl Readiness {
     }
 }
 
+/// Reads (`None`) or replaces (`Some(filter)`) the node's log filter at run time; answers the
+/// filter in force, or why the new one was refused. The node binary owns the logger, so it
+/// hands this in.
+pub type LogLevelControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 /// What the admin API serves from.
 #[derive(Clone)]
 pub struct AdminState {
@@ -121,6 +127,8 @@ pub struct AdminState {
     pub gauges: GaugeProbe,
     /// Readiness.
     pub readiness: ReadinessProbe,
+    /// The log filter, when the process's logger can change it.
+    pub log_level: Option<LogLevelControl>,
     /// Who may call.
     pub auth: AdminAuth,
     /// Fault injection, when enabled.
@@ -369,6 +377,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/telemetry/{node}", get(telemetry))
         .route("/v1/history/{node}", get(history))
         .route("/v1/nodes/{id}/counters", axum::routing::put(push_counters))
+        .route("/v1/log-level", get(log_level).put(set_log_level))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -438,6 +447,33 @@ async fn authorize(State(s): State<AdminState>, request: HttpRequest, next: Next
 
 async fn health(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "node": s.node }))
+}
+
+/// Body of `PUT /v1/log-level`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelBody {
+    filter: String,
+}
+
+fn log_control(s: &AdminState) -> ApiResult<&LogLevelControl> {
+    s.log_level.as_ref().ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, "this process's logger cannot change its filter at run time".into())
+    })
+}
+
+async fn log_level(State(s): State<AdminState>) -> ApiResult<Json<serde_json::Value>> {
+    let filter = log_control(&s)?(None).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(json!({ "filter": filter })))
+}
+
+async fn set_log_level(
+    State(s): State<AdminState>,
+    body: Result<Json<LogLevelBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad log-level JSON: {e}")))?;
+    let filter = log_control(&s)?(Some(&body.filter)).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(json!({ "filter": filter })))
 }
 
 async fn ready(State(s): State<AdminState>) -> HttpResponse {
@@ -751,5 +787,7 @@ mod tests {
         assert_eq!(need(&Method::GET, "/metrics", true), Need::Nothing);
         assert_eq!(need(&Method::GET, "/v1/shards", true), Need::Inspect);
         assert_eq!(need(&Method::POST, "/v1/admin", true), Need::Operate);
+        assert_eq!(need(&Method::GET, "/v1/log-level", true), Need::Inspect);
+        assert_eq!(need(&Method::PUT, "/v1/log-level", true), Need::Operate);
     }
 }

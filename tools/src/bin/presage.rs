@@ -11,11 +11,13 @@
 //! - `presage walkthrough`: the storage engine step by step in a temporary folder.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use presage_playground::{Playground, PlaygroundOptions};
+use presage_server::admin::LogLevelControl;
 use presage_server::metrics::Metrics;
 use presage_server::node::config::{LogFormat, NodeConfig};
 use presage_server::node::RunningNode;
@@ -347,14 +349,26 @@ impl StartArgs {
     }
 }
 
-fn init_log(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = match format {
-        LogFormat::Text => fmt.try_init(),
-        LogFormat::Json => fmt.json().try_init(),
+/// Installs the process's logger; returns the control of its filter (`None` when a logger
+/// was installed already).
+fn init_log(filter: &str, format: LogFormat) -> Option<LogLevelControl> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let initial = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let (filter_layer, handle) = reload::Layer::new(initial);
+    let fmt_layer = match format {
+        LogFormat::Text => fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => fmt::layer().json().with_target(false).boxed(),
     };
+    tracing_subscriber::registry().with(filter_layer).with(fmt_layer).try_init().ok()?;
+    Some(Arc::new(move |new: Option<&str>| {
+        if let Some(text) = new {
+            let filter = EnvFilter::try_new(text).map_err(|e| format!("bad log filter {text:?}: {e}"))?;
+            handle.reload(filter).map_err(|e| format!("the log filter could not be replaced: {e}"))?;
+            tracing::info!(filter = text, "log filter replaced");
+        }
+        handle.with_current(ToString::to_string).map_err(|e| format!("the log filter could not be read: {e}"))
+    }))
 }
 
 /// Waits for SIGTERM or ctrl-c.
@@ -375,13 +389,13 @@ async fn interrupted() {
 
 fn start(args: StartArgs) -> Result<()> {
     let loaded = NodeConfig::load(args.config.as_deref(), &args.overrides())?;
-    init_log(&loaded.config.log, loaded.config.log_format);
+    let log_level = init_log(&loaded.config.log, loaded.config.log_format);
     for key in &loaded.unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let node = RunningNode::start(loaded.config, Metrics::new()).await?;
+        let node = RunningNode::start(loaded.config, Metrics::new(), log_level).await?;
         tracing::info!(native = %node.native_addr(), "node serving");
         let failed = tokio::select! {
             () = interrupted() => false,
@@ -402,7 +416,7 @@ fn start(args: StartArgs) -> Result<()> {
 }
 
 fn playground(opts: PlaygroundOptions) -> Result<()> {
-    init_log("info", LogFormat::Text);
+    let _ = init_log("info", LogFormat::Text);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let mut pg = Playground::start(&opts).await?;

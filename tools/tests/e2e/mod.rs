@@ -268,6 +268,16 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // The log filter, read and replaced at run time; a bad one refused, the old one kept.
+    let (ok, out, err) = ctl(&["log-level"]);
+    assert!(ok && out.trim() == "info", "{out}{err}");
+    let (ok, out, err) = ctl(&["log-level", "info,presage_replication=debug"]);
+    // Answered as in force (the logger's own order of directives).
+    assert!(ok && out.trim() == "presage_replication=debug,info", "{out}{err}");
+    let (ok, out, err) = ctl(&["log-level", "info,presage=notalevel"]);
+    assert!(!ok && err.contains("bad log filter"), "{out}{err}");
+    let (ok, out, err) = ctl(&["--json", "log-level", "info"]);
+    assert!(ok && out.contains("\"filter\": \"info\""), "{out}{err}");
     let (ok, out, err) = ctl(&["nodes"]);
     assert!(ok && out.starts_with("NODE") && out.contains(&node.resp) && out.contains("INSECURE"), "{out}{err}");
     let (ok, out, _) = ctl(&["shards", "--key", "k"]);

@@ -276,7 +276,12 @@ fn record_identity(dir: &Path, id: u64, cluster_id: Option<u64>) -> Result<(), S
 impl RunningNode {
     /// Starts a node with `cfg` (validated). Call inside a tokio runtime. Returns once it
     /// serves; a joining node has joined.
-    pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> Result<RunningNode, StartError> {
+    /// `log_level` lets the admin API read and change the process's log filter.
+    pub async fn start(
+        cfg: NodeConfig,
+        metrics: Arc<Metrics>,
+        log_level: Option<admin::LogLevelControl>,
+    ) -> Result<RunningNode, StartError> {
         cfg.validate()?;
         let id = cfg.node_id;
         let mut recorded_cluster = claim_data_dir(&cfg.data_dir, id)?;
@@ -487,6 +492,7 @@ impl RunningNode {
                     engine_metrics: Arc::clone(engine.metrics()),
                     gauges,
                     readiness,
+                    log_level,
                     auth: admin::AdminAuth {
                         credentials: (!trust.insecure).then(|| Arc::clone(&trust.credentials)),
                         open_metrics: trust.open_metrics,
