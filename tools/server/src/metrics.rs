@@ -398,7 +398,11 @@ impl Metrics {
 
     /// The text exposition of this registry and of `others`.
     pub fn render(&self, others: &[&Registry]) -> String {
+        // Not while another scrape sets its values (it empties the manager's and the
+        // predictions' families before setting them again).
+        let scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         let mut families = self.registry.gather();
+        drop(scrape);
         families.extend(self.unprefixed.gather());
         for r in others {
             families.extend(r.gather());
