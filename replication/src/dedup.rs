@@ -64,15 +64,15 @@ pub enum Seen {
 /// A client slot: (client, slot).
 pub(crate) type Slot = (u64, u32);
 
-/// Most slots a replica keeps in its `KnownRecords` from one round to the next (a round may add
-/// more; they are dropped when the next starts).
+/// Most slots a replica keeps in its `KnownRecords` from one round to the next (a round may
+/// add more; they are dropped when the next starts).
 pub const MAX_KNOWN_RECORDS: usize = 1_024;
 
-/// The request records one replica (of one shard) knows without reading the engine, by client slot: each
-/// entry is the slot's record (`None`: it has none) as the engine holds it once the current
-/// round's batch is written. Applying a write of a known slot reads nothing; before, every
-/// applied write read its record back from the engine, on every replica (a third of the
-/// store loop's engine time under a put load).
+/// The request records one replica (of one shard) knows without reading the engine, by client
+/// slot: each entry is the slot's record (`None`: it has none) as the engine holds it once the
+/// current round's batch is written. Applying a write of a known slot reads nothing; before,
+/// every applied write read its record back from the engine, on every replica (a third of
+/// the store loop's engine time under a put load).
 ///
 /// Kept exact by one rule: every change to the shard's records goes through it ([`record`],
 /// [`forget`], [`take_over`]), and a snapshot install, the only other writer, empties it
@@ -227,9 +227,9 @@ fn write(wb: &mut WriteBatch, shard_id: u64, r: &SlotRecord) {
 }
 
 /// The records of `shard_id` still remembered at `now_ms` (all of them when `now_ms` is
-/// `None`), as of the engine overlaid with the known ones (this round's writes among them), most recently used first, and
-/// whether there were more than [`MAX_RECORDS_PER_SHARD`] (then only the first ones in key
-/// order were read: the same ones on every replica).
+/// `None`), as of the engine overlaid with the known ones (this known's writes among them),
+/// most recently used first, and whether there were more than [`MAX_RECORDS_PER_SHARD`] (then
+/// only the first ones in key order were read: the same ones on every replica).
 pub(crate) fn records<R: Reader>(
     engine: &R,
     known: &KnownRecords,
@@ -312,29 +312,29 @@ mod tests {
     #[test]
     fn a_slots_last_request_is_applied_earlier_ones_superseded_later_ones_new() {
         let engine = MemEngine::new();
-        let mut round = KnownRecords::default();
+        let mut known = KnownRecords::default();
         let mut wb = WriteBatch::new();
-        assert_eq!(look_up(&engine, &mut round, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
-        record(&mut wb, &mut round, 1, id(0, 5), 1_000, false);
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 5), 1_000).expect("the memory engine"), Seen::New);
+        record(&mut wb, &mut known, 1, id(0, 5), 1_000, false);
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(0, 5), 1_000).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(0, 5), 1_000).expect("the memory engine"),
             Seen::Applied,
             "seen through the round"
         );
         engine.write(&wb, Default::default()).expect("the memory engine");
-        round.clear();
+        known.clear();
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(0, 5), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(0, 5), 2_000).expect("the memory engine"),
             Seen::Applied,
             "seen in the engine"
         );
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(0, 4), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(0, 4), 2_000).expect("the memory engine"),
             Seen::Superseded { last_seq: 5 }
         );
-        assert_eq!(look_up(&engine, &mut round, 1, id(0, 6), 2_000).expect("the memory engine"), Seen::New);
+        assert_eq!(look_up(&engine, &mut known, 1, id(0, 6), 2_000).expect("the memory engine"), Seen::New);
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(1, 5), 2_000).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(1, 5), 2_000).expect("the memory engine"),
             Seen::New,
             "another slot"
         );
@@ -344,12 +344,12 @@ mod tests {
             "another shard (another replica: its own known records)"
         );
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(3, 1), 2_000, true);
-        assert_eq!(look_up(&engine, &mut round, 1, id(3, 1), 2_000).expect("the memory engine"), Seen::Failed);
-        assert_eq!(look_up(&engine, &mut round, 1, id(3, 2), 2_000).expect("the memory engine"), Seen::New);
+        record(&mut wb, &mut known, 1, id(3, 1), 2_000, true);
+        assert_eq!(look_up(&engine, &mut known, 1, id(3, 1), 2_000).expect("the memory engine"), Seen::Failed);
+        assert_eq!(look_up(&engine, &mut known, 1, id(3, 2), 2_000).expect("the memory engine"), Seen::New);
         let late = 1_000 + RECORD_TTL_MS + 1;
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(0, 5), late).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(0, 5), late).expect("the memory engine"),
             Seen::New,
             "forgotten alike everywhere"
         );
@@ -358,22 +358,22 @@ mod tests {
     #[test]
     fn a_merge_keeps_each_slots_later_request() {
         let engine = MemEngine::new();
-        let mut round = KnownRecords::default();
+        let mut known = KnownRecords::default();
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(0, 9), 10, false);
-        record(&mut wb, &mut round, 1, id(1, 2), 10, false);
+        record(&mut wb, &mut known, 1, id(0, 9), 10, false);
+        record(&mut wb, &mut known, 1, id(1, 2), 10, false);
         engine.write(&wb, Default::default()).expect("the memory engine");
-        round.clear();
+        known.clear();
         let source = [
             SlotRecord { client: CLIENT, slot: 0, last_seq: 8, last_ms: 20, failed: false },
             SlotRecord { client: CLIENT, slot: 1, last_seq: 3, last_ms: 20, failed: false },
             SlotRecord { client: CLIENT, slot: 2, last_seq: 1, last_ms: 20, failed: false },
         ];
         let mut wb = WriteBatch::new();
-        take_over(&engine, &mut wb, &mut round, 1, &source).expect("the memory engine");
+        take_over(&engine, &mut wb, &mut known, 1, &source).expect("the memory engine");
         engine.write(&wb, Default::default()).expect("the memory engine");
-        round.clear();
-        let mut merged: Vec<(u32, u64)> = records(&engine, &round, 1, None)
+        known.clear();
+        let mut merged: Vec<(u32, u64)> = records(&engine, &known, 1, None)
             .expect("the memory engine")
             .0
             .iter()
@@ -384,19 +384,19 @@ mod tests {
         let mut wb = WriteBatch::new();
         clear(&mut wb, 1);
         engine.write(&wb, Default::default()).expect("the memory engine");
-        assert!(records(&engine, &round, 1, None).expect("the memory engine").0.is_empty());
+        assert!(records(&engine, &known, 1, None).expect("the memory engine").0.is_empty());
     }
 
     #[test]
     fn the_sweep_forgets_only_records_still_forgotten_and_unchanged() {
         let engine = MemEngine::new();
-        let mut round = KnownRecords::default();
+        let mut known = KnownRecords::default();
         let mut wb = WriteBatch::new();
         for slot in 0..5 {
-            record(&mut wb, &mut round, 1, id(slot, 1), u64::from(slot) * RECORD_TTL_MS, false);
+            record(&mut wb, &mut known, 1, id(slot, 1), u64::from(slot) * RECORD_TTL_MS, false);
         }
         engine.write(&wb, Default::default()).expect("the memory engine");
-        round.clear();
+        known.clear();
         let now = 4 * RECORD_TTL_MS;
         // Pages of two: slots 0-2 are forgotten (slot 2 just so), 3 and 4 are not.
         let (first, next) = forgotten_page(&engine, 1, None, 2, now).expect("the memory engine");
@@ -407,18 +407,18 @@ mod tests {
         assert!(third.is_empty() && next.is_none(), "{third:?} {next:?}");
         // Slot 1 wrote again since the sweep looked: kept.
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(1, 2), now, false);
+        record(&mut wb, &mut known, 1, id(1, 2), now, false);
         for r in first.iter().chain(&second) {
-            forget(&engine, &mut wb, &mut round, 1, *r, now).expect("the memory engine");
+            forget(&engine, &mut wb, &mut known, 1, *r, now).expect("the memory engine");
         }
         assert_eq!(
-            look_up(&engine, &mut round, 1, id(0, 1), 0).expect("the memory engine"),
+            look_up(&engine, &mut known, 1, id(0, 1), 0).expect("the memory engine"),
             Seen::New,
             "deleted in the round"
         );
         engine.write(&wb, Default::default()).expect("the memory engine");
-        round.clear();
-        let left: Vec<(u32, u64)> = records(&engine, &round, 1, None)
+        known.clear();
+        let left: Vec<(u32, u64)> = records(&engine, &known, 1, None)
             .expect("the memory engine")
             .0
             .iter()
@@ -430,15 +430,15 @@ mod tests {
     #[test]
     fn copies_leave_out_forgotten_records_most_recent_first() {
         let engine = MemEngine::new();
-        let mut round = KnownRecords::default();
+        let mut known = KnownRecords::default();
         let mut wb = WriteBatch::new();
-        record(&mut wb, &mut round, 1, id(0, 1), 0, false);
-        record(&mut wb, &mut round, 1, id(1, 1), RECORD_TTL_MS, false);
-        record(&mut wb, &mut round, 1, id(2, 1), RECORD_TTL_MS + 5, false);
+        record(&mut wb, &mut known, 1, id(0, 1), 0, false);
+        record(&mut wb, &mut known, 1, id(1, 1), RECORD_TTL_MS, false);
+        record(&mut wb, &mut known, 1, id(2, 1), RECORD_TTL_MS + 5, false);
         // Not written: seen through the round.
         let now = RECORD_TTL_MS + 10;
         let kept: Vec<u32> =
-            records(&engine, &round, 1, Some(now)).expect("the memory engine").0.iter().map(|r| r.slot).collect();
+            records(&engine, &known, 1, Some(now)).expect("the memory engine").0.iter().map(|r| r.slot).collect();
         assert_eq!(kept, vec![2, 1]);
     }
 
@@ -472,7 +472,7 @@ mod tests {
         for slot in 0..slots {
             record(&mut wb, &mut known, 1, id(slot, 1), 1_000, false);
         }
-        // Within the round, past the bound: still all known (the batch is not written).
+        // Within the known, past the bound: still all known (the batch is not written).
         assert_eq!(known.len(), MAX_KNOWN_RECORDS + 1);
         assert_eq!(look_up(&engine, &mut known, 1, id(0, 1), 1_000).expect("the memory engine"), Seen::Applied);
         engine.write(&wb, Default::default()).expect("the memory engine");

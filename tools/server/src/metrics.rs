@@ -321,11 +321,11 @@ impl Metrics {
                 &["protocol", "command", "result"],
             )),
         );
-        let buckets: Vec<f64> = (0..20).map(|i| 25e-6 * 2f64.powi(i)).collect();
         let latency = add(
             &registry,
             must(HistogramVec::new(
-                HistogramOpts::new("request_duration_seconds", "Time to serve a request").buckets(buckets),
+                HistogramOpts::new("request_duration_seconds", "Time to serve a request")
+                    .buckets(presage_replication::metrics::latency_buckets()),
                 &["protocol", "command"],
             )),
         );
