@@ -19,9 +19,10 @@ setup:
 build: setup
 	$(CARGO) build $(CARGO_FLAGS) --workspace
 
-# The monitoring test checks tools/monitoring/ with promtool (Debian's prometheus package).
+# The monitoring test checks tools/monitoring/ with promtool (Debian's prometheus package); the
+# differential RESP test runs its script against Debian's redis-server too.
 test: setup
-	@./scripts/setup.sh prometheus
+	@./scripts/setup.sh prometheus redis-server
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 # The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".

@@ -83,14 +83,20 @@ pub fn decode<'a>(key: &[u8], stored: &'a [u8]) -> Result<Stored<'a>> {
 
 /// The user's value if it is live at `now_ms`: the header is cut off in place, so a read
 /// copies nothing.
-pub fn live_value(key: &[u8], mut stored: Vec<u8>, now_ms: u64) -> Result<Option<Vec<u8>>> {
+pub fn live_value(key: &[u8], stored: Vec<u8>, now_ms: u64) -> Result<Option<Vec<u8>>> {
+    Ok(live_with_deadline(key, stored, now_ms)?.map(|(value, _)| value))
+}
+
+/// The user's value and its deadline if it is live at `now_ms` (the header cut off in place).
+pub fn live_with_deadline(key: &[u8], mut stored: Vec<u8>, now_ms: u64) -> Result<Option<(Vec<u8>, Option<u64>)>> {
     let s = decode(key, &stored)?;
     if !s.live_at(now_ms) {
         return Ok(None);
     }
+    let deadline_ms = s.deadline_ms;
     let header_bytes = stored.len() - s.value.len();
     stored.drain(..header_bytes);
-    Ok(Some(stored))
+    Ok(Some((stored, deadline_ms)))
 }
 
 /// Wall-clock now in Unix ms (0 if the clock is before 1970).

@@ -188,6 +188,9 @@ pub enum Expect {
     Present = 1,
     /// A live value equal to `Check::value`.
     Equals = 2,
+    /// A live value equal to `Check::value` whose deadline is `Check::deadline_ms` (none:
+    /// it does not expire). A read-modify-write that keeps or changes the expiry checks this.
+    Exactly = 3,
 }
 
 /// A condition on `key`, evaluated at apply against the key's value as of the command's
@@ -201,9 +204,12 @@ pub struct Check {
     /// What is expected.
     #[prost(enumeration = "Expect", tag = "2")]
     pub expect: i32,
-    /// The expected value, for [`Expect::Equals`].
+    /// The expected value, for [`Expect::Equals`] and [`Expect::Exactly`].
     #[prost(bytes = "vec", tag = "3")]
     pub value: Vec<u8>,
+    /// The expected deadline (Unix ms), for [`Expect::Exactly`].
+    #[prost(uint64, optional, tag = "4")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// Remove `key`.
@@ -238,7 +244,14 @@ impl Op {
 
     /// A check (see [`Check`]); `value` matters for [`Expect::Equals`] only.
     pub fn check(key: impl Into<Vec<u8>>, expect: Expect, value: impl Into<Vec<u8>>) -> Self {
-        Op { kind: Some(op::Kind::Check(Check { key: key.into(), expect: expect as i32, value: value.into() })) }
+        let check = Check { key: key.into(), expect: expect as i32, value: value.into(), deadline_ms: None };
+        Op { kind: Some(op::Kind::Check(check)) }
+    }
+
+    /// A check that `key` holds exactly `value` with `deadline_ms` ([`Expect::Exactly`]).
+    pub fn check_exactly(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, deadline_ms: Option<u64>) -> Self {
+        let check = Check { key: key.into(), expect: Expect::Exactly as i32, value: value.into(), deadline_ms };
+        Op { kind: Some(op::Kind::Check(check)) }
     }
 
     /// The sweep's delete of an expired value.

@@ -1029,6 +1029,7 @@ async fn expired_values_read_absent_and_the_sweep_removes_them_everywhere() {
     use presage_engine::{Cf, Reader};
     use presage_replication::value::wall_now_ms;
     use presage_replication::wire::{Expect, Op};
+    use presage_replication::{ReadRequest, ReadResponse};
     let c = Cluster::start(3, seed());
     c.wait_leader(5 * SEC).await;
     let now = wall_now_ms();
@@ -1055,6 +1056,23 @@ async fn expired_values_read_absent_and_the_sweep_removes_them_everywhere() {
         assert!(c.engine(id).get(Cf::Data, b"kept").expect("read").is_some(), "node {id} kept the live value");
     }
     assert_eq!(c.get(b"plain").await.expect("get"), Some(b"v".to_vec()));
+    // A read with the deadline, and a check on value and deadline together (a
+    // read-modify-write that keeps the expiry): it holds only for the exact pair.
+    let leader = c.wait_leader(5 * SEC).await;
+    let h = c.handle(leader).expect("leader handle");
+    let read = ReadRequest::GetWithDeadline(b"kept".to_vec());
+    let kept = h.read(presage_tests::cluster::SHARD, c.epoch().await, read).await.expect("read");
+    let deadline_ms = now + hour_ms;
+    assert_eq!(kept, ReadResponse::ValueWithDeadline(Some((b"v".to_vec(), Some(deadline_ms)))));
+    for wrong in [None, Some(deadline_ms + 1)] {
+        let ops = vec![Op::check_exactly(b"kept".to_vec(), b"v".to_vec(), wrong), Op::delete(b"plain".to_vec())];
+        assert!(matches!(c.write(ops, 5 * SEC).await, Err(Error::ConditionFailed { .. })), "deadline {wrong:?}");
+    }
+    let ops = vec![Op::check_exactly(b"kept".to_vec(), b"v".to_vec(), Some(deadline_ms)), Op::put(b"kept", b"w")];
+    c.write(ops, 5 * SEC).await.expect("the exact value and deadline hold");
+    let ops = vec![Op::check_exactly(b"plain".to_vec(), b"v".to_vec(), None), Op::delete(b"plain".to_vec())];
+    c.write(ops, 5 * SEC).await.expect("a value without a deadline checks with none");
+    assert_eq!(c.get(b"plain").await.expect("get"), None);
 }
 
 /// Asks node `h` for its checksum of shard 1 at `index`, retrying while it has not applied

@@ -209,12 +209,13 @@ impl<E: Engine> Peer<E> {
             if let Some(op::Kind::Check(c)) = &op.kind {
                 let current = match current_stored(&engine, wb, &c.key)? {
                     None => None,
-                    Some(stored) => match value::live_value(&c.key, stored, cmd.now_ms) {
+                    Some(stored) => match value::live_with_deadline(&c.key, stored, cmd.now_ms) {
                         Ok(v) => v,
                         Err(e) => return Ok(Err(e)),
                     },
                 };
-                if !check_holds(c, current.as_deref()) {
+                if !check_holds(c, current.as_ref().map(|(v, d)| (v.as_slice(), *d))) {
+                    let current = current.map(|(v, _)| v);
                     let (shard_id, key) = (self.shard_id(), c.key.clone());
                     if let Some(id) = cmd.request_id {
                         // Final: an attempt still in flight must not apply later.
@@ -283,12 +284,13 @@ pub(super) fn current_stored<R: Reader>(engine: &R, wb: &WriteBatch, key: &[u8])
     Ok(engine.get(Cf::Data, key)?)
 }
 
-/// Does `check` hold for the live value `current`?
-pub(super) fn check_holds(check: &crate::wire::Check, current: Option<&[u8]>) -> bool {
+/// Does `check` hold for the live value and deadline `current`?
+pub(super) fn check_holds(check: &crate::wire::Check, current: Option<(&[u8], Option<u64>)>) -> bool {
     match Expect::from_i32(check.expect) {
         Some(Expect::Absent) => current.is_none(),
         Some(Expect::Present) => current.is_some(),
-        Some(Expect::Equals) => current == Some(check.value.as_slice()),
+        Some(Expect::Equals) => current.is_some_and(|(v, _)| v == check.value.as_slice()),
+        Some(Expect::Exactly) => current == Some((check.value.as_slice(), check.deadline_ms)),
         None => false, // an unknown expectation never holds
     }
 }

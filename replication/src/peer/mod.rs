@@ -75,6 +75,8 @@ pub type IndexCallback = Box<dyn FnOnce(Result<u64>) + Send>;
 pub enum ReadRequest {
     /// One key.
     Get(Vec<u8>),
+    /// One key, with its deadline.
+    GetWithDeadline(Vec<u8>),
     /// Several keys of the shard, answered in order until their values reach `max_bytes`
     /// (at least one is answered): the rest are asked again.
     GetMany {
@@ -98,7 +100,7 @@ impl ReadRequest {
     /// The keys the shard must hold for the read to be served (a scan's start).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            ReadRequest::Get(k) => vec![k.as_slice()],
+            ReadRequest::Get(k) | ReadRequest::GetWithDeadline(k) => vec![k.as_slice()],
             ReadRequest::GetMany { keys, .. } => keys.iter().map(Vec::as_slice).collect(),
             ReadRequest::Scan { range, .. } => vec![range.start()],
         }
@@ -110,6 +112,8 @@ impl ReadRequest {
 pub enum ReadResponse {
     /// The value of the key, if any.
     Value(Option<Vec<u8>>),
+    /// The value of the key and when it expires (Unix ms; none: never), if it has a value.
+    ValueWithDeadline(Option<(Vec<u8>, Option<u64>)>),
     /// The values of the first keys of a `GetMany`, in order (maybe fewer than asked).
     Values(Vec<Option<Vec<u8>>>),
     /// The pairs, and whether the shard holds more in the range.

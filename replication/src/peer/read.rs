@@ -263,6 +263,10 @@ pub(crate) fn execute_read<R: Reader>(
             Some(stored) => Ok(ReadResponse::Value(value::live_value(key, stored, now_ms)?)),
             None => Ok(ReadResponse::Value(None)),
         },
+        ReadRequest::GetWithDeadline(key) => match engine.get(Cf::Data, key)? {
+            Some(stored) => Ok(ReadResponse::ValueWithDeadline(value::live_with_deadline(key, stored, now_ms)?)),
+            None => Ok(ReadResponse::ValueWithDeadline(None)),
+        },
         ReadRequest::GetMany { keys, max_bytes } => {
             let mut values = Vec::with_capacity(keys.len());
             let mut bytes = 0usize;

@@ -280,6 +280,16 @@ impl Client {
         }
     }
 
+    /// The value of `key` and when it expires (Unix ms; `None`: never), linearizable.
+    pub async fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>, ClientError> {
+        check_key(key)?;
+        let key = key.to_vec();
+        match self.routed(&key, false, |s| Request::GetWithExpiry { route: route(s), key: key.clone() }).await? {
+            Response::ValueWithExpiry { value, expires_at_ms } => Ok(value.map(|v| (v, expires_at_ms))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
         check_key(key)?;

@@ -55,6 +55,15 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// The value of `key` and when it expires (linearizable), answered
+    /// [`Response::ValueWithExpiry`].
+    GetWithExpiry {
+        /// Where it goes.
+        route: Route,
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// The values of `keys`, all in the routed shard, in order (each linearizable). The
     /// answer may hold only the first ones (their values reached the node's answer size
     /// limit, and at least one is answered): ask again for the rest.
@@ -197,6 +206,7 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Get { .. } => "get",
+            Request::GetWithExpiry { .. } => "get_with_expiry",
             Request::GetMany { .. } => "get_many",
             Request::Put { .. } => "put",
             Request::Delete { .. } => "delete",
@@ -426,15 +436,25 @@ pub enum Expect {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// The key's value is this and it expires at `expires_at_ms` (`None`: never): what a
+    /// read-modify-write checks when the write keeps or changes the expiry.
+    Exactly {
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Its deadline (Unix ms).
+        expires_at_ms: Option<u64>,
+    },
 }
 
 impl Expect {
-    /// Does `current` (the key's value) meet it?
-    pub fn holds(&self, current: Option<&[u8]>) -> bool {
+    /// Does `current` (the key's value and deadline) meet it?
+    pub fn holds(&self, current: Option<(&[u8], Option<u64>)>) -> bool {
         match self {
             Expect::Absent => current.is_none(),
             Expect::Present => current.is_some(),
-            Expect::Equals { value } => current == Some(value.as_slice()),
+            Expect::Equals { value } => current.is_some_and(|(v, _)| v == value.as_slice()),
+            Expect::Exactly { value, expires_at_ms } => current == Some((value.as_slice(), *expires_at_ms)),
         }
     }
 }
@@ -537,6 +557,14 @@ pub enum Response {
         /// `None` when the key is absent.
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
+    },
+    /// The value of a `GetWithExpiry` and its deadline.
+    ValueWithExpiry {
+        /// `None` when the key is absent.
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+        /// When the value expires (Unix ms); `None`: never (or no value).
+        expires_at_ms: Option<u64>,
     },
     /// The values of the first keys of a `GetMany`, in order (`None`: absent).
     Values {

@@ -12,6 +12,7 @@ mod bench;
 mod migrate;
 mod monitoring;
 mod pfa;
+mod redis_diff;
 mod trust;
 
 fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {
@@ -189,7 +190,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(closed);
     // Unknown commands and wrong arities are answered; the connection goes on.
     let (answer, _) = raw(&node.resp, b"FLY me\r\nGET\r\nPING\r\nQUIT\r\n");
-    assert!(answer.starts_with("-ERR unknown command 'FLY', with args beginning with: 'me'\r\n"), "{answer}");
+    assert!(answer.starts_with("-ERR unknown command 'FLY', with args beginning with: 'me' \r\n"), "{answer}");
     assert!(answer.contains("-ERR wrong number of arguments for 'get' command\r\n+PONG\r\n+OK\r\n"), "{answer}");
 
     // Bad admin JSON: a 400 with the reason.
@@ -253,6 +254,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     let (answer, _) = raw(&node.admin, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"caught_up\":true"), "{answer}");
     monitoring::check(&node.admin);
+    redis_diff::check(&node.resp).await;
 
     // presage-ctl: tables, JSON, a manual split that happens, a clear error when unreachable.
     let ctl = |args: &[&str]| {

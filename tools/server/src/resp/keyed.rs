@@ -1,12 +1,15 @@
-//! The commands on keys: GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT), SETNX, INCR/DECR/
-//! INCRBY/DECRBY, MGET, MSET, DEL/UNLINK, EXISTS. They need nothing of the connection's
-//! session, so a pipeline runs several at once (see `pipeline.rs`); read-then-write commands
-//! (INCR, SET ... GET) retry a lost compare-and-set after a random backoff.
+//! The commands on keys: GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX, SETEX,
+//! PSETEX, GETEX, GETDEL, APPEND, STRLEN, INCR/DECR/INCRBY/DECRBY, INCRBYFLOAT, MGET, MSET,
+//! DEL/UNLINK, EXISTS, TYPE, and the expiry commands (`expiry.rs`). They need nothing of the
+//! connection's session, so a pipeline runs several at once (see `pipeline.rs`);
+//! read-modify-writes go through `rmw.rs`.
 
+use presage_client::client::MAX_VALUE_BYTES;
 use presage_client::{BatchOp, Client, Expect};
 
 use super::parse::Reply;
-use super::{client_error, int_arg, upper, wrong_args, Shared, KNOWN};
+use super::rmw::{self, modify, Change};
+use super::{client_error, expiry, int_arg, upper, wrong_args, Shared, KNOWN};
 
 /// Runs a command on keys (see `pipeline`): it needs nothing of the session, so several run
 /// at once. Also answers what no command matched.
@@ -23,6 +26,17 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             Ok(opts) => set(c, &args[1], &args[2], opts).await,
             Err(e) => e,
         },
+        "SETEX" | "PSETEX" if argc == 4 => match int_arg(&args[2]) {
+            Ok(n) if n > 0 => {
+                let ttl_ms = if name == "SETEX" { n.checked_mul(1_000) } else { Some(n) };
+                match ttl_ms {
+                    Some(ms) => set(c, &args[1], &args[3], SetOptions::expiring(Expiry::AfterMs(ms as u64))).await,
+                    None => bad_expire(name),
+                }
+            }
+            Ok(_) => bad_expire(name),
+            Err(e) => e,
+        },
         "SETNX" if argc == 3 => {
             match c.write_if(Expect::Absent, BatchOp::Put { key: args[1].clone(), value: args[2].clone() }).await {
                 Ok(Ok(())) => Reply::Int(1),
@@ -30,15 +44,30 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
                 Err(e) => client_error(&e),
             }
         }
-        "INCR" | "DECR" if argc == 2 => incr_by(c, &args[1], if name == "INCR" { 1 } else { -1 }).await,
+        "GETDEL" if argc == 2 => rmw::get_del(c, &args[1]).await,
+        "GETEX" if argc >= 2 => expiry::get_ex(c, args).await,
+        "APPEND" if argc == 3 => rmw::append(c, &args[1], &args[2], MAX_VALUE_BYTES).await,
+        "STRLEN" if argc == 2 => match c.get(&args[1]).await {
+            Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
+            Err(e) => client_error(&e),
+        },
+        "TYPE" if argc == 2 => match c.get(&args[1]).await {
+            Ok(v) => Reply::Simple(if v.is_some() { "string" } else { "none" }.into()),
+            Err(e) => client_error(&e),
+        },
+        "INCR" | "DECR" if argc == 2 => rmw::incr_by(c, &args[1], if name == "INCR" { 1 } else { -1 }).await,
         "INCRBY" | "DECRBY" if argc == 3 => match int_arg(&args[2]) {
-            Ok(d) if name == "INCRBY" => incr_by(c, &args[1], d).await,
+            Ok(d) if name == "INCRBY" => rmw::incr_by(c, &args[1], d).await,
             Ok(d) => match d.checked_neg() {
-                Some(d) => incr_by(c, &args[1], d).await,
+                Some(d) => rmw::incr_by(c, &args[1], d).await,
                 None => Reply::err("decrement would overflow"),
             },
             Err(e) => e,
         },
+        "INCRBYFLOAT" if argc == 3 => rmw::incr_by_float(c, &args[1], &args[2]).await,
+        "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" if argc == 2 => expiry::ttl(c, name, &args[1]).await,
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc >= 3 => expiry::expire(c, name, args).await,
+        "PERSIST" if argc == 2 => expiry::persist(c, &args[1]).await,
         "MSET" if argc >= 3 && argc % 2 == 1 => {
             let ops = args[1..].chunks(2).map(|kv| BatchOp::Put { key: kv[0].clone(), value: kv[1].clone() }).collect();
             match c.batch(ops).await {
@@ -78,32 +107,18 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
         },
         _ if KNOWN.contains(&name) => wrong_args(name),
         _ => {
-            let shown: Vec<String> =
-                args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+            // As Redis words it, each argument followed by a space.
+            let shown: String =
+                args[1..].iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
             Reply::err(format!(
-                "unknown command '{}', with args beginning with: {}",
-                String::from_utf8_lossy(&args[0]),
-                shown.join(" ")
+                "unknown command '{}', with args beginning with: {shown}",
+                String::from_utf8_lossy(&args[0])
             ))
         }
     }
 }
 
-/// Attempts of a read-then-conditional-write command (INCR, SET ... GET) before it gives up
-/// under contention.
-const MAX_CAS_ATTEMPTS: usize = 32;
-
-/// Waits a random while before retrying a lost compare-and-set, up to twice as long after
-/// each loss (0.5 ms, doubling to 32 ms): writers racing for one key spread out instead of
-/// colliding again at once.
-async fn cas_backoff(attempt: usize) {
-    use rand::Rng;
-    let max_us = 500u64 << attempt.min(6);
-    let wait_us = rand::rng().random_range(0..=max_us);
-    tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
-}
-
-/// The options of `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms]`.
+/// The options of `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct SetOptions {
     /// `Some(Absent)` for NX, `Some(Present)` for XX.
@@ -112,6 +127,8 @@ pub(super) struct SetOptions {
     pub(super) get: bool,
     /// Expiry.
     pub(super) expiry: Option<Expiry>,
+    /// KEEPTTL: the key's deadline stays.
+    pub(super) keep_ttl: bool,
 }
 
 /// When a SET's value expires.
@@ -124,6 +141,10 @@ pub(super) enum Expiry {
 }
 
 impl SetOptions {
+    fn expiring(expiry: Expiry) -> SetOptions {
+        SetOptions { expiry: Some(expiry), ..SetOptions::default() }
+    }
+
     pub(super) fn parse(args: &[Vec<u8>]) -> Result<SetOptions, Reply> {
         let syntax = || Reply::err("syntax error");
         let bad_expire = || Reply::err("invalid expire time in 'set' command");
@@ -158,12 +179,12 @@ impl SetOptions {
                     let same_kind = |a: Expiry, b: Expiry| {
                         matches!((a, b), (Expiry::AfterMs(_), Expiry::AfterMs(_)) | (Expiry::AtMs(_), Expiry::AtMs(_)))
                     };
-                    if o.expiry.is_some_and(|e| !same_kind(e, expiry)) {
+                    if o.keep_ttl || o.expiry.is_some_and(|e| !same_kind(e, expiry)) {
                         return Err(syntax());
                     }
                     o.expiry = Some(expiry);
                 }
-                "KEEPTTL" => return Err(Reply::err("SET KEEPTTL is not supported by Presage")),
+                "KEEPTTL" if o.expiry.is_none() => o.keep_ttl = true,
                 _ => return Err(syntax()),
             }
             i += 1;
@@ -181,11 +202,11 @@ impl SetOptions {
     }
 }
 
-/// `SET`: a plain or expiring put, conditional with NX/XX; with GET the old value is read
-/// and the write made conditional on it (retried if the key changed in between).
+/// `SET`: a plain or expiring put, conditional with NX/XX; with GET or KEEPTTL a
+/// read-modify-write (`rmw.rs`) that answers the old value or keeps the deadline.
 async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
-    let write = o.write(key, value);
-    if !o.get {
+    if !o.get && !o.keep_ttl {
+        let write = o.write(key, value);
         return match o.only_if {
             None => match c.batch(vec![write]).await {
                 Ok(()) => Reply::ok(),
@@ -198,62 +219,23 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
             },
         };
     }
-    let old_reply = |old: Option<Vec<u8>>| old.map_or(Reply::Null, Reply::Bulk);
-    let mut old = match c.get(key).await {
-        Ok(v) => v,
-        Err(e) => return client_error(&e),
-    };
-    for attempt in 0..MAX_CAS_ATTEMPTS {
-        if o.only_if.as_ref().is_some_and(|e| !e.holds(old.as_deref())) {
-            return old_reply(old); // NX/XX not met: nothing written
+    modify(c, "SET", key, |current| {
+        let old = current.as_ref().map(|(v, _)| v.clone());
+        let answer = if o.get { old.map_or(Reply::Null, Reply::Bulk) } else { Reply::ok() };
+        let met = o.only_if.as_ref().is_none_or(|e| e.holds(current.as_ref().map(|(v, d)| (v.as_slice(), *d))));
+        if !met {
+            // NX/XX not met: nothing written (SET ... GET answers the old value anyway).
+            return Change::Answer(if o.get { answer } else { Reply::Null });
         }
-        let expect = match &old {
-            Some(v) => Expect::Equals { value: v.clone() },
-            None => Expect::Absent,
+        let write = match (o.keep_ttl, current) {
+            (true, Some((_, deadline))) => rmw::put(key, value.to_vec(), *deadline),
+            _ => o.write(key, value),
         };
-        match c.write_if(expect, write.clone()).await {
-            Ok(Ok(())) => return old_reply(old),
-            Ok(Err(current)) => {
-                old = current; // changed since the read: go on from its value then
-                cas_backoff(attempt).await;
-            }
-            Err(e) => return client_error(&e),
-        }
-    }
-    Reply::err(format!("SET GET gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
+        Change::Write(write, answer)
+    })
+    .await
 }
 
-/// `INCRBY key delta`: read, add, write conditional on the value read; retried while other
-/// writers get in between. The result is a plain (persistent) value.
-async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
-    let mut old = match c.get(key).await {
-        Ok(v) => v,
-        Err(e) => return client_error(&e),
-    };
-    for attempt in 0..MAX_CAS_ATTEMPTS {
-        let current = match &old {
-            Some(v) => match int_arg(v) {
-                Ok(n) => n,
-                Err(e) => return e,
-            },
-            None => 0,
-        };
-        let Some(new) = current.checked_add(delta) else {
-            return Reply::err("increment or decrement would overflow");
-        };
-        let expect = match old.take() {
-            Some(value) => Expect::Equals { value },
-            None => Expect::Absent,
-        };
-        let write = BatchOp::Put { key: key.to_vec(), value: new.to_string().into_bytes() };
-        match c.write_if(expect, write).await {
-            Ok(Ok(())) => return Reply::Int(new),
-            Ok(Err(current)) => {
-                old = current; // another writer got in: go on from its value
-                cas_backoff(attempt).await;
-            }
-            Err(e) => return client_error(&e),
-        }
-    }
-    Reply::err(format!("INCR gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
+fn bad_expire(name: &str) -> Reply {
+    Reply::err(format!("invalid expire time in '{}' command", name.to_ascii_lowercase()))
 }

@@ -4,18 +4,22 @@
 //!
 //! - [`parse`]: bounded command parsing and reply encoding.
 //! - [`config`]: the listener's limits (`[resp]`).
+//! - `keyed`: the commands on keys; `rmw`: their read-modify-writes; `expiry`: TTL and
+//!   EXPIRE; `info`: INFO's sections; `pipeline`: a connection's commands run concurrently.
 //!
-//! **Commands.** PING, ECHO, GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT), SETNX, DEL,
-//! EXISTS, MGET, MSET, INCR, INCRBY, DECR, DECRBY, SCAN (cursor over the ordered keyspace,
-//! MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT SETNAME/GETNAME/SETINFO/ID,
-//! SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's `ERR unknown command`.
+//! **Commands.** PING, ECHO, GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX,
+//! SETEX, PSETEX, GETEX, GETDEL, APPEND, STRLEN, DEL, UNLINK, EXISTS, TYPE, MGET, MSET,
+//! INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT, TTL, PTTL, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT
+//! (NX, XX, GT, LT), EXPIRETIME, PEXPIRETIME, PERSIST, KEYS, SCAN (cursor over the ordered
+//! keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
+//! SETNAME/GETNAME/SETINFO/ID, SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
+//! `ERR unknown command`. `tests/e2e/redis_diff.script` runs them against redis-server.
 //!
 //! **Conditional writes.** NX, XX and SETNX are one conditional write (a check applied with
-//! the write, in the Raft log). INCR and SET ... GET read the value, then write conditional
-//! on it; when another writer got in between, the failed condition returns the value then
-//! and they go on from it after a random backoff (at most `MAX_CAS_ATTEMPTS` times), so
-//! they are atomic. Unlike Redis, INCR leaves a persistent value (the old one's expiry is
-//! dropped), and KEEPTTL is refused.
+//! the write, in the Raft log). The commands that read first (INCR, APPEND, SET ... GET,
+//! EXPIRE, ...) write conditional on the value *and* deadline they read, and go on from the
+//! new state when another writer got in between (`rmw.rs`), so they are atomic and keep the
+//! expiry as Redis does.
 //!
 //! **Cursors.** Redis clients expect SCAN cursors to be integers, but Presage scans by key.
 //! Each node keeps up to `MAX_SCAN_CURSORS` cursors (the key to resume from, by number);
@@ -36,9 +40,12 @@
 //! read-only user, `-NOPERM`. An insecure node serves plain TCP, everyone read-write.
 
 pub mod config;
+mod expiry;
+mod info;
 mod keyed;
 pub mod parse;
 mod pipeline;
+mod rmw;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +116,11 @@ struct Shared {
     /// Pipeline runs sent as one request per shard, and the commands they carried.
     runs: AtomicU64,
     run_commands: AtomicU64,
+    /// Connections accepted, commands answered (INFO stats).
+    connections_received: AtomicU64,
+    commands_processed: AtomicU64,
+    /// Where it listens (INFO).
+    local_addr: std::net::SocketAddr,
 }
 
 #[derive(Default)]
@@ -154,6 +166,9 @@ pub fn serve(
         started: Instant::now(),
         runs: AtomicU64::new(0),
         run_commands: AtomicU64::new(0),
+        connections_received: AtomicU64::new(0),
+        commands_processed: AtomicU64::new(0),
+        local_addr,
     });
     let accept = tokio::spawn(async move {
         loop {
@@ -172,6 +187,7 @@ pub fn serve(
                 continue;
             };
             let (shared, tls) = (Arc::clone(&shared), tls.clone());
+            shared.connections_received.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let gauge = shared.metrics.connections.with_label_values(&["resp"]);
                 gauge.inc();
@@ -474,6 +490,7 @@ fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
 async fn observed(shared: &Shared, name: &str, reply: impl std::future::Future<Output = Reply>) -> Reply {
     let started = Instant::now();
     let reply = reply.await;
+    shared.commands_processed.fetch_add(1, Ordering::Relaxed);
     let known = KNOWN.contains(&name);
     let label = if known { name.to_ascii_lowercase() } else { "unknown".into() };
     shared.metrics.observe("resp", &label, !matches!(reply, Reply::Error(_)), started.elapsed());
@@ -482,8 +499,48 @@ async fn observed(shared: &Shared, name: &str, reply: impl std::future::Future<O
 
 /// Commands this listener knows (metric labels; COMMAND COUNT).
 const KNOWN: &[&str] = &[
-    "PING", "ECHO", "GET", "SET", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "SCAN", "DBSIZE", "INFO", "COMMAND",
-    "CONFIG", "CLIENT", "SELECT", "HELLO", "AUTH", "QUIT", "INCR", "INCRBY", "DECR", "DECRBY", "SETNX",
+    "PING",
+    "ECHO",
+    "GET",
+    "SET",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "MGET",
+    "MSET",
+    "SCAN",
+    "DBSIZE",
+    "INFO",
+    "COMMAND",
+    "CONFIG",
+    "CLIENT",
+    "SELECT",
+    "HELLO",
+    "AUTH",
+    "QUIT",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "SETNX",
+    "SETEX",
+    "PSETEX",
+    "GETEX",
+    "GETDEL",
+    "APPEND",
+    "STRLEN",
+    "INCRBYFLOAT",
+    "TYPE",
+    "KEYS",
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
 ];
 
 /// The largest unfinished command `session` may have pending.
@@ -495,7 +552,28 @@ fn max_command_bytes(cfg: &RespConfig, session: &Session) -> usize {
 }
 
 /// Commands that write (refused to read-only users).
-const WRITES: &[&str] = &["SET", "SETNX", "DEL", "UNLINK", "MSET", "INCR", "INCRBY", "DECR", "DECRBY"];
+const WRITES: &[&str] = &[
+    "SET",
+    "SETNX",
+    "SETEX",
+    "PSETEX",
+    "GETEX",
+    "GETDEL",
+    "APPEND",
+    "DEL",
+    "UNLINK",
+    "MSET",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "INCRBYFLOAT",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+];
 
 /// The refusal of `name` for this session, if it may not run it: nothing but AUTH, HELLO and
 /// QUIT before a login, no write for a read-only user.
@@ -537,7 +615,8 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         "HELLO" => hello(shared, s, &args[1..]).await,
         "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
         "DBSIZE" if argc == 1 => dbsize(shared).await,
-        "INFO" => Reply::Bulk(info(shared, s).into_bytes()),
+        "INFO" => Reply::Bulk(info::info(shared, s.resp, &args[1..]).into_bytes()),
+        "KEYS" if argc == 2 => keys(shared, &args[1]).await,
         "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
             None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
             Some("COUNT") => Reply::Int(KNOWN.len() as i64),
@@ -633,7 +712,7 @@ async fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
         (Reply::text("version"), Reply::text(env!("CARGO_PKG_VERSION"))),
         (Reply::text("proto"), Reply::Int(i64::from(version))),
         (Reply::text("id"), Reply::Int(s.id as i64)),
-        (Reply::text("mode"), Reply::text("cluster")),
+        (Reply::text("mode"), Reply::text("standalone")),
         (Reply::text("role"), Reply::text("master")),
         (Reply::text("modules"), Reply::Array(vec![])),
     ])
@@ -757,43 +836,56 @@ async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
     Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
 }
 
-async fn dbsize(shared: &Shared) -> Reply {
-    let mut count = 0usize;
+/// Calls `each` with every key of the keyspace in order, a page at a time, until it has seen
+/// more than `resp.max-dbsize-keys` (an error naming `what`, the command).
+async fn every_key(shared: &Shared, what: &str, mut each: impl FnMut(Vec<u8>)) -> Result<(), Reply> {
+    let mut seen = 0usize;
     let mut from = Vec::new();
     let page_keys = 1_000;
     loop {
-        let page = match shared.client.scan(&from, None, page_keys).await {
-            Ok(p) => p,
-            Err(e) => return client_error(&e),
-        };
-        count += page.len();
-        if count > shared.cfg.max_dbsize_keys {
-            return Reply::err(format!("more than {} keys (resp.max-dbsize-keys)", shared.cfg.max_dbsize_keys));
+        let page = shared.client.scan(&from, None, page_keys).await.map_err(|e| client_error(&e))?;
+        seen += page.len();
+        if seen > shared.cfg.max_dbsize_keys {
+            let limit = shared.cfg.max_dbsize_keys;
+            return Err(Reply::err(format!("{what} stopped after {limit} keys (resp.max-dbsize-keys); use SCAN")));
         }
-        match page.last() {
-            Some((k, _)) if page.len() == page_keys => {
-                from = k.clone();
-                from.push(0);
+        let full = page.len() == page_keys;
+        let mut last = None;
+        for (k, _) in page {
+            last = Some(k.clone());
+            each(k);
+        }
+        match last {
+            Some(mut k) if full => {
+                k.push(0);
+                from = k;
             }
-            _ => return Reply::Int(count as i64),
+            _ => return Ok(()),
         }
     }
 }
 
-fn info(shared: &Shared, s: &Session) -> String {
-    let routes = shared.client.cached_routes();
-    format!(
-        "# Server\r\nredis_version:7.0.0\r\npresage_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{}\r\n\
-         \r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Presage\r\nshards_cached:{}\r\nprotocol:{}\r\n\
-         pipeline_runs:{}\r\npipeline_run_commands:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        shared.started.elapsed().as_secs(),
-        shared.metrics.connections.with_label_values(&["resp"]).get(),
-        routes.len(),
-        s.resp,
-        shared.runs.load(Ordering::Relaxed),
-        shared.run_commands.load(Ordering::Relaxed),
-    )
+async fn dbsize(shared: &Shared) -> Reply {
+    let mut count = 0i64;
+    match every_key(shared, "DBSIZE", |_| count += 1).await {
+        Ok(()) => Reply::Int(count),
+        Err(e) => e,
+    }
+}
+
+/// `KEYS pattern`: the matching keys, in key order, within `resp.max-dbsize-keys`.
+async fn keys(shared: &Shared, pattern: &[u8]) -> Reply {
+    let mut found = Vec::new();
+    match every_key(shared, "KEYS", |k| {
+        if glob_match(pattern, &k) {
+            found.push(Reply::Bulk(k));
+        }
+    })
+    .await
+    {
+        Ok(()) => Reply::Array(found),
+        Err(e) => e,
+    }
 }
 
 #[cfg(test)]

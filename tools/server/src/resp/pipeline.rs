@@ -2,7 +2,7 @@
 //! the order the commands came.
 //!
 //! Walk-through: each complete command read from the connection is planned. A **keyed**
-//! command (GET, SET, SETNX, INCR/DECR/INCRBY/DECRBY, MGET, MSET, DEL, UNLINK, EXISTS) joins
+//! command (those of `keyed.rs`: strings, counters, expiry, MGET, MSET, DEL, EXISTS) joins
 //! the connection's window of running commands, once no command still running there touches
 //! one of its keys (so `SET k v` then `GET k` reads `v`, and read-modify-writes on one key
 //! keep their order) and the window holds fewer than `max-pipeline-commands`. Every other
@@ -38,9 +38,9 @@ pub(super) enum Plan {
 pub(super) fn plan(name: &str, args: &[Vec<u8>]) -> Plan {
     let rest = args.get(1..).unwrap_or_default();
     match name {
-        "GET" | "SET" | "SETNX" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
-            Plan::Keyed(rest.first().cloned().into_iter().collect())
-        }
+        "GET" | "SET" | "SETNX" | "SETEX" | "PSETEX" | "GETEX" | "GETDEL" | "APPEND" | "STRLEN" | "TYPE" | "INCR"
+        | "DECR" | "INCRBY" | "DECRBY" | "INCRBYFLOAT" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "EXPIRE"
+        | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "PERSIST" => Plan::Keyed(rest.first().cloned().into_iter().collect()),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" => Plan::Keyed(rest.to_vec()),
         "MSET" => Plan::Keyed(rest.iter().step_by(2).cloned().collect()),
         _ => Plan::Serial,

@@ -23,6 +23,7 @@ pub(crate) fn check(caller: &Caller, request: &Request, manager: Option<NodeId>)
             Request::Hello
             | Request::Routes { .. }
             | Request::Get { .. }
+            | Request::GetWithExpiry { .. }
             | Request::GetMany { .. }
             | Request::Scan { .. } => Ok(()),
             Request::Put { .. } | Request::Delete { .. } | Request::Batch { .. } if role.may_write() => Ok(()),
@@ -67,6 +68,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
         ))),
         Request::Forwarded { request } => match request.as_ref() {
             Request::Get { .. }
+            | Request::GetWithExpiry { .. }
             | Request::GetMany { .. }
             | Request::Put { .. }
             | Request::Delete { .. }

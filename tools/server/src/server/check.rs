@@ -36,7 +36,7 @@ pub(super) fn check_request(request: &Request, cfg: &ServerConfig) -> Result<(),
         Ok(())
     };
     match request {
-        Request::Get { key, .. } | Request::Delete { key, .. } => key_ok(key),
+        Request::Get { key, .. } | Request::GetWithExpiry { key, .. } | Request::Delete { key, .. } => key_ok(key),
         Request::GetMany { keys, .. } => {
             if keys.is_empty() || keys.len() > cfg.max_batch_ops {
                 return Err(ProtoError::Invalid(format!("a get-many asks for 1..={} keys", cfg.max_batch_ops)));

@@ -470,6 +470,7 @@ impl<E: Engine> Inner<E> {
     async fn serve_one(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         match request {
             Request::Get { .. }
+            | Request::GetWithExpiry { .. }
             | Request::GetMany { .. }
             | Request::Put { .. }
             | Request::Delete { .. }
@@ -498,7 +499,7 @@ impl<E: Engine> Inner<E> {
     /// A data request: served if this node leads the shard, else forwarded once.
     async fn data(self: &Arc<Self>, request: Request, may_forward: bool) -> Response {
         let (route, write) = match &request {
-            Request::Get { route, .. } => (route.clone(), None),
+            Request::Get { route, .. } | Request::GetWithExpiry { route, .. } => (route.clone(), None),
             Request::Delete { route, key, .. } => (route.clone(), Some(key.len())),
             Request::Put { route, key, value, .. } => (route.clone(), Some(key.len() + value.len())),
             Request::Batch { route, ops, .. } => (route.clone(), Some(ops.iter().map(BatchOp::bytes).sum())),
@@ -548,6 +549,15 @@ impl<E: Engine> Inner<E> {
                 ReadResponse::Value(value) => Ok(Response::Value { value }),
                 _ => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "not a value".into() }),
             },
+            Request::GetWithExpiry { key, .. } => {
+                match self.node.read(shard, epoch, ReadRequest::GetWithDeadline(key.clone())).await? {
+                    ReadResponse::ValueWithDeadline(found) => {
+                        let (value, expires_at_ms) = found.map_or((None, None), |(v, d)| (Some(v), d));
+                        Ok(Response::ValueWithExpiry { value, expires_at_ms })
+                    }
+                    _ => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "not a value".into() }),
+                }
+            }
             Request::GetMany { keys, .. } => {
                 let keys = keys.iter().map(|k| k.to_vec()).collect();
                 let read = ReadRequest::GetMany { keys, max_bytes: MAX_GET_MANY_ANSWER_BYTES };
@@ -587,6 +597,9 @@ impl<E: Engine> Inner<E> {
                                 Expect::Absent => (WireExpect::Absent, Vec::new()),
                                 Expect::Present => (WireExpect::Present, Vec::new()),
                                 Expect::Equals { value } => (WireExpect::Equals, value.clone()),
+                                Expect::Exactly { value, expires_at_ms } => {
+                                    return Op::check_exactly(key.clone(), value.clone(), *expires_at_ms);
+                                }
                             };
                             Op::check(key.clone(), kind, value)
                         }
@@ -618,7 +631,8 @@ impl<E: Engine> Inner<E> {
             return;
         }
         let (shard, span, bytes, write) = match (request, response) {
-            (Request::Get { route, key }, Response::Value { value }) => {
+            (Request::Get { route, key }, Response::Value { value })
+            | (Request::GetWithExpiry { route, key }, Response::ValueWithExpiry { value, .. }) => {
                 (route.shard, KeySpan::point(key), key.len() + value.as_ref().map_or(0, Vec::len), false)
             }
             (Request::Put { route, key, value, .. }, _) => {

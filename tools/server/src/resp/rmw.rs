@@ -1,0 +1,185 @@
+//! Read-modify-writes on one string: INCR/DECR/INCRBY/DECRBY, INCRBYFLOAT, APPEND, GETDEL,
+//! SET ... GET and SET ... KEEPTTL, and the expiry commands of `expiry.rs`.
+//!
+//! Walk-through: [`modify`] reads the key's value *and* its deadline
+//! (`Client::get_with_expiry`), asks the command what to write, and writes conditional on
+//! exactly that pair (`Expect::Exactly`, checked at apply in the Raft log). When another
+//! writer got in between, the condition fails, and the command reads again and goes on from
+//! the new state after a random backoff (0.5 ms doubling to 32 ms), at most
+//! `MAX_CAS_ATTEMPTS` times. So each command is atomic, and one that keeps the expiry (INCR,
+//! APPEND, SET KEEPTTL) writes back the deadline it read: a concurrent EXPIRE or PERSIST is
+//! never undone by it.
+
+use presage_client::{BatchOp, Client, Expect};
+
+use super::parse::Reply;
+use super::{client_error, int_arg};
+
+/// A string's value and deadline (Unix ms; `None`: it does not expire), if it has one.
+pub(super) type Current = Option<(Vec<u8>, Option<u64>)>;
+
+/// What a command does with the state it read.
+pub(super) enum Change {
+    /// Nothing to write: answer this.
+    Answer(Reply),
+    /// Write this (conditional on the state read), then answer that.
+    Write(BatchOp, Reply),
+}
+
+/// Attempts of a read-modify-write before it gives up under contention.
+pub(super) const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// Runs the read-modify-write `decide` on `key` (see the module doc); `name` names the
+/// command when it gives up.
+pub(super) async fn modify(c: &Client, name: &str, key: &[u8], mut decide: impl FnMut(&Current) -> Change) -> Reply {
+    let mut current = match c.get_with_expiry(key).await {
+        Ok(v) => v,
+        Err(e) => return client_error(&e),
+    };
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        let (write, reply) = match decide(&current) {
+            Change::Answer(reply) => return reply,
+            Change::Write(write, reply) => (write, reply),
+        };
+        let expect = match &current {
+            Some((value, expires_at_ms)) => Expect::Exactly { value: value.clone(), expires_at_ms: *expires_at_ms },
+            None => Expect::Absent,
+        };
+        match c.write_if(expect, write).await {
+            Ok(Ok(())) => return reply,
+            Ok(Err(_)) => {
+                // Another writer got in: go on from the state it left.
+                cas_backoff(attempt).await;
+                current = match c.get_with_expiry(key).await {
+                    Ok(v) => v,
+                    Err(e) => return client_error(&e),
+                };
+            }
+            Err(e) => return client_error(&e),
+        }
+    }
+    Reply::err(format!("{name} gave up after {MAX_CAS_ATTEMPTS} attempts: the key keeps changing"))
+}
+
+/// Waits a random while before retrying a lost compare-and-set, up to twice as long after
+/// each loss (0.5 ms, doubling to 32 ms): writers racing for one key spread out instead of
+/// colliding again at once.
+async fn cas_backoff(attempt: usize) {
+    use rand::Rng;
+    let max_us = 500u64 << attempt.min(6);
+    let wait_us = rand::rng().random_range(0..=max_us);
+    tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
+}
+
+/// `key` set to `value`, expiring at `expires_at_ms` if given.
+pub(super) fn put(key: &[u8], value: Vec<u8>, expires_at_ms: Option<u64>) -> BatchOp {
+    match expires_at_ms {
+        Some(deadline_ms) => BatchOp::PutUntil { key: key.to_vec(), value, deadline_ms },
+        None => BatchOp::Put { key: key.to_vec(), value },
+    }
+}
+
+/// `INCRBY key delta` (and INCR, DECR, DECRBY): the expiry stays.
+pub(super) async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
+    modify(c, "INCR", key, |current| {
+        let (old, deadline) = match current {
+            Some((v, d)) => match int_arg(v) {
+                Ok(n) => (n, *d),
+                Err(e) => return Change::Answer(e),
+            },
+            None => (0, None),
+        };
+        match old.checked_add(delta) {
+            Some(new) => Change::Write(put(key, new.to_string().into_bytes(), deadline), Reply::Int(new)),
+            None => Change::Answer(Reply::err("increment or decrement would overflow")),
+        }
+    })
+    .await
+}
+
+/// `INCRBYFLOAT key delta`: the expiry stays.
+pub(super) async fn incr_by_float(c: &Client, key: &[u8], delta: &[u8]) -> Reply {
+    let Some(delta) = float_arg(delta) else {
+        return Reply::err("value is not a valid float");
+    };
+    modify(c, "INCRBYFLOAT", key, |current| {
+        let (old, deadline) = match current {
+            Some((v, d)) => match float_arg(v) {
+                Some(n) => (n, *d),
+                None => return Change::Answer(Reply::err("value is not a valid float")),
+            },
+            None => (0.0, None),
+        };
+        let new = old + delta;
+        if !new.is_finite() {
+            return Change::Answer(Reply::err("increment would produce NaN or Infinity"));
+        }
+        let text = format_float(new);
+        Change::Write(put(key, text.clone().into_bytes(), deadline), Reply::Bulk(text.into_bytes()))
+    })
+    .await
+}
+
+/// A float as Redis reads one: decimal or exponent notation, no surrounding spaces, finite.
+fn float_arg(arg: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(arg).ok()?;
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    plain.then(|| s.parse::<f64>().ok()).flatten().filter(|f| f.is_finite())
+}
+
+/// A float as Redis writes one: fixed notation, no trailing zeros (`5200`, `10.6`), the
+/// shortest digits that read back as the same double. Redis computes in `long double`, so a
+/// sum whose double is inexact (`0.1 + 0.2`) prints differently (README).
+pub(super) fn format_float(f: f64) -> String {
+    let s = format!("{f}");
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+/// `APPEND key suffix`: the new length; the expiry stays.
+pub(super) async fn append(c: &Client, key: &[u8], suffix: &[u8], max_value_bytes: usize) -> Reply {
+    modify(c, "APPEND", key, |current| {
+        let (mut value, deadline) = current.clone().unwrap_or_default();
+        if value.len() + suffix.len() > max_value_bytes {
+            return Change::Answer(Reply::err(format!(
+                "string exceeds maximum allowed size ({max_value_bytes} bytes)"
+            )));
+        }
+        value.extend_from_slice(suffix);
+        let len = value.len() as i64;
+        Change::Write(put(key, value, deadline), Reply::Int(len))
+    })
+    .await
+}
+
+/// `GETDEL key`: the value, and the key gone.
+pub(super) async fn get_del(c: &Client, key: &[u8]) -> Reply {
+    modify(c, "GETDEL", key, |current| match current {
+        None => Change::Answer(Reply::Null),
+        Some((v, _)) => Change::Write(BatchOp::Delete { key: key.to_vec() }, Reply::Bulk(v.clone())),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{float_arg, format_float};
+
+    #[test]
+    fn floats_read_and_print_as_redis_does_where_doubles_are_exact_enough() {
+        for (s, want) in [("10.50", Some(10.5)), ("5.0e3", Some(5000.0)), ("-3", Some(-3.0)), ("+.5", Some(0.5))] {
+            assert_eq!(float_arg(s.as_bytes()), want, "{s}");
+        }
+        for s in ["", " 1", "1 ", "abc", "inf", "nan", "1e400", "0x10"] {
+            assert_eq!(float_arg(s.as_bytes()), None, "{s:?}");
+        }
+        for (f, want) in
+            [(10.5 + 0.1, "10.6"), (5200.0, "5200"), (-0.0, "0"), (1e20, "100000000000000000000"), (0.5, "0.5")]
+        {
+            assert_eq!(format_float(f), want);
+        }
+    }
+}
