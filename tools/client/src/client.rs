@@ -125,6 +125,9 @@ pub enum ClientError {
     /// No seed node answered.
     #[error("cluster unreachable: {0}")]
     Unreachable(String),
+    /// The keys of a write that must be atomic are in more than one shard (nothing written).
+    #[error("keys in more than one shard: {0}")]
+    CrossShard(String),
 }
 
 #[derive(Default)]
@@ -326,6 +329,28 @@ impl Client {
         match answer {
             Ok(r) => expect_done(r).map(Ok),
             Err(ClientError::Refused(ProtoError::ConditionFailed { current, .. })) => Ok(Err(current)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Carries out `ops` (writes and checks, at most `max-batch-keys`) as one atomic write:
+    /// every key must be in one shard ([`ClientError::CrossShard`] otherwise, nothing
+    /// written). If a check does not hold when it applies, nothing is written and the answer
+    /// is `Ok(Err((key, current)))`: the key checked and its value then. Retried like every
+    /// write (one request id).
+    pub async fn write_checked(
+        &self,
+        ops: Vec<BatchOp>,
+    ) -> Result<Result<(), (Vec<u8>, Option<Vec<u8>>)>, ClientError> {
+        if ops.is_empty() || ops.len() > self.cfg.max_batch_keys {
+            return Err(ClientError::Invalid(format!("a checked write has 1..={} ops", self.cfg.max_batch_keys)));
+        }
+        ops.iter().try_for_each(check_op)?;
+        let first = ops[0].key().to_vec();
+        match self.write_part(&first, ops).await {
+            Ok(Sent::Answer(answer, _)) => expect_done(answer).map(Ok),
+            Ok(Sent::Spans) => Err(ClientError::CrossShard("the keys of one atomic write".into())),
+            Err(ClientError::Refused(ProtoError::ConditionFailed { key, current })) => Ok(Err((key, current))),
             Err(e) => Err(e),
         }
     }

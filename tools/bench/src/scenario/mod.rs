@@ -468,6 +468,7 @@ impl Counts {
                 ClientError::Timeout { .. } => "timeout",
                 ClientError::Refused(_) => "refused",
                 ClientError::Unreachable(_) => "unreachable",
+                ClientError::CrossShard(_) => "cross-shard",
                 ClientError::Invalid(_) => "invalid",
             };
             *self.by_kind.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() += 1;

@@ -154,12 +154,15 @@ pub(super) async fn get_ex(c: &Client, args: &[Vec<u8>]) -> Reply {
     };
     if change == NewDeadline::Keep {
         return match c.get(key).await {
-            Ok(v) => v.map_or(Reply::Null, Reply::Bulk),
+            Ok(v) => super::keyed::string_reply(v),
             Err(e) => client_error(&e),
         };
     }
     modify(c, "GETEX", key, |current| {
         let Some((value, old)) = current else { return Change::Answer(Reply::Null) };
+        if super::hash::is_hash(value) {
+            return Change::Answer(super::hash::wrong_type());
+        }
         let reply = Reply::Bulk(value.clone());
         match change {
             NewDeadline::Persist if old.is_none() => Change::Answer(reply),

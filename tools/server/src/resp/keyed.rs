@@ -7,9 +7,19 @@
 use presage_client::client::MAX_VALUE_BYTES;
 use presage_client::{BatchOp, Client, Expect};
 
+use super::hash::{self, is_hash, wrong_type};
 use super::parse::Reply;
 use super::rmw::{self, modify, Change};
-use super::{client_error, expiry, int_arg, upper, wrong_args, Shared, KNOWN};
+use super::{client_error, expiry, int_arg, is_known, upper, wrong_args, Shared};
+
+/// A GET's answer: the string, nil, or WRONGTYPE for a hash.
+pub(super) fn string_reply(value: Option<Vec<u8>>) -> Reply {
+    match value {
+        Some(v) if is_hash(&v) => wrong_type(),
+        Some(v) => Reply::Bulk(v),
+        None => Reply::Null,
+    }
+}
 
 /// Runs a command on keys (see `pipeline`): it needs nothing of the session, so several run
 /// at once. Also answers what no command matched.
@@ -18,8 +28,7 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
     let c = &shared.client;
     match name {
         "GET" if argc == 2 => match c.get(&args[1]).await {
-            Ok(Some(v)) => Reply::Bulk(v),
-            Ok(None) => Reply::Null,
+            Ok(v) => string_reply(v),
             Err(e) => client_error(&e),
         },
         "SET" if argc >= 3 => match SetOptions::parse(&args[3..]) {
@@ -48,13 +57,20 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
         "GETEX" if argc >= 2 => expiry::get_ex(c, args).await,
         "APPEND" if argc == 3 => rmw::append(c, &args[1], &args[2], MAX_VALUE_BYTES).await,
         "STRLEN" if argc == 2 => match c.get(&args[1]).await {
+            Ok(Some(v)) if is_hash(&v) => wrong_type(),
             Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
             Err(e) => client_error(&e),
         },
         "TYPE" if argc == 2 => match c.get(&args[1]).await {
-            Ok(v) => Reply::Simple(if v.is_some() { "string" } else { "none" }.into()),
+            Ok(v) => Reply::Simple(type_name(v.as_deref()).into()),
             Err(e) => client_error(&e),
         },
+        _ if argc >= 2 && hash::COMMANDS.contains(&name) => {
+            modify(c, name, &args[1], |current| {
+                hash::decide(name, args, current, MAX_VALUE_BYTES).unwrap_or_else(|| Change::Answer(wrong_args(name)))
+            })
+            .await
+        }
         "INCR" | "DECR" if argc == 2 => rmw::incr_by(c, &args[1], if name == "INCR" { 1 } else { -1 }).await,
         "INCRBY" | "DECRBY" if argc == 3 => match int_arg(&args[2]) {
             Ok(d) if name == "INCRBY" => rmw::incr_by(c, &args[1], d).await,
@@ -76,7 +92,8 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             }
         }
         "MGET" if argc >= 2 => match c.get_many(&args[1..]).await {
-            Ok(values) => Reply::Array(values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect()),
+            // As Redis: a key of another type reads as nil.
+            Ok(values) => Reply::Array(values.into_iter().map(|v| v.filter(|v| !is_hash(v)).map_or(Reply::Null, Reply::Bulk)).collect()),
             Err(e) => client_error(&e),
         },
         "DEL" | "UNLINK" if argc >= 2 => {
@@ -105,7 +122,7 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
             Err(e) => client_error(&e),
         },
-        _ if KNOWN.contains(&name) => wrong_args(name),
+        _ if is_known(name) => wrong_args(name),
         _ => {
             // As Redis words it, each argument followed by a space.
             let shown: String =
@@ -220,6 +237,9 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
         };
     }
     modify(c, "SET", key, |current| {
+        if o.get && current.as_ref().is_some_and(|(v, _)| is_hash(v)) {
+            return Change::Answer(wrong_type());
+        }
         let old = current.as_ref().map(|(v, _)| v.clone());
         let answer = if o.get { old.map_or(Reply::Null, Reply::Bulk) } else { Reply::ok() };
         let met = o.only_if.as_ref().is_none_or(|e| e.holds(current.as_ref().map(|(v, d)| (v.as_slice(), *d))));
@@ -234,6 +254,15 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
         Change::Write(write, answer)
     })
     .await
+}
+
+/// TYPE's answer for a stored value.
+pub(super) fn type_name(value: Option<&[u8]>) -> &'static str {
+    match value {
+        None => "none",
+        Some(v) if is_hash(v) => "hash",
+        Some(_) => "string",
+    }
 }
 
 fn bad_expire(name: &str) -> Reply {

@@ -41,6 +41,7 @@
 
 pub mod config;
 mod expiry;
+mod hash;
 mod info;
 mod keyed;
 pub mod parse;
@@ -425,7 +426,7 @@ fn start_run<'a>(shared: &'a Shared, run: &mut Run, window: &mut Window<'a>) {
         let started = Instant::now();
         let replies = match kind {
             RunKind::Get => match shared.client.get_many(&keys).await {
-                Ok(values) => values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect(),
+                Ok(values) => values.into_iter().map(keyed::string_reply).collect(),
                 Err(e) => vec![client_error(&e); keys.len()],
             },
             RunKind::Set => {
@@ -491,7 +492,7 @@ async fn observed(shared: &Shared, name: &str, reply: impl std::future::Future<O
     let started = Instant::now();
     let reply = reply.await;
     shared.commands_processed.fetch_add(1, Ordering::Relaxed);
-    let known = KNOWN.contains(&name);
+    let known = is_known(name);
     let label = if known { name.to_ascii_lowercase() } else { "unknown".into() };
     shared.metrics.observe("resp", &label, !matches!(reply, Reply::Error(_)), started.elapsed());
     reply
@@ -543,6 +544,11 @@ const KNOWN: &[&str] = &[
     "PERSIST",
 ];
 
+/// Does this listener know `name` (upper case)?
+fn is_known(name: &str) -> bool {
+    KNOWN.contains(&name) || hash::COMMANDS.contains(&name)
+}
+
 /// The largest unfinished command `session` may have pending.
 fn max_command_bytes(cfg: &RespConfig, session: &Session) -> usize {
     match session.user {
@@ -582,7 +588,7 @@ fn refuse(s: &Session, name: &str) -> Option<Reply> {
         return Some(Reply::Error("NOAUTH Authentication required.".into()));
     }
     if let Some((user, role)) = &s.user {
-        if WRITES.contains(&name) && !role.may_write() {
+        if (WRITES.contains(&name) || hash::WRITES.contains(&name)) && !role.may_write() {
             return Some(Reply::Error(format!(
                 "NOPERM User {user} has no permissions to run the '{}' command",
                 name.to_ascii_lowercase()
@@ -619,7 +625,7 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         "KEYS" if argc == 2 => keys(shared, &args[1]).await,
         "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
             None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
-            Some("COUNT") => Reply::Int(KNOWN.len() as i64),
+            Some("COUNT") => Reply::Int((KNOWN.len() + hash::COMMANDS.len()) as i64),
             Some(_) => Reply::err("unknown COMMAND subcommand"),
         },
         "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
@@ -786,6 +792,7 @@ async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
         return Reply::err("invalid cursor");
     };
     let mut pattern: Option<Vec<u8>> = None;
+    let mut type_filter: Option<String> = None;
     let mut count = 10usize;
     let mut rest = &args[1..];
     while let [opt, value, tail @ ..] = rest {
@@ -795,11 +802,7 @@ async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
                 Ok(n) if n > 0 => count = (n as usize).min(shared.cfg.max_scan_count),
                 _ => return Reply::err("syntax error"),
             },
-            "TYPE" => {
-                if !value.eq_ignore_ascii_case(b"string") {
-                    return Reply::Array(vec![Reply::text("0"), Reply::Array(vec![])]);
-                }
-            }
+            "TYPE" => type_filter = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
             _ => return Reply::err("syntax error"),
         }
         rest = tail;
@@ -829,6 +832,7 @@ async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
     };
     let keys = page
         .into_iter()
+        .filter(|(_, v)| type_filter.as_deref().is_none_or(|t| keyed::type_name(Some(v)) == t))
         .map(|(k, _)| k)
         .filter(|k| pattern.as_deref().is_none_or(|p| glob_match(p, k)))
         .map(Reply::Bulk)

@@ -41,6 +41,7 @@ pub(super) fn plan(name: &str, args: &[Vec<u8>]) -> Plan {
         "GET" | "SET" | "SETNX" | "SETEX" | "PSETEX" | "GETEX" | "GETDEL" | "APPEND" | "STRLEN" | "TYPE" | "INCR"
         | "DECR" | "INCRBY" | "DECRBY" | "INCRBYFLOAT" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "EXPIRE"
         | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "PERSIST" => Plan::Keyed(rest.first().cloned().into_iter().collect()),
+        _ if super::hash::COMMANDS.contains(&name) => Plan::Keyed(rest.first().cloned().into_iter().collect()),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" => Plan::Keyed(rest.to_vec()),
         "MSET" => Plan::Keyed(rest.iter().step_by(2).cloned().collect()),
         _ => Plan::Serial,

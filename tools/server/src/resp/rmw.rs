@@ -1,5 +1,6 @@
-//! Read-modify-writes on one string: INCR/DECR/INCRBY/DECRBY, INCRBYFLOAT, APPEND, GETDEL,
-//! SET ... GET and SET ... KEEPTTL, and the expiry commands of `expiry.rs`.
+//! Read-modify-writes on one key: INCR/DECR/INCRBY/DECRBY, INCRBYFLOAT, APPEND, GETDEL,
+//! SET ... GET and SET ... KEEPTTL, the expiry commands of `expiry.rs` and the hash commands
+//! of `hash.rs`.
 //!
 //! Walk-through: [`modify`] reads the key's value *and* its deadline
 //! (`Client::get_with_expiry`), asks the command what to write, and writes conditional on
@@ -12,6 +13,7 @@
 
 use presage_client::{BatchOp, Client, Expect};
 
+use super::hash::{is_hash, wrong_type};
 use super::parse::Reply;
 use super::{client_error, int_arg};
 
@@ -83,6 +85,7 @@ pub(super) fn put(key: &[u8], value: Vec<u8>, expires_at_ms: Option<u64>) -> Bat
 pub(super) async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
     modify(c, "INCR", key, |current| {
         let (old, deadline) = match current {
+            Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
             Some((v, d)) => match int_arg(v) {
                 Ok(n) => (n, *d),
                 Err(e) => return Change::Answer(e),
@@ -104,6 +107,7 @@ pub(super) async fn incr_by_float(c: &Client, key: &[u8], delta: &[u8]) -> Reply
     };
     modify(c, "INCRBYFLOAT", key, |current| {
         let (old, deadline) = match current {
+            Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
             Some((v, d)) => match float_arg(v) {
                 Some(n) => (n, *d),
                 None => return Change::Answer(Reply::err("value is not a valid float")),
@@ -121,7 +125,7 @@ pub(super) async fn incr_by_float(c: &Client, key: &[u8], delta: &[u8]) -> Reply
 }
 
 /// A float as Redis reads one: decimal or exponent notation, no surrounding spaces, finite.
-fn float_arg(arg: &[u8]) -> Option<f64> {
+pub(super) fn float_arg(arg: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(arg).ok()?;
     let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
     plain.then(|| s.parse::<f64>().ok()).flatten().filter(|f| f.is_finite())
@@ -143,6 +147,9 @@ pub(super) fn format_float(f: f64) -> String {
 pub(super) async fn append(c: &Client, key: &[u8], suffix: &[u8], max_value_bytes: usize) -> Reply {
     modify(c, "APPEND", key, |current| {
         let (mut value, deadline) = current.clone().unwrap_or_default();
+        if is_hash(&value) {
+            return Change::Answer(wrong_type());
+        }
         if value.len() + suffix.len() > max_value_bytes {
             return Change::Answer(Reply::err(format!(
                 "string exceeds maximum allowed size ({max_value_bytes} bytes)"
@@ -159,6 +166,7 @@ pub(super) async fn append(c: &Client, key: &[u8], suffix: &[u8], max_value_byte
 pub(super) async fn get_del(c: &Client, key: &[u8]) -> Reply {
     modify(c, "GETDEL", key, |current| match current {
         None => Change::Answer(Reply::Null),
+        Some((v, _)) if is_hash(v) => Change::Answer(wrong_type()),
         Some((v, _)) => Change::Write(BatchOp::Delete { key: key.to_vec() }, Reply::Bulk(v.clone())),
     })
     .await
