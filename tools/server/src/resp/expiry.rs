@@ -1,29 +1,28 @@
 //! The expiry commands: TTL, PTTL, EXPIRETIME, PEXPIRETIME (reads of the deadline), EXPIRE,
-//! PEXPIRE, EXPIREAT, PEXPIREAT (with NX, XX, GT, LT), PERSIST and GETEX (read-modify-writes,
-//! see `rmw.rs`).
+//! PEXPIRE, EXPIREAT, PEXPIREAT (with NX, XX, GT, LT), PERSIST and GETEX, each a decision on
+//! the key's value and deadline (run by `rmw::modify`, or inside a transaction).
 //!
 //! A deadline is a Unix time in ms stored with the value (the replication layer's value
 //! header). Relative times are turned into deadlines with this node's clock; a deadline
 //! already past deletes the key, as in Redis. Reads decide expiry with the shard leader's
 //! clock, writes' conditions with the proposer's (`presage_replication::value`).
 
-use presage_client::{BatchOp, Client};
-use presage_replication::value::wall_now_ms;
+use presage_client::BatchOp;
 
+use super::hash::{is_hash, wrong_type};
 use super::parse::Reply;
-use super::rmw::{modify, put, Change};
-use super::{client_error, int_arg, upper};
+use super::rmw::{put, Change, Current};
+use super::{int_arg, upper};
 
-/// `TTL` / `PTTL` / `EXPIRETIME` / `PEXPIRETIME key`: -2 without a value, -1 without a
-/// deadline; else the seconds (rounded) or ms left, or the deadline in s or ms.
-pub(super) async fn ttl(c: &Client, name: &str, key: &[u8]) -> Reply {
-    let deadline = match c.get_with_expiry(key).await {
-        Ok(None) => return Reply::Int(-2),
-        Ok(Some((_, None))) => return Reply::Int(-1),
-        Ok(Some((_, Some(d)))) => d,
-        Err(e) => return client_error(&e),
+/// `TTL` / `PTTL` / `EXPIRETIME` / `PEXPIRETIME key` at `now_ms`: -2 without a value, -1
+/// without a deadline; else the seconds (rounded) or ms left, or the deadline in s or ms.
+pub(super) fn ttl(name: &str, current: &Current, now_ms: u64) -> Reply {
+    let deadline = match current {
+        None => return Reply::Int(-2),
+        Some((_, None)) => return Reply::Int(-1),
+        Some((_, Some(d))) => *d,
     };
-    let left_ms = deadline.saturating_sub(wall_now_ms());
+    let left_ms = deadline.saturating_sub(now_ms);
     let n = match name {
         "TTL" => (left_ms + 500) / 1_000,
         "PTTL" => left_ms,
@@ -90,20 +89,20 @@ impl When {
 }
 
 /// `EXPIRE key seconds`, `PEXPIRE key ms`, `EXPIREAT key unix-s`, `PEXPIREAT key unix-ms`,
-/// each with `[NX | XX | GT | LT]`: 1 if the deadline was set (or the key deleted, the time
-/// being past), 0 if the key has no value or the condition did not hold.
-pub(super) async fn expire(c: &Client, name: &str, args: &[Vec<u8>]) -> Reply {
+/// each with `[NX | XX | GT | LT]`, at `now_ms`: 1 if the deadline was set (or the key
+/// deleted, the time being past), 0 if the key has no value or the condition did not hold.
+pub(super) fn expire(name: &str, args: &[Vec<u8>], current: &Current, now_ms: u64) -> Change {
     let key = &args[1];
     let n = match int_arg(&args[2]) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return Change::Answer(e),
     };
     let when = match When::parse(&args[3..]) {
         Ok(w) => w,
-        Err(e) => return e,
+        Err(e) => return Change::Answer(e),
     };
     let xx = args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"XX"));
-    let now = i64::try_from(wall_now_ms()).unwrap_or(i64::MAX);
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
     let deadline = match name {
         "EXPIRE" => n.checked_mul(1_000).and_then(|ms| ms.checked_add(now)),
         "PEXPIRE" => n.checked_add(now),
@@ -111,29 +110,26 @@ pub(super) async fn expire(c: &Client, name: &str, args: &[Vec<u8>]) -> Reply {
         _ => Some(n),
     };
     let Some(deadline) = deadline else {
-        return Reply::err(format!("invalid expire time in '{}' command", name.to_ascii_lowercase()));
+        let e = format!("invalid expire time in '{}' command", name.to_ascii_lowercase());
+        return Change::Answer(Reply::err(e));
     };
-    modify(c, name, key, |current| {
-        let Some((value, old)) = current else { return Change::Answer(Reply::Int(0)) };
-        let new = u64::try_from(deadline).unwrap_or(0);
-        if !when.allows(xx, *old, new) {
-            return Change::Answer(Reply::Int(0));
-        }
-        if deadline <= now {
-            return Change::Write(BatchOp::Delete { key: key.clone() }, Reply::Int(1));
-        }
-        Change::Write(put(key, value.clone(), Some(new)), Reply::Int(1))
-    })
-    .await
+    let Some((value, old)) = current else { return Change::Answer(Reply::Int(0)) };
+    let new = u64::try_from(deadline).unwrap_or(0);
+    if !when.allows(xx, *old, new) {
+        return Change::Answer(Reply::Int(0));
+    }
+    if deadline <= now {
+        return Change::Write(BatchOp::Delete { key: key.clone() }, Reply::Int(1));
+    }
+    Change::Write(put(key, value.clone(), Some(new)), Reply::Int(1))
 }
 
 /// `PERSIST key`: 1 if a deadline was removed.
-pub(super) async fn persist(c: &Client, key: &[u8]) -> Reply {
-    modify(c, "PERSIST", key, |current| match current {
+pub(super) fn persist(key: &[u8], current: &Current) -> Change {
+    match current {
         Some((value, Some(_))) => Change::Write(put(key, value.clone(), None), Reply::Int(1)),
         _ => Change::Answer(Reply::Int(0)),
-    })
-    .await
+    }
 }
 
 /// What GETEX does to the deadline.
@@ -144,38 +140,29 @@ enum NewDeadline {
     At(u64),
 }
 
-/// `GETEX key [EX s | PX ms | EXAT unix-s | PXAT unix-ms | PERSIST]`: the value, and its
-/// deadline changed.
-pub(super) async fn get_ex(c: &Client, args: &[Vec<u8>]) -> Reply {
+/// `GETEX key [EX s | PX ms | EXAT unix-s | PXAT unix-ms | PERSIST]` at `now_ms`: the
+/// value, and its deadline changed.
+pub(super) fn get_ex(args: &[Vec<u8>], current: &Current, now_ms: u64) -> Change {
     let key = &args[1];
-    let change = match getex_option(&args[2..]) {
+    let change = match getex_option(&args[2..], now_ms) {
         Ok(change) => change,
-        Err(e) => return e,
+        Err(e) => return Change::Answer(e),
     };
-    if change == NewDeadline::Keep {
-        return match c.get(key).await {
-            Ok(v) => super::keyed::string_reply(v),
-            Err(e) => client_error(&e),
-        };
+    let Some((value, old)) = current else { return Change::Answer(Reply::Null) };
+    if is_hash(value) {
+        return Change::Answer(wrong_type());
     }
-    modify(c, "GETEX", key, |current| {
-        let Some((value, old)) = current else { return Change::Answer(Reply::Null) };
-        if super::hash::is_hash(value) {
-            return Change::Answer(super::hash::wrong_type());
-        }
-        let reply = Reply::Bulk(value.clone());
-        match change {
-            NewDeadline::Persist if old.is_none() => Change::Answer(reply),
-            NewDeadline::Persist => Change::Write(put(key, value.clone(), None), reply),
-            NewDeadline::At(d) if d <= wall_now_ms() => Change::Write(BatchOp::Delete { key: key.clone() }, reply),
-            NewDeadline::At(d) => Change::Write(put(key, value.clone(), Some(d)), reply),
-            NewDeadline::Keep => Change::Answer(reply),
-        }
-    })
-    .await
+    let reply = Reply::Bulk(value.clone());
+    match change {
+        NewDeadline::Keep => Change::Answer(reply),
+        NewDeadline::Persist if old.is_none() => Change::Answer(reply),
+        NewDeadline::Persist => Change::Write(put(key, value.clone(), None), reply),
+        NewDeadline::At(d) if d <= now_ms => Change::Write(BatchOp::Delete { key: key.clone() }, reply),
+        NewDeadline::At(d) => Change::Write(put(key, value.clone(), Some(d)), reply),
+    }
 }
 
-fn getex_option(args: &[Vec<u8>]) -> Result<NewDeadline, Reply> {
+fn getex_option(args: &[Vec<u8>], now: u64) -> Result<NewDeadline, Reply> {
     let bad_time = || Reply::err("invalid expire time in 'getex' command");
     match args {
         [] => Ok(NewDeadline::Keep),
@@ -190,7 +177,6 @@ fn getex_option(args: &[Vec<u8>]) -> Result<NewDeadline, Reply> {
                 return Err(bad_time());
             }
             let n = n as u64;
-            let now = wall_now_ms();
             let deadline = match opt.as_str() {
                 "EX" => n.checked_mul(1_000).and_then(|ms| ms.checked_add(now)),
                 "PX" => n.checked_add(now),

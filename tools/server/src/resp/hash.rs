@@ -107,6 +107,9 @@ fn deadline(current: &Current) -> Option<u64> {
 pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, max_value_bytes: usize) -> Option<Change> {
     let argc = args.len();
     let key = args.get(1)?;
+    if !arity_ok(name, argc) {
+        return None;
+    }
     let mut fields = match fields_of(current) {
         Ok(f) => f,
         Err(e) => return Some(Change::Answer(e)),
@@ -140,9 +143,9 @@ pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, max_value_
         }
         "HGET" if argc == 3 => answer(bulk_or_nil(fields.get(&args[2]))),
         "HMGET" if argc >= 3 => answer(Reply::Array(args[2..].iter().map(|f| bulk_or_nil(fields.get(f))).collect())),
-        "HGETALL" if argc == 2 => answer(Reply::Map(
-            fields.into_iter().map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v))).collect(),
-        )),
+        "HGETALL" if argc == 2 => {
+            answer(Reply::Map(fields.into_iter().map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v))).collect()))
+        }
         "HKEYS" if argc == 2 => answer(Reply::Array(fields.into_keys().map(Reply::Bulk).collect())),
         "HVALS" if argc == 2 => answer(Reply::Array(fields.into_values().map(Reply::Bulk).collect())),
         "HLEN" if argc == 2 => answer(Reply::Int(fields.len() as i64)),
@@ -193,6 +196,18 @@ pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, max_value_
     }
 }
 
+/// Is `argc` (the name included) a valid count of arguments for the hash command `name`?
+fn arity_ok(name: &str, argc: usize) -> bool {
+    match name {
+        "HSET" | "HMSET" => argc >= 4 && argc % 2 == 0,
+        "HSETNX" | "HINCRBY" | "HINCRBYFLOAT" => argc == 4,
+        "HGET" | "HEXISTS" | "HSTRLEN" => argc == 3,
+        "HMGET" | "HDEL" | "HSCAN" => argc >= 3,
+        "HGETALL" | "HKEYS" | "HVALS" | "HLEN" => argc == 2,
+        _ => false,
+    }
+}
+
 /// `HSCAN key cursor [MATCH pattern] [COUNT n]`: a hash is one value, so the first call
 /// answers every matching field and cursor 0 (as Redis does for its small hashes).
 fn hscan(fields: &Fields, args: &[Vec<u8>]) -> Reply {
@@ -225,8 +240,21 @@ fn hscan(fields: &Fields, args: &[Vec<u8>]) -> Reply {
 
 /// Hash commands (metric labels, COMMAND COUNT, planning).
 pub(super) const COMMANDS: &[&str] = &[
-    "HSET", "HMSET", "HSETNX", "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN", "HDEL",
-    "HINCRBY", "HINCRBYFLOAT", "HSCAN",
+    "HSET",
+    "HMSET",
+    "HSETNX",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "HKEYS",
+    "HVALS",
+    "HLEN",
+    "HEXISTS",
+    "HSTRLEN",
+    "HDEL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HSCAN",
 ];
 
 /// The hash commands that write.
@@ -268,10 +296,15 @@ mod tests {
         };
         assert_eq!(deadline_ms, 99);
         let current = Some((value, Some(99)));
-        assert!(matches!(decide("HDEL", &args("HDEL h a b"), &current, max), Some(Change::Write(BatchOp::Delete { .. }, Reply::Int(2)))));
+        assert!(matches!(
+            decide("HDEL", &args("HDEL h a b"), &current, max),
+            Some(Change::Write(BatchOp::Delete { .. }, Reply::Int(2)))
+        ));
         assert!(matches!(decide("HGET", &args("HGET h"), &current, max), None), "wrong arity");
         let string = Some((b"plain".to_vec(), None));
-        assert!(matches!(decide("HGET", &args("HGET h a"), &string, max), Some(Change::Answer(Reply::Error(e))) if e.starts_with("WRONGTYPE")));
+        assert!(
+            matches!(decide("HGET", &args("HGET h a"), &string, max), Some(Change::Answer(Reply::Error(e))) if e.starts_with("WRONGTYPE"))
+        );
         let small = decide("HSET", &args("HSET h a 12345678901234567890"), &None, 30);
         assert!(matches!(small, Some(Change::Answer(Reply::Error(e))) if e.contains("largest value")));
     }

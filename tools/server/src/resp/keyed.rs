@@ -7,9 +7,12 @@
 use presage_client::client::MAX_VALUE_BYTES;
 use presage_client::{BatchOp, Client, Expect};
 
+use presage_replication::value::wall_now_ms;
+
 use super::hash::{self, is_hash, wrong_type};
 use super::parse::Reply;
-use super::rmw::{self, modify, Change};
+use super::pipeline::{self, Plan};
+use super::rmw::{self, modify, Change, Current};
 use super::{client_error, expiry, int_arg, is_known, upper, wrong_args, Shared};
 
 /// A GET's answer: the string, nil, or WRONGTYPE for a hash.
@@ -27,6 +30,7 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
     let argc = args.len();
     let c = &shared.client;
     match name {
+        // The fast paths: one read, or one (conditional) write.
         "GET" if argc == 2 => match c.get(&args[1]).await {
             Ok(v) => string_reply(v),
             Err(e) => client_error(&e),
@@ -35,15 +39,8 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             Ok(opts) => set(c, &args[1], &args[2], opts).await,
             Err(e) => e,
         },
-        "SETEX" | "PSETEX" if argc == 4 => match int_arg(&args[2]) {
-            Ok(n) if n > 0 => {
-                let ttl_ms = if name == "SETEX" { n.checked_mul(1_000) } else { Some(n) };
-                match ttl_ms {
-                    Some(ms) => set(c, &args[1], &args[3], SetOptions::expiring(Expiry::AfterMs(ms as u64))).await,
-                    None => bad_expire(name),
-                }
-            }
-            Ok(_) => bad_expire(name),
+        "SETEX" | "PSETEX" if argc == 4 => match SetOptions::setex(name, &args[2]) {
+            Ok(opts) => set(c, &args[1], &args[3], opts).await,
             Err(e) => e,
         },
         "SETNX" if argc == 3 => {
@@ -53,9 +50,6 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
                 Err(e) => client_error(&e),
             }
         }
-        "GETDEL" if argc == 2 => rmw::get_del(c, &args[1]).await,
-        "GETEX" if argc >= 2 => expiry::get_ex(c, args).await,
-        "APPEND" if argc == 3 => rmw::append(c, &args[1], &args[2], MAX_VALUE_BYTES).await,
         "STRLEN" if argc == 2 => match c.get(&args[1]).await {
             Ok(Some(v)) if is_hash(&v) => wrong_type(),
             Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
@@ -65,25 +59,6 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             Ok(v) => Reply::Simple(type_name(v.as_deref()).into()),
             Err(e) => client_error(&e),
         },
-        _ if argc >= 2 && hash::COMMANDS.contains(&name) => {
-            modify(c, name, &args[1], |current| {
-                hash::decide(name, args, current, MAX_VALUE_BYTES).unwrap_or_else(|| Change::Answer(wrong_args(name)))
-            })
-            .await
-        }
-        "INCR" | "DECR" if argc == 2 => rmw::incr_by(c, &args[1], if name == "INCR" { 1 } else { -1 }).await,
-        "INCRBY" | "DECRBY" if argc == 3 => match int_arg(&args[2]) {
-            Ok(d) if name == "INCRBY" => rmw::incr_by(c, &args[1], d).await,
-            Ok(d) => match d.checked_neg() {
-                Some(d) => rmw::incr_by(c, &args[1], d).await,
-                None => Reply::err("decrement would overflow"),
-            },
-            Err(e) => e,
-        },
-        "INCRBYFLOAT" if argc == 3 => rmw::incr_by_float(c, &args[1], &args[2]).await,
-        "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" if argc == 2 => expiry::ttl(c, name, &args[1]).await,
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc >= 3 => expiry::expire(c, name, args).await,
-        "PERSIST" if argc == 2 => expiry::persist(c, &args[1]).await,
         "MSET" if argc >= 3 && argc % 2 == 1 => {
             let ops = args[1..].chunks(2).map(|kv| BatchOp::Put { key: kv[0].clone(), value: kv[1].clone() }).collect();
             match c.batch(ops).await {
@@ -93,7 +68,9 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
         }
         "MGET" if argc >= 2 => match c.get_many(&args[1..]).await {
             // As Redis: a key of another type reads as nil.
-            Ok(values) => Reply::Array(values.into_iter().map(|v| v.filter(|v| !is_hash(v)).map_or(Reply::Null, Reply::Bulk)).collect()),
+            Ok(values) => Reply::Array(
+                values.into_iter().map(|v| v.filter(|v| !is_hash(v)).map_or(Reply::Null, Reply::Bulk)).collect(),
+            ),
             Err(e) => client_error(&e),
         },
         "DEL" | "UNLINK" if argc >= 2 => {
@@ -122,6 +99,13 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             Ok(values) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
             Err(e) => client_error(&e),
         },
+        // Every other command on one key reads its state first (`rmw::modify`).
+        _ if argc >= 2 && !MULTI_KEY.contains(&name) && pipeline::plan(name, args) != Plan::Serial => {
+            modify(c, name, &args[1], |current| {
+                decide(name, args, current, wall_now_ms()).unwrap_or_else(|| Change::Answer(wrong_args(name)))
+            })
+            .await
+        }
         _ if is_known(name) => wrong_args(name),
         _ => {
             // As Redis words it, each argument followed by a space.
@@ -158,8 +142,14 @@ pub(super) enum Expiry {
 }
 
 impl SetOptions {
-    fn expiring(expiry: Expiry) -> SetOptions {
-        SetOptions { expiry: Some(expiry), ..SetOptions::default() }
+    /// The options of `SETEX key seconds value` (`PSETEX`: ms), from its time argument.
+    fn setex(name: &str, time: &[u8]) -> Result<SetOptions, Reply> {
+        let n = int_arg(time)?;
+        let ms = if name == "SETEX" { n.checked_mul(1_000) } else { Some(n) };
+        match ms {
+            Some(ms) if ms > 0 => Ok(SetOptions { expiry: Some(Expiry::AfterMs(ms as u64)), ..SetOptions::default() }),
+            _ => Err(bad_expire(name)),
+        }
     }
 
     pub(super) fn parse(args: &[Vec<u8>]) -> Result<SetOptions, Reply> {
@@ -219,6 +209,59 @@ impl SetOptions {
     }
 }
 
+/// The keyed commands on several keys (answered by `keyed` itself).
+pub(super) const MULTI_KEY: &[&str] = &["MGET", "MSET", "DEL", "UNLINK", "EXISTS"];
+
+/// The commands on one key as decisions on its state (value and deadline) at `now_ms`: what
+/// to answer and what to write. `keyed` runs them through `rmw::modify`, a transaction on
+/// its snapshot (`txn.rs`). `None`: not a command on one key, or the wrong arity.
+pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, now_ms: u64) -> Option<Change> {
+    let argc = args.len();
+    let key = args.get(1)?;
+    let change = match name {
+        "GET" if argc == 2 => Change::Answer(string_reply(current.as_ref().map(|(v, _)| v.clone()))),
+        "STRLEN" if argc == 2 => match current {
+            Some((v, _)) if is_hash(v) => Change::Answer(wrong_type()),
+            _ => Change::Answer(Reply::Int(current.as_ref().map_or(0, |(v, _)| v.len() as i64))),
+        },
+        "TYPE" if argc == 2 => {
+            Change::Answer(Reply::Simple(type_name(current.as_ref().map(|(v, _)| v.as_slice())).into()))
+        }
+        "SET" if argc >= 3 => match SetOptions::parse(&args[3..]) {
+            Ok(o) => set_change(key, &args[2], &o, current),
+            Err(e) => Change::Answer(e),
+        },
+        "SETEX" | "PSETEX" if argc == 4 => match SetOptions::setex(name, &args[2]) {
+            Ok(o) => set_change(key, &args[3], &o, current),
+            Err(e) => Change::Answer(e),
+        },
+        "SETNX" if argc == 3 => match current {
+            Some(_) => Change::Answer(Reply::Int(0)),
+            None => Change::Write(rmw::put(key, args[2].clone(), None), Reply::Int(1)),
+        },
+        "GETDEL" if argc == 2 => rmw::get_del(key, current),
+        "GETEX" if argc >= 2 => expiry::get_ex(args, current, now_ms),
+        "APPEND" if argc == 3 => rmw::append(key, &args[2], current, MAX_VALUE_BYTES),
+        "INCR" | "DECR" if argc == 2 => rmw::incr_by(key, if name == "INCR" { 1 } else { -1 }, current),
+        "INCRBY" | "DECRBY" if argc == 3 => match int_arg(&args[2]) {
+            Ok(d) if name == "INCRBY" => rmw::incr_by(key, d, current),
+            Ok(d) => match d.checked_neg() {
+                Some(d) => rmw::incr_by(key, d, current),
+                None => Change::Answer(Reply::err("decrement would overflow")),
+            },
+            Err(e) => Change::Answer(e),
+        },
+        "INCRBYFLOAT" if argc == 3 => rmw::incr_by_float(key, &args[2], current),
+        "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" if argc == 2 => {
+            Change::Answer(expiry::ttl(name, current, now_ms))
+        }
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc >= 3 => expiry::expire(name, args, current, now_ms),
+        "PERSIST" if argc == 2 => expiry::persist(key, current),
+        _ => return hash::decide(name, args, current, MAX_VALUE_BYTES),
+    };
+    Some(change)
+}
+
 /// `SET`: a plain or expiring put, conditional with NX/XX; with GET or KEEPTTL a
 /// read-modify-write (`rmw.rs`) that answers the old value or keeps the deadline.
 async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
@@ -236,24 +279,26 @@ async fn set(c: &Client, key: &[u8], value: &[u8], o: SetOptions) -> Reply {
             },
         };
     }
-    modify(c, "SET", key, |current| {
-        if o.get && current.as_ref().is_some_and(|(v, _)| is_hash(v)) {
-            return Change::Answer(wrong_type());
-        }
-        let old = current.as_ref().map(|(v, _)| v.clone());
-        let answer = if o.get { old.map_or(Reply::Null, Reply::Bulk) } else { Reply::ok() };
-        let met = o.only_if.as_ref().is_none_or(|e| e.holds(current.as_ref().map(|(v, d)| (v.as_slice(), *d))));
-        if !met {
-            // NX/XX not met: nothing written (SET ... GET answers the old value anyway).
-            return Change::Answer(if o.get { answer } else { Reply::Null });
-        }
-        let write = match (o.keep_ttl, current) {
-            (true, Some((_, deadline))) => rmw::put(key, value.to_vec(), *deadline),
-            _ => o.write(key, value),
-        };
-        Change::Write(write, answer)
-    })
-    .await
+    modify(c, "SET", key, |current| set_change(key, value, &o, current)).await
+}
+
+/// SET with options `o` on the key's state `current`.
+fn set_change(key: &[u8], value: &[u8], o: &SetOptions, current: &Current) -> Change {
+    if o.get && current.as_ref().is_some_and(|(v, _)| is_hash(v)) {
+        return Change::Answer(wrong_type());
+    }
+    let old = current.as_ref().map(|(v, _)| v.clone());
+    let answer = if o.get { old.map_or(Reply::Null, Reply::Bulk) } else { Reply::ok() };
+    let met = o.only_if.as_ref().is_none_or(|e| e.holds(current.as_ref().map(|(v, d)| (v.as_slice(), *d))));
+    if !met {
+        // NX/XX not met: nothing written (SET ... GET answers the old value anyway).
+        return Change::Answer(if o.get { answer } else { Reply::Null });
+    }
+    let write = match (o.keep_ttl, current) {
+        (true, Some((_, deadline))) => rmw::put(key, value.to_vec(), *deadline),
+        _ => o.write(key, value),
+    };
+    Change::Write(write, answer)
 }
 
 /// TYPE's answer for a stored value.

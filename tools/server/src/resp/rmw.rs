@@ -82,46 +82,40 @@ pub(super) fn put(key: &[u8], value: Vec<u8>, expires_at_ms: Option<u64>) -> Bat
 }
 
 /// `INCRBY key delta` (and INCR, DECR, DECRBY): the expiry stays.
-pub(super) async fn incr_by(c: &Client, key: &[u8], delta: i64) -> Reply {
-    modify(c, "INCR", key, |current| {
-        let (old, deadline) = match current {
-            Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
-            Some((v, d)) => match int_arg(v) {
-                Ok(n) => (n, *d),
-                Err(e) => return Change::Answer(e),
-            },
-            None => (0, None),
-        };
-        match old.checked_add(delta) {
-            Some(new) => Change::Write(put(key, new.to_string().into_bytes(), deadline), Reply::Int(new)),
-            None => Change::Answer(Reply::err("increment or decrement would overflow")),
-        }
-    })
-    .await
+pub(super) fn incr_by(key: &[u8], delta: i64, current: &Current) -> Change {
+    let (old, deadline) = match current {
+        Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
+        Some((v, d)) => match int_arg(v) {
+            Ok(n) => (n, *d),
+            Err(e) => return Change::Answer(e),
+        },
+        None => (0, None),
+    };
+    match old.checked_add(delta) {
+        Some(new) => Change::Write(put(key, new.to_string().into_bytes(), deadline), Reply::Int(new)),
+        None => Change::Answer(Reply::err("increment or decrement would overflow")),
+    }
 }
 
 /// `INCRBYFLOAT key delta`: the expiry stays.
-pub(super) async fn incr_by_float(c: &Client, key: &[u8], delta: &[u8]) -> Reply {
+pub(super) fn incr_by_float(key: &[u8], delta: &[u8], current: &Current) -> Change {
     let Some(delta) = float_arg(delta) else {
-        return Reply::err("value is not a valid float");
+        return Change::Answer(Reply::err("value is not a valid float"));
     };
-    modify(c, "INCRBYFLOAT", key, |current| {
-        let (old, deadline) = match current {
-            Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
-            Some((v, d)) => match float_arg(v) {
-                Some(n) => (n, *d),
-                None => return Change::Answer(Reply::err("value is not a valid float")),
-            },
-            None => (0.0, None),
-        };
-        let new = old + delta;
-        if !new.is_finite() {
-            return Change::Answer(Reply::err("increment would produce NaN or Infinity"));
-        }
-        let text = format_float(new);
-        Change::Write(put(key, text.clone().into_bytes(), deadline), Reply::Bulk(text.into_bytes()))
-    })
-    .await
+    let (old, deadline) = match current {
+        Some((v, _)) if is_hash(v) => return Change::Answer(wrong_type()),
+        Some((v, d)) => match float_arg(v) {
+            Some(n) => (n, *d),
+            None => return Change::Answer(Reply::err("value is not a valid float")),
+        },
+        None => (0.0, None),
+    };
+    let new = old + delta;
+    if !new.is_finite() {
+        return Change::Answer(Reply::err("increment would produce NaN or Infinity"));
+    }
+    let text = format_float(new);
+    Change::Write(put(key, text.clone().into_bytes(), deadline), Reply::Bulk(text.into_bytes()))
 }
 
 /// A float as Redis reads one: decimal or exponent notation, no surrounding spaces, finite.
@@ -144,32 +138,26 @@ pub(super) fn format_float(f: f64) -> String {
 }
 
 /// `APPEND key suffix`: the new length; the expiry stays.
-pub(super) async fn append(c: &Client, key: &[u8], suffix: &[u8], max_value_bytes: usize) -> Reply {
-    modify(c, "APPEND", key, |current| {
-        let (mut value, deadline) = current.clone().unwrap_or_default();
-        if is_hash(&value) {
-            return Change::Answer(wrong_type());
-        }
-        if value.len() + suffix.len() > max_value_bytes {
-            return Change::Answer(Reply::err(format!(
-                "string exceeds maximum allowed size ({max_value_bytes} bytes)"
-            )));
-        }
-        value.extend_from_slice(suffix);
-        let len = value.len() as i64;
-        Change::Write(put(key, value, deadline), Reply::Int(len))
-    })
-    .await
+pub(super) fn append(key: &[u8], suffix: &[u8], current: &Current, max_value_bytes: usize) -> Change {
+    let (mut value, deadline) = current.clone().unwrap_or_default();
+    if is_hash(&value) {
+        return Change::Answer(wrong_type());
+    }
+    if value.len() + suffix.len() > max_value_bytes {
+        return Change::Answer(Reply::err(format!("string exceeds maximum allowed size ({max_value_bytes} bytes)")));
+    }
+    value.extend_from_slice(suffix);
+    let len = value.len() as i64;
+    Change::Write(put(key, value, deadline), Reply::Int(len))
 }
 
 /// `GETDEL key`: the value, and the key gone.
-pub(super) async fn get_del(c: &Client, key: &[u8]) -> Reply {
-    modify(c, "GETDEL", key, |current| match current {
+pub(super) fn get_del(key: &[u8], current: &Current) -> Change {
+    match current {
         None => Change::Answer(Reply::Null),
         Some((v, _)) if is_hash(v) => Change::Answer(wrong_type()),
         Some((v, _)) => Change::Write(BatchOp::Delete { key: key.to_vec() }, Reply::Bulk(v.clone())),
-    })
-    .await
+    }
 }
 
 #[cfg(test)]
