@@ -20,9 +20,10 @@ build: setup
 	$(CARGO) build $(CARGO_FLAGS) --workspace
 
 # The monitoring test checks tools/monitoring/ with promtool (Debian's prometheus package); the
-# differential RESP test runs its script against Debian's redis-server too.
+# differential RESP test runs its script against Debian's redis-server too, and an application on
+# redis-py (python3-redis) runs against a playground.
 test: setup
-	@./scripts/setup.sh prometheus redis-server
+	@./scripts/setup.sh prometheus redis-server python3-redis
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 # The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".

@@ -12,6 +12,7 @@ mod bench;
 mod migrate;
 mod monitoring;
 mod pfa;
+mod redis_apps;
 mod redis_diff;
 mod trust;
 
@@ -118,6 +119,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
         .await
         .expect("MGET");
     assert_eq!(mget, vec![Some("value-1".into()), None, Some("value-2".into())]);
+    redis_apps::run(&cluster.security, &cluster.nodes[1]).await;
 
     // Kill -9 the node holding the most leaders.
     client.refresh(b"").await.expect("routes");

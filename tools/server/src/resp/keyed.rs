@@ -107,15 +107,7 @@ pub(super) async fn keyed(shared: &Shared, name: &str, args: &[Vec<u8>]) -> Repl
             .await
         }
         _ if is_known(name) => wrong_args(name),
-        _ => {
-            // As Redis words it, each argument followed by a space.
-            let shown: String =
-                args[1..].iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
-            Reply::err(format!(
-                "unknown command '{}', with args beginning with: {shown}",
-                String::from_utf8_lossy(&args[0])
-            ))
-        }
+        _ => unknown_command(args),
     }
 }
 
@@ -299,6 +291,18 @@ fn set_change(key: &[u8], value: &[u8], o: &SetOptions, current: &Current) -> Ch
         _ => o.write(key, value),
     };
     Change::Write(write, answer)
+}
+
+/// Redis's answer to an unknown command (`args`, the name first).
+pub(super) fn unknown_command(args: &[Vec<u8>]) -> Reply {
+    // As Redis words it, each argument followed by a space.
+    let shown: String = args[1..].iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
+    Reply::err(format!("unknown command '{}', with args beginning with: {shown}", String::from_utf8_lossy(&args[0])))
+}
+
+/// The command name of `args`, upper case.
+pub(super) fn upper_name(args: &[Vec<u8>]) -> String {
+    args.first().map(|a| upper(a)).unwrap_or_default()
 }
 
 /// TYPE's answer for a stored value.

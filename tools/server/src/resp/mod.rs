@@ -4,13 +4,16 @@
 //!
 //! - [`parse`]: bounded command parsing and reply encoding.
 //! - [`config`]: the listener's limits (`[resp]`).
-//! - `keyed`: the commands on keys; `rmw`: their read-modify-writes; `expiry`: TTL and
-//!   EXPIRE; `info`: INFO's sections; `pipeline`: a connection's commands run concurrently.
+//! - `keyed`: the commands on keys, each on one key a decision on its value and deadline;
+//!   `rmw`: running one as a read-modify-write; `expiry`: TTL and EXPIRE; `hash`: hashes;
+//!   `txn`: MULTI/EXEC/WATCH; `info`: INFO's sections; `pipeline`: a connection's commands
+//!   run concurrently.
 //!
 //! **Commands.** PING, ECHO, GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX,
 //! SETEX, PSETEX, GETEX, GETDEL, APPEND, STRLEN, DEL, UNLINK, EXISTS, TYPE, MGET, MSET,
 //! INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT, TTL, PTTL, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT
-//! (NX, XX, GT, LT), EXPIRETIME, PEXPIRETIME, PERSIST, KEYS, SCAN (cursor over the ordered
+//! (NX, XX, GT, LT), EXPIRETIME, PEXPIRETIME, PERSIST, the hash commands (`hash.rs`), MULTI,
+//! EXEC, DISCARD, WATCH, UNWATCH, KEYS, SCAN (cursor over the ordered
 //! keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
 //! SETNAME/GETNAME/SETINFO/ID, SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
 //! `ERR unknown command`. `tests/e2e/redis_diff.script` runs them against redis-server.
@@ -47,6 +50,7 @@ mod keyed;
 pub mod parse;
 mod pipeline;
 mod rmw;
+mod txn;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,6 +218,8 @@ struct Session {
     auth_failures: u32,
     /// Where it comes from (logs).
     peer: std::net::SocketAddr,
+    /// MULTI and WATCH.
+    txn: txn::Txn,
 }
 
 /// A TLS handshake must complete within this.
@@ -257,6 +263,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         user,
         auth_failures: 0,
         peer,
+        txn: txn::Txn::default(),
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
@@ -280,7 +287,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     let name = upper(&args[0]);
-                    let plan = if session.user.is_some() { pipeline::plan(&name, &args) } else { Plan::Serial };
+                    let serial = session.user.is_none() || session.txn.active();
+                    let plan = if serial { Plan::Serial } else { pipeline::plan(&name, &args) };
                     let refused = refuse(&session, &name);
                     let joins = run_kind(&name, &args).filter(|_| refused.is_none());
                     match (plan, joins) {
@@ -542,6 +550,11 @@ const KNOWN: &[&str] = &[
     "EXPIREAT",
     "PEXPIREAT",
     "PERSIST",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
 ];
 
 /// Does this listener know `name` (upper case)?
@@ -601,7 +614,11 @@ fn refuse(s: &Session, name: &str) -> Option<Reply> {
 /// Runs a command alone (the session's, and those spanning the keyspace), or a keyed one.
 async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
     if let Some(refused) = refuse(s, name) {
+        s.txn.fail();
         return refused;
+    }
+    if let Some(reply) = txn::handle(shared, s, name, args).await {
+        return reply;
     }
     let argc = args.len();
     match name {

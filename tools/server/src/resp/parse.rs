@@ -144,6 +144,8 @@ pub enum Reply {
     Bulk(Vec<u8>),
     /// The null reply (`$-1` in RESP2, `_` in RESP3).
     Null,
+    /// The null array (`*-1` in RESP2, `_` in RESP3): an aborted EXEC.
+    NullArray,
     /// `*n` .
     Array(Vec<Reply>),
     /// A map (RESP3 `%n`; a flat array of keys and values in RESP2).
@@ -187,6 +189,8 @@ impl Reply {
             }
             Reply::Null if resp >= 3 => out.extend_from_slice(b"_\r\n"),
             Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NullArray if resp >= 3 => out.extend_from_slice(b"_\r\n"),
+            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for item in items {

@@ -66,7 +66,7 @@ pub(super) async fn modify(c: &Client, name: &str, key: &[u8], mut decide: impl 
 /// Waits a random while before retrying a lost compare-and-set, up to twice as long after
 /// each loss (0.5 ms, doubling to 32 ms): writers racing for one key spread out instead of
 /// colliding again at once.
-async fn cas_backoff(attempt: usize) {
+pub(super) async fn cas_backoff(attempt: usize) {
     use rand::Rng;
     let max_us = 500u64 << attempt.min(6);
     let wait_us = rand::rng().random_range(0..=max_us);
