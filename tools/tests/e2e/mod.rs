@@ -177,7 +177,9 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = PlaygroundOptions { insecure: true, ..options(dir.path(), 1) };
+    // Every command goes to the slow log (SLOWLOG is checked below).
+    let overrides = vec!["resp.slowlog-slower-than-us=0".to_string()];
+    let opts = PlaygroundOptions { insecure: true, overrides, ..options(dir.path(), 1) };
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let node = pg.cluster.nodes[0].clone();
     let security = pg.cluster.security.clone();
@@ -257,6 +259,7 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"caught_up\":true"), "{answer}");
     monitoring::check(&node.admin);
     redis_diff::check(&node.resp).await;
+    clients_and_slowlog(&security, &node).await;
 
     // presage-ctl: tables, JSON, a manual split that happens, a clear error when unreachable.
     let ctl = |args: &[&str]| {
@@ -475,6 +478,31 @@ async fn conditional_and_expiring_writes(security: &SecurityInfo, node: &presage
     assert_eq!(client.get(b"n2").await.expect("get"), None);
     let scanned = client.scan(b"n", Some(b"o"), 10).await.expect("scan");
     assert_eq!(scanned, vec![(b"n1".to_vec(), b"2".to_vec())], "a scan skips expired values");
+}
+
+/// CLIENT LIST, CLIENT KILL and SLOWLOG on an insecure node (where everyone may).
+async fn clients_and_slowlog(security: &SecurityInfo, node: &presage_playground::PlaygroundNode) {
+    let mut me = redis_conn(security, &node.resp).await;
+    let mut other = redis_conn(security, &node.resp).await;
+    let () = redis::cmd("CLIENT").arg("SETNAME").arg("victim").query_async(&mut other).await.expect("SETNAME");
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut me).await.expect("CLIENT LIST");
+    let line = list.lines().find(|l| l.contains("name=victim")).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("cmd=client"), "{line}");
+    let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).expect("an id");
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut me).await.expect("KILL");
+    assert_eq!(killed, 1);
+    let after = redis::cmd("PING").query_async::<String>(&mut other).await;
+    assert!(after.is_err(), "a killed connection is closed: {after:?}");
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut me).await.expect("CLIENT LIST");
+    assert!(!list.contains("name=victim"), "{list}");
+    // The node logs every command here (slower than 0 µs): the newest first, with its args.
+    let () = redis::cmd("SET").arg("slow-k").arg("v").query_async(&mut me).await.expect("SET");
+    let entries: Vec<redis::Value> =
+        redis::cmd("SLOWLOG").arg("GET").arg(1).query_async(&mut me).await.expect("SLOWLOG GET");
+    let text = format!("{entries:?}");
+    assert!(entries.len() == 1 && text.contains("slow-k"), "{text}");
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query_async(&mut me).await.expect("SLOWLOG LEN");
+    assert!(len > 1, "{len}");
 }
 
 async fn run(r: &mut redis::aio::MultiplexedConnection, parts: &[&str]) -> redis::RedisResult<redis::Value> {

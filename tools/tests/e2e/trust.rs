@@ -269,6 +269,13 @@ async fn a_secure_playground_serves_its_users_and_refuses_everyone_else() {
     assert!(e.to_string().contains("NOPERM"), "{e}");
     let out = redis_cli(&ca, &node2.resp, &user, &password, &["SET", "cli-k", "cli-v"]);
     assert_eq!(out.trim(), "OK", "redis-cli --tls: {out}");
+    // Other users' connections and commands are for operators only; one's own is not.
+    for cmd in [&["CLIENT", "LIST"][..], &["CLIENT", "KILL", "ID", "1"], &["SLOWLOG", "GET"]] {
+        let out = redis_cli(&ca, &node2.resp, &user, &password, cmd);
+        assert!(out.contains("NOPERM"), "{cmd:?} by a read-write user: {out}");
+    }
+    let out = redis_cli(&ca, &node2.resp, &user, &password, &["CLIENT", "INFO"]);
+    assert!(out.contains(&format!("user={user}")), "CLIENT INFO: {out}");
 
     // --- admin API ---
     let admin = &cluster.nodes[2].admin;

@@ -267,6 +267,7 @@ impl NodeConfig {
             ("resp.max-pipeline-commands", self.resp.max_pipeline_commands),
             ("resp.idle-timeout-ms", self.resp.idle_timeout_ms as usize),
             ("resp.command-timeout-ms", self.resp.command_timeout_ms as usize),
+            ("resp.slowlog-max-entries", self.resp.slowlog_max_entries),
         ] {
             if v == 0 {
                 return bad(format!("{key} must be positive"));

@@ -32,6 +32,10 @@ pub struct RespConfig {
     /// A command must arrive whole within this long of its first byte, in milliseconds (a
     /// client trickling bytes is cut off).
     pub command_timeout_ms: u64,
+    /// Commands slower than this, in microseconds, go to the slow log (SLOWLOG GET).
+    pub slowlog_slower_than_us: u64,
+    /// Slow commands the slow log keeps (the oldest leaves first).
+    pub slowlog_max_entries: usize,
 }
 
 impl Default for RespConfig {
@@ -48,6 +52,8 @@ impl Default for RespConfig {
             max_pipeline_commands: 128,
             idle_timeout_ms: 3_600_000,
             command_timeout_ms: 30_000,
+            slowlog_slower_than_us: 10_000,
+            slowlog_max_entries: 128,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! (NX, XX, GT, LT), EXPIRETIME, PEXPIRETIME, PERSIST, the hash commands (`hash.rs`), MULTI,
 //! EXEC, DISCARD, WATCH, UNWATCH, KEYS, SCAN (cursor over the ordered
 //! keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
-//! SETNAME/GETNAME/SETINFO/ID, SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
+//! SETNAME/GETNAME/SETINFO/ID/INFO/LIST/KILL, SLOWLOG (`clients.rs`), SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
 //! `ERR unknown command`. `tests/e2e/redis_diff.script` runs them against redis-server.
 //!
 //! **Conditional writes.** NX, XX and SETNX are one conditional write (a check applied with
@@ -42,6 +42,7 @@
 //! failure, logged, the connection closed after `MAX_AUTH_FAILURES`); a write by a
 //! read-only user, `-NOPERM`. An insecure node serves plain TCP, everyone read-write.
 
+mod clients;
 pub mod config;
 mod expiry;
 mod hash;
@@ -126,6 +127,8 @@ struct Shared {
     commands_processed: AtomicU64,
     /// Where it listens (INFO).
     local_addr: std::net::SocketAddr,
+    /// The connections and the slow log.
+    clients: clients::Clients,
 }
 
 #[derive(Default)]
@@ -174,6 +177,7 @@ pub fn serve(
         connections_received: AtomicU64::new(0),
         commands_processed: AtomicU64::new(0),
         local_addr,
+        clients: clients::Clients::default(),
     });
     let accept = tokio::spawn(async move {
         loop {
@@ -265,6 +269,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         txn: txn::Txn::default(),
     };
+    let registered = shared.clients.register(session.id, peer, shared.local_addr);
+    let conn = &registered.conn;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
     let cfg = &shared.cfg;
@@ -287,6 +293,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     let name = upper(&args[0]);
+                    let queued = session.txn.queued_len();
+                    conn.started(
+                        &name,
+                        (&session.name, session.user.as_ref().map(|u| u.0.as_str()), session.resp, queued),
+                    );
                     let serial = session.user.is_none() || session.txn.active();
                     let plan = if serial { Plan::Serial } else { pipeline::plan(&name, &args) };
                     let refused = refuse(&session, &name);
@@ -295,30 +306,34 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         (Plan::Keyed(keys), Some(kind)) => {
                             let full = run.len() + window.len() >= cfg.max_pipeline_commands;
                             if !run.accepts(kind) || full || window.conflicts(&keys) {
-                                start_run(shared, &mut run, &mut window);
+                                start_run(shared, &mut run, &mut window, conn);
                                 make_room(&mut window, &keys, cfg.max_pipeline_commands, session.resp, &mut out).await;
                             }
                             run.add(kind, args);
                         }
                         (Plan::Keyed(keys), None) => {
-                            start_run(shared, &mut run, &mut window);
+                            start_run(shared, &mut run, &mut window, conn);
                             if let Some(refused) = refused {
                                 // In order with the rest, touching no key.
                                 window.push(Vec::new(), std::future::ready(refused));
                             } else {
                                 make_room(&mut window, &keys, cfg.max_pipeline_commands, session.resp, &mut out).await;
                                 window.push(keys, async move {
-                                    observed(shared, &name, keyed::keyed(shared, &name, &args)).await
+                                    observed(shared, conn, &args, &name, keyed::keyed(shared, &name, &args)).await
                                 });
                             }
                         }
                         (Plan::Serial, _) => {
-                            start_run(shared, &mut run, &mut window);
+                            start_run(shared, &mut run, &mut window, conn);
                             while let Some(reply) = window.next().await {
                                 reply.encode(session.resp, &mut out);
                             }
                             let quit = name == "QUIT";
-                            let reply = observed(shared, &name, dispatch(shared, &mut session, &name, &args)).await;
+                            let ran = dispatch(shared, &mut session, &name, &args);
+                            let reply = observed(shared, conn, &args, &name, ran).await;
+                            // The session may have a new name, user or protocol now.
+                            let who = session.user.as_ref().map(|u| u.0.as_str());
+                            conn.started(&name, (&session.name, who, session.resp, session.txn.queued_len()));
                             reply.encode(session.resp, &mut out);
                             if quit || session.auth_failures >= MAX_AUTH_FAILURES {
                                 if !quit {
@@ -340,18 +355,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     let limit = max_command_bytes(cfg, &session);
                     tracing::info!(peer = %session.peer, bytes = buf.len(), limit, "RESP command too large; closing");
                     let e = format!("Protocol error: command larger than {limit} bytes");
-                    start_run(shared, &mut run, &mut window);
+                    start_run(shared, &mut run, &mut window, conn);
                     return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(e)).await;
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    start_run(shared, &mut run, &mut window);
+                    start_run(shared, &mut run, &mut window, conn);
                     return close_with(&mut stream, &mut window, &session, &mut out, Reply::err(&e)).await;
                 }
             }
         }
         // Nothing more to read for now: the gathered run starts.
-        start_run(shared, &mut run, &mut window);
+        start_run(shared, &mut run, &mut window, conn);
         if !out.is_empty() {
             stream.write_all(&out).await?;
             stream.flush().await?;
@@ -371,6 +386,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         return Ok(());
                     }
                 }
+                () = conn.killed() => {
+                    while let Some(reply) = window.next().await {
+                        reply.encode(session.resp, &mut out);
+                    }
+                    stream.write_all(&out).await?;
+                    return stream.flush().await;
+                }
             }
             continue;
         }
@@ -385,7 +407,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if session.user.is_none() {
             deadline = deadline.min(login_by);
         }
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
+            () = conn.killed() => return Ok(()),
+        };
+        match read {
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -414,9 +440,10 @@ async fn make_room(window: &mut Window<'_>, keys: &[Vec<u8>], max_commands: usiz
 
 /// Starts the gathered run, if any, in the window: one command alone as itself, more as
 /// one request per shard.
-fn start_run<'a>(shared: &'a Shared, run: &mut Run, window: &mut Window<'a>) {
+fn start_run<'a>(shared: &'a Shared, run: &mut Run, window: &mut Window<'a>, conn: &Arc<clients::Conn>) {
     let Some((kind, mut commands)) = run.take() else { return };
     let keys: Vec<Vec<u8>> = commands.iter().map(|c| c[0].clone()).collect();
+    let conn = Arc::clone(conn);
     let name = match kind {
         RunKind::Get => "GET",
         RunKind::Set => "SET",
@@ -424,7 +451,7 @@ fn start_run<'a>(shared: &'a Shared, run: &mut Run, window: &mut Window<'a>) {
     if commands.len() == 1 {
         let mut args = commands.pop().unwrap_or_default();
         args.insert(0, name.as_bytes().to_vec());
-        window.push(keys, async move { observed(shared, name, keyed::keyed(shared, name, &args)).await });
+        window.push(keys, async move { observed(shared, &conn, &args, name, keyed::keyed(shared, name, &args)).await });
         return;
     }
     let label = name.to_ascii_lowercase();
@@ -495,10 +522,19 @@ fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
         .ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
 
-/// Runs `reply` (the command `name`) and counts it in the metrics.
-async fn observed(shared: &Shared, name: &str, reply: impl std::future::Future<Output = Reply>) -> Reply {
+/// Runs `reply` (the command `name`, `args` from `conn`), counts it in the metrics and logs
+/// it if slow.
+async fn observed(
+    shared: &Shared,
+    conn: &clients::Conn,
+    args: &[Vec<u8>],
+    name: &str,
+    reply: impl std::future::Future<Output = Reply>,
+) -> Reply {
     let started = Instant::now();
     let reply = reply.await;
+    let slower_than = std::time::Duration::from_micros(shared.cfg.slowlog_slower_than_us);
+    shared.clients.log_if_slow(conn, args, started.elapsed(), slower_than, shared.cfg.slowlog_max_entries);
     shared.commands_processed.fetch_add(1, Ordering::Relaxed);
     let known = is_known(name);
     let label = if known { name.to_ascii_lowercase() } else { "unknown".into() };
@@ -555,6 +591,7 @@ const KNOWN: &[&str] = &[
     "DISCARD",
     "WATCH",
     "UNWATCH",
+    "SLOWLOG",
 ];
 
 /// Does this listener know `name` (upper case)?
@@ -646,6 +683,9 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             Some(_) => Reply::err("unknown COMMAND subcommand"),
         },
         "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
+        "SLOWLOG" if argc >= 2 => {
+            operator_only(shared, s, "slowlog").unwrap_or_else(|| shared.clients.slowlog(&args[1..]))
+        }
         "CLIENT" if argc >= 2 => match (upper(&args[1]).as_str(), argc) {
             ("SETNAME", 3) => {
                 s.name = Some(args[2].clone());
@@ -654,10 +694,25 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             ("GETNAME", 2) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
             ("SETINFO", 4) => Reply::ok(),
             ("ID", 2) => Reply::Int(s.id as i64),
+            ("INFO", 2) => shared.clients.info(s.id),
+            ("LIST", 2) => operator_only(shared, s, "client|list").unwrap_or_else(|| shared.clients.list()),
+            ("KILL", n) if n >= 3 => {
+                operator_only(shared, s, "client|kill").unwrap_or_else(|| shared.clients.kill(s.id, &args[2..]))
+            }
             _ => Reply::err("unknown CLIENT subcommand or wrong number of arguments"),
         },
         _ => keyed::keyed(shared, name, args).await,
     }
+}
+
+/// The refusal of an operator's command (`what`, Redis's name for it) to a user who is not
+/// an operator; an insecure node refuses nobody.
+fn operator_only(shared: &Shared, s: &Session, what: &str) -> Option<Reply> {
+    let allowed = shared.auth.credentials.is_none() || s.user.as_ref().is_some_and(|(_, role)| role.may_operate());
+    (!allowed).then(|| {
+        let user = s.user.as_ref().map_or("(none)", |(u, _)| u.as_str());
+        Reply::Error(format!("NOPERM User {user} has no permissions to run the '{what}' command"))
+    })
 }
 
 async fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {

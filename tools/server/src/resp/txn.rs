@@ -57,6 +57,11 @@ impl Txn {
         self.queued.is_some()
     }
 
+    /// Commands queued, if in MULTI.
+    pub(super) fn queued_len(&self) -> Option<usize> {
+        self.queued.as_ref().map(Vec::len)
+    }
+
     /// A command refused while queueing fails the transaction.
     pub(super) fn fail(&mut self) {
         self.failed = self.active();
