@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/presage/target
 CARGO ?= ./scripts/cargo.sh
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup build test demo bench bench-peers fmt lint doc fuzz
+.PHONY: setup build test demo bench bench-peers dist fmt lint doc fuzz
 
 setup:
 	@./scripts/setup.sh
@@ -40,6 +40,10 @@ bench: setup
 	"$(CARGO_TARGET_DIR)/release/presage-bench" idle --json target-bench-idle.json
 	for w in a c; do "$(CARGO_TARGET_DIR)/release/presage-bench" run --workload $$w --records 100000 --ops 100000000 --duration 30 \
 		--threads 8 --target raw-engine --target playground --json target-bench-ycsb-$$w.json --plot target-bench-ycsb-$$w.svg; done
+
+# The release tarball dist/presage-VERSION-linux-ARCH.tar.gz (README "Installing from the tarball").
+dist: setup
+	./scripts/dist.sh
 
 # Presage beside a 3-member etcd, redis-server (appendfsync always) and the three-engines bound,
 # in one table (scripts/bench-peers.sh; installs etcd-server and redis-server when missing).

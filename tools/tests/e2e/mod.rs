@@ -9,6 +9,7 @@ use presage_client::{Client, ClientError};
 use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
+mod dist;
 mod migrate;
 mod monitoring;
 mod pfa;
