@@ -39,7 +39,7 @@ pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
-pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, RiskInputs};
+pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, NodeStatus, RiskInputs};
 pub use meta::{MetaWrite, PersistedState};
 pub use model::{
     is_system_key, ClusterMeta, Epoch, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,

@@ -447,6 +447,11 @@ impl ClusterState {
         self.soft.remove(&shard);
     }
 
+    /// A node's latest statistics, if it sent any.
+    pub(crate) fn stats_of(&self, node: NodeId) -> Option<NodeStats> {
+        self.node_stats.get(&node).copied()
+    }
+
     /// A node's latest statistics (from its heartbeat).
     pub(crate) fn record_stats(&mut self, node: NodeId, stats: NodeStats) {
         self.node_stats.insert(node, stats);

@@ -89,6 +89,23 @@ pub struct ManagerStats {
     pub finished_operators: usize,
 }
 
+/// A node as its last heartbeat described it, for `presage-ctl nodes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: NodeId,
+    /// Its data's bytes on disk, and the bytes still free there (its last report).
+    pub used_bytes: u64,
+    /// Free bytes.
+    pub available_bytes: u64,
+    /// Replicas it holds.
+    pub replicas: u64,
+    /// Replicas that lead.
+    pub leaders: u64,
+    /// Milliseconds since this manager last heard from it (`None`: not since it took over).
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
 /// Why a join was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -204,6 +221,24 @@ impl Manager {
     /// A shard's soft state (load, size, timers), if it reported.
     pub fn shard_soft(&self, id: ShardId) -> Option<&ShardSoft> {
         self.st.soft(id)
+    }
+
+    /// Every node's last reported statistics and how long ago it was heard from.
+    pub fn node_status(&self, now_ms: u64) -> Vec<NodeStatus> {
+        self.st
+            .nodes()
+            .map(|n| {
+                let stats = self.st.stats_of(n.id).unwrap_or_default();
+                NodeStatus {
+                    node: n.id,
+                    used_bytes: stats.used_bytes,
+                    available_bytes: stats.available_bytes,
+                    replicas: stats.replicas,
+                    leaders: stats.leaders,
+                    last_heartbeat_ms_ago: self.last_heartbeat_ms.get(&n.id).map(|t| now_ms.saturating_sub(*t)),
+                }
+            })
+            .collect()
     }
 
     /// Counts.

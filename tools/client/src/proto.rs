@@ -546,6 +546,9 @@ pub struct ClusterInfo {
     /// Node evacuations (proactive migrations and reactive repairs), running first.
     #[serde(default)]
     pub migrations: Vec<presage_shardmgr::MigrationView>,
+    /// Each node's disk use, replicas, leaders and last heartbeat, as the manager knows them.
+    #[serde(default)]
+    pub node_status: Vec<presage_shardmgr::NodeStatus>,
 }
 
 /// A node's answer.

@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every node: state, region, group, addresses.
+    /// Every node: state, region, group, disk use, replicas, leaders, last heartbeat,
+    /// addresses.
     Nodes,
     /// Every replication group and its nodes.
     Groups,
@@ -262,7 +263,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
     match cli.command {
         Command::Nodes => {
             let info = c.cluster()?;
-            Ok(if json { pretty(&info.nodes) } else { ctl::nodes_table(&info.nodes) })
+            Ok(if json { pretty(&ctl::nodes_json(&info)) } else { ctl::nodes_table(&info) })
         }
         Command::Groups => {
             let info = c.cluster()?;

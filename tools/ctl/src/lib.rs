@@ -9,7 +9,7 @@ pub mod cli;
 pub mod pfa_cli;
 
 use presage_client::proto::{ClusterInfo, ShardRow};
-use presage_shardmgr::{AdminCommand, AdminOutcome, NodeMeta, Operator};
+use presage_shardmgr::{AdminCommand, AdminOutcome, Operator};
 use serde::de::DeserializeOwned;
 
 /// Why a command failed.
@@ -271,25 +271,55 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The nodes table.
-pub fn nodes_table(nodes: &[NodeMeta]) -> String {
-    let rows: Vec<Vec<String>> = nodes
+/// The nodes table: state, place, addresses, and from each node's last heartbeat its disk
+/// use, replicas, leaders and how long ago it was heard from.
+pub fn nodes_table(info: &ClusterInfo) -> String {
+    let rows: Vec<Vec<String>> = info
+        .nodes
         .iter()
         .map(|n| {
+            let status = info.node_status.iter().find(|s| s.node == n.id);
+            let used = status.map_or("-".into(), |s| human_bytes(s.used_bytes));
+            let free = status.map_or("-".into(), |s| human_bytes(s.available_bytes));
+            let replicas = status.map_or("-".into(), |s| s.replicas.to_string());
+            let leaders = status.map_or("-".into(), |s| s.leaders.to_string());
+            let heard = status
+                .and_then(|s| s.last_heartbeat_ms_ago)
+                .map_or("never".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
             vec![
                 n.id.to_string(),
                 format!("{:?}", n.state),
                 n.region.clone(),
                 n.group.map_or("-".into(), |g| g.to_string()),
+                used,
+                free,
+                human_bytes(n.capacity_bytes),
+                replicas,
+                leaders,
+                heard,
                 n.client_addr.clone(),
                 n.resp_addr.clone(),
                 n.admin_addr.clone(),
-                human_bytes(n.capacity_bytes),
                 if n.insecure { "INSECURE".into() } else { "tls".into() },
             ]
         })
         .collect();
-    table(&["NODE", "STATE", "REGION", "GROUP", "NATIVE", "RESP", "ADMIN", "CAPACITY", "SECURITY"], &rows)
+    let head = [
+        "NODE", "STATE", "REGION", "GROUP", "USED", "FREE", "CAPACITY", "REPLICAS", "LEADERS", "HEARD", "NATIVE",
+        "RESP", "ADMIN", "SECURITY",
+    ];
+    table(&head, &rows)
+}
+
+/// The nodes as JSON: each node's entry with its `status` (the last heartbeat's figures).
+pub fn nodes_json(info: &ClusterInfo) -> serde_json::Value {
+    let nodes = info.nodes.iter().map(|n| {
+        let mut v = serde_json::to_value(n).unwrap_or_default();
+        let status = info.node_status.iter().find(|s| s.node == n.id);
+        v["status"] = serde_json::to_value(status).unwrap_or_default();
+        v
+    });
+    serde_json::Value::Array(nodes.collect())
 }
 
 /// The groups table.

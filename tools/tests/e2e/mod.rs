@@ -288,6 +288,15 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(ok && out.contains("\"filter\": \"info\""), "{out}{err}");
     let (ok, out, err) = ctl(&["nodes"]);
     assert!(ok && out.starts_with("NODE") && out.contains(&node.resp) && out.contains("INSECURE"), "{out}{err}");
+    // From the node's heartbeats: its disk use, replicas, leaders and when it was heard from.
+    let (ok, out, err) = ctl(&["--json", "nodes"]);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let status = &nodes[0]["status"];
+    assert!(ok && status["replicas"].as_u64() >= Some(2) && status["leaders"].as_u64() >= Some(2), "{out}");
+    assert!(
+        status["used_bytes"].as_u64().is_some() && status["last_heartbeat_ms_ago"].as_u64() < Some(10_000),
+        "{out}"
+    );
     let (ok, out, _) = ctl(&["shards", "--key", "k"]);
     assert!(ok && out.contains("[-inf, 0xff)"), "{out}");
     let (ok, out, err) = ctl(&["split", "1", "m"]);

@@ -9,9 +9,8 @@
 
 use presage_client::BatchOp;
 
-use super::hash::{is_hash, wrong_type};
 use super::parse::Reply;
-use super::rmw::{put, Change, Current};
+use super::state::{is_hash, put, wrong_type, Change, Current};
 use super::{int_arg, upper};
 
 /// `TTL` / `PTTL` / `EXPIRETIME` / `PEXPIRETIME key` at `now_ms`: -2 without a value, -1

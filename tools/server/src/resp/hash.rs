@@ -21,24 +21,11 @@ use std::collections::BTreeMap;
 use presage_client::BatchOp;
 
 use super::parse::Reply;
-use super::rmw::{self, put, Change, Current};
+use super::state::{self, put, wrong_type, Change, Current, HASH_MAGIC as MAGIC};
 use super::{glob_match, int_arg, upper};
-
-/// The first bytes of a hash's value (a string that starts with them reads as a hash).
-pub(super) const MAGIC: &[u8] = b"\x00\xffpresage-hash\x00";
 
 /// A hash's fields.
 pub(super) type Fields = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// Redis's answer to a command on a key of the other type.
-pub(super) fn wrong_type() -> Reply {
-    Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
-}
-
-/// Is this stored value a hash?
-pub(super) fn is_hash(value: &[u8]) -> bool {
-    value.starts_with(MAGIC)
-}
 
 /// The stored form of `fields`.
 pub(super) fn encode(fields: &Fields) -> Vec<u8> {
@@ -175,10 +162,10 @@ pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, max_value_
             write(&fields, Reply::Int(new))
         }
         "HINCRBYFLOAT" if argc == 4 => {
-            let Some(delta) = rmw::float_arg(&args[3]) else {
+            let Some(delta) = state::float_arg(&args[3]) else {
                 return answer(Reply::err("value is not a valid float"));
             };
-            let old = match fields.get(&args[2]).map(|v| rmw::float_arg(v)) {
+            let old = match fields.get(&args[2]).map(|v| state::float_arg(v)) {
                 None => 0.0,
                 Some(Some(n)) => n,
                 Some(None) => return answer(Reply::err("hash value is not a float")),
@@ -187,7 +174,7 @@ pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, max_value_
             if !new.is_finite() {
                 return answer(Reply::err("increment would produce NaN or Infinity"));
             }
-            let text = rmw::format_float(new).into_bytes();
+            let text = state::format_float(new).into_bytes();
             fields.insert(args[2].clone(), text.clone());
             write(&fields, Reply::Bulk(text))
         }
@@ -270,7 +257,7 @@ mod tests {
         fn a_hash_reads_back_as_written(fields in proptest::collection::btree_map(
             proptest::collection::vec(any::<u8>(), 0..20), proptest::collection::vec(any::<u8>(), 0..40), 0..20)) {
             let bytes = encode(&fields);
-            prop_assert!(is_hash(&bytes));
+            prop_assert!(state::is_hash(&bytes));
             prop_assert_eq!(decode(&bytes).ok(), Some(fields));
         }
 

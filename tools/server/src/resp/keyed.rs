@@ -9,10 +9,11 @@ use presage_client::{BatchOp, Client, Expect};
 
 use presage_replication::value::wall_now_ms;
 
-use super::hash::{self, is_hash, wrong_type};
+use super::hash;
 use super::parse::Reply;
 use super::pipeline::{self, Plan};
-use super::rmw::{self, modify, Change, Current};
+use super::rmw::{self, modify};
+use super::state::{self, is_hash, wrong_type, Change, Current};
 use super::{client_error, expiry, int_arg, is_known, upper, wrong_args, Shared};
 
 /// A GET's answer: the string, nil, or WRONGTYPE for a hash.
@@ -229,7 +230,7 @@ pub(super) fn decide(name: &str, args: &[Vec<u8>], current: &Current, now_ms: u6
         },
         "SETNX" if argc == 3 => match current {
             Some(_) => Change::Answer(Reply::Int(0)),
-            None => Change::Write(rmw::put(key, args[2].clone(), None), Reply::Int(1)),
+            None => Change::Write(state::put(key, args[2].clone(), None), Reply::Int(1)),
         },
         "GETDEL" if argc == 2 => rmw::get_del(key, current),
         "GETEX" if argc >= 2 => expiry::get_ex(args, current, now_ms),
@@ -287,7 +288,7 @@ fn set_change(key: &[u8], value: &[u8], o: &SetOptions, current: &Current) -> Ch
         return Change::Answer(if o.get { answer } else { Reply::Null });
     }
     let write = match (o.keep_ttl, current) {
-        (true, Some((_, deadline))) => rmw::put(key, value.to_vec(), *deadline),
+        (true, Some((_, deadline))) => state::put(key, value.to_vec(), *deadline),
         _ => o.write(key, value),
     };
     Change::Write(write, answer)

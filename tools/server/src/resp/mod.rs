@@ -51,6 +51,7 @@ mod keyed;
 pub mod parse;
 mod pipeline;
 mod rmw;
+mod state;
 mod txn;
 
 use std::collections::{BTreeMap, VecDeque};

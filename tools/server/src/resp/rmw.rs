@@ -13,20 +13,9 @@
 
 use presage_client::{BatchOp, Client, Expect};
 
-use super::hash::{is_hash, wrong_type};
 use super::parse::Reply;
+use super::state::{float_arg, format_float, is_hash, put, wrong_type, Change, Current};
 use super::{client_error, int_arg};
-
-/// A string's value and deadline (Unix ms; `None`: it does not expire), if it has one.
-pub(super) type Current = Option<(Vec<u8>, Option<u64>)>;
-
-/// What a command does with the state it read.
-pub(super) enum Change {
-    /// Nothing to write: answer this.
-    Answer(Reply),
-    /// Write this (conditional on the state read), then answer that.
-    Write(BatchOp, Reply),
-}
 
 /// Attempts of a read-modify-write before it gives up under contention.
 pub(super) const MAX_CAS_ATTEMPTS: usize = 32;
@@ -73,14 +62,6 @@ pub(super) async fn cas_backoff(attempt: usize) {
     tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
 }
 
-/// `key` set to `value`, expiring at `expires_at_ms` if given.
-pub(super) fn put(key: &[u8], value: Vec<u8>, expires_at_ms: Option<u64>) -> BatchOp {
-    match expires_at_ms {
-        Some(deadline_ms) => BatchOp::PutUntil { key: key.to_vec(), value, deadline_ms },
-        None => BatchOp::Put { key: key.to_vec(), value },
-    }
-}
-
 /// `INCRBY key delta` (and INCR, DECR, DECRBY): the expiry stays.
 pub(super) fn incr_by(key: &[u8], delta: i64, current: &Current) -> Change {
     let (old, deadline) = match current {
@@ -116,25 +97,6 @@ pub(super) fn incr_by_float(key: &[u8], delta: &[u8], current: &Current) -> Chan
     }
     let text = format_float(new);
     Change::Write(put(key, text.clone().into_bytes(), deadline), Reply::Bulk(text.into_bytes()))
-}
-
-/// A float as Redis reads one: decimal or exponent notation, no surrounding spaces, finite.
-pub(super) fn float_arg(arg: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(arg).ok()?;
-    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
-    plain.then(|| s.parse::<f64>().ok()).flatten().filter(|f| f.is_finite())
-}
-
-/// A float as Redis writes one: fixed notation, no trailing zeros (`5200`, `10.6`), the
-/// shortest digits that read back as the same double. Redis computes in `long double`, so a
-/// sum whose double is inexact (`0.1 + 0.2`) prints differently (README).
-pub(super) fn format_float(f: f64) -> String {
-    let s = format!("{f}");
-    if s == "-0" {
-        "0".into()
-    } else {
-        s
-    }
 }
 
 /// `APPEND key suffix`: the new length; the expiry stays.

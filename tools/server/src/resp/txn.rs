@@ -31,8 +31,9 @@ use presage_replication::value::wall_now_ms;
 use super::keyed::{self, MULTI_KEY};
 use super::parse::Reply;
 use super::pipeline::{self, Plan};
-use super::rmw::{Change, Current, MAX_CAS_ATTEMPTS};
-use super::{client_error, hash, is_known, wrong_args, Session, Shared};
+use super::rmw::MAX_CAS_ATTEMPTS;
+use super::state::{self, Change, Current};
+use super::{client_error, is_known, wrong_args, Session, Shared};
 
 /// Most keys a transaction reads and writes (each is checked when it commits).
 pub const MAX_TXN_KEYS: usize = crate::server::MAX_CHECKS_PER_BATCH;
@@ -193,7 +194,7 @@ async fn exec(shared: &Shared, s: &mut Session) -> Reply {
             .filter(|(k, now)| read.get(*k) != Some(*now))
             .map(|(k, now)| match now {
                 None => BatchOp::Delete { key: k.clone() },
-                Some((value, deadline)) => super::rmw::put(k, value.clone(), *deadline),
+                Some((value, deadline)) => state::put(k, value.clone(), *deadline),
             })
             .collect();
         if writes.is_empty() {
@@ -233,7 +234,7 @@ fn run(args: &[Vec<u8>], state: &mut BTreeMap<Vec<u8>, Current>, now_ms: u64) ->
             args[1..]
                 .iter()
                 .map(|k| match value(state, k) {
-                    Some((v, _)) if !hash::is_hash(&v) => Reply::Bulk(v),
+                    Some((v, _)) if !state::is_hash(&v) => Reply::Bulk(v),
                     _ => Reply::Null,
                 })
                 .collect(),

@@ -860,6 +860,7 @@ impl<E: Engine> Inner<E> {
                     operators: m.operators().cloned().collect(),
                     stats: m.stats(),
                     migrations: m.migrations(now),
+                    node_status: m.node_status(now),
                 }))
             }
             _ => Response::Error(ProtoError::Invalid("not a shard manager request".into())),
