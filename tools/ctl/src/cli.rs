@@ -42,7 +42,7 @@ enum Command {
         /// Only shards of this group.
         #[arg(long)]
         group: Option<u64>,
-        /// Only the shard holding this key.
+        /// Only the shard holding this key (text, `\\xNN` escapes, or `0x` and hex digits).
         #[arg(long)]
         key: Option<String>,
     },
@@ -55,7 +55,7 @@ enum Command {
     Split {
         /// The shard.
         id: u64,
-        /// The first key of the right half.
+        /// The first key of the right half (text, `\\xNN` escapes, or `0x` and hex digits).
         key: Option<String>,
     },
     /// Merge a shard's right neighbour into it.
@@ -270,6 +270,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             Ok(if json { pretty(&info.groups) } else { ctl::groups_table(&info) })
         }
         Command::Shards { node, group, key } => {
+            let key = key.as_deref().map(ctl::parse_key).transpose()?;
             let rows = c.shards(node, group, key.as_deref())?;
             Ok(if json { pretty(&rows) } else { ctl::shards_table(&rows) })
         }
@@ -291,7 +292,10 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             let row: presage_client::proto::ShardRow = c.get(&format!("/v1/shards/{id}"))?;
             Ok(if json { pretty(&row) } else { ctl::shards_table(std::slice::from_ref(&row)) })
         }
-        Command::Split { id, key } => admin(AdminCommand::Split { shard: id, key: key.map(String::into_bytes) }),
+        Command::Split { id, key } => {
+            let key = key.as_deref().map(ctl::parse_key).transpose()?;
+            admin(AdminCommand::Split { shard: id, key })
+        }
         Command::Merge { id } => admin(AdminCommand::Merge { shard: id }),
         Command::Move { id, from, to } => admin(AdminCommand::Move { shard: id, from, to }),
         Command::TransferLeader { id, to } => admin(AdminCommand::TransferLeader { shard: id, to }),

@@ -34,6 +34,9 @@ pub enum CtlError {
     /// The answer was not what was expected.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A key as typed could not be read (see [`parse_key`]).
+    #[error("bad key {0}")]
+    BadKey(String),
     /// A file could not be read or written.
     #[error("{path}: {reason}")]
     File {
@@ -202,13 +205,13 @@ impl AdminClient {
     }
 
     /// Shards matching the filters.
-    pub fn shards(&self, node: Option<u64>, group: Option<u64>, key: Option<&str>) -> Result<Vec<ShardRow>, CtlError> {
+    pub fn shards(&self, node: Option<u64>, group: Option<u64>, key: Option<&[u8]>) -> Result<Vec<ShardRow>, CtlError> {
         self.get(&shards_path(node, group, key))
     }
 }
 
 /// The `/v1/shards` path with its filters.
-pub fn shards_path(node: Option<u64>, group: Option<u64>, key: Option<&str>) -> String {
+pub fn shards_path(node: Option<u64>, group: Option<u64>, key: Option<&[u8]>) -> String {
     let mut q = Vec::new();
     if let Some(n) = node {
         q.push(format!("node={n}"));
@@ -217,17 +220,8 @@ pub fn shards_path(node: Option<u64>, group: Option<u64>, key: Option<&str>) -> 
         q.push(format!("group={g}"));
     }
     if let Some(k) = key {
-        let enc: String = k
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        q.push(format!("key={enc}"));
+        // Any bytes: hex, which needs no escaping in a URL.
+        q.push(format!("key-hex={}", hex(k)));
     }
     if q.is_empty() {
         "/v1/shards".into()
@@ -236,14 +230,58 @@ pub fn shards_path(node: Option<u64>, group: Option<u64>, key: Option<&str>) -> 
     }
 }
 
-/// A key for people: text when printable, else hex; `-inf`/`+inf` for open ends.
+/// A key for people: text when printable (and not itself starting with `0x`), else hex,
+/// so that [`parse_key`] reads back what is shown; `-inf`/`+inf` for open ends.
 pub fn show_key(k: Option<&[u8]>, start: bool) -> String {
     match k {
         None => "+inf".into(),
         Some([]) if start => "-inf".into(),
-        Some(k) if k.iter().all(|b| b.is_ascii_graphic()) => String::from_utf8_lossy(k).into_owned(),
-        Some(k) => format!("0x{}", k.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Some(k) if k.iter().all(|b| b.is_ascii_graphic() && *b != b'\\') && !k.starts_with(b"0x") => {
+            String::from_utf8_lossy(k).into_owned()
+        }
+        Some(k) => format!("0x{}", hex(k)),
     }
+}
+
+fn hex(k: &[u8]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key as operators type it (`--key`, `split ID KEY`): `0x` then hex digits for any bytes
+/// (`0x00ff`, what tables show for keys that are not plain text), or text in which `\xNN`
+/// is one byte and `\\` a backslash (`user\x00id`). A text key starting with `0x` is
+/// typed `\x30x...`.
+pub fn parse_key(typed: &str) -> Result<Vec<u8>, CtlError> {
+    let bad = |why: &str| CtlError::BadKey(format!("`{typed}`: {why}"));
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    if let Some(digits) = typed.strip_prefix("0x") {
+        let d = digits.as_bytes();
+        if d.len() % 2 != 0 {
+            return Err(bad("an odd number of hex digits"));
+        }
+        return d
+            .chunks(2)
+            .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| bad("not hex digits after 0x"));
+    }
+    let mut out = Vec::with_capacity(typed.len());
+    let mut bytes = typed.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let byte = bytes.next().and_then(nibble).zip(bytes.next().and_then(nibble));
+                out.push(byte.map(|(h, l)| h << 4 | l).ok_or_else(|| bad("\\x takes two hex digits"))?);
+            }
+            _ => return Err(bad("a backslash starts \\xNN or \\\\")),
+        }
+    }
+    Ok(out)
 }
 
 fn human_bytes(b: u64) -> String {
@@ -565,6 +603,21 @@ mod tests {
         assert_eq!(show_key(None, false), "+inf");
         assert_eq!(show_key(Some(b"user:1"), true), "user:1");
         assert_eq!(show_key(Some(&[0xff, 0x00]), true), "0xff00");
-        assert_eq!(shards_path(Some(2), None, Some("a b")), "/v1/shards?node=2&key=a%20b");
+        assert_eq!(shards_path(Some(2), None, Some(b"a b")), "/v1/shards?node=2&key-hex=612062");
+    }
+
+    #[test]
+    fn keys_are_taken_in_hex_or_escaped_and_shown_so_that_they_read_back() {
+        assert_eq!(parse_key("user:1").ok(), Some(b"user:1".to_vec()));
+        assert_eq!(parse_key("0x00ff").ok(), Some(vec![0x00, 0xff]));
+        assert_eq!(parse_key("a\\x00b\\\\").ok(), Some(b"a\0b\\".to_vec()));
+        assert_eq!(parse_key("\\x30x1").ok(), Some(b"0x1".to_vec()));
+        for bad in ["0x0", "0xzz", "a\\x0", "a\\q"] {
+            assert!(matches!(parse_key(bad), Err(CtlError::BadKey(_))), "{bad}");
+        }
+        for key in [&b"plain"[..], b"0x1", b"back\\slash", &[0, 1, 0xff]] {
+            let shown = show_key(Some(key), false);
+            assert_eq!(parse_key(&shown).ok().as_deref(), Some(key), "{shown}");
+        }
     }
 }

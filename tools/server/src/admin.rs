@@ -9,7 +9,7 @@
 //! | `GET /metrics` | Prometheus text: requests, latency, connections, replicas, manager, engine |
 //! | `GET /v1/cluster` | cluster id, manager, nodes, groups, operators, counts |
 //! | `GET /v1/nodes`, `/v1/groups`, `/v1/operators`, `/v1/migrations` | parts of the above |
-//! | `GET /v1/shards?node=&group=&key=` | shards with range, epoch, replicas, leader, size, load |
+//! | `GET /v1/shards?node=&group=&key=&key-hex=` | shards with range, epoch, replicas, leader, size, load |
 //! | `GET /v1/shards/{id}` | one shard |
 //! | `GET /v1/shards/{id}/checksums` | every replica's range checksum at one log index (equal: consistent) |
 //! | `POST /v1/admin` | an [`AdminCommand`] as JSON, e.g. `{"command":"split","shard":3}` |
@@ -529,6 +529,9 @@ struct ShardFilter {
     group: Option<u64>,
     /// A key (UTF-8); the shard holding it.
     key: Option<String>,
+    /// A key in hex (any bytes); the shard holding it.
+    #[serde(rename = "key-hex")]
+    key_hex: Option<String>,
 }
 
 async fn all_shards(s: &AdminState) -> ApiResult<Vec<ShardRow>> {
@@ -539,14 +542,29 @@ async fn all_shards(s: &AdminState) -> ApiResult<Vec<ShardRow>> {
 }
 
 async fn shards(State(s): State<AdminState>, Query(f): Query<ShardFilter>) -> ApiResult<Json<Vec<ShardRow>>> {
+    let key_hex = match f.key_hex.as_deref().map(from_hex).transpose() {
+        Ok(k) => k,
+        Err(e) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("key-hex: {e}"))),
+    };
+    let key = key_hex.or_else(|| f.key.map(String::into_bytes));
     let rows = all_shards(&s).await?;
     let rows = rows
         .into_iter()
         .filter(|r| f.node.is_none_or(|n| r.shard.replica(n).is_some()))
         .filter(|r| f.group.is_none_or(|g| r.group == Some(g)))
-        .filter(|r| f.key.as_ref().is_none_or(|k| r.shard.contains(k.as_bytes())))
+        .filter(|r| key.as_ref().is_none_or(|k| r.shard.contains(k)))
         .collect();
     Ok(Json(rows))
+}
+
+/// Bytes from hex digits.
+fn from_hex(digits: &str) -> Result<Vec<u8>, &'static str> {
+    let d = digits.as_bytes();
+    if d.len() % 2 != 0 {
+        return Err("an odd number of hex digits");
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
+    d.chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect::<Option<_>>().ok_or("not hex digits")
 }
 
 async fn shard(State(s): State<AdminState>, Path(id): Path<u64>) -> ApiResult<Json<ShardRow>> {

@@ -299,6 +299,13 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     );
     let (ok, out, _) = ctl(&["shards", "--key", "k"]);
     assert!(ok && out.contains("[-inf, 0xff)"), "{out}");
+    // Keys are taken as text, with \xNN escapes, or in hex: the same key three ways.
+    for typed in ["0x6b", "\\x6b"] {
+        let (ok, same, err) = ctl(&["shards", "--key", typed]);
+        assert!(ok && same == out, "{typed}: {same}{err}");
+    }
+    let (ok, _, err) = ctl(&["shards", "--key", "0x6"]);
+    assert!(!ok && err.contains("bad key `0x6`: an odd number of hex digits"), "{err}");
     let (ok, out, err) = ctl(&["split", "1", "m"]);
     assert!(ok && out.contains("splitting shard 1"), "{out}{err}");
     let mut split = false;

@@ -359,7 +359,7 @@ async fn split_and_spread(admins: &[AdminEndpoint], keys: u64, shards: u64) -> R
         let shard = wait_for(admins, Duration::from_secs(30), "the shard of a split key", {
             let at = at.clone();
             move |a| {
-                let rows = a.shards(None, None, Some(&String::from_utf8_lossy(&at))).ok()?;
+                let rows = a.shards(None, None, Some(&at)).ok()?;
                 rows.first().map(|r| r.shard.id)
             }
         })
