@@ -256,7 +256,7 @@ pub fn parse_key(typed: &str) -> Result<Vec<u8>, CtlError> {
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     if let Some(digits) = typed.strip_prefix("0x") {
         let d = digits.as_bytes();
-        if d.len() % 2 != 0 {
+        if !d.len().is_multiple_of(2) {
             return Err(bad("an odd number of hex digits"));
         }
         return d

@@ -560,7 +560,7 @@ async fn shards(State(s): State<AdminState>, Query(f): Query<ShardFilter>) -> Ap
 /// Bytes from hex digits.
 fn from_hex(digits: &str) -> Result<Vec<u8>, &'static str> {
     let d = digits.as_bytes();
-    if d.len() % 2 != 0 {
+    if !d.len().is_multiple_of(2) {
         return Err("an odd number of hex digits");
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
