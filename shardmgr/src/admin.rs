@@ -79,6 +79,13 @@ pub enum AdminCommand {
         /// A node of another group.
         to: NodeId,
     },
+    /// Pause load-driven scheduling (splits, merges, leader and group balancing) until
+    /// resumed, kept across manager fail-overs; running operators finish, manual commands
+    /// work, and safety moves go on (evacuations, failing disks' leaderships shed, lost
+    /// replicas repaired).
+    PauseScheduler,
+    /// Resume load-driven scheduling.
+    ResumeScheduler,
 }
 
 /// What a command started.
@@ -263,6 +270,15 @@ impl Manager {
                 }
                 let msg = format!("moving shard {shard}'s leadership to node {to}");
                 self.submit_admin(shard, vec![Step::TransferLeader { to }], vec![], now_ms, msg)
+            }
+            AdminCommand::PauseScheduler | AdminCommand::ResumeScheduler => {
+                let paused = command == AdminCommand::PauseScheduler;
+                let was = self.st.cluster().scheduler_paused;
+                let write = self.st.set_scheduler_paused(paused);
+                self.pending.push(write);
+                let now = if paused { "paused" } else { "running" };
+                let before = if was == paused { " (it was already)" } else { "" };
+                Ok(AdminOutcome { operators: vec![], message: format!("load-driven scheduling is {now}{before}") })
             }
             AdminCommand::Drain { node } => {
                 if !self.set_node_state(node, NodeState::Draining) {

@@ -158,7 +158,7 @@ mod tests {
             group: Some(1),
             insecure: false,
         };
-        let cluster = ClusterMeta { cluster_id: 42, replication_factor: 3, next_id: 10 };
+        let cluster = ClusterMeta { cluster_id: 42, replication_factor: 3, next_id: 10, scheduler_paused: false };
         let writes = [put(node_key(3), &node), put(cluster_key(), &cluster)];
         let pairs: Vec<(&[u8], &[u8])> =
             writes.iter().map(|w| (w.key.as_slice(), w.value.as_deref().unwrap_or_default())).collect();

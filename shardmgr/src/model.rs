@@ -281,6 +281,9 @@ pub struct ClusterMeta {
     pub replication_factor: usize,
     /// The next id to hand out for shards, groups and operators (ids below are taken).
     pub next_id: u64,
+    /// An operator paused load-driven scheduling (`AdminCommand::PauseScheduler`).
+    #[serde(default)]
+    pub scheduler_paused: bool,
 }
 
 /// The soft state the manager keeps per shard: load, samples, timers.

@@ -63,6 +63,12 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     migrate(m, &mut out, &mut claimed, &mut copies);
     shed_leaders(m, &mut out, &mut claimed);
     repair(m, &mut out, &mut claimed, &mut copies);
+    // Paused by an operator (during an incident, say): no load-driven moves; what keeps the
+    // data safe above (frozen merges resolved, evacuations, failing disks shed, lost
+    // replicas repaired) goes on.
+    if m.cluster().scheduler_paused {
+        return out;
+    }
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
     // A manager that just took over balances only once every node has reported to it (its

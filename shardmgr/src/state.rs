@@ -319,6 +319,13 @@ impl ClusterState {
         (id, meta::put(meta::cluster_key(), &self.cluster))
     }
 
+    /// Pauses or resumes load-driven scheduling (see `policy::plan`).
+    #[must_use = "the cluster record must be persisted"]
+    pub(crate) fn set_scheduler_paused(&mut self, paused: bool) -> MetaWrite {
+        self.cluster.scheduler_paused = paused;
+        meta::put(meta::cluster_key(), &self.cluster)
+    }
+
     /// The cluster record, to persist at bootstrap.
     pub(crate) fn cluster_record(&self) -> MetaWrite {
         meta::put(meta::cluster_key(), &self.cluster)

@@ -1005,3 +1005,30 @@ fn a_manual_evacuation_is_released_by_hand() {
     assert_eq!(migration(&m, 2).map(|x| x.stage), Some(MigrationStage::StoodDown));
     assert!(m.admin(AdminCommand::Release { node: 2 }, sim.now_ms).is_err(), "nothing left to release");
 }
+
+#[test]
+fn a_paused_scheduler_starts_no_split_until_resumed_and_the_pause_outlives_the_manager() {
+    let cfg = test_config();
+    let (mut sim, mut m) = three_nodes(&cfg);
+    use presage_shardmgr::AdminCommand;
+    let out = m.admin(AdminCommand::PauseScheduler, sim.now_ms).expect("pause");
+    assert!(out.message.contains("paused"), "{}", out.message);
+    assert!(m.stats().scheduler_paused);
+    sim.size.insert(1, (100 << 20, 10_000));
+    for _ in 0..5 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(sim.shards.len(), 2, "seed {}: a paused scheduler split a large shard", seed());
+    // A successor reads the pause from the meta shard.
+    let mut m = sim.recover(&cfg);
+    assert!(m.stats().scheduler_paused, "the pause is persisted");
+    for _ in 0..5 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(sim.shards.len(), 2, "seed {}: the successor kept the pause", seed());
+    m.admin(AdminCommand::ResumeScheduler, sim.now_ms).expect("resume");
+    for _ in 0..5 {
+        sim.round(&mut m, 1000);
+    }
+    assert_eq!(sim.shards.len(), 3, "seed {}: once resumed, the large shard splits", seed());
+}

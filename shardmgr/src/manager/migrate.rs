@@ -386,7 +386,7 @@ mod tests {
 
     /// Group 1 on nodes 1-3 (regions a-c), node 4 spare in region a, node 1 at `risk`.
     fn cluster(risk: f64) -> ClusterState {
-        let cluster = ClusterMeta { cluster_id: 7, replication_factor: 3, next_id: 10 };
+        let cluster = ClusterMeta { cluster_id: 7, replication_factor: 3, next_id: 10, scheduler_paused: false };
         let mut st = ClusterState::new(ManagerConfig::default(), cluster, 0);
         for (id, region, group) in [(1, "a", Some(1)), (2, "b", Some(1)), (3, "c", Some(1)), (4, "a", None)] {
             let _ = st.put_node(node(id, region, group));

@@ -87,6 +87,9 @@ pub struct ManagerStats {
     pub running_operators: usize,
     /// Operators finished and still kept.
     pub finished_operators: usize,
+    /// Load-driven scheduling is paused by an operator.
+    #[serde(default)]
+    pub scheduler_paused: bool,
 }
 
 /// A node as its last heartbeat described it, for `presage-ctl nodes`.
@@ -141,7 +144,8 @@ impl Manager {
     /// [`Manager::tick`]'s writes.
     pub fn bootstrap(cfg: ManagerConfig, cluster_id: u64, mut first: NodeMeta, now_ms: u64) -> Result<Self> {
         cfg.validate()?;
-        let cluster = ClusterMeta { cluster_id, replication_factor: cfg.replication_factor, next_id: 2 };
+        let cluster =
+            ClusterMeta { cluster_id, replication_factor: cfg.replication_factor, next_id: 2, scheduler_paused: false };
         let mut m = Manager::empty(cfg, cluster, now_ms);
         first.group = Some(1);
         first.state = NodeState::Up;
@@ -251,6 +255,7 @@ impl Manager {
             shards: self.st.directory().len(),
             running_operators: running,
             finished_operators: self.st.operators().count() - running,
+            scheduler_paused: self.st.cluster().scheduler_paused,
         }
     }
 

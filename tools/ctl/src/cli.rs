@@ -89,6 +89,12 @@ enum Command {
     },
     /// Operators, running and recently finished.
     Operators,
+    /// Load-driven scheduling (splits, merges, balancing): show, pause during an incident,
+    /// resume. Safety moves (evacuations, failing disks, lost replicas) are never paused.
+    Scheduler {
+        #[command(subcommand)]
+        what: SchedulerCommand,
+    },
     /// Move a shard's replicas to the replication group of node NODE: each is copied
     /// (snapshot + log tail), verified by range checksum and swapped in by joint consensus.
     Migrate {
@@ -164,6 +170,16 @@ enum Command {
         /// The new filter; without it, the one in force is shown.
         filter: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SchedulerCommand {
+    /// Whether it runs.
+    Status,
+    /// Pause it (kept across shard manager fail-overs) until resumed.
+    Pause,
+    /// Resume it.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -408,6 +424,16 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         },
         Command::Pfa { what: PfaCommand::Prior { lanl, out } } => crate::pfa_cli::prior(&lanl, &out, json),
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => crate::pfa_cli::eval(&model, &csv, json),
+        Command::Scheduler { what: SchedulerCommand::Pause } => admin(AdminCommand::PauseScheduler),
+        Command::Scheduler { what: SchedulerCommand::Resume } => admin(AdminCommand::ResumeScheduler),
+        Command::Scheduler { what: SchedulerCommand::Status } => {
+            let paused = c.cluster()?.stats.scheduler_paused;
+            Ok(if json {
+                pretty(&serde_json::json!({ "paused": paused }))
+            } else {
+                format!("load-driven scheduling is {}\n", if paused { "paused" } else { "running" })
+            })
+        }
         Command::Operators => {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.operators) } else { ctl::operators_table(&info.operators) })

@@ -330,6 +330,15 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(out.contains("Manual") && out.contains("Done"), "{out}");
     let (ok, _, err) = ctl(&["split", "99"]);
     assert!(!ok && err.contains("shard 99 does not exist"), "{err}");
+    // Load-driven scheduling paused during an incident, then resumed.
+    let (ok, out, err) = ctl(&["scheduler", "pause"]);
+    assert!(ok && out.contains("load-driven scheduling is paused"), "{out}{err}");
+    let (ok, out, err) = ctl(&["--json", "scheduler", "status"]);
+    assert!(ok && out.contains("\"paused\": true"), "{out}{err}");
+    let (ok, out, err) = ctl(&["scheduler", "resume"]);
+    assert!(ok && out.contains("running"), "{out}{err}");
+    let (ok, out, err) = ctl(&["scheduler", "status"]);
+    assert!(ok && out.trim() == "load-driven scheduling is running", "{out}{err}");
     // Faults through presage-ctl: a short stall of synced writes, shown, then over; a bad
     // configuration refused with its reason; cleared.
     let (ok, out, err) = ctl(&["faults", "set", r#"{"sync": {"stall-ms": 300}, "seed": 4}"#]);
