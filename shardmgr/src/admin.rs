@@ -6,7 +6,8 @@
 //! from the shard's leader), transfer-leader, drain, evacuate = a Manual migration that cuts over
 //! at once, release = end a held node's evacuation by hand: an evacuated node is released, a
 //! preparing one stands down, a cut-over is not interrupted) checked against the directory and
-//! started as `Manual` operators or migrations.
+//! started as `Manual` operators or migrations; pause-scheduler and resume-scheduler set the
+//! persisted flag `policy::plan` reads.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,12 @@ pub enum AdminCommand {
     /// work, and safety moves go on (evacuations, failing disks' leaderships shed, lost
     /// replicas repaired).
     PauseScheduler,
+    /// Cancel a running operator: it rolls back if it has rollback steps (a merge), else
+    /// stops; a step already sent to the shard may still take effect.
+    CancelOperator {
+        /// The operator.
+        id: u64,
+    },
     /// Resume load-driven scheduling.
     ResumeScheduler,
 }
@@ -270,6 +277,22 @@ impl Manager {
                 }
                 let msg = format!("moving shard {shard}'s leadership to node {to}");
                 self.submit_admin(shard, vec![Step::TransferLeader { to }], vec![], now_ms, msg)
+            }
+            AdminCommand::CancelOperator { id } => {
+                let op = self.st.operator(id).ok_or_else(|| AdminError::Refused(format!("no operator {id}")))?;
+                if !matches!(op.status, crate::operator::OperatorStatus::Running) {
+                    return refused(format!("operator {id} is not running ({:?})", op.status));
+                }
+                let write = self.st.update_operator(id, |op| op.cancel(now_ms));
+                self.pending.extend(write);
+                self.st.rebuild_busy();
+                let op =
+                    self.st.operator(id).cloned().ok_or_else(|| AdminError::Refused(format!("no operator {id}")))?;
+                let what = if op.status.is_finished() { "stopped" } else { "rolling back" };
+                if op.status.is_finished() {
+                    self.finished.push(op);
+                }
+                Ok(AdminOutcome { operators: vec![id], message: format!("operator {id} cancelled: {what}") })
             }
             AdminCommand::PauseScheduler | AdminCommand::ResumeScheduler => {
                 let paused = command == AdminCommand::PauseScheduler;

@@ -402,6 +402,17 @@ impl Operator {
         step
     }
 
+    /// Cancels a running operator at `now_ms` (an operator's command): it rolls back if it
+    /// has rollback steps, else stops as failed. A step already sent may still take effect
+    /// (the rollback then undoes what it can). `false` if it was not running.
+    pub fn cancel(&mut self, now_ms: u64) -> bool {
+        if self.status != OperatorStatus::Running {
+            return false;
+        }
+        self.give_up("cancelled by an operator".into(), now_ms);
+        true
+    }
+
     fn give_up(&mut self, reason: String, now_ms: u64) {
         match self.status {
             OperatorStatus::Running if !self.rollback.is_empty() => {

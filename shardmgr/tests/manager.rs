@@ -1032,3 +1032,43 @@ fn a_paused_scheduler_starts_no_split_until_resumed_and_the_pause_outlives_the_m
     }
     assert_eq!(sim.shards.len(), 3, "seed {}: once resumed, the large shard splits", seed());
 }
+
+#[test]
+fn a_cancelled_operator_rolls_back_at_once_and_a_finished_one_cannot_be_cancelled() {
+    use presage_shardmgr::AdminCommand;
+    let cfg = ManagerConfig { operator_step_timeout_ms: 600_000, ..test_config() };
+    let (mut sim, mut m) = three_nodes(&cfg);
+    sim.join(&mut m, node(4, "r4"));
+    let op = m
+        .submit(
+            1,
+            vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }],
+            vec![Step::RemoveReplica { node: 4 }],
+            sim.now_ms,
+        )
+        .expect("submitted");
+    // The learner is added; its promotion never comes (and would not time out for 10 min).
+    sim.round(&mut m, 1000);
+    assert!(sim.shards[&1].replica(4).is_some());
+    let out = m.admin(AdminCommand::CancelOperator { id: op }, sim.now_ms).expect("cancel");
+    assert!(out.message.contains("rolling back"), "{}", out.message);
+    for _ in 0..10 {
+        sim.now_ms += 1000;
+        sim.heartbeats(&mut m, 1000);
+        let fx = m.tick(sim.now_ms);
+        sim.persist(&fx);
+        for c in fx.commands.iter().filter(|c| !matches!(c.step, Step::PromoteLearner { .. })) {
+            sim.execute(c);
+        }
+    }
+    let status = m.operators().find(|o| o.id == op).map(|o| o.status.clone());
+    assert!(
+        matches!(&status, Some(OperatorStatus::RolledBack { reason }) if reason.contains("cancelled")),
+        "seed {}: {status:?}",
+        seed()
+    );
+    assert!(sim.shards[&1].replica(4).is_none(), "the rollback removed the learner");
+    let again = m.admin(AdminCommand::CancelOperator { id: op }, sim.now_ms);
+    assert!(matches!(&again, Err(e) if e.to_string().contains("is not running")), "{again:?}");
+    assert!(m.admin(AdminCommand::CancelOperator { id: 999_999 }, sim.now_ms).is_err());
+}

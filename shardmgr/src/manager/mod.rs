@@ -133,7 +133,7 @@ pub struct Manager {
     balance_starts_ms: VecDeque<u64>,
     /// Records to persist, in the order they were produced.
     pub(crate) pending: Vec<MetaWrite>,
-    finished: Vec<Operator>,
+    pub(crate) finished: Vec<Operator>,
     /// Migrations that started or changed stage since the last round.
     pub(crate) migration_events: Vec<Migration>,
 }

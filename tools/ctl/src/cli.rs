@@ -89,6 +89,11 @@ enum Command {
     },
     /// Operators, running and recently finished.
     Operators,
+    /// Cancel a running operator: it rolls back if it can (a merge), else stops.
+    CancelOperator {
+        /// The operator (`presage-ctl operators`).
+        id: u64,
+    },
     /// Load-driven scheduling (splits, merges, balancing): show, pause during an incident,
     /// resume. Safety moves (evacuations, failing disks, lost replicas) are never paused.
     Scheduler {
@@ -424,6 +429,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         },
         Command::Pfa { what: PfaCommand::Prior { lanl, out } } => crate::pfa_cli::prior(&lanl, &out, json),
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => crate::pfa_cli::eval(&model, &csv, json),
+        Command::CancelOperator { id } => admin(AdminCommand::CancelOperator { id }),
         Command::Scheduler { what: SchedulerCommand::Pause } => admin(AdminCommand::PauseScheduler),
         Command::Scheduler { what: SchedulerCommand::Resume } => admin(AdminCommand::ResumeScheduler),
         Command::Scheduler { what: SchedulerCommand::Status } => {

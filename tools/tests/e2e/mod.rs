@@ -330,6 +330,11 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(out.contains("Manual") && out.contains("Done"), "{out}");
     let (ok, _, err) = ctl(&["split", "99"]);
     assert!(!ok && err.contains("shard 99 does not exist"), "{err}");
+    let (ok, _, err) = ctl(&["cancel-operator", "424242"]);
+    assert!(!ok && err.contains("no operator 424242"), "{err}");
+    let finished = out.lines().find(|l| l.contains("Done")).and_then(|l| l.split_whitespace().next()).expect("an id");
+    let (ok, _, err) = ctl(&["cancel-operator", finished]);
+    assert!(!ok && err.contains("is not running"), "{err}");
     // Load-driven scheduling paused during an incident, then resumed.
     let (ok, out, err) = ctl(&["scheduler", "pause"]);
     assert!(ok && out.contains("load-driven scheduling is paused"), "{out}{err}");
