@@ -526,6 +526,9 @@ pub struct ShardRow {
     pub qps: f64,
     /// Bytes read and written per second.
     pub bytes_per_sec: f64,
+    /// The same load split into reads and writes (latest report).
+    #[serde(default)]
+    pub load: presage_shardmgr::ShardLoad,
 }
 
 /// What the cluster looks like, for operators.

@@ -45,6 +45,12 @@ enum Command {
         /// Only the shard holding this key (text, `\\xNN` escapes, or `0x` and hex digits).
         #[arg(long)]
         key: Option<String>,
+        /// Only the N hottest (by `--by`), hottest first.
+        #[arg(long)]
+        top: Option<usize>,
+        /// What `--top` ranks by.
+        #[arg(long, value_enum, default_value = "bytes", requires = "top")]
+        by: HotByArg,
     },
     /// One shard.
     Shard {
@@ -177,6 +183,18 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HotByArg {
+    /// Reads per second.
+    Reads,
+    /// Writes per second.
+    Writes,
+    /// Bytes read and written per second.
+    Bytes,
+    /// Size on disk.
+    Size,
+}
+
 #[derive(Subcommand)]
 enum SchedulerCommand {
     /// Whether it runs.
@@ -290,9 +308,18 @@ fn run(cli: Cli) -> Result<String, CtlError> {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.groups) } else { ctl::groups_table(&info) })
         }
-        Command::Shards { node, group, key } => {
+        Command::Shards { node, group, key, top, by } => {
             let key = key.as_deref().map(ctl::parse_key).transpose()?;
-            let rows = c.shards(node, group, key.as_deref())?;
+            let mut rows = c.shards(node, group, key.as_deref())?;
+            if let Some(n) = top {
+                let by = match by {
+                    HotByArg::Reads => ctl::HotBy::Reads,
+                    HotByArg::Writes => ctl::HotBy::Writes,
+                    HotByArg::Bytes => ctl::HotBy::Bytes,
+                    HotByArg::Size => ctl::HotBy::Size,
+                };
+                rows = ctl::hottest(rows, by, n);
+            }
             Ok(if json { pretty(&rows) } else { ctl::shards_table(&rows) })
         }
         Command::Shard { what: ShardCommand::Verify { id } } => {

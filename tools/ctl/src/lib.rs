@@ -399,11 +399,41 @@ pub fn shards_table(rows: &[ShardRow]) -> String {
                 s.leader.map_or("-".into(), |l| l.to_string()),
                 human_bytes(r.size_bytes),
                 r.keys.to_string(),
-                format!("{:.0}", r.qps),
+                format!("{:.0}", r.load.read_qps),
+                format!("{:.0}", r.load.write_qps),
+                format!("{}/s", human_bytes((r.load.read_bytes_per_sec + r.load.write_bytes_per_sec) as u64)),
             ]
         })
         .collect();
-    table(&["SHARD", "RANGE", "EPOCH", "GROUP", "REPLICAS", "LEADER", "SIZE", "KEYS", "QPS"], &rows)
+    let head =
+        ["SHARD", "RANGE", "EPOCH", "GROUP", "REPLICAS", "LEADER", "SIZE", "KEYS", "READS/S", "WRITES/S", "BYTES/S"];
+    table(&head, &rows)
+}
+
+/// What `presage-ctl shards --top N --by ...` ranks shards by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotBy {
+    /// Reads per second.
+    Reads,
+    /// Writes per second.
+    Writes,
+    /// Bytes read and written per second.
+    Bytes,
+    /// Size on disk.
+    Size,
+}
+
+/// The `n` hottest of `rows` by `by`, hottest first (ties by shard id).
+pub fn hottest(mut rows: Vec<ShardRow>, by: HotBy, n: usize) -> Vec<ShardRow> {
+    let heat = |r: &ShardRow| match by {
+        HotBy::Reads => r.load.read_qps,
+        HotBy::Writes => r.load.write_qps,
+        HotBy::Bytes => r.load.read_bytes_per_sec + r.load.write_bytes_per_sec,
+        HotBy::Size => r.size_bytes as f64,
+    };
+    rows.sort_by(|a, b| heat(b).total_cmp(&heat(a)).then(a.shard.id.cmp(&b.shard.id)));
+    rows.truncate(n);
+    rows
 }
 
 /// The operators table.
@@ -604,6 +634,33 @@ mod tests {
         assert_eq!(show_key(Some(b"user:1"), true), "user:1");
         assert_eq!(show_key(Some(&[0xff, 0x00]), true), "0xff00");
         assert_eq!(shards_path(Some(2), None, Some(b"a b")), "/v1/shards?node=2&key-hex=612062");
+    }
+
+    #[test]
+    fn the_hottest_shards_come_first_by_the_chosen_measure() {
+        let row = |id: u64, reads: f64, writes: f64, size: u64| ShardRow {
+            shard: presage_shardmgr::ShardMeta {
+                id,
+                start: vec![],
+                end: None,
+                epoch: Default::default(),
+                replicas: vec![],
+                leader: None,
+                merging_into: None,
+            },
+            group: None,
+            size_bytes: size,
+            keys: 0,
+            qps: reads + writes,
+            bytes_per_sec: 0.0,
+            load: presage_shardmgr::ShardLoad { read_qps: reads, write_qps: writes, ..Default::default() },
+        };
+        let rows = vec![row(1, 10.0, 500.0, 5), row(2, 900.0, 1.0, 50), row(3, 0.0, 0.0, 7)];
+        let ids = |by, n| hottest(rows.clone(), by, n).iter().map(|r| r.shard.id).collect::<Vec<_>>();
+        assert_eq!(ids(HotBy::Reads, 2), vec![2, 1]);
+        assert_eq!(ids(HotBy::Writes, 1), vec![1]);
+        assert_eq!(ids(HotBy::Size, 3), vec![2, 3, 1]);
+        assert_eq!(ids(HotBy::Bytes, 3), vec![1, 2, 3], "ties by id");
     }
 
     #[test]

@@ -304,6 +304,9 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
         let (ok, same, err) = ctl(&["shards", "--key", typed]);
         assert!(ok && same == out, "{typed}: {same}{err}");
     }
+    let (ok, out, err) = ctl(&["--json", "shards", "--top", "1", "--by", "writes"]);
+    let top: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert!(ok && top.as_array().is_some_and(|a| a.len() == 1) && top[0]["load"]["write_qps"].is_number(), "{out}");
     let (ok, _, err) = ctl(&["shards", "--key", "0x6"]);
     assert!(!ok && err.contains("bad key `0x6`: an odd number of hex digits"), "{err}");
     let (ok, out, err) = ctl(&["split", "1", "m"]);

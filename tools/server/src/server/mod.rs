@@ -820,6 +820,7 @@ impl<E: Engine> Inner<E> {
                             keys: soft.map_or(0, |x| x.keys),
                             qps: soft.map_or(0.0, |x| x.load.qps()),
                             bytes_per_sec: soft.map_or(0.0, |x| x.load.bytes_per_sec()),
+                            load: soft.map_or_else(Default::default, |x| x.load),
                         }
                     })
                     .collect();
