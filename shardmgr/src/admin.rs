@@ -5,7 +5,8 @@
 //! `AdminCommand` (split, merge, move = re-place into the target node's group, migrate (the same,
 //! from the shard's leader), transfer-leader, drain, evacuate = a Manual migration that cuts over
 //! at once, release = end a held node's evacuation by hand: an evacuated node is released, a
-//! preparing one stands down, a cut-over is not interrupted) checked against the directory and
+//! preparing one stands down, a cut-over is not interrupted; decommission = an evacuation after
+//! which the node is Removed; recommission = undo a drain) checked against the directory and
 //! started as `Manual` operators or migrations; pause-scheduler and resume-scheduler set the
 //! persisted flag `policy::plan` reads.
 
@@ -79,6 +80,19 @@ pub enum AdminCommand {
         shard: ShardId,
         /// A node of another group.
         to: NodeId,
+    },
+    /// Decommission `node` for good: its replicas move to a spare node that takes its place
+    /// in its group (as `Evacuate`), then the node is `Removed` (its id never reused). A node
+    /// in no group is removed at once.
+    Decommission {
+        /// The node.
+        node: NodeId,
+    },
+    /// Return a `Draining` node to service (`Up`): the undo of `Drain`. A removed node
+    /// cannot come back (start a new node), nor can a cut-over be interrupted.
+    Recommission {
+        /// The node.
+        node: NodeId,
     },
     /// Pause load-driven scheduling (splits, merges, leader and group balancing) until
     /// resumed, kept across manager fail-overs; running operators finish, manual commands
@@ -174,39 +188,59 @@ impl Manager {
                 let from = s.leader.or_else(|| s.voters().first().copied()).ok_or(AdminError::Busy(shard))?;
                 self.admin(AdminCommand::Move { shard, from, to }, now_ms)
             }
-            AdminCommand::Evacuate { node } => {
+            AdminCommand::Evacuate { node } => self.evacuate(node, crate::model::MigrationCause::Manual, now_ms),
+            AdminCommand::Decommission { node } => {
                 let n = self.st.node(node).ok_or(AdminError::NoNode(node))?;
-                if let Some(m) = self.st.migration_of(node) {
+                if n.state == NodeState::Removed {
+                    return refused(format!("node {node} is removed already"));
+                }
+                let holds = self.st.directory().iter().any(|s| s.replica(node).is_some());
+                match self.st.migration_of(node).map(|m| (m.id, m.cause)) {
+                    Some((id, crate::model::MigrationCause::Decommission)) => {
+                        return Ok(AdminOutcome {
+                            operators: vec![],
+                            message: format!("node {node} is being decommissioned already (migration {id})"),
+                        })
+                    }
+                    Some((id, _)) => {
+                        return refused(format!(
+                            "node {node} is being evacuated (migration {id}); decommission it once that ends"
+                        ))
+                    }
+                    None => {}
+                }
+                if n.group.is_none() && !holds {
+                    self.set_node_state(node, NodeState::Removed);
                     return Ok(AdminOutcome {
                         operators: vec![],
-                        message: format!("node {node} is being evacuated already (migration {}, {:?})", m.id, m.stage),
+                        message: format!("node {node} held nothing and is removed; stop its process"),
                     });
                 }
-                let Some(group) = n.group else {
-                    return refused(format!("node {node} is in no replication group: it holds no replicas to move"));
-                };
-                if self.st.choose_target(node, group).is_none() {
+                let mut out = self.evacuate(node, crate::model::MigrationCause::Decommission, now_ms)?;
+                out.message.push_str(&format!("; then node {node} is removed"));
+                Ok(out)
+            }
+            AdminCommand::Recommission { node } => {
+                let n = self.st.node(node).ok_or(AdminError::NoNode(node))?;
+                match n.state {
+                    NodeState::Removed => {
+                        return refused(format!(
+                            "node {node} was removed for good; its id is not reused: start a new node"
+                        ))
+                    }
+                    NodeState::Draining => {}
+                    other => return refused(format!("node {node} is {other:?}, not Draining: nothing to undo")),
+                }
+                if let Some(m) = self.st.migration_of(node) {
                     return refused(format!(
-                        "no eligible node to take node {node}'s place: it needs an Up node in no group, at low \
-                         risk, in a region group {group}'s other members are not in; start one first"
+                        "node {node} is being evacuated (migration {}, {:?}); a cut-over is not interrupted",
+                        m.id, m.stage
                     ));
                 }
-                let (id, changes) = crate::manager::migrate::start(
-                    &mut self.st,
-                    node,
-                    group,
-                    crate::model::MigrationCause::Manual,
-                    crate::model::MigrationStage::CuttingOver,
-                    now_ms,
-                );
-                self.absorb(changes);
-                let target = self.st.migration(id).and_then(|m| m.target).unwrap_or_default();
+                self.set_node_state(node, NodeState::Up);
                 Ok(AdminOutcome {
                     operators: vec![],
-                    message: format!(
-                        "migration {id}: node {target} takes node {node}'s place in group {group}; its replicas move \
-                         there one at a time (presage-ctl migrations)"
-                    ),
+                    message: format!("node {node} is Up: it takes leaderships and replicas again"),
                 })
             }
             AdminCommand::Release { node } => {
@@ -332,6 +366,51 @@ impl Manager {
                 Ok(out)
             }
         }
+    }
+
+    /// Starts moving every replica of `node` to a spare node that takes its place in its
+    /// group, cutting over at once (`Evacuate`, `Decommission`).
+    fn evacuate(
+        &mut self,
+        node: NodeId,
+        cause: crate::model::MigrationCause,
+        now_ms: u64,
+    ) -> Result<AdminOutcome, AdminError> {
+        let n = self.st.node(node).ok_or(AdminError::NoNode(node))?;
+        if let Some(m) = self.st.migration_of(node) {
+            return Ok(AdminOutcome {
+                operators: vec![],
+                message: format!("node {node} is being evacuated already (migration {}, {:?})", m.id, m.stage),
+            });
+        }
+        let Some(group) = n.group else {
+            return Err(AdminError::Refused(format!(
+                "node {node} is in no replication group: it holds no replicas to move"
+            )));
+        };
+        if self.st.choose_target(node, group).is_none() {
+            return Err(AdminError::Refused(format!(
+                "no eligible node to take node {node}'s place: it needs an Up node in no group, at low \
+                 risk, in a region group {group}'s other members are not in; start one first"
+            )));
+        }
+        let (id, changes) = crate::manager::migrate::start(
+            &mut self.st,
+            node,
+            group,
+            cause,
+            crate::model::MigrationStage::CuttingOver,
+            now_ms,
+        );
+        self.absorb(changes);
+        let target = self.st.migration(id).and_then(|m| m.target).unwrap_or_default();
+        Ok(AdminOutcome {
+            operators: vec![],
+            message: format!(
+                "migration {id}: node {target} takes node {node}'s place in group {group}; its replicas move \
+                 there one at a time (presage-ctl migrations)"
+            ),
+        })
     }
 
     fn shard_for_admin(&self, shard: ShardId) -> Result<ShardMeta, AdminError> {

@@ -317,6 +317,9 @@ pub enum MigrationCause {
     Failed,
     /// An operator asked for it (`presage-ctl evacuate`).
     Manual,
+    /// An operator decommissioned the node (`presage-ctl decommission`): once evacuated it
+    /// is `Removed` for good.
+    Decommission,
 }
 
 /// Where a migration is (module docs).

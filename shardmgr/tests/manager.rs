@@ -1072,3 +1072,35 @@ fn a_cancelled_operator_rolls_back_at_once_and_a_finished_one_cannot_be_cancelle
     assert!(matches!(&again, Err(e) if e.to_string().contains("is not running")), "{again:?}");
     assert!(m.admin(AdminCommand::CancelOperator { id: 999_999 }, sim.now_ms).is_err());
 }
+
+#[test]
+fn a_decommissioned_node_is_emptied_then_removed_and_a_drain_is_undone_by_recommission() {
+    use presage_shardmgr::{AdminCommand, MigrationStage};
+    let cfg = test_config();
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let out = m.admin(AdminCommand::Decommission { node: 3 }, sim.now_ms).expect("decommission");
+    assert!(out.message.contains("node 4 takes node 3's place") && out.message.contains("removed"), "{}", out.message);
+    let state = |m: &Manager, id: u64| m.nodes().find(|n| n.id == id).map(|n| n.state);
+    for _ in 0..60 {
+        sim.round(&mut m, 1000);
+        if state(&m, 3) == Some(NodeState::Removed) {
+            break;
+        }
+    }
+    assert_eq!(state(&m, 3), Some(NodeState::Removed), "seed {}: {:?}", seed(), migration(&m, 3));
+    assert_eq!(migration(&m, 3).map(|x| x.stage), Some(MigrationStage::Evacuated));
+    assert!(sim.shards.values().all(|s| s.replica(3).is_none()), "seed {}: nothing left on node 3", seed());
+    assert!(sim.shards.values().all(|s| s.voters().len() == 3), "every shard keeps three voters");
+    sim.round(&mut m, 1000);
+    let successor = sim.recover(&cfg);
+    assert_eq!(state(&successor, 3), Some(NodeState::Removed), "persisted");
+    let again = m.admin(AdminCommand::Recommission { node: 3 }, sim.now_ms);
+    assert!(matches!(&again, Err(e) if e.to_string().contains("removed for good")), "{again:?}");
+    assert!(m.admin(AdminCommand::Decommission { node: 3 }, sim.now_ms).is_err(), "removed already");
+    // Drain, then recommission: the node is Up again; an Up node has nothing to undo.
+    m.admin(AdminCommand::Drain { node: 2 }, sim.now_ms).expect("drain");
+    assert_eq!(state(&m, 2), Some(NodeState::Draining));
+    m.admin(AdminCommand::Recommission { node: 2 }, sim.now_ms).expect("recommission");
+    assert_eq!(state(&m, 2), Some(NodeState::Up));
+    assert!(m.admin(AdminCommand::Recommission { node: 2 }, sim.now_ms).is_err());
+}

@@ -194,7 +194,7 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         }
         MigrationStage::CuttingOver => {}
         MigrationStage::Evacuated => {
-            if cleared && next.cause != MigrationCause::Manual {
+            if cleared && !matches!(next.cause, MigrationCause::Manual | MigrationCause::Decommission) {
                 next.stage = MigrationStage::Released;
             }
         }
@@ -218,6 +218,13 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         let in_group = st.group(m.group).is_some_and(|g| g.nodes.contains(&m.node));
         if !left && !in_group {
             next.stage = MigrationStage::Evacuated;
+            if m.cause == MigrationCause::Decommission {
+                // Decommissioned: nothing of the cluster is left on it; gone for good.
+                if let Some(mut rec) = st.node(m.node).cloned() {
+                    rec.state = NodeState::Removed;
+                    out.writes.push(st.put_node(rec));
+                }
+            }
         }
     }
     next.note = match (next.stage, next.target) {

@@ -93,6 +93,17 @@ enum Command {
         /// The node.
         node: u64,
     },
+    /// Decommission a node for good: its replicas move to a spare node that takes its
+    /// place (as `evacuate`), then it is Removed (stop its process then).
+    Decommission {
+        /// The node.
+        node: u64,
+    },
+    /// Return a Draining node to service (the undo of `drain`).
+    Recommission {
+        /// The node.
+        node: u64,
+    },
     /// Operators, running and recently finished.
     Operators,
     /// Cancel a running operator: it rolls back if it can (a merge), else stops.
@@ -456,6 +467,8 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         },
         Command::Pfa { what: PfaCommand::Prior { lanl, out } } => crate::pfa_cli::prior(&lanl, &out, json),
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => crate::pfa_cli::eval(&model, &csv, json),
+        Command::Decommission { node } => admin(AdminCommand::Decommission { node }),
+        Command::Recommission { node } => admin(AdminCommand::Recommission { node }),
         Command::CancelOperator { id } => admin(AdminCommand::CancelOperator { id }),
         Command::Scheduler { what: SchedulerCommand::Pause } => admin(AdminCommand::PauseScheduler),
         Command::Scheduler { what: SchedulerCommand::Resume } => admin(AdminCommand::ResumeScheduler),

@@ -333,6 +333,11 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     assert!(out.contains("Manual") && out.contains("Done"), "{out}");
     let (ok, _, err) = ctl(&["split", "99"]);
     assert!(!ok && err.contains("shard 99 does not exist"), "{err}");
+    // One node: nothing can take its place, and an Up node has no drain to undo.
+    let (ok, _, err) = ctl(&["decommission", "1"]);
+    assert!(!ok && err.contains("no eligible node to take node 1's place"), "{err}");
+    let (ok, _, err) = ctl(&["recommission", "1"]);
+    assert!(!ok && err.contains("not Draining"), "{err}");
     let (ok, _, err) = ctl(&["cancel-operator", "424242"]);
     assert!(!ok && err.contains("no operator 424242"), "{err}");
     let finished = out.lines().find(|l| l.contains("Done")).and_then(|l| l.split_whitespace().next()).expect("an id");
