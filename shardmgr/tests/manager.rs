@@ -445,13 +445,11 @@ fn a_successor_finishes_an_operator_its_predecessor_started() {
     }
 }
 
-#[test]
-fn a_step_that_never_happens_rolls_back() {
-    let cfg = ManagerConfig { operator_step_timeout_ms: 5_000, ..test_config() };
-    let (mut sim, mut m) = three_nodes(&cfg);
-    // Node 4 joins a new group... with no other nodes, group 1 stays; use a manual move
-    // whose learner never catches up (the leader drops the promotion).
-    sim.join(&mut m, node(4, "r4"));
+/// Node 4 joins (group 1 stays, with no other new nodes) and a manual move of shard 1 whose
+/// learner never catches up is submitted; its AddLearner is carried out. The operator's id
+/// (the caller stops carrying out promotions).
+fn learner_on_node_4(sim: &mut Sim, m: &mut Manager) -> u64 {
+    sim.join(m, node(4, "r4"));
     let op = m
         .submit(
             1,
@@ -460,9 +458,16 @@ fn a_step_that_never_happens_rolls_back() {
             sim.now_ms,
         )
         .expect("submitted");
-    // Carry out the AddLearner, then stop carrying out promotions.
-    sim.round(&mut m, 1000);
+    sim.round(m, 1000);
     assert!(sim.shards[&1].replica(4).is_some());
+    op
+}
+
+#[test]
+fn a_step_that_never_happens_rolls_back() {
+    let cfg = ManagerConfig { operator_step_timeout_ms: 5_000, ..test_config() };
+    let (mut sim, mut m) = three_nodes(&cfg);
+    let op = learner_on_node_4(&mut sim, &mut m);
     let mut rolled_back = false;
     for _ in 0..20 {
         sim.now_ms += 1000;
@@ -1038,18 +1043,8 @@ fn a_cancelled_operator_rolls_back_at_once_and_a_finished_one_cannot_be_cancelle
     use presage_shardmgr::AdminCommand;
     let cfg = ManagerConfig { operator_step_timeout_ms: 600_000, ..test_config() };
     let (mut sim, mut m) = three_nodes(&cfg);
-    sim.join(&mut m, node(4, "r4"));
-    let op = m
-        .submit(
-            1,
-            vec![Step::AddLearner { node: 4 }, Step::PromoteLearner { node: 4 }],
-            vec![Step::RemoveReplica { node: 4 }],
-            sim.now_ms,
-        )
-        .expect("submitted");
     // The learner is added; its promotion never comes (and would not time out for 10 min).
-    sim.round(&mut m, 1000);
-    assert!(sim.shards[&1].replica(4).is_some());
+    let op = learner_on_node_4(&mut sim, &mut m);
     let out = m.admin(AdminCommand::CancelOperator { id: op }, sim.now_ms).expect("cancel");
     assert!(out.message.contains("rolling back"), "{}", out.message);
     for _ in 0..10 {
