@@ -378,11 +378,12 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                     let body: serde_json::Value = serde_json::from_str(&config)
                         .map_err(|e| CtlError::Decode(format!("the fault configuration is not JSON: {e}")))?;
                     c.put_raw(path, &body)?;
-                    Ok("faults set\n".into())
+                    // With --json, the faults now in force.
+                    Ok(if json { c.get_raw(path)? + "\n" } else { "faults set\n".into() })
                 }
                 FaultsCommand::Clear => {
                     c.delete(path)?;
-                    Ok("faults cleared\n".into())
+                    Ok(if json { c.get_raw(path)? + "\n" } else { "faults cleared\n".into() })
                 }
             }
         }

@@ -363,6 +363,9 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     let () = redis::cmd("SET").arg("after-stall").arg("v").query_async(&mut resp).await.expect("SET through the stall");
     let (ok, _, err) = ctl(&["faults", "set", r#"{"write": {"slow-rate": 7}}"#]);
     assert!(!ok && err.contains("slow-rate 7 is outside [0, 1]"), "{err}");
+    let (ok, out, err) = ctl(&["--json", "faults", "set", r#"{"seed": 5}"#]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert!(ok && shown["seed"] == 5, "{out}");
     let (ok, _, err) = ctl(&["faults", "set", "{not json"]);
     assert!(!ok && err.contains("not JSON"), "{err}");
     let (ok, out, err) = ctl(&["faults", "clear"]);
