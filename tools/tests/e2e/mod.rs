@@ -121,6 +121,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
         .expect("MGET");
     assert_eq!(mget, vec![Some("value-1".into()), None, Some("value-2".into())]);
     redis_apps::run(&cluster.security, &cluster.nodes[1]).await;
+    scan_moves_between_nodes(&cluster).await;
 
     // Kill -9 the node holding the most leaders.
     client.refresh(b"").await.expect("routes");
@@ -520,6 +521,41 @@ async fn conditional_and_expiring_writes(security: &SecurityInfo, node: &presage
     assert_eq!(client.get(b"n2").await.expect("get"), None);
     let scanned = client.scan(b"n", Some(b"o"), 10).await.expect("scan");
     assert_eq!(scanned, vec![(b"n1".to_vec(), b"2".to_vec())], "a scan skips expired values");
+}
+
+/// A SCAN started on one node goes on through the others, page by page, and finds every key.
+async fn scan_moves_between_nodes(cluster: &presage_playground::ClusterFile) {
+    let mut conns = Vec::new();
+    for n in &cluster.nodes {
+        conns.push(redis_conn(&cluster.security, &n.resp).await);
+    }
+    for i in 0..30 {
+        let () = redis::cmd("SET").arg(format!("scan-x-{i:02}")).arg(i).query_async(&mut conns[0]).await.expect("SET");
+    }
+    let (mut cursor, mut pages, mut found) = (0u64, 0usize, std::collections::BTreeSet::new());
+    loop {
+        let conn = &mut conns[pages % 3];
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("scan-x-*")
+            .arg("COUNT")
+            .arg(40)
+            .query_async(conn)
+            .await
+            .unwrap_or_else(|e| panic!("SCAN page {pages} on node {}: {e}", pages % 3 + 1));
+        found.extend(keys);
+        pages += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+        assert!(pages < 100, "the scan ends");
+    }
+    assert!(pages >= 3, "the scan used every node ({pages} pages)");
+    assert_eq!(found.len(), 30, "every key once the scan is over: {found:?}");
+    let e = redis::cmd("SCAN").arg(12345).query_async::<redis::Value>(&mut conns[1]).await.expect_err("unknown cursor");
+    assert!(e.to_string().contains("invalid cursor"), "{e}");
 }
 
 /// CLIENT LIST, CLIENT KILL and SLOWLOG on an insecure node (where everyone may).

@@ -24,9 +24,7 @@
 //! new state when another writer got in between (`rmw.rs`), so they are atomic and keep the
 //! expiry as Redis does.
 //!
-//! **Cursors.** Redis clients expect SCAN cursors to be integers, but Presage scans by key.
-//! Each node keeps up to `MAX_SCAN_CURSORS` cursors (the key to resume from, by number);
-//! the oldest is dropped first, and an unknown cursor is an error.
+//! **Cursors.** SCAN's cursors resume on any node (`scan.rs`).
 //!
 //! **Pipelines.** A connection's commands on keys run concurrently, replies in command order;
 //! commands on a key still in flight, and every other command, wait (see `pipeline.rs`).
@@ -51,12 +49,12 @@ mod keyed;
 pub mod parse;
 mod pipeline;
 mod rmw;
+mod scan;
 mod state;
 mod txn;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -72,9 +70,6 @@ use crate::metrics::Metrics;
 pub use config::RespConfig;
 use parse::{parse_command, Limits, Reply};
 use pipeline::{run_kind, Plan, Run, RunKind, Window};
-
-/// Cursors a node remembers for SCAN.
-pub const MAX_SCAN_CURSORS: usize = 10_000;
 
 /// Bytes read from a connection at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -117,7 +112,6 @@ struct Shared {
     cfg: RespConfig,
     auth: RespAuth,
     metrics: Arc<Metrics>,
-    cursors: Mutex<Cursors>,
     next_client_id: AtomicU64,
     started: Instant,
     /// Pipeline runs sent as one request per shard, and the commands they carried.
@@ -130,28 +124,6 @@ struct Shared {
     local_addr: std::net::SocketAddr,
     /// The connections and the slow log.
     clients: clients::Clients,
-}
-
-#[derive(Default)]
-struct Cursors {
-    next: u64,
-    by_id: BTreeMap<u64, Vec<u8>>,
-    order: VecDeque<u64>,
-}
-
-impl Cursors {
-    fn put(&mut self, key: Vec<u8>) -> u64 {
-        self.next += 1;
-        let id = self.next;
-        self.by_id.insert(id, key);
-        self.order.push_back(id);
-        while self.order.len() > MAX_SCAN_CURSORS {
-            if let Some(old) = self.order.pop_front() {
-                self.by_id.remove(&old);
-            }
-        }
-        id
-    }
 }
 
 /// Serves RESP on `listener` through `client`; TLS first with `tls`.
@@ -170,7 +142,6 @@ pub fn serve(
         cfg,
         auth,
         metrics,
-        cursors: Mutex::new(Cursors::default()),
         next_client_id: AtomicU64::new(1),
         started: Instant::now(),
         runs: AtomicU64::new(0),
@@ -674,7 +645,7 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         },
         "AUTH" => auth(shared, s, &args[1..]).await,
         "HELLO" => hello(shared, s, &args[1..]).await,
-        "SCAN" if argc >= 2 => scan(shared, &args[1..]).await,
+        "SCAN" if argc >= 2 => scan::scan(shared, &args[1..]).await,
         "DBSIZE" if argc == 1 => dbsize(shared).await,
         "INFO" => Reply::Bulk(info::info(shared, s.resp, &args[1..]).into_bytes()),
         "KEYS" if argc == 2 => keys(shared, &args[1]).await,
@@ -860,59 +831,6 @@ fn class_match(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
     (matched != negate).then_some(i + 1)
 }
 
-async fn scan(shared: &Shared, args: &[Vec<u8>]) -> Reply {
-    let Ok(cursor) = std::str::from_utf8(&args[0]).unwrap_or("x").parse::<u64>() else {
-        return Reply::err("invalid cursor");
-    };
-    let mut pattern: Option<Vec<u8>> = None;
-    let mut type_filter: Option<String> = None;
-    let mut count = 10usize;
-    let mut rest = &args[1..];
-    while let [opt, value, tail @ ..] = rest {
-        match upper(opt).as_str() {
-            "MATCH" => pattern = Some(value.clone()),
-            "COUNT" => match int_arg(value) {
-                Ok(n) if n > 0 => count = (n as usize).min(shared.cfg.max_scan_count),
-                _ => return Reply::err("syntax error"),
-            },
-            "TYPE" => type_filter = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
-            _ => return Reply::err("syntax error"),
-        }
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        return Reply::err("syntax error");
-    }
-    let start = if cursor == 0 {
-        Vec::new()
-    } else {
-        match shared.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).by_id.get(&cursor) {
-            Some(k) => k.clone(),
-            None => return Reply::err("invalid cursor (unknown or expired)"),
-        }
-    };
-    let page = match shared.client.scan(&start, None, count).await {
-        Ok(p) => p,
-        Err(e) => return client_error(&e),
-    };
-    let next = match page.last() {
-        Some((k, _)) if page.len() == count => {
-            let mut after = k.clone();
-            after.push(0);
-            shared.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).put(after)
-        }
-        _ => 0,
-    };
-    let keys = page
-        .into_iter()
-        .filter(|(_, v)| type_filter.as_deref().is_none_or(|t| keyed::type_name(Some(v)) == t))
-        .map(|(k, _)| k)
-        .filter(|k| pattern.as_deref().is_none_or(|p| glob_match(p, k)))
-        .map(Reply::Bulk)
-        .collect();
-    Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
-}
-
 /// Calls `each` with every key of the keyspace in order, a page at a time, until it has seen
 /// more than `resp.max-dbsize-keys` (an error naming `what`, the command).
 async fn every_key(shared: &Shared, what: &str, mut each: impl FnMut(Vec<u8>)) -> Result<(), Reply> {
@@ -930,7 +848,9 @@ async fn every_key(shared: &Shared, what: &str, mut each: impl FnMut(Vec<u8>)) -
         let mut last = None;
         for (k, _) in page {
             last = Some(k.clone());
-            each(k);
+            if !scan::is_cursor_record(&k) {
+                each(k);
+            }
         }
         match last {
             Some(mut k) if full => {
