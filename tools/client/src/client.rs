@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use presage_shardmgr::{is_system_key, Directory, NodeId, NodeMeta, Role, ShardMeta};
+use presage_shardmgr::{Directory, NodeId, NodeMeta, Role, ShardMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
@@ -29,6 +29,7 @@ use crate::proto::{BatchOp, ByteBuf, Expect, ProtoError, Request, Response, Rout
 use crate::rpc::{Rpc, RpcError};
 use crate::tls::ClientTls;
 use crate::write_id::WriteSlots;
+use check::{check_key, check_op, check_value, ttl_ms};
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
@@ -846,38 +847,6 @@ impl Client {
     }
 }
 
-fn check_key(key: &[u8]) -> Result<(), ClientError> {
-    if is_system_key(key) {
-        return Err(ClientError::Invalid("keys starting with 0xff are reserved for the system".into()));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(ClientError::Invalid(format!("key of {} bytes > {MAX_KEY_BYTES}", key.len())));
-    }
-    Ok(())
-}
-
-fn check_value(value: &[u8]) -> Result<(), ClientError> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(ClientError::Invalid(format!("value of {} bytes > {MAX_VALUE_BYTES}", value.len())));
-    }
-    Ok(())
-}
-
-fn check_op(op: &BatchOp) -> Result<(), ClientError> {
-    check_key(op.key())?;
-    if let BatchOp::PutExpiring { ttl_ms: 0, .. } = op {
-        return Err(ClientError::Invalid("a time to live is at least 1 ms".into()));
-    }
-    op.value().map_or(Ok(()), check_value)
-}
-
-fn ttl_ms(ttl: Duration) -> Result<u64, ClientError> {
-    match u64::try_from(ttl.as_millis()) {
-        Ok(ms) if ms > 0 => Ok(ms),
-        _ => Err(ClientError::Invalid(format!("time to live {ttl:?}: must be 1 ms or more"))),
-    }
-}
-
 /// The values a group of `get_many` read: (index of the key, value).
 type GroupValues = Result<Vec<(usize, Option<Vec<u8>>)>, ClientError>;
 
@@ -901,5 +870,6 @@ fn unexpected(r: &Response) -> ClientError {
     ClientError::Refused(ProtoError::Internal(format!("unexpected answer {r:?}")))
 }
 
+mod check;
 #[cfg(test)]
 mod tests;

@@ -53,17 +53,25 @@ struct ConnState {
 }
 
 impl Conn {
-    /// Notes a command's start: its name, the connection's name, user, protocol and queued
-    /// transaction commands.
-    pub(super) fn started(&self, cmd: &str, who: (&Option<Vec<u8>>, Option<&str>, u8, Option<usize>)) {
+    /// Notes a command's start (its name, upper case, with `multi` commands queued if in
+    /// MULTI): no allocation once the name buffer has grown.
+    pub(super) fn started(&self, cmd: &str, multi: Option<usize>) {
         let mut s = lock(&self.state);
         s.last_cmd.clear();
-        s.last_cmd.push_str(&cmd.to_ascii_lowercase());
+        s.last_cmd.extend(cmd.chars().map(|c| c.to_ascii_lowercase()));
         s.last_active = Some(Instant::now());
-        s.name.clone_from(who.0);
-        s.user = who.1.map(str::to_string);
-        s.resp = who.2;
-        s.multi = who.3;
+        s.multi = multi;
+    }
+
+    /// Notes who the connection is: its name, user and protocol (after a command that may
+    /// change them: AUTH, HELLO, CLIENT SETNAME).
+    pub(super) fn identify(&self, name: &Option<Vec<u8>>, user: Option<&str>, resp: u8) {
+        let mut s = lock(&self.state);
+        s.name.clone_from(name);
+        if s.user.as_deref() != user {
+            s.user = user.map(str::to_string);
+        }
+        s.resp = resp;
     }
 
     /// Has CLIENT KILL ended it?
@@ -296,7 +304,8 @@ mod tests {
     fn kill_marks_the_chosen_connections_only() {
         let clients = Clients::default();
         let (a, b) = (clients.register(1, addr(1000), addr(6379)), clients.register(2, addr(1001), addr(6379)));
-        b.conn.started("GET", (&None, Some("app"), 2, None));
+        b.conn.started("GET", None);
+        b.conn.identify(&None, Some("app"), 2);
         let by_user = clients.kill(1, &[b"USER".to_vec(), b"app".to_vec()]);
         assert_eq!(by_user, Reply::Int(1));
         assert!(b.conn.is_killed() && !a.conn.is_killed());

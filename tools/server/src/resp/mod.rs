@@ -43,6 +43,7 @@
 mod clients;
 pub mod config;
 mod expiry;
+mod glob;
 mod hash;
 mod info;
 mod keyed;
@@ -68,6 +69,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 pub use config::RespConfig;
+pub use glob::glob_match;
 use parse::{parse_command, Limits, Reply};
 use pipeline::{run_kind, Plan, Run, RunKind, Window};
 
@@ -243,6 +245,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let registered = shared.clients.register(session.id, peer, shared.local_addr);
     let conn = &registered.conn;
+    conn.identify(&session.name, session.user.as_ref().map(|u| u.0.as_str()), session.resp);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
     let cfg = &shared.cfg;
@@ -265,11 +268,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     let name = upper(&args[0]);
-                    let queued = session.txn.queued_len();
-                    conn.started(
-                        &name,
-                        (&session.name, session.user.as_ref().map(|u| u.0.as_str()), session.resp, queued),
-                    );
+                    conn.started(&name, session.txn.queued_len());
                     let serial = session.user.is_none() || session.txn.active();
                     let plan = if serial { Plan::Serial } else { pipeline::plan(&name, &args) };
                     let refused = refuse(&session, &name);
@@ -303,9 +302,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             let quit = name == "QUIT";
                             let ran = dispatch(shared, &mut session, &name, &args);
                             let reply = observed(shared, conn, &args, &name, ran).await;
-                            // The session may have a new name, user or protocol now.
+                            // The session may have a new name, user, protocol or queue now.
                             let who = session.user.as_ref().map(|u| u.0.as_str());
-                            conn.started(&name, (&session.name, who, session.resp, session.txn.queued_len()));
+                            conn.identify(&session.name, who, session.resp);
+                            conn.started(&name, session.txn.queued_len());
                             reply.encode(session.resp, &mut out);
                             if quit || session.auth_failures >= MAX_AUTH_FAILURES {
                                 if !quit {
@@ -646,9 +646,9 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         "AUTH" => auth(shared, s, &args[1..]).await,
         "HELLO" => hello(shared, s, &args[1..]).await,
         "SCAN" if argc >= 2 => scan::scan(shared, &args[1..]).await,
-        "DBSIZE" if argc == 1 => dbsize(shared).await,
+        "DBSIZE" if argc == 1 => scan::dbsize(shared).await,
         "INFO" => Reply::Bulk(info::info(shared, s.resp, &args[1..]).into_bytes()),
-        "KEYS" if argc == 2 => keys(shared, &args[1]).await,
+        "KEYS" if argc == 2 => scan::keys(shared, &args[1]).await,
         "COMMAND" => match args.get(1).map(|a| upper(a)).as_deref() {
             None | Some("DOCS") | Some("INFO") => Reply::Array(vec![]),
             Some("COUNT") => Reply::Int((KNOWN.len() + hash::COMMANDS.len()) as i64),
@@ -768,127 +768,10 @@ async fn hello(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
     ])
 }
 
-/// Does `key` match the glob `pattern` (`*`, `?`, `[...]`, `\` escapes)?
-pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
-    let (mut p, mut k) = (0, 0);
-    let (mut star_p, mut star_k) = (None, 0);
-    while k < key.len() {
-        let step = match pattern.get(p) {
-            Some(b'*') => {
-                star_p = Some(p);
-                star_k = k;
-                p += 1;
-                continue;
-            }
-            Some(b'?') => Some(p + 1),
-            Some(b'[') => class_match(pattern, p, key[k]),
-            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == key[k]).then_some(p + 2),
-            Some(c) => (*c == key[k]).then_some(p + 1),
-            None => None,
-        };
-        match step {
-            Some(next) => {
-                p = next;
-                k += 1;
-            }
-            None => match star_p {
-                Some(sp) => {
-                    p = sp + 1;
-                    star_k += 1;
-                    k = star_k;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|c| *c == b'*')
-}
-
-/// Matches `c` against the class starting at `pattern[p] == b'['`; the index after it.
-fn class_match(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
-    let mut i = p + 1;
-    let negate = pattern.get(i) == Some(&b'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    while i < pattern.len() && pattern[i] != b']' {
-        if pattern[i] == b'\\' && i + 1 < pattern.len() {
-            matched |= pattern[i + 1] == c;
-            i += 2;
-        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
-            matched |= (lo..=hi).contains(&c);
-            i += 3;
-        } else {
-            matched |= pattern[i] == c;
-            i += 1;
-        }
-    }
-    if i >= pattern.len() {
-        return None; // unterminated class: no match
-    }
-    (matched != negate).then_some(i + 1)
-}
-
-/// Calls `each` with every key of the keyspace in order, a page at a time, until it has seen
-/// more than `resp.max-dbsize-keys` (an error naming `what`, the command).
-async fn every_key(shared: &Shared, what: &str, mut each: impl FnMut(Vec<u8>)) -> Result<(), Reply> {
-    let mut seen = 0usize;
-    let mut from = Vec::new();
-    let page_keys = 1_000;
-    loop {
-        let page = shared.client.scan(&from, None, page_keys).await.map_err(|e| client_error(&e))?;
-        seen += page.len();
-        if seen > shared.cfg.max_dbsize_keys {
-            let limit = shared.cfg.max_dbsize_keys;
-            return Err(Reply::err(format!("{what} stopped after {limit} keys (resp.max-dbsize-keys); use SCAN")));
-        }
-        let full = page.len() == page_keys;
-        let mut last = None;
-        for (k, _) in page {
-            last = Some(k.clone());
-            if !scan::is_cursor_record(&k) {
-                each(k);
-            }
-        }
-        match last {
-            Some(mut k) if full => {
-                k.push(0);
-                from = k;
-            }
-            _ => return Ok(()),
-        }
-    }
-}
-
-async fn dbsize(shared: &Shared) -> Reply {
-    let mut count = 0i64;
-    match every_key(shared, "DBSIZE", |_| count += 1).await {
-        Ok(()) => Reply::Int(count),
-        Err(e) => e,
-    }
-}
-
-/// `KEYS pattern`: the matching keys, in key order, within `resp.max-dbsize-keys`.
-async fn keys(shared: &Shared, pattern: &[u8]) -> Reply {
-    let mut found = Vec::new();
-    match every_key(shared, "KEYS", |k| {
-        if glob_match(pattern, &k) {
-            found.push(Reply::Bulk(k));
-        }
-    })
-    .await
-    {
-        Ok(()) => Reply::Array(found),
-        Err(e) => e,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::int_arg;
     use super::keyed::{Expiry, SetOptions};
-    use super::{glob_match, int_arg};
     use presage_client::Expect;
 
     fn opts(args: &[&str]) -> Result<SetOptions, String> {
@@ -923,25 +806,5 @@ mod tests {
             assert!(opts(bad).expect_err("refused").contains("invalid expire time"), "{bad:?}");
         }
         assert!(opts(&["EX", "ten"]).expect_err("refused").contains("not an integer"));
-    }
-
-    #[test]
-    fn globs_match_like_redis() {
-        for (p, k, want) in [
-            ("*", "anything", true),
-            ("user:*", "user:42", true),
-            ("user:*", "order:1", false),
-            ("h?llo", "hello", true),
-            ("h[ae]llo", "hallo", true),
-            ("h[^e]llo", "hello", false),
-            ("h[a-c]llo", "hbllo", true),
-            ("a\\*b", "a*b", true),
-            ("a\\*b", "axb", false),
-            ("*:*:end", "x:y:end", true),
-            ("", "", true),
-            ("[abc", "a", false),
-        ] {
-            assert_eq!(glob_match(p.as_bytes(), k.as_bytes()), want, "{p} vs {k}");
-        }
     }
 }

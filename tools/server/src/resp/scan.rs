@@ -1,4 +1,5 @@
-//! SCAN with cursors that any node resumes.
+//! The commands that walk the keyspace: SCAN with cursors that any node resumes, and KEYS
+//! and DBSIZE (bounded by `resp.max-dbsize-keys`).
 //!
 //! Redis clients read a SCAN cursor as a 64-bit integer (go-redis and redis-rs parse it as
 //! one), but Presage scans by key, and a key does not fit in 64 bits. So a page that stops
@@ -120,6 +121,60 @@ async fn page(shared: &Shared, start: Vec<u8>, count: usize) -> Result<Vec<(Vec<
     let rest = shared.client.scan(&from, None, count - out.len()).await.map_err(|e| client_error(&e))?;
     out.extend(rest);
     Ok(out)
+}
+
+/// Calls `each` with every key of the keyspace in order, a page at a time, until it has seen
+/// more than `resp.max-dbsize-keys` (an error naming `what`, the command).
+async fn every_key(shared: &Shared, what: &str, mut each: impl FnMut(Vec<u8>)) -> Result<(), Reply> {
+    let mut seen = 0usize;
+    let mut from = Vec::new();
+    let page_keys = 1_000;
+    loop {
+        let page = shared.client.scan(&from, None, page_keys).await.map_err(|e| client_error(&e))?;
+        seen += page.len();
+        if seen > shared.cfg.max_dbsize_keys {
+            let limit = shared.cfg.max_dbsize_keys;
+            return Err(Reply::err(format!("{what} stopped after {limit} keys (resp.max-dbsize-keys); use SCAN")));
+        }
+        let full = page.len() == page_keys;
+        let mut last = None;
+        for (k, _) in page {
+            last = Some(k.clone());
+            if !is_cursor_record(&k) {
+                each(k);
+            }
+        }
+        match last {
+            Some(mut k) if full => {
+                k.push(0);
+                from = k;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+pub(super) async fn dbsize(shared: &Shared) -> Reply {
+    let mut count = 0i64;
+    match every_key(shared, "DBSIZE", |_| count += 1).await {
+        Ok(()) => Reply::Int(count),
+        Err(e) => e,
+    }
+}
+
+/// `KEYS pattern`: the matching keys, in key order, within `resp.max-dbsize-keys`.
+pub(super) async fn keys(shared: &Shared, pattern: &[u8]) -> Reply {
+    let mut found = Vec::new();
+    match every_key(shared, "KEYS", |k| {
+        if glob_match(pattern, &k) {
+            found.push(Reply::Bulk(k));
+        }
+    })
+    .await
+    {
+        Ok(()) => Reply::Array(found),
+        Err(e) => e,
+    }
 }
 
 #[cfg(test)]
