@@ -8,7 +8,8 @@
 //! preparing one stands down, a cut-over is not interrupted; decommission = an evacuation after
 //! which the node is Removed; recommission = undo a drain) checked against the directory and
 //! started as `Manual` operators or migrations; pause-scheduler and resume-scheduler set the
-//! persisted flag `policy::plan` reads.
+//! persisted flag `policy::plan` reads; add-event and cancel-event declare and cancel known
+//! events (maintenance windows, load spikes: `crate::events`).
 
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,17 @@ pub enum AdminCommand {
     },
     /// Resume load-driven scheduling.
     ResumeScheduler,
+    /// Declare a known event: a maintenance window of a node or region, or a load spike on
+    /// a key range (`crate::events`).
+    AddEvent {
+        /// The declaration.
+        event: crate::events::NewEvent,
+    },
+    /// Cancel a known event that has not finished.
+    CancelEvent {
+        /// The event.
+        id: u64,
+    },
 }
 
 /// What a command started.
@@ -337,6 +349,8 @@ impl Manager {
                 let before = if was == paused { " (it was already)" } else { "" };
                 Ok(AdminOutcome { operators: vec![], message: format!("load-driven scheduling is {now}{before}") })
             }
+            AdminCommand::AddEvent { event } => self.add_event(event, now_ms),
+            AdminCommand::CancelEvent { id } => self.cancel_event(id, now_ms),
             AdminCommand::Drain { node } => {
                 if !self.set_node_state(node, NodeState::Draining) {
                     return Err(AdminError::NoNode(node));

@@ -97,6 +97,12 @@ pub struct ManagerConfig {
     pub max_copies_per_node: usize,
     /// Finished migrations kept in the meta shard for inspection.
     pub max_finished_migrations: usize,
+    /// How long before a known event (a maintenance window, a load spike) the cluster starts
+    /// preparing for it, unless the event names its own lead time (`crate::events`).
+    pub event_lead_ms: u64,
+    /// A node of a maintenance window that is still down this long after the window closed
+    /// is treated as failed (its replicas are replaced).
+    pub maintenance_grace_ms: u64,
 }
 
 impl Default for ManagerConfig {
@@ -137,6 +143,8 @@ impl Default for ManagerConfig {
             shed_leader_moves_per_round: 16,
             max_copies_per_node: 2,
             max_finished_migrations: 64,
+            event_lead_ms: 900_000,
+            maintenance_grace_ms: 600_000,
         }
     }
 }
@@ -210,6 +218,9 @@ impl ManagerConfig {
         }
         if self.max_copies_per_node == 0 {
             return Err(Error::Config { name: "max-copies-per-node", reason: "must be positive".into() });
+        }
+        if self.event_lead_ms > crate::events::MAX_LEAD_MS {
+            return Err(Error::Config { name: "event-lead-ms", reason: "at most a day".into() });
         }
         if self.max_running_operators == 0 {
             return Err(Error::Config { name: "max-running-operators", reason: "must be positive".into() });

@@ -15,6 +15,8 @@
 //!   rollback.
 //! - [`policy`]: split by size and load, merge of cold neighbours, leader and replica balance,
 //!   group formation.
+//! - [`events`]: known events operators declare (maintenance windows, load spikes) and
+//!   their phases.
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
 //! - `state`: the cluster as the manager knows it; what the policies read.
 //! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out; its
@@ -26,6 +28,7 @@ pub mod admin;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod load;
 pub mod manager;
 pub mod meta;
@@ -38,6 +41,7 @@ pub use admin::{AdminCommand, AdminError, AdminOutcome};
 pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};
+pub use events::{EventKind, EventPhase, EventView, KnownEvent, MaintenanceScope, NewEvent};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
 pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, NodeStatus, RiskInputs};
 pub use meta::{MetaWrite, PersistedState};

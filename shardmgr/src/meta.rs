@@ -9,6 +9,7 @@
 //! | `\xffm/s/{id:016x}` | [`ShardRecord`] (directory entry at the highest epoch seen) |
 //! | `\xffm/o/{id:016x}` | [`Operator`] |
 //! | `\xffm/m/{id:016x}` | [`Migration`] |
+//! | `\xffm/e/{id:016x}` | [`KnownEvent`] (maintenance windows, load spikes) |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
 //! heartbeats within a few intervals. The failure analysis keeps its own records under
@@ -17,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::events::KnownEvent;
 use crate::model::Migration;
 use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
 use crate::operator::Operator;
@@ -82,6 +84,11 @@ pub fn migration_key(id: u64) -> Vec<u8> {
     id_key(b'm', id)
 }
 
+/// Key of known event `id`.
+pub fn event_key(id: u64) -> Vec<u8> {
+    id_key(b'e', id)
+}
+
 /// A write that stores `value` at `key`.
 pub fn put<T: Serialize>(key: Vec<u8>, value: &T) -> MetaWrite {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
@@ -104,6 +111,8 @@ pub struct PersistedState {
     pub operators: Vec<Operator>,
     /// Migrations, running and finished.
     pub migrations: Vec<Migration>,
+    /// Known events, scheduled, running and finished.
+    pub events: Vec<KnownEvent>,
 }
 
 impl PersistedState {
@@ -127,6 +136,7 @@ impl PersistedState {
                 Some(b's') => out.shards.push(parse(key, value)?),
                 Some(b'o') => out.operators.push(parse(key, value)?),
                 Some(b'm') => out.migrations.push(parse(key, value)?),
+                Some(b'e') => out.events.push(parse(key, value)?),
                 _ => {
                     return Err(Error::Corrupt {
                         key: String::from_utf8_lossy(key).into_owned(),

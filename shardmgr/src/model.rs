@@ -320,6 +320,9 @@ pub enum MigrationCause {
     /// An operator decommissioned the node (`presage-ctl decommission`): once evacuated it
     /// is `Removed` for good.
     Decommission,
+    /// A maintenance window (`presage-ctl events`) would leave the node's group without a
+    /// quorum: its replicas move to a spare before the window; released when it closes.
+    Maintenance,
 }
 
 /// Where a migration is (module docs).

@@ -163,6 +163,12 @@ pub enum OperatorKind {
         /// The healthy node receiving the copy.
         to: NodeId,
     },
+    /// Getting ready for a known load spike (`crate::events`): a split of its range, or a
+    /// leadership spread over the group.
+    EventPrepare {
+        /// The event.
+        event: u64,
+    },
 }
 
 /// Where an operator is.

@@ -16,7 +16,9 @@
 //!    joint-consensus change; the replaced one is then removed. This is how a shard moves
 //!    between groups, how new nodes receive their first replicas and how a migration cuts
 //!    over (a prepared, verified learner is verified again and swapped in).
-//! 3. **Split** by size or keys (at the leader's middle key), or by load after the shard
+//! 3. **Prepare known spikes** (`crate::events`): split the range at its bounds and in halves
+//!    until it spans the shards asked for, then spread its leaderships; its shards are not
+//!    merged until the spike ends. Then **split** by size or keys (at the leader's middle key), or by load after the shard
 //!    stayed hot for the load-split window (at the sampled key that best halves the load).
 //! 4. **Merge** adjacent shards of one group, both small and cold for `merge-delay-ms`,
 //!    their combined load under half the split thresholds, neither split within
@@ -33,6 +35,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::events::SpikeRange;
 use crate::load::{choose_split_key, KeySpan};
 use crate::model::{GroupId, NodeId, NodeState, Role, ShardId, ShardMeta};
 use crate::operator::{OperatorKind, Step};
@@ -69,6 +72,7 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     if m.cluster().scheduler_paused {
         return out;
     }
+    prepare_spikes(m, now_ms, &mut out, &mut claimed);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);
     // A manager that just took over balances only once every node has reported to it (its
@@ -235,12 +239,14 @@ fn shift_leaders(
     shifting
 }
 
-/// Policy 1b: a degraded node ([`crate::RiskInputs::degraded`]) not being evacuated sheds
-/// its leaderships (`shed-leader-moves-per-round` at once): its slow disk is on every
-/// request's path only where it leads.
+/// Policy 1b: a degraded node ([`crate::RiskInputs::degraded`]), or one in a maintenance
+/// window that is near or open ([`crate::events`]), not being evacuated sheds its
+/// leaderships (`shed-leader-moves-per-round` at once): its slow disk is on every request's
+/// path only where it leads, and a node about to stop must not lead when it does.
 fn shed_leaders(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     use crate::model::MigrationStage;
-    for &node in m.degraded() {
+    let shedding: std::collections::BTreeSet<NodeId> = m.degraded().union(m.maintenance()).copied().collect();
+    for node in shedding {
         let evacuating = m.migrations().any(|mig| {
             mig.node == node && matches!(mig.stage, MigrationStage::Preparing | MigrationStage::CuttingOver)
         });
@@ -415,8 +421,13 @@ fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
 /// Policy 4: merge small, cold neighbours of one group (the right one into the left one).
 fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
     let cfg = m.cfg();
+    let spikes = active_spikes(m, now_ms);
     let mergeable = |s: &ShardMeta, claimed: &HashSet<ShardId>| -> bool {
         if ClusterState::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
+            return false;
+        }
+        // A range split for a known spike stays split until the spike ends.
+        if spikes.iter().any(|(r, _)| overlaps(s, r.start, r.end)) {
             return false;
         }
         let Some(soft) = m.soft(s.id) else { return false };
@@ -455,6 +466,81 @@ fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
             new_group: None,
         });
     }
+}
+
+/// The known spikes preparing or open at `now_ms`, with their event ids.
+fn active_spikes(m: &ClusterState, now_ms: u64) -> Vec<(SpikeRange<'_>, u64)> {
+    m.events().filter(|e| e.phase(now_ms).is_active()).filter_map(|e| e.spike_range().map(|r| (r, e.id))).collect()
+}
+
+/// Does `s` hold any key of `[start, end)`?
+fn overlaps(s: &ShardMeta, start: &[u8], end: Option<&[u8]>) -> bool {
+    let starts_before_end = end.is_none_or(|e| s.start.as_slice() < e);
+    let ends_after_start = s.end.as_deref().is_none_or(|e| e > start);
+    starts_before_end && ends_after_start
+}
+
+/// Policy 3a: get each known spike's range ready before it begins ([`crate::events`]), one
+/// operator per spike per round: split at the range's bounds, then halve its largest shard
+/// (at the leader's middle key) until the range spans the shards asked for, then spread the
+/// range's leaderships over the group's voters (no voter leading two more than another).
+fn prepare_spikes(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    for (SpikeRange { start, end, shards: wanted }, event) in active_spikes(m, now_ms) {
+        let kind = OperatorKind::EventPrepare { event };
+        let plan = |s: &ShardMeta, step: Step| Plan {
+            shard: s.id,
+            kind: kind.clone(),
+            steps: vec![step],
+            rollback: vec![],
+            counts_as_balance: false,
+            new_group: None,
+        };
+        let inside: Vec<&ShardMeta> =
+            m.directory().iter().filter(|s| overlaps(s, start, end) && !ClusterState::is_meta(s)).collect();
+        let cuts_at = |s: &ShardMeta, key: &[u8]| s.start.as_slice() < key && s.contains(key);
+        let bound = inside.iter().find_map(|s| {
+            let key = [Some(start), end].into_iter().flatten().find(|k| cuts_at(s, k))?;
+            Some((*s, key.to_vec()))
+        });
+        let chosen = if let Some((s, key)) = bound {
+            Some(plan(s, Step::Split { key: Some(key), new_shard: 0, epoch: s.epoch }))
+        } else if inside.len() < wanted as usize {
+            let largest = inside
+                .iter()
+                .filter(|s| m.soft(s.id).is_some_and(|x| x.keys >= 2))
+                .max_by_key(|s| (m.soft(s.id).map_or(0, |x| x.size_bytes), std::cmp::Reverse(s.id)));
+            largest.map(|s| plan(s, Step::Split { key: None, new_shard: 0, epoch: s.epoch }))
+        } else {
+            spread_leaders(m, &inside).map(|(s, to)| plan(s, Step::TransferLeader { to }))
+        };
+        if let Some(p) = chosen.filter(|p| m.directory().get(p.shard).is_some_and(|s| m.is_free(s))) {
+            if claimed.insert(p.shard) {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// A leadership to move so that `shards`' leaders spread over their voters: from the voter
+/// leading the most of them to the one leading the fewest, when they differ by two or more.
+fn spread_leaders<'a>(m: &ClusterState, shards: &[&'a ShardMeta]) -> Option<(&'a ShardMeta, NodeId)> {
+    let mut led: BTreeMap<NodeId, Vec<&ShardMeta>> = BTreeMap::new();
+    for s in shards {
+        for v in s.voters().into_iter().filter(|v| may_lead(m, *v)) {
+            led.entry(v).or_default();
+        }
+        if let Some(l) = s.leader {
+            led.entry(l).or_default().push(s);
+        }
+    }
+    let (most, theirs) = led.iter().max_by_key(|(n, v)| (v.len(), std::cmp::Reverse(**n)))?;
+    let (fewest, mine) = led.iter().filter(|(n, _)| may_lead(m, **n)).min_by_key(|(n, v)| (v.len(), **n))?;
+    if theirs.len() < mine.len() + 2 {
+        return None;
+    }
+    let s = theirs.iter().find(|s| s.replica(*fewest).is_some_and(|r| r.role == Role::Voter))?;
+    debug_assert_ne!(most, fewest);
+    Some((*s, *fewest))
 }
 
 /// Per-node leader load inside one group.

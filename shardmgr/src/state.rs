@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::config::ManagerConfig;
 use crate::directory::Directory;
+use crate::events::{EventKind, KnownEvent, MaintenanceScope};
 use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
 use crate::model::{
     ClusterMeta, GroupId, GroupMeta, Migration, MigrationStage, NodeId, NodeMeta, NodeState, NodeStats, ShardId,
@@ -54,6 +55,13 @@ pub(crate) struct ClusterState {
     /// Nodes whose disk the failure analysis warns about right now (soft): with proactive
     /// migration on they lead nothing.
     degraded: BTreeSet<NodeId>,
+    /// Known events by id (`crate::events`).
+    events: BTreeMap<u64, KnownEvent>,
+    /// Nodes of a maintenance window preparing or open (derived each round,
+    /// [`ClusterState::set_event_nodes`]): they lead nothing.
+    maintenance: BTreeSet<NodeId>,
+    /// Nodes whose being down is excused by a maintenance window (derived each round).
+    excused: BTreeSet<NodeId>,
 }
 
 /// What the failure analysis tells the manager each round ([`crate::Manager::set_risks`]).
@@ -188,6 +196,9 @@ impl ClusterState {
             region_risks: BTreeMap::new(),
             rtt_ms: BTreeMap::new(),
             degraded: BTreeSet::new(),
+            events: BTreeMap::new(),
+            maintenance: BTreeSet::new(),
+            excused: BTreeSet::new(),
         }
     }
 
@@ -205,6 +216,7 @@ impl ClusterState {
         st.operators = state.operators.into_iter().map(|op| (op.id, op)).collect();
         st.rebuild_busy();
         st.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
+        st.events = state.events.into_iter().map(|e| (e.id, e)).collect();
         st
     }
 
@@ -219,10 +231,50 @@ impl ClusterState {
     }
 
     /// Does `node` shed its leaderships (degraded, with the predictive path on, or its own
-    /// disk check says so)? Then it is given none either.
+    /// disk check says so, or a maintenance window is near)? Then it is given none either.
     pub(crate) fn sheds_leaders(&self, node: NodeId) -> bool {
         let own_check = self.node_stats.get(&node).is_some_and(|s| s.shedding_leaders);
-        own_check || (self.cfg.proactive_migration && self.degraded.contains(&node))
+        own_check || self.maintenance.contains(&node) || (self.cfg.proactive_migration && self.degraded.contains(&node))
+    }
+
+    /// Is `node` in a maintenance window that is preparing or open (it leads nothing)?
+    pub(crate) fn in_maintenance(&self, node: NodeId) -> bool {
+        self.maintenance.contains(&node)
+    }
+
+    /// Nodes in a maintenance window that is preparing or open.
+    pub(crate) fn maintenance(&self) -> &BTreeSet<NodeId> {
+        &self.maintenance
+    }
+
+    /// Is `node`'s being down excused by a maintenance window (no failure, no replacement)?
+    pub(crate) fn down_excused(&self, node: NodeId) -> bool {
+        self.excused.contains(&node)
+    }
+
+    /// Known events by id.
+    pub(crate) fn events(&self) -> impl Iterator<Item = &KnownEvent> + '_ {
+        self.events.values()
+    }
+
+    /// A known event.
+    pub(crate) fn event(&self, id: u64) -> Option<&KnownEvent> {
+        self.events.get(&id)
+    }
+
+    /// The nodes a maintenance event covers now (its node, or its region's nodes that are not
+    /// removed); none for a spike.
+    pub(crate) fn event_nodes(&self, e: &KnownEvent) -> Vec<NodeId> {
+        match &e.what {
+            EventKind::Maintenance { scope: MaintenanceScope::Node { node } } => vec![*node],
+            EventKind::Maintenance { scope: MaintenanceScope::Region { region } } => self
+                .nodes
+                .values()
+                .filter(|n| &n.region == region && n.state != NodeState::Removed)
+                .map(|n| n.id)
+                .collect(),
+            EventKind::Spike { .. } => Vec::new(),
+        }
     }
 
     /// The migration holding `node`, if any.
@@ -462,6 +514,29 @@ impl ClusterState {
     /// A node's latest statistics (from its heartbeat).
     pub(crate) fn record_stats(&mut self, node: NodeId, stats: NodeStats) {
         self.node_stats.insert(node, stats);
+    }
+
+    /// Stores a known event's record.
+    #[must_use = "the event record must be persisted"]
+    pub(crate) fn put_event(&mut self, e: KnownEvent) -> MetaWrite {
+        let write = meta::put(meta::event_key(e.id), &e);
+        self.events.insert(e.id, e);
+        write
+    }
+
+    /// Deletes a finished event's record.
+    #[must_use = "the event record must be deleted"]
+    pub(crate) fn remove_event(&mut self, id: u64) -> MetaWrite {
+        self.events.remove(&id);
+        MetaWrite { key: meta::event_key(id), value: None }
+    }
+
+    /// The nodes the events shape this round: in a preparing or open maintenance window
+    /// (`maintenance`), and whose being down is excused (`excused`).
+    pub(crate) fn set_event_nodes(&mut self, maintenance: BTreeSet<NodeId>, excused: BTreeSet<NodeId>) {
+        debug_assert!(maintenance.is_subset(&excused), "a node in a window is excused");
+        self.maintenance = maintenance;
+        self.excused = excused;
     }
 
     /// The failure analysis's latest view.

@@ -7,7 +7,8 @@
 //! The manager against a simulated data layer (joins, size and load splits, merge after the delay,
 //! fail-over mid-operator, rollback, node states, a new group taking shards; migration: prepare
 //! then cut over to a spare, stand-down with hysteresis, a copy failing verification rolled back, a
-//! fail-over mid-copy, a failed node replaced) and the 1,000-node/100,000-shard round.
+//! fail-over mid-copy, a failed node replaced) and the 1,000-node/100,000-shard round; known
+//! events (maintenance windows, spikes) in `manager/events.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -21,6 +22,9 @@ use presage_shardmgr::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+#[path = "manager/events.rs"]
+mod events;
 
 fn key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()

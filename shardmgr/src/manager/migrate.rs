@@ -70,7 +70,8 @@ pub(crate) fn update(st: &mut ClusterState, now_ms: u64) -> Changes {
             let group = n.group?;
             let risk = st.risk(n.id);
             match n.state {
-                NodeState::Down => Some((n.id, group, MigrationCause::Failed)),
+                // Down in a maintenance window (or its grace after): planned, not a failure.
+                NodeState::Down if !st.down_excused(n.id) => Some((n.id, group, MigrationCause::Failed)),
                 NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
                     Some((n.id, group, MigrationCause::Risk))
                 }
@@ -194,7 +195,12 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
         }
         MigrationStage::CuttingOver => {}
         MigrationStage::Evacuated => {
-            if cleared && !matches!(next.cause, MigrationCause::Manual | MigrationCause::Decommission) {
+            let window_over = next.cause == MigrationCause::Maintenance && !st.in_maintenance(m.node);
+            let auto = !matches!(
+                next.cause,
+                MigrationCause::Manual | MigrationCause::Decommission | MigrationCause::Maintenance
+            );
+            if window_over || (cleared && auto) {
                 next.stage = MigrationStage::Released;
             }
         }
@@ -208,6 +214,8 @@ fn advance(st: &mut ClusterState, id: u64, now_ms: u64, out: &mut Changes) {
             next.stage = MigrationStage::Released;
         } else if m.cause == MigrationCause::Risk && cleared {
             next.stage = MigrationStage::StoodDown;
+        } else if m.cause == MigrationCause::Maintenance && !st.in_maintenance(m.node) {
+            next.stage = MigrationStage::Released;
         }
     }
     if next.stage == MigrationStage::CuttingOver {

@@ -18,7 +18,8 @@
 //! `Manager`: `bootstrap` / `recover(PersistedState)`, `join`, `heartbeat`, `set_risks(RiskInputs)`
 //! (the failure model's risk per node and region, round trips, nodes under a disk warning),
 //! `tick(now) -> Effects { writes, commands, finished, migrations }`, `record_verification`,
-//! `submit` (manual operators); node liveness (Suspect, Down), migrations, then group formation
+//! `submit` (manual operators), `events` (known events: maintenance windows, load spikes, their
+//! `events` part); node liveness (Suspect, Down), migrations, then group formation
 //! (fill groups to the replication factor, one node per region, never with a held node or a
 //! migration's target).
 
@@ -39,6 +40,7 @@ use crate::policy::{self, Plan};
 pub use crate::state::RiskInputs;
 use crate::state::{ClusterState, Placement};
 
+mod events;
 pub(crate) mod migrate;
 
 /// Group failures kept per group.
@@ -432,6 +434,8 @@ impl Manager {
     /// progress, and new operators from the policies.
     pub fn tick(&mut self, now_ms: u64) -> Effects {
         self.update_node_states(now_ms);
+        let events = events::update(&mut self.st, now_ms);
+        self.absorb(events);
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
@@ -552,7 +556,7 @@ impl Manager {
             };
             if next != state {
                 self.set_node_state(id, next);
-                if next == NodeState::Down {
+                if next == NodeState::Down && !self.st.down_excused(id) {
                     self.record_failure(id, now_ms, format!("no heartbeat for {silent} ms"));
                 }
             }
