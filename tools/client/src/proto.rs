@@ -552,6 +552,9 @@ pub struct ClusterInfo {
     /// Each node's disk use, replicas, leaders and last heartbeat, as the manager knows them.
     #[serde(default)]
     pub node_status: Vec<presage_shardmgr::NodeStatus>,
+    /// Known events (maintenance windows, load spikes) with their phases, by start time.
+    #[serde(default)]
+    pub events: Vec<presage_shardmgr::EventView>,
 }
 
 /// A node's answer.

@@ -29,6 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Known events: maintenance windows of a node or region, load spikes on a key range
+    /// (declared ahead so the cluster prepares before them).
+    Events {
+        #[command(subcommand)]
+        what: crate::events_cli::EventsCommand,
+    },
     /// Every node: state, region, group, disk use, replicas, leaders, last heartbeat,
     /// addresses.
     Nodes,
@@ -311,6 +317,13 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Ok(if json { pretty(&outcome) } else { format!("{}\n", outcome.message) })
     };
     match cli.command {
+        Command::Events { what } => match crate::events_cli::command(what)? {
+            Some(cmd) => admin(cmd),
+            None => {
+                let info = c.cluster()?;
+                Ok(if json { pretty(&info.events) } else { crate::events_cli::table(&info.events) })
+            }
+        },
         Command::Nodes => {
             let info = c.cluster()?;
             Ok(if json { pretty(&ctl::nodes_json(&info)) } else { ctl::nodes_table(&info) })

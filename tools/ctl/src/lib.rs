@@ -3,9 +3,11 @@
 //!
 //! - this module: [`AdminClient`] (HTTPS with [`AdminAccess`]), the tables;
 //! - [`cli`]: the `presage-ctl` program;
-//! - [`pfa_cli`]: `presage-ctl pfa train | eval | prior`, the failure model's files.
+//! - [`pfa_cli`]: `presage-ctl pfa train | eval | prior`, the failure model's files;
+//! - [`events_cli`]: `presage-ctl events add | list | cancel`, known events.
 
 pub mod cli;
+pub mod events_cli;
 pub mod pfa_cli;
 
 use presage_client::proto::{ClusterInfo, ShardRow};

@@ -83,9 +83,13 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let inputs = lock(&inner.pfa).migration_inputs();
         let Some((effects, down, removed)) = lock(&inner.manager).as_mut().map(|m| {
             m.set_risks(inputs);
+            let effects = m.tick(now);
             let of = |s: NodeState| m.nodes().filter(|n| n.state == s).map(|n| n.id).collect::<BTreeSet<u64>>();
-            let (down, removed) = (of(NodeState::Down), of(NodeState::Removed));
-            (m.tick(now), down, removed)
+            // A node down for a maintenance window has not failed: the failure analysis
+            // neither learns from it nor counts it.
+            let excused = m.down_excused();
+            let down = of(NodeState::Down).difference(&excused).copied().collect();
+            (effects, down, of(NodeState::Removed))
         }) else {
             continue;
         };

@@ -862,6 +862,7 @@ impl<E: Engine> Inner<E> {
                     stats: m.stats(),
                     migrations: m.migrations(now),
                     node_status: m.node_status(now),
+                    events: m.events(now),
                 }))
             }
             _ => Response::Error(ProtoError::Invalid("not a shard manager request".into())),

@@ -1,0 +1,143 @@
+//! A maintenance window on a real cluster (seeds 001/002): declared with `presage-ctl events`
+//! while a client writes and reads, the node (the one running the shard manager, the hardest
+//! case) leads nothing and every shard keeps its three voters before the window opens; the
+//! node is then stopped for the window and restarted after it. No request fails, no
+//! acknowledged write is lost, and declaring needs the admin credential.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presage_client::Client;
+use presage_playground::Playground;
+
+use super::pfa::eventually;
+use super::{get_retrying, options};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_it_is_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), 3);
+    opts.overrides.push("server.shard-manager.heartbeat-interval-ms=\"200ms\"".to_string());
+    let mut pg = Playground::start(&opts).await.expect("playground starts");
+    let nodes = pg.cluster.nodes.clone();
+    let security = pg.cluster.security.clone();
+    let other = nodes[1].clone();
+    let ctl = |args: &[&str], token: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presage-ctl"));
+        cmd.args(["--admin", &other.admin]);
+        if let Some(ca) = &security.ca_cert {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        if let (true, Some(t)) = (token, &security.admin_token) {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.args(args).output().expect("run presage-ctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let admin = pg.admin(other.id).expect("admin").client();
+    let manager = |admin: &presage_ctl::AdminClient| admin.cluster().ok().map(|c| c.manager);
+    let node = eventually(60, "a shard manager runs", || manager(&admin)).await;
+
+    let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.expect("client"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
+    let load = {
+        let (client, stop, failed, acked) =
+            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&acked));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (k, v) = (format!("m{:04}", i % 500).into_bytes(), format!("v{i}").into_bytes());
+                let read = client.get(&k).await.map(|_| ());
+                match client.put(&k, &v).await.and(read) {
+                    Ok(()) => {
+                        acked.lock().expect("acked").insert(k, v);
+                    }
+                    Err(e) => {
+                        eprintln!("request {i} failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Declaring takes the admin credential.
+    let add = ["events", "add", "maintenance", "--node", &node.to_string(), "--start", "+15s", "--duration", "20s"];
+    let add: Vec<&str> = add.into_iter().chain(["--lead", "12s", "--note", "kernel upgrade"]).collect();
+    if security.admin_token.is_some() {
+        let (ok, out, err) = ctl(&add, false);
+        assert!(!ok && !err.is_empty(), "declared without a token: {out}{err}");
+    }
+    let (ok, out, err) = ctl(&add, true);
+    assert!(ok && out.contains("declared"), "{out}{err}");
+    let (ok, out, err) = ctl(&["events", "list"], true);
+    assert!(ok && out.contains("kernel upgrade") && out.contains(&format!("maintenance node {node}")), "{out}{err}");
+
+    // Before the window opens: the node leads nothing, every shard keeps three voters.
+    let phase = |ctl_out: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(ctl_out).ok()?;
+        v.as_array()?.first()?["phase"].as_str().map(str::to_string)
+    };
+    let leads = |admin: &presage_ctl::AdminClient| -> Option<(usize, usize, usize)> {
+        let shards: serde_json::Value = admin.get("/v1/shards").ok()?;
+        let shards = shards.as_array()?;
+        let led_by_node = shards.iter().filter(|s| s["shard"]["leader"] == node).count();
+        let three_voters = shards
+            .iter()
+            .filter(|s| {
+                s["shard"]["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().filter(|x| x["role"] == "voter").count() == 3)
+            })
+            .count();
+        Some((shards.len(), led_by_node, three_voters))
+    };
+    let mut drained_before_open = None;
+    let open = eventually(60, "the window opens", || {
+        let (_, out, _) = ctl(&["--json", "events", "list"], true);
+        let p = phase(&out)?;
+        if p == "preparing" {
+            if let Some((n, 0, voters)) = leads(&admin) {
+                drained_before_open = Some((n, voters));
+            }
+        }
+        (p == "open").then_some(p)
+    })
+    .await;
+    let (shards, voters) = drained_before_open.expect("the node was seen leading nothing while preparing");
+    assert!(shards >= 2 && voters == shards, "every shard kept three voters: {voters} of {shards}");
+    let (_, led_now, _) = leads(&admin).expect("shards");
+    assert_eq!(led_now, 0, "node {node} leads nothing when the window is {open}");
+    assert_ne!(manager(&admin), Some(node), "the shard manager moved off the node");
+
+    // The node is stopped for the window, and started again after it.
+    pg.kill(node);
+    eventually(60, "the window closes", || {
+        let (_, out, _) = ctl(&["--json", "events", "list"], true);
+        (phase(&out)? == "closed").then_some(())
+    })
+    .await;
+    let (_, out, _) = ctl(&["--json", "nodes"], true);
+    assert!(!out.is_empty(), "nodes listed");
+    let info = admin.cluster().expect("cluster");
+    assert!(info.migrations.iter().all(|m| m.migration.node != node), "no repair of a node down for maintenance");
+    pg.restart(node, &[]).expect("restart");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= 200, "{} keys acknowledged", acked.len());
+    for (k, v) in &acked {
+        assert_eq!(get_retrying(&client, k).await.as_deref(), Some(v.as_slice()), "acknowledged {k:?}");
+    }
+    pg.stop(Duration::from_secs(10));
+}
