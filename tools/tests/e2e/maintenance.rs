@@ -2,7 +2,8 @@
 //! while a client writes and reads, the node (the one running the shard manager, the hardest
 //! case) leads nothing and every shard keeps its three voters before the window opens; the
 //! node is then stopped for the window and restarted after it. No request fails, no
-//! acknowledged write is lost, and declaring needs the admin credential.
+//! acknowledged write is lost, and declaring needs the admin credential. A known spike's range
+//! becomes a shard of its own before the spike.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -81,10 +82,23 @@ async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_i
     let (ok, out, err) = ctl(&["events", "list"], true);
     assert!(ok && out.contains("kernel upgrade") && out.contains(&format!("maintenance node {node}")), "{out}{err}");
 
+    // A known spike: its range becomes a shard of its own before it begins.
+    let spike = ["events", "add", "spike", "--start-key", "s", "--end-key", "t", "--shards", "1"];
+    let spike: Vec<&str> = spike.into_iter().chain(["--start", "+8s", "--duration", "2m", "--lead", "6s"]).collect();
+    let (ok, out, err) = ctl(&spike, true);
+    assert!(ok, "{out}{err}");
+    let rows = eventually(60, "the spike's range is a shard of its own", || {
+        let rows = admin.shards(None, None, Some(b"s")).ok()?;
+        rows.iter().any(|r| r.shard.start == b"s" && r.shard.end.as_deref() == Some(b"t".as_slice())).then_some(rows)
+    })
+    .await;
+    eprintln!("spike range: {:?}", rows.iter().map(|r| r.shard.id).collect::<Vec<_>>());
+
     // Before the window opens: the node leads nothing, every shard keeps three voters.
     let phase = |ctl_out: &str| -> Option<String> {
         let v: serde_json::Value = serde_json::from_str(ctl_out).ok()?;
-        v.as_array()?.first()?["phase"].as_str().map(str::to_string)
+        let window = v.as_array()?.iter().find(|e| e["what"]["kind"] == "maintenance")?;
+        window["phase"].as_str().map(str::to_string)
     };
     let leads = |admin: &presage_ctl::AdminClient| -> Option<(usize, usize, usize)> {
         let shards: serde_json::Value = admin.get("/v1/shards").ok()?;
