@@ -103,6 +103,21 @@ pub struct ManagerConfig {
     /// A node of a maintenance window that is still down this long after the window closed
     /// is treated as failed (its replicas are replaced).
     pub maintenance_grace_ms: u64,
+    /// Bucket of the load history each forecast is made from (`crate::forecast`).
+    pub forecast_interval_ms: u64,
+    /// How far ahead load is forecast.
+    pub forecast_horizon_ms: u64,
+    /// The load's season (a day: what recurs at the same time each day).
+    pub forecast_season_ms: u64,
+    /// Buckets of history kept per shard (4 bytes each); seasonality needs two seasons.
+    pub forecast_max_points: usize,
+    /// The policies act on forecasts: a shard forecast to pass the load-split threshold is
+    /// split before it does, shards forecast hot are not merged, leaderships are balanced by
+    /// forecast load (off: forecasts are only shown).
+    pub forecast_balance: bool,
+    /// A leadership moved to balance load is not moved again to balance load for this long
+    /// (no thrashing on a second's noise).
+    pub leader_move_hold_ms: u64,
 }
 
 impl Default for ManagerConfig {
@@ -145,11 +160,24 @@ impl Default for ManagerConfig {
             max_finished_migrations: 64,
             event_lead_ms: 900_000,
             maintenance_grace_ms: 600_000,
+            forecast_interval_ms: 600_000,
+            forecast_horizon_ms: 900_000,
+            forecast_season_ms: 86_400_000,
+            forecast_max_points: 320,
+            forecast_balance: true,
+            leader_move_hold_ms: 60_000,
         }
     }
 }
 
 impl ManagerConfig {
+    /// Forecast buckets ahead (at least one) and buckets per season.
+    pub fn forecast_steps(&self) -> (usize, usize) {
+        let steps = (self.forecast_horizon_ms / self.forecast_interval_ms).max(1) as usize;
+        let season = (self.forecast_season_ms / self.forecast_interval_ms) as usize;
+        (steps, season)
+    }
+
     /// The migration thresholds.
     pub fn thresholds(&self) -> RiskThresholds {
         RiskThresholds { warn: self.risk_warn, act: self.risk_act, clear: self.risk_clear }
@@ -221,6 +249,18 @@ impl ManagerConfig {
         }
         if self.event_lead_ms > crate::events::MAX_LEAD_MS {
             return Err(Error::Config { name: "event-lead-ms", reason: "at most a day".into() });
+        }
+        if self.forecast_interval_ms == 0 || self.forecast_max_points == 0 {
+            return Err(Error::Config {
+                name: "forecast-interval-ms",
+                reason: "interval and points must be positive".into(),
+            });
+        }
+        if self.forecast_horizon_ms / self.forecast_interval_ms > 1_000 || self.forecast_max_points > 100_000 {
+            return Err(Error::Config {
+                name: "forecast-horizon-ms",
+                reason: "at most 1,000 buckets ahead and 100,000 kept".into(),
+            });
         }
         if self.max_running_operators == 0 {
             return Err(Error::Config { name: "max-running-operators", reason: "must be positive".into() });

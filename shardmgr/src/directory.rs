@@ -127,7 +127,15 @@ impl Directory {
     }
 
     /// Shards overlapping `shard`'s range (itself included if present).
-    fn overlapping<'a>(&'a self, shard: &'a ShardMeta) -> impl Iterator<Item = &'a ShardMeta> + 'a {
+    /// The shard ending where `shard` starts (its left neighbour), if known.
+    pub fn left_neighbour(&self, shard: &ShardMeta) -> Option<&ShardMeta> {
+        let (_, id) =
+            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(shard.start.as_slice()))).next_back()?;
+        self.by_id.get(id).filter(|s| s.end.as_deref() == Some(shard.start.as_slice()))
+    }
+
+    /// Shards sharing a key with `shard` (itself included if known).
+    pub fn overlapping<'a>(&'a self, shard: &'a ShardMeta) -> impl Iterator<Item = &'a ShardMeta> + 'a {
         // The one starting at or before `start` may reach into the range; then every shard
         // starting inside it.
         let before = self

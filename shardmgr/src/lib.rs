@@ -17,6 +17,7 @@
 //!   group formation.
 //! - [`events`]: known events operators declare (maintenance windows, load spikes) and
 //!   their phases.
+//! - [`forecast`]: load series per shard and their exponential-smoothing forecasts.
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
 //! - `state`: the cluster as the manager knows it; what the policies read.
 //! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out; its
@@ -29,6 +30,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod events;
+pub mod forecast;
 pub mod load;
 pub mod manager;
 pub mod meta;
@@ -42,6 +44,7 @@ pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};
 pub use events::{EventKind, EventPhase, EventView, KnownEvent, MaintenanceScope, NewEvent};
+pub use forecast::{Forecast, ForecastReport, PlaceForecast, Recommendation, ShardForecast};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
 pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, NodeStatus, RiskInputs};
 pub use meta::{MetaWrite, PersistedState};

@@ -136,6 +136,8 @@ pub enum OperatorKind {
     SizeSplit,
     /// The shard stayed hot for the load-split window.
     LoadSplit,
+    /// The shard is forecast to pass the load-split threshold within the horizon.
+    ForecastSplit,
     /// Two small, cold neighbours merge.
     Merge,
     /// Leadership moves to even out leader load.

@@ -25,7 +25,11 @@
 //!    `split-merge-interval-ms`.
 //! 5. **Leader balance** inside each group by load score (by count when the load is
 //!    even, or when no single move evens it),
-//!    acting only past `balance-tolerance` above the mean *and* a minimum absolute gap.
+//!    acting only past `balance-tolerance` above the mean *and* a minimum absolute gap; with
+//!    `forecast-balance` the score is the larger of the smoothed load and its forecast peak
+//!    (`crate::forecast`), and a moved leadership stays for `leader-move-hold-ms`. With it
+//!    too, a shard forecast to pass the load-split threshold within the horizon is split
+//!    before it does (policy 3), and one forecast hot is not merged (policy 4).
 //! 6. **Group balance**: re-place one shard from the largest group (by size, then load) to
 //!    the smallest, with the same hysteresis; repair then moves its replicas.
 //!
@@ -79,7 +83,8 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     // leaders, loads and failure-analysis inputs are fresh): balancing on what its
     // predecessor last persisted could hand a leadership back to a node being shed.
     if now_ms >= m.started_ms() + BALANCE_AFTER_START_HEARTBEATS * m.cfg().heartbeat_interval_ms {
-        leader_balance(m, &mut out, &mut claimed);
+        let score = |shard| balance_score(m, shard, now_ms, m.cfg().forecast_balance);
+        leader_balance(m, now_ms, &score, &mut out, &mut claimed);
         group_balance(m, &mut out, &claimed);
     }
     out
@@ -395,20 +400,17 @@ fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
             planned.push(split(OperatorKind::SizeSplit, None));
             continue;
         }
+        if cfg.forecast_balance && soft.hot_since_ms.is_none() && forecast_hot(m, s.id, now_ms) {
+            // Forecast to pass the threshold within the horizon: split now, at the key that
+            // best halves the load sampled lately (the leader's middle key without samples).
+            planned.push(split(OperatorKind::ForecastSplit, load_split_key(m, s)));
+            continue;
+        }
         let Some(hot_since) = soft.hot_since_ms else { continue };
         if now_ms.saturating_sub(hot_since) < cfg.load_split_window_ms {
             continue;
         }
-        let samples: Vec<&KeySpan> = soft.samples.iter().flat_map(|(_, v)| v.iter()).collect();
-        let chosen = choose_split_key(
-            &s.start,
-            s.end.as_deref(),
-            &samples,
-            cfg.load_split_candidates,
-            cfg.load_split_max_balance,
-            cfg.load_split_max_contained,
-        );
-        if let Some((key, _)) = chosen {
+        if let Some(key) = load_split_key(m, s) {
             planned.push(split(OperatorKind::LoadSplit, Some(key)));
         }
     }
@@ -416,6 +418,75 @@ fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
         claimed.insert(p.shard);
         out.push(p);
     }
+}
+
+/// The sampled key that best halves `s`'s recent load, if the samples allow one.
+fn load_split_key(m: &ClusterState, s: &ShardMeta) -> Option<Vec<u8>> {
+    let cfg = m.cfg();
+    let soft = m.soft(s.id)?;
+    let samples: Vec<&KeySpan> = soft.samples.iter().flat_map(|(_, v)| v.iter()).collect();
+    let chosen = choose_split_key(
+        &s.start,
+        s.end.as_deref(),
+        &samples,
+        cfg.load_split_candidates,
+        cfg.load_split_max_balance,
+        cfg.load_split_max_contained,
+    );
+    chosen.map(|(key, _)| key)
+}
+
+/// Is `shard` forecast (from enough history) to pass the load-split threshold within the
+/// horizon while it is under it now?
+pub(crate) fn forecast_hot(m: &ClusterState, shard: ShardId, now_ms: u64) -> bool {
+    let f = m.forecast(shard, now_ms);
+    let threshold = m.cfg().load_split_qps;
+    f.points >= crate::forecast::MIN_POINTS && f.now < threshold && f.peak >= threshold
+}
+
+/// The load a leadership carries for balancing: by forecast, the larger of the shard's
+/// smoothed load now and its forecast peak (a node forecast to be the hottest sheds before
+/// the peak, and a second's noise moves nothing); else the latest report.
+fn balance_score(m: &ClusterState, shard: ShardId, now_ms: u64, by_forecast: bool) -> f64 {
+    if by_forecast {
+        let f = m.forecast(shard, now_ms);
+        f.now.max(f.peak)
+    } else {
+        m.soft(shard).map_or(0.0, |x| x.load.score())
+    }
+}
+
+/// What the forecasts advise now, whether or not the policies act on them
+/// (`forecast-balance`): splits of shards forecast to pass the load-split threshold,
+/// leadership moves by forecast load (policy 5's choice with forecast scores), and shards
+/// kept split because they are forecast hot.
+pub(crate) fn forecast_advice(m: &ClusterState, now_ms: u64) -> (Vec<Plan>, Vec<ShardId>) {
+    let mut out = Vec::new();
+    let mut claimed = HashSet::new();
+    for s in m.directory().iter().filter(|s| !ClusterState::is_meta(s)) {
+        if forecast_hot(m, s.id, now_ms) {
+            claimed.insert(s.id);
+            out.push(Plan {
+                shard: s.id,
+                kind: OperatorKind::ForecastSplit,
+                steps: vec![Step::Split { key: load_split_key(m, s), new_shard: 0, epoch: s.epoch }],
+                rollback: vec![],
+                counts_as_balance: false,
+                new_group: None,
+            });
+        }
+    }
+    let score = |shard| balance_score(m, shard, now_ms, true);
+    leader_balance(m, now_ms, &score, &mut out, &mut claimed);
+    let threshold = m.cfg().load_split_qps;
+    let kept = m
+        .directory()
+        .iter()
+        .filter(|s| !ClusterState::is_meta(s) && m.soft(s.id).is_some_and(|x| x.cold_since_ms.is_some()))
+        .filter(|s| m.forecast(s.id, now_ms).peak >= threshold / 2.0)
+        .map(|s| s.id)
+        .collect();
+    (out, kept)
 }
 
 /// Policy 4: merge small, cold neighbours of one group (the right one into the left one).
@@ -426,8 +497,12 @@ fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
         if ClusterState::is_meta(s) || !m.is_free(s) || claimed.contains(&s.id) || s.has_learners() {
             return false;
         }
-        // A range split for a known spike stays split until the spike ends.
+        // A range split for a known spike stays split until the spike ends, and one
+        // forecast to be hot within the horizon stays split too.
         if spikes.iter().any(|(r, _)| overlaps(s, r.start, r.end)) {
+            return false;
+        }
+        if cfg.forecast_balance && m.forecast(s.id, now_ms).peak >= cfg.load_split_qps / 2.0 {
             return false;
         }
         let Some(soft) = m.soft(s.id) else { return false };
@@ -550,9 +625,23 @@ struct NodeLeaders {
     shards: Vec<(f64, ShardId)>,
 }
 
-/// Policy 5: even out leader load inside each group (one transfer per group per round).
-fn leader_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+/// Policy 5: even out leader load inside each group (one transfer per group per round), by
+/// [`balance_score`]; a leadership this policy moved within `leader-move-hold-ms` stays.
+pub(crate) fn leader_balance(
+    m: &ClusterState,
+    now_ms: u64,
+    score: &dyn Fn(ShardId) -> f64,
+    out: &mut Vec<Plan>,
+    claimed: &mut HashSet<ShardId>,
+) {
     let cfg = m.cfg();
+    let held: HashSet<ShardId> = m
+        .operators()
+        .filter(|op| {
+            op.kind == OperatorKind::BalanceLeader && now_ms.saturating_sub(op.created_ms) < cfg.leader_move_hold_ms
+        })
+        .map(|op| op.shard)
+        .collect();
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
     for g in m.groups() {
         let nodes = g.nodes.iter().filter(|n| may_lead(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
@@ -566,9 +655,9 @@ fn leader_balance(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<S
         }
         let (Some(leader), Some(p)) = (s.leader, m.placement(s.id)) else { continue };
         let Some(entry) = by_group.get_mut(&p.group).and_then(|g| g.get_mut(&leader)) else { continue };
-        let score = m.soft(s.id).map_or(0.0, |x| x.load.score());
+        let score = score(s.id);
         entry.score += score;
-        if m.is_free(s) && !claimed.contains(&s.id) {
+        if m.is_free(s) && !claimed.contains(&s.id) && !held.contains(&s.id) {
             entry.shards.push((score, s.id));
         }
     }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::config::ManagerConfig;
 use crate::directory::Directory;
 use crate::events::{EventKind, KnownEvent, MaintenanceScope};
+use crate::forecast::{Forecast, Series};
 use crate::meta::{self, MetaWrite, PersistedState, ShardRecord};
 use crate::model::{
     ClusterMeta, GroupId, GroupMeta, Migration, MigrationStage, NodeId, NodeMeta, NodeState, NodeStats, ShardId,
@@ -62,6 +63,8 @@ pub(crate) struct ClusterState {
     maintenance: BTreeSet<NodeId>,
     /// Nodes whose being down is excused by a maintenance window (derived each round).
     excused: BTreeSet<NodeId>,
+    /// Each shard's load history (soft; `crate::forecast`).
+    series: HashMap<ShardId, Series>,
 }
 
 /// What the failure analysis tells the manager each round ([`crate::Manager::set_risks`]).
@@ -199,6 +202,7 @@ impl ClusterState {
             events: BTreeMap::new(),
             maintenance: BTreeSet::new(),
             excused: BTreeSet::new(),
+            series: HashMap::new(),
         }
     }
 
@@ -250,6 +254,33 @@ impl ClusterState {
     /// Is `node`'s being down excused by a maintenance window (no failure, no replacement)?
     pub(crate) fn down_excused(&self, node: NodeId) -> bool {
         self.excused.contains(&node)
+    }
+
+    /// `shard`'s load forecast over the horizon at `now_ms` (`crate::forecast`); from the
+    /// latest report alone while it has no history.
+    pub(crate) fn forecast(&self, shard: ShardId, now_ms: u64) -> Forecast {
+        let interval = self.cfg.forecast_interval_ms;
+        let (_, season) = self.cfg.forecast_steps();
+        let next_bucket_ms = now_ms - now_ms % interval + interval;
+        let reported = self.soft(shard).map_or(0.0, |x| x.load.score());
+        match self.series.get(&shard) {
+            Some(series) => {
+                let now = series.current().unwrap_or(reported);
+                let values = series.ahead();
+                let seasonal = season >= 2 && series.len() >= 2 * season;
+                Forecast::from_buckets(now, &values, next_bucket_ms, interval, series.len(), seasonal)
+            }
+            None => Forecast::from_buckets(reported, &[], next_bucket_ms, interval, 0, false),
+        }
+    }
+
+    /// `shard`'s load now and its forecast buckets (empty without enough history).
+    pub(crate) fn forecast_values(&self, shard: ShardId) -> (f64, Vec<f64>) {
+        let reported = self.soft(shard).map_or(0.0, |x| x.load.score());
+        match self.series.get(&shard) {
+            Some(s) => (s.current().unwrap_or(reported), s.ahead()),
+            None => (reported, Vec::new()),
+        }
     }
 
     /// Known events by id.
@@ -504,6 +535,41 @@ impl ClusterState {
     /// Drops a shard's soft state (its range changed: the old samples describe another).
     pub(crate) fn reset_soft(&mut self, shard: ShardId) {
         self.soft.remove(&shard);
+    }
+
+    /// Records a report of `shard`'s load score at `now_ms`, its range at epoch `version`,
+    /// into its history (`crate::forecast`).
+    pub(crate) fn record_load(&mut self, shard: ShardId, version: u64, now_ms: u64, score: f64) {
+        let (interval, max_points) = (self.cfg.forecast_interval_ms, self.cfg.forecast_max_points);
+        let series = self.series.entry(shard).or_default();
+        if series.version == 0 {
+            series.version = version;
+        }
+        if series.record(now_ms, score, interval, max_points) {
+            let (steps, season) = self.cfg.forecast_steps();
+            series.refit(season, steps);
+        }
+    }
+
+    /// A split: `left` (now at epoch `version`) and the new `right` each take half the
+    /// parent's history, once per version whichever reports first.
+    pub(crate) fn split_history(&mut self, left: ShardId, right: Option<ShardId>, version: u64) {
+        let Some(parent) = self.series.get_mut(&left) else { return };
+        if parent.version < version {
+            parent.scale(0.5);
+            parent.version = version;
+        }
+        let half = parent.clone();
+        if let Some(r) = right {
+            self.series.entry(r).or_insert(half);
+        }
+    }
+
+    /// A merge: `target` takes `source`'s history on top of its own.
+    pub(crate) fn merge_history(&mut self, target: ShardId, source: ShardId) {
+        if let Some(src) = self.series.remove(&source) {
+            self.series.entry(target).or_default().absorb(&src);
+        }
     }
 
     /// A node's latest statistics, if it sent any.

@@ -8,7 +8,8 @@
 //! fail-over mid-operator, rollback, node states, a new group taking shards; migration: prepare
 //! then cut over to a spare, stand-down with hysteresis, a copy failing verification rolled back, a
 //! fail-over mid-copy, a failed node replaced) and the 1,000-node/100,000-shard round; known
-//! events (maintenance windows, spikes) in `manager/events.rs`.
+//! events (maintenance windows, spikes) in `manager/events.rs`; predicted load in
+//! `manager/forecast.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -25,6 +26,8 @@ use rand::{Rng, SeedableRng};
 
 #[path = "manager/events.rs"]
 mod events;
+#[path = "manager/forecast.rs"]
+mod forecast;
 
 fn key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()
@@ -310,6 +313,10 @@ fn test_config() -> ManagerConfig {
         merge_delay_ms: 60_000,
         split_merge_interval_ms: 120_000,
         operator_step_timeout_ms: 30_000,
+        // These tests judge balancing by the latest report; the forecast's own tests turn
+        // it on (`manager/forecast.rs`).
+        forecast_balance: false,
+        leader_move_hold_ms: 0,
         ..ManagerConfig::default()
     }
 }

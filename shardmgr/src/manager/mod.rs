@@ -19,7 +19,7 @@
 //! (the failure model's risk per node and region, round trips, nodes under a disk warning),
 //! `tick(now) -> Effects { writes, commands, finished, migrations }`, `record_verification`,
 //! `submit` (manual operators), `events` (known events: maintenance windows, load spikes, their
-//! `events` part); node liveness (Suspect, Down), migrations, then group formation
+//! `events` part), `forecast_report` (predicted load and advice, its `outlook` part); node liveness (Suspect, Down), migrations, then group formation
 //! (fill groups to the replication factor, one node per region, never with a held node or a
 //! migration's target).
 
@@ -42,6 +42,7 @@ use crate::state::{ClusterState, Placement};
 
 mod events;
 pub(crate) mod migrate;
+mod outlook;
 
 /// Group failures kept per group.
 const MAX_FAILURES_PER_GROUP: usize = 64;
@@ -370,6 +371,10 @@ impl Manager {
     fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {
         let shard = report.shard;
         let old = self.st.directory().get(shard.id).cloned();
+        // Other shards this report may replace: a merge's source, or a split's parent that
+        // has not reported its narrower range yet.
+        let prior: Vec<ShardMeta> =
+            self.st.directory().overlapping(&shard).filter(|p| p.id != shard.id).cloned().collect();
         let update = self.st.directory_mut().update(shard.clone());
         let removed = match &update {
             Update::Stale => return,
@@ -386,6 +391,24 @@ impl Manager {
                 None => shard.epoch.version > 1,
                 Some(o) => shard.epoch.version > o.epoch.version && narrower(&shard, o),
             };
+            // The load history follows the keys: a merge adds the source's, a split gives
+            // each half half of the parent's.
+            for p in prior.iter().filter(|p| removed.contains(&p.id)) {
+                if covers(&shard, p) {
+                    self.st.merge_history(shard.id, p.id);
+                } else {
+                    self.st.split_history(p.id, Some(shard.id), shard.epoch.version);
+                }
+            }
+            if old.as_ref().is_some_and(|o| narrower(&shard, o)) {
+                self.st.split_history(shard.id, None, shard.epoch.version);
+            } else if old.is_none() && split && prior.is_empty() {
+                // The parent reported its narrower range first: it is the left neighbour.
+                let parent = self.st.directory().left_neighbour(&shard).map(|p| p.id);
+                if let Some(parent) = parent {
+                    self.st.split_history(parent, Some(shard.id), shard.epoch.version);
+                }
+            }
             let mut placement = self.st.placement(shard.id).unwrap_or_else(|| {
                 let group = inherited.or_else(|| self.group_for(&shard)).unwrap_or(1);
                 Placement { group, split_at_ms: None }
@@ -406,6 +429,7 @@ impl Manager {
         soft.size_bytes = report.size_bytes;
         soft.keys = report.keys;
         soft.reported_at_ms = Some(now_ms);
+        let score = soft.load.score();
         if !report.load.samples.is_empty() {
             soft.samples.push_back((now_ms, report.load.samples));
         }
@@ -419,6 +443,7 @@ impl Manager {
             && soft.load.qps() < cfg.load_split_qps / 2.0
             && soft.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
         soft.cold_since_ms = if cold { Some(soft.cold_since_ms.unwrap_or(now_ms)) } else { None };
+        self.st.record_load(shard.id, shard.epoch.version, now_ms, score);
     }
 
     /// The group holding all of `shard`'s voters, else the one holding most of them.
@@ -673,6 +698,16 @@ impl Manager {
         self.last_sent_ms.remove(&id);
         Some(id)
     }
+}
+
+/// Does `outer` hold every key of `inner`?
+fn covers(outer: &ShardMeta, inner: &ShardMeta) -> bool {
+    let end_ok = match (&outer.end, &inner.end) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(o), Some(i)) => i <= o,
+    };
+    outer.start <= inner.start && end_ok
 }
 
 /// True when `new` covers less than `old` (a split, rather than a merge).
