@@ -80,7 +80,6 @@ pub enum EventKind {
 
 /// An operator's declaration, as the admin API takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct NewEvent {
     /// What is expected.
     pub what: EventKind,
@@ -98,7 +97,6 @@ pub struct NewEvent {
 
 /// A declared event (persisted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct KnownEvent {
     /// Its id (from the cluster's id allocator).
     pub id: u64,
@@ -148,7 +146,6 @@ impl EventPhase {
 
 /// An event with its phase, as `presage-ctl events list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct EventView {
     /// The event.
     #[serde(flatten)]

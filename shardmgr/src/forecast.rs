@@ -207,7 +207,6 @@ pub fn holt_winters(y: &[f64], season: usize, steps: usize) -> Option<Vec<f64>> 
 
 /// A forecast of one shard, node or region.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct Forecast {
     /// Load score now (requests per second, 64 KiB moved counting as one more request).
     pub now: f64,
@@ -240,7 +239,6 @@ impl Forecast {
 
 /// A node's or a region's forecast: the sum of the shards it leads, bucket by bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct PlaceForecast {
     /// The node (`None`: the whole region).
     pub node: Option<u64>,
@@ -255,7 +253,6 @@ pub struct PlaceForecast {
 
 /// One shard's forecast.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct ShardForecast {
     /// The shard.
     pub shard: u64,
@@ -298,7 +295,6 @@ pub enum Recommendation {
 
 /// `presage-ctl forecast`: every region and node, the hottest shards, and the advice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct ForecastReport {
     /// When it was made, Unix ms.
     pub now_ms: u64,

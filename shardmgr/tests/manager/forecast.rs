@@ -160,5 +160,5 @@ fn the_forecast_report_at_1000_nodes_scores_every_node_and_region() {
     let moves = report.recommendations.iter().filter(|r| matches!(r, Recommendation::MoveLeader { .. })).count();
     assert!(moves > 0, "seed {}: the leaders of the hot shards should spread: {:?}", seed(), report.recommendations);
     let json = serde_json::to_string(&report).expect("encode");
-    assert!(json.contains("\"action\":\"move-leader\"") && json.contains("\"peak-at-ms\""), "{}", &json[..200]);
+    assert!(json.contains("\"action\":\"move-leader\"") && json.contains("\"peak_at_ms\""), "{}", &json[..200]);
 }

@@ -166,6 +166,12 @@ pub enum Request {
     },
     /// Nodes, groups, operators and counts (answered by the shard manager).
     ClusterInfo,
+    /// Predicted load: every node and region, the `top` hottest shards, the advice (answered
+    /// by the shard manager).
+    Forecast {
+        /// Shards to list (at most 1,000).
+        top: u32,
+    },
     /// This node's replica's range checksum of `shard` at log index `index` (the index of a
     /// checksum round its leader started to verify a new replica).
     ReplicaChecksum {
@@ -217,6 +223,7 @@ impl Request {
             Request::Heartbeat { .. } => "heartbeat",
             Request::Execute { .. } => "execute",
             Request::ClusterInfo => "cluster_info",
+            Request::Forecast { .. } => "forecast",
             Request::Forwarded { .. } => "forwarded",
             Request::Hello => "hello",
             Request::Shards { .. } => "shards",
@@ -639,6 +646,8 @@ pub enum Response {
     },
     /// The cluster's state.
     ClusterInfo(Box<ClusterInfo>),
+    /// The answer to `Forecast`.
+    Forecast(Box<presage_shardmgr::ForecastReport>),
     /// The answer to `Pfa`: the failure analysis's JSON (the types of `presage_pfa`, kept out
     /// of this crate so that applications do not compile the failure model).
     Pfa {

@@ -35,6 +35,13 @@ enum Command {
         #[command(subcommand)]
         what: crate::events_cli::EventsCommand,
     },
+    /// Predicted load: each region's and node's forecast and load prediction score, the
+    /// hottest shards' forecasts, and what the forecasts advise (splits, leadership moves).
+    Forecast {
+        /// Shards to list, hottest forecast first.
+        #[arg(long, default_value_t = 20)]
+        top: u32,
+    },
     /// Every node: state, region, group, disk use, replicas, leaders, last heartbeat,
     /// addresses.
     Nodes,
@@ -324,6 +331,10 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                 Ok(if json { pretty(&info.events) } else { crate::events_cli::table(&info.events) })
             }
         },
+        Command::Forecast { top } => {
+            let report: presage_shardmgr::ForecastReport = c.get(&format!("/v1/forecast?top={top}"))?;
+            Ok(if json { pretty(&report) } else { crate::forecast_cli::text(&report) })
+        }
         Command::Nodes => {
             let info = c.cluster()?;
             Ok(if json { pretty(&ctl::nodes_json(&info)) } else { ctl::nodes_table(&info) })

@@ -4,10 +4,12 @@
 //! - this module: [`AdminClient`] (HTTPS with [`AdminAccess`]), the tables;
 //! - [`cli`]: the `presage-ctl` program;
 //! - [`pfa_cli`]: `presage-ctl pfa train | eval | prior`, the failure model's files;
-//! - [`events_cli`]: `presage-ctl events add | list | cancel`, known events.
+//! - [`events_cli`]: `presage-ctl events add | list | cancel`, known events;
+//! - [`forecast_cli`]: `presage-ctl forecast`, predicted load and its advice.
 
 pub mod cli;
 pub mod events_cli;
+pub mod forecast_cli;
 pub mod pfa_cli;
 
 use presage_client::proto::{ClusterInfo, ShardRow};

@@ -17,6 +17,7 @@
 //! | `GET/PUT/DELETE /v1/faults/network` | network faults on the node's outgoing Raft links (same) |
 //! | `GET/PUT/DELETE /v1/faults/host` | CPU contention and memory pressure in the node (same) |
 //! | `GET/PUT /v1/log-level` | the log filter (`RUST_LOG` syntax) in force; `PUT {"filter":"..."}` replaces it until restart |
+//! | `GET /v1/forecast?top=N` | predicted load: regions, nodes, the N hottest shards (20), advice |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
@@ -372,6 +373,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/faults", fault_routes::<FaultInjector>())
         .route("/v1/faults/network", fault_routes::<NetFaults>())
         .route("/v1/faults/host", fault_routes::<HostFaults>())
+        .route("/v1/forecast", get(forecast))
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
@@ -504,6 +506,23 @@ async fn cluster_info(s: &AdminState) -> ApiResult<ClusterInfo> {
 
 async fn cluster(State(s): State<AdminState>) -> ApiResult<Json<ClusterInfo>> {
     Ok(Json(cluster_info(&s).await?))
+}
+
+/// The query of `/v1/forecast`.
+#[derive(Debug, Deserialize)]
+struct ForecastQuery {
+    /// Shards to list.
+    top: Option<u32>,
+}
+
+async fn forecast(
+    State(s): State<AdminState>,
+    Query(q): Query<ForecastQuery>,
+) -> ApiResult<Json<presage_shardmgr::ForecastReport>> {
+    match ask(&s, Request::Forecast { top: q.top.unwrap_or(20).min(1_000) }).await? {
+        Response::Forecast(report) => Ok(Json(*report)),
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    }
 }
 
 async fn nodes(State(s): State<AdminState>) -> ApiResult<Json<serde_json::Value>> {

@@ -3,7 +3,7 @@
 //! case) leads nothing and every shard keeps its three voters before the window opens; the
 //! node is then stopped for the window and restarted after it. No request fails, no
 //! acknowledged write is lost, and declaring needs the admin credential. A known spike's range
-//! becomes a shard of its own before the spike.
+//! becomes a shard of its own before the spike; `presage-ctl forecast` reports the load.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -81,6 +81,21 @@ async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_i
     assert!(ok && out.contains("declared"), "{out}{err}");
     let (ok, out, err) = ctl(&["events", "list"], true);
     assert!(ok && out.contains("kernel upgrade") && out.contains(&format!("maintenance node {node}")), "{out}{err}");
+
+    // Predicted load under the client's load: every node and region scored, the shard the
+    // client writes to carries load now.
+    let report = eventually(30, "the forecast sees the client's load", || {
+        let (ok, out, _) = ctl(&["--json", "forecast", "--top", "5"], true);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let busy = v["shards"].as_array()?.iter().any(|s| s["forecast"]["now"].as_f64().is_some_and(|n| n > 1.0));
+        busy.then_some(v)
+    })
+    .await;
+    assert_eq!(report["nodes"].as_array().map(Vec::len), Some(3), "{report}");
+    assert_eq!(report["regions"].as_array().map(Vec::len), Some(3), "{report}");
+    assert!(report["acting"] == true && report["horizon_ms"] == 900_000, "{report}");
+    let (ok, out, err) = ctl(&["forecast"], true);
+    assert!(ok && out.contains("PEAK/S") && out.contains("SCORE"), "{out}{err}");
 
     // A known spike: its range becomes a shard of its own before it begins.
     let spike = ["events", "add", "spike", "--start-key", "s", "--end-key", "t", "--shards", "1"];

@@ -77,6 +77,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
             | Request::Routes { .. }
             | Request::Shards { .. }
             | Request::ClusterInfo
+            | Request::Forecast { .. }
             | Request::Pfa { .. }
             | Request::VerifyShard { .. }
             | Request::Admin { .. } => Ok(()),

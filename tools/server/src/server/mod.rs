@@ -481,6 +481,7 @@ impl<E: Engine> Inner<E> {
             | Request::Join { .. }
             | Request::Heartbeat { .. }
             | Request::ClusterInfo
+            | Request::Forecast { .. }
             | Request::Pfa { .. }
             | Request::Shards { .. }
             | Request::Admin { .. } => self.manager_request(request, may_forward).await,
@@ -849,6 +850,11 @@ impl<E: Engine> Inner<E> {
                     Err(AdminError::Busy(s)) => Response::Error(ProtoError::Retry(format!("shard {s} is busy"))),
                     Err(e) => Response::Error(ProtoError::Refused(e.to_string())),
                 }
+            }
+            Request::Forecast { top } => {
+                let guard = lock(&self.manager);
+                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                Response::Forecast(Box::new(m.forecast_report(now, top as usize)))
             }
             Request::ClusterInfo => {
                 let guard = lock(&self.manager);
