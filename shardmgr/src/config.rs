@@ -171,9 +171,10 @@ impl Default for ManagerConfig {
 }
 
 impl ManagerConfig {
-    /// Forecast buckets ahead (at least one) and buckets per season.
+    /// Forecast buckets (the one open now, then enough to cover the horizon) and buckets per
+    /// season.
     pub fn forecast_steps(&self) -> (usize, usize) {
-        let steps = (self.forecast_horizon_ms / self.forecast_interval_ms).max(1) as usize;
+        let steps = self.forecast_horizon_ms.div_ceil(self.forecast_interval_ms) as usize + 1;
         let season = (self.forecast_season_ms / self.forecast_interval_ms) as usize;
         (steps, season)
     }
@@ -256,10 +257,10 @@ impl ManagerConfig {
                 reason: "interval and points must be positive".into(),
             });
         }
-        if self.forecast_horizon_ms / self.forecast_interval_ms > 1_000 || self.forecast_max_points > 100_000 {
+        if self.forecast_horizon_ms / self.forecast_interval_ms > 1_000 || self.forecast_max_points > 10_000 {
             return Err(Error::Config {
                 name: "forecast-horizon-ms",
-                reason: "at most 1,000 buckets ahead and 100,000 kept".into(),
+                reason: "at most 1,000 buckets ahead and 10,000 kept per shard".into(),
             });
         }
         if self.max_running_operators == 0 {

@@ -126,7 +126,6 @@ impl Directory {
         Some(old)
     }
 
-    /// Shards overlapping `shard`'s range (itself included if present).
     /// The shard ending where `shard` starts (its left neighbour), if known.
     pub fn left_neighbour(&self, shard: &ShardMeta) -> Option<&ShardMeta> {
         let (_, id) =

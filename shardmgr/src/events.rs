@@ -7,10 +7,11 @@
 //! - **Maintenance** of a node or of a whole region: treated as a certain failure of every
 //!   node in it. From `start - lead` the nodes lead nothing (their leaderships move to the
 //!   other voters a few per round and none is given back); where a group would lose its
-//!   quorum with them gone (another member down, held, or in a window of its own), their
-//!   replicas move to spare nodes too (a `Maintenance` migration, released when the window
-//!   closes). While the window is open, and for `maintenance-grace-ms` after it, a node of it
-//!   that is down is not a failure: nothing is copied to replace it and the failure analysis
+//!   majority with them gone (another member down, held, or in a window of its own), one of
+//!   them at a time moves its replicas to a spare (a `Maintenance` migration, released when
+//!   the window closes) until the group has a majority outside the windows again; a spare in
+//!   a window is never chosen. While the window is open, and for `maintenance-grace-ms` after
+//!   it, a node of it that is down is not a failure: nothing is copied to replace it and the failure analysis
 //!   does not learn from it. After the window the balancer gives the nodes leaderships again.
 //! - **Spike** of load on a key range: from `start - lead` the range is split at its bounds
 //!   and then in halves (at the leader's middle key) until it spans `shards` shards, its
@@ -38,6 +39,10 @@ pub const MAX_LEAD_MS: u64 = 24 * 3_600_000;
 pub const MAX_SPIKE_SHARDS: u32 = 64;
 /// Most bytes of an operator's note.
 pub const MAX_NOTE_BYTES: usize = 512;
+/// Most bytes of a spike's bound key.
+pub const MAX_EVENT_KEY_BYTES: usize = 4_096;
+/// Furthest ahead an event may start: a year, in ms.
+pub const MAX_AHEAD_MS: u64 = 365 * 86_400_000;
 
 /// What a maintenance window takes down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,12 +183,12 @@ impl KnownEvent {
         }
     }
 
-    /// Does this event excuse a down node at `now_ms` (its maintenance window is preparing or
-    /// open, or closed less than `grace_ms` ago)?
+    /// Does this event excuse a down node at `now_ms` (its maintenance window is open, or
+    /// closed less than `grace_ms` ago)? A node that fails during the lead time has failed.
     pub fn excuses_down(&self, now_ms: u64, grace_ms: u64) -> bool {
         matches!(self.what, EventKind::Maintenance { .. })
             && self.cancelled_ms.is_none()
-            && now_ms >= self.prepare_ms()
+            && now_ms >= self.start_ms
             && now_ms < self.end_ms.saturating_add(grace_ms)
     }
 
@@ -229,7 +234,14 @@ impl NewEvent {
         if self.note.len() > MAX_NOTE_BYTES {
             return Err(format!("the note is at most {MAX_NOTE_BYTES} bytes"));
         }
+        if self.start_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(format!("an event starts at most {} days ahead", MAX_AHEAD_MS / 86_400_000));
+        }
         if let EventKind::Spike { start_key, end_key, shards } = &self.what {
+            if start_key.len() > MAX_EVENT_KEY_BYTES || end_key.as_ref().is_some_and(|e| e.len() > MAX_EVENT_KEY_BYTES)
+            {
+                return Err(format!("a spike's keys are at most {MAX_EVENT_KEY_BYTES} bytes"));
+            }
             if end_key.as_ref().is_some_and(|e| e <= start_key) {
                 return Err("the spike's end key must come after its start key".into());
             }
@@ -272,8 +284,8 @@ mod tests {
         let phases: Vec<EventPhase> = [0, 5_999, 6_000, 9_999, 10_000, 19_999, 20_000].map(|t| e.phase(t)).to_vec();
         use EventPhase::*;
         assert_eq!(phases, [Scheduled, Scheduled, Preparing, Preparing, Open, Open, Closed]);
-        assert!(e.excuses_down(6_000, 1_000) && e.excuses_down(20_999, 1_000));
-        assert!(!e.excuses_down(5_999, 1_000) && !e.excuses_down(21_000, 1_000));
+        assert!(e.excuses_down(10_000, 1_000) && e.excuses_down(20_999, 1_000));
+        assert!(!e.excuses_down(9_999, 1_000) && !e.excuses_down(21_000, 1_000), "not in the lead time");
         e.cancelled_ms = Some(12_000);
         assert_eq!(e.phase(15_000), Cancelled);
         assert!(!e.excuses_down(15_000, 1_000), "a cancelled window excuses nothing");

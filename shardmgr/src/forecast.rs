@@ -14,7 +14,11 @@
 //!   so the few lines of the recurrences are here.
 //! - **Forecast**: the bucket values over the horizon, never below zero nor above twice the
 //!   highest bucket seen (a trend fitted to one step up must not run away); its peak is what
-//!   the policies act on. A series shorter than [`MIN_POINTS`] forecasts its last value flat.
+//!   the policies act on. A series shorter than [`MIN_POINTS`] forecasts its smoothed load now
+//!   flat.
+//! - **Units**: a shard's *heat* ([`crate::ShardLoad::split_heat`]): requests per second, or
+//!   its bytes per second scaled so that the byte threshold counts as the request threshold,
+//!   whichever is hotter; so "forecast to pass the load-split threshold" means either one.
 //!
 //! Pure: time comes in as `now_ms`.
 
@@ -154,13 +158,6 @@ impl Series {
         if let Some(theirs) = other.smoothed {
             self.smoothed = Some(self.smoothed.unwrap_or(0.0) + theirs);
         }
-    }
-
-    /// The forecast of the next `steps` buckets with a season of `season` buckets (module
-    /// docs).
-    pub fn forecast(&self, season: usize, steps: usize) -> Vec<f64> {
-        let y: Vec<f64> = self.points.iter().map(|v| f64::from(*v)).collect();
-        holt_winters(&y, season, steps).unwrap_or_else(|| vec![self.current().unwrap_or(0.0); steps])
     }
 }
 
@@ -352,7 +349,7 @@ mod tests {
         let day = |i: usize| if i % 12 == 8 || i % 12 == 9 { 200.0 } else { 10.0 };
         let y: Vec<f64> = (0..36).map(day).collect(); // three seasons, ending before bucket 36
         let f = holt_winters(&y, 12, 12).expect("enough points");
-        // Buckets 44 and 45 are 8 and 9 steps ahead.
+        // Buckets 44 and 45 are 9 and 10 steps ahead (indices 8 and 9).
         let (peak_step, peak) = f.iter().enumerate().fold((0, 0.0), |b, (i, v)| if *v > b.1 { (i, *v) } else { b });
         assert!(peak > 100.0, "the spike is foreseen: {f:?}");
         assert!(peak_step == 8 || peak_step == 9, "at its time: step {peak_step} of {f:?}");

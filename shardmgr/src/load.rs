@@ -109,6 +109,15 @@ impl ShardLoad {
         self.read_bytes_per_sec + self.write_bytes_per_sec
     }
 
+    /// Requests per second, or bytes per second scaled so that `bytes_threshold` counts as
+    /// `qps_threshold`, whichever is larger: what the forecasts track, so that passing
+    /// `qps_threshold` means passing either load-split threshold.
+    pub fn split_heat(&self, qps_threshold: f64, bytes_threshold: f64) -> f64 {
+        let bytes_as_requests =
+            if bytes_threshold > 0.0 { self.bytes_per_sec() * qps_threshold / bytes_threshold } else { 0.0 };
+        self.qps().max(bytes_as_requests)
+    }
+
     /// One number to balance leaders by: requests per second, where every 64 KiB moved
     /// counts as one more request (so a few huge requests weigh like many small ones).
     pub fn score(&self) -> f64 {

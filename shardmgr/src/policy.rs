@@ -216,6 +216,13 @@ fn shift_leaders(
     let mut led: Vec<&ShardMeta> = hottest_first(m, free(m, claimed).filter(|s| s.leader == Some(from)));
     led.sort_by_key(|s| ClusterState::is_meta(s)); // stable: the meta shard last
     let mut planned = Vec::new();
+    if led.is_empty() || budget == 0 {
+        return running > 0;
+    }
+    // Each node's led load, once (not once per candidate: a region's window sheds hundreds
+    // of nodes in one round).
+    let scores = leader_scores(m);
+    let score = |n: &NodeId| scores.get(n).copied().unwrap_or(0.0);
     for s in led {
         if budget == 0 {
             break;
@@ -224,7 +231,7 @@ fn shift_leaders(
             .voters()
             .into_iter()
             .filter(|n| *n != from && may_lead(m, *n))
-            .min_by(|a, b| leader_score(m, *a).total_cmp(&leader_score(m, *b)).then(a.cmp(b)));
+            .min_by(|a, b| score(a).total_cmp(&score(b)).then(a.cmp(b)));
         let Some(to) = to else { continue };
         budget -= 1;
         planned.push(Plan {
@@ -267,9 +274,15 @@ fn may_lead(m: &ClusterState, node: NodeId) -> bool {
     node_up(m, node) && !m.sheds_leaders(node)
 }
 
-/// The load score of the shards `node` leads.
-fn leader_score(m: &ClusterState, node: NodeId) -> f64 {
-    m.directory().iter().filter(|s| s.leader == Some(node)).map(|s| m.soft(s.id).map_or(0.0, |x| x.load.score())).sum()
+/// The load score of the shards each node leads.
+fn leader_scores(m: &ClusterState) -> BTreeMap<NodeId, f64> {
+    let mut out = BTreeMap::new();
+    for s in m.directory().iter() {
+        if let Some(l) = s.leader {
+            *out.entry(l).or_insert(0.0) += m.soft(s.id).map_or(0.0, |x| x.load.score());
+        }
+    }
+    out
 }
 
 /// Policy 0: a shard left frozen for a merge with no operator on it (its operator failed or
@@ -402,9 +415,13 @@ fn splits(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
         }
         if cfg.forecast_balance && soft.hot_since_ms.is_none() && forecast_hot(m, s.id, now_ms) {
             // Forecast to pass the threshold within the horizon: split now, at the key that
-            // best halves the load sampled lately (the leader's middle key without samples).
-            planned.push(split(OperatorKind::ForecastSplit, load_split_key(m, s)));
-            continue;
+            // best halves the load sampled lately (the leader's middle key without samples,
+            // if the shard has keys to halve).
+            let key = load_split_key(m, s);
+            if key.is_some() || soft.keys >= 2 {
+                planned.push(split(OperatorKind::ForecastSplit, key));
+                continue;
+            }
         }
         let Some(hot_since) = soft.hot_since_ms else { continue };
         if now_ms.saturating_sub(hot_since) < cfg.load_split_window_ms {
@@ -622,6 +639,9 @@ fn spread_leaders<'a>(m: &ClusterState, shards: &[&'a ShardMeta]) -> Option<(&'a
 #[derive(Default)]
 struct NodeLeaders {
     score: f64,
+    /// Every leadership it holds (the count balanced).
+    count: usize,
+    /// Those that may move now (free, not held).
     shards: Vec<(f64, ShardId)>,
 }
 
@@ -635,13 +655,8 @@ pub(crate) fn leader_balance(
     claimed: &mut HashSet<ShardId>,
 ) {
     let cfg = m.cfg();
-    let held: HashSet<ShardId> = m
-        .operators()
-        .filter(|op| {
-            op.kind == OperatorKind::BalanceLeader && now_ms.saturating_sub(op.created_ms) < cfg.leader_move_hold_ms
-        })
-        .map(|op| op.shard)
-        .collect();
+    let held =
+        |shard: ShardId| m.balance_moved_ms(shard).is_some_and(|t| now_ms.saturating_sub(t) < cfg.leader_move_hold_ms);
     let mut by_group: BTreeMap<GroupId, BTreeMap<NodeId, NodeLeaders>> = BTreeMap::new();
     for g in m.groups() {
         let nodes = g.nodes.iter().filter(|n| may_lead(m, **n)).map(|n| (*n, NodeLeaders::default())).collect();
@@ -657,7 +672,8 @@ pub(crate) fn leader_balance(
         let Some(entry) = by_group.get_mut(&p.group).and_then(|g| g.get_mut(&leader)) else { continue };
         let score = score(s.id);
         entry.score += score;
-        if m.is_free(s) && !claimed.contains(&s.id) && !held.contains(&s.id) {
+        entry.count += 1;
+        if m.is_free(s) && !claimed.contains(&s.id) && !held(s.id) {
             entry.shards.push((score, s.id));
         }
     }
@@ -691,7 +707,7 @@ pub(crate) fn leader_balance(
         // the hottest node.
         let load_even = hs - mean <= cfg.balance_min_leader_load_gap;
         let pick = pick.or_else(|| {
-            let count = |id: &NodeId| nodes[id].shards.len();
+            let count = |id: &NodeId| nodes[id].count;
             let mean_count = nodes.keys().map(count).sum::<usize>() as f64 / n;
             let most = nodes.keys().max_by_key(|id| (count(id), std::cmp::Reverse(**id)));
             let least = nodes.keys().filter(|id| load_even || *id != hot).min_by_key(|id| (count(id), **id));

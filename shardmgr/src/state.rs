@@ -65,6 +65,8 @@ pub(crate) struct ClusterState {
     excused: BTreeSet<NodeId>,
     /// Each shard's load history (soft; `crate::forecast`).
     series: HashMap<ShardId, Series>,
+    /// When each shard's leadership was last moved to balance load (soft: the hold).
+    balance_moved_ms: HashMap<ShardId, u64>,
 }
 
 /// What the failure analysis tells the manager each round ([`crate::Manager::set_risks`]).
@@ -203,6 +205,7 @@ impl ClusterState {
             maintenance: BTreeSet::new(),
             excused: BTreeSet::new(),
             series: HashMap::new(),
+            balance_moved_ms: HashMap::new(),
         }
     }
 
@@ -261,22 +264,23 @@ impl ClusterState {
     pub(crate) fn forecast(&self, shard: ShardId, now_ms: u64) -> Forecast {
         let interval = self.cfg.forecast_interval_ms;
         let (_, season) = self.cfg.forecast_steps();
-        let next_bucket_ms = now_ms - now_ms % interval + interval;
-        let reported = self.soft(shard).map_or(0.0, |x| x.load.score());
+        // The first forecast bucket is the one open now (the refit ran when the last closed).
+        let open_bucket_ms = now_ms - now_ms % interval;
+        let reported = self.soft(shard).map_or(0.0, |x| self.heat(&x.load));
         match self.series.get(&shard) {
             Some(series) => {
                 let now = series.current().unwrap_or(reported);
                 let values = series.ahead();
                 let seasonal = season >= 2 && series.len() >= 2 * season;
-                Forecast::from_buckets(now, &values, next_bucket_ms, interval, series.len(), seasonal)
+                Forecast::from_buckets(now, &values, open_bucket_ms, interval, series.len(), seasonal)
             }
-            None => Forecast::from_buckets(reported, &[], next_bucket_ms, interval, 0, false),
+            None => Forecast::from_buckets(reported, &[], open_bucket_ms, interval, 0, false),
         }
     }
 
     /// `shard`'s load now and its forecast buckets (empty without enough history).
     pub(crate) fn forecast_values(&self, shard: ShardId) -> (f64, Vec<f64>) {
-        let reported = self.soft(shard).map_or(0.0, |x| x.load.score());
+        let reported = self.soft(shard).map_or(0.0, |x| self.heat(&x.load));
         match self.series.get(&shard) {
             Some(s) => (s.current().unwrap_or(reported), s.ahead()),
             None => (reported, Vec::new()),
@@ -368,6 +372,7 @@ impl ClusterState {
                 && !self.is_held(n.id)
                 && self.risks.get(&n.id).is_none_or(|r| *r < th.clear)
                 && !self.degraded.contains(&n.id)
+                && !self.maintenance.contains(&n.id)
                 && self.region_risks.get(&n.region).is_none_or(|r| *r < th.warn)
                 && (!strict_regions || !taken_regions.contains(n.region.as_str()))
         });
@@ -452,6 +457,7 @@ impl ClusterState {
     pub(crate) fn forget_shard(&mut self, shard: ShardId) -> MetaWrite {
         self.placement.remove(&shard);
         self.soft.remove(&shard);
+        self.balance_moved_ms.remove(&shard);
         MetaWrite { key: meta::shard_key(shard), value: None }
     }
 
@@ -565,6 +571,26 @@ impl ClusterState {
         }
     }
 
+    /// Notes that a balancing move of `shard`'s leadership started at `now_ms`.
+    pub(crate) fn note_balance_move(&mut self, shard: ShardId, now_ms: u64) {
+        self.balance_moved_ms.insert(shard, now_ms);
+    }
+
+    /// When `shard`'s leadership was last moved to balance load.
+    pub(crate) fn balance_moved_ms(&self, shard: ShardId) -> Option<u64> {
+        self.balance_moved_ms.get(&shard).copied()
+    }
+
+    /// A load as the forecasts track it ([`crate::ShardLoad::split_heat`]).
+    pub(crate) fn heat(&self, load: &crate::load::ShardLoad) -> f64 {
+        load.split_heat(self.cfg.load_split_qps, self.cfg.load_split_bytes_per_sec)
+    }
+
+    /// Does `shard` have a load history?
+    pub(crate) fn has_history(&self, shard: ShardId) -> bool {
+        self.series.contains_key(&shard)
+    }
+
     /// A merge: `target` takes `source`'s history on top of its own.
     pub(crate) fn merge_history(&mut self, target: ShardId, source: ShardId) {
         if let Some(src) = self.series.remove(&source) {
@@ -598,9 +624,9 @@ impl ClusterState {
     }
 
     /// The nodes the events shape this round: in a preparing or open maintenance window
-    /// (`maintenance`), and whose being down is excused (`excused`).
+    /// (`maintenance`: they lead nothing), and whose being down is excused (`excused`: an open
+    /// window or its grace).
     pub(crate) fn set_event_nodes(&mut self, maintenance: BTreeSet<NodeId>, excused: BTreeSet<NodeId>) {
-        debug_assert!(maintenance.is_subset(&excused), "a node in a window is excused");
         self.maintenance = maintenance;
         self.excused = excused;
     }

@@ -1,5 +1,5 @@
-//! The manager's part of known events ([`crate::events`]): declaring and cancelling them, and
-//! each round, before migrations advance:
+//! The manager's part of known events ([`crate::events`]; declaring and cancelling them are
+//! admin commands, `crate::admin`): each round, before node liveness and migrations:
 //!
 //! 1. **derive** the nodes the events shape now: those in a maintenance window that is
 //!    preparing or open lead nothing ([`ClusterState::sheds_leaders`]; the shed policy moves
@@ -17,8 +17,7 @@ use std::collections::BTreeSet;
 
 use super::migrate::{self, Changes};
 use super::Manager;
-use crate::admin::{AdminError, AdminOutcome};
-use crate::events::{EventKind, EventView, KnownEvent, MaintenanceScope, NewEvent, MAX_EVENTS, MAX_FINISHED_EVENTS};
+use crate::events::{EventView, MAX_FINISHED_EVENTS};
 use crate::model::{MigrationCause, MigrationStage, NodeId, NodeState};
 use crate::state::ClusterState;
 
@@ -85,63 +84,6 @@ fn quorum_evacuations(st: &ClusterState) -> Vec<(NodeId, crate::model::GroupId)>
 }
 
 impl Manager {
-    /// Declares a known event (`presage-ctl events add`).
-    pub(crate) fn add_event(&mut self, new: NewEvent, now_ms: u64) -> Result<AdminOutcome, AdminError> {
-        let lead_ms = new.validate(now_ms, self.st.cfg().event_lead_ms).map_err(AdminError::Refused)?;
-        if self.st.events().count() >= MAX_EVENTS {
-            return Err(AdminError::Refused(format!(
-                "{MAX_EVENTS} events are known already; cancel some or wait for them to finish"
-            )));
-        }
-        match &new.what {
-            EventKind::Maintenance { scope: MaintenanceScope::Node { node } } => {
-                let n = self.st.node(*node).ok_or(AdminError::NoNode(*node))?;
-                if n.state == NodeState::Removed {
-                    return Err(AdminError::Refused(format!("node {node} is removed")));
-                }
-            }
-            EventKind::Maintenance { scope: MaintenanceScope::Region { region } } => {
-                if !self.st.nodes().any(|n| &n.region == region && n.state != NodeState::Removed) {
-                    return Err(AdminError::Refused(format!("no node is in region {region:?}")));
-                }
-            }
-            EventKind::Spike { .. } => {}
-        }
-        let id = self.alloc_id();
-        let event = KnownEvent {
-            id,
-            what: new.what,
-            start_ms: new.start_ms,
-            end_ms: new.end_ms,
-            lead_ms,
-            note: new.note,
-            created_ms: now_ms,
-            cancelled_ms: None,
-        };
-        let phase = event.phase(now_ms);
-        let write = self.st.put_event(event);
-        self.pending.push(write);
-        Ok(AdminOutcome {
-            operators: vec![],
-            message: format!("event {id} declared ({phase:?}); the cluster prepares from {lead_ms} ms before it"),
-        })
-    }
-
-    /// Cancels a known event that has not finished (`presage-ctl events cancel`).
-    pub(crate) fn cancel_event(&mut self, id: u64, now_ms: u64) -> Result<AdminOutcome, AdminError> {
-        let e = self.st.event(id).cloned().ok_or_else(|| AdminError::Refused(format!("no event {id}")))?;
-        let phase = e.phase(now_ms);
-        if phase.is_finished() {
-            return Err(AdminError::Refused(format!("event {id} is {phase:?} already")));
-        }
-        let write = self.st.put_event(KnownEvent { cancelled_ms: Some(now_ms), ..e });
-        self.pending.push(write);
-        Ok(AdminOutcome {
-            operators: vec![],
-            message: format!("event {id} cancelled; its nodes take leaderships again and spare copies are released"),
-        })
-    }
-
     /// Every known event with its phase at `now_ms`, by start time (`presage-ctl events list`).
     pub fn events(&self, now_ms: u64) -> Vec<EventView> {
         let mut out: Vec<EventView> = self

@@ -139,6 +139,8 @@ pub struct Manager {
     pub(crate) finished: Vec<Operator>,
     /// Migrations that started or changed stage since the last round.
     pub(crate) migration_events: Vec<Migration>,
+    /// The last forecast report: when, for how many shards (`outlook`).
+    report_cache: Option<(u64, usize, crate::forecast::ForecastReport)>,
 }
 
 impl Manager {
@@ -185,6 +187,7 @@ impl Manager {
             pending: Vec::new(),
             finished: Vec::new(),
             migration_events: Vec::new(),
+            report_cache: None,
         }
     }
 
@@ -402,9 +405,16 @@ impl Manager {
             }
             if old.as_ref().is_some_and(|o| narrower(&shard, o)) {
                 self.st.split_history(shard.id, None, shard.epoch.version);
-            } else if old.is_none() && split && prior.is_empty() {
-                // The parent reported its narrower range first: it is the left neighbour.
-                let parent = self.st.directory().left_neighbour(&shard).map(|p| p.id);
+            } else if old.is_none() && split && prior.is_empty() && !self.st.has_history(shard.id) {
+                // A new right half whose parent reported its narrower range first: the parent
+                // is its left neighbour at the same version. (A parent reporting after its
+                // right half has a history already, taken when the right half displaced it.)
+                let parent = self
+                    .st
+                    .directory()
+                    .left_neighbour(&shard)
+                    .filter(|p| p.epoch.version == shard.epoch.version)
+                    .map(|p| p.id);
                 if let Some(parent) = parent {
                     self.st.split_history(parent, Some(shard.id), shard.epoch.version);
                 }
@@ -429,7 +439,7 @@ impl Manager {
         soft.size_bytes = report.size_bytes;
         soft.keys = report.keys;
         soft.reported_at_ms = Some(now_ms);
-        let score = soft.load.score();
+        let load = soft.load;
         if !report.load.samples.is_empty() {
             soft.samples.push_back((now_ms, report.load.samples));
         }
@@ -443,7 +453,8 @@ impl Manager {
             && soft.load.qps() < cfg.load_split_qps / 2.0
             && soft.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
         soft.cold_since_ms = if cold { Some(soft.cold_since_ms.unwrap_or(now_ms)) } else { None };
-        self.st.record_load(shard.id, shard.epoch.version, now_ms, score);
+        let heat = self.st.heat(&load);
+        self.st.record_load(shard.id, shard.epoch.version, now_ms, heat);
     }
 
     /// The group holding all of `shard`'s voters, else the one holding most of them.
@@ -458,9 +469,10 @@ impl Manager {
     /// One scheduling round at `now_ms`: node liveness, group membership, operator
     /// progress, and new operators from the policies.
     pub fn tick(&mut self, now_ms: u64) -> Effects {
-        self.update_node_states(now_ms);
+        // Events first: a node down in a maintenance window is not marked failed below.
         let events = events::update(&mut self.st, now_ms);
         self.absorb(events);
+        self.update_node_states(now_ms);
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
@@ -513,6 +525,9 @@ impl Manager {
                 other => other,
             })
             .collect();
+        if plan.kind == OperatorKind::BalanceLeader {
+            self.st.note_balance_move(plan.shard, now_ms);
+        }
         let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
         let write = self.st.start_operator(op);
         self.pending.push(write);

@@ -14,6 +14,8 @@ use crate::policy;
 
 /// Most shards a report lists.
 pub const MAX_REPORT_SHARDS: usize = 1_000;
+/// A report is reused this long, ms.
+pub const REPORT_REUSE_MS: u64 = 5_000;
 
 /// Adds one shard's load now and its `steps` forecast buckets (its load now where it has
 /// none) into `into`.
@@ -27,12 +29,25 @@ fn add(into: &mut (f64, Vec<f64>), now: f64, values: &[f64], steps: usize) {
 
 impl Manager {
     /// The forecast report at `now_ms`, listing the `top_shards` hottest shards (at most
-    /// [`MAX_REPORT_SHARDS`]).
-    pub fn forecast_report(&self, now_ms: u64, top_shards: usize) -> ForecastReport {
+    /// [`MAX_REPORT_SHARDS`]). A report is made at most once per [`REPORT_REUSE_MS`] for a
+    /// given `top_shards` (a full pass over the shards; anyone who may inspect can ask).
+    pub fn forecast_report(&mut self, now_ms: u64, top_shards: usize) -> ForecastReport {
+        let top_shards = top_shards.min(MAX_REPORT_SHARDS);
+        if let Some((at, top, report)) = &self.report_cache {
+            if *top == top_shards && now_ms >= *at && now_ms - *at < REPORT_REUSE_MS {
+                return report.clone();
+            }
+        }
+        let report = self.make_report(now_ms, top_shards);
+        self.report_cache = Some((now_ms, top_shards, report.clone()));
+        report
+    }
+
+    fn make_report(&self, now_ms: u64, top_shards: usize) -> ForecastReport {
         let cfg = self.st.cfg();
         let interval = cfg.forecast_interval_ms;
         let (steps, _) = cfg.forecast_steps();
-        let next_bucket_ms = now_ms - now_ms % interval + interval;
+        let open_bucket_ms = now_ms - now_ms % interval;
         let mut shards = Vec::new();
         let mut by_node: BTreeMap<u64, (f64, Vec<f64>)> = BTreeMap::new();
         for s in self.st.directory().iter() {
@@ -50,13 +65,13 @@ impl Manager {
         for n in self.st.nodes().filter(|n| n.state != NodeState::Removed) {
             let sum = by_node.remove(&n.id).unwrap_or_default();
             add(by_region.entry(n.region.clone()).or_default(), sum.0, &sum.1, steps);
-            let forecast = Forecast::from_buckets(sum.0, &sum.1, next_bucket_ms, interval, 0, false);
+            let forecast = Forecast::from_buckets(sum.0, &sum.1, open_bucket_ms, interval, 0, false);
             nodes.push(PlaceForecast { node: Some(n.id), region: n.region.clone(), forecast, score: 0.0 });
         }
         let mut regions: Vec<PlaceForecast> = by_region
             .into_iter()
             .map(|(region, sum)| {
-                let forecast = Forecast::from_buckets(sum.0, &sum.1, next_bucket_ms, interval, 0, false);
+                let forecast = Forecast::from_buckets(sum.0, &sum.1, open_bucket_ms, interval, 0, false);
                 PlaceForecast { node: None, region, forecast, score: 0.0 }
             })
             .collect();

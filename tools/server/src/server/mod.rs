@@ -852,8 +852,8 @@ impl<E: Engine> Inner<E> {
                 }
             }
             Request::Forecast { top } => {
-                let guard = lock(&self.manager);
-                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                let mut guard = lock(&self.manager);
+                let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 Response::Forecast(Box::new(m.forecast_report(now, top as usize)))
             }
             Request::ClusterInfo => {
