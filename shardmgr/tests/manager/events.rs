@@ -192,29 +192,7 @@ fn a_known_spike_splits_and_spreads_its_range_before_it_begins_and_stays_split()
 #[test]
 fn a_region_window_at_1000_nodes_drains_every_member_and_keeps_every_quorum() {
     let cfg = ManagerConfig { max_running_operators: 10_000, max_balance_moves_per_minute: 0, ..test_config() };
-    let (mut sim, mut m) = Sim::bootstrap(seed(), &cfg);
-    for id in 2..=1000u64 {
-        sim.join(&mut m, node(id, &format!("r{}", id % 3 + 1)));
-    }
-    sim.round(&mut m, 1000);
-    let groups: Vec<Vec<u64>> = m.groups().map(|g| g.nodes.clone()).collect();
-    assert_eq!(groups.len(), 333);
-    // 3,000 shards over the groups, each led by a random member.
-    let width = 0xfe00_0000_0000_0000u64 / 3_000;
-    sim.shards.retain(|id, _| *id == META_SHARD_ID);
-    for i in 0..3_000u64 {
-        let g = &groups[i as usize % groups.len()];
-        let s = ShardMeta {
-            id: 10_000 + i,
-            start: if i == 0 { Vec::new() } else { key(i * width) },
-            end: Some(if i == 2_999 { vec![0xff] } else { key((i + 1) * width) }),
-            epoch: Epoch { version: 2, conf_ver: 3 },
-            replicas: g.iter().map(|&node| ReplicaMeta { node, role: Role::Voter }).collect(),
-            leader: Some(g[sim.rng.random_range(0..g.len())]),
-            merging_into: None,
-        };
-        sim.shards.insert(s.id, s);
-    }
+    let (mut sim, mut m) = thousand_nodes(&cfg, |sim, g| g[sim.rng.random_range(0..g.len())]);
     sim.round(&mut m, 1000);
     let in_r2: Vec<u64> = m.nodes().filter(|n| n.region == "r2").map(|n| n.id).collect();
     let led_in_r2 = |sim: &Sim| sim.shards.values().filter(|s| s.leader.is_some_and(|l| in_r2.contains(&l))).count();

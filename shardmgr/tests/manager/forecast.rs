@@ -127,27 +127,8 @@ fn noisy_load_moves_leaderships_far_less_with_forecasting_and_the_hold() {
 #[test]
 fn the_forecast_report_at_1000_nodes_scores_every_node_and_region() {
     let cfg = ManagerConfig { forecast_interval_ms: 1_000, ..forecast_config(true) };
-    let (mut sim, mut m) = Sim::bootstrap(seed(), &cfg);
-    for id in 2..=1000u64 {
-        sim.join(&mut m, node(id, &format!("r{}", id % 3 + 1)));
-    }
-    sim.round(&mut m, 1000);
-    let groups: Vec<Vec<u64>> = m.groups().map(|g| g.nodes.clone()).collect();
+    let (mut sim, mut m) = thousand_nodes(&cfg, |_, g| g[0]);
     let width = 0xfe00_0000_0000_0000u64 / 3_000;
-    sim.shards.retain(|id, _| *id == META_SHARD_ID);
-    for i in 0..3_000u64 {
-        let g = &groups[i as usize % groups.len()];
-        let s = ShardMeta {
-            id: 10_000 + i,
-            start: if i == 0 { Vec::new() } else { key(i * width) },
-            end: Some(if i == 2_999 { vec![0xff] } else { key((i + 1) * width) }),
-            epoch: Epoch { version: 2, conf_ver: 3 },
-            replicas: g.iter().map(|&node| ReplicaMeta { node, role: Role::Voter }).collect(),
-            leader: Some(g[0]),
-            merging_into: None,
-        };
-        sim.shards.insert(s.id, s);
-    }
     sim.traffic = (0..50).map(|i| (i * width * 60 + width / 2, 200)).collect();
     for _ in 0..8 {
         sim.round(&mut m, 1000);
