@@ -417,11 +417,49 @@ impl Manager {
             cancelled_ms: None,
         };
         let phase = event.phase(now_ms);
+        let warning = self.quorum_warning(&event, now_ms);
         let write = self.st.put_event(event);
         self.pending.push(write);
         Ok(AdminOutcome {
             operators: vec![],
-            message: format!("event {id} declared ({phase:?}); the cluster prepares from {lead_ms} ms before it"),
+            message: format!(
+                "event {id} declared ({phase:?}); the cluster prepares from {lead_ms} ms before it{}",
+                warning.map_or(String::new(), |w| format!("; WARNING: {w}"))
+            ),
+        })
+    }
+
+    /// A maintenance window that, with the windows overlapping it and the nodes down now,
+    /// leaves a group without a majority while no spare is left to take a member's place:
+    /// accepted (the operator decides), but said.
+    fn quorum_warning(&self, event: &KnownEvent, now_ms: u64) -> Option<String> {
+        if !matches!(event.what, EventKind::Maintenance { .. }) {
+            return None;
+        }
+        let overlapping = self.st.events().filter(|e| {
+            matches!(e.what, EventKind::Maintenance { .. })
+                && !e.phase(now_ms).is_finished()
+                && e.prepare_ms() < event.end_ms
+                && event.prepare_ms() < e.end_ms
+        });
+        let away: std::collections::BTreeSet<NodeId> =
+            overlapping.flat_map(|e| self.st.event_nodes(e)).chain(self.st.event_nodes(event)).collect();
+        let spares = self
+            .st
+            .nodes()
+            .any(|n| n.state == NodeState::Up && n.group.is_none() && !away.contains(&n.id) && !self.st.is_held(n.id));
+        self.st.groups().find_map(|g| {
+            let gone = g.nodes.iter().filter(|n| away.contains(n) || !self.node_is_up(**n)).count();
+            let short = g.nodes.len() - gone < g.nodes.len() / 2 + 1;
+            (short && !spares).then(|| {
+                format!(
+                    "group {} keeps {} of its {} members through the window and no spare node is free to take a \
+                     member's place: it loses its quorum then unless a node is added",
+                    g.id,
+                    g.nodes.len() - gone,
+                    g.nodes.len()
+                )
+            })
         })
     }
 

@@ -120,6 +120,11 @@ impl Series {
         self.points.back().map(|v| f64::from(*v))
     }
 
+    /// Start of the bucket being filled (the last report's), ms.
+    pub fn open_bucket_ms(&self) -> Option<u64> {
+        self.bucket_start_ms
+    }
+
     /// Completed buckets.
     pub fn len(&self) -> usize {
         self.points.len()

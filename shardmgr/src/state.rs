@@ -586,6 +586,19 @@ impl ClusterState {
         load.split_heat(self.cfg.load_split_qps, self.cfg.load_split_bytes_per_sec)
     }
 
+    /// Drops the histories of shards the directory no longer holds and that reported nothing
+    /// for two buckets (gone other than by a merge, which moves them; a split's parent waiting
+    /// to report its narrower range keeps its own); a pass only when there are more histories
+    /// than shards.
+    pub(crate) fn prune_histories(&mut self, now_ms: u64) {
+        if self.series.len() > self.directory.len() {
+            let (directory, stale_ms) = (&self.directory, 2 * self.cfg.forecast_interval_ms);
+            self.series.retain(|id, s| {
+                directory.get(*id).is_some() || s.open_bucket_ms().is_some_and(|t| now_ms.saturating_sub(t) < stale_ms)
+            });
+        }
+    }
+
     /// Does `shard` have a load history?
     pub(crate) fn has_history(&self, shard: ShardId) -> bool {
         self.series.contains_key(&shard)

@@ -476,6 +476,7 @@ impl Manager {
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
+        self.st.prune_histories(now_ms);
         let mut commands = Vec::new();
         self.poll_operators(now_ms, &mut commands);
         self.prune_finished();

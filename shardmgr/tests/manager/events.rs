@@ -106,9 +106,12 @@ fn a_window_that_would_cost_a_quorum_moves_a_member_to_a_spare_first() {
     // keeps its voters: the operator was warned by the quorum arithmetic, not protected).
     let (mut sim, mut m) = spare_and_shards(&cfg);
     let (start, end) = (sim.now_ms + 30_000, sim.now_ms + 90_000);
-    for node in [2, 3, 4] {
-        m.admin(maintenance(node, start, end, 20_000), sim.now_ms).expect("declared");
+    for node in [2, 3] {
+        let out = m.admin(maintenance(node, start, end, 20_000), sim.now_ms).expect("declared");
+        assert!(!out.message.contains("WARNING"), "node 4 is free to stand in: {}", out.message);
     }
+    let out = m.admin(maintenance(4, start, end, 20_000), sim.now_ms).expect("declared");
+    assert!(out.message.contains("WARNING") && out.message.contains("loses its quorum"), "{}", out.message);
     for _ in 0..30 {
         sim.round(&mut m, 1000);
     }
