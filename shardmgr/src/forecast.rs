@@ -144,15 +144,27 @@ impl Series {
         self.smoothed = self.smoothed.map(|m| m * factor);
     }
 
-    /// Adds `other`'s history to this one, bucket by bucket from the newest (a merge).
+    /// Adds `other`'s history to this one, bucket by bucket from the newest, keeping `other`'s
+    /// older buckets where this one is shorter (a merge).
     pub fn absorb(&mut self, other: &Series) {
         let n = self.points.len().min(other.points.len());
         let (mine, theirs) = (self.points.len(), other.points.len());
         for i in 0..n {
             self.points[mine - 1 - i] += other.points[theirs - 1 - i];
         }
+        // The source's older buckets (the target's history is shorter): kept, so that a
+        // merge into a young shard does not lose the source's seasons.
+        for v in other.points.iter().take(theirs.saturating_sub(mine)).rev() {
+            self.points.push_front(*v);
+        }
+        if self.ahead.len() < other.ahead.len() {
+            self.ahead.resize(other.ahead.len(), 0.0);
+        }
         for (a, b) in self.ahead.iter_mut().zip(&other.ahead) {
             *a += *b;
+        }
+        if self.bucket_start_ms.is_none() {
+            self.bucket_start_ms = other.bucket_start_ms;
         }
         if other.count > 0 {
             let theirs_now = other.sum / f64::from(other.count);
@@ -377,6 +389,12 @@ mod tests {
         a.absorb(&b);
         assert_eq!(a.points.iter().copied().collect::<Vec<_>>(), [60.0; 4]);
         assert_eq!(a.current(), Some(60.0), "the smoothed loads add up too");
+        // A young target keeps the source's older buckets.
+        let mut young = Series::default();
+        young.record(3_000, 5.0, 1_000, 10);
+        young.record(4_000, 5.0, 1_000, 10);
+        young.absorb(&b);
+        assert_eq!(young.points.iter().copied().collect::<Vec<_>>(), [10.0, 10.0, 10.0, 15.0]);
         let f = Forecast::from_buckets(60.0, &[70.0, 90.0, 80.0], 5_000, 1_000, 4, false);
         assert_eq!((f.peak, f.peak_at_ms), (90.0, 6_000));
     }

@@ -76,6 +76,29 @@ fn a_maintenance_window_drains_its_node_first_replaces_nothing_and_gives_leaders
     assert!(m.admin(AdminCommand::CancelEvent { id: m.events(0)[0].event.id }, sim.now_ms).is_err(), "closed");
 }
 
+/// A node still down `maintenance-grace-ms` after its window closed has failed: it is
+/// replaced by the spare (and reported down to the failure analysis again).
+#[test]
+fn a_node_still_down_after_the_grace_is_replaced() {
+    let cfg = ManagerConfig { maintenance_grace_ms: 20_000, ..test_config() };
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    let (start, end) = (sim.now_ms + 10_000, sim.now_ms + 10_000 + cfg.node_down_after_ms + 10_000);
+    m.admin(maintenance(2, start, end, 5_000), sim.now_ms).expect("declared");
+    while sim.now_ms < start {
+        sim.round(&mut m, 1000);
+    }
+    sim.dead.push(2);
+    while sim.now_ms < end + cfg.maintenance_grace_ms - 1_000 {
+        sim.round(&mut m, 1000);
+        assert!(migration(&m, 2).is_none(), "seed {}: replaced within the window or its grace", seed());
+    }
+    for _ in 0..5 {
+        sim.round(&mut m, 1000);
+    }
+    let mig = migration(&m, 2).expect("replaced once the grace is over");
+    assert_eq!((mig.cause, mig.target), (presage_shardmgr::MigrationCause::Failed, Some(4)), "{mig:?}");
+}
+
 /// Two members of one group in overlapping windows would leave it without a quorum: the
 /// first one's replicas move to the spare before the windows open; the migration is released
 /// when its window closes. A spare in a window is never chosen. A cancelled window gives its
