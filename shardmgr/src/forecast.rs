@@ -100,8 +100,8 @@ impl Series {
     }
 
     /// The forecast [`Series::refit`] made (empty: too little history).
-    pub fn ahead(&self) -> Vec<f64> {
-        self.ahead.iter().map(|v| f64::from(*v)).collect()
+    pub fn ahead(&self) -> impl Iterator<Item = f64> + '_ {
+        self.ahead.iter().map(|v| f64::from(*v))
     }
 
     fn push(&mut self, v: f32, max_points: usize) {
@@ -235,18 +235,18 @@ pub struct Forecast {
 }
 
 impl Forecast {
-    /// From a series' forecast buckets, starting at the bucket after `bucket_ms`.
+    /// From forecast buckets, the first starting at `first_bucket_ms` (the one open now).
     pub fn from_buckets(
         now: f64,
-        values: &[f64],
-        next_bucket_ms: u64,
+        values: impl IntoIterator<Item = f64>,
+        first_bucket_ms: u64,
         interval_ms: u64,
         points: usize,
         seasonal: bool,
     ) -> Self {
         let (i, peak) =
-            values.iter().copied().enumerate().fold((0, now), |best, (i, v)| if v > best.1 { (i, v) } else { best });
-        let peak_at_ms = if peak > now { next_bucket_ms + i as u64 * interval_ms } else { next_bucket_ms };
+            values.into_iter().enumerate().fold((0, now), |best, (i, v)| if v > best.1 { (i, v) } else { best });
+        let peak_at_ms = if peak > now { first_bucket_ms + i as u64 * interval_ms } else { first_bucket_ms };
         Forecast { now, peak: peak.max(now), peak_at_ms, points, seasonal }
     }
 }
@@ -395,7 +395,7 @@ mod tests {
         young.record(4_000, 5.0, 1_000, 10);
         young.absorb(&b);
         assert_eq!(young.points.iter().copied().collect::<Vec<_>>(), [10.0, 10.0, 10.0, 15.0]);
-        let f = Forecast::from_buckets(60.0, &[70.0, 90.0, 80.0], 5_000, 1_000, 4, false);
+        let f = Forecast::from_buckets(60.0, [70.0, 90.0, 80.0], 5_000, 1_000, 4, false);
         assert_eq!((f.peak, f.peak_at_ms), (90.0, 6_000));
     }
 }

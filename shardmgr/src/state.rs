@@ -270,11 +270,10 @@ impl ClusterState {
         match self.series.get(&shard) {
             Some(series) => {
                 let now = series.current().unwrap_or(reported);
-                let values = series.ahead();
                 let seasonal = season >= 2 && series.len() >= 2 * season;
-                Forecast::from_buckets(now, &values, open_bucket_ms, interval, series.len(), seasonal)
+                Forecast::from_buckets(now, series.ahead(), open_bucket_ms, interval, series.len(), seasonal)
             }
-            None => Forecast::from_buckets(reported, &[], open_bucket_ms, interval, 0, false),
+            None => Forecast::from_buckets(reported, std::iter::empty(), open_bucket_ms, interval, 0, false),
         }
     }
 
@@ -282,7 +281,7 @@ impl ClusterState {
     pub(crate) fn forecast_values(&self, shard: ShardId) -> (f64, Vec<f64>) {
         let reported = self.soft(shard).map_or(0.0, |x| self.heat(&x.load));
         match self.series.get(&shard) {
-            Some(s) => (s.current().unwrap_or(reported), s.ahead()),
+            Some(s) => (s.current().unwrap_or(reported), s.ahead().collect()),
             None => (reported, Vec::new()),
         }
     }

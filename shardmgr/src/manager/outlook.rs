@@ -65,13 +65,13 @@ impl Manager {
         for n in self.st.nodes().filter(|n| n.state != NodeState::Removed) {
             let sum = by_node.remove(&n.id).unwrap_or_default();
             add(by_region.entry(n.region.clone()).or_default(), sum.0, &sum.1, steps);
-            let forecast = Forecast::from_buckets(sum.0, &sum.1, open_bucket_ms, interval, 0, false);
+            let forecast = Forecast::from_buckets(sum.0, sum.1.iter().copied(), open_bucket_ms, interval, 0, false);
             nodes.push(PlaceForecast { node: Some(n.id), region: n.region.clone(), forecast, score: 0.0 });
         }
         let mut regions: Vec<PlaceForecast> = by_region
             .into_iter()
             .map(|(region, sum)| {
-                let forecast = Forecast::from_buckets(sum.0, &sum.1, open_bucket_ms, interval, 0, false);
+                let forecast = Forecast::from_buckets(sum.0, sum.1.iter().copied(), open_bucket_ms, interval, 0, false);
                 PlaceForecast { node: None, region, forecast, score: 0.0 }
             })
             .collect();

@@ -5,17 +5,16 @@
 //! acknowledged write is lost, and declaring needs the admin credential. A known spike's range
 //! becomes a shard of its own before the spike; `presage-ctl forecast` reports the load.
 
-use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::Client;
 use presage_playground::Playground;
 
+use super::load::Load;
+use super::options;
 use super::pfa::eventually;
-use super::{get_retrying, options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_it_is_stopped() {
@@ -49,31 +48,7 @@ async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_i
     let node = eventually(60, "a shard manager runs", || manager(&admin)).await;
 
     let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.expect("client"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
-    let load = {
-        let (client, stop, failed, acked) =
-            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&acked));
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, v) = (format!("m{:04}", i % 500).into_bytes(), format!("v{i}").into_bytes());
-                let read = client.get(&k).await.map(|_| ());
-                match client.put(&k, &v).await.and(read) {
-                    Ok(()) => {
-                        acked.lock().expect("acked").insert(k, v);
-                    }
-                    Err(e) => {
-                        eprintln!("request {i} failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let load = Load::start(Arc::clone(&client), "m", 500, true);
 
     // Declaring takes the admin credential.
     let add = ["events", "add", "maintenance", "--node", &node.to_string(), "--start", "+15s", "--duration", "20s"];
@@ -166,13 +141,7 @@ async fn a_maintenance_window_drains_the_node_first_and_no_request_fails_while_i
     assert!(info.groups.iter().all(|g| g.failures.is_empty()), "no failure recorded: {:?}", info.groups);
     pg.restart(node, &[]).expect("restart");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
-    let acked = acked.lock().expect("acked").clone();
-    assert!(acked.len() >= 200, "{} keys acknowledged", acked.len());
-    for (k, v) in &acked {
-        assert_eq!(get_retrying(&client, k).await.as_deref(), Some(v.as_slice()), "acknowledged {k:?}");
-    }
+    let acked = load.finish().await;
+    assert!(acked >= 200, "{acked} keys acknowledged");
     pg.stop(Duration::from_secs(10));
 }

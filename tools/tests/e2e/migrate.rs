@@ -4,17 +4,16 @@
 //! node is then killed. A client writing all along sees no failed request and loses no
 //! acknowledged write.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::Client;
 use presage_ctl::AdminClient;
 use presage_playground::Playground;
 
+use super::load::Load;
+use super::options;
 use super::pfa::eventually;
-use super::{get_retrying, options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails() {
@@ -35,30 +34,7 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
     let spare = nodes[3].id;
 
     let client = Arc::new(Client::connect(&pg.cluster.native_addrs(), pg.client_config()).await.expect("client"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
-    let writer = {
-        let (client, stop, failed, acked) =
-            (Arc::clone(&client), Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&acked));
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, v) = (format!("k{:04}", i % 1000).into_bytes(), format!("v{i}").into_bytes());
-                match client.put(&k, &v).await {
-                    Ok(()) => {
-                        acked.lock().expect("acked").insert(k, v);
-                    }
-                    Err(e) => {
-                        eprintln!("write {i} failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let load = Load::start(Arc::clone(&client), "k", 1000, false);
     let group = |admin: &AdminClient| -> Vec<u64> {
         let groups: serde_json::Value = admin.get("/v1/groups").expect("groups");
         groups[0]["nodes"].as_array().map(|n| n.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default()
@@ -127,13 +103,7 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
     // The node dies: nothing it held is needed any more.
     pg.kill(failing);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
-    let acked = acked.lock().expect("acked").clone();
-    assert!(acked.len() >= 500, "{} writes acknowledged", acked.len());
-    for (k, v) in &acked {
-        assert_eq!(get_retrying(&client, k).await.as_deref(), Some(v.as_slice()), "acknowledged {k:?}");
-    }
+    let acked = load.finish().await;
+    assert!(acked >= 500, "{acked} writes acknowledged");
     pg.stop(Duration::from_secs(10));
 }

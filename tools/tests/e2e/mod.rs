@@ -10,6 +10,7 @@ use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
 mod dist;
+mod load;
 mod maintenance;
 mod migrate;
 mod monitoring;
