@@ -118,6 +118,18 @@ pub struct ManagerConfig {
     /// A leadership moved to balance load is not moved again to balance load for this long
     /// (no thrashing on a second's noise).
     pub leader_move_hold_ms: u64,
+    /// Bucket of the capacity history (each node's bytes and request load; `crate::capacity`).
+    pub capacity_interval_ms: u64,
+    /// Buckets of capacity history kept (each is one meta-shard record holding every node).
+    pub capacity_max_points: usize,
+    /// How far ahead capacity advice looks.
+    pub capacity_horizon_ms: u64,
+    /// Share of a node's `capacity-bytes` it may fill (the rest is room for compaction and
+    /// for taking a failed peer's replicas).
+    pub capacity_disk_fill: f64,
+    /// Share of a node's `capacity-qps` its busiest hour may reach (the rest absorbs spikes
+    /// and a failed peer's leaderships).
+    pub capacity_load_fill: f64,
 }
 
 impl Default for ManagerConfig {
@@ -166,6 +178,11 @@ impl Default for ManagerConfig {
             forecast_max_points: 320,
             forecast_balance: true,
             leader_move_hold_ms: 60_000,
+            capacity_interval_ms: 3_600_000,
+            capacity_max_points: 720,
+            capacity_horizon_ms: 90 * 86_400_000,
+            capacity_disk_fill: 0.8,
+            capacity_load_fill: 0.7,
         }
     }
 }
@@ -263,6 +280,22 @@ impl ManagerConfig {
                 reason: "at most 1,000 buckets ahead and 10,000 kept per shard".into(),
             });
         }
+        if self.capacity_interval_ms == 0 || !(1..=10_000).contains(&self.capacity_max_points) {
+            return Err(Error::Config {
+                name: "capacity-interval-ms",
+                reason: "the interval must be positive and 1 to 10,000 buckets kept".into(),
+            });
+        }
+        if self.capacity_horizon_ms > crate::capacity::MAX_HORIZON_MS {
+            return Err(Error::Config { name: "capacity-horizon-ms", reason: "at most ten years".into() });
+        }
+        for (name, v) in
+            [("capacity-disk-fill", self.capacity_disk_fill), ("capacity-load-fill", self.capacity_load_fill)]
+        {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::Config { name, reason: format!("{v} is outside (0, 1]") });
+            }
+        }
         if self.max_running_operators == 0 {
             return Err(Error::Config { name: "max-running-operators", reason: "must be positive".into() });
         }
@@ -293,6 +326,8 @@ mod tests {
             ManagerConfig { replication_factor: 0, ..Default::default() },
             ManagerConfig { risk_act: 0.4, ..Default::default() },
             ManagerConfig { risk_clear: 0.5, ..Default::default() },
+            ManagerConfig { capacity_disk_fill: 0.0, ..Default::default() },
+            ManagerConfig { capacity_max_points: 0, ..Default::default() },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");

@@ -18,6 +18,8 @@
 //! - [`events`]: known events operators declare (maintenance windows, load spikes) and
 //!   their phases.
 //! - [`forecast`]: load series per shard and their exponential-smoothing forecasts.
+//! - [`capacity`]: each node's bytes and load per bucket, their trends against the capacity
+//!   offered, and how many nodes to add where.
 //! - [`meta`]: how the manager's state is laid out in the meta shard's keys.
 //! - `state`: the cluster as the manager knows it; what the policies read.
 //! - [`manager`]: the pure core of the shard manager: heartbeats and time in, effects out; its
@@ -26,6 +28,7 @@
 //!   the same operators.
 
 pub mod admin;
+pub mod capacity;
 pub mod config;
 pub mod directory;
 pub mod error;
@@ -40,6 +43,7 @@ pub mod policy;
 mod state;
 
 pub use admin::{AdminCommand, AdminError, AdminOutcome};
+pub use capacity::{CapacityReport, NodeCapacity, Projection, RegionCapacity};
 pub use config::ManagerConfig;
 pub use directory::Directory;
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@
 //! | `\xffm/o/{id:016x}` | [`Operator`] |
 //! | `\xffm/m/{id:016x}` | [`Migration`] |
 //! | `\xffm/e/{id:016x}` | [`KnownEvent`] (maintenance windows, load spikes) |
+//! | `\xffm/c/{start_ms:016x}` | [`CapacityBucket`] (every node's bytes and load in one bucket) |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
 //! heartbeats within a few intervals. The failure analysis keeps its own records under
@@ -17,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::capacity::CapacityBucket;
 use crate::error::{Error, Result};
 use crate::events::KnownEvent;
 use crate::model::Migration;
@@ -89,6 +91,11 @@ pub fn event_key(id: u64) -> Vec<u8> {
     id_key(b'e', id)
 }
 
+/// Key of the capacity history's bucket starting at `start_ms`.
+pub fn capacity_key(start_ms: u64) -> Vec<u8> {
+    id_key(b'c', start_ms)
+}
+
 /// A write that stores `value` at `key`.
 pub fn put<T: Serialize>(key: Vec<u8>, value: &T) -> MetaWrite {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
@@ -113,6 +120,8 @@ pub struct PersistedState {
     pub migrations: Vec<Migration>,
     /// Known events, scheduled, running and finished.
     pub events: Vec<KnownEvent>,
+    /// The capacity history's buckets.
+    pub capacity: Vec<CapacityBucket>,
 }
 
 impl PersistedState {
@@ -137,6 +146,7 @@ impl PersistedState {
                 Some(b'o') => out.operators.push(parse(key, value)?),
                 Some(b'm') => out.migrations.push(parse(key, value)?),
                 Some(b'e') => out.events.push(parse(key, value)?),
+                Some(b'c') => out.capacity.push(parse(key, value)?),
                 _ => {
                     return Err(Error::Corrupt {
                         key: String::from_utf8_lossy(key).into_owned(),
@@ -164,6 +174,7 @@ mod tests {
             admin_addr: String::new(),
             region: "eu-1".into(),
             capacity_bytes: 1 << 30,
+            capacity_qps: 0,
             state: NodeState::Up,
             group: Some(1),
             insecure: false,

@@ -93,6 +93,10 @@ pub struct NodeMeta {
     pub region: String,
     /// Bytes of storage the node offers.
     pub capacity_bytes: u64,
+    /// Requests per second it can serve as a leader (`capacity-qps`; 0: not stated), for
+    /// capacity advice (`crate::capacity`).
+    #[serde(default)]
+    pub capacity_qps: u64,
     /// Lifecycle state.
     pub state: NodeState,
     /// The replication group it belongs to, once placed in one.
@@ -105,7 +109,8 @@ pub struct NodeMeta {
 /// What a node reports about itself in a heartbeat (soft state, not persisted).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeStats {
-    /// Bytes used by the node's data.
+    /// Bytes the node's storage holds: every replica's data, the Raft logs, and the
+    /// memtables about to be flushed.
     pub used_bytes: u64,
     /// Bytes still free.
     pub available_bytes: u64,

@@ -9,7 +9,7 @@
 //! then cut over to a spare, stand-down with hysteresis, a copy failing verification rolled back, a
 //! fail-over mid-copy, a failed node replaced) and the 1,000-node/100,000-shard round; known
 //! events (maintenance windows, spikes) in `manager/events.rs`; predicted load in
-//! `manager/forecast.rs`.
+//! `manager/forecast.rs`; capacity advice in `manager/capacity.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -29,6 +29,8 @@ mod events;
 #[path = "manager/sim.rs"]
 mod sim;
 use sim::{thousand_nodes, Sim};
+#[path = "manager/capacity.rs"]
+mod capacity;
 #[path = "manager/forecast.rs"]
 mod forecast;
 
@@ -52,6 +54,7 @@ fn node(id: u64, region: &str) -> NodeMeta {
         admin_addr: String::new(),
         region: region.into(),
         capacity_bytes: 1 << 40,
+        capacity_qps: 10_000,
         state: NodeState::Up,
         group: None,
         insecure: false,

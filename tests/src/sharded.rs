@@ -88,6 +88,7 @@ fn meta(id: u64) -> NodeMeta {
         admin_addr: String::new(),
         region: format!("r{}", (id - 1) % 3 + 1),
         capacity_bytes: 1 << 30,
+        capacity_qps: 0,
         state: NodeState::Up,
         group: None,
         insecure: false,

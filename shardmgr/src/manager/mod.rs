@@ -19,7 +19,8 @@
 //! (the failure model's risk per node and region, round trips, nodes under a disk warning),
 //! `tick(now) -> Effects { writes, commands, finished, migrations }`, `record_verification`,
 //! `submit` (manual operators), `events` (known events: maintenance windows, load spikes, their
-//! `events` part), `forecast_report` (predicted load and advice, its `outlook` part); node liveness (Suspect, Down), migrations, then group formation
+//! `events` part), `forecast_report` (predicted load and advice, its `outlook` part),
+//! `capacity_report` (projected bytes and load, nodes to add: its `capacity` part); node liveness (Suspect, Down), migrations, then group formation
 //! (fill groups to the replication factor, one node per region, never with a held node or a
 //! migration's target).
 
@@ -40,6 +41,7 @@ use crate::policy::{self, Plan};
 pub use crate::state::RiskInputs;
 use crate::state::{ClusterState, Placement};
 
+mod capacity;
 mod events;
 pub(crate) mod migrate;
 mod outlook;
@@ -141,6 +143,8 @@ pub struct Manager {
     pub(crate) migration_events: Vec<Migration>,
     /// The last forecast report: when, for how many shards (`outlook`).
     report_cache: Option<(u64, usize, crate::forecast::ForecastReport)>,
+    /// Every node's bytes and load per bucket, persisted (`capacity`).
+    capacity: crate::capacity::CapacityHistory,
 }
 
 impl Manager {
@@ -171,7 +175,11 @@ impl Manager {
             key: String::from_utf8_lossy(&meta::cluster_key()).into_owned(),
             reason: "the meta shard holds no cluster record".into(),
         })?;
-        Ok(Manager::over(ClusterState::recover(cfg, cluster, state, now_ms)))
+        let history = std::mem::take(&mut state.capacity);
+        let max_points = cfg.capacity_max_points;
+        let mut m = Manager::over(ClusterState::recover(cfg, cluster, state, now_ms));
+        m.capacity = crate::capacity::CapacityHistory::recover(history, max_points);
+        Ok(m)
     }
 
     fn empty(cfg: ManagerConfig, cluster: ClusterMeta, now_ms: u64) -> Self {
@@ -188,6 +196,7 @@ impl Manager {
             finished: Vec::new(),
             migration_events: Vec::new(),
             report_cache: None,
+            capacity: crate::capacity::CapacityHistory::default(),
         }
     }
 
@@ -477,6 +486,7 @@ impl Manager {
         self.absorb(migrations);
         self.update_groups();
         self.st.prune_histories(now_ms);
+        self.observe_capacity(now_ms);
         let mut commands = Vec::new();
         self.poll_operators(now_ms, &mut commands);
         self.prune_finished();

@@ -106,6 +106,14 @@ impl Sim {
                 s.leader = s.voters().into_iter().find(|v| live.contains(v));
             }
         }
+        // Each node's storage: the bytes of every replica it holds.
+        let mut used: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in self.shards.values() {
+            let (bytes, _) = self.size.get(&s.id).copied().unwrap_or((1 << 20, 1000));
+            for r in &s.replicas {
+                *used.entry(r.node).or_default() += bytes;
+            }
+        }
         for id in live {
             let mut shards = Vec::new();
             for s in self.shards.values().filter(|s| s.leader == Some(id)) {
@@ -117,7 +125,11 @@ impl Sim {
             let replicas = self.shards.values().filter(|s| s.replica(id).is_some()).map(|s| (s.id, s.epoch)).collect();
             let hb = NodeHeartbeat {
                 node: id,
-                stats: NodeStats { shedding_leaders: self.shedding.contains(&id), ..NodeStats::default() },
+                stats: NodeStats {
+                    shedding_leaders: self.shedding.contains(&id),
+                    used_bytes: used.get(&id).copied().unwrap_or(0),
+                    ..NodeStats::default()
+                },
                 shards,
                 replicas,
                 telemetry: None,

@@ -172,6 +172,9 @@ pub enum Request {
         /// Shards to list (at most 1,000).
         top: u32,
     },
+    /// Capacity advice: every node's and region's projected bytes and load, when each crosses
+    /// its capacity, nodes to add (answered by the shard manager).
+    Capacity,
     /// This node's replica's range checksum of `shard` at log index `index` (the index of a
     /// checksum round its leader started to verify a new replica).
     ReplicaChecksum {
@@ -224,6 +227,7 @@ impl Request {
             Request::Execute { .. } => "execute",
             Request::ClusterInfo => "cluster_info",
             Request::Forecast { .. } => "forecast",
+            Request::Capacity => "capacity",
             Request::Forwarded { .. } => "forwarded",
             Request::Hello => "hello",
             Request::Shards { .. } => "shards",
@@ -648,6 +652,8 @@ pub enum Response {
     ClusterInfo(Box<ClusterInfo>),
     /// The answer to `Forecast`.
     Forecast(Box<presage_shardmgr::ForecastReport>),
+    /// The answer to `Capacity`.
+    Capacity(Box<presage_shardmgr::CapacityReport>),
     /// The answer to `Pfa`: the failure analysis's JSON (the types of `presage_pfa`, kept out
     /// of this crate so that applications do not compile the failure model).
     Pfa {

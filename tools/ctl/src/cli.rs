@@ -42,6 +42,9 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         top: u32,
     },
+    /// Capacity advice: per region and node, bytes and request load now, their growth, where
+    /// they will be at the horizon, the date each crosses its capacity, nodes to add where.
+    Capacity,
     /// Every node: state, region, group, disk use, replicas, leaders, last heartbeat,
     /// addresses.
     Nodes,
@@ -334,6 +337,10 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Forecast { top } => {
             let report: presage_shardmgr::ForecastReport = c.get(&format!("/v1/forecast?top={top}"))?;
             Ok(if json { pretty(&report) } else { crate::forecast_cli::text(&report) })
+        }
+        Command::Capacity => {
+            let report: presage_shardmgr::CapacityReport = c.get("/v1/capacity")?;
+            Ok(if json { pretty(&report) } else { crate::capacity_cli::text(&report) })
         }
         Command::Nodes => {
             let info = c.cluster()?;

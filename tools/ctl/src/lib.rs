@@ -5,8 +5,10 @@
 //! - [`cli`]: the `presage-ctl` program;
 //! - [`pfa_cli`]: `presage-ctl pfa train | eval | prior`, the failure model's files;
 //! - [`events_cli`]: `presage-ctl events add | list | cancel`, known events;
-//! - [`forecast_cli`]: `presage-ctl forecast`, predicted load and its advice.
+//! - [`forecast_cli`]: `presage-ctl forecast`, predicted load and its advice;
+//! - [`capacity_cli`]: `presage-ctl capacity`, projected bytes and load, nodes to add.
 
+pub mod capacity_cli;
 pub mod cli;
 pub mod events_cli;
 pub mod forecast_cli;
@@ -288,7 +290,7 @@ pub fn parse_key(typed: &str) -> Result<Vec<u8>, CtlError> {
     Ok(out)
 }
 
-fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     bytesize::ByteSize(b).to_string()
 }
 

@@ -18,6 +18,7 @@
 //! | `GET/PUT/DELETE /v1/faults/host` | CPU contention and memory pressure in the node (same) |
 //! | `GET/PUT /v1/log-level` | the log filter (`RUST_LOG` syntax) in force; `PUT {"filter":"..."}` replaces it until restart |
 //! | `GET /v1/forecast?top=N` | predicted load: regions, nodes, the N hottest shards (20), advice |
+//! | `GET /v1/capacity` | per node and region: projected bytes and load, when each crosses capacity, nodes to add |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
@@ -374,6 +375,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/faults/network", fault_routes::<NetFaults>())
         .route("/v1/faults/host", fault_routes::<HostFaults>())
         .route("/v1/forecast", get(forecast))
+        .route("/v1/capacity", get(capacity))
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
         .route("/v1/telemetry/{node}", get(telemetry))
@@ -521,6 +523,13 @@ async fn forecast(
 ) -> ApiResult<Json<presage_shardmgr::ForecastReport>> {
     match ask(&s, Request::Forecast { top: q.top.unwrap_or(20).min(1_000) }).await? {
         Response::Forecast(report) => Ok(Json(*report)),
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn capacity(State(s): State<AdminState>) -> ApiResult<Json<presage_shardmgr::CapacityReport>> {
+    match ask(&s, Request::Capacity).await? {
+        Response::Capacity(report) => Ok(Json(*report)),
         other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
     }
 }

@@ -9,6 +9,7 @@ use presage_client::{Client, ClientError};
 use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
+mod capacity;
 mod dist;
 mod load;
 mod maintenance;

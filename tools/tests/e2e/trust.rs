@@ -114,6 +114,7 @@ fn dangerous(cluster: &ClusterFile, shards: &[ShardMeta]) -> Vec<Request> {
         admin_addr: node2.admin.clone(),
         region: node2.region.clone(),
         capacity_bytes: 1,
+        capacity_qps: 0,
         state: NodeState::Up,
         group: None,
         insecure: false,

@@ -103,6 +103,7 @@ mod tests {
             admin_addr: String::new(),
             region: region.into(),
             capacity_bytes: 1 << 30,
+            capacity_qps: 0,
             state: NodeState::Up,
             group,
             insecure: false,

@@ -80,6 +80,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// Requests per second a node states it serves unless configured (`capacity-qps`): about
+/// what one node of a three-node cluster sustained for puts on two cores (`presage-bench`).
+pub const DEFAULT_CAPACITY_QPS: u64 = 5_000;
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
@@ -92,6 +96,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Bytes of storage it offers.
     pub capacity_bytes: u64,
+    /// Requests per second it can serve as the leader of its shards: measure it on the node's
+    /// hardware (`presage-bench`); the shard manager's capacity advice projects load against
+    /// it (0: not stated, no load advice for this node).
+    pub capacity_qps: u64,
     /// Start a new cluster when the data dir is empty (exactly one node of a new cluster).
     pub bootstrap: bool,
     /// Peer addresses (`raft-listen` / `raft-advertise`) of nodes to join through (and to find
@@ -142,6 +150,7 @@ impl Default for NodeConfig {
             region: "local".into(),
             data_dir: PathBuf::from("presage-data"),
             capacity_bytes: 100 << 30,
+            capacity_qps: DEFAULT_CAPACITY_QPS,
             bootstrap: false,
             join: Vec::new(),
             native_listen: "127.0.0.1:7400".into(),

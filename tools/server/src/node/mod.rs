@@ -371,6 +371,7 @@ impl RunningNode {
             admin_addr: local_addr(&admin_listener),
             region: cfg.region.clone(),
             capacity_bytes: cfg.capacity_bytes,
+            capacity_qps: cfg.capacity_qps,
             state: NodeState::Up,
             group: None,
             insecure: trust.insecure,

@@ -78,6 +78,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
             | Request::Shards { .. }
             | Request::ClusterInfo
             | Request::Forecast { .. }
+            | Request::Capacity
             | Request::Pfa { .. }
             | Request::VerifyShard { .. }
             | Request::Admin { .. } => Ok(()),
@@ -123,6 +124,7 @@ mod tests {
             admin_addr: String::new(),
             region: "r".into(),
             capacity_bytes: 1,
+            capacity_qps: 0,
             state: presage_shardmgr::NodeState::Up,
             group: None,
             insecure: false,

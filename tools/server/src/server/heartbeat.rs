@@ -84,7 +84,6 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 let report = report.unwrap_or(LoadReport { interval_ms: elapsed_ms, ..LoadReport::default() });
                 let size = s.descriptor.range().ok().and_then(|r| inner.engine.approximate_stats(Cf::Data, &r).ok());
                 let size = size.unwrap_or_default();
-                stats.used_bytes += size.size_bytes;
                 shards.push(ShardReport {
                     shard: shard_meta(&s.descriptor, Some(inner.me.id)),
                     load: report,
@@ -93,6 +92,10 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 });
             }
         }
+        // Every replica's data, the Raft logs and what the memtables will flush: the bytes
+        // the node's storage holds (capacity advice projects them).
+        let storage = inner.engine.storage_stats();
+        stats.used_bytes = storage.sst_bytes.saturating_add(storage.memtable_bytes);
         stats.available_bytes = inner.me.capacity_bytes.saturating_sub(stats.used_bytes);
         stats.shedding_leaders = inner.shedding_leaders.load(std::sync::atomic::Ordering::Relaxed);
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();

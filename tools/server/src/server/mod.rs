@@ -482,6 +482,7 @@ impl<E: Engine> Inner<E> {
             | Request::Heartbeat { .. }
             | Request::ClusterInfo
             | Request::Forecast { .. }
+            | Request::Capacity
             | Request::Pfa { .. }
             | Request::Shards { .. }
             | Request::Admin { .. } => self.manager_request(request, may_forward).await,
@@ -855,6 +856,11 @@ impl<E: Engine> Inner<E> {
                 let mut guard = lock(&self.manager);
                 let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 Response::Forecast(Box::new(m.forecast_report(now, top as usize)))
+            }
+            Request::Capacity => {
+                let guard = lock(&self.manager);
+                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                Response::Capacity(Box::new(m.capacity_report(now)))
             }
             Request::ClusterInfo => {
                 let guard = lock(&self.manager);

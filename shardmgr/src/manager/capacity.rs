@@ -1,0 +1,145 @@
+//! The manager's capacity history and report ([`crate::capacity`], `presage-ctl capacity`).
+//!
+//! Every round: each node that is up and reported stats adds its used bytes and the requests
+//! per second of the shards it leads to the open bucket; a bucket that closes is written to
+//! the meta shard with the round's other records (and the oldest beyond
+//! `capacity-max-points` deleted). The report projects each node and region from the closed
+//! buckets and the open one, and gives each region its advice.
+
+use std::collections::BTreeMap;
+
+use super::Manager;
+use crate::capacity::{self, CapacityReport, NodeCapacity, Projection, RegionCapacity, RegionInputs};
+use crate::meta::{self, MetaWrite};
+use crate::model::{NodeId, NodeState};
+
+/// One place's history: `(bucket start, bytes, qps)` per bucket, oldest first.
+type Series = Vec<(u64, u64, f64)>;
+
+/// A region being summed up: its nodes and spares, its nodes' bytes and load per bucket, its
+/// usable bytes and requests per second.
+#[derive(Default)]
+struct RegionSum {
+    inputs: RegionInputs,
+    sum: BTreeMap<u64, (u64, f64)>,
+    bytes_cap: f64,
+    qps_cap: f64,
+}
+
+impl Manager {
+    /// Adds this round's observation of every live node to the capacity history.
+    pub(super) fn observe_capacity(&mut self, now_ms: u64) {
+        let mut led: BTreeMap<NodeId, f64> = BTreeMap::new();
+        for s in self.st.directory().iter() {
+            if let (Some(l), Some(soft)) = (s.leader, self.st.soft(s.id)) {
+                *led.entry(l).or_default() += soft.load.qps();
+            }
+        }
+        let samples: Vec<(u64, u64, f64)> = self
+            .st
+            .nodes()
+            .filter(|n| n.state == NodeState::Up)
+            .filter_map(|n| {
+                self.st.stats_of(n.id).map(|s| (n.id, s.used_bytes, led.get(&n.id).copied().unwrap_or(0.0)))
+            })
+            .collect();
+        let cfg = self.st.cfg();
+        let (interval, max_points) = (cfg.capacity_interval_ms, cfg.capacity_max_points);
+        let Some(closed) = self.capacity.observe(now_ms, interval, max_points, samples) else { return };
+        self.pending.push(meta::put(meta::capacity_key(closed.bucket.start_ms), &closed.bucket));
+        for start in closed.dropped_ms {
+            self.pending.push(MetaWrite { key: meta::capacity_key(start), value: None });
+        }
+    }
+
+    /// The capacity report at `now_ms` (module docs; `crate::capacity`).
+    pub fn capacity_report(&self, now_ms: u64) -> CapacityReport {
+        let cfg = self.st.cfg();
+        let (horizon, disk_fill, load_fill) = (cfg.capacity_horizon_ms, cfg.capacity_disk_fill, cfg.capacity_load_fill);
+        let season = cfg.forecast_season_ms;
+        let by_node = self.capacity_series();
+        let mut nodes = Vec::new();
+        let mut regions: BTreeMap<&str, RegionSum> = BTreeMap::new();
+        for n in self.st.nodes().filter(|n| n.state != NodeState::Removed) {
+            let series = by_node.get(&n.id).map_or(&[][..], Vec::as_slice);
+            let (bytes_cap, qps_cap) = (n.capacity_bytes as f64 * disk_fill, n.capacity_qps as f64 * load_fill);
+            let (disk, load) = project_both(series, now_ms, horizon, season, bytes_cap, qps_cap);
+            let r = regions.entry(n.region.as_str()).or_default();
+            if n.group.is_some() {
+                r.inputs.nodes += 1;
+                r.bytes_cap += bytes_cap;
+                r.qps_cap += qps_cap;
+                for (t, used, qps) in series {
+                    let e = r.sum.entry(*t).or_default();
+                    *e = (e.0 + used, e.1 + qps);
+                }
+            } else if n.state == NodeState::Up && self.st.migration_of(n.id).is_none() {
+                r.inputs.spares += 1;
+            }
+            nodes.push(NodeCapacity { node: n.id, region: n.region.clone(), in_group: n.group.is_some(), disk, load });
+        }
+        let regions: Vec<RegionCapacity> = regions
+            .into_iter()
+            .map(|(region, r)| {
+                let series: Series = r.sum.into_iter().map(|(t, (b, q))| (t, b, q)).collect();
+                let (disk, load) = project_both(&series, now_ms, horizon, season, r.bytes_cap, r.qps_cap);
+                let nodes = r.inputs.nodes;
+                let per_node = |total: f64| if nodes > 0 { total / nodes as f64 } else { 0.0 };
+                let inputs =
+                    RegionInputs { node_bytes: per_node(r.bytes_cap), node_qps: per_node(r.qps_cap), ..r.inputs };
+                let (needed_nodes, add_nodes, advice) = capacity::advise(inputs, &disk, &load);
+                RegionCapacity {
+                    region: region.to_string(),
+                    nodes,
+                    spares: inputs.spares,
+                    disk,
+                    load,
+                    needed_nodes,
+                    add_nodes,
+                    advice,
+                }
+            })
+            .collect();
+        let soonest = |n: &NodeCapacity| n.disk.crosses_at_ms.into_iter().chain(n.load.crosses_at_ms).min();
+        nodes.sort_by_key(|n| (soonest(n).unwrap_or(u64::MAX), n.node));
+        CapacityReport {
+            now_ms,
+            interval_ms: cfg.capacity_interval_ms,
+            history_points: self.capacity.len(),
+            horizon_ms: horizon,
+            disk_fill,
+            load_fill,
+            add_nodes: regions.iter().map(|r| r.add_nodes).sum(),
+            regions,
+            nodes,
+        }
+    }
+
+    /// Each node's history over the closed buckets, then the open bucket's figures so far
+    /// (its latest stats and the load it leads now).
+    fn capacity_series(&self) -> BTreeMap<NodeId, Series> {
+        let mut by_node = self.capacity.by_node();
+        for (node, (start, used, qps)) in self.capacity.open_figures() {
+            by_node.entry(node).or_default().push((start, used, qps));
+        }
+        by_node
+    }
+}
+
+/// A place's bytes and load projections from its history (`(start, bytes, qps)` per bucket).
+fn project_both(
+    series: &[(u64, u64, f64)],
+    now_ms: u64,
+    horizon_ms: u64,
+    season_ms: u64,
+    bytes_cap: f64,
+    qps_cap: f64,
+) -> (Projection, Projection) {
+    let bytes: Vec<(u64, f64)> = series.iter().map(|(t, b, _)| (*t, *b as f64)).collect();
+    let bytes_now = bytes.last().map_or(0.0, |p| p.1);
+    let disk = capacity::project(&bytes, bytes_now, now_ms, horizon_ms, bytes_cap);
+    let qps: Vec<(u64, f64)> = series.iter().map(|(t, _, q)| (*t, *q)).collect();
+    let (points, qps_now) = capacity::load_points(&qps, season_ms);
+    let load = capacity::project(&points, qps_now, now_ms, horizon_ms, qps_cap);
+    (disk, load)
+}
