@@ -80,12 +80,14 @@ pub struct CapacityHistory {
 }
 
 impl CapacityHistory {
-    /// The history a previous manager persisted, the newest `max_points` buckets of it.
-    pub fn recover(mut buckets: Vec<CapacityBucket>, max_points: usize) -> Self {
+    /// The history a previous manager persisted, the newest `max_points` buckets of it, and
+    /// the starts of the older ones (to delete: `capacity-max-points` was lowered).
+    pub fn recover(mut buckets: Vec<CapacityBucket>, max_points: usize) -> (Self, Vec<u64>) {
         buckets.sort_by_key(|b| b.start_ms);
         buckets.dedup_by_key(|b| b.start_ms);
         let skip = buckets.len().saturating_sub(max_points);
-        CapacityHistory { buckets: buckets.into_iter().skip(skip).collect(), open: None }
+        let dropped = buckets[..skip].iter().map(|b| b.start_ms).collect();
+        (CapacityHistory { buckets: buckets.into_iter().skip(skip).collect(), open: None }, dropped)
     }
 
     /// Records one round's `(node, used_bytes, qps)` at `now_ms`; returns the bucket that
@@ -124,11 +126,15 @@ impl CapacityHistory {
             .map(|(node, (used_bytes, sum, n))| NodeSample { node, used_bytes, qps: sum / f64::from(n.max(1)) })
             .collect();
         let bucket = CapacityBucket { start_ms, nodes };
-        while self.buckets.back().is_some_and(|b| b.start_ms >= start_ms) {
+        let mut dropped_ms = Vec::new();
+        // Buckets from a clock that ran ahead are replaced (their records deleted).
+        while let Some(newer) = self.buckets.back().filter(|b| b.start_ms >= start_ms) {
+            if newer.start_ms > start_ms {
+                dropped_ms.push(newer.start_ms);
+            }
             self.buckets.pop_back();
         }
         self.buckets.push_back(bucket.clone());
-        let mut dropped_ms = Vec::new();
         while self.buckets.len() > max_points {
             dropped_ms.extend(self.buckets.pop_front().map(|b| b.start_ms));
         }
@@ -212,7 +218,13 @@ pub fn project(points: &[(u64, f64)], now: f64, now_ms: u64, horizon_ms: u64, ca
     let xy: Vec<(f64, f64)> = points.iter().map(|(t, v)| (days(t.saturating_sub(origin)), *v)).collect();
     let per_day = linear_fit(&xy).map_or(0.0, |(_, slope)| slope);
     let at_horizon = (now + per_day * days(horizon_ms)).max(0.0);
-    let crosses_at_ms = if capacity <= 0.0 {
+    let crosses_at_ms = crossing(now, per_day, capacity, now_ms);
+    Projection { now, per_day, at_horizon, capacity, crosses_at_ms, points: points.len() }
+}
+
+/// When a value `now` growing `per_day` reaches `capacity` (module docs).
+fn crossing(now: f64, per_day: f64, capacity: f64, now_ms: u64) -> Option<u64> {
+    if capacity <= 0.0 {
         None
     } else if now >= capacity {
         Some(now_ms)
@@ -221,8 +233,25 @@ pub fn project(points: &[(u64, f64)], now: f64, now_ms: u64, horizon_ms: u64, ca
         (ahead_ms <= MAX_HORIZON_MS as f64).then(|| now_ms + ahead_ms as u64)
     } else {
         None
-    };
-    Projection { now, per_day, at_horizon, capacity, crosses_at_ms, points: points.len() }
+    }
+}
+
+impl Projection {
+    /// The sum of several places' projections (a region's of its nodes'): values, growth and
+    /// capacities add up; the crossing is the sum's.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Projection>, now_ms: u64) -> Projection {
+        let mut s =
+            Projection { now: 0.0, per_day: 0.0, at_horizon: 0.0, capacity: 0.0, crosses_at_ms: None, points: 0 };
+        for p in parts {
+            s.now += p.now;
+            s.per_day += p.per_day;
+            s.at_horizon += p.at_horizon;
+            s.capacity += p.capacity;
+            s.points = s.points.max(p.points);
+        }
+        s.crosses_at_ms = crossing(s.now, s.per_day, s.capacity, now_ms);
+        s
+    }
 }
 
 /// The points a load projection is fitted through, and the load now: each season's busiest
@@ -236,14 +265,20 @@ pub fn load_points(series: &[(u64, f64)], season_ms: u64) -> (Vec<(u64, f64)>, f
     if season_ms == 0 || span_ms < MIN_SEASONS_FOR_PEAKS * season_ms {
         return (series.to_vec(), now);
     }
+    // Seasons counted back from the last bucket (0: the one ending now); the oldest is
+    // dropped when the history does not reach its start.
     let mut peaks: BTreeMap<u64, (u64, f64)> = BTreeMap::new();
     for &(t, v) in series {
-        let p = peaks.entry(t / season_ms).or_insert((t, v));
+        let back = (last.0 - t) / season_ms;
+        if (back + 1) * season_ms > span_ms + 1 && back > 0 {
+            continue;
+        }
+        let p = peaks.entry(back).or_insert((t, v));
         if v > p.1 {
             *p = (t, v);
         }
     }
-    (peaks.into_values().collect(), now)
+    (peaks.into_values().rev().collect(), now)
 }
 
 /// One node's outlook.
@@ -318,19 +353,28 @@ pub struct RegionInputs {
     pub node_qps: f64,
 }
 
-/// Nodes in groups `region` needs at the horizon, nodes to add, and why (module docs).
-pub fn advise(r: RegionInputs, disk: &Projection, load: &Projection) -> (usize, usize, String) {
+/// Nodes in groups a region needs at the horizon for its data and for its load.
+pub fn needs(r: RegionInputs, disk: &Projection, load: &Projection) -> (usize, usize) {
     let need = |v: f64, per: f64| if per > 0.0 { (v / per).ceil() as usize } else { 0 };
-    let (need_disk, need_load) = (need(disk.at_horizon, r.node_bytes), need(load.at_horizon, r.node_qps));
-    let needed = need_disk.max(need_load).max(1);
+    (need(disk.at_horizon, r.node_bytes), need(load.at_horizon, r.node_qps))
+}
+
+/// Nodes to add to a region that needs `needed` nodes in groups at the horizon (`for_data`
+/// and `for_load` of them for its own data and load; more when regions grow together), and
+/// why (module docs).
+pub fn advise(r: RegionInputs, needed: usize, for_data: usize, for_load: usize) -> (usize, String) {
+    let needed = needed.max(1);
     let short = needed.saturating_sub(r.nodes);
     let from_spares = short.min(r.spares);
     let spare_after = if r.spares > from_spares { 0 } else { 1 };
     let add = short - from_spares + spare_after;
     let mut why = format!(
-        "at the horizon its data needs {need_disk} node(s) and its load {need_load}; it has {} in groups and {} spare(s)",
+        "at the horizon its data needs {for_data} node(s) and its load {for_load}; it has {} in groups and {} spare(s)",
         r.nodes, r.spares
     );
+    if needed > for_data.max(for_load).max(1) {
+        why.push_str(&format!("; {needed} to grow with the regions it shares groups with"));
+    }
     if short > 0 {
         why.push_str(&format!("; {short} more must join groups"));
         if from_spares > 0 {
@@ -340,7 +384,7 @@ pub fn advise(r: RegionInputs, disk: &Projection, load: &Projection) -> (usize, 
     if spare_after == 1 {
         why.push_str("; keep one free spare for proactive migration and maintenance windows");
     }
-    (needed, add, why)
+    (add, why)
 }
 
 #[cfg(test)]
@@ -363,8 +407,9 @@ mod tests {
         assert_eq!(h.len(), 2);
         let mut all: Vec<CapacityBucket> = h.buckets().cloned().collect();
         all.reverse();
-        let back = CapacityHistory::recover(all, 1);
+        let (back, dropped) = CapacityHistory::recover(all, 1);
         assert_eq!(back.buckets().map(|b| b.start_ms).collect::<Vec<_>>(), [2_000]);
+        assert_eq!(dropped, [1_000], "older than the limit: deleted");
     }
 
     #[test]
@@ -393,7 +438,8 @@ mod tests {
             })
             .collect();
         let (pts, now) = load_points(&series, DAY_MS);
-        assert_eq!(pts.len(), 5);
+        // Five days back from the last bucket: the oldest does not reach its start.
+        assert_eq!(pts.len(), 4);
         assert_eq!(now, 140.0);
         let p = project(&pts, now, 5 * DAY_MS, 10 * DAY_MS, 200.0);
         assert!((p.per_day - 10.0).abs() < 1e-9, "{p:?}");
@@ -414,13 +460,19 @@ mod tests {
         };
         let r = RegionInputs { nodes: 3, spares: 1, node_bytes: 100.0, node_qps: 1_000.0 };
         // Bytes need 5 nodes, load 2: two more, one from the spare, one added, plus a spare.
-        let (needed, add, why) = advise(r, &proj(450.0), &proj(1_500.0));
-        assert_eq!((needed, add), (5, 2), "{why}");
+        assert_eq!(needs(r, &proj(450.0), &proj(1_500.0)), (5, 2));
+        let (add, why) = advise(r, 5, 5, 2);
+        assert_eq!(add, 2, "{why}");
         // Enough room: nothing to add, the spare stays.
-        let (needed, add, why) = advise(r, &proj(100.0), &proj(100.0));
-        assert_eq!((needed, add), (1, 0), "{why}");
+        let (add, why) = advise(r, 1, 1, 1);
+        assert_eq!(add, 0, "{why}");
         // Load needs 4 with no spare: one more and a spare.
         let r = RegionInputs { spares: 0, ..r };
-        assert_eq!(advise(r, &proj(10.0), &proj(3_500.0)).1, 2);
+        assert_eq!(needs(r, &proj(10.0), &proj(3_500.0)), (1, 4));
+        assert_eq!(advise(r, 4, 1, 4).0, 2);
+        // Growing with a region that needs 6: three more and a spare.
+        let (add, why) = advise(r, 6, 1, 4);
+        assert_eq!(add, 4, "{why}");
+        assert!(why.contains("shares groups"), "{why}");
     }
 }

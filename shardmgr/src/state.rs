@@ -378,10 +378,11 @@ impl ClusterState {
         candidates
             .min_by(|a, b| {
                 let risk = |id: NodeId| self.risks.get(&id).copied().unwrap_or(th.clear);
+                // What a node reported free (a full node reports 0); its capacity while it has
+                // reported no bytes at all.
                 let free = |id: NodeId, cap: u64| {
-                    self.node_stats
-                        .get(&id)
-                        .map_or(cap, |s| if s.available_bytes > 0 { s.available_bytes } else { cap })
+                    let reported = self.node_stats.get(&id).filter(|s| s.used_bytes > 0 || s.available_bytes > 0);
+                    reported.map_or(cap, |s| s.available_bytes)
                 };
                 let load = |id: NodeId| self.node_stats.get(&id).map_or(0, |s| s.replicas);
                 let rtt = |id: NodeId| self.rtt_ms.get(&id).copied().unwrap_or(f64::MAX);

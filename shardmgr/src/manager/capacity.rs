@@ -3,8 +3,9 @@
 //! Every round: each node that is up and reported stats adds its used bytes and the requests
 //! per second of the shards it leads to the open bucket; a bucket that closes is written to
 //! the meta shard with the round's other records (and the oldest beyond
-//! `capacity-max-points` deleted). The report projects each node and region from the closed
-//! buckets and the open one, and gives each region its advice.
+//! `capacity-max-points` deleted). The report projects each node from the closed buckets and
+//! the open one; a region's projection is the sum of its nodes' in groups (a node that joined
+//! or went down moves the sum, not the trend), and each region gets its advice.
 
 use std::collections::BTreeMap;
 
@@ -16,14 +17,20 @@ use crate::model::{NodeId, NodeState};
 /// One place's history: `(bucket start, bytes, qps)` per bucket, oldest first.
 type Series = Vec<(u64, u64, f64)>;
 
-/// A region being summed up: its nodes and spares, its nodes' bytes and load per bucket, its
-/// usable bytes and requests per second.
+/// A region's name, inputs, bytes and load projections, and nodes needed for data and load.
+type RegionRow = (String, RegionInputs, Projection, Projection, (usize, usize));
+
+/// A capacity report is reused this long, ms.
+pub const CAPACITY_REPORT_REUSE_MS: u64 = 5_000;
+
+/// A region being summed up: its nodes in groups and spares, their projections, the nodes that
+/// state a request capacity.
 #[derive(Default)]
 struct RegionSum {
     inputs: RegionInputs,
-    sum: BTreeMap<u64, (u64, f64)>,
-    bytes_cap: f64,
-    qps_cap: f64,
+    disks: Vec<Projection>,
+    loads: Vec<Projection>,
+    stating_qps: usize,
 }
 
 impl Manager {
@@ -52,8 +59,20 @@ impl Manager {
         }
     }
 
-    /// The capacity report at `now_ms` (module docs; `crate::capacity`).
-    pub fn capacity_report(&self, now_ms: u64) -> CapacityReport {
+    /// The capacity report at `now_ms` (module docs; `crate::capacity`), made at most once
+    /// per [`CAPACITY_REPORT_REUSE_MS`] (anyone who may inspect can ask).
+    pub fn capacity_report(&mut self, now_ms: u64) -> CapacityReport {
+        if let Some((at, report)) = &self.capacity_cache {
+            if now_ms >= *at && now_ms - *at < CAPACITY_REPORT_REUSE_MS {
+                return report.clone();
+            }
+        }
+        let report = self.make_capacity_report(now_ms);
+        self.capacity_cache = Some((now_ms, report.clone()));
+        report
+    }
+
+    fn make_capacity_report(&self, now_ms: u64) -> CapacityReport {
         let cfg = self.st.cfg();
         let (horizon, disk_fill, load_fill) = (cfg.capacity_horizon_ms, cfg.capacity_disk_fill, cfg.capacity_load_fill);
         let season = cfg.forecast_season_ms;
@@ -67,37 +86,37 @@ impl Manager {
             let r = regions.entry(n.region.as_str()).or_default();
             if n.group.is_some() {
                 r.inputs.nodes += 1;
-                r.bytes_cap += bytes_cap;
-                r.qps_cap += qps_cap;
-                for (t, used, qps) in series {
-                    let e = r.sum.entry(*t).or_default();
-                    *e = (e.0 + used, e.1 + qps);
-                }
+                r.stating_qps += usize::from(n.capacity_qps > 0);
+                r.disks.push(disk.clone());
+                r.loads.push(load.clone());
             } else if n.state == NodeState::Up && self.st.migration_of(n.id).is_none() {
                 r.inputs.spares += 1;
             }
             nodes.push(NodeCapacity { node: n.id, region: n.region.clone(), in_group: n.group.is_some(), disk, load });
         }
-        let regions: Vec<RegionCapacity> = regions
+        // Every region's projections and needs, then the advice: where every group holds a
+        // node of every region, the regions grow together (a new group takes one of each).
+        let mut rows: Vec<RegionRow> = Vec::new();
+        for (region, r) in regions {
+            let (disk, load) = (Projection::sum(&r.disks, now_ms), Projection::sum(&r.loads, now_ms));
+            let per = |total: f64, n: usize| if n > 0 { total / n as f64 } else { 0.0 };
+            let inputs = RegionInputs {
+                node_bytes: per(disk.capacity, r.inputs.nodes),
+                node_qps: per(load.capacity, r.stating_qps),
+                ..r.inputs
+            };
+            let needs = capacity::needs(inputs, &disk, &load);
+            rows.push((region.to_string(), inputs, disk, load, needs));
+        }
+        let together = self.groups_span_every_region(rows.len());
+        let most = rows.iter().map(|r| r.4 .0.max(r.4 .1)).max().unwrap_or(0);
+        let regions: Vec<RegionCapacity> = rows
             .into_iter()
-            .map(|(region, r)| {
-                let series: Series = r.sum.into_iter().map(|(t, (b, q))| (t, b, q)).collect();
-                let (disk, load) = project_both(&series, now_ms, horizon, season, r.bytes_cap, r.qps_cap);
-                let nodes = r.inputs.nodes;
-                let per_node = |total: f64| if nodes > 0 { total / nodes as f64 } else { 0.0 };
-                let inputs =
-                    RegionInputs { node_bytes: per_node(r.bytes_cap), node_qps: per_node(r.qps_cap), ..r.inputs };
-                let (needed_nodes, add_nodes, advice) = capacity::advise(inputs, &disk, &load);
-                RegionCapacity {
-                    region: region.to_string(),
-                    nodes,
-                    spares: inputs.spares,
-                    disk,
-                    load,
-                    needed_nodes,
-                    add_nodes,
-                    advice,
-                }
+            .map(|(region, inputs, disk, load, (for_data, for_load))| {
+                let needed = if together { most } else { for_data.max(for_load) }.max(1);
+                let (add_nodes, advice) = capacity::advise(inputs, needed, for_data, for_load);
+                let (nodes, spares) = (inputs.nodes, inputs.spares);
+                RegionCapacity { region, nodes, spares, disk, load, needed_nodes: needed, add_nodes, advice }
             })
             .collect();
         let soonest = |n: &NodeCapacity| n.disk.crosses_at_ms.into_iter().chain(n.load.crosses_at_ms).min();
@@ -113,6 +132,15 @@ impl Manager {
             regions,
             nodes,
         }
+    }
+
+    /// Does every group hold a node of each of the `regions` regions?
+    fn groups_span_every_region(&self, regions: usize) -> bool {
+        let region_of = |id: &NodeId| self.st.node(*id).map(|n| n.region.as_str());
+        self.st.groups().all(|g| {
+            let spanned: std::collections::BTreeSet<&str> = g.nodes.iter().filter_map(region_of).collect();
+            spanned.len() == regions
+        })
     }
 
     /// Each node's history over the closed buckets, then the open bucket's figures so far

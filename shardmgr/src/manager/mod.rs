@@ -145,6 +145,8 @@ pub struct Manager {
     report_cache: Option<(u64, usize, crate::forecast::ForecastReport)>,
     /// Every node's bytes and load per bucket, persisted (`capacity`).
     capacity: crate::capacity::CapacityHistory,
+    /// The last capacity report and when it was made (`capacity`).
+    capacity_cache: Option<(u64, crate::capacity::CapacityReport)>,
 }
 
 impl Manager {
@@ -178,7 +180,9 @@ impl Manager {
         let history = std::mem::take(&mut state.capacity);
         let max_points = cfg.capacity_max_points;
         let mut m = Manager::over(ClusterState::recover(cfg, cluster, state, now_ms));
-        m.capacity = crate::capacity::CapacityHistory::recover(history, max_points);
+        let (capacity, dropped) = crate::capacity::CapacityHistory::recover(history, max_points);
+        m.capacity = capacity;
+        m.pending.extend(dropped.into_iter().map(|start| MetaWrite { key: meta::capacity_key(start), value: None }));
         Ok(m)
     }
 
@@ -197,6 +201,7 @@ impl Manager {
             migration_events: Vec::new(),
             report_cache: None,
             capacity: crate::capacity::CapacityHistory::default(),
+            capacity_cache: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //! running cluster, several targets in one invocation, each next to the first, and
 //! `scenario failing-node`: a failing node (one fault shape) with the predictive path on,
 //! beside it off, `scenario campaign`: every fault shape in both modes, one table, and
-//! `scenario noise`: healthy nodes under noise (false alarms).
+//! `scenario noise`: healthy nodes under noise (false alarms), `scenario overload`: critical
+//! traffic under a bulk flood with admission by priority on and off.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ use crate::engine_bench::{self, EngineBenchOptions};
 use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
 use crate::scenario::fault::Fault;
 use crate::scenario::noise::{Noise, NoiseOptions, DEFAULT_GAP_SECS};
+use crate::scenario::overload::OverloadOptions;
 use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use crate::ycsb::run::{Environment, Progress, RunOptions};
 use crate::ycsb::target::TargetSpec;
@@ -313,6 +315,30 @@ enum ScenarioCommand {
         #[command(flatten)]
         story: StoryArgs,
     },
+    /// Critical traffic first: paced critical requests alone, then under a flood of bulk
+    /// writes, with admission by priority on and off. Reports the critical p50/p99 alone and
+    /// under the flood, critical failures, bulk writes per second and bulk requests shed. Of
+    /// the story's settings it uses the cluster's shape and `--warmup-secs` (critical traffic
+    /// first, not counted, while the new cluster settles).
+    Overload {
+        /// Seconds of each phase (critical alone, then with the flood).
+        #[arg(long, default_value_t = OverloadOptions::default().phase_secs)]
+        phase_secs: u64,
+        /// Paced critical workers.
+        #[arg(long, default_value_t = OverloadOptions::default().critical_workers)]
+        critical_workers: usize,
+        /// Each critical worker's interval, ms.
+        #[arg(long, default_value_t = OverloadOptions::default().critical_interval_ms)]
+        critical_interval_ms: u64,
+        /// Closed-loop bulk writers.
+        #[arg(long, default_value_t = OverloadOptions::default().bulk_workers)]
+        bulk_workers: usize,
+        /// Bytes of each bulk value.
+        #[arg(long, default_value_t = OverloadOptions::default().bulk_value_bytes)]
+        bulk_value_bytes: usize,
+        #[command(flatten)]
+        story: StoryArgs,
+    },
 }
 
 /// The failing-node story's settings (`scenario failing-node` and `scenario campaign`).
@@ -546,6 +572,32 @@ pub fn main() -> Result<()> {
             let report = runtime.block_on(scenario::noise::run(&opts, &|line: &str| eprintln!("  {line}")))?;
             print!("{}", scenario::noise::table(&report));
             write_json(out.json, &report)
+        }
+        Command::Scenario {
+            scenario:
+                ScenarioCommand::Overload {
+                    phase_secs,
+                    critical_workers,
+                    critical_interval_ms,
+                    bulk_workers,
+                    bulk_value_bytes,
+                    story,
+                },
+        } => {
+            let (cluster, out) = story.options(Fault::Ramp)?;
+            let opts = OverloadOptions {
+                warmup_secs: cluster.story.warmup_secs,
+                cluster,
+                phase_secs,
+                critical_workers,
+                critical_interval_ms,
+                bulk_workers,
+                bulk_value_bytes,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let reports = runtime.block_on(scenario::overload::run(&opts, &|line: &str| eprintln!("  {line}")))?;
+            print!("{}", scenario::overload::table(&reports));
+            write_json(out.json, &reports)
         }
         Command::Idle { shards, seconds, work_dir, json } => {
             let opts = IdleBenchOptions { shards, seconds };

@@ -16,6 +16,11 @@
 //! `batch` (atomic per shard), `get_many`, `cluster_info`; `write_if`/`put_if` (a
 //! `Check` and a write in one batch; `ConditionFailed` carries the current value) and
 //! `put_with_ttl`.
+//!
+//! Priorities: every data request carries one ([`Priority`]): the one [`with_priority`] set
+//! for the task running it, else [`ClientConfig::priority`]. A node that sheds it answers
+//! `Overloaded`, retried after a backoff like `Retry` (so bulk traffic backs off, doubling its
+//! pause, while critical traffic keeps being served).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +30,7 @@ use presage_shardmgr::{Directory, NodeId, NodeMeta, Role, ShardMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
-use crate::proto::{BatchOp, ByteBuf, Expect, ProtoError, Request, Response, Route};
+use crate::proto::{BatchOp, ByteBuf, Expect, Priority, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
 use crate::tls::ClientTls;
 use crate::write_id::WriteSlots;
@@ -35,6 +40,17 @@ use check::{check_key, check_op, check_value, ttl_ms};
 const MAX_REFRESH_ASKS: usize = 16;
 /// Most nodes a client remembers as silent at once (the oldest marks are dropped first).
 const MAX_SILENT_NODES: usize = 1024;
+
+tokio::task_local! {
+    /// The priority [`with_priority`] set for the running task.
+    static TASK_PRIORITY: Priority;
+}
+
+/// Runs `fut` with every data request it makes at `priority` (over the client's configured
+/// one): `with_priority(Priority::Critical, client.put(k, v)).await`.
+pub async fn with_priority<F: std::future::Future>(priority: Priority, fut: F) -> F::Output {
+    TASK_PRIORITY.scope(priority, fut).await
+}
 
 /// Longest key a client may send (the engine's limit).
 pub const MAX_KEY_BYTES: usize = 8 << 10;
@@ -79,6 +95,8 @@ pub struct ClientConfig {
     /// operating system.
     #[serde(skip)]
     pub jitter_seed: Option<u64>,
+    /// The priority of this client's requests unless [`with_priority`] sets another.
+    pub priority: Priority,
 }
 
 impl Default for ClientConfig {
@@ -98,6 +116,7 @@ impl Default for ClientConfig {
             tls: None,
             login: None,
             jitter_seed: None,
+            priority: Priority::Normal,
         }
     }
 }
@@ -191,6 +210,8 @@ enum Next {
         why: String,
         at_once: bool,
         maybe_applied: bool,
+        /// Pause at least this long (a node that shed the request said so), ms.
+        pause_ms: u64,
     },
     Fail(ClientError),
 }
@@ -198,12 +219,12 @@ enum Next {
 impl Next {
     /// Retry after a backoff: this attempt certainly had no effect.
     fn retry(why: impl Into<String>) -> Next {
-        Next::Retry { why: why.into(), at_once: false, maybe_applied: false }
+        Next::Retry { why: why.into(), at_once: false, maybe_applied: false, pause_ms: 0 }
     }
 
     /// Retry after a backoff: this attempt may have had an effect.
     fn unknown(why: impl Into<String>) -> Next {
-        Next::Retry { why: why.into(), at_once: false, maybe_applied: true }
+        Next::Retry { why: why.into(), at_once: false, maybe_applied: true, pause_ms: 0 }
     }
 }
 
@@ -637,7 +658,7 @@ impl Client {
                     Ok(()) => continue,
                     Err(e) => Next::retry(e),
                 },
-                Some(shard) => match make(&shard) {
+                Some(shard) => match make(&shard).map(|r| self.prioritized(r)) {
                     None if write && maybe_applied => {
                         return Err(ClientError::OutcomeUnknown(format!(
                             "shard {} split while the write's outcome was unknown ({last})",
@@ -651,20 +672,22 @@ impl Client {
                     },
                 },
             };
-            match next {
+            let at_least = match next {
                 Next::Answer(_) => unreachable!("returned above"),
                 Next::Fail(e) => return Err(e),
-                Next::Retry { why, at_once, maybe_applied: maybe } => {
+                Next::Retry { why, at_once, maybe_applied: maybe, pause_ms } => {
                     last = why;
                     maybe_applied |= maybe;
                     if at_once && immediate < MAX_IMMEDIATE_RETRIES {
                         immediate += 1;
                         continue;
                     }
+                    Duration::from_millis(pause_ms)
                 }
-            }
+            };
             immediate = 0;
-            let pause = jittered(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner), backoff);
+            let pause =
+                jittered(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner), backoff).max(at_least);
             if tokio::time::Instant::now() + pause >= deadline {
                 let timeout_ms = self.cfg.request_timeout_ms;
                 return Err(if write && maybe_applied {
@@ -676,6 +699,12 @@ impl Client {
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_millis(self.cfg.max_backoff_ms));
         }
+    }
+
+    /// `request` at the task's priority, else the configured one.
+    fn prioritized(&self, mut request: Request) -> Request {
+        request.set_priority(TASK_PRIORITY.try_with(|p| *p).unwrap_or(self.cfg.priority));
+        request
     }
 
     /// One attempt at the shard's leader, or at a voter (which forwards) when the leader is
@@ -725,7 +754,7 @@ impl Client {
                     if !hinted {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry { why: e.to_string(), at_once: hinted, maybe_applied: false }
+                    Next::Retry { why: e.to_string(), at_once: hinted, maybe_applied: false, pause_ms: 0 }
                 }
                 ProtoError::EpochNotMatch { ref current, .. } => {
                     for s in current {
@@ -736,18 +765,29 @@ impl Client {
                     if stale {
                         cache.directory.remove(shard.id);
                     }
-                    Next::Retry { why: e.to_string(), at_once: !stale && !current.is_empty(), maybe_applied: false }
+                    Next::Retry {
+                        why: e.to_string(),
+                        at_once: !stale && !current.is_empty(),
+                        maybe_applied: false,
+                        pause_ms: 0,
+                    }
                 }
                 ProtoError::ShardNotFound { .. } => {
                     cache.directory.remove(shard.id);
                     Next::retry(e.to_string())
                 }
                 ProtoError::Retry(_) => Next::retry(e.to_string()),
+                ProtoError::Overloaded { retry_after_ms, .. } => Next::Retry {
+                    why: e.to_string(),
+                    at_once: false,
+                    maybe_applied: false,
+                    pause_ms: retry_after_ms.min(self.cfg.max_backoff_ms),
+                },
                 ProtoError::Unavailable(_) => {
                     // Nothing was done: another replica now, and this node last for a while.
                     cache.shun(answered_by, shard.id, now, silent_until);
                     avoid.push(answered_by);
-                    Next::Retry { why: e.to_string(), at_once: true, maybe_applied: false }
+                    Next::Retry { why: e.to_string(), at_once: true, maybe_applied: false, pause_ms: 0 }
                 }
                 // A write's retries carry its request id: it applies once.
                 ProtoError::OutcomeUnknown { .. } => Next::unknown(e.to_string()),
@@ -851,7 +891,7 @@ impl Client {
 type GroupValues = Result<Vec<(usize, Option<Vec<u8>>)>, ClientError>;
 
 fn route(s: &ShardMeta) -> Route {
-    Route { shard: s.id, epoch: s.epoch }
+    Route { shard: s.id, epoch: s.epoch, priority: Priority::Normal }
 }
 
 fn expect_done(r: Response) -> Result<(), ClientError> {

@@ -20,8 +20,8 @@ pub mod rpc;
 pub mod tls;
 mod write_id;
 
-pub use client::{Client, ClientConfig, ClientError};
+pub use client::{with_priority, Client, ClientConfig, ClientError};
 pub use net::{Login, NetConfig, TcpRpc};
-pub use proto::{BatchOp, Caller, Expect, PfaQuery, ProtoError, Request, RequestId, Response, Route};
+pub use proto::{BatchOp, Caller, Expect, PfaQuery, Priority, ProtoError, Request, RequestId, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};
 pub use tls::ClientTls;

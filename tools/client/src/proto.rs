@@ -18,13 +18,68 @@ use serde::{Deserialize, Serialize};
 /// Bytes on the wire (a key or value inside a list).
 pub use serde_bytes::ByteBuf;
 
-/// Routing of a data request: the shard and the epoch the sender's directory has.
+/// Routing of a data request: the shard and the epoch the sender's directory has, and the
+/// request's priority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// The shard.
     pub shard: ShardId,
     /// Its epoch as the sender knows it.
     pub epoch: presage_shardmgr::Epoch,
+    /// Which requests a node under load keeps serving first.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// A request's priority (seed 001: critical traffic first). A node that is overloaded or at
+/// risk refuses `bulk` requests first, then `normal` ones, with [`ProtoError::Overloaded`];
+/// `critical` ones are refused only at its hard in-flight limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    /// Traffic that must not wait (a checkout, a login).
+    Critical,
+    /// Everything else.
+    #[default]
+    Normal,
+    /// Traffic that can wait (backfills, batch jobs, analytics scans).
+    Bulk,
+}
+
+impl Priority {
+    /// Every priority, most important first.
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Bulk];
+
+    /// Its name (`critical`, `normal`, `bulk`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    /// Its index in [`Priority::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown priority `{s}` (critical, normal or bulk)"))
+    }
 }
 
 /// A client's name for one write, kept by all its retries, so that the write applies at most
@@ -211,6 +266,36 @@ pub enum Request {
 }
 
 impl Request {
+    /// A data request's route (its shard, epoch and priority), also inside a forwarded one.
+    pub fn route(&self) -> Option<&Route> {
+        match self {
+            Request::Get { route, .. }
+            | Request::GetWithExpiry { route, .. }
+            | Request::GetMany { route, .. }
+            | Request::Put { route, .. }
+            | Request::Delete { route, .. }
+            | Request::Scan { route, .. }
+            | Request::Batch { route, .. } => Some(route),
+            Request::Forwarded { request } => request.route(),
+            _ => None,
+        }
+    }
+
+    /// Sets a data request's priority (nothing for other requests).
+    pub fn set_priority(&mut self, priority: Priority) {
+        match self {
+            Request::Get { route, .. }
+            | Request::GetWithExpiry { route, .. }
+            | Request::GetMany { route, .. }
+            | Request::Put { route, .. }
+            | Request::Delete { route, .. }
+            | Request::Scan { route, .. }
+            | Request::Batch { route, .. } => route.priority = priority,
+            Request::Forwarded { request } => request.set_priority(priority),
+            _ => {}
+        }
+    }
+
     /// The request's name (metrics labels, errors).
     pub fn name(&self) -> &'static str {
         match self {
@@ -312,6 +397,9 @@ pub enum Caller {
         user: String,
         /// Its role.
         role: Role,
+        /// The highest priority its requests may carry: critical for operators and users the
+        /// users file grants it, else normal.
+        top_priority: Priority,
     },
     /// A node of this cluster on the peer port (its certificate names it, its handshake
     /// carried this cluster's id).
@@ -333,7 +421,7 @@ impl Caller {
     /// The user or node, for logs and errors.
     pub fn describe(&self) -> String {
         match self {
-            Caller::Client { user, role } => format!("user {user} ({role})"),
+            Caller::Client { user, role, .. } => format!("user {user} ({role})"),
             Caller::Node { id } => format!("node {id}"),
             Caller::Joining { id } => format!("joining node {id}"),
             Caller::Local => "this node".into(),
@@ -780,6 +868,15 @@ pub enum ProtoError {
     /// The caller is known but its role does not allow the request.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The node is overloaded or at risk and sheds requests of this priority first; nothing
+    /// was done. Retry after a backoff (a client library does, doubling its pause).
+    #[error("node overloaded: {priority} requests are shed; retry in {retry_after_ms} ms or more")]
+    Overloaded {
+        /// The refused request's priority.
+        priority: Priority,
+        /// The pause to wait at least, ms.
+        retry_after_ms: u64,
+    },
     /// A later write of the same request-id slot was applied first: this one is not applied
     /// now (an earlier attempt may have been). Only a client that reused a slot gets it.
     #[error("superseded: {0}")]

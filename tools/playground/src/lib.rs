@@ -457,6 +457,9 @@ fn make_security(dir: &Path, nodes: u64) -> Result<SecurityInfo, PlaygroundError
     let users_file = dir.join("users.toml");
     let mut users = UsersFile::default();
     users.set_user(user, presage_client::proto::Role::ReadWrite, &password)?;
+    // The application's user may send critical requests (its default priority is critical:
+    // the overload scenario and the tests of admission by priority use it).
+    users.set_priority(user, presage_client::Priority::Critical)?;
     users.set_user("reader", presage_client::proto::Role::ReadOnly, &reader_password)?;
     let token = users.new_token("operator", presage_client::proto::Role::Operator)?;
     users.write(&users_file)?;

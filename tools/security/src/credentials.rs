@@ -25,7 +25,7 @@ use std::path::Path;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use presage_client::proto::Role;
+use presage_client::proto::{Priority, Role};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -50,6 +50,14 @@ pub struct UserEntry {
     pub role: Role,
     /// Argon2id PHC string of the password.
     pub password_hash: String,
+    /// The priority of its RESP requests unless a connection sets another (`CLIENT
+    /// PRIORITY`).
+    #[serde(default, skip_serializing_if = "is_normal")]
+    pub priority: Priority,
+}
+
+fn is_normal(p: &Priority) -> bool {
+    *p == Priority::Normal
 }
 
 /// One bearer token of the admin API.
@@ -119,10 +127,21 @@ impl UsersFile {
         if password.len() < MIN_PASSWORD_BYTES {
             return Err(SecurityError::Invalid(format!("a password has at least {MIN_PASSWORD_BYTES} bytes")));
         }
-        let entry = UserEntry { name: name.to_string(), role, password_hash: hash_password(password)? };
+        let entry = UserEntry {
+            name: name.to_string(),
+            role,
+            password_hash: hash_password(password)?,
+            priority: Priority::Normal,
+        };
         self.users.retain(|u| u.name != name);
         self.users.push(entry);
         Ok(())
+    }
+
+    /// Sets user `name`'s default request priority.
+    pub fn set_priority(&mut self, name: &str, priority: Priority) -> Result<(), SecurityError> {
+        let user = self.users.iter_mut().find(|u| u.name == name);
+        user.map(|u| u.priority = priority).ok_or_else(|| SecurityError::Invalid(format!("no user {name}")))
     }
 
     /// Adds a new token named `name` with `role` (replacing one of that name); returns the
@@ -200,6 +219,7 @@ pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 2;
 /// The users and tokens a node accepts, checked and ready.
 pub struct Credentials {
     users: BTreeMap<String, (Role, String)>,
+    priorities: BTreeMap<String, Priority>,
     tokens: Vec<([u8; 32], String, Role)>,
     dummy_hash: String,
     checks: tokio::sync::Semaphore,
@@ -224,7 +244,11 @@ impl Credentials {
             return Err(bad(format!("more than {MAX_ENTRIES} users and tokens")));
         }
         let mut users = BTreeMap::new();
+        let mut priorities = BTreeMap::new();
         for u in file.users {
+            if u.priority != Priority::Normal {
+                priorities.insert(u.name.clone(), u.priority);
+            }
             check_user_name(&u.name).map_err(|e| bad(e.to_string()))?;
             check_role(u.role).map_err(|e| bad(format!("user {}: {e}", u.name)))?;
             PasswordHash::new(&u.password_hash).map_err(|e| bad(format!("user {}: password-hash: {e}", u.name)))?;
@@ -241,12 +265,28 @@ impl Credentials {
         }
         let dummy_hash = hash_password("presage-dummy-password")?;
         let checks = tokio::sync::Semaphore::new(MAX_CONCURRENT_PASSWORD_CHECKS);
-        Ok(Credentials { users, tokens, dummy_hash, checks })
+        Ok(Credentials { users, priorities, tokens, dummy_hash, checks })
     }
 
     /// No users and no tokens.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.tokens.is_empty()
+    }
+
+    /// User `name`'s default request priority (normal unless the users file says otherwise).
+    pub fn user_priority(&self, name: &str) -> Priority {
+        self.priorities.get(name).copied().unwrap_or_default()
+    }
+
+    /// The highest priority `user` (of `role`) may give its requests: critical for operators
+    /// and users the users file makes critical, else normal (anyone may lower its own to
+    /// bulk).
+    pub fn top_priority(&self, user: &str, role: Role) -> Priority {
+        if role.may_operate() || self.user_priority(user) == Priority::Critical {
+            Priority::Critical
+        } else {
+            Priority::Normal
+        }
     }
 
     /// The role of user `name`, if it exists (a client certificate naming it).

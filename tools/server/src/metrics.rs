@@ -11,6 +11,7 @@
 //! | `presage_rocksdb_{write_delayed,write_stopped,running_compactions,pending_compaction_bytes,memtable_bytes,sst_bytes}` | RocksDB's write stalls and background work |
 //! | `presage_is_shard_manager`, `presage_manager_{nodes,nodes_up,groups,shards,running_operators,finished_operators}` | the shard manager (the counts only on the node running it) |
 //! | `presage_node_failure_probability{node,region}`, `presage_region_failure_probability{region}`, `presage_warnings_active{kind}` | failure prediction (on the shard manager's node) |
+//! | `presage_admission_shed_total{priority}`, `presage_admission_limit_requests{priority}`, `presage_admission_target_latency_seconds` | admission by priority |
 //! | `presage_build_info{version}` | always 1 |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ... | the process (prometheus's process collector) |
 //!
@@ -63,6 +64,8 @@ pub struct NodeGauges {
     pub self_check_shedding: bool,
     /// Leadership transfers the disk check started since the node started.
     pub self_check_transfers: u64,
+    /// Admission by priority: limits, requests shed, target.
+    pub admission: crate::server::admission::AdmissionStats,
 }
 
 /// What the shard manager predicts, as gauges.
@@ -91,6 +94,9 @@ struct ScrapeMetrics {
     snapshot_bytes_sent: IntCounter,
     self_check_shedding: IntGauge,
     self_check_transfers: IntCounter,
+    admission_shed: IntCounterVec,
+    admission_limit: IntGaugeVec,
+    admission_target: prometheus::Gauge,
     is_manager: IntGauge,
     /// Nodes, nodes up, groups, shards, running and finished operators.
     manager: [IntGaugeVec; 6],
@@ -197,6 +203,27 @@ impl ScrapeMetrics {
                 "self_check_transfers_total",
                 "Leadership transfers the node's own disk check started",
             ),
+            admission_shed: add(
+                r,
+                must(IntCounterVec::new(
+                    Opts::new("admission_shed_total", "Data requests refused as Overloaded, by priority"),
+                    &["priority"],
+                )),
+            ),
+            admission_limit: add(
+                r,
+                must(IntGaugeVec::new(
+                    Opts::new("admission_limit_requests", "Requests of each priority admitted in flight at most now"),
+                    &["priority"],
+                )),
+            ),
+            admission_target: add(
+                r,
+                must(prometheus::Gauge::new(
+                    "admission_target_latency_seconds",
+                    "The 90th-percentile latency above which the node sheds bulk, then normal requests",
+                )),
+            ),
             is_manager: gauge(r, "is_shard_manager", "1 while this node runs the shard manager"),
             manager: [
                 ("manager_nodes", "Nodes the shard manager knows"),
@@ -270,6 +297,12 @@ impl ScrapeMetrics {
         raise_to(&self.snapshot_bytes_sent, g.snapshot_bytes_sent);
         gauge(&self.self_check_shedding, u64::from(g.self_check_shedding));
         raise_to(&self.self_check_transfers, g.self_check_transfers);
+        for p in presage_client::Priority::ALL {
+            let i = p.index();
+            raise_to(&self.admission_shed.with_label_values(&[p.as_str()]), g.admission.shed[i]);
+            gauge(&self.admission_limit.with_label_values(&[p.as_str()]), g.admission.limits[i] as u64);
+        }
+        self.admission_target.set(g.admission.target_us as f64 / 1e6);
         gauge(&self.is_manager, u64::from(g.manager.is_some()));
         let st = &g.storage;
         let storage = [

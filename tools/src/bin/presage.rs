@@ -149,6 +149,10 @@ enum UserCommand {
         /// The password (or the environment variable PRESAGE_PASSWORD).
         #[arg(long, env = "PRESAGE_PASSWORD", hide_env_values = true)]
         password: String,
+        /// The priority of its RESP requests unless a connection sets another: critical,
+        /// normal or bulk (an overloaded node sheds bulk first).
+        #[arg(long, default_value = "normal")]
+        priority: presage_client::Priority,
         /// The users file.
         #[arg(long)]
         users_file: PathBuf,
@@ -456,11 +460,12 @@ fn user(what: UserCommand) -> Result<()> {
     use presage_security::credentials::UsersFile;
     let role = |r: &str| r.parse::<presage_client::proto::Role>().map_err(anyhow::Error::msg);
     match what {
-        UserCommand::Add { name, role: r, password, users_file } => {
+        UserCommand::Add { name, role: r, password, priority, users_file } => {
             let mut file = UsersFile::read(&users_file)?;
             file.set_user(&name, role(&r)?, &password)?;
+            file.set_priority(&name, priority)?;
             file.write(&users_file)?;
-            println!("user {name} ({r}) written to {}", users_file.display());
+            println!("user {name} ({r}, {priority} priority) written to {}", users_file.display());
         }
         UserCommand::Token { name, role: r, users_file } => {
             let mut file = UsersFile::read(&users_file)?;

@@ -16,6 +16,7 @@ mod maintenance;
 mod migrate;
 mod monitoring;
 mod pfa;
+mod priority;
 mod redis_apps;
 mod redis_diff;
 mod trust;

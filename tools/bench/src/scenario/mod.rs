@@ -37,12 +37,15 @@
 //! - `choose`: which nodes fail.
 //! - [`fault`]: the fault shapes and how each is injected.
 //! - [`noise`]: healthy nodes under noise (`scenario noise`), for false alarms.
+//! - [`overload`]: critical traffic under a bulk flood (`scenario overload`), admission by
+//!   priority on and off.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
 //! - `watch`: the watcher thread that narrates and keeps the timings.
 
 mod choose;
 pub mod fault;
 pub mod noise;
+pub mod overload;
 mod report;
 mod watch;
 

@@ -153,7 +153,11 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split_anywhere() {
         let request = Request::Put {
-            route: Route { shard: 3, epoch: presage_shardmgr::Epoch { version: 2, conf_ver: 1 } },
+            route: Route {
+                shard: 3,
+                epoch: presage_shardmgr::Epoch { version: 2, conf_ver: 1 },
+                priority: crate::proto::Priority::Bulk,
+            },
             key: b"k".to_vec(),
             value: vec![0xff; 300],
             id: Some(crate::proto::RequestId { client: u64::MAX, slot: 7, seq: 1 << 40 }),

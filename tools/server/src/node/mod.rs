@@ -633,9 +633,11 @@ fn gauge_probe(
 ) -> admin::GaugeProbe {
     let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
     let (self_check, risk, engine) = (Arc::clone(self_check), Arc::new(server.risk_gauges()), engine.clone());
+    let admission = Arc::new(server.admission_stats());
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
         let (self_check, risk, engine) = (Arc::clone(&self_check), Arc::clone(&risk), engine.clone());
+        let admission = admission();
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -658,6 +660,7 @@ fn gauge_probe(
                 snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
                 self_check_shedding: self_check.shedding.load(Ordering::Relaxed),
                 self_check_transfers: self_check.transfers.load(Ordering::Relaxed),
+                admission,
             }
         })
     })

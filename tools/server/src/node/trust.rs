@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use presage_client::net::Authenticator;
-use presage_client::proto::Role;
+use presage_client::proto::{Priority, Role};
 use presage_client::{Caller, ProtoError};
 use presage_security::tls::NodeTls;
 use presage_security::{Credentials, SecurityError};
@@ -69,6 +69,7 @@ impl NodeTrust {
             return Arc::new(presage_client::net::NoLogins::anonymous(Caller::Client {
                 user: ANONYMOUS_USER.into(),
                 role: Role::ReadWrite,
+                top_priority: Priority::Critical,
             }));
         }
         Arc::new(NativeAuth { credentials: Arc::clone(&self.credentials), throttle: Arc::clone(&self.throttle) })
@@ -96,7 +97,8 @@ struct NativeAuth {
 impl Authenticator for NativeAuth {
     fn on_connect(&self, client_cert: Option<&[u8]>) -> Option<Caller> {
         let (user, role) = self.credentials.certificate_user(client_cert)?;
-        Some(Caller::Client { user, role })
+        let top_priority = self.credentials.top_priority(&user, role);
+        Some(Caller::Client { user, role, top_priority })
     }
 
     fn login(
@@ -107,10 +109,11 @@ impl Authenticator for NativeAuth {
     ) -> Pin<Box<dyn Future<Output = Result<Caller, ProtoError>> + Send>> {
         let (credentials, throttle) = (Arc::clone(&self.credentials), Arc::clone(&self.throttle));
         Box::pin(async move {
-            match credentials.check_password_off_thread(user.clone(), password).await {
+            match Arc::clone(&credentials).check_password_off_thread(user.clone(), password).await {
                 Ok(role) => {
                     throttle.succeeded(peer.ip());
-                    Ok(Caller::Client { user, role })
+                    let top_priority = credentials.top_priority(&user, role);
+                    Ok(Caller::Client { user, role, top_priority })
                 }
                 Err(e) => {
                     tokio::time::sleep(throttle.failed(peer.ip())).await;

@@ -198,6 +198,39 @@ struct Session {
     peer: std::net::SocketAddr,
     /// MULTI and WATCH.
     txn: txn::Txn,
+    /// The priority `CLIENT PRIORITY` set (`None`: its user's default).
+    priority: Option<presage_client::Priority>,
+}
+
+impl Session {
+    /// The priority its commands run at: the one it set, else its user's default.
+    fn priority(&self, shared: &Shared) -> presage_client::Priority {
+        let default = || {
+            let creds = shared.auth.credentials.as_ref();
+            creds.zip(self.user.as_ref()).map(|(c, (user, _))| c.user_priority(user)).unwrap_or_default()
+        };
+        self.priority.unwrap_or_else(default)
+    }
+
+    /// `CLIENT PRIORITY [critical|normal|bulk]`: reads or sets it; raising it above normal
+    /// takes an operator or a user the users file makes critical (an insecure node: anyone).
+    fn set_priority(&mut self, shared: &Shared, args: &[Vec<u8>]) -> Reply {
+        let Some(arg) = args.first() else { return Reply::Bulk(self.priority(shared).as_str().into()) };
+        let Ok(p) = String::from_utf8_lossy(arg).parse::<presage_client::Priority>() else {
+            return Reply::err("CLIENT PRIORITY takes critical, normal or bulk");
+        };
+        let top = match (&shared.auth.credentials, &self.user) {
+            (None, _) => presage_client::Priority::Critical,
+            (Some(c), Some((user, role))) => c.top_priority(user, *role),
+            (Some(_), None) => presage_client::Priority::Normal,
+        };
+        if p < top {
+            let user = self.user.as_ref().map_or("(none)", |(u, _)| u.as_str());
+            return Reply::Error(format!("NOPERM User {user} may not raise its priority above {top}"));
+        }
+        self.priority = Some(p);
+        Reply::ok()
+    }
 }
 
 /// A TLS handshake must complete within this.
@@ -242,6 +275,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         auth_failures: 0,
         peer,
         txn: txn::Txn::default(),
+        priority: None,
     };
     let registered = shared.clients.register(session.id, peer, shared.local_addr);
     let conn = &registered.conn;
@@ -254,7 +288,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let login_by =
         tokio::time::Instant::now() + std::time::Duration::from_millis(presage_client::net::LOGIN_TIMEOUT_MS);
     // The commands running now, and the run being gathered (see `pipeline`).
-    let mut window = Window::new();
+    let mut window = Window::new(session.priority(shared));
     let mut run = Run::default();
     loop {
         // Start every complete command in the buffer (pipelining); replies are written once
@@ -300,8 +334,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 reply.encode(session.resp, &mut out);
                             }
                             let quit = name == "QUIT";
+                            let priority = session.priority(shared);
                             let ran = dispatch(shared, &mut session, &name, &args);
-                            let reply = observed(shared, conn, &args, &name, ran).await;
+                            let reply =
+                                presage_client::with_priority(priority, observed(shared, conn, &args, &name, ran))
+                                    .await;
+                            window.set_priority(session.priority(shared));
                             // The session may have a new name, user, protocol or queue now.
                             let who = session.user.as_ref().map(|u| u.0.as_str());
                             conn.identify(&session.name, who, session.resp);
@@ -666,6 +704,7 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
             ("GETNAME", 2) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
             ("SETINFO", 4) => Reply::ok(),
             ("ID", 2) => Reply::Int(s.id as i64),
+            ("PRIORITY", 2 | 3) => s.set_priority(shared, &args[2..]),
             ("INFO", 2) => shared.clients.info(s.id),
             ("LIST", 2) => operator_only(shared, s, "client|list").unwrap_or_else(|| shared.clients.list()),
             ("KILL", n) if n >= 3 => {
@@ -711,6 +750,8 @@ async fn auth(shared: &Shared, s: &mut Session, args: &[Vec<u8>]) -> Reply {
     match checked {
         Ok(role) => {
             s.user = Some((user, role));
+            // A new user runs at its own default, not at what the previous one set.
+            s.priority = None;
             s.auth_failures = 0;
             shared.auth.throttle.succeeded(s.peer.ip());
             Reply::ok()

@@ -124,11 +124,18 @@ pub(super) struct Window<'a> {
     keys: VecDeque<(Vec<Vec<u8>>, usize)>,
     /// Commands running, runs counted by their commands.
     commands: usize,
+    /// The priority the commands started from now on run at (the connection's).
+    priority: presage_client::Priority,
 }
 
 impl<'a> Window<'a> {
-    pub(super) fn new() -> Self {
-        Window { running: FuturesOrdered::new(), keys: VecDeque::new(), commands: 0 }
+    pub(super) fn new(priority: presage_client::Priority) -> Self {
+        Window { running: FuturesOrdered::new(), keys: VecDeque::new(), commands: 0, priority }
+    }
+
+    /// Commands started from now on run at `priority`.
+    pub(super) fn set_priority(&mut self, priority: presage_client::Priority) {
+        self.priority = priority;
     }
 
     /// Commands running (a run counts for each of its commands).
@@ -147,6 +154,7 @@ impl<'a> Window<'a> {
 
     /// Starts `command` on `keys`.
     pub(super) fn push(&mut self, keys: Vec<Vec<u8>>, command: impl Future<Output = Reply> + Send + 'a) {
+        let command = presage_client::with_priority(self.priority, command);
         self.running.push_back(Box::pin(async move { Outcome::One(command.await) }));
         self.keys.push_back((keys, 1));
         self.commands += 1;
@@ -154,6 +162,7 @@ impl<'a> Window<'a> {
 
     /// Starts a run of commands on `keys` (one each); it answers one reply per command.
     pub(super) fn push_run(&mut self, keys: Vec<Vec<u8>>, run: impl Future<Output = Vec<Reply>> + Send + 'a) {
+        let run = presage_client::with_priority(self.priority, run);
         self.running.push_back(Box::pin(async move { Outcome::Many(run.await) }));
         let commands = keys.len();
         self.commands += commands;
@@ -194,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_leave_in_command_order_and_keys_conflict_until_their_command_is_done() {
-        let mut w = Window::new();
+        let mut w = Window::new(presage_client::Priority::Normal);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // The first command finishes last.
         w.push(args(&["a"]), async move {
@@ -223,7 +232,7 @@ mod tests {
         assert_eq!((kind, commands), (RunKind::Set, vec![args(&["a", "1"]), args(&["b", "2"])]));
         assert!(run.take().is_none() && run.len() == 0);
 
-        let mut w = Window::new();
+        let mut w = Window::new(presage_client::Priority::Normal);
         w.push_run(args(&["a", "b"]), async { vec![Reply::ok(), Reply::Int(2)] });
         w.push(args(&["c"]), async { Reply::Int(3) });
         assert_eq!(w.len(), 3, "a run counts for each of its commands");

@@ -19,7 +19,14 @@ use presage_shardmgr::NodeId;
 pub(crate) fn check(caller: &Caller, request: &Request, manager: Option<NodeId>) -> Result<(), ProtoError> {
     match caller {
         Caller::Local => Ok(()),
-        Caller::Client { user, role } => match request {
+        Caller::Client { user, role, top_priority } => match request {
+            r if r.route().is_some_and(|route| route.priority < *top_priority) => {
+                Err(ProtoError::PermissionDenied(format!(
+                    "user {user} may send requests of priority {top_priority} at most, not {}; the users file \
+                     grants critical (`presage user add --priority critical`)",
+                    r.route().map_or(*top_priority, |route| route.priority)
+                )))
+            }
             Request::Hello
             | Request::Routes { .. }
             | Request::Get { .. }
@@ -101,6 +108,7 @@ fn node_check(id: NodeId, request: &Request, manager: Option<NodeId>) -> Result<
 mod tests {
     use super::*;
     use presage_client::proto::Role;
+    use presage_client::Priority;
     use presage_shardmgr::{NodeHeartbeat, NodeMeta};
 
     fn heartbeat(node: NodeId) -> Request {
@@ -134,16 +142,33 @@ mod tests {
 
     #[test]
     fn each_caller_gets_only_what_its_proof_allows() {
-        let reader = Caller::Client { user: "r".into(), role: Role::ReadOnly };
-        let writer = Caller::Client { user: "w".into(), role: Role::ReadWrite };
+        let reader = Caller::Client { user: "r".into(), role: Role::ReadOnly, top_priority: Priority::Normal };
+        let writer = Caller::Client { user: "w".into(), role: Role::ReadWrite, top_priority: Priority::Normal };
         let put = Request::Delete {
-            route: presage_client::Route { shard: 1, epoch: presage_shardmgr::Epoch::default() },
+            route: presage_client::Route {
+                shard: 1,
+                epoch: presage_shardmgr::Epoch::default(),
+                priority: Default::default(),
+            },
             key: b"k".to_vec(),
             id: None,
         };
         let admin = Request::Admin { command: presage_shardmgr::AdminCommand::Drain { node: 1 } };
         assert!(check(&writer, &put, None).is_ok());
         assert!(matches!(check(&reader, &put, None), Err(ProtoError::PermissionDenied(_))));
+        // Critical requests only from users granted them; anyone may lower to bulk.
+        let mut critical = put.clone();
+        critical.set_priority(Priority::Critical);
+        let denied = check(&writer, &critical, None);
+        assert!(
+            matches!(&denied, Err(ProtoError::PermissionDenied(m)) if m.contains("priority normal at most")),
+            "{denied:?}"
+        );
+        let granted = Caller::Client { user: "c".into(), role: Role::ReadWrite, top_priority: Priority::Critical };
+        assert!(check(&granted, &critical, None).is_ok());
+        let mut bulk = put.clone();
+        bulk.set_priority(Priority::Bulk);
+        assert!(check(&writer, &bulk, None).is_ok());
         for caller in [&reader, &writer] {
             for r in [&admin, &heartbeat(1), &join(1), &Request::ClusterInfo] {
                 assert!(matches!(check(caller, r, None), Err(ProtoError::PermissionDenied(_))), "{r:?}");

@@ -21,7 +21,9 @@
 //! (`access`).
 
 mod access;
+pub mod admission;
 mod check;
+mod config;
 pub mod convert;
 pub mod error;
 mod execute;
@@ -43,92 +45,11 @@ use presage_client::{BatchOp, Caller, Expect, ProtoError, Request, Response, Rou
 use presage_engine::{Engine, KeyRange};
 use presage_replication::wire::Expect as WireExpect;
 use presage_replication::{NodeHandle, Op, ReadRequest, ReadResponse};
-use presage_shardmgr::{AdminError, KeySpan, LoadRecorder, Manager, ManagerConfig, NodeId, NodeMeta, ShardId};
-use serde::{Deserialize, Serialize};
+use presage_shardmgr::{AdminError, KeySpan, LoadRecorder, Manager, NodeId, NodeMeta, ShardId};
 use tokio::task::JoinHandle;
 
+pub use config::ServerConfig;
 use convert::{proto_error, request_id, wire_epoch};
-
-/// Settings of the node server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-pub struct ServerConfig {
-    /// The shard manager's settings (used while this node runs it).
-    pub shard_manager: ManagerConfig,
-    /// How often the shard manager runs a scheduling round.
-    pub schedule_interval_ms: u64,
-    /// A request to the local replication node waits at most this long.
-    pub request_timeout_ms: u64,
-    /// A call to another node waits at most this long.
-    pub rpc_timeout_ms: u64,
-    /// A merge rolls back if a source replica does not confirm the freeze within this.
-    pub merge_confirm_timeout_ms: u64,
-    /// A learner is promoted once it is at most this many log entries behind the leader.
-    pub learner_max_lag_entries: u64,
-    /// Records per write batch to the meta shard.
-    pub max_meta_batch_records: usize,
-    /// Operator steps being sent at once by the shard manager.
-    pub max_commands_in_flight: usize,
-    /// Requests this node serves at once (more are refused with `Retry`).
-    pub max_inflight_requests: usize,
-    /// Largest scan page, in pairs.
-    pub max_scan_keys: u32,
-    /// Largest scan page, in bytes.
-    pub max_scan_bytes: u32,
-    /// Most writes in one batch request.
-    pub max_batch_ops: usize,
-    /// A new node gives up joining after this long.
-    pub join_timeout_ms: u64,
-    /// The failure analysis (used while this node runs the shard manager).
-    pub pfa: pfa::PfaConfig,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            shard_manager: ManagerConfig::default(),
-            schedule_interval_ms: 1_000,
-            request_timeout_ms: 5_000,
-            rpc_timeout_ms: 5_000,
-            merge_confirm_timeout_ms: 10_000,
-            learner_max_lag_entries: 64,
-            max_meta_batch_records: 256,
-            max_commands_in_flight: 64,
-            max_inflight_requests: 4_096,
-            max_scan_keys: 10_000,
-            max_scan_bytes: 4 << 20,
-            max_batch_ops: 10_000,
-            join_timeout_ms: 60_000,
-            pfa: pfa::PfaConfig::default(),
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Checks every setting.
-    pub fn validate(&self) -> Result<(), error::InvalidSetting> {
-        self.shard_manager.validate().map_err(|e| error::InvalidSetting(e.to_string()))?;
-        self.pfa.validate()?;
-        for (name, v) in [
-            ("schedule-interval-ms", self.schedule_interval_ms),
-            ("request-timeout-ms", self.request_timeout_ms),
-            ("rpc-timeout-ms", self.rpc_timeout_ms),
-            ("merge-confirm-timeout-ms", self.merge_confirm_timeout_ms),
-            ("max-meta-batch-records", self.max_meta_batch_records as u64),
-            ("max-commands-in-flight", self.max_commands_in_flight as u64),
-            ("max-inflight-requests", self.max_inflight_requests as u64),
-            ("max-scan-keys", self.max_scan_keys as u64),
-            ("max-scan-bytes", self.max_scan_bytes as u64),
-            ("max-batch-ops", self.max_batch_ops as u64),
-            ("join-timeout-ms", self.join_timeout_ms),
-        ] {
-            if v == 0 {
-                return Err(error::InvalidSetting(format!("{name} must be positive")));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Milliseconds on the shard manager's clock: wall time when the clock was made plus the
 /// runtime's monotonic time since. Operators' timestamps are persisted, so successive managers
@@ -180,6 +101,8 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) known_peers: Mutex<Vec<NodeId>>,
     /// Requests being served.
     inflight: tokio::sync::Semaphore,
+    /// Admission of data requests by priority ([`admission`]).
+    pub(crate) admission: Mutex<admission::Admission>,
     /// Sources this node is merging (one merge per source at a time).
     pub(crate) merging: Mutex<std::collections::HashSet<ShardId>>,
     /// [`nodes_digest`] of the node list last learned.
@@ -210,6 +133,21 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) cluster_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// A data request admitted by [`admission::Admission`]: dropping it counts the request out.
+struct Admitted<'a, E: Engine> {
+    inner: &'a Inner<E>,
+    priority: presage_client::Priority,
+    started: std::time::Instant,
+}
+
+impl<E: Engine> Drop for Admitted<'_, E> {
+    fn drop(&mut self) {
+        let at_risk = self.inner.shedding_leaders.load(std::sync::atomic::Ordering::Relaxed);
+        let latency_us = self.started.elapsed().as_micros() as u64;
+        lock(&self.inner.admission).done(self.priority, latency_us, self.inner.clock.now_ms(), at_risk);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -237,6 +175,7 @@ impl<E: Engine> Server<E> {
         cluster_id: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let inflight = tokio::sync::Semaphore::new(cfg.max_inflight_requests);
+        let admission = admission::Admission::new(cfg.admission.clone(), cfg.max_inflight_requests, clock.now_ms());
         let pfa = pfa::PfaState::new(cfg.pfa.clone(), None, None);
         let inner = Arc::new(Inner {
             cfg,
@@ -253,6 +192,7 @@ impl<E: Engine> Server<E> {
             seeds: Mutex::new(Vec::new()),
             known_peers: Mutex::new(Vec::new()),
             inflight,
+            admission: Mutex::new(admission),
             merging: Mutex::new(std::collections::HashSet::new()),
             nodes_digest: std::sync::atomic::AtomicU64::new(0),
             splits: std::sync::atomic::AtomicU64::new(0),
@@ -359,6 +299,12 @@ impl<E: Engine> Server<E> {
         }
     }
 
+    /// Admission by priority's figures ([`admission`]).
+    pub fn admission_stats(&self) -> impl Fn() -> admission::AdmissionStats + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || lock(&inner.admission).stats()
+    }
+
     /// The shard manager's predictions as metric values, while this node runs it.
     pub fn risk_gauges(&self) -> impl Fn() -> Option<crate::metrics::RiskGauges> + Send + Sync + 'static {
         let inner = Arc::clone(&self.inner);
@@ -461,6 +407,23 @@ impl<E: Engine> Inner<E> {
         let Ok(_permit) = self.inflight.try_acquire() else {
             return Response::Error(ProtoError::Retry("node busy: too many requests in flight".into()));
         };
+        if let Some(priority) = request.route().map(|r| r.priority) {
+            return self.admitted(priority, request).await;
+        }
+        match request {
+            Request::Forwarded { request } => Box::pin(self.serve_one(*request, false)).await,
+            other => self.serve_one(other, true).await,
+        }
+    }
+
+    /// Serves a data request of `priority` if admission lets it in ([`admission`]), timing it.
+    async fn admitted(self: &Arc<Self>, priority: presage_client::Priority, request: Request) -> Response {
+        if let Err(e) = lock(&self.admission).try_admit(priority) {
+            return Response::Error(e);
+        }
+        // Counted out when served, and also when the caller gives up on it (the future is
+        // dropped) or it panics: an admitted request never holds its place for good.
+        let _admitted = Admitted { inner: self, priority, started: std::time::Instant::now() };
         match request {
             Request::Forwarded { request } => Box::pin(self.serve_one(*request, false)).await,
             other => self.serve_one(other, true).await,
@@ -858,8 +821,8 @@ impl<E: Engine> Inner<E> {
                 Response::Forecast(Box::new(m.forecast_report(now, top as usize)))
             }
             Request::Capacity => {
-                let guard = lock(&self.manager);
-                let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
+                let mut guard = lock(&self.manager);
+                let Some(m) = guard.as_mut() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 Response::Capacity(Box::new(m.capacity_report(now)))
             }
             Request::ClusterInfo => {
