@@ -64,8 +64,13 @@ pub struct NodeGauges {
     pub self_check_shedding: bool,
     /// Leadership transfers the disk check started since the node started.
     pub self_check_transfers: u64,
-    /// Admission by priority: limits, requests shed, target.
-    pub admission: crate::server::admission::AdmissionStats,
+    /// Admission by priority, per priority (critical, normal, bulk): the limit in force and
+    /// the requests shed since start.
+    pub admission_limits: [u64; 3],
+    /// Requests shed since start, per priority.
+    pub admission_shed: [u64; 3],
+    /// The admission target in force, µs.
+    pub admission_target_us: u64,
 }
 
 /// What the shard manager predicts, as gauges.
@@ -299,10 +304,10 @@ impl ScrapeMetrics {
         raise_to(&self.self_check_transfers, g.self_check_transfers);
         for p in presage_client::Priority::ALL {
             let i = p.index();
-            raise_to(&self.admission_shed.with_label_values(&[p.as_str()]), g.admission.shed[i]);
-            gauge(&self.admission_limit.with_label_values(&[p.as_str()]), g.admission.limits[i] as u64);
+            raise_to(&self.admission_shed.with_label_values(&[p.as_str()]), g.admission_shed[i]);
+            gauge(&self.admission_limit.with_label_values(&[p.as_str()]), g.admission_limits[i]);
         }
-        self.admission_target.set(g.admission.target_us as f64 / 1e6);
+        self.admission_target.set(g.admission_target_us as f64 / 1e6);
         gauge(&self.is_manager, u64::from(g.manager.is_some()));
         let st = &g.storage;
         let storage = [

@@ -660,7 +660,9 @@ fn gauge_probe(
                 snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
                 self_check_shedding: self_check.shedding.load(Ordering::Relaxed),
                 self_check_transfers: self_check.transfers.load(Ordering::Relaxed),
-                admission,
+                admission_limits: admission.limits.map(|l| l as u64),
+                admission_shed: admission.shed,
+                admission_target_us: admission.target_us,
             }
         })
     })
