@@ -27,99 +27,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use presage_shardmgr::{Directory, NodeId, NodeMeta, Role, ShardMeta};
-use serde::{Deserialize, Serialize};
 
-use crate::net::{Connect, Learns, Login, NetConfig, PlainConnect, TcpRpc};
+use crate::net::{Connect, Learns, PlainConnect, TcpRpc};
 use crate::proto::{BatchOp, ByteBuf, Expect, Priority, ProtoError, Request, Response, Route};
 use crate::rpc::{Rpc, RpcError};
-use crate::tls::ClientTls;
 use crate::write_id::WriteSlots;
 use check::{check_key, check_op, check_value, ttl_ms};
+use config::TASK_PRIORITY;
+pub use config::{with_priority, ClientConfig};
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
 /// Most nodes a client remembers as silent at once (the oldest marks are dropped first).
 const MAX_SILENT_NODES: usize = 1024;
 
-tokio::task_local! {
-    /// The priority [`with_priority`] set for the running task.
-    static TASK_PRIORITY: Priority;
-}
-
-/// Runs `fut` with every data request it makes at `priority` (over the client's configured
-/// one): `with_priority(Priority::Critical, client.put(k, v)).await`.
-pub async fn with_priority<F: std::future::Future>(priority: Priority, fut: F) -> F::Output {
-    TASK_PRIORITY.scope(priority, fut).await
-}
-
 /// Longest key a client may send (the engine's limit).
 pub const MAX_KEY_BYTES: usize = 8 << 10;
 /// Largest value a client may send.
 pub const MAX_VALUE_BYTES: usize = 4 << 20;
-
-/// Client settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-pub struct ClientConfig {
-    /// A request gives up after this long, retries included.
-    pub request_timeout_ms: u64,
-    /// One attempt waits this long for its answer.
-    pub attempt_timeout_ms: u64,
-    /// First pause between retries (doubling up to `max_backoff_ms`; each pause is drawn from
-    /// the upper half of its backoff, a jitter).
-    pub backoff_ms: u64,
-    /// Longest pause between retries.
-    pub max_backoff_ms: u64,
-    /// Directory entries fetched per refresh.
-    pub max_routes_per_refresh: u32,
-    /// Largest scan page asked of a shard, in pairs.
-    pub max_scan_page_keys: u32,
-    /// Largest scan page asked of a shard, in bytes.
-    pub max_scan_page_bytes: u32,
-    /// Most keys in one `get_many` or `batch`.
-    pub max_batch_keys: usize,
-    /// A node that let an attempt time out (or lost its connection) is tried after every
-    /// other replica for this long, by every request of this client: a stalled node is paid
-    /// for once, not once per request.
-    pub silent_node_ms: u64,
-    /// Most writes in flight at once (each holds a request-id slot); more wait for one.
-    pub max_write_slots: usize,
-    /// Connections to the nodes (over TCP).
-    pub net: NetConfig,
-    /// TLS to the nodes (a secure cluster); `None`: plain TCP (an insecure one).
-    pub tls: Option<ClientTls>,
-    /// The user and password every connection logs in with (none with a client certificate
-    /// or on an insecure cluster).
-    pub login: Option<Login>,
-    /// Seeds the retry jitter, so that a seeded test replays exactly; `None`: seeded from the
-    /// operating system.
-    #[serde(skip)]
-    pub jitter_seed: Option<u64>,
-    /// The priority of this client's requests unless [`with_priority`] sets another.
-    pub priority: Priority,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            request_timeout_ms: 10_000,
-            attempt_timeout_ms: 2_000,
-            backoff_ms: 10,
-            max_backoff_ms: 500,
-            max_routes_per_refresh: 256,
-            max_scan_page_keys: 1_000,
-            max_scan_page_bytes: 1 << 20,
-            max_batch_keys: 10_000,
-            silent_node_ms: 5_000,
-            max_write_slots: 4_096,
-            net: NetConfig::default(),
-            tls: None,
-            login: None,
-            jitter_seed: None,
-            priority: Priority::Normal,
-        }
-    }
-}
 
 /// Why a client request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -911,5 +836,6 @@ fn unexpected(r: &Response) -> ClientError {
 }
 
 mod check;
+mod config;
 #[cfg(test)]
 mod tests;

@@ -186,10 +186,8 @@ async fn one_node_ctl_works_and_bad_input_gets_clear_errors_while_the_node_keeps
     // Every command goes to the slow log (SLOWLOG is checked below). The lone node's failure
     // risk depends on how loaded the test machine is; an evacuation it started would answer
     // `decommission` first, so proactive migration is off (this test is about the CLI).
-    let overrides = vec![
-        "resp.slowlog-slower-than-us=0".to_string(),
-        "server.shard-manager.proactive-migration=false".to_string(),
-    ];
+    let overrides =
+        vec!["resp.slowlog-slower-than-us=0".to_string(), "server.shard-manager.proactive-migration=false".to_string()];
     let opts = PlaygroundOptions { insecure: true, overrides, ..options(dir.path(), 1) };
     let mut pg = Playground::start(&opts).await.expect("playground starts");
     let node = pg.cluster.nodes[0].clone();
