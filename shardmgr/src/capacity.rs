@@ -156,19 +156,18 @@ impl CapacityHistory {
         self.buckets.is_empty()
     }
 
-    /// The open bucket's figures so far: each node's `(bucket start, last bytes, mean qps)`.
-    pub fn open_figures(&self) -> impl Iterator<Item = (u64, (u64, u64, f64))> + '_ {
-        self.open.iter().flat_map(|(start, nodes)| {
-            nodes.iter().map(|(node, (used, sum, n))| (*node, (*start, *used, sum / f64::from((*n).max(1)))))
-        })
-    }
-
-    /// Each node's `(bucket start, used bytes, qps)` over the closed buckets, oldest first.
+    /// Each node's `(bucket start, used bytes, qps)` over the closed buckets, oldest first,
+    /// then the open bucket's figures so far (its last bytes and mean rate).
     pub fn by_node(&self) -> BTreeMap<u64, Vec<(u64, u64, f64)>> {
         let mut out: BTreeMap<u64, Vec<(u64, u64, f64)>> = BTreeMap::new();
         for b in &self.buckets {
             for s in &b.nodes {
                 out.entry(s.node).or_default().push((b.start_ms, s.used_bytes, s.qps));
+            }
+        }
+        if let Some((start, nodes)) = &self.open {
+            for (node, (used, sum, n)) in nodes {
+                out.entry(*node).or_default().push((*start, *used, sum / f64::from((*n).max(1))));
             }
         }
         out

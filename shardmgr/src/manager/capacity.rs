@@ -14,9 +14,6 @@ use crate::capacity::{self, CapacityReport, NodeCapacity, Projection, RegionCapa
 use crate::meta::{self, MetaWrite};
 use crate::model::{NodeId, NodeState};
 
-/// One place's history: `(bucket start, bytes, qps)` per bucket, oldest first.
-type Series = Vec<(u64, u64, f64)>;
-
 /// A region's name, inputs, bytes and load projections, and nodes needed for data and load.
 type RegionRow = (String, RegionInputs, Projection, Projection, (usize, usize));
 
@@ -76,7 +73,7 @@ impl Manager {
         let cfg = self.st.cfg();
         let (horizon, disk_fill, load_fill) = (cfg.capacity_horizon_ms, cfg.capacity_disk_fill, cfg.capacity_load_fill);
         let season = cfg.forecast_season_ms;
-        let by_node = self.capacity_series();
+        let by_node = self.capacity.by_node();
         let mut nodes = Vec::new();
         let mut regions: BTreeMap<&str, RegionSum> = BTreeMap::new();
         for n in self.st.nodes().filter(|n| n.state != NodeState::Removed) {
@@ -141,16 +138,6 @@ impl Manager {
             let spanned: std::collections::BTreeSet<&str> = g.nodes.iter().filter_map(region_of).collect();
             spanned.len() == regions
         })
-    }
-
-    /// Each node's history over the closed buckets, then the open bucket's figures so far
-    /// (its latest stats and the load it leads now).
-    fn capacity_series(&self) -> BTreeMap<NodeId, Series> {
-        let mut by_node = self.capacity.by_node();
-        for (node, (start, used, qps)) in self.capacity.open_figures() {
-            by_node.entry(node).or_default().push((start, used, qps));
-        }
-        by_node
     }
 }
 

@@ -283,6 +283,12 @@ impl Request {
 
     /// Sets a data request's priority (nothing for other requests).
     pub fn set_priority(&mut self, priority: Priority) {
+        if let Some(route) = self.route_mut() {
+            route.priority = priority;
+        }
+    }
+
+    fn route_mut(&mut self) -> Option<&mut Route> {
         match self {
             Request::Get { route, .. }
             | Request::GetWithExpiry { route, .. }
@@ -290,9 +296,9 @@ impl Request {
             | Request::Put { route, .. }
             | Request::Delete { route, .. }
             | Request::Scan { route, .. }
-            | Request::Batch { route, .. } => route.priority = priority,
-            Request::Forwarded { request } => request.set_priority(priority),
-            _ => {}
+            | Request::Batch { route, .. } => Some(route),
+            Request::Forwarded { request } => request.route_mut(),
+            _ => None,
         }
     }
 

@@ -758,6 +758,13 @@ pub fn shard_rows(admins: &[AdminEndpoint]) -> Result<Vec<presage_client::proto:
     Err(last.map_or_else(|| anyhow::anyhow!("no admin address"), anyhow::Error::from))
 }
 
+/// The value of the series `series` (a metric's name with its labels, as printed) in
+/// Prometheus text, 0 when absent.
+pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
+    let value = |l: &str| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok();
+    text.lines().find_map(value).unwrap_or(0.0)
+}
+
 /// Each node's `presage_snapshot_sent_bytes_total`; nodes that do not answer are
 /// left out.
 async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<NodeId, u64> {
@@ -766,13 +773,7 @@ async fn snapshot_bytes_sent(nodes: &[(NodeId, AdminEndpoint)]) -> BTreeMap<Node
         let mut out = BTreeMap::new();
         for (id, a) in nodes {
             let Ok(text) = a.client().get_raw("/metrics") else { continue };
-            let sent = text
-                .lines()
-                .find(|l| l.starts_with("presage_snapshot_sent_bytes_total "))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            out.insert(id, sent as u64);
+            out.insert(id, metric_value(&text, "presage_snapshot_sent_bytes_total") as u64);
         }
         out
     })

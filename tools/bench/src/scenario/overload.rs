@@ -74,7 +74,7 @@ pub struct OverloadReport {
     pub critical_p99_ms_loaded: f64,
     /// Loaded over unloaded p99.
     pub p99_ratio: f64,
-    /// Critical requests sent, and those that failed.
+    /// Critical requests sent in the two phases.
     pub critical_requests: u64,
     /// Critical requests that failed (after the client's retries).
     pub critical_failed: u64,
@@ -231,9 +231,7 @@ async fn shed_bulk(pg: &Playground) -> u64 {
         let mut total = 0u64;
         for (_, a) in admins {
             let Ok(text) = a.client().get_raw("/metrics") else { continue };
-            for line in text.lines().filter(|l| l.starts_with("presage_admission_shed_total{priority=\"bulk\"}")) {
-                total += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
-            }
+            total += super::metric_value(&text, "presage_admission_shed_total{priority=\"bulk\"}") as u64;
         }
         total
     })
@@ -263,4 +261,16 @@ pub fn table(reports: &[OverloadReport]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_metric_is_read_by_its_whole_series_name() {
+        let text = "# HELP x\npresage_admission_shed_total{priority=\"bulk\"} 12\n\
+                    presage_admission_shed_total{priority=\"bulk_other\"} 5\npresage_snapshot_sent_bytes_total 7\n";
+        assert_eq!(super::super::metric_value(text, "presage_admission_shed_total{priority=\"bulk\"}"), 12.0);
+        assert_eq!(super::super::metric_value(text, "presage_snapshot_sent_bytes_total"), 7.0);
+        assert_eq!(super::super::metric_value(text, "presage_snapshot_sent"), 0.0, "a prefix is not the series");
+    }
 }

@@ -80,8 +80,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Requests per second a node states it serves unless configured (`capacity-qps`): about
-/// what one node of a three-node cluster sustained for puts on two cores (`presage-bench`).
+/// Requests per second a node states it serves unless configured (`capacity-qps`): a
+/// conservative figure, below the puts per second a whole three-node cluster sustained on one
+/// two-core machine (`presage-bench`, about 6,800).
 pub const DEFAULT_CAPACITY_QPS: u64 = 5_000;
 
 /// Everything a node is configured with.
