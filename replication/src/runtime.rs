@@ -289,10 +289,16 @@ impl Node {
     }
 
     /// Stops the node at once (as a crash would: nothing is flushed beyond what is written).
+    /// A node on its own thread is waited for until that thread ends, so that its engine is
+    /// closed before the caller goes on (a process that exits with it still open aborts).
     pub fn kill(self) {
         match self.driver {
             Driver::Task(task) => task.abort(),
-            Driver::Thread { abort, .. } => abort.abort(),
+            Driver::Thread { abort, thread } => {
+                abort.abort();
+                // The loop ends at its next await; a panic there was already reported.
+                let _ = thread.join();
+            }
         }
     }
 
