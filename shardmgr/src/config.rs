@@ -118,6 +118,13 @@ pub struct ManagerConfig {
     /// A leadership moved to balance load is not moved again to balance load for this long
     /// (no thrashing on a second's noise).
     pub leader_move_hold_ms: u64,
+    /// A range whose risk from its leader (the node's failure risk, or the range's p99 or
+    /// errors where it leads; `crate::range_risk`) reaches this has its leadership shifted to
+    /// a safer voter, gradually (`crate::shift`).
+    pub range_risk_shift: f64,
+    /// Over how long a node's risky leaderships are shifted away (a share growing from 0 to
+    /// all of them).
+    pub shift_period_ms: u64,
     /// Bucket of the capacity history (each node's bytes and request load; `crate::capacity`).
     pub capacity_interval_ms: u64,
     /// Buckets of capacity history kept (each is one meta-shard record holding every node).
@@ -178,6 +185,8 @@ impl Default for ManagerConfig {
             forecast_max_points: 320,
             forecast_balance: true,
             leader_move_hold_ms: 60_000,
+            range_risk_shift: 0.4,
+            shift_period_ms: 300_000,
             capacity_interval_ms: 3_600_000,
             capacity_max_points: 720,
             capacity_horizon_ms: 90 * 86_400_000,
@@ -235,6 +244,7 @@ impl ManagerConfig {
             ("load-split-max-balance", self.load_split_max_balance),
             ("load-split-max-contained", self.load_split_max_contained),
             ("balance-tolerance", self.balance_tolerance),
+            ("range-risk-shift", self.range_risk_shift),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(Error::Config { name, reason: format!("{v} is outside [0, 1]") });

@@ -3,9 +3,12 @@
 //!
 //! - **Series**: the leader's reports of a shard's load score ([`crate::ShardLoad::score`])
 //!   are averaged per bucket of `interval_ms`; at most `max_points` buckets are kept (f32).
-//!   A split gives both halves the parent's history at half its value, a merge adds the
-//!   source's history to the target's. The series are soft state: a new manager forecasts
-//!   from what it has seen since it took over.
+//!   A split divides the parent's history between its halves in proportion to the requests
+//!   sampled on either side of the split key (half each without samples), a merge adds the
+//!   source's history to the target's. Each series is persisted in the meta shard
+//!   ([`SeriesRecord`]) when a bucket of it closes (at most `MAX_HISTORY_WRITES_PER_ROUND` per
+//!   round, `crate::manager`), so a new manager forecasts on from its predecessor's history; a
+//!   gap while no manager ran repeats the last bucket.
 //! - **Model**: additive Holt-Winters with a damped trend once the series holds two whole
 //!   seasons (`season_ms`), else Holt's damped trend alone. The smoothing weights are fixed
 //!   ([`ALPHA`], [`BETA`], [`GAMMA`], [`PHI`]): the same model for every series, so that the
@@ -52,6 +55,9 @@ pub struct Series {
     pub(crate) version: u64,
     /// The forecast made when the last bucket closed ([`Series::refit`]).
     ahead: Vec<f32>,
+    /// The highest forecast bucket over the next whole season (at least the horizon): a
+    /// shard hot again later in the season is not merged in between ([`Series::season_peak`]).
+    season_peak: f32,
     /// An exponentially weighted mean of every report ([`SMOOTHING`]): the load now, without
     /// a second's noise.
     smoothed: Option<f64>,
@@ -59,6 +65,20 @@ pub struct Series {
 
 /// Weight of one report in [`Series::current`] (about ten reports' memory).
 pub const SMOOTHING: f64 = 0.1;
+
+/// A shard's load history as the meta shard keeps it (`crate::meta`): written when one of its
+/// buckets closes (a few per round), read back by the next manager, which forecasts on from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesRecord {
+    /// The shard.
+    pub shard: u64,
+    /// The epoch version the history was last divided for.
+    pub version: u64,
+    /// Start of the bucket open when it was written, ms.
+    pub bucket_start_ms: Option<u64>,
+    /// Completed buckets, oldest first.
+    pub points: Vec<f32>,
+}
 
 impl Series {
     /// Records `value` observed at `now_ms` into buckets of `interval_ms`, keeping at most
@@ -91,17 +111,54 @@ impl Series {
         closed
     }
 
+    /// The history as persisted.
+    pub fn to_record(&self, shard: u64) -> SeriesRecord {
+        SeriesRecord {
+            shard,
+            version: self.version,
+            bucket_start_ms: self.bucket_start_ms,
+            points: self.points.iter().copied().collect(),
+        }
+    }
+
+    /// A history read back (its newest `max_points` buckets; non-finite or negative values
+    /// read as 0), refitted. The bucket open when it was written starts empty: the first
+    /// report after a gap repeats the last bucket's value over the buckets missed.
+    pub fn from_record(r: &SeriesRecord, max_points: usize, season: usize, steps: usize) -> Series {
+        let skip = r.points.len().saturating_sub(max_points);
+        let clean = |v: f32| if v.is_finite() { v.max(0.0) } else { 0.0 };
+        let mut s = Series {
+            points: r.points.iter().skip(skip).map(|v| clean(*v)).collect(),
+            bucket_start_ms: r.bucket_start_ms,
+            version: r.version,
+            ..Series::default()
+        };
+        s.refit(season, steps);
+        s
+    }
+
     /// Forecasts the next `steps` buckets (season of `season` buckets) and keeps the result
-    /// until the next bucket closes: the policies read it every round at no cost.
+    /// until the next bucket closes: the policies read it every round at no cost. The
+    /// forecast runs on over a whole season for [`Series::season_peak`].
     pub fn refit(&mut self, season: usize, steps: usize) {
         let y: Vec<f64> = self.points.iter().map(|v| f64::from(*v)).collect();
-        self.ahead =
-            holt_winters(&y, season, steps).map(|f| f.into_iter().map(|v| v as f32).collect()).unwrap_or_default();
+        let mut ahead: Vec<f32> = holt_winters(&y, season, steps.max(season))
+            .map(|f| f.into_iter().map(|v| v as f32).collect())
+            .unwrap_or_default();
+        self.season_peak = ahead.iter().copied().fold(0.0, f32::max);
+        ahead.truncate(steps);
+        self.ahead = ahead;
     }
 
     /// The forecast [`Series::refit`] made (empty: too little history).
     pub fn ahead(&self) -> impl Iterator<Item = f64> + '_ {
         self.ahead.iter().map(|v| f64::from(*v))
+    }
+
+    /// The highest forecast bucket over the next season (or the horizon, if longer); 0
+    /// without enough history.
+    pub fn season_peak(&self) -> f64 {
+        f64::from(self.season_peak)
     }
 
     fn push(&mut self, v: f32, max_points: usize) {
@@ -140,6 +197,7 @@ impl Series {
         for v in self.points.iter_mut().chain(self.ahead.iter_mut()) {
             *v = (f64::from(*v) * factor) as f32;
         }
+        self.season_peak = (f64::from(self.season_peak) * factor) as f32;
         self.sum *= factor;
         self.smoothed = self.smoothed.map(|m| m * factor);
     }
@@ -163,6 +221,7 @@ impl Series {
         for (a, b) in self.ahead.iter_mut().zip(&other.ahead) {
             *a += *b;
         }
+        self.season_peak += other.season_peak;
         if self.bucket_start_ms.is_none() {
             self.bucket_start_ms = other.bucket_start_ms;
         }
@@ -298,7 +357,7 @@ pub enum Recommendation {
         /// Why.
         why: String,
     },
-    /// Keep the shard split: cold now, forecast hot within the horizon.
+    /// Keep the shard split: cold now, forecast hot within the horizon or later in the season.
     KeepSplit {
         /// The shard.
         shard: u64,
@@ -374,6 +433,23 @@ mod tests {
         // Without seasonality (one season only) nothing is foreseen.
         let f = holt_winters(&y[..14], 12, 12).expect("enough points");
         assert!(f.iter().all(|v| *v < 150.0), "{f:?}");
+    }
+
+    #[test]
+    fn the_season_peak_sees_a_spike_beyond_the_horizon() {
+        let day = |i: usize| if i % 12 == 8 || i % 12 == 9 { 200.0 } else { 10.0 };
+        let mut s = Series::default();
+        // Three seasons of 1-s buckets, then bucket 36 opens: the spike is 8 steps away.
+        for t in 0..=36u64 {
+            s.record(t * 1_000, day(t as usize), 1_000, 100);
+        }
+        s.refit(12, 3);
+        assert_eq!(s.ahead().count(), 3, "the horizon's buckets");
+        assert!(s.ahead().all(|v| v < 60.0), "quiet within the horizon: {:?}", s.ahead().collect::<Vec<_>>());
+        assert!(s.season_peak() > 100.0, "the spike later in the season: {}", s.season_peak());
+        let before = s.season_peak();
+        s.scale(0.5);
+        assert!((s.season_peak() - before / 2.0).abs() < 1e-3, "a split halves it");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub mod meta;
 pub mod model;
 pub mod operator;
 pub mod policy;
+pub mod range_risk;
+pub mod shift;
 mod state;
 
 pub use admin::{AdminCommand, AdminError, AdminOutcome};
@@ -58,3 +60,5 @@ pub use model::{
 };
 pub use model::{Migration, MigrationCause, MigrationStage, MigrationView};
 pub use operator::{Operator, OperatorKind, OperatorStatus, Step, Verification};
+pub use range_risk::RangeRisk;
+pub use shift::Shift;

@@ -69,6 +69,48 @@ pub struct LoadReport {
     pub write_bytes: u64,
     /// A uniform sample of the requests' key spans.
     pub samples: Vec<KeySpan>,
+    /// Requests the leader failed to serve: timed out, or refused by the shard for a reason
+    /// other than routing (a request sent to a non-leader or with a stale epoch is not counted).
+    #[serde(default)]
+    pub errors: u64,
+    /// Served requests by latency on the node, bucket `i` counting those under
+    /// `LATENCY_BUCKET_FIRST_US << i` (the last bucket: the rest); at most
+    /// [`LATENCY_BUCKETS`] buckets.
+    #[serde(default)]
+    pub latency_buckets: Vec<u32>,
+}
+
+/// Latency buckets per report: powers of two from 64 µs, the last one unbounded (64 µs to
+/// 8.4 s, then above).
+pub const LATENCY_BUCKETS: usize = 19;
+/// The first latency bucket's upper bound, µs.
+pub const LATENCY_BUCKET_FIRST_US: u64 = 64;
+
+/// The bucket of a request that took `us` microseconds.
+pub fn latency_bucket(us: u64) -> usize {
+    let mut i = 0;
+    while i + 1 < LATENCY_BUCKETS && us >= LATENCY_BUCKET_FIRST_US << i {
+        i += 1;
+    }
+    i
+}
+
+/// The 99th percentile of `buckets`, ms: the upper bound of the bucket holding it (twice the
+/// previous bound for the unbounded last one); 0 with no request.
+pub fn latency_p99_ms(buckets: &[u32]) -> f64 {
+    let total: u64 = buckets.iter().map(|c| u64::from(*c)).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = total - total / 100; // the request at or above which 1% remain
+    let mut seen = 0u64;
+    for (i, c) in buckets.iter().enumerate().take(LATENCY_BUCKETS) {
+        seen += u64::from(*c);
+        if seen >= rank {
+            return (LATENCY_BUCKET_FIRST_US << i) as f64 / 1_000.0;
+        }
+    }
+    (LATENCY_BUCKET_FIRST_US << (LATENCY_BUCKETS - 1)) as f64 / 1_000.0
 }
 
 /// Request rates of a shard.
@@ -82,6 +124,13 @@ pub struct ShardLoad {
     pub read_bytes_per_sec: f64,
     /// Bytes written per second.
     pub write_bytes_per_sec: f64,
+    /// The served requests' 99th percentile latency on the leader, ms (to a power of two;
+    /// 0 without requests).
+    #[serde(default)]
+    pub p99_ms: f64,
+    /// Requests the leader failed per second ([`LoadReport::errors`]).
+    #[serde(default)]
+    pub errors_per_sec: f64,
 }
 
 impl ShardLoad {
@@ -96,6 +145,8 @@ impl ShardLoad {
             write_qps: report.write_ops as f64 * per_sec,
             read_bytes_per_sec: report.read_bytes as f64 * per_sec,
             write_bytes_per_sec: report.write_bytes as f64 * per_sec,
+            p99_ms: latency_p99_ms(&report.latency_buckets),
+            errors_per_sec: report.errors as f64 * per_sec,
         }
     }
 
@@ -156,6 +207,21 @@ impl LoadRecorder {
         self.sample(KeySpan::point(key));
     }
 
+    /// Counts a request served in `us` microseconds.
+    pub fn record_latency(&mut self, us: u64) {
+        let buckets = &mut self.report.latency_buckets;
+        if buckets.len() < LATENCY_BUCKETS {
+            buckets.resize(LATENCY_BUCKETS, 0);
+        }
+        let b = &mut buckets[latency_bucket(us)];
+        *b = b.saturating_add(1);
+    }
+
+    /// Counts a request the shard failed to serve.
+    pub fn record_error(&mut self) {
+        self.report.errors += 1;
+    }
+
     /// Reservoir sampling (Algorithm R): after `n` requests each is in the sample with
     /// probability `max_samples / n`.
     fn sample(&mut self, span: KeySpan) {
@@ -172,7 +238,7 @@ impl LoadRecorder {
 
     /// True when nothing was recorded since the last [`LoadRecorder::take`].
     pub fn is_idle(&self) -> bool {
-        self.seen == 0
+        self.seen == 0 && self.report.errors == 0
     }
 
     /// The counts of the interval that just ended (`interval_ms` long); starts a new one.
@@ -261,6 +327,39 @@ mod tests {
         assert_eq!(load.qps(), 2000.0);
         // Sampled from the whole interval, not just its start.
         assert!(rep.samples.iter().any(|s| s.start.as_slice() > 500u32.to_be_bytes().as_slice()));
+    }
+
+    #[test]
+    fn latencies_give_a_p99_to_a_power_of_two_and_errors_a_rate() {
+        let mut r = LoadRecorder::new(4, 1);
+        assert!(r.is_idle());
+        // 990 requests at 100 µs, 10 at 30 ms: the p99 is the fast bucket's bound.
+        for _ in 0..990 {
+            r.record_latency(100);
+        }
+        for _ in 0..10 {
+            r.record_latency(30_000);
+        }
+        r.record_error();
+        assert!(!r.is_idle(), "an error alone is something to report");
+        let rep = r.take(2_000);
+        assert_eq!(rep.latency_buckets.len(), LATENCY_BUCKETS);
+        let load = ShardLoad::from_report(&rep);
+        assert_eq!(load.p99_ms, 0.128, "100 µs is under 128 µs");
+        assert_eq!(load.errors_per_sec, 0.5);
+        // 2% slow: the p99 is in the slow bucket (30 ms < 32.768 ms).
+        let mut buckets = vec![0u32; LATENCY_BUCKETS];
+        buckets[latency_bucket(100)] = 98;
+        buckets[latency_bucket(30_000)] = 2;
+        assert_eq!(latency_p99_ms(&buckets), 32.768);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1, "the last bucket is unbounded");
+        assert_eq!(latency_p99_ms(&[]), 0.0);
+        // A report from an older node has no buckets and no errors.
+        let old: LoadReport = serde_json::from_str(
+            r#"{"interval_ms":1000,"read_ops":1,"write_ops":0,"read_bytes":1,"write_bytes":0,"samples":[]}"#,
+        )
+        .expect("decode");
+        assert_eq!((old.errors, old.latency_buckets.len()), (0, 0));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `\xffm/m/{id:016x}` | [`Migration`] |
 //! | `\xffm/e/{id:016x}` | [`KnownEvent`] (maintenance windows, load spikes) |
 //! | `\xffm/c/{start_ms:016x}` | [`CapacityBucket`] (every node's bytes and load in one bucket) |
+//! | `\xffm/f/{shard:016x}` | [`SeriesRecord`] (a shard's load history, for its forecast) |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
 //! heartbeats within a few intervals. The failure analysis keeps its own records under
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::capacity::CapacityBucket;
 use crate::error::{Error, Result};
 use crate::events::KnownEvent;
+use crate::forecast::SeriesRecord;
 use crate::model::Migration;
 use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
 use crate::operator::Operator;
@@ -91,6 +93,11 @@ pub fn event_key(id: u64) -> Vec<u8> {
     id_key(b'e', id)
 }
 
+/// Key of a shard's load history.
+pub fn history_key(shard: u64) -> Vec<u8> {
+    id_key(b'f', shard)
+}
+
 /// Key of the capacity history's bucket starting at `start_ms`.
 pub fn capacity_key(start_ms: u64) -> Vec<u8> {
     id_key(b'c', start_ms)
@@ -122,6 +129,8 @@ pub struct PersistedState {
     pub events: Vec<KnownEvent>,
     /// The capacity history's buckets.
     pub capacity: Vec<CapacityBucket>,
+    /// The shards' load histories.
+    pub histories: Vec<SeriesRecord>,
 }
 
 impl PersistedState {
@@ -147,6 +156,7 @@ impl PersistedState {
                 Some(b'm') => out.migrations.push(parse(key, value)?),
                 Some(b'e') => out.events.push(parse(key, value)?),
                 Some(b'c') => out.capacity.push(parse(key, value)?),
+                Some(b'f') => out.histories.push(parse(key, value)?),
                 _ => {
                     return Err(Error::Corrupt {
                         key: String::from_utf8_lossy(key).into_owned(),

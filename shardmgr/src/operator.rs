@@ -165,6 +165,11 @@ pub enum OperatorKind {
         /// The healthy node receiving the copy.
         to: NodeId,
     },
+    /// A risky range's leadership moves to a safer voter in a gradual shift (`crate::shift`).
+    DemoteLeader {
+        /// The node being demoted.
+        from: NodeId,
+    },
     /// Getting ready for a known load spike (`crate::events`): a split of its range, or a
     /// leadership spread over the group.
     EventPrepare {

@@ -15,7 +15,10 @@
 //!    at one log index), then promoted, or swapped in for the replica it replaces in one
 //!    joint-consensus change; the replaced one is then removed. This is how a shard moves
 //!    between groups, how new nodes receive their first replicas and how a migration cuts
-//!    over (a prepared, verified learner is verified again and swapped in).
+//!    over (a prepared, verified learner is verified again and swapped in). Then **demote**
+//!    (`crate::shift`): a node leading ranges whose risk from their leader reaches
+//!    `range-risk-shift` hands them to safer voters gradually over `shift-period-ms`, and is
+//!    given no leadership meanwhile.
 //! 3. **Prepare known spikes** (`crate::events`): split the range at its bounds and in halves
 //!    until it spans the shards asked for, then spread its leaderships; its shards are not
 //!    merged until the spike ends. Then **split** by size or keys (at the leader's middle key), or by load after the shard
@@ -70,6 +73,7 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     migrate(m, &mut out, &mut claimed, &mut copies);
     shed_leaders(m, &mut out, &mut claimed);
     repair(m, &mut out, &mut claimed, &mut copies);
+    demote(m, now_ms, &mut out, &mut claimed);
     // Paused by an operator (during an incident, say): no load-driven moves; what keeps the
     // data safe above (frozen merges resolved, evacuations, failing disks shed, lost
     // replicas repaired) goes on.
@@ -269,9 +273,37 @@ fn shed_leaders(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<Sha
     }
 }
 
-/// May `node` be given a leadership? Up, not being evacuated, not degraded.
-fn may_lead(m: &ClusterState, node: NodeId) -> bool {
-    node_up(m, node) && !m.sheds_leaders(node)
+/// May `node` be given a leadership? Up, not being evacuated, not degraded, not demoted.
+pub(crate) fn may_lead(m: &ClusterState, node: NodeId) -> bool {
+    node_up(m, node) && !m.sheds_leaders(node) && !m.is_demoted(node)
+}
+
+/// Policy 2, then: the gradual shift (`crate::shift`): each demoted node's riskiest ranges move
+/// to their safest voters, as many as the shift's weight allows so far.
+fn demote(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut HashSet<ShardId>) {
+    let period = m.cfg().shift_period_ms;
+    for shift in m.shifts().filter(|s| s.finished_ms.is_none()) {
+        let mut budget = shift.budget(now_ms, period);
+        for &(shard, to) in m.demotable(shift.node) {
+            if budget == 0 {
+                break;
+            }
+            let Some(s) = m.directory().get(shard) else { continue };
+            if claimed.contains(&shard) || !m.is_free(s) || s.leader != Some(shift.node) {
+                continue;
+            }
+            budget -= 1;
+            claimed.insert(shard);
+            out.push(Plan {
+                shard,
+                kind: OperatorKind::DemoteLeader { from: shift.node },
+                steps: vec![Step::TransferLeader { to }],
+                rollback: vec![],
+                counts_as_balance: false,
+                new_group: None,
+            });
+        }
+    }
 }
 
 /// The load score of the shards each node leads.
@@ -461,6 +493,14 @@ pub(crate) fn forecast_hot(m: &ClusterState, shard: ShardId, now_ms: u64) -> boo
     f.points >= crate::forecast::MIN_POINTS && f.now < threshold && f.peak >= threshold
 }
 
+/// Is `shard` forecast to carry half the load-split threshold within the horizon, or at any
+/// time in the next season? Then it is not merged: a merge between two daily peaks would be
+/// split again before the next.
+pub(crate) fn forecast_kept(m: &ClusterState, shard: ShardId, now_ms: u64) -> bool {
+    let half = m.cfg().load_split_qps / 2.0;
+    m.forecast(shard, now_ms).peak >= half || m.season_peak(shard) >= half
+}
+
 /// The load a leadership carries for balancing: by forecast, the larger of the shard's
 /// smoothed load now and its forecast peak (a node forecast to be the hottest sheds before
 /// the peak, and a second's noise moves nothing); else the latest report.
@@ -495,12 +535,11 @@ pub(crate) fn forecast_advice(m: &ClusterState, now_ms: u64) -> (Vec<Plan>, Vec<
     }
     let score = |shard| balance_score(m, shard, now_ms, true);
     leader_balance(m, now_ms, &score, &mut out, &mut claimed);
-    let threshold = m.cfg().load_split_qps;
     let kept = m
         .directory()
         .iter()
         .filter(|s| !ClusterState::is_meta(s) && m.soft(s.id).is_some_and(|x| x.cold_since_ms.is_some()))
-        .filter(|s| m.forecast(s.id, now_ms).peak >= threshold / 2.0)
+        .filter(|s| forecast_kept(m, s.id, now_ms))
         .map(|s| s.id)
         .collect();
     (out, kept)
@@ -519,7 +558,7 @@ fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
         if spikes.iter().any(|(r, _)| overlaps(s, r.start, r.end)) {
             return false;
         }
-        if cfg.forecast_balance && m.forecast(s.id, now_ms).peak >= cfg.load_split_qps / 2.0 {
+        if cfg.forecast_balance && forecast_kept(m, s.id, now_ms) {
             return false;
         }
         let Some(soft) = m.soft(s.id) else { return false };
@@ -540,6 +579,15 @@ fn merges(m: &ClusterState, now_ms: u64, out: &mut Vec<Plan>, claimed: &mut Hash
             continue;
         }
         let (Some(a), Some(b)) = (m.soft(l.id), m.soft(r.id)) else { continue };
+        // Pieces of a range split for its forecast load are each cooler than the whole: the
+        // merged shard's forecast is what must stay cold.
+        if cfg.forecast_balance {
+            let ahead = m.forecast(l.id, now_ms).peak + m.forecast(r.id, now_ms).peak;
+            let later = m.season_peak(l.id) + m.season_peak(r.id);
+            if ahead.max(later) >= cfg.load_split_qps / 2.0 {
+                continue;
+            }
+        }
         let combined_cold = a.load.qps() + b.load.qps() < cfg.load_split_qps / 2.0
             && a.load.bytes_per_sec() + b.load.bytes_per_sec() < cfg.load_split_bytes_per_sec / 2.0;
         let combined_small =

@@ -22,6 +22,7 @@ use crate::model::{
     ShardMeta, ShardSoft, META_SHARD_ID,
 };
 use crate::operator::{Operator, Poll};
+use crate::shift::Shift;
 
 /// Where a shard belongs and when it last split (persisted with its directory entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,15 @@ pub(crate) struct ClusterState {
     excused: BTreeSet<NodeId>,
     /// Each shard's load history (soft; `crate::forecast`).
     series: HashMap<ShardId, Series>,
+    /// A split parent's history part for its right half, until that half reports (by parent).
+    split_rest: HashMap<ShardId, Series>,
+    /// Shards whose history changed since it was last persisted (or that lost it).
+    history_dirty: BTreeSet<ShardId>,
+    /// Gradual shifts of risky leaderships, by node (soft; `crate::shift`), finished ones
+    /// kept for a period.
+    shifts: BTreeMap<NodeId, Shift>,
+    /// The ranges whose leadership may be shifted now, by leader (derived each round).
+    demotable: BTreeMap<NodeId, Vec<(ShardId, NodeId)>>,
     /// When each shard's leadership was last moved to balance load (soft: the hold).
     balance_moved_ms: HashMap<ShardId, u64>,
 }
@@ -205,6 +215,10 @@ impl ClusterState {
             maintenance: BTreeSet::new(),
             excused: BTreeSet::new(),
             series: HashMap::new(),
+            split_rest: HashMap::new(),
+            history_dirty: BTreeSet::new(),
+            shifts: BTreeMap::new(),
+            demotable: BTreeMap::new(),
             balance_moved_ms: HashMap::new(),
         }
     }
@@ -224,6 +238,11 @@ impl ClusterState {
         st.rebuild_busy();
         st.migrations = state.migrations.into_iter().map(|x| (x.id, x)).collect();
         st.events = state.events.into_iter().map(|e| (e.id, e)).collect();
+        let (steps, season) = st.cfg.forecast_steps();
+        let max_points = st.cfg.forecast_max_points;
+        for r in &state.histories {
+            st.series.insert(r.shard, Series::from_record(r, max_points, season, steps));
+        }
         st
     }
 
@@ -275,6 +294,100 @@ impl ClusterState {
             }
             None => Forecast::from_buckets(reported, std::iter::empty(), open_bucket_ms, interval, 0, false),
         }
+    }
+
+    /// Every shard's risk (`crate::range_risk`) from its voters' node risks and its last
+    /// reported p99 and errors (against the median shard's p99).
+    pub(crate) fn range_risks(&self) -> HashMap<ShardId, crate::range_risk::RangeRisk> {
+        let median = crate::range_risk::median_p99_ms(self.soft.values().map(|s| &s.load));
+        self.directory
+            .iter()
+            .map(|s| {
+                let voters: Vec<(NodeId, Option<f64>)> = s.voters().into_iter().map(|n| (n, self.risk(n))).collect();
+                let load = self.soft(s.id).map(|x| x.load).unwrap_or_default();
+                (s.id, crate::range_risk::range_risk(&voters, s.leader, &load, median))
+            })
+            .collect()
+    }
+
+    /// Derives this round's demotable ranges and updates the shifts (`crate::shift`; none with
+    /// `proactive-migration` off, the reactive mode): a range qualifies when its risk from its leader reaches `range-risk-shift`, its leader is not
+    /// already shedding or being evacuated (at `risk-warn` migration takes over), a voter that
+    /// may lead is safer, and it was not moved within `leader-move-hold-ms`.
+    pub(crate) fn update_shifts(&mut self, now_ms: u64, may_lead: impl Fn(&ClusterState, NodeId) -> bool) {
+        let risks = if self.cfg.proactive_migration { self.range_risks() } else { HashMap::new() };
+        let (threshold, hold) = (self.cfg.range_risk_shift, self.cfg.leader_move_hold_ms);
+        let mut demotable: BTreeMap<NodeId, Vec<(ShardId, NodeId, f64)>> = BTreeMap::new();
+        for s in self.directory.iter().filter(|s| !ClusterState::is_meta(s)) {
+            let (Some(leader), Some(r)) = (s.leader, risks.get(&s.id)) else { continue };
+            let node_risk = |n: NodeId| self.risk(n).unwrap_or(0.0);
+            let from_leader = node_risk(leader).max(r.latency).max(r.errors);
+            let held = self.balance_moved_ms(s.id).is_some_and(|t| now_ms.saturating_sub(t) < hold);
+            if from_leader < threshold || held || self.sheds_leaders(leader) || self.migration_of(leader).is_some() {
+                continue;
+            }
+            // The safest voter that may lead; safer than the leader when the node is the cause.
+            let to = s
+                .voters()
+                .into_iter()
+                .filter(|v| *v != leader && may_lead(self, *v) && node_risk(*v) < threshold)
+                .filter(|v| node_risk(*v) < node_risk(leader) || node_risk(leader) < threshold)
+                .min_by(|a, b| node_risk(*a).total_cmp(&node_risk(*b)).then(a.cmp(b)));
+            if let Some(to) = to {
+                demotable.entry(leader).or_default().push((s.id, to, from_leader));
+            }
+        }
+        for (node, ranges) in &demotable {
+            let shift = self.shifts.entry(*node).or_insert_with(|| Shift::start(*node, now_ms, ranges.len()));
+            if shift.finished_ms.is_some() {
+                *shift = Shift::start(*node, now_ms, ranges.len());
+            }
+            shift.observe(ranges.len());
+        }
+        let period = self.cfg.shift_period_ms;
+        for (node, shift) in self.shifts.iter_mut() {
+            if shift.finished_ms.is_none() && !demotable.contains_key(node) {
+                shift.finished_ms = Some(now_ms);
+            }
+            shift.weight = if shift.finished_ms.is_some() { 1.0 } else { shift.weight_at(now_ms, period) };
+        }
+        self.shifts.retain(|_, s| s.finished_ms.is_none_or(|t| now_ms.saturating_sub(t) < period.max(60_000)));
+        self.demotable = demotable
+            .into_iter()
+            .map(|(node, mut v)| {
+                v.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+                (node, v.into_iter().map(|(s, to, _)| (s, to)).collect())
+            })
+            .collect();
+    }
+
+    /// The shifts running and recently finished.
+    pub(crate) fn shifts(&self) -> impl Iterator<Item = &Shift> + '_ {
+        self.shifts.values()
+    }
+
+    /// Is `node` being demoted (a shift running)? It is then given no leadership.
+    pub(crate) fn is_demoted(&self, node: NodeId) -> bool {
+        self.shifts.get(&node).is_some_and(|s| s.finished_ms.is_none())
+    }
+
+    /// `node`'s demotable ranges with their targets, riskiest first (this round's).
+    pub(crate) fn demotable(&self, node: NodeId) -> &[(ShardId, NodeId)] {
+        self.demotable.get(&node).map_or(&[], Vec::as_slice)
+    }
+
+    /// Notes that a demotion of `shard` off `from` started.
+    pub(crate) fn note_demotion(&mut self, from: NodeId, shard: ShardId, now_ms: u64) {
+        if let Some(s) = self.shifts.get_mut(&from) {
+            s.moved += 1;
+        }
+        self.note_balance_move(shard, now_ms);
+    }
+
+    /// The highest load `shard` is forecast to carry over the next season (0 without enough
+    /// history): what keeps a range hot every day split between its peaks.
+    pub(crate) fn season_peak(&self, shard: ShardId) -> f64 {
+        self.series.get(&shard).map_or(0.0, Series::season_peak)
     }
 
     /// `shard`'s load now and its forecast buckets (empty without enough history).
@@ -554,20 +667,62 @@ impl ClusterState {
         if series.record(now_ms, score, interval, max_points) {
             let (steps, season) = self.cfg.forecast_steps();
             series.refit(season, steps);
+            self.history_dirty.insert(shard);
         }
     }
 
-    /// A split: `left` (now at epoch `version`) and the new `right` each take half the
-    /// parent's history, once per version whichever reports first.
-    pub(crate) fn split_history(&mut self, left: ShardId, right: Option<ShardId>, version: u64) {
+    /// The meta-shard writes of at most `max` changed histories (the oldest-numbered shards
+    /// first; the rest wait for the next round): a record per history, a delete for one gone.
+    #[must_use = "the histories must be persisted"]
+    pub(crate) fn history_writes(&mut self, max: usize) -> Vec<MetaWrite> {
+        let ids: Vec<ShardId> = self.history_dirty.iter().copied().take(max).collect();
+        ids.into_iter()
+            .map(|id| {
+                self.history_dirty.remove(&id);
+                match self.series.get(&id) {
+                    Some(s) => meta::put(meta::history_key(id), &s.to_record(id)),
+                    None => MetaWrite { key: meta::history_key(id), value: None },
+                }
+            })
+            .collect()
+    }
+
+    /// A split: `left` (now at epoch `version`) keeps `left_share` of the parent's history and
+    /// the new `right` takes the rest, once per version whichever reports first (a right half
+    /// reporting after its parent finds its part waiting in `split_rest`).
+    pub(crate) fn split_history(&mut self, left: ShardId, right: Option<ShardId>, version: u64, left_share: f64) {
+        debug_assert!((0.0..=1.0).contains(&left_share));
         let Some(parent) = self.series.get_mut(&left) else { return };
+        self.history_dirty.insert(left);
+        self.history_dirty.extend(right);
         if parent.version < version {
-            parent.scale(0.5);
+            let mut rest = parent.clone();
+            rest.scale(1.0 - left_share);
+            parent.scale(left_share);
             parent.version = version;
+            self.split_rest.insert(left, rest);
         }
-        let half = parent.clone();
-        if let Some(r) = right {
-            self.series.entry(r).or_insert(half);
+        let Some(r) = right else { return };
+        let rest = match self.split_rest.remove(&left) {
+            Some(rest) if rest.version == version => rest,
+            _ => parent.clone(),
+        };
+        self.series.entry(r).or_insert(rest);
+    }
+
+    /// The share of `shard`'s sampled recent requests that start before `key` (0.5 without
+    /// samples): how a split at `key` divides its load.
+    pub(crate) fn load_share_before(&self, shard: ShardId, key: &[u8]) -> f64 {
+        let Some(soft) = self.soft(shard) else { return 0.5 };
+        let (mut before, mut all) = (0usize, 0usize);
+        for span in soft.samples.iter().flat_map(|(_, v)| v) {
+            all += 1;
+            before += usize::from(span.start.as_slice() < key);
+        }
+        if all == 0 {
+            0.5
+        } else {
+            before as f64 / all as f64
         }
     }
 
@@ -593,10 +748,19 @@ impl ClusterState {
     pub(crate) fn prune_histories(&mut self, now_ms: u64) {
         if self.series.len() > self.directory.len() {
             let (directory, stale_ms) = (&self.directory, 2 * self.cfg.forecast_interval_ms);
+            let dirty = &mut self.history_dirty;
             self.series.retain(|id, s| {
-                directory.get(*id).is_some() || s.open_bucket_ms().is_some_and(|t| now_ms.saturating_sub(t) < stale_ms)
+                let keep = directory.get(*id).is_some()
+                    || s.open_bucket_ms().is_some_and(|t| now_ms.saturating_sub(t) < stale_ms);
+                if !keep {
+                    dirty.insert(*id);
+                }
+                keep
             });
         }
+        // A right half that never reported (its parent split again, or merged away).
+        let directory = &self.directory;
+        self.split_rest.retain(|id, rest| directory.get(*id).is_some_and(|p| p.epoch.version <= rest.version));
     }
 
     /// Does `shard` have a load history?
@@ -608,6 +772,7 @@ impl ClusterState {
     pub(crate) fn merge_history(&mut self, target: ShardId, source: ShardId) {
         if let Some(src) = self.series.remove(&source) {
             self.series.entry(target).or_default().absorb(&src);
+            self.history_dirty.extend([target, source]);
         }
     }
 

@@ -33,6 +33,8 @@ use sim::{thousand_nodes, Sim};
 mod capacity;
 #[path = "manager/forecast.rs"]
 mod forecast;
+#[path = "manager/shift.rs"]
+mod shift;
 
 fn key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()
@@ -360,6 +362,7 @@ fn a_round_at_1000_nodes_and_100k_shards() {
             read_bytes: 0,
             write_bytes: 0,
             samples: Vec::new(),
+            ..LoadReport::default()
         };
         let size_bytes = rng.random_range(1u64..300) << 20;
         by_node.entry(leader).or_default().push(ShardReport { shard: s, load, size_bytes, keys: 1000 });

@@ -48,6 +48,9 @@ mod outlook;
 
 /// Group failures kept per group.
 const MAX_FAILURES_PER_GROUP: usize = 64;
+/// Shard load histories persisted per round (`crate::forecast`): with the default 1-s rounds
+/// and 10-minute buckets, 38,400 shards' buckets per bucket interval.
+pub(crate) const MAX_HISTORY_WRITES_PER_ROUND: usize = 64;
 
 /// A step for a shard's leader to carry out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -242,6 +245,18 @@ impl Manager {
         self.st.operators()
     }
 
+    /// The gradual shifts of risky leaderships, running and recently finished, with their
+    /// weights (`crate::shift`).
+    pub fn shifts(&self) -> Vec<crate::shift::Shift> {
+        self.st.shifts().cloned().collect()
+    }
+
+    /// Every shard's risk from its replicas' nodes and its own p99 and errors
+    /// (`crate::range_risk`).
+    pub fn range_risks(&self) -> HashMap<ShardId, crate::range_risk::RangeRisk> {
+        self.st.range_risks()
+    }
+
     /// A shard's soft state (load, size, timers), if it reported.
     pub fn shard_soft(&self, id: ShardId) -> Option<&ShardSoft> {
         self.st.soft(id)
@@ -398,8 +413,21 @@ impl Manager {
             Update::Same => Vec::new(),
             Update::Inserted { removed } | Update::Newer { removed } => removed.clone(),
         };
+        // How a split divides the parent's load, from its samples (read before the parent's
+        // soft state goes): the left part's share of the requests.
+        let share = |st: &ClusterState, parent: ShardId, key: &[u8]| st.load_share_before(parent, key);
         if update != Update::Same {
             let inherited = removed.iter().find_map(|id| self.st.group_of(*id));
+            // Shares of the splits seen, before `forget_shard` drops the parents' samples.
+            let shares: Vec<(ShardId, f64)> = prior
+                .iter()
+                .filter(|p| removed.contains(&p.id) && !covers(&shard, p))
+                .map(|p| (p.id, share(&self.st, p.id, &shard.start)))
+                .collect();
+            let own_share = shard.end.as_deref().map_or(0.5, |end| {
+                // The shard reports a narrower range: a split at its new end.
+                share(&self.st, shard.id, end)
+            });
             for id in &removed {
                 let write = self.st.forget_shard(*id);
                 self.pending.push(write);
@@ -408,17 +436,18 @@ impl Manager {
                 None => shard.epoch.version > 1,
                 Some(o) => shard.epoch.version > o.epoch.version && narrower(&shard, o),
             };
-            // The load history follows the keys: a merge adds the source's, a split gives
-            // each half half of the parent's.
+            // The load history follows the keys: a merge adds the source's, a split divides
+            // the parent's by the load sampled on either side of the key.
             for p in prior.iter().filter(|p| removed.contains(&p.id)) {
                 if covers(&shard, p) {
                     self.st.merge_history(shard.id, p.id);
                 } else {
-                    self.st.split_history(p.id, Some(shard.id), shard.epoch.version);
+                    let left_share = shares.iter().find(|(id, _)| *id == p.id).map_or(0.5, |(_, s)| *s);
+                    self.st.split_history(p.id, Some(shard.id), shard.epoch.version, left_share);
                 }
             }
             if old.as_ref().is_some_and(|o| narrower(&shard, o)) {
-                self.st.split_history(shard.id, None, shard.epoch.version);
+                self.st.split_history(shard.id, None, shard.epoch.version, own_share);
             } else if old.is_none() && split && prior.is_empty() && !self.st.has_history(shard.id) {
                 // A new right half whose parent reported its narrower range first: the parent
                 // is its left neighbour at the same version. (A parent reporting after its
@@ -430,7 +459,8 @@ impl Manager {
                     .filter(|p| p.epoch.version == shard.epoch.version)
                     .map(|p| p.id);
                 if let Some(parent) = parent {
-                    self.st.split_history(parent, Some(shard.id), shard.epoch.version);
+                    // The parent's history was divided when it reported (its samples are gone).
+                    self.st.split_history(parent, Some(shard.id), shard.epoch.version, 0.5);
                 }
             }
             let mut placement = self.st.placement(shard.id).unwrap_or_else(|| {
@@ -490,7 +520,10 @@ impl Manager {
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
+        self.st.update_shifts(now_ms, policy::may_lead);
         self.st.prune_histories(now_ms);
+        let histories = self.st.history_writes(MAX_HISTORY_WRITES_PER_ROUND);
+        self.pending.extend(histories);
         self.observe_capacity(now_ms);
         let mut commands = Vec::new();
         self.poll_operators(now_ms, &mut commands);
@@ -543,6 +576,9 @@ impl Manager {
             .collect();
         if plan.kind == OperatorKind::BalanceLeader {
             self.st.note_balance_move(plan.shard, now_ms);
+        }
+        if let OperatorKind::DemoteLeader { from } = plan.kind {
+            self.st.note_demotion(from, plan.shard, now_ms);
         }
         let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
         let write = self.st.start_operator(op);

@@ -125,10 +125,13 @@ impl Manager {
         }
         for shard in kept {
             let f = self.st.forecast(shard, now_ms);
-            out.push(Recommendation::KeepSplit {
-                shard,
-                why: format!("cold now ({:.0}/s) but forecast to reach {:.0}/s at {}", f.now, f.peak, f.peak_at_ms),
-            });
+            let why = if f.peak >= self.st.season_peak(shard) {
+                format!("cold now ({:.0}/s) but forecast to reach {:.0}/s at {}", f.now, f.peak, f.peak_at_ms)
+            } else {
+                let later = self.st.season_peak(shard);
+                format!("cold now ({:.0}/s) but forecast to reach {later:.0}/s again within the season", f.now)
+            };
+            out.push(Recommendation::KeepSplit { shard, why });
         }
         out
     }

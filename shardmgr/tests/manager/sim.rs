@@ -30,6 +30,8 @@ pub(crate) struct Sim {
     pub(crate) degraded: BTreeSet<u64>,
     /// Nodes whose own disk check hands their leaderships away (in their heartbeats).
     pub(crate) shedding: BTreeSet<u64>,
+    /// Each request a shard's leader serves on these nodes takes this many µs (else 500).
+    pub(crate) slow_us: BTreeMap<u64, u64>,
 }
 
 impl Sim {
@@ -63,6 +65,7 @@ impl Sim {
             risk: BTreeMap::new(),
             degraded: BTreeSet::new(),
             shedding: BTreeSet::new(),
+            slow_us: BTreeMap::new(),
         };
         let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
         (sim, m)
@@ -91,9 +94,12 @@ impl Sim {
                 // Keys around the hot spot (a narrow normal-ish bump).
                 let k = center.wrapping_add(self.rng.random_range(0..1_000_000)).saturating_sub(500_000);
                 let Some(s) = self.shards.values().find(|s| s.contains(&key(k))) else { continue };
+                let us = s.leader.and_then(|l| self.slow_us.get(&l).copied()).unwrap_or(500);
                 let r = reports.entry(s.id).or_default();
                 r.read_ops += 1;
                 r.read_bytes += 100;
+                r.latency_buckets.resize(presage_shardmgr::load::LATENCY_BUCKETS, 0);
+                r.latency_buckets[presage_shardmgr::load::latency_bucket(us)] += 1;
                 if r.samples.len() < 64 {
                     r.samples.push(KeySpan::point(&key(k)));
                 }

@@ -16,6 +16,7 @@ use crate::replication_bench::{self, IdleBenchOptions, ReplicationBenchOptions};
 use crate::scenario::fault::Fault;
 use crate::scenario::noise::{Noise, NoiseOptions, DEFAULT_GAP_SECS};
 use crate::scenario::overload::OverloadOptions;
+use crate::scenario::periodic::PeriodicOptions;
 use crate::scenario::{self, Mode, ScenarioOptions, StoryOptions};
 use crate::ycsb::run::{Environment, Progress, RunOptions};
 use crate::ycsb::target::TargetSpec;
@@ -339,6 +340,92 @@ enum ScenarioCommand {
         #[command(flatten)]
         story: StoryArgs,
     },
+    /// Predicted load: a key range turns hot for `--spike-secs` every `--period-secs` (a
+    /// compressed day), with forecasting (`forecast-balance`) on and off. Reports per spike the
+    /// p99 of its first 10 s and each split or leader move of the hot range relative to it.
+    Periodic(PeriodicArgs),
+}
+
+/// `scenario periodic`'s settings.
+#[derive(clap::Args)]
+struct PeriodicArgs {
+    /// Seconds from one spike's start to the next.
+    #[arg(long, default_value_t = PeriodicOptions::default().period_secs)]
+    period_secs: u64,
+    /// Seconds each spike lasts (at least 10).
+    #[arg(long, default_value_t = PeriodicOptions::default().spike_secs)]
+    spike_secs: u64,
+    /// Spikes per mode (the first two are the forecast's learning).
+    #[arg(long, default_value_t = PeriodicOptions::default().spikes)]
+    spikes: usize,
+    /// Seconds of base traffic before the first spike.
+    #[arg(long, default_value_t = PeriodicOptions::default().lead_in_secs)]
+    lead_in_secs: u64,
+    /// Requests/s over every key, always.
+    #[arg(long, default_value_t = PeriodicOptions::default().base_rate)]
+    base_rate: u64,
+    /// Requests/s over the hot range during a spike.
+    #[arg(long, default_value_t = PeriodicOptions::default().spike_rate)]
+    spike_rate: u64,
+    /// The hot range, in percent of the keys.
+    #[arg(long, default_value_t = PeriodicOptions::default().hot_percent)]
+    hot_percent: u64,
+    /// The load-split threshold, requests/s.
+    #[arg(long, default_value_t = PeriodicOptions::default().load_split_qps)]
+    load_split_qps: u64,
+    /// Nodes (a group of three and spares).
+    #[arg(long, default_value_t = PeriodicOptions::default().cluster.nodes)]
+    nodes: u64,
+    /// Regions.
+    #[arg(long, default_value_t = PeriodicOptions::default().cluster.regions)]
+    regions: u64,
+    /// Data shards the keyspace is split into first.
+    #[arg(long, default_value_t = PeriodicOptions::default().cluster.shards)]
+    shards: u64,
+    /// Keys loaded and used.
+    #[arg(long, default_value_t = StoryOptions::default().keys)]
+    keys: u64,
+    /// A node setting, KEY=VALUE (repeatable), after the scenario's own.
+    #[arg(long = "set")]
+    settings: Vec<String>,
+    /// RNG seed of the traffic.
+    #[arg(long, default_value_t = StoryOptions::default().seed)]
+    seed: u64,
+    /// The `presage` binary a playground runs (default: the one beside this program).
+    #[arg(long)]
+    presage_bin: Option<PathBuf>,
+    /// Folder for the playgrounds (default: the system's temporary folder).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the reports as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl PeriodicArgs {
+    fn options(self) -> Result<(PeriodicOptions, Option<PathBuf>)> {
+        let opts = PeriodicOptions {
+            cluster: ScenarioOptions {
+                story: StoryOptions { keys: self.keys, seed: self.seed, ..StoryOptions::default() },
+                nodes: self.nodes,
+                regions: self.regions,
+                shards: self.shards,
+                overrides: self.settings,
+                binary: presage_binary(self.presage_bin)?,
+                work_dir: self.work_dir,
+            },
+            period_secs: self.period_secs,
+            spike_secs: self.spike_secs,
+            spikes: self.spikes,
+            lead_in_secs: self.lead_in_secs,
+            base_rate: self.base_rate,
+            spike_rate: self.spike_rate,
+            hot_percent: self.hot_percent,
+            load_split_qps: self.load_split_qps,
+        };
+        opts.check()?;
+        Ok((opts, self.json))
+    }
 }
 
 /// The failing-node story's settings (`scenario failing-node` and `scenario campaign`).
@@ -598,6 +685,13 @@ pub fn main() -> Result<()> {
             let reports = runtime.block_on(scenario::overload::run(&opts, &|line: &str| eprintln!("  {line}")))?;
             print!("{}", scenario::overload::table(&reports));
             write_json(out.json, &reports)
+        }
+        Command::Scenario { scenario: ScenarioCommand::Periodic(args) } => {
+            let (opts, json) = args.options()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let reports = runtime.block_on(scenario::periodic::run(&opts, &|line: &str| eprintln!("  {line}")))?;
+            print!("{}", scenario::periodic::table(&reports));
+            write_json(json, &reports)
         }
         Command::Idle { shards, seconds, work_dir, json } => {
             let opts = IdleBenchOptions { shards, seconds };

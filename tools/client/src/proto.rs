@@ -631,9 +631,13 @@ pub struct ShardRow {
     pub qps: f64,
     /// Bytes read and written per second.
     pub bytes_per_sec: f64,
-    /// The same load split into reads and writes (latest report).
+    /// The same load split into reads and writes, with the leader's p99 and errors (latest
+    /// report).
     #[serde(default)]
     pub load: presage_shardmgr::ShardLoad,
+    /// Its risk from its replicas' nodes, p99 and errors (`presage_shardmgr::range_risk`).
+    #[serde(default)]
+    pub risk: presage_shardmgr::RangeRisk,
 }
 
 /// What the cluster looks like, for operators.
@@ -660,6 +664,10 @@ pub struct ClusterInfo {
     /// Known events (maintenance windows, load spikes) with their phases, by start time.
     #[serde(default)]
     pub events: Vec<presage_shardmgr::EventView>,
+    /// Gradual shifts of risky ranges' leaderships off their nodes, running and recently
+    /// finished (`presage_shardmgr::shift`).
+    #[serde(default)]
+    pub shifts: Vec<presage_shardmgr::Shift>,
 }
 
 /// A node's answer.

@@ -157,6 +157,9 @@ enum Command {
     /// Node evacuations (proactive, reactive, manual): stage, target, shards and bytes
     /// left, copy rate and ETA, the steps running.
     Migrations,
+    /// Gradual shifts of risky ranges' leaderships off their nodes: the weight shifted so far
+    /// and the leaderships moved (each range's risk: `shards --top N --by risk`).
+    Shifts,
     /// Failure probability per node and per region, and the models behind it.
     Risk,
     /// Active early warnings with their evidence; `--follow` prints new ones as they come.
@@ -220,6 +223,8 @@ enum HotByArg {
     Bytes,
     /// Size on disk.
     Size,
+    /// Risk from the replicas' nodes, p99 and errors.
+    Risk,
 }
 
 #[derive(Subcommand)]
@@ -359,6 +364,7 @@ fn run(cli: Cli) -> Result<String, CtlError> {
                     HotByArg::Writes => ctl::HotBy::Writes,
                     HotByArg::Bytes => ctl::HotBy::Bytes,
                     HotByArg::Size => ctl::HotBy::Size,
+                    HotByArg::Risk => ctl::HotBy::Risk,
                 };
                 rows = ctl::hottest(rows, by, n);
             }
@@ -396,6 +402,10 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Migrations => {
             let info = c.cluster()?;
             Ok(if json { pretty(&info.migrations) } else { ctl::migrations_table(&info.migrations) })
+        }
+        Command::Shifts => {
+            let info = c.cluster()?;
+            Ok(if json { pretty(&info.shifts) } else { ctl::shifts_cli::table(&info.shifts) })
         }
         Command::Faults { network, host, what } => {
             let path = match (network, host) {

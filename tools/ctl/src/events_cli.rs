@@ -5,7 +5,7 @@
 //! Times are `now`, `+DURATION` from now (`+90s`, `+15m`, `+2h`), an RFC 3339 UTC time
 //! (`2026-12-24T02:00:00Z`), or Unix milliseconds.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use presage_shardmgr::{AdminCommand, EventKind, EventView, MaintenanceScope, NewEvent};
@@ -152,10 +152,6 @@ pub fn command(what: EventsCommand) -> Result<Option<AdminCommand>, CtlError> {
     Ok(Some(AdminCommand::AddEvent { event }))
 }
 
-fn time_text(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// `presage-ctl events list` as a table.
 pub fn table(events: &[EventView]) -> String {
     let rows: Vec<Vec<String>> = events
@@ -177,8 +173,8 @@ pub fn table(events: &[EventView]) -> String {
             vec![
                 e.id.to_string(),
                 what,
-                time_text(e.start_ms),
-                time_text(e.end_ms),
+                crate::time_text(e.start_ms),
+                crate::time_text(e.end_ms),
                 format!("{}s", e.lead_ms / 1000),
                 format!("{:?}", v.phase).to_lowercase(),
                 if nodes.is_empty() { "-".into() } else { nodes },

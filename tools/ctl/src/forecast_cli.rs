@@ -3,16 +3,10 @@
 //! prediction score, the hottest shards, and what the forecasts advise. Any role that may
 //! inspect the cluster may ask.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use presage_shardmgr::{Forecast, ForecastReport, Recommendation};
 
-fn time_text(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 fn figures(f: &Forecast) -> [String; 3] {
-    [format!("{:.0}", f.now), format!("{:.0}", f.peak), time_text(f.peak_at_ms)]
+    [format!("{:.0}", f.now), format!("{:.0}", f.peak), crate::time_text(f.peak_at_ms)]
 }
 
 /// The report as tables.

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod events_cli;
 pub mod forecast_cli;
 pub mod pfa_cli;
+pub mod shifts_cli;
 
 use presage_client::proto::{ClusterInfo, ShardRow};
 use presage_shardmgr::{AdminCommand, AdminOutcome, Operator};
@@ -294,6 +295,11 @@ pub(crate) fn human_bytes(b: u64) -> String {
     bytesize::ByteSize(b).to_string()
 }
 
+/// A Unix time in ms as an RFC 3339 date to the second.
+pub fn time_text(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
 /// Lays out rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -408,11 +414,16 @@ pub fn shards_table(rows: &[ShardRow]) -> String {
                 format!("{:.0}", r.load.read_qps),
                 format!("{:.0}", r.load.write_qps),
                 format!("{}/s", human_bytes((r.load.read_bytes_per_sec + r.load.write_bytes_per_sec) as u64)),
+                if r.load.qps() > 0.0 { format!("{:.2}", r.load.p99_ms) } else { "-".into() },
+                format!("{:.1}", r.load.errors_per_sec),
+                if r.risk.risk > 0.0 { format!("{:.2} ({})", r.risk.risk, r.risk.cause()) } else { "0".into() },
             ]
         })
         .collect();
-    let head =
-        ["SHARD", "RANGE", "EPOCH", "GROUP", "REPLICAS", "LEADER", "SIZE", "KEYS", "READS/S", "WRITES/S", "BYTES/S"];
+    let head = [
+        "SHARD", "RANGE", "EPOCH", "GROUP", "REPLICAS", "LEADER", "SIZE", "KEYS", "READS/S", "WRITES/S", "BYTES/S",
+        "P99 MS", "ERRORS/S", "RISK",
+    ];
     table(&head, &rows)
 }
 
@@ -427,6 +438,8 @@ pub enum HotBy {
     Bytes,
     /// Size on disk.
     Size,
+    /// Risk ([`presage_shardmgr::RangeRisk`]).
+    Risk,
 }
 
 /// The `n` hottest of `rows` by `by`, hottest first (ties by shard id).
@@ -436,6 +449,7 @@ pub fn hottest(mut rows: Vec<ShardRow>, by: HotBy, n: usize) -> Vec<ShardRow> {
         HotBy::Writes => r.load.write_qps,
         HotBy::Bytes => r.load.read_bytes_per_sec + r.load.write_bytes_per_sec,
         HotBy::Size => r.size_bytes as f64,
+        HotBy::Risk => r.risk.risk,
     };
     rows.sort_by(|a, b| heat(b).total_cmp(&heat(a)).then(a.shard.id.cmp(&b.shard.id)));
     rows.truncate(n);
@@ -660,6 +674,7 @@ mod tests {
             qps: reads + writes,
             bytes_per_sec: 0.0,
             load: presage_shardmgr::ShardLoad { read_qps: reads, write_qps: writes, ..Default::default() },
+            risk: presage_shardmgr::RangeRisk { risk: size as f64 / 100.0, ..Default::default() },
         };
         let rows = vec![row(1, 10.0, 500.0, 5), row(2, 900.0, 1.0, 50), row(3, 0.0, 0.0, 7)];
         let ids = |by, n| hottest(rows.clone(), by, n).iter().map(|r| r.shard.id).collect::<Vec<_>>();
@@ -667,6 +682,10 @@ mod tests {
         assert_eq!(ids(HotBy::Writes, 1), vec![1]);
         assert_eq!(ids(HotBy::Size, 3), vec![2, 3, 1]);
         assert_eq!(ids(HotBy::Bytes, 3), vec![1, 2, 3], "ties by id");
+        assert_eq!(ids(HotBy::Risk, 2), vec![2, 3]);
+        let table = shards_table(&rows);
+        assert!(table.lines().next().is_some_and(|h| h.contains("P99 MS") && h.ends_with("RISK")), "{table}");
+        assert!(table.contains("0.50 (nodes)"), "{table}");
     }
 
     #[test]

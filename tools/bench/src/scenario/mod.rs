@@ -39,6 +39,7 @@
 //! - [`noise`]: healthy nodes under noise (`scenario noise`), for false alarms.
 //! - [`overload`]: critical traffic under a bulk flood (`scenario overload`), admission by
 //!   priority on and off.
+//! - [`periodic`]: a recurring hot spot (`scenario periodic`), forecasting on and off.
 //! - `report`: the figures as text tables, JSON and an SVG plot.
 //! - `watch`: the watcher thread that narrates and keeps the timings.
 
@@ -46,6 +47,7 @@ mod choose;
 pub mod fault;
 pub mod noise;
 pub mod overload;
+pub mod periodic;
 mod report;
 mod watch;
 

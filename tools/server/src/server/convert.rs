@@ -76,6 +76,35 @@ pub fn bootstrap_descriptors(node: NodeId) -> Vec<ShardDescriptor> {
     vec![one(META_SHARD_ID, vec![SYSTEM_KEY_PREFIX], None), one(1, Vec::new(), Some(vec![SYSTEM_KEY_PREFIX]))]
 }
 
+/// Does `e` count against the shard's health (its error rate, `presage_shardmgr::LoadReport`)?
+/// Routing answers (not the leader, a stale epoch, no such shard), a client's own mistakes
+/// (a failed condition, an invalid request) and a superseded request do not.
+pub fn is_shard_fault(e: &Error) -> bool {
+    match e {
+        Error::NotLeader { .. }
+        | Error::EpochNotMatch { .. }
+        | Error::ShardNotFound { .. }
+        | Error::ConditionFailed { .. }
+        | Error::Invalid(_)
+        | Error::Superseded { .. }
+        | Error::TransferRefused { .. }
+        | Error::SwapRefused { .. }
+        | Error::ChecksumNotReady { .. }
+        | Error::ChecksumMissed { .. } => false,
+        Error::ProposalDropped { .. }
+        | Error::OutcomeUnknown { .. }
+        | Error::Busy
+        | Error::Unresponsive { .. }
+        | Error::Stopped
+        | Error::DiskFailed
+        | Error::Config(_)
+        | Error::Engine(_)
+        | Error::Corrupt { .. }
+        | Error::Raft(_)
+        | Error::Thread(_) => true,
+    }
+}
+
 /// The protocol error for a replication error; `write` tells whether the request wrote (an
 /// unknown outcome matters only then).
 pub fn proto_error(e: Error, write: bool) -> ProtoError {

@@ -49,7 +49,7 @@ use presage_shardmgr::{AdminError, KeySpan, LoadRecorder, Manager, NodeId, NodeM
 use tokio::task::JoinHandle;
 
 pub use config::ServerConfig;
-use convert::{proto_error, request_id, wire_epoch};
+use convert::{is_shard_fault, proto_error, request_id, wire_epoch};
 
 /// Milliseconds on the shard manager's clock: wall time when the clock was made plus the
 /// runtime's monotonic time since. Operators' timestamps are persisted, so successive managers
@@ -484,12 +484,19 @@ impl<E: Engine> Inner<E> {
         }
         let result = match result {
             Ok(r) => r,
-            Err(_) if write.is_some() => return Response::Error(ProtoError::OutcomeUnknown { shard: route.shard }),
-            Err(_) => return Response::Error(ProtoError::Retry("the shard did not answer in time".into())),
+            Err(_) => {
+                self.with_load(route.shard, LoadRecorder::record_error);
+                return Response::Error(match write {
+                    Some(_) => ProtoError::OutcomeUnknown { shard: route.shard },
+                    None => ProtoError::Retry("the shard did not answer in time".into()),
+                });
+            }
         };
         match result {
             Ok(response) => {
                 self.record_load(&request, &response);
+                let us = started.elapsed().as_micros() as u64;
+                self.with_load(route.shard, |recorder| recorder.record_latency(us));
                 response
             }
             Err(presage_replication::Error::NotLeader { shard_id, leader: Some(l) })
@@ -503,7 +510,12 @@ impl<E: Engine> Inner<E> {
                     Err(_) => Response::Error(ProtoError::NotLeader { shard: shard_id, leader: Some(l) }),
                 }
             }
-            Err(e) => Response::Error(proto_error(e, write.is_some())),
+            Err(e) => {
+                if is_shard_fault(&e) {
+                    self.with_load(route.shard, LoadRecorder::record_error);
+                }
+                Response::Error(proto_error(e, write.is_some()))
+            }
         }
     }
 
@@ -771,6 +783,7 @@ impl<E: Engine> Inner<E> {
                 let guard = lock(&self.manager);
                 let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 let dir = m.directory();
+                let risks = m.range_risks();
                 let first = dir.get_shard(&start).map(|s| s.start.clone()).unwrap_or(start);
                 let shards = dir
                     .iter()
@@ -786,6 +799,7 @@ impl<E: Engine> Inner<E> {
                             qps: soft.map_or(0.0, |x| x.load.qps()),
                             bytes_per_sec: soft.map_or(0.0, |x| x.load.bytes_per_sec()),
                             load: soft.map_or_else(Default::default, |x| x.load),
+                            risk: risks.get(&s.id).copied().unwrap_or_default(),
                         }
                     })
                     .collect();
@@ -838,6 +852,7 @@ impl<E: Engine> Inner<E> {
                     migrations: m.migrations(now),
                     node_status: m.node_status(now),
                     events: m.events(now),
+                    shifts: m.shifts(),
                 }))
             }
             _ => Response::Error(ProtoError::Invalid("not a shard manager request".into())),
