@@ -125,6 +125,11 @@ pub struct ManagerConfig {
     /// Over how long a node's risky leaderships are shifted away (a share growing from 0 to
     /// all of them).
     pub shift_period_ms: u64,
+    /// How long after a mitigation its ranges' service is compared with before
+    /// (`crate::feedback`; a forecast split: at least the forecast horizon).
+    pub feedback_judge_ms: u64,
+    /// Mitigation records kept (each one meta-shard record).
+    pub max_mitigations: usize,
     /// Bucket of the capacity history (each node's bytes and request load; `crate::capacity`).
     pub capacity_interval_ms: u64,
     /// Buckets of capacity history kept (each is one meta-shard record holding every node).
@@ -187,6 +192,8 @@ impl Default for ManagerConfig {
             leader_move_hold_ms: 60_000,
             range_risk_shift: 0.4,
             shift_period_ms: 300_000,
+            feedback_judge_ms: 120_000,
+            max_mitigations: 256,
             capacity_interval_ms: 3_600_000,
             capacity_max_points: 720,
             capacity_horizon_ms: 90 * 86_400_000,
@@ -219,6 +226,7 @@ impl ManagerConfig {
             ("operator-retry-ms", self.operator_retry_ms),
             ("split-max-size-bytes", self.split_max_size_bytes),
             ("split-max-keys", self.split_max_keys),
+            ("max-mitigations", self.max_mitigations as u64),
         ];
         for (name, v) in positive {
             if v == 0 {

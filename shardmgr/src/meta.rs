@@ -12,6 +12,7 @@
 //! | `\xffm/e/{id:016x}` | [`KnownEvent`] (maintenance windows, load spikes) |
 //! | `\xffm/c/{start_ms:016x}` | [`CapacityBucket`] (every node's bytes and load in one bucket) |
 //! | `\xffm/f/{shard:016x}` | [`SeriesRecord`] (a shard's load history, for its forecast) |
+//! | `\xffm/x/{id:016x}` | [`MitigationRecord`] (a mitigation and its judgement) |
 //!
 //! Soft state (loads, samples, node stats) is not persisted: a new manager rebuilds it from
 //! heartbeats within a few intervals. The failure analysis keeps its own records under
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::capacity::CapacityBucket;
 use crate::error::{Error, Result};
 use crate::events::KnownEvent;
+use crate::feedback::MitigationRecord;
 use crate::forecast::SeriesRecord;
 use crate::model::Migration;
 use crate::model::{ClusterMeta, GroupId, GroupMeta, NodeMeta, ShardMeta};
@@ -93,6 +95,11 @@ pub fn event_key(id: u64) -> Vec<u8> {
     id_key(b'e', id)
 }
 
+/// Key of a mitigation record.
+pub fn mitigation_key(id: u64) -> Vec<u8> {
+    id_key(b'x', id)
+}
+
 /// Key of a shard's load history.
 pub fn history_key(shard: u64) -> Vec<u8> {
     id_key(b'f', shard)
@@ -131,6 +138,8 @@ pub struct PersistedState {
     pub capacity: Vec<CapacityBucket>,
     /// The shards' load histories.
     pub histories: Vec<SeriesRecord>,
+    /// Mitigations and their judgements.
+    pub mitigations: Vec<MitigationRecord>,
 }
 
 impl PersistedState {
@@ -157,6 +166,7 @@ impl PersistedState {
                 Some(b'e') => out.events.push(parse(key, value)?),
                 Some(b'c') => out.capacity.push(parse(key, value)?),
                 Some(b'f') => out.histories.push(parse(key, value)?),
+                Some(b'x') => out.mitigations.push(parse(key, value)?),
                 _ => {
                     return Err(Error::Corrupt {
                         key: String::from_utf8_lossy(key).into_owned(),

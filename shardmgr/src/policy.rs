@@ -269,7 +269,9 @@ fn shed_leaders(m: &ClusterState, out: &mut Vec<Plan>, claimed: &mut HashSet<Sha
         if !m.sheds_leaders(node) || evacuating || !m.node(node).is_some_and(|n| n.state.accepts_load()) {
             continue;
         }
-        shift_leaders(m, node, m.cfg().shed_leader_moves_per_round, out, claimed);
+        // Slower after sheds that did not help (`crate::feedback`).
+        let per_round = (m.cfg().shed_leader_moves_per_round as f64 * m.eagerness().shed).ceil() as usize;
+        shift_leaders(m, node, per_round.max(1), out, claimed);
     }
 }
 
@@ -490,7 +492,9 @@ fn load_split_key(m: &ClusterState, s: &ShardMeta) -> Option<Vec<u8>> {
 pub(crate) fn forecast_hot(m: &ClusterState, shard: ShardId, now_ms: u64) -> bool {
     let f = m.forecast(shard, now_ms);
     let threshold = m.cfg().load_split_qps;
-    f.points >= crate::forecast::MIN_POINTS && f.now < threshold && f.peak >= threshold
+    // Less eager after splits whose forecast load did not come (`crate::feedback`).
+    let needed = threshold / m.eagerness().presplit;
+    f.points >= crate::forecast::MIN_POINTS && f.now < threshold && f.peak >= needed
 }
 
 /// Is `shard` forecast to carry half the load-split threshold within the horizon, or at any

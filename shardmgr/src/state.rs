@@ -75,8 +75,28 @@ pub(crate) struct ClusterState {
     shifts: BTreeMap<NodeId, Shift>,
     /// The ranges whose leadership may be shifted now, by leader (derived each round).
     demotable: BTreeMap<NodeId, Vec<(ShardId, NodeId)>>,
+    /// The feedback loop's eagerness (set each round).
+    eagerness: Eagerness,
     /// When each shard's leadership was last moved to balance load (soft: the hold).
     balance_moved_ms: HashMap<ShardId, u64>,
+}
+
+/// How eager the policies are, from the feedback loop (`crate::feedback`): thresholds are
+/// divided and paces multiplied by these, each in (0, 1]; set every round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Eagerness {
+    /// Leaderships a degraded node sheds per round.
+    pub(crate) shed: f64,
+    /// Splits ahead of forecast load.
+    pub(crate) presplit: f64,
+    /// Proactive evacuations (`risk-warn`).
+    pub(crate) evacuation: f64,
+}
+
+impl Default for Eagerness {
+    fn default() -> Self {
+        Eagerness { shed: 1.0, presplit: 1.0, evacuation: 1.0 }
+    }
 }
 
 /// What the failure analysis tells the manager each round ([`crate::Manager::set_risks`]).
@@ -219,6 +239,7 @@ impl ClusterState {
             history_dirty: BTreeSet::new(),
             shifts: BTreeMap::new(),
             demotable: BTreeMap::new(),
+            eagerness: Eagerness::default(),
             balance_moved_ms: HashMap::new(),
         }
     }
@@ -314,14 +335,24 @@ impl ClusterState {
     /// `proactive-migration` off, the reactive mode): a range qualifies when its risk from its leader reaches `range-risk-shift`, its leader is not
     /// already shedding or being evacuated (at `risk-warn` migration takes over), a voter that
     /// may lead is safer, and it was not moved within `leader-move-hold-ms`.
-    pub(crate) fn update_shifts(&mut self, now_ms: u64, may_lead: impl Fn(&ClusterState, NodeId) -> bool) {
+    /// Returns the shifts started this round: node, the evidence (the riskiest range's cause)
+    /// and the ranges. `eagerness(cause)` divides the threshold (`crate::feedback`).
+    pub(crate) fn update_shifts(
+        &mut self,
+        now_ms: u64,
+        may_lead: impl Fn(&ClusterState, NodeId) -> bool,
+        eagerness: impl Fn(&str) -> f64,
+    ) -> Vec<(NodeId, &'static str, Vec<ShardId>)> {
         let risks = if self.cfg.proactive_migration { self.range_risks() } else { HashMap::new() };
-        let (threshold, hold) = (self.cfg.range_risk_shift, self.cfg.leader_move_hold_ms);
-        let mut demotable: BTreeMap<NodeId, Vec<(ShardId, NodeId, f64)>> = BTreeMap::new();
+        let (base, hold) = (self.cfg.range_risk_shift, self.cfg.leader_move_hold_ms);
+        let mut demotable: BTreeMap<NodeId, Vec<(ShardId, NodeId, f64, &'static str)>> = BTreeMap::new();
         for s in self.directory.iter().filter(|s| !ClusterState::is_meta(s)) {
             let (Some(leader), Some(r)) = (s.leader, risks.get(&s.id)) else { continue };
             let node_risk = |n: NodeId| self.risk(n).unwrap_or(0.0);
-            let from_leader = node_risk(leader).max(r.latency).max(r.errors);
+            let (from_leader, cause) = [(node_risk(leader), "nodes"), (r.latency, "latency"), (r.errors, "errors")]
+                .into_iter()
+                .fold((0.0, "nodes"), |best, x| if x.0 > best.0 { x } else { best });
+            let threshold = base / eagerness(cause).max(f64::MIN_POSITIVE);
             let held = self.balance_moved_ms(s.id).is_some_and(|t| now_ms.saturating_sub(t) < hold);
             if from_leader < threshold || held || self.sheds_leaders(leader) || self.migration_of(leader).is_some() {
                 continue;
@@ -334,15 +365,20 @@ impl ClusterState {
                 .filter(|v| node_risk(*v) < node_risk(leader) || node_risk(leader) < threshold)
                 .min_by(|a, b| node_risk(*a).total_cmp(&node_risk(*b)).then(a.cmp(b)));
             if let Some(to) = to {
-                demotable.entry(leader).or_default().push((s.id, to, from_leader));
+                demotable.entry(leader).or_default().push((s.id, to, from_leader, cause));
             }
         }
-        for (node, ranges) in &demotable {
-            let shift = self.shifts.entry(*node).or_insert_with(|| Shift::start(*node, now_ms, ranges.len()));
-            if shift.finished_ms.is_some() {
-                *shift = Shift::start(*node, now_ms, ranges.len());
+        let mut started = Vec::new();
+        for (node, ranges) in demotable.iter_mut() {
+            ranges.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+            let fresh = self.shifts.get(node).is_none_or(|s| s.finished_ms.is_some());
+            if fresh {
+                self.shifts.insert(*node, Shift::start(*node, now_ms, ranges.len()));
+                started.push((*node, ranges[0].3, ranges.iter().map(|r| r.0).collect()));
             }
-            shift.observe(ranges.len());
+            if let Some(shift) = self.shifts.get_mut(node) {
+                shift.observe(ranges.len());
+            }
         }
         let period = self.cfg.shift_period_ms;
         for (node, shift) in self.shifts.iter_mut() {
@@ -354,11 +390,20 @@ impl ClusterState {
         self.shifts.retain(|_, s| s.finished_ms.is_none_or(|t| now_ms.saturating_sub(t) < period.max(60_000)));
         self.demotable = demotable
             .into_iter()
-            .map(|(node, mut v)| {
-                v.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
-                (node, v.into_iter().map(|(s, to, _)| (s, to)).collect())
-            })
+            .map(|(node, v)| (node, v.into_iter().map(|(s, to, _, _)| (s, to)).collect()))
             .collect();
+        started
+    }
+
+    /// The feedback loop's eagerness now.
+    pub(crate) fn eagerness(&self) -> Eagerness {
+        self.eagerness
+    }
+
+    /// Sets the feedback loop's eagerness for this round.
+    pub(crate) fn set_eagerness(&mut self, e: Eagerness) {
+        debug_assert!([e.shed, e.presplit, e.evacuation].iter().all(|x| *x > 0.0 && *x <= 1.0));
+        self.eagerness = e;
     }
 
     /// The shifts running and recently finished.

@@ -63,6 +63,8 @@ pub(crate) fn update(st: &mut ClusterState, now_ms: u64) -> Changes {
     // New migrations: grouped nodes that went down, or (when proactive) whose risk reached
     // `warn`.
     let proactive = st.cfg().proactive_migration;
+    // Less eager after evacuations that did not help (`crate::feedback`): up to `act`.
+    let warn = (th.warn / st.eagerness().evacuation).min(th.act);
     let starts: Vec<(NodeId, GroupId, MigrationCause)> = st
         .nodes()
         .filter(|n| !st.is_held(n.id))
@@ -72,7 +74,7 @@ pub(crate) fn update(st: &mut ClusterState, now_ms: u64) -> Changes {
             match n.state {
                 // Down in a maintenance window (or its grace after): planned, not a failure.
                 NodeState::Down if !st.down_excused(n.id) => Some((n.id, group, MigrationCause::Failed)),
-                NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= th.warn) => {
+                NodeState::Up | NodeState::Suspect if proactive && risk.is_some_and(|r| r >= warn) => {
                     Some((n.id, group, MigrationCause::Risk))
                 }
                 _ => None,

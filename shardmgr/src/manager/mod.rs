@@ -43,6 +43,7 @@ use crate::state::{ClusterState, Placement};
 
 mod capacity;
 mod events;
+mod feedback;
 pub(crate) mod migrate;
 mod outlook;
 
@@ -150,6 +151,8 @@ pub struct Manager {
     capacity: crate::capacity::CapacityHistory,
     /// The last capacity report and when it was made (`capacity`).
     capacity_cache: Option<(u64, crate::capacity::CapacityReport)>,
+    /// Mitigations and their judgements, persisted (`feedback`).
+    feedback: crate::feedback::Feedback,
 }
 
 impl Manager {
@@ -181,11 +184,16 @@ impl Manager {
             reason: "the meta shard holds no cluster record".into(),
         })?;
         let history = std::mem::take(&mut state.capacity);
+        let mitigations = std::mem::take(&mut state.mitigations);
+        let max_mitigations = cfg.max_mitigations;
         let max_points = cfg.capacity_max_points;
         let mut m = Manager::over(ClusterState::recover(cfg, cluster, state, now_ms));
         let (capacity, dropped) = crate::capacity::CapacityHistory::recover(history, max_points);
         m.capacity = capacity;
         m.pending.extend(dropped.into_iter().map(|start| MetaWrite { key: meta::capacity_key(start), value: None }));
+        let (feedback, dropped) = crate::feedback::Feedback::recover(mitigations, max_mitigations);
+        m.feedback = feedback;
+        m.pending.extend(dropped.into_iter().map(|id| MetaWrite { key: meta::mitigation_key(id), value: None }));
         Ok(m)
     }
 
@@ -205,6 +213,7 @@ impl Manager {
             report_cache: None,
             capacity: crate::capacity::CapacityHistory::default(),
             capacity_cache: None,
+            feedback: crate::feedback::Feedback::default(),
         }
     }
 
@@ -520,7 +529,11 @@ impl Manager {
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
-        self.st.update_shifts(now_ms, policy::may_lead);
+        let feedback = &self.feedback;
+        let eager = |cause: &str| feedback.eagerness(crate::feedback::MitigationKind::Demotion, cause);
+        let shifts = self.st.update_shifts(now_ms, policy::may_lead, eager);
+        self.note_round(shifts, now_ms);
+        self.feedback_round(now_ms);
         self.st.prune_histories(now_ms);
         let histories = self.st.history_writes(MAX_HISTORY_WRITES_PER_ROUND);
         self.pending.extend(histories);
@@ -580,6 +593,7 @@ impl Manager {
         if let OperatorKind::DemoteLeader { from } = plan.kind {
             self.st.note_demotion(from, plan.shard, now_ms);
         }
+        self.note_plan(&plan.kind, plan.shard, now_ms);
         let op = Operator::new(id, plan.shard, plan.kind, steps, plan.rollback, now_ms);
         let write = self.st.start_operator(op);
         self.pending.push(write);

@@ -1,7 +1,9 @@
 //! Per-range risk and the gradual shift (seed 004) against the simulated cluster: a node at
 //! risk below `risk-warn` hands its leaderships over within the shift period and never all at
 //! once, at 1,000 nodes; a node whose ranges are slow (no failure warning at all) is demoted
-//! the same way; the shifts and every range's risk are visible.
+//! the same way; the shifts and every range's risk are visible. The feedback loop: a range
+//! slow wherever it is led is demoted, the demotion does not help, and the next demotion on
+//! the same evidence is less eager until none follows; the report shows it.
 
 use super::*;
 
@@ -102,4 +104,49 @@ fn a_node_whose_ranges_are_slow_is_demoted_without_a_failure_warning() {
     }
     let risks = m.range_risks();
     assert!(sim.shards.values().filter(|s| s.id != 0).all(|s| risks[&s.id].risk < 0.4), "seed {}: {risks:?}", seed());
+}
+
+/// Seed 004, the feedback loop: one range answers in 50 ms wherever it is led. Its demotion
+/// does not help (judged 10 s later), which halves the eagerness of demotions on latency:
+/// after two the threshold is above any risk and the range stays; demotions on other evidence
+/// keep their eagerness; the records and the report show it, and a successor keeps them.
+#[test]
+fn a_demotion_that_did_not_help_makes_the_next_on_the_same_evidence_less_eager() {
+    use presage_shardmgr::{MitigationKind, OperatorKind};
+    // A demoted range stays 15 s where it went; its demotion is judged after 10 s.
+    let cfg =
+        ManagerConfig { shift_period_ms: 0, feedback_judge_ms: 10_000, leader_move_hold_ms: 15_000, ..shift_config() };
+    let (mut sim, mut m) = spare_and_shards(&cfg);
+    for (i, s) in sim.shards.values_mut().filter(|s| s.id != 0).enumerate() {
+        s.leader = Some(s.voters()[i % 3]);
+    }
+    sim.traffic = (0..16).map(|i| (i * (u64::MAX / 16), 40)).collect();
+    let slow = *sim.shards.keys().find(|id| **id != 0).expect("a data shard");
+    sim.slow_shard_us.insert(slow, 50_000);
+    let mut demotions = Vec::new();
+    for _ in 0..120 {
+        let fx = sim.round(&mut m, 1000);
+        for c in fx.commands.iter().filter(|c| c.shard == slow && matches!(c.step, Step::TransferLeader { .. })) {
+            let demoting =
+                m.operators().any(|op| op.id == c.operator && matches!(op.kind, OperatorKind::DemoteLeader { .. }));
+            if demoting {
+                demotions.push(sim.now_ms);
+            }
+        }
+    }
+    eprintln!("demotions of the always-slow range: {demotions:?}");
+    assert_eq!(demotions.len(), 2, "seed {}: each unhelpful demotion halves the eagerness: {demotions:?}", seed());
+    let f = m.mitigations();
+    let latency: Vec<_> =
+        f.records().filter(|r| r.kind == MitigationKind::Demotion && r.evidence == "latency").collect();
+    assert_eq!(latency.len(), 2, "seed {}: {latency:?}", seed());
+    assert!(latency.iter().all(|r| r.helped == Some(false) && r.before.p99_ms > 30.0), "seed {}: {latency:?}", seed());
+    assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 0.25);
+    assert_eq!(f.eagerness(MitigationKind::Demotion, "nodes"), 1.0, "other evidence keeps its eagerness");
+    let report = m.pfa_report(sim.now_ms, 3_600_000, &[]);
+    assert_eq!(report.days.iter().map(|d| d.mitigations_not_helped).sum::<u64>(), 2);
+    assert!(report.eagerness.iter().any(|e| e.evidence == "latency" && e.eagerness == 0.25), "{report:?}");
+    // A successor reads the records back and is as reluctant.
+    let successor = sim.recover(&cfg);
+    assert_eq!(successor.mitigations().eagerness(MitigationKind::Demotion, "latency"), 0.25);
 }

@@ -32,6 +32,8 @@ pub(crate) struct Sim {
     pub(crate) shedding: BTreeSet<u64>,
     /// Each request a shard's leader serves on these nodes takes this many µs (else 500).
     pub(crate) slow_us: BTreeMap<u64, u64>,
+    /// Each request of these shards takes this many µs wherever they are led.
+    pub(crate) slow_shard_us: BTreeMap<u64, u64>,
 }
 
 impl Sim {
@@ -66,6 +68,7 @@ impl Sim {
             degraded: BTreeSet::new(),
             shedding: BTreeSet::new(),
             slow_us: BTreeMap::new(),
+            slow_shard_us: BTreeMap::new(),
         };
         let m = Manager::bootstrap(cfg.clone(), 77, first, sim.now_ms).expect("bootstrap");
         (sim, m)
@@ -94,7 +97,12 @@ impl Sim {
                 // Keys around the hot spot (a narrow normal-ish bump).
                 let k = center.wrapping_add(self.rng.random_range(0..1_000_000)).saturating_sub(500_000);
                 let Some(s) = self.shards.values().find(|s| s.contains(&key(k))) else { continue };
-                let us = s.leader.and_then(|l| self.slow_us.get(&l).copied()).unwrap_or(500);
+                let us = self
+                    .slow_shard_us
+                    .get(&s.id)
+                    .or_else(|| s.leader.and_then(|l| self.slow_us.get(&l)))
+                    .copied()
+                    .unwrap_or(500);
                 let r = reports.entry(s.id).or_default();
                 r.read_ops += 1;
                 r.read_bytes += 100;

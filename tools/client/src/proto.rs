@@ -471,6 +471,12 @@ pub enum PfaQuery {
         /// Values by name (`smart_5_raw`, ...).
         counters: std::collections::BTreeMap<String, f64>,
     },
+    /// The feedback report (`presage_shardmgr::PfaReport`): warnings that preceded a failure
+    /// within `horizon_ms` and false ones, mitigations that helped, per day.
+    Report {
+        /// A warning followed by its node's failure within this long preceded it.
+        horizon_ms: u64,
+    },
 }
 
 /// One write of a [`Request::Batch`].

@@ -297,6 +297,14 @@ enum PfaCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// The feedback loop on a running cluster: per day, early warnings that preceded their
+    /// node's failure within the horizon and false ones, mitigations that helped and did not;
+    /// then each warning and mitigation, and each kind's eagerness now.
+    Report {
+        /// A warning followed by its node's failure within this long preceded it (e.g. 1h, 1d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        horizon: std::time::Duration,
+    },
     /// Evaluate a model on a data file's unseen drives, beside the Backblaze rule.
     Eval {
         /// The model file.
@@ -509,6 +517,11 @@ fn run(cli: Cli) -> Result<String, CtlError> {
         },
         Command::Pfa { what: PfaCommand::Prior { lanl, out } } => crate::pfa_cli::prior(&lanl, &out, json),
         Command::Pfa { what: PfaCommand::Eval { model, csv } } => crate::pfa_cli::eval(&model, &csv, json),
+        Command::Pfa { what: PfaCommand::Report { horizon } } => {
+            let report: presage_shardmgr::PfaReport =
+                c.get(&format!("/v1/pfa/report?horizon_ms={}", horizon.as_millis()))?;
+            Ok(if json { pretty(&report) } else { crate::pfa_cli::report_text(&report) })
+        }
         Command::Decommission { node } => admin(AdminCommand::Decommission { node }),
         Command::Recommission { node } => admin(AdminCommand::Recommission { node }),
         Command::CancelOperator { id } => admin(AdminCommand::CancelOperator { id }),

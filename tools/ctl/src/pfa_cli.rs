@@ -289,3 +289,74 @@ pub fn prior(lanl: &Path, out: &Path, json: bool) -> Result<String, CtlError> {
         crate::table(&["FAILURES IN 30 D", "NODE-DAYS", "FAILURES", "PER NODE-DAY", "P(120 S)"], &rows)
     ))
 }
+
+/// `presage-ctl pfa report`: per day, warnings and mitigations by outcome; the warnings and
+/// mitigations themselves, newest first; each kind's eagerness.
+pub fn report_text(r: &presage_shardmgr::PfaReport) -> String {
+    use presage_shardmgr::feedback::WarningOutcome;
+    let days: Vec<Vec<String>> = r
+        .days
+        .iter()
+        .map(|d| {
+            vec![
+                crate::time_text(d.day_ms)[..10].to_string(),
+                d.warnings_preceding_failure.to_string(),
+                d.false_alarms.to_string(),
+                d.warnings_open.to_string(),
+                d.mitigations_helped.to_string(),
+                d.mitigations_not_helped.to_string(),
+                d.mitigations_pending.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = format!("warnings preceding a failure within {} s, by day\n", r.horizon_ms / 1_000);
+    out +=
+        &crate::table(&["DAY", "PRECEDED FAILURE", "FALSE", "OPEN", "MITIGATIONS HELPED", "DID NOT", "PENDING"], &days);
+    let warnings: Vec<Vec<String>> = r
+        .warnings
+        .iter()
+        .map(|w| {
+            let outcome = match w.outcome {
+                WarningOutcome::PrecededFailure => "preceded failure",
+                WarningOutcome::FalseAlarm => "false alarm",
+                WarningOutcome::Open => "open",
+            };
+            vec![w.node.to_string(), w.kind.clone(), crate::time_text(w.raised_ms), outcome.to_string()]
+        })
+        .collect();
+    out += "\nwarnings\n";
+    out += &crate::table(&["NODE", "KIND", "RAISED", "OUTCOME"], &warnings);
+    let mitigations: Vec<Vec<String>> = r
+        .mitigations
+        .iter()
+        .map(|m| {
+            let after = m
+                .after
+                .map_or("-".to_string(), |a| format!("{:.2} / {:.1} / {:.0}", a.p99_ms, a.errors_per_sec, a.qps));
+            vec![
+                m.id.to_string(),
+                format!("{:?}", m.kind),
+                m.evidence.clone(),
+                m.node.map_or("-".into(), |n| n.to_string()),
+                crate::time_text(m.started_ms),
+                format!("{:.2} / {:.1} / {:.0}", m.before.p99_ms, m.before.errors_per_sec, m.before.qps),
+                after,
+                match m.helped {
+                    Some(true) => "helped".into(),
+                    Some(false) => "did not".into(),
+                    None => "pending".into(),
+                },
+            ]
+        })
+        .collect();
+    out += "\nmitigations (p99 ms / errors/s / requests/s)\n";
+    out += &crate::table(&["ID", "KIND", "EVIDENCE", "NODE", "STARTED", "BEFORE", "AFTER", "RESULT"], &mitigations);
+    let eager: Vec<Vec<String>> = r
+        .eagerness
+        .iter()
+        .map(|e| vec![format!("{:?}", e.kind), e.evidence.clone(), format!("{:.3}", e.eagerness)])
+        .collect();
+    out += "\neagerness\n";
+    out += &crate::table(&["KIND", "EVIDENCE", "EAGERNESS"], &eager);
+    out
+}

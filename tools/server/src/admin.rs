@@ -21,6 +21,7 @@
 //! | `GET /v1/capacity` | per node and region: projected bytes and load, when each crosses capacity, nodes to add |
 //! | `GET /v1/risk` | failure probability per node and region, the models' status |
 //! | `GET /v1/warnings?after=SEQ&limit=N` | active early warnings and the events after `SEQ` |
+//! | `GET /v1/pfa/report?horizon_ms=` | warnings that preceded a failure vs false ones, mitigations that helped (default horizon 1 h) |
 //! | `GET /v1/telemetry/{node}?after_ms=&limit=` | the node's raw telemetry samples kept by the manager |
 //! | `GET /v1/history/{node}?minutes=` | the node's per-minute history kept in the meta shard (default 60 minutes) |
 //! | `PUT /v1/nodes/{id}/counters` | push counters for a node, e.g. `{"smart_5_raw": 8}` (SMART) |
@@ -378,6 +379,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/risk", get(risk))
         .route("/v1/warnings", get(warnings))
+        .route("/v1/pfa/report", get(pfa_report))
         .route("/v1/telemetry/{node}", get(telemetry))
         .route("/v1/history/{node}", get(history))
         .route("/v1/nodes/{id}/counters", axum::routing::put(push_counters))
@@ -748,6 +750,21 @@ fn default_limit() -> u32 {
 
 async fn warnings(State(s): State<AdminState>, Query(q): Query<WarningsQuery>) -> ApiResult<HttpResponse> {
     pfa(&s, PfaQuery::Warnings { after_seq: q.after, limit: q.limit }).await
+}
+
+/// Query of `/v1/pfa/report`.
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    #[serde(default = "default_report_horizon_ms")]
+    horizon_ms: u64,
+}
+
+fn default_report_horizon_ms() -> u64 {
+    3_600_000
+}
+
+async fn pfa_report(State(s): State<AdminState>, Query(q): Query<ReportQuery>) -> ApiResult<HttpResponse> {
+    pfa(&s, PfaQuery::Report { horizon_ms: q.horizon_ms }).await
 }
 
 /// Query of `/v1/telemetry/{node}`.

@@ -2,7 +2,9 @@
 //! capacity` shows every node's bytes growing and the date each fills its (small)
 //! `capacity-bytes`, with the advice for each region; it needs a credential; and after the
 //! shard manager's node is killed its successor advises from the history persisted in the
-//! meta shard.
+//! meta shard. On the way, `presage-ctl shards` shows the written range's p99, errors and risk
+//! (seed 004), `presage-ctl shifts` lists the gradual shifts and `presage-ctl pfa report` the
+//! feedback loop, each needing a credential.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -58,6 +60,35 @@ async fn capacity_advice_projects_growing_data_and_survives_a_manager_fail_over(
         })
     };
     let asked = pg.admin(2).expect("admin").addr.clone();
+    // Per-range KPIs and risk (seed 004) while the writer runs: the written range's leader
+    // reports its p99, every row carries a risk with its parts; the shifts are listed.
+    let row = eventually(60, "the written range reports its p99", || {
+        let (ok, out, _) = ctl(&asked, &["--json", "shards", "--key", "cap00001"], true);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let row = v.as_array()?.first()?.clone();
+        (row["load"]["p99_ms"].as_f64()? > 0.0).then_some(row)
+    })
+    .await;
+    let risk = &row["risk"];
+    for part in ["risk", "nodes", "latency", "errors"] {
+        assert!(risk[part].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)), "{part}: {row}");
+    }
+    assert!(row["load"]["errors_per_sec"].as_f64().is_some(), "{row}");
+    let (ok, out, err) = ctl(&asked, &["shards", "--top", "2", "--by", "risk"], true);
+    assert!(ok && out.contains("P99 MS") && out.contains("RISK"), "{out}{err}");
+    let (ok, out, err) = ctl(&asked, &["--json", "shifts"], true);
+    assert!(ok && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v.is_array()), "{out}{err}");
+    let (ok, out, err) = ctl(&asked, &["pfa", "report", "--horizon", "10m"], true);
+    assert!(ok && out.contains("PRECEDED FAILURE") && out.contains("eagerness"), "{out}{err}");
+    let (ok, out, err) = ctl(&asked, &["--json", "pfa", "report"], true);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok && report["horizon_ms"] == 3_600_000 && report["mitigations"].is_array(), "{report}");
+    if security.admin_token.is_some() {
+        for args in [&["shifts"][..], &["pfa", "report"]] {
+            let (ok, out, err) = ctl(&asked, args, false);
+            assert!(!ok && !err.is_empty(), "read without a token: {out}{err}");
+        }
+    }
     let report = eventually(90, "every node fills within the day", || {
         let (ok, out, _) = ctl(&asked, &["--json", "capacity"], true);
         let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;

@@ -2,7 +2,7 @@
 //! (engine fault injection), the failure analysis's risk for it rises, the shard manager
 //! moves its leaderships away, fills verified copies on the spare node and cuts over; the
 //! node is then killed. A client writing all along sees no failed request and loses no
-//! acknowledged write.
+//! acknowledged write. The feedback report holds the evacuation and the node's warnings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,18 @@ async fn a_degrading_node_is_evacuated_before_it_is_killed_and_no_request_fails(
         let verified = op["verifications"].as_array().is_some_and(|v| v.iter().any(|v| v["leader"] == v["replica"]));
         assert!(verified, "every swap was preceded by a matching checksum: {op}");
     }
+
+    // The feedback loop (seed 004) recorded the evacuation on the evidence of risk, with the
+    // node's ranges' service before it, and the node's warnings are in the report.
+    let report: serde_json::Value = a.get("/v1/pfa/report?horizon_ms=600000").expect("pfa report");
+    let evacuation = report["mitigations"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["kind"] == "evacuation" && m["node"] == failing).cloned());
+    let evacuation = evacuation.unwrap_or_else(|| panic!("no evacuation record: {report}"));
+    assert_eq!(evacuation["evidence"], "risk", "{evacuation}");
+    assert!(evacuation["before"]["qps"].as_f64().is_some(), "{evacuation}");
+    let warned = report["warnings"].as_array().is_some_and(|w| w.iter().any(|w| w["node"] == failing));
+    assert!(warned, "the failing node's warnings: {report}");
 
     // The node dies: nothing it held is needed any more.
     pg.kill(failing);

@@ -735,6 +735,18 @@ impl<E: Engine> Inner<E> {
                     }
                     _ => {}
                 }
+                if let presage_client::PfaQuery::Report { horizon_ms } = query {
+                    let warnings = lock(&self.pfa).warning_spans();
+                    let guard = lock(&self.manager);
+                    let Some(m) = guard.as_ref() else {
+                        return Response::Error(ProtoError::NotManager { leader: None });
+                    };
+                    let report = m.pfa_report(now, horizon_ms, &warnings);
+                    return match serde_json::to_string(&report) {
+                        Ok(json) => Response::Pfa { json },
+                        Err(e) => Response::Error(ProtoError::Internal(e.to_string())),
+                    };
+                }
                 if let presage_client::PfaQuery::History { node, minutes } = query {
                     let minutes = u64::from(minutes.clamp(1, pfa_store::MAX_HISTORY_ANSWER_MINUTES));
                     return match pfa_store::history(self, node, now.saturating_sub(minutes * 60_000), now).await {

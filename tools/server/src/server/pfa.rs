@@ -28,7 +28,7 @@ use presage_pfa::prior::{self, FailurePrior};
 use presage_pfa::retrain::{self, RetrainReport};
 use presage_pfa::risk::{self, ModelInfo, ModelStatus, NodeRisk, RiskReport};
 use presage_pfa::telemetry::{PushedCounters, Signal, TelemetrySample};
-use presage_pfa::warning::{WarningBoard, WarningKind, WarningsAnswer};
+use presage_pfa::warning::{WarningAction, WarningBoard, WarningKind, WarningsAnswer};
 use presage_shardmgr::{MetaWrite, NodeId, RiskInputs, TelemetryReport};
 use serde::{Deserialize, Serialize};
 
@@ -536,6 +536,33 @@ impl PfaState {
         }
     }
 
+    /// Every warning the board kept: (node, kind, raised, cleared), from its events (a
+    /// warning still active whose raising fell out of the kept events counts from its
+    /// `raised_at_ms`).
+    pub fn warning_spans(&self) -> Vec<(u64, String, u64, Option<u64>)> {
+        let mut open: BTreeMap<(u64, String), usize> = BTreeMap::new();
+        let mut out: Vec<(u64, String, u64, Option<u64>)> = Vec::new();
+        for e in self.board.events_after(0, MAX_WARNING_EVENTS) {
+            let key = (e.warning.node, e.warning.kind.to_string());
+            match e.action {
+                WarningAction::Raised => {
+                    open.insert(key.clone(), out.len());
+                    out.push((key.0, key.1, e.at_ms, None));
+                }
+                WarningAction::Cleared => match open.remove(&key) {
+                    Some(i) => out[i].3 = Some(e.at_ms),
+                    None => out.push((key.0, key.1, e.warning.raised_at_ms, Some(e.at_ms))),
+                },
+            }
+        }
+        for w in self.board.active() {
+            if !open.contains_key(&(w.node, w.kind.to_string())) {
+                out.push((w.node, w.kind.to_string(), w.raised_at_ms, None));
+            }
+        }
+        out
+    }
+
     /// Answers a query; `now_ms` stamps pushed counters.
     pub fn answer(&mut self, query: PfaQuery, now_ms: u64) -> Result<String, ProtoError> {
         match query {
@@ -556,6 +583,8 @@ impl PfaState {
             }
             // Read from the meta shard by the caller (see `pfa_store::history`).
             PfaQuery::History { .. } => Err(ProtoError::Internal("history is read from the meta shard".into())),
+            // Made by the caller from the shard manager's records too (`Manager::pfa_report`).
+            PfaQuery::Report { .. } => Err(ProtoError::Internal("the report is made with the shard manager".into())),
             PfaQuery::PushCounters { node, counters } => {
                 let pushed = PushedCounters { at_ms: now_ms, values: counters };
                 pushed.validate().map_err(ProtoError::Invalid)?;
