@@ -7,13 +7,16 @@
 //!   `errors`), a proactive evacuation (`risk`), and a split made for a forecast (`forecast`).
 //! - **Before / after**: the touched ranges' [`Kpis`] (their load-weighted p99, errors and
 //!   requests per second) when the mitigation starts and `feedback-judge-ms` later.
-//! - **Helped**: the node it acted on failed within the judgement window (the mitigation took
-//!   the ranges off a dying node), or the p99 fell to [`P99_BETTER`] of what it was, or the
-//!   errors halved; a forecast split helped when the forecast load came (the ranges reached
-//!   half the load-split threshold). Otherwise it did not.
+//! - **Judgement** ([`judge`]): helped when the node it acted on failed within the window (the
+//!   mitigation took the ranges off a dying node), or the p99 fell to [`P99_BETTER`] of what
+//!   it was, or the errors halved; a forecast split helped when the forecast load came (the
+//!   ranges reached half the load-split threshold). Neutral (counted neither way) when the
+//!   ranges had no requests before or after, or when a preventive mitigation (evidence
+//!   `nodes`, `risk`, `degraded`: it acts before anything is wrong) left the service no worse.
+//!   Otherwise it did not help.
 //! - **Eagerness** per kind and evidence: `0.5^(n)`, `n` being the unhelpful judgements among
-//!   the last [`EAGERNESS_WINDOW`] of that kind and evidence minus the helpful ones, between 0
-//!   and [`MAX_RELUCTANCE`]. The policies divide their thresholds by it (a range is demoted
+//!   the last [`EAGERNESS_WINDOW`] of that kind and evidence made within [`MEMORY_MS`] minus
+//!   the helpful ones, between 0 and [`MAX_RELUCTANCE`]: a lesson fades after a day. The policies divide their thresholds by it (a range is demoted
 //!   at `range-risk-shift / eagerness`, a shard split for its forecast at `load-split-qps /
 //!   eagerness`) or multiply their pace by it (leaderships shed per round).
 //! - **Bounded and persisted**: at most `max-mitigations` records, each one meta-shard record
@@ -36,6 +39,8 @@ pub const EAGERNESS_WINDOW: usize = 8;
 pub const MAX_RELUCTANCE: i32 = 3;
 /// Shards a record keeps (the hottest a mitigation touched).
 pub const MAX_SHARDS_PER_RECORD: usize = 64;
+/// Judgements older than this no longer set the eagerness, ms.
+pub const MEMORY_MS: u64 = 86_400_000;
 
 /// What kind of mitigation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,7 +88,7 @@ pub struct MitigationRecord {
     pub after: Option<Kpis>,
     /// When it was judged.
     pub judged_ms: Option<u64>,
-    /// Whether it helped (module docs); `None` until judged.
+    /// Whether it helped (module docs); `None` until judged, or judged neutral.
     pub helped: Option<bool>,
     /// The node failed within the window.
     #[serde(default)]
@@ -138,6 +143,8 @@ pub struct ReportDay {
     pub mitigations_helped: u64,
     /// Mitigations started that day that did not.
     pub mitigations_not_helped: u64,
+    /// Mitigations started that day judged neither way (module docs).
+    pub mitigations_neutral: u64,
     /// Mitigations started that day not judged yet.
     pub mitigations_pending: u64,
 }
@@ -225,10 +232,11 @@ impl PfaReport {
             let d = days
                 .entry(day(r.started_ms))
                 .or_insert_with(|| ReportDay { day_ms: day(r.started_ms), ..Default::default() });
-            match r.helped {
-                Some(true) => d.mitigations_helped += 1,
-                Some(false) => d.mitigations_not_helped += 1,
-                None => d.mitigations_pending += 1,
+            match (r.judged_ms, r.helped) {
+                (Some(_), Some(true)) => d.mitigations_helped += 1,
+                (Some(_), Some(false)) => d.mitigations_not_helped += 1,
+                (Some(_), None) => d.mitigations_neutral += 1,
+                (None, _) => d.mitigations_pending += 1,
             }
         }
         let mut seen: Vec<(MitigationKind, String)> =
@@ -244,7 +252,7 @@ impl PfaReport {
             eagerness: seen
                 .into_iter()
                 .map(|(kind, evidence)| {
-                    let eagerness = feedback.eagerness(kind, &evidence);
+                    let eagerness = feedback.eagerness(kind, &evidence, now_ms);
                     EagernessRow { kind, evidence, eagerness }
                 })
                 .collect(),
@@ -252,15 +260,38 @@ impl PfaReport {
     }
 }
 
-/// Did a mitigation help, given the ranges' service `before` and `after`, whether its node
-/// failed, and (for a forecast split) the load-split threshold?
-pub fn helped(kind: MitigationKind, before: &Kpis, after: &Kpis, node_failed: bool, split_qps: f64) -> bool {
+/// Did a mitigation on `evidence` help (`Some(true)`), not help (`Some(false)`) or neither
+/// (`None`), given the ranges' service `before` and `after`, whether its node failed, and (for
+/// a forecast split) the load-split threshold? (Module docs.)
+pub fn judge(
+    kind: MitigationKind,
+    evidence: &str,
+    before: &Kpis,
+    after: &Kpis,
+    node_failed: bool,
+    split_qps: f64,
+) -> Option<bool> {
+    if node_failed {
+        return Some(true);
+    }
     if kind == MitigationKind::PreSplit {
-        return after.qps >= split_qps / 2.0;
+        return Some(after.qps >= split_qps / 2.0);
+    }
+    if before.qps <= 0.0 || after.qps <= 0.0 {
+        return None;
     }
     let p99_better = before.p99_ms > 0.0 && after.p99_ms <= before.p99_ms * P99_BETTER;
     let errors_better = before.errors_per_sec > 0.0 && after.errors_per_sec <= before.errors_per_sec / 2.0;
-    node_failed || p99_better || errors_better
+    if p99_better || errors_better {
+        return Some(true);
+    }
+    let worse = after.p99_ms > before.p99_ms / P99_BETTER || after.errors_per_sec > before.errors_per_sec * 2.0;
+    let preventive = matches!(evidence, "nodes" | "risk" | "degraded");
+    if preventive && !worse {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 /// The records, oldest first, at most `max` of them.
@@ -293,14 +324,14 @@ impl Feedback {
 
     /// Is a record of `kind` on `node` still waiting for its judgement?
     pub fn open(&self, kind: MitigationKind, node: NodeId) -> bool {
-        self.records.iter().any(|r| r.kind == kind && r.node == Some(node) && r.helped.is_none())
+        self.records.iter().any(|r| r.kind == kind && r.node == Some(node) && r.judged_ms.is_none())
     }
 
     /// The records due for judgement at `now_ms` (started `judge_ms` ago or more).
     pub fn due(&self, now_ms: u64, judge_ms: u64) -> Vec<u64> {
         self.records
             .iter()
-            .filter(|r| r.helped.is_none() && now_ms.saturating_sub(r.started_ms) >= judge_ms)
+            .filter(|r| r.judged_ms.is_none() && now_ms.saturating_sub(r.started_ms) >= judge_ms)
             .map(|r| r.id)
             .collect()
     }
@@ -312,12 +343,13 @@ impl Feedback {
 
     /// How eager the next mitigation of `kind` on `evidence` should be, in (0, 1] (module
     /// docs).
-    pub fn eagerness(&self, kind: MitigationKind, evidence: &str) -> f64 {
+    pub fn eagerness(&self, kind: MitigationKind, evidence: &str, now_ms: u64) -> f64 {
         let judged = self
             .records
             .iter()
             .rev()
             .filter(|r| r.kind == kind && r.evidence == evidence)
+            .filter(|r| r.judged_ms.is_some_and(|t| now_ms.saturating_sub(t) < MEMORY_MS))
             .filter_map(|r| r.helped)
             .take(EAGERNESS_WINDOW);
         let reluctance: i32 = judged.map(|h| if h { -1 } else { 1 }).sum();
@@ -339,7 +371,7 @@ mod tests {
             started_ms: id * 1_000,
             before: Kpis::default(),
             after: None,
-            judged_ms: None,
+            judged_ms: helped.map(|_| id * 1_000),
             helped,
             node_failed: false,
             range: None,
@@ -380,36 +412,43 @@ mod tests {
 
     #[test]
     fn a_mitigation_helps_when_the_node_failed_or_the_service_improved() {
+        use MitigationKind::*;
         let before = Kpis { p99_ms: 40.0, errors_per_sec: 2.0, qps: 100.0 };
         let same = before;
         let faster = Kpis { p99_ms: 10.0, ..before };
+        let slower = Kpis { p99_ms: 90.0, ..before };
         let fewer_errors = Kpis { errors_per_sec: 0.5, ..before };
-        assert!(!helped(MitigationKind::Demotion, &before, &same, false, 1_000.0));
-        assert!(helped(MitigationKind::Demotion, &before, &same, true, 1_000.0), "the node died");
-        assert!(helped(MitigationKind::ShedLeaders, &before, &faster, false, 1_000.0));
-        assert!(helped(MitigationKind::Evacuation, &before, &fewer_errors, false, 1_000.0));
+        assert_eq!(judge(Demotion, "latency", &before, &same, false, 1e3), Some(false));
+        assert_eq!(judge(Demotion, "latency", &before, &same, true, 1e3), Some(true), "the node died");
+        assert_eq!(judge(ShedLeaders, "degraded", &before, &faster, false, 1e3), Some(true));
+        assert_eq!(judge(Evacuation, "risk", &before, &fewer_errors, false, 1e3), Some(true));
+        assert_eq!(judge(Evacuation, "risk", &before, &same, false, 1e3), None, "preventive, no worse: neutral");
+        assert_eq!(judge(Demotion, "nodes", &before, &slower, false, 1e3), Some(false), "preventive but worse");
+        let idle = Kpis::default();
+        assert_eq!(judge(Demotion, "latency", &idle, &same, false, 1e3), None, "no traffic to judge by");
         let cold = Kpis { qps: 100.0, ..Kpis::default() };
         let hot = Kpis { qps: 900.0, ..Kpis::default() };
-        assert!(!helped(MitigationKind::PreSplit, &cold, &cold, false, 1_000.0), "the spike never came");
-        assert!(helped(MitigationKind::PreSplit, &cold, &hot, false, 1_000.0));
+        assert_eq!(judge(PreSplit, "forecast", &cold, &cold, false, 1e3), Some(false), "the spike never came");
+        assert_eq!(judge(PreSplit, "forecast", &cold, &hot, false, 1e3), Some(true));
     }
 
     #[test]
     fn unhelpful_mitigations_halve_the_eagerness_of_their_kind_and_evidence_only() {
         let mut f = Feedback::default();
-        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 1.0);
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", 20_000), 1.0);
         for id in 1..=2 {
             assert_eq!(f.push(record(id, MitigationKind::Demotion, Some(false)), 10), None);
         }
-        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 0.25);
-        assert_eq!(f.eagerness(MitigationKind::Demotion, "nodes"), 1.0, "other evidence");
-        assert_eq!(f.eagerness(MitigationKind::ShedLeaders, "latency"), 1.0, "other kind");
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", 20_000), 0.25);
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "nodes", 20_000), 1.0, "other evidence");
+        assert_eq!(f.eagerness(MitigationKind::ShedLeaders, "latency", 20_000), 1.0, "other kind");
         f.push(record(3, MitigationKind::Demotion, Some(true)), 10);
-        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 0.5, "a helpful one counts back");
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", 20_000), 0.5, "a helpful one counts back");
         for id in 4..=10 {
             f.push(record(id, MitigationKind::Demotion, Some(false)), 10);
         }
-        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 0.125, "at most three halvings");
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", 20_000), 0.125, "at most three halvings");
+        assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", 20_000 + MEMORY_MS), 1.0, "a lesson fades");
         assert_eq!(f.push(record(11, MitigationKind::Demotion, None), 10), Some(1), "bounded");
         assert!(f.open(MitigationKind::Demotion, 2));
         assert_eq!(f.due(11_000, 0), vec![11]);

@@ -167,12 +167,9 @@ impl PersistedState {
                 Some(b'c') => out.capacity.push(parse(key, value)?),
                 Some(b'f') => out.histories.push(parse(key, value)?),
                 Some(b'x') => out.mitigations.push(parse(key, value)?),
-                _ => {
-                    return Err(Error::Corrupt {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        reason: "unknown record kind".into(),
-                    })
-                }
+                // A kind a newer version writes (during a rolling upgrade): not this version's
+                // to read, and not a reason to refuse to run the manager.
+                _ => {}
             }
         }
         Ok(out)
@@ -208,6 +205,9 @@ mod tests {
         assert_eq!(state.nodes, vec![node]);
         let bad = PersistedState::decode([(node_key(4).as_slice(), b"{not json".as_slice())]);
         assert!(matches!(bad, Err(Error::Corrupt { .. })), "{bad:?}");
+        // A record kind from a newer version is skipped (a rolling upgrade), not refused.
+        let newer = PersistedState::decode([(b"\xffm/z/0000000000000001".as_slice(), b"{}".as_slice())]);
+        assert_eq!(newer.ok(), Some(PersistedState::default()));
         assert!(node_key(2) < node_key(10), "ids sort numerically");
     }
 }

@@ -15,8 +15,8 @@
 //!    at one log index), then promoted, or swapped in for the replica it replaces in one
 //!    joint-consensus change; the replaced one is then removed. This is how a shard moves
 //!    between groups, how new nodes receive their first replicas and how a migration cuts
-//!    over (a prepared, verified learner is verified again and swapped in). Then **demote**
-//!    (`crate::shift`): a node leading ranges whose risk from their leader reaches
+//!    over (a prepared, verified learner is verified again and swapped in). Then, unless the
+//!    scheduler is paused, **demote** (`crate::shift`): a node leading ranges whose risk from their leader reaches
 //!    `range-risk-shift` hands them to safer voters gradually over `shift-period-ms`, and is
 //!    given no leadership meanwhile.
 //! 3. **Prepare known spikes** (`crate::events`): split the range at its bounds and in halves
@@ -73,13 +73,13 @@ pub(crate) fn plan(m: &ClusterState, now_ms: u64) -> Vec<Plan> {
     migrate(m, &mut out, &mut claimed, &mut copies);
     shed_leaders(m, &mut out, &mut claimed);
     repair(m, &mut out, &mut claimed, &mut copies);
-    demote(m, now_ms, &mut out, &mut claimed);
-    // Paused by an operator (during an incident, say): no load-driven moves; what keeps the
-    // data safe above (frozen merges resolved, evacuations, failing disks shed, lost
-    // replicas repaired) goes on.
+    // Paused by an operator (during an incident, say): no load-driven moves and no demotions;
+    // what keeps the data safe above (frozen merges resolved, evacuations, failing disks
+    // shed, lost replicas repaired) goes on.
     if m.cluster().scheduler_paused {
         return out;
     }
+    demote(m, now_ms, &mut out, &mut claimed);
     prepare_spikes(m, now_ms, &mut out, &mut claimed);
     splits(m, now_ms, &mut out, &mut claimed);
     merges(m, now_ms, &mut out, &mut claimed);

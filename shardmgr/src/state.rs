@@ -369,12 +369,18 @@ impl ClusterState {
             }
         }
         let mut started = Vec::new();
+        // A shift that ended within the hold (a p99 flickering around the threshold) is
+        // reopened where it was, not started again.
+        let rest_ms = hold.max(self.cfg.shift_period_ms);
         for (node, ranges) in demotable.iter_mut() {
             ranges.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
-            let fresh = self.shifts.get(node).is_none_or(|s| s.finished_ms.is_some());
-            if fresh {
-                self.shifts.insert(*node, Shift::start(*node, now_ms, ranges.len()));
-                started.push((*node, ranges[0].3, ranges.iter().map(|r| r.0).collect()));
+            match self.shifts.get_mut(node) {
+                Some(s) if s.finished_ms.is_some_and(|t| now_ms.saturating_sub(t) < rest_ms) => s.finished_ms = None,
+                Some(s) if s.finished_ms.is_none() => {}
+                _ => {
+                    self.shifts.insert(*node, Shift::start(*node, now_ms, ranges.len()));
+                    started.push((*node, ranges[0].3, ranges.iter().map(|r| r.0).collect()));
+                }
             }
             if let Some(shift) = self.shifts.get_mut(node) {
                 shift.observe(ranges.len());
@@ -387,7 +393,7 @@ impl ClusterState {
             }
             shift.weight = if shift.finished_ms.is_some() { 1.0 } else { shift.weight_at(now_ms, period) };
         }
-        self.shifts.retain(|_, s| s.finished_ms.is_none_or(|t| now_ms.saturating_sub(t) < period.max(60_000)));
+        self.shifts.retain(|_, s| s.finished_ms.is_none_or(|t| now_ms.saturating_sub(t) < rest_ms.max(60_000)));
         self.demotable = demotable
             .into_iter()
             .map(|(node, v)| (node, v.into_iter().map(|(s, to, _, _)| (s, to)).collect()))
@@ -411,9 +417,11 @@ impl ClusterState {
         self.shifts.values()
     }
 
-    /// Is `node` being demoted (a shift running)? It is then given no leadership.
+    /// Is `node` being demoted (a shift running), or at a failure risk that would demote
+    /// what it leads (with proactive migration on)? It is then given no leadership.
     pub(crate) fn is_demoted(&self, node: NodeId) -> bool {
-        self.shifts.get(&node).is_some_and(|s| s.finished_ms.is_none())
+        let risky = self.cfg.proactive_migration && self.risk(node).is_some_and(|r| r >= self.cfg.range_risk_shift);
+        risky || self.shifts.get(&node).is_some_and(|s| s.finished_ms.is_none())
     }
 
     /// `node`'s demotable ranges with their targets, riskiest first (this round's).
@@ -743,6 +751,7 @@ impl ClusterState {
         if parent.version < version {
             let mut rest = parent.clone();
             rest.scale(1.0 - left_share);
+            rest.version = version;
             parent.scale(left_share);
             parent.version = version;
             self.split_rest.insert(left, rest);
@@ -861,5 +870,34 @@ impl ClusterState {
         self.region_risks = inputs.regions;
         self.rtt_ms = inputs.rtt_ms;
         self.degraded = inputs.degraded;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_divides_the_history_by_its_share_whichever_half_reports_first() {
+        let cluster = ClusterMeta { cluster_id: 1, replication_factor: 3, next_id: 10, scheduler_paused: false };
+        let cfg = ManagerConfig { forecast_interval_ms: 1_000, ..ManagerConfig::default() };
+        for right_first in [false, true] {
+            let mut st = ClusterState::new(cfg.clone(), cluster.clone(), 0);
+            for t in 0..5u64 {
+                st.record_load(1, 1, t * 1_000, 100.0);
+            }
+            if right_first {
+                // The right half displaces its parent first: it takes its share at once.
+                st.split_history(1, Some(2), 2, 0.1);
+            } else {
+                // The parent reports its narrower range first; the right half comes later.
+                st.split_history(1, None, 2, 0.1);
+                st.split_history(1, Some(2), 2, 0.5);
+            }
+            let last = |id| st.series.get(&id).and_then(Series::current).expect("history");
+            assert!((last(1) - 10.0).abs() < 1e-3, "left keeps 10%: {}", last(1));
+            assert!((last(2) - 90.0).abs() < 1e-3, "right takes 90% (right first: {right_first}): {}", last(2));
+            assert!(st.split_rest.is_empty());
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! policies' eagerness each round.
 
 use super::Manager;
-use crate::feedback::{helped, Kpis, MitigationKind, MitigationRecord, MAX_SHARDS_PER_RECORD};
+use crate::feedback::{judge, Kpis, MitigationKind, MitigationRecord, MAX_SHARDS_PER_RECORD};
 use crate::meta::{self, MetaWrite};
 use crate::model::{MigrationCause, NodeId, NodeState, ShardId};
 use crate::state::Eagerness;
@@ -44,6 +44,9 @@ impl Manager {
         mut shards: Vec<ShardId>,
         now_ms: u64,
     ) {
+        // The hottest first, then by id.
+        let qps = |id: &ShardId| self.st.soft(*id).map_or(0.0, |x| x.load.qps());
+        shards.sort_by(|a, b| qps(b).total_cmp(&qps(a)).then(a.cmp(b)));
         shards.truncate(MAX_SHARDS_PER_RECORD);
         let before = self.kpis_of(shards.iter().copied());
         let range = match kind {
@@ -98,7 +101,9 @@ impl Manager {
     /// Records the shifts and risk evacuations that started this round.
     pub(super) fn note_round(&mut self, shifts: Vec<(NodeId, &'static str, Vec<ShardId>)>, now_ms: u64) {
         for (node, cause, shards) in shifts {
-            self.note_mitigation(MitigationKind::Demotion, cause, Some(node), shards, now_ms);
+            if !self.feedback.open(MitigationKind::Demotion, node) {
+                self.note_mitigation(MitigationKind::Demotion, cause, Some(node), shards, now_ms);
+            }
         }
         let evacuations: Vec<NodeId> = self
             .st
@@ -141,28 +146,24 @@ impl Manager {
                 _ => self.kpis_of(r.shards.iter().copied()),
             };
             let node_failed = r.node.is_some_and(|n| self.failed_since(n, r.started_ms));
-            let judged = MitigationRecord {
-                after: Some(after),
-                judged_ms: Some(now_ms),
-                helped: Some(helped(r.kind, &r.before, &after, node_failed, cfg.load_split_qps)),
-                node_failed,
-                ..r
-            };
+            let helped = judge(r.kind, &r.evidence, &r.before, &after, node_failed, cfg.load_split_qps);
+            let judged = MitigationRecord { after: Some(after), judged_ms: Some(now_ms), helped, node_failed, ..r };
             persist_record(&mut self.pending, &judged);
             if let Some(slot) = self.feedback.get_mut(id) {
                 *slot = judged;
             }
         }
         self.st.set_eagerness(Eagerness {
-            shed: self.feedback.eagerness(MitigationKind::ShedLeaders, "degraded"),
-            presplit: self.feedback.eagerness(MitigationKind::PreSplit, "forecast"),
-            evacuation: self.feedback.eagerness(MitigationKind::Evacuation, "risk"),
+            shed: self.feedback.eagerness(MitigationKind::ShedLeaders, "degraded", now_ms),
+            presplit: self.feedback.eagerness(MitigationKind::PreSplit, "forecast", now_ms),
+            evacuation: self.feedback.eagerness(MitigationKind::Evacuation, "risk", now_ms),
         });
     }
 
-    /// Did `node` fail (go down, or get a failure recorded) since `since_ms`?
+    /// Did `node` fail (go down, or get a failure recorded) since `since_ms`? Down in a
+    /// maintenance window is not a failure.
     fn failed_since(&self, node: NodeId, since_ms: u64) -> bool {
-        let down = self.st.node(node).is_some_and(|n| n.state == NodeState::Down);
+        let down = self.st.node(node).is_some_and(|n| n.state == NodeState::Down) && !self.st.down_excused(node);
         let recorded = self.st.groups().flat_map(|g| g.failures.iter()).any(|f| f.node == node && f.at_ms >= since_ms);
         down || recorded
     }

@@ -529,9 +529,12 @@ impl Manager {
         let migrations = migrate::update(&mut self.st, now_ms);
         self.absorb(migrations);
         self.update_groups();
-        let feedback = &self.feedback;
-        let eager = |cause: &str| feedback.eagerness(crate::feedback::MitigationKind::Demotion, cause);
-        let shifts = self.st.update_shifts(now_ms, policy::may_lead, eager);
+        // Demotions' eagerness per cause, once a round.
+        let demotion = crate::feedback::MitigationKind::Demotion;
+        let eager: [(&str, f64); 3] =
+            ["nodes", "latency", "errors"].map(|c| (c, self.feedback.eagerness(demotion, c, now_ms)));
+        let by_cause = |cause: &str| eager.iter().find(|(c, _)| *c == cause).map_or(1.0, |(_, e)| *e);
+        let shifts = self.st.update_shifts(now_ms, policy::may_lead, by_cause);
         self.note_round(shifts, now_ms);
         self.feedback_round(now_ms);
         self.st.prune_histories(now_ms);

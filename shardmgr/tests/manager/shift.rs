@@ -141,12 +141,12 @@ fn a_demotion_that_did_not_help_makes_the_next_on_the_same_evidence_less_eager()
         f.records().filter(|r| r.kind == MitigationKind::Demotion && r.evidence == "latency").collect();
     assert_eq!(latency.len(), 2, "seed {}: {latency:?}", seed());
     assert!(latency.iter().all(|r| r.helped == Some(false) && r.before.p99_ms > 30.0), "seed {}: {latency:?}", seed());
-    assert_eq!(f.eagerness(MitigationKind::Demotion, "latency"), 0.25);
-    assert_eq!(f.eagerness(MitigationKind::Demotion, "nodes"), 1.0, "other evidence keeps its eagerness");
+    assert_eq!(f.eagerness(MitigationKind::Demotion, "latency", sim.now_ms), 0.25);
+    assert_eq!(f.eagerness(MitigationKind::Demotion, "nodes", sim.now_ms), 1.0, "other evidence keeps its eagerness");
     let report = m.pfa_report(sim.now_ms, 3_600_000, &[]);
     assert_eq!(report.days.iter().map(|d| d.mitigations_not_helped).sum::<u64>(), 2);
     assert!(report.eagerness.iter().any(|e| e.evidence == "latency" && e.eagerness == 0.25), "{report:?}");
     // A successor reads the records back and is as reluctant.
     let successor = sim.recover(&cfg);
-    assert_eq!(successor.mitigations().eagerness(MitigationKind::Demotion, "latency"), 0.25);
+    assert_eq!(successor.mitigations().eagerness(MitigationKind::Demotion, "latency", sim.now_ms), 0.25);
 }

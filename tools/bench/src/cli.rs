@@ -391,15 +391,8 @@ struct PeriodicArgs {
     /// RNG seed of the traffic.
     #[arg(long, default_value_t = StoryOptions::default().seed)]
     seed: u64,
-    /// The `presage` binary a playground runs (default: the one beside this program).
-    #[arg(long)]
-    presage_bin: Option<PathBuf>,
-    /// Folder for the playgrounds (default: the system's temporary folder).
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
-    /// Also write the reports as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    out: Outputs,
 }
 
 impl PeriodicArgs {
@@ -411,8 +404,8 @@ impl PeriodicArgs {
                 regions: self.regions,
                 shards: self.shards,
                 overrides: self.settings,
-                binary: presage_binary(self.presage_bin)?,
-                work_dir: self.work_dir,
+                binary: presage_binary(self.out.presage_bin)?,
+                work_dir: self.out.work_dir,
             },
             period_secs: self.period_secs,
             spike_secs: self.spike_secs,
@@ -424,7 +417,8 @@ impl PeriodicArgs {
             load_split_qps: self.load_split_qps,
         };
         opts.check()?;
-        Ok((opts, self.json))
+        anyhow::ensure!(self.out.plot.is_none(), "scenario periodic draws no plot (--plot)");
+        Ok((opts, self.out.json))
     }
 }
 

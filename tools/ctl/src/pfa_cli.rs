@@ -305,13 +305,16 @@ pub fn report_text(r: &presage_shardmgr::PfaReport) -> String {
                 d.warnings_open.to_string(),
                 d.mitigations_helped.to_string(),
                 d.mitigations_not_helped.to_string(),
+                d.mitigations_neutral.to_string(),
                 d.mitigations_pending.to_string(),
             ]
         })
         .collect();
     let mut out = format!("warnings preceding a failure within {} s, by day\n", r.horizon_ms / 1_000);
-    out +=
-        &crate::table(&["DAY", "PRECEDED FAILURE", "FALSE", "OPEN", "MITIGATIONS HELPED", "DID NOT", "PENDING"], &days);
+    out += &crate::table(
+        &["DAY", "PRECEDED FAILURE", "FALSE", "OPEN", "MITIGATIONS HELPED", "DID NOT", "NEUTRAL", "PENDING"],
+        &days,
+    );
     let warnings: Vec<Vec<String>> = r
         .warnings
         .iter()
@@ -341,10 +344,11 @@ pub fn report_text(r: &presage_shardmgr::PfaReport) -> String {
                 crate::time_text(m.started_ms),
                 format!("{:.2} / {:.1} / {:.0}", m.before.p99_ms, m.before.errors_per_sec, m.before.qps),
                 after,
-                match m.helped {
-                    Some(true) => "helped".into(),
-                    Some(false) => "did not".into(),
-                    None => "pending".into(),
+                match (m.judged_ms, m.helped) {
+                    (Some(_), Some(true)) => "helped".into(),
+                    (Some(_), Some(false)) => "did not".into(),
+                    (Some(_), None) => "neutral".into(),
+                    (None, _) => "pending".into(),
                 },
             ]
         })
