@@ -385,10 +385,18 @@ struct PeriodicArgs {
     /// Keys loaded and used.
     #[arg(long, default_value_t = StoryOptions::default().keys)]
     keys: u64,
-    /// A node setting, KEY=VALUE (repeatable), after the scenario's own.
+    #[command(flatten)]
+    run: ScenarioRun,
+}
+
+/// What every playground scenario takes besides its own settings.
+#[derive(clap::Args)]
+struct ScenarioRun {
+    /// A node setting, KEY=VALUE (repeatable), after the scenario's own, e.g.
+    /// server.shard-manager.risk-act=0.7.
     #[arg(long = "set")]
     settings: Vec<String>,
-    /// RNG seed of the traffic.
+    /// RNG seed of the workload.
     #[arg(long, default_value_t = StoryOptions::default().seed)]
     seed: u64,
     #[command(flatten)]
@@ -399,13 +407,13 @@ impl PeriodicArgs {
     fn options(self) -> Result<(PeriodicOptions, Option<PathBuf>)> {
         let opts = PeriodicOptions {
             cluster: ScenarioOptions {
-                story: StoryOptions { keys: self.keys, seed: self.seed, ..StoryOptions::default() },
+                story: StoryOptions { keys: self.keys, seed: self.run.seed, ..StoryOptions::default() },
                 nodes: self.nodes,
                 regions: self.regions,
                 shards: self.shards,
-                overrides: self.settings,
-                binary: presage_binary(self.out.presage_bin)?,
-                work_dir: self.out.work_dir,
+                overrides: self.run.settings,
+                binary: presage_binary(self.run.out.presage_bin)?,
+                work_dir: self.run.out.work_dir,
             },
             period_secs: self.period_secs,
             spike_secs: self.spike_secs,
@@ -417,8 +425,8 @@ impl PeriodicArgs {
             load_split_qps: self.load_split_qps,
         };
         opts.check()?;
-        anyhow::ensure!(self.out.plot.is_none(), "scenario periodic draws no plot (--plot)");
-        Ok((opts, self.out.json))
+        anyhow::ensure!(self.run.out.plot.is_none(), "scenario periodic draws no plot (--plot)");
+        Ok((opts, self.run.out.json))
     }
 }
 
@@ -464,14 +472,8 @@ struct StoryArgs {
     /// Seconds of workload after the kill.
     #[arg(long, default_value_t = StoryOptions::default().after_kill_secs)]
     after_kill_secs: u64,
-    /// A node setting, KEY=VALUE (repeatable), e.g. server.shard-manager.risk-act=0.7.
-    #[arg(long = "set")]
-    settings: Vec<String>,
-    /// RNG seed of the workload.
-    #[arg(long, default_value_t = StoryOptions::default().seed)]
-    seed: u64,
     #[command(flatten)]
-    out: Outputs,
+    run: ScenarioRun,
 }
 
 impl StoryArgs {
@@ -486,7 +488,8 @@ impl StoryArgs {
             self.warmup_secs >= 2 && self.ramp_secs > 0,
             "--warmup-secs must be at least 2, --ramp-secs positive"
         );
-        let Outputs { presage_bin, work_dir, json, plot } = self.out;
+        let ScenarioRun { settings, seed, out } = self.run;
+        let Outputs { presage_bin, work_dir, json, plot } = out;
         let opts = ScenarioOptions {
             story: StoryOptions {
                 keys: self.keys,
@@ -499,13 +502,13 @@ impl StoryArgs {
                 nodes_failing: self.nodes_failing,
                 region_failing: self.region_failing,
                 after_kill_secs: self.after_kill_secs,
-                seed: self.seed,
+                seed,
                 ..StoryOptions::default()
             },
             nodes: self.nodes,
             regions: self.regions,
             shards: self.shards,
-            overrides: self.settings,
+            overrides: settings,
             binary: presage_binary(presage_bin.clone())?,
             work_dir: work_dir.clone(),
         };
