@@ -83,6 +83,10 @@ pub enum EngineError {
     /// An invalid configuration value.
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The engine went through a simulated power loss ([`crate::MemEngine::crash`]); a
+    /// restart opens the engine the crash returned.
+    #[error("the engine crashed (simulated power loss): writes refused")]
+    Crashed,
     /// Data read back from the engine is malformed (for example a staged import chunk).
     #[error("corrupt engine data: {0}")]
     Corrupt(String),

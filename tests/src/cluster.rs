@@ -4,7 +4,8 @@
 //! timeouts (`deterministic_elections`) then all follow the seed.
 //!
 //! `Cluster`, n nodes on `MemEngine`s over a `MemNetwork`, one shard over the key space (or
-//! `start_sharded`: many); kill/restart (the engine survives like a disk); leader-routed put/get
+//! `start_sharded`: many); kill/restart (the engine survives like a disk), or a crash that
+//! loses unsynced writes (a power loss); leader-routed put/get
 //! with retries; `wait_converged` compares applied indexes and data checksums.
 
 use std::collections::BTreeMap;
@@ -130,6 +131,19 @@ impl Cluster {
         if let Some(node) = self.nodes.remove(&id) {
             node.kill();
         }
+    }
+
+    /// Kills node `id` in a power loss: its engine keeps what was synced plus the first
+    /// `keep_unsynced` writes made since (see [`MemEngine::crash`]).
+    pub fn crash(&mut self, id: u64, keep_unsynced: usize) {
+        self.kill(id);
+        let recovered = self.engines[&id].crash(keep_unsynced);
+        self.engines.insert(id, recovered);
+    }
+
+    /// Writes node `id`'s engine made since its last sync (what a crash may lose).
+    pub fn unsynced_writes(&self, id: u64) -> usize {
+        self.engines[&id].unsynced_writes()
     }
 
     /// Starts a new, empty node `id` (no replica yet: it gets one when a leader adds it).

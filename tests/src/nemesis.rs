@@ -1,13 +1,14 @@
 //! A seeded nemesis run: clients put, delete and get a few keys on a cluster while a nemesis
-//! partitions and isolates nodes, drops and delays messages, kills and restarts nodes and
+//! partitions and isolates nodes, drops and delays messages, kills and restarts nodes (half
+//! the kills are power losses that keep only a random prefix of the unsynced writes) and
 //! moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
-//! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node comes back, the replicas must
-//! converge, and the whole history - final reads included, so a lost acknowledged write
-//! shows - must be linearizable.
+//! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node
+//! comes back, the replicas must converge, and the whole history - final reads included, so
+//! a lost acknowledged write shows - must be linearizable.
 //!
 //! Clients + seeded nemesis (partitions, isolation, drops, delays, dropped append responses,
-//! kills/restarts, leader transfers, quiet phases that fail a sleeping leader), then heal,
-//! converge, final reads, check.
+//! kills/crashes/restarts, leader transfers, quiet phases that fail a sleeping leader), then
+//! heal, converge, final reads, check.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,6 +70,10 @@ pub struct NemesisReport {
     pub faults: Vec<String>,
     /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
     pub sleeping_leaders_failed: usize,
+    /// Power losses the nemesis caused.
+    pub crashes: usize,
+    /// Unsynced writes those power losses dropped (summed over the crashes).
+    pub unsynced_writes_lost: usize,
     /// Reads served off the store loop under a lease by the nodes running at the end
     /// (a node that restarted counts from its restart).
     pub local_reads: u64,
@@ -216,6 +221,21 @@ async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>,
     }
 }
 
+/// Stops node `n`: half the time a process kill (the engine keeps every write), half the
+/// time a power loss that keeps a random prefix of the writes since its last sync.
+fn kill_or_crash(cluster: &mut Cluster, n: u64, rng: &mut SmallRng, report: &mut NemesisReport) -> String {
+    if rng.random_bool(0.5) {
+        cluster.kill(n);
+        return format!("kill {n}");
+    }
+    let unsynced = cluster.unsynced_writes(n);
+    let keep = rng.random_range(0..=unsynced);
+    cluster.crash(n, keep);
+    report.crashes += 1;
+    report.unsynced_writes_lost += unsynced - keep;
+    format!("crash {n} keeping {keep} of {unsynced} unsynced writes")
+}
+
 /// Runs one seeded nemesis scenario; `Err` carries the seed and what went wrong.
 pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let seed = cfg.seed;
@@ -273,8 +293,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
             }
             5 if live.len() as u64 > majority => {
                 let n = live[rng.random_range(0..live.len())];
-                cluster.kill(n);
-                format!("kill {n}")
+                kill_or_crash(&mut cluster, n, &mut rng, &mut report)
             }
             6 if !dead.is_empty() => {
                 let n = dead[rng.random_range(0..dead.len())];
@@ -307,8 +326,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                 }
                 let what = match cluster.leader().await {
                     Some(l) if rng.random_bool(0.5) && live.len() as u64 > majority => {
-                        cluster.kill(l);
-                        format!("kill sleeping leader {l}")
+                        format!("{} (the sleeping leader)", kill_or_crash(&mut cluster, l, &mut rng, &mut report))
                     }
                     Some(l) => {
                         active_filters.push(cluster.net.add_filter(Filter::Isolate(l)));

@@ -190,6 +190,19 @@ impl ShardedCluster {
         }
     }
 
+    /// Kills node `id` in a power loss: its engine keeps what was synced plus the first
+    /// `keep_unsynced` writes made since (see [`MemEngine::crash`]).
+    pub fn crash(&mut self, id: u64, keep_unsynced: usize) {
+        self.kill(id);
+        let recovered = self.engines[&id].crash(keep_unsynced);
+        self.engines.insert(id, recovered);
+    }
+
+    /// Writes node `id`'s engine made since its last sync (what a crash may lose).
+    pub fn unsynced_writes(&self, id: u64) -> usize {
+        self.engines[&id].unsynced_writes()
+    }
+
     /// Restarts node `id` from its engine; it knows the other nodes as seeds (as a node's
     /// configuration would list them).
     pub fn restart(&mut self, id: u64) {

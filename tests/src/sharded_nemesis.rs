@@ -3,9 +3,11 @@
 //! moves leaderships and replicas (a second replication group joins mid-run, so shards move
 //! between groups), evacuates node 1 onto a spare (node 7: a node migration, design.md §6,
 //! through the same verified joint-consensus swaps), partitions and isolates nodes, delays
-//! messages, and kills and restarts nodes - the shard manager's node included. The shard
-//! manager's own policies split and merge by load at the same time. Afterwards everything heals and the history, final reads
-//! included (a lost acknowledged write shows there), must be linearizable.
+//! messages, and kills and restarts nodes - the shard manager's node included; half the kills
+//! are power losses that keep only a random prefix of the unsynced writes. The shard
+//! manager's own policies split and merge by load at the same time. Afterwards everything
+//! heals and the history, final reads included (a lost acknowledged write shows there), must
+//! be linearizable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,6 +61,10 @@ pub struct ShardedNemesisReport {
     pub merges: usize,
     /// Node evacuations that finished (node 1's, when the nemesis started one).
     pub evacuations: usize,
+    /// Power losses the nemesis caused.
+    pub crashes: usize,
+    /// Unsynced writes those power losses dropped (summed over the crashes).
+    pub unsynced_writes_lost: usize,
 }
 
 fn key(k: u64) -> Vec<u8> {
@@ -209,9 +215,19 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                 } else {
                     live[rng.random_range(0..live.len())]
                 };
-                c.kill(n);
                 dead.push(n);
-                format!("kill {n}")
+                if rng.random_bool(0.5) {
+                    c.kill(n);
+                    format!("kill {n}")
+                } else {
+                    // A power loss: a random prefix of the writes since the last sync survives.
+                    let unsynced = c.unsynced_writes(n);
+                    let keep = rng.random_range(0..=unsynced);
+                    c.crash(n, keep);
+                    report.crashes += 1;
+                    report.unsynced_writes_lost += unsynced - keep;
+                    format!("crash {n} keeping {keep} of {unsynced} unsynced writes")
+                }
             }
             9 if !dead.is_empty() => {
                 let n = dead.remove(0);

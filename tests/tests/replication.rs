@@ -196,6 +196,7 @@ fn nemesis_histories_are_linearizable() {
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut totals = (0usize, 0usize, 0usize, 0usize);
     let (mut local_reads, mut resolved) = (0u64, 0usize);
+    let (mut crashes, mut lost) = (0usize, 0usize);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -207,15 +208,19 @@ fn nemesis_histories_are_linearizable() {
         totals.1 += report.acknowledged_writes;
         totals.2 += report.unknown_writes;
         totals.3 += report.sleeping_leaders_failed;
+        crashes += report.crashes;
+        lost += report.unsynced_writes_lost;
         local_reads += report.local_reads;
         resolved += report.resolved_retries;
     }
     eprintln!(
         "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {resolved} unknown until \
-         a retry under their request id answered, {} sleeping leaders failed, {local_reads} reads served off the loop",
+         a retry under their request id answered, {} sleeping leaders failed, {local_reads} reads served off the loop, \
+         {crashes} power losses dropping {lost} unsynced writes",
         totals.0, totals.1, totals.2, totals.3
     );
     if count >= 20 {
+        assert!(lost > 0, "no power loss dropped an unsynced write: crash-faithful storage is not exercised");
         assert!(totals.3 > 0, "no quiet phase ever caught a sleeping leader: quiescence is not exercised");
         assert!(local_reads > 0, "no read was served off the loop: lease reads are not exercised");
         assert!(resolved > 0, "no write was retried under its request id: deduplication is not exercised");
@@ -232,7 +237,7 @@ fn sharded_nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let (mut ops, mut acked, mut unknown, mut operators, mut splits, mut merges) = (0, 0, 0, 0, 0, 0);
-    let mut evacuations = 0;
+    let (mut evacuations, mut crashes, mut lost) = (0, 0, 0);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -246,12 +251,16 @@ fn sharded_nemesis_histories_are_linearizable() {
         splits += report.splits;
         merges += report.merges;
         evacuations += report.evacuations;
+        crashes += report.crashes;
+        lost += report.unsynced_writes_lost;
     }
     eprintln!(
         "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, \
-         {operators} operators finished ({splits} splits, {merges} merges), {evacuations} evacuations"
+         {operators} operators finished ({splits} splits, {merges} merges), {evacuations} evacuations, \
+         {crashes} power losses dropping {lost} unsynced writes"
     );
     if count >= 4 {
+        assert!(lost > 0, "no power loss dropped an unsynced write: crash-faithful storage is not exercised");
         assert!(splits > 0 && merges > 0, "the runs must split and merge shards: {splits} splits, {merges} merges");
         assert!(evacuations > 0, "the runs must evacuate a node while the faults go on");
     }
