@@ -94,6 +94,11 @@ pub enum EngineError {
 
 impl From<rocksdb::Error> for EngineError {
     fn from(e: rocksdb::Error) -> Self {
-        EngineError::Rocks(e.into_string())
+        match e.kind() {
+            // RocksDB's corruption messages name the file (a WAL record, an SST block).
+            rocksdb::ErrorKind::Corruption => EngineError::Corrupt(e.into_string()),
+            rocksdb::ErrorKind::IOError if e.as_ref().contains("No space left on device") => EngineError::NoSpace,
+            _ => EngineError::Rocks(e.into_string()),
+        }
     }
 }

@@ -6,6 +6,12 @@
 //!   plus the new pairs and ingests it: RocksDB assigns the whole file one sequence number, the
 //!   tombstone hides only older versions, and ingestion is atomic, so readers see the old range
 //!   or the new one and a crash leaves one of the two.
+//! - Damage is an error, never silent loss: the WAL is recovered tolerating only a torn last
+//!   record (what a crash mid-write leaves); a damaged record before it fails the open with
+//!   [`EngineError::Corrupt`] naming the file (RocksDB names it only in its info log, so the
+//!   open reads the log's tail); an SST block whose checksum fails is a `Corrupt` error on
+//!   read, naming the file (block checksums are verified on every read). ENOSPC is
+//!   [`EngineError::NoSpace`].
 //! - Range sizes come from RocksDB's approximate sizes (flushed SST bytes, compressed); key
 //!   counts are scaled from the column family's estimated key density.
 //!
@@ -19,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IngestExternalFileOptions,
-    Options, ReadOptions, SstFileWriter, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode,
+    IngestExternalFileOptions, Options, ReadOptions, SstFileWriter, DB,
 };
 use self_cell::self_cell;
 
@@ -71,6 +77,48 @@ impl RocksConfig {
     }
 }
 
+/// Most bytes of RocksDB's info log read back to find the file a corruption is in.
+const MAX_INFO_LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// Most damaged files named in one error.
+const MAX_NAMED_FILES: usize = 8;
+
+/// RocksDB names the damaged file of a failed open (a WAL record, a MANIFEST) in its info
+/// log, not in the error it returns: add the names the log's last lines give.
+fn name_damaged_files(db_dir: &Path, err: EngineError) -> EngineError {
+    let EngineError::Corrupt(msg) = err else { return err };
+    let files = damaged_files_in_info_log(&db_dir.join("LOG"));
+    if files.is_empty() {
+        return EngineError::Corrupt(format!("{msg} (in {})", db_dir.display()));
+    }
+    EngineError::Corrupt(format!("{msg} in {}", files.join(", ")))
+}
+
+/// Paths that the corruption lines of the tail of `log` name.
+fn damaged_files_in_info_log(log: &Path) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(MAX_INFO_LOG_TAIL_BYTES))).is_err() {
+        return Vec::new();
+    }
+    let mut tail = Vec::new();
+    if file.take(MAX_INFO_LOG_TAIL_BYTES).read_to_end(&mut tail).is_err() {
+        return Vec::new();
+    }
+    let mut files: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&tail).lines().filter(|l| l.contains("Corruption")) {
+        for token in line.split_whitespace() {
+            let path = token.trim_end_matches([':', ',', ';']);
+            let named = path.ends_with(".log") || path.ends_with(".sst") || path.contains("MANIFEST-");
+            if named && !files.iter().any(|f| f == path) && files.len() < MAX_NAMED_FILES {
+                files.push(path.to_string());
+            }
+        }
+    }
+    files
+}
+
 type SnapshotOf<'a> = rocksdb::Snapshot<'a>;
 
 self_cell!(
@@ -108,10 +156,16 @@ impl RocksEngine {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(config.max_background_jobs);
         db_opts.set_bytes_per_sync(1024 * 1024);
+        // A torn last record is what a crash leaves; anything else damaged in the WAL is an
+        // error at open, not a silent stop at the damage (the default, point-in-time recovery,
+        // would drop every later synced record without a word).
+        db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        db_opts.set_paranoid_checks(true);
         let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, config, &cache)));
         // Opening takes RocksDB's LOCK file, so a second process on the same folder fails here,
         // before it could touch the running engine's files below.
-        let db = DB::open_cf_descriptors(&db_opts, &db_dir, cfs)?;
+        let db = DB::open_cf_descriptors(&db_opts, &db_dir, cfs)
+            .map_err(|e| name_damaged_files(&db_dir, EngineError::from(e)))?;
         // Leftover ingest files belong to replace_range calls that never finished.
         if ingest_dir.exists() {
             std::fs::remove_dir_all(&ingest_dir)

@@ -2,6 +2,7 @@
 //! engine, export/import, and RocksDB-specific behaviour (persistence, ingest, metrics).
 
 mod conformance;
+mod corruption;
 mod fixture;
 mod model;
 mod rocks;
