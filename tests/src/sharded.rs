@@ -50,6 +50,7 @@ pub fn server_config(manager: ManagerConfig) -> ServerConfig {
         request_timeout_ms: 2_000,
         rpc_timeout_ms: 2_000,
         merge_confirm_timeout_ms: 2_000,
+        consistency_check_interval_ms: 1_000,
         ..ServerConfig::default()
     }
 }
@@ -256,6 +257,16 @@ impl ShardedCluster {
         let server = &self.nodes[&id].server;
         let now = server.now_ms();
         server.with_manager(|m| m.admin(command, now))
+    }
+
+    /// Node `id`'s engine (it survives kills, like a disk).
+    pub fn engine(&self, id: u64) -> &MemEngine {
+        &self.engines[&id]
+    }
+
+    /// What node `id`'s consistency checker found so far (`None` while it is down).
+    pub fn consistency(&self, id: u64) -> Option<presage_server::server::consistency::ConsistencyStats> {
+        self.nodes.get(&id).map(|r| r.server.consistency_stats()())
     }
 
     /// The manager's directory, in key order.

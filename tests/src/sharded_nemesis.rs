@@ -65,6 +65,20 @@ pub struct ShardedNemesisReport {
     pub crashes: usize,
     /// Unsynced writes those power losses dropped (summed over the crashes).
     pub unsynced_writes_lost: usize,
+    /// Consistency checks that compared every replica (the nodes' own periodic checks).
+    pub consistency_checks: u64,
+    /// Mismatches those checks found: (shard, what was found); must stay empty.
+    pub inconsistent: Vec<(u64, presage_server::server::consistency::Mismatch)>,
+}
+
+/// Adds what a node's consistency checker found (read before the node stops, and at the end).
+fn tally_consistency(
+    report: &mut ShardedNemesisReport,
+    stats: Option<presage_server::server::consistency::ConsistencyStats>,
+) {
+    let Some(stats) = stats else { return };
+    report.consistency_checks += stats.consistent + stats.mismatches;
+    report.inconsistent.extend(stats.inconsistent);
 }
 
 fn key(k: u64) -> Vec<u8> {
@@ -216,6 +230,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                     live[rng.random_range(0..live.len())]
                 };
                 dead.push(n);
+                tally_consistency(&mut report, c.consistency(n));
                 if rng.random_bool(0.5) {
                     c.kill(n);
                     format!("kill {n}")
@@ -330,5 +345,11 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
     report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
     linearizability::check(&history).map_err(|e| fail(format!("{e}\nfaults: {:?}", report.faults)))?;
+    for n in c.live() {
+        tally_consistency(&mut report, c.consistency(n));
+    }
+    if !report.inconsistent.is_empty() {
+        return Err(fail(format!("the consistency checks found replicas that differ: {:?}", report.inconsistent)));
+    }
     Ok(report)
 }

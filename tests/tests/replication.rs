@@ -237,7 +237,7 @@ fn sharded_nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let (mut ops, mut acked, mut unknown, mut operators, mut splits, mut merges) = (0, 0, 0, 0, 0, 0);
-    let (mut evacuations, mut crashes, mut lost) = (0, 0, 0);
+    let (mut evacuations, mut crashes, mut lost, mut checks) = (0, 0, 0, 0);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -253,13 +253,15 @@ fn sharded_nemesis_histories_are_linearizable() {
         evacuations += report.evacuations;
         crashes += report.crashes;
         lost += report.unsynced_writes_lost;
+        checks += report.consistency_checks;
     }
     eprintln!(
         "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, \
          {operators} operators finished ({splits} splits, {merges} merges), {evacuations} evacuations, \
-         {crashes} power losses dropping {lost} unsynced writes"
+         {crashes} power losses dropping {lost} unsynced writes, {checks} consistency checks without a mismatch"
     );
     if count >= 4 {
+        assert!(checks > 0, "no consistency check compared the replicas");
         assert!(lost > 0, "no power loss dropped an unsynced write: crash-faithful storage is not exercised");
         assert!(splits > 0 && merges > 0, "the runs must split and merge shards: {splits} splits, {merges} merges");
         assert!(evacuations > 0, "the runs must evacuate a node while the faults go on");

@@ -19,7 +19,7 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == ext))
         .map(|p| (std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|f| std::cmp::Reverse(f.0));
     out.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -80,7 +80,7 @@ fn a_bit_flip_in_an_sst_is_detected_on_read_naming_the_file() {
     flip_byte(&sst, 2000);
     let engine = RocksEngine::open(dir.path(), &small_rocks_config()).expect("open");
     let name = sst.file_name().and_then(|n| n.to_str()).expect("name");
-    let err = range_checksum(&engine, Cf::Data, &KeyRange::all()).err().expect("the flip must be found");
+    let err = range_checksum(&engine, Cf::Data, &KeyRange::all()).expect_err("the flip must be found");
     assert!(matches!(err, EngineError::Corrupt(_)), "{err:?}");
     assert!(err.to_string().contains(name), "the error names the file {name}: {err}");
     let errors = (0..200).filter(|i| engine.get(Cf::Data, &key(*i)).is_err()).count();

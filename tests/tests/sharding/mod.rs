@@ -408,3 +408,36 @@ async fn a_copy_with_a_corrupted_chunk_is_resent_and_verifies() {
         assert!(client.get(k).await.expect("get").is_some(), "seed {}: {k:?}", seed());
     }
 }
+
+/// Continuous verification (issue 23): data changed behind a replica's back (a disk that
+/// returns other bytes) is reported by the leader's periodic consistency check, naming that
+/// replica as the suspect; the checks before it found the replicas equal.
+#[tokio::test(start_paused = true)]
+async fn a_replica_changed_behind_its_back_is_reported_by_the_consistency_check() {
+    presage_tests::init_log();
+    let c = ShardedCluster::start(3, seed(), manager_config()).await;
+    let client = c.client(vec![1]);
+    fill(&client, 20, 16).await;
+    tokio::time::sleep(5 * SEC).await;
+    let before: Vec<_> = (1..=3).filter_map(|n| c.consistency(n)).collect();
+    assert!(before.iter().map(|s| s.consistent).sum::<u64>() > 0, "no check ran: {before:?}");
+    assert!(before.iter().all(|s| s.mismatches == 0), "healthy replicas reported as differing: {before:?}");
+
+    let shard = data_shards(&c).into_iter().find(|s| s.contains(&key(0))).expect("the key's shard");
+    let leader = shard.leader.expect("a leader");
+    let victim = shard.replicas.iter().map(|r| r.node).find(|n| *n != leader).expect("a follower");
+    let mut wb = presage_engine::WriteBatch::new();
+    wb.put(presage_engine::Cf::Data, key(0), b"not what was written".to_vec());
+    presage_engine::Engine::write(c.engine(victim), &wb, presage_engine::WriteOptions::SYNC).expect("tamper");
+
+    let deadline = tokio::time::Instant::now() + 30 * SEC;
+    let found = loop {
+        let found = (1..=3).filter_map(|n| c.consistency(n)).find_map(|s| s.inconsistent.get(&shard.id).cloned());
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the changed replica on node {victim} was not reported");
+        tokio::time::sleep(SEC / 2).await;
+    };
+    assert_eq!(found.suspects, vec![victim], "the suspect is the changed replica: {found:?}");
+}

@@ -12,6 +12,7 @@
 //! | `presage_is_shard_manager`, `presage_manager_{nodes,nodes_up,groups,shards,running_operators,finished_operators}` | the shard manager (the counts only on the node running it) |
 //! | `presage_node_failure_probability{node,region}`, `presage_region_failure_probability{region}`, `presage_warnings_active{kind}` | failure prediction (on the shard manager's node) |
 //! | `presage_admission_shed_total{priority}`, `presage_admission_limit_requests{priority}`, `presage_admission_target_latency_seconds` | admission by priority |
+//! | `presage_consistency_checks_total{result}`, `presage_consistency_inconsistent_shards` | replicas checked against each other (`server::consistency`) |
 //! | `presage_build_info{version}` | always 1 |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ... | the process (prometheus's process collector) |
 //!
@@ -71,7 +72,14 @@ pub struct NodeGauges {
     pub admission_shed: [u64; 3],
     /// The admission target in force, µs.
     pub admission_target_us: u64,
+    /// Consistency checks since start by result: consistent, mismatch, incomplete.
+    pub consistency_checks: [u64; 3],
+    /// Shards whose last complete consistency check found replicas that differ.
+    pub inconsistent_shards: u64,
 }
+
+/// The `result` labels of `presage_consistency_checks_total`, in [`NodeGauges::consistency_checks`]'s order.
+pub const CONSISTENCY_RESULTS: [&str; 3] = ["consistent", "mismatch", "incomplete"];
 
 /// What the shard manager predicts, as gauges.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +110,8 @@ struct ScrapeMetrics {
     admission_shed: IntCounterVec,
     admission_limit: IntGaugeVec,
     admission_target: prometheus::Gauge,
+    consistency_checks: IntCounterVec,
+    inconsistent_shards: IntGauge,
     is_manager: IntGauge,
     /// Nodes, nodes up, groups, shards, running and finished operators.
     manager: [IntGaugeVec; 6],
@@ -229,6 +239,21 @@ impl ScrapeMetrics {
                     "The 90th-percentile latency above which the node sheds bulk, then normal requests",
                 )),
             ),
+            consistency_checks: add(
+                r,
+                must(IntCounterVec::new(
+                    Opts::new(
+                        "consistency_checks_total",
+                        "Checks of a led shard's replicas against each other, by result",
+                    ),
+                    &["result"],
+                )),
+            ),
+            inconsistent_shards: gauge(
+                r,
+                "consistency_inconsistent_shards",
+                "Shards led here whose replicas held different data at the last complete check",
+            ),
             is_manager: gauge(r, "is_shard_manager", "1 while this node runs the shard manager"),
             manager: [
                 ("manager_nodes", "Nodes the shard manager knows"),
@@ -308,6 +333,10 @@ impl ScrapeMetrics {
             gauge(&self.admission_limit.with_label_values(&[p.as_str()]), g.admission_limits[i]);
         }
         self.admission_target.set(g.admission_target_us as f64 / 1e6);
+        for (i, result) in CONSISTENCY_RESULTS.iter().enumerate() {
+            raise_to(&self.consistency_checks.with_label_values(&[result]), g.consistency_checks[i]);
+        }
+        gauge(&self.inconsistent_shards, g.inconsistent_shards);
         gauge(&self.is_manager, u64::from(g.manager.is_some()));
         let st = &g.storage;
         let storage = [

@@ -634,10 +634,12 @@ fn gauge_probe(
     let (handle, counters, stats) = (handle.clone(), Arc::new(server.counters()), Arc::clone(&raft.stats));
     let (self_check, risk, engine) = (Arc::clone(self_check), Arc::new(server.risk_gauges()), engine.clone());
     let admission = Arc::new(server.admission_stats());
+    let consistency = Arc::new(server.consistency_stats());
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
         let (self_check, risk, engine) = (Arc::clone(&self_check), Arc::clone(&risk), engine.clone());
         let admission = admission();
+        let consistency = consistency();
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -663,6 +665,8 @@ fn gauge_probe(
                 admission_limits: admission.limits.map(|l| l as u64),
                 admission_shed: admission.shed,
                 admission_target_us: admission.target_us,
+                consistency_checks: [consistency.consistent, consistency.mismatches, consistency.incomplete],
+                inconsistent_shards: consistency.inconsistent.len() as u64,
             }
         })
     })

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub pfa: pfa::PfaConfig,
     /// Admission by priority when the node is overloaded or at risk.
     pub admission: AdmissionConfig,
+    /// Every this often the node checks one shard it leads for replicas that differ
+    /// (`super::consistency`); 0 turns the check off.
+    pub consistency_check_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             join_timeout_ms: 60_000,
             pfa: pfa::PfaConfig::default(),
             admission: AdmissionConfig::default(),
+            consistency_check_interval_ms: 60_000,
         }
     }
 }

@@ -24,6 +24,7 @@ mod access;
 pub mod admission;
 mod check;
 mod config;
+pub mod consistency;
 pub mod convert;
 pub mod error;
 mod execute;
@@ -101,6 +102,8 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) known_peers: Mutex<Vec<NodeId>>,
     /// Requests being served.
     inflight: tokio::sync::Semaphore,
+    /// The consistency checker's state ([`consistency`]).
+    pub(crate) consistency: Mutex<consistency::ConsistencyState>,
     /// Admission of data requests by priority ([`admission`]).
     pub(crate) admission: Mutex<admission::Admission>,
     /// Sources this node is merging (one merge per source at a time).
@@ -205,10 +208,14 @@ impl<E: Engine> Server<E> {
             telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
             shedding_leaders: Arc::default(),
             heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
+            consistency: Mutex::default(),
             cluster_id,
         });
-        let tasks =
-            vec![tokio::spawn(heartbeat::run(Arc::clone(&inner))), tokio::spawn(manager::run(Arc::clone(&inner)))];
+        let tasks = vec![
+            tokio::spawn(heartbeat::run(Arc::clone(&inner))),
+            tokio::spawn(manager::run(Arc::clone(&inner))),
+            tokio::spawn(consistency::run(Arc::clone(&inner))),
+        ];
         Server { inner, tasks }
     }
 
@@ -297,6 +304,12 @@ impl<E: Engine> Server<E> {
             let stats = lock(&inner.manager).as_ref().map(Manager::stats);
             (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
         }
+    }
+
+    /// The consistency checker's counts and open mismatches ([`consistency`]).
+    pub fn consistency_stats(&self) -> impl Fn() -> consistency::ConsistencyStats + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || lock(&inner.consistency).stats.clone()
     }
 
     /// Admission by priority's figures ([`admission`]).
