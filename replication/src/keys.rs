@@ -12,6 +12,8 @@
 //! - `r <shard u64> <client u64> <slot u32>` -> `SlotRecord` (the last request of that client
 //!   slot the shard applied; see `crate::dedup`)
 //! - `t <shard u64>` -> tombstone (`conf_ver` of the removal)
+//! - `p <shard u64>` -> `eraftpb::Snapshot` being installed (written, synced, before its data
+//!   is switched in; deleted with the metadata it leads to; see `store::recover`)
 
 use presage_engine::KeyRange;
 
@@ -79,6 +81,16 @@ pub fn request_range(shard_id: u64) -> KeyRange {
         None => vec![b'r' + 1],
     };
     KeyRange::new(shard_key(b'r', shard_id), Some(end)).expect("request keys of one shard form a valid range")
+}
+
+/// Key of the snapshot of `shard_id` being installed (in `Meta`).
+pub fn pending_snapshot_key(shard_id: u64) -> Vec<u8> {
+    shard_key(b'p', shard_id)
+}
+
+/// Every pending snapshot key (in `Meta`).
+pub fn pending_snapshot_range() -> KeyRange {
+    KeyRange::new(vec![b'p'], Some(vec![b'q'])).expect("constant range is valid")
 }
 
 /// Every descriptor key (in `Meta`).

@@ -220,6 +220,7 @@ pub fn receive_chunk<E: Engine>(
         // where to resume.
         tracing::debug!(node = node_id, shard = env.shard_id, error = %e, "snapshot chunk refused");
     }
+    fail::fail_point!("snapshot_chunk_staged");
     let at = importer.resume_point();
     Ok(RaftEnvelope {
         shard_id: env.shard_id,

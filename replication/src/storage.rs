@@ -243,6 +243,23 @@ impl<E: Engine> PeerStorage<E> {
         Self::with_state(engine, descriptor, raft_state, ApplyState::default())
     }
 
+    /// The replica a snapshot whose install a crash interrupted lands on (see
+    /// `store::recover`): the stored one, or else an uninitialized one keeping any hard
+    /// state it persisted (its vote must survive).
+    pub(crate) fn for_pending_snapshot(engine: E, descriptor: ShardDescriptor) -> Result<Self> {
+        let shard_id = descriptor.id;
+        if engine.get(Cf::Meta, &keys::descriptor_key(shard_id))?.is_some() {
+            if let Some(stored) = Self::load(engine.clone(), shard_id)? {
+                return Ok(stored);
+            }
+        }
+        let mut storage = Self::uninitialized(engine, descriptor);
+        if let Some(raw) = storage.engine.get(Cf::Raft, &keys::raft_state_key(shard_id))? {
+            storage.raft_state = wire::decode("raft local state", &raw)?;
+        }
+        Ok(storage)
+    }
+
     fn with_state(engine: E, descriptor: ShardDescriptor, raft_state: RaftLocalState, apply_state: ApplyState) -> Self {
         PeerStorage {
             engine,

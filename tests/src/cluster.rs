@@ -109,6 +109,12 @@ impl Cluster {
         self.engines.keys().copied().collect()
     }
 
+    /// Nodes whose loop ended on its own (a failed engine write, a panic at a failpoint):
+    /// still counted as live until [`Cluster::kill`] or [`Cluster::crash`].
+    pub fn finished(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.is_finished()).map(|(id, _)| *id).collect()
+    }
+
     /// Ids of the running nodes.
     pub fn live(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()

@@ -86,4 +86,3 @@ fn a_bit_flip_in_an_sst_is_detected_on_read_naming_the_file() {
     let errors = (0..200).filter(|i| engine.get(Cf::Data, &key(*i)).is_err()).count();
     assert!(errors > 0, "a point read of the damaged block fails instead of answering");
 }
-

@@ -24,11 +24,19 @@ pub(crate) struct Applied<E: Engine> {
     pub(crate) checksum_at: Option<(u64, KeyRange)>,
     /// A membership change without this node applied: the replica must be destroyed.
     pub(crate) removed: bool,
+    /// A membership change applied (for the failpoint after its batch is written).
+    pub(crate) conf_changed: bool,
 }
 
 impl<E: Engine> Default for Applied<E> {
     fn default() -> Self {
-        Applied { split_created: Vec::new(), merged_sources: Vec::new(), checksum_at: None, removed: false }
+        Applied {
+            split_created: Vec::new(),
+            merged_sources: Vec::new(),
+            checksum_at: None,
+            removed: false,
+            conf_changed: false,
+        }
     }
 }
 
@@ -40,6 +48,7 @@ impl<E: Engine> Applied<E> {
         self.merged_sources.extend(later.merged_sources);
         self.checksum_at = later.checksum_at;
         self.removed |= later.removed;
+        self.conf_changed |= later.conf_changed;
     }
 }
 

@@ -18,6 +18,7 @@ impl<E: Engine> Peer<E> {
         applied: &mut Applied<E>,
     ) -> Result<()> {
         let cs = self.raw.apply_conf_change(cc)?;
+        applied.conf_changed = true;
         let mut desc = self.descriptor().clone();
         let mut epoch = desc.epoch();
         epoch.conf_ver += 1;

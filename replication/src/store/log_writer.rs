@@ -130,6 +130,7 @@ fn write_jobs<E: Engine>(engine: &E, jobs: &mut [LogJob]) -> std::result::Result
     for batch in &merged {
         engine.write(batch, WriteOptions::NO_SYNC)?;
     }
+    fail::fail_point!("raft_log_before_sync");
     if sync {
         engine.sync_wal()?;
     }

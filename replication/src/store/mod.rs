@@ -40,6 +40,7 @@ mod lifecycle;
 mod log_writer;
 mod quiesce;
 mod ready;
+mod recover;
 mod snapshots;
 mod step;
 
@@ -208,6 +209,7 @@ impl<E: Engine> Store<E> {
     /// Opens the store of `node_id`, recovering every replica persisted in `engine`.
     pub fn open(node_id: u64, engine: E, config: RaftConfig) -> Result<Self> {
         config.validate()?;
+        recover::finish_pending_snapshots(&engine, node_id)?;
         // A descriptor that does not decode is damage: starting without that replica would
         // let the cluster count on a copy this node silently dropped.
         let mut shard_ids = Vec::new();

@@ -114,7 +114,14 @@ impl<E: Engine> Store<E> {
                     committed_wb = WriteBatch::new();
                     committed_written = true;
                 }
+                // Marked first, so that a crash between the data and the metadata is
+                // finished at the next open (`recover.rs`).
+                let mut mark = WriteBatch::new();
+                mark.put(Cf::Meta, keys::pending_snapshot_key(*shard_id), wire::encode(&snap));
+                self.engine.write(&mark, WriteOptions::SYNC)?;
+                fail::fail_point!("snapshot_before_install");
                 snapshot::install(&self.engine, *shard_id, &desc.range()?)?;
+                fail::fail_point!("snapshot_after_install");
                 // The snapshot's request records replace this replica's, in the engine before
                 // anything applies after the snapshot.
                 peer.forget_known_records();
@@ -123,6 +130,7 @@ impl<E: Engine> Store<E> {
                 crate::dedup::write_all(&mut records_wb, *shard_id, &data.requests);
                 self.engine.write(&records_wb, WriteOptions::NO_SYNC)?;
                 peer.raw.mut_store().apply_snapshot_metadata(&snap, desc, &mut raft_wb);
+                raft_wb.delete(Cf::Meta, keys::pending_snapshot_key(*shard_id));
                 tracing::info!(
                     node = node_id,
                     shard = shard_id,
@@ -199,6 +207,7 @@ impl<E: Engine> Store<E> {
         if !committed_wb.is_empty() {
             self.engine.write(&committed_wb, WriteOptions::NO_SYNC)?;
         }
+        fail_after_apply_write(&round);
         self.pin_checksums(&mut round, committed_written || !committed_wb.is_empty());
         for f in done.drain(..) {
             f();
@@ -252,6 +261,21 @@ impl<E: Engine> Store<E> {
 /// transfer. Every envelope carries the shard's epoch; the descriptor goes only where the
 /// receiver may need it to create its replica: on heartbeats, and on appends to the replicas
 /// in `fresh` (those this leader has not heard from yet).
+/// Failpoints at the boundary after a round's applied batch is written and before the store
+/// acts on it (starts split shards, drops merged sources, destroys a removed replica) or its
+/// log job lands: `apply_split_written`, `apply_merge_written`, `apply_conf_change_written`.
+fn fail_after_apply_write<E: Engine>(round: &BTreeMap<u64, Applied<E>>) {
+    if round.values().any(|a| !a.split_created.is_empty()) {
+        fail::fail_point!("apply_split_written");
+    }
+    if round.values().any(|a| !a.merged_sources.is_empty()) {
+        fail::fail_point!("apply_merge_written");
+    }
+    if round.values().any(|a| a.conf_changed) {
+        fail::fail_point!("apply_conf_change_written");
+    }
+}
+
 pub(super) fn wrap(
     node_id: u64,
     shard_id: u64,
