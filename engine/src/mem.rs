@@ -15,8 +15,8 @@
 //! crash. [`Engine::replace_range`] is durable at once (an ingested file is synced); when an
 //! unsynced write touches its range, RocksDB flushes that memtable first, which syncs the
 //! log, and so does this engine; otherwise the queued writes stay unsynced, as in RocksDB.
-//! The queue holds at most [`MAX_UNSYNCED_WRITES`] writes; past it the oldest reach the image
-//! (as the OS's own write-back would).
+//! The queue holds at most [`MAX_UNSYNCED_WRITES`] writes and [`MAX_UNSYNCED_BYTES`]; past
+//! either the oldest reach the image (as the OS's own write-back would).
 
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -38,6 +38,9 @@ pub const DEFAULT_MAX_WRITE_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Most unsynced writes a [`MemEngine`] keeps apart from its durable image; older ones are
 /// taken as written back by the OS.
 pub const MAX_UNSYNCED_WRITES: usize = 4096;
+
+/// Most bytes of unsynced writes a [`MemEngine`] keeps apart (the same write-back past it).
+pub const MAX_UNSYNCED_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Default)]
 struct Maps([Map; 3]);
@@ -101,8 +104,11 @@ struct State {
     live: Maps,
     /// What a power loss leaves: every write up to the last sync.
     durable: Maps,
-    /// Writes since the last sync, oldest first (at most [`MAX_UNSYNCED_WRITES`]).
+    /// Writes since the last sync, oldest first (at most [`MAX_UNSYNCED_WRITES`] and
+    /// [`MAX_UNSYNCED_BYTES`], the newest excepted).
     unsynced: VecDeque<WriteBatch>,
+    /// Bytes of `unsynced`.
+    unsynced_bytes: usize,
     /// Set by [`MemEngine::crash`]: writes are refused from then on.
     crashed: bool,
 }
@@ -111,14 +117,18 @@ impl State {
     fn sync(&mut self) {
         self.durable = self.live.clone();
         self.unsynced.clear();
+        self.unsynced_bytes = 0;
     }
 
     fn queue_unsynced(&mut self, batch: &WriteBatch) {
-        if self.unsynced.len() == MAX_UNSYNCED_WRITES {
-            if let Some(oldest) = self.unsynced.pop_front() {
-                self.durable.apply(&oldest);
-            }
+        while self.unsynced.len() >= MAX_UNSYNCED_WRITES
+            || (!self.unsynced.is_empty() && self.unsynced_bytes + batch.size_bytes() > MAX_UNSYNCED_BYTES)
+        {
+            let Some(oldest) = self.unsynced.pop_front() else { break };
+            self.unsynced_bytes -= oldest.size_bytes();
+            self.durable.apply(&oldest);
         }
+        self.unsynced_bytes += batch.size_bytes();
         self.unsynced.push_back(batch.clone());
     }
 }
@@ -152,8 +162,8 @@ impl MemEngine {
     }
 
     fn read(&self) -> Maps {
-        // A poisoned lock means a writer panicked mid-batch; batches are applied to a copy and
-        // swapped in, so the data behind the lock is still consistent.
+        // A poisoned lock means a writer panicked while it held it; batches are validated
+        // before the lock is taken and applied without a fallible step, so none stops halfway.
         match self.state.read() {
             Ok(g) => g.live.clone(),
             Err(p) => p.into_inner().live.clone(),
@@ -195,7 +205,7 @@ impl MemEngine {
         for batch in guard.unsynced.iter().take(keep_unsynced) {
             recovered.apply(batch);
         }
-        let state = State { live: recovered.clone(), durable: recovered, unsynced: VecDeque::new(), crashed: false };
+        let state = State { live: recovered.clone(), durable: recovered, ..State::default() };
         MemEngine { state: Arc::new(RwLock::new(state)), max_write_batch_bytes: self.max_write_batch_bytes }
     }
 }

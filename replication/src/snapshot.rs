@@ -236,6 +236,40 @@ pub fn receive_chunk<E: Engine>(
     })
 }
 
+/// What a receiver holds staged for a shard (see [`staged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staged {
+    /// Nothing: no import of the shard is under way.
+    Nothing,
+    /// The whole stream of snapshot `index`, verified chunk by chunk: ready to switch in.
+    Complete,
+    /// Another import (another snapshot, another range, or one not finished).
+    Other,
+}
+
+/// Receiver: what is staged for `shard_id` with respect to snapshot `index` over `range`.
+pub fn staged<E: Engine>(engine: &E, shard_id: u64, range: &KeyRange, index: u64) -> Result<Staged> {
+    match Importer::open(engine, import_id(shard_id), Cf::Data, range.clone(), ImportOptions::default()) {
+        Ok(imp) => {
+            let at = imp.resume_point();
+            Ok(if at.ended && at.stream_id == Some(index) {
+                Staged::Complete
+            } else if at.stream_id.is_none() && at.next_seq == 0 {
+                Staged::Nothing
+            } else {
+                Staged::Other
+            })
+        }
+        Err(TransferError::ImportConflict { .. }) => Ok(Staged::Other),
+        Err(e) => Err(transfer_err(e)),
+    }
+}
+
+/// Receiver: drops whatever is staged for `shard_id`.
+pub fn abort_staged<E: Engine>(engine: &E, shard_id: u64) -> Result<()> {
+    Ok(abort_import(engine, import_id(shard_id))?)
+}
+
 /// Receiver: is the data of snapshot `index` of `shard_id` fully staged and verified?
 pub fn is_staged<E: Engine>(engine: &E, shard_id: u64, range: &KeyRange, index: u64) -> bool {
     match Importer::open(engine, import_id(shard_id), Cf::Data, range.clone(), ImportOptions::default()) {

@@ -389,7 +389,11 @@ impl<E: Engine> PeerStorage<E> {
         wb.delete_range(Cf::Raft, keys::log_range(self.shard_id, 0, self.raft_state.last_index.max(meta.index) + 1));
         let mut hs = self.raft_state.hard_state.clone().unwrap_or_default();
         hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
+        if meta.term > hs.term {
+            // A vote belongs to its term.
+            hs.term = meta.term;
+            hs.vote = 0;
+        }
         self.raft_state = RaftLocalState { hard_state: Some(hs), last_index: meta.index, last_term: meta.term };
         self.apply_state = ApplyState {
             applied_index: meta.index,

@@ -26,6 +26,9 @@ pub(crate) struct Applied<E: Engine> {
     pub(crate) removed: bool,
     /// A membership change applied (for the failpoint after its batch is written).
     pub(crate) conf_changed: bool,
+    /// A `CommitMerge` applied (for the failpoint after its batch is written; `merged_sources`
+    /// also lists replicas a snapshot superseded).
+    pub(crate) merged: bool,
 }
 
 impl<E: Engine> Default for Applied<E> {
@@ -36,6 +39,7 @@ impl<E: Engine> Default for Applied<E> {
             checksum_at: None,
             removed: false,
             conf_changed: false,
+            merged: false,
         }
     }
 }
@@ -49,6 +53,7 @@ impl<E: Engine> Applied<E> {
         self.checksum_at = later.checksum_at;
         self.removed |= later.removed;
         self.conf_changed |= later.conf_changed;
+        self.merged |= later.merged;
     }
 }
 

@@ -56,6 +56,7 @@ impl<E: Engine> Peer<E> {
         crate::storage::destroy_metadata(&source, wb);
         self.siblings.retain(|s| s.id != source.id);
         applied.merged_sources.push(source.id);
+        applied.merged = true;
         self.raw.mut_store().set_descriptor(desc, wb);
         Ok(Ok(()))
     }

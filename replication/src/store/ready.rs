@@ -257,10 +257,6 @@ impl<E: Engine> Store<E> {
     }
 }
 
-/// Wraps outgoing Raft messages in envelopes; `MsgSnapshot`s are held back for the snapshot
-/// transfer. Every envelope carries the shard's epoch; the descriptor goes only where the
-/// receiver may need it to create its replica: on heartbeats, and on appends to the replicas
-/// in `fresh` (those this leader has not heard from yet).
 /// Failpoints at the boundary after a round's applied batch is written and before the store
 /// acts on it (starts split shards, drops merged sources, destroys a removed replica) or its
 /// log job lands: `apply_split_written`, `apply_merge_written`, `apply_conf_change_written`.
@@ -268,7 +264,7 @@ fn fail_after_apply_write<E: Engine>(round: &BTreeMap<u64, Applied<E>>) {
     if round.values().any(|a| !a.split_created.is_empty()) {
         fail::fail_point!("apply_split_written");
     }
-    if round.values().any(|a| !a.merged_sources.is_empty()) {
+    if round.values().any(|a| a.merged) {
         fail::fail_point!("apply_merge_written");
     }
     if round.values().any(|a| a.conf_changed) {
@@ -276,6 +272,10 @@ fn fail_after_apply_write<E: Engine>(round: &BTreeMap<u64, Applied<E>>) {
     }
 }
 
+/// Wraps outgoing Raft messages in envelopes; `MsgSnapshot`s are held back for the snapshot
+/// transfer. Every envelope carries the shard's epoch; the descriptor goes only where the
+/// receiver may need it to create its replica: on heartbeats, and on appends to the replicas
+/// in `fresh` (those this leader has not heard from yet).
 pub(super) fn wrap(
     node_id: u64,
     shard_id: u64,

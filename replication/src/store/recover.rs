@@ -15,11 +15,19 @@
 //! 3. **metadata**: the round's log job writes the new metadata and deletes the mark in the
 //!    same batch.
 //!
-//! At open ([`finish_pending_snapshots`]), a mark means step 3 never landed: the install is
-//! finished (the staging is switched in if it is still there; if it is gone, step 2 did it)
-//! and the metadata written as step 3 would have, replicas the snapshot superseded dropped,
-//! then the mark deleted, all in one synced batch. A crash before the mark leaves the old
-//! state whole; after step 3 there is no mark.
+//! At open ([`finish_pending_snapshots`]), a mark means step 3 never landed. What is staged
+//! for the shard tells how far step 2 got:
+//! - the complete stream of the marked snapshot: step 2 had not finished (or not started);
+//!   it is switched in now. If that fails (the staged copy does not verify), the range is
+//!   untouched: the staging is dropped and the mark deleted, the replica keeps its old state
+//!   and fetches the snapshot again, as before the install began;
+//! - nothing: step 2 finished (clearing the staging is its last write);
+//! - anything else cannot follow from the walk-through above: the open fails, naming the
+//!   shard, rather than guess.
+//!
+//! Then the metadata is written as step 3 would have, replicas the snapshot superseded are
+//! dropped, and the mark deleted, all in one synced batch. A crash before the mark leaves the
+//! old state whole; after step 3 there is no mark.
 
 use super::*;
 
@@ -47,9 +55,28 @@ fn finish_one<E: Engine>(engine: &E, node_id: u64, key: &[u8], raw: &[u8]) -> Re
             reason: format!("stored under another shard's key: {key:?}"),
         });
     }
-    let staged = snapshot::is_staged(engine, shard_id, &range, index);
-    if staged {
-        snapshot::install(engine, shard_id, &range)?;
+    let staged = snapshot::staged(engine, shard_id, &range, index)?;
+    match staged {
+        snapshot::Staged::Nothing => {}
+        snapshot::Staged::Complete => {
+            if let Err(e) = snapshot::install(engine, shard_id, &range) {
+                tracing::warn!(node = node_id, shard = shard_id, index, error = %e,
+                    "an interrupted snapshot install does not verify; dropped, the replica keeps its old state");
+                snapshot::abort_staged(engine, shard_id)?;
+                let mut wb = WriteBatch::new();
+                wb.delete(Cf::Meta, key.to_vec());
+                engine.write(&wb, WriteOptions::SYNC)?;
+                return Ok(());
+            }
+        }
+        snapshot::Staged::Other => {
+            return Err(Error::Corrupt {
+                what: "pending snapshot",
+                reason: format!(
+                    "shard {shard_id}: snapshot {index} is marked as being installed but another import is staged"
+                ),
+            });
+        }
     }
     let mut wb = WriteBatch::new();
     for other in stored_descriptors(engine)? {
@@ -63,7 +90,7 @@ fn finish_one<E: Engine>(engine: &E, node_id: u64, key: &[u8], raw: &[u8]) -> Re
     storage.apply_snapshot_metadata(&snap, desc, &mut wb);
     wb.delete(Cf::Meta, key.to_vec());
     engine.write(&wb, WriteOptions::SYNC)?;
-    tracing::warn!(node = node_id, shard = shard_id, index, staged, "interrupted snapshot install finished at open");
+    tracing::warn!(node = node_id, shard = shard_id, index, ?staged, "interrupted snapshot install finished at open");
     Ok(())
 }
 

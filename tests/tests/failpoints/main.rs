@@ -185,6 +185,16 @@ async fn trigger(
     Ok(())
 }
 
+/// The index of the snapshot node `id`'s engine marks as being installed, if any.
+fn pending_snapshot_index(c: &Cluster, id: u64) -> Result<Option<u64>, String> {
+    use prost::Message;
+    let key = presage_replication::keys::pending_snapshot_key(SHARD);
+    let raw = presage_engine::Reader::get(c.engine(id), presage_engine::Cf::Meta, &key).map_err(|e| e.to_string())?;
+    raw.map(|r| raft::eraftpb::Snapshot::decode(r.as_slice()).map(|s| s.get_metadata().index))
+        .transpose()
+        .map_err(|e| format!("the pending snapshot mark does not decode: {e}"))
+}
+
 async fn crash_at(failpoint: &str, how: Trigger, seed: u64) -> Result<(), String> {
     let raft = RaftConfig { log_gc_threshold_entries: 50, snapshot_chunk_bytes: 1024, ..test_config() };
     let shards = if matches!(how, Trigger::Merge) { 2 } else { 1 };
@@ -210,7 +220,23 @@ async fn crash_at(failpoint: &str, how: Trigger, seed: u64) -> Result<(), String
     let keep = rng.random_range(0..=unsynced);
     c.crash(victim, keep);
     tracing::info!(failpoint, victim, keep, unsynced, "node crashed at the failpoint");
+    let marked = pending_snapshot_index(&c, victim)?;
+    if failpoint.starts_with("snapshot_") && failpoint.ends_with("install") && marked.is_none() {
+        return Err(format!("{failpoint}: node {victim} crashed without its snapshot install marked"));
+    }
     c.restart(victim);
+    if let Some(index) = marked {
+        // The restart finished the install before the node heard from anyone: its replica is
+        // at the snapshot's index already (the old metadata never meets the new data).
+        let h = c.handle(victim).ok_or("the restarted node is not running")?;
+        let status = h.status(SHARD).await.map_err(|e| e.to_string())?.ok_or("no replica after the restart")?;
+        if status.applied < index || pending_snapshot_index(&c, victim)?.is_some() {
+            return Err(format!(
+                "node {victim} restarted at applied {} under a snapshot marked at {index}",
+                status.applied
+            ));
+        }
+    }
 
     put_all(&c, 30..40, "after", &mut acked).await;
     c.wait_leader(20 * SEC).await;

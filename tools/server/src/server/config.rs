@@ -83,6 +83,13 @@ impl ServerConfig {
                     .into(),
             ));
         }
+        if self.consistency_check_interval_ms != 0 && self.consistency_check_interval_ms < 1_000 {
+            return Err(error::InvalidSetting(
+                "consistency-check-interval-ms must be 0 (off) or at least 1000 (each check puts an entry in a \
+                 shard's log and reads the shard on every replica)"
+                    .into(),
+            ));
+        }
         for (name, v) in [
             ("schedule-interval-ms", self.schedule_interval_ms),
             ("request-timeout-ms", self.request_timeout_ms),

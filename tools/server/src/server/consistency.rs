@@ -13,7 +13,8 @@
 //! are a mismatch, and the replicas outside the largest group of equal checksums are the
 //! suspects (all of them on a tie). A mismatch is logged at error level with every checksum,
 //! counted in `presage_consistency_checks_total{result="mismatch"}`, and the shard stays in
-//! `presage_consistency_inconsistent_shards` until a later check of it finds it consistent.
+//! `presage_consistency_inconsistent_shards` until a later check of it finds it consistent, or
+//! the node stops leading it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -114,10 +115,14 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
 }
 
 /// The shard this node leads that was checked longest ago.
+/// Forgets shards it no longer leads (their mismatches are the new leader's to find).
 async fn next_shard<E: Engine>(inner: &Arc<Inner<E>>) -> Option<ShardId> {
     let statuses = inner.node.statuses().await.ok()?;
-    let state = lock(&inner.consistency);
-    let led: Vec<ShardId> = statuses.iter().filter(|s| s.is_leader()).map(|s| s.descriptor.id).collect();
+    let led: std::collections::HashSet<ShardId> =
+        statuses.iter().filter(|s| s.is_leader()).map(|s| s.descriptor.id).collect();
+    let mut state = lock(&inner.consistency);
+    state.last_checked.retain(|id, _| led.contains(id));
+    state.stats.inconsistent.retain(|id, _| led.contains(id));
     led.into_iter().min_by_key(|id| (state.last_checked.get(id).copied(), *id))
 }
 
