@@ -5,14 +5,17 @@
 //!
 //! `Cluster`, n nodes on `MemEngine`s over a `MemNetwork`, one shard over the key space (or
 //! `start_sharded`: many); kill/restart (the engine survives like a disk), or a crash that
-//! loses unsynced writes (a power loss); leader-routed put/get
+//! loses unsynced writes (a power loss); disk faults (each store runs on a `FaultyEngine`);
+//! leader-routed put/get
 //! with retries; `wait_converged` compares applied indexes and data checksums.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_engine::{range_checksum, Cf, KeyRange, MemEngine, RangeChecksum};
+use presage_engine::{
+    range_checksum, Cf, FaultConfig, FaultInjector, FaultyEngine, KeyRange, MemEngine, RangeChecksum,
+};
 use presage_replication::{
     Epoch, Error, MemNetwork, Node, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, Replica, ShardDescriptor,
     Store, StoreSummary,
@@ -40,9 +43,14 @@ pub struct Cluster {
     /// Raft settings of every node.
     pub config: RaftConfig,
     engines: BTreeMap<u64, MemEngine>,
+    /// Each node's disk faults (its store runs on `FaultyEngine` over its `MemEngine`).
+    faults: BTreeMap<u64, Arc<FaultInjector>>,
     nodes: BTreeMap<u64, Node>,
     directory: Directory,
 }
+
+/// The engine a test node's store runs on.
+pub type NodeEngine = FaultyEngine<MemEngine>;
 
 /// Handles of the live nodes, shared with client tasks.
 pub type Directory = Arc<Mutex<BTreeMap<u64, NodeHandle>>>;
@@ -75,19 +83,45 @@ impl Cluster {
                 merging_into: None,
             })
             .collect();
-        let mut cluster =
-            Cluster { net, config, engines: BTreeMap::new(), nodes: BTreeMap::new(), directory: Directory::default() };
+        let mut cluster = Cluster {
+            net,
+            config,
+            engines: BTreeMap::new(),
+            faults: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            directory: Directory::default(),
+        };
         for id in 1..=n {
-            let engine = MemEngine::new();
-            let mut store = Store::open(id, engine.clone(), cluster.config.clone()).expect("open store");
+            cluster.engines.insert(id, MemEngine::new());
+            let mut store = cluster.open_store(id);
             store.bootstrap_shards(descriptors.clone()).expect("bootstrap");
-            cluster.engines.insert(id, engine);
             cluster.spawn(id, store);
         }
         cluster
     }
 
-    fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
+    /// Opens node `id`'s store on its engine, behind a fresh fault injector (a restarted
+    /// node's disk works again).
+    fn open_store(&mut self, id: u64) -> Store<NodeEngine> {
+        let injector = Arc::new(FaultInjector::new());
+        self.faults.insert(id, Arc::clone(&injector));
+        let engine = FaultyEngine::new(self.engines[&id].clone(), injector);
+        Store::open(id, engine, self.config.clone()).expect("open store")
+    }
+
+    /// Injects `faults` into node `id`'s disk until it restarts.
+    pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
+        self.faults[&id].set(faults).expect("valid fault configuration");
+    }
+
+    /// Ends every node's disk faults.
+    pub fn heal_disks(&self) {
+        for injector in self.faults.values() {
+            injector.clear();
+        }
+    }
+
+    fn spawn(&mut self, id: u64, store: Store<NodeEngine>) {
         let node = Node::spawn(store, self.net.transport(), &self.config);
         let handle = node.handle();
         self.lock_directory().insert(id, handle.clone());
@@ -154,15 +188,14 @@ impl Cluster {
 
     /// Starts a new, empty node `id` (no replica yet: it gets one when a leader adds it).
     pub fn add_node(&mut self, id: u64) {
-        let engine = MemEngine::new();
-        let store = Store::open(id, engine.clone(), self.config.clone()).expect("open store");
-        self.engines.insert(id, engine);
+        self.engines.insert(id, MemEngine::new());
+        let store = self.open_store(id);
         self.spawn(id, store);
     }
 
     /// Restarts node `id` from its engine.
     pub fn restart(&mut self, id: u64) {
-        let store = Store::open(id, self.engines[&id].clone(), self.config.clone()).expect("reopen store");
+        let store = self.open_store(id);
         self.spawn(id, store);
     }
 

@@ -1,7 +1,8 @@
 //! A seeded nemesis run: clients put, delete and get a few keys on a cluster while a nemesis
 //! partitions and isolates nodes, drops and delays messages, kills and restarts nodes (half
-//! the kills are power losses that keep only a random prefix of the unsynced writes) and
-//! moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
+//! the kills are power losses that keep only a random prefix of the unsynced writes), fails
+//! a node's disk (fsync errors, write errors, a full disk: the node hands off and stops, and
+//! loses power with it) and moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
 //! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node
 //! comes back, the replicas must converge, and the whole history - final reads included, so
 //! a lost acknowledged write shows - must be linearizable.
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use presage_engine::{FaultConfig, FaultRule};
 use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, RequestId};
 use raft::eraftpb::MessageType;
 use rand::rngs::SmallRng;
@@ -74,6 +76,10 @@ pub struct NemesisReport {
     pub crashes: usize,
     /// Unsynced writes those power losses dropped (summed over the crashes).
     pub unsynced_writes_lost: usize,
+    /// Disk faults injected (fsync errors, write errors, a full disk).
+    pub disk_faults: usize,
+    /// Nodes that stopped on their own after a disk fault (fail-stop).
+    pub fail_stops: usize,
     /// Reads served off the store loop under a lease by the nodes running at the end
     /// (a node that restarted counts from its restart).
     pub local_reads: u64,
@@ -260,10 +266,20 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let mut active_filters: Vec<u64> = Vec::new();
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
+        // A node that stopped after its disk failed lost power with it: what it had not
+        // synced may be gone (after a failed fsync the page cache cannot be trusted).
+        for n in cluster.finished() {
+            let unsynced = cluster.unsynced_writes(n);
+            let keep = rng.random_range(0..=unsynced);
+            cluster.crash(n, keep);
+            report.fail_stops += 1;
+            report.unsynced_writes_lost += unsynced - keep;
+            report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+        }
         let all = cluster.all();
         let live = cluster.live();
         let dead: Vec<u64> = all.iter().copied().filter(|n| !live.contains(n)).collect();
-        let fault = match rng.random_range(0..10) {
+        let fault = match rng.random_range(0..11) {
             0 => {
                 let mut a: Vec<u64> = all.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
                 if a.is_empty() || a.len() == all.len() {
@@ -337,6 +353,17 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                 ctl.quiet.store(false, Ordering::SeqCst);
                 format!("quiet {idle_ticks} ticks, {what}")
             }
+            9 if live.len() as u64 > majority => {
+                let n = live[rng.random_range(0..live.len())];
+                let (what, faults) = match rng.random_range(0..3) {
+                    0 => ("fsync errors", FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }),
+                    1 => ("write errors", FaultConfig { write: FaultRule::errors(1.0), ..FaultConfig::default() }),
+                    _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
+                };
+                cluster.fail_disk(n, faults);
+                report.disk_faults += 1;
+                format!("{what} on {n}")
+            }
             _ => {
                 for id in active_filters.drain(..) {
                     cluster.net.remove_filter(id);
@@ -353,6 +380,13 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
 
     // Heal everything, bring every node back, let the replicas converge.
     cluster.net.clear_filters();
+    cluster.heal_disks();
+    // A node already failing finishes its fail-stop (it never serves from that disk again).
+    tokio::time::sleep(Duration::from_millis(cluster.config.fail_stop_timeout_ms + 500)).await;
+    for n in cluster.finished() {
+        cluster.crash(n, usize::MAX);
+        report.fail_stops += 1;
+    }
     for n in cluster.all() {
         if !cluster.live().contains(&n) {
             cluster.restart(n);

@@ -196,7 +196,7 @@ fn nemesis_histories_are_linearizable() {
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut totals = (0usize, 0usize, 0usize, 0usize);
     let (mut local_reads, mut resolved) = (0u64, 0usize);
-    let (mut crashes, mut lost) = (0usize, 0usize);
+    let (mut crashes, mut lost, mut disk_faults, mut fail_stops) = (0usize, 0usize, 0usize, 0usize);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -210,16 +210,19 @@ fn nemesis_histories_are_linearizable() {
         totals.3 += report.sleeping_leaders_failed;
         crashes += report.crashes;
         lost += report.unsynced_writes_lost;
+        disk_faults += report.disk_faults;
+        fail_stops += report.fail_stops;
         local_reads += report.local_reads;
         resolved += report.resolved_retries;
     }
     eprintln!(
         "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {resolved} unknown until \
          a retry under their request id answered, {} sleeping leaders failed, {local_reads} reads served off the loop, \
-         {crashes} power losses dropping {lost} unsynced writes",
+         {crashes} power losses and {fail_stops} fail-stops after {disk_faults} disk faults dropping {lost} unsynced writes",
         totals.0, totals.1, totals.2, totals.3
     );
     if count >= 20 {
+        assert!(fail_stops > 0, "no disk fault stopped a node: fail-stop is not exercised");
         assert!(lost > 0, "no power loss dropped an unsynced write: crash-faithful storage is not exercised");
         assert!(totals.3 > 0, "no quiet phase ever caught a sleeping leader: quiescence is not exercised");
         assert!(local_reads > 0, "no read was served off the loop: lease reads are not exercised");
