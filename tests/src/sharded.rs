@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientConfig};
-use presage_engine::MemEngine;
+use presage_engine::{FaultConfig, FaultInjector, FaultyEngine, MemEngine};
 use presage_replication::{MemNetwork, Node, RaftConfig, Store};
 use presage_server::server::convert::bootstrap_descriptors;
 use presage_server::server::mem_rpc::MemRpcNet;
@@ -55,9 +55,12 @@ pub fn server_config(manager: ManagerConfig) -> ServerConfig {
     }
 }
 
+/// The engine a test node runs on.
+pub type NodeEngine = FaultyEngine<MemEngine>;
+
 struct Running {
     node: Node,
-    server: Server<MemEngine>,
+    server: Server<NodeEngine>,
 }
 
 /// A sharded cluster of in-process node servers.
@@ -69,6 +72,8 @@ pub struct ShardedCluster {
     raft: RaftConfig,
     cfg: ServerConfig,
     engines: BTreeMap<u64, MemEngine>,
+    /// Each node's disk faults (its store and server run on `FaultyEngine` over its engine).
+    faults: BTreeMap<u64, Arc<FaultInjector>>,
     nodes: BTreeMap<u64, Running>,
     /// One manager clock for every node (see `Clock`).
     clock: Clock,
@@ -110,16 +115,16 @@ impl ShardedCluster {
             raft: test_config(),
             cfg: server_config(manager),
             engines: BTreeMap::new(),
+            faults: BTreeMap::new(),
             nodes: BTreeMap::new(),
             clock: Clock::wall(),
             cluster_id: Arc::default(),
             seed,
             clients_made: std::sync::atomic::AtomicU64::new(0),
         };
-        let engine = MemEngine::new();
-        let mut store = Store::open(1, engine.clone(), c.raft.clone()).expect("open store");
+        c.engines.insert(1, MemEngine::new());
+        let mut store = c.open_store(1);
         store.bootstrap_shards(bootstrap_descriptors(1)).expect("bootstrap");
-        c.engines.insert(1, engine);
         c.spawn(1, store);
         c.wait(Duration::from_secs(10), "node 1 runs the shard manager", |c| c.manager_node().is_some()).await;
         for id in 2..=n {
@@ -152,7 +157,39 @@ impl ShardedCluster {
         self.wait(timeout, "an idle cluster with one shard manager", idle).await;
     }
 
-    fn spawn(&mut self, id: u64, store: Store<MemEngine>) {
+    /// Opens node `id`'s store on its engine behind a fresh fault injector (a restarted
+    /// node's disk works again).
+    fn open_store(&mut self, id: u64) -> Store<NodeEngine> {
+        let injector = Arc::new(FaultInjector::new());
+        self.faults.insert(id, Arc::clone(&injector));
+        let engine = FaultyEngine::new(self.engines[&id].clone(), injector);
+        Store::open(id, engine, self.raft.clone()).expect("open store")
+    }
+
+    /// The Raft settings of every node.
+    pub fn raft_config(&self) -> &RaftConfig {
+        &self.raft
+    }
+
+    /// Injects `faults` into node `id`'s disk until it restarts.
+    pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
+        self.faults[&id].set(faults).expect("valid fault configuration");
+    }
+
+    /// Ends every node's disk faults.
+    pub fn heal_disks(&self) {
+        for injector in self.faults.values() {
+            injector.clear();
+        }
+    }
+
+    /// Nodes whose replication loop ended on its own (fail-stop after a disk fault); still
+    /// listed as live until killed or crashed.
+    pub fn finished(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, r)| r.node.is_finished()).map(|(id, _)| *id).collect()
+    }
+
+    fn spawn(&mut self, id: u64, store: Store<NodeEngine>) {
         let node = Node::spawn(store, self.net.transport(), &self.raft);
         let handle = node.handle();
         let deliver = node.handle();
@@ -161,7 +198,7 @@ impl ShardedCluster {
             self.cfg.clone(),
             meta(id),
             handle,
-            self.engines[&id].clone(),
+            FaultyEngine::new(self.engines[&id].clone(), Arc::clone(&self.faults[&id])),
             Arc::new(self.rpc.endpoint(id)),
             self.clock.clone(),
             Arc::clone(&self.cluster_id),
@@ -172,9 +209,8 @@ impl ShardedCluster {
 
     /// Starts an empty node `id` and joins it through node 1 (or any live node).
     pub async fn add_node(&mut self, id: u64) {
-        let engine = MemEngine::new();
-        let store = Store::open(id, engine.clone(), self.raft.clone()).expect("open store");
-        self.engines.insert(id, engine);
+        self.engines.insert(id, MemEngine::new());
+        let store = self.open_store(id);
         self.spawn(id, store);
         let seeds: Vec<u64> = self.nodes.keys().copied().filter(|n| *n != id).collect();
         let joined = self.nodes[&id].server.join(&seeds, Duration::from_secs(30)).await;
@@ -207,7 +243,7 @@ impl ShardedCluster {
     /// Restarts node `id` from its engine; it knows the other nodes as seeds (as a node's
     /// configuration would list them).
     pub fn restart(&mut self, id: u64) {
-        let store = Store::open(id, self.engines[&id].clone(), self.raft.clone()).expect("reopen store");
+        let store = self.open_store(id);
         self.spawn(id, store);
         let seeds: Vec<u64> = self.engines.keys().copied().filter(|n| *n != id).collect();
         self.nodes[&id].server.set_seeds(&seeds);

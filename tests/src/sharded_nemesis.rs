@@ -4,7 +4,8 @@
 //! between groups), evacuates node 1 onto a spare (node 7: a node migration, design.md §6,
 //! through the same verified joint-consensus swaps), partitions and isolates nodes, delays
 //! messages, and kills and restarts nodes - the shard manager's node included; half the kills
-//! are power losses that keep only a random prefix of the unsynced writes. The shard
+//! are power losses that keep only a random prefix of the unsynced writes - and fails a
+//! node's disk (fsync errors, write errors, a full disk: it hands off, stops and loses power). The shard
 //! manager's own policies split and merge by load at the same time. Afterwards everything
 //! heals and the history, final reads included (a lost acknowledged write shows there), must
 //! be linearizable.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientError};
+use presage_engine::{FaultConfig, FaultRule};
 use presage_replication::Filter;
 use presage_shardmgr::{AdminCommand, ManagerConfig, MigrationStage, OperatorStatus, Role, Step, META_SHARD_ID};
 use rand::rngs::SmallRng;
@@ -63,6 +65,10 @@ pub struct ShardedNemesisReport {
     pub evacuations: usize,
     /// Power losses the nemesis caused.
     pub crashes: usize,
+    /// Disk faults injected (fsync errors, write errors, a full disk).
+    pub disk_faults: usize,
+    /// Nodes that stopped on their own after a disk fault (fail-stop).
+    pub fail_stops: usize,
     /// Unsynced writes those power losses dropped (summed over the crashes).
     pub unsynced_writes_lost: usize,
     /// Consistency checks that compared every replica (the nodes' own periodic checks).
@@ -164,11 +170,25 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     let mut dead: Vec<u64> = Vec::new();
     let mut second_group = false;
     let mut evacuating = false;
+    // A node whose disk the nemesis failed, until it stops and is crashed.
+    let mut faulted: Option<u64> = None;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+        // A node that stopped after its disk failed lost power with it.
+        for n in c.finished() {
+            tally_consistency(&mut report, c.consistency(n));
+            let unsynced = c.unsynced_writes(n);
+            let keep = rng.random_range(0..=unsynced);
+            c.crash(n, keep);
+            dead.push(n);
+            faulted = faulted.filter(|f| *f != n);
+            report.fail_stops += 1;
+            report.unsynced_writes_lost += unsynced - keep;
+            report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+        }
         let live = c.live();
         let shards: Vec<_> = c.directory().into_iter().filter(|s| s.id != META_SHARD_ID).collect();
-        let fault = match rng.random_range(0..13) {
+        let fault = match rng.random_range(0..14) {
             0 | 1 if !shards.is_empty() => {
                 let k = key(rng.random_range(0..cfg.keys));
                 match shards.iter().find(|s| s.contains(&k) && s.start != k) {
@@ -225,7 +245,20 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                 filters.push(c.net.add_filter(Filter::Delay { min: Duration::ZERO, max }));
                 format!("delay up to {max:?}")
             }
-            8 if dead.is_empty() => {
+            13 if dead.is_empty() && faulted.is_none() => {
+                // One node down at a time: this one will stop by itself.
+                let n = live[rng.random_range(0..live.len())];
+                let (what, faults) = match rng.random_range(0..3) {
+                    0 => ("fsync errors", FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }),
+                    1 => ("write errors", FaultConfig { write: FaultRule::errors(1.0), ..FaultConfig::default() }),
+                    _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
+                };
+                c.fail_disk(n, faults);
+                faulted = Some(n);
+                report.disk_faults += 1;
+                format!("{what} on {n}")
+            }
+            8 if dead.is_empty() && faulted.is_none() => {
                 // One node down at a time, so every group keeps a majority.
                 let n = if rng.random_bool(0.5) {
                     c.manager_node().unwrap_or(live[0])
@@ -280,6 +313,15 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
 
     // Heal, bring every node back, stop the clients, let the cluster settle.
     c.net.clear_filters();
+    c.heal_disks();
+    // A node already failing finishes its fail-stop (it never serves from that disk again).
+    tokio::time::sleep(Duration::from_millis(c.raft_config().fail_stop_timeout_ms + 500)).await;
+    for n in c.finished() {
+        tally_consistency(&mut report, c.consistency(n));
+        c.crash(n, usize::MAX);
+        dead.push(n);
+        report.fail_stops += 1;
+    }
     for n in dead.drain(..) {
         c.restart(n);
     }

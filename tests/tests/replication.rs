@@ -240,7 +240,7 @@ fn sharded_nemesis_histories_are_linearizable() {
     let first: u64 = std::env::var("PRESAGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let count: u64 = std::env::var("PRESAGE_SHARDED_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let (mut ops, mut acked, mut unknown, mut operators, mut splits, mut merges) = (0, 0, 0, 0, 0, 0);
-    let (mut evacuations, mut crashes, mut lost, mut checks) = (0, 0, 0, 0);
+    let (mut evacuations, mut crashes, mut lost, mut checks, mut fail_stops) = (0, 0, 0, 0, 0);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -257,11 +257,13 @@ fn sharded_nemesis_histories_are_linearizable() {
         crashes += report.crashes;
         lost += report.unsynced_writes_lost;
         checks += report.consistency_checks;
+        fail_stops += report.fail_stops;
     }
     eprintln!(
         "sharded nemesis: {count} seeds, {ops} ops checked, {acked} acknowledged writes, {unknown} unknown, \
          {operators} operators finished ({splits} splits, {merges} merges), {evacuations} evacuations, \
-         {crashes} power losses dropping {lost} unsynced writes, {checks} consistency checks without a mismatch"
+         {crashes} power losses and {fail_stops} fail-stops after disk faults dropping {lost} unsynced writes, \
+         {checks} consistency checks without a mismatch"
     );
     if count >= 4 {
         assert!(checks > 0, "no consistency check compared the replicas");
