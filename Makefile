@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/presage/target
 CARGO ?= ./scripts/cargo.sh
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup build test demo bench bench-peers dist fmt lint doc fuzz
+.PHONY: setup build test demo bench bench-peers dist fmt lint doc fuzz soak
 
 setup:
 	@./scripts/setup.sh
@@ -49,6 +49,14 @@ dist: setup
 # in one table (scripts/bench-peers.sh; installs etcd-server and redis-server when missing).
 bench-peers: setup
 	./scripts/bench-peers.sh
+
+# Both nemeses (partitions, drops, delays, kills, power losses, disk faults, leader moves,
+# splits, merges, evacuations) and the crash tests at every failpoint, SEEDS seeds each.
+SEEDS ?= 500
+soak: setup
+	PRESAGE_NEMESIS_SEEDS=$(SEEDS) PRESAGE_SHARDED_NEMESIS_SEEDS=$(SEEDS) PRESAGE_FAILPOINT_SEEDS=$(SEEDS) \
+		$(CARGO) test $(CARGO_FLAGS) -p presage-tests --features failpoints --test replication --test failpoints \
+		-- nemesis a_crash --nocapture
 
 # Fuzz the Raft frame decoder, the RESP parser, the config loader, the native frame decoder and the
 # peer handshake for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its

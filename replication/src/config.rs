@@ -40,6 +40,11 @@ pub struct RaftConfig {
     /// After an engine write failed, the node hands its leaderships away for at most this
     /// long before it stops (it stops sooner once it leads nothing), ms.
     pub fail_stop_timeout_ms: u64,
+    /// A node whose clock is further than this from the median of its peers' is out of
+    /// sync: its leaders serve no leased read until it is back (`crate::clock`), ms.
+    pub max_clock_offset_ms: u64,
+    /// A peer's clock reading counts for this long after it arrived, ms.
+    pub clock_reading_max_age_ms: u64,
     /// Most bytes of Raft messages and proposed writes taken into one ready round (the rest
     /// waits for the next): with `max-apply-bytes-per-ready`, it bounds each round's engine
     /// batches, so a burst of large values cannot stall or exhaust a node.
@@ -93,6 +98,8 @@ impl Default for RaftConfig {
             max_mailbox_bytes: 256 * 1024 * 1024,
             max_mailbox_wait_ms: 1_000,
             fail_stop_timeout_ms: 3_000,
+            max_clock_offset_ms: 500,
+            clock_reading_max_age_ms: 10_000,
             max_round_bytes: 32 * 1024 * 1024,
             lease_reads: true,
             quiesce_after_ticks: 20,
@@ -121,6 +128,9 @@ impl RaftConfig {
         let bad = |m: String| Err(Error::Config(m));
         if self.tick_interval_ms == 0 {
             return bad("tick-interval-ms must be positive".into());
+        }
+        if self.max_clock_offset_ms == 0 || self.clock_reading_max_age_ms == 0 {
+            return bad("max-clock-offset-ms and clock-reading-max-age-ms must be positive".into());
         }
         if self.heartbeat_ticks == 0 {
             return bad("heartbeat-ticks must be positive".into());

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use crate::clock::GroupClock;
 use crate::wire::ShardDescriptor;
 
 /// One leader's published lease.
@@ -39,9 +40,16 @@ pub struct LeaseViews {
     next_generation: AtomicU64,
     /// The leader each follower replica here knows, by shard: a hint, never a right to serve.
     leaders: RwLock<HashMap<u64, u64>>,
+    /// The node's clock for expiry, shared by its replicas and the readers off the loop.
+    pub(crate) clock: Arc<GroupClock>,
 }
 
 impl LeaseViews {
+    /// Views of a node whose expiry clock is `clock`.
+    pub(crate) fn with_clock(clock: Arc<GroupClock>) -> Self {
+        LeaseViews { clock, ..LeaseViews::default() }
+    }
+
     /// Publishes (or renews) `shard_id`'s lease; returns the view's generation.
     pub(crate) fn publish(&self, shard_id: u64, lease: Lease) -> u64 {
         let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -32,6 +32,7 @@
 //! its lease lapses goes through a ReadIndex round instead. While a lease holds, reads are
 //! answered on the caller's thread ([`local_read`]), checked again after the engine read.
 
+pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod error;

@@ -89,8 +89,8 @@ impl LocalReader {
         if desc.merging_into.is_some() || epoch.version != desc.epoch().version || !in_range {
             return None;
         }
-        let now_ms = view.clock_floor_ms.fetch_max(crate::value::wall_now_ms(), Ordering::Relaxed);
-        let now_ms = now_ms.max(crate::value::wall_now_ms());
+        let clock_ms = self.views.clock.now_ms();
+        let now_ms = view.clock_floor_ms.fetch_max(clock_ms, Ordering::Relaxed).max(clock_ms);
         let result = (self.read)(desc, request, now_ms);
         if !self.views.still_holds(shard_id, view.generation, now()) {
             return None;

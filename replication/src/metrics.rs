@@ -8,18 +8,23 @@
 //!   something, from its start to its log job handed over and its callbacks run: the time
 //!   the loop is busy per round (message steps between rounds are not in it).
 //!
+//! - `presage_clock_offset_seconds`, `presage_clock_out_of_sync`: the node's clock against its
+//!   peers' (`crate::clock`).
+//!
 //! The node renders [`registry`] beside its own and the engine's.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntGauge, Registry};
 
 /// The metrics (see the module doc).
 pub(crate) struct RaftMetrics {
     registry: Registry,
     commit: Histogram,
     round: Histogram,
+    clock_offset: Gauge,
+    clock_out_of_sync: IntGauge,
 }
 
 static METRICS: LazyLock<RaftMetrics> = LazyLock::new(RaftMetrics::new);
@@ -51,7 +56,17 @@ impl RaftMetrics {
             "raft_ready_round_seconds",
             "One store-loop round that persisted or applied something",
         );
-        RaftMetrics { registry, commit, round }
+        let clock_offset =
+            Gauge::new("clock_offset_seconds", "This node's clock minus the median of its peers' (estimated)")
+                .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        registry.register(Box::new(clock_offset.clone())).unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let clock_out_of_sync = IntGauge::new(
+            "clock_out_of_sync",
+            "1 while this node's clock is further than max-clock-offset-ms from its peers' (no leased reads)",
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        registry.register(Box::new(clock_out_of_sync.clone())).unwrap_or_else(|e| panic!("metric definition: {e}"));
+        RaftMetrics { registry, commit, round, clock_offset, clock_out_of_sync }
     }
 }
 
@@ -68,6 +83,12 @@ pub(crate) fn observe_commit(elapsed: Duration) {
 /// A ready round took `elapsed`.
 pub(crate) fn observe_round(elapsed: Duration) {
     METRICS.round.observe(elapsed.as_secs_f64());
+}
+
+/// Records the node's clock offset (ms; `None`: no fresh readings) and verdict.
+pub(crate) fn set_clock(offset_ms: Option<i64>, out_of_sync: bool) {
+    METRICS.clock_offset.set(offset_ms.unwrap_or(0) as f64 / 1e3);
+    METRICS.clock_out_of_sync.set(i64::from(out_of_sync));
 }
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ impl Node {
     /// Starts driving `store`, sending through `transport`.
     pub fn spawn<E: Engine, T: Transport>(store: Store<E>, transport: T, config: &RaftConfig) -> Node {
         let config = config.clone();
+        let transport = crate::transport::Stamped::new(transport, store.clock());
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let handle = NodeHandle {
@@ -251,7 +252,7 @@ impl Node {
     ) -> Result<Node> {
         // Log writes on a thread of their own: the loop goes on while they sync, and the
         // messages that wait for a write leave from that thread once it is durable.
-        let transport = Arc::new(transport);
+        let transport = Arc::new(crate::transport::Stamped::new(transport, store.clock()));
         let from_writer = Arc::clone(&transport);
         store.use_log_writer_thread(Some(Arc::new(move |env| from_writer.send(env))))?;
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);

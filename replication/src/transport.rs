@@ -19,6 +19,27 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, env: RaftEnvelope);
 }
 
+/// A transport that stamps each envelope with its node's clock as it leaves
+/// (`RaftEnvelope::clock_ms`, for the peers' estimate of it: `crate::clock`).
+pub struct Stamped<T> {
+    inner: T,
+    clock: Arc<crate::clock::GroupClock>,
+}
+
+impl<T: Transport> Stamped<T> {
+    /// Stamps with `clock`, then sends through `inner`.
+    pub fn new(inner: T, clock: Arc<crate::clock::GroupClock>) -> Self {
+        Stamped { inner, clock }
+    }
+}
+
+impl<T: Transport> Transport for Stamped<T> {
+    fn send(&self, mut env: RaftEnvelope) {
+        env.clock_ms = self.clock.own_ms();
+        self.inner.send(env);
+    }
+}
+
 impl<T: Transport> Transport for Arc<T> {
     fn send(&self, env: RaftEnvelope) {
         (**self).send(env);

@@ -470,6 +470,10 @@ pub struct RaftEnvelope {
     /// outside its configuration is newer, or was removed).
     #[prost(message, optional, tag = "11")]
     pub epoch: Option<Epoch>,
+    /// The sender's clock as the envelope left (Unix ms; 0: not stamped), for its peers'
+    /// estimate of it (`crate::clock`).
+    #[prost(uint64, tag = "12")]
+    pub clock_ms: u64,
 }
 
 impl RaftEnvelope {

@@ -45,6 +45,8 @@ pub struct Cluster {
     engines: BTreeMap<u64, MemEngine>,
     /// Each node's disk faults (its store runs on `FaultyEngine` over its `MemEngine`).
     faults: BTreeMap<u64, Arc<FaultInjector>>,
+    /// Each node's clock skew from the wall clock, ms (kept across restarts), and its clock.
+    clocks: BTreeMap<u64, (i64, Arc<presage_replication::clock::GroupClock>)>,
     nodes: BTreeMap<u64, Node>,
     directory: Directory,
 }
@@ -88,6 +90,7 @@ impl Cluster {
             config,
             engines: BTreeMap::new(),
             faults: BTreeMap::new(),
+            clocks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             directory: Directory::default(),
         };
@@ -106,7 +109,20 @@ impl Cluster {
         let injector = Arc::new(FaultInjector::new());
         self.faults.insert(id, Arc::clone(&injector));
         let engine = FaultyEngine::new(self.engines[&id].clone(), injector);
-        Store::open(id, engine, self.config.clone()).expect("open store")
+        let store = Store::open(id, engine, self.config.clone()).expect("open store");
+        let skew = self.clocks.get(&id).map_or(0, |(skew, _)| *skew);
+        let clock = store.clock();
+        clock.set_skew_ms(skew);
+        self.clocks.insert(id, (skew, clock));
+        store
+    }
+
+    /// Moves node `id`'s clock `skew_ms` away from the wall clock (also after restarts).
+    pub fn set_clock_skew(&mut self, id: u64, skew_ms: i64) {
+        if let Some((skew, clock)) = self.clocks.get_mut(&id) {
+            *skew = skew_ms;
+            clock.set_skew_ms(skew_ms);
+        }
     }
 
     /// Injects `faults` into node `id`'s disk until it restarts.

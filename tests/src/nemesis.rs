@@ -2,7 +2,8 @@
 //! partitions and isolates nodes, drops and delays messages, kills and restarts nodes (half
 //! the kills are power losses that keep only a random prefix of the unsynced writes), fails
 //! a node's disk (fsync errors, write errors, a full disk: the node hands off and stops, and
-//! loses power with it) and moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
+//! loses power with it), moves one node's clock (up to two hours either way; half the puts
+//! expire in an hour, so an early expiry shows as a lost write) and moves the leader; it also quiets the clients until the group goes to sleep (quiescence)
 //! and then cuts off or kills the sleeping leader. Afterwards the network heals, every node
 //! comes back, the replicas must converge, and the whole history - final reads included, so
 //! a lost acknowledged write shows - must be linearizable.
@@ -80,6 +81,8 @@ pub struct NemesisReport {
     pub disk_faults: usize,
     /// Nodes that stopped on their own after a disk fault (fail-stop).
     pub fail_stops: usize,
+    /// Clock jumps and drifts injected.
+    pub clock_skews: usize,
     /// Reads served off the store loop under a lease by the nodes running at the end
     /// (a node that restarted counts from its restart).
     pub local_reads: u64,
@@ -110,6 +113,13 @@ async fn client_op(
     let timeout = Duration::from_secs(1);
     let fut = async {
         match op {
+            // Half the puts expire in an hour (never within a run): a clock that jumps must
+            // not expire them early.
+            KvOp::Put(v) if v.len() % 2 == 0 => {
+                let deadline = presage_replication::value::wall_now_ms() + 3_600_000;
+                let put = Op::put_expiring(key.to_vec(), v.clone(), deadline);
+                node.write_once(SHARD, epoch, vec![put], id).await.map(|()| None)
+            }
             KvOp::Put(v) => {
                 node.write_once(SHARD, epoch, vec![Op::put(key.to_vec(), v.clone())], id).await.map(|()| None)
             }
@@ -264,6 +274,8 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let majority = cfg.nodes / 2 + 1;
     let deadline = tokio::time::Instant::now() + cfg.duration;
     let mut active_filters: Vec<u64> = Vec::new();
+    // The node whose clock the nemesis moved, until a heal.
+    let mut skewed: Option<u64> = None;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
         // A node that stopped after its disk failed lost power with it: what it had not
@@ -279,7 +291,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         let all = cluster.all();
         let live = cluster.live();
         let dead: Vec<u64> = all.iter().copied().filter(|n| !live.contains(n)).collect();
-        let fault = match rng.random_range(0..11) {
+        let fault = match rng.random_range(0..12) {
             0 => {
                 let mut a: Vec<u64> = all.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
                 if a.is_empty() || a.len() == all.len() {
@@ -364,9 +376,26 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                 report.disk_faults += 1;
                 format!("{what} on {n}")
             }
+            10 if skewed.is_none() => {
+                // One clock at a time: a jump of up to two hours either way, or a drift
+                // within the tolerated offset.
+                let n = all[rng.random_range(0..all.len())];
+                let skew_ms: i64 = if rng.random_bool(0.5) {
+                    rng.random_range(-7_200_000..7_200_000)
+                } else {
+                    rng.random_range(-400..400)
+                };
+                cluster.set_clock_skew(n, skew_ms);
+                skewed = Some(n);
+                report.clock_skews += 1;
+                format!("clock of {n} moved {skew_ms} ms")
+            }
             _ => {
                 for id in active_filters.drain(..) {
                     cluster.net.remove_filter(id);
+                }
+                if let Some(n) = skewed.take() {
+                    cluster.set_clock_skew(n, 0);
                 }
                 "heal".to_string()
             }
@@ -381,6 +410,9 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     // Heal everything, bring every node back, let the replicas converge.
     cluster.net.clear_filters();
     cluster.heal_disks();
+    if let Some(n) = skewed.take() {
+        cluster.set_clock_skew(n, 0);
+    }
     // A node already failing finishes its fail-stop (it never serves from that disk again).
     tokio::time::sleep(Duration::from_millis(cluster.config.fail_stop_timeout_ms + 500)).await;
     for n in cluster.finished() {

@@ -196,7 +196,7 @@ fn nemesis_histories_are_linearizable() {
     let count: u64 = std::env::var("PRESAGE_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut totals = (0usize, 0usize, 0usize, 0usize);
     let (mut local_reads, mut resolved) = (0u64, 0usize);
-    let (mut crashes, mut lost, mut disk_faults, mut fail_stops) = (0usize, 0usize, 0usize, 0usize);
+    let (mut crashes, mut lost, mut disk_faults, mut fail_stops, mut skews) = (0usize, 0usize, 0usize, 0usize, 0usize);
     for seed in first..first + count {
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -212,13 +212,15 @@ fn nemesis_histories_are_linearizable() {
         lost += report.unsynced_writes_lost;
         disk_faults += report.disk_faults;
         fail_stops += report.fail_stops;
+        skews += report.clock_skews;
         local_reads += report.local_reads;
         resolved += report.resolved_retries;
     }
     eprintln!(
         "nemesis: {count} seeds, {} ops checked, {} acknowledged writes, {} unknown, {resolved} unknown until \
          a retry under their request id answered, {} sleeping leaders failed, {local_reads} reads served off the loop, \
-         {crashes} power losses and {fail_stops} fail-stops after {disk_faults} disk faults dropping {lost} unsynced writes",
+         {crashes} power losses and {fail_stops} fail-stops after {disk_faults} disk faults dropping {lost} unsynced writes, \
+         {skews} clock jumps",
         totals.0, totals.1, totals.2, totals.3
     );
     if count >= 20 {
@@ -1544,4 +1546,39 @@ async fn a_leader_whose_disk_fails_hands_off_then_stops() {
     nh.write(1, epoch, vec![Op::put(b"after".to_vec(), b"v".to_vec())]).await.expect("writes go on");
     let refused_value = nh.read(1, epoch, ReadRequest::Get(b"refused".to_vec())).await.expect("read");
     assert_eq!(refused_value, ReadResponse::Value(None), "a refused write was never applied");
+}
+
+/// Clocks (issue 23): a leader whose clock jumps an hour ahead expires nothing early, since
+/// values expire by the group's median clock; it reports itself out of sync and serves no
+/// leased read meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_clock_jumps_ahead_expires_nothing_early() {
+    use presage_replication::{Op, ReadRequest, ReadResponse};
+    let mut c = Cluster::start(3, seed());
+    let leader = c.wait_leader(10 * SEC).await;
+    let h = c.handle(leader).expect("leader");
+    let epoch = c.epoch().await;
+    let in_ten_minutes = presage_replication::value::wall_now_ms() + 600_000;
+    h.write(1, epoch, vec![Op::put_expiring(b"k".to_vec(), b"v".to_vec(), in_ten_minutes)]).await.expect("put");
+    tokio::time::sleep(SEC).await;
+    let reads_before = h.local_reads();
+
+    c.set_clock_skew(leader, 3_600_000);
+    // Sweeps run every few ticks on the leader; give it many.
+    tokio::time::sleep(5 * SEC).await;
+    assert_eq!(c.leader().await, Some(leader), "the jump alone moves no leadership");
+    let summary = h.summary().await.expect("summary");
+    assert!(summary.clock_out_of_sync, "the leader says its clock is off: {summary:?}");
+    assert!(summary.clock_offset_ms.is_some_and(|o| o < -3_000_000), "offset {:?}", summary.clock_offset_ms);
+    let read = h.read(1, epoch, ReadRequest::Get(b"k".to_vec())).await.expect("read");
+    assert_eq!(read, ReadResponse::Value(Some(b"v".to_vec())), "the value is alive for the group");
+    assert_eq!(h.local_reads(), reads_before, "no read under a lease while out of sync");
+    for id in c.all() {
+        let stored = presage_engine::Reader::get(c.engine(id), presage_engine::Cf::Data, b"k").expect("get");
+        assert!(stored.is_some(), "node {id} deleted a live value");
+    }
+
+    c.set_clock_skew(leader, 0);
+    tokio::time::sleep(SEC).await;
+    assert!(!h.summary().await.expect("summary").clock_out_of_sync, "back in sync");
 }

@@ -336,12 +336,12 @@ impl<E: Engine> Peer<E> {
         self.known_records.clear();
     }
 
-    /// The clock for expiry on this replica: the wall clock, never behind a time this replica
+    /// The clock for expiry on this replica: the group's clock (`crate::clock`), never behind a time this replica
     /// already applied or read with, so a value seen expired stays expired across proposals
     /// and reads even if the wall clock steps back. (It is not persisted: after a restart,
     /// or under a new leader, it is only as good as the clocks' agreement.)
     pub(crate) fn now_ms(&mut self) -> u64 {
-        let now = value::wall_now_ms();
+        let now = self.lease_views.clock.now_ms();
         self.clock_floor_ms.fetch_max(now, std::sync::atomic::Ordering::Relaxed).max(now)
     }
 

@@ -57,6 +57,7 @@ impl<E: Engine> Peer<E> {
             && r.lead_transferee.is_none()
             && self.lease_until.is_some_and(|until| now < until)
             && r.commit_to_current_term()
+            && !self.lease_views.clock.out_of_sync()
     }
 
     /// Ends this replica's read lease: the next leased read first confirms leadership with a

@@ -138,6 +138,11 @@ pub struct StoreSummary {
     pub snapshot_bytes_sent: u64,
     /// Snapshot transfers this node is sending now.
     pub snapshots_outgoing: usize,
+    /// This node's clock minus the median of its peers' (`crate::clock`), in ms; `None`
+    /// without fresh readings.
+    pub clock_offset_ms: Option<i64>,
+    /// The clock is further than `max-clock-offset-ms` from its peers': no leased reads.
+    pub clock_out_of_sync: bool,
 }
 
 /// Nodes remembered as asked about one replica ([`Store::probe_stale`]).
@@ -228,7 +233,9 @@ impl<E: Engine> Store<E> {
             return Err(e.into());
         }
         let mut peers = BTreeMap::new();
-        let lease_views = Arc::new(LeaseViews::default());
+        let clock =
+            Arc::new(crate::clock::GroupClock::new(config.max_clock_offset_ms, config.clock_reading_max_age_ms));
+        let lease_views = Arc::new(LeaseViews::with_clock(clock));
         for shard_id in shard_ids {
             if let Some(storage) = PeerStorage::load(engine.clone(), shard_id)? {
                 peers.insert(shard_id, Peer::new(node_id, storage, &config, Arc::clone(&lease_views))?);
@@ -272,6 +279,11 @@ impl<E: Engine> Store<E> {
     /// The leases this store's leaders publish, for a [`crate::local_read::LocalReader`].
     pub fn lease_views(&self) -> Arc<LeaseViews> {
         Arc::clone(&self.lease_views)
+    }
+
+    /// The node's clock for expiry (its skew can be set: tests, fault injection).
+    pub fn clock(&self) -> Arc<crate::clock::GroupClock> {
+        Arc::clone(&self.lease_views.clock)
     }
 
     /// A reader of this store's engine under its leaders' leases.
@@ -329,6 +341,8 @@ impl<E: Engine> Store<E> {
             snapshot_rate_bytes_per_sec: self.snapshot_rate_bytes_per_sec,
             snapshot_bytes_sent: self.snapshot_bytes_sent,
             snapshots_outgoing: self.outgoing.len(),
+            clock_offset_ms: self.lease_views.clock.offset_ms(),
+            clock_out_of_sync: self.lease_views.clock.out_of_sync(),
         }
     }
 

@@ -39,6 +39,7 @@ impl<E: Engine> Store<E> {
     /// sleep and pings the nodes that share sleeping groups.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.check_clock();
         let max_read_age_ticks = 2 * self.config.election_ticks;
         let quiesce_after = self.config.quiesce_after_ticks;
         let mut sleepers = Vec::new();
@@ -175,6 +176,29 @@ impl<E: Engine> Store<E> {
             for shard_id in sleeping {
                 self.wake(shard_id);
             }
+        }
+    }
+}
+
+impl<E: Engine> Store<E> {
+    /// Measures the node's clock against its peers' (`crate::clock`) and says so when it
+    /// falls out of sync or comes back; its leaders serve no leased read meanwhile.
+    fn check_clock(&mut self) {
+        let clock = &self.lease_views.clock;
+        let (offset, changed) = clock.check();
+        crate::metrics::set_clock(offset, clock.out_of_sync());
+        if !changed {
+            return;
+        }
+        if clock.out_of_sync() {
+            tracing::error!(
+                node = self.node_id,
+                offset_ms = ?offset,
+                max_offset_ms = clock.max_offset_ms(),
+                "this node's clock is out of sync with its peers': no leased reads until it is back"
+            );
+        } else {
+            tracing::warn!(node = self.node_id, offset_ms = ?offset, "this node's clock is back in sync with its peers'");
         }
     }
 }

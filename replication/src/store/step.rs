@@ -15,6 +15,7 @@ impl<E: Engine> Store<E> {
             return Ok(());
         }
         self.last_heard.insert(env.from_node, self.ticks);
+        self.lease_views.clock.record(env.from_node, env.clock_ms, Instant::now());
         self.silent.remove(&env.from_node);
         if env.ping {
             return Ok(());
