@@ -25,6 +25,7 @@ build: setup
 test: setup
 	@./scripts/setup.sh prometheus redis-server python3-redis
 	$(CARGO) test $(CARGO_FLAGS) --workspace --features presage-tests/failpoints
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
 # The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".
 DEMO_ARGS ?=
@@ -62,6 +63,8 @@ soak: setup
 # peer handshake for FUZZ_SECONDS each (cargo-fuzz on stable via RUSTC_BOOTSTRAP; its
 # own target folder, since fuzzing flags differ from every other build).
 FUZZ_SECONDS ?= 60
+# `make test` fuzzes each target this long.
+TEST_FUZZ_SECONDS ?= 10
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cd replication/fuzz && RUSTC_BOOTSTRAP=1 ../../scripts/cargo.sh fuzz run --sanitizer none \
