@@ -1,20 +1,29 @@
-//! The clock for expiry: the group's median time, not one node's wall clock.
+//! The clock for expiry: the median of the clocks a node hears, not its own wall clock.
 //!
 //! A value's deadline is decided against the proposer's time, carried in the log so that
 //! every replica decides alike (`value.rs`); a leader whose wall clock jumped forward would
 //! otherwise delete live values on every replica, and one that jumped back would keep dead
-//! ones. So each node estimates its peers' clocks: every Raft envelope carries its sender's
-//! time as it left (`clock_ms`), and an estimate is that reading plus the time since it
-//! arrived, on this node's monotonic clock. "Now" ([`GroupClock::now_ms`]) is the median of
-//! the node's own clock and the fresh estimates (with one estimate, the lower of the two, so
-//! that a disagreement expires values late, never early). One clock off by any amount moves
-//! nothing as long as the majority of the clocks a node hears agree.
+//! ones. So each node estimates the clocks of the nodes it hears from (its "group": every
+//! peer that sends it Raft messages or pings): every Raft envelope carries its sender's time
+//! as it left (`clock_ms`), and an estimate is that reading plus the time since it arrived,
+//! on this node's monotonic clock. Once per tick ([`GroupClock::check`]) the node takes the
+//! median of its own clock and the fresh estimates (with one estimate, the lower of the two,
+//! so that a disagreement expires values late, never early; with none, its own clock) and
+//! keeps that group time with the monotonic instant it was taken; "now"
+//! ([`GroupClock::now_ms`]) runs on from it by the monotonic clock, so a read costs a clock
+//! read, and a jump of the node's wall clock between two checks shows nowhere until a check
+//! weighs it against the peers. One clock off by any amount moves nothing as long as the
+//! majority of the clocks a node hears agree.
 //!
-//! A node also measures its own offset ([`GroupClock::offset_ms`]): the median estimate
-//! minus its own clock. Past `max-clock-offset-ms` it is out of sync: it says so (a log line
-//! on each change, `StoreSummary`, the metric `presage_clock_offset_seconds`) and its leaders
-//! serve no read under a lease (every read takes a ReadIndex round) until it is back.
-//! Estimates lag by a message's transit time, so the offset reads that much low.
+//! Past `max-clock-offset-ms` of offset the node is out of sync: it says so (a log line on
+//! each change, `StoreSummary`, the metric `presage_clock_offset_seconds`), and its leaders
+//! serve no read under a lease, on the loop or off it, until it is back (every read takes a
+//! ReadIndex round).
+//!
+//! Limits: an estimate lags by the message's transit and queueing time, so peers read late by
+//! that much (expiry later, never earlier; a node whose messages wait more than the maximum
+//! offset counts itself out of sync and stops leased reads, the safe side). A node that hears
+//! nobody fresh uses its own clock; a replica's clock never goes back (`Peer::now_ms`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -39,6 +48,14 @@ pub struct GroupClock {
     max_offset_ms: u64,
     max_age: Duration,
     readings: Mutex<HashMap<u64, Reading>>,
+    /// The group's median clock minus this node's, as of the last [`GroupClock::check`], ms.
+    offset_ms: AtomicI64,
+    /// The group's time at the last check and the monotonic instant it was taken: "now" runs
+    /// on from it by the monotonic clock, so a jump of the wall clock between checks shows
+    /// nowhere until a check weighs it against the peers.
+    base: Mutex<(u64, Instant)>,
+    /// Whether any fresh reading counted at the last check.
+    heard: AtomicBool,
     out_of_sync: AtomicBool,
 }
 
@@ -57,6 +74,9 @@ impl GroupClock {
             max_offset_ms,
             max_age: Duration::from_millis(max_age_ms),
             readings: Mutex::new(HashMap::new()),
+            offset_ms: AtomicI64::new(0),
+            base: Mutex::new((crate::value::wall_now_ms(), Instant::now())),
+            heard: AtomicBool::new(false),
             out_of_sync: AtomicBool::new(false),
         }
     }
@@ -101,30 +121,34 @@ impl GroupClock {
             .collect()
     }
 
-    /// The time for expiry: see [`group_time`].
+    /// The time for expiry: the group's time at the last check, run on by the monotonic
+    /// clock since (see the module doc).
     pub fn now_ms(&self) -> u64 {
-        group_time(self.own_ms(), &self.estimates(Instant::now()))
+        let (base_ms, at) = *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        base_ms.saturating_add(at.elapsed().as_millis() as u64)
     }
 
-    /// The median peer estimate minus this node's clock, in ms; `None` without fresh
-    /// readings.
+    /// The group's median clock ([`group_time`]) minus this node's, in ms, as of the last
+    /// [`GroupClock::check`]; `None` when no fresh reading counted (positive: this node is
+    /// behind).
     pub fn offset_ms(&self) -> Option<i64> {
-        let mut estimates = self.estimates(Instant::now());
-        if estimates.is_empty() {
-            return None;
-        }
-        estimates.sort_unstable();
-        let median = estimates[(estimates.len() - 1) / 2];
-        Some(median as i64 - self.own_ms() as i64)
+        self.heard.load(Ordering::Relaxed).then(|| self.offset_ms.load(Ordering::Relaxed))
     }
 
-    /// Measures the offset again and updates [`GroupClock::out_of_sync`]; returns the offset
-    /// and whether the verdict changed.
+    /// Measures the offset again from the fresh readings and updates
+    /// [`GroupClock::out_of_sync`]; returns the offset and whether the verdict changed.
     pub fn check(&self) -> (Option<i64>, bool) {
-        let offset = self.offset_ms();
-        let off = offset.is_some_and(|o| o.unsigned_abs() > self.max_offset_ms);
+        let own = self.own_ms();
+        let now = Instant::now();
+        let estimates = self.estimates(now);
+        let group = group_time(own, &estimates);
+        *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (group, now);
+        let offset = group as i64 - own as i64;
+        self.offset_ms.store(offset, Ordering::Relaxed);
+        self.heard.store(!estimates.is_empty(), Ordering::Relaxed);
+        let off = !estimates.is_empty() && offset.unsigned_abs() > self.max_offset_ms;
         let was = self.out_of_sync.swap(off, Ordering::Relaxed);
-        (offset, was != off)
+        (self.offset_ms(), was != off)
     }
 
     /// True while this node's clock was, at the last [`GroupClock::check`], further than
@@ -175,15 +199,36 @@ mod tests {
         let wall = crate::value::wall_now_ms();
         clock.record(2, wall, now);
         clock.record(3, wall, now);
-        assert!(clock.check().0.is_none_or(|o| o.abs() <= 500), "in sync at first");
+        assert!(clock.check().0.is_some_and(|o| o.abs() <= 500), "in sync at first");
         assert!(!clock.out_of_sync());
         clock.set_skew_ms(3_600_000);
         let (offset, changed) = clock.check();
         assert!(changed && clock.out_of_sync(), "an hour ahead: offset {offset:?}");
+        assert!(offset.is_some_and(|o| o < -3_000_000), "negative: the node is ahead, {offset:?}");
         assert!(clock.now_ms() < wall + 60_000, "expiry follows the peers, not the node");
         // Readings older than the limit are ignored: alone, the node uses its own clock.
         let stale = GroupClock::new(500, 0);
         stale.record(2, wall, now - Duration::from_millis(5));
-        assert_eq!(stale.offset_ms(), None);
+        assert_eq!(stale.check(), (None, false));
+        assert!(!stale.out_of_sync());
+    }
+
+    #[test]
+    fn one_peer_far_behind_flags_only_itself() {
+        // Three nodes; node 3 an hour behind. Node 1 hears 2 (in time) and 3 (behind).
+        let wall = crate::value::wall_now_ms();
+        let now = Instant::now();
+        let healthy = GroupClock::new(500, 10_000);
+        healthy.record(2, wall, now);
+        healthy.record(3, wall - 3_600_000, now);
+        let (offset, _) = healthy.check();
+        assert!(!healthy.out_of_sync(), "a healthy node keeps its leases: offset {offset:?}");
+        let behind = GroupClock::new(500, 10_000);
+        behind.set_skew_ms(-3_600_000);
+        behind.record(1, wall, now);
+        behind.record(2, wall, now);
+        let (offset, _) = behind.check();
+        assert!(behind.out_of_sync() && offset.is_some_and(|o| o > 3_000_000), "offset {offset:?}");
+        assert!(behind.now_ms() + 60_000 > wall, "its expiry follows the majority");
     }
 }

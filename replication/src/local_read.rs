@@ -81,7 +81,7 @@ impl LocalReader {
             let leader = self.views.leader_hint(shard_id)?;
             return Some(Err(crate::Error::NotLeader { shard_id, leader: Some(leader) }));
         };
-        if now() >= view.until {
+        if now() >= view.until || self.views.clock.out_of_sync() {
             return None;
         }
         let desc = &*view.descriptor;

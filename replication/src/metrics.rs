@@ -56,9 +56,11 @@ impl RaftMetrics {
             "raft_ready_round_seconds",
             "One store-loop round that persisted or applied something",
         );
-        let clock_offset =
-            Gauge::new("clock_offset_seconds", "This node's clock minus the median of its peers' (estimated)")
-                .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let clock_offset = Gauge::new(
+            "clock_offset_seconds",
+            "The median of the clocks this node hears, its own included, minus its own (estimated)",
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
         registry.register(Box::new(clock_offset.clone())).unwrap_or_else(|e| panic!("metric definition: {e}"));
         let clock_out_of_sync = IntGauge::new(
             "clock_out_of_sync",

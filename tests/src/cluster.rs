@@ -130,6 +130,13 @@ impl Cluster {
         self.faults[&id].set(faults).expect("valid fault configuration");
     }
 
+    /// Ends node `id`'s disk faults.
+    pub fn heal_disk(&self, id: u64) {
+        if let Some(injector) = self.faults.get(&id) {
+            injector.clear();
+        }
+    }
+
     /// Ends every node's disk faults.
     pub fn heal_disks(&self) {
         for injector in self.faults.values() {

@@ -276,6 +276,9 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     let mut active_filters: Vec<u64> = Vec::new();
     // The node whose clock the nemesis moved, until a heal.
     let mut skewed: Option<u64> = None;
+    // The node whose disk the nemesis failed and when, until it stops (one at a time).
+    let mut faulted: Option<(u64, tokio::time::Instant)> = None;
+    let fail_stop_within = Duration::from_millis(cluster.config.fail_stop_timeout_ms + 2_000);
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
         // A node that stopped after its disk failed lost power with it: what it had not
@@ -287,6 +290,13 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
             report.fail_stops += 1;
             report.unsynced_writes_lost += unsynced - keep;
             report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+        }
+        faulted = faulted.filter(|(n, _)| cluster.live().contains(n));
+        if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
+            // It wrote nothing since (a follower of idle groups): its disk is mended.
+            cluster.heal_disk(n);
+            faulted = None;
+            report.faults.push(format!("disk of {n} mended after {:?} without a write", at.elapsed()));
         }
         let all = cluster.all();
         let live = cluster.live();
@@ -365,7 +375,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                 ctl.quiet.store(false, Ordering::SeqCst);
                 format!("quiet {idle_ticks} ticks, {what}")
             }
-            9 if live.len() as u64 > majority => {
+            9 if live.len() as u64 > majority && faulted.is_none() => {
                 let n = live[rng.random_range(0..live.len())];
                 let (what, faults) = match rng.random_range(0..3) {
                     0 => ("fsync errors", FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }),
@@ -373,6 +383,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
                     _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
                 };
                 cluster.fail_disk(n, faults);
+                faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;
                 format!("{what} on {n}")
             }

@@ -176,6 +176,13 @@ impl ShardedCluster {
         self.faults[&id].set(faults).expect("valid fault configuration");
     }
 
+    /// Ends node `id`'s disk faults.
+    pub fn heal_disk(&self, id: u64) {
+        if let Some(injector) = self.faults.get(&id) {
+            injector.clear();
+        }
+    }
+
     /// Ends every node's disk faults.
     pub fn heal_disks(&self) {
         for injector in self.faults.values() {

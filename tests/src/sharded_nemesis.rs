@@ -170,8 +170,9 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     let mut dead: Vec<u64> = Vec::new();
     let mut second_group = false;
     let mut evacuating = false;
-    // A node whose disk the nemesis failed, until it stops and is crashed.
-    let mut faulted: Option<u64> = None;
+    // A node whose disk the nemesis failed and when, until it stops and is crashed.
+    let mut faulted: Option<(u64, tokio::time::Instant)> = None;
+    let fail_stop_within = Duration::from_millis(c.raft_config().fail_stop_timeout_ms + 2_000);
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
         // A node that stopped after its disk failed lost power with it.
@@ -181,10 +182,16 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
             let keep = rng.random_range(0..=unsynced);
             c.crash(n, keep);
             dead.push(n);
-            faulted = faulted.filter(|f| *f != n);
+            faulted = faulted.filter(|(f, _)| *f != n);
             report.fail_stops += 1;
             report.unsynced_writes_lost += unsynced - keep;
             report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+        }
+        if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
+            // It wrote nothing since (the idle spare): its disk is mended.
+            c.heal_disk(n);
+            faulted = None;
+            report.faults.push(format!("disk of {n} mended after {:?} without a write", at.elapsed()));
         }
         let live = c.live();
         let shards: Vec<_> = c.directory().into_iter().filter(|s| s.id != META_SHARD_ID).collect();
@@ -254,7 +261,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                     _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
                 };
                 c.fail_disk(n, faults);
-                faulted = Some(n);
+                faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;
                 format!("{what} on {n}")
             }

@@ -269,6 +269,7 @@ fn sharded_nemesis_histories_are_linearizable() {
     );
     if count >= 4 {
         assert!(checks > 0, "no consistency check compared the replicas");
+        assert!(fail_stops > 0, "no disk fault stopped a node: fail-stop is not exercised");
         assert!(lost > 0, "no power loss dropped an unsynced write: crash-faithful storage is not exercised");
         assert!(splits > 0 && merges > 0, "the runs must split and merge shards: {splits} splits, {merges} merges");
         assert!(evacuations > 0, "the runs must evacuate a node while the faults go on");
@@ -1561,7 +1562,13 @@ async fn a_leader_whose_clock_jumps_ahead_expires_nothing_early() {
     let in_ten_minutes = presage_replication::value::wall_now_ms() + 600_000;
     h.write(1, epoch, vec![Op::put_expiring(b"k".to_vec(), b"v".to_vec(), in_ten_minutes)]).await.expect("put");
     tokio::time::sleep(SEC).await;
-    let reads_before = h.local_reads();
+    // In sync, leased reads are served off the loop: the first read's ReadIndex round starts
+    // the lease, the next one uses it.
+    let get = || h.read(1, epoch, ReadRequest::Get(b"k".to_vec()));
+    let before = h.local_reads();
+    get().await.expect("read");
+    get().await.expect("read");
+    assert!(h.local_reads() > before, "a leased read off the loop before the jump");
 
     c.set_clock_skew(leader, 3_600_000);
     // Sweeps run every few ticks on the leader; give it many.
@@ -1570,8 +1577,10 @@ async fn a_leader_whose_clock_jumps_ahead_expires_nothing_early() {
     let summary = h.summary().await.expect("summary");
     assert!(summary.clock_out_of_sync, "the leader says its clock is off: {summary:?}");
     assert!(summary.clock_offset_ms.is_some_and(|o| o < -3_000_000), "offset {:?}", summary.clock_offset_ms);
-    let read = h.read(1, epoch, ReadRequest::Get(b"k".to_vec())).await.expect("read");
+    let reads_before = h.local_reads();
+    let read = get().await.expect("read");
     assert_eq!(read, ReadResponse::Value(Some(b"v".to_vec())), "the value is alive for the group");
+    get().await.expect("read");
     assert_eq!(h.local_reads(), reads_before, "no read under a lease while out of sync");
     for id in c.all() {
         let stored = presage_engine::Reader::get(c.engine(id), presage_engine::Cf::Data, b"k").expect("get");

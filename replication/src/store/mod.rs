@@ -138,8 +138,8 @@ pub struct StoreSummary {
     pub snapshot_bytes_sent: u64,
     /// Snapshot transfers this node is sending now.
     pub snapshots_outgoing: usize,
-    /// This node's clock minus the median of its peers' (`crate::clock`), in ms; `None`
-    /// without fresh readings.
+    /// The median of the clocks this node hears (its own included) minus its own
+    /// (`crate::clock`), in ms: positive when it is behind; `None` without fresh readings.
     pub clock_offset_ms: Option<i64>,
     /// The clock is further than `max-clock-offset-ms` from its peers': no leased reads.
     pub clock_out_of_sync: bool,
