@@ -12,7 +12,9 @@
 //!   some bad regions, or a RAID member dragging);
 //! - **errors at a rate** (read, write or fsync errors): [`EngineError::Injected`];
 //! - **a full disk** (`disk-full`): every write is refused with [`EngineError::NoSpace`] as
-//!   ENOSPC would, reads go on.
+//!   ENOSPC would, reads go on;
+//! - **a disk filling up** (`free-space-bytes`): `StorageStats::available_bytes` reports that
+//!   much free, whatever the file system says (the node's reserve reacts to it).
 //!
 //! Random draws (errors, partial) come from a seeded RNG so that a run can be replayed. The
 //! demo, the scenarios, the chaos tests and the failure-model training change the
@@ -153,6 +155,9 @@ pub struct FaultConfig {
     pub disk_full: bool,
     /// Seed of the random draws (errors, partial latency).
     pub seed: u64,
+    /// Reports this many bytes free on the disk (`StorageStats::available_bytes`), whatever
+    /// the file system says: a disk filling up, without filling one.
+    pub free_space_bytes: Option<u64>,
 }
 
 impl FaultConfig {
@@ -341,7 +346,11 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     }
 
     fn storage_stats(&self) -> StorageStats {
-        self.inner.storage_stats()
+        let mut stats = self.inner.storage_stats();
+        if let Some(free) = self.faults.config().free_space_bytes {
+            stats.available_bytes = Some(free);
+        }
+        stats
     }
 }
 

@@ -77,6 +77,12 @@ impl RocksConfig {
     }
 }
 
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+fn available_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
 /// Most bytes of RocksDB's info log read back to find the file a corruption is in.
 const MAX_INFO_LOG_TAIL_BYTES: u64 = 64 * 1024;
 
@@ -370,6 +376,7 @@ impl Engine for RocksEngine {
             running_compactions: self.int_property(None, "rocksdb.num-running-compactions"),
             memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
             sst_bytes: sum("rocksdb.total-sst-files-size"),
+            available_bytes: available_bytes(&self.ingest_dir),
         }
     }
 }

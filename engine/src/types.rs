@@ -416,6 +416,8 @@ pub struct StorageStats {
     pub memtable_bytes: u64,
     /// Bytes of live SST files.
     pub sst_bytes: u64,
+    /// Bytes free for the engine on its file system (`None`: not on a disk, or unknown).
+    pub available_bytes: Option<u64>,
 }
 
 /// The classes of engine operations a fault can target.

@@ -441,3 +441,32 @@ async fn a_replica_changed_behind_its_back_is_reported_by_the_consistency_check(
     };
     assert_eq!(found.suspects, vec![victim], "the suspect is the changed replica: {found:?}");
 }
+
+/// A disk nearly full (issue 23): below the reserve, the leader refuses client writes with a
+/// clear error and nothing done, reads are served, and writes are taken again once space
+/// returns.
+#[tokio::test(start_paused = true)]
+async fn a_nearly_full_disk_refuses_writes_serves_reads_and_recovers() {
+    presage_tests::init_log();
+    let c = ShardedCluster::start(3, seed(), manager_config()).await;
+    let client = c.client(vec![1]);
+    fill(&client, 5, 16).await;
+    let low = presage_engine::FaultConfig { free_space_bytes: Some(4096), ..presage_engine::FaultConfig::default() };
+    for n in 1..=3 {
+        c.fail_disk(n, low);
+    }
+    tokio::time::sleep(SEC).await;
+    match client.put(b"user-refused", b"v").await {
+        Err(ClientError::Refused(presage_client::ProtoError::DiskFull { available_bytes, reserve_bytes, .. })) => {
+            assert_eq!(available_bytes, 4096);
+            assert!(reserve_bytes > available_bytes);
+        }
+        other => panic!("a write on a nearly full disk must be refused as DiskFull: {other:?}"),
+    }
+    assert_eq!(client.get(&key(0)).await.expect("reads are served"), Some(vec![b'v'; 16]));
+    assert_eq!(client.get(b"user-refused").await.expect("read"), None, "the refused write did nothing");
+    c.heal_disks();
+    tokio::time::sleep(SEC).await;
+    client.put(b"user-after", b"v").await.expect("writes are taken again once space returns");
+    assert_eq!(client.get(b"user-after").await.expect("read"), Some(b"v".to_vec()));
+}

@@ -843,6 +843,17 @@ pub enum ProtoError {
         /// The pause to wait at least, ms.
         retry_after_ms: u64,
     },
+    /// The node leading the shard has less free disk than its reserve: writes are refused
+    /// (nothing was done), reads are served, and writes are taken again once space returns.
+    #[error("disk nearly full on node {node}: {available_bytes} bytes free, below the reserve of {reserve_bytes}; writes refused until space returns")]
+    DiskFull {
+        /// The node.
+        node: NodeId,
+        /// Bytes free on its disk.
+        available_bytes: u64,
+        /// Its `reserve-space-bytes`.
+        reserve_bytes: u64,
+    },
     /// A later write of the same request-id slot was applied first: this one is not applied
     /// now (an earlier attempt may have been). Only a client that reused a slot gets it.
     #[error("superseded: {0}")]

@@ -195,6 +195,7 @@ fn proto_status(e: &ProtoError) -> StatusCode {
         ProtoError::Refused(_) | ProtoError::Invalid(_) | ProtoError::ReservedKey => StatusCode::BAD_REQUEST,
         ProtoError::Retry(_)
         | ProtoError::Unavailable(_)
+        | ProtoError::DiskFull { .. }
         | ProtoError::NotManager { .. }
         | ProtoError::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ProtoError::ShardNotFound { .. } => StatusCode::NOT_FOUND,

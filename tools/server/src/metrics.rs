@@ -13,6 +13,7 @@
 //! | `presage_node_failure_probability{node,region}`, `presage_region_failure_probability{region}`, `presage_warnings_active{kind}` | failure prediction (on the shard manager's node) |
 //! | `presage_admission_shed_total{priority}`, `presage_admission_limit_requests{priority}`, `presage_admission_target_latency_seconds` | admission by priority |
 //! | `presage_consistency_checks_total{result}`, `presage_consistency_inconsistent_shards` | replicas checked against each other (`server::consistency`) |
+//! | `presage_disk_available_bytes`, `presage_disk_writes_refused` | free space against the reserve (`server::disk_space`) |
 //! | `presage_build_info{version}` | always 1 |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ... | the process (prometheus's process collector) |
 //!
@@ -76,6 +77,8 @@ pub struct NodeGauges {
     pub consistency_checks: [u64; 3],
     /// Shards whose last complete consistency check found replicas that differ.
     pub inconsistent_shards: u64,
+    /// Client writes are refused for want of disk space.
+    pub disk_writes_refused: bool,
 }
 
 /// The `result` labels of `presage_consistency_checks_total`, in [`NodeGauges::consistency_checks`]'s order.
@@ -112,6 +115,8 @@ struct ScrapeMetrics {
     admission_target: prometheus::Gauge,
     consistency_checks: IntCounterVec,
     inconsistent_shards: IntGauge,
+    disk_writes_refused: IntGauge,
+    disk_available: IntGauge,
     is_manager: IntGauge,
     /// Nodes, nodes up, groups, shards, running and finished operators.
     manager: [IntGaugeVec; 6],
@@ -254,6 +259,12 @@ impl ScrapeMetrics {
                 "consistency_inconsistent_shards",
                 "Shards led here whose replicas held different data at the last complete check",
             ),
+            disk_writes_refused: gauge(
+                r,
+                "disk_writes_refused",
+                "1 while the node refuses client writes: its disk has less free space than reserve-space-bytes",
+            ),
+            disk_available: gauge(r, "disk_available_bytes", "Bytes free on the engine's file system"),
             is_manager: gauge(r, "is_shard_manager", "1 while this node runs the shard manager"),
             manager: [
                 ("manager_nodes", "Nodes the shard manager knows"),
@@ -337,6 +348,8 @@ impl ScrapeMetrics {
             raise_to(&self.consistency_checks.with_label_values(&[result]), g.consistency_checks[i]);
         }
         gauge(&self.inconsistent_shards, g.inconsistent_shards);
+        gauge(&self.disk_writes_refused, u64::from(g.disk_writes_refused));
+        gauge(&self.disk_available, g.storage.available_bytes.unwrap_or(0));
         gauge(&self.is_manager, u64::from(g.manager.is_some()));
         let st = &g.storage;
         let storage = [

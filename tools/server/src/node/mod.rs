@@ -635,11 +635,13 @@ fn gauge_probe(
     let (self_check, risk, engine) = (Arc::clone(self_check), Arc::new(server.risk_gauges()), engine.clone());
     let admission = Arc::new(server.admission_stats());
     let consistency = Arc::new(server.consistency_stats());
+    let disk_refused = Arc::new(server.disk_writes_refused());
     Arc::new(move || {
         let (handle, counters, stats) = (handle.clone(), Arc::clone(&counters), Arc::clone(&stats));
         let (self_check, risk, engine) = (Arc::clone(&self_check), Arc::clone(&risk), engine.clone());
         let admission = admission();
         let consistency = consistency();
+        let disk_writes_refused = disk_refused();
         Box::pin(async move {
             let statuses = handle.statuses().await.unwrap_or_default();
             let summary = handle.summary().await.ok();
@@ -667,6 +669,7 @@ fn gauge_probe(
                 admission_target_us: admission.target_us,
                 consistency_checks: [consistency.consistent, consistency.mismatches, consistency.incomplete],
                 inconsistent_shards: consistency.inconsistent.len() as u64,
+                disk_writes_refused,
             }
         })
     })

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// Every this often the node checks one shard it leads for replicas that differ
     /// (`super::consistency`); 0 turns the check off.
     pub consistency_check_interval_ms: u64,
+    /// Below this many bytes free on the engine's disk the node refuses the client writes it
+    /// leads, serving reads, until space returns (`super::disk_space`); 0 turns it off.
+    pub reserve_space_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             pfa: pfa::PfaConfig::default(),
             admission: AdmissionConfig::default(),
             consistency_check_interval_ms: 60_000,
+            reserve_space_bytes: 1 << 30,
         }
     }
 }

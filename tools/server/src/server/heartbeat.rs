@@ -29,6 +29,7 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
     let mut last_beat: Option<(NodeStats, Vec<presage_replication::ShardStatus>)> = None;
     loop {
         ticker.tick().await;
+        super::disk_space::check(&inner);
         // The loop answers within the interval, or its disk is stalled: then the manager
         // still gets the telemetry (which shows the stall), with the last stats and no
         // shard reports.

@@ -26,6 +26,7 @@ mod check;
 mod config;
 pub mod consistency;
 pub mod convert;
+mod disk_space;
 pub mod error;
 mod execute;
 mod heartbeat;
@@ -104,6 +105,8 @@ pub(crate) struct Inner<E: Engine> {
     inflight: tokio::sync::Semaphore,
     /// The consistency checker's state ([`consistency`]).
     pub(crate) consistency: Mutex<consistency::ConsistencyState>,
+    /// Free space against the reserve ([`disk_space`]).
+    pub(crate) disk_space: disk_space::DiskSpace,
     /// Admission of data requests by priority ([`admission`]).
     pub(crate) admission: Mutex<admission::Admission>,
     /// Sources this node is merging (one merge per source at a time).
@@ -209,6 +212,7 @@ impl<E: Engine> Server<E> {
             shedding_leaders: Arc::default(),
             heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
             consistency: Mutex::default(),
+            disk_space: disk_space::DiskSpace::default(),
             cluster_id,
         });
         let tasks = vec![
@@ -304,6 +308,12 @@ impl<E: Engine> Server<E> {
             let stats = lock(&inner.manager).as_ref().map(Manager::stats);
             (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
         }
+    }
+
+    /// True while the node refuses client writes for want of disk space ([`disk_space`]).
+    pub fn disk_writes_refused(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || inner.disk_space.low()
     }
 
     /// The consistency checker's counts and open mismatches ([`consistency`]).
@@ -486,6 +496,11 @@ impl<E: Engine> Inner<E> {
         };
         if let Err(e) = check_request(&request, &self.cfg) {
             return Response::Error(e);
+        }
+        if write.is_some() {
+            if let Some(e) = disk_space::refusal(self, &route).await {
+                return Response::Error(e);
+            }
         }
         let timeout = Duration::from_millis(self.cfg.request_timeout_ms);
         let started = std::time::Instant::now();
