@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_engine::{
-    range_checksum, Cf, FaultConfig, FaultInjector, FaultyEngine, KeyRange, MemEngine, RangeChecksum,
-};
+use presage_engine::{range_checksum, Cf, FaultConfig, KeyRange, MemEngine, RangeChecksum};
 use presage_replication::{
     Epoch, Error, MemNetwork, Node, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, Replica, ShardDescriptor,
     Store, StoreSummary,
@@ -44,15 +42,15 @@ pub struct Cluster {
     pub config: RaftConfig,
     engines: BTreeMap<u64, MemEngine>,
     /// Each node's disk faults (its store runs on `FaultyEngine` over its `MemEngine`).
-    faults: BTreeMap<u64, Arc<FaultInjector>>,
+    faults: DiskFaults,
     /// Each node's clock skew from the wall clock, ms (kept across restarts), and its clock.
     clocks: BTreeMap<u64, (i64, Arc<presage_replication::clock::GroupClock>)>,
     nodes: BTreeMap<u64, Node>,
     directory: Directory,
 }
 
-/// The engine a test node's store runs on.
-pub type NodeEngine = FaultyEngine<MemEngine>;
+use crate::disks::DiskFaults;
+pub use crate::disks::NodeEngine;
 
 /// Handles of the live nodes, shared with client tasks.
 pub type Directory = Arc<Mutex<BTreeMap<u64, NodeHandle>>>;
@@ -89,7 +87,7 @@ impl Cluster {
             net,
             config,
             engines: BTreeMap::new(),
-            faults: BTreeMap::new(),
+            faults: DiskFaults::default(),
             clocks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             directory: Directory::default(),
@@ -106,9 +104,7 @@ impl Cluster {
     /// Opens node `id`'s store on its engine, behind a fresh fault injector (a restarted
     /// node's disk works again).
     fn open_store(&mut self, id: u64) -> Store<NodeEngine> {
-        let injector = Arc::new(FaultInjector::new());
-        self.faults.insert(id, Arc::clone(&injector));
-        let engine = FaultyEngine::new(self.engines[&id].clone(), injector);
+        let engine = self.faults.open(id, &self.engines[&id]);
         let store = Store::open(id, engine, self.config.clone()).expect("open store");
         let skew = self.clocks.get(&id).map_or(0, |(skew, _)| *skew);
         let clock = store.clock();
@@ -127,21 +123,17 @@ impl Cluster {
 
     /// Injects `faults` into node `id`'s disk until it restarts.
     pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
-        self.faults[&id].set(faults).expect("valid fault configuration");
+        self.faults.fail(id, faults);
     }
 
     /// Ends node `id`'s disk faults.
     pub fn heal_disk(&self, id: u64) {
-        if let Some(injector) = self.faults.get(&id) {
-            injector.clear();
-        }
+        self.faults.heal(id);
     }
 
     /// Ends every node's disk faults.
     pub fn heal_disks(&self) {
-        for injector in self.faults.values() {
-            injector.clear();
-        }
+        self.faults.heal_all();
     }
 
     fn spawn(&mut self, id: u64, store: Store<NodeEngine>) {

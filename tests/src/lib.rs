@@ -2,6 +2,7 @@
 //!
 //! - [`cluster`]: an in-process cluster of nodes on the in-memory engine and the in-memory
 //!   network with filters, on paused tokio time; seeded and replayable.
+//! - [`disks`]: the nodes' disk faults (fault injectors over the in-memory engines).
 //! - [`linearizability`]: a Wing–Gong/Porcupine-style checker for key-value histories.
 //! - [`sharded`]: an in-process sharded cluster of node servers (bootstrap, join, shard
 //!   manager) with clients.
@@ -11,6 +12,7 @@
 //! The tests themselves are in `tests/tests/`, one binary.
 
 pub mod cluster;
+pub mod disks;
 pub mod linearizability;
 pub mod nemesis;
 pub mod sharded;

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use presage_engine::{FaultConfig, FaultRule};
 use presage_replication::{Error, Filter, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, RequestId};
 use raft::eraftpb::MessageType;
 use rand::rngs::SmallRng;
@@ -377,11 +376,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
             }
             9 if live.len() as u64 > majority && faulted.is_none() => {
                 let n = live[rng.random_range(0..live.len())];
-                let (what, faults) = match rng.random_range(0..3) {
-                    0 => ("fsync errors", FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }),
-                    1 => ("write errors", FaultConfig { write: FaultRule::errors(1.0), ..FaultConfig::default() }),
-                    _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
-                };
+                let (what, faults) = crate::disks::random_stopping_fault(&mut rng);
                 cluster.fail_disk(n, faults);
                 faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;

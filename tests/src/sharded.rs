@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientConfig};
-use presage_engine::{FaultConfig, FaultInjector, FaultyEngine, MemEngine};
+use presage_engine::{FaultConfig, MemEngine};
 use presage_replication::{MemNetwork, Node, RaftConfig, Store};
 use presage_server::server::convert::bootstrap_descriptors;
 use presage_server::server::mem_rpc::MemRpcNet;
@@ -55,8 +55,8 @@ pub fn server_config(manager: ManagerConfig) -> ServerConfig {
     }
 }
 
-/// The engine a test node runs on.
-pub type NodeEngine = FaultyEngine<MemEngine>;
+use crate::disks::DiskFaults;
+pub use crate::disks::NodeEngine;
 
 struct Running {
     node: Node,
@@ -73,7 +73,7 @@ pub struct ShardedCluster {
     cfg: ServerConfig,
     engines: BTreeMap<u64, MemEngine>,
     /// Each node's disk faults (its store and server run on `FaultyEngine` over its engine).
-    faults: BTreeMap<u64, Arc<FaultInjector>>,
+    faults: DiskFaults,
     nodes: BTreeMap<u64, Running>,
     /// One manager clock for every node (see `Clock`).
     clock: Clock,
@@ -115,7 +115,7 @@ impl ShardedCluster {
             raft: test_config(),
             cfg: server_config(manager),
             engines: BTreeMap::new(),
-            faults: BTreeMap::new(),
+            faults: DiskFaults::default(),
             nodes: BTreeMap::new(),
             clock: Clock::wall(),
             cluster_id: Arc::default(),
@@ -160,9 +160,7 @@ impl ShardedCluster {
     /// Opens node `id`'s store on its engine behind a fresh fault injector (a restarted
     /// node's disk works again).
     fn open_store(&mut self, id: u64) -> Store<NodeEngine> {
-        let injector = Arc::new(FaultInjector::new());
-        self.faults.insert(id, Arc::clone(&injector));
-        let engine = FaultyEngine::new(self.engines[&id].clone(), injector);
+        let engine = self.faults.open(id, &self.engines[&id]);
         Store::open(id, engine, self.raft.clone()).expect("open store")
     }
 
@@ -173,21 +171,17 @@ impl ShardedCluster {
 
     /// Injects `faults` into node `id`'s disk until it restarts.
     pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
-        self.faults[&id].set(faults).expect("valid fault configuration");
+        self.faults.fail(id, faults);
     }
 
     /// Ends node `id`'s disk faults.
     pub fn heal_disk(&self, id: u64) {
-        if let Some(injector) = self.faults.get(&id) {
-            injector.clear();
-        }
+        self.faults.heal(id);
     }
 
     /// Ends every node's disk faults.
     pub fn heal_disks(&self) {
-        for injector in self.faults.values() {
-            injector.clear();
-        }
+        self.faults.heal_all();
     }
 
     /// Nodes whose replication loop ended on its own (fail-stop after a disk fault); still
@@ -205,7 +199,7 @@ impl ShardedCluster {
             self.cfg.clone(),
             meta(id),
             handle,
-            FaultyEngine::new(self.engines[&id].clone(), Arc::clone(&self.faults[&id])),
+            self.faults.current(id, &self.engines[&id]),
             Arc::new(self.rpc.endpoint(id)),
             self.clock.clone(),
             Arc::clone(&self.cluster_id),

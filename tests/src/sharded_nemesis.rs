@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientError};
-use presage_engine::{FaultConfig, FaultRule};
 use presage_replication::Filter;
 use presage_shardmgr::{AdminCommand, ManagerConfig, MigrationStage, OperatorStatus, Role, Step, META_SHARD_ID};
 use rand::rngs::SmallRng;
@@ -255,11 +254,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
             13 if dead.is_empty() && faulted.is_none() => {
                 // One node down at a time: this one will stop by itself.
                 let n = live[rng.random_range(0..live.len())];
-                let (what, faults) = match rng.random_range(0..3) {
-                    0 => ("fsync errors", FaultConfig { sync: FaultRule::errors(1.0), ..FaultConfig::default() }),
-                    1 => ("write errors", FaultConfig { write: FaultRule::errors(1.0), ..FaultConfig::default() }),
-                    _ => ("a full disk", FaultConfig { disk_full: true, ..FaultConfig::default() }),
-                };
+                let (what, faults) = crate::disks::random_stopping_fault(&mut rng);
                 c.fail_disk(n, faults);
                 faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;
