@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presage_engine::{range_checksum, Cf, FaultConfig, KeyRange, MemEngine, RangeChecksum};
+use presage_engine::{range_checksum, Cf, KeyRange, MemEngine, RangeChecksum};
 use presage_replication::{
     Epoch, Error, MemNetwork, Node, NodeHandle, Op, RaftConfig, ReadRequest, ReadResponse, Replica, ShardDescriptor,
     Store, StoreSummary,
@@ -49,7 +49,7 @@ pub struct Cluster {
     directory: Directory,
 }
 
-use crate::disks::DiskFaults;
+pub use crate::disks::DiskFaults;
 pub use crate::disks::NodeEngine;
 
 /// Handles of the live nodes, shared with client tasks.
@@ -121,19 +121,9 @@ impl Cluster {
         }
     }
 
-    /// Injects `faults` into node `id`'s disk until it restarts.
-    pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
-        self.faults.fail(id, faults);
-    }
-
-    /// Ends node `id`'s disk faults.
-    pub fn heal_disk(&self, id: u64) {
-        self.faults.heal(id);
-    }
-
-    /// Ends every node's disk faults.
-    pub fn heal_disks(&self) {
-        self.faults.heal_all();
+    /// The nodes' disk faults: inject (until a node restarts) and heal.
+    pub fn disks(&self) -> &DiskFaults {
+        &self.faults
     }
 
     fn spawn(&mut self, id: u64, store: Store<NodeEngine>) {

@@ -293,7 +293,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         faulted = faulted.filter(|(n, _)| cluster.live().contains(n));
         if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
             // It wrote nothing since (a follower of idle groups): its disk is mended.
-            cluster.heal_disk(n);
+            cluster.disks().heal(n);
             faulted = None;
             report.faults.push(format!("disk of {n} mended after {:?} without a write", at.elapsed()));
         }
@@ -377,7 +377,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
             9 if live.len() as u64 > majority && faulted.is_none() => {
                 let n = live[rng.random_range(0..live.len())];
                 let (what, faults) = crate::disks::random_stopping_fault(&mut rng);
-                cluster.fail_disk(n, faults);
+                cluster.disks().fail(n, faults);
                 faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;
                 format!("{what} on {n}")
@@ -415,7 +415,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
 
     // Heal everything, bring every node back, let the replicas converge.
     cluster.net.clear_filters();
-    cluster.heal_disks();
+    cluster.disks().heal_all();
     if let Some(n) = skewed.take() {
         cluster.set_clock_skew(n, 0);
     }

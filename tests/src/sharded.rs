@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presage_client::{Client, ClientConfig};
-use presage_engine::{FaultConfig, MemEngine};
+use presage_engine::MemEngine;
 use presage_replication::{MemNetwork, Node, RaftConfig, Store};
 use presage_server::server::convert::bootstrap_descriptors;
 use presage_server::server::mem_rpc::MemRpcNet;
@@ -55,7 +55,7 @@ pub fn server_config(manager: ManagerConfig) -> ServerConfig {
     }
 }
 
-use crate::disks::DiskFaults;
+pub use crate::disks::DiskFaults;
 pub use crate::disks::NodeEngine;
 
 struct Running {
@@ -169,19 +169,9 @@ impl ShardedCluster {
         &self.raft
     }
 
-    /// Injects `faults` into node `id`'s disk until it restarts.
-    pub fn fail_disk(&self, id: u64, faults: FaultConfig) {
-        self.faults.fail(id, faults);
-    }
-
-    /// Ends node `id`'s disk faults.
-    pub fn heal_disk(&self, id: u64) {
-        self.faults.heal(id);
-    }
-
-    /// Ends every node's disk faults.
-    pub fn heal_disks(&self) {
-        self.faults.heal_all();
+    /// The nodes' disk faults: inject (until a node restarts) and heal.
+    pub fn disks(&self) -> &DiskFaults {
+        &self.faults
     }
 
     /// Nodes whose replication loop ended on its own (fail-stop after a disk fault); still

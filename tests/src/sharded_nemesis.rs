@@ -188,7 +188,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         }
         if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
             // It wrote nothing since (the idle spare): its disk is mended.
-            c.heal_disk(n);
+            c.disks().heal(n);
             faulted = None;
             report.faults.push(format!("disk of {n} mended after {:?} without a write", at.elapsed()));
         }
@@ -255,7 +255,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                 // One node down at a time: this one will stop by itself.
                 let n = live[rng.random_range(0..live.len())];
                 let (what, faults) = crate::disks::random_stopping_fault(&mut rng);
-                c.fail_disk(n, faults);
+                c.disks().fail(n, faults);
                 faulted = Some((n, tokio::time::Instant::now()));
                 report.disk_faults += 1;
                 format!("{what} on {n}")
@@ -315,7 +315,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
 
     // Heal, bring every node back, stop the clients, let the cluster settle.
     c.net.clear_filters();
-    c.heal_disks();
+    c.disks().heal_all();
     // A node already failing finishes its fail-stop (it never serves from that disk again).
     tokio::time::sleep(Duration::from_millis(c.raft_config().fail_stop_timeout_ms + 500)).await;
     for n in c.finished() {

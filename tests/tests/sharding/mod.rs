@@ -453,7 +453,7 @@ async fn a_nearly_full_disk_refuses_writes_serves_reads_and_recovers() {
     fill(&client, 5, 16).await;
     let low = presage_engine::FaultConfig { free_space_bytes: Some(4096), ..presage_engine::FaultConfig::default() };
     for n in 1..=3 {
-        c.fail_disk(n, low);
+        c.disks().fail(n, low);
     }
     tokio::time::sleep(SEC).await;
     match client.put(b"user-refused", b"v").await {
@@ -465,7 +465,7 @@ async fn a_nearly_full_disk_refuses_writes_serves_reads_and_recovers() {
     }
     assert_eq!(client.get(&key(0)).await.expect("reads are served"), Some(vec![b'v'; 16]));
     assert_eq!(client.get(b"user-refused").await.expect("read"), None, "the refused write did nothing");
-    c.heal_disks();
+    c.disks().heal_all();
     tokio::time::sleep(SEC).await;
     client.put(b"user-after", b"v").await.expect("writes are taken again once space returns");
     assert_eq!(client.get(b"user-after").await.expect("read"), Some(b"v".to_vec()));
