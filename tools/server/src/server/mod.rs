@@ -29,6 +29,7 @@ pub mod convert;
 mod disk_space;
 pub mod error;
 mod execute;
+mod gauges;
 mod heartbeat;
 mod manager;
 pub mod mem_rpc;
@@ -296,45 +297,6 @@ impl<E: Engine> Server<E> {
         let all = self.inner.cfg.max_inflight_requests as u32;
         if tokio::time::timeout(timeout, self.inner.inflight.acquire_many(all)).await.is_err() {
             tracing::warn!(node = self.inner.me.id, "requests still running at shutdown");
-        }
-    }
-
-    /// A function reading the splits and merges this node carried out as a shard's leader,
-    /// and the shard manager's counts while this node runs it.
-    pub fn counters(&self) -> impl Fn() -> (u64, u64, Option<presage_shardmgr::ManagerStats>) + Send + Sync + 'static {
-        let inner = Arc::clone(&self.inner);
-        move || {
-            use std::sync::atomic::Ordering::Relaxed;
-            let stats = lock(&inner.manager).as_ref().map(Manager::stats);
-            (inner.splits.load(Relaxed), inner.merges.load(Relaxed), stats)
-        }
-    }
-
-    /// True while the node refuses client writes for want of disk space ([`disk_space`]).
-    pub fn disk_writes_refused(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let inner = Arc::clone(&self.inner);
-        move || inner.disk_space.low()
-    }
-
-    /// The consistency checker's counts and open mismatches ([`consistency`]).
-    pub fn consistency_stats(&self) -> impl Fn() -> consistency::ConsistencyStats + Send + Sync + 'static {
-        let inner = Arc::clone(&self.inner);
-        move || lock(&inner.consistency).stats.clone()
-    }
-
-    /// Admission by priority's figures ([`admission`]).
-    pub fn admission_stats(&self) -> impl Fn() -> admission::AdmissionStats + Send + Sync + 'static {
-        let inner = Arc::clone(&self.inner);
-        move || lock(&inner.admission).stats()
-    }
-
-    /// The shard manager's predictions as metric values, while this node runs it.
-    pub fn risk_gauges(&self) -> impl Fn() -> Option<crate::metrics::RiskGauges> + Send + Sync + 'static {
-        let inner = Arc::clone(&self.inner);
-        move || {
-            // One lock at a time: the manager's is released before the predictions' is taken.
-            let runs_manager = lock(&inner.manager).is_some();
-            runs_manager.then(|| lock(&inner.pfa).gauges())
         }
     }
 
