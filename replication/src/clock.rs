@@ -50,10 +50,13 @@ pub struct GroupClock {
     readings: Mutex<HashMap<u64, Reading>>,
     /// The group's median clock minus this node's, as of the last [`GroupClock::check`], ms.
     offset_ms: AtomicI64,
-    /// The group's time at the last check and the monotonic instant it was taken: "now" runs
-    /// on from it by the monotonic clock, so a jump of the wall clock between checks shows
-    /// nowhere until a check weighs it against the peers.
-    base: Mutex<(u64, Instant)>,
+    /// The group's time at the last check less the monotonic time from `origin` to that
+    /// check, ms: "now" is this plus the monotonic time since `origin` (one atomic read, no
+    /// lock on the read path), so a jump of the wall clock between checks shows nowhere until
+    /// a check weighs it against the peers.
+    base_ms: AtomicI64,
+    /// The instant `base_ms` counts from.
+    origin: Instant,
     /// Whether any fresh reading counted at the last check.
     heard: AtomicBool,
     out_of_sync: AtomicBool,
@@ -75,7 +78,8 @@ impl GroupClock {
             max_age: Duration::from_millis(max_age_ms),
             readings: Mutex::new(HashMap::new()),
             offset_ms: AtomicI64::new(0),
-            base: Mutex::new((crate::value::wall_now_ms(), Instant::now())),
+            base_ms: AtomicI64::new(crate::value::wall_now_ms() as i64),
+            origin: Instant::now(),
             heard: AtomicBool::new(false),
             out_of_sync: AtomicBool::new(false),
         }
@@ -124,8 +128,8 @@ impl GroupClock {
     /// The time for expiry: the group's time at the last check, run on by the monotonic
     /// clock since (see the module doc).
     pub fn now_ms(&self) -> u64 {
-        let (base_ms, at) = *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        base_ms.saturating_add(at.elapsed().as_millis() as u64)
+        let ran_ms = self.origin.elapsed().as_millis() as i64;
+        u64::try_from(self.base_ms.load(Ordering::Relaxed).saturating_add(ran_ms)).unwrap_or(0)
     }
 
     /// The group's median clock ([`group_time`]) minus this node's, in ms, as of the last
@@ -142,7 +146,8 @@ impl GroupClock {
         let now = Instant::now();
         let estimates = self.estimates(now);
         let group = group_time(own, &estimates);
-        *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (group, now);
+        let ran_ms = now.saturating_duration_since(self.origin).as_millis() as i64;
+        self.base_ms.store(group as i64 - ran_ms, Ordering::Relaxed);
         let offset = group as i64 - own as i64;
         self.offset_ms.store(offset, Ordering::Relaxed);
         self.heard.store(!estimates.is_empty(), Ordering::Relaxed);

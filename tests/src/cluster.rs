@@ -178,17 +178,13 @@ impl Cluster {
         }
     }
 
-    /// Kills node `id` in a power loss: its engine keeps what was synced plus the first
-    /// `keep_unsynced` writes made since (see [`MemEngine::crash`]).
-    pub fn crash(&mut self, id: u64, keep_unsynced: usize) {
+    /// Kills node `id` in a power loss: its engine keeps what was synced plus a random
+    /// prefix of the writes made since ([`crate::disks::lose_power`]).
+    pub fn crash(&mut self, id: u64, rng: &mut impl rand::Rng) -> crate::disks::PowerLoss {
         self.kill(id);
-        let recovered = self.engines[&id].crash(keep_unsynced);
+        let (recovered, loss) = crate::disks::lose_power(&self.engines[&id], rng);
         self.engines.insert(id, recovered);
-    }
-
-    /// Writes node `id`'s engine made since its last sync (what a crash may lose).
-    pub fn unsynced_writes(&self, id: u64) -> usize {
-        self.engines[&id].unsynced_writes()
+        loss
     }
 
     /// Starts a new, empty node `id` (no replica yet: it gets one when a leader adds it).

@@ -1,6 +1,6 @@
 //! Test nodes' disk faults: each node's store runs on a `FaultyEngine` over its `MemEngine`,
-//! behind an injector renewed at each start (a restarted node's disk works again), and the
-//! faults the nemeses inject.
+//! behind an injector renewed at each start (a restarted node's disk works again); the faults
+//! the nemeses inject; and power losses that keep a random prefix of the unsynced writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +49,30 @@ impl DiskFaults {
     pub fn heal_all(&self) {
         self.injectors.values().for_each(|i| i.clear());
     }
+}
+
+/// What a power loss kept of a node's unsynced writes.
+#[derive(Debug, Clone, Copy)]
+pub struct PowerLoss {
+    /// Unsynced writes that survived (the oldest ones).
+    pub kept: usize,
+    /// Unsynced writes there were.
+    pub unsynced: usize,
+}
+
+impl PowerLoss {
+    /// Writes the loss dropped.
+    pub fn lost(&self) -> usize {
+        self.unsynced - self.kept
+    }
+}
+
+/// Cuts `engine`'s power keeping a random prefix of its unsynced writes; returns the engine a
+/// restart finds and what was kept (see [`MemEngine::crash`]).
+pub fn lose_power(engine: &MemEngine, rng: &mut impl Rng) -> (MemEngine, PowerLoss) {
+    let unsynced = engine.unsynced_writes();
+    let kept = rng.random_range(0..=unsynced);
+    (engine.crash(kept), PowerLoss { kept, unsynced })
 }
 
 /// One of the faults that stop a node: fsync errors, write errors or a full disk.

@@ -243,12 +243,10 @@ fn kill_or_crash(cluster: &mut Cluster, n: u64, rng: &mut SmallRng, report: &mut
         cluster.kill(n);
         return format!("kill {n}");
     }
-    let unsynced = cluster.unsynced_writes(n);
-    let keep = rng.random_range(0..=unsynced);
-    cluster.crash(n, keep);
+    let loss = cluster.crash(n, rng);
     report.crashes += 1;
-    report.unsynced_writes_lost += unsynced - keep;
-    format!("crash {n} keeping {keep} of {unsynced} unsynced writes")
+    report.unsynced_writes_lost += loss.lost();
+    format!("crash {n} keeping {} of {} unsynced writes", loss.kept, loss.unsynced)
 }
 
 /// Runs one seeded nemesis scenario; `Err` carries the seed and what went wrong.
@@ -283,12 +281,12 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         // A node that stopped after its disk failed lost power with it: what it had not
         // synced may be gone (after a failed fsync the page cache cannot be trusted).
         for n in cluster.finished() {
-            let unsynced = cluster.unsynced_writes(n);
-            let keep = rng.random_range(0..=unsynced);
-            cluster.crash(n, keep);
+            let loss = cluster.crash(n, &mut rng);
             report.fail_stops += 1;
-            report.unsynced_writes_lost += unsynced - keep;
-            report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+            report.unsynced_writes_lost += loss.lost();
+            report
+                .faults
+                .push(format!("node {n} stopped on its disk fault; crash keeping {} of {}", loss.kept, loss.unsynced));
         }
         faulted = faulted.filter(|(n, _)| cluster.live().contains(n));
         if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
@@ -422,7 +420,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     // A node already failing finishes its fail-stop (it never serves from that disk again).
     tokio::time::sleep(Duration::from_millis(cluster.config.fail_stop_timeout_ms + 500)).await;
     for n in cluster.finished() {
-        cluster.crash(n, usize::MAX);
+        cluster.kill(n);
         report.fail_stops += 1;
     }
     for n in cluster.all() {

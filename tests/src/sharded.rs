@@ -218,17 +218,13 @@ impl ShardedCluster {
         }
     }
 
-    /// Kills node `id` in a power loss: its engine keeps what was synced plus the first
-    /// `keep_unsynced` writes made since (see [`MemEngine::crash`]).
-    pub fn crash(&mut self, id: u64, keep_unsynced: usize) {
+    /// Kills node `id` in a power loss: its engine keeps what was synced plus a random
+    /// prefix of the writes made since ([`crate::disks::lose_power`]).
+    pub fn crash(&mut self, id: u64, rng: &mut impl rand::Rng) -> crate::disks::PowerLoss {
         self.kill(id);
-        let recovered = self.engines[&id].crash(keep_unsynced);
+        let (recovered, loss) = crate::disks::lose_power(&self.engines[&id], rng);
         self.engines.insert(id, recovered);
-    }
-
-    /// Writes node `id`'s engine made since its last sync (what a crash may lose).
-    pub fn unsynced_writes(&self, id: u64) -> usize {
-        self.engines[&id].unsynced_writes()
+        loss
     }
 
     /// Restarts node `id` from its engine; it knows the other nodes as seeds (as a node's

@@ -177,14 +177,14 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
         // A node that stopped after its disk failed lost power with it.
         for n in c.finished() {
             tally_consistency(&mut report, c.consistency(n));
-            let unsynced = c.unsynced_writes(n);
-            let keep = rng.random_range(0..=unsynced);
-            c.crash(n, keep);
+            let loss = c.crash(n, &mut rng);
             dead.push(n);
             faulted = faulted.filter(|(f, _)| *f != n);
             report.fail_stops += 1;
-            report.unsynced_writes_lost += unsynced - keep;
-            report.faults.push(format!("node {n} stopped on its disk fault; crash keeping {keep} of {unsynced}"));
+            report.unsynced_writes_lost += loss.lost();
+            report
+                .faults
+                .push(format!("node {n} stopped on its disk fault; crash keeping {} of {}", loss.kept, loss.unsynced));
         }
         if let Some((n, at)) = faulted.filter(|(_, at)| at.elapsed() > fail_stop_within) {
             // It wrote nothing since (the idle spare): its disk is mended.
@@ -274,12 +274,10 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
                     format!("kill {n}")
                 } else {
                     // A power loss: a random prefix of the writes since the last sync survives.
-                    let unsynced = c.unsynced_writes(n);
-                    let keep = rng.random_range(0..=unsynced);
-                    c.crash(n, keep);
+                    let loss = c.crash(n, &mut rng);
                     report.crashes += 1;
-                    report.unsynced_writes_lost += unsynced - keep;
-                    format!("crash {n} keeping {keep} of {unsynced} unsynced writes")
+                    report.unsynced_writes_lost += loss.lost();
+                    format!("crash {n} keeping {} of {} unsynced writes", loss.kept, loss.unsynced)
                 }
             }
             9 if !dead.is_empty() => {
@@ -320,7 +318,7 @@ pub async fn run(cfg: ShardedNemesisConfig) -> Result<ShardedNemesisReport, Stri
     tokio::time::sleep(Duration::from_millis(c.raft_config().fail_stop_timeout_ms + 500)).await;
     for n in c.finished() {
         tally_consistency(&mut report, c.consistency(n));
-        c.crash(n, usize::MAX);
+        c.kill(n);
         dead.push(n);
         report.fail_stops += 1;
     }

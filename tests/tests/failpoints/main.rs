@@ -216,10 +216,8 @@ async fn crash_at(failpoint: &str, how: Trigger, seed: u64) -> Result<(), String
         tokio::time::sleep(SEC / 20).await;
     }
     let victim = victim.ok_or_else(|| format!("no node reached {failpoint}"))?;
-    let unsynced = c.unsynced_writes(victim);
-    let keep = rng.random_range(0..=unsynced);
-    c.crash(victim, keep);
-    tracing::info!(failpoint, victim, keep, unsynced, "node crashed at the failpoint");
+    let loss = c.crash(victim, &mut rng);
+    tracing::info!(failpoint, victim, kept = loss.kept, unsynced = loss.unsynced, "node crashed at the failpoint");
     let marked = pending_snapshot_index(&c, victim)?;
     if failpoint.starts_with("snapshot_") && failpoint.ends_with("install") && marked.is_none() {
         return Err(format!("{failpoint}: node {victim} crashed without its snapshot install marked"));
