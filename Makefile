@@ -24,7 +24,7 @@ build: setup
 # redis-py (python3-redis) runs against a playground.
 test: setup
 	@./scripts/setup.sh prometheus redis-server python3-redis
-	$(CARGO) test $(CARGO_FLAGS) --workspace --features presage-tests/failpoints
+	$(CARGO) test $(CARGO_FLAGS) --workspace --features presage-tests/failpoints,presage-tools/failpoints
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
 # The cluster demo (README "Quick start"); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--seconds 60".
@@ -77,7 +77,7 @@ fmt:
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets --features presage-tests/failpoints -- -D warnings
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets --features presage-tests/failpoints,presage-tools/failpoints -- -D warnings
 
 # Fails on any rustdoc warning (a broken or private intra-doc link, say).
 doc: setup

@@ -112,6 +112,11 @@ enum NodeMsg {
         descriptor: ShardDescriptor,
         reply: oneshot::Sender<bool>,
     },
+    ProbeMerged {
+        shard_id: u64,
+        owner: ShardDescriptor,
+        reply: oneshot::Sender<bool>,
+    },
     Summary {
         reply: oneshot::Sender<StoreSummary>,
     },
@@ -444,6 +449,7 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
         NodeMsg::ProbeStale { descriptor, reply } => drop(reply.send(store.probe_stale(&descriptor))),
+        NodeMsg::ProbeMerged { shard_id, owner, reply } => drop(reply.send(store.probe_merged(shard_id, &owner))),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
         NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
     }
@@ -466,7 +472,7 @@ fn handle_failing<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
         NodeMsg::ShedLeaderships { reply } => drop(reply.send(store.shed_leaderships())),
         NodeMsg::Status { shard_id, reply } => drop(reply.send(store.status(shard_id))),
         NodeMsg::Statuses { reply } => drop(reply.send(store.statuses())),
-        NodeMsg::ProbeStale { reply, .. } => drop(reply.send(false)),
+        NodeMsg::ProbeStale { reply, .. } | NodeMsg::ProbeMerged { reply, .. } => drop(reply.send(false)),
         NodeMsg::Summary { reply } => drop(reply.send(store.summary())),
         NodeMsg::SetSnapshotRate { bytes_per_sec, reply } => drop(reply.send(store.set_snapshot_rate(bytes_per_sec))),
     }
@@ -743,6 +749,13 @@ impl NodeHandle {
     /// asked.
     pub async fn probe_stale(&self, descriptor: ShardDescriptor) -> Result<bool> {
         self.ask(|reply| NodeMsg::ProbeStale { descriptor, reply }).await
+    }
+
+    /// Tells the node that its replica `shard_id` is of a shard the manager no longer lists,
+    /// and that `owner` holds the replica's start key now: the node asks `owner`'s members
+    /// whether the shard was merged away ([`Store::probe_merged`]). Returns whether it asked.
+    pub async fn probe_merged(&self, shard_id: u64, owner: ShardDescriptor) -> Result<bool> {
+        self.ask(|reply| NodeMsg::ProbeMerged { shard_id, owner, reply }).await
     }
 
     /// Counts over every replica of the node.

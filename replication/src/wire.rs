@@ -474,6 +474,11 @@ pub struct RaftEnvelope {
     /// estimate of it (`crate::clock`).
     #[prost(uint64, tag = "12")]
     pub clock_ms: u64,
+    /// With `tombstone`: the shard was merged away. `descriptor` is then not the shard's but
+    /// the sender's replica of the shard that now holds the merged shard's start key (see
+    /// `Store::probe_merged`).
+    #[prost(bool, tag = "13")]
+    pub merged: bool,
 }
 
 impl RaftEnvelope {

@@ -54,7 +54,10 @@ pub use events::{EventKind, EventPhase, EventView, KnownEvent, MaintenanceScope,
 pub use feedback::{Kpis, MitigationKind, MitigationRecord, PfaReport};
 pub use forecast::{Forecast, ForecastReport, PlaceForecast, Recommendation, ShardForecast};
 pub use load::{KeySpan, LoadRecorder, LoadReport, ShardLoad};
-pub use manager::{Command, Effects, JoinError, Manager, ManagerStats, NodeStatus, RiskInputs};
+pub use manager::{
+    Command, Effects, HeartbeatAnswer, JoinError, Manager, ManagerStats, NodeStatus, RiskInputs,
+    MAX_UNLISTED_PER_HEARTBEAT,
+};
 pub use meta::{MetaWrite, PersistedState};
 pub use model::{
     is_system_key, ClusterMeta, Epoch, GroupId, GroupMeta, NodeHeartbeat, NodeId, NodeMeta, NodeState, NodeStats,

@@ -1,7 +1,9 @@
 //! Replica lifecycle: shards a split creates are started (the parent's leader's new replica
 //! campaigns at once); sources merged away and replicas removed from their group are destroyed
 //! (log, states, data) with a tombstone at their `conf_ver`; a stale replica is found by asking
-//! the newer configuration's members (`probe_stale`).
+//! the newer configuration's members (`probe_stale`), a replica of a shard merged away while
+//! this node was out of its group by asking the members of the shard now holding its start key
+//! (`probe_merged`).
 
 use super::*;
 
@@ -32,6 +34,69 @@ impl<E: Engine> Store<E> {
                 ..RaftEnvelope::default()
             });
         }
+        true
+    }
+
+    /// Asks the members of `owner` (the shard that, in the manager's directory, holds the start
+    /// key of this node's replica `shard_id`, a shard the directory no longer lists) whether
+    /// `shard_id` was merged away. A member whose replica of another shard holds that key at a
+    /// later version answers with a merged tombstone ([`Store::merged_owner`]), which destroys
+    /// the replica. Returns whether it asked.
+    pub fn probe_merged(&mut self, shard_id: u64, owner: &ShardDescriptor) -> bool {
+        let Some(peer) = self.peers.get(&shard_id) else { return false };
+        let mine = peer.descriptor().clone();
+        if owner.id == shard_id || !owner.contains(&mine.start) {
+            return false;
+        }
+        let asked = self.probed.entry(shard_id).or_default();
+        asked.clear();
+        for r in owner.replicas.iter().filter(|r| r.node_id != self.node_id) {
+            if asked.len() >= MAX_PROBED_PER_SHARD {
+                break;
+            }
+            asked.insert(r.node_id);
+            self.pending_out.push(RaftEnvelope {
+                shard_id,
+                from_node: self.node_id,
+                to_node: r.node_id,
+                descriptor: Some(mine.clone()),
+                ..RaftEnvelope::default()
+            });
+        }
+        true
+    }
+
+    /// This node's replica of another shard that proves `gone` merged away: it holds `gone`'s
+    /// start key at a later version than `gone`'s. A shard keeps its start key until it is
+    /// merged away (a split keeps the left part, a merge only grows a range), and every
+    /// handover of a key (split: parent to child; merge: source to target) raises the
+    /// version, so a shard that holds the key at a version above any `gone` had can only hold
+    /// it after `gone` was merged.
+    pub(super) fn merged_owner(&self, gone: &ShardDescriptor) -> Option<ShardDescriptor> {
+        self.peers
+            .values()
+            .filter(|p| p.shard_id() != gone.id && p.raw.store().is_initialized())
+            .map(Peer::descriptor)
+            .find(|d| d.contains(&gone.start) && d.epoch().version > gone.epoch().version)
+            .cloned()
+    }
+
+    /// Destroys this node's replica of `shard_id` on a member's word that its shard was merged
+    /// away (`owner`: the member's replica holding the shard's start key, see
+    /// [`Store::merged_owner`]), unless the replica is frozen into a shard this node also
+    /// holds: that replica's `CommitMerge` (or a snapshot of it) takes it over.
+    pub(crate) fn merged_away(&mut self, shard_id: u64, from: u64, owner: &ShardDescriptor) -> bool {
+        let Some(peer) = self.peers.get(&shard_id) else { return false };
+        let mine = peer.descriptor();
+        let proves = owner.id != shard_id
+            && owner.contains(&mine.start)
+            && owner.epoch().version > mine.epoch().version
+            && owner.replicas.iter().any(|r| r.node_id == from);
+        if !proves || mine.merging_into.is_some_and(|target| self.peers.contains_key(&target)) {
+            return false;
+        }
+        tracing::info!(node = self.node_id, shard = shard_id, owner = owner.id, from, "replica of a shard merged away");
+        self.condemned.insert(shard_id);
         true
     }
 
@@ -153,5 +218,87 @@ impl<E: Engine> Store<E> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Replica;
+    use presage_engine::MemEngine;
+
+    fn shard(id: u64, start: &[u8], version: u64, nodes: &[u64]) -> ShardDescriptor {
+        ShardDescriptor {
+            id,
+            start: start.to_vec(),
+            end: None,
+            epoch: Some(Epoch { version, conf_ver: 4 }),
+            replicas: nodes.iter().map(|n| Replica::voter(*n)).collect(),
+            merging_into: None,
+        }
+    }
+
+    fn store_with(node: u64, shards: Vec<ShardDescriptor>) -> Store<MemEngine> {
+        let mut store = Store::open(node, MemEngine::new(), RaftConfig::default()).expect("open");
+        store.bootstrap_shards(shards).expect("bootstrap");
+        store.process_ready().expect("ready");
+        store
+    }
+
+    /// Node 2 kept a replica of shard 7 (`[m, ∞)` at version 3) that was merged away while
+    /// node 2 was out of its group; node 1 holds shard 5, which holds `m` now.
+    fn answer(owner_version: u64) -> (Store<MemEngine>, Vec<RaftEnvelope>) {
+        let mut stale = store_with(2, vec![shard(7, b"m", 3, &[2, 4])]);
+        let mut member = store_with(1, vec![shard(5, b"", owner_version, &[1, 3])]);
+        assert!(stale.probe_merged(7, &shard(5, b"", owner_version, &[1, 3])));
+        let asked: Vec<RaftEnvelope> = std::mem::take(&mut stale.pending_out);
+        assert_eq!(asked.iter().map(|e| e.to_node).collect::<Vec<_>>(), [1, 3], "the owner's members are asked");
+        member.pending_out.clear();
+        member.step(asked[0].clone()).expect("step");
+        let replies = std::mem::take(&mut member.pending_out);
+        (stale, replies)
+    }
+
+    #[test]
+    fn a_replica_of_a_shard_merged_away_is_destroyed_on_the_word_of_the_holder_of_its_start() {
+        let (mut stale, replies) = answer(6);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let reply = replies[0].clone();
+        assert!(reply.tombstone && reply.merged && reply.to_node == 2);
+        assert_eq!(reply.descriptor.as_ref().map(|d| d.id), Some(5));
+        // The same answer from a node this node did not ask counts for nothing.
+        stale.step(RaftEnvelope { from_node: 9, ..reply.clone() }).expect("step");
+        stale.process_ready().expect("ready");
+        assert!(stale.status(7).is_some(), "node 9 was not asked");
+        stale.step(reply).expect("step");
+        stale.process_ready().expect("ready");
+        assert!(stale.status(7).is_none(), "the member's word destroys it");
+        assert!(stale.engine.get(Cf::Meta, &keys::tombstone_key(7)).expect("read").is_some(), "with a tombstone");
+    }
+
+    /// A holder of the start key at a version not above the replica's may be the parent of a
+    /// split this replica's shard came from (a lagging copy of it): no proof of a merge.
+    #[test]
+    fn a_holder_at_an_older_version_proves_nothing() {
+        let (_, replies) = answer(3);
+        assert!(replies.is_empty(), "{replies:?}");
+        let (_, replies) = answer(2);
+        assert!(replies.is_empty(), "{replies:?}");
+    }
+
+    /// A replica frozen into a shard this node also holds is left to that shard's
+    /// `CommitMerge` (it needs the frozen replica's data).
+    #[test]
+    fn a_replica_frozen_into_a_shard_held_here_is_kept() {
+        let frozen = ShardDescriptor { merging_into: Some(6), ..shard(7, b"m", 3, &[2, 4]) };
+        let target = ShardDescriptor { end: Some(b"m".to_vec()), ..shard(6, b"", 2, &[2, 4]) };
+        let mut store = store_with(2, vec![target, frozen]);
+        assert!(!store.merged_away(7, 1, &shard(5, b"", 6, &[1, 3])));
+        assert!(store.status(7).is_some());
+        // Without a replica of its target here, nothing will take it over.
+        let lone = ShardDescriptor { merging_into: Some(6), ..shard(7, b"m", 3, &[2, 4]) };
+        let mut store = store_with(2, vec![lone]);
+        assert!(!store.merged_away(7, 9, &shard(5, b"", 6, &[1, 3])), "the sender must be a member of the owner");
+        assert!(store.merged_away(7, 1, &shard(5, b"", 6, &[1, 3])));
     }
 }

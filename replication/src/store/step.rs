@@ -1,6 +1,7 @@
 //! Incoming Raft messages. Walk-through: an envelope is checked (addressed here, its Raft
 //! message's replicas are its nodes, nothing raft-rs would panic on); snapshot chunks are staged;
-//! a tombstone counts only from a member of both configurations or a node this node asked; a
+//! a tombstone counts only from a member of both configurations or a node this node asked (a
+//! probe about a shard merged away is answered by a replica holding its start key later); a
 //! message for a shard this node does not hold creates an empty replica when the sender lists it
 //! (never over a range a live replica still holds); then raft-rs steps it.
 
@@ -20,6 +21,9 @@ impl<E: Engine> Store<E> {
         if env.ping {
             return Ok(());
         }
+        // A probe carries only the sender's descriptor (`probe_stale`, `probe_merged`).
+        let probe =
+            env.message.is_none() && !env.tombstone && env.snapshot_chunk.is_none() && env.snapshot_ack.is_none();
         if let Some(ack) = env.snapshot_ack.take() {
             self.on_snapshot_ack(&env, &ack);
         }
@@ -35,6 +39,40 @@ impl<E: Engine> Store<E> {
             if !initialized_past && !install_pending {
                 let ack = snapshot::receive_chunk(&self.engine, self.node_id, &env, &chunk)?;
                 self.pending_out.push(ack);
+            }
+        }
+        if env.tombstone && env.merged {
+            // Counts only as the answer to this node's `probe_merged`.
+            let from = env.from_node;
+            let asked = self.probed.get(&env.shard_id).is_some_and(|p| p.contains(&from));
+            match env.descriptor.as_ref() {
+                Some(owner) if asked => {
+                    if self.merged_away(env.shard_id, from, owner) {
+                        self.probed.remove(&env.shard_id);
+                    }
+                }
+                _ => tracing::warn!(
+                    node = self.node_id,
+                    shard = env.shard_id,
+                    from,
+                    "a merged tombstone not asked for; ignored"
+                ),
+            }
+            return Ok(());
+        }
+        if probe {
+            let gone = env.descriptor.as_ref().filter(|d| d.id == env.shard_id);
+            if let Some(owner) = gone.and_then(|d| self.merged_owner(d)) {
+                self.pending_out.push(RaftEnvelope {
+                    shard_id: env.shard_id,
+                    from_node: self.node_id,
+                    to_node: env.from_node,
+                    descriptor: Some(owner),
+                    tombstone: true,
+                    merged: true,
+                    ..RaftEnvelope::default()
+                });
+                return Ok(());
             }
         }
         if let Some(peer) = self.peers.get_mut(&env.shard_id) {

@@ -81,6 +81,23 @@ pub struct Effects {
     pub migrations: Vec<Migration>,
 }
 
+/// At most this many unlisted replicas in one [`HeartbeatAnswer`] (the rest come with later
+/// heartbeats, once these are resolved).
+pub const MAX_UNLISTED_PER_HEARTBEAT: usize = 16;
+
+/// The manager's answer to a node's heartbeat: replicas the node must check with their peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    /// Directory entries of shards the node holds a *stale* replica of (a newer configuration
+    /// without it: it missed its removal, say while it was down). The node asks the newer
+    /// configuration's members, who confirm, and then destroys the replica.
+    pub stale: Vec<ShardMeta>,
+    /// Shards the node holds a replica of that the directory does not list: merged away while
+    /// the node was out of the group, or a split's new shard not reported yet. The node asks
+    /// the members of the shard now holding the replica's start key, who confirm only a merge.
+    pub unlisted: Vec<ShardId>,
+}
+
 /// Counts for metrics and `presage-ctl`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManagerStats {
@@ -372,11 +389,9 @@ impl Manager {
         true
     }
 
-    /// Takes in a node's heartbeat; returns the directory entries of the shards the node
-    /// holds a *stale* replica of (a newer configuration without it: it missed its removal,
-    /// say while it was down), which the node then destroys. `None` if the node never joined
-    /// (it must join first).
-    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<Vec<ShardMeta>> {
+    /// Takes in a node's heartbeat; returns what the node must check about its replicas
+    /// ([`HeartbeatAnswer`]). `None` if the node never joined (it must join first).
+    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now_ms: u64) -> Option<HeartbeatAnswer> {
         let node = self.st.node(hb.node)?;
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             self.set_node_state(hb.node, NodeState::Up);
@@ -395,18 +410,23 @@ impl Manager {
         for report in hb.shards.into_iter().filter(own) {
             self.shard_report(report, now_ms);
         }
+        let directory = self.st.directory();
         let stale = hb
             .replicas
             .iter()
             .filter_map(|(id, epoch)| {
-                self.st
-                    .directory()
-                    .get(*id)
-                    .filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
+                directory.get(*id).filter(|s| s.replica(hb.node).is_none() && s.epoch.conf_ver > epoch.conf_ver)
             })
             .cloned()
             .collect();
-        Some(stale)
+        let unlisted = hb
+            .replicas
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| directory.get(*id).is_none())
+            .take(MAX_UNLISTED_PER_HEARTBEAT)
+            .collect();
+        Some(HeartbeatAnswer { stale, unlisted })
     }
 
     fn shard_report(&mut self, report: crate::model::ShardReport, now_ms: u64) {

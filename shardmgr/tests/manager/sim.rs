@@ -149,8 +149,8 @@ impl Sim {
                 telemetry: None,
                 telemetry_backlog: None,
             };
-            let stale = m.heartbeat(hb, self.now_ms).expect("the node is known");
-            assert!(stale.is_empty(), "the simulation keeps no stale replica: {stale:?}");
+            let answer = m.heartbeat(hb, self.now_ms).expect("the node is known");
+            assert!(answer.stale.is_empty(), "the simulation keeps no stale replica: {answer:?}");
         }
     }
 

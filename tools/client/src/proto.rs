@@ -694,6 +694,10 @@ pub enum Response {
         /// Current descriptors of shards the node holds a stale replica of (a newer
         /// configuration without it): the node destroys those replicas.
         stale: Vec<ShardMeta>,
+        /// Shards the node holds a replica of that the directory does not list (merged away
+        /// while the node was out of the group, or new): the node asks whether they were merged.
+        #[serde(default)]
+        unlisted: Vec<u64>,
         /// Every node, when the heartbeat's `nodes_digest` was out of date; else empty.
         #[serde(default)]
         nodes: Vec<NodeMeta>,

@@ -382,13 +382,24 @@ impl Playground {
 
     /// Starts node `id` again from its configuration (after [`Playground::kill`]).
     pub fn restart(&mut self, id: u64, overrides: &[String]) -> Result<(), PlaygroundError> {
+        self.restart_with_env(id, overrides, &[])
+    }
+
+    /// [`Playground::restart`], with extra environment variables for the node's process
+    /// (the crash tests' `PRESAGE_CRASH_AT`).
+    pub fn restart_with_env(
+        &mut self,
+        id: u64,
+        overrides: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<(), PlaygroundError> {
         let i = self
             .cluster
             .nodes
             .iter()
             .position(|n| n.id == id)
             .ok_or_else(|| PlaygroundError::Invalid(format!("no node {id}")))?;
-        let child = spawn_node(&self.binary, &self.cluster.nodes[i].config, overrides)?;
+        let child = spawn_node_with_env(&self.binary, &self.cluster.nodes[i].config, overrides, env)?;
         self.cluster.nodes[i].pid = child.id();
         self.children[i] = child;
         Ok(())
@@ -479,6 +490,16 @@ fn make_security(dir: &Path, nodes: u64) -> Result<SecurityInfo, PlaygroundError
 
 /// Starts `presage start --config CONFIG`, its output appended to `node.log` beside it.
 pub fn spawn_node(binary: &Path, config: &Path, overrides: &[String]) -> Result<Child, PlaygroundError> {
+    spawn_node_with_env(binary, config, overrides, &[])
+}
+
+/// [`spawn_node`] with extra environment variables.
+pub fn spawn_node_with_env(
+    binary: &Path,
+    config: &Path,
+    overrides: &[String],
+    env: &[(&str, &str)],
+) -> Result<Child, PlaygroundError> {
     let log_path = config.with_file_name("node.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -491,6 +512,7 @@ pub fn spawn_node(binary: &Path, config: &Path, overrides: &[String]) -> Result<
     for o in overrides {
         cmd.arg("--set").arg(o);
     }
+    cmd.envs(env.iter().copied());
     cmd.stdin(Stdio::null()).stdout(log).stderr(err);
     cmd.spawn().map_err(io(format!("starting {}", binary.display())))
 }

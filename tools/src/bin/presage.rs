@@ -397,6 +397,8 @@ fn start(args: StartArgs) -> Result<()> {
     for key in &loaded.unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
     }
+    #[cfg(feature = "failpoints")]
+    crash_at_failpoints()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let node = RunningNode::start(loaded.config, Metrics::new(), log_level).await?;
@@ -417,6 +419,25 @@ fn start(args: StartArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Crash tests only (built with the `failpoints` feature, never in a release):
+/// `PRESAGE_CRASH_AT=name[,name...]` has this process killed (SIGKILL, as a crash) the first
+/// time it reaches one of the named failpoints (`presage_replication`'s, e.g.
+/// `apply_split_written`).
+#[cfg(feature = "failpoints")]
+fn crash_at_failpoints() -> Result<()> {
+    let Ok(names) = std::env::var("PRESAGE_CRASH_AT") else { return Ok(()) };
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let at = name.to_string();
+        fail::cfg_callback(name, move || {
+            eprintln!("crashing at failpoint {at} (PRESAGE_CRASH_AT)");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        })
+        .map_err(|e| anyhow::anyhow!("PRESAGE_CRASH_AT: failpoint {name}: {e}"))?;
+        tracing::warn!(failpoint = name, "this process kills itself at the failpoint (PRESAGE_CRASH_AT)");
+    }
+    Ok(())
 }
 
 fn playground(opts: PlaygroundOptions) -> Result<()> {

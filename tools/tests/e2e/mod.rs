@@ -10,6 +10,8 @@ use presage_playground::{Playground, PlaygroundOptions, SecurityInfo};
 
 mod bench;
 mod capacity;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod dist;
 mod load;
 mod maintenance;

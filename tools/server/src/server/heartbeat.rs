@@ -9,7 +9,10 @@
 //! (`telemetry_backlog_wanted` in the ack). A `Busy` replication node skips a beat. A loop that
 //! does not give its statuses within the interval (a stalled disk blocks it) still sends the
 //! telemetry, with the last stats and no shard or replica reports: the stall is what the
-//! manager most needs to hear about.
+//! manager most needs to hear about. The ack names replicas to check with their peers: stale
+//! ones (a newer configuration without this node) and unlisted ones (for those, the node asks
+//! the manager which shard holds the replica's start key now, and that shard's members whether
+//! the replica's shard was merged away).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,7 +223,7 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
         inner.call(to, request).await
     };
     match answer {
-        Ok(Response::HeartbeatAck { manager, stale, nodes, telemetry_backlog_wanted }) => {
+        Ok(Response::HeartbeatAck { manager, stale, unlisted, nodes, telemetry_backlog_wanted }) => {
             inner.learn(&nodes);
             if telemetry_backlog_wanted {
                 inner.telemetry_backlog_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -239,6 +242,9 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
                 if let Err(e) = inner.node.probe_stale(descriptor(&shard)).await {
                     tracing::warn!(shard = shard.id, error = %e, "could not ask the shard's members");
                 }
+            }
+            if manager == to {
+                probe_unlisted(inner, to, unlisted).await;
             }
         }
         Ok(Response::Error(ProtoError::NotManager { leader })) => {
@@ -260,4 +266,29 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
         }
     }
     None
+}
+
+/// For each replica of a shard the manager does not list (at most
+/// `MAX_UNLISTED_PER_HEARTBEAT`), asks the manager which shard holds the replica's start key
+/// now and has that shard's members asked whether the replica's shard was merged away
+/// ([`presage_replication::Store::probe_merged`]).
+async fn probe_unlisted<E: Engine>(inner: &Arc<Inner<E>>, manager: NodeId, unlisted: Vec<u64>) {
+    for id in unlisted.into_iter().take(presage_shardmgr::MAX_UNLISTED_PER_HEARTBEAT) {
+        let Ok(Some(status)) = inner.node.status(id).await else { continue };
+        let request = Request::Routes { key: status.descriptor.start.clone(), max_shards: 1 };
+        let answer = if manager == inner.me.id {
+            Ok(inner.serve(presage_client::Caller::Local, request).await)
+        } else {
+            inner.call(manager, request).await
+        };
+        let owner = match answer {
+            Ok(Response::Routes { shards, .. }) => shards.into_iter().find(|s| s.id != id),
+            _ => None,
+        };
+        let Some(owner) = owner.filter(|s| descriptor(s).contains(&status.descriptor.start)) else { continue };
+        tracing::debug!(node = inner.me.id, shard = id, owner = owner.id, "an unlisted replica; asking whether merged");
+        if let Err(e) = inner.node.probe_merged(id, descriptor(&owner)).await {
+            tracing::warn!(shard = id, error = %e, "could not ask whether the shard was merged");
+        }
+    }
 }

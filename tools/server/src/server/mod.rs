@@ -690,9 +690,10 @@ impl<E: Engine> Inner<E> {
                         if nodes_digest(m.nodes()) == known { Vec::new() } else { m.nodes().cloned().collect() };
                     let region = m.nodes().find(|n| n.id == node).map(|n| n.region.clone());
                     let answer = match m.heartbeat(heartbeat, now) {
-                        Some(stale) => Response::HeartbeatAck {
+                        Some(checks) => Response::HeartbeatAck {
                             manager: self.me.id,
-                            stale,
+                            stale: checks.stale,
+                            unlisted: checks.unlisted,
                             nodes,
                             telemetry_backlog_wanted: false,
                         },
