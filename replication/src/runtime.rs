@@ -60,6 +60,7 @@ enum NodeMsg {
         shard_id: u64,
         epoch: Epoch,
         request: ReadRequest,
+        replica: bool,
         reply: oneshot::Sender<Result<ReadResponse>>,
     },
     ConfChange {
@@ -427,8 +428,8 @@ fn handle<E: Engine>(store: &mut Store<E>, msg: NodeMsg) {
                 store.propose(shard_id, epoch, ops, request_id, Box::new(move |r| drop(reply.send(r))));
             }
         }
-        NodeMsg::Read { shard_id, epoch, request, reply } => {
-            store.read(shard_id, epoch, request, Box::new(move |r| drop(reply.send(r))));
+        NodeMsg::Read { shard_id, epoch, request, replica, reply } => {
+            store.read(shard_id, epoch, request, replica, Box::new(move |r| drop(reply.send(r))));
         }
         NodeMsg::ConfChange { shard_id, cc, reply } => {
             store.propose_conf_change(shard_id, cc, Box::new(move |r| drop(reply.send(r))));
@@ -546,14 +547,29 @@ impl NodeHandle {
     /// A linearizable read on `shard_id` (this node must lead it).
     /// Served on the caller's thread while the leader's lease holds, else by the loop.
     pub async fn read(&self, shard_id: u64, epoch: Epoch, request: ReadRequest) -> Result<ReadResponse> {
+        self.read_at(shard_id, epoch, request, false).await
+    }
+
+    /// A linearizable read on `shard_id` served by this node's replica whether it leads or
+    /// follows (a replica read: a follower asks its leader for the read index, then reads its
+    /// own engine once it has applied that far).
+    pub async fn replica_read(&self, shard_id: u64, epoch: Epoch, request: ReadRequest) -> Result<ReadResponse> {
+        self.read_at(shard_id, epoch, request, true).await
+    }
+
+    async fn read_at(&self, shard_id: u64, epoch: Epoch, request: ReadRequest, replica: bool) -> Result<ReadResponse> {
         let now = || tokio::time::Instant::now().into_std();
-        if let Some(answer) = self.local.try_read(shard_id, epoch, &request, now) {
-            return answer;
+        match self.local.try_read(shard_id, epoch, &request, now) {
+            // A follower's redirect is for leader reads only: a replica read goes to its loop.
+            Some(Err(Error::NotLeader { .. })) if replica => {}
+            Some(answer) => return answer,
+            None => {}
         }
         self.check_responsive()?;
         // A read has no effect: one the loop has not answered in time is simply abandoned.
         let wait = Duration::from_millis(self.max_mailbox_wait_ms);
-        match tokio::time::timeout(wait, self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, reply })).await {
+        let ask = self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, replica, reply });
+        match tokio::time::timeout(wait, ask).await {
             Ok(answer) => answer?,
             Err(_) => Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() }),
         }

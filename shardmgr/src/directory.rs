@@ -68,6 +68,13 @@ impl Directory {
         shard.contains(key).then_some(shard)
     }
 
+    /// Shards in key order from the one holding `key` (or, if none does, the first one
+    /// after it).
+    pub fn iter_from<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = &'a ShardMeta> + 'a {
+        let first = self.get_shard(key).map_or_else(|| key.to_vec(), |s| s.start.clone());
+        self.by_start.range::<Vec<u8>, _>(first..).filter_map(|(_, id)| self.by_id.get(id))
+    }
+
     /// Every shard in key order.
     pub fn iter(&self) -> impl Iterator<Item = &ShardMeta> + '_ {
         self.by_start.values().filter_map(|id| self.by_id.get(id))

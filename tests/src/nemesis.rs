@@ -1,4 +1,6 @@
-//! A seeded nemesis run: clients put, delete and get a few keys on a cluster while a nemesis
+//! A seeded nemesis run: clients put, delete and get a few keys on a cluster (half the gets
+//! are replica reads sent to any node, which a follower serves after a ReadIndex round trip to
+//! its leader) while a nemesis
 //! partitions and isolates nodes, drops and delays messages, kills and restarts nodes (half
 //! the kills are power losses that keep only a random prefix of the unsynced writes), fails
 //! a node's disk (fsync errors, write errors, a full disk: the node hands off and stops, and
@@ -68,6 +70,8 @@ pub struct NemesisReport {
     pub unknown_writes: usize,
     /// Writes whose outcome was unknown until a retry under their request id answered.
     pub resolved_retries: usize,
+    /// Replica reads answered (half the reads go to any node as replica reads).
+    pub replica_reads: usize,
     /// Faults the nemesis injected, in order.
     pub faults: Vec<String>,
     /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
@@ -104,6 +108,7 @@ async fn client_op(
     op: &KvOp,
     key: &[u8],
     id: Option<RequestId>,
+    replica: bool,
 ) -> (Result<Option<ReadResponse>, Error>, Option<u64>) {
     let epoch = match node.status(SHARD).await {
         Ok(Some(s)) => s.descriptor.epoch(),
@@ -123,6 +128,7 @@ async fn client_op(
                 node.write_once(SHARD, epoch, vec![Op::put(key.to_vec(), v.clone())], id).await.map(|()| None)
             }
             KvOp::Delete => node.write_once(SHARD, epoch, vec![Op::delete(key.to_vec())], id).await.map(|()| None),
+            KvOp::Get(_) if replica => node.replica_read(SHARD, epoch, ReadRequest::Get(key.to_vec())).await.map(Some),
             KvOp::Get(_) => node.read(SHARD, epoch, ReadRequest::Get(key.to_vec())).await.map(Some),
         }
     };
@@ -156,6 +162,8 @@ struct Control {
     quiet: AtomicBool,
     /// Writes whose outcome was unknown that a retry under their id resolved.
     resolved_retries: AtomicUsize,
+    /// Replica reads answered (by whichever node was asked, leader or follower).
+    replica_reads: AtomicUsize,
 }
 
 async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>, ctl: Arc<Control>) {
@@ -178,11 +186,13 @@ async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>,
         } else {
             KvOp::Get(None)
         };
-        let Some(mut node) = pick_node(&dir, leader, &mut rng) else {
+        let is_write = !matches!(op, KvOp::Get(_));
+        // Half the reads are replica reads, sent to any node (a follower serves them too).
+        let replica = !is_write && rng.random_bool(0.5);
+        let Some(mut node) = pick_node(&dir, if replica { None } else { leader }, &mut rng) else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let is_write = !matches!(op, KvOp::Get(_));
         let request_id = is_write.then(|| {
             seq += 1;
             RequestId { client: id, slot: 0, seq }
@@ -193,8 +203,12 @@ async fn client(id: u64, cfg: NemesisConfig, dir: Directory, rec: Arc<Recorder>,
         let retry_until = tokio::time::Instant::now() + WRITE_RETRY_WINDOW;
         let mut maybe_applied = false;
         let result = loop {
-            let (result, hint) = client_op(&node, &op, &key, request_id).await;
+            let (result, hint) = client_op(&node, &op, &key, request_id, replica).await;
             match result {
+                Ok(answer) if replica => {
+                    ctl.replica_reads.fetch_add(1, Ordering::SeqCst);
+                    break Ok(answer);
+                }
                 Ok(answer) => {
                     leader = Some(node.node_id());
                     break Ok(answer);
@@ -261,6 +275,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
         stop: AtomicBool::new(false),
         quiet: AtomicBool::new(false),
         resolved_retries: AtomicUsize::new(0),
+        replica_reads: AtomicUsize::new(0),
     });
     let mut report = NemesisReport::default();
 
@@ -457,6 +472,7 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();
     report.unknown_writes = history.iter().filter(|o| o.ret.is_none()).count();
     report.resolved_retries = ctl.resolved_retries.load(Ordering::SeqCst);
+    report.replica_reads = ctl.replica_reads.load(Ordering::SeqCst);
     linearizability::check(&history).map_err(|e| fail(format!("{e}\nfaults: {:?}", report.faults)))?;
     Ok(report)
 }

@@ -39,11 +39,8 @@ impl<E: Engine> Peer<E> {
             return Ok(Err(e));
         }
         let mut desc = self.descriptor().clone();
-        if source.end.as_deref() == Some(desc.start.as_slice()) {
-            desc.start = source.start.clone();
-        } else {
-            desc.end = source.end.clone();
-        }
+        // The source is the right neighbour (`check_admin`): the range grows at its end.
+        desc.end = source.end.clone();
         let version = desc.epoch().version.max(source.epoch().version) + 1;
         desc.epoch = Some(Epoch { version, ..desc.epoch() });
         debug_assert!(desc.range().is_ok(), "a merged range is valid");

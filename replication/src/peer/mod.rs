@@ -280,6 +280,10 @@ pub const SWEEP_PAGE_BYTES: usize = 1 << 20;
 /// Split-off shards a replica remembers for `EpochNotMatch` answers.
 pub const MAX_SPLIT_SIBLINGS: usize = 4;
 
+/// Most reads one replica keeps waiting (for their ReadIndex round or their apply); more are
+/// refused with a retryable error.
+pub const MAX_PENDING_READS: usize = 65_536;
+
 impl<E: Engine> Peer<E> {
     /// A replica over `storage`.
     pub fn new(
@@ -476,9 +480,11 @@ fn op_keys(op: &Op) -> Vec<&[u8]> {
     }
 }
 
-/// Do the two shards' ranges touch end to start?
-fn adjacent(a: &ShardDescriptor, b: &ShardDescriptor) -> bool {
-    a.end.as_deref() == Some(b.start.as_slice()) || b.end.as_deref() == Some(a.start.as_slice())
+/// Does `left` end where `right` starts? A merge's target is always its source's left
+/// neighbour: a shard then keeps its start key until it is merged away (a split keeps the
+/// left part, a merge only moves a range's end), which `Store::merged_owner` relies on.
+fn left_of(left: &ShardDescriptor, right: &ShardDescriptor) -> bool {
+    left.end.as_deref() == Some(right.start.as_slice())
 }
 
 /// Same voters on both, and no learner on either.

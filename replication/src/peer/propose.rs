@@ -83,8 +83,8 @@ impl<E: Engine> Peer<E> {
                 if target.id == desc.id || target.merging_into.is_some() {
                     return bad(format!("cannot merge into shard {}", target.id));
                 }
-                if !adjacent(desc, target) {
-                    return bad(format!("shard {} is not adjacent", target.id));
+                if !left_of(target, desc) {
+                    return bad(format!("shard {} is not this shard's left neighbour", target.id));
                 }
                 if !same_voters_only(desc, target) {
                     return bad(format!("shard {} has other replicas (or learners)", target.id));
@@ -99,8 +99,11 @@ impl<E: Engine> Peer<E> {
                 if source.merging_into != Some(desc.id) {
                     return bad(format!("shard {} is not frozen to merge into this one", source.id));
                 }
-                if !adjacent(desc, source) || !same_voters_only(desc, source) {
-                    return bad(format!("shard {} is not adjacent with the same voters", source.id));
+                if !left_of(desc, source) || !same_voters_only(desc, source) {
+                    return bad(format!(
+                        "shard {} is not this shard's right neighbour with the same voters",
+                        source.id
+                    ));
                 }
                 Ok(())
             }

@@ -8,6 +8,11 @@
 //!   ready round (one heartbeat round for all of them), once the leader has committed an entry
 //!   in its term; when the round's index is applied here they are all served from the engine.
 //!
+//! - **replica reads** (follower reads): a follower asked for a linearizable read sends the
+//!   same one-per-round ReadIndex request to its leader, which confirms its leadership with a
+//!   heartbeat round and answers with its commit index; the follower serves the reads once it
+//!   has applied that index. Linearizable as a leader's read, served from the follower's engine.
+//!
 //! Reads older than two election timeouts, or caught by a leadership change, fail with a
 //! retryable error.
 
@@ -25,21 +30,28 @@ impl<E: Engine> Peer<E> {
     /// leadership transfer makes the transferee campaign at once, past that timer, so the
     /// lease ends when one starts (`end_lease`), as it does when a split or merge
     /// changes the range.
+    ///
+    /// With `replica`, a follower takes the read too (a replica read, module doc) while it
+    /// knows its leader.
     pub fn read(
         &mut self,
         epoch: Epoch,
         request: ReadRequest,
         now: Instant,
         lease: Option<Duration>,
+        replica: bool,
         cb: ReadCallback,
     ) {
-        if !self.is_leader() {
+        if !self.is_leader() && !(replica && self.leader().is_some()) {
             return cb(Err(self.not_leader()));
         }
         if let Err(e) = self.check_epoch(epoch, request.keys().into_iter()) {
             return cb(Err(e));
         }
-        let leased = lease.is_some() && self.lease_holds(now);
+        if self.reads.len() >= MAX_PENDING_READS {
+            return cb(Err(Error::ProposalDropped { shard_id: self.shard_id(), reason: "too many reads waiting" }));
+        }
+        let leased = self.is_leader() && lease.is_some() && self.lease_holds(now);
         let index = leased.then_some(self.raw.raft.raft_log.committed);
         if index.is_some_and(|i| i <= self.raw.store().applied_index()) {
             // Served now, under the lease that holds at `now`.
@@ -123,10 +135,12 @@ impl<E: Engine> Peer<E> {
         }
     }
 
-    /// Hands every waiting read to Raft as one ReadIndex round, once this leader has committed
-    /// in its term.
+    /// Hands every waiting read to Raft as one ReadIndex round: on a leader once it has
+    /// committed in its term; on a follower (replica reads) while it knows its leader, which
+    /// raft-rs asks.
     pub(crate) fn issue_reads(&mut self, now: Instant) {
-        if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
+        let ready = if self.is_leader() { self.raw.raft.commit_to_current_term() } else { self.leader().is_some() };
+        if !ready || self.reads.is_empty() {
             return;
         }
         let round = self.next_read_id;
@@ -140,6 +154,11 @@ impl<E: Engine> Peer<E> {
             self.next_read_id += 1;
             self.raw.read_index(round.to_be_bytes().to_vec());
         }
+    }
+
+    /// Whether reads wait on this replica.
+    pub(crate) fn has_pending_reads(&self) -> bool {
+        !self.reads.is_empty()
     }
 
     /// Ages waiting reads by one tick and fails those older than `max_age_ticks` (their

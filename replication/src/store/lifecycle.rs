@@ -45,7 +45,10 @@ impl<E: Engine> Store<E> {
     pub fn probe_merged(&mut self, shard_id: u64, owner: &ShardDescriptor) -> bool {
         let Some(peer) = self.peers.get(&shard_id) else { return false };
         let mine = peer.descriptor().clone();
-        if owner.id == shard_id || !owner.contains(&mine.start) {
+        if owner.id == shard_id
+            || !owner.contains(&mine.start)
+            || owner.replicas.iter().all(|r| r.node_id == self.node_id)
+        {
             return false;
         }
         let asked = self.probed.entry(shard_id).or_default();
@@ -68,11 +71,16 @@ impl<E: Engine> Store<E> {
 
     /// This node's replica of another shard that proves `gone` merged away: it holds `gone`'s
     /// start key at a later version than `gone`'s. A shard keeps its start key until it is
-    /// merged away (a split keeps the left part, a merge only grows a range), and every
-    /// handover of a key (split: parent to child; merge: source to target) raises the
-    /// version, so a shard that holds the key at a version above any `gone` had can only hold
-    /// it after `gone` was merged.
+    /// merged away (a split keeps the left part; a merge's target is the source's left
+    /// neighbour, so a range only ever grows at its end), and every handover of a key (split:
+    /// parent to child; merge: source to target) raises the version, so a shard that holds
+    /// the key at a version above any `gone` had can only hold it after `gone` was merged.
+    /// A node still holding a live replica of `gone` answers nothing.
     pub(super) fn merged_owner(&self, gone: &ShardDescriptor) -> Option<ShardDescriptor> {
+        let live = self.peers.get(&gone.id);
+        if live.is_some_and(|p| p.raw.store().is_initialized() && p.descriptor().merging_into.is_none()) {
+            return None;
+        }
         self.peers
             .values()
             .filter(|p| p.shard_id() != gone.id && p.raw.store().is_initialized())
@@ -194,6 +202,7 @@ impl<E: Engine> Store<E> {
         self.active.remove(&shard_id);
         self.touched.remove(&shard_id);
         self.frozen.remove(&shard_id);
+        self.probed.remove(&shard_id);
         self.outgoing.retain(|o| o.shard_id != shard_id);
         self.ping_targets = None;
         Some(peer)

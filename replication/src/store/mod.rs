@@ -179,6 +179,8 @@ pub struct Store<E: Engine> {
     /// Sleeping replicas that received a message this round (visited by the next ready round
     /// only).
     touched: BTreeSet<u64>,
+    /// Followers with replica reads waiting (aged each tick even while asleep).
+    reading: BTreeSet<u64>,
     /// Ticks since the store opened.
     ticks: u64,
     /// The node's monotonic clock, as of the runtime's last [`Store::set_now`] (read leases).
@@ -261,6 +263,7 @@ impl<E: Engine> Store<E> {
             pending_out: Vec::new(),
             active,
             touched: BTreeSet::new(),
+            reading: BTreeSet::new(),
             ticks: 0,
             now: Instant::now(),
             last_heard: BTreeMap::new(),
@@ -424,12 +427,19 @@ impl<E: Engine> Store<E> {
         }
     }
 
-    /// Starts a linearizable read on `shard_id`.
-    pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, cb: ReadCallback) {
+    /// Starts a linearizable read on `shard_id`; with `replica`, a follower serves it too
+    /// (a replica read: one ReadIndex round trip to its leader, see `peer/read.rs`).
+    pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, replica: bool, cb: ReadCallback) {
         self.wake_leader(shard_id);
-        match self.peers.get_mut(&shard_id) {
-            Some(peer) => peer.read(epoch, request, self.now, self.config.lease(), cb),
-            None => cb(Err(Error::ShardNotFound { shard_id })),
+        let Some(peer) = self.peers.get_mut(&shard_id) else {
+            return cb(Err(Error::ShardNotFound { shard_id }));
+        };
+        peer.read(epoch, request, self.now, self.config.lease(), replica, cb);
+        if !peer.is_leader() && peer.has_pending_reads() {
+            // Not woken (a sleeping follower would campaign): visited this round to send the
+            // ReadIndex request, and its reads aged by the ticks until they are answered.
+            self.touched.insert(shard_id);
+            self.reading.insert(shard_id);
         }
     }
 
@@ -642,7 +652,7 @@ mod tests {
         let (mut stores, epoch) = three_stores(false);
         let answers: Answers = Arc::default();
         for _ in 0..10 {
-            stores[0].read(1, epoch, get_a(), read_into(&answers));
+            stores[0].read(1, epoch, get_a(), false, read_into(&answers));
         }
         let out = stores[0].process_ready().expect("ready");
         let heartbeats: Vec<_> = out
@@ -667,16 +677,16 @@ mod tests {
         }
         let answers: Answers = Arc::default();
         // The first read confirms leadership with a round, which starts the lease.
-        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        stores[0].read(1, epoch, get_a(), false, read_into(&answers));
         assert!(answers.lock().expect("lock").is_empty(), "no lease yet");
         deliver(&mut stores, Vec::new());
         assert_eq!(answers.lock().expect("lock").len(), 1);
 
-        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        stores[0].read(1, epoch, get_a(), false, read_into(&answers));
         assert_eq!(answers.lock().expect("lock").len(), 2, "answered inside the call, under the lease");
 
         stores[0].transfer_leader(1, 2).expect("transfer starts");
-        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        stores[0].read(1, epoch, get_a(), false, read_into(&answers));
         assert_eq!(answers.lock().expect("lock").len(), 2, "no lease once a transfer started");
     }
 
@@ -694,7 +704,7 @@ mod tests {
         let at = |t: Instant| move || t;
         assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease before a ReadIndex round");
         let answers: Answers = Arc::default();
-        stores[0].read(1, epoch, get_a(), read_into(&answers));
+        stores[0].read(1, epoch, get_a(), false, read_into(&answers));
         deliver(&mut stores, Vec::new());
         assert_eq!(local.views().published(), 1);
         assert!(matches!(local.try_read(1, epoch, &get_a(), at(now)), Some(Ok(ReadResponse::Value(None)))));

@@ -65,6 +65,15 @@ impl<E: Engine> Store<E> {
         for shard_id in sleepers {
             self.quiesce_leader(shard_id);
         }
+        // Replica reads waiting on sleeping followers (awake ones aged above).
+        let (peers, active) = (&mut self.peers, &self.active);
+        self.reading.retain(|shard_id| {
+            let Some(peer) = peers.get_mut(shard_id) else { return false };
+            if !active.contains(shard_id) {
+                peer.expire_reads(max_read_age_ticks);
+            }
+            peer.has_pending_reads()
+        });
         if self.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
             let requests_too = self.ticks.is_multiple_of(REQUEST_SWEEP_EVERY_TICKS);
             for shard_id in &self.active {

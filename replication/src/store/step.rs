@@ -86,7 +86,7 @@ impl<E: Engine> Store<E> {
                 let known = mine.replicas.iter().any(|r| r.node_id == from)
                     || self.probed.get(&env.shard_id).is_some_and(|p| p.contains(&from));
                 match &env.descriptor {
-                    Some(d) if known && d.replicas.iter().any(|r| r.node_id == from) => {
+                    Some(d) if known && d.id == env.shard_id && d.replicas.iter().any(|r| r.node_id == from) => {
                         if self.tombstone(d) {
                             self.probed.remove(&env.shard_id);
                         }

@@ -419,13 +419,16 @@ impl Manager {
             })
             .cloned()
             .collect();
-        let unlisted = hb
-            .replicas
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| directory.get(*id).is_none())
-            .take(MAX_UNLISTED_PER_HEARTBEAT)
-            .collect();
+        let mut unlisted: Vec<ShardId> =
+            hb.replicas.iter().map(|(id, _)| *id).filter(|id| directory.get(*id).is_none()).collect();
+        // In turns, so that replicas that stay unlisted (a split's shard not reported yet, one
+        // its node keeps for a merge) do not hide the others.
+        if unlisted.len() > MAX_UNLISTED_PER_HEARTBEAT {
+            let turn = (now_ms / self.st.cfg().heartbeat_interval_ms.max(1)) as usize;
+            let len = unlisted.len();
+            unlisted.rotate_left(turn.wrapping_mul(MAX_UNLISTED_PER_HEARTBEAT) % len);
+            unlisted.truncate(MAX_UNLISTED_PER_HEARTBEAT);
+        }
         Some(HeartbeatAnswer { stale, unlisted })
     }
 

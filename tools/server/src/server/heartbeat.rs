@@ -243,8 +243,8 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
                     tracing::warn!(shard = shard.id, error = %e, "could not ask the shard's members");
                 }
             }
-            if manager == to {
-                probe_unlisted(inner, to, unlisted).await;
+            if manager == to && !unlisted.is_empty() {
+                spawn_probe_unlisted(inner, to, unlisted);
             }
         }
         Ok(Response::Error(ProtoError::NotManager { leader })) => {
@@ -266,6 +266,23 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
         }
     }
     None
+}
+
+/// Probes the unlisted replicas in a task of its own (heartbeats never wait for it), at most
+/// one at a time and for at most ten heartbeat intervals.
+fn spawn_probe_unlisted<E: Engine>(inner: &Arc<Inner<E>>, manager: NodeId, unlisted: Vec<u64>) {
+    use std::sync::atomic::Ordering;
+    if inner.probing_unlisted.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    let deadline = Duration::from_millis(10 * inner.cfg.shard_manager.heartbeat_interval_ms);
+    tokio::spawn(async move {
+        if tokio::time::timeout(deadline, probe_unlisted(&inner, manager, unlisted)).await.is_err() {
+            tracing::debug!("probing unlisted replicas took too long; the next heartbeat tries again");
+        }
+        inner.probing_unlisted.store(false, Ordering::Release);
+    });
 }
 
 /// For each replica of a shard the manager does not list (at most

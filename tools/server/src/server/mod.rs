@@ -135,6 +135,8 @@ pub(crate) struct Inner<E: Engine> {
     pub(crate) shedding_leaders: Arc<std::sync::atomic::AtomicBool>,
     /// Heartbeats sent without a manager hint: picks the seed to ask in turn.
     pub(crate) heartbeat_turn: std::sync::atomic::AtomicUsize,
+    /// A task probes the replicas the manager does not list (at most one at a time).
+    pub(crate) probing_unlisted: std::sync::atomic::AtomicBool,
     /// The cluster this node belongs to (0 until it bootstraps or joins one); shared with the
     /// peer listener and dialler, which check it in every handshake.
     pub(crate) cluster_id: Arc<std::sync::atomic::AtomicU64>,
@@ -212,6 +214,7 @@ impl<E: Engine> Server<E> {
             telemetry_backlog_wanted: std::sync::atomic::AtomicBool::new(false),
             shedding_leaders: Arc::default(),
             heartbeat_turn: std::sync::atomic::AtomicUsize::new(0),
+            probing_unlisted: std::sync::atomic::AtomicBool::new(false),
             consistency: Mutex::default(),
             disk_space: disk_space::DiskSpace::default(),
             cluster_id,
@@ -672,10 +675,7 @@ impl<E: Engine> Inner<E> {
             Request::Routes { key, max_shards } => {
                 let guard = lock(&self.manager);
                 let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
-                let dir = m.directory();
-                let first = dir.get_shard(&key).map(|s| s.start.clone()).unwrap_or(key);
-                let shards =
-                    dir.iter().skip_while(|s| s.start < first).take(max_shards.max(1) as usize).cloned().collect();
+                let shards = m.directory().iter_from(&key).take(max_shards.max(1) as usize).cloned().collect();
                 Response::Routes { shards, nodes: m.nodes().cloned().collect() }
             }
             Request::Heartbeat { mut heartbeat, nodes_digest: known } => {
