@@ -297,7 +297,8 @@ impl ShardedCluster {
         self.with_manager(|m| m.directory().iter().cloned().collect()).unwrap_or_default()
     }
 
-    /// A client that asks `seeds` first.
+    /// A client that asks `seeds` first; every second client made reads from any replica
+    /// (`replica_reads`).
     pub fn client(&self, seeds: Vec<u64>) -> Client {
         // Seeded retry jitter: a run replays exactly from its seed.
         let n = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -305,6 +306,7 @@ impl ShardedCluster {
             request_timeout_ms: 20_000,
             attempt_timeout_ms: 2_000,
             jitter_seed: Some(self.seed.wrapping_mul(1_000_003).wrapping_add(n)),
+            replica_reads: n % 2 == 1,
             ..ClientConfig::default()
         };
         Client::new(Arc::new(self.rpc.endpoint(CLIENT_ENDPOINT)), seeds, cfg)

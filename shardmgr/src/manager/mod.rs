@@ -277,6 +277,32 @@ impl Manager {
         self.st.shifts().cloned().collect()
     }
 
+    /// How much of its replicas' share of replica reads each node should get now, 0 to 1,
+    /// for the nodes below 1 (clients weigh their choice of replica by it): 0 for a node
+    /// not up or at `risk-warn`, `1 - w` for a node whose leaderships a shift is moving off at
+    /// weight `w`, so that reads leave it as gradually as its leaderships do.
+    pub fn read_weights(&self, now_ms: u64) -> Vec<(NodeId, f64)> {
+        let cfg = self.st.cfg();
+        let shifted: HashMap<NodeId, f64> = self
+            .st
+            .shifts()
+            .filter(|s| s.finished_ms.is_none())
+            .map(|s| (s.node, s.weight_at(now_ms, cfg.shift_period_ms)))
+            .collect();
+        self.st
+            .nodes()
+            .filter_map(|n| {
+                let at_risk = cfg.proactive_migration && self.st.risk(n.id).is_some_and(|r| r >= cfg.risk_warn);
+                let weight = if n.state != NodeState::Up || at_risk {
+                    0.0
+                } else {
+                    1.0 - shifted.get(&n.id).copied().unwrap_or(0.0)
+                };
+                (weight < 1.0).then_some((n.id, weight.clamp(0.0, 1.0)))
+            })
+            .collect()
+    }
+
     /// Every shard's risk from its replicas' nodes and its own p99 and errors
     /// (`crate::range_risk`).
     pub fn range_risks(&self) -> HashMap<ShardId, crate::range_risk::RangeRisk> {

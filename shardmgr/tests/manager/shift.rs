@@ -19,7 +19,7 @@ fn shift_config() -> ManagerConfig {
 /// 30 leader nodes of 1,000 at risk 0.45 (above `range-risk-shift` 0.4, below `risk-warn`
 /// 0.5): no migration starts, their 9 leaderships each move away over the 60-s period,
 /// at every moment no more than the shift's weight allows, none comes back, and the shifts
-/// are visible with their weights.
+/// are visible with their weights; replica reads leave the nodes by the same weights.
 #[test]
 fn a_risky_node_hands_its_leaderships_over_gradually_at_1000_nodes() {
     let cfg = shift_config();
@@ -51,6 +51,13 @@ fn a_risky_node_hands_its_leaderships_over_gradually_at_1000_nodes() {
             let shifts = m.shifts();
             assert_eq!(shifts.iter().filter(|s| s.finished_ms.is_none()).count(), 30, "seed {}", seed());
             assert!(shifts.iter().all(|s| (0.4..0.6).contains(&s.weight)), "seed {}: {shifts:?}", seed());
+            // Replica reads leave the node as gradually: about half its share is left.
+            let weights: BTreeMap<u64, f64> = m.read_weights(sim.now_ms).into_iter().collect();
+            for n in &leaders {
+                let w = weights.get(n).copied().unwrap_or(1.0);
+                assert!((0.4..0.6).contains(&w), "seed {}: node {n}'s read weight {w}", seed());
+            }
+            assert_eq!(weights.len(), 30, "seed {}: only the shifted nodes weigh less: {weights:?}", seed());
             halfway = Some(leaders.iter().map(|n| led(&sim, *n)).sum::<usize>());
         }
     }

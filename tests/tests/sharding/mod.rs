@@ -51,8 +51,12 @@ async fn bootstrap_join_and_route() {
     // The system key space is refused, and the connection goes on working.
     assert!(matches!(client.put(b"\xffm/cluster", b"x").await, Err(ClientError::Invalid(_))));
     let raw = c.rpc.endpoint(99);
-    let route =
-        presage_client::Route { shard: META_SHARD_ID, epoch: data_shards(&c)[0].epoch, priority: Default::default() };
+    let route = presage_client::Route {
+        shard: META_SHARD_ID,
+        epoch: data_shards(&c)[0].epoch,
+        priority: Default::default(),
+        replica_read: false,
+    };
     let answer =
         presage_client::Rpc::call(&raw, 1, presage_client::Request::Get { route, key: b"\xffm/cluster".to_vec() })
             .await;

@@ -79,6 +79,8 @@ pub enum ClientError {
 struct Cache {
     directory: Directory,
     nodes: BTreeMap<NodeId, NodeMeta>,
+    /// The manager's read weights (nodes below 1), from its last routes.
+    read_weights: BTreeMap<NodeId, f64>,
     /// Nodes that did not answer in time, and until when they are tried last.
     silent: BTreeMap<NodeId, tokio::time::Instant>,
 }
@@ -583,7 +585,12 @@ impl Client {
                     Ok(()) => continue,
                     Err(e) => Next::retry(e),
                 },
-                Some(shard) => match make(&shard).map(|r| self.prioritized(r)) {
+                Some(shard) => match make(&shard).map(|r| self.prioritized(r)).map(|mut r| {
+                    if self.cfg.replica_reads {
+                        r.allow_replica_read();
+                    }
+                    r
+                }) {
                     None if write && maybe_applied => {
                         return Err(ClientError::OutcomeUnknown(format!(
                             "shard {} split while the write's outcome was unknown ({last})",
@@ -626,6 +633,33 @@ impl Client {
         }
     }
 
+    /// A voter of `shard` for a replica read, drawn by the manager's read weights among those
+    /// not in `avoid` and not silent; `None` when all weigh nothing (the leader then).
+    fn pick_replica(&self, shard: &ShardMeta, avoid: &[NodeId]) -> Option<NodeId> {
+        let now = tokio::time::Instant::now();
+        let weighted: Vec<(NodeId, f64)> = {
+            let cache = self.cache();
+            shard
+                .replicas
+                .iter()
+                .filter(|r| r.role == Role::Voter && !avoid.contains(&r.node) && !cache.is_silent(r.node, now))
+                .map(|r| (r.node, cache.read_weights.get(&r.node).copied().unwrap_or(1.0).clamp(0.0, 1.0)))
+                .collect()
+        };
+        let total: f64 = weighted.iter().map(|(_, w)| w).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut at = rand::Rng::random::<f64>(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner)) * total;
+        for (node, w) in &weighted {
+            if at < *w {
+                return Some(*node);
+            }
+            at -= w;
+        }
+        weighted.iter().rev().find(|(_, w)| *w > 0.0).map(|(n, _)| *n)
+    }
+
     /// `request` at the task's priority, else the configured one.
     fn prioritized(&self, mut request: Request) -> Request {
         request.set_priority(TASK_PRIORITY.try_with(|p| *p).unwrap_or(self.cfg.priority));
@@ -636,7 +670,9 @@ impl Client {
     /// unknown; nodes in `avoid` did not answer during this request and are tried last.
     async fn attempt(&self, shard: &ShardMeta, request: Request, avoid: &mut Vec<NodeId>) -> Next {
         let voters = shard.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node);
-        let candidates: Vec<NodeId> = shard.leader.into_iter().chain(voters).filter(|n| !avoid.contains(n)).collect();
+        let replica = request.route().is_some_and(|r| r.replica_read).then(|| self.pick_replica(shard, avoid));
+        let candidates: Vec<NodeId> =
+            replica.flatten().into_iter().chain(shard.leader).chain(voters).filter(|n| !avoid.contains(n)).collect();
         let now = tokio::time::Instant::now();
         let answering = {
             let cache = self.cache();
@@ -786,9 +822,11 @@ impl Client {
                 tokio::time::timeout(Duration::from_millis(self.cfg.attempt_timeout_ms), self.rpc.call(to, request))
                     .await;
             match answer {
-                Ok(Ok(Response::Routes { shards, nodes })) => {
+                Ok(Ok(Response::Routes { shards, nodes, read_weights })) => {
                     self.rpc.learn(&nodes);
                     let mut cache = self.cache();
+                    // As many as the answer's frame (bounded) carried.
+                    cache.read_weights = read_weights.into_iter().collect();
                     for n in nodes {
                         cache.nodes.insert(n.id, n);
                     }
@@ -816,7 +854,7 @@ impl Client {
 type GroupValues = Result<Vec<(usize, Option<Vec<u8>>)>, ClientError>;
 
 fn route(s: &ShardMeta) -> Route {
-    Route { shard: s.id, epoch: s.epoch, priority: Priority::Normal }
+    Route { shard: s.id, epoch: s.epoch, priority: Priority::Normal, replica_read: false }
 }
 
 fn expect_done(r: Response) -> Result<(), ClientError> {

@@ -29,6 +29,11 @@ pub struct Route {
     /// Which requests a node under load keeps serving first.
     #[serde(default)]
     pub priority: Priority,
+    /// A read any replica may answer (a replica read): a follower asks its leader for the
+    /// read index and answers from its own copy once it has applied that far. Linearizable
+    /// all the same; ignored by writes.
+    #[serde(default)]
+    pub replica_read: bool,
 }
 
 /// A request's priority (seed 001: critical traffic first). A node that is overloaded or at
@@ -285,6 +290,21 @@ impl Request {
     pub fn set_priority(&mut self, priority: Priority) {
         if let Some(route) = self.route_mut() {
             route.priority = priority;
+        }
+    }
+
+    /// Lets any replica answer this request if it is a read (a replica read, see
+    /// [`Route::replica_read`]); returns whether it is one.
+    pub fn allow_replica_read(&mut self) -> bool {
+        match self {
+            Request::Get { route, .. }
+            | Request::GetWithExpiry { route, .. }
+            | Request::GetMany { route, .. }
+            | Request::Scan { route, .. } => {
+                route.replica_read = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -664,6 +684,10 @@ pub enum Response {
         shards: Vec<ShardMeta>,
         /// Every node, so that the client can reach the leaders.
         nodes: Vec<NodeMeta>,
+        /// Nodes that should get less than their share of replica reads, with their weight
+        /// (0 to 1; a node not listed weighs 1): see `Manager::read_weights`.
+        #[serde(default)]
+        read_weights: Vec<(NodeId, f64)>,
     },
     /// The node was registered.
     Joined {

@@ -58,6 +58,11 @@ pub struct ClientConfig {
     pub jitter_seed: Option<u64>,
     /// The priority of this client's requests unless [`with_priority`] sets another.
     pub priority: Priority,
+    /// Reads go to any replica of their shard, not only its leader (replica reads): spreads
+    /// reads over the replicas, each answer still linearizable (a follower asks its leader
+    /// for the read index first). The choice is weighted by the shard manager's read weights,
+    /// so a node it shifts traffic off gets fewer reads, then none.
+    pub replica_reads: bool,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +83,7 @@ impl Default for ClientConfig {
             login: None,
             jitter_seed: None,
             priority: Priority::Normal,
+            replica_reads: false,
         }
     }
 }

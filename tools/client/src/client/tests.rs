@@ -43,7 +43,7 @@ impl Rpc for StalledLeader {
                     leader: Some(1),
                     merging_into: None,
                 };
-                Response::Routes { shards: vec![shard], nodes: Vec::new() }
+                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: Vec::new() }
             }
             Request::Put { .. } => Response::Done,
             Request::Get { .. } => Response::Value { value: Some(b"v".to_vec()) },
@@ -102,4 +102,65 @@ async fn an_unavailable_node_is_left_at_once() {
     }
     assert_eq!(started.elapsed(), Duration::ZERO, "no backoff, no timeout");
     assert_eq!(rpc.calls_to_node_1.load(Ordering::Relaxed), 1, "the refusing node was asked once");
+}
+
+/// Three voters led by node 1; the manager weighs node 3 at 0 and node 2 at 0.5. Records
+/// which node each read reached and whether it was a replica read.
+struct Weighted {
+    reads: Mutex<Vec<(NodeId, bool)>>,
+}
+
+impl Rpc for Weighted {
+    fn call(&self, to: NodeId, request: Request) -> RpcFuture {
+        let answer = match request {
+            Request::Routes { .. } => {
+                let replicas = (1..=3).map(|node| ReplicaMeta { node, role: Role::Voter }).collect();
+                let shard = ShardMeta {
+                    id: 1,
+                    start: Vec::new(),
+                    end: None,
+                    epoch: Epoch::default(),
+                    replicas,
+                    leader: Some(1),
+                    merging_into: None,
+                };
+                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: vec![(2, 0.5), (3, 0.0)] }
+            }
+            Request::Get { route, .. } => {
+                self.reads.lock().expect("lock").push((to, route.replica_read));
+                Response::Value { value: None }
+            }
+            Request::Put { route, .. } => {
+                assert!(!route.replica_read, "a write is never a replica read");
+                Response::Done
+            }
+            other => Response::Error(ProtoError::Internal(format!("unexpected {other:?}"))),
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+/// With replica reads on, reads spread over the voters by the manager's read weights (a node
+/// weighed 0 gets none, one weighed 0.5 about half the leader's share); off, they all go to
+/// the leader.
+#[tokio::test(start_paused = true)]
+async fn replica_reads_follow_the_read_weights() {
+    for replica_reads in [true, false] {
+        let rpc = Arc::new(Weighted { reads: Mutex::default() });
+        let cfg = ClientConfig { jitter_seed: Some(3), replica_reads, ..ClientConfig::default() };
+        let client = Client::new(rpc.clone(), vec![1], cfg);
+        client.put(b"k", b"v").await.expect("put");
+        for _ in 0..600 {
+            client.get(b"k").await.expect("get");
+        }
+        let reads = rpc.reads.lock().expect("lock").clone();
+        let to = |n: NodeId| reads.iter().filter(|(t, _)| *t == n).count();
+        assert!(reads.iter().all(|(_, r)| *r == replica_reads), "the flag follows the setting");
+        if replica_reads {
+            assert_eq!(to(3), 0, "a node weighed 0 gets no read");
+            assert!((300..=500).contains(&to(1)) && (100..=300).contains(&to(2)), "{} {}", to(1), to(2));
+        } else {
+            assert_eq!(to(1), 600, "leader reads only");
+        }
+    }
 }

@@ -157,6 +157,7 @@ mod tests {
                 shard: 3,
                 epoch: presage_shardmgr::Epoch { version: 2, conf_ver: 1 },
                 priority: crate::proto::Priority::Bulk,
+                replica_read: false,
             },
             key: b"k".to_vec(),
             value: vec![0xff; 300],

@@ -149,6 +149,7 @@ mod tests {
                 shard: 1,
                 epoch: presage_shardmgr::Epoch::default(),
                 priority: Default::default(),
+                replica_read: false,
             },
             key: b"k".to_vec(),
             id: None,

@@ -512,15 +512,24 @@ impl<E: Engine> Inner<E> {
         }
     }
 
+    /// A read at this node's replica: the leader's, or with `replica_read` any replica's.
+    async fn read(&self, route: &Route, read: ReadRequest) -> presage_replication::Result<ReadResponse> {
+        let (shard, epoch) = (route.shard, wire_epoch(route.epoch));
+        match route.replica_read {
+            true => self.node.replica_read(shard, epoch, read).await,
+            false => self.node.read(shard, epoch, read).await,
+        }
+    }
+
     async fn local(&self, request: &Request, route: &Route) -> presage_replication::Result<Response> {
         let (shard, epoch) = (route.shard, wire_epoch(route.epoch));
         match request {
-            Request::Get { key, .. } => match self.node.read(shard, epoch, ReadRequest::Get(key.clone())).await? {
+            Request::Get { key, .. } => match self.read(route, ReadRequest::Get(key.clone())).await? {
                 ReadResponse::Value(value) => Ok(Response::Value { value }),
                 _ => Err(presage_replication::Error::Corrupt { what: "get answer", reason: "not a value".into() }),
             },
             Request::GetWithExpiry { key, .. } => {
-                match self.node.read(shard, epoch, ReadRequest::GetWithDeadline(key.clone())).await? {
+                match self.read(route, ReadRequest::GetWithDeadline(key.clone())).await? {
                     ReadResponse::ValueWithDeadline(found) => {
                         let (value, expires_at_ms) = found.map_or((None, None), |(v, d)| (Some(v), d));
                         Ok(Response::ValueWithExpiry { value, expires_at_ms })
@@ -531,7 +540,7 @@ impl<E: Engine> Inner<E> {
             Request::GetMany { keys, .. } => {
                 let keys = keys.iter().map(|k| k.to_vec()).collect();
                 let read = ReadRequest::GetMany { keys, max_bytes: MAX_GET_MANY_ANSWER_BYTES };
-                match self.node.read(shard, epoch, read).await? {
+                match self.read(route, read).await? {
                     ReadResponse::Values(values) => Ok(Response::Values {
                         values: values.into_iter().map(|v| v.map(presage_client::proto::ByteBuf::from)).collect(),
                     }),
@@ -581,7 +590,7 @@ impl<E: Engine> Inner<E> {
                 let range = KeyRange::new(start.clone(), end.clone())
                     .map_err(|e| presage_replication::Error::Corrupt { what: "scan range", reason: e.to_string() })?;
                 let read = ReadRequest::Scan { range, max_keys: *max_keys as usize, max_bytes: *max_bytes as usize };
-                match self.node.read(shard, epoch, read).await? {
+                match self.read(route, read).await? {
                     ReadResponse::Pairs { pairs, more, resume_after } => {
                         Ok(Response::Pairs { pairs, more, resume_after })
                     }
@@ -676,7 +685,7 @@ impl<E: Engine> Inner<E> {
                 let guard = lock(&self.manager);
                 let Some(m) = guard.as_ref() else { return Response::Error(ProtoError::NotManager { leader: None }) };
                 let shards = m.directory().iter_from(&key).take(max_shards.max(1) as usize).cloned().collect();
-                Response::Routes { shards, nodes: m.nodes().cloned().collect() }
+                Response::Routes { shards, nodes: m.nodes().cloned().collect(), read_weights: m.read_weights(now) }
             }
             Request::Heartbeat { mut heartbeat, nodes_digest: known } => {
                 let (node, telemetry, backlog) =
