@@ -72,6 +72,9 @@ pub struct NemesisReport {
     pub resolved_retries: usize,
     /// Replica reads answered (half the reads go to any node as replica reads).
     pub replica_reads: usize,
+    /// Reads served by a follower, by the nodes running at the end (a node that restarted
+    /// counts from its restart).
+    pub follower_reads: u64,
     /// Faults the nemesis injected, in order.
     pub faults: Vec<String>,
     /// Quiet phases that ended with a sleeping (quiescent) leader being failed.
@@ -467,6 +470,9 @@ pub async fn run(cfg: NemesisConfig) -> Result<NemesisReport, String> {
     }
 
     report.local_reads = cluster.all().into_iter().filter_map(|n| cluster.handle(n)).map(|h| h.local_reads()).sum();
+    for h in cluster.all().into_iter().filter_map(|n| cluster.handle(n)) {
+        report.follower_reads += h.summary().await.map_or(0, |s| s.replica_reads_served);
+    }
     let history = rec.history();
     report.ops = history.len();
     report.acknowledged_writes = history.iter().filter(|o| !matches!(o.op, KvOp::Get(_)) && o.ret.is_some()).count();

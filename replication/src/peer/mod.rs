@@ -205,6 +205,9 @@ struct PendingRead {
     issued_at: Instant,
     /// The read index once Raft confirmed leadership.
     index: Option<u64>,
+    /// The replica's epoch version when the read was taken: a split or merge applied while
+    /// it waited changes the range it would read, so it is answered `EpochNotMatch`.
+    version: u64,
     request: ReadRequest,
     cb: ReadCallback,
 }
@@ -218,8 +221,12 @@ pub struct Peer<E: Engine> {
     pub(crate) raw: RawNode<PeerStorage<E>>,
     proposals: VecDeque<Proposal>,
     reads: VecDeque<PendingRead>,
-    /// The next ReadIndex round's id (its request context).
+    /// The next ReadIndex round's id; its request context is this node's id, `read_nonce`
+    /// and the round (see [`read_context`]).
     next_read_id: u64,
+    /// Tells this replica's ReadIndex rounds apart from those of its earlier incarnations
+    /// (a restart, a re-created replica) and of other replicas at the same leader.
+    read_nonce: u64,
     /// Quiescent: caught up and idle, so the store neither ticks it nor visits it in ready
     /// rounds until a message or request wakes it.
     pub(crate) quiescent: bool,
@@ -306,6 +313,7 @@ impl<E: Engine> Peer<E> {
             proposals: VecDeque::new(),
             reads: VecDeque::new(),
             next_read_id: 1,
+            read_nonce: read_nonce(),
             quiescent: false,
             idle_ticks: 0,
             lease_until: None,
@@ -478,6 +486,20 @@ fn op_keys(op: &Op) -> Vec<&[u8]> {
         Some(op::Kind::DeleteExpired(d)) => vec![d.key.as_slice()],
         Some(op::Kind::ForgetRequest(_)) | None => vec![],
     }
+}
+
+/// A value no other incarnation of a replica in this cluster shares in practice: the wall
+/// clock's nanoseconds when it was made, mixed with a count of replicas made by this process.
+fn read_nonce() -> u64 {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    nanos ^ made.rotate_left(40) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// The request context of ReadIndex round `round` of a replica: node id, nonce, round.
+pub(crate) fn read_context(node_id: u64, nonce: u64, round: u64) -> Vec<u8> {
+    [node_id, nonce, round].iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
 /// Does `left` end where `right` starts? A merge's target is always its source's left

@@ -42,7 +42,9 @@ impl<E: Engine> Peer<E> {
         replica: bool,
         cb: ReadCallback,
     ) {
-        if !self.is_leader() && !(replica && self.leader().is_some()) {
+        // A follower judges expiry by its clock: not while that is out of sync with its peers'.
+        let follower_may = replica && self.leader().is_some() && !self.lease_views.clock.out_of_sync();
+        if !self.is_leader() && !follower_may {
             return cb(Err(self.not_leader()));
         }
         if let Err(e) = self.check_epoch(epoch, request.keys().into_iter()) {
@@ -58,7 +60,17 @@ impl<E: Engine> Peer<E> {
             return cb(self.execute(&request));
         }
         // Issued with every other read that arrives before the ready round (`issue_reads`).
-        self.reads.push_back(PendingRead { leased, round: None, age_ticks: 0, issued_at: now, index, request, cb });
+        let version = self.descriptor().epoch().version;
+        self.reads.push_back(PendingRead {
+            leased,
+            round: None,
+            age_ticks: 0,
+            issued_at: now,
+            index,
+            version,
+            request,
+            cb,
+        });
     }
 
     /// True while this leader's read lease holds at `now` (see [`Peer::read`]).
@@ -139,7 +151,15 @@ impl<E: Engine> Peer<E> {
     /// committed in its term; on a follower (replica reads) while it knows its leader, which
     /// raft-rs asks.
     pub(crate) fn issue_reads(&mut self, now: Instant) {
-        let ready = if self.is_leader() { self.raw.raft.commit_to_current_term() } else { self.leader().is_some() };
+        // raft-rs drops a ReadIndex request that reaches a leader before it committed in its
+        // term: a follower asks once it has seen such a commit itself.
+        let log = &self.raw.raft.raft_log;
+        let committed_in_term = log.term(log.committed).is_ok_and(|t| t == self.raw.raft.term);
+        let ready = if self.is_leader() {
+            self.raw.raft.commit_to_current_term()
+        } else {
+            self.leader().is_some() && committed_in_term
+        };
         if !ready || self.reads.is_empty() {
             return;
         }
@@ -152,7 +172,7 @@ impl<E: Engine> Peer<E> {
         }
         if any {
             self.next_read_id += 1;
-            self.raw.read_index(round.to_be_bytes().to_vec());
+            self.raw.read_index(read_context(self.node_id, self.read_nonce, round));
         }
     }
 
@@ -162,12 +182,20 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Ages waiting reads by one tick and fails those older than `max_age_ticks` (their
-    /// confirmation was lost); reads have no effect, so the client simply retries.
-    pub(crate) fn expire_reads(&mut self, max_age_ticks: usize) {
+    /// confirmation was lost); reads have no effect, so the client simply retries. On a
+    /// follower, a round unanswered for `reissue_ticks` is asked again under a new id (the
+    /// request or its answer was lost, or the leader was not ready); returns whether one is.
+    pub(crate) fn expire_reads(&mut self, max_age_ticks: usize, reissue_ticks: usize) -> bool {
         let shard_id = self.shard_id();
+        let follower = !self.is_leader();
+        let mut reissue = false;
         let mut kept = VecDeque::with_capacity(self.reads.len());
         for mut r in self.reads.drain(..) {
             r.age_ticks += 1;
+            if follower && r.index.is_none() && r.round.is_some() && r.age_ticks.is_multiple_of(reissue_ticks.max(1)) {
+                r.round = None;
+                reissue = true;
+            }
             if r.age_ticks > max_age_ticks {
                 (r.cb)(Err(Error::ProposalDropped { shard_id, reason: "read not confirmed in time" }));
             } else {
@@ -175,6 +203,7 @@ impl<E: Engine> Peer<E> {
             }
         }
         self.reads = kept;
+        reissue
     }
 
     /// Records the read indexes Raft confirmed, for every read of each round. Each round,
@@ -182,7 +211,13 @@ impl<E: Engine> Peer<E> {
     pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>, lease: Option<Duration>) {
         let term = self.raw.raft.term;
         for rs in states {
-            let Ok(round) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes) else { continue };
+            // Only this incarnation's rounds (an answer to an earlier one may arrive late).
+            let Ok(ctx) = <[u8; 24]>::try_from(rs.request_ctx.as_slice()) else { continue };
+            let word = |i: usize| u64::from_be_bytes(ctx[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            if (word(0), word(1)) != (self.node_id, self.read_nonce) {
+                continue;
+            }
+            let round = word(2);
             let mut began = None;
             for r in self.reads.iter_mut().filter(|r| r.round == Some(round)) {
                 r.index = Some(rs.index);
@@ -211,11 +246,13 @@ impl<E: Engine> Peer<E> {
     }
 
     /// Answers every read whose index is applied. A leased read whose lease no longer holds
-    /// at `now` is not answered: it waits for a ReadIndex round instead.
-    pub(crate) fn serve_reads(&mut self, now: Instant, done: &mut Completions) {
+    /// at `now` is not answered: it waits for a ReadIndex round instead. Returns how many
+    /// reads it served as a follower (replica reads).
+    pub(crate) fn serve_reads(&mut self, now: Instant, done: &mut Completions) -> u64 {
         if self.reads.is_empty() {
-            return;
+            return 0;
         }
+        let mut served = 0;
         let applied = self.raw.store().applied_index();
         let lease_holds = self.lease_holds(now);
         let mut waiting = VecDeque::with_capacity(self.reads.len());
@@ -226,7 +263,13 @@ impl<E: Engine> Peer<E> {
                 reissue = true;
                 waiting.push_back(r);
             } else if r.index.is_some_and(|i| i <= applied) {
-                let result = self.execute(&r.request);
+                served += 1;
+                let result = if r.version == self.descriptor().epoch().version {
+                    self.execute(&r.request)
+                } else {
+                    // A split or merge applied while it waited: its range is not what it was.
+                    Err(self_epoch_error(self.descriptor(), &self.siblings))
+                };
                 let cb = r.cb;
                 done.push(Box::new(move || cb(result)));
             } else {
@@ -236,6 +279,11 @@ impl<E: Engine> Peer<E> {
         self.reads = waiting;
         if reissue {
             self.issue_reads(now);
+        }
+        if self.is_leader() {
+            0
+        } else {
+            served
         }
     }
 

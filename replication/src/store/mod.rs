@@ -143,6 +143,8 @@ pub struct StoreSummary {
     pub clock_offset_ms: Option<i64>,
     /// The clock is further than `max-clock-offset-ms` from its peers': no leased reads.
     pub clock_out_of_sync: bool,
+    /// Reads served by a follower replica here (replica reads) since the store opened.
+    pub replica_reads_served: u64,
 }
 
 /// Nodes remembered as asked about one replica ([`Store::probe_stale`]).
@@ -172,6 +174,8 @@ pub struct Store<E: Engine> {
     snapshot_rate_bytes_per_sec: u64,
     /// Snapshot data sent since the store opened, in bytes.
     snapshot_bytes_sent: u64,
+    /// Reads served as a follower (replica reads) since the store opened.
+    replica_reads_served: u64,
     /// Envelopes produced outside a ready round (acknowledgements, resends).
     pending_out: Vec<RaftEnvelope>,
     /// Replicas that are awake: ticked and visited by every ready round.
@@ -260,6 +264,7 @@ impl<E: Engine> Store<E> {
             snapshot_budget_bytes: 0,
             snapshot_rate_bytes_per_sec,
             snapshot_bytes_sent: 0,
+            replica_reads_served: 0,
             pending_out: Vec::new(),
             active,
             touched: BTreeSet::new(),
@@ -343,6 +348,7 @@ impl<E: Engine> Store<E> {
             quiescent: self.peers.len() - self.active.len(),
             snapshot_rate_bytes_per_sec: self.snapshot_rate_bytes_per_sec,
             snapshot_bytes_sent: self.snapshot_bytes_sent,
+            replica_reads_served: self.replica_reads_served,
             snapshots_outgoing: self.outgoing.len(),
             clock_offset_ms: self.lease_views.clock.offset_ms(),
             clock_out_of_sync: self.lease_views.clock.out_of_sync(),

@@ -41,6 +41,7 @@ impl<E: Engine> Store<E> {
         self.ticks += 1;
         self.check_clock();
         let max_read_age_ticks = 2 * self.config.election_ticks;
+        let reissue_ticks = 2 * self.config.heartbeat_ticks;
         let quiesce_after = self.config.quiesce_after_ticks;
         let mut sleepers = Vec::new();
         for shard_id in &self.active {
@@ -51,7 +52,7 @@ impl<E: Engine> Store<E> {
                 peer.raw.tick();
             }
             peer.hand_off_if_demoted();
-            peer.expire_reads(max_read_age_ticks);
+            peer.expire_reads(max_read_age_ticks, reissue_ticks);
             peer.idle_ticks += 1;
             if quiesce_after > 0
                 && peer.idle_ticks >= quiesce_after
@@ -66,11 +67,11 @@ impl<E: Engine> Store<E> {
             self.quiesce_leader(shard_id);
         }
         // Replica reads waiting on sleeping followers (awake ones aged above).
-        let (peers, active) = (&mut self.peers, &self.active);
+        let (peers, active, touched) = (&mut self.peers, &self.active, &mut self.touched);
         self.reading.retain(|shard_id| {
             let Some(peer) = peers.get_mut(shard_id) else { return false };
-            if !active.contains(shard_id) {
-                peer.expire_reads(max_read_age_ticks);
+            if !active.contains(shard_id) && peer.expire_reads(max_read_age_ticks, reissue_ticks) {
+                touched.insert(*shard_id); // its round is asked again this round
             }
             peer.has_pending_reads()
         });

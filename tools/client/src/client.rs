@@ -643,7 +643,8 @@ impl Client {
                 .replicas
                 .iter()
                 .filter(|r| r.role == Role::Voter && !avoid.contains(&r.node) && !cache.is_silent(r.node, now))
-                .map(|r| (r.node, cache.read_weights.get(&r.node).copied().unwrap_or(1.0).clamp(0.0, 1.0)))
+                .map(|r| (r.node, cache.read_weights.get(&r.node).copied().unwrap_or(1.0)))
+                .map(|(n, w)| (n, if w.is_finite() { w.clamp(0.0, 1.0) } else { 0.0 }))
                 .collect()
         };
         let total: f64 = weighted.iter().map(|(_, w)| w).sum();
@@ -670,9 +671,9 @@ impl Client {
     /// unknown; nodes in `avoid` did not answer during this request and are tried last.
     async fn attempt(&self, shard: &ShardMeta, request: Request, avoid: &mut Vec<NodeId>) -> Next {
         let voters = shard.replicas.iter().filter(|r| r.role == Role::Voter).map(|r| r.node);
-        let replica = request.route().is_some_and(|r| r.replica_read).then(|| self.pick_replica(shard, avoid));
+        let picked = request.route().is_some_and(|r| r.replica_read).then(|| self.pick_replica(shard, avoid)).flatten();
         let candidates: Vec<NodeId> =
-            replica.flatten().into_iter().chain(shard.leader).chain(voters).filter(|n| !avoid.contains(n)).collect();
+            picked.into_iter().chain(shard.leader).chain(voters).filter(|n| !avoid.contains(n)).collect();
         let now = tokio::time::Instant::now();
         let answering = {
             let cache = self.cache();
@@ -697,6 +698,29 @@ impl Client {
             }
             other => other,
         };
+        // A replica read a follower could not serve (it knows no leader, lags behind a split,
+        // its round went unanswered): the next replica at once, the cached route kept.
+        if picked == Some(target) && shard.leader != Some(target) {
+            if let Ok(Ok(Response::Error(e))) = &answer {
+                let declined = matches!(
+                    e,
+                    ProtoError::NotLeader { .. }
+                        | ProtoError::Retry(_)
+                        | ProtoError::ShardNotFound { .. }
+                        | ProtoError::EpochNotMatch { .. }
+                );
+                if declined {
+                    if let ProtoError::EpochNotMatch { current, .. } = e {
+                        let mut cache = self.cache();
+                        for s in current {
+                            cache.directory.update(s.clone()); // only newer ones count
+                        }
+                    }
+                    avoid.push(target);
+                    return Next::Retry { why: e.to_string(), at_once: true, maybe_applied: false, pause_ms: 0 };
+                }
+            }
+        }
         let mut cache = self.cache();
         let now = tokio::time::Instant::now();
         let silent_until = now + Duration::from_millis(self.cfg.silent_node_ms);

@@ -4,7 +4,7 @@
 //! | Metrics | What |
 //! |---|---|
 //! | `presage_requests_total{protocol,command,result}`, `presage_request_duration_seconds{protocol,command}`, `presage_connections{protocol}` | requests served |
-//! | `presage_replicas`, `presage_leaders`, `presage_quiescent_replicas`, `presage_splits_total`, `presage_merges_total` | this node's replicas |
+//! | `presage_replicas`, `presage_leaders`, `presage_quiescent_replicas`, `presage_splits_total`, `presage_merges_total`, `presage_replica_reads_total` | this node's replicas (the last: reads it served as a follower) |
 //! | `presage_raft_frames_{sent,received,rejected}_total`, `presage_raft_envelopes_dropped_total` | the Raft transport |
 //! | `presage_snapshot_rate_limit_bytes_per_second`, `presage_snapshot_sent_bytes_total` | shard copies (migration) |
 //! | `presage_self_check_shedding`, `presage_self_check_transfers_total` | the node's own disk check |
@@ -62,6 +62,8 @@ pub struct NodeGauges {
     pub snapshot_rate_bytes_per_sec: u64,
     /// Snapshot data sent since the node started.
     pub snapshot_bytes_sent: u64,
+    /// Reads this node served as a follower (replica reads) since it started.
+    pub replica_reads_served: u64,
     /// The node's own disk check is handing its leaderships away.
     pub self_check_shedding: bool,
     /// Leadership transfers the disk check started since the node started.
@@ -108,6 +110,7 @@ struct ScrapeMetrics {
     raft_envelopes_dropped: IntCounter,
     snapshot_rate: IntGauge,
     snapshot_bytes_sent: IntCounter,
+    replica_reads_served: IntCounter,
     self_check_shedding: IntGauge,
     self_check_transfers: IntCounter,
     admission_shed: IntCounterVec,
@@ -213,6 +216,11 @@ impl ScrapeMetrics {
                 "The shard-copy bandwidth budget now (lowered while foreground p99 rises)",
             ),
             snapshot_bytes_sent: counter(r, "snapshot_sent_bytes_total", "Shard-copy bytes sent"),
+            replica_reads_served: counter(
+                r,
+                "replica_reads_total",
+                "Reads served by a follower replica (replica reads)",
+            ),
             self_check_shedding: gauge(
                 r,
                 "self_check_shedding",
@@ -336,6 +344,7 @@ impl ScrapeMetrics {
         raise_to(&self.raft_envelopes_dropped, g.raft_envelopes_dropped);
         gauge(&self.snapshot_rate, g.snapshot_rate_bytes_per_sec);
         raise_to(&self.snapshot_bytes_sent, g.snapshot_bytes_sent);
+        raise_to(&self.replica_reads_served, g.replica_reads_served);
         gauge(&self.self_check_shedding, u64::from(g.self_check_shedding));
         raise_to(&self.self_check_transfers, g.self_check_transfers);
         for p in presage_client::Priority::ALL {

@@ -21,6 +21,7 @@ mod pfa;
 mod priority;
 mod redis_apps;
 mod redis_diff;
+mod replica_reads;
 mod trust;
 
 fn options(dir: &std::path::Path, nodes: u64) -> PlaygroundOptions {
@@ -127,6 +128,7 @@ async fn playground_survives_kill_9_of_the_busiest_node_without_losing_acknowled
         .expect("MGET");
     assert_eq!(mget, vec![Some("value-1".into()), None, Some("value-2".into())]);
     redis_apps::run(&cluster.security, &cluster.nodes[1]).await;
+    replica_reads::check(&pg, &cluster, &mut acked).await;
     scan_moves_between_nodes(&cluster).await;
 
     // Kill -9 the node holding the most leaders.

@@ -108,6 +108,15 @@ async fn an_unavailable_node_is_left_at_once() {
 /// which node each read reached and whether it was a replica read.
 struct Weighted {
     reads: Mutex<Vec<(NodeId, bool)>>,
+    weights: Vec<(NodeId, f64)>,
+    /// Followers answer reads `NotLeader` without a hint (they know no leader).
+    followers_decline: bool,
+}
+
+impl Weighted {
+    fn new(weights: Vec<(NodeId, f64)>, followers_decline: bool) -> Arc<Weighted> {
+        Arc::new(Weighted { reads: Mutex::default(), weights, followers_decline })
+    }
 }
 
 impl Rpc for Weighted {
@@ -124,11 +133,15 @@ impl Rpc for Weighted {
                     leader: Some(1),
                     merging_into: None,
                 };
-                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: vec![(2, 0.5), (3, 0.0)] }
+                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: self.weights.clone() }
             }
             Request::Get { route, .. } => {
                 self.reads.lock().expect("lock").push((to, route.replica_read));
-                Response::Value { value: None }
+                if self.followers_decline && to != 1 {
+                    Response::Error(ProtoError::NotLeader { shard: 1, leader: None })
+                } else {
+                    Response::Value { value: None }
+                }
             }
             Request::Put { route, .. } => {
                 assert!(!route.replica_read, "a write is never a replica read");
@@ -146,7 +159,7 @@ impl Rpc for Weighted {
 #[tokio::test(start_paused = true)]
 async fn replica_reads_follow_the_read_weights() {
     for replica_reads in [true, false] {
-        let rpc = Arc::new(Weighted { reads: Mutex::default() });
+        let rpc = Weighted::new(vec![(2, 0.5), (3, 0.0)], false);
         let cfg = ClientConfig { jitter_seed: Some(3), replica_reads, ..ClientConfig::default() };
         let client = Client::new(rpc.clone(), vec![1], cfg);
         client.put(b"k", b"v").await.expect("put");
@@ -163,4 +176,32 @@ async fn replica_reads_follow_the_read_weights() {
             assert_eq!(to(1), 600, "leader reads only");
         }
     }
+}
+
+/// Every voter weighing nothing sends replica reads to the leader; a follower that cannot
+/// serve one (it knows no leader) sends the read on to the leader at once, and the client
+/// keeps its route (the next reads still reach the followers first).
+#[tokio::test(start_paused = true)]
+async fn replica_reads_fall_back_to_the_leader() {
+    let rpc = Weighted::new(vec![(1, 0.0), (2, 0.0), (3, f64::NAN)], false);
+    let cfg = ClientConfig { jitter_seed: Some(5), replica_reads: true, ..ClientConfig::default() };
+    let client = Client::new(rpc.clone(), vec![1], cfg);
+    for _ in 0..20 {
+        client.get(b"k").await.expect("get");
+    }
+    assert!(rpc.reads.lock().expect("lock").iter().all(|(to, _)| *to == 1), "all to the leader");
+
+    let rpc = Weighted::new(Vec::new(), true);
+    let cfg = ClientConfig { jitter_seed: Some(5), replica_reads: true, ..ClientConfig::default() };
+    let client = Client::new(rpc.clone(), vec![1], cfg);
+    let started = tokio::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(client.get(b"k").await.expect("answered by the leader"), None);
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "no backoff");
+    let reads = rpc.reads.lock().expect("lock").clone();
+    let to_followers = reads.iter().filter(|(to, _)| *to != 1).count();
+    assert_eq!(reads.iter().filter(|(to, _)| *to == 1).count(), 50, "each read ends at the leader");
+    assert!(to_followers > 20, "followers are still tried first: {to_followers}");
+    assert_eq!(client.cached_routes()[0].leader, Some(1), "the route kept its leader");
 }

@@ -662,6 +662,7 @@ fn gauge_probe(
                 raft_envelopes_dropped: get(&stats.envelopes_dropped),
                 snapshot_rate_bytes_per_sec: summary.as_ref().map_or(0, |s| s.snapshot_rate_bytes_per_sec),
                 snapshot_bytes_sent: summary.as_ref().map_or(0, |s| s.snapshot_bytes_sent),
+                replica_reads_served: summary.as_ref().map_or(0, |s| s.replica_reads_served),
                 self_check_shedding: self_check.shedding.load(Ordering::Relaxed),
                 self_check_transfers: self_check.transfers.load(Ordering::Relaxed),
                 admission_limits: admission.limits.map(|l| l as u64),
