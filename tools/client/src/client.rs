@@ -633,34 +633,6 @@ impl Client {
         }
     }
 
-    /// A voter of `shard` for a replica read, drawn by the manager's read weights among those
-    /// not in `avoid` and not silent; `None` when all weigh nothing (the leader then).
-    fn pick_replica(&self, shard: &ShardMeta, avoid: &[NodeId]) -> Option<NodeId> {
-        let now = tokio::time::Instant::now();
-        let weighted: Vec<(NodeId, f64)> = {
-            let cache = self.cache();
-            shard
-                .replicas
-                .iter()
-                .filter(|r| r.role == Role::Voter && !avoid.contains(&r.node) && !cache.is_silent(r.node, now))
-                .map(|r| (r.node, cache.read_weights.get(&r.node).copied().unwrap_or(1.0)))
-                .map(|(n, w)| (n, if w.is_finite() { w.clamp(0.0, 1.0) } else { 0.0 }))
-                .collect()
-        };
-        let total: f64 = weighted.iter().map(|(_, w)| w).sum();
-        if total <= 0.0 {
-            return None;
-        }
-        let mut at = rand::Rng::random::<f64>(&mut *self.jitter.lock().unwrap_or_else(PoisonError::into_inner)) * total;
-        for (node, w) in &weighted {
-            if at < *w {
-                return Some(*node);
-            }
-            at -= w;
-        }
-        weighted.iter().rev().find(|(_, w)| *w > 0.0).map(|(n, _)| *n)
-    }
-
     /// `request` at the task's priority, else the configured one.
     fn prioritized(&self, mut request: Request) -> Request {
         request.set_priority(TASK_PRIORITY.try_with(|p| *p).unwrap_or(self.cfg.priority));
@@ -701,24 +673,8 @@ impl Client {
         // A replica read a follower could not serve (it knows no leader, lags behind a split,
         // its round went unanswered): the next replica at once, the cached route kept.
         if picked == Some(target) && shard.leader != Some(target) {
-            if let Ok(Ok(Response::Error(e))) = &answer {
-                let declined = matches!(
-                    e,
-                    ProtoError::NotLeader { .. }
-                        | ProtoError::Retry(_)
-                        | ProtoError::ShardNotFound { .. }
-                        | ProtoError::EpochNotMatch { .. }
-                );
-                if declined {
-                    if let ProtoError::EpochNotMatch { current, .. } = e {
-                        let mut cache = self.cache();
-                        for s in current {
-                            cache.directory.update(s.clone()); // only newer ones count
-                        }
-                    }
-                    avoid.push(target);
-                    return Next::Retry { why: e.to_string(), at_once: true, maybe_applied: false, pause_ms: 0 };
-                }
+            if let Some(next) = self.declined_by_follower(&answer, target, avoid) {
+                return next;
             }
         }
         let mut cache = self.cache();
@@ -899,5 +855,6 @@ fn unexpected(r: &Response) -> ClientError {
 
 mod check;
 mod config;
+mod replica;
 #[cfg(test)]
 mod tests;
