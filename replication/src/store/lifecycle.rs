@@ -18,23 +18,29 @@ impl<E: Engine> Store<E> {
         if newer.epoch().conf_ver <= mine.epoch().conf_ver || newer.replicas.iter().any(|r| r.node_id == self.node_id) {
             return false;
         }
-        // Bounded: the members of one configuration per replica, replaced by each probe.
-        let asked = self.probed.entry(newer.id).or_default();
+        self.send_probes(&mine, newer);
+        true
+    }
+
+    /// Sends `mine` (this node's replica's descriptor) to the members of `to` but this node,
+    /// and remembers them as asked. Bounded: at most `MAX_PROBED_PER_SHARD` per replica,
+    /// replaced by each probe.
+    fn send_probes(&mut self, mine: &ShardDescriptor, to: &ShardDescriptor) {
+        let asked = self.probed.entry(mine.id).or_default();
         asked.clear();
-        for r in newer.replicas.iter().filter(|r| r.node_id != self.node_id) {
+        for r in to.replicas.iter().filter(|r| r.node_id != self.node_id) {
             if asked.len() >= MAX_PROBED_PER_SHARD {
                 break;
             }
             asked.insert(r.node_id);
             self.pending_out.push(RaftEnvelope {
-                shard_id: newer.id,
+                shard_id: mine.id,
                 from_node: self.node_id,
                 to_node: r.node_id,
                 descriptor: Some(mine.clone()),
                 ..RaftEnvelope::default()
             });
         }
-        true
     }
 
     /// Asks the members of `owner` (the shard that, in the manager's directory, holds the start
@@ -51,21 +57,7 @@ impl<E: Engine> Store<E> {
         {
             return false;
         }
-        let asked = self.probed.entry(shard_id).or_default();
-        asked.clear();
-        for r in owner.replicas.iter().filter(|r| r.node_id != self.node_id) {
-            if asked.len() >= MAX_PROBED_PER_SHARD {
-                break;
-            }
-            asked.insert(r.node_id);
-            self.pending_out.push(RaftEnvelope {
-                shard_id,
-                from_node: self.node_id,
-                to_node: r.node_id,
-                descriptor: Some(mine.clone()),
-                ..RaftEnvelope::default()
-            });
-        }
+        self.send_probes(&mine, owner);
         true
     }
 

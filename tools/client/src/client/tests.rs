@@ -7,6 +7,20 @@ use presage_shardmgr::{Epoch, ReplicaMeta};
 use super::*;
 use crate::rpc::RpcFuture;
 
+/// Shard 1 over every key, on voters 1-3, led by node 1.
+fn three_voters_led_by_1() -> ShardMeta {
+    let replicas = (1..=3).map(|node| ReplicaMeta { node, role: Role::Voter }).collect();
+    ShardMeta {
+        id: 1,
+        start: Vec::new(),
+        end: None,
+        epoch: Epoch::default(),
+        replicas,
+        leader: Some(1),
+        merging_into: None,
+    }
+}
+
 /// One shard on nodes 1-3, led by node 1, which never answers (its disk stalled); nodes
 /// 2 and 3 answer every write and read (as a follower forwarding to the new leader would).
 struct StalledLeader {
@@ -33,17 +47,7 @@ impl Rpc for StalledLeader {
         }
         let answer = match request {
             Request::Routes { .. } => {
-                let replicas = (1..=3).map(|node| ReplicaMeta { node, role: Role::Voter }).collect();
-                let shard = ShardMeta {
-                    id: 1,
-                    start: Vec::new(),
-                    end: None,
-                    epoch: Epoch::default(),
-                    replicas,
-                    leader: Some(1),
-                    merging_into: None,
-                };
-                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: Vec::new() }
+                Response::Routes { shards: vec![three_voters_led_by_1()], nodes: Vec::new(), read_weights: Vec::new() }
             }
             Request::Put { .. } => Response::Done,
             Request::Get { .. } => Response::Value { value: Some(b"v".to_vec()) },
@@ -122,19 +126,11 @@ impl Weighted {
 impl Rpc for Weighted {
     fn call(&self, to: NodeId, request: Request) -> RpcFuture {
         let answer = match request {
-            Request::Routes { .. } => {
-                let replicas = (1..=3).map(|node| ReplicaMeta { node, role: Role::Voter }).collect();
-                let shard = ShardMeta {
-                    id: 1,
-                    start: Vec::new(),
-                    end: None,
-                    epoch: Epoch::default(),
-                    replicas,
-                    leader: Some(1),
-                    merging_into: None,
-                };
-                Response::Routes { shards: vec![shard], nodes: Vec::new(), read_weights: self.weights.clone() }
-            }
+            Request::Routes { .. } => Response::Routes {
+                shards: vec![three_voters_led_by_1()],
+                nodes: Vec::new(),
+                read_weights: self.weights.clone(),
+            },
             Request::Get { route, .. } => {
                 self.reads.lock().expect("lock").push((to, route.replica_read));
                 if self.followers_decline && to != 1 {
