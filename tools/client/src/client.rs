@@ -33,8 +33,8 @@ use crate::proto::{BatchOp, ByteBuf, Expect, Priority, ProtoError, Request, Resp
 use crate::rpc::{Rpc, RpcError};
 use crate::write_id::WriteSlots;
 use check::{check_key, check_op, check_value, ttl_ms};
-use config::TASK_PRIORITY;
-pub use config::{with_priority, ClientConfig};
+pub use config::{with_priority, with_replica_reads, ClientConfig};
+use config::{TASK_PRIORITY, TASK_REPLICA_READS};
 
 /// Most nodes one directory refresh asks (seeds, known nodes and redirects).
 const MAX_REFRESH_ASKS: usize = 16;
@@ -586,7 +586,7 @@ impl Client {
                     Err(e) => Next::retry(e),
                 },
                 Some(shard) => match make(&shard).map(|r| self.prioritized(r)).map(|mut r| {
-                    if self.cfg.replica_reads {
+                    if TASK_REPLICA_READS.try_with(|r| *r).unwrap_or(self.cfg.replica_reads) {
                         r.allow_replica_read();
                     }
                     r

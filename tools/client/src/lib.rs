@@ -20,7 +20,7 @@ pub mod rpc;
 pub mod tls;
 mod write_id;
 
-pub use client::{with_priority, Client, ClientConfig, ClientError};
+pub use client::{with_priority, with_replica_reads, Client, ClientConfig, ClientError};
 pub use net::{Login, NetConfig, TcpRpc};
 pub use proto::{BatchOp, Caller, Expect, PfaQuery, Priority, ProtoError, Request, RequestId, Response, Route};
 pub use rpc::{Rpc, RpcError, RpcFuture};

@@ -1,7 +1,8 @@
 //! Crash tests in real node processes (built with `presage-tools/failpoints`, as `make test`
-//! builds them): node 2 is restarted with `PRESAGE_CRASH_AT` naming a failpoint, the operation
-//! that reaches it is triggered (a split, a merge, writes, a snapshot to a node far behind),
-//! the process kills itself there (SIGKILL) and is started again without it. Then every
+//! builds them): a voter is restarted with `PRESAGE_CRASH_AT` naming a failpoint, the operation
+//! that reaches it is triggered (a split, a merge, writes, a membership change as another
+//! voter is decommissioned to the spare, a snapshot to a node far behind), the process kills
+//! itself there (SIGKILL) and is started again without it. Then every
 //! shard's replicas agree (range checksums at one log index) and every acknowledged write reads
 //! back. The in-process crash tests (`tests/tests/failpoints`) cover the same failpoints with
 //! power loss and seeds; these show that a real process, its RocksDB and its restart do too.
@@ -15,9 +16,9 @@ use presage_shardmgr::AdminCommand;
 
 use super::{get_retrying, options, put_acked};
 
-const VICTIM: u64 = 2;
-
 struct Crashes {
+    /// The node killed at each failpoint: a voter of every shard, not the first node.
+    victim: u64,
     pg: Playground,
     cluster: ClusterFile,
     client: Client,
@@ -49,21 +50,26 @@ impl Crashes {
 
     /// Restarts the victim (killed first if running) armed to die at `failpoint`.
     fn arm(&mut self, failpoint: &str) {
-        self.pg.kill(VICTIM);
+        self.pg.kill(self.victim);
         let env = [("PRESAGE_CRASH_AT", failpoint)];
-        self.pg.restart_with_env(VICTIM, &self.overrides, &env).expect("restart armed");
+        self.pg.restart_with_env(self.victim, &self.overrides, &env).expect("restart armed");
     }
 
     /// Waits until the victim died at `failpoint` (its log says so), then starts it again
     /// without the failpoint.
     async fn died_at(&mut self, failpoint: &str, before: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.pg.is_running(VICTIM) {
-            assert!(tokio::time::Instant::now() < deadline, "node {VICTIM} never reached failpoint {failpoint}");
+        while self.pg.is_running(self.victim) {
+            assert!(tokio::time::Instant::now() < deadline, "node {} never reached failpoint {failpoint}", self.victim);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(self.crashes_logged(failpoint), before + 1, "node {VICTIM} died at {failpoint}, not elsewhere");
-        self.pg.restart(VICTIM, &self.overrides).expect("restart");
+        assert_eq!(
+            self.crashes_logged(failpoint),
+            before + 1,
+            "node {} died at {failpoint}, not elsewhere",
+            self.victim
+        );
+        self.pg.restart(self.victim, &self.overrides).expect("restart");
     }
 
     /// Every shard's replicas agree and every acknowledged write reads back.
@@ -121,16 +127,21 @@ impl Crashes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_killed_at_failpoints_restart_and_converge_without_losing_acknowledged_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = options(dir.path(), 3);
+    // A group of three and a spare in a fourth region (a decommission moves a voter to it).
+    let mut opts = options(dir.path(), 4);
+    opts.regions = 4;
     // A node down for a few hundred writes catches up by snapshot.
     opts.overrides = vec!["raft.log-gc-threshold-entries=40".into()];
     let pg = Playground::start(&opts).await.expect("playground starts");
     let cluster = ClusterFile::read(dir.path()).expect("cluster.json");
     let client = Client::connect(&cluster.native_addrs(), cluster.security.client_config()).await.expect("client");
     let admin = pg.admin(1).expect("admin").client();
-    let log = dir.path().join(format!("node-{VICTIM}/node.log"));
+    let voters = admin.shards(None, None, Some(b"a")).expect("shards")[0].shard.voters();
+    let mut others = voters.into_iter().filter(|n| *n != 1);
+    let (victim, leaving) = (others.next().expect("a second voter"), others.next().expect("a third voter"));
+    let log = dir.path().join(format!("node-{victim}/node.log"));
     let overrides = opts.overrides.clone();
-    let mut t = Crashes { pg, cluster, client, admin, log, overrides, acked: BTreeMap::new() };
+    let mut t = Crashes { victim, pg, cluster, client, admin, log, overrides, acked: BTreeMap::new() };
     // Only the splits and merges asked for here.
     t.admin.admin(&AdminCommand::PauseScheduler).expect("pause the scheduler");
     t.write("a", 60).await;
@@ -164,12 +175,24 @@ async fn nodes_killed_at_failpoints_restart_and_converge_without_losing_acknowle
     t.died_at("raft_log_before_sync", before).await;
     t.converged("a crash at raft_log_before_sync").await;
 
+    // Membership changes: another voter is decommissioned, its replicas move to the spare
+    // (a learner added, promoted in a joint change, the voter removed).
+    let before = t.crashes_logged("apply_conf_change_written");
+    t.arm("apply_conf_change_written");
+    let moved = t.admin.admin(&AdminCommand::Decommission { node: leaving });
+    assert!(moved.is_ok(), "the decommission is accepted: {moved:?}");
+    t.died_at("apply_conf_change_written", before).await;
+    t.write("e", 30).await;
+    t.converged("a crash at apply_conf_change_written").await;
+    let rows = t.admin.shards(None, None, None).expect("shards");
+    assert!(rows.iter().all(|r| r.shard.replica(leaving).is_none()), "node {leaving} left every shard");
+
     // Snapshots: the victim misses more than the leaders keep of their logs, then dies while
     // taking a snapshot in: a chunk staged, before the install, after it.
     for (round, failpoint) in
         ["snapshot_chunk_staged", "snapshot_before_install", "snapshot_after_install"].iter().enumerate()
     {
-        t.pg.kill(VICTIM);
+        t.pg.kill(t.victim);
         t.write(&format!("s{round}"), 120).await;
         let before = t.crashes_logged(failpoint);
         t.arm(failpoint);

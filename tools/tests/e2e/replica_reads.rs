@@ -44,4 +44,24 @@ pub(super) async fn check(pg: &Playground, cluster: &ClusterFile, acked: &mut BT
     let served = served_by_followers(pg, cluster).await - before;
     assert!(served > 0.0, "no read was served by a follower");
     eprintln!("replica reads: {served} of {} served by followers", acked.len());
+
+    // RESP: READONLY makes a connection's reads replica reads (pipelined ones too), READWRITE
+    // ends it.
+    let mut resp = super::redis_conn(&cluster.security, &cluster.nodes[0].resp).await;
+    let () = redis::cmd("READONLY").query_async(&mut resp).await.expect("READONLY");
+    let before = served_by_followers(pg, cluster).await;
+    let keys: Vec<&Vec<u8>> = acked.keys().take(60).collect();
+    for k in &keys {
+        let got: Option<Vec<u8>> = redis::cmd("GET").arg(k.as_slice()).query_async(&mut resp).await.expect("GET");
+        assert_eq!(got.as_ref(), acked.get(*k), "{}", String::from_utf8_lossy(k));
+    }
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("GET").arg(k.as_slice());
+    }
+    let got: Vec<Option<Vec<u8>>> = pipe.query_async(&mut resp).await.expect("pipelined GETs");
+    assert!(got.iter().zip(&keys).all(|(v, k)| v.as_ref() == acked.get(*k)), "pipelined replica reads");
+    let served = served_by_followers(pg, cluster).await - before;
+    assert!(served > 0.0, "READONLY: no read was served by a follower");
+    let () = redis::cmd("READWRITE").query_async(&mut resp).await.expect("READWRITE");
 }

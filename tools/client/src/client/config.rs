@@ -1,5 +1,5 @@
-//! A client's settings ([`ClientConfig`]) and the priority of the task's requests
-//! ([`with_priority`]).
+//! A client's settings ([`ClientConfig`]), and the priority and replica reads of the task's
+//! requests ([`with_priority`], [`with_replica_reads`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +10,14 @@ use crate::tls::ClientTls;
 tokio::task_local! {
     /// The priority [`with_priority`] set for the running task.
     pub(super) static TASK_PRIORITY: Priority;
+    /// Whether [`with_replica_reads`] made the running task's reads replica reads.
+    pub(super) static TASK_REPLICA_READS: bool;
+}
+
+/// Runs `fut` with its reads sent to any replica (`on`) or to leaders only, over the
+/// client's [`ClientConfig::replica_reads`] (RESP's `READONLY` and `READWRITE`).
+pub async fn with_replica_reads<F: std::future::Future>(on: bool, fut: F) -> F::Output {
+    TASK_REPLICA_READS.scope(on, fut).await
 }
 
 /// Runs `fut` with every data request it makes at `priority` (over the client's configured

@@ -15,7 +15,8 @@
 //! (NX, XX, GT, LT), EXPIRETIME, PEXPIRETIME, PERSIST, the hash commands (`hash.rs`), MULTI,
 //! EXEC, DISCARD, WATCH, UNWATCH, KEYS, SCAN (cursor over the ordered
 //! keyspace, MATCH/COUNT), DBSIZE, INFO, COMMAND, CONFIG GET, CLIENT
-//! SETNAME/GETNAME/SETINFO/ID/INFO/LIST/KILL, SLOWLOG (`clients.rs`), SELECT 0, HELLO, AUTH, QUIT. Unknown commands get Redis's
+//! SETNAME/GETNAME/SETINFO/ID/INFO/LIST/KILL, SLOWLOG (`clients.rs`), SELECT 0, HELLO, AUTH,
+//! READONLY/READWRITE (the connection's reads are replica reads, or not), QUIT. Unknown commands get Redis's
 //! `ERR unknown command`. `tests/e2e/redis_diff.script` runs them against redis-server.
 //!
 //! **Conditional writes.** NX, XX and SETNX are one conditional write (a check applied with
@@ -200,6 +201,9 @@ struct Session {
     txn: txn::Txn,
     /// The priority `CLIENT PRIORITY` set (`None`: its user's default).
     priority: Option<presage_client::Priority>,
+    /// `READONLY`: its reads go to any replica (replica reads, still linearizable);
+    /// `READWRITE` ends it.
+    replica_reads: bool,
 }
 
 impl Session {
@@ -276,6 +280,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         txn: txn::Txn::default(),
         priority: None,
+        replica_reads: false,
     };
     let registered = shared.clients.register(session.id, peer, shared.local_addr);
     let conn = &registered.conn;
@@ -334,12 +339,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 reply.encode(session.resp, &mut out);
                             }
                             let quit = name == "QUIT";
-                            let priority = session.priority(shared);
+                            let (priority, replica) = (session.priority(shared), session.replica_reads);
                             let ran = dispatch(shared, &mut session, &name, &args);
+                            let ran = presage_client::with_replica_reads(replica, ran);
                             let reply =
                                 presage_client::with_priority(priority, observed(shared, conn, &args, &name, ran))
                                     .await;
-                            window.set_priority(session.priority(shared));
+                            window.set_priority(session.priority(shared), session.replica_reads);
                             // The session may have a new name, user, protocol or queue now.
                             let who = session.user.as_ref().map(|u| u.0.as_str());
                             conn.identify(&session.name, who, session.resp);
@@ -602,6 +608,8 @@ const KNOWN: &[&str] = &[
     "WATCH",
     "UNWATCH",
     "SLOWLOG",
+    "READONLY",
+    "READWRITE",
 ];
 
 /// Does this listener know `name` (upper case)?
@@ -695,6 +703,10 @@ async fn dispatch(shared: &Shared, s: &mut Session, name: &str, args: &[Vec<u8>]
         "CONFIG" if argc >= 2 && upper(&args[1]) == "GET" => Reply::Array(vec![]),
         "SLOWLOG" if argc >= 2 => {
             operator_only(shared, s, "slowlog").unwrap_or_else(|| shared.clients.slowlog(&args[1..]))
+        }
+        "READONLY" | "READWRITE" if argc == 1 => {
+            s.replica_reads = name == "READONLY";
+            Reply::ok()
         }
         "CLIENT" if argc >= 2 => match (upper(&args[1]).as_str(), argc) {
             ("SETNAME", 3) => {

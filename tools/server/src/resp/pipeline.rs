@@ -126,16 +126,18 @@ pub(super) struct Window<'a> {
     commands: usize,
     /// The priority the commands started from now on run at (the connection's).
     priority: presage_client::Priority,
+    /// Their reads are replica reads (the connection's `READONLY`).
+    replica_reads: bool,
 }
 
 impl<'a> Window<'a> {
     pub(super) fn new(priority: presage_client::Priority) -> Self {
-        Window { running: FuturesOrdered::new(), keys: VecDeque::new(), commands: 0, priority }
+        Window { running: FuturesOrdered::new(), keys: VecDeque::new(), commands: 0, priority, replica_reads: false }
     }
 
-    /// Commands started from now on run at `priority`.
-    pub(super) fn set_priority(&mut self, priority: presage_client::Priority) {
-        self.priority = priority;
+    /// Commands started from now on run at `priority`, their reads replica reads or not.
+    pub(super) fn set_priority(&mut self, priority: presage_client::Priority, replica_reads: bool) {
+        (self.priority, self.replica_reads) = (priority, replica_reads);
     }
 
     /// Commands running (a run counts for each of its commands).
@@ -154,6 +156,7 @@ impl<'a> Window<'a> {
 
     /// Starts `command` on `keys`.
     pub(super) fn push(&mut self, keys: Vec<Vec<u8>>, command: impl Future<Output = Reply> + Send + 'a) {
+        let command = presage_client::with_replica_reads(self.replica_reads, command);
         let command = presage_client::with_priority(self.priority, command);
         self.running.push_back(Box::pin(async move { Outcome::One(command.await) }));
         self.keys.push_back((keys, 1));
@@ -162,6 +165,7 @@ impl<'a> Window<'a> {
 
     /// Starts a run of commands on `keys` (one each); it answers one reply per command.
     pub(super) fn push_run(&mut self, keys: Vec<Vec<u8>>, run: impl Future<Output = Vec<Reply>> + Send + 'a) {
+        let run = presage_client::with_replica_reads(self.replica_reads, run);
         let run = presage_client::with_priority(self.priority, run);
         self.running.push_back(Box::pin(async move { Outcome::Many(run.await) }));
         let commands = keys.len();
