@@ -80,6 +80,26 @@ pub struct LoadReport {
     pub latency_buckets: Vec<u32>,
 }
 
+impl LoadReport {
+    /// Adds `other`'s requests (reads a follower served over about the same interval) to
+    /// this report: counts, errors and latencies added, samples appended up to
+    /// `max_samples` in all.
+    pub fn absorb(&mut self, other: &LoadReport, max_samples: usize) {
+        self.read_ops = self.read_ops.saturating_add(other.read_ops);
+        self.write_ops = self.write_ops.saturating_add(other.write_ops);
+        self.read_bytes = self.read_bytes.saturating_add(other.read_bytes);
+        self.write_bytes = self.write_bytes.saturating_add(other.write_bytes);
+        self.errors = self.errors.saturating_add(other.errors);
+        let buckets = self.latency_buckets.len().max(other.latency_buckets.len()).min(LATENCY_BUCKETS);
+        self.latency_buckets.resize(buckets, 0);
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        let room = max_samples.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.iter().take(room).cloned());
+    }
+}
+
 /// Latency buckets per report: powers of two from 64 µs, the last one unbounded (64 µs to
 /// 8.4 s, then above).
 pub const LATENCY_BUCKETS: usize = 19;
@@ -311,6 +331,33 @@ pub fn choose_split_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followers_report_adds_to_the_leaders_within_the_sample_bound() {
+        let span = |k: &str| KeySpan::point(k.as_bytes());
+        let mut leader = LoadReport {
+            interval_ms: 1_000,
+            read_ops: 10,
+            write_ops: 5,
+            samples: vec![span("a"), span("b")],
+            latency_buckets: vec![1, 2],
+            ..LoadReport::default()
+        };
+        let follower = LoadReport {
+            interval_ms: 900,
+            read_ops: 30,
+            read_bytes: 300,
+            errors: 1,
+            samples: vec![span("c"), span("d"), span("e")],
+            latency_buckets: vec![0, 1, 4],
+            ..LoadReport::default()
+        };
+        leader.absorb(&follower, 4);
+        assert_eq!((leader.read_ops, leader.write_ops, leader.read_bytes, leader.errors), (40, 5, 300, 1));
+        assert_eq!(leader.interval_ms, 1_000, "the leader's interval");
+        assert_eq!(leader.latency_buckets, vec![1, 3, 4]);
+        assert_eq!(leader.samples, vec![span("a"), span("b"), span("c"), span("d")], "at most 4 samples");
+    }
 
     #[test]
     fn reservoir_is_bounded_and_counts_everything() {

@@ -257,6 +257,9 @@ pub struct NodeHeartbeat {
     pub shards: Vec<ShardReport>,
     /// Every replica it holds, with the replica's epoch (to find stale ones).
     pub replicas: Vec<(ShardId, Epoch)>,
+    /// What it served for shards it does not lead (replica reads), per shard with any.
+    #[serde(default)]
+    pub replica_loads: Vec<(ShardId, crate::load::LoadReport)>,
     /// The telemetry agent's sample, when the node runs one.
     #[serde(default)]
     pub telemetry: Option<TelemetryReport>,
@@ -310,6 +313,9 @@ pub struct ShardSoft {
     pub split_at_ms: Option<u64>,
     /// When the latest report came.
     pub reported_at_ms: Option<u64>,
+    /// Requests its followers served (replica reads) since the leader's latest report; added
+    /// to the leader's next one.
+    pub replica_load: Option<crate::load::LoadReport>,
 }
 
 /// Why a node is being evacuated.

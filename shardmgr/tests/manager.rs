@@ -35,6 +35,8 @@ mod capacity;
 mod forecast;
 #[path = "manager/shift.rs"]
 mod shift;
+#[path = "manager/heartbeat.rs"]
+mod heartbeat;
 
 fn key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()
@@ -424,32 +426,13 @@ fn shard_reports_count_only_from_the_leader_speaking_for_itself() {
 }
 
 /// A heartbeat that carries only shard reports.
-/// A heartbeat's answer names the node's replicas to check with their peers: of a shard whose
-/// newer configuration leaves the node out (stale), and of a shard the directory does not list
-/// (unlisted: merged away while the node was out of its group, or not reported yet).
-#[test]
-fn a_heartbeat_answer_names_stale_and_unlisted_replicas() {
-    let (_sim, mut m) = three_nodes(&test_config());
-    let real = m.directory().get(1).expect("shard 1").clone();
-    let older = Epoch { conf_ver: real.epoch.conf_ver, ..real.epoch };
-    let hb = |replicas: Vec<(u64, Epoch)>| NodeHeartbeat { replicas, ..reports_only(9, Vec::new()) };
-    assert!(m.heartbeat(hb(Vec::new()), 1_000).is_none(), "node 9 never joined");
-    let (node, unknown) = (real.replicas[0].node, 4_242);
-    let hb = |replicas: Vec<(u64, Epoch)>| NodeHeartbeat { replicas, ..reports_only(node, Vec::new()) };
-    let answer = m.heartbeat(hb(vec![(1, older), (unknown, older)]), 1_000).expect("a member");
-    assert!(answer.stale.is_empty(), "the node is in shard 1's configuration: {answer:?}");
-    assert_eq!(answer.unlisted, [unknown]);
-    let many: Vec<(u64, Epoch)> = (10_000..10_100).map(|id| (id, older)).collect();
-    let answer = m.heartbeat(hb(many), 1_000).expect("a member");
-    assert_eq!(answer.unlisted.len(), presage_shardmgr::MAX_UNLISTED_PER_HEARTBEAT, "bounded");
-}
-
 fn reports_only(node: u64, shards: Vec<ShardReport>) -> NodeHeartbeat {
     NodeHeartbeat {
         node,
         stats: NodeStats::default(),
         shards,
         replicas: Vec::new(),
+        replica_loads: Vec::new(),
         telemetry: None,
         telemetry_backlog: None,
     }

@@ -436,6 +436,20 @@ impl Manager {
         for report in hb.shards.into_iter().filter(own) {
             self.shard_report(report, now_ms);
         }
+        // Reads it served as a follower count towards the shard's load with its leader's next
+        // report. Only from a replica of the shard; at most one entry per replica it holds.
+        let max_samples = self.st.cfg().max_samples_per_report;
+        for (id, load) in hb.replica_loads.into_iter().take(hb.replicas.len()) {
+            let member =
+                self.st.directory().get(id).is_some_and(|s| s.replica(sender).is_some() && s.leader != Some(sender));
+            if member {
+                self.st
+                    .soft_mut(id)
+                    .replica_load
+                    .get_or_insert_with(crate::load::LoadReport::default)
+                    .absorb(&load, max_samples);
+            }
+        }
         let directory = self.st.directory();
         let stale = hb
             .replicas
@@ -537,13 +551,17 @@ impl Manager {
         }
         let cfg = self.st.cfg().clone();
         let soft = self.st.soft_mut(shard.id);
-        soft.load = ShardLoad::from_report(&report.load);
+        let mut report_load = report.load;
+        if let Some(followers) = soft.replica_load.take() {
+            report_load.absorb(&followers, cfg.max_samples_per_report);
+        }
+        soft.load = ShardLoad::from_report(&report_load);
         soft.size_bytes = report.size_bytes;
         soft.keys = report.keys;
         soft.reported_at_ms = Some(now_ms);
         let load = soft.load;
-        if !report.load.samples.is_empty() {
-            soft.samples.push_back((now_ms, report.load.samples));
+        if !report_load.samples.is_empty() {
+            soft.samples.push_back((now_ms, report_load.samples));
         }
         while soft.samples.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > cfg.load_split_window_ms) {
             soft.samples.pop_front();

@@ -146,6 +146,7 @@ impl Sim {
                 },
                 shards,
                 replicas,
+                replica_loads: Vec::new(),
                 telemetry: None,
                 telemetry_backlog: None,
             };

@@ -102,6 +102,7 @@ fn dangerous(cluster: &ClusterFile, shards: &[ShardMeta]) -> Vec<Request> {
         stats: Default::default(),
         shards: vec![report],
         replicas: vec![],
+        replica_loads: vec![],
         telemetry: None,
         telemetry_backlog: None,
     };

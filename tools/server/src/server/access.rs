@@ -117,6 +117,7 @@ mod tests {
             stats: Default::default(),
             shards: vec![],
             replicas: vec![],
+            replica_loads: vec![],
             telemetry: None,
             telemetry_backlog: None,
         };

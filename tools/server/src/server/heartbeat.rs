@@ -1,5 +1,7 @@
 //! The node's heartbeat: every `heartbeat-interval-ms`, node stats and a report per shard it
-//! leads (descriptor, load since the last report, approximate size) go to the shard manager.
+//! leads (descriptor, load since the last report, approximate size) go to the shard manager,
+//! with what it served for shards it follows (replica reads), which the manager adds to their
+//! leaders' next reports.
 //!
 //! Every `heartbeat-interval-ms`, node stats and one report per led shard (descriptor, load,
 //! approximate size) to the manager; re-joins if the manager forgot it. With an agent set, the
@@ -59,7 +61,16 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                 };
                 // This node's own shard manager (if it ran one) is as stalled as its loop: the
                 // telemetry goes to another node, which names the manager elected meanwhile.
-                let hb = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
+                let replica_loads = Vec::new();
+                let hb = NodeHeartbeat {
+                    node: inner.me.id,
+                    stats,
+                    shards,
+                    replicas,
+                    replica_loads,
+                    telemetry,
+                    telemetry_backlog,
+                };
                 send(&inner, hb, true).await;
                 continue;
             }
@@ -68,11 +79,11 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         last = tokio::time::Instant::now();
         let mut stats = NodeStats::default();
         let mut shards = Vec::new();
+        let mut replica_loads = Vec::new();
         {
             let mut load = lock(&inner.load);
-            let led: std::collections::HashSet<u64> =
-                statuses.iter().filter(|s| s.is_leader()).map(|s| s.descriptor.id).collect();
-            load.retain(|id, _| led.contains(id));
+            let held: std::collections::HashSet<u64> = statuses.iter().map(|s| s.descriptor.id).collect();
+            load.retain(|id, _| held.contains(id));
             for s in &statuses {
                 stats.replicas += 1;
                 if s.descriptor.id == META_SHARD_ID && s.leader.is_some() {
@@ -81,6 +92,11 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
                     *lock(&inner.manager_known) = s.leader;
                 }
                 if !s.is_leader() {
+                    // What it served as a follower (replica reads) adds to the leader's report.
+                    let report = load.get_mut(&s.descriptor.id).map(|r| r.take(elapsed_ms));
+                    if let Some(r) = report.filter(|r| r.read_ops + r.write_ops + r.errors > 0) {
+                        replica_loads.push((s.descriptor.id, r));
+                    }
                     continue;
                 }
                 stats.leaders += 1;
@@ -105,7 +121,8 @@ pub(crate) async fn run<E: Engine>(inner: Arc<Inner<E>>) {
         let replicas = statuses.iter().map(|s| (s.descriptor.id, meta_epoch(s.descriptor.epoch()))).collect();
         let telemetry = sample(&inner, &statuses, true).await;
         let telemetry_backlog = backlog(&inner, telemetry.as_ref());
-        let heartbeat = NodeHeartbeat { node: inner.me.id, stats, shards, replicas, telemetry, telemetry_backlog };
+        let heartbeat =
+            NodeHeartbeat { node: inner.me.id, stats, shards, replicas, replica_loads, telemetry, telemetry_backlog };
         send(&inner, heartbeat, false).await;
         last_beat = Some((stats, statuses));
     }
