@@ -81,19 +81,25 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Adds `other`'s requests (reads a follower served over about the same interval) to
-    /// this report: counts, errors and latencies added, samples appended up to
-    /// `max_samples` in all.
+    /// Adds `other`'s requests (reads a follower served) to this report at `other`'s rate
+    /// over this report's interval: counts, errors and latencies scaled by the ratio of the
+    /// intervals and added, samples appended up to `max_samples` in all. An `other` without
+    /// an interval adds nothing.
     pub fn absorb(&mut self, other: &LoadReport, max_samples: usize) {
-        self.read_ops = self.read_ops.saturating_add(other.read_ops);
-        self.write_ops = self.write_ops.saturating_add(other.write_ops);
-        self.read_bytes = self.read_bytes.saturating_add(other.read_bytes);
-        self.write_bytes = self.write_bytes.saturating_add(other.write_bytes);
-        self.errors = self.errors.saturating_add(other.errors);
+        if other.interval_ms == 0 {
+            return;
+        }
+        let ratio = self.interval_ms as f64 / other.interval_ms as f64;
+        let scaled = |n: u64| (n as f64 * ratio).round() as u64;
+        self.read_ops = self.read_ops.saturating_add(scaled(other.read_ops));
+        self.write_ops = self.write_ops.saturating_add(scaled(other.write_ops));
+        self.read_bytes = self.read_bytes.saturating_add(scaled(other.read_bytes));
+        self.write_bytes = self.write_bytes.saturating_add(scaled(other.write_bytes));
+        self.errors = self.errors.saturating_add(scaled(other.errors));
         let buckets = self.latency_buckets.len().max(other.latency_buckets.len()).min(LATENCY_BUCKETS);
         self.latency_buckets.resize(buckets, 0);
         for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
-            *mine = mine.saturating_add(*theirs);
+            *mine = mine.saturating_add(u32::try_from(scaled(u64::from(*theirs))).unwrap_or(u32::MAX));
         }
         let room = max_samples.saturating_sub(self.samples.len());
         self.samples.extend(other.samples.iter().take(room).cloned());
@@ -344,7 +350,7 @@ mod tests {
             ..LoadReport::default()
         };
         let follower = LoadReport {
-            interval_ms: 900,
+            interval_ms: 1_000,
             read_ops: 30,
             read_bytes: 300,
             errors: 1,
@@ -357,6 +363,12 @@ mod tests {
         assert_eq!(leader.interval_ms, 1_000, "the leader's interval");
         assert_eq!(leader.latency_buckets, vec![1, 3, 4]);
         assert_eq!(leader.samples, vec![span("a"), span("b"), span("c"), span("d")], "at most 4 samples");
+        // A follower's report over five intervals adds its rate, not its total.
+        let mut leader = LoadReport { interval_ms: 1_000, ..LoadReport::default() };
+        leader.absorb(&LoadReport { interval_ms: 5_000, read_ops: 500, ..LoadReport::default() }, 4);
+        assert_eq!(leader.read_ops, 100);
+        leader.absorb(&LoadReport { read_ops: 7, ..LoadReport::default() }, 4);
+        assert_eq!(leader.read_ops, 100, "no interval, nothing added");
     }
 
     #[test]

@@ -313,9 +313,9 @@ pub struct ShardSoft {
     pub split_at_ms: Option<u64>,
     /// When the latest report came.
     pub reported_at_ms: Option<u64>,
-    /// Requests its followers served (replica reads) since the leader's latest report; added
-    /// to the leader's next one.
-    pub replica_load: Option<crate::load::LoadReport>,
+    /// Each follower's latest report of what it served (replica reads), with when it came;
+    /// added at its rate to the leader's next report if it is recent, then cleared.
+    pub replica_load: std::collections::BTreeMap<NodeId, (u64, crate::load::LoadReport)>,
 }
 
 /// Why a node is being evacuated.

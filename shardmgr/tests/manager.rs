@@ -33,10 +33,10 @@ use sim::{thousand_nodes, Sim};
 mod capacity;
 #[path = "manager/forecast.rs"]
 mod forecast;
-#[path = "manager/shift.rs"]
-mod shift;
 #[path = "manager/heartbeat.rs"]
 mod heartbeat;
+#[path = "manager/shift.rs"]
+mod shift;
 
 fn key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()

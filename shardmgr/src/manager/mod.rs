@@ -437,17 +437,13 @@ impl Manager {
             self.shard_report(report, now_ms);
         }
         // Reads it served as a follower count towards the shard's load with its leader's next
-        // report. Only from a replica of the shard; at most one entry per replica it holds.
-        let max_samples = self.st.cfg().max_samples_per_report;
+        // report (its latest report per follower). Only from a replica of the shard that does
+        // not lead it; at most one entry per replica it holds.
         for (id, load) in hb.replica_loads.into_iter().take(hb.replicas.len()) {
             let member =
                 self.st.directory().get(id).is_some_and(|s| s.replica(sender).is_some() && s.leader != Some(sender));
             if member {
-                self.st
-                    .soft_mut(id)
-                    .replica_load
-                    .get_or_insert_with(crate::load::LoadReport::default)
-                    .absorb(&load, max_samples);
+                self.st.soft_mut(id).replica_load.insert(sender, (now_ms, load));
             }
         }
         let directory = self.st.directory();
@@ -552,8 +548,13 @@ impl Manager {
         let cfg = self.st.cfg().clone();
         let soft = self.st.soft_mut(shard.id);
         let mut report_load = report.load;
-        if let Some(followers) = soft.replica_load.take() {
-            report_load.absorb(&followers, cfg.max_samples_per_report);
+        // Followers' reports from the last two heartbeat intervals (older ones: the follower
+        // went quiet, or the leader did not report for a while).
+        let fresh_ms = 2 * cfg.heartbeat_interval_ms;
+        for (at_ms, load) in std::mem::take(&mut soft.replica_load).into_values() {
+            if now_ms.saturating_sub(at_ms) <= fresh_ms {
+                report_load.absorb(&load, cfg.max_samples_per_report);
+            }
         }
         soft.load = ShardLoad::from_report(&report_load);
         soft.size_bytes = report.size_bytes;

@@ -24,8 +24,8 @@ fn a_heartbeat_answer_names_stale_and_unlisted_replicas() {
 }
 
 /// Reads its followers served (replica reads) count towards a shard's load with its leader's
-/// next report, once; the leader's own claim to have served some as a follower counts for
-/// nothing.
+/// next report, once and only while recent; the leader's own claim to have served some as a
+/// follower counts for nothing.
 #[test]
 fn follower_loads_add_to_the_leaders_next_report() {
     let (_sim, mut m) = three_nodes(&test_config());
@@ -46,4 +46,9 @@ fn follower_loads_add_to_the_leaders_next_report() {
     assert_eq!(qps(&m), 400.0, "the leader's 100 and the follower's 300 reads per second");
     m.heartbeat(hb(leader, vec![report()], Vec::new()), 2_000).expect("a member");
     assert_eq!(qps(&m), 100.0, "counted once");
+    // A follower's report older than two heartbeat intervals is not added.
+    let late = 3_000 + 3 * test_config().heartbeat_interval_ms;
+    m.heartbeat(hb(follower, Vec::new(), vec![(1, reads(300))]), 3_000).expect("a member");
+    m.heartbeat(hb(leader, vec![report()], Vec::new()), late).expect("a member");
+    assert_eq!(qps(&m), 100.0, "a stale follower report is dropped");
 }

@@ -183,9 +183,17 @@ async fn nodes_killed_at_failpoints_restart_and_converge_without_losing_acknowle
     assert!(moved.is_ok(), "the decommission is accepted: {moved:?}");
     t.died_at("apply_conf_change_written", before).await;
     t.write("e", 30).await;
+    // Shards move one at a time: wait until the last one left, then check again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = t.admin.shards(None, None, None).expect("shards");
+        if rows.iter().all(|r| r.shard.replica(leaving).is_none()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {leaving} still holds replicas");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     t.converged("a crash at apply_conf_change_written").await;
-    let rows = t.admin.shards(None, None, None).expect("shards");
-    assert!(rows.iter().all(|r| r.shard.replica(leaving).is_none()), "node {leaving} left every shard");
 
     // Snapshots: the victim misses more than the leaders keep of their logs, then dies while
     // taking a snapshot in: a chunk staged, before the install, after it.
