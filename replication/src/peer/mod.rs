@@ -502,6 +502,13 @@ pub(crate) fn read_context(node_id: u64, nonce: u64, round: u64) -> Vec<u8> {
     [node_id, nonce, round].iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
+/// The node id, nonce and round of a [`read_context`]; `None` for anything else.
+pub(crate) fn parse_read_context(ctx: &[u8]) -> Option<(u64, u64, u64)> {
+    let ctx = <[u8; 24]>::try_from(ctx).ok()?;
+    let word = |i: usize| ctx[i * 8..i * 8 + 8].try_into().ok().map(u64::from_be_bytes);
+    Some((word(0)?, word(1)?, word(2)?))
+}
+
 /// Does `left` end where `right` starts? A merge's target is always its source's left
 /// neighbour: a shard then keeps its start key until it is merged away (a split keeps the
 /// left part, a merge only moves a range's end), which `Store::merged_owner` relies on.

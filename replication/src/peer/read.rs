@@ -212,12 +212,10 @@ impl<E: Engine> Peer<E> {
         let term = self.raw.raft.term;
         for rs in states {
             // Only this incarnation's rounds (an answer to an earlier one may arrive late).
-            let Ok(ctx) = <[u8; 24]>::try_from(rs.request_ctx.as_slice()) else { continue };
-            let word = |i: usize| u64::from_be_bytes(ctx[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-            if (word(0), word(1)) != (self.node_id, self.read_nonce) {
+            let Some((node, nonce, round)) = parse_read_context(&rs.request_ctx) else { continue };
+            if (node, nonce) != (self.node_id, self.read_nonce) {
                 continue;
             }
-            let round = word(2);
             let mut began = None;
             for r in self.reads.iter_mut().filter(|r| r.round == Some(round)) {
                 r.index = Some(rs.index);

@@ -234,12 +234,7 @@ async fn send_once<E: Engine>(inner: &Arc<Inner<E>>, heartbeat: &NodeHeartbeat, 
     let to = hint.or(seed).unwrap_or(inner.me.id);
     let nodes_digest = inner.nodes_digest.load(std::sync::atomic::Ordering::Relaxed);
     let request = Request::Heartbeat { heartbeat: heartbeat.clone(), nodes_digest };
-    let answer = if to == inner.me.id {
-        Ok(inner.serve(presage_client::Caller::Local, request).await)
-    } else {
-        inner.call(to, request).await
-    };
-    match answer {
+    match ask_manager(inner, to, request).await {
         Ok(Response::HeartbeatAck { manager, stale, unlisted, nodes, telemetry_backlog_wanted }) => {
             inner.learn(&nodes);
             if telemetry_backlog_wanted {
@@ -310,12 +305,7 @@ async fn probe_unlisted<E: Engine>(inner: &Arc<Inner<E>>, manager: NodeId, unlis
     for id in unlisted.into_iter().take(presage_shardmgr::MAX_UNLISTED_PER_HEARTBEAT) {
         let Ok(Some(status)) = inner.node.status(id).await else { continue };
         let request = Request::Routes { key: status.descriptor.start.clone(), max_shards: 1 };
-        let answer = if manager == inner.me.id {
-            Ok(inner.serve(presage_client::Caller::Local, request).await)
-        } else {
-            inner.call(manager, request).await
-        };
-        let owner = match answer {
+        let owner = match ask_manager(inner, manager, request).await {
             Ok(Response::Routes { shards, .. }) => shards.into_iter().find(|s| s.id != id),
             _ => None,
         };
@@ -324,5 +314,18 @@ async fn probe_unlisted<E: Engine>(inner: &Arc<Inner<E>>, manager: NodeId, unlis
         if let Err(e) = inner.node.probe_merged(id, descriptor(&owner)).await {
             tracing::warn!(shard = id, error = %e, "could not ask whether the shard was merged");
         }
+    }
+}
+
+/// `request` to the shard manager on node `to`: served here when that is this node.
+async fn ask_manager<E: Engine>(
+    inner: &Arc<Inner<E>>,
+    to: NodeId,
+    request: Request,
+) -> Result<Response, presage_client::RpcError> {
+    if to == inner.me.id {
+        Ok(inner.serve(presage_client::Caller::Local, request).await)
+    } else {
+        inner.call(to, request).await
     }
 }
