@@ -29,7 +29,7 @@ pub use engine::{for_each_pair, middle_key, range_checksum, Engine, Reader};
 pub use error::{EngineError, Result};
 pub use fault::{FaultConfig, FaultInjector, FaultRule, FaultyEngine};
 pub use mem::{MemEngine, MemSnapshot, DEFAULT_MAX_WRITE_BATCH_BYTES, MAX_UNSYNCED_BYTES, MAX_UNSYNCED_WRITES};
-pub use metrics::{EngineMetrics, EngineMetricsSnapshot, LatencySnapshot, MeteredEngine};
+pub use metrics::{ClassStalls, EngineMetrics, EngineMetricsSnapshot, LatencySnapshot, MeteredEngine};
 pub use rocks::{RocksConfig, RocksEngine, RocksSnapshot};
 pub use transfer::{ExportOptions, Exporter, ImportOptions, Importer, ResumePoint, TransferError};
 pub use types::{

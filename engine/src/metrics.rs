@@ -106,8 +106,23 @@ pub struct EngineMetricsSnapshot {
     /// returning, ms (0: nothing waits). See the module doc.
     #[serde(default)]
     pub stalled_ms: u64,
+    /// The same per class: a class's oldest wait is a lower bound on its next latency, known
+    /// before the call returns (a step in write latency shows here within one reading).
+    #[serde(default)]
+    pub stalled_by_class_ms: ClassStalls,
     /// Compaction and stall state.
     pub storage: StorageStats,
+}
+
+/// Per operation class, how long its calls have been in flight with none returning, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClassStalls {
+    /// Reads.
+    pub read: u64,
+    /// Unsynced writes.
+    pub write: u64,
+    /// Synced writes.
+    pub sync: u64,
 }
 
 /// Calls of one class in flight, and when one last made progress.
@@ -210,6 +225,7 @@ impl EngineMetrics {
 
     /// Current counts (without storage stats; see [`MeteredEngine::metrics_snapshot`]).
     pub fn snapshot(&self) -> EngineMetricsSnapshot {
+        let now = Instant::now();
         EngineMetricsSnapshot {
             write: LatencySnapshot::of(&self.write),
             sync: LatencySnapshot::of(&self.sync),
@@ -217,7 +233,12 @@ impl EngineMetrics {
             read_errors: self.errors_of(OpClass::Read),
             write_errors: self.errors_of(OpClass::Write),
             sync_errors: self.errors_of(OpClass::Sync),
-            stalled_ms: self.stalled_ms(Instant::now()),
+            stalled_ms: self.stalled_ms(now),
+            stalled_by_class_ms: ClassStalls {
+                read: self.stalled_ms_of(OpClass::Read, now),
+                write: self.stalled_ms_of(OpClass::Write, now),
+                sync: self.stalled_ms_of(OpClass::Sync, now),
+            },
             storage: StorageStats::default(),
         }
     }
@@ -339,6 +360,9 @@ mod tests {
         assert!(m.stalled_ms_of(OpClass::Sync, later) >= 1400, "{}", m.stalled_ms_of(OpClass::Sync, later));
         assert_eq!(m.stalled_ms_of(OpClass::Write, later), 0, "another class is not stalled");
         assert_eq!(m.stalled_ms(later), m.stalled_ms_of(OpClass::Sync, later));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let by_class = m.snapshot().stalled_by_class_ms;
+        assert!(by_class.sync >= 20 && by_class.write == 0 && by_class.read == 0, "{by_class:?}");
         release_tx.send(()).expect("release");
         blocked.join().expect("thread").expect("write");
         assert_eq!(m.stalled_ms(later), 0, "nothing in flight after it returned");

@@ -14,6 +14,11 @@
 //!   both an absolute floor and `slow_factor` times the node's own history of that class, in
 //!   `confirm_readings` readings in a row. The history is a slow moving average of healthy
 //!   readings only (a fault does not become the new normal), started from the first one.
+//!   A class whose calls have waited past that bar with none returning is slow in that
+//!   reading too, whatever the calls that did return measured: the wait is a lower bound on
+//!   the latency to come, so a step in latency counts from the first reading after it, not
+//!   from the first slow call's return (a +250 ms step was confirmed in about 1.3 s on
+//!   returns alone, the waits confirm it in three readings).
 //!
 //! The floors are far above a healthy disk's worst interval (a 100 ms mean fsync, 50 ms mean
 //! plain writes or reads over a quarter second), so compaction bursts, catch-up I/O for a
@@ -101,6 +106,12 @@ pub struct LocalReading {
     pub write_mean_ms: Option<f64>,
     /// Mean read latency, ms.
     pub read_mean_ms: Option<f64>,
+    /// How long synced writes have been in flight with none returning, at the reading, ms.
+    pub sync_waiting_ms: u64,
+    /// The same for plain writes.
+    pub write_waiting_ms: u64,
+    /// The same for reads.
+    pub read_waiting_ms: u64,
     /// Engine calls that failed over the interval.
     pub errors: u64,
 }
@@ -137,20 +148,20 @@ struct ClassState {
 }
 
 impl ClassState {
-    /// Takes a mean; true when it is slow for `confirm` readings in a row.
-    fn observe(&mut self, mean_ms: Option<f64>, floor_ms: f64, cfg: &LocalConfig) -> bool {
-        let Some(mean) = mean_ms.filter(|m| m.is_finite() && *m >= 0.0) else {
-            // Nothing returned this interval: no evidence either way.
-            return self.slow_in_a_row >= cfg.confirm_readings;
-        };
+    /// Takes a mean and the class's current wait; true when it is slow for `confirm`
+    /// readings in a row.
+    fn observe(&mut self, mean_ms: Option<f64>, waiting_ms: u64, floor_ms: f64, cfg: &LocalConfig) -> bool {
         let bar = self.history_ms.map_or(floor_ms, |h| floor_ms.max(cfg.slow_factor * h));
-        if mean >= bar {
+        let mean = mean_ms.filter(|m| m.is_finite() && *m >= 0.0);
+        // A wait is evidence only of slowness: it never enters the history.
+        if mean.is_some_and(|m| m >= bar) || waiting_ms as f64 >= bar {
             self.slow_in_a_row = self.slow_in_a_row.saturating_add(1);
-        } else {
+        } else if let Some(mean) = mean {
             self.slow_in_a_row = 0;
             let w = cfg.history_weight;
             self.history_ms = Some(self.history_ms.map_or(mean, |h| (1.0 - w) * h + w * mean));
         }
+        // Nothing returned and nothing waited long: no evidence either way.
         self.slow_in_a_row >= cfg.confirm_readings
     }
 }
@@ -183,9 +194,9 @@ impl LocalDetector {
     /// Takes one interval's reading and returns the verdict on it.
     pub fn observe(&mut self, r: &LocalReading) -> LocalVerdict {
         let cfg = self.cfg.clone();
-        let slow_sync = self.sync.observe(r.sync_mean_ms, cfg.slow_sync_mean_ms, &cfg);
-        let slow_write = self.write.observe(r.write_mean_ms, cfg.slow_write_mean_ms, &cfg);
-        let slow_read = self.read.observe(r.read_mean_ms, cfg.slow_read_mean_ms, &cfg);
+        let slow_sync = self.sync.observe(r.sync_mean_ms, r.sync_waiting_ms, cfg.slow_sync_mean_ms, &cfg);
+        let slow_write = self.write.observe(r.write_mean_ms, r.write_waiting_ms, cfg.slow_write_mean_ms, &cfg);
+        let slow_read = self.read.observe(r.read_mean_ms, r.read_waiting_ms, cfg.slow_read_mean_ms, &cfg);
         let ms = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.1} ms"));
         let verdict = if r.errors > 0 || self.failing {
             self.failing = true;
@@ -194,10 +205,13 @@ impl LocalDetector {
             LocalVerdict::Slow { reason: format!("no engine call returned for {} ms", r.stalled_ms) }
         } else if slow_sync || slow_write || slow_read {
             let reason = format!(
-                "mean latency: synced writes {}, writes {}, reads {} (slow: {})",
+                "mean latency: synced writes {}, writes {}, reads {}; waiting {}/{}/{} ms (slow: {})",
                 ms(r.sync_mean_ms),
                 ms(r.write_mean_ms),
                 ms(r.read_mean_ms),
+                r.sync_waiting_ms,
+                r.write_waiting_ms,
+                r.read_waiting_ms,
                 [(slow_sync, "synced writes"), (slow_write, "writes"), (slow_read, "reads")]
                     .iter()
                     .filter(|(slow, _)| *slow)
@@ -239,6 +253,7 @@ mod tests {
             write_mean_ms: Some(0.05),
             read_mean_ms: Some(0.02),
             errors: 0,
+            ..LocalReading::default()
         }
     }
 
@@ -275,6 +290,57 @@ mod tests {
             assert!(matches!(d.observe(&slow(at * 250)), LocalVerdict::Slow { .. }), "reading {at}");
         }
         assert_eq!(d.observe(&healthy(200 * 250)), LocalVerdict::Healthy);
+    }
+
+    /// A +250 ms step on writes: calls return only every 250 ms, so most 100-ms readings see
+    /// no return, but they see the wait; three readings confirm it. A single slow call, or
+    /// waits under the floors, do not.
+    #[test]
+    fn a_step_is_confirmed_by_waits_within_three_readings() {
+        let mut d = warmed();
+        let base = 100 * 250;
+        let step = [
+            LocalReading {
+                write_mean_ms: None,
+                sync_mean_ms: None,
+                write_waiting_ms: 100,
+                sync_waiting_ms: 100,
+                ..healthy(0)
+            },
+            LocalReading {
+                write_mean_ms: None,
+                sync_mean_ms: None,
+                write_waiting_ms: 200,
+                sync_waiting_ms: 200,
+                ..healthy(0)
+            },
+            LocalReading {
+                write_mean_ms: Some(250.0),
+                sync_mean_ms: Some(251.0),
+                write_waiting_ms: 50,
+                sync_waiting_ms: 50,
+                ..healthy(0)
+            },
+        ];
+        for (i, r) in step.iter().enumerate() {
+            let r = LocalReading { at_ms: base + i as u64 * 100, ..*r };
+            let v = d.observe(&r);
+            assert_eq!(v.is_unhealthy(), i == 2, "reading {i}: {v:?}");
+        }
+        let mut d = warmed();
+        let one_slow = LocalReading { write_waiting_ms: 180, sync_waiting_ms: 180, ..healthy(base) };
+        assert_eq!(d.observe(&one_slow), LocalVerdict::Healthy);
+        let returned = LocalReading { write_mean_ms: Some(190.0), ..healthy(base + 100) };
+        assert_eq!(d.observe(&returned), LocalVerdict::Healthy, "two slow readings are not three");
+        for i in 0..400 {
+            let r = LocalReading {
+                write_waiting_ms: 40,
+                sync_waiting_ms: 90,
+                read_waiting_ms: 45,
+                ..healthy(base + 200 + i * 100)
+            };
+            assert_eq!(d.observe(&r), LocalVerdict::Healthy, "waits under the floors, reading {i}");
+        }
     }
 
     #[test]

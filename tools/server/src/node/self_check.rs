@@ -7,7 +7,8 @@
 //!
 //! 1. **read**: the engine's cumulative latencies and errors, minus the previous reading's,
 //!    give the interval's mean synced-write, write and read latency and its failed calls;
-//!    `stalled_ms` (calls in flight, none returning) is read as it is now.
+//!    `stalled_ms` (calls in flight, none returning), overall and per class, is read as it
+//!    is now.
 //! 2. **judge**: the detector compares them with its floors and the node's own history.
 //! 3. **shed**: `NodeHandle::shed_leaderships` starts a transfer of every shard this node
 //!    leads. A leadership it gains while still shedding (an election, the balancer) is handed
@@ -98,6 +99,9 @@ fn reading(at_ms: u64, before: &EngineMetricsSnapshot, now: &EngineMetricsSnapsh
         sync_mean_ms: mean_ms(&now.sync, &before.sync),
         write_mean_ms: mean_ms(&now.write, &before.write),
         read_mean_ms: mean_ms(&now.read, &before.read),
+        sync_waiting_ms: now.stalled_by_class_ms.sync,
+        write_waiting_ms: now.stalled_by_class_ms.write,
+        read_waiting_ms: now.stalled_by_class_ms.read,
         errors: errors(now).saturating_sub(errors(before)),
     }
 }
@@ -117,9 +121,11 @@ mod tests {
         now.sync.sum_seconds = 0.510;
         now.write_errors = 3;
         now.stalled_ms = 40;
+        now.stalled_by_class_ms.write = 40;
         let r = reading(1_000, &before, &now);
         assert_eq!(r.at_ms, 1_000);
         assert_eq!(r.stalled_ms, 40);
+        assert_eq!((r.write_waiting_ms, r.sync_waiting_ms, r.read_waiting_ms), (40, 0, 0));
         assert!((r.sync_mean_ms.expect("two syncs") - 250.0).abs() < 1e-6);
         assert_eq!(r.read_mean_ms, None, "no read returned");
         assert_eq!(r.errors, 1);
