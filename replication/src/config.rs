@@ -54,6 +54,12 @@ pub struct RaftConfig {
     /// from the start of the ReadIndex round that confirmed it: safe while no node's clock
     /// runs more than 20% faster than another's (see the crate doc). On by default.
     pub lease_reads: bool,
+    /// Threads that do the engine work of reads the store loop served, so that a slow read
+    /// never holds up the loop (`read_pool.rs`); 0: the loop reads itself.
+    pub read_threads: usize,
+    /// Most served reads waiting for a read thread; past it the loop reads itself
+    /// (back-pressure, never a refusal).
+    pub max_queued_reads: usize,
     /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
     pub quiesce_after_ticks: u64,
     /// Most snapshot data sent per second by this node, in bytes (all transfers together):
@@ -102,6 +108,8 @@ impl Default for RaftConfig {
             clock_reading_max_age_ms: 10_000,
             max_round_bytes: 32 * 1024 * 1024,
             lease_reads: true,
+            read_threads: 2,
+            max_queued_reads: 4096,
             quiesce_after_ticks: 20,
             deterministic_elections: false,
             max_transfer_lag_entries: 128,
@@ -131,6 +139,12 @@ impl RaftConfig {
         }
         if self.max_clock_offset_ms == 0 || self.clock_reading_max_age_ms == 0 {
             return bad("max-clock-offset-ms and clock-reading-max-age-ms must be positive".into());
+        }
+        if self.read_threads > crate::read_pool::MAX_READ_THREADS || self.max_queued_reads == 0 {
+            return bad(format!(
+                "read-threads must be at most {} and max-queued-reads positive",
+                crate::read_pool::MAX_READ_THREADS
+            ));
         }
         if self.heartbeat_ticks == 0 {
             return bad("heartbeat-ticks must be positive".into());

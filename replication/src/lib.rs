@@ -42,6 +42,7 @@ pub mod local_read;
 mod logger;
 pub mod metrics;
 pub mod peer;
+pub mod read_pool;
 pub mod runtime;
 pub mod snapshot;
 pub mod storage;

@@ -261,6 +261,7 @@ impl Node {
         let transport = Arc::new(crate::transport::Stamped::new(transport, store.clock()));
         let from_writer = Arc::clone(&transport);
         store.use_log_writer_thread(Some(Arc::new(move |env| from_writer.send(env))))?;
+        store.start_read_pool()?;
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let node_id = store.node_id();

@@ -57,6 +57,7 @@ use raft::{RawNode, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseViews};
+use crate::read_pool::{ReadJob, ReadPool};
 use crate::storage::PeerStorage;
 use crate::value;
 use crate::wire::{

@@ -15,6 +15,12 @@
 //!
 //! Reads older than two election timeouts, or caught by a leadership change, fail with a
 //! retryable error.
+//!
+//! A served read's engine work runs on the node's read pool when it has one (`read_pool.rs`):
+//! the loop decides what the read sees (range, expiry clock, an engine snapshot as applied
+//! when it was served) and a pool thread reads the snapshot, so a slow disk read never holds
+//! up the loop. Without a pool (`read-threads = 0`, and the deterministic test runtime) the
+//! loop reads the engine itself.
 
 use super::*;
 
@@ -32,7 +38,8 @@ impl<E: Engine> Peer<E> {
     /// changes the range.
     ///
     /// With `replica`, a follower takes the read too (a replica read, module doc) while it
-    /// knows its leader.
+    /// knows its leader. A read served at once runs on `pool` when given.
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &mut self,
         epoch: Epoch,
@@ -40,6 +47,7 @@ impl<E: Engine> Peer<E> {
         now: Instant,
         lease: Option<Duration>,
         replica: bool,
+        pool: Option<&ReadPool>,
         cb: ReadCallback,
     ) {
         // A follower judges expiry by its clock: not while that is out of sync with its peers'.
@@ -57,7 +65,10 @@ impl<E: Engine> Peer<E> {
         let index = leased.then_some(self.raw.raft.raft_log.committed);
         if index.is_some_and(|i| i <= self.raw.store().applied_index()) {
             // Served now, under the lease that holds at `now`.
-            return cb(self.execute(&request));
+            return match pool {
+                Some(pool) => pool.run(self.read_job(request, &mut None, cb)),
+                None => cb(self.execute(&request)),
+            };
         }
         // Issued with every other read that arrives before the ready round (`issue_reads`).
         let version = self.descriptor().epoch().version;
@@ -231,6 +242,22 @@ impl<E: Engine> Peer<E> {
         }
     }
 
+    /// The job answering `request` from this replica's engine as it is now, for the read
+    /// pool: the range and the expiry clock are read here, the engine from `snapshot` (taken
+    /// here if `None`, shared by the reads served together) wherever the job runs.
+    fn read_job(&mut self, request: ReadRequest, snapshot: &mut Option<Arc<E::Snapshot>>, cb: ReadCallback) -> ReadJob {
+        let now_ms = self.now_ms();
+        let desc = self.descriptor();
+        // A split may have moved the key out while the read waited.
+        if !request.keys().iter().all(|k| desc.contains(k)) {
+            let e = self_epoch_error(desc, &self.siblings);
+            return Box::new(move || cb(Err(e)));
+        }
+        let desc = desc.clone();
+        let snapshot = Arc::clone(snapshot.get_or_insert_with(|| Arc::new(self.raw.store().engine().snapshot())));
+        Box::new(move || cb(execute_read(&*snapshot, &desc, &request, now_ms)))
+    }
+
     /// Reads `request` from this replica's engine as of now.
     fn execute(&mut self, request: &ReadRequest) -> Result<ReadResponse> {
         let now_ms = self.now_ms();
@@ -243,10 +270,11 @@ impl<E: Engine> Peer<E> {
         }
     }
 
-    /// Answers every read whose index is applied. A leased read whose lease no longer holds
-    /// at `now` is not answered: it waits for a ReadIndex round instead. Returns how many
-    /// reads it served as a follower (replica reads).
-    pub(crate) fn serve_reads(&mut self, now: Instant, done: &mut Completions) -> u64 {
+    /// Answers every read whose index is applied (their engine work on `pool` when given).
+    /// A leased read whose lease no longer holds at `now` is not answered: it waits for a
+    /// ReadIndex round instead. Returns how many reads it served as a follower (replica
+    /// reads).
+    pub(crate) fn serve_reads(&mut self, now: Instant, pool: Option<&ReadPool>, done: &mut Completions) -> u64 {
         if self.reads.is_empty() {
             return 0;
         }
@@ -255,6 +283,7 @@ impl<E: Engine> Peer<E> {
         let lease_holds = self.lease_holds(now);
         let mut waiting = VecDeque::with_capacity(self.reads.len());
         let mut reissue = false;
+        let mut snapshot = None;
         for mut r in std::mem::take(&mut self.reads) {
             if r.leased && !lease_holds {
                 (r.leased, r.index, r.round) = (false, None, None);
@@ -262,6 +291,10 @@ impl<E: Engine> Peer<E> {
                 waiting.push_back(r);
             } else if r.index.is_some_and(|i| i <= applied) {
                 served += 1;
+                if let (Some(pool), true) = (pool, r.version == self.descriptor().epoch().version) {
+                    pool.run(self.read_job(r.request, &mut snapshot, r.cb));
+                    continue;
+                }
                 let result = if r.version == self.descriptor().epoch().version {
                     self.execute(&r.request)
                 } else {

@@ -1,7 +1,8 @@
 //! `Store`: every replica on a node, driven together. Its code is split by operation: `step`
 //! (incoming messages), `ready` (the ready round), `quiesce` (ticks and sleeping groups),
-//! `snapshots` (transfers from this node), `checksum` (pins), `lifecycle` (replicas created,
-//! destroyed, probed); this file holds the state and the requests' entry points.
+//! `snapshots` (transfers from this node), `checksum` (pins), `reads` (reads and the read
+//! pool), `lifecycle` (replicas created, destroyed, probed); this file holds the state and
+//! the requests' entry points.
 //!
 //! The store is a synchronous state machine with no I/O besides its engine: the node runtime
 //! (`runtime.rs`) feeds it ticks, messages and requests and sends what it returns. One call to
@@ -39,6 +40,7 @@ mod leadership;
 mod lifecycle;
 mod log_writer;
 mod quiesce;
+mod reads;
 mod ready;
 mod recover;
 mod snapshots;
@@ -214,6 +216,8 @@ pub struct Store<E: Engine> {
     /// An engine write failed: the node only hands its leaderships away, then stops
     /// (`fail_stop.rs`).
     failing: bool,
+    /// Where served reads do their engine work (`reads.rs`); none: on the loop.
+    read_pool: Option<crate::read_pool::ReadPool>,
 }
 
 impl<E: Engine> Store<E> {
@@ -281,6 +285,7 @@ impl<E: Engine> Store<E> {
             probed: BTreeMap::new(),
             lease_views,
             failing: false,
+            read_pool: None,
         })
     }
 
@@ -433,22 +438,6 @@ impl<E: Engine> Store<E> {
         }
     }
 
-    /// Starts a linearizable read on `shard_id`; with `replica`, a follower serves it too
-    /// (a replica read: one ReadIndex round trip to its leader, see `peer/read.rs`).
-    pub fn read(&mut self, shard_id: u64, epoch: Epoch, request: ReadRequest, replica: bool, cb: ReadCallback) {
-        self.wake_leader(shard_id);
-        let Some(peer) = self.peers.get_mut(&shard_id) else {
-            return cb(Err(Error::ShardNotFound { shard_id }));
-        };
-        peer.read(epoch, request, self.now, self.config.lease(), replica, cb);
-        if !peer.is_leader() && peer.has_pending_reads() {
-            // Not woken (a sleeping follower would campaign): visited this round to send the
-            // ReadIndex request, and its reads aged by the ticks until they are answered.
-            self.touched.insert(shard_id);
-            self.reading.insert(shard_id);
-        }
-    }
-
     /// The state of the replica of `shard_id`.
     pub fn status(&self, shard_id: u64) -> Option<ShardStatus> {
         let p = self.peers.get(&shard_id)?;
@@ -534,7 +523,7 @@ mod tests {
         (store, epoch)
     }
 
-    fn put(key: &str) -> Vec<Op> {
+    pub(super) fn put(key: &str) -> Vec<Op> {
         vec![Op::put(key.as_bytes().to_vec(), b"v".to_vec())]
     }
 
@@ -603,7 +592,7 @@ mod tests {
 
     /// Three stores on nodes 1-3 with shard 1 on all of them, node 1 leading; messages are
     /// carried by hand ([`deliver`]).
-    fn three_stores(lease_reads: bool) -> (Vec<Store<MemEngine>>, Epoch) {
+    pub(super) fn three_stores(lease_reads: bool) -> (Vec<Store<MemEngine>>, Epoch) {
         let (desc, epoch) = whole_keyspace(&[1, 2, 3]);
         let config = RaftConfig { lease_reads, ..RaftConfig::default() };
         let mut stores: Vec<Store<MemEngine>> = (1..=3)
@@ -621,7 +610,7 @@ mod tests {
 
     /// Runs ready rounds on every store and carries `first` and every message they send until
     /// none is left (two quiet rounds: messages an apply produced go out the round after).
-    fn deliver(stores: &mut [Store<MemEngine>], first: Vec<RaftEnvelope>) {
+    pub(super) fn deliver(stores: &mut [Store<MemEngine>], first: Vec<RaftEnvelope>) {
         let mut queue = first;
         let mut quiet_rounds = 0;
         for _ in 0..100 {
@@ -647,7 +636,7 @@ mod tests {
         Box::new(move |r| answers.lock().expect("lock").push(r))
     }
 
-    fn get_a() -> ReadRequest {
+    pub(super) fn get_a() -> ReadRequest {
         ReadRequest::Get(b"a".to_vec())
     }
 

@@ -233,7 +233,7 @@ impl<E: Engine> Store<E> {
         }
         for shard_id in &visit {
             if let Some(peer) = self.peers.get_mut(shard_id) {
-                self.replica_reads_served += peer.serve_reads(self.now, &mut done);
+                self.replica_reads_served += peer.serve_reads(self.now, self.read_pool.as_ref(), &mut done);
                 peer.publish_lease(self.now);
                 peer.publish_leader_hint();
                 // A sleeping replica with work left (entries waiting to apply, a new ready) is
