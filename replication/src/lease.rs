@@ -2,6 +2,13 @@
 //! `local_read.rs` for the walk-through and why it is safe), and the leader each follower
 //! knows, so that a read sent to a follower is redirected without a trip through the loop.
 //! Only the store loop publishes and withdraws; readers only look.
+//!
+//! One exception, for a loop stuck in a disk call: [`LeaseViews::fence_all`] withdraws every
+//! view and fences its term, so that no lease of that term is published or honoured again
+//! (the loop's own leased reads check the fence too, `Peer::lease_holds`). Only then may
+//! the node ask its followers to take over without the loop (`NodeHandle::hand_off_stuck`):
+//! a follower that campaigns at once breaks the lease's premise that no other leader is
+//! elected before an election timeout, so no lease of that term may outlive the fence.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +47,9 @@ pub struct LeaseViews {
     next_generation: AtomicU64,
     /// The leader each follower replica here knows, by shard: a hint, never a right to serve.
     leaders: RwLock<HashMap<u64, u64>>,
+    /// Fenced terms by shard: no lease of this term or an earlier one holds (taken after
+    /// `views` when both are held).
+    fenced: RwLock<HashMap<u64, u64>>,
     /// The node's clock for expiry, shared by its replicas and the readers off the loop.
     pub(crate) clock: Arc<GroupClock>,
 }
@@ -51,8 +61,12 @@ impl LeaseViews {
     }
 
     /// Publishes (or renews) `shard_id`'s lease; returns the view's generation.
+    /// A fenced term is not published (the returned generation is then that of no view).
     pub(crate) fn publish(&self, shard_id: u64, lease: Lease) -> u64 {
         let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.fenced(shard_id, lease.term) {
+            return 0;
+        }
         if let Some(v) = views.get_mut(&shard_id) {
             if v.term == lease.term && *v.descriptor == lease.descriptor {
                 v.until = v.until.max(lease.until);
@@ -104,8 +118,60 @@ impl LeaseViews {
         self.leaders.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).copied()
     }
 
+    /// Withdraws every published view and fences its term; returns what was published,
+    /// `(shard, term, descriptor)`, for the caller to hand the leaderships away.
+    pub(crate) fn fence_all(&self) -> Vec<(u64, u64, Arc<ShardDescriptor>)> {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fenced = self.fenced.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out: Vec<_> = views.drain().map(|(shard, v)| (shard, v.term, v.descriptor)).collect();
+        for (shard, term, _) in &out {
+            let f = fenced.entry(*shard).or_insert(0);
+            *f = (*f).max(*term);
+        }
+        out
+    }
+
+    /// True when `shard_id`'s leases of `term` were fenced ([`LeaseViews::fence_all`]).
+    pub(crate) fn fenced(&self, shard_id: u64, term: u64) -> bool {
+        let fenced = self.fenced.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fenced.get(&shard_id).is_some_and(|f| term <= *f)
+    }
+
     /// Shards whose lease is published now.
     pub fn published(&self) -> usize {
         self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lease(term: u64) -> Lease {
+        Lease {
+            term,
+            until: Instant::now() + Duration::from_secs(60),
+            descriptor: ShardDescriptor { id: 1, ..ShardDescriptor::default() },
+            clock_floor_ms: Arc::default(),
+        }
+    }
+
+    /// A fence withdraws what was published and keeps its term from being published again;
+    /// a later term (a new leadership) publishes as before.
+    #[test]
+    fn a_fenced_term_is_withdrawn_and_never_published_again() {
+        let views = LeaseViews::default();
+        let generation = views.publish(1, lease(5));
+        assert!(views.still_holds(1, generation, Instant::now()));
+        let fenced = views.fence_all();
+        assert_eq!(fenced.iter().map(|(s, t, _)| (*s, *t)).collect::<Vec<_>>(), [(1, 5)]);
+        assert!(!views.still_holds(1, generation, Instant::now()), "withdrawn");
+        assert!(views.fenced(1, 5) && views.fenced(1, 4) && !views.fenced(1, 6) && !views.fenced(2, 5));
+        views.publish(1, lease(5));
+        assert_eq!(views.published(), 0, "the fenced term is not published again");
+        assert!(views.fence_all().is_empty(), "nothing left to fence");
+        let later = views.publish(1, lease(6));
+        assert!(views.still_holds(1, later, Instant::now()), "a later term publishes");
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use presage_engine::{range_checksum, Cf, Engine, RangeChecksum};
 use prost::Message as _;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message, MessageType};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -167,7 +167,18 @@ pub struct NodeHandle {
     beat: Arc<LoopBeat>,
     /// Leased reads served without the loop (see `local_read.rs`).
     local: Arc<LocalReader>,
+    /// The node's transport, for the envelopes [`NodeHandle::hand_off_stuck`] sends without
+    /// the loop.
+    direct: DirectSend,
+    /// The loop's beat when [`NodeHandle::hand_off_stuck`] last ran (`u64::MAX`: never):
+    /// until the loop beats again, requests are refused at once.
+    stuck_at_beat: Arc<AtomicU64>,
+    /// Wakes the requests waiting on the loop when it is found stuck.
+    stuck_found: Arc<tokio::sync::Notify>,
 }
+
+/// Sends an envelope through the node's transport from outside the loop.
+type DirectSend = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
 
 /// A write's claim: waiting in the mailbox, taken by the loop (proposed), or withdrawn by
 /// its caller (never proposed). Whoever moves it from `WAITING` first decides.
@@ -223,7 +234,8 @@ impl Node {
     /// Starts driving `store`, sending through `transport`.
     pub fn spawn<E: Engine, T: Transport>(store: Store<E>, transport: T, config: &RaftConfig) -> Node {
         let config = config.clone();
-        let transport = crate::transport::Stamped::new(transport, store.clock());
+        let transport = Arc::new(crate::transport::Stamped::new(transport, store.clock()));
+        let direct = Arc::clone(&transport);
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let handle = NodeHandle {
@@ -234,6 +246,9 @@ impl Node {
             max_mailbox_wait_ms: config.max_mailbox_wait_ms,
             beat: Arc::new(LoopBeat::new()),
             local: Arc::new(store.local_reader()),
+            direct: Arc::new(move |env| direct.send(env)),
+            stuck_at_beat: Arc::new(AtomicU64::new(u64::MAX)),
+            stuck_found: Arc::default(),
         };
         let beat = Arc::clone(&handle.beat);
         let task = tokio::spawn(async move {
@@ -261,6 +276,7 @@ impl Node {
         let transport = Arc::new(crate::transport::Stamped::new(transport, store.clock()));
         let from_writer = Arc::clone(&transport);
         store.use_log_writer_thread(Some(Arc::new(move |env| from_writer.send(env))))?;
+        let direct = Arc::clone(&transport);
         store.start_read_pool()?;
         let (tx, rx) = mpsc::channel(config.max_mailbox_msgs);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
@@ -273,6 +289,9 @@ impl Node {
             max_mailbox_wait_ms: config.max_mailbox_wait_ms,
             beat: Arc::new(LoopBeat::new()),
             local: Arc::new(store.local_reader()),
+            direct: Arc::new(move |env| direct.send(env)),
+            stuck_at_beat: Arc::new(AtomicU64::new(u64::MAX)),
+            stuck_found: Arc::default(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -530,18 +549,24 @@ impl NodeHandle {
         ops: Vec<Op>,
         request_id: Option<RequestId>,
     ) -> Result<()> {
+        let stuck = self.stuck_found.notified();
         self.check_responsive()?;
         let claim = Arc::new(AtomicU8::new(WAITING));
         let (reply, mut rx) = oneshot::channel();
         self.post(NodeMsg::Write { shard_id, epoch, ops, request_id, claim: Arc::clone(&claim), reply })?;
         let wait = Duration::from_millis(self.max_mailbox_wait_ms);
-        match tokio::time::timeout(wait, &mut rx).await {
-            Ok(answer) => answer.map_err(|_| Error::Stopped)?,
-            Err(_) if claim.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
+        let answered = tokio::select! {
+            answer = &mut rx => Some(answer),
+            () = tokio::time::sleep(wait) => None,
+            () = stuck => None,
+        };
+        match answered {
+            Some(answer) => answer.map_err(|_| Error::Stopped)?,
+            None if claim.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
                 Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() })
             }
             // The loop took it: its outcome is Raft's now.
-            Err(_) => rx.await.map_err(|_| Error::Stopped)?,
+            None => rx.await.map_err(|_| Error::Stopped)?,
         }
     }
 
@@ -566,13 +591,15 @@ impl NodeHandle {
             Some(answer) => return answer,
             None => {}
         }
+        let stuck = self.stuck_found.notified();
         self.check_responsive()?;
         // A read has no effect: one the loop has not answered in time is simply abandoned.
         let wait = Duration::from_millis(self.max_mailbox_wait_ms);
         let ask = self.ask(|reply| NodeMsg::Read { shard_id, epoch, request, replica, reply });
-        match tokio::time::timeout(wait, ask).await {
-            Ok(answer) => answer?,
-            Err(_) => Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() }),
+        tokio::select! {
+            answer = ask => answer?,
+            () = tokio::time::sleep(wait) => Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() }),
+            () = stuck => Err(Error::Unresponsive { silent_ms: self.beat.silent_ms() }),
         }
     }
 
@@ -581,10 +608,12 @@ impl NodeHandle {
         self.beat.silent_ms()
     }
 
-    /// `Unresponsive` when the loop has made no progress for `max-mailbox-wait-ms`.
+    /// `Unresponsive` when the loop has made no progress for `max-mailbox-wait-ms`, or was
+    /// found stuck ([`NodeHandle::hand_off_stuck`]) and has not beaten since.
     fn check_responsive(&self) -> Result<()> {
         let silent_ms = self.beat.silent_ms();
-        if silent_ms >= self.max_mailbox_wait_ms {
+        let stuck = self.stuck_at_beat.load(Ordering::Acquire) == self.beat.at_ms.load(Ordering::Acquire);
+        if silent_ms >= self.max_mailbox_wait_ms || stuck {
             return Err(Error::Unresponsive { silent_ms });
         }
         Ok(())
@@ -743,6 +772,43 @@ impl NodeHandle {
     /// transfers started, `(shard, to)` (see `Store::shed_leaderships`).
     pub async fn shed_leaderships(&self) -> Result<Vec<(u64, u64)>> {
         self.ask(|reply| NodeMsg::ShedLeaderships { reply }).await
+    }
+
+    /// For a loop stuck in a disk call (the node's own disk check calls it): fences every
+    /// lease this node published (`lease.rs`), then asks one other voter of each such shard
+    /// to campaign at once, with the `MsgTimeoutNow` a leadership transfer sends, at the
+    /// lease's term, through the transport and without the loop. Returns `(shard, to)` for
+    /// each. Elections stay safe whoever starts them; the loop, once back, steps down on
+    /// hearing the new term. A target that is behind loses its election, and the followers'
+    /// timers decide as they would have without this.
+    ///
+    /// Until the loop beats again, requests are refused at once (`Unresponsive`, as after
+    /// `max-mailbox-wait-ms`), and those waiting on it are withdrawn now: clients go to the
+    /// new leaders instead of waiting on this node.
+    pub fn hand_off_stuck(&self) -> Vec<(u64, u64)> {
+        self.stuck_at_beat.store(self.beat.at_ms.load(Ordering::Acquire), Ordering::Release);
+        self.stuck_found.notify_waiters();
+        let mut started = Vec::new();
+        for (shard_id, term, desc) in self.local.views().fence_all() {
+            let others: Vec<u64> =
+                desc.replicas.iter().filter(|r| r.is_voter() && r.node_id != self.node_id).map(|r| r.node_id).collect();
+            // Spread by shard, so that one node does not take every leadership.
+            let Some(&to) = others.get((shard_id % others.len().max(1) as u64) as usize) else { continue };
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgTimeoutNow);
+            (m.from, m.to, m.term) = (self.node_id, to, term);
+            let env = RaftEnvelope {
+                shard_id,
+                from_node: self.node_id,
+                to_node: to,
+                message: Some(m),
+                epoch: desc.epoch,
+                ..RaftEnvelope::default()
+            };
+            (self.direct)(env);
+            started.push((shard_id, to));
+        }
+        started
     }
 
     /// Makes this node's replica of `shard_id` campaign.

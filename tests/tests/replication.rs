@@ -1453,6 +1453,120 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     node.kill();
 }
 
+/// A leader whose disk stalls is stuck in the engine write, so a leadership transfer would
+/// wait with it. Its own disk check then hands the leadership away without the loop
+/// (`NodeHandle::hand_off_stuck`): its leases are fenced and a follower campaigns at once,
+/// long before any election timer (10 s here) could fire. The stuck node serves no read
+/// under its old lease meanwhile, and steps down once its disk is back. Real time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stuck_on_its_disk_hands_off_without_its_loop() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
+    use presage_replication::{Epoch, MemNetwork, Node, NodeHandle, Op, ReadRequest, ReadResponse, Store};
+    let config = presage_replication::RaftConfig {
+        election_ticks: 100,
+        deterministic_elections: true,
+        ..presage_replication::RaftConfig::default()
+    };
+    let net = MemNetwork::new(seed());
+    let epoch = Epoch { version: 1, conf_ver: 1 };
+    let shard = whole_keyspace(epoch, &[1, 2, 3]);
+    let (mut nodes, mut handles, mut faults) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    for id in 1..=3u64 {
+        let injector = Arc::new(FaultInjector::new());
+        let mut store =
+            Store::open(id, FaultyEngine::new(MemEngine::new(), Arc::clone(&injector)), config.clone()).expect("open");
+        store.bootstrap_shards(vec![shard.clone()]).expect("bootstrap");
+        let node = Node::spawn(store, net.transport(), &config);
+        let handle = node.handle();
+        let deliver = handle.clone();
+        net.connect(id, Arc::new(move |env| deliver.deliver(env)));
+        nodes.push(node);
+        handles.insert(id, handle);
+        faults.insert(id, injector);
+    }
+    let h1 = handles[&1].clone();
+    h1.campaign(1).await.expect("campaign");
+    let put = |k: &str, v: &str| vec![Op::put(k.as_bytes().to_vec(), v.as_bytes().to_vec())];
+    let get = || ReadRequest::Get(b"k".to_vec());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h1.write(1, epoch, put("k", "old")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "node 1 never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads until one is served under the published lease.
+    while h1.local_reads() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no lease published");
+        assert_eq!(h1.read(1, epoch, get()).await.expect("read"), ReadResponse::Value(Some(b"old".to_vec())));
+    }
+
+    let stall = FaultRule::stall(Duration::from_secs(4));
+    faults[&1].set(FaultConfig { write: stall, sync: stall, ..FaultConfig::default() }).expect("stall");
+    let taken = tokio::spawn({
+        let h1 = h1.clone();
+        async move { h1.write(1, epoch, vec![Op::put(b"taken".to_vec(), b"v".to_vec())]).await }
+    });
+    while h1.loop_silent_ms() < 300 {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(5), "the loop never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    let started = h1.hand_off_stuck();
+    assert_eq!(started.len(), 1, "the one leadership under a lease: {started:?}");
+    assert!(h1.hand_off_stuck().is_empty(), "fenced once");
+    // Until its loop beats again, the stuck node refuses at once: clients go elsewhere.
+    let refused = h1.write(1, epoch, put("k", "refused")).await;
+    assert!(matches!(refused, Err(Error::Unresponsive { .. })), "{refused:?}");
+    assert!(asked.elapsed() < Duration::from_millis(config.max_mailbox_wait_ms), "refused at once");
+    let leads = |h: NodeHandle| async move { h.status(1).await.ok().flatten().is_some_and(|s| s.is_leader()) };
+    let new = loop {
+        let mut found = None;
+        for id in [2u64, 3] {
+            if leads(handles[&id].clone()).await {
+                found = Some(id);
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(5), "no follower took over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(new, started[0].1, "the asked follower leads");
+    let election = Duration::from_millis(config.tick_interval_ms * config.election_ticks as u64);
+    assert!(asked.elapsed() < election, "took over in {:?}, not by an election timer", asked.elapsed());
+    let nh = handles[&new].clone();
+    nh.write(1, epoch, put("k", "new")).await.expect("the new leader writes");
+    // The stuck node answers no read under its fenced lease: refused, or the new value.
+    let stale = h1.read(1, epoch, get()).await;
+    assert!(
+        stale.is_err() || stale.as_ref().is_ok_and(|r| *r == ReadResponse::Value(Some(b"new".to_vec()))),
+        "{stale:?}"
+    );
+
+    // The disk comes back: node 1 follows, and the taken write applied exactly when acknowledged.
+    let taken = taken.await.expect("task");
+    let back = std::time::Instant::now();
+    while leads(h1.clone()).await {
+        assert!(back.elapsed() < Duration::from_secs(5), "node 1 never stepped down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        nh.read(1, epoch, get()).await.expect("read"),
+        ReadResponse::Value(Some(b"new".to_vec())),
+        "the refused write never applied"
+    );
+    let value = nh.read(1, epoch, ReadRequest::Get(b"taken".to_vec())).await.expect("read");
+    if taken.is_ok() {
+        assert_eq!(value, ReadResponse::Value(Some(b"v".to_vec())), "an acknowledged write is kept");
+    }
+    for node in nodes {
+        node.kill();
+    }
+}
+
 /// Fail-stop after hand-off: when its engine starts failing writes, the leader hands its
 /// leadership to a caught-up follower (by transfer, well before any election timer could
 /// fire), refuses what it is asked meanwhile (`DiskFailed`, nothing done), then stops. Every

@@ -93,6 +93,7 @@ impl<E: Engine> Peer<E> {
             && self.lease_until.is_some_and(|until| now < until)
             && r.commit_to_current_term()
             && !self.lease_views.clock.out_of_sync()
+            && !self.lease_views.fenced(self.shard_id(), r.term)
     }
 
     /// Ends this replica's read lease: the next leased read first confirms leadership with a

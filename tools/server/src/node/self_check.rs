@@ -12,10 +12,13 @@
 //! 2. **judge**: the detector compares them with its floors and the node's own history.
 //! 3. **shed**: `NodeHandle::shed_leaderships` starts a transfer of every shard this node
 //!    leads. A leadership it gains while still shedding (an election, the balancer) is handed
-//!    on at the next interval. When the loop itself is blocked (a stalled disk blocks its
-//!    writes), the transfer waits with it, and the followers' election timers move the
-//!    leaderships instead; writes that wait in the mailbox meanwhile are withdrawn after
-//!    `max-mailbox-wait-ms` with a definite error, so clients retry them elsewhere.
+//!    on at the next interval. When the loop itself is stuck (a stalled disk blocks its
+//!    writes; silent for [`STUCK_LOOP_MS`]), a transfer would wait with it: the check fences
+//!    the node's published leases and sends each such shard's `MsgTimeoutNow` itself
+//!    (`NodeHandle::hand_off_stuck`; why that is safe is in `presage_replication::lease`),
+//!    and a follower takes over in a round trip instead of an election timeout. Writes that
+//!    wait in the mailbox meanwhile are withdrawn after `max-mailbox-wait-ms` with a
+//!    definite error, so clients retry them elsewhere.
 //!
 //! While shedding, the node's heartbeats say so (`NodeStats::shedding_leaders`) and the shard
 //! manager gives it no leadership. The shard manager hears of the same disk through the telemetry agent (the latency and
@@ -33,6 +36,11 @@ use presage_replication::NodeHandle;
 
 /// How often the check reads the engine, ms.
 pub const SELF_CHECK_INTERVAL_MS: u64 = 100;
+
+/// A loop silent this long while the disk is unhealthy is stuck in a disk call: the
+/// leaderships are handed away without it (`NodeHandle::hand_off_stuck`), ms. A healthy
+/// loop wakes at least once a tick (100 ms).
+pub const STUCK_LOOP_MS: u64 = 300;
 
 /// What the check concluded, for metrics and logs.
 #[derive(Debug, Default)]
@@ -76,15 +84,26 @@ pub async fn run(engine: Arc<EngineMetrics>, handle: NodeHandle, cfg: LocalConfi
         if !shedding {
             continue;
         }
-        match handle.shed_leaderships().await {
-            Ok(started) => {
+        if verdict.is_unhealthy() && handle.loop_silent_ms() >= STUCK_LOOP_MS {
+            // The loop is stuck in a disk call: a transfer would wait with it.
+            let started = handle.hand_off_stuck();
+            for (shard, to) in &started {
+                tracing::info!(node, shard, to, "leadership handed away without the stuck loop: own disk unhealthy");
+            }
+            state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
+        }
+        let wait = Duration::from_millis(SELF_CHECK_INTERVAL_MS);
+        match tokio::time::timeout(wait, handle.shed_leaderships()).await {
+            Ok(Ok(started)) => {
                 for (shard, to) in &started {
                     tracing::info!(node, shard, to, "leadership handed away: own disk unhealthy");
                 }
                 state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
             }
-            Err(presage_replication::Error::Stopped) => return,
-            Err(e) => tracing::debug!(node, error = %e, "could not hand leaderships away this interval"),
+            Ok(Err(presage_replication::Error::Stopped)) => return,
+            Ok(Err(e)) => tracing::debug!(node, error = %e, "could not hand leaderships away this interval"),
+            // The loop did not answer in an interval: asked again at the next.
+            Err(_) => {}
         }
     }
 }
