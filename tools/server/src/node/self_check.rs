@@ -12,8 +12,9 @@
 //! 2. **judge**: the detector compares them with its floors and the node's own history.
 //! 3. **shed**: `NodeHandle::shed_leaderships` starts a transfer of every shard this node
 //!    leads. A leadership it gains while still shedding (an election, the balancer) is handed
-//!    on at the next interval. When the loop itself is stuck (a stalled disk blocks its
-//!    writes; silent for [`STUCK_LOOP_MS`]), a transfer would wait with it: the check fences
+//!    on at the next interval. When the loop itself is stuck (silent for [`STUCK_LOOP_MS`]
+//!    while a write has waited as long: a stalled disk), a transfer would wait with it, so,
+//!    whatever the verdict, the check fences
 //!    the node's published leases and sends each such shard's `MsgTimeoutNow` itself
 //!    (`NodeHandle::hand_off_stuck`; why that is safe is in `presage_replication::lease`),
 //!    and a follower takes over in a round trip instead of an election timeout. Writes that
@@ -37,10 +38,10 @@ use presage_replication::NodeHandle;
 /// How often the check reads the engine, ms.
 pub const SELF_CHECK_INTERVAL_MS: u64 = 100;
 
-/// A loop silent this long while the disk is unhealthy is stuck in a disk call: the
+/// A loop silent this long while a write has waited as long is stuck in that disk call: the
 /// leaderships are handed away without it (`NodeHandle::hand_off_stuck`), ms. A healthy
 /// loop wakes at least once a tick (100 ms).
-pub const STUCK_LOOP_MS: u64 = 300;
+pub const STUCK_LOOP_MS: u64 = 200;
 
 /// What the check concluded, for metrics and logs.
 #[derive(Debug, Default)]
@@ -79,18 +80,26 @@ pub async fn run(engine: Arc<EngineMetrics>, handle: NodeHandle, cfg: LocalConfi
             }
             _ => {}
         }
+        // The loop silent while a write has waited as long: it is stuck in that disk call,
+        // and a transfer would wait with it. No healthy loop is silent that long.
+        let waiting_ms = reading.write_waiting_ms.max(reading.sync_waiting_ms);
+        if waiting_ms >= STUCK_LOOP_MS && handle.loop_silent_ms() >= STUCK_LOOP_MS {
+            let started = handle.hand_off_stuck();
+            for (shard, to) in &started {
+                tracing::warn!(
+                    node,
+                    shard,
+                    to,
+                    waiting_ms,
+                    "loop stuck on the disk: leadership handed away without it"
+                );
+            }
+            state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
+        }
         let shedding = detector.shedding(at_ms);
         state.shedding.store(shedding, Ordering::Relaxed);
         if !shedding {
             continue;
-        }
-        if verdict.is_unhealthy() && handle.loop_silent_ms() >= STUCK_LOOP_MS {
-            // The loop is stuck in a disk call: a transfer would wait with it.
-            let started = handle.hand_off_stuck();
-            for (shard, to) in &started {
-                tracing::info!(node, shard, to, "leadership handed away without the stuck loop: own disk unhealthy");
-            }
-            state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
         }
         let wait = Duration::from_millis(SELF_CHECK_INTERVAL_MS);
         match tokio::time::timeout(wait, handle.shed_leaderships()).await {
