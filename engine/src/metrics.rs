@@ -106,8 +106,9 @@ pub struct EngineMetricsSnapshot {
     /// returning, ms (0: nothing waits). See the module doc.
     #[serde(default)]
     pub stalled_ms: u64,
-    /// The same per class: a class's oldest wait is a lower bound on its next latency, known
-    /// before the call returns (a step in write latency shows here within one reading).
+    /// The same per class: how long a class's calls have been in flight since one of them
+    /// last returned. While one call waits alone that is its wait so far, a lower bound on
+    /// its latency known before it returns (a step in write latency shows within a reading).
     #[serde(default)]
     pub stalled_by_class_ms: ClassStalls,
     /// Compaction and stall state.

@@ -57,8 +57,8 @@ pub struct RaftConfig {
     /// Threads that do the engine work of reads the store loop served, so that a slow read
     /// never holds up the loop (`read_pool.rs`); 0: the loop reads itself.
     pub read_threads: usize,
-    /// Most served reads waiting for a read thread; past it the loop reads itself
-    /// (back-pressure, never a refusal).
+    /// Most served reads waiting for a read thread; past it a read is refused `Busy` (a
+    /// client retries it elsewhere) rather than run on the loop.
     pub max_queued_reads: usize,
     /// Ticks of inactivity after which a caught-up group stops ticking (0: never).
     pub quiesce_after_ticks: u64,
@@ -109,7 +109,7 @@ impl Default for RaftConfig {
             max_round_bytes: 32 * 1024 * 1024,
             lease_reads: true,
             read_threads: 2,
-            max_queued_reads: 4096,
+            max_queued_reads: 1024,
             quiesce_after_ticks: 20,
             deterministic_elections: false,
             max_transfer_lag_entries: 128,

@@ -136,8 +136,9 @@ pub enum Error {
         /// The `ComputeChecksum` entry's index.
         index: u64,
     },
-    /// The node's mailbox is full; back off and retry.
-    #[error("node busy: mailbox full")]
+    /// The node's mailbox, or its queue of reads waiting for a read thread, is full; back
+    /// off and retry.
+    #[error("node busy: mailbox or read queue full")]
     Busy,
     /// The node's loop has made no progress for `max-mailbox-wait-ms` or more (its disk is
     /// stalled), or did not take the request within it: nothing was done (a waiting write

@@ -3,8 +3,8 @@
 //! knows, so that a read sent to a follower is redirected without a trip through the loop.
 //! Only the store loop publishes and withdraws; readers only look.
 //!
-//! One exception, for a loop stuck in a disk call: [`LeaseViews::fence_all`] withdraws every
-//! view and fences its term, so that no lease of that term is published or honoured again
+//! One exception, for a loop stuck in a disk call: [`LeaseViews::fence`] withdraws a view
+//! and fences its term, so that no lease of that term is published or honoured again
 //! (the loop's own leased reads check the fence too, `Peer::lease_holds`). Only then may
 //! the node ask its followers to take over without the loop (`NodeHandle::hand_off_stuck`):
 //! a follower that campaigns at once breaks the lease's premise that no other leader is
@@ -118,20 +118,29 @@ impl LeaseViews {
         self.leaders.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&shard_id).copied()
     }
 
-    /// Withdraws every published view and fences its term; returns what was published,
-    /// `(shard, term, descriptor)`, for the caller to hand the leaderships away.
-    pub(crate) fn fence_all(&self) -> Vec<(u64, u64, Arc<ShardDescriptor>)> {
-        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fenced = self.fenced.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let out: Vec<_> = views.drain().map(|(shard, v)| (shard, v.term, v.descriptor)).collect();
-        for (shard, term, _) in &out {
-            let f = fenced.entry(*shard).or_insert(0);
-            *f = (*f).max(*term);
-        }
-        out
+    /// Every published view: `(shard, term, descriptor)`.
+    pub(crate) fn list(&self) -> Vec<(u64, u64, Arc<ShardDescriptor>)> {
+        let views = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        views.iter().map(|(shard, v)| (*shard, v.term, Arc::clone(&v.descriptor))).collect()
     }
 
-    /// True when `shard_id`'s leases of `term` were fenced ([`LeaseViews::fence_all`]).
+    /// Withdraws `shard_id`'s published view and fences its term; returns that term and
+    /// descriptor (`None`: nothing was published), for the caller to hand the leadership away.
+    pub(crate) fn fence(&self, shard_id: u64) -> Option<(u64, Arc<ShardDescriptor>)> {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fenced = self.fenced.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let view = views.remove(&shard_id)?;
+        let f = fenced.entry(shard_id).or_insert(0);
+        *f = (*f).max(view.term);
+        Some((view.term, view.descriptor))
+    }
+
+    /// Forgets `shard_id`'s fence (its replica is gone from this node).
+    pub(crate) fn forget_fence(&self, shard_id: u64) {
+        self.fenced.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&shard_id);
+    }
+
+    /// True when `shard_id`'s leases of `term` were fenced ([`LeaseViews::fence`]).
     pub(crate) fn fenced(&self, shard_id: u64, term: u64) -> bool {
         let fenced = self.fenced.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         fenced.get(&shard_id).is_some_and(|f| term <= *f)
@@ -164,14 +173,16 @@ mod tests {
         let views = LeaseViews::default();
         let generation = views.publish(1, lease(5));
         assert!(views.still_holds(1, generation, Instant::now()));
-        let fenced = views.fence_all();
-        assert_eq!(fenced.iter().map(|(s, t, _)| (*s, *t)).collect::<Vec<_>>(), [(1, 5)]);
+        assert_eq!(views.list().iter().map(|(s, t, _)| (*s, *t)).collect::<Vec<_>>(), [(1, 5)]);
+        assert_eq!(views.fence(1).map(|(t, _)| t), Some(5));
         assert!(!views.still_holds(1, generation, Instant::now()), "withdrawn");
         assert!(views.fenced(1, 5) && views.fenced(1, 4) && !views.fenced(1, 6) && !views.fenced(2, 5));
         views.publish(1, lease(5));
         assert_eq!(views.published(), 0, "the fenced term is not published again");
-        assert!(views.fence_all().is_empty(), "nothing left to fence");
+        assert!(views.fence(1).is_none(), "nothing left to fence");
         let later = views.publish(1, lease(6));
         assert!(views.still_holds(1, later, Instant::now()), "a later term publishes");
+        views.forget_fence(1);
+        assert!(!views.fenced(1, 5), "forgotten with the replica");
     }
 }

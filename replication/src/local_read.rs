@@ -14,7 +14,7 @@
 //!    new generation.
 //! 2. **withdraw** (at once, on the loop): when the lease ends (a transfer starts, a split or
 //!    merge applies), when the replica stops leading or its lease lapses, and when the
-//!    replica is dropped.
+//!    replica is dropped; off the loop only by a fence (`lease.rs`).
 //! 3. **read** (caller's thread, [`LocalReader::try_read`]): take the view, check the lease
 //!    end against the clock, the epoch and that the keys are in range; read the engine; then
 //!    check again that the same generation is still published and its lease still holds.
@@ -29,11 +29,12 @@
 //! the engine holds every write acknowledged before the read began. No other leader can
 //! commit while the lease holds, and the lease held (the same generation, not lapsed) from
 //! before the engine read until after it: the read sees no write of another leader, and a
-//! withdrawal that must stop reads (a transfer) happens on the loop before the message that
-//! lets the transferee campaign is sent.
+//! withdrawal that must stop reads (a transfer) happens before the message that lets the
+//! transferee campaign is sent: on the loop, or, for a loop stuck on its disk, by the fence
+//! the node's own check sets before it sends that message itself (`lease.rs`).
 //!
-//! Architecture invariant: only the store loop publishes and withdraws; readers never write
-//! the table.
+//! Architecture invariant: only the store loop publishes and withdraws, except the fence of
+//! a stuck loop; readers never write the table.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -774,13 +774,14 @@ impl NodeHandle {
         self.ask(|reply| NodeMsg::ShedLeaderships { reply }).await
     }
 
-    /// For a loop stuck in a disk call (the node's own disk check calls it): fences every
-    /// lease this node published (`lease.rs`), then asks one other voter of each such shard
-    /// to campaign at once, with the `MsgTimeoutNow` a leadership transfer sends, at the
+    /// For a loop stuck in a disk call (the node's own disk check calls it): fences each
+    /// lease this node published (`lease.rs`), then asks one other voter of that shard to
+    /// campaign at once, with the `MsgTimeoutNow` a leadership transfer sends, at the
     /// lease's term, through the transport and without the loop. Returns `(shard, to)` for
-    /// each. Elections stay safe whoever starts them; the loop, once back, steps down on
-    /// hearing the new term. A target that is behind loses its election, and the followers'
-    /// timers decide as they would have without this.
+    /// each. Only shards under a published lease are handed off this way (the others wait
+    /// for the followers' election timers). Elections stay safe whoever starts them; the
+    /// loop, once back, steps down on hearing the new term, or, still leading a fenced term
+    /// (its target was behind or the message lost), hands the leadership on itself.
     ///
     /// Until the loop beats again, requests are refused at once (`Unresponsive`, as after
     /// `max-mailbox-wait-ms`), and those waiting on it are withdrawn now: clients go to the
@@ -789,11 +790,15 @@ impl NodeHandle {
         self.stuck_at_beat.store(self.beat.at_ms.load(Ordering::Acquire), Ordering::Release);
         self.stuck_found.notify_waiters();
         let mut started = Vec::new();
-        for (shard_id, term, desc) in self.local.views().fence_all() {
+        let views = self.local.views();
+        for (shard_id, _, desc) in views.list() {
             let others: Vec<u64> =
                 desc.replicas.iter().filter(|r| r.is_voter() && r.node_id != self.node_id).map(|r| r.node_id).collect();
-            // Spread by shard, so that one node does not take every leadership.
+            // Spread by shard, so that one node does not take every leadership. A shard
+            // without another voter keeps its leader, and its lease.
             let Some(&to) = others.get((shard_id % others.len().max(1) as u64) as usize) else { continue };
+            // Fenced before the message leaves (the lease's premise ends here).
+            let Some((term, desc)) = views.fence(shard_id) else { continue };
             let mut m = Message::default();
             m.set_msg_type(MessageType::MsgTimeoutNow);
             (m.from, m.to, m.term) = (self.node_id, to, term);

@@ -1453,6 +1453,36 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
     node.kill();
 }
 
+/// Three nodes of shard 1 (voters 1, 2, 3 over the whole key space at `epoch`), each on a
+/// `FaultyEngine` over a `MemEngine`, spawned on the test's runtime and connected by `net`;
+/// with each node's fault injector.
+fn faulty_three_nodes(
+    config: &presage_replication::RaftConfig,
+    net: &presage_replication::MemNetwork,
+    epoch: presage_replication::Epoch,
+) -> (
+    std::collections::BTreeMap<u64, presage_replication::Node>,
+    std::collections::BTreeMap<u64, std::sync::Arc<presage_engine::FaultInjector>>,
+) {
+    use presage_engine::{FaultInjector, FaultyEngine, MemEngine};
+    use presage_replication::{Node, Store};
+    use std::sync::Arc;
+    let shard = whole_keyspace(epoch, &[1, 2, 3]);
+    let (mut nodes, mut faults) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    for id in 1..=3u64 {
+        let injector = Arc::new(FaultInjector::new());
+        let mut store =
+            Store::open(id, FaultyEngine::new(MemEngine::new(), Arc::clone(&injector)), config.clone()).expect("open");
+        store.bootstrap_shards(vec![shard.clone()]).expect("bootstrap");
+        let node = Node::spawn(store, net.transport(), config);
+        let handle = node.handle();
+        net.connect(id, Arc::new(move |env| handle.deliver(env)));
+        nodes.insert(id, node);
+        faults.insert(id, injector);
+    }
+    (nodes, faults)
+}
+
 /// A leader whose disk stalls is stuck in the engine write, so a leadership transfer would
 /// wait with it. Its own disk check then hands the leadership away without the loop
 /// (`NodeHandle::hand_off_stuck`): its leases are fenced and a follower campaigns at once,
@@ -1461,10 +1491,9 @@ async fn a_stalled_loop_refuses_requests_at_once_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_stuck_on_its_disk_hands_off_without_its_loop() {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
-    use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
-    use presage_replication::{Epoch, MemNetwork, Node, NodeHandle, Op, ReadRequest, ReadResponse, Store};
+    use presage_engine::{FaultConfig, FaultRule};
+    use presage_replication::{Epoch, MemNetwork, NodeHandle, Op, ReadRequest, ReadResponse};
     let config = presage_replication::RaftConfig {
         election_ticks: 100,
         deterministic_elections: true,
@@ -1472,21 +1501,8 @@ async fn a_leader_stuck_on_its_disk_hands_off_without_its_loop() {
     };
     let net = MemNetwork::new(seed());
     let epoch = Epoch { version: 1, conf_ver: 1 };
-    let shard = whole_keyspace(epoch, &[1, 2, 3]);
-    let (mut nodes, mut handles, mut faults) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
-    for id in 1..=3u64 {
-        let injector = Arc::new(FaultInjector::new());
-        let mut store =
-            Store::open(id, FaultyEngine::new(MemEngine::new(), Arc::clone(&injector)), config.clone()).expect("open");
-        store.bootstrap_shards(vec![shard.clone()]).expect("bootstrap");
-        let node = Node::spawn(store, net.transport(), &config);
-        let handle = node.handle();
-        let deliver = handle.clone();
-        net.connect(id, Arc::new(move |env| deliver.deliver(env)));
-        nodes.push(node);
-        handles.insert(id, handle);
-        faults.insert(id, injector);
-    }
+    let (nodes, faults) = faulty_three_nodes(&config, &net, epoch);
+    let handles: BTreeMap<u64, NodeHandle> = nodes.iter().map(|(id, n)| (*id, n.handle())).collect();
     let h1 = handles[&1].clone();
     h1.campaign(1).await.expect("campaign");
     let put = |k: &str, v: &str| vec![Op::put(k.as_bytes().to_vec(), v.as_bytes().to_vec())];
@@ -1562,7 +1578,7 @@ async fn a_leader_stuck_on_its_disk_hands_off_without_its_loop() {
     if taken.is_ok() {
         assert_eq!(value, ReadResponse::Value(Some(b"v".to_vec())), "an acknowledged write is kept");
     }
-    for node in nodes {
+    for node in nodes.into_values() {
         node.kill();
     }
 }
@@ -1574,27 +1590,13 @@ async fn a_leader_stuck_on_its_disk_hands_off_without_its_loop() {
 #[tokio::test(start_paused = true)]
 async fn a_leader_whose_disk_fails_hands_off_then_stops() {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
-    use presage_engine::{FaultConfig, FaultInjector, FaultRule, FaultyEngine, MemEngine};
-    use presage_replication::{Epoch, MemNetwork, Node, Op, ReadRequest, ReadResponse, Store};
+    use presage_engine::{FaultConfig, FaultRule};
+    use presage_replication::{Epoch, MemNetwork, Node, Op, ReadRequest, ReadResponse};
     let config = presage_tests::cluster::test_config();
     let net = MemNetwork::new(seed());
     let epoch = Epoch { version: 1, conf_ver: 1 };
-    let shard = whole_keyspace(epoch, &[1, 2, 3]);
-    let mut nodes = BTreeMap::new();
-    let mut faults = BTreeMap::new();
-    for id in 1..=3u64 {
-        let injector = Arc::new(FaultInjector::new());
-        let mut store =
-            Store::open(id, FaultyEngine::new(MemEngine::new(), Arc::clone(&injector)), config.clone()).expect("open");
-        store.bootstrap_shards(vec![shard.clone()]).expect("bootstrap");
-        let node = Node::spawn(store, net.transport(), &config);
-        let handle = node.handle();
-        net.connect(id, Arc::new(move |env| handle.deliver(env)));
-        nodes.insert(id, node);
-        faults.insert(id, injector);
-    }
+    let (nodes, faults) = faulty_three_nodes(&config, &net, epoch);
     let leader_of = |nodes: &BTreeMap<u64, Node>| {
         let nodes: Vec<(u64, presage_replication::NodeHandle)> =
             nodes.iter().map(|(id, n)| (*id, n.handle())).collect();

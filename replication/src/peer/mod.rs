@@ -57,7 +57,7 @@ use raft::{RawNode, StateRole};
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseViews};
-use crate::read_pool::{ReadJob, ReadPool};
+use crate::read_pool::{Admitted, ReadJob, ReadPool};
 use crate::storage::PeerStorage;
 use crate::value;
 use crate::wire::{
@@ -464,8 +464,11 @@ impl<E: Engine> Peer<E> {
 
 impl<E: Engine> Drop for Peer<E> {
     fn drop(&mut self) {
-        // A replica that goes (destroyed, merged away, replaced) serves no more reads.
+        // A replica that goes (destroyed, merged away, replaced) serves no more reads. Its
+        // fence goes too: a replica made again here leads only after an election, in a newer
+        // term.
         self.withdraw_lease();
+        self.lease_views.forget_fence(self.shard_id());
         if self.published_leader_hint.take().is_some() {
             self.lease_views.set_leader_hint(self.shard_id(), None);
         }

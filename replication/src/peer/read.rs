@@ -96,6 +96,13 @@ impl<E: Engine> Peer<E> {
             && !self.lease_views.fenced(self.shard_id(), r.term)
     }
 
+    /// True while this replica leads a term whose lease was fenced without the loop
+    /// (`crate::lease`): it should hand its leadership on, as no lease of that term holds.
+    pub(crate) fn leads_fenced_term(&self) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader && r.lead_transferee.is_none() && self.lease_views.fenced(self.shard_id(), r.term)
+    }
+
     /// Ends this replica's read lease: the next leased read first confirms leadership with a
     /// ReadIndex round. Called when a leadership transfer starts and when a split or merge
     /// applies.
@@ -252,11 +259,14 @@ impl<E: Engine> Peer<E> {
         // A split may have moved the key out while the read waited.
         if !request.keys().iter().all(|k| desc.contains(k)) {
             let e = self_epoch_error(desc, &self.siblings);
-            return Box::new(move || cb(Err(e)));
+            return Box::new(move |_| cb(Err(e)));
         }
         let desc = desc.clone();
         let snapshot = Arc::clone(snapshot.get_or_insert_with(|| Arc::new(self.raw.store().engine().snapshot())));
-        Box::new(move || cb(execute_read(&*snapshot, &desc, &request, now_ms)))
+        Box::new(move |admitted| match admitted {
+            Admitted::Run => cb(execute_read(&*snapshot, &desc, &request, now_ms)),
+            Admitted::Refused => cb(Err(Error::Busy)),
+        })
     }
 
     /// Reads `request` from this replica's engine as of now.

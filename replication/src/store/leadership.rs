@@ -50,11 +50,17 @@ impl<E: Engine> Store<E> {
     /// failing disk here: the node's local check decided). Returns the transfers started,
     /// `(shard, to)`; a shard without a voter the transfer accepts stays led here.
     pub fn shed_leaderships(&mut self) -> Vec<(u64, u64)> {
+        let led: Vec<u64> = self.peers.iter().filter(|(_, p)| p.is_leader()).map(|(id, _)| *id).collect();
+        self.hand_on(&led)
+    }
+
+    /// Hands each of `shards` this node leads to the voter most caught up with it; returns
+    /// the transfers started.
+    pub(super) fn hand_on(&mut self, shards: &[u64]) -> Vec<(u64, u64)> {
         let me = self.node_id;
-        let led: Vec<(u64, Vec<u64>)> = self
-            .peers
+        let led: Vec<(u64, Vec<u64>)> = shards
             .iter()
-            .filter(|(_, p)| p.is_leader())
+            .filter_map(|id| Some((*id, self.peers.get(id).filter(|p| p.is_leader())?)))
             .map(|(id, p)| {
                 let mut voters: Vec<(u64, u64)> = p
                     .descriptor()
@@ -65,7 +71,7 @@ impl<E: Engine> Store<E> {
                     .collect();
                 // Most caught up first; ties by node id, so that a run replays.
                 voters.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-                (*id, voters.into_iter().map(|(_, n)| n).collect())
+                (id, voters.into_iter().map(|(_, n)| n).collect())
             })
             .collect();
         let mut started = Vec::new();

@@ -42,6 +42,40 @@ mod tests {
     use super::super::tests::{deliver, get_a, put, three_stores};
     use crate::peer::ReadResponse;
 
+    /// A lease fenced off the loop (a stuck loop's hand-off, `crate::lease`) is honoured
+    /// nowhere: the loop answers no read at once under it, publishes it no more, and the
+    /// leader hands its leadership on at its next round.
+    #[test]
+    fn a_fenced_lease_serves_nothing_and_its_leader_hands_on() {
+        let (mut stores, epoch) = three_stores(true);
+        let now = Instant::now();
+        for s in stores.iter_mut() {
+            s.set_now(now);
+        }
+        let (tx, rx) = channel();
+        let read = |tx: &std::sync::mpsc::Sender<_>| {
+            let tx = tx.clone();
+            Box::new(move |r| drop(tx.send(r))) as crate::peer::ReadCallback
+        };
+        stores[0].read(1, epoch, get_a(), false, read(&tx));
+        deliver(&mut stores, Vec::new());
+        assert!(rx.try_recv().is_ok(), "the first read started the lease");
+        stores[0].read(1, epoch, get_a(), false, read(&tx));
+        assert!(rx.try_recv().is_ok(), "answered inside the call, under the lease");
+        assert_eq!(stores[0].lease_views().published(), 1);
+
+        let (term, _) = stores[0].lease_views().fence(1).expect("a published lease");
+        assert!(stores[0].status(1).expect("replica").is_leader());
+        stores[0].read(1, epoch, get_a(), false, read(&tx));
+        assert!(rx.try_recv().is_err(), "no read answered at once under a fenced lease");
+        deliver(&mut stores, Vec::new());
+        assert_eq!(stores[0].lease_views().published(), 0, "the fenced term is not published again");
+        assert!(!stores[0].status(1).expect("replica").is_leader(), "the fenced leader handed on");
+        let leaders: Vec<_> =
+            stores[1..].iter().filter(|s| s.status(1).is_some_and(|st| st.is_leader())).map(|s| s.node_id()).collect();
+        assert_eq!(leaders.len(), 1, "another voter leads after term {term}");
+    }
+
     /// With a read pool, a read the loop serves, by ReadIndex or at once under the lease, is
     /// answered on a pool thread, and sees every write acknowledged before it.
     #[test]

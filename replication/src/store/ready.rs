@@ -246,6 +246,14 @@ impl<E: Engine> Store<E> {
         for f in done {
             f();
         }
+        // A leader back from a stuck disk call whose term was fenced meanwhile (its stand-in
+        // was behind, or the message lost) hands its leadership on: no lease of that term
+        // holds again (`crate::lease`).
+        let fenced: Vec<u64> =
+            visit.iter().filter(|id| self.peers.get(id).is_some_and(Peer::leads_fenced_term)).copied().collect();
+        if !fenced.is_empty() {
+            self.hand_on(&fenced);
+        }
         self.destroy_removed(&round)?;
         self.start_snapshots(snapshots_to_send);
         self.pump_snapshots(&mut out)?;

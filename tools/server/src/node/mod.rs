@@ -478,6 +478,7 @@ impl RunningNode {
             Arc::clone(engine.metrics()),
             handle.clone(),
             cfg.self_check.clone(),
+            cfg.raft.tick_interval_ms,
             Arc::clone(&self_check_state),
         ));
         let gauges = gauge_probe(&handle, &server, &raft, &self_check_state, &engine);

@@ -14,12 +14,13 @@
 //!    leads. A leadership it gains while still shedding (an election, the balancer) is handed
 //!    on at the next interval. When the loop itself is stuck (silent for [`STUCK_LOOP_MS`]
 //!    while a write has waited as long: a stalled disk), a transfer would wait with it, so,
-//!    whatever the verdict, the check fences
-//!    the node's published leases and sends each such shard's `MsgTimeoutNow` itself
-//!    (`NodeHandle::hand_off_stuck`; why that is safe is in `presage_replication::lease`),
-//!    and a follower takes over in a round trip instead of an election timeout. Writes that
-//!    wait in the mailbox meanwhile are withdrawn after `max-mailbox-wait-ms` with a
-//!    definite error, so clients retry them elsewhere.
+//!    whatever the verdict, the check fences the node's published leases and sends each
+//!    such shard's `MsgTimeoutNow` itself (`NodeHandle::hand_off_stuck`; why that is safe
+//!    is in `presage_replication::lease`), and a follower takes over in a round trip instead
+//!    of an election timeout. Writes that wait in the mailbox meanwhile are withdrawn with a
+//!    definite error (after `max-mailbox-wait-ms`, or at once once the loop is found
+//!    stuck), so clients retry them elsewhere. Shed requests go one at a time, so a stuck
+//!    loop's mailbox does not fill with them.
 //!
 //! While shedding, the node's heartbeats say so (`NodeStats::shedding_leaders`) and the shard
 //! manager gives it no leadership. The shard manager hears of the same disk through the telemetry agent (the latency and
@@ -53,11 +54,20 @@ pub struct SelfCheckState {
     pub transfers: AtomicU64,
 }
 
-/// Runs the check until the replication node stops.
-pub async fn run(engine: Arc<EngineMetrics>, handle: NodeHandle, cfg: LocalConfig, state: Arc<SelfCheckState>) {
+/// Runs the check until the replication node stops; `tick_interval_ms` is the loop's tick
+/// (a loop is stuck only when silent for [`STUCK_LOOP_MS`] and two ticks).
+pub async fn run(
+    engine: Arc<EngineMetrics>,
+    handle: NodeHandle,
+    cfg: LocalConfig,
+    tick_interval_ms: u64,
+    state: Arc<SelfCheckState>,
+) {
     if !cfg.enabled {
         return;
     }
+    let stuck_loop_ms = STUCK_LOOP_MS.max(tick_interval_ms.saturating_mul(2));
+    let mut shed: Option<ShedRequest> = None;
     let node = handle.node_id();
     let mut detector = LocalDetector::new(cfg);
     let mut ticker = tokio::time::interval(Duration::from_millis(SELF_CHECK_INTERVAL_MS));
@@ -80,41 +90,45 @@ pub async fn run(engine: Arc<EngineMetrics>, handle: NodeHandle, cfg: LocalConfi
             }
             _ => {}
         }
-        // The loop silent while a write has waited as long: it is stuck in that disk call,
-        // and a transfer would wait with it. No healthy loop is silent that long.
-        let waiting_ms = reading.write_waiting_ms.max(reading.sync_waiting_ms);
-        if waiting_ms >= STUCK_LOOP_MS && handle.loop_silent_ms() >= STUCK_LOOP_MS {
+        let silent_ms = handle.loop_silent_ms();
+        if loop_stuck(&reading, silent_ms, stuck_loop_ms) {
             let started = handle.hand_off_stuck();
             for (shard, to) in &started {
-                tracing::warn!(
-                    node,
-                    shard,
-                    to,
-                    waiting_ms,
-                    "loop stuck on the disk: leadership handed away without it"
-                );
+                tracing::warn!(node, shard, to, silent_ms, "loop stuck on the disk: leadership handed away without it");
             }
             state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
         }
         let shedding = detector.shedding(at_ms);
         state.shedding.store(shedding, Ordering::Relaxed);
-        if !shedding {
-            continue;
-        }
-        let wait = Duration::from_millis(SELF_CHECK_INTERVAL_MS);
-        match tokio::time::timeout(wait, handle.shed_leaderships()).await {
-            Ok(Ok(started)) => {
-                for (shard, to) in &started {
-                    tracing::info!(node, shard, to, "leadership handed away: own disk unhealthy");
+        // One shed request at a time: a stuck loop would let them pile up in its mailbox.
+        if let Some(done) = shed.take_if(|s| s.is_finished()) {
+            match done.await {
+                Ok(Ok(started)) => {
+                    for (shard, to) in &started {
+                        tracing::info!(node, shard, to, "leadership handed away: own disk unhealthy");
+                    }
+                    state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
                 }
-                state.transfers.fetch_add(started.len() as u64, Ordering::Relaxed);
+                Ok(Err(presage_replication::Error::Stopped)) => return,
+                Ok(Err(e)) => tracing::debug!(node, error = %e, "could not hand leaderships away this interval"),
+                Err(e) => tracing::debug!(node, error = %e, "the shed request's task failed"),
             }
-            Ok(Err(presage_replication::Error::Stopped)) => return,
-            Ok(Err(e)) => tracing::debug!(node, error = %e, "could not hand leaderships away this interval"),
-            // The loop did not answer in an interval: asked again at the next.
-            Err(_) => {}
+        }
+        if shedding && shed.is_none() {
+            let handle = handle.clone();
+            shed = Some(tokio::spawn(async move { handle.shed_leaderships().await }));
         }
     }
+}
+
+/// A shed request in flight: the transfers it started, `(shard, to)`.
+type ShedRequest = tokio::task::JoinHandle<presage_replication::Result<Vec<(u64, u64)>>>;
+
+/// Is the loop stuck in a disk call? Silent for `stuck_loop_ms` while a write has waited as
+/// long: no healthy loop is silent that long (it wakes every tick), and a transfer would
+/// wait with it.
+fn loop_stuck(reading: &LocalReading, loop_silent_ms: u64, stuck_loop_ms: u64) -> bool {
+    reading.write_waiting_ms.max(reading.sync_waiting_ms) >= stuck_loop_ms && loop_silent_ms >= stuck_loop_ms
 }
 
 /// The interval between two engine snapshots as the detector reads it.
@@ -157,5 +171,19 @@ mod tests {
         assert!((r.sync_mean_ms.expect("two syncs") - 250.0).abs() < 1e-6);
         assert_eq!(r.read_mean_ms, None, "no read returned");
         assert_eq!(r.errors, 1);
+    }
+
+    /// Stuck takes both: a loop silent while a write waits as long. A slow fsync on the log
+    /// writer while the loop runs, or a quiet loop with nothing waiting, is not stuck.
+    #[test]
+    fn a_loop_is_stuck_only_when_silent_while_a_write_waits() {
+        let waiting =
+            |write, sync| LocalReading { write_waiting_ms: write, sync_waiting_ms: sync, ..Default::default() };
+        assert!(loop_stuck(&waiting(250, 0), 250, 200));
+        assert!(loop_stuck(&waiting(0, 300), 200, 200));
+        assert!(!loop_stuck(&waiting(250, 250), 20, 200), "the loop runs");
+        assert!(!loop_stuck(&waiting(0, 0), 5_000, 200), "nothing waits");
+        assert!(!loop_stuck(&waiting(150, 0), 150, 200), "not yet");
+        assert!(!loop_stuck(&waiting(250, 0), 250, 400), "two ticks of 200 ms");
     }
 }
