@@ -590,6 +590,16 @@ mod tests {
         assert!(matches!(store.checksum_pin(1, at2), Err(Error::ChecksumMissed { .. })));
     }
 
+    /// [`three_stores`] with lease reads on, every store's clock at one `now`.
+    pub(super) fn three_leasing_stores() -> (Vec<Store<MemEngine>>, Epoch, Instant) {
+        let (mut stores, epoch) = three_stores(true);
+        let now = Instant::now();
+        for s in stores.iter_mut() {
+            s.set_now(now);
+        }
+        (stores, epoch, now)
+    }
+
     /// Three stores on nodes 1-3 with shard 1 on all of them, node 1 leading; messages are
     /// carried by hand ([`deliver`]).
     pub(super) fn three_stores(lease_reads: bool) -> (Vec<Store<MemEngine>>, Epoch) {
@@ -665,11 +675,7 @@ mod tests {
     /// ends the lease, so the next read waits for a ReadIndex round.
     #[test]
     fn a_leased_read_is_answered_at_once_until_a_transfer_starts() {
-        let (mut stores, epoch) = three_stores(true);
-        let now = Instant::now();
-        for s in stores.iter_mut() {
-            s.set_now(now);
-        }
+        let (mut stores, epoch, _) = three_leasing_stores();
         let answers: Answers = Arc::default();
         // The first read confirms leadership with a round, which starts the lease.
         stores[0].read(1, epoch, get_a(), false, read_into(&answers));
@@ -690,11 +696,7 @@ mod tests {
     /// the lease lapses and for a stale epoch; followers publish nothing.
     #[test]
     fn leased_reads_are_served_off_the_loop_until_the_lease_ends() {
-        let (mut stores, epoch) = three_stores(true);
-        let now = Instant::now();
-        for s in stores.iter_mut() {
-            s.set_now(now);
-        }
+        let (mut stores, epoch, now) = three_leasing_stores();
         let local = stores[0].local_reader();
         let at = |t: Instant| move || t;
         assert!(local.try_read(1, epoch, &get_a(), at(now)).is_none(), "no lease before a ReadIndex round");

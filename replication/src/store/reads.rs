@@ -37,9 +37,9 @@ impl<E: Engine> Store<E> {
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc::channel;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use super::super::tests::{deliver, get_a, put, three_stores};
+    use super::super::tests::{deliver, get_a, put, three_leasing_stores};
     use crate::peer::ReadResponse;
 
     /// A lease fenced off the loop (a stuck loop's hand-off, `crate::lease`) is honoured
@@ -47,11 +47,7 @@ mod tests {
     /// leader hands its leadership on at its next round.
     #[test]
     fn a_fenced_lease_serves_nothing_and_its_leader_hands_on() {
-        let (mut stores, epoch) = three_stores(true);
-        let now = Instant::now();
-        for s in stores.iter_mut() {
-            s.set_now(now);
-        }
+        let (mut stores, epoch, _) = three_leasing_stores();
         let (tx, rx) = channel();
         let read = |tx: &std::sync::mpsc::Sender<_>| {
             let tx = tx.clone();
@@ -80,11 +76,7 @@ mod tests {
     /// answered on a pool thread, and sees every write acknowledged before it.
     #[test]
     fn served_reads_do_their_engine_work_on_the_pool() {
-        let (mut stores, epoch) = three_stores(true);
-        let now = Instant::now();
-        for s in stores.iter_mut() {
-            s.set_now(now);
-        }
+        let (mut stores, epoch, _) = three_leasing_stores();
         stores[0].start_read_pool().expect("pool");
         let here = std::thread::current().id();
         let (tx, rx) = channel();
